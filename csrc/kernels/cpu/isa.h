@@ -1,0 +1,27 @@
+// CPU instruction-set levels and the run-time choice between them. Torch-free.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace effgen::cpu {
+
+// Ordered: each level implies the ones below it on every CPU we dispatch for.
+enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAmx = 3 };
+
+const char* isa_name(Isa isa);
+// Throws std::invalid_argument for an unknown name.
+Isa isa_from_name(const std::string& name);
+
+// The best level this CPU and OS support (cpuid + xgetbv; AMX also needs the Linux
+// permission request for the tile data state, made here once).
+Isa best_supported_isa();
+std::vector<std::string> supported_isa_names();
+
+// The level kernels dispatch on: EFFGEN_CPU_ISA if set (an unsupported or unknown value
+// is an error), else best_supported_isa(). Decided once, changeable by set_active_isa
+// so tests and benchmarks can run every path in one process.
+Isa active_isa();
+// Throws std::invalid_argument if the CPU cannot run `isa`.
+void set_active_isa(Isa isa);
+
+}  // namespace effgen::cpu

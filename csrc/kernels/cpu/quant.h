@@ -1,0 +1,48 @@
+// Torch-free CPU kernels of the `quant` op family. Each function works on one contiguous
+// run of n elements; the glue layer (csrc/ops/quant.cpp) splits tensors into runs and
+// threads. Per-run parameters (scales, zero points) are read at params[i * stride] with
+// stride 0 (one value for the whole run) or 1 (one value per element).
+#pragma once
+#include <cstdint>
+
+#include "dtypes.h"
+#include "isa.h"
+
+namespace effgen::cpu {
+
+// Largest |x| bits a finite float can have; absmax bits above it mean Inf or NaN was seen.
+constexpr uint32_t kMaxFiniteBits = 0x7F7FFFFFu;
+
+struct FakeQuantParams {
+  const float* scale;       // per channel
+  const float* inv_scale;   // 1.0f / scale, as PyTorch computes it
+  const float* zero_point;  // integral values
+  float quant_min;
+  float quant_max;
+};
+
+struct QuantKernels {
+  // max |x[i]| as IEEE-754 bits: non-negative floats order like their bit patterns, so an
+  // integer max is exact and any result above kMaxFiniteBits flags Inf/NaN in the run.
+  uint32_t (*absmax_bits)(DType dtype, const void* x, int64_t n);
+  // acc[i] = max(acc[i], |x[i]| bits): column-wise absmax over several rows.
+  void (*absmax_bits_accumulate)(DType dtype, const void* x, int64_t n, uint32_t* acc);
+  // q[i] = clamp(round_half_even(x[i] * inv_scale[i * stride]), -127, 127).
+  void (*quantize_symmetric)(DType dtype, const void* x, int64_t n, const float* inv_scale, int64_t stride,
+                             int8_t* q);
+  // y[i] = q[i] * scale[i * stride], computed in fp32 and rounded to the output type.
+  void (*dequantize)(DType out_dtype, const int8_t* q, int64_t n, const float* scale, int64_t stride, void* y);
+  // PyTorch's fake quant (see reference.fake_quantize_per_tensor); mask[i] is true where the
+  // unclamped quantized value lies in [quant_min, quant_max]. Returns the absmax bits of x
+  // so the caller can reject Inf/NaN inputs.
+  uint32_t (*fake_quantize)(DType dtype, const void* x, int64_t n, const FakeQuantParams& params, int64_t stride,
+                            void* y, bool* mask);
+};
+
+const QuantKernels& quant_kernels_scalar();
+const QuantKernels& quant_kernels_avx2();
+const QuantKernels& quant_kernels_avx512();
+// The table for the active ISA (AMX has no quant-specific code: it uses AVX-512).
+const QuantKernels& quant_kernels();
+
+}  // namespace effgen::cpu

@@ -1,0 +1,15 @@
+#include "quant.h"
+
+namespace effgen::cpu {
+
+const QuantKernels& quant_kernels() {
+  switch (active_isa()) {
+    case Isa::kAmx:
+    case Isa::kAvx512: return quant_kernels_avx512();
+    case Isa::kAvx2: return quant_kernels_avx2();
+    case Isa::kScalar: break;
+  }
+  return quant_kernels_scalar();
+}
+
+}  // namespace effgen::cpu

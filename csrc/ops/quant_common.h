@@ -1,0 +1,125 @@
+// Argument checks and shape logic shared by the CPU (quant.cpp) and CUDA (quant_cuda.cpp)
+// glue of the quant family, so both devices reject the same inputs with the same words.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <cstdint>
+
+namespace effgen::ops {
+
+inline bool is_float_input(const at::Tensor& t) {
+  const auto dt = t.scalar_type();
+  return dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf;
+}
+
+inline void check_float_input(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK_TYPE(is_float_input(t), op, ": ", name, " must be float32, bfloat16 or float16, got ", t.scalar_type());
+}
+
+inline void check_same_device(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref) {
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " must be on ", ref.device(), " like the input, got ",
+              t.device());
+}
+
+inline int64_t normalize_axis(const char* op, int64_t axis, int64_t dim) {
+  TORCH_CHECK_INDEX(dim > 0, op, ": input must have at least 1 dimension, got a scalar");
+  TORCH_CHECK_INDEX(axis >= -dim && axis < dim, op, ": axis ", axis, " is out of range for a ", dim, "-D input");
+  return axis < 0 ? axis + dim : axis;
+}
+
+inline void check_quant_range(const char* op, int64_t quant_min, int64_t quant_max) {
+  TORCH_CHECK_VALUE(quant_min <= quant_max, op, ": quant_min (", quant_min, ") must be <= quant_max (", quant_max,
+                    ")");
+  // fp32 holds every integer up to 2^24 exactly; the kernels clamp in fp32.
+  TORCH_CHECK_VALUE(quant_min >= -(1 << 24) && quant_max <= (1 << 24), op,
+                    ": quant_min/quant_max must lie within [-2^24, 2^24], got [", quant_min, ", ", quant_max, "]");
+}
+
+// A tensor seen as [outer, channels, inner] around dimension `axis` (contiguous layout).
+struct ChannelLayout {
+  int64_t outer = 1, channels = 1, inner = 1;
+};
+
+inline ChannelLayout channel_layout(const at::Tensor& t, int64_t axis) {
+  ChannelLayout layout;
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (d < axis) layout.outer *= t.size(d);
+    if (d > axis) layout.inner *= t.size(d);
+  }
+  layout.channels = t.size(axis);
+  return layout;
+}
+
+// Scale (and zero point) of a per-channel op: 1-D with one entry per channel.
+inline void check_channel_param(const char* op, const char* name, const at::Tensor& p, int64_t channels,
+                                const at::Tensor& x) {
+  check_same_device(op, name, p, x);
+  TORCH_CHECK_VALUE(p.dim() == 1 && p.size(0) == channels, op, ": ", name, " must be 1-D with ", channels,
+                    " entries (the size of the axis), got shape ", p.sizes());
+}
+
+inline int64_t num_groups(int64_t k, int64_t group_size) { return k == 0 ? 0 : (k + group_size - 1) / group_size; }
+
+inline void check_group_size(const char* op, int64_t group_size) {
+  TORCH_CHECK_VALUE(group_size > 0, op, ": group_size must be positive, got ", group_size);
+}
+
+// Output shapes of the per-row quantizers: scale drops the last dim (per token) or
+// replaces it by the number of groups.
+inline std::vector<int64_t> row_scale_shape(const at::Tensor& x, int64_t groups_or_minus1) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);
+  if (groups_or_minus1 >= 0) shape.push_back(groups_or_minus1);
+  return shape;
+}
+
+// How dequantize maps scale entries onto q, decided from the arguments alone.
+struct DequantPlan {
+  ChannelLayout layout;     // runs of `inner` share one scale (stride 0), or
+  int64_t group_size = 0;   // > 0: row-wise groups along the last dim
+};
+
+inline DequantPlan plan_dequantize(const at::Tensor& q, const at::Tensor& scale, std::optional<int64_t> axis,
+                                   std::optional<int64_t> group_size) {
+  constexpr const char* op = "dequantize";
+  TORCH_CHECK_TYPE(q.scalar_type() == at::kChar, op, ": q must be int8, got ", q.scalar_type());
+  TORCH_CHECK_TYPE(scale.scalar_type() == at::kFloat, op, ": scale must be float32, got ", scale.scalar_type());
+  check_same_device(op, "scale", scale, q);
+  TORCH_CHECK_VALUE(!(axis.has_value() && group_size.has_value()), op,
+                    ": pass axis (per channel) or group_size (per group), not both");
+  DequantPlan plan;
+  if (axis.has_value()) {
+    const int64_t a = normalize_axis(op, *axis, q.dim());
+    check_channel_param(op, "scale", scale, q.size(a), q);
+    plan.layout = channel_layout(q, a);
+    return plan;
+  }
+  TORCH_CHECK_INDEX(q.dim() > 0, op, ": q must have at least 1 dimension, got a scalar");
+  const int64_t k = q.size(-1);
+  if (group_size.has_value()) {
+    check_group_size(op, *group_size);
+    const auto expected = row_scale_shape(q, num_groups(k, *group_size));
+    TORCH_CHECK_VALUE(scale.sizes() == at::IntArrayRef(expected), op, ": per-group scale must have shape ", expected,
+                      " for q of shape ", q.sizes(), " and group_size ", *group_size, ", got ", scale.sizes());
+    plan.group_size = *group_size;
+    return plan;
+  }
+  if (scale.numel() == 1) {  // per tensor: one run of everything
+    plan.layout.inner = q.numel();
+    return plan;
+  }
+  const auto expected = row_scale_shape(q, -1);
+  TORCH_CHECK_VALUE(scale.sizes() == at::IntArrayRef(expected), op,
+                    ": scale must have one element (per tensor) or shape ", expected,
+                    " (per token) for q of shape ", q.sizes(), "; pass axis= or group_size= for other layouts, got ",
+                    scale.sizes());
+  plan.group_size = k;  // per token = one group per row
+  return plan;
+}
+
+inline void check_out_dtype(const char* op, at::ScalarType dt) {
+  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf, op,
+                   ": out_dtype must be float32, bfloat16 or float16, got ", dt);
+}
+
+}  // namespace effgen::ops

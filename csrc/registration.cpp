@@ -1,0 +1,70 @@
+// Every schema of the effgen op library, one line of comment each. Kernels live in
+// csrc/ops/<family>.cpp (CPU) and csrc/ops/<family>_cuda.cpp (CUDA); their reference
+// definitions are in effgen_kernels/reference.py.
+#include <Python.h>
+#include <torch/library.h>
+
+#include <stdexcept>
+
+#include "kernels/cpu/isa.h"
+
+namespace {
+
+std::string cpu_isa() { return effgen::cpu::isa_name(effgen::cpu::active_isa()); }
+
+std::vector<std::string> supported_cpu_isas() { return effgen::cpu::supported_isa_names(); }
+
+void set_cpu_isa(const std::string& name) {
+  try {
+    effgen::cpu::set_active_isa(effgen::cpu::isa_from_name(name));
+  } catch (const std::invalid_argument& e) {
+    TORCH_CHECK_VALUE(false, "set_cpu_isa: ", e.what());
+  }
+}
+
+bool built_with_cuda() {
+#ifdef EFFGEN_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+TORCH_LIBRARY(effgen, m) {
+  // --- quant family -------------------------------------------------------------------
+  // Symmetric int8 per row of the last dim: scale = absmax/127, q = rne(x/scale) in [-127, 127].
+  m.def("quantize_per_token(Tensor x) -> (Tensor q, Tensor scale)");
+  // Same per group of `group_size` consecutive elements of the last dim (last group may be short).
+  m.def("quantize_per_group(Tensor x, int group_size) -> (Tensor q, Tensor scale)");
+  // Symmetric int8 with one scale per index of dimension `axis` (absmax over all other dims).
+  m.def("quantize_per_channel(Tensor w, int axis) -> (Tensor q, Tensor scale)");
+  // q * scale, scale per tensor/token (no axis, no group), per channel (axis) or per group.
+  m.def("dequantize(Tensor q, Tensor scale, int? axis=None, int? group_size=None, ScalarType out_dtype=float) -> Tensor");
+  // Bit-exact twin of torch.fake_quantize_per_tensor_affine, returning the STE mask too.
+  m.def("fake_quantize_per_tensor_cachemask(Tensor x, float scale, int zero_point, int quant_min, int quant_max) -> (Tensor y, Tensor mask)");
+  // Bit-exact twin of torch.fake_quantize_per_channel_affine, returning the STE mask too.
+  m.def("fake_quantize_per_channel_cachemask(Tensor x, Tensor scale, Tensor zero_point, int axis, int quant_min, int quant_max) -> (Tensor y, Tensor mask)");
+  // torch._fake_quantize_learnable_per_channel_affine: zero_point is float, rounded and clamped.
+  m.def("fake_quantize_learnable_per_channel(Tensor x, Tensor scale, Tensor zero_point, int axis, int quant_min, int quant_max, float grad_factor=1.0) -> Tensor");
+  // LSQ gradients of torch._fake_quantize_learnable_per_channel_affine: (dx, dscale, dzero_point).
+  m.def("fake_quantize_learnable_per_channel_backward(Tensor dy, Tensor x, Tensor scale, Tensor zero_point, int axis, int quant_min, int quant_max, float grad_factor) -> (Tensor dx, Tensor dscale, Tensor dzero_point)");
+
+  // --- build and CPU dispatch introspection --------------------------------------------
+  // The CPU ISA the kernels dispatch on now.
+  m.def("cpu_isa() -> str", &cpu_isa);
+  // Every ISA this CPU can run, lowest first.
+  m.def("supported_cpu_isas() -> str[]", &supported_cpu_isas);
+  // Switch the dispatched ISA (tests and benchmarks run every path in one process).
+  m.def("set_cpu_isa(str isa) -> ()", &set_cpu_isa);
+  // Whether this build of the extension contains the CUDA kernels.
+  m.def("built_with_cuda() -> bool", &built_with_cuda);
+}
+
+// `import effgen_kernels._C` loads this library, which runs the registrations above. The
+// module itself is empty: every entry point is a torch op.
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}

@@ -1,0 +1,188 @@
+"""Typed Python entry points of the effgen ops, with fake (meta) kernels for torch.compile
+and autograd for the differentiable ones. Each op's exact semantics is in reference.py."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+_ops = torch.ops.effgen
+
+__all__ = [
+    "quantize_per_token",
+    "quantize_per_group",
+    "quantize_per_channel",
+    "dequantize",
+    "fake_quantize_per_tensor",
+    "fake_quantize_per_channel",
+    "fake_quantize_learnable_per_channel",
+    "cpu_isa",
+    "supported_cpu_isas",
+    "set_cpu_isa",
+    "use_cpu_isa",
+    "built_with_cuda",
+]
+
+
+# ---------------------------------------------------------------------------------------
+# quant family
+# ---------------------------------------------------------------------------------------
+def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per row of the last dim -> (q int8 like x, scale fp32 of x.shape[:-1])."""
+    return _ops.quantize_per_token(x)
+
+
+def quantize_per_group(x: torch.Tensor, group_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per group of the last dim -> (q, scale of x.shape[:-1] + (ceil(K/G),))."""
+    return _ops.quantize_per_group(x, group_size)
+
+
+def quantize_per_channel(w: torch.Tensor, axis: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 with one scale per index of ``axis`` -> (q, scale of shape [w.size(axis)])."""
+    return _ops.quantize_per_channel(w, axis)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, axis: int | None = None, group_size: int | None = None,
+               out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """q * scale; scale per tensor / per token (default), per channel (axis) or per group."""
+    return _ops.dequantize(q, scale, axis, group_size, out_dtype)
+
+
+def fake_quantize_per_tensor(x: torch.Tensor, scale: float, zero_point: int, quant_min: int,
+                             quant_max: int) -> torch.Tensor:
+    """Drop-in for torch.fake_quantize_per_tensor_affine (same arguments, same bits)."""
+    return _ops.fake_quantize_per_tensor_cachemask(x, float(scale), int(zero_point), quant_min, quant_max)[0]
+
+
+def fake_quantize_per_channel(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int,
+                              quant_min: int, quant_max: int) -> torch.Tensor:
+    """Drop-in for torch.fake_quantize_per_channel_affine (same arguments, same bits)."""
+    return _ops.fake_quantize_per_channel_cachemask(x, scale, zero_point, axis, quant_min, quant_max)[0]
+
+
+def fake_quantize_learnable_per_channel(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int,
+                                        quant_min: int, quant_max: int, grad_factor: float = 1.0) -> torch.Tensor:
+    """Drop-in for torch._fake_quantize_learnable_per_channel_affine: LSQ gradients for
+    x, scale and the float zero point."""
+    return _ops.fake_quantize_learnable_per_channel(x, scale, zero_point, axis, quant_min, quant_max, grad_factor)
+
+
+def _row_scale_shape(x: torch.Tensor, groups: int | None) -> list[int]:
+    shape = list(x.shape[:-1])
+    return shape if groups is None else [*shape, groups]
+
+
+@torch.library.register_fake("effgen::quantize_per_token")
+def _(x):
+    return torch.empty_like(x, dtype=torch.int8), x.new_empty(_row_scale_shape(x, None), dtype=torch.float32)
+
+
+@torch.library.register_fake("effgen::quantize_per_group")
+def _(x, group_size):
+    torch._check(group_size > 0, lambda: f"quantize_per_group: group_size must be positive, got {group_size}")
+    groups = -(-x.shape[-1] // group_size)
+    return torch.empty_like(x, dtype=torch.int8), x.new_empty(_row_scale_shape(x, groups), dtype=torch.float32)
+
+
+@torch.library.register_fake("effgen::quantize_per_channel")
+def _(w, axis):
+    return torch.empty_like(w, dtype=torch.int8), w.new_empty([w.shape[axis]], dtype=torch.float32)
+
+
+@torch.library.register_fake("effgen::dequantize")
+def _(q, scale, axis=None, group_size=None, out_dtype=torch.float32):
+    return torch.empty_like(q, dtype=out_dtype)
+
+
+@torch.library.register_fake("effgen::fake_quantize_per_tensor_cachemask")
+def _(x, scale, zero_point, quant_min, quant_max):
+    return torch.empty_like(x), torch.empty_like(x, dtype=torch.bool)
+
+
+@torch.library.register_fake("effgen::fake_quantize_per_channel_cachemask")
+def _(x, scale, zero_point, axis, quant_min, quant_max):
+    return torch.empty_like(x), torch.empty_like(x, dtype=torch.bool)
+
+
+@torch.library.register_fake("effgen::fake_quantize_learnable_per_channel")
+def _(x, scale, zero_point, axis, quant_min, quant_max, grad_factor=1.0):
+    return torch.empty_like(x)
+
+
+@torch.library.register_fake("effgen::fake_quantize_learnable_per_channel_backward")
+def _(dy, x, scale, zero_point, axis, quant_min, quant_max, grad_factor):
+    return torch.empty_like(x), torch.empty_like(scale), torch.empty_like(zero_point)
+
+
+# Straight-through estimator: the gradient passes where the unclamped value was in range.
+def _cachemask_setup(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+
+
+def _cachemask_backward(ctx, grad_y, _grad_mask):
+    (mask,) = ctx.saved_tensors
+    return (grad_y * mask,) + (None,) * ctx.num_non_x_inputs
+
+
+def _register_ste(op_name: str, num_non_x_inputs: int) -> None:
+    def setup(ctx, inputs, output):
+        _cachemask_setup(ctx, inputs, output)
+        ctx.num_non_x_inputs = num_non_x_inputs
+
+    torch.library.register_autograd(op_name, _cachemask_backward, setup_context=setup)
+
+
+_register_ste("effgen::fake_quantize_per_tensor_cachemask", 4)
+_register_ste("effgen::fake_quantize_per_channel_cachemask", 5)
+
+
+def _learnable_setup(ctx, inputs, output):
+    x, scale, zero_point, axis, quant_min, quant_max, grad_factor = inputs
+    ctx.save_for_backward(x, scale, zero_point)
+    ctx.args = (axis, quant_min, quant_max, grad_factor)
+
+
+def _learnable_backward(ctx, dy):
+    x, scale, zero_point = ctx.saved_tensors
+    dx, dscale, dzp = _ops.fake_quantize_learnable_per_channel_backward(dy.contiguous(), x, scale, zero_point,
+                                                                        *ctx.args)
+    return dx, dscale, dzp, None, None, None, None
+
+
+torch.library.register_autograd("effgen::fake_quantize_learnable_per_channel", _learnable_backward,
+                                setup_context=_learnable_setup)
+
+
+# ---------------------------------------------------------------------------------------
+# build and CPU dispatch introspection
+# ---------------------------------------------------------------------------------------
+def cpu_isa() -> str:
+    """The CPU instruction set the kernels dispatch on now (scalar, avx2, avx512 or amx)."""
+    return _ops.cpu_isa()
+
+
+def supported_cpu_isas() -> list[str]:
+    """Every CPU instruction set this machine can run, lowest first."""
+    return list(_ops.supported_cpu_isas())
+
+
+def set_cpu_isa(isa: str) -> None:
+    """Dispatch CPU kernels on ``isa`` from now on (process-wide; for tests and benchmarks)."""
+    _ops.set_cpu_isa(isa)
+
+
+@contextlib.contextmanager
+def use_cpu_isa(isa: str):
+    """Run the block with CPU kernels dispatched on ``isa``, then restore the previous one."""
+    previous = cpu_isa()
+    set_cpu_isa(isa)
+    try:
+        yield
+    finally:
+        set_cpu_isa(previous)
+
+
+def built_with_cuda() -> bool:
+    """Whether this build of the extension contains the CUDA kernels."""
+    return bool(_ops.built_with_cuda())

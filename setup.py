@@ -1,0 +1,88 @@
+"""Build effgen_kernels._C: CPU kernels always, CUDA kernels when a toolkit is there.
+
+EFFGEN_CUDA=0|1 forces the CUDA part off/on (1 without a toolkit is an error, never a
+silent CPU-only build); EFFGEN_CUDA_ARCHS="80;90a" picks the GPU targets; MAX_JOBS is
+honoured by torch's ninja builder. The decision never looks at torch.cuda.is_available():
+build machines usually have no GPU.
+"""
+
+import glob
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from setuptools import setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_CUDA_ARCHS = "80;90a"
+
+
+def find_nvcc():
+    home = os.environ.get("CUDA_HOME") or CUDA_HOME or "/usr/local/cuda"
+    nvcc = Path(home) / "bin" / "nvcc"
+    if nvcc.exists():
+        return home
+    on_path = shutil.which("nvcc")
+    return str(Path(on_path).resolve().parent.parent) if on_path else None
+
+
+def want_cuda():
+    flag = os.environ.get("EFFGEN_CUDA", "").strip()
+    cuda_home = find_nvcc()
+    torch_has_cuda = torch.version.cuda is not None
+    if flag == "0":
+        return None
+    if flag == "1":
+        if not torch_has_cuda:
+            raise RuntimeError("EFFGEN_CUDA=1 but the installed torch is a CPU-only build")
+        if cuda_home is None:
+            raise RuntimeError("EFFGEN_CUDA=1 but no nvcc was found (set CUDA_HOME)")
+        return cuda_home
+    if flag not in ("", "auto"):
+        raise RuntimeError(f"EFFGEN_CUDA must be 0 or 1, got {flag!r}")
+    return cuda_home if torch_has_cuda else None
+
+
+def gencode_flags(archs):
+    """sm_XX SASS for each arch, plus PTX of the newest one for forward compatibility."""
+    flags = []
+    for arch in archs:
+        flags.append(f"-gencode=arch=compute_{arch},code=sm_{arch}")
+    newest = archs[-1]
+    flags.append(f"-gencode=arch=compute_{newest},code=compute_{newest}")
+    return flags
+
+
+def extension():
+    cuda_home = want_cuda()
+    cpu_sources = sorted(glob.glob("csrc/registration.cpp") + glob.glob("csrc/ops/*.cpp")
+                         + glob.glob("csrc/kernels/cpu/*.cpp"))
+    cpu_sources = [s for s in cpu_sources if not s.endswith("_cuda.cpp")]
+    # -ffp-contract=off: the kernels must match reference.py bit for bit, so the compiler
+    # may not fuse a multiply and an add into one FMA with a different rounding.
+    cxx = ["-O3", "-std=c++20", "-ffp-contract=off", "-fvisibility=hidden"]
+    info = {"torch_version": torch.__version__, "cuda": False, "cuda_archs": [], "cuda_version": None}
+    if cuda_home is None:
+        ext = CppExtension("effgen_kernels._C", cpu_sources, extra_compile_args={"cxx": cxx},
+                           py_limited_api=True)
+    else:
+        os.environ["CUDA_HOME"] = cuda_home
+        archs = [a for a in os.environ.get("EFFGEN_CUDA_ARCHS", DEFAULT_CUDA_ARCHS).split(";") if a]
+        cuda_sources = sorted(glob.glob("csrc/ops/*_cuda.cpp") + glob.glob("csrc/kernels/cuda/*.cu"))
+        nvcc = ["-O3", "-std=c++20", "--fmad=false", "-lineinfo", *gencode_flags(archs)]
+        ext = CUDAExtension("effgen_kernels._C", cpu_sources + cuda_sources,
+                            extra_compile_args={"cxx": cxx + ["-DEFFGEN_WITH_CUDA"], "nvcc": nvcc},
+                            py_limited_api=True)
+        info.update(cuda=True, cuda_archs=archs, cuda_version=torch.version.cuda)
+    (ROOT / "effgen_kernels" / "_build_info.json").write_text(json.dumps(info, indent=1) + "\n")
+    return ext
+
+
+setup(
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildExtension},
+    options={"bdist_wheel": {"py_limited_api": "cp311"}},
+)
