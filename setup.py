@@ -14,24 +14,30 @@ from pathlib import Path
 
 import torch
 from setuptools import setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+
+def find_cuda_home():
+    """CUDA_HOME, else /usr/local/cuda, else the toolkit of the nvcc on PATH (symlinks resolved)."""
+    for home in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+        if home and (Path(home) / "bin" / "nvcc").exists():
+            return home
+    on_path = shutil.which("nvcc")
+    return str(Path(on_path).resolve().parent.parent) if on_path else None
+
+
+CUDA_HOME = find_cuda_home()
+if CUDA_HOME:  # torch's cpp_extension reads it at import time to find the CUDA headers
+    os.environ["CUDA_HOME"] = CUDA_HOME
+
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_CUDA_ARCHS = "80;90a"
 
 
-def find_nvcc():
-    home = os.environ.get("CUDA_HOME") or CUDA_HOME or "/usr/local/cuda"
-    nvcc = Path(home) / "bin" / "nvcc"
-    if nvcc.exists():
-        return home
-    on_path = shutil.which("nvcc")
-    return str(Path(on_path).resolve().parent.parent) if on_path else None
-
-
 def want_cuda():
     flag = os.environ.get("EFFGEN_CUDA", "").strip()
-    cuda_home = find_nvcc()
+    cuda_home = CUDA_HOME
     torch_has_cuda = torch.version.cuda is not None
     if flag == "0":
         return None
@@ -69,7 +75,6 @@ def extension():
         ext = CppExtension("effgen_kernels._C", cpu_sources, extra_compile_args={"cxx": cxx},
                            py_limited_api=True)
     else:
-        os.environ["CUDA_HOME"] = cuda_home
         archs = [a for a in os.environ.get("EFFGEN_CUDA_ARCHS", DEFAULT_CUDA_ARCHS).split(";") if a]
         cuda_sources = sorted(glob.glob("csrc/ops/*_cuda.cpp") + glob.glob("csrc/kernels/cuda/*.cu"))
         nvcc = ["-O3", "-std=c++20", "--fmad=false", "-lineinfo", *gencode_flags(archs)]

@@ -68,6 +68,11 @@ def fake_quantize_learnable_per_channel(x: torch.Tensor, scale: torch.Tensor, ze
     return _ops.fake_quantize_learnable_per_channel(x, scale, zero_point, axis, quant_min, quant_max, grad_factor)
 
 
+def _check_same_device(op: str, name: str, t: torch.Tensor, ref: torch.Tensor) -> None:
+    torch._check(t.device == ref.device,
+                 lambda: f"{op}: {name} must be on {ref.device} like the input, got {t.device}")
+
+
 def _row_scale_shape(x: torch.Tensor, groups: int | None) -> list[int]:
     shape = list(x.shape[:-1])
     return shape if groups is None else [*shape, groups]
@@ -92,6 +97,7 @@ def _(w, axis):
 
 @torch.library.register_fake("effgen::dequantize")
 def _(q, scale, axis=None, group_size=None, out_dtype=torch.float32):
+    _check_same_device("dequantize", "scale", scale, q)
     return torch.empty_like(q, dtype=out_dtype)
 
 
@@ -102,11 +108,15 @@ def _(x, scale, zero_point, quant_min, quant_max):
 
 @torch.library.register_fake("effgen::fake_quantize_per_channel_cachemask")
 def _(x, scale, zero_point, axis, quant_min, quant_max):
+    _check_same_device("fake_quantize_per_channel", "scale", scale, x)
+    _check_same_device("fake_quantize_per_channel", "zero_point", zero_point, x)
     return torch.empty_like(x), torch.empty_like(x, dtype=torch.bool)
 
 
 @torch.library.register_fake("effgen::fake_quantize_learnable_per_channel")
 def _(x, scale, zero_point, axis, quant_min, quant_max, grad_factor=1.0):
+    _check_same_device("fake_quantize_learnable_per_channel", "scale", scale, x)
+    _check_same_device("fake_quantize_learnable_per_channel", "zero_point", zero_point, x)
     return torch.empty_like(x)
 
 

@@ -67,8 +67,12 @@ def quantize_per_channel(w: torch.Tensor, axis: int) -> tuple[torch.Tensor, torc
     """Symmetric int8 with one scale per index of ``axis`` (absmax over every other dim)."""
     axis = axis % w.dim()
     other = [d for d in range(w.dim()) if d != axis]
-    absmax = w.float().abs().amax(dim=other, keepdim=True) if w.numel() > 0 else torch.zeros(
-        [w.shape[d] if d == axis else 1 for d in range(w.dim())])
+    if w.numel() == 0:
+        absmax = torch.zeros([w.shape[d] if d == axis else 1 for d in range(w.dim())])
+    elif other:
+        absmax = w.float().abs().amax(dim=other, keepdim=True)
+    else:  # 1-D: every element is its own channel (amax over no dims would reduce all)
+        absmax = w.float().abs()
     q, scale = _symmetric(w, absmax)
     return q, scale.reshape(-1)
 
@@ -142,7 +146,7 @@ def fake_quantize_learnable_per_channel_backward(dy, x, scale, zero_point, axis,
     inv_scale = 1.0 / s
     qval = torch.round(zp + xf * inv_scale)
     in_range = (qval >= quant_min) & (qval <= quant_max)
-    dx = torch.where(in_range, g, torch.zeros_like(g))
+    dx = g * in_range.float()  # a multiply, as in PyTorch: -g * 0 gives -0
     x_fq = (qval - zp) * s
     bound = torch.where(qval < quant_min, quant_min - zp, quant_max - zp)
     dscale = torch.where(in_range, g * (x_fq - xf) * inv_scale * grad_factor, g * bound * grad_factor)

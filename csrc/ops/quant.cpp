@@ -249,16 +249,6 @@ void check_fake_quant_input(const char* op, const at::Tensor& x, int64_t quant_m
   check_quant_range(op, quant_min, quant_max);
 }
 
-void check_scale_value(const char* op, float scale) {
-  TORCH_CHECK_VALUE(std::isfinite(scale) && scale > 0.0f, op, ": scale must be positive and finite, got ", scale);
-  TORCH_CHECK_VALUE(std::isfinite(1.0f / scale), op, ": scale ", scale, " is too small: 1/scale overflows float32");
-}
-
-void check_zero_point_value(const char* op, int64_t zero_point, int64_t quant_min, int64_t quant_max) {
-  TORCH_CHECK_VALUE(zero_point >= quant_min && zero_point <= quant_max, op, ": zero_point ", zero_point,
-                    " must lie within [quant_min, quant_max] = [", quant_min, ", ", quant_max, "]");
-}
-
 std::tuple<at::Tensor, at::Tensor> fake_quantize_per_tensor_cachemask(const at::Tensor& x, double scale_d,
                                                                       int64_t zero_point, int64_t quant_min,
                                                                       int64_t quant_max) {
@@ -301,13 +291,7 @@ std::tuple<at::Tensor, at::Tensor> fake_quantize_per_channel_cachemask(const at:
                                                                        int64_t quant_min, int64_t quant_max) {
   constexpr const char* op = "fake_quantize_per_channel";
   check_fake_quant_input(op, x, quant_min, quant_max);
-  axis = normalize_axis(op, axis, x.dim());
-  const ChannelLayout layout = channel_layout(x, axis);
-  check_channel_param(op, "scale", scale, layout.channels, x);
-  check_channel_param(op, "zero_point", zero_point, layout.channels, x);
-  TORCH_CHECK_TYPE(scale.scalar_type() == at::kFloat, op, ": scale must be float32, got ", scale.scalar_type());
-  TORCH_CHECK_TYPE(zero_point.scalar_type() == at::kInt || zero_point.scalar_type() == at::kLong, op,
-                   ": zero_point must be int32 or int64, got ", zero_point.scalar_type());
+  const ChannelLayout layout = check_fake_quant_channels(op, x, scale, zero_point, axis, /*float_zero_point=*/false);
   const ChannelParams p = channel_params(op, scale, to_float_vector(zero_point), quant_min, quant_max);
   return fake_quantize_channels(op, x, layout,
                                 {p.scale.data(), p.inv_scale.data(), p.zero_point.data(),
@@ -329,14 +313,7 @@ std::vector<float> rounded_zero_points(const at::Tensor& zero_point, int64_t qua
 ChannelLayout check_learnable(const char* op, const at::Tensor& x, const at::Tensor& scale,
                               const at::Tensor& zero_point, int64_t& axis, int64_t quant_min, int64_t quant_max) {
   check_fake_quant_input(op, x, quant_min, quant_max);
-  axis = normalize_axis(op, axis, x.dim());
-  const ChannelLayout layout = channel_layout(x, axis);
-  check_channel_param(op, "scale", scale, layout.channels, x);
-  check_channel_param(op, "zero_point", zero_point, layout.channels, x);
-  TORCH_CHECK_TYPE(scale.scalar_type() == at::kFloat, op, ": scale must be float32, got ", scale.scalar_type());
-  TORCH_CHECK_TYPE(zero_point.is_floating_point(), op, ": zero_point must be a float tensor (it is learned), got ",
-                   zero_point.scalar_type());
-  return layout;
+  return check_fake_quant_channels(op, x, scale, zero_point, axis, /*float_zero_point=*/true);
 }
 
 at::Tensor fake_quantize_learnable_per_channel(const at::Tensor& x, const at::Tensor& scale,

@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <cmath>
 #include <cstdint>
 
 namespace effgen::ops {
@@ -36,6 +37,16 @@ inline void check_quant_range(const char* op, int64_t quant_min, int64_t quant_m
                     ": quant_min/quant_max must lie within [-2^24, 2^24], got [", quant_min, ", ", quant_max, "]");
 }
 
+inline void check_scale_value(const char* op, float scale) {
+  TORCH_CHECK_VALUE(std::isfinite(scale) && scale > 0.0f, op, ": scale must be positive and finite, got ", scale);
+  TORCH_CHECK_VALUE(std::isfinite(1.0f / scale), op, ": scale ", scale, " is too small: 1/scale overflows float32");
+}
+
+inline void check_zero_point_value(const char* op, int64_t zero_point, int64_t quant_min, int64_t quant_max) {
+  TORCH_CHECK_VALUE(zero_point >= quant_min && zero_point <= quant_max, op, ": zero_point ", zero_point,
+                    " must lie within [quant_min, quant_max] = [", quant_min, ", ", quant_max, "]");
+}
+
 // A tensor seen as [outer, channels, inner] around dimension `axis` (contiguous layout).
 struct ChannelLayout {
   int64_t outer = 1, channels = 1, inner = 1;
@@ -57,6 +68,24 @@ inline void check_channel_param(const char* op, const char* name, const at::Tens
   check_same_device(op, name, p, x);
   TORCH_CHECK_VALUE(p.dim() == 1 && p.size(0) == channels, op, ": ", name, " must be 1-D with ", channels,
                     " entries (the size of the axis), got shape ", p.sizes());
+}
+
+// Checks of a per-channel fake quant's parameter tensors that need no look at their values.
+inline ChannelLayout check_fake_quant_channels(const char* op, const at::Tensor& x, const at::Tensor& scale,
+                                               const at::Tensor& zero_point, int64_t& axis, bool float_zero_point) {
+  axis = normalize_axis(op, axis, x.dim());
+  const ChannelLayout layout = channel_layout(x, axis);
+  check_channel_param(op, "scale", scale, layout.channels, x);
+  check_channel_param(op, "zero_point", zero_point, layout.channels, x);
+  TORCH_CHECK_TYPE(scale.scalar_type() == at::kFloat, op, ": scale must be float32, got ", scale.scalar_type());
+  if (float_zero_point) {
+    TORCH_CHECK_TYPE(zero_point.is_floating_point(), op, ": zero_point must be a float tensor (it is learned), got ",
+                     zero_point.scalar_type());
+  } else {
+    TORCH_CHECK_TYPE(zero_point.scalar_type() == at::kInt || zero_point.scalar_type() == at::kLong, op,
+                     ": zero_point must be int32 or int64, got ", zero_point.scalar_type());
+  }
+  return layout;
 }
 
 inline int64_t num_groups(int64_t k, int64_t group_size) { return k == 0 ? 0 : (k + group_size - 1) / group_size; }

@@ -15,7 +15,7 @@ void grad_run(const T* dy, const T* x, int64_t n, const LearnableRun& r, T* dx, 
     const float xv = to_f32(x[i]), g = to_f32(dy[i]);
     const float qval = std::nearbyint(zp + xv * inv_scale);
     const bool in_range = qval >= r.quant_min && qval <= r.quant_max;
-    dx[i] = from_f32<T>(in_range ? g : 0.0f);
+    dx[i] = from_f32<T>(g * (in_range ? 1.0f : 0.0f));  // PyTorch multiplies: -g * 0 is -0
     if (in_range) {
       const float x_fq = (qval - zp) * scale;
       dscale[p] += static_cast<double>(g * (x_fq - xv) * inv_scale * r.grad_factor);

@@ -1,0 +1,343 @@
+// CUDA kernels of the quant family. Memory-bound: each thread moves 16 consecutive
+// elements with 16-byte loads/stores when the base pointers allow it, the arithmetic is
+// the fp32 sequence of effgen_kernels/reference.py with explicit round-to-nearest
+// intrinsics (the build also passes --fmad=false), so results match the CPU kernels.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "quant.cuh"
+
+namespace effgen::cuda {
+namespace {
+
+constexpr int kItems = 16;       // elements per thread per step
+constexpr int kThreads = 256;    // threads per block of the element-wise kernels
+constexpr uint32_t kMaxFiniteBits = 0x7F7FFFFFu;
+
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f32(int8_t v) { return static_cast<float>(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_f32(float v);
+template <>
+__device__ __forceinline__ float from_f32<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <>
+__device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
+
+// kItems * sizeof(T) is a multiple of 16 for every T here, so a 16-byte aligned base keeps
+// every thread's chunk aligned.
+template <typename T>
+__device__ __forceinline__ void load_items(const T* p, int count, bool vec_ok, T (&out)[kItems]) {
+  if (vec_ok && count == kItems) {
+#pragma unroll
+    for (int j = 0; j < kItems * int(sizeof(T)) / 16; ++j) {
+      reinterpret_cast<uint4*>(out)[j] = reinterpret_cast<const uint4*>(p)[j];
+    }
+  } else {
+    for (int j = 0; j < count; ++j) out[j] = p[j];
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void store_items(T* p, int count, bool vec_ok, const T (&in)[kItems]) {
+  if (vec_ok && count == kItems) {
+#pragma unroll
+    for (int j = 0; j < kItems * int(sizeof(T)) / 16; ++j) {
+      reinterpret_cast<uint4*>(p)[j] = reinterpret_cast<const uint4*>(in)[j];
+    }
+  } else {
+    for (int j = 0; j < count; ++j) p[j] = in[j];
+  }
+}
+
+__host__ __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// Elements of the chunk starting at `base` that exist (kItems except at the very end).
+__device__ __forceinline__ int chunk_count(int64_t n, int64_t base) { return static_cast<int>(min64(kItems, n - base)); }
+
+__device__ __forceinline__ int64_t param_index(const ParamIndex& idx, int64_t i) {
+  if (idx.grouped) return (i / idx.k) * idx.groups + (i % idx.k) / idx.group;
+  return (i / idx.inner) % idx.channels;
+}
+
+__device__ __forceinline__ uint32_t abs_bits(float v) { return __float_as_uint(v) & 0x7FFFFFFFu; }
+
+// scale = absmax / 127; a non-finite absmax gives a NaN scale (documented propagation).
+__device__ __forceinline__ float scale_from_bits(uint32_t bits) {
+  return bits > kMaxFiniteBits ? __int_as_float(0x7FC00000) : __fdiv_rn(__uint_as_float(bits), 127.0f);
+}
+
+// 0 for a zero or NaN scale, so such runs quantize to 0.
+__device__ __forceinline__ float inverse_scale(float scale) { return scale > 0.0f ? __fdiv_rn(1.0f, scale) : 0.0f; }
+
+__device__ __forceinline__ int8_t quantize_value(float x, float inv_scale) {
+  return static_cast<int8_t>(fminf(fmaxf(rintf(__fmul_rn(x, inv_scale)), -127.0f), 127.0f));
+}
+
+__host__ __device__ __forceinline__ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+int grid_for(int64_t n) {
+  static int max_blocks = [] {
+    int device = 0, sms = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    return sms * 8;
+  }();
+  const int64_t needed = (n + int64_t(kThreads) * kItems - 1) / (int64_t(kThreads) * kItems);
+  return static_cast<int>(needed < 1 ? 1 : (needed < max_blocks ? needed : max_blocks));
+}
+
+template <typename Fn>
+cudaError_t with_dtype(DType dtype, Fn&& fn) {
+  switch (dtype) {
+    case DType::kBF16: fn(__nv_bfloat16{}); break;
+    case DType::kF16: fn(__half{}); break;
+    case DType::kF32: fn(float{}); break;
+  }
+  return cudaGetLastError();
+}
+
+// ---- per (row, group) quantization: one block per group, two passes over it -----------
+__device__ uint32_t block_max(uint32_t v) {
+  __shared__ uint32_t warp_max[32];
+  for (int offset = 16; offset > 0; offset >>= 1) v = max(v, __shfl_xor_sync(0xFFFFFFFFu, v, offset));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) warp_max[warp] = v;
+  __syncthreads();
+  v = 0;
+  for (int w = 0; w < int(blockDim.x + 31) / 32; ++w) v = max(v, warp_max[w]);
+  return v;
+}
+
+template <typename T>
+__global__ void quantize_rows_kernel(const T* x, int64_t k, int64_t group, int64_t groups, int8_t* q, float* scale) {
+  const int64_t row = blockIdx.x / groups, g = blockIdx.x % groups;
+  const int64_t start = row * k + g * group, n = min64(group, k - g * group);
+  const T* xs = x + start;
+  int8_t* qs = q + start;
+  const bool vec_ok = aligned16(xs) && aligned16(qs);
+  uint32_t bits = 0;
+  for (int64_t base = int64_t(threadIdx.x) * kItems; base < n; base += int64_t(blockDim.x) * kItems) {
+    const int count = chunk_count(n, base);
+    T v[kItems];
+    load_items(xs + base, count, vec_ok, v);
+    for (int j = 0; j < count; ++j) bits = max(bits, abs_bits(to_f32(v[j])));
+  }
+  bits = block_max(bits);
+  const float s = scale_from_bits(bits), inv = inverse_scale(s);
+  if (threadIdx.x == 0) scale[blockIdx.x] = s;
+  for (int64_t base = int64_t(threadIdx.x) * kItems; base < n; base += int64_t(blockDim.x) * kItems) {
+    const int count = chunk_count(n, base);
+    T v[kItems];
+    alignas(16) int8_t out[kItems];
+    load_items(xs + base, count, vec_ok, v);
+    for (int j = 0; j < count; ++j) out[j] = quantize_value(to_f32(v[j]), inv);
+    store_items(qs + base, count, vec_ok, out);
+  }
+}
+
+// ---- per-channel scales ----------------------------------------------------------------
+template <typename T>
+__global__ void channel_absmax_kernel(const T* x, int64_t n, ParamIndex idx, uint32_t* absmax_bits) {
+  const bool vec_ok = aligned16(x);
+  for (int64_t base = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * kItems; base < n;
+       base += int64_t(gridDim.x) * blockDim.x * kItems) {
+    const int count = chunk_count(n, base);
+    T v[kItems];
+    load_items(x + base, count, vec_ok, v);
+    // Flush one atomic per run of equal channels inside the chunk.
+    int64_t channel = param_index(idx, base);
+    uint32_t bits = 0;
+    for (int j = 0; j < count; ++j) {
+      const int64_t c = param_index(idx, base + j);
+      if (c != channel) {
+        atomicMax(absmax_bits + channel, bits);
+        channel = c;
+        bits = 0;
+      }
+      bits = max(bits, abs_bits(to_f32(v[j])));
+    }
+    atomicMax(absmax_bits + channel, bits);
+  }
+}
+
+__global__ void scales_from_bits_kernel(const uint32_t* bits, int64_t channels, float* scale) {
+  const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c < channels) scale[c] = scale_from_bits(bits[c]);
+}
+
+// ---- element-wise kernels --------------------------------------------------------------
+template <typename T>
+__global__ void quantize_with_scales_kernel(const T* x, int64_t n, const float* scale, ParamIndex idx, int8_t* q) {
+  const bool vec_ok = aligned16(x) && aligned16(q);
+  for (int64_t base = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * kItems; base < n;
+       base += int64_t(gridDim.x) * blockDim.x * kItems) {
+    const int count = chunk_count(n, base);
+    T v[kItems];
+    alignas(16) int8_t out[kItems];
+    load_items(x + base, count, vec_ok, v);
+    for (int j = 0; j < count; ++j) out[j] = quantize_value(to_f32(v[j]), inverse_scale(scale[param_index(idx, base + j)]));
+    store_items(q + base, count, vec_ok, out);
+  }
+}
+
+template <typename Out>
+__global__ void dequantize_kernel(const int8_t* q, int64_t n, const float* scale, ParamIndex idx, Out* y) {
+  const bool vec_ok = aligned16(q) && aligned16(y);
+  for (int64_t base = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * kItems; base < n;
+       base += int64_t(gridDim.x) * blockDim.x * kItems) {
+    const int count = chunk_count(n, base);
+    alignas(16) int8_t v[kItems];
+    alignas(16) Out out[kItems];
+    load_items(q + base, count, vec_ok, v);
+    for (int j = 0; j < count; ++j) out[j] = from_f32<Out>(__fmul_rn(to_f32(v[j]), scale[param_index(idx, base + j)]));
+    store_items(y + base, count, vec_ok, out);
+  }
+}
+
+struct ElementParams {
+  float scale, zero_point;
+};
+
+__device__ __forceinline__ int64_t fake_quant_channel(const FakeQuantArgs& a, const ParamIndex& idx, int64_t i) {
+  return a.scale == nullptr ? 0 : param_index(idx, i);
+}
+
+__device__ __forceinline__ ElementParams channel_params(const FakeQuantArgs& a, int64_t c) {
+  if (a.scale == nullptr) return {a.scale_value, a.zero_point_value};
+  return {a.scale[c], a.zero_point[c]};
+}
+
+template <typename T>
+__global__ void fake_quantize_kernel(const T* x, int64_t n, FakeQuantArgs a, ParamIndex idx, T* y, bool* mask) {
+  const bool vec_ok = aligned16(x) && aligned16(y) && aligned16(mask);
+  for (int64_t base = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * kItems; base < n;
+       base += int64_t(gridDim.x) * blockDim.x * kItems) {
+    const int count = chunk_count(n, base);
+    T v[kItems];
+    alignas(16) T out[kItems];
+    alignas(16) bool in_range[kItems];
+    load_items(x + base, count, vec_ok, v);
+    // Neighbouring elements mostly share a channel: divide once per channel change.
+    int64_t channel = -1;
+    ElementParams p{};
+    float inv_scale = 0.0f;
+    for (int j = 0; j < count; ++j) {
+      const int64_t c = fake_quant_channel(a, idx, base + j);
+      if (c != channel) {
+        channel = c;
+        p = channel_params(a, c);
+        inv_scale = __fdiv_rn(1.0f, p.scale);
+      }
+      const float xv = to_f32(v[j]);
+      const float qval = __fadd_rn(p.zero_point, rintf(__fmul_rn(xv, inv_scale)));
+      const float clamped = fminf(fmaxf(qval, a.quant_min), a.quant_max);
+      // NaN input: fminf/fmaxf would drop it, so propagate it explicitly.
+      out[j] = from_f32<T>(isnan(xv) ? xv : __fmul_rn(__fsub_rn(clamped, p.zero_point), p.scale));
+      in_range[j] = qval >= a.quant_min && qval <= a.quant_max;
+    }
+    store_items(y + base, count, vec_ok, out);
+    store_items(mask + base, count, vec_ok, in_range);
+  }
+}
+
+template <typename T>
+__global__ void learnable_grad_kernel(const T* dy, const T* x, int64_t n, FakeQuantArgs a, float grad_factor,
+                                      ParamIndex idx, T* dx, float* dscale, float* dzp) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const ElementParams p = channel_params(a, fake_quant_channel(a, idx, i));
+    const float inv_scale = __fdiv_rn(1.0f, p.scale), xv = to_f32(x[i]), g = to_f32(dy[i]);
+    const float qval = rintf(__fadd_rn(p.zero_point, __fmul_rn(xv, inv_scale)));
+    const bool in_range = qval >= a.quant_min && qval <= a.quant_max;
+    dx[i] = from_f32<T>(__fmul_rn(g, in_range ? 1.0f : 0.0f));  // PyTorch multiplies: -g * 0 is -0
+    if (in_range) {
+      const float x_fq = __fmul_rn(__fsub_rn(qval, p.zero_point), p.scale);
+      dscale[i] = __fmul_rn(__fmul_rn(__fmul_rn(g, __fsub_rn(x_fq, xv)), inv_scale), grad_factor);
+      dzp[i] = 0.0f;
+    } else {
+      const float bound = qval < a.quant_min ? a.quant_min : a.quant_max;
+      dscale[i] = __fmul_rn(__fmul_rn(g, __fsub_rn(bound, p.zero_point)), grad_factor);
+      dzp[i] = __fmul_rn(__fmul_rn(-g, p.scale), grad_factor);
+    }
+  }
+}
+
+}  // namespace
+
+cudaError_t quantize_rows(DType dtype, const void* x, int64_t rows, int64_t k, int64_t group, int8_t* q,
+                          float* scale, cudaStream_t stream) {
+  const int64_t groups = (k + group - 1) / group;
+  if (rows == 0 || groups == 0) return cudaSuccess;
+  // Enough threads to cover a group once at kItems each, rounded to whole warps.
+  const int64_t chunks = (group + kItems - 1) / kItems;
+  const int threads = static_cast<int>(min64(kThreads, ((chunks + 31) / 32) * 32));
+  return with_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    quantize_rows_kernel<T><<<rows * groups, threads, 0, stream>>>(static_cast<const T*>(x), k, group, groups, q,
+                                                                  scale);
+  });
+}
+
+cudaError_t channel_scales(DType dtype, const void* x, int64_t outer, int64_t channels, int64_t inner,
+                           uint32_t* absmax_bits, float* scale, cudaStream_t stream) {
+  const int64_t n = outer * channels * inner;
+  ParamIndex idx;
+  idx.inner = inner;
+  idx.channels = channels;
+  if (channels == 0) return cudaSuccess;
+  const cudaError_t err = with_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    if (n > 0) channel_absmax_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(static_cast<const T*>(x), n, idx, absmax_bits);
+  });
+  if (err != cudaSuccess) return err;
+  scales_from_bits_kernel<<<(channels + kThreads - 1) / kThreads, kThreads, 0, stream>>>(absmax_bits, channels, scale);
+  return cudaGetLastError();
+}
+
+cudaError_t quantize_with_scales(DType dtype, const void* x, int64_t n, const float* scale, ParamIndex idx,
+                                 int8_t* q, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  return with_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    quantize_with_scales_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(static_cast<const T*>(x), n, scale, idx, q);
+  });
+}
+
+cudaError_t dequantize(DType out_dtype, const int8_t* q, int64_t n, const float* scale, ParamIndex idx, void* y,
+                       cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  return with_dtype(out_dtype, [&](auto tag) {
+    using T = decltype(tag);
+    dequantize_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(q, n, scale, idx, static_cast<T*>(y));
+  });
+}
+
+cudaError_t fake_quantize(DType dtype, const void* x, int64_t n, FakeQuantArgs args, ParamIndex idx, void* y,
+                          bool* mask, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  return with_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    fake_quantize_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(static_cast<const T*>(x), n, args, idx,
+                                                                  static_cast<T*>(y), mask);
+  });
+}
+
+cudaError_t fake_quantize_learnable_grad(DType dtype, const void* dy, const void* x, int64_t n, FakeQuantArgs args,
+                                         float grad_factor, ParamIndex idx, void* dx, float* dscale,
+                                         float* dzero_point, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  return with_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    learnable_grad_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(
+        static_cast<const T*>(dy), static_cast<const T*>(x), n, args, grad_factor, idx, static_cast<T*>(dx), dscale,
+        dzero_point);
+  });
+}
+
+}  // namespace effgen::cuda

@@ -1,0 +1,29 @@
+import pytest
+import torch
+
+import effgen_kernels as ek
+
+CPU_ISAS = ek.ops.supported_cpu_isas()
+FLOAT_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+@pytest.fixture(params=CPU_ISAS)
+def isa(request):
+    """Runs the test once per CPU instruction set this machine supports."""
+    with ek.ops.use_cpu_isa(request.param):
+        yield request.param
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA GPU visible")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+def random_input(shape, dtype=torch.float32, seed=None, scale=3.0):
+    """Fresh random data (never zeros), float32 draws rounded to `dtype`."""
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    return (torch.randn(shape, generator=gen) * scale).to(dtype)
