@@ -4,8 +4,11 @@ from importlib.metadata import PackageNotFoundError, version
 
 import torch
 
-from . import _C  # noqa: F401  (loads the extension: registers torch.ops.effgen.*)
-from . import ops, reference  # noqa: F401
+from . import (  # noqa: F401
+    _C,  # noqa: F401  (loads the extension: registers torch.ops.effgen.*)
+    ops,
+    reference,
+)
 
 try:
     __version__ = version("effgen-kernels")

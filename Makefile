@@ -1,0 +1,37 @@
+# The README's commands. Everything runs inside .venv, created on first use from nothing
+# but a Python >= 3.11 and a C++ compiler (plus nvcc for the CUDA kernels).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION := 2.14.1
+# Set EFFGEN_CUDA=0 for a quick CPU-only build, EFFGEN_CUDA=1 to insist on the CUDA kernels.
+export CUDA_HOME ?= /usr/local/cuda
+export MAX_JOBS ?= 2
+
+.PHONY: run test build bench lint clean
+
+run: build
+	$(VENV)/bin/effgen info
+	$(VENV)/bin/effgen bench --quick
+
+test: build
+	$(PY) -m pytest -q
+
+bench: build
+	$(VENV)/bin/effgen bench --json effgen-bench/results.json
+
+lint: $(VENV)/.deps
+	$(VENV)/bin/ruff check effgen_kernels tests benchmarks
+
+# torch comes first and the package is built against it without build isolation, so the
+# extension links the very torch it will run with.
+$(VENV)/.deps: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" numpy ninja "setuptools>=64" wheel pytest ruff
+	touch $@
+
+build: $(VENV)/.deps
+	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
+
+clean:
+	rm -rf build *.egg-info effgen_kernels/_C*.so effgen_kernels/_build_info.json

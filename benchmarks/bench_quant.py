@@ -1,0 +1,85 @@
+"""quant family: our fused kernels against PyTorch's own fake quant and an eager quantizer.
+
+Run through `effgen bench --only quant` (or `python benchmarks/bench_quant.py`). Inputs are
+larger than the last-level cache (64 MB on the CPU, 256 MB on a GPU), freshly random.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import effgen_kernels as ek
+from effgen_kernels import reference as ref
+from effgen_kernels.bench import BenchContext, BenchResult
+
+FAMILY = "quant"
+
+
+def shapes_for(device: torch.device) -> tuple[int, int]:
+    return (8192, 8192) if device.type == "cuda" else (4096, 4096)
+
+
+def eager_quantize_per_token(x: torch.Tensor):
+    """What a user writes without us: the reference, op by op in eager PyTorch."""
+    return ref.quantize_per_token(x)
+
+
+def run(ctx: BenchContext) -> list[BenchResult]:
+    dtypes = [torch.float32, torch.bfloat16] if ctx.device.type == "cuda" else [torch.float32]
+    return [result for dtype in dtypes for result in run_dtype(ctx, dtype)]
+
+
+def run_dtype(ctx: BenchContext, dtype: torch.dtype) -> list[BenchResult]:
+    rows, cols = shapes_for(ctx.device)
+    results = []
+    x = torch.randn(rows, cols, device=ctx.device).to(dtype)
+    n, elem = x.numel(), x.element_size()
+    shape = f"{rows}x{cols}"
+    scale = torch.rand(rows, device=ctx.device) * 0.05 + 0.01
+    zp = torch.randint(-8, 8, (rows,), device=ctx.device, dtype=torch.int32)
+
+    results.append(ctx.measure(
+        FAMILY, "quantize_per_token", shape, dtype, lambda: ek.ops.quantize_per_token(x),
+        "eager reference", lambda: eager_quantize_per_token(x), bytes_moved=n * elem + n + rows * 4))
+
+    q, q_scale = ek.ops.quantize_per_token(x)
+    results.append(ctx.measure(
+        FAMILY, "dequantize (per token)", shape, dtype,
+        lambda: ek.ops.dequantize(q, q_scale, out_dtype=dtype),
+        "eager q*scale", lambda: (q.to(torch.float32) * q_scale[:, None]).to(dtype),
+        bytes_moved=n + n * elem + rows * 4))
+
+    results.append(ctx.measure(
+        FAMILY, "fake_quantize_per_tensor fwd", shape, dtype,
+        lambda: ek.ops.fake_quantize_per_tensor(x, 0.02, 3, -128, 127),
+        "torch fake_quant", lambda: torch.fake_quantize_per_tensor_affine(x, 0.02, 3, -128, 127),
+        bytes_moved=n * elem * 2 + n))
+
+    results.append(ctx.measure(
+        FAMILY, "fake_quantize_per_channel fwd", shape, dtype,
+        lambda: ek.ops.fake_quantize_per_channel(x, scale, zp, 0, -128, 127),
+        "torch fake_quant", lambda: torch.fake_quantize_per_channel_affine(x, scale, zp, 0, -128, 127),
+        bytes_moved=n * elem * 2 + n))
+
+    grad = torch.randn_like(x)
+    x_ours, x_peer = x.clone().requires_grad_(), x.clone().requires_grad_()
+
+    def fwd_bwd(fn, leaf):
+        def step():
+            leaf.grad = None
+            fn(leaf, scale, zp, 0, -128, 127).backward(grad)
+        return step
+
+    # Forward reads x, writes y and the mask; backward reads grad and mask, writes dx.
+    results.append(ctx.measure(
+        FAMILY, "fake_quantize_per_channel fwd+bwd", shape, dtype,
+        fwd_bwd(ek.ops.fake_quantize_per_channel, x_ours),
+        "torch fake_quant", fwd_bwd(torch.fake_quantize_per_channel_affine, x_peer),
+        bytes_moved=(n * elem * 2 + n) + (n * elem * 2 + n)))
+    return results
+
+
+if __name__ == "__main__":
+    from effgen_kernels.cli import main
+
+    main(["bench", "--only", FAMILY])

@@ -1,0 +1,117 @@
+"""Timing on shared, noisy machines: the op and its peer run interleaved in one loop (so
+both see the same neighbours), every call is timed on its own, and we report medians.
+Throughput is put against the machine's copy bandwidth measured in the same run."""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_call(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds for one call: CUDA events on a GPU, perf_counter around a sync on the CPU."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    begin = time.perf_counter()
+    fn()
+    return time.perf_counter() - begin
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 2,
+                     device: torch.device | str = "cpu") -> dict[str, float]:
+    """Median seconds per call of each function, calls interleaved round-robin.
+
+    The order inside a round rotates so no function always runs right after another.
+    """
+    device = torch.device(device)
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    _sync(device)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for rep in range(reps):
+        shift = rep % len(names)
+        for name in names[shift:] + names[:shift]:
+            samples[name].append(_time_call(fns[name], device))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def copy_bandwidth_gbps(device: torch.device | str = "cpu", nbytes: int = 256 << 20, reps: int = 9) -> float:
+    """Bytes read + written per second by a plain tensor copy bigger than the last-level cache."""
+    device = torch.device(device)
+    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    seconds = time_interleaved({"copy": lambda: dst.copy_(src)}, reps=reps, warmup=2, device=device)["copy"]
+    return 2 * nbytes / seconds / 1e9
+
+
+@dataclasses.dataclass
+class BenchResult:
+    """One op against one peer, measured in the same interleaved loop."""
+
+    family: str
+    op: str
+    shape: str
+    dtype: str
+    ours_ms: float
+    peer: str
+    peer_ms: float
+    bytes_moved: int  # bytes our op must read + write at least
+    limit_gbps: float  # the machine's copy bandwidth from the same run
+
+    @property
+    def speedup(self) -> float:
+        return self.peer_ms / self.ours_ms
+
+    @property
+    def achieved_gbps(self) -> float:
+        return self.bytes_moved / (self.ours_ms / 1e3) / 1e9
+
+    @property
+    def fraction_of_limit(self) -> float:
+        return self.achieved_gbps / self.limit_gbps
+
+    def as_dict(self) -> dict:
+        row = dataclasses.asdict(self)
+        row.update(speedup=self.speedup, achieved_gbps=self.achieved_gbps, fraction_of_limit=self.fraction_of_limit)
+        return row
+
+
+@dataclasses.dataclass
+class BenchContext:
+    """What a benchmark module gets: where to run, how long, and the measured limits."""
+
+    device: torch.device
+    quick: bool
+    copy_gbps: float
+    progress: Callable[[str], None] = lambda message: print(message, file=sys.stderr, flush=True)
+
+    @property
+    def reps(self) -> int:
+        return 5 if self.quick else 21
+
+    def measure(self, family: str, op: str, shape: str, dtype: torch.dtype, ours: Callable[[], object],
+                peer_name: str, peer: Callable[[], object], bytes_moved: int) -> BenchResult:
+        medians = time_interleaved({"ours": ours, "peer": peer}, reps=self.reps, device=self.device)
+        result = BenchResult(family, op, shape, str(dtype).removeprefix("torch."), medians["ours"] * 1e3, peer_name,
+                             medians["peer"] * 1e3, bytes_moved, self.copy_gbps)
+        self.progress(f"  {op:<38} {shape:<12} ours {result.ours_ms:9.3f} ms  {peer_name} {result.peer_ms:9.3f} ms"
+                      f"  x{result.speedup:6.2f}  {result.achieved_gbps:7.1f} GB/s"
+                      f" ({100 * result.fraction_of_limit:4.0f}% of copy)")
+        return result

@@ -1,0 +1,188 @@
+"""`effgen` command line: `effgen info` and `effgen bench`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import effgen_kernels as ek
+from effgen_kernels.bench import BenchContext, copy_bandwidth_gbps
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCHMARK_DIR = REPO_ROOT / "benchmarks"
+
+
+def build_info() -> dict:
+    path = Path(__file__).with_name("_build_info.json")
+    info = json.loads(path.read_text()) if path.exists() else {}
+    info["cuda"] = ek.ops.built_with_cuda()  # the library itself is the final word
+    return info
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def machine_info() -> dict:
+    info = {
+        "effgen_kernels": ek.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": cpu_model(),
+        "cpu_threads": torch.get_num_threads(),
+        "cpu_isa": ek.ops.cpu_isa(),
+        "cpu_isas_available": ek.ops.supported_cpu_isas(),
+        "build": build_info(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "commit": git_commit(),
+    }
+    return info
+
+
+def cmd_info(args) -> int:
+    info = machine_info()
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    build = info["build"]
+    cuda = f"yes (archs {', '.join(build.get('cuda_archs', [])) or '?'}, CUDA {build.get('cuda_version')})" \
+        if build["cuda"] else "no"
+    rows = [
+        ("effgen-kernels", info["effgen_kernels"]),
+        ("torch", info["torch"]),
+        ("python", info["python"]),
+        ("backends", "cpu" + (", cuda" if build["cuda"] else "")),
+        ("CUDA kernels built", cuda),
+        ("CPU", f"{info['cpu']} ({info['cpu_threads']} threads)"),
+        ("CPU ISA in use", info["cpu_isa"] + (" (EFFGEN_CPU_ISA)" if os.environ.get("EFFGEN_CPU_ISA") else "")),
+        ("CPU ISAs available", ", ".join(info["cpu_isas_available"])),
+        ("GPU visible", info["gpu"] or "none"),
+        ("commit", info["commit"] or "unknown"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    return 0
+
+
+def discover_benchmarks() -> dict[str, Path]:
+    return {p.stem.removeprefix("bench_"): p for p in sorted(BENCHMARK_DIR.glob("bench_*.py"))}
+
+
+def load_benchmark(path: Path):
+    spec = importlib.util.spec_from_file_location(f"effgen_benchmarks.{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def print_table(results) -> None:
+    header = f"{'op':<38} {'shape':<12} {'dtype':<9} {'ours ms':>9} {'peer':<18} {'peer ms':>9} {'speedup':>8} " \
+             f"{'GB/s':>7} {'% copy':>7}"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        print(f"{r.op:<38} {r.shape:<12} {r.dtype:<9} {r.ours_ms:9.3f} {r.peer:<18} {r.peer_ms:9.3f} "
+              f"{r.speedup:7.2f}x {r.achieved_gbps:7.1f} {100 * r.fraction_of_limit:6.0f}%")
+
+
+# glibc returns big freed blocks to the OS, so every large output of every op (ours and the
+# peers alike) would pay first-touch page faults that dwarf the kernels on a small VM. The
+# benchmark process keeps freed memory instead (`--allocator system` measures the default).
+RETAINING_MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+
+
+def reexec_with_retaining_malloc(argv: list[str]) -> None:
+    """Restart this command with the allocator settings, which glibc only reads at start-up."""
+    if platform.system() != "Linux" or all(os.environ.get(k) == v for k, v in RETAINING_MALLOC_ENV.items()):
+        return
+    env = {**os.environ, **RETAINING_MALLOC_ENV}
+    os.execve(sys.executable, [sys.executable, "-m", "effgen_kernels.cli", *argv], env)
+
+
+def cmd_bench(args) -> int:
+    if args.allocator == "retain":
+        reexec_with_retaining_malloc(args.argv)
+    available = discover_benchmarks()
+    if not available:
+        print(f"effgen bench: no benchmarks found in {BENCHMARK_DIR} (they ship with the source tree)",
+              file=sys.stderr)
+        return 2
+    chosen = args.only or list(available)
+    unknown = [name for name in chosen if name not in available]
+    if unknown:
+        print(f"effgen bench: unknown benchmark(s) {unknown}; available: {sorted(available)}", file=sys.stderr)
+        return 2
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not (torch.cuda.is_available() and ek.ops.built_with_cuda()):
+        print("effgen bench: --device cuda needs a visible GPU and the CUDA kernels built", file=sys.stderr)
+        return 2
+    print(f"measuring {device} copy bandwidth ...", file=sys.stderr, flush=True)
+    # Copy sizes well past the last-level cache: 256 MB on a CPU, 2 GB on a GPU (60 MB of L2).
+    copy_bytes = (2 << 30) if device.type == "cuda" else (256 << 20)
+    ctx = BenchContext(device=device, quick=args.quick, copy_gbps=copy_bandwidth_gbps(device, copy_bytes))
+    print(f"copy bandwidth: {ctx.copy_gbps:.1f} GB/s (read + write)", file=sys.stderr, flush=True)
+    results = []
+    for i, name in enumerate(chosen, 1):
+        print(f"[{i}/{len(chosen)}] {name}", file=sys.stderr, flush=True)
+        results += load_benchmark(available[name]).run(ctx)
+    print_table(results)
+    if args.json:
+        report = {"machine": machine_info(), "device": str(device), "quick": args.quick, "allocator": args.allocator,
+                  "copy_gbps": ctx.copy_gbps, "results": [r.as_dict() for r in results]}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="effgen", description="effgen-kernels: info and benchmarks")
+    sub = p.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="versions, built backends, CPU ISA, GPU")
+    info.add_argument("--json", action="store_true", help="print as JSON")
+    info.set_defaults(func=cmd_info)
+    bench = sub.add_parser("bench", help="run the kernel benchmarks against their peers")
+    bench.add_argument("--quick", action="store_true", help="fewer repetitions")
+    bench.add_argument("--only", nargs="+", metavar="NAME", help="benchmark families to run (e.g. quant)")
+    bench.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when a GPU is visible")
+    bench.add_argument("--json", metavar="PATH", help="also write the results and machine as JSON")
+    bench.add_argument("--allocator", choices=["retain", "system"], default="retain",
+                       help="retain (default): glibc keeps freed memory, so no op pays page faults; "
+                            "system: the allocator as it comes")
+    bench.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser().parse_args(argv)
+    args.argv = argv
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

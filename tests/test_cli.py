@@ -1,0 +1,77 @@
+"""The `effgen` command, the build report, the ISA override, and the benchmark harness."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import effgen_kernels as ek
+from effgen_kernels import cli
+from effgen_kernels.bench import BenchResult, time_interleaved
+
+
+def run_python(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **env})
+
+
+def test_info_reports_build_and_isa(capsys):
+    assert cli.main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["torch"] == torch.__version__
+    assert info["cpu_isa"] in info["cpu_isas_available"]
+    assert info["cpu_isas_available"][0] == "scalar"
+    assert info["build"]["cuda"] == ek.ops.built_with_cuda()
+    assert cli.main(["info"]) == 0
+    assert "CPU ISA in use" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("isa", ek.ops.supported_cpu_isas())
+def test_env_override_picks_the_isa(isa):
+    done = run_python("import effgen_kernels as ek; print(ek.ops.cpu_isa())", EFFGEN_CPU_ISA=isa)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == isa
+
+
+def test_env_override_rejects_unknown_and_unsupported():
+    done = run_python("import torch, effgen_kernels as ek; ek.ops.quantize_per_token(torch.ones(2, 2))",
+                      EFFGEN_CPU_ISA="sse9")
+    assert done.returncode != 0 and "unknown CPU ISA 'sse9'" in done.stderr
+    if "amx" not in ek.ops.supported_cpu_isas():
+        done = run_python("import effgen_kernels as ek; ek.ops.cpu_isa()", EFFGEN_CPU_ISA="amx")
+        assert done.returncode != 0 and "EFFGEN_CPU_ISA=amx but this CPU supports at most" in done.stderr
+
+
+def test_bench_rejects_unknown_family(capsys):
+    assert cli.main(["bench", "--allocator", "system", "--only", "nonexistent"]) == 2
+    assert "unknown benchmark" in capsys.readouterr().err
+
+
+def test_bench_discovers_the_quant_benchmark():
+    assert "quant" in cli.discover_benchmarks()
+
+
+def test_time_interleaved_measures_each_function():
+    calls = {"a": 0, "b": 0}
+
+    def bump(name):
+        def fn():
+            calls[name] += 1
+            sum(range(2000 if name == "a" else 200000))
+        return fn
+
+    medians = time_interleaved({"a": bump("a"), "b": bump("b")}, reps=7, warmup=1)
+    assert calls == {"a": 8, "b": 8}
+    assert 0 < medians["a"] < medians["b"]
+
+
+def test_bench_result_ratios():
+    r = BenchResult("quant", "op", "1x1", "float32", ours_ms=2.0, peer="p", peer_ms=6.0, bytes_moved=10**9,
+                    limit_gbps=1000.0)
+    assert r.speedup == 3.0
+    assert r.achieved_gbps == pytest.approx(500.0)
+    assert r.fraction_of_limit == pytest.approx(0.5)
+    assert r.as_dict()["speedup"] == 3.0
