@@ -71,16 +71,14 @@ void check_quantize_input(const char* op, const at::Tensor& x) {
 }
 
 // Row-wise groups of the last dim, fused: absmax, scale, quantize while the group is in cache.
-std::tuple<at::Tensor, at::Tensor> quantize_rows(const char* op, const at::Tensor& x_in, int64_t group_size,
-                                                 bool per_token) {
+// group_size 0 means one group per row (per token), whose scale drops the last dim.
+std::tuple<at::Tensor, at::Tensor> quantize_rows(const char* op, const at::Tensor& x_in, int64_t group_size) {
   check_quantize_input(op, x_in);
   const at::Tensor x = x_in.contiguous();
   const int64_t k = x.size(-1), rows = k == 0 ? 0 : x.numel() / k;
-  const int64_t groups = per_token ? (k == 0 ? 0 : 1) : num_groups(k, group_size);
-  if (per_token) group_size = std::max<int64_t>(k, 1);
-  at::Tensor q = at::empty(x.sizes(), x.options().dtype(at::kChar));
-  at::Tensor scale = per_token ? at::zeros(row_scale_shape(x, -1), x.options().dtype(at::kFloat))
-                               : at::empty(row_scale_shape(x, groups), x.options().dtype(at::kFloat));
+  auto [q, scale] = allocate_row_quantized(x, group_size);
+  group_size = group_size > 0 ? group_size : std::max<int64_t>(k, 1);
+  const int64_t groups = num_groups(k, group_size);
   const auto& kernels = cpu::quant_kernels();
   const auto dtype = kernel_dtype(x);
   const auto* x_bytes = static_cast<const char*>(x.data_ptr());
@@ -106,12 +104,12 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows(const char* op, const at::Tenso
 }
 
 std::tuple<at::Tensor, at::Tensor> quantize_per_token(const at::Tensor& x) {
-  return quantize_rows("quantize_per_token", x, 0, /*per_token=*/true);
+  return quantize_rows("quantize_per_token", x, /*group_size=*/0);
 }
 
 std::tuple<at::Tensor, at::Tensor> quantize_per_group(const at::Tensor& x, int64_t group_size) {
   check_group_size("quantize_per_group", group_size);
-  return quantize_rows("quantize_per_group", x, group_size, /*per_token=*/false);
+  return quantize_rows("quantize_per_group", x, group_size);
 }
 
 // Calls fn(offset, n, channel, stride) for every contiguous run of a [outer, C, inner]

@@ -2,6 +2,8 @@
 // glue of the quant family, so both devices reject the same inputs with the same words.
 #pragma once
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
@@ -100,6 +102,15 @@ inline std::vector<int64_t> row_scale_shape(const at::Tensor& x, int64_t groups_
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);
   if (groups_or_minus1 >= 0) shape.push_back(groups_or_minus1);
   return shape;
+}
+
+// Outputs of the per-row quantizers for a contiguous x: q like x, and the scale per group
+// (group_size > 0) or per row (group_size 0; zero-filled so a K = 0 row reads scale 0).
+inline std::tuple<at::Tensor, at::Tensor> allocate_row_quantized(const at::Tensor& x, int64_t group_size) {
+  at::Tensor q = at::empty(x.sizes(), x.options().dtype(at::kChar));
+  const auto scale_options = x.options().dtype(at::kFloat);
+  if (group_size == 0) return {q, at::zeros(row_scale_shape(x, -1), scale_options)};
+  return {q, at::empty(row_scale_shape(x, num_groups(x.size(-1), group_size)), scale_options)};
 }
 
 // How dequantize maps scale entries onto q, decided from the arguments alone.

@@ -50,30 +50,28 @@ ParamIndex group_index(int64_t k, int64_t group) {
   return idx;
 }
 
-std::tuple<at::Tensor, at::Tensor> quantize_rows(const char* op, const at::Tensor& x_in, int64_t group_size,
-                                                 bool per_token) {
+// group_size 0 means one group per row (per token).
+std::tuple<at::Tensor, at::Tensor> quantize_rows(const char* op, const at::Tensor& x_in, int64_t group_size) {
   check_float_input(op, "x", x_in);
   check_cuda_input(op, "x", x_in);
   TORCH_CHECK_INDEX(x_in.dim() > 0, op, ": x must have at least 1 dimension, got a scalar");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   const int64_t k = x.size(-1), rows = k == 0 ? 0 : x.numel() / k;
-  const int64_t group = per_token ? std::max<int64_t>(k, 1) : group_size;
-  at::Tensor q = at::empty(x.sizes(), x.options().dtype(at::kChar));
-  at::Tensor scale = per_token ? at::zeros(row_scale_shape(x, -1), x.options().dtype(at::kFloat))
-                               : at::empty(row_scale_shape(x, num_groups(k, group)), x.options().dtype(at::kFloat));
+  auto [q, scale] = allocate_row_quantized(x, group_size);
+  const int64_t group = group_size > 0 ? group_size : std::max<int64_t>(k, 1);
   check_launch(op, cuda::quantize_rows(cuda_dtype(x), x.data_ptr(), rows, k, group, q.data_ptr<int8_t>(),
                                        scale.data_ptr<float>(), c10::cuda::getCurrentCUDAStream()));
   return {q, scale};
 }
 
 std::tuple<at::Tensor, at::Tensor> quantize_per_token(const at::Tensor& x) {
-  return quantize_rows("quantize_per_token", x, 0, /*per_token=*/true);
+  return quantize_rows("quantize_per_token", x, /*group_size=*/0);
 }
 
 std::tuple<at::Tensor, at::Tensor> quantize_per_group(const at::Tensor& x, int64_t group_size) {
   check_group_size("quantize_per_group", group_size);
-  return quantize_rows("quantize_per_group", x, group_size, /*per_token=*/false);
+  return quantize_rows("quantize_per_group", x, group_size);
 }
 
 std::tuple<at::Tensor, at::Tensor> quantize_per_channel(const at::Tensor& w_in, int64_t axis) {
