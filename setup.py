@@ -69,10 +69,13 @@ def extension():
     cpu_sources = [s for s in cpu_sources if not s.endswith("_cuda.cpp")]
     # -ffp-contract=off: the kernels must match reference.py bit for bit, so the compiler
     # may not fuse a multiply and an add into one FMA with a different rounding.
-    cxx = ["-O3", "-std=c++20", "-ffp-contract=off", "-fvisibility=hidden"]
+    # -fopenmp: at::parallel_for is an inline `#pragma omp parallel` (torch is built with
+    # OpenMP); without the flag the pragma is dropped and every op runs on one thread.
+    cxx = ["-O3", "-std=c++20", "-ffp-contract=off", "-fvisibility=hidden", "-fopenmp"]
+    link = ["-fopenmp"]
     info = {"torch_version": torch.__version__, "cuda": False, "cuda_archs": [], "cuda_version": None}
     if cuda_home is None:
-        ext = CppExtension("effgen_kernels._C", cpu_sources, extra_compile_args={"cxx": cxx},
+        ext = CppExtension("effgen_kernels._C", cpu_sources, extra_compile_args={"cxx": cxx}, extra_link_args=link,
                            py_limited_api=True)
     else:
         archs = [a for a in os.environ.get("EFFGEN_CUDA_ARCHS", DEFAULT_CUDA_ARCHS).split(";") if a]
@@ -80,6 +83,7 @@ def extension():
         nvcc = ["-O3", "-std=c++20", "--fmad=false", "-lineinfo", *gencode_flags(archs)]
         ext = CUDAExtension("effgen_kernels._C", cpu_sources + cuda_sources,
                             extra_compile_args={"cxx": cxx + ["-DEFFGEN_WITH_CUDA"], "nvcc": nvcc},
+                            extra_link_args=link,
                             py_limited_api=True)
         info.update(cuda=True, cuda_archs=archs, cuda_version=torch.version.cuda)
     (ROOT / "effgen_kernels" / "_build_info.json").write_text(json.dumps(info, indent=1) + "\n")

@@ -46,6 +46,8 @@ TORCH_LIBRARY(effgen, m) {
   m.def("fake_quantize_per_tensor_cachemask(Tensor x, float scale, int zero_point, int quant_min, int quant_max) -> (Tensor y, Tensor mask)");
   // Bit-exact twin of torch.fake_quantize_per_channel_affine, returning the STE mask too.
   m.def("fake_quantize_per_channel_cachemask(Tensor x, Tensor scale, Tensor zero_point, int axis, int quant_min, int quant_max) -> (Tensor y, Tensor mask)");
+  // Straight-through backward of the two ops above: grad * mask.
+  m.def("fake_quantize_mask_grad(Tensor grad, Tensor mask) -> Tensor");
   // torch._fake_quantize_learnable_per_channel_affine: zero_point is float, rounded and clamped.
   m.def("fake_quantize_learnable_per_channel(Tensor x, Tensor scale, Tensor zero_point, int axis, int quant_min, int quant_max, float grad_factor=1.0) -> Tensor");
   // LSQ gradients of torch._fake_quantize_learnable_per_channel_affine: (dx, dscale, dzero_point).

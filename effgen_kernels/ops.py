@@ -113,6 +113,12 @@ def _(x, scale, zero_point, axis, quant_min, quant_max):
     return torch.empty_like(x), torch.empty_like(x, dtype=torch.bool)
 
 
+@torch.library.register_fake("effgen::fake_quantize_mask_grad")
+def _(grad, mask):
+    _check_same_device("fake_quantize_mask_grad", "mask", mask, grad)
+    return torch.empty_like(grad)
+
+
 @torch.library.register_fake("effgen::fake_quantize_learnable_per_channel")
 def _(x, scale, zero_point, axis, quant_min, quant_max, grad_factor=1.0):
     _check_same_device("fake_quantize_learnable_per_channel", "scale", scale, x)
@@ -132,7 +138,7 @@ def _cachemask_setup(ctx, inputs, output):
 
 def _cachemask_backward(ctx, grad_y, _grad_mask):
     (mask,) = ctx.saved_tensors
-    return (grad_y * mask,) + (None,) * ctx.num_non_x_inputs
+    return (_ops.fake_quantize_mask_grad(grad_y.contiguous(), mask),) + (None,) * ctx.num_non_x_inputs
 
 
 def _register_ste(op_name: str, num_non_x_inputs: int) -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "dequantize",
     "fake_quantize_per_tensor",
     "fake_quantize_per_channel",
+    "fake_quantize_mask_grad",
     "fake_quantize_learnable_per_channel",
     "fake_quantize_learnable_per_channel_backward",
 ]
@@ -122,6 +123,11 @@ def _channel_view(p: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
 def fake_quantize_per_channel(x, scale, zero_point, axis: int, quant_min: int, quant_max: int):
     """Returns (y, mask); y equals torch.fake_quantize_per_channel_affine bit for bit."""
     return _fake_quantize(x, _channel_view(scale, x, axis), _channel_view(zero_point, x, axis), quant_min, quant_max)
+
+
+def fake_quantize_mask_grad(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Straight-through backward of fake quant: ``grad * mask`` (a multiply, so -g * 0 is -0)."""
+    return grad * mask
 
 
 def _rounded_zero_point(zero_point, quant_min, quant_max):

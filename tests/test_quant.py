@@ -175,6 +175,30 @@ def test_fake_quantize_per_channel_is_bit_exact_with_pytorch(isa, dtype, shape, 
     assert_same_bits(y64, y)
 
 
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_runs_longer_than_a_thread_task_are_split_exactly(isa, dtype):
+    # 70001 elements per run: the glue cuts runs into 32768-element pieces across threads.
+    x = random_input((2, 70001), dtype)
+    assert_same_bits(ops.fake_quantize_per_tensor(x, 0.03, 1, -128, 127),
+                     torch.fake_quantize_per_tensor_affine(x, 0.03, 1, -128, 127))
+    for axis in (0, 1):  # inner = 70001 with one scale per run, and inner = 1 with 70001 channels
+        scale = torch.rand(x.shape[axis]) * 0.1 + 0.01
+        zp = torch.randint(-3, 3, (x.shape[axis],), dtype=torch.int32)
+        assert_same_bits(ops.fake_quantize_per_channel(x, scale, zp, axis, -128, 127),
+                         torch.fake_quantize_per_channel_affine(x, scale, zp, axis, -128, 127))
+        q, s = ops.quantize_per_channel(x, axis)
+        assert_same_bits(ops.dequantize(q, s, axis=axis, out_dtype=dtype),
+                         ref.dequantize(q, s, axis=axis, out_dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("n", [1, 17, 70001])
+def test_mask_grad_matches_reference(isa, dtype, n):
+    grad = random_input((n,), dtype)
+    mask = torch.rand(n) > 0.3
+    assert_same_bits(torch.ops.effgen.fake_quantize_mask_grad(grad, mask), ref.fake_quantize_mask_grad(grad, mask))
+
+
 def test_fake_quantize_non_contiguous_input(isa):
     x = non_contiguous(random_input((9, 65)))
     y = ops.fake_quantize_per_tensor(x, 0.03, 1, -128, 127)
@@ -255,10 +279,11 @@ def opcheck_cases():
         (e.fake_quantize_learnable_per_channel.default,
          (x.clone().requires_grad_(), scale.clone().requires_grad_(), zp.float().requires_grad_(), 1, -8, 7, 1.0)),
         (e.fake_quantize_learnable_per_channel_backward.default, (x, x, scale, zp.float(), 1, -8, 7, 1.0)),
+        (e.fake_quantize_mask_grad.default, (x, x > 0)),
     ]
 
 
-@pytest.mark.parametrize("case", range(8))
+@pytest.mark.parametrize("case", range(9))
 def test_opcheck(case):
     op, args = opcheck_cases()[case]
     opcheck(op, args)
@@ -288,6 +313,10 @@ def test_wrong_dtype_is_rejected():
         ops.dequantize(torch.ones(3, 4, dtype=torch.int8), torch.ones(3, dtype=torch.float64))
     with pytest.raises(TypeError, match="zero_point must be int32 or int64"):
         ops.fake_quantize_per_channel(torch.ones(3, 4), torch.ones(4), torch.zeros(4), 1, 0, 255)
+    with pytest.raises(TypeError, match="fake_quantize_mask_grad: mask must be bool"):
+        torch.ops.effgen.fake_quantize_mask_grad(torch.ones(3), torch.ones(3))
+    with pytest.raises(ValueError, match="fake_quantize_mask_grad: mask must have grad's shape"):
+        torch.ops.effgen.fake_quantize_mask_grad(torch.ones(3), torch.ones(4, dtype=torch.bool))
     with pytest.raises(TypeError, match="out_dtype"):
         ops.dequantize(torch.ones(3, 4, dtype=torch.int8), torch.ones(3), out_dtype=torch.int32)
 

@@ -112,19 +112,24 @@ std::tuple<at::Tensor, at::Tensor> quantize_per_group(const at::Tensor& x, int64
   return quantize_rows("quantize_per_group", x, group_size);
 }
 
-// Calls fn(offset, n, channel, stride) for every contiguous run of a [outer, C, inner]
-// tensor in parallel: runs of `inner` elements of one channel (stride 0 into the channel
-// parameters), or, when inner == 1, whole rows of C channels (stride 1).
+// Calls fn(offset, n, param, stride) for every contiguous piece of a [outer, C, inner]
+// tensor, in parallel. Pieces come from runs of `inner` elements of one channel (stride 0:
+// param is that channel) or, when inner == 1, rows of C channels (stride 1: param is the
+// first channel of the piece). Runs longer than a task are cut, so that even one run (a
+// per-tensor op) keeps every thread busy.
 template <typename Fn>
 void for_each_channel_run(const ChannelLayout& l, Fn&& fn) {
-  if (l.inner == 1) {
-    at::parallel_for(0, l.outer, grain_for(l.channels), [&](int64_t begin, int64_t end) {
-      for (int64_t o = begin; o < end; ++o) fn(o * l.channels, l.channels, int64_t{0}, int64_t{1});
-    });
-    return;
-  }
-  at::parallel_for(0, l.outer * l.channels, grain_for(l.inner), [&](int64_t begin, int64_t end) {
-    for (int64_t run = begin; run < end; ++run) fn(run * l.inner, l.inner, run % l.channels, int64_t{0});
+  const bool per_element = l.inner == 1;
+  const int64_t run_length = per_element ? l.channels : l.inner;
+  const int64_t runs = per_element ? l.outer : l.outer * l.channels;
+  if (runs == 0 || run_length == 0) return;
+  const int64_t pieces = (run_length + kElementsPerTask - 1) / kElementsPerTask;
+  at::parallel_for(0, runs * pieces, grain_for(std::min(run_length, kElementsPerTask)), [&](int64_t b, int64_t e) {
+    for (int64_t item = b; item < e; ++item) {
+      const int64_t run = item / pieces, begin = (item % pieces) * kElementsPerTask;
+      const int64_t n = std::min(kElementsPerTask, run_length - begin);
+      fn(run * run_length + begin, n, per_element ? begin : run % l.channels, int64_t{per_element ? 1 : 0});
+    }
   });
 }
 
@@ -296,6 +301,26 @@ std::tuple<at::Tensor, at::Tensor> fake_quantize_per_channel_cachemask(const at:
                                  static_cast<float>(quant_min), static_cast<float>(quant_max)});
 }
 
+at::Tensor fake_quantize_mask_grad(const at::Tensor& grad_in, const at::Tensor& mask_in) {
+  constexpr const char* op = "fake_quantize_mask_grad";
+  check_mask_grad_args(op, grad_in, mask_in);
+  TORCH_CHECK(grad_in.device().is_cpu(), op, ": grad must be a CPU tensor here, got ", grad_in.device());
+  const at::Tensor grad = grad_in.contiguous(), mask = mask_in.contiguous();
+  at::Tensor dx = at::empty(grad.sizes(), grad.options());
+  const auto& kernels = cpu::quant_kernels();
+  const auto dtype = kernel_dtype(grad);
+  const auto* g_bytes = static_cast<const char*>(grad.data_ptr());
+  auto* dx_bytes = static_cast<char*>(dx.data_ptr());
+  const bool* m = mask.data_ptr<bool>();
+  const int64_t elem = grad.element_size();
+  ChannelLayout whole;
+  whole.inner = grad.numel();
+  for_each_channel_run(whole, [&](int64_t offset, int64_t n, int64_t, int64_t) {
+    kernels.mask_grad(dtype, g_bytes + offset * elem, m + offset, n, dx_bytes + offset * elem);
+  });
+  return dx;
+}
+
 // The learnable op keeps a float zero point; like PyTorch it is rounded half to even and
 // clamped to [quant_min, quant_max] before use.
 std::vector<float> rounded_zero_points(const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max) {
@@ -382,6 +407,7 @@ TORCH_LIBRARY_IMPL(effgen, CPU, m) {
   m.impl("dequantize", &dequantize);
   m.impl("fake_quantize_per_tensor_cachemask", &fake_quantize_per_tensor_cachemask);
   m.impl("fake_quantize_per_channel_cachemask", &fake_quantize_per_channel_cachemask);
+  m.impl("fake_quantize_mask_grad", &fake_quantize_mask_grad);
   m.impl("fake_quantize_learnable_per_channel", &fake_quantize_learnable_per_channel);
   m.impl("fake_quantize_learnable_per_channel_backward", &fake_quantize_learnable_per_channel_backward);
 }

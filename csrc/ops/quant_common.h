@@ -49,6 +49,14 @@ inline void check_zero_point_value(const char* op, int64_t zero_point, int64_t q
                     " must lie within [quant_min, quant_max] = [", quant_min, ", ", quant_max, "]");
 }
 
+inline void check_mask_grad_args(const char* op, const at::Tensor& grad, const at::Tensor& mask) {
+  check_float_input(op, "grad", grad);
+  TORCH_CHECK_TYPE(mask.scalar_type() == at::kBool, op, ": mask must be bool, got ", mask.scalar_type());
+  TORCH_CHECK_VALUE(mask.sizes() == grad.sizes(), op, ": mask must have grad's shape ", grad.sizes(), ", got ",
+                    mask.sizes());
+  check_same_device(op, "mask", mask, grad);
+}
+
 // A tensor seen as [outer, channels, inner] around dimension `axis` (contiguous layout).
 struct ChannelLayout {
   int64_t outer = 1, channels = 1, inner = 1;

@@ -172,6 +172,18 @@ std::tuple<at::Tensor, at::Tensor> fake_quantize_per_channel_cachemask(const at:
   return run_fake_quantize(op, x, p.args(quant_min, quant_max), channel_index(layout));
 }
 
+at::Tensor fake_quantize_mask_grad(const at::Tensor& grad_in, const at::Tensor& mask_in) {
+  constexpr const char* op = "fake_quantize_mask_grad";
+  check_mask_grad_args(op, grad_in, mask_in);
+  check_cuda_input(op, "grad", grad_in);
+  const c10::cuda::CUDAGuard guard(grad_in.device());
+  const at::Tensor grad = grad_in.contiguous(), mask = mask_in.contiguous();
+  at::Tensor dx = at::empty(grad.sizes(), grad.options());
+  check_launch(op, cuda::mask_grad(cuda_dtype(grad), grad.data_ptr(), mask.data_ptr<bool>(), grad.numel(),
+                                   dx.data_ptr(), c10::cuda::getCurrentCUDAStream()));
+  return dx;
+}
+
 // Like PyTorch: the learned zero point is rounded half to even and clamped before use.
 at::Tensor rounded_zero_point(const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max) {
   return at::clamp(at::round(zero_point.to(at::kFloat)), static_cast<double>(quant_min), static_cast<double>(quant_max));
@@ -224,6 +236,7 @@ TORCH_LIBRARY_IMPL(effgen, CUDA, m) {
   m.impl("dequantize", &dequantize);
   m.impl("fake_quantize_per_tensor_cachemask", &fake_quantize_per_tensor_cachemask);
   m.impl("fake_quantize_per_channel_cachemask", &fake_quantize_per_channel_cachemask);
+  m.impl("fake_quantize_mask_grad", &fake_quantize_mask_grad);
   m.impl("fake_quantize_learnable_per_channel", &fake_quantize_learnable_per_channel);
   m.impl("fake_quantize_learnable_per_channel_backward", &fake_quantize_learnable_per_channel_backward);
 }

@@ -37,6 +37,8 @@ struct QuantKernels {
   // so the caller can reject Inf/NaN inputs.
   uint32_t (*fake_quantize)(DType dtype, const void* x, int64_t n, const FakeQuantParams& params, int64_t stride,
                             void* y, bool* mask);
+  // dx[i] = grad[i] * mask[i] (a multiply, so a negative gradient masked off gives -0).
+  void (*mask_grad)(DType dtype, const void* grad, const bool* mask, int64_t n, void* dx);
 };
 
 const QuantKernels& quant_kernels_scalar();

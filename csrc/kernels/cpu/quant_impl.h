@@ -127,6 +127,19 @@ uint32_t fake_quantize_t(const T* x, int64_t n, const FakeQuantParams& params, i
   return S::hmax_bits(seen);
 }
 
+// bool is one byte holding 0 or 1, so the int8 load widens it to 0.0f / 1.0f.
+template <typename T>
+void mask_grad_t(const T* grad, const bool* mask, int64_t n, T* dx) {
+  const auto* mask_bytes = reinterpret_cast<const int8_t*>(mask);
+  int64_t i = 0;
+  for (; i + S::kWidth <= n; i += S::kWidth) S::store(dx + i, S::mul(S::load(grad + i), S::load(mask_bytes + i)));
+  if (i < n) {
+    Lanes<T> out{};
+    S::store(out.v, S::mul(S::load(pad_tail(grad + i, n - i).v), S::load(pad_tail(mask_bytes + i, n - i).v)));
+    std::memcpy(dx + i, out.v, static_cast<size_t>(n - i) * sizeof(T));
+  }
+}
+
 // Type-erased entry points for the QuantKernels table.
 template <typename Fn>
 auto with_dtype(DType dtype, Fn&& fn) {
@@ -163,4 +176,12 @@ uint32_t fake_quantize(DType dtype, const void* x, int64_t n, const FakeQuantPar
   });
 }
 
-const QuantKernels kTable{absmax_bits, absmax_bits_accumulate, quantize_symmetric, dequantize, fake_quantize};
+void mask_grad(DType dtype, const void* grad, const bool* mask, int64_t n, void* dx) {
+  with_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    mask_grad_t(static_cast<const T*>(grad), mask, n, static_cast<T*>(dx));
+  });
+}
+
+const QuantKernels kTable{absmax_bits, absmax_bits_accumulate, quantize_symmetric, dequantize, fake_quantize,
+                          mask_grad};

@@ -248,6 +248,22 @@ __global__ void fake_quantize_kernel(const T* x, int64_t n, FakeQuantArgs a, Par
 }
 
 template <typename T>
+__global__ void mask_grad_kernel(const T* grad, const bool* mask, int64_t n, T* dx) {
+  const bool vec_ok = aligned16(grad) && aligned16(mask) && aligned16(dx);
+  for (int64_t base = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * kItems; base < n;
+       base += int64_t(gridDim.x) * blockDim.x * kItems) {
+    const int count = chunk_count(n, base);
+    T g[kItems];
+    alignas(16) bool m[kItems];
+    alignas(16) T out[kItems];
+    load_items(grad + base, count, vec_ok, g);
+    load_items(mask + base, count, vec_ok, m);
+    for (int j = 0; j < count; ++j) out[j] = from_f32<T>(__fmul_rn(to_f32(g[j]), m[j] ? 1.0f : 0.0f));
+    store_items(dx + base, count, vec_ok, out);
+  }
+}
+
+template <typename T>
 __global__ void learnable_grad_kernel(const T* dy, const T* x, int64_t n, FakeQuantArgs a, float grad_factor,
                                       ParamIndex idx, T* dx, float* dscale, float* dzp) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
@@ -325,6 +341,14 @@ cudaError_t fake_quantize(DType dtype, const void* x, int64_t n, FakeQuantArgs a
     using T = decltype(tag);
     fake_quantize_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(static_cast<const T*>(x), n, args, idx,
                                                                   static_cast<T*>(y), mask);
+  });
+}
+
+cudaError_t mask_grad(DType dtype, const void* grad, const bool* mask, int64_t n, void* dx, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  return with_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    mask_grad_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(static_cast<const T*>(grad), mask, n, static_cast<T*>(dx));
   });
 }
 

@@ -48,6 +48,9 @@ struct FakeQuantArgs {
 cudaError_t fake_quantize(DType dtype, const void* x, int64_t n, FakeQuantArgs args, ParamIndex idx, void* y,
                           bool* mask, cudaStream_t stream);
 
+// dx[i] = grad[i] * mask[i] (a multiply: a negative gradient masked off gives -0).
+cudaError_t mask_grad(DType dtype, const void* grad, const bool* mask, int64_t n, void* dx, cudaStream_t stream);
+
 // Element-wise LSQ gradients of the learnable per-channel fake quant: dx in x's dtype and
 // fp32 per-element dscale / dzero_point that the caller reduces per channel.
 cudaError_t fake_quantize_learnable_grad(DType dtype, const void* dy, const void* x, int64_t n, FakeQuantArgs args,
