@@ -26,7 +26,31 @@ def eager_quantize_per_token(x: torch.Tensor):
 
 def run(ctx: BenchContext) -> list[BenchResult]:
     dtypes = [torch.float32, torch.bfloat16] if ctx.device.type == "cuda" else [torch.float32]
-    return [result for dtype in dtypes for result in run_dtype(ctx, dtype)]
+    results = [result for dtype in dtypes for result in run_dtype(ctx, dtype)]
+    if ctx.device.type == "cpu" and not ctx.quick:
+        results += run_cpu_isas(ctx)
+    return results
+
+
+def run_cpu_isas(ctx: BenchContext) -> list[BenchResult]:
+    """The lower ISA paths of the two headline ops, for the record (the best one runs above)."""
+    rows, cols = shapes_for(ctx.device)
+    x = torch.randn(rows, cols)
+    scale, zp = torch.rand(rows) * 0.05 + 0.01, torch.randint(-8, 8, (rows,), dtype=torch.int32)
+    n = x.numel()
+    results = []
+    for isa in ek.ops.supported_cpu_isas()[:-1]:
+        with ek.ops.use_cpu_isa(isa):
+            results.append(ctx.measure(
+                FAMILY, f"quantize_per_token [{isa}]", f"{rows}x{cols}", x.dtype,
+                lambda: ek.ops.quantize_per_token(x), "eager reference", lambda: eager_quantize_per_token(x),
+                bytes_moved=n * 4 + n + rows * 4))
+            results.append(ctx.measure(
+                FAMILY, f"fake_quantize_per_channel fwd [{isa}]", f"{rows}x{cols}", x.dtype,
+                lambda: ek.ops.fake_quantize_per_channel(x, scale, zp, 0, -128, 127),
+                "torch fake_quant", lambda: torch.fake_quantize_per_channel_affine(x, scale, zp, 0, -128, 127),
+                bytes_moved=n * 4 * 2 + n))
+    return results
 
 
 def run_dtype(ctx: BenchContext, dtype: torch.dtype) -> list[BenchResult]:
