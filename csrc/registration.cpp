@@ -53,6 +53,14 @@ TORCH_LIBRARY(effgen, m) {
   // LSQ gradients of torch._fake_quantize_learnable_per_channel_affine: (dx, dscale, dzero_point).
   m.def("fake_quantize_learnable_per_channel_backward(Tensor dy, Tensor x, Tensor scale, Tensor zero_point, int axis, int quant_min, int quant_max, float grad_factor) -> (Tensor dx, Tensor dscale, Tensor dzero_point)");
 
+  // --- int8_gemm family ---------------------------------------------------------------
+  // W8A8: out = (int32(xq @ wq^T) * x_scale[m]) * w_scale[n] + bias[n]; xq [..., K], wq [N, K].
+  m.def("int8_linear(Tensor xq, Tensor x_scale, Tensor wq, Tensor w_scale, Tensor? bias=None, ScalarType out_dtype=float) -> Tensor");
+  // W8A8 with per-token dynamic activation quantization fused in; output in x's dtype.
+  m.def("int8_dynamic_linear(Tensor x, Tensor wq, Tensor w_scale, Tensor? bias=None) -> Tensor");
+  // W8A16: x @ (wq * w_scale)^T + bias, per-channel or per-group scales, fp32 accumulation.
+  m.def("int8_weight_only_linear(Tensor x, Tensor wq, Tensor w_scale, Tensor? bias=None, int? group_size=None) -> Tensor");
+
   // --- build and CPU dispatch introspection --------------------------------------------
   // The CPU ISA the kernels dispatch on now.
   m.def("cpu_isa() -> str", &cpu_isa);

@@ -17,6 +17,9 @@ __all__ = [
     "fake_quantize_per_tensor",
     "fake_quantize_per_channel",
     "fake_quantize_learnable_per_channel",
+    "int8_linear",
+    "int8_dynamic_linear",
+    "int8_weight_only_linear",
     "cpu_isa",
     "supported_cpu_isas",
     "set_cpu_isa",
@@ -66,6 +69,28 @@ def fake_quantize_learnable_per_channel(x: torch.Tensor, scale: torch.Tensor, ze
     """Drop-in for torch._fake_quantize_learnable_per_channel_affine: LSQ gradients for
     x, scale and the float zero point."""
     return _ops.fake_quantize_learnable_per_channel(x, scale, zero_point, axis, quant_min, quant_max, grad_factor)
+
+
+# ---------------------------------------------------------------------------------------
+# int8_gemm family
+# ---------------------------------------------------------------------------------------
+def int8_linear(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
+                bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """W8A8: int8 [..., K] x int8 [N, K]^T, int32 accumulation, fused
+    ``acc * x_scale[m] * w_scale[n] + bias[n]`` epilogue in ``out_dtype``."""
+    return _ops.int8_linear(xq, x_scale, wq, w_scale, bias, out_dtype)
+
+
+def int8_dynamic_linear(x: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
+                        bias: torch.Tensor | None = None) -> torch.Tensor:
+    """W8A8 with per-token activation quantization in the same call; output in x's dtype."""
+    return _ops.int8_dynamic_linear(x, wq, w_scale, bias)
+
+
+def int8_weight_only_linear(x: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
+                            bias: torch.Tensor | None = None, group_size: int | None = None) -> torch.Tensor:
+    """W8A16: float activations times int8 weights dequantized in registers."""
+    return _ops.int8_weight_only_linear(x, wq, w_scale, bias, group_size)
 
 
 def _check_same_device(op: str, name: str, t: torch.Tensor, ref: torch.Tensor) -> None:
@@ -129,6 +154,29 @@ def _(x, scale, zero_point, axis, quant_min, quant_max, grad_factor=1.0):
 @torch.library.register_fake("effgen::fake_quantize_learnable_per_channel_backward")
 def _(dy, x, scale, zero_point, axis, quant_min, quant_max, grad_factor):
     return torch.empty_like(x), torch.empty_like(scale), torch.empty_like(zero_point)
+
+
+def _linear_out(x: torch.Tensor, wq: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    torch._check(x.dim() > 0, lambda: "input must have at least 1 dimension")
+    torch._check(wq.dim() == 2 and wq.shape[1] == x.shape[-1],
+                 lambda: f"wq must be [N, K] with K = {x.shape[-1]}, got {tuple(wq.shape)}")
+    _check_same_device("int8 linear", "wq", wq, x)
+    return x.new_empty((*x.shape[:-1], wq.shape[0]), dtype=dtype)
+
+
+@torch.library.register_fake("effgen::int8_linear")
+def _(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.float32):
+    return _linear_out(xq, wq, out_dtype)
+
+
+@torch.library.register_fake("effgen::int8_dynamic_linear")
+def _(x, wq, w_scale, bias=None):
+    return _linear_out(x, wq, x.dtype)
+
+
+@torch.library.register_fake("effgen::int8_weight_only_linear")
+def _(x, wq, w_scale, bias=None, group_size=None):
+    return _linear_out(x, wq, x.dtype)
 
 
 # Straight-through estimator: the gradient passes where the unclamped value was in range.

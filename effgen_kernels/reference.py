@@ -14,6 +14,15 @@ Conventions shared by the quant family
   ``qval = zero_point + nearbyint(x * (1/scale))`` (float32), output
   ``(clamp(qval, quant_min, quant_max) - zero_point) * scale`` rounded to the input dtype,
   and the straight-through mask ``quant_min <= qval <= quant_max`` from the unclamped value.
+
+The int8_gemm family
+- ``int8_linear``: exact integer products ``acc = xq @ wq^T`` (int32 cannot overflow for
+  K <= 2^17, larger K is rejected), then the fp32 epilogue, in this order and without FMA:
+  ``out = float(acc) * x_scale[m] * w_scale[n] + bias[n]``, rounded to ``out_dtype``.
+- ``int8_dynamic_linear``: ``quantize_per_token(x)`` then ``int8_linear`` with the output in
+  x's dtype.
+- ``int8_weight_only_linear``: ``x @ (wq * w_scale)^T + bias`` accumulated in fp32 (the
+  kernels sum in a different order: compare with a tolerance), output in x's dtype.
 """
 
 import torch
@@ -28,6 +37,9 @@ __all__ = [
     "fake_quantize_mask_grad",
     "fake_quantize_learnable_per_channel",
     "fake_quantize_learnable_per_channel_backward",
+    "int8_linear",
+    "int8_dynamic_linear",
+    "int8_weight_only_linear",
 ]
 
 QMAX_INT8 = 127
@@ -160,3 +172,35 @@ def fake_quantize_learnable_per_channel_backward(dy, x, scale, zero_point, axis,
     other = [d for d in range(x.dim()) if d != axis % x.dim()]
     reduce = (lambda t: t.sum(dim=other)) if other else (lambda t: t)
     return dx.to(x.dtype), reduce(dscale.double()).float(), reduce(dzp.double()).to(zero_point.dtype)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1, t.shape[-1])
+
+
+def int8_linear(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.float32):
+    """W8A8 GEMM with the fused epilogue; x_scale per token (x.shape[:-1]) or per tensor."""
+    acc = (_rows(xq).to(torch.int64) @ wq.to(torch.int64).T).float()
+    xs = x_scale.reshape(()) if x_scale.numel() == 1 else x_scale.reshape(-1, 1)
+    ws = w_scale.reshape(()) if w_scale.numel() == 1 else w_scale.reshape(1, -1)
+    out = acc * xs * ws
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(out_dtype).reshape(*xq.shape[:-1], wq.shape[0])
+
+
+def int8_dynamic_linear(x, wq, w_scale, bias=None):
+    q, scale = quantize_per_token(x)
+    return int8_linear(q, scale, wq, w_scale, bias, out_dtype=x.dtype)
+
+
+def int8_weight_only_linear(x, wq, w_scale, bias=None, group_size=None):
+    """W8A16: per-channel (w_scale [N]) or per-group (w_scale [N, groups]) weight scales."""
+    if group_size is None:
+        w = dequantize(wq, w_scale, axis=0)
+    else:
+        w = dequantize(wq, w_scale, group_size=group_size)
+    out = x.float() @ w.T
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(x.dtype)

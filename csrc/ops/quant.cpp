@@ -12,6 +12,7 @@
 
 #include "../kernels/cpu/quant.h"
 #include "../kernels/cpu/quant_learnable.h"
+#include "quant.h"
 #include "quant_common.h"
 
 namespace effgen::ops {
@@ -103,9 +104,13 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows(const char* op, const at::Tenso
   return {q, scale};
 }
 
-std::tuple<at::Tensor, at::Tensor> quantize_per_token(const at::Tensor& x) {
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> quantize_per_token_cpu(const at::Tensor& x) {
   return quantize_rows("quantize_per_token", x, /*group_size=*/0);
 }
+
+namespace {
 
 std::tuple<at::Tensor, at::Tensor> quantize_per_group(const at::Tensor& x, int64_t group_size) {
   check_group_size("quantize_per_group", group_size);
@@ -188,8 +193,10 @@ std::tuple<at::Tensor, at::Tensor> quantize_per_channel(const at::Tensor& w_in, 
   return {q, scale};
 }
 
-at::Tensor dequantize(const at::Tensor& q_in, const at::Tensor& scale_in, std::optional<int64_t> axis,
-                      std::optional<int64_t> group_size, at::ScalarType out_dtype) {
+}  // namespace
+
+at::Tensor dequantize_cpu(const at::Tensor& q_in, const at::Tensor& scale_in, std::optional<int64_t> axis,
+                          std::optional<int64_t> group_size, at::ScalarType out_dtype) {
   TORCH_CHECK(q_in.device().is_cpu(), "dequantize: q must be a CPU tensor here, got ", q_in.device());
   check_out_dtype("dequantize", out_dtype);
   const DequantPlan plan = plan_dequantize(q_in, scale_in, axis, group_size);
@@ -220,6 +227,8 @@ at::Tensor dequantize(const at::Tensor& q_in, const at::Tensor& scale_in, std::o
   });
   return y;
 }
+
+namespace {
 
 // Runs PyTorch's fake-quant arithmetic over [outer, C, inner] with per-channel parameters.
 std::tuple<at::Tensor, at::Tensor> fake_quantize_channels(const char* op, const at::Tensor& x_in,
@@ -401,10 +410,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_per_chann
 }  // namespace
 
 TORCH_LIBRARY_IMPL(effgen, CPU, m) {
-  m.impl("quantize_per_token", &quantize_per_token);
+  m.impl("quantize_per_token", &quantize_per_token_cpu);
   m.impl("quantize_per_group", &quantize_per_group);
   m.impl("quantize_per_channel", &quantize_per_channel);
-  m.impl("dequantize", &dequantize);
+  m.impl("dequantize", &dequantize_cpu);
   m.impl("fake_quantize_per_tensor_cachemask", &fake_quantize_per_tensor_cachemask);
   m.impl("fake_quantize_per_channel_cachemask", &fake_quantize_per_channel_cachemask);
   m.impl("fake_quantize_mask_grad", &fake_quantize_mask_grad);

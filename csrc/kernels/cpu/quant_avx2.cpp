@@ -13,74 +13,7 @@ namespace effgen::cpu {
 namespace avx2 {
 namespace {
 
-struct S {
-  static constexpr int kWidth = 8;
-  using F = __m256;
-  using I = __m256i;
-  using B = __m256;
-
-  static F load(const float* p) { return _mm256_loadu_ps(p); }
-  static F load(const bf16* p) {
-    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
-  }
-  static F load(const fp16* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
-  static F load(const int8_t* p) {
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
-  }
-
-  static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
-  // fp32 -> bf16 round half to even; NaN -> 0x7FC0 like c10::BFloat16.
-  static void store(bf16* p, F v) {
-    const __m256i u = _mm256_castps_si256(v);
-    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
-    const __m256i is_nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), is_nan);
-    const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
-  }
-  static void store(fp16* p, F v) {
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  }
-  // Callers pass integral values already saturated to [-127, 127].
-  static void store(int8_t* p, F v) {
-    const __m256i i32 = _mm256_cvttps_epi32(v);
-    const __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packs_epi16(i16, i16));
-  }
-
-  static F set1(float v) { return _mm256_set1_ps(v); }
-  static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
-  static F add(F a, F b) { return _mm256_add_ps(a, b); }
-  static F sub(F a, F b) { return _mm256_sub_ps(a, b); }
-  // min/max return the second operand when either is NaN; callers never rely on NaN order.
-  static F min(F a, F b) { return _mm256_min_ps(a, b); }
-  static F max(F a, F b) { return _mm256_max_ps(a, b); }
-  static F round_even(F v) { return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-
-  static I zero_bits() { return _mm256_setzero_si256(); }
-  static I abs_bits(F v) { return _mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(0x7FFFFFFF)); }
-  static I max_bits(I a, I b) { return _mm256_max_epu32(a, b); }
-  static uint32_t hmax_bits(I v) {
-    __m128i m = _mm_max_epu32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    m = _mm_max_epu32(m, _mm_shuffle_epi32(m, _MM_SHUFFLE(1, 0, 3, 2)));
-    m = _mm_max_epu32(m, _mm_shuffle_epi32(m, _MM_SHUFFLE(2, 3, 0, 1)));
-    return static_cast<uint32_t>(_mm_cvtsi128_si32(m));
-  }
-  static I load_bits(const uint32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-  static void store_bits(uint32_t* p, I v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
-
-  static B ge(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_GE_OQ); }
-  static B le(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_LE_OQ); }
-  static B land(B a, B b) { return _mm256_and_ps(a, b); }
-  static void store_bool(bool* p, B v) {
-    // All-ones lanes -> 1, zero lanes -> 0, packed to one byte per lane.
-    const __m256i ones = _mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(1));
-    const __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(ones), _mm256_extracti128_si256(ones, 1));
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packs_epi16(i16, i16));
-  }
-};
+#include "simd_avx2.h"
 
 #include "quant_impl.h"
 

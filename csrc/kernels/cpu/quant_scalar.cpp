@@ -9,42 +9,7 @@ namespace effgen::cpu {
 namespace scalar {
 namespace {
 
-struct S {
-  static constexpr int kWidth = 1;
-  using F = float;
-  using I = uint32_t;
-  using B = bool;
-
-  static F load(const float* p) { return *p; }
-  static F load(const bf16* p) { return to_f32(*p); }
-  static F load(const fp16* p) { return to_f32(*p); }
-  static F load(const int8_t* p) { return static_cast<float>(*p); }
-  static void store(float* p, F v) { *p = v; }
-  static void store(bf16* p, F v) { *p = from_f32<bf16>(v); }
-  static void store(fp16* p, F v) { *p = from_f32<fp16>(v); }
-  // Callers saturate to [-127, 127] first, so the conversion is exact.
-  static void store(int8_t* p, F v) { *p = static_cast<int8_t>(v); }
-
-  static F set1(float v) { return v; }
-  static F mul(F a, F b) { return a * b; }
-  static F add(F a, F b) { return a + b; }
-  static F sub(F a, F b) { return a - b; }
-  static F min(F a, F b) { return b < a ? b : a; }
-  static F max(F a, F b) { return a < b ? b : a; }
-  static F round_even(F v) { return std::nearbyint(v); }  // default rounding mode: half to even
-
-  static I zero_bits() { return 0; }
-  static I abs_bits(F v) { return f32_bits(v) & 0x7FFFFFFFu; }
-  static I max_bits(I a, I b) { return a < b ? b : a; }
-  static uint32_t hmax_bits(I v) { return v; }
-  static I load_bits(const uint32_t* p) { return *p; }
-  static void store_bits(uint32_t* p, I v) { *p = v; }
-
-  static B ge(F a, F b) { return a >= b; }
-  static B le(F a, F b) { return a <= b; }
-  static B land(B a, B b) { return a && b; }
-  static void store_bool(bool* p, B v) { *p = v; }
-};
+#include "simd_scalar.h"
 
 #include "quant_impl.h"
 

@@ -1,0 +1,51 @@
+// Torch-free CPU kernels of the `int8_gemm` op family (W8A8 and W8A16 linear layers).
+// Layouts are the canonical ones the modules store: activations [M, K] and weights [N, K]
+// row-major (each output channel's K weights contiguous), so no packing step is needed:
+// the kernels take dot products along K, which is contiguous in both operands.
+#pragma once
+#include <cstdint>
+
+#include "dtypes.h"
+#include "isa.h"
+
+namespace effgen::cpu {
+
+// Largest K whose int32 dot products cannot overflow for any int8 inputs: 2^31 / 128^2.
+constexpr int64_t kMaxExactInt8K = int64_t{1} << 17;
+
+// W8A16: out[i][j] = sum_g scale[j * groups + g] * sum_{k in group g} x[i][k] * w[j][k]
+// (+ bias[j]), fp32 accumulation, rounded to x's dtype. groups = 1 with group_size = k is
+// per-channel. The last group may be shorter.
+struct W8A16Args {
+  DType dtype;  // of x and of out
+  const void* x;
+  int64_t ldx;
+  const int8_t* w;
+  int64_t ldw;
+  int64_t m, n, k;
+  const float* scale;
+  int64_t groups, group_size;
+  const float* bias;  // nullptr: none
+  void* out;
+  int64_t ldo;
+};
+
+struct Int8GemmKernels {
+  // c[i * ldc + j] = sum_k a[i * lda + k] * b[j * ldb + k], exact in int32 for k <= kMaxExactInt8K.
+  void (*gemm_s8s8s32)(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t m, int64_t n, int64_t k,
+                       int32_t* c, int64_t ldc);
+  // One output row of the fused epilogue, in fp32 without FMA, rounded to out_dtype:
+  //   out[j] = float(c[j]) * a_scale * b_scale[j * b_stride] (+ bias[j] when bias != nullptr)
+  void (*epilogue_row)(const int32_t* c, int64_t n, float a_scale, const float* b_scale, int64_t b_stride,
+                       const float* bias, DType out_dtype, void* out);
+  // The W8A16 product of W8A16Args for its m x n block (weights converted in registers).
+  void (*w8a16_gemm)(const W8A16Args& args);
+};
+
+const Int8GemmKernels& int8_gemm_kernels_scalar();
+const Int8GemmKernels& int8_gemm_kernels_avx2();
+const Int8GemmKernels& int8_gemm_kernels_avx512();
+// The table for the active ISA (AMX tiles are not used yet: AMX machines run AVX-512 VNNI).
+const Int8GemmKernels& int8_gemm_kernels();
+
+}  // namespace effgen::cpu

@@ -1,0 +1,85 @@
+// AVX2 int8 GEMM: operands widened to int16 and multiplied with vpmaddwd, which is exact for
+// every int8 value (the faster vpmaddubsw saturates unless inputs are restricted).
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "int8_gemm.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+
+namespace effgen::cpu {
+namespace avx2_gemm {
+namespace {
+
+#include "simd_avx2.h"
+
+constexpr int kTileM = 2;  // 2 x 4 accumulators + 4 weight vectors + 1 activation: 13 of 16 ymm
+constexpr int kTileN = 4;
+constexpr int64_t kStep = 16;  // int8 values per 256-bit int16 vector
+
+inline __m256i widen(const int8_t* p) {
+  return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+inline int32_t hsum(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm_cvtsi128_si32(s);
+}
+
+template <int MR, int NR>
+void tile(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t k, int32_t* c, int64_t ldc) {
+  __m256i acc[MR][NR];
+  for (int i = 0; i < MR; ++i) {
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_si256();
+  }
+  auto step = [&](const int8_t* const* a_rows, const int8_t* const* b_rows, int64_t kk) {
+    __m256i bv[NR];
+    for (int j = 0; j < NR; ++j) bv[j] = widen(b_rows[j] + kk);
+    for (int i = 0; i < MR; ++i) {
+      const __m256i av = widen(a_rows[i] + kk);
+      for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(av, bv[j]));
+    }
+  };
+  const int8_t* a_rows[MR];
+  const int8_t* b_rows[NR];
+  for (int i = 0; i < MR; ++i) a_rows[i] = a + i * lda;
+  for (int j = 0; j < NR; ++j) b_rows[j] = b + j * ldb;
+  int64_t kk = 0;
+  for (; kk + kStep <= k; kk += kStep) step(a_rows, b_rows, kk);
+  if (kk < k) {  // ragged end of K through zero-padded copies: zeros add nothing
+    int8_t a_tail[MR][kStep] = {}, b_tail[NR][kStep] = {};
+    const int8_t* a_tail_rows[MR];
+    const int8_t* b_tail_rows[NR];
+    for (int i = 0; i < MR; ++i) {
+      std::memcpy(a_tail[i], a_rows[i] + kk, static_cast<size_t>(k - kk));
+      a_tail_rows[i] = a_tail[i];
+    }
+    for (int j = 0; j < NR; ++j) {
+      std::memcpy(b_tail[j], b_rows[j] + kk, static_cast<size_t>(k - kk));
+      b_tail_rows[j] = b_tail[j];
+    }
+    step(a_tail_rows, b_tail_rows, 0);
+  }
+  for (int i = 0; i < MR; ++i) {
+    for (int j = 0; j < NR; ++j) c[i * ldc + j] = hsum(acc[i][j]);
+  }
+}
+
+// W8A16 register tile: 1 x 4 totals + 1 x 4 group partials + 4 weight vectors.
+constexpr int kW16M = 1;
+constexpr int kW16N = 4;
+
+#include "int8_gemm_impl.h"
+
+}  // namespace
+}  // namespace avx2_gemm
+
+const Int8GemmKernels& int8_gemm_kernels_avx2() { return avx2_gemm::kGemmTable; }
+
+}  // namespace effgen::cpu
+
+#pragma GCC pop_options

@@ -1,0 +1,170 @@
+// The ISA-independent parts of the int8 GEMM, included by each int8_gemm_<isa>.cpp after
+// it has defined its SIMD abstraction `S` and its register tile
+//   template <int MR, int NR> void tile(const int8_t* a, int64_t lda, const int8_t* b,
+//                                       int64_t ldb, int64_t k, int32_t* c, int64_t ldc);
+// with constants kTileM, kTileN (the largest MR, NR). The driver covers the m x n block
+// with full tiles and dispatches the ragged edges to smaller instantiations.
+
+using TileFn = void (*)(const int8_t*, int64_t, const int8_t*, int64_t, int64_t, int32_t*, int64_t);
+
+// The tile<mr, nr> instantiation for a ragged edge (compile-time sizes keep the
+// accumulators in registers). Plain recursion: no std:: templates in ISA code.
+template <int MR, int NR = kTileN>
+TileFn pick_nr(int64_t nr) {
+  if constexpr (NR == 1) {
+    return &tile<MR, 1>;
+  } else {
+    return nr == NR ? &tile<MR, NR> : pick_nr<MR, NR - 1>(nr);
+  }
+}
+
+template <int MR = kTileM>
+TileFn pick_tile(int64_t mr, int64_t nr) {
+  if constexpr (MR == 1) {
+    return pick_nr<1>(nr);
+  } else {
+    return mr == MR ? pick_nr<MR>(nr) : pick_tile<MR - 1>(mr, nr);
+  }
+}
+
+void gemm_s8s8s32(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t m, int64_t n, int64_t k,
+                  int32_t* c, int64_t ldc) {
+  for (int64_t i = 0; i < m; i += kTileM) {
+    const int64_t mr = m - i < kTileM ? m - i : kTileM;
+    for (int64_t j = 0; j < n; j += kTileN) {
+      const int64_t nr = n - j < kTileN ? n - j : kTileN;
+      pick_tile(mr, nr)(a + i * lda, lda, b + j * ldb, ldb, k, c + i * ldc + j, ldc);
+    }
+  }
+}
+
+template <typename Out>
+void epilogue_row_t(const int32_t* c, int64_t n, float a_scale, const float* b_scale, int64_t b_stride,
+                    const float* bias, Out* out) {
+  const auto as = S::set1(a_scale);
+  auto lanes = [&](typename S::F acc, typename S::F bs, const float* bias_at) {
+    const auto scaled = S::mul(S::mul(acc, as), bs);
+    return bias_at == nullptr ? scaled : S::add(scaled, S::load(bias_at));
+  };
+  int64_t j = 0;
+  for (; j + S::kWidth <= n; j += S::kWidth) {
+    const auto bs = b_stride == 0 ? S::set1(b_scale[0]) : S::load(b_scale + j);
+    S::store(out + j, lanes(S::load_i32(c + j), bs, bias == nullptr ? nullptr : bias + j));
+  }
+  if (j < n) {  // tail through zero-padded buffers, same arithmetic
+    const int64_t rest = n - j;
+    int32_t c_tail[S::kWidth] = {};
+    float bs_tail[S::kWidth] = {}, bias_tail[S::kWidth] = {};
+    Out out_tail[S::kWidth] = {};
+    for (int64_t t = 0; t < rest; ++t) {
+      c_tail[t] = c[j + t];
+      bs_tail[t] = b_scale[b_stride == 0 ? 0 : j + t];
+      if (bias != nullptr) bias_tail[t] = bias[j + t];
+    }
+    S::store(out_tail, lanes(S::load_i32(c_tail), S::load(bs_tail), bias == nullptr ? nullptr : bias_tail));
+    for (int64_t t = 0; t < rest; ++t) out[j + t] = out_tail[t];
+  }
+}
+
+void epilogue_row(const int32_t* c, int64_t n, float a_scale, const float* b_scale, int64_t b_stride,
+                  const float* bias, DType out_dtype, void* out) {
+  switch (out_dtype) {
+    case DType::kBF16: return epilogue_row_t(c, n, a_scale, b_scale, b_stride, bias, static_cast<bf16*>(out));
+    case DType::kF16: return epilogue_row_t(c, n, a_scale, b_scale, b_stride, bias, static_cast<fp16*>(out));
+    case DType::kF32: return epilogue_row_t(c, n, a_scale, b_scale, b_stride, bias, static_cast<float*>(out));
+  }
+}
+
+// ---- W8A16 ------------------------------------------------------------------------------
+// A kW16M x kW16N register tile over one output block; per group, the partial dot products
+// are scaled once and added to the totals.
+template <typename T, int MR, int NR>
+void w8a16_tile(const W8A16Args& p, int64_t i0, int64_t j0) {
+  const T* x = static_cast<const T*>(p.x) + i0 * p.ldx;
+  const int8_t* w = p.w + j0 * p.ldw;
+  typename S::F total[MR][NR];
+  for (int i = 0; i < MR; ++i) {
+    for (int j = 0; j < NR; ++j) total[i][j] = S::set1(0.0f);
+  }
+  for (int64_t g = 0; g < p.groups; ++g) {
+    const int64_t k0 = g * p.group_size, k1 = k0 + p.group_size < p.k ? k0 + p.group_size : p.k;
+    typename S::F part[MR][NR];
+    for (int i = 0; i < MR; ++i) {
+      for (int j = 0; j < NR; ++j) part[i][j] = S::set1(0.0f);
+    }
+    auto step = [&](auto load_x, auto load_w) {
+      typename S::F wv[NR];
+      for (int j = 0; j < NR; ++j) wv[j] = load_w(j);
+      for (int i = 0; i < MR; ++i) {
+        const typename S::F xv = load_x(i);
+        for (int j = 0; j < NR; ++j) part[i][j] = S::add(part[i][j], S::mul(xv, wv[j]));
+      }
+    };
+    int64_t kk = k0;
+    for (; kk + S::kWidth <= k1; kk += S::kWidth) {
+      step([&](int i) { return S::load(x + i * p.ldx + kk); }, [&](int j) { return S::load(w + j * p.ldw + kk); });
+    }
+    if (kk < k1) {  // ragged group end through zero-padded copies
+      const int64_t rest = k1 - kk;
+      step(
+          [&](int i) {
+            T buf[S::kWidth] = {};
+            std::memcpy(buf, x + i * p.ldx + kk, static_cast<size_t>(rest) * sizeof(T));
+            return S::load(buf);
+          },
+          [&](int j) {
+            int8_t buf[S::kWidth] = {};
+            std::memcpy(buf, w + j * p.ldw + kk, static_cast<size_t>(rest));
+            return S::load(buf);
+          });
+    }
+    for (int j = 0; j < NR; ++j) {
+      const typename S::F s = S::set1(p.scale[(j0 + j) * p.groups + g]);
+      for (int i = 0; i < MR; ++i) total[i][j] = S::add(total[i][j], S::mul(part[i][j], s));
+    }
+  }
+  T* out = static_cast<T*>(p.out);
+  for (int i = 0; i < MR; ++i) {
+    for (int j = 0; j < NR; ++j) {
+      const float bias = p.bias == nullptr ? 0.0f : p.bias[j0 + j];
+      out[(i0 + i) * p.ldo + j0 + j] = from_f32<T>(S::hsum(total[i][j]) + bias);
+    }
+  }
+}
+
+template <typename T, int MR, int NR = kW16N>
+void w8a16_edge(const W8A16Args& p, int64_t i0, int64_t j0, int64_t mr, int64_t nr) {
+  if constexpr (NR == 1) {
+    if constexpr (MR == 1) {
+      w8a16_tile<T, 1, 1>(p, i0, j0);
+    } else {
+      mr == MR ? w8a16_tile<T, MR, 1>(p, i0, j0) : w8a16_edge<T, MR - 1>(p, i0, j0, mr, nr);
+    }
+  } else {
+    if (mr == MR && nr == NR) return w8a16_tile<T, MR, NR>(p, i0, j0);
+    if (mr == MR) return w8a16_edge<T, MR, NR - 1>(p, i0, j0, mr, nr);
+    if constexpr (MR > 1) return w8a16_edge<T, MR - 1, NR>(p, i0, j0, mr, nr);
+  }
+}
+
+template <typename T>
+void w8a16_gemm_t(const W8A16Args& p) {
+  // Weight rows outermost: a kW16N x K strip of weights is reused from cache by every row tile.
+  for (int64_t j = 0; j < p.n; j += kW16N) {
+    const int64_t nr = p.n - j < kW16N ? p.n - j : kW16N;
+    for (int64_t i = 0; i < p.m; i += kW16M) {
+      const int64_t mr = p.m - i < kW16M ? p.m - i : kW16M;
+      w8a16_edge<T, kW16M>(p, i, j, mr, nr);
+    }
+  }
+}
+
+void w8a16_gemm(const W8A16Args& p) {
+  switch (p.dtype) {
+    case DType::kBF16: return w8a16_gemm_t<bf16>(p);
+    case DType::kF16: return w8a16_gemm_t<fp16>(p);
+    case DType::kF32: return w8a16_gemm_t<float>(p);
+  }
+}
+
+const Int8GemmKernels kGemmTable{gemm_s8s8s32, epilogue_row, w8a16_gemm};

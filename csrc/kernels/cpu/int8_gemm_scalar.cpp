@@ -1,0 +1,40 @@
+// Portable int8 GEMM: plain int32 dot products (the compiler may vectorise for the baseline ISA).
+#include <cmath>
+#include <cstring>
+
+#include "int8_gemm.h"
+
+namespace effgen::cpu {
+namespace scalar_gemm {
+namespace {
+
+#include "simd_scalar.h"
+
+constexpr int kTileM = 2;
+constexpr int kTileN = 4;
+
+template <int MR, int NR>
+void tile(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t k, int32_t* c, int64_t ldc) {
+  int32_t acc[MR][NR] = {};
+  for (int64_t kk = 0; kk < k; ++kk) {
+    for (int i = 0; i < MR; ++i) {
+      for (int j = 0; j < NR; ++j) acc[i][j] += int32_t{a[i * lda + kk]} * int32_t{b[j * ldb + kk]};
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    for (int j = 0; j < NR; ++j) c[i * ldc + j] = acc[i][j];
+  }
+}
+
+// W8A16 register tile: 1 x 4 totals + 1 x 4 group partials + 4 weight vectors.
+constexpr int kW16M = 1;
+constexpr int kW16N = 4;
+
+#include "int8_gemm_impl.h"
+
+}  // namespace
+}  // namespace scalar_gemm
+
+const Int8GemmKernels& int8_gemm_kernels_scalar() { return scalar_gemm::kGemmTable; }
+
+}  // namespace effgen::cpu

@@ -1,0 +1,178 @@
+// CPU glue of the int8_gemm family: W8A8 (int8_linear, int8_dynamic_linear) and W8A16
+// (int8_weight_only_linear). Blocks of the output are computed in parallel; each block
+// gets an int32 tile in cache and leaves through the fused epilogue.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/linear.h>
+#include <torch/library.h>
+
+#include "../kernels/cpu/int8_gemm.h"
+#include "int8_gemm_common.h"
+#include "quant.h"
+
+namespace effgen::ops {
+namespace {
+
+constexpr int64_t kBlockM = 64, kBlockN = 64;
+// Up to this many rows W8A16 multiplies in registers (a bandwidth problem); above it the
+// weights are dequantized once and the product goes to torch's GEMM (a compute problem).
+constexpr int64_t kW8A16DirectMaxM = 16;
+
+cpu::DType kernel_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kBFloat16: return cpu::DType::kBF16;
+    case at::kHalf: return cpu::DType::kF16;
+    default: return cpu::DType::kF32;
+  }
+}
+
+void check_cpu(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor here, got ", t.device());
+}
+
+at::Tensor float_bias(const std::optional<at::Tensor>& bias) {
+  return bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+}
+
+// out[m, n] = (acc[m, n] * x_scale[m]) * w_scale[n] + bias[n]: xq [M, K], wq [N, K].
+void int8_gemm_into(const at::Tensor& xq, const at::Tensor& x_scale, int64_t x_stride, const at::Tensor& wq,
+                    const at::Tensor& w_scale, int64_t w_stride, const at::Tensor& bias, at::Tensor& out) {
+  const int64_t m = xq.size(0), n = wq.size(0), k = xq.size(1);
+  const auto& kernels = cpu::int8_gemm_kernels();
+  const int8_t* a = xq.data_ptr<int8_t>();
+  const int8_t* b = wq.data_ptr<int8_t>();
+  const float* xs = x_scale.data_ptr<float>();
+  const float* ws = w_scale.data_ptr<float>();
+  const float* bias_ptr = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  auto* out_bytes = static_cast<char*>(out.data_ptr());
+  const auto out_dtype = kernel_dtype(out.scalar_type());
+  const int64_t out_row_bytes = n * out.element_size(), elem = out.element_size();
+  const int64_t blocks_m = (m + kBlockM - 1) / kBlockM, blocks_n = (n + kBlockN - 1) / kBlockN;
+  at::parallel_for(0, blocks_m * blocks_n, 1, [&](int64_t begin, int64_t end) {
+    int32_t acc[kBlockM * kBlockN];
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t i0 = (block / blocks_n) * kBlockM, j0 = (block % blocks_n) * kBlockN;
+      const int64_t mb = std::min(kBlockM, m - i0), nb = std::min(kBlockN, n - j0);
+      kernels.gemm_s8s8s32(a + i0 * k, k, b + j0 * k, k, mb, nb, k, acc, kBlockN);
+      for (int64_t i = 0; i < mb; ++i) {
+        kernels.epilogue_row(acc + i * kBlockN, nb, xs[(i0 + i) * x_stride], ws + j0 * w_stride, w_stride,
+                             bias_ptr == nullptr ? nullptr : bias_ptr + j0, out_dtype,
+                             out_bytes + (i0 + i) * out_row_bytes + j0 * elem);
+      }
+    }
+  });
+}
+
+at::Tensor int8_linear(const at::Tensor& xq, const at::Tensor& x_scale, const at::Tensor& wq,
+                       const at::Tensor& w_scale, const std::optional<at::Tensor>& bias, at::ScalarType out_dtype) {
+  constexpr const char* op = "int8_linear";
+  TORCH_CHECK_TYPE(xq.scalar_type() == at::kChar, op, ": xq must be int8, got ", xq.scalar_type());
+  check_cpu(op, "xq", xq);
+  TORCH_CHECK_INDEX(xq.dim() > 0, op, ": xq must have at least 1 dimension, got a scalar");
+  check_out_dtype(op, out_dtype);
+  const int64_t k = xq.size(-1);
+  const int64_t x_stride = check_row_scale(op, "x_scale", x_scale, xq);
+  const int64_t n = check_int8_weight(op, wq, w_scale, k, xq);
+  const int64_t w_stride = check_channel_scale(op, w_scale, n);
+  check_bias(op, bias, n, xq);
+  check_k_bound(op, k);
+  at::Tensor out = at::empty(linear_out_shape(xq, n), xq.options().dtype(out_dtype));
+  if (out.numel() == 0) return out;
+  at::Tensor out_2d = out.view({-1, n});
+  int8_gemm_into(xq.reshape({-1, k}).contiguous(), x_scale.contiguous(), x_stride, wq.contiguous(),
+                 w_scale.contiguous(), w_stride, float_bias(bias), out_2d);
+  return out;
+}
+
+at::Tensor int8_dynamic_linear(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& w_scale,
+                               const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "int8_dynamic_linear";
+  check_float_input(op, "x", x);
+  check_cpu(op, "x", x);
+  TORCH_CHECK_INDEX(x.dim() > 0, op, ": x must have at least 1 dimension, got a scalar");
+  const int64_t k = x.size(-1);
+  const int64_t n = check_int8_weight(op, wq, w_scale, k, x);
+  const int64_t w_stride = check_channel_scale(op, w_scale, n);
+  check_bias(op, bias, n, x);
+  check_k_bound(op, k);
+  at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
+  if (out.numel() == 0) return out;
+  // Per-token activation quantization with the quant kernel; the int8 copy is a quarter
+  // of x (an eighth of fp32 traffic) and is read straight back from cache for small M.
+  const auto [xq, x_scale] = quantize_per_token_cpu(x.reshape({-1, k}));
+  at::Tensor out_2d = out.view({-1, n});
+  int8_gemm_into(xq, x_scale, 1, wq.contiguous(), w_scale.contiguous(), w_stride, float_bias(bias), out_2d);
+  return out;
+}
+
+// Returns the number of groups and the group size of a W8A16 weight scale.
+std::pair<int64_t, int64_t> w8a16_groups(const char* op, const at::Tensor& w_scale, int64_t n, int64_t k,
+                                         std::optional<int64_t> group_size) {
+  if (!group_size.has_value()) {
+    TORCH_CHECK_VALUE(w_scale.dim() == 1 && w_scale.size(0) == n, op,
+                      ": without group_size, w_scale must have shape [", n, "] (per channel), got ", w_scale.sizes());
+    return {1, std::max<int64_t>(k, 1)};
+  }
+  check_group_size(op, *group_size);
+  const int64_t groups = num_groups(k, *group_size);
+  TORCH_CHECK_VALUE(w_scale.dim() == 2 && w_scale.size(0) == n && w_scale.size(1) == groups, op,
+                    ": with group_size ", *group_size, ", w_scale must have shape [", n, ", ", groups,
+                    "], got ", w_scale.sizes());
+  return {groups, *group_size};
+}
+
+at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& w_scale,
+                                   const std::optional<at::Tensor>& bias, std::optional<int64_t> group_size) {
+  constexpr const char* op = "int8_weight_only_linear";
+  check_float_input(op, "x", x);
+  check_cpu(op, "x", x);
+  TORCH_CHECK_INDEX(x.dim() > 0, op, ": x must have at least 1 dimension, got a scalar");
+  const int64_t k = x.size(-1);
+  const int64_t n = check_int8_weight(op, wq, w_scale, k, x);
+  const auto [groups, group] = w8a16_groups(op, w_scale, n, k, group_size);
+  check_bias(op, bias, n, x);
+  const int64_t m = k == 0 ? x.numel() : x.numel() / k;
+  if (m > kW8A16DirectMaxM) {
+    const at::Tensor w = group_size.has_value()
+                             ? dequantize_cpu(wq, w_scale, std::nullopt, group_size, x.scalar_type())
+                             : dequantize_cpu(wq, w_scale, 0, std::nullopt, x.scalar_type());
+    return at::linear(x, w, bias.has_value() ? std::optional<at::Tensor>(bias->to(x.scalar_type())) : std::nullopt);
+  }
+  at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor x2 = x.reshape({m, k}).contiguous(), w = wq.contiguous(), s = w_scale.contiguous();
+  const at::Tensor bias_f = float_bias(bias);
+  const auto& kernels = cpu::int8_gemm_kernels();
+  at::parallel_for(0, (n + kBlockN - 1) / kBlockN, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t j0 = block * kBlockN, nb = std::min(kBlockN, n - j0);
+      const cpu::W8A16Args args{kernel_dtype(x.scalar_type()),
+                                x2.data_ptr(),
+                                k,
+                                w.data_ptr<int8_t>() + j0 * k,
+                                k,
+                                m,
+                                nb,
+                                k,
+                                s.data_ptr<float>() + j0 * groups,
+                                groups,
+                                group,
+                                bias_f.defined() ? bias_f.data_ptr<float>() + j0 : nullptr,
+                                static_cast<char*>(out.data_ptr()) + j0 * out.element_size(),
+                                n};
+      kernels.w8a16_gemm(args);
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(effgen, CPU, m) {
+  m.impl("int8_linear", &int8_linear);
+  m.impl("int8_dynamic_linear", &int8_dynamic_linear);
+  m.impl("int8_weight_only_linear", &int8_weight_only_linear);
+}
+
+}  // namespace effgen::ops

@@ -1,0 +1,66 @@
+// Argument checks and shapes shared by the CPU and CUDA glue of the int8_gemm family.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <vector>
+
+#include "quant_common.h"
+
+namespace effgen::ops {
+
+// Largest K whose int32 accumulation of int8 products cannot overflow: 2^31 / 128^2.
+constexpr int64_t kMaxInt8K = int64_t{1} << 17;
+
+// Weight [N, K] int8 with scale [N] (per channel) or one element (per tensor); returns N.
+inline int64_t check_int8_weight(const char* op, const at::Tensor& wq, const at::Tensor& w_scale, int64_t k,
+                                 const at::Tensor& x) {
+  TORCH_CHECK_TYPE(wq.scalar_type() == at::kChar, op, ": wq must be int8, got ", wq.scalar_type());
+  TORCH_CHECK_VALUE(wq.dim() == 2, op, ": wq must be 2-D [N, K], got shape ", wq.sizes());
+  TORCH_CHECK_VALUE(wq.size(1) == k, op, ": wq has K = ", wq.size(1), " but the input has K = ", k);
+  check_same_device(op, "wq", wq, x);
+  check_same_device(op, "w_scale", w_scale, x);
+  TORCH_CHECK_TYPE(w_scale.scalar_type() == at::kFloat, op, ": w_scale must be float32, got ", w_scale.scalar_type());
+  return wq.size(0);
+}
+
+inline void check_k_bound(const char* op, int64_t k) {
+  TORCH_CHECK_VALUE(k <= kMaxInt8K, op, ": K = ", k, " exceeds ", kMaxInt8K,
+                    ", the largest K whose int32 accumulation of int8 products cannot overflow");
+}
+
+inline void check_bias(const char* op, const std::optional<at::Tensor>& bias, int64_t n, const at::Tensor& x) {
+  if (!bias.has_value()) return;
+  check_same_device(op, "bias", *bias, x);
+  TORCH_CHECK_TYPE(bias->is_floating_point(), op, ": bias must be a float tensor, got ", bias->scalar_type());
+  TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == n, op, ": bias must be 1-D with N = ", n,
+                    " entries, got shape ", bias->sizes());
+}
+
+// Per-row (x.shape[:-1]) or single-element scale of the activations; returns its stride.
+inline int64_t check_row_scale(const char* op, const char* name, const at::Tensor& scale, const at::Tensor& x) {
+  check_same_device(op, name, scale, x);
+  TORCH_CHECK_TYPE(scale.scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ", scale.scalar_type());
+  if (scale.numel() == 1) return 0;
+  const auto expected = row_scale_shape(x, -1);
+  TORCH_CHECK_VALUE(scale.sizes() == at::IntArrayRef(expected), op, ": ", name,
+                    " must have one element (per tensor) or shape ", expected, " (per token), got ", scale.sizes());
+  return 1;
+}
+
+// Per-channel ([N] or one element) weight scale; returns its stride.
+inline int64_t check_channel_scale(const char* op, const at::Tensor& w_scale, int64_t n) {
+  if (w_scale.numel() == 1) return 0;
+  TORCH_CHECK_VALUE(w_scale.dim() == 1 && w_scale.size(0) == n, op,
+                    ": w_scale must have one element (per tensor) or shape [", n, "] (per channel), got ",
+                    w_scale.sizes());
+  return 1;
+}
+
+inline std::vector<int64_t> linear_out_shape(const at::Tensor& x, int64_t n) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);
+  shape.push_back(n);
+  return shape;
+}
+
+}  // namespace effgen::ops

@@ -1,0 +1,15 @@
+// Entry points of the quant family that other op families' CPU glue reuses directly.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <tuple>
+
+namespace effgen::ops {
+
+// The CPU kernel of effgen::quantize_per_token (same checks, same results).
+std::tuple<at::Tensor, at::Tensor> quantize_per_token_cpu(const at::Tensor& x);
+// The CPU kernel of effgen::dequantize.
+at::Tensor dequantize_cpu(const at::Tensor& q, const at::Tensor& scale, std::optional<int64_t> axis,
+                          std::optional<int64_t> group_size, at::ScalarType out_dtype);
+
+}  // namespace effgen::ops
