@@ -31,7 +31,8 @@ inline int32_t hsum(__m256i v) {
 }
 
 template <int MR, int NR>
-void tile(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t k, int32_t* c, int64_t ldc) {
+void tile(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t k, const int32_t* /*panel_info*/,
+          int32_t* c, int64_t ldc) {
   __m256i acc[MR][NR];
   for (int i = 0; i < MR; ++i) {
     for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_si256();
@@ -72,6 +73,9 @@ void tile(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t k,
 // W8A16 register tile: 1 x 4 totals + 1 x 4 group partials + 4 weight vectors.
 constexpr int kW16M = 1;
 constexpr int kW16N = 4;
+
+// Exact products need no per-strip correction.
+const int32_t* prepare_panel(const int8_t*, int64_t, int64_t, int64_t, int32_t*) { return nullptr; }
 
 #include "int8_gemm_impl.h"
 

@@ -1,11 +1,16 @@
 // The ISA-independent parts of the int8 GEMM, included by each int8_gemm_<isa>.cpp after
-// it has defined its SIMD abstraction `S` and its register tile
+// it has defined its SIMD abstraction `S`, its register tile
 //   template <int MR, int NR> void tile(const int8_t* a, int64_t lda, const int8_t* b,
-//                                       int64_t ldb, int64_t k, int32_t* c, int64_t ldc);
-// with constants kTileM, kTileN (the largest MR, NR). The driver covers the m x n block
-// with full tiles and dispatches the ragged edges to smaller instantiations.
+//       int64_t ldb, int64_t k, const int32_t* strip_info, int32_t* c, int64_t ldc);
+// with constants kTileM, kTileN (the largest MR, NR), and
+//   const int32_t* prepare_panel(const int8_t* b, int64_t ldb, int64_t nr, int64_t k,
+//                                int32_t* scratch);
+// which may precompute one int32 per weight row of a panel once for all its row tiles
+// (VNNI: the sign-shift correction) and return it, or return nullptr to let tiles do
+// without. Tiles of one row band sweep the panel, so the activation rows stay in L1 while
+// the panel's weights come from L2; ragged edges go to smaller instantiations.
 
-using TileFn = void (*)(const int8_t*, int64_t, const int8_t*, int64_t, int64_t, int32_t*, int64_t);
+using TileFn = void (*)(const int8_t*, int64_t, const int8_t*, int64_t, int64_t, const int32_t*, int32_t*, int64_t);
 
 // The tile<mr, nr> instantiation for a ragged edge (compile-time sizes keep the
 // accumulators in registers). Plain recursion: no std:: templates in ISA code.
@@ -29,11 +34,19 @@ TileFn pick_tile(int64_t mr, int64_t nr) {
 
 void gemm_s8s8s32(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t m, int64_t n, int64_t k,
                   int32_t* c, int64_t ldc) {
-  for (int64_t i = 0; i < m; i += kTileM) {
-    const int64_t mr = m - i < kTileM ? m - i : kTileM;
-    for (int64_t j = 0; j < n; j += kTileN) {
-      const int64_t nr = n - j < kTileN ? n - j : kTileN;
-      pick_tile(mr, nr)(a + i * lda, lda, b + j * ldb, ldb, k, c + i * ldc + j, ldc);
+  constexpr int64_t kPanel = 64;  // weight rows per panel
+  int32_t scratch[kPanel];
+  for (int64_t p = 0; p < n; p += kPanel) {
+    const int64_t np = n - p < kPanel ? n - p : kPanel;
+    // With a single row tile every weight row is read once anyway: nothing to precompute.
+    const int32_t* panel_info = m > kTileM ? prepare_panel(b + p * ldb, ldb, np, k, scratch) : nullptr;
+    for (int64_t i = 0; i < m; i += kTileM) {
+      const int64_t mr = m - i < kTileM ? m - i : kTileM;
+      for (int64_t j = p; j < p + np; j += kTileN) {
+        const int64_t nr = p + np - j < kTileN ? p + np - j : kTileN;
+        pick_tile(mr, nr)(a + i * lda, lda, b + j * ldb, ldb, k, panel_info == nullptr ? nullptr : panel_info + (j - p),
+                          c + i * ldc + j, ldc);
+      }
     }
   }
 }
