@@ -27,7 +27,7 @@ lint: $(VENV)/.deps
 # extension links the very torch it will run with.
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" numpy ninja "setuptools>=64" wheel pytest ruff
+	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" numpy ninja "setuptools>=64" wheel pytest ruff safetensors
 	touch $@
 
 build: $(VENV)/.deps

@@ -2,17 +2,20 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-import torch
+import torch  # noqa: F401  (libtorch must be loaded before the extension)
 
-from . import (  # noqa: F401
+from . import (
     _C,  # noqa: F401  (loads the extension: registers torch.ops.effgen.*)
+    nn,
     ops,
     reference,
 )
+from .quantize import Int8Config, Int8WeightOnlyConfig, QuantizeSummary, quantize_
 
 try:
     __version__ = version("effgen-kernels")
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0+unknown"
 
-__all__ = ["ops", "reference", "__version__", "torch"]
+__all__ = ["Int8Config", "Int8WeightOnlyConfig", "QuantizeSummary", "__version__", "nn", "ops", "quantize_",
+           "reference"]

@@ -17,7 +17,7 @@ Conventions shared by the quant family
 
 The int8_gemm family
 - ``int8_linear``: exact integer products ``acc = xq @ wq^T`` (int32 cannot overflow for
-  K <= 2^17, larger K is rejected), then the fp32 epilogue, in this order and without FMA:
+  K < 2^17, larger K is rejected), then the fp32 epilogue, in this order and without FMA:
   ``out = float(acc) * x_scale[m] * w_scale[n] + bias[n]``, rounded to ``out_dtype``.
 - ``int8_dynamic_linear``: ``quantize_per_token(x)`` then ``int8_linear`` with the output in
   x's dtype.

@@ -9,8 +9,8 @@
 
 namespace effgen::ops {
 
-// Largest K whose int32 accumulation of int8 products cannot overflow: 2^31 / 128^2.
-constexpr int64_t kMaxInt8K = int64_t{1} << 17;
+// Largest K whose int32 accumulation of int8 products cannot overflow: K * 128^2 < 2^31.
+constexpr int64_t kMaxInt8K = (int64_t{1} << 17) - 1;
 
 // Weight [N, K] int8 with scale [N] (per channel) or one element (per tensor); returns N.
 inline int64_t check_int8_weight(const char* op, const at::Tensor& wq, const at::Tensor& w_scale, int64_t k,

@@ -10,8 +10,8 @@
 
 namespace effgen::cpu {
 
-// Largest K whose int32 dot products cannot overflow for any int8 inputs: 2^31 / 128^2.
-constexpr int64_t kMaxExactInt8K = int64_t{1} << 17;
+// Largest K whose int32 dot products cannot overflow for any int8 inputs: K * 128^2 < 2^31.
+constexpr int64_t kMaxExactInt8K = (int64_t{1} << 17) - 1;
 
 // W8A16: out[i][j] = sum_g scale[j * groups + g] * sum_{k in group g} x[i][k] * w[j][k]
 // (+ bias[j]), fp32 accumulation, rounded to x's dtype. groups = 1 with group_size = k is

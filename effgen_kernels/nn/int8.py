@@ -1,0 +1,98 @@
+"""Int8 linear layers: W8A8 with dynamic per-token activations, and W8A16 weight-only.
+
+Both store the canonical layout only: ``weight`` int8 [out, in] row-major, ``weight_scale``
+fp32 (per output channel, or per channel and group), and an optional ``bias``. The CPU
+kernels read that layout directly (dot products along the contiguous input dimension), so
+nothing device-specific is cached or saved: a checkpoint moves between machines as is, and
+plain tensors save with safetensors.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import ops
+
+
+class _QuantizedLinearBase(nn.Module):
+    """Shared state: int8 weight, fp32 scales and an optional bias, all plain tensors."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, scale_shape: tuple[int, ...],
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer("weight_scale", torch.ones(scale_shape, dtype=torch.float32, device=device))
+        bias_dtype = dtype or torch.get_default_dtype()
+        self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device) if bias else None)
+
+    def _copy_bias(self, linear: nn.Linear) -> None:
+        if linear.bias is not None:
+            self.bias = linear.bias.detach().clone()
+
+    @staticmethod
+    def _float_weight(linear: nn.Linear) -> torch.Tensor:
+        weight = linear.weight.detach()
+        if not weight.is_floating_point():
+            raise TypeError(f"expected a float nn.Linear weight, got {weight.dtype}")
+        return weight
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Int8Linear(_QuantizedLinearBase):
+    """W8A8: int8 weights (per-channel scales) times activations quantized per token at run
+    time; int32 accumulation; the output has the input's dtype."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__(in_features, out_features, bias, (out_features,), device, dtype)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear) -> Int8Linear:
+        weight = cls._float_weight(linear)
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None, device=weight.device,
+                     dtype=linear.bias.dtype if linear.bias is not None else weight.dtype)
+        module.weight, module.weight_scale = ops.quantize_per_channel(weight, axis=0)
+        module._copy_bias(linear)
+        return module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.int8_dynamic_linear(x, self.weight, self.weight_scale, self.bias)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", weights=int8 per-channel, activations=int8 per-token (dynamic)"
+
+
+class Int8WeightOnlyLinear(_QuantizedLinearBase):
+    """W8A16: int8 weights with per-channel or per-group scales, dequantized in registers;
+    activations and output stay in the input's float dtype."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, group_size: int | None = None,
+                 device=None, dtype=None) -> None:
+        if group_size is not None and group_size <= 0:
+            raise ValueError(f"group_size must be positive or None, got {group_size}")
+        groups = None if group_size is None else -(-in_features // group_size)
+        scale_shape = (out_features,) if groups is None else (out_features, groups)
+        super().__init__(in_features, out_features, bias, scale_shape, device, dtype)
+        self.group_size = group_size
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, group_size: int | None = None) -> Int8WeightOnlyLinear:
+        weight = cls._float_weight(linear)
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None, group_size,
+                     device=weight.device, dtype=linear.bias.dtype if linear.bias is not None else weight.dtype)
+        if group_size is None:
+            module.weight, module.weight_scale = ops.quantize_per_channel(weight, axis=0)
+        else:
+            module.weight, module.weight_scale = ops.quantize_per_group(weight, group_size)
+        module._copy_bias(linear)
+        return module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.int8_weight_only_linear(x, self.weight, self.weight_scale, self.bias, self.group_size)
+
+    def extra_repr(self) -> str:
+        scales = "per-channel" if self.group_size is None else f"per-group (group_size={self.group_size})"
+        return super().extra_repr() + f", weights=int8 {scales}, activations=float"

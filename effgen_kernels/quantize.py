@@ -1,0 +1,97 @@
+"""quantize_(model, config): swap nn.Linear layers for effgen's quantized ones, in place."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from torch import nn
+
+from .nn import Int8Linear, Int8WeightOnlyLinear
+
+# The int32 accumulation of int8 products is exact up to this K (K * 128^2 < 2^31).
+MAX_INT8_IN_FEATURES = (1 << 17) - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8Config:
+    """W8A8: int8 per-channel weights, int8 per-token activations quantized at run time."""
+
+    def convert(self, linear: nn.Linear) -> nn.Module:
+        return Int8Linear.from_float(linear)
+
+    def cannot_convert(self, linear: nn.Linear) -> str | None:
+        if linear.in_features > MAX_INT8_IN_FEATURES:
+            return f"in_features {linear.in_features} > {MAX_INT8_IN_FEATURES} (int32 accumulation could overflow)"
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8WeightOnlyConfig:
+    """W8A16: int8 weights with per-channel (group_size=None) or per-group scales."""
+
+    group_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.group_size is not None and self.group_size <= 0:
+            raise ValueError(f"group_size must be positive or None, got {self.group_size}")
+
+    def convert(self, linear: nn.Linear) -> nn.Module:
+        return Int8WeightOnlyLinear.from_float(linear, group_size=self.group_size)
+
+    def cannot_convert(self, linear: nn.Linear) -> str | None:
+        return None
+
+
+@dataclasses.dataclass
+class QuantizeSummary:
+    """What quantize_ did: converted layer names, skipped ones with the reason, and sizes."""
+
+    config: object
+    converted: list[str] = dataclasses.field(default_factory=list)
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+    bytes_before: int = 0  # parameters and buffers of the converted layers, before
+    bytes_after: int = 0  # ... and after
+
+    def __str__(self) -> str:
+        lines = [f"quantize_ with {self.config}: {len(self.converted)} layers converted, "
+                 f"{self.bytes_before / 2**20:.2f} MiB -> {self.bytes_after / 2**20:.2f} MiB"]
+        lines += [f"  skipped {name}: {reason}" for name, reason in self.skipped.items()]
+        return "\n".join(lines)
+
+
+def _module_bytes(module: nn.Module) -> int:
+    tensors = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _why_not(linear: nn.Linear, config) -> str | None:
+    weight = linear.weight
+    if weight.is_meta:
+        return "weight is on the meta device (load real weights first)"
+    if not weight.is_floating_point():
+        return f"weight dtype {weight.dtype} is not a float type"
+    if weight.device.type != "cpu" and not weight.is_cuda:
+        return f"device {weight.device} has no effgen kernels"
+    return config.cannot_convert(linear)
+
+
+def quantize_(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bool] | None = None) -> QuantizeSummary:
+    """Replace every nn.Linear of ``model`` (for which ``filter_fn(module, name)`` is true)
+    by the quantized layer of ``config``; returns a QuantizeSummary. Layers that cannot be
+    converted stay as they are and are listed, with the reason, in ``summary.skipped``."""
+    summary = QuantizeSummary(config)
+    targets = [(name, module) for name, module in model.named_modules()
+               if type(module) is nn.Linear and (filter_fn is None or filter_fn(module, name))]
+    for name, linear in targets:
+        reason = _why_not(linear, config)
+        if reason is not None:
+            summary.skipped[name] = reason
+            continue
+        replacement = config.convert(linear)
+        summary.bytes_before += _module_bytes(linear)
+        summary.bytes_after += _module_bytes(replacement)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, replacement)
+        summary.converted.append(name)
+    return summary
