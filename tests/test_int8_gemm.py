@@ -24,7 +24,8 @@ def random_int8(shape, low=-128, high=128):
 def test_int8_linear_is_bit_exact(isa, m, n, k, out_dtype):
     xq, wq = random_int8((m, k)), random_int8((n, k))
     x_scale, w_scale, bias = torch.rand(m) + 0.01, torch.rand(n) + 0.01, torch.randn(n)
-    for xs, ws, b in [(x_scale, w_scale, bias), (x_scale, w_scale, None), (torch.tensor([0.3]), torch.tensor(0.02), bias)]:
+    per_tensor = (torch.tensor([0.3]), torch.tensor(0.02), bias)
+    for xs, ws, b in [(x_scale, w_scale, bias), (x_scale, w_scale, None), per_tensor]:
         assert_same_bits(ops.int8_linear(xq, xs, wq, ws, b, out_dtype), ref.int8_linear(xq, xs, wq, ws, b, out_dtype))
 
 
@@ -158,7 +159,8 @@ def test_from_float_is_close_to_the_float_layer(module_cls, kwargs):
     assert "in_features=300, out_features=70" in repr(q)
 
 
-@pytest.mark.parametrize("module_cls,kwargs", [(ek.nn.Int8Linear, {}), (ek.nn.Int8WeightOnlyLinear, {"group_size": 16})])
+@pytest.mark.parametrize("module_cls,kwargs",
+                         [(ek.nn.Int8Linear, {}), (ek.nn.Int8WeightOnlyLinear, {"group_size": 16})])
 def test_state_dict_round_trip_is_exact(module_cls, kwargs):
     q = module_cls.from_float(torch.nn.Linear(48, 20), **kwargs)
     buffer = io.BytesIO()
