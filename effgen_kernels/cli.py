@@ -100,13 +100,14 @@ def load_benchmark(path: Path):
 
 
 def print_table(results) -> None:
-    header = f"{'op':<38} {'shape':<12} {'dtype':<9} {'ours ms':>9} {'peer':<18} {'peer ms':>9} {'speedup':>8} " \
-             f"{'GB/s':>7} {'% copy':>7}"
+    header = f"{'op':<38} {'shape':<16} {'dtype':<9} {'ours ms':>9} {'peer':<22} {'peer ms':>9} {'speedup':>8} " \
+             f"{'GB/s':>7} {'GOP/s':>7} {'% limit':>7}"
     print(header)
     print("-" * len(header))
     for r in results:
-        print(f"{r.op:<38} {r.shape:<12} {r.dtype:<9} {r.ours_ms:9.3f} {r.peer:<18} {r.peer_ms:9.3f} "
-              f"{r.speedup:7.2f}x {r.achieved_gbps:7.1f} {100 * r.fraction_of_limit:6.0f}%")
+        gops = f"{r.achieved_gops:7.0f}" if r.ops else f"{'':>7}"
+        print(f"{r.op:<38} {r.shape:<16} {r.dtype:<9} {r.ours_ms:9.3f} {r.peer:<22} {r.peer_ms:9.3f} "
+              f"{r.speedup:7.2f}x {r.achieved_gbps:7.1f} {gops} {100 * r.fraction_of_limit:6.0f}%")
 
 
 # glibc returns big freed blocks to the OS, so every large output of every op (ours and the

@@ -74,6 +74,8 @@ class BenchResult:
     peer_ms: float
     bytes_moved: int  # bytes our op must read + write at least
     limit_gbps: float  # the machine's copy bandwidth from the same run
+    ops: int = 0  # arithmetic operations (2 per multiply-add), for compute-bound ops
+    peak_gops: float = 0.0  # the machine's measured rate for that arithmetic, same run
 
     @property
     def speedup(self) -> float:
@@ -84,12 +86,20 @@ class BenchResult:
         return self.bytes_moved / (self.ours_ms / 1e3) / 1e9
 
     @property
+    def achieved_gops(self) -> float:
+        return self.ops / (self.ours_ms / 1e3) / 1e9
+
+    @property
     def fraction_of_limit(self) -> float:
-        return self.achieved_gbps / self.limit_gbps
+        """Of the binding limit: memory bandwidth, or arithmetic rate where that is closer."""
+        memory = self.achieved_gbps / self.limit_gbps
+        compute = self.achieved_gops / self.peak_gops if self.ops and self.peak_gops else 0.0
+        return max(memory, compute)
 
     def as_dict(self) -> dict:
         row = dataclasses.asdict(self)
-        row.update(speedup=self.speedup, achieved_gbps=self.achieved_gbps, fraction_of_limit=self.fraction_of_limit)
+        row.update(speedup=self.speedup, achieved_gbps=self.achieved_gbps, achieved_gops=self.achieved_gops,
+                   fraction_of_limit=self.fraction_of_limit)
         return row
 
 
@@ -108,10 +118,19 @@ class BenchContext:
 
     def measure(self, family: str, op: str, shape: str, dtype: torch.dtype, ours: Callable[[], object],
                 peer_name: str, peer: Callable[[], object], bytes_moved: int) -> BenchResult:
-        medians = time_interleaved({"ours": ours, "peer": peer}, reps=self.reps, device=self.device)
-        result = BenchResult(family, op, shape, str(dtype).removeprefix("torch."), medians["ours"] * 1e3, peer_name,
-                             medians["peer"] * 1e3, bytes_moved, self.copy_gbps)
-        self.progress(f"  {op:<38} {shape:<12} ours {result.ours_ms:9.3f} ms  {peer_name} {result.peer_ms:9.3f} ms"
-                      f"  x{result.speedup:6.2f}  {result.achieved_gbps:7.1f} GB/s"
-                      f" ({100 * result.fraction_of_limit:4.0f}% of copy)")
-        return result
+        return self.measure_peers(family, op, shape, dtype, ours, {peer_name: peer}, bytes_moved)[0]
+
+    def measure_peers(self, family: str, op: str, shape: str, dtype: torch.dtype, ours: Callable[[], object],
+                      peers: dict[str, Callable[[], object]], bytes_moved: int, ops: int = 0, peak_gops: float = 0.0,
+                      reps: int | None = None) -> list[BenchResult]:
+        """Our op and every peer interleaved in one loop; one result per peer."""
+        medians = time_interleaved({"ours": ours, **peers}, reps=reps or self.reps, device=self.device)
+        results = []
+        for peer_name in peers:
+            result = BenchResult(family, op, shape, str(dtype).removeprefix("torch."), medians["ours"] * 1e3,
+                                 peer_name, medians[peer_name] * 1e3, bytes_moved, self.copy_gbps, ops, peak_gops)
+            self.progress(f"  {op:<38} {shape:<16} ours {result.ours_ms:9.3f} ms  {peer_name:<22}"
+                          f" {result.peer_ms:9.3f} ms  x{result.speedup:6.2f}  {100 * result.fraction_of_limit:4.0f}%"
+                          " of limit")
+            results.append(result)
+        return results

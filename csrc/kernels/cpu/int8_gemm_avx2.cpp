@@ -17,6 +17,7 @@ namespace {
 
 constexpr int kTileM = 2;  // 2 x 4 accumulators + 4 weight vectors + 1 activation: 13 of 16 ymm
 constexpr int kTileN = 4;
+constexpr int kDecodeN = 4;
 constexpr int64_t kStep = 16;  // int8 values per 256-bit int16 vector
 
 inline __m256i widen(const int8_t* p) {

@@ -18,6 +18,7 @@ namespace {
 
 constexpr int kTileM = 4;  // 16 accumulators + 4 weight sums + 4 weight vectors + 2: 26 of 32 zmm
 constexpr int kTileN = 4;
+constexpr int kDecodeN = 8;
 constexpr int64_t kStep = 64;  // bytes of K per vector
 // The shifted products reach 255 * 128 each, so int32 lanes are reduced every 2^16 values of K.
 constexpr int64_t kChunk = int64_t{1} << 16;

@@ -2,7 +2,8 @@
 // it has defined its SIMD abstraction `S`, its register tile
 //   template <int MR, int NR> void tile(const int8_t* a, int64_t lda, const int8_t* b,
 //       int64_t ldb, int64_t k, const int32_t* strip_info, int32_t* c, int64_t ldc);
-// with constants kTileM, kTileN (the largest MR, NR), and
+// with constants kTileM, kTileN (the largest MR, NR), kDecodeN (NR for a single row: more
+// weight rows in flight when the product is a pure weight stream), and
 //   const int32_t* prepare_panel(const int8_t* b, int64_t ldb, int64_t nr, int64_t k,
 //                                int32_t* scratch);
 // which may precompute one int32 per weight row of a panel once for all its row tiles
@@ -34,6 +35,13 @@ TileFn pick_tile(int64_t mr, int64_t nr) {
 
 void gemm_s8s8s32(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t m, int64_t n, int64_t k,
                   int32_t* c, int64_t ldc) {
+  if (m == 1) {
+    for (int64_t j = 0; j < n; j += kDecodeN) {
+      const int64_t nr = n - j < kDecodeN ? n - j : kDecodeN;
+      pick_nr<1, kDecodeN>(nr)(a, lda, b + j * ldb, ldb, k, nullptr, c + j, ldc);
+    }
+    return;
+  }
   constexpr int64_t kPanel = 64;  // weight rows per panel
   int32_t scratch[kPanel];
   for (int64_t p = 0; p < n; p += kPanel) {

@@ -12,6 +12,7 @@ namespace {
 
 constexpr int kTileM = 2;
 constexpr int kTileN = 4;
+constexpr int kDecodeN = 4;
 
 template <int MR, int NR>
 void tile(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t k, const int32_t* /*panel_info*/,

@@ -1,0 +1,118 @@
+"""int8_gemm family: Int8Linear (W8A8, quantization + GEMM + epilogue) and
+Int8WeightOnlyLinear (W8A16) against fp32 / bf16 F.linear, fbgemm's dynamic int8 Linear and
+raw torch._int_mm (which does no quantization or scaling).
+
+Decode shapes (M <= 16) rotate through copies of the weights totalling more than 512 MB,
+so they measure memory, not the last-level cache. The int8 arithmetic limit is measured at
+the start of the run with torch._int_mm on a large square product.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+import effgen_kernels as ek
+from effgen_kernels.bench import BenchContext, BenchResult, time_interleaved
+
+FAMILY = "linear"
+ROTATION_BYTES = 600 << 20
+DECODE_M = 16
+# Square shapes from the issue, the Llama-7B MLP shapes, and SmolLM2-135M's real layers
+# (hidden 576, MLP 1536, 3 key/value heads of 64).
+SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (576, 576), (576, 1536), (1536, 576), (576, 192)]
+QUICK_SHAPES = [(4096, 4096), (576, 1536)]
+
+
+def int8_peak_gops(device: torch.device) -> float:
+    """The int8 GEMM rate of torch._int_mm on 2048^3 (used as the machine's int8 limit)."""
+    a = torch.randint(-127, 128, (2048, 2048), dtype=torch.int8, device=device)
+    b = torch.randint(-127, 128, (2048, 2048), dtype=torch.int8, device=device).t()
+    seconds = time_interleaved({"int_mm": lambda: torch._int_mm(a, b)}, reps=5, warmup=1, device=device)["int_mm"]
+    return 2 * 2048**3 / seconds / 1e9
+
+
+class Rotation:
+    """Copies of one layer's weights in every format, cycled so a decode step finds none of
+    them in cache (each format rotates through more than ROTATION_BYTES)."""
+
+    def __init__(self, linear: torch.nn.Linear, decode: bool) -> None:
+        n, k = linear.weight.shape
+        copies = max(1, -(-ROTATION_BYTES // (n * k))) if decode else 1  # by the int8 size
+        self.copies = copies
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao quantized tensors are deprecated
+            self.int8 = [ek.nn.Int8Linear.from_float(linear) for _ in range(copies)]
+            self.w8a16 = [ek.nn.Int8WeightOnlyLinear.from_float(linear) for _ in range(copies)]
+            self.fp32 = [(linear.weight.detach().clone(), linear.bias.detach().clone())
+                         for _ in range(max(1, copies // 4))]
+            self.bf16 = [(w.bfloat16(), b.bfloat16()) for w, b in self.fp32 * 2][:max(1, copies // 2)]
+            self.fbgemm = [torch.ao.nn.quantized.dynamic.Linear.from_float(self._qconfig(linear))
+                           for _ in range(copies)]
+        self.step = 0
+
+    @staticmethod
+    def _qconfig(linear: torch.nn.Linear) -> torch.nn.Linear:
+        clone = torch.nn.Linear(linear.in_features, linear.out_features)
+        clone.load_state_dict(linear.state_dict())
+        clone.qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+        return clone
+
+    def next(self, items: list):
+        self.step += 1
+        return items[self.step % len(items)]
+
+
+def run(ctx: BenchContext) -> list[BenchResult]:
+    if ctx.device.type != "cpu":
+        ctx.progress("  linear: the CUDA int8 kernels are not written yet; skipped")
+        return []
+    peak = int8_peak_gops(ctx.device)
+    ctx.progress(f"  int8 limit (torch._int_mm 2048^3): {peak:.0f} GOP/s")
+    results = []
+    for k, n in QUICK_SHAPES if ctx.quick else SHAPES:
+        for m in ([1, 64] if ctx.quick else [1, 8, 64, 256, 1024]):
+            results += run_shape(ctx, m, k, n, peak)
+    return results
+
+
+def run_shape(ctx: BenchContext, m: int, k: int, n: int, peak: float) -> list[BenchResult]:
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(k, n)
+    rot = Rotation(linear, decode=m <= DECODE_M)
+    x = torch.randn(m, k)
+    x_bf16 = x.bfloat16()
+    shape = f"{m}x{k}x{n}"
+    reps = max(3, min(ctx.reps, int(2e9 // (2 * m * k * n) + 3)))  # fewer repetitions for huge products
+    peers = {
+        "fp32 F.linear": lambda: F.linear(x, *rot.next(rot.fp32)),
+        "bf16 F.linear": lambda: F.linear(x_bf16, *rot.next(rot.bf16)),
+        "fbgemm dynamic int8": lambda: rot.next(rot.fbgemm)(x),
+    }
+    if m > 16:  # torch._int_mm on the CPU needs M > 16
+        xq, x_scale = ek.ops.quantize_per_token(x)
+
+        def int_mm():
+            layer = rot.next(rot.int8)
+            return torch._int_mm(xq, layer.weight.t())
+
+        peers["torch._int_mm (raw)"] = int_mm
+    weight_bytes = n * k
+    results = ctx.measure_peers(FAMILY, "Int8Linear (W8A8 dynamic)", shape, torch.float32,
+                                lambda: rot.next(rot.int8)(x), peers,
+                                bytes_moved=weight_bytes + m * k * 4 + m * n * 4, ops=2 * m * k * n, peak_gops=peak,
+                                reps=reps)
+    if m <= DECODE_M:
+        results += ctx.measure_peers(FAMILY, "Int8WeightOnlyLinear (W8A16)", shape, torch.bfloat16,
+                                     lambda: rot.next(rot.w8a16)(x_bf16),
+                                     {"bf16 F.linear": peers["bf16 F.linear"]},
+                                     bytes_moved=weight_bytes + m * k * 2 + m * n * 2, reps=reps)
+    return results
+
+
+if __name__ == "__main__":
+    from effgen_kernels.cli import main
+
+    main(["bench", "--only", FAMILY])
