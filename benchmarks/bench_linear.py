@@ -24,14 +24,18 @@ DECODE_M = 16
 # (hidden 576, MLP 1536, 3 key/value heads of 64).
 SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (576, 576), (576, 1536), (1536, 576), (576, 192)]
 QUICK_SHAPES = [(4096, 4096), (576, 1536)]
+CPU_M, QUICK_CPU_M = [1, 8, 64, 256, 1024], [1, 64]
+GPU_SHAPES = [(8192, 8192), (4096, 11008), (11008, 4096)]
+GPU_M = [1, 16, 512, 2048]
 
 
 def int8_peak_gops(device: torch.device) -> float:
-    """The int8 GEMM rate of torch._int_mm on 2048^3 (used as the machine's int8 limit)."""
-    a = torch.randint(-127, 128, (2048, 2048), dtype=torch.int8, device=device)
-    b = torch.randint(-127, 128, (2048, 2048), dtype=torch.int8, device=device).t()
+    """The int8 GEMM rate of torch._int_mm on a large square (used as the machine's int8 limit)."""
+    size = 8192 if device.type == "cuda" else 2048
+    a = torch.randint(-127, 128, (size, size), dtype=torch.int8, device=device)
+    b = torch.randint(-127, 128, (size, size), dtype=torch.int8, device=device).t()
     seconds = time_interleaved({"int_mm": lambda: torch._int_mm(a, b)}, reps=5, warmup=1, device=device)["int_mm"]
-    return 2 * 2048**3 / seconds / 1e9
+    return 2 * size**3 / seconds / 1e9
 
 
 class Rotation:
@@ -41,16 +45,19 @@ class Rotation:
     def __init__(self, linear: torch.nn.Linear, decode: bool) -> None:
         n, k = linear.weight.shape
         copies = max(1, -(-ROTATION_BYTES // (n * k))) if decode else 1  # by the int8 size
-        self.copies = copies
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.ao quantized tensors are deprecated
-            self.int8 = [ek.nn.Int8Linear.from_float(linear) for _ in range(copies)]
-            self.w8a16 = [ek.nn.Int8WeightOnlyLinear.from_float(linear) for _ in range(copies)]
-            self.fp32 = [(linear.weight.detach().clone(), linear.bias.detach().clone())
-                         for _ in range(max(1, copies // 4))]
-            self.bf16 = [(w.bfloat16(), b.bfloat16()) for w, b in self.fp32 * 2][:max(1, copies // 2)]
-            self.fbgemm = [torch.ao.nn.quantized.dynamic.Linear.from_float(self._qconfig(linear))
-                           for _ in range(copies)]
+        on_cpu = linear.weight.device.type == "cpu"
+        self.int8 = [ek.nn.Int8Linear.from_float(linear) for _ in range(copies)]
+        self.w8a16 = [ek.nn.Int8WeightOnlyLinear.from_float(linear) for _ in range(copies)]
+        self.fp32 = [(linear.weight.detach().clone(), linear.bias.detach().clone())
+                     for _ in range(max(1, copies // 4))] if on_cpu else []
+        self.bf16 = [(linear.weight.detach().bfloat16(), linear.bias.detach().bfloat16())
+                     for _ in range(max(1, copies // 2))]
+        self.fbgemm = []
+        if on_cpu:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.ao quantized tensors are deprecated
+                self.fbgemm = [torch.ao.nn.quantized.dynamic.Linear.from_float(self._qconfig(linear))
+                               for _ in range(copies)]
         self.step = 0
 
     @staticmethod
@@ -66,32 +73,32 @@ class Rotation:
 
 
 def run(ctx: BenchContext) -> list[BenchResult]:
-    if ctx.device.type != "cpu":
-        ctx.progress("  linear: the CUDA int8 kernels are not written yet; skipped")
-        return []
     peak = int8_peak_gops(ctx.device)
-    ctx.progress(f"  int8 limit (torch._int_mm 2048^3): {peak:.0f} GOP/s")
-    results = []
-    for k, n in QUICK_SHAPES if ctx.quick else SHAPES:
-        for m in ([1, 64] if ctx.quick else [1, 8, 64, 256, 1024]):
-            results += run_shape(ctx, m, k, n, peak)
-    return results
+    ctx.progress(f"  int8 limit (torch._int_mm on a large square): {peak:.0f} GOP/s")
+    if ctx.device.type == "cuda":
+        plan = [(k, n, m) for k, n in GPU_SHAPES[:1 if ctx.quick else None] for m in GPU_M]
+    else:
+        plan = [(k, n, m) for k, n in (QUICK_SHAPES if ctx.quick else SHAPES)
+                for m in (QUICK_CPU_M if ctx.quick else CPU_M)]
+    return [result for k, n, m in plan for result in run_shape(ctx, m, k, n, peak)]
 
 
 def run_shape(ctx: BenchContext, m: int, k: int, n: int, peak: float) -> list[BenchResult]:
     torch.manual_seed(0)
-    linear = torch.nn.Linear(k, n)
+    linear = torch.nn.Linear(k, n).to(ctx.device)
     rot = Rotation(linear, decode=m <= DECODE_M)
-    x = torch.randn(m, k)
+    x = torch.randn(m, k, device=ctx.device)
     x_bf16 = x.bfloat16()
     shape = f"{m}x{k}x{n}"
-    reps = max(3, min(ctx.reps, int(2e9 // (2 * m * k * n) + 3)))  # fewer repetitions for huge products
-    peers = {
-        "fp32 F.linear": lambda: F.linear(x, *rot.next(rot.fp32)),
-        "bf16 F.linear": lambda: F.linear(x_bf16, *rot.next(rot.bf16)),
-        "fbgemm dynamic int8": lambda: rot.next(rot.fbgemm)(x),
-    }
-    if m > 16:  # torch._int_mm on the CPU needs M > 16
+    # Fewer repetitions for products that take long on this device.
+    rate = 1e14 if ctx.device.type == "cuda" else 1e9
+    reps = max(3, min(ctx.reps, int(2 * rate // (2 * m * k * n) + 3)))
+    peers = {"bf16 F.linear": lambda: F.linear(x_bf16, *rot.next(rot.bf16))}
+    if rot.fp32:
+        peers["fp32 F.linear"] = lambda: F.linear(x, *rot.next(rot.fp32))
+    if rot.fbgemm:
+        peers["fbgemm dynamic int8"] = lambda: rot.next(rot.fbgemm)(x)
+    if m > 16:  # torch._int_mm needs M > 16
         xq, x_scale = ek.ops.quantize_per_token(x)
 
         def int_mm():

@@ -31,6 +31,15 @@ def main() -> None:
             learn_scale = scale.clone().requires_grad_()
             learn_zp = zp.float().requires_grad_()
             ops.fake_quantize_learnable_per_channel(leaf, learn_scale, learn_zp, 1, -8, 7).sum().backward()
+    for m, n, k in ((1, 5, 7), (3, 130, 129), (70, 65, 4099)):
+        xq = torch.randint(-128, 128, (m, k), dtype=torch.int8)
+        wq = torch.randint(-128, 128, (n, k), dtype=torch.int8)
+        x_scale, w_scale = torch.rand(m) + 0.01, torch.rand(n) + 0.01
+        out = ops.int8_linear(xq.cuda(), x_scale.cuda(), wq.cuda(), w_scale.cuda())
+        assert torch.equal(out.cpu(), ops.int8_linear(xq, x_scale, wq, w_scale)), (m, n, k)
+        x = torch.randn(m, k)
+        ops.int8_dynamic_linear(x.cuda(), wq.cuda(), w_scale.cuda())
+        ops.int8_weight_only_linear(x.cuda(), wq.cuda(), w_scale.cuda())
     torch.cuda.synchronize()
     print("cuda smoke: all kernels ran and matched the CPU kernels")
 

@@ -218,3 +218,50 @@ def test_quantize_filter_and_skips_are_reported():
 def test_bad_group_size_is_rejected():
     with pytest.raises(ValueError, match="group_size must be positive"):
         ek.Int8WeightOnlyConfig(group_size=0)
+
+
+# ---------------------------------------------------------------------------------------
+# CUDA (skipped without a GPU): same bits as the reference for W8A8, close for W8A16
+# ---------------------------------------------------------------------------------------
+@pytest.mark.cuda
+@pytest.mark.parametrize("m,n,k", MNK + [(300, 520, 4096)])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_cuda_int8_linear_and_dynamic_are_bit_exact(m, n, k, dtype):
+    xq, wq = random_int8((m, k)), random_int8((n, k))
+    x_scale, w_scale, bias = torch.rand(m) + 0.01, torch.rand(n) + 0.01, torch.randn(n)
+    out = ops.int8_linear(xq.cuda(), x_scale.cuda(), wq.cuda(), w_scale.cuda(), bias.cuda(), dtype)
+    assert_same_bits(out.cpu(), ref.int8_linear(xq, x_scale, wq, w_scale, bias, dtype))
+    x = random_input((m, k), dtype)
+    out = ops.int8_dynamic_linear(x.cuda(), wq.cuda(), w_scale.cuda(), bias.cuda())
+    assert_same_bits(out.cpu(), ref.int8_dynamic_linear(x, wq, w_scale, bias))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("m", [1, 5, 16, 17, 200])
+@pytest.mark.parametrize("group_size", [None, 128, 100])
+def test_cuda_int8_weight_only_linear(dtype, m, group_size):
+    n, k = 520, 1000
+    x = random_input((m, k), dtype, scale=1.0)
+    w = random_input((n, k), scale=0.05)
+    wq, w_scale = ops.quantize_per_channel(w, 0) if group_size is None else ops.quantize_per_group(w, group_size)
+    bias = torch.randn(n)
+    out = ops.int8_weight_only_linear(x.cuda(), wq.cuda(), w_scale.cuda(), bias.cuda(), group_size)
+    torch.testing.assert_close(out.cpu(), ref.int8_weight_only_linear(x, wq, w_scale, bias, group_size),
+                               **w8a16_tolerance(dtype))
+
+
+@pytest.mark.cuda
+def test_cuda_int8_modules_and_opcheck():
+    model = mlp().cuda()
+    x = random_input((4, 64), scale=1.0).cuda()
+    expected = model(x)
+    ek.quantize_(model, ek.Int8Config())
+    out = model(x)
+    assert ((out - expected).norm() / expected.norm()).item() < 0.05
+    compiled = torch.compile(model, fullgraph=True)
+    torch.testing.assert_close(compiled(x), out)
+    xq, x_scale = ops.quantize_per_token(x)
+    wq, w_scale = ops.quantize_per_channel(random_input((6, 64)).cuda(), 0)
+    opcheck(torch.ops.effgen.int8_linear.default, (xq, x_scale, wq, w_scale, None, torch.bfloat16))
+    opcheck(torch.ops.effgen.int8_weight_only_linear.default, (x, wq, w_scale, None, None))

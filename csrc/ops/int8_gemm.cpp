@@ -106,22 +106,6 @@ at::Tensor int8_dynamic_linear(const at::Tensor& x, const at::Tensor& wq, const 
   return out;
 }
 
-// Returns the number of groups and the group size of a W8A16 weight scale.
-std::pair<int64_t, int64_t> w8a16_groups(const char* op, const at::Tensor& w_scale, int64_t n, int64_t k,
-                                         std::optional<int64_t> group_size) {
-  if (!group_size.has_value()) {
-    TORCH_CHECK_VALUE(w_scale.dim() == 1 && w_scale.size(0) == n, op,
-                      ": without group_size, w_scale must have shape [", n, "] (per channel), got ", w_scale.sizes());
-    return {1, std::max<int64_t>(k, 1)};
-  }
-  check_group_size(op, *group_size);
-  const int64_t groups = num_groups(k, *group_size);
-  TORCH_CHECK_VALUE(w_scale.dim() == 2 && w_scale.size(0) == n && w_scale.size(1) == groups, op,
-                    ": with group_size ", *group_size, ", w_scale must have shape [", n, ", ", groups,
-                    "], got ", w_scale.sizes());
-  return {groups, *group_size};
-}
-
 at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& w_scale,
                                    const std::optional<at::Tensor>& bias, std::optional<int64_t> group_size) {
   constexpr const char* op = "int8_weight_only_linear";
@@ -130,7 +114,7 @@ at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, co
   TORCH_CHECK_INDEX(x.dim() > 0, op, ": x must have at least 1 dimension, got a scalar");
   const int64_t k = x.size(-1);
   const int64_t n = check_int8_weight(op, wq, w_scale, k, x);
-  const auto [groups, group] = w8a16_groups(op, w_scale, n, k, group_size);
+  const auto [groups, group] = check_w8a16_scale(op, w_scale, n, k, group_size);
   check_bias(op, bias, n, x);
   const int64_t m = k == 0 ? x.numel() : x.numel() / k;
   if (m > kW8A16DirectMaxM) {

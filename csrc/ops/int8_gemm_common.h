@@ -3,6 +3,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <utility>
 #include <vector>
 
 #include "quant_common.h"
@@ -55,6 +56,22 @@ inline int64_t check_channel_scale(const char* op, const at::Tensor& w_scale, in
                     ": w_scale must have one element (per tensor) or shape [", n, "] (per channel), got ",
                     w_scale.sizes());
   return 1;
+}
+
+// Returns the number of groups and the group size of a W8A16 weight scale.
+inline std::pair<int64_t, int64_t> check_w8a16_scale(const char* op, const at::Tensor& w_scale, int64_t n,
+                                                     int64_t k, std::optional<int64_t> group_size) {
+  if (!group_size.has_value()) {
+    TORCH_CHECK_VALUE(w_scale.dim() == 1 && w_scale.size(0) == n, op,
+                      ": without group_size, w_scale must have shape [", n, "] (per channel), got ", w_scale.sizes());
+    return {1, std::max<int64_t>(k, 1)};
+  }
+  check_group_size(op, *group_size);
+  const int64_t groups = num_groups(k, *group_size);
+  TORCH_CHECK_VALUE(w_scale.dim() == 2 && w_scale.size(0) == n && w_scale.size(1) == groups, op,
+                    ": with group_size ", *group_size, ", w_scale must have shape [", n, ", ", groups,
+                    "], got ", w_scale.sizes());
+  return {groups, *group_size};
 }
 
 inline std::vector<int64_t> linear_out_shape(const at::Tensor& x, int64_t n) {

@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include "../kernels/cuda/quant.cuh"
+#include "quant.h"
 #include "quant_common.h"
 
 namespace effgen::ops {
@@ -65,9 +66,13 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows(const char* op, const at::Tenso
   return {q, scale};
 }
 
-std::tuple<at::Tensor, at::Tensor> quantize_per_token(const at::Tensor& x) {
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> quantize_per_token_cuda(const at::Tensor& x) {
   return quantize_rows("quantize_per_token", x, /*group_size=*/0);
 }
+
+namespace {
 
 std::tuple<at::Tensor, at::Tensor> quantize_per_group(const at::Tensor& x, int64_t group_size) {
   check_group_size("quantize_per_group", group_size);
@@ -94,8 +99,10 @@ std::tuple<at::Tensor, at::Tensor> quantize_per_channel(const at::Tensor& w_in, 
   return {q, scale};
 }
 
-at::Tensor dequantize(const at::Tensor& q_in, const at::Tensor& scale_in, std::optional<int64_t> axis,
-                      std::optional<int64_t> group_size, at::ScalarType out_dtype) {
+}  // namespace
+
+at::Tensor dequantize_cuda(const at::Tensor& q_in, const at::Tensor& scale_in, std::optional<int64_t> axis,
+                           std::optional<int64_t> group_size, at::ScalarType out_dtype) {
   check_cuda_input("dequantize", "q", q_in);
   check_out_dtype("dequantize", out_dtype);
   const DequantPlan plan = plan_dequantize(q_in, scale_in, axis, group_size);
@@ -107,6 +114,8 @@ at::Tensor dequantize(const at::Tensor& q_in, const at::Tensor& scale_in, std::o
                                               idx, y.data_ptr(), c10::cuda::getCurrentCUDAStream()));
   return y;
 }
+
+namespace {
 
 std::tuple<at::Tensor, at::Tensor> run_fake_quantize(const char* op, const at::Tensor& x_in,
                                                      const cuda::FakeQuantArgs& args, const ParamIndex& idx) {
@@ -230,10 +239,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_per_chann
 }  // namespace
 
 TORCH_LIBRARY_IMPL(effgen, CUDA, m) {
-  m.impl("quantize_per_token", &quantize_per_token);
+  m.impl("quantize_per_token", &quantize_per_token_cuda);
   m.impl("quantize_per_group", &quantize_per_group);
   m.impl("quantize_per_channel", &quantize_per_channel);
-  m.impl("dequantize", &dequantize);
+  m.impl("dequantize", &dequantize_cuda);
   m.impl("fake_quantize_per_tensor_cachemask", &fake_quantize_per_tensor_cachemask);
   m.impl("fake_quantize_per_channel_cachemask", &fake_quantize_per_channel_cachemask);
   m.impl("fake_quantize_mask_grad", &fake_quantize_mask_grad);

@@ -1,0 +1,43 @@
+// Torch-free CUDA kernels of the int8_gemm family and their launchers. Each launcher runs on
+// the given stream and returns the launch's cudaError_t for the glue (csrc/ops/int8_gemm_cuda.cpp).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "quant.cuh"
+
+namespace effgen::cuda {
+
+// out[i][j] = (float(sum_k a[i][k] * b[j][k]) * a_scale[i * a_stride]) * b_scale[j * b_stride]
+//             (+ bias[j]), rounded to out_dtype. a [m, k], b [n, k] row-major int8.
+struct Int8GemmArgs {
+  const int8_t* a;
+  const int8_t* b;
+  int64_t m, n, k;
+  const float* a_scale;
+  int64_t a_stride;
+  const float* b_scale;
+  int64_t b_stride;
+  const float* bias;  // fp32, nullptr: none
+  DType out_dtype;
+  void* out;
+};
+cudaError_t int8_gemm(const Int8GemmArgs& args, cudaStream_t stream);
+
+// W8A16 for few rows (m <= kW8A16MaxM): out[i][j] = sum_k x[i][k] * w[j][k] * scale[j][k / group]
+// (+ bias[j]); x and out in `dtype`, fp32 accumulation. groups = 1, group = k: per channel.
+constexpr int64_t kW8A16MaxM = 16;
+struct W8A16Args {
+  DType dtype;
+  const void* x;
+  const int8_t* w;
+  int64_t m, n, k;
+  const float* scale;
+  int64_t groups, group;
+  const float* bias;
+  void* out;
+};
+cudaError_t w8a16_gemv(const W8A16Args& args, cudaStream_t stream);
+
+}  // namespace effgen::cuda

@@ -1,0 +1,128 @@
+// CUDA glue of the int8_gemm family: the same checks as the CPU glue (int8_gemm_common.h),
+// then launches on the current stream.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/linear.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../kernels/cuda/int8_gemm.cuh"
+#include "int8_gemm_common.h"
+#include "quant.h"
+
+namespace effgen::ops {
+namespace {
+
+cuda::DType cuda_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kBFloat16: return cuda::DType::kBF16;
+    case at::kHalf: return cuda::DType::kF16;
+    default: return cuda::DType::kF32;
+  }
+}
+
+void check_cuda(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.device().is_cuda(), op, ": ", name, " must be a CUDA tensor here, got ", t.device());
+}
+
+void check_launch(const char* op, cudaError_t err) {
+  TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(err));
+}
+
+at::Tensor float_bias(const std::optional<at::Tensor>& bias) {
+  return bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+}
+
+void launch_gemm(const char* op, const at::Tensor& xq, const at::Tensor& x_scale, int64_t x_stride,
+                 const at::Tensor& wq, const at::Tensor& w_scale, int64_t w_stride, const at::Tensor& bias,
+                 at::Tensor& out) {
+  const cuda::Int8GemmArgs args{xq.data_ptr<int8_t>(),   wq.data_ptr<int8_t>(),
+                                xq.size(0),              wq.size(0),
+                                xq.size(1),              x_scale.data_ptr<float>(),
+                                x_stride,                w_scale.data_ptr<float>(),
+                                w_stride,                bias.defined() ? bias.data_ptr<float>() : nullptr,
+                                cuda_dtype(out.scalar_type()), out.data_ptr()};
+  check_launch(op, cuda::int8_gemm(args, c10::cuda::getCurrentCUDAStream()));
+}
+
+at::Tensor int8_linear(const at::Tensor& xq, const at::Tensor& x_scale, const at::Tensor& wq,
+                       const at::Tensor& w_scale, const std::optional<at::Tensor>& bias, at::ScalarType out_dtype) {
+  constexpr const char* op = "int8_linear";
+  TORCH_CHECK_TYPE(xq.scalar_type() == at::kChar, op, ": xq must be int8, got ", xq.scalar_type());
+  check_cuda(op, "xq", xq);
+  TORCH_CHECK_INDEX(xq.dim() > 0, op, ": xq must have at least 1 dimension, got a scalar");
+  check_out_dtype(op, out_dtype);
+  const int64_t k = xq.size(-1);
+  const int64_t x_stride = check_row_scale(op, "x_scale", x_scale, xq);
+  const int64_t n = check_int8_weight(op, wq, w_scale, k, xq);
+  const int64_t w_stride = check_channel_scale(op, w_scale, n);
+  check_bias(op, bias, n, xq);
+  check_k_bound(op, k);
+  const c10::cuda::CUDAGuard guard(xq.device());
+  at::Tensor out = at::empty(linear_out_shape(xq, n), xq.options().dtype(out_dtype));
+  if (out.numel() == 0) return out;
+  at::Tensor out_2d = out.view({-1, n});
+  launch_gemm(op, xq.reshape({-1, k}).contiguous(), x_scale.contiguous(), x_stride, wq.contiguous(),
+              w_scale.contiguous(), w_stride, float_bias(bias), out_2d);
+  return out;
+}
+
+at::Tensor int8_dynamic_linear(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& w_scale,
+                               const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "int8_dynamic_linear";
+  check_float_input(op, "x", x);
+  check_cuda(op, "x", x);
+  TORCH_CHECK_INDEX(x.dim() > 0, op, ": x must have at least 1 dimension, got a scalar");
+  const int64_t k = x.size(-1);
+  const int64_t n = check_int8_weight(op, wq, w_scale, k, x);
+  const int64_t w_stride = check_channel_scale(op, w_scale, n);
+  check_bias(op, bias, n, x);
+  check_k_bound(op, k);
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
+  if (out.numel() == 0) return out;
+  const auto [xq, x_scale] = quantize_per_token_cuda(x.reshape({-1, k}));
+  at::Tensor out_2d = out.view({-1, n});
+  launch_gemm(op, xq, x_scale, 1, wq.contiguous(), w_scale.contiguous(), w_stride, float_bias(bias), out_2d);
+  return out;
+}
+
+at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& w_scale,
+                                   const std::optional<at::Tensor>& bias, std::optional<int64_t> group_size) {
+  constexpr const char* op = "int8_weight_only_linear";
+  check_float_input(op, "x", x);
+  check_cuda(op, "x", x);
+  TORCH_CHECK_INDEX(x.dim() > 0, op, ": x must have at least 1 dimension, got a scalar");
+  const int64_t k = x.size(-1);
+  const int64_t n = check_int8_weight(op, wq, w_scale, k, x);
+  const auto [groups, group] = check_w8a16_scale(op, w_scale, n, k, group_size);
+  check_bias(op, bias, n, x);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t m = k == 0 ? x.numel() : x.numel() / k;
+  if (m > cuda::kW8A16MaxM) {  // a compute problem: dequantize once, then cuBLAS
+    const at::Tensor w = group_size.has_value()
+                             ? dequantize_cuda(wq, w_scale, std::nullopt, group_size, x.scalar_type())
+                             : dequantize_cuda(wq, w_scale, 0, std::nullopt, x.scalar_type());
+    return at::linear(x, w, bias.has_value() ? std::optional<at::Tensor>(bias->to(x.scalar_type())) : std::nullopt);
+  }
+  at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor x2 = x.reshape({m, k}).contiguous(), w = wq.contiguous(), s = w_scale.contiguous();
+  const at::Tensor bias_f = float_bias(bias);
+  const cuda::W8A16Args args{cuda_dtype(x.scalar_type()), x2.data_ptr(), w.data_ptr<int8_t>(), m, n, k,
+                             s.data_ptr<float>(), groups, group, bias_f.defined() ? bias_f.data_ptr<float>() : nullptr,
+                             out.data_ptr()};
+  check_launch(op, cuda::w8a16_gemv(args, c10::cuda::getCurrentCUDAStream()));
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(effgen, CUDA, m) {
+  m.impl("int8_linear", &int8_linear);
+  m.impl("int8_dynamic_linear", &int8_dynamic_linear);
+  m.impl("int8_weight_only_linear", &int8_weight_only_linear);
+}
+
+}  // namespace effgen::ops
