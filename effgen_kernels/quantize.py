@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
+import torch
 from torch import nn
 
 from .nn import Int8Linear, Int8WeightOnlyLinear
@@ -15,10 +16,18 @@ MAX_INT8_IN_FEATURES = (1 << 17) - 1
 
 @dataclasses.dataclass(frozen=True)
 class Int8Config:
-    """W8A8: int8 per-channel weights, int8 per-token activations quantized at run time."""
+    """W8A8: int8 per-channel weights, int8 per-token activations quantized at run time.
 
-    def convert(self, linear: nn.Linear) -> nn.Module:
-        return Int8Linear.from_float(linear)
+    ``activation_absmax`` (from calibrate_activations, keyed by layer name) turns on
+    SmoothQuant with strength ``smoothing_alpha`` for every layer it names."""
+
+    activation_absmax: Mapping[str, torch.Tensor] | None = dataclasses.field(default=None, repr=False,
+                                                                              compare=False)
+    smoothing_alpha: float = 0.5
+
+    def convert(self, linear: nn.Linear, name: str = "") -> nn.Module:
+        absmax = None if self.activation_absmax is None else self.activation_absmax.get(name)
+        return Int8Linear.from_float(linear, absmax, self.smoothing_alpha)
 
     def cannot_convert(self, linear: nn.Linear) -> str | None:
         if linear.in_features > MAX_INT8_IN_FEATURES:
@@ -36,7 +45,7 @@ class Int8WeightOnlyConfig:
         if self.group_size is not None and self.group_size <= 0:
             raise ValueError(f"group_size must be positive or None, got {self.group_size}")
 
-    def convert(self, linear: nn.Linear) -> nn.Module:
+    def convert(self, linear: nn.Linear, name: str = "") -> nn.Module:
         return Int8WeightOnlyLinear.from_float(linear, group_size=self.group_size)
 
     def cannot_convert(self, linear: nn.Linear) -> str | None:
@@ -88,10 +97,37 @@ def quantize_(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bo
         if reason is not None:
             summary.skipped[name] = reason
             continue
-        replacement = config.convert(linear)
+        replacement = config.convert(linear, name)
         summary.bytes_before += _module_bytes(linear)
         summary.bytes_after += _module_bytes(replacement)
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, replacement)
         summary.converted.append(name)
     return summary
+
+
+@torch.no_grad()
+def calibrate_activations(model: nn.Module, batches: Iterable, run: Callable[[nn.Module, object], object] | None = None,
+                          ) -> dict[str, torch.Tensor]:
+    """Largest |input| per input feature of every nn.Linear of ``model`` over ``batches``.
+
+    ``run(model, batch)`` feeds one batch (default: ``model(batch)``). The result, keyed by
+    layer name, is what Int8Config(activation_absmax=...) needs for SmoothQuant."""
+    absmax: dict[str, torch.Tensor] = {}
+
+    def observe(name: str):
+        def hook(module, inputs, output):
+            x = inputs[0].detach()
+            batch_max = x.abs().reshape(-1, x.shape[-1]).amax(dim=0).float()
+            absmax[name] = torch.maximum(absmax[name], batch_max) if name in absmax else batch_max
+        return hook
+
+    handles = [module.register_forward_hook(observe(name)) for name, module in model.named_modules()
+               if isinstance(module, nn.Linear)]
+    try:
+        for batch in batches:
+            model(batch) if run is None else run(model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return absmax

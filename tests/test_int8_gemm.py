@@ -265,3 +265,42 @@ def test_cuda_int8_modules_and_opcheck():
     wq, w_scale = ops.quantize_per_channel(random_input((6, 64)).cuda(), 0)
     opcheck(torch.ops.effgen.int8_linear.default, (xq, x_scale, wq, w_scale, None, torch.bfloat16))
     opcheck(torch.ops.effgen.int8_weight_only_linear.default, (x, wq, w_scale, None, None))
+
+
+# ---------------------------------------------------------------------------------------
+# SmoothQuant calibration
+# ---------------------------------------------------------------------------------------
+def test_calibrate_activations_records_per_feature_absmax():
+    model = mlp()
+    batches = [random_input((4, 64), scale=1.0) for _ in range(3)]
+    absmax = ek.calibrate_activations(model, batches)
+    assert set(absmax) == {"0", "2", "4"}
+    expected = torch.stack([b.abs().amax(0) for b in batches]).amax(0)
+    assert_same_bits(absmax["0"], expected)
+    assert absmax["2"].shape == (96,) and absmax["4"].shape == (33,)
+    assert not model[0]._forward_hooks  # hooks removed
+
+
+def test_smoothing_helps_when_one_input_feature_is_an_outlier():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(256, 64)
+    x = torch.randn(32, 256)
+    x[:, 7] *= 60.0  # an outlier channel, as after LLM norms and SwiGLU
+    expected = linear(x)
+    plain = ek.nn.Int8Linear.from_float(linear)
+    smooth = ek.nn.Int8Linear.from_float(linear, activation_absmax=x.abs().amax(0), alpha=0.5)
+    err_plain = ((plain(x) - expected).norm() / expected.norm()).item()
+    err_smooth = ((smooth(x) - expected).norm() / expected.norm()).item()
+    assert err_smooth < err_plain / 2, (err_smooth, err_plain)
+    assert "SmoothQuant" in repr(smooth)
+    fresh = ek.nn.Int8Linear(256, 64, smoothing=True)
+    fresh.load_state_dict(smooth.state_dict())
+    assert_same_bits(fresh(x), smooth(x))
+
+
+def test_smoothing_rejects_bad_arguments():
+    linear = torch.nn.Linear(8, 4)
+    with pytest.raises(ValueError, match="alpha must lie in \\[0, 1\\]"):
+        ek.nn.Int8Linear.from_float(linear, activation_absmax=torch.ones(8), alpha=1.5)
+    with pytest.raises(ValueError, match="activation_absmax must have shape \\[8\\]"):
+        ek.nn.Int8Linear.from_float(linear, activation_absmax=torch.ones(7))

@@ -42,27 +42,61 @@ class _QuantizedLinearBase(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
+def smoothing_factors(activation_absmax: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
+    """SmoothQuant's per-input-channel factors s = max|x|^alpha / max|w|^(1 - alpha).
+
+    Multiplying weight column j by s[j] and the activation channel j by 1 / s[j] leaves the
+    product unchanged but moves activation outliers (which per-token int8 cannot represent
+    well) into the weights (which per-channel int8 represents well)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    if activation_absmax.shape != weight.shape[1:]:
+        raise ValueError(f"activation_absmax must have shape [{weight.shape[1]}] (one per input feature), "
+                         f"got {tuple(activation_absmax.shape)}")
+    tiny = torch.finfo(torch.float32).tiny
+    act = activation_absmax.float().clamp(min=1e-5)
+    wmax = weight.float().abs().amax(dim=0).clamp(min=1e-5)
+    return (act.pow(alpha) / wmax.pow(1.0 - alpha)).clamp(min=tiny)
+
+
 class Int8Linear(_QuantizedLinearBase):
     """W8A8: int8 weights (per-channel scales) times activations quantized per token at run
-    time; int32 accumulation; the output has the input's dtype."""
+    time; int32 accumulation; the output has the input's dtype.
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None) -> None:
+    With ``smoothing=True`` the layer holds ``input_smoothing`` (1 / SmoothQuant's factors,
+    one per input feature) and multiplies its input by it before quantizing."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, smoothing: bool = False,
+                 device=None, dtype=None) -> None:
         super().__init__(in_features, out_features, bias, (out_features,), device, dtype)
+        self.register_buffer("input_smoothing",
+                             torch.ones(in_features, dtype=torch.float32, device=device) if smoothing else None)
 
     @classmethod
-    def from_float(cls, linear: nn.Linear) -> Int8Linear:
+    def from_float(cls, linear: nn.Linear, activation_absmax: torch.Tensor | None = None,
+                   alpha: float = 0.5) -> Int8Linear:
+        """Quantize ``linear``; with the calibrated per-input-feature ``activation_absmax``
+        (see effgen_kernels.calibrate_activations) apply SmoothQuant with strength ``alpha``."""
         weight = cls._float_weight(linear)
-        module = cls(linear.in_features, linear.out_features, linear.bias is not None, device=weight.device,
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None,
+                     smoothing=activation_absmax is not None, device=weight.device,
                      dtype=linear.bias.dtype if linear.bias is not None else weight.dtype)
+        if activation_absmax is not None:
+            factors = smoothing_factors(activation_absmax.to(weight.device), weight, alpha)
+            weight = weight.float() * factors
+            module.input_smoothing = 1.0 / factors
         module.weight, module.weight_scale = ops.quantize_per_channel(weight, axis=0)
         module._copy_bias(linear)
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_smoothing is not None:
+            x = x * self.input_smoothing.to(x.dtype)
         return ops.int8_dynamic_linear(x, self.weight, self.weight_scale, self.bias)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + ", weights=int8 per-channel, activations=int8 per-token (dynamic)"
+        smooth = ", SmoothQuant input smoothing" if self.input_smoothing is not None else ""
+        return super().extra_repr() + f", weights=int8 per-channel, activations=int8 per-token (dynamic){smooth}"
 
 
 class Int8WeightOnlyLinear(_QuantizedLinearBase):

