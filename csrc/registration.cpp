@@ -61,6 +61,22 @@ TORCH_LIBRARY(effgen, m) {
   // W8A16: x @ (wq * w_scale)^T + bias, per-channel or per-group scales, fp32 accumulation.
   m.def("int8_weight_only_linear(Tensor x, Tensor wq, Tensor w_scale, Tensor? bias=None, int? group_size=None) -> Tensor");
 
+  // --- binary_gemm family: bit k of a row is bit k % 8 of byte k / 8 (LSB first) --------
+  // Sign bits of w [N, K] (>= 0 is 1) as uint8 [N, ceil(K/8)].
+  m.def("pack_binary(Tensor w) -> Tensor");
+  // uint8 [N, ceil(K/8)] -> int8 [N, K] of +-1.
+  m.def("unpack_binary(Tensor packed, int k) -> Tensor");
+  // int8 [N, K] in {-1, 0, 1} -> uint8 [N, 2 * ceil(K/8)]: positive plane, then negative plane.
+  m.def("pack_ternary(Tensor q) -> Tensor");
+  // uint8 [N, 2 * ceil(K/8)] -> int8 [N, K] in {-1, 0, 1}.
+  m.def("unpack_ternary(Tensor packed, int k) -> Tensor");
+  // x [..., K] @ (alpha * sign)^T + bias; alpha [N] or [N, groups] with group_size.
+  m.def("binary_linear(Tensor x, Tensor packed, Tensor alpha, Tensor? bias=None, int? group_size=None) -> Tensor");
+  // x [..., K] @ (scale * q)^T + bias for ternary q; scale [N] or one element.
+  m.def("ternary_linear(Tensor x, Tensor packed, Tensor scale, Tensor? bias=None) -> Tensor");
+  // XNOR-Net: x binarized per token (sign, mean |x|) against binary weights, via popcount.
+  m.def("xnor_linear(Tensor x, Tensor packed, Tensor alpha, Tensor? bias=None) -> Tensor");
+
   // --- build and CPU dispatch introspection --------------------------------------------
   // The CPU ISA the kernels dispatch on now.
   m.def("cpu_isa() -> str", &cpu_isa);

@@ -204,3 +204,109 @@ def int8_weight_only_linear(x, wq, w_scale, bias=None, group_size=None):
     if bias is not None:
         out = out + bias.float()
     return out.to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# binary_gemm family: 1-bit and ternary weights
+#
+# Bit order: weight k of a row lives in byte k // 8, bit k % 8 (least significant first);
+# bits past K are 0. Binary: bit 1 means +1 (w >= 0, so sign(0) = +1), bit 0 means -1.
+# Ternary rows hold two such bit planes, [positive plane | negative plane], each
+# ceil(K / 8) bytes: +1 sets the positive bit, -1 the negative bit, 0 neither (2 bits/weight).
+# ---------------------------------------------------------------------------------------
+def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """bool [N, K] -> uint8 [N, ceil(K/8)], LSB first, zero padding."""
+    n, k = bits.shape
+    padded = torch.nn.functional.pad(bits.to(torch.uint8), (0, (-k) % 8)).reshape(n, -1, 8)
+    weights = torch.tensor([1 << b for b in range(8)], dtype=torch.uint8)
+    return (padded * weights).sum(-1, dtype=torch.uint8) if k else padded.new_zeros((n, 0))
+
+
+def _unpack_bits(packed: torch.Tensor, k: int) -> torch.Tensor:
+    """uint8 [N, B] -> bool [N, k]."""
+    shifts = torch.arange(8, dtype=torch.uint8)
+    bits = (packed.unsqueeze(-1) >> shifts) & 1
+    return bits.reshape(packed.shape[0], -1)[:, :k].bool()
+
+
+def pack_binary(w: torch.Tensor) -> torch.Tensor:
+    """Signs of a [N, K] tensor (>= 0 is +1) as uint8 [N, ceil(K/8)]."""
+    return _pack_bits(w >= 0)
+
+
+def unpack_binary(packed: torch.Tensor, k: int) -> torch.Tensor:
+    """uint8 [N, ceil(K/8)] -> int8 [N, K] of +-1."""
+    return torch.where(_unpack_bits(packed, k), 1, -1).to(torch.int8)
+
+
+def pack_ternary(q: torch.Tensor) -> torch.Tensor:
+    """int8 [N, K] in {-1, 0, 1} -> uint8 [N, 2 * ceil(K/8)] (positive plane, negative plane)."""
+    return torch.cat([_pack_bits(q > 0), _pack_bits(q < 0)], dim=1)
+
+
+def unpack_ternary(packed: torch.Tensor, k: int) -> torch.Tensor:
+    half = packed.shape[1] // 2
+    return (_unpack_bits(packed[:, :half], k).to(torch.int8) - _unpack_bits(packed[:, half:], k).to(torch.int8))
+
+
+def binarize_weight(w: torch.Tensor, group_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """XNOR-Net: w ~ alpha * sign(w), alpha = mean |w| per output channel (or per group of
+    the input dimension). Returns (packed signs, alpha [N] or [N, groups])."""
+    if group_size is None:
+        return pack_binary(w), w.float().abs().mean(dim=1)
+    k = w.shape[1]
+    groups = -(-k // group_size)
+    padded = torch.nn.functional.pad(w.float().abs(), (0, groups * group_size - k)).reshape(w.shape[0], groups, -1)
+    counts = torch.full((groups,), float(group_size))
+    counts[-1] = k - (groups - 1) * group_size
+    return pack_binary(w), padded.sum(-1) / counts
+
+
+def ternarize_weight(w: torch.Tensor, per_channel: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """BitNet b1.58: s = mean |w| (per output channel or per tensor), q = round(clamp(w / s, -1, 1)).
+    Returns (packed planes, s [N] or [1]). A zero s (all-zero weights) keeps q = 0."""
+    wf = w.float()
+    s = wf.abs().mean(dim=1) if per_channel else wf.abs().mean().reshape(1)
+    s_b = s.reshape(-1, 1) if per_channel else s
+    q = torch.where(s_b > 0, torch.round((wf / s_b).clamp(-1, 1)), torch.zeros_like(wf)).to(torch.int8)
+    return pack_ternary(q), s
+
+
+def _row_alpha(alpha: torch.Tensor, k: int, group_size: int | None) -> torch.Tensor:
+    """alpha expanded to one value per weight: [N, K]."""
+    if group_size is None:
+        return alpha.reshape(-1, 1).expand(-1, k) if alpha.numel() > 1 else alpha.reshape(1, 1).expand(1, k)
+    return alpha.repeat_interleave(group_size, dim=1)[:, :k]
+
+
+def binary_linear(x, packed, alpha, bias=None, group_size=None):
+    """x [..., K] float times binary weights: y = x @ (alpha * sign)^T + bias, fp32 accumulation."""
+    k = x.shape[-1]
+    w = unpack_binary(packed, k).float() * _row_alpha(alpha.float(), k, group_size)
+    y = x.float() @ w.T
+    return (y if bias is None else y + bias.float()).to(x.dtype)
+
+
+def ternary_linear(x, packed, scale, bias=None):
+    """x [..., K] float times ternary weights: y = x @ (scale * q)^T + bias, fp32 accumulation."""
+    k = x.shape[-1]
+    q = unpack_ternary(packed, k).float()
+    w = q * (scale.float().reshape(-1, 1) if scale.numel() > 1 else scale.float().reshape(()))
+    y = x.float() @ w.T
+    return (y if bias is None else y + bias.float()).to(x.dtype)
+
+
+def xnor_linear(x, packed, alpha, bias=None):
+    """XNOR-Net: activations binarized per token (sign, scale mean |x|), weights binary;
+    y = x_scale[m] * alpha[n] * (K - 2 * popcount(signs_x XOR signs_w)) + bias (exact integer
+    part; the dot product of the two sign vectors equals K - 2 * disagreements)."""
+    k = x.shape[-1]
+    rows = x.reshape(-1, k).float()
+    x_scale = rows.abs().mean(dim=1) if k else rows.new_zeros(rows.shape[0])
+    sx = torch.where(rows >= 0, 1, -1).to(torch.int64)
+    sw = unpack_binary(packed, k).to(torch.int64)
+    dot = (sx @ sw.T).float()  # = K - 2 * popcount(xor)
+    y = dot * x_scale.reshape(-1, 1) * alpha.float().reshape(1, -1)
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype).reshape(*x.shape[:-1], packed.shape[0])

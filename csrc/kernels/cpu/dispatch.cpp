@@ -1,3 +1,4 @@
+#include "binary_gemm.h"
 #include "int8_gemm.h"
 #include "quant.h"
 
@@ -21,6 +22,20 @@ const Int8GemmKernels& int8_gemm_kernels() {
     case Isa::kScalar: break;
   }
   return int8_gemm_kernels_scalar();
+}
+
+}  // namespace effgen::cpu
+
+namespace effgen::cpu {
+
+const BinaryGemmKernels& binary_gemm_kernels() {
+  switch (active_isa()) {
+    case Isa::kAmx:
+    case Isa::kAvx512: return binary_gemm_kernels_avx512();
+    case Isa::kAvx2: return binary_gemm_kernels_avx2();
+    case Isa::kScalar: break;
+  }
+  return binary_gemm_kernels_scalar();
 }
 
 }  // namespace effgen::cpu

@@ -1,0 +1,57 @@
+// Portable binary kernels: bit tests and 64-bit popcounts.
+#include <cmath>
+#include <cstring>
+
+#include "binary_gemm.h"
+
+namespace effgen::cpu {
+namespace scalar_binary {
+namespace {
+
+constexpr int kMaskedM = 1, kMaskedN = 4, kPopM = 1, kPopN = 4;
+
+template <typename T, int MR, int NR>
+void masked_tile(const MaskedArgs<T>& p, int64_t i0, int64_t j0) {
+  for (int64_t g = 0; g < p.groups; ++g) {
+    const int64_t k0 = g * p.group, k1 = k0 + p.group < p.k ? k0 + p.group : p.k;
+    float acc[MR][NR] = {};
+    for (int64_t kk = k0; kk < k1; ++kk) {
+      for (int j = 0; j < NR; ++j) {
+        if (!((p.bits[(j0 + j) * p.ldb + kk / 8] >> (kk % 8)) & 1u)) continue;
+        for (int i = 0; i < MR; ++i) acc[i][j] += to_f32(p.x[(i0 + i) * p.ldx + kk]);
+      }
+    }
+    for (int i = 0; i < MR; ++i) {
+      for (int j = 0; j < NR; ++j) p.sums[(i0 + i) * p.lds + (j0 + j) * p.groups + g] = acc[i][j];
+    }
+  }
+}
+
+template <int MR, int NR>
+void popcount_tile(const PopcountArgs& p, int64_t i0, int64_t j0) {
+  for (int i = 0; i < MR; ++i) {
+    for (int j = 0; j < NR; ++j) {
+      const uint8_t* a = p.a + (i0 + i) * p.lda;
+      const uint8_t* b = p.b + (j0 + j) * p.ldb;
+      int32_t count = 0;
+      int64_t byte = 0;
+      for (; byte + 8 <= p.nbytes; byte += 8) {
+        uint64_t wa, wb;
+        std::memcpy(&wa, a + byte, 8);
+        std::memcpy(&wb, b + byte, 8);
+        count += __builtin_popcountll(wa ^ wb);
+      }
+      for (; byte < p.nbytes; ++byte) count += __builtin_popcount(static_cast<unsigned>(a[byte] ^ b[byte]));
+      p.c[(i0 + i) * p.ldc + j0 + j] = count;
+    }
+  }
+}
+
+#include "binary_gemm_impl.h"
+
+}  // namespace
+}  // namespace scalar_binary
+
+const BinaryGemmKernels& binary_gemm_kernels_scalar() { return scalar_binary::kBinaryTable; }
+
+}  // namespace effgen::cpu

@@ -1,0 +1,278 @@
+// CPU glue of the binary_gemm family: pack / unpack, real-activation binary and ternary
+// products (masked sums for few rows, dequantize + torch's GEMM for many), and XNOR-popcount.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/mean.h>
+#include <ATen/ops/mul.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../kernels/cpu/binary_gemm.h"
+#include "int8_gemm_common.h"
+
+namespace effgen::ops {
+namespace {
+
+using cpu::packed_row_bytes;
+
+constexpr int64_t kBlockN = 64;
+// Up to this many rows the weights are streamed as bits; above it they are expanded once
+// and the product goes to torch's GEMM (the masked adds cost as much as FMAs).
+constexpr int64_t kDirectMaxM = 16;
+
+cpu::DType kernel_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kBFloat16: return cpu::DType::kBF16;
+    case at::kHalf: return cpu::DType::kF16;
+    default: return cpu::DType::kF32;
+  }
+}
+
+void check_cpu(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor here, got ", t.device());
+}
+
+void check_packed(const char* op, const at::Tensor& packed, int64_t k, int64_t planes, const at::Tensor& x) {
+  TORCH_CHECK_TYPE(packed.scalar_type() == at::kByte, op, ": packed must be uint8, got ", packed.scalar_type());
+  check_same_device(op, "packed", packed, x);
+  TORCH_CHECK_VALUE(packed.dim() == 2 && packed.size(1) == planes * packed_row_bytes(k), op,
+                    ": packed must be [N, ", planes * packed_row_bytes(k), "] for K = ", k, ", got shape ",
+                    packed.sizes());
+}
+
+// ---- pack / unpack ---------------------------------------------------------------------
+at::Tensor pack_binary(const at::Tensor& w_in) {
+  constexpr const char* op = "pack_binary";
+  check_float_input(op, "w", w_in);
+  check_cpu(op, "w", w_in);
+  TORCH_CHECK_VALUE(w_in.dim() == 2, op, ": w must be 2-D [N, K], got shape ", w_in.sizes());
+  const at::Tensor w = w_in.contiguous();
+  at::Tensor out = at::empty({w.size(0), packed_row_bytes(w.size(1))}, w.options().dtype(at::kByte));
+  cpu::pack_signs(kernel_dtype(w.scalar_type()), w.data_ptr(), w.size(0), w.size(1), out.data_ptr<uint8_t>());
+  return out;
+}
+
+at::Tensor unpack_binary(const at::Tensor& packed_in, int64_t k) {
+  constexpr const char* op = "unpack_binary";
+  TORCH_CHECK_VALUE(k >= 0, op, ": k must be >= 0, got ", k);
+  check_cpu(op, "packed", packed_in);
+  check_packed(op, packed_in, k, 1, packed_in);
+  const at::Tensor packed = packed_in.contiguous();
+  at::Tensor out = at::empty({packed.size(0), k}, packed.options().dtype(at::kChar));
+  cpu::unpack_binary_rows(packed.data_ptr<uint8_t>(), packed.size(0), k, out.data_ptr<int8_t>());
+  return out;
+}
+
+at::Tensor pack_ternary(const at::Tensor& q_in) {
+  constexpr const char* op = "pack_ternary";
+  TORCH_CHECK_TYPE(q_in.scalar_type() == at::kChar, op, ": q must be int8 in {-1, 0, 1}, got ", q_in.scalar_type());
+  check_cpu(op, "q", q_in);
+  TORCH_CHECK_VALUE(q_in.dim() == 2, op, ": q must be 2-D [N, K], got shape ", q_in.sizes());
+  const at::Tensor q = q_in.contiguous();
+  at::Tensor out = at::empty({q.size(0), 2 * packed_row_bytes(q.size(1))}, q.options().dtype(at::kByte));
+  TORCH_CHECK_VALUE(cpu::pack_ternary_rows(q.data_ptr<int8_t>(), q.size(0), q.size(1), out.data_ptr<uint8_t>()), op,
+                    ": q must hold only -1, 0 and 1");
+  return out;
+}
+
+at::Tensor unpack_ternary(const at::Tensor& packed_in, int64_t k) {
+  constexpr const char* op = "unpack_ternary";
+  TORCH_CHECK_VALUE(k >= 0, op, ": k must be >= 0, got ", k);
+  check_cpu(op, "packed", packed_in);
+  check_packed(op, packed_in, k, 2, packed_in);
+  const at::Tensor packed = packed_in.contiguous();
+  at::Tensor out = at::empty({packed.size(0), k}, packed.options().dtype(at::kChar));
+  cpu::unpack_ternary_rows(packed.data_ptr<uint8_t>(), packed.size(0), k, out.data_ptr<int8_t>());
+  return out;
+}
+
+// ---- products --------------------------------------------------------------------------
+struct Rows {
+  at::Tensor x;  // [M, K] contiguous
+  int64_t m, k;
+};
+
+Rows rows_of(const char* op, const at::Tensor& x) {
+  check_float_input(op, "x", x);
+  check_cpu(op, "x", x);
+  TORCH_CHECK_INDEX(x.dim() > 0, op, ": x must have at least 1 dimension, got a scalar");
+  const int64_t k = x.size(-1), m = k == 0 ? 0 : x.numel() / k;
+  return {x.reshape({m, k}).contiguous(), m, k};
+}
+
+// Sums of x over the set bits of each weight row, per group: [M, n_block * groups] per
+// 64-row block of weights, handed to `epilogue(j0, nb, sums)` in parallel.
+template <typename Epilogue>
+void for_masked_sum_blocks(const Rows& r, const uint8_t* bits, int64_t ldb, int64_t n, int64_t group,
+                           Epilogue&& epilogue) {
+  const auto& kernels = cpu::binary_gemm_kernels();
+  const int64_t groups = r.k == 0 ? 0 : (r.k + group - 1) / group;
+  at::parallel_for(0, (n + kBlockN - 1) / kBlockN, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> sums(static_cast<size_t>(r.m * kBlockN * groups));
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t j0 = block * kBlockN, nb = std::min(kBlockN, n - j0);
+      kernels.masked_sums(kernel_dtype(r.x.scalar_type()), r.x.data_ptr(), r.k, bits + j0 * ldb, ldb, r.m, nb, r.k,
+                          group, sums.data(), nb * groups);
+      epilogue(j0, nb, sums.data());
+    }
+  });
+}
+
+void store(at::Tensor& out, int64_t i, int64_t j, float v) {
+  switch (out.scalar_type()) {
+    case at::kBFloat16: out.data_ptr<at::BFloat16>()[i * out.size(-1) + j] = at::BFloat16(v); break;
+    case at::kHalf: out.data_ptr<at::Half>()[i * out.size(-1) + j] = at::Half(v); break;
+    default: out.data_ptr<float>()[i * out.size(-1) + j] = v;
+  }
+}
+
+at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_in, const at::Tensor& alpha_in,
+                         const std::optional<at::Tensor>& bias, std::optional<int64_t> group_size) {
+  constexpr const char* op = "binary_linear";
+  const Rows r = rows_of(op, x);
+  check_packed(op, packed_in, r.k, 1, x);
+  const int64_t n = packed_in.size(0);
+  check_same_device(op, "alpha", alpha_in, x);
+  TORCH_CHECK_TYPE(alpha_in.scalar_type() == at::kFloat, op, ": alpha must be float32, got ", alpha_in.scalar_type());
+  const auto [groups, group] = check_w8a16_scale(op, alpha_in, n, r.k, group_size);
+  TORCH_CHECK_VALUE(!group_size.has_value() || *group_size % 16 == 0, op,
+                    ": group_size must be a multiple of 16, got ", *group_size);
+  check_bias(op, bias, n, x);
+  if (r.m > kDirectMaxM) {
+    at::Tensor signs = unpack_binary(packed_in, r.k).to(at::kFloat);
+    const at::Tensor alpha_full = group_size.has_value()
+                                      ? alpha_in.repeat_interleave(*group_size, 1).narrow(1, 0, r.k)
+                                      : alpha_in.reshape({n, 1});
+    return at::linear(x, at::mul(signs, alpha_full).to(x.scalar_type()),
+                      bias.has_value() ? std::optional<at::Tensor>(bias->to(x.scalar_type())) : std::nullopt);
+  }
+  at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor packed = packed_in.contiguous(), alpha = alpha_in.contiguous();
+  const at::Tensor bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  // Per row and group, the sum of all x: y = alpha * (2 * sum over +1 weights - total).
+  std::vector<float> totals(static_cast<size_t>(r.m * groups));
+  const std::vector<uint8_t> ones(static_cast<size_t>(packed_row_bytes(r.k)), 0xFF);
+  cpu::binary_gemm_kernels().masked_sums(kernel_dtype(r.x.scalar_type()), r.x.data_ptr(), r.k, ones.data(), 0, r.m,
+                                         1, r.k, group, totals.data(), groups);
+  at::Tensor out_2d = out.view({r.m, n});
+  const float* a = alpha.data_ptr<float>();
+  for_masked_sum_blocks(r, packed.data_ptr<uint8_t>(), packed.size(1), n, group,
+                        [&](int64_t j0, int64_t nb, const float* sums) {
+                          for (int64_t i = 0; i < r.m; ++i) {
+                            for (int64_t j = 0; j < nb; ++j) {
+                              float y = 0.0f;
+                              for (int64_t g = 0; g < groups; ++g) {
+                                const float plus = sums[(i * nb + j) * groups + g];
+                                y += a[(j0 + j) * groups + g] * (2.0f * plus - totals[i * groups + g]);
+                              }
+                              if (bias_f.defined()) y += bias_f.data_ptr<float>()[j0 + j];
+                              store(out_2d, i, j0 + j, y);
+                            }
+                          }
+                        });
+  return out;
+}
+
+at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed_in, const at::Tensor& scale_in,
+                          const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "ternary_linear";
+  const Rows r = rows_of(op, x);
+  check_packed(op, packed_in, r.k, 2, x);
+  const int64_t n = packed_in.size(0);
+  check_same_device(op, "scale", scale_in, x);
+  TORCH_CHECK_TYPE(scale_in.scalar_type() == at::kFloat, op, ": scale must be float32, got ", scale_in.scalar_type());
+  const int64_t scale_stride = check_channel_scale(op, scale_in, n);
+  check_bias(op, bias, n, x);
+  if (r.m > kDirectMaxM) {
+    const at::Tensor q = unpack_ternary(packed_in, r.k).to(at::kFloat);
+    const at::Tensor w = at::mul(q, scale_stride == 0 ? scale_in.reshape({}) : scale_in.reshape({n, 1}));
+    return at::linear(x, w.to(x.scalar_type()),
+                      bias.has_value() ? std::optional<at::Tensor>(bias->to(x.scalar_type())) : std::nullopt);
+  }
+  at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor packed = packed_in.contiguous(), scale = scale_in.contiguous();
+  const at::Tensor bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  const int64_t plane = packed_row_bytes(r.k), group = std::max<int64_t>(r.k, 1);
+  at::Tensor out_2d = out.view({r.m, n});
+  const auto& kernels = cpu::binary_gemm_kernels();
+  at::parallel_for(0, (n + kBlockN - 1) / kBlockN, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> plus(static_cast<size_t>(r.m * kBlockN)), minus(plus.size());
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t j0 = block * kBlockN, nb = std::min(kBlockN, n - j0);
+      const uint8_t* rows = packed.data_ptr<uint8_t>() + j0 * 2 * plane;
+      const auto dtype = kernel_dtype(r.x.scalar_type());
+      kernels.masked_sums(dtype, r.x.data_ptr(), r.k, rows, 2 * plane, r.m, nb, r.k, group, plus.data(), nb);
+      kernels.masked_sums(dtype, r.x.data_ptr(), r.k, rows + plane, 2 * plane, r.m, nb, r.k, group, minus.data(), nb);
+      for (int64_t i = 0; i < r.m; ++i) {
+        for (int64_t j = 0; j < nb; ++j) {
+          float y = scale.data_ptr<float>()[(j0 + j) * scale_stride] * (plus[i * nb + j] - minus[i * nb + j]);
+          if (bias_f.defined()) y += bias_f.data_ptr<float>()[j0 + j];
+          store(out_2d, i, j0 + j, y);
+        }
+      }
+    }
+  });
+  return out;
+}
+
+at::Tensor xnor_linear(const at::Tensor& x, const at::Tensor& packed_in, const at::Tensor& alpha_in,
+                       const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "xnor_linear";
+  const Rows r = rows_of(op, x);
+  check_packed(op, packed_in, r.k, 1, x);
+  const int64_t n = packed_in.size(0);
+  check_same_device(op, "alpha", alpha_in, x);
+  TORCH_CHECK_TYPE(alpha_in.scalar_type() == at::kFloat, op, ": alpha must be float32, got ", alpha_in.scalar_type());
+  const int64_t alpha_stride = check_channel_scale(op, alpha_in, n);
+  check_bias(op, bias, n, x);
+  at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
+  if (out.numel() == 0) return out;
+  // The same ATen mean as reference.xnor_linear, so the scales agree to the bit.
+  const at::Tensor x_scale = r.k == 0 ? at::zeros({r.m}, x.options().dtype(at::kFloat))
+                                      : at::mean(r.x.to(at::kFloat).abs(), {1}).contiguous();
+  const int64_t row_bytes = packed_row_bytes(r.k);
+  std::vector<uint8_t> x_bits(static_cast<size_t>(r.m * row_bytes));
+  cpu::pack_signs(kernel_dtype(r.x.scalar_type()), r.x.data_ptr(), r.m, r.k, x_bits.data());
+  const at::Tensor packed = packed_in.contiguous(), alpha = alpha_in.contiguous();
+  const at::Tensor bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  at::Tensor out_2d = out.view({r.m, n});
+  const auto& kernels = cpu::binary_gemm_kernels();
+  at::parallel_for(0, (n + kBlockN - 1) / kBlockN, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> disagree(static_cast<size_t>(r.m * kBlockN));
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t j0 = block * kBlockN, nb = std::min(kBlockN, n - j0);
+      kernels.xor_popcount(x_bits.data(), row_bytes, packed.data_ptr<uint8_t>() + j0 * row_bytes, row_bytes, r.m, nb,
+                           row_bytes, disagree.data(), nb);
+      for (int64_t i = 0; i < r.m; ++i) {
+        for (int64_t j = 0; j < nb; ++j) {
+          // The sign dot product is K - 2 * disagreements; the zero pad bits always agree.
+          const float dot = static_cast<float>(r.k - 2 * int64_t{disagree[i * nb + j]});
+          float y = dot * x_scale.data_ptr<float>()[i] * alpha.data_ptr<float>()[(j0 + j) * alpha_stride];
+          if (bias_f.defined()) y += bias_f.data_ptr<float>()[j0 + j];
+          store(out_2d, i, j0 + j, y);
+        }
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(effgen, CPU, m) {
+  m.impl("pack_binary", &pack_binary);
+  m.impl("unpack_binary", &unpack_binary);
+  m.impl("pack_ternary", &pack_ternary);
+  m.impl("unpack_ternary", &unpack_ternary);
+  m.impl("binary_linear", &binary_linear);
+  m.impl("ternary_linear", &ternary_linear);
+  m.impl("xnor_linear", &xnor_linear);
+}
+
+}  // namespace effgen::ops
