@@ -10,12 +10,22 @@ from . import (
     ops,
     reference,
 )
-from .quantize import Int8Config, Int8WeightOnlyConfig, QuantizeSummary, calibrate_activations, quantize_
+from .quantize import (
+    BinaryConfig,
+    Int8Config,
+    Int8WeightOnlyConfig,
+    QuantizeSummary,
+    TernaryConfig,
+    calibrate_activations,
+    convert,
+    prepare,
+    quantize_,
+)
 
 try:
     __version__ = version("effgen-kernels")
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0+unknown"
 
-__all__ = ["Int8Config", "Int8WeightOnlyConfig", "QuantizeSummary", "__version__", "calibrate_activations", "nn",
-           "ops", "quantize_", "reference"]
+__all__ = ["BinaryConfig", "Int8Config", "Int8WeightOnlyConfig", "QuantizeSummary", "TernaryConfig", "__version__",
+           "calibrate_activations", "convert", "nn", "ops", "prepare", "quantize_", "reference"]

@@ -20,6 +20,13 @@ __all__ = [
     "int8_linear",
     "int8_dynamic_linear",
     "int8_weight_only_linear",
+    "pack_binary",
+    "unpack_binary",
+    "pack_ternary",
+    "unpack_ternary",
+    "binary_linear",
+    "ternary_linear",
+    "xnor_linear",
     "cpu_isa",
     "supported_cpu_isas",
     "set_cpu_isa",
@@ -91,6 +98,47 @@ def int8_weight_only_linear(x: torch.Tensor, wq: torch.Tensor, w_scale: torch.Te
                             bias: torch.Tensor | None = None, group_size: int | None = None) -> torch.Tensor:
     """W8A16: float activations times int8 weights dequantized in registers."""
     return _ops.int8_weight_only_linear(x, wq, w_scale, bias, group_size)
+
+
+# ---------------------------------------------------------------------------------------
+# binary_gemm family (bit order and formats: reference.py)
+# ---------------------------------------------------------------------------------------
+def pack_binary(w: torch.Tensor) -> torch.Tensor:
+    """Sign bits of w [N, K] (w >= 0 is 1) as uint8 [N, ceil(K/8)], LSB first."""
+    return _ops.pack_binary(w)
+
+
+def unpack_binary(packed: torch.Tensor, k: int) -> torch.Tensor:
+    """uint8 [N, ceil(K/8)] -> int8 [N, K] of +-1."""
+    return _ops.unpack_binary(packed, k)
+
+
+def pack_ternary(q: torch.Tensor) -> torch.Tensor:
+    """int8 [N, K] in {-1, 0, 1} -> uint8 [N, 2 * ceil(K/8)] (positive plane, negative plane)."""
+    return _ops.pack_ternary(q)
+
+
+def unpack_ternary(packed: torch.Tensor, k: int) -> torch.Tensor:
+    """uint8 [N, 2 * ceil(K/8)] -> int8 [N, K] in {-1, 0, 1}."""
+    return _ops.unpack_ternary(packed, k)
+
+
+def binary_linear(x: torch.Tensor, packed: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None = None,
+                  group_size: int | None = None) -> torch.Tensor:
+    """x @ (alpha * sign(w))^T + bias with packed sign bits; alpha [N] or [N, groups]."""
+    return _ops.binary_linear(x, packed, alpha, bias, group_size)
+
+
+def ternary_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ (scale * q)^T + bias with packed ternary q; scale [N] or one element."""
+    return _ops.ternary_linear(x, packed, scale, bias)
+
+
+def xnor_linear(x: torch.Tensor, packed: torch.Tensor, alpha: torch.Tensor,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+    """XNOR-Net: x binarized per token (sign, mean |x|) times binary weights, via popcount."""
+    return _ops.xnor_linear(x, packed, alpha, bias)
 
 
 def _check_same_device(op: str, name: str, t: torch.Tensor, ref: torch.Tensor) -> None:
@@ -177,6 +225,49 @@ def _(x, wq, w_scale, bias=None):
 @torch.library.register_fake("effgen::int8_weight_only_linear")
 def _(x, wq, w_scale, bias=None, group_size=None):
     return _linear_out(x, wq, x.dtype)
+
+
+def _packed_rows(packed: torch.Tensor, k: int, planes: int, what: str) -> None:
+    torch._check(packed.dim() == 2 and packed.shape[1] == planes * ((k + 7) // 8),
+                 lambda: f"{what}: packed must be [N, {planes * ((k + 7) // 8)}] for K = {k}")
+
+
+@torch.library.register_fake("effgen::pack_binary")
+def _(w):
+    return w.new_empty((w.shape[0], (w.shape[1] + 7) // 8), dtype=torch.uint8)
+
+
+@torch.library.register_fake("effgen::unpack_binary")
+def _(packed, k):
+    return packed.new_empty((packed.shape[0], k), dtype=torch.int8)
+
+
+@torch.library.register_fake("effgen::pack_ternary")
+def _(q):
+    return q.new_empty((q.shape[0], 2 * ((q.shape[1] + 7) // 8)), dtype=torch.uint8)
+
+
+@torch.library.register_fake("effgen::unpack_ternary")
+def _(packed, k):
+    return packed.new_empty((packed.shape[0], k), dtype=torch.int8)
+
+
+@torch.library.register_fake("effgen::binary_linear")
+def _(x, packed, alpha, bias=None, group_size=None):
+    _packed_rows(packed, x.shape[-1], 1, "binary_linear")
+    return x.new_empty((*x.shape[:-1], packed.shape[0]))
+
+
+@torch.library.register_fake("effgen::ternary_linear")
+def _(x, packed, scale, bias=None):
+    _packed_rows(packed, x.shape[-1], 2, "ternary_linear")
+    return x.new_empty((*x.shape[:-1], packed.shape[0]))
+
+
+@torch.library.register_fake("effgen::xnor_linear")
+def _(x, packed, alpha, bias=None):
+    _packed_rows(packed, x.shape[-1], 1, "xnor_linear")
+    return x.new_empty((*x.shape[:-1], packed.shape[0]))
 
 
 # Straight-through estimator: the gradient passes where the unclamped value was in range.

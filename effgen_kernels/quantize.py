@@ -8,7 +8,14 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from .nn import Int8Linear, Int8WeightOnlyLinear
+from .nn import (
+    BinaryLinear,
+    BinaryTrainLinear,
+    Int8Linear,
+    Int8WeightOnlyLinear,
+    TernaryLinear,
+    TernaryTrainLinear,
+)
 
 # The int32 accumulation of int8 products is exact up to this K (K * 128^2 < 2^31).
 MAX_INT8_IN_FEATURES = (1 << 17) - 1
@@ -52,6 +59,44 @@ class Int8WeightOnlyConfig:
         return None
 
 
+@dataclasses.dataclass(frozen=True)
+class BinaryConfig:
+    """1-bit weights (XNOR-Net alpha per channel or per group of 16k inputs); with
+    ``binary_activations`` the inputs are binarized too and products use XNOR-popcount."""
+
+    group_size: int | None = None
+    binary_activations: bool = False
+
+    def __post_init__(self) -> None:
+        if self.group_size is not None and (self.group_size <= 0 or self.group_size % 16):
+            raise ValueError(f"group_size must be a positive multiple of 16 or None, got {self.group_size}")
+
+    def convert(self, linear: nn.Linear, name: str = "") -> nn.Module:
+        return BinaryLinear.from_float(linear, self.group_size, self.binary_activations)
+
+    def trainable(self, linear: nn.Linear) -> nn.Module:
+        return BinaryTrainLinear.from_float(linear, self.group_size, self.binary_activations)
+
+    def cannot_convert(self, linear: nn.Linear) -> str | None:
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class TernaryConfig:
+    """Ternary weights (BitNet b1.58) with a per-channel or per-tensor scale."""
+
+    per_channel: bool = True
+
+    def convert(self, linear: nn.Linear, name: str = "") -> nn.Module:
+        return TernaryLinear.from_float(linear, self.per_channel)
+
+    def trainable(self, linear: nn.Linear) -> nn.Module:
+        return TernaryTrainLinear.from_float(linear, self.per_channel)
+
+    def cannot_convert(self, linear: nn.Linear) -> str | None:
+        return None
+
+
 @dataclasses.dataclass
 class QuantizeSummary:
     """What quantize_ did: converted layer names, skipped ones with the reason, and sizes."""
@@ -85,10 +130,13 @@ def _why_not(linear: nn.Linear, config) -> str | None:
     return config.cannot_convert(linear)
 
 
-def quantize_(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bool] | None = None) -> QuantizeSummary:
-    """Replace every nn.Linear of ``model`` (for which ``filter_fn(module, name)`` is true)
-    by the quantized layer of ``config``; returns a QuantizeSummary. Layers that cannot be
-    converted stay as they are and are listed, with the reason, in ``summary.skipped``."""
+def _swap(model: nn.Module, name: str, replacement: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, replacement)
+
+
+def _replace_linears(model: nn.Module, config, make: Callable[[nn.Linear, str], nn.Module],
+                     filter_fn: Callable[[nn.Module, str], bool] | None) -> QuantizeSummary:
     summary = QuantizeSummary(config)
     targets = [(name, module) for name, module in model.named_modules()
                if type(module) is nn.Linear and (filter_fn is None or filter_fn(module, name))]
@@ -97,13 +145,37 @@ def quantize_(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bo
         if reason is not None:
             summary.skipped[name] = reason
             continue
-        replacement = config.convert(linear, name)
+        replacement = make(linear, name)
         summary.bytes_before += _module_bytes(linear)
         summary.bytes_after += _module_bytes(replacement)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, replacement)
+        _swap(model, name, replacement)
         summary.converted.append(name)
     return summary
+
+
+def quantize_(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bool] | None = None) -> QuantizeSummary:
+    """Replace every nn.Linear of ``model`` (for which ``filter_fn(module, name)`` is true)
+    by the quantized layer of ``config``; returns a QuantizeSummary. Layers that cannot be
+    converted stay as they are and are listed, with the reason, in ``summary.skipped``."""
+    return _replace_linears(model, config, config.convert, filter_fn)
+
+
+def prepare(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bool] | None = None) -> QuantizeSummary:
+    """Quantization-aware training: swap nn.Linear layers for the trainable form of a
+    BinaryConfig / TernaryConfig (latent float weights, straight-through estimator)."""
+    if not hasattr(config, "trainable"):
+        raise TypeError(f"{type(config).__name__} has no trainable form; use BinaryConfig or TernaryConfig")
+    return _replace_linears(model, config, lambda linear, name: config.trainable(linear), filter_fn)
+
+
+def convert(model: nn.Module) -> list[str]:
+    """After training: swap every trainable binary / ternary layer for its packed inference
+    module (identical outputs in eval mode). Returns the names converted."""
+    trainable = (BinaryTrainLinear, TernaryTrainLinear)
+    names = [name for name, module in model.named_modules() if isinstance(module, trainable)]
+    for name in names:
+        _swap(model, name, model.get_submodule(name).to_inference())
+    return names
 
 
 @torch.no_grad()

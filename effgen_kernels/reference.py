@@ -40,6 +40,15 @@ __all__ = [
     "int8_linear",
     "int8_dynamic_linear",
     "int8_weight_only_linear",
+    "pack_binary",
+    "unpack_binary",
+    "pack_ternary",
+    "unpack_ternary",
+    "binarize_weight",
+    "ternarize_weight",
+    "binary_linear",
+    "ternary_linear",
+    "xnor_linear",
 ]
 
 QMAX_INT8 = 127

@@ -1,5 +1,7 @@
 """Drop-in replacements for nn.Linear backed by the effgen kernels."""
 
+from .binary import BinaryLinear, BinaryTrainLinear, TernaryLinear, TernaryTrainLinear
 from .int8 import Int8Linear, Int8WeightOnlyLinear
 
-__all__ = ["Int8Linear", "Int8WeightOnlyLinear"]
+__all__ = ["BinaryLinear", "BinaryTrainLinear", "Int8Linear", "Int8WeightOnlyLinear", "TernaryLinear",
+           "TernaryTrainLinear"]

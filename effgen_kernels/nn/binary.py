@@ -1,0 +1,203 @@
+"""1-bit and ternary linear layers: packed inference modules and their trainable forms.
+
+Inference modules store only packed bits and fp32 scales (plus bias); trainable modules
+keep latent float weights and binarize / ternarize them in the forward pass with a
+straight-through estimator. ``convert`` turns a trained module into the packed one; in
+eval mode the trainable module already computes through the packed kernels, so outputs
+before and after conversion are identical.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import ops
+
+
+def _alpha(weight: torch.Tensor, group_size: int | None) -> torch.Tensor:
+    """XNOR-Net scale: mean |w| per output channel, or per group of the input dimension."""
+    w = weight.float().abs()
+    if group_size is None:
+        return w.mean(dim=1)
+    k = w.shape[1]
+    groups = -(-k // group_size)
+    sums = nn.functional.pad(w, (0, groups * group_size - k)).reshape(w.shape[0], groups, group_size).sum(-1)
+    counts = torch.full((groups,), float(group_size), device=w.device)
+    counts[-1] = k - (groups - 1) * group_size
+    return sums / counts
+
+
+def _ternary(weight: torch.Tensor, per_channel: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """BitNet b1.58: s = mean |w|, q = round(clamp(w / s, -1, 1)); returns (q int8, s)."""
+    w = weight.float()
+    s = w.abs().mean(dim=1) if per_channel else w.abs().mean().reshape(1)
+    s_b = s.reshape(-1, 1) if per_channel else s
+    q = torch.where(s_b > 0, torch.round((w / s_b.clamp(min=torch.finfo(torch.float32).tiny)).clamp(-1, 1)), 0.0)
+    return q.to(torch.int8), s
+
+
+def _check_group_size(group_size: int | None) -> None:
+    if group_size is not None and (group_size <= 0 or group_size % 16):
+        raise ValueError(f"group_size must be a positive multiple of 16 or None, got {group_size}")
+
+
+class BinaryLinear(nn.Module):
+    """1-bit weights: y = x @ (alpha * sign(w))^T + b, signs packed 8 per byte.
+
+    With ``binary_activations=True`` (XNOR-Net) the input is binarized per token too and the
+    product runs as XNOR + popcount (per-channel alpha only)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, group_size: int | None = None,
+                 binary_activations: bool = False, device=None, dtype=None) -> None:
+        super().__init__()
+        _check_group_size(group_size)
+        if binary_activations and group_size is not None:
+            raise ValueError("binary_activations uses one alpha per output channel: group_size must be None")
+        self.in_features, self.out_features = in_features, out_features
+        self.group_size, self.binary_activations = group_size, binary_activations
+        groups = None if group_size is None else -(-in_features // group_size)
+        self.register_buffer("weight_packed",
+                             torch.zeros(out_features, (in_features + 7) // 8, dtype=torch.uint8, device=device))
+        self.register_buffer("alpha", torch.ones((out_features,) if groups is None else (out_features, groups),
+                                                 device=device))
+        bias_dtype = dtype or torch.get_default_dtype()
+        self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device) if bias else None)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, group_size: int | None = None,
+                   binary_activations: bool = False) -> BinaryLinear:
+        weight = linear.weight.detach()
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None, group_size, binary_activations,
+                     device=weight.device, dtype=None if linear.bias is None else linear.bias.dtype)
+        module.weight_packed = ops.pack_binary(weight)
+        module.alpha = _alpha(weight, group_size)
+        if linear.bias is not None:
+            module.bias = linear.bias.detach().clone()
+        return module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.binary_activations:
+            return ops.xnor_linear(x, self.weight_packed, self.alpha, self.bias)
+        return ops.binary_linear(x, self.weight_packed, self.alpha, self.bias, self.group_size)
+
+    def extra_repr(self) -> str:
+        alpha = "per-channel" if self.group_size is None else f"per-group (group_size={self.group_size})"
+        acts = "binary (XNOR-popcount)" if self.binary_activations else "float"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"weights=1-bit {alpha} alpha, activations={acts}")
+
+
+class TernaryLinear(nn.Module):
+    """Ternary weights (BitNet b1.58): y = x @ (s * q)^T + b, q in {-1, 0, 1}, 2 bits each."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, per_channel: bool = True,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.per_channel = in_features, out_features, per_channel
+        self.register_buffer("weight_packed",
+                             torch.zeros(out_features, 2 * ((in_features + 7) // 8), dtype=torch.uint8, device=device))
+        self.register_buffer("weight_scale", torch.ones(out_features if per_channel else 1, device=device))
+        bias_dtype = dtype or torch.get_default_dtype()
+        self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device) if bias else None)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, per_channel: bool = True) -> TernaryLinear:
+        weight = linear.weight.detach()
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None, per_channel,
+                     device=weight.device, dtype=None if linear.bias is None else linear.bias.dtype)
+        q, module.weight_scale = _ternary(weight, per_channel)
+        module.weight_packed = ops.pack_ternary(q)
+        if linear.bias is not None:
+            module.bias = linear.bias.detach().clone()
+        return module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.ternary_linear(x, self.weight_packed, self.weight_scale, self.bias)
+
+    def extra_repr(self) -> str:
+        scale = "per-channel" if self.per_channel else "per-tensor"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"weights=ternary (2-bit) {scale} scale")
+
+
+class _SignSTE(torch.autograd.Function):
+    """sign with sign(0) = +1; backward passes the gradient where |input| <= 1 (clipped STE)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (x.abs() <= 1).to(grad.dtype)
+
+
+def _ste_round_clamp(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """round(clamp(w / s, -1, 1)) * s in the forward pass, identity gradient (BitNet's STE)."""
+    q = torch.round((w / scale).clamp(-1, 1)) * scale
+    return w + (q - w).detach()
+
+
+class BinaryTrainLinear(nn.Linear):
+    """Trainable 1-bit layer: latent float weights, alpha * sign(w) in the forward pass with a
+    clipped straight-through estimator. In eval mode it runs the packed inference kernel, so
+    ``to_inference()`` changes nothing in its outputs."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, group_size: int | None = None,
+                 binary_activations: bool = False, device=None, dtype=None) -> None:
+        super().__init__(in_features, out_features, bias, device, dtype)
+        _check_group_size(group_size)
+        self.group_size, self.binary_activations = group_size, binary_activations
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, group_size: int | None = None,
+                   binary_activations: bool = False) -> BinaryTrainLinear:
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None, group_size, binary_activations,
+                     device=linear.weight.device, dtype=linear.weight.dtype)
+        module.load_state_dict(linear.state_dict())
+        return module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return self.to_inference()(x)
+        alpha = _alpha(self.weight, self.group_size)
+        alpha_full = alpha.reshape(-1, 1) if self.group_size is None else \
+            alpha.repeat_interleave(self.group_size, dim=1)[:, :self.in_features]
+        weight = _SignSTE.apply(self.weight) * alpha_full.to(self.weight.dtype)
+        if self.binary_activations:
+            x = _SignSTE.apply(x) * x.abs().mean(dim=-1, keepdim=True)
+        return nn.functional.linear(x, weight, self.bias)
+
+    def to_inference(self) -> BinaryLinear:
+        return BinaryLinear.from_float(self, self.group_size, self.binary_activations)
+
+
+class TernaryTrainLinear(nn.Linear):
+    """Trainable ternary layer (BitNet b1.58): latent float weights, ternarized in the forward
+    pass with a straight-through estimator; eval mode runs the packed kernel."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, per_channel: bool = True,
+                 device=None, dtype=None) -> None:
+        super().__init__(in_features, out_features, bias, device, dtype)
+        self.per_channel = per_channel
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, per_channel: bool = True) -> TernaryTrainLinear:
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None, per_channel,
+                     device=linear.weight.device, dtype=linear.weight.dtype)
+        module.load_state_dict(linear.state_dict())
+        return module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return self.to_inference()(x)
+        w = self.weight
+        scale = w.abs().mean(dim=1, keepdim=True) if self.per_channel else w.abs().mean()
+        weight = _ste_round_clamp(w, scale.clamp(min=torch.finfo(w.dtype).tiny).detach())
+        return nn.functional.linear(x, weight, self.bias)
+
+    def to_inference(self) -> TernaryLinear:
+        return TernaryLinear.from_float(self, self.per_channel)

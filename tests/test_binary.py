@@ -1,0 +1,208 @@
+"""The binary_gemm family (1-bit and ternary weights) against reference.py, and the layers."""
+
+import pytest
+import torch
+from conftest import FLOAT_DTYPES, random_input
+from test_quant import assert_same_bits
+from torch.library import opcheck
+
+import effgen_kernels as ek
+from effgen_kernels import reference as ref
+
+ops = ek.ops
+ODD_K = [1, 7, 33, 4097]
+
+
+def tolerance(dtype, k):
+    # fp32 sums in a different order than the reference's GEMM; bf16/fp16 round the output.
+    return {torch.float32: dict(rtol=1e-4, atol=1e-4 * max(1.0, k ** 0.5)),
+            torch.bfloat16: dict(rtol=2e-2, atol=5e-2), torch.float16: dict(rtol=2e-3, atol=5e-3)}[dtype]
+
+
+@pytest.mark.parametrize("k", ODD_K)
+def test_pack_unpack_round_trips(isa, k):
+    w = random_input((5, k))
+    packed = ops.pack_binary(w)
+    assert packed.shape == (5, (k + 7) // 8) and packed.dtype == torch.uint8
+    assert_same_bits(packed, ref.pack_binary(w))
+    assert_same_bits(ops.unpack_binary(packed, k), torch.where(w >= 0, 1, -1).to(torch.int8))
+    q = torch.randint(-1, 2, (5, k), dtype=torch.int8)
+    packed = ops.pack_ternary(q)
+    assert packed.shape == (5, 2 * ((k + 7) // 8))
+    assert_same_bits(packed, ref.pack_ternary(q))
+    assert_same_bits(ops.unpack_ternary(packed, k), q)
+
+
+def test_bit_order_is_lsb_first():
+    w = torch.tensor([[1.0, -1.0, -1.0, 0.0, -2.0, -2.0, -2.0, -2.0, 5.0]])  # sign(0) = +1
+    assert ops.pack_binary(w).tolist() == [[0b00001001, 0b00000001]]
+    q = torch.tensor([[1, -1, 0, 1]], dtype=torch.int8)
+    assert ops.pack_ternary(q).tolist() == [[0b1001, 0b0010]]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("m", [1, 5, 16, 17, 40])  # both sides of the bits / dequantize switch
+@pytest.mark.parametrize("k", ODD_K)
+def test_binary_and_ternary_linear_match_reference(isa, dtype, m, k):
+    n = 37
+    x, w = random_input((m, k), dtype, scale=1.0), random_input((n, k))
+    bias = torch.randn(n)
+    packed, alpha = ref.binarize_weight(w)
+    torch.testing.assert_close(ops.binary_linear(x, packed, alpha, bias), ref.binary_linear(x, packed, alpha, bias),
+                               **tolerance(dtype, k))
+    tpacked, scale = ref.ternarize_weight(w)
+    torch.testing.assert_close(ops.ternary_linear(x, tpacked, scale, bias), ref.ternary_linear(x, tpacked, scale, bias),
+                               **tolerance(dtype, k))
+    tpacked, scale = ref.ternarize_weight(w, per_channel=False)
+    torch.testing.assert_close(ops.ternary_linear(x, tpacked, scale), ref.ternary_linear(x, tpacked, scale),
+                               **tolerance(dtype, k))
+
+
+@pytest.mark.parametrize("group_size,k", [(16, 48), (64, 200), (128, 4097)])
+def test_binary_linear_per_group_alpha(isa, group_size, k):
+    x, w = random_input((3, k), scale=1.0), random_input((20, k))
+    packed, alpha = ref.binarize_weight(w, group_size)
+    expected = ref.binary_linear(x, packed, alpha, group_size=group_size)
+    torch.testing.assert_close(ops.binary_linear(x, packed, alpha, None, group_size), expected,
+                               **tolerance(torch.float32, k))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("m,k", [(1, 1), (3, 7), (5, 33), (2, 4097), (20, 300)])
+def test_xnor_linear_is_exact(isa, dtype, m, k):
+    x, w = random_input((m, k), dtype), random_input((29, k))
+    packed, alpha = ref.binarize_weight(w)
+    bias = torch.randn(29)
+    assert_same_bits(ops.xnor_linear(x, packed, alpha, bias), ref.xnor_linear(x, packed, alpha, bias))
+
+
+def test_3d_and_non_contiguous_inputs(isa):
+    x = random_input((2, 3, 2 * 40))[..., ::2]
+    packed, alpha = ref.binarize_weight(random_input((9, 40)))
+    out = ops.binary_linear(x, packed, alpha)
+    assert out.shape == (2, 3, 9)
+    torch.testing.assert_close(out, ref.binary_linear(x.contiguous(), packed, alpha), rtol=1e-4, atol=1e-4)
+    assert_same_bits(ops.xnor_linear(x, packed, alpha), ref.xnor_linear(x.contiguous(), packed, alpha))
+
+
+@pytest.mark.parametrize("case", range(7))
+def test_opcheck(case):
+    x, w = random_input((5, 37)), random_input((6, 37))
+    packed, alpha = ref.binarize_weight(w)
+    tpacked, scale = ref.ternarize_weight(w)
+    e = torch.ops.effgen
+    cases = [
+        (e.pack_binary.default, (w,)),
+        (e.unpack_binary.default, (packed, 37)),
+        (e.pack_ternary.default, (torch.randint(-1, 2, (6, 37), dtype=torch.int8),)),
+        (e.unpack_ternary.default, (tpacked, 37)),
+        (e.binary_linear.default, (x, packed, alpha, torch.randn(6), None)),
+        (e.ternary_linear.default, (x, tpacked, scale, None)),
+        (e.xnor_linear.default, (x, packed, alpha, None)),
+    ]
+    opcheck(*cases[case])
+
+
+def test_bad_inputs_name_the_argument():
+    x = torch.randn(3, 20)
+    packed, alpha = ref.binarize_weight(torch.randn(4, 20))
+    with pytest.raises(ValueError, match="binary_linear: packed must be \\[N, 3\\] for K = 20"):
+        ops.binary_linear(x, packed[:, :2], alpha)
+    with pytest.raises(TypeError, match="packed must be uint8"):
+        ops.binary_linear(x, packed.to(torch.int8), alpha)
+    with pytest.raises(ValueError, match="group_size must be a multiple of 16"):
+        ops.binary_linear(torch.randn(3, 24), ops.pack_binary(torch.randn(4, 24)), torch.ones(4, 3), None, 8)
+    with pytest.raises(ValueError, match="pack_ternary: q must hold only -1, 0 and 1"):
+        ops.pack_ternary(torch.tensor([[0, 2]], dtype=torch.int8))
+    with pytest.raises(TypeError, match="xnor_linear: x must be float32"):
+        ops.xnor_linear(x.double(), packed, alpha)
+    with pytest.raises(ValueError, match="group_size must be a positive multiple of 16"):
+        ek.BinaryConfig(group_size=10)
+
+
+# ---------------------------------------------------------------------------------------
+# layers, quantize_, prepare / convert, training
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("module", [lambda lin: ek.nn.BinaryLinear.from_float(lin),
+                                    lambda lin: ek.nn.BinaryLinear.from_float(lin, group_size=32),
+                                    lambda lin: ek.nn.BinaryLinear.from_float(lin, binary_activations=True),
+                                    lambda lin: ek.nn.TernaryLinear.from_float(lin),
+                                    lambda lin: ek.nn.TernaryLinear.from_float(lin, per_channel=False)])
+def test_layers_state_dict_and_compile(module):
+    linear = torch.nn.Linear(96, 24)
+    layer = module(linear)
+    x = random_input((4, 96), scale=1.0)
+    fresh = type(layer)(96, 24, True, *([layer.group_size, layer.binary_activations]
+                                        if isinstance(layer, ek.nn.BinaryLinear) else [layer.per_channel]))
+    fresh.load_state_dict(layer.state_dict())
+    assert_same_bits(fresh(x), layer(x))
+    assert all(t.dtype in (torch.uint8, torch.float32) for t in layer.state_dict().values())
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    assert_same_bits(compiled(x), layer(x))
+
+
+@pytest.mark.parametrize("config", [ek.BinaryConfig(), ek.BinaryConfig(group_size=32),
+                                    ek.BinaryConfig(binary_activations=True), ek.TernaryConfig()])
+def test_prepare_train_convert_gives_identical_outputs(config):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.ReLU(), torch.nn.Linear(96, 10))
+    ek.prepare(model, config)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = random_input((16, 64), scale=1.0), torch.randint(0, 10, (16,))
+    before = model[0].weight.detach().clone()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    assert model[0].weight.grad is not None and model[0].weight.grad.abs().sum() > 0
+    opt.step()
+    assert not torch.equal(model[0].weight, before)
+    model.eval()
+    expected = model(x)
+    assert ek.convert(model) == ["0", "2"]
+    assert_same_bits(model(x), expected)
+    assert type(model[0]).__name__ in ("BinaryLinear", "TernaryLinear")
+
+
+def test_sign_ste_clips_the_gradient():
+    layer = ek.nn.BinaryTrainLinear(4, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.5, -0.2, 1.5, -3.0]]))
+    layer(torch.ones(1, 4)).sum().backward()
+    # y = alpha * sum(sign(w)) = 0 here, so alpha contributes no gradient and only the
+    # straight-through part remains: alpha (= mean |w| = 1.3) where |w| <= 1, else 0.
+    torch.testing.assert_close(layer.weight.grad, torch.tensor([[1.3, 1.3, 0.0, 0.0]]))
+
+
+def test_quantize_reports_binary_and_ternary_sizes():
+    model = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
+    summary = ek.quantize_(model, ek.BinaryConfig(), filter_fn=lambda module, name: name != "2")
+    assert summary.converted == ["0"] and summary.bytes_after < summary.bytes_before / 20
+    summary = ek.quantize_(model, ek.TernaryConfig())
+    assert summary.converted == ["2"]
+
+
+def test_binary_mlp_learns_digits():
+    datasets = pytest.importorskip("sklearn.datasets")
+    digits = datasets.load_digits()
+    x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(digits.target)
+    gen = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(y), generator=gen)
+    train, test = order[:1400], order[1400:]
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.BatchNorm1d(256), torch.nn.ReLU(),
+                                torch.nn.Linear(256, 256), torch.nn.BatchNorm1d(256), torch.nn.ReLU(),
+                                torch.nn.Linear(256, 10))
+    # The hidden layers binary; the classifier stays float, as is usual for binary networks.
+    ek.prepare(model, ek.BinaryConfig(), filter_fn=lambda module, name: name != "6")
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(40):
+        model.train()
+        for batch in train[torch.randperm(len(train), generator=gen)].split(64):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+            opt.step()
+    model.eval()
+    ek.convert(model)
+    assert isinstance(model[0], ek.nn.BinaryLinear) and isinstance(model[3], ek.nn.BinaryLinear)
+    accuracy = (model(x[test]).argmax(1) == y[test]).float().mean().item()
+    print(f"binary-weight MLP on digits: test accuracy {accuracy:.3f} (chance 0.1)")
+    assert accuracy >= 0.85
