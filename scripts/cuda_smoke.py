@@ -40,6 +40,14 @@ def main() -> None:
         x = torch.randn(m, k)
         ops.int8_dynamic_linear(x.cuda(), wq.cuda(), w_scale.cuda())
         ops.int8_weight_only_linear(x.cuda(), wq.cuda(), w_scale.cuda())
+    for m, k in ((1, 7), (16, 4097), (20, 300)):
+        x, w = torch.randn(m, k), torch.randn(33, k)
+        packed, alpha = ops.pack_binary(w.cuda()), w.abs().mean(1).cuda()
+        assert torch.equal(packed.cpu(), ops.pack_binary(w)), (m, k)
+        ops.binary_linear(x.cuda(), packed, alpha)
+        ops.xnor_linear(x.cuda(), packed, alpha)
+        q = ops.unpack_ternary(ops.pack_ternary(torch.randint(-1, 2, (33, k), dtype=torch.int8).cuda()), k)
+        ops.ternary_linear(x.cuda(), ops.pack_ternary(q), alpha)
     torch.cuda.synchronize()
     print("cuda smoke: all kernels ran and matched the CPU kernels")
 

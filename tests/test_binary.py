@@ -206,3 +206,38 @@ def test_binary_mlp_learns_digits():
     accuracy = (model(x[test]).argmax(1) == y[test]).float().mean().item()
     print(f"binary-weight MLP on digits: test accuracy {accuracy:.3f} (chance 0.1)")
     assert accuracy >= 0.85
+
+
+# ---------------------------------------------------------------------------------------
+# CUDA (skipped without a GPU)
+# ---------------------------------------------------------------------------------------
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("m", [1, 16, 17, 64])
+@pytest.mark.parametrize("k", ODD_K)
+def test_cuda_binary_family_matches_reference(dtype, m, k):
+    x, w = random_input((m, k), dtype, scale=1.0), random_input((45, k))
+    bias = torch.randn(45)
+    packed, alpha = ref.binarize_weight(w)
+    tpacked, scale = ref.ternarize_weight(w)
+    assert_same_bits(ops.pack_binary(w.cuda()).cpu(), packed)
+    assert_same_bits(ops.pack_ternary(ops.unpack_ternary(tpacked.cuda(), k)).cpu(), tpacked)
+    tol = tolerance(dtype, k)
+    torch.testing.assert_close(ops.binary_linear(x.cuda(), packed.cuda(), alpha.cuda(), bias.cuda()).cpu(),
+                               ref.binary_linear(x, packed, alpha, bias), **tol)
+    torch.testing.assert_close(ops.ternary_linear(x.cuda(), tpacked.cuda(), scale.cuda(), bias.cuda()).cpu(),
+                               ref.ternary_linear(x, tpacked, scale, bias), **tol)
+    torch.testing.assert_close(ops.xnor_linear(x.cuda(), packed.cuda(), alpha.cuda(), bias.cuda()).cpu(),
+                               ref.xnor_linear(x, packed, alpha, bias), rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.cuda
+def test_cuda_binary_opcheck_and_layers():
+    x, w = random_input((5, 37)).cuda(), random_input((6, 37)).cuda()
+    packed, alpha = ops.pack_binary(w), w.abs().mean(1)
+    opcheck(torch.ops.effgen.binary_linear.default, (x, packed, alpha, None, None))
+    opcheck(torch.ops.effgen.xnor_linear.default, (x, packed, alpha, None))
+    model = torch.nn.Sequential(torch.nn.Linear(37, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).cuda()
+    ek.quantize_(model, ek.TernaryConfig())
+    compiled = torch.compile(model, fullgraph=True)
+    torch.testing.assert_close(compiled(x), model(x))

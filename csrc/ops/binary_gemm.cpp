@@ -12,12 +12,12 @@
 #include <vector>
 
 #include "../kernels/cpu/binary_gemm.h"
-#include "int8_gemm_common.h"
+#include "binary_gemm_common.h"
 
 namespace effgen::ops {
 namespace {
 
-using cpu::packed_row_bytes;
+
 
 constexpr int64_t kBlockN = 64;
 // Up to this many rows the weights are streamed as bits; above it they are expanded once
@@ -34,14 +34,6 @@ cpu::DType kernel_dtype(at::ScalarType t) {
 
 void check_cpu(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor here, got ", t.device());
-}
-
-void check_packed(const char* op, const at::Tensor& packed, int64_t k, int64_t planes, const at::Tensor& x) {
-  TORCH_CHECK_TYPE(packed.scalar_type() == at::kByte, op, ": packed must be uint8, got ", packed.scalar_type());
-  check_same_device(op, "packed", packed, x);
-  TORCH_CHECK_VALUE(packed.dim() == 2 && packed.size(1) == planes * packed_row_bytes(k), op,
-                    ": packed must be [N, ", planes * packed_row_bytes(k), "] for K = ", k, ", got shape ",
-                    packed.sizes());
 }
 
 // ---- pack / unpack ---------------------------------------------------------------------

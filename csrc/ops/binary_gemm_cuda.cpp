@@ -1,0 +1,193 @@
+// CUDA glue of the binary_gemm family: the checks of binary_gemm_common.h, then launches on
+// the current stream; many-row products expand the weights once and use cuBLAS.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/mean.h>
+#include <ATen/ops/add.h>
+#include <ATen/ops/mul.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../kernels/cuda/binary_gemm.cuh"
+#include "binary_gemm_common.h"
+
+namespace effgen::ops {
+namespace {
+
+cuda::DType cuda_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kBFloat16: return cuda::DType::kBF16;
+    case at::kHalf: return cuda::DType::kF16;
+    default: return cuda::DType::kF32;
+  }
+}
+
+void check_cuda(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.device().is_cuda(), op, ": ", name, " must be a CUDA tensor here, got ", t.device());
+}
+
+void check_launch(const char* op, cudaError_t err) {
+  TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(err));
+}
+
+cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
+
+at::Tensor pack_binary(const at::Tensor& w_in) {
+  constexpr const char* op = "pack_binary";
+  check_float_input(op, "w", w_in);
+  check_cuda(op, "w", w_in);
+  TORCH_CHECK_VALUE(w_in.dim() == 2, op, ": w must be 2-D [N, K], got shape ", w_in.sizes());
+  const c10::cuda::CUDAGuard guard(w_in.device());
+  const at::Tensor w = w_in.contiguous();
+  at::Tensor out = at::empty({w.size(0), packed_row_bytes(w.size(1))}, w.options().dtype(at::kByte));
+  check_launch(op, cuda::pack_signs(cuda_dtype(w.scalar_type()), w.data_ptr(), w.size(0), w.size(1),
+                                    out.data_ptr<uint8_t>(), stream()));
+  return out;
+}
+
+at::Tensor unpack(const char* op, const at::Tensor& packed_in, int64_t k, int planes) {
+  TORCH_CHECK_VALUE(k >= 0, op, ": k must be >= 0, got ", k);
+  check_cuda(op, "packed", packed_in);
+  check_packed(op, packed_in, k, planes, packed_in);
+  const c10::cuda::CUDAGuard guard(packed_in.device());
+  const at::Tensor packed = packed_in.contiguous();
+  at::Tensor out = at::empty({packed.size(0), k}, packed.options().dtype(at::kChar));
+  check_launch(op, cuda::unpack_bits(packed.data_ptr<uint8_t>(), packed.size(0), k, planes, out.data_ptr<int8_t>(),
+                                     stream()));
+  return out;
+}
+
+at::Tensor unpack_binary(const at::Tensor& packed, int64_t k) { return unpack("unpack_binary", packed, k, 1); }
+at::Tensor unpack_ternary(const at::Tensor& packed, int64_t k) { return unpack("unpack_ternary", packed, k, 2); }
+
+// Values outside {-1, 0, 1} would need a device-to-host check here; the CUDA kernel packs
+// them as 0 instead (documented in the op schema's reference).
+at::Tensor pack_ternary(const at::Tensor& q_in) {
+  constexpr const char* op = "pack_ternary";
+  TORCH_CHECK_TYPE(q_in.scalar_type() == at::kChar, op, ": q must be int8 in {-1, 0, 1}, got ", q_in.scalar_type());
+  check_cuda(op, "q", q_in);
+  TORCH_CHECK_VALUE(q_in.dim() == 2, op, ": q must be 2-D [N, K], got shape ", q_in.sizes());
+  const c10::cuda::CUDAGuard guard(q_in.device());
+  const at::Tensor q = q_in.contiguous();
+  at::Tensor out = at::empty({q.size(0), 2 * packed_row_bytes(q.size(1))}, q.options().dtype(at::kByte));
+  check_launch(op, cuda::pack_ternary(q.data_ptr<int8_t>(), q.size(0), q.size(1), out.data_ptr<uint8_t>(), stream()));
+  return out;
+}
+
+struct Rows {
+  at::Tensor x;
+  int64_t m, k;
+};
+
+Rows rows_of(const char* op, const at::Tensor& x) {
+  check_float_input(op, "x", x);
+  check_cuda(op, "x", x);
+  TORCH_CHECK_INDEX(x.dim() > 0, op, ": x must have at least 1 dimension, got a scalar");
+  const int64_t k = x.size(-1), m = k == 0 ? 0 : x.numel() / k;
+  return {x.reshape({m, k}).contiguous(), m, k};
+}
+
+std::optional<at::Tensor> bias_as(const std::optional<at::Tensor>& bias, at::ScalarType dtype) {
+  return bias.has_value() ? std::optional<at::Tensor>(bias->to(dtype)) : std::nullopt;
+}
+
+at::Tensor bits_gemv(const Rows& r, const at::Tensor& x, const at::Tensor& packed, int planes, const at::Tensor& scale,
+                     int64_t scale_stride, int64_t groups, int64_t group, const std::optional<at::Tensor>& bias,
+                     const char* op) {
+  const int64_t n = packed.size(0);
+  at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor p = packed.contiguous(), s = scale.contiguous();
+  const at::Tensor bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  const cuda::BitsGemvArgs args{cuda_dtype(x.scalar_type()), r.x.data_ptr(), p.data_ptr<uint8_t>(), r.m, n, r.k,
+                                planes, s.data_ptr<float>(), scale_stride, groups, group,
+                                bias_f.defined() ? bias_f.data_ptr<float>() : nullptr, out.data_ptr()};
+  check_launch(op, cuda::bits_gemv(args, stream()));
+  return out;
+}
+
+at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& alpha,
+                         const std::optional<at::Tensor>& bias, std::optional<int64_t> group_size) {
+  constexpr const char* op = "binary_linear";
+  const Rows r = rows_of(op, x);
+  check_packed(op, packed, r.k, 1, x);
+  const int64_t n = packed.size(0);
+  check_same_device(op, "alpha", alpha, x);
+  TORCH_CHECK_TYPE(alpha.scalar_type() == at::kFloat, op, ": alpha must be float32, got ", alpha.scalar_type());
+  const auto [groups, group] = check_w8a16_scale(op, alpha, n, r.k, group_size);
+  TORCH_CHECK_VALUE(!group_size.has_value() || *group_size % 16 == 0, op,
+                    ": group_size must be a multiple of 16, got ", *group_size);
+  check_bias(op, bias, n, x);
+  const c10::cuda::CUDAGuard guard(x.device());
+  if (r.m > cuda::kBitsMaxM) {
+    const at::Tensor alpha_full =
+        group_size.has_value() ? alpha.repeat_interleave(*group_size, 1).narrow(1, 0, r.k) : alpha.reshape({n, 1});
+    const at::Tensor w = at::mul(unpack_binary(packed, r.k).to(at::kFloat), alpha_full);
+    return at::linear(x, w.to(x.scalar_type()), bias_as(bias, x.scalar_type()));
+  }
+  return bits_gemv(r, x, packed, 1, alpha, 1, groups, group, bias, op);
+}
+
+at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
+                          const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "ternary_linear";
+  const Rows r = rows_of(op, x);
+  check_packed(op, packed, r.k, 2, x);
+  const int64_t n = packed.size(0);
+  check_same_device(op, "scale", scale, x);
+  TORCH_CHECK_TYPE(scale.scalar_type() == at::kFloat, op, ": scale must be float32, got ", scale.scalar_type());
+  const int64_t scale_stride = check_channel_scale(op, scale, n);
+  check_bias(op, bias, n, x);
+  const c10::cuda::CUDAGuard guard(x.device());
+  if (r.m > cuda::kBitsMaxM) {
+    const at::Tensor w = at::mul(unpack_ternary(packed, r.k).to(at::kFloat),
+                                 scale_stride == 0 ? scale.reshape({}) : scale.reshape({n, 1}));
+    return at::linear(x, w.to(x.scalar_type()), bias_as(bias, x.scalar_type()));
+  }
+  return bits_gemv(r, x, packed, 2, scale, scale_stride, 1, std::max<int64_t>(r.k, 1), bias, op);
+}
+
+at::Tensor xnor_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& alpha,
+                       const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "xnor_linear";
+  const Rows r = rows_of(op, x);
+  check_packed(op, packed, r.k, 1, x);
+  const int64_t n = packed.size(0);
+  check_same_device(op, "alpha", alpha, x);
+  TORCH_CHECK_TYPE(alpha.scalar_type() == at::kFloat, op, ": alpha must be float32, got ", alpha.scalar_type());
+  const int64_t alpha_stride = check_channel_scale(op, alpha, n);
+  check_bias(op, bias, n, x);
+  const c10::cuda::CUDAGuard guard(x.device());
+  if (r.m * n == 0) return at::empty(linear_out_shape(x, n), x.options());
+  const at::Tensor x_bits = at::empty({r.m, packed_row_bytes(r.k)}, x.options().dtype(at::kByte));
+  check_launch(op, cuda::pack_signs(cuda_dtype(x.scalar_type()), r.x.data_ptr(), r.m, r.k,
+                                    x_bits.data_ptr<uint8_t>(), stream()));
+  at::Tensor disagree = at::empty({r.m, n}, x.options().dtype(at::kInt));
+  const at::Tensor p = packed.contiguous();
+  check_launch(op, cuda::xor_popcount(x_bits.data_ptr<uint8_t>(), p.data_ptr<uint8_t>(), r.m, n,
+                                      packed_row_bytes(r.k), disagree.data_ptr<int32_t>(), stream()));
+  // The epilogue in ATen ops, in the reference's order: dot * x_scale * alpha + bias.
+  const at::Tensor x_scale = r.k == 0 ? at::zeros({r.m, 1}, x.options().dtype(at::kFloat))
+                                      : at::mean(r.x.to(at::kFloat).abs(), {1}, true);
+  const at::Tensor dot = at::add(at::mul(disagree, -2), r.k).to(at::kFloat);
+  at::Tensor y = at::mul(at::mul(dot, x_scale), alpha_stride == 0 ? alpha.reshape({}) : alpha.reshape({1, n}));
+  if (bias.has_value()) y = at::add(y, bias->to(at::kFloat));
+  return y.to(x.scalar_type()).reshape(linear_out_shape(x, n));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(effgen, CUDA, m) {
+  m.impl("pack_binary", &pack_binary);
+  m.impl("unpack_binary", &unpack_binary);
+  m.impl("pack_ternary", &pack_ternary);
+  m.impl("unpack_ternary", &unpack_ternary);
+  m.impl("binary_linear", &binary_linear);
+  m.impl("ternary_linear", &ternary_linear);
+  m.impl("xnor_linear", &xnor_linear);
+}
+
+}  // namespace effgen::ops
