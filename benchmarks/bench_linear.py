@@ -15,10 +15,9 @@ import torch
 import torch.nn.functional as F
 
 import effgen_kernels as ek
-from effgen_kernels.bench import BenchContext, BenchResult, time_interleaved
+from effgen_kernels.bench import BenchContext, BenchResult, Rotation, time_interleaved
 
 FAMILY = "linear"
-ROTATION_BYTES = 600 << 20
 DECODE_M = 16
 # Square shapes from the issue, the Llama-7B MLP shapes, and SmolLM2-135M's real layers
 # (hidden 576, MLP 1536, 3 key/value heads of 64).
@@ -38,38 +37,28 @@ def int8_peak_gops(device: torch.device) -> float:
     return 2 * size**3 / seconds / 1e9
 
 
-class Rotation:
-    """Copies of one layer's weights in every format, cycled so a decode step finds none of
-    them in cache (each format rotates through more than ROTATION_BYTES)."""
+def make_peers(linear: torch.nn.Linear, rotate: bool) -> dict[str, Rotation]:
+    """Every format of one layer, each rotating through more than 512 MB of its own bytes."""
+    n, k = linear.weight.shape
+    w, b = linear.weight.detach(), linear.bias.detach()
+    formats = {
+        "int8": Rotation(lambda: ek.nn.Int8Linear.from_float(linear), n * k, rotate=rotate),
+        "w8a16": Rotation(lambda: ek.nn.Int8WeightOnlyLinear.from_float(linear), n * k, rotate=rotate),
+        "bf16": Rotation(lambda: (w.bfloat16(), b.bfloat16()), 2 * n * k, rotate=rotate),
+    }
+    if w.device.type == "cpu":
+        formats["fp32"] = Rotation(lambda: (w.clone(), b.clone()), 4 * n * k, rotate=rotate)
+        formats["fbgemm"] = Rotation(lambda: fbgemm_linear(linear), n * k, rotate=rotate)
+    return formats
 
-    def __init__(self, linear: torch.nn.Linear, decode: bool) -> None:
-        n, k = linear.weight.shape
-        copies = max(1, -(-ROTATION_BYTES // (n * k))) if decode else 1  # by the int8 size
-        on_cpu = linear.weight.device.type == "cpu"
-        self.int8 = [ek.nn.Int8Linear.from_float(linear) for _ in range(copies)]
-        self.w8a16 = [ek.nn.Int8WeightOnlyLinear.from_float(linear) for _ in range(copies)]
-        self.fp32 = [(linear.weight.detach().clone(), linear.bias.detach().clone())
-                     for _ in range(max(1, copies // 4))] if on_cpu else []
-        self.bf16 = [(linear.weight.detach().bfloat16(), linear.bias.detach().bfloat16())
-                     for _ in range(max(1, copies // 2))]
-        self.fbgemm = []
-        if on_cpu:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch.ao quantized tensors are deprecated
-                self.fbgemm = [torch.ao.nn.quantized.dynamic.Linear.from_float(self._qconfig(linear))
-                               for _ in range(copies)]
-        self.step = 0
 
-    @staticmethod
-    def _qconfig(linear: torch.nn.Linear) -> torch.nn.Linear:
-        clone = torch.nn.Linear(linear.in_features, linear.out_features)
-        clone.load_state_dict(linear.state_dict())
-        clone.qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
-        return clone
-
-    def next(self, items: list):
-        self.step += 1
-        return items[self.step % len(items)]
+def fbgemm_linear(linear: torch.nn.Linear) -> torch.nn.Module:
+    clone = torch.nn.Linear(linear.in_features, linear.out_features)
+    clone.load_state_dict(linear.state_dict())
+    clone.qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao quantized tensors are deprecated
+        return torch.ao.nn.quantized.dynamic.Linear.from_float(clone)
 
 
 def run(ctx: BenchContext) -> list[BenchResult]:
@@ -86,36 +75,38 @@ def run(ctx: BenchContext) -> list[BenchResult]:
 def run_shape(ctx: BenchContext, m: int, k: int, n: int, peak: float) -> list[BenchResult]:
     torch.manual_seed(0)
     linear = torch.nn.Linear(k, n).to(ctx.device)
-    rot = Rotation(linear, decode=m <= DECODE_M)
+    rot = make_peers(linear, rotate=m <= DECODE_M)
     x = torch.randn(m, k, device=ctx.device)
     x_bf16 = x.bfloat16()
     shape = f"{m}x{k}x{n}"
     # Fewer repetitions for products that take long on this device.
     rate = 1e14 if ctx.device.type == "cuda" else 1e9
     reps = max(3, min(ctx.reps, int(2 * rate // (2 * m * k * n) + 3)))
-    peers = {"bf16 F.linear": lambda: F.linear(x_bf16, *rot.next(rot.bf16))}
-    if rot.fp32:
-        peers["fp32 F.linear"] = lambda: F.linear(x, *rot.next(rot.fp32))
-    if rot.fbgemm:
-        peers["fbgemm dynamic int8"] = lambda: rot.next(rot.fbgemm)(x)
+    peers = {"bf16 F.linear": lambda: F.linear(x_bf16, *rot["bf16"].next())}
+    if "fp32" in rot:
+        peers["fp32 F.linear"] = lambda: F.linear(x, *rot["fp32"].next())
+    if "fbgemm" in rot:
+        peers["fbgemm dynamic int8"] = lambda: rot["fbgemm"].next()(x)
     if m > 16:  # torch._int_mm needs M > 16
         xq, x_scale = ek.ops.quantize_per_token(x)
 
         def int_mm():
-            layer = rot.next(rot.int8)
+            layer = rot["int8"].next()
             return torch._int_mm(xq, layer.weight.t())
 
         peers["torch._int_mm (raw)"] = int_mm
     weight_bytes = n * k
+    # Every rotated copy is used once before timing (first use costs extra for every format).
+    warmup = max(len(r) for r in rot.values()) + 1 if m <= DECODE_M else 2
     results = ctx.measure_peers(FAMILY, "Int8Linear (W8A8 dynamic)", shape, torch.float32,
-                                lambda: rot.next(rot.int8)(x), peers,
+                                lambda: rot["int8"].next()(x), peers,
                                 bytes_moved=weight_bytes + m * k * 4 + m * n * 4, ops=2 * m * k * n, peak_gops=peak,
-                                reps=reps)
+                                reps=reps, warmup=warmup)
     if m <= DECODE_M:
         results += ctx.measure_peers(FAMILY, "Int8WeightOnlyLinear (W8A16)", shape, torch.bfloat16,
-                                     lambda: rot.next(rot.w8a16)(x_bf16),
+                                     lambda: rot["w8a16"].next()(x_bf16),
                                      {"bf16 F.linear": peers["bf16 F.linear"]},
-                                     bytes_moved=weight_bytes + m * k * 2 + m * n * 2, reps=reps)
+                                     bytes_moved=weight_bytes + m * k * 2 + m * n * 2, reps=reps, warmup=warmup)
     return results
 
 

@@ -114,6 +114,22 @@ void for_masked_sum_blocks(const Rows& r, const uint8_t* bits, int64_t ldb, int6
   });
 }
 
+// Many rows: expand the weights to float once (in parallel over rows), scale them, and let
+// torch's GEMM do the product.
+at::Tensor linear_with_expanded(const at::Tensor& x, const at::Tensor& packed_in, int planes, const at::Tensor& scale,
+                                const std::optional<at::Tensor>& bias) {
+  const at::Tensor packed = packed_in.contiguous();
+  const int64_t n = packed.size(0), k = x.size(-1), row_bytes = packed.size(1);
+  at::Tensor w = at::empty({n, k}, x.options().dtype(at::kFloat));
+  const auto& kernels = cpu::binary_gemm_kernels();
+  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+    kernels.expand(packed.data_ptr<uint8_t>() + begin * row_bytes, end - begin, k, planes,
+                   w.data_ptr<float>() + begin * k);
+  });
+  return at::linear(x, at::mul(w, scale).to(x.scalar_type()),
+                    bias.has_value() ? std::optional<at::Tensor>(bias->to(x.scalar_type())) : std::nullopt);
+}
+
 void store(at::Tensor& out, int64_t i, int64_t j, float v) {
   switch (out.scalar_type()) {
     case at::kBFloat16: out.data_ptr<at::BFloat16>()[i * out.size(-1) + j] = at::BFloat16(v); break;
@@ -135,12 +151,10 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_in, const
                     ": group_size must be a multiple of 16, got ", *group_size);
   check_bias(op, bias, n, x);
   if (r.m > kDirectMaxM) {
-    at::Tensor signs = unpack_binary(packed_in, r.k).to(at::kFloat);
     const at::Tensor alpha_full = group_size.has_value()
                                       ? alpha_in.repeat_interleave(*group_size, 1).narrow(1, 0, r.k)
                                       : alpha_in.reshape({n, 1});
-    return at::linear(x, at::mul(signs, alpha_full).to(x.scalar_type()),
-                      bias.has_value() ? std::optional<at::Tensor>(bias->to(x.scalar_type())) : std::nullopt);
+    return linear_with_expanded(x, packed_in, 1, alpha_full, bias);
   }
   at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
   if (out.numel() == 0) return out;
@@ -181,10 +195,8 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed_in, cons
   const int64_t scale_stride = check_channel_scale(op, scale_in, n);
   check_bias(op, bias, n, x);
   if (r.m > kDirectMaxM) {
-    const at::Tensor q = unpack_ternary(packed_in, r.k).to(at::kFloat);
-    const at::Tensor w = at::mul(q, scale_stride == 0 ? scale_in.reshape({}) : scale_in.reshape({n, 1}));
-    return at::linear(x, w.to(x.scalar_type()),
-                      bias.has_value() ? std::optional<at::Tensor>(bias->to(x.scalar_type())) : std::nullopt);
+    return linear_with_expanded(x, packed_in, 2, scale_stride == 0 ? scale_in.reshape({}) : scale_in.reshape({n, 1}),
+                                bias);
   }
   at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
   if (out.numel() == 0) return out;

@@ -61,6 +61,25 @@ def copy_bandwidth_gbps(device: torch.device | str = "cpu", nbytes: int = 256 <<
     return 2 * nbytes / seconds / 1e9
 
 
+class Rotation:
+    """Cycles through copies of an operand so that, at decode sizes, each call finds its
+    weights in memory rather than in the last-level cache: `copies` is chosen so that they
+    add up to more than `total_bytes` (one copy when `rotate` is false)."""
+
+    def __init__(self, make_copy: Callable[[], object], bytes_per_copy: int, total_bytes: int = 600 << 20,
+                 rotate: bool = True) -> None:
+        count = max(1, -(-total_bytes // max(1, bytes_per_copy))) if rotate else 1
+        self.items = [make_copy() for _ in range(count)]
+        self.step = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def next(self):
+        self.step += 1
+        return self.items[self.step % len(self.items)]
+
+
 @dataclasses.dataclass
 class BenchResult:
     """One op against one peer, measured in the same interleaved loop."""
@@ -122,9 +141,10 @@ class BenchContext:
 
     def measure_peers(self, family: str, op: str, shape: str, dtype: torch.dtype, ours: Callable[[], object],
                       peers: dict[str, Callable[[], object]], bytes_moved: int, ops: int = 0, peak_gops: float = 0.0,
-                      reps: int | None = None) -> list[BenchResult]:
-        """Our op and every peer interleaved in one loop; one result per peer."""
-        medians = time_interleaved({"ours": ours, **peers}, reps=reps or self.reps, device=self.device)
+                      reps: int | None = None, warmup: int = 2) -> list[BenchResult]:
+        """Our op and every peer interleaved in one loop; one result per peer. With rotated
+        weights, `warmup` should cover every copy once (first use costs extra everywhere)."""
+        medians = time_interleaved({"ours": ours, **peers}, reps=reps or self.reps, warmup=warmup, device=self.device)
         results = []
         for peer_name in peers:
             result = BenchResult(family, op, shape, str(dtype).removeprefix("torch."), medians["ours"] * 1e3,

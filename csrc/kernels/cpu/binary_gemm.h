@@ -22,6 +22,9 @@ struct BinaryGemmKernels {
   // c[i * ldc + j] = popcount(a_i XOR b_j) over `nbytes` bytes: disagreeing signs.
   void (*xor_popcount)(const uint8_t* a, int64_t lda, const uint8_t* b, int64_t ldb, int64_t m, int64_t n,
                        int64_t nbytes, int32_t* c, int64_t ldc);
+  // out[j][k] = weight value as float: +-1 (planes = 1) or pos - neg (planes = 2); rows of
+  // `planes * ceil(k/8)` bytes. For products with many rows, which then go to a float GEMM.
+  void (*expand)(const uint8_t* packed, int64_t n, int64_t k, int planes, float* out);
 };
 
 // One call's operands as the ISA tile functions see them.

@@ -106,6 +106,23 @@ void popcount_tile(const PopcountArgs& p, int64_t i0, int64_t j0) {
   }
 }
 
+void expand_row(const uint8_t* bits, const uint8_t* negative, int64_t k, float* out) {
+  const __m256 one = _mm256_set1_ps(1.0f), minus_one = _mm256_set1_ps(-1.0f), zero = _mm256_setzero_ps();
+  for (int64_t i = 0; i < k; i += 8) {
+    const __m256 plus = lanes_of_byte(bits[i / 8]);
+    const __m256 v = negative == nullptr ? _mm256_blendv_ps(minus_one, one, plus)
+                                         : _mm256_blendv_ps(_mm256_blendv_ps(zero, minus_one, lanes_of_byte(negative[i / 8])),
+                                                            one, plus);
+    if (k - i >= 8) {
+      _mm256_storeu_ps(out + i, v);
+    } else {
+      float tail[8];
+      _mm256_storeu_ps(tail, v);
+      std::memcpy(out + i, tail, static_cast<size_t>(k - i) * sizeof(float));
+    }
+  }
+}
+
 #include "binary_gemm_impl.h"
 
 }  // namespace

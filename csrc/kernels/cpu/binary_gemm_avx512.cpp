@@ -87,6 +87,19 @@ void popcount_tile(const PopcountArgs& p, int64_t i0, int64_t j0) {
   }
 }
 
+void expand_row(const uint8_t* bits, const uint8_t* negative, int64_t k, float* out) {
+  const __m512 one = _mm512_set1_ps(1.0f), minus_one = _mm512_set1_ps(-1.0f);
+  for (int64_t i = 0; i < k; i += 16) {
+    const int64_t rest = k - i;
+    const __mmask16 valid = rest >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << rest) - 1);
+    const __mmask16 plus = weight_bits(bits, i, rest);
+    const __m512 v = negative == nullptr ? _mm512_mask_blend_ps(plus, minus_one, one)
+                                         : _mm512_mask_blend_ps(plus, _mm512_maskz_mov_ps(weight_bits(negative, i, rest),
+                                                                                          minus_one), one);
+    _mm512_mask_storeu_ps(out + i, valid, v);
+  }
+}
+
 #include "binary_gemm_impl.h"
 
 }  // namespace

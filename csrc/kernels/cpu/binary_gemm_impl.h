@@ -2,6 +2,7 @@
 // (after MaskedArgs / PopcountArgs from binary_gemm.h) once it has defined
 //   template <typename T, int MR, int NR> void masked_tile(const MaskedArgs<T>&, int64_t i0, int64_t j0);
 //   template <int MR, int NR> void popcount_tile(const PopcountArgs&, int64_t i0, int64_t j0);
+//   void expand_row(const uint8_t* bits, const uint8_t* negative_bits_or_null, int64_t k, float* out);
 // and the tile sizes kMaskedM/N, kPopM/N. Ragged edges go to smaller instantiations.
 
 // f.template operator()<mr, nr>(i, j) with compile-time mr <= MR, nr <= NR.
@@ -47,4 +48,12 @@ void xor_popcount(const uint8_t* a, int64_t lda, const uint8_t* b, int64_t ldb, 
   for_tiles<kPopM, kPopN>(m, n, [&]<int MR, int NR>(int64_t i, int64_t j) { popcount_tile<MR, NR>(args, i, j); });
 }
 
-const BinaryGemmKernels kBinaryTable{masked_sums, xor_popcount};
+void expand(const uint8_t* packed, int64_t n, int64_t k, int planes, float* out) {
+  const int64_t plane = (k + 7) / 8;
+  for (int64_t j = 0; j < n; ++j) {
+    const uint8_t* row = packed + j * planes * plane;
+    expand_row(row, planes == 2 ? row + plane : nullptr, k, out + j * k);
+  }
+}
+
+const BinaryGemmKernels kBinaryTable{masked_sums, xor_popcount, expand};

@@ -47,6 +47,14 @@ void popcount_tile(const PopcountArgs& p, int64_t i0, int64_t j0) {
   }
 }
 
+void expand_row(const uint8_t* bits, const uint8_t* negative, int64_t k, float* out) {
+  for (int64_t i = 0; i < k; ++i) {
+    const bool set = (bits[i / 8] >> (i % 8)) & 1u;
+    out[i] = negative == nullptr ? (set ? 1.0f : -1.0f)
+                                 : static_cast<float>(int{set} - int{(negative[i / 8] >> (i % 8)) & 1u});
+  }
+}
+
 #include "binary_gemm_impl.h"
 
 }  // namespace

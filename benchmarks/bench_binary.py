@@ -1,0 +1,86 @@
+"""binary_gemm family: BinaryLinear (1-bit weights), TernaryLinear (2-bit) and the XNOR
+mode against fp32 / bf16 F.linear, fbgemm's dynamic int8 Linear and our Int8WeightOnlyLinear.
+
+Decode shapes (M <= 16) rotate every format through more than 512 MB of its own bytes, so
+even 1-bit weights are read from memory, not from the last-level cache. Throughput is
+reported as weight bytes per second against the copy bandwidth measured in the same run.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+import effgen_kernels as ek
+from effgen_kernels.bench import BenchContext, BenchResult, Rotation
+
+FAMILY = "binary"
+DECODE_M = 16
+SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (576, 1536), (1536, 576)]
+QUICK_SHAPES = [(4096, 4096)]
+CPU_M, QUICK_M = [1, 8, 64, 256, 1024], [1, 64]
+GPU_SHAPES, GPU_M = [(8192, 8192)], [1, 16, 512]
+
+
+def fbgemm_linear(linear: torch.nn.Linear) -> torch.nn.Module:
+    clone = torch.nn.Linear(linear.in_features, linear.out_features)
+    clone.load_state_dict(linear.state_dict())
+    clone.qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao quantized tensors are deprecated
+        return torch.ao.nn.quantized.dynamic.Linear.from_float(clone)
+
+
+def run(ctx: BenchContext) -> list[BenchResult]:
+    if ctx.device.type == "cuda":
+        plan = [(k, n, m) for k, n in GPU_SHAPES for m in GPU_M]
+    else:
+        shapes, ms = (QUICK_SHAPES, QUICK_M) if ctx.quick else (SHAPES, CPU_M)
+        plan = [(k, n, m) for k, n in shapes for m in ms]
+    return [result for k, n, m in plan for result in run_shape(ctx, m, k, n)]
+
+
+def run_shape(ctx: BenchContext, m: int, k: int, n: int) -> list[BenchResult]:
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(k, n).to(ctx.device)
+    rotate = m <= DECODE_M
+    w, b = linear.weight.detach(), linear.bias.detach()
+    binary = Rotation(lambda: ek.nn.BinaryLinear.from_float(linear), n * k // 8, rotate=rotate)
+    ternary = Rotation(lambda: ek.nn.TernaryLinear.from_float(linear), n * k // 4, rotate=rotate)
+    xnor = Rotation(lambda: ek.nn.BinaryLinear.from_float(linear, binary_activations=True), n * k // 8, rotate=rotate)
+    bf16 = Rotation(lambda: (w.bfloat16(), b.bfloat16()), 2 * n * k, rotate=rotate)
+    peers: dict[str, object] = {}
+    x = torch.randn(m, k, device=ctx.device)
+    x_bf16 = x.bfloat16()
+    peers["bf16 F.linear"] = lambda: F.linear(x_bf16, *bf16.next())
+    if ctx.device.type == "cpu":
+        fp32 = Rotation(lambda: (w.clone(), b.clone()), 4 * n * k, rotate=rotate)
+        fbgemm = Rotation(lambda: fbgemm_linear(linear), n * k, rotate=rotate)
+        w8a16 = Rotation(lambda: ek.nn.Int8WeightOnlyLinear.from_float(linear), n * k, rotate=rotate)
+        peers["fp32 F.linear"] = lambda: F.linear(x, *fp32.next())
+        peers["fbgemm dynamic int8"] = lambda: fbgemm.next()(x)
+        peers["ours W8A16 (bf16 x)"] = lambda: w8a16.next()(x_bf16)
+    shape = f"{m}x{k}x{n}"
+    reps = max(3, min(ctx.reps, int((2e14 if ctx.device.type == "cuda" else 2e9) // (2 * m * k * n) + 3)))
+    # Every rotated copy is used once before timing (first use costs extra for every format).
+    warmup = max(len(binary), len(bf16), len(fp32) if ctx.device.type == "cpu" else 0) + 1 if rotate else 2
+    results = ctx.measure_peers(FAMILY, "BinaryLinear (1-bit weights)", shape, torch.float32,
+                                lambda: binary.next()(x), peers, bytes_moved=n * k // 8 + m * k * 4 + m * n * 4,
+                                reps=reps, warmup=warmup)
+    results += ctx.measure_peers(FAMILY, "TernaryLinear (2-bit weights)", shape, torch.float32,
+                                 lambda: ternary.next()(x), {"fp32 F.linear": peers.get("fp32 F.linear",
+                                                                                         peers["bf16 F.linear"])},
+                                 bytes_moved=n * k // 4 + m * k * 4 + m * n * 4, reps=reps, warmup=warmup)
+    if m <= DECODE_M:
+        results += ctx.measure_peers(FAMILY, "BinaryLinear XNOR (1-bit x and w)", shape, torch.float32,
+                                     lambda: xnor.next()(x), {"bf16 F.linear": peers["bf16 F.linear"]},
+                                     bytes_moved=n * k // 8 + m * k * 4 + m * n * 4, reps=reps, warmup=warmup)
+    return results
+
+
+if __name__ == "__main__":
+    from effgen_kernels.cli import main
+
+    main(["bench", "--only", FAMILY])
