@@ -71,9 +71,12 @@ TORCH_LIBRARY(effgen, m) {
   // uint8 [N, 2 * ceil(K/8)] -> int8 [N, K] in {-1, 0, 1}.
   m.def("unpack_ternary(Tensor packed, int k) -> Tensor");
   // x [..., K] @ (alpha * sign)^T + bias; alpha [N] or [N, groups] with group_size.
-  m.def("binary_linear(Tensor x, Tensor packed, Tensor alpha, Tensor? bias=None, int? group_size=None) -> Tensor");
+  // lut: optional lut_tiles(packed) for the lookup-table kernel at few rows (CPU).
+  m.def("binary_linear(Tensor x, Tensor packed, Tensor alpha, Tensor? bias=None, int? group_size=None, Tensor? lut=None) -> Tensor");
   // x [..., K] @ (scale * q)^T + bias for ternary q; scale [N] or one element.
-  m.def("ternary_linear(Tensor x, Tensor packed, Tensor scale, Tensor? bias=None) -> Tensor");
+  m.def("ternary_linear(Tensor x, Tensor packed, Tensor scale, Tensor? bias=None, Tensor? lut=None) -> Tensor");
+  // The packed rows re-tiled for the CPU lookup-table kernel: 16 rows x 4 inputs per 8 bytes and plane.
+  m.def("lut_tiles(Tensor packed, int k, int planes) -> Tensor");
   // XNOR-Net: x binarized per token (sign, mean |x|) against binary weights, via popcount.
   m.def("xnor_linear(Tensor x, Tensor packed, Tensor alpha, Tensor? bias=None) -> Tensor");
 

@@ -27,6 +27,7 @@ __all__ = [
     "binary_linear",
     "ternary_linear",
     "xnor_linear",
+    "lut_tiles",
     "cpu_isa",
     "supported_cpu_isas",
     "set_cpu_isa",
@@ -124,15 +125,22 @@ def unpack_ternary(packed: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def binary_linear(x: torch.Tensor, packed: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None = None,
-                  group_size: int | None = None) -> torch.Tensor:
-    """x @ (alpha * sign(w))^T + bias with packed sign bits; alpha [N] or [N, groups]."""
-    return _ops.binary_linear(x, packed, alpha, bias, group_size)
+                  group_size: int | None = None, lut: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ (alpha * sign(w))^T + bias with packed sign bits; alpha [N] or [N, groups].
+    ``lut = lut_tiles(packed, K, 1)`` enables the CPU lookup-table kernel for few rows."""
+    return _ops.binary_linear(x, packed, alpha, bias, group_size, lut)
 
 
-def ternary_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
-                   bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ (scale * q)^T + bias with packed ternary q; scale [N] or one element."""
-    return _ops.ternary_linear(x, packed, scale, bias)
+def ternary_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None,
+                   lut: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ (scale * q)^T + bias with packed ternary q; scale [N] or one element.
+    ``lut = lut_tiles(packed, K, 2)`` enables the CPU lookup-table kernel for few rows."""
+    return _ops.ternary_linear(x, packed, scale, bias, lut)
+
+
+def lut_tiles(packed: torch.Tensor, k: int, planes: int) -> torch.Tensor:
+    """The packed rows re-tiled for the CPU lookup-table kernel (derived data: never saved)."""
+    return _ops.lut_tiles(packed, k, planes)
 
 
 def xnor_linear(x: torch.Tensor, packed: torch.Tensor, alpha: torch.Tensor,
@@ -252,14 +260,19 @@ def _(packed, k):
     return packed.new_empty((packed.shape[0], k), dtype=torch.int8)
 
 
+@torch.library.register_fake("effgen::lut_tiles")
+def _(packed, k, planes):
+    return packed.new_empty((-(-packed.shape[0] // 16), ((k + 3) // 4) * planes * 8), dtype=torch.uint8)
+
+
 @torch.library.register_fake("effgen::binary_linear")
-def _(x, packed, alpha, bias=None, group_size=None):
+def _(x, packed, alpha, bias=None, group_size=None, lut=None):
     _packed_rows(packed, x.shape[-1], 1, "binary_linear")
     return x.new_empty((*x.shape[:-1], packed.shape[0]))
 
 
 @torch.library.register_fake("effgen::ternary_linear")
-def _(x, packed, scale, bias=None):
+def _(x, packed, scale, bias=None, lut=None):
     _packed_rows(packed, x.shape[-1], 2, "ternary_linear")
     return x.new_empty((*x.shape[:-1], packed.shape[0]))
 

@@ -174,7 +174,8 @@ def test_sign_ste_clips_the_gradient():
 def test_quantize_reports_binary_and_ternary_sizes():
     model = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
     summary = ek.quantize_(model, ek.BinaryConfig(), filter_fn=lambda module, name: name != "2")
-    assert summary.converted == ["0"] and summary.bytes_after < summary.bytes_before / 20
+    # In memory: the packed bits plus their lookup-table copy (2 bits per weight) and fp32 alpha/bias.
+    assert summary.converted == ["0"] and summary.bytes_after < summary.bytes_before / 12
     summary = ek.quantize_(model, ek.TernaryConfig())
     assert summary.converted == ["2"]
 
@@ -241,3 +242,30 @@ def test_cuda_binary_opcheck_and_layers():
     ek.quantize_(model, ek.TernaryConfig())
     compiled = torch.compile(model, fullgraph=True)
     torch.testing.assert_close(compiled(x), model(x))
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 5, 1), (1, 37, 7), (3, 40, 33), (8, 100, 4097), (2, 16, 64)])
+def test_lookup_table_kernel_matches_reference(isa, m, n, k):
+    x, w = random_input((m, k), scale=1.0), random_input((n, k))
+    packed, alpha = ref.binarize_weight(w)
+    lut = ops.lut_tiles(packed, k, 1)
+    assert lut.shape == (-(-n // 16), ((k + 3) // 4) * 8)
+    expected = ref.binary_linear(x, packed, alpha)
+    torch.testing.assert_close(ops.binary_linear(x, packed, alpha, None, None, lut), expected,
+                               **tolerance(torch.float32, k))
+    tpacked, scale = ref.ternarize_weight(w)
+    torch.testing.assert_close(ops.ternary_linear(x, tpacked, scale, None, ops.lut_tiles(tpacked, k, 2)),
+                               ref.ternary_linear(x, tpacked, scale), **tolerance(torch.float32, k))
+    opcheck(torch.ops.effgen.lut_tiles.default, (packed, k, 1))
+
+
+def test_lookup_table_is_rebuilt_after_loading_and_never_saved():
+    layer = ek.nn.BinaryLinear.from_float(torch.nn.Linear(64, 20))
+    assert layer.weight_lut is not None and "weight_lut" not in layer.state_dict()
+    fresh = ek.nn.BinaryLinear(64, 20)
+    fresh.load_state_dict(layer.state_dict())
+    assert_same_bits(fresh.weight_lut, layer.weight_lut)
+    x = random_input((1, 64))
+    assert_same_bits(fresh(x), layer(x))
+    with pytest.raises(ValueError, match="lut must come from lut_tiles"):
+        ops.binary_linear(x, layer.weight_packed, layer.alpha, None, None, layer.weight_lut[:, :8])

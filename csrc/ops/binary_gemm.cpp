@@ -138,8 +138,44 @@ void store(at::Tensor& out, int64_t i, int64_t j, float v) {
   }
 }
 
+at::Tensor lut_tiles(const at::Tensor& packed_in, int64_t k, int64_t planes) {
+  constexpr const char* op = "lut_tiles";
+  TORCH_CHECK_VALUE(planes == 1 || planes == 2, op, ": planes must be 1 (binary) or 2 (ternary), got ", planes);
+  TORCH_CHECK_VALUE(k >= 0, op, ": k must be >= 0, got ", k);
+  check_cpu(op, "packed", packed_in);
+  check_packed(op, packed_in, k, planes, packed_in);
+  const at::Tensor packed = packed_in.contiguous();
+  const int64_t tiles = (packed.size(0) + cpu::kLutTileRows - 1) / cpu::kLutTileRows;
+  at::Tensor out = at::empty({tiles, cpu::lut_tile_bytes(k, static_cast<int>(planes))}, packed.options());
+  cpu::tile_for_lut(packed.data_ptr<uint8_t>(), packed.size(0), k, static_cast<int>(planes), out.data_ptr<uint8_t>());
+  return out;
+}
+
+// The lookup-table product for m <= kLutMaxM rows: raw sums [m, tiles * 16] (binary: over
+// the +1 weights; ternary: positive minus negative).
+std::vector<float> lut_product(const Rows& r, const at::Tensor& lut, int planes, const char* op) {
+  TORCH_CHECK_VALUE(lut.scalar_type() == at::kByte && lut.dim() == 2 &&
+                        lut.size(1) == cpu::lut_tile_bytes(r.k, planes),
+                    op, ": lut must come from lut_tiles(packed, K = ", r.k, ", planes = ", planes, "), got shape ",
+                    lut.sizes());
+  const at::Tensor x32 = r.x.to(at::kFloat).contiguous(), tiles = lut.contiguous();
+  const int64_t groups = cpu::lut_groups(r.k), padded = tiles.size(0) * cpu::kLutTileRows;
+  std::vector<float> tables(static_cast<size_t>(r.m * groups * 16)), sums(static_cast<size_t>(r.m * padded));
+  cpu::build_lut_tables(x32.data_ptr<float>(), r.m, r.k, tables.data());
+  const auto& kernels = cpu::binary_gemm_kernels();
+  at::parallel_for(0, tiles.size(0), 4, [&](int64_t begin, int64_t end) {
+    kernels.lut_sums(tables.data(), r.m, groups, tiles.data_ptr<uint8_t>(), begin, end, planes, sums.data(), padded);
+  });
+  return sums;
+}
+
+bool use_lut(const std::optional<at::Tensor>& lut, const Rows& r) {
+  return lut.has_value() && r.m <= cpu::kLutMaxM;
+}
+
 at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_in, const at::Tensor& alpha_in,
-                         const std::optional<at::Tensor>& bias, std::optional<int64_t> group_size) {
+                         const std::optional<at::Tensor>& bias, std::optional<int64_t> group_size,
+                         const std::optional<at::Tensor>& lut) {
   constexpr const char* op = "binary_linear";
   const Rows r = rows_of(op, x);
   check_packed(op, packed_in, r.k, 1, x);
@@ -167,6 +203,18 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_in, const
                                          1, r.k, group, totals.data(), groups);
   at::Tensor out_2d = out.view({r.m, n});
   const float* a = alpha.data_ptr<float>();
+  if (use_lut(lut, r) && groups == 1) {
+    const std::vector<float> sums = lut_product(r, *lut, 1, "binary_linear");
+    const int64_t padded = static_cast<int64_t>(sums.size()) / r.m;
+    for (int64_t i = 0; i < r.m; ++i) {
+      for (int64_t j = 0; j < n; ++j) {
+        float y = a[j] * (2.0f * sums[i * padded + j] - totals[i]);
+        if (bias_f.defined()) y += bias_f.data_ptr<float>()[j];
+        store(out_2d, i, j, y);
+      }
+    }
+    return out;
+  }
   for_masked_sum_blocks(r, packed.data_ptr<uint8_t>(), packed.size(1), n, group,
                         [&](int64_t j0, int64_t nb, const float* sums) {
                           for (int64_t i = 0; i < r.m; ++i) {
@@ -185,7 +233,7 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_in, const
 }
 
 at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed_in, const at::Tensor& scale_in,
-                          const std::optional<at::Tensor>& bias) {
+                          const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& lut) {
   constexpr const char* op = "ternary_linear";
   const Rows r = rows_of(op, x);
   check_packed(op, packed_in, r.k, 2, x);
@@ -204,6 +252,18 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed_in, cons
   const at::Tensor bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   const int64_t plane = packed_row_bytes(r.k), group = std::max<int64_t>(r.k, 1);
   at::Tensor out_2d = out.view({r.m, n});
+  if (use_lut(lut, r)) {
+    const std::vector<float> sums = lut_product(r, *lut, 2, "ternary_linear");
+    const int64_t padded = static_cast<int64_t>(sums.size()) / r.m;
+    for (int64_t i = 0; i < r.m; ++i) {
+      for (int64_t j = 0; j < n; ++j) {
+        float y = scale.data_ptr<float>()[j * scale_stride] * sums[i * padded + j];
+        if (bias_f.defined()) y += bias_f.data_ptr<float>()[j];
+        store(out_2d, i, j, y);
+      }
+    }
+    return out;
+  }
   const auto& kernels = cpu::binary_gemm_kernels();
   at::parallel_for(0, (n + kBlockN - 1) / kBlockN, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> plus(static_cast<size_t>(r.m * kBlockN)), minus(plus.size());
@@ -277,6 +337,7 @@ TORCH_LIBRARY_IMPL(effgen, CPU, m) {
   m.impl("binary_linear", &binary_linear);
   m.impl("ternary_linear", &ternary_linear);
   m.impl("xnor_linear", &xnor_linear);
+  m.impl("lut_tiles", &lut_tiles);
 }
 
 }  // namespace effgen::ops

@@ -109,8 +109,10 @@ at::Tensor bits_gemv(const Rows& r, const at::Tensor& x, const at::Tensor& packe
   return out;
 }
 
+// `lut` is the CPU lookup-table layout; the CUDA kernels read the packed rows directly.
 at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& alpha,
-                         const std::optional<at::Tensor>& bias, std::optional<int64_t> group_size) {
+                         const std::optional<at::Tensor>& bias, std::optional<int64_t> group_size,
+                         const std::optional<at::Tensor>& /*lut*/) {
   constexpr const char* op = "binary_linear";
   const Rows r = rows_of(op, x);
   check_packed(op, packed, r.k, 1, x);
@@ -132,7 +134,7 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed, const at
 }
 
 at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
-                          const std::optional<at::Tensor>& bias) {
+                          const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& /*lut*/) {
   constexpr const char* op = "ternary_linear";
   const Rows r = rows_of(op, x);
   check_packed(op, packed, r.k, 2, x);

@@ -37,12 +37,32 @@ def _ternary(weight: torch.Tensor, per_channel: bool) -> tuple[torch.Tensor, tor
     return q.to(torch.int8), s
 
 
+class _PackedLinear(nn.Module):
+    """Keeps ``weight_lut``, the CPU lookup-table layout of ``weight_packed``: derived data,
+    rebuilt after every load and never saved (non-persistent buffer). It doubles the weight
+    bytes held in memory, but a decode step reads only it."""
+
+    _lut_planes = 1
+
+    def _init_lut(self) -> None:
+        self.register_buffer("weight_lut", None, persistent=False)
+        self.register_load_state_dict_post_hook(lambda module, keys: module.refresh_lut())
+
+    def _uses_lut(self) -> bool:
+        return True
+
+    def refresh_lut(self) -> None:
+        """Rebuild weight_lut from weight_packed (after changing the packed weights by hand)."""
+        use = self._uses_lut() and self.weight_packed.device.type == "cpu"
+        self.weight_lut = ops.lut_tiles(self.weight_packed, self.in_features, self._lut_planes) if use else None
+
+
 def _check_group_size(group_size: int | None) -> None:
     if group_size is not None and (group_size <= 0 or group_size % 16):
         raise ValueError(f"group_size must be a positive multiple of 16 or None, got {group_size}")
 
 
-class BinaryLinear(nn.Module):
+class BinaryLinear(_PackedLinear):
     """1-bit weights: y = x @ (alpha * sign(w))^T + b, signs packed 8 per byte.
 
     With ``binary_activations=True`` (XNOR-Net) the input is binarized per token too and the
@@ -63,6 +83,11 @@ class BinaryLinear(nn.Module):
                                                  device=device))
         bias_dtype = dtype or torch.get_default_dtype()
         self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device) if bias else None)
+        self._init_lut()
+        self.refresh_lut()
+
+    def _uses_lut(self) -> bool:
+        return self.group_size is None and not self.binary_activations
 
     @classmethod
     def from_float(cls, linear: nn.Linear, group_size: int | None = None,
@@ -74,12 +99,13 @@ class BinaryLinear(nn.Module):
         module.alpha = _alpha(weight, group_size)
         if linear.bias is not None:
             module.bias = linear.bias.detach().clone()
+        module.refresh_lut()
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.binary_activations:
             return ops.xnor_linear(x, self.weight_packed, self.alpha, self.bias)
-        return ops.binary_linear(x, self.weight_packed, self.alpha, self.bias, self.group_size)
+        return ops.binary_linear(x, self.weight_packed, self.alpha, self.bias, self.group_size, self.weight_lut)
 
     def extra_repr(self) -> str:
         alpha = "per-channel" if self.group_size is None else f"per-group (group_size={self.group_size})"
@@ -88,7 +114,7 @@ class BinaryLinear(nn.Module):
                 f"weights=1-bit {alpha} alpha, activations={acts}")
 
 
-class TernaryLinear(nn.Module):
+class TernaryLinear(_PackedLinear):
     """Ternary weights (BitNet b1.58): y = x @ (s * q)^T + b, q in {-1, 0, 1}, 2 bits each."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, per_channel: bool = True,
@@ -100,6 +126,10 @@ class TernaryLinear(nn.Module):
         self.register_buffer("weight_scale", torch.ones(out_features if per_channel else 1, device=device))
         bias_dtype = dtype or torch.get_default_dtype()
         self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device) if bias else None)
+        self._init_lut()
+        self.refresh_lut()
+
+    _lut_planes = 2
 
     @classmethod
     def from_float(cls, linear: nn.Linear, per_channel: bool = True) -> TernaryLinear:
@@ -110,10 +140,11 @@ class TernaryLinear(nn.Module):
         module.weight_packed = ops.pack_ternary(q)
         if linear.bias is not None:
             module.bias = linear.bias.detach().clone()
+        module.refresh_lut()
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.ternary_linear(x, self.weight_packed, self.weight_scale, self.bias)
+        return ops.ternary_linear(x, self.weight_packed, self.weight_scale, self.bias, self.weight_lut)
 
     def extra_repr(self) -> str:
         scale = "per-channel" if self.per_channel else "per-tensor"

@@ -25,7 +25,27 @@ struct BinaryGemmKernels {
   // out[j][k] = weight value as float: +-1 (planes = 1) or pos - neg (planes = 2); rows of
   // `planes * ceil(k/8)` bytes. For products with many rows, which then go to a float GEMM.
   void (*expand)(const uint8_t* packed, int64_t n, int64_t k, int planes, float* out);
+  // Lookup-table product for a few rows (T-MAC style): tables[i][g][b] holds the sum of
+  // x[i][4g + t] over the set bits t of b, so 4 weights of 16 rows cost one table lookup
+  // (vpermps) instead of 64 adds. sums[i * lds + row] for the rows of tiles [t0, t1)
+  // (positive minus negative plane when planes = 2). m <= kLutMaxM.
+  void (*lut_sums)(const float* tables, int64_t m, int64_t groups, const uint8_t* tiles, int64_t t0, int64_t t1,
+                   int planes, float* sums, int64_t lds);
 };
+
+constexpr int64_t kLutMaxM = 8;
+constexpr int64_t kLutTileRows = 16;
+inline int64_t lut_groups(int64_t k) { return (k + 3) / 4; }
+// Bytes of the tiled layout: per tile of 16 weight rows, per group of 4 inputs, per plane,
+// 8 bytes; byte b = nibble of row b | nibble of row b + 8 << 4 (nibble bit t = input 4g + t).
+inline int64_t lut_tile_bytes(int64_t k, int planes) { return lut_groups(k) * planes * 8; }
+// Derives the tiled layout from canonical packed rows (n rows of planes * ceil(k/8) bytes).
+void tile_for_lut(const uint8_t* packed, int64_t n, int64_t k, int planes, uint8_t* tiles);
+// The LUT product in plain C++ (the table entry of ISAs without a vector permute).
+void lut_sums_portable(const float* tables, int64_t m, int64_t groups, const uint8_t* tiles, int64_t t0, int64_t t1,
+                       int planes, float* sums, int64_t lds);
+// tables[i][g][b] for x [m, k] (fp32): the subset sums the LUT kernel looks up.
+void build_lut_tables(const float* x, int64_t m, int64_t k, float* tables);
 
 // One call's operands as the ISA tile functions see them.
 template <typename T>

@@ -123,6 +123,8 @@ void expand_row(const uint8_t* bits, const uint8_t* negative, int64_t k, float* 
   }
 }
 
+constexpr auto lut_sums = lut_sums_portable;
+
 #include "binary_gemm_impl.h"
 
 }  // namespace

@@ -100,6 +100,52 @@ void expand_row(const uint8_t* bits, const uint8_t* negative, int64_t k, float* 
   }
 }
 
+// 16 nibble indices (one per row of the tile) from 8 bytes: lanes 0-7 take the low
+// nibbles, lanes 8-15 the high ones.
+inline __m512i lut_indices(const uint8_t* bytes) {
+  uint64_t word;
+  std::memcpy(&word, bytes, 8);
+  const __m512i wide = _mm512_cvtepu8_epi32(_mm_set1_epi64x(static_cast<long long>(word)));
+  const __m512i shift = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4);
+  return _mm512_and_si512(_mm512_srlv_epi32(wide, shift), _mm512_set1_epi32(0x0F));
+}
+
+template <int M, int kPlanes>
+void lut_tiles(const float* tables, int64_t groups, const uint8_t* tiles, int64_t t0, int64_t t1, float* sums,
+               int64_t lds) {
+  for (int64_t t = t0; t < t1; ++t) {
+    const uint8_t* tile = tiles + t * groups * kPlanes * 8;
+    __m512 acc[M];
+    for (int i = 0; i < M; ++i) acc[i] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < groups; ++g) {
+      const __m512i plus = lut_indices(tile + g * kPlanes * 8);
+      for (int i = 0; i < M; ++i) {
+        const __m512 table = _mm512_loadu_ps(tables + (i * groups + g) * 16);
+        acc[i] = _mm512_add_ps(acc[i], _mm512_permutexvar_ps(plus, table));
+        if constexpr (kPlanes == 2) {
+          acc[i] = _mm512_sub_ps(acc[i], _mm512_permutexvar_ps(lut_indices(tile + g * 16 + 8), table));
+        }
+      }
+    }
+    for (int i = 0; i < M; ++i) _mm512_storeu_ps(sums + i * lds + t * kLutTileRows, acc[i]);
+  }
+}
+
+template <int M = kLutMaxM>
+void lut_dispatch(const float* tables, int64_t m, int64_t groups, const uint8_t* tiles, int64_t t0, int64_t t1,
+                  int planes, float* sums, int64_t lds) {
+  if constexpr (M > 1) {
+    if (m < M) return lut_dispatch<M - 1>(tables, m, groups, tiles, t0, t1, planes, sums, lds);
+  }
+  if (planes == 2) return lut_tiles<M, 2>(tables, groups, tiles, t0, t1, sums, lds);
+  lut_tiles<M, 1>(tables, groups, tiles, t0, t1, sums, lds);
+}
+
+void lut_sums(const float* tables, int64_t m, int64_t groups, const uint8_t* tiles, int64_t t0, int64_t t1,
+              int planes, float* sums, int64_t lds) {
+  lut_dispatch(tables, m, groups, tiles, t0, t1, planes, sums, lds);
+}
+
 #include "binary_gemm_impl.h"
 
 }  // namespace

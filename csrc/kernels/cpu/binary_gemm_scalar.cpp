@@ -51,9 +51,11 @@ void expand_row(const uint8_t* bits, const uint8_t* negative, int64_t k, float* 
   for (int64_t i = 0; i < k; ++i) {
     const bool set = (bits[i / 8] >> (i % 8)) & 1u;
     out[i] = negative == nullptr ? (set ? 1.0f : -1.0f)
-                                 : static_cast<float>(int{set} - int{(negative[i / 8] >> (i % 8)) & 1u});
+                                 : static_cast<float>(int{set} - static_cast<int>((negative[i / 8] >> (i % 8)) & 1u));
   }
 }
+
+constexpr auto lut_sums = lut_sums_portable;
 
 #include "binary_gemm_impl.h"
 
