@@ -80,6 +80,16 @@ TORCH_LIBRARY(effgen, m) {
   // XNOR-Net: x binarized per token (sign, mean |x|) against binary weights, via popcount.
   m.def("xnor_linear(Tensor x, Tensor packed, Tensor alpha, Tensor? bias=None) -> Tensor");
 
+  // --- compress family: error-feedback codecs over blocks of block_size values ----------
+  // v = x + error; int8 per block (scale absmax/127); error <- v - decompress(q).
+  m.def("ef_compress_int8(Tensor x, Tensor(a!) error, int block_size) -> (Tensor q, Tensor scales)");
+  // v = x + error; sign bits (LSB first) with scale mean|v| per block; error <- v - decompress.
+  m.def("ef_compress_sign(Tensor x, Tensor(a!) error, int block_size) -> (Tensor packed, Tensor scales)");
+  // fp32 sum over rows of dequantized int8 chunks: q [chunks, n], scales [chunks, blocks].
+  m.def("decompress_sum_int8(Tensor q, Tensor scales, int block_size) -> Tensor");
+  // fp32 sum over rows of sign chunks: packed [chunks, ceil(n/8)], scales [chunks, blocks].
+  m.def("decompress_sum_sign(Tensor packed, Tensor scales, int n, int block_size) -> Tensor");
+
   // --- build and CPU dispatch introspection --------------------------------------------
   // The CPU ISA the kernels dispatch on now.
   m.def("cpu_isa() -> str", &cpu_isa);

@@ -49,6 +49,11 @@ __all__ = [
     "binary_linear",
     "ternary_linear",
     "xnor_linear",
+    "ef_compress_int8",
+    "ef_compress_sign",
+    "decompress_sign",
+    "decompress_sum_int8",
+    "decompress_sum_sign",
 ]
 
 QMAX_INT8 = 127
@@ -319,3 +324,61 @@ def xnor_linear(x, packed, alpha, bias=None):
     if bias is not None:
         y = y + bias.float()
     return y.to(x.dtype).reshape(*x.shape[:-1], packed.shape[0])
+
+
+# ---------------------------------------------------------------------------------------
+# compress family: gradient codecs with error feedback (see effgen_kernels.distributed)
+#
+# A flat fp32 view v = x + error is cut into blocks of `block_size` values (the last block
+# may be short); each block gets one fp32 scale. The error buffer keeps what the codec
+# lost: error <- v - decompress(compress(v)).
+# - int8: the symmetric per-block quantizer of quantize_per_group (scale = absmax / 127).
+# - sign: one bit per value (v >= 0, packed like pack_binary), scale = mean |v| of the block;
+#   it decompresses to scale * (+1 / -1).
+# ---------------------------------------------------------------------------------------
+def _blocks(v: torch.Tensor, block_size: int) -> torch.Tensor:
+    n = v.numel()
+    return torch.nn.functional.pad(v, (0, (-n) % block_size)).reshape(-1, block_size)
+
+
+def ef_compress_int8(x: torch.Tensor, error: torch.Tensor, block_size: int):
+    """Returns (q int8 [n], scales fp32 [blocks]); updates `error` in place."""
+    v = x.float() + error
+    q, scales = quantize_per_group(v.reshape(1, -1), block_size)
+    error.copy_(v - dequantize(q, scales, group_size=block_size).reshape(-1))
+    return q.reshape(-1), scales.reshape(-1)
+
+
+def ef_compress_sign(x: torch.Tensor, error: torch.Tensor, block_size: int):
+    """Returns (packed sign bits uint8 [ceil(n / 8)], scales fp32 [blocks]); updates `error`."""
+    v = x.float() + error
+    n = v.numel()
+    blocks = _blocks(v.abs(), block_size)
+    counts = torch.full((blocks.shape[0],), float(block_size))
+    if n % block_size:
+        counts[-1] = n % block_size
+    scales = blocks.sum(dim=1) / counts
+    error.copy_(v - decompress_sign(pack_binary(v.reshape(1, -1)).reshape(-1), scales, n, block_size))
+    return pack_binary(v.reshape(1, -1)).reshape(-1), scales
+
+
+def decompress_sign(packed: torch.Tensor, scales: torch.Tensor, n: int, block_size: int) -> torch.Tensor:
+    signs = unpack_binary(packed.reshape(1, -1), n).reshape(-1).float()
+    return signs * scales.repeat_interleave(block_size)[:n]
+
+
+def decompress_sum_int8(q: torch.Tensor, scales: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Sum over the chunks of dequantized int8 rows: q [W, n], scales [W, blocks] -> fp32 [n],
+    accumulated in row order 0, 1, ..., W-1."""
+    total = torch.zeros(q.shape[1])
+    for row in range(q.shape[0]):
+        total = total + dequantize(q[row:row + 1], scales[row:row + 1], group_size=block_size).reshape(-1)
+    return total
+
+
+def decompress_sum_sign(packed: torch.Tensor, scales: torch.Tensor, n: int, block_size: int) -> torch.Tensor:
+    """Sum over rows of decompressed sign chunks: packed [W, ceil(n/8)], scales [W, blocks]."""
+    total = torch.zeros(n)
+    for row in range(packed.shape[0]):
+        total = total + decompress_sign(packed[row], scales[row], n, block_size)
+    return total

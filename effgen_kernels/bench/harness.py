@@ -4,6 +4,7 @@ Throughput is put against the machine's copy bandwidth measured in the same run.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import statistics
 import sys
@@ -69,7 +70,10 @@ class Rotation:
     def __init__(self, make_copy: Callable[[], object], bytes_per_copy: int, total_bytes: int = 600 << 20,
                  rotate: bool = True) -> None:
         count = max(1, -(-total_bytes // max(1, bytes_per_copy))) if rotate else 1
-        self.items = [make_copy() for _ in range(count)]
+        first = make_copy()
+        # Deep copies, not repeated conversions: a conversion's float temporaries between
+        # long-lived buffers would fragment the (retaining) heap by gigabytes.
+        self.items = [first] + [copy.deepcopy(first) for _ in range(count - 1)]
         self.step = 0
 
     def __len__(self) -> int:
