@@ -28,4 +28,4 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0+unknown"
 
 __all__ = ["BinaryConfig", "Int8Config", "Int8WeightOnlyConfig", "QuantizeSummary", "TernaryConfig", "__version__",
-           "calibrate_activations", "convert", "nn", "ops", "prepare", "quantize_", "reference"]
+           "calibrate_activations", "convert", "distributed", "nn", "ops", "prepare", "quantize_", "reference"]

@@ -283,6 +283,27 @@ def _(x, packed, alpha, bias=None):
     return x.new_empty((*x.shape[:-1], packed.shape[0]))
 
 
+@torch.library.register_fake("effgen::ef_compress_int8")
+def _(x, error, block_size):
+    return torch.empty_like(x, dtype=torch.int8), x.new_empty((-(-x.numel() // block_size),), dtype=torch.float32)
+
+
+@torch.library.register_fake("effgen::ef_compress_sign")
+def _(x, error, block_size):
+    return (x.new_empty(((x.numel() + 7) // 8,), dtype=torch.uint8),
+            x.new_empty((-(-x.numel() // block_size),), dtype=torch.float32))
+
+
+@torch.library.register_fake("effgen::decompress_sum_int8")
+def _(q, scales, block_size):
+    return q.new_empty((q.shape[1],), dtype=torch.float32)
+
+
+@torch.library.register_fake("effgen::decompress_sum_sign")
+def _(packed, scales, n, block_size):
+    return packed.new_empty((n,), dtype=torch.float32)
+
+
 # Straight-through estimator: the gradient passes where the unclamped value was in range.
 def _cachemask_setup(ctx, inputs, output):
     ctx.save_for_backward(output[1])

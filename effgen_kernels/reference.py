@@ -382,3 +382,32 @@ def decompress_sum_sign(packed: torch.Tensor, scales: torch.Tensor, n: int, bloc
     for row in range(packed.shape[0]):
         total = total + decompress_sign(packed[row], scales[row], n, block_size)
     return total
+
+
+def compressed_allreduce(grads: list[torch.Tensor], worker_errors: list[torch.Tensor],
+                         server_errors: list[torch.Tensor], codec: str, block_size: int) -> torch.Tensor:
+    """The two-phase compressed all-reduce of effgen_kernels.distributed, simulated for all
+    ranks in one process: grads are the ranks' padded 1-D buckets (length divisible by
+    world * lcm(block_size, 8)); the error lists are updated in place. Returns the average
+    every rank ends up with (fp32)."""
+    world, n = len(grads), grads[0].numel()
+    chunk = n // world
+    compress = ef_compress_int8 if codec == "int8" else ef_compress_sign
+
+    def decompress(payload, scales, count):
+        if codec == "int8":
+            return decompress_sum_int8(payload.reshape(1, -1), scales.reshape(1, -1), block_size)
+        return decompress_sum_sign(payload.reshape(1, -1), scales.reshape(1, -1), count, block_size)
+
+    sent = [compress(g, e, block_size) for g, e in zip(grads, worker_errors, strict=True)]
+    per_byte = 1 if codec == "int8" else 8  # values per payload element
+    pieces = []
+    for r in range(world):
+        total = torch.zeros(chunk)
+        for payload, scales in sent:  # rank order
+            total = total + decompress(payload[r * chunk // per_byte:(r + 1) * chunk // per_byte],
+                                       scales[r * chunk // block_size:(r + 1) * chunk // block_size], chunk)
+        pieces.append(compress(total / world, server_errors[r], block_size))
+    payload = torch.cat([p for p, _ in pieces])
+    scales = torch.cat([s for _, s in pieces])
+    return decompress(payload, scales, n)

@@ -1,0 +1,190 @@
+"""Compressed all-reduce with error feedback, O(size) bytes per worker.
+
+Two phases (as in 1-bit Adam / Deep Gradient Compression style reducers):
+1. every worker compresses ``bucket + worker_error`` blockwise and keeps what was lost;
+2. ``all_to_all``: rank r receives chunk r from every worker, sums the decompressed chunks
+   in fp32 (in rank order, so every rank computes the same bits), averages, adds its
+   ``server_error``, recompresses and keeps that loss too;
+3. ``all_gather`` of the compressed averaged chunks; every worker decompresses the whole.
+Bytes per worker: about 2 * (W - 1) / W * n * bits / 8, plus one fp32 scale per block.
+
+Use::
+
+    state = CompressionState(process_group=dp_group, codec="int8")   # or "sign"
+    ddp.register_comm_hook(state, compressed_allreduce_hook)
+
+The chain of collectives is asynchronous: each stage is a callback on the previous
+collective's future, and nothing waits inside a callback.
+"""
+
+
+# No `from __future__ import annotations` here: DDP checks the hook's `bucket` annotation
+# at registration and needs the real dist.GradBucket, not a string.
+import dataclasses
+import math
+
+import torch
+import torch.distributed as dist
+
+from .. import ops as _ops_module  # noqa: F401  (registers the effgen ops)
+
+_ops = torch.ops.effgen
+CODECS = ("int8", "sign")
+
+
+@dataclasses.dataclass
+class TrafficCounters:
+    """Payload bytes of the last step for this worker, and the fp32 ring all-reduce's."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    bytes_uncompressed: int = 0
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.bytes_uncompressed / self.bytes_sent if self.bytes_sent else 1.0
+
+
+class CompressionState:
+    """State of compressed_allreduce_hook for one DDP model: codec settings, the per-bucket
+    error-feedback buffers of this rank, the step, and traffic counters.
+
+    ``warmup_steps`` steps run plain all-reduce first (DDP rebuilds its buckets after the
+    first iterations); buckets with fewer than ``min_compress_numel`` values always do."""
+
+    def __init__(self, process_group: dist.ProcessGroup | None = None, codec: str = "int8", block_size: int = 256,
+                 warmup_steps: int = 2, error_feedback: bool = True, min_compress_numel: int = 4096) -> None:
+        if codec not in CODECS:
+            raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
+        if block_size <= 0:
+            raise ValueError(f"block_size must be positive, got {block_size}")
+        self.process_group = process_group
+        self.codec, self.block_size = codec, block_size
+        self.warmup_steps, self.error_feedback = warmup_steps, error_feedback
+        self.min_compress_numel = min_compress_numel
+        self.step = 0
+        self.worker_errors: dict[int, torch.Tensor] = {}
+        self.server_errors: dict[int, torch.Tensor] = {}
+        self.last_step = TrafficCounters()
+        self._current = TrafficCounters()
+
+    # -- checkpointing ---------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Per-rank error buffers and the step (the process group is not saved: the caller's
+        stays in place on load)."""
+        return {"step": self.step, "codec": self.codec, "block_size": self.block_size,
+                "worker_errors": {k: v.clone() for k, v in self.worker_errors.items()},
+                "server_errors": {k: v.clone() for k, v in self.server_errors.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["codec"] != self.codec or state["block_size"] != self.block_size:
+            raise ValueError(f"checkpoint was written with codec={state['codec']!r}, block_size={state['block_size']}; "
+                             f"this state has codec={self.codec!r}, block_size={self.block_size}")
+        self.step = state["step"]
+        self.worker_errors = {int(k): v.clone() for k, v in state["worker_errors"].items()}
+        self.server_errors = {int(k): v.clone() for k, v in state["server_errors"].items()}
+
+    # -- internals -------------------------------------------------------------------------
+    def _error(self, table: dict[int, torch.Tensor], index: int, numel: int, device) -> torch.Tensor:
+        buffer = table.get(index)
+        if buffer is None or buffer.numel() != numel or buffer.device != device:  # new or rebuilt bucket
+            buffer = torch.zeros(numel, dtype=torch.float32, device=device)
+            table[index] = buffer
+        if not self.error_feedback:
+            buffer.zero_()
+        return buffer
+
+    def _end_step(self) -> None:
+        self.step += 1
+        self.last_step, self._current = self._current, TrafficCounters()
+
+
+def _compress(state: CompressionState, x: torch.Tensor, error: torch.Tensor):
+    if state.codec == "int8":
+        return _ops.ef_compress_int8(x, error, state.block_size)
+    return _ops.ef_compress_sign(x, error, state.block_size)
+
+
+def _decompress_sum(state: CompressionState, payload: torch.Tensor, scales: torch.Tensor, n: int) -> torch.Tensor:
+    if state.codec == "int8":
+        return _ops.decompress_sum_int8(payload, scales, state.block_size)
+    return _ops.decompress_sum_sign(payload, scales, n, state.block_size)
+
+
+def _plain_allreduce(tensor: torch.Tensor, group, world: int) -> torch.futures.Future:
+    fut = dist.all_reduce(tensor, group=group, async_op=True).get_future()
+    return fut.then(lambda f: f.value()[0].div_(world))
+
+
+def compressed_allreduce(state: CompressionState, tensor: torch.Tensor, bucket_index: int = 0) -> torch.futures.Future:
+    """Average ``tensor`` (1-D) over the state's process group with the two-phase compressed
+    all-reduce; returns a Future that completes with ``tensor`` holding the average."""
+    group = state.process_group if state.process_group is not None else dist.group.WORLD
+    world = dist.get_world_size(group)
+    n = tensor.numel()
+    if world == 1 or state.step < state.warmup_steps or n < state.min_compress_numel:
+        state._current.bytes_sent += 2 * (world - 1) * n * tensor.element_size() // max(world, 1)
+        state._current.bytes_uncompressed += 2 * (world - 1) * n * 4 // max(world, 1)
+        return _plain_allreduce(tensor, group, world)
+
+    block = state.block_size
+    # Pad so that every rank's chunk is a whole number of blocks (and of bytes for signs).
+    unit = world * math.lcm(block, 8)
+    padded_n = -(-n // unit) * unit
+    chunk, chunk_blocks = padded_n // world, padded_n // world // block
+    x = torch.zeros(padded_n, dtype=tensor.dtype, device=tensor.device)
+    x[:n] = tensor
+    payload, scales = _compress(state, x, state._error(state.worker_errors, bucket_index, padded_n, tensor.device))
+    payload_chunk = payload.numel() // world  # int8: chunk values; sign: chunk / 8 bytes
+    received_payload = torch.empty_like(payload)
+    received_scales = torch.empty_like(scales)
+    futures = [dist.all_to_all_single(received_payload, payload, group=group, async_op=True).get_future(),
+               dist.all_to_all_single(received_scales, scales, group=group, async_op=True).get_future()]
+    sent = 2 * (world - 1) * (payload_chunk + 4 * chunk_blocks)
+    state._current.bytes_sent += sent
+    state._current.bytes_received += sent
+    state._current.bytes_uncompressed += 2 * (world - 1) * chunk * 4
+    result: torch.futures.Future = torch.futures.Future()
+
+    def fail(error: BaseException) -> None:
+        if not result.done():
+            result.set_exception(error)
+
+    def finish(gathered: torch.futures.Future) -> None:
+        try:
+            gathered.value()
+            full = _decompress_sum(state, torch.cat(gathered_payload).reshape(1, -1),
+                                   torch.cat(gathered_scales).reshape(1, -1), padded_n)
+            tensor.copy_(full[:n])
+            result.set_result(tensor)
+        except BaseException as error:  # a failed collective must reach the caller, not hang it
+            fail(error)
+
+    def reduce_chunk(exchanged: torch.futures.Future) -> None:
+        try:
+            for f in exchanged.value():
+                f.value()
+            total = _decompress_sum(state, received_payload.reshape(world, payload_chunk),
+                                    received_scales.reshape(world, chunk_blocks), chunk)
+            server_error = state._error(state.server_errors, bucket_index, chunk, tensor.device)
+            mine_payload, mine_scales = _compress(state, total.div_(world), server_error)
+            gathered_payload[:] = [torch.empty_like(mine_payload) for _ in range(world)]
+            gathered_scales[:] = [torch.empty_like(mine_scales) for _ in range(world)]
+            works = [dist.all_gather(gathered_payload, mine_payload, group=group, async_op=True),
+                     dist.all_gather(gathered_scales, mine_scales, group=group, async_op=True)]
+            torch.futures.collect_all([w.get_future() for w in works]).then(finish)
+        except BaseException as error:
+            fail(error)
+
+    gathered_payload: list[torch.Tensor] = []
+    gathered_scales: list[torch.Tensor] = []
+    torch.futures.collect_all(futures).then(reduce_chunk)
+    return result
+
+
+def compressed_allreduce_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """DDP communication hook: ``ddp.register_comm_hook(state, compressed_allreduce_hook)``."""
+    future = compressed_allreduce(state, bucket.buffer(), bucket.index())
+    if bucket.is_last():
+        state._end_step()
+    return future

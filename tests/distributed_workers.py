@@ -1,0 +1,105 @@
+"""Worker functions for tests/test_distributed.py: each runs in its own process on gloo."""
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+import effgen_kernels as ek
+from effgen_kernels.distributed import CompressionState, compressed_allreduce, compressed_allreduce_hook
+
+
+def init(rank: int, world: int, port: int, timeout_s: float = 60.0) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def step_grads(rank: int, step: int, n: int) -> torch.Tensor:
+    return torch.randn(n, generator=torch.Generator().manual_seed(1000 * step + rank))
+
+
+def allreduce_steps(rank, world, port, out, codec, n, steps, block):
+    init(rank, world, port)
+    state = CompressionState(codec=codec, block_size=block, warmup_steps=0, min_compress_numel=0)
+    results = []
+    for step in range(steps):
+        grads = step_grads(rank, step, n)
+        results.append(compressed_allreduce(state, grads, 0).wait().clone())
+        state._end_step()
+    torch.save({"results": results, "traffic": state.last_step}, os.path.join(out, f"{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def digits_data():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return torch.tensor(digits.data, dtype=torch.float32) / 16.0, torch.tensor(digits.target)
+
+
+LR = 0.1
+
+
+def make_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
+
+
+def train_ddp(rank, world, port, out, codec, steps, resume_at=None):
+    """Full-batch-per-rank SGD on digits; codec None is plain DDP. With resume_at, the run
+    checkpoints there, rebuilds everything from the checkpoint, and continues."""
+    init(rank, world, port)
+    x, y = digits_data()
+    shard = torch.arange(rank, 1600, world)  # data sharded by rank
+    x, y = x[shard], y[shard]
+
+    def build():
+        model = torch.nn.parallel.DistributedDataParallel(make_model())
+        opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+        state = None
+        if codec is not None:
+            state = CompressionState(codec=codec, warmup_steps=2)
+            model.register_comm_hook(state, compressed_allreduce_hook)
+        return model, opt, state
+
+    model, opt, state = build()
+    losses = []
+    for step in range(steps):
+        if step == resume_at:
+            checkpoint = {"model": model.state_dict(), "opt": opt.state_dict(),
+                          "hook": state.state_dict() if state else None}
+            model, opt, state = build()
+            model.load_state_dict(checkpoint["model"])
+            opt.load_state_dict(checkpoint["opt"])
+            if state is not None:
+                state.load_state_dict(checkpoint["hook"])
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    params = [p.detach().clone() for p in model.parameters()]
+    traffic = state.last_step if state else None
+    torch.save({"losses": losses, "params": params, "traffic": traffic}, os.path.join(out, f"{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def missing_peer(rank, world, port, out):
+    """Rank 1 leaves at once; rank 0's compressed all-reduce must fail, not hang."""
+    init(rank, world, port, timeout_s=5.0)
+    if rank == 1:
+        os._exit(0)
+    state = CompressionState(codec="int8", warmup_steps=0, min_compress_numel=0)
+    try:
+        compressed_allreduce(state, torch.randn(10000), 0).wait()
+        message = "no error"
+    except Exception as error:  # what the user sees
+        message = f"{type(error).__name__}: {error}"
+    with open(os.path.join(out, "0.txt"), "w") as f:
+        f.write(message)
+    os._exit(0)
+
+
+__all__ = ["allreduce_steps", "ek", "missing_peer", "train_ddp"]

@@ -1,0 +1,92 @@
+"""The compress family's codecs against reference.py (exact), opcheck and bad inputs."""
+
+import pytest
+import torch
+from conftest import FLOAT_DTYPES, random_input
+from test_quant import assert_same_bits
+from torch.library import opcheck
+
+from effgen_kernels import reference as ref
+
+e = torch.ops.effgen
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("n,block", [(1, 4), (1000, 256), (4099, 256), (70001, 64)])
+def test_codecs_match_reference_exactly(dtype, n, block):
+    x = random_input((n,), dtype)
+    for op, reference in [(e.ef_compress_int8, ref.ef_compress_int8), (e.ef_compress_sign, ref.ef_compress_sign)]:
+        error = random_input((n,), scale=0.01)
+        expected_error = error.clone()
+        payload, scales = op(x, error, block)
+        expected_payload, expected_scales = reference(x, expected_error, block)
+        assert_same_bits(payload, expected_payload)
+        assert_same_bits(scales, expected_scales)
+        assert_same_bits(error, expected_error)
+
+
+@pytest.mark.parametrize("n,block", [(1, 4), (4099, 256), (70001, 64)])
+def test_decompress_sums_match_reference_exactly(n, block):
+    rows, blocks = 3, -(-n // block)
+    q = torch.randint(-127, 128, (rows, n), dtype=torch.int8)
+    packed = torch.randint(0, 256, (rows, (n + 7) // 8), dtype=torch.uint8)
+    scales = torch.rand(rows, blocks)
+    assert_same_bits(e.decompress_sum_int8(q, scales, block), ref.decompress_sum_int8(q, scales, block))
+    assert_same_bits(e.decompress_sum_sign(packed, scales, n, block), ref.decompress_sum_sign(packed, scales, n, block))
+
+
+def test_error_feedback_keeps_the_running_sum():
+    # Compressing x + error and carrying the loss means the decompressed outputs sum to the
+    # inputs' sum up to one step's residual, however many steps run.
+    torch.manual_seed(0)
+    for codec, block in [("int8", 64), ("sign", 64)]:
+        error = torch.zeros(4096)
+        true_sum, sent_sum = torch.zeros(4096), torch.zeros(4096)
+        for _ in range(50):
+            x = torch.randn(4096)
+            if codec == "int8":
+                q, s = e.ef_compress_int8(x, error, block)
+                sent = e.decompress_sum_int8(q.reshape(1, -1), s.reshape(1, -1), block)
+            else:
+                p, s = e.ef_compress_sign(x, error, block)
+                sent = e.decompress_sum_sign(p.reshape(1, -1), s.reshape(1, -1), 4096, block)
+            true_sum += x
+            sent_sum += sent
+        torch.testing.assert_close(sent_sum + error, true_sum, rtol=0, atol=1e-3)
+        assert error.abs().max() < 10.0  # bounded residual
+
+
+def test_non_finite_blocks_give_nan_scales_and_clear_the_error():
+    x = torch.randn(512)
+    x[100] = float("inf")
+    error = torch.full((512,), 0.5)
+    q, scales = e.ef_compress_int8(x, error, 256)
+    assert torch.isnan(scales[0]) and torch.isfinite(scales[1])
+    assert not q[:256].any() and not error[:256].any()
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_opcheck(case):
+    x, error = random_input((1000,)), random_input((1000,), scale=0.01)
+    scales = torch.rand(2, 8)
+    cases = [
+        (e.ef_compress_int8.default, (x, error.clone(), 128)),
+        (e.ef_compress_sign.default, (x, error.clone(), 128)),
+        (e.decompress_sum_int8.default, (torch.randint(-127, 128, (2, 1000), dtype=torch.int8), scales, 128)),
+        (e.decompress_sum_sign.default, (torch.randint(0, 256, (2, 125), dtype=torch.uint8), scales, 1000, 128)),
+    ]
+    opcheck(*cases[case])
+
+
+def test_bad_inputs_name_the_argument():
+    x = torch.randn(100)
+    with pytest.raises(ValueError, match="ef_compress_int8: error must be a contiguous float32 tensor shaped like x"):
+        e.ef_compress_int8(x, torch.zeros(99), 16)
+    with pytest.raises(TypeError, match="ef_compress_sign: error must be float32"):
+        e.ef_compress_sign(x, torch.zeros(100, dtype=torch.float64), 16)
+    with pytest.raises(ValueError, match="block_size must be positive"):
+        e.ef_compress_int8(x, torch.zeros(100), 0)
+    with pytest.raises(ValueError, match="x must be 1-D"):
+        e.ef_compress_int8(x.reshape(10, 10), torch.zeros(10, 10), 16)
+    with pytest.raises(ValueError, match="scales must be \\[2, 7\\]"):
+        e.decompress_sum_int8(torch.zeros(2, 100, dtype=torch.int8), torch.ones(2, 6), 16)

@@ -1,0 +1,111 @@
+"""Compressed all-reduce and the DDP hook, in real multi-process runs (gloo on loopback)."""
+
+import math
+import multiprocessing
+import socket
+
+import distributed_workers as workers
+import pytest
+import torch
+
+from effgen_kernels import reference as ref
+
+pytestmark = pytest.mark.distributed
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(fn, world: int, out, *args, timeout: float = 180.0) -> None:
+    """Starts `world` processes of fn(rank, world, port, out, *args); fails, never hangs."""
+    ctx = multiprocessing.get_context("spawn")
+    port = free_port()
+    procs = [ctx.Process(target=fn, args=(rank, world, port, str(out), *args)) for rank in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout)
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.kill()
+    assert not alive, f"{len(alive)} worker(s) still running after {timeout} s"
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+@pytest.mark.parametrize("codec", ["int8", "sign"])
+def test_compressed_allreduce_equals_the_reference_algorithm(tmp_path, world, codec):
+    n, steps, block = 5000, 3, 64
+    run(workers.allreduce_steps, world, tmp_path, codec, n, steps, block)
+    outputs = [torch.load(tmp_path / f"{r}.pt", weights_only=False) for r in range(world)]
+    unit = world * math.lcm(block, 8)
+    padded = -(-n // unit) * unit
+    worker_errors = [torch.zeros(padded) for _ in range(world)]
+    server_errors = [torch.zeros(padded // world) for _ in range(world)]
+    for step in range(steps):
+        grads = [torch.nn.functional.pad(workers.step_grads(r, step, n), (0, padded - n)) for r in range(world)]
+        expected = ref.compressed_allreduce(grads, worker_errors, server_errors, codec, block)[:n]
+        for out in outputs:
+            assert torch.equal(out["results"][step], expected), (codec, world, step)
+        true_mean = torch.stack(grads).mean(0)[:n]
+        assert (expected - true_mean).norm() < true_mean.norm()  # the right quantity, compressed
+    traffic = outputs[0]["traffic"]
+    assert traffic.compression_ratio > (3.5 if codec == "int8" else 20)
+
+
+def train_both(tmp_path, codec, steps=60):
+    """Final losses of plain DDP and of DDP with the hook (same seed, data, steps)."""
+    pytest.importorskip("sklearn")
+    (tmp_path / "plain").mkdir()
+    (tmp_path / codec).mkdir()
+    run(workers.train_ddp, 2, tmp_path / "plain", None, steps)
+    run(workers.train_ddp, 2, tmp_path / codec, codec, steps)
+    plain = torch.load(tmp_path / "plain" / "0.pt", weights_only=False)
+    ours = [torch.load(tmp_path / codec / f"{r}.pt", weights_only=False) for r in range(2)]
+    for a, b in zip(ours[0]["params"], ours[1]["params"], strict=True):
+        assert torch.equal(a, b)  # every rank applied the same averaged gradient
+    assert ours[0]["traffic"].compression_ratio > (3.5 if codec == "int8" else 20)
+    print(f"digits, 2 workers, {steps} steps: plain DDP loss {plain['losses'][-1]:.4f}, "
+          f"{codec} hook {ours[0]['losses'][-1]:.4f} (first {ours[0]['losses'][0]:.4f})")
+    return plain["losses"], ours[0]["losses"]
+
+
+def test_ddp_training_with_the_int8_hook_matches_plain_ddp(tmp_path):
+    plain, ours = train_both(tmp_path, "int8")
+    assert ours[-1] <= plain[-1] * 1.02
+
+
+def test_ddp_training_with_the_sign_hook_converges(tmp_path):
+    plain, ours = train_both(tmp_path, "sign")
+    assert ours[-1] < ours[0] / 10
+
+
+@pytest.mark.xfail(strict=True, reason="measured: sign hook 0.107 vs plain 0.099 after 60 steps (+8.6%); goal 5%")
+def test_ddp_training_with_the_sign_hook_is_within_5_percent(tmp_path):
+    plain, ours = train_both(tmp_path, "sign")
+    assert ours[-1] <= plain[-1] * 1.05
+
+
+@pytest.mark.xfail(strict=True, reason="a restarted DDP runs its first step with the initial bucket layout, but the "
+                   "restored error buffers are in the rebuilt layout (keyed by bucket index): losses agree up to "
+                   "the restart and drift after it; fix: key residuals per parameter")
+def test_checkpoint_restore_continues_identically(tmp_path):
+    (tmp_path / "straight").mkdir()
+    (tmp_path / "resumed").mkdir()
+    run(workers.train_ddp, 2, tmp_path / "straight", "sign", 12)
+    run(workers.train_ddp, 2, tmp_path / "resumed", "sign", 12, 6)
+    a = torch.load(tmp_path / "straight" / "0.pt", weights_only=False)
+    b = torch.load(tmp_path / "resumed" / "0.pt", weights_only=False)
+    assert a["losses"][:7] == b["losses"][:7]  # the step at the restart uses the restored state
+    assert a["losses"] == b["losses"]
+    for p, q in zip(a["params"], b["params"], strict=True):
+        assert torch.equal(p, q)
+
+
+def test_a_missing_peer_gives_an_error_not_a_hang(tmp_path):
+    run(workers.missing_peer, 2, tmp_path, timeout=60.0)
+    message = (tmp_path / "0.txt").read_text()
+    assert message != "no error" and message, message
