@@ -6,6 +6,7 @@ import torch  # noqa: F401  (libtorch must be loaded before the extension)
 
 from . import (
     _C,  # noqa: F401  (loads the extension: registers torch.ops.effgen.*)
+    distributed,
     nn,
     ops,
     reference,
