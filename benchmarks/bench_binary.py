@@ -8,13 +8,12 @@ reported as weight bytes per second against the copy bandwidth measured in the s
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.nn.functional as F
 
 import effgen_kernels as ek
 from effgen_kernels.bench import BenchContext, BenchResult, Rotation
+from effgen_kernels.bench.peers import fbgemm_dynamic_linear
 
 FAMILY = "binary"
 DECODE_M = 16
@@ -22,15 +21,6 @@ SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (576, 1536), (1536, 576)]
 QUICK_SHAPES = [(4096, 4096)]
 CPU_M, QUICK_M = [1, 8, 64, 256, 1024], [1, 64]
 GPU_SHAPES, GPU_M = [(8192, 8192)], [1, 16, 512]
-
-
-def fbgemm_linear(linear: torch.nn.Linear) -> torch.nn.Module:
-    clone = torch.nn.Linear(linear.in_features, linear.out_features)
-    clone.load_state_dict(linear.state_dict())
-    clone.qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao quantized tensors are deprecated
-        return torch.ao.nn.quantized.dynamic.Linear.from_float(clone)
 
 
 def run(ctx: BenchContext) -> list[BenchResult]:
@@ -57,7 +47,7 @@ def run_shape(ctx: BenchContext, m: int, k: int, n: int) -> list[BenchResult]:
     peers["bf16 F.linear"] = lambda: F.linear(x_bf16, *bf16.next())
     if ctx.device.type == "cpu":
         fp32 = Rotation(lambda: (w.clone(), b.clone()), 4 * n * k, rotate=rotate)
-        fbgemm = Rotation(lambda: fbgemm_linear(linear), n * k, rotate=rotate)
+        fbgemm = Rotation(lambda: fbgemm_dynamic_linear(linear), n * k, rotate=rotate)
         w8a16 = Rotation(lambda: ek.nn.Int8WeightOnlyLinear.from_float(linear), n * k, rotate=rotate)
         peers["fp32 F.linear"] = lambda: F.linear(x, *fp32.next())
         peers["fbgemm dynamic int8"] = lambda: fbgemm.next()(x)

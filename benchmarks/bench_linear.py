@@ -9,13 +9,12 @@ the start of the run with torch._int_mm on a large square product.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.nn.functional as F
 
 import effgen_kernels as ek
 from effgen_kernels.bench import BenchContext, BenchResult, Rotation, time_interleaved
+from effgen_kernels.bench.peers import fbgemm_dynamic_linear
 
 FAMILY = "linear"
 DECODE_M = 16
@@ -48,17 +47,8 @@ def make_peers(linear: torch.nn.Linear, rotate: bool) -> dict[str, Rotation]:
     }
     if w.device.type == "cpu":
         formats["fp32"] = Rotation(lambda: (w.clone(), b.clone()), 4 * n * k, rotate=rotate)
-        formats["fbgemm"] = Rotation(lambda: fbgemm_linear(linear), n * k, rotate=rotate)
+        formats["fbgemm"] = Rotation(lambda: fbgemm_dynamic_linear(linear), n * k, rotate=rotate)
     return formats
-
-
-def fbgemm_linear(linear: torch.nn.Linear) -> torch.nn.Module:
-    clone = torch.nn.Linear(linear.in_features, linear.out_features)
-    clone.load_state_dict(linear.state_dict())
-    clone.qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao quantized tensors are deprecated
-        return torch.ao.nn.quantized.dynamic.Linear.from_float(clone)
 
 
 def run(ctx: BenchContext) -> list[BenchResult]:

@@ -13,6 +13,7 @@
 
 #include "../kernels/cpu/binary_gemm.h"
 #include "binary_gemm_common.h"
+#include "glue.h"
 
 namespace effgen::ops {
 namespace {
@@ -24,18 +25,6 @@ constexpr int64_t kBlockN = 64;
 // and the product goes to torch's GEMM (the masked adds cost as much as FMAs).
 constexpr int64_t kDirectMaxM = 16;
 
-cpu::DType kernel_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kBFloat16: return cpu::DType::kBF16;
-    case at::kHalf: return cpu::DType::kF16;
-    default: return cpu::DType::kF32;
-  }
-}
-
-void check_cpu(const char* op, const char* name, const at::Tensor& t) {
-  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor here, got ", t.device());
-}
-
 // ---- pack / unpack ---------------------------------------------------------------------
 at::Tensor pack_binary(const at::Tensor& w_in) {
   constexpr const char* op = "pack_binary";
@@ -44,7 +33,7 @@ at::Tensor pack_binary(const at::Tensor& w_in) {
   TORCH_CHECK_VALUE(w_in.dim() == 2, op, ": w must be 2-D [N, K], got shape ", w_in.sizes());
   const at::Tensor w = w_in.contiguous();
   at::Tensor out = at::empty({w.size(0), packed_row_bytes(w.size(1))}, w.options().dtype(at::kByte));
-  cpu::pack_signs(kernel_dtype(w.scalar_type()), w.data_ptr(), w.size(0), w.size(1), out.data_ptr<uint8_t>());
+  cpu::pack_signs(cpu_dtype(w.scalar_type()), w.data_ptr(), w.size(0), w.size(1), out.data_ptr<uint8_t>());
   return out;
 }
 
@@ -107,7 +96,7 @@ void for_masked_sum_blocks(const Rows& r, const uint8_t* bits, int64_t ldb, int6
     std::vector<float> sums(static_cast<size_t>(r.m * kBlockN * groups));
     for (int64_t block = begin; block < end; ++block) {
       const int64_t j0 = block * kBlockN, nb = std::min(kBlockN, n - j0);
-      kernels.masked_sums(kernel_dtype(r.x.scalar_type()), r.x.data_ptr(), r.k, bits + j0 * ldb, ldb, r.m, nb, r.k,
+      kernels.masked_sums(cpu_dtype(r.x.scalar_type()), r.x.data_ptr(), r.k, bits + j0 * ldb, ldb, r.m, nb, r.k,
                           group, sums.data(), nb * groups);
       epilogue(j0, nb, sums.data());
     }
@@ -199,7 +188,7 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_in, const
   // Per row and group, the sum of all x: y = alpha * (2 * sum over +1 weights - total).
   std::vector<float> totals(static_cast<size_t>(r.m * groups));
   const std::vector<uint8_t> ones(static_cast<size_t>(packed_row_bytes(r.k)), 0xFF);
-  cpu::binary_gemm_kernels().masked_sums(kernel_dtype(r.x.scalar_type()), r.x.data_ptr(), r.k, ones.data(), 0, r.m,
+  cpu::binary_gemm_kernels().masked_sums(cpu_dtype(r.x.scalar_type()), r.x.data_ptr(), r.k, ones.data(), 0, r.m,
                                          1, r.k, group, totals.data(), groups);
   at::Tensor out_2d = out.view({r.m, n});
   const float* a = alpha.data_ptr<float>();
@@ -270,7 +259,7 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed_in, cons
     for (int64_t block = begin; block < end; ++block) {
       const int64_t j0 = block * kBlockN, nb = std::min(kBlockN, n - j0);
       const uint8_t* rows = packed.data_ptr<uint8_t>() + j0 * 2 * plane;
-      const auto dtype = kernel_dtype(r.x.scalar_type());
+      const auto dtype = cpu_dtype(r.x.scalar_type());
       kernels.masked_sums(dtype, r.x.data_ptr(), r.k, rows, 2 * plane, r.m, nb, r.k, group, plus.data(), nb);
       kernels.masked_sums(dtype, r.x.data_ptr(), r.k, rows + plane, 2 * plane, r.m, nb, r.k, group, minus.data(), nb);
       for (int64_t i = 0; i < r.m; ++i) {
@@ -302,7 +291,7 @@ at::Tensor xnor_linear(const at::Tensor& x, const at::Tensor& packed_in, const a
                                       : at::mean(r.x.to(at::kFloat).abs(), {1}).contiguous();
   const int64_t row_bytes = packed_row_bytes(r.k);
   std::vector<uint8_t> x_bits(static_cast<size_t>(r.m * row_bytes));
-  cpu::pack_signs(kernel_dtype(r.x.scalar_type()), r.x.data_ptr(), r.m, r.k, x_bits.data());
+  cpu::pack_signs(cpu_dtype(r.x.scalar_type()), r.x.data_ptr(), r.m, r.k, x_bits.data());
   const at::Tensor packed = packed_in.contiguous(), alpha = alpha_in.contiguous();
   const at::Tensor bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   at::Tensor out_2d = out.view({r.m, n});

@@ -11,27 +11,12 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "cuda_glue.h"
 #include "../kernels/cuda/binary_gemm.cuh"
 #include "binary_gemm_common.h"
 
 namespace effgen::ops {
 namespace {
-
-cuda::DType cuda_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kBFloat16: return cuda::DType::kBF16;
-    case at::kHalf: return cuda::DType::kF16;
-    default: return cuda::DType::kF32;
-  }
-}
-
-void check_cuda(const char* op, const char* name, const at::Tensor& t) {
-  TORCH_CHECK(t.device().is_cuda(), op, ": ", name, " must be a CUDA tensor here, got ", t.device());
-}
-
-void check_launch(const char* op, cudaError_t err) {
-  TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(err));
-}
 
 cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
 

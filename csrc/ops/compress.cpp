@@ -14,25 +14,18 @@
 
 #include "../kernels/cpu/compress.h"
 #include "quant_common.h"
+#include "glue.h"
 
 namespace effgen::ops {
 namespace {
 
 constexpr int64_t kValuesPerTask = 1 << 16;
 
-cpu::DType kernel_dtype(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kBFloat16: return cpu::DType::kBF16;
-    case at::kHalf: return cpu::DType::kF16;
-    default: return cpu::DType::kF32;
-  }
-}
-
 int64_t blocks_of(int64_t n, int64_t block) { return (n + block - 1) / block; }
 
 void check_codec_args(const char* op, const at::Tensor& x, const at::Tensor& error, int64_t block) {
   check_float_input(op, "x", x);
-  TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor here, got ", x.device());
+  check_cpu(op, "x", x);
   TORCH_CHECK_VALUE(x.dim() == 1, op, ": x must be 1-D (a flat gradient bucket), got shape ", x.sizes());
   TORCH_CHECK_TYPE(error.scalar_type() == at::kFloat, op, ": error must be float32, got ", error.scalar_type());
   TORCH_CHECK_VALUE(error.sizes() == x.sizes() && error.is_contiguous(), op,
@@ -49,7 +42,7 @@ std::tuple<at::Tensor, at::Tensor> ef_compress_int8(const at::Tensor& x_in, at::
   at::Tensor q = at::empty({n}, x.options().dtype(at::kChar));
   at::Tensor scales = at::empty({blocks}, x.options().dtype(at::kFloat));
   at::parallel_for(0, blocks, std::max<int64_t>(1, kValuesPerTask / block), [&](int64_t b0, int64_t b1) {
-    cpu::ef_compress_int8_blocks(kernel_dtype(x), x.data_ptr(), error.data_ptr<float>(), n, block, b0, b1,
+    cpu::ef_compress_int8_blocks(cpu_dtype(x.scalar_type()), x.data_ptr(), error.data_ptr<float>(), n, block, b0, b1,
                                  q.data_ptr<int8_t>(), scales.data_ptr<float>());
   });
   return {q, scales};
@@ -71,7 +64,7 @@ std::tuple<at::Tensor, at::Tensor> ef_compress_sign(const at::Tensor& x, at::Ten
 }
 
 void check_chunks(const char* op, const at::Tensor& data, const at::Tensor& scales, int64_t n, int64_t block) {
-  TORCH_CHECK(data.device().is_cpu(), op, ": inputs must be CPU tensors here, got ", data.device());
+  check_cpu(op, "the chunks", data);
   TORCH_CHECK_VALUE(block > 0, op, ": block_size must be positive, got ", block);
   TORCH_CHECK_TYPE(scales.scalar_type() == at::kFloat, op, ": scales must be float32, got ", scales.scalar_type());
   check_same_device(op, "scales", scales, data);

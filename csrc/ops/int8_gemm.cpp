@@ -9,6 +9,7 @@
 
 #include "../kernels/cpu/int8_gemm.h"
 #include "int8_gemm_common.h"
+#include "glue.h"
 #include "quant.h"
 
 namespace effgen::ops {
@@ -18,18 +19,6 @@ constexpr int64_t kBlockM = 64, kBlockN = 64;
 // Up to this many rows W8A16 multiplies in registers (a bandwidth problem); above it the
 // weights are dequantized once and the product goes to torch's GEMM (a compute problem).
 constexpr int64_t kW8A16DirectMaxM = 16;
-
-cpu::DType kernel_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kBFloat16: return cpu::DType::kBF16;
-    case at::kHalf: return cpu::DType::kF16;
-    default: return cpu::DType::kF32;
-  }
-}
-
-void check_cpu(const char* op, const char* name, const at::Tensor& t) {
-  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor here, got ", t.device());
-}
 
 at::Tensor float_bias(const std::optional<at::Tensor>& bias) {
   return bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
@@ -46,7 +35,7 @@ void int8_gemm_into(const at::Tensor& xq, const at::Tensor& x_scale, int64_t x_s
   const float* ws = w_scale.data_ptr<float>();
   const float* bias_ptr = bias.defined() ? bias.data_ptr<float>() : nullptr;
   auto* out_bytes = static_cast<char*>(out.data_ptr());
-  const auto out_dtype = kernel_dtype(out.scalar_type());
+  const auto out_dtype = cpu_dtype(out.scalar_type());
   const int64_t out_row_bytes = n * out.element_size(), elem = out.element_size();
   const int64_t blocks_m = (m + kBlockM - 1) / kBlockM, blocks_n = (n + kBlockN - 1) / kBlockN;
   at::parallel_for(0, blocks_m * blocks_n, 1, [&](int64_t begin, int64_t end) {
@@ -131,7 +120,7 @@ at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, co
   at::parallel_for(0, (n + kBlockN - 1) / kBlockN, 1, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
       const int64_t j0 = block * kBlockN, nb = std::min(kBlockN, n - j0);
-      const cpu::W8A16Args args{kernel_dtype(x.scalar_type()),
+      const cpu::W8A16Args args{cpu_dtype(x.scalar_type()),
                                 x2.data_ptr(),
                                 k,
                                 w.data_ptr<int8_t>() + j0 * k,

@@ -7,28 +7,13 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "cuda_glue.h"
 #include "../kernels/cuda/int8_gemm.cuh"
 #include "int8_gemm_common.h"
 #include "quant.h"
 
 namespace effgen::ops {
 namespace {
-
-cuda::DType cuda_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kBFloat16: return cuda::DType::kBF16;
-    case at::kHalf: return cuda::DType::kF16;
-    default: return cuda::DType::kF32;
-  }
-}
-
-void check_cuda(const char* op, const char* name, const at::Tensor& t) {
-  TORCH_CHECK(t.device().is_cuda(), op, ": ", name, " must be a CUDA tensor here, got ", t.device());
-}
-
-void check_launch(const char* op, cudaError_t err) {
-  TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(err));
-}
 
 at::Tensor float_bias(const std::optional<at::Tensor>& bias) {
   return bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();

@@ -14,6 +14,7 @@
 #include "../kernels/cpu/quant_learnable.h"
 #include "quant.h"
 #include "quant_common.h"
+#include "glue.h"
 
 namespace effgen::ops {
 namespace {
@@ -21,14 +22,6 @@ namespace {
 using cpu::kMaxFiniteBits;
 
 constexpr int64_t kElementsPerTask = 1 << 15;
-
-cpu::DType kernel_dtype(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kBFloat16: return cpu::DType::kBF16;
-    case at::kHalf: return cpu::DType::kF16;
-    default: return cpu::DType::kF32;
-  }
-}
 
 int64_t grain_for(int64_t elements_per_item) {
   return std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(1, elements_per_item));
@@ -67,7 +60,7 @@ SymmetricScale symmetric_scale(uint32_t absmax_bits) {
 
 void check_quantize_input(const char* op, const at::Tensor& x) {
   check_float_input(op, "x", x);
-  TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor here, got ", x.device());
+  check_cpu(op, "x", x);
   TORCH_CHECK_INDEX(x.dim() > 0, op, ": x must have at least 1 dimension, got a scalar");
 }
 
@@ -81,7 +74,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows(const char* op, const at::Tenso
   group_size = group_size > 0 ? group_size : std::max<int64_t>(k, 1);
   const int64_t groups = num_groups(k, group_size);
   const auto& kernels = cpu::quant_kernels();
-  const auto dtype = kernel_dtype(x);
+  const auto dtype = cpu_dtype(x.scalar_type());
   const auto* x_bytes = static_cast<const char*>(x.data_ptr());
   const int64_t elem = x.element_size();
   auto* q_ptr = q.data_ptr<int8_t>();
@@ -170,7 +163,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_per_channel(const at::Tensor& w_in, 
   axis = normalize_axis(op, axis, w_in.dim());
   const at::Tensor w = w_in.contiguous();
   const ChannelLayout layout = channel_layout(w, axis);
-  const auto dtype = kernel_dtype(w);
+  const auto dtype = cpu_dtype(w.scalar_type());
   const auto* w_bytes = static_cast<const char*>(w.data_ptr());
   const int64_t elem = w.element_size();
   const std::vector<uint32_t> bits = channel_absmax_bits(dtype, w_bytes, elem, layout);
@@ -197,13 +190,13 @@ std::tuple<at::Tensor, at::Tensor> quantize_per_channel(const at::Tensor& w_in, 
 
 at::Tensor dequantize_cpu(const at::Tensor& q_in, const at::Tensor& scale_in, std::optional<int64_t> axis,
                           std::optional<int64_t> group_size, at::ScalarType out_dtype) {
-  TORCH_CHECK(q_in.device().is_cpu(), "dequantize: q must be a CPU tensor here, got ", q_in.device());
+  check_cpu("dequantize", "q", q_in);
   check_out_dtype("dequantize", out_dtype);
   const DequantPlan plan = plan_dequantize(q_in, scale_in, axis, group_size);
   const at::Tensor q = q_in.contiguous(), scale = scale_in.contiguous();
   at::Tensor y = at::empty(q.sizes(), q.options().dtype(out_dtype));
   const auto& kernels = cpu::quant_kernels();
-  const auto dtype = kernel_dtype(y);
+  const auto dtype = cpu_dtype(y.scalar_type());
   const int8_t* q_ptr = q.data_ptr<int8_t>();
   const float* s_ptr = scale.data_ptr<float>();
   auto* y_bytes = static_cast<char*>(y.data_ptr());
@@ -237,7 +230,7 @@ std::tuple<at::Tensor, at::Tensor> fake_quantize_channels(const char* op, const 
   at::Tensor y = at::empty(x.sizes(), x.options());
   at::Tensor mask = at::empty(x.sizes(), x.options().dtype(at::kBool));
   const auto& kernels = cpu::quant_kernels();
-  const auto dtype = kernel_dtype(x);
+  const auto dtype = cpu_dtype(x.scalar_type());
   const auto* x_bytes = static_cast<const char*>(x.data_ptr());
   auto* y_bytes = static_cast<char*>(y.data_ptr());
   bool* mask_ptr = mask.data_ptr<bool>();
@@ -257,7 +250,7 @@ std::tuple<at::Tensor, at::Tensor> fake_quantize_channels(const char* op, const 
 
 void check_fake_quant_input(const char* op, const at::Tensor& x, int64_t quant_min, int64_t quant_max) {
   check_float_input(op, "x", x);
-  TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor here, got ", x.device());
+  check_cpu(op, "x", x);
   check_quant_range(op, quant_min, quant_max);
 }
 
@@ -313,11 +306,11 @@ std::tuple<at::Tensor, at::Tensor> fake_quantize_per_channel_cachemask(const at:
 at::Tensor fake_quantize_mask_grad(const at::Tensor& grad_in, const at::Tensor& mask_in) {
   constexpr const char* op = "fake_quantize_mask_grad";
   check_mask_grad_args(op, grad_in, mask_in);
-  TORCH_CHECK(grad_in.device().is_cpu(), op, ": grad must be a CPU tensor here, got ", grad_in.device());
+  check_cpu(op, "grad", grad_in);
   const at::Tensor grad = grad_in.contiguous(), mask = mask_in.contiguous();
   at::Tensor dx = at::empty(grad.sizes(), grad.options());
   const auto& kernels = cpu::quant_kernels();
-  const auto dtype = kernel_dtype(grad);
+  const auto dtype = cpu_dtype(grad.scalar_type());
   const auto* g_bytes = static_cast<const char*>(grad.data_ptr());
   auto* dx_bytes = static_cast<char*>(dx.data_ptr());
   const bool* m = mask.data_ptr<bool>();
@@ -378,7 +371,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_per_chann
   const int64_t threads = at::get_num_threads();
   std::vector<double> dscale_acc(static_cast<size_t>(threads * layout.channels), 0.0);
   std::vector<double> dzp_acc(dscale_acc.size(), 0.0);
-  const auto dtype = kernel_dtype(x);
+  const auto dtype = cpu_dtype(x.scalar_type());
   const auto* x_bytes = static_cast<const char*>(x.data_ptr());
   const auto* dy_bytes = static_cast<const char*>(dy.data_ptr());
   auto* dx_bytes = static_cast<char*>(dx.data_ptr());

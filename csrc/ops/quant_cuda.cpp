@@ -10,6 +10,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "cuda_glue.h"
 #include "../kernels/cuda/quant.cuh"
 #include "quant.h"
 #include "quant_common.h"
@@ -18,22 +19,6 @@ namespace effgen::ops {
 namespace {
 
 using cuda::ParamIndex;
-
-cuda::DType cuda_dtype(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kBFloat16: return cuda::DType::kBF16;
-    case at::kHalf: return cuda::DType::kF16;
-    default: return cuda::DType::kF32;
-  }
-}
-
-void check_launch(const char* op, cudaError_t err) {
-  TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(err));
-}
-
-void check_cuda_input(const char* op, const char* name, const at::Tensor& t) {
-  TORCH_CHECK(t.device().is_cuda(), op, ": ", name, " must be a CUDA tensor here, got ", t.device());
-}
 
 ParamIndex channel_index(const ChannelLayout& l) {
   ParamIndex idx;
@@ -54,14 +39,14 @@ ParamIndex group_index(int64_t k, int64_t group) {
 // group_size 0 means one group per row (per token).
 std::tuple<at::Tensor, at::Tensor> quantize_rows(const char* op, const at::Tensor& x_in, int64_t group_size) {
   check_float_input(op, "x", x_in);
-  check_cuda_input(op, "x", x_in);
+  check_cuda(op, "x", x_in);
   TORCH_CHECK_INDEX(x_in.dim() > 0, op, ": x must have at least 1 dimension, got a scalar");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   const int64_t k = x.size(-1), rows = k == 0 ? 0 : x.numel() / k;
   auto [q, scale] = allocate_row_quantized(x, group_size);
   const int64_t group = group_size > 0 ? group_size : std::max<int64_t>(k, 1);
-  check_launch(op, cuda::quantize_rows(cuda_dtype(x), x.data_ptr(), rows, k, group, q.data_ptr<int8_t>(),
+  check_launch(op, cuda::quantize_rows(cuda_dtype(x.scalar_type()), x.data_ptr(), rows, k, group, q.data_ptr<int8_t>(),
                                        scale.data_ptr<float>(), c10::cuda::getCurrentCUDAStream()));
   return {q, scale};
 }
@@ -82,7 +67,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_per_group(const at::Tensor& x, int64
 std::tuple<at::Tensor, at::Tensor> quantize_per_channel(const at::Tensor& w_in, int64_t axis) {
   constexpr const char* op = "quantize_per_channel";
   check_float_input(op, "w", w_in);
-  check_cuda_input(op, "w", w_in);
+  check_cuda(op, "w", w_in);
   axis = normalize_axis(op, axis, w_in.dim());
   const c10::cuda::CUDAGuard guard(w_in.device());
   const at::Tensor w = w_in.contiguous();
@@ -90,11 +75,11 @@ std::tuple<at::Tensor, at::Tensor> quantize_per_channel(const at::Tensor& w_in, 
   const auto stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor bits = at::zeros({layout.channels}, w.options().dtype(at::kInt));
   at::Tensor scale = at::empty({layout.channels}, w.options().dtype(at::kFloat));
-  check_launch(op, cuda::channel_scales(cuda_dtype(w), w.data_ptr(), layout.outer, layout.channels, layout.inner,
+  check_launch(op, cuda::channel_scales(cuda_dtype(w.scalar_type()), w.data_ptr(), layout.outer, layout.channels, layout.inner,
                                         reinterpret_cast<uint32_t*>(bits.data_ptr<int32_t>()),
                                         scale.data_ptr<float>(), stream));
   at::Tensor q = at::empty(w.sizes(), w.options().dtype(at::kChar));
-  check_launch(op, cuda::quantize_with_scales(cuda_dtype(w), w.data_ptr(), w.numel(), scale.data_ptr<float>(),
+  check_launch(op, cuda::quantize_with_scales(cuda_dtype(w.scalar_type()), w.data_ptr(), w.numel(), scale.data_ptr<float>(),
                                               channel_index(layout), q.data_ptr<int8_t>(), stream));
   return {q, scale};
 }
@@ -103,14 +88,14 @@ std::tuple<at::Tensor, at::Tensor> quantize_per_channel(const at::Tensor& w_in, 
 
 at::Tensor dequantize_cuda(const at::Tensor& q_in, const at::Tensor& scale_in, std::optional<int64_t> axis,
                            std::optional<int64_t> group_size, at::ScalarType out_dtype) {
-  check_cuda_input("dequantize", "q", q_in);
+  check_cuda("dequantize", "q", q_in);
   check_out_dtype("dequantize", out_dtype);
   const DequantPlan plan = plan_dequantize(q_in, scale_in, axis, group_size);
   const c10::cuda::CUDAGuard guard(q_in.device());
   const at::Tensor q = q_in.contiguous(), scale = scale_in.contiguous();
   at::Tensor y = at::empty(q.sizes(), q.options().dtype(out_dtype));
   const ParamIndex idx = plan.group_size > 0 ? group_index(q.size(-1), plan.group_size) : channel_index(plan.layout);
-  check_launch("dequantize", cuda::dequantize(cuda_dtype(y), q.data_ptr<int8_t>(), q.numel(), scale.data_ptr<float>(),
+  check_launch("dequantize", cuda::dequantize(cuda_dtype(y.scalar_type()), q.data_ptr<int8_t>(), q.numel(), scale.data_ptr<float>(),
                                               idx, y.data_ptr(), c10::cuda::getCurrentCUDAStream()));
   return y;
 }
@@ -122,14 +107,14 @@ std::tuple<at::Tensor, at::Tensor> run_fake_quantize(const char* op, const at::T
   const at::Tensor x = x_in.contiguous();
   at::Tensor y = at::empty(x.sizes(), x.options());
   at::Tensor mask = at::empty(x.sizes(), x.options().dtype(at::kBool));
-  check_launch(op, cuda::fake_quantize(cuda_dtype(x), x.data_ptr(), x.numel(), args, idx, y.data_ptr(),
+  check_launch(op, cuda::fake_quantize(cuda_dtype(x.scalar_type()), x.data_ptr(), x.numel(), args, idx, y.data_ptr(),
                                        mask.data_ptr<bool>(), c10::cuda::getCurrentCUDAStream()));
   return {y, mask};
 }
 
 void check_fake_quant_input(const char* op, const at::Tensor& x, int64_t quant_min, int64_t quant_max) {
   check_float_input(op, "x", x);
-  check_cuda_input(op, "x", x);
+  check_cuda(op, "x", x);
   check_quant_range(op, quant_min, quant_max);
 }
 
@@ -184,11 +169,11 @@ std::tuple<at::Tensor, at::Tensor> fake_quantize_per_channel_cachemask(const at:
 at::Tensor fake_quantize_mask_grad(const at::Tensor& grad_in, const at::Tensor& mask_in) {
   constexpr const char* op = "fake_quantize_mask_grad";
   check_mask_grad_args(op, grad_in, mask_in);
-  check_cuda_input(op, "grad", grad_in);
+  check_cuda(op, "grad", grad_in);
   const c10::cuda::CUDAGuard guard(grad_in.device());
   const at::Tensor grad = grad_in.contiguous(), mask = mask_in.contiguous();
   at::Tensor dx = at::empty(grad.sizes(), grad.options());
-  check_launch(op, cuda::mask_grad(cuda_dtype(grad), grad.data_ptr(), mask.data_ptr<bool>(), grad.numel(),
+  check_launch(op, cuda::mask_grad(cuda_dtype(grad.scalar_type()), grad.data_ptr(), mask.data_ptr<bool>(), grad.numel(),
                                    dx.data_ptr(), c10::cuda::getCurrentCUDAStream()));
   return dx;
 }
@@ -225,7 +210,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_per_chann
   at::Tensor dx = at::empty(x.sizes(), x.options());
   at::Tensor dscale = at::empty(x.sizes(), x.options().dtype(at::kFloat));
   at::Tensor dzp = at::empty(x.sizes(), x.options().dtype(at::kFloat));
-  check_launch(op, cuda::fake_quantize_learnable_grad(cuda_dtype(x), dy.data_ptr(), x.data_ptr(), x.numel(),
+  check_launch(op, cuda::fake_quantize_learnable_grad(cuda_dtype(x.scalar_type()), dy.data_ptr(), x.data_ptr(), x.numel(),
                                                       p.args(quant_min, quant_max), static_cast<float>(grad_factor),
                                                       channel_index(layout), dx.data_ptr(), dscale.data_ptr<float>(),
                                                       dzp.data_ptr<float>(), c10::cuda::getCurrentCUDAStream()));

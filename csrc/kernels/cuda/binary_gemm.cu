@@ -6,19 +6,13 @@
 
 #include <cstdint>
 
+#include "convert.cuh"
 #include "binary_gemm.cuh"
 
 namespace effgen::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-
-__device__ __forceinline__ float load_f32(const float* p) { return *p; }
-__device__ __forceinline__ float load_f32(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-__device__ __forceinline__ float load_f32(const __half* p) { return __half2float(*p); }
-__device__ __forceinline__ void store_f32(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store_f32(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-__device__ __forceinline__ void store_f32(__half* p, float v) { *p = __float2half_rn(v); }
 
 __device__ __forceinline__ bool bit_at(const uint8_t* row, int64_t k) { return (row[k / 8] >> (k % 8)) & 1u; }
 
@@ -33,7 +27,7 @@ __global__ void pack_signs_kernel(const T* x, int64_t rows, int64_t k, uint8_t* 
   uint8_t bits = 0;
   for (int b = 0; b < 8; ++b) {
     const int64_t col = byte * 8 + b;
-    if (col < k && load_f32(x + r * k + col) >= 0.0f) bits |= static_cast<uint8_t>(1u << b);
+    if (col < k && to_f32(x[r * k + col]) >= 0.0f) bits |= static_cast<uint8_t>(1u << b);
   }
   out[idx] = bits;
 }
@@ -82,14 +76,14 @@ __global__ void bits_gemv_kernel(BitsGemvArgs p) {
     } else {
       weight = static_cast<float>(int{bit_at(row, kk)} - int{bit_at(row + plane, kk)});
     }
-    for (int64_t i = 0; i < p.m; ++i) acc[i] += weight * load_f32(x + i * p.k + kk);
+    for (int64_t i = 0; i < p.m; ++i) acc[i] += weight * to_f32(x[i * p.k + kk]);
   }
   T* out = static_cast<T*>(p.out);
   const float ternary_scale = p.planes == 2 ? p.scale[j * p.scale_stride] : 1.0f;
   for (int64_t i = 0; i < p.m; ++i) {
     float v = acc[i];
     for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, offset);
-    if (lane == 0) store_f32(out + i * p.n + j, v * ternary_scale + (p.bias == nullptr ? 0.0f : p.bias[j]));
+    if (lane == 0) store_value(out + i * p.n + j, v * ternary_scale + (p.bias == nullptr ? 0.0f : p.bias[j]));
   }
 }
 

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "convert.cuh"
 #include "int8_gemm.cuh"
 
 namespace effgen::cuda {
@@ -16,14 +17,6 @@ constexpr int kTile = 64;        // output tile edge
 constexpr int kTileK = 32;       // bytes of K staged per step
 constexpr int kThreadRows = 4;   // outputs per thread: 4 x 4
 constexpr int kGemmThreads = (kTile / kThreadRows) * (kTile / kThreadRows);  // 256
-
-__device__ __forceinline__ float load_f32(const float* p) { return *p; }
-__device__ __forceinline__ float load_f32(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-__device__ __forceinline__ float load_f32(const __half* p) { return __half2float(*p); }
-
-__device__ __forceinline__ void store_f32(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store_f32(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-__device__ __forceinline__ void store_f32(__half* p, float v) { *p = __float2half_rn(v); }
 
 // Stages rows [row0, row0 + kTile) x bytes [k0, k0 + kTileK) of a [rows, k] int8 matrix;
 // bytes past the matrix are zero, so they add nothing to the dot products.
@@ -77,7 +70,7 @@ __global__ void int8_gemm_kernel(Int8GemmArgs p) {
       if (col >= p.n) continue;
       float v = __fmul_rn(__fmul_rn(static_cast<float>(acc[i][j]), a_scale), p.b_scale[col * p.b_stride]);
       if (p.bias != nullptr) v = __fadd_rn(v, p.bias[col]);
-      store_f32(out + row * p.n + col, v);
+      store_value(out + row * p.n + col, v);
     }
   }
 }
@@ -105,14 +98,14 @@ __global__ void w8a16_gemv_kernel(W8A16Args p) {
     for (int t = 0; t < count; ++t) {
       const int64_t kk = k0 + t;
       const float wf = static_cast<float>(wv[t]) * p.scale[j * p.groups + kk / p.group];
-      for (int64_t i = 0; i < p.m; ++i) acc[i] += load_f32(x + i * p.k + kk) * wf;
+      for (int64_t i = 0; i < p.m; ++i) acc[i] += to_f32(x[i * p.k + kk]) * wf;
     }
   }
   T* out = static_cast<T*>(p.out);
   for (int64_t i = 0; i < p.m; ++i) {
     float v = acc[i];
     for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, offset);
-    if (lane == 0) store_f32(out + i * p.n + j, p.bias == nullptr ? v : v + p.bias[j]);
+    if (lane == 0) store_value(out + i * p.n + j, p.bias == nullptr ? v : v + p.bias[j]);
   }
 }
 

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "convert.cuh"
 #include "quant.cuh"
 
 namespace effgen::cuda {
@@ -15,20 +16,6 @@ namespace {
 constexpr int kItems = 16;       // elements per thread per step
 constexpr int kThreads = 256;    // threads per block of the element-wise kernels
 constexpr uint32_t kMaxFiniteBits = 0x7F7FFFFFu;
-
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f32(int8_t v) { return static_cast<float>(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_f32(float v);
-template <>
-__device__ __forceinline__ float from_f32<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <>
-__device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
 
 // kItems * sizeof(T) is a multiple of 16 for every T here, so a 16-byte aligned base keeps
 // every thread's chunk aligned.
