@@ -74,6 +74,7 @@ void tile(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t k,
 // W8A16 register tile: 1 x 4 totals + 1 x 4 group partials + 4 weight vectors.
 constexpr int kW16M = 1;
 constexpr int kW16N = 4;
+constexpr int kW16ChannelM = 2;  // per-channel tile: 2 x 4 accumulators
 
 // Exact products need no per-strip correction.
 const int32_t* prepare_panel(const int8_t*, int64_t, int64_t, int64_t, int32_t*) { return nullptr; }

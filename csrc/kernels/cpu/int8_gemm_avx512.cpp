@@ -94,6 +94,7 @@ void tile(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t k,
 // W8A16 register tile: 2 x 4 totals + 2 x 4 group partials + 4 weight vectors.
 constexpr int kW16M = 2;
 constexpr int kW16N = 4;
+constexpr int kW16ChannelM = 4;  // per-channel tile: 4 x 4 accumulators
 
 #include "int8_gemm_impl.h"
 

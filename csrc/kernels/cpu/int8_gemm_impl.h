@@ -11,6 +11,18 @@
 // without. Tiles of one row band sweep the panel, so the activation rows stay in L1 while
 // the panel's weights come from L2; ragged edges go to smaller instantiations.
 
+// f.template operator()<mr, nr>() for runtime mr <= MR, nr <= NR (compile-time sizes keep
+// accumulators in registers).
+template <int MR, int NR, int kMaxN = NR, typename F>
+void for_tile_edge(int64_t mr, int64_t nr, F&& f) {
+  if (mr == MR) {
+    if (nr == NR) return f.template operator()<MR, NR>();
+    if constexpr (NR > 1) return for_tile_edge<MR, NR - 1, kMaxN>(mr, nr, f);
+  } else if constexpr (MR > 1) {
+    return for_tile_edge<MR - 1, kMaxN, kMaxN>(mr, nr, f);
+  }
+}
+
 using TileFn = void (*)(const int8_t*, int64_t, const int8_t*, int64_t, int64_t, const int32_t*, int32_t*, int64_t);
 
 // The tile<mr, nr> instantiation for a ragged edge (compile-time sizes keep the
@@ -118,7 +130,7 @@ void w8a16_tile(const W8A16Args& p, int64_t i0, int64_t j0) {
       for (int j = 0; j < NR; ++j) wv[j] = load_w(j);
       for (int i = 0; i < MR; ++i) {
         const typename S::F xv = load_x(i);
-        for (int j = 0; j < NR; ++j) part[i][j] = S::add(part[i][j], S::mul(xv, wv[j]));
+        for (int j = 0; j < NR; ++j) part[i][j] = S::fmadd(xv, wv[j], part[i][j]);
       }
     };
     int64_t kk = k0;
@@ -153,6 +165,40 @@ void w8a16_tile(const W8A16Args& p, int64_t i0, int64_t j0) {
   }
 }
 
+// Per-channel scales (one group): no group partials, so a taller tile fits the registers.
+template <typename T, int MR, int NR>
+void w8a16_tile_per_channel(const W8A16Args& p, int64_t i0, int64_t j0) {
+  const T* x = static_cast<const T*>(p.x) + i0 * p.ldx;
+  const int8_t* w = p.w + j0 * p.ldw;
+  typename S::F acc[MR][NR];
+  for (int i = 0; i < MR; ++i) {
+    for (int j = 0; j < NR; ++j) acc[i][j] = S::set1(0.0f);
+  }
+  int64_t kk = 0;
+  for (; kk + S::kWidth <= p.k; kk += S::kWidth) {
+    typename S::F wv[NR];
+    for (int j = 0; j < NR; ++j) wv[j] = S::load(w + j * p.ldw + kk);
+    for (int i = 0; i < MR; ++i) {
+      const typename S::F xv = S::load(x + i * p.ldx + kk);
+      for (int j = 0; j < NR; ++j) acc[i][j] = S::fmadd(xv, wv[j], acc[i][j]);
+    }
+  }
+  float tail[MR][NR] = {};
+  for (; kk < p.k; ++kk) {  // ragged end of K, element by element
+    for (int i = 0; i < MR; ++i) {
+      for (int j = 0; j < NR; ++j) tail[i][j] += to_f32(x[i * p.ldx + kk]) * static_cast<float>(w[j * p.ldw + kk]);
+    }
+  }
+  T* out = static_cast<T*>(p.out);
+  for (int i = 0; i < MR; ++i) {
+    for (int j = 0; j < NR; ++j) {
+      const float dot = S::hsum(acc[i][j]) + tail[i][j];
+      const float bias = p.bias == nullptr ? 0.0f : p.bias[j0 + j];
+      out[(i0 + i) * p.ldo + j0 + j] = from_f32<T>(dot * p.scale[j0 + j] + bias);
+    }
+  }
+}
+
 template <typename T, int MR, int NR = kW16N>
 void w8a16_edge(const W8A16Args& p, int64_t i0, int64_t j0, int64_t mr, int64_t nr) {
   if constexpr (NR == 1) {
@@ -169,7 +215,19 @@ void w8a16_edge(const W8A16Args& p, int64_t i0, int64_t j0, int64_t mr, int64_t 
 }
 
 template <typename T>
+void w8a16_gemm_per_channel(const W8A16Args& p) {
+  for (int64_t j = 0; j < p.n; j += kW16N) {
+    const int64_t nr = p.n - j < kW16N ? p.n - j : kW16N;
+    for (int64_t i = 0; i < p.m; i += kW16ChannelM) {
+      const int64_t mr = p.m - i < kW16ChannelM ? p.m - i : kW16ChannelM;
+      for_tile_edge<kW16ChannelM, kW16N>(mr, nr, [&]<int MR, int NR>() { w8a16_tile_per_channel<T, MR, NR>(p, i, j); });
+    }
+  }
+}
+
+template <typename T>
 void w8a16_gemm_t(const W8A16Args& p) {
+  if (p.groups == 1) return w8a16_gemm_per_channel<T>(p);
   // Weight rows outermost: a kW16N x K strip of weights is reused from cache by every row tile.
   for (int64_t j = 0; j < p.n; j += kW16N) {
     const int64_t nr = p.n - j < kW16N ? p.n - j : kW16N;

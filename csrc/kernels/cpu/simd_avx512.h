@@ -42,6 +42,7 @@ struct S {
   static float hsum(F v) { return _mm512_reduce_add_ps(v); }
   static F set1(float v) { return _mm512_set1_ps(v); }
   static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }  // one rounding (W8A16 only)
   static F add(F a, F b) { return _mm512_add_ps(a, b); }
   static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
   // min/max return the second operand when either is NaN; callers never rely on NaN order.

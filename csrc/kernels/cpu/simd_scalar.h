@@ -24,6 +24,7 @@ struct S {
   static float hsum(F v) { return v; }
   static F set1(float v) { return v; }
   static F mul(F a, F b) { return a * b; }
+  static F fmadd(F a, F b, F c) { return std::fma(a, b, c); }  // one rounding (W8A16 only)
   static F add(F a, F b) { return a + b; }
   static F sub(F a, F b) { return a - b; }
   static F min(F a, F b) { return b < a ? b : a; }
