@@ -47,7 +47,7 @@ def make_model():
     return torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
 
 
-def train_ddp(rank, world, port, out, codec, steps, resume_at=None):
+def train_ddp(rank, world, port, out, codec, steps, resume_at=None, bucket_cap_mb=25.0):
     """Full-batch-per-rank SGD on digits; codec None is plain DDP. With resume_at, the run
     checkpoints there, rebuilds everything from the checkpoint, and continues."""
     init(rank, world, port)
@@ -56,7 +56,7 @@ def train_ddp(rank, world, port, out, codec, steps, resume_at=None):
     x, y = x[shard], y[shard]
 
     def build():
-        model = torch.nn.parallel.DistributedDataParallel(make_model())
+        model = torch.nn.parallel.DistributedDataParallel(make_model(), bucket_cap_mb=bucket_cap_mb)
         opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
         state = None
         if codec is not None:

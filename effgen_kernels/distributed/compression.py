@@ -14,7 +14,10 @@ Use::
     ddp.register_comm_hook(state, compressed_allreduce_hook)
 
 The chain of collectives is asynchronous: each stage is a callback on the previous
-collective's future, and nothing waits inside a callback.
+collective's future, and nothing waits inside a callback. Every collective of a state is
+issued in one sequence, bucket after bucket (DDP calls the hook in the same bucket order
+on every rank): collectives issued from callback threads in a per-rank order would pair
+up differently across ranks and deadlock when several buckets are in flight.
 """
 
 
@@ -67,6 +70,7 @@ class CompressionState:
         self.server_errors: dict[int, torch.Tensor] = {}
         self.last_step = TrafficCounters()
         self._current = TrafficCounters()
+        self._issued = _done_future()  # completes once the previous bucket's collectives are issued
 
     # -- checkpointing ---------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -99,6 +103,25 @@ class CompressionState:
         self.last_step, self._current = self._current, TrafficCounters()
 
 
+def _done_future() -> torch.futures.Future:
+    future: torch.futures.Future = torch.futures.Future()
+    future.set_result(None)
+    return future
+
+
+def _in_issue_order(state: CompressionState, launch) -> None:
+    """Runs launch(issued) after the previous bucket's collectives were issued; launch must
+    call issued() once it has issued its own (or failed), to let the next bucket go."""
+    previous, mine = state._issued, torch.futures.Future()
+    state._issued = mine
+
+    def issued() -> None:
+        if not mine.done():
+            mine.set_result(None)
+
+    previous.then(lambda _: launch(issued))
+
+
 def _compress(state: CompressionState, x: torch.Tensor, error: torch.Tensor):
     if state.codec == "int8":
         return _ops.ef_compress_int8(x, error, state.block_size)
@@ -111,9 +134,28 @@ def _decompress_sum(state: CompressionState, payload: torch.Tensor, scales: torc
     return _ops.decompress_sum_sign(payload, scales, n, state.block_size)
 
 
-def _plain_allreduce(tensor: torch.Tensor, group, world: int) -> torch.futures.Future:
-    fut = dist.all_reduce(tensor, group=group, async_op=True).get_future()
-    return fut.then(lambda f: f.value()[0].div_(world))
+def _plain_allreduce(state: CompressionState, tensor: torch.Tensor, group, world: int) -> torch.futures.Future:
+    result: torch.futures.Future = torch.futures.Future()
+
+    def launch(issued) -> None:
+        try:
+            work = dist.all_reduce(tensor, group=group, async_op=True)
+        except BaseException as error:
+            issued()
+            result.set_exception(error)
+            return
+        issued()
+        work.get_future().then(lambda f: _settle(result, lambda: f.value()[0].div_(world)))
+
+    _in_issue_order(state, launch)
+    return result
+
+
+def _settle(result: torch.futures.Future, compute) -> None:
+    try:
+        result.set_result(compute())
+    except BaseException as error:  # a failed collective must reach the caller, not hang it
+        result.set_exception(error)
 
 
 def compressed_allreduce(state: CompressionState, tensor: torch.Tensor, bucket_index: int = 0) -> torch.futures.Future:
@@ -125,7 +167,7 @@ def compressed_allreduce(state: CompressionState, tensor: torch.Tensor, bucket_i
     if world == 1 or state.step < state.warmup_steps or n < state.min_compress_numel:
         state._current.bytes_sent += 2 * (world - 1) * n * tensor.element_size() // max(world, 1)
         state._current.bytes_uncompressed += 2 * (world - 1) * n * 4 // max(world, 1)
-        return _plain_allreduce(tensor, group, world)
+        return _plain_allreduce(state, tensor, group, world)
 
     block = state.block_size
     # Pad so that every rank's chunk is a whole number of blocks (and of bytes for signs).
@@ -138,8 +180,6 @@ def compressed_allreduce(state: CompressionState, tensor: torch.Tensor, bucket_i
     payload_chunk = payload.numel() // world  # int8: chunk values; sign: chunk / 8 bytes
     received_payload = torch.empty_like(payload)
     received_scales = torch.empty_like(scales)
-    futures = [dist.all_to_all_single(received_payload, payload, group=group, async_op=True).get_future(),
-               dist.all_to_all_single(received_scales, scales, group=group, async_op=True).get_future()]
     sent = 2 * (world - 1) * (payload_chunk + 4 * chunk_blocks)
     state._current.bytes_sent += sent
     state._current.bytes_received += sent
@@ -160,7 +200,7 @@ def compressed_allreduce(state: CompressionState, tensor: torch.Tensor, bucket_i
         except BaseException as error:  # a failed collective must reach the caller, not hang it
             fail(error)
 
-    def reduce_chunk(exchanged: torch.futures.Future) -> None:
+    def reduce_chunk(exchanged: torch.futures.Future, issued) -> None:
         try:
             for f in exchanged.value():
                 f.value()
@@ -172,13 +212,27 @@ def compressed_allreduce(state: CompressionState, tensor: torch.Tensor, bucket_i
             gathered_scales[:] = [torch.empty_like(mine_scales) for _ in range(world)]
             works = [dist.all_gather(gathered_payload, mine_payload, group=group, async_op=True),
                      dist.all_gather(gathered_scales, mine_scales, group=group, async_op=True)]
+            issued()
             torch.futures.collect_all([w.get_future() for w in works]).then(finish)
         except BaseException as error:
+            issued()
             fail(error)
+
+    def launch(issued) -> None:
+        # Phase 1 is issued; phase 2 follows it in the same sequence, so the next bucket
+        # waits (as a callback, never blocking) until this bucket's all_gathers are out.
+        try:
+            futures = [dist.all_to_all_single(received_payload, payload, group=group, async_op=True).get_future(),
+                       dist.all_to_all_single(received_scales, scales, group=group, async_op=True).get_future()]
+        except BaseException as error:
+            issued()
+            fail(error)
+            return
+        torch.futures.collect_all(futures).then(lambda exchanged: reduce_chunk(exchanged, issued))
 
     gathered_payload: list[torch.Tensor] = []
     gathered_scales: list[torch.Tensor] = []
-    torch.futures.collect_all(futures).then(reduce_chunk)
+    _in_issue_order(state, launch)
     return result
 
 

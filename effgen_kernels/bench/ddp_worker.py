@@ -1,0 +1,44 @@
+"""The per-process body of benchmarks/bench_allreduce.py (an importable module, so that
+spawned workers can find it): a DDP model with one of the communication hooks, timed."""
+
+import datetime
+import os
+import statistics
+import time
+
+import torch
+
+HIDDEN = 1024
+
+
+def ddp_step_worker(rank: int, world: int, port: int, hook: str, steps: int, out: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
+
+    from effgen_kernels.distributed import CompressionState, compressed_allreduce_hook
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(HIDDEN, HIDDEN) for _ in range(4)])
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    state = None
+    if hook in ("int8", "sign"):
+        state = CompressionState(codec=hook, warmup_steps=2)
+        ddp.register_comm_hook(state, compressed_allreduce_hook)
+    elif hook == "fp16":
+        ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
+    elif hook == "powersgd":
+        ddp.register_comm_hook(powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=4,
+                                                           start_powerSGD_iter=2), powerSGD_hook.powerSGD_hook)
+    x = torch.randn(32, HIDDEN)
+    times = []
+    for _ in range(steps):
+        begin = time.perf_counter()
+        ddp(x).square().mean().backward()
+        times.append(time.perf_counter() - begin)
+    if rank == 0:
+        sent = state.last_step.bytes_sent if state else None
+        torch.save({"median_s": statistics.median(times[4:]), "bytes_sent": sent}, os.path.join(out, f"{hook}.pt"))
+    dist.destroy_process_group()
