@@ -20,10 +20,6 @@ constexpr int64_t kBlockM = 64, kBlockN = 64;
 // weights are dequantized once and the product goes to torch's GEMM (a compute problem).
 constexpr int64_t kW8A16DirectMaxM = 16;
 
-at::Tensor float_bias(const std::optional<at::Tensor>& bias) {
-  return bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
-}
-
 // out[m, n] = (acc[m, n] * x_scale[m]) * w_scale[n] + bias[n]: xq [M, K], wq [N, K].
 void int8_gemm_into(const at::Tensor& xq, const at::Tensor& x_scale, int64_t x_stride, const at::Tensor& wq,
                     const at::Tensor& w_scale, int64_t w_stride, const at::Tensor& bias, at::Tensor& out) {
@@ -56,16 +52,8 @@ void int8_gemm_into(const at::Tensor& xq, const at::Tensor& x_scale, int64_t x_s
 at::Tensor int8_linear(const at::Tensor& xq, const at::Tensor& x_scale, const at::Tensor& wq,
                        const at::Tensor& w_scale, const std::optional<at::Tensor>& bias, at::ScalarType out_dtype) {
   constexpr const char* op = "int8_linear";
-  TORCH_CHECK_TYPE(xq.scalar_type() == at::kChar, op, ": xq must be int8, got ", xq.scalar_type());
   check_cpu(op, "xq", xq);
-  TORCH_CHECK_INDEX(xq.dim() > 0, op, ": xq must have at least 1 dimension, got a scalar");
-  check_out_dtype(op, out_dtype);
-  const int64_t k = xq.size(-1);
-  const int64_t x_stride = check_row_scale(op, "x_scale", x_scale, xq);
-  const int64_t n = check_int8_weight(op, wq, w_scale, k, xq);
-  const int64_t w_stride = check_channel_scale(op, w_scale, n);
-  check_bias(op, bias, n, xq);
-  check_k_bound(op, k);
+  const auto [k, n, x_stride, w_stride] = check_int8_linear(xq, x_scale, wq, w_scale, bias, out_dtype);
   at::Tensor out = at::empty(linear_out_shape(xq, n), xq.options().dtype(out_dtype));
   if (out.numel() == 0) return out;
   at::Tensor out_2d = out.view({-1, n});
@@ -77,35 +65,23 @@ at::Tensor int8_linear(const at::Tensor& xq, const at::Tensor& x_scale, const at
 at::Tensor int8_dynamic_linear(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& w_scale,
                                const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "int8_dynamic_linear";
-  check_float_input(op, "x", x);
   check_cpu(op, "x", x);
-  TORCH_CHECK_INDEX(x.dim() > 0, op, ": x must have at least 1 dimension, got a scalar");
-  const int64_t k = x.size(-1);
-  const int64_t n = check_int8_weight(op, wq, w_scale, k, x);
-  const int64_t w_stride = check_channel_scale(op, w_scale, n);
-  check_bias(op, bias, n, x);
-  check_k_bound(op, k);
+  const auto [k, n, x_stride, w_stride] = check_int8_dynamic_linear(x, wq, w_scale, bias);
   at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
   if (out.numel() == 0) return out;
   // Per-token activation quantization with the quant kernel; the int8 copy is a quarter
   // of x (an eighth of fp32 traffic) and is read straight back from cache for small M.
   const auto [xq, x_scale] = quantize_per_token_cpu(x.reshape({-1, k}));
   at::Tensor out_2d = out.view({-1, n});
-  int8_gemm_into(xq, x_scale, 1, wq.contiguous(), w_scale.contiguous(), w_stride, float_bias(bias), out_2d);
+  int8_gemm_into(xq, x_scale, x_stride, wq.contiguous(), w_scale.contiguous(), w_stride, float_bias(bias), out_2d);
   return out;
 }
 
 at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& w_scale,
                                    const std::optional<at::Tensor>& bias, std::optional<int64_t> group_size) {
   constexpr const char* op = "int8_weight_only_linear";
-  check_float_input(op, "x", x);
   check_cpu(op, "x", x);
-  TORCH_CHECK_INDEX(x.dim() > 0, op, ": x must have at least 1 dimension, got a scalar");
-  const int64_t k = x.size(-1);
-  const int64_t n = check_int8_weight(op, wq, w_scale, k, x);
-  const auto [groups, group] = check_w8a16_scale(op, w_scale, n, k, group_size);
-  check_bias(op, bias, n, x);
-  const int64_t m = k == 0 ? x.numel() : x.numel() / k;
+  const auto [k, n, m, groups, group] = check_int8_weight_only_linear(x, wq, w_scale, bias, group_size);
   if (m > kW8A16DirectMaxM) {
     const at::Tensor w = group_size.has_value()
                              ? dequantize_cpu(wq, w_scale, std::nullopt, group_size, x.scalar_type())

@@ -3,6 +3,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -78,6 +79,69 @@ inline std::vector<int64_t> linear_out_shape(const at::Tensor& x, int64_t n) {
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);
   shape.push_back(n);
   return shape;
+}
+
+// The bias as a contiguous fp32 tensor for the epilogues (undefined when there is none).
+inline at::Tensor float_bias(const std::optional<at::Tensor>& bias) {
+  return bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+}
+
+inline int64_t check_activation_rows(const char* op, const char* name, const at::Tensor& x) {
+  TORCH_CHECK_INDEX(x.dim() > 0, op, ": ", name, " must have at least 1 dimension, got a scalar");
+  return x.size(-1);
+}
+
+// The device-independent checks of each op (the glue checks the device first).
+struct Int8LinearShape {
+  int64_t k, n, x_stride, w_stride;
+};
+
+inline Int8LinearShape check_int8_linear(const at::Tensor& xq, const at::Tensor& x_scale, const at::Tensor& wq,
+                                         const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
+                                         at::ScalarType out_dtype) {
+  constexpr const char* op = "int8_linear";
+  TORCH_CHECK_TYPE(xq.scalar_type() == at::kChar, op, ": xq must be int8, got ", xq.scalar_type());
+  check_out_dtype(op, out_dtype);
+  Int8LinearShape s{};
+  s.k = check_activation_rows(op, "xq", xq);
+  s.x_stride = check_row_scale(op, "x_scale", x_scale, xq);
+  s.n = check_int8_weight(op, wq, w_scale, s.k, xq);
+  s.w_stride = check_channel_scale(op, w_scale, s.n);
+  check_bias(op, bias, s.n, xq);
+  check_k_bound(op, s.k);
+  return s;
+}
+
+inline Int8LinearShape check_int8_dynamic_linear(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& w_scale,
+                                                 const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "int8_dynamic_linear";
+  check_float_input(op, "x", x);
+  Int8LinearShape s{};
+  s.k = check_activation_rows(op, "x", x);
+  s.x_stride = 1;
+  s.n = check_int8_weight(op, wq, w_scale, s.k, x);
+  s.w_stride = check_channel_scale(op, w_scale, s.n);
+  check_bias(op, bias, s.n, x);
+  check_k_bound(op, s.k);
+  return s;
+}
+
+struct W8A16Shape {
+  int64_t k, n, m, groups, group;
+};
+
+inline W8A16Shape check_int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& w_scale,
+                                                const std::optional<at::Tensor>& bias,
+                                                std::optional<int64_t> group_size) {
+  constexpr const char* op = "int8_weight_only_linear";
+  check_float_input(op, "x", x);
+  W8A16Shape s{};
+  s.k = check_activation_rows(op, "x", x);
+  s.n = check_int8_weight(op, wq, w_scale, s.k, x);
+  std::tie(s.groups, s.group) = check_w8a16_scale(op, w_scale, s.n, s.k, group_size);
+  check_bias(op, bias, s.n, x);
+  s.m = s.k == 0 ? x.numel() : x.numel() / s.k;
+  return s;
 }
 
 }  // namespace effgen::ops
