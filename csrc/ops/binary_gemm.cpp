@@ -72,19 +72,6 @@ at::Tensor unpack_ternary(const at::Tensor& packed_in, int64_t k) {
 }
 
 // ---- products --------------------------------------------------------------------------
-struct Rows {
-  at::Tensor x;  // [M, K] contiguous
-  int64_t m, k;
-};
-
-Rows rows_of(const char* op, const at::Tensor& x) {
-  check_float_input(op, "x", x);
-  check_cpu(op, "x", x);
-  TORCH_CHECK_INDEX(x.dim() > 0, op, ": x must have at least 1 dimension, got a scalar");
-  const int64_t k = x.size(-1), m = k == 0 ? 0 : x.numel() / k;
-  return {x.reshape({m, k}).contiguous(), m, k};
-}
-
 // Sums of x over the set bits of each weight row, per group: [M, n_block * groups] per
 // 64-row block of weights, handed to `epilogue(j0, nb, sums)` in parallel.
 template <typename Epilogue>
@@ -166,15 +153,10 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_in, const
                          const std::optional<at::Tensor>& bias, std::optional<int64_t> group_size,
                          const std::optional<at::Tensor>& lut) {
   constexpr const char* op = "binary_linear";
-  const Rows r = rows_of(op, x);
-  check_packed(op, packed_in, r.k, 1, x);
-  const int64_t n = packed_in.size(0);
-  check_same_device(op, "alpha", alpha_in, x);
-  TORCH_CHECK_TYPE(alpha_in.scalar_type() == at::kFloat, op, ": alpha must be float32, got ", alpha_in.scalar_type());
-  const auto [groups, group] = check_w8a16_scale(op, alpha_in, n, r.k, group_size);
-  TORCH_CHECK_VALUE(!group_size.has_value() || *group_size % 16 == 0, op,
-                    ": group_size must be a multiple of 16, got ", *group_size);
-  check_bias(op, bias, n, x);
+  check_cpu(op, "x", x);
+  const BitsProduct p = check_bits_product(op, x, packed_in, 1, "alpha", alpha_in, bias, true, group_size);
+  const Rows& r = p.r;
+  const int64_t n = p.n, groups = p.groups, group = p.group;
   if (r.m > kDirectMaxM) {
     const at::Tensor alpha_full = group_size.has_value()
                                       ? alpha_in.repeat_interleave(*group_size, 1).narrow(1, 0, r.k)
@@ -224,13 +206,10 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_in, const
 at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed_in, const at::Tensor& scale_in,
                           const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& lut) {
   constexpr const char* op = "ternary_linear";
-  const Rows r = rows_of(op, x);
-  check_packed(op, packed_in, r.k, 2, x);
-  const int64_t n = packed_in.size(0);
-  check_same_device(op, "scale", scale_in, x);
-  TORCH_CHECK_TYPE(scale_in.scalar_type() == at::kFloat, op, ": scale must be float32, got ", scale_in.scalar_type());
-  const int64_t scale_stride = check_channel_scale(op, scale_in, n);
-  check_bias(op, bias, n, x);
+  check_cpu(op, "x", x);
+  const BitsProduct p = check_bits_product(op, x, packed_in, 2, "scale", scale_in, bias, false);
+  const Rows& r = p.r;
+  const int64_t n = p.n, scale_stride = p.scale_stride;
   if (r.m > kDirectMaxM) {
     return linear_with_expanded(x, packed_in, 2, scale_stride == 0 ? scale_in.reshape({}) : scale_in.reshape({n, 1}),
                                 bias);
@@ -277,13 +256,10 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed_in, cons
 at::Tensor xnor_linear(const at::Tensor& x, const at::Tensor& packed_in, const at::Tensor& alpha_in,
                        const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "xnor_linear";
-  const Rows r = rows_of(op, x);
-  check_packed(op, packed_in, r.k, 1, x);
-  const int64_t n = packed_in.size(0);
-  check_same_device(op, "alpha", alpha_in, x);
-  TORCH_CHECK_TYPE(alpha_in.scalar_type() == at::kFloat, op, ": alpha must be float32, got ", alpha_in.scalar_type());
-  const int64_t alpha_stride = check_channel_scale(op, alpha_in, n);
-  check_bias(op, bias, n, x);
+  check_cpu(op, "x", x);
+  const BitsProduct p = check_bits_product(op, x, packed_in, 1, "alpha", alpha_in, bias, false);
+  const Rows& r = p.r;
+  const int64_t n = p.n, alpha_stride = p.scale_stride;
   at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
   if (out.numel() == 0) return out;
   // The same ATen mean as reference.xnor_linear, so the scales agree to the bit.

@@ -18,4 +18,44 @@ inline void check_packed(const char* op, const at::Tensor& packed, int64_t k, in
                     packed.sizes());
 }
 
+// x viewed as contiguous [M, K] rows.
+struct Rows {
+  at::Tensor x;
+  int64_t m, k;
+};
+
+// The device-independent checks of binary_linear (grouped alpha allowed), ternary_linear
+// and xnor_linear (one scale per channel or per tensor); the glue checks the device first.
+struct BitsProduct {
+  Rows r;
+  int64_t n;
+  int64_t scale_stride = 1, groups = 1, group = 1;
+};
+
+inline BitsProduct check_bits_product(const char* op, const at::Tensor& x, const at::Tensor& packed, int planes,
+                                      const char* scale_name, const at::Tensor& scale,
+                                      const std::optional<at::Tensor>& bias, bool grouped,
+                                      std::optional<int64_t> group_size = std::nullopt) {
+  check_float_input(op, "x", x);
+  TORCH_CHECK_INDEX(x.dim() > 0, op, ": x must have at least 1 dimension, got a scalar");
+  BitsProduct p{};
+  p.r.k = x.size(-1);
+  p.r.m = p.r.k == 0 ? 0 : x.numel() / p.r.k;
+  check_packed(op, packed, p.r.k, planes, x);
+  p.n = packed.size(0);
+  check_same_device(op, scale_name, scale, x);
+  TORCH_CHECK_TYPE(scale.scalar_type() == at::kFloat, op, ": ", scale_name, " must be float32, got ",
+                   scale.scalar_type());
+  if (grouped) {
+    std::tie(p.groups, p.group) = check_w8a16_scale(op, scale, p.n, p.r.k, group_size);
+    TORCH_CHECK_VALUE(!group_size.has_value() || *group_size % 16 == 0, op,
+                      ": group_size must be a multiple of 16, got ", *group_size);
+  } else {
+    p.scale_stride = check_channel_scale(op, scale, p.n);
+  }
+  check_bias(op, bias, p.n, x);
+  p.r.x = x.reshape({p.r.m, p.r.k}).contiguous();
+  return p;
+}
+
 }  // namespace effgen::ops

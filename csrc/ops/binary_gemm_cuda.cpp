@@ -62,19 +62,6 @@ at::Tensor pack_ternary(const at::Tensor& q_in) {
   return out;
 }
 
-struct Rows {
-  at::Tensor x;
-  int64_t m, k;
-};
-
-Rows rows_of(const char* op, const at::Tensor& x) {
-  check_float_input(op, "x", x);
-  check_cuda(op, "x", x);
-  TORCH_CHECK_INDEX(x.dim() > 0, op, ": x must have at least 1 dimension, got a scalar");
-  const int64_t k = x.size(-1), m = k == 0 ? 0 : x.numel() / k;
-  return {x.reshape({m, k}).contiguous(), m, k};
-}
-
 std::optional<at::Tensor> bias_as(const std::optional<at::Tensor>& bias, at::ScalarType dtype) {
   return bias.has_value() ? std::optional<at::Tensor>(bias->to(dtype)) : std::nullopt;
 }
@@ -99,15 +86,10 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed, const at
                          const std::optional<at::Tensor>& bias, std::optional<int64_t> group_size,
                          const std::optional<at::Tensor>& /*lut*/) {
   constexpr const char* op = "binary_linear";
-  const Rows r = rows_of(op, x);
-  check_packed(op, packed, r.k, 1, x);
-  const int64_t n = packed.size(0);
-  check_same_device(op, "alpha", alpha, x);
-  TORCH_CHECK_TYPE(alpha.scalar_type() == at::kFloat, op, ": alpha must be float32, got ", alpha.scalar_type());
-  const auto [groups, group] = check_w8a16_scale(op, alpha, n, r.k, group_size);
-  TORCH_CHECK_VALUE(!group_size.has_value() || *group_size % 16 == 0, op,
-                    ": group_size must be a multiple of 16, got ", *group_size);
-  check_bias(op, bias, n, x);
+  check_cuda(op, "x", x);
+  const BitsProduct p = check_bits_product(op, x, packed, 1, "alpha", alpha, bias, true, group_size);
+  const Rows& r = p.r;
+  const int64_t n = p.n, groups = p.groups, group = p.group;
   const c10::cuda::CUDAGuard guard(x.device());
   if (r.m > cuda::kBitsMaxM) {
     const at::Tensor alpha_full =
@@ -121,13 +103,10 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed, const at
 at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
                           const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& /*lut*/) {
   constexpr const char* op = "ternary_linear";
-  const Rows r = rows_of(op, x);
-  check_packed(op, packed, r.k, 2, x);
-  const int64_t n = packed.size(0);
-  check_same_device(op, "scale", scale, x);
-  TORCH_CHECK_TYPE(scale.scalar_type() == at::kFloat, op, ": scale must be float32, got ", scale.scalar_type());
-  const int64_t scale_stride = check_channel_scale(op, scale, n);
-  check_bias(op, bias, n, x);
+  check_cuda(op, "x", x);
+  const BitsProduct p = check_bits_product(op, x, packed, 2, "scale", scale, bias, false);
+  const Rows& r = p.r;
+  const int64_t n = p.n, scale_stride = p.scale_stride;
   const c10::cuda::CUDAGuard guard(x.device());
   if (r.m > cuda::kBitsMaxM) {
     const at::Tensor w = at::mul(unpack_ternary(packed, r.k).to(at::kFloat),
@@ -140,21 +119,18 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed, const a
 at::Tensor xnor_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& alpha,
                        const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "xnor_linear";
-  const Rows r = rows_of(op, x);
-  check_packed(op, packed, r.k, 1, x);
-  const int64_t n = packed.size(0);
-  check_same_device(op, "alpha", alpha, x);
-  TORCH_CHECK_TYPE(alpha.scalar_type() == at::kFloat, op, ": alpha must be float32, got ", alpha.scalar_type());
-  const int64_t alpha_stride = check_channel_scale(op, alpha, n);
-  check_bias(op, bias, n, x);
+  check_cuda(op, "x", x);
+  const BitsProduct p = check_bits_product(op, x, packed, 1, "alpha", alpha, bias, false);
+  const Rows& r = p.r;
+  const int64_t n = p.n, alpha_stride = p.scale_stride;
   const c10::cuda::CUDAGuard guard(x.device());
   if (r.m * n == 0) return at::empty(linear_out_shape(x, n), x.options());
   const at::Tensor x_bits = at::empty({r.m, packed_row_bytes(r.k)}, x.options().dtype(at::kByte));
   check_launch(op, cuda::pack_signs(cuda_dtype(x.scalar_type()), r.x.data_ptr(), r.m, r.k,
                                     x_bits.data_ptr<uint8_t>(), stream()));
   at::Tensor disagree = at::empty({r.m, n}, x.options().dtype(at::kInt));
-  const at::Tensor p = packed.contiguous();
-  check_launch(op, cuda::xor_popcount(x_bits.data_ptr<uint8_t>(), p.data_ptr<uint8_t>(), r.m, n,
+  const at::Tensor weights = packed.contiguous();
+  check_launch(op, cuda::xor_popcount(x_bits.data_ptr<uint8_t>(), weights.data_ptr<uint8_t>(), r.m, n,
                                       packed_row_bytes(r.k), disagree.data_ptr<int32_t>(), stream()));
   // The epilogue in ATen ops, in the reference's order: dot * x_scale * alpha + bias.
   const at::Tensor x_scale = r.k == 0 ? at::zeros({r.m, 1}, x.options().dtype(at::kFloat))
