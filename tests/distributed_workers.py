@@ -6,7 +6,6 @@ import os
 import torch
 import torch.distributed as dist
 
-import effgen_kernels as ek
 from effgen_kernels.distributed import CompressionState, compressed_allreduce, compressed_allreduce_hook
 
 
@@ -100,6 +99,3 @@ def missing_peer(rank, world, port, out):
     with open(os.path.join(out, "0.txt"), "w") as f:
         f.write(message)
     os._exit(0)
-
-
-__all__ = ["allreduce_steps", "ek", "missing_peer", "train_ddp"]
