@@ -3,39 +3,32 @@
 #include "quant.h"
 
 namespace effgen::cpu {
+namespace {
 
-const QuantKernels& quant_kernels() {
+// The table of the active ISA; AMX machines run the AVX-512 tables (no AMX kernels yet).
+template <typename Table>
+const Table& for_active_isa(const Table& scalar, const Table& avx2, const Table& avx512) {
   switch (active_isa()) {
     case Isa::kAmx:
-    case Isa::kAvx512: return quant_kernels_avx512();
-    case Isa::kAvx2: return quant_kernels_avx2();
+    case Isa::kAvx512: return avx512;
+    case Isa::kAvx2: return avx2;
     case Isa::kScalar: break;
   }
-  return quant_kernels_scalar();
+  return scalar;
+}
+
+}  // namespace
+
+const QuantKernels& quant_kernels() {
+  return for_active_isa(quant_kernels_scalar(), quant_kernels_avx2(), quant_kernels_avx512());
 }
 
 const Int8GemmKernels& int8_gemm_kernels() {
-  switch (active_isa()) {
-    case Isa::kAmx:
-    case Isa::kAvx512: return int8_gemm_kernels_avx512();
-    case Isa::kAvx2: return int8_gemm_kernels_avx2();
-    case Isa::kScalar: break;
-  }
-  return int8_gemm_kernels_scalar();
+  return for_active_isa(int8_gemm_kernels_scalar(), int8_gemm_kernels_avx2(), int8_gemm_kernels_avx512());
 }
 
-}  // namespace effgen::cpu
-
-namespace effgen::cpu {
-
 const BinaryGemmKernels& binary_gemm_kernels() {
-  switch (active_isa()) {
-    case Isa::kAmx:
-    case Isa::kAvx512: return binary_gemm_kernels_avx512();
-    case Isa::kAvx2: return binary_gemm_kernels_avx2();
-    case Isa::kScalar: break;
-  }
-  return binary_gemm_kernels_scalar();
+  return for_active_isa(binary_gemm_kernels_scalar(), binary_gemm_kernels_avx2(), binary_gemm_kernels_avx512());
 }
 
 }  // namespace effgen::cpu
