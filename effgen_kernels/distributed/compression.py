@@ -134,12 +134,19 @@ def _decompress_sum(state: CompressionState, payload: torch.Tensor, scales: torc
     return _ops.decompress_sum_sign(payload, scales, n, state.block_size)
 
 
-def _plain_allreduce(state: CompressionState, tensor: torch.Tensor, group, world: int) -> torch.futures.Future:
+def _group(state: CompressionState):
+    """The state's process group, looked up when a collective is issued. Callbacks must not
+    keep it in a closure: the last reference could then die on gloo's own thread after the
+    user destroyed the group, and its destructor would try to join that very thread."""
+    return state.process_group if state.process_group is not None else dist.group.WORLD
+
+
+def _plain_allreduce(state: CompressionState, tensor: torch.Tensor, world: int) -> torch.futures.Future:
     result: torch.futures.Future = torch.futures.Future()
 
     def launch(issued) -> None:
         try:
-            work = dist.all_reduce(tensor, group=group, async_op=True)
+            work = dist.all_reduce(tensor, group=_group(state), async_op=True)
         except BaseException as error:
             issued()
             result.set_exception(error)
@@ -161,13 +168,12 @@ def _settle(result: torch.futures.Future, compute) -> None:
 def compressed_allreduce(state: CompressionState, tensor: torch.Tensor, bucket_index: int = 0) -> torch.futures.Future:
     """Average ``tensor`` (1-D) over the state's process group with the two-phase compressed
     all-reduce; returns a Future that completes with ``tensor`` holding the average."""
-    group = state.process_group if state.process_group is not None else dist.group.WORLD
-    world = dist.get_world_size(group)
+    world = dist.get_world_size(_group(state))
     n = tensor.numel()
     if world == 1 or state.step < state.warmup_steps or n < state.min_compress_numel:
         state._current.bytes_sent += 2 * (world - 1) * n * tensor.element_size() // max(world, 1)
         state._current.bytes_uncompressed += 2 * (world - 1) * n * 4 // max(world, 1)
-        return _plain_allreduce(state, tensor, group, world)
+        return _plain_allreduce(state, tensor, world)
 
     block = state.block_size
     # Pad so that every rank's chunk is a whole number of blocks (and of bytes for signs).
@@ -210,6 +216,7 @@ def compressed_allreduce(state: CompressionState, tensor: torch.Tensor, bucket_i
             mine_payload, mine_scales = _compress(state, total.div_(world), server_error)
             gathered_payload[:] = [torch.empty_like(mine_payload) for _ in range(world)]
             gathered_scales[:] = [torch.empty_like(mine_scales) for _ in range(world)]
+            group = _group(state)
             works = [dist.all_gather(gathered_payload, mine_payload, group=group, async_op=True),
                      dist.all_gather(gathered_scales, mine_scales, group=group, async_op=True)]
             issued()
@@ -222,6 +229,7 @@ def compressed_allreduce(state: CompressionState, tensor: torch.Tensor, bucket_i
         # Phase 1 is issued; phase 2 follows it in the same sequence, so the next bucket
         # waits (as a callback, never blocking) until this bucket's all_gathers are out.
         try:
+            group = _group(state)
             futures = [dist.all_to_all_single(received_payload, payload, group=group, async_op=True).get_future(),
                        dist.all_to_all_single(received_scales, scales, group=group, async_op=True).get_future()]
         except BaseException as error:
