@@ -22,7 +22,7 @@ bench: build
 
 lint: $(VENV)/.deps
 	$(PY) -m pip install --quiet ruff
-	$(VENV)/bin/ruff check effgen_kernels tests benchmarks scripts
+	$(VENV)/bin/ruff check effgen_kernels tests benchmarks scripts examples
 
 # torch comes first and the package is built against it without build isolation, so the
 # extension links the very torch it will run with.

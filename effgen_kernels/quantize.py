@@ -12,6 +12,7 @@ from .nn import (
     BinaryLinear,
     BinaryTrainLinear,
     Int8Linear,
+    Int8TrainLinear,
     Int8WeightOnlyLinear,
     TernaryLinear,
     TernaryTrainLinear,
@@ -35,6 +36,12 @@ class Int8Config:
     def convert(self, linear: nn.Linear, name: str = "") -> nn.Module:
         absmax = None if self.activation_absmax is None else self.activation_absmax.get(name)
         return Int8Linear.from_float(linear, absmax, self.smoothing_alpha)
+
+    def trainable(self, linear: nn.Linear) -> nn.Module:
+        if self.activation_absmax is not None:
+            raise ValueError("quantization-aware training takes an Int8Config without activation_absmax "
+                             "(SmoothQuant is a post-training transform)")
+        return Int8TrainLinear.from_float(linear)
 
     def cannot_convert(self, linear: nn.Linear) -> str | None:
         if linear.in_features > MAX_INT8_IN_FEATURES:
@@ -161,17 +168,19 @@ def quantize_(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bo
 
 
 def prepare(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bool] | None = None) -> QuantizeSummary:
-    """Quantization-aware training: swap nn.Linear layers for the trainable form of a
-    BinaryConfig / TernaryConfig (latent float weights, straight-through estimator)."""
+    """Quantization-aware training: swap nn.Linear layers for the trainable form of an
+    Int8Config (fake-quant W8A8), BinaryConfig or TernaryConfig (latent float weights,
+    straight-through estimator)."""
     if not hasattr(config, "trainable"):
-        raise TypeError(f"{type(config).__name__} has no trainable form; use BinaryConfig or TernaryConfig")
+        raise TypeError(f"{type(config).__name__} has no trainable form; use Int8Config, BinaryConfig or "
+                        "TernaryConfig")
     return _replace_linears(model, config, lambda linear, name: config.trainable(linear), filter_fn)
 
 
 def convert(model: nn.Module) -> list[str]:
-    """After training: swap every trainable binary / ternary layer for its packed inference
+    """After training: swap every trainable int8 / binary / ternary layer for its inference
     module (identical outputs in eval mode). Returns the names converted."""
-    trainable = (BinaryTrainLinear, TernaryTrainLinear)
+    trainable = (Int8TrainLinear, BinaryTrainLinear, TernaryTrainLinear)
     names = [name for name, module in model.named_modules() if isinstance(module, trainable)]
     for name in names:
         _swap(model, name, model.get_submodule(name).to_inference())

@@ -130,3 +130,33 @@ class Int8WeightOnlyLinear(_QuantizedLinearBase):
     def extra_repr(self) -> str:
         scales = "per-channel" if self.group_size is None else f"per-group (group_size={self.group_size})"
         return super().extra_repr() + f", weights=int8 {scales}, activations=float"
+
+
+def _fake_int8(t: torch.Tensor, quantize, axis: int | None) -> torch.Tensor:
+    """t rounded through int8 with our quant kernels in the forward pass; identity gradient
+    (straight-through estimator)."""
+    q, scale = quantize(t.detach())
+    return t + (ops.dequantize(q, scale, axis=axis, out_dtype=t.dtype) - t).detach()
+
+
+class Int8TrainLinear(nn.Linear):
+    """Quantization-aware training for W8A8: in training, weights are fake-quantized per
+    output channel and activations per token, exactly as Int8Linear quantizes them, with a
+    straight-through gradient. In eval mode it runs the int8 kernel itself, so
+    ``to_inference()`` (and ``effgen_kernels.convert``) changes nothing in its outputs."""
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear) -> Int8TrainLinear:
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None,
+                     device=linear.weight.device, dtype=linear.weight.dtype)
+        module.load_state_dict(linear.state_dict())
+        return module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return self.to_inference()(x)
+        weight = _fake_int8(self.weight, lambda w: ops.quantize_per_channel(w, axis=0), axis=0)
+        return nn.functional.linear(_fake_int8(x, ops.quantize_per_token, axis=None), weight, self.bias)
+
+    def to_inference(self) -> Int8Linear:
+        return Int8Linear.from_float(self)

@@ -1,0 +1,163 @@
+"""Distillation objectives: Hinton KD on logits, hidden-state matching, attention-map matching.
+
+Every loss takes the teacher's tensors as targets and detaches them, so gradients reach the
+student (and a loss's own projections) only. Positions are masked with a boolean ``mask``
+(True = counts) shaped like the logits / hidden states without their last dimension; for
+language models it usually comes from ``labels != ignore_index``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _masked_mean(per_position: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the positions where mask is True (0 when none is, with the graph kept)."""
+    if mask is None:
+        return per_position.mean()
+    if mask.shape != per_position.shape:
+        raise ValueError(f"mask must have shape {tuple(per_position.shape)}, got {tuple(mask.shape)}")
+    weights = mask.to(per_position.dtype)
+    return (per_position * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+def kl_per_position(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(softmax(t / T) || softmax(s / T)) at every position, in fp32 from log-softmaxes
+    (no exp of large logits, no log of 0)."""
+    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_p_teacher = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
+    return F.kl_div(log_p_student, log_p_teacher, reduction="none", log_target=True).sum(-1)
+
+
+class DistillationLoss(nn.Module):
+    """Hinton et al.'s knowledge-distillation loss on logits ``[..., V]`` (e.g. ``[B, T, V]``):
+
+        alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(s, y)
+
+    averaged over the positions whose label is not ``ignore_index`` (padding). The T^2
+    keeps the soft-target gradients on the same scale as the hard-label ones for any T.
+    With ``alpha=1`` no labels are needed (pure distillation)."""
+
+    def __init__(self, temperature: float = 2.0, alpha: float = 0.5, ignore_index: int = -100) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+        self.temperature, self.alpha, self.ignore_index = float(temperature), float(alpha), ignore_index
+
+    def terms(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
+              labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The loss and its two parts: {"loss", "kd", "ce"} (kd before alpha * T^2).
+        ``teacher_logits`` may be None when alpha is 0 (training on the labels alone)."""
+        self._check(student_logits, teacher_logits, labels)
+        mask = None if labels is None else labels != self.ignore_index
+        loss = kd = ce = torch.zeros((), device=student_logits.device)
+        if teacher_logits is not None:
+            kd = _masked_mean(kl_per_position(student_logits, teacher_logits, self.temperature), mask)
+            loss = self.alpha * self.temperature**2 * kd
+        if labels is not None:
+            flat_logits = student_logits.float().reshape(-1, student_logits.shape[-1])
+            per_position = F.cross_entropy(flat_logits, labels.reshape(-1).clamp(min=0), reduction="none")
+            ce = _masked_mean(per_position.reshape(labels.shape), mask)
+            loss = loss + (1.0 - self.alpha) * ce
+        return {"loss": loss, "kd": kd.detach(), "ce": ce.detach()}
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.terms(student_logits, teacher_logits, labels)["loss"]
+
+    def _check(self, student_logits, teacher_logits, labels) -> None:
+        if teacher_logits is None:
+            if self.alpha > 0:
+                raise ValueError(f"teacher_logits are required when alpha > 0 (alpha={self.alpha})")
+        elif student_logits.shape != teacher_logits.shape:
+            raise ValueError(f"student_logits {tuple(student_logits.shape)} and teacher_logits "
+                             f"{tuple(teacher_logits.shape)} must have the same shape (same vocabulary)")
+        if not student_logits.is_floating_point():
+            raise TypeError(f"student_logits must be a float tensor, got {student_logits.dtype}")
+        if labels is None:
+            if self.alpha < 1.0:
+                raise ValueError(f"labels are required when alpha < 1 (alpha={self.alpha})")
+            return
+        if labels.shape != student_logits.shape[:-1]:
+            raise ValueError(f"labels must have shape {tuple(student_logits.shape[:-1])} (the logits without "
+                             f"the vocabulary dimension), got {tuple(labels.shape)}")
+        if labels.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"labels must be int64 class indices, got {labels.dtype}")
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, alpha={self.alpha}, ignore_index={self.ignore_index}"
+
+
+def _layer_pairs(layer_map) -> list[tuple[int, int]]:
+    pairs = list(layer_map.items()) if isinstance(layer_map, dict) else [tuple(p) for p in layer_map]
+    if not pairs or any(len(p) != 2 for p in pairs):
+        raise ValueError(f"layer_map must be a non-empty {{student_layer: teacher_layer}} mapping or list of "
+                         f"pairs, got {layer_map!r}")
+    return [(int(s), int(t)) for s, t in pairs]
+
+
+def _pick(states: Sequence[torch.Tensor], index: int, what: str) -> torch.Tensor:
+    if not -len(states) <= index < len(states):
+        raise IndexError(f"layer_map names {what} layer {index}, but the {what} returned {len(states)} states")
+    return states[index]
+
+
+class HiddenStateLoss(nn.Module):
+    """Mean squared error between mapped hidden states, ``layer_map`` {student_layer:
+    teacher_layer} (indices into the ``hidden_states`` tuples, 0 = embeddings, as in
+    Hugging Face models). When the widths differ, a learned linear projection per pair maps
+    the student's state to the teacher's width (FitNets); its parameters belong to this
+    module and must be trained with the student."""
+
+    def __init__(self, layer_map, student_dim: int, teacher_dim: int) -> None:
+        super().__init__()
+        self.pairs = _layer_pairs(layer_map)
+        self.student_dim, self.teacher_dim = student_dim, teacher_dim
+        self.projections = nn.ModuleList(
+            nn.Identity() if student_dim == teacher_dim else nn.Linear(student_dim, teacher_dim, bias=False)
+            for _ in self.pairs)
+
+    def forward(self, student_hidden: Sequence[torch.Tensor], teacher_hidden: Sequence[torch.Tensor],
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        losses = []
+        for (s, t), project in zip(self.pairs, self.projections, strict=True):
+            student, teacher = _pick(student_hidden, s, "student"), _pick(teacher_hidden, t, "teacher")
+            if student.shape[-1] != self.student_dim or teacher.shape[-1] != self.teacher_dim:
+                raise ValueError(f"pair ({s}, {t}): expected widths {self.student_dim} -> {self.teacher_dim}, got "
+                                 f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)}")
+            projected = project(student).float()
+            per_position = (projected - teacher.detach().float()).pow(2).mean(-1)
+            losses.append(_masked_mean(per_position, mask))
+        return torch.stack(losses).mean()
+
+
+class AttentionMapLoss(nn.Module):
+    """KL(teacher || student) between mapped attention maps ``[B, H, T, T]`` (each query row a
+    probability distribution, as Hugging Face returns with ``output_attentions=True``).
+    When the head counts differ, both sides are averaged over heads first. ``mask`` [B, T]
+    selects the query positions that count."""
+
+    def __init__(self, layer_map, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.pairs, self.eps = _layer_pairs(layer_map), eps
+
+    def forward(self, student_attentions: Sequence[torch.Tensor], teacher_attentions: Sequence[torch.Tensor],
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        losses = []
+        for s, t in self.pairs:
+            student = _pick(student_attentions, s, "student").float()
+            teacher = _pick(teacher_attentions, t, "teacher").detach().float()
+            if student.dim() != 4 or student.shape[2:] != teacher.shape[2:] or student.shape[0] != teacher.shape[0]:
+                raise ValueError(f"pair ({s}, {t}): attention maps must be [B, H, T, T] with equal B and T, got "
+                                 f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)}")
+            if student.shape[1] != teacher.shape[1]:
+                student, teacher = student.mean(1, keepdim=True), teacher.mean(1, keepdim=True)
+            per_row = (teacher * ((teacher + self.eps).log() - (student + self.eps).log())).sum(-1).mean(1)
+            losses.append(_masked_mean(per_row, mask))
+        return torch.stack(losses).mean()

@@ -1,0 +1,65 @@
+"""The example GPT model and the byte-level corpus helpers."""
+
+import math
+
+import pytest
+import torch
+
+from effgen_kernels.gpt import GPT, GPTConfig, evaluate_perplexity, lm_batch, stdlib_source_bytes
+
+
+def tiny() -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(context=16, dim=24, layers=2, heads=3))
+
+
+def test_explicit_attention_matches_the_fused_path_and_maps_are_causal_distributions():
+    model = tiny().eval()
+    ids = torch.randint(0, 256, (2, 11))
+    fused = model(ids)
+    explicit = model(ids, output_hidden_states=True, output_attentions=True)
+    torch.testing.assert_close(fused.logits, explicit.logits, rtol=1e-5, atol=1e-5)
+    assert len(explicit.hidden_states) == 3 and len(explicit.attentions) == 2
+    for weights in explicit.attentions:
+        assert weights.shape == (2, 3, 11, 11)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3, 11))
+        assert torch.equal(weights.triu(1), torch.zeros_like(weights))  # nothing attends to the future
+
+
+def test_outputs_do_not_depend_on_future_tokens():
+    model = tiny().eval()
+    ids = torch.randint(0, 256, (1, 12))
+    changed = ids.clone()
+    changed[0, 8:] = (changed[0, 8:] + 1) % 256
+    torch.testing.assert_close(model(ids).logits[:, :8], model(changed).logits[:, :8])
+
+
+def test_bad_inputs_name_the_problem():
+    model = tiny()
+    with pytest.raises(ValueError, match="exceeds the model's context"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+    with pytest.raises(ValueError, match="input_ids"):
+        model(torch.zeros(17))
+    with pytest.raises(ValueError, match="multiple of heads"):
+        GPTConfig(dim=10, heads=3)
+
+
+def test_corpus_splits_are_disjoint_and_batches_reproducible():
+    train, validation = stdlib_source_bytes(max_bytes=300_000)
+    assert train.numel() >= 300_000 and validation.numel() > 2000
+    assert bytes(validation[:2000].tolist()) not in bytes(train.tolist())
+    a, b = lm_batch(train, 7, 4, 32), lm_batch(train, 7, 4, 32)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[0][:, 1:], a[1][:, :-1])
+    assert not torch.equal(a[0], lm_batch(train, 8, 4, 32)[0])
+
+
+def test_perplexity_of_a_uniform_model_is_the_vocabulary_size():
+    model = tiny()
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+    stream = torch.randint(0, 256, (500,), dtype=torch.uint8)
+    assert evaluate_perplexity(model, stream, 16) == pytest.approx(256.0, rel=1e-5)
+    assert model.training  # restored
+    with pytest.raises(ValueError, match="shorter than one window"):
+        evaluate_perplexity(model, stream[:10], 16)
+    assert math.isfinite(evaluate_perplexity(tiny(), stream, 16, max_windows=3))
