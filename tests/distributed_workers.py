@@ -6,6 +6,7 @@ import os
 import torch
 import torch.distributed as dist
 
+from effgen_kernels.bench.ddp_worker import finish_worker
 from effgen_kernels.distributed import CompressionState, compressed_allreduce, compressed_allreduce_hook
 
 
@@ -28,7 +29,8 @@ def allreduce_steps(rank, world, port, out, codec, n, steps, block):
         results.append(compressed_allreduce(state, grads, 0).wait().clone())
         state._end_step()
     torch.save({"results": results, "traffic": state.last_step}, os.path.join(out, f"{rank}.pt"))
-    dist.destroy_process_group()
+    del state
+    finish_worker()
 
 
 def digits_data():
@@ -82,7 +84,8 @@ def train_ddp(rank, world, port, out, codec, steps, resume_at=None, bucket_cap_m
     params = [p.detach().clone() for p in model.parameters()]
     traffic = state.last_step if state else None
     torch.save({"losses": losses, "params": params, "traffic": traffic}, os.path.join(out, f"{rank}.pt"))
-    dist.destroy_process_group()
+    del model, opt, state
+    finish_worker()
 
 
 def missing_peer(rank, world, port, out):
