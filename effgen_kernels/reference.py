@@ -59,7 +59,7 @@ __all__ = [
 QMAX_INT8 = 127
 
 
-def _symmetric(x: torch.Tensor, absmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def symmetric_int8(x: torch.Tensor, absmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize x with scale = absmax/127 broadcast against it; scale 0 where absmax is 0."""
     scale = absmax / QMAX_INT8
     inv_scale = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
@@ -71,7 +71,7 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 per row of the last dim: q has x's shape, scale has shape x.shape[:-1]."""
     absmax = x.float().abs().amax(dim=-1, keepdim=True) if x.shape[-1] > 0 else x.new_zeros(
         (*x.shape[:-1], 1), dtype=torch.float32)
-    q, scale = _symmetric(x, absmax)
+    q, scale = symmetric_int8(x, absmax)
     return q, scale.squeeze(-1)
 
 
@@ -86,7 +86,7 @@ def quantize_per_group(x: torch.Tensor, group_size: int) -> tuple[torch.Tensor, 
     pad = groups * group_size - k
     padded = torch.nn.functional.pad(x.float(), (0, pad)).reshape(*x.shape[:-1], groups, group_size)
     absmax = padded.abs().amax(dim=-1, keepdim=True) if group_size > 0 and groups > 0 else padded[..., :1]
-    q, scale = _symmetric(padded, absmax)
+    q, scale = symmetric_int8(padded, absmax)
     return q.reshape(*x.shape[:-1], groups * group_size)[..., :k], scale.squeeze(-1)
 
 
@@ -100,7 +100,7 @@ def quantize_per_channel(w: torch.Tensor, axis: int) -> tuple[torch.Tensor, torc
         absmax = w.float().abs().amax(dim=other, keepdim=True)
     else:  # 1-D: every element is its own channel (amax over no dims would reduce all)
         absmax = w.float().abs()
-    q, scale = _symmetric(w, absmax)
+    q, scale = symmetric_int8(w, absmax)
     return q, scale.reshape(-1)
 
 

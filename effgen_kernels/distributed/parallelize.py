@@ -1,0 +1,119 @@
+"""parallelize(model, mesh): tensor-parallel plans for transformer blocks, and the 2-D
+data x tensor mesh for hybrid training."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+from .tensor_parallel import QUANTIZED_LAYERS, ColumnParallelLinear, RowParallelLinear, group_size_and_rank
+
+# Llama / GPT naming (Hugging Face and effgen_kernels.gpt): the projections into the heads
+# and the MLP's hidden layer are cut by output feature, the projections back by input
+# feature, so each attention or MLP sub-block needs a single all-reduce.
+TRANSFORMER_PLAN = {"q_proj": "column", "k_proj": "column", "v_proj": "column", "gate_proj": "column",
+                    "up_proj": "column", "o_proj": "row", "down_proj": "row"}
+
+
+def tensor_parallel_group(mesh_or_group=None):
+    """The process group of the "tp" dimension of a DeviceMesh (or of a 1-D mesh); a
+    ProcessGroup or None (the default group) is returned as is."""
+    if isinstance(mesh_or_group, DeviceMesh):
+        names = mesh_or_group.mesh_dim_names or ()
+        if "tp" in names:
+            return mesh_or_group.get_group("tp")
+        if mesh_or_group.ndim != 1:
+            raise ValueError(f"a {mesh_or_group.ndim}-D DeviceMesh needs a dimension named 'tp', got {names}")
+        return mesh_or_group.get_group()
+    return mesh_or_group
+
+
+def _check_heads(model: nn.Module, world: int) -> None:
+    config = getattr(model, "config", None)
+    for field in ("num_attention_heads", "num_key_value_heads", "heads"):
+        heads = getattr(config, field, None)
+        if isinstance(heads, int) and heads % world:
+            raise ValueError(f"{field} ({heads}) is not divisible by the tensor-parallel size {world}: attention "
+                             f"heads are split across the tensor-parallel group")
+
+
+def parallelize(model: nn.Module, mesh_or_group=None, plan: dict[str, str] | None = None, quant=None,
+                compress_block_size: int | None = None) -> list[str]:
+    """Shard ``model`` in place for tensor parallelism over the mesh's "tp" group.
+
+    ``plan`` maps the last component of a layer's name to "column" or "row" (default
+    TRANSFORMER_PLAN). Attention heads are split with their q/k/v rows, so the head counts
+    must divide by the tp size. ``quant`` (an Int8Config, Int8WeightOnlyConfig,
+    BinaryConfig or TernaryConfig) quantizes each planned layer before cutting it;
+    ``compress_block_size`` turns on the int8 activation all-reduce in row layers.
+    Embeddings, norms and the LM head stay replicated. Returns the names sharded."""
+    group = tensor_parallel_group(mesh_or_group)
+    world, _ = group_size_and_rank(group)
+    plan = TRANSFORMER_PLAN if plan is None else plan
+    unknown = {style for style in plan.values()} - {"column", "row"}
+    if unknown:
+        raise ValueError(f"plan styles must be 'column' or 'row', got {sorted(unknown)}")
+    _check_heads(model, world)
+    sharded = []
+    for name, module in list(model.named_modules()):
+        style = plan.get(name.rsplit(".", 1)[-1])
+        if style is None or not (type(module) is nn.Linear or isinstance(module, QUANTIZED_LAYERS)):
+            continue
+        if style == "column":
+            replacement = ColumnParallelLinear.from_linear(module, group, quant=quant)
+        else:
+            replacement = RowParallelLinear.from_linear(module, group, quant=quant,
+                                                        compress_block_size=compress_block_size)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, replacement)
+        sharded.append(name)
+    for module in model.modules():  # the example GPT's attention keeps its local head count
+        if hasattr(module, "num_heads") and isinstance(getattr(module, "q_proj", None), ColumnParallelLinear):
+            if module.num_heads % world:
+                raise ValueError(f"num_heads ({module.num_heads}) is not divisible by the tensor-parallel size {world}")
+            module.num_heads //= world
+    if not sharded:
+        raise ValueError(f"no layer of the model matched the plan {sorted(plan)}")
+    return sharded
+
+
+def init_hybrid(dp: int, tp: int, device_type: str = "cpu") -> DeviceMesh:
+    """A 2-D ("dp", "tp") DeviceMesh over the default group (init_process_group first):
+    ranks r and r + 1 ... r + tp - 1 form a tensor-parallel group (neighbours, the fast
+    links), and ranks with the same tp index form a data-parallel group."""
+    world = dist.get_world_size()
+    if dp * tp != world:
+        raise ValueError(f"dp ({dp}) x tp ({tp}) must equal the world size ({world})")
+    return init_device_mesh(device_type, (dp, tp), mesh_dim_names=("dp", "tp"))
+
+
+def replicated_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The trainable parameters every tensor-parallel rank holds whole (embeddings, norms,
+    row-parallel biases, the LM head): all but the shards of the parallel layers."""
+    shards = {id(p) for module in model.modules() if isinstance(module, (ColumnParallelLinear, RowParallelLinear))
+              for p in module.local.parameters()}
+    return [p for p in model.parameters() if p.requires_grad and id(p) not in shards]
+
+
+def sync_replicated_grads(model: nn.Module, mesh_or_group=None) -> None:
+    """Average the replicated parameters' gradients over the tensor-parallel group.
+
+    Exact data-parallel all-reduces give every tp rank the same gradients for them, but a
+    lossy compressed hook on the dp groups does not: its blocks mix replicated values with
+    the rank's own shard values, so the tp ranks quantize them differently and their copies
+    drift apart. Call this after backward (before the optimizer step) when the dp hook
+    compresses; it costs one all-reduce of the replicated gradients on the tp group."""
+    group = tensor_parallel_group(mesh_or_group)
+    world, _ = group_size_and_rank(group)
+    grads = [p.grad for p in replicated_parameters(model) if p.grad is not None]
+    if world == 1 or not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, group=group)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()

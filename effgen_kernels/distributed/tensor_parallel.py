@@ -1,0 +1,404 @@
+"""Tensor parallelism (Megatron-LM style) on torch.distributed, with quantized weight shards.
+
+A column-parallel layer holds rows ``[out/p, in]`` of the weight: every rank sees the whole
+input and computes its slice of the output features. A row-parallel layer holds columns
+``[out, in/p]``: every rank sees its slice of the input features, the partial products are
+summed across the group, and the bias is added once, after the sum. Column -> row pairs
+(q/k/v -> o_proj, up -> down) therefore need one all-reduce in the forward pass and one in
+the backward pass, made explicit by the four autograd mappings below.
+
+Quantized shards are cut from the quantized full layer (``from_linear``), so a
+tensor-parallel quantized model computes what the single-process quantized model computes:
+per-output-channel scales travel with their rows; in a row-parallel W8A8 layer the per-token
+activation scale is agreed on across the group (an all-reduce of the per-token |x| maxima,
+[tokens] floats) so that every shard quantizes with the full row's scale.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .. import ops, reference
+from ..nn import BinaryLinear, Int8Linear, Int8WeightOnlyLinear, TernaryLinear
+
+QUANTIZED_LAYERS = (Int8Linear, Int8WeightOnlyLinear, BinaryLinear, TernaryLinear)
+
+
+def group_size_and_rank(group) -> tuple[int, int]:
+    if not dist.is_initialized():
+        raise RuntimeError("tensor parallelism needs torch.distributed: call dist.init_process_group first "
+                           "(torchrun sets up the environment)")
+    return dist.get_world_size(group), dist.get_rank(group)
+
+
+def _split_last(x: torch.Tensor, group) -> torch.Tensor:
+    world, rank = group_size_and_rank(group)
+    if x.shape[-1] % world:
+        raise ValueError(f"the last dimension ({x.shape[-1]}) is not divisible by the tensor-parallel size {world}")
+    return x.chunk(world, dim=-1)[rank].contiguous()
+
+
+def _gather_last(x: torch.Tensor, group) -> torch.Tensor:
+    world, _ = group_size_and_rank(group)
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.contiguous(), group=group)
+    return torch.cat(parts, dim=-1)
+
+
+def _all_reduce(x: torch.Tensor, group) -> torch.Tensor:
+    x = x.contiguous().clone()
+    dist.all_reduce(x, group=group)
+    return x
+
+
+class _CopyToRegion(torch.autograd.Function):
+    """Forward: identity (every rank has the full input). Backward: sum of the ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _all_reduce(grad, ctx.group), None
+
+
+class _ReduceFromRegion(torch.autograd.Function):
+    """Forward: sum of the ranks' partial outputs. Backward: identity."""
+
+    @staticmethod
+    def forward(ctx, x, group, block_size):
+        return _all_reduce(x, group) if block_size is None else _int8_all_reduce(x, group, block_size)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None, None
+
+
+class _ScatterToRegion(torch.autograd.Function):
+    """Forward: this rank's slice of the last dimension. Backward: gather the slices."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _split_last(x, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _gather_last(grad, ctx.group), None
+
+
+class _GatherFromRegion(torch.autograd.Function):
+    """Forward: concatenate the ranks' slices of the last dimension. Backward: take ours."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _gather_last(x, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _split_last(grad, ctx.group), None
+
+
+def copy_to_tensor_parallel_region(x: torch.Tensor, group=None) -> torch.Tensor:
+    return _CopyToRegion.apply(x, group)
+
+
+def reduce_from_tensor_parallel_region(x: torch.Tensor, group=None, compress_block_size: int | None = None):
+    """Sum over the group; with ``compress_block_size`` each rank sends its part as int8
+    with one scale per block of that many values (about 4x fewer bytes, lossy)."""
+    return _ReduceFromRegion.apply(x, group, compress_block_size)
+
+
+def scatter_to_tensor_parallel_region(x: torch.Tensor, group=None) -> torch.Tensor:
+    return _ScatterToRegion.apply(x, group)
+
+
+def gather_from_tensor_parallel_region(x: torch.Tensor, group=None) -> torch.Tensor:
+    return _GatherFromRegion.apply(x, group)
+
+
+def _int8_all_reduce(x: torch.Tensor, group, block_size: int) -> torch.Tensor:
+    """All-gather of int8 blocks + scales, then every rank dequantizes and sums the parts in
+    rank order (so all ranks get the same bits). The quantize and dequantize are our kernels."""
+    world, _ = group_size_and_rank(group)
+    q, scales = ops.quantize_per_group(x.detach().float().contiguous(), block_size)
+    q_parts = [torch.empty_like(q) for _ in range(world)]
+    scale_parts = [torch.empty_like(scales) for _ in range(world)]
+    dist.all_gather(q_parts, q, group=group)
+    dist.all_gather(scale_parts, scales, group=group)
+    total = torch.zeros_like(x, dtype=torch.float32)
+    for q_part, scale_part in zip(q_parts, scale_parts, strict=True):
+        total += ops.dequantize(q_part, scale_part, group_size=block_size)
+    return total.to(x.dtype)
+
+
+# Which dimension of each tensor of a layer follows the output / input features. "packed"
+# tensors hold the input dimension in bits: 8 inputs per byte (binary), or two bit planes of
+# K/8 bytes each (ternary, positive plane then negative plane).
+_OUT, _IN, _WHOLE = "out", "in", "whole"
+
+
+def _layout(module: nn.Module, name: str, shard: str) -> str:
+    """How tensor ``name`` of ``module`` is cut when the layer is sharded along ``shard``
+    ("out" for column parallel, "in" for row parallel): "out"/"in" = along that dimension,
+    "whole" = every rank keeps all of it."""
+    per_group_scale = name in ("weight_scale", "alpha") and getattr(module, "group_size", None) is not None
+    if name in ("weight", "weight_packed"):
+        return shard
+    if name == "bias":
+        return _OUT if shard == _OUT else _WHOLE
+    if name == "input_smoothing":
+        return _IN if shard == _IN else _WHOLE
+    if name in ("weight_scale", "alpha"):
+        if isinstance(module, TernaryLinear) and not module.per_channel:
+            return _WHOLE
+        if shard == _OUT:
+            return _OUT
+        return _IN if per_group_scale else _WHOLE
+    raise ValueError(f"no tensor-parallel layout for {type(module).__name__}.{name}")
+
+
+def _input_unit(module: nn.Module) -> int:
+    """The input features one shard must hold a multiple of, for the layout to cut cleanly."""
+    if isinstance(module, (BinaryLinear, TernaryLinear)):
+        unit = 8  # a packed byte holds 8 inputs
+    else:
+        unit = 1
+    group = getattr(module, "group_size", None)
+    return unit if group is None else max(unit, group)
+
+
+def _cut(tensor: torch.Tensor, module: nn.Module, name: str, how: str, world: int, rank: int) -> torch.Tensor:
+    """This rank's piece of one tensor of a layer (see _layout)."""
+    if how == _WHOLE:
+        return tensor.clone()
+    axis = 0 if how == _OUT or tensor.dim() == 1 else 1
+    if axis == 1 and name == "weight_packed" and isinstance(module, TernaryLinear):
+        return torch.cat([plane.chunk(world, dim=1)[rank] for plane in tensor.chunk(2, dim=1)], dim=1).contiguous()
+    return tensor.chunk(world, dim=axis)[rank].contiguous().clone()
+
+
+def _join(parts: list[torch.Tensor], module: nn.Module, name: str, how: str) -> torch.Tensor:
+    """The inverse of _cut: the full tensor from every rank's piece, in rank order."""
+    if how == _WHOLE:
+        return parts[0]
+    axis = 0 if how == _OUT or parts[0].dim() == 1 else 1
+    if axis == 1 and name == "weight_packed" and isinstance(module, TernaryLinear):
+        planes = [part.chunk(2, dim=1) for part in parts]
+        return torch.cat([torch.cat([p[0] for p in planes], dim=1), torch.cat([p[1] for p in planes], dim=1)], dim=1)
+    return torch.cat(parts, dim=axis)
+
+
+def _shard_layer(module: nn.Module, shard: str, world: int, rank: int) -> nn.Module:
+    """A copy of ``module`` (nn.Linear or an effgen quantized layer) holding this rank's
+    slice. Row-parallel shards drop the bias (the parallel layer adds it after the sum)."""
+    out_features, in_features = module.out_features, module.in_features
+    if shard == _OUT and out_features % world:
+        raise ValueError(f"out_features ({out_features}) is not divisible by the tensor-parallel size {world}")
+    if shard == _IN:
+        unit = _input_unit(module)
+        if in_features % (world * unit):
+            raise ValueError(f"in_features ({in_features}) must be a multiple of tensor-parallel size {world} x "
+                             f"{unit} for {type(module).__name__} (packed bytes / scale groups must not straddle "
+                             f"shards)")
+        if getattr(module, "binary_activations", False):
+            raise ValueError("row-parallel BinaryLinear with binary_activations is not supported (the per-token "
+                             "activation scale spans all input features)")
+    local_out = out_features // world if shard == _OUT else out_features
+    local_in = in_features // world if shard == _IN else in_features
+    has_bias = module.bias is not None and shard == _OUT
+    local = _empty_like_layer(module, local_in, local_out, has_bias)
+    state = {name: _cut(tensor, module, name, _layout(module, name, shard), world, rank)
+             for name, tensor in module.state_dict().items() if tensor is not None and (name != "bias" or has_bias)}
+    local.load_state_dict(state)
+    return local
+
+
+def _empty_like_layer(module: nn.Module, in_features: int, out_features: int, bias: bool) -> nn.Module:
+    device = next(iter(module.state_dict().values())).device
+    dtype = module.bias.dtype if module.bias is not None else None
+    if type(module) is nn.Linear:
+        return nn.Linear(in_features, out_features, bias, device=device, dtype=module.weight.dtype)
+    if isinstance(module, Int8Linear):
+        return Int8Linear(in_features, out_features, bias, module.input_smoothing is not None, device, dtype)
+    if isinstance(module, Int8WeightOnlyLinear):
+        return Int8WeightOnlyLinear(in_features, out_features, bias, module.group_size, device, dtype)
+    if isinstance(module, BinaryLinear):
+        return BinaryLinear(in_features, out_features, bias, module.group_size, module.binary_activations, device,
+                            dtype)
+    if isinstance(module, TernaryLinear):
+        return TernaryLinear(in_features, out_features, bias, module.per_channel, device, dtype)
+    raise TypeError(f"cannot shard {type(module).__name__}: expected nn.Linear or one of "
+                    f"{[t.__name__ for t in QUANTIZED_LAYERS]}")
+
+
+def _quantized(linear: nn.Module, quant) -> nn.Module:
+    if quant is None:
+        return linear
+    if type(linear) is not nn.Linear:
+        raise ValueError(f"quant= applies to an nn.Linear; {type(linear).__name__} is already quantized")
+    return quant.convert(linear)
+
+
+class ColumnParallelLinear(nn.Module):
+    """y = x W^T + b with W's rows (output features) split over the group. The output stays
+    split (``[..., out/p]``) unless ``gather_output``."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, group=None,
+                 gather_output: bool = False, quant=None, device=None, dtype=None) -> None:
+        super().__init__()
+        world, _ = group_size_and_rank(group)
+        if out_features % world:
+            raise ValueError(f"out_features ({out_features}) is not divisible by the tensor-parallel size {world}")
+        full = nn.Linear(in_features, out_features // world, bias, device=device, dtype=dtype)
+        self._setup(_quantized(full, quant), in_features, out_features, group, gather_output)
+
+    def _setup(self, local: nn.Module, in_features: int, out_features: int, group, gather_output: bool) -> None:
+        self.local, self.group, self.gather_output = local, group, gather_output
+        self.in_features, self.out_features = in_features, out_features
+
+    @classmethod
+    def from_linear(cls, linear: nn.Module, group=None, gather_output: bool = False,
+                    quant=None) -> ColumnParallelLinear:
+        """This rank's shard of ``linear`` (nn.Linear or an effgen quantized layer); with
+        ``quant`` (e.g. Int8Config()) the full layer is quantized first, then cut."""
+        world, rank = group_size_and_rank(group)
+        linear = _quantized(linear, quant)
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        module._setup(_shard_layer(linear, _OUT, world, rank), linear.in_features, linear.out_features, group,
+                      gather_output)
+        return module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.local(copy_to_tensor_parallel_region(x, self.group))
+        return gather_from_tensor_parallel_region(y, self.group) if self.gather_output else y
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features} (this rank: "
+                f"{self.local.out_features}), gather_output={self.gather_output}")
+
+
+class RowParallelLinear(nn.Module):
+    """y = x W^T + b with W's columns (input features) split over the group; partial products
+    are summed across the group and the bias added once. The input is expected already split
+    (``input_is_parallel``, the output of a ColumnParallelLinear) or is split here.
+    ``compress_block_size`` turns on the int8 activation all-reduce (lossy; off by default)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, group=None,
+                 input_is_parallel: bool = True, quant=None, compress_block_size: int | None = None,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        world, _ = group_size_and_rank(group)
+        if in_features % world:
+            raise ValueError(f"in_features ({in_features}) is not divisible by the tensor-parallel size {world}")
+        local = _quantized(nn.Linear(in_features // world, out_features, False, device=device, dtype=dtype), quant)
+        bias_tensor = torch.zeros(out_features, device=device, dtype=dtype) if bias else None
+        self._setup(local, bias_tensor, in_features, out_features, group, input_is_parallel, compress_block_size)
+
+    def _setup(self, local, bias, in_features, out_features, group, input_is_parallel, compress_block_size) -> None:
+        if compress_block_size is not None and compress_block_size <= 0:
+            raise ValueError(f"compress_block_size must be positive or None, got {compress_block_size}")
+        self.local, self.group = local, group
+        self.in_features, self.out_features = in_features, out_features
+        self.input_is_parallel, self.compress_block_size = input_is_parallel, compress_block_size
+        trainable = type(local) is nn.Linear
+        if bias is None:
+            self.register_parameter("bias", None)
+        elif trainable:
+            self.bias = nn.Parameter(bias)
+        else:
+            self.register_buffer("bias", bias)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Module, group=None, input_is_parallel: bool = True, quant=None,
+                    compress_block_size: int | None = None) -> RowParallelLinear:
+        world, rank = group_size_and_rank(group)
+        linear = _quantized(linear, quant)
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        bias = None if linear.bias is None else linear.bias.detach().clone()
+        module._setup(_shard_layer(linear, _IN, world, rank), bias, linear.in_features, linear.out_features, group,
+                      input_is_parallel, compress_block_size)
+        return module
+
+    def _local_product(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(self.local, Int8Linear):
+            return self.local(x)
+        # W8A8: quantize every token with the absmax of its whole row (all shards), as the
+        # single-process Int8Linear does, so the shards' int32 products add up exactly.
+        if self.local.input_smoothing is not None:
+            x = x * self.local.input_smoothing.to(x.dtype)
+        absmax = x.detach().float().abs().amax(dim=-1, keepdim=True)
+        dist.all_reduce(absmax, op=dist.ReduceOp.MAX, group=self.group)
+        xq, x_scale = reference.symmetric_int8(x, absmax)
+        y = ops.int8_linear(xq.reshape(-1, xq.shape[-1]), x_scale.reshape(-1), self.local.weight,
+                            self.local.weight_scale, None, x.dtype)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.input_is_parallel:
+            x = scatter_to_tensor_parallel_region(x, self.group)
+        y = reduce_from_tensor_parallel_region(self._local_product(x), self.group, self.compress_block_size)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+    def extra_repr(self) -> str:
+        compress = "" if self.compress_block_size is None else f", int8 all-reduce (block {self.compress_block_size})"
+        return (f"in_features={self.in_features} (this rank: {self.local.in_features}), "
+                f"out_features={self.out_features}, bias={self.bias is not None}{compress}")
+
+
+def _parallel_layers(model: nn.Module):
+    return [(name, module) for name, module in model.named_modules()
+            if isinstance(module, (ColumnParallelLinear, RowParallelLinear))]
+
+
+def _shard_kind(module: nn.Module) -> str:
+    return _OUT if isinstance(module, ColumnParallelLinear) else _IN
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of the unsharded model on every rank: each tensor-parallel layer's
+    shards are all-gathered and stored under the plain layer's names (``x.q_proj.weight``,
+    not ``x.q_proj.local.weight``), so it loads into the single-process model."""
+    state = {}
+    parallel = dict(_parallel_layers(model))
+    for name, tensor in model.state_dict().items():
+        owner = next((p for p in parallel if name.startswith(p + ".")), None)
+        if owner is None:
+            state[name] = tensor
+            continue
+        layer, rest = parallel[owner], name[len(owner) + 1:]
+        if not rest.startswith("local."):  # a row-parallel bias: whole on every rank
+            state[name] = tensor
+            continue
+        local_name = rest[len("local."):]
+        how = _layout(layer.local, local_name, _shard_kind(layer))
+        world, _ = group_size_and_rank(layer.group)
+        parts = [tensor] if how == _WHOLE else [torch.empty_like(tensor) for _ in range(world)]
+        if how != _WHOLE:
+            dist.all_gather(parts, tensor.contiguous(), group=layer.group)
+        state[f"{owner}.{local_name}"] = _join(parts, layer.local, local_name, how)
+    return state
+
+
+def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load an unsharded state dict (from full_state_dict or the single-process model) into
+    a parallelized model: every rank keeps its own pieces."""
+    parallel = dict(_parallel_layers(model))
+    local_state = {}
+    for name in model.state_dict():
+        owner = next((p for p in parallel if name.startswith(p + ".")), None)
+        if owner is None or not name[len(owner) + 1:].startswith("local."):
+            local_state[name] = state[name]
+            continue
+        layer, local_name = parallel[owner], name[len(owner) + 1 + len("local."):]
+        world, rank = group_size_and_rank(layer.group)
+        how = _layout(layer.local, local_name, _shard_kind(layer))
+        local_state[name] = _cut(state[f"{owner}.{local_name}"], layer.local, local_name, how, world, rank)
+    model.load_state_dict(local_state)

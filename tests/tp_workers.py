@@ -1,0 +1,191 @@
+"""Worker bodies for tests/test_tensor_parallel.py: each compares a tensor-parallel run with
+the single-process model it must reproduce, and saves what it measured (gloo, spawned)."""
+
+import copy
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import effgen_kernels as ek
+from effgen_kernels.bench.ddp_worker import finish_worker
+from effgen_kernels.distributed import (
+    ColumnParallelLinear,
+    CompressionState,
+    RowParallelLinear,
+    compressed_allreduce_hook,
+    full_state_dict,
+    init_hybrid,
+    load_full_state_dict,
+    parallelize,
+    sync_replicated_grads,
+)
+from effgen_kernels.gpt import GPT, GPTConfig, lm_batch, stdlib_source_bytes
+
+QUANT_CONFIGS = {"int8": ek.Int8Config(), "int8_weight_only": ek.Int8WeightOnlyConfig(),
+                 "int8_weight_only_g8": ek.Int8WeightOnlyConfig(group_size=8), "binary": ek.BinaryConfig(),
+                 "ternary": ek.TernaryConfig()}
+
+
+def init(rank: int, world: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+
+
+def small_gpt(seed: int = 0, **changes) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(context=16, dim=32, layers=2, heads=4).scaled(**changes))
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.float() - b.float()).abs().max().item()
+
+
+def error_of(fn) -> str:
+    try:
+        fn()
+    except (ValueError, TypeError) as error:
+        return f"{type(error).__name__}: {error}"
+    return "no error"
+
+
+def layers(rank, world, port, out):
+    """Column and row layers, forward and backward, against nn.Linear."""
+    init(rank, world, port)
+    torch.manual_seed(0)
+    column, row = nn.Linear(24, 16), nn.Linear(16, 12)
+    x = torch.randn(3, 5, 24)
+    upstream = torch.randn(3, 5, 12)
+    results = {}
+
+    x_full = x.clone().requires_grad_()
+    (row(column(x_full)) * upstream).sum().backward()
+    col_tp = ColumnParallelLinear.from_linear(column, gather_output=False)
+    row_tp = RowParallelLinear.from_linear(row, input_is_parallel=True)
+    x_tp = x.clone().requires_grad_()
+    y = row_tp(col_tp(x_tp))
+    (y * upstream).sum().backward()
+    results["forward"] = max_diff(y, row(column(x)))
+    results["input_grad"] = max_diff(x_tp.grad, x_full.grad)
+    results["column_weight_grad"] = max_diff(col_tp.local.weight.grad, column.weight.grad.chunk(world, 0)[rank])
+    results["column_bias_grad"] = max_diff(col_tp.local.bias.grad, column.bias.grad.chunk(world, 0)[rank])
+    results["row_weight_grad"] = max_diff(row_tp.local.weight.grad, row.weight.grad.chunk(world, 1)[rank])
+    results["row_bias_grad"] = max_diff(row_tp.bias.grad, row.bias.grad)
+
+    gathered = ColumnParallelLinear.from_linear(column, gather_output=True)(x)
+    results["gather_output"] = max_diff(gathered, column(x))
+    scattered = RowParallelLinear.from_linear(row, input_is_parallel=False)(column(x))
+    results["row_scatters_input"] = max_diff(scattered, row(column(x)))
+    compressed = RowParallelLinear.from_linear(row, compress_block_size=32)(col_tp(x))
+    results["compressed_relative"] = ((compressed - row(column(x))).norm() / row(column(x)).norm()).item()
+
+    results["bad_out"] = error_of(lambda: ColumnParallelLinear(8, 15))
+    results["bad_in"] = error_of(lambda: RowParallelLinear(15, 8))
+    results["bad_packed"] = error_of(lambda: RowParallelLinear.from_linear(nn.Linear(24, 8), quant=ek.BinaryConfig()))
+    results["bad_heads"] = error_of(lambda: parallelize(small_gpt(heads=1, dim=32)))
+    results["bad_mesh"] = error_of(lambda: init_hybrid(3, 2))
+    torch.save(results, os.path.join(out, f"{rank}.pt"))
+    finish_worker()
+
+
+def transformer(rank, world, port, out):
+    """A whole GPT: forward, backward, training steps and the full state dict; then every
+    quantized configuration against the single-process quantized model."""
+    init(rank, world, port)
+    results = {}
+    reference, model = small_gpt(), small_gpt()
+    sharded = parallelize(model)
+    results["sharded"] = len(sharded)
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(1))
+    results["logits"] = max_diff(model(ids).logits, reference(ids).logits)
+    results["state_dict_roundtrip"] = max(max_diff(v, reference.state_dict()[k]) for k, v in
+                                          full_state_dict(model).items())
+    opt_ref = torch.optim.SGD(reference.parameters(), lr=0.5)
+    opt_tp = torch.optim.SGD(model.parameters(), lr=0.5)
+    for step in range(3):
+        batch = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(10 + step))
+        for m, opt in ((reference, opt_ref), (model, opt_tp)):
+            logits = m(batch[:, :-1]).logits
+            loss = nn.functional.cross_entropy(logits.reshape(-1, 256), batch[:, 1:].reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    trained = full_state_dict(model)
+    results["after_training"] = max(max_diff(v, reference.state_dict()[k]) for k, v in trained.items())
+    reloaded = small_gpt(seed=5)
+    parallelize(reloaded)
+    load_full_state_dict(reloaded, reference.state_dict())
+    results["load_full"] = max_diff(reloaded(ids).logits, reference(ids).logits)
+
+    def planned(module, name):
+        return name.rsplit(".", 1)[-1] in ek.distributed.TRANSFORMER_PLAN
+
+    for label, config in QUANT_CONFIGS.items():
+        single = small_gpt()
+        ek.quantize_(single, config, filter_fn=planned)
+        parallel = small_gpt()
+        parallelize(parallel, quant=config)
+        with torch.no_grad():
+            expected = single(ids).logits
+            results[f"quant/{label}"] = max_diff(parallel(ids).logits, expected) / expected.abs().max().item()
+        restored = full_state_dict(parallel)
+        results[f"quant_state/{label}"] = all(torch.equal(v, single.state_dict()[k]) for k, v in restored.items())
+    torch.save(results, os.path.join(out, f"{rank}.pt"))
+    finish_worker()
+
+
+def text_batch(step: int) -> torch.Tensor:
+    """[4, 16] windows of real text (the standard library's source), the same on every rank."""
+    inputs, labels = lm_batch(stdlib_source_bytes(max_bytes=100_000)[0], step, 4, 15, seed=3)
+    return torch.cat([inputs, labels[:, -1:]], dim=1)
+
+
+def hybrid(rank, world, port, out, codec, steps):
+    """dp=2 x tp=2: tensor parallel inside pairs, DDP (optionally with the compressed hook)
+    across them, each dp rank on its own half of the batch."""
+    init(rank, world, port)
+    mesh = init_hybrid(2, 2)
+    dp_rank = mesh.get_local_rank("dp")
+    model = small_gpt()
+    parallelize(model, mesh)
+    ddp = nn.parallel.DistributedDataParallel(model, process_group=mesh.get_group("dp"))
+    state = None
+    if codec is not None:
+        state = CompressionState(process_group=mesh.get_group("dp"), codec=codec, warmup_steps=1,
+                                 min_compress_numel=0)
+        ddp.register_comm_hook(state, compressed_allreduce_hook)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.5)
+    losses = []
+    for step in range(steps):
+        batch = text_batch(step)
+        local = batch[2 * dp_rank:2 * dp_rank + 2]  # data sharded by dp rank
+        logits = ddp(local[:, :-1]).logits
+        loss = nn.functional.cross_entropy(logits.reshape(-1, 256), local[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        if codec is not None:
+            sync_replicated_grads(model, mesh)
+        opt.step()
+        losses.append(loss.item())
+    full = full_state_dict(model)
+    torch.save({"state": full, "losses": losses, "bytes": state.last_step.bytes_sent if state else None},
+               os.path.join(out, f"{rank}.pt"))
+    del ddp, state
+    finish_worker()
+
+
+def hybrid_reference(steps):
+    """The single-process run hybrid() must reproduce: the whole batch on one model."""
+    model = small_gpt()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for step in range(steps):
+        batch = text_batch(step)
+        logits = model(batch[:, :-1]).logits
+        loss = nn.functional.cross_entropy(logits.reshape(-1, 256), batch[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return copy.deepcopy(model.state_dict())
