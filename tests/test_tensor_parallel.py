@@ -55,6 +55,15 @@ def test_tensor_parallel_gpt_equals_the_single_process_model(transformer_results
         assert result[what] < FP32, (what, result[what])
 
 
+def test_a_hugging_face_llama_parallelizes_exactly(tmp_path):
+    pytest.importorskip("transformers")
+    run(workers.llama, 2, tmp_path)
+    for rank in range(2):
+        result = torch.load(tmp_path / f"{rank}.pt")
+        assert len(result["sharded"]) == 2 * 7  # q, k, v, o, gate, up, down per layer
+        assert result["logits"] < FP32 and result["embed_grad"] < FP32 and result["int8_logits"] < 1e-4, result
+
+
 @pytest.mark.parametrize("config", sorted(workers.QUANT_CONFIGS))
 def test_quantized_tensor_parallel_equals_the_single_process_quantized_model(transformer_results, config):
     for result in transformer_results:

@@ -91,6 +91,37 @@ def layers(rank, world, port, out):
     finish_worker()
 
 
+def tiny_llama():
+    """A two-layer Llama (SmolLM2's architecture: RMSNorm, rotary, gated MLP, grouped KV heads)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return LlamaForCausalLM(config).eval()
+
+
+def llama(rank, world, port, out):
+    """parallelize on a Hugging Face Llama: forward, input gradients and int8 quantization."""
+    init(rank, world, port)
+    reference, model = tiny_llama(), tiny_llama()
+    results = {"sharded": parallelize(model)}
+    ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))
+    results["logits"] = max_diff(model(ids).logits, reference(ids).logits)
+    for m in (reference, model):
+        m(ids).logits.square().mean().backward()
+    grads = {name: p.grad for name, p in reference.named_parameters()}
+    results["embed_grad"] = max_diff(model.model.embed_tokens.weight.grad, grads["model.embed_tokens.weight"])
+    quantized, expected = tiny_llama(), tiny_llama()
+    parallelize(quantized, quant=ek.Int8Config())
+    ek.quantize_(expected, ek.Int8Config(),
+                 filter_fn=lambda module, name: name.rsplit(".", 1)[-1] in ek.distributed.TRANSFORMER_PLAN)
+    with torch.no_grad():
+        results["int8_logits"] = max_diff(quantized(ids).logits, expected(ids).logits)
+    torch.save(results, os.path.join(out, f"{rank}.pt"))
+    finish_worker()
+
+
 def transformer(rank, world, port, out):
     """A whole GPT: forward, backward, training steps and the full state dict; then every
     quantized configuration against the single-process quantized model."""
