@@ -106,3 +106,18 @@ def test_dp2_x_tp2_training_with_the_compressed_hook_converges_like_plain(hybrid
     for name, value in results[0]["state"].items():  # every rank holds the same model
         for other in results[1:]:
             assert torch.equal(value, other["state"][name]), name
+
+
+@pytest.mark.parametrize("mode", ["plain", "kd_ternary"])
+def test_two_stage_pipeline_equals_single_process_training(tmp_path, mode):
+    """GPipe over two ranks with two micro-batches; "kd_ternary": a ternary QAT student
+    distilled from a teacher that runs on the last stage."""
+    run(workers.pipeline_train, 2, tmp_path, mode)
+    expected, expected_losses = workers.pipeline_reference(mode)
+    stages = [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)]
+    assert set(stages[0]["state"]) | set(stages[1]["state"]) == set(expected)
+    for stage in stages:
+        for name, value in stage["state"].items():
+            torch.testing.assert_close(value, expected[name], rtol=1e-4, atol=1e-5, msg=name)
+    torch.testing.assert_close(torch.tensor(stages[1]["losses"]), torch.tensor(expected_losses), rtol=1e-4, atol=1e-5)
+    assert expected_losses[-1] < expected_losses[0]

@@ -220,3 +220,66 @@ def hybrid_reference(steps):
         loss.backward()
         opt.step()
     return copy.deepcopy(model.state_dict())
+
+
+PIPELINE_STEPS, MICROBATCHES = 3, 2
+
+
+def pipeline_model(mode: str) -> GPT:
+    model = small_gpt(layers=4)
+    if mode == "kd_ternary":
+        ek.prepare(model, ek.TernaryConfig(), filter_fn=lambda module, name: name != "lm_head")
+    return model
+
+
+def pipeline_loss(mode: str):
+    from effgen_kernels.distill import DistillationLoss
+    from effgen_kernels.distributed.pipeline import distillation_loss_fn, next_token_loss_fn
+
+    if mode == "plain":
+        return next_token_loss_fn
+    return distillation_loss_fn(small_gpt(seed=7, layers=2), DistillationLoss(2.0, 0.5))
+
+
+def pipeline_train(rank, world, port, out, mode):
+    """Two pipeline stages under ScheduleGPipe; saves each stage's slice of the model."""
+    from torch.distributed.pipelining import ScheduleGPipe
+
+    from effgen_kernels.distributed.pipeline import pipeline_stage
+
+    init(rank, world, port)
+    model = pipeline_model(mode)
+    stage = pipeline_stage(model, rank, world)
+    schedule = ScheduleGPipe(stage, MICROBATCHES, loss_fn=pipeline_loss(mode))
+    opt = torch.optim.SGD(stage.submod.parameters(), lr=0.5)
+    losses = []
+    for step in range(PIPELINE_STEPS):
+        window = text_batch(step)
+        opt.zero_grad()
+        if rank == 0:
+            schedule.step(window[:, :-1])
+        else:
+            step_losses = []
+            schedule.step(target=window, losses=step_losses)
+            losses.append(torch.stack(step_losses).mean().item())
+        opt.step()
+    owned = {t.data_ptr() for t in stage.submod.state_dict().values()}  # the stage shares the model's tensors
+    state = {k: v for k, v in model.state_dict().items() if v.data_ptr() in owned}
+    torch.save({"state": state, "losses": losses}, os.path.join(out, f"{rank}.pt"))
+    del schedule, stage
+    finish_worker()
+
+
+def pipeline_reference(mode: str):
+    """Single-process training on the whole batch with the same loss."""
+    model, loss_fn = pipeline_model(mode), pipeline_loss(mode)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    losses = []
+    for step in range(PIPELINE_STEPS):
+        window = text_batch(step)
+        loss = loss_fn(model(window[:, :-1]).logits, window)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return model.state_dict(), losses

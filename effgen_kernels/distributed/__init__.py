@@ -1,5 +1,5 @@
 """Distributed training: compressed gradient all-reduce as a DDP communication hook,
-tensor-parallel (quantized) layers, and the data x tensor parallel mesh."""
+tensor-parallel (quantized) layers, pipeline stages, and the data x tensor parallel mesh."""
 
 from .compression import CompressionState, compressed_allreduce, compressed_allreduce_hook
 from .parallelize import (
@@ -9,6 +9,14 @@ from .parallelize import (
     replicated_parameters,
     sync_replicated_grads,
     tensor_parallel_group,
+)
+from .pipeline import (
+    GPTStage,
+    distillation_loss_fn,
+    gpt_stage,
+    next_token_loss_fn,
+    pipeline_stage,
+    stage_layer_ranges,
 )
 from .tensor_parallel import (
     ColumnParallelLinear,
@@ -21,8 +29,9 @@ from .tensor_parallel import (
     scatter_to_tensor_parallel_region,
 )
 
-__all__ = ["TRANSFORMER_PLAN", "ColumnParallelLinear", "CompressionState", "RowParallelLinear",
-           "compressed_allreduce", "compressed_allreduce_hook", "copy_to_tensor_parallel_region", "full_state_dict",
-           "gather_from_tensor_parallel_region", "init_hybrid", "load_full_state_dict", "parallelize",
+__all__ = ["ColumnParallelLinear", "CompressionState", "GPTStage", "RowParallelLinear", "TRANSFORMER_PLAN",
+           "compressed_allreduce", "compressed_allreduce_hook", "copy_to_tensor_parallel_region",
+           "distillation_loss_fn", "full_state_dict", "gather_from_tensor_parallel_region", "gpt_stage",
+           "init_hybrid", "load_full_state_dict", "next_token_loss_fn", "parallelize", "pipeline_stage",
            "reduce_from_tensor_parallel_region", "replicated_parameters", "scatter_to_tensor_parallel_region",
-           "sync_replicated_grads", "tensor_parallel_group"]
+           "stage_layer_ranges", "sync_replicated_grads", "tensor_parallel_group"]

@@ -1,0 +1,87 @@
+"""Layer-wise model parallelism: a GPT-style model cut into pipeline stages, trained with
+micro-batches by PyTorch's own ``torch.distributed.pipelining`` schedules (GPipe, 1F1B).
+
+A stage is a contiguous slice of the model: the first also embeds the tokens, the last
+also applies the final norm and the LM head. Stages run whatever modules the model holds,
+so quantized (``quantize_``) and trainable quantized (``prepare``) layers work inside them,
+and a distillation loss can be the schedule's ``loss_fn`` (see ``distillation_loss_fn``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.pipelining import PipelineStage
+
+
+def stage_layer_ranges(num_layers: int, num_stages: int) -> list[range]:
+    """Blocks per stage, as even as possible (earlier stages take the remainder)."""
+    if not 1 <= num_stages <= num_layers:
+        raise ValueError(f"num_stages ({num_stages}) must lie in [1, number of layers ({num_layers})]")
+    base, extra = divmod(num_layers, num_stages)
+    ranges, start = [], 0
+    for stage in range(num_stages):
+        size = base + (1 if stage < extra else 0)
+        ranges.append(range(start, start + size))
+        start += size
+    return ranges
+
+
+class GPTStage(nn.Module):
+    """Blocks ``layers`` of a GPT (effgen_kernels.gpt.GPT or the same layout), plus the
+    embeddings on the first stage and the norm and LM head on the last. It shares the
+    model's modules (no copy): train the stage, and the model's weights change."""
+
+    def __init__(self, model: nn.Module, layers: range, first: bool, last: bool) -> None:
+        super().__init__()
+        self.first, self.last = first, last
+        if first:
+            self.embed_tokens, self.embed_positions = model.embed_tokens, model.embed_positions
+        self.layers = nn.ModuleList(model.layers[i] for i in layers)
+        if last:
+            self.norm, self.lm_head = model.norm, model.lm_head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.first:
+            positions = torch.arange(x.shape[1], device=x.device)
+            x = self.embed_tokens(x) + self.embed_positions(positions)
+        for block in self.layers:
+            x, _ = block(x)
+        return self.lm_head(self.norm(x)) if self.last else x
+
+
+def gpt_stage(model: nn.Module, stage_index: int, num_stages: int) -> GPTStage:
+    """This rank's slice of ``model`` for a ``num_stages``-deep pipeline."""
+    if not 0 <= stage_index < num_stages:
+        raise ValueError(f"stage_index ({stage_index}) must lie in [0, num_stages ({num_stages}))")
+    layers = stage_layer_ranges(len(model.layers), num_stages)[stage_index]
+    return GPTStage(model, layers, stage_index == 0, stage_index == num_stages - 1)
+
+
+def pipeline_stage(model: nn.Module, stage_index: int, num_stages: int, device: torch.device | str = "cpu",
+                   group=None) -> PipelineStage:
+    """A torch.distributed.pipelining PipelineStage holding this rank's slice of ``model``;
+    give it to a schedule (e.g. ``ScheduleGPipe(stage, n_microbatches, loss_fn)``)."""
+    return PipelineStage(gpt_stage(model, stage_index, num_stages), stage_index, num_stages, torch.device(device),
+                         group=group)
+
+
+def next_token_loss_fn(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Schedule loss: ``tokens`` is the window the stage-0 input was cut from
+    ([B, T + 1]); the logits predict tokens[:, 1:]."""
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1))
+
+
+def distillation_loss_fn(teacher: nn.Module, loss):
+    """Schedule loss for knowledge distillation inside a pipeline: the last stage runs the
+    frozen ``teacher`` on the micro-batch's window and applies ``loss`` (a
+    DistillationLoss) to the student's logits, the teacher's and the next-token labels."""
+    teacher.eval().requires_grad_(False)
+
+    def loss_fn(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_out = teacher(tokens[:, :-1])
+        teacher_logits = teacher_out.logits if hasattr(teacher_out, "logits") else teacher_out
+        return loss(logits, teacher_logits, tokens[:, 1:])
+
+    return loss_fn
