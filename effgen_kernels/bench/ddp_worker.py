@@ -1,5 +1,6 @@
-"""The per-process body of benchmarks/bench_allreduce.py (an importable module, so that
-spawned workers can find it): a DDP model with one of the communication hooks, timed."""
+"""Per-process bodies of the distributed benchmarks (an importable module, so that spawned
+workers can find it): bench_allreduce's DDP step with one of the communication hooks, and
+bench_parallel's tensor-parallel transformer step."""
 
 import datetime
 import gc
@@ -63,4 +64,46 @@ def ddp_step_worker(rank: int, world: int, port: int, hook: str, steps: int, out
         sent = state.last_step.bytes_sent if state else None
         torch.save({"median_s": statistics.median(times[4:]), "bytes_sent": sent}, os.path.join(out, f"{hook}.pt"))
     del ddp, state
+    finish_worker()
+
+
+def activation_reduce_bytes(numel: int, world: int, block_size: int | None) -> int:
+    """Bytes one rank sends to reduce ``numel`` fp32 activations over ``world`` ranks: a
+    ring all-reduce sends 2 (p - 1) / p of the data; the int8 path all-gathers int8 values
+    plus one fp32 scale per block, (p - 1) times its own part."""
+    if block_size is None:
+        return 2 * (world - 1) * numel * 4 // world
+    return (world - 1) * (numel + 4 * -(-numel // block_size))
+
+
+def tp_step_worker(rank: int, world: int, port: int, steps: int, out: str, dim: int, tokens: int) -> None:
+    """Times a training step (forward + backward) of a tensor-parallel GPT with the fp32
+    activation all-reduce and with the int8 one, interleaved; rank 0 saves the medians."""
+    import torch.distributed as dist
+
+    from effgen_kernels.bench import time_interleaved
+    from effgen_kernels.distributed import parallelize
+    from effgen_kernels.gpt import GPT, GPTConfig
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    config = GPTConfig(context=tokens, dim=dim, layers=2, heads=8)
+    models = {}
+    for name, block in (("fp32", None), ("int8", 256)):
+        torch.manual_seed(0)
+        models[name] = GPT(config)
+        parallelize(models[name], compress_block_size=block)
+    ids = torch.randint(0, config.vocab_size, (1, tokens), generator=torch.Generator().manual_seed(0))
+
+    def step(model):
+        return lambda: model(ids).logits.square().mean().backward()
+
+    medians = time_interleaved({name: step(model) for name, model in models.items()}, reps=steps)
+    if rank == 0:
+        numel = tokens * dim * 2 * config.layers  # two row-parallel reductions per block
+        torch.save({"median_s": medians, "bytes": {"fp32": activation_reduce_bytes(numel, world, None),
+                                                   "int8": activation_reduce_bytes(numel, world, 256)}},
+                   os.path.join(out, "tp.pt"))
+    del models
     finish_worker()
