@@ -102,3 +102,27 @@ def missing_peer(rank, world, port, out):
     with open(os.path.join(out, "0.txt"), "w") as f:
         f.write(message)
     os._exit(0)
+
+
+def distill_ddp(rank, world, port, out, steps):
+    """A Distiller whose student is DDP-wrapped with the int8 hook; accumulation of two
+    micro-batches exercises no_sync. Each rank distills on its own batches."""
+    from effgen_kernels.distill import DistillationLoss, Distiller
+    from effgen_kernels.gpt import GPT, GPTConfig, lm_batch, stdlib_source_bytes
+
+    init(rank, world, port)
+    text = stdlib_source_bytes(max_bytes=100_000)[0]
+    torch.manual_seed(0)
+    teacher = GPT(GPTConfig(context=32, dim=32, layers=2, heads=2))
+    torch.manual_seed(1)
+    student = torch.nn.parallel.DistributedDataParallel(GPT(GPTConfig(context=32, dim=16, layers=1, heads=2)))
+    state = CompressionState(codec="int8", warmup_steps=1, min_compress_numel=0)
+    student.register_comm_hook(state, compressed_allreduce_hook)
+    opt = torch.optim.AdamW(student.parameters(), lr=3e-3)
+    distiller = Distiller(teacher, student, DistillationLoss(2.0, 0.5), opt, grad_accum_steps=2, progress=False)
+    history = distiller.fit(lambda i: lm_batch(text, i, 4, 32, seed=rank), steps)
+    params = [p.detach().clone() for p in student.module.parameters()]
+    torch.save({"losses": [h["loss"] for h in history], "params": params, "sent": state.last_step.bytes_sent},
+               os.path.join(out, f"{rank}.pt"))
+    del student, distiller, state
+    finish_worker()

@@ -120,3 +120,12 @@ def test_a_missing_peer_gives_an_error_not_a_hang(tmp_path):
     run(workers.missing_peer, 2, tmp_path, timeout=60.0)
     message = (tmp_path / "0.txt").read_text()
     assert message != "no error" and message, message
+
+
+def test_distillation_with_a_ddp_student_and_the_compressed_hook(tmp_path):
+    run(workers.distill_ddp, 2, tmp_path, 10)
+    a, b = (torch.load(tmp_path / f"{r}.pt", weights_only=False) for r in range(2))
+    for p, q in zip(a["params"], b["params"], strict=True):
+        assert torch.equal(p, q)  # the hook averaged the same gradients on both ranks
+    assert a["sent"] > 0
+    assert a["losses"][-1] < a["losses"][0] - 0.1  # measured 2.78 -> 2.53 in 10 steps
