@@ -89,18 +89,21 @@ def train_ddp(rank, world, port, out, codec, steps, resume_at=None, bucket_cap_m
 
 
 def missing_peer(rank, world, port, out):
-    """Rank 1 leaves at once; rank 0's compressed all-reduce must fail, not hang."""
+    """Rank 1 leaves at once; on rank 0 both the compressed all-reduce and the creation of a
+    state's own group must fail within the timeout, not hang."""
     init(rank, world, port, timeout_s=5.0)
     if rank == 1:
         os._exit(0)
-    state = CompressionState(codec="int8", warmup_steps=0, min_compress_numel=0)
-    try:
-        compressed_allreduce(state, torch.randn(10000), 0).wait()
-        message = "no error"
-    except Exception as error:  # what the user sees
-        message = f"{type(error).__name__}: {error}"
+    messages = []
+    for make_state in (lambda: CompressionState(dist.group.WORLD, codec="int8", warmup_steps=0, min_compress_numel=0),
+                       lambda: CompressionState(codec="int8")):
+        try:
+            compressed_allreduce(make_state(), torch.randn(10000), 0).wait()
+            messages.append("no error")
+        except Exception as error:  # what the user sees
+            messages.append(f"{type(error).__name__}: {error}")
     with open(os.path.join(out, "0.txt"), "w") as f:
-        f.write(message)
+        f.write("\n".join(messages))
     os._exit(0)
 
 
@@ -125,4 +128,53 @@ def distill_ddp(rank, world, port, out, steps):
     torch.save({"losses": [h["loss"] for h in history], "params": params, "sent": state.last_step.bytes_sent},
                os.path.join(out, f"{rank}.pt"))
     del student, distiller, state
+    finish_worker()
+
+
+class TwoBranch(torch.nn.Module):
+    """The digits MLP with a branch that only some steps use (for find_unused_parameters)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.spare = make_model(), torch.nn.Linear(64, 10)
+
+    def forward(self, x, use_spare=False):
+        return self.body(x) + (self.spare(x) if use_spare else 0)
+
+
+def ddp_variant(rank, world, port, out, codec, variant, steps):
+    """Digits training under one DDP setting: "bf16" / "fp16" gradients, "no_sync"
+    accumulation of two micro-batches, "find_unused" parameters, "static_graph"."""
+    init(rank, world, port)
+    x, y = digits_data()
+    shard = torch.arange(rank, 1600, world)
+    x, y = x[shard], y[shard]
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(variant, torch.float32)
+    module = TwoBranch() if variant == "find_unused" else make_model()
+    module = module.to(dtype)
+    model = torch.nn.parallel.DistributedDataParallel(module, find_unused_parameters=variant == "find_unused",
+                                                      static_graph=variant == "static_graph")
+    state = None
+    if codec is not None:
+        state = CompressionState(codec=codec, warmup_steps=2, min_compress_numel=0)
+        model.register_comm_hook(state, compressed_allreduce_hook)
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+    losses = []
+    for step in range(steps):
+        opt.zero_grad()
+        if variant == "no_sync":
+            half = x.shape[0] // 2
+            with model.no_sync():
+                torch.nn.functional.cross_entropy(model(x[:half].to(dtype)).float(), y[:half]).backward()
+            loss = torch.nn.functional.cross_entropy(model(x[half:].to(dtype)).float(), y[half:])
+        elif variant == "find_unused":
+            loss = torch.nn.functional.cross_entropy(model(x, use_spare=step % 2 == 1).float(), y)
+        else:
+            loss = torch.nn.functional.cross_entropy(model(x.to(dtype)).float(), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    params = [p.detach().float().clone() for p in model.parameters()]
+    torch.save({"losses": losses, "params": params}, os.path.join(out, f"{rank}.pt"))
+    del model, state
     finish_worker()

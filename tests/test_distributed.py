@@ -118,8 +118,8 @@ def test_many_buckets_in_flight_keep_the_collectives_in_order(tmp_path, codec):
 
 def test_a_missing_peer_gives_an_error_not_a_hang(tmp_path):
     run(workers.missing_peer, 2, tmp_path, timeout=60.0)
-    message = (tmp_path / "0.txt").read_text()
-    assert message != "no error" and message, message
+    messages = (tmp_path / "0.txt").read_text().splitlines()
+    assert len(messages) == 2 and all(m and m != "no error" for m in messages), messages
 
 
 def test_distillation_with_a_ddp_student_and_the_compressed_hook(tmp_path):
@@ -129,3 +129,20 @@ def test_distillation_with_a_ddp_student_and_the_compressed_hook(tmp_path):
         assert torch.equal(p, q)  # the hook averaged the same gradients on both ranks
     assert a["sent"] > 0
     assert a["losses"][-1] < a["losses"][0] - 0.1  # measured 2.78 -> 2.53 in 10 steps
+
+
+@pytest.mark.parametrize("variant", ["bf16", "fp16", "no_sync", "find_unused", "static_graph"])
+def test_int8_hook_under_ddp_variants_matches_plain_ddp(tmp_path, variant):
+    pytest.importorskip("sklearn")
+    steps, final = 30, {}
+    for codec in (None, "int8"):
+        folder = tmp_path / str(codec)
+        folder.mkdir()
+        run(workers.ddp_variant, 2, folder, codec, variant, steps)
+        a, b = (torch.load(folder / f"{r}.pt", weights_only=False) for r in range(2))
+        for p, q in zip(a["params"], b["params"], strict=True):
+            assert torch.equal(p, q)
+        final[codec] = a["losses"][-1]
+        assert a["losses"][-1] < a["losses"][0] / 3
+    print(f"{variant}: plain DDP loss {final[None]:.4f}, int8 hook {final['int8']:.4f}")
+    assert final["int8"] <= final[None] * 1.02

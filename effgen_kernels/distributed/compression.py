@@ -53,7 +53,9 @@ class CompressionState:
     error-feedback buffers of this rank, the step, and traffic counters.
 
     ``warmup_steps`` steps run plain all-reduce first (DDP rebuilds its buckets after the
-    first iterations); buckets with fewer than ``min_compress_numel`` values always do."""
+    first iterations); buckets with fewer than ``min_compress_numel`` values always do.
+    Create it on every rank after init_process_group: without a ``process_group`` it makes
+    its own copy of the world group (a collective call)."""
 
     def __init__(self, process_group: dist.ProcessGroup | None = None, codec: str = "int8", block_size: int = 256,
                  warmup_steps: int = 2, error_feedback: bool = True, min_compress_numel: int = 4096) -> None:
@@ -62,6 +64,14 @@ class CompressionState:
         if block_size <= 0:
             raise ValueError(f"block_size must be positive, got {block_size}")
         self.process_group = process_group
+        # With process_group=None the hook gets its own copy of the world group: DDP issues
+        # collectives of its own during backward (the unused-parameter map with
+        # find_unused_parameters), and our callback-issued phase 2 would interleave with them
+        # in a different order on each rank (gloo then fails with a size mismatch). A group
+        # the caller passes must likewise carry no other collectives during backward.
+        self._dedicated_group = None
+        if process_group is None and dist.is_initialized():
+            self._dedicated_group = dist.new_group(timeout=_world_timeout())
         self.codec, self.block_size = codec, block_size
         self.warmup_steps, self.error_feedback = warmup_steps, error_feedback
         self.min_compress_numel = min_compress_numel
@@ -103,6 +113,16 @@ class CompressionState:
         self.last_step, self._current = self._current, TrafficCounters()
 
 
+def _world_timeout():
+    """The default group's timeout (new_group would otherwise wait 30 minutes for a missing
+    rank); None, i.e. PyTorch's default, where this private lookup is unavailable."""
+    try:
+        group = dist.distributed_c10d._get_default_group()
+        return group._get_backend(torch.device("cpu")).options._timeout
+    except (AttributeError, RuntimeError):
+        return None
+
+
 def _done_future() -> torch.futures.Future:
     future: torch.futures.Future = torch.futures.Future()
     future.set_result(None)
@@ -138,7 +158,9 @@ def _group(state: CompressionState):
     """The state's process group, looked up when a collective is issued. Callbacks must not
     keep it in a closure: the last reference could then die on gloo's own thread after the
     user destroyed the group, and its destructor would try to join that very thread."""
-    return state.process_group if state.process_group is not None else dist.group.WORLD
+    if state.process_group is not None:
+        return state.process_group
+    return state._dedicated_group if state._dedicated_group is not None else dist.group.WORLD
 
 
 def _plain_allreduce(state: CompressionState, tensor: torch.Tensor, world: int) -> torch.futures.Future:
