@@ -110,6 +110,30 @@ def print_table(results) -> None:
               f"{r.speedup:7.2f}x {r.achieved_gbps:7.1f} {gops} {100 * r.fraction_of_limit:6.0f}%")
 
 
+def plot_speedups(results, path: Path) -> None:
+    """A bar per measurement: our time against the peer's from the same run (x > 1: faster)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("effgen bench: --plot needs matplotlib (pip install matplotlib); no plot written", file=sys.stderr)
+        return
+    labels = [f"{r.op} {r.shape} vs {r.peer}" for r in results]
+    fig, ax = plt.subplots(figsize=(10, 0.3 * len(results) + 1.5))
+    ax.barh(range(len(results)), [r.speedup for r in results], color=["tab:green" if r.speedup >= 1 else "tab:red"
+                                                                        for r in results])
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(results)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set(xscale="log", xlabel="speedup over the peer (same run, medians)", title="effgen bench")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}", file=sys.stderr)
+
+
 # glibc returns big freed blocks to the OS, so every large output of every op (ours and the
 # peers alike) would pay first-touch page faults that dwarf the kernels on a small VM. The
 # benchmark process keeps freed memory instead (`--allocator system` measures the default).
@@ -151,6 +175,8 @@ def cmd_bench(args) -> int:
         print(f"[{i}/{len(chosen)}] {name}", file=sys.stderr, flush=True)
         results += load_benchmark(available[name]).run(ctx)
     print_table(results)
+    if args.plot:
+        plot_speedups(results, Path(args.plot))
     if args.json:
         report = {"machine": machine_info(), "device": str(device), "quick": args.quick, "allocator": args.allocator,
                   "copy_gbps": ctx.copy_gbps, "results": [r.as_dict() for r in results]}
@@ -171,6 +197,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--only", nargs="+", metavar="NAME", help="benchmark families to run (e.g. quant)")
     bench.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when a GPU is visible")
     bench.add_argument("--json", metavar="PATH", help="also write the results and machine as JSON")
+    bench.add_argument("--plot", metavar="PNG", help="also plot every speedup over its peer (needs matplotlib)")
     bench.add_argument("--allocator", choices=["retain", "system"], default="retain",
                        help="retain (default): glibc keeps freed memory, so no op pays page faults; "
                             "system: the allocator as it comes")

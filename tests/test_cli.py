@@ -75,3 +75,11 @@ def test_bench_result_ratios():
     assert r.achieved_gbps == pytest.approx(500.0)
     assert r.fraction_of_limit == pytest.approx(0.5)
     assert r.as_dict()["speedup"] == 3.0
+
+
+def test_bench_plot_draws_one_bar_per_result(tmp_path):
+    pytest.importorskip("matplotlib")
+    results = [BenchResult("quant", "op a", "[4]", "float32", 1.0, "peer", 3.0, 16, 10.0),
+               BenchResult("quant", "op b", "[4]", "float32", 2.0, "peer", 1.0, 16, 10.0)]
+    cli.plot_speedups(results, tmp_path / "plots" / "bench.png")
+    assert (tmp_path / "plots" / "bench.png").read_bytes().startswith(b"\x89PNG")
