@@ -6,6 +6,7 @@ import torch  # noqa: F401  (libtorch must be loaded before the extension)
 
 from . import (
     _C,  # noqa: F401  (loads the extension: registers torch.ops.effgen.*)
+    distill,
     distributed,
     nn,
     ops,
@@ -19,6 +20,7 @@ from .quantize import (
     TernaryConfig,
     calibrate_activations,
     convert,
+    model_bytes,
     prepare,
     quantize_,
 )
@@ -29,4 +31,5 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0+unknown"
 
 __all__ = ["BinaryConfig", "Int8Config", "Int8WeightOnlyConfig", "QuantizeSummary", "TernaryConfig", "__version__",
-           "calibrate_activations", "convert", "distributed", "nn", "ops", "prepare", "quantize_", "reference"]
+           "calibrate_activations", "convert", "distill", "distributed", "model_bytes", "nn", "ops", "prepare",
+           "quantize_", "reference"]

@@ -33,6 +33,7 @@ from effgen_kernels.bench.ddp_worker import DEMO_GPT, demo_train_worker
 from effgen_kernels.distill import DistillationLoss, Distiller
 from effgen_kernels.gpt import GPT, evaluate_perplexity, lm_batch, stdlib_source_bytes
 from effgen_kernels.models import MissingModelError
+from effgen_kernels.quantize import model_bytes
 
 STAGES = ("quantize", "ddp", "distill")
 PROMPT = "The history of the city of Sydney began"
@@ -41,16 +42,6 @@ FORMATS = {"fp32": None, "W8A16": ek.Int8WeightOnlyConfig(), "W8A8": ek.Int8Conf
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def model_bytes(model: torch.nn.Module) -> int:
-    """Bytes of every parameter and buffer held (packed weights, scales, lookup tables)."""
-    seen, total = set(), 0
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        if tensor.data_ptr() not in seen:
-            seen.add(tensor.data_ptr())
-            total += tensor.numel() * tensor.element_size()
-    return total
 
 
 def rss_mib() -> float:

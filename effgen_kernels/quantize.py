@@ -121,6 +121,17 @@ class QuantizeSummary:
         return "\n".join(lines)
 
 
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter and buffer ``model`` holds (packed weights, scales, lookup
+    tables), each storage counted once (tied weights are shared)."""
+    seen, total = set(), 0
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
 def _module_bytes(module: nn.Module) -> int:
     tensors = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
     return sum(t.numel() * t.element_size() for t in tensors)

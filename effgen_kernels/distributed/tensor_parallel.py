@@ -8,10 +8,14 @@ summed across the group, and the bias is added once, after the sum. Column -> ro
 the backward pass, made explicit by the four autograd mappings below.
 
 Quantized shards are cut from the quantized full layer (``from_linear``), so a
-tensor-parallel quantized model computes what the single-process quantized model computes:
-per-output-channel scales travel with their rows; in a row-parallel W8A8 layer the per-token
-activation scale is agreed on across the group (an all-reduce of the per-token |x| maxima,
-[tokens] floats) so that every shard quantizes with the full row's scale.
+tensor-parallel quantized layer computes what the single-process quantized layer computes,
+up to the order of the fp32 sum of the partial products: per-output-channel scales travel
+with their rows; in a row-parallel W8A8 layer the per-token activation scale is agreed on
+across the group (an all-reduce of the per-token |x| maxima, [tokens] floats) so that every
+shard quantizes with the full row's scale. Across a W8A8 model, that last-bit difference
+can move a later layer's activation across an int8 rounding boundary, so whole-model
+outputs agree to int8 quantization noise, not bit for bit (W8A16 / 1-bit / ternary keep
+float activations and agree to fp32 rounding).
 """
 
 from __future__ import annotations
