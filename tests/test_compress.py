@@ -12,8 +12,8 @@ e = torch.ops.effgen
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("n,block", [(1, 4), (1000, 256), (4099, 256), (70001, 64)])
-def test_codecs_match_reference_exactly(dtype, n, block):
+@pytest.mark.parametrize("n,block", [(1, 4), (1000, 256), (4099, 256), (70001, 64), (1003, 7), (517, 100)])
+def test_codecs_match_reference_exactly(isa, dtype, n, block):
     x = random_input((n,), dtype)
     for op, reference in [(e.ef_compress_int8, ref.ef_compress_int8), (e.ef_compress_sign, ref.ef_compress_sign)]:
         error = random_input((n,), scale=0.01)
@@ -25,8 +25,8 @@ def test_codecs_match_reference_exactly(dtype, n, block):
         assert_same_bits(error, expected_error)
 
 
-@pytest.mark.parametrize("n,block", [(1, 4), (4099, 256), (70001, 64)])
-def test_decompress_sums_match_reference_exactly(n, block):
+@pytest.mark.parametrize("n,block", [(1, 4), (4099, 256), (70001, 64), (1003, 7), (517, 100)])
+def test_decompress_sums_match_reference_exactly(isa, n, block):
     rows, blocks = 3, -(-n // block)
     q = torch.randint(-127, 128, (rows, n), dtype=torch.int8)
     packed = torch.randint(0, 256, (rows, (n + 7) // 8), dtype=torch.uint8)
@@ -56,7 +56,7 @@ def test_error_feedback_keeps_the_running_sum():
         assert error.abs().max() < 10.0  # bounded residual
 
 
-def test_non_finite_blocks_give_nan_scales_and_clear_the_error():
+def test_non_finite_blocks_give_nan_scales_and_clear_the_error(isa):
     x = torch.randn(512)
     x[100] = float("inf")
     error = torch.full((512,), 0.5)

@@ -42,8 +42,8 @@ std::tuple<at::Tensor, at::Tensor> ef_compress_int8(const at::Tensor& x_in, at::
   at::Tensor q = at::empty({n}, x.options().dtype(at::kChar));
   at::Tensor scales = at::empty({blocks}, x.options().dtype(at::kFloat));
   at::parallel_for(0, blocks, std::max<int64_t>(1, kValuesPerTask / block), [&](int64_t b0, int64_t b1) {
-    cpu::ef_compress_int8_blocks(cpu_dtype(x.scalar_type()), x.data_ptr(), error.data_ptr<float>(), n, block, b0, b1,
-                                 q.data_ptr<int8_t>(), scales.data_ptr<float>());
+    cpu::compress_kernels().ef_compress_int8_blocks(cpu_dtype(x.scalar_type()), x.data_ptr(), error.data_ptr<float>(),
+                                                    n, block, b0, b1, q.data_ptr<int8_t>(), scales.data_ptr<float>());
   });
   return {q, scales};
 }
@@ -81,8 +81,8 @@ at::Tensor decompress_sum_int8(const at::Tensor& q_in, const at::Tensor& scales_
   const at::Tensor q = q_in.contiguous(), scales = scales_in.contiguous();
   at::Tensor total = at::empty({n}, q.options().dtype(at::kFloat));
   at::parallel_for(0, n, kValuesPerTask, [&](int64_t i0, int64_t i1) {
-    cpu::decompress_sum_int8(q.data_ptr<int8_t>(), scales.data_ptr<float>(), q.size(0), n, block, i0, i1,
-                             total.data_ptr<float>());
+    cpu::compress_kernels().decompress_sum_int8(q.data_ptr<int8_t>(), scales.data_ptr<float>(), q.size(0), n, block,
+                                                i0, i1, total.data_ptr<float>());
   });
   return total;
 }

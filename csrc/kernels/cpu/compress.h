@@ -4,19 +4,28 @@
 #include <cstdint>
 
 #include "dtypes.h"
+#include "quant.h"  // kMaxFiniteBits
 
 namespace effgen::cpu {
 
-// For blocks [b0, b1) of x (n values): v = x + error; scale = absmax(v) / 127 per block;
-// q = clamp(round_half_even(v * (1 / scale)), -127, 127); error = v - q * scale. A block
-// holding Inf/NaN gets a NaN scale, q = 0 and error = 0 (the NaN reaches the result, where
-// a GradScaler can see it, and does not stay in the residual).
-void ef_compress_int8_blocks(DType dtype, const void* x, float* error, int64_t n, int64_t block, int64_t b0,
-                             int64_t b1, int8_t* q, float* scales);
+struct CompressKernels {
+  // For blocks [b0, b1) of x (n values): v = x + error; scale = absmax(v) / 127 per block;
+  // q = clamp(round_half_even(v * (1 / scale)), -127, 127); error = v - q * scale. A block
+  // holding Inf/NaN gets a NaN scale, q = 0 and error = 0 (the NaN reaches the result,
+  // where a GradScaler can see it, and does not stay in the residual).
+  void (*ef_compress_int8_blocks)(DType dtype, const void* x, float* error, int64_t n, int64_t block, int64_t b0,
+                                  int64_t b1, int8_t* q, float* scales);
+  // total[i] = sum over rows r = 0..rows-1, in order, of q[r][i] * scales[r][i / block],
+  // for i in [i0, i1).
+  void (*decompress_sum_int8)(const int8_t* q, const float* scales, int64_t rows, int64_t n, int64_t block, int64_t i0,
+                              int64_t i1, float* total);
+};
 
-// total[i] = sum over rows r = 0..rows-1, in order, of q[r][i] * scales[r][i / block].
-void decompress_sum_int8(const int8_t* q, const float* scales, int64_t rows, int64_t n, int64_t block, int64_t i0,
-                         int64_t i1, float* total);
+const CompressKernels& compress_kernels_scalar();
+const CompressKernels& compress_kernels_avx2();
+const CompressKernels& compress_kernels_avx512();
+// The int8 codec table of the active ISA (the sign codec below is plain C++).
+const CompressKernels& compress_kernels();
 
 // total[i] = sum over rows, in order, of scales[r][i / block] * (bit i of row r ? 1 : -1).
 void decompress_sum_sign(const uint8_t* packed, const float* scales, int64_t rows, int64_t n, int64_t block,

@@ -1,4 +1,5 @@
 #include "binary_gemm.h"
+#include "compress.h"
 #include "int8_gemm.h"
 #include "quant.h"
 
@@ -25,6 +26,10 @@ const QuantKernels& quant_kernels() {
 
 const Int8GemmKernels& int8_gemm_kernels() {
   return for_active_isa(int8_gemm_kernels_scalar(), int8_gemm_kernels_avx2(), int8_gemm_kernels_avx512());
+}
+
+const CompressKernels& compress_kernels() {
+  return for_active_isa(compress_kernels_scalar(), compress_kernels_avx2(), compress_kernels_avx512());
 }
 
 const BinaryGemmKernels& binary_gemm_kernels() {

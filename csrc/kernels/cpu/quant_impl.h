@@ -11,17 +11,7 @@
 // Tails shorter than a vector go through a zero-filled stack buffer, so the vector body is
 // the only arithmetic and the tail rounds exactly like the rest of the run.
 
-template <typename T>
-struct Lanes {
-  T v[S::kWidth];
-};
-
-template <typename T>
-Lanes<T> pad_tail(const T* p, int64_t n) {
-  Lanes<T> buf{};
-  std::memcpy(buf.v, p, static_cast<size_t>(n) * sizeof(T));
-  return buf;
-}
+#include "simd_tail.h"
 
 template <typename T>
 typename S::F param(const T* p, int64_t i, int64_t stride) {

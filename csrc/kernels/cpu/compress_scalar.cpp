@@ -1,0 +1,21 @@
+// Portable path of the int8 gradient codec: one lane, plain C++.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "compress.h"
+
+namespace effgen::cpu {
+namespace scalar {
+namespace {
+
+#include "simd_scalar.h"
+
+#include "compress_impl.h"
+
+}  // namespace
+}  // namespace scalar
+
+const CompressKernels& compress_kernels_scalar() { return scalar::kTable; }
+
+}  // namespace effgen::cpu
