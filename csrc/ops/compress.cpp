@@ -52,11 +52,15 @@ std::tuple<at::Tensor, at::Tensor> ef_compress_sign(const at::Tensor& x, at::Ten
   constexpr const char* op = "ef_compress_sign";
   check_codec_args(op, x, error, block);
   const int64_t n = x.numel(), blocks = blocks_of(n, block);
-  const at::Tensor v = at::add(x.to(at::kFloat), error).contiguous();
+  // v = x + error is formed in the error buffer itself (fp32 addition commutes, so the bits
+  // equal the reference's x.float() + error): no gradient-sized temporary for it.
+  error.add_(x);
+  const at::Tensor& v = error;
   at::Tensor counts = at::full({blocks}, static_cast<double>(block), v.options());
   if (n % block != 0) counts.data_ptr<float>()[blocks - 1] = static_cast<float>(n % block);
-  const at::Tensor padded = at::constant_pad_nd(at::abs(v), {0, blocks * block - n}, 0);
-  const at::Tensor scales = at::div(at::sum(padded.reshape({blocks, block}), {1}), counts).contiguous();
+  at::Tensor magnitudes = at::abs(v);
+  if (n % block != 0) magnitudes = at::constant_pad_nd(magnitudes, {0, blocks * block - n}, 0);
+  const at::Tensor scales = at::div(at::sum(magnitudes.reshape({blocks, block}), {1}), counts).contiguous();
   at::Tensor packed = at::empty({(n + 7) / 8}, v.options().dtype(at::kByte));
   cpu::sign_pack_update(v.data_ptr<float>(), scales.data_ptr<float>(), n, block, packed.data_ptr<uint8_t>(),
                         error.data_ptr<float>());

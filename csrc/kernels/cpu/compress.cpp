@@ -42,15 +42,16 @@ void decompress_sum_sign(const uint8_t* packed, const float* scales, int64_t row
 
 void sign_pack_update(const float* v, const float* scales, int64_t n, int64_t block, uint8_t* packed,
                       float* error) {
-  for (int64_t start = 0; start < n; start += block) {
-    const int64_t end = std::min(n, start + block);
-    const float scale = scales[start / block];
-    for (int64_t i = start; i < end; ++i) error[i] = v[i] - (v[i] >= 0.0f ? 1.0f : -1.0f) * scale;
-  }
+  // Bits first: v may be the error buffer itself, which the second loop overwrites.
   for (int64_t byte = 0; byte < (n + 7) / 8; ++byte) {
     uint32_t bits = 0;
     for (int64_t k = 0; k < 8 && byte * 8 + k < n; ++k) bits |= static_cast<uint32_t>(v[byte * 8 + k] >= 0.0f) << k;
     packed[byte] = static_cast<uint8_t>(bits);
+  }
+  for (int64_t start = 0; start < n; start += block) {
+    const int64_t end = std::min(n, start + block);
+    const float scale = scales[start / block];
+    for (int64_t i = start; i < end; ++i) error[i] = v[i] - (v[i] >= 0.0f ? 1.0f : -1.0f) * scale;
   }
 }
 

@@ -31,7 +31,8 @@ const CompressKernels& compress_kernels();
 void decompress_sum_sign(const uint8_t* packed, const float* scales, int64_t rows, int64_t n, int64_t block,
                          int64_t i0, int64_t i1, float* total);
 
-// The sign codec's bits and residual once its scales are known: v is x + error (fp32).
+// The sign codec's bits and residual once its scales are known: v is x + error (fp32) and
+// may be `error` itself (updated in place).
 void sign_pack_update(const float* v, const float* scales, int64_t n, int64_t block, uint8_t* packed,
                       float* error);
 
