@@ -33,6 +33,9 @@ from .. import ops as _ops_module  # noqa: F401  (registers the effgen ops)
 
 _ops = torch.ops.effgen
 CODECS = ("int8", "sign")
+# all_gather into one flat tensor: all_gather_single from torch 2.14 on (its predecessor
+# all_gather_into_tensor is deprecated there), all_gather_into_tensor before.
+_all_gather_flat = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
 @dataclasses.dataclass
@@ -78,6 +81,7 @@ class CompressionState:
         self.step = 0
         self.worker_errors: dict[int, torch.Tensor] = {}
         self.server_errors: dict[int, torch.Tensor] = {}
+        self._buffers: dict[tuple[int, str], torch.Tensor] = {}  # work buffers, never saved
         self.last_step = TrafficCounters()
         self._current = TrafficCounters()
         self._issued = _done_future()  # completes once the previous bucket's collectives are issued
@@ -106,6 +110,14 @@ class CompressionState:
             table[index] = buffer
         if not self.error_feedback:
             buffer.zero_()
+        return buffer
+
+    def _scratch(self, index: int, name: str, numel: int, dtype: torch.dtype, device) -> torch.Tensor:
+        """A per-bucket work buffer kept across steps (replaced when the bucket changes)."""
+        buffer = self._buffers.get((index, name))
+        if buffer is None or buffer.numel() != numel or buffer.dtype != dtype or buffer.device != device:
+            buffer = torch.empty(numel, dtype=dtype, device=device)
+            self._buffers[(index, name)] = buffer
         return buffer
 
     def _end_step(self) -> None:
@@ -202,12 +214,15 @@ def compressed_allreduce(state: CompressionState, tensor: torch.Tensor, bucket_i
     unit = world * math.lcm(block, 8)
     padded_n = -(-n // unit) * unit
     chunk, chunk_blocks = padded_n // world, padded_n // world // block
-    x = torch.zeros(padded_n, dtype=tensor.dtype, device=tensor.device)
-    x[:n] = tensor
+    x = tensor
+    if padded_n != n:  # a reused buffer: a fresh gradient-sized tensor costs page faults every step
+        x = state._scratch(bucket_index, "padded", padded_n, tensor.dtype, tensor.device)
+        x[:n] = tensor
+        x[n:].zero_()
     payload, scales = _compress(state, x, state._error(state.worker_errors, bucket_index, padded_n, tensor.device))
     payload_chunk = payload.numel() // world  # int8: chunk values; sign: chunk / 8 bytes
-    received_payload = torch.empty_like(payload)
-    received_scales = torch.empty_like(scales)
+    received_payload = state._scratch(bucket_index, "received_payload", payload.numel(), payload.dtype, payload.device)
+    received_scales = state._scratch(bucket_index, "received_scales", scales.numel(), scales.dtype, scales.device)
     sent = 2 * (world - 1) * (payload_chunk + 4 * chunk_blocks)
     state._current.bytes_sent += sent
     state._current.bytes_received += sent
@@ -221,8 +236,7 @@ def compressed_allreduce(state: CompressionState, tensor: torch.Tensor, bucket_i
     def finish(gathered: torch.futures.Future) -> None:
         try:
             gathered.value()
-            full = _decompress_sum(state, torch.cat(gathered_payload).reshape(1, -1),
-                                   torch.cat(gathered_scales).reshape(1, -1), padded_n)
+            full = _decompress_sum(state, gathered_payload.reshape(1, -1), gathered_scales.reshape(1, -1), padded_n)
             tensor.copy_(full[:n])
             result.set_result(tensor)
         except BaseException as error:  # a failed collective must reach the caller, not hang it
@@ -236,11 +250,10 @@ def compressed_allreduce(state: CompressionState, tensor: torch.Tensor, bucket_i
                                     received_scales.reshape(world, chunk_blocks), chunk)
             server_error = state._error(state.server_errors, bucket_index, chunk, tensor.device)
             mine_payload, mine_scales = _compress(state, total.div_(world), server_error)
-            gathered_payload[:] = [torch.empty_like(mine_payload) for _ in range(world)]
-            gathered_scales[:] = [torch.empty_like(mine_scales) for _ in range(world)]
             group = _group(state)
-            works = [dist.all_gather(gathered_payload, mine_payload, group=group, async_op=True),
-                     dist.all_gather(gathered_scales, mine_scales, group=group, async_op=True)]
+            # Straight into one flat buffer per bucket, rank after rank: no concatenation.
+            works = [_all_gather_flat(gathered_payload, mine_payload, group=group, async_op=True),
+                     _all_gather_flat(gathered_scales, mine_scales, group=group, async_op=True)]
             issued()
             torch.futures.collect_all([w.get_future() for w in works]).then(finish)
         except BaseException as error:
@@ -260,8 +273,8 @@ def compressed_allreduce(state: CompressionState, tensor: torch.Tensor, bucket_i
             return
         torch.futures.collect_all(futures).then(lambda exchanged: reduce_chunk(exchanged, issued))
 
-    gathered_payload: list[torch.Tensor] = []
-    gathered_scales: list[torch.Tensor] = []
+    gathered_payload = state._scratch(bucket_index, "gathered_payload", payload.numel(), payload.dtype, payload.device)
+    gathered_scales = state._scratch(bucket_index, "gathered_scales", scales.numel(), scales.dtype, scales.device)
     _in_issue_order(state, launch)
     return result
 
