@@ -8,37 +8,19 @@ issue is not written yet."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import socket
 import tempfile
 
 import torch
 
 from effgen_kernels.bench import BenchContext, BenchResult
-from effgen_kernels.bench.ddp_worker import HIDDEN, ddp_step_worker
+from effgen_kernels.bench.ddp_worker import HIDDEN, ddp_step_worker, run_workers
 
 FAMILY = "allreduce"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run(hook: str, steps: int, out: str) -> dict:
-    ctx = multiprocessing.get_context("spawn")
-    port = _free_port()
-    procs = [ctx.Process(target=ddp_step_worker, args=(rank, 2, port, hook, steps, out)) for rank in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(300)
-        if p.is_alive():
-            p.kill()
-        if p.exitcode != 0:
-            raise RuntimeError(f"allreduce benchmark worker for {hook} failed or did not finish")
+    run_workers(ddp_step_worker, 2, hook, steps, out, timeout=300, what=f"allreduce benchmark worker for {hook}")
     return torch.load(os.path.join(out, f"{hook}.pt"), weights_only=False)
 
 

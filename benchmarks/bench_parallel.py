@@ -6,24 +6,16 @@ Loopback is fast and the step is compute-bound here: the bytes are what a slow l
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import socket
 import tempfile
 
 import torch
 
 from effgen_kernels.bench import BenchContext, BenchResult
-from effgen_kernels.bench.ddp_worker import tp_step_worker
+from effgen_kernels.bench.ddp_worker import run_workers, tp_step_worker
 
 FAMILY = "parallel"
 DIM, TOKENS = 1024, 256
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(ctx: BenchContext) -> list[BenchResult]:
@@ -32,18 +24,7 @@ def run(ctx: BenchContext) -> list[BenchResult]:
         return []
     steps = 5 if ctx.quick else 15
     with tempfile.TemporaryDirectory() as out:
-        spawn = multiprocessing.get_context("spawn")
-        port = _free_port()
-        procs = [spawn.Process(target=tp_step_worker, args=(rank, 2, port, steps, out, DIM, TOKENS))
-                 for rank in range(2)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(600)
-            if p.is_alive():
-                p.kill()
-            if p.exitcode != 0:
-                raise RuntimeError("tensor-parallel benchmark worker failed or did not finish")
+        run_workers(tp_step_worker, 2, steps, out, DIM, TOKENS, what="tensor-parallel benchmark worker")
         measured = torch.load(os.path.join(out, "tp.pt"))
     median, sent = measured["median_s"], measured["bytes"]
     ctx.progress(f"  TP=2 activations sent per rank per forward: int8 {sent['int8'] / 1e6:.2f} MB, fp32 "

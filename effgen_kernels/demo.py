@@ -16,10 +16,8 @@ import argparse
 import copy
 import gc
 import json
-import multiprocessing
 import os
 import resource
-import socket
 import statistics
 import sys
 import tempfile
@@ -29,7 +27,7 @@ from pathlib import Path
 import torch
 
 import effgen_kernels as ek
-from effgen_kernels.bench.ddp_worker import DEMO_GPT, demo_train_worker
+from effgen_kernels.bench.ddp_worker import DEMO_GPT, demo_train_worker, run_workers
 from effgen_kernels.distill import DistillationLoss, Distiller
 from effgen_kernels.gpt import GPT, evaluate_perplexity, lm_batch, stdlib_source_bytes
 from effgen_kernels.models import MissingModelError
@@ -104,29 +102,12 @@ def stage_quantize(args) -> dict:
     return results
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def stage_ddp(args, workdir: Path) -> dict:
     steps = 30 if args.quick else 120
     results = {}
     for i, codec in enumerate(("plain", "int8", "sign"), 1):
         say(f"[2/3] ddp: 2 gloo workers, {codec} all-reduce, {steps} steps ({i}/3) ...")
-        spawn = multiprocessing.get_context("spawn")
-        port = _free_port()
-        procs = [spawn.Process(target=demo_train_worker, args=(rank, 2, port, str(workdir), codec, steps))
-                 for rank in range(2)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(900)
-            if p.is_alive():
-                p.kill()
-            if p.exitcode != 0:
-                raise RuntimeError(f"demo DDP worker ({codec}) failed or did not finish")
+        run_workers(demo_train_worker, 2, str(workdir), codec, steps, timeout=900, what=f"demo DDP worker ({codec})")
         run = torch.load(workdir / f"{codec}.pt")
         results[codec] = {"losses": run["losses"], "bytes_per_step": run["bytes_per_step"][-1]}
         say(f"      final loss {run['losses'][-1]:.4f}, {run['bytes_per_step'][-1] / 2**20:.2f} MiB sent per step")

@@ -90,3 +90,17 @@ def test_bad_inputs_name_the_argument():
         e.ef_compress_int8(x.reshape(10, 10), torch.zeros(10, 10), 16)
     with pytest.raises(ValueError, match="scales must be \\[2, 7\\]"):
         e.decompress_sum_int8(torch.zeros(2, 100, dtype=torch.int8), torch.ones(2, 6), 16)
+
+
+def test_state_dict_restores_residuals_and_keeps_the_callers_group():
+    from effgen_kernels.distributed import CompressionState
+
+    dp_group = object()  # stands for a data-parallel sub-group of a 2-D mesh
+    saved = CompressionState(process_group=dp_group, codec="sign", block_size=64)
+    saved.step, saved.worker_errors[0] = 7, torch.randn(128)
+    restored = CompressionState(process_group=dp_group, codec="sign", block_size=64)
+    restored.load_state_dict(saved.state_dict())
+    assert restored.process_group is dp_group and restored.step == 7
+    assert torch.equal(restored.worker_errors[0], saved.worker_errors[0])
+    with pytest.raises(ValueError, match="codec='sign', block_size=64"):
+        CompressionState(process_group=dp_group, codec="int8").load_state_dict(saved.state_dict())

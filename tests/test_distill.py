@@ -278,3 +278,12 @@ def test_without_a_teacher_it_is_plain_training_on_the_labels(text):
     assert history[-1]["ce"] < history[0]["ce"] and all(h["kd"] == 0 for h in history)
     with pytest.raises(ValueError, match="teacher is None"):
         Distiller(None, student, DistillationLoss(alpha=0.5), opt)
+
+
+def test_fp16_autocast_scales_the_loss(text):
+    teacher, student = small_lm(0), small_lm(1, dim=16)
+    opt = torch.optim.AdamW(student.parameters(), lr=3e-3)
+    distiller = Distiller(teacher, student, DistillationLoss(), opt, autocast_dtype=torch.float16, progress=False)
+    assert distiller.scaler.is_enabled()
+    history = distiller.fit(batches(text), steps=6)
+    assert all(math.isfinite(h["loss"]) for h in history) and history[-1]["loss"] < history[0]["loss"]

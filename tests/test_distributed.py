@@ -1,38 +1,20 @@
 """Compressed all-reduce and the DDP hook, in real multi-process runs (gloo on loopback)."""
 
 import math
-import multiprocessing
-import socket
 
 import distributed_workers as workers
 import pytest
 import torch
 
 from effgen_kernels import reference as ref
+from effgen_kernels.bench.ddp_worker import run_workers
 
 pytestmark = pytest.mark.distributed
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(fn, world: int, out, *args, timeout: float = 180.0) -> None:
     """Starts `world` processes of fn(rank, world, port, out, *args); fails, never hangs."""
-    ctx = multiprocessing.get_context("spawn")
-    port = free_port()
-    procs = [ctx.Process(target=fn, args=(rank, world, port, str(out), *args)) for rank in range(world)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout)
-    alive = [p for p in procs if p.is_alive()]
-    for p in alive:
-        p.kill()
-    assert not alive, f"{len(alive)} worker(s) still running after {timeout} s"
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    run_workers(fn, world, str(out), *args, timeout=timeout, what=fn.__name__)
 
 
 @pytest.mark.parametrize("world", [2, 3, 4])

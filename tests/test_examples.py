@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from effgen_kernels.bench.ddp_worker import free_port
 from effgen_kernels.gpt import GPT, GPTConfig
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -16,8 +17,6 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 def torchrun(script: str, processes: int, *args: str) -> str:
     """Runs examples/<script> under torchrun; its stdout (fails with the workers' stderr)."""
-    from test_distributed import free_port
-
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
                str(free_port()), str(EXAMPLES / script), *args]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)

@@ -4,7 +4,9 @@ bench_parallel's tensor-parallel transformer step."""
 
 import datetime
 import gc
+import multiprocessing
 import os
+import socket
 import statistics
 import sys
 import time
@@ -17,6 +19,30 @@ HIDDEN = 1024
 
 
 DEMO_GPT = GPTConfig(context=64, dim=128, layers=2, heads=4)  # `effgen demo` trains (stage 2), distils (3)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_workers(fn, world: int, *args, timeout: float = 600.0, what: str = "worker") -> None:
+    """Starts ``world`` spawned processes of fn(rank, world, port, *args) on a free port and
+    waits; a worker that fails or outlives ``timeout`` is an error (and is killed)."""
+    spawn = multiprocessing.get_context("spawn")
+    port = free_port()
+    procs = [spawn.Process(target=fn, args=(rank, world, port, *args)) for rank in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    codes = [p.exitcode for p in procs]
+    if any(code != 0 for code in codes):
+        raise RuntimeError(f"{what} failed or did not finish within {timeout:.0f} s (exit codes {codes})")
 
 
 def finish_worker() -> None:
@@ -38,17 +64,18 @@ def finish_worker() -> None:
     os._exit(0)
 
 
-def ddp_step_worker(rank: int, world: int, port: int, hook: str, steps: int, out: str) -> None:
+def ddp_step_worker(rank: int, world: int, port: int, hook: str, steps: int, out: str, hidden: int = HIDDEN,
+                    layers: int = 4, address: str = "127.0.0.1") -> None:
     import torch.distributed as dist
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
 
     from effgen_kernels.distributed import CompressionState, compressed_allreduce_hook
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(MASTER_ADDR=address, MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=300))
     torch.manual_seed(0)
-    model = torch.nn.Sequential(*[torch.nn.Linear(HIDDEN, HIDDEN) for _ in range(4)])
+    model = torch.nn.Sequential(*[torch.nn.Linear(hidden, hidden) for _ in range(layers)])
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     state = None
     if hook in ("int8", "sign"):
@@ -59,7 +86,7 @@ def ddp_step_worker(rank: int, world: int, port: int, hook: str, steps: int, out
     elif hook == "powersgd":
         ddp.register_comm_hook(powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=4,
                                                            start_powerSGD_iter=2), powerSGD_hook.powerSGD_hook)
-    x = torch.randn(32, HIDDEN)
+    x = torch.randn(32, hidden)
     times = []
     for _ in range(steps):
         begin = time.perf_counter()

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from ._trainable import trainable_copy
 
 
 def _alpha(weight: torch.Tensor, group_size: int | None) -> torch.Tensor:
@@ -186,10 +187,7 @@ class BinaryTrainLinear(nn.Linear):
     @classmethod
     def from_float(cls, linear: nn.Linear, group_size: int | None = None,
                    binary_activations: bool = False) -> BinaryTrainLinear:
-        module = cls(linear.in_features, linear.out_features, linear.bias is not None, group_size, binary_activations,
-                     device=linear.weight.device, dtype=linear.weight.dtype)
-        module.load_state_dict(linear.state_dict())
-        return module
+        return trainable_copy(cls, linear, group_size, binary_activations)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
@@ -217,10 +215,7 @@ class TernaryTrainLinear(nn.Linear):
 
     @classmethod
     def from_float(cls, linear: nn.Linear, per_channel: bool = True) -> TernaryTrainLinear:
-        module = cls(linear.in_features, linear.out_features, linear.bias is not None, per_channel,
-                     device=linear.weight.device, dtype=linear.weight.dtype)
-        module.load_state_dict(linear.state_dict())
-        return module
+        return trainable_copy(cls, linear, per_channel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from ._trainable import trainable_copy
 
 
 class _QuantizedLinearBase(nn.Module):
@@ -147,10 +148,7 @@ class Int8TrainLinear(nn.Linear):
 
     @classmethod
     def from_float(cls, linear: nn.Linear) -> Int8TrainLinear:
-        module = cls(linear.in_features, linear.out_features, linear.bias is not None,
-                     device=linear.weight.device, dtype=linear.weight.dtype)
-        module.load_state_dict(linear.state_dict())
-        return module
+        return trainable_copy(cls, linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
