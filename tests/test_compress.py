@@ -104,3 +104,18 @@ def test_state_dict_restores_residuals_and_keeps_the_callers_group():
     assert torch.equal(restored.worker_errors[0], saved.worker_errors[0])
     with pytest.raises(ValueError, match="codec='sign', block_size=64"):
         CompressionState(process_group=dp_group, codec="int8").load_state_dict(saved.state_dict())
+
+
+def test_residuals_of_a_bucket_that_now_holds_other_parameters_are_dropped():
+    from effgen_kernels.distributed import CompressionState
+
+    state = CompressionState(process_group=object())
+    state._check_layout(0, ((4, 3), (4,)))
+    state.worker_errors[0], state.server_errors[0] = torch.ones(16), torch.ones(8)
+    state._check_layout(0, ((4, 3), (4,)))  # the same parameters: kept
+    assert 0 in state.worker_errors and state.residuals_dropped == 0
+    restored = CompressionState(process_group=object())
+    restored.load_state_dict(state.state_dict())
+    restored._check_layout(0, ((4,), (4, 3)))  # a rebuilt bucket 0: never applied to other parameters
+    assert 0 not in restored.worker_errors and 0 not in restored.server_errors
+    assert restored.residuals_dropped == 1 and restored.layouts[0] == ((4,), (4, 3))

@@ -81,6 +81,12 @@ class CompressionState:
         self.step = 0
         self.worker_errors: dict[int, torch.Tensor] = {}
         self.server_errors: dict[int, torch.Tensor] = {}
+        # Per bucket, the shapes of its parameters when its residuals were made: a bucket
+        # index can hold other parameters later (DDP rebuilds its buckets after its first
+        # step, and a restarted DDP starts again from its initial layout), and a residual
+        # must never be added to another parameter's gradient.
+        self.layouts: dict[int, tuple] = {}
+        self.residuals_dropped = 0  # buckets whose residuals were discarded for that reason
         self._buffers: dict[tuple[int, str], torch.Tensor] = {}  # work buffers, never saved
         self.last_step = TrafficCounters()
         self._current = TrafficCounters()
@@ -92,7 +98,8 @@ class CompressionState:
         stays in place on load)."""
         return {"step": self.step, "codec": self.codec, "block_size": self.block_size,
                 "worker_errors": {k: v.clone() for k, v in self.worker_errors.items()},
-                "server_errors": {k: v.clone() for k, v in self.server_errors.items()}}
+                "server_errors": {k: v.clone() for k, v in self.server_errors.items()},
+                "layouts": dict(self.layouts)}
 
     def load_state_dict(self, state: dict) -> None:
         if state["codec"] != self.codec or state["block_size"] != self.block_size:
@@ -101,8 +108,19 @@ class CompressionState:
         self.step = state["step"]
         self.worker_errors = {int(k): v.clone() for k, v in state["worker_errors"].items()}
         self.server_errors = {int(k): v.clone() for k, v in state["server_errors"].items()}
+        self.layouts = {int(k): tuple(v) for k, v in state.get("layouts", {}).items()}
 
     # -- internals -------------------------------------------------------------------------
+    def _check_layout(self, index: int, layout: tuple | None) -> None:
+        """Drop bucket ``index``'s residuals if it now holds differently shaped parameters."""
+        if layout is None:
+            return
+        if self.layouts.get(index, layout) != layout:
+            self.worker_errors.pop(index, None)
+            self.server_errors.pop(index, None)
+            self.residuals_dropped += 1
+        self.layouts[index] = layout
+
     def _error(self, table: dict[int, torch.Tensor], index: int, numel: int, device) -> torch.Tensor:
         buffer = table.get(index)
         if buffer is None or buffer.numel() != numel or buffer.device != device:  # new or rebuilt bucket
@@ -199,9 +217,12 @@ def _settle(result: torch.futures.Future, compute) -> None:
         result.set_exception(error)
 
 
-def compressed_allreduce(state: CompressionState, tensor: torch.Tensor, bucket_index: int = 0) -> torch.futures.Future:
+def compressed_allreduce(state: CompressionState, tensor: torch.Tensor, bucket_index: int = 0,
+                         layout: tuple | None = None) -> torch.futures.Future:
     """Average ``tensor`` (1-D) over the state's process group with the two-phase compressed
-    all-reduce; returns a Future that completes with ``tensor`` holding the average."""
+    all-reduce; returns a Future that completes with ``tensor`` holding the average.
+    ``layout`` (the bucket's parameter shapes) guards the bucket's residuals."""
+    state._check_layout(bucket_index, layout)
     world = dist.get_world_size(_group(state))
     n = tensor.numel()
     if world == 1 or state.step < state.warmup_steps or n < state.min_compress_numel:
@@ -281,7 +302,8 @@ def compressed_allreduce(state: CompressionState, tensor: torch.Tensor, bucket_i
 
 def compressed_allreduce_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """DDP communication hook: ``ddp.register_comm_hook(state, compressed_allreduce_hook)``."""
-    future = compressed_allreduce(state, bucket.buffer(), bucket.index())
+    layout = tuple(tuple(p.shape) for p in bucket.parameters())
+    future = compressed_allreduce(state, bucket.buffer(), bucket.index(), layout)
     if bucket.is_last():
         state._end_step()
     return future
