@@ -106,16 +106,25 @@ def test_state_dict_restores_residuals_and_keeps_the_callers_group():
         CompressionState(process_group=dp_group, codec="int8").load_state_dict(saved.state_dict())
 
 
-def test_residuals_of_a_bucket_that_now_holds_other_parameters_are_dropped():
-    from effgen_kernels.distributed import CompressionState
+def test_residuals_move_with_their_parameters_when_buckets_change():
+    from effgen_kernels.distributed.compression import CompressionState, _Layout
 
-    state = CompressionState(process_group=object())
-    state._check_layout(0, ((4, 3), (4,)))
-    state.worker_errors[0], state.server_errors[0] = torch.ones(16), torch.ones(8)
-    state._check_layout(0, ((4, 3), (4,)))  # the same parameters: kept
-    assert 0 in state.worker_errors and state.residuals_dropped == 0
-    restored = CompressionState(process_group=object())
-    restored.load_state_dict(state.state_dict())
-    restored._check_layout(0, ((4,), (4, 3)))  # a rebuilt bucket 0: never applied to other parameters
-    assert 0 not in restored.worker_errors and 0 not in restored.server_errors
-    assert restored.residuals_dropped == 1 and restored.layouts[0] == ((4,), (4, 3))
+    state = CompressionState(process_group=object(), block_size=64)
+    before = _Layout(((0, 0, 600), (1, 600, 10)), 2, 64)  # parameters 0 and 1 in one bucket
+    state._regroup(0, before, "cpu")
+    state.worker_errors[0].normal_()
+    state.server_errors[0].normal_()
+    pieces = before.split(state.worker_errors[0], state.server_errors[0])
+    saved = state.state_dict()
+
+    restored = CompressionState(process_group=object(), block_size=64)
+    restored.load_state_dict(saved)
+    # A restarted DDP: parameter 1 now travels alone in bucket 0, parameter 0 in bucket 1,
+    # each at another offset; a new parameter 2 has no residual yet.
+    restored._regroup(0, _Layout(((1, 0, 10),), 2, 64), "cpu")
+    restored._regroup(1, _Layout(((2, 0, 100), (0, 100, 600)), 2, 64), "cpu")
+    moved = {**_Layout(((1, 0, 10),), 2, 64).split(restored.worker_errors[0], restored.server_errors[0]),
+             **_Layout(((2, 0, 100), (0, 100, 600)), 2, 64).split(restored.worker_errors[1], restored.server_errors[1])}
+    for key in (0, 1):
+        assert torch.equal(moved[key][0], pieces[key][0]) and torch.equal(moved[key][1], pieces[key][1])
+    assert not moved[2][0].any() and restored.residuals_dropped == 1

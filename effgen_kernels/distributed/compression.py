@@ -56,12 +56,15 @@ class CompressionState:
     error-feedback buffers of this rank, the step, and traffic counters.
 
     ``warmup_steps`` steps run plain all-reduce first (DDP rebuilds its buckets after the
-    first iterations); buckets with fewer than ``min_compress_numel`` values always do.
+    first iterations); parameters with fewer than ``min_compress_numel`` values are always
+    averaged exactly (each compressed parameter is padded to world x lcm(block, 8) values,
+    so below about 128 values the exact fp32 exchange is the smaller one), decided per
+    parameter so that DDP's grouping of parameters into buckets never changes a result.
     Create it on every rank after init_process_group: without a ``process_group`` it makes
     its own copy of the world group (a collective call)."""
 
     def __init__(self, process_group: dist.ProcessGroup | None = None, codec: str = "int8", block_size: int = 256,
-                 warmup_steps: int = 2, error_feedback: bool = True, min_compress_numel: int = 4096) -> None:
+                 warmup_steps: int = 2, error_feedback: bool = True, min_compress_numel: int = 128) -> None:
         if codec not in CODECS:
             raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
         if block_size <= 0:
@@ -79,14 +82,17 @@ class CompressionState:
         self.warmup_steps, self.error_feedback = warmup_steps, error_feedback
         self.min_compress_numel = min_compress_numel
         self.step = 0
+        # Residuals per bucket, laid out like the bucket's compressed payload (see _Layout).
         self.worker_errors: dict[int, torch.Tensor] = {}
         self.server_errors: dict[int, torch.Tensor] = {}
-        # Per bucket, the shapes of its parameters when its residuals were made: a bucket
-        # index can hold other parameters later (DDP rebuilds its buckets after its first
-        # step, and a restarted DDP starts again from its initial layout), and a residual
-        # must never be added to another parameter's gradient.
+        # Per bucket, the (parameter key, offset, numel) segments its residuals belong to. A
+        # bucket index holds other parameters after DDP rebuilds its buckets (after its first
+        # step, and again after a restart, which begins from the initial layout): residuals
+        # then move with their parameters to wherever those now are.
         self.layouts: dict[int, tuple] = {}
-        self.residuals_dropped = 0  # buckets whose residuals were discarded for that reason
+        self.residuals_dropped = 0  # parameters whose residuals had nowhere to go (counted)
+        self._param_keys: dict[int, int] = {}  # id(parameter) -> key, in first-seen order
+        self._loose: dict | None = None  # residuals being moved between bucket layouts
         self._buffers: dict[tuple[int, str], torch.Tensor] = {}  # work buffers, never saved
         self.last_step = TrafficCounters()
         self._current = TrafficCounters()
@@ -108,27 +114,31 @@ class CompressionState:
         self.step = state["step"]
         self.worker_errors = {int(k): v.clone() for k, v in state["worker_errors"].items()}
         self.server_errors = {int(k): v.clone() for k, v in state["server_errors"].items()}
-        self.layouts = {int(k): tuple(v) for k, v in state.get("layouts", {}).items()}
+        self.layouts = {int(k): tuple(tuple(seg) for seg in v) for k, v in state.get("layouts", {}).items()}
 
     # -- internals -------------------------------------------------------------------------
-    def _check_layout(self, index: int, layout: tuple | None) -> None:
-        """Drop bucket ``index``'s residuals if it now holds differently shaped parameters."""
-        if layout is None:
-            return
-        if self.layouts.get(index, layout) != layout:
-            self.worker_errors.pop(index, None)
-            self.server_errors.pop(index, None)
-            self.residuals_dropped += 1
-        self.layouts[index] = layout
+    def _key(self, parameter: torch.Tensor) -> int:
+        """A parameter's key: the order in which the state first saw it. DDP's first step
+        runs its initial bucket layout, the same in every process and after a restart, so
+        a restarted run gives every parameter the key it had before."""
+        return self._param_keys.setdefault(id(parameter), len(self._param_keys))
 
-    def _error(self, table: dict[int, torch.Tensor], index: int, numel: int, device) -> torch.Tensor:
-        buffer = table.get(index)
-        if buffer is None or buffer.numel() != numel or buffer.device != device:  # new or rebuilt bucket
-            buffer = torch.zeros(numel, dtype=torch.float32, device=device)
-            table[index] = buffer
-        if not self.error_feedback:
-            buffer.zero_()
-        return buffer
+    def _regroup(self, index: int, layout: "_Layout", device) -> None:
+        """Make bucket ``index``'s residuals follow ``layout``: on the first bucket whose
+        parameters changed, every bucket's residuals are split per parameter; each bucket
+        then takes its parameters' pieces back (zeros for a parameter never seen)."""
+        if self.layouts.get(index) == layout.segments:
+            return
+        if self._loose is None:
+            self._loose = {}
+            for old_index, segments in self.layouts.items():
+                old = _Layout(segments, layout.world, self.block_size)
+                self._loose.update(old.split(self.worker_errors.get(old_index), self.server_errors.get(old_index)))
+            self.worker_errors, self.server_errors, self.layouts = {}, {}, {}
+        worker, server, missing = layout.join(self._loose, device)
+        self.residuals_dropped += missing
+        self.worker_errors[index], self.server_errors[index] = worker, server
+        self.layouts[index] = layout.segments
 
     def _scratch(self, index: int, name: str, numel: int, dtype: torch.dtype, device) -> torch.Tensor:
         """A per-bucket work buffer kept across steps (replaced when the bucket changes)."""
@@ -139,6 +149,9 @@ class CompressionState:
         return buffer
 
     def _end_step(self) -> None:
+        if self._loose:  # residuals of parameters that no bucket claimed this step
+            self.residuals_dropped += len(self._loose)
+        self._loose = None
         self.step += 1
         self.last_step, self._current = self._current, TrafficCounters()
 
@@ -217,37 +230,157 @@ def _settle(result: torch.futures.Future, compute) -> None:
         result.set_exception(error)
 
 
+class _Layout:
+    """Where each parameter of a bucket goes in the compressed payload.
+
+    Every parameter (segment) is padded on its own to a multiple of world x lcm(block, 8)
+    values and cut into ``world`` equal chunks; the payload holds rank 0's chunk of every
+    parameter, then rank 1's, and so on. So blocks never straddle two parameters, rank r
+    always owns chunk r of every parameter, and a parameter's compressed average depends on
+    nothing but its own values and residuals: whichever bucket it travels in (DDP's initial
+    or rebuilt layout, before or after a restart), the bits are the same."""
+
+    def __init__(self, segments: tuple, world: int, block: int) -> None:
+        self.segments, self.world = segments, world
+        unit = world * math.lcm(block, 8)
+        self.chunks = [-(-numel // unit) * unit // world for _, _, numel in segments]
+        self.chunk_offsets = [sum(self.chunks[:i]) for i in range(len(self.chunks))]
+        self.chunk = sum(self.chunks)  # values each rank owns
+        self.padded = self.chunk * world
+
+    def to_rank_major(self, tensor: torch.Tensor, out: torch.Tensor) -> None:
+        rows = out.view(self.world, self.chunk)
+        for (_, offset, numel), chunk, at in zip(self.segments, self.chunks, self.chunk_offsets, strict=True):
+            for r in range(self.world):
+                lo, hi = min(numel, r * chunk), min(numel, (r + 1) * chunk)
+                rows[r, at:at + hi - lo].copy_(tensor[offset + lo:offset + hi])
+                rows[r, at + hi - lo:at + chunk].zero_()
+
+    def from_rank_major(self, full: torch.Tensor, tensor: torch.Tensor) -> None:
+        rows = full.view(self.world, self.chunk)
+        for (_, offset, numel), chunk, at in zip(self.segments, self.chunks, self.chunk_offsets, strict=True):
+            for r in range(self.world):
+                lo, hi = min(numel, r * chunk), min(numel, (r + 1) * chunk)
+                tensor[offset + lo:offset + hi].copy_(rows[r, at:at + hi - lo])
+
+    def split(self, worker: torch.Tensor | None, server: torch.Tensor | None) -> dict:
+        """{key: (worker residual [world, chunk], server residual [chunk])} per segment."""
+        pieces = {}
+        for (key, _, _), chunk, at in zip(self.segments, self.chunks, self.chunk_offsets, strict=True):
+            w = None if worker is None else worker.view(self.world, self.chunk)[:, at:at + chunk].clone()
+            v = None if server is None else server[at:at + chunk].clone()
+            pieces[key] = (w, v)
+        return pieces
+
+    def join(self, loose: dict, device) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Residual buffers for this layout from per-parameter pieces (taken out of
+        ``loose``); returns them and how many parameters had no piece."""
+        worker = torch.zeros(self.padded, dtype=torch.float32, device=device)
+        server = torch.zeros(self.chunk, dtype=torch.float32, device=device)
+        rows, missing = worker.view(self.world, self.chunk), 0
+        for (key, _, _), chunk, at in zip(self.segments, self.chunks, self.chunk_offsets, strict=True):
+            w, v = loose.pop(key, (None, None))
+            if w is None or w.shape != (self.world, chunk):
+                missing += key >= 0  # negative keys: plain tensors, not parameters
+                continue
+            rows[:, at:at + chunk].copy_(w)
+            if v is not None:
+                server[at:at + chunk].copy_(v)
+        return worker, server, missing
+
+
 def compressed_allreduce(state: CompressionState, tensor: torch.Tensor, bucket_index: int = 0,
                          layout: tuple | None = None) -> torch.futures.Future:
     """Average ``tensor`` (1-D) over the state's process group with the two-phase compressed
     all-reduce; returns a Future that completes with ``tensor`` holding the average.
-    ``layout`` (the bucket's parameter shapes) guards the bucket's residuals."""
-    state._check_layout(bucket_index, layout)
+    ``layout``: the (parameter key, offset, numel) segments of a DDP bucket (see _Layout);
+    None treats the tensor as one segment. Segments smaller than ``min_compress_numel`` are
+    averaged exactly (gathered, summed in rank order), the rest compressed: the choice is
+    made per parameter, so it does not depend on how DDP groups parameters into buckets."""
     world = dist.get_world_size(_group(state))
     n = tensor.numel()
-    if world == 1 or state.step < state.warmup_steps or n < state.min_compress_numel:
+    if world == 1 or state.step < state.warmup_steps:
         state._current.bytes_sent += 2 * (world - 1) * n * tensor.element_size() // max(world, 1)
         state._current.bytes_uncompressed += 2 * (world - 1) * n * 4 // max(world, 1)
         return _plain_allreduce(state, tensor, world)
+    segments = layout if layout is not None else ((-1 - bucket_index, 0, n),)
+    small = tuple(seg for seg in segments if seg[2] < state.min_compress_numel)
+    large = tuple(seg for seg in segments if seg[2] >= state.min_compress_numel)
+    futures = []
+    if small:
+        futures.append(_gathered_mean(state, tensor, small, bucket_index, world))
+    if large:
+        futures.append(_two_phase(state, tensor, large, bucket_index, world))
+    if len(futures) == 1:
+        return futures[0]
+    result: torch.futures.Future = torch.futures.Future()
+    torch.futures.collect_all(futures).then(
+        lambda done: _settle(result, lambda: [f.value() for f in done.value()] and tensor))
+    return result
 
+
+def _gathered_mean(state: CompressionState, tensor: torch.Tensor, segments: tuple, bucket_index: int,
+                   world: int) -> torch.futures.Future:
+    """Exact mean of small segments: all-gather them and add the ranks' values in rank
+    order (an all-reduce's summation order depends on where a value sits in the buffer)."""
+    numel = sum(seg[2] for seg in segments)
+    mine = state._scratch(bucket_index, "small", numel, tensor.dtype, tensor.device)
+    at = 0
+    for _, offset, size in segments:
+        mine[at:at + size].copy_(tensor[offset:offset + size])
+        at += size
+    gathered = state._scratch(bucket_index, "small_gathered", world * numel, tensor.dtype, tensor.device)
+    state._current.bytes_sent += (world - 1) * numel * tensor.element_size()
+    state._current.bytes_uncompressed += 2 * (world - 1) * numel * 4 // world
+    result: torch.futures.Future = torch.futures.Future()
+
+    def average() -> torch.Tensor:
+        rows = gathered.view(world, numel)
+        total = rows[0].float()
+        for r in range(1, world):
+            total = total + rows[r].float()
+        total = total.div_(world).to(tensor.dtype)
+        at = 0
+        for _, offset, size in segments:
+            tensor[offset:offset + size].copy_(total[at:at + size])
+            at += size
+        return tensor
+
+    def launch(issued) -> None:
+        try:
+            work = _all_gather_flat(gathered, mine, group=_group(state), async_op=True)
+        except BaseException as error:
+            issued()
+            result.set_exception(error)
+            return
+        issued()
+        work.get_future().then(lambda f: _settle(result, lambda: f.value() and average()))
+
+    _in_issue_order(state, launch)
+    return result
+
+
+def _two_phase(state: CompressionState, tensor: torch.Tensor, segments: tuple, bucket_index: int,
+               world: int) -> torch.futures.Future:
+    """The compressed all-reduce of the module docstring over ``segments`` of ``tensor``."""
     block = state.block_size
-    # Pad so that every rank's chunk is a whole number of blocks (and of bytes for signs).
-    unit = world * math.lcm(block, 8)
-    padded_n = -(-n // unit) * unit
-    chunk, chunk_blocks = padded_n // world, padded_n // world // block
-    x = tensor
-    if padded_n != n:  # a reused buffer: a fresh gradient-sized tensor costs page faults every step
-        x = state._scratch(bucket_index, "padded", padded_n, tensor.dtype, tensor.device)
-        x[:n] = tensor
-        x[n:].zero_()
-    payload, scales = _compress(state, x, state._error(state.worker_errors, bucket_index, padded_n, tensor.device))
+    plan = _Layout(segments, world, block)
+    state._regroup(bucket_index, plan, tensor.device)
+    padded_n, chunk = plan.padded, plan.chunk
+    chunk_blocks = chunk // block
+    x = state._scratch(bucket_index, "padded", padded_n, tensor.dtype, tensor.device)
+    plan.to_rank_major(tensor, x)
+    worker_error = state.worker_errors[bucket_index]
+    if not state.error_feedback:
+        worker_error.zero_()
+    payload, scales = _compress(state, x, worker_error)
     payload_chunk = payload.numel() // world  # int8: chunk values; sign: chunk / 8 bytes
     received_payload = state._scratch(bucket_index, "received_payload", payload.numel(), payload.dtype, payload.device)
     received_scales = state._scratch(bucket_index, "received_scales", scales.numel(), scales.dtype, scales.device)
     sent = 2 * (world - 1) * (payload_chunk + 4 * chunk_blocks)
     state._current.bytes_sent += sent
     state._current.bytes_received += sent
-    state._current.bytes_uncompressed += 2 * (world - 1) * chunk * 4
+    state._current.bytes_uncompressed += 2 * (world - 1) * sum(seg[2] for seg in segments) * 4 // world
     result: torch.futures.Future = torch.futures.Future()
 
     def fail(error: BaseException) -> None:
@@ -258,7 +391,7 @@ def compressed_allreduce(state: CompressionState, tensor: torch.Tensor, bucket_i
         try:
             gathered.value()
             full = _decompress_sum(state, gathered_payload.reshape(1, -1), gathered_scales.reshape(1, -1), padded_n)
-            tensor.copy_(full[:n])
+            plan.from_rank_major(full, tensor)
             result.set_result(tensor)
         except BaseException as error:  # a failed collective must reach the caller, not hang it
             fail(error)
@@ -269,7 +402,9 @@ def compressed_allreduce(state: CompressionState, tensor: torch.Tensor, bucket_i
                 f.value()
             total = _decompress_sum(state, received_payload.reshape(world, payload_chunk),
                                     received_scales.reshape(world, chunk_blocks), chunk)
-            server_error = state._error(state.server_errors, bucket_index, chunk, tensor.device)
+            server_error = state.server_errors[bucket_index]
+            if not state.error_feedback:
+                server_error.zero_()
             mine_payload, mine_scales = _compress(state, total.div_(world), server_error)
             group = _group(state)
             # Straight into one flat buffer per bucket, rank after rank: no concatenation.
@@ -302,8 +437,10 @@ def compressed_allreduce(state: CompressionState, tensor: torch.Tensor, bucket_i
 
 def compressed_allreduce_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """DDP communication hook: ``ddp.register_comm_hook(state, compressed_allreduce_hook)``."""
-    layout = tuple(tuple(p.shape) for p in bucket.parameters())
-    future = compressed_allreduce(state, bucket.buffer(), bucket.index(), layout)
+    buffer = bucket.buffer()
+    layout = tuple((state._key(p), (g.data_ptr() - buffer.data_ptr()) // g.element_size(), g.numel())
+                   for p, g in zip(bucket.parameters(), bucket.gradients(), strict=True))
+    future = compressed_allreduce(state, buffer, bucket.index(), layout)
     if bucket.is_last():
         state._end_step()
     return future
