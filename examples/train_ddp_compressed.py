@@ -9,9 +9,9 @@ standard library's source through a DistributedSampler and trains the example GP
 DistributedDataParallel with effgen's compressed hook (int8 or 1-bit signs with error
 feedback). Every --checkpoint-every steps rank 0 writes the model and optimizer, and every
 rank its hook state (its error-feedback residuals are its own); --resume continues from
-there. Known limit: after a resume the residuals are keyed by DDP bucket index, and DDP's
-first step runs with its initial bucket layout, so the run is close to, not bit-identical
-with, an uninterrupted one.
+there (the residuals follow their parameters into whatever buckets DDP forms after the
+restart; tests/test_distributed.py checks that a restarted run repeats an uninterrupted
+one bit for bit).
 """
 
 from __future__ import annotations
