@@ -128,3 +128,46 @@ def test_residuals_move_with_their_parameters_when_buckets_change():
     for key in (0, 1):
         assert torch.equal(moved[key][0], pieces[key][0]) and torch.equal(moved[key][1], pieces[key][1])
     assert not moved[2][0].any() and restored.residuals_dropped == 1
+
+
+# ---------------------------------------------------------------------------------------
+# CUDA (skipped without a GPU)
+# ---------------------------------------------------------------------------------------
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("n,block", [(1, 4), (4099, 256), (70001, 64), (1003, 7)])
+def test_cuda_codecs_match_the_cpu_kernels(dtype, n, block):
+    x = random_input((n,), dtype)
+    for op in (e.ef_compress_int8, e.ef_compress_sign):
+        error = random_input((n,), scale=0.01)
+        error_gpu = error.cuda()
+        payload, scales = op(x, error, block)
+        payload_gpu, scales_gpu = op(x.cuda(), error_gpu, block)
+        assert_same_bits(payload_gpu.cpu(), payload)
+        if op is e.ef_compress_int8:  # the sign scales are ATen sums: same math, device order
+            assert_same_bits(scales_gpu.cpu(), scales)
+            assert_same_bits(error_gpu.cpu(), error)
+        else:
+            torch.testing.assert_close(scales_gpu.cpu(), scales, rtol=1e-6, atol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("n,block", [(1, 4), (4099, 256), (70001, 64)])
+def test_cuda_decompress_sums_match_the_cpu_kernels(n, block):
+    rows, blocks = 3, -(-n // block)
+    q = torch.randint(-127, 128, (rows, n), dtype=torch.int8)
+    packed = torch.randint(0, 256, (rows, (n + 7) // 8), dtype=torch.uint8)
+    scales = torch.rand(rows, blocks)
+    assert_same_bits(e.decompress_sum_int8(q.cuda(), scales.cuda(), block).cpu(),
+                     e.decompress_sum_int8(q, scales, block))
+    assert_same_bits(e.decompress_sum_sign(packed.cuda(), scales.cuda(), n, block).cpu(),
+                     e.decompress_sum_sign(packed, scales, n, block))
+
+
+@pytest.mark.cuda
+def test_cuda_codecs_opcheck_and_device_errors():
+    x, error = torch.randn(1000, device="cuda"), torch.zeros(1000, device="cuda")
+    opcheck(e.ef_compress_int8, (x, error.clone(), 64))
+    opcheck(e.ef_compress_sign, (x, error.clone(), 64))
+    with pytest.raises(RuntimeError, match="error must be on"):
+        e.ef_compress_int8(x, torch.zeros(1000), 64)

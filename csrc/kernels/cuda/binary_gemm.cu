@@ -6,8 +6,9 @@
 
 #include <cstdint>
 
-#include "convert.cuh"
 #include "binary_gemm.cuh"
+#include "common.cuh"
+#include "convert.cuh"
 
 namespace effgen::cuda {
 namespace {
@@ -104,16 +105,6 @@ __global__ void xor_popcount_kernel(const uint8_t* a, const uint8_t* b, int64_t 
   }
   for (; byte < nbytes; ++byte) count += __popc(static_cast<uint32_t>(ra[byte] ^ rb[byte]));
   c[idx] = count;
-}
-
-template <typename Fn>
-cudaError_t with_dtype(DType dtype, Fn&& fn) {
-  switch (dtype) {
-    case DType::kBF16: fn(__nv_bfloat16{}); break;
-    case DType::kF16: fn(__half{}); break;
-    case DType::kF32: fn(float{}); break;
-  }
-  return cudaGetLastError();
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "common.cuh"
 #include "convert.cuh"
 #include "quant.cuh"
 
@@ -80,27 +81,8 @@ int grid_for(int64_t n) {
   return static_cast<int>(needed < 1 ? 1 : (needed < max_blocks ? needed : max_blocks));
 }
 
-template <typename Fn>
-cudaError_t with_dtype(DType dtype, Fn&& fn) {
-  switch (dtype) {
-    case DType::kBF16: fn(__nv_bfloat16{}); break;
-    case DType::kF16: fn(__half{}); break;
-    case DType::kF32: fn(float{}); break;
-  }
-  return cudaGetLastError();
-}
 
 // ---- per (row, group) quantization: one block per group, two passes over it -----------
-__device__ uint32_t block_max(uint32_t v) {
-  __shared__ uint32_t warp_max[32];
-  for (int offset = 16; offset > 0; offset >>= 1) v = max(v, __shfl_xor_sync(0xFFFFFFFFu, v, offset));
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) warp_max[warp] = v;
-  __syncthreads();
-  v = 0;
-  for (int w = 0; w < int(blockDim.x + 31) / 32; ++w) v = max(v, warp_max[w]);
-  return v;
-}
 
 template <typename T>
 __global__ void quantize_rows_kernel(const T* x, int64_t k, int64_t group, int64_t groups, int8_t* q, float* scale) {

@@ -1,0 +1,79 @@
+// CUDA glue of the compress family: the CPU glue's checks (compress_common.h), then
+// launches on the current stream. Works with NCCL: the DDP hook's codecs run where the
+// gradients are. UNVERIFIED: compiled in CI, never run on a GPU yet.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../kernels/cuda/compress.cuh"
+#include "compress_common.h"
+#include "cuda_glue.h"
+
+namespace effgen::ops {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> ef_compress_int8(const at::Tensor& x_in, at::Tensor& error, int64_t block) {
+  constexpr const char* op = "ef_compress_int8";
+  check_codec_args(op, x_in, error, block);
+  check_cuda(op, "x", x_in);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous();
+  const int64_t n = x.numel();
+  at::Tensor q = at::empty({n}, x.options().dtype(at::kChar));
+  at::Tensor scales = at::empty({blocks_of(n, block)}, x.options().dtype(at::kFloat));
+  check_launch(op, cuda::ef_compress_int8(cuda_dtype(x.scalar_type()), x.data_ptr(), error.data_ptr<float>(), n, block,
+                                          q.data_ptr<int8_t>(), scales.data_ptr<float>(),
+                                          c10::cuda::getCurrentCUDAStream()));
+  return {q, scales};
+}
+
+std::tuple<at::Tensor, at::Tensor> ef_compress_sign(const at::Tensor& x, at::Tensor& error, int64_t block) {
+  constexpr const char* op = "ef_compress_sign";
+  check_codec_args(op, x, error, block);
+  check_cuda(op, "x", x);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor scales = sign_scales_in_place(x, error, block);
+  const int64_t n = x.numel();
+  at::Tensor packed = at::empty({(n + 7) / 8}, error.options().dtype(at::kByte));
+  check_launch(op, cuda::sign_pack_update(error.data_ptr<float>(), scales.data_ptr<float>(), n, block,
+                                          packed.data_ptr<uint8_t>(), error.data_ptr<float>(),
+                                          c10::cuda::getCurrentCUDAStream()));
+  return {packed, scales};
+}
+
+at::Tensor decompress_sum_int8(const at::Tensor& q_in, const at::Tensor& scales_in, int64_t block) {
+  constexpr const char* op = "decompress_sum_int8";
+  check_cuda(op, "q", q_in);
+  const int64_t n = check_int8_chunks(op, q_in, scales_in, block);
+  const c10::cuda::CUDAGuard guard(q_in.device());
+  const at::Tensor q = q_in.contiguous(), scales = scales_in.contiguous();
+  at::Tensor total = at::empty({n}, q.options().dtype(at::kFloat));
+  check_launch(op, cuda::decompress_sum_int8(q.data_ptr<int8_t>(), scales.data_ptr<float>(), q.size(0), n, block,
+                                             total.data_ptr<float>(), c10::cuda::getCurrentCUDAStream()));
+  return total;
+}
+
+at::Tensor decompress_sum_sign(const at::Tensor& packed_in, const at::Tensor& scales_in, int64_t n, int64_t block) {
+  constexpr const char* op = "decompress_sum_sign";
+  check_cuda(op, "packed", packed_in);
+  check_sign_chunks(op, packed_in, scales_in, n, block);
+  const c10::cuda::CUDAGuard guard(packed_in.device());
+  const at::Tensor packed = packed_in.contiguous(), scales = scales_in.contiguous();
+  at::Tensor total = at::empty({n}, packed.options().dtype(at::kFloat));
+  check_launch(op, cuda::decompress_sum_sign(packed.data_ptr<uint8_t>(), scales.data_ptr<float>(), packed.size(0), n,
+                                             block, total.data_ptr<float>(), c10::cuda::getCurrentCUDAStream()));
+  return total;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(effgen, CUDA, m) {
+  m.impl("ef_compress_int8", &ef_compress_int8);
+  m.impl("ef_compress_sign", &ef_compress_sign);
+  m.impl("decompress_sum_int8", &decompress_sum_int8);
+  m.impl("decompress_sum_sign", &decompress_sum_sign);
+}
+
+}  // namespace effgen::ops
