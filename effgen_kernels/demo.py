@@ -114,24 +114,25 @@ def stage_ddp(args, workdir: Path) -> dict:
     return results
 
 
-def _train_teacher(train: torch.Tensor, steps: int) -> GPT:
-    torch.manual_seed(0)
-    teacher = GPT(DEMO_GPT)
+def _train_teacher(teacher: GPT, train: torch.Tensor, steps: int) -> GPT:
+    """Trains the teacher further on its own (labels only): distilling from a model that is
+    still far from converged would teach the student the teacher's mistakes."""
     optimizer = torch.optim.AdamW(teacher.parameters(), lr=2e-3)
-    Distiller(None, teacher, DistillationLoss(alpha=0.0), optimizer).fit(
-        lambda i: lm_batch(train, i, 16, DEMO_GPT.context), steps)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    Distiller(None, teacher, DistillationLoss(alpha=0.0), optimizer, scheduler=scheduler).fit(
+        lambda i: lm_batch(train, i, 16, DEMO_GPT.context, seed=3), steps)
     return teacher
 
 
 def stage_distill(args, workdir: Path) -> dict:
     train, validation = stdlib_source_bytes()
+    teacher = GPT(DEMO_GPT)
     saved = workdir / "plain.pt"
-    if saved.exists():
-        teacher = GPT(DEMO_GPT)
+    if saved.exists():  # stage 2's plain-DDP model
         teacher.load_state_dict(torch.load(saved)["model"])
-    else:
-        say("[3/3] distill: stage 2 was skipped, training a teacher first ...")
-        teacher = _train_teacher(train, 60 if args.quick else 240)
+    teacher_steps = 300 if args.quick else 600
+    say(f"[3/3] distill: training the teacher {teacher_steps} more steps ...")
+    _train_teacher(teacher, train, teacher_steps)
     teacher.eval()
     steps = 30 if args.quick else 150
 

@@ -16,7 +16,7 @@ def test_quick_demo_reports_every_stage(tmp_path):
     assert ddp["int8"]["bytes_per_step"] / plain < 0.27 and ddp["sign"]["bytes_per_step"] / plain < 0.04
     assert ddp["int8"]["losses"][-1] <= ddp["plain"]["losses"][-1] * 1.02
     distill = report["distill"]
-    assert distill["ternary_distilled"] < distill["ternary_no_training"] * 1.5
+    assert distill["ternary_distilled"] < distill["ternary_no_training"]  # training recovers what ternary lost
     if "quantize" in report:  # the models extra is installed
         q = report["quantize"]
         assert q["W8A16"]["perplexity"] < q["fp32"]["perplexity"] * 1.02
