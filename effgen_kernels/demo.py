@@ -31,6 +31,7 @@ from effgen_kernels.bench.ddp_worker import DEMO_GPT, demo_train_worker, run_wor
 from effgen_kernels.distill import DistillationLoss, Distiller
 from effgen_kernels.gpt import GPT, evaluate_perplexity, lm_batch, stdlib_source_bytes
 from effgen_kernels.models import MissingModelError
+from effgen_kernels.progress import Progress
 from effgen_kernels.quantize import model_bytes
 
 STAGES = ("quantize", "ddp", "distill")
@@ -83,17 +84,21 @@ def stage_quantize(args) -> dict:
     prefill_ids = text_ids[:256].unsqueeze(0)
     eval_ids = text_ids[256:]
     results = {}
-    for i, (name, config) in enumerate(FORMATS.items(), 1):
+    bar = Progress(3 * len(FORMATS), "[1/3] quantize")
+    for name, config in FORMATS.items():
         model = copy.deepcopy(base)
         if config is not None:
             ek.quantize_(model, config)
-        say(f"  [{i}/{len(FORMATS)}] {name}: prefill, decode, perplexity ...")
+        bar.update(bar.done, f"{name}: prefill")
         prefill_s = time_prefill(model, prefill_ids, 2 if args.quick else 3)
+        bar.update(detail=f"{name}: decode")
         text, decode_rate, _ = generate(model, tokenizer, 12 if args.quick else 32)
+        bar.update(detail=f"{name}: perplexity")
         ppl = ek.models.perplexity(model, eval_ids, window=256)
+        bar.update(detail=f"{name} done")
         results[name] = {"prefill_tokens_per_s": prefill_ids.shape[1] / prefill_s, "decode_tokens_per_s": decode_rate,
                          "weight_bytes": model_bytes(model), "rss_mib": rss_mib(), "perplexity": ppl, "text": text}
-        say(f"      {results[name]['prefill_tokens_per_s']:.0f} tok/s prefill, {decode_rate:.1f} tok/s decode, "
+        say(f"      {name}: {results[name]['prefill_tokens_per_s']:.0f} tok/s prefill, {decode_rate:.1f} tok/s decode, "
             f"{results[name]['weight_bytes'] / 2**20:.0f} MiB weights, ppl {ppl:.2f}")
         del model
         gc.collect()

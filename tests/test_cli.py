@@ -83,3 +83,16 @@ def test_bench_plot_draws_one_bar_per_result(tmp_path):
                BenchResult("quant", "op b", "[4]", "float32", 2.0, "peer", 1.0, 16, 10.0)]
     cli.plot_speedups(results, tmp_path / "plots" / "bench.png")
     assert (tmp_path / "plots" / "bench.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_progress_bar_draws_first_and_last_and_throttles_the_rest(capsys):
+    from effgen_kernels.progress import Progress
+
+    bar = Progress(10, "work", every_s=3600)
+    for _ in range(10):
+        bar.update(detail="busy")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2  # the first update and the last; the rest fall inside every_s
+    assert lines[-1].startswith("work [########################] 10/10") and lines[-1].endswith("| busy")
+    Progress(5, "quiet", enabled=False).update(5)
+    assert capsys.readouterr().err == ""

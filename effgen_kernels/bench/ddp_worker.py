@@ -149,6 +149,7 @@ def demo_train_worker(rank: int, world: int, port: int, out: str, codec: str, st
 
     from effgen_kernels.distributed import CompressionState, compressed_allreduce_hook
     from effgen_kernels.gpt import GPT, lm_batch, stdlib_source_bytes
+    from effgen_kernels.progress import Progress
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -164,6 +165,7 @@ def demo_train_worker(rank: int, world: int, port: int, out: str, codec: str, st
     train = stdlib_source_bytes()[0]
     params = sum(p.numel() for p in model.parameters())
     losses, sent = [], []
+    bar = Progress(steps, f"[2/3] ddp {codec}", enabled=rank == 0)
     for step in range(steps):
         inputs, labels = lm_batch(train, step, 8, DEMO_GPT.context, seed=rank)
         logits = ddp(inputs).logits
@@ -173,6 +175,7 @@ def demo_train_worker(rank: int, world: int, port: int, out: str, codec: str, st
         optimizer.step()
         losses.append(loss.item())
         sent.append(state.last_step.bytes_sent if state else 2 * (world - 1) * params * 4 // world)
+        bar.update(step + 1, f"loss {losses[-1]:.4f}")
     if rank == 0:
         trained = model.state_dict() if codec == "plain" else None
         torch.save({"losses": losses, "bytes_per_step": sent, "model": trained}, os.path.join(out, f"{codec}.pt"))

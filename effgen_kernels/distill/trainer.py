@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..progress import Progress
 from .losses import AttentionMapLoss, DistillationLoss, HiddenStateLoss
 
 
@@ -44,27 +44,6 @@ def _field(output, name: str, model_role: str):
         raise TypeError(f"the {model_role}'s output has no .{name}; return it (Hugging Face models do when asked "
                         f"with output_{name}=True)")
     return value
-
-
-class _Progress:
-    """One status line on stderr, at most every ``every_s`` seconds (rewritten in place on a
-    terminal, a new line otherwise)."""
-
-    def __init__(self, enabled: bool, every_s: float = 2.0) -> None:
-        self.enabled, self.every_s, self.last = enabled, every_s, 0.0
-        self.tty = sys.stderr.isatty()
-
-    def show(self, text: str, force: bool = False) -> None:
-        now = time.monotonic()
-        if not self.enabled or (not force and now - self.last < self.every_s):
-            return
-        self.last = now
-        sys.stderr.write(("\r" + text + "\x1b[K") if self.tty else text + "\n")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            sys.stderr.write("\n")
 
 
 class Distiller:
@@ -198,26 +177,21 @@ class Distiller:
         ``batches(index)`` of the micro-batch index (which makes resuming exact).
         Returns the per-step metrics."""
         source = batches if callable(batches) else iter(batches)
-        history, progress, start = [], _Progress(self.progress), time.monotonic()
-        first_step = self.step
-        try:
-            while self.step < steps:
-                index = self.step * self.grad_accum_steps
-                micro = [source(index + i) if callable(source) else next(source) for i in range(self.grad_accum_steps)]
-                metrics = {"step": self.step + 1, **self.train_step(micro),
-                           "lr": self.optimizer.param_groups[0]["lr"]}
-                if eval_fn is not None and eval_every and self.step % eval_every == 0:
-                    metrics.update(eval_fn(unwrap(self.student)))
-                history.append(metrics)
-                self._log(metrics)
-                elapsed = time.monotonic() - start
-                eta = elapsed / (self.step - first_step) * (steps - self.step)
-                progress.show(f"distill step {self.step}/{steps} loss {metrics['loss']:.4f} kd {metrics['kd']:.4f} "
-                              f"ce {metrics['ce']:.4f} | {elapsed:.0f}s, eta {eta:.0f}s", force=self.step == steps)
-                if checkpoint_path is not None and checkpoint_every and self.step % checkpoint_every == 0:
-                    self.save(checkpoint_path)
-        finally:
-            progress.close()
+        history = []
+        progress = Progress(steps, "distill", enabled=self.progress)
+        progress.update(self.step)
+        while self.step < steps:
+            index = self.step * self.grad_accum_steps
+            micro = [source(index + i) if callable(source) else next(source) for i in range(self.grad_accum_steps)]
+            metrics = {"step": self.step + 1, **self.train_step(micro),
+                       "lr": self.optimizer.param_groups[0]["lr"]}
+            if eval_fn is not None and eval_every and self.step % eval_every == 0:
+                metrics.update(eval_fn(unwrap(self.student)))
+            history.append(metrics)
+            self._log(metrics)
+            progress.update(self.step, f"loss {metrics['loss']:.4f} kd {metrics['kd']:.4f} ce {metrics['ce']:.4f}")
+            if checkpoint_path is not None and checkpoint_every and self.step % checkpoint_every == 0:
+                self.save(checkpoint_path)
         return history
 
     def _log(self, metrics: dict) -> None:
