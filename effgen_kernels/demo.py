@@ -94,7 +94,7 @@ def stage_quantize(args) -> dict:
         bar.update(detail=f"{name}: decode")
         text, decode_rate, _ = generate(model, tokenizer, 12 if args.quick else 32)
         bar.update(detail=f"{name}: perplexity")
-        ppl = ek.models.perplexity(model, eval_ids, window=256)
+        ppl = evaluate_perplexity(model, eval_ids, 256, batch_size=1)
         bar.update(detail=f"{name} done")
         results[name] = {"prefill_tokens_per_s": prefill_ids.shape[1] / prefill_s, "decode_tokens_per_s": decode_rate,
                          "weight_bytes": model_bytes(model), "rss_mib": rss_mib(), "perplexity": ppl, "text": text}

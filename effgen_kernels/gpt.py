@@ -163,17 +163,20 @@ def lm_batch(stream: torch.Tensor, index: int, batch_size: int, length: int, see
 @torch.no_grad()
 def evaluate_perplexity(model: nn.Module, stream: torch.Tensor, length: int, batch_size: int = 8,
                         max_windows: int | None = None) -> float:
-    """Perplexity of a causal LM over consecutive non-overlapping windows of ``stream``."""
+    """Perplexity of a causal LM (returning logits or an object with ``.logits``) over a 1-D
+    token stream, in consecutive non-overlapping windows of ``length`` predictions; a
+    shorter last window counts too. ``max_windows`` stops early."""
+    if stream.dim() != 1 or stream.numel() < 2:
+        raise ValueError(f"stream must be 1-D with at least 2 tokens, got shape {tuple(stream.shape)}")
+    starts = list(range(0, stream.numel() - 1, length))[:max_windows]
+    full = [s for s in starts if s + length < stream.numel()]
+    batches = [full[i:i + batch_size] for i in range(0, len(full), batch_size)]
+    batches += [[s] for s in starts[len(full):]]  # the short last window, alone
     was_training = model.training
     model.eval()
-    usable = (stream.numel() - 1) // length
-    windows = usable if max_windows is None else min(usable, max_windows)
-    if windows == 0:
-        raise ValueError(f"stream of {stream.numel()} tokens is shorter than one window of {length}")
     total, count = 0.0, 0
-    for first in range(0, windows, batch_size):
-        starts = range(first * length, min(first + batch_size, windows) * length, length)
-        chunk = torch.stack([stream[s:s + length + 1] for s in starts]).long()
+    for batch in batches:
+        chunk = torch.stack([stream[s:s + length + 1] for s in batch]).long()
         logits = model(chunk[:, :-1])
         logits = logits.logits if hasattr(logits, "logits") else logits
         total += F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1),

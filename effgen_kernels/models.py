@@ -5,7 +5,6 @@ Nothing here downloads anything at run time."""
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 from pathlib import Path
 
@@ -84,21 +83,6 @@ def sentence_embeddings(model, tokenizer, sentences: list[str]) -> torch.Tensor:
     mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
     pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
     return torch.nn.functional.normalize(pooled, dim=-1)
-
-
-@torch.no_grad()
-def perplexity(model, token_ids: torch.Tensor, window: int = 512) -> float:
-    """Perplexity of a causal LM over a 1-D token sequence, in non-overlapping windows."""
-    total_nll, total_tokens = 0.0, 0
-    for start in range(0, token_ids.numel() - 1, window):
-        chunk = token_ids[start:start + window + 1].unsqueeze(0)
-        if chunk.shape[1] < 2:
-            break
-        logits = model(chunk[:, :-1]).logits.float()
-        nll = torch.nn.functional.cross_entropy(logits[0], chunk[0, 1:], reduction="sum")
-        total_nll += nll.item()
-        total_tokens += chunk.shape[1] - 1
-    return math.exp(total_nll / total_tokens)
 
 
 def lee_token_ids(tokenizer, min_tokens: int) -> torch.Tensor:

@@ -18,6 +18,7 @@ import time
 
 import effgen_kernels as ek
 from effgen_kernels import models
+from effgen_kernels.gpt import evaluate_perplexity
 
 CONFIGS = {"w8a16": lambda calib: ek.Int8WeightOnlyConfig(), "w8a8": lambda calib: ek.Int8Config(),
            "w8a8-smoothquant": lambda calib: ek.Int8Config(activation_absmax=calib(), smoothing_alpha=0.5),
@@ -46,10 +47,11 @@ def quantize(model, args, calibrate) -> ek.QuantizeSummary:
 def smollm2(args) -> dict:
     model, tokenizer = models.load_smollm2()
     ids = models.lee_token_ids(tokenizer, args.tokens)
-    fp32_ppl = models.perplexity(model, ids)
+    fp32_ppl = evaluate_perplexity(model, ids, 512, batch_size=1)
     quantized = copy.deepcopy(model)
     quantize(quantized, args, lambda: ek.calibrate_activations(model, [ids[:512].unsqueeze(0)]))
-    result = {"fp32_perplexity": fp32_ppl, "quantized_perplexity": models.perplexity(quantized, ids),
+    quantized_ppl = evaluate_perplexity(quantized, ids, 512, batch_size=1)
+    result = {"fp32_perplexity": fp32_ppl, "quantized_perplexity": quantized_ppl,
               "fp32_bytes": ek.model_bytes(model), "quantized_bytes": ek.model_bytes(quantized)}
     prompt = tokenizer("The weather in Sydney today", return_tensors="pt")["input_ids"]
     for name, m in (("fp32", model), (args.config, quantized)):

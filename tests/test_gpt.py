@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from effgen_kernels.gpt import GPT, GPTConfig, evaluate_perplexity, lm_batch, stdlib_source_bytes
 
@@ -60,6 +61,19 @@ def test_perplexity_of_a_uniform_model_is_the_vocabulary_size():
     stream = torch.randint(0, 256, (500,), dtype=torch.uint8)
     assert evaluate_perplexity(model, stream, 16) == pytest.approx(256.0, rel=1e-5)
     assert model.training  # restored
-    with pytest.raises(ValueError, match="shorter than one window"):
-        evaluate_perplexity(model, stream[:10], 16)
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        evaluate_perplexity(model, stream[:1], 16)
     assert math.isfinite(evaluate_perplexity(tiny(), stream, 16, max_windows=3))
+
+
+def test_perplexity_counts_every_prediction_including_a_short_last_window():
+    model = tiny().eval()
+    stream = torch.randint(0, 256, (20,), dtype=torch.uint8)
+    nll = 0.0
+    for window in (stream[:17], stream[16:]):  # 16 predictions, then the last 3
+        with torch.no_grad():
+            logits = model(window[:-1].long().unsqueeze(0)).logits[0]
+        nll += F.cross_entropy(logits, window[1:].long(), reduction="sum").item()
+    expected = math.exp(nll / 19)
+    for batch_size in (1, 8):
+        assert evaluate_perplexity(model, stream, 16, batch_size=batch_size) == pytest.approx(expected, rel=1e-5)

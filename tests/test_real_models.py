@@ -7,6 +7,7 @@ import pytest
 
 import effgen_kernels as ek
 from effgen_kernels import models
+from effgen_kernels.gpt import evaluate_perplexity
 
 EVAL_TOKENS = 4096
 
@@ -48,7 +49,7 @@ def smollm2():
     model, tokenizer = models.load_smollm2()
     ids = models.lee_token_ids(tokenizer, EVAL_TOKENS + 2048)
     evaluation, calibration = ids[:EVAL_TOKENS], ids[EVAL_TOKENS:EVAL_TOKENS + 2048]
-    return model, evaluation, calibration, models.perplexity(model, evaluation)
+    return model, evaluation, calibration, evaluate_perplexity(model, evaluation, 512, batch_size=1)
 
 
 @needs_smollm2
@@ -56,7 +57,7 @@ def test_smollm2_w8a16_perplexity_within_1_percent(smollm2):
     model, evaluation, _, baseline = smollm2
     quantized = copy.deepcopy(model)
     ek.quantize_(quantized, ek.Int8WeightOnlyConfig())
-    ppl = models.perplexity(quantized, evaluation)
+    ppl = evaluate_perplexity(quantized, evaluation, 512, batch_size=1)
     print(f"SmolLM2 fp32 {baseline:.3f}, W8A16 {ppl:.3f} ({100 * (ppl / baseline - 1):+.2f}%)")
     assert ppl <= baseline * 1.01
 
@@ -69,6 +70,6 @@ def test_smollm2_w8a8_smoothquant_perplexity_within_3_percent(smollm2):
     quantized = copy.deepcopy(model)
     summary = ek.quantize_(quantized, ek.Int8Config(activation_absmax=absmax, smoothing_alpha=0.5))
     assert not summary.skipped and len(summary.converted) == 211  # 30 blocks x 7 + lm_head
-    ppl = models.perplexity(quantized, evaluation)
+    ppl = evaluate_perplexity(quantized, evaluation, 512, batch_size=1)
     print(f"SmolLM2 fp32 {baseline:.3f}, W8A8 + SmoothQuant {ppl:.3f} ({100 * (ppl / baseline - 1):+.2f}%)")
     assert ppl <= baseline * 1.03
