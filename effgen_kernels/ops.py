@@ -262,7 +262,8 @@ def _(packed, k):
 
 @torch.library.register_fake("effgen::lut_tiles")
 def _(packed, k, planes):
-    return packed.new_empty((-(-packed.shape[0] // 16), ((k + 3) // 4) * planes * 8), dtype=torch.uint8)
+    words = (((k + 3) // 4) * planes + 7) // 8  # lut_words in binary_gemm.h: 64 bytes each
+    return packed.new_empty((-(-packed.shape[0] // 16), words * 64), dtype=torch.uint8)
 
 
 @torch.library.register_fake("effgen::binary_linear")

@@ -129,18 +129,21 @@ at::Tensor lut_tiles(const at::Tensor& packed_in, int64_t k, int64_t planes) {
 
 // The lookup-table product for m <= kLutMaxM rows: raw sums [m, tiles * 16] (binary: over
 // the +1 weights; ternary: positive minus negative).
-std::vector<float> lut_product(const Rows& r, const at::Tensor& lut, int planes, const char* op) {
-  TORCH_CHECK_VALUE(lut.scalar_type() == at::kByte && lut.dim() == 2 &&
+std::vector<float> lut_product(const Rows& r, int64_t n, const at::Tensor& lut, int planes, const char* op) {
+  const int64_t tiles_n = (n + cpu::kLutTileRows - 1) / cpu::kLutTileRows;
+  TORCH_CHECK_VALUE(lut.scalar_type() == at::kByte && lut.dim() == 2 && lut.size(0) == tiles_n &&
                         lut.size(1) == cpu::lut_tile_bytes(r.k, planes),
-                    op, ": lut must come from lut_tiles(packed, K = ", r.k, ", planes = ", planes, "), got shape ",
-                    lut.sizes());
+                    op, ": lut must come from lut_tiles(packed, K = ", r.k, ", planes = ", planes,
+                    ") of this packed weight ([", tiles_n, ", ", cpu::lut_tile_bytes(r.k, planes), "] uint8), got ",
+                    lut.scalar_type(), " of shape ", lut.sizes());
   const at::Tensor x32 = r.x.to(at::kFloat).contiguous(), tiles = lut.contiguous();
-  const int64_t groups = cpu::lut_groups(r.k), padded = tiles.size(0) * cpu::kLutTileRows;
-  std::vector<float> tables(static_cast<size_t>(r.m * groups * 16)), sums(static_cast<size_t>(r.m * padded));
+  const int64_t padded = tiles.size(0) * cpu::kLutTileRows;
+  std::vector<float> tables(static_cast<size_t>(r.m * cpu::lut_table_groups(r.k) * 16)),
+      sums(static_cast<size_t>(r.m * padded));
   cpu::build_lut_tables(x32.data_ptr<float>(), r.m, r.k, tables.data());
   const auto& kernels = cpu::binary_gemm_kernels();
   at::parallel_for(0, tiles.size(0), 4, [&](int64_t begin, int64_t end) {
-    kernels.lut_sums(tables.data(), r.m, groups, tiles.data_ptr<uint8_t>(), begin, end, planes, sums.data(), padded);
+    kernels.lut_sums(tables.data(), r.m, r.k, tiles.data_ptr<uint8_t>(), begin, end, planes, sums.data(), padded);
   });
   return sums;
 }
@@ -175,7 +178,7 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_in, const
   at::Tensor out_2d = out.view({r.m, n});
   const float* a = alpha.data_ptr<float>();
   if (use_lut(lut, r) && groups == 1) {
-    const std::vector<float> sums = lut_product(r, *lut, 1, "binary_linear");
+    const std::vector<float> sums = lut_product(r, n, *lut, 1, "binary_linear");
     const int64_t padded = static_cast<int64_t>(sums.size()) / r.m;
     for (int64_t i = 0; i < r.m; ++i) {
       for (int64_t j = 0; j < n; ++j) {
@@ -221,7 +224,7 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed_in, cons
   const int64_t plane = packed_row_bytes(r.k), group = std::max<int64_t>(r.k, 1);
   at::Tensor out_2d = out.view({r.m, n});
   if (use_lut(lut, r)) {
-    const std::vector<float> sums = lut_product(r, *lut, 2, "ternary_linear");
+    const std::vector<float> sums = lut_product(r, n, *lut, 2, "ternary_linear");
     const int64_t padded = static_cast<int64_t>(sums.size()) / r.m;
     for (int64_t i = 0; i < r.m; ++i) {
       for (int64_t j = 0; j < n; ++j) {

@@ -64,34 +64,33 @@ void unpack_ternary_rows(const uint8_t* packed, int64_t rows, int64_t k, int8_t*
 uint8_t nibble(const uint8_t* row, int64_t g) { return (row[g / 2] >> (4 * (g % 2))) & 0x0Fu; }
 
 void tile_for_lut(const uint8_t* packed, int64_t n, int64_t k, int planes, uint8_t* tiles) {
-  const int64_t plane = packed_row_bytes(k), groups = lut_groups(k), tiles_n = (n + kLutTileRows - 1) / kLutTileRows;
-  std::memset(tiles, 0, static_cast<size_t>(tiles_n * lut_tile_bytes(k, planes)));
+  const int64_t plane = packed_row_bytes(k), groups = lut_groups(k), tile_bytes = lut_tile_bytes(k, planes);
+  std::memset(tiles, 0, static_cast<size_t>((n + kLutTileRows - 1) / kLutTileRows * tile_bytes));
   for (int64_t row = 0; row < n; ++row) {
-    const int64_t t = row / kLutTileRows, r = row % kLutTileRows;
+    uint8_t* tile = tiles + row / kLutTileRows * tile_bytes;
     for (int p = 0; p < planes; ++p) {
       const uint8_t* bits = packed + row * planes * plane + p * plane;
       for (int64_t g = 0; g < groups; ++g) {
-        uint8_t& dst = tiles[t * lut_tile_bytes(k, planes) + (g * planes + p) * 8 + r % 8];
-        dst = static_cast<uint8_t>(dst | (nibble(bits, g) << (r < 8 ? 0 : 4)));
+        const int64_t slot = g * planes + p;
+        tile[lut_slot_byte(slot, row % kLutTileRows)] |= static_cast<uint8_t>(nibble(bits, g) << lut_slot_shift(slot));
       }
     }
   }
 }
 
 // One table lookup per weight nibble, plain C++.
-void lut_sums_portable(const float* tables, int64_t m, int64_t groups, const uint8_t* tiles, int64_t t0,
-                       int64_t t1, int planes, float* sums, int64_t lds) {
+void lut_sums_portable(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1,
+                       int planes, float* sums, int64_t lds) {
+  const int64_t slots = 8 * lut_words(k, planes), table_groups = lut_table_groups(k);
   for (int64_t t = t0; t < t1; ++t) {
-    const uint8_t* tile = tiles + t * groups * planes * 8;
+    const uint8_t* tile = tiles + t * lut_tile_bytes(k, planes);
     for (int64_t i = 0; i < m; ++i) {
       for (int64_t r = 0; r < kLutTileRows; ++r) {
         float acc = 0.0f;
-        for (int64_t g = 0; g < groups; ++g) {
-          const float* table = tables + (i * groups + g) * 16;
-          for (int p = 0; p < planes; ++p) {
-            const uint8_t nib = (tile[(g * planes + p) * 8 + r % 8] >> (r < 8 ? 0 : 4)) & 0x0Fu;
-            acc += p == 0 ? table[nib] : -table[nib];
-          }
+        for (int64_t s = 0; s < slots; ++s) {
+          const float* table = tables + (i * table_groups + lut_slot_table(s, planes)) * 16;
+          const float v = table[(tile[lut_slot_byte(s, r)] >> lut_slot_shift(s)) & 0x0Fu];
+          acc += planes == 2 && s % 2 == 1 ? -v : v;
         }
         sums[i * lds + t * kLutTileRows + r] = acc;
       }
@@ -100,7 +99,7 @@ void lut_sums_portable(const float* tables, int64_t m, int64_t groups, const uin
 }
 
 void build_lut_tables(const float* x, int64_t m, int64_t k, float* tables) {
-  const int64_t groups = lut_groups(k);
+  const int64_t groups = lut_table_groups(k);
   for (int64_t i = 0; i < m; ++i) {
     for (int64_t g = 0; g < groups; ++g) {
       float* table = tables + (i * groups + g) * 16;
