@@ -254,3 +254,5 @@ def test_lookup_table_is_rebuilt_after_loading_and_never_saved():
     assert_same_bits(fresh(x), layer(x))
     with pytest.raises(ValueError, match="lut must come from lut_tiles"):
         ops.binary_linear(x, layer.weight_packed, layer.alpha, None, None, layer.weight_lut[:, :8])
+    with pytest.raises(ValueError, match="lut must come from lut_tiles"):  # tiles of fewer rows
+        ops.binary_linear(x, layer.weight_packed, layer.alpha, None, None, layer.weight_lut[:1])
