@@ -14,10 +14,12 @@ Use::
     ddp.register_comm_hook(state, compressed_allreduce_hook)
 
 The chain of collectives is asynchronous: each stage is a callback on the previous
-collective's future, and nothing waits inside a callback. Every collective of a state is
-issued in one sequence, bucket after bucket (DDP calls the hook in the same bucket order
-on every rank): collectives issued from callback threads in a per-rank order would pair
-up differently across ranks and deadlock when several buckets are in flight.
+collective's future, and nothing waits inside a callback. Collectives pair up across ranks
+by the order they are issued in on a group, so the two phases use two groups: phase 1 (and
+the exact exchanges) is issued by the hook itself, in DDP's bucket order, which is the same
+on every rank; phase 2 is issued from callbacks, on a companion group of the same ranks,
+bucket after bucket. So bucket b + 1's phase 1 travels while bucket b is decoded and
+re-encoded, and callbacks finishing in a different order per rank cannot mispair anything.
 """
 
 
@@ -70,14 +72,19 @@ class CompressionState:
         if block_size <= 0:
             raise ValueError(f"block_size must be positive, got {block_size}")
         self.process_group = process_group
-        # With process_group=None the hook gets its own copy of the world group: DDP issues
-        # collectives of its own during backward (the unused-parameter map with
-        # find_unused_parameters), and our callback-issued phase 2 would interleave with them
-        # in a different order on each rank (gloo then fails with a size mismatch). A group
-        # the caller passes must likewise carry no other collectives during backward.
-        self._dedicated_group = None
-        if process_group is None and dist.is_initialized():
-            self._dedicated_group = dist.new_group(timeout=_world_timeout())
+        # Phase 1 goes to the caller's group (or, without one, a copy of the world group) from
+        # the hook, in step with anything else the rank issues there; phase 2, issued from
+        # callbacks, goes to a companion group of the same ranks that carries nothing else
+        # (on a shared group it would interleave with DDP's own collectives, e.g. the
+        # unused-parameter map, in a different order per rank: gloo size mismatch).
+        self._dedicated_group = self._gather_group = None
+        if dist.is_initialized():
+            if process_group is None:
+                self._dedicated_group = dist.new_group(timeout=_world_timeout())
+                self._gather_group = dist.new_group(timeout=_world_timeout())
+            else:  # only the members create it: other ranks may build their own sub-groups
+                self._gather_group = dist.new_group(dist.get_process_group_ranks(process_group),
+                                                    timeout=_world_timeout(), use_local_synchronization=True)
         self.codec, self.block_size = codec, block_size
         self.warmup_steps, self.error_feedback = warmup_steps, error_feedback
         self.min_compress_numel = min_compress_numel
@@ -96,7 +103,7 @@ class CompressionState:
         self._buffers: dict[tuple[int, str], torch.Tensor] = {}  # work buffers, never saved
         self.last_step = TrafficCounters()
         self._current = TrafficCounters()
-        self._issued = _done_future()  # completes once the previous bucket's collectives are issued
+        self._gathers_issued = _done_future()  # completes once the previous bucket's phase 2 is issued
 
     # -- checkpointing ---------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -172,17 +179,18 @@ def _done_future() -> torch.futures.Future:
     return future
 
 
-def _in_issue_order(state: CompressionState, launch) -> None:
-    """Runs launch(issued) after the previous bucket's collectives were issued; launch must
-    call issued() once it has issued its own (or failed), to let the next bucket go."""
-    previous, mine = state._issued, torch.futures.Future()
-    state._issued = mine
+def _after_previous_gathers(state: CompressionState, ready: torch.futures.Future, launch) -> None:
+    """Runs launch(issued) once ``ready`` is done and the previous bucket's phase 2 was
+    issued; launch must call issued() once it has issued its own (or failed), to let the
+    next bucket go."""
+    previous, mine = state._gathers_issued, torch.futures.Future()
+    state._gathers_issued = mine
 
     def issued() -> None:
         if not mine.done():
             mine.set_result(None)
 
-    previous.then(lambda _: launch(issued))
+    torch.futures.collect_all([previous, ready]).then(lambda _: launch(issued))
 
 
 def _compress(state: CompressionState, x: torch.Tensor, error: torch.Tensor):
@@ -198,36 +206,22 @@ def _decompress_sum(state: CompressionState, payload: torch.Tensor, scales: torc
 
 
 def _group(state: CompressionState):
-    """The state's process group, looked up when a collective is issued. Callbacks must not
-    keep it in a closure: the last reference could then die on gloo's own thread after the
+    """The group of phase 1, looked up when a collective is issued. Callbacks must not keep
+    a group in a closure: the last reference could then die on gloo's own thread after the
     user destroyed the group, and its destructor would try to join that very thread."""
     if state.process_group is not None:
         return state.process_group
     return state._dedicated_group if state._dedicated_group is not None else dist.group.WORLD
 
 
+def _gather_group(state: CompressionState):
+    """The group of phase 2 (see _group)."""
+    return state._gather_group if state._gather_group is not None else _group(state)
+
+
 def _plain_allreduce(state: CompressionState, tensor: torch.Tensor, world: int) -> torch.futures.Future:
-    result: torch.futures.Future = torch.futures.Future()
-
-    def launch(issued) -> None:
-        try:
-            work = dist.all_reduce(tensor, group=_group(state), async_op=True)
-        except BaseException as error:
-            issued()
-            result.set_exception(error)
-            return
-        issued()
-        work.get_future().then(lambda f: _settle(result, lambda: f.value()[0].div_(world)))
-
-    _in_issue_order(state, launch)
-    return result
-
-
-def _settle(result: torch.futures.Future, compute) -> None:
-    try:
-        result.set_result(compute())
-    except BaseException as error:  # a failed collective must reach the caller, not hang it
-        result.set_exception(error)
+    work = dist.all_reduce(tensor, group=_group(state), async_op=True)
+    return work.get_future().then(lambda f: f.value()[0].div_(world))
 
 
 class _Layout:
@@ -313,10 +307,8 @@ def compressed_allreduce(state: CompressionState, tensor: torch.Tensor, bucket_i
         futures.append(_two_phase(state, tensor, large, bucket_index, world))
     if len(futures) == 1:
         return futures[0]
-    result: torch.futures.Future = torch.futures.Future()
-    torch.futures.collect_all(futures).then(
-        lambda done: _settle(result, lambda: [f.value() for f in done.value()] and tensor))
-    return result
+    # Either part's failure reaches the caller: value() re-raises it inside then().
+    return torch.futures.collect_all(futures).then(lambda done: [f.value() for f in done.value()] and tensor)
 
 
 def _gathered_mean(state: CompressionState, tensor: torch.Tensor, segments: tuple, bucket_index: int,
@@ -332,7 +324,6 @@ def _gathered_mean(state: CompressionState, tensor: torch.Tensor, segments: tupl
     gathered = state._scratch(bucket_index, "small_gathered", world * numel, tensor.dtype, tensor.device)
     state._current.bytes_sent += (world - 1) * numel * tensor.element_size()
     state._current.bytes_uncompressed += 2 * (world - 1) * numel * 4 // world
-    result: torch.futures.Future = torch.futures.Future()
 
     def average() -> torch.Tensor:
         rows = gathered.view(world, numel)
@@ -346,18 +337,8 @@ def _gathered_mean(state: CompressionState, tensor: torch.Tensor, segments: tupl
             at += size
         return tensor
 
-    def launch(issued) -> None:
-        try:
-            work = _all_gather_flat(gathered, mine, group=_group(state), async_op=True)
-        except BaseException as error:
-            issued()
-            result.set_exception(error)
-            return
-        issued()
-        work.get_future().then(lambda f: _settle(result, lambda: f.value() and average()))
-
-    _in_issue_order(state, launch)
-    return result
+    work = _all_gather_flat(gathered, mine, group=_group(state), async_op=True)
+    return work.get_future().then(lambda f: f.value() and average())
 
 
 def _two_phase(state: CompressionState, tensor: torch.Tensor, segments: tuple, bucket_index: int,
@@ -396,7 +377,7 @@ def _two_phase(state: CompressionState, tensor: torch.Tensor, segments: tuple, b
         except BaseException as error:  # a failed collective must reach the caller, not hang it
             fail(error)
 
-    def reduce_chunk(exchanged: torch.futures.Future, issued) -> None:
+    def reduce_chunk(issued) -> None:
         try:
             for f in exchanged.value():
                 f.value()
@@ -406,7 +387,7 @@ def _two_phase(state: CompressionState, tensor: torch.Tensor, segments: tuple, b
             if not state.error_feedback:
                 server_error.zero_()
             mine_payload, mine_scales = _compress(state, total.div_(world), server_error)
-            group = _group(state)
+            group = _gather_group(state)
             # Straight into one flat buffer per bucket, rank after rank: no concatenation.
             works = [_all_gather_flat(gathered_payload, mine_payload, group=group, async_op=True),
                      _all_gather_flat(gathered_scales, mine_scales, group=group, async_op=True)]
@@ -416,22 +397,15 @@ def _two_phase(state: CompressionState, tensor: torch.Tensor, segments: tuple, b
             issued()
             fail(error)
 
-    def launch(issued) -> None:
-        # Phase 1 is issued; phase 2 follows it in the same sequence, so the next bucket
-        # waits (as a callback, never blocking) until this bucket's all_gathers are out.
-        try:
-            group = _group(state)
-            futures = [dist.all_to_all_single(received_payload, payload, group=group, async_op=True).get_future(),
-                       dist.all_to_all_single(received_scales, scales, group=group, async_op=True).get_future()]
-        except BaseException as error:
-            issued()
-            fail(error)
-            return
-        torch.futures.collect_all(futures).then(lambda exchanged: reduce_chunk(exchanged, issued))
-
     gathered_payload = state._scratch(bucket_index, "gathered_payload", payload.numel(), payload.dtype, payload.device)
     gathered_scales = state._scratch(bucket_index, "gathered_scales", scales.numel(), scales.dtype, scales.device)
-    _in_issue_order(state, launch)
+    # Phase 1 now, from the hook (bucket order); phase 2 once it has arrived and the previous
+    # bucket's phase 2 is out (a callback, never blocking).
+    group = _group(state)
+    exchanged = torch.futures.collect_all(
+        [dist.all_to_all_single(received_payload, payload, group=group, async_op=True).get_future(),
+         dist.all_to_all_single(received_scales, scales, group=group, async_op=True).get_future()])
+    _after_previous_gathers(state, exchanged, reduce_chunk)
     return result
 
 
