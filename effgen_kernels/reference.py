@@ -350,14 +350,18 @@ def ef_compress_int8(x: torch.Tensor, error: torch.Tensor, block_size: int):
 
 
 def ef_compress_sign(x: torch.Tensor, error: torch.Tensor, block_size: int):
-    """Returns (packed sign bits uint8 [ceil(n / 8)], scales fp32 [blocks]); updates `error`."""
+    """Returns (packed sign bits uint8 [ceil(n / 8)], scales fp32 [blocks]); updates `error`.
+
+    scale = mean |v| per block, summed and divided in float64, then rounded to float32: the
+    double sum of a block's magnitudes is exact (unless they span more than about 21
+    binades for blocks of 256), so every summation order gives these bits."""
     v = x.float() + error
     n = v.numel()
-    blocks = _blocks(v.abs(), block_size)
-    counts = torch.full((blocks.shape[0],), float(block_size))
+    blocks = _blocks(v.abs().double(), block_size)
+    counts = torch.full((blocks.shape[0],), float(block_size), dtype=torch.float64)
     if n % block_size:
         counts[-1] = n % block_size
-    scales = blocks.sum(dim=1) / counts
+    scales = (blocks.sum(dim=1) / counts).float()
     error.copy_(v - decompress_sign(pack_binary(v.reshape(1, -1)).reshape(-1), scales, n, block_size))
     return pack_binary(v.reshape(1, -1)).reshape(-1), scales
 

@@ -1,6 +1,7 @@
 // CPU glue of the compress family (error-feedback gradient codecs); checks and the sign
 // codec's scales are shared with the CUDA glue (compress_common.h).
 #include <ATen/Parallel.h>
+#include <numeric>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -29,15 +30,21 @@ std::tuple<at::Tensor, at::Tensor> ef_compress_int8(const at::Tensor& x_in, at::
   return {q, scales};
 }
 
-std::tuple<at::Tensor, at::Tensor> ef_compress_sign(const at::Tensor& x, at::Tensor& error, int64_t block) {
+std::tuple<at::Tensor, at::Tensor> ef_compress_sign(const at::Tensor& x_in, at::Tensor& error, int64_t block) {
   constexpr const char* op = "ef_compress_sign";
-  check_codec_args(op, x, error, block);
-  check_cpu(op, "x", x);
-  const at::Tensor scales = sign_scales_in_place(x, error, block);
-  const int64_t n = x.numel();
+  check_codec_args(op, x_in, error, block);
+  check_cpu(op, "x", x_in);
+  const at::Tensor x = x_in.contiguous();
+  const int64_t n = x.numel(), blocks = blocks_of(n, block);
   at::Tensor packed = at::empty({(n + 7) / 8}, error.options().dtype(at::kByte));
-  cpu::sign_pack_update(error.data_ptr<float>(), scales.data_ptr<float>(), n, block, packed.data_ptr<uint8_t>(),
-                        error.data_ptr<float>());
+  at::Tensor scales = at::empty({blocks}, error.options());
+  // Tasks of whole units of blocks whose values fill whole bytes of bits.
+  const int64_t unit = 8 / std::gcd(block, int64_t{8}), units = (blocks + unit - 1) / unit;
+  at::parallel_for(0, units, std::max<int64_t>(1, kValuesPerTask / (block * unit)), [&](int64_t u0, int64_t u1) {
+    cpu::ef_compress_sign_blocks(cpu_dtype(x.scalar_type()), x.data_ptr(), error.data_ptr<float>(), n, block,
+                                 u0 * unit, std::min(blocks, u1 * unit), packed.data_ptr<uint8_t>(),
+                                 scales.data_ptr<float>());
+  });
   return {packed, scales};
 }
 

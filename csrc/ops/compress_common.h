@@ -1,13 +1,7 @@
-// Argument checks and the sign codec's block scales, shared by the CPU (compress.cpp) and
-// CUDA (compress_cuda.cpp) glue of the compress family: both devices reject the same inputs
-// with the same words, and compute the scales with the same ATen ops as the reference.
+// Argument checks shared by the CPU (compress.cpp) and CUDA (compress_cuda.cpp) glue of the
+// compress family: both devices reject the same inputs with the same words.
 #pragma once
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/abs.h>
-#include <ATen/ops/constant_pad_nd.h>
-#include <ATen/ops/div.h>
-#include <ATen/ops/full.h>
-#include <ATen/ops/sum.h>
 #include <c10/util/Exception.h>
 
 #include <cstdint>
@@ -53,19 +47,6 @@ inline void check_sign_chunks(const char* op, const at::Tensor& packed, const at
   TORCH_CHECK_VALUE(n >= 0 && packed.dim() == 2 && packed.size(1) == (n + 7) / 8, op,
                     ": packed must be [chunks, ceil(n / 8)] for n = ", n, ", got shape ", packed.sizes());
   check_chunks(op, packed, scales, n, block);
-}
-
-// Sign codec: forms v = x + error in the error buffer itself (fp32 addition commutes, so
-// the bits equal the reference's x.float() + error: no gradient-sized temporary) and
-// returns the per-block mean |v| with ATen's sum, exactly as reference.ef_compress_sign.
-inline at::Tensor sign_scales_in_place(const at::Tensor& x, at::Tensor& error, int64_t block) {
-  error.add_(x);
-  const int64_t n = error.numel(), blocks = blocks_of(n, block);
-  at::Tensor counts = at::full({blocks}, static_cast<double>(block), error.options());
-  if (n % block != 0) counts.narrow(0, blocks - 1, 1).fill_(static_cast<double>(n % block));
-  at::Tensor magnitudes = at::abs(error);
-  if (n % block != 0) magnitudes = at::constant_pad_nd(magnitudes, {0, blocks * block - n}, 0);
-  return at::div(at::sum(magnitudes.reshape({blocks, block}), {1}), counts).contiguous();
 }
 
 }  // namespace effgen::ops

@@ -2,7 +2,12 @@
 // launches on the current stream. Works with NCCL: the DDP hook's codecs run where the
 // gradients are. UNVERIFIED: compiled in CI, never run on a GPU yet.
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/abs.h>
+#include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/div.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/sum.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -13,6 +18,20 @@
 
 namespace effgen::ops {
 namespace {
+
+// Sign codec: forms v = x + error in the error buffer itself (fp32 addition commutes, so
+// the bits equal the reference's x.float() + error) and returns the per-block mean |v|,
+// summed in double like the CPU kernel and reference.ef_compress_sign (exact sums, so
+// ATen's reduction order does not change the bits).
+at::Tensor sign_scales_in_place(const at::Tensor& x, at::Tensor& error, int64_t block) {
+  error.add_(x);
+  const int64_t n = error.numel(), blocks = blocks_of(n, block);
+  at::Tensor counts = at::full({blocks}, static_cast<double>(block), error.options().dtype(at::kDouble));
+  if (n % block != 0) counts.narrow(0, blocks - 1, 1).fill_(static_cast<double>(n % block));
+  at::Tensor magnitudes = at::abs(error).to(at::kDouble);
+  if (n % block != 0) magnitudes = at::constant_pad_nd(magnitudes, {0, blocks * block - n}, 0);
+  return at::div(at::sum(magnitudes.reshape({blocks, block}), {1}), counts).to(at::kFloat).contiguous();
+}
 
 std::tuple<at::Tensor, at::Tensor> ef_compress_int8(const at::Tensor& x_in, at::Tensor& error, int64_t block) {
   constexpr const char* op = "ef_compress_int8";

@@ -3,6 +3,7 @@
 #include "compress.h"
 
 #include <algorithm>
+#include <cmath>
 
 namespace effgen::cpu {
 
@@ -40,6 +41,10 @@ void decompress_sum_sign(const uint8_t* packed, const float* scales, int64_t row
   }
 }
 
+namespace {
+
+// The bits and residual of values [0, n) once their blocks' scales are known: v is x + error
+// and may be `error` itself (updated in place).
 void sign_pack_update(const float* v, const float* scales, int64_t n, int64_t block, uint8_t* packed,
                       float* error) {
   // Bits first: v may be the error buffer itself, which the second loop overwrites.
@@ -52,6 +57,55 @@ void sign_pack_update(const float* v, const float* scales, int64_t n, int64_t bl
     const int64_t end = std::min(n, start + block);
     const float scale = scales[start / block];
     for (int64_t i = start; i < end; ++i) error[i] = v[i] - (v[i] >= 0.0f ? 1.0f : -1.0f) * scale;
+  }
+}
+
+// error[i] = x[i] + error[i]; returns the mean |error[i]| over [0, count) as float, summed in
+// double: a double holds the exact sum of a block's magnitudes whenever they span fewer than
+// 53 - 24 - log2(count) binades (21 for blocks of 256), so the summation order (ours: 8
+// lanes; the reference's: torch's) does not change the bits.
+template <typename T>
+float add_then_mean_abs(const T* x, float* error, int64_t count) {
+  constexpr int kLanes = 8;
+  double lanes[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= count; i += kLanes) {
+    for (int k = 0; k < kLanes; ++k) {
+      error[i + k] += to_f32(x[i + k]);
+      lanes[k] += std::fabs(static_cast<double>(error[i + k]));
+    }
+  }
+  double sum = 0.0;
+  for (; i < count; ++i) {
+    error[i] += to_f32(x[i]);
+    sum += std::fabs(static_cast<double>(error[i]));
+  }
+  for (const double lane : lanes) sum += lane;
+  return static_cast<float>(sum / static_cast<double>(count));
+}
+
+template <typename T>
+void ef_compress_sign_t(const T* x, float* error, int64_t n, int64_t block, int64_t b0, int64_t b1, uint8_t* packed,
+                        float* scales) {
+  const int64_t v0 = b0 * block, v1 = std::min(n, b1 * block);
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t start = b * block;
+    scales[b] = add_then_mean_abs(x + start, error + start, std::min(block, n - start));
+  }
+  sign_pack_update(error + v0, scales + b0, v1 - v0, block, packed + v0 / 8, error + v0);
+}
+
+}  // namespace
+
+void ef_compress_sign_blocks(DType dtype, const void* x, float* error, int64_t n, int64_t block, int64_t b0,
+                             int64_t b1, uint8_t* packed, float* scales) {
+  switch (dtype) {
+    case DType::kBF16:
+      return ef_compress_sign_t(static_cast<const bf16*>(x), error, n, block, b0, b1, packed, scales);
+    case DType::kF16:
+      return ef_compress_sign_t(static_cast<const fp16*>(x), error, n, block, b0, b1, packed, scales);
+    case DType::kF32:
+      return ef_compress_sign_t(static_cast<const float*>(x), error, n, block, b0, b1, packed, scales);
   }
 }
 

@@ -31,9 +31,11 @@ const CompressKernels& compress_kernels();
 void decompress_sum_sign(const uint8_t* packed, const float* scales, int64_t rows, int64_t n, int64_t block,
                          int64_t i0, int64_t i1, float* total);
 
-// The sign codec's bits and residual once its scales are known: v is x + error (fp32) and
-// may be `error` itself (updated in place).
-void sign_pack_update(const float* v, const float* scales, int64_t n, int64_t block, uint8_t* packed,
-                      float* error);
+// The sign codec for blocks [b0, b1) of x (n values), whose first value b0 * block must be
+// a multiple of 8 (so that no byte of bits is shared with another range): v = x + error;
+// scale = mean |v| per block, summed in double (see mean_abs_double in compress.cpp);
+// bit i = v >= 0 (NaN: 0); error = v - (bit ? scale : -scale).
+void ef_compress_sign_blocks(DType dtype, const void* x, float* error, int64_t n, int64_t block, int64_t b0,
+                             int64_t b1, uint8_t* packed, float* scales);
 
 }  // namespace effgen::cpu
