@@ -250,12 +250,11 @@ class _Layout:
                 rows[r, at:at + hi - lo].copy_(tensor[offset + lo:offset + hi])
                 rows[r, at + hi - lo:at + chunk].zero_()
 
-    def from_rank_major(self, full: torch.Tensor, tensor: torch.Tensor) -> None:
-        rows = full.view(self.world, self.chunk)
+    def from_rank_row(self, rank: int, row: torch.Tensor, tensor: torch.Tensor) -> None:
+        """Puts rank ``rank``'s chunk of every segment (``row``, self.chunk values) back."""
         for (_, offset, numel), chunk, at in zip(self.segments, self.chunks, self.chunk_offsets, strict=True):
-            for r in range(self.world):
-                lo, hi = min(numel, r * chunk), min(numel, (r + 1) * chunk)
-                tensor[offset + lo:offset + hi].copy_(rows[r, at:at + hi - lo])
+            lo, hi = min(numel, rank * chunk), min(numel, (rank + 1) * chunk)
+            tensor[offset + lo:offset + hi].copy_(row[at:at + hi - lo])
 
     def split(self, worker: torch.Tensor | None, server: torch.Tensor | None) -> dict:
         """{key: (worker residual [world, chunk], server residual [chunk])} per segment."""
@@ -341,24 +340,47 @@ def _gathered_mean(state: CompressionState, tensor: torch.Tensor, segments: tupl
     return work.get_future().then(lambda f: f.value() and average())
 
 
+def _pack(payload: torch.Tensor, scales: torch.Tensor, rows: int, out: torch.Tensor) -> None:
+    """out (uint8) = ``rows`` messages, each a chunk's payload bytes then its scales' bytes:
+    one collective per phase carries both (two collectives would double the round trips)."""
+    messages, data = out.view(rows, -1), payload.view(torch.uint8).view(rows, -1)
+    messages[:, :data.shape[1]].copy_(data)
+    messages[:, data.shape[1]:].copy_(scales.view(torch.uint8).view(rows, -1))
+
+
+def _unpack(messages: torch.Tensor, rows: int, payload: torch.Tensor, scales: torch.Tensor) -> None:
+    """The inverse of _pack, into contiguous ``payload`` and ``scales``."""
+    messages, data = messages.view(rows, -1), payload.view(torch.uint8).view(rows, -1)
+    data.copy_(messages[:, :data.shape[1]])
+    scales.view(torch.uint8).view(rows, -1).copy_(messages[:, data.shape[1]:])
+
+
 def _two_phase(state: CompressionState, tensor: torch.Tensor, segments: tuple, bucket_index: int,
                world: int) -> torch.futures.Future:
     """The compressed all-reduce of the module docstring over ``segments`` of ``tensor``."""
     block = state.block_size
     plan = _Layout(segments, world, block)
     state._regroup(bucket_index, plan, tensor.device)
-    padded_n, chunk = plan.padded, plan.chunk
+    chunk = plan.chunk
     chunk_blocks = chunk // block
-    x = state._scratch(bucket_index, "padded", padded_n, tensor.dtype, tensor.device)
+    x = state._scratch(bucket_index, "padded", plan.padded, tensor.dtype, tensor.device)
     plan.to_rank_major(tensor, x)
     worker_error = state.worker_errors[bucket_index]
     if not state.error_feedback:
         worker_error.zero_()
     payload, scales = _compress(state, x, worker_error)
     payload_chunk = payload.numel() // world  # int8: chunk values; sign: chunk / 8 bytes
-    received_payload = state._scratch(bucket_index, "received_payload", payload.numel(), payload.dtype, payload.device)
-    received_scales = state._scratch(bucket_index, "received_scales", scales.numel(), scales.dtype, scales.device)
-    sent = 2 * (world - 1) * (payload_chunk + 4 * chunk_blocks)
+    message = payload_chunk + 4 * chunk_blocks  # bytes per rank and phase
+
+    def scratch(name: str, like: torch.Tensor, numel: int) -> torch.Tensor:
+        return state._scratch(bucket_index, name, numel, like.dtype, like.device)
+
+    outgoing, incoming = scratch("outgoing", payload, world * message), scratch("incoming", payload, world * message)
+    received_payload, received_scales = scratch("received_payload", payload, payload.numel()), scratch(
+        "received_scales", scales, scales.numel())
+    mine, gathered = scratch("mine", payload, message), scratch("gathered", payload, world * message)
+    _pack(payload, scales, world, outgoing)
+    sent = 2 * (world - 1) * message
     state._current.bytes_sent += sent
     state._current.bytes_received += sent
     state._current.bytes_uncompressed += 2 * (world - 1) * sum(seg[2] for seg in segments) * 4 // world
@@ -368,43 +390,40 @@ def _two_phase(state: CompressionState, tensor: torch.Tensor, segments: tuple, b
         if not result.done():
             result.set_exception(error)
 
-    def finish(gathered: torch.futures.Future) -> None:
+    def finish(done: torch.futures.Future) -> None:
         try:
-            gathered.value()
-            full = _decompress_sum(state, gathered_payload.reshape(1, -1), gathered_scales.reshape(1, -1), padded_n)
-            plan.from_rank_major(full, tensor)
+            done.value()
+            _unpack(gathered, world, received_payload, received_scales)
+            payloads = received_payload.view(world, payload_chunk)
+            scale_rows = received_scales.view(world, chunk_blocks)
+            for r in range(world):  # a chunk at a time: no bucket-sized temporary (page faults)
+                plan.from_rank_row(r, _decompress_sum(state, payloads[r:r + 1], scale_rows[r:r + 1], chunk), tensor)
             result.set_result(tensor)
         except BaseException as error:  # a failed collective must reach the caller, not hang it
             fail(error)
 
     def reduce_chunk(issued) -> None:
         try:
-            for f in exchanged.value():
-                f.value()
+            exchanged.value()
+            _unpack(incoming, world, received_payload, received_scales)
             total = _decompress_sum(state, received_payload.reshape(world, payload_chunk),
                                     received_scales.reshape(world, chunk_blocks), chunk)
             server_error = state.server_errors[bucket_index]
             if not state.error_feedback:
                 server_error.zero_()
             mine_payload, mine_scales = _compress(state, total.div_(world), server_error)
-            group = _gather_group(state)
+            _pack(mine_payload, mine_scales, 1, mine)
             # Straight into one flat buffer per bucket, rank after rank: no concatenation.
-            works = [_all_gather_flat(gathered_payload, mine_payload, group=group, async_op=True),
-                     _all_gather_flat(gathered_scales, mine_scales, group=group, async_op=True)]
+            work = _all_gather_flat(gathered, mine, group=_gather_group(state), async_op=True)
             issued()
-            torch.futures.collect_all([w.get_future() for w in works]).then(finish)
+            work.get_future().then(finish)
         except BaseException as error:
             issued()
             fail(error)
 
-    gathered_payload = state._scratch(bucket_index, "gathered_payload", payload.numel(), payload.dtype, payload.device)
-    gathered_scales = state._scratch(bucket_index, "gathered_scales", scales.numel(), scales.dtype, scales.device)
     # Phase 1 now, from the hook (bucket order); phase 2 once it has arrived and the previous
     # bucket's phase 2 is out (a callback, never blocking).
-    group = _group(state)
-    exchanged = torch.futures.collect_all(
-        [dist.all_to_all_single(received_payload, payload, group=group, async_op=True).get_future(),
-         dist.all_to_all_single(received_scales, scales, group=group, async_op=True).get_future()])
+    exchanged = dist.all_to_all_single(incoming, outgoing, group=_group(state), async_op=True).get_future()
     _after_previous_gathers(state, exchanged, reduce_chunk)
     return result
 
