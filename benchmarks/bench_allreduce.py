@@ -1,10 +1,9 @@
 """compress family: DDP step time and bytes on the wire per worker with our compressed
-all-reduce hooks (int8, sign) against plain all-reduce and PyTorch's fp16_compress_hook.
-PowerSGD (rank 4) crashed a gloo worker here ("Connection reset by peer"): not compared
-yet. Two gloo workers on loopback (this machine's 2 cores), a 4M-parameter MLP, median
-step time over the timed steps. Loopback is fast, so on a real network link the byte
-counts matter more than these times; the rate-limited network-namespace variant from the
-issue is not written yet."""
+all-reduce hooks (int8, sign) against plain all-reduce, PyTorch's fp16_compress_hook and
+PowerSGD (rank 4, one bucket: with several it aborts gloo). Two gloo workers on loopback
+(this machine's 2 cores), a 4M-parameter MLP, median step time over the timed steps.
+Loopback is fast, so these times show the codecs' cost; what compression buys on a real
+link is measured by benchmarks/netns_allreduce.py (rate-limited veth links, root)."""
 
 from __future__ import annotations
 
@@ -17,6 +16,7 @@ from effgen_kernels.bench import BenchContext, BenchResult
 from effgen_kernels.bench.ddp_worker import HIDDEN, ddp_step_worker, run_workers
 
 FAMILY = "allreduce"
+PEER_NAMES = {"plain": "plain all-reduce", "fp16": "fp16", "powersgd": "PowerSGD rank 4"}
 
 
 def _run(hook: str, steps: int, out: str) -> dict:
@@ -26,18 +26,18 @@ def _run(hook: str, steps: int, out: str) -> dict:
 
 def run(ctx: BenchContext) -> list[BenchResult]:
     if ctx.device.type != "cpu":
-        ctx.progress("  allreduce: the CUDA codecs are not written yet; skipped")
+        ctx.progress("  allreduce: the NCCL variant of this benchmark is not written yet; skipped")
         return []
     steps = 12 if ctx.quick else 30
     params = 4 * (HIDDEN * HIDDEN + HIDDEN)
     fp32_ring_bytes = 2 * (2 - 1) * params * 4 // 2
     with tempfile.TemporaryDirectory() as out:
-        measured = {hook: _run(hook, steps, out) for hook in ("plain", "fp16", "int8", "sign")}
+        measured = {hook: _run(hook, steps, out) for hook in ("plain", "fp16", "powersgd", "int8", "sign")}
     results = []
     for ours in ("int8", "sign"):
-        for peer in ("plain", "fp16"):
+        for peer in ("plain", "fp16", "powersgd"):
             result = BenchResult(FAMILY, f"DDP step, {ours} hook", f"2 workers, {params / 1e6:.1f}M params", "float32",
-                                 measured[ours]["median_s"] * 1e3, f"{peer} all-reduce" if peer == "plain" else peer,
+                                 measured[ours]["median_s"] * 1e3, PEER_NAMES[peer],
                                  measured[peer]["median_s"] * 1e3, measured[ours]["bytes_sent"], ctx.copy_gbps)
             results.append(result)
         ctx.progress(f"  {ours}: {measured[ours]['bytes_sent'] / 1e6:.2f} MB sent per worker per step, "

@@ -29,11 +29,9 @@ from pathlib import Path
 import torch
 
 PREFIX = "effgen-bench"
+# PowerSGD (rank 4) runs with one bucket (see ddp_step_worker): with several in flight, its
+# callback-issued all-reduces reach gloo in a different order per rank and abort it.
 HOOKS = ("plain", "fp16", "powersgd", "int8", "sign")
-# PowerSGD (rank 4) aborts on gloo here: its all-reduces are issued from future callbacks,
-# and with several buckets in flight they reach gloo in a different order on each rank
-# ("Received data size doesn't match expected size"). Off by default; --hooks powersgd.
-DEFAULT_HOOKS = ("plain", "fp16", "int8", "sign")
 
 
 def sh(*command: str) -> None:
@@ -96,7 +94,7 @@ def main() -> None:
     parser.add_argument("--rate", default="1gbit", help="tc rate of every link direction (e.g. 1gbit, 10gbit)")
     parser.add_argument("--params", type=float, default=25.0, help="model size in millions of parameters")
     parser.add_argument("--steps", type=int, default=14)
-    parser.add_argument("--hooks", nargs="+", default=list(DEFAULT_HOOKS), choices=HOOKS)
+    parser.add_argument("--hooks", nargs="+", default=list(HOOKS), choices=HOOKS)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if os.geteuid() != 0:

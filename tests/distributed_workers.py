@@ -5,6 +5,7 @@ import os
 
 import torch
 import torch.distributed as dist
+from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
 
 from effgen_kernels.bench.ddp_worker import finish_worker
 from effgen_kernels.distributed import CompressionState, compressed_allreduce, compressed_allreduce_hook
@@ -60,7 +61,10 @@ def train_ddp(rank, world, port, out, codec, steps, resume_at=None, bucket_cap_m
         model = torch.nn.parallel.DistributedDataParallel(make_model(), bucket_cap_mb=bucket_cap_mb)
         opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
         state = None
-        if codec is not None:
+        if codec == "powersgd":  # PyTorch's PowerSGD, rank 4: the peer (one bucket here)
+            model.register_comm_hook(powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=4,
+                                                                 start_powerSGD_iter=2), powerSGD_hook.powerSGD_hook)
+        elif codec is not None:
             state = CompressionState(codec=codec, warmup_steps=2)
             model.register_comm_hook(state, compressed_allreduce_hook)
         return model, opt, state

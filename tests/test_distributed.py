@@ -38,15 +38,19 @@ def test_compressed_allreduce_equals_the_reference_algorithm(tmp_path, world, co
     assert traffic.compression_ratio > (3.5 if codec == "int8" else 20)
 
 
+def train_digits(tmp_path, codec, steps=60):
+    """Both ranks' results of DDP training on digits with ``codec`` (None: plain DDP)."""
+    pytest.importorskip("sklearn")
+    out = tmp_path / str(codec)
+    out.mkdir()
+    run(workers.train_ddp, 2, out, codec, steps)
+    return [torch.load(out / f"{r}.pt", weights_only=False) for r in range(2)]
+
+
 def train_both(tmp_path, codec, steps=60):
     """Final losses of plain DDP and of DDP with the hook (same seed, data, steps)."""
-    pytest.importorskip("sklearn")
-    (tmp_path / "plain").mkdir()
-    (tmp_path / codec).mkdir()
-    run(workers.train_ddp, 2, tmp_path / "plain", None, steps)
-    run(workers.train_ddp, 2, tmp_path / codec, codec, steps)
-    plain = torch.load(tmp_path / "plain" / "0.pt", weights_only=False)
-    ours = [torch.load(tmp_path / codec / f"{r}.pt", weights_only=False) for r in range(2)]
+    plain = train_digits(tmp_path, None, steps)[0]
+    ours = train_digits(tmp_path, codec, steps)
     for a, b in zip(ours[0]["params"], ours[1]["params"], strict=True):
         assert torch.equal(a, b)  # every rank applied the same averaged gradient
     assert ours[0]["traffic"].compression_ratio > (3.5 if codec == "int8" else 20)
@@ -65,7 +69,15 @@ def test_ddp_training_with_the_sign_hook_converges(tmp_path):
     assert ours[-1] < ours[0] / 10
 
 
-@pytest.mark.xfail(strict=True, reason="measured: sign hook 0.107 vs plain 0.099 after 60 steps (+8.6%); goal 5%")
+def test_int8_hook_trains_at_least_as_well_as_powersgd(tmp_path):
+    # PyTorch's PowerSGD (rank 4, error feedback, one bucket) is the peer: same data and steps.
+    powersgd = train_digits(tmp_path, "powersgd")[0]["losses"][-1]
+    int8 = train_digits(tmp_path, "int8")[0]["losses"][-1]
+    print(f"digits, 2 workers, 60 steps: PowerSGD rank 4 loss {powersgd:.4f}, int8 hook {int8:.4f}")
+    assert int8 <= powersgd
+
+
+@pytest.mark.xfail(strict=True, reason="measured: sign hook 0.1077 vs plain 0.0989 after 60 steps (+8.9%); goal 5%")
 def test_ddp_training_with_the_sign_hook_is_within_5_percent(tmp_path):
     plain, ours = train_both(tmp_path, "sign")
     assert ours[-1] <= plain[-1] * 1.05

@@ -76,7 +76,10 @@ def ddp_step_worker(rank: int, world: int, port: int, hook: str, steps: int, out
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=300))
     torch.manual_seed(0)
     model = torch.nn.Sequential(*[torch.nn.Linear(hidden, hidden) for _ in range(layers)])
-    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    # PowerSGD issues all-reduces from future callbacks: with several buckets in flight they
+    # reach gloo in a different order per rank and abort it, so it gets one bucket.
+    bucket_cap_mb = 4 * hidden * hidden * layers / 2**20 + 1 if hook == "powersgd" else 25
+    ddp = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=bucket_cap_mb)
     state = None
     if hook in ("int8", "sign"):
         state = CompressionState(codec=hook, warmup_steps=2)
