@@ -49,7 +49,7 @@ def make_model():
     return torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
 
 
-def train_ddp(rank, world, port, out, codec, steps, resume_at=None, bucket_cap_mb=25.0):
+def train_ddp(rank, world, port, out, codec, steps, resume_at=None, bucket_cap_mb=25.0, part_numel=1 << 22):
     """Full-batch-per-rank SGD on digits; codec None is plain DDP. With resume_at, the run
     checkpoints there, rebuilds everything from the checkpoint, and continues."""
     init(rank, world, port)
@@ -65,7 +65,7 @@ def train_ddp(rank, world, port, out, codec, steps, resume_at=None, bucket_cap_m
             model.register_comm_hook(powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=4,
                                                                  start_powerSGD_iter=2), powerSGD_hook.powerSGD_hook)
         elif codec is not None:
-            state = CompressionState(codec=codec, warmup_steps=2)
+            state = CompressionState(codec=codec, warmup_steps=2, part_numel=part_numel)
             model.register_comm_hook(state, compressed_allreduce_hook)
         return model, opt, state
 

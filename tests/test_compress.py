@@ -105,6 +105,10 @@ def test_state_dict_restores_residuals_and_keeps_the_callers_group():
     assert torch.equal(restored.worker_errors[0], saved.worker_errors[0])
     with pytest.raises(ValueError, match="codec='sign', block_size=64"):
         CompressionState(process_group=dp_group, codec="int8").load_state_dict(saved.state_dict())
+    for bad, message in [({"codec": "fp8"}, "codec must be one of"), ({"block_size": 0}, "block_size must be positive"),
+                         ({"part_numel": 0}, "part_numel must be positive")]:
+        with pytest.raises(ValueError, match=message):
+            CompressionState(process_group=dp_group, **bad)
 
 
 def test_residuals_move_with_their_parameters_when_buckets_change():

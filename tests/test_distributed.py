@@ -83,6 +83,20 @@ def test_ddp_training_with_the_sign_hook_is_within_5_percent(tmp_path):
     assert ours[-1] <= plain[-1] * 1.05
 
 
+def test_bucket_parts_change_no_bit(tmp_path):
+    # The digits MLP's one bucket in a part per parameter (part_numel=1) against one part.
+    pytest.importorskip("sklearn")
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "parts").mkdir()
+    run(workers.train_ddp, 2, tmp_path / "whole", "int8", 6)
+    run(workers.train_ddp, 2, tmp_path / "parts", "int8", 6, None, 25.0, 1)
+    whole, parts = (torch.load(tmp_path / name / "0.pt", weights_only=False) for name in ("whole", "parts"))
+    assert whole["losses"] == parts["losses"]
+    for a, b in zip(whole["params"], parts["params"], strict=True):
+        assert torch.equal(a, b)
+    assert whole["traffic"].bytes_sent == parts["traffic"].bytes_sent
+
+
 @pytest.mark.parametrize("codec,bucket_cap_mb", [("sign", 25.0), ("int8", 0.01)])
 def test_checkpoint_restore_continues_identically(tmp_path, codec, bucket_cap_mb):
     # The restarted DDP runs its first step with its initial bucket layout (registration

@@ -62,15 +62,22 @@ class CompressionState:
     averaged exactly (each compressed parameter is padded to world x lcm(block, 8) values,
     so below about 128 values the exact fp32 exchange is the smaller one), decided per
     parameter so that DDP's grouping of parameters into buckets never changes a result.
+    A bucket's compressed parameters travel in parts of at least ``part_numel`` values
+    (whole parameters): one part's phase 2 overlaps the next part's phase 1, where a bucket
+    in one piece would idle the link while it is decoded and re-encoded; as every parameter
+    is compressed on its own, the parts change no bit of the result.
     Create it on every rank after init_process_group: without a ``process_group`` it makes
     its own copy of the world group (a collective call)."""
 
     def __init__(self, process_group: dist.ProcessGroup | None = None, codec: str = "int8", block_size: int = 256,
-                 warmup_steps: int = 2, error_feedback: bool = True, min_compress_numel: int = 128) -> None:
+                 warmup_steps: int = 2, error_feedback: bool = True, min_compress_numel: int = 128,
+                 part_numel: int = 1 << 22) -> None:
         if codec not in CODECS:
             raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
         if block_size <= 0:
             raise ValueError(f"block_size must be positive, got {block_size}")
+        if part_numel <= 0:
+            raise ValueError(f"part_numel must be positive, got {part_numel}")
         self.process_group = process_group
         # Phase 1 goes to the caller's group (or, without one, a copy of the world group) from
         # the hook, in step with anything else the rank issues there; phase 2, issued from
@@ -88,8 +95,10 @@ class CompressionState:
         self.codec, self.block_size = codec, block_size
         self.warmup_steps, self.error_feedback = warmup_steps, error_feedback
         self.min_compress_numel = min_compress_numel
+        self.part_numel = part_numel
         self.step = 0
-        # Residuals per bucket, laid out like the bucket's compressed payload (see _Layout).
+        # Residuals per part of a bucket (key: see _MAX_PARTS), laid out like the part's
+        # compressed payload (see _Layout).
         self.worker_errors: dict[int, torch.Tensor] = {}
         self.server_errors: dict[int, torch.Tensor] = {}
         # Per bucket, the (parameter key, offset, numel) segments its residuals belong to. A
@@ -302,12 +311,33 @@ def compressed_allreduce(state: CompressionState, tensor: torch.Tensor, bucket_i
     futures = []
     if small:
         futures.append(_gathered_mean(state, tensor, small, bucket_index, world))
-    if large:
-        futures.append(_two_phase(state, tensor, large, bucket_index, world))
+    for part, segments_of_part in enumerate(_parts(large, state.part_numel)):
+        futures.append(_two_phase(state, tensor, segments_of_part, bucket_index * _MAX_PARTS + part, world))
     if len(futures) == 1:
         return futures[0]
     # Either part's failure reaches the caller: value() re-raises it inside then().
     return torch.futures.collect_all(futures).then(lambda done: [f.value() for f in done.value()] and tensor)
+
+
+# A part's residuals and buffers are keyed by bucket index * _MAX_PARTS + part.
+_MAX_PARTS = 1 << 16
+
+
+def _parts(segments: tuple, part_numel: int) -> list[tuple]:
+    """Whole segments in order, cut into parts of at least ``part_numel`` values (a smaller
+    remainder joins the last part)."""
+    parts, current, size = [], [], 0
+    for segment in segments:
+        current.append(segment)
+        size += segment[2]
+        if size >= part_numel:
+            parts.append(tuple(current))
+            current, size = [], 0
+    if current and parts:
+        parts[-1] += tuple(current)
+    elif current:
+        parts.append(tuple(current))
+    return parts
 
 
 def _gathered_mean(state: CompressionState, tensor: torch.Tensor, segments: tuple, bucket_index: int,
@@ -355,17 +385,18 @@ def _unpack(messages: torch.Tensor, rows: int, payload: torch.Tensor, scales: to
     scales.view(torch.uint8).view(rows, -1).copy_(messages[:, data.shape[1]:])
 
 
-def _two_phase(state: CompressionState, tensor: torch.Tensor, segments: tuple, bucket_index: int,
+def _two_phase(state: CompressionState, tensor: torch.Tensor, segments: tuple, key: int,
                world: int) -> torch.futures.Future:
-    """The compressed all-reduce of the module docstring over ``segments`` of ``tensor``."""
+    """The compressed all-reduce of the module docstring over ``segments`` of ``tensor``;
+    ``key`` names the part's residuals and buffers."""
     block = state.block_size
     plan = _Layout(segments, world, block)
-    state._regroup(bucket_index, plan, tensor.device)
+    state._regroup(key, plan, tensor.device)
     chunk = plan.chunk
     chunk_blocks = chunk // block
-    x = state._scratch(bucket_index, "padded", plan.padded, tensor.dtype, tensor.device)
+    x = state._scratch(key, "padded", plan.padded, tensor.dtype, tensor.device)
     plan.to_rank_major(tensor, x)
-    worker_error = state.worker_errors[bucket_index]
+    worker_error = state.worker_errors[key]
     if not state.error_feedback:
         worker_error.zero_()
     payload, scales = _compress(state, x, worker_error)
@@ -373,7 +404,7 @@ def _two_phase(state: CompressionState, tensor: torch.Tensor, segments: tuple, b
     message = payload_chunk + 4 * chunk_blocks  # bytes per rank and phase
 
     def scratch(name: str, like: torch.Tensor, numel: int) -> torch.Tensor:
-        return state._scratch(bucket_index, name, numel, like.dtype, like.device)
+        return state._scratch(key, name, numel, like.dtype, like.device)
 
     outgoing, incoming = scratch("outgoing", payload, world * message), scratch("incoming", payload, world * message)
     received_payload, received_scales = scratch("received_payload", payload, payload.numel()), scratch(
@@ -408,7 +439,7 @@ def _two_phase(state: CompressionState, tensor: torch.Tensor, segments: tuple, b
             _unpack(incoming, world, received_payload, received_scales)
             total = _decompress_sum(state, received_payload.reshape(world, payload_chunk),
                                     received_scales.reshape(world, chunk_blocks), chunk)
-            server_error = state.server_errors[bucket_index]
+            server_error = state.server_errors[key]
             if not state.error_feedback:
                 server_error.zero_()
             mine_payload, mine_scales = _compress(state, total.div_(world), server_error)
