@@ -349,21 +349,28 @@ def ef_compress_int8(x: torch.Tensor, error: torch.Tensor, block_size: int):
     return q.reshape(-1), scales.reshape(-1)
 
 
+SIGN_SCALE_CAP = 1.5  # kSignScaleCap in csrc/kernels/cpu/compress.h (why this scale: there)
+
+
 def ef_compress_sign(x: torch.Tensor, error: torch.Tensor, block_size: int):
     """Returns (packed sign bits uint8 [ceil(n / 8)], scales fp32 [blocks]); updates `error`.
 
-    scale = mean |v| per block, summed and divided in float64, then rounded to float32: the
-    double sum of a block's magnitudes is exact (unless they span more than about 21
-    binades for blocks of 256), so every summation order gives these bits."""
+    scale = min(rms(v), 1.5 * mean |v|) per block, computed in float64 and rounded to
+    float32; bit = v >= 0; error = v - (bit ? scale : -scale). The kernels sum in another
+    order: the magnitudes' double sum is exact (unless they span more than about 21 binades
+    for blocks of 256), the squares' can differ in its last bit, which changes the float
+    scale only when it lands on a rounding boundary (about one block in 10^8)."""
     v = x.float() + error
     n = v.numel()
-    blocks = _blocks(v.abs().double(), block_size)
+    blocks = _blocks(v.double(), block_size)
     counts = torch.full((blocks.shape[0],), float(block_size), dtype=torch.float64)
     if n % block_size:
         counts[-1] = n % block_size
-    scales = (blocks.sum(dim=1) / counts).float()
-    error.copy_(v - decompress_sign(pack_binary(v.reshape(1, -1)).reshape(-1), scales, n, block_size))
-    return pack_binary(v.reshape(1, -1)).reshape(-1), scales
+    rms = (blocks.square().sum(dim=1) / counts).sqrt()
+    scales = torch.minimum(rms, SIGN_SCALE_CAP * (blocks.abs().sum(dim=1) / counts)).float()
+    packed = pack_binary(v.reshape(1, -1)).reshape(-1)
+    error.copy_(v - decompress_sign(packed, scales, n, block_size))
+    return packed, scales
 
 
 def decompress_sign(packed: torch.Tensor, scales: torch.Tensor, n: int, block_size: int) -> torch.Tensor:

@@ -27,13 +27,19 @@ def test_compressed_allreduce_equals_the_reference_algorithm(tmp_path, world, co
     padded = -(-n // unit) * unit
     worker_errors = [torch.zeros(padded) for _ in range(world)]
     server_errors = [torch.zeros(padded // world) for _ in range(world)]
+    sent_sum, true_sum = torch.zeros(padded), torch.zeros(padded)
     for step in range(steps):
         grads = [torch.nn.functional.pad(workers.step_grads(r, step, n), (0, padded - n)) for r in range(world)]
-        expected = ref.compressed_allreduce(grads, worker_errors, server_errors, codec, block)[:n]
+        expected = ref.compressed_allreduce(grads, worker_errors, server_errors, codec, block)
         for out in outputs:
-            assert torch.equal(out["results"][step], expected), (codec, world, step)
-        true_mean = torch.stack(grads).mean(0)[:n]
-        assert (expected - true_mean).norm() < true_mean.norm()  # the right quantity, compressed
+            assert torch.equal(out["results"][step], expected[:n]), (codec, world, step)
+        sent_sum += expected
+        true_sum += torch.stack(grads).mean(0)
+    # The right quantity: error feedback telescopes, so what was sent plus what is still
+    # held back (the workers' mean residual, the servers' residual chunks) is the sum of the
+    # true means, up to float rounding.
+    held_back = torch.stack(worker_errors).mean(0) + torch.cat(server_errors)
+    torch.testing.assert_close(sent_sum + held_back, true_sum, rtol=0, atol=1e-5)
     traffic = outputs[0]["traffic"]
     assert traffic.compression_ratio > (3.5 if codec == "int8" else 20)
 
@@ -77,7 +83,6 @@ def test_int8_hook_trains_at_least_as_well_as_powersgd(tmp_path):
     assert int8 <= powersgd
 
 
-@pytest.mark.xfail(strict=True, reason="measured: sign hook 0.1077 vs plain 0.0989 after 60 steps (+8.9%); goal 5%")
 def test_ddp_training_with_the_sign_hook_is_within_5_percent(tmp_path):
     plain, ours = train_both(tmp_path, "sign")
     assert ours[-1] <= plain[-1] * 1.05

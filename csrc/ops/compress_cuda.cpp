@@ -7,11 +7,16 @@
 #include <ATen/ops/div.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
+#include <ATen/ops/minimum.h>
+#include <ATen/ops/mul.h>
+#include <ATen/ops/sqrt.h>
+#include <ATen/ops/square.h>
 #include <ATen/ops/sum.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "../kernels/cpu/compress.h"  // kSignScaleCap
 #include "../kernels/cuda/compress.cuh"
 #include "compress_common.h"
 #include "cuda_glue.h"
@@ -20,17 +25,20 @@ namespace effgen::ops {
 namespace {
 
 // Sign codec: forms v = x + error in the error buffer itself (fp32 addition commutes, so
-// the bits equal the reference's x.float() + error) and returns the per-block mean |v|,
-// summed in double like the CPU kernel and reference.ef_compress_sign (exact sums, so
-// ATen's reduction order does not change the bits).
+// the bits equal the reference's x.float() + error) and returns the per-block scale
+// min(rms(v), kSignScaleCap * mean |v|), in double like the CPU kernel and
+// reference.ef_compress_sign (see there for when the summation order can show).
 at::Tensor sign_scales_in_place(const at::Tensor& x, at::Tensor& error, int64_t block) {
   error.add_(x);
   const int64_t n = error.numel(), blocks = blocks_of(n, block);
   at::Tensor counts = at::full({blocks}, static_cast<double>(block), error.options().dtype(at::kDouble));
   if (n % block != 0) counts.narrow(0, blocks - 1, 1).fill_(static_cast<double>(n % block));
-  at::Tensor magnitudes = at::abs(error).to(at::kDouble);
-  if (n % block != 0) magnitudes = at::constant_pad_nd(magnitudes, {0, blocks * block - n}, 0);
-  return at::div(at::sum(magnitudes.reshape({blocks, block}), {1}), counts).to(at::kFloat).contiguous();
+  at::Tensor v = error.to(at::kDouble);
+  if (n % block != 0) v = at::constant_pad_nd(v, {0, blocks * block - n}, 0);
+  v = v.reshape({blocks, block});
+  const at::Tensor rms = at::sqrt(at::div(at::sum(at::square(v), {1}), counts));
+  const at::Tensor capped = at::mul(at::div(at::sum(at::abs(v), {1}), counts), cpu::kSignScaleCap);
+  return at::minimum(rms, capped).to(at::kFloat).contiguous();
 }
 
 std::tuple<at::Tensor, at::Tensor> ef_compress_int8(const at::Tensor& x_in, at::Tensor& error, int64_t block) {

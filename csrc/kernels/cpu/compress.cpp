@@ -60,28 +60,38 @@ void sign_pack_update(const float* v, const float* scales, int64_t n, int64_t bl
   }
 }
 
-// error[i] = x[i] + error[i]; returns the mean |error[i]| over [0, count) as float, summed in
-// double: a double holds the exact sum of a block's magnitudes whenever they span fewer than
-// 53 - 24 - log2(count) binades (21 for blocks of 256), so the summation order (ours: 8
-// lanes; the reference's: torch's) does not change the bits.
+// error[i] = x[i] + error[i] over [0, count); returns the block's scale (see compress.h),
+// with the sums taken in double over 8 lanes. A double holds the exact sum of a block's
+// magnitudes whenever they span fewer than 53 - 24 - log2(count) binades (21 for blocks of
+// 256), so that sum's order does not matter; the squares (48-bit products) are rounded, so
+// another summation order (the reference's: torch's) can differ in the last bit of the
+// double, which changes the float scale only when it falls on a rounding boundary.
 template <typename T>
-float add_then_mean_abs(const T* x, float* error, int64_t count) {
+float add_then_scale(const T* x, float* error, int64_t count) {
   constexpr int kLanes = 8;
-  double lanes[kLanes] = {};
+  double magnitude[kLanes] = {}, square[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= count; i += kLanes) {
     for (int k = 0; k < kLanes; ++k) {
       error[i + k] += to_f32(x[i + k]);
-      lanes[k] += std::fabs(static_cast<double>(error[i + k]));
+      const double v = error[i + k];
+      magnitude[k] += std::fabs(v);
+      square[k] += v * v;
     }
   }
-  double sum = 0.0;
+  double magnitudes = 0.0, squares = 0.0;
   for (; i < count; ++i) {
     error[i] += to_f32(x[i]);
-    sum += std::fabs(static_cast<double>(error[i]));
+    const double v = error[i];
+    magnitudes += std::fabs(v);
+    squares += v * v;
   }
-  for (const double lane : lanes) sum += lane;
-  return static_cast<float>(sum / static_cast<double>(count));
+  for (int k = 0; k < kLanes; ++k) {
+    magnitudes += magnitude[k];
+    squares += square[k];
+  }
+  const double n = static_cast<double>(count), rms = std::sqrt(squares / n), capped = kSignScaleCap * (magnitudes / n);
+  return static_cast<float>(rms < capped || std::isnan(rms) ? rms : capped);  // NaN: both are
 }
 
 template <typename T>
@@ -90,7 +100,7 @@ void ef_compress_sign_t(const T* x, float* error, int64_t n, int64_t block, int6
   const int64_t v0 = b0 * block, v1 = std::min(n, b1 * block);
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t start = b * block;
-    scales[b] = add_then_mean_abs(x + start, error + start, std::min(block, n - start));
+    scales[b] = add_then_scale(x + start, error + start, std::min(block, n - start));
   }
   sign_pack_update(error + v0, scales + b0, v1 - v0, block, packed + v0 / 8, error + v0);
 }

@@ -33,8 +33,14 @@ void decompress_sum_sign(const uint8_t* packed, const float* scales, int64_t row
 
 // The sign codec for blocks [b0, b1) of x (n values), whose first value b0 * block must be
 // a multiple of 8 (so that no byte of bits is shared with another range): v = x + error;
-// scale = mean |v| per block, summed in double (see mean_abs_double in compress.cpp);
+// scale = min(rms(v), kSignScaleCap * mean |v|) per block, in double, rounded to float;
 // bit i = v >= 0 (NaN: 0); error = v - (bit ? scale : -scale).
+// Why that scale: the rms keeps the block's energy (mean |v|, the least-squares scale,
+// shrinks every step and slowed SGD: 60 digits steps ended 8.9% above plain DDP, 0.8% with
+// this one); the cap keeps error feedback contracting, ||v - scale * sign(v)||^2 <=
+// max(2/3, 1 - 0.75 (mean / rms)^2) ||v||^2, where the rms alone would overshoot on a
+// block of a few large values.
+constexpr double kSignScaleCap = 1.5;
 void ef_compress_sign_blocks(DType dtype, const void* x, float* error, int64_t n, int64_t block, int64_t b0,
                              int64_t b1, uint8_t* packed, float* scales);
 
