@@ -41,7 +41,7 @@ std::tuple<at::Tensor, at::Tensor> ef_compress_sign(const at::Tensor& x_in, at::
   // Tasks of whole units of blocks whose values fill whole bytes of bits.
   const int64_t unit = 8 / std::gcd(block, int64_t{8}), units = (blocks + unit - 1) / unit;
   at::parallel_for(0, units, std::max<int64_t>(1, kValuesPerTask / (block * unit)), [&](int64_t u0, int64_t u1) {
-    cpu::ef_compress_sign_blocks(cpu_dtype(x.scalar_type()), x.data_ptr(), error.data_ptr<float>(), n, block,
+    cpu::compress_kernels().ef_compress_sign_blocks(cpu_dtype(x.scalar_type()), x.data_ptr(), error.data_ptr<float>(), n, block,
                                  u0 * unit, std::min(blocks, u1 * unit), packed.data_ptr<uint8_t>(),
                                  scales.data_ptr<float>());
   });
@@ -69,7 +69,7 @@ at::Tensor decompress_sum_sign(const at::Tensor& packed_in, const at::Tensor& sc
   at::Tensor total = at::empty({n}, packed.options().dtype(at::kFloat));
   // Task boundaries on multiples of 8 keep every byte of bits in one task.
   at::parallel_for(0, (n + 7) / 8, kValuesPerTask / 8, [&](int64_t byte0, int64_t byte1) {
-    cpu::decompress_sum_sign(packed.data_ptr<uint8_t>(), scales.data_ptr<float>(), packed.size(0), n, block,
+    cpu::compress_kernels().decompress_sum_sign(packed.data_ptr<uint8_t>(), scales.data_ptr<float>(), packed.size(0), n, block,
                              byte0 * 8, std::min(n, byte1 * 8), total.data_ptr<float>());
   });
   return total;

@@ -19,29 +19,29 @@ struct CompressKernels {
   // for i in [i0, i1).
   void (*decompress_sum_int8)(const int8_t* q, const float* scales, int64_t rows, int64_t n, int64_t block, int64_t i0,
                               int64_t i1, float* total);
+  // The sign codec for blocks [b0, b1) of x (n values), whose first value b0 * block must
+  // be a multiple of 8 (so that no byte of bits is shared with another range): v = x +
+  // error; scale = min(rms(v), kSignScaleCap * mean |v|) per block, in double, rounded to
+  // float; bit i = v >= 0 (NaN: 0); error = v - (bit ? scale : -scale).
+  void (*ef_compress_sign_blocks)(DType dtype, const void* x, float* error, int64_t n, int64_t block, int64_t b0,
+                                  int64_t b1, uint8_t* packed, float* scales);
+  // total[i] = sum over rows, in order, of scales[r][i / block] * (bit i of row r ? 1 : -1),
+  // for i in [i0, i1).
+  void (*decompress_sum_sign)(const uint8_t* packed, const float* scales, int64_t rows, int64_t n, int64_t block,
+                              int64_t i0, int64_t i1, float* total);
 };
+
+// Why the sign codec's scale is min(rms, 1.5 mean |v|): the rms keeps the block's energy
+// (mean |v|, the least-squares scale, shrinks every step and slowed SGD: 60 digits steps
+// ended 8.9% above plain DDP, 0.8% with this one); the cap keeps error feedback
+// contracting, ||v - scale * sign(v)||^2 <= max(2/3, 1 - 0.75 (mean / rms)^2) ||v||^2,
+// where the rms alone would overshoot on a block of a few large values.
+constexpr double kSignScaleCap = 1.5;
 
 const CompressKernels& compress_kernels_scalar();
 const CompressKernels& compress_kernels_avx2();
 const CompressKernels& compress_kernels_avx512();
-// The int8 codec table of the active ISA (the sign codec below is plain C++).
+// The codec table of the active ISA.
 const CompressKernels& compress_kernels();
-
-// total[i] = sum over rows, in order, of scales[r][i / block] * (bit i of row r ? 1 : -1).
-void decompress_sum_sign(const uint8_t* packed, const float* scales, int64_t rows, int64_t n, int64_t block,
-                         int64_t i0, int64_t i1, float* total);
-
-// The sign codec for blocks [b0, b1) of x (n values), whose first value b0 * block must be
-// a multiple of 8 (so that no byte of bits is shared with another range): v = x + error;
-// scale = min(rms(v), kSignScaleCap * mean |v|) per block, in double, rounded to float;
-// bit i = v >= 0 (NaN: 0); error = v - (bit ? scale : -scale).
-// Why that scale: the rms keeps the block's energy (mean |v|, the least-squares scale,
-// shrinks every step and slowed SGD: 60 digits steps ended 8.9% above plain DDP, 0.8% with
-// this one); the cap keeps error feedback contracting, ||v - scale * sign(v)||^2 <=
-// max(2/3, 1 - 0.75 (mean / rms)^2) ||v||^2, where the rms alone would overshoot on a
-// block of a few large values.
-constexpr double kSignScaleCap = 1.5;
-void ef_compress_sign_blocks(DType dtype, const void* x, float* error, int64_t n, int64_t block, int64_t b0,
-                             int64_t b1, uint8_t* packed, float* scales);
 
 }  // namespace effgen::cpu

@@ -1,4 +1,4 @@
-// The int8 gradient codec, AVX2 + FMA + F16C path (8 fp32 lanes). Every function in this
+// The int8 and sign gradient codecs, AVX2 + FMA + F16C path (8 fp32 lanes). Every function in this
 // file is compiled for that target only; the table is picked at run time, never called on a CPU without AVX2.
 #include <immintrin.h>
 
@@ -18,6 +18,7 @@ namespace {
 #include "simd_avx2.h"
 
 #include "compress_impl.h"
+#include "compress_sign_impl.h"
 
 }  // namespace
 }  // namespace avx2

@@ -99,4 +99,3 @@ void decompress_sum_int8(const int8_t* q, const float* scales, int64_t rows, int
   }
 }
 
-const CompressKernels kTable{ef_compress_int8_blocks, decompress_sum_int8};

@@ -1,4 +1,4 @@
-// Portable path of the int8 gradient codec: one lane, plain C++.
+// Portable path of the int8 and sign gradient codecs: one lane, plain C++.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -12,6 +12,7 @@ namespace {
 #include "simd_scalar.h"
 
 #include "compress_impl.h"
+#include "compress_sign_impl.h"
 
 }  // namespace
 }  // namespace scalar

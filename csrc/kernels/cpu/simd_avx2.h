@@ -43,6 +43,8 @@ struct S {
     const __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
     _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packs_epi16(i16, i16));
   }
+  static uint32_t mask_bits(B v) { return static_cast<uint32_t>(_mm256_movemask_ps(v)); }  // lane k -> bit k
+  static F select(B m, F a, F b) { return _mm256_blendv_ps(b, a, m); }
 
   static float hsum(F v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

@@ -42,4 +42,6 @@ struct S {
   static B le(F a, F b) { return a <= b; }
   static B land(B a, B b) { return a && b; }
   static void store_bool(bool* p, B v) { *p = v; }
+  static uint32_t mask_bits(B v) { return v; }  // lane k -> bit k
+  static F select(B m, F a, F b) { return m ? a : b; }
 };
