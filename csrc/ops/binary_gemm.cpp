@@ -106,13 +106,32 @@ at::Tensor linear_with_expanded(const at::Tensor& x, const at::Tensor& packed_in
                     bias.has_value() ? std::optional<at::Tensor>(bias->to(x.scalar_type())) : std::nullopt);
 }
 
-void store(at::Tensor& out, int64_t i, int64_t j, float v) {
-  switch (out.scalar_type()) {
-    case at::kBFloat16: out.data_ptr<at::BFloat16>()[i * out.size(-1) + j] = at::BFloat16(v); break;
-    case at::kHalf: out.data_ptr<at::Half>()[i * out.size(-1) + j] = at::Half(v); break;
-    default: out.data_ptr<float>()[i * out.size(-1) + j] = v;
+// The results' destination and the bias as raw pointers, looked up once: tensor accessors
+// per element (dtype checks) cost more than the arithmetic at decode sizes (88 us of a
+// 0.3 ms ternary GEMV with N = 4096).
+class OutputRows {
+ public:
+  OutputRows(const at::Tensor& out_2d, const at::Tensor& bias_f)
+      : dtype_(out_2d.scalar_type()), base_(out_2d.data_ptr()), ld_(out_2d.size(1)),
+        bias_(bias_f.defined() ? bias_f.data_ptr<float>() : nullptr) {}
+
+  // out[i][j] = y + bias[j], in the output dtype.
+  void put(int64_t i, int64_t j, float y) const {
+    if (bias_ != nullptr) y += bias_[j];
+    const int64_t at = i * ld_ + j;
+    switch (dtype_) {
+      case at::kBFloat16: static_cast<at::BFloat16*>(base_)[at] = at::BFloat16(y); return;
+      case at::kHalf: static_cast<at::Half*>(base_)[at] = at::Half(y); return;
+      default: static_cast<float*>(base_)[at] = y;
+    }
   }
-}
+
+ private:
+  at::ScalarType dtype_;
+  void* base_;
+  int64_t ld_;
+  const float* bias_;
+};
 
 at::Tensor lut_tiles(const at::Tensor& packed_in, int64_t k, int64_t planes) {
   constexpr const char* op = "lut_tiles";
@@ -175,7 +194,7 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_in, const
   const std::vector<uint8_t> ones(static_cast<size_t>(packed_row_bytes(r.k)), 0xFF);
   cpu::binary_gemm_kernels().masked_sums(cpu_dtype(r.x.scalar_type()), r.x.data_ptr(), r.k, ones.data(), 0, r.m,
                                          1, r.k, group, totals.data(), groups);
-  at::Tensor out_2d = out.view({r.m, n});
+  const OutputRows rows(out.view({r.m, n}), bias_f);
   const float* a = alpha.data_ptr<float>();
   if (use_lut(lut, r) && groups == 1) {
     const std::vector<float> sums = lut_product(r, n, *lut, 1, "binary_linear");
@@ -183,8 +202,7 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_in, const
     for (int64_t i = 0; i < r.m; ++i) {
       for (int64_t j = 0; j < n; ++j) {
         float y = a[j] * (2.0f * sums[i * padded + j] - totals[i]);
-        if (bias_f.defined()) y += bias_f.data_ptr<float>()[j];
-        store(out_2d, i, j, y);
+        rows.put(i, j, y);
       }
     }
     return out;
@@ -198,8 +216,7 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_in, const
                                 const float plus = sums[(i * nb + j) * groups + g];
                                 y += a[(j0 + j) * groups + g] * (2.0f * plus - totals[i * groups + g]);
                               }
-                              if (bias_f.defined()) y += bias_f.data_ptr<float>()[j0 + j];
-                              store(out_2d, i, j0 + j, y);
+                              rows.put(i, j0 + j, y);
                             }
                           }
                         });
@@ -222,15 +239,15 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed_in, cons
   const at::Tensor packed = packed_in.contiguous(), scale = scale_in.contiguous();
   const at::Tensor bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   const int64_t plane = packed_row_bytes(r.k), group = std::max<int64_t>(r.k, 1);
-  at::Tensor out_2d = out.view({r.m, n});
+  const float* s = scale.data_ptr<float>();
+  const OutputRows rows(out.view({r.m, n}), bias_f);
   if (use_lut(lut, r)) {
     const std::vector<float> sums = lut_product(r, n, *lut, 2, "ternary_linear");
     const int64_t padded = static_cast<int64_t>(sums.size()) / r.m;
     for (int64_t i = 0; i < r.m; ++i) {
       for (int64_t j = 0; j < n; ++j) {
-        float y = scale.data_ptr<float>()[j * scale_stride] * sums[i * padded + j];
-        if (bias_f.defined()) y += bias_f.data_ptr<float>()[j];
-        store(out_2d, i, j, y);
+        float y = s[j * scale_stride] * sums[i * padded + j];
+        rows.put(i, j, y);
       }
     }
     return out;
@@ -240,15 +257,15 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed_in, cons
     std::vector<float> plus(static_cast<size_t>(r.m * kBlockN)), minus(plus.size());
     for (int64_t block = begin; block < end; ++block) {
       const int64_t j0 = block * kBlockN, nb = std::min(kBlockN, n - j0);
-      const uint8_t* rows = packed.data_ptr<uint8_t>() + j0 * 2 * plane;
+      const uint8_t* weight_rows = packed.data_ptr<uint8_t>() + j0 * 2 * plane;
       const auto dtype = cpu_dtype(r.x.scalar_type());
-      kernels.masked_sums(dtype, r.x.data_ptr(), r.k, rows, 2 * plane, r.m, nb, r.k, group, plus.data(), nb);
-      kernels.masked_sums(dtype, r.x.data_ptr(), r.k, rows + plane, 2 * plane, r.m, nb, r.k, group, minus.data(), nb);
+      kernels.masked_sums(dtype, r.x.data_ptr(), r.k, weight_rows, 2 * plane, r.m, nb, r.k, group, plus.data(), nb);
+      kernels.masked_sums(dtype, r.x.data_ptr(), r.k, weight_rows + plane, 2 * plane, r.m, nb, r.k, group, minus.data(),
+                          nb);
       for (int64_t i = 0; i < r.m; ++i) {
         for (int64_t j = 0; j < nb; ++j) {
-          float y = scale.data_ptr<float>()[(j0 + j) * scale_stride] * (plus[i * nb + j] - minus[i * nb + j]);
-          if (bias_f.defined()) y += bias_f.data_ptr<float>()[j0 + j];
-          store(out_2d, i, j0 + j, y);
+          float y = s[(j0 + j) * scale_stride] * (plus[i * nb + j] - minus[i * nb + j]);
+          rows.put(i, j0 + j, y);
         }
       }
     }
@@ -273,7 +290,8 @@ at::Tensor xnor_linear(const at::Tensor& x, const at::Tensor& packed_in, const a
   cpu::pack_signs(cpu_dtype(r.x.scalar_type()), r.x.data_ptr(), r.m, r.k, x_bits.data());
   const at::Tensor packed = packed_in.contiguous(), alpha = alpha_in.contiguous();
   const at::Tensor bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
-  at::Tensor out_2d = out.view({r.m, n});
+  const OutputRows rows(out.view({r.m, n}), bias_f);
+  const float *xs = x_scale.data_ptr<float>(), *a = alpha.data_ptr<float>();
   const auto& kernels = cpu::binary_gemm_kernels();
   at::parallel_for(0, (n + kBlockN - 1) / kBlockN, 1, [&](int64_t begin, int64_t end) {
     std::vector<int32_t> disagree(static_cast<size_t>(r.m * kBlockN));
@@ -285,9 +303,8 @@ at::Tensor xnor_linear(const at::Tensor& x, const at::Tensor& packed_in, const a
         for (int64_t j = 0; j < nb; ++j) {
           // The sign dot product is K - 2 * disagreements; the zero pad bits always agree.
           const float dot = static_cast<float>(r.k - 2 * int64_t{disagree[i * nb + j]});
-          float y = dot * x_scale.data_ptr<float>()[i] * alpha.data_ptr<float>()[(j0 + j) * alpha_stride];
-          if (bias_f.defined()) y += bias_f.data_ptr<float>()[j0 + j];
-          store(out_2d, i, j0 + j, y);
+          float y = dot * xs[i] * a[(j0 + j) * alpha_stride];
+          rows.put(i, j0 + j, y);
         }
       }
     }
