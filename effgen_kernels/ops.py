@@ -127,14 +127,14 @@ def unpack_ternary(packed: torch.Tensor, k: int) -> torch.Tensor:
 def binary_linear(x: torch.Tensor, packed: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None = None,
                   group_size: int | None = None, lut: torch.Tensor | None = None) -> torch.Tensor:
     """x @ (alpha * sign(w))^T + bias with packed sign bits; alpha [N] or [N, groups].
-    ``lut = lut_tiles(packed, K, 1)`` enables the CPU lookup-table kernel for few rows."""
+    ``lut = lut_tiles(packed, K, 1)`` enables the CPU lookup-table kernel (any number of rows)."""
     return _ops.binary_linear(x, packed, alpha, bias, group_size, lut)
 
 
 def ternary_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None,
                    lut: torch.Tensor | None = None) -> torch.Tensor:
     """x @ (scale * q)^T + bias with packed ternary q; scale [N] or one element.
-    ``lut = lut_tiles(packed, K, 2)`` enables the CPU lookup-table kernel for few rows."""
+    ``lut = lut_tiles(packed, K, 2)`` enables the CPU lookup-table kernel (any number of rows)."""
     return _ops.ternary_linear(x, packed, scale, bias, lut)
 
 

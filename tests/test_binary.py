@@ -229,7 +229,8 @@ def test_cuda_binary_opcheck_and_layers():
     torch.testing.assert_close(compiled(x), model(x))
 
 
-@pytest.mark.parametrize("m,n,k", [(1, 5, 1), (1, 37, 7), (3, 40, 33), (8, 100, 4097), (2, 16, 64)])
+@pytest.mark.parametrize("m,n,k", [(1, 5, 1), (1, 37, 7), (3, 40, 33), (8, 100, 4097), (2, 16, 64),
+                                   (9, 33, 70), (70, 20, 129)])  # row blocks of 8, table chunks of 64
 def test_lookup_table_kernel_matches_reference(isa, m, n, k):
     x, w = random_input((m, k), scale=1.0), random_input((n, k))
     packed, alpha = ref.binarize_weight(w)

@@ -21,9 +21,13 @@ namespace {
 
 
 constexpr int64_t kBlockN = 64;
-// Up to this many rows the weights are streamed as bits; above it they are expanded once
-// and the product goes to torch's GEMM (the masked adds cost as much as FMAs).
+// Without a lookup table: up to this many rows the weights are streamed as bits; above it
+// they are expanded once and the product goes to torch's GEMM (the masked adds cost as much
+// as FMAs). With one, every M takes the table kernel: one vpermps does 64 multiply-adds.
 constexpr int64_t kDirectMaxM = 16;
+// The table kernel builds the tables of this many activation rows at a time (4 MB for
+// K = 4096) and runs them kLutMaxM rows at a time over each thread's tiles.
+constexpr int64_t kLutChunkM = 64;
 
 // ---- pack / unpack ---------------------------------------------------------------------
 at::Tensor pack_binary(const at::Tensor& w_in) {
@@ -146,8 +150,8 @@ at::Tensor lut_tiles(const at::Tensor& packed_in, int64_t k, int64_t planes) {
   return out;
 }
 
-// The lookup-table product for m <= kLutMaxM rows: raw sums [m, tiles * 16] (binary: over
-// the +1 weights; ternary: positive minus negative).
+// The lookup-table product: raw sums [m, tiles * 16] (binary: over the +1 weights; ternary:
+// positive minus negative).
 std::vector<float> lut_product(const Rows& r, int64_t n, const at::Tensor& lut, int planes, const char* op) {
   const int64_t tiles_n = (n + cpu::kLutTileRows - 1) / cpu::kLutTileRows;
   TORCH_CHECK_VALUE(lut.scalar_type() == at::kByte && lut.dim() == 2 && lut.size(0) == tiles_n &&
@@ -157,18 +161,21 @@ std::vector<float> lut_product(const Rows& r, int64_t n, const at::Tensor& lut, 
                     lut.scalar_type(), " of shape ", lut.sizes());
   const at::Tensor x32 = r.x.to(at::kFloat).contiguous(), tiles = lut.contiguous();
   const int64_t padded = tiles.size(0) * cpu::kLutTileRows;
-  std::vector<float> tables(static_cast<size_t>(r.m * cpu::lut_table_groups(r.k) * 16)),
+  const int64_t table_floats = cpu::lut_table_groups(r.k) * 16;  // per activation row
+  std::vector<float> tables(static_cast<size_t>(std::min(r.m, kLutChunkM) * table_floats)),
       sums(static_cast<size_t>(r.m * padded));
-  cpu::build_lut_tables(x32.data_ptr<float>(), r.m, r.k, tables.data());
   const auto& kernels = cpu::binary_gemm_kernels();
-  at::parallel_for(0, tiles.size(0), 4, [&](int64_t begin, int64_t end) {
-    kernels.lut_sums(tables.data(), r.m, r.k, tiles.data_ptr<uint8_t>(), begin, end, planes, sums.data(), padded);
-  });
+  for (int64_t c0 = 0; c0 < r.m; c0 += kLutChunkM) {
+    const int64_t chunk = std::min(kLutChunkM, r.m - c0);
+    cpu::build_lut_tables(x32.data_ptr<float>() + c0 * r.k, chunk, r.k, tables.data());
+    at::parallel_for(0, tiles.size(0), 4, [&](int64_t begin, int64_t end) {
+      for (int64_t i0 = 0; i0 < chunk; i0 += cpu::kLutMaxM) {
+        kernels.lut_sums(tables.data() + i0 * table_floats, std::min(cpu::kLutMaxM, chunk - i0), r.k,
+                         tiles.data_ptr<uint8_t>(), begin, end, planes, sums.data() + (c0 + i0) * padded, padded);
+      }
+    });
+  }
   return sums;
-}
-
-bool use_lut(const std::optional<at::Tensor>& lut, const Rows& r) {
-  return lut.has_value() && r.m <= cpu::kLutMaxM;
 }
 
 at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_in, const at::Tensor& alpha_in,
@@ -179,7 +186,8 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_in, const
   const BitsProduct p = check_bits_product(op, x, packed_in, 1, "alpha", alpha_in, bias, true, group_size);
   const Rows& r = p.r;
   const int64_t n = p.n, groups = p.groups, group = p.group;
-  if (r.m > kDirectMaxM) {
+  const bool with_lut = lut.has_value() && groups == 1;
+  if (r.m > kDirectMaxM && !with_lut) {
     const at::Tensor alpha_full = group_size.has_value()
                                       ? alpha_in.repeat_interleave(*group_size, 1).narrow(1, 0, r.k)
                                       : alpha_in.reshape({n, 1});
@@ -196,7 +204,7 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_in, const
                                          1, r.k, group, totals.data(), groups);
   const OutputRows rows(out.view({r.m, n}), bias_f);
   const float* a = alpha.data_ptr<float>();
-  if (use_lut(lut, r) && groups == 1) {
+  if (with_lut) {
     const std::vector<float> sums = lut_product(r, n, *lut, 1, "binary_linear");
     const int64_t padded = static_cast<int64_t>(sums.size()) / r.m;
     for (int64_t i = 0; i < r.m; ++i) {
@@ -230,7 +238,7 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed_in, cons
   const BitsProduct p = check_bits_product(op, x, packed_in, 2, "scale", scale_in, bias, false);
   const Rows& r = p.r;
   const int64_t n = p.n, scale_stride = p.scale_stride;
-  if (r.m > kDirectMaxM) {
+  if (r.m > kDirectMaxM && !lut.has_value()) {
     return linear_with_expanded(x, packed_in, 2, scale_stride == 0 ? scale_in.reshape({}) : scale_in.reshape({n, 1}),
                                 bias);
   }
@@ -241,7 +249,7 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed_in, cons
   const int64_t plane = packed_row_bytes(r.k), group = std::max<int64_t>(r.k, 1);
   const float* s = scale.data_ptr<float>();
   const OutputRows rows(out.view({r.m, n}), bias_f);
-  if (use_lut(lut, r)) {
+  if (lut.has_value()) {
     const std::vector<float> sums = lut_product(r, n, *lut, 2, "ternary_linear");
     const int64_t padded = static_cast<int64_t>(sums.size()) / r.m;
     for (int64_t i = 0; i < r.m; ++i) {
