@@ -209,7 +209,9 @@ def int8_dynamic_linear(x, wq, w_scale, bias=None):
 
 
 def int8_weight_only_linear(x, wq, w_scale, bias=None, group_size=None):
-    """W8A16: per-channel (w_scale [N]) or per-group (w_scale [N, groups]) weight scales."""
+    """W8A16: per-channel (w_scale [N]) or per-group (w_scale [N, groups]) weight scales.
+    The CPU kernel's bf16/fp16 path rounds the activations to 16-bit fixed point per token
+    first (see ops.int8_weight_only_linear): within the bf16/fp16 tolerance of this."""
     if group_size is None:
         w = dequantize(wq, w_scale, axis=0)
     else:

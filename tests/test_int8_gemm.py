@@ -84,6 +84,34 @@ def test_int8_weight_only_linear_matches_reference(isa, dtype, m, group_size):
                                **w8a16_tolerance(dtype))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_w8a16_fixed_point_activations_propagate_nan_and_inf(isa, dtype):
+    # bf16 / fp16 rows go through 16-bit fixed point unless a row is not finite: then the
+    # float kernel runs, and the bad row comes out NaN / Inf as in the reference.
+    x = random_input((3, 64), dtype, scale=1.0)
+    x[1, 5] = float("nan")
+    x[2, 7] = float("inf")
+    wq, w_scale = ops.quantize_per_channel(random_input((10, 64), scale=0.05), 0)
+    out, expected = ops.int8_weight_only_linear(x, wq, w_scale), ref.int8_weight_only_linear(x, wq, w_scale)
+    assert torch.isnan(out[1]).all() and not torch.isfinite(out[2]).any()
+    torch.testing.assert_close(out, expected, **w8a16_tolerance(dtype), equal_nan=True)
+
+
+def test_w8a16_fixed_point_activations_stay_within_their_error_bound(isa):
+    # bf16 activations as 16-bit fixed point per token: each is off by at most half a step
+    # (absmax / kSplitMax / 2), so a dot product by at most that times sum |w|; the bf16
+    # output adds at most half an ulp (2^-8 relative). Checked against the exact product.
+    x = random_input((5, 1000), torch.bfloat16, scale=1.0)
+    wq, w_scale = ops.quantize_per_channel(random_input((64, 1000), scale=0.05), 0)
+    w = wq.double() * w_scale.double()[:, None]
+    exact = x.double() @ w.T
+    step = x.double().abs().amax(1, keepdim=True) / (127 * 256 + 127)
+    activations = step / 2 * w.abs().sum(1)[None, :]
+    bound = activations * (1 + 2.0**-8) + exact.abs() * 2.0**-8  # rounding of the product
+    out = ops.int8_weight_only_linear(x, wq, w_scale).double()
+    assert ((out - exact).abs() <= bound * (1 + 1e-6) + 1e-12).all()
+
+
 def test_int8_weight_only_linear_3d_input(isa):
     x = random_input((2, 3, 40))
     wq, w_scale = ops.quantize_per_channel(random_input((9, 40)), 0)

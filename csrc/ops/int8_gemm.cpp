@@ -7,6 +7,9 @@
 #include <ATen/ops/linear.h>
 #include <torch/library.h>
 
+#include <atomic>
+#include <vector>
+
 #include "../kernels/cpu/int8_gemm.h"
 #include "int8_gemm_common.h"
 #include "glue.h"
@@ -77,6 +80,52 @@ at::Tensor int8_dynamic_linear(const at::Tensor& x, const at::Tensor& wq, const 
   return out;
 }
 
+// W8A16 for bf16 / fp16 activations and per-channel scales: the activations as 16-bit
+// fixed point per token (split_int16_rows), so the product is one int8 GEMM over 2m rows
+// that streams the weights once. The
+// activations keep 15 bits relative to the row's absmax: at least bf16's 8 significant
+// bits for every element above absmax / 2^7 (fp16's 11 above absmax / 2^4), and an
+// absolute error of at most absmax / 2^16 below. Returns false (nothing written) when x
+// holds Inf or NaN, which the float kernel then propagates.
+template <typename T>
+bool w8a16_fixed_point(const at::Tensor& x2, const at::Tensor& w, const at::Tensor& w_scale, const at::Tensor& bias_f,
+                       at::Tensor& out) {
+  const int64_t m = x2.size(0), k = x2.size(1), n = w.size(0);
+  std::vector<int8_t> rows(static_cast<size_t>(2 * m * k));
+  std::vector<float> x_scales(static_cast<size_t>(m));
+  std::atomic<bool> finite{true};
+  at::parallel_for(0, m, 1, [&](int64_t i0, int64_t i1) {
+    if (!cpu::split_int16_rows(cpu_dtype(x2.scalar_type()), x2.data_ptr(), m, k, i0, i1, rows.data(),
+                               x_scales.data())) {
+      finite = false;
+    }
+  });
+  if (!finite) return false;
+  const auto& kernels = cpu::int8_gemm_kernels();
+  const int8_t* b = w.data_ptr<int8_t>();
+  const float* ws = w_scale.data_ptr<float>();
+  const float* bias_ptr = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
+  T* o = out.data_ptr<T>();
+  at::parallel_for(0, (n + kBlockN - 1) / kBlockN, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> acc(static_cast<size_t>(2 * m * kBlockN));
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t j0 = block * kBlockN, nb = std::min(kBlockN, n - j0);
+      kernels.gemm_s8s8s32(rows.data(), k, b + j0 * k, k, 2 * m, nb, k, acc.data(), kBlockN);
+      for (int64_t i = 0; i < m; ++i) {
+        for (int64_t j = 0; j < nb; ++j) {
+          // 256 * hi + lo exactly in int64, then one rounding to float (2^-24 relative,
+          // far below the activations' 2^-16 step).
+          const int64_t dot = int64_t{256} * acc[i * kBlockN + j] + acc[(m + i) * kBlockN + j];
+          float y = static_cast<float>(dot) * x_scales[i] * ws[j0 + j];
+          if (bias_ptr != nullptr) y += bias_ptr[j0 + j];
+          o[i * n + j0 + j] = T(y);
+        }
+      }
+    }
+  });
+  return true;
+}
+
 at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& w_scale,
                                    const std::optional<at::Tensor>& bias, std::optional<int64_t> group_size) {
   constexpr const char* op = "int8_weight_only_linear";
@@ -92,6 +141,11 @@ at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, co
   if (out.numel() == 0) return out;
   const at::Tensor x2 = x.reshape({m, k}).contiguous(), w = wq.contiguous(), s = w_scale.contiguous();
   const at::Tensor bias_f = float_bias(bias);
+  at::Tensor out_2d = out.view({m, n});
+  if (groups == 1 && k <= cpu::kMaxExactInt8K) {
+    if (x.scalar_type() == at::kBFloat16 && w8a16_fixed_point<at::BFloat16>(x2, w, s, bias_f, out_2d)) return out;
+    if (x.scalar_type() == at::kHalf && w8a16_fixed_point<at::Half>(x2, w, s, bias_f, out_2d)) return out;
+  }
   const auto& kernels = cpu::int8_gemm_kernels();
   at::parallel_for(0, (n + kBlockN - 1) / kBlockN, 1, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {

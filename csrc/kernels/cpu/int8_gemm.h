@@ -42,6 +42,16 @@ struct Int8GemmKernels {
   void (*w8a16_gemm)(const W8A16Args& args);
 };
 
+// W8A16 with 16-bit activations on the int8 GEMM: x[i] (bf16 or fp16) = scales[i] * a[i],
+// a = round_half_even(x / scales[i]) with |a| <= kSplitMax, written as a = 256 * hi + lo
+// with hi, lo int8 (lo in [-128, 127]): hi[i] = rows[i], lo[i] = rows[m + i] (rows is
+// [2m, k]). Then x[i] . w = scales[i] * (256 * (hi[i] . w) + lo[i] . w) exactly, from one
+// int8 GEMM over 2m rows. scales[i] = absmax / kSplitMax (0 for a zero row). Converts rows
+// [i0, i1) of the m; returns false, leaving the outputs unspecified, when one holds Inf or NaN.
+constexpr int32_t kSplitMax = 127 * 256 + 127;  // hi stays in [-127, 127]
+bool split_int16_rows(DType dtype, const void* x, int64_t m, int64_t k, int64_t i0, int64_t i1, int8_t* rows,
+                      float* scales);
+
 const Int8GemmKernels& int8_gemm_kernels_scalar();
 const Int8GemmKernels& int8_gemm_kernels_avx2();
 const Int8GemmKernels& int8_gemm_kernels_avx512();
