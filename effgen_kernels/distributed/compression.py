@@ -406,10 +406,12 @@ def _two_phase(state: CompressionState, tensor: torch.Tensor, segments: tuple, k
     def scratch(name: str, like: torch.Tensor, numel: int) -> torch.Tensor:
         return state._scratch(key, name, numel, like.dtype, like.device)
 
+    # Messages as sent and received (uint8: payload bytes, then scale bytes, per rank), and
+    # the received payload and scales unpacked for the decoder (phase 1, then phase 2).
     outgoing, incoming = scratch("outgoing", payload, world * message), scratch("incoming", payload, world * message)
-    received_payload, received_scales = scratch("received_payload", payload, payload.numel()), scratch(
-        "received_scales", scales, scales.numel())
     mine, gathered = scratch("mine", payload, message), scratch("gathered", payload, world * message)
+    received_payload = scratch("received_payload", payload, payload.numel())
+    received_scales = scratch("received_scales", scales, scales.numel())
     _pack(payload, scales, world, outgoing)
     sent = 2 * (world - 1) * message
     state._current.bytes_sent += sent
