@@ -403,15 +403,16 @@ def _two_phase(state: CompressionState, tensor: torch.Tensor, segments: tuple, k
     payload_chunk = payload.numel() // world  # int8: chunk values; sign: chunk / 8 bytes
     message = payload_chunk + 4 * chunk_blocks  # bytes per rank and phase
 
-    def scratch(name: str, like: torch.Tensor, numel: int) -> torch.Tensor:
-        return state._scratch(key, name, numel, like.dtype, like.device)
+    def scratch(name: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        return state._scratch(key, name, numel, dtype, tensor.device)
 
-    # Messages as sent and received (uint8: payload bytes, then scale bytes, per rank), and
-    # the received payload and scales unpacked for the decoder (phase 1, then phase 2).
-    outgoing, incoming = scratch("outgoing", payload, world * message), scratch("incoming", payload, world * message)
-    mine, gathered = scratch("mine", payload, message), scratch("gathered", payload, world * message)
-    received_payload = scratch("received_payload", payload, payload.numel())
-    received_scales = scratch("received_scales", scales, scales.numel())
+    # Messages as sent and received (payload bytes, then scale bytes, per rank), and the
+    # received payload and scales unpacked for the decoder (phase 1, then phase 2).
+    outgoing = scratch("outgoing", world * message, torch.uint8)
+    incoming = scratch("incoming", world * message, torch.uint8)
+    mine, gathered = scratch("mine", message, torch.uint8), scratch("gathered", world * message, torch.uint8)
+    received_payload = scratch("received_payload", payload.numel(), payload.dtype)
+    received_scales = scratch("received_scales", scales.numel(), scales.dtype)
     _pack(payload, scales, world, outgoing)
     sent = 2 * (world - 1) * message
     state._current.bytes_sent += sent
