@@ -82,11 +82,10 @@ at::Tensor int8_dynamic_linear(const at::Tensor& x, const at::Tensor& wq, const 
 
 // W8A16 for bf16 / fp16 activations and per-channel scales: the activations as 16-bit
 // fixed point per token (split_int16_rows), so the product is one int8 GEMM over 2m rows
-// that streams the weights once. The
-// activations keep 15 bits relative to the row's absmax: at least bf16's 8 significant
-// bits for every element above absmax / 2^7 (fp16's 11 above absmax / 2^4), and an
-// absolute error of at most absmax / 2^16 below. Returns false (nothing written) when x
-// holds Inf or NaN, which the float kernel then propagates.
+// that streams the weights once. The activations keep 15 bits relative to the row's
+// absmax: at least bf16's 8 significant bits for every element above absmax / 2^7 (fp16's
+// 11 above absmax / 2^4), and an absolute error of at most absmax / 2^16 below. Returns
+// false (nothing written) when x holds Inf or NaN, which the float kernel then propagates.
 template <typename T>
 bool w8a16_fixed_point(const at::Tensor& x2, const at::Tensor& w, const at::Tensor& w_scale, const at::Tensor& bias_f,
                        at::Tensor& out) {
