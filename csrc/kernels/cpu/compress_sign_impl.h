@@ -1,7 +1,8 @@
-// The sign gradient codec in plain C++, included by compress_{scalar,avx2,avx512}.cpp inside
-// an ISA namespace after compress_impl.h: each copy is compiled for its target, so the
-// compiler vectorizes the lane loops for it (the arithmetic is the same in every copy: fp32
-// adds, double sums, no contraction). Its payload is 1 bit per value.
+// The sign gradient codec, included by compress_{scalar,avx2,avx512}.cpp inside an ISA
+// namespace after compress_impl.h: bits and residual over the SIMD layer `S`, the rest in
+// plain C++ whose lane loops the compiler vectorizes for each copy's target (the arithmetic
+// is the same in every copy: fp32 adds, double sums, no contraction). Its payload is 1 bit
+// per value.
 
 // kSigns.v[byte][k] = bit k of byte ? 1 : -1 (least significant bit first, as packed).
 struct SignTable {
