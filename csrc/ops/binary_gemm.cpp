@@ -28,6 +28,16 @@ constexpr int64_t kDirectMaxM = 16;
 // The table kernel builds the tables of this many activation rows at a time (4 MB for
 // K = 4096) and runs them kLutMaxM rows at a time over each thread's tiles.
 constexpr int64_t kLutChunkM = 64;
+// Output elements per task below which an epilogue runs on one thread.
+constexpr int64_t kEpilogueGrain = 1 << 15;
+
+// f(i) for rows i in [0, m) of n outputs each, in parallel once a batch makes it worth it.
+template <typename F>
+void for_each_row(int64_t m, int64_t n, const F& f) {
+  at::parallel_for(0, m, std::max<int64_t>(1, kEpilogueGrain / std::max<int64_t>(n, 1)), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) f(i);
+  });
+}
 
 // ---- pack / unpack ---------------------------------------------------------------------
 at::Tensor pack_binary(const at::Tensor& w_in) {
@@ -167,7 +177,9 @@ std::vector<float> lut_product(const Rows& r, int64_t n, const at::Tensor& lut, 
   const auto& kernels = cpu::binary_gemm_kernels();
   for (int64_t c0 = 0; c0 < r.m; c0 += kLutChunkM) {
     const int64_t chunk = std::min(kLutChunkM, r.m - c0);
-    cpu::build_lut_tables(x32.data_ptr<float>() + c0 * r.k, chunk, r.k, tables.data());
+    at::parallel_for(0, chunk, 1, [&](int64_t i0, int64_t i1) {
+      cpu::build_lut_tables(x32.data_ptr<float>() + (c0 + i0) * r.k, i1 - i0, r.k, tables.data() + i0 * table_floats);
+    });
     at::parallel_for(0, tiles.size(0), 4, [&](int64_t begin, int64_t end) {
       for (int64_t i0 = 0; i0 < chunk; i0 += cpu::kLutMaxM) {
         kernels.lut_sums(tables.data() + i0 * table_floats, std::min(cpu::kLutMaxM, chunk - i0), r.k,
@@ -207,12 +219,9 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_in, const
   if (with_lut) {
     const std::vector<float> sums = lut_product(r, n, *lut, 1, "binary_linear");
     const int64_t padded = static_cast<int64_t>(sums.size()) / r.m;
-    for (int64_t i = 0; i < r.m; ++i) {
-      for (int64_t j = 0; j < n; ++j) {
-        float y = a[j] * (2.0f * sums[i * padded + j] - totals[i]);
-        rows.put(i, j, y);
-      }
-    }
+    for_each_row(r.m, n, [&](int64_t i) {
+      for (int64_t j = 0; j < n; ++j) rows.put(i, j, a[j] * (2.0f * sums[i * padded + j] - totals[i]));
+    });
     return out;
   }
   for_masked_sum_blocks(r, packed.data_ptr<uint8_t>(), packed.size(1), n, group,
@@ -252,12 +261,9 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed_in, cons
   if (lut.has_value()) {
     const std::vector<float> sums = lut_product(r, n, *lut, 2, "ternary_linear");
     const int64_t padded = static_cast<int64_t>(sums.size()) / r.m;
-    for (int64_t i = 0; i < r.m; ++i) {
-      for (int64_t j = 0; j < n; ++j) {
-        float y = s[j * scale_stride] * sums[i * padded + j];
-        rows.put(i, j, y);
-      }
-    }
+    for_each_row(r.m, n, [&](int64_t i) {
+      for (int64_t j = 0; j < n; ++j) rows.put(i, j, s[j * scale_stride] * sums[i * padded + j]);
+    });
     return out;
   }
   const auto& kernels = cpu::binary_gemm_kernels();

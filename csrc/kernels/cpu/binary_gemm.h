@@ -29,8 +29,7 @@ struct BinaryGemmKernels {
   // x[i][4g + t] over the set bits t of b, so 4 weights of 16 rows cost one table lookup
   // (vpermps) instead of 64 adds. sums[i * lds + row] for the rows of tiles [t0, t1)
   // (positive minus negative plane when planes = 2). m <= kLutMaxM (callers go through
-  // larger m in blocks of rows); tables hold
-  // lut_table_groups(k) tables per row.
+  // larger m in blocks of rows); tables hold lut_table_groups(k) tables per row.
   void (*lut_sums)(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1,
                    int planes, float* sums, int64_t lds);
 };
