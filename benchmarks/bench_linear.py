@@ -77,14 +77,10 @@ def run_shape(ctx: BenchContext, m: int, k: int, n: int, peak: float) -> list[Be
         peers["fp32 F.linear"] = lambda: F.linear(x, *rot["fp32"].next())
     if "fbgemm" in rot:
         peers["fbgemm dynamic int8"] = lambda: rot["fbgemm"].next()(x)
-    if m > 16:  # torch._int_mm needs M > 16
-        xq, x_scale = ek.ops.quantize_per_token(x)
-
-        def int_mm():
-            layer = rot["int8"].next()
-            return torch._int_mm(xq, layer.weight.t())
-
-        peers["torch._int_mm (raw)"] = int_mm
+    if m > 16:  # torch._int_mm needs M > 16; no rotation at these sizes
+        xq, _ = ek.ops.quantize_per_token(x)
+        wq_t = ek.ops.quantize_per_channel(linear.weight.detach(), 0)[0].t()
+        peers["torch._int_mm (raw)"] = lambda: torch._int_mm(xq, wq_t)
     weight_bytes = n * k
     # Every rotated copy is used once before timing (first use costs extra for every format).
     warmup = max(len(r) for r in rot.values()) + 1 if m <= DECODE_M else 2

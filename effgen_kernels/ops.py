@@ -19,6 +19,9 @@ __all__ = [
     "fake_quantize_learnable_per_channel",
     "int8_linear",
     "int8_dynamic_linear",
+    "int8_pack_weight",
+    "int8_unpack_weight",
+    "int8_dynamic_linear_packed",
     "int8_weight_only_linear",
     "pack_binary",
     "unpack_binary",
@@ -93,6 +96,34 @@ def int8_dynamic_linear(x: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor
                         bias: torch.Tensor | None = None) -> torch.Tensor:
     """W8A8 with per-token activation quantization in the same call; output in x's dtype."""
     return _ops.int8_dynamic_linear(x, wq, w_scale, bias)
+
+
+def int8_pack_weight(wq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 [N, K] -> (w_packed int8 [ceil(N/16), ceil(K/4), 64], w_sum int32 [N]) for
+    int8_dynamic_linear_packed: blocks of 16 output channels x 4 values of K (layout in
+    reference.py), so one 64-byte vector of weights feeds 16 outputs (AVX-512 VNNI), and the
+    column sums that undo the kernel's unsigned shift of the activations. A layout
+    transformation in torch ops, done once per layer; any device."""
+    if wq.dtype != torch.int8 or wq.dim() != 2:
+        raise ValueError(f"int8_pack_weight: wq must be int8 [N, K], got {wq.dtype} of shape {tuple(wq.shape)}")
+    n, k = wq.shape
+    padded = torch.nn.functional.pad(wq, (0, (-k) % 4, 0, (-n) % 16))
+    blocks = padded.reshape(padded.shape[0] // 16, 16, padded.shape[1] // 4, 4).permute(0, 2, 1, 3)
+    return blocks.reshape(padded.shape[0] // 16, padded.shape[1] // 4, 64).contiguous(), wq.sum(1, dtype=torch.int32)
+
+
+def int8_unpack_weight(w_packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """The canonical int8 [N, K] weights of an int8_pack_weight layout (a new tensor)."""
+    groups, quads, _ = w_packed.shape
+    blocks = w_packed.reshape(groups, quads, 16, 4).permute(0, 2, 1, 3)
+    return blocks.reshape(groups * 16, quads * 4)[:n, :k].contiguous()
+
+
+def int8_dynamic_linear_packed(x: torch.Tensor, w_packed: torch.Tensor, w_sum: torch.Tensor, w_scale: torch.Tensor,
+                               bias: torch.Tensor | None = None) -> torch.Tensor:
+    """int8_dynamic_linear with weights from int8_pack_weight (CPU): the same result, from a
+    register tile of 6 rows x 64 output channels that needs no horizontal sums."""
+    return _ops.int8_dynamic_linear_packed(x, w_packed, w_sum, w_scale, bias)
 
 
 def int8_weight_only_linear(x: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
@@ -234,6 +265,16 @@ def _(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.float32):
 @torch.library.register_fake("effgen::int8_dynamic_linear")
 def _(x, wq, w_scale, bias=None):
     return _linear_out(x, wq, x.dtype)
+
+
+@torch.library.register_fake("effgen::int8_dynamic_linear_packed")
+def _(x, w_packed, w_sum, w_scale, bias=None):
+    torch._check(x.dim() > 0, lambda: "input must have at least 1 dimension")
+    torch._check(w_sum.dim() == 1, lambda: f"w_sum must be [N], got {tuple(w_sum.shape)}")
+    _check_same_device("int8_dynamic_linear_packed", "w_packed", w_packed, x)
+    expected = ((w_sum.shape[0] + 15) // 16, (x.shape[-1] + 3) // 4, 64)
+    torch._check(tuple(w_packed.shape) == expected, lambda: f"w_packed must be {expected}, got {tuple(w_packed.shape)}")
+    return x.new_empty((*x.shape[:-1], w_sum.shape[0]))
 
 
 @torch.library.register_fake("effgen::int8_weight_only_linear")

@@ -21,6 +21,10 @@ The int8_gemm family
   ``out = float(acc) * x_scale[m] * w_scale[n] + bias[n]``, rounded to ``out_dtype``.
 - ``int8_dynamic_linear``: ``quantize_per_token(x)`` then ``int8_linear`` with the output in
   x's dtype.
+- ``int8_dynamic_linear_packed``: the same product from weights packed by
+  ``int8_pack_weight``: int8 ``[ceil(N/16), ceil(K/4), 64]``, where block ``(jb, kq)`` holds
+  ``wq[16 jb + c, 4 kq + r]`` at byte ``4 c + r`` (zero past N and K: 16 output channels by
+  4 values of K, one VNNI operand), and the column sums ``w_sum = wq.sum(1)`` as int32 [N].
 - ``int8_weight_only_linear``: ``x @ (wq * w_scale)^T + bias`` accumulated in fp32 (the
   kernels sum in a different order: compare with a tolerance), output in x's dtype.
 """
@@ -39,6 +43,8 @@ __all__ = [
     "fake_quantize_learnable_per_channel_backward",
     "int8_linear",
     "int8_dynamic_linear",
+    "int8_unpack_weight",
+    "int8_dynamic_linear_packed",
     "int8_weight_only_linear",
     "pack_binary",
     "unpack_binary",
@@ -206,6 +212,17 @@ def int8_linear(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.float32):
 def int8_dynamic_linear(x, wq, w_scale, bias=None):
     q, scale = quantize_per_token(x)
     return int8_linear(q, scale, wq, w_scale, bias, out_dtype=x.dtype)
+
+
+def int8_unpack_weight(w_packed, n, k):
+    """The canonical int8 [N, K] weights of an int8_pack_weight layout (see the docstring above)."""
+    groups, quads, _ = w_packed.shape
+    blocks = w_packed.reshape(groups, quads, 16, 4).permute(0, 2, 1, 3)
+    return blocks.reshape(groups * 16, quads * 4)[:n, :k]
+
+
+def int8_dynamic_linear_packed(x, w_packed, w_sum, w_scale, bias=None):
+    return int8_dynamic_linear(x, int8_unpack_weight(w_packed, w_sum.numel(), x.shape[-1]), w_scale, bias)
 
 
 def int8_weight_only_linear(x, wq, w_scale, bias=None, group_size=None):

@@ -1,5 +1,6 @@
 """The int8_gemm family (W8A8, W8A16) against reference.py, and the int8 nn layers."""
 
+import copy
 import io
 
 import pytest
@@ -65,6 +66,83 @@ def test_int8_dynamic_linear_is_quantize_then_gemm(isa, dtype, m, n, k):
     assert_same_bits(ops.int8_dynamic_linear(x, wq, w_scale, bias), ref.int8_dynamic_linear(x, wq, w_scale, bias))
 
 
+def test_int8_pack_weight_layout_and_round_trip():
+    n, k = 37, 70
+    wq = random_int8((n, k))
+    packed, w_sum = ops.int8_pack_weight(wq)
+    assert packed.shape == (3, 18, 64) and packed.dtype == torch.int8 and w_sum.dtype == torch.int32
+    # block (jb, kq) holds wq[16 jb + c, 4 kq + r] at byte 4 c + r, zero past N and K
+    jb, kq, c, r = torch.meshgrid(*(torch.arange(d) for d in (3, 18, 16, 4)), indexing="ij")
+    rows, cols = 16 * jb + c, 4 * kq + r
+    inside = (rows < n) & (cols < k)
+    expected = torch.zeros(3, 18, 16, 4, dtype=torch.int8)
+    expected[inside] = wq[rows[inside], cols[inside]]
+    assert torch.equal(packed, expected.reshape(3, 18, 64))
+    assert torch.equal(w_sum, wq.to(torch.int64).sum(1).to(torch.int32))
+    assert torch.equal(ops.int8_unpack_weight(packed, n, k), wq)
+    assert torch.equal(ref.int8_unpack_weight(packed, n, k), wq)
+    with pytest.raises(ValueError, match="int8_pack_weight: wq must be int8 \\[N, K\\]"):
+        ops.int8_pack_weight(wq.float())
+
+
+# Tile edges of every ISA (6 x 64, 2 x 16, 1 x 16 register tiles; 96 x 64 output blocks).
+PACKED_MNK = MNK + [(6, 64, 64), (13, 65, 33), (7, 17, 4), (97, 130, 131), (1, 200, 1000)]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("m,n,k", PACKED_MNK)
+def test_int8_dynamic_linear_packed_is_bit_exact(isa, dtype, m, n, k):
+    x = random_input((m, k), dtype)
+    wq, w_scale = ops.quantize_per_channel(random_input((n, k)), 0)
+    packed, w_sum = ops.int8_pack_weight(wq)
+    bias = torch.randn(n).to(dtype)
+    for ws, b in [(w_scale, bias), (torch.tensor(0.02), None)]:
+        out = ops.int8_dynamic_linear_packed(x, packed, w_sum, ws, b)
+        assert_same_bits(out, ref.int8_dynamic_linear_packed(x, packed, w_sum, ws, b))
+        assert_same_bits(out, ops.int8_dynamic_linear(x, wq, ws, b))
+
+
+def test_int8_dynamic_linear_packed_3d_non_contiguous_and_empty(isa):
+    x = random_input((2, 5, 2 * 33))[..., ::2]
+    wq, w_scale = ops.quantize_per_channel(random_input((19, 33)), 0)
+    packed, w_sum = ops.int8_pack_weight(wq)
+    out = ops.int8_dynamic_linear_packed(x, packed, w_sum, w_scale)
+    assert out.shape == (2, 5, 19)
+    assert_same_bits(out, ref.int8_dynamic_linear(x.contiguous(), wq, w_scale))
+    strided_packed = torch.empty(2, 9, 128, dtype=torch.int8)[..., ::2]
+    strided_packed.copy_(packed)
+    assert_same_bits(ops.int8_dynamic_linear_packed(x, strided_packed, w_sum, w_scale), out)
+    assert ops.int8_dynamic_linear_packed(torch.randn(0, 33), packed, w_sum, w_scale).shape == (0, 19)
+
+
+def test_int8_dynamic_linear_packed_extremes_at_the_largest_k(isa):
+    # Activations quantize to 127 (255 once shifted to unsigned), weights at -128 and 127:
+    # the kernel's shifted sums wrap int32; the result (127 * -128 * K) must still be exact.
+    k = (1 << 17) - 1
+    x = torch.ones(2, k)
+    wq = torch.stack([torch.full((k,), -128, dtype=torch.int8), torch.full((k,), 127, dtype=torch.int8)])
+    packed, w_sum = ops.int8_pack_weight(wq)
+    out = ops.int8_dynamic_linear_packed(x, packed, w_sum, torch.ones(2))
+    assert_same_bits(out, ref.int8_dynamic_linear(x, wq, torch.ones(2)))
+    assert out[0, 0].item() == float(127 * -128 * k) * (1 / 127)
+
+
+def test_int8_dynamic_linear_packed_bad_inputs_name_the_argument():
+    x, (packed, w_sum), w_scale = torch.randn(3, 8), ops.int8_pack_weight(random_int8((4, 8))), torch.ones(4)
+    with pytest.raises(ValueError, match="w_packed must have shape \\[1, 2, 64\\] \\(from N = 4 and K = 8"):
+        ops.int8_dynamic_linear_packed(x, packed[:, :1], w_sum, w_scale)
+    with pytest.raises(TypeError, match="int8_dynamic_linear_packed: w_sum must be int32"):
+        ops.int8_dynamic_linear_packed(x, packed, w_sum.long(), w_scale)
+    with pytest.raises(TypeError, match="int8_dynamic_linear_packed: w_packed must be int8"):
+        ops.int8_dynamic_linear_packed(x, packed.float(), w_sum, w_scale)
+    with pytest.raises(ValueError, match="w_scale must have one element \\(per tensor\\) or shape \\[4\\]"):
+        ops.int8_dynamic_linear_packed(x, packed, w_sum, torch.ones(3))
+    with pytest.raises(TypeError, match="int8_dynamic_linear_packed: x must be float32"):
+        ops.int8_dynamic_linear_packed(x.double(), packed, w_sum, w_scale)
+    with pytest.raises(RuntimeError, match="w_packed must be on cpu like the input, got meta"):
+        ops.int8_dynamic_linear_packed(x, packed.to("meta"), w_sum, w_scale)
+
+
 def w8a16_tolerance(dtype):
     return {torch.float32: dict(rtol=1e-5, atol=1e-4), torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
             torch.float16: dict(rtol=2e-3, atol=2e-3)}[dtype]
@@ -128,7 +206,7 @@ def test_empty_batches(isa):
         assert ops.int8_weight_only_linear(x, wq, w_scale).shape == (*m_shape[:-1], 9)
 
 
-@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("case", range(5))
 def test_opcheck(case):
     x = random_input((5, 37))
     xq, x_scale = ops.quantize_per_token(x)
@@ -140,6 +218,7 @@ def test_opcheck(case):
         (e.int8_dynamic_linear.default, (x, wq, w_scale, None)),
         (e.int8_weight_only_linear.default, (x, wq, w_scale, torch.randn(6), None)),
         (e.int8_weight_only_linear.default, (x, wg, wg_scale, None, 16)),
+        (e.int8_dynamic_linear_packed.default, (x, *ops.int8_pack_weight(wq), w_scale, torch.randn(6))),
     ]
     opcheck(*cases[case])
 
@@ -203,6 +282,25 @@ def test_state_dict_round_trip_is_exact(module_cls, kwargs):
     assert q.state_dict()["weight"].dtype == torch.int8
 
 
+def test_int8_linear_holds_packed_weights_on_the_cpu_only():
+    linear = torch.nn.Linear(40, 21)
+    q = ek.nn.Int8Linear.from_float(linear)
+    assert q._buffers["weight"] is None and q.weight_packed.shape == (2, 10, 64)
+    assert ek.model_bytes(q) == 32 * 40 + 4 * 21 + 4 * 21 + 4 * 21  # packed, sums, scales, bias
+    wq, w_scale = ops.quantize_per_channel(linear.weight.detach(), 0)
+    assert torch.equal(q.weight, wq)
+    x = random_input((3, 40))
+    assert_same_bits(q(x), ops.int8_dynamic_linear(x, wq, w_scale, q.bias))
+    q.weight = torch.flip(wq, [0])  # assignment re-packs
+    assert_same_bits(q(x), ops.int8_dynamic_linear(x, torch.flip(wq, [0]), w_scale, q.bias))
+    on_meta = q.to("meta")  # off the CPU: canonical layout, nothing packed
+    assert on_meta.weight_packed is None and on_meta._buffers["weight"].shape == (21, 40)
+    back = on_meta.to_empty(device="cpu")
+    assert back._buffers["weight"] is None and back.weight_packed.shape == (2, 10, 64)
+    with pytest.raises(RuntimeError, match="size mismatch for weight: the model takes int8 of shape \\(22, 40\\)"):
+        ek.nn.Int8Linear(40, 22).load_state_dict(q.state_dict(), strict=False)
+
+
 def test_state_dict_saves_with_safetensors(tmp_path):
     safetensors = pytest.importorskip("safetensors.torch")
     q = ek.nn.Int8Linear.from_float(torch.nn.Linear(48, 20))
@@ -213,6 +311,18 @@ def test_state_dict_saves_with_safetensors(tmp_path):
     assert_same_bits(fresh(x), q(x))
 
 
+def quantized_layer_bytes(layer, config) -> int:
+    """int8 weights (W8A8 on the CPU: packed, N padded to 16 and K to 4, plus an int32 sum per
+    channel), fp32 scales and the float bias."""
+    n, k = layer.out_features, layer.in_features
+    if isinstance(config, ek.Int8Config):
+        weights = -(-n // 16) * 16 * -(-k // 4) * 4 + 4 * n
+    else:
+        weights = n * k
+    bias = 0 if layer.bias is None else layer.bias.numel() * layer.bias.element_size()
+    return weights + 4 * layer.weight_scale.numel() + bias
+
+
 @pytest.mark.parametrize("config", [ek.Int8Config(), ek.Int8WeightOnlyConfig(), ek.Int8WeightOnlyConfig(group_size=32)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_quantize_converts_every_linear_and_compiles_without_breaks(config, dtype):
@@ -221,8 +331,8 @@ def test_quantize_converts_every_linear_and_compiles_without_breaks(config, dtyp
     expected = model(x)
     summary = ek.quantize_(model, config)
     assert summary.converted == ["0", "2", "4"] and not summary.skipped
-    # int8 weights plus fp32 scales (one per 32 weights at worst here) and the float bias
-    assert summary.bytes_after < summary.bytes_before / (1.6 if dtype == torch.bfloat16 else 3.0)
+    assert summary.bytes_after == sum(quantized_layer_bytes(m, config) for m in model.modules()
+                                      if isinstance(m, (ek.nn.Int8Linear, ek.nn.Int8WeightOnlyLinear)))
     assert not any(type(m) is torch.nn.Linear for m in model.modules())
     out = model(x)
     assert out.dtype == dtype
@@ -293,6 +403,11 @@ def test_cuda_int8_modules_and_opcheck():
     wq, w_scale = ops.quantize_per_channel(random_input((6, 64)).cuda(), 0)
     opcheck(torch.ops.effgen.int8_linear.default, (xq, x_scale, wq, w_scale, None, torch.bfloat16))
     opcheck(torch.ops.effgen.int8_weight_only_linear.default, (x, wq, w_scale, None, None))
+    on_cpu = ek.nn.Int8Linear.from_float(torch.nn.Linear(64, 24))  # packed on the CPU
+    moved = copy.deepcopy(on_cpu).cuda()
+    assert moved.weight_packed is None and torch.equal(moved.weight.cpu(), on_cpu.weight)
+    assert_same_bits(moved(x).cpu(), on_cpu(x.cpu()))
+    assert moved.cpu().weight_packed is not None
 
 
 # ---------------------------------------------------------------------------------------

@@ -18,18 +18,20 @@
 namespace effgen::ops {
 namespace {
 
-constexpr int64_t kBlockM = 64, kBlockN = 64;
+constexpr int64_t kBlockM = 96, kBlockN = 64;
 // Up to this many rows W8A16 multiplies in registers (a bandwidth problem); above it the
 // weights are dequantized once and the product goes to torch's GEMM (a compute problem).
 constexpr int64_t kW8A16DirectMaxM = 16;
 
-// out[m, n] = (acc[m, n] * x_scale[m]) * w_scale[n] + bias[n]: xq [M, K], wq [N, K].
-void int8_gemm_into(const at::Tensor& xq, const at::Tensor& x_scale, int64_t x_stride, const at::Tensor& wq,
-                    const at::Tensor& w_scale, int64_t w_stride, const at::Tensor& bias, at::Tensor& out) {
-  const int64_t m = xq.size(0), n = wq.size(0), k = xq.size(1);
+static_assert(kBlockN % cpu::kPackCols == 0, "packed column groups must not straddle output blocks");
+
+// out[m, n] = (acc[m, n] * x_scale[m]) * w_scale[n] + bias[n] over blocks of the output in
+// parallel; block_product(i0, mb, j0, nb, acc) writes the block's int32 products (row
+// stride kBlockN) into acc.
+template <typename BlockProduct>
+void int8_blocks_into(int64_t m, int64_t n, const at::Tensor& x_scale, int64_t x_stride, const at::Tensor& w_scale,
+                      int64_t w_stride, const at::Tensor& bias, at::Tensor& out, const BlockProduct& block_product) {
   const auto& kernels = cpu::int8_gemm_kernels();
-  const int8_t* a = xq.data_ptr<int8_t>();
-  const int8_t* b = wq.data_ptr<int8_t>();
   const float* xs = x_scale.data_ptr<float>();
   const float* ws = w_scale.data_ptr<float>();
   const float* bias_ptr = bias.defined() ? bias.data_ptr<float>() : nullptr;
@@ -40,9 +42,9 @@ void int8_gemm_into(const at::Tensor& xq, const at::Tensor& x_scale, int64_t x_s
   at::parallel_for(0, blocks_m * blocks_n, 1, [&](int64_t begin, int64_t end) {
     int32_t acc[kBlockM * kBlockN];
     for (int64_t block = begin; block < end; ++block) {
-      const int64_t i0 = (block / blocks_n) * kBlockM, j0 = (block % blocks_n) * kBlockN;
+      const int64_t i0 = (block % blocks_m) * kBlockM, j0 = (block / blocks_m) * kBlockN;
       const int64_t mb = std::min(kBlockM, m - i0), nb = std::min(kBlockN, n - j0);
-      kernels.gemm_s8s8s32(a + i0 * k, k, b + j0 * k, k, mb, nb, k, acc, kBlockN);
+      block_product(i0, mb, j0, nb, acc);
       for (int64_t i = 0; i < mb; ++i) {
         kernels.epilogue_row(acc + i * kBlockN, nb, xs[(i0 + i) * x_stride], ws + j0 * w_stride, w_stride,
                              bias_ptr == nullptr ? nullptr : bias_ptr + j0, out_dtype,
@@ -50,6 +52,35 @@ void int8_gemm_into(const at::Tensor& xq, const at::Tensor& x_scale, int64_t x_s
       }
     }
   });
+}
+
+// xq [M, K] times the canonical wq [N, K].
+void int8_gemm_into(const at::Tensor& xq, const at::Tensor& x_scale, int64_t x_stride, const at::Tensor& wq,
+                    const at::Tensor& w_scale, int64_t w_stride, const at::Tensor& bias, at::Tensor& out) {
+  const int64_t k = xq.size(1);
+  const auto& kernels = cpu::int8_gemm_kernels();
+  const int8_t* a = xq.data_ptr<int8_t>();
+  const int8_t* b = wq.data_ptr<int8_t>();
+  int8_blocks_into(xq.size(0), wq.size(0), x_scale, x_stride, w_scale, w_stride, bias, out,
+                   [&](int64_t i0, int64_t mb, int64_t j0, int64_t nb, int32_t* acc) {
+                     kernels.gemm_s8s8s32(a + i0 * k, k, b + j0 * k, k, mb, nb, k, acc, kBlockN);
+                   });
+}
+
+// xq [M, K] times packed weights (cpu::kPackCols x cpu::kPackDepth blocks) with their column sums.
+void int8_gemm_packed_into(const at::Tensor& xq, const at::Tensor& x_scale, const at::Tensor& w_packed,
+                           const at::Tensor& w_sum, const at::Tensor& w_scale, int64_t w_stride, const at::Tensor& bias,
+                           at::Tensor& out) {
+  const int64_t k = xq.size(1), group_stride = w_packed.size(1) * cpu::kPackBlock;
+  const auto& kernels = cpu::int8_gemm_kernels();
+  const int8_t* a = xq.data_ptr<int8_t>();
+  const int8_t* b = w_packed.data_ptr<int8_t>();
+  const int32_t* sums = w_sum.data_ptr<int32_t>();
+  int8_blocks_into(xq.size(0), w_sum.size(0), x_scale, 1, w_scale, w_stride, bias, out,
+                   [&](int64_t i0, int64_t mb, int64_t j0, int64_t nb, int32_t* acc) {
+                     kernels.gemm_packed(a + i0 * k, k, mb, k, b + j0 / cpu::kPackCols * group_stride, sums + j0, nb,
+                                         acc, kBlockN);
+                   });
 }
 
 at::Tensor int8_linear(const at::Tensor& xq, const at::Tensor& x_scale, const at::Tensor& wq,
@@ -77,6 +108,20 @@ at::Tensor int8_dynamic_linear(const at::Tensor& x, const at::Tensor& wq, const 
   const auto [xq, x_scale] = quantize_per_token_cpu(x.reshape({-1, k}));
   at::Tensor out_2d = out.view({-1, n});
   int8_gemm_into(xq, x_scale, x_stride, wq.contiguous(), w_scale.contiguous(), w_stride, float_bias(bias), out_2d);
+  return out;
+}
+
+at::Tensor int8_dynamic_linear_packed(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& w_sum,
+                                      const at::Tensor& w_scale, const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "int8_dynamic_linear_packed";
+  check_cpu(op, "x", x);
+  const auto [k, n, x_stride, w_stride] = check_int8_dynamic_linear_packed(x, w_packed, w_sum, w_scale, bias);
+  at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
+  if (out.numel() == 0) return out;
+  const auto [xq, x_scale] = quantize_per_token_cpu(x.reshape({-1, k}));
+  at::Tensor out_2d = out.view({-1, n});
+  int8_gemm_packed_into(xq, x_scale, w_packed.contiguous(), w_sum.contiguous(), w_scale.contiguous(), w_stride,
+                        float_bias(bias), out_2d);
   return out;
 }
 
@@ -174,6 +219,7 @@ at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, co
 TORCH_LIBRARY_IMPL(effgen, CPU, m) {
   m.impl("int8_linear", &int8_linear);
   m.impl("int8_dynamic_linear", &int8_dynamic_linear);
+  m.impl("int8_dynamic_linear_packed", &int8_dynamic_linear_packed);
   m.impl("int8_weight_only_linear", &int8_weight_only_linear);
 }
 

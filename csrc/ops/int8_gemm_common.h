@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "../kernels/cpu/int8_gemm.h"
 #include "quant_common.h"
 
 namespace effgen::ops {
@@ -120,6 +121,35 @@ inline Int8LinearShape check_int8_dynamic_linear(const at::Tensor& x, const at::
   s.k = check_activation_rows(op, "x", x);
   s.x_stride = 1;
   s.n = check_int8_weight(op, wq, w_scale, s.k, x);
+  s.w_stride = check_channel_scale(op, w_scale, s.n);
+  check_bias(op, bias, s.n, x);
+  check_k_bound(op, s.k);
+  return s;
+}
+
+// Packed weights as cpu::kPackCols x cpu::kPackDepth blocks ([ceil(N/16), ceil(K/4), 64]
+// int8, layout in kernels/cpu/int8_gemm.h) with their column sums ([N] int32, which give N).
+inline Int8LinearShape check_int8_dynamic_linear_packed(const at::Tensor& x, const at::Tensor& w_packed,
+                                                        const at::Tensor& w_sum, const at::Tensor& w_scale,
+                                                        const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "int8_dynamic_linear_packed";
+  check_float_input(op, "x", x);
+  Int8LinearShape s{};
+  s.k = check_activation_rows(op, "x", x);
+  s.x_stride = 1;
+  check_same_device(op, "w_sum", w_sum, x);
+  TORCH_CHECK_TYPE(w_sum.scalar_type() == at::kInt, op, ": w_sum must be int32, got ", w_sum.scalar_type());
+  TORCH_CHECK_VALUE(w_sum.dim() == 1, op, ": w_sum must be 1-D [N], got shape ", w_sum.sizes());
+  s.n = w_sum.size(0);
+  check_same_device(op, "w_packed", w_packed, x);
+  TORCH_CHECK_TYPE(w_packed.scalar_type() == at::kChar, op, ": w_packed must be int8, got ", w_packed.scalar_type());
+  const std::vector<int64_t> packed_shape{(s.n + cpu::kPackCols - 1) / cpu::kPackCols,
+                                          (s.k + cpu::kPackDepth - 1) / cpu::kPackDepth, cpu::kPackBlock};
+  TORCH_CHECK_VALUE(w_packed.sizes() == at::IntArrayRef(packed_shape), op, ": w_packed must have shape ",
+                    at::IntArrayRef(packed_shape), " (from N = ", s.n, " and K = ", s.k, "; see int8_pack_weight), got ",
+                    w_packed.sizes());
+  check_same_device(op, "w_scale", w_scale, x);
+  TORCH_CHECK_TYPE(w_scale.scalar_type() == at::kFloat, op, ": w_scale must be float32, got ", w_scale.scalar_type());
   s.w_stride = check_channel_scale(op, w_scale, s.n);
   check_bias(op, bias, s.n, x);
   check_k_bound(op, s.k);

@@ -1,10 +1,11 @@
 """Int8 linear layers: W8A8 with dynamic per-token activations, and W8A16 weight-only.
 
-Both store the canonical layout only: ``weight`` int8 [out, in] row-major, ``weight_scale``
-fp32 (per output channel, or per channel and group), and an optional ``bias``. The CPU
-kernels read that layout directly (dot products along the contiguous input dimension), so
-nothing device-specific is cached or saved: a checkpoint moves between machines as is, and
-plain tensors save with safetensors.
+Both save the canonical layout only: ``weight`` int8 [out, in] row-major, ``weight_scale``
+fp32 (per output channel, or per channel and group), and an optional ``bias``, so a
+checkpoint moves between machines and devices as is, and plain tensors save with
+safetensors. On the CPU, Int8Linear holds its weights in the packed layout of
+``ops.int8_pack_weight`` instead (the same bytes plus one int32 per output channel): its
+``weight``, ``state_dict`` and ``load_state_dict`` rebuild or take the canonical layout.
 """
 
 from __future__ import annotations
@@ -73,6 +74,59 @@ class Int8Linear(_QuantizedLinearBase):
         self.register_buffer("input_smoothing",
                              torch.ones(in_features, dtype=torch.float32, device=device) if smoothing else None)
 
+        self.register_buffer("weight_packed", None, persistent=False)
+        self.register_buffer("weight_sum", None, persistent=False)
+        self.weight = self._buffers["weight"]
+
+    # On the CPU the weights live only in the packed layout (the register tile reads 16
+    # output channels per vector; see ops.int8_pack_weight); elsewhere in the canonical one.
+    @property
+    def weight(self) -> torch.Tensor:
+        """The canonical int8 [out, in] weights (rebuilt from the packed layout on the CPU)."""
+        if "weight" not in self._buffers:  # during __init__: lets register_buffer create it
+            raise AttributeError("weight")
+        packed = self._buffers.get("weight_packed")
+        if packed is None:
+            return self._buffers["weight"]
+        return ops.int8_unpack_weight(packed, self.out_features, self.in_features)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name != "weight":
+            return super().__setattr__(name, value)
+        pack = value.device.type == "cpu"
+        self._buffers["weight"] = None if pack else value
+        self._buffers["weight_packed"], self._buffers["weight_sum"] = ops.int8_pack_weight(value) if pack else (None,
+                                                                                                                None)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        held = self.weight_packed if self.weight_packed is not None else self._buffers["weight"]
+        if (self.weight_packed is not None) != (held.device.type == "cpu"):
+            self.weight = self.weight  # moved to or from the CPU: change layouts
+        return self
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        if self.weight_packed is not None:
+            destination[prefix + "weight"] = self.weight
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        key = prefix + "weight"
+        if self.weight_packed is not None:  # "weight" is not a buffer while packed: load it here
+            if key not in state_dict:
+                missing_keys.append(key)
+            else:
+                weight = state_dict.pop(key)
+                expected = (self.out_features, self.in_features)
+                if tuple(weight.shape) != expected or weight.dtype != torch.int8:
+                    error_msgs.append(f"size mismatch for {key}: the model takes int8 of shape {expected}, the "
+                                      f"checkpoint holds {weight.dtype} of shape {tuple(weight.shape)}.")
+                else:
+                    self.weight = weight.to(self.weight_packed.device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     @classmethod
     def from_float(cls, linear: nn.Linear, activation_absmax: torch.Tensor | None = None,
                    alpha: float = 0.5) -> Int8Linear:
@@ -93,6 +147,8 @@ class Int8Linear(_QuantizedLinearBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_smoothing is not None:
             x = x * self.input_smoothing.to(x.dtype)
+        if self.weight_packed is not None:
+            return ops.int8_dynamic_linear_packed(x, self.weight_packed, self.weight_sum, self.weight_scale, self.bias)
         return ops.int8_dynamic_linear(x, self.weight, self.weight_scale, self.bias)
 
     def extra_repr(self) -> str:

@@ -1,7 +1,8 @@
 // Torch-free CPU kernels of the `int8_gemm` op family (W8A8 and W8A16 linear layers).
-// Layouts are the canonical ones the modules store: activations [M, K] and weights [N, K]
-// row-major (each output channel's K weights contiguous), so no packing step is needed:
-// the kernels take dot products along K, which is contiguous in both operands.
+// gemm_s8s8s32 reads the canonical layouts the modules store: activations [M, K] and
+// weights [N, K] row-major, and takes dot products along K. gemm_packed reads weights
+// re-laid out once per layer (kPackCols x kPackDepth blocks, below), so that one vector of
+// weights feeds 16 output channels and no dot product ends in a horizontal sum.
 #pragma once
 #include <cstdint>
 
@@ -30,10 +31,22 @@ struct W8A16Args {
   int64_t ldo;
 };
 
+// Packed weights: 64-byte blocks of kPackCols output channels x kPackDepth values of K
+// (one VNNI operand). Block (jb, kq) holds w[16 jb + c][4 kq + r] at byte 4 c + r, zero
+// past N and K, at packed[(jb * kquads + kq) * 64] with kquads = ceil(K / 4): the blocks of
+// one column group are contiguous along K. col_sums[j] = sum_k w[j][k] goes with them.
+constexpr int64_t kPackCols = 16, kPackDepth = 4;
+constexpr int64_t kPackBlock = kPackCols * kPackDepth;
+
 struct Int8GemmKernels {
   // c[i * ldc + j] = sum_k a[i * lda + k] * b[j * ldb + k], exact in int32 for k <= kMaxExactInt8K.
   void (*gemm_s8s8s32)(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t m, int64_t n, int64_t k,
                        int32_t* c, int64_t ldc);
+  // gemm_s8s8s32 with packed weights: c[i * ldc + j] for i < m, j < n, where b points at
+  // the packed block (0, 0) of column group j / 16 = 0 and col_sums at entry 0 of the same
+  // columns. Exact (modulo 2^32 in between) for k <= kMaxExactInt8K.
+  void (*gemm_packed)(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, const int32_t* col_sums,
+                      int64_t n, int32_t* c, int64_t ldc);
   // One output row of the fused epilogue, in fp32 without FMA, rounded to out_dtype:
   //   out[j] = float(c[j]) * a_scale * b_scale[j * b_stride] (+ bias[j] when bias != nullptr)
   void (*epilogue_row)(const int32_t* c, int64_t n, float a_scale, const float* b_scale, int64_t b_stride,

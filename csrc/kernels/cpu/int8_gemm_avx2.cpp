@@ -71,6 +71,60 @@ void tile(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t k,
   }
 }
 
+// Packed weights: a 16-byte quarter of a block (4 columns x 4 values of K) widens to int16
+// and meets the row's 4 activations (widened, repeated 4 times) in vpmaddwd: int32 lanes
+// hold pair sums (column c, K pair p) in the order c0p0 c0p1 c1p0 c1p1 | c2p0 c2p1 c3p0
+// c3p1, added up at the end. 2 rows x 4 quarters = 8 accumulators + 4 weight vectors.
+constexpr int kPackedTileM = 2;
+constexpr int kPackedTileGroups = 1;
+
+// Columns 0-7 of a group from the pair sums of quarters 0 and 1 (or 8-15 from 2 and 3):
+// hadd gives c0 c1 c4 c5 | c2 c3 c6 c7 by 128-bit lane; the permute restores the order.
+inline __m256i column_sums(__m256i first, __m256i second) {
+  return _mm256_permute4x64_epi64(_mm256_hadd_epi32(first, second), _MM_SHUFFLE(3, 1, 2, 0));
+}
+
+template <int MR, int NG>
+void packed_tile(const int8_t* a, int64_t lda, int64_t k, const int8_t* b, int64_t /*group_stride*/,
+                 const int32_t* /*col_sums*/, int64_t n_valid, int32_t* c, int64_t ldc) {
+  static_assert(NG == 1, "one column group per AVX2 tile");
+  constexpr int kQuarters = 4;
+  __m256i acc[MR][kQuarters];
+  for (int i = 0; i < MR; ++i) {
+    for (int q = 0; q < kQuarters; ++q) acc[i][q] = _mm256_setzero_si256();
+  }
+  auto step = [&](int64_t kq, auto quad) __attribute__((always_inline)) {
+    __m256i bv[kQuarters];
+    for (int q = 0; q < kQuarters; ++q) bv[q] = widen(b + kq * kPackBlock + q * 16);
+    for (int i = 0; i < MR; ++i) {
+      const __m256i av = _mm256_broadcastq_epi64(_mm_cvtepi8_epi16(_mm_cvtsi32_si128(quad(i))));
+      for (int q = 0; q < kQuarters; ++q) acc[i][q] = _mm256_add_epi32(acc[i][q], _mm256_madd_epi16(av, bv[q]));
+    }
+  };
+  const int64_t full_quads = k / kPackDepth;
+  for (int64_t kq = 0; kq < full_quads; ++kq) {
+    step(kq, [&](int i) {
+      int32_t q;
+      std::memcpy(&q, a + i * lda + kq * kPackDepth, sizeof(q));
+      return q;
+    });
+  }
+  if (const int64_t rest = k - full_quads * kPackDepth; rest > 0) {  // the weights are zero past K
+    step(full_quads, [&](int i) {
+      int32_t q = 0;
+      std::memcpy(&q, a + i * lda + full_quads * kPackDepth, static_cast<size_t>(rest));
+      return q;
+    });
+  }
+  const int64_t cols = n_valid < kPackCols ? n_valid : kPackCols;
+  for (int i = 0; i < MR; ++i) {
+    alignas(32) int32_t row[kPackCols];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(row), column_sums(acc[i][0], acc[i][1]));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(row + 8), column_sums(acc[i][2], acc[i][3]));
+    std::memcpy(c + i * ldc, row, static_cast<size_t>(cols) * sizeof(int32_t));
+  }
+}
+
 // W8A16 register tile: 1 x 4 totals + 1 x 4 group partials + 4 weight vectors.
 constexpr int kW16M = 1;
 constexpr int kW16N = 4;

@@ -91,6 +91,67 @@ void tile(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t k,
   tile_impl<MR, NR, true>(a, lda, b, ldb, k, nullptr, c, ldc);
 }
 
+// acc += u8(a) . s8(b) in each int32 lane. Inline asm because GCC 12 routes the
+// accumulator of the _mm512_dpbusd_epi32 intrinsic through a copy and a stack slot, which
+// halves the speed of a register tile.
+inline void dpbusd(__m512i& acc, __m512i a, __m512i b) { __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b)); }
+
+// Packed weights: 6 rows x 4 column groups = 24 accumulators + 4 weight vectors + 1
+// activation quad. Each activation quad (4 bytes of K, sign bit flipped: a + 128) is
+// broadcast to all 16 lanes; the excess 128 * col_sums is taken off at the end (exact
+// modulo 2^32, and the true result fits int32).
+constexpr int kPackedTileM = 6;
+constexpr int kPackedTileGroups = 4;
+
+template <int MR, int NG>
+void packed_tile(const int8_t* a, int64_t lda, int64_t k, const int8_t* b, int64_t group_stride,
+                 const int32_t* col_sums, int64_t n_valid, int32_t* c, int64_t ldc) {
+  const __m512i sign_bit = _mm512_set1_epi8(static_cast<char>(0x80));
+  __m512i acc[MR][NG];
+  #pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    #pragma GCC unroll 8
+    for (int g = 0; g < NG; ++g) acc[i][g] = _mm512_setzero_si512();
+  }
+  // quad(i): the 4 activation bytes of row i as one int32.
+  auto step = [&](int64_t kq, auto quad) __attribute__((always_inline)) {
+    __m512i bv[NG];
+    #pragma GCC unroll 8
+    for (int g = 0; g < NG; ++g) bv[g] = _mm512_loadu_si512(b + g * group_stride + kq * kPackBlock);
+    #pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const __m512i av = _mm512_xor_si512(_mm512_set1_epi32(quad(i)), sign_bit);
+      #pragma GCC unroll 8
+      for (int g = 0; g < NG; ++g) dpbusd(acc[i][g], av, bv[g]);
+    }
+  };
+  const int64_t full_quads = k / kPackDepth;
+  for (int64_t kq = 0; kq < full_quads; ++kq) {
+    step(kq, [&](int i) {
+      int32_t q;
+      std::memcpy(&q, a + i * lda + kq * kPackDepth, sizeof(q));
+      return q;
+    });
+  }
+  if (const int64_t rest = k - full_quads * kPackDepth; rest > 0) {  // the weights are zero past K
+    step(full_quads, [&](int i) {
+      int32_t q = 0;
+      std::memcpy(&q, a + i * lda + full_quads * kPackDepth, static_cast<size_t>(rest));
+      return q;
+    });
+  }
+  #pragma GCC unroll 8
+  for (int g = 0; g < NG; ++g) {
+    const int64_t cols = n_valid - g * kPackCols;
+    const __mmask16 valid = cols >= kPackCols ? __mmask16(0xFFFF) : __mmask16((1u << cols) - 1);
+    const __m512i excess = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(valid, col_sums + g * kPackCols), 7);
+    #pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      _mm512_mask_storeu_epi32(c + i * ldc + g * kPackCols, valid, _mm512_sub_epi32(acc[i][g], excess));
+    }
+  }
+}
+
 // W8A16 register tile: 2 x 4 totals + 2 x 4 group partials + 4 weight vectors.
 constexpr int kW16M = 2;
 constexpr int kW16N = 4;

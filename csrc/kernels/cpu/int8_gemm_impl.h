@@ -10,6 +10,13 @@
 // (VNNI: the sign-shift correction) and return it, or return nullptr to let tiles do
 // without. Tiles of one row band sweep the panel, so the activation rows stay in L1 while
 // the panel's weights come from L2; ragged edges go to smaller instantiations.
+// For packed weights, the register tile
+//   template <int MR, int NG> void packed_tile(const int8_t* a, int64_t lda, int64_t k,
+//       const int8_t* b, int64_t group_stride, const int32_t* col_sums, int64_t n_valid,
+//       int32_t* c, int64_t ldc);
+// covers MR rows by NG column groups of kPackCols (group g's blocks start at
+// b + g * group_stride) and stores the first n_valid columns; kPackedTileM and
+// kPackedTileGroups are the largest MR and NG.
 
 // f.template operator()<mr, nr>() for runtime mr <= MR, nr <= NR (compile-time sizes keep
 // accumulators in registers).
@@ -67,6 +74,25 @@ void gemm_s8s8s32(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, in
         pick_tile(mr, nr)(a + i * lda, lda, b + j * ldb, ldb, k, panel_info == nullptr ? nullptr : panel_info + (j - p),
                           c + i * ldc + j, ldc);
       }
+    }
+  }
+}
+
+// Column tiles outermost: a tile's packed weights (kPackedTileGroups x K blocks) stay in L2
+// while every row tile sweeps them.
+void gemm_packed(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, const int32_t* col_sums,
+                 int64_t n, int32_t* c, int64_t ldc) {
+  const int64_t group_stride = (k + kPackDepth - 1) / kPackDepth * kPackBlock;
+  constexpr int64_t kTileCols = kPackedTileGroups * kPackCols;
+  for (int64_t j = 0; j < n; j += kTileCols) {
+    const int64_t nc = n - j < kTileCols ? n - j : kTileCols;
+    const int64_t groups = (nc + kPackCols - 1) / kPackCols;
+    const int8_t* panel = b + j / kPackCols * group_stride;
+    for (int64_t i = 0; i < m; i += kPackedTileM) {
+      const int64_t mr = m - i < kPackedTileM ? m - i : kPackedTileM;
+      for_tile_edge<kPackedTileM, kPackedTileGroups>(mr, groups, [&]<int MR, int NG>() {
+        packed_tile<MR, NG>(a + i * lda, lda, k, panel, group_stride, col_sums + j, nc, c + i * ldc + j, ldc);
+      });
     }
   }
 }
@@ -246,4 +272,4 @@ void w8a16_gemm(const W8A16Args& p) {
   }
 }
 
-const Int8GemmKernels kGemmTable{gemm_s8s8s32, epilogue_row, w8a16_gemm};
+const Int8GemmKernels kGemmTable{gemm_s8s8s32, gemm_packed, epilogue_row, w8a16_gemm};

@@ -28,6 +28,23 @@ void tile(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t k,
   }
 }
 
+// Packed weights: one row by one column group, plain int32 products.
+constexpr int kPackedTileM = 1;
+constexpr int kPackedTileGroups = 1;
+
+template <int MR, int NG>
+void packed_tile(const int8_t* a, int64_t /*lda: one row*/, int64_t k, const int8_t* b, int64_t /*group_stride*/,
+                 const int32_t* /*col_sums*/, int64_t n_valid, int32_t* c, int64_t /*ldc: one row*/) {
+  static_assert(MR == 1 && NG == 1, "one row and one column group per scalar tile");
+  int32_t acc[kPackCols] = {};
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const int8_t* block = b + kk / kPackDepth * kPackBlock + kk % kPackDepth;
+    for (int col = 0; col < kPackCols; ++col) acc[col] += int32_t{a[kk]} * int32_t{block[col * kPackDepth]};
+  }
+  const int64_t cols = n_valid < kPackCols ? n_valid : kPackCols;
+  std::memcpy(c, acc, static_cast<size_t>(cols) * sizeof(int32_t));
+}
+
 // W8A16 register tile: 1 x 4 totals + 1 x 4 group partials + 4 weight vectors.
 constexpr int kW16M = 1;
 constexpr int kW16N = 4;
