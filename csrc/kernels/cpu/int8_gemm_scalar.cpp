@@ -28,21 +28,30 @@ void tile(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t k,
   }
 }
 
-// Packed weights: one row by one column group, plain int32 products.
-constexpr int kPackedTileM = 1;
+// Packed weights: 4 rows by one column group, plain int32 products of each 4-value quad
+// (about 0.6x the speed of the dot-along-K tile here: the columns' 4-byte stride keeps the
+// compiler from vectorising as well; the SIMD ISAs are where the packed layout pays).
+constexpr int kPackedTileM = 4;
 constexpr int kPackedTileGroups = 1;
 
 template <int MR, int NG>
-void packed_tile(const int8_t* a, int64_t /*lda: one row*/, int64_t k, const int8_t* b, int64_t /*group_stride*/,
-                 const int32_t* /*col_sums*/, int64_t n_valid, int32_t* c, int64_t /*ldc: one row*/) {
-  static_assert(MR == 1 && NG == 1, "one row and one column group per scalar tile");
-  int32_t acc[kPackCols] = {};
-  for (int64_t kk = 0; kk < k; ++kk) {
-    const int8_t* block = b + kk / kPackDepth * kPackBlock + kk % kPackDepth;
-    for (int col = 0; col < kPackCols; ++col) acc[col] += int32_t{a[kk]} * int32_t{block[col * kPackDepth]};
+void packed_tile(const int8_t* a, int64_t lda, int64_t k, const int8_t* b, int64_t /*group_stride*/,
+                 const int32_t* /*col_sums*/, int64_t n_valid, int32_t* c, int64_t ldc) {
+  static_assert(NG == 1, "one column group per scalar tile");
+  int32_t acc[MR][kPackCols] = {};
+  for (int64_t kq = 0; kq * kPackDepth < k; ++kq) {
+    const int8_t* block = b + kq * kPackBlock;
+    for (int i = 0; i < MR; ++i) {
+      int32_t quad[kPackDepth] = {};  // zero past K, like the weights
+      for (int64_t r = 0; r < kPackDepth && kq * kPackDepth + r < k; ++r) quad[r] = a[i * lda + kq * kPackDepth + r];
+      for (int col = 0; col < kPackCols; ++col) {
+        const int8_t* w = block + col * kPackDepth;
+        acc[i][col] += quad[0] * w[0] + quad[1] * w[1] + quad[2] * w[2] + quad[3] * w[3];
+      }
+    }
   }
   const int64_t cols = n_valid < kPackCols ? n_valid : kPackCols;
-  std::memcpy(c, acc, static_cast<size_t>(cols) * sizeof(int32_t));
+  for (int i = 0; i < MR; ++i) std::memcpy(c + i * ldc, acc[i], static_cast<size_t>(cols) * sizeof(int32_t));
 }
 
 // W8A16 register tile: 1 x 4 totals + 1 x 4 group partials + 4 weight vectors.
