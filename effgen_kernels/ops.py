@@ -23,6 +23,7 @@ __all__ = [
     "int8_unpack_weight",
     "int8_dynamic_linear_packed",
     "int8_weight_only_linear",
+    "int8_weight_only_linear_packed",
     "pack_binary",
     "unpack_binary",
     "pack_ternary",
@@ -136,6 +137,15 @@ def int8_weight_only_linear(x: torch.Tensor, wq: torch.Tensor, w_scale: torch.Te
     steps, at least as fine as bf16 above absmax / 2^7) on the int8 GEMM, which reads the
     weights once: 2x bf16 ``F.linear`` at M = 8 where the float path was 0.8x."""
     return _ops.int8_weight_only_linear(x, wq, w_scale, bias, group_size)
+
+
+def int8_weight_only_linear_packed(x: torch.Tensor, w_packed: torch.Tensor, w_sum: torch.Tensor,
+                                   w_scale: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """W8A16 with per-channel scales from int8_pack_weight's layout (CPU), any number of rows:
+    the activations as fixed point per token (15 bits of the row's absmax for bf16/fp16, 22
+    for fp32) on the packed int8 GEMM, which reads the weights once and never dequantizes
+    them. Rows holding Inf or NaN go through the float kernel, which propagates them."""
+    return _ops.int8_weight_only_linear_packed(x, w_packed, w_sum, w_scale, bias)
 
 
 # ---------------------------------------------------------------------------------------
@@ -267,14 +277,24 @@ def _(x, wq, w_scale, bias=None):
     return _linear_out(x, wq, x.dtype)
 
 
+def _packed_linear_out(op: str, x: torch.Tensor, w_packed: torch.Tensor, w_sum: torch.Tensor) -> torch.Tensor:
+    torch._check(x.dim() > 0, lambda: f"{op}: input must have at least 1 dimension")
+    torch._check(w_sum.dim() == 1, lambda: f"{op}: w_sum must be [N], got {tuple(w_sum.shape)}")
+    _check_same_device(op, "w_packed", w_packed, x)
+    expected = ((w_sum.shape[0] + 15) // 16, (x.shape[-1] + 3) // 4, 64)
+    torch._check(tuple(w_packed.shape) == expected,
+                 lambda: f"{op}: w_packed must be {expected}, got {tuple(w_packed.shape)}")
+    return x.new_empty((*x.shape[:-1], w_sum.shape[0]))
+
+
 @torch.library.register_fake("effgen::int8_dynamic_linear_packed")
 def _(x, w_packed, w_sum, w_scale, bias=None):
-    torch._check(x.dim() > 0, lambda: "input must have at least 1 dimension")
-    torch._check(w_sum.dim() == 1, lambda: f"w_sum must be [N], got {tuple(w_sum.shape)}")
-    _check_same_device("int8_dynamic_linear_packed", "w_packed", w_packed, x)
-    expected = ((w_sum.shape[0] + 15) // 16, (x.shape[-1] + 3) // 4, 64)
-    torch._check(tuple(w_packed.shape) == expected, lambda: f"w_packed must be {expected}, got {tuple(w_packed.shape)}")
-    return x.new_empty((*x.shape[:-1], w_sum.shape[0]))
+    return _packed_linear_out("int8_dynamic_linear_packed", x, w_packed, w_sum)
+
+
+@torch.library.register_fake("effgen::int8_weight_only_linear_packed")
+def _(x, w_packed, w_sum, w_scale, bias=None):
+    return _packed_linear_out("int8_weight_only_linear_packed", x, w_packed, w_sum)
 
 
 @torch.library.register_fake("effgen::int8_weight_only_linear")

@@ -27,6 +27,8 @@ The int8_gemm family
   4 values of K, one VNNI operand), and the column sums ``w_sum = wq.sum(1)`` as int32 [N].
 - ``int8_weight_only_linear``: ``x @ (wq * w_scale)^T + bias`` accumulated in fp32 (the
   kernels sum in a different order: compare with a tolerance), output in x's dtype.
+- ``int8_weight_only_linear_packed``: the same, per-channel, from int8_pack_weight's layout
+  (the CPU kernel rounds activations to fixed point per token: see ops).
 """
 
 import torch
@@ -46,6 +48,7 @@ __all__ = [
     "int8_unpack_weight",
     "int8_dynamic_linear_packed",
     "int8_weight_only_linear",
+    "int8_weight_only_linear_packed",
     "pack_binary",
     "unpack_binary",
     "pack_ternary",
@@ -237,6 +240,10 @@ def int8_weight_only_linear(x, wq, w_scale, bias=None, group_size=None):
     if bias is not None:
         out = out + bias.float()
     return out.to(x.dtype)
+
+
+def int8_weight_only_linear_packed(x, w_packed, w_sum, w_scale, bias=None):
+    return int8_weight_only_linear(x, int8_unpack_weight(w_packed, w_sum.numel(), x.shape[-1]), w_scale, bias)
 
 
 # ---------------------------------------------------------------------------------------

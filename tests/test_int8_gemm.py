@@ -141,6 +141,10 @@ def test_int8_dynamic_linear_packed_bad_inputs_name_the_argument():
         ops.int8_dynamic_linear_packed(x.double(), packed, w_sum, w_scale)
     with pytest.raises(RuntimeError, match="w_packed must be on cpu like the input, got meta"):
         ops.int8_dynamic_linear_packed(x, packed.to("meta"), w_sum, w_scale)
+    with pytest.raises(ValueError, match="int8_weight_only_linear_packed: w_scale must have shape \\[4\\] \\(per "):
+        ops.int8_weight_only_linear_packed(x, packed, w_sum, torch.ones(1))
+    with pytest.raises(ValueError, match="int8_weight_only_linear_packed: w_packed must have shape"):
+        ops.int8_weight_only_linear_packed(torch.randn(3, 9), packed, w_sum, w_scale)
 
 
 def w8a16_tolerance(dtype):
@@ -162,7 +166,20 @@ def test_int8_weight_only_linear_matches_reference(isa, dtype, m, group_size):
                                **w8a16_tolerance(dtype))
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("m,n,k", PACKED_MNK)
+def test_int8_weight_only_linear_packed_matches_reference(isa, dtype, m, n, k):
+    x = random_input((m, k), dtype, scale=1.0)
+    wq, w_scale = ops.quantize_per_channel(random_input((n, k), scale=0.05), 0)
+    packed, w_sum = ops.int8_pack_weight(wq)
+    bias = torch.randn(n)
+    out = ops.int8_weight_only_linear_packed(x, packed, w_sum, w_scale, bias)
+    expected = ref.int8_weight_only_linear_packed(x, packed, w_sum, w_scale, bias)
+    torch.testing.assert_close(out, expected, **w8a16_tolerance(dtype))
+    assert out.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_w8a16_fixed_point_activations_propagate_nan_and_inf(isa, dtype):
     # bf16 / fp16 rows go through 16-bit fixed point unless a row is not finite: then the
     # float kernel runs, and the bad row comes out NaN / Inf as in the reference.
@@ -170,24 +187,35 @@ def test_w8a16_fixed_point_activations_propagate_nan_and_inf(isa, dtype):
     x[1, 5] = float("nan")
     x[2, 7] = float("inf")
     wq, w_scale = ops.quantize_per_channel(random_input((10, 64), scale=0.05), 0)
-    out, expected = ops.int8_weight_only_linear(x, wq, w_scale), ref.int8_weight_only_linear(x, wq, w_scale)
-    assert torch.isnan(out[1]).all() and not torch.isfinite(out[2]).any()
-    torch.testing.assert_close(out, expected, **w8a16_tolerance(dtype), equal_nan=True)
+    expected = ref.int8_weight_only_linear(x, wq, w_scale)
+    for out in [ops.int8_weight_only_linear(x, wq, w_scale),
+                ops.int8_weight_only_linear_packed(x, *ops.int8_pack_weight(wq), w_scale)]:
+        assert torch.isnan(out[1]).all() and not torch.isfinite(out[2]).any()
+        torch.testing.assert_close(out, expected, **w8a16_tolerance(dtype), equal_nan=True)
 
 
-def test_w8a16_fixed_point_activations_stay_within_their_error_bound(isa):
-    # bf16 activations as 16-bit fixed point per token: each is off by at most half a step
-    # (absmax / kSplitMax / 2), so a dot product by at most that times sum |w|; the bf16
-    # output adds at most half an ulp (2^-8 relative). Checked against the exact product.
-    x = random_input((5, 1000), torch.bfloat16, scale=1.0)
+@pytest.mark.parametrize("dtype,packed", [(torch.bfloat16, False), (torch.bfloat16, True), (torch.float32, True)])
+def test_w8a16_fixed_point_activations_stay_within_their_error_bound(isa, dtype, packed):
+    # Activations as fixed point per token (bf16: 2 int8 digits, largest value 32639; fp32
+    # on packed weights: 3 digits, 2^22 - 1), step = absmax / largest. Each digit value is
+    # x / step rounded to an integer (half a step) after float32 roundings of the reciprocal,
+    # the product and the stored scale (2^-24 relative each, of values up to `largest`
+    # steps): a dot product is off by at most that times sum |w|. The output's roundings
+    # add at most 2^-8 relative in bf16, and in fp32 2^-22 (the digits' combined product,
+    # the two scales). Checked against the exact product.
+    x = random_input((20 if packed else 5, 1000), dtype, scale=1.0)
     wq, w_scale = ops.quantize_per_channel(random_input((64, 1000), scale=0.05), 0)
     w = wq.double() * w_scale.double()[:, None]
     exact = x.double() @ w.T
-    step = x.double().abs().amax(1, keepdim=True) / (127 * 256 + 127)
-    activations = step / 2 * w.abs().sum(1)[None, :]
-    bound = activations * (1 + 2.0**-8) + exact.abs() * 2.0**-8  # rounding of the product
-    out = ops.int8_weight_only_linear(x, wq, w_scale).double()
-    assert ((out - exact).abs() <= bound * (1 + 1e-6) + 1e-12).all()
+    largest, ulp = (2**22 - 1, 2.0**-22) if dtype == torch.float32 else (127 * 256 + 127, 2.0**-8)
+    step = x.double().abs().amax(1, keepdim=True) / largest
+    activations = step * (0.5 + 3 * largest * 2.0**-24) * w.abs().sum(1)[None, :]
+    bound = activations * (1 + ulp) + exact.abs() * ulp
+    if packed:
+        out = ops.int8_weight_only_linear_packed(x, *ops.int8_pack_weight(wq), w_scale)
+    else:
+        out = ops.int8_weight_only_linear(x, wq, w_scale)
+    assert ((out.double() - exact).abs() <= bound * (1 + 1e-6) + 1e-12).all()
 
 
 def test_int8_weight_only_linear_3d_input(isa):
@@ -206,7 +234,7 @@ def test_empty_batches(isa):
         assert ops.int8_weight_only_linear(x, wq, w_scale).shape == (*m_shape[:-1], 9)
 
 
-@pytest.mark.parametrize("case", range(5))
+@pytest.mark.parametrize("case", range(6))
 def test_opcheck(case):
     x = random_input((5, 37))
     xq, x_scale = ops.quantize_per_token(x)
@@ -219,6 +247,7 @@ def test_opcheck(case):
         (e.int8_weight_only_linear.default, (x, wq, w_scale, torch.randn(6), None)),
         (e.int8_weight_only_linear.default, (x, wg, wg_scale, None, 16)),
         (e.int8_dynamic_linear_packed.default, (x, *ops.int8_pack_weight(wq), w_scale, torch.randn(6))),
+        (e.int8_weight_only_linear_packed.default, (x.bfloat16(), *ops.int8_pack_weight(wq), w_scale, None)),
     ]
     opcheck(*cases[case])
 
@@ -301,6 +330,18 @@ def test_int8_linear_holds_packed_weights_on_the_cpu_only():
         ek.nn.Int8Linear(40, 22).load_state_dict(q.state_dict(), strict=False)
 
 
+def test_weight_only_linear_packs_per_channel_weights_on_the_cpu():
+    linear = torch.nn.Linear(40, 21)
+    per_channel, grouped = (ek.nn.Int8WeightOnlyLinear.from_float(linear, group_size=g) for g in (None, 16))
+    assert per_channel._buffers["weight"] is None and per_channel.weight_packed.shape == (2, 10, 64)
+    assert grouped.weight_packed is None and grouped._buffers["weight"].shape == (21, 40)
+    x = random_input((3, 40), torch.bfloat16, scale=1.0)
+    wq, w_scale = ops.quantize_per_channel(linear.weight.detach(), 0)
+    assert torch.equal(per_channel.weight, wq)
+    assert_same_bits(per_channel(x), ops.int8_weight_only_linear_packed(x, *ops.int8_pack_weight(wq), w_scale,
+                                                                        per_channel.bias))
+
+
 def test_state_dict_saves_with_safetensors(tmp_path):
     safetensors = pytest.importorskip("safetensors.torch")
     q = ek.nn.Int8Linear.from_float(torch.nn.Linear(48, 20))
@@ -312,10 +353,10 @@ def test_state_dict_saves_with_safetensors(tmp_path):
 
 
 def quantized_layer_bytes(layer, config) -> int:
-    """int8 weights (W8A8 on the CPU: packed, N padded to 16 and K to 4, plus an int32 sum per
-    channel), fp32 scales and the float bias."""
+    """int8 weights (per-channel layers on the CPU: packed, N padded to 16 and K to 4, plus an
+    int32 sum per channel), fp32 scales and the float bias."""
     n, k = layer.out_features, layer.in_features
-    if isinstance(config, ek.Int8Config):
+    if getattr(config, "group_size", None) is None:
         weights = -(-n // 16) * 16 * -(-k // 4) * 4 + 4 * n
     else:
         weights = n * k

@@ -125,49 +125,63 @@ at::Tensor int8_dynamic_linear_packed(const at::Tensor& x, const at::Tensor& w_p
   return out;
 }
 
-// W8A16 for bf16 / fp16 activations and per-channel scales: the activations as 16-bit
-// fixed point per token (split_int16_rows), so the product is one int8 GEMM over 2m rows
-// that streams the weights once. The activations keep 15 bits relative to the row's
-// absmax: at least bf16's 8 significant bits for every element above absmax / 2^7 (fp16's
-// 11 above absmax / 2^4), and an absolute error of at most absmax / 2^16 below. Returns
-// false (nothing written) when x holds Inf or NaN, which the float kernel then propagates.
-template <typename T>
-bool w8a16_fixed_point(const at::Tensor& x2, const at::Tensor& w, const at::Tensor& w_scale, const at::Tensor& bias_f,
-                       at::Tensor& out) {
-  const int64_t m = x2.size(0), k = x2.size(1), n = w.size(0);
-  std::vector<int8_t> rows(static_cast<size_t>(2 * m * k));
+// W8A16 with per-channel scales as an int8 GEMM: the activations as fixed point per token
+// in `limbs` int8 digits (cpu::split_fixed_point_rows), so the product streams the weights
+// once, over m * limbs rows. With 2 limbs the activations keep 15 bits relative to the
+// row's absmax: at least bf16's 8 significant bits for every element above absmax / 2^7
+// (fp16's 11 above absmax / 2^4), and an absolute error of at most absmax / 2^16 below;
+// with 3 limbs 22 bits (absmax / 2^23). block_gemm(a, rows, j0, nb, acc) writes the int32
+// products of `rows` digit rows with output columns [j0, j0 + nb) into acc (row stride
+// kBlockN). Returns false (nothing written) when x holds Inf or NaN.
+template <typename T, typename BlockGemm>
+bool w8a16_fixed_point(const at::Tensor& x2, int limbs, int64_t n, const at::Tensor& w_scale, const at::Tensor& bias_f,
+                       at::Tensor& out, const BlockGemm& block_gemm) {
+  const int64_t m = x2.size(0), k = x2.size(1);
+  std::vector<int8_t> rows(static_cast<size_t>(m * limbs * k));
   std::vector<float> x_scales(static_cast<size_t>(m));
   std::atomic<bool> finite{true};
   at::parallel_for(0, m, 1, [&](int64_t i0, int64_t i1) {
-    if (!cpu::split_int16_rows(cpu_dtype(x2.scalar_type()), x2.data_ptr(), m, k, i0, i1, rows.data(),
-                               x_scales.data())) {
+    if (!cpu::split_fixed_point_rows(cpu_dtype(x2.scalar_type()), x2.data_ptr(), k, limbs, i0, i1, rows.data(),
+                                     x_scales.data())) {
       finite = false;
     }
   });
   if (!finite) return false;
-  const auto& kernels = cpu::int8_gemm_kernels();
-  const int8_t* b = w.data_ptr<int8_t>();
   const float* ws = w_scale.data_ptr<float>();
   const float* bias_ptr = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
   T* o = out.data_ptr<T>();
-  at::parallel_for(0, (n + kBlockN - 1) / kBlockN, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int32_t> acc(static_cast<size_t>(2 * m * kBlockN));
+  const int64_t blocks_m = (m + kBlockM - 1) / kBlockM, blocks_n = (n + kBlockN - 1) / kBlockN;
+  at::parallel_for(0, blocks_m * blocks_n, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> acc(static_cast<size_t>(kBlockM * limbs * kBlockN));
     for (int64_t block = begin; block < end; ++block) {
-      const int64_t j0 = block * kBlockN, nb = std::min(kBlockN, n - j0);
-      kernels.gemm_s8s8s32(rows.data(), k, b + j0 * k, k, 2 * m, nb, k, acc.data(), kBlockN);
-      for (int64_t i = 0; i < m; ++i) {
+      const int64_t i0 = (block % blocks_m) * kBlockM, j0 = (block / blocks_m) * kBlockN;
+      const int64_t mb = std::min(kBlockM, m - i0), nb = std::min(kBlockN, n - j0);
+      block_gemm(rows.data() + i0 * limbs * k, mb * limbs, j0, nb, acc.data());
+      for (int64_t i = 0; i < mb; ++i) {
         for (int64_t j = 0; j < nb; ++j) {
-          // 256 * hi + lo exactly in int64, then one rounding to float (2^-24 relative,
-          // far below the activations' 2^-16 step).
-          const int64_t dot = int64_t{256} * acc[i * kBlockN + j] + acc[(m + i) * kBlockN + j];
-          float y = static_cast<float>(dot) * x_scales[i] * ws[j0 + j];
+          // The digits' products combined exactly in int64, then one rounding to float
+          // (2^-24 relative, below the activations' step).
+          int64_t dot = 0;
+          for (int d = 0; d < limbs; ++d) dot = dot * 256 + acc[(i * limbs + d) * kBlockN + j];
+          float y = static_cast<float>(dot) * x_scales[i0 + i] * ws[j0 + j];
           if (bias_ptr != nullptr) y += bias_ptr[j0 + j];
-          o[i * n + j0 + j] = T(y);
+          o[(i0 + i) * n + j0 + j] = T(y);
         }
       }
     }
   });
   return true;
+}
+
+// w8a16_fixed_point for x's dtype (fp32, bf16 or fp16).
+template <typename BlockGemm>
+bool w8a16_fixed_point_any(const at::Tensor& x2, int limbs, int64_t n, const at::Tensor& w_scale,
+                           const at::Tensor& bias_f, at::Tensor& out, const BlockGemm& block_gemm) {
+  switch (x2.scalar_type()) {
+    case at::kBFloat16: return w8a16_fixed_point<at::BFloat16>(x2, limbs, n, w_scale, bias_f, out, block_gemm);
+    case at::kHalf: return w8a16_fixed_point<at::Half>(x2, limbs, n, w_scale, bias_f, out, block_gemm);
+    default: return w8a16_fixed_point<float>(x2, limbs, n, w_scale, bias_f, out, block_gemm);
+  }
 }
 
 at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& w_scale,
@@ -186,11 +200,14 @@ at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, co
   const at::Tensor x2 = x.reshape({m, k}).contiguous(), w = wq.contiguous(), s = w_scale.contiguous();
   const at::Tensor bias_f = float_bias(bias);
   at::Tensor out_2d = out.view({m, n});
-  if (groups == 1 && k <= cpu::kMaxExactInt8K) {
-    if (x.scalar_type() == at::kBFloat16 && w8a16_fixed_point<at::BFloat16>(x2, w, s, bias_f, out_2d)) return out;
-    if (x.scalar_type() == at::kHalf && w8a16_fixed_point<at::Half>(x2, w, s, bias_f, out_2d)) return out;
-  }
   const auto& kernels = cpu::int8_gemm_kernels();
+  if (groups == 1 && k <= cpu::kMaxExactInt8K && x.scalar_type() != at::kFloat) {
+    const int8_t* b = w.data_ptr<int8_t>();
+    const auto canonical_gemm = [&](const int8_t* a, int64_t rows, int64_t j0, int64_t nb, int32_t* acc) {
+      kernels.gemm_s8s8s32(a, k, b + j0 * k, k, rows, nb, k, acc, kBlockN);
+    };
+    if (w8a16_fixed_point_any(x2, 2, n, s, bias_f, out_2d, canonical_gemm)) return out;
+  }
   at::parallel_for(0, (n + kBlockN - 1) / kBlockN, 1, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
       const int64_t j0 = block * kBlockN, nb = std::min(kBlockN, n - j0);
@@ -214,6 +231,39 @@ at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, co
   return out;
 }
 
+// The canonical [N, K] weights of packed ones (a copy): for inputs the fixed point cannot hold.
+at::Tensor unpack_weight(const at::Tensor& w_packed, int64_t n, int64_t k) {
+  const int64_t groups = w_packed.size(0), quads = w_packed.size(1);
+  return w_packed.view({groups, quads, cpu::kPackCols, cpu::kPackDepth})
+      .permute({0, 2, 1, 3})
+      .reshape({groups * cpu::kPackCols, quads * cpu::kPackDepth})
+      .slice(0, 0, n)
+      .slice(1, 0, k)
+      .contiguous();
+}
+
+at::Tensor int8_weight_only_linear_packed(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& w_sum,
+                                          const at::Tensor& w_scale, const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "int8_weight_only_linear_packed";
+  check_cpu(op, "x", x);
+  const auto [k, n, m] = check_int8_weight_only_linear_packed(x, w_packed, w_sum, w_scale, bias);
+  at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor x2 = x.reshape({m, k}).contiguous(), packed = w_packed.contiguous(), sums = w_sum.contiguous();
+  at::Tensor out_2d = out.view({m, n});
+  const auto& kernels = cpu::int8_gemm_kernels();
+  const int64_t group_stride = packed.size(1) * cpu::kPackBlock;
+  const int8_t* b = packed.data_ptr<int8_t>();
+  const auto packed_gemm = [&](const int8_t* a, int64_t rows, int64_t j0, int64_t nb, int32_t* acc) {
+    kernels.gemm_packed(a, k, rows, k, b + j0 / cpu::kPackCols * group_stride, sums.data_ptr<int32_t>() + j0, nb, acc,
+                        kBlockN);
+  };
+  const int limbs = x.scalar_type() == at::kFloat ? 3 : 2;
+  if (w8a16_fixed_point_any(x2, limbs, n, w_scale.contiguous(), float_bias(bias), out_2d, packed_gemm)) return out;
+  // Inf or NaN in x: the float kernel propagates them.
+  return int8_weight_only_linear(x, unpack_weight(packed, n, k), w_scale, bias, std::nullopt);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(effgen, CPU, m) {
@@ -221,6 +271,7 @@ TORCH_LIBRARY_IMPL(effgen, CPU, m) {
   m.impl("int8_dynamic_linear", &int8_dynamic_linear);
   m.impl("int8_dynamic_linear_packed", &int8_dynamic_linear_packed);
   m.impl("int8_weight_only_linear", &int8_weight_only_linear);
+  m.impl("int8_weight_only_linear_packed", &int8_weight_only_linear_packed);
 }
 
 }  // namespace effgen::ops

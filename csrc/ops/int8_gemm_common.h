@@ -128,7 +128,27 @@ inline Int8LinearShape check_int8_dynamic_linear(const at::Tensor& x, const at::
 }
 
 // Packed weights as cpu::kPackCols x cpu::kPackDepth blocks ([ceil(N/16), ceil(K/4), 64]
-// int8, layout in kernels/cpu/int8_gemm.h) with their column sums ([N] int32, which give N).
+// int8, layout in kernels/cpu/int8_gemm.h) with their column sums ([N] int32, which give
+// N) and a per-channel or per-tensor scale; returns N and the scale's stride.
+inline std::pair<int64_t, int64_t> check_packed_weight(const char* op, const at::Tensor& w_packed,
+                                                       const at::Tensor& w_sum, const at::Tensor& w_scale, int64_t k,
+                                                       const at::Tensor& x) {
+  check_same_device(op, "w_sum", w_sum, x);
+  TORCH_CHECK_TYPE(w_sum.scalar_type() == at::kInt, op, ": w_sum must be int32, got ", w_sum.scalar_type());
+  TORCH_CHECK_VALUE(w_sum.dim() == 1, op, ": w_sum must be 1-D [N], got shape ", w_sum.sizes());
+  const int64_t n = w_sum.size(0);
+  check_same_device(op, "w_packed", w_packed, x);
+  TORCH_CHECK_TYPE(w_packed.scalar_type() == at::kChar, op, ": w_packed must be int8, got ", w_packed.scalar_type());
+  const std::vector<int64_t> packed_shape{(n + cpu::kPackCols - 1) / cpu::kPackCols,
+                                          (k + cpu::kPackDepth - 1) / cpu::kPackDepth, cpu::kPackBlock};
+  TORCH_CHECK_VALUE(w_packed.sizes() == at::IntArrayRef(packed_shape), op, ": w_packed must have shape ",
+                    at::IntArrayRef(packed_shape), " (from N = ", n, " and K = ", k,
+                    "; see int8_pack_weight), got ", w_packed.sizes());
+  check_same_device(op, "w_scale", w_scale, x);
+  TORCH_CHECK_TYPE(w_scale.scalar_type() == at::kFloat, op, ": w_scale must be float32, got ", w_scale.scalar_type());
+  return {n, check_channel_scale(op, w_scale, n)};
+}
+
 inline Int8LinearShape check_int8_dynamic_linear_packed(const at::Tensor& x, const at::Tensor& w_packed,
                                                         const at::Tensor& w_sum, const at::Tensor& w_scale,
                                                         const std::optional<at::Tensor>& bias) {
@@ -137,22 +157,29 @@ inline Int8LinearShape check_int8_dynamic_linear_packed(const at::Tensor& x, con
   Int8LinearShape s{};
   s.k = check_activation_rows(op, "x", x);
   s.x_stride = 1;
-  check_same_device(op, "w_sum", w_sum, x);
-  TORCH_CHECK_TYPE(w_sum.scalar_type() == at::kInt, op, ": w_sum must be int32, got ", w_sum.scalar_type());
-  TORCH_CHECK_VALUE(w_sum.dim() == 1, op, ": w_sum must be 1-D [N], got shape ", w_sum.sizes());
-  s.n = w_sum.size(0);
-  check_same_device(op, "w_packed", w_packed, x);
-  TORCH_CHECK_TYPE(w_packed.scalar_type() == at::kChar, op, ": w_packed must be int8, got ", w_packed.scalar_type());
-  const std::vector<int64_t> packed_shape{(s.n + cpu::kPackCols - 1) / cpu::kPackCols,
-                                          (s.k + cpu::kPackDepth - 1) / cpu::kPackDepth, cpu::kPackBlock};
-  TORCH_CHECK_VALUE(w_packed.sizes() == at::IntArrayRef(packed_shape), op, ": w_packed must have shape ",
-                    at::IntArrayRef(packed_shape), " (from N = ", s.n, " and K = ", s.k, "; see int8_pack_weight), got ",
-                    w_packed.sizes());
-  check_same_device(op, "w_scale", w_scale, x);
-  TORCH_CHECK_TYPE(w_scale.scalar_type() == at::kFloat, op, ": w_scale must be float32, got ", w_scale.scalar_type());
-  s.w_stride = check_channel_scale(op, w_scale, s.n);
+  std::tie(s.n, s.w_stride) = check_packed_weight(op, w_packed, w_sum, w_scale, s.k, x);
   check_bias(op, bias, s.n, x);
   check_k_bound(op, s.k);
+  return s;
+}
+
+struct W8A16PackedShape {
+  int64_t k, n, m;
+};
+
+inline W8A16PackedShape check_int8_weight_only_linear_packed(const at::Tensor& x, const at::Tensor& w_packed,
+                                                             const at::Tensor& w_sum, const at::Tensor& w_scale,
+                                                             const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "int8_weight_only_linear_packed";
+  check_float_input(op, "x", x);
+  W8A16PackedShape s{};
+  s.k = check_activation_rows(op, "x", x);
+  s.n = check_packed_weight(op, w_packed, w_sum, w_scale, s.k, x).first;
+  TORCH_CHECK_VALUE(w_scale.dim() == 1 && w_scale.size(0) == s.n, op, ": w_scale must have shape [", s.n,
+                    "] (per channel), got ", w_scale.sizes());
+  check_bias(op, bias, s.n, x);
+  check_k_bound(op, s.k);
+  s.m = s.k == 0 ? x.numel() : x.numel() / s.k;
   return s;
 }
 

@@ -3,9 +3,10 @@
 Both save the canonical layout only: ``weight`` int8 [out, in] row-major, ``weight_scale``
 fp32 (per output channel, or per channel and group), and an optional ``bias``, so a
 checkpoint moves between machines and devices as is, and plain tensors save with
-safetensors. On the CPU, Int8Linear holds its weights in the packed layout of
-``ops.int8_pack_weight`` instead (the same bytes plus one int32 per output channel): its
-``weight``, ``state_dict`` and ``load_state_dict`` rebuild or take the canonical layout.
+safetensors. On the CPU, Int8Linear and the per-channel Int8WeightOnlyLinear hold their
+weights in the packed layout of ``ops.int8_pack_weight`` instead (the same bytes plus one
+int32 per output channel): ``weight``, ``state_dict`` and ``load_state_dict`` rebuild or
+take the canonical layout.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from ._trainable import trainable_copy
 
 
 class _QuantizedLinearBase(nn.Module):
-    """Shared state: int8 weight, fp32 scales and an optional bias, all plain tensors."""
+    """Shared state: int8 weight, fp32 scales and an optional bias, all plain tensors.
+    Subclasses end __init__ with ``self.weight = self._buffers["weight"]`` (the layout of
+    the device) and say in _packs_on where they hold packed weights."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, scale_shape: tuple[int, ...],
                  device=None, dtype=None) -> None:
@@ -28,6 +31,62 @@ class _QuantizedLinearBase(nn.Module):
         self.register_buffer("weight_scale", torch.ones(scale_shape, dtype=torch.float32, device=device))
         bias_dtype = dtype or torch.get_default_dtype()
         self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device) if bias else None)
+        self.register_buffer("weight_packed", None, persistent=False)
+        self.register_buffer("weight_sum", None, persistent=False)
+
+    # Where _packs_on(device), the weights live only in the packed layout (the register tile
+    # reads 16 output channels per vector; see ops.int8_pack_weight); elsewhere, and in
+    # every state_dict, in the canonical one.
+    def _packs_on(self, device: torch.device) -> bool:
+        return False
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The canonical int8 [out, in] weights (rebuilt from the packed layout where packed)."""
+        if "weight" not in self._buffers:  # during __init__: lets register_buffer create it
+            raise AttributeError("weight")
+        packed = self._buffers.get("weight_packed")
+        if packed is None:
+            return self._buffers["weight"]
+        return ops.int8_unpack_weight(packed, self.out_features, self.in_features)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name != "weight":
+            return super().__setattr__(name, value)
+        if self._packs_on(value.device):
+            self._buffers["weight"] = None
+            self._buffers["weight_packed"], self._buffers["weight_sum"] = ops.int8_pack_weight(value)
+        else:
+            self._buffers["weight"], self._buffers["weight_packed"], self._buffers["weight_sum"] = value, None, None
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        held = self.weight_packed if self.weight_packed is not None else self._buffers["weight"]
+        if (self.weight_packed is not None) != self._packs_on(held.device):
+            self.weight = self.weight  # moved to a device of the other layout
+        return self
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        if self.weight_packed is not None:
+            destination[prefix + "weight"] = self.weight
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        key = prefix + "weight"
+        if self.weight_packed is not None:  # "weight" is not a buffer while packed: load it here
+            if key not in state_dict:
+                missing_keys.append(key)
+            else:
+                weight = state_dict.pop(key)
+                expected = (self.out_features, self.in_features)
+                if tuple(weight.shape) != expected or weight.dtype != torch.int8:
+                    error_msgs.append(f"size mismatch for {key}: the model takes int8 of shape {expected}, the "
+                                      f"checkpoint holds {weight.dtype} of shape {tuple(weight.shape)}.")
+                else:
+                    self.weight = weight.to(self.weight_packed.device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def _copy_bias(self, linear: nn.Linear) -> None:
         if linear.bias is not None:
@@ -74,58 +133,10 @@ class Int8Linear(_QuantizedLinearBase):
         self.register_buffer("input_smoothing",
                              torch.ones(in_features, dtype=torch.float32, device=device) if smoothing else None)
 
-        self.register_buffer("weight_packed", None, persistent=False)
-        self.register_buffer("weight_sum", None, persistent=False)
-        self.weight = self._buffers["weight"]
+        self.weight = self._buffers["weight"]  # in the layout of this device
 
-    # On the CPU the weights live only in the packed layout (the register tile reads 16
-    # output channels per vector; see ops.int8_pack_weight); elsewhere in the canonical one.
-    @property
-    def weight(self) -> torch.Tensor:
-        """The canonical int8 [out, in] weights (rebuilt from the packed layout on the CPU)."""
-        if "weight" not in self._buffers:  # during __init__: lets register_buffer create it
-            raise AttributeError("weight")
-        packed = self._buffers.get("weight_packed")
-        if packed is None:
-            return self._buffers["weight"]
-        return ops.int8_unpack_weight(packed, self.out_features, self.in_features)
-
-    def __setattr__(self, name: str, value) -> None:
-        if name != "weight":
-            return super().__setattr__(name, value)
-        pack = value.device.type == "cpu"
-        self._buffers["weight"] = None if pack else value
-        self._buffers["weight_packed"], self._buffers["weight_sum"] = ops.int8_pack_weight(value) if pack else (None,
-                                                                                                                None)
-
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        held = self.weight_packed if self.weight_packed is not None else self._buffers["weight"]
-        if (self.weight_packed is not None) != (held.device.type == "cpu"):
-            self.weight = self.weight  # moved to or from the CPU: change layouts
-        return self
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
-        if self.weight_packed is not None:
-            destination[prefix + "weight"] = self.weight
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs) -> None:
-        key = prefix + "weight"
-        if self.weight_packed is not None:  # "weight" is not a buffer while packed: load it here
-            if key not in state_dict:
-                missing_keys.append(key)
-            else:
-                weight = state_dict.pop(key)
-                expected = (self.out_features, self.in_features)
-                if tuple(weight.shape) != expected or weight.dtype != torch.int8:
-                    error_msgs.append(f"size mismatch for {key}: the model takes int8 of shape {expected}, the "
-                                      f"checkpoint holds {weight.dtype} of shape {tuple(weight.shape)}.")
-                else:
-                    self.weight = weight.to(self.weight_packed.device)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+    def _packs_on(self, device: torch.device) -> bool:
+        return device.type == "cpu"
 
     @classmethod
     def from_float(cls, linear: nn.Linear, activation_absmax: torch.Tensor | None = None,
@@ -168,6 +179,10 @@ class Int8WeightOnlyLinear(_QuantizedLinearBase):
         scale_shape = (out_features,) if groups is None else (out_features, groups)
         super().__init__(in_features, out_features, bias, scale_shape, device, dtype)
         self.group_size = group_size
+        self.weight = self._buffers["weight"]  # in the layout of this device
+
+    def _packs_on(self, device: torch.device) -> bool:
+        return device.type == "cpu" and self.group_size is None
 
     @classmethod
     def from_float(cls, linear: nn.Linear, group_size: int | None = None) -> Int8WeightOnlyLinear:
@@ -182,6 +197,9 @@ class Int8WeightOnlyLinear(_QuantizedLinearBase):
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight_packed is not None:
+            return ops.int8_weight_only_linear_packed(x, self.weight_packed, self.weight_sum, self.weight_scale,
+                                                      self.bias)
         return ops.int8_weight_only_linear(x, self.weight, self.weight_scale, self.bias, self.group_size)
 
     def extra_repr(self) -> str:

@@ -55,15 +55,19 @@ struct Int8GemmKernels {
   void (*w8a16_gemm)(const W8A16Args& args);
 };
 
-// W8A16 with 16-bit activations on the int8 GEMM: x[i] (bf16 or fp16) = scales[i] * a[i],
-// a = round_half_even(x / scales[i]) with |a| <= kSplitMax, written as a = 256 * hi + lo
-// with hi, lo int8 (lo in [-128, 127]): hi[i] = rows[i], lo[i] = rows[m + i] (rows is
-// [2m, k]). Then x[i] . w = scales[i] * (256 * (hi[i] . w) + lo[i] . w) exactly, from one
-// int8 GEMM over 2m rows. scales[i] = absmax / kSplitMax (0 for a zero row). Converts rows
-// [i0, i1) of the m; returns false, leaving the outputs unspecified, when one holds Inf or NaN.
-constexpr int32_t kSplitMax = 127 * 256 + 127;  // hi stays in [-127, 127]
-bool split_int16_rows(DType dtype, const void* x, int64_t m, int64_t k, int64_t i0, int64_t i1, int8_t* rows,
-                      float* scales);
+// W8A16 on the int8 GEMM: activations as fixed point per token in `limbs` int8 digits of
+// base 256. x[i] = scales[i] * a[i], a = round_half_even(x / scales[i]) with
+// |a| <= split_max(limbs), written as a = sum_j 256^(limbs-1-j) d_j with d_j int8 (every
+// digit but the first in [-128, 127]); digit j of row i is row i * limbs + j of rows
+// ([m * limbs, k], so a block of tokens is a block of rows). Then
+// x[i] . w = scales[i] * sum_j 256^(limbs-1-j) (d_j[i] . w) exactly, from one int8 GEMM
+// over m * limbs rows. scales[i] = absmax / split_max(limbs) (0 for a zero row). 2 limbs
+// keep 15 bits (16-bit activations), 3 keep 22 (fp32; the conversion rounds exactly up to
+// 2^22). Converts rows [i0, i1) of the m; returns false, leaving the outputs unspecified,
+// when one holds Inf or NaN.
+constexpr int32_t split_max(int limbs) { return limbs == 2 ? 127 * 256 + 127 : (1 << 22) - 1; }
+bool split_fixed_point_rows(DType dtype, const void* x, int64_t k, int limbs, int64_t i0, int64_t i1,
+                            int8_t* rows, float* scales);
 
 const Int8GemmKernels& int8_gemm_kernels_scalar();
 const Int8GemmKernels& int8_gemm_kernels_avx2();
