@@ -14,6 +14,7 @@ namespace avx2_gemm {
 namespace {
 
 #include "simd_avx2.h"
+#include "int8_gemm_quads.h"
 
 constexpr int kTileM = 2;  // 2 x 4 accumulators + 4 weight vectors + 1 activation: 13 of 16 ymm
 constexpr int kTileN = 4;
@@ -101,21 +102,7 @@ void packed_tile(const int8_t* a, int64_t lda, int64_t k, const int8_t* b, int64
       for (int q = 0; q < kQuarters; ++q) acc[i][q] = _mm256_add_epi32(acc[i][q], _mm256_madd_epi16(av, bv[q]));
     }
   };
-  const int64_t full_quads = k / kPackDepth;
-  for (int64_t kq = 0; kq < full_quads; ++kq) {
-    step(kq, [&](int i) {
-      int32_t q;
-      std::memcpy(&q, a + i * lda + kq * kPackDepth, sizeof(q));
-      return q;
-    });
-  }
-  if (const int64_t rest = k - full_quads * kPackDepth; rest > 0) {  // the weights are zero past K
-    step(full_quads, [&](int i) {
-      int32_t q = 0;
-      std::memcpy(&q, a + i * lda + full_quads * kPackDepth, static_cast<size_t>(rest));
-      return q;
-    });
-  }
+  for_each_quad(a, lda, k, step);
   const int64_t cols = n_valid < kPackCols ? n_valid : kPackCols;
   for (int i = 0; i < MR; ++i) {
     alignas(32) int32_t row[kPackCols];

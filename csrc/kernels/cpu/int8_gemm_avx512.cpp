@@ -15,6 +15,7 @@ namespace avx512_gemm {
 namespace {
 
 #include "simd_avx512.h"
+#include "int8_gemm_quads.h"
 
 constexpr int kTileM = 4;  // 16 accumulators + 4 weight sums + 4 weight vectors + 2: 26 of 32 zmm
 constexpr int kTileN = 4;
@@ -125,21 +126,7 @@ void packed_tile(const int8_t* a, int64_t lda, int64_t k, const int8_t* b, int64
       for (int g = 0; g < NG; ++g) dpbusd(acc[i][g], av, bv[g]);
     }
   };
-  const int64_t full_quads = k / kPackDepth;
-  for (int64_t kq = 0; kq < full_quads; ++kq) {
-    step(kq, [&](int i) {
-      int32_t q;
-      std::memcpy(&q, a + i * lda + kq * kPackDepth, sizeof(q));
-      return q;
-    });
-  }
-  if (const int64_t rest = k - full_quads * kPackDepth; rest > 0) {  // the weights are zero past K
-    step(full_quads, [&](int i) {
-      int32_t q = 0;
-      std::memcpy(&q, a + i * lda + full_quads * kPackDepth, static_cast<size_t>(rest));
-      return q;
-    });
-  }
+  for_each_quad(a, lda, k, step);
   #pragma GCC unroll 8
   for (int g = 0; g < NG; ++g) {
     const int64_t cols = n_valid - g * kPackCols;
