@@ -58,6 +58,8 @@ TORCH_LIBRARY(effgen, m) {
   m.def("int8_linear(Tensor xq, Tensor x_scale, Tensor wq, Tensor w_scale, Tensor? bias=None, ScalarType out_dtype=float) -> Tensor");
   // W8A8 with per-token dynamic activation quantization fused in; output in x's dtype.
   m.def("int8_dynamic_linear(Tensor x, Tensor wq, Tensor w_scale, Tensor? bias=None) -> Tensor");
+  // int8_linear with weights packed by int8_pack_weight (CPU; layout below).
+  m.def("int8_linear_packed(Tensor xq, Tensor x_scale, Tensor w_packed, Tensor w_sum, Tensor w_scale, Tensor? bias=None, ScalarType out_dtype=float) -> Tensor");
   // int8_dynamic_linear with weights packed by int8_pack_weight (CPU): w_packed int8
   // [ceil(N/16), ceil(K/4), 64] of 16 channels x 4 values of K per block, w_sum int32 [N].
   m.def("int8_dynamic_linear_packed(Tensor x, Tensor w_packed, Tensor w_sum, Tensor w_scale, Tensor? bias=None) -> Tensor");

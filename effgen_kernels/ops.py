@@ -21,6 +21,7 @@ __all__ = [
     "int8_dynamic_linear",
     "int8_pack_weight",
     "int8_unpack_weight",
+    "int8_linear_packed",
     "int8_dynamic_linear_packed",
     "int8_weight_only_linear",
     "int8_weight_only_linear_packed",
@@ -118,6 +119,13 @@ def int8_unpack_weight(w_packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
     groups, quads, _ = w_packed.shape
     blocks = w_packed.reshape(groups, quads, 16, 4).permute(0, 2, 1, 3)
     return blocks.reshape(groups * 16, quads * 4)[:n, :k].contiguous()
+
+
+def int8_linear_packed(xq: torch.Tensor, x_scale: torch.Tensor, w_packed: torch.Tensor, w_sum: torch.Tensor,
+                       w_scale: torch.Tensor, bias: torch.Tensor | None = None,
+                       out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """int8_linear with weights from int8_pack_weight (CPU): the same bits."""
+    return _ops.int8_linear_packed(xq, x_scale, w_packed, w_sum, w_scale, bias, out_dtype)
 
 
 def int8_dynamic_linear_packed(x: torch.Tensor, w_packed: torch.Tensor, w_sum: torch.Tensor, w_scale: torch.Tensor,
@@ -277,14 +285,20 @@ def _(x, wq, w_scale, bias=None):
     return _linear_out(x, wq, x.dtype)
 
 
-def _packed_linear_out(op: str, x: torch.Tensor, w_packed: torch.Tensor, w_sum: torch.Tensor) -> torch.Tensor:
+def _packed_linear_out(op: str, x: torch.Tensor, w_packed: torch.Tensor, w_sum: torch.Tensor,
+                      dtype: torch.dtype | None = None) -> torch.Tensor:
     torch._check(x.dim() > 0, lambda: f"{op}: input must have at least 1 dimension")
     torch._check(w_sum.dim() == 1, lambda: f"{op}: w_sum must be [N], got {tuple(w_sum.shape)}")
     _check_same_device(op, "w_packed", w_packed, x)
     expected = ((w_sum.shape[0] + 15) // 16, (x.shape[-1] + 3) // 4, 64)
     torch._check(tuple(w_packed.shape) == expected,
                  lambda: f"{op}: w_packed must be {expected}, got {tuple(w_packed.shape)}")
-    return x.new_empty((*x.shape[:-1], w_sum.shape[0]))
+    return x.new_empty((*x.shape[:-1], w_sum.shape[0]), dtype=dtype or x.dtype)
+
+
+@torch.library.register_fake("effgen::int8_linear_packed")
+def _(xq, x_scale, w_packed, w_sum, w_scale, bias=None, out_dtype=torch.float32):
+    return _packed_linear_out("int8_linear_packed", xq, w_packed, w_sum, out_dtype)
 
 
 @torch.library.register_fake("effgen::int8_dynamic_linear_packed")

@@ -21,10 +21,11 @@ The int8_gemm family
   ``out = float(acc) * x_scale[m] * w_scale[n] + bias[n]``, rounded to ``out_dtype``.
 - ``int8_dynamic_linear``: ``quantize_per_token(x)`` then ``int8_linear`` with the output in
   x's dtype.
-- ``int8_dynamic_linear_packed``: the same product from weights packed by
-  ``int8_pack_weight``: int8 ``[ceil(N/16), ceil(K/4), 64]``, where block ``(jb, kq)`` holds
-  ``wq[16 jb + c, 4 kq + r]`` at byte ``4 c + r`` (zero past N and K: 16 output channels by
-  4 values of K, one VNNI operand), and the column sums ``w_sum = wq.sum(1)`` as int32 [N].
+- ``int8_linear_packed``, ``int8_dynamic_linear_packed``: the same products from weights
+  packed by ``int8_pack_weight``: int8 ``[ceil(N/16), ceil(K/4), 64]``, where block
+  ``(jb, kq)`` holds ``wq[16 jb + c, 4 kq + r]`` at byte ``4 c + r`` (zero past N and K: 16
+  output channels by 4 values of K, one VNNI operand), and the column sums
+  ``w_sum = wq.sum(1)`` as int32 [N].
 - ``int8_weight_only_linear``: ``x @ (wq * w_scale)^T + bias`` accumulated in fp32 (the
   kernels sum in a different order: compare with a tolerance), output in x's dtype.
 - ``int8_weight_only_linear_packed``: the same, per-channel, from int8_pack_weight's layout
@@ -46,6 +47,7 @@ __all__ = [
     "int8_linear",
     "int8_dynamic_linear",
     "int8_unpack_weight",
+    "int8_linear_packed",
     "int8_dynamic_linear_packed",
     "int8_weight_only_linear",
     "int8_weight_only_linear_packed",
@@ -222,6 +224,11 @@ def int8_unpack_weight(w_packed, n, k):
     groups, quads, _ = w_packed.shape
     blocks = w_packed.reshape(groups, quads, 16, 4).permute(0, 2, 1, 3)
     return blocks.reshape(groups * 16, quads * 4)[:n, :k]
+
+
+def int8_linear_packed(xq, x_scale, w_packed, w_sum, w_scale, bias=None, out_dtype=torch.float32):
+    wq = int8_unpack_weight(w_packed, w_sum.numel(), xq.shape[-1])
+    return int8_linear(xq, x_scale, wq, w_scale, bias, out_dtype)
 
 
 def int8_dynamic_linear_packed(x, w_packed, w_sum, w_scale, bias=None):

@@ -26,8 +26,12 @@ def test_int8_linear_is_bit_exact(isa, m, n, k, out_dtype):
     xq, wq = random_int8((m, k)), random_int8((n, k))
     x_scale, w_scale, bias = torch.rand(m) + 0.01, torch.rand(n) + 0.01, torch.randn(n)
     per_tensor = (torch.tensor([0.3]), torch.tensor(0.02), bias)
+    packed, w_sum = ops.int8_pack_weight(wq)
     for xs, ws, b in [(x_scale, w_scale, bias), (x_scale, w_scale, None), per_tensor]:
-        assert_same_bits(ops.int8_linear(xq, xs, wq, ws, b, out_dtype), ref.int8_linear(xq, xs, wq, ws, b, out_dtype))
+        expected = ref.int8_linear(xq, xs, wq, ws, b, out_dtype)
+        assert_same_bits(ops.int8_linear(xq, xs, wq, ws, b, out_dtype), expected)
+        assert_same_bits(ops.int8_linear_packed(xq, xs, packed, w_sum, ws, b, out_dtype), expected)
+        assert_same_bits(ref.int8_linear_packed(xq, xs, packed, w_sum, ws, b, out_dtype), expected)
 
 
 def test_int8_linear_3d_and_non_contiguous(isa):
@@ -141,6 +145,10 @@ def test_int8_dynamic_linear_packed_bad_inputs_name_the_argument():
         ops.int8_dynamic_linear_packed(x.double(), packed, w_sum, w_scale)
     with pytest.raises(RuntimeError, match="w_packed must be on cpu like the input, got meta"):
         ops.int8_dynamic_linear_packed(x, packed.to("meta"), w_sum, w_scale)
+    with pytest.raises(TypeError, match="int8_linear_packed: xq must be int8"):
+        ops.int8_linear_packed(x, torch.ones(3), packed, w_sum, w_scale)
+    with pytest.raises(ValueError, match="int8_linear_packed: x_scale must have one element"):
+        ops.int8_linear_packed(random_int8((3, 8)), torch.ones(2), packed, w_sum, w_scale)
     with pytest.raises(ValueError, match="int8_weight_only_linear_packed: w_scale must have shape \\[4\\] \\(per "):
         ops.int8_weight_only_linear_packed(x, packed, w_sum, torch.ones(1))
     with pytest.raises(ValueError, match="int8_weight_only_linear_packed: w_packed must have shape"):
@@ -234,7 +242,7 @@ def test_empty_batches(isa):
         assert ops.int8_weight_only_linear(x, wq, w_scale).shape == (*m_shape[:-1], 9)
 
 
-@pytest.mark.parametrize("case", range(6))
+@pytest.mark.parametrize("case", range(7))
 def test_opcheck(case):
     x = random_input((5, 37))
     xq, x_scale = ops.quantize_per_token(x)
@@ -248,6 +256,7 @@ def test_opcheck(case):
         (e.int8_weight_only_linear.default, (x, wg, wg_scale, None, 16)),
         (e.int8_dynamic_linear_packed.default, (x, *ops.int8_pack_weight(wq), w_scale, torch.randn(6))),
         (e.int8_weight_only_linear_packed.default, (x.bfloat16(), *ops.int8_pack_weight(wq), w_scale, None)),
+        (e.int8_linear_packed.default, (xq, x_scale, *ops.int8_pack_weight(wq), w_scale, None, torch.float16)),
     ]
     opcheck(*cases[case])
 

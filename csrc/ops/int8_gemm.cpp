@@ -25,6 +25,41 @@ constexpr int64_t kW8A16DirectMaxM = 16;
 
 static_assert(kBlockN % cpu::kPackCols == 0, "packed column groups must not straddle output blocks");
 
+// The output in blocks of at most kBlockM x kBlockN (int32 scratch of that size per thread,
+// row stride kBlockN), made smaller while there are fewer than two per thread (rows first,
+// down to 12, a multiple of every row tile; then columns, down to one packed group) so
+// that a small layer keeps every core busy. Blocks are numbered column-block-major:
+// consecutive blocks of one thread share their weights.
+struct OutputBlocks {
+  int64_t m, n, rows = kBlockM, cols = kBlockN;
+
+  OutputBlocks(int64_t m_, int64_t n_) : m(m_), n(n_) {
+    const int64_t wanted = 2 * at::get_num_threads();
+    while (count() < wanted) {
+      if (rows > 12 && m > rows / 2) {
+        rows /= 2;
+      } else if (cols > cpu::kPackCols && n > cols / 2) {
+        cols /= 2;
+      } else {
+        break;
+      }
+    }
+  }
+  int64_t blocks_m() const { return (m + rows - 1) / rows; }
+  int64_t count() const { return blocks_m() * ((n + cols - 1) / cols); }
+
+  // f(i0, mb, j0, nb) for every block, in parallel.
+  template <typename F>
+  void parallel(const F& f) const {
+    at::parallel_for(0, count(), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t block = begin; block < end; ++block) {
+        const int64_t i0 = block % blocks_m() * rows, j0 = block / blocks_m() * cols;
+        f(i0, std::min(rows, m - i0), j0, std::min(cols, n - j0));
+      }
+    });
+  }
+};
+
 // out[m, n] = (acc[m, n] * x_scale[m]) * w_scale[n] + bias[n] over blocks of the output in
 // parallel; block_product(i0, mb, j0, nb, acc) writes the block's int32 products (row
 // stride kBlockN) into acc.
@@ -38,18 +73,13 @@ void int8_blocks_into(int64_t m, int64_t n, const at::Tensor& x_scale, int64_t x
   auto* out_bytes = static_cast<char*>(out.data_ptr());
   const auto out_dtype = cpu_dtype(out.scalar_type());
   const int64_t out_row_bytes = n * out.element_size(), elem = out.element_size();
-  const int64_t blocks_m = (m + kBlockM - 1) / kBlockM, blocks_n = (n + kBlockN - 1) / kBlockN;
-  at::parallel_for(0, blocks_m * blocks_n, 1, [&](int64_t begin, int64_t end) {
+  OutputBlocks(m, n).parallel([&](int64_t i0, int64_t mb, int64_t j0, int64_t nb) {
     int32_t acc[kBlockM * kBlockN];
-    for (int64_t block = begin; block < end; ++block) {
-      const int64_t i0 = (block % blocks_m) * kBlockM, j0 = (block / blocks_m) * kBlockN;
-      const int64_t mb = std::min(kBlockM, m - i0), nb = std::min(kBlockN, n - j0);
-      block_product(i0, mb, j0, nb, acc);
-      for (int64_t i = 0; i < mb; ++i) {
-        kernels.epilogue_row(acc + i * kBlockN, nb, xs[(i0 + i) * x_stride], ws + j0 * w_stride, w_stride,
-                             bias_ptr == nullptr ? nullptr : bias_ptr + j0, out_dtype,
-                             out_bytes + (i0 + i) * out_row_bytes + j0 * elem);
-      }
+    block_product(i0, mb, j0, nb, acc);
+    for (int64_t i = 0; i < mb; ++i) {
+      kernels.epilogue_row(acc + i * kBlockN, nb, xs[(i0 + i) * x_stride], ws + j0 * w_stride, w_stride,
+                           bias_ptr == nullptr ? nullptr : bias_ptr + j0, out_dtype,
+                           out_bytes + (i0 + i) * out_row_bytes + j0 * elem);
     }
   });
 }
@@ -68,15 +98,15 @@ void int8_gemm_into(const at::Tensor& xq, const at::Tensor& x_scale, int64_t x_s
 }
 
 // xq [M, K] times packed weights (cpu::kPackCols x cpu::kPackDepth blocks) with their column sums.
-void int8_gemm_packed_into(const at::Tensor& xq, const at::Tensor& x_scale, const at::Tensor& w_packed,
-                           const at::Tensor& w_sum, const at::Tensor& w_scale, int64_t w_stride, const at::Tensor& bias,
-                           at::Tensor& out) {
+void int8_gemm_packed_into(const at::Tensor& xq, const at::Tensor& x_scale, int64_t x_stride,
+                           const at::Tensor& w_packed, const at::Tensor& w_sum, const at::Tensor& w_scale,
+                           int64_t w_stride, const at::Tensor& bias, at::Tensor& out) {
   const int64_t k = xq.size(1), group_stride = w_packed.size(1) * cpu::kPackBlock;
   const auto& kernels = cpu::int8_gemm_kernels();
   const int8_t* a = xq.data_ptr<int8_t>();
   const int8_t* b = w_packed.data_ptr<int8_t>();
   const int32_t* sums = w_sum.data_ptr<int32_t>();
-  int8_blocks_into(xq.size(0), w_sum.size(0), x_scale, 1, w_scale, w_stride, bias, out,
+  int8_blocks_into(xq.size(0), w_sum.size(0), x_scale, x_stride, w_scale, w_stride, bias, out,
                    [&](int64_t i0, int64_t mb, int64_t j0, int64_t nb, int32_t* acc) {
                      kernels.gemm_packed(a + i0 * k, k, mb, k, b + j0 / cpu::kPackCols * group_stride, sums + j0, nb,
                                          acc, kBlockN);
@@ -93,6 +123,21 @@ at::Tensor int8_linear(const at::Tensor& xq, const at::Tensor& x_scale, const at
   at::Tensor out_2d = out.view({-1, n});
   int8_gemm_into(xq.reshape({-1, k}).contiguous(), x_scale.contiguous(), x_stride, wq.contiguous(),
                  w_scale.contiguous(), w_stride, float_bias(bias), out_2d);
+  return out;
+}
+
+at::Tensor int8_linear_packed(const at::Tensor& xq, const at::Tensor& x_scale, const at::Tensor& w_packed,
+                              const at::Tensor& w_sum, const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
+                              at::ScalarType out_dtype) {
+  constexpr const char* op = "int8_linear_packed";
+  check_cpu(op, "xq", xq);
+  const auto [k, n, x_stride, w_stride] = check_int8_linear_packed(xq, x_scale, w_packed, w_sum, w_scale, bias,
+                                                                   out_dtype);
+  at::Tensor out = at::empty(linear_out_shape(xq, n), xq.options().dtype(out_dtype));
+  if (out.numel() == 0) return out;
+  at::Tensor out_2d = out.view({-1, n});
+  int8_gemm_packed_into(xq.reshape({-1, k}).contiguous(), x_scale.contiguous(), x_stride, w_packed.contiguous(),
+                        w_sum.contiguous(), w_scale.contiguous(), w_stride, float_bias(bias), out_2d);
   return out;
 }
 
@@ -120,8 +165,8 @@ at::Tensor int8_dynamic_linear_packed(const at::Tensor& x, const at::Tensor& w_p
   if (out.numel() == 0) return out;
   const auto [xq, x_scale] = quantize_per_token_cpu(x.reshape({-1, k}));
   at::Tensor out_2d = out.view({-1, n});
-  int8_gemm_packed_into(xq, x_scale, w_packed.contiguous(), w_sum.contiguous(), w_scale.contiguous(), w_stride,
-                        float_bias(bias), out_2d);
+  int8_gemm_packed_into(xq, x_scale, x_stride, w_packed.contiguous(), w_sum.contiguous(), w_scale.contiguous(),
+                        w_stride, float_bias(bias), out_2d);
   return out;
 }
 
@@ -150,23 +195,19 @@ bool w8a16_fixed_point(const at::Tensor& x2, int limbs, int64_t n, const at::Ten
   const float* ws = w_scale.data_ptr<float>();
   const float* bias_ptr = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
   T* o = out.data_ptr<T>();
-  const int64_t blocks_m = (m + kBlockM - 1) / kBlockM, blocks_n = (n + kBlockN - 1) / kBlockN;
-  at::parallel_for(0, blocks_m * blocks_n, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int32_t> acc(static_cast<size_t>(kBlockM * limbs * kBlockN));
-    for (int64_t block = begin; block < end; ++block) {
-      const int64_t i0 = (block % blocks_m) * kBlockM, j0 = (block / blocks_m) * kBlockN;
-      const int64_t mb = std::min(kBlockM, m - i0), nb = std::min(kBlockN, n - j0);
-      block_gemm(rows.data() + i0 * limbs * k, mb * limbs, j0, nb, acc.data());
-      for (int64_t i = 0; i < mb; ++i) {
-        for (int64_t j = 0; j < nb; ++j) {
-          // The digits' products combined exactly in int64, then one rounding to float
-          // (2^-24 relative, below the activations' step).
-          int64_t dot = 0;
-          for (int d = 0; d < limbs; ++d) dot = dot * 256 + acc[(i * limbs + d) * kBlockN + j];
-          float y = static_cast<float>(dot) * x_scales[i0 + i] * ws[j0 + j];
-          if (bias_ptr != nullptr) y += bias_ptr[j0 + j];
-          o[(i0 + i) * n + j0 + j] = T(y);
-        }
+  OutputBlocks(m, n).parallel([&](int64_t i0, int64_t mb, int64_t j0, int64_t nb) {
+    thread_local std::vector<int32_t> acc;  // per thread, kept between calls
+    acc.resize(static_cast<size_t>(kBlockM * limbs * kBlockN));
+    block_gemm(rows.data() + i0 * limbs * k, mb * limbs, j0, nb, acc.data());
+    for (int64_t i = 0; i < mb; ++i) {
+      for (int64_t j = 0; j < nb; ++j) {
+        // The digits' products combined exactly in int64, then one rounding to float
+        // (2^-24 relative, below the activations' step).
+        int64_t dot = 0;
+        for (int d = 0; d < limbs; ++d) dot = dot * 256 + acc[(i * limbs + d) * kBlockN + j];
+        float y = static_cast<float>(dot) * x_scales[i0 + i] * ws[j0 + j];
+        if (bias_ptr != nullptr) y += bias_ptr[j0 + j];
+        o[(i0 + i) * n + j0 + j] = T(y);
       }
     }
   });
@@ -269,6 +310,7 @@ at::Tensor int8_weight_only_linear_packed(const at::Tensor& x, const at::Tensor&
 TORCH_LIBRARY_IMPL(effgen, CPU, m) {
   m.impl("int8_linear", &int8_linear);
   m.impl("int8_dynamic_linear", &int8_dynamic_linear);
+  m.impl("int8_linear_packed", &int8_linear_packed);
   m.impl("int8_dynamic_linear_packed", &int8_dynamic_linear_packed);
   m.impl("int8_weight_only_linear", &int8_weight_only_linear);
   m.impl("int8_weight_only_linear_packed", &int8_weight_only_linear_packed);

@@ -149,6 +149,22 @@ inline std::pair<int64_t, int64_t> check_packed_weight(const char* op, const at:
   return {n, check_channel_scale(op, w_scale, n)};
 }
 
+inline Int8LinearShape check_int8_linear_packed(const at::Tensor& xq, const at::Tensor& x_scale,
+                                                const at::Tensor& w_packed, const at::Tensor& w_sum,
+                                                const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
+                                                at::ScalarType out_dtype) {
+  constexpr const char* op = "int8_linear_packed";
+  TORCH_CHECK_TYPE(xq.scalar_type() == at::kChar, op, ": xq must be int8, got ", xq.scalar_type());
+  check_out_dtype(op, out_dtype);
+  Int8LinearShape s{};
+  s.k = check_activation_rows(op, "xq", xq);
+  s.x_stride = check_row_scale(op, "x_scale", x_scale, xq);
+  std::tie(s.n, s.w_stride) = check_packed_weight(op, w_packed, w_sum, w_scale, s.k, xq);
+  check_bias(op, bias, s.n, xq);
+  check_k_bound(op, s.k);
+  return s;
+}
+
 inline Int8LinearShape check_int8_dynamic_linear_packed(const at::Tensor& x, const at::Tensor& w_packed,
                                                         const at::Tensor& w_sum, const at::Tensor& w_scale,
                                                         const std::optional<at::Tensor>& bias) {

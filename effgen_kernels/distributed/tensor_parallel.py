@@ -341,8 +341,12 @@ class RowParallelLinear(nn.Module):
         absmax = x.detach().float().abs().amax(dim=-1, keepdim=True)
         dist.all_reduce(absmax, op=dist.ReduceOp.MAX, group=self.group)
         xq, x_scale = reference.symmetric_int8(x, absmax)
-        y = ops.int8_linear(xq.reshape(-1, xq.shape[-1]), x_scale.reshape(-1), self.local.weight,
-                            self.local.weight_scale, None, x.dtype)
+        xq, x_scale, local = xq.reshape(-1, xq.shape[-1]), x_scale.reshape(-1), self.local
+        if local.weight_packed is not None:
+            y = ops.int8_linear_packed(xq, x_scale, local.weight_packed, local.weight_sum, local.weight_scale, None,
+                                       x.dtype)
+        else:
+            y = ops.int8_linear(xq, x_scale, local.weight, local.weight_scale, None, x.dtype)
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
