@@ -149,10 +149,12 @@ def int8_weight_only_linear(x: torch.Tensor, wq: torch.Tensor, w_scale: torch.Te
 
 def int8_weight_only_linear_packed(x: torch.Tensor, w_packed: torch.Tensor, w_sum: torch.Tensor,
                                    w_scale: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """W8A16 with per-channel scales from int8_pack_weight's layout (CPU), any number of rows:
-    the activations as fixed point per token (15 bits of the row's absmax for bf16/fp16, 22
-    for fp32) on the packed int8 GEMM, which reads the weights once and never dequantizes
-    them. Rows holding Inf or NaN go through the float kernel, which propagates them."""
+    """W8A16 with per-channel scales from int8_pack_weight's layout (CPU). Up to 16 rows, and
+    while the weights outnumber the activations (M (K + N) <= N K), the activations run as
+    fixed point per token (15 bits of the row's absmax for bf16/fp16, 22 for fp32) on the
+    packed int8 GEMM, which reads the weights once and never dequantizes them; larger
+    batches dequantize the weights once for torch's GEMM. Rows holding Inf or NaN go through
+    the float kernel, which propagates them."""
     return _ops.int8_weight_only_linear_packed(x, w_packed, w_sum, w_scale, bias)
 
 

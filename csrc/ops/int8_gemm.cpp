@@ -178,51 +178,39 @@ at::Tensor int8_dynamic_linear_packed(const at::Tensor& x, const at::Tensor& w_p
 // with 3 limbs 22 bits (absmax / 2^23). block_gemm(a, rows, j0, nb, acc) writes the int32
 // products of `rows` digit rows with output columns [j0, j0 + nb) into acc (row stride
 // kBlockN). Returns false (nothing written) when x holds Inf or NaN.
-template <typename T, typename BlockGemm>
+template <typename BlockGemm>
 bool w8a16_fixed_point(const at::Tensor& x2, int limbs, int64_t n, const at::Tensor& w_scale, const at::Tensor& bias_f,
                        at::Tensor& out, const BlockGemm& block_gemm) {
   const int64_t m = x2.size(0), k = x2.size(1);
-  std::vector<int8_t> rows(static_cast<size_t>(m * limbs * k));
-  std::vector<float> x_scales(static_cast<size_t>(m));
+  // Uninitialized (every byte is written): a zero fill cost as much as the conversion.
+  const at::Tensor digit_rows = at::empty({m * limbs, k}, x2.options().dtype(at::kChar));
+  const at::Tensor scales = at::empty({m}, x2.options().dtype(at::kFloat));
+  int8_t* rows = digit_rows.data_ptr<int8_t>();
+  float* x_scales = scales.data_ptr<float>();
   std::atomic<bool> finite{true};
   at::parallel_for(0, m, 1, [&](int64_t i0, int64_t i1) {
-    if (!cpu::split_fixed_point_rows(cpu_dtype(x2.scalar_type()), x2.data_ptr(), k, limbs, i0, i1, rows.data(),
-                                     x_scales.data())) {
+    if (!cpu::split_fixed_point_rows(cpu_dtype(x2.scalar_type()), x2.data_ptr(), k, limbs, i0, i1, rows, x_scales)) {
       finite = false;
     }
   });
   if (!finite) return false;
+  const auto& kernels = cpu::int8_gemm_kernels();
   const float* ws = w_scale.data_ptr<float>();
   const float* bias_ptr = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
-  T* o = out.data_ptr<T>();
+  auto* out_bytes = static_cast<char*>(out.data_ptr());
+  const auto out_dtype = cpu_dtype(out.scalar_type());
+  const int64_t elem = out.element_size();
   OutputBlocks(m, n).parallel([&](int64_t i0, int64_t mb, int64_t j0, int64_t nb) {
     thread_local std::vector<int32_t> acc;  // per thread, kept between calls
     acc.resize(static_cast<size_t>(kBlockM * limbs * kBlockN));
-    block_gemm(rows.data() + i0 * limbs * k, mb * limbs, j0, nb, acc.data());
+    block_gemm(rows + i0 * limbs * k, mb * limbs, j0, nb, acc.data());
     for (int64_t i = 0; i < mb; ++i) {
-      for (int64_t j = 0; j < nb; ++j) {
-        // The digits' products combined exactly in int64, then one rounding to float
-        // (2^-24 relative, below the activations' step).
-        int64_t dot = 0;
-        for (int d = 0; d < limbs; ++d) dot = dot * 256 + acc[(i * limbs + d) * kBlockN + j];
-        float y = static_cast<float>(dot) * x_scales[i0 + i] * ws[j0 + j];
-        if (bias_ptr != nullptr) y += bias_ptr[j0 + j];
-        o[(i0 + i) * n + j0 + j] = T(y);
-      }
+      kernels.digits_epilogue_row(acc.data() + i * limbs * kBlockN, kBlockN, limbs, nb, x_scales[i0 + i], ws + j0,
+                                  bias_ptr == nullptr ? nullptr : bias_ptr + j0, out_dtype,
+                                  out_bytes + ((i0 + i) * n + j0) * elem);
     }
   });
   return true;
-}
-
-// w8a16_fixed_point for x's dtype (fp32, bf16 or fp16).
-template <typename BlockGemm>
-bool w8a16_fixed_point_any(const at::Tensor& x2, int limbs, int64_t n, const at::Tensor& w_scale,
-                           const at::Tensor& bias_f, at::Tensor& out, const BlockGemm& block_gemm) {
-  switch (x2.scalar_type()) {
-    case at::kBFloat16: return w8a16_fixed_point<at::BFloat16>(x2, limbs, n, w_scale, bias_f, out, block_gemm);
-    case at::kHalf: return w8a16_fixed_point<at::Half>(x2, limbs, n, w_scale, bias_f, out, block_gemm);
-    default: return w8a16_fixed_point<float>(x2, limbs, n, w_scale, bias_f, out, block_gemm);
-  }
 }
 
 at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& w_scale,
@@ -247,7 +235,7 @@ at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, co
     const auto canonical_gemm = [&](const int8_t* a, int64_t rows, int64_t j0, int64_t nb, int32_t* acc) {
       kernels.gemm_s8s8s32(a, k, b + j0 * k, k, rows, nb, k, acc, kBlockN);
     };
-    if (w8a16_fixed_point_any(x2, 2, n, s, bias_f, out_2d, canonical_gemm)) return out;
+    if (w8a16_fixed_point(x2, 2, n, s, bias_f, out_2d, canonical_gemm)) return out;
   }
   at::parallel_for(0, (n + kBlockN - 1) / kBlockN, 1, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
@@ -299,9 +287,15 @@ at::Tensor int8_weight_only_linear_packed(const at::Tensor& x, const at::Tensor&
     kernels.gemm_packed(a, k, rows, k, b + j0 / cpu::kPackCols * group_stride, sums.data_ptr<int32_t>() + j0, nb, acc,
                         kBlockN);
   };
+  // A batch whose activations outnumber the weights (M (K + N) > N K) costs more to convert
+  // (digits in, epilogue out, per element) than the weights cost to dequantize once for
+  // torch's GEMM, the canonical op's way beyond decode sizes.
+  const bool fixed_point = m <= kW8A16DirectMaxM || m * (k + n) <= n * k;
   const int limbs = x.scalar_type() == at::kFloat ? 3 : 2;
-  if (w8a16_fixed_point_any(x2, limbs, n, w_scale.contiguous(), float_bias(bias), out_2d, packed_gemm)) return out;
-  // Inf or NaN in x: the float kernel propagates them.
+  if (fixed_point && w8a16_fixed_point(x2, limbs, n, w_scale.contiguous(), float_bias(bias), out_2d, packed_gemm)) {
+    return out;
+  }
+  // (or Inf / NaN in x: the float kernel propagates them)
   return int8_weight_only_linear(x, unpack_weight(packed, n, k), w_scale, bias, std::nullopt);
 }
 

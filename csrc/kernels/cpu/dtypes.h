@@ -10,6 +10,8 @@ namespace effgen::cpu {
 
 enum class DType { kF32, kBF16, kF16 };
 
+constexpr int64_t dtype_size(DType t) { return t == DType::kF32 ? 4 : 2; }
+
 struct bf16 {
   uint16_t bits;
 };

@@ -51,6 +51,11 @@ struct Int8GemmKernels {
   //   out[j] = float(c[j]) * a_scale * b_scale[j * b_stride] (+ bias[j] when bias != nullptr)
   void (*epilogue_row)(const int32_t* c, int64_t n, float a_scale, const float* b_scale, int64_t b_stride,
                        const float* bias, DType out_dtype, void* out);
+  // epilogue_row for W8A16 on fixed-point activations (split_fixed_point_rows): dot[j] =
+  // sum_d 256^(digits-1-d) c[d * digit_stride + j], exact, rounded once to float; then
+  // out[j] = dot[j] * a_scale * b_scale[j] (+ bias[j]), per-channel b_scale.
+  void (*digits_epilogue_row)(const int32_t* c, int64_t digit_stride, int digits, int64_t n, float a_scale,
+                              const float* b_scale, const float* bias, DType out_dtype, void* out);
   // The W8A16 product of W8A16Args for its m x n block (weights converted in registers).
   void (*w8a16_gemm)(const W8A16Args& args);
 };

@@ -97,8 +97,12 @@ void gemm_packed(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_
   }
 }
 
-template <typename Out>
-void epilogue_row_t(const int32_t* c, int64_t n, float a_scale, const float* b_scale, int64_t b_stride,
+inline typename S::F load_lanes(const int32_t* p) { return S::load_i32(p); }
+inline typename S::F load_lanes(const float* p) { return S::load(p); }
+
+// out[j] = (c[j] * a_scale) * b_scale[j] (+ bias[j]) for int32 or float c.
+template <typename In, typename Out>
+void epilogue_row_t(const In* c, int64_t n, float a_scale, const float* b_scale, int64_t b_stride,
                     const float* bias, Out* out) {
   const auto as = S::set1(a_scale);
   auto lanes = [&](typename S::F acc, typename S::F bs, const float* bias_at) {
@@ -108,11 +112,11 @@ void epilogue_row_t(const int32_t* c, int64_t n, float a_scale, const float* b_s
   int64_t j = 0;
   for (; j + S::kWidth <= n; j += S::kWidth) {
     const auto bs = b_stride == 0 ? S::set1(b_scale[0]) : S::load(b_scale + j);
-    S::store(out + j, lanes(S::load_i32(c + j), bs, bias == nullptr ? nullptr : bias + j));
+    S::store(out + j, lanes(load_lanes(c + j), bs, bias == nullptr ? nullptr : bias + j));
   }
   if (j < n) {  // tail through zero-padded buffers, same arithmetic
     const int64_t rest = n - j;
-    int32_t c_tail[S::kWidth] = {};
+    In c_tail[S::kWidth] = {};
     float bs_tail[S::kWidth] = {}, bias_tail[S::kWidth] = {};
     Out out_tail[S::kWidth] = {};
     for (int64_t t = 0; t < rest; ++t) {
@@ -120,17 +124,42 @@ void epilogue_row_t(const int32_t* c, int64_t n, float a_scale, const float* b_s
       bs_tail[t] = b_scale[b_stride == 0 ? 0 : j + t];
       if (bias != nullptr) bias_tail[t] = bias[j + t];
     }
-    S::store(out_tail, lanes(S::load_i32(c_tail), S::load(bs_tail), bias == nullptr ? nullptr : bias_tail));
+    S::store(out_tail, lanes(load_lanes(c_tail), S::load(bs_tail), bias == nullptr ? nullptr : bias_tail));
     for (int64_t t = 0; t < rest; ++t) out[j + t] = out_tail[t];
+  }
+}
+
+template <typename In>
+void epilogue_row_any(const In* c, int64_t n, float a_scale, const float* b_scale, int64_t b_stride,
+                      const float* bias, DType out_dtype, void* out) {
+  switch (out_dtype) {
+    case DType::kBF16: return epilogue_row_t(c, n, a_scale, b_scale, b_stride, bias, static_cast<bf16*>(out));
+    case DType::kF16: return epilogue_row_t(c, n, a_scale, b_scale, b_stride, bias, static_cast<fp16*>(out));
+    case DType::kF32: return epilogue_row_t(c, n, a_scale, b_scale, b_stride, bias, static_cast<float*>(out));
   }
 }
 
 void epilogue_row(const int32_t* c, int64_t n, float a_scale, const float* b_scale, int64_t b_stride,
                   const float* bias, DType out_dtype, void* out) {
-  switch (out_dtype) {
-    case DType::kBF16: return epilogue_row_t(c, n, a_scale, b_scale, b_stride, bias, static_cast<bf16*>(out));
-    case DType::kF16: return epilogue_row_t(c, n, a_scale, b_scale, b_stride, bias, static_cast<fp16*>(out));
-    case DType::kF32: return epilogue_row_t(c, n, a_scale, b_scale, b_stride, bias, static_cast<float*>(out));
+  epilogue_row_any(c, n, a_scale, b_scale, b_stride, bias, out_dtype, out);
+}
+
+// The digit rows' products combined exactly (in double: below 2^53), rounded once to
+// float, then the epilogue of epilogue_row, a chunk of columns at a time.
+void digits_epilogue_row(const int32_t* c, int64_t digit_stride, int digits, int64_t n, float a_scale,
+                         const float* b_scale, const float* bias, DType out_dtype, void* out) {
+  constexpr int64_t kChunk = 64;
+  float dots[kChunk];
+  const int64_t out_bytes = dtype_size(out_dtype);
+  for (int64_t j0 = 0; j0 < n; j0 += kChunk) {
+    const int64_t nc = n - j0 < kChunk ? n - j0 : kChunk;
+    for (int64_t j = 0; j < nc; ++j) {
+      double dot = c[j0 + j];
+      for (int d = 1; d < digits; ++d) dot = dot * 256.0 + c[d * digit_stride + j0 + j];
+      dots[j] = static_cast<float>(dot);
+    }
+    epilogue_row_any(dots, nc, a_scale, b_scale + j0, 1, bias == nullptr ? nullptr : bias + j0, out_dtype,
+                     static_cast<char*>(out) + j0 * out_bytes);
   }
 }
 
@@ -272,4 +301,4 @@ void w8a16_gemm(const W8A16Args& p) {
   }
 }
 
-const Int8GemmKernels kGemmTable{gemm_s8s8s32, gemm_packed, epilogue_row, w8a16_gemm};
+const Int8GemmKernels kGemmTable{gemm_s8s8s32, gemm_packed, epilogue_row, digits_epilogue_row, w8a16_gemm};

@@ -9,6 +9,7 @@ namespace effgen::cpu {
 namespace {
 
 constexpr float kRoundMagic = 12582912.0f;  // 1.5 * 2^23
+constexpr int64_t kChunk = 256;              // columns converted at a time
 
 // Plain comparisons, not std::fmax / std::fmin: those honour NaN and were libm calls on
 // the baseline ISA (5 ns per value); NaN and Inf are caught by the finiteness test instead.
@@ -27,19 +28,28 @@ bool split_rows_t(const T* x, int64_t k, int limbs, int64_t i0, int64_t i1, int8
     if (!finite) return false;
     scales[i] = absmax / kMax;
     const float inv = absmax > 0.0f ? kMax / absmax : 0.0f;
-    for (int64_t c = 0; c < k; ++c) {
-      // Round half to even by adding and subtracting 1.5 * 2^23 (exact for |v| < 2^22, in
-      // the default rounding mode; nearbyint is a libm call on the baseline ISA). The clamp
-      // absorbs |x| * inv exceeding split_max by a rounding.
-      float v = to_f32(row[c]) * inv;
-      v = v > kMax ? kMax : (v < -kMax ? -kMax : v);
-      int32_t a = static_cast<int32_t>((v + kRoundMagic) - kRoundMagic);
-      for (int j = limbs - 1; j > 0; --j) {  // least significant digit first
-        const int32_t low = ((a + 128) & 255) - 128;  // two's complement: the balanced low byte
-        rows[(i * limbs + j) * k + c] = static_cast<int8_t>(low);
-        a = (a - low) / 256;
+    // A chunk of columns at a time, digit row by digit row: loops the compiler vectorises.
+    for (int64_t c0 = 0; c0 < k; c0 += kChunk) {
+      const int64_t nc = k - c0 < kChunk ? k - c0 : kChunk;
+      int32_t a[kChunk];
+      for (int64_t c = 0; c < nc; ++c) {
+        // Round half to even by adding and subtracting 1.5 * 2^23 (exact for |v| < 2^22,
+        // in the default rounding mode; nearbyint is a libm call on the baseline ISA). The
+        // clamp absorbs |x| * inv exceeding split_max by a rounding.
+        float v = to_f32(row[c0 + c]) * inv;
+        v = v > kMax ? kMax : (v < -kMax ? -kMax : v);
+        a[c] = static_cast<int32_t>((v + kRoundMagic) - kRoundMagic);
       }
-      rows[i * limbs * k + c] = static_cast<int8_t>(a);
+      for (int j = limbs - 1; j > 0; --j) {  // least significant digit first
+        int8_t* digit = rows + (i * limbs + j) * k + c0;
+        for (int64_t c = 0; c < nc; ++c) {
+          const int32_t low = ((a[c] + 128) & 255) - 128;  // two's complement: the balanced low byte
+          digit[c] = static_cast<int8_t>(low);
+          a[c] = (a[c] - low) >> 8;  // exact: the low byte is gone
+        }
+      }
+      int8_t* leading = rows + i * limbs * k + c0;
+      for (int64_t c = 0; c < nc; ++c) leading[c] = static_cast<int8_t>(a[c]);
     }
   }
   return true;
