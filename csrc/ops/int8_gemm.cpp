@@ -26,24 +26,18 @@ constexpr int64_t kW8A16DirectMaxM = 16;
 static_assert(kBlockN % cpu::kPackCols == 0, "packed column groups must not straddle output blocks");
 
 // The output in blocks of at most kBlockM x kBlockN (int32 scratch of that size per thread,
-// row stride kBlockN), made smaller while there are fewer than two per thread (rows first,
-// down to 12, a multiple of every row tile; then columns, down to one packed group) so
-// that a small layer keeps every core busy. Blocks are numbered column-block-major:
+// row stride kBlockN), made smaller so that a small layer keeps every core busy: rows are
+// halved (down to 12, a multiple of every row tile) while there are fewer than 8 blocks
+// per thread, which costs little; columns (down to 32) only while there are fewer than 2,
+// since narrower tiles reuse each activation less. Blocks are numbered column-block-major:
 // consecutive blocks of one thread share their weights.
 struct OutputBlocks {
   int64_t m, n, rows = kBlockM, cols = kBlockN;
 
   OutputBlocks(int64_t m_, int64_t n_) : m(m_), n(n_) {
-    const int64_t wanted = 2 * at::get_num_threads();
-    while (count() < wanted) {
-      if (rows > 12 && m > rows / 2) {
-        rows /= 2;
-      } else if (cols > cpu::kPackCols && n > cols / 2) {
-        cols /= 2;
-      } else {
-        break;
-      }
-    }
+    const int64_t threads = at::get_num_threads();
+    while (count() < 8 * threads && rows > 12 && m > rows / 2) rows /= 2;
+    while (count() < 2 * threads && cols > 2 * cpu::kPackCols && n > cols / 2) cols /= 2;
   }
   int64_t blocks_m() const { return (m + rows - 1) / rows; }
   int64_t count() const { return blocks_m() * ((n + cols - 1) / cols); }
