@@ -182,7 +182,9 @@ bool w8a16_fixed_point(const at::Tensor& x2, int limbs, int64_t n, const at::Ten
   int8_t* rows = digit_rows.data_ptr<int8_t>();
   float* x_scales = scales.data_ptr<float>();
   std::atomic<bool> finite{true};
-  at::parallel_for(0, m, 1, [&](int64_t i0, int64_t i1) {
+  // At least 32K values per task: a decode-sized split runs inline, without a fork and join.
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, k));
+  at::parallel_for(0, m, grain, [&](int64_t i0, int64_t i1) {
     if (!cpu::split_fixed_point_rows(cpu_dtype(x2.scalar_type()), x2.data_ptr(), k, limbs, i0, i1, rows, x_scales)) {
       finite = false;
     }
