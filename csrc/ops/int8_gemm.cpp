@@ -54,13 +54,34 @@ struct OutputBlocks {
   }
 };
 
-// out[m, n] = (acc[m, n] * x_scale[m]) * w_scale[n] + bias[n] over blocks of the output in
-// parallel; block_product(i0, mb, j0, nb, acc) writes the block's int32 products (row
-// stride kBlockN) into acc.
-template <typename BlockProduct>
-void int8_blocks_into(int64_t m, int64_t n, const at::Tensor& x_scale, int64_t x_stride, const at::Tensor& w_scale,
-                      int64_t w_stride, const at::Tensor& bias, at::Tensor& out, const BlockProduct& block_product) {
+// Block products: product(a, rows, j0, nb, acc) writes the int32 products of `rows`
+// activation rows (from a, row stride k) with output columns [j0, j0 + nb) into acc (row
+// stride kBlockN).
+auto canonical_product(const at::Tensor& wq, int64_t k) {
+  return [&kernels = cpu::int8_gemm_kernels(), b = wq.data_ptr<int8_t>(), k](const int8_t* a, int64_t rows, int64_t j0,
+                                                                             int64_t nb, int32_t* acc) {
+    kernels.gemm_s8s8s32(a, k, b + j0 * k, k, rows, nb, k, acc, kBlockN);
+  };
+}
+
+// For weights packed in cpu::kPackCols x cpu::kPackDepth blocks with their column sums.
+auto packed_product(const at::Tensor& w_packed, const at::Tensor& w_sum, int64_t k) {
+  return [&kernels = cpu::int8_gemm_kernels(), b = w_packed.data_ptr<int8_t>(), sums = w_sum.data_ptr<int32_t>(),
+          group_stride = w_packed.size(1) * cpu::kPackBlock,
+          k](const int8_t* a, int64_t rows, int64_t j0, int64_t nb, int32_t* acc) {
+    kernels.gemm_packed(a, k, rows, k, b + j0 / cpu::kPackCols * group_stride, sums + j0, nb, acc, kBlockN);
+  };
+}
+
+// out[m, n] = (acc[m, n] * x_scale[m]) * w_scale[n] + bias[n] for xq [M, K] over blocks of
+// the output in parallel, acc from a block product (above).
+template <typename Product>
+void int8_gemm_into(const at::Tensor& xq, const at::Tensor& x_scale, int64_t x_stride, int64_t n,
+                    const at::Tensor& w_scale, int64_t w_stride, const at::Tensor& bias, at::Tensor& out,
+                    const Product& product) {
+  const int64_t m = xq.size(0), k = xq.size(1);
   const auto& kernels = cpu::int8_gemm_kernels();
+  const int8_t* a = xq.data_ptr<int8_t>();
   const float* xs = x_scale.data_ptr<float>();
   const float* ws = w_scale.data_ptr<float>();
   const float* bias_ptr = bias.defined() ? bias.data_ptr<float>() : nullptr;
@@ -69,42 +90,13 @@ void int8_blocks_into(int64_t m, int64_t n, const at::Tensor& x_scale, int64_t x
   const int64_t out_row_bytes = n * out.element_size(), elem = out.element_size();
   OutputBlocks(m, n).parallel([&](int64_t i0, int64_t mb, int64_t j0, int64_t nb) {
     int32_t acc[kBlockM * kBlockN];
-    block_product(i0, mb, j0, nb, acc);
+    product(a + i0 * k, mb, j0, nb, acc);
     for (int64_t i = 0; i < mb; ++i) {
       kernels.epilogue_row(acc + i * kBlockN, nb, xs[(i0 + i) * x_stride], ws + j0 * w_stride, w_stride,
                            bias_ptr == nullptr ? nullptr : bias_ptr + j0, out_dtype,
                            out_bytes + (i0 + i) * out_row_bytes + j0 * elem);
     }
   });
-}
-
-// xq [M, K] times the canonical wq [N, K].
-void int8_gemm_into(const at::Tensor& xq, const at::Tensor& x_scale, int64_t x_stride, const at::Tensor& wq,
-                    const at::Tensor& w_scale, int64_t w_stride, const at::Tensor& bias, at::Tensor& out) {
-  const int64_t k = xq.size(1);
-  const auto& kernels = cpu::int8_gemm_kernels();
-  const int8_t* a = xq.data_ptr<int8_t>();
-  const int8_t* b = wq.data_ptr<int8_t>();
-  int8_blocks_into(xq.size(0), wq.size(0), x_scale, x_stride, w_scale, w_stride, bias, out,
-                   [&](int64_t i0, int64_t mb, int64_t j0, int64_t nb, int32_t* acc) {
-                     kernels.gemm_s8s8s32(a + i0 * k, k, b + j0 * k, k, mb, nb, k, acc, kBlockN);
-                   });
-}
-
-// xq [M, K] times packed weights (cpu::kPackCols x cpu::kPackDepth blocks) with their column sums.
-void int8_gemm_packed_into(const at::Tensor& xq, const at::Tensor& x_scale, int64_t x_stride,
-                           const at::Tensor& w_packed, const at::Tensor& w_sum, const at::Tensor& w_scale,
-                           int64_t w_stride, const at::Tensor& bias, at::Tensor& out) {
-  const int64_t k = xq.size(1), group_stride = w_packed.size(1) * cpu::kPackBlock;
-  const auto& kernels = cpu::int8_gemm_kernels();
-  const int8_t* a = xq.data_ptr<int8_t>();
-  const int8_t* b = w_packed.data_ptr<int8_t>();
-  const int32_t* sums = w_sum.data_ptr<int32_t>();
-  int8_blocks_into(xq.size(0), w_sum.size(0), x_scale, x_stride, w_scale, w_stride, bias, out,
-                   [&](int64_t i0, int64_t mb, int64_t j0, int64_t nb, int32_t* acc) {
-                     kernels.gemm_packed(a + i0 * k, k, mb, k, b + j0 / cpu::kPackCols * group_stride, sums + j0, nb,
-                                         acc, kBlockN);
-                   });
 }
 
 at::Tensor int8_linear(const at::Tensor& xq, const at::Tensor& x_scale, const at::Tensor& wq,
@@ -115,8 +107,9 @@ at::Tensor int8_linear(const at::Tensor& xq, const at::Tensor& x_scale, const at
   at::Tensor out = at::empty(linear_out_shape(xq, n), xq.options().dtype(out_dtype));
   if (out.numel() == 0) return out;
   at::Tensor out_2d = out.view({-1, n});
-  int8_gemm_into(xq.reshape({-1, k}).contiguous(), x_scale.contiguous(), x_stride, wq.contiguous(),
-                 w_scale.contiguous(), w_stride, float_bias(bias), out_2d);
+  const at::Tensor w = wq.contiguous();
+  int8_gemm_into(xq.reshape({-1, k}).contiguous(), x_scale.contiguous(), x_stride, n, w_scale.contiguous(), w_stride,
+                 float_bias(bias), out_2d, canonical_product(w, k));
   return out;
 }
 
@@ -130,8 +123,9 @@ at::Tensor int8_linear_packed(const at::Tensor& xq, const at::Tensor& x_scale, c
   at::Tensor out = at::empty(linear_out_shape(xq, n), xq.options().dtype(out_dtype));
   if (out.numel() == 0) return out;
   at::Tensor out_2d = out.view({-1, n});
-  int8_gemm_packed_into(xq.reshape({-1, k}).contiguous(), x_scale.contiguous(), x_stride, w_packed.contiguous(),
-                        w_sum.contiguous(), w_scale.contiguous(), w_stride, float_bias(bias), out_2d);
+  const at::Tensor packed = w_packed.contiguous(), sums = w_sum.contiguous();
+  int8_gemm_into(xq.reshape({-1, k}).contiguous(), x_scale.contiguous(), x_stride, n, w_scale.contiguous(), w_stride,
+                 float_bias(bias), out_2d, packed_product(packed, sums, k));
   return out;
 }
 
@@ -146,7 +140,9 @@ at::Tensor int8_dynamic_linear(const at::Tensor& x, const at::Tensor& wq, const 
   // of x (an eighth of fp32 traffic) and is read straight back from cache for small M.
   const auto [xq, x_scale] = quantize_per_token_cpu(x.reshape({-1, k}));
   at::Tensor out_2d = out.view({-1, n});
-  int8_gemm_into(xq, x_scale, x_stride, wq.contiguous(), w_scale.contiguous(), w_stride, float_bias(bias), out_2d);
+  const at::Tensor w = wq.contiguous();
+  int8_gemm_into(xq, x_scale, x_stride, n, w_scale.contiguous(), w_stride, float_bias(bias), out_2d,
+                 canonical_product(w, k));
   return out;
 }
 
@@ -159,8 +155,9 @@ at::Tensor int8_dynamic_linear_packed(const at::Tensor& x, const at::Tensor& w_p
   if (out.numel() == 0) return out;
   const auto [xq, x_scale] = quantize_per_token_cpu(x.reshape({-1, k}));
   at::Tensor out_2d = out.view({-1, n});
-  int8_gemm_packed_into(xq, x_scale, x_stride, w_packed.contiguous(), w_sum.contiguous(), w_scale.contiguous(),
-                        w_stride, float_bias(bias), out_2d);
+  const at::Tensor packed = w_packed.contiguous(), sums = w_sum.contiguous();
+  int8_gemm_into(xq, x_scale, x_stride, n, w_scale.contiguous(), w_stride, float_bias(bias), out_2d,
+                 packed_product(packed, sums, k));
   return out;
 }
 
@@ -169,12 +166,11 @@ at::Tensor int8_dynamic_linear_packed(const at::Tensor& x, const at::Tensor& w_p
 // once, over m * limbs rows. With 2 limbs the activations keep 15 bits relative to the
 // row's absmax: at least bf16's 8 significant bits for every element above absmax / 2^7
 // (fp16's 11 above absmax / 2^4), and an absolute error of at most absmax / 2^16 below;
-// with 3 limbs 22 bits (absmax / 2^23). block_gemm(a, rows, j0, nb, acc) writes the int32
-// products of `rows` digit rows with output columns [j0, j0 + nb) into acc (row stride
-// kBlockN). Returns false (nothing written) when x holds Inf or NaN.
-template <typename BlockGemm>
+// with 3 limbs 22 bits (absmax / 2^23). `product` is a block product (above) over the
+// digit rows. Returns false (nothing written) when x holds Inf or NaN.
+template <typename Product>
 bool w8a16_fixed_point(const at::Tensor& x2, int limbs, int64_t n, const at::Tensor& w_scale, const at::Tensor& bias_f,
-                       at::Tensor& out, const BlockGemm& block_gemm) {
+                       at::Tensor& out, const Product& product) {
   const int64_t m = x2.size(0), k = x2.size(1);
   // Uninitialized (every byte is written): a zero fill cost as much as the conversion.
   const at::Tensor digit_rows = at::empty({m * limbs, k}, x2.options().dtype(at::kChar));
@@ -199,7 +195,7 @@ bool w8a16_fixed_point(const at::Tensor& x2, int limbs, int64_t n, const at::Ten
   OutputBlocks(m, n).parallel([&](int64_t i0, int64_t mb, int64_t j0, int64_t nb) {
     thread_local std::vector<int32_t> acc;  // per thread, kept between calls
     acc.resize(static_cast<size_t>(kBlockM * limbs * kBlockN));
-    block_gemm(rows + i0 * limbs * k, mb * limbs, j0, nb, acc.data());
+    product(rows + i0 * limbs * k, mb * limbs, j0, nb, acc.data());
     for (int64_t i = 0; i < mb; ++i) {
       kernels.digits_epilogue_row(acc.data() + i * limbs * kBlockN, kBlockN, limbs, nb, x_scales[i0 + i], ws + j0,
                                   bias_ptr == nullptr ? nullptr : bias_ptr + j0, out_dtype,
@@ -226,12 +222,9 @@ at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, co
   const at::Tensor bias_f = float_bias(bias);
   at::Tensor out_2d = out.view({m, n});
   const auto& kernels = cpu::int8_gemm_kernels();
-  if (groups == 1 && k <= cpu::kMaxExactInt8K && x.scalar_type() != at::kFloat) {
-    const int8_t* b = w.data_ptr<int8_t>();
-    const auto canonical_gemm = [&](const int8_t* a, int64_t rows, int64_t j0, int64_t nb, int32_t* acc) {
-      kernels.gemm_s8s8s32(a, k, b + j0 * k, k, rows, nb, k, acc, kBlockN);
-    };
-    if (w8a16_fixed_point(x2, 2, n, s, bias_f, out_2d, canonical_gemm)) return out;
+  if (groups == 1 && k <= cpu::kMaxExactInt8K && x.scalar_type() != at::kFloat &&
+      w8a16_fixed_point(x2, 2, n, s, bias_f, out_2d, canonical_product(w, k))) {
+    return out;
   }
   at::parallel_for(0, (n + kBlockN - 1) / kBlockN, 1, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
@@ -276,19 +269,13 @@ at::Tensor int8_weight_only_linear_packed(const at::Tensor& x, const at::Tensor&
   if (out.numel() == 0) return out;
   const at::Tensor x2 = x.reshape({m, k}).contiguous(), packed = w_packed.contiguous(), sums = w_sum.contiguous();
   at::Tensor out_2d = out.view({m, n});
-  const auto& kernels = cpu::int8_gemm_kernels();
-  const int64_t group_stride = packed.size(1) * cpu::kPackBlock;
-  const int8_t* b = packed.data_ptr<int8_t>();
-  const auto packed_gemm = [&](const int8_t* a, int64_t rows, int64_t j0, int64_t nb, int32_t* acc) {
-    kernels.gemm_packed(a, k, rows, k, b + j0 / cpu::kPackCols * group_stride, sums.data_ptr<int32_t>() + j0, nb, acc,
-                        kBlockN);
-  };
   // A batch whose activations outnumber the weights (M (K + N) > N K) costs more to convert
   // (digits in, epilogue out, per element) than the weights cost to dequantize once for
   // torch's GEMM, the canonical op's way beyond decode sizes.
   const bool fixed_point = m <= kW8A16DirectMaxM || m * (k + n) <= n * k;
   const int limbs = x.scalar_type() == at::kFloat ? 3 : 2;
-  if (fixed_point && w8a16_fixed_point(x2, limbs, n, w_scale.contiguous(), float_bias(bias), out_2d, packed_gemm)) {
+  if (fixed_point && w8a16_fixed_point(x2, limbs, n, w_scale.contiguous(), float_bias(bias), out_2d,
+                                       packed_product(packed, sums, k))) {
     return out;
   }
   // (or Inf / NaN in x: the float kernel propagates them)

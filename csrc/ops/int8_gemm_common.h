@@ -97,34 +97,54 @@ struct Int8LinearShape {
   int64_t k, n, x_stride, w_stride;
 };
 
-inline Int8LinearShape check_int8_linear(const at::Tensor& xq, const at::Tensor& x_scale, const at::Tensor& wq,
-                                         const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
-                                         at::ScalarType out_dtype) {
-  constexpr const char* op = "int8_linear";
+// The W8A8 checks around a weight check: weight(k) returns {N, stride of w_scale}.
+template <typename WeightCheck>
+Int8LinearShape check_w8a8(const char* op, const at::Tensor& xq, const at::Tensor& x_scale,
+                           const std::optional<at::Tensor>& bias, at::ScalarType out_dtype, const WeightCheck& weight) {
   TORCH_CHECK_TYPE(xq.scalar_type() == at::kChar, op, ": xq must be int8, got ", xq.scalar_type());
   check_out_dtype(op, out_dtype);
   Int8LinearShape s{};
   s.k = check_activation_rows(op, "xq", xq);
   s.x_stride = check_row_scale(op, "x_scale", x_scale, xq);
-  s.n = check_int8_weight(op, wq, w_scale, s.k, xq);
-  s.w_stride = check_channel_scale(op, w_scale, s.n);
+  std::tie(s.n, s.w_stride) = weight(s.k);
   check_bias(op, bias, s.n, xq);
   check_k_bound(op, s.k);
   return s;
 }
 
-inline Int8LinearShape check_int8_dynamic_linear(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& w_scale,
-                                                 const std::optional<at::Tensor>& bias) {
-  constexpr const char* op = "int8_dynamic_linear";
+// ... and with float activations quantized per token inside the op.
+template <typename WeightCheck>
+Int8LinearShape check_dynamic_w8a8(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& bias,
+                                   const WeightCheck& weight) {
   check_float_input(op, "x", x);
   Int8LinearShape s{};
   s.k = check_activation_rows(op, "x", x);
   s.x_stride = 1;
-  s.n = check_int8_weight(op, wq, w_scale, s.k, x);
-  s.w_stride = check_channel_scale(op, w_scale, s.n);
+  std::tie(s.n, s.w_stride) = weight(s.k);
   check_bias(op, bias, s.n, x);
   check_k_bound(op, s.k);
   return s;
+}
+
+// Canonical weights: {N, stride of w_scale}.
+inline std::pair<int64_t, int64_t> check_canonical_weight(const char* op, const at::Tensor& wq,
+                                                          const at::Tensor& w_scale, int64_t k, const at::Tensor& x) {
+  const int64_t n = check_int8_weight(op, wq, w_scale, k, x);
+  return {n, check_channel_scale(op, w_scale, n)};
+}
+
+inline Int8LinearShape check_int8_linear(const at::Tensor& xq, const at::Tensor& x_scale, const at::Tensor& wq,
+                                         const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
+                                         at::ScalarType out_dtype) {
+  constexpr const char* op = "int8_linear";
+  return check_w8a8(op, xq, x_scale, bias, out_dtype,
+                    [&](int64_t k) { return check_canonical_weight(op, wq, w_scale, k, xq); });
+}
+
+inline Int8LinearShape check_int8_dynamic_linear(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& w_scale,
+                                                 const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "int8_dynamic_linear";
+  return check_dynamic_w8a8(op, x, bias, [&](int64_t k) { return check_canonical_weight(op, wq, w_scale, k, x); });
 }
 
 // Packed weights as cpu::kPackCols x cpu::kPackDepth blocks ([ceil(N/16), ceil(K/4), 64]
@@ -154,29 +174,16 @@ inline Int8LinearShape check_int8_linear_packed(const at::Tensor& xq, const at::
                                                 const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
                                                 at::ScalarType out_dtype) {
   constexpr const char* op = "int8_linear_packed";
-  TORCH_CHECK_TYPE(xq.scalar_type() == at::kChar, op, ": xq must be int8, got ", xq.scalar_type());
-  check_out_dtype(op, out_dtype);
-  Int8LinearShape s{};
-  s.k = check_activation_rows(op, "xq", xq);
-  s.x_stride = check_row_scale(op, "x_scale", x_scale, xq);
-  std::tie(s.n, s.w_stride) = check_packed_weight(op, w_packed, w_sum, w_scale, s.k, xq);
-  check_bias(op, bias, s.n, xq);
-  check_k_bound(op, s.k);
-  return s;
+  return check_w8a8(op, xq, x_scale, bias, out_dtype,
+                    [&](int64_t k) { return check_packed_weight(op, w_packed, w_sum, w_scale, k, xq); });
 }
 
 inline Int8LinearShape check_int8_dynamic_linear_packed(const at::Tensor& x, const at::Tensor& w_packed,
                                                         const at::Tensor& w_sum, const at::Tensor& w_scale,
                                                         const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "int8_dynamic_linear_packed";
-  check_float_input(op, "x", x);
-  Int8LinearShape s{};
-  s.k = check_activation_rows(op, "x", x);
-  s.x_stride = 1;
-  std::tie(s.n, s.w_stride) = check_packed_weight(op, w_packed, w_sum, w_scale, s.k, x);
-  check_bias(op, bias, s.n, x);
-  check_k_bound(op, s.k);
-  return s;
+  return check_dynamic_w8a8(op, x, bias,
+                            [&](int64_t k) { return check_packed_weight(op, w_packed, w_sum, w_scale, k, x); });
 }
 
 struct W8A16PackedShape {

@@ -132,7 +132,6 @@ class Int8Linear(_QuantizedLinearBase):
         super().__init__(in_features, out_features, bias, (out_features,), device, dtype)
         self.register_buffer("input_smoothing",
                              torch.ones(in_features, dtype=torch.float32, device=device) if smoothing else None)
-
         self.weight = self._buffers["weight"]  # in the layout of this device
 
     def _packs_on(self, device: torch.device) -> bool:

@@ -139,11 +139,6 @@ void epilogue_row_any(const In* c, int64_t n, float a_scale, const float* b_scal
   }
 }
 
-void epilogue_row(const int32_t* c, int64_t n, float a_scale, const float* b_scale, int64_t b_stride,
-                  const float* bias, DType out_dtype, void* out) {
-  epilogue_row_any(c, n, a_scale, b_scale, b_stride, bias, out_dtype, out);
-}
-
 // The digit rows' products combined exactly (in double: below 2^53), rounded once to
 // float, then the epilogue of epilogue_row, a chunk of columns at a time.
 void digits_epilogue_row(const int32_t* c, int64_t digit_stride, int digits, int64_t n, float a_scale,
@@ -301,4 +296,5 @@ void w8a16_gemm(const W8A16Args& p) {
   }
 }
 
-const Int8GemmKernels kGemmTable{gemm_s8s8s32, gemm_packed, epilogue_row, digits_epilogue_row, w8a16_gemm};
+const Int8GemmKernels kGemmTable{gemm_s8s8s32, gemm_packed, epilogue_row_any<int32_t>, digits_epilogue_row,
+                                  w8a16_gemm};
