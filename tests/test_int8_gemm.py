@@ -202,6 +202,24 @@ def test_w8a16_fixed_point_activations_propagate_nan_and_inf(isa, dtype):
         torch.testing.assert_close(out, expected, **w8a16_tolerance(dtype), equal_nan=True)
 
 
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_w8a16_tiny_rows_keep_their_precision(isa, dtype):
+    # A row whose absmax is tiny (here ~1e-35) would need a fixed-point step below the
+    # normal floats and a reciprocal past the largest one: such rows must still come out
+    # right (relative to their own size), next to ordinary rows and zero rows. (fp16 has no
+    # such values: its smallest rows are checked the same way.)
+    tiny = [1e-35, 1e-30] if dtype != torch.float16 else [1e-6, 1e-4]
+    x = (random_input((4, 48), scale=1.0) * torch.tensor([1.0, tiny[0], 0.0, tiny[1]])[:, None]).to(dtype)
+    wq, w_scale = ops.quantize_per_channel(random_input((24, 48), scale=0.05), 0)
+    expected = ref.int8_weight_only_linear(x, wq, w_scale).double()
+    size = x.double().abs().amax(1, keepdim=True).clamp_min(1e-300)
+    for out in [ops.int8_weight_only_linear(x, wq, w_scale),
+                ops.int8_weight_only_linear_packed(x, *ops.int8_pack_weight(wq), w_scale)]:
+        assert out[2].eq(0).all()
+        torch.testing.assert_close(out.double() / size, expected / size, **w8a16_tolerance(dtype))
+
+
+
 @pytest.mark.parametrize("dtype,packed", [(torch.bfloat16, False), (torch.bfloat16, True), (torch.float32, True)])
 def test_w8a16_fixed_point_activations_stay_within_their_error_bound(isa, dtype, packed):
     # Activations as fixed point per token (bf16: 2 int8 digits, largest value 32639; fp32

@@ -162,12 +162,13 @@ at::Tensor int8_dynamic_linear_packed(const at::Tensor& x, const at::Tensor& w_p
 }
 
 // W8A16 with per-channel scales as an int8 GEMM: the activations as fixed point per token
-// in `limbs` int8 digits (cpu::split_fixed_point_rows), so the product streams the weights
+// in `limbs` int8 digits (split_fixed_point_rows, cpu/int8_gemm.h), so the product streams the weights
 // once, over m * limbs rows. With 2 limbs the activations keep 15 bits relative to the
 // row's absmax: at least bf16's 8 significant bits for every element above absmax / 2^7
 // (fp16's 11 above absmax / 2^4), and an absolute error of at most absmax / 2^16 below;
 // with 3 limbs 22 bits (absmax / 2^23). `product` is a block product (above) over the
-// digit rows. Returns false (nothing written) when x holds Inf or NaN.
+// digit rows. Returns false (nothing written) when a row of x holds Inf or NaN or is too
+// small for fixed point (absmax below 2^-100).
 template <typename Product>
 bool w8a16_fixed_point(const at::Tensor& x2, int limbs, int64_t n, const at::Tensor& w_scale, const at::Tensor& bias_f,
                        at::Tensor& out, const Product& product) {
@@ -177,16 +178,16 @@ bool w8a16_fixed_point(const at::Tensor& x2, int limbs, int64_t n, const at::Ten
   const at::Tensor scales = at::empty({m}, x2.options().dtype(at::kFloat));
   int8_t* rows = digit_rows.data_ptr<int8_t>();
   float* x_scales = scales.data_ptr<float>();
-  std::atomic<bool> finite{true};
+  const auto& kernels = cpu::int8_gemm_kernels();
+  std::atomic<bool> representable{true};
   // At least 32K values per task: a decode-sized split runs inline, without a fork and join.
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, k));
   at::parallel_for(0, m, grain, [&](int64_t i0, int64_t i1) {
-    if (!cpu::split_fixed_point_rows(cpu_dtype(x2.scalar_type()), x2.data_ptr(), k, limbs, i0, i1, rows, x_scales)) {
-      finite = false;
+    if (!kernels.split_fixed_point_rows(cpu_dtype(x2.scalar_type()), x2.data_ptr(), k, limbs, i0, i1, rows, x_scales)) {
+      representable = false;
     }
   });
-  if (!finite) return false;
-  const auto& kernels = cpu::int8_gemm_kernels();
+  if (!representable) return false;
   const float* ws = w_scale.data_ptr<float>();
   const float* bias_ptr = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
   auto* out_bytes = static_cast<char*>(out.data_ptr());
@@ -278,7 +279,7 @@ at::Tensor int8_weight_only_linear_packed(const at::Tensor& x, const at::Tensor&
                                        packed_product(packed, sums, k))) {
     return out;
   }
-  // (or Inf / NaN in x: the float kernel propagates them)
+  // (or Inf / NaN in x, which the float kernel propagates, or a row too small for fixed point)
   return int8_weight_only_linear(x, unpack_weight(packed, n, k), w_scale, bias, std::nullopt);
 }
 

@@ -25,6 +25,9 @@ inline uint32_t f32_bits(float f) {
   return u;
 }
 
+// Largest |x| bits a finite float can have; absmax bits above it mean Inf or NaN was seen.
+constexpr uint32_t kMaxFiniteBits = 0x7F7FFFFFu;
+
 inline float f32_from_bits(uint32_t u) {
   float f;
   std::memcpy(&f, &u, sizeof f);

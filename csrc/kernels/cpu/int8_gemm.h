@@ -38,6 +38,17 @@ struct W8A16Args {
 constexpr int64_t kPackCols = 16, kPackDepth = 4;
 constexpr int64_t kPackBlock = kPackCols * kPackDepth;
 
+// W8A16 on the int8 GEMM: activations as fixed point per token in `limbs` int8 digits of
+// base 256. x[i] = scales[i] * a[i], a = round_half_even(x / scales[i]) with
+// |a| <= split_max(limbs), written as a = sum_j 256^(limbs-1-j) d_j with d_j int8 (every
+// digit but the first in [-128, 127]); digit j of row i is row i * limbs + j of rows
+// ([m * limbs, k], so a block of tokens is a block of rows). Then
+// x[i] . w = scales[i] * sum_j 256^(limbs-1-j) (d_j[i] . w) exactly, from one int8 GEMM
+// over m * limbs rows. scales[i] = absmax / split_max(limbs) (0 for a zero row). 2 limbs
+// keep 15 bits (16-bit activations), 3 keep 22 (fp32; the conversion rounds exactly up to
+// 2^22). Int8GemmKernels::split_fixed_point_rows does the conversion.
+constexpr int32_t split_max(int limbs) { return limbs == 2 ? 127 * 256 + 127 : (1 << 22) - 1; }
+
 struct Int8GemmKernels {
   // c[i * ldc + j] = sum_k a[i * lda + k] * b[j * ldb + k], exact in int32 for k <= kMaxExactInt8K.
   void (*gemm_s8s8s32)(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t m, int64_t n, int64_t k,
@@ -51,6 +62,11 @@ struct Int8GemmKernels {
   //   out[j] = float(c[j]) * a_scale * b_scale[j * b_stride] (+ bias[j] when bias != nullptr)
   void (*epilogue_row)(const int32_t* c, int64_t n, float a_scale, const float* b_scale, int64_t b_stride,
                        const float* bias, DType out_dtype, void* out);
+  // W8A16 activations as fixed point (above): rows [i0, i1) of x [m, k] into digit rows and
+  // scales; false, outputs unspecified, when a row holds Inf or NaN or its absmax is below
+  // 2^-100 (so small that the float kernel must take it).
+  bool (*split_fixed_point_rows)(DType dtype, const void* x, int64_t k, int limbs, int64_t i0, int64_t i1,
+                                 int8_t* rows, float* scales);
   // epilogue_row for W8A16 on fixed-point activations (split_fixed_point_rows): dot[j] =
   // sum_d 256^(digits-1-d) c[d * digit_stride + j], exact, rounded once to float; then
   // out[j] = dot[j] * a_scale * b_scale[j] (+ bias[j]), per-channel b_scale.
@@ -59,20 +75,6 @@ struct Int8GemmKernels {
   // The W8A16 product of W8A16Args for its m x n block (weights converted in registers).
   void (*w8a16_gemm)(const W8A16Args& args);
 };
-
-// W8A16 on the int8 GEMM: activations as fixed point per token in `limbs` int8 digits of
-// base 256. x[i] = scales[i] * a[i], a = round_half_even(x / scales[i]) with
-// |a| <= split_max(limbs), written as a = sum_j 256^(limbs-1-j) d_j with d_j int8 (every
-// digit but the first in [-128, 127]); digit j of row i is row i * limbs + j of rows
-// ([m * limbs, k], so a block of tokens is a block of rows). Then
-// x[i] . w = scales[i] * sum_j 256^(limbs-1-j) (d_j[i] . w) exactly, from one int8 GEMM
-// over m * limbs rows. scales[i] = absmax / split_max(limbs) (0 for a zero row). 2 limbs
-// keep 15 bits (16-bit activations), 3 keep 22 (fp32; the conversion rounds exactly up to
-// 2^22). Converts rows [i0, i1) of the m; returns false, leaving the outputs unspecified,
-// when one holds Inf or NaN.
-constexpr int32_t split_max(int limbs) { return limbs == 2 ? 127 * 256 + 127 : (1 << 22) - 1; }
-bool split_fixed_point_rows(DType dtype, const void* x, int64_t k, int limbs, int64_t i0, int64_t i1,
-                            int8_t* rows, float* scales);
 
 const Int8GemmKernels& int8_gemm_kernels_scalar();
 const Int8GemmKernels& int8_gemm_kernels_avx2();

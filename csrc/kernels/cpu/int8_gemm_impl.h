@@ -18,6 +18,8 @@
 // b + g * group_stride) and stores the first n_valid columns; kPackedTileM and
 // kPackedTileGroups are the largest MR and NG.
 
+#include "simd_rows.h"
+
 // f.template operator()<mr, nr>() for runtime mr <= MR, nr <= NR (compile-time sizes keep
 // accumulators in registers).
 template <int MR, int NR, int kMaxN = NR, typename F>
@@ -158,6 +160,64 @@ void digits_epilogue_row(const int32_t* c, int64_t digit_stride, int digits, int
   }
 }
 
+// ---- W8A16 activations as fixed point (split_fixed_point_rows in int8_gemm.h) -----------
+// Digits are taken in float, exactly (every value is an integer below 2^23): the balanced
+// low byte of a is a - 256 floor((a + 128) / 256), in [-128, 127], and the quotient is
+// what the digits above hold.
+
+template <typename T>
+void store_lanes(T* p, typename S::F v, int64_t count) {
+  if (count == S::kWidth) return S::store(p, v);
+  Lanes<T> buf{};
+  S::store(buf.v, v);
+  std::memcpy(p, buf.v, static_cast<size_t>(count) * sizeof(T));
+}
+
+// `count` lanes of fixed-point values a as `limbs` digit rows k apart, leading digit first.
+inline void store_digits(typename S::F a, int limbs, int8_t* leading, int64_t k, int64_t count) {
+  for (int j = limbs - 1; j > 0; --j) {
+    const auto above = S::floor(S::mul(S::add(a, S::set1(128.0f)), S::set1(1.0f / 256.0f)));
+    store_lanes(leading + j * k, S::sub(a, S::mul(above, S::set1(256.0f))), count);
+    a = above;
+  }
+  store_lanes(leading, a, count);
+}
+
+// Rows this small would need a step below the normal floats (and a reciprocal beyond the
+// largest one): they go to the float kernel like rows that are not finite.
+constexpr float kMinSplitAbsmax = 0x1p-100f;
+
+template <typename T>
+bool split_rows_t(const T* x, int64_t k, int limbs, int64_t i0, int64_t i1, int8_t* rows, float* scales) {
+  const float largest = static_cast<float>(split_max(limbs));
+  for (int64_t i = i0; i < i1; ++i) {
+    const T* row = x + i * k;
+    const uint32_t bits = absmax_bits_t(row, k);
+    const float absmax = f32_from_bits(bits);
+    if (bits > kMaxFiniteBits || (absmax > 0.0f && absmax < kMinSplitAbsmax)) return false;
+    scales[i] = absmax / largest;
+    const auto inv = S::set1(absmax > 0.0f ? largest / absmax : 0.0f), limit = S::set1(largest);
+    int8_t* leading = rows + i * limbs * k;
+    auto convert = [&](typename S::F v, int64_t c, int64_t count) {
+      store_digits(round_to_limit(v, inv, limit), limbs, leading + c, k, count);
+    };
+    int64_t c = 0;
+    for (; c + S::kWidth <= k; c += S::kWidth) convert(S::load(row + c), c, S::kWidth);
+    if (c < k) convert(S::load(pad_tail(row + c, k - c).v), c, k - c);
+  }
+  return true;
+}
+
+bool split_fixed_point_rows(DType dtype, const void* x, int64_t k, int limbs, int64_t i0, int64_t i1, int8_t* rows,
+                            float* scales) {
+  switch (dtype) {
+    case DType::kBF16: return split_rows_t(static_cast<const bf16*>(x), k, limbs, i0, i1, rows, scales);
+    case DType::kF16: return split_rows_t(static_cast<const fp16*>(x), k, limbs, i0, i1, rows, scales);
+    case DType::kF32: break;
+  }
+  return split_rows_t(static_cast<const float*>(x), k, limbs, i0, i1, rows, scales);
+}
+
 // ---- W8A16 ------------------------------------------------------------------------------
 // A kW16M x kW16N register tile over one output block; per group, the partial dot products
 // are scaled once and added to the totals.
@@ -296,5 +356,5 @@ void w8a16_gemm(const W8A16Args& p) {
   }
 }
 
-const Int8GemmKernels kGemmTable{gemm_s8s8s32, gemm_packed, epilogue_row_any<int32_t>, digits_epilogue_row,
-                                  w8a16_gemm};
+const Int8GemmKernels kGemmTable{gemm_s8s8s32,        gemm_packed, epilogue_row_any<int32_t>,
+                                  split_fixed_point_rows, digits_epilogue_row, w8a16_gemm};

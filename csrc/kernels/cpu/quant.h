@@ -10,9 +10,6 @@
 
 namespace effgen::cpu {
 
-// Largest |x| bits a finite float can have; absmax bits above it mean Inf or NaN was seen.
-constexpr uint32_t kMaxFiniteBits = 0x7F7FFFFFu;
-
 struct FakeQuantParams {
   const float* scale;       // per channel
   const float* inv_scale;   // 1.0f / scale, as PyTorch computes it

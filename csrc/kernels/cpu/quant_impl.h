@@ -5,26 +5,17 @@
 //
 // S provides: kWidth; vector types F (fp32 lanes), I (u32 lanes), B (lane mask);
 // load/store of float, bf16, fp16 and int8 lanes; set1, mul, add, sub, min, max,
-// round_even; abs_bits, max_bits, hmax_bits, load_bits, store_bits; ge, le, land,
+// round_even, floor; abs_bits, max_bits, hmax_bits, load_bits, store_bits; ge, le, land,
 // store_bool.
 //
 // Tails shorter than a vector go through a zero-filled stack buffer, so the vector body is
 // the only arithmetic and the tail rounds exactly like the rest of the run.
 
-#include "simd_tail.h"
+#include "simd_rows.h"
 
 template <typename T>
 typename S::F param(const T* p, int64_t i, int64_t stride) {
   return stride == 0 ? S::set1(p[0]) : S::load(p + i);
-}
-
-template <typename T>
-uint32_t absmax_bits_t(const T* x, int64_t n) {
-  typename S::I acc = S::zero_bits();
-  int64_t i = 0;
-  for (; i + S::kWidth <= n; i += S::kWidth) acc = S::max_bits(acc, S::abs_bits(S::load(x + i)));
-  if (i < n) acc = S::max_bits(acc, S::abs_bits(S::load(pad_tail(x + i, n - i).v)));
-  return S::hmax_bits(acc);
 }
 
 template <typename T>
@@ -40,11 +31,9 @@ void absmax_bits_accumulate_t(const T* x, int64_t n, uint32_t* acc) {
   }
 }
 
-// One vector of symmetric quantization: round half to even first, then saturate, so the
-// int conversion that follows is exact.
+// One vector of symmetric int8 quantization.
 inline typename S::F quantize_lanes(typename S::F x, typename S::F inv_scale) {
-  const typename S::F limit = S::set1(127.0f);
-  return S::min(S::max(S::round_even(S::mul(x, inv_scale)), S::sub(S::set1(0.0f), limit)), limit);
+  return round_to_limit(x, inv_scale, S::set1(127.0f));
 }
 
 template <typename T>

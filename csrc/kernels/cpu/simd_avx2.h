@@ -37,7 +37,7 @@ struct S {
   static void store(fp16* p, F v) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
-  // Callers pass integral values already saturated to [-127, 127].
+  // Callers pass integral values in [-128, 127] (saturated first).
   static void store(int8_t* p, F v) {
     const __m256i i32 = _mm256_cvttps_epi32(v);
     const __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
@@ -61,6 +61,7 @@ struct S {
   static F min(F a, F b) { return _mm256_min_ps(a, b); }
   static F max(F a, F b) { return _mm256_max_ps(a, b); }
   static F round_even(F v) { return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static F floor(F v) { return _mm256_floor_ps(v); }
 
   static I zero_bits() { return _mm256_setzero_si256(); }
   static I abs_bits(F v) { return _mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(0x7FFFFFFF)); }

@@ -18,7 +18,7 @@ struct S {
   static void store(float* p, F v) { *p = v; }
   static void store(bf16* p, F v) { *p = from_f32<bf16>(v); }
   static void store(fp16* p, F v) { *p = from_f32<fp16>(v); }
-  // Callers saturate to [-127, 127] first, so the conversion is exact.
+  // Callers pass integral values in [-128, 127] (saturated first): the conversion is exact.
   static void store(int8_t* p, F v) { *p = static_cast<int8_t>(v); }
 
   static float hsum(F v) { return v; }
@@ -30,6 +30,7 @@ struct S {
   static F min(F a, F b) { return b < a ? b : a; }
   static F max(F a, F b) { return a < b ? b : a; }
   static F round_even(F v) { return std::nearbyint(v); }  // default rounding mode: half to even
+  static F floor(F v) { return std::floor(v); }
 
   static I zero_bits() { return 0; }
   static I abs_bits(F v) { return f32_bits(v) & 0x7FFFFFFFu; }
