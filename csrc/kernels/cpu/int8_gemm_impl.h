@@ -146,15 +146,18 @@ void epilogue_row_any(const In* c, int64_t n, float a_scale, const float* b_scal
 void digits_epilogue_row(const int32_t* c, int64_t digit_stride, int digits, int64_t n, float a_scale,
                          const float* b_scale, const float* bias, DType out_dtype, void* out) {
   constexpr int64_t kChunk = 64;
+  double exact[kChunk];
   float dots[kChunk];
   const int64_t out_bytes = dtype_size(out_dtype);
   for (int64_t j0 = 0; j0 < n; j0 += kChunk) {
     const int64_t nc = n - j0 < kChunk ? n - j0 : kChunk;
-    for (int64_t j = 0; j < nc; ++j) {
-      double dot = c[j0 + j];
-      for (int d = 1; d < digits; ++d) dot = dot * 256.0 + c[d * digit_stride + j0 + j];
-      dots[j] = static_cast<float>(dot);
+    // Digit by digit over the chunk: loops the compiler vectorises.
+    for (int64_t j = 0; j < nc; ++j) exact[j] = c[j0 + j];
+    for (int d = 1; d < digits; ++d) {
+      const int32_t* digit = c + d * digit_stride + j0;
+      for (int64_t j = 0; j < nc; ++j) exact[j] = exact[j] * 256.0 + digit[j];
     }
+    for (int64_t j = 0; j < nc; ++j) dots[j] = static_cast<float>(exact[j]);
     epilogue_row_any(dots, nc, a_scale, b_scale + j0, 1, bias == nullptr ? nullptr : bias + j0, out_dtype,
                      static_cast<char*>(out) + j0 * out_bytes);
   }
