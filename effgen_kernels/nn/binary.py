@@ -104,9 +104,10 @@ class BinaryLinear(_PackedLinear):
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = self._buffers  # one lookup, not nn.Module.__getattr__ per buffer (see nn/int8.py)
         if self.binary_activations:
-            return ops.xnor_linear(x, self.weight_packed, self.alpha, self.bias)
-        return ops.binary_linear(x, self.weight_packed, self.alpha, self.bias, self.group_size, self.weight_lut)
+            return ops.xnor_linear(x, b["weight_packed"], b["alpha"], b["bias"])
+        return ops.binary_linear(x, b["weight_packed"], b["alpha"], b["bias"], self.group_size, b["weight_lut"])
 
     def extra_repr(self) -> str:
         alpha = "per-channel" if self.group_size is None else f"per-group (group_size={self.group_size})"
@@ -145,7 +146,8 @@ class TernaryLinear(_PackedLinear):
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.ternary_linear(x, self.weight_packed, self.weight_scale, self.bias, self.weight_lut)
+        b = self._buffers  # one lookup, not nn.Module.__getattr__ per buffer (see nn/int8.py)
+        return ops.ternary_linear(x, b["weight_packed"], b["weight_scale"], b["bias"], b["weight_lut"])
 
     def extra_repr(self) -> str:
         scale = "per-channel" if self.per_channel else "per-tensor"
