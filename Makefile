@@ -8,7 +8,7 @@ TORCH_VERSION := 2.14.1
 export CUDA_HOME ?= /usr/local/cuda
 export MAX_JOBS ?= 2
 
-.PHONY: run test build bench lint clean
+.PHONY: run test build bench lint sanitize clean
 
 run: build
 	$(VENV)/bin/effgen info
@@ -23,6 +23,19 @@ bench: build
 lint: $(VENV)/.deps
 	$(PY) -m pip install --quiet ruff
 	$(VENV)/bin/ruff check effgen_kernels tests benchmarks scripts examples
+
+# The CPU kernels built with AddressSanitizer and UBSan in a copy of the tree (so the normal
+# build stays), and the kernel tests run against them with the sanitizer runtime preloaded.
+SANITIZE_DIR := build/sanitize
+sanitize: build
+	rm -rf $(SANITIZE_DIR) && mkdir -p $(SANITIZE_DIR)
+	cp -r setup.py pyproject.toml README.md csrc effgen_kernels tests examples $(SANITIZE_DIR)/
+	cd $(SANITIZE_DIR) && EFFGEN_SANITIZE=address,undefined EFFGEN_CUDA=0 $(abspath $(PY)) setup.py -q build_ext --inplace
+	cd $(SANITIZE_DIR) && export LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+		ASAN_OPTIONS=detect_leaks=0 PYTHONPATH=. && \
+		$(abspath $(PY)) -c "import effgen_kernels as ek; assert '$(SANITIZE_DIR)' in ek.__file__, ek.__file__" && \
+		$(abspath $(PY)) -m pytest -q -p no:cacheprovider \
+			tests/test_quant.py tests/test_int8_gemm.py tests/test_binary.py tests/test_compress.py
 
 # torch comes first and the package is built against it without build isolation, so the
 # extension links the very torch it will run with.

@@ -73,6 +73,11 @@ def extension():
     # OpenMP); without the flag the pragma is dropped and every op runs on one thread.
     cxx = ["-O3", "-std=c++20", "-ffp-contract=off", "-fvisibility=hidden", "-fopenmp"]
     link = ["-fopenmp"]
+    # EFFGEN_SANITIZE=address,undefined: a checked build of the CPU kernels for `make sanitize`
+    # (Python must then run with the sanitizer runtime preloaded).
+    if sanitize := os.environ.get("EFFGEN_SANITIZE"):
+        checks = [f"-fsanitize={sanitize}", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
+        cxx, link = cxx + checks, link + checks
     info = {"torch_version": torch.__version__, "cuda": False, "cuda_archs": [], "cuda_version": None}
     if cuda_home is None:
         ext = CppExtension("effgen_kernels._C", cpu_sources, extra_compile_args={"cxx": cxx}, extra_link_args=link,

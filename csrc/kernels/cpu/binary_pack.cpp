@@ -38,7 +38,11 @@ bool pack_ternary_rows(const int8_t* q, int64_t rows, int64_t k, uint8_t* out) {
     for (int64_t i = 0; i < k; ++i) {
       const int8_t v = q[r * k + i];
       if (v < -1 || v > 1) return false;
-      if (v != 0) (v > 0 ? positive : negative)[i / 8] |= static_cast<uint8_t>(1u << (i % 8));
+      if (v == 0) continue;
+      // (A named pointer, not `(v > 0 ? positive : negative)[i / 8] |= ...`: GCC 12 with
+      // -fsanitize=shift miscompiled that form into wrong bits and a crash.)
+      uint8_t* plane_bits = v > 0 ? positive : negative;
+      plane_bits[i / 8] |= static_cast<uint8_t>(1u << (i % 8));
     }
   }
   return true;
