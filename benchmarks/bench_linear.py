@@ -25,6 +25,7 @@ QUICK_SHAPES = [(4096, 4096), (576, 1536)]
 CPU_M, QUICK_CPU_M = [1, 8, 64, 256, 1024], [1, 8, 64]
 GPU_SHAPES = [(8192, 8192), (4096, 11008), (11008, 4096)]
 GPU_M = [1, 16, 512, 2048]
+W8A16_GROUP = 128  # the per-group W8A16 layer measured beside the per-channel one
 
 
 def int8_peak_gops(device: torch.device) -> float:
@@ -43,6 +44,8 @@ def make_peers(linear: torch.nn.Linear, rotate: bool) -> dict[str, Rotation]:
     formats = {
         "int8": Rotation(lambda: ek.nn.Int8Linear.from_float(linear), n * k, rotate=rotate),
         "w8a16": Rotation(lambda: ek.nn.Int8WeightOnlyLinear.from_float(linear), n * k, rotate=rotate),
+        "w8a16 g128": Rotation(lambda: ek.nn.Int8WeightOnlyLinear.from_float(linear, group_size=W8A16_GROUP), n * k,
+                               rotate=rotate),
         "bf16": Rotation(lambda: (w.bfloat16(), b.bfloat16()), 2 * n * k, rotate=rotate),
     }
     if w.device.type == "cpu":
@@ -89,10 +92,12 @@ def run_shape(ctx: BenchContext, m: int, k: int, n: int, peak: float) -> list[Be
                                 bytes_moved=weight_bytes + m * k * 4 + m * n * 4, ops=2 * m * k * n, peak_gops=peak,
                                 reps=reps, warmup=warmup)
     if m <= DECODE_M:
-        results += ctx.measure_peers(FAMILY, "Int8WeightOnlyLinear (W8A16)", shape, torch.bfloat16,
-                                     lambda: rot["w8a16"].next()(x_bf16),
-                                     {"bf16 F.linear": peers["bf16 F.linear"]},
-                                     bytes_moved=weight_bytes + m * k * 2 + m * n * 2, reps=reps, warmup=warmup)
+        for name, layers in [("Int8WeightOnlyLinear (W8A16)", "w8a16"),
+                             (f"Int8WeightOnlyLinear (W8A16, group {W8A16_GROUP})", "w8a16 g128")]:
+            results += ctx.measure_peers(FAMILY, name, shape, torch.bfloat16,
+                                         lambda layers=layers: rot[layers].next()(x_bf16),
+                                         {"bf16 F.linear": peers["bf16 F.linear"]},
+                                         bytes_moved=weight_bytes + m * k * 2 + m * n * 2, reps=reps, warmup=warmup)
     return results
 
 

@@ -67,7 +67,7 @@ TORCH_LIBRARY(effgen, m) {
   m.def("int8_weight_only_linear(Tensor x, Tensor wq, Tensor w_scale, Tensor? bias=None, int? group_size=None) -> Tensor");
   // W8A16 with per-channel scales from int8_pack_weight's layout (CPU): the activations as
   // fixed point per token (15 bits for bf16/fp16, 22 for fp32) on the int8 GEMM.
-  m.def("int8_weight_only_linear_packed(Tensor x, Tensor w_packed, Tensor w_sum, Tensor w_scale, Tensor? bias=None) -> Tensor");
+  m.def("int8_weight_only_linear_packed(Tensor x, Tensor w_packed, Tensor w_sum, Tensor w_scale, Tensor? bias=None, int? group_size=None) -> Tensor");
 
   // --- binary_gemm family: bit k of a row is bit k % 8 of byte k / 8 (LSB first) --------
   // Sign bits of w [N, K] (>= 0 is 1) as uint8 [N, ceil(K/8)].

@@ -100,18 +100,27 @@ def int8_dynamic_linear(x: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor
     return _ops.int8_dynamic_linear(x, wq, w_scale, bias)
 
 
-def int8_pack_weight(wq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """int8 [N, K] -> (w_packed int8 [ceil(N/16), ceil(K/4), 64], w_sum int32 [N]) for
-    int8_dynamic_linear_packed: blocks of 16 output channels x 4 values of K (layout in
-    reference.py), so one 64-byte vector of weights feeds 16 outputs (AVX-512 VNNI), and the
-    column sums that undo the kernel's unsigned shift of the activations. A layout
-    transformation in torch ops, done once per layer; any device."""
+def int8_pack_weight(wq: torch.Tensor, group_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 [N, K] -> (w_packed int8 [ceil(N/16), ceil(K/4), 64], w_sum int32) for the
+    ``*_packed`` ops: blocks of 16 output channels x 4 values of K (layout in reference.py),
+    so one 64-byte vector of weights feeds 16 outputs (AVX-512 VNNI), and the column sums
+    that undo the kernel's unsigned shift of the activations: [N] per channel, or with
+    ``group_size`` (for per-group W8A16) [ceil(K / group_size), N], each group's sums. A
+    layout transformation in torch ops, done once per layer; any device."""
     if wq.dtype != torch.int8 or wq.dim() != 2:
         raise ValueError(f"int8_pack_weight: wq must be int8 [N, K], got {wq.dtype} of shape {tuple(wq.shape)}")
+    if group_size is not None and group_size <= 0:
+        raise ValueError(f"int8_pack_weight: group_size must be positive or None, got {group_size}")
     n, k = wq.shape
     padded = torch.nn.functional.pad(wq, (0, (-k) % 4, 0, (-n) % 16))
     blocks = padded.reshape(padded.shape[0] // 16, 16, padded.shape[1] // 4, 4).permute(0, 2, 1, 3)
-    return blocks.reshape(padded.shape[0] // 16, padded.shape[1] // 4, 64).contiguous(), wq.sum(1, dtype=torch.int32)
+    if group_size is None:
+        sums = wq.sum(1, dtype=torch.int32)
+    else:
+        groups = -(-k // group_size)
+        grouped = torch.nn.functional.pad(wq, (0, groups * group_size - k)).reshape(n, groups, group_size)
+        sums = grouped.sum(2, dtype=torch.int32).T.contiguous()
+    return blocks.reshape(padded.shape[0] // 16, padded.shape[1] // 4, 64).contiguous(), sums
 
 
 def int8_unpack_weight(w_packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
@@ -148,14 +157,17 @@ def int8_weight_only_linear(x: torch.Tensor, wq: torch.Tensor, w_scale: torch.Te
 
 
 def int8_weight_only_linear_packed(x: torch.Tensor, w_packed: torch.Tensor, w_sum: torch.Tensor,
-                                   w_scale: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """W8A16 with per-channel scales from int8_pack_weight's layout (CPU). Up to 16 rows, and
-    while the weights outnumber the activations (M (K + N) <= N K), the activations run as
-    fixed point per token (15 bits of the row's absmax for bf16/fp16, 22 for fp32) on the
-    packed int8 GEMM, which reads the weights once and never dequantizes them; larger
-    batches dequantize the weights once for torch's GEMM. Rows holding Inf or NaN go through
-    the float kernel, which propagates them."""
-    return _ops.int8_weight_only_linear_packed(x, w_packed, w_sum, w_scale, bias)
+                                   w_scale: torch.Tensor, bias: torch.Tensor | None = None,
+                                   group_size: int | None = None) -> torch.Tensor:
+    """W8A16 from int8_pack_weight's layout (CPU), per-channel scales ([N]) or, with
+    ``group_size``, per-group ones ([N, groups], packed with the same group_size). Up to 16
+    rows, and while the weights outnumber the activations (M (K + N) <= N K), the
+    activations run as fixed point per token (15 bits of the row's absmax for bf16/fp16, 22
+    for fp32) on the packed int8 GEMM, which reads the weights once and never dequantizes
+    them (per group: one product per group, scaled and summed in fp32; group_size a
+    multiple of 4). Larger batches dequantize the weights once for torch's GEMM. Rows
+    holding Inf or NaN go through the float kernel, which propagates them."""
+    return _ops.int8_weight_only_linear_packed(x, w_packed, w_sum, w_scale, bias, group_size)
 
 
 # ---------------------------------------------------------------------------------------
@@ -288,14 +300,16 @@ def _(x, wq, w_scale, bias=None):
 
 
 def _packed_linear_out(op: str, x: torch.Tensor, w_packed: torch.Tensor, w_sum: torch.Tensor,
-                      dtype: torch.dtype | None = None) -> torch.Tensor:
+                      dtype: torch.dtype | None = None, sum_dims: int = 1) -> torch.Tensor:
     torch._check(x.dim() > 0, lambda: f"{op}: input must have at least 1 dimension")
-    torch._check(w_sum.dim() == 1, lambda: f"{op}: w_sum must be [N], got {tuple(w_sum.shape)}")
+    torch._check(w_sum.dim() == sum_dims, lambda: f"{op}: w_sum must have {sum_dims} dimension(s), got "
+                                                  f"{tuple(w_sum.shape)}")
     _check_same_device(op, "w_packed", w_packed, x)
-    expected = ((w_sum.shape[0] + 15) // 16, (x.shape[-1] + 3) // 4, 64)
+    n = w_sum.shape[-1]
+    expected = ((n + 15) // 16, (x.shape[-1] + 3) // 4, 64)
     torch._check(tuple(w_packed.shape) == expected,
                  lambda: f"{op}: w_packed must be {expected}, got {tuple(w_packed.shape)}")
-    return x.new_empty((*x.shape[:-1], w_sum.shape[0]), dtype=dtype or x.dtype)
+    return x.new_empty((*x.shape[:-1], n), dtype=dtype or x.dtype)
 
 
 @torch.library.register_fake("effgen::int8_linear_packed")
@@ -309,8 +323,9 @@ def _(x, w_packed, w_sum, w_scale, bias=None):
 
 
 @torch.library.register_fake("effgen::int8_weight_only_linear_packed")
-def _(x, w_packed, w_sum, w_scale, bias=None):
-    return _packed_linear_out("int8_weight_only_linear_packed", x, w_packed, w_sum)
+def _(x, w_packed, w_sum, w_scale, bias=None, group_size=None):
+    return _packed_linear_out("int8_weight_only_linear_packed", x, w_packed, w_sum,
+                              sum_dims=1 if group_size is None else 2)
 
 
 @torch.library.register_fake("effgen::int8_weight_only_linear")

@@ -25,11 +25,11 @@ The int8_gemm family
   packed by ``int8_pack_weight``: int8 ``[ceil(N/16), ceil(K/4), 64]``, where block
   ``(jb, kq)`` holds ``wq[16 jb + c, 4 kq + r]`` at byte ``4 c + r`` (zero past N and K: 16
   output channels by 4 values of K, one VNNI operand), and the column sums
-  ``w_sum = wq.sum(1)`` as int32 [N].
+  ``w_sum = wq.sum(1)`` as int32 [N] (with a group_size: ``[groups, N]``, each group's sums).
 - ``int8_weight_only_linear``: ``x @ (wq * w_scale)^T + bias`` accumulated in fp32 (the
   kernels sum in a different order: compare with a tolerance), output in x's dtype.
-- ``int8_weight_only_linear_packed``: the same, per-channel, from int8_pack_weight's layout
-  (the CPU kernel rounds activations to fixed point per token: see ops).
+- ``int8_weight_only_linear_packed``: the same from int8_pack_weight's layout, per channel or
+  per group (the CPU kernel rounds activations to fixed point per token: see ops).
 """
 
 import torch
@@ -249,8 +249,9 @@ def int8_weight_only_linear(x, wq, w_scale, bias=None, group_size=None):
     return out.to(x.dtype)
 
 
-def int8_weight_only_linear_packed(x, w_packed, w_sum, w_scale, bias=None):
-    return int8_weight_only_linear(x, int8_unpack_weight(w_packed, w_sum.numel(), x.shape[-1]), w_scale, bias)
+def int8_weight_only_linear_packed(x, w_packed, w_sum, w_scale, bias=None, group_size=None):
+    wq = int8_unpack_weight(w_packed, w_sum.shape[-1], x.shape[-1])
+    return int8_weight_only_linear(x, wq, w_scale, bias, group_size)
 
 
 # ---------------------------------------------------------------------------------------

@@ -149,10 +149,18 @@ def test_int8_dynamic_linear_packed_bad_inputs_name_the_argument():
         ops.int8_linear_packed(x, torch.ones(3), packed, w_sum, w_scale)
     with pytest.raises(ValueError, match="int8_linear_packed: x_scale must have one element"):
         ops.int8_linear_packed(random_int8((3, 8)), torch.ones(2), packed, w_sum, w_scale)
-    with pytest.raises(ValueError, match="int8_weight_only_linear_packed: w_scale must have shape \\[4\\] \\(per "):
+    with pytest.raises(ValueError, match="int8_weight_only_linear_packed: without group_size, w_scale must have "
+                                         "shape \\[4\\] \\(per "):
         ops.int8_weight_only_linear_packed(x, packed, w_sum, torch.ones(1))
     with pytest.raises(ValueError, match="int8_weight_only_linear_packed: w_packed must have shape"):
         ops.int8_weight_only_linear_packed(torch.randn(3, 9), packed, w_sum, w_scale)
+    group_sums = ops.int8_pack_weight(random_int8((4, 8)), group_size=4)[1]
+    with pytest.raises(ValueError, match="w_sum must be 2-D \\[groups, N\\]"):
+        ops.int8_weight_only_linear_packed(x, packed, w_sum, torch.ones(4, 2), group_size=4)
+    with pytest.raises(ValueError, match="w_sum must have shape \\[1, 4\\] \\(one row of sums per group\\)"):
+        ops.int8_weight_only_linear_packed(x, packed, group_sums, torch.ones(4, 1), group_size=8)
+    with pytest.raises(ValueError, match="with group_size 4, w_scale must have shape \\[4, 2\\]"):
+        ops.int8_weight_only_linear_packed(x, packed, group_sums, w_scale, group_size=4)
 
 
 def w8a16_tolerance(dtype):
@@ -183,6 +191,24 @@ def test_int8_weight_only_linear_packed_matches_reference(isa, dtype, m, n, k):
     bias = torch.randn(n)
     out = ops.int8_weight_only_linear_packed(x, packed, w_sum, w_scale, bias)
     expected = ref.int8_weight_only_linear_packed(x, packed, w_sum, w_scale, bias)
+    torch.testing.assert_close(out, expected, **w8a16_tolerance(dtype))
+    assert out.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("m", [1, 7, 16, 17, 64])  # fixed point up to 16 rows, then (here) float
+# Groups on packed blocks (multiples of 4; K not a multiple of the group), one group for all
+# of K, and sizes that are not multiples of 4 (the float kernel takes those).
+@pytest.mark.parametrize("group_size,k", [(32, 300), (12, 37), (64, 300), (512, 300), (100, 300), (6, 37)])
+def test_int8_weight_only_linear_packed_per_group_matches_reference(isa, dtype, m, group_size, k):
+    n = 70
+    x = random_input((m, k), dtype, scale=1.0)
+    wq, w_scale = ops.quantize_per_group(random_input((n, k), scale=0.05), group_size)
+    packed, w_sum = ops.int8_pack_weight(wq, group_size)
+    assert w_sum.shape == (-(-k // group_size), n)
+    bias = torch.randn(n)
+    out = ops.int8_weight_only_linear_packed(x, packed, w_sum, w_scale, bias, group_size)
+    expected = ref.int8_weight_only_linear_packed(x, packed, w_sum, w_scale, bias, group_size)
     torch.testing.assert_close(out, expected, **w8a16_tolerance(dtype))
     assert out.dtype == dtype
 
@@ -260,7 +286,7 @@ def test_empty_batches(isa):
         assert ops.int8_weight_only_linear(x, wq, w_scale).shape == (*m_shape[:-1], 9)
 
 
-@pytest.mark.parametrize("case", range(7))
+@pytest.mark.parametrize("case", range(8))
 def test_opcheck(case):
     x = random_input((5, 37))
     xq, x_scale = ops.quantize_per_token(x)
@@ -275,6 +301,8 @@ def test_opcheck(case):
         (e.int8_dynamic_linear_packed.default, (x, *ops.int8_pack_weight(wq), w_scale, torch.randn(6))),
         (e.int8_weight_only_linear_packed.default, (x.bfloat16(), *ops.int8_pack_weight(wq), w_scale, None)),
         (e.int8_linear_packed.default, (xq, x_scale, *ops.int8_pack_weight(wq), w_scale, None, torch.float16)),
+        (e.int8_weight_only_linear_packed.default,
+         (x.bfloat16(), *ops.int8_pack_weight(wg, 16), wg_scale, torch.randn(6), 16)),
     ]
     opcheck(*cases[case])
 
@@ -357,16 +385,19 @@ def test_int8_linear_holds_packed_weights_on_the_cpu_only():
         ek.nn.Int8Linear(40, 22).load_state_dict(q.state_dict(), strict=False)
 
 
-def test_weight_only_linear_packs_per_channel_weights_on_the_cpu():
+def test_weight_only_linear_packs_its_weights_on_the_cpu():
     linear = torch.nn.Linear(40, 21)
-    per_channel, grouped = (ek.nn.Int8WeightOnlyLinear.from_float(linear, group_size=g) for g in (None, 16))
-    assert per_channel._buffers["weight"] is None and per_channel.weight_packed.shape == (2, 10, 64)
-    assert grouped.weight_packed is None and grouped._buffers["weight"].shape == (21, 40)
     x = random_input((3, 40), torch.bfloat16, scale=1.0)
-    wq, w_scale = ops.quantize_per_channel(linear.weight.detach(), 0)
-    assert torch.equal(per_channel.weight, wq)
-    assert_same_bits(per_channel(x), ops.int8_weight_only_linear_packed(x, *ops.int8_pack_weight(wq), w_scale,
-                                                                        per_channel.bias))
+    for group_size, quantize, sums_shape in [(None, lambda w: ops.quantize_per_channel(w, 0), (21,)),
+                                             (16, lambda w: ops.quantize_per_group(w, 16), (3, 21))]:
+        layer = ek.nn.Int8WeightOnlyLinear.from_float(linear, group_size=group_size)
+        assert layer._buffers["weight"] is None and layer.weight_packed.shape == (2, 10, 64)
+        assert layer.weight_sum.shape == sums_shape
+        wq, w_scale = quantize(linear.weight.detach())
+        assert torch.equal(layer.weight, wq)
+        expected = ops.int8_weight_only_linear_packed(x, *ops.int8_pack_weight(wq, group_size), w_scale, layer.bias,
+                                                      group_size)
+        assert_same_bits(layer(x), expected)
 
 
 def test_state_dict_saves_with_safetensors(tmp_path):
@@ -380,13 +411,12 @@ def test_state_dict_saves_with_safetensors(tmp_path):
 
 
 def quantized_layer_bytes(layer, config) -> int:
-    """int8 weights (per-channel layers on the CPU: packed, N padded to 16 and K to 4, plus an
-    int32 sum per channel), fp32 scales and the float bias."""
+    """int8 weights (on the CPU packed, N padded to 16 and K to 4, plus an int32 sum per
+    channel and group), fp32 scales and the float bias."""
     n, k = layer.out_features, layer.in_features
-    if getattr(config, "group_size", None) is None:
-        weights = -(-n // 16) * 16 * -(-k // 4) * 4 + 4 * n
-    else:
-        weights = n * k
+    group_size = getattr(config, "group_size", None)
+    groups = 1 if group_size is None else -(-k // group_size)
+    weights = -(-n // 16) * 16 * -(-k // 4) * 4 + 4 * n * groups
     bias = 0 if layer.bias is None else layer.bias.numel() * layer.bias.element_size()
     return weights + 4 * layer.weight_scale.numel() + bias
 

@@ -69,7 +69,8 @@ auto packed_product(const at::Tensor& w_packed, const at::Tensor& w_sum, int64_t
   return [&kernels = cpu::int8_gemm_kernels(), b = w_packed.data_ptr<int8_t>(), sums = w_sum.data_ptr<int32_t>(),
           group_stride = w_packed.size(1) * cpu::kPackBlock,
           k](const int8_t* a, int64_t rows, int64_t j0, int64_t nb, int32_t* acc) {
-    kernels.gemm_packed(a, k, rows, k, b + j0 / cpu::kPackCols * group_stride, sums + j0, nb, acc, kBlockN);
+    kernels.gemm_packed(a, k, rows, k, b + j0 / cpu::kPackCols * group_stride, group_stride, sums + j0, nb, acc,
+                        kBlockN);
   };
 }
 
@@ -161,33 +162,48 @@ at::Tensor int8_dynamic_linear_packed(const at::Tensor& x, const at::Tensor& w_p
   return out;
 }
 
-// W8A16 with per-channel scales as an int8 GEMM: the activations as fixed point per token
-// in `limbs` int8 digits (split_fixed_point_rows, cpu/int8_gemm.h), so the product streams the weights
-// once, over m * limbs rows. With 2 limbs the activations keep 15 bits relative to the
-// row's absmax: at least bf16's 8 significant bits for every element above absmax / 2^7
-// (fp16's 11 above absmax / 2^4), and an absolute error of at most absmax / 2^16 below;
-// with 3 limbs 22 bits (absmax / 2^23). `product` is a block product (above) over the
-// digit rows. Returns false (nothing written) when a row of x holds Inf or NaN or is too
-// small for fixed point (absmax below 2^-100).
-template <typename Product>
-bool w8a16_fixed_point(const at::Tensor& x2, int limbs, int64_t n, const at::Tensor& w_scale, const at::Tensor& bias_f,
-                       at::Tensor& out, const Product& product) {
+// W8A16 as an int8 GEMM: the activations as fixed point per token in `limbs` int8 digits
+// (split_fixed_point_rows, cpu/int8_gemm.h), so the product streams the weights once, over
+// m * limbs rows. With 2 limbs the activations keep 15 bits relative to the row's absmax:
+// at least bf16's 8 significant bits for every element above absmax / 2^7 (fp16's 11
+// above absmax / 2^4), and an absolute error of at most absmax / 2^16 below; with 3 limbs
+// 22 bits (absmax / 2^23).
+struct DigitRows {
+  at::Tensor rows;    // int8 [m * limbs, k]
+  at::Tensor scales;  // fp32 [m]
+};
+
+// Nothing when a row of x holds Inf or NaN or is too small for fixed point (absmax below
+// 2^-100): the float kernel takes those.
+std::optional<DigitRows> split_activations(const at::Tensor& x2, int limbs) {
   const int64_t m = x2.size(0), k = x2.size(1);
   // Uninitialized (every byte is written): a zero fill cost as much as the conversion.
-  const at::Tensor digit_rows = at::empty({m * limbs, k}, x2.options().dtype(at::kChar));
-  const at::Tensor scales = at::empty({m}, x2.options().dtype(at::kFloat));
-  int8_t* rows = digit_rows.data_ptr<int8_t>();
-  float* x_scales = scales.data_ptr<float>();
+  DigitRows digits{at::empty({m * limbs, k}, x2.options().dtype(at::kChar)), at::empty({m}, x2.options().dtype(at::kFloat))};
   const auto& kernels = cpu::int8_gemm_kernels();
   std::atomic<bool> representable{true};
   // At least 32K values per task: a decode-sized split runs inline, without a fork and join.
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, k));
   at::parallel_for(0, m, grain, [&](int64_t i0, int64_t i1) {
-    if (!kernels.split_fixed_point_rows(cpu_dtype(x2.scalar_type()), x2.data_ptr(), k, limbs, i0, i1, rows, x_scales)) {
+    if (!kernels.split_fixed_point_rows(cpu_dtype(x2.scalar_type()), x2.data_ptr(), k, limbs, i0, i1,
+                                        digits.rows.data_ptr<int8_t>(), digits.scales.data_ptr<float>())) {
       representable = false;
     }
   });
-  if (!representable) return false;
+  if (!representable) return std::nullopt;
+  return digits;
+}
+
+// Per-channel scales: `product` is a block product (above) over the digit rows. Returns
+// false (nothing written) where split_activations gives nothing.
+template <typename Product>
+bool w8a16_fixed_point(const at::Tensor& x2, int limbs, int64_t n, const at::Tensor& w_scale, const at::Tensor& bias_f,
+                       at::Tensor& out, const Product& product) {
+  const auto digits = split_activations(x2, limbs);
+  if (!digits) return false;
+  const int64_t m = x2.size(0), k = x2.size(1);
+  const int8_t* rows = digits->rows.data_ptr<int8_t>();
+  const float* x_scales = digits->scales.data_ptr<float>();
+  const auto& kernels = cpu::int8_gemm_kernels();
   const float* ws = w_scale.data_ptr<float>();
   const float* bias_ptr = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
   auto* out_bytes = static_cast<char*>(out.data_ptr());
@@ -201,6 +217,54 @@ bool w8a16_fixed_point(const at::Tensor& x2, int limbs, int64_t n, const at::Ten
       kernels.digits_epilogue_row(acc.data() + i * limbs * kBlockN, kBlockN, limbs, nb, x_scales[i0 + i], ws + j0,
                                   bias_ptr == nullptr ? nullptr : bias_ptr + j0, out_dtype,
                                   out_bytes + ((i0 + i) * n + j0) * elem);
+    }
+  });
+  return true;
+}
+
+// Per-group scales on packed weights (group_size a multiple of cpu::kPackDepth, so groups
+// start on block boundaries): per output block, each group's products over its range of K
+// (with that range's column sums, w_sum [groups, N]) are combined, scaled per column and
+// summed in float; the row epilogue applies the token's scale and the bias.
+bool w8a16_fixed_point_grouped(const at::Tensor& x2, int limbs, const at::Tensor& w_packed, const at::Tensor& w_sum,
+                               const at::Tensor& w_scale, int64_t group_size, const at::Tensor& bias_f,
+                               at::Tensor& out) {
+  const auto digits = split_activations(x2, limbs);
+  if (!digits) return false;
+  const int64_t m = x2.size(0), k = x2.size(1), n = w_sum.size(1), groups = w_sum.size(0);
+  const int8_t* rows = digits->rows.data_ptr<int8_t>();
+  const float* x_scales = digits->scales.data_ptr<float>();
+  const auto& kernels = cpu::int8_gemm_kernels();
+  const int8_t* b = w_packed.data_ptr<int8_t>();
+  const int64_t group_stride = w_packed.size(1) * cpu::kPackBlock;
+  const int32_t* sums = w_sum.data_ptr<int32_t>();
+  const float* ws = w_scale.data_ptr<float>();
+  const float* bias_ptr = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
+  auto* out_bytes = static_cast<char*>(out.data_ptr());
+  const auto out_dtype = cpu_dtype(out.scalar_type());
+  const int64_t elem = out.element_size();
+  static const float kOne = 1.0f;
+  OutputBlocks(m, n).parallel([&](int64_t i0, int64_t mb, int64_t j0, int64_t nb) {
+    thread_local std::vector<int32_t> acc;  // per thread, kept between calls
+    thread_local std::vector<float> totals;
+    acc.resize(static_cast<size_t>(kBlockM * limbs * kBlockN));
+    totals.assign(static_cast<size_t>(kBlockM * kBlockN), 0.0f);
+    float group_scale[kBlockN];
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t k0 = g * group_size, depth = std::min(group_size, k - k0);
+      kernels.gemm_packed(rows + i0 * limbs * k + k0, k, mb * limbs, depth,
+                          b + j0 / cpu::kPackCols * group_stride + k0 / cpu::kPackDepth * cpu::kPackBlock, group_stride,
+                          sums + g * n + j0, nb, acc.data(), kBlockN);
+      for (int64_t c = 0; c < nb; ++c) group_scale[c] = ws[(j0 + c) * groups + g];
+      for (int64_t i = 0; i < mb; ++i) {
+        kernels.digits_group_accumulate(acc.data() + i * limbs * kBlockN, kBlockN, limbs, depth, nb, group_scale,
+                                        totals.data() + i * kBlockN);
+      }
+    }
+    for (int64_t i = 0; i < mb; ++i) {
+      kernels.epilogue_row_float(totals.data() + i * kBlockN, nb, x_scales[i0 + i], &kOne, 0,
+                                 bias_ptr == nullptr ? nullptr : bias_ptr + j0, out_dtype,
+                                 out_bytes + ((i0 + i) * n + j0) * elem);
     }
   });
   return true;
@@ -262,25 +326,31 @@ at::Tensor unpack_weight(const at::Tensor& w_packed, int64_t n, int64_t k) {
 }
 
 at::Tensor int8_weight_only_linear_packed(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& w_sum,
-                                          const at::Tensor& w_scale, const std::optional<at::Tensor>& bias) {
+                                          const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
+                                          std::optional<int64_t> group_size) {
   constexpr const char* op = "int8_weight_only_linear_packed";
   check_cpu(op, "x", x);
-  const auto [k, n, m] = check_int8_weight_only_linear_packed(x, w_packed, w_sum, w_scale, bias);
+  const auto [k, n, m, groups, group] =
+      check_int8_weight_only_linear_packed(x, w_packed, w_sum, w_scale, bias, group_size);
   at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
   if (out.numel() == 0) return out;
   const at::Tensor x2 = x.reshape({m, k}).contiguous(), packed = w_packed.contiguous(), sums = w_sum.contiguous();
+  const at::Tensor scale = w_scale.contiguous(), bias_f = float_bias(bias);
   at::Tensor out_2d = out.view({m, n});
   // A batch whose activations outnumber the weights (M (K + N) > N K) costs more to convert
   // (digits in, epilogue out, per element) than the weights cost to dequantize once for
-  // torch's GEMM, the canonical op's way beyond decode sizes.
-  const bool fixed_point = m <= kW8A16DirectMaxM || m * (k + n) <= n * k;
+  // torch's GEMM, the canonical op's way beyond decode sizes. Groups must start on packed
+  // blocks.
+  const bool fixed_point = (m <= kW8A16DirectMaxM || m * (k + n) <= n * k) &&
+                           (!group_size.has_value() || group % cpu::kPackDepth == 0);
   const int limbs = x.scalar_type() == at::kFloat ? 3 : 2;
-  if (fixed_point && w8a16_fixed_point(x2, limbs, n, w_scale.contiguous(), float_bias(bias), out_2d,
-                                       packed_product(packed, sums, k))) {
+  if (fixed_point && (group_size.has_value()
+                          ? w8a16_fixed_point_grouped(x2, limbs, packed, sums, scale, group, bias_f, out_2d)
+                          : w8a16_fixed_point(x2, limbs, n, scale, bias_f, out_2d, packed_product(packed, sums, k)))) {
     return out;
   }
   // (or Inf / NaN in x, which the float kernel propagates, or a row too small for fixed point)
-  return int8_weight_only_linear(x, unpack_weight(packed, n, k), w_scale, bias, std::nullopt);
+  return int8_weight_only_linear(x, unpack_weight(packed, n, k), w_scale, bias, group_size);
 }
 
 }  // namespace

@@ -148,15 +148,8 @@ inline Int8LinearShape check_int8_dynamic_linear(const at::Tensor& x, const at::
 }
 
 // Packed weights as cpu::kPackCols x cpu::kPackDepth blocks ([ceil(N/16), ceil(K/4), 64]
-// int8, layout in kernels/cpu/int8_gemm.h) with their column sums ([N] int32, which give
-// N) and a per-channel or per-tensor scale; returns N and the scale's stride.
-inline std::pair<int64_t, int64_t> check_packed_weight(const char* op, const at::Tensor& w_packed,
-                                                       const at::Tensor& w_sum, const at::Tensor& w_scale, int64_t k,
-                                                       const at::Tensor& x) {
-  check_same_device(op, "w_sum", w_sum, x);
-  TORCH_CHECK_TYPE(w_sum.scalar_type() == at::kInt, op, ": w_sum must be int32, got ", w_sum.scalar_type());
-  TORCH_CHECK_VALUE(w_sum.dim() == 1, op, ": w_sum must be 1-D [N], got shape ", w_sum.sizes());
-  const int64_t n = w_sum.size(0);
+// int8, layout in kernels/cpu/int8_gemm.h) for N output channels.
+inline void check_packed_layout(const char* op, const at::Tensor& w_packed, int64_t n, int64_t k, const at::Tensor& x) {
   check_same_device(op, "w_packed", w_packed, x);
   TORCH_CHECK_TYPE(w_packed.scalar_type() == at::kChar, op, ": w_packed must be int8, got ", w_packed.scalar_type());
   const std::vector<int64_t> packed_shape{(n + cpu::kPackCols - 1) / cpu::kPackCols,
@@ -164,8 +157,30 @@ inline std::pair<int64_t, int64_t> check_packed_weight(const char* op, const at:
   TORCH_CHECK_VALUE(w_packed.sizes() == at::IntArrayRef(packed_shape), op, ": w_packed must have shape ",
                     at::IntArrayRef(packed_shape), " (from N = ", n, " and K = ", k,
                     "; see int8_pack_weight), got ", w_packed.sizes());
+}
+
+// The column sums of packed weights: int32 of `dims` dimensions, the last one N (returned).
+inline int64_t check_weight_sums(const char* op, const at::Tensor& w_sum, int64_t dims, const at::Tensor& x) {
+  check_same_device(op, "w_sum", w_sum, x);
+  TORCH_CHECK_TYPE(w_sum.scalar_type() == at::kInt, op, ": w_sum must be int32, got ", w_sum.scalar_type());
+  TORCH_CHECK_VALUE(w_sum.dim() == dims, op, ": w_sum must be ", dims == 1 ? "1-D [N]" : "2-D [groups, N]",
+                    " (see int8_pack_weight), got shape ", w_sum.sizes());
+  return w_sum.size(-1);
+}
+
+inline void check_float_scale(const char* op, const at::Tensor& w_scale, const at::Tensor& x) {
   check_same_device(op, "w_scale", w_scale, x);
   TORCH_CHECK_TYPE(w_scale.scalar_type() == at::kFloat, op, ": w_scale must be float32, got ", w_scale.scalar_type());
+}
+
+// Packed weights with their column sums ([N] int32, which give N) and a per-channel or
+// per-tensor scale; returns N and the scale's stride.
+inline std::pair<int64_t, int64_t> check_packed_weight(const char* op, const at::Tensor& w_packed,
+                                                       const at::Tensor& w_sum, const at::Tensor& w_scale, int64_t k,
+                                                       const at::Tensor& x) {
+  const int64_t n = check_weight_sums(op, w_sum, 1, x);
+  check_packed_layout(op, w_packed, n, k, x);
+  check_float_scale(op, w_scale, x);
   return {n, check_channel_scale(op, w_scale, n)};
 }
 
@@ -186,29 +201,30 @@ inline Int8LinearShape check_int8_dynamic_linear_packed(const at::Tensor& x, con
                             [&](int64_t k) { return check_packed_weight(op, w_packed, w_sum, w_scale, k, x); });
 }
 
-struct W8A16PackedShape {
-  int64_t k, n, m;
+struct W8A16Shape {
+  int64_t k, n, m, groups, group;
 };
 
-inline W8A16PackedShape check_int8_weight_only_linear_packed(const at::Tensor& x, const at::Tensor& w_packed,
-                                                             const at::Tensor& w_sum, const at::Tensor& w_scale,
-                                                             const std::optional<at::Tensor>& bias) {
+// Per channel, w_sum is [N]; with group_size, [groups, N]: the sums of each group's values.
+inline W8A16Shape check_int8_weight_only_linear_packed(const at::Tensor& x, const at::Tensor& w_packed,
+                                                       const at::Tensor& w_sum, const at::Tensor& w_scale,
+                                                       const std::optional<at::Tensor>& bias,
+                                                       std::optional<int64_t> group_size) {
   constexpr const char* op = "int8_weight_only_linear_packed";
   check_float_input(op, "x", x);
-  W8A16PackedShape s{};
+  W8A16Shape s{};
   s.k = check_activation_rows(op, "x", x);
-  s.n = check_packed_weight(op, w_packed, w_sum, w_scale, s.k, x).first;
-  TORCH_CHECK_VALUE(w_scale.dim() == 1 && w_scale.size(0) == s.n, op, ": w_scale must have shape [", s.n,
-                    "] (per channel), got ", w_scale.sizes());
+  s.n = check_weight_sums(op, w_sum, group_size.has_value() ? 2 : 1, x);
+  check_packed_layout(op, w_packed, s.n, s.k, x);
+  check_float_scale(op, w_scale, x);
+  std::tie(s.groups, s.group) = check_w8a16_scale(op, w_scale, s.n, s.k, group_size);
+  TORCH_CHECK_VALUE(!group_size.has_value() || w_sum.size(0) == s.groups, op, ": w_sum must have shape [", s.groups,
+                    ", ", s.n, "] (one row of sums per group), got ", w_sum.sizes());
   check_bias(op, bias, s.n, x);
   check_k_bound(op, s.k);
   s.m = s.k == 0 ? x.numel() : x.numel() / s.k;
   return s;
 }
-
-struct W8A16Shape {
-  int64_t k, n, m, groups, group;
-};
 
 inline W8A16Shape check_int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& w_scale,
                                                 const std::optional<at::Tensor>& bias,

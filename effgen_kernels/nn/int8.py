@@ -3,7 +3,7 @@
 Both save the canonical layout only: ``weight`` int8 [out, in] row-major, ``weight_scale``
 fp32 (per output channel, or per channel and group), and an optional ``bias``, so a
 checkpoint moves between machines and devices as is, and plain tensors save with
-safetensors. On the CPU, Int8Linear and the per-channel Int8WeightOnlyLinear hold their
+safetensors. On the CPU, Int8Linear and Int8WeightOnlyLinear hold their
 weights in the packed layout of ``ops.int8_pack_weight`` instead (the same bytes plus one
 int32 per output channel): ``weight``, ``state_dict`` and ``load_state_dict`` rebuild or
 take the canonical layout.
@@ -42,6 +42,9 @@ class _QuantizedLinearBase(nn.Module):
     def _packs_on(self, device: torch.device) -> bool:
         return False
 
+    def _pack(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return ops.int8_pack_weight(weight)
+
     @property
     def weight(self) -> torch.Tensor:
         """The canonical int8 [out, in] weights (rebuilt from the packed layout where packed)."""
@@ -57,7 +60,7 @@ class _QuantizedLinearBase(nn.Module):
             return super().__setattr__(name, value)
         if self._packs_on(value.device):
             self._buffers["weight"] = None
-            self._buffers["weight_packed"], self._buffers["weight_sum"] = ops.int8_pack_weight(value)
+            self._buffers["weight_packed"], self._buffers["weight_sum"] = self._pack(value)
         else:
             self._buffers["weight"], self._buffers["weight_packed"], self._buffers["weight_sum"] = value, None, None
 
@@ -184,7 +187,10 @@ class Int8WeightOnlyLinear(_QuantizedLinearBase):
         self.weight = self._buffers["weight"]  # in the layout of this device
 
     def _packs_on(self, device: torch.device) -> bool:
-        return device.type == "cpu" and self.group_size is None
+        return device.type == "cpu"
+
+    def _pack(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return ops.int8_pack_weight(weight, self.group_size)
 
     @classmethod
     def from_float(cls, linear: nn.Linear, group_size: int | None = None) -> Int8WeightOnlyLinear:
@@ -202,7 +208,7 @@ class Int8WeightOnlyLinear(_QuantizedLinearBase):
         b = self._buffers  # see _QuantizedLinearBase: one lookup, not one per buffer
         if b["weight_packed"] is not None:
             return ops.int8_weight_only_linear_packed(x, b["weight_packed"], b["weight_sum"], b["weight_scale"],
-                                                      b["bias"])
+                                                      b["bias"], self.group_size)
         return ops.int8_weight_only_linear(x, b["weight"], b["weight_scale"], b["bias"], self.group_size)
 
     def extra_repr(self) -> str:

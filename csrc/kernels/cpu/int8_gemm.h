@@ -54,14 +54,18 @@ struct Int8GemmKernels {
   void (*gemm_s8s8s32)(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t m, int64_t n, int64_t k,
                        int32_t* c, int64_t ldc);
   // gemm_s8s8s32 with packed weights: c[i * ldc + j] for i < m, j < n, where b points at
-  // the packed block (0, 0) of column group j / 16 = 0 and col_sums at entry 0 of the same
-  // columns. Exact (modulo 2^32 in between) for k <= kMaxExactInt8K.
-  void (*gemm_packed)(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, const int32_t* col_sums,
-                      int64_t n, int32_t* c, int64_t ldc);
+  // the packed block (0, kq0) of column group j / 16 = 0, column group g's blocks start at
+  // b + g * group_stride, and col_sums[j] = the sum of those columns' weights over the k
+  // values taken (4 kq0 onwards). Exact (modulo 2^32 in between) for k <= kMaxExactInt8K.
+  void (*gemm_packed)(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
+                      const int32_t* col_sums, int64_t n, int32_t* c, int64_t ldc);
   // One output row of the fused epilogue, in fp32 without FMA, rounded to out_dtype:
   //   out[j] = float(c[j]) * a_scale * b_scale[j * b_stride] (+ bias[j] when bias != nullptr)
   void (*epilogue_row)(const int32_t* c, int64_t n, float a_scale, const float* b_scale, int64_t b_stride,
                        const float* bias, DType out_dtype, void* out);
+  // The same for float sums c.
+  void (*epilogue_row_float)(const float* c, int64_t n, float a_scale, const float* b_scale, int64_t b_stride,
+                             const float* bias, DType out_dtype, void* out);
   // W8A16 activations as fixed point (above): rows [i0, i1) of x [m, k] into digit rows and
   // scales; false, outputs unspecified, when a row holds Inf or NaN or its absmax is below
   // 2^-100 (so small that the float kernel must take it).
@@ -72,6 +76,10 @@ struct Int8GemmKernels {
   // out[j] = dot[j] * a_scale * b_scale[j] (+ bias[j]), per-channel b_scale.
   void (*digits_epilogue_row)(const int32_t* c, int64_t digit_stride, int digits, int64_t n, float a_scale,
                               const float* b_scale, const float* bias, DType out_dtype, void* out);
+  // Per-group scales: totals[j] += float(dot[j]) * scale[j] for one group's products over
+  // `depth` values of K (dot as in digits_epilogue_row); epilogue_row_float finishes the row.
+  void (*digits_group_accumulate)(const int32_t* c, int64_t digit_stride, int digits, int64_t depth, int64_t n,
+                                  const float* scale, float* totals);
   // The W8A16 product of W8A16Args for its m x n block (weights converted in registers).
   void (*w8a16_gemm)(const W8A16Args& args);
 };

@@ -82,9 +82,8 @@ void gemm_s8s8s32(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, in
 
 // Column tiles outermost: a tile's packed weights (kPackedTileGroups x K blocks) stay in L2
 // while every row tile sweeps them.
-void gemm_packed(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, const int32_t* col_sums,
-                 int64_t n, int32_t* c, int64_t ldc) {
-  const int64_t group_stride = (k + kPackDepth - 1) / kPackDepth * kPackBlock;
+void gemm_packed(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
+                 const int32_t* col_sums, int64_t n, int32_t* c, int64_t ldc) {
   constexpr int64_t kTileCols = kPackedTileGroups * kPackCols;
   for (int64_t j = 0; j < n; j += kTileCols) {
     const int64_t nc = n - j < kTileCols ? n - j : kTileCols;
@@ -219,6 +218,32 @@ bool split_fixed_point_rows(DType dtype, const void* x, int64_t k, int limbs, in
     case DType::kF32: break;
   }
   return split_rows_t(static_cast<const float*>(x), k, limbs, i0, i1, rows, scales);
+}
+
+// Per-group W8A16: totals[j] += (the digit rows' products combined exactly, rounded once to
+// float) * scale[j], a chunk of columns at a time like digits_epilogue_row.
+void digits_group_accumulate(const int32_t* c, int64_t digit_stride, int digits, int64_t depth, int64_t n,
+                             const float* scale, float* totals) {
+  if (digits == 2 && depth < 1024) {
+    // Products of fewer than 2^10 int8 pairs stay below 2^24 in magnitude, so both digits'
+    // sums are exact floats, times 256 too, and their float sum is the dot rounded once.
+    const int32_t* low = c + digit_stride;
+    for (int64_t j = 0; j < n; ++j) {
+      totals[j] += (static_cast<float>(c[j]) * 256.0f + static_cast<float>(low[j])) * scale[j];
+    }
+    return;
+  }
+  constexpr int64_t kChunk = 64;
+  double exact[kChunk];
+  for (int64_t j0 = 0; j0 < n; j0 += kChunk) {
+    const int64_t nc = n - j0 < kChunk ? n - j0 : kChunk;
+    for (int64_t j = 0; j < nc; ++j) exact[j] = c[j0 + j];
+    for (int d = 1; d < digits; ++d) {
+      const int32_t* digit = c + d * digit_stride + j0;
+      for (int64_t j = 0; j < nc; ++j) exact[j] = exact[j] * 256.0 + digit[j];
+    }
+    for (int64_t j = 0; j < nc; ++j) totals[j0 + j] += static_cast<float>(exact[j]) * scale[j0 + j];
+  }
 }
 
 // ---- W8A16 ------------------------------------------------------------------------------
@@ -359,5 +384,6 @@ void w8a16_gemm(const W8A16Args& p) {
   }
 }
 
-const Int8GemmKernels kGemmTable{gemm_s8s8s32,        gemm_packed, epilogue_row_any<int32_t>,
-                                  split_fixed_point_rows, digits_epilogue_row, w8a16_gemm};
+const Int8GemmKernels kGemmTable{gemm_s8s8s32,         gemm_packed,           epilogue_row_any<int32_t>,
+                                  epilogue_row_any<float>, split_fixed_point_rows, digits_epilogue_row,
+                                  digits_group_accumulate, w8a16_gemm};
