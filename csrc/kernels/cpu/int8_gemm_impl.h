@@ -140,23 +140,28 @@ void epilogue_row_any(const In* c, int64_t n, float a_scale, const float* b_scal
   }
 }
 
-// The digit rows' products combined exactly (in double: below 2^53), rounded once to
-// float, then the epilogue of epilogue_row, a chunk of columns at a time.
+// Up to kDigitChunk columns of digit rows' products combined exactly (in double: below
+// 2^53) and rounded once to float: dots[j] = sum_d 256^(digits-1-d) c[d * digit_stride + j].
+// Digit by digit over the chunk: loops the compiler vectorises.
+constexpr int64_t kDigitChunk = 64;
+void combine_digits(const int32_t* c, int64_t digit_stride, int digits, int64_t nc, float* dots) {
+  double exact[kDigitChunk];
+  for (int64_t j = 0; j < nc; ++j) exact[j] = c[j];
+  for (int d = 1; d < digits; ++d) {
+    const int32_t* digit = c + d * digit_stride;
+    for (int64_t j = 0; j < nc; ++j) exact[j] = exact[j] * 256.0 + digit[j];
+  }
+  for (int64_t j = 0; j < nc; ++j) dots[j] = static_cast<float>(exact[j]);
+}
+
+// combine_digits, then the epilogue of epilogue_row, a chunk of columns at a time.
 void digits_epilogue_row(const int32_t* c, int64_t digit_stride, int digits, int64_t n, float a_scale,
                          const float* b_scale, const float* bias, DType out_dtype, void* out) {
-  constexpr int64_t kChunk = 64;
-  double exact[kChunk];
-  float dots[kChunk];
+  float dots[kDigitChunk];
   const int64_t out_bytes = dtype_size(out_dtype);
-  for (int64_t j0 = 0; j0 < n; j0 += kChunk) {
-    const int64_t nc = n - j0 < kChunk ? n - j0 : kChunk;
-    // Digit by digit over the chunk: loops the compiler vectorises.
-    for (int64_t j = 0; j < nc; ++j) exact[j] = c[j0 + j];
-    for (int d = 1; d < digits; ++d) {
-      const int32_t* digit = c + d * digit_stride + j0;
-      for (int64_t j = 0; j < nc; ++j) exact[j] = exact[j] * 256.0 + digit[j];
-    }
-    for (int64_t j = 0; j < nc; ++j) dots[j] = static_cast<float>(exact[j]);
+  for (int64_t j0 = 0; j0 < n; j0 += kDigitChunk) {
+    const int64_t nc = n - j0 < kDigitChunk ? n - j0 : kDigitChunk;
+    combine_digits(c + j0, digit_stride, digits, nc, dots);
     epilogue_row_any(dots, nc, a_scale, b_scale + j0, 1, bias == nullptr ? nullptr : bias + j0, out_dtype,
                      static_cast<char*>(out) + j0 * out_bytes);
   }
@@ -233,16 +238,11 @@ void digits_group_accumulate(const int32_t* c, int64_t digit_stride, int digits,
     }
     return;
   }
-  constexpr int64_t kChunk = 64;
-  double exact[kChunk];
-  for (int64_t j0 = 0; j0 < n; j0 += kChunk) {
-    const int64_t nc = n - j0 < kChunk ? n - j0 : kChunk;
-    for (int64_t j = 0; j < nc; ++j) exact[j] = c[j0 + j];
-    for (int d = 1; d < digits; ++d) {
-      const int32_t* digit = c + d * digit_stride + j0;
-      for (int64_t j = 0; j < nc; ++j) exact[j] = exact[j] * 256.0 + digit[j];
-    }
-    for (int64_t j = 0; j < nc; ++j) totals[j0 + j] += static_cast<float>(exact[j]) * scale[j0 + j];
+  float dots[kDigitChunk];
+  for (int64_t j0 = 0; j0 < n; j0 += kDigitChunk) {
+    const int64_t nc = n - j0 < kDigitChunk ? n - j0 : kDigitChunk;
+    combine_digits(c + j0, digit_stride, digits, nc, dots);
+    for (int64_t j = 0; j < nc; ++j) totals[j0 + j] += dots[j] * scale[j0 + j];
   }
 }
 
