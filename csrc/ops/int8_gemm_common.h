@@ -205,24 +205,36 @@ struct W8A16Shape {
   int64_t k, n, m, groups, group;
 };
 
+// The W8A16 argument checks around a weight check (K -> N), as check_w8a8 does for W8A8.
+template <typename WeightCheck>
+W8A16Shape check_w8a16(const char* op, const at::Tensor& x, const at::Tensor& w_scale,
+                       const std::optional<at::Tensor>& bias, std::optional<int64_t> group_size,
+                       const WeightCheck& check_weight) {
+  check_float_input(op, "x", x);
+  W8A16Shape s{};
+  s.k = check_activation_rows(op, "x", x);
+  s.n = check_weight(s.k);
+  std::tie(s.groups, s.group) = check_w8a16_scale(op, w_scale, s.n, s.k, group_size);
+  check_bias(op, bias, s.n, x);
+  s.m = s.k == 0 ? x.numel() : x.numel() / s.k;
+  return s;
+}
+
 // Per channel, w_sum is [N]; with group_size, [groups, N]: the sums of each group's values.
 inline W8A16Shape check_int8_weight_only_linear_packed(const at::Tensor& x, const at::Tensor& w_packed,
                                                        const at::Tensor& w_sum, const at::Tensor& w_scale,
                                                        const std::optional<at::Tensor>& bias,
                                                        std::optional<int64_t> group_size) {
   constexpr const char* op = "int8_weight_only_linear_packed";
-  check_float_input(op, "x", x);
-  W8A16Shape s{};
-  s.k = check_activation_rows(op, "x", x);
-  s.n = check_weight_sums(op, w_sum, group_size.has_value() ? 2 : 1, x);
-  check_packed_layout(op, w_packed, s.n, s.k, x);
-  check_float_scale(op, w_scale, x);
-  std::tie(s.groups, s.group) = check_w8a16_scale(op, w_scale, s.n, s.k, group_size);
+  const W8A16Shape s = check_w8a16(op, x, w_scale, bias, group_size, [&](int64_t k) {
+    const int64_t n = check_weight_sums(op, w_sum, group_size.has_value() ? 2 : 1, x);
+    check_packed_layout(op, w_packed, n, k, x);
+    check_float_scale(op, w_scale, x);
+    check_k_bound(op, k);
+    return n;
+  });
   TORCH_CHECK_VALUE(!group_size.has_value() || w_sum.size(0) == s.groups, op, ": w_sum must have shape [", s.groups,
                     ", ", s.n, "] (one row of sums per group), got ", w_sum.sizes());
-  check_bias(op, bias, s.n, x);
-  check_k_bound(op, s.k);
-  s.m = s.k == 0 ? x.numel() : x.numel() / s.k;
   return s;
 }
 
@@ -230,14 +242,8 @@ inline W8A16Shape check_int8_weight_only_linear(const at::Tensor& x, const at::T
                                                 const std::optional<at::Tensor>& bias,
                                                 std::optional<int64_t> group_size) {
   constexpr const char* op = "int8_weight_only_linear";
-  check_float_input(op, "x", x);
-  W8A16Shape s{};
-  s.k = check_activation_rows(op, "x", x);
-  s.n = check_int8_weight(op, wq, w_scale, s.k, x);
-  std::tie(s.groups, s.group) = check_w8a16_scale(op, w_scale, s.n, s.k, group_size);
-  check_bias(op, bias, s.n, x);
-  s.m = s.k == 0 ? x.numel() : x.numel() / s.k;
-  return s;
+  return check_w8a16(op, x, w_scale, bias, group_size,
+                     [&](int64_t k) { return check_int8_weight(op, wq, w_scale, k, x); });
 }
 
 }  // namespace effgen::ops
