@@ -3,9 +3,9 @@
 Both save the canonical layout only: ``weight`` int8 [out, in] row-major, ``weight_scale``
 fp32 (per output channel, or per channel and group), and an optional ``bias``, so a
 checkpoint moves between machines and devices as is, and plain tensors save with
-safetensors. On the CPU, Int8Linear and Int8WeightOnlyLinear hold their
-weights in the packed layout of ``ops.int8_pack_weight`` instead (the same bytes plus one
-int32 per output channel): ``weight``, ``state_dict`` and ``load_state_dict`` rebuild or
+safetensors. On the CPU, Int8Linear and Int8WeightOnlyLinear hold their weights in the
+packed layout of ``ops.int8_pack_weight`` instead (the same bytes plus one int32 per output
+channel and scale group): ``weight``, ``state_dict`` and ``load_state_dict`` rebuild or
 take the canonical layout.
 """
 
@@ -21,7 +21,7 @@ from ._trainable import trainable_copy
 class _QuantizedLinearBase(nn.Module):
     """Shared state: int8 weight, fp32 scales and an optional bias, all plain tensors.
     Subclasses end __init__ with ``self.weight = self._buffers["weight"]`` (the layout of
-    the device) and say in _packs_on where they hold packed weights. forward reads its
+    the device) and say in _pack how they pack it. forward reads its
     buffers from ``self._buffers``: nn.Module.__getattr__ costs about 0.7 us a buffer,
     which was a third of a small decode layer's call (4 us of 12 at 1x576x192)."""
 
@@ -36,11 +36,12 @@ class _QuantizedLinearBase(nn.Module):
         self.register_buffer("weight_packed", None, persistent=False)
         self.register_buffer("weight_sum", None, persistent=False)
 
-    # Where _packs_on(device), the weights live only in the packed layout (the register tile
-    # reads 16 output channels per vector; see ops.int8_pack_weight); elsewhere, and in
-    # every state_dict, in the canonical one.
-    def _packs_on(self, device: torch.device) -> bool:
-        return False
+    # On the CPU the weights live only in the packed layout (the register tile reads 16
+    # output channels per vector; see ops.int8_pack_weight); elsewhere, and in every
+    # state_dict, in the canonical one.
+    @staticmethod
+    def _packs_on(device: torch.device) -> bool:
+        return device.type == "cpu"
 
     def _pack(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return ops.int8_pack_weight(weight)
@@ -139,9 +140,6 @@ class Int8Linear(_QuantizedLinearBase):
                              torch.ones(in_features, dtype=torch.float32, device=device) if smoothing else None)
         self.weight = self._buffers["weight"]  # in the layout of this device
 
-    def _packs_on(self, device: torch.device) -> bool:
-        return device.type == "cpu"
-
     @classmethod
     def from_float(cls, linear: nn.Linear, activation_absmax: torch.Tensor | None = None,
                    alpha: float = 0.5) -> Int8Linear:
@@ -185,9 +183,6 @@ class Int8WeightOnlyLinear(_QuantizedLinearBase):
         super().__init__(in_features, out_features, bias, scale_shape, device, dtype)
         self.group_size = group_size
         self.weight = self._buffers["weight"]  # in the layout of this device
-
-    def _packs_on(self, device: torch.device) -> bool:
-        return device.type == "cpu"
 
     def _pack(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return ops.int8_pack_weight(weight, self.group_size)
