@@ -5,7 +5,7 @@ import io
 
 import pytest
 import torch
-from conftest import FLOAT_DTYPES, random_input
+from conftest import CPU_ISAS, FLOAT_DTYPES, random_input
 from test_quant import assert_same_bits
 from torch.library import opcheck
 
@@ -211,6 +211,37 @@ def test_int8_weight_only_linear_packed_per_group_matches_reference(isa, dtype, 
     expected = ref.int8_weight_only_linear_packed(x, packed, w_sum, w_scale, bias, group_size)
     torch.testing.assert_close(out, expected, **w8a16_tolerance(dtype))
     assert out.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+# Token counts around the 3-token register tile, columns around its 64, groups up to the
+# register tiles' 1020 limit and one beyond it (composed on every ISA).
+@pytest.mark.parametrize("m,n,k,group_size", [(1, 70, 300, 32), (7, 129, 1000, 96), (5, 33, 37, 12),
+                                              (17, 64, 2048, 1020), (4, 48, 2100, 1024), (16, 200, 1024, 32)])
+def test_w8a16_per_group_register_tiles_match_the_composition_bit_for_bit(dtype, m, n, k, group_size):
+    # AVX-512 folds each group's partial products in registers; the other ISAs store them and
+    # accumulate in a second pass. Both promise the same float operations in the same order.
+    x = random_input((m, k), dtype, scale=1.0)
+    wq, w_scale = ops.quantize_per_group(random_input((n, k), scale=0.05), group_size)
+    packed, w_sum = ops.int8_pack_weight(wq, group_size)
+    outs = {}
+    for isa in CPU_ISAS:
+        with ops.use_cpu_isa(isa):
+            outs[isa] = ops.int8_weight_only_linear_packed(x, packed, w_sum, w_scale, None, group_size)
+    for out in outs.values():
+        assert_same_bits(out, outs["scalar"])
+
+
+def test_w8a16_per_group_sums_round_each_product(isa):
+    # Two groups whose products cancel exactly (the second group's weights are the first's
+    # negated, the activations repeat) must sum to exactly 0: each group's scaled product is
+    # rounded to fp32 and then added. A fused multiply-add would leave the rounding error of
+    # the first product behind (bf16 keeps fp32's range, so it would show).
+    x = random_input((5, 64), torch.bfloat16, scale=1.0).repeat(1, 2)
+    w = random_input((40, 64), scale=0.05)
+    wq, w_scale = ops.quantize_per_group(torch.cat([w, -w], dim=1), 64)
+    out = ops.int8_weight_only_linear_packed(x, *ops.int8_pack_weight(wq, 64), w_scale, None, 64)
+    assert torch.equal(out, torch.zeros_like(out))
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)

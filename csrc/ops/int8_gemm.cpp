@@ -223,9 +223,9 @@ bool w8a16_fixed_point(const at::Tensor& x2, int limbs, int64_t n, const at::Ten
 }
 
 // Per-group scales on packed weights (group_size a multiple of cpu::kPackDepth, so groups
-// start on block boundaries): per output block, each group's products over its range of K
-// (with that range's column sums, w_sum [groups, N]) are combined, scaled per column and
-// summed in float; the row epilogue applies the token's scale and the bias.
+// start on block boundaries): per output block, the kernel sums each group's products
+// scaled per column (w_sum [groups, N] holds each group's column sums); the row epilogue
+// applies the token's scale and the bias.
 bool w8a16_fixed_point_grouped(const at::Tensor& x2, int limbs, const at::Tensor& w_packed, const at::Tensor& w_sum,
                                const at::Tensor& w_scale, int64_t group_size, const at::Tensor& bias_f,
                                at::Tensor& out) {
@@ -245,22 +245,16 @@ bool w8a16_fixed_point_grouped(const at::Tensor& x2, int limbs, const at::Tensor
   const int64_t elem = out.element_size();
   static const float kOne = 1.0f;
   OutputBlocks(m, n).parallel([&](int64_t i0, int64_t mb, int64_t j0, int64_t nb) {
-    thread_local std::vector<int32_t> acc;  // per thread, kept between calls
-    thread_local std::vector<float> totals;
-    acc.resize(static_cast<size_t>(kBlockM * limbs * kBlockN));
-    totals.assign(static_cast<size_t>(kBlockM * kBlockN), 0.0f);
-    float group_scale[kBlockN];
-    for (int64_t g = 0; g < groups; ++g) {
-      const int64_t k0 = g * group_size, depth = std::min(group_size, k - k0);
-      kernels.gemm_packed(rows + i0 * limbs * k + k0, k, mb * limbs, depth,
-                          b + j0 / cpu::kPackCols * group_stride + k0 / cpu::kPackDepth * cpu::kPackBlock, group_stride,
-                          sums + g * n + j0, nb, acc.data(), kBlockN);
-      for (int64_t c = 0; c < nb; ++c) group_scale[c] = ws[(j0 + c) * groups + g];
-      for (int64_t i = 0; i < mb; ++i) {
-        kernels.digits_group_accumulate(acc.data() + i * limbs * kBlockN, kBlockN, limbs, depth, nb, group_scale,
-                                        totals.data() + i * kBlockN);
-      }
+    thread_local std::vector<float> totals, scales;  // per thread, kept between calls
+    totals.resize(static_cast<size_t>(kBlockM * kBlockN));
+    // The block's scales group-major ([groups, kBlockN]), so each group's are contiguous.
+    scales.resize(static_cast<size_t>(groups * kBlockN));
+    for (int64_t c = 0; c < nb; ++c) {
+      for (int64_t g = 0; g < groups; ++g) scales[g * kBlockN + c] = ws[(j0 + c) * groups + g];
     }
+    kernels.w8a16_packed_grouped({rows + i0 * limbs * k, mb, limbs, k, group_size,
+                                  b + j0 / cpu::kPackCols * group_stride, group_stride, sums + j0, n, scales.data(),
+                                  kBlockN, nb, totals.data(), kBlockN});
     for (int64_t i = 0; i < mb; ++i) {
       kernels.epilogue_row_float(totals.data() + i * kBlockN, nb, x_scales[i0 + i], &kOne, 0,
                                  bias_ptr == nullptr ? nullptr : bias_ptr + j0, out_dtype,

@@ -49,6 +49,28 @@ constexpr int64_t kPackBlock = kPackCols * kPackDepth;
 // 2^22). Int8GemmKernels::split_fixed_point_rows does the conversion.
 constexpr int32_t split_max(int limbs) { return limbs == 2 ? 127 * 256 + 127 : (1 << 22) - 1; }
 
+// Per-group W8A16 on packed weights, groups starting on packed blocks (group_size a
+// multiple of kPackDepth), activations as fixed-point digit rows (split_fixed_point_rows):
+// for tokens t < tokens and columns j < n,
+//   totals[t * ldt + j] = sum over groups q, in order, of scale[q * scale_stride + j] * dot_q(t, j)
+// in fp32 without FMA, where dot_q(t, j) is token t's product with column j over group q's
+// values of K, combined from its digit rows exactly and rounded once to float.
+struct W8A16GroupedArgs {
+  const int8_t* a;  // digit rows [tokens * limbs, k]: token t's digit d is row t * limbs + d
+  int64_t tokens;
+  int limbs;
+  int64_t k, group_size;
+  const int8_t* b;  // packed block (0, 0) of the first column group; group g's at b + g * group_stride
+  int64_t group_stride;
+  const int32_t* col_sums;  // group q's column sums (over its values of K) at col_sums + q * sums_stride
+  int64_t sums_stride;
+  const float* scale;  // group q's scales at scale + q * scale_stride (transposed from [N, groups])
+  int64_t scale_stride;
+  int64_t n;
+  float* totals;  // written, not accumulated
+  int64_t ldt;
+};
+
 struct Int8GemmKernels {
   // c[i * ldc + j] = sum_k a[i * lda + k] * b[j * ldb + k], exact in int32 for k <= kMaxExactInt8K.
   void (*gemm_s8s8s32)(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t m, int64_t n, int64_t k,
@@ -76,10 +98,9 @@ struct Int8GemmKernels {
   // out[j] = dot[j] * a_scale * b_scale[j] (+ bias[j]), per-channel b_scale.
   void (*digits_epilogue_row)(const int32_t* c, int64_t digit_stride, int digits, int64_t n, float a_scale,
                               const float* b_scale, const float* bias, DType out_dtype, void* out);
-  // Per-group scales: totals[j] += float(dot[j]) * scale[j] for one group's products over
-  // `depth` values of K (dot as in digits_epilogue_row); epilogue_row_float finishes the row.
-  void (*digits_group_accumulate)(const int32_t* c, int64_t digit_stride, int digits, int64_t depth, int64_t n,
-                                  const float* scale, float* totals);
+  // Per-group W8A16 on packed weights and fixed-point activations (W8A16GroupedArgs);
+  // epilogue_row_float finishes each token's row of totals.
+  void (*w8a16_packed_grouped)(const W8A16GroupedArgs& args);
   // The W8A16 product of W8A16Args for its m x n block (weights converted in registers).
   void (*w8a16_gemm)(const W8A16Args& args);
 };

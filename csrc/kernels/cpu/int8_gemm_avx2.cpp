@@ -122,6 +122,9 @@ const int32_t* prepare_panel(const int8_t*, int64_t, int64_t, int64_t, int32_t*)
 
 #include "int8_gemm_impl.h"
 
+// No register tile for per-group W8A16: the composition in int8_gemm_impl.h runs it.
+bool w8a16_grouped_tiles(const W8A16GroupedArgs&) { return false; }
+
 }  // namespace
 }  // namespace avx2_gemm
 

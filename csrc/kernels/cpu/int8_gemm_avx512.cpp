@@ -104,16 +104,12 @@ inline void dpbusd(__m512i& acc, __m512i a, __m512i b) { __asm__("vpdpbusd %2, %
 constexpr int kPackedTileM = 6;
 constexpr int kPackedTileGroups = 4;
 
+// acc[i][g] += the products of row i's quads over k values (from a) with column group g's
+// blocks (from b, groups group_stride apart), the activations shifted to unsigned.
 template <int MR, int NG>
-void packed_tile(const int8_t* a, int64_t lda, int64_t k, const int8_t* b, int64_t group_stride,
-                 const int32_t* col_sums, int64_t n_valid, int32_t* c, int64_t ldc) {
+__attribute__((always_inline)) inline void accumulate_quads(__m512i (&acc)[MR][NG], const int8_t* a, int64_t lda,
+                                                            int64_t k, const int8_t* b, int64_t group_stride) {
   const __m512i sign_bit = _mm512_set1_epi8(static_cast<char>(0x80));
-  __m512i acc[MR][NG];
-  #pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i) {
-    #pragma GCC unroll 8
-    for (int g = 0; g < NG; ++g) acc[i][g] = _mm512_setzero_si512();
-  }
   // quad(i): the 4 activation bytes of row i as one int32.
   auto step = [&](int64_t kq, auto quad) __attribute__((always_inline)) {
     __m512i bv[NG];
@@ -127,11 +123,38 @@ void packed_tile(const int8_t* a, int64_t lda, int64_t k, const int8_t* b, int64
     }
   };
   for_each_quad(a, lda, k, step);
+}
+
+template <int MR, int NG>
+__attribute__((always_inline)) inline void zero(__m512i (&acc)[MR][NG]) {
+  #pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    #pragma GCC unroll 8
+    for (int g = 0; g < NG; ++g) acc[i][g] = _mm512_setzero_si512();
+  }
+}
+
+// The valid columns of column group g of a tile with n_valid columns.
+inline __mmask16 group_mask(int64_t n_valid, int g) {
+  const int64_t cols = n_valid - g * kPackCols;
+  return cols >= kPackCols ? __mmask16(0xFFFF) : __mmask16((1u << cols) - 1);
+}
+
+// 128 * col_sums of column group g: the excess of the unsigned shift.
+inline __m512i column_excess(const int32_t* col_sums, __mmask16 valid, int g) {
+  return _mm512_slli_epi32(_mm512_maskz_loadu_epi32(valid, col_sums + g * kPackCols), 7);
+}
+
+template <int MR, int NG>
+void packed_tile(const int8_t* a, int64_t lda, int64_t k, const int8_t* b, int64_t group_stride,
+                 const int32_t* col_sums, int64_t n_valid, int32_t* c, int64_t ldc) {
+  __m512i acc[MR][NG];
+  zero(acc);
+  accumulate_quads(acc, a, lda, k, b, group_stride);
   #pragma GCC unroll 8
   for (int g = 0; g < NG; ++g) {
-    const int64_t cols = n_valid - g * kPackCols;
-    const __mmask16 valid = cols >= kPackCols ? __mmask16(0xFFFF) : __mmask16((1u << cols) - 1);
-    const __m512i excess = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(valid, col_sums + g * kPackCols), 7);
+    const __mmask16 valid = group_mask(n_valid, g);
+    const __m512i excess = column_excess(col_sums, valid, g);
     #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       _mm512_mask_storeu_epi32(c + i * ldc + g * kPackCols, valid, _mm512_sub_epi32(acc[i][g], excess));
@@ -145,6 +168,65 @@ constexpr int kW16N = 4;
 constexpr int kW16ChannelM = 4;  // per-channel tile: 4 x 4 accumulators
 
 #include "int8_gemm_impl.h"
+
+// Per-group W8A16 with 2 digits per token (16-bit activations) and groups of at most
+// kFloatDigitsMaxDepth values: TOKENS tokens (2 x TOKENS digit rows) by NG column groups of
+// accumulators run through K a group at a time, and at each group's end fold into the
+// totals in L1 (digits combined as in digits_group_accumulate, the same float operations),
+// so no int32 tile is stored and reloaded, and no call is made, per group.
+template <int TOKENS, int NG>
+void grouped_tile(const W8A16GroupedArgs& p, int64_t t0, int64_t j0) {
+  constexpr int kRows = 2 * TOKENS;
+  const int8_t* a = p.a + t0 * 2 * p.k;
+  const int8_t* b = p.b + j0 / kPackCols * p.group_stride;
+  const int64_t n_valid = p.n - j0;
+  float* totals = p.totals + t0 * p.ldt + j0;
+  #pragma GCC unroll 8
+  for (int t = 0; t < TOKENS; ++t) {
+    #pragma GCC unroll 8
+    for (int g = 0; g < NG; ++g) {
+      _mm512_mask_storeu_ps(totals + t * p.ldt + g * kPackCols, group_mask(n_valid, g), _mm512_setzero_ps());
+    }
+  }
+  for (int64_t k0 = 0, q = 0; k0 < p.k; k0 += p.group_size, ++q) {
+    const int64_t depth = p.k - k0 < p.group_size ? p.k - k0 : p.group_size;
+    __m512i acc[kRows][NG];
+    zero(acc);
+    accumulate_quads(acc, a + k0, p.k, depth, b + k0 / kPackDepth * kPackBlock, p.group_stride);
+    #pragma GCC unroll 8
+    for (int g = 0; g < NG; ++g) {
+      const __mmask16 valid = group_mask(n_valid, g);
+      const __m512i excess = column_excess(p.col_sums + q * p.sums_stride + j0, valid, g);
+      const __m512 scale = _mm512_maskz_loadu_ps(valid, p.scale + q * p.scale_stride + j0 + g * kPackCols);
+      #pragma GCC unroll 8
+      for (int t = 0; t < TOKENS; ++t) {
+        const __m512 high = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[2 * t][g], excess));
+        const __m512 low = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[2 * t + 1][g], excess));
+        const __m512 part = _mm512_mul_ps(_mm512_add_ps(_mm512_mul_ps(high, _mm512_set1_ps(256.0f)), low), scale);
+        float* row = totals + t * p.ldt + g * kPackCols;
+        _mm512_mask_storeu_ps(row, valid, _mm512_add_ps(_mm512_maskz_loadu_ps(valid, row), part));
+      }
+    }
+  }
+}
+
+// 3 tokens x 4 column groups: 24 accumulators, as in the packed tile, plus the fold's temporaries.
+constexpr int kGroupedTileTokens = 3;
+
+bool w8a16_grouped_tiles(const W8A16GroupedArgs& p) {
+  if (p.limbs != 2 || p.group_size > kFloatDigitsMaxDepth) return false;
+  constexpr int64_t kTileCols = kPackedTileGroups * kPackCols;
+  // Column tiles outermost, as in gemm_packed: the tile's weights stay in L2 for every row tile.
+  for (int64_t j = 0; j < p.n; j += kTileCols) {
+    const int64_t groups = ((p.n - j < kTileCols ? p.n - j : kTileCols) + kPackCols - 1) / kPackCols;
+    for (int64_t t = 0; t < p.tokens; t += kGroupedTileTokens) {
+      const int64_t tokens = p.tokens - t < kGroupedTileTokens ? p.tokens - t : kGroupedTileTokens;
+      for_tile_edge<kGroupedTileTokens, kPackedTileGroups>(
+          tokens, groups, [&]<int TOKENS, int NG>() { grouped_tile<TOKENS, NG>(p, t, j); });
+    }
+  }
+  return true;
+}
 
 }  // namespace
 }  // namespace avx512_gemm

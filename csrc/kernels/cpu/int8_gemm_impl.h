@@ -225,13 +225,18 @@ bool split_fixed_point_rows(DType dtype, const void* x, int64_t k, int limbs, in
   return split_rows_t(static_cast<const float*>(x), k, limbs, i0, i1, rows, scales);
 }
 
-// Per-group W8A16: totals[j] += (the digit rows' products combined exactly, rounded once to
-// float) * scale[j], a chunk of columns at a time like digits_epilogue_row.
+// ---- Per-group W8A16 on packed weights (W8A16GroupedArgs in int8_gemm.h) ---------------
+
+// Products of fewer than 2^10 int8 pairs stay below 2^24 in magnitude, so with 2 digits
+// both digit rows' sums are exact floats, times 256 too, and their float sum is the dot
+// rounded once; register tiles fold such groups without leaving float.
+constexpr int64_t kFloatDigitsMaxDepth = 1023;
+
+// totals[j] += (the digit rows' products over `depth` values of K, combined exactly,
+// rounded once to float) * scale[j].
 void digits_group_accumulate(const int32_t* c, int64_t digit_stride, int digits, int64_t depth, int64_t n,
                              const float* scale, float* totals) {
-  if (digits == 2 && depth < 1024) {
-    // Products of fewer than 2^10 int8 pairs stay below 2^24 in magnitude, so both digits'
-    // sums are exact floats, times 256 too, and their float sum is the dot rounded once.
+  if (digits == 2 && depth <= kFloatDigitsMaxDepth) {
     const int32_t* low = c + digit_stride;
     for (int64_t j = 0; j < n; ++j) {
       totals[j] += (static_cast<float>(c[j]) * 256.0f + static_cast<float>(low[j])) * scale[j];
@@ -244,6 +249,40 @@ void digits_group_accumulate(const int32_t* c, int64_t digit_stride, int digits,
     combine_digits(c + j0, digit_stride, digits, nc, dots);
     for (int64_t j = 0; j < nc; ++j) totals[j0 + j] += dots[j] * scale[j0 + j];
   }
+}
+
+// Each ISA file defines this after including this file: the product in register tiles that
+// keep the group partials in registers (true), or false to leave it to the composition below.
+bool w8a16_grouped_tiles(const W8A16GroupedArgs& p);
+
+// The composition: each group's packed product into an int32 tile on the stack, then
+// accumulated into the totals, for blocks of up to kTokens tokens by kDigitChunk columns.
+void w8a16_grouped_composed(const W8A16GroupedArgs& p) {
+  constexpr int64_t kTokens = 8, kMaxLimbs = 3;
+  int32_t acc[kTokens * kMaxLimbs * kDigitChunk];
+  const int64_t groups = (p.k + p.group_size - 1) / p.group_size;
+  for (int64_t j0 = 0; j0 < p.n; j0 += kDigitChunk) {
+    const int64_t nc = p.n - j0 < kDigitChunk ? p.n - j0 : kDigitChunk;
+    for (int64_t t0 = 0; t0 < p.tokens; t0 += kTokens) {
+      const int64_t tb = p.tokens - t0 < kTokens ? p.tokens - t0 : kTokens;
+      float* totals = p.totals + t0 * p.ldt + j0;
+      for (int64_t t = 0; t < tb; ++t) std::memset(totals + t * p.ldt, 0, static_cast<size_t>(nc) * sizeof(float));
+      for (int64_t q = 0; q < groups; ++q) {
+        const int64_t k0 = q * p.group_size, depth = p.k - k0 < p.group_size ? p.k - k0 : p.group_size;
+        gemm_packed(p.a + t0 * p.limbs * p.k + k0, p.k, tb * p.limbs, depth,
+                    p.b + j0 / kPackCols * p.group_stride + k0 / kPackDepth * kPackBlock, p.group_stride,
+                    p.col_sums + q * p.sums_stride + j0, nc, acc, kDigitChunk);
+        for (int64_t t = 0; t < tb; ++t) {
+          digits_group_accumulate(acc + t * p.limbs * kDigitChunk, kDigitChunk, p.limbs, depth, nc,
+                                  p.scale + q * p.scale_stride + j0, totals + t * p.ldt);
+        }
+      }
+    }
+  }
+}
+
+void w8a16_packed_grouped(const W8A16GroupedArgs& p) {
+  if (!w8a16_grouped_tiles(p)) w8a16_grouped_composed(p);
 }
 
 // ---- W8A16 ------------------------------------------------------------------------------
@@ -386,4 +425,4 @@ void w8a16_gemm(const W8A16Args& p) {
 
 const Int8GemmKernels kGemmTable{gemm_s8s8s32,         gemm_packed,           epilogue_row_any<int32_t>,
                                   epilogue_row_any<float>, split_fixed_point_rows, digits_epilogue_row,
-                                  digits_group_accumulate, w8a16_gemm};
+                                  w8a16_packed_grouped,    w8a16_gemm};
