@@ -214,9 +214,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_per_chann
                                                       p.args(quant_min, quant_max), static_cast<float>(grad_factor),
                                                       channel_index(layout), dx.data_ptr(), dscale.data_ptr<float>(),
                                                       dzp.data_ptr<float>(), c10::cuda::getCurrentCUDAStream()));
-  // Per-element gradients summed per channel: [outer, C, inner] -> [C].
+  // Per-element gradients summed per channel: [outer, C, inner] -> [C]. (The dims spelled as
+  // an IntArrayRef: a braced list is ambiguous with the Dimname overload in torch 2.11.)
   const auto per_channel = [&](const at::Tensor& t) {
-    return t.reshape({layout.outer, layout.channels, layout.inner}).sum({0, 2}, false, at::kDouble).to(at::kFloat);
+    const int64_t outer_and_inner[] = {0, 2};
+    return t.reshape({layout.outer, layout.channels, layout.inner})
+        .sum(at::IntArrayRef(outer_and_inner), false, at::kDouble)
+        .to(at::kFloat);
   };
   return {dx, per_channel(dscale), per_channel(dzp).to(zero_point.scalar_type())};
 }
