@@ -131,4 +131,6 @@ def test_two_stage_pipeline_equals_single_process_training(tmp_path, mode):
         for name, value in stage["state"].items():
             torch.testing.assert_close(value, expected[name], rtol=1e-4, atol=1e-5, msg=name)
     torch.testing.assert_close(torch.tensor(stages[1]["losses"]), torch.tensor(expected_losses), rtol=1e-4, atol=1e-5)
-    assert expected_losses[-1] < expected_losses[0]
+    # The training learned something: measured on one batch (each step's batch is another
+    # window of text, so the steps' own losses need not fall).
+    assert workers.first_batch_loss(mode, expected) < workers.first_batch_loss(mode)

@@ -229,7 +229,7 @@ def hybrid_reference(steps):
     return copy.deepcopy(model.state_dict())
 
 
-PIPELINE_STEPS, MICROBATCHES = 3, 2
+PIPELINE_STEPS, MICROBATCHES = 6, 2
 
 
 def pipeline_model(mode: str) -> GPT:
@@ -264,7 +264,7 @@ def pipeline_train(rank, world, port, out, mode):
         window = text_batch(step)
         opt.zero_grad()
         if rank == 0:
-            schedule.step(window[:, :-1])
+            schedule.step(window[:, :-1].contiguous())  # torch 2.11 rejects strided stage inputs
         else:
             step_losses = []
             schedule.step(target=window, losses=step_losses)
@@ -275,6 +275,18 @@ def pipeline_train(rank, world, port, out, mode):
     torch.save({"state": state, "losses": losses}, os.path.join(out, f"{rank}.pt"))
     del schedule, stage
     finish_worker()
+
+
+def first_batch_loss(mode: str, state=None) -> float:
+    """Next-token loss on the first training batch of the initial model, or with ``state``."""
+    from effgen_kernels.distributed.pipeline import next_token_loss_fn
+
+    model = pipeline_model(mode)
+    if state is not None:
+        model.load_state_dict(state)
+    window = text_batch(0)
+    with torch.no_grad():
+        return next_token_loss_fn(model(window[:, :-1]).logits, window).item()
 
 
 def pipeline_reference(mode: str):

@@ -61,7 +61,9 @@ def gpt_stage(model: nn.Module, stage_index: int, num_stages: int) -> GPTStage:
 def pipeline_stage(model: nn.Module, stage_index: int, num_stages: int, device: torch.device | str = "cpu",
                    group=None) -> PipelineStage:
     """A torch.distributed.pipelining PipelineStage holding this rank's slice of ``model``;
-    give it to a schedule (e.g. ``ScheduleGPipe(stage, n_microbatches, loss_fn)``)."""
+    give it to a schedule (e.g. ``ScheduleGPipe(stage, n_microbatches, loss_fn)``). Feed
+    the schedule contiguous token batches: torch 2.11's stages reject a strided view such
+    as ``window[:, :-1]`` (stride mismatch), later versions accept it."""
     return PipelineStage(gpt_stage(model, stage_index, num_stages), stage_index, num_stages, torch.device(device),
                          group=group)
 
