@@ -504,8 +504,28 @@ def test_cuda_int8_linear_and_dynamic_are_bit_exact(m, n, k, dtype):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("offset", [1, 4, 16])
+def test_cuda_int8_linear_on_unaligned_storage(offset):
+    # Contiguous tensors that start `offset` bytes into their storage: the tensor-core GEMM
+    # stages 16-byte pieces only from 16-byte aligned rows, bytes otherwise.
+    m, n, k = 33, 70, 256
+
+    def at_offset(t):
+        flat = torch.empty(t.numel() + offset, dtype=torch.int8, device="cuda")
+        view = flat[offset:].view(t.shape)
+        view.copy_(t)
+        return view
+
+    xq, wq = random_int8((m, k)), random_int8((n, k))
+    x_scale, w_scale = torch.rand(m) + 0.01, torch.rand(n) + 0.01
+    out = ops.int8_linear(at_offset(xq.cuda()), x_scale.cuda(), at_offset(wq.cuda()), w_scale.cuda(), None,
+                          torch.float32)
+    assert_same_bits(out.cpu(), ref.int8_linear(xq, x_scale, wq, w_scale, None, torch.float32))
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("m", [1, 5, 16, 17, 200])
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 16, 17, 200])  # each register-row count of the GEMV, then cuBLAS
 @pytest.mark.parametrize("group_size", [None, 128, 100])
 def test_cuda_int8_weight_only_linear(dtype, m, group_size):
     n, k = 520, 1000
