@@ -218,6 +218,18 @@ def test_cuda_binary_family_matches_reference(dtype, m, k):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("m", [1, 3, 16])  # each register-row count of the GEMV
+# Groups of 16 split the GEMV's 32-bit words; 64 and 128 hold whole words.
+@pytest.mark.parametrize("group_size,k", [(16, 48), (16, 203), (64, 200), (128, 4097)])
+def test_cuda_binary_linear_per_group_alpha(m, group_size, k):
+    x, w = random_input((m, k), scale=1.0), random_input((45, k))
+    packed, alpha = ref.binarize_weight(w, group_size)
+    out = ops.binary_linear(x.cuda(), packed.cuda(), alpha.cuda(), None, group_size)
+    torch.testing.assert_close(out.cpu(), ref.binary_linear(x, packed, alpha, group_size=group_size),
+                               **tolerance(torch.float32, k))
+
+
+@pytest.mark.cuda
 def test_cuda_binary_opcheck_and_layers():
     x, w = random_input((5, 37)).cuda(), random_input((6, 37)).cuda()
     packed, alpha = ops.pack_binary(w), w.abs().mean(1)

@@ -1,6 +1,7 @@
-// CUDA kernels of the binary_gemm family. First versions for correctness: the few-row
-// products give each warp one output channel and stream its bits; XNOR gives each thread
-// one output and uses __popc on 32-bit words.
+// CUDA kernels of the binary_gemm family. The few-row products give each warp one output
+// channel and stream its bits a 32-bit word per lane; XNOR gives each thread one output and
+// uses __popc on 32-bit words (a b1 tensor-core path is the next step once a GPU can
+// measure it).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -60,7 +61,44 @@ __global__ void unpack_bits_kernel(const uint8_t* packed, int64_t rows, int64_t 
                          : static_cast<int8_t>(int{bit_at(row, col)} - int{bit_at(row + plane, col)});
 }
 
-template <typename T>
+// 32 weight bits of one plane row from bit k0 (a multiple of 8) on, bit t of the word being
+// weight k0 + t; bytes past the row read as 0.
+__device__ __forceinline__ uint32_t bits_word(const uint8_t* plane_row, int64_t plane_bytes, int64_t k0) {
+  const int64_t byte0 = k0 / 8;
+  uint32_t word = 0;
+#pragma unroll
+  for (int b = 0; b < 4; ++b) {
+    if (byte0 + b < plane_bytes) word |= static_cast<uint32_t>(plane_row[byte0 + b]) << (8 * b);
+  }
+  return word;
+}
+
+// sums[i] += x[i][k0 + t] * weight(t) for t < count and the rows there are (count == 32:
+// unrolled, so bit t is a constant shift).
+template <typename T, int ROWS, typename Weight>
+__device__ __forceinline__ void add_word(float (&sums)[ROWS], const T* x, int64_t m, int64_t k, int64_t k0, int count,
+                                         Weight weight) {
+  auto add = [&](int t) {
+    const float w = weight(t);
+#pragma unroll
+    for (int i = 0; i < ROWS; ++i) {
+      if (i < m) sums[i] += to_f32(x[i * k + k0 + t]) * w;
+    }
+  };
+  if (count == 32) {
+#pragma unroll
+    for (int t = 0; t < 32; ++t) add(t);
+  } else {
+    for (int t = 0; t < count; ++t) add(t);
+  }
+}
+
+// One warp per output channel j: each lane takes 32 weights at a time (a 32-bit word per
+// plane), words 32 apart, and the warp reduces at the end. Binary words inside one alpha
+// group (every word when the group size is a multiple of 32) are summed as +-x and scaled
+// once; a word across a group boundary scales each weight. ROWS >= m rows of x, a
+// compile-time count so the sums stay in registers.
+template <typename T, int ROWS>
 __global__ void bits_gemv_kernel(BitsGemvArgs p) {
   const int warps = blockDim.x / 32;
   const int64_t j = int64_t(blockIdx.x) * warps + threadIdx.x / 32;
@@ -69,19 +107,33 @@ __global__ void bits_gemv_kernel(BitsGemvArgs p) {
   const T* x = static_cast<const T*>(p.x);
   const int64_t plane = (p.k + 7) / 8;
   const uint8_t* row = p.packed + j * p.planes * plane;
-  float acc[kBitsMaxM] = {};
-  for (int64_t kk = lane; kk < p.k; kk += 32) {
-    float weight;
-    if (p.planes == 1) {
-      weight = p.scale[j * p.groups + kk / p.group] * (bit_at(row, kk) ? 1.0f : -1.0f);
-    } else {
-      weight = static_cast<float>(int{bit_at(row, kk)} - int{bit_at(row + plane, kk)});
+  float acc[ROWS] = {};
+  for (int64_t k0 = int64_t(lane) * 32; k0 < p.k; k0 += 32 * 32) {
+    const int count = p.k - k0 < 32 ? static_cast<int>(p.k - k0) : 32;
+    const uint32_t first = bits_word(row, plane, k0);
+    if (p.planes == 2) {  // ternary: positive minus negative plane, one scale per row
+      const uint32_t negative = bits_word(row + plane, plane, k0);
+      add_word(acc, x, p.m, p.k, k0, count,
+               [&](int t) { return static_cast<float>(int((first >> t) & 1u) - int((negative >> t) & 1u)); });
+      continue;
     }
-    for (int64_t i = 0; i < p.m; ++i) acc[i] += weight * to_f32(x[i * p.k + kk]);
+    const float* alpha = p.scale + j * p.groups;
+    auto sign = [&](int t) { return (first >> t) & 1u ? 1.0f : -1.0f; };
+    const int64_t group = k0 / p.group;
+    if (group != (k0 + count - 1) / p.group) {
+      add_word(acc, x, p.m, p.k, k0, count, [&](int t) { return sign(t) * alpha[(k0 + t) / p.group]; });
+      continue;
+    }
+    float part[ROWS] = {};
+    add_word(part, x, p.m, p.k, k0, count, sign);
+#pragma unroll
+    for (int i = 0; i < ROWS; ++i) acc[i] += part[i] * alpha[group];
   }
   T* out = static_cast<T*>(p.out);
   const float ternary_scale = p.planes == 2 ? p.scale[j * p.scale_stride] : 1.0f;
-  for (int64_t i = 0; i < p.m; ++i) {
+#pragma unroll
+  for (int i = 0; i < ROWS; ++i) {
+    if (i >= p.m) break;
     float v = acc[i];
     for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, offset);
     if (lane == 0) store_value(out + i * p.n + j, v * ternary_scale + (p.bias == nullptr ? 0.0f : p.bias[j]));
@@ -138,7 +190,11 @@ cudaError_t bits_gemv(const BitsGemvArgs& args, cudaStream_t stream) {
   const unsigned blocks = static_cast<unsigned>((args.n + kWarps - 1) / kWarps);
   return with_dtype(args.dtype, [&](auto tag) {
     using T = decltype(tag);
-    bits_gemv_kernel<T><<<blocks, kWarps * 32, 0, stream>>>(args);
+    // The instantiation for m rows: the next power of two.
+    if (args.m <= 1) return bits_gemv_kernel<T, 1><<<blocks, kWarps * 32, 0, stream>>>(args);
+    if (args.m <= 4) return bits_gemv_kernel<T, 4><<<blocks, kWarps * 32, 0, stream>>>(args);
+    static_assert(kBitsMaxM == 16, "instantiate up to kBitsMaxM rows");
+    bits_gemv_kernel<T, 16><<<blocks, kWarps * 32, 0, stream>>>(args);
   });
 }
 
