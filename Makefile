@@ -8,7 +8,7 @@ TORCH_VERSION := 2.14.1
 export CUDA_HOME ?= /usr/local/cuda
 export MAX_JOBS ?= 2
 
-.PHONY: run test build bench lint sanitize clean
+.PHONY: run test build bench lint sanitize compat clean
 
 run: build
 	$(VENV)/bin/effgen info
@@ -36,6 +36,25 @@ sanitize: build
 		$(abspath $(PY)) -c "import effgen_kernels as ek; assert '$(SANITIZE_DIR)' in ek.__file__, ek.__file__" && \
 		$(abspath $(PY)) -m pytest -q -p no:cacheprovider \
 			tests/test_quant.py tests/test_int8_gemm.py tests/test_binary.py tests/test_compress.py
+
+# The whole extension, CUDA part included, built against another torch (by default the H200
+# image's, which a GPU session builds on) in a copy of the tree with a venv of its own, and
+# the suite run against it (CPU). torch's CUDA libraries come from .venv's nvidia packages;
+# COMPAT_PYTHON picks the interpreter (the image has Python 3.12).
+COMPAT_TORCH ?= 2.11.0
+COMPAT_PYTHON ?= $(PYTHON)
+COMPAT_DIR := build/compat
+compat: $(VENV)/.deps
+	rm -rf $(COMPAT_DIR)/src && mkdir -p $(COMPAT_DIR)/src $(COMPAT_DIR)/libs
+	cp -r setup.py pyproject.toml README.md csrc effgen_kernels tests examples benchmarks scripts $(COMPAT_DIR)/src/
+	test -x $(COMPAT_DIR)/venv/bin/python || $(COMPAT_PYTHON) -m venv $(COMPAT_DIR)/venv
+	$(COMPAT_DIR)/venv/bin/pip install --quiet --no-deps "torch==$(COMPAT_TORCH)"
+	$(COMPAT_DIR)/venv/bin/pip install --quiet numpy ninja setuptools typing-extensions sympy networkx jinja2 \
+		fsspec filelock pytest pytest-timeout safetensors scikit-learn
+	ln -sfn $(abspath $(wildcard $(VENV)/lib/python*/site-packages/nvidia)) $(COMPAT_DIR)/libs/nvidia
+	echo $(abspath $(COMPAT_DIR)/libs) > $$($(COMPAT_DIR)/venv/bin/python -c "import site; print(site.getsitepackages()[0])")/effgen_nvidia.pth
+	cd $(COMPAT_DIR)/src && EFFGEN_CUDA=1 ../venv/bin/python setup.py -q build_ext --inplace
+	cd $(COMPAT_DIR)/src && PYTHONPATH=. ../venv/bin/python -m pytest -q -p no:cacheprovider tests
 
 # torch comes first and the package is built against it without build isolation, so the
 # extension links the very torch it will run with.
