@@ -213,9 +213,9 @@ def test_int8_weight_only_linear_packed_per_group_matches_reference(isa, dtype, 
     assert out.dtype == dtype
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-# Token counts around the 3-token register tile, columns around its 64, groups up to the
-# register tiles' 1020 limit and one beyond it (composed on every ISA).
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)  # 2 digits per token (3-token tiles), 3 for fp32 (2-token tiles)
+# Token counts around the register tiles, columns around their 64, groups up to 1020 values
+# (2 digits combined in float) and beyond (in double).
 @pytest.mark.parametrize("m,n,k,group_size", [(1, 70, 300, 32), (7, 129, 1000, 96), (5, 33, 37, 12),
                                               (17, 64, 2048, 1020), (4, 48, 2100, 1024), (16, 200, 1024, 32)])
 def test_w8a16_per_group_register_tiles_match_the_composition_bit_for_bit(dtype, m, n, k, group_size):

@@ -169,15 +169,41 @@ constexpr int kW16ChannelM = 4;  // per-channel tile: 4 x 4 accumulators
 
 #include "int8_gemm_impl.h"
 
-// Per-group W8A16 with 2 digits per token (16-bit activations) and groups of at most
-// kFloatDigitsMaxDepth values: TOKENS tokens (2 x TOKENS digit rows) by NG column groups of
+// One token's product with 16 columns over a group, from its LIMBS digit rows' int32 sums
+// (digit[d], excess included), combined and rounded once to float the way
+// digits_group_accumulate does it: in float where both of 2 digits' sums are exact floats
+// (float_sums), else exactly in double, 8 lanes at a time.
+template <int LIMBS>
+__m512 combine_digit_lanes(const __m512i (&digit)[LIMBS], __m512i excess, bool float_sums) {
+  if constexpr (LIMBS == 2) {
+    if (float_sums) {
+      const __m512 high = _mm512_cvtepi32_ps(_mm512_sub_epi32(digit[0], excess));
+      const __m512 low = _mm512_cvtepi32_ps(_mm512_sub_epi32(digit[1], excess));
+      return _mm512_add_ps(_mm512_mul_ps(high, _mm512_set1_ps(256.0f)), low);
+    }
+  }
+  __m256 halves[2];
+  for (int h = 0; h < 2; ++h) {
+    auto lanes = [&](int d) {
+      const __m512i sums = _mm512_sub_epi32(digit[d], excess);
+      return _mm512_cvtepi32_pd(h == 0 ? _mm512_castsi512_si256(sums) : _mm512_extracti64x4_epi64(sums, 1));
+    };
+    __m512d exact = lanes(0);
+    for (int d = 1; d < LIMBS; ++d) exact = _mm512_add_pd(_mm512_mul_pd(exact, _mm512_set1_pd(256.0)), lanes(d));
+    halves[h] = _mm512_cvtpd_ps(exact);
+  }
+  return _mm512_castpd_ps(
+      _mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(halves[0])), _mm256_castps_pd(halves[1]), 1));
+}
+
+// Per-group W8A16: TOKENS tokens (LIMBS x TOKENS digit rows) by NG column groups of
 // accumulators run through K a group at a time, and at each group's end fold into the
 // totals in L1 (digits combined as in digits_group_accumulate, the same float operations),
 // so no int32 tile is stored and reloaded, and no call is made, per group.
-template <int TOKENS, int NG>
+template <int LIMBS, int TOKENS, int NG>
 void grouped_tile(const W8A16GroupedArgs& p, int64_t t0, int64_t j0) {
-  constexpr int kRows = 2 * TOKENS;
-  const int8_t* a = p.a + t0 * 2 * p.k;
+  constexpr int kRows = LIMBS * TOKENS;
+  const int8_t* a = p.a + t0 * LIMBS * p.k;
   const int8_t* b = p.b + j0 / kPackCols * p.group_stride;
   const int64_t n_valid = p.n - j0;
   float* totals = p.totals + t0 * p.ldt + j0;
@@ -200,30 +226,40 @@ void grouped_tile(const W8A16GroupedArgs& p, int64_t t0, int64_t j0) {
       const __m512 scale = _mm512_maskz_loadu_ps(valid, p.scale + q * p.scale_stride + j0 + g * kPackCols);
       #pragma GCC unroll 8
       for (int t = 0; t < TOKENS; ++t) {
-        const __m512 high = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[2 * t][g], excess));
-        const __m512 low = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[2 * t + 1][g], excess));
-        const __m512 part = _mm512_mul_ps(_mm512_add_ps(_mm512_mul_ps(high, _mm512_set1_ps(256.0f)), low), scale);
+        __m512i digit[LIMBS];
+        #pragma GCC unroll 8
+        for (int d = 0; d < LIMBS; ++d) digit[d] = acc[LIMBS * t + d][g];
+        const __m512 dot = combine_digit_lanes(digit, excess, depth <= kFloatDigitsMaxDepth);
         float* row = totals + t * p.ldt + g * kPackCols;
-        _mm512_mask_storeu_ps(row, valid, _mm512_add_ps(_mm512_maskz_loadu_ps(valid, row), part));
+        _mm512_mask_storeu_ps(row, valid, _mm512_add_ps(_mm512_maskz_loadu_ps(valid, row), _mm512_mul_ps(dot, scale)));
       }
     }
   }
 }
 
-// 3 tokens x 4 column groups: 24 accumulators, as in the packed tile, plus the fold's temporaries.
-constexpr int kGroupedTileTokens = 3;
-
-bool w8a16_grouped_tiles(const W8A16GroupedArgs& p) {
-  if (p.limbs != 2 || p.group_size > kFloatDigitsMaxDepth) return false;
+// LIMBS x TOKENS <= 6 rows by 4 column groups: 24 accumulators, as in the packed tile.
+template <int LIMBS>
+void grouped_tiles(const W8A16GroupedArgs& p) {
+  constexpr int kTokens = kPackedTileM / LIMBS;
   constexpr int64_t kTileCols = kPackedTileGroups * kPackCols;
   // Column tiles outermost, as in gemm_packed: the tile's weights stay in L2 for every row tile.
   for (int64_t j = 0; j < p.n; j += kTileCols) {
     const int64_t groups = ((p.n - j < kTileCols ? p.n - j : kTileCols) + kPackCols - 1) / kPackCols;
-    for (int64_t t = 0; t < p.tokens; t += kGroupedTileTokens) {
-      const int64_t tokens = p.tokens - t < kGroupedTileTokens ? p.tokens - t : kGroupedTileTokens;
-      for_tile_edge<kGroupedTileTokens, kPackedTileGroups>(
-          tokens, groups, [&]<int TOKENS, int NG>() { grouped_tile<TOKENS, NG>(p, t, j); });
+    for (int64_t t = 0; t < p.tokens; t += kTokens) {
+      const int64_t tokens = p.tokens - t < kTokens ? p.tokens - t : kTokens;
+      for_tile_edge<kTokens, kPackedTileGroups>(
+          tokens, groups, [&]<int TOKENS, int NG>() { grouped_tile<LIMBS, TOKENS, NG>(p, t, j); });
     }
+  }
+}
+
+bool w8a16_grouped_tiles(const W8A16GroupedArgs& p) {
+  if (p.limbs == 2) {
+    grouped_tiles<2>(p);
+  } else if (p.limbs == 3) {
+    grouped_tiles<3>(p);
+  } else {
+    return false;
   }
   return true;
 }
