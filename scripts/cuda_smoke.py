@@ -31,7 +31,9 @@ def main() -> None:
             learn_scale = scale.clone().requires_grad_()
             learn_zp = zp.float().requires_grad_()
             ops.fake_quantize_learnable_per_channel(leaf, learn_scale, learn_zp, 1, -8, 7).sum().backward()
-    for m, n, k in ((1, 5, 7), (3, 130, 129), (70, 65, 4099), (33, 70, 256)):  # K % 16 == 0: 16-byte staging
+    # Every int8 kernel: GEMV in bytes and in 16-byte pieces, general GEMM, pipelined GEMM
+    # (partial row, column and K tiles).
+    for m, n, k in ((1, 5, 7), (3, 130, 129), (5, 40, 1040), (70, 65, 4099), (33, 70, 256), (130, 129, 80)):
         xq = torch.randint(-128, 128, (m, k), dtype=torch.int8)
         wq = torch.randint(-128, 128, (n, k), dtype=torch.int8)
         x_scale, w_scale = torch.rand(m) + 0.01, torch.rand(n) + 0.01

@@ -490,8 +490,14 @@ def test_bad_group_size_is_rejected():
 # ---------------------------------------------------------------------------------------
 # CUDA (skipped without a GPU): same bits as the reference for W8A8, close for W8A16
 # ---------------------------------------------------------------------------------------
+# Each CUDA int8 kernel: the few-row GEMV (m <= 16) in 16-byte pieces (k % 16 == 0) or
+# bytes, the pipelined GEMM (k % 16 == 0: partial row, column and K tiles) or the general one.
+CUDA_MNK = MNK + [(16, 70, 4096), (2, 33, 48), (9, 40, 1024), (300, 520, 4096), (129, 257, 1040), (17, 8, 16),
+                  (200, 130, 64)]
+
+
 @pytest.mark.cuda
-@pytest.mark.parametrize("m,n,k", MNK + [(300, 520, 4096)])
+@pytest.mark.parametrize("m,n,k", CUDA_MNK)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_cuda_int8_linear_and_dynamic_are_bit_exact(m, n, k, dtype):
     xq, wq = random_int8((m, k)), random_int8((n, k))
@@ -505,10 +511,11 @@ def test_cuda_int8_linear_and_dynamic_are_bit_exact(m, n, k, dtype):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("offset", [1, 4, 16])
-def test_cuda_int8_linear_on_unaligned_storage(offset):
-    # Contiguous tensors that start `offset` bytes into their storage: the tensor-core GEMM
-    # stages 16-byte pieces only from 16-byte aligned rows, bytes otherwise.
-    m, n, k = 33, 70, 256
+@pytest.mark.parametrize("m", [5, 33])
+def test_cuda_int8_linear_on_unaligned_storage(offset, m):
+    # Contiguous tensors that start `offset` bytes into their storage: the GEMV and the GEMMs
+    # load 16-byte pieces only from 16-byte aligned rows, bytes otherwise.
+    n, k = 70, 256
 
     def at_offset(t):
         flat = torch.empty(t.numel() + offset, dtype=torch.int8, device="cuda")
@@ -527,8 +534,9 @@ def test_cuda_int8_linear_on_unaligned_storage(offset):
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("m", [1, 2, 3, 5, 16, 17, 200])  # each register-row count of the GEMV, then cuBLAS
 @pytest.mark.parametrize("group_size", [None, 128, 100])
-def test_cuda_int8_weight_only_linear(dtype, m, group_size):
-    n, k = 520, 1000
+@pytest.mark.parametrize("k", [1000, 1024])  # 16-byte pieces when k and the group are multiples of 16
+def test_cuda_int8_weight_only_linear(dtype, m, group_size, k):
+    n = 520
     x = random_input((m, k), dtype, scale=1.0)
     w = random_input((n, k), scale=0.05)
     wq, w_scale = ops.quantize_per_channel(w, 0) if group_size is None else ops.quantize_per_group(w, group_size)

@@ -134,8 +134,7 @@ __global__ void bits_gemv_kernel(BitsGemvArgs p) {
 #pragma unroll
   for (int i = 0; i < ROWS; ++i) {
     if (i >= p.m) break;
-    float v = acc[i];
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, offset);
+    const float v = warp_sum(acc[i]);
     if (lane == 0) store_value(out + i * p.n + j, v * ternary_scale + (p.bias == nullptr ? 0.0f : p.bias[j]));
   }
 }
@@ -189,12 +188,10 @@ cudaError_t bits_gemv(const BitsGemvArgs& args, cudaStream_t stream) {
   constexpr int kWarps = 8;
   const unsigned blocks = static_cast<unsigned>((args.n + kWarps - 1) / kWarps);
   return with_dtype(args.dtype, [&](auto tag) {
-    using T = decltype(tag);
-    // The instantiation for m rows: the next power of two.
-    if (args.m <= 1) return bits_gemv_kernel<T, 1><<<blocks, kWarps * 32, 0, stream>>>(args);
-    if (args.m <= 4) return bits_gemv_kernel<T, 4><<<blocks, kWarps * 32, 0, stream>>>(args);
     static_assert(kBitsMaxM == 16, "instantiate up to kBitsMaxM rows");
-    bits_gemv_kernel<T, 16><<<blocks, kWarps * 32, 0, stream>>>(args);
+    with_rows<1, 4, 16>(args.m, [&](auto rows) {
+      bits_gemv_kernel<decltype(tag), rows()><<<blocks, kWarps * 32, 0, stream>>>(args);
+    });
   });
 }
 

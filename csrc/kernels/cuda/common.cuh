@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "quant.cuh"  // DType
 
@@ -34,6 +35,26 @@ __device__ uint32_t block_max(uint32_t v) {
   v = 0;
   for (int w = 0; w < int(blockDim.x + 31) / 32; ++w) v = max(v, warp_max[w]);
   __syncthreads();
+  return v;
+}
+
+// Calls fn(std::integral_constant<int, R>{}) for the first R of Rows with R >= m (the last
+// one otherwise): the row count a few-row kernel is instantiated for, so its per-row sums
+// stay in registers.
+template <int R, int... Rest, typename Fn>
+void with_rows(int64_t m, Fn&& fn) {
+  if constexpr (sizeof...(Rest) == 0) {
+    fn(std::integral_constant<int, R>{});
+  } else {
+    if (m <= R) return fn(std::integral_constant<int, R>{});
+    with_rows<Rest...>(m, fn);
+  }
+}
+
+// Sum of v over the 32 lanes of a warp, returned to every lane.
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, offset);
   return v;
 }
 

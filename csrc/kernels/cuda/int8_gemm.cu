@@ -1,8 +1,9 @@
-// CUDA int8 GEMM and W8A16 GEMV. The GEMM runs on the int8 tensor cores (mma.sync
-// m16n8k32, sm_80+) over 64x64 output tiles staged through shared memory 32 bytes of K at a
-// time; the GEMV gives each warp one output channel and streams its int8 weights with
-// 16-byte loads. wgmma (sm_90a) and a multi-stage cp.async pipeline are the next steps once
-// a GPU can measure them.
+// CUDA int8 GEMM and GEMVs. The launcher picks the kernel by shape: a few rows (m <= 16)
+// are a weight stream, run by a GEMV that gives each warp one output channel and dp4a's
+// 16-byte pieces; more rows run on the int8 tensor cores, through the pipelined
+// 128x128 kernel (int8_gemm_tiled.cu) when k % 16 == 0 and the operands are 16-byte
+// aligned, else through the general 64x64 kernel here, which stages byte by byte where it
+// must. The W8A16 GEMV dequantizes in registers, one warp per output channel.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -11,10 +12,7 @@
 #include "common.cuh"
 #include "convert.cuh"
 #include "int8_gemm.cuh"
-
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-#error "the int8 GEMM needs int8 mma.sync (sm_80 or newer): set EFFGEN_CUDA_ARCHS accordingly"
-#endif
+#include "int8_mma.cuh"
 
 namespace effgen::cuda {
 namespace {
@@ -55,19 +53,8 @@ __device__ __forceinline__ uint32_t word(const Stage& tile, int row, int byte) {
   return *reinterpret_cast<const uint32_t*>(&tile[row][byte]);
 }
 
-// d += a (16 x 32, row-major) * b (32 x 8, column-major), int8 in, int32 exact. Fragments
-// (PTX ISA, lane = 4 group + thread): a = rows group and group + 8, bytes 4 thread.. and
-// 16 + 4 thread..; b = column group, the same bytes of K; d = rows group and group + 8,
-// columns 2 thread and 2 thread + 1. Bytes in a word run along K, lowest first.
-__device__ __forceinline__ void mma_s8(int32_t (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 template <typename Out>
-__global__ void __launch_bounds__(kGemmThreads) int8_gemm_kernel(Int8GemmArgs p) {
+__global__ void __launch_bounds__(kGemmThreads) int8_gemm_general_kernel(Int8GemmArgs p) {
   __shared__ __align__(16) Stage a_tile;
   __shared__ __align__(16) Stage b_tile;
   const int64_t row0 = int64_t(blockIdx.y) * kTile, col0 = int64_t(blockIdx.x) * kTile;
@@ -91,105 +78,202 @@ __global__ void __launch_bounds__(kGemmThreads) int8_gemm_kernel(Int8GemmArgs p)
     }
     __syncthreads();
   }
-  Out* out = static_cast<Out*>(p.out);
 #pragma unroll
   for (int t = 0; t < kColTiles; ++t) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const int64_t row = row0 + warp_row + group + (e / 2) * 8;
-      const int64_t col = col0 + warp_col + 8 * t + 2 * thread + e % 2;
-      if (row >= p.m || col >= p.n) continue;
-      float v = __fmul_rn(__fmul_rn(static_cast<float>(acc[t][e]), p.a_scale[row * p.a_stride]),
-                          p.b_scale[col * p.b_stride]);
-      if (p.bias != nullptr) v = __fadd_rn(v, p.bias[col]);
-      store_value(out + row * p.n + col, v);
+      store_scaled<Out>(p, row0 + warp_row + group + e / 2 * 8, col0 + warp_col + 8 * t + 2 * thread + e % 2,
+                        acc[t][e]);
     }
   }
 }
 
-// One warp per output channel j: lanes take K in 16-weight chunks (one 16-byte load when
-// aligned), 32 chunks apart, and the warp reduces at the end. A chunk inside one scale
-// group (every chunk when the group size is a multiple of 16) is summed in fp32 and scaled
-// once, like the CPU kernel's group partials; a chunk across a group boundary scales each
-// weight. ROWS >= m rows of x, a compile-time count so the sums stay in registers.
+// W8A8 with a few rows (m <= kGemvMaxRows) streams the weights: one warp per output
+// channel j, each lane 16 bytes of K at a time (two loads in flight), 32 lanes x 16 bytes
+// apart, summed exactly in int32 with dp4a and reduced over the warp, then the GEMM's
+// epilogue, so the bits are the same. `pieces` (in_16_byte_pieces): every piece is one
+// load; otherwise each lane takes single bytes.
+constexpr int64_t kGemvMaxRows = 16;
+constexpr int kGemvWarps = 8;
+
+template <typename Out, int ROWS>
+__global__ void __launch_bounds__(kGemvWarps * 32) int8_gemv_kernel(Int8GemmArgs p, bool pieces) {
+  const int64_t j = int64_t(blockIdx.x) * kGemvWarps + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (j >= p.n) return;
+  const int8_t* w = p.b + j * p.k;
+  int32_t acc[ROWS] = {};
+  if (pieces) {
+    constexpr int kInFlight = 2;
+    constexpr int64_t kStride = 32 * 16;
+    for (int64_t k0 = int64_t(lane) * 16; k0 < p.k; k0 += kInFlight * kStride) {
+      int4 wv[kInFlight];
+#pragma unroll
+      for (int u = 0; u < kInFlight; ++u) {
+        if (k0 + u * kStride < p.k) wv[u] = *reinterpret_cast<const int4*>(w + k0 + u * kStride);
+      }
+#pragma unroll
+      for (int u = 0; u < kInFlight; ++u) {
+        const int64_t kk = k0 + u * kStride;
+        if (kk >= p.k) break;
+#pragma unroll
+        for (int i = 0; i < ROWS; ++i) {
+          if (i >= p.m) break;
+          const int4 xv = *reinterpret_cast<const int4*>(p.a + i * p.k + kk);
+          acc[i] = __dp4a(xv.x, wv[u].x, acc[i]);
+          acc[i] = __dp4a(xv.y, wv[u].y, acc[i]);
+          acc[i] = __dp4a(xv.z, wv[u].z, acc[i]);
+          acc[i] = __dp4a(xv.w, wv[u].w, acc[i]);
+        }
+      }
+    }
+  } else {
+    for (int64_t kk = lane; kk < p.k; kk += 32) {
+      const int32_t wk = w[kk];
+#pragma unroll
+      for (int i = 0; i < ROWS; ++i) {
+        if (i >= p.m) break;
+        acc[i] += int32_t(p.a[i * p.k + kk]) * wk;
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < ROWS; ++i) {
+    if (i >= p.m) break;
+    const int32_t total = warp_sum(acc[i]);
+    if (lane == 0) store_scaled<Out>(p, i, j, total);
+  }
+}
+
+// The 16 int8 weights of a 16-byte piece as floats, exactly. I2F runs at a quarter of the
+// FMA rate, too slow to keep up with HBM at one row, so each byte b goes through the bits
+// instead: b + 128 (flipping the sign bit) becomes the low mantissa byte of 2^23, a byte
+// permute, and one subtraction of 2^23 + 128 takes it back to b.
+__device__ __forceinline__ void int8x16_to_floats(const int4& piece, float (&out)[16]) {
+  const int32_t words[4] = {piece.x, piece.y, piece.z, piece.w};
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const uint32_t biased = static_cast<uint32_t>(words[q]) ^ 0x80808080u;
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+      // result bytes: byte t of `biased`, 0x00, 0x00, 0x4B (the exponent of 2^23)
+      const uint32_t bits = __byte_perm(biased, 0x4B000000u, 0x7540u | t);
+      out[4 * q + t] = __fsub_rn(__uint_as_float(bits), 8388736.0f);
+    }
+  }
+}
+
+// 16 consecutive elements of x (16-byte aligned) as floats, in 16-byte loads.
+template <typename T>
+__device__ __forceinline__ void load_floats16(const T* x, float (&out)[16]) {
+  constexpr int kLoads = 16 * sizeof(T) / 16;
+  union {
+    int4 pieces[kLoads];
+    T values[16];
+  } buffer;
+#pragma unroll
+  for (int q = 0; q < kLoads; ++q) buffer.pieces[q] = reinterpret_cast<const int4*>(x)[q];
+#pragma unroll
+  for (int t = 0; t < 16; ++t) out[t] = to_f32(buffer.values[t]);
+}
+
+// W8A16 with few rows: one warp per output channel j, lanes take K in 16-weight pieces,
+// 32 pieces apart, and the warp reduces at the end; a piece's products are summed in fp32
+// and scaled once (the CPU kernel's group partials), since no piece spans two groups when
+// `pieces` holds: k (< 2^31) and the group size multiples of 16, x and w 16-byte aligned. Then every
+// load is 16 bytes, two weight pieces in flight per lane. Otherwise lanes take one weight at
+// a time, scaled one by one where a piece would span a group boundary. ROWS >= m rows of x,
+// a compile-time count so the sums stay in registers.
 template <typename T, int ROWS>
-__global__ void w8a16_gemv_kernel(W8A16Args p) {
-  const int warps_per_block = blockDim.x / 32;
-  const int64_t j = int64_t(blockIdx.x) * warps_per_block + threadIdx.x / 32;
+__global__ void __launch_bounds__(kGemvWarps * 32) w8a16_gemv_kernel(W8A16Args p, bool pieces) {
+  const int64_t j = int64_t(blockIdx.x) * kGemvWarps + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (j >= p.n) return;
   const T* x = static_cast<const T*>(p.x);
   const int8_t* w = p.w + j * p.k;
   const float* scale = p.scale + j * p.groups;
-  const bool vec_ok = reinterpret_cast<uintptr_t>(w) % 16 == 0;
   float acc[ROWS] = {};
-  // sums[i] += x[i][kk] * wf for the rows there are.
-  auto add_rows = [&](float (&sums)[ROWS], int64_t kk, float wf) {
+  if (pieces) {
+    constexpr int kInFlight = 2;
+    constexpr int64_t kStride = 32 * 16;
+    for (int64_t k0 = int64_t(lane) * 16; k0 < p.k; k0 += kInFlight * kStride) {
+      int4 wv[kInFlight];
 #pragma unroll
-    for (int i = 0; i < ROWS; ++i) {
-      if (i < p.m) sums[i] += to_f32(x[i * p.k + kk]) * wf;
-    }
-  };
-  for (int64_t k0 = int64_t(lane) * 16; k0 < p.k; k0 += 32 * 16) {
-    alignas(16) int8_t wv[16];
-    const int count = p.k - k0 < 16 ? static_cast<int>(p.k - k0) : 16;
-    if (vec_ok && count == 16) {
-      *reinterpret_cast<uint4*>(wv) = *reinterpret_cast<const uint4*>(w + k0);
-    } else {
-      for (int t = 0; t < 16; ++t) wv[t] = t < count ? w[k0 + t] : int8_t{0};
-    }
-    const int64_t group = k0 / p.group;
-    if (group != (k0 + count - 1) / p.group) {
-      for (int t = 0; t < count; ++t) add_rows(acc, k0 + t, static_cast<float>(wv[t]) * scale[(k0 + t) / p.group]);
-      continue;
-    }
-    float part[ROWS] = {};
-    if (count == 16) {
+      for (int u = 0; u < kInFlight; ++u) {
+        if (k0 + u * kStride < p.k) wv[u] = *reinterpret_cast<const int4*>(w + k0 + u * kStride);
+      }
 #pragma unroll
-      for (int t = 0; t < 16; ++t) add_rows(part, k0 + t, static_cast<float>(wv[t]));
-    } else {
-      for (int t = 0; t < count; ++t) add_rows(part, k0 + t, static_cast<float>(wv[t]));
-    }
-    const float s = scale[group];
+      for (int u = 0; u < kInFlight; ++u) {
+        const int64_t kk = k0 + u * kStride;
+        if (kk >= p.k) break;
+        float wf[16];
+        int8x16_to_floats(wv[u], wf);
+        // per channel: one scale; per group: a 32-bit division (pieces holds k < 2^31)
+        const float s = p.groups == 1 ? scale[0] : scale[static_cast<uint32_t>(kk) / static_cast<uint32_t>(p.group)];
 #pragma unroll
-    for (int i = 0; i < ROWS; ++i) acc[i] += part[i] * s;
+        for (int i = 0; i < ROWS; ++i) {
+          if (i >= p.m) break;
+          float xv[16];
+          load_floats16(x + i * p.k + kk, xv);
+          float part = 0.0f;
+#pragma unroll
+          for (int t = 0; t < 16; ++t) part = __fmaf_rn(xv[t], wf[t], part);
+          acc[i] = __fmaf_rn(part, s, acc[i]);
+        }
+      }
+    }
+  } else {
+    for (int64_t kk = lane; kk < p.k; kk += 32) {
+      const float wf = __fmul_rn(static_cast<float>(w[kk]), scale[kk / p.group]);
+#pragma unroll
+      for (int i = 0; i < ROWS; ++i) {
+        if (i >= p.m) break;
+        acc[i] = __fmaf_rn(to_f32(x[i * p.k + kk]), wf, acc[i]);
+      }
+    }
   }
   T* out = static_cast<T*>(p.out);
 #pragma unroll
   for (int i = 0; i < ROWS; ++i) {
     if (i >= p.m) break;
-    float v = acc[i];
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, offset);
+    const float v = warp_sum(acc[i]);
     if (lane == 0) store_value(out + i * p.n + j, p.bias == nullptr ? v : v + p.bias[j]);
   }
-}
-
-// The w8a16_gemv_kernel instantiation for m rows: the next power of two.
-template <typename T>
-void launch_gemv(const W8A16Args& args, unsigned blocks, unsigned threads, cudaStream_t stream) {
-  if (args.m <= 1) return w8a16_gemv_kernel<T, 1><<<blocks, threads, 0, stream>>>(args);
-  if (args.m <= 2) return w8a16_gemv_kernel<T, 2><<<blocks, threads, 0, stream>>>(args);
-  if (args.m <= 4) return w8a16_gemv_kernel<T, 4><<<blocks, threads, 0, stream>>>(args);
-  if (args.m <= 8) return w8a16_gemv_kernel<T, 8><<<blocks, threads, 0, stream>>>(args);
-  static_assert(kW8A16MaxM == 16, "instantiate up to kW8A16MaxM rows");
-  w8a16_gemv_kernel<T, 16><<<blocks, threads, 0, stream>>>(args);
 }
 
 }  // namespace
 
 cudaError_t int8_gemm(const Int8GemmArgs& args, cudaStream_t stream) {
   if (args.m == 0 || args.n == 0) return cudaSuccess;
-  const dim3 grid(static_cast<unsigned>((args.n + kTile - 1) / kTile), static_cast<unsigned>((args.m + kTile - 1) / kTile));
+  const bool pieces = in_16_byte_pieces(args);
+  if (args.m > kGemvMaxRows && pieces) return int8_gemm_tiled(args, stream);
   return with_dtype(args.out_dtype, [&](auto zero) {
-    int8_gemm_kernel<decltype(zero)><<<grid, kGemmThreads, 0, stream>>>(args);
+    using Out = decltype(zero);
+    if (args.m <= kGemvMaxRows) {
+      const unsigned blocks = static_cast<unsigned>((args.n + kGemvWarps - 1) / kGemvWarps);
+      with_rows<1, 2, 4, 8, 16>(args.m, [&](auto rows) {
+        int8_gemv_kernel<Out, rows()><<<blocks, kGemvWarps * 32, 0, stream>>>(args, pieces);
+      });
+      return;
+    }
+    const dim3 grid(static_cast<unsigned>((args.n + kTile - 1) / kTile),
+                    static_cast<unsigned>((args.m + kTile - 1) / kTile));
+    int8_gemm_general_kernel<Out><<<grid, kGemmThreads, 0, stream>>>(args);
   });
 }
 
 cudaError_t w8a16_gemv(const W8A16Args& args, cudaStream_t stream) {
   if (args.m == 0 || args.n == 0) return cudaSuccess;
-  constexpr int kWarps = 8;
-  const unsigned blocks = static_cast<unsigned>((args.n + kWarps - 1) / kWarps);
-  return with_dtype(args.dtype, [&](auto zero) { launch_gemv<decltype(zero)>(args, blocks, kWarps * 32, stream); });
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const bool pieces = args.k % 16 == 0 && args.k < (int64_t{1} << 31) && args.group % 16 == 0 && aligned(args.x) &&
+                      aligned(args.w);
+  const unsigned blocks = static_cast<unsigned>((args.n + kGemvWarps - 1) / kGemvWarps);
+  static_assert(kW8A16MaxM == 16, "instantiate up to kW8A16MaxM rows");
+  return with_dtype(args.dtype, [&](auto zero) {
+    with_rows<1, 2, 4, 8, 16>(args.m, [&](auto rows) {
+      w8a16_gemv_kernel<decltype(zero), rows()><<<blocks, kGemvWarps * 32, 0, stream>>>(args, pieces);
+    });
+  });
 }
 
 }  // namespace effgen::cuda

@@ -1,0 +1,51 @@
+// Pieces shared by the int8 GEMM kernels (int8_gemm.cu, int8_gemm_tiled.cu): the int8
+// tensor-core instruction and the fused epilogue. Internal linkage, like common.cuh.
+#pragma once
+#include <cstdint>
+
+#include "convert.cuh"
+#include "int8_gemm.cuh"
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#error "the int8 GEMM needs int8 mma.sync (sm_80 or newer): set EFFGEN_CUDA_ARCHS accordingly"
+#endif
+
+namespace effgen::cuda {
+namespace {
+
+// d += a (16 x 32, row-major) * b (32 x 8, column-major), int8 in, int32 exact. Fragments
+// (PTX ISA, lane = 4 group + thread): a = rows group and group + 8, bytes 4 thread.. and
+// 16 + 4 thread..; b = column group, the same bytes of K; d = rows group and group + 8,
+// columns 2 thread and 2 thread + 1. Bytes in a word run along K, lowest first.
+__device__ __forceinline__ void mma_s8(int32_t (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// out[row][col] = float(acc) * a_scale[row] * b_scale[col] (+ bias[col]), each step rounded
+// on its own (no FMA), in the order of reference.int8_linear, so every kernel is bit-exact.
+// Skips positions outside the output.
+template <typename Out>
+__device__ __forceinline__ void store_scaled(const Int8GemmArgs& p, int64_t row, int64_t col, int32_t acc) {
+  if (row >= p.m || col >= p.n) return;
+  float v = __fmul_rn(__fmul_rn(static_cast<float>(acc), p.a_scale[row * p.a_stride]), p.b_scale[col * p.b_stride]);
+  if (p.bias != nullptr) v = __fadd_rn(v, p.bias[col]);
+  store_value(static_cast<Out*>(p.out) + row * p.n + col, v);
+}
+
+// k % 16 == 0 and a, b 16-byte aligned: every 16-byte piece of a row of a or b is one
+// aligned load.
+inline bool in_16_byte_pieces(const Int8GemmArgs& args) {
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  return args.k % 16 == 0 && aligned(args.a) && aligned(args.b);
+}
+
+}  // namespace
+
+// The pipelined GEMM of int8_gemm_tiled.cu, for products with more than a few rows; needs
+// in_16_byte_pieces(args).
+cudaError_t int8_gemm_tiled(const Int8GemmArgs& args, cudaStream_t stream);
+
+}  // namespace effgen::cuda
