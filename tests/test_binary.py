@@ -200,7 +200,7 @@ def test_binary_mlp_learns_digits():
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("m", [1, 16, 17, 64])
-@pytest.mark.parametrize("k", ODD_K)
+@pytest.mark.parametrize("k", ODD_K + [64, 4096])  # k % 32 == 0: the GEMV's word loads and 16-byte x loads
 def test_cuda_binary_family_matches_reference(dtype, m, k):
     x, w = random_input((m, k), dtype, scale=1.0), random_input((45, k))
     bias = torch.randn(45)
@@ -220,7 +220,7 @@ def test_cuda_binary_family_matches_reference(dtype, m, k):
 @pytest.mark.cuda
 @pytest.mark.parametrize("m", [1, 3, 16])  # each register-row count of the GEMV
 # Groups of 16 split the GEMV's 32-bit words; 64 and 128 hold whole words.
-@pytest.mark.parametrize("group_size,k", [(16, 48), (16, 203), (64, 200), (128, 4097)])
+@pytest.mark.parametrize("group_size,k", [(16, 48), (16, 203), (64, 200), (128, 4097), (16, 64), (64, 256)])
 def test_cuda_binary_linear_per_group_alpha(m, group_size, k):
     x, w = random_input((m, k), scale=1.0), random_input((45, k))
     packed, alpha = ref.binarize_weight(w, group_size)

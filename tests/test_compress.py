@@ -140,7 +140,9 @@ def test_residuals_move_with_their_parameters_when_buckets_change():
 # ---------------------------------------------------------------------------------------
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("n,block", [(1, 4), (4099, 256), (70001, 64), (1003, 7)])
+# 16-byte pieces where block % 4 (int8) or % 8 (sign) == 0, with and without a short last
+# block; single values otherwise.
+@pytest.mark.parametrize("n,block", [(1, 4), (4099, 256), (70001, 64), (1003, 7), (4096, 256), (1000, 12)])
 def test_cuda_codecs_match_the_cpu_kernels(dtype, n, block):
     x = random_input((n,), dtype)
     for op in (e.ef_compress_int8, e.ef_compress_sign):
@@ -154,7 +156,7 @@ def test_cuda_codecs_match_the_cpu_kernels(dtype, n, block):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("n,block", [(1, 4), (4099, 256), (70001, 64)])
+@pytest.mark.parametrize("n,block", [(1, 4), (4099, 256), (70001, 64), (4096, 256), (1000, 12)])
 def test_cuda_decompress_sums_match_the_cpu_kernels(n, block):
     rows, blocks = 3, -(-n // block)
     q = torch.randint(-127, 128, (rows, n), dtype=torch.int8)

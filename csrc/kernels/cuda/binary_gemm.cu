@@ -73,16 +73,28 @@ __device__ __forceinline__ uint32_t bits_word(const uint8_t* plane_row, int64_t 
   return word;
 }
 
-// sums[i] += x[i][k0 + t] * weight(t) for t < count and the rows there are (count == 32:
-// unrolled, so bit t is a constant shift).
+// sums[i] += x[i][k0 + t] * weight(t) for t < count and the rows there are. `vector`:
+// count == 32 and x's rows 16-byte aligned at k0, so x comes in 16-byte loads; otherwise
+// element by element (unrolled when count == 32, so bit t is a constant shift).
 template <typename T, int ROWS, typename Weight>
 __device__ __forceinline__ void add_word(float (&sums)[ROWS], const T* x, int64_t m, int64_t k, int64_t k0, int count,
-                                         Weight weight) {
+                                         bool vector, Weight weight) {
+  if (vector) {
+#pragma unroll
+    for (int i = 0; i < ROWS; ++i) {
+      if (i >= m) break;
+      float xv[32];
+      load_floats(x + i * k + k0, xv);
+#pragma unroll
+      for (int t = 0; t < 32; ++t) sums[i] = __fmaf_rn(xv[t], weight(t), sums[i]);
+    }
+    return;
+  }
   auto add = [&](int t) {
     const float w = weight(t);
 #pragma unroll
     for (int i = 0; i < ROWS; ++i) {
-      if (i < m) sums[i] += to_f32(x[i * k + k0 + t]) * w;
+      if (i < m) sums[i] = __fmaf_rn(to_f32(x[i * k + k0 + t]), w, sums[i]);
     }
   };
   if (count == 32) {
@@ -96,10 +108,11 @@ __device__ __forceinline__ void add_word(float (&sums)[ROWS], const T* x, int64_
 // One warp per output channel j: each lane takes 32 weights at a time (a 32-bit word per
 // plane), words 32 apart, and the warp reduces at the end. Binary words inside one alpha
 // group (every word when the group size is a multiple of 32) are summed as +-x and scaled
-// once; a word across a group boundary scales each weight. ROWS >= m rows of x, a
-// compile-time count so the sums stay in registers.
+// once; a word across a group boundary scales each weight. `words`: k % 32 == 0, packed
+// 4-byte and x 16-byte aligned, so a plane word is one load and x comes in 16-byte loads.
+// ROWS >= m rows of x, a compile-time count so the sums stay in registers.
 template <typename T, int ROWS>
-__global__ void bits_gemv_kernel(BitsGemvArgs p) {
+__global__ void bits_gemv_kernel(BitsGemvArgs p, bool words) {
   const int warps = blockDim.x / 32;
   const int64_t j = int64_t(blockIdx.x) * warps + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -107,13 +120,16 @@ __global__ void bits_gemv_kernel(BitsGemvArgs p) {
   const T* x = static_cast<const T*>(p.x);
   const int64_t plane = (p.k + 7) / 8;
   const uint8_t* row = p.packed + j * p.planes * plane;
+  auto word_at = [&](const uint8_t* plane_row, int64_t k0) {
+    return words ? *reinterpret_cast<const uint32_t*>(plane_row + k0 / 8) : bits_word(plane_row, plane, k0);
+  };
   float acc[ROWS] = {};
   for (int64_t k0 = int64_t(lane) * 32; k0 < p.k; k0 += 32 * 32) {
     const int count = p.k - k0 < 32 ? static_cast<int>(p.k - k0) : 32;
-    const uint32_t first = bits_word(row, plane, k0);
+    const uint32_t first = word_at(row, k0);
     if (p.planes == 2) {  // ternary: positive minus negative plane, one scale per row
-      const uint32_t negative = bits_word(row + plane, plane, k0);
-      add_word(acc, x, p.m, p.k, k0, count,
+      const uint32_t negative = word_at(row + plane, k0);
+      add_word(acc, x, p.m, p.k, k0, count, words,
                [&](int t) { return static_cast<float>(int((first >> t) & 1u) - int((negative >> t) & 1u)); });
       continue;
     }
@@ -121,11 +137,11 @@ __global__ void bits_gemv_kernel(BitsGemvArgs p) {
     auto sign = [&](int t) { return (first >> t) & 1u ? 1.0f : -1.0f; };
     const int64_t group = k0 / p.group;
     if (group != (k0 + count - 1) / p.group) {
-      add_word(acc, x, p.m, p.k, k0, count, [&](int t) { return sign(t) * alpha[(k0 + t) / p.group]; });
+      add_word(acc, x, p.m, p.k, k0, count, words, [&](int t) { return sign(t) * alpha[(k0 + t) / p.group]; });
       continue;
     }
     float part[ROWS] = {};
-    add_word(part, x, p.m, p.k, k0, count, sign);
+    add_word(part, x, p.m, p.k, k0, count, words, sign);
 #pragma unroll
     for (int i = 0; i < ROWS; ++i) acc[i] += part[i] * alpha[group];
   }
@@ -187,10 +203,12 @@ cudaError_t bits_gemv(const BitsGemvArgs& args, cudaStream_t stream) {
   if (args.m == 0 || args.n == 0) return cudaSuccess;
   constexpr int kWarps = 8;
   const unsigned blocks = static_cast<unsigned>((args.n + kWarps - 1) / kWarps);
+  const bool words = args.k % 32 == 0 && reinterpret_cast<uintptr_t>(args.packed) % 4 == 0 &&
+                     reinterpret_cast<uintptr_t>(args.x) % 16 == 0;
   return with_dtype(args.dtype, [&](auto tag) {
     static_assert(kBitsMaxM == 16, "instantiate up to kBitsMaxM rows");
     with_rows<1, 4, 16>(args.m, [&](auto rows) {
-      bits_gemv_kernel<decltype(tag), rows()><<<blocks, kWarps * 32, 0, stream>>>(args);
+      bits_gemv_kernel<decltype(tag), rows()><<<blocks, kWarps * 32, 0, stream>>>(args, words);
     });
   });
 }

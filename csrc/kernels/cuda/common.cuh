@@ -24,16 +24,22 @@ cudaError_t with_dtype(DType dtype, Fn&& fn) {
   return cudaGetLastError();
 }
 
+// Max of v over the 32 lanes of a warp, returned to every lane.
+__device__ __forceinline__ uint32_t warp_max(uint32_t v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v = max(v, __shfl_xor_sync(0xFFFFFFFFu, v, offset));
+  return v;
+}
+
 // Max of v over the thread block, returned to every thread. Ends with a barrier, so a
 // kernel may call it again (e.g. once per item of a grid-stride loop).
 __device__ uint32_t block_max(uint32_t v) {
-  __shared__ uint32_t warp_max[32];
-  for (int offset = 16; offset > 0; offset >>= 1) v = max(v, __shfl_xor_sync(0xFFFFFFFFu, v, offset));
+  __shared__ uint32_t per_warp[32];
+  v = warp_max(v);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) warp_max[warp] = v;
+  if (lane == 0) per_warp[warp] = v;
   __syncthreads();
   v = 0;
-  for (int w = 0; w < int(blockDim.x + 31) / 32; ++w) v = max(v, warp_max[w]);
+  for (int w = 0; w < int(blockDim.x + 31) / 32; ++w) v = max(v, per_warp[w]);
   __syncthreads();
   return v;
 }

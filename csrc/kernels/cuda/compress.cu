@@ -1,8 +1,9 @@
-// CUDA kernels of the compress family. Memory-bound and simple: the int8 encoder runs one
-// thread block per compression block (absmax, then encode); the rest is one thread per
-// value (or per packed byte). Explicit round-to-nearest intrinsics (and --fmad=false in the
+// CUDA kernels of the compress family. Memory-bound: the int8 encoder runs one warp per
+// compression block (absmax, then encode), 4 values per lane at a time; the decoders and
+// the sign packer move 4 or 8 values per thread in 16-byte pieces where aligned. Explicit round-to-nearest intrinsics (and --fmad=false in the
 // build) keep the fp32 sequence of the CPU kernels.
 #include <cstdint>
+#include <type_traits>
 
 #include "common.cuh"
 #include "compress.cuh"
@@ -19,63 +20,156 @@ int blocks_for(int64_t items) {
   return static_cast<int>(needed < 1 ? 1 : (needed < 65535 * 32 ? needed : 65535 * 32));
 }
 
+constexpr int kWarps = kThreads / 32;
+
+// 4 consecutive values from p + i into out (count < 4: the first count, the rest 0). `vector`:
+// i % 4 == 0 and p 16-byte aligned, so a full group is one load of 4 * sizeof(T) bytes.
 template <typename T>
-__global__ void ef_int8_kernel(const T* x, float* error, int64_t n, int64_t block, int64_t blocks, int8_t* q,
-                               float* scales) {
-  for (int64_t b = blockIdx.x; b < blocks; b += gridDim.x) {
+__device__ __forceinline__ void load4(const T* p, int64_t i, int count, bool vector, float (&out)[4]) {
+  if (vector && count == 4) {
+    union {
+      T values[4];
+      typename std::conditional<sizeof(T) == 4, float4, uint2>::type piece;
+    } buffer;
+    buffer.piece = *reinterpret_cast<const decltype(buffer.piece)*>(p + i);
+#pragma unroll
+    for (int t = 0; t < 4; ++t) out[t] = to_f32(buffer.values[t]);
+    return;
+  }
+#pragma unroll
+  for (int t = 0; t < 4; ++t) out[t] = t < count ? to_f32(p[i + t]) : 0.0f;
+}
+
+// v = x + error for the 4 values from i on (see load4).
+template <typename T>
+__device__ __forceinline__ void load_sum4(const T* x, const float* error, int64_t i, int count, bool vector,
+                                          float (&v)[4]) {
+  float e[4];
+  load4(x, i, count, vector, v);
+  load4(error, i, count, vector, e);
+#pragma unroll
+  for (int t = 0; t < 4; ++t) v[t] = __fadd_rn(v[t], e[t]);
+}
+
+// One warp per compression block: each lane takes 4 values at a time, 128 apart; the
+// absmax is a warp reduction (no block barriers), then a second pass over the same values
+// (now in L1) encodes them. `vector`: block % 4 == 0 and x, error, q aligned, so every
+// group of 4 is one load per input and one store per output.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) ef_int8_kernel(const T* x, float* error, int64_t n, int64_t block,
+                                                           int64_t blocks, bool vector, int8_t* q, float* scales) {
+  const int lane = threadIdx.x % 32;
+  for (int64_t b = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32; b < blocks; b += int64_t(gridDim.x) * kWarps) {
     const int64_t start = b * block, end = start + block < n ? start + block : n;
     uint32_t bits = 0;
-    for (int64_t i = start + threadIdx.x; i < end; i += blockDim.x) {
-      bits = max(bits, __float_as_uint(__fadd_rn(to_f32(x[i]), error[i])) & 0x7FFFFFFFu);
-    }
-    bits = block_max(bits);
-    if (bits > kMaxFiniteBits) {
-      if (threadIdx.x == 0) scales[b] = __int_as_float(0x7FC00000);
-      for (int64_t i = start + threadIdx.x; i < end; i += blockDim.x) {
-        q[i] = 0;
-        error[i] = 0.0f;
+    for (int64_t i = start + 4 * lane; i < end; i += 128) {
+      const int count = end - i < 4 ? static_cast<int>(end - i) : 4;
+      float v[4];
+      load_sum4(x, error, i, count, vector, v);
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {
+        if (t < count) bits = max(bits, __float_as_uint(v[t]) & 0x7FFFFFFFu);
       }
-      continue;
     }
-    const float scale = __fdiv_rn(__uint_as_float(bits), 127.0f), inv = scale > 0.0f ? __fdiv_rn(1.0f, scale) : 0.0f;
-    if (threadIdx.x == 0) scales[b] = scale;
-    for (int64_t i = start + threadIdx.x; i < end; i += blockDim.x) {
-      const float v = __fadd_rn(to_f32(x[i]), error[i]);
-      const float code = fminf(fmaxf(rintf(__fmul_rn(v, inv)), -127.0f), 127.0f);
-      q[i] = static_cast<int8_t>(code);
-      error[i] = __fsub_rn(v, __fmul_rn(code, scale));
+    bits = warp_max(bits);
+    const bool finite = bits <= kMaxFiniteBits;
+    const float scale = finite ? __fdiv_rn(__uint_as_float(bits), 127.0f) : __int_as_float(0x7FC00000);
+    const float inv = finite && scale > 0.0f ? __fdiv_rn(1.0f, scale) : 0.0f;
+    if (lane == 0) scales[b] = scale;
+    for (int64_t i = start + 4 * lane; i < end; i += 128) {
+      const int count = end - i < 4 ? static_cast<int>(end - i) : 4;
+      float v[4];
+      load_sum4(x, error, i, count, vector, v);
+      int8_t codes[4];
+      float residuals[4];
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {
+        // a block holding Inf/NaN: q = 0 and the residual is dropped
+        const float code = finite ? fminf(fmaxf(rintf(__fmul_rn(v[t], inv)), -127.0f), 127.0f) : 0.0f;
+        codes[t] = static_cast<int8_t>(code);
+        residuals[t] = finite ? __fsub_rn(v[t], __fmul_rn(code, scale)) : 0.0f;
+      }
+      if (vector && count == 4) {
+        *reinterpret_cast<char4*>(q + i) = make_char4(codes[0], codes[1], codes[2], codes[3]);
+        *reinterpret_cast<float4*>(error + i) = make_float4(residuals[0], residuals[1], residuals[2], residuals[3]);
+      } else {
+#pragma unroll
+        for (int t = 0; t < 4; ++t) {
+          if (t < count) q[i + t] = codes[t], error[i + t] = residuals[t];
+        }
+      }
     }
   }
 }
 
+// Each thread sums 4 consecutive values over the rows (`vector`: n and block multiples of 4,
+// q and total aligned, so the 4 share a scale and move in one load / store each).
 __global__ void decompress_int8_kernel(const int8_t* q, const float* scales, int64_t rows, int64_t n, int64_t block,
-                                       int64_t blocks, float* total) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    float acc = 0.0f;
+                                       int64_t blocks, bool vector, float* total) {
+  for (int64_t i = 4 * (int64_t(blockIdx.x) * blockDim.x + threadIdx.x); i < n;
+       i += 4 * int64_t(gridDim.x) * blockDim.x) {
+    const int count = n - i < 4 ? static_cast<int>(n - i) : 4;
+    float acc[4] = {};
     for (int64_t r = 0; r < rows; ++r) {
-      acc = __fadd_rn(acc, __fmul_rn(float(q[r * n + i]), scales[r * blocks + i / block]));
+      if (vector) {
+        const char4 codes = *reinterpret_cast<const char4*>(q + r * n + i);
+        const float scale = scales[r * blocks + i / block];
+        const int8_t c[4] = {codes.x, codes.y, codes.z, codes.w};
+#pragma unroll
+        for (int t = 0; t < 4; ++t) acc[t] = __fadd_rn(acc[t], __fmul_rn(float(c[t]), scale));
+        continue;
+      }
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {
+        if (t < count) acc[t] = __fadd_rn(acc[t], __fmul_rn(float(q[r * n + i + t]), scales[r * blocks + (i + t) / block]));
+      }
     }
-    total[i] = acc;
+    if (vector) {
+      *reinterpret_cast<float4*>(total + i) = make_float4(acc[0], acc[1], acc[2], acc[3]);
+    } else {
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {
+        if (t < count) total[i + t] = acc[t];
+      }
+    }
   }
 }
 
-// One thread per packed byte: its eight bits first (v may alias error), then the residual.
-__global__ void sign_pack_kernel(const float* v, const float* scales, int64_t n, int64_t block, uint8_t* packed,
-                                 float* error) {
+// One thread per packed byte: its eight values first (v may alias error), then the bits and
+// residuals. `vector`: block % 8 == 0 and v, error 16-byte aligned, so a full byte's values
+// share a scale and move in two 16-byte loads / stores.
+__global__ void sign_pack_kernel(const float* v, const float* scales, int64_t n, int64_t block, bool vector,
+                                 uint8_t* packed, float* error) {
   const int64_t bytes = (n + 7) / 8;
   for (int64_t byte = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; byte < bytes;
        byte += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t first = byte * 8;
+    const int count = n - first < 8 ? static_cast<int>(n - first) : 8;
+    float values[8], residual[8];
+    if (vector && count == 8) {
+      const float4 low = *reinterpret_cast<const float4*>(v + first), high = *reinterpret_cast<const float4*>(v + first + 4);
+      values[0] = low.x, values[1] = low.y, values[2] = low.z, values[3] = low.w;
+      values[4] = high.x, values[5] = high.y, values[6] = high.z, values[7] = high.w;
+    } else {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) values[k] = k < count ? v[first + k] : 0.0f;
+    }
     uint32_t bits = 0;
-    float values[8];
-    const int count = n - byte * 8 < 8 ? static_cast<int>(n - byte * 8) : 8;
-    for (int k = 0; k < count; ++k) {
-      values[k] = v[byte * 8 + k];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      if (k >= count) break;
       bits |= static_cast<uint32_t>(values[k] >= 0.0f) << k;
+      residual[k] = __fsub_rn(values[k], __fmul_rn(values[k] >= 0.0f ? 1.0f : -1.0f, scales[(first + k) / block]));
     }
     packed[byte] = static_cast<uint8_t>(bits);
-    for (int k = 0; k < count; ++k) {
-      const int64_t i = byte * 8 + k;
-      error[i] = __fsub_rn(values[k], __fmul_rn(values[k] >= 0.0f ? 1.0f : -1.0f, scales[i / block]));
+    if (vector && count == 8) {
+      *reinterpret_cast<float4*>(error + first) = make_float4(residual[0], residual[1], residual[2], residual[3]);
+      *reinterpret_cast<float4*>(error + first + 4) = make_float4(residual[4], residual[5], residual[6], residual[7]);
+    } else {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        if (k < count) error[first + k] = residual[k];
+      }
     }
   }
 }
@@ -93,31 +187,37 @@ __global__ void decompress_sign_kernel(const uint8_t* packed, const float* scale
   }
 }
 
+bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
 }  // namespace
 
 cudaError_t ef_compress_int8(DType dtype, const void* x, float* error, int64_t n, int64_t block, int8_t* q,
                              float* scales, cudaStream_t stream) {
   const int64_t blocks = (n + block - 1) / block;
   if (blocks == 0) return cudaSuccess;
-  const int grid = static_cast<int>(blocks < 65535 * 32 ? blocks : 65535 * 32);
+  const bool vector = block % 4 == 0 && aligned(x, 16) && aligned(error, 16) && aligned(q, 4);
+  const int64_t grid = (blocks + kWarps - 1) / kWarps;
   return with_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    ef_int8_kernel<T><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(x), error, n, block, blocks, q, scales);
+    ef_int8_kernel<T><<<static_cast<int>(grid < 65535 * 32 ? grid : 65535 * 32), kThreads, 0, stream>>>(
+        static_cast<const T*>(x), error, n, block, blocks, vector, q, scales);
   });
 }
 
 cudaError_t decompress_sum_int8(const int8_t* q, const float* scales, int64_t rows, int64_t n, int64_t block,
                                 float* total, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  decompress_int8_kernel<<<blocks_for(n), kThreads, 0, stream>>>(q, scales, rows, n, block, (n + block - 1) / block,
-                                                                  total);
+  const bool vector = n % 4 == 0 && block % 4 == 0 && aligned(q, 4) && aligned(total, 16);
+  decompress_int8_kernel<<<blocks_for((n + 3) / 4), kThreads, 0, stream>>>(q, scales, rows, n, block,
+                                                                            (n + block - 1) / block, vector, total);
   return cudaGetLastError();
 }
 
 cudaError_t sign_pack_update(const float* v, const float* scales, int64_t n, int64_t block, uint8_t* packed,
                              float* error, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  sign_pack_kernel<<<blocks_for((n + 7) / 8), kThreads, 0, stream>>>(v, scales, n, block, packed, error);
+  const bool vector = block % 8 == 0 && aligned(v, 16) && aligned(error, 16);
+  sign_pack_kernel<<<blocks_for((n + 7) / 8), kThreads, 0, stream>>>(v, scales, n, block, vector, packed, error);
   return cudaGetLastError();
 }
 

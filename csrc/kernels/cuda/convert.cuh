@@ -26,4 +26,19 @@ __device__ __forceinline__ void store_value(T* p, float v) {
   *p = from_f32<T>(v);
 }
 
+// N consecutive elements (N a multiple of 8, x 16-byte aligned) as floats, in 16-byte loads.
+template <int N, typename T>
+__device__ __forceinline__ void load_floats(const T* x, float (&out)[N]) {
+  static_assert(N * sizeof(T) % 16 == 0, "whole 16-byte loads");
+  constexpr int kLoads = N * sizeof(T) / 16;
+  union {
+    int4 pieces[kLoads];
+    T values[N];
+  } buffer;
+#pragma unroll
+  for (int q = 0; q < kLoads; ++q) buffer.pieces[q] = reinterpret_cast<const int4*>(x)[q];
+#pragma unroll
+  for (int t = 0; t < N; ++t) out[t] = to_f32(buffer.values[t]);
+}
+
 }  // namespace effgen::cuda

@@ -163,20 +163,6 @@ __device__ __forceinline__ void int8x16_to_floats(const int4& piece, float (&out
   }
 }
 
-// 16 consecutive elements of x (16-byte aligned) as floats, in 16-byte loads.
-template <typename T>
-__device__ __forceinline__ void load_floats16(const T* x, float (&out)[16]) {
-  constexpr int kLoads = 16 * sizeof(T) / 16;
-  union {
-    int4 pieces[kLoads];
-    T values[16];
-  } buffer;
-#pragma unroll
-  for (int q = 0; q < kLoads; ++q) buffer.pieces[q] = reinterpret_cast<const int4*>(x)[q];
-#pragma unroll
-  for (int t = 0; t < 16; ++t) out[t] = to_f32(buffer.values[t]);
-}
-
 // W8A16 with few rows: one warp per output channel j, lanes take K in 16-weight pieces,
 // 32 pieces apart, and the warp reduces at the end; a piece's products are summed in fp32
 // and scaled once (the CPU kernel's group partials), since no piece spans two groups when
@@ -214,7 +200,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) w8a16_gemv_kernel(W8A16Args p
         for (int i = 0; i < ROWS; ++i) {
           if (i >= p.m) break;
           float xv[16];
-          load_floats16(x + i * p.k + kk, xv);
+          load_floats(x + i * p.k + kk, xv);
           float part = 0.0f;
 #pragma unroll
           for (int t = 0; t < 16; ++t) part = __fmaf_rn(xv[t], wf[t], part);

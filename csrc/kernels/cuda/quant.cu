@@ -28,7 +28,10 @@ __device__ __forceinline__ void load_items(const T* p, int count, bool vec_ok, T
       reinterpret_cast<uint4*>(out)[j] = reinterpret_cast<const uint4*>(p)[j];
     }
   } else {
-    for (int j = 0; j < count; ++j) out[j] = p[j];
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) {
+      if (j < count) out[j] = p[j];
+    }
   }
 }
 
@@ -40,7 +43,10 @@ __device__ __forceinline__ void store_items(T* p, int count, bool vec_ok, const 
       reinterpret_cast<uint4*>(p)[j] = reinterpret_cast<const uint4*>(in)[j];
     }
   } else {
-    for (int j = 0; j < count; ++j) p[j] = in[j];
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) {
+      if (j < count) p[j] = in[j];
+    }
   }
 }
 
@@ -96,7 +102,10 @@ __global__ void quantize_rows_kernel(const T* x, int64_t k, int64_t group, int64
     const int count = chunk_count(n, base);
     T v[kItems];
     load_items(xs + base, count, vec_ok, v);
-    for (int j = 0; j < count; ++j) bits = max(bits, abs_bits(to_f32(v[j])));
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) {
+      if (j < count) bits = max(bits, abs_bits(to_f32(v[j])));
+    }
   }
   bits = block_max(bits);
   const float s = scale_from_bits(bits), inv = inverse_scale(s);
@@ -106,7 +115,10 @@ __global__ void quantize_rows_kernel(const T* x, int64_t k, int64_t group, int64
     T v[kItems];
     alignas(16) int8_t out[kItems];
     load_items(xs + base, count, vec_ok, v);
-    for (int j = 0; j < count; ++j) out[j] = quantize_value(to_f32(v[j]), inv);
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) {
+      if (j < count) out[j] = quantize_value(to_f32(v[j]), inv);
+    }
     store_items(qs + base, count, vec_ok, out);
   }
 }
@@ -123,7 +135,9 @@ __global__ void channel_absmax_kernel(const T* x, int64_t n, ParamIndex idx, uin
     // Flush one atomic per run of equal channels inside the chunk.
     int64_t channel = param_index(idx, base);
     uint32_t bits = 0;
-    for (int j = 0; j < count; ++j) {
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) {
+      if (j >= count) break;
       const int64_t c = param_index(idx, base + j);
       if (c != channel) {
         atomicMax(absmax_bits + channel, bits);
@@ -151,7 +165,10 @@ __global__ void quantize_with_scales_kernel(const T* x, int64_t n, const float* 
     T v[kItems];
     alignas(16) int8_t out[kItems];
     load_items(x + base, count, vec_ok, v);
-    for (int j = 0; j < count; ++j) out[j] = quantize_value(to_f32(v[j]), inverse_scale(scale[param_index(idx, base + j)]));
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) {
+      if (j < count) out[j] = quantize_value(to_f32(v[j]), inverse_scale(scale[param_index(idx, base + j)]));
+    }
     store_items(q + base, count, vec_ok, out);
   }
 }
@@ -165,7 +182,10 @@ __global__ void dequantize_kernel(const int8_t* q, int64_t n, const float* scale
     alignas(16) int8_t v[kItems];
     alignas(16) Out out[kItems];
     load_items(q + base, count, vec_ok, v);
-    for (int j = 0; j < count; ++j) out[j] = from_f32<Out>(__fmul_rn(to_f32(v[j]), scale[param_index(idx, base + j)]));
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) {
+      if (j < count) out[j] = from_f32<Out>(__fmul_rn(to_f32(v[j]), scale[param_index(idx, base + j)]));
+    }
     store_items(y + base, count, vec_ok, out);
   }
 }
@@ -197,7 +217,9 @@ __global__ void fake_quantize_kernel(const T* x, int64_t n, FakeQuantArgs a, Par
     int64_t channel = -1;
     ElementParams p{};
     float inv_scale = 0.0f;
-    for (int j = 0; j < count; ++j) {
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) {
+      if (j >= count) break;
       const int64_t c = fake_quant_channel(a, idx, base + j);
       if (c != channel) {
         channel = c;
@@ -227,7 +249,10 @@ __global__ void mask_grad_kernel(const T* grad, const bool* mask, int64_t n, T* 
     alignas(16) T out[kItems];
     load_items(grad + base, count, vec_ok, g);
     load_items(mask + base, count, vec_ok, m);
-    for (int j = 0; j < count; ++j) out[j] = from_f32<T>(__fmul_rn(to_f32(g[j]), m[j] ? 1.0f : 0.0f));
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) {
+      if (j < count) out[j] = from_f32<T>(__fmul_rn(to_f32(g[j]), m[j] ? 1.0f : 0.0f));
+    }
     store_items(dx + base, count, vec_ok, out);
   }
 }
