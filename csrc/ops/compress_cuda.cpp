@@ -24,7 +24,8 @@
 namespace effgen::ops {
 namespace {
 
-// Sign codec: forms v = x + error in the error buffer itself (fp32 addition commutes, so
+// Sign codec for blocks whose packed bytes straddle two blocks (block % 8 != 0; the fused
+// kernel takes the rest): forms v = x + error in the error buffer itself (fp32 addition commutes, so
 // the bits equal the reference's x.float() + error) and returns the per-block scale
 // min(rms(v), kSignScaleCap * mean |v|), in double like the CPU kernel and
 // reference.ef_compress_sign (see there for when the summation order can show).
@@ -61,9 +62,17 @@ std::tuple<at::Tensor, at::Tensor> ef_compress_sign(const at::Tensor& x, at::Ten
   check_codec_args(op, x, error, block);
   check_cuda(op, "x", x);
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor scales = sign_scales_in_place(x, error, block);
   const int64_t n = x.numel();
   at::Tensor packed = at::empty({(n + 7) / 8}, error.options().dtype(at::kByte));
+  if (block % 8 == 0) {  // no packed byte spans two blocks: one fused pass
+    const at::Tensor xc = x.contiguous();
+    at::Tensor scales = at::empty({blocks_of(n, block)}, error.options());
+    check_launch(op, cuda::ef_compress_sign(cuda_dtype(xc.scalar_type()), xc.data_ptr(), error.data_ptr<float>(), n,
+                                            block, cpu::kSignScaleCap, packed.data_ptr<uint8_t>(),
+                                            scales.data_ptr<float>(), c10::cuda::getCurrentCUDAStream()));
+    return {packed, scales};
+  }
+  const at::Tensor scales = sign_scales_in_place(x, error, block);
   check_launch(op, cuda::sign_pack_update(error.data_ptr<float>(), scales.data_ptr<float>(), n, block,
                                           packed.data_ptr<uint8_t>(), error.data_ptr<float>(),
                                           c10::cuda::getCurrentCUDAStream()));

@@ -102,6 +102,66 @@ __global__ void __launch_bounds__(kThreads) ef_int8_kernel(const T* x, float* er
   }
 }
 
+// The sign codec in one kernel, for block % 8 == 0 (no packed byte spans two blocks): one
+// warp per compression block sums |v| and v^2 of v = x + error in double (the CPU kernel's
+// sums; compress_sign_impl.h says when their order can show), takes the scale, then packs
+// the signs a byte per lane and writes the residuals v - sign * scale. `vector`: x and
+// error 16-byte aligned, so 8 values are one or two loads per input.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) ef_sign_kernel(const T* x, float* error, int64_t n, int64_t block,
+                                                           int64_t blocks, double cap, bool vector, uint8_t* packed,
+                                                           float* scales) {
+  const int lane = threadIdx.x % 32;
+  // v = x + error for the 8 values from i on (count < 8: the first count, the rest 0)
+  auto load_sum8 = [&](int64_t i, int count, float (&v)[8]) {
+    float low[4], high[4];
+    load_sum4(x, error, i, count < 4 ? count : 4, vector, low);
+    load_sum4(x, error, i + 4, count > 4 ? count - 4 : 0, vector, high);
+#pragma unroll
+    for (int t = 0; t < 4; ++t) v[t] = low[t], v[4 + t] = high[t];
+  };
+  for (int64_t b = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32; b < blocks; b += int64_t(gridDim.x) * kWarps) {
+    const int64_t start = b * block, end = start + block < n ? start + block : n;
+    double magnitude = 0.0, square = 0.0;
+    for (int64_t i = start + 8 * lane; i < end; i += 256) {
+      const int count = end - i < 8 ? static_cast<int>(end - i) : 8;
+      float v[8];
+      load_sum8(i, count, v);
+#pragma unroll
+      for (int t = 0; t < 8; ++t) {
+        const double d = v[t];  // 0 past the end: adds nothing
+        magnitude += fabs(d);
+        square += d * d;
+      }
+    }
+    const double count = static_cast<double>(end - start);
+    const double rms = sqrt(warp_sum(square) / count), capped = cap * (warp_sum(magnitude) / count);
+    const float scale = static_cast<float>(rms < capped || isnan(rms) ? rms : capped);  // NaN: both are
+    if (lane == 0) scales[b] = scale;
+    for (int64_t i = start + 8 * lane; i < end; i += 256) {
+      const int count = end - i < 8 ? static_cast<int>(end - i) : 8;
+      float v[8], residual[8];
+      load_sum8(i, count, v);
+      uint32_t bits = 0;
+#pragma unroll
+      for (int t = 0; t < 8; ++t) {
+        if (t < count) bits |= static_cast<uint32_t>(v[t] >= 0.0f) << t;
+        residual[t] = __fsub_rn(v[t], v[t] >= 0.0f ? scale : -scale);
+      }
+      packed[i / 8] = static_cast<uint8_t>(bits);
+      if (vector && count == 8) {
+        *reinterpret_cast<float4*>(error + i) = make_float4(residual[0], residual[1], residual[2], residual[3]);
+        *reinterpret_cast<float4*>(error + i + 4) = make_float4(residual[4], residual[5], residual[6], residual[7]);
+      } else {
+#pragma unroll
+        for (int t = 0; t < 8; ++t) {
+          if (t < count) error[i + t] = residual[t];
+        }
+      }
+    }
+  }
+}
+
 // Each thread sums 4 consecutive values over the rows (`vector`: n and block multiples of 4,
 // q and total aligned, so the 4 share a scale and move in one load / store each).
 __global__ void decompress_int8_kernel(const int8_t* q, const float* scales, int64_t rows, int64_t n, int64_t block,
@@ -201,6 +261,19 @@ cudaError_t ef_compress_int8(DType dtype, const void* x, float* error, int64_t n
     using T = decltype(tag);
     ef_int8_kernel<T><<<static_cast<int>(grid < 65535 * 32 ? grid : 65535 * 32), kThreads, 0, stream>>>(
         static_cast<const T*>(x), error, n, block, blocks, vector, q, scales);
+  });
+}
+
+cudaError_t ef_compress_sign(DType dtype, const void* x, float* error, int64_t n, int64_t block, double cap,
+                             uint8_t* packed, float* scales, cudaStream_t stream) {
+  const int64_t blocks = (n + block - 1) / block;
+  if (blocks == 0) return cudaSuccess;
+  const bool vector = aligned(x, 16) && aligned(error, 16);
+  const int64_t grid = (blocks + kWarps - 1) / kWarps;
+  return with_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    ef_sign_kernel<T><<<static_cast<int>(grid < 65535 * 32 ? grid : 65535 * 32), kThreads, 0, stream>>>(
+        static_cast<const T*>(x), error, n, block, blocks, cap, vector, packed, scales);
   });
 }
 

@@ -20,7 +20,12 @@ cudaError_t ef_compress_int8(DType dtype, const void* x, float* error, int64_t n
 cudaError_t decompress_sum_int8(const int8_t* q, const float* scales, int64_t rows, int64_t n, int64_t block,
                                 float* total, cudaStream_t stream);
 
-// Sign codec once its block scales are known: bits of v >= 0 (LSB first), error = v -
+// The sign codec in one pass for block % 8 == 0: v = x + error, scale = min(rms(v), cap *
+// mean |v|) per block (sums in double), bits of v >= 0 (LSB first), error = v - sign * scale.
+cudaError_t ef_compress_sign(DType dtype, const void* x, float* error, int64_t n, int64_t block, double cap,
+                             uint8_t* packed, float* scales, cudaStream_t stream);
+
+// Sign codec once its block scales are known (any block size): bits of v >= 0 (LSB first), error = v -
 // sign * scale. `v` may be `error` itself.
 cudaError_t sign_pack_update(const float* v, const float* scales, int64_t n, int64_t block, uint8_t* packed,
                              float* error, cudaStream_t stream);
