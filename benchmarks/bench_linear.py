@@ -71,6 +71,9 @@ def run_shape(ctx: BenchContext, m: int, k: int, n: int, peak: float) -> list[Be
     rot = make_peers(linear, rotate=m <= DECODE_M)
     x = torch.randn(m, k, device=ctx.device)
     x_bf16 = x.bfloat16()
+    # Int8Linear's input: a bf16 model's activations on a GPU (like the bf16 peer there),
+    # fp32 on the CPU (the fp32 and fbgemm peers' input).
+    x_int8 = x_bf16 if ctx.device.type == "cuda" else x
     shape = f"{m}x{k}x{n}"
     # Fewer repetitions for products that take long on this device.
     rate = 1e14 if ctx.device.type == "cuda" else 1e9
@@ -87,10 +90,11 @@ def run_shape(ctx: BenchContext, m: int, k: int, n: int, peak: float) -> list[Be
     weight_bytes = n * k
     # Every rotated copy is used once before timing (first use costs extra for every format).
     warmup = max(len(r) for r in rot.values()) + 1 if m <= DECODE_M else 2
-    results = ctx.measure_peers(FAMILY, "Int8Linear (W8A8 dynamic)", shape, torch.float32,
-                                lambda: rot["int8"].next()(x), peers,
-                                bytes_moved=weight_bytes + m * k * 4 + m * n * 4, ops=2 * m * k * n, peak_gops=peak,
-                                reps=reps, warmup=warmup)
+    element = x_int8.element_size()
+    results = ctx.measure_peers(FAMILY, "Int8Linear (W8A8 dynamic)", shape, x_int8.dtype,
+                                lambda: rot["int8"].next()(x_int8), peers,
+                                bytes_moved=weight_bytes + m * k * element + m * n * element, ops=2 * m * k * n,
+                                peak_gops=peak, reps=reps, warmup=warmup)
     if m <= DECODE_M:
         for name, layers in [("Int8WeightOnlyLinear (W8A16)", "w8a16"),
                              (f"Int8WeightOnlyLinear (W8A16, group {W8A16_GROUP})", "w8a16 g128")]:

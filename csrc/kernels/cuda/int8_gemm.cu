@@ -88,6 +88,26 @@ __global__ void __launch_bounds__(kGemmThreads) int8_gemm_general_kernel(Int8Gem
   }
 }
 
+// Streams one weight row w[0, k) (k % 16 == 0, 16-byte aligned) across a warp: lane takes
+// the 16-byte pieces at 16 lane, 16 lane + 512, ..., two loads in flight, and calls
+// fn(k0, piece) for each, in order.
+template <typename Fn>
+__device__ __forceinline__ void for_each_piece(const int8_t* w, int64_t k, int lane, Fn&& fn) {
+  constexpr int kInFlight = 2;
+  constexpr int64_t kStride = 32 * 16;
+  for (int64_t k0 = int64_t(lane) * 16; k0 < k; k0 += kInFlight * kStride) {
+    int4 pieces[kInFlight];
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) {
+      if (k0 + u * kStride < k) pieces[u] = *reinterpret_cast<const int4*>(w + k0 + u * kStride);
+    }
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) {
+      if (k0 + u * kStride < k) fn(k0 + u * kStride, pieces[u]);
+    }
+  }
+}
+
 // W8A8 with a few rows (m <= kGemvMaxRows) streams the weights: one warp per output
 // channel j, each lane 16 bytes of K at a time (two loads in flight), 32 lanes x 16 bytes
 // apart, summed exactly in int32 with dp4a and reduced over the warp, then the GEMM's
@@ -104,29 +124,17 @@ __global__ void __launch_bounds__(kGemvWarps * 32) int8_gemv_kernel(Int8GemmArgs
   const int8_t* w = p.b + j * p.k;
   int32_t acc[ROWS] = {};
   if (pieces) {
-    constexpr int kInFlight = 2;
-    constexpr int64_t kStride = 32 * 16;
-    for (int64_t k0 = int64_t(lane) * 16; k0 < p.k; k0 += kInFlight * kStride) {
-      int4 wv[kInFlight];
+    for_each_piece(w, p.k, lane, [&](int64_t kk, const int4& piece) {
 #pragma unroll
-      for (int u = 0; u < kInFlight; ++u) {
-        if (k0 + u * kStride < p.k) wv[u] = *reinterpret_cast<const int4*>(w + k0 + u * kStride);
+      for (int i = 0; i < ROWS; ++i) {
+        if (i >= p.m) break;
+        const int4 xv = *reinterpret_cast<const int4*>(p.a + i * p.k + kk);
+        acc[i] = __dp4a(xv.x, piece.x, acc[i]);
+        acc[i] = __dp4a(xv.y, piece.y, acc[i]);
+        acc[i] = __dp4a(xv.z, piece.z, acc[i]);
+        acc[i] = __dp4a(xv.w, piece.w, acc[i]);
       }
-#pragma unroll
-      for (int u = 0; u < kInFlight; ++u) {
-        const int64_t kk = k0 + u * kStride;
-        if (kk >= p.k) break;
-#pragma unroll
-        for (int i = 0; i < ROWS; ++i) {
-          if (i >= p.m) break;
-          const int4 xv = *reinterpret_cast<const int4*>(p.a + i * p.k + kk);
-          acc[i] = __dp4a(xv.x, wv[u].x, acc[i]);
-          acc[i] = __dp4a(xv.y, wv[u].y, acc[i]);
-          acc[i] = __dp4a(xv.z, wv[u].z, acc[i]);
-          acc[i] = __dp4a(xv.w, wv[u].w, acc[i]);
-        }
-      }
-    }
+    });
   } else {
     for (int64_t kk = lane; kk < p.k; kk += 32) {
       const int32_t wk = w[kk];
@@ -180,34 +188,22 @@ __global__ void __launch_bounds__(kGemvWarps * 32) w8a16_gemv_kernel(W8A16Args p
   const float* scale = p.scale + j * p.groups;
   float acc[ROWS] = {};
   if (pieces) {
-    constexpr int kInFlight = 2;
-    constexpr int64_t kStride = 32 * 16;
-    for (int64_t k0 = int64_t(lane) * 16; k0 < p.k; k0 += kInFlight * kStride) {
-      int4 wv[kInFlight];
+    for_each_piece(w, p.k, lane, [&](int64_t kk, const int4& piece) {
+      float wf[16];
+      int8x16_to_floats(piece, wf);
+      // per channel: one scale; per group: a 32-bit division (pieces holds k < 2^31)
+      const float s = p.groups == 1 ? scale[0] : scale[static_cast<uint32_t>(kk) / static_cast<uint32_t>(p.group)];
 #pragma unroll
-      for (int u = 0; u < kInFlight; ++u) {
-        if (k0 + u * kStride < p.k) wv[u] = *reinterpret_cast<const int4*>(w + k0 + u * kStride);
+      for (int i = 0; i < ROWS; ++i) {
+        if (i >= p.m) break;
+        float xv[16];
+        load_floats(x + i * p.k + kk, xv);
+        float part = 0.0f;
+#pragma unroll
+        for (int t = 0; t < 16; ++t) part = __fmaf_rn(xv[t], wf[t], part);
+        acc[i] = __fmaf_rn(part, s, acc[i]);
       }
-#pragma unroll
-      for (int u = 0; u < kInFlight; ++u) {
-        const int64_t kk = k0 + u * kStride;
-        if (kk >= p.k) break;
-        float wf[16];
-        int8x16_to_floats(wv[u], wf);
-        // per channel: one scale; per group: a 32-bit division (pieces holds k < 2^31)
-        const float s = p.groups == 1 ? scale[0] : scale[static_cast<uint32_t>(kk) / static_cast<uint32_t>(p.group)];
-#pragma unroll
-        for (int i = 0; i < ROWS; ++i) {
-          if (i >= p.m) break;
-          float xv[16];
-          load_floats(x + i * p.k + kk, xv);
-          float part = 0.0f;
-#pragma unroll
-          for (int t = 0; t < 16; ++t) part = __fmaf_rn(xv[t], wf[t], part);
-          acc[i] = __fmaf_rn(part, s, acc[i]);
-        }
-      }
-    }
+    });
   } else {
     for (int64_t kk = lane; kk < p.k; kk += 32) {
       const float wf = __fmul_rn(static_cast<float>(w[kk]), scale[kk / p.group]);
