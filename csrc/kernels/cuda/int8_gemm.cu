@@ -57,7 +57,7 @@ template <typename Out>
 __global__ void __launch_bounds__(kGemmThreads) int8_gemm_general_kernel(Int8GemmArgs p) {
   __shared__ __align__(16) Stage a_tile;
   __shared__ __align__(16) Stage b_tile;
-  const int64_t row0 = int64_t(blockIdx.y) * kTile, col0 = int64_t(blockIdx.x) * kTile;
+  const int64_t row0 = int64_t(blockIdx.x) * kTile, col0 = int64_t(blockIdx.y) * kTile;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, thread = lane % 4;
   const int warp_row = warp % 4 * 16, warp_col = warp / 4 * 32;
   const bool a_vector = p.k % 16 == 0 && reinterpret_cast<uintptr_t>(p.a) % 16 == 0;
@@ -238,8 +238,9 @@ cudaError_t int8_gemm(const Int8GemmArgs& args, cudaStream_t stream) {
       });
       return;
     }
-    const dim3 grid(static_cast<unsigned>((args.n + kTile - 1) / kTile),
-                    static_cast<unsigned>((args.m + kTile - 1) / kTile));
+    // rows on x (up to 2^31 - 1 tiles), output columns on y (up to 65535 tiles)
+    const dim3 grid(static_cast<unsigned>((args.m + kTile - 1) / kTile),
+                    static_cast<unsigned>((args.n + kTile - 1) / kTile));
     int8_gemm_general_kernel<Out><<<grid, kGemmThreads, 0, stream>>>(args);
   });
 }

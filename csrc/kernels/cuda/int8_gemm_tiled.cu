@@ -72,7 +72,7 @@ __device__ __forceinline__ void stage_rows(const int8_t* src, int64_t rows, int6
 template <typename Out>
 __global__ void __launch_bounds__(kThreads) int8_gemm_tiled_kernel(Int8GemmArgs p) {
   __shared__ __align__(128) Stage stages[kStages];
-  const int64_t row0 = int64_t(blockIdx.y) * kBlockRows, col0 = int64_t(blockIdx.x) * kBlockRows;
+  const int64_t row0 = int64_t(blockIdx.x) * kBlockRows, col0 = int64_t(blockIdx.y) * kBlockRows;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int warp_row = warp / 4 * kWarpRows, warp_col = warp % 4 * kWarpCols;
   const int64_t k_tiles = (p.k + kBlockK - 1) / kBlockK;
@@ -137,8 +137,10 @@ __global__ void __launch_bounds__(kThreads) int8_gemm_tiled_kernel(Int8GemmArgs 
 }  // namespace
 
 cudaError_t int8_gemm_tiled(const Int8GemmArgs& args, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>((args.n + kBlockRows - 1) / kBlockRows),
-                  static_cast<unsigned>((args.m + kBlockRows - 1) / kBlockRows));
+  // rows on x (up to 2^31 - 1 tiles), output columns on y (up to 65535 tiles); consecutive
+  // blocks share a b tile in L2
+  const dim3 grid(static_cast<unsigned>((args.m + kBlockRows - 1) / kBlockRows),
+                  static_cast<unsigned>((args.n + kBlockRows - 1) / kBlockRows));
   return with_dtype(args.out_dtype, [&](auto zero) {
     int8_gemm_tiled_kernel<decltype(zero)><<<grid, kThreads, 0, stream>>>(args);
   });
