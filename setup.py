@@ -86,6 +86,8 @@ def extension():
         archs = [a for a in os.environ.get("EFFGEN_CUDA_ARCHS", DEFAULT_CUDA_ARCHS).split(";") if a]
         cuda_sources = sorted(glob.glob("csrc/ops/*_cuda.cpp") + glob.glob("csrc/kernels/cuda/*.cu"))
         nvcc = ["-O3", "-std=c++20", "--fmad=false", "-lineinfo", *gencode_flags(archs)]
+        if "90a" in archs:  # the wgmma kernels exist (int8_gemm_wgmma_supported() may say yes)
+            nvcc.append("-DEFFGEN_SM90A")
         ext = CUDAExtension("effgen_kernels._C", cpu_sources + cuda_sources,
                             extra_compile_args={"cxx": cxx + ["-DEFFGEN_WITH_CUDA"], "nvcc": nvcc},
                             extra_link_args=link,

@@ -2,6 +2,8 @@
 (memcheck, racecheck) in scripts/gpu_check.sh. Exits non-zero if a result disagrees with
 the CPU kernels."""
 
+import os
+
 import torch
 
 import effgen_kernels as ek
@@ -31,14 +33,16 @@ def main() -> None:
             learn_scale = scale.clone().requires_grad_()
             learn_zp = zp.float().requires_grad_()
             ops.fake_quantize_learnable_per_channel(leaf, learn_scale, learn_zp, 1, -8, 7).sum().backward()
-    # Every int8 kernel: GEMV in bytes and in 16-byte pieces, general GEMM, pipelined GEMM
-    # (partial row, column and K tiles).
-    for m, n, k in ((1, 5, 7), (3, 130, 129), (5, 40, 1040), (70, 65, 4099), (33, 70, 256), (130, 129, 80)):
+    # Every int8 kernel: GEMV in bytes and in 16-byte pieces, general GEMM, the pipelined GEMMs
+    # (partial row, column and K tiles; mma.sync, then the default: wgmma on sm_90a).
+    shapes = ((1, 5, 7), (3, 130, 129), (5, 40, 1040), (70, 65, 4099), (33, 70, 256), (130, 129, 80))
+    for kernel, (m, n, k) in [("mma", (130, 129, 80))] + [("auto", shape) for shape in shapes]:
+        os.environ["EFFGEN_CUDA_INT8_GEMM"] = kernel
         xq = torch.randint(-128, 128, (m, k), dtype=torch.int8)
         wq = torch.randint(-128, 128, (n, k), dtype=torch.int8)
         x_scale, w_scale = torch.rand(m) + 0.01, torch.rand(n) + 0.01
         out = ops.int8_linear(xq.cuda(), x_scale.cuda(), wq.cuda(), w_scale.cuda())
-        assert torch.equal(out.cpu(), ops.int8_linear(xq, x_scale, wq, w_scale)), (m, n, k)
+        assert torch.equal(out.cpu(), ops.int8_linear(xq, x_scale, wq, w_scale)), (kernel, m, n, k)
         x = torch.randn(m, k)
         ops.int8_dynamic_linear(x.cuda(), wq.cuda(), w_scale.cuda())
         ops.int8_weight_only_linear(x.cuda(), wq.cuda(), w_scale.cuda())

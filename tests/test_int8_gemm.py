@@ -11,6 +11,7 @@ from torch.library import opcheck
 
 import effgen_kernels as ek
 from effgen_kernels import reference as ref
+from effgen_kernels.cli import build_info
 
 ops = ek.ops
 MNK = [(1, 1, 1), (1, 5, 7), (3, 9, 129), (17, 70, 300), (64, 130, 4099), (5, 3, 64)]
@@ -490,8 +491,18 @@ def test_bad_group_size_is_rejected():
 # ---------------------------------------------------------------------------------------
 # CUDA (skipped without a GPU): same bits as the reference for W8A8, close for W8A16
 # ---------------------------------------------------------------------------------------
+@pytest.fixture(params=["mma", "wgmma"])
+def cuda_gemm(request, monkeypatch):
+    """Runs the test once per CUDA int8 tensor-core GEMM (EFFGEN_CUDA_INT8_GEMM) this GPU runs."""
+    wgmma_runs = torch.cuda.get_device_capability() == (9, 0) and "90a" in build_info().get("cuda_archs", [])
+    if request.param == "wgmma" and not wgmma_runs:
+        pytest.skip("wgmma needs a compute capability 9.0 GPU and a build for sm_90a")
+    monkeypatch.setenv("EFFGEN_CUDA_INT8_GEMM", request.param)
+    return request.param
+
+
 # Each CUDA int8 kernel: the few-row GEMV (m <= 16) in 16-byte pieces (k % 16 == 0) or
-# bytes, the pipelined GEMM (k % 16 == 0: partial row, column and K tiles) or the general one.
+# bytes, the pipelined GEMMs (k % 16 == 0: partial row, column and K tiles) or the general one.
 CUDA_MNK = MNK + [(16, 70, 4096), (2, 33, 48), (9, 40, 1024), (300, 520, 4096), (129, 257, 1040), (17, 8, 16),
                   (200, 130, 64)]
 
@@ -499,7 +510,7 @@ CUDA_MNK = MNK + [(16, 70, 4096), (2, 33, 48), (9, 40, 1024), (300, 520, 4096), 
 @pytest.mark.cuda
 @pytest.mark.parametrize("m,n,k", CUDA_MNK)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-def test_cuda_int8_linear_and_dynamic_are_bit_exact(m, n, k, dtype):
+def test_cuda_int8_linear_and_dynamic_are_bit_exact(cuda_gemm, m, n, k, dtype):
     xq, wq = random_int8((m, k)), random_int8((n, k))
     x_scale, w_scale, bias = torch.rand(m) + 0.01, torch.rand(n) + 0.01, torch.randn(n)
     out = ops.int8_linear(xq.cuda(), x_scale.cuda(), wq.cuda(), w_scale.cuda(), bias.cuda(), dtype)
@@ -512,7 +523,7 @@ def test_cuda_int8_linear_and_dynamic_are_bit_exact(m, n, k, dtype):
 @pytest.mark.cuda
 @pytest.mark.parametrize("offset", [1, 4, 16])
 @pytest.mark.parametrize("m", [5, 33])
-def test_cuda_int8_linear_on_unaligned_storage(offset, m):
+def test_cuda_int8_linear_on_unaligned_storage(cuda_gemm, offset, m):
     # Contiguous tensors that start `offset` bytes into their storage: the GEMV and the GEMMs
     # load 16-byte pieces only from 16-byte aligned rows, bytes otherwise.
     n, k = 70, 256
@@ -528,6 +539,15 @@ def test_cuda_int8_linear_on_unaligned_storage(offset, m):
     out = ops.int8_linear(at_offset(xq.cuda()), x_scale.cuda(), at_offset(wq.cuda()), w_scale.cuda(), None,
                           torch.float32)
     assert_same_bits(out.cpu(), ref.int8_linear(xq, x_scale, wq, w_scale, None, torch.float32))
+
+
+@pytest.mark.cuda
+def test_cuda_int8_gemm_choice_is_checked(monkeypatch):
+    xq, wq = random_int8((32, 64)).cuda(), random_int8((8, 64)).cuda()
+    x_scale, w_scale = torch.rand(32).cuda(), torch.rand(8).cuda()
+    monkeypatch.setenv("EFFGEN_CUDA_INT8_GEMM", "fastest")
+    with pytest.raises(ValueError, match="EFFGEN_CUDA_INT8_GEMM must be auto, mma or wgmma, got 'fastest'"):
+        ops.int8_linear(xq, x_scale, wq, w_scale, None, torch.float32)
 
 
 @pytest.mark.cuda

@@ -7,6 +7,9 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <string>
+
 #include "cuda_glue.h"
 #include "../kernels/cuda/int8_gemm.cuh"
 #include "int8_gemm_common.h"
@@ -14,6 +17,20 @@
 
 namespace effgen::ops {
 namespace {
+
+// EFFGEN_CUDA_INT8_GEMM=mma|wgmma forces the tensor-core kernel of products with more than
+// 16 rows (unset or auto: the best this GPU runs), read at each call so tests can run both.
+cuda::GemmKernel gemm_kernel_choice(const char* op) {
+  const char* env = std::getenv("EFFGEN_CUDA_INT8_GEMM");
+  const std::string choice = env == nullptr ? "" : env;
+  if (choice.empty() || choice == "auto") return cuda::GemmKernel::kAuto;
+  if (choice == "mma") return cuda::GemmKernel::kMma;
+  TORCH_CHECK_VALUE(choice == "wgmma", op, ": EFFGEN_CUDA_INT8_GEMM must be auto, mma or wgmma, got '", choice, "'");
+  TORCH_CHECK(cuda::int8_gemm_wgmma_supported(), op,
+              ": EFFGEN_CUDA_INT8_GEMM=wgmma needs a compute capability 9.0 GPU and a build with sm_90a in "
+              "EFFGEN_CUDA_ARCHS");
+  return cuda::GemmKernel::kWgmma;
+}
 
 void launch_gemm(const char* op, const at::Tensor& xq, const at::Tensor& x_scale, int64_t x_stride,
                  const at::Tensor& wq, const at::Tensor& w_scale, int64_t w_stride, const at::Tensor& bias,
@@ -24,7 +41,7 @@ void launch_gemm(const char* op, const at::Tensor& xq, const at::Tensor& x_scale
                                 x_stride,                w_scale.data_ptr<float>(),
                                 w_stride,                bias.defined() ? bias.data_ptr<float>() : nullptr,
                                 cuda_dtype(out.scalar_type()), out.data_ptr()};
-  check_launch(op, cuda::int8_gemm(args, c10::cuda::getCurrentCUDAStream()));
+  check_launch(op, cuda::int8_gemm(args, gemm_kernel_choice(op), c10::cuda::getCurrentCUDAStream()));
 }
 
 at::Tensor int8_linear(const at::Tensor& xq, const at::Tensor& x_scale, const at::Tensor& wq,

@@ -1,9 +1,9 @@
 // CUDA int8 GEMM and GEMVs. The launcher picks the kernel by shape: a few rows (m <= 16)
 // are a weight stream, run by a GEMV that gives each warp one output channel and dp4a's
-// 16-byte pieces; more rows run on the int8 tensor cores, through the pipelined
-// 128x128 kernel (int8_gemm_tiled.cu) when k % 16 == 0 and the operands are 16-byte
-// aligned, else through the general 64x64 kernel here, which stages byte by byte where it
-// must. The W8A16 GEMV dequantizes in registers, one warp per output channel.
+// 16-byte pieces; more rows run on the int8 tensor cores, through a pipelined 128x128
+// kernel when k % 16 == 0 and the operands are 16-byte aligned (wgmma on sm_90a,
+// int8_gemm_wgmma.cu; mma.sync elsewhere, int8_gemm_tiled.cu), else through the general
+// 64x64 kernel here, which stages byte by byte where it must. The W8A16 GEMV dequantizes in registers, one warp per output channel.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -225,10 +225,13 @@ __global__ void __launch_bounds__(kGemvWarps * 32) w8a16_gemv_kernel(W8A16Args p
 
 }  // namespace
 
-cudaError_t int8_gemm(const Int8GemmArgs& args, cudaStream_t stream) {
+cudaError_t int8_gemm(const Int8GemmArgs& args, GemmKernel kernel, cudaStream_t stream) {
   if (args.m == 0 || args.n == 0) return cudaSuccess;
   const bool pieces = in_16_byte_pieces(args);
-  if (args.m > kGemvMaxRows && pieces) return int8_gemm_tiled(args, stream);
+  if (args.m > kGemvMaxRows && pieces) {
+    const bool wgmma = kernel == GemmKernel::kWgmma || (kernel == GemmKernel::kAuto && int8_gemm_wgmma_supported());
+    return wgmma ? int8_gemm_wgmma(args, stream) : int8_gemm_tiled(args, stream);
+  }
   return with_dtype(args.out_dtype, [&](auto zero) {
     using Out = decltype(zero);
     if (args.m <= kGemvMaxRows) {

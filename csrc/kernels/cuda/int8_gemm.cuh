@@ -23,7 +23,12 @@ struct Int8GemmArgs {
   DType out_dtype;
   void* out;
 };
-cudaError_t int8_gemm(const Int8GemmArgs& args, cudaStream_t stream);
+// The tensor-core kernel of products with more than a few rows: kAuto takes wgmma where
+// int8_gemm_wgmma_supported(), else mma.sync; the others force one (tests run both).
+enum class GemmKernel { kAuto, kMma, kWgmma };
+// This build has the sm_90a kernels and the current device is compute capability 9.0.
+bool int8_gemm_wgmma_supported();
+cudaError_t int8_gemm(const Int8GemmArgs& args, GemmKernel kernel, cudaStream_t stream);
 
 // W8A16 for few rows (m <= kW8A16MaxM): out[i][j] = sum_k x[i][k] * w[j][k] * scale[j][k / group]
 // (+ bias[j]); x and out in `dtype`, fp32 accumulation. groups = 1, group = k: per channel.

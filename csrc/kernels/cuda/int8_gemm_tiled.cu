@@ -8,23 +8,15 @@
 
 #include "common.cuh"
 #include "int8_mma.cuh"
+#include "int8_pipeline.cuh"
 
 namespace effgen::cuda {
 namespace {
 
-constexpr int kBlockRows = 128;              // rows of a and of b (output columns) per block
-constexpr int kBlockK = 64;                  // bytes of K per stage: two m16n8k32 steps
-constexpr int kPieces = kBlockK / 16;        // 16-byte pieces per staged row
-constexpr int kStages = 3;                   // 3 x 16 KB: the static shared-memory limit
-constexpr int kWarps = 8;                    // 2 x 4 warps over the 128 x 128 tile
-constexpr int kThreads = kWarps * 32;
+constexpr int kWarps = 8;  // 2 x 4 warps over the 128 x 128 tile
 constexpr int kWarpRows = 64, kWarpCols = 32;
 constexpr int kMTiles = kWarpRows / 16, kNTiles = kWarpCols / 8;  // m16 and n8 tiles per warp
-
-struct Stage {
-  int8_t a[kBlockRows * kBlockK];
-  int8_t b[kBlockRows * kBlockK];
-};
+static_assert(kWarps * 32 == kPipelineThreads);
 
 // Byte offset of 16-byte piece `piece` of staged row `row`. Rows are 64 bytes, so rows r and
 // r + 2 would share banks; piece p of row r sits at slot p ^ (r / 2 % 4) instead, and the 8
@@ -32,21 +24,6 @@ struct Stage {
 // fall on 8 different groups of 4 banks.
 __device__ __forceinline__ int swizzled(int row, int piece) {
   return row * kBlockK + ((piece ^ (row >> 1 & 3)) << 4);
-}
-
-__device__ __forceinline__ uint32_t shared_address(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16 bytes global -> shared without passing through L1; bytes = 0 writes 16 zeros, reads nothing.
-__device__ __forceinline__ void copy_async_16(uint32_t dst, const void* src, int bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
-}
-__device__ __forceinline__ void commit_copies() { asm volatile("cp.async.commit_group;\n" ::); }
-// Waits until at most PENDING of this thread's committed copy groups are still in flight.
-template <int PENDING>
-__device__ __forceinline__ void wait_copies() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING));
 }
 
 // Four 8x8 matrices of 16-bit words (8 rows x 16 bytes): lanes 8q..8q+7 give the row
@@ -57,48 +34,20 @@ __device__ __forceinline__ void load_matrices(uint32_t (&r)[4], uint32_t address
                : "r"(address));
 }
 
-// Starts the copies of rows [row0, row0 + 128) x bytes [k0, k0 + 64) of a [rows, k] matrix.
-__device__ __forceinline__ void stage_rows(const int8_t* src, int64_t rows, int64_t k, int64_t row0, int64_t k0,
-                                           int8_t* tile) {
-#pragma unroll
-  for (int idx = threadIdx.x; idx < kBlockRows * kPieces; idx += kThreads) {
-    const int r = idx / kPieces, piece = idx % kPieces;
-    const int64_t row = row0 + r, col = k0 + 16 * piece;
-    const bool inside = row < rows && col < k;
-    copy_async_16(shared_address(tile + swizzled(r, piece)), inside ? src + row * k + col : src, inside ? 16 : 0);
-  }
-}
-
 template <typename Out>
-__global__ void __launch_bounds__(kThreads) int8_gemm_tiled_kernel(Int8GemmArgs p) {
+__global__ void __launch_bounds__(kPipelineThreads) int8_gemm_tiled_kernel(Int8GemmArgs p) {
   __shared__ __align__(128) Stage stages[kStages];
   const int64_t row0 = int64_t(blockIdx.x) * kBlockRows, col0 = int64_t(blockIdx.y) * kBlockRows;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int warp_row = warp / 4 * kWarpRows, warp_col = warp % 4 * kWarpCols;
-  const int64_t k_tiles = (p.k + kBlockK - 1) / kBlockK;
-  // Copies of K tile t into its ring slot; past the end an empty group, so that the number
-  // of groups committed before tile t is always t + kStages - 1.
-  auto issue = [&](int64_t t) {
-    if (t < k_tiles) {
-      Stage& slot = stages[t % kStages];
-      stage_rows(p.a, p.m, p.k, row0, t * kBlockK, slot.a);
-      stage_rows(p.b, p.n, p.k, col0, t * kBlockK, slot.b);
-    }
-    commit_copies();
-  };
-  for (int t = 0; t < kStages - 1; ++t) issue(t);
-
   // ldmatrix lane roles. a: matrices (rows 0-7, bytes 0-15), (8-15, 0-15), (0-7, 16-31),
   // (8-15, 16-31) of an m16 tile = fragment words a0..a3. b: (columns 0-7, bytes 0-15),
   // (0-7, 16-31), (8-15, 0-15), (8-15, 16-31) = words b0, b1 of two n8 tiles.
   const int a_row = lane % 8 + lane / 8 % 2 * 8, a_piece = lane / 16;
   const int b_row = lane % 8 + lane / 16 * 8, b_piece = lane / 8 % 2;
   int32_t acc[kMTiles][kNTiles][4] = {};
-  for (int64_t t = 0; t < k_tiles; ++t) {
-    wait_copies<kStages - 2>();  // this thread's copies of tile t have landed
-    __syncthreads();             // everyone's have, and everyone is done reading tile t - 1's slot
-    issue(t + kStages - 1);      // into that slot
-    const Stage& slot = stages[t % kStages];
+  const auto offset = [](int row, int piece) { return swizzled(row, piece); };
+  pipelined_k_loop<false>(p, row0, col0, stages, offset, [&](const Stage& slot) {
 #pragma unroll
     for (int step = 0; step < kBlockK / 32; ++step) {
       uint32_t a[kMTiles][4], b[kNTiles][2];
@@ -118,7 +67,7 @@ __global__ void __launch_bounds__(kThreads) int8_gemm_tiled_kernel(Int8GemmArgs 
         for (int j = 0; j < kNTiles; ++j) mma_s8(acc[i][j], a[i], b[j][0], b[j][1]);
       }
     }
-  }
+  });
 
   const int group = lane / 4, thread = lane % 4;
 #pragma unroll
@@ -142,7 +91,7 @@ cudaError_t int8_gemm_tiled(const Int8GemmArgs& args, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>((args.m + kBlockRows - 1) / kBlockRows),
                   static_cast<unsigned>((args.n + kBlockRows - 1) / kBlockRows));
   return with_dtype(args.out_dtype, [&](auto zero) {
-    int8_gemm_tiled_kernel<decltype(zero)><<<grid, kThreads, 0, stream>>>(args);
+    int8_gemm_tiled_kernel<decltype(zero)><<<grid, kPipelineThreads, 0, stream>>>(args);
   });
 }
 

@@ -1,5 +1,5 @@
-// Pieces shared by the int8 GEMM kernels (int8_gemm.cu, int8_gemm_tiled.cu): the int8
-// tensor-core instruction and the fused epilogue. Internal linkage, like common.cuh.
+// Pieces shared by the int8 GEMM kernels (int8_gemm.cu, int8_gemm_tiled.cu,
+// int8_gemm_wgmma.cu): the int8 mma.sync instruction and the fused epilogue. Internal linkage, like common.cuh.
 #pragma once
 #include <cstdint>
 
@@ -44,8 +44,10 @@ inline bool in_16_byte_pieces(const Int8GemmArgs& args) {
 
 }  // namespace
 
-// The pipelined GEMM of int8_gemm_tiled.cu, for products with more than a few rows; needs
-// in_16_byte_pieces(args).
+// The pipelined GEMMs for products with more than a few rows, both needing
+// in_16_byte_pieces(args): mma.sync (int8_gemm_tiled.cu) and wgmma on sm_90a
+// (int8_gemm_wgmma.cu, only where int8_gemm_wgmma_supported()).
 cudaError_t int8_gemm_tiled(const Int8GemmArgs& args, cudaStream_t stream);
+cudaError_t int8_gemm_wgmma(const Int8GemmArgs& args, cudaStream_t stream);
 
 }  // namespace effgen::cuda
