@@ -95,14 +95,11 @@ __global__ void __launch_bounds__(kPipelineThreads) int8_gemm_wgmma_kernel(Int8G
 
 bool int8_gemm_wgmma_supported() {
 #ifdef EFFGEN_SM90A
-  static const bool supported = [] {
-    int device = 0, major = 0, minor = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-    return major == 9 && minor == 0;  // sm_90a code runs on compute capability 9.0 only
-  }();
-  return supported;
+  int device = 0, major = 0, minor = 0;  // asked each time: devices of one process may differ
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+  return major == 9 && minor == 0;  // sm_90a code runs on compute capability 9.0 only
 #else
   return false;
 #endif
