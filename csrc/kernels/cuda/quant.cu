@@ -55,10 +55,44 @@ __host__ __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return
 // Elements of the chunk starting at `base` that exist (kItems except at the very end).
 __device__ __forceinline__ int chunk_count(int64_t n, int64_t base) { return static_cast<int>(min64(kItems, n - base)); }
 
-__device__ __forceinline__ int64_t param_index(const ParamIndex& idx, int64_t i) {
-  if (idx.grouped) return (i / idx.k) * idx.groups + (i % idx.k) / idx.group;
-  return (i / idx.inner) % idx.channels;
-}
+// The scale index (ParamIndex, quant.cuh) of consecutive elements from i on: two divisions
+// at the start, then a countdown, since the index moves by one only where a channel's run
+// of `inner` elements or a group (or a row's last, shorter group) ends. 64-bit divisions are some 70 instructions
+// each, too many to pay per element at the HBM rate.
+class ParamCursor {
+ public:
+  __host__ __device__ ParamCursor(const ParamIndex& idx, int64_t i) : idx_(idx) {
+    if (idx.grouped) {
+      col_ = i % idx.k;
+      index_ = i / idx.k * idx.groups + col_ / idx.group;
+      run_ = min64(idx.group - col_ % idx.group, idx.k - col_);
+    } else {
+      index_ = i / idx.inner % idx.channels;
+      run_ = idx.inner - i % idx.inner;
+    }
+    left_ = run_;
+  }
+  __host__ __device__ int64_t index() const { return index_; }
+  // To the next element. The index after a row's last group is the next row's first one,
+  // and after the last channel the first: one more either way (mod channels).
+  __host__ __device__ void next() {
+    if (--left_ > 0) return;
+    if (idx_.grouped) {
+      col_ += run_;
+      if (col_ == idx_.k) col_ = 0;
+      ++index_;
+      run_ = min64(idx_.group, idx_.k - col_);
+    } else {
+      index_ = index_ + 1 == idx_.channels ? 0 : index_ + 1;
+      run_ = idx_.inner;
+    }
+    left_ = run_;
+  }
+
+ private:
+  ParamIndex idx_;
+  int64_t index_ = 0, col_ = 0, run_ = 1, left_ = 1;
+};
 
 __device__ __forceinline__ uint32_t abs_bits(float v) { return __float_as_uint(v) & 0x7FFFFFFFu; }
 
@@ -133,15 +167,15 @@ __global__ void channel_absmax_kernel(const T* x, int64_t n, ParamIndex idx, uin
     T v[kItems];
     load_items(x + base, count, vec_ok, v);
     // Flush one atomic per run of equal channels inside the chunk.
-    int64_t channel = param_index(idx, base);
+    ParamCursor cursor(idx, base);
+    int64_t channel = cursor.index();
     uint32_t bits = 0;
 #pragma unroll
-    for (int j = 0; j < kItems; ++j) {
+    for (int j = 0; j < kItems; ++j, cursor.next()) {
       if (j >= count) break;
-      const int64_t c = param_index(idx, base + j);
-      if (c != channel) {
+      if (cursor.index() != channel) {
         atomicMax(absmax_bits + channel, bits);
-        channel = c;
+        channel = cursor.index();
         bits = 0;
       }
       bits = max(bits, abs_bits(to_f32(v[j])));
@@ -165,9 +199,17 @@ __global__ void quantize_with_scales_kernel(const T* x, int64_t n, const float* 
     T v[kItems];
     alignas(16) int8_t out[kItems];
     load_items(x + base, count, vec_ok, v);
+    ParamCursor cursor(idx, base);
+    int64_t channel = -1;
+    float inv = 0.0f;
 #pragma unroll
-    for (int j = 0; j < kItems; ++j) {
-      if (j < count) out[j] = quantize_value(to_f32(v[j]), inverse_scale(scale[param_index(idx, base + j)]));
+    for (int j = 0; j < kItems; ++j, cursor.next()) {
+      if (j >= count) break;
+      if (cursor.index() != channel) {  // one division per run of a channel, not per element
+        channel = cursor.index();
+        inv = inverse_scale(scale[channel]);
+      }
+      out[j] = quantize_value(to_f32(v[j]), inv);
     }
     store_items(q + base, count, vec_ok, out);
   }
@@ -182,9 +224,10 @@ __global__ void dequantize_kernel(const int8_t* q, int64_t n, const float* scale
     alignas(16) int8_t v[kItems];
     alignas(16) Out out[kItems];
     load_items(q + base, count, vec_ok, v);
+    ParamCursor cursor(idx, base);
 #pragma unroll
-    for (int j = 0; j < kItems; ++j) {
-      if (j < count) out[j] = from_f32<Out>(__fmul_rn(to_f32(v[j]), scale[param_index(idx, base + j)]));
+    for (int j = 0; j < kItems; ++j, cursor.next()) {
+      if (j < count) out[j] = from_f32<Out>(__fmul_rn(to_f32(v[j]), scale[cursor.index()]));
     }
     store_items(y + base, count, vec_ok, out);
   }
@@ -194,9 +237,6 @@ struct ElementParams {
   float scale, zero_point;
 };
 
-__device__ __forceinline__ int64_t fake_quant_channel(const FakeQuantArgs& a, const ParamIndex& idx, int64_t i) {
-  return a.scale == nullptr ? 0 : param_index(idx, i);
-}
 
 __device__ __forceinline__ ElementParams channel_params(const FakeQuantArgs& a, int64_t c) {
   if (a.scale == nullptr) return {a.scale_value, a.zero_point_value};
@@ -214,13 +254,14 @@ __global__ void fake_quantize_kernel(const T* x, int64_t n, FakeQuantArgs a, Par
     alignas(16) bool in_range[kItems];
     load_items(x + base, count, vec_ok, v);
     // Neighbouring elements mostly share a channel: divide once per channel change.
+    ParamCursor cursor(idx, base);
     int64_t channel = -1;
     ElementParams p{};
     float inv_scale = 0.0f;
 #pragma unroll
-    for (int j = 0; j < kItems; ++j) {
+    for (int j = 0; j < kItems; ++j, cursor.next()) {
       if (j >= count) break;
-      const int64_t c = fake_quant_channel(a, idx, base + j);
+      const int64_t c = a.scale == nullptr ? 0 : cursor.index();
       if (c != channel) {
         channel = c;
         p = channel_params(a, c);
@@ -261,7 +302,7 @@ template <typename T>
 __global__ void learnable_grad_kernel(const T* dy, const T* x, int64_t n, FakeQuantArgs a, float grad_factor,
                                       ParamIndex idx, T* dx, float* dscale, float* dzp) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const ElementParams p = channel_params(a, fake_quant_channel(a, idx, i));
+    const ElementParams p = channel_params(a, a.scale == nullptr ? 0 : ParamCursor(idx, i).index());
     const float inv_scale = __fdiv_rn(1.0f, p.scale), xv = to_f32(x[i]), g = to_f32(dy[i]);
     const float qval = rintf(__fadd_rn(p.zero_point, __fmul_rn(xv, inv_scale)));
     const bool in_range = qval >= a.quant_min && qval <= a.quant_max;
