@@ -135,8 +135,9 @@ __global__ void bits_gemv_kernel(BitsGemvArgs p, bool words) {
     }
     const float* alpha = p.scale + j * p.groups;
     auto sign = [&](int t) { return (first >> t) & 1u ? 1.0f : -1.0f; };
-    const int64_t group = k0 / p.group;
-    if (group != (k0 + count - 1) / p.group) {
+    // per channel (one group): no division, which would cost more than the word's products
+    const int64_t group = p.groups == 1 ? 0 : k0 / p.group;
+    if (p.groups > 1 && group != (k0 + count - 1) / p.group) {
       add_word(acc, x, p.m, p.k, k0, count, words, [&](int t) { return sign(t) * alpha[(k0 + t) / p.group]; });
       continue;
     }
