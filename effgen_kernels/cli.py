@@ -46,6 +46,19 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def cuda_int8_gemm(build: dict) -> str | None:
+    """The CUDA int8 GEMM that products of more than 16 rows run on here (None without a GPU):
+    EFFGEN_CUDA_INT8_GEMM where set, else wgmma on compute capability 9.0 with an sm_90a
+    build, else mma."""
+    if not (build["cuda"] and torch.cuda.is_available()):
+        return None
+    forced = os.environ.get("EFFGEN_CUDA_INT8_GEMM", "")
+    if forced not in ("", "auto"):
+        return forced
+    wgmma = torch.cuda.get_device_capability() == (9, 0) and "90a" in build.get("cuda_archs", [])
+    return "wgmma" if wgmma else "mma"
+
+
 def machine_info() -> dict:
     info = {
         "effgen_kernels": ek.__version__,
@@ -57,8 +70,10 @@ def machine_info() -> dict:
         "cpu_isas_available": ek.ops.supported_cpu_isas(),
         "build": build_info(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cuda_int8_gemm": None,
         "commit": git_commit(),
     }
+    info["cuda_int8_gemm"] = cuda_int8_gemm(info["build"])
     return info
 
 
@@ -80,6 +95,7 @@ def cmd_info(args) -> int:
         ("CPU ISA in use", info["cpu_isa"] + (" (EFFGEN_CPU_ISA)" if os.environ.get("EFFGEN_CPU_ISA") else "")),
         ("CPU ISAs available", ", ".join(info["cpu_isas_available"])),
         ("GPU visible", info["gpu"] or "none"),
+        ("CUDA int8 GEMM (M > 16)", info["cuda_int8_gemm"] or "none (no GPU)"),
         ("commit", info["commit"] or "unknown"),
     ]
     width = max(len(name) for name, _ in rows)

@@ -96,3 +96,19 @@ def test_progress_bar_draws_first_and_last_and_throttles_the_rest(capsys):
     assert lines[-1].startswith("work [########################] 10/10") and lines[-1].endswith("| busy")
     Progress(5, "quiet", enabled=False).update(5)
     assert capsys.readouterr().err == ""
+
+
+def test_cuda_int8_gemm_report_follows_device_build_and_override(monkeypatch):
+    build = {"cuda": True, "cuda_archs": ["80", "90a"]}
+    monkeypatch.delenv("EFFGEN_CUDA_INT8_GEMM", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.cuda_int8_gemm(build) is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    assert cli.cuda_int8_gemm(build) == "wgmma"
+    assert cli.cuda_int8_gemm({"cuda": True, "cuda_archs": ["80", "90"]}) == "mma"  # no sm_90a code
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
+    assert cli.cuda_int8_gemm(build) == "mma"
+    monkeypatch.setenv("EFFGEN_CUDA_INT8_GEMM", "wgmma")
+    assert cli.cuda_int8_gemm(build) == "wgmma"
+    assert cli.cuda_int8_gemm({"cuda": False}) is None

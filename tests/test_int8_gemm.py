@@ -11,7 +11,7 @@ from torch.library import opcheck
 
 import effgen_kernels as ek
 from effgen_kernels import reference as ref
-from effgen_kernels.cli import build_info
+from effgen_kernels.cli import build_info, cuda_int8_gemm
 
 ops = ek.ops
 MNK = [(1, 1, 1), (1, 5, 7), (3, 9, 129), (17, 70, 300), (64, 130, 4099), (5, 3, 64)]
@@ -494,8 +494,8 @@ def test_bad_group_size_is_rejected():
 @pytest.fixture(params=["mma", "wgmma"])
 def cuda_gemm(request, monkeypatch):
     """Runs the test once per CUDA int8 tensor-core GEMM (EFFGEN_CUDA_INT8_GEMM) this GPU runs."""
-    wgmma_runs = torch.cuda.get_device_capability() == (9, 0) and "90a" in build_info().get("cuda_archs", [])
-    if request.param == "wgmma" and not wgmma_runs:
+    monkeypatch.delenv("EFFGEN_CUDA_INT8_GEMM", raising=False)
+    if request.param == "wgmma" and cuda_int8_gemm(build_info()) != "wgmma":
         pytest.skip("wgmma needs a compute capability 9.0 GPU and a build for sm_90a")
     monkeypatch.setenv("EFFGEN_CUDA_INT8_GEMM", request.param)
     return request.param
