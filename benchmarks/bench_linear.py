@@ -9,12 +9,15 @@ the start of the run with torch._int_mm on a large square product.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
 import effgen_kernels as ek
 from effgen_kernels.bench import BenchContext, BenchResult, Rotation, time_interleaved
 from effgen_kernels.bench.peers import fbgemm_dynamic_linear
+from effgen_kernels.cli import build_info, cuda_int8_gemm
 
 FAMILY = "linear"
 DECODE_M = 16
@@ -35,6 +38,21 @@ def int8_peak_gops(device: torch.device) -> float:
     b = torch.randint(-127, 128, (size, size), dtype=torch.int8, device=device).t()
     seconds = time_interleaved({"int_mm": lambda: torch._int_mm(a, b)}, reps=5, warmup=1, device=device)["int_mm"]
     return 2 * size**3 / seconds / 1e9
+
+
+def with_cuda_gemm(kernel: str, fn):
+    """fn, run with EFFGEN_CUDA_INT8_GEMM=kernel (the op reads it at each call)."""
+    def call():
+        previous = os.environ.get("EFFGEN_CUDA_INT8_GEMM")
+        os.environ["EFFGEN_CUDA_INT8_GEMM"] = kernel
+        try:
+            return fn()
+        finally:
+            if previous is None:
+                del os.environ["EFFGEN_CUDA_INT8_GEMM"]
+            else:
+                os.environ["EFFGEN_CUDA_INT8_GEMM"] = previous
+    return call
 
 
 def make_peers(linear: torch.nn.Linear, rotate: bool) -> dict[str, Rotation]:
@@ -87,6 +105,9 @@ def run_shape(ctx: BenchContext, m: int, k: int, n: int, peak: float) -> list[Be
         xq, _ = ek.ops.quantize_per_token(x)
         wq_t = ek.ops.quantize_per_channel(linear.weight.detach(), 0)[0].t()
         peers["torch._int_mm (raw)"] = lambda: torch._int_mm(xq, wq_t)
+    if m > 16 and ctx.device.type == "cuda" and cuda_int8_gemm(build_info()) == "wgmma":
+        # our other tensor-core kernel on the same layers, for the wgmma / mma.sync A/B
+        peers["Int8Linear on mma.sync"] = with_cuda_gemm("mma", lambda: rot["int8"].next()(x_int8))
     weight_bytes = n * k
     # Every rotated copy is used once before timing (first use costs extra for every format).
     warmup = max(len(r) for r in rot.values()) + 1 if m <= DECODE_M else 2
