@@ -1,4 +1,7 @@
 import importlib.util
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -39,3 +42,18 @@ def load_example(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_cuda_host_check(name: str, tmp_path: Path) -> None:
+    """Builds tests/cuda_host/<name>.cu with nvcc and runs it on the CPU: index math of the
+    CUDA kernels checked without a GPU (skipped where there is no nvcc)."""
+    home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+    nvcc = str(Path(home) / "bin" / "nvcc") if (Path(home) / "bin" / "nvcc").exists() else shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("no nvcc (set CUDA_HOME)")
+    source = Path(__file__).resolve().parent / "cuda_host" / f"{name}.cu"
+    binary = tmp_path / name
+    subprocess.run([nvcc, "-std=c++20", "-O2", "-arch=sm_80", str(source), "-o", str(binary)], check=True,
+                   capture_output=True, timeout=300)
+    result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout

@@ -5,7 +5,7 @@ import io
 
 import pytest
 import torch
-from conftest import CPU_ISAS, FLOAT_DTYPES, random_input
+from conftest import CPU_ISAS, FLOAT_DTYPES, random_input, run_cuda_host_check
 from test_quant import assert_same_bits
 from torch.library import opcheck
 
@@ -491,6 +491,13 @@ def test_bad_group_size_is_rejected():
 # ---------------------------------------------------------------------------------------
 # CUDA (skipped without a GPU): same bits as the reference for W8A8, close for W8A16
 # ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kernel", ["mma_tile", "wgmma_tile"])
+def test_cuda_gemm_tile_index_math_on_the_host(kernel, tmp_path):
+    # One block of each pipelined CUDA GEMM emulated on the CPU with the kernel's own index
+    # functions and the PTX fragment / descriptor rules: a @ b^T, every output once.
+    run_cuda_host_check(kernel, tmp_path)
+
+
 @pytest.fixture(params=["mma", "wgmma"])
 def cuda_gemm(request, monkeypatch):
     """Runs the test once per CUDA int8 tensor-core GEMM (EFFGEN_CUDA_INT8_GEMM) this GPU runs."""

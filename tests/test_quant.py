@@ -1,13 +1,8 @@
 """The quant op family against reference.py, PyTorch's own fake quant, and bad inputs."""
 
-import os
-import shutil
-import subprocess
-from pathlib import Path
-
 import pytest
 import torch
-from conftest import FLOAT_DTYPES, random_input
+from conftest import FLOAT_DTYPES, random_input, run_cuda_host_check
 from torch.library import opcheck
 
 import effgen_kernels as ek
@@ -387,24 +382,10 @@ def test_unknown_isa_is_rejected():
     assert ops.cpu_isa() in ops.supported_cpu_isas()
 
 
-def find_nvcc():
-    home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
-    candidate = Path(home) / "bin" / "nvcc"
-    return str(candidate) if candidate.exists() else shutil.which("nvcc")
-
-
 def test_cuda_scale_index_cursor_on_the_host(tmp_path):
     # The CUDA quant kernels walk per-channel / per-group scale indices with a counter
     # (ParamCursor); its host build is checked here against the closed form, GPU or not.
-    nvcc = find_nvcc()
-    if nvcc is None:
-        pytest.skip("no nvcc (set CUDA_HOME)")
-    source = Path(__file__).resolve().parent / "cuda_host" / "param_cursor.cu"
-    binary = tmp_path / "param_cursor"
-    subprocess.run([nvcc, "-std=c++20", "-O1", "-arch=sm_80", str(source), "-o", str(binary)], check=True,
-                   capture_output=True, timeout=300)
-    result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout
+    run_cuda_host_check("param_cursor", tmp_path)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 // CUDA kernels of the compress family. Memory-bound: the int8 encoder runs one warp per
 // compression block (absmax, then encode), 4 values per lane at a time; the decoders and
-// the sign packer move 4 or 8 values per thread in 16-byte pieces where aligned. Explicit round-to-nearest intrinsics (and --fmad=false in the
-// build) keep the fp32 sequence of the CPU kernels.
+// the sign packer move 4 or 8 values per thread in 16-byte pieces where aligned. Explicit
+// round-to-nearest intrinsics (and --fmad=false in the build) keep the fp32 sequence of the
+// CPU kernels.
 #include <cstdint>
 #include <type_traits>
 
@@ -181,7 +182,9 @@ __global__ void decompress_int8_kernel(const int8_t* q, const float* scales, int
       }
 #pragma unroll
       for (int t = 0; t < 4; ++t) {
-        if (t < count) acc[t] = __fadd_rn(acc[t], __fmul_rn(float(q[r * n + i + t]), scales[r * blocks + (i + t) / block]));
+        if (t < count) {
+          acc[t] = __fadd_rn(acc[t], __fmul_rn(float(q[r * n + i + t]), scales[r * blocks + (i + t) / block]));
+        }
       }
     }
     if (vector) {
@@ -207,7 +210,8 @@ __global__ void sign_pack_kernel(const float* v, const float* scales, int64_t n,
     const int count = n - first < 8 ? static_cast<int>(n - first) : 8;
     float values[8], residual[8];
     if (vector && count == 8) {
-      const float4 low = *reinterpret_cast<const float4*>(v + first), high = *reinterpret_cast<const float4*>(v + first + 4);
+      const float4 low = *reinterpret_cast<const float4*>(v + first);
+      const float4 high = *reinterpret_cast<const float4*>(v + first + 4);
       values[0] = low.x, values[1] = low.y, values[2] = low.z, values[3] = low.w;
       values[4] = high.x, values[5] = high.y, values[6] = high.z, values[7] = high.w;
     } else {

@@ -3,7 +3,8 @@
 // 16-byte pieces; more rows run on the int8 tensor cores, through a pipelined 128x128
 // kernel when k % 16 == 0 and the operands are 16-byte aligned (wgmma on sm_90a,
 // int8_gemm_wgmma.cu; mma.sync elsewhere, int8_gemm_tiled.cu), else through the general
-// 64x64 kernel here, which stages byte by byte where it must. The W8A16 GEMV dequantizes in registers, one warp per output channel.
+// 64x64 kernel here, which stages byte by byte where it must. The W8A16 GEMV dequantizes
+// in registers, one warp per output channel.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 

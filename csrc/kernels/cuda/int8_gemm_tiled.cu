@@ -22,8 +22,25 @@ static_assert(kWarps * 32 == kPipelineThreads);
 // r + 2 would share banks; piece p of row r sits at slot p ^ (r / 2 % 4) instead, and the 8
 // rows an ldmatrix phase reads (one piece each, 8 consecutive rows from a multiple of 8)
 // fall on 8 different groups of 4 banks.
-__device__ __forceinline__ int swizzled(int row, int piece) {
+__host__ __device__ __forceinline__ int swizzled(int row, int piece) {
   return row * kBlockK + ((piece ^ (row >> 1 & 3)) << 4);
+}
+
+// The stage offsets a lane hands to ldmatrix in K step `step` (32 bytes) for warp `warp`'s
+// m16 tile i of a, and n8 tiles j, j + 1 of b. Matrices of a: (rows 0-7, bytes 0-15),
+// (8-15, 0-15), (0-7, 16-31), (8-15, 16-31) = fragment words a0..a3; of b: (columns 0-7,
+// bytes 0-15), (0-7, 16-31), (8-15, 0-15), (8-15, 16-31) = words b0, b1 of the two n8 tiles.
+__host__ __device__ __forceinline__ int a_fragment_offset(int warp, int lane, int i, int step) {
+  return swizzled(warp / 4 * kWarpRows + 16 * i + lane % 8 + lane / 8 % 2 * 8, 2 * step + lane / 16);
+}
+__host__ __device__ __forceinline__ int b_fragment_offset(int warp, int lane, int j, int step) {
+  return swizzled(warp % 4 * kWarpCols + 8 * j + lane % 8 + lane / 16 * 8, 2 * step + lane / 8 % 2);
+}
+
+// Where accumulator e of tile (i, j) of warp `warp`, lane `lane` belongs in the block: the
+// m16n8 result fragment (rows lane / 4 and + 8, columns 2 (lane % 4) and + 1).
+__host__ __device__ __forceinline__ TilePosition accumulator_position(int warp, int lane, int i, int j, int e) {
+  return {warp / 4 * kWarpRows + 16 * i + lane / 4 + e / 2 * 8, warp % 4 * kWarpCols + 8 * j + 2 * (lane % 4) + e % 2};
 }
 
 // Four 8x8 matrices of 16-bit words (8 rows x 16 bytes): lanes 8q..8q+7 give the row
@@ -39,12 +56,6 @@ __global__ void __launch_bounds__(kPipelineThreads) int8_gemm_tiled_kernel(Int8G
   __shared__ __align__(128) Stage stages[kStages];
   const int64_t row0 = int64_t(blockIdx.x) * kBlockRows, col0 = int64_t(blockIdx.y) * kBlockRows;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int warp_row = warp / 4 * kWarpRows, warp_col = warp % 4 * kWarpCols;
-  // ldmatrix lane roles. a: matrices (rows 0-7, bytes 0-15), (8-15, 0-15), (0-7, 16-31),
-  // (8-15, 16-31) of an m16 tile = fragment words a0..a3. b: (columns 0-7, bytes 0-15),
-  // (0-7, 16-31), (8-15, 0-15), (8-15, 16-31) = words b0, b1 of two n8 tiles.
-  const int a_row = lane % 8 + lane / 8 % 2 * 8, a_piece = lane / 16;
-  const int b_row = lane % 8 + lane / 16 * 8, b_piece = lane / 8 % 2;
   int32_t acc[kMTiles][kNTiles][4] = {};
   const auto offset = [](int row, int piece) { return swizzled(row, piece); };
   pipelined_k_loop<false>(p, row0, col0, stages, offset, [&](const Stage& slot) {
@@ -53,12 +64,12 @@ __global__ void __launch_bounds__(kPipelineThreads) int8_gemm_tiled_kernel(Int8G
       uint32_t a[kMTiles][4], b[kNTiles][2];
 #pragma unroll
       for (int i = 0; i < kMTiles; ++i) {
-        load_matrices(a[i], shared_address(slot.a + swizzled(warp_row + 16 * i + a_row, 2 * step + a_piece)));
+        load_matrices(a[i], shared_address(slot.a + a_fragment_offset(warp, lane, i, step)));
       }
 #pragma unroll
       for (int j = 0; j < kNTiles; j += 2) {
         uint32_t r[4];
-        load_matrices(r, shared_address(slot.b + swizzled(warp_col + 8 * j + b_row, 2 * step + b_piece)));
+        load_matrices(r, shared_address(slot.b + b_fragment_offset(warp, lane, j, step)));
         b[j][0] = r[0], b[j][1] = r[1], b[j + 1][0] = r[2], b[j + 1][1] = r[3];
       }
 #pragma unroll
@@ -68,16 +79,14 @@ __global__ void __launch_bounds__(kPipelineThreads) int8_gemm_tiled_kernel(Int8G
       }
     }
   });
-
-  const int group = lane / 4, thread = lane % 4;
 #pragma unroll
   for (int i = 0; i < kMTiles; ++i) {
 #pragma unroll
     for (int j = 0; j < kNTiles; ++j) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        store_scaled<Out>(p, row0 + warp_row + 16 * i + group + e / 2 * 8,
-                          col0 + warp_col + 8 * j + 2 * thread + e % 2, acc[i][j][e]);
+        const TilePosition at = accumulator_position(warp, lane, i, j, e);
+        store_scaled<Out>(p, row0 + at.row, col0 + at.col, acc[i][j][e]);
       }
     }
   }

@@ -21,29 +21,45 @@
 namespace effgen::cuda {
 namespace {
 
-#ifdef EFFGEN_WGMMA_DEVICE
-constexpr int kWarpgroupRows = 64;  // rows per warpgroup: warpgroup g takes rows 64 g..
-constexpr int kCoreBytes = 128;     // one core matrix: 8 rows x 16 bytes
-constexpr int kRowGroupBytes = 256; // the two core matrices of 8 rows in one 32-byte K half
+// [[maybe_unused]] below: a compile pass for another architecture builds the kernel empty
+// (the helpers stay __host__ __device__ for tests/cuda_host/wgmma_tile.cu).
+constexpr int kWarpgroupRows = 64;   // rows per warpgroup: warpgroup g takes rows 64 g..
+constexpr int kCoreBytes = 128;      // one core matrix: 8 rows x 16 bytes
+constexpr int kRowGroupBytes = 256;  // the two core matrices of 8 rows in one 32-byte K half
 constexpr int kHalfBytes = kBlockRows / 8 * kRowGroupBytes;  // 4 KB: a 32-byte K half of a stage
-constexpr int kAccumulators = 64;   // m64n128 int32 results per thread
+[[maybe_unused]] constexpr int kAccumulators = 64;  // m64n128 int32 results per thread
 
 // Byte offset of 16-byte piece `piece` (bytes 16 piece.. of the stage's K) of staged row r.
-__device__ __forceinline__ int core_matrix_offset(int r, int piece) {
+[[maybe_unused]] __host__ __device__ __forceinline__ int core_matrix_offset(int r, int piece) {
   return piece / 2 * kHalfBytes + r / 8 * kRowGroupBytes + piece % 2 * kCoreBytes + r % 8 * 16;
 }
 
-// Shared-memory matrix descriptor (PTX ISA, "matrix descriptor format"): start address >> 4
-// in bits 0-13, leading byte offset >> 4 in bits 16-29, stride byte offset >> 4 in bits
-// 32-45, swizzle mode 0 (none) in bits 62-63.
-__device__ __forceinline__ uint64_t matrix_descriptor(const int8_t* tile) {
-  const uint64_t address = shared_address(tile);
-  return ((address & 0x3FFFF) >> 4) | (uint64_t{kCoreBytes >> 4} << 16) | (uint64_t{kRowGroupBytes >> 4} << 32);
+// Shared-memory matrix descriptor of the operand at shared address `address` (PTX ISA,
+// "matrix descriptor format"): address >> 4 in bits 0-13, leading byte offset >> 4 (the
+// distance of core matrices along K) in bits 16-29, stride byte offset >> 4 (along M or N)
+// in bits 32-45, swizzle mode 0 (none) in bits 62-63.
+[[maybe_unused]] __host__ __device__ __forceinline__ uint64_t encode_descriptor(uint32_t address) {
+  return ((address & 0x3FFFFu) >> 4) | (uint64_t{kCoreBytes >> 4} << 16) | (uint64_t{kRowGroupBytes >> 4} << 32);
 }
 
-// d += a (64 x 32, K-major) * b (32 x 128, K-major), int8 in, int32 exact. Result fragment
-// (PTX ISA, per warp w of the warpgroup, lane = 4 group + thread): d[v] is row
-// 16 w + group + 8 (v / 2 % 2), column 8 (v / 4) + 2 thread + v % 2.
+// Stage offsets of the operands of warpgroup `warpgroup`'s wgmma for K half `half`: its 64
+// rows of a, all 128 rows of b.
+[[maybe_unused]] __host__ __device__ __forceinline__ int a_operand_offset(int warpgroup, int half) {
+  return half * kHalfBytes + warpgroup * (kWarpgroupRows / 8) * kRowGroupBytes;
+}
+[[maybe_unused]] __host__ __device__ __forceinline__ int b_operand_offset(int half) { return half * kHalfBytes; }
+
+// Where accumulator v of warp `warp` (of 4 in its warpgroup), lane `lane` belongs in the
+// block: the m64n128 result fragment (PTX ISA) puts d[v] at row 16 warp + lane / 4 +
+// 8 (v / 2 % 2), column 8 (v / 4) + 2 (lane % 4) + v % 2 of the warpgroup's 64 rows.
+[[maybe_unused]] __host__ __device__ __forceinline__ TilePosition wgmma_accumulator_position(int warpgroup, int warp,
+                                                                                             int lane, int v) {
+  return {warpgroup * kWarpgroupRows + 16 * warp + lane / 4 + v / 2 % 2 * 8, 8 * (v / 4) + 2 * (lane % 4) + v % 2};
+}
+
+#ifdef EFFGEN_WGMMA_DEVICE
+// d += a (64 x 32, K-major) * b (32 x 128, K-major), int8 in, int32 exact; d[v] is the
+// result at wgmma_accumulator_position.
 __device__ __forceinline__ void wgmma_s8(int32_t (&d)[kAccumulators], uint64_t a, uint64_t b) {
   asm volatile(
       "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 {"
@@ -76,17 +92,16 @@ __global__ void __launch_bounds__(kPipelineThreads) int8_gemm_wgmma_kernel(Int8G
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");  // acc was last written by plain instructions
 #pragma unroll
     for (int half = 0; half < kBlockK / 32; ++half) {
-      wgmma_s8(acc, matrix_descriptor(slot.a + half * kHalfBytes + warpgroup * (kWarpgroupRows / 8) * kRowGroupBytes),
-               matrix_descriptor(slot.b + half * kHalfBytes));
+      wgmma_s8(acc, encode_descriptor(shared_address(slot.a + a_operand_offset(warpgroup, half))),
+               encode_descriptor(shared_address(slot.b + b_operand_offset(half))));
     }
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");  // before the next barrier frees the slot
   });
-  const int group = lane / 4, thread = lane % 4;
 #pragma unroll
   for (int v = 0; v < kAccumulators; ++v) {
-    store_scaled<Out>(p, row0 + warpgroup * kWarpgroupRows + 16 * warp + group + v / 2 % 2 * 8,
-                      col0 + 8 * (v / 4) + 2 * thread + v % 2, acc[v]);
+    const TilePosition at = wgmma_accumulator_position(warpgroup, warp, lane, v);
+    store_scaled<Out>(p, row0 + at.row, col0 + at.col, acc[v]);
   }
 #endif
 }

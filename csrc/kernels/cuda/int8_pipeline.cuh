@@ -16,6 +16,11 @@ constexpr int kPieces = kBlockK / 16;  // 16-byte pieces per staged row
 constexpr int kStages = 3;             // 3 x 16 KB: the static shared-memory limit
 constexpr int kPipelineThreads = 256;
 
+// A block-relative output position (row of a, column = row of b).
+struct TilePosition {
+  int row, col;
+};
+
 struct Stage {
   int8_t a[kBlockRows * kBlockK];
   int8_t b[kBlockRows * kBlockK];
