@@ -3,18 +3,15 @@
 // addresses, accumulator positions) and the PTX ISA's ldmatrix and m16n8k32 fragment
 // layouts written out here, and must give a @ b^T, every output written once. No GPU
 // needed; built and run by tests/test_int8_gemm.py. Exits 1 with the first mismatch.
-#include <cstdio>
 #include <cstring>
-#include <random>
-#include <vector>
 
 #include "../../csrc/kernels/cuda/int8_gemm_tiled.cu"
+#include "tile_check.h"
 
 using namespace effgen::cuda;
+using tile_check::Matrix;
 
 namespace {
-
-using Matrix = std::vector<int8_t>;  // row-major [rows, k]
 
 int32_t word_at(const int8_t* tile, int offset) {
   int32_t w;
@@ -56,30 +53,17 @@ void mma(const int32_t (&a)[32][4], const int32_t (&b0)[32], const int32_t (&b1)
   }
 }
 
-// The kernel's staging of rows [row0, row0 + 128) x K tile t, pieces past the matrix zero.
-void stage(const Matrix& src, int64_t rows, int64_t k, int64_t row0, int64_t t, int8_t* tile) {
-  for (int idx = 0; idx < kBlockRows * kPieces; ++idx) {
-    const int r = idx / kPieces, piece = idx % kPieces;
-    const int64_t row = row0 + r, col = t * kBlockK + 16 * piece;
-    for (int x = 0; x < 16; ++x) tile[swizzled(r, piece) + x] = row < rows && col < k ? src[row * k + col + x] : 0;
-  }
-}
-
-bool check(int64_t m, int64_t n, int64_t k, std::mt19937& rng) {
-  Matrix a(m * k), b(n * k);
-  std::uniform_int_distribution<int> value(-128, 127);
-  for (auto& v : a) v = static_cast<int8_t>(value(rng));
-  for (auto& v : b) v = static_cast<int8_t>(value(rng));
-  std::vector<int64_t> out(m * n, 0);
-  std::vector<int> writes(m * n, 0);
+// One kernel launch over [m, k] x [n, k], block by block.
+void emulate(int64_t m, int64_t n, int64_t k, const Matrix& a, const Matrix& b, tile_check::Output& out) {
+  const auto offset = [](int row, int piece) { return swizzled(row, piece); };
   std::vector<int8_t> tile_a(kBlockRows * kBlockK), tile_b(kBlockRows * kBlockK);
   for (int64_t row0 = 0; row0 < m; row0 += kBlockRows) {
     for (int64_t col0 = 0; col0 < n; col0 += kBlockRows) {
       static int64_t acc[kWarps][kMTiles][kNTiles][32][4];
       std::memset(acc, 0, sizeof(acc));
       for (int64_t t = 0; t * kBlockK < k; ++t) {
-        stage(a, m, k, row0, t, tile_a.data());
-        stage(b, n, k, col0, t, tile_b.data());
+        tile_check::stage(a, m, k, row0, t, tile_a.data(), offset);
+        tile_check::stage(b, n, k, col0, t, tile_b.data(), offset);
         for (int warp = 0; warp < kWarps; ++warp) {
           for (int step = 0; step < kBlockK / 32; ++step) {
             int32_t fa[kMTiles][32][4], fb[kNTiles][32][2];
@@ -114,7 +98,7 @@ bool check(int64_t m, int64_t n, int64_t k, std::mt19937& rng) {
               for (int e = 0; e < 4; ++e) {
                 const TilePosition at = accumulator_position(warp, l, i, j, e);
                 const int64_t row = row0 + at.row, col = col0 + at.col;
-                if (row < m && col < n) out[row * n + col] = acc[warp][i][j][l][e], ++writes[row * n + col];
+                if (row < m && col < n) out.put(row * n + col, acc[warp][i][j][l][e]);
               }
             }
           }
@@ -122,30 +106,8 @@ bool check(int64_t m, int64_t n, int64_t k, std::mt19937& rng) {
       }
     }
   }
-  for (int64_t i = 0; i < m; ++i) {
-    for (int64_t j = 0; j < n; ++j) {
-      int64_t expected = 0;
-      for (int64_t kk = 0; kk < k; ++kk) expected += int64_t{a[i * k + kk]} * b[j * k + kk];
-      if (writes[i * n + j] != 1 || out[i * n + j] != expected) {
-        std::printf("%lldx%lldx%lld: out[%lld][%lld] = %lld written %d times, expected %lld\n", (long long)m,
-                    (long long)n, (long long)k, (long long)i, (long long)j, (long long)out[i * n + j],
-                    writes[i * n + j], (long long)expected);
-        return false;
-      }
-    }
-  }
-  return true;
 }
 
 }  // namespace
 
-int main() {
-  std::mt19937 rng(7);
-  // partial row and column tiles, K within one stage, across stages, and a partial K tile
-  const int64_t shapes[][3] = {{17, 9, 16}, {130, 129, 80}, {40, 200, 192}, {128, 128, 64}};
-  for (const auto& shape : shapes) {
-    if (!check(shape[0], shape[1], shape[2], rng)) return 1;
-  }
-  std::printf("ok\n");
-  return 0;
-}
+int main() { return tile_check::run(emulate); }
