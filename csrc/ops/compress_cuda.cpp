@@ -25,9 +25,9 @@ namespace effgen::ops {
 namespace {
 
 // Sign codec for blocks whose packed bytes straddle two blocks (block % 8 != 0; the fused
-// kernel takes the rest): forms v = x + error in the error buffer itself (fp32 addition commutes, so
-// the bits equal the reference's x.float() + error) and returns the per-block scale
-// min(rms(v), kSignScaleCap * mean |v|), in double like the CPU kernel and
+// kernel takes the rest): forms v = x + error in the error buffer itself (fp32 addition
+// commutes, so the bits equal the reference's x.float() + error) and returns the per-block
+// scale min(rms(v), kSignScaleCap * mean |v|), in double like the CPU kernel and
 // reference.ef_compress_sign (see there for when the summation order can show).
 at::Tensor sign_scales_in_place(const at::Tensor& x, at::Tensor& error, int64_t block) {
   error.add_(x);
