@@ -1,7 +1,9 @@
-// Shared by the host-side tile tests (mma_tile.cu, wgmma_tile.cu): random operands, the
-// kernels' staging loop (int8_pipeline.cuh's stage_rows, one piece at a time) and the run
-// over shapes with the comparison against a @ b^T. Include after the kernel file.
+// Shared by the host-side tile tests (general_tile.cu, mma_tile.cu, wgmma_tile.cu): random
+// operands, the pipelined kernels' staging loop (int8_pipeline.cuh's stage_rows, one piece
+// at a time), the PTX ISA's ldmatrix and mma.sync m16n8k32 rules, and the run over shapes
+// with the comparison against a @ b^T. Include after the kernel file.
 #pragma once
+#include <array>
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -11,15 +13,56 @@ namespace tile_check {
 
 using Matrix = std::vector<int8_t>;  // row-major [rows, k]
 
-// Rows [row0, row0 + 128) x K tile t of src into tile, piece p of row r at offset(r, p);
-// pieces past the matrix are zeros.
+int32_t word_at(const int8_t* tile, int offset) {
+  int32_t w;
+  std::memcpy(&w, tile + offset, 4);
+  return w;
+}
+
+int8_t byte_of(int32_t word, int b) { return static_cast<int8_t>(static_cast<uint32_t>(word) >> (8 * b)); }
+
+// ldmatrix.x4 (PTX): lane l receives, from matrix q, bytes 4 (l % 4).. of the row whose
+// address lane 8 q + l / 4 gave.
+template <typename Address>
+void ldmatrix(const int8_t* tile, Address address_of_lane, int32_t (&regs)[32][4]) {
+  for (int l = 0; l < 32; ++l) {
+    for (int q = 0; q < 4; ++q) regs[l][q] = word_at(tile, address_of_lane(8 * q + l / 4) + 4 * (l % 4));
+  }
+}
+
+// mma.sync m16n8k32 s8 (PTX): lane = 4 g + t holds a rows g, g + 8 at bytes 4t.. (a0, a1)
+// and 16 + 4t.. (a2, a3); b column g at bytes 4t.. (b0) and 16 + 4t.. (b1); returns d[l][e]
+// for rows g, g + 8 (e / 2) and columns 2t + e % 2.
+void mma(const int32_t (&a)[32][4], const int32_t (&b0)[32], const int32_t (&b1)[32], int64_t (&d)[32][4]) {
+  int64_t am[16][32] = {}, bm[8][32] = {};
+  for (int l = 0; l < 32; ++l) {
+    const int g = l / 4, t = l % 4;
+    for (int x = 0; x < 4; ++x) {
+      am[g][4 * t + x] = byte_of(a[l][0], x), am[g + 8][4 * t + x] = byte_of(a[l][1], x);
+      am[g][16 + 4 * t + x] = byte_of(a[l][2], x), am[g + 8][16 + 4 * t + x] = byte_of(a[l][3], x);
+      bm[g][4 * t + x] = byte_of(b0[l], x), bm[g][16 + 4 * t + x] = byte_of(b1[l], x);
+    }
+  }
+  for (int l = 0; l < 32; ++l) {
+    for (int e = 0; e < 4; ++e) {
+      const int row = l / 4 + e / 2 * 8, col = 2 * (l % 4) + e % 2;
+      int64_t sum = 0;
+      for (int kk = 0; kk < 32; ++kk) sum += am[row][kk] * bm[col][kk];
+      d[l][e] = sum;
+    }
+  }
+}
+
+// Rows [row0, row0 + block_rows) x bytes [k0, k0 + 16 pieces) of src into tile, 16-byte
+// piece p of row r at offset(r, p); bytes past the matrix are zeros.
 template <typename Offset>
-void stage(const Matrix& src, int64_t rows, int64_t k, int64_t row0, int64_t t, int8_t* tile, Offset offset) {
-  using namespace effgen::cuda;
-  for (int idx = 0; idx < kBlockRows * kPieces; ++idx) {
-    const int r = idx / kPieces, piece = idx % kPieces;
-    const int64_t row = row0 + r, col = t * kBlockK + 16 * piece;
-    for (int x = 0; x < 16; ++x) tile[offset(r, piece) + x] = row < rows && col < k ? src[row * k + col + x] : 0;
+void stage(const Matrix& src, int64_t rows, int64_t k, int64_t row0, int64_t k0, int block_rows, int pieces,
+           int8_t* tile, Offset offset) {
+  for (int r = 0; r < block_rows; ++r) {
+    for (int piece = 0; piece < pieces; ++piece) {
+      const int64_t row = row0 + r, col = k0 + 16 * piece;
+      for (int x = 0; x < 16; ++x) tile[offset(r, piece) + x] = row < rows && col + x < k ? src[row * k + col + x] : 0;
+    }
   }
 }
 
@@ -31,13 +74,15 @@ struct Output {
 };
 
 // Emulates the kernel with emulate(m, n, k, a, b, out) on shapes with partial row, column
-// and K tiles, K within one stage and across stages; prints "ok" and returns 0 when every
-// output was written once with the value of a @ b^T, else prints the first mismatch, 1.
+// and K tiles, K within one stage and across stages (and K not a multiple of 16 if odd_k);
+// prints "ok" and returns 0 when every output was written once with the value of a @ b^T,
+// else prints the first mismatch and returns 1.
 template <typename Emulate>
-int run(Emulate emulate) {
+int run(Emulate emulate, bool odd_k = false) {
   std::mt19937 rng(7);
   std::uniform_int_distribution<int> value(-128, 127);
-  const int64_t shapes[][3] = {{17, 9, 16}, {130, 129, 80}, {40, 200, 192}, {128, 128, 64}};
+  std::vector<std::array<int64_t, 3>> shapes = {{17, 9, 16}, {130, 129, 80}, {40, 200, 192}, {128, 128, 64}};
+  if (odd_k) shapes.insert(shapes.end(), {{5, 3, 7}, {70, 65, 99}});
   for (const auto& shape : shapes) {
     const int64_t m = shape[0], n = shape[1], k = shape[2];
     Matrix a(m * k), b(n * k);

@@ -45,8 +45,8 @@ void emulate(int64_t m, int64_t n, int64_t k, const Matrix& a, const Matrix& b, 
       static int64_t d[2][kWarpgroupRows][kBlockRows];  // per warpgroup: its m64n128 result
       std::memset(d, 0, sizeof(d));
       for (int64_t t = 0; t * kBlockK < k; ++t) {
-        tile_check::stage(a, m, k, row0, t, shared.data() + a_base, offset);
-        tile_check::stage(b, n, k, col0, t, shared.data() + b_base, offset);
+        tile_check::stage(a, m, k, row0, t * kBlockK, kBlockRows, kPieces, shared.data() + a_base, offset);
+        tile_check::stage(b, n, k, col0, t * kBlockK, kBlockRows, kPieces, shared.data() + b_base, offset);
         for (int warpgroup = 0; warpgroup < 2; ++warpgroup) {
           for (int half = 0; half < kBlockK / 32; ++half) {
             const Descriptor da = decode(encode_descriptor(a_base + a_operand_offset(warpgroup, half)));

@@ -50,8 +50,24 @@ __device__ void stage(const int8_t* src, int64_t rows, int64_t k, int64_t row0, 
   }
 }
 
-__device__ __forceinline__ uint32_t word(const Stage& tile, int row, int byte) {
-  return *reinterpret_cast<const uint32_t*>(&tile[row][byte]);
+__device__ __forceinline__ uint32_t word(const Stage& tile, TilePosition at) {
+  return *reinterpret_cast<const uint32_t*>(&tile[at.row][at.col]);
+}
+
+// The staged {row, byte} of a lane's mma fragment words: word q of a (a0..a3: rows lane / 4
+// and + 8 of the warp's 16, bytes 4 (lane % 4).. and + 16) and word q of b (b0, b1: column
+// lane / 4 of n8 tile t of the warp's 32, the same bytes).
+__host__ __device__ __forceinline__ TilePosition a_word_at(int warp, int lane, int q) {
+  return {warp % 4 * 16 + lane / 4 + q % 2 * 8, q / 2 * 16 + 4 * (lane % 4)};
+}
+__host__ __device__ __forceinline__ TilePosition b_word_at(int warp, int lane, int t, int q) {
+  return {warp / 4 * 32 + 8 * t + lane / 4, q * 16 + 4 * (lane % 4)};
+}
+
+// Where accumulator e of n8 tile t of warp `warp`, lane `lane` belongs in the block: the
+// m16n8 result fragment (rows lane / 4 and + 8, columns 2 (lane % 4) and + 1).
+__host__ __device__ __forceinline__ TilePosition general_accumulator_position(int warp, int lane, int t, int e) {
+  return {warp % 4 * 16 + lane / 4 + e / 2 * 8, warp / 4 * 32 + 8 * t + 2 * (lane % 4) + e % 2};
 }
 
 template <typename Out>
@@ -59,8 +75,7 @@ __global__ void __launch_bounds__(kGemmThreads) int8_gemm_general_kernel(Int8Gem
   __shared__ __align__(16) Stage a_tile;
   __shared__ __align__(16) Stage b_tile;
   const int64_t row0 = int64_t(blockIdx.x) * kTile, col0 = int64_t(blockIdx.y) * kTile;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, thread = lane % 4;
-  const int warp_row = warp % 4 * 16, warp_col = warp / 4 * 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const bool a_vector = p.k % 16 == 0 && reinterpret_cast<uintptr_t>(p.a) % 16 == 0;
   const bool b_vector = p.k % 16 == 0 && reinterpret_cast<uintptr_t>(p.b) % 16 == 0;
   constexpr int kColTiles = 4;  // n8 tiles per warp
@@ -69,13 +84,11 @@ __global__ void __launch_bounds__(kGemmThreads) int8_gemm_general_kernel(Int8Gem
     stage(p.a, p.m, p.k, row0, k0, a_vector, a_tile);
     stage(p.b, p.n, p.k, col0, k0, b_vector, b_tile);
     __syncthreads();
-    const uint32_t a[4] = {word(a_tile, warp_row + group, 4 * thread), word(a_tile, warp_row + group + 8, 4 * thread),
-                           word(a_tile, warp_row + group, 16 + 4 * thread),
-                           word(a_tile, warp_row + group + 8, 16 + 4 * thread)};
+    const uint32_t a[4] = {word(a_tile, a_word_at(warp, lane, 0)), word(a_tile, a_word_at(warp, lane, 1)),
+                           word(a_tile, a_word_at(warp, lane, 2)), word(a_tile, a_word_at(warp, lane, 3))};
 #pragma unroll
     for (int t = 0; t < kColTiles; ++t) {
-      const int col = warp_col + 8 * t + group;
-      mma_s8(acc[t], a, word(b_tile, col, 4 * thread), word(b_tile, col, 16 + 4 * thread));
+      mma_s8(acc[t], a, word(b_tile, b_word_at(warp, lane, t, 0)), word(b_tile, b_word_at(warp, lane, t, 1)));
     }
     __syncthreads();
   }
@@ -83,8 +96,8 @@ __global__ void __launch_bounds__(kGemmThreads) int8_gemm_general_kernel(Int8Gem
   for (int t = 0; t < kColTiles; ++t) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      store_scaled<Out>(p, row0 + warp_row + group + e / 2 * 8, col0 + warp_col + 8 * t + 2 * thread + e % 2,
-                        acc[t][e]);
+      const TilePosition at = general_accumulator_position(warp, lane, t, e);
+      store_scaled<Out>(p, row0 + at.row, col0 + at.col, acc[t][e]);
     }
   }
 }

@@ -13,6 +13,12 @@
 namespace effgen::cuda {
 namespace {
 
+// A block-relative position: an output's row (of a) and column (row of b), or a staged
+// row and byte.
+struct TilePosition {
+  int row, col;
+};
+
 // d += a (16 x 32, row-major) * b (32 x 8, column-major), int8 in, int32 exact. Fragments
 // (PTX ISA, lane = 4 group + thread): a = rows group and group + 8, bytes 4 thread.. and
 // 16 + 4 thread..; b = column group, the same bytes of K; d = rows group and group + 8,

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "int8_gemm.cuh"
+#include "int8_mma.cuh"
 
 namespace effgen::cuda {
 namespace {
@@ -15,11 +16,6 @@ constexpr int kBlockK = 64;            // bytes of K per stage
 constexpr int kPieces = kBlockK / 16;  // 16-byte pieces per staged row
 constexpr int kStages = 3;             // 3 x 16 KB: the static shared-memory limit
 constexpr int kPipelineThreads = 256;
-
-// A block-relative output position (row of a, column = row of b).
-struct TilePosition {
-  int row, col;
-};
 
 struct Stage {
   int8_t a[kBlockRows * kBlockK];
