@@ -204,8 +204,7 @@ cudaError_t bits_gemv(const BitsGemvArgs& args, cudaStream_t stream) {
   if (args.m == 0 || args.n == 0) return cudaSuccess;
   constexpr int kWarps = 8;
   const unsigned blocks = static_cast<unsigned>((args.n + kWarps - 1) / kWarps);
-  const bool words = args.k % 32 == 0 && reinterpret_cast<uintptr_t>(args.packed) % 4 == 0 &&
-                     reinterpret_cast<uintptr_t>(args.x) % 16 == 0;
+  const bool words = args.k % 32 == 0 && aligned(args.packed, 4) && aligned(args.x, 16);
   return with_dtype(args.dtype, [&](auto tag) {
     static_assert(kBitsMaxM == 16, "instantiate up to kBitsMaxM rows");
     with_rows<1, 4, 16>(args.m, [&](auto rows) {

@@ -13,6 +13,11 @@
 namespace effgen::cuda {
 namespace {
 
+// Whether p is a multiple of `bytes` (the vector loads' alignment).
+__host__ __device__ __forceinline__ bool aligned(const void* p, int bytes) {
+  return reinterpret_cast<uintptr_t>(p) % bytes == 0;
+}
+
 // Calls fn with a value of the element type of `dtype`; returns the launch status.
 template <typename Fn>
 cudaError_t with_dtype(DType dtype, Fn&& fn) {

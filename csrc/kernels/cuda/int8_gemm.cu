@@ -76,8 +76,8 @@ __global__ void __launch_bounds__(kGemmThreads) int8_gemm_general_kernel(Int8Gem
   __shared__ __align__(16) Stage b_tile;
   const int64_t row0 = int64_t(blockIdx.x) * kTile, col0 = int64_t(blockIdx.y) * kTile;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const bool a_vector = p.k % 16 == 0 && reinterpret_cast<uintptr_t>(p.a) % 16 == 0;
-  const bool b_vector = p.k % 16 == 0 && reinterpret_cast<uintptr_t>(p.b) % 16 == 0;
+  const bool a_vector = p.k % 16 == 0 && aligned(p.a, 16);
+  const bool b_vector = p.k % 16 == 0 && aligned(p.b, 16);
   constexpr int kColTiles = 4;  // n8 tiles per warp
   int32_t acc[kColTiles][4] = {};
   for (int64_t k0 = 0; k0 < p.k; k0 += kTileK) {
@@ -264,9 +264,8 @@ cudaError_t int8_gemm(const Int8GemmArgs& args, GemmKernel kernel, cudaStream_t 
 
 cudaError_t w8a16_gemv(const W8A16Args& args, cudaStream_t stream) {
   if (args.m == 0 || args.n == 0) return cudaSuccess;
-  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  const bool pieces = args.k % 16 == 0 && args.k < (int64_t{1} << 31) && args.group % 16 == 0 && aligned(args.x) &&
-                      aligned(args.w);
+  const bool pieces = args.k % 16 == 0 && args.k < (int64_t{1} << 31) && args.group % 16 == 0 &&
+                      aligned(args.x, 16) && aligned(args.w, 16);
   const unsigned blocks = static_cast<unsigned>((args.n + kGemvWarps - 1) / kGemvWarps);
   static_assert(kW8A16MaxM == 16, "instantiate up to kW8A16MaxM rows");
   return with_dtype(args.dtype, [&](auto zero) {

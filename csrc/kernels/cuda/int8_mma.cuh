@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 
+#include "common.cuh"
 #include "convert.cuh"
 #include "int8_gemm.cuh"
 
@@ -44,8 +45,7 @@ __device__ __forceinline__ void store_scaled(const Int8GemmArgs& p, int64_t row,
 // k % 16 == 0 and a, b 16-byte aligned: every 16-byte piece of a row of a or b is one
 // aligned load.
 inline bool in_16_byte_pieces(const Int8GemmArgs& args) {
-  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  return args.k % 16 == 0 && aligned(args.a) && aligned(args.b);
+  return args.k % 16 == 0 && aligned(args.a, 16) && aligned(args.b, 16);
 }
 
 }  // namespace

@@ -108,8 +108,6 @@ __device__ __forceinline__ int8_t quantize_value(float x, float inv_scale) {
   return static_cast<int8_t>(fminf(fmaxf(rintf(__fmul_rn(x, inv_scale)), -127.0f), 127.0f));
 }
 
-__host__ __device__ __forceinline__ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 int grid_for(int64_t n) {
   static int max_blocks = [] {
     int device = 0, sms = 0;
@@ -130,7 +128,7 @@ __global__ void quantize_rows_kernel(const T* x, int64_t k, int64_t group, int64
   const int64_t start = row * k + g * group, n = min64(group, k - g * group);
   const T* xs = x + start;
   int8_t* qs = q + start;
-  const bool vec_ok = aligned16(xs) && aligned16(qs);
+  const bool vec_ok = aligned(xs, 16) && aligned(qs, 16);
   uint32_t bits = 0;
   for (int64_t base = int64_t(threadIdx.x) * kItems; base < n; base += int64_t(blockDim.x) * kItems) {
     const int count = chunk_count(n, base);
@@ -160,7 +158,7 @@ __global__ void quantize_rows_kernel(const T* x, int64_t k, int64_t group, int64
 // ---- per-channel scales ----------------------------------------------------------------
 template <typename T>
 __global__ void channel_absmax_kernel(const T* x, int64_t n, ParamIndex idx, uint32_t* absmax_bits) {
-  const bool vec_ok = aligned16(x);
+  const bool vec_ok = aligned(x, 16);
   for (int64_t base = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * kItems; base < n;
        base += int64_t(gridDim.x) * blockDim.x * kItems) {
     const int count = chunk_count(n, base);
@@ -192,7 +190,7 @@ __global__ void scales_from_bits_kernel(const uint32_t* bits, int64_t channels, 
 // ---- element-wise kernels --------------------------------------------------------------
 template <typename T>
 __global__ void quantize_with_scales_kernel(const T* x, int64_t n, const float* scale, ParamIndex idx, int8_t* q) {
-  const bool vec_ok = aligned16(x) && aligned16(q);
+  const bool vec_ok = aligned(x, 16) && aligned(q, 16);
   for (int64_t base = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * kItems; base < n;
        base += int64_t(gridDim.x) * blockDim.x * kItems) {
     const int count = chunk_count(n, base);
@@ -217,7 +215,7 @@ __global__ void quantize_with_scales_kernel(const T* x, int64_t n, const float* 
 
 template <typename Out>
 __global__ void dequantize_kernel(const int8_t* q, int64_t n, const float* scale, ParamIndex idx, Out* y) {
-  const bool vec_ok = aligned16(q) && aligned16(y);
+  const bool vec_ok = aligned(q, 16) && aligned(y, 16);
   for (int64_t base = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * kItems; base < n;
        base += int64_t(gridDim.x) * blockDim.x * kItems) {
     const int count = chunk_count(n, base);
@@ -245,7 +243,7 @@ __device__ __forceinline__ ElementParams channel_params(const FakeQuantArgs& a, 
 
 template <typename T>
 __global__ void fake_quantize_kernel(const T* x, int64_t n, FakeQuantArgs a, ParamIndex idx, T* y, bool* mask) {
-  const bool vec_ok = aligned16(x) && aligned16(y) && aligned16(mask);
+  const bool vec_ok = aligned(x, 16) && aligned(y, 16) && aligned(mask, 16);
   for (int64_t base = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * kItems; base < n;
        base += int64_t(gridDim.x) * blockDim.x * kItems) {
     const int count = chunk_count(n, base);
@@ -281,7 +279,7 @@ __global__ void fake_quantize_kernel(const T* x, int64_t n, FakeQuantArgs a, Par
 
 template <typename T>
 __global__ void mask_grad_kernel(const T* grad, const bool* mask, int64_t n, T* dx) {
-  const bool vec_ok = aligned16(grad) && aligned16(mask) && aligned16(dx);
+  const bool vec_ok = aligned(grad, 16) && aligned(mask, 16) && aligned(dx, 16);
   for (int64_t base = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * kItems; base < n;
        base += int64_t(gridDim.x) * blockDim.x * kItems) {
     const int count = chunk_count(n, base);
