@@ -52,21 +52,28 @@ def run_shape(ctx: BenchContext, m: int, k: int, n: int) -> list[BenchResult]:
         peers["fp32 F.linear"] = lambda: F.linear(x, *fp32.next())
         peers["fbgemm dynamic int8"] = lambda: fbgemm.next()(x)
         peers["ours W8A16 (bf16 x)"] = lambda: w8a16.next()(x_bf16)
+    # On a GPU the activations are bf16 (what a CUDA model runs, and the tensor-core path);
+    # on the CPU fp32, against fp32 and bf16 peers.
+    x_ours, x_bytes = (x_bf16, 2) if ctx.device.type == "cuda" else (x, 4)
+    dtype = x_ours.dtype
+    float_peer = "fp32 F.linear" if "fp32 F.linear" in peers else "bf16 F.linear"
     shape = f"{m}x{k}x{n}"
     reps = max(3, min(ctx.reps, int((2e14 if ctx.device.type == "cuda" else 2e9) // (2 * m * k * n) + 3)))
     # Every rotated copy is used once before timing (first use costs extra for every format).
-    warmup = max(len(binary), len(bf16), len(fp32) if ctx.device.type == "cpu" else 0) + 1 if rotate else 2
-    results = ctx.measure_peers(FAMILY, "BinaryLinear (1-bit weights)", shape, torch.float32,
-                                lambda: binary.next()(x), peers, bytes_moved=n * k // 8 + m * k * 4 + m * n * 4,
-                                reps=reps, warmup=warmup)
-    results += ctx.measure_peers(FAMILY, "TernaryLinear (2-bit weights)", shape, torch.float32,
-                                 lambda: ternary.next()(x), {"fp32 F.linear": peers.get("fp32 F.linear",
-                                                                                         peers["bf16 F.linear"])},
-                                 bytes_moved=n * k // 4 + m * k * 4 + m * n * 4, reps=reps, warmup=warmup)
+    copies = max(len(binary), len(bf16), len(fp32) if ctx.device.type == "cpu" else 0)
+    warmup, graph_calls = (copies + 1, copies) if rotate else (2, 1)
+    timing = {"reps": reps, "warmup": warmup, "graph_calls": graph_calls}
+    results = ctx.measure_peers(FAMILY, "BinaryLinear (1-bit weights)", shape, dtype,
+                                lambda: binary.next()(x_ours), peers,
+                                bytes_moved=n * k // 8 + m * k * x_bytes + m * n * x_bytes, **timing)
+    results += ctx.measure_peers(FAMILY, "TernaryLinear (2-bit weights)", shape, dtype,
+                                 lambda: ternary.next()(x_ours), {float_peer: peers[float_peer]},
+                                 bytes_moved=n * k // 4 + m * k * x_bytes + m * n * x_bytes, **timing)
     if m <= DECODE_M:
-        results += ctx.measure_peers(FAMILY, "BinaryLinear XNOR (1-bit x and w)", shape, torch.float32,
-                                     lambda: xnor.next()(x), {"bf16 F.linear": peers["bf16 F.linear"]},
-                                     bytes_moved=n * k // 8 + m * k * 4 + m * n * 4, reps=reps, warmup=warmup)
+        results += ctx.measure_peers(FAMILY, "BinaryLinear XNOR (1-bit x and w)", shape, dtype,
+                                     lambda: xnor.next()(x_ours), {"bf16 F.linear": peers["bf16 F.linear"]},
+                                     bytes_moved=n * k // 8 + m * k * x_bytes + m * n * x_bytes,
+                                     **timing)
     return results
 
 

@@ -68,6 +68,29 @@ def test_time_interleaved_measures_each_function():
     assert 0 < medians["a"] < medians["b"]
 
 
+def test_time_interleaved_ignores_graph_calls_on_the_cpu():
+    calls = []
+    time_interleaved({"a": lambda: calls.append(1)}, reps=3, warmup=1, graph_calls=5)
+    assert len(calls) == 4
+
+
+@pytest.mark.cuda
+def test_time_interleaved_replays_graphs_of_calls_on_a_gpu():
+    """graph_calls=4: the warm-up runs eagerly, the capture runs nothing, each of the 3
+    samples replays 4 calls; a graph that reads its weights captures the rotation too."""
+    counter = torch.zeros((), device="cuda")
+    copies = [torch.full((), float(i), device="cuda") for i in range(4)]
+    step = iter(range(10**6))
+    seen = torch.zeros((), device="cuda")
+    def fn():
+        counter.add_(1)
+        seen.add_(copies[next(step) % 4])
+    medians = time_interleaved({"bump": fn}, reps=3, warmup=1, device="cuda", graph_calls=4)
+    assert counter.item() == 1 + 3 * 4
+    assert seen.item() == 0 + 3 * (1 + 2 + 3 + 0)  # warm-up used copy 0, the capture copies 1, 2, 3, 0
+    assert medians["bump"] > 0
+
+
 def test_bench_result_ratios():
     r = BenchResult("quant", "op", "1x1", "float32", ours_ms=2.0, peer="p", peer_ms=6.0, bytes_moved=10**9,
                     limit_gbps=1000.0)

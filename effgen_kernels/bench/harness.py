@@ -33,11 +33,25 @@ def _time_call(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - begin
 
 
+def _cuda_graph(fn: Callable[[], object], calls: int) -> Callable[[], object]:
+    """A replay of `calls` calls of fn captured in one CUDA graph (a rotating fn visits a new
+    copy of its weights in each), so a sample times the GPU, not the CPU's launches: at
+    decode sizes launching a few small kernels from Python takes longer than running them."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return graph.replay
+
+
 def time_interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 2,
-                     device: torch.device | str = "cpu") -> dict[str, float]:
+                     device: torch.device | str = "cpu", graph_calls: int = 1) -> dict[str, float]:
     """Median seconds per call of each function, calls interleaved round-robin.
 
-    The order inside a round rotates so no function always runs right after another.
+    The order inside a round rotates so no function always runs right after another. On a
+    GPU with graph_calls > 1 each sample replays a CUDA graph of that many calls (after the
+    warm-up, which also runs first-use set-up outside the capture) and counts its time over
+    the calls.
     """
     device = torch.device(device)
     names = list(fns)
@@ -45,11 +59,13 @@ def time_interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: in
         for name in names:
             fns[name]()
     _sync(device)
+    calls = graph_calls if device.type == "cuda" else 1
+    runners = {name: _cuda_graph(fn, calls) for name, fn in fns.items()} if calls > 1 else fns
     samples: dict[str, list[float]] = {name: [] for name in names}
     for rep in range(reps):
         shift = rep % len(names)
         for name in names[shift:] + names[:shift]:
-            samples[name].append(_time_call(fns[name], device))
+            samples[name].append(_time_call(runners[name], device) / calls)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -145,10 +161,12 @@ class BenchContext:
 
     def measure_peers(self, family: str, op: str, shape: str, dtype: torch.dtype, ours: Callable[[], object],
                       peers: dict[str, Callable[[], object]], bytes_moved: int, ops: int = 0, peak_gops: float = 0.0,
-                      reps: int | None = None, warmup: int = 2) -> list[BenchResult]:
+                      reps: int | None = None, warmup: int = 2, graph_calls: int = 1) -> list[BenchResult]:
         """Our op and every peer interleaved in one loop; one result per peer. With rotated
-        weights, `warmup` should cover every copy once (first use costs extra everywhere)."""
-        medians = time_interleaved({"ours": ours, **peers}, reps=reps or self.reps, warmup=warmup, device=self.device)
+        weights, `warmup` should cover every copy once (first use costs extra everywhere)
+        and `graph_calls` (CUDA only: calls per timed graph) should too."""
+        medians = time_interleaved({"ours": ours, **peers}, reps=reps or self.reps, warmup=warmup, device=self.device,
+                                   graph_calls=graph_calls)
         results = []
         for peer_name in peers:
             result = BenchResult(family, op, shape, str(dtype).removeprefix("torch."), medians["ours"] * 1e3,
