@@ -2,7 +2,6 @@
 // the current stream; many-row products expand the weights once and use cuBLAS.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/linear.h>
 #include <ATen/ops/mean.h>
 #include <ATen/ops/add.h>
 #include <ATen/ops/mul.h>
@@ -62,8 +61,12 @@ at::Tensor pack_ternary(const at::Tensor& q_in) {
   return out;
 }
 
-std::optional<at::Tensor> bias_as(const std::optional<at::Tensor>& bias, at::ScalarType dtype) {
-  return bias.has_value() ? std::optional<at::Tensor>(bias->to(dtype)) : std::nullopt;
+// Many rows: the weights expanded once to x's dtype (signs, ternary codes, or sign * alpha
+// for grouped alpha: exact values but for that product), then one cuBLAS product.
+at::Tensor expanded_linear(const Rows& r, const at::Tensor& x, const at::Tensor& codes,
+                           const at::Tensor& channel_scale, const std::optional<at::Tensor>& bias) {
+  return linear_with_fp32_sums(r.x, codes.to(x.scalar_type()), channel_scale, bias)
+      .reshape(linear_out_shape(x, codes.size(0)));
 }
 
 at::Tensor bits_gemv(const Rows& r, const at::Tensor& x, const at::Tensor& packed, int planes, const at::Tensor& scale,
@@ -89,13 +92,13 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed, const at
   check_cuda(op, "x", x);
   const BitsProduct p = check_bits_product(op, x, packed, 1, "alpha", alpha, bias, true, group_size);
   const Rows& r = p.r;
-  const int64_t n = p.n, groups = p.groups, group = p.group;
+  const int64_t groups = p.groups, group = p.group;
   const c10::cuda::CUDAGuard guard(x.device());
   if (r.m > cuda::kBitsMaxM) {
-    const at::Tensor alpha_full =
-        group_size.has_value() ? alpha.repeat_interleave(*group_size, 1).narrow(1, 0, r.k) : alpha.reshape({n, 1});
-    const at::Tensor w = at::mul(unpack_binary(packed, r.k).to(at::kFloat), alpha_full);
-    return at::linear(x, w.to(x.scalar_type()), bias_as(bias, x.scalar_type()));
+    const at::Tensor signs = unpack_binary(packed, r.k);
+    if (!group_size.has_value()) return expanded_linear(r, x, signs, alpha.to(at::kFloat), bias);
+    const at::Tensor alpha_full = alpha.repeat_interleave(*group_size, 1).narrow(1, 0, r.k);
+    return expanded_linear(r, x, at::mul(signs.to(at::kFloat), alpha_full), at::Tensor(), bias);
   }
   return bits_gemv(r, x, packed, 1, alpha, 1, groups, group, bias, op);
 }
@@ -106,13 +109,9 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed, const a
   check_cuda(op, "x", x);
   const BitsProduct p = check_bits_product(op, x, packed, 2, "scale", scale, bias, false);
   const Rows& r = p.r;
-  const int64_t n = p.n, scale_stride = p.scale_stride;
+  const int64_t scale_stride = p.scale_stride;
   const c10::cuda::CUDAGuard guard(x.device());
-  if (r.m > cuda::kBitsMaxM) {
-    const at::Tensor w = at::mul(unpack_ternary(packed, r.k).to(at::kFloat),
-                                 scale_stride == 0 ? scale.reshape({}) : scale.reshape({n, 1}));
-    return at::linear(x, w.to(x.scalar_type()), bias_as(bias, x.scalar_type()));
-  }
+  if (r.m > cuda::kBitsMaxM) return expanded_linear(r, x, unpack_ternary(packed, r.k), scale.to(at::kFloat), bias);
   return bits_gemv(r, x, packed, 2, scale, scale_stride, 1, std::max<int64_t>(r.k, 1), bias, op);
 }
 

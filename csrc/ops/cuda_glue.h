@@ -1,7 +1,12 @@
 // Small helpers every CUDA glue file needs: element type, device check, launch check.
 #pragma once
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/add.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/mul.h>
 #include <c10/util/Exception.h>
+
+#include <optional>
 
 #include "../kernels/cuda/quant.cuh"
 
@@ -21,6 +26,20 @@ inline void check_cuda(const char* op, const char* name, const at::Tensor& t) {
 
 inline void check_launch(const char* op, cudaError_t err) {
   TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(err));
+}
+
+// x2d [m, k] @ w [n, k]^T (w in x's dtype) for products with many rows, through cuBLAS with
+// an fp32 result so every sum stays in fp32 (with a bf16/fp16 result cuBLAS may add split-K
+// partials in half precision: errors of several ulps where outputs cancel); then times
+// channel_scale ([n] or one element; undefined: none) and plus bias in fp32, rounded once.
+inline at::Tensor linear_with_fp32_sums(const at::Tensor& x2d, const at::Tensor& w, const at::Tensor& channel_scale,
+                                        const std::optional<at::Tensor>& bias) {
+  at::Tensor y = x2d.scalar_type() == at::kFloat ? at::mm(x2d, w.t()) : at::mm(x2d, w.t(), at::kFloat);
+  if (channel_scale.defined()) {
+    y = at::mul(y, channel_scale.numel() == 1 ? channel_scale.reshape({}) : channel_scale.reshape({-1}));
+  }
+  if (bias.has_value()) y = at::add(y, bias->to(at::kFloat));
+  return y.to(x2d.scalar_type());
 }
 
 }  // namespace effgen::ops

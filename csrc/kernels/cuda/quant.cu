@@ -104,8 +104,11 @@ __device__ __forceinline__ float scale_from_bits(uint32_t bits) {
 // 0 for a zero or NaN scale, so such runs quantize to 0.
 __device__ __forceinline__ float inverse_scale(float scale) { return scale > 0.0f ? __fdiv_rn(1.0f, scale) : 0.0f; }
 
+// A NaN product (NaN x, or Inf/NaN x times the 0 reciprocal of a non-finite run) gives 0:
+// fmaxf would return its other operand, -127.
 __device__ __forceinline__ int8_t quantize_value(float x, float inv_scale) {
-  return static_cast<int8_t>(fminf(fmaxf(rintf(__fmul_rn(x, inv_scale)), -127.0f), 127.0f));
+  const float rounded = rintf(__fmul_rn(x, inv_scale));
+  return isnan(rounded) ? 0 : static_cast<int8_t>(fminf(fmaxf(rounded, -127.0f), 127.0f));
 }
 
 int grid_for(int64_t n) {
