@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import effgen_kernels as ek
 from effgen_kernels.bench import BenchContext, BenchResult, Rotation, time_interleaved
 from effgen_kernels.bench.peers import fbgemm_dynamic_linear
-from effgen_kernels.cli import build_info, cuda_int8_gemm
+from effgen_kernels.cli import build_info, cuda_int8_kernels
 
 FAMILY = "linear"
 DECODE_M = 16
@@ -29,6 +29,7 @@ CPU_M, QUICK_CPU_M = [1, 8, 64, 256, 1024], [1, 8, 64]
 GPU_SHAPES = [(8192, 8192), (4096, 11008), (11008, 4096)]
 GPU_M = [1, 16, 512, 2048]
 W8A16_GROUP = 128  # the per-group W8A16 layer measured beside the per-channel one
+KERNEL_NAMES = {"mma": "mma.sync", "wgmma": "wgmma"}
 
 
 def int8_peak_gops(device: torch.device) -> float:
@@ -93,6 +94,10 @@ def run_shape(ctx: BenchContext, m: int, k: int, n: int, peak: float) -> list[Be
     # fp32 on the CPU (the fp32 and fbgemm peers' input).
     x_int8 = x_bf16 if ctx.device.type == "cuda" else x
     shape = f"{m}x{k}x{n}"
+
+    def int8_linear():
+        return rot["int8"].next()(x_int8)
+
     # Fewer repetitions for products that take long on this device.
     rate = 1e14 if ctx.device.type == "cuda" else 1e9
     reps = max(3, min(ctx.reps, int(2 * rate // (2 * m * k * n) + 3)))
@@ -105,24 +110,28 @@ def run_shape(ctx: BenchContext, m: int, k: int, n: int, peak: float) -> list[Be
         xq, _ = ek.ops.quantize_per_token(x)
         wq_t = ek.ops.quantize_per_channel(linear.weight.detach(), 0)[0].t()
         peers["torch._int_mm (raw)"] = lambda: torch._int_mm(xq, wq_t)
-    if m > 16 and ctx.device.type == "cuda" and cuda_int8_gemm(build_info()) == "wgmma":
-        # our other tensor-core kernel on the same layers, for the wgmma / mma.sync A/B
-        peers["Int8Linear on mma.sync"] = with_cuda_gemm("mma", lambda: rot["int8"].next()(x_int8))
+    if m > 16 and ctx.device.type == "cuda":
+        # Int8Linear on each of our own tensor-core GEMMs (the default runs cuBLAS's int32 sums
+        # through our epilogue), for the A/B against cuBLAS and between ours
+        for kernel in cuda_int8_kernels(build_info()):
+            peers[f"Int8Linear, our {KERNEL_NAMES[kernel]}"] = with_cuda_gemm(kernel, int8_linear)
     weight_bytes = n * k
     # Every rotated copy is used once before timing (first use costs extra for every format).
-    warmup = max(len(r) for r in rot.values()) + 1 if m <= DECODE_M else 2
+    copies = max(len(r) for r in rot.values())
+    warmup, graph_calls = (copies + 1, copies) if m <= DECODE_M else (2, 1)
     element = x_int8.element_size()
     results = ctx.measure_peers(FAMILY, "Int8Linear (W8A8 dynamic)", shape, x_int8.dtype,
-                                lambda: rot["int8"].next()(x_int8), peers,
+                                int8_linear, peers,
                                 bytes_moved=weight_bytes + m * k * element + m * n * element, ops=2 * m * k * n,
-                                peak_gops=peak, reps=reps, warmup=warmup)
+                                peak_gops=peak, reps=reps, warmup=warmup, graph_calls=graph_calls)
     if m <= DECODE_M:
         for name, layers in [("Int8WeightOnlyLinear (W8A16)", "w8a16"),
                              (f"Int8WeightOnlyLinear (W8A16, group {W8A16_GROUP})", "w8a16 g128")]:
             results += ctx.measure_peers(FAMILY, name, shape, torch.bfloat16,
                                          lambda layers=layers: rot[layers].next()(x_bf16),
                                          {"bf16 F.linear": peers["bf16 F.linear"]},
-                                         bytes_moved=weight_bytes + m * k * 2 + m * n * 2, reps=reps, warmup=warmup)
+                                         bytes_moved=weight_bytes + m * k * 2 + m * n * 2, reps=reps, warmup=warmup,
+                                         graph_calls=graph_calls)
     return results
 
 

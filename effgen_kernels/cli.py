@@ -46,17 +46,26 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def cuda_int8_kernels(build: dict) -> list[str]:
+    """Our CUDA int8 tensor-core GEMMs this GPU runs (EFFGEN_CUDA_INT8_GEMM's forcing values):
+    mma, plus wgmma on compute capability 9.0 with an sm_90a build; none without a GPU."""
+    if not (build["cuda"] and torch.cuda.is_available()):
+        return []
+    wgmma = torch.cuda.get_device_capability() == (9, 0) and "90a" in build.get("cuda_archs", [])
+    return ["mma", "wgmma"] if wgmma else ["mma"]
+
+
 def cuda_int8_gemm(build: dict) -> str | None:
     """The CUDA int8 GEMM that products of more than 16 rows run on here (None without a GPU):
-    EFFGEN_CUDA_INT8_GEMM where set, else wgmma on compute capability 9.0 with an sm_90a
-    build, else mma."""
-    if not (build["cuda"] and torch.cuda.is_available()):
+    EFFGEN_CUDA_INT8_GEMM where set, else cuBLAS (torch._int_mm, then our epilogue) for the
+    shapes it takes and the best of ours for the others."""
+    ours = cuda_int8_kernels(build)
+    if not ours:
         return None
     forced = os.environ.get("EFFGEN_CUDA_INT8_GEMM", "")
     if forced not in ("", "auto"):
         return forced
-    wgmma = torch.cuda.get_device_capability() == (9, 0) and "90a" in build.get("cuda_archs", [])
-    return "wgmma" if wgmma else "mma"
+    return f"cublas, else {ours[-1]}"
 
 
 def machine_info() -> dict:

@@ -3,6 +3,7 @@
 a mismatch is reported and the run goes on (so the sanitizer still sees every kernel), and
 the exit code is 1 if there was any."""
 
+import itertools
 import os
 import sys
 
@@ -46,9 +47,10 @@ def quant_kernels() -> None:
 
 
 def int8_kernels() -> None:
-    # GEMV in bytes and in 16-byte pieces, general GEMM, the pipelined GEMMs (partial row,
-    # column and K tiles; mma.sync, then the default: wgmma on sm_90a).
-    shapes = ((1, 5, 7), (3, 130, 129), (5, 40, 1040), (70, 65, 4099), (33, 70, 256), (130, 129, 80))
+    # The GEMV, the general GEMM, the pipelined GEMMs (partial row, column and K tiles;
+    # mma.sync, then wgmma on sm_90a under auto) and cuBLAS's sums through our epilogue (auto,
+    # 40 x 64 x 96).
+    shapes = ((1, 5, 7), (3, 130, 129), (5, 40, 1040), (70, 65, 4099), (33, 70, 256), (130, 129, 80), (40, 64, 96))
     for kernel, (m, n, k) in [("mma", (130, 129, 80))] + [("auto", shape) for shape in shapes]:
         os.environ["EFFGEN_CUDA_INT8_GEMM"] = kernel
         xq = torch.randint(-128, 128, (m, k), dtype=torch.int8)
@@ -63,8 +65,10 @@ def int8_kernels() -> None:
 
 
 def binary_kernels() -> None:
-    for m, k in ((1, 7), (16, 4097), (20, 300), (1, 256)):
-        x, w = torch.randn(m, k), torch.randn(33, k)
+    # k % 32 == 0 in bf16: the tensor-core GEMV; m = 20: the expanded cuBLAS product
+    shapes = ((1, 7), (16, 4097), (20, 300), (1, 256), (13, 4096))
+    for (m, k), dtype in itertools.product(shapes, (torch.float32, torch.bfloat16)):
+        x, w = torch.randn(m, k).to(dtype), torch.randn(33, k)
         packed, alpha = ops.pack_binary(w.cuda()), w.abs().mean(1).cuda()
         check(("pack_binary", m, k), packed, ops.pack_binary(w))
         ops.binary_linear(x.cuda(), packed, alpha)

@@ -11,7 +11,7 @@ from torch.library import opcheck
 
 import effgen_kernels as ek
 from effgen_kernels import reference as ref
-from effgen_kernels.cli import build_info, cuda_int8_gemm
+from effgen_kernels.cli import build_info, cuda_int8_kernels
 
 ops = ek.ops
 MNK = [(1, 1, 1), (1, 5, 7), (3, 9, 129), (17, 70, 300), (64, 130, 4099), (5, 3, 64)]
@@ -498,20 +498,22 @@ def test_cuda_gemm_tile_index_math_on_the_host(kernel, tmp_path):
     run_cuda_host_check(kernel, tmp_path)
 
 
-@pytest.fixture(params=["mma", "wgmma"])
+@pytest.fixture(params=["auto", "mma", "wgmma"])
 def cuda_gemm(request, monkeypatch):
-    """Runs the test once per CUDA int8 tensor-core GEMM (EFFGEN_CUDA_INT8_GEMM) this GPU runs."""
+    """Runs the test once per CUDA int8 GEMM (EFFGEN_CUDA_INT8_GEMM) this GPU runs: auto
+    (cuBLAS's sums through our epilogue where torch._int_mm takes the shape), then ours."""
     monkeypatch.delenv("EFFGEN_CUDA_INT8_GEMM", raising=False)
-    if request.param == "wgmma" and cuda_int8_gemm(build_info()) != "wgmma":
+    if request.param == "wgmma" and "wgmma" not in cuda_int8_kernels(build_info()):
         pytest.skip("wgmma needs a compute capability 9.0 GPU and a build for sm_90a")
     monkeypatch.setenv("EFFGEN_CUDA_INT8_GEMM", request.param)
     return request.param
 
 
 # Each CUDA int8 kernel: the few-row GEMV (m <= 16) in 16-byte pieces (k % 16 == 0) or
-# bytes, the pipelined GEMMs (k % 16 == 0: partial row, column and K tiles) or the general one.
+# bytes, the pipelined GEMMs (k % 16 == 0: partial row, column and K tiles) or the general one,
+# and cuBLAS's sums through our epilogue (m > 16, n and k multiples of 8, under auto).
 CUDA_MNK = MNK + [(16, 70, 4096), (2, 33, 48), (9, 40, 1024), (300, 520, 4096), (129, 257, 1040), (17, 8, 16),
-                  (200, 130, 64)]
+                  (200, 130, 64), (33, 24, 40), (257, 136, 264)]
 
 
 @pytest.mark.cuda
@@ -532,8 +534,9 @@ def test_cuda_int8_linear_and_dynamic_are_bit_exact(cuda_gemm, m, n, k, dtype):
 @pytest.mark.parametrize("m", [5, 33])
 def test_cuda_int8_linear_on_unaligned_storage(cuda_gemm, offset, m):
     # Contiguous tensors that start `offset` bytes into their storage: the GEMV and the GEMMs
-    # load 16-byte pieces only from 16-byte aligned rows, bytes otherwise.
-    n, k = 70, 256
+    # load 16-byte pieces only from 16-byte aligned rows, bytes otherwise; cuBLAS (auto, m > 16)
+    # gets aligned operands only.
+    n, k = 72, 256
 
     def at_offset(t):
         flat = torch.empty(t.numel() + offset, dtype=torch.int8, device="cuda")
@@ -563,7 +566,7 @@ def test_cuda_int8_gemm_choice_is_checked(monkeypatch):
 @pytest.mark.parametrize("group_size", [None, 128, 100])
 @pytest.mark.parametrize("k", [1000, 1024])  # 16-byte pieces when k and the group are multiples of 16
 def test_cuda_int8_weight_only_linear(dtype, m, group_size, k):
-    n = 520
+    n = 523  # a partial 8-channel tile for the tensor-core GEMV
     x = random_input((m, k), dtype, scale=1.0)
     w = random_input((n, k), scale=0.05)
     wq, w_scale = ops.quantize_per_channel(w, 0) if group_size is None else ops.quantize_per_group(w, group_size)

@@ -1,12 +1,13 @@
 // CUDA glue of the int8_gemm family: the same checks as the CPU glue (int8_gemm_common.h),
 // then launches on the current stream.
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/_int_mm.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/linear.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 
@@ -18,8 +19,9 @@
 namespace effgen::ops {
 namespace {
 
-// EFFGEN_CUDA_INT8_GEMM=mma|wgmma forces the tensor-core kernel of products with more than
-// 16 rows (unset or auto: the best this GPU runs), read at each call so tests can run both.
+// EFFGEN_CUDA_INT8_GEMM=mma|wgmma forces our tensor-core kernel for products with more than
+// 16 rows; unset or auto: cuBLAS where it takes the shape (below), else the best of ours this
+// GPU runs. Read at each call so tests can run every one.
 cuda::GemmKernel gemm_kernel_choice(const char* op) {
   const char* env = std::getenv("EFFGEN_CUDA_INT8_GEMM");
   const std::string choice = env == nullptr ? "" : env;
@@ -32,6 +34,15 @@ cuda::GemmKernel gemm_kernel_choice(const char* op) {
   return cuda::GemmKernel::kWgmma;
 }
 
+// The products torch._int_mm (cuBLAS) takes: more than 16 rows, k and n multiples of 8; and
+// 16-byte aligned operands (its fast kernels' need; misaligned views stay on ours). Measured on
+// an H200 (benchmarks/RESULTS.md) it runs 3-4x faster than our wgmma kernel, so by default it
+// computes the int32 sums and our epilogue kernel scales them.
+bool cublas_takes(const at::Tensor& xq, const at::Tensor& wq) {
+  const auto aligned = [](const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
+  return xq.size(0) > 16 && xq.size(1) % 8 == 0 && wq.size(0) % 8 == 0 && aligned(xq) && aligned(wq);
+}
+
 void launch_gemm(const char* op, const at::Tensor& xq, const at::Tensor& x_scale, int64_t x_stride,
                  const at::Tensor& wq, const at::Tensor& w_scale, int64_t w_stride, const at::Tensor& bias,
                  at::Tensor& out) {
@@ -41,7 +52,14 @@ void launch_gemm(const char* op, const at::Tensor& xq, const at::Tensor& x_scale
                                 x_stride,                w_scale.data_ptr<float>(),
                                 w_stride,                bias.defined() ? bias.data_ptr<float>() : nullptr,
                                 cuda_dtype(out.scalar_type()), out.data_ptr()};
-  check_launch(op, cuda::int8_gemm(args, gemm_kernel_choice(op), c10::cuda::getCurrentCUDAStream()));
+  const cuda::GemmKernel kernel = gemm_kernel_choice(op);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (kernel == cuda::GemmKernel::kAuto && cublas_takes(xq, wq)) {
+    const at::Tensor sums = at::_int_mm(xq, wq.t());
+    check_launch(op, cuda::int8_scale_accumulators(args, sums.data_ptr<int32_t>(), stream));
+    return;
+  }
+  check_launch(op, cuda::int8_gemm(args, kernel, stream));
 }
 
 at::Tensor int8_linear(const at::Tensor& xq, const at::Tensor& x_scale, const at::Tensor& wq,
@@ -82,7 +100,7 @@ at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, co
     const at::Tensor w = group_size.has_value()
                              ? dequantize_cuda(wq, w_scale, std::nullopt, group_size, x.scalar_type())
                              : dequantize_cuda(wq, w_scale, 0, std::nullopt, x.scalar_type());
-    return at::linear(x, w, bias.has_value() ? std::optional<at::Tensor>(bias->to(x.scalar_type())) : std::nullopt);
+    return linear_with_fp32_sums(x.reshape({m, k}), w, at::Tensor(), bias).reshape(linear_out_shape(x, n));
   }
   at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
   if (out.numel() == 0) return out;

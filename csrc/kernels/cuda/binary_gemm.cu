@@ -1,22 +1,22 @@
-// CUDA kernels of the binary_gemm family. The few-row products give each warp one output
-// channel and stream its bits a 32-bit word per lane; XNOR gives each thread one output and
-// uses __popc on 32-bit words (a b1 tensor-core path is the next step once a GPU can
-// measure it).
+// CUDA kernels of the binary_gemm family. Few-row products of bf16/fp16 x decode the bits
+// onto the 16-bit tensor cores (skinny_mma.cuh); fp32 x (and per-group alpha off the
+// tensor cores' step) gives each warp one output channel and streams its bits a 32-bit word
+// per lane. XNOR gives each output a warp that XORs and popcounts 32-bit words.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "binary_gemm.cuh"
 #include "common.cuh"
 #include "convert.cuh"
+#include "skinny_mma.cuh"
 
 namespace effgen::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-
-__device__ __forceinline__ bool bit_at(const uint8_t* row, int64_t k) { return (row[k / 8] >> (k % 8)) & 1u; }
 
 unsigned blocks_for(int64_t items) { return static_cast<unsigned>((items + kThreads - 1) / kThreads); }
 
@@ -51,14 +51,20 @@ __global__ void pack_ternary_kernel(const int8_t* q, int64_t rows, int64_t k, ui
   out[r * 2 * plane + plane + byte] = negative;
 }
 
+// One thread per packed byte (8 weights): one 64-bit division per 8 outputs, not per output.
 __global__ void unpack_bits_kernel(const uint8_t* packed, int64_t rows, int64_t k, int planes, int8_t* out) {
   const int64_t plane = (k + 7) / 8;
   const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= rows * k) return;
-  const int64_t r = idx / k, col = idx % k;
+  if (idx >= rows * plane) return;
+  const int64_t r = idx / plane, byte = idx % plane;
   const uint8_t* row = packed + r * planes * plane;
-  out[idx] = planes == 1 ? (bit_at(row, col) ? 1 : -1)
-                         : static_cast<int8_t>(int{bit_at(row, col)} - int{bit_at(row + plane, col)});
+  const uint32_t first = row[byte], negative = planes == 2 ? row[plane + byte] : 0u;
+  int8_t* dst = out + r * k + byte * 8;
+  const int count = k - byte * 8 < 8 ? static_cast<int>(k - byte * 8) : 8;
+  for (int b = 0; b < count; ++b) {
+    const int positive_bit = (first >> b) & 1, negative_bit = (negative >> b) & 1;
+    dst[b] = static_cast<int8_t>(planes == 1 ? 2 * positive_bit - 1 : positive_bit - negative_bit);
+  }
 }
 
 // 32 weight bits of one plane row from bit k0 (a multiple of 8) on, bit t of the word being
@@ -156,23 +162,79 @@ __global__ void bits_gemv_kernel(BitsGemvArgs p, bool words) {
   }
 }
 
-__global__ void xor_popcount_kernel(const uint8_t* a, const uint8_t* b, int64_t m, int64_t n, int64_t nbytes,
-                                    int32_t* c) {
-  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= m * n) return;
-  const int64_t i = idx / n, j = idx % n;
-  const uint8_t* ra = a + i * nbytes;
-  const uint8_t* rb = b + j * nbytes;
-  int32_t count = 0;
-  int64_t byte = 0;
-  for (; byte + 4 <= nbytes; byte += 4) {
-    uint32_t wa, wb;
-    memcpy(&wa, ra + byte, 4);
-    memcpy(&wb, rb + byte, 4);
-    count += __popc(wa ^ wb);
+// Weights 2 i and 2 i + 1 of a plane word as a pair of T (the lower k in the low half):
+// binary bit 1 -> +1, 0 -> -1; ternary positive bit -> +1, negative bit -> -1, neither -> 0.
+// One is 0x3F80 in bf16, 0x3C00 in fp16; bit 15 of a half is its sign.
+template <typename T>
+__device__ __forceinline__ uint32_t weight_pair(uint32_t first, uint32_t negative, int planes, int i) {
+  constexpr uint32_t kOnes = std::is_same_v<T, __nv_bfloat16> ? 0x3F803F80u : 0x3C003C00u;
+  // bits 0 and 1 of v moved to the two halves' sign bits (15 and 31)
+  auto signs = [](uint32_t v) { return ((v & 1u) << 15) | ((v & 2u) << 30); };
+  const uint32_t f = (first >> (2 * i)) & 3u;
+  if (planes == 1) return (kOnes | 0x80008000u) ^ signs(f);
+  const uint32_t n = (negative >> (2 * i)) & 3u;
+  const uint32_t nonzero = f ^ n;  // both bits set (never packed) is 0, as in unpack
+  const uint32_t magnitude = (nonzero & 1u ? kOnes & 0xFFFFu : 0u) | (nonzero & 2u ? kOnes & 0xFFFF0000u : 0u);
+  return magnitude | signs(n);
+}
+
+// skinny_mma's decoder of packed bits: a lane takes one 32-bit word per plane per step
+// (x: the first plane, y: the negative plane of ternary weights).
+template <typename T>
+struct BitsDecoder {
+  static constexpr int kLaneElements = 32, kStepsInFlight = 8;
+  static constexpr bool kScalePerStep = false;
+  using Loaded = uint2;
+  const uint8_t* planes_row;  // the channel's first plane, nullptr past n
+  int64_t plane_bytes, k;
+  int planes;
+
+  __device__ uint2 load(int64_t bit) const {
+    const bool inside = planes_row != nullptr && bit < k;
+    return make_uint2(inside ? *reinterpret_cast<const uint32_t*>(planes_row + bit / 8) : 0u,
+                      inside && planes == 2 ? *reinterpret_cast<const uint32_t*>(planes_row + plane_bytes + bit / 8)
+                                            : 0u);
   }
-  for (; byte < nbytes; ++byte) count += __popc(static_cast<uint32_t>(ra[byte] ^ rb[byte]));
-  c[idx] = count;
+  __device__ uint32_t pair(const uint2& words, int i) const { return weight_pair<T>(words.x, words.y, planes, i); }
+};
+
+// Few rows of bf16/fp16 x (skinny_mma.cuh): k % 32 == 0, x 16-byte and the planes 4-byte
+// aligned, one scale per channel (binary) or per channel / tensor (ternary). Three blocks
+// per SM: left alone, the compiler keeps x for all steps in flight (110 registers, 2 blocks).
+template <typename T>
+__global__ void __launch_bounds__(kSkinnyWarps * 32, 3) bits_gemv_mma_kernel(BitsGemvArgs p) {
+  const int64_t channel = int64_t(blockIdx.x) * 8 + threadIdx.x % 32 / 4, plane_bytes = p.k / 8;
+  const BitsDecoder<T> decoder{channel < p.n ? p.packed + channel * p.planes * plane_bytes : nullptr, plane_bytes,
+                               p.k, p.planes};
+  const int64_t scale_stride = p.planes == 2 ? p.scale_stride : 1;
+  skinny_mma(static_cast<const T*>(p.x), p.m, p.n, p.k, decoder, [&](int64_t row, int64_t col, float sum) {
+    const float v = sum * p.scale[col * scale_stride] + (p.bias == nullptr ? 0.0f : p.bias[col]);
+    store_value(static_cast<T*>(p.out) + row * p.n + col, v);
+  });
+}
+
+// One warp per output (i, j): lanes take 32-bit words of both sign rows, 32 words apart
+// (coalesced), `words`: nbytes % 4 == 0 and both operands 4-byte aligned; else bytes.
+constexpr int kXorWarps = 8;
+
+__global__ void __launch_bounds__(kXorWarps * 32) xor_popcount_kernel(const uint8_t* a, const uint8_t* b, int64_t m,
+                                                                       int64_t n, int64_t nbytes, bool words,
+                                                                       int32_t* c) {
+  const int64_t idx = int64_t(blockIdx.x) * kXorWarps + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (idx >= m * n) return;
+  const uint8_t* ra = a + idx / n * nbytes;
+  const uint8_t* rb = b + idx % n * nbytes;
+  int32_t count = 0;
+  if (words) {
+    for (int64_t w = lane; w < nbytes / 4; w += 32) {
+      count += __popc(reinterpret_cast<const uint32_t*>(ra)[w] ^ reinterpret_cast<const uint32_t*>(rb)[w]);
+    }
+  } else {
+    for (int64_t byte = lane; byte < nbytes; byte += 32) count += __popc(static_cast<uint32_t>(ra[byte] ^ rb[byte]));
+  }
+  count = warp_sum(count);
+  if (lane == 0) c[idx] = count;
 }
 
 }  // namespace
@@ -195,16 +257,23 @@ cudaError_t pack_ternary(const int8_t* q, int64_t rows, int64_t k, uint8_t* out,
 
 cudaError_t unpack_bits(const uint8_t* packed, int64_t rows, int64_t k, int planes, int8_t* out,
                         cudaStream_t stream) {
-  if (rows * k == 0) return cudaSuccess;
-  unpack_bits_kernel<<<blocks_for(rows * k), kThreads, 0, stream>>>(packed, rows, k, planes, out);
+  const int64_t items = rows * ((k + 7) / 8);
+  if (items == 0) return cudaSuccess;
+  unpack_bits_kernel<<<blocks_for(items), kThreads, 0, stream>>>(packed, rows, k, planes, out);
   return cudaGetLastError();
 }
 
 cudaError_t bits_gemv(const BitsGemvArgs& args, cudaStream_t stream) {
   if (args.m == 0 || args.n == 0) return cudaSuccess;
+  const bool words = args.k % 32 == 0 && aligned(args.packed, 4) && aligned(args.x, 16);
+  if (words && (args.planes == 2 || args.groups == 1) &&
+      with_16bit_dtype(args.dtype, [&](auto tag) {
+        bits_gemv_mma_kernel<decltype(tag)><<<(args.n + 7) / 8, kSkinnyWarps * 32, 0, stream>>>(args);
+      })) {
+    return cudaGetLastError();
+  }
   constexpr int kWarps = 8;
   const unsigned blocks = static_cast<unsigned>((args.n + kWarps - 1) / kWarps);
-  const bool words = args.k % 32 == 0 && aligned(args.packed, 4) && aligned(args.x, 16);
   return with_dtype(args.dtype, [&](auto tag) {
     static_assert(kBitsMaxM == 16, "instantiate up to kBitsMaxM rows");
     with_rows<1, 4, 16>(args.m, [&](auto rows) {
@@ -216,7 +285,9 @@ cudaError_t bits_gemv(const BitsGemvArgs& args, cudaStream_t stream) {
 cudaError_t xor_popcount(const uint8_t* a, const uint8_t* b, int64_t m, int64_t n, int64_t nbytes, int32_t* c,
                          cudaStream_t stream) {
   if (m * n == 0) return cudaSuccess;
-  xor_popcount_kernel<<<blocks_for(m * n), kThreads, 0, stream>>>(a, b, m, n, nbytes, c);
+  const bool words = nbytes % 4 == 0 && aligned(a, 4) && aligned(b, 4);
+  const unsigned blocks = static_cast<unsigned>((m * n + kXorWarps - 1) / kXorWarps);
+  xor_popcount_kernel<<<blocks, kXorWarps * 32, 0, stream>>>(a, b, m, n, nbytes, words, c);
   return cudaGetLastError();
 }
 

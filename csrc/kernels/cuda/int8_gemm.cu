@@ -1,19 +1,22 @@
 // CUDA int8 GEMM and GEMVs. The launcher picks the kernel by shape: a few rows (m <= 16)
-// are a weight stream, run by a GEMV that gives each warp one output channel and dp4a's
-// 16-byte pieces; more rows run on the int8 tensor cores, through a pipelined 128x128
-// kernel when k % 16 == 0 and the operands are 16-byte aligned (wgmma on sm_90a,
-// int8_gemm_wgmma.cu; mma.sync elsewhere, int8_gemm_tiled.cu), else through the general
-// 64x64 kernel here, which stages byte by byte where it must. The W8A16 GEMV dequantizes
-// in registers, one warp per output channel.
+// are a weight stream, run on the int8 tensor cores by a GEMV whose block owns 8 output
+// channels and splits K over its warps; more rows run through a pipelined 128x128 kernel
+// when k % 16 == 0 and the operands are 16-byte aligned (wgmma on sm_90a,
+// int8_gemm_wgmma.cu; mma.sync elsewhere, int8_gemm_tiled.cu); other shapes go through the
+// general 64x64 kernel here, which stages byte by byte where it must. The W8A16 GEMV
+// decodes the weights in registers: onto the 16-bit tensor cores for bf16/fp16 x
+// (skinny_mma.cuh), else one warp per output channel on the CUDA cores.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "common.cuh"
 #include "convert.cuh"
 #include "int8_gemm.cuh"
 #include "int8_mma.cuh"
+#include "skinny_mma.cuh"
 
 namespace effgen::cuda {
 namespace {
@@ -122,49 +125,62 @@ __device__ __forceinline__ void for_each_piece(const int8_t* w, int64_t k, int l
   }
 }
 
-// W8A8 with a few rows (m <= kGemvMaxRows) streams the weights: one warp per output
-// channel j, each lane 16 bytes of K at a time (two loads in flight), 32 lanes x 16 bytes
-// apart, summed exactly in int32 with dp4a and reduced over the warp, then the GEMM's
-// epilogue, so the bits are the same. `pieces` (in_16_byte_pieces): every piece is one
-// load; otherwise each lane takes single bytes.
+// W8A8 with a few rows (m <= kGemvMaxRows, in_16_byte_pieces) streams the weights through
+// the int8 tensor cores: a block owns 8 output channels (one n8 tile) and its 8 warps split
+// K in 64-byte steps (warp w takes steps w, w + 8, ...), kGemvSteps in flight per lane. Per
+// step lane (g, t) = (lane / 4, lane % 4) loads the 16 bytes at k0 + 16 t of rows g and g + 8
+// of a (zero past m) and of channel g of b; their words 0-1 feed one m16n8k32 and words 2-3
+// another. That reorders K inside the step (the mma's byte 4 t + j is byte 16 t + j here),
+// the same way for a and b, so the int32 sums are exact as ever. The warps' sums are added
+// in shared memory and go through the GEMM's epilogue: bit-exact with every other kernel.
 constexpr int64_t kGemvMaxRows = 16;
 constexpr int kGemvWarps = 8;
+constexpr int kGemvSteps = 4;
+constexpr int kGemvStepBytes = 64;
 
-template <typename Out, int ROWS>
-__global__ void __launch_bounds__(kGemvWarps * 32) int8_gemv_kernel(Int8GemmArgs p, bool pieces) {
-  const int64_t j = int64_t(blockIdx.x) * kGemvWarps + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (j >= p.n) return;
-  const int8_t* w = p.b + j * p.k;
-  int32_t acc[ROWS] = {};
-  if (pieces) {
-    for_each_piece(w, p.k, lane, [&](int64_t kk, const int4& piece) {
+// Lane's 16-byte piece of row `row` of a [rows, k] int8 matrix at byte k0 + 16 (lane % 4);
+// zero past the matrix.
+__device__ __forceinline__ int4 gemv_piece(const int8_t* src, int64_t rows, int64_t k, int64_t row, int64_t k0,
+                                           int lane) {
+  const int64_t col = k0 + 16 * (lane % 4);
+  return row < rows && col < k ? *reinterpret_cast<const int4*>(src + row * k + col) : make_int4(0, 0, 0, 0);
+}
+
+template <typename Out>
+__global__ void __launch_bounds__(kGemvWarps * 32) int8_gemv_kernel(Int8GemmArgs p) {
+  __shared__ int32_t partial[kGemvWarps][4][32];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t col0 = int64_t(blockIdx.x) * 8, row = lane / 4, channel = col0 + lane / 4;
+  int32_t acc[4] = {};
+  // x's pieces are loaded with the weights' (measured on an H200: faster than 8 weight steps
+  // in flight with x loaded per step, which the skinny 16-bit kernels prefer)
+  for (int64_t k0 = int64_t(warp) * kGemvStepBytes; k0 < p.k; k0 += kGemvSteps * kGemvWarps * kGemvStepBytes) {
+    int4 lo[kGemvSteps], hi[kGemvSteps], w[kGemvSteps];
 #pragma unroll
-      for (int i = 0; i < ROWS; ++i) {
-        if (i >= p.m) break;
-        const int4 xv = *reinterpret_cast<const int4*>(p.a + i * p.k + kk);
-        acc[i] = __dp4a(xv.x, piece.x, acc[i]);
-        acc[i] = __dp4a(xv.y, piece.y, acc[i]);
-        acc[i] = __dp4a(xv.z, piece.z, acc[i]);
-        acc[i] = __dp4a(xv.w, piece.w, acc[i]);
-      }
-    });
-  } else {
-    for (int64_t kk = lane; kk < p.k; kk += 32) {
-      const int32_t wk = w[kk];
+    for (int u = 0; u < kGemvSteps; ++u) {
+      const int64_t kk = k0 + u * kGemvWarps * kGemvStepBytes;
+      w[u] = gemv_piece(p.b, p.n, p.k, channel, kk, lane);
+      lo[u] = gemv_piece(p.a, p.m, p.k, row, kk, lane);
+      hi[u] = gemv_piece(p.a, p.m, p.k, row + 8, kk, lane);
+    }
 #pragma unroll
-      for (int i = 0; i < ROWS; ++i) {
-        if (i >= p.m) break;
-        acc[i] += int32_t(p.a[i * p.k + kk]) * wk;
-      }
+    for (int u = 0; u < kGemvSteps; ++u) {
+      const uint32_t a_first[4] = {uint32_t(lo[u].x), uint32_t(hi[u].x), uint32_t(lo[u].y), uint32_t(hi[u].y)};
+      const uint32_t a_second[4] = {uint32_t(lo[u].z), uint32_t(hi[u].z), uint32_t(lo[u].w), uint32_t(hi[u].w)};
+      mma_s8(acc, a_first, uint32_t(w[u].x), uint32_t(w[u].y));
+      mma_s8(acc, a_second, uint32_t(w[u].z), uint32_t(w[u].w));
     }
   }
 #pragma unroll
-  for (int i = 0; i < ROWS; ++i) {
-    if (i >= p.m) break;
-    const int32_t total = warp_sum(acc[i]);
-    if (lane == 0) store_scaled<Out>(p, i, j, total);
-  }
+  for (int e = 0; e < 4; ++e) partial[warp][e][lane] = acc[e];
+  __syncthreads();
+  if (threadIdx.x >= 4 * 32) return;
+  const int e = threadIdx.x / 32;  // thread (e, lane) finishes accumulator e of that lane
+  int32_t total = 0;
+#pragma unroll
+  for (int w = 0; w < kGemvWarps; ++w) total += partial[w][e][lane];
+  const TilePosition at = general_accumulator_position(0, lane, 0, e);  // the m16n8 fragment's place
+  store_scaled<Out>(p, at.row, col0 + at.col, total);
 }
 
 // The 16 int8 weights of a 16-byte piece as floats, exactly. I2F runs at a quarter of the
@@ -237,6 +253,94 @@ __global__ void __launch_bounds__(kGemvWarps * 32) w8a16_gemv_kernel(W8A16Args p
   }
 }
 
+// skinny_mma's decoder of int8 weights (W8A16 on the tensor cores): a lane takes one
+// 16-byte piece of its channel per step. GROUPED: the group size is a multiple of the
+// 64-weight step, so a step lies in one group and its sums are scaled on their own.
+template <typename T, bool GROUPED>
+struct Int8Decoder {
+  static constexpr int kLaneElements = 16, kStepsInFlight = 4;
+  static constexpr bool kScalePerStep = GROUPED;
+  using Loaded = int4;
+  const int8_t* row;          // the channel's weights, nullptr past n
+  const float* scales;        // scale[col][group] of the lane's first output column
+  int64_t k, second_column;   // second_column: offset of the second column's scales
+  int64_t group;
+
+  __device__ int4 load(int64_t col) const {
+    return row != nullptr && col < k ? *reinterpret_cast<const int4*>(row + col) : make_int4(0, 0, 0, 0);
+  }
+  // bytes 2 i and 2 i + 1 of the piece, exactly (|q| <= 128 fits both 16-bit types)
+  __device__ uint32_t pair(const int4& piece, int i) const {
+    const int32_t words[4] = {piece.x, piece.y, piece.z, piece.w};
+    const uint32_t biased = static_cast<uint32_t>(words[i / 2]) ^ 0x80808080u;  // byte + 128
+    const int low = 2 * (i % 2);
+    if constexpr (std::is_same_v<T, __half>) {
+      // bytes low and low + 1 under 0x64 high bytes: the halves 1024 + byte + 128, then - 1152
+      const uint32_t bits = __byte_perm(biased, 0x64646464u, 0x4040u | low | (low + 1) << 8);
+      const __half2 v = __hsub2(*reinterpret_cast<const __half2*>(&bits), __half2half2(__ushort_as_half(0x6480u)));
+      return *reinterpret_cast<const uint32_t*>(&v);
+    } else {
+      // bf16's 8 significant bits cannot hold byte + 128: through fp32 (int8x16_to_floats'
+      // trick), then one exact conversion of the pair
+      const float lo = __fsub_rn(__uint_as_float(__byte_perm(biased, 0x4B000000u, 0x7540u | low)), 8388736.0f);
+      const float hi = __fsub_rn(__uint_as_float(__byte_perm(biased, 0x4B000000u, 0x7540u | (low + 1))), 8388736.0f);
+      const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+      return *reinterpret_cast<const uint32_t*>(&v);
+    }
+  }
+  __device__ float2 step_scales(int64_t k0) const {
+    const int64_t g = static_cast<uint32_t>(k0) / static_cast<uint32_t>(group);  // k < 2^31
+    return make_float2(scales[g], scales[second_column + g]);
+  }
+};
+
+// W8A16 with few rows of bf16/fp16 x on the tensor cores (skinny_mma.cuh): k % 16 == 0,
+// k < 2^31, x and w 16-byte aligned; per channel, or per group of a multiple of 64.
+template <typename T, bool GROUPED>
+__global__ void __launch_bounds__(kSkinnyWarps * 32) w8a16_gemv_mma_kernel(W8A16Args p) {
+  const int lane = threadIdx.x % 32;
+  const int64_t col0 = int64_t(blockIdx.x) * 8, channel = col0 + lane / 4;
+  // the lane's output columns col0 + 2 (lane % 4) and + 1; the second may be past n (its
+  // scale is then never used, so reading one inside the array is enough)
+  const int64_t first_col = col0 + 2 * (lane % 4) < p.n ? col0 + 2 * (lane % 4) : p.n - 1;
+  const int64_t second_column = first_col + 1 < p.n ? p.groups : 0;
+  const Int8Decoder<T, GROUPED> decoder{channel < p.n ? p.w + channel * p.k : nullptr, p.scale + first_col * p.groups,
+                                        p.k, second_column, p.group};
+  skinny_mma(static_cast<const T*>(p.x), p.m, p.n, p.k, decoder, [&](int64_t row, int64_t col, float sum) {
+    const float v = GROUPED ? sum : sum * p.scale[col];
+    store_value(static_cast<T*>(p.out) + row * p.n + col, p.bias == nullptr ? v : v + p.bias[col]);
+  });
+}
+
+// int8_scale_accumulators: 4 columns of a row per thread, rows on grid y (striding where m
+// exceeds its 65535). `vector`: n % 4 == 0 and acc, out 16-byte aligned, so the 4 sums are
+// one 16-byte load and the 4 outputs one 8- or 16-byte store.
+constexpr int kEpilogueThreads = 256;
+
+template <typename Out>
+__global__ void __launch_bounds__(kEpilogueThreads) scale_accumulators_kernel(Int8GemmArgs p, const int32_t* acc,
+                                                                              bool vector) {
+  using Quad = std::conditional_t<sizeof(Out) == 2, uint2, uint4>;  // 4 outputs
+  const int64_t col = (int64_t(blockIdx.x) * kEpilogueThreads + threadIdx.x) * 4;
+  if (col >= p.n) return;
+  for (int64_t row = blockIdx.y; row < p.m; row += gridDim.y) {
+    const int32_t* sums = acc + row * p.n + col;
+    if (vector) {
+      const int4 piece = *reinterpret_cast<const int4*>(sums);
+      const int32_t v[4] = {piece.x, piece.y, piece.z, piece.w};
+      union {
+        Out values[4];
+        Quad quad;
+      } out;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) out.values[j] = from_f32<Out>(scaled_value(p, row, col + j, v[j]));
+      *reinterpret_cast<Quad*>(static_cast<Out*>(p.out) + row * p.n + col) = out.quad;
+    } else {
+      for (int j = 0; j < 4 && col + j < p.n; ++j) store_scaled<Out>(p, row, col + j, sums[j]);
+    }
+  }
+}
+
 }  // namespace
 
 cudaError_t int8_gemm(const Int8GemmArgs& args, GemmKernel kernel, cudaStream_t stream) {
@@ -248,11 +352,8 @@ cudaError_t int8_gemm(const Int8GemmArgs& args, GemmKernel kernel, cudaStream_t 
   }
   return with_dtype(args.out_dtype, [&](auto zero) {
     using Out = decltype(zero);
-    if (args.m <= kGemvMaxRows) {
-      const unsigned blocks = static_cast<unsigned>((args.n + kGemvWarps - 1) / kGemvWarps);
-      with_rows<1, 2, 4, 8, 16>(args.m, [&](auto rows) {
-        int8_gemv_kernel<Out, rows()><<<blocks, kGemvWarps * 32, 0, stream>>>(args, pieces);
-      });
+    if (pieces) {  // m <= kGemvMaxRows
+      int8_gemv_kernel<Out><<<static_cast<unsigned>((args.n + 7) / 8), kGemvWarps * 32, 0, stream>>>(args);
       return;
     }
     // rows on x (up to 2^31 - 1 tiles), output columns on y (up to 65535 tiles)
@@ -267,11 +368,33 @@ cudaError_t w8a16_gemv(const W8A16Args& args, cudaStream_t stream) {
   const bool pieces = args.k % 16 == 0 && args.k < (int64_t{1} << 31) && args.group % 16 == 0 &&
                       aligned(args.x, 16) && aligned(args.w, 16);
   const unsigned blocks = static_cast<unsigned>((args.n + kGemvWarps - 1) / kGemvWarps);
+  const bool grouped = args.groups > 1;
+  if (pieces && (!grouped || args.group % 64 == 0) && with_16bit_dtype(args.dtype, [&](auto tag) {
+        using T = decltype(tag);
+        const unsigned tiles = static_cast<unsigned>((args.n + 7) / 8);
+        if (grouped) {
+          w8a16_gemv_mma_kernel<T, true><<<tiles, kSkinnyWarps * 32, 0, stream>>>(args);
+        } else {
+          w8a16_gemv_mma_kernel<T, false><<<tiles, kSkinnyWarps * 32, 0, stream>>>(args);
+        }
+      })) {
+    return cudaGetLastError();
+  }
   static_assert(kW8A16MaxM == 16, "instantiate up to kW8A16MaxM rows");
   return with_dtype(args.dtype, [&](auto zero) {
     with_rows<1, 2, 4, 8, 16>(args.m, [&](auto rows) {
       w8a16_gemv_kernel<decltype(zero), rows()><<<blocks, kGemvWarps * 32, 0, stream>>>(args, pieces);
     });
+  });
+}
+
+cudaError_t int8_scale_accumulators(const Int8GemmArgs& args, const int32_t* acc, cudaStream_t stream) {
+  if (args.m == 0 || args.n == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>((args.n + 4 * kEpilogueThreads - 1) / (4 * kEpilogueThreads)),
+                  static_cast<unsigned>(args.m < 65535 ? args.m : 65535));
+  const bool vector = args.n % 4 == 0 && aligned(acc, 16) && aligned(args.out, 16);
+  return with_dtype(args.out_dtype, [&](auto zero) {
+    scale_accumulators_kernel<decltype(zero)><<<grid, kEpilogueThreads, 0, stream>>>(args, acc, vector);
   });
 }
 

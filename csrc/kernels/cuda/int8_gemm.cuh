@@ -29,6 +29,9 @@ enum class GemmKernel { kAuto, kMma, kWgmma };
 // This build has the sm_90a kernels and the current device is compute capability 9.0.
 bool int8_gemm_wgmma_supported();
 cudaError_t int8_gemm(const Int8GemmArgs& args, GemmKernel kernel, cudaStream_t stream);
+// The epilogue alone, for int32 sums computed elsewhere (cuBLAS): out = the same scaled,
+// biased, rounded acc [m, n] as int8_gemm's (args.a and args.b unused).
+cudaError_t int8_scale_accumulators(const Int8GemmArgs& args, const int32_t* acc, cudaStream_t stream);
 
 // W8A16 for few rows (m <= kW8A16MaxM): out[i][j] = sum_k x[i][k] * w[j][k] * scale[j][k / group]
 // (+ bias[j]); x and out in `dtype`, fp32 accumulation. groups = 1, group = k: per channel.

@@ -34,12 +34,14 @@ __device__ __forceinline__ void mma_s8(int32_t (&d)[4], const uint32_t (&a)[4], 
 // out[row][col] = float(acc) * a_scale[row] * b_scale[col] (+ bias[col]), each step rounded
 // on its own (no FMA), in the order of reference.int8_linear, so every kernel is bit-exact.
 // Skips positions outside the output.
+__device__ __forceinline__ float scaled_value(const Int8GemmArgs& p, int64_t row, int64_t col, int32_t acc) {
+  float v = __fmul_rn(__fmul_rn(static_cast<float>(acc), p.a_scale[row * p.a_stride]), p.b_scale[col * p.b_stride]);
+  return p.bias == nullptr ? v : __fadd_rn(v, p.bias[col]);
+}
 template <typename Out>
 __device__ __forceinline__ void store_scaled(const Int8GemmArgs& p, int64_t row, int64_t col, int32_t acc) {
   if (row >= p.m || col >= p.n) return;
-  float v = __fmul_rn(__fmul_rn(static_cast<float>(acc), p.a_scale[row * p.a_stride]), p.b_scale[col * p.b_stride]);
-  if (p.bias != nullptr) v = __fadd_rn(v, p.bias[col]);
-  store_value(static_cast<Out*>(p.out) + row * p.n + col, v);
+  store_value(static_cast<Out*>(p.out) + row * p.n + col, scaled_value(p, row, col, acc));
 }
 
 // k % 16 == 0 and a, b 16-byte aligned: every 16-byte piece of a row of a or b is one
