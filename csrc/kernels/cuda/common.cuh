@@ -62,6 +62,25 @@ void with_rows(int64_t m, Fn&& fn) {
   }
 }
 
+// The four accumulators of each lane summed over the block's WARPS warps, which hold the
+// same mma output fragment for different parts of K: through shared memory, in warp order
+// (deterministic). Thread (e, lane) of the first 128 then calls finish(lane, e, total) for
+// accumulator e of that lane; the other threads return.
+template <int WARPS, typename T, typename Finish>
+__device__ __forceinline__ void sum_fragments_over_warps(const T (&acc)[4], Finish&& finish) {
+  __shared__ T partial[WARPS][4][32];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll
+  for (int e = 0; e < 4; ++e) partial[warp][e][lane] = acc[e];
+  __syncthreads();
+  if (threadIdx.x >= 4 * 32) return;
+  const int e = threadIdx.x / 32;
+  T total = 0;
+#pragma unroll
+  for (int w = 0; w < WARPS; ++w) total += partial[w][e][lane];
+  finish(lane, e, total);
+}
+
 // Sum of v over the 32 lanes of a warp, returned to every lane.
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {

@@ -148,7 +148,6 @@ __device__ __forceinline__ int4 gemv_piece(const int8_t* src, int64_t rows, int6
 
 template <typename Out>
 __global__ void __launch_bounds__(kGemvWarps * 32) int8_gemv_kernel(Int8GemmArgs p) {
-  __shared__ int32_t partial[kGemvWarps][4][32];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t col0 = int64_t(blockIdx.x) * 8, row = lane / 4, channel = col0 + lane / 4;
   int32_t acc[4] = {};
@@ -171,16 +170,10 @@ __global__ void __launch_bounds__(kGemvWarps * 32) int8_gemv_kernel(Int8GemmArgs
       mma_s8(acc, a_second, uint32_t(w[u].z), uint32_t(w[u].w));
     }
   }
-#pragma unroll
-  for (int e = 0; e < 4; ++e) partial[warp][e][lane] = acc[e];
-  __syncthreads();
-  if (threadIdx.x >= 4 * 32) return;
-  const int e = threadIdx.x / 32;  // thread (e, lane) finishes accumulator e of that lane
-  int32_t total = 0;
-#pragma unroll
-  for (int w = 0; w < kGemvWarps; ++w) total += partial[w][e][lane];
-  const TilePosition at = general_accumulator_position(0, lane, 0, e);  // the m16n8 fragment's place
-  store_scaled<Out>(p, at.row, col0 + at.col, total);
+  sum_fragments_over_warps<kGemvWarps>(acc, [&](int lane_of, int e, int32_t total) {
+    const TilePosition at = general_accumulator_position(0, lane_of, 0, e);  // the m16n8 fragment's place
+    store_scaled<Out>(p, at.row, col0 + at.col, total);
+  });
 }
 
 // The 16 int8 weights of a 16-byte piece as floats, exactly. I2F runs at a quarter of the

@@ -74,12 +74,8 @@ __device__ __forceinline__ void skinny_mma(const T* x, int64_t m, int64_t n, int
                                            Finish&& finish) {
   constexpr int kPieces = Decoder::kLaneElements / 8;
   constexpr int64_t kStep = 4 * Decoder::kLaneElements, kWarpStride = kSkinnyWarps * kStep;
-  __shared__ float partial[kSkinnyWarps][4][32];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t col0 = int64_t(blockIdx.x) * 8, row = lane / 4, lane_offset = Decoder::kLaneElements * (lane % 4);
-  // the m16n8 accumulator fragment: rows lane / 4 and + 8, columns 2 (lane % 4) and + 1
-  auto out_row = [&](int e) { return lane / 4 + e / 2 * 8; };
-  auto out_col = [&](int e) { return col0 + 2 * (lane % 4) + e % 2; };
   float acc[4] = {};
   for (int64_t k0 = int64_t(warp) * kStep; k0 < k; k0 += Decoder::kStepsInFlight * kWarpStride) {
     typename Decoder::Loaded loaded[Decoder::kStepsInFlight];
@@ -104,20 +100,15 @@ __device__ __forceinline__ void skinny_mma(const T* x, int64_t m, int64_t n, int
       if constexpr (Decoder::kScalePerStep) {
         const float2 scales = decoder.step_scales(step0);
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[e] = __fmaf_rn(step[e], e % 2 ? scales.y : scales.x, acc[e]);
+        for (int e = 0; e < 4; ++e) acc[e] = __fmaf_rn(step[e], e % 2 ? scales.y : scales.x, acc[e]);  // column e % 2
       }
     }
   }
-#pragma unroll
-  for (int e = 0; e < 4; ++e) partial[warp][e][lane] = acc[e];
-  __syncthreads();
-  if (threadIdx.x >= 4 * 32) return;
-  const int e = threadIdx.x / 32;  // thread (e, lane) finishes accumulator e of that lane
-  float total = 0.0f;
-#pragma unroll
-  for (int w = 0; w < kSkinnyWarps; ++w) total += partial[w][e][lane];
-  const int64_t r = out_row(e), c = out_col(e);
-  if (r < m && c < n) finish(r, c, total);
+  sum_fragments_over_warps<kSkinnyWarps>(acc, [&](int lane_of, int e, float total) {
+    // the m16n8 accumulator fragment: rows lane / 4 and + 8, columns 2 (lane % 4) and + 1
+    const int64_t r = lane_of / 4 + e / 2 * 8, c = col0 + 2 * (lane_of % 4) + e % 2;
+    if (r < m && c < n) finish(r, c, total);
+  });
 }
 
 // Calls fn with a value of the 16-bit type of `dtype` (bf16/fp16) and returns true; false for
