@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import FLOAT_DTYPES, load_example, random_input
+from conftest import FLOAT_DTYPES, load_example, random_input, run_cuda_host_check
 from test_quant import assert_same_bits
 from torch.library import opcheck
 
@@ -197,6 +197,12 @@ def test_binary_mlp_learns_digits():
 # ---------------------------------------------------------------------------------------
 # CUDA (skipped without a GPU)
 # ---------------------------------------------------------------------------------------
+def test_cuda_bits_decode_on_the_host(tmp_path):
+    # The tensor-core bit GEMV's decode of packed signs / ternary planes into bf16 and fp16
+    # +1 / -1 / 0 pairs, run on the CPU (tests/cuda_host/bits_pairs.cu).
+    run_cuda_host_check("bits_pairs", tmp_path)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("m", [1, 16, 17, 64])

@@ -491,10 +491,11 @@ def test_bad_group_size_is_rejected():
 # ---------------------------------------------------------------------------------------
 # CUDA (skipped without a GPU): same bits as the reference for W8A8, close for W8A16
 # ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kernel", ["general_tile", "mma_tile", "wgmma_tile"])
+@pytest.mark.parametrize("kernel", ["general_tile", "mma_tile", "wgmma_tile", "gemv_tile"])
 def test_cuda_gemm_tile_index_math_on_the_host(kernel, tmp_path):
-    # One block of each CUDA tensor-core GEMM emulated on the CPU with the kernel's own index
-    # functions and the PTX fragment / descriptor rules: a @ b^T, every output once.
+    # One block of each CUDA tensor-core GEMM (one warp step of the few-row kernels: W8A8
+    # and the 16-bit skeleton of W8A16 and bits) emulated on the CPU with the kernel's own
+    # index functions and the PTX fragment / descriptor rules: a @ b^T, every output once.
     run_cuda_host_check(kernel, tmp_path)
 
 

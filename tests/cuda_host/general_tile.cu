@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "../../csrc/kernels/cuda/int8_gemm.cu"
+#include "int8_gemm_stubs.h"
 #include "tile_check.h"
 
 using namespace effgen::cuda;
@@ -66,13 +67,5 @@ void emulate(int64_t m, int64_t n, int64_t k, const Matrix& a, const Matrix& b, 
 }
 
 }  // namespace
-
-// int8_gemm.cu's launcher also names the pipelined kernels of other files; nothing is
-// launched here.
-namespace effgen::cuda {
-bool int8_gemm_wgmma_supported() { return false; }
-cudaError_t int8_gemm_tiled(const Int8GemmArgs&, cudaStream_t) { return cudaErrorNotSupported; }
-cudaError_t int8_gemm_wgmma(const Int8GemmArgs&, cudaStream_t) { return cudaErrorNotSupported; }
-}  // namespace effgen::cuda
 
 int main() { return tile_check::run(emulate, /*odd_k=*/true); }

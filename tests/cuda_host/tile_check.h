@@ -1,7 +1,8 @@
-// Shared by the host-side tile tests (general_tile.cu, mma_tile.cu, wgmma_tile.cu): random
-// operands, the pipelined kernels' staging loop (int8_pipeline.cuh's stage_rows, one piece
-// at a time), the PTX ISA's ldmatrix and mma.sync m16n8k32 rules, and the run over shapes
-// with the comparison against a @ b^T. Include after the kernel file.
+// Shared by the host-side tile tests (general_tile.cu, mma_tile.cu, wgmma_tile.cu,
+// gemv_tile.cu): random operands, the pipelined kernels' staging loop (int8_pipeline.cuh's
+// stage_rows, one piece at a time), the PTX ISA's ldmatrix and mma.sync m16n8k32 / m16n8k16
+// rules, and the run over shapes with the comparison against a @ b^T. Include after the
+// kernel file.
 #pragma once
 #include <array>
 #include <cstdio>
@@ -19,7 +20,6 @@ int32_t word_at(const int8_t* tile, int offset) {
   return w;
 }
 
-int8_t byte_of(int32_t word, int b) { return static_cast<int8_t>(static_cast<uint32_t>(word) >> (8 * b)); }
 
 // ldmatrix.x4 (PTX): lane l receives, from matrix q, bytes 4 (l % 4).. of the row whose
 // address lane 8 q + l / 4 gave.
@@ -30,27 +30,38 @@ void ldmatrix(const int8_t* tile, Address address_of_lane, int32_t (&regs)[32][4
   }
 }
 
-// mma.sync m16n8k32 s8 (PTX): lane = 4 g + t holds a rows g, g + 8 at bytes 4t.. (a0, a1)
-// and 16 + 4t.. (a2, a3); b column g at bytes 4t.. (b0) and 16 + 4t.. (b1); returns d[l][e]
-// for rows g, g + 8 (e / 2) and columns 2t + e % 2.
-void mma(const int32_t (&a)[32][4], const int32_t (&b0)[32], const int32_t (&b1)[32], int64_t (&d)[32][4]) {
-  int64_t am[16][32] = {}, bm[8][32] = {};
+// mma.sync m16n8kK (PTX) with E signed integer elements per 32-bit register (E = 4: k32
+// s8; E = 2: k16, integers standing in for bf16/fp16): lane = 4 g + t holds a rows g, g + 8
+// at k E t.. (a0, a1) and 4 E + E t.. (a2, a3), the lowest k in the lowest bits; b column g at
+// the same k (b0, b1); returns d[l][e] for rows g, g + 8 (e / 2) and columns 2t + e % 2.
+template <int E>
+void mma_of(const int32_t (&a)[32][4], const int32_t (&b0)[32], const int32_t (&b1)[32], int64_t (&d)[32][4]) {
+  constexpr int kBits = 32 / E, kK = 8 * E;
+  const auto element = [](int32_t word, int x) {  // sign-extended element x of the register
+    return static_cast<int32_t>(static_cast<uint32_t>(word) << (32 - kBits * (x + 1))) >> (32 - kBits);
+  };
+  int64_t am[16][kK] = {}, bm[8][kK] = {};
   for (int l = 0; l < 32; ++l) {
     const int g = l / 4, t = l % 4;
-    for (int x = 0; x < 4; ++x) {
-      am[g][4 * t + x] = byte_of(a[l][0], x), am[g + 8][4 * t + x] = byte_of(a[l][1], x);
-      am[g][16 + 4 * t + x] = byte_of(a[l][2], x), am[g + 8][16 + 4 * t + x] = byte_of(a[l][3], x);
-      bm[g][4 * t + x] = byte_of(b0[l], x), bm[g][16 + 4 * t + x] = byte_of(b1[l], x);
+    for (int x = 0; x < E; ++x) {
+      am[g][E * t + x] = element(a[l][0], x), am[g + 8][E * t + x] = element(a[l][1], x);
+      am[g][kK / 2 + E * t + x] = element(a[l][2], x), am[g + 8][kK / 2 + E * t + x] = element(a[l][3], x);
+      bm[g][E * t + x] = element(b0[l], x), bm[g][kK / 2 + E * t + x] = element(b1[l], x);
     }
   }
   for (int l = 0; l < 32; ++l) {
     for (int e = 0; e < 4; ++e) {
       const int row = l / 4 + e / 2 * 8, col = 2 * (l % 4) + e % 2;
       int64_t sum = 0;
-      for (int kk = 0; kk < 32; ++kk) sum += am[row][kk] * bm[col][kk];
+      for (int kk = 0; kk < kK; ++kk) sum += am[row][kk] * bm[col][kk];
       d[l][e] = sum;
     }
   }
+}
+
+// mma.sync m16n8k32 s8.
+void mma(const int32_t (&a)[32][4], const int32_t (&b0)[32], const int32_t (&b1)[32], int64_t (&d)[32][4]) {
+  mma_of<4>(a, b0, b1, d);
 }
 
 // Rows [row0, row0 + block_rows) x bytes [k0, k0 + 16 pieces) of src into tile, 16-byte

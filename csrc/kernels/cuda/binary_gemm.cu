@@ -166,7 +166,7 @@ __global__ void bits_gemv_kernel(BitsGemvArgs p, bool words) {
 // binary bit 1 -> +1, 0 -> -1; ternary positive bit -> +1, negative bit -> -1, neither -> 0.
 // One is 0x3F80 in bf16, 0x3C00 in fp16; bit 15 of a half is its sign.
 template <typename T>
-__device__ __forceinline__ uint32_t weight_pair(uint32_t first, uint32_t negative, int planes, int i) {
+__host__ __device__ __forceinline__ uint32_t weight_pair(uint32_t first, uint32_t negative, int planes, int i) {
   constexpr uint32_t kOnes = std::is_same_v<T, __nv_bfloat16> ? 0x3F803F80u : 0x3C003C00u;
   // bits 0 and 1 of v moved to the two halves' sign bits (15 and 31)
   auto signs = [](uint32_t v) { return ((v & 1u) << 15) | ((v & 2u) << 30); };

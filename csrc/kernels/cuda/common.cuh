@@ -62,6 +62,18 @@ void with_rows(int64_t m, Fn&& fn) {
   }
 }
 
+// The A operand (a0..a3) of an m16n8 mma in the few-row kernels, where a lane holds 16-byte
+// pieces of rows g (lo) and g + 8 (hi): half 0 takes words 0-1 of each, half 1 words 2-3.
+// a0/a2 are row g's lower and upper K words, a1/a3 row g + 8's (PTX fragment order), so
+// the mma's K runs over the pieces' words in order; the B operand must take the same words.
+struct AOperand {
+  uint32_t regs[4];
+};
+__host__ __device__ __forceinline__ AOperand a_operand(const int4& lo, const int4& hi, int half) {
+  return half == 0 ? AOperand{{uint32_t(lo.x), uint32_t(hi.x), uint32_t(lo.y), uint32_t(hi.y)}}
+                   : AOperand{{uint32_t(lo.z), uint32_t(hi.z), uint32_t(lo.w), uint32_t(hi.w)}};
+}
+
 // The four accumulators of each lane summed over the block's WARPS warps, which hold the
 // same mma output fragment for different parts of K: through shared memory, in warp order
 // (deterministic). Thread (e, lane) of the first 128 then calls finish(lane, e, total) for

@@ -164,10 +164,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32) int8_gemv_kernel(Int8GemmArgs
     }
 #pragma unroll
     for (int u = 0; u < kGemvSteps; ++u) {
-      const uint32_t a_first[4] = {uint32_t(lo[u].x), uint32_t(hi[u].x), uint32_t(lo[u].y), uint32_t(hi[u].y)};
-      const uint32_t a_second[4] = {uint32_t(lo[u].z), uint32_t(hi[u].z), uint32_t(lo[u].w), uint32_t(hi[u].w)};
-      mma_s8(acc, a_first, uint32_t(w[u].x), uint32_t(w[u].y));
-      mma_s8(acc, a_second, uint32_t(w[u].z), uint32_t(w[u].w));
+      mma_s8(acc, a_operand(lo[u], hi[u], 0).regs, uint32_t(w[u].x), uint32_t(w[u].y));
+      mma_s8(acc, a_operand(lo[u], hi[u], 1).regs, uint32_t(w[u].z), uint32_t(w[u].w));
     }
   }
   sum_fragments_over_warps<kGemvWarps>(acc, [&](int lane_of, int e, int32_t total) {

@@ -92,10 +92,11 @@ __device__ __forceinline__ void skinny_mma(const T* x, int64_t m, int64_t n, int
       float(&sums)[4] = Decoder::kScalePerStep ? step : acc;
 #pragma unroll
       for (int q = 0; q < kPieces; ++q) {
-        const uint32_t a_first[4] = {uint32_t(lo[q].x), uint32_t(hi[q].x), uint32_t(lo[q].y), uint32_t(hi[q].y)};
-        const uint32_t a_second[4] = {uint32_t(lo[q].z), uint32_t(hi[q].z), uint32_t(lo[q].w), uint32_t(hi[q].w)};
-        mma_16bit<T>(sums, a_first, decoder.pair(loaded[u], 4 * q), decoder.pair(loaded[u], 4 * q + 1));
-        mma_16bit<T>(sums, a_second, decoder.pair(loaded[u], 4 * q + 2), decoder.pair(loaded[u], 4 * q + 3));
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {  // weights 8 q + 4 half .. + 3: pairs 4 q + 2 half, + 1
+          mma_16bit<T>(sums, a_operand(lo[q], hi[q], half).regs, decoder.pair(loaded[u], 4 * q + 2 * half),
+                       decoder.pair(loaded[u], 4 * q + 2 * half + 1));
+        }
       }
       if constexpr (Decoder::kScalePerStep) {
         const float2 scales = decoder.step_scales(step0);

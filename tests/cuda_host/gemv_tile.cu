@@ -1,0 +1,117 @@
+// Host-side check of the few-row tensor-core kernels' operand mapping (int8_gemm.cu's W8A8
+// GEMV and skinny_mma.cuh's 16-bit skeleton): one warp step is emulated with the kernels'
+// own a_operand and their B-operand convention under the PTX ISA's fragment rules
+// (tile_check.h: mma m16n8k32 s8, and m16n8k16 with integers standing in for bf16/fp16),
+// and must give the dot products of the step's K, at general_accumulator_position. The K
+// order inside a step is the kernels' own (lane t's piece at 16 t, or kLaneElements t);
+// only that a and b agree on it matters. No GPU needed; built and run by tests. Exits 1 with
+// the first mismatch.
+#include <cstring>
+
+#include "../../csrc/kernels/cuda/int8_gemm.cu"
+#include "int8_gemm_stubs.h"
+#include "tile_check.h"
+
+using namespace effgen::cuda;
+
+namespace {
+
+std::mt19937 rng(7);
+
+int4 piece_of(const void* bytes) {
+  int4 p;
+  std::memcpy(&p, bytes, 16);
+  return p;
+}
+
+bool check(int lane, int e, int64_t got, int64_t want, const char* what) {
+  if (got == want) return true;
+  std::printf("%s: lane %d accumulator %d: %lld, expected %lld\n", what, lane, e, static_cast<long long>(got),
+              static_cast<long long>(want));
+  return false;
+}
+
+// int8_gemv_kernel: lane (g, t) holds bytes 16 t.. of a's rows g, g + 8 and b's channel g;
+// a_operand half h with b words 2h, 2h + 1.
+bool int8_step() {
+  std::uniform_int_distribution<int> byte(-128, 127);
+  int8_t a[16][64], b[8][64];
+  for (auto& row : a) for (auto& v : row) v = static_cast<int8_t>(byte(rng));
+  for (auto& row : b) for (auto& v : row) v = static_cast<int8_t>(byte(rng));
+  int64_t d[32][4] = {};
+  for (int half = 0; half < 2; ++half) {
+    int32_t fa[32][4], b0[32], b1[32];
+    for (int l = 0; l < 32; ++l) {
+      const int g = l / 4, t = l % 4;
+      const int4 lo = piece_of(&a[g][16 * t]), hi = piece_of(&a[g + 8][16 * t]), w = piece_of(&b[g][16 * t]);
+      const AOperand op = a_operand(lo, hi, half);
+      for (int q = 0; q < 4; ++q) fa[l][q] = static_cast<int32_t>(op.regs[q]);
+      b0[l] = half == 0 ? w.x : w.z;
+      b1[l] = half == 0 ? w.y : w.w;
+    }
+    int64_t part[32][4];
+    tile_check::mma(fa, b0, b1, part);
+    for (int l = 0; l < 32; ++l) for (int e = 0; e < 4; ++e) d[l][e] += part[l][e];
+  }
+  for (int l = 0; l < 32; ++l) {
+    for (int e = 0; e < 4; ++e) {
+      const TilePosition at = general_accumulator_position(0, l, 0, e);
+      int64_t want = 0;
+      for (int k = 0; k < 64; ++k) want += int64_t{a[at.row][k]} * b[at.col][k];
+      if (!check(l, e, d[l][e], want, "int8 GEMV step")) return false;
+    }
+  }
+  return true;
+}
+
+// skinny_mma: lane (g, t) holds x's rows g, g + 8 at LANE t.. in LANE / 8 pieces and the
+// decoded weights of channel g there; piece q, half h pairs with the decoder's pairs
+// 4q + 2h and + 1 (weights 8q + 4h ..).
+template <int LANE>
+bool skinny_step() {
+  std::uniform_int_distribution<int> value(-300, 300);
+  int16_t x[16][4 * LANE], w[8][4 * LANE];
+  for (auto& row : x) for (auto& v : row) v = static_cast<int16_t>(value(rng));
+  for (auto& row : w) for (auto& v : row) v = static_cast<int16_t>(value(rng));
+  auto pair = [&](int channel, int t, int i) {  // Decoder::pair: weights 2i, 2i + 1, lower k low
+    const uint32_t low = uint16_t(w[channel][LANE * t + 2 * i]), high = uint16_t(w[channel][LANE * t + 2 * i + 1]);
+    return static_cast<int32_t>(low | high << 16);
+  };
+  int64_t d[32][4] = {};
+  for (int q = 0; q < LANE / 8; ++q) {
+    for (int half = 0; half < 2; ++half) {
+      int32_t fa[32][4], b0[32], b1[32];
+      for (int l = 0; l < 32; ++l) {
+        const int g = l / 4, t = l % 4;
+        const AOperand op = a_operand(piece_of(&x[g][LANE * t + 8 * q]), piece_of(&x[g + 8][LANE * t + 8 * q]), half);
+        for (int r = 0; r < 4; ++r) fa[l][r] = static_cast<int32_t>(op.regs[r]);
+        b0[l] = pair(g, t, 4 * q + 2 * half);
+        b1[l] = pair(g, t, 4 * q + 2 * half + 1);
+      }
+      int64_t part[32][4];
+      tile_check::mma_of<2>(fa, b0, b1, part);
+      for (int l = 0; l < 32; ++l) for (int e = 0; e < 4; ++e) d[l][e] += part[l][e];
+    }
+  }
+  for (int l = 0; l < 32; ++l) {
+    for (int e = 0; e < 4; ++e) {
+      const TilePosition at = general_accumulator_position(0, l, 0, e);
+      int64_t want = 0;
+      for (int k = 0; k < 4 * LANE; ++k) want += int64_t{x[at.row][k]} * w[at.col][k];
+      if (!check(l, e, d[l][e], want, LANE == 16 ? "skinny step, 16 per lane" : "skinny step, 32 per lane")) {
+        return false;
+      }
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+int main() {
+  for (int trial = 0; trial < 20; ++trial) {
+    if (!int8_step() || !skinny_step<16>() || !skinny_step<32>()) return 1;
+  }
+  std::printf("ok\n");
+  return 0;
+}
