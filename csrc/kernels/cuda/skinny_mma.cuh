@@ -26,7 +26,6 @@ namespace effgen::cuda {
 namespace {
 
 constexpr int kSkinnyWarps = 8;
-constexpr int kSkinnyMaxRows = 16;
 
 template <typename T>
 __device__ __forceinline__ void mma_16bit(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
