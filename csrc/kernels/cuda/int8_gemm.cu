@@ -174,21 +174,23 @@ __global__ void __launch_bounds__(kGemvWarps * 32) int8_gemv_kernel(Int8GemmArgs
   });
 }
 
-// The 16 int8 weights of a 16-byte piece as floats, exactly. I2F runs at a quarter of the
-// FMA rate, too slow to keep up with HBM at one row, so each byte b goes through the bits
-// instead: b + 128 (flipping the sign bit) becomes the low mantissa byte of 2^23, a byte
-// permute, and one subtraction of 2^23 + 128 takes it back to b.
+// Int8 byte t of a word as a float, exactly, given the word with 0x80808080 xor-ed in (each
+// byte b as b + 128). I2F runs at a quarter of the FMA rate, too slow to keep up with HBM at
+// one row, so b + 128 becomes the low mantissa byte of 2^23 by a byte permute (result
+// bytes: byte t, 0x00, 0x00, 0x4B, the exponent of 2^23) and one subtraction of 2^23 + 128
+// takes it back to b.
+__device__ __forceinline__ float biased_byte_to_float(uint32_t biased, int t) {
+  return __fsub_rn(__uint_as_float(__byte_perm(biased, 0x4B000000u, 0x7540u | t)), 8388736.0f);
+}
+
+// The 16 int8 weights of a 16-byte piece as floats, exactly.
 __device__ __forceinline__ void int8x16_to_floats(const int4& piece, float (&out)[16]) {
   const int32_t words[4] = {piece.x, piece.y, piece.z, piece.w};
 #pragma unroll
   for (int q = 0; q < 4; ++q) {
     const uint32_t biased = static_cast<uint32_t>(words[q]) ^ 0x80808080u;
 #pragma unroll
-    for (int t = 0; t < 4; ++t) {
-      // result bytes: byte t of `biased`, 0x00, 0x00, 0x4B (the exponent of 2^23)
-      const uint32_t bits = __byte_perm(biased, 0x4B000000u, 0x7540u | t);
-      out[4 * q + t] = __fsub_rn(__uint_as_float(bits), 8388736.0f);
-    }
+    for (int t = 0; t < 4; ++t) out[4 * q + t] = biased_byte_to_float(biased, t);
   }
 }
 
@@ -271,11 +273,10 @@ struct Int8Decoder {
       const __half2 v = __hsub2(*reinterpret_cast<const __half2*>(&bits), __half2half2(__ushort_as_half(0x6480u)));
       return *reinterpret_cast<const uint32_t*>(&v);
     } else {
-      // bf16's 8 significant bits cannot hold byte + 128: through fp32 (int8x16_to_floats'
-      // trick), then one exact conversion of the pair
-      const float lo = __fsub_rn(__uint_as_float(__byte_perm(biased, 0x4B000000u, 0x7540u | low)), 8388736.0f);
-      const float hi = __fsub_rn(__uint_as_float(__byte_perm(biased, 0x4B000000u, 0x7540u | (low + 1))), 8388736.0f);
-      const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+      // bf16's 8 significant bits cannot hold byte + 128: through fp32, then one exact
+      // conversion of the pair
+      const __nv_bfloat162 v = __floats2bfloat162_rn(biased_byte_to_float(biased, low),
+                                                     biased_byte_to_float(biased, low + 1));
       return *reinterpret_cast<const uint32_t*>(&v);
     }
   }
