@@ -1,4 +1,4 @@
-// Host-side check of binary_gemm.cu's weight_pair, the decode of packed bits into the 16-bit
+// Host-side check of binary_gemm.cu's pair_bits + weight_pair, the decode of packed bits into the 16-bit
 // B operand of its tensor-core GEMV: for random plane words and every pair, both halves must
 // be the exact +1 / -1 / 0 of bf16 and fp16 that the packed weight stands for (binary: bit 1
 // -> +1, 0 -> -1; ternary: positive minus negative plane), the lower k in the low half.
@@ -18,6 +18,12 @@ int decoded(uint16_t bits, uint16_t one) {
   return bits == 0 || bits == 0x8000u ? 0 : 99;
 }
 
+// The decoder's pair i of plane words (positive, negative), as BitsDecoder::pair makes it.
+template <typename T, int PLANES>
+uint32_t decode_pair(uint32_t positive, uint32_t negative, int i) {
+  return weight_pair<T, PLANES>(pair_bits(~positive), pair_bits(positive ^ negative), pair_bits(negative), i);
+}
+
 template <typename T>
 bool check_type(uint16_t one, const char* name) {
   std::mt19937 rng(11);
@@ -26,7 +32,7 @@ bool check_type(uint16_t one, const char* name) {
     const uint32_t positive = rng(), negative = rng();
     for (int planes = 1; planes <= 2; ++planes) {
       for (int i = 0; i < 16; ++i) {
-        const uint32_t pair = weight_pair<T>(positive, negative, planes, i);
+        const uint32_t pair = planes == 1 ? decode_pair<T, 1>(positive, 0, i) : decode_pair<T, 2>(positive, negative, i);
         for (int h = 0; h < 2; ++h) {
           const int k = 2 * i + h;
           const int p = (positive >> k) & 1, n = (negative >> k) & 1;

@@ -162,51 +162,85 @@ __global__ void bits_gemv_kernel(BitsGemvArgs p, bool words) {
   }
 }
 
+// A plane word (bit t = weight t) with its 16 pairs of weights (2 i, 2 i + 1) regrouped so
+// that a pair's bits sit 16 apart: pairs 0-7 in `low` at bits 2 i and 2 i + 16, pairs 8-15
+// in `high` the same way. Regrouped once per word, a pair then takes a mask and a multiply
+// to reach its two halves (weight_pair) instead of gathering two bits on its own.
+struct PairBits {
+  uint32_t low, high;
+};
+
+__host__ __device__ __forceinline__ PairBits pair_bits(uint32_t word) {
+  // low: even bits 0-14 stay, odd bits 1-15 move up 15; high: even bits 16-30 move down 16,
+  // odd bits 17-31 down 1.
+  PairBits bits{(word & 0x5555u) | ((word << 15) & 0x55550000u), ((word >> 16) & 0x5555u) | ((word >> 1) & 0x55550000u)};
+#ifdef __CUDA_ARCH__
+  // Opaque to the optimizer, which would otherwise fold each pair's mask into the regrouping
+  // and redo part of it for all 16 pairs (3 instead of 2 instructions a pair).
+  asm("" : "+r"(bits.low), "+r"(bits.high));
+#endif
+  return bits;
+}
+
+// (a & mask) | add, one LOP3: left to itself the compiler spends two, one per constant.
+__host__ __device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t mask, uint32_t add) {
+#ifdef __CUDA_ARCH__
+  uint32_t out;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(out) : "r"(a), "r"(mask), "r"(add));  // 0xEA: (a & b) | c
+  return out;
+#else
+  return (a & mask) | add;
+#endif
+}
+
 // Weights 2 i and 2 i + 1 of a plane word as a pair of T (the lower k in the low half):
 // binary bit 1 -> +1, 0 -> -1; ternary positive bit -> +1, negative bit -> -1, neither -> 0.
-// One is 0x3F80 in bf16, 0x3C00 in fp16; bit 15 of a half is its sign.
-template <typename T>
-__host__ __device__ __forceinline__ uint32_t weight_pair(uint32_t first, uint32_t negative, int planes, int i) {
-  constexpr uint32_t kOnes = std::is_same_v<T, __nv_bfloat16> ? 0x3F803F80u : 0x3C003C00u;
-  // bits 0 and 1 of v moved to the two halves' sign bits (15 and 31)
-  auto signs = [](uint32_t v) { return ((v & 1u) << 15) | ((v & 2u) << 30); };
-  const uint32_t f = (first >> (2 * i)) & 3u;
-  if (planes == 1) return (kOnes | 0x80008000u) ^ signs(f);
-  const uint32_t n = (negative >> (2 * i)) & 3u;
-  const uint32_t nonzero = f ^ n;  // both bits set (never packed) is 0, as in unpack
-  const uint32_t magnitude = (nonzero & 1u ? kOnes & 0xFFFFu : 0u) | (nonzero & 2u ? kOnes & 0xFFFF0000u : 0u);
-  return magnitude | signs(n);
+// One is 0x3F80 in bf16, 0x3C00 in fp16; bit 15 of a half is its sign, so a pair's bits
+// shifted to 15 and 31 become signs. Binary weights pass `first` = pair_bits(~word): a set
+// bit is a -1. Ternary weights pass `nonzero` (pair_bits of positive ^ negative: both set is
+// never packed and decodes to 0, as unpack does) and `negative`.
+template <typename T, int PLANES>
+__host__ __device__ __forceinline__ uint32_t weight_pair(const PairBits& first, const PairBits& nonzero,
+                                                         const PairBits& negative, int i) {
+  constexpr uint32_t kOne = std::is_same_v<T, __nv_bfloat16> ? 0x3F80u : 0x3C00u, kOnes = kOne * 0x00010001u;
+  const int at = 2 * (i % 8);  // pair i's bits in the regrouped words: at and at + 16
+  auto signs = [&](const PairBits& bits) { return (i < 8 ? bits.low : bits.high) << (15 - at); };
+  if constexpr (PLANES == 1) return and_or(signs(first), 0x80008000u, kOnes);
+  const uint32_t units = ((i < 8 ? nonzero.low : nonzero.high) >> at) & 0x00010001u;
+  return and_or(signs(negative), 0x80008000u, units * kOne);  // the halves' ones, then the signs
 }
 
 // skinny_mma's decoder of packed bits: a lane takes one 32-bit word per plane per step
 // (x: the first plane, y: the negative plane of ternary weights).
-template <typename T>
+template <typename T, int PLANES>
 struct BitsDecoder {
   static constexpr int kLaneElements = 32, kStepsInFlight = 8;
   static constexpr bool kScalePerStep = false;
   using Loaded = uint2;
   const uint8_t* planes_row;  // the channel's first plane, nullptr past n
   int64_t plane_bytes, k;
-  int planes;
 
   __device__ uint2 load(int64_t bit) const {
     const bool inside = planes_row != nullptr && bit < k;
     return make_uint2(inside ? *reinterpret_cast<const uint32_t*>(planes_row + bit / 8) : 0u,
-                      inside && planes == 2 ? *reinterpret_cast<const uint32_t*>(planes_row + plane_bytes + bit / 8)
+                      inside && PLANES == 2 ? *reinterpret_cast<const uint32_t*>(planes_row + plane_bytes + bit / 8)
                                             : 0u);
   }
-  __device__ uint32_t pair(const uint2& words, int i) const { return weight_pair<T>(words.x, words.y, planes, i); }
+  // pair_bits is a pure function of the loaded words: the 16 calls of a step share it.
+  __device__ uint32_t pair(const uint2& words, int i) const {
+    return weight_pair<T, PLANES>(pair_bits(~words.x), pair_bits(words.x ^ words.y), pair_bits(words.y), i);
+  }
 };
 
 // Few rows of bf16/fp16 x (skinny_mma.cuh): k % 32 == 0, x 16-byte and the planes 4-byte
 // aligned, one scale per channel (binary) or per channel / tensor (ternary). Three blocks
 // per SM: left alone, the compiler keeps x for all steps in flight (110 registers, 2 blocks).
-template <typename T>
+template <typename T, int PLANES>
 __global__ void __launch_bounds__(kSkinnyWarps * 32, 3) bits_gemv_mma_kernel(BitsGemvArgs p) {
   const int64_t channel = int64_t(blockIdx.x) * 8 + threadIdx.x % 32 / 4, plane_bytes = p.k / 8;
-  const BitsDecoder<T> decoder{channel < p.n ? p.packed + channel * p.planes * plane_bytes : nullptr, plane_bytes,
-                               p.k, p.planes};
-  const int64_t scale_stride = p.planes == 2 ? p.scale_stride : 1;
+  const BitsDecoder<T, PLANES> decoder{channel < p.n ? p.packed + channel * PLANES * plane_bytes : nullptr,
+                                       plane_bytes, p.k};
+  const int64_t scale_stride = PLANES == 2 ? p.scale_stride : 1;
   skinny_mma(static_cast<const T*>(p.x), p.m, p.n, p.k, decoder, [&](int64_t row, int64_t col, float sum) {
     const float v = sum * p.scale[col * scale_stride] + (p.bias == nullptr ? 0.0f : p.bias[col]);
     store_value(static_cast<T*>(p.out) + row * p.n + col, v);
@@ -268,7 +302,13 @@ cudaError_t bits_gemv(const BitsGemvArgs& args, cudaStream_t stream) {
   const bool words = args.k % 32 == 0 && aligned(args.packed, 4) && aligned(args.x, 16);
   if (words && (args.planes == 2 || args.groups == 1) &&
       with_16bit_dtype(args.dtype, [&](auto tag) {
-        bits_gemv_mma_kernel<decltype(tag)><<<(args.n + 7) / 8, kSkinnyWarps * 32, 0, stream>>>(args);
+        using T = decltype(tag);
+        const unsigned blocks = static_cast<unsigned>((args.n + 7) / 8);
+        if (args.planes == 2) {
+          bits_gemv_mma_kernel<T, 2><<<blocks, kSkinnyWarps * 32, 0, stream>>>(args);
+        } else {
+          bits_gemv_mma_kernel<T, 1><<<blocks, kSkinnyWarps * 32, 0, stream>>>(args);
+        }
       })) {
     return cudaGetLastError();
   }
