@@ -563,11 +563,11 @@ def test_cuda_int8_gemm_choice_is_checked(monkeypatch):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("m", [1, 2, 3, 5, 16, 17, 200])  # each register-row count of the GEMV, then cuBLAS
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 9, 16, 17, 200])  # each register-row count of the GEMVs, then cuBLAS
 @pytest.mark.parametrize("group_size", [None, 128, 100])
 @pytest.mark.parametrize("k", [1000, 1024])  # 16-byte pieces when k and the group are multiples of 16
 def test_cuda_int8_weight_only_linear(dtype, m, group_size, k):
-    n = 523  # a partial 8-channel tile for the tensor-core GEMV
+    n = 523  # a partial 16-channel block for the tensor-core GEMV
     x = random_input((m, k), dtype, scale=1.0)
     w = random_input((n, k), scale=0.05)
     wq, w_scale = ops.quantize_per_channel(w, 0) if group_size is None else ops.quantize_per_group(w, group_size)

@@ -1,6 +1,7 @@
 // Host-side check of the few-row tensor-core kernels' operand mapping (int8_gemm.cu's W8A8
 // GEMV and skinny_mma.cuh's 16-bit skeleton): one warp step is emulated with the kernels'
-// own a_operand and their B-operand convention under the PTX ISA's fragment rules
+// own operand and output functions (a_operand; skinny_weights, skinny_x, skinny_output) and
+// their conventions under the PTX ISA's fragment rules
 // (tile_check.h: mma m16n8k32 s8, and m16n8k16 with integers standing in for bf16/fp16),
 // and must give the dot products of the step's K, at general_accumulator_position. The K
 // order inside a step is the kernels' own (lane t's piece at 16 t, or kLaneElements t);
@@ -64,41 +65,57 @@ bool int8_step() {
   return true;
 }
 
-// skinny_mma: lane (g, t) holds x's rows g, g + 8 at LANE t.. in LANE / 8 pieces and the
-// decoded weights of channel g there; piece q, half h pairs with the decoder's pairs
-// 4q + 2h and + 1 (weights 8q + 4h ..).
+// skinny_mma: lane (g, t) decodes the weights of channels g and g + 8 at LANE t.. and holds
+// x's rows g and g + 8 there in LANE / 8 pieces; piece q, half h makes the A operand of the
+// decoder's pairs 4q + 2h and + 1 (skinny_weights) and the B operand of its words 2h, 2h + 1
+// (skinny_x), one mma per 8 rows of x; the sums land at skinny_output.
 template <int LANE>
 bool skinny_step() {
   std::uniform_int_distribution<int> value(-300, 300);
-  int16_t x[16][4 * LANE], w[8][4 * LANE];
+  int16_t x[16][4 * LANE], w[16][4 * LANE];
   for (auto& row : x) for (auto& v : row) v = static_cast<int16_t>(value(rng));
   for (auto& row : w) for (auto& v : row) v = static_cast<int16_t>(value(rng));
   auto pair = [&](int channel, int t, int i) {  // Decoder::pair: weights 2i, 2i + 1, lower k low
     const uint32_t low = uint16_t(w[channel][LANE * t + 2 * i]), high = uint16_t(w[channel][LANE * t + 2 * i + 1]);
-    return static_cast<int32_t>(low | high << 16);
+    return low | high << 16;
   };
-  int64_t d[32][4] = {};
+  int64_t d[2][32][4] = {};
   for (int q = 0; q < LANE / 8; ++q) {
     for (int half = 0; half < 2; ++half) {
-      int32_t fa[32][4], b0[32], b1[32];
-      for (int l = 0; l < 32; ++l) {
-        const int g = l / 4, t = l % 4;
-        const AOperand op = a_operand(piece_of(&x[g][LANE * t + 8 * q]), piece_of(&x[g + 8][LANE * t + 8 * q]), half);
-        for (int r = 0; r < 4; ++r) fa[l][r] = static_cast<int32_t>(op.regs[r]);
-        b0[l] = pair(g, t, 4 * q + 2 * half);
-        b1[l] = pair(g, t, 4 * q + 2 * half + 1);
+      const int i = 4 * q + 2 * half;
+      for (int tile = 0; tile < 2; ++tile) {
+        int32_t fa[32][4], b0[32], b1[32];
+        for (int l = 0; l < 32; ++l) {
+          const int g = l / 4, t = l % 4;
+          const AOperand op = skinny_weights(pair(g, t, i), pair(g + 8, t, i), pair(g, t, i + 1), pair(g + 8, t, i + 1));
+          for (int r = 0; r < 4; ++r) fa[l][r] = static_cast<int32_t>(op.regs[r]);
+          const uint2 b = skinny_x(piece_of(&x[8 * tile + g][LANE * t + 8 * q]), half);
+          b0[l] = static_cast<int32_t>(b.x), b1[l] = static_cast<int32_t>(b.y);
+        }
+        int64_t part[32][4];
+        tile_check::mma_of<2>(fa, b0, b1, part);
+        for (int l = 0; l < 32; ++l) for (int e = 0; e < 4; ++e) d[tile][l][e] += part[l][e];
       }
-      int64_t part[32][4];
-      tile_check::mma_of<2>(fa, b0, b1, part);
-      for (int l = 0; l < 32; ++l) for (int e = 0; e < 4; ++e) d[l][e] += part[l][e];
     }
   }
-  for (int l = 0; l < 32; ++l) {
-    for (int e = 0; e < 4; ++e) {
-      const TilePosition at = general_accumulator_position(0, l, 0, e);
-      int64_t want = 0;
-      for (int k = 0; k < 4 * LANE; ++k) want += int64_t{x[at.row][k]} * w[at.col][k];
-      if (!check(l, e, d[l][e], want, LANE == 16 ? "skinny step, 16 per lane" : "skinny step, 32 per lane")) {
+  int writes[16][16] = {};
+  for (int tile = 0; tile < 2; ++tile) {
+    for (int l = 0; l < 32; ++l) {
+      for (int e = 0; e < 4; ++e) {
+        const SkinnyOutput at = skinny_output(l, tile, e);
+        ++writes[at.row][at.channel];
+        int64_t want = 0;
+        for (int k = 0; k < 4 * LANE; ++k) want += int64_t{x[at.row][k]} * w[at.channel][k];
+        if (!check(l, e, d[tile][l][e], want, LANE == 16 ? "skinny step, 16 per lane" : "skinny step, 32 per lane")) {
+          return false;
+        }
+      }
+    }
+  }
+  for (int r = 0; r < 16; ++r) {
+    for (int c = 0; c < 16; ++c) {
+      if (writes[r][c] != 1) {
+        std::printf("skinny step: x row %d, channel %d written %d times\n", r, c, writes[r][c]);
         return false;
       }
     }

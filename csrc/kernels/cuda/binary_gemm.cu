@@ -211,10 +211,11 @@ __host__ __device__ __forceinline__ uint32_t weight_pair(const PairBits& first, 
 }
 
 // skinny_mma's decoder of packed bits: a lane takes one 32-bit word per plane per step
-// (x: the first plane, y: the negative plane of ternary weights).
+// (x: the first plane, y: the negative plane of ternary weights) of its channel.
 template <typename T, int PLANES>
 struct BitsDecoder {
-  static constexpr int kLaneElements = 32, kStepsInFlight = 8;
+  // 64 bytes of weights in flight per lane either way (two channels); 8 ternary steps spill
+  static constexpr int kLaneElements = 32, kStepsInFlight = PLANES == 1 ? 8 : 4;
   static constexpr bool kScalePerStep = false;
   using Loaded = uint2;
   const uint8_t* planes_row;  // the channel's first plane, nullptr past n
@@ -237,11 +238,16 @@ struct BitsDecoder {
 // per SM: left alone, the compiler keeps x for all steps in flight (110 registers, 2 blocks).
 template <typename T, int PLANES>
 __global__ void __launch_bounds__(kSkinnyWarps * 32, 3) bits_gemv_mma_kernel(BitsGemvArgs p) {
-  const int64_t channel = int64_t(blockIdx.x) * 8 + threadIdx.x % 32 / 4, plane_bytes = p.k / 8;
-  const BitsDecoder<T, PLANES> decoder{channel < p.n ? p.packed + channel * PLANES * plane_bytes : nullptr,
-                                       plane_bytes, p.k};
+  const int64_t col0 = int64_t(blockIdx.x) * 16, plane_bytes = p.k / 8;
+  auto decoder_of = [&](int64_t channel) {
+    return BitsDecoder<T, PLANES>{channel < p.n ? p.packed + channel * PLANES * plane_bytes : nullptr, plane_bytes,
+                                  p.k};
+  };
+  const int64_t channel = col0 + threadIdx.x % 32 / 4;
+  const BitsDecoder<T, PLANES> decoders[2] = {decoder_of(channel), decoder_of(channel + 8)};
   const int64_t scale_stride = PLANES == 2 ? p.scale_stride : 1;
-  skinny_mma(static_cast<const T*>(p.x), p.m, p.n, p.k, decoder, [&](int64_t row, int64_t col, float sum) {
+  skinny_mma(static_cast<const T*>(p.x), p.m, p.n, p.k, col0, decoders, [&](int64_t row, int64_t c, float sum) {
+    const int64_t col = col0 + c;
     const float v = sum * p.scale[col * scale_stride] + (p.bias == nullptr ? 0.0f : p.bias[col]);
     store_value(static_cast<T*>(p.out) + row * p.n + col, v);
   });
@@ -303,7 +309,7 @@ cudaError_t bits_gemv(const BitsGemvArgs& args, cudaStream_t stream) {
   if (words && (args.planes == 2 || args.groups == 1) &&
       with_16bit_dtype(args.dtype, [&](auto tag) {
         using T = decltype(tag);
-        const unsigned blocks = static_cast<unsigned>((args.n + 7) / 8);
+        const unsigned blocks = static_cast<unsigned>((args.n + 15) / 16);
         if (args.planes == 2) {
           bits_gemv_mma_kernel<T, 2><<<blocks, kSkinnyWarps * 32, 0, stream>>>(args);
         } else {

@@ -74,18 +74,19 @@ __host__ __device__ __forceinline__ AOperand a_operand(const int4& lo, const int
                    : AOperand{{uint32_t(lo.z), uint32_t(hi.z), uint32_t(lo.w), uint32_t(hi.w)}};
 }
 
-// The four accumulators of each lane summed over the block's WARPS warps, which hold the
-// same mma output fragment for different parts of K: through shared memory, in warp order
-// (deterministic). Thread (e, lane) of the first 128 then calls finish(lane, e, total) for
-// accumulator e of that lane; the other threads return.
-template <int WARPS, typename T, typename Finish>
-__device__ __forceinline__ void sum_fragments_over_warps(const T (&acc)[4], Finish&& finish) {
-  __shared__ T partial[WARPS][4][32];
+// The E accumulators of each lane summed over the block's WARPS warps, which hold the same
+// mma output fragments for different parts of K: through shared memory, in warp order
+// (deterministic). Thread (e, lane) of the first 32 E (at most the block) then calls
+// finish(lane, e, total) for accumulator e of that lane; the other threads return.
+template <int WARPS, int E, typename T, typename Finish>
+__device__ __forceinline__ void sum_fragments_over_warps(const T (&acc)[E], Finish&& finish) {
+  static_assert(E <= WARPS, "one thread per accumulator and lane");
+  __shared__ T partial[WARPS][E][32];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 #pragma unroll
-  for (int e = 0; e < 4; ++e) partial[warp][e][lane] = acc[e];
+  for (int e = 0; e < E; ++e) partial[warp][e][lane] = acc[e];
   __syncthreads();
-  if (threadIdx.x >= 4 * 32) return;
+  if (threadIdx.x >= E * 32) return;
   const int e = threadIdx.x / 32;
   T total = 0;
 #pragma unroll

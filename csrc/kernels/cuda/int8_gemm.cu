@@ -254,10 +254,9 @@ struct Int8Decoder {
   static constexpr int kLaneElements = 16, kStepsInFlight = 4;
   static constexpr bool kScalePerStep = GROUPED;
   using Loaded = int4;
-  const int8_t* row;          // the channel's weights, nullptr past n
-  const float* scales;        // scale[col][group] of the lane's first output column
-  int64_t k, second_column;   // second_column: offset of the second column's scales
-  int64_t group;
+  const int8_t* row;    // the channel's weights, nullptr past n
+  const float* scales;  // the channel's scale per group (used only inside n)
+  int64_t k, group;
 
   __device__ int4 load(int64_t col) const {
     return row != nullptr && col < k ? *reinterpret_cast<const int4*>(row + col) : make_int4(0, 0, 0, 0);
@@ -280,9 +279,8 @@ struct Int8Decoder {
       return *reinterpret_cast<const uint32_t*>(&v);
     }
   }
-  __device__ float2 step_scales(int64_t k0) const {
-    const int64_t g = static_cast<uint32_t>(k0) / static_cast<uint32_t>(group);  // k < 2^31
-    return make_float2(scales[g], scales[second_column + g]);
+  __device__ float step_scale(int64_t k0) const {
+    return scales[static_cast<uint32_t>(k0) / static_cast<uint32_t>(group)];  // k < 2^31
   }
 };
 
@@ -290,15 +288,16 @@ struct Int8Decoder {
 // k < 2^31, x and w 16-byte aligned; per channel, or per group of a multiple of 64.
 template <typename T, bool GROUPED>
 __global__ void __launch_bounds__(kSkinnyWarps * 32) w8a16_gemv_mma_kernel(W8A16Args p) {
-  const int lane = threadIdx.x % 32;
-  const int64_t col0 = int64_t(blockIdx.x) * 8, channel = col0 + lane / 4;
-  // the lane's output columns col0 + 2 (lane % 4) and + 1; the second may be past n (its
-  // scale is then never used, so reading one inside the array is enough)
-  const int64_t first_col = col0 + 2 * (lane % 4) < p.n ? col0 + 2 * (lane % 4) : p.n - 1;
-  const int64_t second_column = first_col + 1 < p.n ? p.groups : 0;
-  const Int8Decoder<T, GROUPED> decoder{channel < p.n ? p.w + channel * p.k : nullptr, p.scale + first_col * p.groups,
-                                        p.k, second_column, p.group};
-  skinny_mma(static_cast<const T*>(p.x), p.m, p.n, p.k, decoder, [&](int64_t row, int64_t col, float sum) {
+  const int64_t col0 = int64_t(blockIdx.x) * 16;
+  auto decoder_of = [&](int64_t channel) {
+    const bool inside = channel < p.n;  // past n: no weights, and the last channel's scales (never used)
+    return Int8Decoder<T, GROUPED>{inside ? p.w + channel * p.k : nullptr,
+                                   p.scale + (inside ? channel : p.n - 1) * p.groups, p.k, p.group};
+  };
+  const int64_t channel = col0 + threadIdx.x % 32 / 4;
+  const Int8Decoder<T, GROUPED> decoders[2] = {decoder_of(channel), decoder_of(channel + 8)};
+  skinny_mma(static_cast<const T*>(p.x), p.m, p.n, p.k, col0, decoders, [&](int64_t row, int64_t c, float sum) {
+    const int64_t col = col0 + c;
     const float v = GROUPED ? sum : sum * p.scale[col];
     store_value(static_cast<T*>(p.out) + row * p.n + col, p.bias == nullptr ? v : v + p.bias[col]);
   });
@@ -363,7 +362,7 @@ cudaError_t w8a16_gemv(const W8A16Args& args, cudaStream_t stream) {
   const bool grouped = args.groups > 1;
   if (pieces && (!grouped || args.group % 64 == 0) && with_16bit_dtype(args.dtype, [&](auto tag) {
         using T = decltype(tag);
-        const unsigned tiles = static_cast<unsigned>((args.n + 7) / 8);
+        const unsigned tiles = static_cast<unsigned>((args.n + 15) / 16);
         if (grouped) {
           w8a16_gemv_mma_kernel<T, true><<<tiles, kSkinnyWarps * 32, 0, stream>>>(args);
         } else {

@@ -4,10 +4,15 @@
 // bound by the weight stream, not by re-reading x per channel as one-warp-per-channel
 // kernels are. Internal linkage, like common.cuh.
 //
-// A block owns 8 output channels (one n8 tile); its kSkinnyWarps warps split K in steps of
+// The weights are the mma's A operand (16 output channels x 16 of K) and x its B operand
+// (16 of K x 8 rows): a decoded pair goes straight into an A register and two adjacent words
+// of a 16-byte x load make B, so no register is copied to assemble an operand, and one mma
+// covers 16 channels (x rows 8-15, when m > 8, take a second mma with the same A).
+//
+// A block owns 16 output channels; its kSkinnyWarps warps split K in steps of
 // 4 x Decoder::kLaneElements (warp w takes steps w, w + kSkinnyWarps, ...). Per step lane
-// (g, t) = (lane / 4, lane % 4) decodes kLaneElements weights of channel g from element
-// k0 + kLaneElements t on and holds the x values there of rows g and g + 8 (zero past m) in
+// (g, t) = (lane / 4, lane % 4) decodes kLaneElements weights of channels g and g + 8 from
+// element k0 + kLaneElements t on and holds the x values there of row g (and g + 8) in
 // 16-byte pieces; each piece feeds two mmas, its words 0-1 and 2-3. That reorders K inside
 // the step (the mma's k 2 t + j is k0 + kLaneElements t + 8 q + j here, its k 8 + 2 t + j
 // is ... + 2 + j), the same way for x and weights, which a sum does not see. The warps'
@@ -28,18 +33,18 @@ namespace {
 constexpr int kSkinnyWarps = 8;
 
 template <typename T>
-__device__ __forceinline__ void mma_16bit(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+__device__ __forceinline__ void mma_16bit(float (&d)[4], const uint32_t (&a)[4], uint2 b) {
   static_assert(std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>, "bf16 or fp16 operands");
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b.x), "r"(b.y));
   } else {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b.x), "r"(b.y));
   }
 }
 
@@ -55,59 +60,92 @@ __device__ __forceinline__ void skinny_x_pieces(const T* x, int64_t m, int64_t k
   }
 }
 
-// The K loop and block reduction described above. Decoder, made per lane for channel
-// col0 + lane / 4, has
+// The A operand of one mma: decoded pairs p and p + 1 of the lane's channels g and g + 8
+// (PTX fragment order: a0/a2 row g's lower and upper K, a1/a3 row g + 8's).
+__host__ __device__ __forceinline__ AOperand skinny_weights(uint32_t g_pair, uint32_t g8_pair, uint32_t g_next,
+                                                            uint32_t g8_next) {
+  return AOperand{{g_pair, g8_pair, g_next, g8_next}};
+}
+
+// The B operand of one mma: words 2 half and 2 half + 1 of a 16-byte x piece, x values of
+// the weights' pairs p and p + 1.
+__host__ __device__ __forceinline__ uint2 skinny_x(const int4& piece, int half) {
+  return half == 0 ? make_uint2(uint32_t(piece.x), uint32_t(piece.y)) : make_uint2(uint32_t(piece.z), uint32_t(piece.w));
+}
+
+// Where accumulator e of `lane` in the mma of x rows 8 tile.. lands: x row, and channel
+// within the block's 16 (the m16n8 fragment: rows g and g + 8, columns 2 t and + 1).
+struct SkinnyOutput {
+  int row, channel;
+};
+__host__ __device__ __forceinline__ SkinnyOutput skinny_output(int lane, int tile, int e) {
+  return {8 * tile + 2 * (lane % 4) + e % 2, lane / 4 + 8 * (e / 2)};
+}
+
+// The K loop and block reduction described above. The Decoders, made per lane for channels
+// col0 + lane / 4 and + 8, have
 //   kLaneElements (a multiple of 8): weights a lane decodes per step;
 //   kStepsInFlight: steps whose weights a lane loads before decoding the first (the
 //     weight stream's bytes in flight);
 //   kScalePerStep: whether each step's sums are scaled on their own (one scale group per
-//     step), by float2 step_scales(int64_t k0): the scales of the lane's output columns
-//     col0 + 2 (lane % 4) and + 1;
+//     step), by float step_scale(int64_t k0): the scale of the decoder's channel;
 //   Loaded load(int64_t k) const: the lane's weights from element k on (zeros past K or N);
 //   uint32_t pair(const Loaded&, int i) const: loaded weights 2 i and 2 i + 1 as a pair of
 //     T, lower k in the low half.
-// finish(row, col, sum) is then called once for each output of the block's tile inside
-// [m, n), by the first 128 threads.
+// finish(row, channel, sum) is then called once for each output of the block's 16 channels
+// (col0 + channel) inside [m, n).
 template <typename T, typename Decoder, typename Finish>
-__device__ __forceinline__ void skinny_mma(const T* x, int64_t m, int64_t n, int64_t k, const Decoder& decoder,
-                                           Finish&& finish) {
+__device__ __forceinline__ void skinny_mma(const T* x, int64_t m, int64_t n, int64_t k, int64_t col0,
+                                           const Decoder (&decoders)[2], Finish&& finish) {
   constexpr int kPieces = Decoder::kLaneElements / 8;
   constexpr int64_t kStep = 4 * Decoder::kLaneElements, kWarpStride = kSkinnyWarps * kStep;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t col0 = int64_t(blockIdx.x) * 8, row = lane / 4, lane_offset = Decoder::kLaneElements * (lane % 4);
-  float acc[4] = {};
+  const int64_t row = lane / 4, lane_offset = Decoder::kLaneElements * (lane % 4);
+  const bool second_tile = m > 8;  // the same for the whole block
+  float acc[2][4] = {};            // the mmas of x rows 0-7 and 8-15
   for (int64_t k0 = int64_t(warp) * kStep; k0 < k; k0 += Decoder::kStepsInFlight * kWarpStride) {
-    typename Decoder::Loaded loaded[Decoder::kStepsInFlight];
+    typename Decoder::Loaded loaded[Decoder::kStepsInFlight][2];
 #pragma unroll
-    for (int u = 0; u < Decoder::kStepsInFlight; ++u) loaded[u] = decoder.load(k0 + u * kWarpStride + lane_offset);
+    for (int u = 0; u < Decoder::kStepsInFlight; ++u) {
+#pragma unroll
+      for (int c = 0; c < 2; ++c) loaded[u][c] = decoders[c].load(k0 + u * kWarpStride + lane_offset);
+    }
 #pragma unroll
     for (int u = 0; u < Decoder::kStepsInFlight; ++u) {
       const int64_t step0 = k0 + u * kWarpStride;
       if (step0 >= k) break;  // the same for the whole warp
       int4 lo[kPieces], hi[kPieces];
       skinny_x_pieces(x, m, k, row, step0 + lane_offset, lo);
-      skinny_x_pieces(x, m, k, row + 8, step0 + lane_offset, hi);
-      float step[4] = {};
-      float(&sums)[4] = Decoder::kScalePerStep ? step : acc;
+      if (second_tile) skinny_x_pieces(x, m, k, row + 8, step0 + lane_offset, hi);
+      float step[2][4] = {};
+      float(&sums)[2][4] = Decoder::kScalePerStep ? step : acc;
 #pragma unroll
       for (int q = 0; q < kPieces; ++q) {
 #pragma unroll
         for (int half = 0; half < 2; ++half) {  // weights 8 q + 4 half .. + 3: pairs 4 q + 2 half, + 1
-          mma_16bit<T>(sums, a_operand(lo[q], hi[q], half).regs, decoder.pair(loaded[u], 4 * q + 2 * half),
-                       decoder.pair(loaded[u], 4 * q + 2 * half + 1));
+          const int i = 4 * q + 2 * half;
+          const AOperand a = skinny_weights(decoders[0].pair(loaded[u][0], i), decoders[1].pair(loaded[u][1], i),
+                                            decoders[0].pair(loaded[u][0], i + 1),
+                                            decoders[1].pair(loaded[u][1], i + 1));
+          mma_16bit<T>(sums[0], a.regs, skinny_x(lo[q], half));
+          if (second_tile) mma_16bit<T>(sums[1], a.regs, skinny_x(hi[q], half));
         }
       }
       if constexpr (Decoder::kScalePerStep) {
-        const float2 scales = decoder.step_scales(step0);
+        const float scales[2] = {decoders[0].step_scale(step0), decoders[1].step_scale(step0)};
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[e] = __fmaf_rn(step[e], e % 2 ? scales.y : scales.x, acc[e]);  // column e % 2
+        for (int e = 0; e < 8; ++e) {  // accumulator e % 4 of tile e / 4: channel g + 8 ((e % 4) / 2)
+          acc[e / 4][e % 4] = __fmaf_rn(step[e / 4][e % 4], scales[e % 4 / 2], acc[e / 4][e % 4]);
+        }
       }
     }
   }
-  sum_fragments_over_warps<kSkinnyWarps>(acc, [&](int lane_of, int e, float total) {
-    // the m16n8 accumulator fragment: rows lane / 4 and + 8, columns 2 (lane % 4) and + 1
-    const int64_t r = lane_of / 4 + e / 2 * 8, c = col0 + 2 * (lane_of % 4) + e % 2;
-    if (r < m && c < n) finish(r, c, total);
+  float flat[8];
+#pragma unroll
+  for (int e = 0; e < 8; ++e) flat[e] = acc[e / 4][e % 4];
+  sum_fragments_over_warps<kSkinnyWarps>(flat, [&](int lane_of, int e, float total) {
+    const SkinnyOutput at = skinny_output(lane_of, e / 4, e % 4);
+    if (at.row < m && col0 + at.channel < n) finish(at.row, at.channel, total);
   });
 }
 
