@@ -499,6 +499,12 @@ def test_cuda_gemm_tile_index_math_on_the_host(kernel, tmp_path):
     run_cuda_host_check(kernel, tmp_path)
 
 
+def test_cuda_w8a16_bf16_decode_on_the_host(tmp_path):
+    # The W8A16 GEMV's int8 -> bf16 pair (two bf16 parts, one exact fma) for every pair of
+    # byte values, run on the CPU (tests/cuda_host/int8_pairs.cu).
+    run_cuda_host_check("int8_pairs", tmp_path)
+
+
 @pytest.fixture(params=["auto", "mma", "wgmma"])
 def cuda_gemm(request, monkeypatch):
     """Runs the test once per CUDA int8 GEMM (EFFGEN_CUDA_INT8_GEMM) this GPU runs: auto

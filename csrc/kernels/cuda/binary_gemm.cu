@@ -182,17 +182,6 @@ __host__ __device__ __forceinline__ PairBits pair_bits(uint32_t word) {
   return bits;
 }
 
-// (a & mask) | add, one LOP3: left to itself the compiler spends two, one per constant.
-__host__ __device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t mask, uint32_t add) {
-#ifdef __CUDA_ARCH__
-  uint32_t out;
-  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(out) : "r"(a), "r"(mask), "r"(add));  // 0xEA: (a & b) | c
-  return out;
-#else
-  return (a & mask) | add;
-#endif
-}
-
 // Weights 2 i and 2 i + 1 of a plane word as a pair of T (the lower k in the low half):
 // binary bit 1 -> +1, 0 -> -1; ternary positive bit -> +1, negative bit -> -1, neither -> 0.
 // One is 0x3F80 in bf16, 0x3C00 in fp16; bit 15 of a half is its sign, so a pair's bits

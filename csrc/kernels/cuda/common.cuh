@@ -94,6 +94,17 @@ __device__ __forceinline__ void sum_fragments_over_warps(const T (&acc)[E], Fini
   finish(lane, e, total);
 }
 
+// (a & mask) | add, one LOP3: left to itself the compiler spends two, one per constant.
+__host__ __device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t mask, uint32_t add) {
+#ifdef __CUDA_ARCH__
+  uint32_t out;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(out) : "r"(a), "r"(mask), "r"(add));  // 0xEA: (a & b) | c
+  return out;
+#else
+  return (a & mask) | add;
+#endif
+}
+
 // Sum of v over the 32 lanes of a warp, returned to every lane.
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {

@@ -246,6 +246,33 @@ __global__ void __launch_bounds__(kGemvWarps * 32) w8a16_gemv_kernel(W8A16Args p
   }
 }
 
+// __byte_perm (PRMT), also on the host for the host-side tests: byte j of the result is
+// byte (selector >> 4 j) & 7 of b:a.
+__host__ __device__ __forceinline__ uint32_t permute_bytes(uint32_t a, uint32_t b, uint32_t selector) {
+#ifdef __CUDA_ARCH__
+  return __byte_perm(a, b, selector);
+#else
+  const uint64_t both = uint64_t{b} << 32 | a;
+  uint32_t out = 0;
+  for (int j = 0; j < 4; ++j) out |= static_cast<uint32_t>(both >> (8 * ((selector >> (4 * j)) & 7)) & 0xFFu) << (8 * j);
+  return out;
+#endif
+}
+
+// Int8 bytes `low` and `low + 1` of a word as two bf16 pairs whose sum is the bytes' exact
+// values (lower byte in the low halves), for one bf16x2 fma by 1. bf16 keeps 8 significant
+// bits, too few for byte + 128, so a byte b = u - 128 s (u its low 7 bits, s its sign bit)
+// is split: 0x43 over u is 128 + u (u fills the 7 mantissa bits of 128's binade), and
+// 0xC3 over s << 7 is -128 (s = 0) or -256 (s = 1, the exponent's low bit): 128 + u - 128
+// - 128 s = b. Both parts come from one byte permute that puts 0x43 above each byte.
+struct Bf16Parts {
+  uint32_t magnitude, offset;
+};
+__host__ __device__ __forceinline__ Bf16Parts int8_pair_bf16_parts(uint32_t word, int low) {
+  const uint32_t spread = permute_bytes(word, 0x43434343u, 0x4040u | low | (low + 1) << 8);  // b_lo 43 b_hi 43
+  return {spread & 0xFF7FFF7Fu, and_or(spread, 0x00800080u, 0xC300C300u)};
+}
+
 // skinny_mma's decoder of int8 weights (W8A16 on the tensor cores): a lane takes one
 // 16-byte piece of its channel per step. GROUPED: the group size is a multiple of the
 // 64-weight step, so a step lies in one group and its sums are scaled on their own.
@@ -264,18 +291,19 @@ struct Int8Decoder {
   // bytes 2 i and 2 i + 1 of the piece, exactly (|q| <= 128 fits both 16-bit types)
   __device__ uint32_t pair(const int4& piece, int i) const {
     const int32_t words[4] = {piece.x, piece.y, piece.z, piece.w};
-    const uint32_t biased = static_cast<uint32_t>(words[i / 2]) ^ 0x80808080u;  // byte + 128
+    const uint32_t word = static_cast<uint32_t>(words[i / 2]);
     const int low = 2 * (i % 2);
     if constexpr (std::is_same_v<T, __half>) {
-      // bytes low and low + 1 under 0x64 high bytes: the halves 1024 + byte + 128, then - 1152
-      const uint32_t bits = __byte_perm(biased, 0x64646464u, 0x4040u | low | (low + 1) << 8);
+      // bytes low and low + 1 (as byte + 128) under 0x64 high bytes: the halves 1024 + byte
+      // + 128, then - 1152
+      const uint32_t bits = __byte_perm(word ^ 0x80808080u, 0x64646464u, 0x4040u | low | (low + 1) << 8);
       const __half2 v = __hsub2(*reinterpret_cast<const __half2*>(&bits), __half2half2(__ushort_as_half(0x6480u)));
       return *reinterpret_cast<const uint32_t*>(&v);
     } else {
-      // bf16's 8 significant bits cannot hold byte + 128: through fp32, then one exact
-      // conversion of the pair
-      const __nv_bfloat162 v = __floats2bfloat162_rn(biased_byte_to_float(biased, low),
-                                                     biased_byte_to_float(biased, low + 1));
+      const Bf16Parts parts = int8_pair_bf16_parts(word, low);
+      const __nv_bfloat162 v = __hfma2(*reinterpret_cast<const __nv_bfloat162*>(&parts.magnitude),
+                                       __float2bfloat162_rn(1.0f),
+                                       *reinterpret_cast<const __nv_bfloat162*>(&parts.offset));
       return *reinterpret_cast<const uint32_t*>(&v);
     }
   }
