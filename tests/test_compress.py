@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import FLOAT_DTYPES, random_input
+from conftest import FLOAT_DTYPES, random_input, run_cuda_host_check
 from test_quant import assert_same_bits
 from torch.library import opcheck
 
@@ -155,8 +155,17 @@ def test_cuda_codecs_match_the_cpu_kernels(dtype, n, block):
         assert_same_bits(error_gpu.cpu(), error)
 
 
+def test_cuda_decoders_on_the_host(tmp_path):
+    # Every thread's work of the CUDA decoders (decompress_sum_int8 / _sign), vector and
+    # value-by-value paths, run on the CPU against the plain sums (tests/cuda_host/decoders.cu).
+    run_cuda_host_check("decoders", tmp_path)
+
+
 @pytest.mark.cuda
-@pytest.mark.parametrize("n,block", [(1, 4), (4099, 256), (70001, 64), (4096, 256), (1000, 12)])
+# The decoders' vector paths: 16 int8 codes (n, block % 16 == 0) or a 32-bit word of signs
+# (% 32) per thread; value by value otherwise (4112 is a multiple of 16, not of 32).
+@pytest.mark.parametrize("n,block", [(1, 4), (4099, 256), (70001, 64), (4096, 256), (1000, 12), (4112, 16),
+                                     (8192, 32)])
 def test_cuda_decompress_sums_match_the_cpu_kernels(n, block):
     rows, blocks = 3, -(-n // block)
     q = torch.randint(-127, 128, (rows, n), dtype=torch.int8)

@@ -1,8 +1,8 @@
 // CUDA kernels of the compress family. Memory-bound: the int8 encoder runs one warp per
-// compression block (absmax, then encode), 4 values per lane at a time; the decoders and
-// the sign packer move 4 or 8 values per thread in 16-byte pieces where aligned. Explicit
-// round-to-nearest intrinsics (and --fmad=false in the build) keep the fp32 sequence of the
-// CPU kernels.
+// compression block (absmax, then encode), 4 values per lane at a time; the sign packer
+// moves 8 values per thread, the decoders 16 (int8) or 32 (sign), in 16-byte pieces where
+// aligned. Explicit round-to-nearest intrinsics (and --fmad=false in the build) keep the
+// fp32 sequence of the CPU kernels.
 #include <cstdint>
 #include <type_traits>
 
@@ -163,40 +163,112 @@ __global__ void __launch_bounds__(kThreads) ef_sign_kernel(const T* x, float* er
   }
 }
 
-// Each thread sums 4 consecutive values over the rows (`vector`: n and block multiples of 4,
-// q and total aligned, so the 4 share a scale and move in one load / store each).
-__global__ void decompress_int8_kernel(const int8_t* q, const float* scales, int64_t rows, int64_t n, int64_t block,
-                                       int64_t blocks, bool vector, float* total) {
-  for (int64_t i = 4 * (int64_t(blockIdx.x) * blockDim.x + threadIdx.x); i < n;
-       i += 4 * int64_t(gridDim.x) * blockDim.x) {
-    const int count = n - i < 4 ? static_cast<int>(n - i) : 4;
-    float acc[4] = {};
-    for (int64_t r = 0; r < rows; ++r) {
-      if (vector) {
-        const char4 codes = *reinterpret_cast<const char4*>(q + r * n + i);
-        const float scale = scales[r * blocks + i / block];
-        const int8_t c[4] = {codes.x, codes.y, codes.z, codes.w};
+// Values per thread of the decoders: one 16-byte load of int8 codes, one 32-bit word of
+// signs per row. Fewer left each thread a 4-byte (or 1-byte) load per row: too few bytes in
+// flight to keep HBM busy, and a scale-index division per 4 (or 8) values.
+constexpr int kInt8DecodeValues = 16, kSignDecodeValues = 32;
+
+// What a decoder sums: `rows` received chunks of n values each (int8 codes [rows, n] or
+// packed signs [rows, ceil(n / 8)]) with their scales [rows, blocks], into total [n].
+struct DecodeArgs {
+  const void* payload;
+  const float* scales;
+  int64_t rows, n, block, blocks;
+  bool vector;
+  float* total;
+};
+
+// One thread's work of decompress_int8_kernel: the kInt8DecodeValues values from i on,
+// summed over the rows in row order. `vector`: n and block multiples of 16, codes and total
+// 16-byte aligned, so the 16 share a scale (one division) and move as one load per row and
+// four 16-byte stores. Host and device (tests/cuda_host/decoders.cu).
+__host__ __device__ __forceinline__ void decode_int8_values(const DecodeArgs& a, int64_t i) {
+  const auto* q = static_cast<const int8_t*>(a.payload);
+  float acc[kInt8DecodeValues] = {};
+  if (a.vector) {
+    const int64_t scale_index = i / a.block;
+#pragma unroll 2
+    for (int64_t r = 0; r < a.rows; ++r) {
+      float codes[kInt8DecodeValues];
+      int8x16_to_floats(*reinterpret_cast<const int4*>(q + r * a.n + i), codes);
+      const float scale = a.scales[r * a.blocks + scale_index];
 #pragma unroll
-        for (int t = 0; t < 4; ++t) acc[t] = __fadd_rn(acc[t], __fmul_rn(float(c[t]), scale));
-        continue;
-      }
-#pragma unroll
-      for (int t = 0; t < 4; ++t) {
-        if (t < count) {
-          acc[t] = __fadd_rn(acc[t], __fmul_rn(float(q[r * n + i + t]), scales[r * blocks + (i + t) / block]));
-        }
-      }
+      for (int t = 0; t < kInt8DecodeValues; ++t) acc[t] = add_rn(acc[t], mul_rn(codes[t], scale));
     }
-    if (vector) {
-      *reinterpret_cast<float4*>(total + i) = make_float4(acc[0], acc[1], acc[2], acc[3]);
-    } else {
 #pragma unroll
-      for (int t = 0; t < 4; ++t) {
-        if (t < count) total[i + t] = acc[t];
+    for (int j = 0; j < kInt8DecodeValues / 4; ++j) {
+      reinterpret_cast<float4*>(a.total + i)[j] = make_float4(acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
+    }
+    return;
+  }
+  const int count = a.n - i < kInt8DecodeValues ? static_cast<int>(a.n - i) : kInt8DecodeValues;
+  for (int64_t r = 0; r < a.rows; ++r) {
+#pragma unroll
+    for (int t = 0; t < kInt8DecodeValues; ++t) {
+      if (t < count) {
+        acc[t] = add_rn(acc[t], mul_rn(float(q[r * a.n + i + t]), a.scales[r * a.blocks + (i + t) / a.block]));
       }
     }
   }
+#pragma unroll
+  for (int t = 0; t < kInt8DecodeValues; ++t) {
+    if (t < count) a.total[i + t] = acc[t];
+  }
 }
+
+// One thread's work of decompress_sign_kernel: the kSignDecodeValues values from `first`
+// on (one 32-bit word of a packed row), summed over the rows in row order. `vector`: n and
+// block multiples of 32, packed 4-byte and total 16-byte aligned, so the 32 share a scale
+// (one division) and move as one word per row and eight 16-byte stores; otherwise value by
+// value. Host and device.
+__host__ __device__ __forceinline__ void decode_sign_values(const DecodeArgs& a, int64_t first) {
+  const auto* packed = static_cast<const uint8_t*>(a.payload);
+  const int64_t row_bytes = (a.n + 7) / 8;
+  float acc[kSignDecodeValues] = {};
+  if (a.vector) {
+    const int64_t scale_index = first / a.block;
+#pragma unroll 2
+    for (int64_t r = 0; r < a.rows; ++r) {
+      const uint32_t bits = *reinterpret_cast<const uint32_t*>(packed + r * row_bytes + first / 8);
+      const float scale = a.scales[r * a.blocks + scale_index];
+#pragma unroll
+      for (int t = 0; t < kSignDecodeValues; ++t) acc[t] = add_rn(acc[t], (bits >> t) & 1u ? scale : -scale);
+    }
+#pragma unroll
+    for (int j = 0; j < kSignDecodeValues / 4; ++j) {
+      reinterpret_cast<float4*>(a.total + first)[j] =
+          make_float4(acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
+    }
+    return;
+  }
+  const int count = a.n - first < kSignDecodeValues ? static_cast<int>(a.n - first) : kSignDecodeValues;
+  for (int64_t r = 0; r < a.rows; ++r) {
+    const uint8_t* row = packed + r * row_bytes;
+#pragma unroll
+    for (int t = 0; t < kSignDecodeValues; ++t) {
+      if (t < count) {
+        const int64_t i = first + t;
+        const float scale = a.scales[r * a.blocks + i / a.block];
+        acc[t] = add_rn(acc[t], (row[i / 8] >> (i % 8)) & 1u ? scale : -scale);
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < kSignDecodeValues; ++t) {
+    if (t < count) a.total[first + t] = acc[t];
+  }
+}
+
+// Threads take VALUES consecutive values each, grid-stride.
+template <int VALUES, typename Decode>
+__device__ __forceinline__ void decode_grid(const DecodeArgs& a, Decode decode) {
+  for (int64_t i = VALUES * (int64_t(blockIdx.x) * blockDim.x + threadIdx.x); i < a.n;
+       i += VALUES * int64_t(gridDim.x) * blockDim.x) {
+    decode(a, i);
+  }
+}
+
+__global__ void decompress_int8_kernel(DecodeArgs a) { decode_grid<kInt8DecodeValues>(a, decode_int8_values); }
 
 // One thread per packed byte: its eight values first (v may alias error), then the bits and
 // residuals. `vector`: block % 8 == 0 and v, error 16-byte aligned, so a full byte's values
@@ -238,38 +310,7 @@ __global__ void sign_pack_kernel(const float* v, const float* scales, int64_t n,
   }
 }
 
-// Each thread sums the 8 values of one packed byte over the rows: one division for their
-// block, not one per value (64-bit divisions cost more than the value's share of the
-// memory time). `vector`: block % 8 == 0 (the 8 share a scale) and total 16-byte aligned.
-__global__ void decompress_sign_kernel(const uint8_t* packed, const float* scales, int64_t rows, int64_t n,
-                                       int64_t block, int64_t blocks, bool vector, float* total) {
-  const int64_t row_bytes = (n + 7) / 8;
-  for (int64_t byte = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; byte < row_bytes;
-       byte += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t first = byte * 8;
-    const int count = n - first < 8 ? static_cast<int>(n - first) : 8;
-    const int64_t first_block = first / block;
-    float acc[8] = {};
-    for (int64_t r = 0; r < rows; ++r) {
-      const uint32_t bits = packed[r * row_bytes + byte];
-      const float* row_scales = scales + r * blocks;
-#pragma unroll
-      for (int t = 0; t < 8; ++t) {
-        const float scale = vector ? row_scales[first_block] : row_scales[t < count ? (first + t) / block : 0];
-        acc[t] = __fadd_rn(acc[t], (bits >> t) & 1u ? scale : -scale);
-      }
-    }
-    if (vector && count == 8) {
-      *reinterpret_cast<float4*>(total + first) = make_float4(acc[0], acc[1], acc[2], acc[3]);
-      *reinterpret_cast<float4*>(total + first + 4) = make_float4(acc[4], acc[5], acc[6], acc[7]);
-    } else {
-#pragma unroll
-      for (int t = 0; t < 8; ++t) {
-        if (t < count) total[first + t] = acc[t];
-      }
-    }
-  }
-}
+__global__ void decompress_sign_kernel(DecodeArgs a) { decode_grid<kSignDecodeValues>(a, decode_sign_values); }
 
 }  // namespace
 
@@ -302,9 +343,10 @@ cudaError_t ef_compress_sign(DType dtype, const void* x, float* error, int64_t n
 cudaError_t decompress_sum_int8(const int8_t* q, const float* scales, int64_t rows, int64_t n, int64_t block,
                                 float* total, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  const bool vector = n % 4 == 0 && block % 4 == 0 && aligned(q, 4) && aligned(total, 16);
-  decompress_int8_kernel<<<blocks_for((n + 3) / 4), kThreads, 0, stream>>>(q, scales, rows, n, block,
-                                                                            (n + block - 1) / block, vector, total);
+  const bool vector = n % kInt8DecodeValues == 0 && block % kInt8DecodeValues == 0 && aligned(q, 16) &&
+                      aligned(total, 16);
+  decompress_int8_kernel<<<blocks_for((n + kInt8DecodeValues - 1) / kInt8DecodeValues), kThreads, 0, stream>>>(
+      DecodeArgs{q, scales, rows, n, block, (n + block - 1) / block, vector, total});
   return cudaGetLastError();
 }
 
@@ -319,9 +361,10 @@ cudaError_t sign_pack_update(const float* v, const float* scales, int64_t n, int
 cudaError_t decompress_sum_sign(const uint8_t* packed, const float* scales, int64_t rows, int64_t n, int64_t block,
                                 float* total, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  const bool vector = block % 8 == 0 && aligned(total, 16);
-  decompress_sign_kernel<<<blocks_for((n + 7) / 8), kThreads, 0, stream>>>(packed, scales, rows, n, block,
-                                                                            (n + block - 1) / block, vector, total);
+  const bool vector = n % kSignDecodeValues == 0 && block % kSignDecodeValues == 0 && aligned(packed, 4) &&
+                      aligned(total, 16);
+  decompress_sign_kernel<<<blocks_for((n + kSignDecodeValues - 1) / kSignDecodeValues), kThreads, 0, stream>>>(
+      DecodeArgs{packed, scales, rows, n, block, (n + block - 1) / block, vector, total});
   return cudaGetLastError();
 }
 

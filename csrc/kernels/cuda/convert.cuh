@@ -4,6 +4,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <cstring>
 
 namespace effgen::cuda {
 
@@ -24,6 +25,63 @@ __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2hal
 template <typename T>
 __device__ __forceinline__ void store_value(T* p, float v) {
   *p = from_f32<T>(v);
+}
+
+// fp32 add / multiply rounded to nearest even and never fused into an fma (the CPU
+// kernels' sequence), also on the host for the host-side checks (built without FMA code).
+__host__ __device__ __forceinline__ float add_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+__host__ __device__ __forceinline__ float mul_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+// __byte_perm (PRMT), also on the host for the host-side checks: byte j of the result is
+// byte (selector >> 4 j) & 7 of b:a.
+__host__ __device__ __forceinline__ uint32_t permute_bytes(uint32_t a, uint32_t b, uint32_t selector) {
+#ifdef __CUDA_ARCH__
+  return __byte_perm(a, b, selector);
+#else
+  const uint64_t both = uint64_t{b} << 32 | a;
+  uint32_t out = 0;
+  for (int j = 0; j < 4; ++j) out |= static_cast<uint32_t>(both >> (8 * ((selector >> (4 * j)) & 7)) & 0xFFu) << (8 * j);
+  return out;
+#endif
+}
+
+// Int8 byte t of a word as a float, exactly, given the word with 0x80808080 xor-ed in (each
+// byte b as b + 128). I2F runs at a quarter of the FMA rate, too slow to keep up with HBM at
+// one row, so b + 128 becomes the low mantissa byte of 2^23 by a byte permute (result
+// bytes: byte t, 0x00, 0x00, 0x4B, the exponent of 2^23) and one subtraction of 2^23 + 128
+// takes it back to b.
+__host__ __device__ __forceinline__ float biased_byte_to_float(uint32_t biased, int t) {
+  const uint32_t bits = permute_bytes(biased, 0x4B000000u, 0x7540u | t);
+#ifdef __CUDA_ARCH__
+  return __fsub_rn(__uint_as_float(bits), 8388736.0f);
+#else
+  float value;
+  std::memcpy(&value, &bits, sizeof value);
+  return value - 8388736.0f;  // exact: both are integers below 2^24
+#endif
+}
+
+// The 16 int8 values of a 16-byte piece as floats, exactly.
+__host__ __device__ __forceinline__ void int8x16_to_floats(const int4& piece, float (&out)[16]) {
+  const int32_t words[4] = {piece.x, piece.y, piece.z, piece.w};
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const uint32_t biased = static_cast<uint32_t>(words[q]) ^ 0x80808080u;
+#pragma unroll
+    for (int t = 0; t < 4; ++t) out[4 * q + t] = biased_byte_to_float(biased, t);
+  }
 }
 
 // N consecutive elements (N a multiple of 8, x 16-byte aligned) as floats, in 16-byte loads.

@@ -174,26 +174,6 @@ __global__ void __launch_bounds__(kGemvWarps * 32) int8_gemv_kernel(Int8GemmArgs
   });
 }
 
-// Int8 byte t of a word as a float, exactly, given the word with 0x80808080 xor-ed in (each
-// byte b as b + 128). I2F runs at a quarter of the FMA rate, too slow to keep up with HBM at
-// one row, so b + 128 becomes the low mantissa byte of 2^23 by a byte permute (result
-// bytes: byte t, 0x00, 0x00, 0x4B, the exponent of 2^23) and one subtraction of 2^23 + 128
-// takes it back to b.
-__device__ __forceinline__ float biased_byte_to_float(uint32_t biased, int t) {
-  return __fsub_rn(__uint_as_float(__byte_perm(biased, 0x4B000000u, 0x7540u | t)), 8388736.0f);
-}
-
-// The 16 int8 weights of a 16-byte piece as floats, exactly.
-__device__ __forceinline__ void int8x16_to_floats(const int4& piece, float (&out)[16]) {
-  const int32_t words[4] = {piece.x, piece.y, piece.z, piece.w};
-#pragma unroll
-  for (int q = 0; q < 4; ++q) {
-    const uint32_t biased = static_cast<uint32_t>(words[q]) ^ 0x80808080u;
-#pragma unroll
-    for (int t = 0; t < 4; ++t) out[4 * q + t] = biased_byte_to_float(biased, t);
-  }
-}
-
 // W8A16 with few rows: one warp per output channel j, lanes take K in 16-weight pieces,
 // 32 pieces apart, and the warp reduces at the end; a piece's products are summed in fp32
 // and scaled once (the CPU kernel's group partials), since no piece spans two groups when
@@ -244,19 +224,6 @@ __global__ void __launch_bounds__(kGemvWarps * 32) w8a16_gemv_kernel(W8A16Args p
     const float v = warp_sum(acc[i]);
     if (lane == 0) store_value(out + i * p.n + j, p.bias == nullptr ? v : v + p.bias[j]);
   }
-}
-
-// __byte_perm (PRMT), also on the host for the host-side tests: byte j of the result is
-// byte (selector >> 4 j) & 7 of b:a.
-__host__ __device__ __forceinline__ uint32_t permute_bytes(uint32_t a, uint32_t b, uint32_t selector) {
-#ifdef __CUDA_ARCH__
-  return __byte_perm(a, b, selector);
-#else
-  const uint64_t both = uint64_t{b} << 32 | a;
-  uint32_t out = 0;
-  for (int j = 0; j < 4; ++j) out |= static_cast<uint32_t>(both >> (8 * ((selector >> (4 * j)) & 7)) & 0xFFu) << (8 * j);
-  return out;
-#endif
 }
 
 // Int8 bytes `low` and `low + 1` of a word as two bf16 pairs whose sum is the bytes' exact
