@@ -22,6 +22,7 @@ import resource
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -73,10 +74,36 @@ def elapsed_since(begin: float, device: torch.device) -> float:
     return time.perf_counter() - begin
 
 
-def memory_mib(device: torch.device) -> float:
-    """The CPU process's resident memory now, or the GPU's peak allocation since the last
-    `torch.cuda.reset_peak_memory_stats`."""
-    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else rss_mib()
+class PeakMemory:
+    """Peak memory while a `with` block runs, in MiB (`.mib`): the GPU's peak allocation, or
+    on the CPU the process's resident memory sampled every millisecond by a thread (the
+    kernel's own peak, ru_maxrss, only ever grows over the whole process)."""
+
+    def __init__(self, device: torch.device, interval_s: float = 0.001) -> None:
+        self.device, self.interval_s, self.mib = device, interval_s, 0.0
+        self._done = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            self.mib = max(self.mib, rss_mib())
+            if self._done.wait(self.interval_s):
+                return
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._sampler.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.mib = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self._done.set()
+            self._sampler.join()
+            self.mib = max(self.mib, rss_mib())
 
 
 @torch.no_grad()
@@ -117,25 +144,24 @@ def stage_quantize(args, device: torch.device) -> dict:
     eval_ids = text_ids[256:]
     chosen = formats(device)
     results = {"device": str(device), "baseline": next(iter(chosen)),
-               "memory": "peak GPU memory allocated" if device.type == "cuda" else "process resident memory",
-               "formats": {}}
+               "memory": "peak GPU memory allocated" if device.type == "cuda" else
+               "peak process resident memory (the fp32 original stays loaded)", "formats": {}}
     bar = Progress(3 * len(chosen), "[1/3] quantize")
     for name, config in chosen.items():
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        model = copy.deepcopy(base).to(device)
-        if config is not None:
-            ek.quantize_(model, config)
-        bar.update(bar.done, f"{name}: prefill")
-        time_prefill(model, prefill_ids, 1)  # warm-up: first-call costs (CUDA context, cuBLAS handles, caches)
-        prefill_s = time_prefill(model, prefill_ids, 2 if args.quick else 3)
-        bar.update(detail=f"{name}: decode")
-        text, decode_rate, _ = generate(model, tokenizer, 12 if args.quick else 32)
-        bar.update(detail=f"{name}: perplexity")
-        ppl = evaluate_perplexity(model, eval_ids, 256, batch_size=1)
+        with PeakMemory(device) as peak:
+            model = copy.deepcopy(base).to(device)
+            if config is not None:
+                ek.quantize_(model, config)
+            bar.update(bar.done, f"{name}: prefill")
+            time_prefill(model, prefill_ids, 1)  # warm-up: first-call costs (CUDA context, cuBLAS handles, caches)
+            prefill_s = time_prefill(model, prefill_ids, 2 if args.quick else 3)
+            bar.update(detail=f"{name}: decode")
+            text, decode_rate, _ = generate(model, tokenizer, 12 if args.quick else 32)
+            bar.update(detail=f"{name}: perplexity")
+            ppl = evaluate_perplexity(model, eval_ids, 256, batch_size=1)
         bar.update(detail=f"{name} done")
         row = {"prefill_tokens_per_s": prefill_ids.shape[1] / prefill_s, "decode_tokens_per_s": decode_rate,
-               "weight_bytes": model_bytes(model), "memory_mib": memory_mib(device), "perplexity": ppl, "text": text}
+               "weight_bytes": model_bytes(model), "peak_memory_mib": peak.mib, "perplexity": ppl, "text": text}
         results["formats"][name] = row
         say(f"      {name}: {row['prefill_tokens_per_s']:.0f} tok/s prefill, {decode_rate:.1f} tok/s decode, "
             f"{row['weight_bytes'] / 2**20:.0f} MiB weights, ppl {ppl:.2f}")
@@ -212,10 +238,12 @@ def summary(report: dict) -> str:
     if "quantize" in report:
         q = report["quantize"]
         lines += [f"SmolLM2-135M on this machine ({q['device']}):",
-                  f"  {'format':<8} {'prefill tok/s':>13} {'decode tok/s':>12} {'weights MiB':>11} {'ppl':>8}"]
+                  f"  {'format':<8} {'prefill tok/s':>13} {'decode tok/s':>12} {'weights MiB':>11} {'peak MiB':>9} "
+                  f"{'ppl':>8}"]
         for name, r in q["formats"].items():
             lines.append(f"  {name:<8} {r['prefill_tokens_per_s']:13.0f} {r['decode_tokens_per_s']:12.1f} "
-                         f"{r['weight_bytes'] / 2**20:11.0f} {r['perplexity']:8.2f}")
+                         f"{r['weight_bytes'] / 2**20:11.0f} {r['peak_memory_mib']:9.0f} {r['perplexity']:8.2f}")
+        lines.append(f"  peak MiB: {q['memory']}")
         lines.append(f"  perplexity on {q['perplexity_tokens']} tokens of the Lee news corpus; greedy text from "
                      f"{PROMPT!r}:")
         lines += [f"  {name:<8} {r['text'][:100]!r}" for name, r in q["formats"].items()]

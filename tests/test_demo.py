@@ -1,6 +1,7 @@
 """`effgen demo` end to end (quick settings) and its behaviour without the models extra."""
 
 import json
+import time
 
 import pytest
 import torch
@@ -27,7 +28,7 @@ def test_quick_demo_reports_every_stage(tmp_path):
         fp32, w8a16 = q["formats"]["fp32"], q["formats"]["W8A16"]
         assert w8a16["perplexity"] < fp32["perplexity"] * 1.02
         assert w8a16["weight_bytes"] < 0.5 * fp32["weight_bytes"]
-        assert fp32["text"] and w8a16["text"] and fp32["memory_mib"] > 0
+        assert fp32["text"] and w8a16["text"] and fp32["peak_memory_mib"] > 0
     pytest.importorskip("matplotlib")
     assert (tmp_path / "ddp_loss.png").stat().st_size > 0
 
@@ -66,6 +67,16 @@ def test_cuda_demo_distills_on_the_gpu(tmp_path):
     if "quantize" in report:
         q = report["quantize"]["formats"]
         assert report["quantize"]["baseline"] == "bf16" and q["W8A16"]["perplexity"] < q["bf16"]["perplexity"] * 1.02
+
+
+def test_peak_memory_sees_a_short_lived_allocation_on_the_cpu():
+    before = demo.rss_mib()
+    with demo.PeakMemory(torch.device("cpu")) as peak:
+        block = torch.ones(64 * 2**20)  # 256 MiB, written, then freed inside the block
+        time.sleep(0.05)
+        del block
+    assert peak.mib >= before + 200
+    assert demo.rss_mib() < peak.mib - 200  # gone again: the peak is not the current size
 
 
 def test_unknown_stage_is_a_usage_error():
