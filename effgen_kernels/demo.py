@@ -1,7 +1,7 @@
 """`effgen demo`: what the library does for a generative model, measured on this machine.
 
 1. quantize: SmolLM2-135M in fp32 (bf16 on a GPU) and after quantize_ with W8A16, W8A8 and
-   ternary weights: prefill and decode tokens/s, weight bytes, memory, perplexity on news
+   ternary weights: prefill and decode tokens/s, weight bytes, peak memory, perplexity on news
    text, and the text each generates from the same prompt.
 2. ddp: a small GPT trained on real text by 2 DDP workers (gloo, on the CPU whatever
    --device says) with plain all-reduce and the int8 and sign hooks: bytes per step and
