@@ -32,7 +32,8 @@ bool check_type(uint16_t one, const char* name) {
     const uint32_t positive = rng(), negative = rng();
     for (int planes = 1; planes <= 2; ++planes) {
       for (int i = 0; i < 16; ++i) {
-        const uint32_t pair = planes == 1 ? decode_pair<T, 1>(positive, 0, i) : decode_pair<T, 2>(positive, negative, i);
+        const uint32_t pair =
+            planes == 1 ? decode_pair<T, 1>(positive, 0, i) : decode_pair<T, 2>(positive, negative, i);
         for (int h = 0; h < 2; ++h) {
           const int k = 2 * i + h;
           const int p = (positive >> k) & 1, n = (negative >> k) & 1;

@@ -87,7 +87,8 @@ bool skinny_step() {
         int32_t fa[32][4], b0[32], b1[32];
         for (int l = 0; l < 32; ++l) {
           const int g = l / 4, t = l % 4;
-          const AOperand op = skinny_weights(pair(g, t, i), pair(g + 8, t, i), pair(g, t, i + 1), pair(g + 8, t, i + 1));
+          const AOperand op =
+              skinny_weights(pair(g, t, i), pair(g + 8, t, i), pair(g, t, i + 1), pair(g + 8, t, i + 1));
           for (int r = 0; r < 4; ++r) fa[l][r] = static_cast<int32_t>(op.regs[r]);
           const uint2 b = skinny_x(piece_of(&x[8 * tile + g][LANE * t + 8 * q]), half);
           b0[l] = static_cast<int32_t>(b.x), b1[l] = static_cast<int32_t>(b.y);

@@ -173,7 +173,8 @@ struct PairBits {
 __host__ __device__ __forceinline__ PairBits pair_bits(uint32_t word) {
   // low: even bits 0-14 stay, odd bits 1-15 move up 15; high: even bits 16-30 move down 16,
   // odd bits 17-31 down 1.
-  PairBits bits{(word & 0x5555u) | ((word << 15) & 0x55550000u), ((word >> 16) & 0x5555u) | ((word >> 1) & 0x55550000u)};
+  PairBits bits{(word & 0x5555u) | ((word << 15) & 0x55550000u),
+                ((word >> 16) & 0x5555u) | ((word >> 1) & 0x55550000u)};
 #ifdef __CUDA_ARCH__
   // Opaque to the optimizer, which would otherwise fold each pair's mask into the regrouping
   // and redo part of it for all 16 pairs (3 instead of 2 instructions a pair).

@@ -197,7 +197,8 @@ __host__ __device__ __forceinline__ void decode_int8_values(const DecodeArgs& a,
     }
 #pragma unroll
     for (int j = 0; j < kInt8DecodeValues / 4; ++j) {
-      reinterpret_cast<float4*>(a.total + i)[j] = make_float4(acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
+      reinterpret_cast<float4*>(a.total + i)[j] =
+          make_float4(acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
     }
     return;
   }

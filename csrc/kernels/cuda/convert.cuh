@@ -52,7 +52,9 @@ __host__ __device__ __forceinline__ uint32_t permute_bytes(uint32_t a, uint32_t 
 #else
   const uint64_t both = uint64_t{b} << 32 | a;
   uint32_t out = 0;
-  for (int j = 0; j < 4; ++j) out |= static_cast<uint32_t>(both >> (8 * ((selector >> (4 * j)) & 7)) & 0xFFu) << (8 * j);
+  for (int j = 0; j < 4; ++j) {
+    out |= static_cast<uint32_t>(both >> (8 * ((selector >> (4 * j)) & 7)) & 0xFFu) << (8 * j);
+  }
   return out;
 #endif
 }

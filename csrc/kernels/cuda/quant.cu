@@ -244,9 +244,25 @@ __device__ __forceinline__ ElementParams channel_params(const FakeQuantArgs& a, 
   return {a.scale[c], a.zero_point[c]};
 }
 
-template <typename T>
+// PyTorch's fake quantization of one value (see fake_quantize_kernel); in_range is the
+// gradient mask, from the unclamped value.
+__device__ __forceinline__ float fake_quantize_value(float xv, const ElementParams& p, float inv_scale,
+                                                     const FakeQuantArgs& a, bool& in_range) {
+  const float qval = __fadd_rn(p.zero_point, rintf(__fmul_rn(xv, inv_scale)));
+  const float clamped = fminf(fmaxf(qval, a.quant_min), a.quant_max);
+  in_range = qval >= a.quant_min && qval <= a.quant_max;
+  // NaN input: fminf/fmaxf would drop it, so propagate it explicitly.
+  return isnan(xv) ? xv : __fmul_rn(__fsub_rn(clamped, p.zero_point), p.scale);
+}
+
+// PER_TENSOR: one scale and zero point (a.scale == nullptr), its reciprocal taken once per
+// thread, no scale index to walk per element (the per-element cursor and channel checks
+// cost more than the arithmetic at the HBM rate).
+template <typename T, bool PER_TENSOR>
 __global__ void fake_quantize_kernel(const T* x, int64_t n, FakeQuantArgs a, ParamIndex idx, T* y, bool* mask) {
   const bool vec_ok = aligned(x, 16) && aligned(y, 16) && aligned(mask, 16);
+  const ElementParams tensor{a.scale_value, a.zero_point_value};
+  const float tensor_inv_scale = PER_TENSOR ? __fdiv_rn(1.0f, tensor.scale) : 0.0f;
   for (int64_t base = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * kItems; base < n;
        base += int64_t(gridDim.x) * blockDim.x * kItems) {
     const int count = chunk_count(n, base);
@@ -254,26 +270,29 @@ __global__ void fake_quantize_kernel(const T* x, int64_t n, FakeQuantArgs a, Par
     alignas(16) T out[kItems];
     alignas(16) bool in_range[kItems];
     load_items(x + base, count, vec_ok, v);
-    // Neighbouring elements mostly share a channel: divide once per channel change.
-    ParamCursor cursor(idx, base);
-    int64_t channel = -1;
-    ElementParams p{};
-    float inv_scale = 0.0f;
+    if constexpr (PER_TENSOR) {
 #pragma unroll
-    for (int j = 0; j < kItems; ++j, cursor.next()) {
-      if (j >= count) break;
-      const int64_t c = a.scale == nullptr ? 0 : cursor.index();
-      if (c != channel) {
-        channel = c;
-        p = channel_params(a, c);
-        inv_scale = __fdiv_rn(1.0f, p.scale);
+      for (int j = 0; j < kItems; ++j) {
+        if (j < count) {
+          out[j] = from_f32<T>(fake_quantize_value(to_f32(v[j]), tensor, tensor_inv_scale, a, in_range[j]));
+        }
       }
-      const float xv = to_f32(v[j]);
-      const float qval = __fadd_rn(p.zero_point, rintf(__fmul_rn(xv, inv_scale)));
-      const float clamped = fminf(fmaxf(qval, a.quant_min), a.quant_max);
-      // NaN input: fminf/fmaxf would drop it, so propagate it explicitly.
-      out[j] = from_f32<T>(isnan(xv) ? xv : __fmul_rn(__fsub_rn(clamped, p.zero_point), p.scale));
-      in_range[j] = qval >= a.quant_min && qval <= a.quant_max;
+    } else {
+      // Neighbouring elements mostly share a channel: divide once per channel change.
+      ParamCursor cursor(idx, base);
+      int64_t channel = -1;
+      ElementParams p{};
+      float inv_scale = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kItems; ++j, cursor.next()) {
+        if (j >= count) break;
+        if (cursor.index() != channel) {
+          channel = cursor.index();
+          p = {a.scale[channel], a.zero_point[channel]};
+          inv_scale = __fdiv_rn(1.0f, p.scale);
+        }
+        out[j] = from_f32<T>(fake_quantize_value(to_f32(v[j]), p, inv_scale, a, in_range[j]));
+      }
     }
     store_items(y + base, count, vec_ok, out);
     store_items(mask + base, count, vec_ok, in_range);
@@ -375,8 +394,13 @@ cudaError_t fake_quantize(DType dtype, const void* x, int64_t n, FakeQuantArgs a
   if (n == 0) return cudaSuccess;
   return with_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    fake_quantize_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(static_cast<const T*>(x), n, args, idx,
-                                                                  static_cast<T*>(y), mask);
+    if (args.scale == nullptr) {
+      fake_quantize_kernel<T, true><<<grid_for(n), kThreads, 0, stream>>>(static_cast<const T*>(x), n, args, idx,
+                                                                          static_cast<T*>(y), mask);
+    } else {
+      fake_quantize_kernel<T, false><<<grid_for(n), kThreads, 0, stream>>>(static_cast<const T*>(x), n, args, idx,
+                                                                           static_cast<T*>(y), mask);
+    }
   });
 }
 

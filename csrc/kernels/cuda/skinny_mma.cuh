@@ -70,7 +70,8 @@ __host__ __device__ __forceinline__ AOperand skinny_weights(uint32_t g_pair, uin
 // The B operand of one mma: words 2 half and 2 half + 1 of a 16-byte x piece, x values of
 // the weights' pairs p and p + 1.
 __host__ __device__ __forceinline__ uint2 skinny_x(const int4& piece, int half) {
-  return half == 0 ? make_uint2(uint32_t(piece.x), uint32_t(piece.y)) : make_uint2(uint32_t(piece.z), uint32_t(piece.w));
+  return half == 0 ? make_uint2(uint32_t(piece.x), uint32_t(piece.y))
+                   : make_uint2(uint32_t(piece.z), uint32_t(piece.w));
 }
 
 // Where accumulator e of `lane` in the mma of x rows 8 tile.. lands: x row, and channel
