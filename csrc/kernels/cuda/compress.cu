@@ -178,6 +178,23 @@ struct DecodeArgs {
   float* total;
 };
 
+// A decoder thread's VALUES sums into total: 16-byte stores (VALUES a multiple of 4, total
+// 16-byte aligned) when `vector`, else the first `count`.
+template <int VALUES>
+__host__ __device__ __forceinline__ void store_sums(const float (&acc)[VALUES], bool vector, int count, float* total) {
+  if (vector) {
+#pragma unroll
+    for (int j = 0; j < VALUES / 4; ++j) {
+      reinterpret_cast<float4*>(total)[j] = make_float4(acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
+    }
+    return;
+  }
+#pragma unroll
+  for (int t = 0; t < VALUES; ++t) {
+    if (t < count) total[t] = acc[t];
+  }
+}
+
 // One thread's work of decompress_int8_kernel: the kInt8DecodeValues values from i on,
 // summed over the rows in row order. `vector`: n and block multiples of 16, codes and total
 // 16-byte aligned, so the 16 share a scale (one division) and move as one load per row and
@@ -195,11 +212,7 @@ __host__ __device__ __forceinline__ void decode_int8_values(const DecodeArgs& a,
 #pragma unroll
       for (int t = 0; t < kInt8DecodeValues; ++t) acc[t] = add_rn(acc[t], mul_rn(codes[t], scale));
     }
-#pragma unroll
-    for (int j = 0; j < kInt8DecodeValues / 4; ++j) {
-      reinterpret_cast<float4*>(a.total + i)[j] =
-          make_float4(acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
-    }
+    store_sums(acc, true, kInt8DecodeValues, a.total + i);
     return;
   }
   const int count = a.n - i < kInt8DecodeValues ? static_cast<int>(a.n - i) : kInt8DecodeValues;
@@ -211,10 +224,7 @@ __host__ __device__ __forceinline__ void decode_int8_values(const DecodeArgs& a,
       }
     }
   }
-#pragma unroll
-  for (int t = 0; t < kInt8DecodeValues; ++t) {
-    if (t < count) a.total[i + t] = acc[t];
-  }
+  store_sums(acc, false, count, a.total + i);
 }
 
 // One thread's work of decompress_sign_kernel: the kSignDecodeValues values from `first`
@@ -235,11 +245,7 @@ __host__ __device__ __forceinline__ void decode_sign_values(const DecodeArgs& a,
 #pragma unroll
       for (int t = 0; t < kSignDecodeValues; ++t) acc[t] = add_rn(acc[t], (bits >> t) & 1u ? scale : -scale);
     }
-#pragma unroll
-    for (int j = 0; j < kSignDecodeValues / 4; ++j) {
-      reinterpret_cast<float4*>(a.total + first)[j] =
-          make_float4(acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
-    }
+    store_sums(acc, true, kSignDecodeValues, a.total + first);
     return;
   }
   const int count = a.n - first < kSignDecodeValues ? static_cast<int>(a.n - first) : kSignDecodeValues;
@@ -254,10 +260,7 @@ __host__ __device__ __forceinline__ void decode_sign_values(const DecodeArgs& a,
       }
     }
   }
-#pragma unroll
-  for (int t = 0; t < kSignDecodeValues; ++t) {
-    if (t < count) a.total[first + t] = acc[t];
-  }
+  store_sums(acc, false, count, a.total + first);
 }
 
 // Threads take VALUES consecutive values each, grid-stride.
