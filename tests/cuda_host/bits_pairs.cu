@@ -1,8 +1,9 @@
-// Host-side check of binary_gemm.cu's pair_bits + weight_pair, the decode of packed bits into the 16-bit
-// B operand of its tensor-core GEMV: for random plane words and every pair, both halves must
-// be the exact +1 / -1 / 0 of bf16 and fp16 that the packed weight stands for (binary: bit 1
-// -> +1, 0 -> -1; ternary: positive minus negative plane), the lower k in the low half.
-// No GPU needed; built and run by tests/test_binary.py. Exits 1 with the first mismatch.
+// Host-side check of binary_gemm.cu's pair_bits + binary_pair / ternary_pair, the decode of
+// packed bits into the 16-bit A operand of its tensor-core GEMV: for random plane words and
+// every pair, both halves must be the exact +1 / -1 / 0 of bf16 and fp16 that the packed
+// weight stands for (binary: bit 1 -> +1, 0 -> -1; ternary: positive minus negative plane),
+// the lower k in the low half. No GPU needed; built and run by tests/test_binary.py. Exits 1
+// with the first mismatch.
 #include <random>
 
 #include "../../csrc/kernels/cuda/binary_gemm.cu"
@@ -21,7 +22,8 @@ int decoded(uint16_t bits, uint16_t one) {
 // The decoder's pair i of plane words (positive, negative), as BitsDecoder::pair makes it.
 template <typename T, int PLANES>
 uint32_t decode_pair(uint32_t positive, uint32_t negative, int i) {
-  return weight_pair<T, PLANES>(pair_bits(~positive), pair_bits(positive ^ negative), pair_bits(negative), i);
+  if constexpr (PLANES == 1) return binary_pair<T>(pair_bits(~positive), i);
+  return ternary_pair<T>(pair_bits(positive ^ negative), pair_bits(negative), i);
 }
 
 template <typename T>

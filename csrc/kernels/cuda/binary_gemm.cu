@@ -164,8 +164,8 @@ __global__ void bits_gemv_kernel(BitsGemvArgs p, bool words) {
 
 // A plane word (bit t = weight t) with its 16 pairs of weights (2 i, 2 i + 1) regrouped so
 // that a pair's bits sit 16 apart: pairs 0-7 in `low` at bits 2 i and 2 i + 16, pairs 8-15
-// in `high` the same way. Regrouped once per word, a pair then takes a mask and a multiply
-// to reach its two halves (weight_pair) instead of gathering two bits on its own.
+// in `high` the same way. Regrouped once per word, a pair then takes one shift and one lop3
+// to reach its two halves (binary_pair, ternary_pair) instead of gathering two bits on its own.
 struct PairBits {
   uint32_t low, high;
 };
@@ -183,21 +183,31 @@ __host__ __device__ __forceinline__ PairBits pair_bits(uint32_t word) {
   return bits;
 }
 
-// Weights 2 i and 2 i + 1 of a plane word as a pair of T (the lower k in the low half):
-// binary bit 1 -> +1, 0 -> -1; ternary positive bit -> +1, negative bit -> -1, neither -> 0.
-// One is 0x3F80 in bf16, 0x3C00 in fp16; bit 15 of a half is its sign, so a pair's bits
-// shifted to 15 and 31 become signs. Binary weights pass `first` = pair_bits(~word): a set
-// bit is a -1. Ternary weights pass `nonzero` (pair_bits of positive ^ negative: both set is
-// never packed and decodes to 0, as unpack does) and `negative`.
-template <typename T, int PLANES>
-__host__ __device__ __forceinline__ uint32_t weight_pair(const PairBits& first, const PairBits& nonzero,
-                                                         const PairBits& negative, int i) {
-  constexpr uint32_t kOne = std::is_same_v<T, __nv_bfloat16> ? 0x3F80u : 0x3C00u, kOnes = kOne * 0x00010001u;
+// Weights 2 i and 2 i + 1 of plane words as a pair of T (the lower k in the low half). One
+// is 0x3F80 in bf16, 0x3C00 in fp16; bit 15 of a half is its sign, so a pair's bits shifted
+// to 15 and 31 become signs.
+template <typename T>
+constexpr uint32_t kOneBits = std::is_same_v<T, __nv_bfloat16> ? 0x3F80u : 0x3C00u;
+
+__host__ __device__ __forceinline__ uint32_t pair_signs(const PairBits& bits, int i) {
   const int at = 2 * (i % 8);  // pair i's bits in the regrouped words: at and at + 16
-  auto signs = [&](const PairBits& bits) { return (i < 8 ? bits.low : bits.high) << (15 - at); };
-  if constexpr (PLANES == 1) return and_or(signs(first), 0x80008000u, kOnes);
+  return (i < 8 ? bits.low : bits.high) << (15 - at);  // and_or keeps bits 15 and 31
+}
+
+// Binary: bit 1 -> +1, 0 -> -1, from pair_bits(~word) (a set bit is a -1, the sign).
+template <typename T>
+__host__ __device__ __forceinline__ uint32_t binary_pair(const PairBits& inverted, int i) {
+  return and_or(pair_signs(inverted, i), 0x80008000u, kOneBits<T> * 0x00010001u);
+}
+
+// Ternary: positive bit -> +1, negative bit -> -1, neither -> 0, from pair_bits of
+// positive ^ negative (both set is never packed and decodes to 0, as unpack does) and of
+// the negative plane.
+template <typename T>
+__host__ __device__ __forceinline__ uint32_t ternary_pair(const PairBits& nonzero, const PairBits& negative, int i) {
+  const int at = 2 * (i % 8);
   const uint32_t units = ((i < 8 ? nonzero.low : nonzero.high) >> at) & 0x00010001u;
-  return and_or(signs(negative), 0x80008000u, units * kOne);  // the halves' ones, then the signs
+  return and_or(pair_signs(negative, i), 0x80008000u, units * kOneBits<T>);  // the halves' ones, then the signs
 }
 
 // skinny_mma's decoder of packed bits: a lane takes one 32-bit word per plane per step
@@ -219,7 +229,8 @@ struct BitsDecoder {
   }
   // pair_bits is a pure function of the loaded words: the 16 calls of a step share it.
   __device__ uint32_t pair(const uint2& words, int i) const {
-    return weight_pair<T, PLANES>(pair_bits(~words.x), pair_bits(words.x ^ words.y), pair_bits(words.y), i);
+    if constexpr (PLANES == 1) return binary_pair<T>(pair_bits(~words.x), i);
+    return ternary_pair<T>(pair_bits(words.x ^ words.y), pair_bits(words.y), i);
   }
 };
 
@@ -236,8 +247,7 @@ __global__ void __launch_bounds__(kSkinnyWarps * 32, 3) bits_gemv_mma_kernel(Bit
   const int64_t channel = col0 + threadIdx.x % 32 / 4;
   const BitsDecoder<T, PLANES> decoders[2] = {decoder_of(channel), decoder_of(channel + 8)};
   const int64_t scale_stride = PLANES == 2 ? p.scale_stride : 1;
-  skinny_mma(static_cast<const T*>(p.x), p.m, p.n, p.k, col0, decoders, [&](int64_t row, int64_t c, float sum) {
-    const int64_t col = col0 + c;
+  skinny_mma(static_cast<const T*>(p.x), p.m, p.n, p.k, col0, decoders, [&](int64_t row, int64_t col, float sum) {
     const float v = sum * p.scale[col * scale_stride] + (p.bias == nullptr ? 0.0f : p.bias[col]);
     store_value(static_cast<T*>(p.out) + row * p.n + col, v);
   });

@@ -291,8 +291,7 @@ __global__ void __launch_bounds__(kSkinnyWarps * 32) w8a16_gemv_mma_kernel(W8A16
   };
   const int64_t channel = col0 + threadIdx.x % 32 / 4;
   const Int8Decoder<T, GROUPED> decoders[2] = {decoder_of(channel), decoder_of(channel + 8)};
-  skinny_mma(static_cast<const T*>(p.x), p.m, p.n, p.k, col0, decoders, [&](int64_t row, int64_t c, float sum) {
-    const int64_t col = col0 + c;
+  skinny_mma(static_cast<const T*>(p.x), p.m, p.n, p.k, col0, decoders, [&](int64_t row, int64_t col, float sum) {
     const float v = GROUPED ? sum : sum * p.scale[col];
     store_value(static_cast<T*>(p.out) + row * p.n + col, p.bias == nullptr ? v : v + p.bias[col]);
   });

@@ -93,8 +93,8 @@ __host__ __device__ __forceinline__ SkinnyOutput skinny_output(int lane, int til
 //   Loaded load(int64_t k) const: the lane's weights from element k on (zeros past K or N);
 //   uint32_t pair(const Loaded&, int i) const: loaded weights 2 i and 2 i + 1 as a pair of
 //     T, lower k in the low half.
-// finish(row, channel, sum) is then called once for each output of the block's 16 channels
-// (col0 + channel) inside [m, n).
+// finish(row, col, sum) is then called once for each output of the block's 16 channels
+// (columns col0 ..) inside [m, n).
 template <typename T, typename Decoder, typename Finish>
 __device__ __forceinline__ void skinny_mma(const T* x, int64_t m, int64_t n, int64_t k, int64_t col0,
                                            const Decoder (&decoders)[2], Finish&& finish) {
@@ -146,7 +146,7 @@ __device__ __forceinline__ void skinny_mma(const T* x, int64_t m, int64_t n, int
   for (int e = 0; e < 8; ++e) flat[e] = acc[e / 4][e % 4];
   sum_fragments_over_warps<kSkinnyWarps>(flat, [&](int lane_of, int e, float total) {
     const SkinnyOutput at = skinny_output(lane_of, e / 4, e % 4);
-    if (at.row < m && col0 + at.channel < n) finish(at.row, at.channel, total);
+    if (at.row < m && col0 + at.channel < n) finish(at.row, col0 + at.channel, total);
   });
 }
 
