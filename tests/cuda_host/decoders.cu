@@ -1,9 +1,9 @@
-// Host-side check of compress.cu's decoders (decompress_sum_int8 / _sign): every thread's
-// work (decode_int8_values, decode_sign_values, as the kernels' grid runs it) over shapes
-// that take the vector paths (n and block multiples of 16 or 32) and the value-by-value
-// ones, against the sums written out plainly: each value of each row times its block's
-// scale, added in row order. Every output must be written once. No GPU needed; built and
-// run by tests/test_compress.py. Exits 1 with the first mismatch.
+// Host-side check of compress.cu's decoders (decompress_sum_int8 / _sign): every lane's
+// work (decode_lane, as the kernel's grid runs it) over shapes that take the vector paths
+// (4-value groups) and the value-by-value ones, against the sums written out plainly: each
+// value of each row times its block's scale, added in row order. Every output must be
+// written once. No GPU needed; built and run by tests/test_compress.py. Exits 1 with the
+// first mismatch.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -17,10 +17,12 @@ using namespace effgen::cuda;
 
 namespace {
 
-// Fills total by every thread's decode(a, i), i = 0, VALUES, 2 VALUES, ... (the kernel's grid).
-template <int VALUES, typename Decode>
-void run_grid(DecodeArgs a, Decode decode) {
-  for (int64_t i = 0; i < a.n; i += VALUES) decode(a, i);
+// Fills total by every lane's decode_lane of every warp's values (the kernel's grid).
+template <typename Codec>
+void run_grid(const DecodeArgs& a) {
+  for (int64_t warp_first = 0; warp_first < a.n; warp_first += kWarpValues<Codec>) {
+    for (int lane = 0; lane < 32; ++lane) decode_lane<Codec>(a, warp_first, lane);
+  }
 }
 
 bool check(const char* what, int64_t n, int64_t block, const std::vector<float>& got, const std::vector<float>& want) {
@@ -59,16 +61,14 @@ bool check_shape(int64_t n, int64_t block, std::mt19937& rng) {
   // NaN marks outputs never written; the launchers' vector conditions decide the path
   std::vector<float> total_storage(n + 8, NAN);
   float* total = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(total_storage.data()) + 15) / 16 * 16);
-  const bool int8_vector = n % kInt8DecodeValues == 0 && block % kInt8DecodeValues == 0;
-  run_grid<kInt8DecodeValues>(DecodeArgs{q, scales.data(), kRows, n, block, blocks, int8_vector, total},
-                              decode_int8_values);
+  const bool int8_vector = n % kGroupValues == 0 && block % kGroupValues == 0;
+  run_grid<Int8Codes>(DecodeArgs{q, scales.data(), kRows, n, block, blocks, int8_vector, total});
   if (!check(int8_vector ? "int8, vector" : "int8", n, block, std::vector<float>(total, total + n), want_int8)) {
     return false;
   }
   std::fill(total, total + n, NAN);
-  const bool sign_vector = n % kSignDecodeValues == 0 && block % kSignDecodeValues == 0;
-  run_grid<kSignDecodeValues>(DecodeArgs{packed, scales.data(), kRows, n, block, blocks, sign_vector, total},
-                              decode_sign_values);
+  const bool sign_vector = block % kGroupValues == 0;
+  run_grid<SignBits>(DecodeArgs{packed, scales.data(), kRows, n, block, blocks, sign_vector, total});
   return check(sign_vector ? "sign, vector" : "sign", n, block, std::vector<float>(total, total + n), want_sign);
 }
 
@@ -77,7 +77,7 @@ bool check_shape(int64_t n, int64_t block, std::mt19937& rng) {
 int main() {
   std::mt19937 rng(5);
   const int64_t shapes[][2] = {{1, 4}, {4099, 256}, {70001, 64}, {4096, 256}, {1000, 12}, {4112, 16}, {8192, 32},
-                               {4160, 64}};
+                               {4160, 64}, {4100, 4}, {5000, 200}, {1030, 1030}, {3, 1}, {70000, 1000}};
   for (const auto& shape : shapes) {
     if (!check_shape(shape[0], shape[1], rng)) return 1;
   }

@@ -1,8 +1,8 @@
 // CUDA kernels of the compress family. Memory-bound: the int8 encoder runs one warp per
 // compression block (absmax, then encode), 4 values per lane at a time; the sign packer
-// moves 8 values per thread, the decoders 16 (int8) or 32 (sign), in 16-byte pieces where
-// aligned. Explicit round-to-nearest intrinsics (and --fmad=false in the build) keep the
-// fp32 sequence of the CPU kernels.
+// moves 8 values per thread, in 16-byte pieces where aligned; the decoders 4 or 8 values a
+// lane in 4-value groups a warp-width apart (coalesced 16-byte stores). Explicit round-to-nearest
+// intrinsics (and --fmad=false in the build) keep the fp32 sequence of the CPU kernels.
 #include <cstdint>
 #include <type_traits>
 
@@ -163,13 +163,20 @@ __global__ void __launch_bounds__(kThreads) ef_sign_kernel(const T* x, float* er
   }
 }
 
-// Values per thread of the decoders: one 16-byte load of int8 codes, one 32-bit word of
-// signs per row. Fewer left each thread a 4-byte (or 1-byte) load per row: too few bytes in
-// flight to keep HBM busy, and a scale-index division per 4 (or 8) values.
-constexpr int kInt8DecodeValues = 16, kSignDecodeValues = 32;
+// Decoder thread layout: a warp takes the 4-value groups of 32 x Codec::kLaneGroups x 4
+// consecutive values, lane L the groups L, L + 32, ... of them, so that each load and each
+// 16-byte store instruction of a warp covers consecutive addresses. (H200, 64M values, two
+// rows: a lane owning 16 or 32 consecutive values, session 9, made each store write 16
+// bytes into 32 separate spans and ran the sign decoder at half its session-8 speed; 16
+// values a lane coalesced held 60 registers, 41% occupancy, the loads' latency exposed.)
+constexpr int kGroupValues = 4;
+constexpr int kGroupStride = 32 * kGroupValues;  // values from one of a lane's groups to the next
 
 // What a decoder sums: `rows` received chunks of n values each (int8 codes [rows, n] or
 // packed signs [rows, ceil(n / 8)]) with their scales [rows, blocks], into total [n].
+// `vector`: block % 4 == 0 (a group shares one scale), total 16-byte aligned and, for int8,
+// n % 4 == 0 and the codes 4-byte aligned (a group is one 32-bit load per row and one
+// 16-byte store); other groups go value by value.
 struct DecodeArgs {
   const void* payload;
   const float* scales;
@@ -178,101 +185,100 @@ struct DecodeArgs {
   float* total;
 };
 
-// A decoder thread's VALUES sums into total: 16-byte stores (VALUES a multiple of 4, total
-// 16-byte aligned) when `vector`, else the first `count`.
-template <int VALUES>
-__host__ __device__ __forceinline__ void store_sums(const float (&acc)[VALUES], bool vector, int count, float* total) {
-  if (vector) {
+// The int8 codec: code times its block's scale, rounded. One group a lane: one 32-bit load
+// per row (session 8's layout, as fast as torch's own int8 -> fp32 conversion of a row).
+struct Int8Codes {
+  static constexpr int kLaneGroups = 1;
+  __host__ __device__ static void add_group(const DecodeArgs& a, int64_t r, int64_t v, float scale,
+                                            float (&acc)[kGroupValues]) {
+    const auto* q = static_cast<const int8_t*>(a.payload) + r * a.n + v;
+    float codes[kGroupValues];
+    int8x4_to_floats(*reinterpret_cast<const uint32_t*>(q), codes);
 #pragma unroll
-    for (int j = 0; j < VALUES / 4; ++j) {
-      reinterpret_cast<float4*>(total)[j] = make_float4(acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
-    }
-    return;
+    for (int t = 0; t < kGroupValues; ++t) acc[t] = add_rn(acc[t], mul_rn(codes[t], scale));
   }
-#pragma unroll
-  for (int t = 0; t < VALUES; ++t) {
-    if (t < count) total[t] = acc[t];
+  __host__ __device__ static float value(const DecodeArgs& a, int64_t r, int64_t i, float scale) {
+    return mul_rn(float(static_cast<const int8_t*>(a.payload)[r * a.n + i]), scale);
   }
-}
+};
 
-// One thread's work of decompress_int8_kernel: the kInt8DecodeValues values from i on,
-// summed over the rows in row order. `vector`: n and block multiples of 16, codes and total
-// 16-byte aligned, so the 16 share a scale (one division) and move as one load per row and
-// four 16-byte stores. Host and device (tests/cuda_host/decoders.cu).
-__host__ __device__ __forceinline__ void decode_int8_values(const DecodeArgs& a, int64_t i) {
-  const auto* q = static_cast<const int8_t*>(a.payload);
-  float acc[kInt8DecodeValues] = {};
-  if (a.vector) {
-    const int64_t scale_index = i / a.block;
+// The sign codec: bit i % 8 of byte i / 8 of a row (LSB first) set means +scale, else -scale.
+// Two groups a lane (8 values, as session 8's byte a thread, its fastest).
+struct SignBits {
+  static constexpr int kLaneGroups = 2;
+  __host__ __device__ static const uint8_t* row(const DecodeArgs& a, int64_t r) {
+    return static_cast<const uint8_t*>(a.payload) + r * ((a.n + 7) / 8);
+  }
+  __host__ __device__ static void add_group(const DecodeArgs& a, int64_t r, int64_t v, float scale,
+                                            float (&acc)[kGroupValues]) {
+    const uint32_t bits = row(a, r)[v / 8] >> (v % 8);  // v % 8 is 0 or 4: the group's nibble
+#pragma unroll
+    for (int t = 0; t < kGroupValues; ++t) acc[t] = add_rn(acc[t], (bits >> t) & 1u ? scale : -scale);
+  }
+  __host__ __device__ static float value(const DecodeArgs& a, int64_t r, int64_t i, float scale) {
+    return (row(a, r)[i / 8] >> (i % 8)) & 1u ? scale : -scale;
+  }
+};
+
+// One lane's work: its groups of the warp's values from `warp_first` on, summed over the rows
+// in row order, then stored. Host and device (tests/cuda_host/decoders.cu).
+template <typename Codec>
+__host__ __device__ __forceinline__ void decode_lane(const DecodeArgs& a, int64_t warp_first, int lane) {
+  constexpr int kGroups = Codec::kLaneGroups;
+  const int64_t first = warp_first + kGroupValues * lane;
+  if (a.vector && first + (kGroups - 1) * kGroupStride + kGroupValues <= a.n) {
+    float acc[kGroups][kGroupValues] = {};
+    int64_t scale_index[kGroups];
+#pragma unroll
+    for (int g = 0; g < kGroups; ++g) scale_index[g] = (first + g * kGroupStride) / a.block;
 #pragma unroll 2
     for (int64_t r = 0; r < a.rows; ++r) {
-      float codes[kInt8DecodeValues];
-      int8x16_to_floats(*reinterpret_cast<const int4*>(q + r * a.n + i), codes);
-      const float scale = a.scales[r * a.blocks + scale_index];
 #pragma unroll
-      for (int t = 0; t < kInt8DecodeValues; ++t) acc[t] = add_rn(acc[t], mul_rn(codes[t], scale));
-    }
-    store_sums(acc, true, kInt8DecodeValues, a.total + i);
-    return;
-  }
-  const int count = a.n - i < kInt8DecodeValues ? static_cast<int>(a.n - i) : kInt8DecodeValues;
-  for (int64_t r = 0; r < a.rows; ++r) {
-#pragma unroll
-    for (int t = 0; t < kInt8DecodeValues; ++t) {
-      if (t < count) {
-        acc[t] = add_rn(acc[t], mul_rn(float(q[r * a.n + i + t]), a.scales[r * a.blocks + (i + t) / a.block]));
+      for (int g = 0; g < kGroups; ++g) {
+        Codec::add_group(a, r, first + g * kGroupStride, a.scales[r * a.blocks + scale_index[g]], acc[g]);
       }
     }
-  }
-  store_sums(acc, false, count, a.total + i);
-}
-
-// One thread's work of decompress_sign_kernel: the kSignDecodeValues values from `first`
-// on (one 32-bit word of a packed row), summed over the rows in row order. `vector`: n and
-// block multiples of 32, packed 4-byte and total 16-byte aligned, so the 32 share a scale
-// (one division) and move as one word per row and eight 16-byte stores; otherwise value by
-// value. Host and device.
-__host__ __device__ __forceinline__ void decode_sign_values(const DecodeArgs& a, int64_t first) {
-  const auto* packed = static_cast<const uint8_t*>(a.payload);
-  const int64_t row_bytes = (a.n + 7) / 8;
-  float acc[kSignDecodeValues] = {};
-  if (a.vector) {
-    const int64_t scale_index = first / a.block;
-#pragma unroll 2
-    for (int64_t r = 0; r < a.rows; ++r) {
-      const uint32_t bits = *reinterpret_cast<const uint32_t*>(packed + r * row_bytes + first / 8);
-      const float scale = a.scales[r * a.blocks + scale_index];
 #pragma unroll
-      for (int t = 0; t < kSignDecodeValues; ++t) acc[t] = add_rn(acc[t], (bits >> t) & 1u ? scale : -scale);
+    for (int g = 0; g < kGroups; ++g) {
+      *reinterpret_cast<float4*>(a.total + first + g * kGroupStride) =
+          make_float4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]);
     }
-    store_sums(acc, true, kSignDecodeValues, a.total + first);
     return;
   }
-  const int count = a.n - first < kSignDecodeValues ? static_cast<int>(a.n - first) : kSignDecodeValues;
-  for (int64_t r = 0; r < a.rows; ++r) {
-    const uint8_t* row = packed + r * row_bytes;
-#pragma unroll
-    for (int t = 0; t < kSignDecodeValues; ++t) {
-      if (t < count) {
-        const int64_t i = first + t;
-        const float scale = a.scales[r * a.blocks + i / a.block];
-        acc[t] = add_rn(acc[t], (row[i / 8] >> (i % 8)) & 1u ? scale : -scale);
+  // Value by value, each sum in a scalar: indexing the vector path's array with these
+  // run-time counters would put it in local memory for both paths (the sign decoder ran at
+  // 27% of the copy bandwidth so).
+  for (int g = 0; g < kGroups; ++g) {
+    for (int t = 0; t < kGroupValues; ++t) {
+      const int64_t i = first + g * kGroupStride + t;
+      if (i >= a.n) return;
+      float sum = 0.0f;
+      for (int64_t r = 0; r < a.rows; ++r) {
+        sum = add_rn(sum, Codec::value(a, r, i, a.scales[r * a.blocks + i / a.block]));
       }
+      a.total[i] = sum;
     }
   }
-  store_sums(acc, false, count, a.total + first);
 }
 
-// Threads take VALUES consecutive values each, grid-stride.
-template <int VALUES, typename Decode>
-__device__ __forceinline__ void decode_grid(const DecodeArgs& a, Decode decode) {
-  for (int64_t i = VALUES * (int64_t(blockIdx.x) * blockDim.x + threadIdx.x); i < a.n;
-       i += VALUES * int64_t(gridDim.x) * blockDim.x) {
-    decode(a, i);
+// The values a warp takes.
+template <typename Codec>
+constexpr int64_t kWarpValues = int64_t{kGroupStride} * Codec::kLaneGroups;
+
+template <typename Codec>
+__global__ void __launch_bounds__(kThreads) decompress_kernel(DecodeArgs a) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warp = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32, warps = int64_t(gridDim.x) * kWarps;
+  for (int64_t first = warp * kWarpValues<Codec>; first < a.n; first += warps * kWarpValues<Codec>) {
+    decode_lane<Codec>(a, first, lane);
   }
 }
 
-__global__ void decompress_int8_kernel(DecodeArgs a) { decode_grid<kInt8DecodeValues>(a, decode_int8_values); }
+// Blocks of decompress_kernel<Codec> for n values.
+template <typename Codec>
+int decode_blocks(int64_t n) {
+  return blocks_for((n + kWarpValues<Codec> - 1) / kWarpValues<Codec> * 32);
+}
 
 // One thread per packed byte: its eight values first (v may alias error), then the bits and
 // residuals. `vector`: block % 8 == 0 and v, error 16-byte aligned, so a full byte's values
@@ -314,8 +320,6 @@ __global__ void sign_pack_kernel(const float* v, const float* scales, int64_t n,
   }
 }
 
-__global__ void decompress_sign_kernel(DecodeArgs a) { decode_grid<kSignDecodeValues>(a, decode_sign_values); }
-
 }  // namespace
 
 cudaError_t ef_compress_int8(DType dtype, const void* x, float* error, int64_t n, int64_t block, int8_t* q,
@@ -347,9 +351,8 @@ cudaError_t ef_compress_sign(DType dtype, const void* x, float* error, int64_t n
 cudaError_t decompress_sum_int8(const int8_t* q, const float* scales, int64_t rows, int64_t n, int64_t block,
                                 float* total, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  const bool vector = n % kInt8DecodeValues == 0 && block % kInt8DecodeValues == 0 && aligned(q, 16) &&
-                      aligned(total, 16);
-  decompress_int8_kernel<<<blocks_for((n + kInt8DecodeValues - 1) / kInt8DecodeValues), kThreads, 0, stream>>>(
+  const bool vector = n % kGroupValues == 0 && block % kGroupValues == 0 && aligned(q, 4) && aligned(total, 16);
+  decompress_kernel<Int8Codes><<<decode_blocks<Int8Codes>(n), kThreads, 0, stream>>>(
       DecodeArgs{q, scales, rows, n, block, (n + block - 1) / block, vector, total});
   return cudaGetLastError();
 }
@@ -365,9 +368,8 @@ cudaError_t sign_pack_update(const float* v, const float* scales, int64_t n, int
 cudaError_t decompress_sum_sign(const uint8_t* packed, const float* scales, int64_t rows, int64_t n, int64_t block,
                                 float* total, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  const bool vector = n % kSignDecodeValues == 0 && block % kSignDecodeValues == 0 && aligned(packed, 4) &&
-                      aligned(total, 16);
-  decompress_sign_kernel<<<blocks_for((n + kSignDecodeValues - 1) / kSignDecodeValues), kThreads, 0, stream>>>(
+  const bool vector = block % kGroupValues == 0 && aligned(total, 16);
+  decompress_kernel<SignBits><<<decode_blocks<SignBits>(n), kThreads, 0, stream>>>(
       DecodeArgs{packed, scales, rows, n, block, (n + block - 1) / block, vector, total});
   return cudaGetLastError();
 }

@@ -75,14 +75,22 @@ __host__ __device__ __forceinline__ float biased_byte_to_float(uint32_t biased, 
 #endif
 }
 
+// The 4 int8 values of a 32-bit word (byte 0 first) as floats, exactly.
+__host__ __device__ __forceinline__ void int8x4_to_floats(uint32_t word, float (&out)[4]) {
+  const uint32_t biased = word ^ 0x80808080u;
+#pragma unroll
+  for (int t = 0; t < 4; ++t) out[t] = biased_byte_to_float(biased, t);
+}
+
 // The 16 int8 values of a 16-byte piece as floats, exactly.
 __host__ __device__ __forceinline__ void int8x16_to_floats(const int4& piece, float (&out)[16]) {
   const int32_t words[4] = {piece.x, piece.y, piece.z, piece.w};
 #pragma unroll
   for (int q = 0; q < 4; ++q) {
-    const uint32_t biased = static_cast<uint32_t>(words[q]) ^ 0x80808080u;
+    float four[4];
+    int8x4_to_floats(static_cast<uint32_t>(words[q]), four);
 #pragma unroll
-    for (int t = 0; t < 4; ++t) out[4 * q + t] = biased_byte_to_float(biased, t);
+    for (int t = 0; t < 4; ++t) out[4 * q + t] = four[t];
   }
 }
 
