@@ -65,56 +65,58 @@ bool int8_step() {
   return true;
 }
 
-// skinny_mma: lane (g, t) decodes the weights of channels g and g + 8 at LANE t.. and holds
-// x's rows g and g + 8 there in LANE / 8 pieces; piece q, half h makes the A operand of the
-// decoder's pairs 4q + 2h and + 1 (skinny_weights) and the B operand of its words 2h, 2h + 1
-// (skinny_x), one mma per 8 rows of x; the sums land at skinny_output.
+// skinny_mma with two channel tiles: lane (g, t) decodes the weights of its 4 channels
+// (skinny_channel) at LANE t.. and holds x's rows g and g + 8 there in LANE / 8 pieces;
+// piece q, half h makes each tile's A operand of the decoders' pairs 4q + 2h and + 1
+// (skinny_weights) and the B operand of its words 2h, 2h + 1 (skinny_x), one mma per tile
+// and 8 rows of x; the sums land at skinny_output.
 template <int LANE>
 bool skinny_step() {
+  constexpr int kTiles = 2, kChannels = 16 * kTiles;
   std::uniform_int_distribution<int> value(-300, 300);
-  int16_t x[16][4 * LANE], w[16][4 * LANE];
+  int16_t x[16][4 * LANE], w[kChannels][4 * LANE];
   for (auto& row : x) for (auto& v : row) v = static_cast<int16_t>(value(rng));
   for (auto& row : w) for (auto& v : row) v = static_cast<int16_t>(value(rng));
-  auto pair = [&](int channel, int t, int i) {  // Decoder::pair: weights 2i, 2i + 1, lower k low
+  auto pair = [&](int l, int d, int i) {  // decoder d's pair: weights 2i, 2i + 1, lower k low
+    const int channel = skinny_channel(l, d), t = l % 4;
     const uint32_t low = uint16_t(w[channel][LANE * t + 2 * i]), high = uint16_t(w[channel][LANE * t + 2 * i + 1]);
     return low | high << 16;
   };
-  int64_t d[2][32][4] = {};
+  int64_t d[32][8 * kTiles] = {};  // a lane's accumulators, flat as skinny_mma keeps them
   for (int q = 0; q < LANE / 8; ++q) {
     for (int half = 0; half < 2; ++half) {
       const int i = 4 * q + 2 * half;
-      for (int tile = 0; tile < 2; ++tile) {
-        int32_t fa[32][4], b0[32], b1[32];
-        for (int l = 0; l < 32; ++l) {
-          const int g = l / 4, t = l % 4;
-          const AOperand op =
-              skinny_weights(pair(g, t, i), pair(g + 8, t, i), pair(g, t, i + 1), pair(g + 8, t, i + 1));
-          for (int r = 0; r < 4; ++r) fa[l][r] = static_cast<int32_t>(op.regs[r]);
-          const uint2 b = skinny_x(piece_of(&x[8 * tile + g][LANE * t + 8 * q]), half);
-          b0[l] = static_cast<int32_t>(b.x), b1[l] = static_cast<int32_t>(b.y);
+      for (int c = 0; c < kTiles; ++c) {
+        for (int tile = 0; tile < 2; ++tile) {
+          int32_t fa[32][4], b0[32], b1[32];
+          for (int l = 0; l < 32; ++l) {
+            const AOperand op = skinny_weights(pair(l, 2 * c, i), pair(l, 2 * c + 1, i), pair(l, 2 * c, i + 1),
+                                               pair(l, 2 * c + 1, i + 1));
+            for (int r = 0; r < 4; ++r) fa[l][r] = static_cast<int32_t>(op.regs[r]);
+            const uint2 b = skinny_x(piece_of(&x[8 * tile + l / 4][LANE * (l % 4) + 8 * q]), half);
+            b0[l] = static_cast<int32_t>(b.x), b1[l] = static_cast<int32_t>(b.y);
+          }
+          int64_t part[32][4];
+          tile_check::mma_of<2>(fa, b0, b1, part);
+          for (int l = 0; l < 32; ++l) for (int e = 0; e < 4; ++e) d[l][8 * c + 4 * tile + e] += part[l][e];
         }
-        int64_t part[32][4];
-        tile_check::mma_of<2>(fa, b0, b1, part);
-        for (int l = 0; l < 32; ++l) for (int e = 0; e < 4; ++e) d[tile][l][e] += part[l][e];
       }
     }
   }
-  int writes[16][16] = {};
-  for (int tile = 0; tile < 2; ++tile) {
-    for (int l = 0; l < 32; ++l) {
-      for (int e = 0; e < 4; ++e) {
-        const SkinnyOutput at = skinny_output(l, tile, e);
-        ++writes[at.row][at.channel];
-        int64_t want = 0;
-        for (int k = 0; k < 4 * LANE; ++k) want += int64_t{x[at.row][k]} * w[at.channel][k];
-        if (!check(l, e, d[tile][l][e], want, LANE == 16 ? "skinny step, 16 per lane" : "skinny step, 32 per lane")) {
-          return false;
-        }
+  int writes[16][kChannels] = {};
+  for (int l = 0; l < 32; ++l) {
+    for (int e = 0; e < 8 * kTiles; ++e) {
+      const SkinnyOutput at = skinny_output(l, e);
+      ++writes[at.row][at.channel];
+      int64_t want = 0;
+      for (int k = 0; k < 4 * LANE; ++k) want += int64_t{x[at.row][k]} * w[at.channel][k];
+      if (!check(l, e, d[l][e], want, LANE == 16 ? "skinny step, 16 per lane" : "skinny step, 32 per lane")) {
+        return false;
       }
     }
   }
   for (int r = 0; r < 16; ++r) {
-    for (int c = 0; c < 16; ++c) {
+    for (int c = 0; c < kChannels; ++c) {
       if (writes[r][c] != 1) {
         std::printf("skinny step: x row %d, channel %d written %d times\n", r, c, writes[r][c]);
         return false;

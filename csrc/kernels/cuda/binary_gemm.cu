@@ -236,16 +236,17 @@ struct BitsDecoder {
 
 // Few rows of bf16/fp16 x (skinny_mma.cuh): k % 32 == 0, x 16-byte and the planes 4-byte
 // aligned, one scale per channel (binary) or per channel / tensor (ternary). Three blocks
-// per SM: left alone, the compiler keeps x for all steps in flight (110 registers, 2 blocks).
-template <typename T, int PLANES>
-__global__ void __launch_bounds__(kSkinnyWarps * 32, 3) bits_gemv_mma_kernel(BitsGemvArgs p) {
-  const int64_t col0 = int64_t(blockIdx.x) * 16, plane_bytes = p.k / 8;
-  auto decoder_of = [&](int64_t channel) {
-    return BitsDecoder<T, PLANES>{channel < p.n ? p.packed + channel * PLANES * plane_bytes : nullptr, plane_bytes,
-                                  p.k};
-  };
-  const int64_t channel = col0 + threadIdx.x % 32 / 4;
-  const BitsDecoder<T, PLANES> decoders[2] = {decoder_of(channel), decoder_of(channel + 8)};
+// per SM for one channel tile: left alone, the compiler keeps x for all steps in flight (110
+// registers, 2 blocks); two for two tiles, which spill at three (and number half the blocks).
+template <typename T, int PLANES, int TILES>
+__global__ void __launch_bounds__(kSkinnyWarps * 32, TILES == 1 ? 3 : 2) bits_gemv_mma_kernel(BitsGemvArgs p) {
+  const int64_t col0 = int64_t(blockIdx.x) * 16 * TILES, plane_bytes = p.k / 8;
+  BitsDecoder<T, PLANES> decoders[2 * TILES];
+#pragma unroll
+  for (int d = 0; d < 2 * TILES; ++d) {
+    const int64_t channel = col0 + skinny_channel(threadIdx.x % 32, d);
+    decoders[d] = {channel < p.n ? p.packed + channel * PLANES * plane_bytes : nullptr, plane_bytes, p.k};
+  }
   const int64_t scale_stride = PLANES == 2 ? p.scale_stride : 1;
   skinny_mma(static_cast<const T*>(p.x), p.m, p.n, p.k, col0, decoders, [&](int64_t row, int64_t col, float sum) {
     const float v = sum * p.scale[col * scale_stride] + (p.bias == nullptr ? 0.0f : p.bias[col]);
@@ -309,12 +310,14 @@ cudaError_t bits_gemv(const BitsGemvArgs& args, cudaStream_t stream) {
   if (words && (args.planes == 2 || args.groups == 1) &&
       with_16bit_dtype(args.dtype, [&](auto tag) {
         using T = decltype(tag);
-        const unsigned blocks = static_cast<unsigned>((args.n + 15) / 16);
-        if (args.planes == 2) {
-          bits_gemv_mma_kernel<T, 2><<<blocks, kSkinnyWarps * 32, 0, stream>>>(args);
-        } else {
-          bits_gemv_mma_kernel<T, 1><<<blocks, kSkinnyWarps * 32, 0, stream>>>(args);
-        }
+        with_skinny_tiles(args.m, [&](auto tiles) {
+          const unsigned blocks = skinny_blocks<tiles()>(args.n);
+          if (args.planes == 2) {
+            bits_gemv_mma_kernel<T, 2, tiles()><<<blocks, kSkinnyWarps * 32, 0, stream>>>(args);
+          } else {
+            bits_gemv_mma_kernel<T, 1, tiles()><<<blocks, kSkinnyWarps * 32, 0, stream>>>(args);
+          }
+        });
       })) {
     return cudaGetLastError();
   }

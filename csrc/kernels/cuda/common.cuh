@@ -76,22 +76,21 @@ __host__ __device__ __forceinline__ AOperand a_operand(const int4& lo, const int
 
 // The E accumulators of each lane summed over the block's WARPS warps, which hold the same
 // mma output fragments for different parts of K: through shared memory, in warp order
-// (deterministic). Thread (e, lane) of the first 32 E (at most the block) then calls
-// finish(lane, e, total) for accumulator e of that lane; the other threads return.
+// (deterministic). Lane `lane` of warp e % WARPS then calls finish(lane, e, total) for
+// accumulator e of that lane.
 template <int WARPS, int E, typename T, typename Finish>
 __device__ __forceinline__ void sum_fragments_over_warps(const T (&acc)[E], Finish&& finish) {
-  static_assert(E <= WARPS, "one thread per accumulator and lane");
   __shared__ T partial[WARPS][E][32];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 #pragma unroll
   for (int e = 0; e < E; ++e) partial[warp][e][lane] = acc[e];
   __syncthreads();
-  if (threadIdx.x >= E * 32) return;
-  const int e = threadIdx.x / 32;
-  T total = 0;
+  for (int e = warp; e < E; e += WARPS) {
+    T total = 0;
 #pragma unroll
-  for (int w = 0; w < WARPS; ++w) total += partial[w][e][lane];
-  finish(lane, e, total);
+    for (int w = 0; w < WARPS; ++w) total += partial[w][e][lane];
+    finish(lane, e, total);
+  }
 }
 
 // (a & mask) | add, one LOP3: left to itself the compiler spends two, one per constant.

@@ -9,14 +9,17 @@
 // of a 16-byte x load make B, so no register is copied to assemble an operand, and one mma
 // covers 16 channels (x rows 8-15, when m > 8, take a second mma with the same A).
 //
-// A block owns 16 output channels; its kSkinnyWarps warps split K in steps of
-// 4 x Decoder::kLaneElements (warp w takes steps w, w + kSkinnyWarps, ...). Per step lane
-// (g, t) = (lane / 4, lane % 4) decodes kLaneElements weights of channels g and g + 8 from
-// element k0 + kLaneElements t on and holds the x values there of row g (and g + 8) in
-// 16-byte pieces; each piece feeds two mmas, its words 0-1 and 2-3. That reorders K inside
-// the step (the mma's k 2 t + j is k0 + kLaneElements t + 8 q + j here, its k 8 + 2 t + j
-// is ... + 2 + j), the same way for x and weights, which a sum does not see. The warps'
-// sums meet in shared memory and the caller's epilogue finishes each output.
+// A block owns 16 x TILES output channels (TILES channel tiles of 16, each its own A
+// operand against the same x; two tiles for more than 8 rows of x, whose loads from L2 would
+// otherwise outweigh the weights' several times over); its kSkinnyWarps warps split K in
+// steps of 4 x Decoder::kLaneElements (warp w takes steps w, w + kSkinnyWarps, ...). Per
+// step lane (g, t) = (lane / 4, lane % 4) decodes kLaneElements weights of each of its
+// channels (skinny_channel) from element k0 + kLaneElements t on and holds the x values
+// there of row g (and g + 8) in 16-byte pieces; each piece feeds two mmas per tile, its
+// words 0-1 and 2-3. That reorders K inside the step (the mma's k 2 t + j is
+// k0 + kLaneElements t + 8 q + j here, its k 8 + 2 t + j is ... + 2 + j), the same way for x
+// and weights, which a sum does not see. The warps' sums meet in shared memory and the
+// caller's epilogue finishes each output.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -74,80 +77,113 @@ __host__ __device__ __forceinline__ uint2 skinny_x(const int4& piece, int half) 
                    : make_uint2(uint32_t(piece.z), uint32_t(piece.w));
 }
 
-// Where accumulator e of `lane` in the mma of x rows 8 tile.. lands: x row, and channel
-// within the block's 16 (the m16n8 fragment: rows g and g + 8, columns 2 t and + 1).
+// The channel (within the block's 16 x TILES) of a lane's decoder d: channel tile d / 2,
+// row g or g + 8 of its A operand.
+__host__ __device__ __forceinline__ int skinny_channel(int lane, int d) {
+  return lane / 4 + 8 * (d % 2) + 16 * (d / 2);
+}
+
+// Where a lane's accumulator e (4 per mma: channel tile e / 8, x rows 8 ((e / 4) % 2) ..)
+// lands: x row, and channel within the block's (the m16n8 fragment: rows g and g + 8,
+// columns 2 t and + 1).
 struct SkinnyOutput {
   int row, channel;
 };
-__host__ __device__ __forceinline__ SkinnyOutput skinny_output(int lane, int tile, int e) {
-  return {8 * tile + 2 * (lane % 4) + e % 2, lane / 4 + 8 * (e / 2)};
+__host__ __device__ __forceinline__ SkinnyOutput skinny_output(int lane, int e) {
+  return {8 * (e / 4 % 2) + 2 * (lane % 4) + e % 2, lane / 4 + 8 * (e % 4 / 2) + 16 * (e / 8)};
 }
 
-// The K loop and block reduction described above. The Decoders, made per lane for channels
-// col0 + lane / 4 and + 8, have
+// The K loop and block reduction described above. The Decoders, decoders[d] made per lane
+// for channel col0 + skinny_channel(lane, d), have
 //   kLaneElements (a multiple of 8): weights a lane decodes per step;
 //   kStepsInFlight: steps whose weights a lane loads before decoding the first (the
-//     weight stream's bytes in flight);
+//     weight stream's bytes in flight), for one tile; TILES tiles load 1 / TILES as many;
 //   kScalePerStep: whether each step's sums are scaled on their own (one scale group per
 //     step), by float step_scale(int64_t k0): the scale of the decoder's channel;
 //   Loaded load(int64_t k) const: the lane's weights from element k on (zeros past K or N);
 //   uint32_t pair(const Loaded&, int i) const: loaded weights 2 i and 2 i + 1 as a pair of
 //     T, lower k in the low half.
-// finish(row, col, sum) is then called once for each output of the block's 16 channels
+// finish(row, col, sum) is then called once for each output of the block's channels
 // (columns col0 ..) inside [m, n).
-template <typename T, typename Decoder, typename Finish>
+template <typename T, typename Decoder, int DECODERS, typename Finish>
 __device__ __forceinline__ void skinny_mma(const T* x, int64_t m, int64_t n, int64_t k, int64_t col0,
-                                           const Decoder (&decoders)[2], Finish&& finish) {
-  constexpr int kPieces = Decoder::kLaneElements / 8;
+                                           const Decoder (&decoders)[DECODERS], Finish&& finish) {
+  constexpr int kTiles = DECODERS / 2, kPieces = Decoder::kLaneElements / 8;
+  constexpr int kInFlight = Decoder::kStepsInFlight / kTiles > 0 ? Decoder::kStepsInFlight / kTiles : 1;
   constexpr int64_t kStep = 4 * Decoder::kLaneElements, kWarpStride = kSkinnyWarps * kStep;
+  static_assert(DECODERS % 2 == 0, "two decoders (channels g, g + 8) per tile");
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t row = lane / 4, lane_offset = Decoder::kLaneElements * (lane % 4);
-  const bool second_tile = m > 8;  // the same for the whole block
-  float acc[2][4] = {};            // the mmas of x rows 0-7 and 8-15
-  for (int64_t k0 = int64_t(warp) * kStep; k0 < k; k0 += Decoder::kStepsInFlight * kWarpStride) {
-    typename Decoder::Loaded loaded[Decoder::kStepsInFlight][2];
+  const bool second_row_tile = m > 8;  // the same for the whole block
+  float acc[kTiles][2][4] = {};        // per channel tile, the mmas of x rows 0-7 and 8-15
+  for (int64_t k0 = int64_t(warp) * kStep; k0 < k; k0 += kInFlight * kWarpStride) {
+    typename Decoder::Loaded loaded[kInFlight][DECODERS];
 #pragma unroll
-    for (int u = 0; u < Decoder::kStepsInFlight; ++u) {
+    for (int u = 0; u < kInFlight; ++u) {
 #pragma unroll
-      for (int c = 0; c < 2; ++c) loaded[u][c] = decoders[c].load(k0 + u * kWarpStride + lane_offset);
+      for (int d = 0; d < DECODERS; ++d) loaded[u][d] = decoders[d].load(k0 + u * kWarpStride + lane_offset);
     }
 #pragma unroll
-    for (int u = 0; u < Decoder::kStepsInFlight; ++u) {
+    for (int u = 0; u < kInFlight; ++u) {
       const int64_t step0 = k0 + u * kWarpStride;
       if (step0 >= k) break;  // the same for the whole warp
       int4 lo[kPieces], hi[kPieces];
       skinny_x_pieces(x, m, k, row, step0 + lane_offset, lo);
-      if (second_tile) skinny_x_pieces(x, m, k, row + 8, step0 + lane_offset, hi);
-      float step[2][4] = {};
-      float(&sums)[2][4] = Decoder::kScalePerStep ? step : acc;
+      if (second_row_tile) skinny_x_pieces(x, m, k, row + 8, step0 + lane_offset, hi);
+      float step[kTiles][2][4] = {};
+      float(&sums)[kTiles][2][4] = Decoder::kScalePerStep ? step : acc;
 #pragma unroll
       for (int q = 0; q < kPieces; ++q) {
 #pragma unroll
         for (int half = 0; half < 2; ++half) {  // weights 8 q + 4 half .. + 3: pairs 4 q + 2 half, + 1
           const int i = 4 * q + 2 * half;
-          const AOperand a = skinny_weights(decoders[0].pair(loaded[u][0], i), decoders[1].pair(loaded[u][1], i),
-                                            decoders[0].pair(loaded[u][0], i + 1),
-                                            decoders[1].pair(loaded[u][1], i + 1));
-          mma_16bit<T>(sums[0], a.regs, skinny_x(lo[q], half));
-          if (second_tile) mma_16bit<T>(sums[1], a.regs, skinny_x(hi[q], half));
+#pragma unroll
+          for (int c = 0; c < kTiles; ++c) {
+            const Decoder& g = decoders[2 * c];
+            const Decoder& g8 = decoders[2 * c + 1];
+            const typename Decoder::Loaded& wg = loaded[u][2 * c];
+            const typename Decoder::Loaded& wg8 = loaded[u][2 * c + 1];
+            const AOperand a = skinny_weights(g.pair(wg, i), g8.pair(wg8, i), g.pair(wg, i + 1), g8.pair(wg8, i + 1));
+            mma_16bit<T>(sums[c][0], a.regs, skinny_x(lo[q], half));
+            if (second_row_tile) mma_16bit<T>(sums[c][1], a.regs, skinny_x(hi[q], half));
+          }
         }
       }
       if constexpr (Decoder::kScalePerStep) {
-        const float scales[2] = {decoders[0].step_scale(step0), decoders[1].step_scale(step0)};
 #pragma unroll
-        for (int e = 0; e < 8; ++e) {  // accumulator e % 4 of tile e / 4: channel g + 8 ((e % 4) / 2)
-          acc[e / 4][e % 4] = __fmaf_rn(step[e / 4][e % 4], scales[e % 4 / 2], acc[e / 4][e % 4]);
+        for (int c = 0; c < kTiles; ++c) {
+          const float scales[2] = {decoders[2 * c].step_scale(step0), decoders[2 * c + 1].step_scale(step0)};
+#pragma unroll
+          for (int e = 0; e < 8; ++e) {  // accumulator e % 4 of row tile e / 4: channel g + 8 ((e % 4) / 2)
+            acc[c][e / 4][e % 4] = __fmaf_rn(step[c][e / 4][e % 4], scales[e % 4 / 2], acc[c][e / 4][e % 4]);
+          }
         }
       }
     }
   }
-  float flat[8];
+  float flat[8 * kTiles];
 #pragma unroll
-  for (int e = 0; e < 8; ++e) flat[e] = acc[e / 4][e % 4];
+  for (int e = 0; e < 8 * kTiles; ++e) flat[e] = acc[e / 8][e / 4 % 2][e % 4];
   sum_fragments_over_warps<kSkinnyWarps>(flat, [&](int lane_of, int e, float total) {
-    const SkinnyOutput at = skinny_output(lane_of, e / 4, e % 4);
+    const SkinnyOutput at = skinny_output(lane_of, e);
     if (at.row < m && col0 + at.channel < n) finish(at.row, col0 + at.channel, total);
   });
+}
+
+// Channel tiles per block for m rows of x (see above), to fn as a compile-time constant.
+template <typename Fn>
+void with_skinny_tiles(int64_t m, Fn&& fn) {
+  if (m > 8) {
+    fn(std::integral_constant<int, 2>{});
+  } else {
+    fn(std::integral_constant<int, 1>{});
+  }
+}
+
+// Blocks of skinny_mma for n output channels in tiles of 16 x TILES.
+template <int TILES>
+unsigned skinny_blocks(int64_t n) {
+  return static_cast<unsigned>((n + 16 * TILES - 1) / (16 * TILES));
 }
 
 // Calls fn with a value of the 16-bit type of `dtype` (bf16/fp16) and returns true; false for
