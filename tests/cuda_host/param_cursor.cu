@@ -1,11 +1,16 @@
-// Host-side check of the CUDA quant kernels' ParamCursor (csrc/kernels/cuda/quant.cu)
-// against the closed-form scale index of quant.cuh's ParamIndex, from every start. It runs
-// on the CPU (the cursor is __host__ __device__), so CI checks it without a GPU; built and
-// run by tests/test_quant.py. Exits 1 with the first mismatch.
+// Host-side check of the CUDA quant kernels' index math (csrc/kernels/cuda/quant.cu): the
+// ParamCursor against the closed-form scale index of quant.cuh's ParamIndex, from every
+// start, and the lane layout (lane_item_offset) against the pieces the vector loads move.
+// It runs on the CPU (both are __host__ __device__), so CI checks it without a GPU; built
+// and run by tests/test_quant.py. Exits 1 with the first mismatch.
 #include <cstdio>
 
 #include "../../csrc/kernels/cuda/quant.cu"
 
+using effgen::cuda::kItems;
+using effgen::cuda::kPieceItems;
+using effgen::cuda::kWarpItems;
+using effgen::cuda::lane_item_offset;
 using effgen::cuda::ParamCursor;
 using effgen::cuda::ParamIndex;
 
@@ -33,7 +38,31 @@ bool walk(const ParamIndex& idx, int64_t n, const char* what) {
 
 }  // namespace
 
+// Every element of a warp's chunk belongs to one lane's item, and item j of a lane is where
+// load_lane's piece j / kPieceItems (number q * 32 + lane of the chunk's pieces) puts it.
+bool lane_layout() {
+  int owners[kWarpItems] = {};
+  for (int lane = 0; lane < 32; ++lane) {
+    for (int j = 0; j < kItems; ++j) {
+      const int at = lane_item_offset(lane, j), piece = j / kPieceItems * 32 + lane;
+      if (at / kPieceItems != piece || at % kPieceItems != j % kPieceItems) {
+        std::printf("lane %d item %d at %d, not in piece %d position %d\n", lane, j, at, piece, j % kPieceItems);
+        return false;
+      }
+      ++owners[at];
+    }
+  }
+  for (int i = 0; i < kWarpItems; ++i) {
+    if (owners[i] != 1) {
+      std::printf("chunk element %d belongs to %d lane items\n", i, owners[i]);
+      return false;
+    }
+  }
+  return true;
+}
+
 int main() {
+  if (!lane_layout()) return 1;
   for (int64_t inner : {1, 2, 3, 7, 16}) {
     for (int64_t channels : {1, 2, 5}) {
       ParamIndex idx;

@@ -1,11 +1,14 @@
-// CUDA kernels of the quant family. Memory-bound: each thread moves 16 consecutive
-// elements with 16-byte loads/stores when the base pointers allow it, the arithmetic is
-// the fp32 sequence of effgen_kernels/reference.py with explicit round-to-nearest
-// intrinsics (the build also passes --fmad=false), so results match the CPU kernels.
+// CUDA kernels of the quant family. Memory-bound: each thread moves 16 elements a step, in
+// whole-warp coalesced pieces (the kernels with one scale per row or tensor) or as 16
+// consecutive elements (those walking a per-element scale index), with vector loads/stores
+// when the base pointers allow it. The arithmetic is the fp32 sequence of
+// effgen_kernels/reference.py with explicit round-to-nearest intrinsics (the build also
+// passes --fmad=false), so results match the CPU kernels.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "common.cuh"
 #include "convert.cuh"
@@ -54,6 +57,66 @@ __host__ __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return
 
 // Elements of the chunk starting at `base` that exist (kItems except at the very end).
 __device__ __forceinline__ int chunk_count(int64_t n, int64_t base) { return static_cast<int>(min64(kItems, n - base)); }
+
+// Lane layout of the kernels without a per-element scale index: a warp takes kWarpItems
+// consecutive elements, lane L the kPieceItems-element pieces L, L + 32, ... of them, so
+// that every load and store instruction of a warp covers consecutive memory whatever the
+// element size. (16 consecutive elements a thread made each 16-byte access of fp32 touch 32
+// half-used sectors: on the H200, 28-32 sectors a request, L2 80% busy, DRAM at 40-57%.)
+constexpr int kPieceItems = 4, kWarpItems = 32 * kItems;
+
+// Where element j of a lane's kItems lies in its warp's chunk.
+__host__ __device__ __forceinline__ int lane_item_offset(int lane, int j) {
+  return (j / kPieceItems * 32 + lane) * kPieceItems + j % kPieceItems;
+}
+
+// kPieceItems elements of T as one load / store.
+template <typename T>
+using Piece = std::conditional_t<sizeof(T) == 4, uint4, std::conditional_t<sizeof(T) == 2, uint2, uint32_t>>;
+
+// The lane's kItems elements of the warp chunk at p, of which `available` exist (zeros past
+// them). `vec_ok`: p aligned for whole pieces.
+template <typename T>
+__device__ __forceinline__ void load_lane(const T* p, int64_t available, int lane, bool vec_ok, T (&out)[kItems]) {
+  if (vec_ok && available >= kWarpItems) {
+#pragma unroll
+    for (int q = 0; q < kItems / kPieceItems; ++q) {
+      reinterpret_cast<Piece<T>*>(out)[q] = reinterpret_cast<const Piece<T>*>(p)[q * 32 + lane];
+    }
+    return;
+  }
+#pragma unroll
+  for (int j = 0; j < kItems; ++j) {
+    const int at = lane_item_offset(lane, j);
+    out[j] = at < available ? p[at] : T{};
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void store_lane(T* p, int64_t available, int lane, bool vec_ok, const T (&in)[kItems]) {
+  if (vec_ok && available >= kWarpItems) {
+#pragma unroll
+    for (int q = 0; q < kItems / kPieceItems; ++q) {
+      reinterpret_cast<Piece<T>*>(p)[q * 32 + lane] = reinterpret_cast<const Piece<T>*>(in)[q];
+    }
+    return;
+  }
+#pragma unroll
+  for (int j = 0; j < kItems; ++j) {
+    const int at = lane_item_offset(lane, j);
+    if (at < available) p[at] = in[j];
+  }
+}
+
+// Calls chunk(start) for each kWarpItems chunk of [0, n) this warp takes, grid-stride.
+template <typename Chunk>
+__device__ __forceinline__ void for_warp_chunks(int64_t n, Chunk&& chunk) {
+  const int64_t warps = int64_t(gridDim.x) * blockDim.x / 32;
+  for (int64_t start = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32 * kWarpItems; start < n;
+       start += warps * kWarpItems) {
+    chunk(start);
+  }
+}
 
 // The scale index (ParamIndex, quant.cuh) of consecutive elements from i on: two divisions
 // at the start, then a countdown, since the index moves by one only where a channel's run
@@ -132,29 +195,24 @@ __global__ void quantize_rows_kernel(const T* x, int64_t k, int64_t group, int64
   const T* xs = x + start;
   int8_t* qs = q + start;
   const bool vec_ok = aligned(xs, 16) && aligned(qs, 16);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
   uint32_t bits = 0;
-  for (int64_t base = int64_t(threadIdx.x) * kItems; base < n; base += int64_t(blockDim.x) * kItems) {
-    const int count = chunk_count(n, base);
+  for (int64_t chunk = warp * int64_t{kWarpItems}; chunk < n; chunk += warps * int64_t{kWarpItems}) {
     T v[kItems];
-    load_items(xs + base, count, vec_ok, v);
+    load_lane(xs + chunk, n - chunk, lane, vec_ok, v);  // zeros past n leave the absmax alone
 #pragma unroll
-    for (int j = 0; j < kItems; ++j) {
-      if (j < count) bits = max(bits, abs_bits(to_f32(v[j])));
-    }
+    for (int j = 0; j < kItems; ++j) bits = max(bits, abs_bits(to_f32(v[j])));
   }
   bits = block_max(bits);
   const float s = scale_from_bits(bits), inv = inverse_scale(s);
   if (threadIdx.x == 0) scale[blockIdx.x] = s;
-  for (int64_t base = int64_t(threadIdx.x) * kItems; base < n; base += int64_t(blockDim.x) * kItems) {
-    const int count = chunk_count(n, base);
+  for (int64_t chunk = warp * int64_t{kWarpItems}; chunk < n; chunk += warps * int64_t{kWarpItems}) {
     T v[kItems];
     alignas(16) int8_t out[kItems];
-    load_items(xs + base, count, vec_ok, v);
+    load_lane(xs + chunk, n - chunk, lane, vec_ok, v);
 #pragma unroll
-    for (int j = 0; j < kItems; ++j) {
-      if (j < count) out[j] = quantize_value(to_f32(v[j]), inv);
-    }
-    store_items(qs + base, count, vec_ok, out);
+    for (int j = 0; j < kItems; ++j) out[j] = quantize_value(to_f32(v[j]), inv);
+    store_lane(qs + chunk, n - chunk, lane, vec_ok, out);
   }
 }
 
@@ -244,7 +302,7 @@ __device__ __forceinline__ ElementParams channel_params(const FakeQuantArgs& a, 
   return {a.scale[c], a.zero_point[c]};
 }
 
-// PyTorch's fake quantization of one value (see fake_quantize_kernel); in_range is the
+// PyTorch's fake quantization of one value (the fake_quantize kernels); in_range is the
 // gradient mask, from the unclamped value.
 __device__ __forceinline__ float fake_quantize_value(float xv, const ElementParams& p, float inv_scale,
                                                      const FakeQuantArgs& a, bool& in_range) {
@@ -255,14 +313,35 @@ __device__ __forceinline__ float fake_quantize_value(float xv, const ElementPara
   return isnan(xv) ? xv : __fmul_rn(__fsub_rn(clamped, p.zero_point), p.scale);
 }
 
-// PER_TENSOR: one scale and zero point (a.scale == nullptr), its reciprocal taken once per
-// thread, no scale index to walk per element (the per-element cursor and channel checks
-// cost more than the arithmetic at the HBM rate).
-template <typename T, bool PER_TENSOR>
-__global__ void fake_quantize_kernel(const T* x, int64_t n, FakeQuantArgs a, ParamIndex idx, T* y, bool* mask) {
+// One scale and zero point (a.scale == nullptr), its reciprocal taken once per thread, in
+// the lane layout: no scale index to walk per element (the per-element cursor and channel
+// checks cost more than the arithmetic at the HBM rate).
+template <typename T>
+__global__ void fake_quantize_tensor_kernel(const T* x, int64_t n, FakeQuantArgs a, T* y, bool* mask) {
   const bool vec_ok = aligned(x, 16) && aligned(y, 16) && aligned(mask, 16);
   const ElementParams tensor{a.scale_value, a.zero_point_value};
-  const float tensor_inv_scale = PER_TENSOR ? __fdiv_rn(1.0f, tensor.scale) : 0.0f;
+  const float inv_scale = __fdiv_rn(1.0f, tensor.scale);
+  const int lane = threadIdx.x % 32;
+  for_warp_chunks(n, [&](int64_t chunk) {
+    T v[kItems];
+    alignas(16) T out[kItems];
+    alignas(16) bool in_range[kItems];
+    load_lane(x + chunk, n - chunk, lane, vec_ok, v);
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) {
+      out[j] = from_f32<T>(fake_quantize_value(to_f32(v[j]), tensor, inv_scale, a, in_range[j]));
+    }
+    store_lane(y + chunk, n - chunk, lane, vec_ok, out);
+    store_lane(mask + chunk, n - chunk, lane, vec_ok, in_range);
+  });
+}
+
+// A scale and zero point per channel: 16 consecutive elements a thread, which mostly share
+// a channel, so a division per channel change.
+template <typename T>
+__global__ void fake_quantize_channel_kernel(const T* x, int64_t n, FakeQuantArgs a, ParamIndex idx, T* y,
+                                             bool* mask) {
+  const bool vec_ok = aligned(x, 16) && aligned(y, 16) && aligned(mask, 16);
   for (int64_t base = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * kItems; base < n;
        base += int64_t(gridDim.x) * blockDim.x * kItems) {
     const int count = chunk_count(n, base);
@@ -270,29 +349,19 @@ __global__ void fake_quantize_kernel(const T* x, int64_t n, FakeQuantArgs a, Par
     alignas(16) T out[kItems];
     alignas(16) bool in_range[kItems];
     load_items(x + base, count, vec_ok, v);
-    if constexpr (PER_TENSOR) {
+    ParamCursor cursor(idx, base);
+    int64_t channel = -1;
+    ElementParams p{};
+    float inv_scale = 0.0f;
 #pragma unroll
-      for (int j = 0; j < kItems; ++j) {
-        if (j < count) {
-          out[j] = from_f32<T>(fake_quantize_value(to_f32(v[j]), tensor, tensor_inv_scale, a, in_range[j]));
-        }
+    for (int j = 0; j < kItems; ++j, cursor.next()) {
+      if (j >= count) break;
+      if (cursor.index() != channel) {
+        channel = cursor.index();
+        p = {a.scale[channel], a.zero_point[channel]};
+        inv_scale = __fdiv_rn(1.0f, p.scale);
       }
-    } else {
-      // Neighbouring elements mostly share a channel: divide once per channel change.
-      ParamCursor cursor(idx, base);
-      int64_t channel = -1;
-      ElementParams p{};
-      float inv_scale = 0.0f;
-#pragma unroll
-      for (int j = 0; j < kItems; ++j, cursor.next()) {
-        if (j >= count) break;
-        if (cursor.index() != channel) {
-          channel = cursor.index();
-          p = {a.scale[channel], a.zero_point[channel]};
-          inv_scale = __fdiv_rn(1.0f, p.scale);
-        }
-        out[j] = from_f32<T>(fake_quantize_value(to_f32(v[j]), p, inv_scale, a, in_range[j]));
-      }
+      out[j] = from_f32<T>(fake_quantize_value(to_f32(v[j]), p, inv_scale, a, in_range[j]));
     }
     store_items(y + base, count, vec_ok, out);
     store_items(mask + base, count, vec_ok, in_range);
@@ -302,20 +371,17 @@ __global__ void fake_quantize_kernel(const T* x, int64_t n, FakeQuantArgs a, Par
 template <typename T>
 __global__ void mask_grad_kernel(const T* grad, const bool* mask, int64_t n, T* dx) {
   const bool vec_ok = aligned(grad, 16) && aligned(mask, 16) && aligned(dx, 16);
-  for (int64_t base = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * kItems; base < n;
-       base += int64_t(gridDim.x) * blockDim.x * kItems) {
-    const int count = chunk_count(n, base);
+  const int lane = threadIdx.x % 32;
+  for_warp_chunks(n, [&](int64_t chunk) {
     T g[kItems];
     alignas(16) bool m[kItems];
     alignas(16) T out[kItems];
-    load_items(grad + base, count, vec_ok, g);
-    load_items(mask + base, count, vec_ok, m);
+    load_lane(grad + chunk, n - chunk, lane, vec_ok, g);
+    load_lane(mask + chunk, n - chunk, lane, vec_ok, m);
 #pragma unroll
-    for (int j = 0; j < kItems; ++j) {
-      if (j < count) out[j] = from_f32<T>(__fmul_rn(to_f32(g[j]), m[j] ? 1.0f : 0.0f));
-    }
-    store_items(dx + base, count, vec_ok, out);
-  }
+    for (int j = 0; j < kItems; ++j) out[j] = from_f32<T>(__fmul_rn(to_f32(g[j]), m[j] ? 1.0f : 0.0f));
+    store_lane(dx + chunk, n - chunk, lane, vec_ok, out);
+  });
 }
 
 template <typename T>
@@ -345,9 +411,9 @@ cudaError_t quantize_rows(DType dtype, const void* x, int64_t rows, int64_t k, i
                           float* scale, cudaStream_t stream) {
   const int64_t groups = (k + group - 1) / group;
   if (rows == 0 || groups == 0) return cudaSuccess;
-  // Enough threads to cover a group once at kItems each, rounded to whole warps.
-  const int64_t chunks = (group + kItems - 1) / kItems;
-  const int threads = static_cast<int>(min64(kThreads, ((chunks + 31) / 32) * 32));
+  // Enough warps to cover a group once at kWarpItems each.
+  const int64_t warps = (group + kWarpItems - 1) / kWarpItems;
+  const int threads = static_cast<int>(min64(kThreads, warps * 32));
   return with_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     quantize_rows_kernel<T><<<rows * groups, threads, 0, stream>>>(static_cast<const T*>(x), k, group, groups, q,
@@ -395,11 +461,11 @@ cudaError_t fake_quantize(DType dtype, const void* x, int64_t n, FakeQuantArgs a
   return with_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     if (args.scale == nullptr) {
-      fake_quantize_kernel<T, true><<<grid_for(n), kThreads, 0, stream>>>(static_cast<const T*>(x), n, args, idx,
-                                                                          static_cast<T*>(y), mask);
-    } else {
-      fake_quantize_kernel<T, false><<<grid_for(n), kThreads, 0, stream>>>(static_cast<const T*>(x), n, args, idx,
+      fake_quantize_tensor_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(static_cast<const T*>(x), n, args,
                                                                            static_cast<T*>(y), mask);
+    } else {
+      fake_quantize_channel_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(static_cast<const T*>(x), n, args, idx,
+                                                                            static_cast<T*>(y), mask);
     }
   });
 }
