@@ -402,8 +402,16 @@ def test_cuda_quantize_matches_cpu(dtype, shape):
         qc, sc = fn(x.cuda())
         assert_same_bits(qc.cpu(), q)
         assert_same_bits(sc.cpu(), s)
+    # per token, per group of 128 and per channel of axis 0: a block per run of one scale
+    # where runs have 128 elements or more, 16 consecutive elements a thread otherwise
     q, s = ops.quantize_per_token(x)
     assert_same_bits(ops.dequantize(q.cuda(), s.cuda(), out_dtype=dtype).cpu(), ops.dequantize(q, s, out_dtype=dtype))
+    q, s = ops.quantize_per_group(x, 128)
+    assert_same_bits(ops.dequantize(q.cuda(), s.cuda(), group_size=128, out_dtype=dtype).cpu(),
+                     ops.dequantize(q, s, group_size=128, out_dtype=dtype))
+    q, s = ops.quantize_per_channel(x, 0)
+    assert_same_bits(ops.dequantize(q.cuda(), s.cuda(), axis=0, out_dtype=dtype).cpu(),
+                     ops.dequantize(q, s, axis=0, out_dtype=dtype))
 
 
 @pytest.mark.cuda
@@ -413,9 +421,11 @@ def test_cuda_fake_quantize_matches_pytorch(dtype):
     xc = x.cuda()
     assert_same_bits(ops.fake_quantize_per_tensor(xc, 0.03, 3, -128, 127).cpu(),
                      torch.fake_quantize_per_tensor_affine(x, 0.03, 3, -128, 127))
-    scale, zp = torch.rand(4099) * 0.1 + 0.01, torch.randint(-4, 4, (4099,), dtype=torch.int32)
-    assert_same_bits(ops.fake_quantize_per_channel(xc, scale.cuda(), zp.cuda(), 1, -128, 127).cpu(),
-                     torch.fake_quantize_per_channel_affine(x, scale, zp, 1, -128, 127))
+    for axis in (1, 0):  # channels of one element (a cursor), of 4099 (a block per channel)
+        scale = torch.rand(x.shape[axis]) * 0.1 + 0.01
+        zp = torch.randint(-4, 4, (x.shape[axis],), dtype=torch.int32)
+        assert_same_bits(ops.fake_quantize_per_channel(xc, scale.cuda(), zp.cuda(), axis, -128, 127).cpu(),
+                         torch.fake_quantize_per_channel_affine(x, scale, zp, axis, -128, 127))
     non_contig = non_contiguous(x).cuda()
     assert_same_bits(ops.fake_quantize_per_tensor(non_contig, 0.03, 3, -128, 127).cpu(),
                      torch.fake_quantize_per_tensor_affine(non_contiguous(x).contiguous(), 0.03, 3, -128, 127))

@@ -1,6 +1,7 @@
 // Host-side check of the CUDA quant kernels' index math (csrc/kernels/cuda/quant.cu): the
 // ParamCursor against the closed-form scale index of quant.cuh's ParamIndex, from every
-// start, and the lane layout (lane_item_offset) against the pieces the vector loads move.
+// start, the lane layout (lane_piece_offset) and the runs (run_of) against the same
+// closed form.
 // It runs on the CPU (both are __host__ __device__), so CI checks it without a GPU; built
 // and run by tests/test_quant.py. Exits 1 with the first mismatch.
 #include <cstdio>
@@ -10,7 +11,10 @@
 using effgen::cuda::kItems;
 using effgen::cuda::kPieceItems;
 using effgen::cuda::kWarpItems;
-using effgen::cuda::lane_item_offset;
+using effgen::cuda::lane_piece_offset;
+using effgen::cuda::run_count;
+using effgen::cuda::run_of;
+using effgen::cuda::shortest_run;
 using effgen::cuda::ParamCursor;
 using effgen::cuda::ParamIndex;
 
@@ -38,25 +42,47 @@ bool walk(const ParamIndex& idx, int64_t n, const char* what) {
 
 }  // namespace
 
-// Every element of a warp's chunk belongs to one lane's item, and item j of a lane is where
-// load_lane's piece j / kPieceItems (number q * 32 + lane of the chunk's pieces) puts it.
+// The lanes' pieces tile a warp's chunk: every element in exactly one piece.
 bool lane_layout() {
   int owners[kWarpItems] = {};
   for (int lane = 0; lane < 32; ++lane) {
-    for (int j = 0; j < kItems; ++j) {
-      const int at = lane_item_offset(lane, j), piece = j / kPieceItems * 32 + lane;
-      if (at / kPieceItems != piece || at % kPieceItems != j % kPieceItems) {
-        std::printf("lane %d item %d at %d, not in piece %d position %d\n", lane, j, at, piece, j % kPieceItems);
-        return false;
+    for (int q = 0; q < kItems / kPieceItems; ++q) {
+      for (int t = 0; t < kPieceItems; ++t) {
+        const int at = lane_piece_offset(lane, q) + t;
+        if (at < 0 || at >= kWarpItems) {
+          std::printf("lane %d piece %d item %d at %d, outside the chunk\n", lane, q, t, at);
+          return false;
+        }
+        ++owners[at];
       }
-      ++owners[at];
     }
   }
   for (int i = 0; i < kWarpItems; ++i) {
     if (owners[i] != 1) {
-      std::printf("chunk element %d belongs to %d lane items\n", i, owners[i]);
+      std::printf("chunk element %d lies in %d lane pieces\n", i, owners[i]);
       return false;
     }
+  }
+  return true;
+}
+
+// The runs of idx over n elements cover [0, n) in order, each element once, with the closed
+// form's scale index, and none is shorter than shortest_run.
+bool runs(const ParamIndex& idx, int64_t n, const char* what) {
+  int64_t next = 0;
+  for (int64_t r = 0; r < run_count(idx, n); ++r) {
+    const auto run = run_of(idx, r);
+    for (int64_t i = run.start; i < run.start + run.length; ++i) {
+      if (i != next++ || run.index != closed_form(idx, i) || run.length < shortest_run(idx)) {
+        std::printf("%s: run %lld (start %lld, length %lld, index %lld) at element %lld\n", what, (long long)r,
+                    (long long)run.start, (long long)run.length, (long long)run.index, (long long)i);
+        return false;
+      }
+    }
+  }
+  if (next != n) {
+    std::printf("%s: runs end at %lld of %lld\n", what, (long long)next, (long long)n);
+    return false;
   }
   return true;
 }
@@ -68,6 +94,7 @@ int main() {
       ParamIndex idx;
       idx.inner = inner, idx.channels = channels;
       if (!walk(idx, inner * channels * 3 + 5, "per channel")) return 1;
+      if (!runs(idx, inner * channels * 3, "per-channel runs")) return 1;
     }
   }
   for (int64_t k : {1, 5, 16, 17, 100}) {
@@ -75,6 +102,7 @@ int main() {
       ParamIndex idx;
       idx.grouped = true, idx.k = k, idx.group = group, idx.groups = (k + group - 1) / group;
       if (!walk(idx, 4 * k, "per group")) return 1;
+      if (!runs(idx, 4 * k, "per-group runs")) return 1;
     }
   }
   std::printf("ok\n");

@@ -58,53 +58,56 @@ __host__ __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return
 // Elements of the chunk starting at `base` that exist (kItems except at the very end).
 __device__ __forceinline__ int chunk_count(int64_t n, int64_t base) { return static_cast<int>(min64(kItems, n - base)); }
 
-// Lane layout of the kernels without a per-element scale index: a warp takes kWarpItems
-// consecutive elements, lane L the kPieceItems-element pieces L, L + 32, ... of them, so
-// that every load and store instruction of a warp covers consecutive memory whatever the
-// element size. (16 consecutive elements a thread made each 16-byte access of fp32 touch 32
-// half-used sectors: on the H200, 28-32 sectors a request, L2 80% busy, DRAM at 40-57%.)
+// Lane layout of the kernels without a per-element scale index (one scale for the tensor,
+// or for each run, below): a warp takes kWarpItems consecutive elements, lane L the
+// kPieceItems-element pieces L, L + 32, ... of them, so that every load and store
+// instruction of a warp covers consecutive memory whatever the element size. (16
+// consecutive elements a thread made each 16-byte access of fp32 touch 32 half-used
+// sectors: on the H200, 28-32 sectors a request, L2 80% busy, DRAM at 40-57%.)
 constexpr int kPieceItems = 4, kWarpItems = 32 * kItems;
 
-// Where element j of a lane's kItems lies in its warp's chunk.
-__host__ __device__ __forceinline__ int lane_item_offset(int lane, int j) {
-  return (j / kPieceItems * 32 + lane) * kPieceItems + j % kPieceItems;
-}
+// Where piece q of a lane starts in its warp's chunk (its items q * kPieceItems ..).
+__host__ __device__ __forceinline__ int lane_piece_offset(int lane, int q) { return (q * 32 + lane) * kPieceItems; }
 
 // kPieceItems elements of T as one load / store.
 template <typename T>
 using Piece = std::conditional_t<sizeof(T) == 4, uint4, std::conditional_t<sizeof(T) == 2, uint2, uint32_t>>;
 
+// Whether p is aligned for piece loads / stores.
+template <typename T>
+__host__ __device__ __forceinline__ bool piece_aligned(const T* p) {
+  return aligned(p, sizeof(Piece<T>));
+}
+
 // The lane's kItems elements of the warp chunk at p, of which `available` exist (zeros past
-// them). `vec_ok`: p aligned for whole pieces.
+// them). `vec_ok`: piece_aligned(p); whole pieces then move as one access each.
 template <typename T>
 __device__ __forceinline__ void load_lane(const T* p, int64_t available, int lane, bool vec_ok, T (&out)[kItems]) {
-  if (vec_ok && available >= kWarpItems) {
 #pragma unroll
-    for (int q = 0; q < kItems / kPieceItems; ++q) {
-      reinterpret_cast<Piece<T>*>(out)[q] = reinterpret_cast<const Piece<T>*>(p)[q * 32 + lane];
+  for (int q = 0; q < kItems / kPieceItems; ++q) {
+    const int at = lane_piece_offset(lane, q);
+    if (vec_ok && at + kPieceItems <= available) {
+      reinterpret_cast<Piece<T>*>(out)[q] = reinterpret_cast<const Piece<T>*>(p + at)[0];
+    } else {
+#pragma unroll
+      for (int t = 0; t < kPieceItems; ++t) out[q * kPieceItems + t] = at + t < available ? p[at + t] : T{};
     }
-    return;
-  }
-#pragma unroll
-  for (int j = 0; j < kItems; ++j) {
-    const int at = lane_item_offset(lane, j);
-    out[j] = at < available ? p[at] : T{};
   }
 }
 
 template <typename T>
 __device__ __forceinline__ void store_lane(T* p, int64_t available, int lane, bool vec_ok, const T (&in)[kItems]) {
-  if (vec_ok && available >= kWarpItems) {
 #pragma unroll
-    for (int q = 0; q < kItems / kPieceItems; ++q) {
-      reinterpret_cast<Piece<T>*>(p)[q * 32 + lane] = reinterpret_cast<const Piece<T>*>(in)[q];
+  for (int q = 0; q < kItems / kPieceItems; ++q) {
+    const int at = lane_piece_offset(lane, q);
+    if (vec_ok && at + kPieceItems <= available) {
+      reinterpret_cast<Piece<T>*>(p + at)[0] = reinterpret_cast<const Piece<T>*>(in)[q];
+    } else {
+#pragma unroll
+      for (int t = 0; t < kPieceItems; ++t) {
+        if (at + t < available) p[at + t] = in[q * kPieceItems + t];
+      }
     }
-    return;
-  }
-#pragma unroll
-  for (int j = 0; j < kItems; ++j) {
-    const int at = lane_item_offset(lane, j);
-    if (at < available) p[at] = in[j];
   }
 }
 
@@ -115,6 +118,52 @@ __device__ __forceinline__ void for_warp_chunks(int64_t n, Chunk&& chunk) {
   for (int64_t start = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32 * kWarpItems; start < n;
        start += warps * kWarpItems) {
     chunk(start);
+  }
+}
+
+// A run: consecutive elements that share a scale index, (row, group) of a grouped index
+// (a row's last group may be shorter) or a channel's `inner` elements. A block per run in
+// the lane layout needs neither a cursor nor a division per element; the kernels take that
+// path when every run has at least kMinRunItems elements (else 16 consecutive elements a
+// thread with a cursor, which short runs, e.g. channels on the last dimension, need).
+struct Run {
+  int64_t start, length, index;
+};
+constexpr int64_t kMinRunItems = 128;
+
+__host__ __device__ __forceinline__ Run run_of(const ParamIndex& idx, int64_t r) {
+  if (idx.grouped) {
+    const int64_t row = r / idx.groups, col = r % idx.groups * idx.group;
+    return {row * idx.k + col, min64(idx.group, idx.k - col), r};
+  }
+  return {r * idx.inner, idx.inner, r % idx.channels};
+}
+
+__host__ __device__ __forceinline__ int64_t run_count(const ParamIndex& idx, int64_t n) {
+  return idx.grouped ? n / idx.k * idx.groups : n / idx.inner;
+}
+
+__host__ __device__ __forceinline__ int64_t shortest_run(const ParamIndex& idx) {
+  return idx.grouped ? min64(idx.group, idx.k - (idx.groups - 1) * idx.group) : idx.inner;
+}
+
+// Threads of a run's block: enough warps to cover the longest run once, at most kThreads.
+int run_threads(const ParamIndex& idx) {
+  const int64_t longest = idx.grouped ? min64(idx.group, idx.k) : idx.inner;
+  return static_cast<int>(min64(kThreads, (longest + kWarpItems - 1) / kWarpItems * 32));
+}
+
+// Whether the kernels take a block per run of idx over n elements (see Run).
+bool use_runs(const ParamIndex& idx, int64_t n) {
+  return n > 0 && shortest_run(idx) >= kMinRunItems && run_count(idx, n) < (int64_t{1} << 31);
+}
+
+// Calls chunk(start, available) for each kWarpItems chunk of the block's run this warp takes.
+template <typename Chunk>
+__device__ __forceinline__ void for_run_chunks(const Run& run, Chunk&& chunk) {
+  const int64_t warps = blockDim.x / 32;
+  for (int64_t offset = threadIdx.x / 32 * int64_t{kWarpItems}; offset < run.length; offset += warps * kWarpItems) {
+    chunk(run.start + offset, run.length - offset);
   }
 }
 
@@ -186,34 +235,76 @@ int grid_for(int64_t n) {
 }
 
 
-// ---- per (row, group) quantization: one block per group, two passes over it -----------
+// ---- run kernels: one block per run (see Run), in the lane layout ------------------------
 
+// The absmax bits of the block's run (every thread returns it).
 template <typename T>
-__global__ void quantize_rows_kernel(const T* x, int64_t k, int64_t group, int64_t groups, int8_t* q, float* scale) {
-  const int64_t row = blockIdx.x / groups, g = blockIdx.x % groups;
-  const int64_t start = row * k + g * group, n = min64(group, k - g * group);
-  const T* xs = x + start;
-  int8_t* qs = q + start;
-  const bool vec_ok = aligned(xs, 16) && aligned(qs, 16);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+__device__ __forceinline__ uint32_t run_absmax_bits(const T* x, const Run& run) {
+  const bool vec_ok = piece_aligned(x + run.start);
+  const int lane = threadIdx.x % 32;
   uint32_t bits = 0;
-  for (int64_t chunk = warp * int64_t{kWarpItems}; chunk < n; chunk += warps * int64_t{kWarpItems}) {
+  for_run_chunks(run, [&](int64_t start, int64_t available) {
     T v[kItems];
-    load_lane(xs + chunk, n - chunk, lane, vec_ok, v);  // zeros past n leave the absmax alone
+    load_lane(x + start, available, lane, vec_ok, v);  // zeros past the run leave the absmax alone
 #pragma unroll
     for (int j = 0; j < kItems; ++j) bits = max(bits, abs_bits(to_f32(v[j])));
-  }
-  bits = block_max(bits);
-  const float s = scale_from_bits(bits), inv = inverse_scale(s);
-  if (threadIdx.x == 0) scale[blockIdx.x] = s;
-  for (int64_t chunk = warp * int64_t{kWarpItems}; chunk < n; chunk += warps * int64_t{kWarpItems}) {
+  });
+  return block_max(bits);
+}
+
+// q = quantize_value(x, inv) over the block's run.
+template <typename T>
+__device__ __forceinline__ void quantize_run(const T* x, const Run& run, float inv, int8_t* q) {
+  const bool vec_ok = piece_aligned(x + run.start) && piece_aligned(q + run.start);
+  const int lane = threadIdx.x % 32;
+  for_run_chunks(run, [&](int64_t start, int64_t available) {
     T v[kItems];
     alignas(16) int8_t out[kItems];
-    load_lane(xs + chunk, n - chunk, lane, vec_ok, v);
+    load_lane(x + start, available, lane, vec_ok, v);
 #pragma unroll
     for (int j = 0; j < kItems; ++j) out[j] = quantize_value(to_f32(v[j]), inv);
-    store_lane(qs + chunk, n - chunk, lane, vec_ok, out);
-  }
+    store_lane(q + start, available, lane, vec_ok, out);
+  });
+}
+
+// Per (row, group) quantization: the run's absmax gives its scale, then a second pass
+// (from L2) quantizes.
+template <typename T>
+__global__ void quantize_rows_kernel(const T* x, ParamIndex idx, int8_t* q, float* scale) {
+  const Run run = run_of(idx, blockIdx.x);
+  const float s = scale_from_bits(run_absmax_bits(x, run));
+  if (threadIdx.x == 0) scale[run.index] = s;
+  quantize_run(x, run, inverse_scale(s), q);
+}
+
+// Per-channel absmax, one atomic per run (a channel has outer runs).
+template <typename T>
+__global__ void channel_absmax_run_kernel(const T* x, ParamIndex idx, uint32_t* absmax_bits) {
+  const Run run = run_of(idx, blockIdx.x);
+  const uint32_t bits = run_absmax_bits(x, run);
+  if (threadIdx.x == 0) atomicMax(absmax_bits + run.index, bits);
+}
+
+template <typename T>
+__global__ void quantize_with_scales_run_kernel(const T* x, ParamIndex idx, const float* scale, int8_t* q) {
+  const Run run = run_of(idx, blockIdx.x);
+  quantize_run(x, run, inverse_scale(scale[run.index]), q);
+}
+
+template <typename Out>
+__global__ void dequantize_run_kernel(const int8_t* q, ParamIndex idx, const float* scale, Out* y) {
+  const Run run = run_of(idx, blockIdx.x);
+  const float s = scale[run.index];
+  const bool vec_ok = piece_aligned(q + run.start) && piece_aligned(y + run.start);
+  const int lane = threadIdx.x % 32;
+  for_run_chunks(run, [&](int64_t start, int64_t available) {
+    alignas(16) int8_t v[kItems];
+    alignas(16) Out out[kItems];
+    load_lane(q + start, available, lane, vec_ok, v);
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) out[j] = from_f32<Out>(__fmul_rn(to_f32(v[j]), s));
+    store_lane(y + start, available, lane, vec_ok, out);
+  });
 }
 
 // ---- per-channel scales ----------------------------------------------------------------
@@ -313,31 +404,52 @@ __device__ __forceinline__ float fake_quantize_value(float xv, const ElementPara
   return isnan(xv) ? xv : __fmul_rn(__fsub_rn(clamped, p.zero_point), p.scale);
 }
 
-// One scale and zero point (a.scale == nullptr), its reciprocal taken once per thread, in
-// the lane layout: no scale index to walk per element (the per-element cursor and channel
-// checks cost more than the arithmetic at the HBM rate).
+// Fake quantization of one lane's share of the warp chunk at x + start with one scale and
+// zero point (p, inv_scale its reciprocal): y and the gradient mask.
+template <typename T>
+__device__ __forceinline__ void fake_quantize_lane(const T* x, int64_t start, int64_t available, bool vec_ok,
+                                                   const ElementParams& p, float inv_scale, const FakeQuantArgs& a,
+                                                   T* y, bool* mask) {
+  const int lane = threadIdx.x % 32;
+  T v[kItems];
+  alignas(16) T out[kItems];
+  alignas(16) bool in_range[kItems];
+  load_lane(x + start, available, lane, vec_ok, v);
+#pragma unroll
+  for (int j = 0; j < kItems; ++j) {
+    out[j] = from_f32<T>(fake_quantize_value(to_f32(v[j]), p, inv_scale, a, in_range[j]));
+  }
+  store_lane(y + start, available, lane, vec_ok, out);
+  store_lane(mask + start, available, lane, vec_ok, in_range);
+}
+
+// One scale and zero point (a.scale == nullptr), its reciprocal taken once per thread: no
+// scale index to walk per element (the per-element cursor and channel checks cost more than
+// the arithmetic at the HBM rate).
 template <typename T>
 __global__ void fake_quantize_tensor_kernel(const T* x, int64_t n, FakeQuantArgs a, T* y, bool* mask) {
-  const bool vec_ok = aligned(x, 16) && aligned(y, 16) && aligned(mask, 16);
+  const bool vec_ok = piece_aligned(x) && piece_aligned(y) && piece_aligned(mask);
   const ElementParams tensor{a.scale_value, a.zero_point_value};
   const float inv_scale = __fdiv_rn(1.0f, tensor.scale);
-  const int lane = threadIdx.x % 32;
   for_warp_chunks(n, [&](int64_t chunk) {
-    T v[kItems];
-    alignas(16) T out[kItems];
-    alignas(16) bool in_range[kItems];
-    load_lane(x + chunk, n - chunk, lane, vec_ok, v);
-#pragma unroll
-    for (int j = 0; j < kItems; ++j) {
-      out[j] = from_f32<T>(fake_quantize_value(to_f32(v[j]), tensor, inv_scale, a, in_range[j]));
-    }
-    store_lane(y + chunk, n - chunk, lane, vec_ok, out);
-    store_lane(mask + chunk, n - chunk, lane, vec_ok, in_range);
+    fake_quantize_lane(x, chunk, n - chunk, vec_ok, tensor, inv_scale, a, y, mask);
   });
 }
 
-// A scale and zero point per channel: 16 consecutive elements a thread, which mostly share
-// a channel, so a division per channel change.
+// A scale and zero point per channel, a block per run.
+template <typename T>
+__global__ void fake_quantize_run_kernel(const T* x, ParamIndex idx, FakeQuantArgs a, T* y, bool* mask) {
+  const Run run = run_of(idx, blockIdx.x);
+  const bool vec_ok = piece_aligned(x + run.start) && piece_aligned(y + run.start) && piece_aligned(mask + run.start);
+  const ElementParams p{a.scale[run.index], a.zero_point[run.index]};
+  const float inv_scale = __fdiv_rn(1.0f, p.scale);
+  for_run_chunks(run, [&](int64_t start, int64_t available) {
+    fake_quantize_lane(x, start, available, vec_ok, p, inv_scale, a, y, mask);
+  });
+}
+
+// A scale and zero point per channel, runs too short for blocks: 16 consecutive elements a
+// thread, which mostly share a channel, so a division per channel change.
 template <typename T>
 __global__ void fake_quantize_channel_kernel(const T* x, int64_t n, FakeQuantArgs a, ParamIndex idx, T* y,
                                              bool* mask) {
@@ -370,7 +482,7 @@ __global__ void fake_quantize_channel_kernel(const T* x, int64_t n, FakeQuantArg
 
 template <typename T>
 __global__ void mask_grad_kernel(const T* grad, const bool* mask, int64_t n, T* dx) {
-  const bool vec_ok = aligned(grad, 16) && aligned(mask, 16) && aligned(dx, 16);
+  const bool vec_ok = piece_aligned(grad) && piece_aligned(mask) && piece_aligned(dx);
   const int lane = threadIdx.x % 32;
   for_warp_chunks(n, [&](int64_t chunk) {
     T g[kItems];
@@ -409,15 +521,13 @@ __global__ void learnable_grad_kernel(const T* dy, const T* x, int64_t n, FakeQu
 
 cudaError_t quantize_rows(DType dtype, const void* x, int64_t rows, int64_t k, int64_t group, int8_t* q,
                           float* scale, cudaStream_t stream) {
-  const int64_t groups = (k + group - 1) / group;
-  if (rows == 0 || groups == 0) return cudaSuccess;
-  // Enough warps to cover a group once at kWarpItems each.
-  const int64_t warps = (group + kWarpItems - 1) / kWarpItems;
-  const int threads = static_cast<int>(min64(kThreads, warps * 32));
+  ParamIndex idx;
+  idx.grouped = true, idx.k = k, idx.group = group, idx.groups = (k + group - 1) / group;
+  if (rows == 0 || idx.groups == 0) return cudaSuccess;
   return with_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    quantize_rows_kernel<T><<<rows * groups, threads, 0, stream>>>(static_cast<const T*>(x), k, group, groups, q,
-                                                                  scale);
+    const T* xs = static_cast<const T*>(x);
+    quantize_rows_kernel<T><<<rows * idx.groups, run_threads(idx), 0, stream>>>(xs, idx, q, scale);
   });
 }
 
@@ -430,7 +540,12 @@ cudaError_t channel_scales(DType dtype, const void* x, int64_t outer, int64_t ch
   if (channels == 0) return cudaSuccess;
   const cudaError_t err = with_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    if (n > 0) channel_absmax_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(static_cast<const T*>(x), n, idx, absmax_bits);
+    const T* xs = static_cast<const T*>(x);
+    if (use_runs(idx, n)) {
+      channel_absmax_run_kernel<T><<<run_count(idx, n), run_threads(idx), 0, stream>>>(xs, idx, absmax_bits);
+    } else if (n > 0) {
+      channel_absmax_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(xs, n, idx, absmax_bits);
+    }
   });
   if (err != cudaSuccess) return err;
   scales_from_bits_kernel<<<(channels + kThreads - 1) / kThreads, kThreads, 0, stream>>>(absmax_bits, channels, scale);
@@ -442,7 +557,12 @@ cudaError_t quantize_with_scales(DType dtype, const void* x, int64_t n, const fl
   if (n == 0) return cudaSuccess;
   return with_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    quantize_with_scales_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(static_cast<const T*>(x), n, scale, idx, q);
+    const T* xs = static_cast<const T*>(x);
+    if (use_runs(idx, n)) {
+      quantize_with_scales_run_kernel<T><<<run_count(idx, n), run_threads(idx), 0, stream>>>(xs, idx, scale, q);
+    } else {
+      quantize_with_scales_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(xs, n, scale, idx, q);
+    }
   });
 }
 
@@ -451,7 +571,11 @@ cudaError_t dequantize(DType out_dtype, const int8_t* q, int64_t n, const float*
   if (n == 0) return cudaSuccess;
   return with_dtype(out_dtype, [&](auto tag) {
     using T = decltype(tag);
-    dequantize_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(q, n, scale, idx, static_cast<T*>(y));
+    if (use_runs(idx, n)) {
+      dequantize_run_kernel<T><<<run_count(idx, n), run_threads(idx), 0, stream>>>(q, idx, scale, static_cast<T*>(y));
+    } else {
+      dequantize_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(q, n, scale, idx, static_cast<T*>(y));
+    }
   });
 }
 
@@ -460,12 +584,14 @@ cudaError_t fake_quantize(DType dtype, const void* x, int64_t n, FakeQuantArgs a
   if (n == 0) return cudaSuccess;
   return with_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
+    const T* xs = static_cast<const T*>(x);
+    T* ys = static_cast<T*>(y);
     if (args.scale == nullptr) {
-      fake_quantize_tensor_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(static_cast<const T*>(x), n, args,
-                                                                           static_cast<T*>(y), mask);
+      fake_quantize_tensor_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(xs, n, args, ys, mask);
+    } else if (use_runs(idx, n)) {
+      fake_quantize_run_kernel<T><<<run_count(idx, n), run_threads(idx), 0, stream>>>(xs, idx, args, ys, mask);
     } else {
-      fake_quantize_channel_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(static_cast<const T*>(x), n, args, idx,
-                                                                            static_cast<T*>(y), mask);
+      fake_quantize_channel_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(xs, n, args, idx, ys, mask);
     }
   });
 }
