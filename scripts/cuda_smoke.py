@@ -77,6 +77,21 @@ def binary_kernels() -> None:
         ops.ternary_linear(x.cuda(), ops.pack_ternary(q), alpha)
 
 
+def staged_x_kernels() -> None:
+    # EFFGEN_CUDA_SKINNY_X=shared: the few-row 16-bit kernels with x staged in shared memory
+    # (one and two channel tiles, per channel and per group of 128)
+    os.environ["EFFGEN_CUDA_SKINNY_X"] = "shared"
+    for m, k in ((1, 4096), (3, 1024), (16, 512)):
+        x, w = torch.randn(m, k, dtype=torch.bfloat16).cuda(), torch.randn(45, k)
+        packed, alpha = ops.pack_binary(w.cuda()), w.abs().mean(1).cuda()
+        ops.binary_linear(x, packed, alpha)
+        ops.ternary_linear(x, ops.pack_ternary(torch.randint(-1, 2, (45, k), dtype=torch.int8).cuda()), alpha)
+        for group_size in (None, 128):
+            wq, w_scale = ops.quantize_per_channel(w, 0) if group_size is None else ops.quantize_per_group(w, 128)
+            ops.int8_weight_only_linear(x, wq.cuda(), w_scale.cuda(), None, group_size)
+    os.environ.pop("EFFGEN_CUDA_SKINNY_X")
+
+
 def compress_kernels() -> None:
     # block 256: the fused encoders and 16-byte pieces; block 12: the sign codec's other path
     for n, block in ((4099, 256), (1000, 12)):
@@ -97,7 +112,7 @@ def compress_kernels() -> None:
 
 def main() -> int:
     torch.manual_seed(0)
-    for family in (quant_kernels, int8_kernels, binary_kernels, compress_kernels):
+    for family in (quant_kernels, int8_kernels, binary_kernels, staged_x_kernels, compress_kernels):
         family()
     torch.cuda.synchronize()
     if mismatches:

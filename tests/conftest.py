@@ -20,6 +20,14 @@ def isa(request):
         yield request.param
 
 
+@pytest.fixture(params=["global", "shared"])
+def skinny_x(request, monkeypatch):
+    """Runs the test once per place the few-row 16-bit CUDA kernels read x from
+    (EFFGEN_CUDA_SKINNY_X): global memory, the default, and the shared-memory experiment."""
+    monkeypatch.setenv("EFFGEN_CUDA_SKINNY_X", request.param)
+    return request.param
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

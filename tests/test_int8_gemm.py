@@ -568,11 +568,19 @@ def test_cuda_int8_gemm_choice_is_checked(monkeypatch):
 
 
 @pytest.mark.cuda
+def test_cuda_skinny_x_choice_is_checked(monkeypatch):
+    x, wq, w_scale = random_input((1, 64), torch.bfloat16).cuda(), random_int8((8, 64)).cuda(), torch.rand(8).cuda()
+    monkeypatch.setenv("EFFGEN_CUDA_SKINNY_X", "registers")
+    with pytest.raises(ValueError, match="EFFGEN_CUDA_SKINNY_X must be global or shared, got 'registers'"):
+        ops.int8_weight_only_linear(x, wq, w_scale, None, None)
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("m", [1, 2, 3, 5, 9, 16, 17, 200])  # each register-row count of the GEMVs, then cuBLAS
 @pytest.mark.parametrize("group_size", [None, 128, 100])
 @pytest.mark.parametrize("k", [1000, 1024])  # 16-byte pieces when k and the group are multiples of 16
-def test_cuda_int8_weight_only_linear(dtype, m, group_size, k):
+def test_cuda_int8_weight_only_linear(skinny_x, dtype, m, group_size, k):
     n = 523  # a partial 16-channel block for the tensor-core GEMV
     x = random_input((m, k), dtype, scale=1.0)
     w = random_input((n, k), scale=0.05)

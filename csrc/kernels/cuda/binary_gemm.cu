@@ -238,7 +238,7 @@ struct BitsDecoder {
 // aligned, one scale per channel (binary) or per channel / tensor (ternary). Three blocks
 // per SM for one channel tile: left alone, the compiler keeps x for all steps in flight (110
 // registers, 2 blocks); two for two tiles, which spill at three (and number half the blocks).
-template <typename T, int PLANES, int TILES>
+template <typename T, int PLANES, int TILES, bool STAGED>
 __global__ void __launch_bounds__(kSkinnyWarps * 32, TILES == 1 ? 3 : 2) bits_gemv_mma_kernel(BitsGemvArgs p) {
   const int64_t col0 = int64_t(blockIdx.x) * 16 * TILES, plane_bytes = p.k / 8;
   BitsDecoder<T, PLANES> decoders[2 * TILES];
@@ -248,7 +248,8 @@ __global__ void __launch_bounds__(kSkinnyWarps * 32, TILES == 1 ? 3 : 2) bits_ge
     decoders[d] = {channel < p.n ? p.packed + channel * PLANES * plane_bytes : nullptr, plane_bytes, p.k};
   }
   const int64_t scale_stride = PLANES == 2 ? p.scale_stride : 1;
-  skinny_mma(static_cast<const T*>(p.x), p.m, p.n, p.k, col0, decoders, [&](int64_t row, int64_t col, float sum) {
+  const T* x = skinny_x_source<STAGED>(static_cast<const T*>(p.x), p.m, p.k);
+  skinny_mma(x, p.m, p.n, p.k, col0, decoders, [&](int64_t row, int64_t col, float sum) {
     const float v = sum * p.scale[col * scale_stride] + (p.bias == nullptr ? 0.0f : p.bias[col]);
     store_value(static_cast<T*>(p.out) + row * p.n + col, v);
   });
@@ -311,12 +312,14 @@ cudaError_t bits_gemv(const BitsGemvArgs& args, cudaStream_t stream) {
       with_16bit_dtype(args.dtype, [&](auto tag) {
         using T = decltype(tag);
         with_skinny_tiles(args.m, [&](auto tiles) {
-          const unsigned blocks = skinny_blocks<tiles()>(args.n);
-          if (args.planes == 2) {
-            bits_gemv_mma_kernel<T, 2, tiles()><<<blocks, kSkinnyWarps * 32, 0, stream>>>(args);
-          } else {
-            bits_gemv_mma_kernel<T, 1, tiles()><<<blocks, kSkinnyWarps * 32, 0, stream>>>(args);
-          }
+          with_staged_x<T>(args.stage_x, args.m, args.k, [&](auto staged, size_t shared_bytes) {
+            const unsigned blocks = skinny_blocks<tiles()>(args.n);
+            if (args.planes == 2) {
+              bits_gemv_mma_kernel<T, 2, tiles(), staged()><<<blocks, kSkinnyWarps * 32, shared_bytes, stream>>>(args);
+            } else {
+              bits_gemv_mma_kernel<T, 1, tiles(), staged()><<<blocks, kSkinnyWarps * 32, shared_bytes, stream>>>(args);
+            }
+          });
         });
       })) {
     return cudaGetLastError();

@@ -281,7 +281,7 @@ struct Int8Decoder {
 
 // W8A16 with few rows of bf16/fp16 x on the tensor cores (skinny_mma.cuh): k % 16 == 0,
 // k < 2^31, x and w 16-byte aligned; per channel, or per group of a multiple of 64.
-template <typename T, bool GROUPED, int TILES>
+template <typename T, bool GROUPED, int TILES, bool STAGED>
 __global__ void __launch_bounds__(kSkinnyWarps * 32) w8a16_gemv_mma_kernel(W8A16Args p) {
   const int64_t col0 = int64_t(blockIdx.x) * 16 * TILES;
   Int8Decoder<T, GROUPED> decoders[2 * TILES];
@@ -292,7 +292,8 @@ __global__ void __launch_bounds__(kSkinnyWarps * 32) w8a16_gemv_mma_kernel(W8A16
     decoders[d] = {inside ? p.w + channel * p.k : nullptr, p.scale + (inside ? channel : p.n - 1) * p.groups, p.k,
                    p.group};
   }
-  skinny_mma(static_cast<const T*>(p.x), p.m, p.n, p.k, col0, decoders, [&](int64_t row, int64_t col, float sum) {
+  const T* x = skinny_x_source<STAGED>(static_cast<const T*>(p.x), p.m, p.k);
+  skinny_mma(x, p.m, p.n, p.k, col0, decoders, [&](int64_t row, int64_t col, float sum) {
     const float v = GROUPED ? sum : sum * p.scale[col];
     store_value(static_cast<T*>(p.out) + row * p.n + col, p.bias == nullptr ? v : v + p.bias[col]);
   });
@@ -357,13 +358,16 @@ cudaError_t w8a16_gemv(const W8A16Args& args, cudaStream_t stream) {
   const bool grouped = args.groups > 1;
   if (pieces && (!grouped || args.group % 64 == 0) && with_16bit_dtype(args.dtype, [&](auto tag) {
         using T = decltype(tag);
-        if (grouped) {  // one tile: two need 136 registers, one block per SM (0.79x bf16 at 16 rows, was 0.88x)
-          w8a16_gemv_mma_kernel<T, true, 1><<<skinny_blocks<1>(args.n), kSkinnyWarps * 32, 0, stream>>>(args);
-          return;
-        }
-        with_skinny_tiles(args.m, [&](auto tiles) {
-          w8a16_gemv_mma_kernel<T, false, tiles()><<<skinny_blocks<tiles()>(args.n), kSkinnyWarps * 32, 0, stream>>>(
-              args);
+        with_staged_x<T>(args.stage_x, args.m, args.k, [&](auto staged, size_t shared_bytes) {
+          if (grouped) {  // one tile: two need 136 registers, one block per SM (0.79x bf16 at 16 rows, was 0.88x)
+            w8a16_gemv_mma_kernel<T, true, 1, staged()>
+                <<<skinny_blocks<1>(args.n), kSkinnyWarps * 32, shared_bytes, stream>>>(args);
+            return;
+          }
+          with_skinny_tiles(args.m, [&](auto tiles) {
+            w8a16_gemv_mma_kernel<T, false, tiles(), staged()>
+                <<<skinny_blocks<tiles()>(args.n), kSkinnyWarps * 32, shared_bytes, stream>>>(args);
+          });
         });
       })) {
     return cudaGetLastError();

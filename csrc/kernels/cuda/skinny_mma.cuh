@@ -170,6 +170,37 @@ __device__ __forceinline__ void skinny_mma(const T* x, int64_t m, int64_t n, int
   });
 }
 
+// x staged in shared memory (EFFGEN_CUDA_SKINNY_X=shared, an experiment the benchmarks time
+// against the default): the block copies x [m, k] once, then every step reads it there
+// instead of from L2. Session 10's counters had the binary and W8A16 decode kernels stalled
+// mostly on global loads, x being loaded per step while the weights are loaded ahead.
+// Unmeasured; taken only where x fits: kMaxStagedXBytes, so that with the block reduction's
+// 16 KB at most a block stays inside the 48 KB it may use without an opt-in.
+constexpr int64_t kMaxStagedXBytes = 32 << 10;
+
+template <typename T>
+__host__ __device__ __forceinline__ int64_t staged_x_bytes(int64_t m, int64_t k) {
+  return m * k * static_cast<int64_t>(sizeof(T));
+}
+
+// x [m, k] (16-byte aligned, k a multiple of 8) copied into the block's dynamic shared
+// memory by all its threads; returns the copy.
+template <typename T>
+__device__ __forceinline__ const T* stage_x(const T* x, int64_t m, int64_t k) {
+  extern __shared__ int4 staged[];
+  const int64_t pieces = staged_x_bytes<T>(m, k) / 16;
+  for (int64_t i = threadIdx.x; i < pieces; i += blockDim.x) staged[i] = reinterpret_cast<const int4*>(x)[i];
+  __syncthreads();
+  return reinterpret_cast<const T*>(staged);
+}
+
+// x as the kernel reads it: staged (STAGED) or in global memory.
+template <bool STAGED, typename T>
+__device__ __forceinline__ const T* skinny_x_source(const T* x, int64_t m, int64_t k) {
+  if constexpr (STAGED) return stage_x(x, m, k);
+  return x;
+}
+
 // Channel tiles per block for m rows of x (see above), to fn as a compile-time constant.
 template <typename Fn>
 void with_skinny_tiles(int64_t m, Fn&& fn) {
@@ -177,6 +208,17 @@ void with_skinny_tiles(int64_t m, Fn&& fn) {
     fn(std::integral_constant<int, 2>{});
   } else {
     fn(std::integral_constant<int, 1>{});
+  }
+}
+
+// Whether x is staged (asked for and fits), to fn as a compile-time constant with the
+// dynamic shared memory it needs.
+template <typename T, typename Fn>
+void with_staged_x(bool asked, int64_t m, int64_t k, Fn&& fn) {
+  if (asked && staged_x_bytes<T>(m, k) <= kMaxStagedXBytes) {
+    fn(std::true_type{}, static_cast<size_t>(staged_x_bytes<T>(m, k)));
+  } else {
+    fn(std::false_type{}, size_t{0});
   }
 }
 
