@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import effgen_kernels as ek
 from effgen_kernels.bench import BenchContext, BenchResult, Rotation
-from effgen_kernels.bench.peers import fbgemm_dynamic_linear
+from effgen_kernels.bench.peers import fbgemm_dynamic_linear, staged_x_peer
 
 FAMILY = "binary"
 DECODE_M = 16
@@ -63,11 +63,19 @@ def run_shape(ctx: BenchContext, m: int, k: int, n: int) -> list[BenchResult]:
     copies = max(len(binary), len(bf16), len(fp32) if ctx.device.type == "cpu" else 0)
     warmup, graph_calls = (copies + 1, copies) if rotate else (2, 1)
     timing = {"reps": reps, "warmup": warmup, "graph_calls": graph_calls}
-    results = ctx.measure_peers(FAMILY, "BinaryLinear (1-bit weights)", shape, dtype,
-                                lambda: binary.next()(x_ours), peers,
+    def binary_call():
+        return binary.next()(x_ours)
+
+    def ternary_call():
+        return ternary.next()(x_ours)
+
+    staged = rotate and ctx.device.type == "cuda"  # the few-row kernels' shared-memory experiment
+    results = ctx.measure_peers(FAMILY, "BinaryLinear (1-bit weights)", shape, dtype, binary_call,
+                                {**peers, **(staged_x_peer(ctx.device, "BinaryLinear", binary_call) if staged else {})},
                                 bytes_moved=n * k // 8 + m * k * x_bytes + m * n * x_bytes, **timing)
-    results += ctx.measure_peers(FAMILY, "TernaryLinear (2-bit weights)", shape, dtype,
-                                 lambda: ternary.next()(x_ours), {float_peer: peers[float_peer]},
+    results += ctx.measure_peers(FAMILY, "TernaryLinear (2-bit weights)", shape, dtype, ternary_call,
+                                 {float_peer: peers[float_peer],
+                                  **(staged_x_peer(ctx.device, "TernaryLinear", ternary_call) if staged else {})},
                                  bytes_moved=n * k // 4 + m * k * x_bytes + m * n * x_bytes, **timing)
     if m <= DECODE_M:
         results += ctx.measure_peers(FAMILY, "BinaryLinear XNOR (1-bit x and w)", shape, dtype,

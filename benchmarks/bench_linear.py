@@ -9,14 +9,12 @@ the start of the run with torch._int_mm on a large square product.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
 import effgen_kernels as ek
-from effgen_kernels.bench import BenchContext, BenchResult, Rotation, time_interleaved
-from effgen_kernels.bench.peers import fbgemm_dynamic_linear
+from effgen_kernels.bench import BenchContext, BenchResult, Rotation, time_interleaved, with_env
+from effgen_kernels.bench.peers import fbgemm_dynamic_linear, staged_x_peer
 from effgen_kernels.cli import build_info, cuda_int8_kernels
 
 FAMILY = "linear"
@@ -39,21 +37,6 @@ def int8_peak_gops(device: torch.device) -> float:
     b = torch.randint(-127, 128, (size, size), dtype=torch.int8, device=device).t()
     seconds = time_interleaved({"int_mm": lambda: torch._int_mm(a, b)}, reps=5, warmup=1, device=device)["int_mm"]
     return 2 * size**3 / seconds / 1e9
-
-
-def with_cuda_gemm(kernel: str, fn):
-    """fn, run with EFFGEN_CUDA_INT8_GEMM=kernel (the op reads it at each call)."""
-    def call():
-        previous = os.environ.get("EFFGEN_CUDA_INT8_GEMM")
-        os.environ["EFFGEN_CUDA_INT8_GEMM"] = kernel
-        try:
-            return fn()
-        finally:
-            if previous is None:
-                del os.environ["EFFGEN_CUDA_INT8_GEMM"]
-            else:
-                os.environ["EFFGEN_CUDA_INT8_GEMM"] = previous
-    return call
 
 
 def make_peers(linear: torch.nn.Linear, rotate: bool) -> dict[str, Rotation]:
@@ -114,7 +97,7 @@ def run_shape(ctx: BenchContext, m: int, k: int, n: int, peak: float) -> list[Be
         # Int8Linear on each of our own tensor-core GEMMs (the default runs cuBLAS's int32 sums
         # through our epilogue), for the A/B against cuBLAS and between ours
         for kernel in cuda_int8_kernels(build_info()):
-            peers[f"Int8Linear, our {KERNEL_NAMES[kernel]}"] = with_cuda_gemm(kernel, int8_linear)
+            peers[f"Int8Linear, our {KERNEL_NAMES[kernel]}"] = with_env("EFFGEN_CUDA_INT8_GEMM", kernel, int8_linear)
     weight_bytes = n * k
     # Every rotated copy is used once before timing (first use costs extra for every format).
     copies = max(len(r) for r in rot.values())
@@ -127,9 +110,11 @@ def run_shape(ctx: BenchContext, m: int, k: int, n: int, peak: float) -> list[Be
     if m <= DECODE_M:
         for name, layers in [("Int8WeightOnlyLinear (W8A16)", "w8a16"),
                              (f"Int8WeightOnlyLinear (W8A16, group {W8A16_GROUP})", "w8a16 g128")]:
-            results += ctx.measure_peers(FAMILY, name, shape, torch.bfloat16,
-                                         lambda layers=layers: rot[layers].next()(x_bf16),
-                                         {"bf16 F.linear": peers["bf16 F.linear"]},
+            def w8a16(layers=layers):
+                return rot[layers].next()(x_bf16)
+
+            w8a16_peers = {"bf16 F.linear": peers["bf16 F.linear"], **staged_x_peer(ctx.device, "W8A16", w8a16)}
+            results += ctx.measure_peers(FAMILY, name, shape, torch.bfloat16, w8a16, w8a16_peers,
                                          bytes_moved=weight_bytes + m * k * 2 + m * n * 2, reps=reps, warmup=warmup,
                                          graph_calls=graph_calls)
     return results

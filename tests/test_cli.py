@@ -10,7 +10,7 @@ import torch
 
 import effgen_kernels as ek
 from effgen_kernels import cli
-from effgen_kernels.bench import BenchResult, time_interleaved
+from effgen_kernels.bench import BenchResult, time_interleaved, with_env
 
 
 def run_python(code: str, **env) -> subprocess.CompletedProcess:
@@ -89,6 +89,18 @@ def test_time_interleaved_replays_graphs_of_calls_on_a_gpu():
     assert counter.item() == 1 + 3 * 4
     assert seen.item() == 0 + 3 * (1 + 2 + 3 + 0)  # warm-up used copy 0, the capture copies 1, 2, 3, 0
     assert medians["bump"] > 0
+
+
+def test_with_env_sets_the_variable_for_the_call_only(monkeypatch):
+    monkeypatch.delenv("EFFGEN_TEST_CHOICE", raising=False)
+    seen = []
+    call = with_env("EFFGEN_TEST_CHOICE", "shared", lambda: seen.append(os.environ.get("EFFGEN_TEST_CHOICE")))
+    call()
+    assert seen == ["shared"] and "EFFGEN_TEST_CHOICE" not in os.environ
+    monkeypatch.setenv("EFFGEN_TEST_CHOICE", "global")
+    with pytest.raises(ZeroDivisionError):
+        with_env("EFFGEN_TEST_CHOICE", "shared", lambda: 1 / 0)()
+    assert os.environ["EFFGEN_TEST_CHOICE"] == "global"  # restored after an error too
 
 
 def test_bench_result_ratios():

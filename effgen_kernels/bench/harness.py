@@ -6,12 +6,29 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import statistics
 import sys
 import time
 from collections.abc import Callable
 
 import torch
+
+
+def with_env(name: str, value: str, fn: Callable[[], object]) -> Callable[[], object]:
+    """fn, run with the environment variable `name` set to `value` (for the ops that read a
+    kernel choice at each call, e.g. EFFGEN_CUDA_INT8_GEMM), restored afterwards."""
+    def call():
+        previous = os.environ.get(name)
+        os.environ[name] = value
+        try:
+            return fn()
+        finally:
+            if previous is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = previous
+    return call
 
 
 def _sync(device: torch.device) -> None:

@@ -1,8 +1,11 @@
 """Peer implementations the benchmarks compare against."""
 
 import warnings
+from collections.abc import Callable
 
 import torch
+
+from .harness import with_env
 
 
 def fbgemm_dynamic_linear(linear: torch.nn.Linear) -> torch.nn.Module:
@@ -13,3 +16,12 @@ def fbgemm_dynamic_linear(linear: torch.nn.Linear) -> torch.nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao quantized tensors are deprecated
         return torch.ao.nn.quantized.dynamic.Linear.from_float(clone)
+
+
+def staged_x_peer(device: torch.device, layer: str, fn: Callable[[], object]) -> dict[str, Callable[[], object]]:
+    """On a GPU, the few-row layer call fn with x staged in shared memory (EFFGEN_CUDA_SKINNY_X,
+    an experiment: the row's ratio is the default's speed-up over it, below 1 where it wins);
+    nothing elsewhere."""
+    if device.type != "cuda":
+        return {}
+    return {f"{layer}, x staged in shared memory": with_env("EFFGEN_CUDA_SKINNY_X", "shared", fn)}
