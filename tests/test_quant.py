@@ -416,6 +416,26 @@ def test_cuda_quantize_matches_cpu(dtype, shape):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_cuda_long_runs_are_cut_over_blocks(dtype):
+    # 3 channels of 70001 elements and one scale for all 210003: runs longer than a block's
+    # piece (32768 elements), the last piece of each shorter
+    x = random_input((3, 70001), dtype)
+    q, s = ops.quantize_per_channel(x, 0)
+    qc, sc = ops.quantize_per_channel(x.cuda(), 0)
+    assert_same_bits(qc.cpu(), q)
+    assert_same_bits(sc.cpu(), s)
+    assert_same_bits(ops.dequantize(qc, sc, axis=0, out_dtype=dtype).cpu(),
+                     ops.dequantize(q, s, axis=0, out_dtype=dtype))
+    tensor_scale = torch.tensor([0.02])
+    assert_same_bits(ops.dequantize(qc, tensor_scale.cuda(), out_dtype=dtype).cpu(),
+                     ops.dequantize(q, tensor_scale, out_dtype=dtype))
+    scale, zp = torch.rand(3) * 0.1 + 0.01, torch.randint(-4, 4, (3,), dtype=torch.int32)
+    assert_same_bits(ops.fake_quantize_per_channel(x.cuda(), scale.cuda(), zp.cuda(), 0, -128, 127).cpu(),
+                     torch.fake_quantize_per_channel_affine(x, scale, zp, 0, -128, 127))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_cuda_fake_quantize_matches_pytorch(dtype):
     x = random_input((33, 4099), dtype)
     xc = x.cuda()

@@ -122,10 +122,11 @@ __device__ __forceinline__ void for_warp_chunks(int64_t n, Chunk&& chunk) {
 }
 
 // A run: consecutive elements that share a scale index, (row, group) of a grouped index
-// (a row's last group may be shorter) or a channel's `inner` elements. A block per run in
-// the lane layout needs neither a cursor nor a division per element; the kernels take that
-// path when every run has at least kMinRunItems elements (else 16 consecutive elements a
-// thread with a cursor, which short runs, e.g. channels on the last dimension, need).
+// (a row's last group may be shorter) or a channel's `inner` elements. A block per run (or
+// per piece of a long run, RunGrid) in the lane layout needs neither a cursor nor a division
+// per element; the kernels take that path when every run has at least kMinRunItems elements
+// (else 16 consecutive elements a thread with a cursor, which short runs, e.g. channels on
+// the last dimension, need).
 struct Run {
   int64_t start, length, index;
 };
@@ -147,15 +148,48 @@ __host__ __device__ __forceinline__ int64_t shortest_run(const ParamIndex& idx) 
   return idx.grouped ? min64(idx.group, idx.k - (idx.groups - 1) * idx.group) : idx.inner;
 }
 
-// Threads of a run's block: enough warps to cover the longest run once, at most kThreads.
-int run_threads(const ParamIndex& idx) {
-  const int64_t longest = idx.grouped ? min64(idx.group, idx.k) : idx.inner;
-  return static_cast<int>(min64(kThreads, (longest + kWarpItems - 1) / kWarpItems * 32));
+__host__ __device__ __forceinline__ int64_t longest_run(const ParamIndex& idx) {
+  return idx.grouped ? min64(idx.group, idx.k) : idx.inner;
 }
 
-// Whether the kernels take a block per run of idx over n elements (see Run).
+// Threads of a block that takes up to `items` elements of a run: enough warps to cover them
+// once, at most kThreads.
+int run_threads(int64_t items) { return static_cast<int>(min64(kThreads, (items + kWarpItems - 1) / kWarpItems * 32)); }
+
+// The blocks of the element-wise run kernels: each run cut into `segments` pieces of at most
+// `segment` elements (a per-tensor scale is one run of every element, which one block would
+// otherwise stream alone); block b takes piece b % segments of run b / segments.
+struct RunGrid {
+  ParamIndex idx;
+  int64_t segment, segments;
+
+  // Block b's piece (length <= 0: none, where a row's last group is shorter).
+  __host__ __device__ Run block_run(int64_t b) const {
+    const Run run = run_of(idx, b / segments);
+    const int64_t skip = b % segments * segment;
+    return {run.start + skip, min64(segment, run.length - skip), run.index};
+  }
+  __host__ __device__ int64_t blocks(int64_t n) const { return run_count(idx, n) * segments; }
+};
+
+constexpr int64_t kRunSegmentItems = 64 * kWarpItems;
+
+__host__ __device__ __forceinline__ RunGrid run_grid(const ParamIndex& idx, int64_t segment = kRunSegmentItems) {
+  return {idx, segment, (longest_run(idx) + segment - 1) / segment};
+}
+
+// Whether the element-wise kernels take the run path for idx over n elements (see Run).
 bool use_runs(const ParamIndex& idx, int64_t n) {
-  return n > 0 && shortest_run(idx) >= kMinRunItems && run_count(idx, n) < (int64_t{1} << 31);
+  return n > 0 && shortest_run(idx) >= kMinRunItems && run_grid(idx).blocks(n) < (int64_t{1} << 31);
+}
+
+// Launch shape of the run kernels: blocks and threads.
+struct RunLaunch {
+  unsigned blocks;
+  int threads;
+};
+RunLaunch run_launch(const RunGrid& grid, int64_t n) {
+  return {static_cast<unsigned>(grid.blocks(n)), run_threads(min64(longest_run(grid.idx), grid.segment))};
 }
 
 // Calls chunk(start, available) for each kWarpItems chunk of the block's run this warp takes.
@@ -235,7 +269,7 @@ int grid_for(int64_t n) {
 }
 
 
-// ---- run kernels: one block per run (see Run), in the lane layout ------------------------
+// ---- run kernels: one block per run or piece of one (see Run, RunGrid), lane layout -------
 
 // The absmax bits of the block's run (every thread returns it).
 template <typename T>
@@ -279,21 +313,21 @@ __global__ void quantize_rows_kernel(const T* x, ParamIndex idx, int8_t* q, floa
 
 // Per-channel absmax, one atomic per run (a channel has outer runs).
 template <typename T>
-__global__ void channel_absmax_run_kernel(const T* x, ParamIndex idx, uint32_t* absmax_bits) {
-  const Run run = run_of(idx, blockIdx.x);
+__global__ void channel_absmax_run_kernel(const T* x, RunGrid grid, uint32_t* absmax_bits) {
+  const Run run = grid.block_run(blockIdx.x);
   const uint32_t bits = run_absmax_bits(x, run);
   if (threadIdx.x == 0) atomicMax(absmax_bits + run.index, bits);
 }
 
 template <typename T>
-__global__ void quantize_with_scales_run_kernel(const T* x, ParamIndex idx, const float* scale, int8_t* q) {
-  const Run run = run_of(idx, blockIdx.x);
+__global__ void quantize_with_scales_run_kernel(const T* x, RunGrid grid, const float* scale, int8_t* q) {
+  const Run run = grid.block_run(blockIdx.x);
   quantize_run(x, run, inverse_scale(scale[run.index]), q);
 }
 
 template <typename Out>
-__global__ void dequantize_run_kernel(const int8_t* q, ParamIndex idx, const float* scale, Out* y) {
-  const Run run = run_of(idx, blockIdx.x);
+__global__ void dequantize_run_kernel(const int8_t* q, RunGrid grid, const float* scale, Out* y) {
+  const Run run = grid.block_run(blockIdx.x);
   const float s = scale[run.index];
   const bool vec_ok = piece_aligned(q + run.start) && piece_aligned(y + run.start);
   const int lane = threadIdx.x % 32;
@@ -438,8 +472,8 @@ __global__ void fake_quantize_tensor_kernel(const T* x, int64_t n, FakeQuantArgs
 
 // A scale and zero point per channel, a block per run.
 template <typename T>
-__global__ void fake_quantize_run_kernel(const T* x, ParamIndex idx, FakeQuantArgs a, T* y, bool* mask) {
-  const Run run = run_of(idx, blockIdx.x);
+__global__ void fake_quantize_run_kernel(const T* x, RunGrid grid, FakeQuantArgs a, T* y, bool* mask) {
+  const Run run = grid.block_run(blockIdx.x);
   const bool vec_ok = piece_aligned(x + run.start) && piece_aligned(y + run.start) && piece_aligned(mask + run.start);
   const ElementParams p{a.scale[run.index], a.zero_point[run.index]};
   const float inv_scale = __fdiv_rn(1.0f, p.scale);
@@ -527,7 +561,7 @@ cudaError_t quantize_rows(DType dtype, const void* x, int64_t rows, int64_t k, i
   return with_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     const T* xs = static_cast<const T*>(x);
-    quantize_rows_kernel<T><<<rows * idx.groups, run_threads(idx), 0, stream>>>(xs, idx, q, scale);
+    quantize_rows_kernel<T><<<rows * idx.groups, run_threads(longest_run(idx)), 0, stream>>>(xs, idx, q, scale);
   });
 }
 
@@ -542,7 +576,8 @@ cudaError_t channel_scales(DType dtype, const void* x, int64_t outer, int64_t ch
     using T = decltype(tag);
     const T* xs = static_cast<const T*>(x);
     if (use_runs(idx, n)) {
-      channel_absmax_run_kernel<T><<<run_count(idx, n), run_threads(idx), 0, stream>>>(xs, idx, absmax_bits);
+      const RunLaunch launch = run_launch(run_grid(idx), n);
+      channel_absmax_run_kernel<T><<<launch.blocks, launch.threads, 0, stream>>>(xs, run_grid(idx), absmax_bits);
     } else if (n > 0) {
       channel_absmax_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(xs, n, idx, absmax_bits);
     }
@@ -559,7 +594,8 @@ cudaError_t quantize_with_scales(DType dtype, const void* x, int64_t n, const fl
     using T = decltype(tag);
     const T* xs = static_cast<const T*>(x);
     if (use_runs(idx, n)) {
-      quantize_with_scales_run_kernel<T><<<run_count(idx, n), run_threads(idx), 0, stream>>>(xs, idx, scale, q);
+      const RunLaunch launch = run_launch(run_grid(idx), n);
+      quantize_with_scales_run_kernel<T><<<launch.blocks, launch.threads, 0, stream>>>(xs, run_grid(idx), scale, q);
     } else {
       quantize_with_scales_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(xs, n, scale, idx, q);
     }
@@ -572,7 +608,9 @@ cudaError_t dequantize(DType out_dtype, const int8_t* q, int64_t n, const float*
   return with_dtype(out_dtype, [&](auto tag) {
     using T = decltype(tag);
     if (use_runs(idx, n)) {
-      dequantize_run_kernel<T><<<run_count(idx, n), run_threads(idx), 0, stream>>>(q, idx, scale, static_cast<T*>(y));
+      const RunLaunch launch = run_launch(run_grid(idx), n);
+      T* ys = static_cast<T*>(y);
+      dequantize_run_kernel<T><<<launch.blocks, launch.threads, 0, stream>>>(q, run_grid(idx), scale, ys);
     } else {
       dequantize_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(q, n, scale, idx, static_cast<T*>(y));
     }
@@ -589,7 +627,8 @@ cudaError_t fake_quantize(DType dtype, const void* x, int64_t n, FakeQuantArgs a
     if (args.scale == nullptr) {
       fake_quantize_tensor_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(xs, n, args, ys, mask);
     } else if (use_runs(idx, n)) {
-      fake_quantize_run_kernel<T><<<run_count(idx, n), run_threads(idx), 0, stream>>>(xs, idx, args, ys, mask);
+      const RunLaunch launch = run_launch(run_grid(idx), n);
+      fake_quantize_run_kernel<T><<<launch.blocks, launch.threads, 0, stream>>>(xs, run_grid(idx), args, ys, mask);
     } else {
       fake_quantize_channel_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(xs, n, args, idx, ys, mask);
     }
