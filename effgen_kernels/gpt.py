@@ -147,7 +147,10 @@ def stdlib_source_bytes(max_bytes: int | None = None) -> tuple[torch.Tensor, tor
         (validation if i % 10 == 9 else train).extend(path.read_bytes())
         if max_bytes is not None and len(train) >= max_bytes:
             break
-    return torch.frombuffer(train, dtype=torch.uint8).clone(), torch.frombuffer(validation, dtype=torch.uint8).clone()
+    # torch.frombuffer refuses an empty buffer: validation is empty when max_bytes stops
+    # the walk before the tenth file
+    return tuple(torch.frombuffer(stream, dtype=torch.uint8).clone() if stream else torch.empty(0, dtype=torch.uint8)
+                 for stream in (train, validation))
 
 
 def lm_batch(stream: torch.Tensor, index: int, batch_size: int, length: int, seed: int = 0):

@@ -130,6 +130,13 @@ def text():
     return stdlib_source_bytes(max_bytes=200_000)[0]
 
 
+def test_stdlib_source_bytes_splits_files_and_allows_an_empty_validation():
+    train, validation = stdlib_source_bytes(max_bytes=200_000)
+    assert train.dtype == validation.dtype == torch.uint8 and train.numel() >= 200_000 and validation.numel() > 0
+    small_train, small_validation = stdlib_source_bytes(max_bytes=1)  # stops at the first file
+    assert small_validation.numel() == 0 and torch.equal(small_train, train[:small_train.numel()])
+
+
 def batches(text, batch_size=4, length=32):
     return lambda index: lm_batch(text, index, batch_size, length)
 
