@@ -140,6 +140,13 @@ def stage_quantize(args, device: torch.device) -> dict:
     say(f"[1/3] quantize: loading SmolLM2-135M (offline) for {device} ...")
     base, tokenizer = load_smollm2(torch.float32 if device.type == "cpu" else torch.bfloat16)
     text_ids = lee_token_ids(tokenizer, 600 if args.quick else 2600)
+    return compare_formats(base, tokenizer, text_ids, device, args.quick)
+
+
+def compare_formats(base, tokenizer, text_ids: torch.Tensor, device: torch.device, quick: bool) -> dict:
+    """Stage 1's measurements of a Hugging Face causal LM (``base``, in the baseline's dtype)
+    in every format of ``formats(device)``: the first 256 of ``text_ids`` timed as a prefill,
+    the rest scored for perplexity in windows of 256, and a greedy continuation of PROMPT."""
     prefill_ids = text_ids[:256].unsqueeze(0).to(device)
     eval_ids = text_ids[256:]
     chosen = formats(device)
@@ -154,9 +161,9 @@ def stage_quantize(args, device: torch.device) -> dict:
                 ek.quantize_(model, config)
             bar.update(bar.done, f"{name}: prefill")
             time_prefill(model, prefill_ids, 1)  # warm-up: first-call costs (CUDA context, cuBLAS handles, caches)
-            prefill_s = time_prefill(model, prefill_ids, 2 if args.quick else 3)
+            prefill_s = time_prefill(model, prefill_ids, 2 if quick else 3)
             bar.update(detail=f"{name}: decode")
-            text, decode_rate, _ = generate(model, tokenizer, 12 if args.quick else 32)
+            text, decode_rate, _ = generate(model, tokenizer, 12 if quick else 32)
             bar.update(detail=f"{name}: perplexity")
             ppl = evaluate_perplexity(model, eval_ids, 256, batch_size=1)
         bar.update(detail=f"{name} done")

@@ -8,7 +8,7 @@ import torch
 
 import effgen_kernels as ek
 import effgen_kernels.models
-from effgen_kernels import demo
+from effgen_kernels import demo, gpt
 
 
 def test_quick_demo_reports_every_stage(tmp_path):
@@ -89,3 +89,55 @@ def test_unknown_stage_is_a_usage_error():
     with pytest.raises(SystemExit) as exit_info:
         demo.main(["--skip", "everything"])
     assert exit_info.value.code == 2
+
+
+class ByteTokenizer:
+    """The part of a Hugging Face tokenizer the demo uses, over UTF-8 bytes (ids 0-255)."""
+
+    eos_token_id = 0
+
+    def __call__(self, text, return_tensors="pt"):
+        return {"input_ids": torch.tensor([list(text.encode())])}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return bytes(int(i) for i in ids).decode(errors="replace")
+
+
+def tiny_llama(dtype):
+    """A 2-layer Llama (SmolLM2's architecture) with random weights: stage 1's code without
+    the models extra, which the GPU image lacks (it has transformers)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024)
+    return transformers.LlamaForCausalLM(config).to(dtype).eval()
+
+
+def check_formats(results, baseline):
+    rows = results["formats"]
+    assert results["baseline"] == baseline and list(rows) == [baseline, "W8A16", "W8A8", "ternary"]
+    for name, row in rows.items():
+        assert row["prefill_tokens_per_s"] > 0 and row["decode_tokens_per_s"] > 0 and row["peak_memory_mib"] > 0, name
+        assert isinstance(row["text"], str) and torch.isfinite(torch.tensor(row["perplexity"])), name
+    assert rows["W8A16"]["weight_bytes"] < rows[baseline]["weight_bytes"]
+    assert rows["ternary"]["weight_bytes"] < rows["W8A16"]["weight_bytes"]
+    # int8 weights barely move a model's predictions; ternary ones are far coarser
+    assert abs(rows["W8A16"]["perplexity"] / rows[baseline]["perplexity"] - 1) < 0.01
+
+
+def test_stage_one_measures_each_format_of_a_llama():
+    text = gpt.stdlib_source_bytes(4096)[0][:512].long()
+    results = demo.compare_formats(tiny_llama(torch.float32), ByteTokenizer(), text, torch.device("cpu"), quick=True)
+    assert results["device"] == "cpu"
+    check_formats(results, "fp32")
+
+
+@pytest.mark.cuda
+def test_cuda_stage_one_runs_on_the_gpu():
+    # SmolLM2 itself cannot load on the GPU image (no models extra): the same stage on a small
+    # random Llama in bf16, every format on the GPU.
+    text = gpt.stdlib_source_bytes(4096)[0][:512].long()
+    device = torch.device("cuda")
+    results = demo.compare_formats(tiny_llama(torch.bfloat16), ByteTokenizer(), text, device, quick=True)
+    assert results["device"].startswith("cuda") and "GPU" in results["memory"]
+    check_formats(results, "bf16")
