@@ -58,14 +58,13 @@ def cuda_int8_kernels(build: dict) -> list[str]:
 def cuda_int8_gemm(build: dict) -> str | None:
     """The CUDA int8 GEMM that products of more than 16 rows run on here (None without a GPU):
     EFFGEN_CUDA_INT8_GEMM where set, else cuBLAS (torch._int_mm, then our epilogue) for the
-    shapes it takes and the best of ours for the others."""
-    ours = cuda_int8_kernels(build)
-    if not ours:
+    shapes it takes and our mma.sync kernel for the others (the fastest of ours measured)."""
+    if not cuda_int8_kernels(build):
         return None
     forced = os.environ.get("EFFGEN_CUDA_INT8_GEMM", "")
     if forced not in ("", "auto"):
         return forced
-    return f"cublas, else {ours[-1]}"
+    return "cublas, else mma"
 
 
 def machine_info() -> dict:

@@ -10,6 +10,7 @@ import sys
 import torch
 
 import effgen_kernels as ek
+from effgen_kernels.cli import build_info, cuda_int8_kernels
 
 ops = ek.ops
 codecs = torch.ops.effgen
@@ -47,11 +48,14 @@ def quant_kernels() -> None:
 
 
 def int8_kernels() -> None:
-    # The GEMV, the general GEMM, the pipelined GEMMs (partial row, column and K tiles;
-    # mma.sync, then wgmma on sm_90a under auto) and cuBLAS's sums through our epilogue (auto,
-    # 40 x 64 x 96).
+    # The GEMV, the general GEMM, the pipelined mma.sync GEMM (partial row, column and K
+    # tiles), cuBLAS's sums through our epilogue (auto, 40 x 64 x 96) and, on sm_90a, the TMA +
+    # wgmma GEMM (partial tiles; K through its stage ring more than once).
     shapes = ((1, 5, 7), (3, 130, 129), (5, 40, 1040), (70, 65, 4099), (33, 70, 256), (130, 129, 80), (40, 64, 96))
-    for kernel, (m, n, k) in [("mma", (130, 129, 80))] + [("auto", shape) for shape in shapes]:
+    forced = [("mma", (130, 129, 80))]
+    if "wgmma" in cuda_int8_kernels(build_info()):
+        forced += [("wgmma", (130, 129, 80)), ("wgmma", (300, 520, 1040))]
+    for kernel, (m, n, k) in forced + [("auto", shape) for shape in shapes]:
         os.environ["EFFGEN_CUDA_INT8_GEMM"] = kernel
         xq = torch.randint(-128, 128, (m, k), dtype=torch.int8)
         wq = torch.randint(-128, 128, (n, k), dtype=torch.int8)

@@ -20,8 +20,8 @@ namespace effgen::ops {
 namespace {
 
 // EFFGEN_CUDA_INT8_GEMM=mma|wgmma forces our tensor-core kernel for products with more than
-// 16 rows; unset or auto: cuBLAS where it takes the shape (below), else the best of ours this
-// GPU runs. Read at each call so tests can run every one.
+// 16 rows; unset or auto: cuBLAS where it takes the shape (below), else mma.sync. Read at
+// each call so tests can run every one.
 cuda::GemmKernel gemm_kernel_choice(const char* op) {
   const char* env = std::getenv("EFFGEN_CUDA_INT8_GEMM");
   const std::string choice = env == nullptr ? "" : env;
@@ -36,8 +36,8 @@ cuda::GemmKernel gemm_kernel_choice(const char* op) {
 
 // The products torch._int_mm (cuBLAS) takes: more than 16 rows, k and n multiples of 8; and
 // 16-byte aligned operands (its fast kernels' need; misaligned views stay on ours). Measured on
-// an H200 (benchmarks/RESULTS.md) it runs 3-4x faster than our wgmma kernel, so by default it
-// computes the int32 sums and our epilogue kernel scales them.
+// an H200 (benchmarks/RESULTS.md, session 8) it ran 2-4x faster than our first GEMMs, so by
+// default it computes the int32 sums and our epilogue kernel scales them.
 bool cublas_takes(const at::Tensor& xq, const at::Tensor& wq) {
   const auto aligned = [](const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
   return xq.size(0) > 16 && xq.size(1) % 8 == 0 && wq.size(0) % 8 == 0 && aligned(xq) && aligned(wq);

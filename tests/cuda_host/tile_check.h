@@ -85,14 +85,15 @@ struct Output {
 };
 
 // Emulates the kernel with emulate(m, n, k, a, b, out) on shapes with partial row, column
-// and K tiles, K within one stage and across stages (and K not a multiple of 16 if odd_k);
+// and K tiles, K within one stage and across stages, more stages than any ring holds (and K
+// not a multiple of 16 if odd_k);
 // prints "ok" and returns 0 when every output was written once with the value of a @ b^T,
 // else prints the first mismatch and returns 1.
 template <typename Emulate>
 int run(Emulate emulate, bool odd_k = false) {
   std::mt19937 rng(7);
   std::uniform_int_distribution<int> value(-128, 127);
-  std::vector<std::array<int64_t, 3>> shapes = {{17, 9, 16}, {130, 129, 80}, {40, 200, 192}, {128, 128, 64}};
+  std::vector<std::array<int64_t, 3>> shapes = {{17, 9, 16}, {130, 129, 80}, {40, 200, 192}, {128, 128, 64}, {33, 300, 656}};
   if (odd_k) shapes.insert(shapes.end(), {{5, 3, 7}, {70, 65, 99}});
   for (const auto& shape : shapes) {
     const int64_t m = shape[0], n = shape[1], k = shape[2];

@@ -1,11 +1,17 @@
-// Host-side check of the index math of the 128x128 wgmma GEMM (int8_gemm_wgmma.cu): one
-// block is emulated with the kernel's own functions (staging offsets, descriptor encoding,
-// operand offsets, accumulator positions) and the PTX ISA's rules written out here (the
-// matrix descriptor's bit fields; a K-major, no-swizzle operand's element (row, k) at
-// start + (row / 8) stride + (k / 16) leading + (row % 8) 16 + k % 16; the m64nN result
-// fragment), and must give a @ b^T, every output written once. No GPU needed; built and
-// run by tests/test_int8_gemm.py. Exits 1 with the first mismatch.
-#include <cstddef>
+// Host-side check of the index math of the TMA + wgmma GEMM (int8_gemm_wgmma.cu): a launch
+// is emulated block by block with the kernel's own functions (block order, stage offsets,
+// descriptor encoding, operand offsets, accumulator positions) and the hardware rules
+// written out here, and must give a @ b^T, every output written once. The rules, from the
+// PTX ISA and the CUDA driver API as transcribed:
+// - TMA with CU_TENSOR_MAP_SWIZZLE_128B writes box row r (128 bytes) at r * 128, its 16-byte
+//   piece j at piece j ^ (r % 8), zeros where the box leaves the matrix;
+// - a matrix descriptor holds address >> 4 (bits 0-13), leading byte offset >> 4 (16-29),
+//   stride byte offset >> 4 (32-45), base offset (49-51), swizzle mode (62-63, 1 = 128B);
+// - a K-major 128B-swizzled operand's element (row, kk) is at the address
+//   u = start + (row / 8) stride + (row % 8) 128 + kk, with bits 4-6 of u XORed with bits 7-9;
+// - the m64nN result fragment puts d[v] of warp w, lane l at row 16 w + l / 4 + 8 (v / 2 % 2),
+//   column 8 (v / 4) + 2 (l % 4) + v % 2.
+// No GPU needed; built and run by tests/test_int8_gemm.py. Exits 1 with the first mismatch.
 #include <cstdlib>
 #include <cstring>
 
@@ -17,67 +23,97 @@ using tile_check::Matrix;
 
 namespace {
 
-// A descriptor's fields (PTX ISA): address, leading and stride byte offsets (>> 4 in bits
-// 0-13, 16-29, 32-45) and the swizzle mode (bits 62-63).
 struct Descriptor {
-  uint32_t address, leading, stride, swizzle;
+  uint32_t address, leading, stride, base_offset, swizzle;
 };
 
 Descriptor decode(uint64_t bits) {
   return {uint32_t(bits & 0x3FFF) << 4, uint32_t(bits >> 16 & 0x3FFF) << 4, uint32_t(bits >> 32 & 0x3FFF) << 4,
-          uint32_t(bits >> 62)};
+          uint32_t(bits >> 49 & 7), uint32_t(bits >> 62)};
 }
 
-// Element (row, kk) of a K-major, no-swizzle operand of 32 bytes of K.
-int8_t operand(const int8_t* shared, const Descriptor& d, int row, int kk) {
-  return shared[d.address + row / 8 * d.stride + kk / 16 * d.leading + row % 8 * 16 + kk % 16];
+// Element (row, kk) of the K-major operand at descriptor d, 128-byte swizzle.
+int8_t operand(const std::vector<int8_t>& shared, const Descriptor& d, int row, int kk) {
+  const uint32_t u = d.address + row / 8 * d.stride + row % 8 * 128 + kk;
+  return shared[u ^ ((u >> 7 & 7) << 4)];
 }
 
-// One kernel launch over [m, k] x [n, k], block by block; exits 1 if a descriptor asks for
-// a swizzle the staging does not use.
+// TMA's write of the box at (k0, row0) of src [rows, k], box_rows x kTileK bytes, to dst.
+void tma_box(const Matrix& src, int64_t rows, int64_t k, int64_t row0, int64_t k0, int box_rows, int8_t* dst) {
+  for (int r = 0; r < box_rows; ++r) {
+    for (int j = 0; j < kTileK; ++j) {
+      const int64_t row = row0 + r, col = k0 + j;
+      dst[r * 128 + (j / 16 ^ r % 8) * 16 + j % 16] = row < rows && col < k ? src[row * k + col] : 0;
+    }
+  }
+}
+
+// Exits 1 unless a descriptor is what the kernel's layout needs.
+void check_descriptor(const Descriptor& d) {
+  if (d.swizzle != 1 || d.base_offset != 0 || d.stride != kAtomBytes || d.address % 16 != 0) {
+    std::printf("descriptor: swizzle %u, base offset %u, stride %u, address %u\n", d.swizzle, d.base_offset, d.stride,
+                d.address);
+    std::exit(1);
+  }
+}
+
+// Exits 1 unless block_tile visits every (row tile, column tile) once.
+void check_block_order() {
+  for (int64_t row_tiles = 1; row_tiles <= 40; ++row_tiles) {
+    for (int64_t col_tiles = 1; col_tiles <= 12; ++col_tiles) {
+      std::vector<int> seen(row_tiles * col_tiles, 0);
+      for (int64_t block = 0; block < row_tiles * col_tiles; ++block) {
+        const BlockTile t = block_tile(block, row_tiles, col_tiles);
+        if (t.row_tile < 0 || t.row_tile >= row_tiles || t.col_tile < 0 || t.col_tile >= col_tiles ||
+            seen[t.row_tile * col_tiles + t.col_tile]++ != 0) {
+          std::printf("block order %lldx%lld: block %lld -> (%lld, %lld)\n", (long long)row_tiles,
+                      (long long)col_tiles, (long long)block, (long long)t.row_tile, (long long)t.col_tile);
+          std::exit(1);
+        }
+      }
+    }
+  }
+}
+
+// One launch over [m, k] x [n, k]; the dynamic shared memory starts at an unaligned address,
+// as it may on the GPU, and the ring is aligned the way the kernel aligns it.
 void emulate(int64_t m, int64_t n, int64_t k, const Matrix& a, const Matrix& b, tile_check::Output& out) {
-  const auto offset = [](int row, int piece) { return core_matrix_offset(row, piece); };
-  // one stage as shared memory: a at 0, b after it (descriptor addresses are offsets here)
-  std::vector<int8_t> shared(sizeof(Stage));
-  const uint32_t a_base = offsetof(Stage, a), b_base = offsetof(Stage, b);
-  for (int64_t row0 = 0; row0 < m; row0 += kBlockRows) {
-    for (int64_t col0 = 0; col0 < n; col0 += kBlockRows) {
-      static int64_t d[2][kWarpgroupRows][kBlockRows];  // per warpgroup: its m64n128 result
-      std::memset(d, 0, sizeof(d));
-      for (int64_t t = 0; t * kBlockK < k; ++t) {
-        tile_check::stage(a, m, k, row0, t * kBlockK, kBlockRows, kPieces, shared.data() + a_base, offset);
-        tile_check::stage(b, n, k, col0, t * kBlockK, kBlockRows, kPieces, shared.data() + b_base, offset);
-        for (int warpgroup = 0; warpgroup < 2; ++warpgroup) {
-          for (int half = 0; half < kBlockK / 32; ++half) {
-            const Descriptor da = decode(encode_descriptor(a_base + a_operand_offset(warpgroup, half)));
-            const Descriptor db = decode(encode_descriptor(b_base + b_operand_offset(half)));
-            if (da.swizzle != 0 || db.swizzle != 0) {
-              std::printf("a descriptor sets swizzle mode %u / %u\n", da.swizzle, db.swizzle);
-              std::exit(1);
-            }
-            for (int row = 0; row < kWarpgroupRows; ++row) {
-              for (int col = 0; col < kBlockRows; ++col) {
-                for (int kk = 0; kk < 32; ++kk) {
-                  d[warpgroup][row][col] +=
-                      int64_t{operand(shared.data(), da, row, kk)} * operand(shared.data(), db, col, kk);
-                }
-              }
+  const uint32_t dynamic_base = 0x50, ring = (dynamic_base + kAtomBytes - 1) / kAtomBytes * kAtomBytes;
+  std::vector<int8_t> shared(dynamic_base + kSharedBytes);
+  const int64_t row_tiles = (m + kTileRows - 1) / kTileRows, col_tiles = (n + kTileCols - 1) / kTileCols;
+  const int64_t k_tiles = (k + kTileK - 1) / kTileK;
+  static int64_t d[kConsumers][kWarpgroupRows][kTileCols];
+  for (int64_t block = 0; block < row_tiles * col_tiles; ++block) {
+    const BlockTile tile = block_tile(block, row_tiles, col_tiles);
+    const int64_t row0 = tile.row_tile * kTileRows, col0 = tile.col_tile * kTileCols;
+    std::memset(d, 0, sizeof(d));
+    for (int64_t t = 0; t < k_tiles; ++t) {
+      const uint32_t slot = ring + static_cast<uint32_t>(t % kStages) * kStageBytes;
+      tma_box(a, m, k, row0, t * kTileK, kTileRows, shared.data() + slot);
+      tma_box(b, n, k, col0, t * kTileK, kTileCols, shared.data() + slot + kATileBytes);
+      for (int consumer = 0; consumer < kConsumers; ++consumer) {
+        for (int step = 0; step < kTileK / kWgmmaK; ++step) {
+          const Descriptor da = decode(swizzled_descriptor(slot + a_operand_offset(consumer, step)));
+          const Descriptor db = decode(swizzled_descriptor(slot + b_operand_offset(step)));
+          check_descriptor(da), check_descriptor(db);
+          for (int row = 0; row < kWarpgroupRows; ++row) {
+            for (int col = 0; col < kTileCols; ++col) {
+              int64_t sum = 0;
+              for (int kk = 0; kk < kWgmmaK; ++kk) sum += int64_t{operand(shared, da, row, kk)} * operand(shared, db, col, kk);
+              d[consumer][row][col] += sum;
             }
           }
         }
       }
-      // m64nN result fragment (PTX): d[v] of warp w, lane 4 g + t is row 16 w + g + 8 (v / 2 % 2),
-      // column 8 (v / 4) + 2 t + v % 2 of the warpgroup's result.
-      for (int warpgroup = 0; warpgroup < 2; ++warpgroup) {
-        for (int warp = 0; warp < 4; ++warp) {
-          for (int l = 0; l < 32; ++l) {
-            for (int v = 0; v < kAccumulators; ++v) {
-              const int64_t value_v =
-                  d[warpgroup][16 * warp + l / 4 + v / 2 % 2 * 8][8 * (v / 4) + 2 * (l % 4) + v % 2];
-              const TilePosition at = wgmma_accumulator_position(warpgroup, warp, l, v);
-              const int64_t row = row0 + at.row, col = col0 + at.col;
-              if (row < m && col < n) out.put(row * n + col, value_v);
-            }
+    }
+    for (int consumer = 0; consumer < kConsumers; ++consumer) {
+      for (int warp = 0; warp < 4; ++warp) {
+        for (int l = 0; l < 32; ++l) {
+          for (int v = 0; v < kAccumulators; ++v) {
+            const int64_t value_v = d[consumer][16 * warp + l / 4 + v / 2 % 2 * 8][8 * (v / 4) + 2 * (l % 4) + v % 2];
+            const TilePosition at = wgmma_accumulator_position(consumer, warp, l, v);
+            const int64_t row = row0 + at.row, col = col0 + at.col;
+            if (row < m && col < n) out.put(row * n + col, value_v);
           }
         }
       }
@@ -87,4 +123,7 @@ void emulate(int64_t m, int64_t n, int64_t k, const Matrix& a, const Matrix& b, 
 
 }  // namespace
 
-int main() { return tile_check::run(emulate); }
+int main() {
+  check_block_order();
+  return tile_check::run(emulate);
+}

@@ -1,8 +1,9 @@
 // CUDA int8 GEMM and GEMVs. The launcher picks the kernel by shape: a few rows (m <= 16)
 // are a weight stream, run on the int8 tensor cores by a GEMV whose block owns 8 output
-// channels and splits K over its warps; more rows run through a pipelined 128x128 kernel
-// when k % 16 == 0 and the operands are 16-byte aligned (wgmma on sm_90a,
-// int8_gemm_wgmma.cu; mma.sync elsewhere, int8_gemm_tiled.cu); other shapes go through the
+// channels and splits K over its warps; more rows run through the pipelined 128x128
+// mma.sync kernel (int8_gemm_tiled.cu) when k % 16 == 0 and the operands are 16-byte
+// aligned, or, asked for (GemmKernel::kWgmma, sm_90a), the TMA + wgmma kernel of
+// int8_gemm_wgmma.cu; other shapes go through the
 // general 64x64 kernel here, which stages byte by byte where it must. The W8A16 GEMV
 // decodes the weights in registers: onto the 16-bit tensor cores for bf16/fp16 x
 // (skinny_mma.cuh), else one warp per output channel on the CUDA cores.
@@ -334,7 +335,7 @@ cudaError_t int8_gemm(const Int8GemmArgs& args, GemmKernel kernel, cudaStream_t 
   if (args.m == 0 || args.n == 0) return cudaSuccess;
   const bool pieces = in_16_byte_pieces(args);
   if (args.m > kGemvMaxRows && pieces) {
-    const bool wgmma = kernel == GemmKernel::kWgmma || (kernel == GemmKernel::kAuto && int8_gemm_wgmma_supported());
+    const bool wgmma = kernel == GemmKernel::kWgmma && tma_gemm_takes(args);
     return wgmma ? int8_gemm_wgmma(args, stream) : int8_gemm_tiled(args, stream);
   }
   return with_dtype(args.out_dtype, [&](auto zero) {

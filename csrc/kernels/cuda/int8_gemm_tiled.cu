@@ -58,7 +58,7 @@ __global__ void __launch_bounds__(kPipelineThreads) int8_gemm_tiled_kernel(Int8G
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   int32_t acc[kMTiles][kNTiles][4] = {};
   const auto offset = [](int row, int piece) { return swizzled(row, piece); };
-  pipelined_k_loop<false>(p, row0, col0, stages, offset, [&](const Stage& slot) {
+  pipelined_k_loop(p, row0, col0, stages, offset, [&](const Stage& slot) {
 #pragma unroll
     for (int step = 0; step < kBlockK / 32; ++step) {
       uint32_t a[kMTiles][4], b[kNTiles][2];

@@ -1,18 +1,33 @@
-// The int8 GEMM on Hopper's warpgroup tensor cores (wgmma, sm_90a): 128x128 output tiles
-// per block of two warpgroups, each 64 rows x 128 columns (wgmma m64n128k32), K staged 64
-// bytes at a time through the cp.async ring of int8_pipeline.cuh, the operands read by the
-// tensor cores straight from shared memory through matrix descriptors. Staged tiles are in
-// the no-swizzle core-matrix layout wgmma reads: a core matrix is 8 rows x 16 bytes,
-// contiguous (128 B); core matrices along K are 128 B apart (the descriptor's leading byte
-// offset), groups of 8 rows 256 B apart (its stride byte offset); each 32-byte half of a
-// stage's K is a 4 KB region of 16 row groups. Needs in_16_byte_pieces(args) and an sm_90
-// device; a build without sm_90a has an empty kernel here and int8_gemm_wgmma_supported()
-// says false.
+// The int8 GEMM on Hopper's warpgroup tensor cores (sm_90a): 128x256 output tiles per block
+// of three warpgroups. Warpgroup 0 is the producer: one of its threads has the Tensor Memory
+// Accelerator (TMA) copy 128-byte-deep K slices of a (128 rows) and b (256 rows) into a
+// 4-stage ring of shared memory, each stage's arrival counted in bytes on a "full" mbarrier.
+// Warpgroups 1 and 2 are the consumers: each runs wgmma m64n256k32 on its 64 rows of a and all
+// 256 rows of b, straight from shared memory through matrix descriptors, keeps one stage's
+// products in flight while it waits for the next, and frees a stage on its "empty" mbarrier
+// once the products reading it have finished. The epilogue (int8_mma.cuh's store_scaled) runs
+// from the registers.
+//
+// Why this shape (session 8's profile of the cp.async 128x128 kernel this replaces: L2 74%
+// busy, 25% occupancy, the tensor cores idle across each stage's barrier and wait): a
+// 128x256 tile reads 25% fewer operand bytes from L2 per product, TMA moves them without
+// per-thread addressing or register staging, and the consumers never wait on a block
+// barrier. Unmeasured until a GPU session runs it; EFFGEN_CUDA_INT8_GEMM=wgmma selects it.
+//
+// Layout: TMA writes a box of R rows x 128 bytes with 128-byte swizzle, row r at r * 128 and
+// its 16-byte piece j at piece j ^ (r % 8); wgmma reads the same layout from a descriptor
+// with swizzle mode 128B and 1024 bytes between 8-row atoms, the k32 step s of a stage at
+// start + 32 s (the swizzle applies to the address bits, so stage tiles are 1024-aligned).
+// Needs k % 16 == 0 (TMA's row stride), 16-byte aligned a and b, and m, n, k < 2^31 (TMA
+// coordinates are 32-bit), and k > 0 (a map has no empty dimension): tma_gemm_takes(args). A build without sm_90a has an empty kernel
+// here and int8_gemm_wgmma_supported() says false.
+#include <cuda.h>          // CUtensorMap
+#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled_v12000
+
 #include <cstdint>
 
 #include "common.cuh"
 #include "int8_mma.cuh"
-#include "int8_pipeline.cuh"
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define EFFGEN_WGMMA_DEVICE 1
@@ -23,87 +38,228 @@ namespace {
 
 // [[maybe_unused]] below: a compile pass for another architecture builds the kernel empty
 // (the helpers stay __host__ __device__ for tests/cuda_host/wgmma_tile.cu).
-constexpr int kWarpgroupRows = 64;   // rows per warpgroup: warpgroup g takes rows 64 g..
-constexpr int kCoreBytes = 128;      // one core matrix: 8 rows x 16 bytes
-constexpr int kRowGroupBytes = 256;  // the two core matrices of 8 rows in one 32-byte K half
-constexpr int kHalfBytes = kBlockRows / 8 * kRowGroupBytes;  // 4 KB: a 32-byte K half of a stage
-[[maybe_unused]] constexpr int kAccumulators = 64;  // m64n128 int32 results per thread
+constexpr int kTileRows = 128;        // rows of a per block: two consumer warpgroups of 64
+constexpr int kTileCols = 256;        // rows of b (output columns) per block
+constexpr int kTileK = 128;           // bytes of K per stage: one 128-byte swizzle row
+constexpr int kWgmmaK = 32;           // bytes of K per wgmma
+constexpr int kStages = 4;            // 4 x 48 KB of the 227 KB an SM's block may use
+constexpr int kWarpgroupRows = 64;    // rows per consumer warpgroup
+constexpr int kConsumers = kTileRows / kWarpgroupRows;
+constexpr int kThreads = 128 * (1 + kConsumers);
+constexpr int kATileBytes = kTileRows * kTileK;
+constexpr int kBTileBytes = kTileCols * kTileK;
+constexpr int kStageBytes = kATileBytes + kBTileBytes;
+constexpr int kAtomBytes = 1024;  // a swizzle atom: 8 rows x 128 bytes
+// Dynamic shared memory: the ring, plus an atom of slack to align it to 1024 bytes.
+[[maybe_unused]] constexpr size_t kSharedBytes = size_t{kStages} * kStageBytes + kAtomBytes;
+[[maybe_unused]] constexpr int kAccumulators = kTileCols / 2;  // m64n256 int32 results per thread
+constexpr int64_t kMaxTmaCoordinate = (int64_t{1} << 31) - 1;
 
-// Byte offset of 16-byte piece `piece` (bytes 16 piece.. of the stage's K) of staged row r.
-[[maybe_unused]] __host__ __device__ __forceinline__ int core_matrix_offset(int r, int piece) {
-  return piece / 2 * kHalfBytes + r / 8 * kRowGroupBytes + piece % 2 * kCoreBytes + r % 8 * 16;
+// Blocks run in groups of kGroupTiles row tiles: inside a group the row tile changes
+// fastest, so the blocks resident at one time share a few column tiles of b and a band of a,
+// and both stay in L2 while they are being read.
+constexpr int64_t kGroupTiles = 16;
+struct BlockTile {
+  int64_t row_tile, col_tile;
+};
+[[maybe_unused]] __host__ __device__ __forceinline__ BlockTile block_tile(int64_t block, int64_t row_tiles, int64_t col_tiles) {
+  const int64_t per_group = kGroupTiles * col_tiles, first = block / per_group * kGroupTiles;
+  const int64_t rows_here = row_tiles - first < kGroupTiles ? row_tiles - first : kGroupTiles;
+  return {first + block % per_group % rows_here, block % per_group / rows_here};
 }
 
-// Shared-memory matrix descriptor of the operand at shared address `address` (PTX ISA,
-// "matrix descriptor format"): address >> 4 in bits 0-13, leading byte offset >> 4 (the
-// distance of core matrices along K) in bits 16-29, stride byte offset >> 4 (along M or N)
-// in bits 32-45, swizzle mode 0 (none) in bits 62-63.
-[[maybe_unused]] __host__ __device__ __forceinline__ uint64_t encode_descriptor(uint32_t address) {
-  return ((address & 0x3FFFFu) >> 4) | (uint64_t{kCoreBytes >> 4} << 16) | (uint64_t{kRowGroupBytes >> 4} << 32);
+// Shared-memory matrix descriptor (PTX ISA, "matrix descriptor format") of a K-major operand
+// at `address` in the layout above: address >> 4 in bits 0-13, leading byte offset in bits
+// 16-29 (not used by a swizzled K-major operand whose k32 fits in the 128-byte row; 1 by
+// convention), stride byte offset >> 4 (8-row atoms, 1024 B) in bits 32-45, base offset 0
+// in bits 49-51 (atoms 1024-aligned) and swizzle mode 1 (128B) in bits 62-63.
+[[maybe_unused]] __host__ __device__ __forceinline__ uint64_t swizzled_descriptor(uint32_t address) {
+  return ((address & 0x3FFFFu) >> 4) | (uint64_t{1} << 16) | (uint64_t{kAtomBytes >> 4} << 32) | (uint64_t{1} << 62);
 }
 
-// Stage offsets of the operands of warpgroup `warpgroup`'s wgmma for K half `half`: its 64
-// rows of a, all 128 rows of b.
-[[maybe_unused]] __host__ __device__ __forceinline__ int a_operand_offset(int warpgroup, int half) {
-  return half * kHalfBytes + warpgroup * (kWarpgroupRows / 8) * kRowGroupBytes;
+// Offsets in a stage of the operands of consumer `consumer`'s wgmma for k32 step `step`: its
+// 64 rows of a; all 256 rows of b, which follow a.
+[[maybe_unused]] __host__ __device__ __forceinline__ int a_operand_offset(int consumer, int step) {
+  return consumer * kWarpgroupRows * kTileK + kWgmmaK * step;
 }
-[[maybe_unused]] __host__ __device__ __forceinline__ int b_operand_offset(int half) { return half * kHalfBytes; }
+[[maybe_unused]] __host__ __device__ __forceinline__ int b_operand_offset(int step) { return kATileBytes + kWgmmaK * step; }
 
-// Where accumulator v of warp `warp` (of 4 in its warpgroup), lane `lane` belongs in the
-// block: the m64n128 result fragment (PTX ISA) puts d[v] at row 16 warp + lane / 4 +
-// 8 (v / 2 % 2), column 8 (v / 4) + 2 (lane % 4) + v % 2 of the warpgroup's 64 rows.
-[[maybe_unused]] __host__ __device__ __forceinline__ TilePosition wgmma_accumulator_position(int warpgroup, int warp,
-                                                                                             int lane, int v) {
-  return {warpgroup * kWarpgroupRows + 16 * warp + lane / 4 + v / 2 % 2 * 8, 8 * (v / 4) + 2 * (lane % 4) + v % 2};
+// Where accumulator v of warp `warp` (of 4 in its warpgroup), lane `lane` of consumer
+// `consumer` belongs in the block: the m64nN result fragment (PTX ISA) puts d[v] at row
+// 16 warp + lane / 4 + 8 (v / 2 % 2), column 8 (v / 4) + 2 (lane % 4) + v % 2 of the
+// consumer's 64 rows.
+[[maybe_unused]] __host__ __device__ __forceinline__ TilePosition wgmma_accumulator_position(int consumer, int warp, int lane, int v) {
+  return {consumer * kWarpgroupRows + 16 * warp + lane / 4 + v / 2 % 2 * 8, 8 * (v / 4) + 2 * (lane % 4) + v % 2};
 }
 
 #ifdef EFFGEN_WGMMA_DEVICE
-// d += a (64 x 32, K-major) * b (32 x 128, K-major), int8 in, int32 exact; d[v] is the
+// --- mbarriers (PTX ISA, "mbarrier"), at shared addresses --------------------------------
+__device__ __forceinline__ void barrier_init(uint32_t bar, uint32_t arrivals) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(arrivals) : "memory");
+}
+__device__ __forceinline__ void barrier_arrive(uint32_t bar) {
+  asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.shared::cta.b64 state, [%0];\n}\n" ::"r"(bar) : "memory");
+}
+// One arrival that also expects `bytes` of asynchronous copies to complete on the barrier.
+__device__ __forceinline__ void barrier_arrive_expect_bytes(uint32_t bar, uint32_t bytes) {
+  asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.expect_tx.shared::cta.b64 state, [%0], %1;\n}\n" ::"r"(bar),
+               "r"(bytes)
+               : "memory");
+}
+// Until the barrier's phase of parity `parity` has completed. The retry loop is in the PTX:
+// written as a C++ loop around try_wait, ptxas serialized the consumers' wgmmas (warning
+// C7514, a wait for every wgmma instead of one stage in flight).
+__device__ __forceinline__ void barrier_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nretry:\nmbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n@!done bra retry;\n}\n" ::"r"(
+          bar),
+      "r"(parity)
+      : "memory");
+}
+
+// TMA: the box of `map` at (k0, row0) into shared memory at dst, counted on barrier bar.
+__device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap& map, uint32_t bar, int32_t k0,
+                                         int32_t row0) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+          dst),
+      "l"(reinterpret_cast<uint64_t>(&map)), "r"(k0), "r"(row0), "r"(bar)
+      : "memory");
+}
+
+// d += a (64 x 32, K-major) * b (32 x 256, K-major), int8 in, int32 exact; d[v] is the
 // result at wgmma_accumulator_position.
+#define EFFGEN_ACC8(i)                                                                                        \
+  "+r"(d[i]), "+r"(d[i + 1]), "+r"(d[i + 2]), "+r"(d[i + 3]), "+r"(d[i + 4]), "+r"(d[i + 5]), "+r"(d[i + 6]), \
+      "+r"(d[i + 7])
 __device__ __forceinline__ void wgmma_s8(int32_t (&d)[kAccumulators], uint64_t a, uint64_t b) {
   asm volatile(
-      "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 {"
+      "wgmma.mma_async.sync.aligned.m64n256k32.s32.s8.s8 {"
       "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
       "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
       "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63},"
-      " %64, %65, 1;\n"
-      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
-        "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
-        "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
-        "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]),
-        "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]),
-        "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]),
-        "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]),
-        "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+      "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127},"
+      " %128, %129, 1;\n"
+      : EFFGEN_ACC8(0), EFFGEN_ACC8(8), EFFGEN_ACC8(16), EFFGEN_ACC8(24), EFFGEN_ACC8(32), EFFGEN_ACC8(40),
+        EFFGEN_ACC8(48), EFFGEN_ACC8(56), EFFGEN_ACC8(64), EFFGEN_ACC8(72), EFFGEN_ACC8(80), EFFGEN_ACC8(88),
+        EFFGEN_ACC8(96), EFFGEN_ACC8(104), EFFGEN_ACC8(112), EFFGEN_ACC8(120)
       : "l"(a), "l"(b));
+}
+#undef EFFGEN_ACC8
+
+template <int PENDING>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(PENDING) : "memory");
+}
+
+// The producer thread: K tile t of the block into stage t % kStages, once the consumers have
+// freed that stage's previous tile (t - kStages).
+__device__ __forceinline__ void produce(const CUtensorMap& a_map, const CUtensorMap& b_map, int64_t k_tiles,
+                                        int32_t row0, int32_t col0, uint32_t ring, uint32_t full, uint32_t empty) {
+  for (int64_t t = 0; t < k_tiles; ++t) {
+    const int stage = static_cast<int>(t % kStages);
+    if (t >= kStages) barrier_wait(empty + 8 * stage, static_cast<uint32_t>(t / kStages - 1) & 1);
+    const uint32_t slot = ring + stage * kStageBytes, bar = full + 8 * stage;
+    // the whole box counts, rows and bytes past the matrix included (TMA writes zeros there)
+    barrier_arrive_expect_bytes(bar, kStageBytes);
+    const int32_t k0 = static_cast<int32_t>(t * kTileK);
+    tma_load(slot, a_map, bar, k0, row0);
+    tma_load(slot + kATileBytes, b_map, bar, k0, col0);
+  }
+}
+
+// A consumer warpgroup's K loop: products of stage t issued, then those of stage t - 1
+// waited for and the stage freed.
+__device__ __forceinline__ void consume(int consumer, int64_t k_tiles, uint32_t ring, uint32_t full, uint32_t empty,
+                                        int32_t (&acc)[kAccumulators]) {
+  for (int64_t t = 0; t < k_tiles; ++t) {
+    const int stage = static_cast<int>(t % kStages);
+    barrier_wait(full + 8 * stage, static_cast<uint32_t>(t / kStages) & 1);
+    const uint32_t slot = ring + stage * kStageBytes;
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+    for (int step = 0; step < kTileK / kWgmmaK; ++step) {
+      wgmma_s8(acc, swizzled_descriptor(slot + a_operand_offset(consumer, step)),
+               swizzled_descriptor(slot + b_operand_offset(step)));
+    }
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    wgmma_wait<1>();  // this thread's products of tile t - 1 are done
+    if (t > 0) barrier_arrive(empty + 8 * static_cast<int>((t - 1) % kStages));
+  }
+  wgmma_wait<0>();
 }
 #endif
 
 template <typename Out>
-__global__ void __launch_bounds__(kPipelineThreads) int8_gemm_wgmma_kernel(Int8GemmArgs p) {
+__global__ void __launch_bounds__(kThreads, 1)
+    int8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap a_map, const __grid_constant__ CUtensorMap b_map,
+                           Int8GemmArgs p) {
 #ifdef EFFGEN_WGMMA_DEVICE
-  __shared__ __align__(128) Stage stages[kStages];
-  const int64_t row0 = int64_t(blockIdx.x) * kBlockRows, col0 = int64_t(blockIdx.y) * kBlockRows;
-  const int warpgroup = threadIdx.x / 128, warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
-  int32_t acc[kAccumulators] = {};
-  const auto offset = [](int row, int piece) { return core_matrix_offset(row, piece); };
-  pipelined_k_loop<true>(p, row0, col0, stages, offset, [&](const Stage& slot) {
-    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");  // acc was last written by plain instructions
-#pragma unroll
-    for (int half = 0; half < kBlockK / 32; ++half) {
-      wgmma_s8(acc, encode_descriptor(shared_address(slot.a + a_operand_offset(warpgroup, half))),
-               encode_descriptor(shared_address(slot.b + b_operand_offset(half))));
+  extern __shared__ uint8_t shared[];
+  __shared__ __align__(8) uint64_t barriers[2 * kStages];  // full[stage], then empty[stage]
+  const uint32_t ring = (shared_address(shared) + kAtomBytes - 1) / kAtomBytes * kAtomBytes;
+  const uint32_t full = shared_address(barriers), empty = full + 8 * kStages;
+  if (threadIdx.x == 0) {
+    for (int stage = 0; stage < kStages; ++stage) {
+      barrier_init(full + 8 * stage, 1);                       // the producer's expect-bytes arrival
+      barrier_init(empty + 8 * stage, kConsumers * 128);       // every consumer thread's
     }
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");  // before the next barrier frees the slot
-  });
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");  // visible to TMA
+  }
+  __syncthreads();
+  const int64_t row_tiles = (p.m + kTileRows - 1) / kTileRows, col_tiles = (p.n + kTileCols - 1) / kTileCols;
+  const BlockTile tile = block_tile(blockIdx.x, row_tiles, col_tiles);
+  const int64_t row0 = tile.row_tile * kTileRows, col0 = tile.col_tile * kTileCols;
+  const int64_t k_tiles = (p.k + kTileK - 1) / kTileK;
+  const int warpgroup = threadIdx.x / 128;
+  if (warpgroup == 0) {
+    if (threadIdx.x == 0) {
+      produce(a_map, b_map, k_tiles, static_cast<int32_t>(row0), static_cast<int32_t>(col0), ring, full, empty);
+    }
+    return;
+  }
+  const int consumer = warpgroup - 1, warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
+  int32_t acc[kAccumulators] = {};
+  consume(consumer, k_tiles, ring, full, empty, acc);
 #pragma unroll
   for (int v = 0; v < kAccumulators; ++v) {
-    const TilePosition at = wgmma_accumulator_position(warpgroup, warp, lane, v);
+    const TilePosition at = wgmma_accumulator_position(consumer, warp, lane, v);
     store_scaled<Out>(p, row0 + at.row, col0 + at.col, acc[v]);
   }
 #endif
+}
+
+// cuTensorMapEncodeTiled from the driver, through the runtime (no -lcuda); null if missing.
+PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* entry = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    const cudaError_t status =
+        cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &entry, 12000, cudaEnableDefault, &found);
+    return status == cudaSuccess && found == cudaDriverEntryPointSuccess
+               ? reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(entry)
+               : nullptr;
+  }();
+  return fn;
+}
+
+// The TMA map of int8 [rows, k] (row-major) in boxes of box_rows x kTileK bytes, 128-byte
+// swizzle, zeros outside the matrix.
+cudaError_t tile_map(CUtensorMap* map, const int8_t* base, int64_t rows, int64_t k, uint32_t box_rows) {
+  const PFN_cuTensorMapEncodeTiled_v12000 encode = encode_tiled();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t row_stride[1] = {static_cast<cuuint64_t>(k)};
+  const cuuint32_t box[2] = {kTileK, box_rows}, element_strides[2] = {1, 1};
+  const CUresult result =
+      encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<int8_t*>(base), dims, row_stride, box, element_strides,
+             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return result == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
 }  // namespace
@@ -120,11 +276,27 @@ bool int8_gemm_wgmma_supported() {
 #endif
 }
 
+bool tma_gemm_takes(const Int8GemmArgs& args) {
+  if (!in_16_byte_pieces(args) || args.k == 0 || args.m > kMaxTmaCoordinate || args.n > kMaxTmaCoordinate ||
+      args.k > kMaxTmaCoordinate) {
+    return false;
+  }
+  return (args.m + kTileRows - 1) / kTileRows * ((args.n + kTileCols - 1) / kTileCols) <= kMaxTmaCoordinate;  // blocks
+}
+
 cudaError_t int8_gemm_wgmma(const Int8GemmArgs& args, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>((args.m + kBlockRows - 1) / kBlockRows),
-                  static_cast<unsigned>((args.n + kBlockRows - 1) / kBlockRows));
+  CUtensorMap a_map, b_map;
+  if (const cudaError_t status = tile_map(&a_map, args.a, args.m, args.k, kTileRows); status != cudaSuccess) {
+    return status;
+  }
+  if (const cudaError_t status = tile_map(&b_map, args.b, args.n, args.k, kTileCols); status != cudaSuccess) {
+    return status;
+  }
+  const int64_t blocks = (args.m + kTileRows - 1) / kTileRows * ((args.n + kTileCols - 1) / kTileCols);
   return with_dtype(args.out_dtype, [&](auto zero) {
-    int8_gemm_wgmma_kernel<decltype(zero)><<<grid, kPipelineThreads, 0, stream>>>(args);
+    const auto kernel = int8_gemm_wgmma_kernel<decltype(zero)>;
+    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes) != cudaSuccess) return;
+    kernel<<<static_cast<unsigned>(blocks), kThreads, kSharedBytes, stream>>>(a_map, b_map, args);
   });
 }
 

@@ -20,6 +20,10 @@ struct TilePosition {
   int row, col;
 };
 
+__device__ __forceinline__ uint32_t shared_address(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
 // d += a (16 x 32, row-major) * b (32 x 8, column-major), int8 in, int32 exact. Fragments
 // (PTX ISA, lane = 4 group + thread): a = rows group and group + 8, bytes 4 thread.. and
 // 16 + 4 thread..; b = column group, the same bytes of K; d = rows group and group + 8,
@@ -52,10 +56,11 @@ inline bool in_16_byte_pieces(const Int8GemmArgs& args) {
 
 }  // namespace
 
-// The pipelined GEMMs for products with more than a few rows, both needing
-// in_16_byte_pieces(args): mma.sync (int8_gemm_tiled.cu) and wgmma on sm_90a
-// (int8_gemm_wgmma.cu, only where int8_gemm_wgmma_supported()).
+// The pipelined GEMMs for products with more than a few rows: mma.sync (int8_gemm_tiled.cu,
+// needing in_16_byte_pieces(args)) and TMA + wgmma on sm_90a (int8_gemm_wgmma.cu, only where
+// int8_gemm_wgmma_supported() and tma_gemm_takes(args)).
 cudaError_t int8_gemm_tiled(const Int8GemmArgs& args, cudaStream_t stream);
+bool tma_gemm_takes(const Int8GemmArgs& args);
 cudaError_t int8_gemm_wgmma(const Int8GemmArgs& args, cudaStream_t stream);
 
 }  // namespace effgen::cuda

@@ -1,7 +1,6 @@
-// The K loop shared by the two 128x128-tile int8 GEMMs (int8_gemm_tiled.cu on mma.sync,
-// int8_gemm_wgmma.cu on wgmma): K in 64-byte stages through a 3-stage cp.async ring, one
-// barrier per stage. Each kernel places a staged row's 16-byte pieces where its fragment
-// loads want them. Internal linkage, like common.cuh.
+// The K loop of the 128x128-tile mma.sync int8 GEMM (int8_gemm_tiled.cu): K in 64-byte
+// stages through a 3-stage cp.async ring, one barrier per stage; the kernel places a staged
+// row's 16-byte pieces where its fragment loads want them. Internal linkage, like common.cuh.
 #pragma once
 #include <cstdint>
 
@@ -21,10 +20,6 @@ struct Stage {
   int8_t a[kBlockRows * kBlockK];
   int8_t b[kBlockRows * kBlockK];
 };
-
-__device__ __forceinline__ uint32_t shared_address(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
 
 // 16 bytes global -> shared without passing through L1; bytes = 0 writes 16 zeros, reads nothing.
 __device__ __forceinline__ void copy_async_16(uint32_t dst, const void* src, int bytes) {
@@ -52,10 +47,8 @@ __device__ __forceinline__ void stage_rows(const int8_t* src, int64_t rows, int6
 }
 
 // The K loop of the block at rows row0 and output columns col0: K tile t of a and b lands
-// in stages[t % kStages], then compute(stage) runs on it while later tiles load. ASYNC_PROXY:
-// compute reads shared memory through the async proxy (wgmma), so each thread fences its
-// landed copies for it before the barrier.
-template <bool ASYNC_PROXY, typename Offset, typename Compute>
+// in stages[t % kStages], then compute(stage) runs on it while later tiles load.
+template <typename Offset, typename Compute>
 __device__ __forceinline__ void pipelined_k_loop(const Int8GemmArgs& p, int64_t row0, int64_t col0,
                                                  Stage (&stages)[kStages], Offset offset, Compute compute) {
   const int64_t k_tiles = (p.k + kBlockK - 1) / kBlockK;
@@ -72,7 +65,6 @@ __device__ __forceinline__ void pipelined_k_loop(const Int8GemmArgs& p, int64_t 
   for (int t = 0; t < kStages - 1; ++t) issue(t);
   for (int64_t t = 0; t < k_tiles; ++t) {
     wait_copies<kStages - 2>();  // this thread's copies of tile t have landed
-    if constexpr (ASYNC_PROXY) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncthreads();         // everyone's have, and everyone is done reading tile t - 1's slot
     issue(t + kStages - 1);  // into that slot
     compute(stages[t % kStages]);
