@@ -403,43 +403,9 @@ def _(packed, scales, n, block_size):
     return packed.new_empty((n,), dtype=torch.float32)
 
 
-# Straight-through estimator: the gradient passes where the unclamped value was in range.
-def _cachemask_setup(ctx, inputs, output):
-    ctx.save_for_backward(output[1])
-
-
-def _cachemask_backward(ctx, grad_y, _grad_mask):
-    (mask,) = ctx.saved_tensors
-    return (_ops.fake_quantize_mask_grad(grad_y.contiguous(), mask),) + (None,) * ctx.num_non_x_inputs
-
-
-def _register_ste(op_name: str, num_non_x_inputs: int) -> None:
-    def setup(ctx, inputs, output):
-        _cachemask_setup(ctx, inputs, output)
-        ctx.num_non_x_inputs = num_non_x_inputs
-
-    torch.library.register_autograd(op_name, _cachemask_backward, setup_context=setup)
-
-
-_register_ste("effgen::fake_quantize_per_tensor_cachemask", 4)
-_register_ste("effgen::fake_quantize_per_channel_cachemask", 5)
-
-
-def _learnable_setup(ctx, inputs, output):
-    x, scale, zero_point, axis, quant_min, quant_max, grad_factor = inputs
-    ctx.save_for_backward(x, scale, zero_point)
-    ctx.args = (axis, quant_min, quant_max, grad_factor)
-
-
-def _learnable_backward(ctx, dy):
-    x, scale, zero_point = ctx.saved_tensors
-    dx, dscale, dzp = _ops.fake_quantize_learnable_per_channel_backward(dy.contiguous(), x, scale, zero_point,
-                                                                        *ctx.args)
-    return dx, dscale, dzp, None, None, None, None
-
-
-torch.library.register_autograd("effgen::fake_quantize_learnable_per_channel", _learnable_backward,
-                                setup_context=_learnable_setup)
+# The fake-quant ops' autograd (straight-through for the cachemask ops, LSQ for the learnable
+# one) is registered in C++ (csrc/ops/quant_autograd.cpp): a Python autograd.Function per call
+# cost more than the kernels on small tensors.
 
 
 # ---------------------------------------------------------------------------------------
