@@ -9,6 +9,8 @@ the start of the run with torch._int_mm on a large square product.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -28,6 +30,15 @@ GPU_SHAPES = [(8192, 8192), (4096, 11008), (11008, 4096)]
 GPU_M = [1, 16, 512, 2048]
 W8A16_GROUP = 128  # the per-group W8A16 layer measured beside the per-channel one
 KERNEL_NAMES = {"mma": "mma.sync", "wgmma": "wgmma"}
+
+
+def timed_cuda_kernels() -> list[str]:
+    """Our CUDA int8 GEMMs this GPU runs, less those EFFGEN_BENCH_KERNELS (a comma list) leaves
+    out: scripts/gpu_check.sh drops a kernel whose tests failed, so that it cannot take the
+    rest of the run down with it."""
+    kernels = cuda_int8_kernels(build_info())
+    chosen = os.environ.get("EFFGEN_BENCH_KERNELS")
+    return kernels if chosen is None else [k for k in kernels if k in chosen.split(",")]
 
 
 def int8_peak_gops(device: torch.device) -> float:
@@ -96,7 +107,7 @@ def run_shape(ctx: BenchContext, m: int, k: int, n: int, peak: float) -> list[Be
     if m > 16 and ctx.device.type == "cuda":
         # Int8Linear on each of our own tensor-core GEMMs (the default runs cuBLAS's int32 sums
         # through our epilogue), for the A/B against cuBLAS and between ours
-        for kernel in cuda_int8_kernels(build_info()):
+        for kernel in timed_cuda_kernels():
             peers[f"Int8Linear, our {KERNEL_NAMES[kernel]}"] = with_env("EFFGEN_CUDA_INT8_GEMM", kernel, int8_linear)
     weight_bytes = n * k
     # Every rotated copy is used once before timing (first use costs extra for every format).

@@ -26,9 +26,15 @@ if ! timeout "$(limit 300)" $PY setup.py build_ext --inplace > "$OUT/build.log" 
 fi
 $PY -m effgen_kernels.cli info >> "$OUT/machine.txt" 2>&1
 
-stamp "pytest -m cuda (log: pytest-cuda.log)"
-timeout "$(limit 240)" $PY -m pytest -m cuda -q -p no:cacheprovider $per_test tests > "$OUT/pytest-cuda.log" 2>&1
+# The wgmma GEMM's tests (session 11's TMA kernel, unverified) run in a process of their own
+# after the rest: a kernel fault poisons the process's CUDA context, so it must not take the
+# other tests, or the benchmarks, down with it. If they fail, the benchmarks leave it out.
+stamp "pytest -m cuda (logs: pytest-cuda.log, pytest-cuda-wgmma.log)"
+timeout "$(limit 240)" $PY -m pytest -m cuda -k "not wgmma" -q -p no:cacheprovider $per_test tests > "$OUT/pytest-cuda.log" 2>&1
 tests_rc=$?
+timeout "$(limit 90)" $PY -m pytest -m cuda -k wgmma -q -p no:cacheprovider $per_test tests > "$OUT/pytest-cuda-wgmma.log" 2>&1
+wgmma_rc=$?
+(( wgmma_rc == 0 || wgmma_rc == 5 )) || export EFFGEN_BENCH_KERNELS=mma  # 5: no test ran (no sm_90a)
 
 stamp "benchmarks (log: bench-cuda.log, json: bench-cuda.json)"
 timeout "$(limit 200)" $PY -m effgen_kernels.cli bench --device cuda --json "$OUT/bench-cuda.json" > "$OUT/bench-cuda.log" 2>&1
@@ -42,8 +48,9 @@ for tool in memcheck racecheck; do
   echo "=== $tool exit code $?" >> "$OUT/sanitizer.log"
 done
 
-stamp "done: tests rc=$tests_rc, bench rc=$bench_rc"
+stamp "done: tests rc=$tests_rc, wgmma tests rc=$wgmma_rc, bench rc=$bench_rc"
 echo "--- pytest -m cuda"; tail -15 "$OUT/pytest-cuda.log"
+echo "--- pytest -m cuda -k wgmma"; tail -5 "$OUT/pytest-cuda-wgmma.log"
 echo "--- compute-sanitizer"; grep -E "^===|ERROR SUMMARY" "$OUT/sanitizer.log"
 echo "--- benchmarks"; grep -v '^\[' "$OUT/bench-cuda.log" | grep -v '^  ' | tail -25
-exit $(( tests_rc != 0 || bench_rc != 0 ))
+exit $(( tests_rc != 0 || (wgmma_rc != 0 && wgmma_rc != 5) || bench_rc != 0 ))
