@@ -26,7 +26,7 @@ def check(what, got, expected) -> None:
 
 def quant_kernels() -> None:
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        for shape in ((1, 1), (3, 129), (5, 4099)):
+        for shape in ((1, 1), (3, 129), (5, 4099), (2, 12289), (2, 20000)):
             x = torch.randn(shape).to(dtype)
             xc = x.cuda()
             quantizers = (("per token", ops.quantize_per_token), ("per group", lambda t: ops.quantize_per_group(t, 64)),

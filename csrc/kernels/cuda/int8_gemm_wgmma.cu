@@ -108,12 +108,24 @@ __device__ __forceinline__ void barrier_arrive_expect_bytes(uint32_t bar, uint32
 }
 // Until the barrier's phase of parity `parity` has completed. The retry loop is in the PTX:
 // written as a C++ loop around try_wait, ptxas serialized the consumers' wgmmas (warning
-// C7514, a wait for every wgmma instead of one stage in flight).
+// C7514, a wait for every wgmma instead of one stage in flight). A wait longer than
+// kBarrierTimeoutNs (a product takes milliseconds) means a broken protocol: the kernel traps,
+// so the launch fails with an error instead of hanging the GPU.
+constexpr uint64_t kBarrierTimeoutNs = 10'000'000'000;
 __device__ __forceinline__ void barrier_wait(uint32_t bar, uint32_t parity) {
   asm volatile(
-      "{\n.reg .pred done;\nretry:\nmbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n@!done bra retry;\n}\n" ::"r"(
-          bar),
-      "r"(parity)
+      "{\n.reg .pred done, waiting;\n.reg .u64 start, now;\n"
+      "mov.u64 start, %%globaltimer;\n"
+      "retry:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@done bra finished;\n"
+      "mov.u64 now, %%globaltimer;\n"
+      "sub.u64 now, now, start;\n"
+      "setp.lt.u64 waiting, now, %2;\n"
+      "@waiting bra retry;\n"
+      "trap;\n"
+      "finished:\n}\n" ::"r"(bar),
+      "r"(parity), "l"(kBarrierTimeoutNs)
       : "memory");
 }
 
