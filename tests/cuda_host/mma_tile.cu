@@ -56,10 +56,12 @@ void emulate(int64_t m, int64_t n, int64_t k, const Matrix& a, const Matrix& b, 
         for (int i = 0; i < kMTiles; ++i) {
           for (int j = 0; j < kNTiles; ++j) {
             for (int l = 0; l < 32; ++l) {
-              for (int e = 0; e < 4; ++e) {
+              for (int e = 0; e < 4; e += 2) {  // the kernel's epilogue: e, e + 1 stored as a pair
                 const TilePosition at = accumulator_position(warp, l, i, j, e);
-                const int64_t row = row0 + at.row, col = col0 + at.col;
-                if (row < m && col < n) out.put(row * n + col, acc[warp][i][j][l][e]);
+                for (int x = 0; x < 2; ++x) {
+                  const int64_t row = row0 + at.row, col = col0 + at.col + x;
+                  if (row < m && col < n) out.put(row * n + col, acc[warp][i][j][l][e + x]);
+                }
               }
             }
           }

@@ -10,7 +10,7 @@
 // - a K-major 128B-swizzled operand's element (row, kk) is at the address
 //   u = start + (row / 8) stride + (row % 8) 128 + kk, with bits 4-6 of u XORed with bits 7-9;
 // - the m64nN result fragment puts d[v] of warp w, lane l at row 16 w + l / 4 + 8 (v / 2 % 2),
-//   column 8 (v / 4) + 2 (l % 4) + v % 2.
+//   column 8 (v / 4) + 2 (l % 4) + v % 2 (the kernel stores d[v], d[v + 1] as a pair).
 // No GPU needed; built and run by tests/test_int8_gemm.py. Exits 1 with the first mismatch.
 #include <cstdlib>
 #include <cstring>
@@ -109,11 +109,15 @@ void emulate(int64_t m, int64_t n, int64_t k, const Matrix& a, const Matrix& b, 
     for (int consumer = 0; consumer < kConsumers; ++consumer) {
       for (int warp = 0; warp < 4; ++warp) {
         for (int l = 0; l < 32; ++l) {
-          for (int v = 0; v < kAccumulators; ++v) {
-            const int64_t value_v = d[consumer][16 * warp + l / 4 + v / 2 % 2 * 8][8 * (v / 4) + 2 * (l % 4) + v % 2];
+          // the kernel's epilogue: accumulators v and v + 1 (v even) stored at (row, col), (row, col + 1)
+          for (int v = 0; v < kAccumulators; v += 2) {
             const TilePosition at = wgmma_accumulator_position(consumer, warp, l, v);
-            const int64_t row = row0 + at.row, col = col0 + at.col;
-            if (row < m && col < n) out.put(row * n + col, value_v);
+            for (int x = 0; x < 2; ++x) {
+              const int u = v + x;
+              const int64_t value_u = d[consumer][16 * warp + l / 4 + u / 2 % 2 * 8][8 * (u / 4) + 2 * (l % 4) + u % 2];
+              const int64_t row = row0 + at.row, col = col0 + at.col + x;
+              if (row < m && col < n) out.put(row * n + col, value_u);
+            }
           }
         }
       }

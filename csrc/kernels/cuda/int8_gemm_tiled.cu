@@ -84,9 +84,10 @@ __global__ void __launch_bounds__(kPipelineThreads) int8_gemm_tiled_kernel(Int8G
 #pragma unroll
     for (int j = 0; j < kNTiles; ++j) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
+      for (int e = 0; e < 4; e += 2) {  // accumulators e and e + 1: adjacent columns of a row
         const TilePosition at = accumulator_position(warp, lane, i, j, e);
-        store_scaled<Out>(p, row0 + at.row, col0 + at.col, acc[i][j][e]);
+        store_scaled_pair<Out>(p, row0 + at.row, col0 + at.col, row_scale_of(p, row0 + at.row), acc[i][j][e],
+                               acc[i][j][e + 1]);
       }
     }
   }

@@ -5,8 +5,8 @@
 // Warpgroups 1 and 2 are the consumers: each runs wgmma m64n256k32 on its 64 rows of a and all
 // 256 rows of b, straight from shared memory through matrix descriptors, keeps one stage's
 // products in flight while it waits for the next, and frees a stage on its "empty" mbarrier
-// once the products reading it have finished. The epilogue (int8_mma.cuh's store_scaled) runs
-// from the registers.
+// once the products reading it have finished. The epilogue (int8_mma.cuh's
+// store_scaled_pair) runs from the registers.
 //
 // Why this shape (session 8's profile of the cp.async 128x128 kernel this replaces: L2 74%
 // busy, 25% occupancy, the tensor cores idle across each stage's barrier and wait): a
@@ -237,10 +237,14 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int consumer = warpgroup - 1, warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
   int32_t acc[kAccumulators] = {};
   consume(consumer, k_tiles, ring, full, empty, acc);
+  // The thread's outputs lie in two rows (v / 2 % 2), accumulators v and v + 1 (v even) in
+  // adjacent columns: the row scales are loaded once and outputs stored in pairs.
+  const int64_t row = row0 + wgmma_accumulator_position(consumer, warp, lane, 0).row;
+  const float row_scales[2] = {row_scale_of(p, row), row_scale_of(p, row + 8)};
 #pragma unroll
-  for (int v = 0; v < kAccumulators; ++v) {
+  for (int v = 0; v < kAccumulators; v += 2) {
     const TilePosition at = wgmma_accumulator_position(consumer, warp, lane, v);
-    store_scaled<Out>(p, row0 + at.row, col0 + at.col, acc[v]);
+    store_scaled_pair<Out>(p, row0 + at.row, col0 + at.col, row_scales[v / 2 % 2], acc[v], acc[v + 1]);
   }
 #endif
 }

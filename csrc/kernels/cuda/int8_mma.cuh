@@ -2,6 +2,7 @@
 // int8_gemm_wgmma.cu): the int8 mma.sync instruction and the fused epilogue. Internal linkage, like common.cuh.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "common.cuh"
 #include "convert.cuh"
@@ -38,14 +39,49 @@ __device__ __forceinline__ void mma_s8(int32_t (&d)[4], const uint32_t (&a)[4], 
 // out[row][col] = float(acc) * a_scale[row] * b_scale[col] (+ bias[col]), each step rounded
 // on its own (no FMA), in the order of reference.int8_linear, so every kernel is bit-exact.
 // Skips positions outside the output.
-__device__ __forceinline__ float scaled_value(const Int8GemmArgs& p, int64_t row, int64_t col, int32_t acc) {
-  float v = __fmul_rn(__fmul_rn(static_cast<float>(acc), p.a_scale[row * p.a_stride]), p.b_scale[col * p.b_stride]);
+__device__ __forceinline__ float scaled_by(const Int8GemmArgs& p, float row_scale, int64_t col, int32_t acc) {
+  float v = __fmul_rn(__fmul_rn(static_cast<float>(acc), row_scale), p.b_scale[col * p.b_stride]);
   return p.bias == nullptr ? v : __fadd_rn(v, p.bias[col]);
+}
+__device__ __forceinline__ float scaled_value(const Int8GemmArgs& p, int64_t row, int64_t col, int32_t acc) {
+  return scaled_by(p, p.a_scale[row * p.a_stride], col, acc);
 }
 template <typename Out>
 __device__ __forceinline__ void store_scaled(const Int8GemmArgs& p, int64_t row, int64_t col, int32_t acc) {
   if (row >= p.m || col >= p.n) return;
   store_value(static_cast<Out*>(p.out) + row * p.n + col, scaled_value(p, row, col, acc));
+}
+
+// The scale of a row of a (0 past the output: its values are never stored), for epilogues
+// that load it once for the many outputs of a row they hold.
+__device__ __forceinline__ float row_scale_of(const Int8GemmArgs& p, int64_t row) {
+  return row < p.m ? p.a_scale[row * p.a_stride] : 0.0f;
+}
+
+// Outputs (row, col) and (row, col + 1), from acc0 and acc1, as one store where both are inside
+// and the pair is aligned for it (the tensor-core fragments hold adjacent columns in pairs).
+template <typename Out>
+__device__ __forceinline__ void store_scaled_pair(const Int8GemmArgs& p, int64_t row, int64_t col, float row_scale,
+                                                  int32_t acc0, int32_t acc1) {
+  using Pair = std::conditional_t<sizeof(Out) == 4, uint2, uint32_t>;
+  if (row >= p.m || col >= p.n) return;
+  Out* dst = static_cast<Out*>(p.out) + row * p.n + col;
+  const float v0 = scaled_by(p, row_scale, col, acc0);
+  if (col + 1 >= p.n) {
+    store_value(dst, v0);
+    return;
+  }
+  const float v1 = scaled_by(p, row_scale, col + 1, acc1);
+  if (aligned(dst, sizeof(Pair))) {
+    union {
+      Out values[2];
+      Pair pair;
+    } out;
+    out.values[0] = from_f32<Out>(v0), out.values[1] = from_f32<Out>(v1);
+    *reinterpret_cast<Pair*>(dst) = out.pair;
+  } else {
+    store_value(dst, v0), store_value(dst + 1, v1);
+  }
 }
 
 // k % 16 == 0 and a, b 16-byte aligned: every 16-byte piece of a row of a or b is one
