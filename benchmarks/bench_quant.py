@@ -85,22 +85,38 @@ def run_dtype(ctx: BenchContext, dtype: torch.dtype) -> list[BenchResult]:
         "torch fake_quant", lambda: torch.fake_quantize_per_channel_affine(x, scale, zp, 0, -128, 127),
         bytes_moved=n * elem * 2 + n))
 
-    grad = torch.randn_like(x)
-    x_ours, x_peer = x.clone().requires_grad_(), x.clone().requires_grad_()
-
-    def fwd_bwd(fn, leaf):
-        def step():
-            leaf.grad = None
-            fn(leaf, scale, zp, 0, -128, 127).backward(grad)
-        return step
-
     # Forward reads x, writes y and the mask; backward reads grad and mask, writes dx.
     results.append(ctx.measure(
         FAMILY, "fake_quantize_per_channel fwd+bwd", shape, dtype,
-        fwd_bwd(ek.ops.fake_quantize_per_channel, x_ours),
-        "torch fake_quant", fwd_bwd(torch.fake_quantize_per_channel_affine, x_peer),
+        *fwd_bwd_pair(x, lambda fn, t: fn(t, scale, zp, 0, -128, 127), ek.ops.fake_quantize_per_channel,
+                      torch.fake_quantize_per_channel_affine),
         bytes_moved=(n * elem * 2 + n) + (n * elem * 2 + n)))
+
+    # One QAT layer's call on a small activation: the kernels take microseconds, so this times
+    # what a training step pays per fake-quant call (launches and the autograd round trip).
+    small = torch.randn(64, 64, device=ctx.device).to(dtype)
+    results.append(ctx.measure(
+        FAMILY, "fake_quantize_per_tensor fwd+bwd (per-call cost)", "64x64", dtype,
+        *fwd_bwd_pair(small, lambda fn, t: fn(t, 0.02, 3, -128, 127), ek.ops.fake_quantize_per_tensor,
+                      torch.fake_quantize_per_tensor_affine),
+        bytes_moved=small.numel() * (small.element_size() * 4 + 2)))
     return results
+
+
+def fwd_bwd_pair(x: torch.Tensor, call, ours, peer):
+    """(ours step, peer name, peer step): forward through call(fn, leaf), then backward, each
+    on its own leaf copy of x with the same upstream gradient."""
+    grad = torch.randn_like(x)
+
+    def step_of(fn):
+        leaf = x.clone().requires_grad_()
+
+        def step():
+            leaf.grad = None
+            call(fn, leaf).backward(grad)
+        return step
+
+    return step_of(ours), "torch fake_quant", step_of(peer)
 
 
 if __name__ == "__main__":
