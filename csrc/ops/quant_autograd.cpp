@@ -73,8 +73,9 @@ struct LearnableFakeQuant : torch::autograd::Function<LearnableFakeQuant> {
                             const at::Tensor& zero_point, int64_t axis, int64_t quant_min, int64_t quant_max,
                             double grad_factor) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    static const auto op = effgen_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
-                                                int64_t, int64_t, double)>("effgen::fake_quantize_learnable_per_channel");
+    using Signature =
+        at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, int64_t, double);
+    static const auto op = effgen_op<Signature>("effgen::fake_quantize_learnable_per_channel");
     ctx->save_for_backward({x, scale, zero_point});
     ctx->saved_data["axis"] = axis;
     ctx->saved_data["quant_min"] = quant_min;

@@ -99,7 +99,9 @@ void emulate(int64_t m, int64_t n, int64_t k, const Matrix& a, const Matrix& b, 
           for (int row = 0; row < kWarpgroupRows; ++row) {
             for (int col = 0; col < kTileCols; ++col) {
               int64_t sum = 0;
-              for (int kk = 0; kk < kWgmmaK; ++kk) sum += int64_t{operand(shared, da, row, kk)} * operand(shared, db, col, kk);
+              for (int kk = 0; kk < kWgmmaK; ++kk) {
+                sum += int64_t{operand(shared, da, row, kk)} * operand(shared, db, col, kk);
+              }
               d[consumer][row][col] += sum;
             }
           }

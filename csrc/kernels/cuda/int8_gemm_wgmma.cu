@@ -18,9 +18,9 @@
 // its 16-byte piece j at piece j ^ (r % 8); wgmma reads the same layout from a descriptor
 // with swizzle mode 128B and 1024 bytes between 8-row atoms, the k32 step s of a stage at
 // start + 32 s (the swizzle applies to the address bits, so stage tiles are 1024-aligned).
-// Needs k % 16 == 0 (TMA's row stride), 16-byte aligned a and b, and m, n, k < 2^31 (TMA
-// coordinates are 32-bit), and k > 0 (a map has no empty dimension): tma_gemm_takes(args). A build without sm_90a has an empty kernel
-// here and int8_gemm_wgmma_supported() says false.
+// Needs k % 16 == 0 (TMA's row stride), 16-byte aligned a and b, m, n, k < 2^31 (TMA
+// coordinates are 32-bit) and k > 0 (a map has no empty dimension): tma_gemm_takes(args). A
+// build without sm_90a has an empty kernel here and int8_gemm_wgmma_supported() says false.
 #include <cuda.h>          // CUtensorMap
 #include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled_v12000
 
@@ -62,7 +62,8 @@ constexpr int64_t kGroupTiles = 16;
 struct BlockTile {
   int64_t row_tile, col_tile;
 };
-[[maybe_unused]] __host__ __device__ __forceinline__ BlockTile block_tile(int64_t block, int64_t row_tiles, int64_t col_tiles) {
+[[maybe_unused]] __host__ __device__ __forceinline__ BlockTile block_tile(int64_t block, int64_t row_tiles,
+                                                                         int64_t col_tiles) {
   const int64_t per_group = kGroupTiles * col_tiles, first = block / per_group * kGroupTiles;
   const int64_t rows_here = row_tiles - first < kGroupTiles ? row_tiles - first : kGroupTiles;
   return {first + block % per_group % rows_here, block % per_group / rows_here};
@@ -82,13 +83,16 @@ struct BlockTile {
 [[maybe_unused]] __host__ __device__ __forceinline__ int a_operand_offset(int consumer, int step) {
   return consumer * kWarpgroupRows * kTileK + kWgmmaK * step;
 }
-[[maybe_unused]] __host__ __device__ __forceinline__ int b_operand_offset(int step) { return kATileBytes + kWgmmaK * step; }
+[[maybe_unused]] __host__ __device__ __forceinline__ int b_operand_offset(int step) {
+  return kATileBytes + kWgmmaK * step;
+}
 
 // Where accumulator v of warp `warp` (of 4 in its warpgroup), lane `lane` of consumer
 // `consumer` belongs in the block: the m64nN result fragment (PTX ISA) puts d[v] at row
 // 16 warp + lane / 4 + 8 (v / 2 % 2), column 8 (v / 4) + 2 (lane % 4) + v % 2 of the
 // consumer's 64 rows.
-[[maybe_unused]] __host__ __device__ __forceinline__ TilePosition wgmma_accumulator_position(int consumer, int warp, int lane, int v) {
+[[maybe_unused]] __host__ __device__ __forceinline__ TilePosition wgmma_accumulator_position(int consumer, int warp,
+                                                                                             int lane, int v) {
   return {consumer * kWarpgroupRows + 16 * warp + lane / 4 + v / 2 % 2 * 8, 8 * (v / 4) + 2 * (lane % 4) + v % 2};
 }
 
