@@ -3,8 +3,8 @@
 // channels and splits K over its warps; more rows run through the pipelined 128x128
 // mma.sync kernel (int8_gemm_tiled.cu) when k % 16 == 0 and the operands are 16-byte
 // aligned, or, asked for (GemmKernel::kWgmma, sm_90a), the TMA + wgmma kernel of
-// int8_gemm_wgmma.cu; other shapes go through the
-// general 64x64 kernel here, which stages byte by byte where it must. The W8A16 GEMV
+// int8_gemm_wgmma.cu; other shapes go through the general 64x64 kernel here, which stages
+// byte by byte where it must. The W8A16 GEMV
 // decodes the weights in registers: onto the 16-bit tensor cores for bf16/fp16 x
 // (skinny_mma.cuh), else one warp per output channel on the CUDA cores.
 #include <cuda_bf16.h>

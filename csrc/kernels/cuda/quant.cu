@@ -350,22 +350,6 @@ __global__ void quantize_rows_kernel(const T* x, ParamIndex idx, int8_t* q, floa
   }
 }
 
-// Chunks per warp that a run of `items` elements needs with `threads` threads, rounded up to
-// the instantiated 1, 2 or 4, to fn as a compile-time constant; 0 beyond 4.
-template <typename Fn>
-void with_resident_chunks(int64_t items, int threads, Fn&& fn) {
-  const int64_t chunks = (items + int64_t{threads / 32} * kWarpItems - 1) / (int64_t{threads / 32} * kWarpItems);
-  if (chunks <= 1) {
-    fn(std::integral_constant<int, 1>{});
-  } else if (chunks <= 2) {
-    fn(std::integral_constant<int, 2>{});
-  } else if (chunks <= 4) {
-    fn(std::integral_constant<int, 4>{});
-  } else {
-    fn(std::integral_constant<int, 0>{});
-  }
-}
-
 // Per-channel absmax, one atomic per run (a channel has outer runs).
 template <typename T>
 __global__ void channel_absmax_run_kernel(const T* x, RunGrid grid, uint32_t* absmax_bits) {
@@ -617,7 +601,10 @@ cudaError_t quantize_rows(DType dtype, const void* x, int64_t rows, int64_t k, i
     using T = decltype(tag);
     const T* xs = static_cast<const T*>(x);
     const int threads = run_threads(longest_run(idx));
-    with_resident_chunks(longest_run(idx), threads, [&](auto resident) {
+    const int64_t warp_span = int64_t{threads / 32} * kWarpItems;  // elements a block's warps take at once
+    const int64_t chunks = (longest_run(idx) + warp_span - 1) / warp_span;
+    // 1, 2 or 4 chunks a warp in registers; 0 (last, taken beyond 4): the two-pass kernel
+    with_rows<1, 2, 4, 0>(chunks, [&](auto resident) {
       quantize_rows_kernel<T, resident()><<<rows * idx.groups, threads, 0, stream>>>(xs, idx, q, scale);
     });
   });
