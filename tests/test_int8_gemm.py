@@ -56,6 +56,35 @@ def test_int8_linear_extremes_at_the_largest_k(isa):
     assert out[0, 1].item() == float(-128 * 127 * k)
 
 
+# AVX2 multiplies packed weights with the sign trick (|x| times x's sign moved onto w), exact
+# unless a weight is -128; a 16-column group holding one takes the widening tile instead.
+# Column 20's -128 puts group 1 on that path while group 0 and group 2 keep the fast one.
+@pytest.mark.parametrize("m,k", [(1, 7), (2, 64), (5, 131), (33, 1000)])
+def test_int8_linear_packed_weights_with_and_without_int8_min(isa, m, k):
+    xq = random_int8((m, k))
+    xq[0, : min(k, 5)] = -128
+    wq = random_int8((40, k), low=-127)
+    wq[3, 0] = wq[37, -1] = 127
+    for minimum_at in [None, (20, k // 2)]:
+        if minimum_at is not None:
+            wq[minimum_at] = -128
+        x_scale, w_scale = torch.rand(m) + 0.01, torch.rand(40) + 0.01
+        out = ops.int8_linear_packed(xq, x_scale, *ops.int8_pack_weight(wq), w_scale)
+        assert_same_bits(out, ref.int8_linear(xq, x_scale, wq, w_scale))
+
+
+def test_int8_linear_packed_sign_trick_extremes_at_the_largest_k(isa):
+    # |x| = 128 against |w| = 127 in every pair: vpmaddubsw's int16 pair sums reach 32512,
+    # just inside int16, and the int32 totals reach 128 * 127 * K.
+    k = (1 << 17) - 1
+    xq = torch.full((2, k), -128, dtype=torch.int8)
+    xq[1, 1::2] = 127
+    wq = torch.stack([torch.full((k,), -127, dtype=torch.int8), torch.full((k,), 127, dtype=torch.int8)])
+    out = ops.int8_linear_packed(xq, torch.ones(2), *ops.int8_pack_weight(wq), torch.ones(2))
+    assert_same_bits(out, ref.int8_linear(xq, torch.ones(2), wq, torch.ones(2)))
+    assert out[0, 0].item() == float(128 * 127 * k)
+
+
 def test_int8_linear_rejects_k_beyond_the_bound():
     k = 1 << 17
     with pytest.raises(ValueError, match="K = 131072 exceeds 131071"):
