@@ -251,7 +251,9 @@ def test_cuda_binary_opcheck_and_layers():
 
 
 @pytest.mark.parametrize("m,n,k", [(1, 5, 1), (1, 37, 7), (3, 40, 33), (8, 100, 4097), (2, 16, 64),
-                                   (9, 33, 70), (70, 20, 129)])  # row blocks of 8, table chunks of 64
+                                   (9, 33, 70), (70, 20, 129), (1, 20, 3000), (2, 33, 2500)])
+# Row blocks of 8, table chunks of 64 rows; AVX2 also takes K in chunks whose tables fit L1
+# (1024 inputs at 1-2 rows, 128 at 8).
 def test_lookup_table_kernel_matches_reference(isa, m, n, k):
     x, w = random_input((m, k), scale=1.0), random_input((n, k))
     packed, alpha = ref.binarize_weight(w)

@@ -144,20 +144,7 @@ void lut_tiles(const float* tables, int64_t k, const uint8_t* tiles, int64_t t0,
   }
 }
 
-template <int M = kLutMaxM>
-void lut_dispatch(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1,
-                  int planes, float* sums, int64_t lds) {
-  if constexpr (M > 1) {
-    if (m < M) return lut_dispatch<M - 1>(tables, m, k, tiles, t0, t1, planes, sums, lds);
-  }
-  if (planes == 2) return lut_tiles<M, 2>(tables, k, tiles, t0, t1, sums, lds);
-  lut_tiles<M, 1>(tables, k, tiles, t0, t1, sums, lds);
-}
-
-void lut_sums(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1,
-              int planes, float* sums, int64_t lds) {
-  lut_dispatch(tables, m, k, tiles, t0, t1, planes, sums, lds);
-}
+#include "binary_lut_dispatch.h"
 
 #include "binary_gemm_impl.h"
 
