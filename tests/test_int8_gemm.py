@@ -248,11 +248,17 @@ def test_int8_weight_only_linear_packed_per_group_matches_reference(isa, dtype, 
 # (2 digits combined in float) and beyond (in double).
 @pytest.mark.parametrize("m,n,k,group_size", [(1, 70, 300, 32), (7, 129, 1000, 96), (5, 33, 37, 12),
                                               (17, 64, 2048, 1020), (4, 48, 2100, 1024), (16, 200, 1024, 32)])
-def test_w8a16_per_group_register_tiles_match_the_composition_bit_for_bit(dtype, m, n, k, group_size):
-    # AVX-512 folds each group's partial products in registers; the other ISAs store them and
-    # accumulate in a second pass. Both promise the same float operations in the same order.
+@pytest.mark.parametrize("weight_at_int8_min", [False, True])
+def test_w8a16_per_group_register_tiles_match_the_composition_bit_for_bit(dtype, m, n, k, group_size,
+                                                                          weight_at_int8_min):
+    # AVX-512 (and AVX2 for 16-bit activations) folds each group's partial products in
+    # registers; the scalar ISA stores them and accumulates in a second pass. Both promise the
+    # same float operations in the same order. A -128 weight sends AVX2's sign-trick products
+    # of its column group to the widening path.
     x = random_input((m, k), dtype, scale=1.0)
     wq, w_scale = ops.quantize_per_group(random_input((n, k), scale=0.05), group_size)
+    if weight_at_int8_min:
+        wq[n // 2, k // 3] = -128
     packed, w_sum = ops.int8_pack_weight(wq, group_size)
     outs = {}
     for isa in CPU_ISAS:

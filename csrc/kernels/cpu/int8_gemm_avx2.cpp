@@ -1,6 +1,6 @@
 // AVX2 int8 GEMM. On canonical weights, operands widened to int16 and multiplied with
 // vpmaddwd, which is exact for every int8 value; on packed weights, vpmaddubsw with the
-// sign trick (packed_tile), which saves the widening shuffles.
+// sign trick (sign_trick_products), which saves the widening shuffles.
 #include <immintrin.h>
 
 #include <cstring>
@@ -73,13 +73,10 @@ void tile(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t k,
   }
 }
 
-// Stores the first `cols` columns of one row of a 16-column group.
-inline void store_group_row(__m256i cols_0_7, __m256i cols_8_15, int64_t cols, int32_t* c) {
-  alignas(32) int32_t row[kPackCols];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(row), cols_0_7);
-  _mm256_store_si256(reinterpret_cast<__m256i*>(row + 8), cols_8_15);
-  std::memcpy(c, row, static_cast<size_t>(cols) * sizeof(int32_t));
-}
+// Products of MR activation rows with one 16-column group of packed weights over k values
+// of K: cols[i][0] holds row i's columns 0-7, cols[i][1] columns 8-15.
+template <int MR>
+using GroupColumns = __m256i[MR][2];
 
 // Columns 0-7 of a group from the pair sums of quarters 0 and 1 (or 8-15 from 2 and 3):
 // hadd gives c0 c1 c4 c5 | c2 c3 c6 c7 by 128-bit lane; the permute restores the order.
@@ -87,14 +84,13 @@ inline __m256i column_sums(__m256i first, __m256i second) {
   return _mm256_permute4x64_epi64(_mm256_hadd_epi32(first, second), _MM_SHUFFLE(3, 1, 2, 0));
 }
 
-// Packed weights, exact for all operands: a 16-byte quarter of a block (4 columns x 4
-// values of K) widens to int16 and meets the row's 4 activations (widened, repeated 4 times)
-// in vpmaddwd: int32 lanes hold pair sums (column c, K pair p) in the order c0p0 c0p1 c1p0
-// c1p1 | c2p0 c2p1 c3p0 c3p1, added up at the end. The widening shuffles make it slower
-// than packed_tile below, so it takes only the tiles packed_tile cannot.
+// Exact for all operands: a 16-byte quarter of a block (4 columns x 4 values of K) widens to
+// int16 and meets the row's 4 activations (widened, repeated 4 times) in vpmaddwd: int32
+// lanes hold pair sums (column c, K pair p) in the order c0p0 c0p1 c1p0 c1p1 | c2p0 c2p1
+// c3p0 c3p1, added up at the end. The widening shuffles share a pipe with the multiplies,
+// which makes it slower than sign_trick_products; it takes only what that one cannot.
 template <int MR>  // 2 rows x 4 quarters = 8 accumulators + 4 weight vectors
-void packed_tile_widened(const int8_t* a, int64_t lda, int64_t k, const int8_t* b, int64_t cols, int32_t* c,
-                         int64_t ldc) {
+void widened_products(GroupColumns<MR>& cols, const int8_t* a, int64_t lda, int64_t k, const int8_t* b) {
   constexpr int kQuarters = 4;
   __m256i acc[MR][kQuarters];
   for (int i = 0; i < MR; ++i) {
@@ -110,28 +106,25 @@ void packed_tile_widened(const int8_t* a, int64_t lda, int64_t k, const int8_t* 
   };
   for_each_quad(a, lda, k, step);
   for (int i = 0; i < MR; ++i) {
-    store_group_row(column_sums(acc[i][0], acc[i][1]), column_sums(acc[i][2], acc[i][3]), cols, c + i * ldc);
+    cols[i][0] = column_sums(acc[i][0], acc[i][1]);
+    cols[i][1] = column_sums(acc[i][2], acc[i][3]);
   }
 }
 
-// Packed weights with vpmaddubsw, which multiplies unsigned by signed bytes into saturating
-// int16 pair sums. Sign trick: |x| is the unsigned operand and x's sign moves onto the
-// weights (vpsignb), so a pair sum is at most 2 * 128 * 127 < 2^15 in magnitude and exact,
-// unless a weight is -128 (negating it wraps): such tiles, seen by a running byte minimum of
-// the weights, are redone by packed_tile_widened. A 32-byte half of a block is 8 columns x 4
-// values of K, so vpmaddwd with ones leaves one int32 lane per column, in order.
-constexpr int kPackedTileM = 2;  // measured faster than 3 or 4 rows on Zen 4
-constexpr int kPackedTileGroups = 1;
-
-template <int MR, int NG>
-void packed_tile(const int8_t* a, int64_t lda, int64_t k, const int8_t* b, int64_t /*group_stride*/,
-                 const int32_t* /*col_sums*/, int64_t n_valid, int32_t* c, int64_t ldc) {
-  static_assert(NG == 1, "one column group per AVX2 tile");
+// vpmaddubsw multiplies unsigned by signed bytes into saturating int16 pair sums. Sign
+// trick: |x| is the unsigned operand and x's sign moves onto the weights (vpsignb), so a pair
+// sum is at most 2 * 128 * 127 < 2^15 in magnitude and exact, unless a weight is -128
+// (negating it wraps): then, seen by a running byte minimum of the weights, it returns false
+// and cols are not the products. A 32-byte half of a block is 8 columns x 4 values of K, so
+// vpmaddwd with ones leaves one int32 lane per column, in order.
+template <int MR>
+__attribute__((always_inline)) inline bool sign_trick_products(GroupColumns<MR>& cols, const int8_t* a, int64_t lda,
+                                                               int64_t k, const int8_t* b) {
   constexpr int kHalves = 2;
   const __m256i ones = _mm256_set1_epi16(1);
-  __m256i acc[MR][kHalves], weight_min = _mm256_setzero_si256();
+  __m256i weight_min = _mm256_setzero_si256();
   for (int i = 0; i < MR; ++i) {
-    for (int h = 0; h < kHalves; ++h) acc[i][h] = _mm256_setzero_si256();
+    for (int h = 0; h < kHalves; ++h) cols[i][h] = _mm256_setzero_si256();
   }
   auto step = [&](int64_t kq, auto quad) __attribute__((always_inline)) {
     __m256i bv[kHalves];
@@ -143,16 +136,36 @@ void packed_tile(const int8_t* a, int64_t lda, int64_t k, const int8_t* b, int64
       const __m256i x = _mm256_set1_epi32(quad(i)), x_abs = _mm256_abs_epi8(x);
       for (int h = 0; h < kHalves; ++h) {
         const __m256i pairs = _mm256_maddubs_epi16(x_abs, _mm256_sign_epi8(bv[h], x));
-        acc[i][h] = _mm256_add_epi32(acc[i][h], _mm256_madd_epi16(pairs, ones));
+        cols[i][h] = _mm256_add_epi32(cols[i][h], _mm256_madd_epi16(pairs, ones));
       }
     }
   };
   for_each_quad(a, lda, k, step);
-  const int64_t cols = n_valid < kPackCols ? n_valid : kPackCols;
-  if (_mm256_movemask_epi8(_mm256_cmpeq_epi8(weight_min, _mm256_set1_epi8(INT8_MIN))) != 0) {
-    return packed_tile_widened<MR>(a, lda, k, b, cols, c, ldc);
+  return _mm256_movemask_epi8(_mm256_cmpeq_epi8(weight_min, _mm256_set1_epi8(INT8_MIN))) == 0;
+}
+
+template <int MR>
+__attribute__((always_inline)) inline void group_products(GroupColumns<MR>& cols, const int8_t* a, int64_t lda,
+                                                          int64_t k, const int8_t* b) {
+  if (!sign_trick_products<MR>(cols, a, lda, k, b)) widened_products<MR>(cols, a, lda, k, b);
+}
+
+constexpr int kPackedTileM = 2;  // measured faster than 3 or 4 rows on Zen 4
+constexpr int kPackedTileGroups = 1;
+
+template <int MR, int NG>
+void packed_tile(const int8_t* a, int64_t lda, int64_t k, const int8_t* b, int64_t /*group_stride*/,
+                 const int32_t* /*col_sums*/, int64_t n_valid, int32_t* c, int64_t ldc) {
+  static_assert(NG == 1, "one column group per AVX2 tile");
+  GroupColumns<MR> cols;
+  group_products<MR>(cols, a, lda, k, b);
+  const int64_t valid = n_valid < kPackCols ? n_valid : kPackCols;
+  for (int i = 0; i < MR; ++i) {
+    alignas(32) int32_t row[kPackCols];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(row), cols[i][0]);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(row + 8), cols[i][1]);
+    std::memcpy(c + i * ldc, row, static_cast<size_t>(valid) * sizeof(int32_t));
   }
-  for (int i = 0; i < MR; ++i) store_group_row(acc[i][0], acc[i][1], cols, c + i * ldc);
 }
 
 // W8A16 register tile: 1 x 4 totals + 1 x 4 group partials + 4 weight vectors.
@@ -165,8 +178,53 @@ const int32_t* prepare_panel(const int8_t*, int64_t, int64_t, int64_t, int32_t*)
 
 #include "int8_gemm_impl.h"
 
-// No register tile for per-group W8A16: the composition in int8_gemm_impl.h runs it.
-bool w8a16_grouped_tiles(const W8A16GroupedArgs&) { return false; }
+// Lanes of 8 columns from `first` on, of which `valid` (maybe fewer than 8, maybe none) exist.
+inline __m256i column_lanes(int64_t first, int64_t valid) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(valid - first)),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// Per-group W8A16 for one token of 16-bit activations (2 digit rows) and one 16-column
+// group: each group's products go from registers into the totals, with the float operations
+// of digits_group_accumulate (2 digits, groups of at most kFloatDigitsMaxDepth) in the same
+// order, so the result is the composition's bit for bit; no int32 tile is stored, no call
+// made, per group.
+void grouped_tile(const W8A16GroupedArgs& p, int64_t token, int64_t j0) {
+  constexpr int kDigits = 2, kHalves = 2;
+  const int8_t* a = p.a + token * kDigits * p.k;
+  const int8_t* b = p.b + j0 / kPackCols * p.group_stride;
+  const int64_t valid = p.n - j0 < kPackCols ? p.n - j0 : kPackCols;
+  __m256i lanes[kHalves];
+  __m256 total[kHalves];
+  for (int h = 0; h < kHalves; ++h) {
+    lanes[h] = column_lanes(8 * h, valid);
+    total[h] = _mm256_setzero_ps();
+  }
+  for (int64_t k0 = 0, q = 0; k0 < p.k; k0 += p.group_size, ++q) {
+    const int64_t depth = p.k - k0 < p.group_size ? p.k - k0 : p.group_size;
+    GroupColumns<kDigits> digits;
+    group_products<kDigits>(digits, a + k0, p.k, depth, b + k0 / kPackDepth * kPackBlock);
+    const float* scale = p.scale + q * p.scale_stride + j0;
+    for (int h = 0; h < kHalves; ++h) {
+      const __m256 high = _mm256_cvtepi32_ps(digits[0][h]), low = _mm256_cvtepi32_ps(digits[1][h]);
+      const __m256 dot = _mm256_add_ps(_mm256_mul_ps(high, _mm256_set1_ps(256.0f)), low);
+      total[h] = _mm256_add_ps(total[h], _mm256_mul_ps(dot, _mm256_maskload_ps(scale + 8 * h, lanes[h])));
+    }
+  }
+  float* out = p.totals + token * p.ldt + j0;
+  for (int h = 0; h < kHalves; ++h) _mm256_maskstore_ps(out + 8 * h, lanes[h], total[h]);
+}
+
+// 16-bit activations (2 digits) and groups whose digit sums are exact floats; the rest (fp32
+// activations, longer groups) goes to the composition in int8_gemm_impl.h.
+bool w8a16_grouped_tiles(const W8A16GroupedArgs& p) {
+  if (p.limbs != 2 || p.group_size > kFloatDigitsMaxDepth) return false;
+  // Column groups outermost, as in gemm_packed: a group's weights stay in L2 for every token.
+  for (int64_t j = 0; j < p.n; j += kPackCols) {
+    for (int64_t t = 0; t < p.tokens; ++t) grouped_tile(p, t, j);
+  }
+  return true;
+}
 
 }  // namespace
 }  // namespace avx2_gemm
