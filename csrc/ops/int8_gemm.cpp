@@ -319,6 +319,22 @@ at::Tensor unpack_weight(const at::Tensor& w_packed, int64_t n, int64_t k) {
       .contiguous();
 }
 
+// Whether W8A16 on packed weights should run as fixed point on the int8 GEMM rather than
+// dequantize the weights once for torch's GEMM (the canonical op's way beyond decode sizes).
+// With VNNI the int8 GEMM is far faster than torch's float GEMMs, and the cost that decides
+// is the conversion: a batch whose activations outnumber the weights (M (K + N) > N K) costs
+// more to convert (digits in, epilogue out, per element) than the weights to dequantize.
+// Without VNNI (AVX2, measured on Zen 4 at 576x576 to 4096x4096), fp32 activations take 3
+// digits, 3x the int8 work, and torch's fp32 GEMM (after unpacking and dequantizing the
+// weights, every call) wins beyond about 128 rows: 1.2-1.5x at 256; 16-bit ones take 2, and
+// torch's bf16 GEMM, with no native bf16 there, is 2.5-3.9x slower at 32-512 rows.
+bool w8a16_fixed_point_pays(int64_t m, int64_t k, int64_t n, at::ScalarType dtype) {
+  constexpr int64_t kWithoutVnniFp32MaxM = 128;
+  if (m <= kW8A16DirectMaxM) return true;
+  if (cpu::active_isa() >= cpu::Isa::kAvx512) return m * (k + n) <= n * k;
+  return dtype != at::kFloat || m <= kWithoutVnniFp32MaxM;
+}
+
 at::Tensor int8_weight_only_linear_packed(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& w_sum,
                                           const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
                                           std::optional<int64_t> group_size) {
@@ -331,11 +347,8 @@ at::Tensor int8_weight_only_linear_packed(const at::Tensor& x, const at::Tensor&
   const at::Tensor x2 = x.reshape({m, k}).contiguous(), packed = w_packed.contiguous(), sums = w_sum.contiguous();
   const at::Tensor scale = w_scale.contiguous(), bias_f = float_bias(bias);
   at::Tensor out_2d = out.view({m, n});
-  // A batch whose activations outnumber the weights (M (K + N) > N K) costs more to convert
-  // (digits in, epilogue out, per element) than the weights cost to dequantize once for
-  // torch's GEMM, the canonical op's way beyond decode sizes. Groups must start on packed
-  // blocks.
-  const bool fixed_point = (m <= kW8A16DirectMaxM || m * (k + n) <= n * k) &&
+  // Groups must start on packed blocks.
+  const bool fixed_point = w8a16_fixed_point_pays(m, k, n, x.scalar_type()) &&
                            (!group_size.has_value() || group % cpu::kPackDepth == 0);
   const int limbs = x.scalar_type() == at::kFloat ? 3 : 2;
   if (fixed_point && (group_size.has_value()
