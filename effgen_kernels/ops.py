@@ -161,12 +161,14 @@ def int8_weight_only_linear_packed(x: torch.Tensor, w_packed: torch.Tensor, w_su
                                    group_size: int | None = None) -> torch.Tensor:
     """W8A16 from int8_pack_weight's layout (CPU), per-channel scales ([N]) or, with
     ``group_size``, per-group ones ([N, groups], packed with the same group_size). Up to 16
-    rows, and while the weights outnumber the activations (M (K + N) <= N K), the
-    activations run as fixed point per token (15 bits of the row's absmax for bf16/fp16, 22
-    for fp32) on the packed int8 GEMM, which reads the weights once and never dequantizes
-    them (per group: one product per group, scaled and summed in fp32; group_size a
-    multiple of 4). Larger batches dequantize the weights once for torch's GEMM. Rows
-    holding Inf or NaN go through the float kernel, which propagates them."""
+    rows, and beyond while it pays, the activations run as fixed point per token (15 bits
+    of the row's absmax for bf16/fp16, 22 for fp32) on the packed int8 GEMM, which reads the
+    weights once and never dequantizes them (per group: one product per group, scaled and
+    summed in fp32; group_size a multiple of 4). It pays, with VNNI, while the weights
+    outnumber the activations (M (K + N) <= N K); without (AVX2), up to 128 rows for fp32
+    and at every M for bf16/fp16, whose torch GEMM is slower there. Other batches
+    dequantize the weights once for torch's GEMM. Rows holding Inf or NaN go through the
+    float kernel, which propagates them."""
     return _ops.int8_weight_only_linear_packed(x, w_packed, w_sum, w_scale, bias, group_size)
 
 
