@@ -160,6 +160,7 @@ void lut_tiles_half(const float* tables, int64_t k, const uint8_t* tiles, int64_
   constexpr bool kTwoPermutes = M <= 2;
   constexpr int64_t kTableBytesPerWord = 8 / kPlanes * 16 * sizeof(float) * M;
   constexpr int64_t kChunkWords = kLutChunkTableBytes / kTableBytesPerWord;
+  static_assert(kChunkWords > 0, "a chunk must hold one word's tables (kLutMaxM rows)");
   const int64_t words = lut_words(k, kPlanes), table_stride = lut_table_groups(k) * 16;
   const int64_t tile_bytes = words * kLutWordBytes;
   for (int64_t w0 = 0; w0 < words; w0 += kChunkWords) {
