@@ -112,6 +112,17 @@ def test_bench_result_ratios():
     assert r.as_dict()["speedup"] == 3.0
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_fbgemm_peer_takes_layers_with_and_without_bias(bias):
+    from effgen_kernels.bench.peers import fbgemm_dynamic_linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 24, bias=bias)
+    x = torch.randn(5, 64)
+    peer = fbgemm_dynamic_linear(linear)
+    torch.testing.assert_close(peer(x), linear(x), atol=0.05, rtol=0.05)  # 8-bit activations and weights
+
+
 def test_bench_plot_draws_one_bar_per_result(tmp_path):
     pytest.importorskip("matplotlib")
     results = [BenchResult("quant", "op a", "[4]", "float32", 1.0, "peer", 3.0, 16, 10.0),

@@ -10,7 +10,7 @@ from .harness import with_env
 
 def fbgemm_dynamic_linear(linear: torch.nn.Linear) -> torch.nn.Module:
     """torch.ao's dynamic int8 Linear (fbgemm, per-channel weights) for the same weights."""
-    clone = torch.nn.Linear(linear.in_features, linear.out_features)
+    clone = torch.nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
     clone.load_state_dict(linear.state_dict())
     clone.qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
     with warnings.catch_warnings():
