@@ -270,6 +270,49 @@ def test_w8a16_per_group_register_tiles_match_the_composition_bit_for_bit(dtype,
         assert_same_bits(out, outs["scalar"])
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+# Token counts around AVX2's 2-row int16 tile, K across its 1024-value int32 chunks and not a
+# multiple of 4, columns not a multiple of 16.
+@pytest.mark.parametrize("m,n,k", [(1, 70, 300), (2, 33, 37), (3, 129, 1030), (5, 16, 4100), (17, 40, 2049)])
+@pytest.mark.parametrize("weight_at_int8_min", [False, True])
+def test_w8a16_per_channel_16bit_activations_match_across_isas_bit_for_bit(dtype, m, n, k, weight_at_int8_min):
+    # AVX2 multiplies 16-bit activations as one int16 row per token (gemm_packed_i16), the
+    # other ISAs as two int8 digit rows; both sum the same integers exactly and round once.
+    x = random_input((m, k), dtype, scale=1.0)
+    wq, w_scale = ops.quantize_per_channel(random_input((n, k), scale=0.05), 0)
+    if weight_at_int8_min:
+        wq[n // 2, k // 3] = -128
+    packed, w_sum = ops.int8_pack_weight(wq)
+    bias = torch.randn(n)
+    outs = {}
+    for isa in CPU_ISAS:
+        with ops.use_cpu_isa(isa):
+            outs[isa] = ops.int8_weight_only_linear_packed(x, packed, w_sum, w_scale, bias)
+    for out in outs.values():
+        assert_same_bits(out, outs["scalar"])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_w8a16_16bit_activations_at_the_largest_products_stay_exact(dtype):
+    # Every activation at its row's absmax (fixed point 32639) against weights of -128: each
+    # product is as large as 16-bit fixed point allows, so AVX2's int32 lanes reach their
+    # bound at the end of every 1024-value chunk and must hand over to int64 sums there.
+    k, n = 5000, 20
+    x = torch.full((3, k), 1.5, dtype=dtype)
+    x[1] *= -1
+    wq = torch.full((n, k), -128, dtype=torch.int8)
+    w_scale = torch.full((n,), 2.0**-10)
+    packed, w_sum = ops.int8_pack_weight(wq)
+    outs = {}
+    for isa in CPU_ISAS:
+        with ops.use_cpu_isa(isa):
+            outs[isa] = ops.int8_weight_only_linear_packed(x, packed, w_sum, w_scale)
+    expected = ref.int8_weight_only_linear(x, wq, w_scale)
+    torch.testing.assert_close(outs["scalar"], expected, **w8a16_tolerance(dtype))
+    for out in outs.values():
+        assert_same_bits(out, outs["scalar"])
+
+
 def test_w8a16_per_group_sums_round_each_product(isa):
     # Two groups whose products cancel exactly (the second group's weights are the first's
     # negated, the activations repeat) must sum to exactly 0: each group's scaled product is

@@ -54,6 +54,23 @@ struct OutputBlocks {
   }
 };
 
+// Where the fused epilogues write: rows of out [m, n] from column j0 on, and the fp32 bias.
+struct EpilogueTarget {
+  cpu::DType dtype;
+  int64_t n, elem;
+  char* bytes;
+  const float* bias;
+
+  EpilogueTarget(at::Tensor& out, const at::Tensor& bias_f)
+      : dtype(cpu_dtype(out.scalar_type())),
+        n(out.size(1)),
+        elem(out.element_size()),
+        bytes(static_cast<char*>(out.data_ptr())),
+        bias(bias_f.defined() ? bias_f.data_ptr<float>() : nullptr) {}
+  void* row(int64_t i, int64_t j0) const { return bytes + (i * n + j0) * elem; }
+  const float* bias_from(int64_t j0) const { return bias == nullptr ? nullptr : bias + j0; }
+};
+
 // Block products: product(a, rows, j0, nb, acc) writes the int32 products of `rows`
 // activation rows (from a, row stride k) with output columns [j0, j0 + nb) into acc (row
 // stride kBlockN).
@@ -85,17 +102,13 @@ void int8_gemm_into(const at::Tensor& xq, const at::Tensor& x_scale, int64_t x_s
   const int8_t* a = xq.data_ptr<int8_t>();
   const float* xs = x_scale.data_ptr<float>();
   const float* ws = w_scale.data_ptr<float>();
-  const float* bias_ptr = bias.defined() ? bias.data_ptr<float>() : nullptr;
-  auto* out_bytes = static_cast<char*>(out.data_ptr());
-  const auto out_dtype = cpu_dtype(out.scalar_type());
-  const int64_t out_row_bytes = n * out.element_size(), elem = out.element_size();
+  const EpilogueTarget target(out, bias);
   OutputBlocks(m, n).parallel([&](int64_t i0, int64_t mb, int64_t j0, int64_t nb) {
     int32_t acc[kBlockM * kBlockN];
     product(a + i0 * k, mb, j0, nb, acc);
     for (int64_t i = 0; i < mb; ++i) {
       kernels.epilogue_row(acc + i * kBlockN, nb, xs[(i0 + i) * x_stride], ws + j0 * w_stride, w_stride,
-                           bias_ptr == nullptr ? nullptr : bias_ptr + j0, out_dtype,
-                           out_bytes + (i0 + i) * out_row_bytes + j0 * elem);
+                           target.bias_from(j0), target.dtype, target.row(i0 + i, j0));
     }
   });
 }
@@ -173,6 +186,18 @@ struct DigitRows {
   at::Tensor scales;  // fp32 [m]
 };
 
+// split(i0, i1) over blocks of x's m rows in parallel; false where any block says false.
+template <typename Split>
+bool split_in_parallel(int64_t m, int64_t k, const Split& split) {
+  std::atomic<bool> representable{true};
+  // At least 32K values per task: a decode-sized split runs inline, without a fork and join.
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, k));
+  at::parallel_for(0, m, grain, [&](int64_t i0, int64_t i1) {
+    if (!split(i0, i1)) representable = false;
+  });
+  return representable;
+}
+
 // Nothing when a row of x holds Inf or NaN or is too small for fixed point (absmax below
 // 2^-100): the float kernel takes those.
 std::optional<DigitRows> split_activations(const at::Tensor& x2, int limbs) {
@@ -180,14 +205,9 @@ std::optional<DigitRows> split_activations(const at::Tensor& x2, int limbs) {
   // Uninitialized (every byte is written): a zero fill cost as much as the conversion.
   DigitRows digits{at::empty({m * limbs, k}, x2.options().dtype(at::kChar)), at::empty({m}, x2.options().dtype(at::kFloat))};
   const auto& kernels = cpu::int8_gemm_kernels();
-  std::atomic<bool> representable{true};
-  // At least 32K values per task: a decode-sized split runs inline, without a fork and join.
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, k));
-  at::parallel_for(0, m, grain, [&](int64_t i0, int64_t i1) {
-    if (!kernels.split_fixed_point_rows(cpu_dtype(x2.scalar_type()), x2.data_ptr(), k, limbs, i0, i1,
-                                        digits.rows.data_ptr<int8_t>(), digits.scales.data_ptr<float>())) {
-      representable = false;
-    }
+  const bool representable = split_in_parallel(m, k, [&](int64_t i0, int64_t i1) {
+    return kernels.split_fixed_point_rows(cpu_dtype(x2.scalar_type()), x2.data_ptr(), k, limbs, i0, i1,
+                                          digits.rows.data_ptr<int8_t>(), digits.scales.data_ptr<float>());
   });
   if (!representable) return std::nullopt;
   return digits;
@@ -205,18 +225,49 @@ bool w8a16_fixed_point(const at::Tensor& x2, int limbs, int64_t n, const at::Ten
   const float* x_scales = digits->scales.data_ptr<float>();
   const auto& kernels = cpu::int8_gemm_kernels();
   const float* ws = w_scale.data_ptr<float>();
-  const float* bias_ptr = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
-  auto* out_bytes = static_cast<char*>(out.data_ptr());
-  const auto out_dtype = cpu_dtype(out.scalar_type());
-  const int64_t elem = out.element_size();
+  const EpilogueTarget target(out, bias_f);
   OutputBlocks(m, n).parallel([&](int64_t i0, int64_t mb, int64_t j0, int64_t nb) {
     thread_local std::vector<int32_t> acc;  // per thread, kept between calls
     acc.resize(static_cast<size_t>(kBlockM * limbs * kBlockN));
     product(rows + i0 * limbs * k, mb * limbs, j0, nb, acc.data());
     for (int64_t i = 0; i < mb; ++i) {
       kernels.digits_epilogue_row(acc.data() + i * limbs * kBlockN, kBlockN, limbs, nb, x_scales[i0 + i], ws + j0,
-                                  bias_ptr == nullptr ? nullptr : bias_ptr + j0, out_dtype,
-                                  out_bytes + ((i0 + i) * n + j0) * elem);
+                                  target.bias_from(j0), target.dtype, target.row(i0 + i, j0));
+    }
+  });
+  return true;
+}
+
+// Per-channel W8A16 of 16-bit activations on packed weights where the ISA has
+// gemm_packed_i16: one int16 row per token holding the integers of w8a16_fixed_point's 2
+// digit rows, summed exactly and rounded once, so the same result bit for bit with fewer
+// multiplies. Returns false (nothing written) where split_activations gives nothing.
+bool w8a16_fixed_point_i16(const at::Tensor& x2, const at::Tensor& w_packed, int64_t n, const at::Tensor& w_scale,
+                           const at::Tensor& bias_f, at::Tensor& out) {
+  const int64_t m = x2.size(0), k = x2.size(1);
+  const int64_t lda = (k + cpu::kPackDepth - 1) / cpu::kPackDepth * cpu::kPackDepth;  // whole packed quads
+  const auto& kernels = cpu::int8_gemm_kernels();
+  const at::Tensor rows = at::empty({m, lda}, x2.options().dtype(at::kShort));
+  const at::Tensor x_scales = at::empty({m}, x2.options().dtype(at::kFloat));
+  if (!split_in_parallel(m, k, [&](int64_t i0, int64_t i1) {
+        return kernels.split_fixed_point_rows_i16(cpu_dtype(x2.scalar_type()), x2.data_ptr(), k, lda, i0, i1,
+                                                  rows.data_ptr<int16_t>(), x_scales.data_ptr<float>());
+      })) {
+    return false;
+  }
+  const int16_t* a = rows.data_ptr<int16_t>();
+  const float* xs = x_scales.data_ptr<float>();
+  const int8_t* b = w_packed.data_ptr<int8_t>();
+  const int64_t group_stride = w_packed.size(1) * cpu::kPackBlock;
+  const float* ws = w_scale.data_ptr<float>();
+  const EpilogueTarget target(out, bias_f);
+  OutputBlocks(m, n).parallel([&](int64_t i0, int64_t mb, int64_t j0, int64_t nb) {
+    float dots[kBlockM * kBlockN];
+    kernels.gemm_packed_i16(a + i0 * lda, lda, mb, k, b + j0 / cpu::kPackCols * group_stride, group_stride, nb, dots,
+                            kBlockN);
+    for (int64_t i = 0; i < mb; ++i) {
+      kernels.epilogue_row_float(dots + i * kBlockN, nb, xs[i0 + i], ws + j0, 1, target.bias_from(j0), target.dtype,
+                                 target.row(i0 + i, j0));
     }
   });
   return true;
@@ -239,10 +290,7 @@ bool w8a16_fixed_point_grouped(const at::Tensor& x2, int limbs, const at::Tensor
   const int64_t group_stride = w_packed.size(1) * cpu::kPackBlock;
   const int32_t* sums = w_sum.data_ptr<int32_t>();
   const float* ws = w_scale.data_ptr<float>();
-  const float* bias_ptr = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
-  auto* out_bytes = static_cast<char*>(out.data_ptr());
-  const auto out_dtype = cpu_dtype(out.scalar_type());
-  const int64_t elem = out.element_size();
+  const EpilogueTarget target(out, bias_f);
   static const float kOne = 1.0f;
   OutputBlocks(m, n).parallel([&](int64_t i0, int64_t mb, int64_t j0, int64_t nb) {
     thread_local std::vector<float> totals, scales;  // per thread, kept between calls
@@ -256,9 +304,8 @@ bool w8a16_fixed_point_grouped(const at::Tensor& x2, int limbs, const at::Tensor
                                   b + j0 / cpu::kPackCols * group_stride, group_stride, sums + j0, n, scales.data(),
                                   kBlockN, nb, totals.data(), kBlockN});
     for (int64_t i = 0; i < mb; ++i) {
-      kernels.epilogue_row_float(totals.data() + i * kBlockN, nb, x_scales[i0 + i], &kOne, 0,
-                                 bias_ptr == nullptr ? nullptr : bias_ptr + j0, out_dtype,
-                                 out_bytes + ((i0 + i) * n + j0) * elem);
+      kernels.epilogue_row_float(totals.data() + i * kBlockN, nb, x_scales[i0 + i], &kOne, 0, target.bias_from(j0),
+                                 target.dtype, target.row(i0 + i, j0));
     }
   });
   return true;
@@ -351,11 +398,14 @@ at::Tensor int8_weight_only_linear_packed(const at::Tensor& x, const at::Tensor&
   const bool fixed_point = w8a16_fixed_point_pays(m, k, n, x.scalar_type()) &&
                            (!group_size.has_value() || group % cpu::kPackDepth == 0);
   const int limbs = x.scalar_type() == at::kFloat ? 3 : 2;
-  if (fixed_point && (group_size.has_value()
-                          ? w8a16_fixed_point_grouped(x2, limbs, packed, sums, scale, group, bias_f, out_2d)
-                          : w8a16_fixed_point(x2, limbs, n, scale, bias_f, out_2d, packed_product(packed, sums, k)))) {
-    return out;
-  }
+  auto run_fixed_point = [&] {
+    if (group_size.has_value()) return w8a16_fixed_point_grouped(x2, limbs, packed, sums, scale, group, bias_f, out_2d);
+    if (limbs == 2 && cpu::int8_gemm_kernels().gemm_packed_i16 != nullptr) {
+      return w8a16_fixed_point_i16(x2, packed, n, scale, bias_f, out_2d);
+    }
+    return w8a16_fixed_point(x2, limbs, n, scale, bias_f, out_2d, packed_product(packed, sums, k));
+  };
+  if (fixed_point && run_fixed_point()) return out;
   // (or Inf / NaN in x, which the float kernel propagates, or a row too small for fixed point)
   return int8_weight_only_linear(x, unpack_weight(packed, n, k), w_scale, bias, group_size);
 }

@@ -71,6 +71,9 @@ struct W8A16GroupedArgs {
   int64_t ldt;
 };
 
+using GemmPackedI16 = void (*)(const int16_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b,
+                               int64_t group_stride, int64_t n, float* c, int64_t ldc);
+
 struct Int8GemmKernels {
   // c[i * ldc + j] = sum_k a[i * lda + k] * b[j * ldb + k], exact in int32 for k <= kMaxExactInt8K.
   void (*gemm_s8s8s32)(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t m, int64_t n, int64_t k,
@@ -93,6 +96,16 @@ struct Int8GemmKernels {
   // 2^-100 (so small that the float kernel must take it).
   bool (*split_fixed_point_rows)(DType dtype, const void* x, int64_t k, int limbs, int64_t i0, int64_t i1,
                                  int8_t* rows, float* scales);
+  // 16-bit activations (bf16, fp16) as one int16 row per token instead of 2 digit rows:
+  // the same scales and the same integer a = 256 d_0 + d_1, row i at rows + i * ldr, zeros
+  // from k to ldr (a multiple of kPackDepth, so that gemm_packed_i16 reads whole quads).
+  bool (*split_fixed_point_rows_i16)(DType dtype, const void* x, int64_t k, int64_t ldr, int64_t i0, int64_t i1,
+                                     int16_t* rows, float* scales);
+  // The products of such int16 rows (lda apart) with packed weights, as gemm_packed but
+  // summed exactly and rounded once to float: the digit rows' products combined as
+  // digits_epilogue_row does, bit for bit. nullptr on ISAs that multiply the 2 digit rows
+  // instead (VNNI's int8 dot products are as fast; the scalar code gains nothing).
+  GemmPackedI16 gemm_packed_i16;
   // epilogue_row for W8A16 on fixed-point activations (split_fixed_point_rows): dot[j] =
   // sum_d 256^(digits-1-d) c[d * digit_stride + j], exact, rounded once to float; then
   // out[j] = dot[j] * a_scale * b_scale[j] (+ bias[j]), per-channel b_scale.

@@ -1,6 +1,7 @@
 // AVX2 int8 GEMM. On canonical weights, operands widened to int16 and multiplied with
 // vpmaddwd, which is exact for every int8 value; on packed weights, vpmaddubsw with the
-// sign trick (sign_trick_products), which saves the widening shuffles.
+// sign trick (sign_trick_products), which saves the widening shuffles; 16-bit W8A16
+// activations as int16 rows meet packed weights widened to int16 (gemm_packed_i16).
 #include <immintrin.h>
 
 #include <cstring>
@@ -176,7 +177,84 @@ constexpr int kW16ChannelM = 2;  // per-channel tile: 2 x 4 accumulators
 // Exact products need no per-strip correction.
 const int32_t* prepare_panel(const int8_t*, int64_t, int64_t, int64_t, int32_t*) { return nullptr; }
 
+void gemm_packed_i16(const int16_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
+                     int64_t n, float* c, int64_t ldc);
+constexpr GemmPackedI16 kGemmPackedI16 = gemm_packed_i16;
+
 #include "int8_gemm_impl.h"
+
+// ---- 16-bit W8A16 activations as one int16 row per token (gemm_packed_i16) -------------
+// As 2 int8 digit rows, a token costs two sign-trick products (3 multiply-pipe ops per 32
+// weights each). As one int16 row it meets the weights widened to int16 (vpmovsxbw, shared
+// by the tile's rows) in vpmaddwd: one multiply per 16 products. A quarter of a packed
+// block (4 columns x 4 values of K) widens to int16 lanes 4c + r and meets the row's 4
+// activations repeated, so int32 lane 2c + p holds column c's pair p. A pair sum is at most
+// 2 * split_max(2) * 128 in magnitude: int32 lanes take kI16ChunkQuads K quads, then go to
+// int64 column sums.
+constexpr int kI16TileM = 2;  // 2 x 4 accumulators + 4 widened weight vectors + 1 activation
+constexpr int64_t kI16ChunkQuads = 256;
+static_assert(kI16ChunkQuads * 2 * split_max(2) * 128 <= INT32_MAX, "a chunk's int32 lanes must not overflow");
+
+// sums[i][4q + c] += the pair sums of column c in acc[i][q]. Out of line on purpose: inlined,
+// GCC kept the int64 sums in vector registers across the product loop and spilled an
+// accumulator there, whose store-to-load round trip every step cost 2.5x (2 rows, measured).
+template <int MR>
+__attribute__((noinline)) void add_pair_sums(const __m256i (&acc)[MR][4], int64_t (&sums)[MR][kPackCols]) {
+  constexpr int kColumns = 4;  // per quarter
+  for (int i = 0; i < MR; ++i) {
+    for (int q = 0; q < 4; ++q) {
+      alignas(32) int32_t lanes[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc[i][q]);
+      for (int col = 0; col < kColumns; ++col) sums[i][kColumns * q + col] += int64_t{lanes[2 * col]} + lanes[2 * col + 1];
+    }
+  }
+}
+
+template <int MR>
+void i16_tile(const int16_t* a, int64_t lda, int64_t k, const int8_t* b, int64_t n_valid, float* c, int64_t ldc) {
+  constexpr int kQuarters = 4;
+  const int64_t quads = (k + kPackDepth - 1) / kPackDepth;
+  int64_t sums[MR][kPackCols] = {};
+  for (int64_t q0 = 0; q0 < quads; q0 += kI16ChunkQuads) {
+    const int64_t q1 = quads - q0 < kI16ChunkQuads ? quads : q0 + kI16ChunkQuads;
+    __m256i acc[MR][kQuarters];
+    for (int i = 0; i < MR; ++i) {
+      for (int q = 0; q < kQuarters; ++q) acc[i][q] = _mm256_setzero_si256();
+    }
+    for (int64_t kq = q0; kq < q1; ++kq) {
+      const int8_t* block = b + kq * kPackBlock;
+      __m256i x[MR];
+      for (int i = 0; i < MR; ++i) {
+        int64_t quad;
+        std::memcpy(&quad, a + i * lda + kq * kPackDepth, sizeof(quad));
+        x[i] = _mm256_set1_epi64x(quad);
+      }
+      for (int q = 0; q < kQuarters; ++q) {
+        const __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 16 * q)));
+        for (int i = 0; i < MR; ++i) acc[i][q] = _mm256_add_epi32(acc[i][q], _mm256_madd_epi16(w, x[i]));
+      }
+    }
+    add_pair_sums<MR>(acc, sums);
+  }
+  const int64_t valid = n_valid < kPackCols ? n_valid : kPackCols;
+  for (int i = 0; i < MR; ++i) {
+    for (int64_t j = 0; j < valid; ++j) c[i * ldc + j] = static_cast<float>(sums[i][j]);  // below 2^63: exact
+  }
+}
+
+// Column groups outermost, as in gemm_packed: a group's weights stay in L2 for every row tile.
+void gemm_packed_i16(const int16_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
+                     int64_t n, float* c, int64_t ldc) {
+  for (int64_t j = 0; j < n; j += kPackCols) {
+    const int8_t* panel = b + j / kPackCols * group_stride;
+    for (int64_t i = 0; i < m; i += kI16TileM) {
+      const int64_t mr = m - i < kI16TileM ? m - i : kI16TileM;
+      for_tile_edge<kI16TileM, 1>(mr, 1, [&]<int MR, int>() {
+        i16_tile<MR>(a + i * lda, lda, k, panel, n - j, c + i * ldc + j, ldc);
+      });
+    }
+  }
+}
 
 // Lanes of 8 columns from `first` on, of which `valid` (maybe fewer than 8, maybe none) exist.
 inline __m256i column_lanes(int64_t first, int64_t valid) {

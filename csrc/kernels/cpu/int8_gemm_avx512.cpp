@@ -167,6 +167,10 @@ constexpr int kW16M = 2;
 constexpr int kW16N = 4;
 constexpr int kW16ChannelM = 4;  // per-channel tile: 4 x 4 accumulators
 
+// 16-bit activations run as 2 digit rows on gemm_packed: two VNNI int8 dot products per 64
+// weights and token, no more than int16 dot products (vpdpwssd) plus the widening would take.
+constexpr GemmPackedI16 kGemmPackedI16 = nullptr;
+
 #include "int8_gemm_impl.h"
 
 // One token's product with 16 columns over a group, from its LIMBS digit rows' int32 sums

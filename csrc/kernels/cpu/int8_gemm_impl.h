@@ -16,7 +16,8 @@
 //       int32_t* c, int64_t ldc);
 // covers MR rows by NG column groups of kPackCols (group g's blocks start at
 // b + g * group_stride) and stores the first n_valid columns; kPackedTileM and
-// kPackedTileGroups are the largest MR and NG.
+// kPackedTileGroups are the largest MR and NG. kGemmPackedI16 is the ISA's
+// Int8GemmKernels::gemm_packed_i16 (or nullptr).
 
 #include "simd_rows.h"
 
@@ -194,8 +195,10 @@ inline void store_digits(typename S::F a, int limbs, int8_t* leading, int64_t k,
 // largest one): they go to the float kernel like rows that are not finite.
 constexpr float kMinSplitAbsmax = 0x1p-100f;
 
-template <typename T>
-bool split_rows_t(const T* x, int64_t k, int limbs, int64_t i0, int64_t i1, int8_t* rows, float* scales) {
+// Rows [i0, i1) of x as fixed point: scales[i], and store(i, c, a, count) for each vector
+// of values a (exact integers in float lanes, count of them valid) from column c on.
+template <typename T, typename Store>
+bool split_rows_t(const T* x, int64_t k, int limbs, int64_t i0, int64_t i1, float* scales, const Store& store) {
   const float largest = static_cast<float>(split_max(limbs));
   for (int64_t i = i0; i < i1; ++i) {
     const T* row = x + i * k;
@@ -204,10 +207,7 @@ bool split_rows_t(const T* x, int64_t k, int limbs, int64_t i0, int64_t i1, int8
     if (bits > kMaxFiniteBits || (absmax > 0.0f && absmax < kMinSplitAbsmax)) return false;
     scales[i] = absmax / largest;
     const auto inv = S::set1(absmax > 0.0f ? largest / absmax : 0.0f), limit = S::set1(largest);
-    int8_t* leading = rows + i * limbs * k;
-    auto convert = [&](typename S::F v, int64_t c, int64_t count) {
-      store_digits(round_to_limit(v, inv, limit), limbs, leading + c, k, count);
-    };
+    auto convert = [&](typename S::F v, int64_t c, int64_t count) { store(i, c, round_to_limit(v, inv, limit), count); };
     int64_t c = 0;
     for (; c + S::kWidth <= k; c += S::kWidth) convert(S::load(row + c), c, S::kWidth);
     if (c < k) convert(S::load(pad_tail(row + c, k - c).v), c, k - c);
@@ -215,14 +215,33 @@ bool split_rows_t(const T* x, int64_t k, int limbs, int64_t i0, int64_t i1, int8
   return true;
 }
 
-bool split_fixed_point_rows(DType dtype, const void* x, int64_t k, int limbs, int64_t i0, int64_t i1, int8_t* rows,
-                            float* scales) {
+template <typename Store>
+bool split_rows_any(DType dtype, const void* x, int64_t k, int limbs, int64_t i0, int64_t i1, float* scales,
+                    const Store& store) {
   switch (dtype) {
-    case DType::kBF16: return split_rows_t(static_cast<const bf16*>(x), k, limbs, i0, i1, rows, scales);
-    case DType::kF16: return split_rows_t(static_cast<const fp16*>(x), k, limbs, i0, i1, rows, scales);
+    case DType::kBF16: return split_rows_t(static_cast<const bf16*>(x), k, limbs, i0, i1, scales, store);
+    case DType::kF16: return split_rows_t(static_cast<const fp16*>(x), k, limbs, i0, i1, scales, store);
     case DType::kF32: break;
   }
-  return split_rows_t(static_cast<const float*>(x), k, limbs, i0, i1, rows, scales);
+  return split_rows_t(static_cast<const float*>(x), k, limbs, i0, i1, scales, store);
+}
+
+bool split_fixed_point_rows(DType dtype, const void* x, int64_t k, int limbs, int64_t i0, int64_t i1, int8_t* rows,
+                            float* scales) {
+  return split_rows_any(dtype, x, k, limbs, i0, i1, scales, [&](int64_t i, int64_t c, typename S::F a, int64_t count) {
+    store_digits(a, limbs, rows + i * limbs * k + c, k, count);
+  });
+}
+
+bool split_fixed_point_rows_i16(DType dtype, const void* x, int64_t k, int64_t ldr, int64_t i0, int64_t i1,
+                                int16_t* rows, float* scales) {
+  constexpr int kLimbs = 2;  // 16-bit activations: |a| <= split_max(2) < 2^15
+  for (int64_t i = i0; i < i1; ++i) std::memset(rows + i * ldr + k, 0, static_cast<size_t>(ldr - k) * sizeof(int16_t));
+  return split_rows_any(dtype, x, k, kLimbs, i0, i1, scales, [&](int64_t i, int64_t c, typename S::F a, int64_t count) {
+    Lanes<float> lanes;
+    S::store(lanes.v, a);
+    for (int64_t t = 0; t < count; ++t) rows[i * ldr + c + t] = static_cast<int16_t>(lanes.v[t]);
+  });
 }
 
 // ---- Per-group W8A16 on packed weights (W8A16GroupedArgs in int8_gemm.h) ---------------
@@ -423,6 +442,13 @@ void w8a16_gemm(const W8A16Args& p) {
   }
 }
 
-const Int8GemmKernels kGemmTable{gemm_s8s8s32,         gemm_packed,           epilogue_row_any<int32_t>,
-                                  epilogue_row_any<float>, split_fixed_point_rows, digits_epilogue_row,
-                                  w8a16_packed_grouped,    w8a16_gemm};
+const Int8GemmKernels kGemmTable{gemm_s8s8s32,
+                                  gemm_packed,
+                                  epilogue_row_any<int32_t>,
+                                  epilogue_row_any<float>,
+                                  split_fixed_point_rows,
+                                  split_fixed_point_rows_i16,
+                                  kGemmPackedI16,
+                                  digits_epilogue_row,
+                                  w8a16_packed_grouped,
+                                  w8a16_gemm};

@@ -62,6 +62,9 @@ constexpr int kW16ChannelM = 1;  // per-channel tile: 1 x 4 accumulators
 // Exact products need no per-strip correction.
 const int32_t* prepare_panel(const int8_t*, int64_t, int64_t, int64_t, int32_t*) { return nullptr; }
 
+// 16-bit activations run as 2 digit rows on gemm_packed.
+constexpr GemmPackedI16 kGemmPackedI16 = nullptr;
+
 #include "int8_gemm_impl.h"
 
 // No register tile for per-group W8A16: the composition in int8_gemm_impl.h runs it.
