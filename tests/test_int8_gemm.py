@@ -293,21 +293,24 @@ def test_w8a16_per_channel_16bit_activations_match_across_isas_bit_for_bit(dtype
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_w8a16_16bit_activations_at_the_largest_products_stay_exact(dtype):
+@pytest.mark.parametrize("group_size", [None, 512, 1020])
+def test_w8a16_16bit_activations_at_the_largest_products_stay_exact(dtype, group_size):
     # Every activation at its row's absmax (fixed point 32639) against weights of -128: each
     # product is as large as 16-bit fixed point allows, so AVX2's int32 lanes reach their
-    # bound at the end of every 1024-value chunk and must hand over to int64 sums there.
+    # bound at the end of every 1024-value chunk (per channel), where they must hand over to
+    # int64 sums, and two lanes' sum reaches it at the end of a 512-value group (longer
+    # groups take the digit rows).
     k, n = 5000, 20
     x = torch.full((3, k), 1.5, dtype=dtype)
     x[1] *= -1
     wq = torch.full((n, k), -128, dtype=torch.int8)
-    w_scale = torch.full((n,), 2.0**-10)
-    packed, w_sum = ops.int8_pack_weight(wq)
+    w_scale = torch.full((n,) if group_size is None else (n, -(-k // group_size)), 2.0**-10)
+    packed, w_sum = ops.int8_pack_weight(wq, group_size)
     outs = {}
     for isa in CPU_ISAS:
         with ops.use_cpu_isa(isa):
-            outs[isa] = ops.int8_weight_only_linear_packed(x, packed, w_sum, w_scale)
-    expected = ref.int8_weight_only_linear(x, wq, w_scale)
+            outs[isa] = ops.int8_weight_only_linear_packed(x, packed, w_sum, w_scale, None, group_size)
+    expected = ref.int8_weight_only_linear(x, wq, w_scale, None, group_size)
     torch.testing.assert_close(outs["scalar"], expected, **w8a16_tolerance(dtype))
     for out in outs.values():
         assert_same_bits(out, outs["scalar"])

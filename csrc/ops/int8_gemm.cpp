@@ -181,9 +181,12 @@ at::Tensor int8_dynamic_linear_packed(const at::Tensor& x, const at::Tensor& w_p
 // at least bf16's 8 significant bits for every element above absmax / 2^7 (fp16's 11
 // above absmax / 2^4), and an absolute error of at most absmax / 2^16 below; with 3 limbs
 // 22 bits (absmax / 2^23).
-struct DigitRows {
-  at::Tensor rows;    // int8 [m * limbs, k]
+// On ISAs with gemm_packed_i16, 16-bit activations go as one int16 row per token instead
+// (split_fixed_point_rows_i16): the same integers, so the same results.
+struct FixedPointRows {
+  at::Tensor rows;    // int8 digit rows [m * limbs, k], or int16 rows [m, ld]
   at::Tensor scales;  // fp32 [m]
+  int64_t ld;         // int16 rows: k rounded up to whole packed quads
 };
 
 // split(i0, i1) over blocks of x's m rows in parallel; false where any block says false.
@@ -200,10 +203,11 @@ bool split_in_parallel(int64_t m, int64_t k, const Split& split) {
 
 // Nothing when a row of x holds Inf or NaN or is too small for fixed point (absmax below
 // 2^-100): the float kernel takes those.
-std::optional<DigitRows> split_activations(const at::Tensor& x2, int limbs) {
+std::optional<FixedPointRows> split_activations(const at::Tensor& x2, int limbs) {
   const int64_t m = x2.size(0), k = x2.size(1);
   // Uninitialized (every byte is written): a zero fill cost as much as the conversion.
-  DigitRows digits{at::empty({m * limbs, k}, x2.options().dtype(at::kChar)), at::empty({m}, x2.options().dtype(at::kFloat))};
+  FixedPointRows digits{at::empty({m * limbs, k}, x2.options().dtype(at::kChar)),
+                        at::empty({m}, x2.options().dtype(at::kFloat)), k};
   const auto& kernels = cpu::int8_gemm_kernels();
   const bool representable = split_in_parallel(m, k, [&](int64_t i0, int64_t i1) {
     return kernels.split_fixed_point_rows(cpu_dtype(x2.scalar_type()), x2.data_ptr(), k, limbs, i0, i1,
@@ -211,6 +215,21 @@ std::optional<DigitRows> split_activations(const at::Tensor& x2, int limbs) {
   });
   if (!representable) return std::nullopt;
   return digits;
+}
+
+// The same for 16-bit activations as int16 rows.
+std::optional<FixedPointRows> split_activations_i16(const at::Tensor& x2) {
+  const int64_t m = x2.size(0), k = x2.size(1);
+  const int64_t ld = (k + cpu::kPackDepth - 1) / cpu::kPackDepth * cpu::kPackDepth;
+  FixedPointRows rows{at::empty({m, ld}, x2.options().dtype(at::kShort)), at::empty({m}, x2.options().dtype(at::kFloat)),
+                      ld};
+  const auto& kernels = cpu::int8_gemm_kernels();
+  const bool representable = split_in_parallel(m, k, [&](int64_t i0, int64_t i1) {
+    return kernels.split_fixed_point_rows_i16(cpu_dtype(x2.scalar_type()), x2.data_ptr(), k, ld, i0, i1,
+                                              rows.rows.data_ptr<int16_t>(), rows.scales.data_ptr<float>());
+  });
+  if (!representable) return std::nullopt;
+  return rows;
 }
 
 // Per-channel scales: `product` is a block product (above) over the digit rows. Returns
@@ -244,19 +263,12 @@ bool w8a16_fixed_point(const at::Tensor& x2, int limbs, int64_t n, const at::Ten
 // multiplies. Returns false (nothing written) where split_activations gives nothing.
 bool w8a16_fixed_point_i16(const at::Tensor& x2, const at::Tensor& w_packed, int64_t n, const at::Tensor& w_scale,
                            const at::Tensor& bias_f, at::Tensor& out) {
-  const int64_t m = x2.size(0), k = x2.size(1);
-  const int64_t lda = (k + cpu::kPackDepth - 1) / cpu::kPackDepth * cpu::kPackDepth;  // whole packed quads
+  const auto rows = split_activations_i16(x2);
+  if (!rows) return false;
+  const int64_t m = x2.size(0), k = x2.size(1), lda = rows->ld;
   const auto& kernels = cpu::int8_gemm_kernels();
-  const at::Tensor rows = at::empty({m, lda}, x2.options().dtype(at::kShort));
-  const at::Tensor x_scales = at::empty({m}, x2.options().dtype(at::kFloat));
-  if (!split_in_parallel(m, k, [&](int64_t i0, int64_t i1) {
-        return kernels.split_fixed_point_rows_i16(cpu_dtype(x2.scalar_type()), x2.data_ptr(), k, lda, i0, i1,
-                                                  rows.data_ptr<int16_t>(), x_scales.data_ptr<float>());
-      })) {
-    return false;
-  }
-  const int16_t* a = rows.data_ptr<int16_t>();
-  const float* xs = x_scales.data_ptr<float>();
+  const int16_t* a = rows->rows.data_ptr<int16_t>();
+  const float* xs = rows->scales.data_ptr<float>();
   const int8_t* b = w_packed.data_ptr<int8_t>();
   const int64_t group_stride = w_packed.size(1) * cpu::kPackBlock;
   const float* ws = w_scale.data_ptr<float>();
@@ -280,12 +292,13 @@ bool w8a16_fixed_point_i16(const at::Tensor& x2, const at::Tensor& w_packed, int
 bool w8a16_fixed_point_grouped(const at::Tensor& x2, int limbs, const at::Tensor& w_packed, const at::Tensor& w_sum,
                                const at::Tensor& w_scale, int64_t group_size, const at::Tensor& bias_f,
                                at::Tensor& out) {
-  const auto digits = split_activations(x2, limbs);
-  if (!digits) return false;
-  const int64_t m = x2.size(0), k = x2.size(1), n = w_sum.size(1), groups = w_sum.size(0);
-  const int8_t* rows = digits->rows.data_ptr<int8_t>();
-  const float* x_scales = digits->scales.data_ptr<float>();
   const auto& kernels = cpu::int8_gemm_kernels();
+  const bool int16_rows =
+      limbs == 2 && kernels.w8a16_packed_grouped_i16 != nullptr && group_size <= cpu::kGroupedI16MaxDepth;
+  const auto fixed_point = int16_rows ? split_activations_i16(x2) : split_activations(x2, limbs);
+  if (!fixed_point) return false;
+  const int64_t m = x2.size(0), k = x2.size(1), n = w_sum.size(1), groups = w_sum.size(0), ld = fixed_point->ld;
+  const float* x_scales = fixed_point->scales.data_ptr<float>();
   const int8_t* b = w_packed.data_ptr<int8_t>();
   const int64_t group_stride = w_packed.size(1) * cpu::kPackBlock;
   const int32_t* sums = w_sum.data_ptr<int32_t>();
@@ -300,9 +313,14 @@ bool w8a16_fixed_point_grouped(const at::Tensor& x2, int limbs, const at::Tensor
     for (int64_t c = 0; c < nb; ++c) {
       for (int64_t g = 0; g < groups; ++g) scales[g * kBlockN + c] = ws[(j0 + c) * groups + g];
     }
-    kernels.w8a16_packed_grouped({rows + i0 * limbs * k, mb, limbs, k, group_size,
-                                  b + j0 / cpu::kPackCols * group_stride, group_stride, sums + j0, n, scales.data(),
-                                  kBlockN, nb, totals.data(), kBlockN});
+    cpu::W8A16GroupedArgs args{nullptr, mb, limbs, k, group_size, b + j0 / cpu::kPackCols * group_stride,
+                               group_stride, sums + j0, n, scales.data(), kBlockN, nb, totals.data(), kBlockN};
+    if (int16_rows) {
+      kernels.w8a16_packed_grouped_i16(fixed_point->rows.data_ptr<int16_t>() + i0 * ld, ld, args);
+    } else {
+      args.a = fixed_point->rows.data_ptr<int8_t>() + i0 * limbs * k;
+      kernels.w8a16_packed_grouped(args);
+    }
     for (int64_t i = 0; i < mb; ++i) {
       kernels.epilogue_row_float(totals.data() + i * kBlockN, nb, x_scales[i0 + i], &kOne, 0, target.bias_from(j0),
                                  target.dtype, target.row(i0 + i, j0));

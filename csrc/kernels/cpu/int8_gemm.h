@@ -73,6 +73,9 @@ struct W8A16GroupedArgs {
 
 using GemmPackedI16 = void (*)(const int16_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b,
                                int64_t group_stride, int64_t n, float* c, int64_t ldc);
+using W8A16GroupedI16 = void (*)(const int16_t* a, int64_t lda, const W8A16GroupedArgs& args);
+// The longest group W8A16GroupedI16 takes.
+constexpr int64_t kGroupedI16MaxDepth = 512;
 
 struct Int8GemmKernels {
   // c[i * ldc + j] = sum_k a[i * lda + k] * b[j * ldb + k], exact in int32 for k <= kMaxExactInt8K.
@@ -114,6 +117,10 @@ struct Int8GemmKernels {
   // Per-group W8A16 on packed weights and fixed-point activations (W8A16GroupedArgs);
   // epilogue_row_float finishes each token's row of totals.
   void (*w8a16_packed_grouped)(const W8A16GroupedArgs& args);
+  // The same totals, bit for bit, from int16 rows (split_fixed_point_rows_i16, lda apart;
+  // args.a and args.limbs are not read) for groups of at most kGroupedI16MaxDepth values.
+  // nullptr where gemm_packed_i16 is.
+  W8A16GroupedI16 w8a16_packed_grouped_i16;
   // The W8A16 product of W8A16Args for its m x n block (weights converted in registers).
   void (*w8a16_gemm)(const W8A16Args& args);
 };

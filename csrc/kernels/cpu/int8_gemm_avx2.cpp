@@ -180,6 +180,8 @@ const int32_t* prepare_panel(const int8_t*, int64_t, int64_t, int64_t, int32_t*)
 void gemm_packed_i16(const int16_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
                      int64_t n, float* c, int64_t ldc);
 constexpr GemmPackedI16 kGemmPackedI16 = gemm_packed_i16;
+void w8a16_packed_grouped_i16(const int16_t* a, int64_t lda, const W8A16GroupedArgs& p);
+constexpr W8A16GroupedI16 kW8A16PackedGroupedI16 = w8a16_packed_grouped_i16;
 
 #include "int8_gemm_impl.h"
 
@@ -210,30 +212,37 @@ __attribute__((noinline)) void add_pair_sums(const __m256i (&acc)[MR][4], int64_
   }
 }
 
+// acc[i][q] = the int32 pair-sum lanes (above) of int16 row i with quarter kFirst + q of the
+// packed blocks of K quads [kq0, kq1).
+template <int MR, int kQuarters = 4, int kFirst = 0>
+__attribute__((always_inline)) inline void i16_products(__m256i (&acc)[MR][kQuarters], const int16_t* a, int64_t lda,
+                                                        const int8_t* b, int64_t kq0, int64_t kq1) {
+  for (int i = 0; i < MR; ++i) {
+    for (int q = 0; q < kQuarters; ++q) acc[i][q] = _mm256_setzero_si256();
+  }
+  for (int64_t kq = kq0; kq < kq1; ++kq) {
+    const int8_t* block = b + kq * kPackBlock;
+    __m256i x[MR];
+    for (int i = 0; i < MR; ++i) {
+      int64_t quad;
+      std::memcpy(&quad, a + i * lda + kq * kPackDepth, sizeof(quad));
+      x[i] = _mm256_set1_epi64x(quad);
+    }
+    for (int q = 0; q < kQuarters; ++q) {
+      const __m256i w =
+          _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 16 * (kFirst + q))));
+      for (int i = 0; i < MR; ++i) acc[i][q] = _mm256_add_epi32(acc[i][q], _mm256_madd_epi16(w, x[i]));
+    }
+  }
+}
+
 template <int MR>
 void i16_tile(const int16_t* a, int64_t lda, int64_t k, const int8_t* b, int64_t n_valid, float* c, int64_t ldc) {
-  constexpr int kQuarters = 4;
   const int64_t quads = (k + kPackDepth - 1) / kPackDepth;
   int64_t sums[MR][kPackCols] = {};
   for (int64_t q0 = 0; q0 < quads; q0 += kI16ChunkQuads) {
-    const int64_t q1 = quads - q0 < kI16ChunkQuads ? quads : q0 + kI16ChunkQuads;
-    __m256i acc[MR][kQuarters];
-    for (int i = 0; i < MR; ++i) {
-      for (int q = 0; q < kQuarters; ++q) acc[i][q] = _mm256_setzero_si256();
-    }
-    for (int64_t kq = q0; kq < q1; ++kq) {
-      const int8_t* block = b + kq * kPackBlock;
-      __m256i x[MR];
-      for (int i = 0; i < MR; ++i) {
-        int64_t quad;
-        std::memcpy(&quad, a + i * lda + kq * kPackDepth, sizeof(quad));
-        x[i] = _mm256_set1_epi64x(quad);
-      }
-      for (int q = 0; q < kQuarters; ++q) {
-        const __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 16 * q)));
-        for (int i = 0; i < MR; ++i) acc[i][q] = _mm256_add_epi32(acc[i][q], _mm256_madd_epi16(w, x[i]));
-      }
-    }
+    __m256i acc[MR][4];
+    i16_products<MR>(acc, a, lda, b, q0, quads - q0 < kI16ChunkQuads ? quads : q0 + kI16ChunkQuads);
     add_pair_sums<MR>(acc, sums);
   }
   const int64_t valid = n_valid < kPackCols ? n_valid : kPackCols;
@@ -262,35 +271,50 @@ inline __m256i column_lanes(int64_t first, int64_t valid) {
                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-// Per-group W8A16 for one token of 16-bit activations (2 digit rows) and one 16-column
-// group: each group's products go from registers into the totals, with the float operations
-// of digits_group_accumulate (2 digits, groups of at most kFloatDigitsMaxDepth) in the same
-// order, so the result is the composition's bit for bit; no int32 tile is stored, no call
-// made, per group.
-void grouped_tile(const W8A16GroupedArgs& p, int64_t token, int64_t j0) {
-  constexpr int kDigits = 2, kHalves = 2;
-  const int8_t* a = p.a + token * kDigits * p.k;
-  const int8_t* b = p.b + j0 / kPackCols * p.group_stride;
+// Per-group W8A16 for MR tokens and one 16-column group: dots(k0, depth, dot) gives each
+// token's products over a group as floats, exact sums rounded once, in registers; they go
+// into the totals with the float operations of digits_group_accumulate in the same order, so
+// the result is the composition's bit for bit; no int32 tile is stored, no call made, per group.
+template <int MR, typename Dots>
+__attribute__((always_inline)) inline void grouped_tile(const W8A16GroupedArgs& p, int64_t t0, int64_t j0,
+                                                        const Dots& dots) {
+  constexpr int kHalves = 2;
   const int64_t valid = p.n - j0 < kPackCols ? p.n - j0 : kPackCols;
   __m256i lanes[kHalves];
-  __m256 total[kHalves];
+  __m256 total[MR][kHalves];
   for (int h = 0; h < kHalves; ++h) {
     lanes[h] = column_lanes(8 * h, valid);
-    total[h] = _mm256_setzero_ps();
+    for (int i = 0; i < MR; ++i) total[i][h] = _mm256_setzero_ps();
   }
   for (int64_t k0 = 0, q = 0; k0 < p.k; k0 += p.group_size, ++q) {
-    const int64_t depth = p.k - k0 < p.group_size ? p.k - k0 : p.group_size;
-    GroupColumns<kDigits> digits;
-    group_products<kDigits>(digits, a + k0, p.k, depth, b + k0 / kPackDepth * kPackBlock);
+    __m256 dot[MR][kHalves];
+    dots(k0, p.k - k0 < p.group_size ? p.k - k0 : p.group_size, dot);
     const float* scale = p.scale + q * p.scale_stride + j0;
     for (int h = 0; h < kHalves; ++h) {
-      const __m256 high = _mm256_cvtepi32_ps(digits[0][h]), low = _mm256_cvtepi32_ps(digits[1][h]);
-      const __m256 dot = _mm256_add_ps(_mm256_mul_ps(high, _mm256_set1_ps(256.0f)), low);
-      total[h] = _mm256_add_ps(total[h], _mm256_mul_ps(dot, _mm256_maskload_ps(scale + 8 * h, lanes[h])));
+      const __m256 group_scale = _mm256_maskload_ps(scale + 8 * h, lanes[h]);
+      for (int i = 0; i < MR; ++i) total[i][h] = _mm256_add_ps(total[i][h], _mm256_mul_ps(dot[i][h], group_scale));
     }
   }
-  float* out = p.totals + token * p.ldt + j0;
-  for (int h = 0; h < kHalves; ++h) _mm256_maskstore_ps(out + 8 * h, lanes[h], total[h]);
+  for (int i = 0; i < MR; ++i) {
+    float* out = p.totals + (t0 + i) * p.ldt + j0;
+    for (int h = 0; h < kHalves; ++h) _mm256_maskstore_ps(out + 8 * h, lanes[h], total[i][h]);
+  }
+}
+
+// One token of 2 digit rows: the digits' int32 sums (exact below 2^24 for groups of at most
+// kFloatDigitsMaxDepth) combined as high * 256 + low, which rounds once.
+void grouped_digits_tile(const W8A16GroupedArgs& p, int64_t token, int64_t j0) {
+  constexpr int kDigits = 2;
+  const int8_t* a = p.a + token * kDigits * p.k;
+  const int8_t* b = p.b + j0 / kPackCols * p.group_stride;
+  grouped_tile<1>(p, token, j0, [&](int64_t k0, int64_t depth, __m256 (&dot)[1][2]) {
+    GroupColumns<kDigits> digits;
+    group_products<kDigits>(digits, a + k0, p.k, depth, b + k0 / kPackDepth * kPackBlock);
+    for (int h = 0; h < 2; ++h) {
+      const __m256 high = _mm256_cvtepi32_ps(digits[0][h]), low = _mm256_cvtepi32_ps(digits[1][h]);
+      dot[0][h] = _mm256_add_ps(_mm256_mul_ps(high, _mm256_set1_ps(256.0f)), low);
+    }
+  });
 }
 
 // 16-bit activations (2 digits) and groups whose digit sums are exact floats; the rest (fp32
@@ -299,9 +323,55 @@ bool w8a16_grouped_tiles(const W8A16GroupedArgs& p) {
   if (p.limbs != 2 || p.group_size > kFloatDigitsMaxDepth) return false;
   // Column groups outermost, as in gemm_packed: a group's weights stay in L2 for every token.
   for (int64_t j = 0; j < p.n; j += kPackCols) {
-    for (int64_t t = 0; t < p.tokens; ++t) grouped_tile(p, t, j);
+    for (int64_t t = 0; t < p.tokens; ++t) grouped_digits_tile(p, t, j);
   }
   return true;
+}
+
+// MR tokens of int16 rows: a group's pair-sum lanes summed into columns in int32 (exact:
+// a group of kGroupedI16MaxDepth values keeps two lanes' sum below 2^31) and converted to
+// float, which rounds once.
+static_assert(kGroupedI16MaxDepth / kPackDepth * 2 * (2 * split_max(2) * 128) <= INT32_MAX,
+              "a group's column sums must fit int32");
+
+// dot[i][h] = row i's columns 8h..8h+7 over K quads [kq0, kq1), from the pair-sum lanes of
+// quarters kFirst and kFirst + 1 (h = kFirst / 2), or of all four (h = 0, 1).
+template <int MR, int kQuarters, int kFirst = 0>
+__attribute__((always_inline)) inline void i16_group_dots(__m256 (&dot)[MR][2], const int16_t* a, int64_t lda,
+                                                          const int8_t* b, int64_t kq0, int64_t kq1) {
+  __m256i acc[MR][kQuarters];
+  i16_products<MR, kQuarters, kFirst>(acc, a, lda, b, kq0, kq1);
+  for (int i = 0; i < MR; ++i) {
+    for (int q = 0; q < kQuarters; q += 2) {
+      dot[i][(kFirst + q) / 2] = _mm256_cvtepi32_ps(column_sums(acc[i][q], acc[i][q + 1]));
+    }
+  }
+}
+
+// Two rows take a group's 16 columns in two passes of 8 (the second reads the group's blocks
+// from L1): with all four quarters' accumulators next to the tile's totals, GCC spilled one,
+// and its store-to-load round trip every step cost 1.4x (measured). One row takes all 16.
+template <int MR>
+void grouped_i16_tile(const int16_t* a, int64_t lda, const W8A16GroupedArgs& p, int64_t t0, int64_t j0) {
+  const int8_t* b = p.b + j0 / kPackCols * p.group_stride;
+  grouped_tile<MR>(p, t0, j0, [&](int64_t k0, int64_t depth, __m256 (&dot)[MR][2]) {
+    const int64_t kq0 = k0 / kPackDepth, kq1 = kq0 + (depth + kPackDepth - 1) / kPackDepth;
+    if constexpr (MR == 1) {
+      i16_group_dots<MR, 4>(dot, a, lda, b, kq0, kq1);
+    } else {
+      i16_group_dots<MR, 2, 0>(dot, a, lda, b, kq0, kq1);
+      i16_group_dots<MR, 2, 2>(dot, a, lda, b, kq0, kq1);
+    }
+  });
+}
+
+void w8a16_packed_grouped_i16(const int16_t* a, int64_t lda, const W8A16GroupedArgs& p) {
+  for (int64_t j = 0; j < p.n; j += kPackCols) {
+    for (int64_t t = 0; t < p.tokens; t += kI16TileM) {
+      const int64_t mr = p.tokens - t < kI16TileM ? p.tokens - t : kI16TileM;
+      for_tile_edge<kI16TileM, 1>(mr, 1, [&]<int MR, int>() { grouped_i16_tile<MR>(a + t * lda, lda, p, t, j); });
+    }
+  }
 }
 
 }  // namespace

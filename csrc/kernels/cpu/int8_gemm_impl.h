@@ -16,8 +16,8 @@
 //       int32_t* c, int64_t ldc);
 // covers MR rows by NG column groups of kPackCols (group g's blocks start at
 // b + g * group_stride) and stores the first n_valid columns; kPackedTileM and
-// kPackedTileGroups are the largest MR and NG. kGemmPackedI16 is the ISA's
-// Int8GemmKernels::gemm_packed_i16 (or nullptr).
+// kPackedTileGroups are the largest MR and NG. kGemmPackedI16 and kW8A16PackedGroupedI16
+// are the ISA's Int8GemmKernels::gemm_packed_i16 and w8a16_packed_grouped_i16 (or nullptr).
 
 #include "simd_rows.h"
 
@@ -451,4 +451,5 @@ const Int8GemmKernels kGemmTable{gemm_s8s8s32,
                                   kGemmPackedI16,
                                   digits_epilogue_row,
                                   w8a16_packed_grouped,
+                                  kW8A16PackedGroupedI16,
                                   w8a16_gemm};

@@ -64,6 +64,7 @@ const int32_t* prepare_panel(const int8_t*, int64_t, int64_t, int64_t, int32_t*)
 
 // 16-bit activations run as 2 digit rows on gemm_packed.
 constexpr GemmPackedI16 kGemmPackedI16 = nullptr;
+constexpr W8A16GroupedI16 kW8A16PackedGroupedI16 = nullptr;
 
 #include "int8_gemm_impl.h"
 
