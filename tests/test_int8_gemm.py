@@ -270,14 +270,15 @@ def test_w8a16_per_group_register_tiles_match_the_composition_bit_for_bit(dtype,
         assert_same_bits(out, outs["scalar"])
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 # Token counts around AVX2's 2-row int16 tile, K across its 1024-value int32 chunks and not a
 # multiple of 4, columns not a multiple of 16.
 @pytest.mark.parametrize("m,n,k", [(1, 70, 300), (2, 33, 37), (3, 129, 1030), (5, 16, 4100), (17, 40, 2049)])
 @pytest.mark.parametrize("weight_at_int8_min", [False, True])
-def test_w8a16_per_channel_16bit_activations_match_across_isas_bit_for_bit(dtype, m, n, k, weight_at_int8_min):
-    # AVX2 multiplies 16-bit activations as one int16 row per token (gemm_packed_i16), the
-    # other ISAs as two int8 digit rows; both sum the same integers exactly and round once.
+def test_w8a16_per_channel_int16_rows_match_across_isas_bit_for_bit(dtype, m, n, k, weight_at_int8_min):
+    # AVX2 multiplies fixed-point activations as int16 rows (gemm_packed_i16: one per token
+    # for 16-bit activations, two of base 2^15 for fp32), the other ISAs as int8 digit rows
+    # (2 or 3); both sum the same integers exactly and round once.
     x = random_input((m, k), dtype, scale=1.0)
     wq, w_scale = ops.quantize_per_channel(random_input((n, k), scale=0.05), 0)
     if weight_at_int8_min:
@@ -292,9 +293,9 @@ def test_w8a16_per_channel_16bit_activations_match_across_isas_bit_for_bit(dtype
         assert_same_bits(out, outs["scalar"])
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("group_size", [None, 512, 1020])
-def test_w8a16_16bit_activations_at_the_largest_products_stay_exact(dtype, group_size):
+def test_w8a16_int16_rows_at_the_largest_products_stay_exact(dtype, group_size):
     # Every activation at its row's absmax (fixed point 32639) against weights of -128: each
     # product is as large as 16-bit fixed point allows, so AVX2's int32 lanes reach their
     # bound at the end of every 1024-value chunk (per channel), where they must hand over to

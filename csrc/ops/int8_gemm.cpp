@@ -184,7 +184,7 @@ at::Tensor int8_dynamic_linear_packed(const at::Tensor& x, const at::Tensor& w_p
 // On ISAs with gemm_packed_i16, 16-bit activations go as one int16 row per token instead
 // (split_fixed_point_rows_i16): the same integers, so the same results.
 struct FixedPointRows {
-  at::Tensor rows;    // int8 digit rows [m * limbs, k], or int16 rows [m, ld]
+  at::Tensor rows;    // int8 digit rows [m * limbs, k], or int16 rows [m * i16 limbs, ld]
   at::Tensor scales;  // fp32 [m]
   int64_t ld;         // int16 rows: k rounded up to whole packed quads
 };
@@ -217,12 +217,13 @@ std::optional<FixedPointRows> split_activations(const at::Tensor& x2, int limbs)
   return digits;
 }
 
-// The same for 16-bit activations as int16 rows.
+// The same as int16 rows (cpu::fixed_point_i16_limbs of them per token).
 std::optional<FixedPointRows> split_activations_i16(const at::Tensor& x2) {
   const int64_t m = x2.size(0), k = x2.size(1);
   const int64_t ld = (k + cpu::kPackDepth - 1) / cpu::kPackDepth * cpu::kPackDepth;
-  FixedPointRows rows{at::empty({m, ld}, x2.options().dtype(at::kShort)), at::empty({m}, x2.options().dtype(at::kFloat)),
-                      ld};
+  const int limbs = cpu::fixed_point_i16_limbs(cpu_dtype(x2.scalar_type()));
+  FixedPointRows rows{at::empty({m * limbs, ld}, x2.options().dtype(at::kShort)),
+                      at::empty({m}, x2.options().dtype(at::kFloat)), ld};
   const auto& kernels = cpu::int8_gemm_kernels();
   const bool representable = split_in_parallel(m, k, [&](int64_t i0, int64_t i1) {
     return kernels.split_fixed_point_rows_i16(cpu_dtype(x2.scalar_type()), x2.data_ptr(), k, ld, i0, i1,
@@ -257,15 +258,16 @@ bool w8a16_fixed_point(const at::Tensor& x2, int limbs, int64_t n, const at::Ten
   return true;
 }
 
-// Per-channel W8A16 of 16-bit activations on packed weights where the ISA has
-// gemm_packed_i16: one int16 row per token holding the integers of w8a16_fixed_point's 2
-// digit rows, summed exactly and rounded once, so the same result bit for bit with fewer
+// Per-channel W8A16 on packed weights where the ISA has gemm_packed_i16: int16 rows (1 per
+// token for 16-bit activations, 2 for fp32) holding the integers of w8a16_fixed_point's digit
+// rows, summed exactly and rounded once, so the same result bit for bit with fewer
 // multiplies. Returns false (nothing written) where split_activations gives nothing.
 bool w8a16_fixed_point_i16(const at::Tensor& x2, const at::Tensor& w_packed, int64_t n, const at::Tensor& w_scale,
                            const at::Tensor& bias_f, at::Tensor& out) {
   const auto rows = split_activations_i16(x2);
   if (!rows) return false;
   const int64_t m = x2.size(0), k = x2.size(1), lda = rows->ld;
+  const int limbs = cpu::fixed_point_i16_limbs(cpu_dtype(x2.scalar_type()));
   const auto& kernels = cpu::int8_gemm_kernels();
   const int16_t* a = rows->rows.data_ptr<int16_t>();
   const float* xs = rows->scales.data_ptr<float>();
@@ -275,8 +277,8 @@ bool w8a16_fixed_point_i16(const at::Tensor& x2, const at::Tensor& w_packed, int
   const EpilogueTarget target(out, bias_f);
   OutputBlocks(m, n).parallel([&](int64_t i0, int64_t mb, int64_t j0, int64_t nb) {
     float dots[kBlockM * kBlockN];
-    kernels.gemm_packed_i16(a + i0 * lda, lda, mb, k, b + j0 / cpu::kPackCols * group_stride, group_stride, nb, dots,
-                            kBlockN);
+    kernels.gemm_packed_i16(a + i0 * limbs * lda, lda, mb, k, limbs, b + j0 / cpu::kPackCols * group_stride,
+                            group_stride, nb, dots, kBlockN);
     for (int64_t i = 0; i < mb; ++i) {
       kernels.epilogue_row_float(dots + i * kBlockN, nb, xs[i0 + i], ws + j0, 1, target.bias_from(j0), target.dtype,
                                  target.row(i0 + i, j0));
@@ -389,10 +391,11 @@ at::Tensor unpack_weight(const at::Tensor& w_packed, int64_t n, int64_t k) {
 // With VNNI the int8 GEMM is far faster than torch's float GEMMs, and the cost that decides
 // is the conversion: a batch whose activations outnumber the weights (M (K + N) > N K) costs
 // more to convert (digits in, epilogue out, per element) than the weights to dequantize.
-// Without VNNI (AVX2, measured on Zen 4 at 576x576 to 4096x4096), fp32 activations take 3
-// digits, 3x the int8 work, and torch's fp32 GEMM (after unpacking and dequantizing the
-// weights, every call) wins beyond about 128 rows: 1.2-1.5x at 256; 16-bit ones take 2, and
-// torch's bf16 GEMM, with no native bf16 there, is 2.5-3.9x slower at 32-512 rows.
+// Without VNNI (AVX2, measured on Zen 4 at 576x1536 to 4096x4096), fp32 activations take 2
+// int16 rows per token, and torch's fp32 GEMM (after unpacking and dequantizing the weights,
+// every call) wins beyond 128-500 rows by shape (even at 128 rows on 576x1536, 0.8-1.3x at
+// 256); 16-bit ones take 1, and torch's bf16 GEMM, with no native bf16 there, is 2.5-3.9x
+// slower than even the old 2 digit rows at 32-512 rows.
 bool w8a16_fixed_point_pays(int64_t m, int64_t k, int64_t n, at::ScalarType dtype) {
   constexpr int64_t kWithoutVnniFp32MaxM = 128;
   if (m <= kW8A16DirectMaxM) return true;
@@ -418,9 +421,7 @@ at::Tensor int8_weight_only_linear_packed(const at::Tensor& x, const at::Tensor&
   const int limbs = x.scalar_type() == at::kFloat ? 3 : 2;
   auto run_fixed_point = [&] {
     if (group_size.has_value()) return w8a16_fixed_point_grouped(x2, limbs, packed, sums, scale, group, bias_f, out_2d);
-    if (limbs == 2 && cpu::int8_gemm_kernels().gemm_packed_i16 != nullptr) {
-      return w8a16_fixed_point_i16(x2, packed, n, scale, bias_f, out_2d);
-    }
+    if (cpu::int8_gemm_kernels().gemm_packed_i16 != nullptr) return w8a16_fixed_point_i16(x2, packed, n, scale, bias_f, out_2d);
     return w8a16_fixed_point(x2, limbs, n, scale, bias_f, out_2d, packed_product(packed, sums, k));
   };
   if (fixed_point && run_fixed_point()) return out;

@@ -71,8 +71,10 @@ struct W8A16GroupedArgs {
   int64_t ldt;
 };
 
-using GemmPackedI16 = void (*)(const int16_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b,
+using GemmPackedI16 = void (*)(const int16_t* a, int64_t lda, int64_t m, int64_t k, int limbs, const int8_t* b,
                                int64_t group_stride, int64_t n, float* c, int64_t ldc);
+// int16 digits per token of W8A16's fixed-point activations (split_fixed_point_rows_i16).
+constexpr int fixed_point_i16_limbs(DType dtype) { return dtype == DType::kF32 ? 2 : 1; }
 using W8A16GroupedI16 = void (*)(const int16_t* a, int64_t lda, const W8A16GroupedArgs& args);
 // The longest group W8A16GroupedI16 takes.
 constexpr int64_t kGroupedI16MaxDepth = 512;
@@ -99,15 +101,18 @@ struct Int8GemmKernels {
   // 2^-100 (so small that the float kernel must take it).
   bool (*split_fixed_point_rows)(DType dtype, const void* x, int64_t k, int limbs, int64_t i0, int64_t i1,
                                  int8_t* rows, float* scales);
-  // 16-bit activations (bf16, fp16) as one int16 row per token instead of 2 digit rows:
-  // the same scales and the same integer a = 256 d_0 + d_1, row i at rows + i * ldr, zeros
+  // Activations as int16 rows instead of int8 digit rows: the same scales and the same
+  // integer a, as fixed_point_i16_limbs(dtype) int16 digits of base 2^15 (16-bit dtypes: a
+  // itself; fp32: a = 2^15 hi + lo, lo in [-2^14, 2^14)), every one at most split_max(2) in
+  // magnitude. Token i's limb l is row i * limbs + l at rows + (i * limbs + l) * ldr, zeros
   // from k to ldr (a multiple of kPackDepth, so that gemm_packed_i16 reads whole quads).
   bool (*split_fixed_point_rows_i16)(DType dtype, const void* x, int64_t k, int64_t ldr, int64_t i0, int64_t i1,
                                      int16_t* rows, float* scales);
-  // The products of such int16 rows (lda apart) with packed weights, as gemm_packed but
-  // summed exactly and rounded once to float: the digit rows' products combined as
-  // digits_epilogue_row does, bit for bit. nullptr on ISAs that multiply the 2 digit rows
-  // instead (VNNI's int8 dot products are as fast; the scalar code gains nothing).
+  // The products of m tokens' int16 rows (lda apart, `limbs` per token) with packed
+  // weights, as gemm_packed but combined and summed exactly and rounded once to float: the
+  // digit rows' products combined as digits_epilogue_row does, bit for bit. nullptr on ISAs
+  // that multiply digit rows instead (VNNI's int8 dot products are as fast; the scalar code
+  // gains nothing).
   GemmPackedI16 gemm_packed_i16;
   // epilogue_row for W8A16 on fixed-point activations (split_fixed_point_rows): dot[j] =
   // sum_d 256^(digits-1-d) c[d * digit_stride + j], exact, rounded once to float; then
@@ -117,9 +122,9 @@ struct Int8GemmKernels {
   // Per-group W8A16 on packed weights and fixed-point activations (W8A16GroupedArgs);
   // epilogue_row_float finishes each token's row of totals.
   void (*w8a16_packed_grouped)(const W8A16GroupedArgs& args);
-  // The same totals, bit for bit, from int16 rows (split_fixed_point_rows_i16, lda apart;
-  // args.a and args.limbs are not read) for groups of at most kGroupedI16MaxDepth values.
-  // nullptr where gemm_packed_i16 is.
+  // The same totals, bit for bit, for 16-bit activations as int16 rows (one per token,
+  // split_fixed_point_rows_i16, lda apart; args.a and args.limbs are not read) and groups of
+  // at most kGroupedI16MaxDepth values. nullptr where gemm_packed_i16 is.
   W8A16GroupedI16 w8a16_packed_grouped_i16;
   // The W8A16 product of W8A16Args for its m x n block (weights converted in registers).
   void (*w8a16_gemm)(const W8A16Args& args);

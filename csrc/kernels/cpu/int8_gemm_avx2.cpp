@@ -177,22 +177,23 @@ constexpr int kW16ChannelM = 2;  // per-channel tile: 2 x 4 accumulators
 // Exact products need no per-strip correction.
 const int32_t* prepare_panel(const int8_t*, int64_t, int64_t, int64_t, int32_t*) { return nullptr; }
 
-void gemm_packed_i16(const int16_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
-                     int64_t n, float* c, int64_t ldc);
+void gemm_packed_i16(const int16_t* a, int64_t lda, int64_t m, int64_t k, int limbs, const int8_t* b,
+                     int64_t group_stride, int64_t n, float* c, int64_t ldc);
 constexpr GemmPackedI16 kGemmPackedI16 = gemm_packed_i16;
 void w8a16_packed_grouped_i16(const int16_t* a, int64_t lda, const W8A16GroupedArgs& p);
 constexpr W8A16GroupedI16 kW8A16PackedGroupedI16 = w8a16_packed_grouped_i16;
 
 #include "int8_gemm_impl.h"
 
-// ---- 16-bit W8A16 activations as one int16 row per token (gemm_packed_i16) -------------
-// As 2 int8 digit rows, a token costs two sign-trick products (3 multiply-pipe ops per 32
-// weights each). As one int16 row it meets the weights widened to int16 (vpmovsxbw, shared
-// by the tile's rows) in vpmaddwd: one multiply per 16 products. A quarter of a packed
+// ---- W8A16 activations as int16 rows (gemm_packed_i16) ---------------------------------
+// As int8 digit rows, a token costs a sign-trick product per digit (3 multiply-pipe ops per
+// 32 weights; 2 digits for 16-bit activations, 3 for fp32). As int16 rows (1 or 2) it meets
+// the weights widened to int16 (vpmovsxbw, shared by the tile's rows) in vpmaddwd: one
+// multiply per 16 products per row. A quarter of a packed
 // block (4 columns x 4 values of K) widens to int16 lanes 4c + r and meets the row's 4
 // activations repeated, so int32 lane 2c + p holds column c's pair p. A pair sum is at most
-// 2 * split_max(2) * 128 in magnitude: int32 lanes take kI16ChunkQuads K quads, then go to
-// int64 column sums.
+// 2 * split_max(2) * 128 in magnitude (int16 rows hold at most split_max(2)): int32 lanes take
+// kI16ChunkQuads K quads, then go to int64 column sums.
 constexpr int kI16TileM = 2;  // 2 x 4 accumulators + 4 widened weight vectors + 1 activation
 constexpr int64_t kI16ChunkQuads = 256;
 static_assert(kI16ChunkQuads * 2 * split_max(2) * 128 <= INT32_MAX, "a chunk's int32 lanes must not overflow");
@@ -236,8 +237,11 @@ __attribute__((always_inline)) inline void i16_products(__m256i (&acc)[MR][kQuar
   }
 }
 
-template <int MR>
+// MR rows, MR / kLimbs tokens: a token's limbs (leading first, base 2^15) combine in int64,
+// exactly, before the one rounding to float.
+template <int MR, int kLimbs>
 void i16_tile(const int16_t* a, int64_t lda, int64_t k, const int8_t* b, int64_t n_valid, float* c, int64_t ldc) {
+  static_assert(MR % kLimbs == 0, "whole tokens per tile");
   const int64_t quads = (k + kPackDepth - 1) / kPackDepth;
   int64_t sums[MR][kPackCols] = {};
   for (int64_t q0 = 0; q0 < quads; q0 += kI16ChunkQuads) {
@@ -246,20 +250,30 @@ void i16_tile(const int16_t* a, int64_t lda, int64_t k, const int8_t* b, int64_t
     add_pair_sums<MR>(acc, sums);
   }
   const int64_t valid = n_valid < kPackCols ? n_valid : kPackCols;
-  for (int i = 0; i < MR; ++i) {
-    for (int64_t j = 0; j < valid; ++j) c[i * ldc + j] = static_cast<float>(sums[i][j]);  // below 2^63: exact
+  for (int t = 0; t < MR / kLimbs; ++t) {
+    for (int64_t j = 0; j < valid; ++j) {
+      int64_t dot = sums[t * kLimbs][j];  // at most 2^22 * 128 * k: far below 2^63
+      for (int l = 1; l < kLimbs; ++l) dot = dot * (int64_t{1} << 15) + sums[t * kLimbs + l][j];
+      c[t * ldc + j] = static_cast<float>(dot);
+    }
   }
 }
 
-// Column groups outermost, as in gemm_packed: a group's weights stay in L2 for every row tile.
-void gemm_packed_i16(const int16_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
-                     int64_t n, float* c, int64_t ldc) {
+// Column groups outermost, as in gemm_packed: a group's weights stay in L2 for every row
+// tile. One limb: tiles of kI16TileM tokens; two (fp32): one token's two rows.
+void gemm_packed_i16(const int16_t* a, int64_t lda, int64_t m, int64_t k, int limbs, const int8_t* b,
+                     int64_t group_stride, int64_t n, float* c, int64_t ldc) {
+  static_assert(kI16TileM == 2, "a tile holds one token of two limbs");
   for (int64_t j = 0; j < n; j += kPackCols) {
     const int8_t* panel = b + j / kPackCols * group_stride;
+    if (limbs == 2) {
+      for (int64_t t = 0; t < m; ++t) i16_tile<2, 2>(a + 2 * t * lda, lda, k, panel, n - j, c + t * ldc + j, ldc);
+      continue;
+    }
     for (int64_t i = 0; i < m; i += kI16TileM) {
       const int64_t mr = m - i < kI16TileM ? m - i : kI16TileM;
       for_tile_edge<kI16TileM, 1>(mr, 1, [&]<int MR, int>() {
-        i16_tile<MR>(a + i * lda, lda, k, panel, n - j, c + i * ldc + j, ldc);
+        i16_tile<MR, 1>(a + i * lda, lda, k, panel, n - j, c + i * ldc + j, ldc);
       });
     }
   }

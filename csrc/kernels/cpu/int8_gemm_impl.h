@@ -170,8 +170,8 @@ void digits_epilogue_row(const int32_t* c, int64_t digit_stride, int digits, int
 
 // ---- W8A16 activations as fixed point (split_fixed_point_rows in int8_gemm.h) -----------
 // Digits are taken in float, exactly (every value is an integer below 2^23): the balanced
-// low byte of a is a - 256 floor((a + 128) / 256), in [-128, 127], and the quotient is
-// what the digits above hold.
+// low digit of a in base 2^b is a - 2^b floor((a + 2^(b-1)) / 2^b), in [-2^(b-1), 2^(b-1)),
+// and the quotient is what the digits above hold.
 
 template <typename T>
 void store_lanes(T* p, typename S::F v, int64_t count) {
@@ -181,11 +181,21 @@ void store_lanes(T* p, typename S::F v, int64_t count) {
   std::memcpy(p, buf.v, static_cast<size_t>(count) * sizeof(T));
 }
 
-// `count` lanes of fixed-point values a as `limbs` digit rows k apart, leading digit first.
-inline void store_digits(typename S::F a, int limbs, int8_t* leading, int64_t k, int64_t count) {
+// No vector int16 store in S (only W8A16's activation split takes one): through floats.
+inline void store_lanes(int16_t* p, typename S::F v, int64_t count) {
+  Lanes<float> lanes;
+  S::store(lanes.v, v);
+  for (int64_t t = 0; t < count; ++t) p[t] = static_cast<int16_t>(lanes.v[t]);
+}
+
+// `count` lanes of fixed-point values a as `limbs` digits of base 2^kBits in rows `stride`
+// apart, leading digit first.
+template <int kBits, typename Digit>
+inline void store_digits(typename S::F a, int limbs, Digit* leading, int64_t stride, int64_t count) {
+  constexpr float kBase = static_cast<float>(1 << kBits), kHalf = kBase / 2;
   for (int j = limbs - 1; j > 0; --j) {
-    const auto above = S::floor(S::mul(S::add(a, S::set1(128.0f)), S::set1(1.0f / 256.0f)));
-    store_lanes(leading + j * k, S::sub(a, S::mul(above, S::set1(256.0f))), count);
+    const auto above = S::floor(S::mul(S::add(a, S::set1(kHalf)), S::set1(1.0f / kBase)));
+    store_lanes(leading + j * stride, S::sub(a, S::mul(above, S::set1(kBase))), count);
     a = above;
   }
   store_lanes(leading, a, count);
@@ -229,19 +239,20 @@ bool split_rows_any(DType dtype, const void* x, int64_t k, int limbs, int64_t i0
 bool split_fixed_point_rows(DType dtype, const void* x, int64_t k, int limbs, int64_t i0, int64_t i1, int8_t* rows,
                             float* scales) {
   return split_rows_any(dtype, x, k, limbs, i0, i1, scales, [&](int64_t i, int64_t c, typename S::F a, int64_t count) {
-    store_digits(a, limbs, rows + i * limbs * k + c, k, count);
+    store_digits<8>(a, limbs, rows + i * limbs * k + c, k, count);
   });
 }
 
 bool split_fixed_point_rows_i16(DType dtype, const void* x, int64_t k, int64_t ldr, int64_t i0, int64_t i1,
                                 int16_t* rows, float* scales) {
-  constexpr int kLimbs = 2;  // 16-bit activations: |a| <= split_max(2) < 2^15
-  for (int64_t i = i0; i < i1; ++i) std::memset(rows + i * ldr + k, 0, static_cast<size_t>(ldr - k) * sizeof(int16_t));
-  return split_rows_any(dtype, x, k, kLimbs, i0, i1, scales, [&](int64_t i, int64_t c, typename S::F a, int64_t count) {
-    Lanes<float> lanes;
-    S::store(lanes.v, a);
-    for (int64_t t = 0; t < count; ++t) rows[i * ldr + c + t] = static_cast<int16_t>(lanes.v[t]);
-  });
+  const int limbs = fixed_point_i16_limbs(dtype), int8_limbs = dtype == DType::kF32 ? 3 : 2;  // the same a
+  for (int64_t r = i0 * limbs; r < i1 * limbs; ++r) {
+    std::memset(rows + r * ldr + k, 0, static_cast<size_t>(ldr - k) * sizeof(int16_t));
+  }
+  return split_rows_any(dtype, x, k, int8_limbs, i0, i1, scales,
+                        [&](int64_t i, int64_t c, typename S::F a, int64_t count) {
+                          store_digits<15>(a, limbs, rows + i * limbs * ldr + c, ldr, count);
+                        });
 }
 
 // ---- Per-group W8A16 on packed weights (W8A16GroupedArgs in int8_gemm.h) ---------------
