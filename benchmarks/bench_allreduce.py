@@ -38,7 +38,7 @@ def run(ctx: BenchContext) -> list[BenchResult]:
         for peer in ("plain", "fp16", "powersgd"):
             result = BenchResult(FAMILY, f"DDP step, {ours} hook", f"2 workers, {params / 1e6:.1f}M params", "float32",
                                  measured[ours]["median_s"] * 1e3, PEER_NAMES[peer],
-                                 measured[peer]["median_s"] * 1e3, measured[ours]["bytes_sent"], ctx.copy_gbps)
+                                 measured[peer]["median_s"] * 1e3, measured[ours]["bytes_sent"], ctx.limit_gbps)
             results.append(result)
         ctx.progress(f"  {ours}: {measured[ours]['bytes_sent'] / 1e6:.2f} MB sent per worker per step, "
                      f"{measured[ours]['bytes_sent'] / fp32_ring_bytes:.3f}x of the fp32 ring all-reduce")

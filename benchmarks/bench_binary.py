@@ -3,7 +3,7 @@ mode against fp32 / bf16 F.linear, fbgemm's dynamic int8 Linear and our Int8Weig
 
 Decode shapes (M <= 16) rotate every format through more than 512 MB of its own bytes, so
 even 1-bit weights are read from memory, not from the last-level cache. Throughput is
-reported as weight bytes per second against the copy bandwidth measured in the same run.
+reported as weight bytes per second against the memory bandwidth measured in the same run.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """compress family: the gradient codecs of the compressed all-reduce (fused, one pass)
 against the same algorithm written op by op in eager PyTorch (reference.py), with the
-achieved bandwidth as a fraction of the machine's copy bandwidth (issue goals: 60% on the
+achieved bandwidth as a fraction of the machine's memory bandwidth (issue goals: 60% on the
 development CPU, 85% of HBM on an H200). Buffers of 16M values on the CPU (64 MB of fp32,
 larger than the last-level cache), 64M on a GPU; block 256. The decoders sum two rows, as
 a 2-worker server does. reference.py builds CPU tensors, so on a GPU the peer is a device

@@ -31,7 +31,7 @@ def run(ctx: BenchContext) -> list[BenchResult]:
                  f"{sent['fp32'] / 1e6:.2f} MB ({sent['int8'] / sent['fp32']:.3f}x)")
     result = BenchResult(FAMILY, "TP=2 GPT step, int8 activation all-reduce", f"dim {DIM}, {TOKENS} tokens",
                          "float32", median["int8"] * 1e3, "fp32 activation all-reduce", median["fp32"] * 1e3,
-                         sent["int8"], ctx.copy_gbps)
+                         sent["int8"], ctx.limit_gbps)
     ctx.progress(f"  {result.op}: {result.ours_ms:.1f} ms vs {result.peer_ms:.1f} ms (x{result.speedup:.2f})")
     return [result]
 

@@ -10,7 +10,7 @@ import torch
 
 import effgen_kernels as ek
 from effgen_kernels import cli
-from effgen_kernels.bench import BenchResult, time_interleaved, with_env
+from effgen_kernels.bench import BenchResult, memory_bandwidth_gbps, time_interleaved, with_env
 
 
 def run_python(code: str, **env) -> subprocess.CompletedProcess:
@@ -101,6 +101,12 @@ def test_with_env_sets_the_variable_for_the_call_only(monkeypatch):
     with pytest.raises(ZeroDivisionError):
         with_env("EFFGEN_TEST_CHOICE", "shared", lambda: 1 / 0)()
     assert os.environ["EFFGEN_TEST_CHOICE"] == "global"  # restored after an error too
+
+
+def test_memory_bandwidth_limit_is_the_faster_of_copy_and_read():
+    rates = memory_bandwidth_gbps("cpu", nbytes=8 << 20, reps=3)
+    assert rates["copy"] > 0 and rates["read"] > 0
+    assert rates["limit"] == max(rates["copy"], rates["read"])
 
 
 def test_bench_result_ratios():
