@@ -164,7 +164,9 @@ def int8_weight_only_linear_packed(x: torch.Tensor, w_packed: torch.Tensor, w_su
     rows, and beyond while it pays, the activations run as fixed point per token (15 bits
     of the row's absmax for bf16/fp16, 22 for fp32) on the packed int8 GEMM, which reads the
     weights once and never dequantizes them (per group: one product per group, scaled and
-    summed in fp32; group_size a multiple of 4). It pays, with VNNI, while the weights
+    summed in fp32; group_size a multiple of 4). Without VNNI the fixed-point values go as
+    int16 rows against weights widened in registers (same integers, same results). It
+    pays, with VNNI, while the weights
     outnumber the activations (M (K + N) <= N K); without (AVX2), up to 128 rows for fp32
     and at every M for bf16/fp16, whose torch GEMM is slower there. Other batches
     dequantize the weights once for torch's GEMM. Rows holding Inf or NaN go through the
