@@ -331,12 +331,33 @@ bool w8a16_fixed_point_grouped(const at::Tensor& x2, int limbs, const at::Tensor
   return true;
 }
 
+// Whether W8A16 should run as fixed point on the int8 GEMM rather than dequantize the
+// weights once for torch's GEMM (measured on packed weights; the canonical op follows it
+// for 16-bit activations with per-channel scales).
+// With VNNI the int8 GEMM is far faster than torch's float GEMMs, and the cost that decides
+// is the conversion: a batch whose activations outnumber the weights (M (K + N) > N K) costs
+// more to convert (digits in, epilogue out, per element) than the weights to dequantize.
+// Without VNNI (AVX2, measured on Zen 4 at 576x1536 to 4096x4096), fp32 activations take 2
+// int16 rows per token, and torch's fp32 GEMM (after unpacking and dequantizing the weights,
+// every call) wins beyond 128-500 rows by shape (even at 128 rows on 576x1536, 0.8-1.3x at
+// 256); 16-bit ones take 1, and torch's bf16 GEMM, with no native bf16 there, is 2.5-3.9x
+// slower than even the old 2 digit rows at 32-512 rows.
+bool w8a16_fixed_point_pays(int64_t m, int64_t k, int64_t n, at::ScalarType dtype) {
+  constexpr int64_t kWithoutVnniFp32MaxM = 128;
+  if (m <= kW8A16DirectMaxM) return true;
+  if (cpu::active_isa() >= cpu::Isa::kAvx512) return m * (k + n) <= n * k;
+  return dtype != at::kFloat || m <= kWithoutVnniFp32MaxM;
+}
+
 at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& w_scale,
                                    const std::optional<at::Tensor>& bias, std::optional<int64_t> group_size) {
   constexpr const char* op = "int8_weight_only_linear";
   check_cpu(op, "x", x);
   const auto [k, n, m, groups, group] = check_int8_weight_only_linear(x, wq, w_scale, bias, group_size);
-  if (m > kW8A16DirectMaxM) {
+  // 16-bit activations with per-channel scales as fixed point on the canonical int8 GEMM.
+  const bool fixed_point = groups == 1 && k <= cpu::kMaxExactInt8K && x.scalar_type() != at::kFloat &&
+                           w8a16_fixed_point_pays(m, k, n, x.scalar_type());
+  if (!fixed_point && m > kW8A16DirectMaxM) {
     const at::Tensor w = group_size.has_value()
                              ? dequantize_cpu(wq, w_scale, std::nullopt, group_size, x.scalar_type())
                              : dequantize_cpu(wq, w_scale, 0, std::nullopt, x.scalar_type());
@@ -348,10 +369,8 @@ at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, co
   const at::Tensor bias_f = float_bias(bias);
   at::Tensor out_2d = out.view({m, n});
   const auto& kernels = cpu::int8_gemm_kernels();
-  if (groups == 1 && k <= cpu::kMaxExactInt8K && x.scalar_type() != at::kFloat &&
-      w8a16_fixed_point(x2, 2, n, s, bias_f, out_2d, canonical_product(w, k))) {
-    return out;
-  }
+  if (fixed_point && w8a16_fixed_point(x2, 2, n, s, bias_f, out_2d, canonical_product(w, k))) return out;
+  // (or Inf / NaN in x, or a row too small for fixed point: the float kernel, at any M)
   at::parallel_for(0, (n + kBlockN - 1) / kBlockN, 1, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
       const int64_t j0 = block * kBlockN, nb = std::min(kBlockN, n - j0);
@@ -384,23 +403,6 @@ at::Tensor unpack_weight(const at::Tensor& w_packed, int64_t n, int64_t k) {
       .slice(0, 0, n)
       .slice(1, 0, k)
       .contiguous();
-}
-
-// Whether W8A16 on packed weights should run as fixed point on the int8 GEMM rather than
-// dequantize the weights once for torch's GEMM (the canonical op's way beyond decode sizes).
-// With VNNI the int8 GEMM is far faster than torch's float GEMMs, and the cost that decides
-// is the conversion: a batch whose activations outnumber the weights (M (K + N) > N K) costs
-// more to convert (digits in, epilogue out, per element) than the weights to dequantize.
-// Without VNNI (AVX2, measured on Zen 4 at 576x1536 to 4096x4096), fp32 activations take 2
-// int16 rows per token, and torch's fp32 GEMM (after unpacking and dequantizing the weights,
-// every call) wins beyond 128-500 rows by shape (even at 128 rows on 576x1536, 0.8-1.3x at
-// 256); 16-bit ones take 1, and torch's bf16 GEMM, with no native bf16 there, is 2.5-3.9x
-// slower than even the old 2 digit rows at 32-512 rows.
-bool w8a16_fixed_point_pays(int64_t m, int64_t k, int64_t n, at::ScalarType dtype) {
-  constexpr int64_t kWithoutVnniFp32MaxM = 128;
-  if (m <= kW8A16DirectMaxM) return true;
-  if (cpu::active_isa() >= cpu::Isa::kAvx512) return m * (k + n) <= n * k;
-  return dtype != at::kFloat || m <= kWithoutVnniFp32MaxM;
 }
 
 at::Tensor int8_weight_only_linear_packed(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& w_sum,
