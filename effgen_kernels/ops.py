@@ -153,9 +153,8 @@ def int8_weight_only_linear(x: torch.Tensor, wq: torch.Tensor, w_scale: torch.Te
     torch's GEMM. On the CPU, bf16/fp16 activations with per-channel scales run as 16-bit
     fixed point per token (absmax / 32639 steps, at least as fine as bf16 above absmax /
     2^7) on the int8 GEMM, which reads the weights once (2x bf16 ``F.linear`` at M = 8
-    where the float path was 0.8x), for as many rows as int8_weight_only_linear_packed
-    takes fixed point (there: without VNNI at every M, 2-4.7x faster than dequantizing at
-    17-256 rows)."""
+    where the float path was 0.8x), up to 16 rows and, without VNNI, at every M (on AVX2
+    2-4.7x faster than dequantizing at 17-256 rows)."""
     return _ops.int8_weight_only_linear(x, wq, w_scale, bias, group_size)
 
 

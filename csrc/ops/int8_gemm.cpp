@@ -354,9 +354,13 @@ at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, co
   constexpr const char* op = "int8_weight_only_linear";
   check_cpu(op, "x", x);
   const auto [k, n, m, groups, group] = check_int8_weight_only_linear(x, wq, w_scale, bias, group_size);
-  // 16-bit activations with per-channel scales as fixed point on the canonical int8 GEMM.
+  // 16-bit activations with per-channel scales as fixed point on the canonical int8 GEMM:
+  // decode sizes everywhere, batches by the packed op's rule without VNNI (measured on AVX2;
+  // with VNNI the canonical GEMM's batches are unmeasured against torch's bf16 GEMM, which
+  // may run on AMX there).
+  const bool batch_pays = cpu::active_isa() < cpu::Isa::kAvx512 && w8a16_fixed_point_pays(m, k, n, x.scalar_type());
   const bool fixed_point = groups == 1 && k <= cpu::kMaxExactInt8K && x.scalar_type() != at::kFloat &&
-                           w8a16_fixed_point_pays(m, k, n, x.scalar_type());
+                           (m <= kW8A16DirectMaxM || batch_pays);
   if (!fixed_point && m > kW8A16DirectMaxM) {
     const at::Tensor w = group_size.has_value()
                              ? dequantize_cpu(wq, w_scale, std::nullopt, group_size, x.scalar_type())
