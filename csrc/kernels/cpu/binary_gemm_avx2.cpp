@@ -188,8 +188,10 @@ void lut_tiles_half(const float* tables, int64_t k, const uint8_t* tiles, int64_
         for (int j = 0; j < 8; ++j) {
           const float* table = word_tables + j / kPlanes * 16;
           for (int h = 0; h < kHalves; ++h) {
+            // Both shifts from the word: no chain between them, and none at all for the
+            // index of slot 0 and the upper-half bit of slot 7 (already bit 31).
             const __m256i idx = _mm256_srli_epi32(nibbles[h], 4 * j);
-            const __m256 upper_half = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));
+            const __m256 upper_half = _mm256_castsi256_ps(_mm256_slli_epi32(nibbles[h], 28 - 4 * j));
             for (int i = 0; i < M; ++i) {
               __m256& a = acc[i][h][j % kChains];
               const __m256 v = kTwoPermutes ? lookup16_two_permutes(table + i * table_stride, idx, upper_half)
