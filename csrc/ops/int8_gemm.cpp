@@ -201,36 +201,28 @@ bool split_in_parallel(int64_t m, int64_t k, const Split& split) {
   return representable;
 }
 
-// Nothing when a row of x holds Inf or NaN or is too small for fixed point (absmax below
-// 2^-100): the float kernel takes those.
-std::optional<FixedPointRows> split_activations(const at::Tensor& x2, int limbs) {
+// x's rows as fixed point: `limbs` int8 digit rows per token, or with int16_rows
+// cpu::fixed_point_i16_limbs int16 rows per token, padded to whole packed quads. Nothing when
+// a row of x holds Inf or NaN or is too small for fixed point (absmax below 2^-100): the
+// float kernel takes those.
+std::optional<FixedPointRows> split_activations(const at::Tensor& x2, int limbs, bool int16_rows = false) {
   const int64_t m = x2.size(0), k = x2.size(1);
-  // Uninitialized (every byte is written): a zero fill cost as much as the conversion.
-  FixedPointRows digits{at::empty({m * limbs, k}, x2.options().dtype(at::kChar)),
-                        at::empty({m}, x2.options().dtype(at::kFloat)), k};
+  const auto dtype = cpu_dtype(x2.scalar_type());
+  const int64_t ld = int16_rows ? (k + cpu::kPackDepth - 1) / cpu::kPackDepth * cpu::kPackDepth : k;
+  const int64_t rows = m * (int16_rows ? cpu::fixed_point_i16_limbs(dtype) : limbs);
+  // Uninitialized (every element is written): a zero fill cost as much as the conversion.
+  FixedPointRows fixed{at::empty({rows, ld}, x2.options().dtype(int16_rows ? at::kShort : at::kChar)),
+                       at::empty({m}, x2.options().dtype(at::kFloat)), ld};
   const auto& kernels = cpu::int8_gemm_kernels();
+  float* scales = fixed.scales.data_ptr<float>();
   const bool representable = split_in_parallel(m, k, [&](int64_t i0, int64_t i1) {
-    return kernels.split_fixed_point_rows(cpu_dtype(x2.scalar_type()), x2.data_ptr(), k, limbs, i0, i1,
-                                          digits.rows.data_ptr<int8_t>(), digits.scales.data_ptr<float>());
+    return int16_rows ? kernels.split_fixed_point_rows_i16(dtype, x2.data_ptr(), k, ld, i0, i1,
+                                                           fixed.rows.data_ptr<int16_t>(), scales)
+                      : kernels.split_fixed_point_rows(dtype, x2.data_ptr(), k, limbs, i0, i1,
+                                                       fixed.rows.data_ptr<int8_t>(), scales);
   });
   if (!representable) return std::nullopt;
-  return digits;
-}
-
-// The same as int16 rows (cpu::fixed_point_i16_limbs of them per token).
-std::optional<FixedPointRows> split_activations_i16(const at::Tensor& x2) {
-  const int64_t m = x2.size(0), k = x2.size(1);
-  const int64_t ld = (k + cpu::kPackDepth - 1) / cpu::kPackDepth * cpu::kPackDepth;
-  const int limbs = cpu::fixed_point_i16_limbs(cpu_dtype(x2.scalar_type()));
-  FixedPointRows rows{at::empty({m * limbs, ld}, x2.options().dtype(at::kShort)),
-                      at::empty({m}, x2.options().dtype(at::kFloat)), ld};
-  const auto& kernels = cpu::int8_gemm_kernels();
-  const bool representable = split_in_parallel(m, k, [&](int64_t i0, int64_t i1) {
-    return kernels.split_fixed_point_rows_i16(cpu_dtype(x2.scalar_type()), x2.data_ptr(), k, ld, i0, i1,
-                                              rows.rows.data_ptr<int16_t>(), rows.scales.data_ptr<float>());
-  });
-  if (!representable) return std::nullopt;
-  return rows;
+  return fixed;
 }
 
 // Per-channel scales: `product` is a block product (above) over the digit rows. Returns
@@ -262,12 +254,12 @@ bool w8a16_fixed_point(const at::Tensor& x2, int limbs, int64_t n, const at::Ten
 // token for 16-bit activations, 2 for fp32) holding the integers of w8a16_fixed_point's digit
 // rows, summed exactly and rounded once, so the same result bit for bit with fewer
 // multiplies. Returns false (nothing written) where split_activations gives nothing.
-bool w8a16_fixed_point_i16(const at::Tensor& x2, const at::Tensor& w_packed, int64_t n, const at::Tensor& w_scale,
-                           const at::Tensor& bias_f, at::Tensor& out) {
-  const auto rows = split_activations_i16(x2);
+bool w8a16_fixed_point_i16(const at::Tensor& x2, int limbs, const at::Tensor& w_packed, int64_t n,
+                           const at::Tensor& w_scale, const at::Tensor& bias_f, at::Tensor& out) {
+  const auto rows = split_activations(x2, limbs, true);
   if (!rows) return false;
   const int64_t m = x2.size(0), k = x2.size(1), lda = rows->ld;
-  const int limbs = cpu::fixed_point_i16_limbs(cpu_dtype(x2.scalar_type()));
+  const int i16_limbs = cpu::fixed_point_i16_limbs(cpu_dtype(x2.scalar_type()));
   const auto& kernels = cpu::int8_gemm_kernels();
   const int16_t* a = rows->rows.data_ptr<int16_t>();
   const float* xs = rows->scales.data_ptr<float>();
@@ -277,7 +269,7 @@ bool w8a16_fixed_point_i16(const at::Tensor& x2, const at::Tensor& w_packed, int
   const EpilogueTarget target(out, bias_f);
   OutputBlocks(m, n).parallel([&](int64_t i0, int64_t mb, int64_t j0, int64_t nb) {
     float dots[kBlockM * kBlockN];
-    kernels.gemm_packed_i16(a + i0 * limbs * lda, lda, mb, k, limbs, b + j0 / cpu::kPackCols * group_stride,
+    kernels.gemm_packed_i16(a + i0 * i16_limbs * lda, lda, mb, k, i16_limbs, b + j0 / cpu::kPackCols * group_stride,
                             group_stride, nb, dots, kBlockN);
     for (int64_t i = 0; i < mb; ++i) {
       kernels.epilogue_row_float(dots + i * kBlockN, nb, xs[i0 + i], ws + j0, 1, target.bias_from(j0), target.dtype,
@@ -297,7 +289,7 @@ bool w8a16_fixed_point_grouped(const at::Tensor& x2, int limbs, const at::Tensor
   const auto& kernels = cpu::int8_gemm_kernels();
   const bool int16_rows =
       limbs == 2 && kernels.w8a16_packed_grouped_i16 != nullptr && group_size <= cpu::kGroupedI16MaxDepth;
-  const auto fixed_point = int16_rows ? split_activations_i16(x2) : split_activations(x2, limbs);
+  const auto fixed_point = split_activations(x2, limbs, int16_rows);
   if (!fixed_point) return false;
   const int64_t m = x2.size(0), k = x2.size(1), n = w_sum.size(1), groups = w_sum.size(0), ld = fixed_point->ld;
   const float* x_scales = fixed_point->scales.data_ptr<float>();
@@ -427,7 +419,9 @@ at::Tensor int8_weight_only_linear_packed(const at::Tensor& x, const at::Tensor&
   const int limbs = x.scalar_type() == at::kFloat ? 3 : 2;
   auto run_fixed_point = [&] {
     if (group_size.has_value()) return w8a16_fixed_point_grouped(x2, limbs, packed, sums, scale, group, bias_f, out_2d);
-    if (cpu::int8_gemm_kernels().gemm_packed_i16 != nullptr) return w8a16_fixed_point_i16(x2, packed, n, scale, bias_f, out_2d);
+    if (cpu::int8_gemm_kernels().gemm_packed_i16 != nullptr) {
+      return w8a16_fixed_point_i16(x2, limbs, packed, n, scale, bias_f, out_2d);
+    }
     return w8a16_fixed_point(x2, limbs, n, scale, bias_f, out_2d, packed_product(packed, sums, k));
   };
   if (fixed_point && run_fixed_point()) return out;

@@ -208,7 +208,9 @@ __attribute__((noinline)) void add_pair_sums(const __m256i (&acc)[MR][4], int64_
     for (int q = 0; q < 4; ++q) {
       alignas(32) int32_t lanes[8];
       _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc[i][q]);
-      for (int col = 0; col < kColumns; ++col) sums[i][kColumns * q + col] += int64_t{lanes[2 * col]} + lanes[2 * col + 1];
+      for (int col = 0; col < kColumns; ++col) {
+        sums[i][kColumns * q + col] += int64_t{lanes[2 * col]} + lanes[2 * col + 1];
+      }
     }
   }
 }

@@ -217,7 +217,9 @@ bool split_rows_t(const T* x, int64_t k, int limbs, int64_t i0, int64_t i1, floa
     if (bits > kMaxFiniteBits || (absmax > 0.0f && absmax < kMinSplitAbsmax)) return false;
     scales[i] = absmax / largest;
     const auto inv = S::set1(absmax > 0.0f ? largest / absmax : 0.0f), limit = S::set1(largest);
-    auto convert = [&](typename S::F v, int64_t c, int64_t count) { store(i, c, round_to_limit(v, inv, limit), count); };
+    auto convert = [&](typename S::F v, int64_t c, int64_t count) {
+      store(i, c, round_to_limit(v, inv, limit), count);
+    };
     int64_t c = 0;
     for (; c + S::kWidth <= k; c += S::kWidth) convert(S::load(row + c), c, S::kWidth);
     if (c < k) convert(S::load(pad_tail(row + c, k - c).v), c, k - c);
