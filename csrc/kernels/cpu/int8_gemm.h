@@ -111,8 +111,8 @@ struct Int8GemmKernels {
   // The products of m tokens' int16 rows (lda apart, `limbs` per token) with packed
   // weights, as gemm_packed but combined and summed exactly and rounded once to float: the
   // digit rows' products combined as digits_epilogue_row does, bit for bit. nullptr on ISAs
-  // that multiply digit rows instead (VNNI's int8 dot products are as fast; the scalar code
-  // gains nothing).
+  // that multiply digit rows instead (VNNI's int8 dot products are as fast; the portable
+  // scalar code keeps its one int8 path, unmeasured with int16 rows).
   GemmPackedI16 gemm_packed_i16;
   // epilogue_row for W8A16 on fixed-point activations (split_fixed_point_rows): dot[j] =
   // sum_d 256^(digits-1-d) c[d * digit_stride + j], exact, rounded once to float; then
