@@ -287,8 +287,8 @@ bool w8a16_fixed_point_grouped(const at::Tensor& x2, int limbs, const at::Tensor
                                const at::Tensor& w_scale, int64_t group_size, const at::Tensor& bias_f,
                                at::Tensor& out) {
   const auto& kernels = cpu::int8_gemm_kernels();
-  const bool int16_rows =
-      limbs == 2 && kernels.w8a16_packed_grouped_i16 != nullptr && group_size <= cpu::kGroupedI16MaxDepth;
+  const bool int16_rows = kernels.w8a16_packed_grouped_i16 != nullptr && group_size <= cpu::kGroupedI16MaxDepth;
+  const int i16_limbs = cpu::fixed_point_i16_limbs(cpu_dtype(x2.scalar_type()));
   const auto fixed_point = split_activations(x2, limbs, int16_rows);
   if (!fixed_point) return false;
   const int64_t m = x2.size(0), k = x2.size(1), n = w_sum.size(1), groups = w_sum.size(0), ld = fixed_point->ld;
@@ -310,7 +310,8 @@ bool w8a16_fixed_point_grouped(const at::Tensor& x2, int limbs, const at::Tensor
     cpu::W8A16GroupedArgs args{nullptr, mb, limbs, k, group_size, b + j0 / cpu::kPackCols * group_stride,
                                group_stride, sums + j0, n, scales.data(), kBlockN, nb, totals.data(), kBlockN};
     if (int16_rows) {
-      kernels.w8a16_packed_grouped_i16(fixed_point->rows.data_ptr<int16_t>() + i0 * ld, ld, args);
+      kernels.w8a16_packed_grouped_i16(fixed_point->rows.data_ptr<int16_t>() + i0 * i16_limbs * ld, ld, i16_limbs,
+                                       args);
     } else {
       args.a = fixed_point->rows.data_ptr<int8_t>() + i0 * limbs * k;
       kernels.w8a16_packed_grouped(args);

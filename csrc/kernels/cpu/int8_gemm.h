@@ -75,7 +75,7 @@ using GemmPackedI16 = void (*)(const int16_t* a, int64_t lda, int64_t m, int64_t
                                int64_t group_stride, int64_t n, float* c, int64_t ldc);
 // int16 digits per token of W8A16's fixed-point activations (split_fixed_point_rows_i16).
 constexpr int fixed_point_i16_limbs(DType dtype) { return dtype == DType::kF32 ? 2 : 1; }
-using W8A16GroupedI16 = void (*)(const int16_t* a, int64_t lda, const W8A16GroupedArgs& args);
+using W8A16GroupedI16 = void (*)(const int16_t* a, int64_t lda, int limbs, const W8A16GroupedArgs& args);
 // The longest group W8A16GroupedI16 takes.
 constexpr int64_t kGroupedI16MaxDepth = 512;
 
@@ -122,9 +122,9 @@ struct Int8GemmKernels {
   // Per-group W8A16 on packed weights and fixed-point activations (W8A16GroupedArgs);
   // epilogue_row_float finishes each token's row of totals.
   void (*w8a16_packed_grouped)(const W8A16GroupedArgs& args);
-  // The same totals, bit for bit, for 16-bit activations as int16 rows (one per token,
-  // split_fixed_point_rows_i16, lda apart; args.a and args.limbs are not read) and groups of
-  // at most kGroupedI16MaxDepth values. nullptr where gemm_packed_i16 is.
+  // The same totals, bit for bit, from int16 rows (split_fixed_point_rows_i16, lda apart,
+  // `limbs` per token; args.a and args.limbs are not read) for groups of at most
+  // kGroupedI16MaxDepth values. nullptr where gemm_packed_i16 is.
   W8A16GroupedI16 w8a16_packed_grouped_i16;
   // The W8A16 product of W8A16Args for its m x n block (weights converted in registers).
   void (*w8a16_gemm)(const W8A16Args& args);

@@ -180,7 +180,7 @@ const int32_t* prepare_panel(const int8_t*, int64_t, int64_t, int64_t, int32_t*)
 void gemm_packed_i16(const int16_t* a, int64_t lda, int64_t m, int64_t k, int limbs, const int8_t* b,
                      int64_t group_stride, int64_t n, float* c, int64_t ldc);
 constexpr GemmPackedI16 kGemmPackedI16 = gemm_packed_i16;
-void w8a16_packed_grouped_i16(const int16_t* a, int64_t lda, const W8A16GroupedArgs& p);
+void w8a16_packed_grouped_i16(const int16_t* a, int64_t lda, int limbs, const W8A16GroupedArgs& p);
 constexpr W8A16GroupedI16 kW8A16PackedGroupedI16 = w8a16_packed_grouped_i16;
 
 #include "int8_gemm_impl.h"
@@ -381,8 +381,37 @@ void grouped_i16_tile(const int16_t* a, int64_t lda, const W8A16GroupedArgs& p, 
   });
 }
 
-void w8a16_packed_grouped_i16(const int16_t* a, int64_t lda, const W8A16GroupedArgs& p) {
+// Columns of one fp32 token's two limb rows (base 2^15, leading first) combined exactly in
+// double, rounded once: each limb's int32 group sums are exact, and far below 2^53 after.
+inline __m256 combine_two_limbs(__m256i high, __m256i low) {
+  auto four = [](__m128i h, __m128i l) {
+    return _mm256_cvtpd_ps(
+        _mm256_add_pd(_mm256_mul_pd(_mm256_cvtepi32_pd(h), _mm256_set1_pd(32768.0)), _mm256_cvtepi32_pd(l)));
+  };
+  return _mm256_set_m128(four(_mm256_extracti128_si256(high, 1), _mm256_extracti128_si256(low, 1)),
+                         four(_mm256_castsi256_si128(high), _mm256_castsi256_si128(low)));
+}
+
+// One fp32 token: its two limb rows as one 2-row product, a group's 16 columns in two passes
+// of 8 as for two 16-bit tokens.
+void grouped_two_limb_tile(const int16_t* a, int64_t lda, const W8A16GroupedArgs& p, int64_t t, int64_t j0) {
+  const int8_t* b = p.b + j0 / kPackCols * p.group_stride;
+  grouped_tile<1>(p, t, j0, [&](int64_t k0, int64_t depth, __m256 (&dot)[1][2]) {
+    const int64_t kq0 = k0 / kPackDepth, kq1 = kq0 + (depth + kPackDepth - 1) / kPackDepth;
+    __m256i acc[2][2];
+    i16_products<2, 2, 0>(acc, a, lda, b, kq0, kq1);
+    dot[0][0] = combine_two_limbs(column_sums(acc[0][0], acc[0][1]), column_sums(acc[1][0], acc[1][1]));
+    i16_products<2, 2, 2>(acc, a, lda, b, kq0, kq1);
+    dot[0][1] = combine_two_limbs(column_sums(acc[0][0], acc[0][1]), column_sums(acc[1][0], acc[1][1]));
+  });
+}
+
+void w8a16_packed_grouped_i16(const int16_t* a, int64_t lda, int limbs, const W8A16GroupedArgs& p) {
   for (int64_t j = 0; j < p.n; j += kPackCols) {
+    if (limbs == 2) {
+      for (int64_t t = 0; t < p.tokens; ++t) grouped_two_limb_tile(a + 2 * t * lda, lda, p, t, j);
+      continue;
+    }
     for (int64_t t = 0; t < p.tokens; t += kI16TileM) {
       const int64_t mr = p.tokens - t < kI16TileM ? p.tokens - t : kI16TileM;
       for_tile_edge<kI16TileM, 1>(mr, 1, [&]<int MR, int>() { grouped_i16_tile<MR>(a + t * lda, lda, p, t, j); });
