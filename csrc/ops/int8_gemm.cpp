@@ -181,8 +181,8 @@ at::Tensor int8_dynamic_linear_packed(const at::Tensor& x, const at::Tensor& w_p
 // at least bf16's 8 significant bits for every element above absmax / 2^7 (fp16's 11
 // above absmax / 2^4), and an absolute error of at most absmax / 2^16 below; with 3 limbs
 // 22 bits (absmax / 2^23).
-// On ISAs with gemm_packed_i16, 16-bit activations go as one int16 row per token instead
-// (split_fixed_point_rows_i16): the same integers, so the same results.
+// On ISAs with gemm_packed_i16 they go as int16 rows instead (split_fixed_point_rows_i16:
+// one per token for 16-bit activations, two for fp32): the same integers, the same results.
 struct FixedPointRows {
   at::Tensor rows;    // int8 digit rows [m * limbs, k], or int16 rows [m * i16 limbs, ld]
   at::Tensor scales;  // fp32 [m]

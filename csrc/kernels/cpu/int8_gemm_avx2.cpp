@@ -194,7 +194,7 @@ constexpr W8A16GroupedI16 kW8A16PackedGroupedI16 = w8a16_packed_grouped_i16;
 // activations repeated, so int32 lane 2c + p holds column c's pair p. A pair sum is at most
 // 2 * split_max(2) * 128 in magnitude (int16 rows hold at most split_max(2)): int32 lanes take
 // kI16ChunkQuads K quads, then go to int64 column sums.
-constexpr int kI16TileM = 2;  // 2 x 4 accumulators + 4 widened weight vectors + 1 activation
+constexpr int kI16TileM = 2;  // 2 x 4 accumulators + 2 activations + a widened weight vector
 constexpr int64_t kI16ChunkQuads = 256;
 static_assert(kI16ChunkQuads * 2 * split_max(2) * 128 <= INT32_MAX, "a chunk's int32 lanes must not overflow");
 
@@ -344,45 +344,14 @@ bool w8a16_grouped_tiles(const W8A16GroupedArgs& p) {
   return true;
 }
 
-// MR tokens of int16 rows: a group's pair-sum lanes summed into columns in int32 (exact:
-// a group of kGroupedI16MaxDepth values keeps two lanes' sum below 2^31) and converted to
-// float, which rounds once.
+// Per group, int16 rows' pair-sum lanes are summed into columns in int32 (exact: a group of
+// kGroupedI16MaxDepth values keeps two lanes' sum below 2^31), then rounded once to float:
+// directly for one row per token, through double for the two limb rows of an fp32 token.
 static_assert(kGroupedI16MaxDepth / kPackDepth * 2 * (2 * split_max(2) * 128) <= INT32_MAX,
               "a group's column sums must fit int32");
 
-// dot[i][h] = row i's columns 8h..8h+7 over K quads [kq0, kq1), from the pair-sum lanes of
-// quarters kFirst and kFirst + 1 (h = kFirst / 2), or of all four (h = 0, 1).
-template <int MR, int kQuarters, int kFirst = 0>
-__attribute__((always_inline)) inline void i16_group_dots(__m256 (&dot)[MR][2], const int16_t* a, int64_t lda,
-                                                          const int8_t* b, int64_t kq0, int64_t kq1) {
-  __m256i acc[MR][kQuarters];
-  i16_products<MR, kQuarters, kFirst>(acc, a, lda, b, kq0, kq1);
-  for (int i = 0; i < MR; ++i) {
-    for (int q = 0; q < kQuarters; q += 2) {
-      dot[i][(kFirst + q) / 2] = _mm256_cvtepi32_ps(column_sums(acc[i][q], acc[i][q + 1]));
-    }
-  }
-}
-
-// Two rows take a group's 16 columns in two passes of 8 (the second reads the group's blocks
-// from L1): with all four quarters' accumulators next to the tile's totals, GCC spilled one,
-// and its store-to-load round trip every step cost 1.4x (measured). One row takes all 16.
-template <int MR>
-void grouped_i16_tile(const int16_t* a, int64_t lda, const W8A16GroupedArgs& p, int64_t t0, int64_t j0) {
-  const int8_t* b = p.b + j0 / kPackCols * p.group_stride;
-  grouped_tile<MR>(p, t0, j0, [&](int64_t k0, int64_t depth, __m256 (&dot)[MR][2]) {
-    const int64_t kq0 = k0 / kPackDepth, kq1 = kq0 + (depth + kPackDepth - 1) / kPackDepth;
-    if constexpr (MR == 1) {
-      i16_group_dots<MR, 4>(dot, a, lda, b, kq0, kq1);
-    } else {
-      i16_group_dots<MR, 2, 0>(dot, a, lda, b, kq0, kq1);
-      i16_group_dots<MR, 2, 2>(dot, a, lda, b, kq0, kq1);
-    }
-  });
-}
-
 // Columns of one fp32 token's two limb rows (base 2^15, leading first) combined exactly in
-// double, rounded once: each limb's int32 group sums are exact, and far below 2^53 after.
+// double (far below 2^53), rounded once.
 inline __m256 combine_two_limbs(__m256i high, __m256i low) {
   auto four = [](__m128i h, __m128i l) {
     return _mm256_cvtpd_ps(
@@ -392,29 +361,55 @@ inline __m256 combine_two_limbs(__m256i high, __m256i low) {
                          four(_mm256_castsi256_si128(high), _mm256_castsi256_si128(low)));
 }
 
-// One fp32 token: its two limb rows as one 2-row product, a group's 16 columns in two passes
-// of 8 as for two 16-bit tokens.
-void grouped_two_limb_tile(const int16_t* a, int64_t lda, const W8A16GroupedArgs& p, int64_t t, int64_t j0) {
+// dot[t][h] for the MR / kLimbs tokens of MR rows: columns 8h..8h+7 over K quads [kq0, kq1),
+// from the pair-sum lanes of quarters kFirst and kFirst + 1 (h = kFirst / 2), or of all
+// four (h = 0, 1).
+template <int MR, int kLimbs, int kQuarters, int kFirst = 0>
+__attribute__((always_inline)) inline void i16_group_dots(__m256 (&dot)[MR / kLimbs][2], const int16_t* a,
+                                                          int64_t lda, const int8_t* b, int64_t kq0, int64_t kq1) {
+  __m256i acc[MR][kQuarters];
+  i16_products<MR, kQuarters, kFirst>(acc, a, lda, b, kq0, kq1);
+  for (int t = 0; t < MR / kLimbs; ++t) {
+    for (int q = 0; q < kQuarters; q += 2) {
+      const int r = t * kLimbs;
+      const __m256i lead = column_sums(acc[r][q], acc[r][q + 1]);
+      if constexpr (kLimbs == 1) {
+        dot[t][(kFirst + q) / 2] = _mm256_cvtepi32_ps(lead);
+      } else {
+        dot[t][(kFirst + q) / 2] = combine_two_limbs(lead, column_sums(acc[r + 1][q], acc[r + 1][q + 1]));
+      }
+    }
+  }
+}
+
+// MR rows (MR / kLimbs tokens). Two rows take a group's 16 columns in two passes of 8 (the
+// second reads the group's blocks from L1): with all four quarters' accumulators next to the
+// tile's totals, GCC spilled one, and its store-to-load round trip every step cost 1.4x
+// (measured). One row takes all 16.
+template <int MR, int kLimbs>
+void grouped_i16_tile(const int16_t* a, int64_t lda, const W8A16GroupedArgs& p, int64_t t0, int64_t j0) {
+  constexpr int kTokens = MR / kLimbs;
   const int8_t* b = p.b + j0 / kPackCols * p.group_stride;
-  grouped_tile<1>(p, t, j0, [&](int64_t k0, int64_t depth, __m256 (&dot)[1][2]) {
+  grouped_tile<kTokens>(p, t0, j0, [&](int64_t k0, int64_t depth, __m256 (&dot)[kTokens][2]) {
     const int64_t kq0 = k0 / kPackDepth, kq1 = kq0 + (depth + kPackDepth - 1) / kPackDepth;
-    __m256i acc[2][2];
-    i16_products<2, 2, 0>(acc, a, lda, b, kq0, kq1);
-    dot[0][0] = combine_two_limbs(column_sums(acc[0][0], acc[0][1]), column_sums(acc[1][0], acc[1][1]));
-    i16_products<2, 2, 2>(acc, a, lda, b, kq0, kq1);
-    dot[0][1] = combine_two_limbs(column_sums(acc[0][0], acc[0][1]), column_sums(acc[1][0], acc[1][1]));
+    if constexpr (MR == 1) {
+      i16_group_dots<MR, kLimbs, 4>(dot, a, lda, b, kq0, kq1);
+    } else {
+      i16_group_dots<MR, kLimbs, 2, 0>(dot, a, lda, b, kq0, kq1);
+      i16_group_dots<MR, kLimbs, 2, 2>(dot, a, lda, b, kq0, kq1);
+    }
   });
 }
 
 void w8a16_packed_grouped_i16(const int16_t* a, int64_t lda, int limbs, const W8A16GroupedArgs& p) {
   for (int64_t j = 0; j < p.n; j += kPackCols) {
-    if (limbs == 2) {
-      for (int64_t t = 0; t < p.tokens; ++t) grouped_two_limb_tile(a + 2 * t * lda, lda, p, t, j);
+    if (limbs == 2) {  // one fp32 token per 2-row tile
+      for (int64_t t = 0; t < p.tokens; ++t) grouped_i16_tile<2, 2>(a + 2 * t * lda, lda, p, t, j);
       continue;
     }
     for (int64_t t = 0; t < p.tokens; t += kI16TileM) {
       const int64_t mr = p.tokens - t < kI16TileM ? p.tokens - t : kI16TileM;
-      for_tile_edge<kI16TileM, 1>(mr, 1, [&]<int MR, int>() { grouped_i16_tile<MR>(a + t * lda, lda, p, t, j); });
+      for_tile_edge<kI16TileM, 1>(mr, 1, [&]<int MR, int>() { grouped_i16_tile<MR, 1>(a + t * lda, lda, p, t, j); });
     }
   }
 }
