@@ -6,11 +6,14 @@
 
 #include <stdexcept>
 
+#include "kernels/cpu/binary_gemm.h"
 #include "kernels/cpu/isa.h"
 
 namespace {
 
 std::string cpu_isa() { return effgen::cpu::isa_name(effgen::cpu::active_isa()); }
+
+int64_t cpu_lut_width() { return effgen::cpu::binary_gemm_kernels().lut_layout.width; }
 
 std::vector<std::string> supported_cpu_isas() { return effgen::cpu::supported_isa_names(); }
 
@@ -101,6 +104,8 @@ TORCH_LIBRARY(effgen, m) {
   // --- build and CPU dispatch introspection --------------------------------------------
   // The CPU ISA the kernels dispatch on now.
   m.def("cpu_isa() -> str", &cpu_isa);
+  // Inputs per lookup in the layout lut_tiles makes on that ISA: 4 (uint8) or 3 (int32).
+  m.def("cpu_lut_width() -> int", &cpu_lut_width);
   // Every ISA this CPU can run, lowest first.
   m.def("supported_cpu_isas() -> str[]", &supported_cpu_isas);
   // Switch the dispatched ISA (tests and benchmarks run every path in one process).

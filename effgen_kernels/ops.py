@@ -214,7 +214,9 @@ def ternary_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, b
 
 
 def lut_tiles(packed: torch.Tensor, k: int, planes: int) -> torch.Tensor:
-    """The packed rows re-tiled for the CPU lookup-table kernel (derived data: never saved)."""
+    """The packed rows re-tiled for the CPU lookup-table kernel of the dispatched ISA (derived
+    data: never saved). Its dtype names the layout: uint8 for 4-input groups (AVX-512, scalar),
+    int32 for 3-input groups (AVX2); a lut of another ISA's layout still works, on plain C++."""
     return _ops.lut_tiles(packed, k, planes)
 
 
@@ -366,8 +368,13 @@ def _(packed, k):
 
 @torch.library.register_fake("effgen::lut_tiles")
 def _(packed, k, planes):
-    words = (((k + 3) // 4) * planes + 7) // 8  # lut_words in binary_gemm.h: 64 bytes each
-    return packed.new_empty((-(-packed.shape[0] // 16), words * 64), dtype=torch.uint8)
+    # LutLayout in binary_gemm.h: groups of `width` inputs, 32 // width fields per uint32 lane,
+    # words of 16 lanes; width 4 tiles are uint8, width 3 tiles int32.
+    width = _ops.cpu_lut_width()
+    groups, fields = -(-k // width), 32 // width
+    words = -(-(groups * planes) // fields)
+    dtype, per_word = (torch.uint8, 64) if width == 4 else (torch.int32, 16)
+    return packed.new_empty((-(-packed.shape[0] // 16), words * per_word), dtype=dtype)
 
 
 @torch.library.register_fake("effgen::binary_linear")

@@ -250,22 +250,82 @@ def test_cuda_binary_opcheck_and_layers():
     torch.testing.assert_close(compiled(x), model(x))
 
 
+def lut_width(isa):
+    """Inputs per lookup in the layout lut_tiles makes on `isa` (LutLayout in binary_gemm.h)."""
+    return 3 if isa == "avx2" else 4
+
+
+def decode_lut(lut, n, k, planes, width):
+    """int8 [n, k] weights (ternary: positive minus negative) read back from a lut tensor as
+    binary_gemm.h documents its layout: per tile of 16 rows, words of 16 uint32 lanes, lane r
+    holding 32 // width fields of `width` bits of row r; slot s = group * planes + plane."""
+    fields = 32 // width
+    lanes = lut.contiguous().view(torch.int32).view(lut.shape[0], -1, 16).to(torch.int64) & 0xFFFFFFFF
+    groups = -(-k // width)
+    out = torch.zeros(lanes.shape[0] * 16, groups * width, dtype=torch.int8)
+    for g in range(groups):
+        for plane in range(planes):
+            slot = g * planes + plane
+            field = (lanes[:, slot // fields, :] >> (width * (slot % fields))).reshape(-1)
+            for t in range(width):
+                bit = ((field >> t) & 1).to(torch.int8)
+                out[:, g * width + t] += -bit if plane == 1 else bit
+    return out[:n, :k]
+
+
+@pytest.mark.parametrize("n,k", [(5, 1), (20, 7), (33, 64), (17, 100)])
+def test_lut_tiles_hold_the_documented_layout(isa, n, k):
+    w = random_input((n, k))
+    packed, _ = ref.binarize_weight(w)
+    tpacked, _ = ref.ternarize_weight(w)
+    width = lut_width(isa)
+    lut, tlut = ops.lut_tiles(packed, k, 1), ops.lut_tiles(tpacked, k, 2)
+    assert lut.dtype == (torch.uint8 if width == 4 else torch.int32)
+    elements_per_word = 64 // lut.element_size()
+    assert lut.shape == (-(-n // 16), -(-(-(-k // width)) // (32 // width)) * elements_per_word)
+    assert tlut.shape == (-(-n // 16), -(-(2 * -(-k // width)) // (32 // width)) * elements_per_word)
+    # Binary fields hold the +1 bits.
+    assert torch.equal(decode_lut(lut, n, k, 1, width), (ops.unpack_binary(packed, k) > 0).to(torch.int8))
+    assert torch.equal(decode_lut(tlut, n, k, 2, width), ops.unpack_ternary(tpacked, k))
+
+
 @pytest.mark.parametrize("m,n,k", [(1, 5, 1), (1, 37, 7), (3, 40, 33), (8, 100, 4097), (2, 16, 64),
-                                   (9, 33, 70), (70, 20, 129), (1, 20, 3000), (2, 33, 2500)])
+                                   (4, 17, 31), (5, 40, 95), (9, 33, 70), (70, 20, 129), (1, 20, 3000),
+                                   (2, 33, 2500)])
 # Row blocks of 8, table chunks of 64 rows; AVX2 also takes K in chunks whose tables fit L1
-# (1024 inputs at 1-2 rows, 128 at 8).
+# (about 1500 inputs at 1 row, 750 at 2, 180 at 5-8 rows, which go in lanes: m = 5, 8, 70).
 def test_lookup_table_kernel_matches_reference(isa, m, n, k):
     x, w = random_input((m, k), scale=1.0), random_input((n, k))
     packed, alpha = ref.binarize_weight(w)
-    lut = ops.lut_tiles(packed, k, 1)
-    assert lut.shape == (-(-n // 16), (((k + 3) // 4) + 7) // 8 * 64)
     expected = ref.binary_linear(x, packed, alpha)
-    torch.testing.assert_close(ops.binary_linear(x, packed, alpha, None, None, lut), expected,
-                               **tolerance(torch.float32, k))
+    torch.testing.assert_close(ops.binary_linear(x, packed, alpha, None, None, ops.lut_tiles(packed, k, 1)),
+                               expected, **tolerance(torch.float32, k))
     tpacked, scale = ref.ternarize_weight(w)
     torch.testing.assert_close(ops.ternary_linear(x, tpacked, scale, None, ops.lut_tiles(tpacked, k, 2)),
                                ref.ternary_linear(x, tpacked, scale), **tolerance(torch.float32, k))
     opcheck(torch.ops.effgen.lut_tiles.default, (packed, k, 1))
+
+
+def test_a_lut_made_on_one_isa_runs_on_every_other():
+    # A module keeps the lut of the ISA it was converted under; set_cpu_isa afterwards must
+    # not break it (a foreign layout runs on the portable kernel).
+    m, n, k = 3, 37, 101
+    x, w = random_input((m, k), scale=1.0), random_input((n, k))
+    packed, alpha = ref.binarize_weight(w)
+    tpacked, scale = ref.ternarize_weight(w)
+    luts = {}
+    for isa in ops.supported_cpu_isas():
+        with ops.use_cpu_isa(isa):
+            luts[isa] = ops.lut_tiles(packed, k, 1), ops.lut_tiles(tpacked, k, 2)
+    for made_on, (lut, tlut) in luts.items():
+        for run_on in ops.supported_cpu_isas():
+            with ops.use_cpu_isa(run_on):
+                torch.testing.assert_close(ops.binary_linear(x, packed, alpha, None, None, lut),
+                                           ref.binary_linear(x, packed, alpha), **tolerance(torch.float32, k),
+                                           msg=lambda e: f"lut of {made_on} on {run_on}: {e}")
+                torch.testing.assert_close(ops.ternary_linear(x, tpacked, scale, None, tlut),
+                                           ref.ternary_linear(x, tpacked, scale), **tolerance(torch.float32, k),
+                                           msg=lambda e: f"lut of {made_on} on {run_on}: {e}")
 
 
 def test_lookup_table_is_rebuilt_after_loading_and_never_saved():

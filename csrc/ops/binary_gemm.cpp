@@ -147,6 +147,9 @@ class OutputRows {
   const float* bias_;
 };
 
+// A lut tensor's dtype says its layout: uint8 for 4-bit fields, int32 lanes for 3-bit ones.
+at::ScalarType lut_dtype(cpu::LutLayout layout) { return layout.width == 4 ? at::kByte : at::kInt; }
+
 at::Tensor lut_tiles(const at::Tensor& packed_in, int64_t k, int64_t planes) {
   constexpr const char* op = "lut_tiles";
   TORCH_CHECK_VALUE(planes == 1 || planes == 2, op, ": planes must be 1 (binary) or 2 (ternary), got ", planes);
@@ -154,36 +157,59 @@ at::Tensor lut_tiles(const at::Tensor& packed_in, int64_t k, int64_t planes) {
   check_cpu(op, "packed", packed_in);
   check_packed(op, packed_in, k, planes, packed_in);
   const at::Tensor packed = packed_in.contiguous();
+  const cpu::LutLayout layout = cpu::binary_gemm_kernels().lut_layout;
+  const at::ScalarType dtype = lut_dtype(layout);
   const int64_t tiles = (packed.size(0) + cpu::kLutTileRows - 1) / cpu::kLutTileRows;
-  at::Tensor out = at::empty({tiles, cpu::lut_tile_bytes(k, static_cast<int>(planes))}, packed.options());
-  cpu::tile_for_lut(packed.data_ptr<uint8_t>(), packed.size(0), k, static_cast<int>(planes), out.data_ptr<uint8_t>());
+  const int64_t tile_bytes = layout.tile_bytes(k, static_cast<int>(planes));
+  at::Tensor out = at::empty({tiles, tile_bytes / c10::elementSize(dtype)}, packed.options().dtype(dtype));
+  cpu::tile_for_lut(layout, packed.data_ptr<uint8_t>(), packed.size(0), k, static_cast<int>(planes),
+                    static_cast<uint8_t*>(out.data_ptr()));
   return out;
 }
 
-// The lookup-table product: raw sums [m, tiles * 16] (binary: over the +1 weights; ternary:
-// positive minus negative).
-std::vector<float> lut_product(const Rows& r, int64_t n, const at::Tensor& lut, int planes, const char* op) {
+// The layout of a lut tensor from lut_tiles (of any ISA), checked against the weight's shape.
+cpu::LutLayout checked_lut_layout(const at::Tensor& lut, int64_t n, int64_t k, int planes, const char* op) {
+  const cpu::LutLayout layout = lut.scalar_type() == at::kInt ? cpu::kLutTriples : cpu::kLutNibbles;
   const int64_t tiles_n = (n + cpu::kLutTileRows - 1) / cpu::kLutTileRows;
-  TORCH_CHECK_VALUE(lut.scalar_type() == at::kByte && lut.dim() == 2 && lut.size(0) == tiles_n &&
-                        lut.size(1) == cpu::lut_tile_bytes(r.k, planes),
-                    op, ": lut must come from lut_tiles(packed, K = ", r.k, ", planes = ", planes,
-                    ") of this packed weight ([", tiles_n, ", ", cpu::lut_tile_bytes(r.k, planes), "] uint8), got ",
+  const at::ScalarType dtype = lut_dtype(layout);
+  const int64_t row_elements = layout.tile_bytes(k, planes) / c10::elementSize(dtype);
+  TORCH_CHECK_VALUE((lut.scalar_type() == at::kByte || lut.scalar_type() == at::kInt) && lut.dim() == 2 &&
+                        lut.size(0) == tiles_n && lut.size(1) == row_elements,
+                    op, ": lut must come from lut_tiles(packed, K = ", k, ", planes = ", planes,
+                    ") of this packed weight ([", tiles_n, ", ", row_elements, "] ", dtype, "), got ",
                     lut.scalar_type(), " of shape ", lut.sizes());
+  return layout;
+}
+
+// The lookup-table product: raw sums [m, tiles * 16] (binary: over the +1 weights; ternary:
+// positive minus negative). A lut in another layout than the dispatched ISA's (made before
+// set_cpu_isa) runs on the portable kernel.
+std::vector<float> lut_product(const Rows& r, int64_t n, const at::Tensor& lut, int planes, const char* op) {
+  const cpu::LutLayout layout = checked_lut_layout(lut, n, r.k, planes, op);
   const at::Tensor x32 = r.x.to(at::kFloat).contiguous(), tiles = lut.contiguous();
+  const auto* tile_bytes = static_cast<const uint8_t*>(tiles.data_ptr());
   const int64_t padded = tiles.size(0) * cpu::kLutTileRows;
-  const int64_t table_floats = cpu::lut_table_groups(r.k) * 16;  // per activation row
+  const int64_t table_floats = layout.table_floats(r.k);  // per activation row
   std::vector<float> tables(static_cast<size_t>(std::min(r.m, kLutChunkM) * table_floats)),
       sums(static_cast<size_t>(r.m * padded));
   const auto& kernels = cpu::binary_gemm_kernels();
+  const bool native = kernels.lut_layout.width == layout.width;
   for (int64_t c0 = 0; c0 < r.m; c0 += kLutChunkM) {
     const int64_t chunk = std::min(kLutChunkM, r.m - c0);
     at::parallel_for(0, chunk, 1, [&](int64_t i0, int64_t i1) {
-      cpu::build_lut_tables(x32.data_ptr<float>() + (c0 + i0) * r.k, i1 - i0, r.k, tables.data() + i0 * table_floats);
+      cpu::build_lut_tables(layout, x32.data_ptr<float>() + (c0 + i0) * r.k, i1 - i0, r.k,
+                            tables.data() + i0 * table_floats);
     });
     at::parallel_for(0, tiles.size(0), 4, [&](int64_t begin, int64_t end) {
       for (int64_t i0 = 0; i0 < chunk; i0 += cpu::kLutMaxM) {
-        kernels.lut_sums(tables.data() + i0 * table_floats, std::min(cpu::kLutMaxM, chunk - i0), r.k,
-                         tiles.data_ptr<uint8_t>(), begin, end, planes, sums.data() + (c0 + i0) * padded, padded);
+        const float* row_tables = tables.data() + i0 * table_floats;
+        const int64_t rows = std::min(cpu::kLutMaxM, chunk - i0);
+        float* row_sums = sums.data() + (c0 + i0) * padded;
+        if (native) {
+          kernels.lut_sums(row_tables, rows, r.k, tile_bytes, begin, end, planes, row_sums, padded);
+        } else {
+          cpu::lut_sums_portable(layout, row_tables, rows, r.k, tile_bytes, begin, end, planes, row_sums, padded);
+        }
       }
     });
   }

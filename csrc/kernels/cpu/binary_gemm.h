@@ -13,6 +13,45 @@ namespace effgen::cpu {
 
 inline int64_t packed_row_bytes(int64_t k) { return (k + 7) / 8; }
 
+constexpr int64_t kLutMaxM = 8;
+constexpr int64_t kLutTileRows = 16;
+constexpr int64_t kLutWordBytes = 64;
+
+// The tiled layout of the lookup-table kernel. Inputs go in groups of `width` (the last one
+// zero-padded); a group's weight bits index a table of 2^width subset sums. Per tile of 16
+// weight rows, words of 64 bytes = 16 uint32 lanes (little endian); lane r holds the
+// `width`-bit fields of row r, field j at bits width * j (bit t = input width * g + t).
+// Word w, field j is slot s = slots_per_lane * w + j, where slot s = g * planes + plane: a
+// ternary lane holds the positive (even j) and negative (odd j) fields of half as many
+// groups as a binary lane. So one 64-byte load and a shift give 16 rows' indices of a slot,
+// and vpermps reads only the index bits it needs (0-3 for 16 floats, 0-2 for 8), so nothing
+// is masked. Width 4 (8 nibbles a lane) suits AVX-512's 16-entry vpermps; width 3 (10
+// fields, bits 30-31 unused) suits AVX2's 8-entry one: one permute per lookup instead of two
+// and a blend. lut_tiles keeps width 4 in uint8 tensors and width 3 in int32 ones.
+struct LutLayout {
+  int width;
+
+  constexpr int64_t entries() const { return int64_t{1} << width; }
+  constexpr int64_t slots_per_lane() const { return 32 / width; }
+  constexpr int64_t groups(int64_t k) const { return (k + width - 1) / width; }
+  // Tables per activation row: a whole number of lanes' worth, so that every slot of the
+  // last word has a table (pad tables are all zeros, as is every field looked up in them).
+  constexpr int64_t table_groups(int64_t k) const {
+    return (groups(k) + slots_per_lane() - 1) / slots_per_lane() * slots_per_lane();
+  }
+  constexpr int64_t table_floats(int64_t k) const { return table_groups(k) * entries(); }
+  constexpr int64_t words(int64_t k, int planes) const {
+    return (groups(k) * planes + slots_per_lane() - 1) / slots_per_lane();
+  }
+  constexpr int64_t tile_bytes(int64_t k, int planes) const { return words(k, planes) * kLutWordBytes; }
+  // Where slot s of row r lives in a tile: the uint32 lane and the shift within it.
+  constexpr int64_t slot_lane(int64_t slot, int64_t r) const { return slot / slots_per_lane() * kLutTileRows + r; }
+  constexpr int slot_shift(int64_t slot) const { return static_cast<int>(width * (slot % slots_per_lane())); }
+  // The table a slot is looked up in.
+  static constexpr int64_t slot_table(int64_t slot, int planes) { return slot / planes; }
+};
+constexpr LutLayout kLutNibbles{4}, kLutTriples{3};
+
 struct BinaryGemmKernels {
   // sums[i * lds + j * groups + g] = sum of x[i][k] over k in group g whose bit is set in
   // weight row j (groups of `group` elements, a multiple of 16 unless it spans all of k).
@@ -25,42 +64,25 @@ struct BinaryGemmKernels {
   // out[j][k] = weight value as float: +-1 (planes = 1) or pos - neg (planes = 2); rows of
   // `planes * ceil(k/8)` bytes. For products with many rows, which then go to a float GEMM.
   void (*expand)(const uint8_t* packed, int64_t n, int64_t k, int planes, float* out);
-  // Lookup-table product for a few rows (T-MAC style): tables[i][g][b] holds the sum of
-  // x[i][4g + t] over the set bits t of b, so 4 weights of 16 rows cost one table lookup
-  // (vpermps) instead of 64 adds. sums[i * lds + row] for the rows of tiles [t0, t1)
-  // (positive minus negative plane when planes = 2). m <= kLutMaxM (callers go through
-  // larger m in blocks of rows); tables hold lut_table_groups(k) tables per row.
+  // Lookup-table product (T-MAC style) in the layout `lut_layout`:
+  // tables[i][g][b] holds the sum of x[i][width * g + t] over the set bits t of b, so one
+  // table lookup (one lane of a vpermps, or of a load) stands for `width` adds.
+  // sums[i * lds + row] for the rows of tiles [t0, t1) (positive minus negative plane when
+  // planes = 2). m <= kLutMaxM (callers go through larger m in blocks of rows); tables hold
+  // LutLayout::table_floats(k) floats per row.
   void (*lut_sums)(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1,
                    int planes, float* sums, int64_t lds);
+  LutLayout lut_layout;
 };
 
-constexpr int64_t kLutMaxM = 8;
-constexpr int64_t kLutTileRows = 16;
-constexpr int64_t kLutWordBytes = 64;
-inline int64_t lut_groups(int64_t k) { return (k + 3) / 4; }
-// Tables per activation row: rounded up to a multiple of 8 so that every nibble slot of the
-// last word has a table (pad tables are all zeros, as is every nibble looked up in them).
-inline int64_t lut_table_groups(int64_t k) { return (lut_groups(k) + 7) / 8 * 8; }
-// The tiled layout: per tile of 16 weight rows, words of 64 bytes = 16 uint32 lanes; lane r
-// holds 8 nibbles of row r (nibble bit t = input 4g + t). Word w, nibble j (bits 4j..4j+3)
-// is slot s = 8w + j, where slot s = g * planes + plane: a ternary word holds the positive
-// (even j) and negative (odd j) nibbles of 4 groups, a binary word 8 groups. So one 64-byte
-// load and a shift give the 16 rows' indices of a slot (vpermps reads only index bits 0-3).
-inline int64_t lut_words(int64_t k, int planes) { return (lut_groups(k) * planes + 7) / 8; }
-inline int64_t lut_tile_bytes(int64_t k, int planes) { return lut_words(k, planes) * kLutWordBytes; }
-// Where slot s of row r lives in a tile: byte and bit shift.
-inline int64_t lut_slot_byte(int64_t slot, int64_t r) { return slot / 8 * kLutWordBytes + r * 4 + slot % 8 / 2; }
-inline int lut_slot_shift(int64_t slot) { return static_cast<int>(4 * (slot % 2)); }
-// The table a nibble slot is looked up in.
-inline int64_t lut_slot_table(int64_t slot, int planes) { return slot / planes; }
 // Derives the tiled layout from canonical packed rows (n rows of planes * ceil(k/8) bytes).
-void tile_for_lut(const uint8_t* packed, int64_t n, int64_t k, int planes, uint8_t* tiles);
-// The LUT product in plain C++ (the table entry of ISAs without a vector permute).
-void lut_sums_portable(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1,
-                       int planes, float* sums, int64_t lds);
-// tables[i][g][b] for x [m, k] (fp32): the subset sums the LUT kernel looks up,
-// lut_table_groups(k) tables per row.
-void build_lut_tables(const float* x, int64_t m, int64_t k, float* tables);
+void tile_for_lut(LutLayout layout, const uint8_t* packed, int64_t n, int64_t k, int planes, uint8_t* tiles);
+// The LUT product in plain C++, any layout (the table entry of ISAs without a vector permute,
+// and what runs a layout that is not the dispatched ISA's).
+void lut_sums_portable(LutLayout layout, const float* tables, int64_t m, int64_t k, const uint8_t* tiles,
+                       int64_t t0, int64_t t1, int planes, float* sums, int64_t lds);
+// The subset sums the LUT kernel looks up for x [m, k] (fp32), layout.table_floats(k) a row.
+void build_lut_tables(LutLayout layout, const float* x, int64_t m, int64_t k, float* tables);
 
 // One call's operands as the ISA tile functions see them.
 template <typename T>

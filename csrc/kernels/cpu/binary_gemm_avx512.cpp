@@ -99,6 +99,7 @@ void expand_row(const uint8_t* bits, const uint8_t* negative, int64_t k, float* 
 }
 
 constexpr int64_t kLutPrefetchBytes = 2048;
+constexpr LutLayout kLutLayout = kLutNibbles;  // one 16-entry vpermps per lookup
 
 // Per word: one load; slot j's indices are the word shifted right by 4j (vpermps reads only
 // index bits 0-3, so nothing needs masking). Slots rotate over kChains accumulators per row
@@ -108,7 +109,7 @@ template <int M, int kPlanes>
 void lut_tiles(const float* tables, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1, float* sums,
                int64_t lds) {
   constexpr int kChains = M <= 2 ? 4 : 2;
-  const int64_t words = lut_words(k, kPlanes), table_stride = lut_table_groups(k) * 16;
+  const int64_t words = kLutLayout.words(k, kPlanes), table_stride = kLutLayout.table_floats(k);
   for (int64_t t = t0; t < t1; ++t) {
     const uint8_t* tile = tiles + t * words * kLutWordBytes;
     __m512 acc[M][kChains];
@@ -120,7 +121,7 @@ void lut_tiles(const float* tables, int64_t k, const uint8_t* tiles, int64_t t0,
       // The hardware prefetcher alone left the stream at half the bandwidth (measured).
       _mm_prefetch(reinterpret_cast<const char*>(word) + kLutPrefetchBytes, _MM_HINT_T0);
       const __m512i nibbles = _mm512_loadu_si512(word);
-      const float* word_tables = tables + lut_slot_table(8 * w, kPlanes) * 16;
+      const float* word_tables = tables + LutLayout::slot_table(8 * w, kPlanes) * 16;
 #pragma GCC unroll 8
       for (int j = 0; j < 8; ++j) {
         const __m512i idx = _mm512_srli_epi32(nibbles, 4 * j);
@@ -145,6 +146,11 @@ void lut_tiles(const float* tables, int64_t k, const uint8_t* tiles, int64_t t0,
 }
 
 #include "binary_lut_dispatch.h"
+
+void lut_sums(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1, int planes,
+              float* sums, int64_t lds) {
+  lut_dispatch(tables, m, k, tiles, t0, t1, planes, sums, lds);
+}
 
 #include "binary_gemm_impl.h"
 

@@ -55,7 +55,12 @@ void expand_row(const uint8_t* bits, const uint8_t* negative, int64_t k, float* 
   }
 }
 
-constexpr auto lut_sums = lut_sums_portable;
+constexpr LutLayout kLutLayout = kLutNibbles;
+
+void lut_sums(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1, int planes,
+              float* sums, int64_t lds) {
+  lut_sums_portable(kLutLayout, tables, m, k, tiles, t0, t1, planes, sums, lds);
+}
 
 #include "binary_gemm_impl.h"
 

@@ -1,4 +1,5 @@
-// lut_sums (see BinaryGemmKernels) over an ISA's register-tiled LUT kernel
+// lut_dispatch<M>: the product of lut_sums (see BinaryGemmKernels) for m <= M rows over an
+// ISA's register-tiled LUT kernel
 //   template <int M, int kPlanes> void lut_tiles(const float* tables, int64_t k,
 //       const uint8_t* tiles, int64_t t0, int64_t t1, float* sums, int64_t lds);
 // with the row count M as a compile-time size. Include it inside the ISA namespace after
@@ -12,9 +13,4 @@ void lut_dispatch(const float* tables, int64_t m, int64_t k, const uint8_t* tile
   }
   if (planes == 2) return lut_tiles<M, 2>(tables, k, tiles, t0, t1, sums, lds);
   lut_tiles<M, 1>(tables, k, tiles, t0, t1, sums, lds);
-}
-
-void lut_sums(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1,
-              int planes, float* sums, int64_t lds) {
-  lut_dispatch(tables, m, k, tiles, t0, t1, planes, sums, lds);
 }
