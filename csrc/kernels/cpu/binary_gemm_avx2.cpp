@@ -4,6 +4,7 @@
 #include <immintrin.h>
 
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "binary_gemm.h"
@@ -258,15 +259,20 @@ void lut_rows_in_lanes(const float* by_entry, int64_t k, const uint8_t* tiles, i
           _mm_prefetch(reinterpret_cast<const char*>(word) + tile_bytes, _MM_HINT_T0);
           const auto* lanes = reinterpret_cast<const uint32_t*>(word + half * 32);
           const char* word_tables = tables + w * kWordTableBytes;
-#pragma GCC unroll 10
-          for (int j = 0; j < kLutSlots; ++j) {
-            const char* group = word_tables + j / kPlanes * kLutEntries * kEntryBytes;
+          // Slot by slot, each over the 8 rows, as a fold over compile-time slots: written as
+          // two unrolled loops, GCC emitted each row's 10 adds as one dependency chain after
+          // another (1.16-1.19x slower binary, 1.03x ternary, measured).
+          [&]<int... j>(std::integer_sequence<int, j...>) {
+            auto slot = [&]<int kJ>() {
+              const char* group = word_tables + kJ / kPlanes * kLutEntries * kEntryBytes;
 #pragma GCC unroll 8
-            for (int r = 0; r < 8; ++r) {
-              const __m256 v = _mm256_loadu_ps(reinterpret_cast<const float*>(group + entry_offset(lanes[r], j)));
-              acc[r] = kPlanes == 2 && j % 2 == 1 ? _mm256_sub_ps(acc[r], v) : _mm256_add_ps(acc[r], v);
-            }
-          }
+              for (int r = 0; r < 8; ++r) {
+                const __m256 v = _mm256_loadu_ps(reinterpret_cast<const float*>(group + entry_offset(lanes[r], kJ)));
+                acc[r] = kPlanes == 2 && kJ % 2 == 1 ? _mm256_sub_ps(acc[r], v) : _mm256_add_ps(acc[r], v);
+              }
+            };
+            (slot.template operator()<j>(), ...);
+          }(std::make_integer_sequence<int, kLutSlots>{});
         }
         for (int r = 0; r < 8; ++r) _mm256_storeu_ps(out + r * kLanesRows, acc[r]);
       }
