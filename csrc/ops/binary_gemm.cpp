@@ -187,7 +187,7 @@ cpu::LutLayout checked_lut_layout(const at::Tensor& lut, int64_t n, int64_t k, i
 std::vector<float> lut_product(const Rows& r, int64_t n, const at::Tensor& lut, int planes, const char* op) {
   const cpu::LutLayout layout = checked_lut_layout(lut, n, r.k, planes, op);
   const at::Tensor x32 = r.x.to(at::kFloat).contiguous(), tiles = lut.contiguous();
-  const auto* tile_bytes = static_cast<const uint8_t*>(tiles.data_ptr());
+  const auto* tile_data = static_cast<const uint8_t*>(tiles.data_ptr());
   const int64_t padded = tiles.size(0) * cpu::kLutTileRows;
   const int64_t table_floats = layout.table_floats(r.k);  // per activation row
   std::vector<float> tables(static_cast<size_t>(std::min(r.m, kLutChunkM) * table_floats)),
@@ -206,9 +206,9 @@ std::vector<float> lut_product(const Rows& r, int64_t n, const at::Tensor& lut, 
         const int64_t rows = std::min(cpu::kLutMaxM, chunk - i0);
         float* row_sums = sums.data() + (c0 + i0) * padded;
         if (native) {
-          kernels.lut_sums(row_tables, rows, r.k, tile_bytes, begin, end, planes, row_sums, padded);
+          kernels.lut_sums(row_tables, rows, r.k, tile_data, begin, end, planes, row_sums, padded);
         } else {
-          cpu::lut_sums_portable(layout, row_tables, rows, r.k, tile_bytes, begin, end, planes, row_sums, padded);
+          cpu::lut_sums_portable(layout, row_tables, rows, r.k, tile_data, begin, end, planes, row_sums, padded);
         }
       }
     });
