@@ -255,13 +255,17 @@ def lut_width(isa):
     return 3 if isa == "avx2" else 4
 
 
+def ceil_div(a, b):
+    return -(-a // b)
+
+
 def decode_lut(lut, n, k, planes, width):
     """int8 [n, k] weights (ternary: positive minus negative) read back from a lut tensor as
     binary_gemm.h documents its layout: per tile of 16 rows, words of 16 uint32 lanes, lane r
     holding 32 // width fields of `width` bits of row r; slot s = group * planes + plane."""
     fields = 32 // width
     lanes = lut.contiguous().view(torch.int32).view(lut.shape[0], -1, 16).to(torch.int64) & 0xFFFFFFFF
-    groups = -(-k // width)
+    groups = ceil_div(k, width)
     out = torch.zeros(lanes.shape[0] * 16, groups * width, dtype=torch.int8)
     for g in range(groups):
         for plane in range(planes):
@@ -281,9 +285,9 @@ def test_lut_tiles_hold_the_documented_layout(isa, n, k):
     width = lut_width(isa)
     lut, tlut = ops.lut_tiles(packed, k, 1), ops.lut_tiles(tpacked, k, 2)
     assert lut.dtype == (torch.uint8 if width == 4 else torch.int32)
-    elements_per_word = 64 // lut.element_size()
-    assert lut.shape == (-(-n // 16), -(-(-(-k // width)) // (32 // width)) * elements_per_word)
-    assert tlut.shape == (-(-n // 16), -(-(2 * -(-k // width)) // (32 // width)) * elements_per_word)
+    elements_per_word, groups, fields_per_lane = 64 // lut.element_size(), ceil_div(k, width), 32 // width
+    assert lut.shape == (ceil_div(n, 16), ceil_div(groups, fields_per_lane) * elements_per_word)
+    assert tlut.shape == (ceil_div(n, 16), ceil_div(2 * groups, fields_per_lane) * elements_per_word)
     # Binary fields hold the +1 bits.
     assert torch.equal(decode_lut(lut, n, k, 1, width), (ops.unpack_binary(packed, k) > 0).to(torch.int8))
     assert torch.equal(decode_lut(tlut, n, k, 2, width), ops.unpack_ternary(tpacked, k))
@@ -319,13 +323,15 @@ def test_a_lut_made_on_one_isa_runs_on_every_other():
             luts[isa] = ops.lut_tiles(packed, k, 1), ops.lut_tiles(tpacked, k, 2)
     for made_on, (lut, tlut) in luts.items():
         for run_on in ops.supported_cpu_isas():
+            def context(error, where=f"lut of {made_on} on {run_on}"):
+                return f"{where}: {error}"
             with ops.use_cpu_isa(run_on):
                 torch.testing.assert_close(ops.binary_linear(x, packed, alpha, None, None, lut),
                                            ref.binary_linear(x, packed, alpha), **tolerance(torch.float32, k),
-                                           msg=lambda e: f"lut of {made_on} on {run_on}: {e}")
+                                           msg=context)
                 torch.testing.assert_close(ops.ternary_linear(x, tpacked, scale, None, tlut),
                                            ref.ternary_linear(x, tpacked, scale), **tolerance(torch.float32, k),
-                                           msg=lambda e: f"lut of {made_on} on {run_on}: {e}")
+                                           msg=context)
 
 
 def test_lookup_table_is_rebuilt_after_loading_and_never_saved():
