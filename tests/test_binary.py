@@ -346,3 +346,6 @@ def test_lookup_table_is_rebuilt_after_loading_and_never_saved():
         ops.binary_linear(x, layer.weight_packed, layer.alpha, None, None, layer.weight_lut[:, :8])
     with pytest.raises(ValueError, match="lut must come from lut_tiles"):  # tiles of fewer rows
         ops.binary_linear(x, layer.weight_packed, layer.alpha, None, None, layer.weight_lut[:1])
+    nibble_shape = (2, ceil_div(ceil_div(64, 4), 8) * 64)  # a width-4 lut's shape, in a dtype of no layout
+    with pytest.raises(ValueError, match="lut must come from lut_tiles"):
+        ops.binary_linear(x, layer.weight_packed, layer.alpha, None, None, torch.zeros(nibble_shape, dtype=torch.int16))
