@@ -130,7 +130,7 @@ void expand_row(const uint8_t* bits, const uint8_t* negative, int64_t k, float* 
 // vpermps looks up 3 weights of 8 weight rows for one activation row: a shift, a permute and
 // an add, where 16-entry tables (4 weights) took two shifts, two permutes, a blend and an
 // add (1.5-1.75x faster at one or two rows, the decode case). At 3-4 rows the permutes (one
-// a cycle) bound it: 15-20% slower than 16-entry tables looked up as their lower half plus a
+// a cycle) bound it: 15-30% slower than 16-entry tables looked up as their lower half plus a
 // blend (4 weights a permute). From kLanesMinM rows on, lanes hold activation rows (below).
 constexpr LutLayout kLutLayout = kLutTriples;
 constexpr int kLutSlots = static_cast<int>(kLutLayout.slots_per_lane());
