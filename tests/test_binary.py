@@ -295,9 +295,10 @@ def test_lut_tiles_hold_the_documented_layout(isa, n, k):
 
 @pytest.mark.parametrize("m,n,k", [(1, 5, 1), (1, 37, 7), (3, 40, 33), (8, 100, 4097), (2, 16, 64),
                                    (4, 17, 31), (5, 40, 95), (9, 33, 70), (70, 20, 129), (1, 20, 3000),
-                                   (2, 33, 2500)])
+                                   (2, 33, 2500), (5, 2100, 95), (8, 2100, 400)])
 # Row blocks of 8, table chunks of 64 rows; AVX2 also takes K in chunks whose tables fit L1
-# (about 1500 inputs at 1 row, 750 at 2, 180 at 5-8 rows, which go in lanes: m = 5, 8, 70).
+# (about 1500 inputs at 1 row, 750 at 2, 180 at 5-8 rows), and 5-8 rows in lanes from 64
+# tiles a thread on (n = 2100: 131 tiles, at most 2 threads).
 def test_lookup_table_kernel_matches_reference(isa, m, n, k):
     x, w = random_input((m, k), scale=1.0), random_input((n, k))
     packed, alpha = ref.binarize_weight(w)

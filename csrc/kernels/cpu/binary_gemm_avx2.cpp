@@ -126,9 +126,9 @@ void expand_row(const uint8_t* bits, const uint8_t* negative, int64_t k, float* 
   }
 }
 
-// Groups of 3 weights (8-entry tables): for up to kLanesMinM - 1 activation rows, one
-// vpermps looks up 3 weights of 8 weight rows for one activation row: a shift, a permute and
-// an add, where 16-entry tables (4 weights) took two shifts, two permutes, a blend and an
+// Groups of 3 weights (8-entry tables): for up to kLanesMinM - 1 activation rows (and more
+// over few tiles), one vpermps looks up 3 weights of 8 weight rows for one activation row: a
+// shift, a permute and an add, where 16-entry tables (4 weights) took two shifts, two permutes, a blend and an
 // add (1.5-1.75x faster at one or two rows, the decode case). At 3-4 rows the permutes (one
 // a cycle) bound it: 15-30% slower than 16-entry tables looked up as their lower half plus a
 // blend (4 weights a permute). From kLanesMinM rows on, lanes hold activation rows (below).
@@ -211,13 +211,17 @@ void lut_tiles(const float* tables, int64_t k, const uint8_t* tiles, int64_t t0,
   }
 }
 
-// Rows in lanes: with 5-8 activation rows, a lane per activation row. Tables are
+// Rows in lanes: with 5-8 activation rows (and enough weight rows), a lane per activation row. Tables are
 // interleaved as by_entry[g][b][8] (entry b of group g for each row, zero past m), so a
 // weight row's 3-bit field b selects 32 contiguous bytes: one load and one add look up 3
 // weights of one weight row for all 8 activation rows. The fields are taken out of the lanes
 // with scalar shifts, which run beside the vector adds. At 8 rows, one thread, K = N = 4096:
 // 2-2.5x faster than the permutes above, 1.6-1.9x faster than 16-entry tables'.
 constexpr int64_t kLanesMinM = 5;
+// ... and at least this many tiles in the call: interleaving the tables costs the same for
+// any number of weight rows (ternary 5-8 rows x 576 x 1536 on 2 threads: 0.21 ms in lanes,
+// 0.11 ms for 4 rows through the permutes; at 4096 rows lanes win).
+constexpr int64_t kLanesMinTiles = 64;
 constexpr int64_t kLanesRows = 8;
 constexpr int64_t kEntryBytes = kLanesRows * sizeof(float);  // one entry for every row
 
@@ -299,8 +303,10 @@ void lut_sums_rows_in_lanes(const float* tables, int64_t m, int64_t k, const uin
 
 void lut_sums(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1, int planes,
               float* sums, int64_t lds) {
-  if (m >= kLanesMinM) return lut_sums_rows_in_lanes(tables, m, k, tiles, t0, t1, planes, sums, lds);
-  lut_dispatch<kLanesMinM - 1>(tables, m, k, tiles, t0, t1, planes, sums, lds);
+  if (m >= kLanesMinM && t1 - t0 >= kLanesMinTiles) {
+    return lut_sums_rows_in_lanes(tables, m, k, tiles, t0, t1, planes, sums, lds);
+  }
+  lut_dispatch(tables, m, k, tiles, t0, t1, planes, sums, lds);
 }
 
 #include "binary_gemm_impl.h"
