@@ -329,6 +329,49 @@ def test_w8a16_per_group_sums_round_each_product(isa):
     assert torch.equal(out, torch.zeros_like(out))
 
 
+@pytest.mark.parametrize("threads", [1, 2])  # the column blocks follow the thread count
+@pytest.mark.parametrize("dtype,m", [(torch.float32, 40), (torch.bfloat16, 20), (torch.float16, 20)])
+# K over more than one dequantization chunk (1024 values) with a group across its end, and
+# groups that do not start on packed blocks.
+@pytest.mark.parametrize("group_size,k", [(None, 2100), (100, 2100), (6, 37)])
+def test_w8a16_float_gemm_over_column_blocks_matches_reference(isa, dtype, m, group_size, k, threads):
+    # Batches that fixed point does not take (fp32 beyond 32 rows without VNNI, and any batch
+    # with a row that is not finite) run on torch's GEMM over blocks of dequantized columns:
+    # n = 1000 makes several blocks and a ragged last one.
+    n = 1000
+    x = random_input((m, k), dtype, scale=1.0)
+    w = random_input((n, k), scale=0.05)
+    wq, w_scale = ops.quantize_per_channel(w, 0) if group_size is None else ops.quantize_per_group(w, group_size)
+    packed, w_sum = ops.int8_pack_weight(wq, group_size)
+    bias = torch.randn(n)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for bad_row in (None, 3):
+            xb = x.clone()
+            if bad_row is not None:
+                xb[bad_row, 11] = float("nan")
+            out = ops.int8_weight_only_linear_packed(xb, packed, w_sum, w_scale, bias, group_size)
+            expected = ref.int8_weight_only_linear_packed(xb, packed, w_sum, w_scale, bias, group_size)
+            if bad_row is not None:
+                assert torch.isnan(out[bad_row]).all() and torch.isfinite(out[bad_row + 1:]).all()
+                out, expected, xb = (t[torch.arange(m) != bad_row] for t in (out, expected, xb))
+            if dtype == torch.float32:
+                torch.testing.assert_close(out, expected, **w8a16_tolerance(dtype))
+            else:
+                # 16-bit batches on torch's GEMM multiply weights rounded to x's dtype (unit
+                # roundoff u per product), sum in fp32 and round the output; the reference rounds
+                # its output too. At K = 2100 that can exceed the fixed tolerance: the bound of
+                # those roundings is what must hold.
+                u = torch.finfo(dtype).eps / 2
+                w_float = ref.dequantize(wq, w_scale, axis=0 if group_size is None else None, group_size=group_size)
+                magnitude = xb.float().abs() @ w_float.abs().T
+                bound = (u + k * 2.0**-24) * magnitude + 2 * u * expected.float().abs()
+                assert ((out.float() - expected.float()).abs() <= bound).all()
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_w8a16_fixed_point_activations_propagate_nan_and_inf(isa, dtype):
     # bf16 / fp16 rows go through 16-bit fixed point unless a row is not finite: then the

@@ -3,10 +3,13 @@
 // gets an int32 tile in cache and leaves through the fused epilogue.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/linear.h>
+#include <ATen/ops/mm.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <vector>
 
@@ -324,19 +327,19 @@ bool w8a16_fixed_point_grouped(const at::Tensor& x2, int limbs, const at::Tensor
   return true;
 }
 
-// Whether W8A16 should run as fixed point on the int8 GEMM rather than dequantize the
-// weights once for torch's GEMM (measured on packed weights; the canonical op follows it
-// for 16-bit activations with per-channel scales).
+// Whether W8A16 should run as fixed point on the int8 GEMM rather than on torch's GEMM
+// over dequantized weights (w8a16_float_gemm; measured on packed weights; the canonical op
+// follows it for 16-bit activations with per-channel scales).
 // With VNNI the int8 GEMM is far faster than torch's float GEMMs, and the cost that decides
 // is the conversion: a batch whose activations outnumber the weights (M (K + N) > N K) costs
 // more to convert (digits in, epilogue out, per element) than the weights to dequantize.
-// Without VNNI (AVX2, measured on Zen 4 at 576x1536 to 4096x4096), fp32 activations take 2
-// int16 rows per token, and torch's fp32 GEMM (after unpacking and dequantizing the weights,
-// every call) wins beyond 128-500 rows by shape (even at 128 rows on 576x1536, 0.8-1.3x at
-// 256); 16-bit ones take 1, and torch's bf16 GEMM, with no native bf16 there, is 2.5-3.9x
-// slower than even the old 2 digit rows at 32-512 rows.
+// Without VNNI (AVX2, measured on Zen 4, 2 threads, 576x192 to 4096x4096), fp32 activations
+// take 2 int16 rows per token, and torch's fp32 GEMM on blocks of dequantized weights wins
+// from about 32 rows (at 64 rows 0.80-0.92x fp32 F.linear against fixed point's 0.54-0.76x;
+// at 17 rows 0.62-0.85x against 0.85-1.03x); 16-bit ones take 1, and torch's bf16 GEMM, with
+// no native bf16 there, is 2.5-3.9x slower than even the old 2 digit rows at 32-512 rows.
 bool w8a16_fixed_point_pays(int64_t m, int64_t k, int64_t n, at::ScalarType dtype) {
-  constexpr int64_t kWithoutVnniFp32MaxM = 128;
+  constexpr int64_t kWithoutVnniFp32MaxM = 32;
   if (m <= kW8A16DirectMaxM) return true;
   if (cpu::active_isa() >= cpu::Isa::kAvx512) return m * (k + n) <= n * k;
   return dtype != at::kFloat || m <= kWithoutVnniFp32MaxM;
@@ -391,6 +394,46 @@ at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, co
   return out;
 }
 
+// Columns per block of w8a16_float_gemm: at most about 2 MB of float weights, whole column
+// groups, and as many blocks as a multiple of the threads, so that none waits for another.
+// Blocks of 128-512 columns multiply as fast as one GEMM over all of them (64 are 5-10%
+// slower; measured with torch's fp32 GEMM on AVX2).
+int64_t float_gemm_block_cols(int64_t n, int64_t k) {
+  constexpr int64_t kBlockFloats = int64_t{1} << 19;
+  const int64_t threads = at::get_num_threads();
+  const int64_t most = std::clamp<int64_t>(kBlockFloats / std::max<int64_t>(k, 1), 128, 512);
+  const int64_t blocks = at::divup(at::divup(n, most), threads) * threads;
+  return at::divup(at::divup(n, blocks), cpu::kPackCols) * cpu::kPackCols;
+}
+
+// W8A16 on torch's float GEMM, for the batches fixed point does not pay for (or cannot
+// hold): each thread dequantizes a block of columns into a buffer that stays in cache and
+// multiplies it there, so the weights never exist as a whole float copy (a 4096 x 4096
+// layer's would be 64 MB) and the rounding is dequantize's, then the GEMM's in x's dtype.
+void w8a16_float_gemm(const at::Tensor& x2, const at::Tensor& w_packed, int64_t n, const at::Tensor& scale,
+                      int64_t groups, int64_t group_size, const std::optional<at::Tensor>& bias, at::Tensor& out_2d) {
+  const int64_t k = x2.size(1), cols = float_gemm_block_cols(n, k);
+  const auto& kernels = cpu::int8_gemm_kernels();
+  const int8_t* b = w_packed.data_ptr<int8_t>();
+  const int64_t group_stride = w_packed.size(1) * cpu::kPackBlock;
+  const at::Tensor bias_x = bias.has_value() ? bias->to(x2.scalar_type()) : at::Tensor();
+  at::parallel_for(0, at::divup(n, cols), 1, [&](int64_t begin, int64_t end) {
+    at::Tensor weights = at::empty({cols, k}, x2.options().dtype(at::kFloat));
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t j0 = block * cols, nb = std::min(cols, n - j0);
+      kernels.dequantize_packed(b, group_stride, j0, j0 + nb, k, scale.data_ptr<float>(), groups, group_size,
+                                weights.data_ptr<float>());
+      const at::Tensor w = weights.narrow(0, 0, nb).to(x2.scalar_type()).t();
+      at::Tensor out_block = out_2d.narrow(1, j0, nb);
+      if (bias_x.defined()) {
+        at::addmm_out(out_block, bias_x.narrow(0, j0, nb), x2, w);
+      } else {
+        at::mm_out(out_block, x2, w);
+      }
+    }
+  });
+}
+
 // The canonical [N, K] weights of packed ones (a copy): for inputs the fixed point cannot hold.
 at::Tensor unpack_weight(const at::Tensor& w_packed, int64_t n, int64_t k) {
   const int64_t groups = w_packed.size(0), quads = w_packed.size(1);
@@ -426,7 +469,11 @@ at::Tensor int8_weight_only_linear_packed(const at::Tensor& x, const at::Tensor&
     return w8a16_fixed_point(x2, limbs, n, scale, bias_f, out_2d, packed_product(packed, sums, k));
   };
   if (fixed_point && run_fixed_point()) return out;
-  // (or Inf / NaN in x, which the float kernel propagates, or a row too small for fixed point)
+  // (or Inf / NaN in x, which the float kernels propagate, or a row too small for fixed point)
+  if (m > kW8A16DirectMaxM) {
+    w8a16_float_gemm(x2, packed, n, scale, groups, group, bias, out_2d);
+    return out;
+  }
   return int8_weight_only_linear(x, unpack_weight(packed, n, k), w_scale, bias, group_size);
 }
 

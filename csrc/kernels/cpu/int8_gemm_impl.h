@@ -455,6 +455,41 @@ void w8a16_gemm(const W8A16Args& p) {
   }
 }
 
+// ---- Packed weights back to float -----------------------------------------------------
+// A column group's bytes are 4-value runs of each column, 64 bytes apart: they are gathered
+// into one int8 row per column (kDequantChunk values of K at a time, on the stack), then
+// converted and scaled along the row, a group of K at a time: loops the compiler vectorises.
+constexpr int64_t kDequantChunk = 1024;
+static_assert(kDequantChunk % kPackDepth == 0, "chunks start on packed blocks");
+
+void dequantize_packed(const int8_t* b, int64_t group_stride, int64_t j0, int64_t j1, int64_t k, const float* scale,
+                       int64_t groups, int64_t group_size, float* out) {
+  int8_t columns[kPackCols][kDequantChunk];
+  for (int64_t j = j0; j < j1; j += kPackCols) {
+    const int8_t* group = b + j / kPackCols * group_stride;
+    const int64_t cols = j1 - j < kPackCols ? j1 - j : kPackCols;
+    for (int64_t k0 = 0; k0 < k; k0 += kDequantChunk) {
+      const int64_t depth = k - k0 < kDequantChunk ? k - k0 : kDequantChunk;
+      for (int64_t kq = k0 / kPackDepth; kq * kPackDepth < k0 + depth; ++kq) {
+        const int8_t* block = group + kq * kPackBlock;
+        for (int64_t c = 0; c < kPackCols; ++c) {
+          std::memcpy(&columns[c][kq * kPackDepth - k0], block + c * kPackDepth, kPackDepth);
+        }
+      }
+      for (int64_t c = 0; c < cols; ++c) {
+        float* row = out + (j - j0 + c) * k;
+        const float* column_scales = scale + (j + c) * groups;
+        for (int64_t kk = k0; kk < k0 + depth;) {
+          const int64_t g = kk / group_size, end = (g + 1) * group_size < k0 + depth ? (g + 1) * group_size : k0 + depth;
+          const float s = column_scales[g];
+          for (int64_t t = kk; t < end; ++t) row[t] = static_cast<float>(columns[c][t - k0]) * s;
+          kk = end;
+        }
+      }
+    }
+  }
+}
+
 const Int8GemmKernels kGemmTable{gemm_s8s8s32,
                                   gemm_packed,
                                   epilogue_row_any<int32_t>,
@@ -465,4 +500,5 @@ const Int8GemmKernels kGemmTable{gemm_s8s8s32,
                                   digits_epilogue_row,
                                   w8a16_packed_grouped,
                                   kW8A16PackedGroupedI16,
-                                  w8a16_gemm};
+                                  w8a16_gemm,
+                                  dequantize_packed};
