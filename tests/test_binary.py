@@ -58,9 +58,10 @@ def test_binary_and_ternary_linear_match_reference(isa, dtype, m, k):
                                **tolerance(dtype, k))
 
 
+@pytest.mark.parametrize("m", [3, 40])  # bits, then torch's GEMM over expanded weights
 @pytest.mark.parametrize("group_size,k", [(16, 48), (64, 200), (128, 4097)])
-def test_binary_linear_per_group_alpha(isa, group_size, k):
-    x, w = random_input((3, k), scale=1.0), random_input((20, k))
+def test_binary_linear_per_group_alpha(isa, m, group_size, k):
+    x, w = random_input((m, k), scale=1.0), random_input((20, k))
     packed, alpha = ref.binarize_weight(w, group_size)
     expected = ref.binary_linear(x, packed, alpha, group_size=group_size)
     torch.testing.assert_close(ops.binary_linear(x, packed, alpha, None, group_size), expected,
@@ -293,13 +294,24 @@ def test_lut_tiles_hold_the_documented_layout(isa, n, k):
     assert torch.equal(decode_lut(tlut, n, k, 2, width), ops.unpack_ternary(tpacked, k))
 
 
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("m,n,k", [(1, 5, 1), (1, 37, 7), (3, 40, 33), (8, 100, 4097), (2, 16, 64),
                                    (4, 17, 31), (5, 40, 95), (9, 33, 70), (70, 20, 129), (1, 20, 3000),
-                                   (2, 33, 2500), (5, 2100, 95), (8, 2100, 400)])
+                                   (2, 33, 2500), (5, 2100, 95), (8, 2100, 400), (64, 2100, 129),
+                                   (70, 2100, 129)])
 # Row blocks of 8, table chunks of 64 rows; AVX2 also takes K in chunks whose tables fit L1
 # (about 1500 inputs at 1 row, 750 at 2, 180 at 5-8 rows), and 5-8 rows in lanes from 64
-# tiles a thread on (n = 2100: 131 tiles, at most 2 threads).
-def test_lookup_table_kernel_matches_reference(isa, m, n, k):
+# tiles a thread on (n = 2100: 131 tiles over 2 threads). Without AVX-512, batches over 32
+# rows go to torch's GEMM over expanded weights instead, unless there are lanes: n = 2100
+# keeps binary weights on the tables at 70 rows (two table chunks), ternary ones up to 64.
+def test_lookup_table_kernel_matches_reference(isa, two_threads, m, n, k):
     x, w = random_input((m, k), scale=1.0), random_input((n, k))
     packed, alpha = ref.binarize_weight(w)
     expected = ref.binary_linear(x, packed, alpha)

@@ -3,9 +3,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/linear.h>
 #include <ATen/ops/mean.h>
-#include <ATen/ops/mul.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -14,6 +12,7 @@
 #include "../kernels/cpu/binary_gemm.h"
 #include "binary_gemm_common.h"
 #include "glue.h"
+#include "weight_blocks_gemm.h"
 
 namespace effgen::ops {
 namespace {
@@ -25,6 +24,22 @@ constexpr int64_t kBlockN = 64;
 // they are expanded once and the product goes to torch's GEMM (the masked adds cost as much
 // as FMAs). With one, every M takes the table kernel: one vpermps does 64 multiply-adds.
 constexpr int64_t kDirectMaxM = 16;
+// Without AVX-512 the table kernel loses batches to torch's GEMM over expanded weights
+// (linear_with_expanded), except where the AVX2 kernel holds activation rows in its lanes
+// (binary_gemm_avx2.cpp: 64+ tiles of 16 weight rows per thread, so 1024+ columns), and
+// there for ternary weights only up to kLanesTernaryMaxM rows. Measured on Zen 4 (AVX2), 2
+// threads, N x K from 576 x 1536 to 4096 x 4096: at 64 rows on 576-1536 columns the tables
+// took 1.2-1.7x (binary) and 1.6-1.8x (ternary) the expanded GEMM's time, at 17 rows
+// 0.7-1.0x; on 2048-4096 columns binary 0.5-0.7x up to 256 rows, ternary 0.84-1.0x at 64
+// rows, 1.1-1.3x at 128. AVX-512's 16-entry tables were measured ahead of fp32 at 64 rows.
+constexpr int64_t kExpandMinM = 32, kLanesMinColumnsPerThread = 1024, kLanesTernaryMaxM = 64;
+
+bool expanded_gemm_pays(int64_t m, int64_t n, int planes) {
+  if (m <= kExpandMinM || cpu::active_isa() >= cpu::Isa::kAvx512) return false;
+  const bool lanes = n >= kLanesMinColumnsPerThread * at::get_num_threads();
+  return !lanes || (planes == 2 && m > kLanesTernaryMaxM);
+}
+
 // The table kernel builds the tables of this many activation rows at a time (4 MB for
 // K = 4096) and runs them kLutMaxM rows at a time over each thread's tiles.
 constexpr int64_t kLutChunkM = 64;
@@ -104,20 +119,33 @@ void for_masked_sum_blocks(const Rows& r, const uint8_t* bits, int64_t ldb, int6
   });
 }
 
-// Many rows: expand the weights to float once (in parallel over rows), scale them, and let
-// torch's GEMM do the product.
-at::Tensor linear_with_expanded(const at::Tensor& x, const at::Tensor& packed_in, int planes, const at::Tensor& scale,
+// row[kk] *= scale[kk / group] over a row of k values.
+void scale_row(float* row, int64_t k, const float* scale, int64_t group) {
+  for (int64_t k0 = 0, g = 0; k0 < k; k0 += group, ++g) {
+    const int64_t end = std::min(k, k0 + group);
+    for (int64_t kk = k0; kk < end; ++kk) row[kk] *= scale[g];
+  }
+}
+
+// Many rows without a lookup table: torch's GEMM over blocks of expanded weights
+// (weight_blocks_gemm.h), w[j][kk] = value * scale[j * scale_stride + kk / group] (exact in
+// fp32: the values are +-1 and 0).
+at::Tensor linear_with_expanded(const Rows& r, const at::Tensor& x, const at::Tensor& packed_in, int planes,
+                                const at::Tensor& scale_in, int64_t scale_stride, int64_t group,
                                 const std::optional<at::Tensor>& bias) {
-  const at::Tensor packed = packed_in.contiguous();
-  const int64_t n = packed.size(0), k = x.size(-1), row_bytes = packed.size(1);
-  at::Tensor w = at::empty({n, k}, x.options().dtype(at::kFloat));
+  const at::Tensor packed = packed_in.contiguous(), scale = scale_in.contiguous();
+  const int64_t n = packed.size(0), row_bytes = packed.size(1);
+  at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
+  if (out.numel() == 0) return out;
+  at::Tensor out_2d = out.view({r.m, n});
   const auto& kernels = cpu::binary_gemm_kernels();
-  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
-    kernels.expand(packed.data_ptr<uint8_t>() + begin * row_bytes, end - begin, k, planes,
-                   w.data_ptr<float>() + begin * k);
+  const uint8_t* bits = packed.data_ptr<uint8_t>();
+  const float* s = scale.data_ptr<float>();
+  gemm_over_weight_blocks(r.x, n, bias, out_2d, 1, [&](int64_t j0, int64_t j1, float* rows) {
+    kernels.expand(bits + j0 * row_bytes, j1 - j0, r.k, planes, rows);
+    for (int64_t j = j0; j < j1; ++j) scale_row(rows + (j - j0) * r.k, r.k, s + j * scale_stride, group);
   });
-  return at::linear(x, at::mul(w, scale).to(x.scalar_type()),
-                    bias.has_value() ? std::optional<at::Tensor>(bias->to(x.scalar_type())) : std::nullopt);
+  return out;
 }
 
 // The results' destination and the bias as raw pointers, looked up once: tensor accessors
@@ -224,13 +252,8 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_in, const
   const BitsProduct p = check_bits_product(op, x, packed_in, 1, "alpha", alpha_in, bias, true, group_size);
   const Rows& r = p.r;
   const int64_t n = p.n, groups = p.groups, group = p.group;
-  const bool with_lut = lut.has_value() && groups == 1;
-  if (r.m > kDirectMaxM && !with_lut) {
-    const at::Tensor alpha_full = group_size.has_value()
-                                      ? alpha_in.repeat_interleave(*group_size, 1).narrow(1, 0, r.k)
-                                      : alpha_in.reshape({n, 1});
-    return linear_with_expanded(x, packed_in, 1, alpha_full, bias);
-  }
+  const bool with_lut = lut.has_value() && groups == 1 && !expanded_gemm_pays(r.m, n, 1);
+  if (r.m > kDirectMaxM && !with_lut) return linear_with_expanded(r, x, packed_in, 1, alpha_in, groups, group, bias);
   at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
   if (out.numel() == 0) return out;
   const at::Tensor packed = packed_in.contiguous(), alpha = alpha_in.contiguous();
@@ -273,9 +296,9 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed_in, cons
   const BitsProduct p = check_bits_product(op, x, packed_in, 2, "scale", scale_in, bias, false);
   const Rows& r = p.r;
   const int64_t n = p.n, scale_stride = p.scale_stride;
-  if (r.m > kDirectMaxM && !lut.has_value()) {
-    return linear_with_expanded(x, packed_in, 2, scale_stride == 0 ? scale_in.reshape({}) : scale_in.reshape({n, 1}),
-                                bias);
+  const bool with_lut = lut.has_value() && !expanded_gemm_pays(r.m, n, 2);
+  if (r.m > kDirectMaxM && !with_lut) {
+    return linear_with_expanded(r, x, packed_in, 2, scale_in, scale_stride, std::max<int64_t>(r.k, 1), bias);
   }
   at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
   if (out.numel() == 0) return out;
@@ -284,7 +307,7 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed_in, cons
   const int64_t plane = packed_row_bytes(r.k), group = std::max<int64_t>(r.k, 1);
   const float* s = scale.data_ptr<float>();
   const OutputRows rows(out.view({r.m, n}), bias_f);
-  if (lut.has_value()) {
+  if (with_lut) {
     const std::vector<float> sums = lut_product(r, n, *lut, 2, "ternary_linear");
     const int64_t padded = static_cast<int64_t>(sums.size()) / r.m;
     for_each_row(r.m, n, [&](int64_t i) {

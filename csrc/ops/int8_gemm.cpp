@@ -3,13 +3,10 @@
 // gets an int32 tile in cache and leaves through the fused epilogue.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/linear.h>
-#include <ATen/ops/mm.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <atomic>
 #include <vector>
 
@@ -17,6 +14,7 @@
 #include "int8_gemm_common.h"
 #include "glue.h"
 #include "quant.h"
+#include "weight_blocks_gemm.h"
 
 namespace effgen::ops {
 namespace {
@@ -394,43 +392,15 @@ at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, co
   return out;
 }
 
-// Columns per block of w8a16_float_gemm: at most about 2 MB of float weights, whole column
-// groups, and as many blocks as a multiple of the threads, so that none waits for another.
-// Blocks of 128-512 columns multiply as fast as one GEMM over all of them (64 are 5-10%
-// slower; measured with torch's fp32 GEMM on AVX2).
-int64_t float_gemm_block_cols(int64_t n, int64_t k) {
-  constexpr int64_t kBlockFloats = int64_t{1} << 19;
-  const int64_t threads = at::get_num_threads();
-  const int64_t most = std::clamp<int64_t>(kBlockFloats / std::max<int64_t>(k, 1), 128, 512);
-  const int64_t blocks = at::divup(at::divup(n, most), threads) * threads;
-  return at::divup(at::divup(n, blocks), cpu::kPackCols) * cpu::kPackCols;
-}
-
-// W8A16 on torch's float GEMM, for the batches fixed point does not pay for (or cannot
-// hold): each thread dequantizes a block of columns into a buffer that stays in cache and
-// multiplies it there, so the weights never exist as a whole float copy (a 4096 x 4096
-// layer's would be 64 MB) and the rounding is dequantize's, then the GEMM's in x's dtype.
+// W8A16 on torch's float GEMM (weight_blocks_gemm.h), for the batches fixed point does not
+// pay for (or cannot hold): the rounding is dequantize's, then the GEMM's in x's dtype.
 void w8a16_float_gemm(const at::Tensor& x2, const at::Tensor& w_packed, int64_t n, const at::Tensor& scale,
                       int64_t groups, int64_t group_size, const std::optional<at::Tensor>& bias, at::Tensor& out_2d) {
-  const int64_t k = x2.size(1), cols = float_gemm_block_cols(n, k);
   const auto& kernels = cpu::int8_gemm_kernels();
   const int8_t* b = w_packed.data_ptr<int8_t>();
-  const int64_t group_stride = w_packed.size(1) * cpu::kPackBlock;
-  const at::Tensor bias_x = bias.has_value() ? bias->to(x2.scalar_type()) : at::Tensor();
-  at::parallel_for(0, at::divup(n, cols), 1, [&](int64_t begin, int64_t end) {
-    at::Tensor weights = at::empty({cols, k}, x2.options().dtype(at::kFloat));
-    for (int64_t block = begin; block < end; ++block) {
-      const int64_t j0 = block * cols, nb = std::min(cols, n - j0);
-      kernels.dequantize_packed(b, group_stride, j0, j0 + nb, k, scale.data_ptr<float>(), groups, group_size,
-                                weights.data_ptr<float>());
-      const at::Tensor w = weights.narrow(0, 0, nb).to(x2.scalar_type()).t();
-      at::Tensor out_block = out_2d.narrow(1, j0, nb);
-      if (bias_x.defined()) {
-        at::addmm_out(out_block, bias_x.narrow(0, j0, nb), x2, w);
-      } else {
-        at::mm_out(out_block, x2, w);
-      }
-    }
+  const int64_t k = x2.size(1), group_stride = w_packed.size(1) * cpu::kPackBlock;
+  gemm_over_weight_blocks(x2, n, bias, out_2d, cpu::kPackCols, [&](int64_t j0, int64_t j1, float* rows) {
+    kernels.dequantize_packed(b, group_stride, j0, j1, k, scale.data_ptr<float>(), groups, group_size, rows);
   });
 }
 
