@@ -169,10 +169,11 @@ def int8_weight_only_linear_packed(x: torch.Tensor, w_packed: torch.Tensor, w_su
     summed in fp32; group_size a multiple of 4). Without VNNI the fixed-point values go as
     int16 rows against weights widened in registers (same integers, same results). It
     pays, with VNNI, while the weights
-    outnumber the activations (M (K + N) <= N K); without (AVX2), up to 128 rows for fp32
-    and at every M for bf16/fp16, whose torch GEMM is slower there. Other batches
-    dequantize the weights once for torch's GEMM. Rows holding Inf or NaN go through the
-    float kernel, which propagates them."""
+    outnumber the activations (M (K + N) <= N K); without (AVX2), up to 32 rows for fp32
+    and at every M for bf16/fp16, whose torch GEMM is slower there. Other batches (and
+    batches with rows holding Inf or NaN, which fixed point cannot hold) run on torch's GEMM
+    in x's dtype over blocks of dequantized columns, each thread's block in cache; up to 16
+    rows, rows holding Inf or NaN go through the float kernel. Both propagate them."""
     return _ops.int8_weight_only_linear_packed(x, w_packed, w_sum, w_scale, bias, group_size)
 
 
@@ -202,14 +203,21 @@ def unpack_ternary(packed: torch.Tensor, k: int) -> torch.Tensor:
 def binary_linear(x: torch.Tensor, packed: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None = None,
                   group_size: int | None = None, lut: torch.Tensor | None = None) -> torch.Tensor:
     """x @ (alpha * sign(w))^T + bias with packed sign bits; alpha [N] or [N, groups].
-    ``lut = lut_tiles(packed, K, 1)`` enables the CPU lookup-table kernel (any number of rows)."""
+    ``lut = lut_tiles(packed, K, 1)`` enables the CPU lookup-table kernel (per-channel alpha).
+    Batches over 16 rows without it run on torch's GEMM over blocks of expanded weights; so
+    do, without AVX-512 (measured on AVX2), batches over 32 rows on layers under 1024 output
+    columns a thread, where the AVX2 tables cannot hold activation rows in their lanes."""
     return _ops.binary_linear(x, packed, alpha, bias, group_size, lut)
 
 
 def ternary_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None,
                    lut: torch.Tensor | None = None) -> torch.Tensor:
     """x @ (scale * q)^T + bias with packed ternary q; scale [N] or one element.
-    ``lut = lut_tiles(packed, K, 2)`` enables the CPU lookup-table kernel (any number of rows)."""
+    ``lut = lut_tiles(packed, K, 2)`` enables the CPU lookup-table kernel. Batches over 16
+    rows without it run on torch's GEMM over blocks of expanded weights; so do, without
+    AVX-512 (measured on AVX2), batches over 32 rows on layers under 1024 output columns a
+    thread, where the AVX2 tables cannot hold activation rows in their lanes, and ternary
+    batches over 64 rows on any layer."""
     return _ops.ternary_linear(x, packed, scale, bias, lut)
 
 
