@@ -172,7 +172,8 @@ def int8_weight_only_linear_packed(x: torch.Tensor, w_packed: torch.Tensor, w_su
     outnumber the activations (M (K + N) <= N K); without (AVX2), up to 32 rows for fp32
     and at every M for bf16/fp16, whose torch GEMM is slower there. Other batches (and
     batches with rows holding Inf or NaN, which fixed point cannot hold) run on torch's GEMM
-    in x's dtype over blocks of dequantized columns, each thread's block in cache; up to 16
+    over blocks of dequantized columns, each thread's block in cache (in x's dtype; in fp32
+    for bf16/fp16 x on CPUs without AMX, whose 16-bit GEMM is slow there); up to 16
     rows, rows holding Inf or NaN go through the float kernel. Both propagate them."""
     return _ops.int8_weight_only_linear_packed(x, w_packed, w_sum, w_scale, bias, group_size)
 

@@ -359,10 +359,10 @@ def test_w8a16_float_gemm_over_column_blocks_matches_reference(isa, dtype, m, gr
             if dtype == torch.float32:
                 torch.testing.assert_close(out, expected, **w8a16_tolerance(dtype))
             else:
-                # 16-bit batches on torch's GEMM multiply weights rounded to x's dtype (unit
-                # roundoff u per product), sum in fp32 and round the output; the reference rounds
-                # its output too. At K = 2100 that can exceed the fixed tolerance: the bound of
-                # those roundings is what must hold.
+                # 16-bit batches on torch's GEMM multiply weights rounded to x's dtype where the
+                # CPU has AMX (unit roundoff u per product; elsewhere they run in fp32), sum in
+                # fp32 and round the output; the reference rounds its output too. At K = 2100
+                # that can exceed the fixed tolerance: the bound of those roundings must hold.
                 u = torch.finfo(dtype).eps / 2
                 w_float = ref.dequantize(wq, w_scale, axis=0 if group_size is None else None, group_size=group_size)
                 magnitude = xb.float().abs() @ w_float.abs().T

@@ -22,7 +22,8 @@ namespace {
 constexpr int64_t kBlockN = 64;
 // Without a lookup table: up to this many rows the weights are streamed as bits; above it
 // they are expanded once and the product goes to torch's GEMM (the masked adds cost as much
-// as FMAs). With one, every M takes the table kernel: one vpermps does 64 multiply-adds.
+// as FMAs). With one, the table kernel takes every M (one vpermps does 64 multiply-adds)
+// but the batches expanded_gemm_pays gives to torch's GEMM.
 constexpr int64_t kDirectMaxM = 16;
 // Without AVX-512 the table kernel loses batches to torch's GEMM over expanded weights
 // (linear_with_expanded), except where the AVX2 kernel holds activation rows in its lanes

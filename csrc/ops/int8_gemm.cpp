@@ -393,7 +393,7 @@ at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, co
 }
 
 // W8A16 on torch's float GEMM (weight_blocks_gemm.h), for the batches fixed point does not
-// pay for (or cannot hold): the rounding is dequantize's, then the GEMM's in x's dtype.
+// pay for (or cannot hold): the weights rounded as dequantize does, then the GEMM's rounding.
 void w8a16_float_gemm(const at::Tensor& x2, const at::Tensor& w_packed, int64_t n, const at::Tensor& scale,
                       int64_t groups, int64_t group_size, const std::optional<at::Tensor>& bias, at::Tensor& out_2d) {
   const auto& kernels = cpu::int8_gemm_kernels();
