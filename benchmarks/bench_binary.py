@@ -18,7 +18,7 @@ from effgen_kernels.bench.peers import fbgemm_dynamic_linear, staged_x_peer
 FAMILY = "binary"
 DECODE_M = 16
 SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (576, 1536), (1536, 576)]
-QUICK_SHAPES = [(4096, 4096)]
+QUICK_SHAPES = [(4096, 4096), (576, 1536)]  # a large layer and one of SmolLM2's
 CPU_M, QUICK_M = [1, 8, 64, 256, 1024], [1, 64]
 GPU_SHAPES, GPU_M = [(8192, 8192)], [1, 16, 512]
 
