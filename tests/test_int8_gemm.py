@@ -336,8 +336,8 @@ def test_w8a16_per_group_sums_round_each_product(isa):
 @pytest.mark.parametrize("group_size,k", [(None, 2100), (100, 2100), (6, 37)])
 def test_w8a16_float_gemm_over_column_blocks_matches_reference(isa, dtype, m, group_size, k, threads):
     # Batches that fixed point does not take (fp32 beyond 32 rows without VNNI, and any batch
-    # with a row that is not finite) run on torch's GEMM over blocks of dequantized columns:
-    # n = 1000 makes several blocks and a ragged last one.
+    # with a row that is not finite) run on torch's GEMM over blocks of dequantized columns,
+    # from packed or canonical weights: n = 1000 makes several blocks and a ragged last one.
     n = 1000
     x = random_input((m, k), dtype, scale=1.0)
     w = random_input((n, k), scale=0.05)
@@ -351,25 +351,34 @@ def test_w8a16_float_gemm_over_column_blocks_matches_reference(isa, dtype, m, gr
             xb = x.clone()
             if bad_row is not None:
                 xb[bad_row, 11] = float("nan")
-            out = ops.int8_weight_only_linear_packed(xb, packed, w_sum, w_scale, bias, group_size)
-            expected = ref.int8_weight_only_linear_packed(xb, packed, w_sum, w_scale, bias, group_size)
-            if bad_row is not None:
-                assert torch.isnan(out[bad_row]).all() and torch.isfinite(out[bad_row + 1:]).all()
-                out, expected, xb = (t[torch.arange(m) != bad_row] for t in (out, expected, xb))
-            if dtype == torch.float32:
-                torch.testing.assert_close(out, expected, **w8a16_tolerance(dtype))
-            else:
-                # 16-bit batches on torch's GEMM multiply weights rounded to x's dtype where the
-                # CPU has AMX (unit roundoff u per product; elsewhere they run in fp32), sum in
-                # fp32 and round the output; the reference rounds its output too. At K = 2100
-                # that can exceed the fixed tolerance: the bound of those roundings must hold.
-                u = torch.finfo(dtype).eps / 2
-                w_float = ref.dequantize(wq, w_scale, axis=0 if group_size is None else None, group_size=group_size)
-                magnitude = xb.float().abs() @ w_float.abs().T
-                bound = (u + k * 2.0**-24) * magnitude + 2 * u * expected.float().abs()
-                assert ((out.float() - expected.float()).abs() <= bound).all()
+            outs = [ops.int8_weight_only_linear_packed(xb, packed, w_sum, w_scale, bias, group_size),
+                    ops.int8_weight_only_linear(xb, wq, w_scale, bias, group_size)]
+            for out in outs:
+                check_w8a16_batch(out, xb, wq, w_scale, bias, group_size, bad_row)
     finally:
         torch.set_num_threads(before)
+
+
+def check_w8a16_batch(out, x, wq, w_scale, bias, group_size, bad_row):
+    """out against the reference; a row with a NaN (bad_row) must come out all NaN."""
+    m, k = x.shape
+    dtype = x.dtype
+    expected = ref.int8_weight_only_linear(x, wq, w_scale, bias, group_size)
+    if bad_row is not None:
+        assert torch.isnan(out[bad_row]).all() and torch.isfinite(out[bad_row + 1:]).all()
+        out, expected, x = (t[torch.arange(m) != bad_row] for t in (out, expected, x))
+    if dtype == torch.float32:
+        torch.testing.assert_close(out, expected, **w8a16_tolerance(dtype))
+    else:
+        # 16-bit batches on torch's GEMM multiply weights rounded to x's dtype where the CPU
+        # has AMX (unit roundoff u per product; elsewhere they run in fp32), sum in fp32 and
+        # round the output; the reference rounds its output too. At K = 2100 that can exceed
+        # the fixed tolerance: the bound of those roundings must hold.
+        u = torch.finfo(dtype).eps / 2
+        w_float = ref.dequantize(wq, w_scale, axis=0 if group_size is None else None, group_size=group_size)
+        magnitude = x.float().abs() @ w_float.abs().T
+        bound = (u + k * 2.0**-24) * magnitude + 2 * u * expected.float().abs()
+        assert ((out.float() - expected.float()).abs() <= bound).all()
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)

@@ -4,13 +4,13 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/linear.h>
 #include <torch/library.h>
 
 #include <atomic>
 #include <vector>
 
 #include "../kernels/cpu/int8_gemm.h"
+#include "../kernels/cpu/quant.h"
 #include "int8_gemm_common.h"
 #include "glue.h"
 #include "quant.h"
@@ -326,7 +326,7 @@ bool w8a16_fixed_point_grouped(const at::Tensor& x2, int limbs, const at::Tensor
 }
 
 // Whether W8A16 should run as fixed point on the int8 GEMM rather than on torch's GEMM
-// over dequantized weights (w8a16_float_gemm; measured on packed weights; the canonical op
+// over dequantized weights (w8a16_float_gemm_*; measured on packed weights; the canonical op
 // follows it for 16-bit activations with per-channel scales).
 // With VNNI the int8 GEMM is far faster than torch's float GEMMs, and the cost that decides
 // is the conversion: a batch whose activations outnumber the weights (M (K + N) > N K) costs
@@ -343,6 +343,38 @@ bool w8a16_fixed_point_pays(int64_t m, int64_t k, int64_t n, at::ScalarType dtyp
   return dtype != at::kFloat || m <= kWithoutVnniFp32MaxM;
 }
 
+// W8A16 on torch's float GEMM (weight_blocks_gemm.h), for the batches fixed point does not
+// pay for (or cannot hold): the weights rounded as dequantize does, then the GEMM's rounding.
+void w8a16_float_gemm_packed(const at::Tensor& x2, const at::Tensor& w_packed, int64_t n, const at::Tensor& scale,
+                             int64_t groups, int64_t group_size, const std::optional<at::Tensor>& bias,
+                             at::Tensor& out_2d) {
+  const auto& kernels = cpu::int8_gemm_kernels();
+  const int8_t* b = w_packed.data_ptr<int8_t>();
+  const int64_t k = x2.size(1), group_stride = w_packed.size(1) * cpu::kPackBlock;
+  gemm_over_weight_blocks(x2, n, bias, out_2d, cpu::kPackCols, [&](int64_t j0, int64_t j1, float* rows) {
+    kernels.dequantize_packed(b, group_stride, j0, j1, k, scale.data_ptr<float>(), groups, group_size, rows);
+  });
+}
+
+// The same for canonical weights [N, K]: rows dequantized a group at a time by the quant
+// kernel (as `dequantize` does).
+void w8a16_float_gemm_canonical(const at::Tensor& x2, const at::Tensor& wq, int64_t n, const at::Tensor& scale,
+                                int64_t groups, int64_t group_size, const std::optional<at::Tensor>& bias,
+                                at::Tensor& out_2d) {
+  const auto& quant = cpu::quant_kernels();
+  const int8_t* w = wq.data_ptr<int8_t>();
+  const float* s = scale.data_ptr<float>();
+  const int64_t k = x2.size(1);
+  gemm_over_weight_blocks(x2, n, bias, out_2d, 1, [&](int64_t j0, int64_t j1, float* rows) {
+    for (int64_t j = j0; j < j1; ++j) {
+      for (int64_t g = 0, start = 0; start < k; ++g, start += group_size) {
+        quant.dequantize(cpu::DType::kF32, w + j * k + start, std::min(group_size, k - start), s + j * groups + g, 0,
+                         rows + (j - j0) * k + start);
+      }
+    }
+  });
+}
+
 at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& w_scale,
                                    const std::optional<at::Tensor>& bias, std::optional<int64_t> group_size) {
   constexpr const char* op = "int8_weight_only_linear";
@@ -355,12 +387,6 @@ at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, co
   const bool batch_pays = cpu::active_isa() < cpu::Isa::kAvx512 && w8a16_fixed_point_pays(m, k, n, x.scalar_type());
   const bool fixed_point = groups == 1 && k <= cpu::kMaxExactInt8K && x.scalar_type() != at::kFloat &&
                            (m <= kW8A16DirectMaxM || batch_pays);
-  if (!fixed_point && m > kW8A16DirectMaxM) {
-    const at::Tensor w = group_size.has_value()
-                             ? dequantize_cpu(wq, w_scale, std::nullopt, group_size, x.scalar_type())
-                             : dequantize_cpu(wq, w_scale, 0, std::nullopt, x.scalar_type());
-    return at::linear(x, w, bias.has_value() ? std::optional<at::Tensor>(bias->to(x.scalar_type())) : std::nullopt);
-  }
   at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
   if (out.numel() == 0) return out;
   const at::Tensor x2 = x.reshape({m, k}).contiguous(), w = wq.contiguous(), s = w_scale.contiguous();
@@ -368,7 +394,11 @@ at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, co
   at::Tensor out_2d = out.view({m, n});
   const auto& kernels = cpu::int8_gemm_kernels();
   if (fixed_point && w8a16_fixed_point(x2, 2, n, s, bias_f, out_2d, canonical_product(w, k))) return out;
-  // (or Inf / NaN in x, or a row too small for fixed point: the float kernel, at any M)
+  // (or Inf / NaN in x, or a row too small for fixed point)
+  if (m > kW8A16DirectMaxM) {
+    w8a16_float_gemm_canonical(x2, w, n, s, groups, group, bias, out_2d);
+    return out;
+  }
   at::parallel_for(0, (n + kBlockN - 1) / kBlockN, 1, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
       const int64_t j0 = block * kBlockN, nb = std::min(kBlockN, n - j0);
@@ -390,18 +420,6 @@ at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, co
     }
   });
   return out;
-}
-
-// W8A16 on torch's float GEMM (weight_blocks_gemm.h), for the batches fixed point does not
-// pay for (or cannot hold): the weights rounded as dequantize does, then the GEMM's rounding.
-void w8a16_float_gemm(const at::Tensor& x2, const at::Tensor& w_packed, int64_t n, const at::Tensor& scale,
-                      int64_t groups, int64_t group_size, const std::optional<at::Tensor>& bias, at::Tensor& out_2d) {
-  const auto& kernels = cpu::int8_gemm_kernels();
-  const int8_t* b = w_packed.data_ptr<int8_t>();
-  const int64_t k = x2.size(1), group_stride = w_packed.size(1) * cpu::kPackBlock;
-  gemm_over_weight_blocks(x2, n, bias, out_2d, cpu::kPackCols, [&](int64_t j0, int64_t j1, float* rows) {
-    kernels.dequantize_packed(b, group_stride, j0, j1, k, scale.data_ptr<float>(), groups, group_size, rows);
-  });
 }
 
 // The canonical [N, K] weights of packed ones (a copy): for inputs the fixed point cannot hold.
@@ -441,7 +459,7 @@ at::Tensor int8_weight_only_linear_packed(const at::Tensor& x, const at::Tensor&
   if (fixed_point && run_fixed_point()) return out;
   // (or Inf / NaN in x, which the float kernels propagate, or a row too small for fixed point)
   if (m > kW8A16DirectMaxM) {
-    w8a16_float_gemm(x2, packed, n, scale, groups, group, bias, out_2d);
+    w8a16_float_gemm_packed(x2, packed, n, scale, groups, group, bias, out_2d);
     return out;
   }
   return int8_weight_only_linear(x, unpack_weight(packed, n, k), w_scale, bias, group_size);
