@@ -27,17 +27,17 @@ constexpr int64_t kBlockN = 64;
 constexpr int64_t kDirectMaxM = 16;
 // Without AVX-512 the table kernel loses batches to torch's GEMM over expanded weights
 // (linear_with_expanded), except where the AVX2 kernel holds activation rows in its lanes
-// (binary_gemm_avx2.cpp: 64+ tiles of 16 weight rows per thread, so 1024+ columns), and
+// (cpu::kLutLanesMinTiles tiles of 16 weight rows per thread: 1024+ columns), and
 // there for ternary weights only up to kLanesTernaryMaxM rows. Measured on Zen 4 (AVX2), 2
 // threads, N x K from 576 x 1536 to 4096 x 4096: at 64 rows on 576-1536 columns the tables
 // took 1.2-1.7x (binary) and 1.6-1.8x (ternary) the expanded GEMM's time, at 17 rows
 // 0.7-1.0x; on 2048-4096 columns binary 0.5-0.7x up to 256 rows, ternary 0.84-1.0x at 64
 // rows, 1.1-1.3x at 128. AVX-512's 16-entry tables were measured ahead of fp32 at 64 rows.
-constexpr int64_t kExpandMinM = 32, kLanesMinColumnsPerThread = 1024, kLanesTernaryMaxM = 64;
+constexpr int64_t kExpandMinM = 32, kLanesTernaryMaxM = 64;
 
 bool expanded_gemm_pays(int64_t m, int64_t n, int planes) {
   if (m <= kExpandMinM || cpu::active_isa() >= cpu::Isa::kAvx512) return false;
-  const bool lanes = n >= kLanesMinColumnsPerThread * at::get_num_threads();
+  const bool lanes = n >= cpu::kLutLanesMinTiles * cpu::kLutTileRows * at::get_num_threads();
   return !lanes || (planes == 2 && m > kLanesTernaryMaxM);
 }
 

@@ -218,10 +218,7 @@ void lut_tiles(const float* tables, int64_t k, const uint8_t* tiles, int64_t t0,
 // with scalar shifts, which run beside the vector adds. At 8 rows, one thread, K = N = 4096:
 // 2-2.5x faster than the permutes above, 1.6-1.9x faster than 16-entry tables'.
 constexpr int64_t kLanesMinM = 5;
-// ... and at least this many tiles in the call: interleaving the tables costs the same for
-// any number of weight rows (ternary 5-8 rows x 576 x 1536 on 2 threads: 0.21 ms in lanes,
-// 0.11 ms for 4 rows through the permutes; at 4096 rows lanes win).
-constexpr int64_t kLanesMinTiles = 64;
+// ... and at least kLutLanesMinTiles tiles in the call (binary_gemm.h).
 constexpr int64_t kLanesRows = 8;
 constexpr int64_t kEntryBytes = kLanesRows * sizeof(float);  // one entry for every row
 
@@ -303,7 +300,7 @@ void lut_sums_rows_in_lanes(const float* tables, int64_t m, int64_t k, const uin
 
 void lut_sums(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1, int planes,
               float* sums, int64_t lds) {
-  if (m >= kLanesMinM && t1 - t0 >= kLanesMinTiles) {
+  if (m >= kLanesMinM && t1 - t0 >= kLutLanesMinTiles) {
     return lut_sums_rows_in_lanes(tables, m, k, tiles, t0, t1, planes, sums, lds);
   }
   lut_dispatch(tables, m, k, tiles, t0, t1, planes, sums, lds);
