@@ -149,8 +149,9 @@ def int8_weight_only_linear(x: torch.Tensor, wq: torch.Tensor, w_scale: torch.Te
     """W8A16: 16-bit activations times int8 weights.
 
     fp32 activations (and bf16/fp16 ones on CUDA or with group-wise scales) multiply the
-    weights dequantized in registers up to 16 rows; more rows dequantize them once for
-    torch's GEMM. On the CPU, bf16/fp16 activations with per-channel scales run as 16-bit
+    weights dequantized in registers up to 16 rows; more rows go to torch's GEMM on
+    dequantized weights (on the CPU a block of columns per thread at a time, in fp32 for
+    bf16/fp16 x on CPUs without AMX). On the CPU, bf16/fp16 activations with per-channel scales run as 16-bit
     fixed point per token (absmax / 32639 steps, at least as fine as bf16 above absmax /
     2^7) on the int8 GEMM, which reads the weights once (2x bf16 ``F.linear`` at M = 8
     where the float path was 0.8x), up to 16 rows and, without VNNI, at every M (on AVX2
