@@ -330,14 +330,18 @@ def test_w8a16_per_group_sums_round_each_product(isa):
 
 
 @pytest.mark.parametrize("threads", [1, 2])  # the column blocks follow the thread count
-@pytest.mark.parametrize("dtype,m", [(torch.float32, 40), (torch.bfloat16, 20), (torch.float16, 20)])
-# K over more than one dequantization chunk (1024 values) with a group across its end, and
-# groups that do not start on packed blocks.
+# Batches, and decode sizes (at most 16 rows) that take the W8A16 kernel.
+@pytest.mark.parametrize("dtype,m", [(torch.float32, 40), (torch.bfloat16, 20), (torch.float16, 20),
+                                     (torch.float32, 5), (torch.bfloat16, 9)])
+# Long K with groups across vectors and packed blocks, and groups that do not start on
+# packed blocks.
 @pytest.mark.parametrize("group_size,k", [(None, 2100), (100, 2100), (6, 37)])
-def test_w8a16_float_gemm_over_column_blocks_matches_reference(isa, dtype, m, group_size, k, threads):
-    # Batches that fixed point does not take (fp32 beyond 32 rows without VNNI, and any batch
-    # with a row that is not finite) run on torch's GEMM over blocks of dequantized columns,
-    # from packed or canonical weights: n = 1000 makes several blocks and a ragged last one.
+def test_w8a16_over_column_blocks_matches_reference(isa, dtype, m, group_size, k, threads):
+    # What fixed point does not take (fp32 batches beyond 32 rows without VNNI, packed
+    # groups that do not start on packed blocks, any input with a row that is not finite)
+    # runs over blocks of columns: batches on torch's GEMM, dequantized; decode sizes on the
+    # W8A16 kernel, from packed weights unpacked into cache. n = 1000 makes several blocks
+    # and a ragged last one.
     n = 1000
     x = random_input((m, k), dtype, scale=1.0)
     w = random_input((n, k), scale=0.05)

@@ -343,36 +343,76 @@ bool w8a16_fixed_point_pays(int64_t m, int64_t k, int64_t n, at::ScalarType dtyp
   return dtype != at::kFloat || m <= kWithoutVnniFp32MaxM;
 }
 
-// W8A16 on torch's float GEMM (weight_blocks_gemm.h), for the batches fixed point does not
-// pay for (or cannot hold): the weights rounded as dequantize does, then the GEMM's rounding.
-void w8a16_float_gemm_packed(const at::Tensor& x2, const at::Tensor& w_packed, int64_t n, const at::Tensor& scale,
-                             int64_t groups, int64_t group_size, const std::optional<at::Tensor>& bias,
-                             at::Tensor& out_2d) {
-  const auto& kernels = cpu::int8_gemm_kernels();
-  const int8_t* b = w_packed.data_ptr<int8_t>();
-  const int64_t k = x2.size(1), group_stride = w_packed.size(1) * cpu::kPackBlock;
-  gemm_over_weight_blocks(x2, n, bias, out_2d, cpu::kPackCols, [&](int64_t j0, int64_t j1, float* rows) {
-    kernels.dequantize_packed(b, group_stride, j0, j1, k, scale.data_ptr<float>(), groups, group_size, rows);
-  });
+// Rows [j0, j1) of int8 weights (k values each, at w_rows) dequantized a group at a time by
+// the quant kernel, as `dequantize` rounds them.
+void dequantize_rows(const int8_t* w_rows, int64_t j0, int64_t j1, int64_t k, const float* scale, int64_t groups,
+                     int64_t group_size, float* out) {
+  const auto& quant = cpu::quant_kernels();
+  for (int64_t j = j0; j < j1; ++j) {
+    for (int64_t g = 0, start = 0; start < k; ++g, start += group_size) {
+      quant.dequantize(cpu::DType::kF32, w_rows + (j - j0) * k + start, std::min(group_size, k - start),
+                       scale + j * groups + g, 0, out + (j - j0) * k + start);
+    }
+  }
 }
 
-// The same for canonical weights [N, K]: rows dequantized a group at a time by the quant
-// kernel (as `dequantize` does).
+// W8A16 on torch's float GEMM (weight_blocks_gemm.h), for the batches fixed point does not
+// pay for (or cannot hold): the weights rounded as dequantize does, then the GEMM's rounding.
 void w8a16_float_gemm_canonical(const at::Tensor& x2, const at::Tensor& wq, int64_t n, const at::Tensor& scale,
                                 int64_t groups, int64_t group_size, const std::optional<at::Tensor>& bias,
                                 at::Tensor& out_2d) {
-  const auto& quant = cpu::quant_kernels();
   const int8_t* w = wq.data_ptr<int8_t>();
-  const float* s = scale.data_ptr<float>();
   const int64_t k = x2.size(1);
   gemm_over_weight_blocks(x2, n, bias, out_2d, 1, [&](int64_t j0, int64_t j1, float* rows) {
-    for (int64_t j = j0; j < j1; ++j) {
-      for (int64_t g = 0, start = 0; start < k; ++g, start += group_size) {
-        quant.dequantize(cpu::DType::kF32, w + j * k + start, std::min(group_size, k - start), s + j * groups + g, 0,
-                         rows + (j - j0) * k + start);
-      }
-    }
+    dequantize_rows(w + j0 * k, j0, j1, k, scale.data_ptr<float>(), groups, group_size, rows);
   });
+}
+
+// Columns [j0, j1) of packed weights a column group at a time as canonical int8 rows of k
+// values, in a buffer small enough to stay in cache: use(j, j_end, rows) for each group.
+template <typename Use>
+void for_unpacked_column_groups(const at::Tensor& w_packed, int64_t j0, int64_t j1, int64_t k, const Use& use) {
+  const int64_t group_stride = w_packed.size(1) * cpu::kPackBlock;
+  std::vector<int8_t> rows(static_cast<size_t>(cpu::kPackCols * k));
+  for (int64_t j = j0; j < j1; j += cpu::kPackCols) {
+    const int64_t j_end = std::min(j + cpu::kPackCols, j1);
+    cpu::int8_gemm_kernels().unpack_packed(w_packed.data_ptr<int8_t>(), group_stride, j, j_end, k, rows.data());
+    use(j, j_end, rows.data());
+  }
+}
+
+// The same for packed weights.
+void w8a16_float_gemm_packed(const at::Tensor& x2, const at::Tensor& w_packed, int64_t n, const at::Tensor& scale,
+                             int64_t groups, int64_t group_size, const std::optional<at::Tensor>& bias,
+                             at::Tensor& out_2d) {
+  const int64_t k = x2.size(1);
+  gemm_over_weight_blocks(x2, n, bias, out_2d, cpu::kPackCols, [&](int64_t j0, int64_t j1, float* rows) {
+    for_unpacked_column_groups(w_packed, j0, j1, k, [&](int64_t j, int64_t j_end, const int8_t* w_rows) {
+      dequantize_rows(w_rows, j, j_end, k, scale.data_ptr<float>(), groups, group_size, rows + (j - j0) * k);
+    });
+  });
+}
+
+// The W8A16 kernel (weights converted in registers) on output columns [j0, j0 + nb), whose
+// int8 rows of k values are at w_rows.
+void w8a16_kernel_block(const at::Tensor& x2, const int8_t* w_rows, int64_t j0, int64_t nb, const at::Tensor& scale,
+                        int64_t groups, int64_t group_size, const at::Tensor& bias_f, at::Tensor& out_2d) {
+  const int64_t k = x2.size(1);
+  const cpu::W8A16Args args{cpu_dtype(x2.scalar_type()),
+                            x2.data_ptr(),
+                            k,
+                            w_rows,
+                            k,
+                            x2.size(0),
+                            nb,
+                            k,
+                            scale.data_ptr<float>() + j0 * groups,
+                            groups,
+                            group_size,
+                            bias_f.defined() ? bias_f.data_ptr<float>() + j0 : nullptr,
+                            static_cast<char*>(out_2d.data_ptr()) + j0 * out_2d.element_size(),
+                            out_2d.size(1)};
+  cpu::int8_gemm_kernels().w8a16_gemm(args);
 }
 
 at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& w_scale,
@@ -392,7 +432,6 @@ at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, co
   const at::Tensor x2 = x.reshape({m, k}).contiguous(), w = wq.contiguous(), s = w_scale.contiguous();
   const at::Tensor bias_f = float_bias(bias);
   at::Tensor out_2d = out.view({m, n});
-  const auto& kernels = cpu::int8_gemm_kernels();
   if (fixed_point && w8a16_fixed_point(x2, 2, n, s, bias_f, out_2d, canonical_product(w, k))) return out;
   // (or Inf / NaN in x, or a row too small for fixed point)
   if (m > kW8A16DirectMaxM) {
@@ -401,36 +440,27 @@ at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, co
   }
   at::parallel_for(0, (n + kBlockN - 1) / kBlockN, 1, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
-      const int64_t j0 = block * kBlockN, nb = std::min(kBlockN, n - j0);
-      const cpu::W8A16Args args{cpu_dtype(x.scalar_type()),
-                                x2.data_ptr(),
-                                k,
-                                w.data_ptr<int8_t>() + j0 * k,
-                                k,
-                                m,
-                                nb,
-                                k,
-                                s.data_ptr<float>() + j0 * groups,
-                                groups,
-                                group,
-                                bias_f.defined() ? bias_f.data_ptr<float>() + j0 : nullptr,
-                                static_cast<char*>(out.data_ptr()) + j0 * out.element_size(),
-                                n};
-      kernels.w8a16_gemm(args);
+      const int64_t j0 = block * kBlockN;
+      w8a16_kernel_block(x2, w.data_ptr<int8_t>() + j0 * k, j0, std::min(kBlockN, n - j0), s, groups, group, bias_f,
+                         out_2d);
     }
   });
   return out;
 }
 
-// The canonical [N, K] weights of packed ones (a copy): for inputs the fixed point cannot hold.
-at::Tensor unpack_weight(const at::Tensor& w_packed, int64_t n, int64_t k) {
-  const int64_t groups = w_packed.size(0), quads = w_packed.size(1);
-  return w_packed.view({groups, quads, cpu::kPackCols, cpu::kPackDepth})
-      .permute({0, 2, 1, 3})
-      .reshape({groups * cpu::kPackCols, quads * cpu::kPackDepth})
-      .slice(0, 0, n)
-      .slice(1, 0, k)
-      .contiguous();
+// Decode sizes that fixed point does not take (groups that do not start on packed blocks,
+// Inf / NaN in x): the W8A16 kernel on packed weights unpacked a column group at a time
+// (unpacking the whole layer first cost 5 ms at 2048 x 2048, for a 0.2 ms product).
+void w8a16_kernel_over_unpacked_groups(const at::Tensor& x2, const at::Tensor& w_packed, int64_t n, const at::Tensor& scale,
+                           int64_t groups, int64_t group_size, const at::Tensor& bias_f, at::Tensor& out_2d) {
+  const int64_t k = x2.size(1);
+  at::parallel_for(0, at::divup(n, kBlockN), 1, [&](int64_t begin, int64_t end) {
+    for_unpacked_column_groups(w_packed, begin * kBlockN, std::min(end * kBlockN, n), k,
+                               [&](int64_t j, int64_t j_end, const int8_t* w_rows) {
+                                 w8a16_kernel_block(x2, w_rows, j, j_end - j, scale, groups, group_size, bias_f,
+                                                    out_2d);
+                               });
+  });
 }
 
 at::Tensor int8_weight_only_linear_packed(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& w_sum,
@@ -460,9 +490,10 @@ at::Tensor int8_weight_only_linear_packed(const at::Tensor& x, const at::Tensor&
   // (or Inf / NaN in x, which the float kernels propagate, or a row too small for fixed point)
   if (m > kW8A16DirectMaxM) {
     w8a16_float_gemm_packed(x2, packed, n, scale, groups, group, bias, out_2d);
-    return out;
+  } else {
+    w8a16_kernel_over_unpacked_groups(x2, packed, n, scale, groups, group, bias_f, out_2d);
   }
-  return int8_weight_only_linear(x, unpack_weight(packed, n, k), w_scale, bias, group_size);
+  return out;
 }
 
 }  // namespace

@@ -128,12 +128,10 @@ struct Int8GemmKernels {
   W8A16GroupedI16 w8a16_packed_grouped_i16;
   // The W8A16 product of W8A16Args for its m x n block (weights converted in registers).
   void (*w8a16_gemm)(const W8A16Args& args);
-  // Columns [j0, j1) of packed weights dequantized to float rows of k values (j0 a multiple
-  // of kPackCols; b points at column group 0's block (0, 0), groups group_stride apart):
-  //   out[(j - j0) * k + kk] = float(w[j][kk]) * scale[j * groups + kk / group_size]
-  // (groups = 1 with group_size = k: per channel), the rounding of `dequantize`.
-  void (*dequantize_packed)(const int8_t* b, int64_t group_stride, int64_t j0, int64_t j1, int64_t k,
-                            const float* scale, int64_t groups, int64_t group_size, float* out);
+  // Columns [j0, j1) of packed weights as canonical int8 rows of k values (j0 a multiple of
+  // kPackCols; b points at column group 0's block (0, 0), groups group_stride apart):
+  //   rows[(j - j0) * k + kk] = w[j][kk]
+  void (*unpack_packed)(const int8_t* b, int64_t group_stride, int64_t j0, int64_t j1, int64_t k, int8_t* rows);
 };
 
 const Int8GemmKernels& int8_gemm_kernels_scalar();
