@@ -58,6 +58,28 @@ def test_binary_and_ternary_linear_match_reference(isa, dtype, m, k):
                                **tolerance(dtype, k))
 
 
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("m", [1, 5, 16, 40])
+@pytest.mark.parametrize("with_lut", [False, True])
+def test_inf_and_nan_in_x_give_what_float_products_give(isa, dtype, m, with_lut):
+    # The bit kernels skip zero weights and take binary products from row totals; a row
+    # with Inf or NaN must still give the reference's float products: Inf * 0 = NaN for
+    # ternary weights, +-Inf (not Inf - Inf) for binary ones.
+    n, k = 70, 300
+    x, w = random_input((m, k), dtype, scale=1.0), random_input((n, k))
+    bad = {0: float("inf"), m // 2: float("-inf"), m - 1: float("nan")}
+    for row, value in bad.items():
+        x[row, 3 * row + 1] = value
+    for planes, (packed, scale) in [(1, ref.binarize_weight(w)), (2, ref.ternarize_weight(w))]:
+        linear, reference = (ops.binary_linear, ref.binary_linear) if planes == 1 else (ops.ternary_linear,
+                                                                                       ref.ternary_linear)
+        expected = reference(x, packed, scale)
+        assert (~torch.isfinite(expected[m - 1])).all()  # the test means something
+        lut = [ops.lut_tiles(packed, k, planes)] if with_lut else []
+        out = linear(x, packed, scale, None, *([None] if planes == 1 else []), *lut)
+        torch.testing.assert_close(out, expected, equal_nan=True, **tolerance(dtype, k))
+
+
 @pytest.mark.parametrize("m", [3, 40])  # bits, then torch's GEMM over expanded weights
 @pytest.mark.parametrize("group_size,k", [(16, 48), (64, 200), (128, 4097)])
 def test_binary_linear_per_group_alpha(isa, m, group_size, k):

@@ -7,6 +7,8 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "../kernels/cpu/binary_gemm.h"
@@ -149,6 +151,25 @@ at::Tensor linear_with_expanded(const Rows& r, const at::Tensor& x, const at::Te
   return out;
 }
 
+// Per row of x and group of `group` values, the sum of x (binary products take it; it is
+// not finite exactly where the row holds Inf or NaN, or overflows).
+std::vector<float> row_totals(const Rows& r, int64_t group, int64_t groups) {
+  std::vector<float> totals(static_cast<size_t>(r.m * groups));
+  const std::vector<uint8_t> ones(static_cast<size_t>(packed_row_bytes(r.k)), 0xFF);
+  cpu::binary_gemm_kernels().masked_sums(cpu_dtype(r.x.scalar_type()), r.x.data_ptr(), r.k, ones.data(), 0, r.m, 1,
+                                         r.k, group, totals.data(), groups);
+  return totals;
+}
+
+// The masked sums and lookup tables skip zero weights and take a binary product as
+// 2 * (sum over +1 weights) - total, so Inf and NaN in x do not give what IEEE products
+// give (Inf * 0 = NaN, Inf - Inf after a +1 weight): a call whose totals are not all finite
+// runs on torch's GEMM over expanded weights instead (linear_with_expanded), as the
+// reference does.
+bool all_finite(const std::vector<float>& totals) {
+  return std::all_of(totals.begin(), totals.end(), [](float t) { return std::isfinite(t); });
+}
+
 // The results' destination and the bias as raw pointers, looked up once: tensor accessors
 // per element (dtype checks) cost more than the arithmetic at decode sizes (88 us of a
 // 0.3 ms ternary GEMV with N = 4096).
@@ -255,15 +276,13 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_in, const
   const int64_t n = p.n, groups = p.groups, group = p.group;
   const bool with_lut = lut.has_value() && groups == 1 && !expanded_gemm_pays(r.m, n, 1);
   if (r.m > kDirectMaxM && !with_lut) return linear_with_expanded(r, x, packed_in, 1, alpha_in, groups, group, bias);
+  // y = alpha * (2 * sum over +1 weights - total), per row and group.
+  const std::vector<float> totals = row_totals(r, group, groups);
+  if (!all_finite(totals)) return linear_with_expanded(r, x, packed_in, 1, alpha_in, groups, group, bias);
   at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
   if (out.numel() == 0) return out;
   const at::Tensor packed = packed_in.contiguous(), alpha = alpha_in.contiguous();
   const at::Tensor bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
-  // Per row and group, the sum of all x: y = alpha * (2 * sum over +1 weights - total).
-  std::vector<float> totals(static_cast<size_t>(r.m * groups));
-  const std::vector<uint8_t> ones(static_cast<size_t>(packed_row_bytes(r.k)), 0xFF);
-  cpu::binary_gemm_kernels().masked_sums(cpu_dtype(r.x.scalar_type()), r.x.data_ptr(), r.k, ones.data(), 0, r.m,
-                                         1, r.k, group, totals.data(), groups);
   const OutputRows rows(out.view({r.m, n}), bias_f);
   const float* a = alpha.data_ptr<float>();
   if (with_lut) {
@@ -298,14 +317,14 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed_in, cons
   const Rows& r = p.r;
   const int64_t n = p.n, scale_stride = p.scale_stride;
   const bool with_lut = lut.has_value() && !expanded_gemm_pays(r.m, n, 2);
-  if (r.m > kDirectMaxM && !with_lut) {
-    return linear_with_expanded(r, x, packed_in, 2, scale_in, scale_stride, std::max<int64_t>(r.k, 1), bias);
+  const int64_t plane = packed_row_bytes(r.k), group = std::max<int64_t>(r.k, 1);
+  if ((r.m > kDirectMaxM && !with_lut) || !all_finite(row_totals(r, group, 1))) {
+    return linear_with_expanded(r, x, packed_in, 2, scale_in, scale_stride, group, bias);
   }
   at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
   if (out.numel() == 0) return out;
   const at::Tensor packed = packed_in.contiguous(), scale = scale_in.contiguous();
   const at::Tensor bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
-  const int64_t plane = packed_row_bytes(r.k), group = std::max<int64_t>(r.k, 1);
   const float* s = scale.data_ptr<float>();
   const OutputRows rows(out.view({r.m, n}), bias_f);
   if (with_lut) {
