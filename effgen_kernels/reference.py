@@ -200,7 +200,8 @@ def fake_quantize_learnable_per_channel_backward(dy, x, scale, zero_point, axis,
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(-1, t.shape[-1])
+    """[..., K] -> [M, K] (M spelled out: -1 is ambiguous for K = 0)."""
+    return t.reshape(t.shape[:-1].numel(), t.shape[-1])
 
 
 def int8_linear(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.float32):
@@ -265,16 +266,16 @@ def int8_weight_only_linear_packed(x, w_packed, w_sum, w_scale, bias=None, group
 def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
     """bool [N, K] -> uint8 [N, ceil(K/8)], LSB first, zero padding."""
     n, k = bits.shape
-    padded = torch.nn.functional.pad(bits.to(torch.uint8), (0, (-k) % 8)).reshape(n, -1, 8)
+    padded = torch.nn.functional.pad(bits.to(torch.uint8), (0, (-k) % 8)).reshape(n, -(-k // 8), 8)
     weights = torch.tensor([1 << b for b in range(8)], dtype=torch.uint8)
-    return (padded * weights).sum(-1, dtype=torch.uint8) if k else padded.new_zeros((n, 0))
+    return (padded * weights).sum(-1, dtype=torch.uint8)
 
 
 def _unpack_bits(packed: torch.Tensor, k: int) -> torch.Tensor:
     """uint8 [N, B] -> bool [N, k]."""
     shifts = torch.arange(8, dtype=torch.uint8)
     bits = (packed.unsqueeze(-1) >> shifts) & 1
-    return bits.reshape(packed.shape[0], -1)[:, :k].bool()
+    return bits.reshape(packed.shape[0], packed.shape[1] * 8)[:, :k].bool()
 
 
 def pack_binary(w: torch.Tensor) -> torch.Tensor:
@@ -323,7 +324,7 @@ def ternarize_weight(w: torch.Tensor, per_channel: bool = True) -> tuple[torch.T
 def _row_alpha(alpha: torch.Tensor, k: int, group_size: int | None) -> torch.Tensor:
     """alpha expanded to one value per weight: [N, K]."""
     if group_size is None:
-        return alpha.reshape(-1, 1).expand(-1, k) if alpha.numel() > 1 else alpha.reshape(1, 1).expand(1, k)
+        return alpha.reshape(-1, 1).expand(-1, k) if alpha.numel() != 1 else alpha.reshape(1, 1).expand(1, k)
     return alpha.repeat_interleave(group_size, dim=1)[:, :k]
 
 
@@ -339,7 +340,7 @@ def ternary_linear(x, packed, scale, bias=None):
     """x [..., K] float times ternary weights: y = x @ (scale * q)^T + bias, fp32 accumulation."""
     k = x.shape[-1]
     q = unpack_ternary(packed, k).float()
-    w = q * (scale.float().reshape(-1, 1) if scale.numel() > 1 else scale.float().reshape(()))
+    w = q * (scale.float().reshape(-1, 1) if scale.numel() != 1 else scale.float().reshape(()))
     y = x.float() @ w.T
     return (y if bias is None else y + bias.float()).to(x.dtype)
 
@@ -349,7 +350,7 @@ def xnor_linear(x, packed, alpha, bias=None):
     y = x_scale[m] * alpha[n] * (K - 2 * popcount(signs_x XOR signs_w)) + bias (exact integer
     part; the dot product of the two sign vectors equals K - 2 * disagreements)."""
     k = x.shape[-1]
-    rows = x.reshape(-1, k).float()
+    rows = _rows(x).float()
     x_scale = rows.abs().mean(dim=1) if k else rows.new_zeros(rows.shape[0])
     sx = torch.where(rows >= 0, 1, -1).to(torch.int64)
     sw = unpack_binary(packed, k).to(torch.int64)

@@ -80,6 +80,30 @@ def test_inf_and_nan_in_x_give_what_float_products_give(isa, dtype, m, with_lut)
         torch.testing.assert_close(out, expected, equal_nan=True, **tolerance(dtype, k))
 
 
+@pytest.mark.parametrize("x_shape,n", [((0, 40), 9), ((3, 40), 0), ((3, 0), 9), ((2, 3, 0), 9), ((0, 0), 0)])
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # nn.Linear(0, n)
+def test_empty_dimensions_match_reference(isa, x_shape, n):
+    # No rows, no output features, or no input features (K = 0: every product is the bias).
+    k = x_shape[-1]
+    x, w, bias = torch.randn(x_shape), random_input((n, k)), torch.randn(n)
+    packed, alpha = ref.pack_binary(w), torch.rand(n) + 0.5  # (mean |w| over K = 0 values is NaN)
+    tpacked, scale = ref.ternarize_weight(w)
+    cases = [(ops.binary_linear(x, packed, alpha, bias), ref.binary_linear(x, packed, alpha, bias)),
+             (ops.binary_linear(x, packed, alpha, bias, None, ops.lut_tiles(packed, k, 1)),
+              ref.binary_linear(x, packed, alpha, bias)),
+             (ops.ternary_linear(x, tpacked, scale, bias), ref.ternary_linear(x, tpacked, scale, bias)),
+             (ops.ternary_linear(x, tpacked, scale, bias, ops.lut_tiles(tpacked, k, 2)),
+              ref.ternary_linear(x, tpacked, scale, bias)),
+             (ops.xnor_linear(x, packed, alpha, bias), ref.xnor_linear(x, packed, alpha, bias))]
+    linear = torch.nn.Linear(k, n)
+    binary, ternary = ek.nn.BinaryLinear.from_float(linear), ek.nn.TernaryLinear.from_float(linear)
+    cases += [(binary(x), ref.binary_linear(x, binary.weight_packed, binary.alpha, binary.bias)),
+              (ternary(x), ref.ternary_linear(x, ternary.weight_packed, ternary.weight_scale, ternary.bias))]
+    for out, expected in cases:
+        assert out.shape == expected.shape and out.dtype == expected.dtype
+        torch.testing.assert_close(out, expected, rtol=0, atol=0 if k == 0 else 1e-4)
+
+
 @pytest.mark.parametrize("m", [3, 40])  # bits, then torch's GEMM over expanded weights
 @pytest.mark.parametrize("group_size,k", [(16, 48), (64, 200), (128, 4097)])
 def test_binary_linear_per_group_alpha(isa, m, group_size, k):

@@ -450,12 +450,35 @@ def test_int8_weight_only_linear_3d_input(isa):
     torch.testing.assert_close(out, ref.int8_weight_only_linear(x, wq, w_scale), rtol=1e-5, atol=1e-4)
 
 
-def test_empty_batches(isa):
-    wq, w_scale = ops.quantize_per_channel(random_input((9, 40)), 0)
-    for m_shape in [(0, 40), (2, 0, 40)]:
-        x = torch.randn(m_shape)
-        assert ops.int8_dynamic_linear(x, wq, w_scale).shape == (*m_shape[:-1], 9)
-        assert ops.int8_weight_only_linear(x, wq, w_scale).shape == (*m_shape[:-1], 9)
+@pytest.mark.parametrize("x_shape,n", [((0, 40), 9), ((2, 0, 40), 9), ((3, 40), 0), ((3, 0), 9), ((2, 3, 0), 9),
+                                       ((0, 0), 0)])
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # nn.Linear(0, n)
+def test_empty_dimensions_match_reference(isa, x_shape, n):
+    # No rows, no output features, or no input features (K = 0: every product is the bias).
+    k = x_shape[-1]
+    x, bias = torch.randn(x_shape), torch.randn(n)
+    wq, w_scale = ops.quantize_per_channel(random_input((n, k)), 0)
+    wg, wg_scale = ops.quantize_per_group(random_input((n, k)), 16)
+    xq, x_scale = ops.quantize_per_token(x)
+    cases = [(ops.int8_linear(xq, x_scale, wq, w_scale, bias), ref.int8_linear(xq, x_scale, wq, w_scale, bias)),
+             (ops.int8_linear_packed(xq, x_scale, *ops.int8_pack_weight(wq), w_scale, bias),
+              ref.int8_linear(xq, x_scale, wq, w_scale, bias)),
+             (ops.int8_dynamic_linear(x, wq, w_scale, bias), ref.int8_dynamic_linear(x, wq, w_scale, bias)),
+             (ops.int8_dynamic_linear_packed(x, *ops.int8_pack_weight(wq), w_scale, bias),
+              ref.int8_dynamic_linear(x, wq, w_scale, bias))]
+    for dtype in FLOAT_DTYPES:
+        xd = x.to(dtype)
+        for w, s, group in [(wq, w_scale, None), (wg, wg_scale, 16)]:
+            expected = ref.int8_weight_only_linear(xd, w, s, bias, group)
+            packed = ops.int8_pack_weight(w, group)
+            cases += [(ops.int8_weight_only_linear(xd, w, s, bias, group), expected),
+                      (ops.int8_weight_only_linear_packed(xd, *packed, s, bias, group), expected)]
+    linear = torch.nn.Linear(k, n)
+    for layer in [ek.nn.Int8Linear, ek.nn.Int8WeightOnlyLinear]:
+        cases.append((layer.from_float(linear)(x), linear(x).detach()))
+    for out, expected in cases:
+        assert out.shape == expected.shape and out.dtype == expected.dtype
+        torch.testing.assert_close(out, expected, rtol=0, atol=0 if k == 0 else 0.05)
 
 
 @pytest.mark.parametrize("case", range(8))

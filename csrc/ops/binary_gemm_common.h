@@ -1,6 +1,7 @@
 // Argument checks shared by the CPU and CUDA glue of the binary_gemm family.
 #pragma once
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 #include "int8_gemm_common.h"
@@ -40,7 +41,7 @@ inline BitsProduct check_bits_product(const char* op, const at::Tensor& x, const
   TORCH_CHECK_INDEX(x.dim() > 0, op, ": x must have at least 1 dimension, got a scalar");
   BitsProduct p{};
   p.r.k = x.size(-1);
-  p.r.m = p.r.k == 0 ? 0 : x.numel() / p.r.k;
+  p.r.m = leading_rows(x);
   check_packed(op, packed, p.r.k, planes, x);
   p.n = packed.size(0);
   check_same_device(op, scale_name, scale, x);
@@ -56,6 +57,13 @@ inline BitsProduct check_bits_product(const char* op, const at::Tensor& x, const
   check_bias(op, bias, p.n, x);
   p.r.x = x.reshape({p.r.m, p.r.k}).contiguous();
   return p;
+}
+
+// K = 0: every product is an empty sum, so y is the bias (0 without one) in x's dtype,
+// whatever the scales (the reference multiplies them into weights that do not exist).
+inline at::Tensor empty_sum_product(const at::Tensor& x, int64_t n, const std::optional<at::Tensor>& bias) {
+  at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
+  return bias.has_value() ? out.copy_(bias->to(at::kFloat).expand(out.sizes())) : out.zero_();
 }
 
 }  // namespace effgen::ops

@@ -123,7 +123,7 @@ at::Tensor int8_linear(const at::Tensor& xq, const at::Tensor& x_scale, const at
   if (out.numel() == 0) return out;
   at::Tensor out_2d = out.view({-1, n});
   const at::Tensor w = wq.contiguous();
-  int8_gemm_into(xq.reshape({-1, k}).contiguous(), x_scale.contiguous(), x_stride, n, w_scale.contiguous(), w_stride,
+  int8_gemm_into(as_rows(xq).contiguous(), x_scale.contiguous(), x_stride, n, w_scale.contiguous(), w_stride,
                  float_bias(bias), out_2d, canonical_product(w, k));
   return out;
 }
@@ -139,7 +139,7 @@ at::Tensor int8_linear_packed(const at::Tensor& xq, const at::Tensor& x_scale, c
   if (out.numel() == 0) return out;
   at::Tensor out_2d = out.view({-1, n});
   const at::Tensor packed = w_packed.contiguous(), sums = w_sum.contiguous();
-  int8_gemm_into(xq.reshape({-1, k}).contiguous(), x_scale.contiguous(), x_stride, n, w_scale.contiguous(), w_stride,
+  int8_gemm_into(as_rows(xq).contiguous(), x_scale.contiguous(), x_stride, n, w_scale.contiguous(), w_stride,
                  float_bias(bias), out_2d, packed_product(packed, sums, k));
   return out;
 }
@@ -153,7 +153,7 @@ at::Tensor int8_dynamic_linear(const at::Tensor& x, const at::Tensor& wq, const 
   if (out.numel() == 0) return out;
   // Per-token activation quantization with the quant kernel; the int8 copy is a quarter
   // of x (an eighth of fp32 traffic) and is read straight back from cache for small M.
-  const auto [xq, x_scale] = quantize_per_token_cpu(x.reshape({-1, k}));
+  const auto [xq, x_scale] = quantize_per_token_cpu(as_rows(x));
   at::Tensor out_2d = out.view({-1, n});
   const at::Tensor w = wq.contiguous();
   int8_gemm_into(xq, x_scale, x_stride, n, w_scale.contiguous(), w_stride, float_bias(bias), out_2d,
@@ -168,7 +168,7 @@ at::Tensor int8_dynamic_linear_packed(const at::Tensor& x, const at::Tensor& w_p
   const auto [k, n, x_stride, w_stride] = check_int8_dynamic_linear_packed(x, w_packed, w_sum, w_scale, bias);
   at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
   if (out.numel() == 0) return out;
-  const auto [xq, x_scale] = quantize_per_token_cpu(x.reshape({-1, k}));
+  const auto [xq, x_scale] = quantize_per_token_cpu(as_rows(x));
   at::Tensor out_2d = out.view({-1, n});
   const at::Tensor packed = w_packed.contiguous(), sums = w_sum.contiguous();
   int8_gemm_into(xq, x_scale, x_stride, n, w_scale.contiguous(), w_stride, float_bias(bias), out_2d,

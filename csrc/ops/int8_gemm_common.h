@@ -92,6 +92,15 @@ inline int64_t check_activation_rows(const char* op, const char* name, const at:
   return x.size(-1);
 }
 
+// The rows of x [..., K]: M, the product of the leading dims, and x as [M, K] (reshape with
+// -1 cannot say how many rows of K = 0 values there are).
+inline int64_t leading_rows(const at::Tensor& x) {
+  int64_t m = 1;
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) m *= x.size(d);
+  return m;
+}
+inline at::Tensor as_rows(const at::Tensor& x) { return x.reshape({leading_rows(x), x.size(-1)}); }
+
 // The device-independent checks of each op (the glue checks the device first).
 struct Int8LinearShape {
   int64_t k, n, x_stride, w_stride;
@@ -216,7 +225,7 @@ W8A16Shape check_w8a16(const char* op, const at::Tensor& x, const at::Tensor& w_
   s.n = check_weight(s.k);
   std::tie(s.groups, s.group) = check_w8a16_scale(op, w_scale, s.n, s.k, group_size);
   check_bias(op, bias, s.n, x);
-  s.m = s.k == 0 ? x.numel() : x.numel() / s.k;
+  s.m = leading_rows(x);
   return s;
 }
 

@@ -71,7 +71,7 @@ at::Tensor int8_linear(const at::Tensor& xq, const at::Tensor& x_scale, const at
   at::Tensor out = at::empty(linear_out_shape(xq, n), xq.options().dtype(out_dtype));
   if (out.numel() == 0) return out;
   at::Tensor out_2d = out.view({-1, n});
-  launch_gemm(op, xq.reshape({-1, k}).contiguous(), x_scale.contiguous(), x_stride, wq.contiguous(),
+  launch_gemm(op, as_rows(xq).contiguous(), x_scale.contiguous(), x_stride, wq.contiguous(),
               w_scale.contiguous(), w_stride, float_bias(bias), out_2d);
   return out;
 }
@@ -84,7 +84,7 @@ at::Tensor int8_dynamic_linear(const at::Tensor& x, const at::Tensor& wq, const 
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
   if (out.numel() == 0) return out;
-  const auto [xq, x_scale] = quantize_per_token_cuda(x.reshape({-1, k}));
+  const auto [xq, x_scale] = quantize_per_token_cuda(as_rows(x));
   at::Tensor out_2d = out.view({-1, n});
   launch_gemm(op, xq, x_scale, x_stride, wq.contiguous(), w_scale.contiguous(), w_stride, float_bias(bias), out_2d);
   return out;
