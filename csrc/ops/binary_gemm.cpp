@@ -179,18 +179,26 @@ class OutputRows {
       : dtype_(out_2d.scalar_type()), base_(out_2d.data_ptr()), ld_(out_2d.size(1)),
         bias_(bias_f.defined() ? bias_f.data_ptr<float>() : nullptr) {}
 
-  // out[i][j] = y + bias[j], in the output dtype.
-  void put(int64_t i, int64_t j, float y) const {
-    if (bias_ != nullptr) y += bias_[j];
-    const int64_t at = i * ld_ + j;
+  // out[i][j0 + j] = value(j) + bias[j0 + j] for j < count, in the output dtype; the dtype
+  // is looked at once a run, so the loop inlines value (per element, the switch and the
+  // call were 6-8% of a 1 x 576 x 1536 ternary product).
+  template <typename Value>
+  void put_run(int64_t i, int64_t j0, int64_t count, const Value& value) const {
     switch (dtype_) {
-      case at::kBFloat16: static_cast<at::BFloat16*>(base_)[at] = at::BFloat16(y); return;
-      case at::kHalf: static_cast<at::Half*>(base_)[at] = at::Half(y); return;
-      default: static_cast<float*>(base_)[at] = y;
+      case at::kBFloat16: return put_run_as<at::BFloat16>(i, j0, count, value);
+      case at::kHalf: return put_run_as<at::Half>(i, j0, count, value);
+      default: return put_run_as<float>(i, j0, count, value);
     }
   }
 
  private:
+  template <typename T, typename Value>
+  void put_run_as(int64_t i, int64_t j0, int64_t count, const Value& value) const {
+    T* row = static_cast<T*>(base_) + i * ld_ + j0;
+    const float* bias = bias_ == nullptr ? nullptr : bias_ + j0;
+    for (int64_t j = 0; j < count; ++j) row[j] = static_cast<T>(bias == nullptr ? value(j) : value(j) + bias[j]);
+  }
+
   at::ScalarType dtype_;
   void* base_;
   int64_t ld_;
@@ -290,21 +298,21 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_in, const
     const std::vector<float> sums = lut_product(r, n, *lut, 1, "binary_linear");
     const int64_t padded = static_cast<int64_t>(sums.size()) / r.m;
     for_each_row(r.m, n, [&](int64_t i) {
-      for (int64_t j = 0; j < n; ++j) rows.put(i, j, a[j] * (2.0f * sums[i * padded + j] - totals[i]));
+      rows.put_run(i, 0, n, [&](int64_t j) { return a[j] * (2.0f * sums[i * padded + j] - totals[i]); });
     });
     return out;
   }
   for_masked_sum_blocks(r, packed.data_ptr<uint8_t>(), packed.size(1), n, group,
                         [&](int64_t j0, int64_t nb, const float* sums) {
                           for (int64_t i = 0; i < r.m; ++i) {
-                            for (int64_t j = 0; j < nb; ++j) {
+                            rows.put_run(i, j0, nb, [&](int64_t j) {
                               float y = 0.0f;
                               for (int64_t g = 0; g < groups; ++g) {
                                 const float plus = sums[(i * nb + j) * groups + g];
                                 y += a[(j0 + j) * groups + g] * (2.0f * plus - totals[i * groups + g]);
                               }
-                              rows.put(i, j0 + j, y);
-                            }
+                              return y;
+                            });
                           }
                         });
   return out;
@@ -333,7 +341,7 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed_in, cons
     const std::vector<float> sums = lut_product(r, n, *lut, 2, "ternary_linear");
     const int64_t padded = static_cast<int64_t>(sums.size()) / r.m;
     for_each_row(r.m, n, [&](int64_t i) {
-      for (int64_t j = 0; j < n; ++j) rows.put(i, j, s[j * scale_stride] * sums[i * padded + j]);
+      rows.put_run(i, 0, n, [&](int64_t j) { return s[j * scale_stride] * sums[i * padded + j]; });
     });
     return out;
   }
@@ -348,10 +356,8 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed_in, cons
       kernels.masked_sums(dtype, r.x.data_ptr(), r.k, weight_rows + plane, 2 * plane, r.m, nb, r.k, group, minus.data(),
                           nb);
       for (int64_t i = 0; i < r.m; ++i) {
-        for (int64_t j = 0; j < nb; ++j) {
-          float y = s[(j0 + j) * scale_stride] * (plus[i * nb + j] - minus[i * nb + j]);
-          rows.put(i, j0 + j, y);
-        }
+        rows.put_run(i, j0, nb,
+                     [&](int64_t j) { return s[(j0 + j) * scale_stride] * (plus[i * nb + j] - minus[i * nb + j]); });
       }
     }
   });
@@ -385,12 +391,11 @@ at::Tensor xnor_linear(const at::Tensor& x, const at::Tensor& packed_in, const a
       kernels.xor_popcount(x_bits.data(), row_bytes, packed.data_ptr<uint8_t>() + j0 * row_bytes, row_bytes, r.m, nb,
                            row_bytes, disagree.data(), nb);
       for (int64_t i = 0; i < r.m; ++i) {
-        for (int64_t j = 0; j < nb; ++j) {
+        rows.put_run(i, j0, nb, [&](int64_t j) {
           // The sign dot product is K - 2 * disagreements; the zero pad bits always agree.
           const float dot = static_cast<float>(r.k - 2 * int64_t{disagree[i * nb + j]});
-          float y = dot * xs[i] * a[(j0 + j) * alpha_stride];
-          rows.put(i, j0 + j, y);
-        }
+          return dot * xs[i] * a[(j0 + j) * alpha_stride];
+        });
       }
     }
   });
