@@ -327,7 +327,7 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed_in, cons
   const Rows& r = p.r;
   const int64_t n = p.n, scale_stride = p.scale_stride;
   const bool with_lut = lut.has_value() && !expanded_gemm_pays(r.m, n, 2);
-  const int64_t plane = packed_row_bytes(r.k), group = std::max<int64_t>(r.k, 1);
+  const int64_t plane = packed_row_bytes(r.k), group = r.k;  // one group: the whole row
   if ((r.m > kDirectMaxM && !with_lut) || !all_finite(row_totals(r, group, 1))) {
     return linear_with_expanded(r, x, packed_in, 2, scale_in, scale_stride, group, bias);
   }
