@@ -286,6 +286,24 @@ def test_cuda_binary_linear_per_group_alpha(m, group_size, k):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("x_shape,n", [((0, 40), 9), ((3, 40), 0), ((3, 0), 9), ((2, 3, 0), 9)])
+def test_cuda_empty_dimensions_match_reference(x_shape, n):
+    k = x_shape[-1]
+    x, w, bias = torch.randn(x_shape), random_input((n, k)), torch.randn(n)
+    packed, alpha = ref.pack_binary(w), torch.rand(n) + 0.5
+    tpacked, scale = ref.ternarize_weight(w)
+    cases = [(ops.binary_linear(x.cuda(), packed.cuda(), alpha.cuda(), bias.cuda()),
+              ref.binary_linear(x, packed, alpha, bias)),
+             (ops.ternary_linear(x.cuda(), tpacked.cuda(), scale.cuda(), bias.cuda()),
+              ref.ternary_linear(x, tpacked, scale, bias)),
+             (ops.xnor_linear(x.cuda(), packed.cuda(), alpha.cuda(), bias.cuda()),
+              ref.xnor_linear(x, packed, alpha, bias))]
+    for out, expected in cases:
+        assert out.shape == expected.shape and out.dtype == expected.dtype
+        torch.testing.assert_close(out.cpu(), expected, rtol=0, atol=0 if k == 0 else 1e-4)
+
+
+@pytest.mark.cuda
 def test_cuda_binary_opcheck_and_layers():
     x, w = random_input((5, 37)).cuda(), random_input((6, 37)).cuda()
     packed, alpha = ops.pack_binary(w), w.abs().mean(1)

@@ -481,6 +481,24 @@ def test_empty_dimensions_match_reference(isa, x_shape, n):
         torch.testing.assert_close(out, expected, rtol=0, atol=0 if k == 0 else 0.05)
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("x_shape,n", [((0, 40), 9), ((3, 40), 0), ((3, 0), 9), ((2, 3, 0), 9)])
+def test_cuda_empty_dimensions_match_reference(x_shape, n):
+    k = x_shape[-1]
+    x, bias = torch.randn(x_shape), torch.randn(n)
+    wq, w_scale = ops.quantize_per_channel(random_input((n, k)), 0)
+    xq, x_scale = ops.quantize_per_token(x)
+    cases = [(ops.int8_linear(xq.cuda(), x_scale.cuda(), wq.cuda(), w_scale.cuda(), bias.cuda()),
+              ref.int8_linear(xq, x_scale, wq, w_scale, bias)),
+             (ops.int8_dynamic_linear(x.cuda(), wq.cuda(), w_scale.cuda(), bias.cuda()),
+              ref.int8_dynamic_linear(x, wq, w_scale, bias)),
+             (ops.int8_weight_only_linear(x.cuda(), wq.cuda(), w_scale.cuda(), bias.cuda()),
+              ref.int8_weight_only_linear(x, wq, w_scale, bias))]
+    for out, expected in cases:
+        assert out.shape == expected.shape and out.dtype == expected.dtype
+        torch.testing.assert_close(out.cpu(), expected, rtol=0, atol=0 if k == 0 else 0.05)
+
+
 @pytest.mark.parametrize("case", range(8))
 def test_opcheck(case):
     x = random_input((5, 37))

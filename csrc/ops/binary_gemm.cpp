@@ -280,7 +280,7 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_in, const
   constexpr const char* op = "binary_linear";
   check_cpu(op, "x", x);
   const BitsProduct p = check_bits_product(op, x, packed_in, 1, "alpha", alpha_in, bias, true, group_size);
-  if (p.r.k == 0) return empty_sum_product(x, p.n, bias);
+  if (p.r.k == 0) return empty_sum_product(x, p.n, x.options(), bias);
   const Rows& r = p.r;
   const int64_t n = p.n, groups = p.groups, group = p.group;
   const bool with_lut = lut.has_value() && groups == 1 && !expanded_gemm_pays(r.m, n, 1);
@@ -323,7 +323,7 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed_in, cons
   constexpr const char* op = "ternary_linear";
   check_cpu(op, "x", x);
   const BitsProduct p = check_bits_product(op, x, packed_in, 2, "scale", scale_in, bias, false);
-  if (p.r.k == 0) return empty_sum_product(x, p.n, bias);
+  if (p.r.k == 0) return empty_sum_product(x, p.n, x.options(), bias);
   const Rows& r = p.r;
   const int64_t n = p.n, scale_stride = p.scale_stride;
   const bool with_lut = lut.has_value() && !expanded_gemm_pays(r.m, n, 2);

@@ -1,7 +1,6 @@
 // Argument checks shared by the CPU and CUDA glue of the binary_gemm family.
 #pragma once
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 #include "int8_gemm_common.h"
@@ -57,13 +56,6 @@ inline BitsProduct check_bits_product(const char* op, const at::Tensor& x, const
   check_bias(op, bias, p.n, x);
   p.r.x = x.reshape({p.r.m, p.r.k}).contiguous();
   return p;
-}
-
-// K = 0: every product is an empty sum, so y is the bias (0 without one) in x's dtype,
-// whatever the scales (the reference multiplies them into weights that do not exist).
-inline at::Tensor empty_sum_product(const at::Tensor& x, int64_t n, const std::optional<at::Tensor>& bias) {
-  at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
-  return bias.has_value() ? out.copy_(bias->to(at::kFloat).expand(out.sizes())) : out.zero_();
 }
 
 }  // namespace effgen::ops

@@ -92,7 +92,7 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed, const at
   constexpr const char* op = "binary_linear";
   check_cuda(op, "x", x);
   const BitsProduct p = check_bits_product(op, x, packed, 1, "alpha", alpha, bias, true, group_size);
-  if (p.r.k == 0) return empty_sum_product(x, p.n, bias);
+  if (p.r.k == 0) return empty_sum_product(x, p.n, x.options(), bias);
   const Rows& r = p.r;
   const int64_t groups = p.groups, group = p.group;
   const c10::cuda::CUDAGuard guard(x.device());
@@ -110,7 +110,7 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed, const a
   constexpr const char* op = "ternary_linear";
   check_cuda(op, "x", x);
   const BitsProduct p = check_bits_product(op, x, packed, 2, "scale", scale, bias, false);
-  if (p.r.k == 0) return empty_sum_product(x, p.n, bias);
+  if (p.r.k == 0) return empty_sum_product(x, p.n, x.options(), bias);
   const Rows& r = p.r;
   const int64_t scale_stride = p.scale_stride;
   const c10::cuda::CUDAGuard guard(x.device());

@@ -1,6 +1,7 @@
 // Argument checks and shapes shared by the CPU and CUDA glue of the int8_gemm family.
 #pragma once
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 #include <tuple>
@@ -100,6 +101,15 @@ inline int64_t leading_rows(const at::Tensor& x) {
   return m;
 }
 inline at::Tensor as_rows(const at::Tensor& x) { return x.reshape({leading_rows(x), x.size(-1)}); }
+
+// K = 0: every product is an empty sum, so the output (of x's leading dims by n, with
+// `options`) is the bias, 0 without one, whatever the scales (the reference multiplies them
+// into products that do not exist).
+inline at::Tensor empty_sum_product(const at::Tensor& x, int64_t n, const at::TensorOptions& options,
+                                    const std::optional<at::Tensor>& bias) {
+  at::Tensor out = at::empty(linear_out_shape(x, n), options);
+  return bias.has_value() ? out.copy_(bias->to(at::kFloat).expand(out.sizes())) : out.zero_();
+}
 
 // The device-independent checks of each op (the glue checks the device first).
 struct Int8LinearShape {

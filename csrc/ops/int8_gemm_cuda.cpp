@@ -67,6 +67,7 @@ at::Tensor int8_linear(const at::Tensor& xq, const at::Tensor& x_scale, const at
   constexpr const char* op = "int8_linear";
   check_cuda(op, "xq", xq);
   const auto [k, n, x_stride, w_stride] = check_int8_linear(xq, x_scale, wq, w_scale, bias, out_dtype);
+  if (k == 0) return empty_sum_product(xq, n, xq.options().dtype(out_dtype), bias);
   const c10::cuda::CUDAGuard guard(xq.device());
   at::Tensor out = at::empty(linear_out_shape(xq, n), xq.options().dtype(out_dtype));
   if (out.numel() == 0) return out;
@@ -81,6 +82,7 @@ at::Tensor int8_dynamic_linear(const at::Tensor& x, const at::Tensor& wq, const 
   constexpr const char* op = "int8_dynamic_linear";
   check_cuda(op, "x", x);
   const auto [k, n, x_stride, w_stride] = check_int8_dynamic_linear(x, wq, w_scale, bias);
+  if (k == 0) return empty_sum_product(x, n, x.options(), bias);
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
   if (out.numel() == 0) return out;
@@ -95,6 +97,7 @@ at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, co
   constexpr const char* op = "int8_weight_only_linear";
   check_cuda(op, "x", x);
   const auto [k, n, m, groups, group] = check_int8_weight_only_linear(x, wq, w_scale, bias, group_size);
+  if (k == 0) return empty_sum_product(x, n, x.options(), bias);
   const c10::cuda::CUDAGuard guard(x.device());
   if (m > cuda::kW8A16MaxM) {  // a compute problem: dequantize once, then cuBLAS
     const at::Tensor w = group_size.has_value()
