@@ -262,6 +262,8 @@ def int8_weight_only_linear_packed(x, w_packed, w_sum, w_scale, bias=None, group
 # bits past K are 0. Binary: bit 1 means +1 (w >= 0, so sign(0) = +1), bit 0 means -1.
 # Ternary rows hold two such bit planes, [positive plane | negative plane], each
 # ceil(K / 8) bytes: +1 sets the positive bit, -1 the negative bit, 0 neither (2 bits/weight).
+# binary_linear and ternary_linear are float products x @ w^T: Inf or NaN in x gives what
+# IEEE arithmetic gives (Inf * 0 = NaN for a zero ternary weight), and K = 0 gives the bias.
 # ---------------------------------------------------------------------------------------
 def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
     """bool [N, K] -> uint8 [N, ceil(K/8)], LSB first, zero padding."""
