@@ -208,6 +208,11 @@ class OutputRows {
 // A lut tensor's dtype says its layout: uint8 for 4-bit fields, int32 lanes for 3-bit ones.
 at::ScalarType lut_dtype(cpu::LutLayout layout) { return layout.width == 4 ? at::kByte : at::kInt; }
 
+// Elements of a lut tensor's row: one tile of `layout`.
+int64_t lut_row_elements(cpu::LutLayout layout, int64_t k, int planes) {
+  return layout.tile_bytes(k, planes) / static_cast<int64_t>(c10::elementSize(lut_dtype(layout)));
+}
+
 at::Tensor lut_tiles(const at::Tensor& packed_in, int64_t k, int64_t planes) {
   constexpr const char* op = "lut_tiles";
   TORCH_CHECK_VALUE(planes == 1 || planes == 2, op, ": planes must be 1 (binary) or 2 (ternary), got ", planes);
@@ -218,8 +223,8 @@ at::Tensor lut_tiles(const at::Tensor& packed_in, int64_t k, int64_t planes) {
   const cpu::LutLayout layout = cpu::binary_gemm_kernels().lut_layout;
   const at::ScalarType dtype = lut_dtype(layout);
   const int64_t tiles = (packed.size(0) + cpu::kLutTileRows - 1) / cpu::kLutTileRows;
-  const int64_t tile_bytes = layout.tile_bytes(k, static_cast<int>(planes));
-  at::Tensor out = at::empty({tiles, tile_bytes / c10::elementSize(dtype)}, packed.options().dtype(dtype));
+  at::Tensor out = at::empty({tiles, lut_row_elements(layout, k, static_cast<int>(planes))},
+                             packed.options().dtype(dtype));
   cpu::tile_for_lut(layout, packed.data_ptr<uint8_t>(), packed.size(0), k, static_cast<int>(planes),
                     static_cast<uint8_t*>(out.data_ptr()));
   return out;
@@ -229,12 +234,11 @@ at::Tensor lut_tiles(const at::Tensor& packed_in, int64_t k, int64_t planes) {
 cpu::LutLayout checked_lut_layout(const at::Tensor& lut, int64_t n, int64_t k, int planes, const char* op) {
   const cpu::LutLayout layout = lut.scalar_type() == at::kInt ? cpu::kLutTriples : cpu::kLutNibbles;
   const int64_t tiles_n = (n + cpu::kLutTileRows - 1) / cpu::kLutTileRows;
-  const at::ScalarType dtype = lut_dtype(layout);
-  const int64_t row_elements = layout.tile_bytes(k, planes) / c10::elementSize(dtype);
+  const int64_t row_elements = lut_row_elements(layout, k, planes);
   TORCH_CHECK_VALUE((lut.scalar_type() == at::kByte || lut.scalar_type() == at::kInt) && lut.dim() == 2 &&
                         lut.size(0) == tiles_n && lut.size(1) == row_elements,
                     op, ": lut must come from lut_tiles(packed, K = ", k, ", planes = ", planes,
-                    ") of this packed weight ([", tiles_n, ", ", row_elements, "] ", dtype, "), got ",
+                    ") of this packed weight ([", tiles_n, ", ", row_elements, "] ", lut_dtype(layout), "), got ",
                     lut.scalar_type(), " of shape ", lut.sizes());
   return layout;
 }
