@@ -43,6 +43,14 @@ def random_input(shape, dtype=torch.float32, seed=None, scale=3.0):
     return (torch.randn(shape, generator=gen) * scale).to(dtype)
 
 
+def assert_products_match(cases, k: int, atol: float) -> None:
+    """(ours, reference) pairs of linear outputs: same shape and dtype, and close (exactly
+    the bias when K = 0, where no product is summed)."""
+    for out, expected in cases:
+        assert out.shape == expected.shape and out.dtype == expected.dtype
+        torch.testing.assert_close(out.cpu(), expected, rtol=0, atol=0 if k == 0 else atol)
+
+
 def load_example(name: str):
     """An examples/<name>.py script as a module (examples are scripts, not a package)."""
     path = Path(__file__).resolve().parent.parent / "examples" / f"{name}.py"

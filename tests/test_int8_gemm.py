@@ -5,7 +5,7 @@ import io
 
 import pytest
 import torch
-from conftest import CPU_ISAS, FLOAT_DTYPES, random_input, run_cuda_host_check
+from conftest import CPU_ISAS, FLOAT_DTYPES, assert_products_match, random_input, run_cuda_host_check
 from test_quant import assert_same_bits
 from torch.library import opcheck
 
@@ -476,9 +476,7 @@ def test_empty_dimensions_match_reference(isa, x_shape, n):
     linear = torch.nn.Linear(k, n)
     for layer in [ek.nn.Int8Linear, ek.nn.Int8WeightOnlyLinear]:
         cases.append((layer.from_float(linear)(x), linear(x).detach()))
-    for out, expected in cases:
-        assert out.shape == expected.shape and out.dtype == expected.dtype
-        torch.testing.assert_close(out, expected, rtol=0, atol=0 if k == 0 else 0.05)
+    assert_products_match(cases, k, atol=0.05)
 
 
 @pytest.mark.cuda
@@ -494,9 +492,7 @@ def test_cuda_empty_dimensions_match_reference(x_shape, n):
               ref.int8_dynamic_linear(x, wq, w_scale, bias)),
              (ops.int8_weight_only_linear(x.cuda(), wq.cuda(), w_scale.cuda(), bias.cuda()),
               ref.int8_weight_only_linear(x, wq, w_scale, bias))]
-    for out, expected in cases:
-        assert out.shape == expected.shape and out.dtype == expected.dtype
-        torch.testing.assert_close(out.cpu(), expected, rtol=0, atol=0 if k == 0 else 0.05)
+    assert_products_match(cases, k, atol=0.05)
 
 
 @pytest.mark.parametrize("case", range(8))
