@@ -105,12 +105,12 @@ at::Tensor unpack_ternary(const at::Tensor& packed_in, int64_t k) {
 
 // ---- products --------------------------------------------------------------------------
 // Sums of x over the set bits of each weight row, per group: [M, n_block * groups] per
-// 64-row block of weights, handed to `epilogue(j0, nb, sums)` in parallel.
+// 64-row block of weights, handed to `epilogue(j0, nb, sums)` in parallel; groups and
+// group as the caller's checks counted them, so the epilogue reads what was written.
 template <typename Epilogue>
-void for_masked_sum_blocks(const Rows& r, const uint8_t* bits, int64_t ldb, int64_t n, int64_t group,
+void for_masked_sum_blocks(const Rows& r, const uint8_t* bits, int64_t ldb, int64_t n, int64_t groups, int64_t group,
                            Epilogue&& epilogue) {
   const auto& kernels = cpu::binary_gemm_kernels();
-  const int64_t groups = r.k == 0 ? 0 : (r.k + group - 1) / group;
   at::parallel_for(0, (n + kBlockN - 1) / kBlockN, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> sums(static_cast<size_t>(r.m * kBlockN * groups));
     for (int64_t block = begin; block < end; ++block) {
@@ -306,7 +306,7 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_in, const
     });
     return out;
   }
-  for_masked_sum_blocks(r, packed.data_ptr<uint8_t>(), packed.size(1), n, group,
+  for_masked_sum_blocks(r, packed.data_ptr<uint8_t>(), packed.size(1), n, groups, group,
                         [&](int64_t j0, int64_t nb, const float* sums) {
                           for (int64_t i = 0; i < r.m; ++i) {
                             rows.put_run(i, j0, nb, [&](int64_t j) {

@@ -451,8 +451,9 @@ at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, co
 // Decode sizes that fixed point does not take (groups that do not start on packed blocks,
 // Inf / NaN in x): the W8A16 kernel on packed weights unpacked a column group at a time
 // (unpacking the whole layer first cost 5 ms at 2048 x 2048, for a 0.2 ms product).
-void w8a16_kernel_over_unpacked_groups(const at::Tensor& x2, const at::Tensor& w_packed, int64_t n, const at::Tensor& scale,
-                           int64_t groups, int64_t group_size, const at::Tensor& bias_f, at::Tensor& out_2d) {
+void w8a16_kernel_over_unpacked_groups(const at::Tensor& x2, const at::Tensor& w_packed, int64_t n,
+                                       const at::Tensor& scale, int64_t groups, int64_t group_size,
+                                       const at::Tensor& bias_f, at::Tensor& out_2d) {
   const int64_t k = x2.size(1);
   at::parallel_for(0, at::divup(n, kBlockN), 1, [&](int64_t begin, int64_t end) {
     for_unpacked_column_groups(w_packed, begin * kBlockN, std::min(end * kBlockN, n), k,
