@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from ._scales import Float32Scales
 from ._trainable import trainable_copy
 
 
@@ -38,16 +39,22 @@ def _ternary(weight: torch.Tensor, per_channel: bool) -> tuple[torch.Tensor, tor
     return q.to(torch.int8), s
 
 
-class _PackedLinear(nn.Module):
+def _rebuild_lut(module: _PackedLinear, incompatible_keys) -> None:
+    """load_state_dict post-hook (a module-level function, so that the module pickles)."""
+    module.refresh_lut()
+
+
+class _PackedLinear(Float32Scales):
     """Keeps ``weight_lut``, the CPU lookup-table layout of ``weight_packed``: derived data,
     rebuilt after every load and never saved (non-persistent buffer). It doubles the weight
     bytes held in memory, but a decode step reads only it."""
 
     _lut_planes = 1
+    _float32_buffers = ("alpha", "weight_scale")
 
     def _init_lut(self) -> None:
         self.register_buffer("weight_lut", None, persistent=False)
-        self.register_load_state_dict_post_hook(lambda module, keys: module.refresh_lut())
+        self.register_load_state_dict_post_hook(_rebuild_lut)
 
     def _uses_lut(self) -> bool:
         return True
