@@ -66,6 +66,8 @@ TORCH_LIBRARY(effgen, m) {
   // int8_dynamic_linear with weights packed by int8_pack_weight (CPU): w_packed int8
   // [ceil(N/16), ceil(K/4), 64] of 16 channels x 4 values of K per block, w_sum int32 [N].
   m.def("int8_dynamic_linear_packed(Tensor x, Tensor w_packed, Tensor w_sum, Tensor w_scale, Tensor? bias=None) -> Tensor");
+  // The canonical int8 [N, K] weights of int8_pack_weight's layout (a new tensor; any device).
+  m.def("int8_unpack_weight(Tensor w_packed, int n, int k) -> Tensor");
   // W8A16: x @ (wq * w_scale)^T + bias, per-channel or per-group scales, fp32 accumulation.
   m.def("int8_weight_only_linear(Tensor x, Tensor wq, Tensor w_scale, Tensor? bias=None, int? group_size=None) -> Tensor");
   // W8A16 with per-channel scales from int8_pack_weight's layout (CPU): the activations as

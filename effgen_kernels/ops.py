@@ -125,9 +125,7 @@ def int8_pack_weight(wq: torch.Tensor, group_size: int | None = None) -> tuple[t
 
 def int8_unpack_weight(w_packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
     """The canonical int8 [N, K] weights of an int8_pack_weight layout (a new tensor)."""
-    groups, quads, _ = w_packed.shape
-    blocks = w_packed.reshape(groups, quads, 16, 4).permute(0, 2, 1, 3)
-    return blocks.reshape(groups * 16, quads * 4)[:n, :k].contiguous()
+    return _ops.int8_unpack_weight(w_packed, n, k)
 
 
 def int8_linear_packed(xq: torch.Tensor, x_scale: torch.Tensor, w_packed: torch.Tensor, w_sum: torch.Tensor,
@@ -426,9 +424,12 @@ def _(packed, scales, n, block_size):
     return packed.new_empty((n,), dtype=torch.float32)
 
 
-# The fake-quant ops' autograd (straight-through for the cachemask ops, LSQ for the learnable
-# one) is registered in C++ (csrc/ops/quant_autograd.cpp): a Python autograd.Function per call
-# cost more than the kernels on small tensors.
+# Autograd is registered in C++ (csrc/ops/autograd.cpp): a Python autograd.Function per call
+# cost more than the kernels on small tensors. The fake-quant ops: straight-through for the
+# cachemask ops, LSQ for the learnable one. The quantized linear ops (int8_dynamic_linear,
+# int8_weight_only_linear, their packed forms, binary_linear, ternary_linear, xnor_linear):
+# gradients of x and bias, the weights' codes and scales being constants (semantics in
+# reference.py, "Gradients of the quantized linear ops").
 
 
 # ---------------------------------------------------------------------------------------

@@ -30,6 +30,20 @@ The int8_gemm family
   kernels sum in a different order: compare with a tolerance), output in x's dtype.
 - ``int8_weight_only_linear_packed``: the same from int8_pack_weight's layout, per channel or
   per group (the CPU kernel rounds activations to fixed point per token: see ops).
+
+Gradients of the quantized linear ops (int8_dynamic_linear, int8_weight_only_linear, their
+packed forms, binary_linear, ternary_linear, xnor_linear)
+- With W the float weights the codes and scales stand for (``int8_weight_only_linear``'s,
+  ``binary_linear``'s and ``ternary_linear``'s own), ``dL/dx = dL/dy @ W`` and
+  ``dL/dbias = dL/dy`` summed over rows: the autograd of these reference functions, except
+  that the kernels multiply in the gradient's dtype (W rounded to it, as F.linear's
+  backward does) where the reference multiplies in fp32.
+- int8_dynamic_linear: straight through the per-token rounding of x, i.e. the gradient of
+  ``int8_weight_only_linear`` on the same weights (Int8TrainLinear's estimator).
+- xnor_linear: the gradient of ``binary_linear(sign(x) * mean|x|)`` with a clipped
+  straight-through sign (gradient 1 where ``|x| <= 1``) and the mean's own term
+  (BinaryTrainLinear's estimator with binary activations).
+- Codes and scales are constants: a scale that requires grad is an error.
 """
 
 import torch

@@ -302,7 +302,7 @@ def test_torch_compile_fullgraph():
 
 
 def test_torch_compile_fullgraph_trains_through_the_autograd():
-    # The C++ autograd of the fake-quant ops (csrc/ops/quant_autograd.cpp) traced by
+    # The C++ autograd of the fake-quant ops (csrc/ops/autograd.cpp) traced by
     # AOTAutograd: compiled gradients are the eager ones bit for bit, straight-through and LSQ.
     def loss(x, scale, zp, learn_scale, learn_zp):
         y = ops.fake_quantize_per_tensor(x, 0.05, 1, -128, 127) * ops.fake_quantize_per_channel(x, scale, zp, 1,

@@ -1,19 +1,171 @@
-"""What every quantized linear layer does alike: dtype casts that keep the scales in float32,
-whole-module pickling."""
+"""What every quantized linear op and layer does alike: input and bias gradients (frozen
+quantized weights), dtype casts that keep the scales in float32, whole-module pickling."""
 
 import copy
 import io
+from collections.abc import Callable
+from functools import partial
+from typing import NamedTuple
 
 import pytest
 import torch
 from conftest import random_input
 from test_quant import assert_same_bits
+from torch.library import opcheck
 
 import effgen_kernels as ek
+from effgen_kernels import ops
+from effgen_kernels import reference as ref
 
 N, K = 37, 80  # N odd (a partial block of 16 channels), K a multiple of the group size 16
 
 
+def straight_through_binarized(x: torch.Tensor) -> torch.Tensor:
+    """XNOR-Net's activations sign(x) * mean |x| per row, with BinaryTrainLinear's clipped
+    straight-through sign (gradient 1 where |x| <= 1, 0 elsewhere)."""
+    sign = torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+    clipped = x * (x.abs() <= 1)
+    return (clipped + (sign - clipped).detach()) * x.abs().mean(dim=-1, keepdim=True)
+
+
+class Case(NamedTuple):
+    """An op called as op(x, *weights, bias, *options), and its float twin in reference.py,
+    twin(x, bias=bias), whose autograd defines the gradients (W8A8 passes them straight through
+    its activation rounding, XNOR through straight_through_binarized)."""
+    op: torch._ops.OpOverload
+    weights: tuple
+    options: tuple
+    twin: Callable
+
+    def __call__(self, x, bias):
+        return self.op(x, *self.weights, bias, *self.options)
+
+
+def weight_cases(device: str) -> dict[str, Case]:
+    w = random_input((N, K), scale=0.1, seed=1).to(device)
+    wq, w_scale = ops.quantize_per_channel(w, 0)
+    gq, g_scale = ops.quantize_per_group(w, 16)
+    bits, alpha = ref.binarize_weight(w)
+    group_bits, group_alpha = ref.binarize_weight(w, 16)
+    trits, t_scale = ref.ternarize_weight(w)
+    tensor_trits, tensor_scale = ref.ternarize_weight(w, per_channel=False)
+    e = torch.ops.effgen
+    per_channel = partial(ref.int8_weight_only_linear, wq=wq, w_scale=w_scale)
+    per_group = partial(ref.int8_weight_only_linear, wq=gq, w_scale=g_scale, group_size=16)
+    binary = partial(ref.binary_linear, packed=bits, alpha=alpha)
+    cases = {
+        "int8_dynamic_linear": Case(e.int8_dynamic_linear.default, (wq, w_scale), (), per_channel),
+        "int8_weight_only_linear": Case(e.int8_weight_only_linear.default, (wq, w_scale), (None,), per_channel),
+        "int8_weight_only_linear group 16": Case(e.int8_weight_only_linear.default, (gq, g_scale), (16,), per_group),
+        "binary_linear": Case(e.binary_linear.default, (bits, alpha), (None, None), binary),
+        "binary_linear group 16": Case(e.binary_linear.default, (group_bits, group_alpha), (16, None),
+                                       partial(ref.binary_linear, packed=group_bits, alpha=group_alpha, group_size=16)),
+        "ternary_linear": Case(e.ternary_linear.default, (trits, t_scale), (None,),
+                               partial(ref.ternary_linear, packed=trits, scale=t_scale)),
+        "ternary_linear per tensor": Case(e.ternary_linear.default, (tensor_trits, tensor_scale), (None,),
+                                          partial(ref.ternary_linear, packed=tensor_trits, scale=tensor_scale)),
+        "xnor_linear": Case(e.xnor_linear.default, (bits, alpha), (),
+                            lambda x, bias: binary(straight_through_binarized(x), bias=bias)),
+    }
+    if device == "cpu":  # the packed int8 layout and the lookup tables are CPU-only
+        packed, sums = ops.int8_pack_weight(wq)
+        group_packed, group_sums = ops.int8_pack_weight(gq, 16)
+        cases.update({
+            "int8_dynamic_linear_packed": Case(e.int8_dynamic_linear_packed.default, (packed, sums, w_scale), (),
+                                               per_channel),
+            "int8_weight_only_linear_packed": Case(e.int8_weight_only_linear_packed.default, (packed, sums, w_scale),
+                                                   (None,), per_channel),
+            "int8_weight_only_linear_packed group 16": Case(e.int8_weight_only_linear_packed.default,
+                                                            (group_packed, group_sums, g_scale), (16,), per_group),
+            "binary_linear lookup table": Case(e.binary_linear.default, (bits, alpha),
+                                               (None, ops.lut_tiles(bits, K, 1)), binary),
+        })
+    return cases
+
+
+def assert_gradients_close(ours: torch.Tensor, expected: torch.Tensor) -> None:
+    """fp32: as close as two summation orders; 16-bit: our backward multiplies in x's dtype
+    (weights rounded to it, as F.linear's backward does), the reference in fp32 rounded once,
+    so within a few units of 2^-8 relative to the gradient's size."""
+    assert ours.shape == expected.shape and ours.dtype == expected.dtype
+    if ours.dtype == torch.float32:
+        torch.testing.assert_close(ours, expected)
+    else:
+        error = (ours.float() - expected.float()).norm() / expected.float().norm()
+        assert error < 2.0 ** -7, error
+
+
+CPU_CASES = list(weight_cases("cpu"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", CPU_CASES)
+def test_input_and_bias_gradients_match_the_reference(case, dtype):
+    case = weight_cases("cpu")[case]
+    base = random_input((2, 3, 2 * K), dtype, scale=1.0, seed=2).requires_grad_()
+    x = base[..., ::2]  # 3-D and non-contiguous; |x| on both sides of 1 (XNOR's clip)
+    bias = random_input((N,), dtype, seed=3).requires_grad_()
+    y = case(x, bias)
+    grad_y = random_input(y.shape, dtype, seed=4)
+    grads = torch.autograd.grad(y, (x, bias), grad_y)
+    expected = torch.autograd.grad(case.twin(x, bias=bias), (x, bias), grad_y)
+    for ours, reference_grad in zip(grads, expected, strict=True):
+        assert_gradients_close(ours, reference_grad)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", [c for c in CPU_CASES if "packed" not in c and "lookup" not in c])
+def test_cuda_input_and_bias_gradients_match_the_reference(case, dtype):
+    case = weight_cases("cuda")[case]
+    x = random_input((2, 3, K), dtype, scale=1.0, seed=2).cuda().requires_grad_()
+    bias = random_input((N,), dtype, seed=3).cuda().requires_grad_()
+    y = case(x, bias)
+    grad_y = random_input(y.shape, dtype, seed=4).cuda()
+    grads = torch.autograd.grad(y, (x, bias), grad_y)
+    expected = torch.autograd.grad(case.twin(x, bias=bias), (x, bias), grad_y)
+    for ours, reference_grad in zip(grads, expected, strict=True):
+        assert_gradients_close(ours, reference_grad)
+
+
+@pytest.mark.parametrize("case", ["int8_dynamic_linear_packed", "int8_weight_only_linear group 16", "binary_linear",
+                                  "ternary_linear", "xnor_linear"])
+def test_only_the_asked_gradients_are_computed(case):
+    case = weight_cases("cpu")[case]
+    x, bias = random_input((5, K), scale=1.0), random_input((N,))
+    x_only = case(x.requires_grad_(), bias)
+    (grad_x,) = torch.autograd.grad(x_only.sum(), (x,))
+    torch.testing.assert_close(grad_x, torch.autograd.grad(case.twin(x, bias=bias).sum(), (x,))[0])
+    bias_only = case(x.detach(), bias.requires_grad_())
+    (grad_bias,) = torch.autograd.grad(bias_only.sum(), (bias,))
+    assert_same_bits(grad_bias, torch.full((N,), 5.0))
+    with torch.no_grad():  # nothing recorded: the inference path
+        assert not case(x, bias).requires_grad
+
+
+def test_scales_asking_for_a_gradient_are_refused_by_name():
+    x = random_input((3, K)).requires_grad_()
+    bits, alpha = ref.binarize_weight(random_input((N, K)))
+    wq, w_scale = ops.quantize_per_channel(random_input((N, K)), 0)
+    with pytest.raises(RuntimeError, match="binary_linear: alpha takes no gradient"):
+        ops.binary_linear(x, bits, alpha.requires_grad_())
+    with pytest.raises(RuntimeError, match="int8_weight_only_linear: w_scale takes no gradient"):
+        ops.int8_weight_only_linear(x.detach(), wq, w_scale.requires_grad_())
+    with torch.no_grad():  # nothing to differentiate: runs
+        ops.int8_weight_only_linear(x, wq, w_scale)
+
+
+@pytest.mark.parametrize("case", CPU_CASES)
+def test_opcheck_with_gradients(case):
+    # autograd registration, and AOT dispatch of the backward, with x and bias asking for gradients
+    case = weight_cases("cpu")[case]
+    x, bias = random_input((4, K), scale=1.0).requires_grad_(), random_input((N,)).requires_grad_()
+    opcheck(case.op, (x, *case.weights, bias, *case.options))
+
+
+# ---------------------------------------------------------------------------------------
+# layers
+# ---------------------------------------------------------------------------------------
 def smoothed_int8(linear):
     return ek.nn.Int8Linear.from_float(linear, activation_absmax=random_input((K,), seed=5).abs() + 0.1)
 
@@ -62,3 +214,51 @@ def test_whole_layers_pickle(name):
     loaded = torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
     x = random_input((2, K))
     assert_same_bits(loaded(x), original(x))
+
+
+TRAINABLE = {
+    "Int8TrainLinear": lambda linear: ek.nn.Int8TrainLinear.from_float(linear),
+    "BinaryTrainLinear": lambda linear: ek.nn.BinaryTrainLinear.from_float(linear),
+    "BinaryTrainLinear group 16": lambda linear: ek.nn.BinaryTrainLinear.from_float(linear, group_size=16),
+    "BinaryTrainLinear XNOR": lambda linear: ek.nn.BinaryTrainLinear.from_float(linear, binary_activations=True),
+    "TernaryTrainLinear": lambda linear: ek.nn.TernaryTrainLinear.from_float(linear),
+    "TernaryTrainLinear per tensor": lambda linear: ek.nn.TernaryTrainLinear.from_float(linear, per_channel=False),
+}
+
+
+@pytest.mark.parametrize("name", list(TRAINABLE))
+def test_inference_layers_pass_the_input_gradients_of_their_training_forms(name):
+    # The trainable layer's straight-through estimators (nn/binary.py, nn/int8.py), in
+    # training mode, against the packed layer it converts to: the same input gradients.
+    torch.manual_seed(0)
+    trainable = TRAINABLE[name](torch.nn.Linear(K, N))
+    inference = trainable.to_inference()
+    x = random_input((5, K), scale=1.0, seed=6).requires_grad_()
+    grad_y = random_input((5, N), seed=7)
+    expected = torch.autograd.grad(trainable(x), (x, trainable.bias), grad_y)
+    ours = torch.autograd.grad(inference(x), (x,), grad_y)[0]
+    torch.testing.assert_close(ours, expected[0])
+    inference.bias.requires_grad_()
+    torch.testing.assert_close(torch.autograd.grad(inference(x), (inference.bias,), grad_y)[0], expected[1])
+
+
+@pytest.mark.parametrize("name", ["Int8Linear", "Int8WeightOnlyLinear group 16", "BinaryLinear", "BinaryLinear XNOR",
+                                  "TernaryLinear"])
+def test_a_frozen_quantized_layer_trains_the_adapter_before_it_compiled(name):
+    # An adapter in front of a frozen quantized layer, as in QLoRA: torch.compile traces the
+    # backward through the C++ autograd, with the same gradients as eager.
+    adapter = torch.nn.Linear(K, K)
+    model = torch.nn.Sequential(adapter, layer(name))
+    x, target = random_input((6, K), scale=0.3, seed=8), random_input((6, N), seed=9)
+
+    def adapter_grads(run):
+        adapter.zero_grad()
+        torch.nn.functional.mse_loss(run(x), target).backward()
+        return [p.grad.clone() for p in adapter.parameters()]
+
+    eager = adapter_grads(model)
+    assert all(g.abs().sum() > 0 for g in eager)
+    torch._dynamo.reset()  # nn.Sequential.forward's graphs from other tests count against the recompile limit
+    compiled = adapter_grads(torch.compile(model, fullgraph=True, backend="aot_eager"))
+    for ours, expected in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(ours, expected)

@@ -497,7 +497,26 @@ at::Tensor int8_weight_only_linear_packed(const at::Tensor& x, const at::Tensor&
   return out;
 }
 
+// int8_pack_weight's blocks back to the canonical int8 [N, K] rows (a new tensor). Torch ops
+// only: one definition serves every device, torch.compile and the backward of the packed ops.
+at::Tensor int8_unpack_weight(const at::Tensor& w_packed, int64_t n, int64_t k) {
+  constexpr const char* op = "int8_unpack_weight";
+  TORCH_CHECK_VALUE(n >= 0 && k >= 0, op, ": n and k must be >= 0, got n = ", n, ", k = ", k);
+  check_packed_layout(op, w_packed, n, k, w_packed);
+  const int64_t blocks = w_packed.size(0), quads = w_packed.size(1);
+  return w_packed.reshape({blocks, quads, cpu::kPackCols, cpu::kPackDepth})
+      .permute({0, 2, 1, 3})
+      .reshape({blocks * cpu::kPackCols, quads * cpu::kPackDepth})
+      .slice(0, 0, n)
+      .slice(1, 0, k)
+      .contiguous();
+}
+
 }  // namespace
+
+TORCH_LIBRARY_IMPL(effgen, CompositeImplicitAutograd, m) {
+  m.impl("int8_unpack_weight", &int8_unpack_weight);
+}
 
 TORCH_LIBRARY_IMPL(effgen, CPU, m) {
   m.impl("int8_linear", &int8_linear);
