@@ -34,6 +34,7 @@ def test_compressed_activation_all_reduce_is_close_but_not_exact(layer_results):
 def test_a_quantized_row_layer_equals_the_single_process_layer(layer_results, config):
     for result in layer_results:
         assert result[f"row/{config}"] < 1e-6, result[f"row/{config}"]
+        assert result[f"row_input_grad/{config}"] < 1e-6, result[f"row_input_grad/{config}"]
 
 
 @pytest.mark.parametrize("what,message", [("bad_out", "out_features (15) is not divisible by the tensor-parallel "

@@ -84,10 +84,13 @@ def layers(rank, world, port, out):
 
     for label, config in QUANT_CONFIGS.items():  # one quantized row layer against the single-process one
         quantized_row = config.convert(row)
-        with torch.no_grad():
-            expected = quantized_row(column(x))
-            got = RowParallelLinear.from_linear(quantized_row)(col_tp(x))
+        x_full, x_tp = x.clone().requires_grad_(), x.clone().requires_grad_()
+        expected = quantized_row(column(x_full))
+        got = RowParallelLinear.from_linear(quantized_row)(col_tp(x_tp))
         results[f"row/{label}"] = max_diff(got, expected) / expected.abs().max().item()
+        (expected * upstream).sum().backward()  # frozen quantized weights: gradients reach the input
+        (got * upstream).sum().backward()
+        results[f"row_input_grad/{label}"] = max_diff(x_tp.grad, x_full.grad) / x_full.grad.abs().max().item()
 
     results["bad_out"] = error_of(lambda: ColumnParallelLinear(8, 15))
     results["bad_in"] = error_of(lambda: RowParallelLinear(15, 8))

@@ -108,6 +108,31 @@ class _GatherFromRegion(torch.autograd.Function):
         return _split_last(grad, ctx.group), None
 
 
+class _RowShardW8A8(torch.autograd.Function):
+    """A row shard of Int8Linear. Forward: every token quantized with the absmax of its whole
+    row (all shards), as the single-process layer does, so the shards' int32 products add up
+    exactly. Backward: the layer's input gradient, dL/dy W straight through the rounding."""
+
+    @staticmethod
+    def forward(ctx, x, layer, group):
+        ctx.layer = layer
+        absmax = x.detach().float().abs().amax(dim=-1, keepdim=True)
+        dist.all_reduce(absmax, op=dist.ReduceOp.MAX, group=group)
+        xq, x_scale = reference.symmetric_int8(x, absmax)
+        xq, x_scale = xq.reshape(-1, xq.shape[-1]), x_scale.reshape(-1)
+        if layer.weight_packed is not None:
+            y = ops.int8_linear_packed(xq, x_scale, layer.weight_packed, layer.weight_sum, layer.weight_scale, None,
+                                       x.dtype)
+        else:
+            y = ops.int8_linear(xq, x_scale, layer.weight, layer.weight_scale, None, x.dtype)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight = ops.dequantize(ctx.layer.weight, ctx.layer.weight_scale, axis=0, out_dtype=grad.dtype)
+        return grad @ weight, None, None
+
+
 def copy_to_tensor_parallel_region(x: torch.Tensor, group=None) -> torch.Tensor:
     return _CopyToRegion.apply(x, group)
 
@@ -334,20 +359,9 @@ class RowParallelLinear(nn.Module):
     def _local_product(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(self.local, Int8Linear):
             return self.local(x)
-        # W8A8: quantize every token with the absmax of its whole row (all shards), as the
-        # single-process Int8Linear does, so the shards' int32 products add up exactly.
         if self.local.input_smoothing is not None:
             x = x * self.local.input_smoothing.to(x.dtype)
-        absmax = x.detach().float().abs().amax(dim=-1, keepdim=True)
-        dist.all_reduce(absmax, op=dist.ReduceOp.MAX, group=self.group)
-        xq, x_scale = reference.symmetric_int8(x, absmax)
-        xq, x_scale, local = xq.reshape(-1, xq.shape[-1]), x_scale.reshape(-1), self.local
-        if local.weight_packed is not None:
-            y = ops.int8_linear_packed(xq, x_scale, local.weight_packed, local.weight_sum, local.weight_scale, None,
-                                       x.dtype)
-        else:
-            y = ops.int8_linear(xq, x_scale, local.weight, local.weight_scale, None, x.dtype)
-        return y.reshape(*x.shape[:-1], y.shape[-1])
+        return _RowShardW8A8.apply(x, self.local, self.group)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.input_is_parallel:
