@@ -1,5 +1,6 @@
 """What every quantized linear op and layer does alike: input and bias gradients (frozen
-quantized weights), dtype casts that keep the scales in float32, whole-module pickling."""
+quantized weights), dtype casts that keep the scales in float32, whole-module pickling, the
+input width checked."""
 
 import copy
 import io
@@ -204,6 +205,15 @@ def test_dtype_casts_keep_the_scales_in_float32(name, dtype):
     assert_same_bits(cast(x), expected(x))
     half_cast = copy.deepcopy(original).half() if dtype == torch.float16 else copy.deepcopy(original).bfloat16()
     assert_same_bits(half_cast(x), expected(x))
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_an_input_of_another_width_is_refused_by_name(name):
+    # K +- 1 fits the same packed bytes and blocks: only the layer knows its in_features
+    for width in (K - 1, K + 1):
+        with pytest.raises(ValueError, match=f"x must have in_features = {K} values in its last dimension, "
+                                             f"got shape \\(2, 3, {width}\\)"):
+            layer(name)(random_input((2, 3, width)))
 
 
 @pytest.mark.parametrize("name", list(LAYERS))

@@ -359,6 +359,7 @@ class RowParallelLinear(nn.Module):
     def _local_product(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(self.local, Int8Linear):
             return self.local(x)
+        self.local._check_input(x)
         if self.local.input_smoothing is not None:
             x = x * self.local.input_smoothing.to(x.dtype)
         return _RowShardW8A8.apply(x, self.local, self.group)

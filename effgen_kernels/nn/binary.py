@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from ._scales import Float32Scales
+from ._quantized import QuantizedLayer
 from ._trainable import trainable_copy
 
 
@@ -44,7 +44,7 @@ def _rebuild_lut(module: _PackedLinear, incompatible_keys) -> None:
     module.refresh_lut()
 
 
-class _PackedLinear(Float32Scales):
+class _PackedLinear(QuantizedLayer):
     """Keeps ``weight_lut``, the CPU lookup-table layout of ``weight_packed``: derived data,
     rebuilt after every load and never saved (non-persistent buffer). It doubles the weight
     bytes held in memory, but a decode step reads only it."""
@@ -111,6 +111,7 @@ class BinaryLinear(_PackedLinear):
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
         b = self._buffers  # one lookup, not nn.Module.__getattr__ per buffer (see nn/int8.py)
         if self.binary_activations:
             return ops.xnor_linear(x, b["weight_packed"], b["alpha"], b["bias"])
@@ -153,6 +154,7 @@ class TernaryLinear(_PackedLinear):
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
         b = self._buffers  # one lookup, not nn.Module.__getattr__ per buffer (see nn/int8.py)
         return ops.ternary_linear(x, b["weight_packed"], b["weight_scale"], b["bias"], b["weight_lut"])
 

@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 from .. import ops
-from ._scales import Float32Scales
+from ._quantized import QuantizedLayer
 from ._trainable import trainable_copy
 
 
-class _QuantizedLinearBase(Float32Scales):
+class _QuantizedLinearBase(QuantizedLayer):
     """Shared state: int8 weight, fp32 scales and an optional bias, all plain tensors.
     Subclasses end __init__ with ``self.weight = self._buffers["weight"]`` (the layout of
     the device) and say in _pack how they pack it. forward reads its
@@ -161,6 +161,7 @@ class Int8Linear(_QuantizedLinearBase):
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
         b = self._buffers  # see _QuantizedLinearBase: one lookup, not one per buffer
         if b["input_smoothing"] is not None:
             x = x * b["input_smoothing"].to(x.dtype)
@@ -203,6 +204,7 @@ class Int8WeightOnlyLinear(_QuantizedLinearBase):
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
         b = self._buffers  # see _QuantizedLinearBase: one lookup, not one per buffer
         if b["weight_packed"] is not None:
             return ops.int8_weight_only_linear_packed(x, b["weight_packed"], b["weight_sum"], b["weight_scale"],
