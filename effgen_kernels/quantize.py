@@ -18,6 +18,9 @@ from .nn import (
     TernaryTrainLinear,
 )
 
+# The float dtypes every kernel takes (weights to quantize, activations).
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
 # The int32 accumulation of int8 products is exact up to this K (K * 128^2 < 2^31).
 MAX_INT8_IN_FEATURES = (1 << 17) - 1
 
@@ -141,8 +144,8 @@ def _why_not(linear: nn.Linear, config) -> str | None:
     weight = linear.weight
     if weight.is_meta:
         return "weight is on the meta device (load real weights first)"
-    if not weight.is_floating_point():
-        return f"weight dtype {weight.dtype} is not a float type"
+    if weight.dtype not in KERNEL_DTYPES:
+        return f"weight dtype {weight.dtype} (the kernels take float32, bfloat16 and float16)"
     if weight.device.type != "cpu" and not weight.is_cuda:
         return f"device {weight.device} has no effgen kernels"
     return config.cannot_convert(linear)

@@ -272,3 +272,12 @@ def test_a_frozen_quantized_layer_trains_the_adapter_before_it_compiled(name):
     compiled = adapter_grads(torch.compile(model, fullgraph=True, backend="aot_eager"))
     for ours, expected in zip(compiled, eager, strict=True):
         torch.testing.assert_close(ours, expected)
+
+
+@pytest.mark.parametrize("config", [ek.Int8Config(), ek.Int8WeightOnlyConfig(), ek.BinaryConfig(), ek.TernaryConfig()])
+def test_quantize_skips_layers_the_kernels_cannot_take_and_converts_the_rest(config):
+    model = torch.nn.Sequential(torch.nn.Linear(K, N).double(), torch.nn.Linear(N, 8).half(), torch.nn.Linear(8, 4))
+    summary = ek.quantize_(model, config)
+    assert summary.skipped == {"0": "weight dtype torch.float64 (the kernels take float32, bfloat16 and float16)"}
+    assert summary.converted == ["1", "2"] and type(model[0]) is torch.nn.Linear
+
