@@ -26,6 +26,8 @@ The int8_gemm family
   ``(jb, kq)`` holds ``wq[16 jb + c, 4 kq + r]`` at byte ``4 c + r`` (zero past N and K: 16
   output channels by 4 values of K, one VNNI operand), and the column sums
   ``w_sum = wq.sum(1)`` as int32 [N] (with a group_size: ``[groups, N]``, each group's sums).
+  K is x's last dimension: the padded layout cannot tell K from K + 1 or K - 1 within a
+  block (nor can packed bits within a byte), so the layers check their in_features.
 - ``int8_weight_only_linear``: ``x @ (wq * w_scale)^T + bias`` accumulated in fp32 (the
   kernels sum in a different order: compare with a tolerance), output in x's dtype.
 - ``int8_weight_only_linear_packed``: the same from int8_pack_weight's layout, per channel or
