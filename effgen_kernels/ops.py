@@ -429,7 +429,7 @@ def _(packed, scales, n, block_size):
 # cachemask ops, LSQ for the learnable one. The quantized linear ops (int8_dynamic_linear,
 # int8_weight_only_linear, their packed forms, binary_linear, ternary_linear, xnor_linear):
 # gradients of x and bias, the weights' codes and scales being constants (semantics in
-# reference.py, "Gradients of the quantized linear ops").
+# reference.py, "Gradients of the quantized linear ops"); int8_linear(_packed): the bias's.
 
 
 # ---------------------------------------------------------------------------------------

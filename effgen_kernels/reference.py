@@ -46,6 +46,7 @@ packed forms, binary_linear, ternary_linear, xnor_linear)
   straight-through sign (gradient 1 where ``|x| <= 1``) and the mean's own term
   (BinaryTrainLinear's estimator with binary activations).
 - Codes and scales are constants: a scale that requires grad is an error.
+- int8_linear, int8_linear_packed (x already int8): the bias gradient only.
 """
 
 import torch

@@ -144,6 +144,20 @@ def test_only_the_asked_gradients_are_computed(case):
         assert not case(x, bias).requires_grad
 
 
+def test_static_int8_ops_give_the_bias_its_gradient():
+    xq, x_scale = ops.quantize_per_token(random_input((5, K)))
+    wq, w_scale = ops.quantize_per_channel(random_input((N, K)), 0)
+    packed, sums = ops.int8_pack_weight(wq)
+    grad_y = random_input((5, N))
+    for run in (lambda bias: ops.int8_linear(xq, x_scale, wq, w_scale, bias),
+                lambda bias: ops.int8_linear_packed(xq, x_scale, packed, sums, w_scale, bias)):
+        bias = random_input((N,)).requires_grad_()
+        torch.testing.assert_close(torch.autograd.grad(run(bias), (bias,), grad_y)[0], grad_y.sum(0))
+    opcheck(torch.ops.effgen.int8_linear_packed.default, (xq, x_scale, packed, sums, w_scale, bias))
+    with pytest.raises(RuntimeError, match="int8_linear_packed: x_scale takes no gradient"):
+        ops.int8_linear_packed(xq, x_scale.requires_grad_(), packed, sums, w_scale)
+
+
 def test_scales_asking_for_a_gradient_are_refused_by_name():
     x = random_input((3, K)).requires_grad_()
     bits, alpha = ref.binarize_weight(random_input((N, K)))

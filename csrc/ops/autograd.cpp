@@ -12,7 +12,7 @@
 //
 // Quantized linear ops (W8A8, W8A16, binary, ternary, XNOR): gradients of the input and the
 // bias, so that a model with frozen quantized layers trains what sits around them (adapters,
-// a distilled head, an input). See QuantizedLinear below.
+// a distilled head, an input); the static W8A8 ops (int8 x): the bias's. See QuantizedLinear.
 #include <ATen/TensorOperators.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
@@ -221,14 +221,17 @@ struct QuantizedLinear : torch::autograd::Function<QuantizedLinear> {
 // The Autograd kernel of a quantized linear op: the op as is when no gradient is asked for
 // (no node, no saved tensors: inference under no_grad pays only these checks), else through
 // QuantizedLinear.
+void refuse_gradient(const char* op, const char* name, const at::Tensor& scale) {
+  TORCH_CHECK(!(at::GradMode::is_enabled() && scale.requires_grad()), op, ": ", name,
+              " takes no gradient (quantized weights and their scales are constants); train the float "
+              "layer with Int8TrainLinear, BinaryTrainLinear or TernaryTrainLinear, or pass ", name, ".detach()");
+}
+
 template <typename Run>
 at::Tensor quantized_linear(const char* op, const QuantizedWeights& w, const at::Tensor& x,
                             const std::optional<at::Tensor>& bias, bool binarized_x, const Run& run) {
+  refuse_gradient(op, w.scale_name, w.scale);
   const bool grad_mode = at::GradMode::is_enabled();
-  TORCH_CHECK(!(grad_mode && w.scale.requires_grad()), op, ": ", w.scale_name,
-              " takes no gradient (quantized weights and their scales are constants); train the float "
-              "layer with Int8TrainLinear, BinaryTrainLinear or TernaryTrainLinear, or pass ",
-              w.scale_name, ".detach()");
   if (!grad_mode || !(x.requires_grad() || (bias && bias->requires_grad()))) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return run();
@@ -238,6 +241,29 @@ at::Tensor quantized_linear(const char* op, const QuantizedWeights& w, const at:
 }
 
 using OptionalTensor = std::optional<at::Tensor>;
+
+// The static W8A8 ops take x already quantized (int8: no gradient); the bias gets its own.
+at::Tensor int8_linear(const at::Tensor& xq, const at::Tensor& x_scale, const at::Tensor& wq,
+                       const at::Tensor& w_scale, const OptionalTensor& bias, at::ScalarType out_dtype) {
+  static const auto op = effgen_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                              const at::Tensor&, const OptionalTensor&, at::ScalarType)>(
+      "effgen::int8_linear");
+  refuse_gradient("int8_linear", "x_scale", x_scale);
+  return quantized_linear("int8_linear", {Codes::kInt8, wq, w_scale, "w_scale", std::nullopt}, xq, bias, false,
+                          [&] { return op.call(xq, x_scale, wq, w_scale, bias, out_dtype); });
+}
+
+at::Tensor int8_linear_packed(const at::Tensor& xq, const at::Tensor& x_scale, const at::Tensor& w_packed,
+                              const at::Tensor& w_sum, const at::Tensor& w_scale, const OptionalTensor& bias,
+                              at::ScalarType out_dtype) {
+  static const auto op = effgen_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                              const at::Tensor&, const at::Tensor&, const OptionalTensor&,
+                                              at::ScalarType)>("effgen::int8_linear_packed");
+  refuse_gradient("int8_linear_packed", "x_scale", x_scale);
+  return quantized_linear("int8_linear_packed", {Codes::kInt8Packed, w_packed, w_scale, "w_scale", std::nullopt},
+                          xq, bias, false,
+                          [&] { return op.call(xq, x_scale, w_packed, w_sum, w_scale, bias, out_dtype); });
+}
 
 at::Tensor int8_dynamic_linear(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& w_scale,
                                const OptionalTensor& bias) {
@@ -307,6 +333,8 @@ TORCH_LIBRARY_IMPL(effgen, Autograd, m) {
   m.impl("fake_quantize_per_tensor_cachemask", &per_tensor);
   m.impl("fake_quantize_per_channel_cachemask", &per_channel);
   m.impl("fake_quantize_learnable_per_channel", &learnable);
+  m.impl("int8_linear", &int8_linear);
+  m.impl("int8_linear_packed", &int8_linear_packed);
   m.impl("int8_dynamic_linear", &int8_dynamic_linear);
   m.impl("int8_dynamic_linear_packed", &int8_dynamic_linear_packed);
   m.impl("int8_weight_only_linear", &int8_weight_only_linear);
