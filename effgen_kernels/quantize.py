@@ -46,6 +46,14 @@ class Int8Config:
                              "(SmoothQuant is a post-training transform)")
         return Int8TrainLinear.from_float(linear)
 
+    def check_targets(self, names: list[str]) -> None:
+        """Calibration that names none of the layers to convert was taken on another model
+        or under other names (a wrapper's prefix): an error, not a silent unsmoothed model."""
+        if self.activation_absmax and names and not any(name in self.activation_absmax for name in names):
+            raise ValueError(f"activation_absmax names none of the layers to convert (it holds "
+                             f"{next(iter(self.activation_absmax))!r}, the model {names[0]!r}): calibrate "
+                             f"the model you quantize, under the same names")
+
     def cannot_convert(self, linear: nn.Linear) -> str | None:
         if linear.in_features > MAX_INT8_IN_FEATURES:
             return f"in_features {linear.in_features} > {MAX_INT8_IN_FEATURES} (int32 accumulation could overflow)"
@@ -161,6 +169,8 @@ def _replace_linears(model: nn.Module, config, make: Callable[[nn.Linear, str], 
     summary = QuantizeSummary(config)
     targets = [(name, module) for name, module in model.named_modules()
                if type(module) is nn.Linear and (filter_fn is None or filter_fn(module, name))]
+    if hasattr(config, "check_targets"):
+        config.check_targets([name for name, _ in targets])
     for name, linear in targets:
         reason = _why_not(linear, config)
         if reason is not None:

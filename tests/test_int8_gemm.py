@@ -820,6 +820,17 @@ def test_smoothing_helps_when_one_input_feature_is_an_outlier():
     assert_same_bits(fresh(x), smooth(x))
 
 
+def test_calibration_of_other_layer_names_is_refused():
+    model = mlp()
+    absmax = ek.calibrate_activations(torch.nn.Sequential(model), [random_input((4, 64))])  # names "0.0", ...
+    with pytest.raises(ValueError, match="activation_absmax names none of the layers to convert \\(it holds "
+                                         "'0.0', the model '0'\\)"):
+        ek.quantize_(model, ek.Int8Config(activation_absmax=absmax))
+    assert type(model[0]) is torch.nn.Linear  # nothing converted
+    summary = ek.quantize_(model, ek.Int8Config(activation_absmax={"2": absmax["0.2"]}))  # some layers: fine
+    assert summary.converted == ["0", "2", "4"] and model[2].input_smoothing is not None
+
+
 def test_smoothing_rejects_bad_arguments():
     linear = torch.nn.Linear(8, 4)
     with pytest.raises(ValueError, match="alpha must lie in \\[0, 1\\]"):
