@@ -33,6 +33,21 @@ def test_pack_unpack_round_trips(isa, k):
     assert_same_bits(ops.unpack_ternary(packed, k), q)
 
 
+def test_conversions_split_over_threads_match_the_reference(two_threads):
+    # Enough weights that pack / unpack split the rows into several tasks (2^16 weights each)
+    w = random_input((1000, 4099))
+    packed = ops.pack_binary(w)
+    assert_same_bits(packed, ref.pack_binary(w))
+    assert_same_bits(ops.unpack_binary(packed, 4099), ref.unpack_binary(packed, 4099))
+    q = torch.randint(-1, 2, (1000, 4099), dtype=torch.int8)
+    packed = ops.pack_ternary(q)
+    assert_same_bits(packed, ref.pack_ternary(q))
+    assert_same_bits(ops.unpack_ternary(packed, 4099), q)
+    q[-1, -1] = 2  # in the last task
+    with pytest.raises(ValueError, match="pack_ternary: q must hold only -1, 0 and 1"):
+        ops.pack_ternary(q)
+
+
 def test_bit_order_is_lsb_first():
     w = torch.tensor([[1.0, -1.0, -1.0, 0.0, -2.0, -2.0, -2.0, -2.0, 5.0]])  # sign(0) = +1
     assert ops.pack_binary(w).tolist() == [[0b00001001, 0b00000001]]
@@ -338,8 +353,8 @@ def decode_lut(lut, n, k, planes, width):
     return out[:n, :k]
 
 
-@pytest.mark.parametrize("n,k", [(5, 1), (20, 7), (33, 64), (17, 100)])
-def test_lut_tiles_hold_the_documented_layout(isa, n, k):
+@pytest.mark.parametrize("n,k", [(5, 1), (20, 7), (33, 64), (17, 100), (200, 4099)])
+def test_lut_tiles_hold_the_documented_layout(isa, n, k, two_threads):  # (200, 4099): several tasks of tiles
     w = random_input((n, k))
     packed, _ = ref.binarize_weight(w)
     tpacked, _ = ref.ternarize_weight(w)

@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <vector>
 
@@ -58,14 +59,29 @@ void for_each_row(int64_t m, int64_t n, const F& f) {
 }
 
 // ---- pack / unpack ---------------------------------------------------------------------
+// Conversions (pack, unpack, re-tile) split a layer's rows over torch's threads, tasks of
+// about this many weights.
+constexpr int64_t kConversionGrain = 1 << 16;
+
+// f(r0, r1) over ranges of `rows` rows of `row_weights` weights each.
+template <typename F>
+void for_row_ranges(int64_t rows, int64_t row_weights, const F& f) {
+  at::parallel_for(0, rows, std::max<int64_t>(1, kConversionGrain / std::max<int64_t>(row_weights, 1)), f);
+}
+
 at::Tensor pack_binary(const at::Tensor& w_in) {
   constexpr const char* op = "pack_binary";
   check_float_input(op, "w", w_in);
   check_cpu(op, "w", w_in);
   TORCH_CHECK_VALUE(w_in.dim() == 2, op, ": w must be 2-D [N, K], got shape ", w_in.sizes());
   const at::Tensor w = w_in.contiguous();
-  at::Tensor out = at::empty({w.size(0), packed_row_bytes(w.size(1))}, w.options().dtype(at::kByte));
-  cpu::pack_signs(cpu_dtype(w.scalar_type()), w.data_ptr(), w.size(0), w.size(1), out.data_ptr<uint8_t>());
+  const int64_t k = w.size(1), row_bytes = packed_row_bytes(k), in_row_bytes = k * w.element_size();
+  at::Tensor out = at::empty({w.size(0), row_bytes}, w.options().dtype(at::kByte));
+  const auto* in = static_cast<const char*>(w.data_ptr());
+  for_row_ranges(w.size(0), k, [&](int64_t r0, int64_t r1) {
+    cpu::pack_signs(cpu_dtype(w.scalar_type()), in + r0 * in_row_bytes, r1 - r0, k,
+                    out.data_ptr<uint8_t>() + r0 * row_bytes);
+  });
   return out;
 }
 
@@ -76,7 +92,10 @@ at::Tensor unpack_binary(const at::Tensor& packed_in, int64_t k) {
   check_packed(op, packed_in, k, 1, packed_in);
   const at::Tensor packed = packed_in.contiguous();
   at::Tensor out = at::empty({packed.size(0), k}, packed.options().dtype(at::kChar));
-  cpu::unpack_binary_rows(packed.data_ptr<uint8_t>(), packed.size(0), k, out.data_ptr<int8_t>());
+  for_row_ranges(packed.size(0), k, [&](int64_t r0, int64_t r1) {
+    cpu::unpack_binary_rows(packed.data_ptr<uint8_t>() + r0 * packed.size(1), r1 - r0, k,
+                            out.data_ptr<int8_t>() + r0 * k);
+  });
   return out;
 }
 
@@ -86,9 +105,15 @@ at::Tensor pack_ternary(const at::Tensor& q_in) {
   check_cpu(op, "q", q_in);
   TORCH_CHECK_VALUE(q_in.dim() == 2, op, ": q must be 2-D [N, K], got shape ", q_in.sizes());
   const at::Tensor q = q_in.contiguous();
-  at::Tensor out = at::empty({q.size(0), 2 * packed_row_bytes(q.size(1))}, q.options().dtype(at::kByte));
-  TORCH_CHECK_VALUE(cpu::pack_ternary_rows(q.data_ptr<int8_t>(), q.size(0), q.size(1), out.data_ptr<uint8_t>()), op,
-                    ": q must hold only -1, 0 and 1");
+  const int64_t k = q.size(1);
+  at::Tensor out = at::empty({q.size(0), 2 * packed_row_bytes(k)}, q.options().dtype(at::kByte));
+  std::atomic<bool> valid{true};
+  for_row_ranges(q.size(0), k, [&](int64_t r0, int64_t r1) {
+    if (!cpu::pack_ternary_rows(q.data_ptr<int8_t>() + r0 * k, r1 - r0, k, out.data_ptr<uint8_t>() + r0 * out.size(1))) {
+      valid = false;
+    }
+  });
+  TORCH_CHECK_VALUE(valid, op, ": q must hold only -1, 0 and 1");
   return out;
 }
 
@@ -99,7 +124,10 @@ at::Tensor unpack_ternary(const at::Tensor& packed_in, int64_t k) {
   check_packed(op, packed_in, k, 2, packed_in);
   const at::Tensor packed = packed_in.contiguous();
   at::Tensor out = at::empty({packed.size(0), k}, packed.options().dtype(at::kChar));
-  cpu::unpack_ternary_rows(packed.data_ptr<uint8_t>(), packed.size(0), k, out.data_ptr<int8_t>());
+  for_row_ranges(packed.size(0), k, [&](int64_t r0, int64_t r1) {
+    cpu::unpack_ternary_rows(packed.data_ptr<uint8_t>() + r0 * packed.size(1), r1 - r0, k,
+                             out.data_ptr<int8_t>() + r0 * k);
+  });
   return out;
 }
 
@@ -225,8 +253,12 @@ at::Tensor lut_tiles(const at::Tensor& packed_in, int64_t k, int64_t planes) {
   const int64_t tiles = (packed.size(0) + cpu::kLutTileRows - 1) / cpu::kLutTileRows;
   at::Tensor out = at::empty({tiles, lut_row_elements(layout, k, static_cast<int>(planes))},
                              packed.options().dtype(dtype));
-  cpu::tile_for_lut(layout, packed.data_ptr<uint8_t>(), packed.size(0), k, static_cast<int>(planes),
-                    static_cast<uint8_t*>(out.data_ptr()));
+  const int64_t tile_bytes = layout.tile_bytes(k, static_cast<int>(planes)), n = packed.size(0);
+  for_row_ranges(tiles, tile_bytes, [&](int64_t t0, int64_t t1) {
+    const int64_t r0 = t0 * cpu::kLutTileRows, r1 = std::min(t1 * cpu::kLutTileRows, n);
+    cpu::tile_for_lut(layout, packed.data_ptr<uint8_t>() + r0 * packed.size(1), r1 - r0, k, static_cast<int>(planes),
+                      static_cast<uint8_t*>(out.data_ptr()) + t0 * tile_bytes);
+  });
   return out;
 }
 

@@ -46,8 +46,9 @@ def _rebuild_lut(module: _PackedLinear, incompatible_keys) -> None:
 
 class _PackedLinear(QuantizedLayer):
     """Keeps ``weight_lut``, the CPU lookup-table layout of ``weight_packed``: derived data,
-    rebuilt after every load and never saved (non-persistent buffer). It doubles the weight
-    bytes held in memory, but a decode step reads only it."""
+    built by from_float, after every load and by refresh_lut, never saved (non-persistent
+    buffer). It doubles the weight bytes held in memory, but a decode step reads only it.
+    A new layer has none (its zero weights run without it) until it gets weights."""
 
     _lut_planes = 1
     _float32_buffers = ("alpha", "weight_scale")
@@ -92,7 +93,6 @@ class BinaryLinear(_PackedLinear):
         bias_dtype = dtype or torch.get_default_dtype()
         self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device) if bias else None)
         self._init_lut()
-        self.refresh_lut()
 
     def _uses_lut(self) -> bool:
         return self.group_size is None and not self.binary_activations
@@ -137,7 +137,6 @@ class TernaryLinear(_PackedLinear):
         bias_dtype = dtype or torch.get_default_dtype()
         self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device) if bias else None)
         self._init_lut()
-        self.refresh_lut()
 
     _lut_planes = 2
 

@@ -1,30 +1,48 @@
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "binary_gemm.h"
 
 namespace effgen::cpu {
 namespace {
 
+// Bits come a byte at a time (8 weights, or the row's last 1-8), each byte written once:
+// bit j of byte b is weight 8 b + j. The fixed 8-step loops of whole bytes compile to
+// compares and shifts without a branch per weight.
+template <typename Bit>
+uint8_t byte_of(int64_t count, const Bit& bit_of) {
+  uint8_t byte = 0;
+  for (int64_t j = 0; j < count; ++j) byte = static_cast<uint8_t>(byte | (bit_of(j) ? 1u << j : 0u));
+  return byte;
+}
+
+// f(b, count) for the bytes of a k-weight row: whole ones with count 8, then the short tail.
+template <typename F>
+void for_each_byte(int64_t k, const F& f) {
+  const int64_t whole = k / 8;
+  for (int64_t b = 0; b < whole; ++b) f(b, std::integral_constant<int64_t, 8>{});
+  if (k % 8) f(whole, k % 8);
+}
+
 template <typename T>
 void pack_signs_t(const T* x, int64_t rows, int64_t k, uint8_t* out) {
   const int64_t row_bytes = packed_row_bytes(k);
   for (int64_t r = 0; r < rows; ++r) {
-    uint8_t* dst = out + r * row_bytes;
-    std::memset(dst, 0, static_cast<size_t>(row_bytes));
-    for (int64_t i = 0; i < k; ++i) {
-      if (to_f32(x[r * k + i]) >= 0.0f) dst[i / 8] |= static_cast<uint8_t>(1u << (i % 8));
-    }
+    const T* row = x + r * k;
+    for_each_byte(k, [&](int64_t b, auto count) {
+      out[r * row_bytes + b] = byte_of(count, [&](int64_t j) { return to_f32(row[8 * b + j]) >= 0.0f; });
+    });
   }
 }
 
-bool bit(const uint8_t* row, int64_t i) { return (row[i / 8] >> (i % 8)) & 1u; }
-
-// Bits [first, first + count) of a packed row, bit `first` lowest.
-uint32_t bit_field(const uint8_t* row, int64_t first, int count) {
-  uint32_t field = 0;
-  for (int t = 0; t < count; ++t) field |= static_cast<uint32_t>(bit(row, first + t)) << t;
-  return field;
+// Bits [first, first + count) of a packed row of row_bytes bytes, bit `first` lowest
+// (count <= 8: at most two bytes hold them).
+uint32_t bit_field(const uint8_t* row, int64_t row_bytes, int64_t first, int count) {
+  const int64_t byte = first / 8;
+  uint32_t two = row[byte];
+  if (byte + 1 < row_bytes) two |= uint32_t{row[byte + 1]} << 8;
+  return (two >> (first % 8)) & ((1u << count) - 1);
 }
 
 uint32_t load_lane(const uint8_t* tile, int64_t lane) {
@@ -45,19 +63,17 @@ void pack_signs(DType dtype, const void* x, int64_t rows, int64_t k, uint8_t* ou
 
 bool pack_ternary_rows(const int8_t* q, int64_t rows, int64_t k, uint8_t* out) {
   const int64_t plane = packed_row_bytes(k);
-  std::memset(out, 0, static_cast<size_t>(rows * 2 * plane));
   for (int64_t r = 0; r < rows; ++r) {
+    const int8_t* row = q + r * k;
     uint8_t* positive = out + r * 2 * plane;
-    uint8_t* negative = positive + plane;
-    for (int64_t i = 0; i < k; ++i) {
-      const int8_t v = q[r * k + i];
-      if (v < -1 || v > 1) return false;
-      if (v == 0) continue;
-      // (A named pointer, not `(v > 0 ? positive : negative)[i / 8] |= ...`: GCC 12 with
-      // -fsanitize=shift miscompiled that form into wrong bits and a crash.)
-      uint8_t* plane_bits = v > 0 ? positive : negative;
-      plane_bits[i / 8] |= static_cast<uint8_t>(1u << (i % 8));
-    }
+    bool valid = true;
+    for_each_byte(k, [&](int64_t b, auto count) {
+      const int8_t* v = row + 8 * b;
+      valid &= byte_of(count, [&](int64_t j) { return v[j] < -1 || v[j] > 1; }) == 0;
+      positive[b] = byte_of(count, [&](int64_t j) { return v[j] == 1; });
+      positive[plane + b] = byte_of(count, [&](int64_t j) { return v[j] == -1; });
+    });
+    if (!valid) return false;
   }
   return true;
 }
@@ -65,7 +81,10 @@ bool pack_ternary_rows(const int8_t* q, int64_t rows, int64_t k, uint8_t* out) {
 void unpack_binary_rows(const uint8_t* packed, int64_t rows, int64_t k, int8_t* out) {
   const int64_t row_bytes = packed_row_bytes(k);
   for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t i = 0; i < k; ++i) out[r * k + i] = bit(packed + r * row_bytes, i) ? 1 : -1;
+    for_each_byte(k, [&](int64_t b, auto count) {
+      const unsigned byte = packed[r * row_bytes + b];
+      for (int64_t j = 0; j < count; ++j) out[r * k + 8 * b + j] = static_cast<int8_t>(2 * ((byte >> j) & 1u) - 1);
+    });
   }
 }
 
@@ -73,9 +92,12 @@ void unpack_ternary_rows(const uint8_t* packed, int64_t rows, int64_t k, int8_t*
   const int64_t plane = packed_row_bytes(k);
   for (int64_t r = 0; r < rows; ++r) {
     const uint8_t* positive = packed + r * 2 * plane;
-    for (int64_t i = 0; i < k; ++i) {
-      out[r * k + i] = static_cast<int8_t>(int{bit(positive, i)} - int{bit(positive + plane, i)});
-    }
+    for_each_byte(k, [&](int64_t b, auto count) {
+      const unsigned pos = positive[b], neg = positive[plane + b];
+      for (int64_t j = 0; j < count; ++j) {
+        out[r * k + 8 * b + j] = static_cast<int8_t>(int((pos >> j) & 1u) - int((neg >> j) & 1u));
+      }
+    });
   }
 }
 
@@ -89,7 +111,8 @@ void tile_for_lut(LutLayout layout, const uint8_t* packed, int64_t n, int64_t k,
       for (int64_t g = 0; g < groups; ++g) {
         const int64_t slot = g * planes + p, lane = layout.slot_lane(slot, row % kLutTileRows);
         const int width = static_cast<int>(std::min<int64_t>(layout.width, k - g * layout.width));
-        const uint32_t v = load_lane(tile, lane) | bit_field(bits, g * layout.width, width) << layout.slot_shift(slot);
+        const uint32_t v =
+            load_lane(tile, lane) | bit_field(bits, plane, g * layout.width, width) << layout.slot_shift(slot);
         std::memcpy(tile + lane * 4, &v, 4);
       }
     }
