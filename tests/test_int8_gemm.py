@@ -115,8 +115,16 @@ def test_int8_pack_weight_layout_and_round_trip():
     assert torch.equal(w_sum, wq.to(torch.int64).sum(1).to(torch.int32))
     assert torch.equal(ops.int8_unpack_weight(packed, n, k), wq)
     assert torch.equal(ref.int8_unpack_weight(packed, n, k), wq)
+    opcheck(torch.ops.effgen.int8_unpack_weight.default, (packed, n, k))
     with pytest.raises(ValueError, match="int8_pack_weight: wq must be int8 \\[N, K\\]"):
         ops.int8_pack_weight(wq.float())
+    with pytest.raises(ValueError, match="int8_unpack_weight: w_packed must have shape \\[3, 19, 64\\] \\(from "
+                                         "N = 37 and K = 74"):
+        ops.int8_unpack_weight(packed, n, k + 4)
+    with pytest.raises(TypeError, match="int8_unpack_weight: w_packed must be int8"):
+        ops.int8_unpack_weight(packed.float(), n, k)
+    with pytest.raises(ValueError, match="int8_unpack_weight: n and k must be >= 0"):
+        ops.int8_unpack_weight(packed, -1, k)
 
 
 # Tile edges of every ISA (6 x 64, 2 x 16, 1 x 16 register tiles; 96 x 64 output blocks).
