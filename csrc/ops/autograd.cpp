@@ -123,7 +123,6 @@ at::Tensor learnable(const at::Tensor& x, const at::Tensor& scale, const at::Ten
   return LearnableFakeQuant::apply(x, scale, zero_point, axis, quant_min, quant_max, grad_factor);
 }
 
-
 // ---------------------------------------------------------------------------------------
 // Quantized linear ops. y = x W^T + b, W the float weights that the stored codes and scales
 // stand for: dL/dx = dL/dy W and dL/db = dL/dy summed over rows. W is rebuilt in backward
@@ -191,7 +190,6 @@ struct QuantizedLinear : torch::autograd::Function<QuantizedLinear> {
     ctx->saved_data["codes"] = codes;
     ctx->saved_data["group_size"] = group_size;
     ctx->saved_data["k"] = x.size(-1);
-    ctx->saved_data["x_dtype"] = x.scalar_type();
     if (bias) ctx->saved_data["bias_dtype"] = bias->scalar_type();
     return run();
   }
@@ -206,9 +204,8 @@ struct QuantizedLinear : torch::autograd::Function<QuantizedLinear> {
           dense_weights(static_cast<Codes>(ctx->saved_data["codes"].toInt()), saved[0], saved[1],
                         ctx->saved_data["k"].toInt(), ctx->saved_data["group_size"].toOptional<int64_t>(),
                         grad_y.scalar_type());
-      const at::Tensor grad_x = grad_y.matmul(weights);
-      out[0] = saved[2].defined() ? through_binarized_rows(grad_x, saved[2])
-                                  : grad_x.to(ctx->saved_data["x_dtype"].toScalarType());
+      const at::Tensor grad_x = grad_y.matmul(weights);  // in x's dtype: the ops' outputs have it
+      out[0] = saved[2].defined() ? through_binarized_rows(grad_x, saved[2]) : grad_x;
     }
     if (ctx->needs_input_grad(1)) {
       const at::Tensor rows = grad_y.reshape({-1, grad_y.size(-1)});
@@ -218,15 +215,15 @@ struct QuantizedLinear : torch::autograd::Function<QuantizedLinear> {
   }
 };
 
-// The Autograd kernel of a quantized linear op: the op as is when no gradient is asked for
-// (no node, no saved tensors: inference under no_grad pays only these checks), else through
-// QuantizedLinear.
 void refuse_gradient(const char* op, const char* name, const at::Tensor& scale) {
   TORCH_CHECK(!(at::GradMode::is_enabled() && scale.requires_grad()), op, ": ", name,
               " takes no gradient (quantized weights and their scales are constants); train the float "
               "layer with Int8TrainLinear, BinaryTrainLinear or TernaryTrainLinear, or pass ", name, ".detach()");
 }
 
+// The Autograd kernel of a quantized linear op: the op as is when no gradient is asked for
+// (no node, no saved tensors: inference under no_grad pays only these checks), else through
+// QuantizedLinear.
 template <typename Run>
 at::Tensor quantized_linear(const char* op, const QuantizedWeights& w, const at::Tensor& x,
                             const std::optional<at::Tensor>& bias, bool binarized_x, const Run& run) {
