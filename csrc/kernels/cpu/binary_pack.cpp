@@ -103,6 +103,7 @@ void unpack_ternary_rows(const uint8_t* packed, int64_t rows, int64_t k, int8_t*
 
 void tile_for_lut(LutLayout layout, const uint8_t* packed, int64_t n, int64_t k, int planes, uint8_t* tiles) {
   const int64_t plane = packed_row_bytes(k), groups = layout.groups(k), tile_bytes = layout.tile_bytes(k, planes);
+  if (tile_bytes == 0) return;  // K = 0: empty tiles (and `tiles` may be null)
   std::memset(tiles, 0, static_cast<size_t>((n + kLutTileRows - 1) / kLutTileRows * tile_bytes));
   for (int64_t row = 0; row < n; ++row) {
     uint8_t* tile = tiles + row / kLutTileRows * tile_bytes;

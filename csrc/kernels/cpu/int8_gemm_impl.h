@@ -248,7 +248,7 @@ bool split_fixed_point_rows(DType dtype, const void* x, int64_t k, int limbs, in
 bool split_fixed_point_rows_i16(DType dtype, const void* x, int64_t k, int64_t ldr, int64_t i0, int64_t i1,
                                 int16_t* rows, float* scales) {
   const int limbs = fixed_point_i16_limbs(dtype), int8_limbs = dtype == DType::kF32 ? 3 : 2;  // the same a
-  for (int64_t r = i0 * limbs; r < i1 * limbs; ++r) {
+  for (int64_t r = i0 * limbs; ldr > k && r < i1 * limbs; ++r) {  // (rows is null when K = 0 = ldr)
     std::memset(rows + r * ldr + k, 0, static_cast<size_t>(ldr - k) * sizeof(int16_t));
   }
   return split_rows_any(dtype, x, k, int8_limbs, i0, i1, scales,
