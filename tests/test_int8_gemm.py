@@ -579,7 +579,8 @@ def test_state_dict_round_trip_is_exact(module_cls, kwargs):
         assert_same_bits(fresh.state_dict()[key], value)
     x = random_input((3, 48))
     assert_same_bits(fresh(x), q(x))
-    assert set(q.state_dict()) == {"weight", "weight_scale", "bias"}
+    grouped = {"group_size"} if kwargs else set()
+    assert set(q.state_dict()) == {"weight", "weight_scale", "bias"} | grouped
     assert q.state_dict()["weight"].dtype == torch.int8
 
 

@@ -1,6 +1,6 @@
 """What every quantized linear op and layer does alike: input and bias gradients (frozen
 quantized weights), dtype casts that keep the scales in float32, whole-module pickling, the
-input width checked."""
+group size kept in the state_dict, the input width checked."""
 
 import copy
 import io
@@ -238,6 +238,32 @@ def test_whole_layers_pickle(name):
     loaded = torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
     x = random_input((2, K))
     assert_same_bits(loaded(x), original(x))
+
+
+# Two group sizes each that cut 576 columns into as many groups (5 and 6), so the scales
+# have the same shape either way.
+SAME_GROUP_COUNT = {ek.nn.Int8WeightOnlyLinear: (120, 128), ek.nn.BinaryLinear: (96, 112)}
+
+
+@pytest.mark.parametrize("layer_cls", list(SAME_GROUP_COUNT), ids=lambda cls: cls.__name__)
+def test_state_dicts_carry_the_group_size_and_refuse_another(layer_cls):
+    saved_size, other_size = SAME_GROUP_COUNT[layer_cls]
+    linear = torch.nn.Linear(576, 20)
+    saved = layer_cls.from_float(linear, group_size=saved_size).state_dict()
+    assert saved["group_size"].item() == saved_size and "group_size" not in layer_cls(576, 20).state_dict()
+    other = layer_cls(576, 20, group_size=other_size)
+    assert len(other.state_dict()) == len(saved) and all(
+        other.state_dict()[key].shape == value.shape for key, value in saved.items())
+    with pytest.raises(RuntimeError, match=f"group_size mismatch for group_size: the model scales its weights in "
+                                           f"groups of {other_size}, the checkpoint in groups of {saved_size}"):
+        other.load_state_dict(saved)
+    with pytest.raises(RuntimeError, match="the model scales its weights per channel, the checkpoint in groups"):
+        layer_cls(576, 20).load_state_dict(saved, strict=False)  # not strict: the scales' shape differs too
+    older = {key: value for key, value in saved.items() if key != "group_size"}  # written before the key existed
+    loaded = layer_cls(576, 20, group_size=saved_size)
+    loaded.load_state_dict(older)
+    x = random_input((3, 576))
+    assert_same_bits(loaded(x), layer_cls.from_float(linear, group_size=saved_size)(x))
 
 
 TRAINABLE = {

@@ -181,6 +181,8 @@ def _layout(module: nn.Module, name: str, shard: str) -> str:
         return shard
     if name == "bias":
         return _OUT if shard == _OUT else _WHOLE
+    if name == "group_size":
+        return _WHOLE
     if name == "input_smoothing":
         return _IN if shard == _IN else _WHOLE
     if name in ("weight_scale", "alpha"):

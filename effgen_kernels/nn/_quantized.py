@@ -1,4 +1,5 @@
-"""What the quantized inference layers share: scales that stay float32, an input check."""
+"""What the quantized inference layers share: scales that stay float32, a group size that
+travels with the state_dict, an input check."""
 
 import torch
 from torch import nn
@@ -21,6 +22,25 @@ class QuantizedLayer(nn.Module):
             if self._buffers[name].dtype != torch.float32:  # cast by fn: take the device, not the rounding
                 self._buffers[name] = original.to(self._buffers[name].device)
         return self
+
+    # A per-group layer's state_dict also says its group size: the scales' shape gives only
+    # the group count, which two sizes can share (576 columns make 5 groups of 120 or of
+    # 128), and loading one as the other would scale most weights wrongly without a word.
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if getattr(self, "group_size", None) is not None:
+            destination[prefix + "group_size"] = torch.tensor(self.group_size)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        saved = state_dict.pop(prefix + "group_size", None)  # absent from per-channel and older checkpoints
+        ours = getattr(self, "group_size", None)
+        if saved is not None and saved.item() != ours:
+            model = "per channel" if ours is None else f"in groups of {ours}"
+            error_msgs.append(f"group_size mismatch for {prefix}group_size: the model scales its weights {model}, "
+                              f"the checkpoint in groups of {saved.item()}.")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def _check_input(self, x: torch.Tensor) -> None:
         """The ops cannot tell K from packed weights padded to whole bytes or blocks (a 63-wide
