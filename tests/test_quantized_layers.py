@@ -277,6 +277,18 @@ TRAINABLE = {
 
 
 @pytest.mark.parametrize("name", list(TRAINABLE))
+def test_trainable_layers_in_eval_follow_every_change_to_their_weights(name):
+    torch.manual_seed(0)
+    trainable = TRAINABLE[name](torch.nn.Linear(K, N)).eval()
+    x = random_input((3, K), scale=1.0)
+    before = trainable(x)
+    trainable.weight.data.mul_(-1)  # through .data, as an EMA update does: no version bump a cache could see
+    after = trainable(x)
+    assert_same_bits(after, trainable.to_inference()(x))
+    assert not torch.equal(after, before)
+
+
+@pytest.mark.parametrize("name", list(TRAINABLE))
 def test_inference_layers_pass_the_input_gradients_of_their_training_forms(name):
     # The trainable layer's straight-through estimators (nn/binary.py, nn/int8.py), in
     # training mode, against the packed layer it converts to: the same input gradients.

@@ -226,8 +226,11 @@ def _fake_int8(t: torch.Tensor, quantize, axis: int | None) -> torch.Tensor:
 class Int8TrainLinear(nn.Linear):
     """Quantization-aware training for W8A8: in training, weights are fake-quantized per
     output channel and activations per token, exactly as Int8Linear quantizes them, with a
-    straight-through gradient. In eval mode it runs the int8 kernel itself, so
-    ``to_inference()`` (and ``effgen_kernels.convert``) changes nothing in its outputs."""
+    straight-through gradient. In eval mode it runs the int8 kernel itself on weights
+    quantized afresh each call (nothing cached that a change to the weights could leave
+    stale; no packing, which would cost ten times the product), so ``to_inference()`` (and
+    ``effgen_kernels.convert``) changes nothing in its outputs: the canonical and packed
+    kernels agree bit for bit."""
 
     @classmethod
     def from_float(cls, linear: nn.Linear) -> Int8TrainLinear:
@@ -235,7 +238,8 @@ class Int8TrainLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
-            return self.to_inference()(x)
+            wq, w_scale = ops.quantize_per_channel(self.weight.detach(), axis=0)
+            return ops.int8_dynamic_linear(x, wq, w_scale, self.bias)
         weight = _fake_int8(self.weight, lambda w: ops.quantize_per_channel(w, axis=0), axis=0)
         return nn.functional.linear(_fake_int8(x, ops.quantize_per_token, axis=None), weight, self.bias)
 
