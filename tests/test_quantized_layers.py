@@ -1,16 +1,18 @@
 """What every quantized linear op and layer does alike: input and bias gradients (frozen
 quantized weights), dtype casts that keep the scales in float32, whole-module pickling, the
-group size kept in the state_dict, the input width checked."""
+group size kept in the state_dict, the input width checked, torch.export, calls from several
+threads at once."""
 
 import copy
 import io
+import threading
 from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
 
 import pytest
 import torch
-from conftest import random_input
+from conftest import FLOAT_DTYPES, random_input
 from test_quant import assert_same_bits
 from torch.library import opcheck
 
@@ -238,6 +240,39 @@ def test_whole_layers_pickle(name):
     loaded = torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
     x = random_input((2, K))
     assert_same_bits(loaded(x), original(x))
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_layers_export_with_a_dynamic_batch(name):
+    model = torch.nn.Sequential(layer(name), torch.nn.GELU())
+    exported = torch.export.export(model, (random_input((5, K)),), dynamic_shapes=({0: torch.export.Dim("rows")},))
+    for rows in (1, 17):
+        x = random_input((rows, K), seed=rows)
+        assert_same_bits(exported.module()(x), model(x))
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_threads_sharing_a_layer_get_what_one_thread_gets(name):
+    # A server calls one model from several threads: each call's results must be its own
+    # (per-thread scratch in the kernels, no state written by forward).
+    shared = layer(name)
+    inputs = [random_input((rows, K), dtype, seed=rows) for rows in (1, 17, 64) for dtype in FLOAT_DTYPES]
+    with torch.no_grad():
+        expected = [shared(x) for x in inputs]
+    mismatches = []
+
+    def serve() -> None:
+        for _ in range(5):
+            with torch.no_grad():
+                mismatches.extend(x.shape for x, e in zip(inputs, expected, strict=True)
+                                  if not torch.equal(shared(x), e))
+
+    threads = [threading.Thread(target=serve) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads) and not mismatches
 
 
 # Two group sizes each that cut 576 columns into as many groups (5 and 6), so the scales
