@@ -117,6 +117,25 @@ def test_empty_dimensions_match_reference(isa, x_shape, n):
     assert_products_match(cases, k, atol=1e-4)
 
 
+def test_layers_quantize_their_weights_as_the_reference_does():
+    # Rows the scale's edge cases cover: all zero (s = 0), all subnormal (s subnormal, not 0)
+    w = random_input((6, 40), scale=1.0)
+    w[1] = 0.0
+    w[2] = torch.tensor([2e-40, -2e-40] * 20)
+    linear = torch.nn.Linear(40, 6)
+    with torch.no_grad():
+        linear.weight.copy_(w)
+    for per_channel in (True, False):
+        ternary = ek.nn.TernaryLinear.from_float(linear, per_channel=per_channel)
+        packed, scale = ref.ternarize_weight(w, per_channel=per_channel)
+        assert torch.equal(ternary.weight_packed, packed) and torch.equal(ternary.weight_scale, scale)
+    assert ref.unpack_ternary(ek.nn.TernaryLinear.from_float(linear).weight_packed, 40)[2].abs().sum() == 40
+    for group_size in (None, 16):
+        binary = ek.nn.BinaryLinear.from_float(linear, group_size=group_size)
+        packed, alpha = ref.binarize_weight(w, group_size)
+        assert torch.equal(binary.weight_packed, packed) and torch.equal(binary.alpha, alpha)
+
+
 @pytest.mark.parametrize("m", [3, 40])  # bits, then torch's GEMM over expanded weights
 @pytest.mark.parametrize("group_size,k", [(16, 48), (64, 200), (128, 4097)])
 def test_binary_linear_per_group_alpha(isa, m, group_size, k):
@@ -196,7 +215,7 @@ def test_layers_state_dict_and_compile(module):
                                         if isinstance(layer, ek.nn.BinaryLinear) else [layer.per_channel]))
     fresh.load_state_dict(layer.state_dict())
     assert_same_bits(fresh(x), layer(x))
-    assert all(t.dtype in (torch.uint8, torch.float32) for t in layer.state_dict().values())
+    assert all(t.dtype in (torch.uint8, torch.float32) for key, t in layer.state_dict().items() if key != "group_size")
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
     assert_same_bits(compiled(x), layer(x))
 

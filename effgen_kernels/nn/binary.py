@@ -35,7 +35,9 @@ def _ternary(weight: torch.Tensor, per_channel: bool) -> tuple[torch.Tensor, tor
     w = weight.float()
     s = w.abs().mean(dim=1) if per_channel else w.abs().mean().reshape(1)
     s_b = s.reshape(-1, 1) if per_channel else s
-    q = torch.where(s_b > 0, torch.round((w / s_b.clamp(min=torch.finfo(torch.float32).tiny)).clamp(-1, 1)), 0.0)
+    # Divided by s itself, even a subnormal one (as reference.ternarize_weight): rows whose
+    # s is 0 or NaN divide into NaN / inf here and are zeroed after. In place: one temporary.
+    q = (w / s_b).clamp_(-1, 1).round_().masked_fill_(~(s_b > 0), 0)
     return q.to(torch.int8), s
 
 
