@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import effgen_kernels as ek
 from effgen_kernels.bench import BenchContext, BenchResult, Rotation, time_interleaved, with_env
-from effgen_kernels.bench.peers import fbgemm_dynamic_linear, staged_x_peer
+from effgen_kernels.bench.peers import fbgemm_dynamic_linear, fbgemm_from_float, staged_x_peer
 from effgen_kernels.cli import build_info, cuda_int8_kernels
 
 FAMILY = "linear"
@@ -90,7 +90,23 @@ def run(ctx: BenchContext) -> list[BenchResult]:
     else:
         plan = [(k, n, m) for k, n in (QUICK_SHAPES if ctx.quick else SHAPES)
                 for m in (QUICK_CPU_M if ctx.quick else CPU_M)]
-    return [result for k, n, m in plan for result in run_shape(ctx, m, k, n, peak)]
+    results = [result for k, n, m in plan for result in run_shape(ctx, m, k, n, peak)]
+    if ctx.device.type == "cpu":
+        shapes = QUICK_SHAPES if ctx.quick else SHAPES[:2]
+        results += [result for k, n in shapes for result in run_conversion(ctx, k, n)]
+    return results
+
+
+def run_conversion(ctx: BenchContext, k: int, n: int) -> list[BenchResult]:
+    """What quantize_ costs a layer on the CPU: Int8Linear.from_float (quantize per channel,
+    pack into the kernel's blocks) against fbgemm's conversion (quantize, prepack)."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(k, n)
+    linear.qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+    return ctx.measure_peers(FAMILY, "Int8Linear.from_float (conversion)", f"{k}x{n}", torch.float32,
+                             lambda: ek.nn.Int8Linear.from_float(linear),
+                             {"fbgemm from_float": lambda: fbgemm_from_float(linear)},
+                             bytes_moved=4 * n * k + n * k, reps=max(5, ctx.reps // 4))
 
 
 def run_shape(ctx: BenchContext, m: int, k: int, n: int, peak: float) -> list[BenchResult]:

@@ -66,6 +66,9 @@ TORCH_LIBRARY(effgen, m) {
   // int8_dynamic_linear with weights packed by int8_pack_weight (CPU): w_packed int8
   // [ceil(N/16), ceil(K/4), 64] of 16 channels x 4 values of K per block, w_sum int32 [N].
   m.def("int8_dynamic_linear_packed(Tensor x, Tensor w_packed, Tensor w_sum, Tensor w_scale, Tensor? bias=None) -> Tensor");
+  // int8 wq [N, K] -> (w_packed, w_sum) for the *_packed ops (CPU): the blocks above, zero
+  // past N and K, and wq's sums, int32 [N], or [groups, N] per group of K with a group_size.
+  m.def("int8_pack_weight(Tensor wq, int? group_size=None) -> (Tensor w_packed, Tensor w_sum)");
   // The canonical int8 [N, K] weights of int8_pack_weight's layout (a new tensor; any device).
   m.def("int8_unpack_weight(Tensor w_packed, int n, int k) -> Tensor");
   // W8A16: x @ (wq * w_scale)^T + bias, per-channel or per-group scales, fp32 accumulation.

@@ -105,22 +105,9 @@ def int8_pack_weight(wq: torch.Tensor, group_size: int | None = None) -> tuple[t
     ``*_packed`` ops: blocks of 16 output channels x 4 values of K (layout in reference.py),
     so one 64-byte vector of weights feeds 16 outputs (AVX-512 VNNI), and the column sums
     that undo the kernel's unsigned shift of the activations: [N] per channel, or with
-    ``group_size`` (for per-group W8A16) [ceil(K / group_size), N], each group's sums. A
-    layout transformation in torch ops, done once per layer; any device."""
-    if wq.dtype != torch.int8 or wq.dim() != 2:
-        raise ValueError(f"int8_pack_weight: wq must be int8 [N, K], got {wq.dtype} of shape {tuple(wq.shape)}")
-    if group_size is not None and group_size <= 0:
-        raise ValueError(f"int8_pack_weight: group_size must be positive or None, got {group_size}")
-    n, k = wq.shape
-    padded = torch.nn.functional.pad(wq, (0, (-k) % 4, 0, (-n) % 16))
-    blocks = padded.reshape(padded.shape[0] // 16, 16, padded.shape[1] // 4, 4).permute(0, 2, 1, 3)
-    if group_size is None:
-        sums = wq.sum(1, dtype=torch.int32)
-    else:
-        groups = -(-k // group_size)
-        grouped = torch.nn.functional.pad(wq, (0, groups * group_size - k)).reshape(n, groups, group_size)
-        sums = grouped.sum(2, dtype=torch.int32).T.contiguous()
-    return blocks.reshape(padded.shape[0] // 16, padded.shape[1] // 4, 64).contiguous(), sums
+    ``group_size`` (for per-group W8A16) [ceil(K / group_size), N], each group's sums. CPU
+    (the layout of the CPU kernels; CUDA takes the canonical one), one pass over the weights."""
+    return _ops.int8_pack_weight(wq, group_size)
 
 
 def int8_unpack_weight(w_packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
@@ -254,6 +241,14 @@ def _(x, group_size):
     torch._check(group_size > 0, lambda: f"quantize_per_group: group_size must be positive, got {group_size}")
     groups = -(-x.shape[-1] // group_size)
     return torch.empty_like(x, dtype=torch.int8), x.new_empty(_row_scale_shape(x, groups), dtype=torch.float32)
+
+
+@torch.library.register_fake("effgen::int8_pack_weight")
+def _(wq, group_size=None):
+    n, k = wq.shape
+    packed = wq.new_empty([-(-n // 16), -(-k // 4), 64])
+    sums_shape = [n] if group_size is None else [-(-k // group_size), n]
+    return packed, wq.new_empty(sums_shape, dtype=torch.int32)
 
 
 @torch.library.register_fake("effgen::quantize_per_channel")

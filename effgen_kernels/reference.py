@@ -63,6 +63,7 @@ __all__ = [
     "fake_quantize_learnable_per_channel_backward",
     "int8_linear",
     "int8_dynamic_linear",
+    "int8_pack_weight",
     "int8_unpack_weight",
     "int8_linear_packed",
     "int8_dynamic_linear_packed",
@@ -235,6 +236,20 @@ def int8_linear(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.float32):
 def int8_dynamic_linear(x, wq, w_scale, bias=None):
     q, scale = quantize_per_token(x)
     return int8_linear(q, scale, wq, w_scale, bias, out_dtype=x.dtype)
+
+
+def int8_pack_weight(wq, group_size=None):
+    """wq int8 [N, K] in int8_pack_weight's layout (see the docstring above), and its sums."""
+    n, k = wq.shape
+    padded = torch.nn.functional.pad(wq, (0, (-k) % 4, 0, (-n) % 16))
+    blocks = padded.reshape(padded.shape[0] // 16, 16, padded.shape[1] // 4, 4).permute(0, 2, 1, 3)
+    if group_size is None:
+        sums = wq.sum(1, dtype=torch.int32)
+    else:
+        groups = -(-k // group_size)
+        grouped = torch.nn.functional.pad(wq, (0, groups * group_size - k)).reshape(n, groups, group_size)
+        sums = grouped.sum(2, dtype=torch.int32).T.contiguous()
+    return blocks.reshape(padded.shape[0] // 16, padded.shape[1] // 4, 64).contiguous(), sums
 
 
 def int8_unpack_weight(w_packed, n, k):

@@ -1,3 +1,4 @@
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -58,6 +59,17 @@ def load_example(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """torch's intra-op thread count set to count for the block, then restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def run_cuda_host_check(name: str, tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ import io
 
 import pytest
 import torch
-from conftest import CPU_ISAS, FLOAT_DTYPES, assert_products_match, random_input, run_cuda_host_check
+from conftest import CPU_ISAS, FLOAT_DTYPES, assert_products_match, random_input, run_cuda_host_check, torch_threads
 from test_quant import assert_same_bits
 from torch.library import opcheck
 
@@ -116,8 +116,12 @@ def test_int8_pack_weight_layout_and_round_trip():
     assert torch.equal(ops.int8_unpack_weight(packed, n, k), wq)
     assert torch.equal(ref.int8_unpack_weight(packed, n, k), wq)
     opcheck(torch.ops.effgen.int8_unpack_weight.default, (packed, n, k))
-    with pytest.raises(ValueError, match="int8_pack_weight: wq must be int8 \\[N, K\\]"):
+    with pytest.raises(TypeError, match="int8_pack_weight: wq must be int8, got Float"):
         ops.int8_pack_weight(wq.float())
+    with pytest.raises(ValueError, match="int8_pack_weight: wq must be 2-D \\[N, K\\], got shape \\[2, 37, 70\\]"):
+        ops.int8_pack_weight(wq.expand(2, n, k))
+    with pytest.raises(ValueError, match="int8_pack_weight: group_size must be positive or None, got 0"):
+        ops.int8_pack_weight(wq, 0)
     with pytest.raises(ValueError, match="int8_unpack_weight: w_packed must have shape \\[3, 19, 64\\] \\(from "
                                          "N = 37 and K = 74"):
         ops.int8_unpack_weight(packed, n, k + 4)
@@ -125,6 +129,30 @@ def test_int8_pack_weight_layout_and_round_trip():
         ops.int8_unpack_weight(packed.float(), n, k)
     with pytest.raises(ValueError, match="int8_unpack_weight: n and k must be >= 0"):
         ops.int8_unpack_weight(packed, -1, k)
+
+
+# N and K around the 16 x 4 blocks, K over several groups and a ragged last one, empties
+@pytest.mark.parametrize("n,k", [(1, 1), (16, 4), (17, 5), (37, 70), (300, 1031), (0, 9), (5, 0)])
+@pytest.mark.parametrize("group_size", [None, 1, 6, 64, 4096])
+def test_int8_pack_weight_matches_the_reference(n, k, group_size):
+    wq = random_int8((n, k), low=-127)
+    expected = ref.int8_pack_weight(wq, group_size)
+    for weights in (wq, random_int8((k, n), low=-127).T, torch.cat([wq, wq], 1)[:, k:]):  # and non-contiguous
+        packed, w_sum = ops.int8_pack_weight(weights, group_size)
+        expected = ref.int8_pack_weight(weights, group_size)
+        assert torch.equal(packed, expected[0]) and torch.equal(w_sum, expected[1])
+        assert packed.shape == expected[0].shape and w_sum.shape == expected[1].shape
+        assert torch.equal(ops.int8_unpack_weight(packed, n, k), weights)
+    opcheck(torch.ops.effgen.int8_pack_weight.default, (wq, group_size))
+
+
+def test_int8_pack_weight_splits_a_large_layer_over_threads():
+    wq = random_int8((1000, 700), low=-127)  # 63 column groups of 11200 weights: several tasks a thread
+    for threads in (1, 2):
+        with torch_threads(threads):
+            packed, w_sum = ops.int8_pack_weight(wq, 128)
+        expected = ref.int8_pack_weight(wq, 128)
+        assert torch.equal(packed, expected[0]) and torch.equal(w_sum, expected[1])
 
 
 # Tile edges of every ISA (6 x 64, 2 x 16, 1 x 16 register tiles; 96 x 64 output blocks).
@@ -356,9 +384,7 @@ def test_w8a16_over_column_blocks_matches_reference(isa, dtype, m, group_size, k
     wq, w_scale = ops.quantize_per_channel(w, 0) if group_size is None else ops.quantize_per_group(w, group_size)
     packed, w_sum = ops.int8_pack_weight(wq, group_size)
     bias = torch.randn(n)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         for bad_row in (None, 3):
             xb = x.clone()
             if bad_row is not None:
@@ -367,8 +393,6 @@ def test_w8a16_over_column_blocks_matches_reference(isa, dtype, m, group_size, k
                     ops.int8_weight_only_linear(xb, wq, w_scale, bias, group_size)]
             for out in outs:
                 check_w8a16_batch(out, xb, wq, w_scale, bias, group_size, bad_row)
-    finally:
-        torch.set_num_threads(before)
 
 
 def check_w8a16_batch(out, x, wq, w_scale, bias, group_size, bad_row):

@@ -59,15 +59,6 @@ void for_each_row(int64_t m, int64_t n, const F& f) {
 }
 
 // ---- pack / unpack ---------------------------------------------------------------------
-// Conversions (pack, unpack, re-tile) split a layer's rows over torch's threads, tasks of
-// about this many weights.
-constexpr int64_t kConversionGrain = 1 << 16;
-
-// f(r0, r1) over ranges of `rows` rows of `row_weights` weights each.
-template <typename F>
-void for_row_ranges(int64_t rows, int64_t row_weights, const F& f) {
-  at::parallel_for(0, rows, std::max<int64_t>(1, kConversionGrain / std::max<int64_t>(row_weights, 1)), f);
-}
 
 at::Tensor pack_binary(const at::Tensor& w_in) {
   constexpr const char* op = "pack_binary";

@@ -13,9 +13,14 @@ def fbgemm_dynamic_linear(linear: torch.nn.Linear) -> torch.nn.Module:
     clone = torch.nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
     clone.load_state_dict(linear.state_dict())
     clone.qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+    return fbgemm_from_float(clone)
+
+
+def fbgemm_from_float(linear: torch.nn.Linear) -> torch.nn.Module:
+    """torch.ao's conversion (quantize, prepack for fbgemm) of a Linear whose qconfig is set."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao quantized tensors are deprecated
-        return torch.ao.nn.quantized.dynamic.Linear.from_float(clone)
+        return torch.ao.nn.quantized.dynamic.Linear.from_float(linear)
 
 
 def staged_x_peer(device: torch.device, layer: str, fn: Callable[[], object]) -> dict[str, Callable[[], object]]:

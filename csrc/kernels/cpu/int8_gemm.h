@@ -38,6 +38,14 @@ struct W8A16Args {
 constexpr int64_t kPackCols = 16, kPackDepth = 4;
 constexpr int64_t kPackBlock = kPackCols * kPackDepth;
 
+// Column groups [jb0, jb1) of canonical int8 weights w (n x k, rows ldw apart) into that
+// layout at packed (block (0, 0); every column group's blocks written whole, zeros
+// included), and the sums of `groups` groups of group_size values of K (one group of at
+// least k for one sum per channel): sums[g * n + j] = sum of w[j][g * group_size, (g + 1) *
+// group_size) within K. Portable: one pass over the weights, for every ISA.
+void pack_int8_weight(const int8_t* w, int64_t ldw, int64_t n, int64_t k, int64_t group_size, int64_t groups,
+                      int64_t jb0, int64_t jb1, int8_t* packed, int32_t* sums);
+
 // W8A16 on the int8 GEMM: activations as fixed point per token in `limbs` int8 digits of
 // base 256. x[i] = scales[i] * a[i], a = round_half_even(x / scales[i]) with
 // |a| <= split_max(limbs), written as a = sum_j 256^(limbs-1-j) d_j with d_j int8 (every
