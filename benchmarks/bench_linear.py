@@ -106,7 +106,7 @@ def run_conversion(ctx: BenchContext, k: int, n: int) -> list[BenchResult]:
     return ctx.measure_peers(FAMILY, "Int8Linear.from_float (conversion)", f"{k}x{n}", torch.float32,
                              lambda: ek.nn.Int8Linear.from_float(linear),
                              {"fbgemm from_float": lambda: fbgemm_from_float(linear)},
-                             bytes_moved=4 * n * k + n * k, reps=max(5, ctx.reps // 4))
+                             bytes_moved=4 * n * k + n * k, reps=max(7, ctx.reps // 2))
 
 
 def run_shape(ctx: BenchContext, m: int, k: int, n: int, peak: float) -> list[BenchResult]:
