@@ -17,6 +17,7 @@ from .nn import (
     TernaryLinear,
     TernaryTrainLinear,
 )
+from .nn._quantized import QuantizedLayer
 
 # The float dtypes every kernel takes (weights to quantize, activations).
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -159,6 +160,22 @@ def _why_not(linear: nn.Linear, config) -> str | None:
     return config.cannot_convert(linear)
 
 
+_TRAINABLE = (Int8TrainLinear, BinaryTrainLinear, TernaryTrainLinear)
+
+
+def _left_alone(module: nn.Module) -> str | None:
+    """Why quantize_ / prepare leave a linear-like module that is not a plain nn.Linear as it
+    is (None: not linear-like). Said in the summary: a model quantized twice, or prepared
+    and then quantized, would otherwise report 0 layers without a reason."""
+    if isinstance(module, QuantizedLayer):
+        return f"already quantized ({type(module).__name__})"
+    if isinstance(module, _TRAINABLE):
+        return f"{type(module).__name__} from prepare (convert() makes it its inference layer)"
+    if isinstance(module, nn.Linear):  # e.g. nn.MultiheadAttention's out_proj, whose weight it reads itself
+        return f"{type(module).__name__} is a subclass of nn.Linear (its owner may read the weight directly)"
+    return None
+
+
 def _swap(model: nn.Module, name: str, replacement: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, replacement)
@@ -167,8 +184,16 @@ def _swap(model: nn.Module, name: str, replacement: nn.Module) -> None:
 def _replace_linears(model: nn.Module, config, make: Callable[[nn.Linear, str], nn.Module],
                      filter_fn: Callable[[nn.Module, str], bool] | None) -> QuantizeSummary:
     summary = QuantizeSummary(config)
-    targets = [(name, module) for name, module in model.named_modules()
-               if type(module) is nn.Linear and (filter_fn is None or filter_fn(module, name))]
+    targets = []
+    for name, module in model.named_modules():
+        # filter_fn sees nn.Linear and its subclasses only (it may read .weight, which the
+        # quantized layers do not have)
+        if isinstance(module, nn.Linear) and filter_fn is not None and not filter_fn(module, name):
+            continue
+        if type(module) is nn.Linear:
+            targets.append((name, module))
+        elif (reason := _left_alone(module)) is not None:
+            summary.skipped[name] = reason
     if hasattr(config, "check_targets"):
         config.check_targets([name for name, _ in targets])
     for name, linear in targets:
@@ -187,7 +212,8 @@ def _replace_linears(model: nn.Module, config, make: Callable[[nn.Linear, str], 
 def quantize_(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bool] | None = None) -> QuantizeSummary:
     """Replace every nn.Linear of ``model`` (for which ``filter_fn(module, name)`` is true)
     by the quantized layer of ``config``; returns a QuantizeSummary. Layers that cannot be
-    converted stay as they are and are listed, with the reason, in ``summary.skipped``."""
+    converted stay as they are and are listed, with the reason, in ``summary.skipped``, as are
+    layers already quantized or prepared and subclasses of nn.Linear, which it leaves alone."""
     return _replace_linears(model, config, config.convert, filter_fn)
 
 
@@ -204,8 +230,7 @@ def prepare(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bool
 def convert(model: nn.Module) -> list[str]:
     """After training: swap every trainable int8 / binary / ternary layer for its inference
     module (identical outputs in eval mode). Returns the names converted."""
-    trainable = (Int8TrainLinear, BinaryTrainLinear, TernaryTrainLinear)
-    names = [name for name, module in model.named_modules() if isinstance(module, trainable)]
+    names = [name for name, module in model.named_modules() if isinstance(module, _TRAINABLE)]
     for name in names:
         _swap(model, name, model.get_submodule(name).to_inference())
     return names

@@ -368,3 +368,19 @@ def test_quantize_skips_layers_the_kernels_cannot_take_and_converts_the_rest(con
     assert summary.skipped == {"0": "weight dtype torch.float64 (the kernels take float32, bfloat16 and float16)"}
     assert summary.converted == ["1", "2"] and type(model[0]) is torch.nn.Linear
 
+
+
+def test_quantize_says_why_it_leaves_linear_like_modules_alone():
+    subclass = "NonDynamicallyQuantizableLinear is a subclass of nn.Linear (its owner may read the weight directly)"
+    model = torch.nn.ModuleDict({"proj": torch.nn.Linear(K, K), "attention": torch.nn.MultiheadAttention(K, 4),
+                                 "head": torch.nn.Linear(K, N)})
+    first = ek.quantize_(model, ek.Int8Config(), filter_fn=lambda module, name: name != "head")
+    assert first.converted == ["proj"] and first.skipped == {"attention.out_proj": subclass}
+    ek.prepare(model, ek.TernaryConfig())
+    second = ek.quantize_(model, ek.Int8WeightOnlyConfig(), filter_fn=lambda module, name: module.weight.dim() == 2)
+    assert second.converted == [] and second.skipped == {
+        "proj": "already quantized (Int8Linear)", "attention.out_proj": subclass,
+        "head": "TernaryTrainLinear from prepare (convert() makes it its inference layer)"}
+    assert "skipped proj: already quantized (Int8Linear)" in str(second)
+    x = random_input((2, 3, K))
+    assert model["attention"](x, x, x)[0].shape == (2, 3, K)  # left as it was, and working
