@@ -158,7 +158,7 @@ def compare_formats(base, tokenizer, text_ids: torch.Tensor, device: torch.devic
         with PeakMemory(device) as peak:
             model = copy.deepcopy(base).to(device)
             if config is not None:
-                ek.quantize_(model, config)
+                ek.quantize_(model, config, progress=False)  # inside this stage's own bar
             bar.update(bar.done, f"{name}: prefill")
             time_prefill(model, prefill_ids, 1)  # warm-up: first-call costs (CUDA context, cuBLAS handles, caches)
             prefill_s = time_prefill(model, prefill_ids, 2 if quick else 3)

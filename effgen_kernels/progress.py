@@ -11,10 +11,12 @@ WIDTH = 24
 
 class Progress:
     """``done`` of ``total`` units with a bar, the elapsed time, an ETA and a free-form
-    detail. Draws at most every ``every_s`` seconds (and always at the end)."""
+    detail. Draws at most every ``every_s`` seconds (and always at the end), and nothing
+    until ``silent_s`` seconds have passed: a library call that is over sooner prints nothing."""
 
-    def __init__(self, total: int, label: str, enabled: bool = True, every_s: float | None = None) -> None:
-        self.total, self.label, self.enabled = max(total, 1), label, enabled
+    def __init__(self, total: int, label: str, enabled: bool = True, every_s: float | None = None,
+                 silent_s: float = 0.0) -> None:
+        self.total, self.label, self.enabled, self.silent_s = max(total, 1), label, enabled, silent_s
         self.tty = sys.stderr.isatty()
         self.every_s = every_s if every_s is not None else (0.2 if self.tty else 5.0)
         self.done, self.started, self.last = 0, time.monotonic(), float("-inf")
@@ -22,10 +24,10 @@ class Progress:
     def update(self, done: int | None = None, detail: str = "") -> None:
         self.done = self.done + 1 if done is None else done
         now = time.monotonic()
-        if not self.enabled or (self.done < self.total and now - self.last < self.every_s):
+        elapsed = now - self.started
+        if not self.enabled or elapsed < self.silent_s or (self.done < self.total and now - self.last < self.every_s):
             return
         self.last = now
-        elapsed = now - self.started
         eta = elapsed / self.done * (self.total - self.done) if self.done else 0.0
         filled = WIDTH * self.done // self.total
         line = (f"{self.label} [{'#' * filled}{'.' * (WIDTH - filled)}] {self.done}/{self.total} "

@@ -18,6 +18,7 @@ from .nn import (
     TernaryTrainLinear,
 )
 from .nn._quantized import QuantizedLayer
+from .progress import Progress
 
 # The float dtypes every kernel takes (weights to quantize, activations).
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -182,7 +183,7 @@ def _swap(model: nn.Module, name: str, replacement: nn.Module) -> None:
 
 
 def _replace_linears(model: nn.Module, config, make: Callable[[nn.Linear, str], nn.Module],
-                     filter_fn: Callable[[nn.Module, str], bool] | None) -> QuantizeSummary:
+                     filter_fn: Callable[[nn.Module, str], bool] | None, progress: bool = False) -> QuantizeSummary:
     summary = QuantizeSummary(config)
     targets = []
     for name, module in model.named_modules():
@@ -196,7 +197,9 @@ def _replace_linears(model: nn.Module, config, make: Callable[[nn.Linear, str], 
             summary.skipped[name] = reason
     if hasattr(config, "check_targets"):
         config.check_targets([name for name, _ in targets])
-    for name, linear in targets:
+    bar = Progress(len(targets), f"quantize_ {type(config).__name__}", enabled=progress, silent_s=2.0)
+    for done, (name, linear) in enumerate(targets):
+        bar.update(done, detail=name)
         reason = _why_not(linear, config)
         if reason is not None:
             summary.skipped[name] = reason
@@ -206,15 +209,19 @@ def _replace_linears(model: nn.Module, config, make: Callable[[nn.Linear, str], 
         summary.bytes_after += _module_bytes(replacement)
         _swap(model, name, replacement)
         summary.converted.append(name)
+    bar.update(len(targets))
     return summary
 
 
-def quantize_(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bool] | None = None) -> QuantizeSummary:
+def quantize_(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bool] | None = None,
+              progress: bool = True) -> QuantizeSummary:
     """Replace every nn.Linear of ``model`` (for which ``filter_fn(module, name)`` is true)
     by the quantized layer of ``config``; returns a QuantizeSummary. Layers that cannot be
     converted stay as they are and are listed, with the reason, in ``summary.skipped``, as are
-    layers already quantized or prepared and subclasses of nn.Linear, which it leaves alone."""
-    return _replace_linears(model, config, config.convert, filter_fn)
+    layers already quantized or prepared and subclasses of nn.Linear, which it leaves alone.
+    A conversion that runs past 2 s (a large model) shows a progress bar on stderr unless
+    ``progress`` is False."""
+    return _replace_linears(model, config, config.convert, filter_fn, progress)
 
 
 def prepare(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bool] | None = None) -> QuantizeSummary:

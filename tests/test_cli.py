@@ -148,6 +148,8 @@ def test_progress_bar_draws_first_and_last_and_throttles_the_rest(capsys):
     assert lines[-1].startswith("work [########################] 10/10") and lines[-1].endswith("| busy")
     Progress(5, "quiet", enabled=False).update(5)
     assert capsys.readouterr().err == ""
+    Progress(5, "short", silent_s=3600).update(5)  # over before the silence ends: nothing, not even the end
+    assert capsys.readouterr().err == ""
 
 
 def test_cuda_int8_gemm_report_follows_device_build_and_override(monkeypatch):

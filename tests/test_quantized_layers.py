@@ -384,3 +384,17 @@ def test_quantize_says_why_it_leaves_linear_like_modules_alone():
     assert "skipped proj: already quantized (Int8Linear)" in str(second)
     x = random_input((2, 3, K))
     assert model["attention"](x, x, x)[0].shape == (2, 3, K)  # left as it was, and working
+
+
+def test_a_long_quantize_shows_progress_and_a_short_one_stays_silent(capsys, monkeypatch):
+    model = torch.nn.Sequential(torch.nn.Linear(K, K), torch.nn.Linear(K, N))
+    ek.quantize_(copy.deepcopy(model), ek.Int8Config())
+    assert capsys.readouterr().err == ""  # well under the 2 s before a bar
+    clock = iter(range(0, 1000, 5))  # 5 s a reading: past the silence at once
+    monkeypatch.setattr(ek.progress.time, "monotonic", lambda: next(clock))
+    ek.quantize_(copy.deepcopy(model), ek.Int8Config())
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("quantize_ Int8Config [") and lines[0].endswith("0/2 5s, eta 0s | 0")
+    assert " 2/2 " in lines[-1]
+    ek.quantize_(copy.deepcopy(model), ek.Int8Config(), progress=False)
+    assert capsys.readouterr().err == ""
