@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import FLOAT_DTYPES, assert_products_match, load_example, random_input, run_cuda_host_check
+from conftest import FLOAT_DTYPES, assert_products_match, load_example, random_input, run_cuda_host_check, torch_threads
 from test_quant import assert_same_bits
 from torch.library import opcheck
 
@@ -390,10 +390,8 @@ def test_lut_tiles_hold_the_documented_layout(isa, n, k, two_threads):  # (200, 
 
 @pytest.fixture
 def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(2):
+        yield
 
 
 @pytest.mark.parametrize("m,n,k", [(1, 5, 1), (1, 37, 7), (3, 40, 33), (8, 100, 4097), (2, 16, 64),
