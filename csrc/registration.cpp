@@ -86,6 +86,12 @@ TORCH_LIBRARY(effgen, m) {
   m.def("pack_ternary(Tensor q) -> Tensor");
   // uint8 [N, 2 * ceil(K/8)] -> int8 [N, K] in {-1, 0, 1}.
   m.def("unpack_ternary(Tensor packed, int k) -> Tensor");
+  // Float w [N, K] -> (pack_binary(w), alpha): alpha = mean |w| per row [N] or per group of
+  // the row [N, groups], summed in double and rounded once to fp32. NaN / Inf is an error.
+  m.def("binarize_weight(Tensor w, int? group_size=None) -> (Tensor packed, Tensor alpha)");
+  // Float w [N, K] -> (pack_ternary(q), s): BitNet b1.58, s = mean |w| per row [N] or of the
+  // whole tensor [1] (as binarize_weight's), q = round(clamp(w / s, -1, 1)), 0 where s is 0.
+  m.def("ternarize_weight(Tensor w, bool per_channel=True) -> (Tensor packed, Tensor scale)");
   // x [..., K] @ (alpha * sign)^T + bias; alpha [N] or [N, groups] with group_size.
   // lut: optional lut_tiles(packed) for the lookup-table kernel at few rows (CPU).
   m.def("binary_linear(Tensor x, Tensor packed, Tensor alpha, Tensor? bias=None, int? group_size=None, Tensor? lut=None) -> Tensor");

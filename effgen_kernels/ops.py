@@ -29,6 +29,8 @@ __all__ = [
     "unpack_binary",
     "pack_ternary",
     "unpack_ternary",
+    "binarize_weight",
+    "ternarize_weight",
     "binary_linear",
     "ternary_linear",
     "xnor_linear",
@@ -185,6 +187,20 @@ def pack_ternary(q: torch.Tensor) -> torch.Tensor:
 def unpack_ternary(packed: torch.Tensor, k: int) -> torch.Tensor:
     """uint8 [N, 2 * ceil(K/8)] -> int8 [N, K] in {-1, 0, 1}."""
     return _ops.unpack_ternary(packed, k)
+
+
+def binarize_weight(w: torch.Tensor, group_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float w [N, K] -> (pack_binary(w), alpha): XNOR-Net's alpha = mean |w| per row [N], or
+    per group of ``group_size`` inputs [N, groups] (the last group ragged), summed in double
+    and rounded once to fp32. NaN or Inf in w raises ValueError (no sign to give it)."""
+    return _ops.binarize_weight(w, group_size)
+
+
+def ternarize_weight(w: torch.Tensor, per_channel: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float w [N, K] -> (packed ternary q, s) in one pass (BitNet b1.58): s = mean |w| per row
+    [N] or of the whole tensor [1] (summed in double, one fp32 rounding), q = round(clamp(w / s,
+    -1, 1)) (half to even), all 0 where s is 0. NaN or Inf in w raises ValueError."""
+    return _ops.ternarize_weight(w, per_channel)
 
 
 def binary_linear(x: torch.Tensor, packed: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None = None,
@@ -367,6 +383,20 @@ def _(q):
 @torch.library.register_fake("effgen::unpack_ternary")
 def _(packed, k):
     return packed.new_empty((packed.shape[0], k), dtype=torch.int8)
+
+
+@torch.library.register_fake("effgen::binarize_weight")
+def _(w, group_size=None):
+    n, k = w.shape
+    alpha_shape = (n,) if group_size is None else (n, -(-k // group_size))
+    return w.new_empty((n, (k + 7) // 8), dtype=torch.uint8), w.new_empty(alpha_shape, dtype=torch.float32)
+
+
+@torch.library.register_fake("effgen::ternarize_weight")
+def _(w, per_channel=True):
+    n, k = w.shape
+    return (w.new_empty((n, 2 * ((k + 7) // 8)), dtype=torch.uint8),
+            w.new_empty((n if per_channel else 1,), dtype=torch.float32))
 
 
 @torch.library.register_fake("effgen::lut_tiles")

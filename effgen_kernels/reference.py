@@ -334,25 +334,33 @@ def unpack_ternary(packed: torch.Tensor, k: int) -> torch.Tensor:
 
 def binarize_weight(w: torch.Tensor, group_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """XNOR-Net: w ~ alpha * sign(w), alpha = mean |w| per output channel (or per group of
-    the input dimension). Returns (packed signs, alpha [N] or [N, groups])."""
+    the input dimension, the last group ragged), summed in double and rounded once to fp32.
+    Returns (packed signs, alpha [N] or [N, groups]). The ops refuse NaN and Inf in w."""
+    magnitudes = w.double().abs()
     if group_size is None:
-        return pack_binary(w), w.float().abs().mean(dim=1)
+        return pack_binary(w), magnitudes.mean(dim=1).float()
     k = w.shape[1]
     groups = -(-k // group_size)
-    padded = torch.nn.functional.pad(w.float().abs(), (0, groups * group_size - k)).reshape(w.shape[0], groups, -1)
-    counts = torch.full((groups,), float(group_size))
-    counts[-1] = k - (groups - 1) * group_size
-    return pack_binary(w), padded.sum(-1) / counts
+    padded = torch.nn.functional.pad(magnitudes, (0, groups * group_size - k)).reshape(w.shape[0], groups, group_size)
+    counts = (k - torch.arange(groups, dtype=torch.float64) * group_size).clamp(max=group_size)
+    return pack_binary(w), (padded.sum(-1) / counts).float()
 
 
 def ternarize_weight(w: torch.Tensor, per_channel: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """BitNet b1.58: s = mean |w| (per output channel or per tensor), q = round(clamp(w / s, -1, 1)).
-    Returns (packed planes, s [N] or [1]). A zero s (all-zero weights) keeps q = 0."""
+    """BitNet b1.58: s = mean |w| (per output channel or per tensor; summed in double, rounded
+    once to fp32), q = round(clamp(w / s, -1, 1)) with w / s in fp32 and ties to even (so
+    +-0.5 give 0). Returns (packed planes, s [N] or [1]). A zero s (all-zero weights, or a
+    mean below fp32's range) keeps q = 0. The ops refuse NaN and Inf in w."""
+    magnitudes = w.double().abs()
+    s = (magnitudes.mean(dim=1) if per_channel else magnitudes.mean().reshape(1)).float()
+    return pack_ternary(ternary_codes(w, s.reshape(-1, 1) if per_channel else s)), s
+
+
+def ternary_codes(w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """int8 q = round(clamp(w / s, -1, 1)) (fp32 quotient, ties to even), 0 where s is not > 0;
+    s broadcasts against w ([N, 1] or one element)."""
     wf = w.float()
-    s = wf.abs().mean(dim=1) if per_channel else wf.abs().mean().reshape(1)
-    s_b = s.reshape(-1, 1) if per_channel else s
-    q = torch.where(s_b > 0, torch.round((wf / s_b).clamp(-1, 1)), torch.zeros_like(wf)).to(torch.int8)
-    return pack_ternary(q), s
+    return torch.where(s > 0, torch.round((wf / s).clamp(-1, 1)), torch.zeros_like(wf)).to(torch.int8)
 
 
 def _row_alpha(alpha: torch.Tensor, k: int, group_size: int | None) -> torch.Tensor:

@@ -55,6 +55,76 @@ def test_bit_order_is_lsb_first():
     assert ops.pack_ternary(q).tolist() == [[0b1001, 0b0010]]
 
 
+def weights_to_quantize(shape, dtype, layout):
+    """Random weights with the rows whose scale is an edge case (all zero: s = 0; all
+    subnormal in fp32: s subnormal, not 0), contiguous or as a transposed / offset view."""
+    n, k = shape
+    w = random_input((n, k), dtype)
+    if n >= 3 and k > 0:
+        w[1] = 0.0
+        if dtype == torch.float32:
+            w[2] = torch.tensor([2e-40, -3e-40]).repeat(k)[:k]
+    if layout == "transposed":
+        return w.t().contiguous().t()
+    if layout == "offset":
+        return torch.cat([torch.zeros(n, 3, dtype=dtype), w], dim=1)[:, 3:]
+    return w
+
+
+def assert_alpha_like_reference(alpha, expected):
+    # Both sum |w| in double (in other orders) and round once to fp32: equal but in the odd
+    # last bit of a mean that lies within the double sums' error of an fp32 rounding tie.
+    torch.testing.assert_close(alpha, expected, rtol=2**-23, atol=0, equal_nan=True)
+
+
+def assert_ternarized_like_reference(packed, scale, w, per_channel):
+    assert_alpha_like_reference(scale, ref.ternarize_weight(w, per_channel)[1])
+    s = scale.reshape(-1, 1) if per_channel else scale
+    assert_same_bits(packed, ref.pack_ternary(ref.ternary_codes(w, s.to(w.device))))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", [(5, 1), (7, 33), (3, 4097), (0, 9), (4, 0), (300, 700)])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "offset"])
+def test_binarize_and_ternarize_weight_match_the_reference(two_threads, dtype, shape, layout):
+    # (300, 700): rows over both threads' tasks
+    w = weights_to_quantize(shape, dtype, layout)
+    for group_size in (None, 16, 7, 5000):  # 7 leaves a ragged last group, 5000 > K
+        packed, alpha = ops.binarize_weight(w, group_size)
+        expected_packed, expected_alpha = ref.binarize_weight(w, group_size)
+        assert_same_bits(packed, expected_packed)
+        assert alpha.dtype == torch.float32 and alpha.shape == expected_alpha.shape
+        assert_alpha_like_reference(alpha, expected_alpha)
+    for per_channel in (True, False):
+        packed, scale = ops.ternarize_weight(w, per_channel)
+        assert scale.shape == ((shape[0],) if per_channel else (1,))
+        assert_ternarized_like_reference(packed, scale, w, per_channel)
+
+
+def test_ternarize_weight_rounds_ties_to_even_and_clamps():
+    # s = mean |w| = 2: w / s = 0.5 and -0.5 round to 0 (ties to even), 1.5 and -1.5 clamp to +-1
+    w = torch.tensor([[1.0, 3.0, -1.0, -3.0], [0.0, 0.0, 0.0, 0.0]])
+    packed, scale = ops.ternarize_weight(w)
+    assert scale.tolist() == [2.0, 0.0]
+    assert ops.unpack_ternary(packed, 4).tolist() == [[0, 1, 0, -1], [0, 0, 0, 0]]
+    # A mean below fp32's range rounds to s = 0: the row is all 0, not +-1 from w / 0
+    tiny = torch.zeros(1, 4096)
+    tiny[0, 7] = 1e-45  # the smallest subnormal; its mean over 4096 weights rounds to 0
+    packed, scale = ops.ternarize_weight(tiny)
+    assert scale.item() == 0.0 and ops.unpack_ternary(packed, 4096).abs().sum() == 0
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_binarize_and_ternarize_weight_refuse_nan_and_inf(two_threads, value):
+    w = random_input((300, 700))
+    w[217, 5] = value
+    w[250, 0] = value  # the first bad row is the one named
+    for op, option in [("binarize_weight", None), ("binarize_weight", 64),
+                       ("ternarize_weight", True), ("ternarize_weight", False)]:
+        with pytest.raises(ValueError, match=f"{op}: w contains NaN or Inf \\(first in row 217\\)"):
+            getattr(ops, op)(w, option)
+
+
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("m", [1, 5, 16, 17, 40])  # both sides of the bits / dequantize switch
 @pytest.mark.parametrize("k", ODD_K)
@@ -127,13 +197,13 @@ def test_layers_quantize_their_weights_as_the_reference_does():
         linear.weight.copy_(w)
     for per_channel in (True, False):
         ternary = ek.nn.TernaryLinear.from_float(linear, per_channel=per_channel)
-        packed, scale = ref.ternarize_weight(w, per_channel=per_channel)
-        assert torch.equal(ternary.weight_packed, packed) and torch.equal(ternary.weight_scale, scale)
+        assert_ternarized_like_reference(ternary.weight_packed, ternary.weight_scale, w, per_channel)
     assert ref.unpack_ternary(ek.nn.TernaryLinear.from_float(linear).weight_packed, 40)[2].abs().sum() == 40
     for group_size in (None, 16):
         binary = ek.nn.BinaryLinear.from_float(linear, group_size=group_size)
         packed, alpha = ref.binarize_weight(w, group_size)
-        assert torch.equal(binary.weight_packed, packed) and torch.equal(binary.alpha, alpha)
+        assert_same_bits(binary.weight_packed, packed)
+        assert_alpha_like_reference(binary.alpha, alpha)
 
 
 @pytest.mark.parametrize("m", [3, 40])  # bits, then torch's GEMM over expanded weights
@@ -164,7 +234,7 @@ def test_3d_and_non_contiguous_inputs(isa):
     assert_same_bits(ops.xnor_linear(x, packed, alpha), ref.xnor_linear(x.contiguous(), packed, alpha))
 
 
-@pytest.mark.parametrize("case", range(7))
+@pytest.mark.parametrize("case", range(11))
 def test_opcheck(case):
     x, w = random_input((5, 37)), random_input((6, 37))
     packed, alpha = ref.binarize_weight(w)
@@ -178,6 +248,10 @@ def test_opcheck(case):
         (e.binary_linear.default, (x, packed, alpha, torch.randn(6), None)),
         (e.ternary_linear.default, (x, tpacked, scale, None)),
         (e.xnor_linear.default, (x, packed, alpha, None)),
+        (e.binarize_weight.default, (w, None)),
+        (e.binarize_weight.default, (w, 16)),
+        (e.ternarize_weight.default, (w, True)),
+        (e.ternarize_weight.default, (w, False)),
     ]
     opcheck(*cases[case])
 
@@ -197,6 +271,12 @@ def test_bad_inputs_name_the_argument():
         ops.xnor_linear(x.double(), packed, alpha)
     with pytest.raises(ValueError, match="group_size must be a positive multiple of 16"):
         ek.BinaryConfig(group_size=10)
+    with pytest.raises(TypeError, match="binarize_weight: w must be float32"):
+        ops.binarize_weight(torch.ones(4, 20, dtype=torch.int8))
+    with pytest.raises(ValueError, match="ternarize_weight: w must be 2-D \\[N, K\\], got shape \\[20\\]"):
+        ops.ternarize_weight(torch.randn(20))
+    with pytest.raises(ValueError, match="binarize_weight: group_size must be positive, got 0"):
+        ops.binarize_weight(torch.randn(4, 20), 0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -303,6 +383,28 @@ def test_cuda_binary_family_matches_reference(skinny_x, dtype, m, k):
     xnor_rtol = 1e-6 if dtype == torch.float32 else torch.finfo(dtype).eps
     torch.testing.assert_close(ops.xnor_linear(x.cuda(), packed.cuda(), alpha.cuda(), bias.cuda()).cpu(),
                                ref.xnor_linear(x, packed, alpha, bias), rtol=xnor_rtol, atol=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", [(5, 1), (7, 33), (3, 4097), (0, 9), (4, 0)])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_cuda_binarize_and_ternarize_weight_match_the_reference(dtype, shape, layout):
+    w = weights_to_quantize(shape, dtype, layout)
+    for group_size in (None, 16, 7, 5000):
+        packed, alpha = ops.binarize_weight(w.cuda(), group_size)
+        expected_packed, expected_alpha = ref.binarize_weight(w, group_size)
+        assert_same_bits(packed.cpu(), expected_packed)
+        assert_alpha_like_reference(alpha.cpu(), expected_alpha)
+    for per_channel in (True, False):
+        packed, scale = ops.ternarize_weight(w.cuda(), per_channel)
+        assert_ternarized_like_reference(packed.cpu(), scale.cpu(), w, per_channel)
+    w = random_input((40, 64)).cuda()
+    w[9, 3] = float("nan")
+    with pytest.raises(ValueError, match="ternarize_weight: w contains NaN or Inf \\(first in row 9\\)"):
+        ops.ternarize_weight(w)
+    opcheck(torch.ops.effgen.binarize_weight.default, (w[:8], 16))
+    opcheck(torch.ops.effgen.ternarize_weight.default, (w[:8], False))
 
 
 @pytest.mark.cuda

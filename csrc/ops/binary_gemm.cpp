@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <numeric>
 #include <vector>
 
 #include "../kernels/cpu/binary_gemm.h"
@@ -120,6 +121,73 @@ at::Tensor unpack_ternary(const at::Tensor& packed_in, int64_t k) {
                              out.data_ptr<int8_t>() + r0 * k);
   });
   return out;
+}
+
+// ---- float weights -> packed bits and their scales --------------------------------------
+
+// Sum of |w| over each row's `groups` runs of `group` weights (the last one ragged), in
+// double, rows over threads; [N * groups], row-major. NaN or Inf in w is an error.
+std::vector<double> abs_group_sums(const char* op, const at::Tensor& w, int64_t groups, int64_t group) {
+  const int64_t n = w.size(0), k = w.size(1), elem = w.element_size();
+  const auto dtype = cpu_dtype(w.scalar_type());
+  const auto* bytes = static_cast<const char*>(w.data_ptr());
+  std::vector<double> sums(static_cast<size_t>(n * groups));
+  for_row_ranges(n, k, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t g = 0; g < groups; ++g) {
+        const int64_t start = r * k + g * group;
+        sums[r * groups + g] = cpu::abs_sum(dtype, bytes + start * elem, std::min(group, k - g * group));
+      }
+    }
+  });
+  const auto bad = std::find_if(sums.begin(), sums.end(), [](double v) { return !std::isfinite(v); });
+  check_finite_rows(op, bad == sums.end() ? -1 : (bad - sums.begin()) / groups);
+  return sums;
+}
+
+// One fp32 rounding of the double mean (a count of 0 gives NaN, as torch's mean of nothing).
+float mean_of(double sum, int64_t count) { return static_cast<float>(sum / static_cast<double>(count)); }
+
+std::tuple<at::Tensor, at::Tensor> binarize_weight(const at::Tensor& w_in, std::optional<int64_t> group_size) {
+  constexpr const char* op = "binarize_weight";
+  check_weight_to_quantize(op, w_in);
+  check_cpu(op, "w", w_in);
+  if (group_size) check_group_size(op, *group_size);
+  const at::Tensor w = w_in.contiguous();
+  const int64_t n = w.size(0), k = w.size(1);
+  const int64_t group = group_size.value_or(k), groups = group_size ? num_groups(k, group) : 1;
+  const std::vector<double> sums = abs_group_sums(op, w, groups, group);
+  at::Tensor alpha = group_size ? at::empty({n, groups}, w.options().dtype(at::kFloat))
+                                : at::empty({n}, w.options().dtype(at::kFloat));
+  float* alpha_ptr = alpha.data_ptr<float>();
+  for (int64_t i = 0; i < n * groups; ++i) {
+    alpha_ptr[i] = mean_of(sums[i], std::min(group, k - i % groups * group));
+  }
+  return {pack_binary(w), alpha};
+}
+
+std::tuple<at::Tensor, at::Tensor> ternarize_weight(const at::Tensor& w_in, bool per_channel) {
+  constexpr const char* op = "ternarize_weight";
+  check_weight_to_quantize(op, w_in);
+  check_cpu(op, "w", w_in);
+  const at::Tensor w = w_in.contiguous();
+  const int64_t n = w.size(0), k = w.size(1), elem = w.element_size();
+  const std::vector<double> sums = abs_group_sums(op, w, 1, k);
+  at::Tensor scale = at::empty({per_channel ? n : 1}, w.options().dtype(at::kFloat));
+  float* scale_ptr = scale.data_ptr<float>();
+  if (per_channel) {
+    for (int64_t r = 0; r < n; ++r) scale_ptr[r] = mean_of(sums[r], k);
+  } else {
+    scale_ptr[0] = mean_of(std::accumulate(sums.begin(), sums.end(), 0.0), n * k);
+  }
+  at::Tensor out = at::empty({n, 2 * packed_row_bytes(k)}, w.options().dtype(at::kByte));
+  const auto* bytes = static_cast<const char*>(w.data_ptr());
+  for_row_ranges(n, k, [&](int64_t r0, int64_t r1) {
+    cpu::ternarize_rows(cpu_dtype(w.scalar_type()), bytes + r0 * k * elem, r1 - r0, k,
+                        scale_ptr + (per_channel ? r0 : 0), per_channel ? 1 : 0,
+                        out.data_ptr<uint8_t>() + r0 * out.size(1));
+  });
+  return {out, scale};
 }
 
 // ---- products --------------------------------------------------------------------------
@@ -436,6 +504,8 @@ TORCH_LIBRARY_IMPL(effgen, CPU, m) {
   m.impl("unpack_binary", &unpack_binary);
   m.impl("pack_ternary", &pack_ternary);
   m.impl("unpack_ternary", &unpack_ternary);
+  m.impl("binarize_weight", &binarize_weight);
+  m.impl("ternarize_weight", &ternarize_weight);
   m.impl("binary_linear", &binary_linear);
   m.impl("ternary_linear", &ternary_linear);
   m.impl("xnor_linear", &xnor_linear);

@@ -18,6 +18,18 @@ inline void check_packed(const char* op, const at::Tensor& packed, int64_t k, in
                     packed.sizes());
 }
 
+// w of binarize_weight / ternarize_weight: float [N, K] (the glue checks its device).
+inline void check_weight_to_quantize(const char* op, const at::Tensor& w) {
+  check_float_input(op, "w", w);
+  TORCH_CHECK_VALUE(w.dim() == 2, op, ": w must be 2-D [N, K], got shape ", w.sizes());
+}
+
+// first_bad_row: the first row of w whose |w| sum is not finite (it holds NaN or Inf), or -1.
+inline void check_finite_rows(const char* op, int64_t first_bad_row) {
+  TORCH_CHECK_VALUE(first_bad_row < 0, op, ": w contains NaN or Inf (first in row ", first_bad_row,
+                    "); it cannot be quantized");
+}
+
 // x viewed as contiguous [M, K] rows.
 struct Rows {
   at::Tensor x;

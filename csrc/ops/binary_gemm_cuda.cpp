@@ -4,6 +4,11 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mean.h>
 #include <ATen/ops/add.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/isfinite.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros_like.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -59,6 +64,54 @@ at::Tensor pack_ternary(const at::Tensor& q_in) {
   at::Tensor out = at::empty({q.size(0), 2 * packed_row_bytes(q.size(1))}, q.options().dtype(at::kByte));
   check_launch(op, cuda::pack_ternary(q.data_ptr<int8_t>(), q.size(0), q.size(1), out.data_ptr<uint8_t>(), stream()));
   return out;
+}
+
+// ---- float weights -> packed bits and their scales --------------------------------------
+// ATen composites over the device's reductions (conversion time, not the hot path), with
+// the CPU glue's double sums and single fp32 rounding; packed by the kernels above.
+
+// Sum of |w| over each row's `groups` runs of `group` weights (the last one ragged), in
+// double: [N, groups]. NaN or Inf in w is an error (one synchronizing check).
+at::Tensor abs_group_sums(const char* op, const at::Tensor& w, int64_t groups, int64_t group) {
+  const int64_t n = w.size(0), k = w.size(1);
+  const at::Tensor magnitudes = at::constant_pad_nd(w.to(at::kDouble).abs(), {0, groups * group - k}, 0.0);
+  const at::Tensor sums = magnitudes.reshape({n, groups, group}).sum(-1);
+  const at::Tensor bad_rows = at::isfinite(sums).logical_not().any(1).nonzero();
+  check_finite_rows(op, bad_rows.numel() == 0 ? -1 : bad_rows[0][0].item<int64_t>());
+  return sums;
+}
+
+std::tuple<at::Tensor, at::Tensor> binarize_weight(const at::Tensor& w_in, std::optional<int64_t> group_size) {
+  constexpr const char* op = "binarize_weight";
+  check_weight_to_quantize(op, w_in);
+  check_cuda(op, "w", w_in);
+  if (group_size) check_group_size(op, *group_size);
+  const c10::cuda::CUDAGuard guard(w_in.device());
+  const at::Tensor w = w_in.contiguous();
+  const int64_t n = w.size(0), k = w.size(1);
+  const int64_t group = group_size.value_or(k), groups = group_size ? num_groups(k, group) : 1;
+  // group g counts min(group, K - g * group) weights
+  const at::Tensor counts = at::arange(groups, w.options().dtype(at::kDouble))
+                                .mul(-static_cast<double>(group))
+                                .add(static_cast<double>(k))
+                                .clamp_max(static_cast<double>(group));
+  const at::Tensor alpha = abs_group_sums(op, w, groups, group).div(counts).to(at::kFloat);
+  return {pack_binary(w), group_size ? alpha : alpha.reshape({n})};
+}
+
+std::tuple<at::Tensor, at::Tensor> ternarize_weight(const at::Tensor& w_in, bool per_channel) {
+  constexpr const char* op = "ternarize_weight";
+  check_weight_to_quantize(op, w_in);
+  check_cuda(op, "w", w_in);
+  const c10::cuda::CUDAGuard guard(w_in.device());
+  const at::Tensor w = w_in.contiguous();
+  const int64_t n = w.size(0), k = w.size(1);
+  const at::Tensor sums = abs_group_sums(op, w, 1, k);  // [N, 1]
+  const at::Tensor scale = per_channel ? sums.div(static_cast<double>(k)).to(at::kFloat)
+                                       : sums.sum().div(static_cast<double>(n * k)).to(at::kFloat).reshape({1, 1});
+  const at::Tensor ratio = w.to(at::kFloat).div(scale);
+  const at::Tensor q = at::where(scale.gt(0), ratio.clamp(-1, 1).round(), at::zeros_like(ratio)).to(at::kChar);
+  return {pack_ternary(q), scale.reshape({per_channel ? n : 1})};
 }
 
 // Many rows: the weights expanded once to x's dtype (signs, ternary codes, or sign * alpha
@@ -150,6 +203,8 @@ TORCH_LIBRARY_IMPL(effgen, CUDA, m) {
   m.impl("unpack_binary", &unpack_binary);
   m.impl("pack_ternary", &pack_ternary);
   m.impl("unpack_ternary", &unpack_ternary);
+  m.impl("binarize_weight", &binarize_weight);
+  m.impl("ternarize_weight", &ternarize_weight);
   m.impl("binary_linear", &binary_linear);
   m.impl("ternary_linear", &ternary_linear);
   m.impl("xnor_linear", &xnor_linear);

@@ -18,7 +18,8 @@ from ._trainable import trainable_copy
 
 
 def _alpha(weight: torch.Tensor, group_size: int | None) -> torch.Tensor:
-    """XNOR-Net scale: mean |w| per output channel, or per group of the input dimension."""
+    """XNOR-Net scale in the training forward (differentiable): mean |w| per output channel, or
+    per group of the input dimension. Conversion uses ops.binarize_weight."""
     w = weight.float().abs()
     if group_size is None:
         return w.mean(dim=1)
@@ -28,17 +29,6 @@ def _alpha(weight: torch.Tensor, group_size: int | None) -> torch.Tensor:
     counts = torch.full((groups,), float(group_size), device=w.device)
     counts[-1] = k - (groups - 1) * group_size
     return sums / counts
-
-
-def _ternary(weight: torch.Tensor, per_channel: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """BitNet b1.58: s = mean |w|, q = round(clamp(w / s, -1, 1)); returns (q int8, s)."""
-    w = weight.float()
-    s = w.abs().mean(dim=1) if per_channel else w.abs().mean().reshape(1)
-    s_b = s.reshape(-1, 1) if per_channel else s
-    # Divided by s itself, even a subnormal one (as reference.ternarize_weight): rows whose
-    # s is 0 or NaN divide into NaN / inf here and are zeroed after. In place: one temporary.
-    q = (w / s_b).clamp_(-1, 1).round_().masked_fill_(~(s_b > 0), 0)
-    return q.to(torch.int8), s
 
 
 def _rebuild_lut(module: _PackedLinear, incompatible_keys) -> None:
@@ -105,8 +95,7 @@ class BinaryLinear(_PackedLinear):
         weight = linear.weight.detach()
         module = cls(linear.in_features, linear.out_features, linear.bias is not None, group_size, binary_activations,
                      device=weight.device, dtype=None if linear.bias is None else linear.bias.dtype)
-        module.weight_packed = ops.pack_binary(weight)
-        module.alpha = _alpha(weight, group_size)
+        module.weight_packed, module.alpha = ops.binarize_weight(weight, group_size)
         if linear.bias is not None:
             module.bias = linear.bias.detach().clone()
         module.refresh_lut()
@@ -147,8 +136,7 @@ class TernaryLinear(_PackedLinear):
         weight = linear.weight.detach()
         module = cls(linear.in_features, linear.out_features, linear.bias is not None, per_channel,
                      device=weight.device, dtype=None if linear.bias is None else linear.bias.dtype)
-        q, module.weight_scale = _ternary(weight, per_channel)
-        module.weight_packed = ops.pack_ternary(q)
+        module.weight_packed, module.weight_scale = ops.ternarize_weight(weight, per_channel)
         if linear.bias is not None:
             module.bias = linear.bias.detach().clone()
         module.refresh_lut()

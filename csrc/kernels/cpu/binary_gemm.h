@@ -121,5 +121,11 @@ void pack_signs(DType dtype, const void* x, int64_t rows, int64_t k, uint8_t* ou
 bool pack_ternary_rows(const int8_t* q, int64_t rows, int64_t k, uint8_t* out);
 void unpack_binary_rows(const uint8_t* packed, int64_t rows, int64_t k, int8_t* out);
 void unpack_ternary_rows(const uint8_t* packed, int64_t rows, int64_t k, int8_t* out);
+// Sum of |x| over n values, accumulated in double (the means of binarize / ternarize_weight).
+double abs_sum(DType dtype, const void* x, int64_t n);
+// BitNet b1.58 rows packed as pack_ternary_rows packs q = round(clamp(w / s, -1, 1)), s =
+// scale[r * scale_stride] (0 or 1 stride); a row whose s is not > 0 packs as all 0.
+void ternarize_rows(DType dtype, const void* w, int64_t rows, int64_t k, const float* scale, int64_t scale_stride,
+                    uint8_t* out);
 
 }  // namespace effgen::cpu

@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 
@@ -36,6 +37,52 @@ void pack_signs_t(const T* x, int64_t rows, int64_t k, uint8_t* out) {
   }
 }
 
+// f(x as const T*) for the element type T that dtype names.
+template <typename F>
+auto with_element_type(DType dtype, const void* x, const F& f) {
+  switch (dtype) {
+    case DType::kBF16: return f(static_cast<const bf16*>(x));
+    case DType::kF16: return f(static_cast<const fp16*>(x));
+    case DType::kF32: break;
+  }
+  return f(static_cast<const float*>(x));
+}
+
+// Four double accumulators: independent adds, and a sum of at most 2^31 floats' magnitudes
+// that is exact to far below fp32's resolution (the reference sums in double too).
+template <typename T>
+double abs_sum_t(const T* x, int64_t n) {
+  double acc[4] = {0.0, 0.0, 0.0, 0.0};
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    for (int j = 0; j < 4; ++j) acc[j] += std::fabs(static_cast<double>(to_f32(x[i + j])));
+  }
+  for (; i < n; ++i) acc[0] += std::fabs(static_cast<double>(to_f32(x[i])));
+  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
+// round(clamp(v, -1, 1)) rounds half to even, so +-0.5 go to 0: q = +1 above 0.5, -1 below
+// -0.5. v = w / s is divided (not multiplied by 1 / s) to be the reference's quotient.
+template <typename T>
+void ternarize_rows_t(const T* w, int64_t rows, int64_t k, const float* scale, int64_t scale_stride, uint8_t* out) {
+  const int64_t plane = packed_row_bytes(k);
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* row = w + r * k;
+    uint8_t* positive = out + r * 2 * plane;
+    const float s = scale[r * scale_stride];
+    if (!(s > 0.0f)) {  // an all-zero row (or one whose mean rounds to 0): q = 0
+      std::memset(positive, 0, static_cast<size_t>(2 * plane));
+      continue;
+    }
+    for_each_byte(k, [&](int64_t b, auto count) {
+      float v[8];
+      for (int64_t j = 0; j < count; ++j) v[j] = to_f32(row[8 * b + j]) / s;
+      positive[b] = byte_of(count, [&](int64_t j) { return v[j] > 0.5f; });
+      positive[plane + b] = byte_of(count, [&](int64_t j) { return v[j] < -0.5f; });
+    });
+  }
+}
+
 // Bits [first, first + count) of a packed row of row_bytes bytes, bit `first` lowest
 // (count <= 8: at most two bytes hold them).
 uint32_t bit_field(const uint8_t* row, int64_t row_bytes, int64_t first, int count) {
@@ -54,11 +101,16 @@ uint32_t load_lane(const uint8_t* tile, int64_t lane) {
 }  // namespace
 
 void pack_signs(DType dtype, const void* x, int64_t rows, int64_t k, uint8_t* out) {
-  switch (dtype) {
-    case DType::kBF16: return pack_signs_t(static_cast<const bf16*>(x), rows, k, out);
-    case DType::kF16: return pack_signs_t(static_cast<const fp16*>(x), rows, k, out);
-    case DType::kF32: return pack_signs_t(static_cast<const float*>(x), rows, k, out);
-  }
+  with_element_type(dtype, x, [&](const auto* values) { pack_signs_t(values, rows, k, out); });
+}
+
+double abs_sum(DType dtype, const void* x, int64_t n) {
+  return with_element_type(dtype, x, [&](const auto* values) { return abs_sum_t(values, n); });
+}
+
+void ternarize_rows(DType dtype, const void* w, int64_t rows, int64_t k, const float* scale, int64_t scale_stride,
+                    uint8_t* out) {
+  with_element_type(dtype, w, [&](const auto* values) { ternarize_rows_t(values, rows, k, scale, scale_stride, out); });
 }
 
 bool pack_ternary_rows(const int8_t* q, int64_t rows, int64_t k, uint8_t* out) {
