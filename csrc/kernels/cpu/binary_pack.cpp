@@ -84,12 +84,33 @@ void ternarize_rows_t(const T* w, int64_t rows, int64_t k, const float* scale, i
 }
 
 // Bits [first, first + count) of a packed row of row_bytes bytes, bit `first` lowest
-// (count <= 8: at most two bytes hold them).
-uint32_t bit_field(const uint8_t* row, int64_t row_bytes, int64_t first, int count) {
+// (count <= 32: a window of at most 39 bits, one 8-byte little-endian load but at the end).
+uint32_t bit_run(const uint8_t* row, int64_t row_bytes, int64_t first, int64_t count) {
   const int64_t byte = first / 8;
-  uint32_t two = row[byte];
-  if (byte + 1 < row_bytes) two |= uint32_t{row[byte + 1]} << 8;
-  return (two >> (first % 8)) & ((1u << count) - 1);
+  uint64_t window = 0;
+  if (byte + 8 <= row_bytes) {
+    std::memcpy(&window, row + byte, 8);
+  } else {
+    for (int64_t b = byte; b < row_bytes; ++b) window |= uint64_t{row[b]} << (8 * (b - byte));
+  }
+  return static_cast<uint32_t>((window >> (first % 8)) & ((uint64_t{1} << count) - 1));
+}
+
+// A ternary lane: field 2i is the positive plane's group i, field 2i + 1 the negative one's
+// (width a template argument: the loop unrolls into shifts and masks).
+template <int kWidth>
+uint32_t interleave_fields(uint32_t positive, uint32_t negative) {
+  constexpr uint32_t kMask = (1u << kWidth) - 1;
+  uint32_t lane = 0;
+  for (int i = 0; 2 * (i + 1) * kWidth <= 32; ++i) {
+    lane |= ((positive >> (kWidth * i)) & kMask) << (2 * i * kWidth);
+    lane |= ((negative >> (kWidth * i)) & kMask) << ((2 * i + 1) * kWidth);
+  }
+  return lane;
+}
+
+uint32_t interleave_fields(uint32_t positive, uint32_t negative, int width) {
+  return width == 3 ? interleave_fields<3>(positive, negative) : interleave_fields<4>(positive, negative);
 }
 
 uint32_t load_lane(const uint8_t* tile, int64_t lane) {
@@ -153,21 +174,27 @@ void unpack_ternary_rows(const uint8_t* packed, int64_t rows, int64_t k, int8_t*
   }
 }
 
+// Each lane is assembled in a register and stored once. A lane of slots [w * per_lane, ...)
+// holds consecutive inputs: binary fields are the row's bits as they come (one bit_run), and
+// ternary ones alternate the planes' fields (two bit_runs, interleaved). The rows past n in
+// the last tile are zeros.
 void tile_for_lut(LutLayout layout, const uint8_t* packed, int64_t n, int64_t k, int planes, uint8_t* tiles) {
-  const int64_t plane = packed_row_bytes(k), groups = layout.groups(k), tile_bytes = layout.tile_bytes(k, planes);
+  const int64_t plane = packed_row_bytes(k), words = layout.words(k, planes), tile_bytes = layout.tile_bytes(k, planes);
+  const int64_t lane_inputs = layout.slots_per_lane() / planes * layout.width;  // <= 32
+  const int64_t padded_rows = (n + kLutTileRows - 1) / kLutTileRows * kLutTileRows;
   if (tile_bytes == 0) return;  // K = 0: empty tiles (and `tiles` may be null)
-  std::memset(tiles, 0, static_cast<size_t>((n + kLutTileRows - 1) / kLutTileRows * tile_bytes));
-  for (int64_t row = 0; row < n; ++row) {
+  for (int64_t row = 0; row < padded_rows; ++row) {
     uint8_t* tile = tiles + row / kLutTileRows * tile_bytes;
-    for (int p = 0; p < planes; ++p) {
-      const uint8_t* bits = packed + row * planes * plane + p * plane;
-      for (int64_t g = 0; g < groups; ++g) {
-        const int64_t slot = g * planes + p, lane = layout.slot_lane(slot, row % kLutTileRows);
-        const int width = static_cast<int>(std::min<int64_t>(layout.width, k - g * layout.width));
-        const uint32_t v =
-            load_lane(tile, lane) | bit_field(bits, plane, g * layout.width, width) << layout.slot_shift(slot);
-        std::memcpy(tile + lane * 4, &v, 4);
+    const uint8_t* bits = packed + row * planes * plane;
+    for (int64_t w = 0; w < words; ++w) {
+      uint32_t lane = 0;
+      if (row < n) {
+        const int64_t first = w * lane_inputs, count = std::min(lane_inputs, k - first);
+        const uint32_t positive = bit_run(bits, plane, first, count);
+        lane = planes == 1 ? positive
+                           : interleave_fields(positive, bit_run(bits + plane, plane, first, count), layout.width);
       }
+      std::memcpy(tile + (w * kLutTileRows + row % kLutTileRows) * 4, &lane, 4);
     }
   }
 }
