@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import effgen_kernels as ek
 from effgen_kernels.bench import BenchContext, BenchResult, Rotation
-from effgen_kernels.bench.peers import fbgemm_dynamic_linear, staged_x_peer
+from effgen_kernels.bench.peers import fbgemm_dynamic_linear, fbgemm_from_float, staged_x_peer
 
 FAMILY = "binary"
 DECODE_M = 16
@@ -29,7 +29,26 @@ def run(ctx: BenchContext) -> list[BenchResult]:
     else:
         shapes, ms = (QUICK_SHAPES, QUICK_M) if ctx.quick else (SHAPES, CPU_M)
         plan = [(k, n, m) for k, n in shapes for m in ms]
-    return [result for k, n, m in plan for result in run_shape(ctx, m, k, n)]
+    results = [result for k, n, m in plan for result in run_shape(ctx, m, k, n)]
+    if ctx.device.type == "cpu":
+        shapes = QUICK_SHAPES if ctx.quick else SHAPES[:2]
+        results += [result for k, n in shapes for result in run_conversion(ctx, k, n)]
+    return results
+
+
+def run_conversion(ctx: BenchContext, k: int, n: int) -> list[BenchResult]:
+    """What quantize_ costs a layer on the CPU: BinaryLinear / TernaryLinear.from_float
+    (scales, packed bits, lookup-table tiles) against fbgemm's int8 conversion (quantize,
+    prepack), the conversion a user would otherwise run to shrink the layer."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(k, n)
+    linear.qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+    peers = {"fbgemm from_float": lambda: fbgemm_from_float(linear)}
+    reps = max(7, ctx.reps // 2)
+    return [result for name, layer in [("BinaryLinear", ek.nn.BinaryLinear), ("TernaryLinear", ek.nn.TernaryLinear)]
+            for result in ctx.measure_peers(FAMILY, f"{name}.from_float (conversion)", f"{k}x{n}", torch.float32,
+                                            lambda layer=layer: layer.from_float(linear), peers,
+                                            bytes_moved=4 * n * k, reps=reps)]
 
 
 def run_shape(ctx: BenchContext, m: int, k: int, n: int) -> list[BenchResult]:
