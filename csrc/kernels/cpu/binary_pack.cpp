@@ -66,6 +66,7 @@ double abs_sum_t(const T* x, int64_t n) {
 template <typename T>
 void ternarize_rows_t(const T* w, int64_t rows, int64_t k, const float* scale, int64_t scale_stride, uint8_t* out) {
   const int64_t plane = packed_row_bytes(k);
+  if (plane == 0) return;  // K = 0: nothing to write (and `out` may be null)
   for (int64_t r = 0; r < rows; ++r) {
     const T* row = w + r * k;
     uint8_t* positive = out + r * 2 * plane;
