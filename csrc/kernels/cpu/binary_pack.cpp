@@ -175,10 +175,10 @@ void unpack_ternary_rows(const uint8_t* packed, int64_t rows, int64_t k, int8_t*
   }
 }
 
-// Each lane is assembled in a register and stored once. A lane of slots [w * per_lane, ...)
-// holds consecutive inputs: binary fields are the row's bits as they come (one bit_run), and
-// ternary ones alternate the planes' fields (two bit_runs, interleaved). The rows past n in
-// the last tile are zeros.
+// Each lane is assembled in a register and stored once. Lane w of a row holds the row's
+// inputs [w * lane_inputs, (w + 1) * lane_inputs): a binary lane is those bits as they come
+// (one bit_run), a ternary lane alternates the two planes' fields (two bit_runs,
+// interleaved). The rows past n in the last tile are zeros.
 void tile_for_lut(LutLayout layout, const uint8_t* packed, int64_t n, int64_t k, int planes, uint8_t* tiles) {
   const int64_t plane = packed_row_bytes(k), words = layout.words(k, planes), tile_bytes = layout.tile_bytes(k, planes);
   const int64_t lane_inputs = layout.slots_per_lane() / planes * layout.width;  // <= 32
