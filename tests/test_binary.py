@@ -1,5 +1,10 @@
 """The binary_gemm family (1-bit and ternary weights) against reference.py, and the layers."""
 
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import FLOAT_DTYPES, assert_products_match, load_example, random_input, run_cuda_host_check, torch_threads
@@ -539,6 +544,39 @@ def test_a_lut_made_on_one_isa_runs_on_every_other():
                 torch.testing.assert_close(ops.ternary_linear(x, tpacked, scale, None, tlut),
                                            ref.ternary_linear(x, tpacked, scale), **tolerance(torch.float32, k),
                                            msg=context)
+
+
+@pytest.fixture(scope="module")
+def lut_sums_bench(tmp_path_factory):
+    """benchmarks/kernels/lut_sums_bench.cpp built with the extension's flags (torch-free)."""
+    compiler = shutil.which(os.environ.get("CXX", "g++"))
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    root = Path(__file__).resolve().parents[1]
+    kernels = root / "csrc" / "kernels" / "cpu"
+    sources = [root / "benchmarks" / "kernels" / "lut_sums_bench.cpp",
+               *(kernels / f"binary_gemm_{isa}.cpp" for isa in ("avx2", "avx512", "scalar")),
+               kernels / "binary_pack.cpp", kernels / "isa.cpp"]
+    binary = tmp_path_factory.mktemp("lut_sums_bench") / "lut_sums_bench"
+    # `make sanitize` preloads the ASan runtime; this program is not built against it.
+    env = {key: value for key, value in os.environ.items() if key != "LD_PRELOAD"}
+    subprocess.run([compiler, "-O2", "-std=c++20", "-ffp-contract=off", "-fopenmp", f"-I{kernels}", *map(str, sources),
+                    "-o", str(binary)], check=True, capture_output=True, timeout=600, env=env)
+    return binary, env
+
+
+@pytest.mark.parametrize("m, planes, n, k, threads", [(1, 1, 100, 77, 1), (2, 2, 1030, 301, 2), (8, 1, 1030, 4099, 2),
+                                                      (5, 2, 33, 4099, 1)])
+def test_the_kernel_benchmark_matches_the_portable_kernel(lut_sums_bench, m, planes, n, k, threads):
+    # The standalone timing tool of RESULTS.md "Session 20" builds, checks the dispatched
+    # kernel against lut_sums_portable on its own data (exit 1 on a mismatch) and times it.
+    binary, env = lut_sums_bench
+    for isa in ops.supported_cpu_isas():
+        result = subprocess.run([str(binary), *map(str, (m, planes, 2, n, k, threads, 3))], capture_output=True,
+                                text=True, timeout=120, env={**env, "EFFGEN_CPU_ISA": isa})
+        assert result.returncode == 0 and f"isa {isa}, m {m}, planes {planes}" in result.stdout, result.stdout
+    usage = subprocess.run([str(binary), "9"], capture_output=True, text=True, timeout=60, env=env)
+    assert usage.returncode == 2 and "usage" in usage.stderr
 
 
 def test_lookup_table_is_rebuilt_after_loading_and_never_saved():

@@ -1,0 +1,119 @@
+// The CPU lookup-table kernel alone (BinaryGemmKernels::lut_sums of the dispatched ISA),
+// without torch, the op's glue or Python: how the numbers of RESULTS.md "Session 20" were
+// taken. Tables and tiles are built by the library's own build_lut_tables / tile_for_lut,
+// and the result is checked against lut_sums_portable before timing (exit 1 on mismatch).
+//
+// Build (from the repository root, the extension's flags; the kernels are torch-free), with
+// S=csrc/kernels/cpu:
+//   g++ -O3 -std=c++20 -ffp-contract=off -fopenmp -I$S benchmarks/kernels/lut_sums_bench.cpp
+//       $S/binary_gemm_{avx2,avx512,scalar}.cpp $S/binary_pack.cpp $S/isa.cpp -o build/lut_sums_bench
+// Run: build/lut_sums_bench [m=1] [planes=1] [copies=1] [n=4096] [k=4096] [threads=1] [calls=400]
+// (copies > 1 rotates that many copies of the tiles, e.g. 300 x 2.2 MB to stream binary
+// 4096 x 4096 from memory; threads split the tiles as the op does; EFFGEN_CPU_ISA picks the ISA).
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <vector>
+
+#include "binary_gemm.h"
+#include "isa.h"
+
+using namespace effgen::cpu;
+
+namespace {
+
+int64_t arg(int argc, char** argv, int i, int64_t fallback) { return argc > i ? std::atoll(argv[i]) : fallback; }
+
+double seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// n rows of canonical packed weights: signs of normal values, or ternary codes (|w| < 0.5 -> 0).
+std::vector<uint8_t> random_packed(int64_t n, int64_t k, int planes, std::mt19937& rng) {
+  std::normal_distribution<float> normal;
+  std::vector<float> w(static_cast<size_t>(n * k));
+  for (float& v : w) v = normal(rng);
+  std::vector<uint8_t> packed(static_cast<size_t>(n * planes * packed_row_bytes(k)));
+  if (planes == 1) {
+    pack_signs(DType::kF32, w.data(), n, k, packed.data());
+  } else {
+    std::vector<int8_t> q(w.size());
+    for (size_t i = 0; i < w.size(); ++i) q[i] = static_cast<int8_t>(w[i] > 0.5f ? 1 : (w[i] < -0.5f ? -1 : 0));
+    pack_ternary_rows(q.data(), n, k, packed.data());
+  }
+  return packed;
+}
+
+// The binary tables of the active ISA (dispatch.cpp's choice, without linking every family).
+const BinaryGemmKernels& active_binary_kernels() {
+  switch (active_isa()) {
+    case Isa::kAmx:
+    case Isa::kAvx512: return binary_gemm_kernels_avx512();
+    case Isa::kAvx2: return binary_gemm_kernels_avx2();
+    case Isa::kScalar: break;
+  }
+  return binary_gemm_kernels_scalar();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int64_t m = arg(argc, argv, 1, 1), planes = arg(argc, argv, 2, 1), copies = arg(argc, argv, 3, 1);
+  const int64_t n = arg(argc, argv, 4, 4096), k = arg(argc, argv, 5, 4096);
+  const int threads = static_cast<int>(arg(argc, argv, 6, 1)), calls = static_cast<int>(arg(argc, argv, 7, 400));
+  if (m < 1 || m > kLutMaxM || (planes != 1 && planes != 2) || copies < 1 || n < 1 || k < 1 || threads < 1 ||
+      calls < 1) {
+    std::fprintf(stderr, "usage: %s [m 1-%ld] [planes 1|2] [copies] [n] [k] [threads] [calls]\n", argv[0],
+                 static_cast<long>(kLutMaxM));
+    return 2;
+  }
+  const BinaryGemmKernels& kernels = active_binary_kernels();
+  const LutLayout layout = kernels.lut_layout;
+  const int p = static_cast<int>(planes);
+  std::mt19937 rng(0);
+  const std::vector<uint8_t> packed = random_packed(n, k, p, rng);
+  const int64_t tiles = (n + kLutTileRows - 1) / kLutTileRows, tile_bytes = layout.tile_bytes(k, p);
+  std::vector<std::vector<uint8_t>> luts(static_cast<size_t>(copies), std::vector<uint8_t>(tiles * tile_bytes));
+  for (auto& lut : luts) tile_for_lut(layout, packed.data(), n, k, p, lut.data());
+
+  std::normal_distribution<float> normal;
+  std::vector<float> x(static_cast<size_t>(m * k)), tables(static_cast<size_t>(m * layout.table_floats(k)));
+  for (float& v : x) v = normal(rng);
+  build_lut_tables(layout, x.data(), m, k, tables.data());
+
+  const int64_t padded = tiles * kLutTileRows;
+  std::vector<float> sums(static_cast<size_t>(m * padded)), expected(sums.size());
+  auto run = [&](const uint8_t* lut) {
+#pragma omp parallel for num_threads(threads)
+    for (int t = 0; t < threads; ++t) {
+      kernels.lut_sums(tables.data(), m, k, lut, tiles * t / threads, tiles * (t + 1) / threads, p, sums.data(),
+                       padded);
+    }
+  };
+  lut_sums_portable(layout, tables.data(), m, k, luts[0].data(), 0, tiles, p, expected.data(), padded);
+  run(luts[0].data());
+  // The kernels sum the same table entries in another order: fp32 rounding apart, equal.
+  const double tolerance = 1e-4 * std::sqrt(static_cast<double>(k));
+  for (size_t i = 0; i < sums.size(); ++i) {
+    if (!(std::abs(sums[i] - expected[i]) <= tolerance * (1.0 + std::abs(expected[i])))) {
+      std::printf("mismatch at %zu: %g, portable %g\n", i, sums[i], expected[i]);
+      return 1;
+    }
+  }
+
+  std::vector<double> times;
+  for (int call = 0; call < calls; ++call) {
+    const double begin = seconds();
+    run(luts[static_cast<size_t>(call % copies)].data());
+    times.push_back(seconds() - begin);
+  }
+  std::sort(times.begin(), times.end());
+  const double median = times[times.size() / 2];
+  std::printf("isa %s, m %ld, planes %d, %ld x %ld, %ld copies, %d threads: median %.1f us (min %.1f), %.2f G weights/s\n",
+              isa_name(active_isa()), static_cast<long>(m), p, static_cast<long>(n), static_cast<long>(k),
+              static_cast<long>(copies), threads, median * 1e6, times[0] * 1e6, n * k / median / 1e9);
+  return 0;
+}
