@@ -31,7 +31,8 @@ double seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// n rows of canonical packed weights: signs of normal values, or ternary codes (|w| < 0.5 -> 0).
+// n rows of canonical packed weights from normal values: their signs, or their BitNet
+// ternarization at the per-tensor mean |w| (the library's own conversion kernels).
 std::vector<uint8_t> random_packed(int64_t n, int64_t k, int planes, std::mt19937& rng) {
   std::normal_distribution<float> normal;
   std::vector<float> w(static_cast<size_t>(n * k));
@@ -40,9 +41,8 @@ std::vector<uint8_t> random_packed(int64_t n, int64_t k, int planes, std::mt1993
   if (planes == 1) {
     pack_signs(DType::kF32, w.data(), n, k, packed.data());
   } else {
-    std::vector<int8_t> q(w.size());
-    for (size_t i = 0; i < w.size(); ++i) q[i] = static_cast<int8_t>(w[i] > 0.5f ? 1 : (w[i] < -0.5f ? -1 : 0));
-    pack_ternary_rows(q.data(), n, k, packed.data());
+    const float scale = static_cast<float>(abs_sum(DType::kF32, w.data(), n * k) / static_cast<double>(n * k));
+    ternarize_rows(DType::kF32, w.data(), n, k, &scale, 0, packed.data());
   }
   return packed;
 }
