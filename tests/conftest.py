@@ -72,6 +72,13 @@ def torch_threads(count: int):
         torch.set_num_threads(before)
 
 
+def env_without_preload() -> dict[str, str]:
+    """The environment for a compiler and a program built apart from the extension: `make
+    sanitize` preloads the ASan runtime, which such programs are not built against (and
+    under which nvcc itself crashes)."""
+    return {key: value for key, value in os.environ.items() if key != "LD_PRELOAD"}
+
+
 def run_cuda_host_check(name: str, tmp_path: Path) -> None:
     """Builds tests/cuda_host/<name>.cu with nvcc and runs it on the CPU: index math of the
     CUDA kernels checked without a GPU (skipped where there is no nvcc)."""
@@ -81,9 +88,7 @@ def run_cuda_host_check(name: str, tmp_path: Path) -> None:
         pytest.skip("no nvcc (set CUDA_HOME)")
     source = Path(__file__).resolve().parent / "cuda_host" / f"{name}.cu"
     binary = tmp_path / name
-    # These checks never load the extension; `make sanitize` preloads the ASan runtime, under
-    # which nvcc itself crashes, so it is left out of their environment.
-    env = {key: value for key, value in os.environ.items() if key != "LD_PRELOAD"}
+    env = env_without_preload()
     subprocess.run([nvcc, "-std=c++20", "-O2", "-arch=sm_80", str(source), "-o", str(binary)], check=True,
                    capture_output=True, timeout=300, env=env)
     result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=120, env=env)

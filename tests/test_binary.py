@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FLOAT_DTYPES, assert_products_match, load_example, random_input, run_cuda_host_check, torch_threads
+from conftest import (
+    FLOAT_DTYPES,
+    assert_products_match,
+    env_without_preload,
+    load_example,
+    random_input,
+    run_cuda_host_check,
+    torch_threads,
+)
 from test_quant import assert_same_bits
 from torch.library import opcheck
 
@@ -558,8 +566,7 @@ def lut_sums_bench(tmp_path_factory):
                *(kernels / f"binary_gemm_{isa}.cpp" for isa in ("avx2", "avx512", "scalar")),
                kernels / "binary_pack.cpp", kernels / "isa.cpp"]
     binary = tmp_path_factory.mktemp("lut_sums_bench") / "lut_sums_bench"
-    # `make sanitize` preloads the ASan runtime; this program is not built against it.
-    env = {key: value for key, value in os.environ.items() if key != "LD_PRELOAD"}
+    env = env_without_preload()
     subprocess.run([compiler, "-O2", "-std=c++20", "-ffp-contract=off", "-fopenmp", f"-I{kernels}", *map(str, sources),
                     "-o", str(binary)], check=True, capture_output=True, timeout=600, env=env)
     return binary, env

@@ -47,17 +47,6 @@ std::vector<uint8_t> random_packed(int64_t n, int64_t k, int planes, std::mt1993
   return packed;
 }
 
-// The binary tables of the active ISA (dispatch.cpp's choice, without linking every family).
-const BinaryGemmKernels& active_binary_kernels() {
-  switch (active_isa()) {
-    case Isa::kAmx:
-    case Isa::kAvx512: return binary_gemm_kernels_avx512();
-    case Isa::kAvx2: return binary_gemm_kernels_avx2();
-    case Isa::kScalar: break;
-  }
-  return binary_gemm_kernels_scalar();
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -70,7 +59,9 @@ int main(int argc, char** argv) {
                  static_cast<long>(kLutMaxM));
     return 2;
   }
-  const BinaryGemmKernels& kernels = active_binary_kernels();
+  // dispatch.cpp's choice, without linking every kernel family
+  const BinaryGemmKernels& kernels =
+      for_active_isa(binary_gemm_kernels_scalar(), binary_gemm_kernels_avx2(), binary_gemm_kernels_avx512());
   const LutLayout layout = kernels.lut_layout;
   const int p = static_cast<int>(planes);
   std::mt19937 rng(0);

@@ -24,4 +24,16 @@ Isa active_isa();
 // Throws std::invalid_argument if the CPU cannot run `isa`.
 void set_active_isa(Isa isa);
 
+// The kernel table of the active ISA; AMX machines run the AVX-512 tables (no AMX kernels yet).
+template <typename Table>
+const Table& for_active_isa(const Table& scalar, const Table& avx2, const Table& avx512) {
+  switch (active_isa()) {
+    case Isa::kAmx:
+    case Isa::kAvx512: return avx512;
+    case Isa::kAvx2: return avx2;
+    case Isa::kScalar: break;
+  }
+  return scalar;
+}
+
 }  // namespace effgen::cpu
