@@ -89,9 +89,12 @@ QMAX_INT8 = 127
 
 
 def symmetric_int8(x: torch.Tensor, absmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quantize x with scale = absmax/127 broadcast against it; scale 0 where absmax is 0."""
+    """Quantize x with scale = absmax/127 broadcast against it: the codes are x times the
+    scale's fp32 reciprocal, or 0 where it has none (absmax 0, or below 127 * 2^-128, about
+    3.7e-37, where 1/scale overflows: x * inf would give Inf codes and NaN for zeros)."""
     scale = absmax / QMAX_INT8
-    inv_scale = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
+    inv_scale = 1.0 / scale
+    inv_scale = torch.where(torch.isfinite(inv_scale), inv_scale, torch.zeros_like(inv_scale))
     q = torch.round(x.float() * inv_scale).clamp(-QMAX_INT8, QMAX_INT8).to(torch.int8)
     return q, scale
 
@@ -419,11 +422,18 @@ def _blocks(v: torch.Tensor, block_size: int) -> torch.Tensor:
 
 
 def ef_compress_int8(x: torch.Tensor, error: torch.Tensor, block_size: int):
-    """Returns (q int8 [n], scales fp32 [blocks]); updates `error` in place."""
+    """Returns (q int8 [n], scales fp32 [blocks]); updates `error` in place. A block holding
+    Inf or NaN gets a NaN scale, q = 0 and error = 0: the NaN reaches the result (where a
+    GradScaler sees it) and does not stay in the residual."""
     v = x.float() + error
-    q, scales = quantize_per_group(v.reshape(1, -1), block_size)
-    error.copy_(v - dequantize(q, scales, group_size=block_size).reshape(-1))
-    return q.reshape(-1), scales.reshape(-1)
+    q, scales = quantize_per_group(torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0).reshape(1, -1), block_size)
+    q, scales = q.reshape(-1), scales.reshape(-1)
+    finite = _blocks(v, block_size).isfinite().all(dim=1)
+    scales = torch.where(finite, scales, torch.full_like(scales, float("nan")))
+    kept = finite.repeat_interleave(block_size)[:v.numel()]
+    q = torch.where(kept, q, torch.zeros_like(q))
+    error.copy_(torch.where(kept, v - dequantize(q, scales, group_size=block_size), torch.zeros_like(v)))
+    return q, scales
 
 
 SIGN_SCALE_CAP = 1.5  # kSignScaleCap in csrc/kernels/cpu/compress.h (why this scale: there)

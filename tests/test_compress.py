@@ -58,12 +58,37 @@ def test_error_feedback_keeps_the_running_sum():
 
 
 def test_non_finite_blocks_give_nan_scales_and_clear_the_error(isa):
-    x = torch.randn(512)
+    x = torch.randn(600)
     x[100] = float("inf")
-    error = torch.full((512,), 0.5)
+    x[550] = float("nan")
+    error = torch.full((600,), 0.5)
+    expected_error = error.clone()
     q, scales = e.ef_compress_int8(x, error, 256)
-    assert torch.isnan(scales[0]) and torch.isfinite(scales[1])
-    assert not q[:256].any() and not error[:256].any()
+    expected_q, expected_scales = ref.ef_compress_int8(x, expected_error, 256)
+    assert torch.isnan(scales[0]) and torch.isfinite(scales[1]) and torch.isnan(scales[2])
+    assert not q[:256].any() and not error[:256].any() and not error[512:].any()
+    assert_same_bits(q, expected_q)
+    assert_same_bits(scales, expected_scales)
+    assert_same_bits(error, expected_error)
+
+
+def test_blocks_too_small_for_a_reciprocal_send_zeros_and_keep_their_values(isa):
+    # A block's absmax below 127 * 2^-128 makes 1/scale overflow (reference.symmetric_int8):
+    # it sends zeros and the error keeps all of v, zeros included (they were NaN codes).
+    v = torch.randn(3 * 64, generator=torch.Generator().manual_seed(0))
+    v[:64] *= 127 * 2.0**-127 / v[:64].abs().max()  # just above the bound: quantized as usual
+    v[64:128] *= 127 * 2.0**-129 / v[64:128].abs().max()
+    v[128::3] = 0.0
+    v[128:] *= 2.0**-135
+    for x, error in [(v, torch.zeros_like(v)), (torch.zeros_like(v), v.clone())]:
+        expected_error = error.clone()
+        q, scales = e.ef_compress_int8(x, error, 64)
+        expected_q, expected_scales = ref.ef_compress_int8(x, expected_error, 64)
+        assert_same_bits(q, expected_q)
+        assert_same_bits(scales, expected_scales)
+        assert_same_bits(error, expected_error)
+        assert q[:64].abs().max() == 127 and not q[64:].any()
+        assert_same_bits(error[64:], v[64:])
 
 
 @pytest.mark.parametrize("case", range(4))

@@ -56,6 +56,30 @@ def test_quantize_per_token_non_contiguous_and_zero_rows(isa):
     assert torch.isfinite(scale).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # fp16 has no values this small
+def test_runs_too_small_for_a_reciprocal_quantize_to_zeros(isa, dtype):
+    # absmax below 127 * 2^-128 (about 3.7e-37): 1/scale overflows, and multiplying by it
+    # made +-127 of every nonzero value and NaN of zeros (-127 in the AVX2 clamp). Row 0's
+    # absmax is just above the bound, row 1's just below, row 2 is subnormal with zeros.
+    k = 37
+    x = torch.randn(3, k, generator=torch.Generator().manual_seed(0))
+    x = x / x.abs().amax(dim=1, keepdim=True)
+    x[0] *= 127 * 2.0**-127
+    x[1] *= 127 * 2.0**-129
+    x[2] *= 2.0**-130
+    x[2, ::3] = 0.0
+    x = x.to(dtype)
+    for quantize, expected in [(ops.quantize_per_token, ref.quantize_per_token(x)),
+                               (lambda t: ops.quantize_per_group(t, 16), ref.quantize_per_group(x, 16)),
+                               (lambda t: ops.quantize_per_channel(t, 0), ref.quantize_per_channel(x, 0))]:
+        q, scale = quantize(x)
+        assert_same_bits(q, expected[0])
+        assert_same_bits(scale, expected[1])
+    q, scale = ops.quantize_per_token(x)
+    assert q[0].abs().max() == 127 and not q[1:].any()
+    assert (scale > 0).all()
+
+
 def test_quantize_rounds_half_to_even(isa):
     # absmax 127 gives scale exactly 1, so x * (1/scale) keeps the .5 ties.
     x = torch.tensor([[127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5]])

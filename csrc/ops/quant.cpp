@@ -47,15 +47,14 @@ class NonFiniteTracker {
   std::atomic<int64_t> first_{kNone};
 };
 
-// scale = absmax / 127 in fp32; the kernels multiply by its fp32 reciprocal, 0 for an
-// all-zero run (which then quantizes to zeros with scale 0).
+// scale = absmax / 127 in fp32; the kernels multiply by cpu::symmetric_inverse_scale.
 struct SymmetricScale {
   float scale, inv_scale;
 };
 
 SymmetricScale symmetric_scale(uint32_t absmax_bits) {
   const float scale = cpu::f32_from_bits(absmax_bits) / 127.0f;
-  return {scale, scale > 0.0f ? 1.0f / scale : 0.0f};
+  return {scale, cpu::symmetric_inverse_scale(scale)};
 }
 
 void check_quantize_input(const char* op, const at::Tensor& x) {

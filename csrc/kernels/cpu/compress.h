@@ -4,7 +4,7 @@
 #include <cstdint>
 
 #include "dtypes.h"
-#include "quant.h"  // kMaxFiniteBits
+#include "quant.h"  // kMaxFiniteBits, symmetric_inverse_scale
 
 namespace effgen::cpu {
 

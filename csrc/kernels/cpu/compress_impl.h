@@ -42,7 +42,7 @@ void ef_int8_blocks_t(const T* x, float* error, int64_t n, int64_t block, int64_
     }
     float absmax_f;
     std::memcpy(&absmax_f, &absmax, sizeof(absmax_f));
-    const float scale = absmax_f / 127.0f, inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+    const float scale = absmax_f / 127.0f, inv = symmetric_inverse_scale(scale);
     scales[b] = scale;
     const typename S::F inv_v = S::set1(inv), scale_v = S::set1(scale);
     const T* xb = x + start;

@@ -3,6 +3,7 @@
 // threads. Per-run parameters (scales, zero points) are read at params[i * stride] with
 // stride 0 (one value for the whole run) or 1 (one value per element).
 #pragma once
+#include <cmath>
 #include <cstdint>
 
 #include "dtypes.h"
@@ -17,6 +18,15 @@ struct FakeQuantParams {
   float quant_min;
   float quant_max;
 };
+
+// What symmetric int8 quantization multiplies by: the fp32 reciprocal of scale = absmax /
+// 127, or 0 where there is none (absmax 0, or below 127 * 2^-128, about 3.7e-37, where
+// 1/scale overflows and x * inf would give Inf codes and NaN for zeros); such runs
+// quantize to zeros, as reference.symmetric_int8 defines.
+inline float symmetric_inverse_scale(float scale) {
+  const float inverse = 1.0f / scale;
+  return std::isfinite(inverse) ? inverse : 0.0f;
+}
 
 struct QuantKernels {
   // max |x[i]| as IEEE-754 bits: non-negative floats order like their bit patterns, so an

@@ -247,8 +247,12 @@ __device__ __forceinline__ float scale_from_bits(uint32_t bits) {
   return bits > kMaxFiniteBits ? __int_as_float(0x7FC00000) : __fdiv_rn(__uint_as_float(bits), 127.0f);
 }
 
-// 0 for a zero or NaN scale, so such runs quantize to 0.
-__device__ __forceinline__ float inverse_scale(float scale) { return scale > 0.0f ? __fdiv_rn(1.0f, scale) : 0.0f; }
+// 0 where the reciprocal is not finite (a zero or NaN scale, or one below 2^-128), so such
+// runs quantize to 0 (reference.symmetric_int8).
+__device__ __forceinline__ float inverse_scale(float scale) {
+  const float inverse = __fdiv_rn(1.0f, scale);
+  return isfinite(inverse) ? inverse : 0.0f;
+}
 
 // A NaN product (NaN x, or Inf/NaN x times the 0 reciprocal of a non-finite run) gives 0:
 // fmaxf would return its other operand, -127.
