@@ -421,17 +421,22 @@ def _blocks(v: torch.Tensor, block_size: int) -> torch.Tensor:
     return torch.nn.functional.pad(v, (0, (-n) % block_size)).reshape(-1, block_size)
 
 
+def _drop_non_finite_blocks(v: torch.Tensor, scales: torch.Tensor, block_size: int):
+    """(kept, scales): whether each value's block is all finite, and the scales with NaN
+    for the other blocks, which the codecs send as NaN (the result shows it, where a
+    GradScaler sees it) and leave out of the residual (where it would stay for good)."""
+    finite = _blocks(v, block_size).isfinite().all(dim=1)
+    nan = torch.full_like(scales, float("nan"))
+    return finite.repeat_interleave(block_size)[:v.numel()], torch.where(finite, scales, nan)
+
+
 def ef_compress_int8(x: torch.Tensor, error: torch.Tensor, block_size: int):
     """Returns (q int8 [n], scales fp32 [blocks]); updates `error` in place. A block holding
-    Inf or NaN gets a NaN scale, q = 0 and error = 0: the NaN reaches the result (where a
-    GradScaler sees it) and does not stay in the residual."""
+    Inf or NaN gets a NaN scale, q = 0 and error = 0."""
     v = x.float() + error
     q, scales = quantize_per_group(torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0).reshape(1, -1), block_size)
-    q, scales = q.reshape(-1), scales.reshape(-1)
-    finite = _blocks(v, block_size).isfinite().all(dim=1)
-    scales = torch.where(finite, scales, torch.full_like(scales, float("nan")))
-    kept = finite.repeat_interleave(block_size)[:v.numel()]
-    q = torch.where(kept, q, torch.zeros_like(q))
+    kept, scales = _drop_non_finite_blocks(v, scales.reshape(-1), block_size)
+    q = torch.where(kept, q.reshape(-1), torch.zeros_like(q.reshape(-1)))
     error.copy_(torch.where(kept, v - dequantize(q, scales, group_size=block_size), torch.zeros_like(v)))
     return q, scales
 
@@ -443,7 +448,8 @@ def ef_compress_sign(x: torch.Tensor, error: torch.Tensor, block_size: int):
     """Returns (packed sign bits uint8 [ceil(n / 8)], scales fp32 [blocks]); updates `error`.
 
     scale = min(rms(v), 1.5 * mean |v|) per block, computed in float64 and rounded to
-    float32; bit = v >= 0; error = v - (bit ? scale : -scale). The kernels sum in another
+    float32; bit = v >= 0; error = v - (bit ? scale : -scale). A block holding Inf or NaN
+    gets a NaN scale, bits 0 and error 0, as in ef_compress_int8. The kernels sum in another
     order: the magnitudes' double sum is exact (unless they span more than about 21 binades
     for blocks of 256), the squares' can differ in its last bit, which changes the float
     scale only when it lands on a rounding boundary (about one block in 10^8)."""
@@ -455,8 +461,9 @@ def ef_compress_sign(x: torch.Tensor, error: torch.Tensor, block_size: int):
         counts[-1] = n % block_size
     rms = (blocks.square().sum(dim=1) / counts).sqrt()
     scales = torch.minimum(rms, SIGN_SCALE_CAP * (blocks.abs().sum(dim=1) / counts)).float()
-    packed = pack_binary(v.reshape(1, -1)).reshape(-1)
-    error.copy_(v - decompress_sign(packed, scales, n, block_size))
+    kept, scales = _drop_non_finite_blocks(v, scales, block_size)
+    packed = pack_binary(torch.where(kept, v, -1.0).reshape(1, -1)).reshape(-1)
+    error.copy_(torch.where(kept, v - decompress_sign(packed, scales, n, block_size), torch.zeros_like(v)))
     return packed, scales
 
 

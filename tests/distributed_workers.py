@@ -17,16 +17,21 @@ def init(rank: int, world: int, port: int, timeout_s: float = 60.0) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
 
 
+OVERFLOW_INDEX = 123
+
+
 def step_grads(rank: int, step: int, n: int) -> torch.Tensor:
     return torch.randn(n, generator=torch.Generator().manual_seed(1000 * step + rank))
 
 
-def allreduce_steps(rank, world, port, out, codec, n, steps, block):
+def allreduce_steps(rank, world, port, out, codec, n, steps, block, overflow_step=None):
     init(rank, world, port)
     state = CompressionState(codec=codec, block_size=block, warmup_steps=0, min_compress_numel=0)
     results = []
     for step in range(steps):
         grads = step_grads(rank, step, n)
+        if step == overflow_step and rank == 0:  # what an fp16 step that overflows hands the hook
+            grads[OVERFLOW_INDEX] = float("inf")
         results.append(compressed_allreduce(state, grads, 0).wait().clone())
         state._end_step()
     torch.save({"results": results, "traffic": state.last_step}, os.path.join(out, f"{rank}.pt"))

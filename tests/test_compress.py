@@ -57,19 +57,37 @@ def test_error_feedback_keeps_the_running_sum():
         assert error.abs().max() < 10.0  # bounded residual
 
 
-def test_non_finite_blocks_give_nan_scales_and_clear_the_error(isa):
+@pytest.mark.parametrize("codec", ["int8", "sign"])
+def test_non_finite_blocks_give_nan_scales_and_clear_the_error(isa, codec):
+    op, reference = getattr(e, f"ef_compress_{codec}"), getattr(ref, f"ef_compress_{codec}")
     x = torch.randn(600)
     x[100] = float("inf")
     x[550] = float("nan")
     error = torch.full((600,), 0.5)
     expected_error = error.clone()
-    q, scales = e.ef_compress_int8(x, error, 256)
-    expected_q, expected_scales = ref.ef_compress_int8(x, expected_error, 256)
+    payload, scales = op(x, error, 256)
+    expected_payload, expected_scales = reference(x, expected_error, 256)
     assert torch.isnan(scales[0]) and torch.isfinite(scales[1]) and torch.isnan(scales[2])
-    assert not q[:256].any() and not error[:256].any() and not error[512:].any()
-    assert_same_bits(q, expected_q)
+    assert not error[:256].any() and not error[512:].any()
+    codes = payload if codec == "int8" else ref.unpack_binary(payload.reshape(1, -1), 600).reshape(-1)
+    assert (codes[:256] == (0 if codec == "int8" else -1)).all()
+    assert_same_bits(payload, expected_payload)
     assert_same_bits(scales, expected_scales)
     assert_same_bits(error, expected_error)
+
+
+@pytest.mark.parametrize("codec", ["int8", "sign"])
+def test_a_non_finite_step_does_not_stay_in_the_residual(isa, codec):
+    # One overflowing step (what a GradScaler skips under fp16 AMP) must leave the next
+    # steps finite; the sign codec's residual used to keep the NaN for good.
+    op = getattr(e, f"ef_compress_{codec}")
+    error = torch.zeros(1024)
+    x = torch.randn(1024)
+    x[7] = float("inf")
+    assert torch.isnan(op(x, error, 256)[1][0])
+    for _ in range(3):
+        _, scales = op(torch.randn(1024), error, 256)
+        assert torch.isfinite(scales).all() and torch.isfinite(error).all()
 
 
 def test_blocks_too_small_for_a_reciprocal_send_zeros_and_keep_their_values(isa):

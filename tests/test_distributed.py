@@ -44,6 +44,29 @@ def test_compressed_allreduce_equals_the_reference_algorithm(tmp_path, world, co
     assert traffic.compression_ratio > (3.5 if codec == "int8" else 20)
 
 
+@pytest.mark.parametrize("codec", ["int8", "sign"])
+def test_an_overflowing_step_reaches_the_result_and_no_later_step(tmp_path, codec):
+    # Under fp16 AMP a step whose gradients overflow must come out non-finite on every rank
+    # (GradScaler then skips it) and must not stay in the residuals: the next steps are
+    # finite and still the reference algorithm's, bit for bit.
+    n, steps, block, world = 5000, 3, 64, 2
+    run(workers.allreduce_steps, world, tmp_path, codec, n, steps, block, 1)
+    unit = world * math.lcm(block, 8)
+    padded = -(-n // unit) * unit
+    worker_errors = [torch.zeros(padded) for _ in range(world)]
+    server_errors = [torch.zeros(padded // world) for _ in range(world)]
+    for step in range(steps):
+        grads = [torch.nn.functional.pad(workers.step_grads(r, step, n), (0, padded - n)) for r in range(world)]
+        if step == 1:
+            grads[0][workers.OVERFLOW_INDEX] = float("inf")
+        expected = ref.compressed_allreduce(grads, worker_errors, server_errors, codec, block)[:n]
+        for rank in range(world):
+            result = torch.load(tmp_path / f"{rank}.pt", weights_only=False)["results"][step]
+            torch.testing.assert_close(result, expected, rtol=0, atol=0, equal_nan=True)
+            assert result.isnan().any() == (step == 1), (codec, step)
+            assert torch.isfinite(result).all() or step == 1
+
+
 def train_digits(tmp_path, codec, steps=60):
     """Both ranks' results of DDP training on digits with ``codec`` (None: plain DDP)."""
     pytest.importorskip("sklearn")

@@ -7,14 +7,19 @@
 #include <ATen/ops/div.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
+#include <ATen/ops/full_like.h>
+#include <ATen/ops/isfinite.h>
 #include <ATen/ops/minimum.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/sqrt.h>
 #include <ATen/ops/square.h>
 #include <ATen/ops/sum.h>
+#include <ATen/ops/where.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+
+#include <limits>
 
 #include "../kernels/cpu/compress.h"  // kSignScaleCap
 #include "../kernels/cuda/compress.cuh"
@@ -28,7 +33,8 @@ namespace {
 // kernel takes the rest): forms v = x + error in the error buffer itself (fp32 addition
 // commutes, so the bits equal the reference's x.float() + error) and returns the per-block
 // scale min(rms(v), kSignScaleCap * mean |v|), in double like the CPU kernel and
-// reference.ef_compress_sign (see there for when the summation order can show).
+// reference.ef_compress_sign (see there for when the summation order can show), NaN for a
+// block holding Inf/NaN.
 at::Tensor sign_scales_in_place(const at::Tensor& x, at::Tensor& error, int64_t block) {
   error.add_(x);
   const int64_t n = error.numel(), blocks = blocks_of(n, block);
@@ -38,8 +44,10 @@ at::Tensor sign_scales_in_place(const at::Tensor& x, at::Tensor& error, int64_t 
   if (n % block != 0) v = at::constant_pad_nd(v, {0, blocks * block - n}, 0);
   v = v.reshape({blocks, block});
   const at::Tensor rms = at::sqrt(at::div(at::sum(at::square(v), {1}), counts));
-  const at::Tensor capped = at::mul(at::div(at::sum(at::abs(v), {1}), counts), cpu::kSignScaleCap);
-  return at::minimum(rms, capped).to(at::kFloat).contiguous();
+  const at::Tensor magnitudes = at::sum(at::abs(v), {1});
+  const at::Tensor capped = at::mul(at::div(magnitudes, counts), cpu::kSignScaleCap);
+  const at::Tensor nan = at::full_like(rms, std::numeric_limits<double>::quiet_NaN());
+  return at::where(at::isfinite(magnitudes), at::minimum(rms, capped), nan).to(at::kFloat).contiguous();
 }
 
 std::tuple<at::Tensor, at::Tensor> ef_compress_int8(const at::Tensor& x_in, at::Tensor& error, int64_t block) {

@@ -22,7 +22,10 @@ struct CompressKernels {
   // The sign codec for blocks [b0, b1) of x (n values), whose first value b0 * block must
   // be a multiple of 8 (so that no byte of bits is shared with another range): v = x +
   // error; scale = min(rms(v), kSignScaleCap * mean |v|) per block, in double, rounded to
-  // float; bit i = v >= 0 (NaN: 0); error = v - (bit ? scale : -scale).
+  // float; bit i = v >= 0; error = v - (bit ? scale : -scale). A block holding Inf/NaN gets
+  // a NaN scale, bits 0 and error 0, as in the int8 codec: otherwise the NaN would stay in
+  // the residual and poison every later step of that block (one fp16 overflow step under
+  // a GradScaler would end training).
   void (*ef_compress_sign_blocks)(DType dtype, const void* x, float* error, int64_t n, int64_t block, int64_t b0,
                                   int64_t b1, uint8_t* packed, float* scales);
   // total[i] = sum over rows, in order, of scales[r][i / block] * (bit i of row r ? 1 : -1),

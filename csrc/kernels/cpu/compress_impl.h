@@ -20,10 +20,12 @@ uint32_t block_absmax_bits(const T* x, const float* error, int64_t len) {
   return S::hmax_bits(acc);
 }
 
-// q = clamp(round_half_even(v / scale)), error = v - q * scale for one vector of lanes.
+// q = clamp(round_half_even(v / scale)), error = v - q * scale for one vector of lanes. The
+// code gets + 0 because an int8 code has no negative zero: -0 * scale would turn v = -0
+// into error +0 where the reference keeps -0.
 inline void encode_lanes(typename S::F v, typename S::F inv, typename S::F scale, int8_t* q, float* error) {
-  const typename S::F limit = S::set1(127.0f);
-  const typename S::F code = S::min(S::max(S::round_even(S::mul(v, inv)), S::sub(S::set1(0.0f), limit)), limit);
+  const typename S::F limit = S::set1(127.0f), zero = S::set1(0.0f);
+  const typename S::F code = S::add(S::min(S::max(S::round_even(S::mul(v, inv)), S::sub(zero, limit)), limit), zero);
   S::store(q, code);
   S::store(error, S::sub(v, S::mul(code, scale)));
 }

@@ -50,12 +50,17 @@ void decompress_sum_sign(const uint8_t* packed, const float* scales, int64_t row
 
 // The bits and residual of values [0, n) once their blocks' scales are known, in place: on
 // entry error holds v = x + error. error - (bit ? scale : -scale) equals the reference's
-// v - (bit ? 1 : -1) * scale (the product is exact).
+// v - (bit ? 1 : -1) * scale (the product is exact). A block holding Inf/NaN (NaN scale)
+// gets bits 0 and a residual of 0.
 void sign_pack_update(const float* scales, int64_t n, int64_t block, uint8_t* packed, float* error) {
   std::memset(packed, 0, static_cast<size_t>((n + 7) / 8));
   for (int64_t start = 0; start < n; start += block) {
     const int64_t end = std::min(n, start + block);
     const float scale = scales[start / block];
+    if (std::isnan(scale)) {
+      std::fill(error + start, error + end, 0.0f);
+      continue;
+    }
     int64_t i = start;
     if (block % 8 == 0) {  // then i is a multiple of 8: whole vectors, their bits stored at once
       const typename S::F plus_scale = S::set1(scale), minus_scale = S::set1(-scale), zero = S::set1(0.0f);
@@ -79,7 +84,8 @@ void sign_pack_update(const float* scales, int64_t n, int64_t block, uint8_t* pa
   }
 }
 
-// error[i] = x[i] + error[i] over [0, count); returns the block's scale (see compress.h),
+// error[i] = x[i] + error[i] over [0, count); returns the block's scale (see compress.h; NaN
+// for a block holding Inf or NaN),
 // with the sums taken in double over 8 lanes. A double holds the exact sum of a block's
 // magnitudes whenever they span fewer than 53 - 24 - log2(count) binades (21 for blocks of
 // 256), so that sum's order does not matter; the squares (48-bit products) are rounded, so
@@ -112,8 +118,9 @@ float add_then_scale(const T* x, float* error, int64_t count) {
     magnitudes += magnitude[k];
     squares += square[k];
   }
+  if (!std::isfinite(magnitudes)) return std::nanf("");  // Inf/NaN in v (finite floats cannot overflow it)
   const double n = static_cast<double>(count), rms = std::sqrt(squares / n), capped = kSignScaleCap * (magnitudes / n);
-  return static_cast<float>(rms < capped || std::isnan(rms) ? rms : capped);  // NaN: both are
+  return static_cast<float>(rms < capped ? rms : capped);
 }
 
 template <typename T>

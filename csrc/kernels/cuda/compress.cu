@@ -86,8 +86,9 @@ __global__ void __launch_bounds__(kThreads) ef_int8_kernel(const T* x, float* er
       float residuals[4];
 #pragma unroll
       for (int t = 0; t < 4; ++t) {
-        // a block holding Inf/NaN: q = 0 and the residual is dropped
-        const float code = finite ? fminf(fmaxf(rintf(__fmul_rn(v[t], inv)), -127.0f), 127.0f) : 0.0f;
+        // a block holding Inf/NaN: q = 0 and the residual is dropped; + 0: an int8 code has
+        // no negative zero (compress_impl.h)
+        const float code = finite ? __fadd_rn(fminf(fmaxf(rintf(__fmul_rn(v[t], inv)), -127.0f), 127.0f), 0.0f) : 0.0f;
         codes[t] = static_cast<int8_t>(code);
         residuals[t] = finite ? __fsub_rn(v[t], __fmul_rn(code, scale)) : 0.0f;
       }
@@ -136,9 +137,11 @@ __global__ void __launch_bounds__(kThreads) ef_sign_kernel(const T* x, float* er
         square += d * d;
       }
     }
-    const double count = static_cast<double>(end - start);
-    const double rms = sqrt(warp_sum(square) / count), capped = cap * (warp_sum(magnitude) / count);
-    const float scale = static_cast<float>(rms < capped || isnan(rms) ? rms : capped);  // NaN: both are
+    const double count = static_cast<double>(end - start), magnitudes = warp_sum(magnitude);
+    const double rms = sqrt(warp_sum(square) / count), capped = cap * (magnitudes / count);
+    // a block holding Inf/NaN: NaN scale, bits 0 and residual 0 (compress.h, the CPU codec)
+    const bool finite = isfinite(magnitudes);
+    const float scale = finite ? static_cast<float>(rms < capped ? rms : capped) : __int_as_float(0x7FC00000);
     if (lane == 0) scales[b] = scale;
     for (int64_t i = start + 8 * lane; i < end; i += 256) {
       const int count = end - i < 8 ? static_cast<int>(end - i) : 8;
@@ -147,8 +150,8 @@ __global__ void __launch_bounds__(kThreads) ef_sign_kernel(const T* x, float* er
       uint32_t bits = 0;
 #pragma unroll
       for (int t = 0; t < 8; ++t) {
-        if (t < count) bits |= static_cast<uint32_t>(v[t] >= 0.0f) << t;
-        residual[t] = __fsub_rn(v[t], v[t] >= 0.0f ? scale : -scale);
+        if (t < count) bits |= static_cast<uint32_t>(finite && v[t] >= 0.0f) << t;
+        residual[t] = finite ? __fsub_rn(v[t], v[t] >= 0.0f ? scale : -scale) : 0.0f;
       }
       packed[i / 8] = static_cast<uint8_t>(bits);
       if (vector && count == 8) {
@@ -282,8 +285,9 @@ int decode_blocks(int64_t n) {
 }
 
 // One thread per packed byte: its eight values first (v may alias error), then the bits and
-// residuals. `vector`: block % 8 == 0 and v, error 16-byte aligned, so a full byte's values
-// share a scale and move in two 16-byte loads / stores.
+// residuals (bit 0 and residual 0 in a block with a NaN scale, one holding Inf/NaN).
+// `vector`: block % 8 == 0 and v, error 16-byte aligned, so a full byte's values share a
+// scale and move in two 16-byte loads / stores.
 __global__ void sign_pack_kernel(const float* v, const float* scales, int64_t n, int64_t block, bool vector,
                                  uint8_t* packed, float* error) {
   const int64_t bytes = (n + 7) / 8;
@@ -305,8 +309,10 @@ __global__ void sign_pack_kernel(const float* v, const float* scales, int64_t n,
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
       if (k >= count) break;
-      bits |= static_cast<uint32_t>(values[k] >= 0.0f) << k;
-      residual[k] = __fsub_rn(values[k], __fmul_rn(values[k] >= 0.0f ? 1.0f : -1.0f, scales[(first + k) / block]));
+      const float scale = scales[(first + k) / block];
+      const bool kept = !isnan(scale);
+      bits |= static_cast<uint32_t>(kept && values[k] >= 0.0f) << k;
+      residual[k] = kept ? __fsub_rn(values[k], __fmul_rn(values[k] >= 0.0f ? 1.0f : -1.0f, scale)) : 0.0f;
     }
     packed[byte] = static_cast<uint8_t>(bits);
     if (vector && count == 8) {
