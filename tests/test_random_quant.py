@@ -1,0 +1,132 @@
+"""The quant and compress families against reference.py, bit for bit, on randomly drawn
+cases: shapes around the kernels' vector and block edges (and 0), leading dims, input
+layouts (transposed, strided, offset by one element), dtypes, and values from subnormal
+to near the dtype's largest, integers and halves (rounding ties), zeros, and now and then
+an Inf or NaN (which the quantizers refuse by name and the codecs carry as a NaN scale).
+Each case is seeded, so a failure names the case that reproduces it."""
+
+import random
+
+import pytest
+import torch
+from conftest import FLOAT_DTYPES
+from test_quant import assert_same_bits
+from test_random_linear import with_layout
+
+import effgen_kernels as ek
+from effgen_kernels import reference as ref
+
+ops, e = ek.ops, torch.ops.effgen
+ROWS = [0, 1, 2, 3, 7, 17, 64]
+INPUTS = [0, 1, 3, 7, 8, 15, 16, 31, 33, 64, 65, 127, 129, 257, 1000, 4099]
+GROUPS = [1, 2, 3, 7, 16, 32, 64, 100, 128, 5000]
+BLOCKS = [8, 16, 24, 64, 256, 1000]
+QUANT_RANGES = [(-128, 127), (0, 255), (0, 15), (-8, 7), (0, 1)]
+
+
+def draw_values(shape: tuple[int, ...], dtype: torch.dtype, rng: random.Random, gen: torch.Generator) -> torch.Tensor:
+    x = torch.randn(shape, generator=gen)
+    kind = rng.choice(["normal", "scaled", "tiny", "subnormal", "largest", "ties", "zeros"])
+    if kind == "scaled":
+        x = x * 10 ** rng.uniform(-6, 6)
+    elif kind == "tiny":  # around 127 * 2^-128, where 1/scale stops being finite
+        x = x * 2.0 ** rng.uniform(-130, -120)
+    elif kind == "subnormal":
+        x = x * 2.0**-140
+    elif kind == "largest":
+        x = x * torch.finfo(dtype).max / 8
+    elif kind == "ties":
+        x = torch.randint(-300, 300, shape, generator=gen) / rng.choice([1.0, 2.0, 254.0])
+    elif kind == "zeros":
+        x = torch.zeros(shape)
+    if x.numel() and rng.random() < 0.15:
+        x.view(-1)[rng.randrange(x.numel())] = rng.choice([float("inf"), float("-inf"), float("nan")])
+    return x.to(dtype)
+
+
+def assert_all_same_bits(ours, expected) -> None:
+    for actual, wanted in zip(ours, expected, strict=True):
+        assert_same_bits(actual, wanted)
+
+
+def check_quantizer(x: torch.Tensor, rng: random.Random) -> None:
+    group, axis = rng.choice(GROUPS), rng.randrange(-x.dim(), x.dim())
+    view = with_layout(x, rng)
+    cases = [(ops.quantize_per_token, ref.quantize_per_token, ()),
+             (ops.quantize_per_group, ref.quantize_per_group, (group,)),
+             (ops.quantize_per_channel, ref.quantize_per_channel, (axis,))]
+    ours_op, reference, args = rng.choice(cases)
+    if not torch.isfinite(x).all():
+        with pytest.raises(ValueError, match=r"(x|w) contains NaN or Inf"):
+            ours_op(view, *args)
+        return
+    q, scale = reference(x, *args)
+    assert_all_same_bits(ours_op(view, *args), (q, scale))
+    out_dtype = rng.choice(FLOAT_DTYPES)
+    layout = {ops.quantize_per_token: {}, ops.quantize_per_group: {"group_size": group},
+              ops.quantize_per_channel: {"axis": axis}}[ours_op]
+    assert_same_bits(ops.dequantize(with_layout(q, rng), scale, out_dtype=out_dtype, **layout),
+                     ref.dequantize(q, scale, out_dtype=out_dtype, **layout))
+
+
+def check_fake_quantizer(x: torch.Tensor, rng: random.Random, gen: torch.Generator) -> None:
+    quant_min, quant_max = rng.choice(QUANT_RANGES)
+    view = with_layout(x, rng)
+    if x.numel() == 0 or rng.random() < 0.4:
+        scale, zero_point = 10 ** rng.uniform(-4, 2), rng.randint(quant_min, quant_max)
+        call = lambda: ops.fake_quantize_per_tensor(view, scale, zero_point, quant_min, quant_max)  # noqa: E731
+        expected = lambda: ref.fake_quantize_per_tensor(x, scale, zero_point, quant_min, quant_max)[0]  # noqa: E731
+    else:
+        axis = rng.randrange(x.dim())
+        scale = torch.rand(x.shape[axis], generator=gen) * 0.1 + 1e-3
+        zero_point = torch.randint(quant_min, quant_max + 1, (x.shape[axis],), generator=gen, dtype=torch.int32)
+        if rng.random() < 0.5:
+            call = lambda: ops.fake_quantize_per_channel(view, scale, zero_point, axis, quant_min, quant_max)  # noqa: E731
+            expected = lambda: ref.fake_quantize_per_channel(x, scale, zero_point, axis, quant_min, quant_max)[0]  # noqa: E731
+        else:
+            zero_point = zero_point.float() + torch.rand(zero_point.shape, generator=gen) - 0.5
+            call = lambda: ops.fake_quantize_learnable_per_channel(  # noqa: E731
+                view, scale, zero_point, axis, quant_min, quant_max)
+            expected = lambda: ref.fake_quantize_learnable_per_channel(  # noqa: E731
+                x, scale, zero_point, axis, quant_min, quant_max)
+    if not torch.isfinite(x).all():
+        with pytest.raises(ValueError, match="x contains NaN or Inf"):
+            call()
+        return
+    assert_same_bits(call(), expected())
+
+
+def check_codecs(x: torch.Tensor, rng: random.Random, gen: torch.Generator) -> None:
+    flat, block = x.reshape(-1), rng.choice(BLOCKS)
+    n = flat.numel()
+    view = with_layout(flat.unsqueeze(0), rng).squeeze(0)
+    error = torch.randn(n, generator=gen) * rng.choice([0.0, 1e-3, 1.0])
+    for ours, reference in [(e.ef_compress_int8, ref.ef_compress_int8), (e.ef_compress_sign, ref.ef_compress_sign)]:
+        ours_error, expected_error = error.clone(), error.clone()
+        assert_all_same_bits(ours(view, ours_error, block), reference(flat, expected_error, block))
+        assert_same_bits(ours_error, expected_error)
+    if n == 0:
+        return
+    workers = rng.choice([1, 2, 3, 5])
+    int8 = [ref.ef_compress_int8(torch.randn(n, generator=gen), torch.zeros(n), block) for _ in range(workers)]
+    q, scales = torch.stack([c[0] for c in int8]), torch.stack([c[1] for c in int8])
+    assert_same_bits(e.decompress_sum_int8(q, scales, block), ref.decompress_sum_int8(q, scales, block))
+    sign = [ref.ef_compress_sign(torch.randn(n, generator=gen), torch.zeros(n), block) for _ in range(workers)]
+    packed, scales = torch.stack([c[0] for c in sign]), torch.stack([c[1] for c in sign])
+    assert_same_bits(e.decompress_sum_sign(packed, scales, n, block), ref.decompress_sum_sign(packed, scales, n, block))
+
+
+@pytest.mark.parametrize("seed", range(150))
+def test_random_case_matches_reference(isa, seed):
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    rows, k = rng.choice(ROWS), rng.choice(INPUTS)
+    shape = rng.choice([(rows, k), (2, rows, k), (k,)])
+    x = draw_values(shape, rng.choice(FLOAT_DTYPES), rng, gen)
+    family = rng.choice(["quantize", "fake_quantize", "codecs"])
+    if family == "quantize":
+        check_quantizer(x, rng)
+    elif family == "fake_quantize":
+        check_fake_quantizer(x, rng, gen)
+    else:
+        check_codecs(x, rng, gen)
