@@ -186,10 +186,17 @@ def test_residuals_move_with_their_parameters_when_buckets_change():
 # 16-byte pieces where block % 4 (int8) or % 8 (sign) == 0, with and without a short last
 # block; single values otherwise.
 @pytest.mark.parametrize("n,block", [(1, 4), (4099, 256), (70001, 64), (1003, 7), (4096, 256), (1000, 12)])
-def test_cuda_codecs_match_the_cpu_kernels(dtype, n, block):
+@pytest.mark.parametrize("special", [False, True])
+def test_cuda_codecs_match_the_cpu_kernels(dtype, n, block, special):
     x = random_input((n,), dtype)
+    start_error = random_input((n,), scale=0.01)
+    if special:  # blocks holding Inf / NaN, a -0, a last block too small for 1/scale
+        x[0], x[n // 2], x[n - 1] = float("inf"), float("nan"), -0.0
+        tail = slice(max(1, n - block), n)
+        x[tail] = (x[tail].float() * 2.0**-135).to(dtype)
+        start_error[tail] = 0.0
     for op in (e.ef_compress_int8, e.ef_compress_sign):
-        error = random_input((n,), scale=0.01)
+        error = start_error.clone()
         error_gpu = error.cuda()
         payload, scales = op(x, error, block)
         payload_gpu, scales_gpu = op(x.cuda(), error_gpu, block)
