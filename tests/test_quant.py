@@ -56,19 +56,23 @@ def test_quantize_per_token_non_contiguous_and_zero_rows(isa):
     assert torch.isfinite(scale).all()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # fp16 has no values this small
-def test_runs_too_small_for_a_reciprocal_quantize_to_zeros(isa, dtype):
-    # absmax below 127 * 2^-128 (about 3.7e-37): 1/scale overflows, and multiplying by it
-    # made +-127 of every nonzero value and NaN of zeros (-127 in the AVX2 clamp). Row 0's
-    # absmax is just above the bound, row 1's just below, row 2 is subnormal with zeros.
-    k = 37
-    x = torch.randn(3, k, generator=torch.Generator().manual_seed(0))
+def rows_around_the_reciprocal_bound(dtype: torch.dtype) -> torch.Tensor:
+    """Row 0's absmax just above 127 * 2^-128 (about 3.7e-37, below which 1/scale overflows),
+    row 1's just below, row 2 subnormal with zeros."""
+    x = torch.randn(3, 37, generator=torch.Generator().manual_seed(0))
     x = x / x.abs().amax(dim=1, keepdim=True)
     x[0] *= 127 * 2.0**-127
     x[1] *= 127 * 2.0**-129
     x[2] *= 2.0**-130
     x[2, ::3] = 0.0
-    x = x.to(dtype)
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # fp16 has no values this small
+def test_runs_too_small_for_a_reciprocal_quantize_to_zeros(isa, dtype):
+    # Multiplying by an overflowed 1/scale made +-127 of every nonzero value and NaN of
+    # zeros (-127 in the AVX2 clamp).
+    x = rows_around_the_reciprocal_bound(dtype)
     for quantize, expected in [(ops.quantize_per_token, ref.quantize_per_token(x)),
                                (lambda t: ops.quantize_per_group(t, 16), ref.quantize_per_group(x, 16)),
                                (lambda t: ops.quantize_per_channel(t, 0), ref.quantize_per_channel(x, 0))]:
@@ -516,6 +520,18 @@ def test_cuda_learnable_and_opcheck():
         cuda_args = tuple(a.detach().cuda().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) else a
                           for a in args)
         opcheck(op, cuda_args)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_runs_too_small_for_a_reciprocal_match_the_cpu(dtype):
+    x = rows_around_the_reciprocal_bound(dtype)
+    for fn in (ops.quantize_per_token, lambda t: ops.quantize_per_group(t, 16),
+               lambda t: ops.quantize_per_channel(t, 0)):
+        q, s = fn(x)
+        qc, sc = fn(x.cuda())
+        assert_same_bits(qc.cpu(), q)
+        assert_same_bits(sc.cpu(), s)
 
 
 @pytest.mark.cuda
