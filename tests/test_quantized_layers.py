@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import pytest
 import torch
-from conftest import FLOAT_DTYPES, random_input
+from conftest import FLOAT_DTYPES, random_input, torch_threads
 from test_quant import assert_same_bits
 from torch.library import opcheck
 
@@ -44,8 +44,8 @@ class Case(NamedTuple):
         return self.op(x, *self.weights, bias, *self.options)
 
 
-def weight_cases(device: str) -> dict[str, Case]:
-    w = random_input((N, K), scale=0.1, seed=1).to(device)
+def weight_cases(device: str, n: int = N) -> dict[str, Case]:
+    w = random_input((n, K), scale=0.1, seed=1).to(device)
     wq, w_scale = ops.quantize_per_channel(w, 0)
     gq, g_scale = ops.quantize_per_group(w, 16)
     bits, alpha = ref.binarize_weight(w)
@@ -103,17 +103,34 @@ CPU_CASES = list(weight_cases("cpu"))
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", CPU_CASES)
-def test_input_and_bias_gradients_match_the_reference(case, dtype):
+# 6 rows, and 200: batches some ops run on torch's GEMM over blocks of expanded weights, in
+# threads that do not inherit the forward's dispatch state (addmm_out refused x there).
+@pytest.mark.parametrize("rows", [3, 100])
+def test_input_and_bias_gradients_match_the_reference(case, dtype, rows):
     case = weight_cases("cpu")[case]
-    base = random_input((2, 3, 2 * K), dtype, scale=1.0, seed=2).requires_grad_()
+    base = random_input((2, rows, 2 * K), dtype, scale=1.0, seed=2).requires_grad_()
     x = base[..., ::2]  # 3-D and non-contiguous; |x| on both sides of 1 (XNOR's clip)
     bias = random_input((N,), dtype, seed=3).requires_grad_()
-    y = case(x, bias)
+    with torch_threads(2):
+        y = case(x, bias)
     grad_y = random_input(y.shape, dtype, seed=4)
     grads = torch.autograd.grad(y, (x, bias), grad_y)
     expected = torch.autograd.grad(case.twin(x, bias=bias), (x, bias), grad_y)
     for ours, reference_grad in zip(grads, expected, strict=True):
         assert_gradients_close(ours, reference_grad)
+
+
+@pytest.mark.parametrize("case", CPU_CASES)
+def test_zero_output_features_give_empty_gradients(case):
+    # N = 0: the bias gradient's rows were reshaped to [-1, 0], which is ambiguous.
+    case = weight_cases("cpu", n=0)[case]
+    x = random_input((2, 3, K), seed=2).requires_grad_()
+    bias = torch.zeros(0, requires_grad=True)
+    y = case(x, bias)
+    assert y.shape == (2, 3, 0)
+    grad_x, grad_bias = torch.autograd.grad(y, (x, bias), torch.ones_like(y))
+    assert grad_x.shape == x.shape and not grad_x.any()
+    assert grad_bias.shape == (0,)
 
 
 @pytest.mark.cuda

@@ -208,7 +208,8 @@ struct QuantizedLinear : torch::autograd::Function<QuantizedLinear> {
       out[0] = saved[2].defined() ? through_binarized_rows(grad_x, saved[2]) : grad_x;
     }
     if (ctx->needs_input_grad(1)) {
-      const at::Tensor rows = grad_y.reshape({-1, grad_y.size(-1)});
+      // flatten, not reshape({-1, N}): N = 0 makes -1 ambiguous
+      const at::Tensor rows = grad_y.dim() > 1 ? grad_y.flatten(0, -2) : grad_y.unsqueeze(0);
       out[1] = rows.sum(0).to(ctx->saved_data["bias_dtype"].toScalarType());
     }
     return out;

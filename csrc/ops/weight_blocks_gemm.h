@@ -4,6 +4,7 @@
 // 4096 x 4096 layer's would be 64 MB) and only the compact form streams from memory.
 #pragma once
 #include <ATen/Parallel.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
@@ -43,6 +44,10 @@ void gemm_over_weight_blocks(const at::Tensor& x2, int64_t n, const std::optiona
   at::Tensor out = widen ? at::empty(out_2d.sizes(), x.options()) : out_2d;
   const at::Tensor bias_x = bias.has_value() ? bias->to(x.scalar_type()) : at::Tensor();
   at::parallel_for(0, at::divup(n, cols), 1, [&](int64_t begin, int64_t end) {
+    // parallel_for's threads do not inherit the caller's dispatch state: without this an x
+    // that requires grad (the op's forward under its autograd kernel) sends addmm_out to
+    // its autograd kernel, which refuses out= arguments.
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
     at::Tensor rows = at::empty({cols, k}, x.options().dtype(at::kFloat));
     for (int64_t block = begin; block < end; ++block) {
       const int64_t j0 = block * cols, nb = std::min(cols, n - j0);
