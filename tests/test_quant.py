@@ -440,6 +440,17 @@ def test_cuda_scale_index_cursor_on_the_host(tmp_path):
 # ---------------------------------------------------------------------------------------
 # CUDA: same answers as the CPU kernels and the reference (skipped without a GPU)
 # ---------------------------------------------------------------------------------------
+def assert_cuda_quantizers_match_cpu(x: torch.Tensor, group_size: int) -> None:
+    """Per token, per group and per channel (axis 0): the CUDA kernels' codes and scales equal
+    the CPU kernels' bit for bit."""
+    for quantize in (ops.quantize_per_token, lambda t: ops.quantize_per_group(t, group_size),
+                     lambda t: ops.quantize_per_channel(t, 0)):
+        q, scale = quantize(x)
+        q_cuda, scale_cuda = quantize(x.cuda())
+        assert_same_bits(q_cuda.cpu(), q)
+        assert_same_bits(scale_cuda.cpu(), scale)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 # Rows of 1, 129, 4096, 4099, 12289 and 20000: the per-token kernel holds a row in registers
@@ -447,12 +458,7 @@ def test_cuda_scale_index_cursor_on_the_host(tmp_path):
 @pytest.mark.parametrize("shape", [(1,), (7, 129), (2, 5, 4099), (64, 4096), (3, 12289), (2, 20000)])
 def test_cuda_quantize_matches_cpu(dtype, shape):
     x = random_input(shape, dtype)
-    for fn in (ops.quantize_per_token, lambda t: ops.quantize_per_group(t, 128),
-               lambda t: ops.quantize_per_channel(t, 0)):
-        q, s = fn(x)
-        qc, sc = fn(x.cuda())
-        assert_same_bits(qc.cpu(), q)
-        assert_same_bits(sc.cpu(), s)
+    assert_cuda_quantizers_match_cpu(x, group_size=128)
     # per token, per group of 128 and per channel of axis 0: a block per run of one scale
     # where runs have 128 elements or more, 16 consecutive elements a thread otherwise
     q, s = ops.quantize_per_token(x)
@@ -525,13 +531,7 @@ def test_cuda_learnable_and_opcheck():
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_runs_too_small_for_a_reciprocal_match_the_cpu(dtype):
-    x = rows_around_the_reciprocal_bound(dtype)
-    for fn in (ops.quantize_per_token, lambda t: ops.quantize_per_group(t, 16),
-               lambda t: ops.quantize_per_channel(t, 0)):
-        q, s = fn(x)
-        qc, sc = fn(x.cuda())
-        assert_same_bits(qc.cpu(), q)
-        assert_same_bits(sc.cpu(), s)
+    assert_cuda_quantizers_match_cpu(rows_around_the_reciprocal_bound(dtype), group_size=16)
 
 
 @pytest.mark.cuda
