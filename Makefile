@@ -29,14 +29,14 @@ lint: $(VENV)/.deps
 SANITIZE_DIR := build/sanitize
 sanitize: build
 	rm -rf $(SANITIZE_DIR) && mkdir -p $(SANITIZE_DIR)
-	cp -r setup.py pyproject.toml README.md csrc effgen_kernels tests examples $(SANITIZE_DIR)/
+	cp -r setup.py pyproject.toml README.md csrc effgen_kernels tests examples benchmarks $(SANITIZE_DIR)/
 	cd $(SANITIZE_DIR) && EFFGEN_SANITIZE=address,undefined EFFGEN_CUDA=0 $(abspath $(PY)) setup.py -q build_ext --inplace
 	cd $(SANITIZE_DIR) && export LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 		ASAN_OPTIONS=detect_leaks=0 PYTHONPATH=. && \
 		$(abspath $(PY)) -c "import effgen_kernels as ek; assert '$(SANITIZE_DIR)' in ek.__file__, ek.__file__" && \
 		$(abspath $(PY)) -m pytest -q -p no:cacheprovider \
 			tests/test_quant.py tests/test_int8_gemm.py tests/test_binary.py tests/test_compress.py \
-			tests/test_quantized_layers.py
+			tests/test_quantized_layers.py tests/test_random_linear.py tests/test_random_quant.py
 
 # The whole extension, CUDA part included, built against another torch (by default the H200
 # image's, which a GPU session builds on) in a copy of the tree with a venv of its own, and
