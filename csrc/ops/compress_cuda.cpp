@@ -1,6 +1,7 @@
 // CUDA glue of the compress family: the CPU glue's checks (compress_common.h), then
 // launches on the current stream. Works with NCCL: the DDP hook's codecs run where the
-// gradients are. UNVERIFIED: compiled in CI, never run on a GPU yet.
+// gradients are. Its tests passed on an H200 in session 10; session 21's rules for blocks
+// holding Inf / NaN (NaN scale, residual 0) are compiled, not yet run on a GPU.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/abs.h>
 #include <ATen/ops/constant_pad_nd.h>
