@@ -52,19 +52,18 @@ def assert_all_same_bits(ours, expected) -> None:
 def check_quantizer(x: torch.Tensor, rng: random.Random) -> None:
     group, axis = rng.choice(GROUPS), rng.randrange(-x.dim(), x.dim())
     view = with_layout(x, rng)
-    cases = [(ops.quantize_per_token, ref.quantize_per_token, ()),
-             (ops.quantize_per_group, ref.quantize_per_group, (group,)),
-             (ops.quantize_per_channel, ref.quantize_per_channel, (axis,))]
-    ours_op, reference, args = rng.choice(cases)
+    # (ours, the reference, their arguments after x, the scale layout for dequantize)
+    ours, reference, args, layout = rng.choice([
+        (ops.quantize_per_token, ref.quantize_per_token, (), {}),
+        (ops.quantize_per_group, ref.quantize_per_group, (group,), {"group_size": group}),
+        (ops.quantize_per_channel, ref.quantize_per_channel, (axis,), {"axis": axis})])
     if not torch.isfinite(x).all():
         with pytest.raises(ValueError, match=r"(x|w) contains NaN or Inf"):
-            ours_op(view, *args)
+            ours(view, *args)
         return
     q, scale = reference(x, *args)
-    assert_all_same_bits(ours_op(view, *args), (q, scale))
+    assert_all_same_bits(ours(view, *args), (q, scale))
     out_dtype = rng.choice(FLOAT_DTYPES)
-    layout = {ops.quantize_per_token: {}, ops.quantize_per_group: {"group_size": group},
-              ops.quantize_per_channel: {"axis": axis}}[ours_op]
     assert_same_bits(ops.dequantize(with_layout(q, rng), scale, out_dtype=out_dtype, **layout),
                      ref.dequantize(q, scale, out_dtype=out_dtype, **layout))
 
@@ -73,27 +72,23 @@ def check_fake_quantizer(x: torch.Tensor, rng: random.Random, gen: torch.Generat
     quant_min, quant_max = rng.choice(QUANT_RANGES)
     view = with_layout(x, rng)
     if x.numel() == 0 or rng.random() < 0.4:
-        scale, zero_point = 10 ** rng.uniform(-4, 2), rng.randint(quant_min, quant_max)
-        call = lambda: ops.fake_quantize_per_tensor(view, scale, zero_point, quant_min, quant_max)  # noqa: E731
-        expected = lambda: ref.fake_quantize_per_tensor(x, scale, zero_point, quant_min, quant_max)[0]  # noqa: E731
+        ours, reference = ops.fake_quantize_per_tensor, ref.fake_quantize_per_tensor
+        args = (10 ** rng.uniform(-4, 2), rng.randint(quant_min, quant_max), quant_min, quant_max)
     else:
         axis = rng.randrange(x.dim())
         scale = torch.rand(x.shape[axis], generator=gen) * 0.1 + 1e-3
         zero_point = torch.randint(quant_min, quant_max + 1, (x.shape[axis],), generator=gen, dtype=torch.int32)
-        if rng.random() < 0.5:
-            call = lambda: ops.fake_quantize_per_channel(view, scale, zero_point, axis, quant_min, quant_max)  # noqa: E731
-            expected = lambda: ref.fake_quantize_per_channel(x, scale, zero_point, axis, quant_min, quant_max)[0]  # noqa: E731
-        else:
+        ours, reference = ops.fake_quantize_per_channel, ref.fake_quantize_per_channel
+        if rng.random() < 0.5:  # LSQ's float zero point, rounded and clamped by the op
             zero_point = zero_point.float() + torch.rand(zero_point.shape, generator=gen) - 0.5
-            call = lambda: ops.fake_quantize_learnable_per_channel(  # noqa: E731
-                view, scale, zero_point, axis, quant_min, quant_max)
-            expected = lambda: ref.fake_quantize_learnable_per_channel(  # noqa: E731
-                x, scale, zero_point, axis, quant_min, quant_max)
+            ours, reference = ops.fake_quantize_learnable_per_channel, ref.fake_quantize_learnable_per_channel
+        args = (scale, zero_point, axis, quant_min, quant_max)
     if not torch.isfinite(x).all():
         with pytest.raises(ValueError, match="x contains NaN or Inf"):
-            call()
+            ours(view, *args)
         return
-    assert_same_bits(call(), expected())
+    expected = reference(x, *args)
+    assert_same_bits(ours(view, *args), expected[0] if isinstance(expected, tuple) else expected)
 
 
 def check_codecs(x: torch.Tensor, rng: random.Random, gen: torch.Generator) -> None:

@@ -85,12 +85,12 @@ void sign_pack_update(const float* scales, int64_t n, int64_t block, uint8_t* pa
 }
 
 // error[i] = x[i] + error[i] over [0, count); returns the block's scale (see compress.h; NaN
-// for a block holding Inf or NaN),
-// with the sums taken in double over 8 lanes. A double holds the exact sum of a block's
-// magnitudes whenever they span fewer than 53 - 24 - log2(count) binades (21 for blocks of
-// 256), so that sum's order does not matter; the squares (48-bit products) are rounded, so
-// another summation order (the reference's: torch's) can differ in the last bit of the
-// double, which changes the float scale only when it falls on a rounding boundary.
+// for a block holding Inf or NaN), with the sums taken in double over 8 lanes. A double
+// holds the exact sum of a block's magnitudes whenever they span fewer than 53 - 24 -
+// log2(count) binades (21 for blocks of 256), so that sum's order does not matter; the
+// squares (48-bit products) are rounded, so another summation order (the reference's:
+// torch's) can differ in the last bit of the double, which changes the float scale only
+// when it falls on a rounding boundary.
 template <typename T>
 float add_then_scale(const T* x, float* error, int64_t count) {
   constexpr int kLanes = 8;
