@@ -436,7 +436,7 @@ def ef_compress_int8(x: torch.Tensor, error: torch.Tensor, block_size: int):
     v = x.float() + error
     q, scales = quantize_per_group(torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0).reshape(1, -1), block_size)
     kept, scales = _drop_non_finite_blocks(v, scales.reshape(-1), block_size)
-    q = torch.where(kept, q.reshape(-1), torch.zeros_like(q.reshape(-1)))
+    q = q.reshape(-1).masked_fill(~kept, 0)
     error.copy_(torch.where(kept, v - dequantize(q, scales, group_size=block_size), torch.zeros_like(v)))
     return q, scales
 

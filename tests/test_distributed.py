@@ -17,29 +17,38 @@ def run(fn, world: int, out, *args, timeout: float = 180.0) -> None:
     run_workers(fn, world, str(out), *args, timeout=timeout, what=fn.__name__)
 
 
+def reference_steps(world: int, n: int, steps: int, block: int, codec: str, overflow_step: int | None = None):
+    """What ref.compressed_allreduce gives for workers.allreduce_steps' gradients: each
+    step's padded result and true mean, and the workers' and servers' residuals after."""
+    unit = world * math.lcm(block, 8)
+    padded = -(-n // unit) * unit
+    worker_errors = [torch.zeros(padded) for _ in range(world)]
+    server_errors = [torch.zeros(padded // world) for _ in range(world)]
+    results, true_means = [], []
+    for step in range(steps):
+        grads = [torch.nn.functional.pad(workers.step_grads(r, step, n), (0, padded - n)) for r in range(world)]
+        if step == overflow_step:
+            grads[0][workers.OVERFLOW_INDEX] = float("inf")
+        results.append(ref.compressed_allreduce(grads, worker_errors, server_errors, codec, block))
+        true_means.append(torch.stack(grads).mean(0))
+    return results, true_means, worker_errors, server_errors
+
+
 @pytest.mark.parametrize("world", [2, 3, 4])
 @pytest.mark.parametrize("codec", ["int8", "sign"])
 def test_compressed_allreduce_equals_the_reference_algorithm(tmp_path, world, codec):
     n, steps, block = 5000, 3, 64
     run(workers.allreduce_steps, world, tmp_path, codec, n, steps, block)
     outputs = [torch.load(tmp_path / f"{r}.pt", weights_only=False) for r in range(world)]
-    unit = world * math.lcm(block, 8)
-    padded = -(-n // unit) * unit
-    worker_errors = [torch.zeros(padded) for _ in range(world)]
-    server_errors = [torch.zeros(padded // world) for _ in range(world)]
-    sent_sum, true_sum = torch.zeros(padded), torch.zeros(padded)
+    expected, true_means, worker_errors, server_errors = reference_steps(world, n, steps, block, codec)
     for step in range(steps):
-        grads = [torch.nn.functional.pad(workers.step_grads(r, step, n), (0, padded - n)) for r in range(world)]
-        expected = ref.compressed_allreduce(grads, worker_errors, server_errors, codec, block)
         for out in outputs:
-            assert torch.equal(out["results"][step], expected[:n]), (codec, world, step)
-        sent_sum += expected
-        true_sum += torch.stack(grads).mean(0)
+            assert torch.equal(out["results"][step], expected[step][:n]), (codec, world, step)
     # The right quantity: error feedback telescopes, so what was sent plus what is still
     # held back (the workers' mean residual, the servers' residual chunks) is the sum of the
     # true means, up to float rounding.
     held_back = torch.stack(worker_errors).mean(0) + torch.cat(server_errors)
-    torch.testing.assert_close(sent_sum + held_back, true_sum, rtol=0, atol=1e-5)
+    torch.testing.assert_close(sum(expected) + held_back, sum(true_means), rtol=0, atol=1e-5)
     traffic = outputs[0]["traffic"]
     assert traffic.compression_ratio > (3.5 if codec == "int8" else 20)
 
@@ -51,20 +60,15 @@ def test_an_overflowing_step_reaches_the_result_and_no_later_step(tmp_path, code
     # finite and still the reference algorithm's, bit for bit.
     n, steps, block, world = 5000, 3, 64, 2
     run(workers.allreduce_steps, world, tmp_path, codec, n, steps, block, 1)
-    unit = world * math.lcm(block, 8)
-    padded = -(-n // unit) * unit
-    worker_errors = [torch.zeros(padded) for _ in range(world)]
-    server_errors = [torch.zeros(padded // world) for _ in range(world)]
-    for step in range(steps):
-        grads = [torch.nn.functional.pad(workers.step_grads(r, step, n), (0, padded - n)) for r in range(world)]
-        if step == 1:
-            grads[0][workers.OVERFLOW_INDEX] = float("inf")
-        expected = ref.compressed_allreduce(grads, worker_errors, server_errors, codec, block)[:n]
-        for rank in range(world):
-            result = torch.load(tmp_path / f"{rank}.pt", weights_only=False)["results"][step]
-            torch.testing.assert_close(result, expected, rtol=0, atol=0, equal_nan=True)
-            assert result.isnan().any() == (step == 1), (codec, step)
-            assert torch.isfinite(result).all() or step == 1
+    expected = reference_steps(world, n, steps, block, codec, overflow_step=1)[0]
+    for rank in range(world):
+        results = torch.load(tmp_path / f"{rank}.pt", weights_only=False)["results"]
+        for step, result in enumerate(results):
+            torch.testing.assert_close(result, expected[step][:n], rtol=0, atol=0, equal_nan=True)
+            if step == 1:
+                assert result.isnan().any(), codec
+            else:
+                assert torch.isfinite(result).all(), (codec, step)
 
 
 def train_digits(tmp_path, codec, steps=60):
