@@ -53,6 +53,27 @@ def test_distillation_loss_is_finite_for_huge_logits_and_bf16():
     assert bf16.dtype == torch.float32 and torch.isfinite(bf16)
 
 
+def test_classes_the_teacher_rules_out_add_nothing():
+    # A masked vocabulary (logit -inf) gave NaN: F.kl_div's exp(t) * (t - s) is 0 * -inf there.
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 3, 7), torch.randn(2, 3, 7)
+    teacher[..., 5:] = float("-inf")
+    masked_student = student.clone()
+    masked_student[0, 0, 6] = float("-inf")  # ruled out on both sides
+    temperature = 2.0
+    for logits in (student, masked_student):
+        logits = logits.clone().requires_grad_()
+        loss = DistillationLoss(temperature, 1.0)(logits, teacher)
+        loss.backward()
+        # by hand in float64: sum over the teacher's classes 0-4 of p_t (log p_t - log p_s),
+        # p_s the student's softmax over all 7
+        log_p_s = F.log_softmax(logits.detach().double() / temperature, -1)[..., :5]
+        log_p_t = F.log_softmax(teacher[..., :5].double() / temperature, -1)
+        expected = temperature**2 * (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1).mean()
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+        assert torch.isfinite(logits.grad).all()
+
+
 def test_distillation_loss_is_zero_for_identical_logits_and_alpha_one():
     logits = torch.randn(2, 5, 13)
     assert DistillationLoss(3.0, 1.0)(logits, logits.clone()).item() == pytest.approx(0.0, abs=1e-6)

@@ -27,10 +27,12 @@ def _masked_mean(per_position: torch.Tensor, mask: torch.Tensor | None) -> torch
 
 def kl_per_position(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(softmax(t / T) || softmax(s / T)) at every position, in fp32 from log-softmaxes
-    (no exp of large logits, no log of 0)."""
+    (no exp of large logits, no log of 0). Classes the teacher rules out (logit -inf, as
+    masked vocabularies have) add 0: F.kl_div's exp(t) * (t - s) makes them 0 * -inf = NaN."""
     log_p_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
     log_p_teacher = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
-    return F.kl_div(log_p_student, log_p_teacher, reduction="none", log_target=True).sum(-1)
+    p_teacher = log_p_teacher.exp()
+    return torch.where(p_teacher > 0, p_teacher * (log_p_teacher - log_p_student), 0.0).sum(-1)
 
 
 class DistillationLoss(nn.Module):
