@@ -29,6 +29,14 @@ cudaError_t with_dtype(DType dtype, Fn&& fn) {
   return cudaGetLastError();
 }
 
+// What symmetric int8 quantization multiplies by: 1 / scale, or 0 where that is not finite
+// (a zero or NaN scale, or one below 2^-128), so such runs quantize to 0 (the CPU's
+// cpu::symmetric_inverse_scale, reference.symmetric_int8).
+__device__ __forceinline__ float symmetric_inverse_scale(float scale) {
+  const float inverse = __fdiv_rn(1.0f, scale);
+  return isfinite(inverse) ? inverse : 0.0f;
+}
+
 // Max of v over the 32 lanes of a warp, returned to every lane.
 __device__ __forceinline__ uint32_t warp_max(uint32_t v) {
   for (int offset = 16; offset > 0; offset >>= 1) v = max(v, __shfl_xor_sync(0xFFFFFFFFu, v, offset));

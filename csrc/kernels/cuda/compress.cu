@@ -75,8 +75,7 @@ __global__ void __launch_bounds__(kThreads) ef_int8_kernel(const T* x, float* er
     bits = warp_max(bits);
     const bool finite = bits <= kMaxFiniteBits;
     const float scale = finite ? __fdiv_rn(__uint_as_float(bits), 127.0f) : __int_as_float(0x7FC00000);
-    const float reciprocal = __fdiv_rn(1.0f, scale);  // not finite for scale 0 or below 2^-128: codes 0
-    const float inv = finite && isfinite(reciprocal) ? reciprocal : 0.0f;
+    const float inv = symmetric_inverse_scale(scale);  // 0 for the NaN scale of a non-finite block
     if (lane == 0) scales[b] = scale;
     for (int64_t i = start + 4 * lane; i < end; i += 128) {
       const int count = end - i < 4 ? static_cast<int>(end - i) : 4;

@@ -247,13 +247,6 @@ __device__ __forceinline__ float scale_from_bits(uint32_t bits) {
   return bits > kMaxFiniteBits ? __int_as_float(0x7FC00000) : __fdiv_rn(__uint_as_float(bits), 127.0f);
 }
 
-// 0 where the reciprocal is not finite (a zero or NaN scale, or one below 2^-128), so such
-// runs quantize to 0 (reference.symmetric_int8).
-__device__ __forceinline__ float inverse_scale(float scale) {
-  const float inverse = __fdiv_rn(1.0f, scale);
-  return isfinite(inverse) ? inverse : 0.0f;
-}
-
 // A NaN product (NaN x, or Inf/NaN x times the 0 reciprocal of a non-finite run) gives 0:
 // fmaxf would return its other operand, -127.
 __device__ __forceinline__ int8_t quantize_value(float x, float inv_scale) {
@@ -326,7 +319,7 @@ __device__ __forceinline__ void quantize_resident_run(const T* x, const Run& run
 #pragma unroll
     for (int j = 0; j < kItems; ++j) bits = max(bits, abs_bits(to_f32(v[c][j])));
   }
-  const float s = scale_from_bits(block_max(bits)), inv = inverse_scale(s);
+  const float s = scale_from_bits(block_max(bits)), inv = symmetric_inverse_scale(s);
   if (threadIdx.x == 0) scale[run.index] = s;
 #pragma unroll
   for (int c = 0; c < CHUNKS; ++c) {
@@ -350,7 +343,7 @@ __global__ void quantize_rows_kernel(const T* x, ParamIndex idx, int8_t* q, floa
   } else {
     const float s = scale_from_bits(run_absmax_bits(x, run));
     if (threadIdx.x == 0) scale[run.index] = s;
-    quantize_run(x, run, inverse_scale(s), q);
+    quantize_run(x, run, symmetric_inverse_scale(s), q);
   }
 }
 
@@ -365,7 +358,7 @@ __global__ void channel_absmax_run_kernel(const T* x, RunGrid grid, uint32_t* ab
 template <typename T>
 __global__ void quantize_with_scales_run_kernel(const T* x, RunGrid grid, const float* scale, int8_t* q) {
   const Run run = grid.block_run(blockIdx.x);
-  quantize_run(x, run, inverse_scale(scale[run.index]), q);
+  quantize_run(x, run, symmetric_inverse_scale(scale[run.index]), q);
 }
 
 template <typename Out>
@@ -434,7 +427,7 @@ __global__ void quantize_with_scales_kernel(const T* x, int64_t n, const float* 
       if (j >= count) break;
       if (cursor.index() != channel) {  // one division per run of a channel, not per element
         channel = cursor.index();
-        inv = inverse_scale(scale[channel]);
+        inv = symmetric_inverse_scale(scale[channel]);
       }
       out[j] = quantize_value(to_f32(v[j]), inv);
     }
