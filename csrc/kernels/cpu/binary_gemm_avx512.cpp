@@ -7,6 +7,10 @@
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")
+// GCC 12's temporary-expression replacement moved the lookup kernel's permutes ahead of
+// their adds, and with 8-16 accumulators it spilled them all to the stack: 128 stores and
+// loads a word (lut_pass<4, 1, 4>); without it nothing in the loop is spilled.
+#pragma GCC optimize("no-tree-ter")
 
 namespace effgen::cpu {
 namespace avx512_binary {
@@ -101,48 +105,75 @@ void expand_row(const uint8_t* bits, const uint8_t* negative, int64_t k, float* 
 constexpr int64_t kLutPrefetchBytes = 2048;
 constexpr LutLayout kLutLayout = kLutNibbles;  // one 16-entry vpermps per lookup
 
-// Per word: one load; slot j's indices are the word shifted right by 4j (vpermps reads only
-// index bits 0-3, so nothing needs masking). Slots rotate over kChains accumulators per row
-// so that few rows still keep several adds in flight; kChains is even, so a chain holds only
-// even (ternary: positive) or only odd (negative) slots.
+// Tiles of one pass: each table vector loaded serves that many tiles' lookups. Loaded for
+// one lookup, the binary tables (64 KB per row at K = 4096, beyond L1) came from L2 at a
+// 64-byte line per vpermps, and that bounded the kernel: Zen 5, one thread, 0.7-0.85
+// lookups a cycle against 1.25 for vpermps + vaddps from registers. A ternary table
+// serves its two planes already; more tiles paid only at one row (the index shifts bind
+// there). Measured on 4096 x 4096 (benchmarks/kernels/lut_sums_bench.cpp, RESULTS.md
+// "Session 22").
 template <int M, int kPlanes>
-void lut_tiles(const float* tables, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1, float* sums,
-               int64_t lds) {
-  constexpr int kChains = M <= 2 ? 4 : 2;
+constexpr int kPassTiles = kPlanes == 1 ? (M <= 4 ? 4 : 2) : (M == 1 ? 2 : 1);
+
+// kTiles tiles from t: per word of each tile one load; slot j's indices are the word
+// shifted right by 4j (vpermps reads only index bits 0-3, so nothing needs masking). Per
+// row and tile, kChains accumulators take the slots in turn so that a pass of few rows
+// still keeps enough adds in flight; ternary slots alternate positive (even j, added) and
+// negative (odd j, subtracted) planes.
+template <int M, int kPlanes, int kTiles>
+void lut_pass(const float* tables, int64_t k, const uint8_t* tiles, int64_t t, float* sums, int64_t lds) {
+  constexpr int kChains = M * kTiles >= 8 ? 1 : 2;
   const int64_t words = kLutLayout.words(k, kPlanes), table_stride = kLutLayout.table_floats(k);
-  for (int64_t t = t0; t < t1; ++t) {
-    const uint8_t* tile = tiles + t * words * kLutWordBytes;
-    __m512 acc[M][kChains];
-    for (int i = 0; i < M; ++i) {
-      for (int c = 0; c < kChains; ++c) acc[i][c] = _mm512_setzero_ps();
+  const uint8_t* first = tiles + t * words * kLutWordBytes;
+  __m512 acc[M][kTiles][kChains];
+  for (int i = 0; i < M; ++i) {
+    for (int u = 0; u < kTiles; ++u) {
+      for (int c = 0; c < kChains; ++c) acc[i][u][c] = _mm512_setzero_ps();
     }
-    for (int64_t w = 0; w < words; ++w) {
-      const uint8_t* word = tile + w * kLutWordBytes;
+  }
+  for (int64_t w = 0; w < words; ++w) {
+    __m512i nibbles[kTiles];
+    for (int u = 0; u < kTiles; ++u) {
+      const uint8_t* word = first + (u * words + w) * kLutWordBytes;
       // The hardware prefetcher alone left the stream at half the bandwidth (measured).
       _mm_prefetch(reinterpret_cast<const char*>(word) + kLutPrefetchBytes, _MM_HINT_T0);
-      const __m512i nibbles = _mm512_loadu_si512(word);
-      const float* word_tables = tables + LutLayout::slot_table(8 * w, kPlanes) * 16;
+      nibbles[u] = _mm512_loadu_si512(word);
+    }
+    const float* word_tables = tables + LutLayout::slot_table(8 * w, kPlanes) * 16;
 #pragma GCC unroll 8
-      for (int j = 0; j < 8; ++j) {
-        const __m512i idx = _mm512_srli_epi32(nibbles, 4 * j);
-        const float* table = word_tables + j / kPlanes * 16;
-        for (int i = 0; i < M; ++i) {
-          acc[i][j % kChains] = _mm512_add_ps(acc[i][j % kChains],
-                                             _mm512_permutexvar_ps(idx, _mm512_loadu_ps(table + i * table_stride)));
+    for (int j = 0; j < 8; ++j) {
+      __m512i idx[kTiles];
+      for (int u = 0; u < kTiles; ++u) idx[u] = _mm512_srli_epi32(nibbles[u], 4 * j);
+      const float* table = word_tables + j / kPlanes * 16;
+      for (int i = 0; i < M; ++i) {
+        const __m512 row_table = _mm512_loadu_ps(table + i * table_stride);
+        for (int u = 0; u < kTiles; ++u) {
+          const __m512 v = _mm512_permutexvar_ps(idx[u], row_table);
+          if (kPlanes == 2 && j % 2 == 1) {
+            acc[i][u][j % kChains] = _mm512_sub_ps(acc[i][u][j % kChains], v);
+          } else {
+            acc[i][u][j % kChains] = _mm512_add_ps(acc[i][u][j % kChains], v);
+          }
         }
       }
     }
-    for (int i = 0; i < M; ++i) {
-      __m512 even = acc[i][0], odd = acc[i][1];
-      for (int c = 2; c < kChains; c += 2) {
-        even = _mm512_add_ps(even, acc[i][c]);
-        odd = _mm512_add_ps(odd, acc[i][c + 1]);
-      }
-      // Ternary: positive minus negative nibbles; binary: both are groups of +1 weights.
-      const __m512 total = kPlanes == 2 ? _mm512_sub_ps(even, odd) : _mm512_add_ps(even, odd);
-      _mm512_storeu_ps(sums + i * lds + t * kLutTileRows, total);
+  }
+  for (int i = 0; i < M; ++i) {
+    for (int u = 0; u < kTiles; ++u) {
+      __m512 total = acc[i][u][0];
+      for (int c = 1; c < kChains; ++c) total = _mm512_add_ps(total, acc[i][u][c]);
+      _mm512_storeu_ps(sums + i * lds + (t + u) * kLutTileRows, total);
     }
   }
+}
+
+template <int M, int kPlanes>
+void lut_tiles(const float* tables, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1, float* sums,
+               int64_t lds) {
+  int64_t t = t0;
+  constexpr int kTiles = kPassTiles<M, kPlanes>;
+  for (; t + kTiles <= t1; t += kTiles) lut_pass<M, kPlanes, kTiles>(tables, k, tiles, t, sums, lds);
+  for (; t < t1; ++t) lut_pass<M, kPlanes, 1>(tables, k, tiles, t, sums, lds);
 }
 
 #include "binary_lut_dispatch.h"
