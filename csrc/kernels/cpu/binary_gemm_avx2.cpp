@@ -20,6 +20,7 @@ namespace {
 
 constexpr int kMaskedM = 2, kMaskedN = 4;  // 8 accumulators + 2 x + 4 masks of 16 ymm
 constexpr int kPopM = 2, kPopN = 4;
+constexpr int64_t kPopPrefetchBytes = 2048;  // see binary_gemm_avx512.cpp
 
 inline __m256 lanes_of_byte(uint8_t byte) {
   const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
@@ -74,7 +75,10 @@ void popcount_tile(const PopcountArgs& p, int64_t i0, int64_t j0) {
   }
   auto step = [&](const uint8_t* const* a, const uint8_t* const* b) {
     __m256i bv[NR];
-    for (int j = 0; j < NR; ++j) bv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[j]));
+    for (int j = 0; j < NR; ++j) {
+      _mm_prefetch(reinterpret_cast<const char*>(b[j]) + kPopPrefetchBytes, _MM_HINT_T0);
+      bv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[j]));
+    }
     for (int i = 0; i < MR; ++i) {
       const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[i]));
       for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_add_epi64(acc[i][j], popcount_bytes(_mm256_xor_si256(av, bv[j])));

@@ -20,6 +20,10 @@ namespace {
 
 constexpr int kMaskedM = 4, kMaskedN = 4;  // 16 accumulators + 4 activation vectors
 constexpr int kPopM = 2, kPopN = 4;
+// Weight rows are read a few hundred bytes at a time, kPopN rows at once: too short a run
+// for the hardware prefetcher. Rows are adjacent, so this distance ahead of a row is a
+// later tile's. Zen 5, XNOR 1x4096x4096 from memory: 0.21-0.28 -> 0.08 ms (AVX2: 0.13 -> 0.07).
+constexpr int64_t kPopPrefetchBytes = 2048;
 
 inline __m512 load_masked(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
 inline __m512 load_masked(const bf16* p, __mmask16 m) {
@@ -78,7 +82,11 @@ void popcount_tile(const PopcountArgs& p, int64_t i0, int64_t j0) {
     const int64_t rest = p.nbytes - byte;
     const __mmask64 valid = rest >= 64 ? ~__mmask64{0} : (__mmask64{1} << rest) - 1;  // zeros xor to zero
     __m512i bv[NR];
-    for (int j = 0; j < NR; ++j) bv[j] = _mm512_maskz_loadu_epi8(valid, p.b + (j0 + j) * p.ldb + byte);
+    for (int j = 0; j < NR; ++j) {
+      const uint8_t* bytes = p.b + (j0 + j) * p.ldb + byte;
+      _mm_prefetch(reinterpret_cast<const char*>(bytes) + kPopPrefetchBytes, _MM_HINT_T0);
+      bv[j] = _mm512_maskz_loadu_epi8(valid, bytes);
+    }
     for (int i = 0; i < MR; ++i) {
       const __m512i av = _mm512_maskz_loadu_epi8(valid, p.a + (i0 + i) * p.lda + byte);
       for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_add_epi64(acc[i][j], popcount_bytes(_mm512_xor_si512(av, bv[j])));
