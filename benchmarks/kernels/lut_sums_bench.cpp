@@ -1,7 +1,8 @@
 // The CPU lookup-table kernel alone (BinaryGemmKernels::lut_sums of the dispatched ISA),
-// without torch, the op's glue or Python: how the numbers of RESULTS.md "Session 20" were
-// taken. Tables and tiles are built by the library's own build_lut_tables / tile_for_lut,
-// and the result is checked against lut_sums_portable before timing (exit 1 on mismatch).
+// without torch, the op's glue or Python: how the numbers of RESULTS.md "Session 20" and
+// "Session 22" were taken. Tables and tiles are built by the library's own build_lut_tables /
+// tile_for_lut, and the result is checked against lut_sums_portable before timing (exit 1 on
+// mismatch).
 //
 // Build (from the repository root, the extension's flags; the kernels are torch-free), with
 // S=csrc/kernels/cpu:
