@@ -221,19 +221,40 @@ void lut_sums_portable(LutLayout layout, const float* tables, int64_t m, int64_t
   }
 }
 
-void build_lut_tables(LutLayout layout, const float* x, int64_t m, int64_t k, float* tables) {
-  const int64_t groups = layout.table_groups(k), entries = layout.entries();
+namespace {
+
+// Entry b of a group's table is the sum of xs[t] over the set bits t of b, added from the
+// highest bit down starting at +0 (each entry one add past the entry without its lowest
+// bit, which is how the tables were first built, bit for bit). Bits 0-1 go in last, so the table is its high bits' sums (one scalar chain) plus, over
+// each run of 4 entries, the same two vectors of xs[1] / xs[0] or 0: adding +0 for a clear
+// bit changes nothing, as no partial sum is -0 (it starts at +0). 3-4x faster than a scalar
+// chain per entry (Zen 5, 4096 values: 11-18 -> 3.3-4.0 us per row for 16 entries).
+template <int kWidth>
+void build_tables(const float* x, int64_t m, int64_t k, int64_t groups, float* tables) {
+  constexpr int kHigh = 1 << (kWidth - 2);
   for (int64_t i = 0; i < m; ++i) {
+    const float* row = x + i * k;
     for (int64_t g = 0; g < groups; ++g) {
-      float* table = tables + (i * groups + g) * entries;
-      table[0] = 0.0f;
-      for (int b = 1; b < entries; ++b) {
-        const int low = __builtin_ctz(static_cast<unsigned>(b));  // b = (b with its lowest bit cleared) + that bit
-        const int64_t col = layout.width * g + low;
-        table[b] = table[b & (b - 1)] + (col < k ? x[i * k + col] : 0.0f);
+      float xs[kWidth];
+      for (int t = 0; t < kWidth; ++t) xs[t] = kWidth * g + t < k ? row[kWidth * g + t] : 0.0f;
+      float high[kHigh];
+      high[0] = 0.0f;
+      for (int q = 1; q < kHigh; ++q) high[q] = high[q & (q - 1)] + xs[2 + __builtin_ctz(static_cast<unsigned>(q))];
+      const float bit1[4] = {0.0f, 0.0f, xs[1], xs[1]}, bit0[4] = {0.0f, xs[0], 0.0f, xs[0]};
+      float* table = tables + (i * groups + g) * (int64_t{1} << kWidth);
+      for (int q = 0; q < kHigh; ++q) {
+        for (int r = 0; r < 4; ++r) table[4 * q + r] = (high[q] + bit1[r]) + bit0[r];
       }
     }
   }
+}
+
+}  // namespace
+
+void build_lut_tables(LutLayout layout, const float* x, int64_t m, int64_t k, float* tables) {
+  const int64_t groups = layout.table_groups(k);
+  if (layout.width == kLutTriples.width) return build_tables<3>(x, m, k, groups, tables);
+  build_tables<4>(x, m, k, groups, tables);
 }
 
 }  // namespace effgen::cpu
