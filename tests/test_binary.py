@@ -1,16 +1,13 @@
 """The binary_gemm family (1-bit and ternary weights) against reference.py, and the layers."""
 
-import os
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
 from conftest import (
     FLOAT_DTYPES,
     assert_products_match,
-    env_without_preload,
+    build_kernel_bench,
     load_example,
     random_input,
     run_cuda_host_check,
@@ -556,20 +553,9 @@ def test_a_lut_made_on_one_isa_runs_on_every_other():
 
 @pytest.fixture(scope="module")
 def lut_sums_bench(tmp_path_factory):
-    """benchmarks/kernels/lut_sums_bench.cpp built with the extension's flags (torch-free)."""
-    compiler = shutil.which(os.environ.get("CXX", "g++"))
-    if compiler is None:
-        pytest.skip("no C++ compiler")
-    root = Path(__file__).resolve().parents[1]
-    kernels = root / "csrc" / "kernels" / "cpu"
-    sources = [root / "benchmarks" / "kernels" / "lut_sums_bench.cpp",
-               *(kernels / f"binary_gemm_{isa}.cpp" for isa in ("avx2", "avx512", "scalar")),
-               kernels / "binary_pack.cpp", kernels / "isa.cpp"]
-    binary = tmp_path_factory.mktemp("lut_sums_bench") / "lut_sums_bench"
-    env = env_without_preload()
-    subprocess.run([compiler, "-O2", "-std=c++20", "-ffp-contract=off", "-fopenmp", f"-I{kernels}", *map(str, sources),
-                    "-o", str(binary)], check=True, capture_output=True, timeout=600, env=env)
-    return binary, env
+    """benchmarks/kernels/lut_sums_bench.cpp, built."""
+    sources = [*(f"binary_gemm_{isa}.cpp" for isa in ("avx2", "avx512", "scalar")), "binary_pack.cpp", "isa.cpp"]
+    return build_kernel_bench("lut_sums_bench", sources, tmp_path_factory.mktemp("lut_sums_bench"))
 
 
 @pytest.mark.parametrize("m, planes, n, k, threads", [(1, 1, 100, 77, 1), (2, 2, 1030, 301, 2), (8, 1, 1030, 4099, 2),

@@ -2,10 +2,19 @@
 
 import copy
 import io
+import subprocess
 
 import pytest
 import torch
-from conftest import CPU_ISAS, FLOAT_DTYPES, assert_products_match, random_input, run_cuda_host_check, torch_threads
+from conftest import (
+    CPU_ISAS,
+    FLOAT_DTYPES,
+    assert_products_match,
+    build_kernel_bench,
+    random_input,
+    run_cuda_host_check,
+    torch_threads,
+)
 from test_quant import assert_same_bits
 from torch.library import opcheck
 
@@ -151,6 +160,27 @@ def test_int8_pack_weight_splits_a_large_layer_over_threads():
             packed, w_sum = ops.int8_pack_weight(wq, 128)
         expected = ref.int8_pack_weight(wq, 128)
         assert torch.equal(packed, expected[0]) and torch.equal(w_sum, expected[1])
+
+
+@pytest.fixture(scope="module")
+def int8_gemm_bench(tmp_path_factory):
+    """benchmarks/kernels/int8_gemm_bench.cpp, built."""
+    sources = [*(f"int8_gemm_{isa}.cpp" for isa in ("avx2", "avx512", "scalar")), "int8_pack.cpp", "isa.cpp"]
+    return build_kernel_bench("int8_gemm_bench", sources, tmp_path_factory.mktemp("int8_gemm_bench"))
+
+
+@pytest.mark.parametrize("m, copies, n, k, threads", [(1, 1, 100, 77, 1), (7, 2, 1030, 301, 2), (13, 2, 33, 4099, 2)])
+def test_the_int8_gemm_benchmark_matches_the_scalar_kernel(int8_gemm_bench, m, copies, n, k, threads):
+    # The standalone timing tool of RESULTS.md "Session 23" builds, checks the dispatched
+    # gemm_packed (with and without the next block prefetched) against the scalar kernel on
+    # its own data (exit 1 on a mismatch) and times it.
+    binary, env = int8_gemm_bench
+    for isa in ops.supported_cpu_isas():
+        result = subprocess.run([str(binary), *map(str, (m, copies, n, k, threads, 3))], capture_output=True, text=True,
+                                timeout=120, env={**env, "EFFGEN_CPU_ISA": isa})
+        assert result.returncode == 0 and f"isa {isa}, {m} x {n} x {k}" in result.stdout, result.stdout
+    usage = subprocess.run([str(binary), "0"], capture_output=True, text=True, timeout=60, env=env)
+    assert usage.returncode == 2 and "usage" in usage.stderr
 
 
 # Tile edges of every ISA (6 x 64, 2 x 16, 1 x 16 register tiles; 96 x 64 output blocks).

@@ -44,6 +44,11 @@ struct OutputBlocks {
   }
   int64_t blocks_m() const { return (m + rows - 1) / rows; }
   int64_t count() const { return blocks_m() * ((n + cols - 1) / cols); }
+  // How many columns after block (i0, mb, j0, nb) a thread most likely computes next: its
+  // blocks run column-block-major, so after a column block's last rows, the next columns.
+  int64_t next_cols(int64_t i0, int64_t mb, int64_t j0, int64_t nb) const {
+    return i0 + mb == m ? std::min(nb, n - j0 - nb) : 0;
+  }
 
   // f(i0, mb, j0, nb) for every block, in parallel.
   template <typename F>
@@ -74,12 +79,12 @@ struct EpilogueTarget {
   const float* bias_from(int64_t j0) const { return bias == nullptr ? nullptr : bias + j0; }
 };
 
-// Block products: product(a, rows, j0, nb, acc) writes the int32 products of `rows`
-// activation rows (from a, row stride k) with output columns [j0, j0 + nb) into acc (row
-// stride kBlockN).
+// Block products: product(a, rows, j0, nb, acc, next_cols) writes the int32 products of
+// `rows` activation rows (from a, row stride k) with output columns [j0, j0 + nb) into acc
+// (row stride kBlockN); the weights of columns [j0 + nb, j0 + nb + next_cols) come next.
 auto canonical_product(const at::Tensor& wq, int64_t k) {
-  return [&kernels = cpu::int8_gemm_kernels(), b = wq.data_ptr<int8_t>(), k](const int8_t* a, int64_t rows, int64_t j0,
-                                                                             int64_t nb, int32_t* acc) {
+  return [&kernels = cpu::int8_gemm_kernels(), b = wq.data_ptr<int8_t>(), k](
+             const int8_t* a, int64_t rows, int64_t j0, int64_t nb, int32_t* acc, int64_t /*next_cols*/) {
     kernels.gemm_s8s8s32(a, k, b + j0 * k, k, rows, nb, k, acc, kBlockN);
   };
 }
@@ -88,9 +93,10 @@ auto canonical_product(const at::Tensor& wq, int64_t k) {
 auto packed_product(const at::Tensor& w_packed, const at::Tensor& w_sum, int64_t k) {
   return [&kernels = cpu::int8_gemm_kernels(), b = w_packed.data_ptr<int8_t>(), sums = w_sum.data_ptr<int32_t>(),
           group_stride = w_packed.size(1) * cpu::kPackBlock,
-          k](const int8_t* a, int64_t rows, int64_t j0, int64_t nb, int32_t* acc) {
-    kernels.gemm_packed(a, k, rows, k, b + j0 / cpu::kPackCols * group_stride, group_stride, sums + j0, nb, acc,
-                        kBlockN);
+          k](const int8_t* a, int64_t rows, int64_t j0, int64_t nb, int32_t* acc, int64_t next_cols) {
+    auto groups_from = [&](int64_t j) { return b + j / cpu::kPackCols * group_stride; };
+    const cpu::PrefetchRange next{groups_from(j0 + nb), (next_cols + cpu::kPackCols - 1) / cpu::kPackCols * group_stride};
+    kernels.gemm_packed(a, k, rows, k, groups_from(j0), group_stride, sums + j0, nb, acc, kBlockN, next);
   };
 }
 
@@ -106,9 +112,10 @@ void int8_gemm_into(const at::Tensor& xq, const at::Tensor& x_scale, int64_t x_s
   const float* xs = x_scale.data_ptr<float>();
   const float* ws = w_scale.data_ptr<float>();
   const EpilogueTarget target(out, bias);
-  OutputBlocks(m, n).parallel([&](int64_t i0, int64_t mb, int64_t j0, int64_t nb) {
+  const OutputBlocks blocks(m, n);
+  blocks.parallel([&](int64_t i0, int64_t mb, int64_t j0, int64_t nb) {
     int32_t acc[kBlockM * kBlockN];
-    product(a + i0 * k, mb, j0, nb, acc);
+    product(a + i0 * k, mb, j0, nb, acc, blocks.next_cols(i0, mb, j0, nb));
     for (int64_t i = 0; i < mb; ++i) {
       kernels.epilogue_row(acc + i * kBlockN, nb, xs[(i0 + i) * x_stride], ws + j0 * w_stride, w_stride,
                            target.bias_from(j0), target.dtype, target.row(i0 + i, j0));
@@ -241,10 +248,11 @@ bool w8a16_fixed_point(const at::Tensor& x2, int limbs, int64_t n, const at::Ten
   const auto& kernels = cpu::int8_gemm_kernels();
   const float* ws = w_scale.data_ptr<float>();
   const EpilogueTarget target(out, bias_f);
-  OutputBlocks(m, n).parallel([&](int64_t i0, int64_t mb, int64_t j0, int64_t nb) {
+  const OutputBlocks blocks(m, n);
+  blocks.parallel([&](int64_t i0, int64_t mb, int64_t j0, int64_t nb) {
     thread_local std::vector<int32_t> acc;  // per thread, kept between calls
     acc.resize(static_cast<size_t>(kBlockM * limbs * kBlockN));
-    product(rows + i0 * limbs * k, mb * limbs, j0, nb, acc.data());
+    product(rows + i0 * limbs * k, mb * limbs, j0, nb, acc.data(), blocks.next_cols(i0, mb, j0, nb));
     for (int64_t i = 0; i < mb; ++i) {
       kernels.digits_epilogue_row(acc.data() + i * limbs * kBlockN, kBlockN, limbs, nb, x_scales[i0 + i], ws + j0,
                                   target.bias_from(j0), target.dtype, target.row(i0 + i, j0));

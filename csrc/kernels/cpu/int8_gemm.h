@@ -79,6 +79,14 @@ struct W8A16GroupedArgs {
   int64_t ldt;
 };
 
+// Memory for a kernel to pull into the cache, spread over its work, while it computes: the
+// weights the caller reads next (a compute-bound call otherwise starts each new weight
+// panel stalled on memory). Empty: nothing.
+struct PrefetchRange {
+  const int8_t* begin = nullptr;
+  int64_t bytes = 0;
+};
+
 using GemmPackedI16 = void (*)(const int16_t* a, int64_t lda, int64_t m, int64_t k, int limbs, const int8_t* b,
                                int64_t group_stride, int64_t n, float* c, int64_t ldc);
 // int16 digits per token of W8A16's fixed-point activations (split_fixed_point_rows_i16).
@@ -95,8 +103,9 @@ struct Int8GemmKernels {
   // the packed block (0, kq0) of column group j / 16 = 0, column group g's blocks start at
   // b + g * group_stride, and col_sums[j] = the sum of those columns' weights over the k
   // values taken (4 kq0 onwards). Exact (modulo 2^32 in between) for k <= kMaxExactInt8K.
+  // `next` is prefetched meanwhile (the SIMD ISAs; the scalar code ignores it).
   void (*gemm_packed)(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
-                      const int32_t* col_sums, int64_t n, int32_t* c, int64_t ldc);
+                      const int32_t* col_sums, int64_t n, int32_t* c, int64_t ldc, PrefetchRange next);
   // One output row of the fused epilogue, in fp32 without FMA, rounded to out_dtype:
   //   out[j] = float(c[j]) * a_scale * b_scale[j * b_stride] (+ bias[j] when bias != nullptr)
   void (*epilogue_row)(const int32_t* c, int64_t n, float a_scale, const float* b_scale, int64_t b_stride,

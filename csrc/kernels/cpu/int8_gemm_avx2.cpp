@@ -120,7 +120,8 @@ void widened_products(GroupColumns<MR>& cols, const int8_t* a, int64_t lda, int6
 // vpmaddwd with ones leaves one int32 lane per column, in order.
 template <int MR>
 __attribute__((always_inline)) inline bool sign_trick_products(GroupColumns<MR>& cols, const int8_t* a, int64_t lda,
-                                                               int64_t k, const int8_t* b) {
+                                                               int64_t k, const int8_t* b,
+                                                               const LinePrefetcher& prefetch) {
   constexpr int kHalves = 2;
   const __m256i ones = _mm256_set1_epi16(1);
   __m256i weight_min = _mm256_setzero_si256();
@@ -128,6 +129,7 @@ __attribute__((always_inline)) inline bool sign_trick_products(GroupColumns<MR>&
     for (int h = 0; h < kHalves; ++h) cols[i][h] = _mm256_setzero_si256();
   }
   auto step = [&](int64_t kq, auto quad) __attribute__((always_inline)) {
+    prefetch(kq);
     __m256i bv[kHalves];
     for (int h = 0; h < kHalves; ++h) {
       bv[h] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + kq * kPackBlock + h * 32));
@@ -147,8 +149,9 @@ __attribute__((always_inline)) inline bool sign_trick_products(GroupColumns<MR>&
 
 template <int MR>
 __attribute__((always_inline)) inline void group_products(GroupColumns<MR>& cols, const int8_t* a, int64_t lda,
-                                                          int64_t k, const int8_t* b) {
-  if (!sign_trick_products<MR>(cols, a, lda, k, b)) widened_products<MR>(cols, a, lda, k, b);
+                                                          int64_t k, const int8_t* b,
+                                                          const LinePrefetcher& prefetch = LinePrefetcher()) {
+  if (!sign_trick_products<MR>(cols, a, lda, k, b, prefetch)) widened_products<MR>(cols, a, lda, k, b);
 }
 
 constexpr int kPackedTileM = 2;  // measured faster than 3 or 4 rows on Zen 4
@@ -156,10 +159,11 @@ constexpr int kPackedTileGroups = 1;
 
 template <int MR, int NG>
 void packed_tile(const int8_t* a, int64_t lda, int64_t k, const int8_t* b, int64_t /*group_stride*/,
-                 const int32_t* /*col_sums*/, int64_t n_valid, int32_t* c, int64_t ldc) {
+                 const int32_t* /*col_sums*/, int64_t n_valid, int32_t* c, int64_t ldc,
+                 PrefetchRange prefetch) {
   static_assert(NG == 1, "one column group per AVX2 tile");
   GroupColumns<MR> cols;
-  group_products<MR>(cols, a, lda, k, b);
+  group_products<MR>(cols, a, lda, k, b, LinePrefetcher(prefetch, (k + kPackDepth - 1) / kPackDepth));
   const int64_t valid = n_valid < kPackCols ? n_valid : kPackCols;
   for (int i = 0; i < MR; ++i) {
     alignas(32) int32_t row[kPackCols];

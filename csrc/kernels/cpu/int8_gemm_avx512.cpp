@@ -108,10 +108,12 @@ constexpr int kPackedTileGroups = 4;
 // blocks (from b, groups group_stride apart), the activations shifted to unsigned.
 template <int MR, int NG>
 __attribute__((always_inline)) inline void accumulate_quads(__m512i (&acc)[MR][NG], const int8_t* a, int64_t lda,
-                                                            int64_t k, const int8_t* b, int64_t group_stride) {
+                                                            int64_t k, const int8_t* b, int64_t group_stride,
+                                                            const LinePrefetcher& prefetch = LinePrefetcher()) {
   const __m512i sign_bit = _mm512_set1_epi8(static_cast<char>(0x80));
   // quad(i): the 4 activation bytes of row i as one int32.
   auto step = [&](int64_t kq, auto quad) __attribute__((always_inline)) {
+    prefetch(kq);
     __m512i bv[NG];
     #pragma GCC unroll 8
     for (int g = 0; g < NG; ++g) bv[g] = _mm512_loadu_si512(b + g * group_stride + kq * kPackBlock);
@@ -147,10 +149,10 @@ inline __m512i column_excess(const int32_t* col_sums, __mmask16 valid, int g) {
 
 template <int MR, int NG>
 void packed_tile(const int8_t* a, int64_t lda, int64_t k, const int8_t* b, int64_t group_stride,
-                 const int32_t* col_sums, int64_t n_valid, int32_t* c, int64_t ldc) {
+                 const int32_t* col_sums, int64_t n_valid, int32_t* c, int64_t ldc, PrefetchRange prefetch) {
   __m512i acc[MR][NG];
   zero(acc);
-  accumulate_quads(acc, a, lda, k, b, group_stride);
+  accumulate_quads(acc, a, lda, k, b, group_stride, LinePrefetcher(prefetch, (k + kPackDepth - 1) / kPackDepth));
   #pragma GCC unroll 8
   for (int g = 0; g < NG; ++g) {
     const __mmask16 valid = group_mask(n_valid, g);

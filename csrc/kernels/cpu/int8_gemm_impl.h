@@ -13,9 +13,10 @@
 // For packed weights, the register tile
 //   template <int MR, int NG> void packed_tile(const int8_t* a, int64_t lda, int64_t k,
 //       const int8_t* b, int64_t group_stride, const int32_t* col_sums, int64_t n_valid,
-//       int32_t* c, int64_t ldc);
+//       int32_t* c, int64_t ldc, PrefetchRange prefetch);
 // covers MR rows by NG column groups of kPackCols (group g's blocks start at
-// b + g * group_stride) and stores the first n_valid columns; kPackedTileM and
+// b + g * group_stride), stores the first n_valid columns and may prefetch `prefetch`
+// along the way (LinePrefetcher, int8_gemm_quads.h); kPackedTileM and
 // kPackedTileGroups are the largest MR and NG. kGemmPackedI16 and kW8A16PackedGroupedI16
 // are the ISA's Int8GemmKernels::gemm_packed_i16 and w8a16_packed_grouped_i16 (or nullptr).
 
@@ -82,18 +83,25 @@ void gemm_s8s8s32(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, in
 }
 
 // Column tiles outermost: a tile's packed weights (kPackedTileGroups x K blocks) stay in L2
-// while every row tile sweeps them.
+// while every row tile sweeps them. `next` is split into equal slices, one per tile call.
 void gemm_packed(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
-                 const int32_t* col_sums, int64_t n, int32_t* c, int64_t ldc) {
+                 const int32_t* col_sums, int64_t n, int32_t* c, int64_t ldc, PrefetchRange next) {
   constexpr int64_t kTileCols = kPackedTileGroups * kPackCols;
-  for (int64_t j = 0; j < n; j += kTileCols) {
+  const int64_t row_tiles = (m + kPackedTileM - 1) / kPackedTileM;
+  const int64_t tiles = row_tiles * ((n + kTileCols - 1) / kTileCols);
+  auto slice = [&](int64_t tile) {
+    const int64_t begin = next.bytes * tile / tiles, end = next.bytes * (tile + 1) / tiles;
+    return PrefetchRange{next.begin + begin, end - begin};
+  };
+  for (int64_t j = 0, tile = 0; j < n; j += kTileCols) {
     const int64_t nc = n - j < kTileCols ? n - j : kTileCols;
     const int64_t groups = (nc + kPackCols - 1) / kPackCols;
     const int8_t* panel = b + j / kPackCols * group_stride;
-    for (int64_t i = 0; i < m; i += kPackedTileM) {
+    for (int64_t i = 0; i < m; i += kPackedTileM, ++tile) {
       const int64_t mr = m - i < kPackedTileM ? m - i : kPackedTileM;
       for_tile_edge<kPackedTileM, kPackedTileGroups>(mr, groups, [&]<int MR, int NG>() {
-        packed_tile<MR, NG>(a + i * lda, lda, k, panel, group_stride, col_sums + j, nc, c + i * ldc + j, ldc);
+        packed_tile<MR, NG>(a + i * lda, lda, k, panel, group_stride, col_sums + j, nc, c + i * ldc + j, ldc,
+                            slice(tile));
       });
     }
   }
@@ -303,7 +311,7 @@ void w8a16_grouped_composed(const W8A16GroupedArgs& p) {
         const int64_t k0 = q * p.group_size, depth = p.k - k0 < p.group_size ? p.k - k0 : p.group_size;
         gemm_packed(p.a + t0 * p.limbs * p.k + k0, p.k, tb * p.limbs, depth,
                     p.b + j0 / kPackCols * p.group_stride + k0 / kPackDepth * kPackBlock, p.group_stride,
-                    p.col_sums + q * p.sums_stride + j0, nc, acc, kDigitChunk);
+                    p.col_sums + q * p.sums_stride + j0, nc, acc, kDigitChunk, PrefetchRange{});
         for (int64_t t = 0; t < tb; ++t) {
           digits_group_accumulate(acc + t * p.limbs * kDigitChunk, kDigitChunk, p.limbs, depth, nc,
                                   p.scale + q * p.scale_stride + j0, totals + t * p.ldt);

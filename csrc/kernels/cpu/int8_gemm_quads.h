@@ -22,3 +22,24 @@ __attribute__((always_inline)) inline void for_each_quad(const int8_t* a, int64_
     });
   }
 }
+
+// The cache lines of a PrefetchRange spread evenly over the `steps` steps of a loop: step s
+// prefetches lines [s * per_step, (s + 1) * per_step), so the memory streams in at the
+// loop's pace instead of in a burst that would stall it on full miss buffers.
+struct LinePrefetcher {
+  static constexpr int64_t kLine = 64;
+  const int8_t* begin;
+  int64_t lines, per_step;
+
+  LinePrefetcher() : LinePrefetcher(PrefetchRange{}, 0) {}
+  LinePrefetcher(PrefetchRange range, int64_t steps)
+      : begin(range.begin),
+        lines((range.bytes + kLine - 1) / kLine),
+        per_step(steps > 0 ? (lines + steps - 1) / steps : 0) {}
+
+  __attribute__((always_inline)) void operator()(int64_t step) const {
+    const int64_t end = (step + 1) * per_step < lines ? (step + 1) * per_step : lines;
+    // Locality 2 (prefetcht1): for the next call's panel, which lives in L2 while it runs.
+    for (int64_t line = step * per_step; line < end; ++line) __builtin_prefetch(begin + line * kLine, 0, 2);
+  }
+};

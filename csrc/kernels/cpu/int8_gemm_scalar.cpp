@@ -36,7 +36,8 @@ constexpr int kPackedTileGroups = 1;
 
 template <int MR, int NG>
 void packed_tile(const int8_t* a, int64_t lda, int64_t k, const int8_t* b, int64_t /*group_stride*/,
-                 const int32_t* /*col_sums*/, int64_t n_valid, int32_t* c, int64_t ldc) {
+                 const int32_t* /*col_sums*/, int64_t n_valid, int32_t* c, int64_t ldc,
+                 PrefetchRange /*prefetch*/) {
   static_assert(NG == 1, "one column group per scalar tile");
   int32_t acc[MR][kPackCols] = {};
   for (int64_t kq = 0; kq * kPackDepth < k; ++kq) {
