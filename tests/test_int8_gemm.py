@@ -169,15 +169,17 @@ def int8_gemm_bench(tmp_path_factory):
     return build_kernel_bench("int8_gemm_bench", sources, tmp_path_factory.mktemp("int8_gemm_bench"))
 
 
-@pytest.mark.parametrize("m, copies, n, k, threads", [(1, 1, 100, 77, 1), (7, 2, 1030, 301, 2), (13, 2, 33, 4099, 2)])
-def test_the_int8_gemm_benchmark_matches_the_scalar_kernel(int8_gemm_bench, m, copies, n, k, threads):
+@pytest.mark.parametrize("m, copies, n, k, threads, group", [(1, 1, 100, 77, 1, 0), (7, 2, 1030, 301, 2, 0),
+                                                             (13, 2, 33, 4099, 2, 0), (3, 2, 1030, 300, 2, 128),
+                                                             (9, 1, 33, 4099, 1, 64)])
+def test_the_int8_gemm_benchmark_matches_the_scalar_kernel(int8_gemm_bench, m, copies, n, k, threads, group):
     # The standalone timing tool of RESULTS.md "Session 23" builds, checks the dispatched
-    # gemm_packed (with and without the next block prefetched) against the scalar kernel on
-    # its own data (exit 1 on a mismatch) and times it.
+    # gemm_packed or w8a16_packed_grouped (with and without the next block prefetched)
+    # against the scalar kernels on its own data (exit 1 on a mismatch) and times it.
     binary, env = int8_gemm_bench
     for isa in ops.supported_cpu_isas():
-        result = subprocess.run([str(binary), *map(str, (m, copies, n, k, threads, 3))], capture_output=True, text=True,
-                                timeout=120, env={**env, "EFFGEN_CPU_ISA": isa})
+        result = subprocess.run([str(binary), *map(str, (m, copies, n, k, threads, 3, group))], capture_output=True,
+                                text=True, timeout=120, env={**env, "EFFGEN_CPU_ISA": isa})
         assert result.returncode == 0 and f"isa {isa}, {m} x {n} x {k}" in result.stdout, result.stdout
     usage = subprocess.run([str(binary), "0"], capture_output=True, text=True, timeout=60, env=env)
     assert usage.returncode == 2 and "usage" in usage.stderr

@@ -1,24 +1,28 @@
 // The CPU int8 GEMM on packed weights alone (Int8GemmKernels::gemm_packed of the dispatched
-// ISA), without torch, the op's glue or Python: how the numbers of RESULTS.md "Session 23"
+// ISA, or w8a16_packed_grouped), without torch, the op's glue or Python: how the numbers of RESULTS.md "Session 23"
 // were taken. It computes the output in 64-column blocks split over threads the way
 // csrc/ops/int8_gemm.cpp does, and times every call twice, alternately: without and with
 // the next block's weights prefetched (PrefetchRange), so both see the same machine noise.
-// The result is checked against the scalar kernel on canonical weights before timing (exit
-// 1 on mismatch).
+// The result is checked bit for bit against the scalar kernels before timing (exit 1 on
+// mismatch).
 //
 // Build (from the repository root, the extension's flags; the kernels are torch-free), with
 // S=csrc/kernels/cpu:
 //   g++ -O3 -std=c++20 -ffp-contract=off -fopenmp -I$S benchmarks/kernels/int8_gemm_bench.cpp
 //       $S/int8_gemm_{avx2,avx512,scalar}.cpp $S/int8_pack.cpp $S/isa.cpp -o build/int8_gemm_bench
 // Run: build/int8_gemm_bench [m=64] [copies=1] [n=4096] [k=4096] [threads=1] [calls=100]
+//   [group=0]
 // (copies > 1 rotates that many copies of the packed weights, e.g. 30 x 16 MB to stream
-// 4096 x 4096 from memory; EFFGEN_CPU_ISA picks the ISA).
+// 4096 x 4096 from memory; group > 0 times W8A16's per-group kernel, w8a16_packed_grouped,
+// on m tokens of 2 digit rows instead; EFFGEN_CPU_ISA picks the ISA).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "int8_gemm.h"
@@ -51,15 +55,47 @@ double median(std::vector<double> times) {
   return times[times.size() / 2];
 }
 
+// The blocks [block0, block1) of the output with `kernels`: int32 products (group 0) or
+// W8A16 per-group totals of 2-limb digit rows (group > 0), the next block prefetched or not.
+struct Problem {
+  int64_t m, n, k, group;
+  const int8_t* a;           // m rows, or 2 m digit rows for W8A16
+  std::vector<int32_t> sums;  // column sums, group-major for W8A16
+  std::vector<float> scales;  // W8A16: [groups, kBlockCols], the same for every block
+  int64_t group_stride() const { return (k + kPackDepth - 1) / kPackDepth * kPackBlock; }
+
+  void blocks(const Int8GemmKernels& kernels, const int8_t* b, bool prefetch, int64_t block0, int64_t block1,
+              int32_t* products, float* totals) const {
+    std::vector<int32_t> acc(static_cast<size_t>(m * kBlockCols));
+    std::vector<float> block_totals(acc.size());
+    for (int64_t block = block0; block < block1; ++block) {
+      const int64_t j0 = block * kBlockCols, nb = std::min(kBlockCols, n - j0);
+      const PrefetchRange next = packed_columns(b, group_stride(), j0 + nb, prefetch ? std::min(nb, n - j0 - nb) : 0);
+      const int8_t* panel = b + j0 / kPackCols * group_stride();
+      if (group == 0) {
+        kernels.gemm_packed(a, k, m, k, panel, group_stride(), sums.data() + j0, nb, acc.data(), kBlockCols, next);
+        for (int64_t i = 0; i < m; ++i) std::copy_n(acc.data() + i * kBlockCols, nb, products + i * n + j0);
+      } else {
+        const W8A16GroupedArgs args{a, m, 2, k, group, panel, group_stride(), sums.data() + j0, n, scales.data(),
+                                    kBlockCols, nb, block_totals.data(), kBlockCols, next};
+        kernels.w8a16_packed_grouped(args);
+        for (int64_t i = 0; i < m; ++i) std::copy_n(block_totals.data() + i * kBlockCols, nb, totals + i * n + j0);
+      }
+    }
+  }
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const int64_t m = arg(argc, argv, 1, 64), copies = arg(argc, argv, 2, 1);
   const int64_t n = arg(argc, argv, 3, 4096), k = arg(argc, argv, 4, 4096);
   const int threads = static_cast<int>(arg(argc, argv, 5, 1)), calls = static_cast<int>(arg(argc, argv, 6, 100));
-  if (m < 1 || copies < 1 || n < 1 || k < 1 || k > kMaxExactInt8K || threads < 1 || calls < 1) {
-    std::fprintf(stderr, "usage: %s [m] [copies] [n] [k <= %ld] [threads] [calls]\n", argv[0],
-                 static_cast<long>(kMaxExactInt8K));
+  const int64_t group = arg(argc, argv, 7, 0);
+  if (m < 1 || copies < 1 || n < 1 || k < 1 || k > kMaxExactInt8K || threads < 1 || calls < 1 || group < 0 ||
+      group % kPackDepth != 0) {
+    std::fprintf(stderr, "usage: %s [m] [copies] [n] [k <= %ld] [threads] [calls] [W8A16 group, a multiple of 4]\n",
+                 argv[0], static_cast<long>(kMaxExactInt8K));
     return 2;
   }
   // dispatch.cpp's choice, without linking every kernel family
@@ -69,40 +105,35 @@ int main(int argc, char** argv) {
   std::uniform_int_distribution<int> byte(-128, 127);
   std::vector<int8_t> w(static_cast<size_t>(n * k));
   for (int8_t& v : w) v = static_cast<int8_t>(byte(rng));
-  const AlignedBytes a = aligned_bytes(m * k);
-  for (int64_t i = 0; i < m * k; ++i) a.get()[i] = static_cast<int8_t>(byte(rng));
+  const int64_t rows = group == 0 ? m : 2 * m, k_groups = group == 0 ? 1 : (k + group - 1) / group;
+  const AlignedBytes a = aligned_bytes(rows * k);
+  for (int64_t i = 0; i < rows * k; ++i) a.get()[i] = static_cast<int8_t>(byte(rng));
+  Problem problem{m, n, k, group, a.get(), std::vector<int32_t>(static_cast<size_t>(k_groups * n)), {}};
+  std::uniform_real_distribution<float> scale(0.5f, 1.0f);
+  for (int64_t i = 0; i < (group == 0 ? 0 : k_groups * kBlockCols); ++i) problem.scales.push_back(scale(rng));
 
-  const int64_t group_stride = (k + kPackDepth - 1) / kPackDepth * kPackBlock, groups = (n + kPackCols - 1) / kPackCols;
-  std::vector<int32_t> sums(static_cast<size_t>(n));
   std::vector<AlignedBytes> packed;
   for (int64_t c = 0; c < copies; ++c) {
-    packed.push_back(aligned_bytes(groups * group_stride));
-    pack_int8_weight(w.data(), k, n, k, k, 1, 0, groups, packed.back().get(), sums.data());
+    packed.push_back(aligned_bytes((n + kPackCols - 1) / kPackCols * problem.group_stride()));
+    pack_int8_weight(w.data(), k, n, k, group == 0 ? k : group, k_groups, 0, (n + kPackCols - 1) / kPackCols,
+                     packed.back().get(), problem.sums.data());
   }
 
   const int64_t blocks = (n + kBlockCols - 1) / kBlockCols;
-  std::vector<int32_t> out(static_cast<size_t>(m * n));
-  auto run = [&](const int8_t* b, bool prefetch) {
+  std::vector<int32_t> products(static_cast<size_t>(m * n)), expected_products(products.size());
+  std::vector<float> totals(products.size()), expected_totals(products.size());
+  auto run = [&](const Int8GemmKernels& table, const int8_t* b, bool prefetch, int32_t* products_out,
+                 float* totals_out) {
 #pragma omp parallel for num_threads(threads)
     for (int t = 0; t < threads; ++t) {
-      std::vector<int32_t> acc(static_cast<size_t>(m * kBlockCols));
-      const int64_t last = blocks * (t + 1) / threads;
-      for (int64_t block = blocks * t / threads; block < last; ++block) {
-        const int64_t j0 = block * kBlockCols, nb = std::min(kBlockCols, n - j0);
-        const int64_t next_cols = prefetch ? std::min(nb, n - j0 - nb) : 0;
-        const PrefetchRange next{b + (j0 + nb) / kPackCols * group_stride,
-                                 (next_cols + kPackCols - 1) / kPackCols * group_stride};
-        kernels.gemm_packed(a.get(), k, m, k, b + j0 / kPackCols * group_stride, group_stride, sums.data() + j0, nb,
-                            acc.data(), kBlockCols, next);
-        for (int64_t i = 0; i < m; ++i) std::copy_n(acc.data() + i * kBlockCols, nb, out.data() + i * n + j0);
-      }
+      problem.blocks(table, b, prefetch, blocks * t / threads, blocks * (t + 1) / threads, products_out, totals_out);
     }
   };
-  std::vector<int32_t> expected(out.size());
-  int8_gemm_kernels_scalar().gemm_s8s8s32(a.get(), k, w.data(), k, m, n, k, expected.data(), n);
+  run(int8_gemm_kernels_scalar(), packed[0].get(), false, expected_products.data(), expected_totals.data());
   for (bool prefetch : {false, true}) {
-    run(packed[0].get(), prefetch);
-    if (out != expected) {
+    run(kernels, packed[0].get(), prefetch, products.data(), totals.data());
+    // Bit for bit: the int32 products exactly, the W8A16 totals by the same float operations.
+    if (products != expected_products || std::memcmp(totals.data(), expected_totals.data(), totals.size() * 4) != 0) {
       std::printf("mismatch with the scalar kernel (prefetch %d)\n", prefetch);
       return 1;
     }
@@ -112,15 +143,17 @@ int main(int argc, char** argv) {
   for (int call = 0; call < calls; ++call) {
     for (bool prefetch : {false, true}) {
       const double begin = seconds();
-      run(packed[static_cast<size_t>((2 * call + prefetch) % copies)].get(), prefetch);
+      run(kernels, packed[static_cast<size_t>((2 * call + prefetch) % copies)].get(), prefetch, products.data(),
+          totals.data());
       times[prefetch].push_back(seconds() - begin);
     }
   }
   const double ops = 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
-  std::printf("isa %s, %ld x %ld x %ld, %ld copies, %d threads: median %.1f us (%.0f GOP/s) without prefetch, "
+  std::printf("isa %s, %ld x %ld x %ld, %s, %ld copies, %d threads: median %.1f us (%.0f GOP/s) without prefetch, "
               "%.1f us (%.0f GOP/s) with\n",
               isa_name(active_isa()), static_cast<long>(m), static_cast<long>(n), static_cast<long>(k),
-              static_cast<long>(copies), threads, median(times[0]) * 1e6, ops / median(times[0]) / 1e9,
-              median(times[1]) * 1e6, ops / median(times[1]) / 1e9);
+              group == 0 ? "W8A8" : ("W8A16 group " + std::to_string(group)).c_str(), static_cast<long>(copies),
+              threads, median(times[0]) * 1e6, ops / median(times[0]) / 1e9, median(times[1]) * 1e6,
+              ops / median(times[1]) / 1e9);
   return 0;
 }

@@ -94,9 +94,8 @@ auto packed_product(const at::Tensor& w_packed, const at::Tensor& w_sum, int64_t
   return [&kernels = cpu::int8_gemm_kernels(), b = w_packed.data_ptr<int8_t>(), sums = w_sum.data_ptr<int32_t>(),
           group_stride = w_packed.size(1) * cpu::kPackBlock,
           k](const int8_t* a, int64_t rows, int64_t j0, int64_t nb, int32_t* acc, int64_t next_cols) {
-    auto groups_from = [&](int64_t j) { return b + j / cpu::kPackCols * group_stride; };
-    const cpu::PrefetchRange next{groups_from(j0 + nb), (next_cols + cpu::kPackCols - 1) / cpu::kPackCols * group_stride};
-    kernels.gemm_packed(a, k, rows, k, groups_from(j0), group_stride, sums + j0, nb, acc, kBlockN, next);
+    kernels.gemm_packed(a, k, rows, k, b + j0 / cpu::kPackCols * group_stride, group_stride, sums + j0, nb, acc,
+                        kBlockN, cpu::packed_columns(b, group_stride, j0 + nb, next_cols));
   };
 }
 
@@ -310,7 +309,8 @@ bool w8a16_fixed_point_grouped(const at::Tensor& x2, int limbs, const at::Tensor
   const float* ws = w_scale.data_ptr<float>();
   const EpilogueTarget target(out, bias_f);
   static const float kOne = 1.0f;
-  OutputBlocks(m, n).parallel([&](int64_t i0, int64_t mb, int64_t j0, int64_t nb) {
+  const OutputBlocks blocks(m, n);
+  blocks.parallel([&](int64_t i0, int64_t mb, int64_t j0, int64_t nb) {
     thread_local std::vector<float> totals, scales;  // per thread, kept between calls
     totals.resize(static_cast<size_t>(kBlockM * kBlockN));
     // The block's scales group-major ([groups, kBlockN]), so each group's are contiguous.
@@ -319,7 +319,8 @@ bool w8a16_fixed_point_grouped(const at::Tensor& x2, int limbs, const at::Tensor
       for (int64_t g = 0; g < groups; ++g) scales[g * kBlockN + c] = ws[(j0 + c) * groups + g];
     }
     cpu::W8A16GroupedArgs args{nullptr, mb, limbs, k, group_size, b + j0 / cpu::kPackCols * group_stride,
-                               group_stride, sums + j0, n, scales.data(), kBlockN, nb, totals.data(), kBlockN};
+                               group_stride, sums + j0, n, scales.data(), kBlockN, nb, totals.data(), kBlockN,
+                               cpu::packed_columns(b, group_stride, j0 + nb, blocks.next_cols(i0, mb, j0, nb))};
     if (int16_rows) {
       kernels.w8a16_packed_grouped_i16(fixed_point->rows.data_ptr<int16_t>() + i0 * i16_limbs * ld, ld, i16_limbs,
                                        args);

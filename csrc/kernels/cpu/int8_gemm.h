@@ -46,6 +46,25 @@ constexpr int64_t kPackBlock = kPackCols * kPackDepth;
 void pack_int8_weight(const int8_t* w, int64_t ldw, int64_t n, int64_t k, int64_t group_size, int64_t groups,
                       int64_t jb0, int64_t jb1, int8_t* packed, int32_t* sums);
 
+// Memory for a kernel to pull into the cache, spread over its work, while it computes: the
+// weights the caller reads next (a compute-bound call otherwise starts each new weight
+// panel stalled on memory). Empty: nothing.
+struct PrefetchRange {
+  const int8_t* begin = nullptr;
+  int64_t bytes = 0;
+
+  // Part i of `parts` equal parts, for work split into that many pieces.
+  PrefetchRange part(int64_t i, int64_t parts) const {
+    const int64_t first = bytes * i / parts, end = bytes * (i + 1) / parts;
+    return PrefetchRange{begin + first, end - first};
+  }
+};
+
+// The packed bytes of columns [j, j + cols) (j a multiple of kPackCols), for PrefetchRange.
+inline PrefetchRange packed_columns(const int8_t* packed, int64_t group_stride, int64_t j, int64_t cols) {
+  return PrefetchRange{packed + j / kPackCols * group_stride, (cols + kPackCols - 1) / kPackCols * group_stride};
+}
+
 // W8A16 on the int8 GEMM: activations as fixed point per token in `limbs` int8 digits of
 // base 256. x[i] = scales[i] * a[i], a = round_half_even(x / scales[i]) with
 // |a| <= split_max(limbs), written as a = sum_j 256^(limbs-1-j) d_j with d_j int8 (every
@@ -77,14 +96,7 @@ struct W8A16GroupedArgs {
   int64_t n;
   float* totals;  // written, not accumulated
   int64_t ldt;
-};
-
-// Memory for a kernel to pull into the cache, spread over its work, while it computes: the
-// weights the caller reads next (a compute-bound call otherwise starts each new weight
-// panel stalled on memory). Empty: nothing.
-struct PrefetchRange {
-  const int8_t* begin = nullptr;
-  int64_t bytes = 0;
+  PrefetchRange next = {};  // prefetched meanwhile by the AVX-512 tiles
 };
 
 using GemmPackedI16 = void (*)(const int16_t* a, int64_t lda, int64_t m, int64_t k, int limbs, const int8_t* b,

@@ -206,9 +206,10 @@ __m512 combine_digit_lanes(const __m512i (&digit)[LIMBS], __m512i excess, bool f
 // Per-group W8A16: TOKENS tokens (LIMBS x TOKENS digit rows) by NG column groups of
 // accumulators run through K a group at a time, and at each group's end fold into the
 // totals in L1 (digits combined as in digits_group_accumulate, the same float operations),
-// so no int32 tile is stored and reloaded, and no call is made, per group.
+// so no int32 tile is stored and reloaded, and no call is made, per group. `prefetch` is
+// spread over the groups.
 template <int LIMBS, int TOKENS, int NG>
-void grouped_tile(const W8A16GroupedArgs& p, int64_t t0, int64_t j0) {
+void grouped_tile(const W8A16GroupedArgs& p, int64_t t0, int64_t j0, PrefetchRange prefetch) {
   constexpr int kRows = LIMBS * TOKENS;
   const int8_t* a = p.a + t0 * LIMBS * p.k;
   const int8_t* b = p.b + j0 / kPackCols * p.group_stride;
@@ -221,11 +222,13 @@ void grouped_tile(const W8A16GroupedArgs& p, int64_t t0, int64_t j0) {
       _mm512_mask_storeu_ps(totals + t * p.ldt + g * kPackCols, group_mask(n_valid, g), _mm512_setzero_ps());
     }
   }
+  const int64_t k_groups = (p.k + p.group_size - 1) / p.group_size;
   for (int64_t k0 = 0, q = 0; k0 < p.k; k0 += p.group_size, ++q) {
     const int64_t depth = p.k - k0 < p.group_size ? p.k - k0 : p.group_size;
     __m512i acc[kRows][NG];
     zero(acc);
-    accumulate_quads(acc, a + k0, p.k, depth, b + k0 / kPackDepth * kPackBlock, p.group_stride);
+    accumulate_quads(acc, a + k0, p.k, depth, b + k0 / kPackDepth * kPackBlock, p.group_stride,
+                     LinePrefetcher(prefetch.part(q, k_groups), (depth + kPackDepth - 1) / kPackDepth));
     #pragma GCC unroll 8
     for (int g = 0; g < NG; ++g) {
       const __mmask16 valid = group_mask(n_valid, g);
@@ -249,13 +252,17 @@ template <int LIMBS>
 void grouped_tiles(const W8A16GroupedArgs& p) {
   constexpr int kTokens = kPackedTileM / LIMBS;
   constexpr int64_t kTileCols = kPackedTileGroups * kPackCols;
-  // Column tiles outermost, as in gemm_packed: the tile's weights stay in L2 for every row tile.
-  for (int64_t j = 0; j < p.n; j += kTileCols) {
+  // Column tiles outermost, as in gemm_packed: the tile's weights stay in L2 for every row
+  // tile; p.next split into equal slices, one per tile call, as there.
+  const int64_t token_tiles = (p.tokens + kTokens - 1) / kTokens;
+  const int64_t tiles = token_tiles * ((p.n + kTileCols - 1) / kTileCols);
+  for (int64_t j = 0, tile = 0; j < p.n; j += kTileCols) {
     const int64_t groups = ((p.n - j < kTileCols ? p.n - j : kTileCols) + kPackCols - 1) / kPackCols;
-    for (int64_t t = 0; t < p.tokens; t += kTokens) {
+    for (int64_t t = 0; t < p.tokens; t += kTokens, ++tile) {
       const int64_t tokens = p.tokens - t < kTokens ? p.tokens - t : kTokens;
-      for_tile_edge<kTokens, kPackedTileGroups>(
-          tokens, groups, [&]<int TOKENS, int NG>() { grouped_tile<LIMBS, TOKENS, NG>(p, t, j); });
+      for_tile_edge<kTokens, kPackedTileGroups>(tokens, groups, [&]<int TOKENS, int NG>() {
+        grouped_tile<LIMBS, TOKENS, NG>(p, t, j, p.next.part(tile, tiles));
+      });
     }
   }
 }

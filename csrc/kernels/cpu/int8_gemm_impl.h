@@ -89,10 +89,6 @@ void gemm_packed(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_
   constexpr int64_t kTileCols = kPackedTileGroups * kPackCols;
   const int64_t row_tiles = (m + kPackedTileM - 1) / kPackedTileM;
   const int64_t tiles = row_tiles * ((n + kTileCols - 1) / kTileCols);
-  auto slice = [&](int64_t tile) {
-    const int64_t begin = next.bytes * tile / tiles, end = next.bytes * (tile + 1) / tiles;
-    return PrefetchRange{next.begin + begin, end - begin};
-  };
   for (int64_t j = 0, tile = 0; j < n; j += kTileCols) {
     const int64_t nc = n - j < kTileCols ? n - j : kTileCols;
     const int64_t groups = (nc + kPackCols - 1) / kPackCols;
@@ -101,7 +97,7 @@ void gemm_packed(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_
       const int64_t mr = m - i < kPackedTileM ? m - i : kPackedTileM;
       for_tile_edge<kPackedTileM, kPackedTileGroups>(mr, groups, [&]<int MR, int NG>() {
         packed_tile<MR, NG>(a + i * lda, lda, k, panel, group_stride, col_sums + j, nc, c + i * ldc + j, ldc,
-                            slice(tile));
+                            next.part(tile, tiles));
       });
     }
   }
