@@ -79,10 +79,11 @@ def env_without_preload() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if key != "LD_PRELOAD"}
 
 
-def build_kernel_bench(name: str, kernel_sources: list[str], out_dir: Path) -> tuple[Path, dict[str, str]]:
+def build_kernel_bench(name: str, kernel_sources: list[str], out_dir: Path,
+                       extra_flags: tuple[str, ...] = ()) -> tuple[Path, dict[str, str]]:
     """benchmarks/kernels/<name>.cpp with csrc/kernels/cpu's kernel_sources, built with the
-    extension's flags (the kernels are torch-free); the binary and the environment to run it
-    in. Skipped where there is no C++ compiler."""
+    extension's flags (the kernels are torch-free) and extra_flags; the binary and the
+    environment to run it in. Skipped where there is no C++ compiler."""
     compiler = shutil.which(os.environ.get("CXX", "g++"))
     if compiler is None:
         pytest.skip("no C++ compiler")
@@ -91,8 +92,8 @@ def build_kernel_bench(name: str, kernel_sources: list[str], out_dir: Path) -> t
     sources = [root / "benchmarks" / "kernels" / f"{name}.cpp", *(kernels / source for source in kernel_sources)]
     binary = out_dir / name
     env = env_without_preload()
-    subprocess.run([compiler, "-O2", "-std=c++20", "-ffp-contract=off", "-fopenmp", f"-I{kernels}", *map(str, sources),
-                    "-o", str(binary)], check=True, capture_output=True, timeout=600, env=env)
+    subprocess.run([compiler, "-O2", "-std=c++20", "-ffp-contract=off", "-fopenmp", *extra_flags, f"-I{kernels}",
+                    *map(str, sources), "-o", str(binary)], check=True, capture_output=True, timeout=600, env=env)
     return binary, env
 
 

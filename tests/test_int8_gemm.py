@@ -165,7 +165,7 @@ def test_int8_pack_weight_splits_a_large_layer_over_threads():
 @pytest.fixture(scope="module")
 def int8_gemm_bench(tmp_path_factory):
     """benchmarks/kernels/int8_gemm_bench.cpp, built."""
-    sources = [*(f"int8_gemm_{isa}.cpp" for isa in ("avx2", "avx512", "scalar")), "int8_pack.cpp", "isa.cpp"]
+    sources = [*(f"int8_gemm_{isa}.cpp" for isa in ("amx", "avx2", "avx512", "scalar")), "int8_pack.cpp", "isa.cpp"]
     return build_kernel_bench("int8_gemm_bench", sources, tmp_path_factory.mktemp("int8_gemm_bench"))
 
 
@@ -183,6 +183,28 @@ def test_the_int8_gemm_benchmark_matches_the_scalar_kernel(int8_gemm_bench, m, c
         assert result.returncode == 0 and f"isa {isa}, {m} x {n} x {k}" in result.stdout, result.stdout
     usage = subprocess.run([str(binary), "0"], capture_output=True, text=True, timeout=60, env=env)
     assert usage.returncode == 2 and "usage" in usage.stderr
+
+
+@pytest.fixture(scope="module")
+def amx_emulated_bench(tmp_path_factory):
+    """int8_gemm_bench with the AMX kernel on emulated tiles, under ASan and UBSan."""
+    sources = ["int8_gemm_amx.cpp", "int8_gemm_scalar.cpp", "int8_pack.cpp", "isa.cpp"]
+    flags = ("-DEFFGEN_AMX_EMULATE", "-fsanitize=address,undefined", "-fno-sanitize-recover=all")
+    return build_kernel_bench("int8_gemm_bench", sources, tmp_path_factory.mktemp("amx_emulated"), flags)
+
+
+@pytest.mark.parametrize("m, n, k, threads", [(16, 33, 64, 1), (37, 1030, 301, 2), (50, 100, 4099, 2), (20, 64, 3, 1),
+                                              (96, 200, 576, 2), (33, 17, 1000, 1), (15, 70, 90, 1)])
+def test_the_amx_kernel_matches_the_scalar_kernel_on_emulated_tiles(amx_emulated_bench, m, n, k, threads):
+    # The AMX gemm_packed on a scalar model of the tiles that aborts where the hardware
+    # would fault (amx_tiles.h), on any CPU: row, column and K tails (K % 64 and K % 4),
+    # 1 or 2 tile rows and columns, per-thread tile state; under ASan and UBSan, so a tile
+    # row read or written past its buffer fails too. 15 rows take the few-rows kernel.
+    binary, env = amx_emulated_bench
+    result = subprocess.run([str(binary), *map(str, (m, 1, n, k, threads, 1))], capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert result.returncode == 0 and f"isa amx (emulated tiles), {m} x {n} x {k}" in result.stdout, (
+        result.stdout + result.stderr)
 
 
 # Tile edges of every ISA (6 x 64, 2 x 16, 1 x 16 register tiles; 96 x 64 output blocks).

@@ -9,7 +9,9 @@
 // Build (from the repository root, the extension's flags; the kernels are torch-free), with
 // S=csrc/kernels/cpu:
 //   g++ -O3 -std=c++20 -ffp-contract=off -fopenmp -I$S benchmarks/kernels/int8_gemm_bench.cpp
-//       $S/int8_gemm_{avx2,avx512,scalar}.cpp $S/int8_pack.cpp $S/isa.cpp -o build/int8_gemm_bench
+//       $S/int8_gemm_{amx,avx2,avx512,scalar}.cpp $S/int8_pack.cpp $S/isa.cpp -o build/int8_gemm_bench
+// With -DEFFGEN_AMX_EMULATE it runs the AMX kernel on emulated tiles (amx_tiles.h) on any
+// CPU, the other ISAs' kernels not needed: only for checking, its times mean nothing.
 // Run: build/int8_gemm_bench [m=64] [copies=1] [n=4096] [k=4096] [threads=1] [calls=100]
 //   [group=0]
 // (copies > 1 rotates that many copies of the packed weights, e.g. 30 x 16 MB to stream
@@ -98,9 +100,15 @@ int main(int argc, char** argv) {
                  argv[0], static_cast<long>(kMaxExactInt8K));
     return 2;
   }
+#ifdef EFFGEN_AMX_EMULATE
+  const Int8GemmKernels& kernels = int8_gemm_kernels_amx();
+  const std::string isa = "amx (emulated tiles)";
+#else
   // dispatch.cpp's choice, without linking every kernel family
-  const Int8GemmKernels& kernels =
-      for_active_isa(int8_gemm_kernels_scalar(), int8_gemm_kernels_avx2(), int8_gemm_kernels_avx512());
+  const Int8GemmKernels& kernels = for_active_isa(int8_gemm_kernels_scalar(), int8_gemm_kernels_avx2(),
+                                                  int8_gemm_kernels_avx512(), int8_gemm_kernels_amx());
+  const std::string isa = isa_name(active_isa());
+#endif
   std::mt19937 rng(0);
   std::uniform_int_distribution<int> byte(-128, 127);
   std::vector<int8_t> w(static_cast<size_t>(n * k));
@@ -151,7 +159,7 @@ int main(int argc, char** argv) {
   const double ops = 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
   std::printf("isa %s, %ld x %ld x %ld, %s, %ld copies, %d threads: median %.1f us (%.0f GOP/s) without prefetch, "
               "%.1f us (%.0f GOP/s) with\n",
-              isa_name(active_isa()), static_cast<long>(m), static_cast<long>(n), static_cast<long>(k),
+              isa.c_str(), static_cast<long>(m), static_cast<long>(n), static_cast<long>(k),
               group == 0 ? "W8A8" : ("W8A16 group " + std::to_string(group)).c_str(), static_cast<long>(copies),
               threads, median(times[0]) * 1e6, ops / median(times[0]) / 1e9, median(times[1]) * 1e6,
               ops / median(times[1]) / 1e9);

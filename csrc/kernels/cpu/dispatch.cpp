@@ -10,7 +10,8 @@ const QuantKernels& quant_kernels() {
 }
 
 const Int8GemmKernels& int8_gemm_kernels() {
-  return for_active_isa(int8_gemm_kernels_scalar(), int8_gemm_kernels_avx2(), int8_gemm_kernels_avx512());
+  return for_active_isa(int8_gemm_kernels_scalar(), int8_gemm_kernels_avx2(), int8_gemm_kernels_avx512(),
+                        int8_gemm_kernels_amx());
 }
 
 const CompressKernels& compress_kernels() {

@@ -166,7 +166,9 @@ struct Int8GemmKernels {
 const Int8GemmKernels& int8_gemm_kernels_scalar();
 const Int8GemmKernels& int8_gemm_kernels_avx2();
 const Int8GemmKernels& int8_gemm_kernels_avx512();
-// The table for the active ISA (AMX tiles are not used yet: AMX machines run AVX-512 VNNI).
+// The AVX-512 table with gemm_packed on AMX tiles (int8_gemm_amx.cpp).
+const Int8GemmKernels& int8_gemm_kernels_amx();
+// The table for the active ISA.
 const Int8GemmKernels& int8_gemm_kernels();
 
 }  // namespace effgen::cpu

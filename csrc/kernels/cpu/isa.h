@@ -24,7 +24,8 @@ Isa active_isa();
 // Throws std::invalid_argument if the CPU cannot run `isa`.
 void set_active_isa(Isa isa);
 
-// The kernel table of the active ISA; AMX machines run the AVX-512 tables (no AMX kernels yet).
+// The kernel table of the active ISA; AMX machines run the AVX-512 tables of the families
+// without AMX kernels.
 template <typename Table>
 const Table& for_active_isa(const Table& scalar, const Table& avx2, const Table& avx512) {
   switch (active_isa()) {
@@ -34,6 +35,12 @@ const Table& for_active_isa(const Table& scalar, const Table& avx2, const Table&
     case Isa::kScalar: break;
   }
   return scalar;
+}
+
+// The same for a family with AMX kernels.
+template <typename Table>
+const Table& for_active_isa(const Table& scalar, const Table& avx2, const Table& avx512, const Table& amx) {
+  return active_isa() == Isa::kAmx ? amx : for_active_isa(scalar, avx2, avx512);
 }
 
 }  // namespace effgen::cpu

@@ -1,0 +1,188 @@
+// AMX int8 GEMM on packed weights (gemm_packed; every other entry is the AVX-512 kernel's).
+// A packed column group is a run of AMX B tiles as it lies: its blocks (jb, kq) of 16
+// columns x 4 values of K are 64 bytes each and contiguous along K, so 16 quads (64 values
+// of K) are one 16-row x 64-byte B tile (row q = quad q, dword j = column j's 4 values),
+// loaded with a 64-byte stride. TDPBSSD multiplies signed by signed bytes, so unlike VNNI
+// the activations need no shift and the column sums are not read.
+// Unverified on AMX hardware (none has been lent yet); its logic runs on emulated tiles
+// in the tests (amx_tiles.h, EFFGEN_AMX_EMULATE).
+#include <algorithm>
+#include <cstring>
+
+#include "amx_tiles.h"
+#include "int8_gemm.h"
+
+#ifndef EFFGEN_AMX_EMULATE
+#pragma GCC push_options
+#pragma GCC target("amx-tile,amx-int8")
+#endif
+
+namespace effgen::cpu {
+namespace amx_gemm {
+namespace {
+
+using amx::TileConfig;
+
+constexpr int kTileRows = amx::kMaxRows;      // rows of an A and a C tile
+constexpr int kTileCols = amx::kMaxRowBytes / 4;  // int32 columns of a C tile
+static_assert(kTileCols == kPackCols, "a B tile row is one packed block");
+constexpr int64_t kChunk = amx::kMaxRowBytes;  // values of K per A tile row: one B tile
+constexpr int64_t kBTileBytes = kChunk / kPackDepth * kPackBlock;
+// A call with fewer rows than one A tile holds goes to the few-rows kernel (a choice by
+// construction, not yet measured on AMX hardware).
+constexpr int64_t kMinRows = kTileRows;
+
+#ifdef EFFGEN_AMX_EMULATE
+const Int8GemmKernels& few_rows_kernels() { return int8_gemm_kernels_scalar(); }  // runs on any CPU
+#else
+const Int8GemmKernels& few_rows_kernels() { return int8_gemm_kernels_avx512(); }
+#endif
+
+// A block of the output of up to 2 x 2 C tiles. Tile numbers: C(r, c) is tile 2 r + c;
+// A row tiles 4 and 5; B column tiles 6 and 7.
+struct BlockShape {
+  int rows[2], cols[2];  // of row tiles 0 and 1, column tiles 0 and 1 (0: absent)
+  bool operator==(const BlockShape&) const = default;
+};
+
+TileConfig config_for(const BlockShape& s) {
+  TileConfig config;
+  auto use = [&config](int tile, int rows, int bytes) {
+    if (rows == 0 || bytes == 0) return;
+    config.rows[tile] = static_cast<uint8_t>(rows);
+    config.colsb[tile] = static_cast<uint16_t>(bytes);
+  };
+  for (int r = 0; r < 2; ++r) {
+    for (int c = 0; c < 2; ++c) use(2 * r + c, s.rows[r], 4 * s.cols[c]);
+    use(4 + r, s.rows[r], kChunk);
+  }
+  for (int c = 0; c < 2; ++c) use(6 + c, kChunk / kPackDepth, 4 * s.cols[c]);
+  return config;
+}
+
+// The operands of one block: A rows from a (row tile 1 is kTileRows rows below), B column
+// tile 0's packed group at b (tile 1's group_stride later), `chunks` whole chunks of K,
+// then, where K has a partial chunk, its values zero-padded to a whole one: a_tail (2 row
+// tiles of kTileRows x kChunk) and b_tail (2 B tiles).
+struct BlockOperands {
+  const int8_t* a;
+  int64_t lda;
+  const int8_t* b;
+  int64_t group_stride;
+  int64_t chunks;
+  const int8_t* a_tail;  // nullptr: K is whole chunks
+  const int8_t* b_tail;
+  int32_t* c;
+  int64_t ldc;
+};
+
+template <bool kTwoRowTiles, bool kTwoColTiles>
+void multiply_tiles() {
+  EFFGEN_TILE_DPBSSD(0, 4, 6);
+  if constexpr (kTwoColTiles) EFFGEN_TILE_DPBSSD(1, 4, 7);
+  if constexpr (kTwoRowTiles) EFFGEN_TILE_DPBSSD(2, 5, 6);
+  if constexpr (kTwoRowTiles && kTwoColTiles) EFFGEN_TILE_DPBSSD(3, 5, 7);
+}
+
+template <bool kTwoRowTiles, bool kTwoColTiles>
+void load_and_multiply(const int8_t* a, int64_t lda, const int8_t* b0, const int8_t* b1) {
+  EFFGEN_TILE_LOAD(4, a, lda);
+  if constexpr (kTwoRowTiles) EFFGEN_TILE_LOAD(5, a + kTileRows * lda, lda);
+  EFFGEN_TILE_LOAD(6, b0, kPackBlock);
+  if constexpr (kTwoColTiles) EFFGEN_TILE_LOAD(7, b1, kPackBlock);
+  multiply_tiles<kTwoRowTiles, kTwoColTiles>();
+}
+
+template <bool kTwoRowTiles, bool kTwoColTiles>
+void block(const BlockOperands& op) {
+  EFFGEN_TILE_ZERO(0);
+  if constexpr (kTwoColTiles) EFFGEN_TILE_ZERO(1);
+  if constexpr (kTwoRowTiles) EFFGEN_TILE_ZERO(2);
+  if constexpr (kTwoRowTiles && kTwoColTiles) EFFGEN_TILE_ZERO(3);
+  for (int64_t chunk = 0; chunk < op.chunks; ++chunk) {
+    const int8_t* b0 = op.b + chunk * kBTileBytes;
+    load_and_multiply<kTwoRowTiles, kTwoColTiles>(op.a + chunk * kChunk, op.lda, b0, b0 + op.group_stride);
+  }
+  if (op.a_tail != nullptr) {
+    load_and_multiply<kTwoRowTiles, kTwoColTiles>(op.a_tail, kChunk, op.b_tail, op.b_tail + kBTileBytes);
+  }
+  const int64_t stride = op.ldc * static_cast<int64_t>(sizeof(int32_t));
+  EFFGEN_TILE_STORE(0, op.c, stride);
+  if constexpr (kTwoColTiles) EFFGEN_TILE_STORE(1, op.c + kTileCols, stride);
+  if constexpr (kTwoRowTiles) EFFGEN_TILE_STORE(2, op.c + kTileRows * op.ldc, stride);
+  if constexpr (kTwoRowTiles && kTwoColTiles) EFFGEN_TILE_STORE(3, op.c + kTileRows * op.ldc + kTileCols, stride);
+}
+
+void run_block(const BlockShape& shape, const BlockOperands& op) {
+  if (shape.rows[1] == 0) return shape.cols[1] == 0 ? block<false, false>(op) : block<false, true>(op);
+  return shape.cols[1] == 0 ? block<true, false>(op) : block<true, true>(op);
+}
+
+// `count` rows or columns over up to 2 tiles of `size`: out = what each tile gets (0: none).
+void split_in_two(int64_t count, int size, int* out) {
+  out[0] = static_cast<int>(std::min<int64_t>(count, size));
+  out[1] = static_cast<int>(std::clamp<int64_t>(count - size, 0, size));
+}
+
+void gemm_packed(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
+                 const int32_t* col_sums, int64_t n, int32_t* c, int64_t ldc, PrefetchRange next) {
+  if (m < kMinRows) {
+    few_rows_kernels().gemm_packed(a, lda, m, k, b, group_stride, col_sums, n, c, ldc, next);
+    return;
+  }
+  const int64_t chunks = k / kChunk, tail = k - chunks * kChunk;
+  const int64_t tail_quad_bytes = (tail + kPackDepth - 1) / kPackDepth * kPackBlock;
+  // K's last partial chunk, zero-padded: A rows copied (a tile row must not read past K,
+  // nor past the last row), B tiles copied (16 quads past K would be the next group's).
+  alignas(64) int8_t a_tail[2 * kTileRows * kChunk];
+  alignas(64) int8_t b_tail[2 * kBTileBytes];
+  BlockShape configured{};  // none yet: every call configures its tiles
+  for (int64_t j0 = 0; j0 < n; j0 += 2 * kTileCols) {
+    BlockShape shape{};
+    split_in_two(n - j0, kTileCols, shape.cols);
+    const int8_t* group = b + j0 / kPackCols * group_stride;
+    if (tail > 0) {
+      std::memset(b_tail, 0, sizeof b_tail);
+      for (int t = 0; t < 2 && shape.cols[t] > 0; ++t) {
+        std::memcpy(b_tail + t * kBTileBytes, group + t * group_stride + chunks * kBTileBytes, tail_quad_bytes);
+      }
+    }
+    for (int64_t i0 = 0; i0 < m; i0 += 2 * kTileRows) {
+      split_in_two(m - i0, kTileRows, shape.rows);
+      if (tail > 0) {
+        std::memset(a_tail, 0, sizeof a_tail);
+        for (int r = 0; r < shape.rows[0] + shape.rows[1]; ++r) {
+          std::memcpy(a_tail + r * kChunk, a + (i0 + r) * lda + chunks * kChunk, tail);
+        }
+      }
+      if (!(shape == configured)) {
+        const TileConfig config = config_for(shape);
+        EFFGEN_TILE_CONFIGURE(config);
+        configured = shape;
+      }
+      run_block(shape, {a + i0 * lda, lda, group, group_stride, chunks, tail > 0 ? a_tail : nullptr, b_tail,
+                        c + i0 * ldc + j0, ldc});
+    }
+  }
+  EFFGEN_TILE_RELEASE();  // back to the init state: the thread's context switches stay cheap
+}
+
+Int8GemmKernels make_table() {
+  Int8GemmKernels table = few_rows_kernels();
+  table.gemm_packed = gemm_packed;
+  return table;
+}
+
+}  // namespace
+}  // namespace amx_gemm
+
+const Int8GemmKernels& int8_gemm_kernels_amx() {
+  static const Int8GemmKernels table = amx_gemm::make_table();
+  return table;
+}
+
+}  // namespace effgen::cpu
+
+#ifndef EFFGEN_AMX_EMULATE
+#pragma GCC pop_options
+#endif
