@@ -7,7 +7,7 @@
 // Build (from the repository root, the extension's flags; the kernels are torch-free), with
 // S=csrc/kernels/cpu:
 //   g++ -O3 -std=c++20 -ffp-contract=off -fopenmp -I$S benchmarks/kernels/lut_sums_bench.cpp
-//       $S/binary_gemm_{avx2,avx512,scalar}.cpp $S/binary_pack.cpp $S/isa.cpp -o build/lut_sums_bench
+//       $S/binary_gemm_{avx2,avx512,vpopcntdq,scalar}.cpp $S/binary_pack.cpp $S/isa.cpp -o build/lut_sums_bench
 // Run: build/lut_sums_bench [m=1] [planes=1] [copies=1] [n=4096] [k=4096] [threads=1] [calls=400]
 // (copies > 1 rotates that many copies of the tiles, e.g. 300 x 2.2 MB to stream binary
 // 4096 x 4096 from memory; threads split the tiles as the op does; EFFGEN_CPU_ISA picks the ISA).

@@ -111,7 +111,12 @@ struct PopcountArgs {
 
 const BinaryGemmKernels& binary_gemm_kernels_scalar();
 const BinaryGemmKernels& binary_gemm_kernels_avx2();
+// The AVX-512 table; its xor_popcount is xor_popcount_avx512_vpopcntdq where the CPU has
+// VPOPCNTDQ, else the byte-lookup kernel of binary_gemm_kernels_avx512_lookup().
 const BinaryGemmKernels& binary_gemm_kernels_avx512();
+const BinaryGemmKernels& binary_gemm_kernels_avx512_lookup();
+void xor_popcount_avx512_vpopcntdq(const uint8_t* a, int64_t lda, const uint8_t* b, int64_t ldb, int64_t m, int64_t n,
+                                   int64_t nbytes, int32_t* c, int64_t ldc);
 const BinaryGemmKernels& binary_gemm_kernels();
 
 // Portable packing (conversion time, not the hot path).

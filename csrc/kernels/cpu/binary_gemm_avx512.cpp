@@ -1,6 +1,7 @@
 // AVX-512 binary kernels: 16 weight bits are a lane mask as they stand, so a masked add of
 // the activations sums exactly the +1 weights; popcounts use the 4-bit lookup table of
-// vpshufb (AVX512BW: every AVX-512 CPU we dispatch to, VPOPCNTDQ or not).
+// vpshufb (AVX512BW: every AVX-512 CPU we dispatch to). Where the CPU has VPOPCNTDQ the
+// table's XNOR entry is binary_gemm_vpopcntdq.cpp's instead.
 #include <immintrin.h>
 
 #include "binary_gemm.h"
@@ -19,11 +20,6 @@ namespace {
 #include "simd_avx512.h"
 
 constexpr int kMaskedM = 4, kMaskedN = 4;  // 16 accumulators + 4 activation vectors
-constexpr int kPopM = 2, kPopN = 4;
-// Weight rows are read a few hundred bytes at a time, kPopN rows at once: too short a run
-// for the hardware prefetcher. Rows are adjacent, so this distance ahead of a row is a
-// later tile's. Zen 5, XNOR 1x4096x4096 from memory: 0.21-0.28 -> 0.08 ms (AVX2: 0.13 -> 0.07).
-constexpr int64_t kPopPrefetchBytes = 2048;
 
 inline __m512 load_masked(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
 inline __m512 load_masked(const bf16* p, __mmask16 m) {
@@ -64,7 +60,9 @@ void masked_tile(const MaskedArgs<T>& p, int64_t i0, int64_t j0) {
   }
 }
 
-inline __m512i popcount_bytes(__m512i v) {
+// The bits set in each 64-bit lane of v (what VPOPCNTDQ's vpopcntq gives), by a 4-bit
+// lookup table per byte and a sum of each lane's bytes.
+inline __m512i popcount_qwords(__m512i v) {
   const __m512i table = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4));
   const __m512i low = _mm512_set1_epi8(0x0F);
   const __m512i lo = _mm512_shuffle_epi8(table, _mm512_and_si512(v, low));
@@ -72,30 +70,7 @@ inline __m512i popcount_bytes(__m512i v) {
   return _mm512_sad_epu8(_mm512_add_epi8(lo, hi), _mm512_setzero_si512());  // 8 x u64 sums
 }
 
-template <int MR, int NR>
-void popcount_tile(const PopcountArgs& p, int64_t i0, int64_t j0) {
-  __m512i acc[MR][NR];
-  for (int i = 0; i < MR; ++i) {
-    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_si512();
-  }
-  for (int64_t byte = 0; byte < p.nbytes; byte += 64) {
-    const int64_t rest = p.nbytes - byte;
-    const __mmask64 valid = rest >= 64 ? ~__mmask64{0} : (__mmask64{1} << rest) - 1;  // zeros xor to zero
-    __m512i bv[NR];
-    for (int j = 0; j < NR; ++j) {
-      const uint8_t* bytes = p.b + (j0 + j) * p.ldb + byte;
-      _mm_prefetch(reinterpret_cast<const char*>(bytes) + kPopPrefetchBytes, _MM_HINT_T0);
-      bv[j] = _mm512_maskz_loadu_epi8(valid, bytes);
-    }
-    for (int i = 0; i < MR; ++i) {
-      const __m512i av = _mm512_maskz_loadu_epi8(valid, p.a + (i0 + i) * p.lda + byte);
-      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_add_epi64(acc[i][j], popcount_bytes(_mm512_xor_si512(av, bv[j])));
-    }
-  }
-  for (int i = 0; i < MR; ++i) {
-    for (int j = 0; j < NR; ++j) p.c[(i0 + i) * p.ldc + j0 + j] = static_cast<int32_t>(_mm512_reduce_add_epi64(acc[i][j]));
-  }
-}
+#include "binary_popcount_avx512.h"
 
 void expand_row(const uint8_t* bits, const uint8_t* negative, int64_t k, float* out) {
   const __m512 one = _mm512_set1_ps(1.0f), minus_one = _mm512_set1_ps(-1.0f);
@@ -196,7 +171,16 @@ void lut_sums(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, i
 }  // namespace
 }  // namespace avx512_binary
 
-const BinaryGemmKernels& binary_gemm_kernels_avx512() { return avx512_binary::kBinaryTable; }
+const BinaryGemmKernels& binary_gemm_kernels_avx512_lookup() { return avx512_binary::kBinaryTable; }
+
+const BinaryGemmKernels& binary_gemm_kernels_avx512() {
+  static const BinaryGemmKernels table = [] {
+    BinaryGemmKernels t = avx512_binary::kBinaryTable;
+    if (cpu_has_avx512_vpopcntdq()) t.xor_popcount = xor_popcount_avx512_vpopcntdq;
+    return t;
+  }();
+  return table;
+}
 
 }  // namespace effgen::cpu
 

@@ -5,25 +5,10 @@
 //   void expand_row(const uint8_t* bits, const uint8_t* negative_bits_or_null, int64_t k, float* out);
 //   lut_sums (see BinaryGemmKernels; lut_sums_portable serves the ISAs without vpermps) and
 //   kLutLayout, the layout its lut_sums reads
-// and the tile sizes kMaskedM/N, kPopM/N. Ragged edges go to smaller instantiations.
+// and the tile sizes kMaskedM/N, kPopM/N. Ragged edges go to smaller instantiations
+// (binary_tiles.h, which also holds xor_popcount).
 
-// f.template operator()<mr, nr>(i, j) with compile-time mr <= MR, nr <= NR.
-template <int MR, int NR, int kMaxN, typename F>
-void call_tile(int64_t mr, int64_t nr, F& f, int64_t i, int64_t j) {
-  if (mr == MR) {
-    if (nr == NR) return f.template operator()<MR, NR>(i, j);
-    if constexpr (NR > 1) return call_tile<MR, NR - 1, kMaxN>(mr, nr, f, i, j);
-  } else if constexpr (MR > 1) {
-    return call_tile<MR - 1, kMaxN, kMaxN>(mr, nr, f, i, j);
-  }
-}
-
-template <int kM, int kN, typename F>
-void for_tiles(int64_t m, int64_t n, F&& f) {
-  for (int64_t i = 0; i < m; i += kM) {
-    for (int64_t j = 0; j < n; j += kN) call_tile<kM, kN, kN>(m - i < kM ? m - i : kM, n - j < kN ? n - j : kN, f, i, j);
-  }
-}
+#include "binary_tiles.h"
 
 template <typename T>
 void masked_sums_t(const T* x, int64_t ldx, const uint8_t* bits, int64_t ldb, int64_t m, int64_t n, int64_t k,
@@ -42,12 +27,6 @@ void masked_sums(DType dtype, const void* x, int64_t ldx, const uint8_t* bits, i
     case DType::kF32:
       return masked_sums_t(static_cast<const float*>(x), ldx, bits, ldb, m, n, k, group, sums, lds);
   }
-}
-
-void xor_popcount(const uint8_t* a, int64_t lda, const uint8_t* b, int64_t ldb, int64_t m, int64_t n,
-                  int64_t nbytes, int32_t* c, int64_t ldc) {
-  const PopcountArgs args{a, lda, b, ldb, nbytes, c, ldc};
-  for_tiles<kPopM, kPopN>(m, n, [&]<int MR, int NR>(int64_t i, int64_t j) { popcount_tile<MR, NR>(args, i, j); });
 }
 
 void expand(const uint8_t* packed, int64_t n, int64_t k, int planes, float* out) {

@@ -108,6 +108,15 @@ Isa best_supported_isa() {
   return best;
 }
 
+bool cpu_has_avx512_vpopcntdq() {
+#ifdef EFFGEN_X86
+  static const bool has = best_supported_isa() >= Isa::kAvx512 && __builtin_cpu_supports("avx512vpopcntdq");
+  return has;
+#else
+  return false;
+#endif
+}
+
 std::vector<std::string> supported_isa_names() {
   std::vector<std::string> names;
   for (int i = 0; i <= static_cast<int>(best_supported_isa()); ++i) names.push_back(isa_name(static_cast<Isa>(i)));

@@ -16,6 +16,8 @@ Isa isa_from_name(const std::string& name);
 // permission request for the tile data state, made here once).
 Isa best_supported_isa();
 std::vector<std::string> supported_isa_names();
+// AVX-512 VPOPCNTDQ, an extension within the avx512 level (the XNOR kernel uses it).
+bool cpu_has_avx512_vpopcntdq();
 
 // The level kernels dispatch on: EFFGEN_CPU_ISA if set (an unsupported or unknown value
 // is an error), else best_supported_isa(). Decided once, changeable by set_active_isa
