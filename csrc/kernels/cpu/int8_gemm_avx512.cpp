@@ -181,7 +181,8 @@ constexpr W8A16GroupedI16 kW8A16PackedGroupedI16 = nullptr;
 // digits_group_accumulate does it: in float where both of 2 digits' sums are exact floats
 // (float_sums), else exactly in double, 8 lanes at a time.
 template <int LIMBS>
-__m512 combine_digit_lanes(const __m512i (&digit)[LIMBS], __m512i excess, bool float_sums) {
+__attribute__((always_inline)) inline __m512 combine_digit_lanes(const __m512i (&digit)[LIMBS], __m512i excess,
+                                                                 bool float_sums) {
   if constexpr (LIMBS == 2) {
     if (float_sums) {
       const __m512 high = _mm512_cvtepi32_ps(_mm512_sub_epi32(digit[0], excess));
@@ -225,6 +226,17 @@ void grouped_tile(const W8A16GroupedArgs& p, int64_t t0, int64_t j0, PrefetchRan
   const int64_t k_groups = (p.k + p.group_size - 1) / p.group_size;
   for (int64_t k0 = 0, q = 0; k0 < p.k; k0 += p.group_size, ++q) {
     const int64_t depth = p.k - k0 < p.group_size ? p.k - k0 : p.group_size;
+    // The next group's column sums are a row of N apart: no hardware prefetcher follows
+    // that, and the fold below waited on memory for them every group.
+    if (q + 1 < k_groups) {
+      #pragma GCC unroll 8
+      for (int g = 0; g < NG; ++g) {
+        _mm_prefetch(reinterpret_cast<const char*>(p.col_sums + (q + 1) * p.sums_stride + j0 + g * kPackCols),
+                     _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(p.scale + (q + 1) * p.scale_stride + j0 + g * kPackCols),
+                     _MM_HINT_T0);
+      }
+    }
     __m512i acc[kRows][NG];
     zero(acc);
     accumulate_quads(acc, a + k0, p.k, depth, b + k0 / kPackDepth * kPackBlock, p.group_stride,
