@@ -97,6 +97,19 @@ def build_kernel_bench(name: str, kernel_sources: list[str], out_dir: Path,
     return binary, env
 
 
+def check_kernel_bench_on_every_isa(bench: tuple[Path, dict[str, str]], args: tuple, expected, bad_args: tuple) -> None:
+    """Runs a build_kernel_bench binary with `args` under EFFGEN_CPU_ISA = every ISA this
+    CPU supports: it must exit 0 (its own check against the portable kernel passed) and
+    print expected(isa); with bad_args it must print its usage and exit 2."""
+    binary, env = bench
+    for isa in CPU_ISAS:
+        result = subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True, timeout=120,
+                                env={**env, "EFFGEN_CPU_ISA": isa})
+        assert result.returncode == 0 and expected(isa) in result.stdout, result.stdout
+    usage = subprocess.run([str(binary), *map(str, bad_args)], capture_output=True, text=True, timeout=60, env=env)
+    assert usage.returncode == 2 and "usage" in usage.stderr
+
+
 def run_cuda_host_check(name: str, tmp_path: Path) -> None:
     """Builds tests/cuda_host/<name>.cu with nvcc and runs it on the CPU: index math of the
     CUDA kernels checked without a GPU (skipped where there is no nvcc)."""

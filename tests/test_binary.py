@@ -8,6 +8,7 @@ from conftest import (
     FLOAT_DTYPES,
     assert_products_match,
     build_kernel_bench,
+    check_kernel_bench_on_every_isa,
     load_example,
     random_input,
     run_cuda_host_check,
@@ -564,13 +565,8 @@ def lut_sums_bench(tmp_path_factory):
 def test_the_kernel_benchmark_matches_the_portable_kernel(lut_sums_bench, m, planes, n, k, threads):
     # The standalone timing tool of RESULTS.md "Session 20" builds, checks the dispatched
     # kernel against lut_sums_portable on its own data (exit 1 on a mismatch) and times it.
-    binary, env = lut_sums_bench
-    for isa in ops.supported_cpu_isas():
-        result = subprocess.run([str(binary), *map(str, (m, planes, 2, n, k, threads, 3))], capture_output=True,
-                                text=True, timeout=120, env={**env, "EFFGEN_CPU_ISA": isa})
-        assert result.returncode == 0 and f"isa {isa}, m {m}, planes {planes}" in result.stdout, result.stdout
-    usage = subprocess.run([str(binary), "9"], capture_output=True, text=True, timeout=60, env=env)
-    assert usage.returncode == 2 and "usage" in usage.stderr
+    check_kernel_bench_on_every_isa(lut_sums_bench, (m, planes, 2, n, k, threads, 3),
+                                    lambda isa: f"isa {isa}, m {m}, planes {planes}", (9,))
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from conftest import (
     FLOAT_DTYPES,
     assert_products_match,
     build_kernel_bench,
+    check_kernel_bench_on_every_isa,
     random_input,
     run_cuda_host_check,
     torch_threads,
@@ -176,13 +177,8 @@ def test_the_int8_gemm_benchmark_matches_the_scalar_kernel(int8_gemm_bench, m, c
     # The standalone timing tool of RESULTS.md "Session 23" builds, checks the dispatched
     # gemm_packed or w8a16_packed_grouped (with and without the next block prefetched)
     # against the scalar kernels on its own data (exit 1 on a mismatch) and times it.
-    binary, env = int8_gemm_bench
-    for isa in ops.supported_cpu_isas():
-        result = subprocess.run([str(binary), *map(str, (m, copies, n, k, threads, 3, group))], capture_output=True,
-                                text=True, timeout=120, env={**env, "EFFGEN_CPU_ISA": isa})
-        assert result.returncode == 0 and f"isa {isa}, {m} x {n} x {k}" in result.stdout, result.stdout
-    usage = subprocess.run([str(binary), "0"], capture_output=True, text=True, timeout=60, env=env)
-    assert usage.returncode == 2 and "usage" in usage.stderr
+    check_kernel_bench_on_every_isa(int8_gemm_bench, (m, copies, n, k, threads, 3, group),
+                                    lambda isa: f"isa {isa}, {m} x {n} x {k}", (0,))
 
 
 @pytest.fixture(scope="module")
