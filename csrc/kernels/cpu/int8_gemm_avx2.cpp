@@ -118,10 +118,9 @@ void widened_products(GroupColumns<MR>& cols, const int8_t* a, int64_t lda, int6
 // (negating it wraps): then, seen by a running byte minimum of the weights, it returns false
 // and cols are not the products. A 32-byte half of a block is 8 columns x 4 values of K, so
 // vpmaddwd with ones leaves one int32 lane per column, in order.
-template <int MR>
+template <int MR, typename Prefetch>
 __attribute__((always_inline)) inline bool sign_trick_products(GroupColumns<MR>& cols, const int8_t* a, int64_t lda,
-                                                               int64_t k, const int8_t* b,
-                                                               const LinePrefetcher& prefetch) {
+                                                               int64_t k, const int8_t* b, const Prefetch& prefetch) {
   constexpr int kHalves = 2;
   const __m256i ones = _mm256_set1_epi16(1);
   __m256i weight_min = _mm256_setzero_si256();
@@ -147,10 +146,10 @@ __attribute__((always_inline)) inline bool sign_trick_products(GroupColumns<MR>&
   return _mm256_movemask_epi8(_mm256_cmpeq_epi8(weight_min, _mm256_set1_epi8(INT8_MIN))) == 0;
 }
 
-template <int MR>
+template <int MR, typename Prefetch = NoPrefetch>
 __attribute__((always_inline)) inline void group_products(GroupColumns<MR>& cols, const int8_t* a, int64_t lda,
                                                           int64_t k, const int8_t* b,
-                                                          const LinePrefetcher& prefetch = LinePrefetcher()) {
+                                                          const Prefetch& prefetch = Prefetch()) {
   if (!sign_trick_products<MR>(cols, a, lda, k, b, prefetch)) widened_products<MR>(cols, a, lda, k, b);
 }
 
@@ -163,7 +162,10 @@ void packed_tile(const int8_t* a, int64_t lda, int64_t k, const int8_t* b, int64
                  PrefetchRange prefetch) {
   static_assert(NG == 1, "one column group per AVX2 tile");
   GroupColumns<MR> cols;
-  group_products<MR>(cols, a, lda, k, b, LinePrefetcher(prefetch, (k + kPackDepth - 1) / kPackDepth));
+  const int64_t steps = (k + kPackDepth - 1) / kPackDepth;
+  with_prefetcher(prefetch, steps, [&](const auto& prefetcher) __attribute__((always_inline)) {
+    group_products<MR>(cols, a, lda, k, b, prefetcher);
+  });
   const int64_t valid = n_valid < kPackCols ? n_valid : kPackCols;
   for (int i = 0; i < MR; ++i) {
     alignas(32) int32_t row[kPackCols];

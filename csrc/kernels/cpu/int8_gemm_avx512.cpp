@@ -106,10 +106,10 @@ constexpr int kPackedTileGroups = 4;
 
 // acc[i][g] += the products of row i's quads over k values (from a) with column group g's
 // blocks (from b, groups group_stride apart), the activations shifted to unsigned.
-template <int MR, int NG>
+template <int MR, int NG, typename Prefetch = NoPrefetch>
 __attribute__((always_inline)) inline void accumulate_quads(__m512i (&acc)[MR][NG], const int8_t* a, int64_t lda,
                                                             int64_t k, const int8_t* b, int64_t group_stride,
-                                                            const LinePrefetcher& prefetch = LinePrefetcher()) {
+                                                            const Prefetch& prefetch = Prefetch()) {
   const __m512i sign_bit = _mm512_set1_epi8(static_cast<char>(0x80));
   // quad(i): the 4 activation bytes of row i as one int32.
   auto step = [&](int64_t kq, auto quad) __attribute__((always_inline)) {
@@ -152,7 +152,10 @@ void packed_tile(const int8_t* a, int64_t lda, int64_t k, const int8_t* b, int64
                  const int32_t* col_sums, int64_t n_valid, int32_t* c, int64_t ldc, PrefetchRange prefetch) {
   __m512i acc[MR][NG];
   zero(acc);
-  accumulate_quads(acc, a, lda, k, b, group_stride, LinePrefetcher(prefetch, (k + kPackDepth - 1) / kPackDepth));
+  const int64_t steps = (k + kPackDepth - 1) / kPackDepth;
+  with_prefetcher(prefetch, steps, [&](const auto& prefetcher) __attribute__((always_inline)) {
+    accumulate_quads(acc, a, lda, k, b, group_stride, prefetcher);
+  });
   #pragma GCC unroll 8
   for (int g = 0; g < NG; ++g) {
     const __mmask16 valid = group_mask(n_valid, g);

@@ -31,7 +31,6 @@ struct LinePrefetcher {
   const int8_t* begin;
   int64_t lines, per_step;
 
-  LinePrefetcher() : LinePrefetcher(PrefetchRange{}, 0) {}
   LinePrefetcher(PrefetchRange range, int64_t steps)
       : begin(range.begin),
         lines((range.bytes + kLine - 1) / kLine),
@@ -43,3 +42,20 @@ struct LinePrefetcher {
     for (int64_t line = step * per_step; line < end; ++line) __builtin_prefetch(begin + line * kLine, 0, 2);
   }
 };
+
+struct NoPrefetch {
+  __attribute__((always_inline)) void operator()(int64_t /*step*/) const {}
+};
+
+// body(prefetcher) with a LinePrefetcher over `range` in `steps` steps, or, where the range is
+// empty (most tiles of a batch: only a block's last row tiles prefetch the next block), with
+// NoPrefetch: the empty range's per-step bounds check cost compute-bound tiles 0-6% on
+// AVX-512 (6 x 64) and 14-25% on AVX2 (2 x 16).
+template <typename Body>
+__attribute__((always_inline)) inline void with_prefetcher(PrefetchRange range, int64_t steps, Body&& body) {
+  if (range.bytes > 0) {
+    body(LinePrefetcher(range, steps));
+  } else {
+    body(NoPrefetch{});
+  }
+}
