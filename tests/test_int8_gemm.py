@@ -222,6 +222,28 @@ def test_int8_dynamic_linear_packed_is_bit_exact(isa, dtype, m, n, k):
         assert_same_bits(out, ops.int8_dynamic_linear(x, wq, ws, b))
 
 
+# Small layers (int8 weights up to 1 MiB) with 24+ rows per thread split their rows between
+# threads, each quantizing its own (split_rows in csrc/ops/int8_gemm.cpp); others, like the
+# last shape, split the output blocks after one quantization pass.
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("m,n,k", [(23, 70, 300), (24, 70, 300), (48, 65, 33), (150, 130, 131), (200, 40, 4100),
+                                   (64, 1100, 1000)])
+def test_int8_dynamic_linear_over_row_ranges_is_bit_exact(isa, threads, m, n, k):
+    x = random_input((2, m, 2 * k))[..., ::2]  # 3-D, not contiguous
+    wq, w_scale = ops.quantize_per_channel(random_input((n, k)), 0)
+    packed, w_sum = ops.int8_pack_weight(wq)
+    bias = torch.randn(n)
+    expected = ref.int8_dynamic_linear(x.contiguous(), wq, w_scale, bias)
+    with torch_threads(threads):
+        assert_same_bits(ops.int8_dynamic_linear_packed(x, packed, w_sum, w_scale, bias), expected)
+        assert_same_bits(ops.int8_dynamic_linear(x, wq, w_scale, bias), expected)
+        x[1, m // 2 + 3, 7] = float("nan")  # rows of the second thread's range: the first one is named
+        x[1, m // 2 + 1, 0] = float("inf")
+        first = m + m // 2 + 1
+        with pytest.raises(ValueError, match=f"quantize_per_token: x contains NaN or Inf \\(first in row {first}\\)"):
+            ops.int8_dynamic_linear_packed(x, packed, w_sum, w_scale, bias)
+
+
 def test_int8_dynamic_linear_packed_3d_non_contiguous_and_empty(isa):
     x = random_input((2, 5, 2 * 33))[..., ::2]
     wq, w_scale = ops.quantize_per_channel(random_input((19, 33)), 0)
@@ -531,10 +553,11 @@ def test_int8_weight_only_linear_3d_input(isa):
 
 
 @pytest.mark.parametrize("x_shape,n", [((0, 40), 9), ((2, 0, 40), 9), ((3, 40), 0), ((3, 0), 9), ((2, 3, 0), 9),
-                                       ((0, 0), 0)])
+                                       ((100, 0), 9), ((0, 0), 0)])
 @pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # nn.Linear(0, n)
 def test_empty_dimensions_match_reference(isa, x_shape, n):
-    # No rows, no output features, or no input features (K = 0: every product is the bias).
+    # No rows, no output features, or no input features (K = 0: every product is the bias;
+    # 100 rows: enough for int8_dynamic_linear's row split, which has nothing to quantize).
     k = x_shape[-1]
     x, bias = torch.randn(x_shape), torch.randn(n)
     wq, w_scale = ops.quantize_per_channel(random_input((n, k)), 0)

@@ -27,26 +27,6 @@ int64_t grain_for(int64_t elements_per_item) {
   return std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(1, elements_per_item));
 }
 
-// Remembers the first item whose values were not all finite (items run in parallel).
-class NonFiniteTracker {
- public:
-  void note(int64_t item, uint32_t absmax_bits) {
-    if (absmax_bits <= kMaxFiniteBits) return;
-    int64_t seen = first_.load(std::memory_order_relaxed);
-    while (item < seen && !first_.compare_exchange_weak(seen, item)) {
-    }
-  }
-  void check(const char* op, const char* name, const char* item_kind) const {
-    const int64_t item = first_.load();
-    TORCH_CHECK_VALUE(item == kNone, op, ": ", name, " contains NaN or Inf (first in ", item_kind, " ", item,
-                      "); it cannot be quantized");
-  }
-
- private:
-  static constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
-  std::atomic<int64_t> first_{kNone};
-};
-
 // scale = absmax / 127 in fp32; the kernels multiply by cpu::symmetric_inverse_scale.
 struct SymmetricScale {
   float scale, inv_scale;
@@ -70,6 +50,32 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows(const char* op, const at::Tenso
   const at::Tensor x = x_in.contiguous();
   const int64_t k = x.size(-1), rows = k == 0 ? 0 : x.numel() / k;
   auto [q, scale] = allocate_row_quantized(x, group_size);
+  NonFiniteTracker non_finite;
+  at::parallel_for(0, rows, grain_for(k), [&](int64_t begin, int64_t end) {
+    quantize_row_range(x, group_size, begin, end, q, scale, non_finite);
+  });
+  non_finite.check(op, "x", "row");
+  return {q, scale};
+}
+
+}  // namespace
+
+void NonFiniteTracker::note(int64_t item, uint32_t absmax_bits) {
+  if (absmax_bits <= kMaxFiniteBits) return;
+  int64_t seen = first_.load(std::memory_order_relaxed);
+  while (item < seen && !first_.compare_exchange_weak(seen, item)) {
+  }
+}
+
+void NonFiniteTracker::check(const char* op, const char* name, const char* item_kind) const {
+  const int64_t item = first_.load();
+  TORCH_CHECK_VALUE(item == kNone, op, ": ", name, " contains NaN or Inf (first in ", item_kind, " ", item,
+                    "); it cannot be quantized");
+}
+
+void quantize_row_range(const at::Tensor& x, int64_t group_size, int64_t begin, int64_t end, at::Tensor& q,
+                        at::Tensor& scale, NonFiniteTracker& non_finite) {
+  const int64_t k = x.size(-1);
   group_size = group_size > 0 ? group_size : std::max<int64_t>(k, 1);
   const int64_t groups = num_groups(k, group_size);
   const auto& kernels = cpu::quant_kernels();
@@ -78,25 +84,18 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows(const char* op, const at::Tenso
   const int64_t elem = x.element_size();
   auto* q_ptr = q.data_ptr<int8_t>();
   auto* scale_ptr = scale.data_ptr<float>();
-  NonFiniteTracker non_finite;
-  at::parallel_for(0, rows, grain_for(k), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      for (int64_t g = 0; g < groups; ++g) {
-        const int64_t start = r * k + g * group_size, n = std::min(group_size, k - g * group_size);
-        const void* run = x_bytes + start * elem;
-        const uint32_t bits = kernels.absmax_bits(dtype, run, n);
-        non_finite.note(r, bits);
-        const SymmetricScale s = symmetric_scale(bits);
-        scale_ptr[r * groups + g] = s.scale;
-        kernels.quantize_symmetric(dtype, run, n, &s.inv_scale, 0, q_ptr + start);
-      }
+  for (int64_t r = begin; r < end; ++r) {
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t start = r * k + g * group_size, n = std::min(group_size, k - g * group_size);
+      const void* run = x_bytes + start * elem;
+      const uint32_t bits = kernels.absmax_bits(dtype, run, n);
+      non_finite.note(r, bits);
+      const SymmetricScale s = symmetric_scale(bits);
+      scale_ptr[r * groups + g] = s.scale;
+      kernels.quantize_symmetric(dtype, run, n, &s.inv_scale, 0, q_ptr + start);
     }
-  });
-  non_finite.check(op, "x", "row");
-  return {q, scale};
+  }
 }
-
-}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> quantize_per_token_cpu(const at::Tensor& x) {
   return quantize_rows("quantize_per_token", x, /*group_size=*/0);
