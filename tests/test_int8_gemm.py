@@ -225,14 +225,15 @@ def test_int8_dynamic_linear_packed_is_bit_exact(isa, dtype, m, n, k):
 # Small layers (int8 weights up to 1 MiB) with 24+ rows per thread split their rows between
 # threads, each quantizing its own (split_rows in csrc/ops/int8_gemm.cpp); others, like the
 # last shape, split the output blocks after one quantization pass.
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("m,n,k", [(23, 70, 300), (24, 70, 300), (48, 65, 33), (150, 130, 131), (200, 40, 4100),
                                    (64, 1100, 1000)])
-def test_int8_dynamic_linear_over_row_ranges_is_bit_exact(isa, threads, m, n, k):
-    x = random_input((2, m, 2 * k))[..., ::2]  # 3-D, not contiguous
+def test_int8_dynamic_linear_over_row_ranges_is_bit_exact(isa, threads, m, n, k, dtype):
+    x = random_input((2, m, 2 * k), dtype)[..., ::2]  # 3-D, not contiguous
     wq, w_scale = ops.quantize_per_channel(random_input((n, k)), 0)
     packed, w_sum = ops.int8_pack_weight(wq)
-    bias = torch.randn(n)
+    bias = torch.randn(n).to(dtype)
     expected = ref.int8_dynamic_linear(x.contiguous(), wq, w_scale, bias)
     with torch_threads(threads):
         assert_same_bits(ops.int8_dynamic_linear_packed(x, packed, w_sum, w_scale, bias), expected)
