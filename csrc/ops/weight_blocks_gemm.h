@@ -8,6 +8,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/isfinite.h>
 #include <ATen/ops/mm.h>
 
 #include <algorithm>
@@ -34,12 +35,15 @@ inline int64_t weight_block_cols(int64_t n, int64_t k, int64_t align) {
 // (each block rounded to it, as a dequantized copy would be), the bias too; except that
 // without AMX (whose bf16 tiles torch's GEMM uses) 16-bit x is widened to fp32 and only the
 // output is rounded to its dtype: torch's bf16 GEMM on AVX2 was 7-9x slower than fp32 at
-// 64 x 576 x 1536.
+// 64 x 576 x 1536. With AMX, x with an Inf or NaN is widened too: torch's bf16 GEMM there
+// (torch 2.14.1, oneDNN) let a row's NaN spoil the row before it (20 x 2100 rows, NaN in
+// row 3: rows 2 and 3 came out NaN), where each row's output must depend on that row only.
 template <typename FillRows>
 void gemm_over_weight_blocks(const at::Tensor& x2, int64_t n, const std::optional<at::Tensor>& bias,
                              at::Tensor& out_2d, int64_t align, const FillRows& fill_rows) {
   const int64_t k = x2.size(1), cols = weight_block_cols(n, k, align);
-  const bool widen = x2.scalar_type() != at::kFloat && cpu::active_isa() < cpu::Isa::kAmx;
+  const bool widen = x2.scalar_type() != at::kFloat &&
+                     (cpu::active_isa() < cpu::Isa::kAmx || !at::isfinite(x2).all().item<bool>());
   const at::Tensor x = widen ? x2.to(at::kFloat) : x2;
   at::Tensor out = widen ? at::empty(out_2d.sizes(), x.options()) : out_2d;
   const at::Tensor bias_x = bias.has_value() ? bias->to(x.scalar_type()) : at::Tensor();
