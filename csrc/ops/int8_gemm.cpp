@@ -44,10 +44,11 @@ struct OutputBlocks {
   }
   int64_t blocks_m() const { return (m + rows - 1) / rows; }
   int64_t count() const { return blocks_m() * ((n + cols - 1) / cols); }
-  // How many columns after block (i0, mb, j0, nb) a thread most likely computes next: its
-  // blocks run column-block-major, so after a column block's last rows, the next columns.
+  // How many columns after block (i0, mb, j0, nb) a thread most likely computes next, to
+  // prefetch where that pays: its blocks run column-block-major, so after a column block's
+  // last rows, the next columns.
   int64_t next_cols(int64_t i0, int64_t mb, int64_t j0, int64_t nb) const {
-    return i0 + mb == m ? std::min(nb, n - j0 - nb) : 0;
+    return cpu::prefetch_next_weights() && i0 + mb == m ? std::min(nb, n - j0 - nb) : 0;
   }
 
   // f(i0, mb, j0, nb) for every block, in parallel.

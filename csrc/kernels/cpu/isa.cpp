@@ -86,6 +86,18 @@ std::atomic<int>& active_slot() {
 
 }  // namespace
 
+bool prefetch_next_weights() {
+#ifdef EFFGEN_X86
+  static const bool amd = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_is("amd") != 0;
+  }();
+  return amd;
+#else
+  return false;
+#endif
+}
+
 const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::kScalar: return "scalar";

@@ -18,6 +18,11 @@ Isa best_supported_isa();
 std::vector<std::string> supported_isa_names();
 // AVX-512 VPOPCNTDQ, an extension within the avx512 level (the XNOR kernel uses it).
 bool cpu_has_avx512_vpopcntdq();
+// Whether the int8 GEMMs prefetch the next block's weights while a block computes
+// (PrefetchRange): measured faster on AMD Zen 5 (+11-24% at 24-32 rows, weights from
+// memory) but 10-30% slower on an Intel Xeon with AMX at 1-16 rows, whose own prefetchers
+// already keep the current block's streams busy; so on AMD CPUs only.
+bool prefetch_next_weights();
 
 // The level kernels dispatch on: EFFGEN_CPU_ISA if set (an unsupported or unknown value
 // is an error), else best_supported_isa(). Decided once, changeable by set_active_isa
