@@ -480,13 +480,17 @@ def check_w8a16_batch(out, x, wq, w_scale, bias, group_size, bad_row):
         torch.testing.assert_close(out, expected, **w8a16_tolerance(dtype))
     else:
         # 16-bit batches on torch's GEMM multiply weights rounded to x's dtype where the CPU
-        # has AMX (unit roundoff u per product; elsewhere they run in fp32), sum in fp32 and
-        # round the output; the reference rounds its output too. At K = 2100 that can exceed
-        # the fixed tolerance: the bound of those roundings must hold.
+        # has AMX (unit roundoff u per product; elsewhere they run in fp32), add the bias
+        # rounded to x's dtype too (u |bias|: with a large bias and a small output, several
+        # of the output's ulps), sum in fp32 and round the output; the reference rounds its
+        # output too. At K = 2100 that can exceed the fixed tolerance: the bound of those
+        # roundings must hold.
         u = torch.finfo(dtype).eps / 2
         w_float = ref.dequantize(wq, w_scale, axis=0 if group_size is None else None, group_size=group_size)
         magnitude = x.float().abs() @ w_float.abs().T
         bound = (u + k * 2.0**-24) * magnitude + 2 * u * expected.float().abs()
+        if bias is not None:
+            bound = bound + u * bias.float().abs()
         assert ((out.float() - expected.float()).abs() <= bound).all()
 
 
