@@ -83,6 +83,26 @@ def test_int8_linear_packed_weights_with_and_without_int8_min(isa, m, k):
         assert_same_bits(out, ref.int8_linear(xq, x_scale, wq, w_scale))
 
 
+def test_int8_linear_packed_between_other_tile_users_on_the_same_threads(isa):
+    # AMX's gemm_packed leaves its threads' tiles configured for their next call and
+    # configures them only where they hold another configuration; in between, torch's own
+    # AMX kernels (oneDNN: _int_mm, bf16 matmul) configure the same tiles their way. Shapes
+    # whose blocks need different tile shapes (row and column tails, 1 or 2 tile rows)
+    # alternate with them, every result against the reference. 108 x 520: each column
+    # block's 96 rows follow the previous one's 12-row tail on the same thread, so tiles
+    # left configured for 12 rows would leave rows of the output unwritten.
+    shapes = [(108, 64, 520), (48, 576, 192), (40, 100, 70), (64, 576, 1536), (19, 64, 17), (96, 200, 33)]
+    others = [lambda: torch._int_mm(random_int8((64, 256)), random_int8((256, 96))),
+              lambda: torch.randn(50, 300, dtype=torch.bfloat16) @ torch.randn(300, 70, dtype=torch.bfloat16)]
+    for step in range(12):
+        m, k, n = shapes[step % len(shapes)]
+        xq, wq = random_int8((m, k)), random_int8((n, k))
+        x_scale, w_scale = torch.rand(m) + 0.01, torch.rand(n) + 0.01
+        out = ops.int8_linear_packed(xq, x_scale, *ops.int8_pack_weight(wq), w_scale)
+        assert_same_bits(out, ref.int8_linear(xq, x_scale, wq, w_scale))
+        others[step % len(others)]()
+
+
 def test_int8_linear_packed_sign_trick_extremes_at_the_largest_k(isa):
     # |x| = 128 against |w| = 127 in every pair: vpmaddubsw's int16 pair sums reach 32512,
     # just inside int16, and the int32 totals reach 128 * 127 * K.

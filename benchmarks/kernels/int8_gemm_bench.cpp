@@ -84,6 +84,7 @@ struct Problem {
         for (int64_t i = 0; i < m; ++i) std::copy_n(block_totals.data() + i * kBlockCols, nb, totals + i * n + j0);
       }
     }
+    if (kernels.release_tiles != nullptr) kernels.release_tiles();  // as the op does after a thread's blocks
   }
 };
 

@@ -28,6 +28,14 @@ constexpr int64_t kW8A16DirectMaxM = 16;
 
 static_assert(kBlockN % cpu::kPackCols == 0, "packed column groups must not straddle output blocks");
 
+// Scoped to a thread's run of int8 kernel calls: at its end the kernels' tiles, where they
+// keep some configured from call to call (AMX), are released.
+struct ReleaseTilesAtExit {
+  ~ReleaseTilesAtExit() {
+    if (const auto release = cpu::int8_gemm_kernels().release_tiles) release();
+  }
+};
+
 // The output in blocks of at most kBlockM x kBlockN (int32 scratch of that size per thread,
 // row stride kBlockN), made smaller so that a small layer keeps every core busy: rows are
 // halved (down to 12, a multiple of every row tile) while there are fewer than 8 blocks
@@ -55,6 +63,7 @@ struct OutputBlocks {
   template <typename F>
   void parallel(const F& f) const {
     at::parallel_for(0, count(), 1, [&](int64_t begin, int64_t end) {
+      const ReleaseTilesAtExit release_tiles;
       for (int64_t block = begin; block < end; ++block) {
         const int64_t i0 = block % blocks_m() * rows, j0 = block / blocks_m() * cols;
         f(i0, std::min(rows, m - i0), j0, std::min(cols, n - j0));
@@ -175,6 +184,7 @@ void int8_dynamic_gemm_into(const at::Tensor& x2, int64_t n, const at::Tensor& w
                                        w_scale.data_ptr<float>(), w_stride, EpilogueTarget(out, bias)};
   NonFiniteTracker non_finite;
   at::parallel_for(0, m, kRowSplitMinRows, [&](int64_t begin, int64_t end) {
+    const ReleaseTilesAtExit release_tiles;
     for (int64_t i0 = begin; i0 < end; i0 += kBlockM) {
       const int64_t mb = std::min(kBlockM, end - i0);
       quantize_row_range(x2, 0, i0, i0 + mb, xq, x_scale, non_finite);

@@ -85,6 +85,14 @@ class EmulatedTiles {
     }
   }
   void release() { configured_ = false; }
+  // STTILECFG: the configuration in force, or all zeros (palette 0) after a release.
+  void store_config(TileConfig* out) const {
+    if (configured_) {
+      *out = config_;
+    } else {
+      std::memset(static_cast<void*>(out), 0, sizeof *out);
+    }
+  }
 
  private:
   uint32_t dword(int t, int row, int j) const {
@@ -117,33 +125,39 @@ inline EmulatedTiles& emulated_tiles() {
 #define EFFGEN_TILE_STORE(t, base, stride) ::effgen::cpu::amx::emulated_tiles().store(t, base, stride)
 #define EFFGEN_TILE_DPBSSD(c, a, b) ::effgen::cpu::amx::emulated_tiles().dpbssd(c, a, b)
 #define EFFGEN_TILE_RELEASE() ::effgen::cpu::amx::emulated_tiles().release()
+#define EFFGEN_TILE_STORE_CONFIG(out) ::effgen::cpu::amx::emulated_tiles().store_config(out)
 
 #else
 #include <immintrin.h>
 
 namespace effgen::cpu::amx {
 
-// GCC's LDTILECFG and TILELOADD intrinsics name no memory operand (only the pointer, or
-// the config's first 8 bytes), so the compiler could drop or delay the stores that fill
-// what they read (the config, a staged K tail): hand it the pointer and make it assume
-// memory is read.
-inline void memory_read_by_tiles(const void* p) { __asm__ volatile("" : : "r"(p) : "memory"); }
+// GCC's LDTILECFG, STTILECFG and TILELOADD intrinsics name no memory operand (only the
+// pointer, or the config's first 8 bytes), so the compiler could drop or delay the stores
+// that fill what they read (the config, a staged K tail), or keep values of what STTILECFG
+// wrote: hand it the pointer and make it assume memory is read and written.
+inline void memory_touched_by_tiles(const void* p) { __asm__ volatile("" : : "r"(p) : "memory"); }
 
 }  // namespace effgen::cpu::amx
 
 #define EFFGEN_TILE_CONFIGURE(config)                    \
   do {                                                   \
-    ::effgen::cpu::amx::memory_read_by_tiles(&(config)); \
+    ::effgen::cpu::amx::memory_touched_by_tiles(&(config)); \
     _tile_loadconfig(&(config));                         \
   } while (0)
 #define EFFGEN_TILE_ZERO(t) _tile_zero(t)
 #define EFFGEN_TILE_LOAD(t, base, stride)              \
   do {                                                 \
-    ::effgen::cpu::amx::memory_read_by_tiles(base);    \
+    ::effgen::cpu::amx::memory_touched_by_tiles(base);    \
     _tile_loadd(t, base, stride);                      \
   } while (0)
 #define EFFGEN_TILE_STORE(t, base, stride) _tile_stored(t, base, stride)
 #define EFFGEN_TILE_DPBSSD(c, a, b) _tile_dpbssd(c, a, b)
 #define EFFGEN_TILE_RELEASE() _tile_release()
+#define EFFGEN_TILE_STORE_CONFIG(out)              \
+  do {                                              \
+    _tile_storeconfig(out);                         \
+    ::effgen::cpu::amx::memory_touched_by_tiles(out); \
+  } while (0)
 
 #endif

@@ -161,6 +161,10 @@ struct Int8GemmKernels {
   // kPackCols; b points at column group 0's block (0, 0), groups group_stride apart):
   //   rows[(j - j0) * k + kk] = w[j][kk]
   void (*unpack_packed)(const int8_t* b, int64_t group_stride, int64_t j0, int64_t j1, int64_t k, int8_t* rows);
+  // Ends a thread's run of gemm_packed calls: AMX's gemm_packed leaves the thread's tiles
+  // configured for its next call, and this puts them back in their init state. nullptr on
+  // the ISAs whose kernels hold no such state.
+  void (*release_tiles)();
 };
 
 const Int8GemmKernels& int8_gemm_kernels_scalar();

@@ -506,4 +506,5 @@ const Int8GemmKernels kGemmTable{gemm_s8s8s32,
                                   w8a16_packed_grouped,
                                   kW8A16PackedGroupedI16,
                                   w8a16_gemm,
-                                  unpack_packed};
+                                  unpack_packed,
+                                  /*release_tiles=*/nullptr};
