@@ -190,7 +190,8 @@ def int8_gemm_bench(tmp_path_factory):
     return build_kernel_bench("int8_gemm_bench", sources, tmp_path_factory.mktemp("int8_gemm_bench"))
 
 
-@pytest.mark.parametrize("m, copies, n, k, threads, group", [(1, 1, 100, 77, 1, 0), (7, 2, 1030, 301, 2, 0),
+@pytest.mark.parametrize("m, copies, n, k, threads, group", [(1, 1, 100, 77, 1, 0), (1, 2, 70, 4099, 2, 0),
+                                                             (7, 2, 1030, 301, 2, 0),
                                                              (13, 2, 33, 4099, 2, 0), (3, 2, 1030, 300, 2, 128),
                                                              (9, 1, 33, 4099, 1, 64)])
 def test_the_int8_gemm_benchmark_matches_the_scalar_kernel(int8_gemm_bench, m, copies, n, k, threads, group):
@@ -228,7 +229,10 @@ def test_the_amx_kernel_matches_the_scalar_kernel_on_emulated_tiles(amx_emulated
 # Tile edges of every ISA (6 x 64, 2 x 16, 1 x 16 register tiles; 96 x 64 output blocks).
 # W8A16's choice between fixed point and dequantizing for torch's GEMM depends on M, the
 # shape, the dtype and (VNNI or not) the ISA: 97 and 150 rows take either on some ISA.
-PACKED_MNK = MNK + [(6, 64, 64), (13, 65, 33), (7, 17, 4), (97, 130, 131), (1, 200, 1000), (150, 70, 200)]
+# One row at K = 2054: the AVX-512 decode tile's two halves of K (256 quads each, enough
+# to read ahead), an odd quad and a partial one after them.
+PACKED_MNK = MNK + [(6, 64, 64), (13, 65, 33), (7, 17, 4), (97, 130, 131), (1, 200, 1000), (150, 70, 200),
+                    (1, 70, 2054)]
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
