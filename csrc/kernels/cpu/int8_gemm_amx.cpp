@@ -114,6 +114,22 @@ void load_and_multiply(const int8_t* a, int64_t lda, const int8_t* b0, const int
   multiply_tiles<kTwoRowTiles, kTwoColTiles>();
 }
 
+// The B tiles chunk + kAheadChunks of each column tile (1 KB, 16 lines each) are prefetched
+// while chunk multiplies: tile loads that miss the caches stall the TDPBSSDs waiting on
+// them, and a 32-column pair of groups is only 2 streams for the hardware prefetcher.
+// Harness, weights from memory (600 MB of copies), 2 threads: 16 x 4096^2 1.20-1.25x
+// faster, 12 rows 1.27x, 64 rows 1.17x; in cache (96 x 576 -> 1536, 256 x 576 -> 192)
+// level; 4 chunks ahead did as well, 8 worse.
+constexpr int64_t kAheadChunks = 2;
+
+template <bool kTwoColTiles>
+void prefetch_b_tiles(const int8_t* b0, int64_t group_stride) {
+  for (int64_t line = 0; line < kBTileBytes; line += 64) {
+    __builtin_prefetch(b0 + line, 0, 3);  // prefetcht0
+    if constexpr (kTwoColTiles) __builtin_prefetch(b0 + group_stride + line, 0, 3);
+  }
+}
+
 template <bool kTwoRowTiles, bool kTwoColTiles>
 void block(const BlockOperands& op) {
   EFFGEN_TILE_ZERO(0);
@@ -122,6 +138,7 @@ void block(const BlockOperands& op) {
   if constexpr (kTwoRowTiles && kTwoColTiles) EFFGEN_TILE_ZERO(3);
   for (int64_t chunk = 0; chunk < op.chunks; ++chunk) {
     const int8_t* b0 = op.b + chunk * kBTileBytes;
+    if (chunk + kAheadChunks < op.chunks) prefetch_b_tiles<kTwoColTiles>(b0 + kAheadChunks * kBTileBytes, op.group_stride);
     load_and_multiply<kTwoRowTiles, kTwoColTiles>(op.a + chunk * kChunk, op.lda, b0, b0 + op.group_stride);
   }
   if (op.a_tail != nullptr) {
