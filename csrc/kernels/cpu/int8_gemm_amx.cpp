@@ -29,10 +29,10 @@ static_assert(kTileCols == kPackCols, "a B tile row is one packed block");
 constexpr int64_t kChunk = amx::kMaxRowBytes;  // values of K per A tile row: one B tile
 constexpr int64_t kBTileBytes = kChunk / kPackDepth * kPackBlock;
 // Calls with fewer rows go to the few-rows kernel. Measured on a Xeon (2 threads, int8 GEMM
-// harness): from 10 rows the tiles were 1.3-2x faster with the weights in cache and level to
-// 11% faster from memory; at 8 rows 1.3-1.8x in cache but 10% slower from memory, and 4
-// rows slower still.
-constexpr int64_t kMinRows = 10;
+// harness, tiles against the AVX-512 kernel, B tiles read ahead): 8 rows 1.13-1.15x faster
+// from memory at 4096^2 (1.09x at 576 -> 1536) and 1.8x in cache; 6 rows 1.5x in cache but
+// 4% slower from memory, and 4 rows slower still.
+constexpr int64_t kMinRows = 8;
 
 #ifdef EFFGEN_AMX_EMULATE
 const Int8GemmKernels& few_rows_kernels() { return int8_gemm_kernels_scalar(); }  // runs on any CPU
