@@ -186,10 +186,8 @@ __attribute__((always_inline)) inline void accumulate_quads_in_halves(__m512i (&
   }
   // What the halves leave: an odd quad and K's partial one, from quad 2 half on.
   const int64_t done = 2 * half;
-  for_each_quad(a + done * kPackDepth, 0, k - done * kPackDepth, [&](int64_t kq, auto quad) __attribute__((always_inline)) {
-    prefetch(done + kq);
-    accumulate_quad(acc, b, group_stride, done + kq, quad);
-  });
+  accumulate_quads(acc, a + done * kPackDepth, 0, k - done * kPackDepth, b + done * kPackBlock, group_stride,
+                   [&](int64_t step) __attribute__((always_inline)) { prefetch(done + step); });
   #pragma GCC unroll 8
   for (int g = 0; g < NG; ++g) acc[0][g] = _mm512_add_epi32(acc[0][g], upper[0][g]);  // modulo 2^32, as every sum
 }
