@@ -210,18 +210,23 @@ def amx_emulated_bench(tmp_path_factory):
     return build_kernel_bench("int8_gemm_bench", sources, tmp_path_factory.mktemp("amx_emulated"), flags)
 
 
-@pytest.mark.parametrize("m, n, k, threads", [(16, 33, 64, 1), (37, 1030, 301, 2), (50, 100, 4099, 2), (20, 64, 3, 1),
-                                              (96, 200, 576, 2), (33, 17, 1000, 1), (15, 70, 90, 1),
-                                              (8, 70, 90, 1), (7, 70, 90, 1)])
-def test_the_amx_kernel_matches_the_scalar_kernel_on_emulated_tiles(amx_emulated_bench, m, n, k, threads):
+@pytest.mark.parametrize("m, n, k, threads, group", [(16, 33, 64, 1, 0), (37, 1030, 301, 2, 0), (50, 100, 4099, 2, 0),
+                                                     (20, 64, 3, 1, 0), (96, 200, 576, 2, 0), (33, 17, 1000, 1, 0),
+                                                     (15, 70, 90, 1, 0), (8, 70, 90, 1, 0), (7, 70, 90, 1, 0),
+                                                     (4, 70, 1000, 1, 128), (9, 129, 4100, 2, 64),
+                                                     (3, 40, 300, 1, 128)])
+def test_the_amx_kernel_matches_the_scalar_kernel_on_emulated_tiles(amx_emulated_bench, m, n, k, threads, group):
     # The AMX gemm_packed on a scalar model of the tiles that aborts where the hardware
     # would fault (amx_tiles.h), on any CPU: row, column and K tails (K % 64 and K % 4),
     # 1 or 2 tile rows and columns, per-thread tile state; under ASan and UBSan, so a tile
     # row read or written past its buffer fails too. 15 rows fill one row tile in part, 8
-    # (the fewest on tiles) half of one; 7 take the few-rows kernel.
+    # (the fewest on tiles) half of one; 7 take the few-rows kernel. With a group, W8A16's
+    # per-group kernel on m tokens of 2 digit rows: 4 tokens are the fewest on tiles, 9 fill
+    # 2 row tiles in part (the last group 4 values: no whole chunk), 3 take the few-rows
+    # kernel.
     binary, env = amx_emulated_bench
-    result = subprocess.run([str(binary), *map(str, (m, 1, n, k, threads, 1))], capture_output=True, text=True,
-                            timeout=300, env=env)
+    result = subprocess.run([str(binary), *map(str, (m, 1, n, k, threads, 1, group))], capture_output=True,
+                            text=True, timeout=300, env=env)
     assert result.returncode == 0 and f"isa amx (emulated tiles), {m} x {n} x {k}" in result.stdout, (
         result.stdout + result.stderr)
 
@@ -381,8 +386,12 @@ def test_int8_weight_only_linear_packed_per_group_matches_reference(isa, dtype, 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)  # 2 digits per token (3-token tiles), 3 for fp32 (2-token tiles)
 # Token counts around the register tiles, columns around their 64, groups up to 1020 values
 # (2 digits combined in float) and beyond (in double).
+# With AMX, groups of whole 64-value chunks from 8 digit rows on take the tiles: 4 x 1024
+# (beyond 1020: in double), 9 tokens of 128-value groups (2 row tiles, a last group of 1
+# chunk and 40 values), 20 tokens in blocks of 16 (2 digits) or 10 (3), a last group of 4.
 @pytest.mark.parametrize("m,n,k,group_size", [(1, 70, 300, 32), (7, 129, 1000, 96), (5, 33, 37, 12),
-                                              (17, 64, 2048, 1020), (4, 48, 2100, 1024), (16, 200, 1024, 32)])
+                                              (17, 64, 2048, 1020), (4, 48, 2100, 1024), (16, 200, 1024, 32),
+                                              (9, 129, 1000, 128), (20, 70, 4100, 64)])
 @pytest.mark.parametrize("weight_at_int8_min", [False, True])
 def test_w8a16_per_group_register_tiles_match_the_composition_bit_for_bit(dtype, m, n, k, group_size,
                                                                           weight_at_int8_min):

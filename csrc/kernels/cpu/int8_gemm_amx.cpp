@@ -1,4 +1,5 @@
-// AMX int8 GEMM on packed weights (gemm_packed; every other entry is the AVX-512 kernel's).
+// AMX int8 GEMM on packed weights: gemm_packed and W8A16's per-group w8a16_packed_grouped
+// (every other entry is the AVX-512 kernel's).
 // A packed column group is a run of AMX B tiles as it lies: its blocks (jb, kq) of 16
 // columns x 4 values of K are 64 bytes each and contiguous along K, so 16 quads (64 values
 // of K) are one 16-row x 64-byte B tile (row q = quad q, dword j = column j's 4 values),
@@ -14,7 +15,8 @@
 
 #ifndef EFFGEN_AMX_EMULATE
 #pragma GCC push_options
-#pragma GCC target("amx-tile,amx-int8")
+// AVX-512 too for the digit folds (int8_digits.h): every CPU with AMX has it.
+#pragma GCC target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl")
 #endif
 
 namespace effgen::cpu {
@@ -22,6 +24,8 @@ namespace amx_gemm {
 namespace {
 
 using amx::TileConfig;
+
+#include "int8_digits.h"
 
 constexpr int kTileRows = amx::kMaxRows;      // rows of an A and a C tile
 constexpr int kTileCols = amx::kMaxRowBytes / 4;  // int32 columns of a C tile
@@ -77,6 +81,21 @@ void configure_for(const BlockShape& shape) {
   if (std::memcmp(&current, &wanted, sizeof wanted) != 0) EFFGEN_TILE_CONFIGURE(wanted);
 }
 
+// The shape a call's tiles were last configured for: configure_for only when it changes.
+class ConfiguredShape {
+ public:
+  void ensure(const BlockShape& shape) {
+    if (known_ && shape == shape_) return;
+    configure_for(shape);
+    shape_ = shape;
+    known_ = true;
+  }
+
+ private:
+  BlockShape shape_{};
+  bool known_ = false;
+};
+
 void release_tiles() {
   EFFGEN_TILE_RELEASE();  // back to the init state: the thread's context switches stay cheap
 }
@@ -84,7 +103,8 @@ void release_tiles() {
 // The operands of one block: A rows from a (row tile 1 is kTileRows rows below), B column
 // tile 0's packed group at b (tile 1's group_stride later), `chunks` whole chunks of K,
 // then, where K has a partial chunk, its values zero-padded to a whole one: a_tail (2 row
-// tiles of kTileRows x kChunk) and b_tail (2 B tiles).
+// tiles of kTileRows x kChunk) and b_tail (2 B tiles). The B tiles of `readable_chunks`
+// whole chunks from b on may be read ahead (a per-group product reads on past its group).
 struct BlockOperands {
   const int8_t* a;
   int64_t lda;
@@ -95,6 +115,7 @@ struct BlockOperands {
   const int8_t* b_tail;
   int32_t* c;
   int64_t ldc;
+  int64_t readable_chunks;
 };
 
 template <bool kTwoRowTiles, bool kTwoColTiles>
@@ -138,7 +159,7 @@ void block(const BlockOperands& op) {
   if constexpr (kTwoRowTiles && kTwoColTiles) EFFGEN_TILE_ZERO(3);
   for (int64_t chunk = 0; chunk < op.chunks; ++chunk) {
     const int8_t* b0 = op.b + chunk * kBTileBytes;
-    if (chunk + kAheadChunks < op.chunks) prefetch_b_tiles<kTwoColTiles>(b0 + kAheadChunks * kBTileBytes, op.group_stride);
+    if (chunk + kAheadChunks < op.readable_chunks) prefetch_b_tiles<kTwoColTiles>(b0 + kAheadChunks * kBTileBytes, op.group_stride);
     load_and_multiply<kTwoRowTiles, kTwoColTiles>(op.a + chunk * kChunk, op.lda, b0, b0 + op.group_stride);
   }
   if (op.a_tail != nullptr) {
@@ -162,43 +183,104 @@ void split_in_two(int64_t count, int size, int* out) {
   out[1] = static_cast<int>(std::clamp<int64_t>(count - size, 0, size));
 }
 
+// K's last partial chunk (k % kChunk values), zero-padded to a whole one for a block's
+// tiles: A rows copied (a tile row must not read past K, nor past the last row), B tiles
+// copied (16 quads past K would be the next group's).
+class PartialChunk {
+ public:
+  explicit PartialChunk(int64_t k) : whole_chunks_(k / kChunk), values_(k % kChunk) {}
+  int64_t whole_chunks() const { return whole_chunks_; }
+  // b: the packed group of the block's column tile 0, at the start of K.
+  void stage_b(const int8_t* b, int64_t group_stride, const BlockShape& shape) {
+    if (values_ == 0) return;
+    const int64_t quad_bytes = (values_ + kPackDepth - 1) / kPackDepth * kPackBlock;
+    std::memset(b_, 0, sizeof b_);
+    for (int t = 0; t < 2 && shape.cols[t] > 0; ++t) {
+      std::memcpy(b_ + t * kBTileBytes, b + t * group_stride + whole_chunks_ * kBTileBytes, quad_bytes);
+    }
+  }
+  // a: the block's first row, at the start of K.
+  void stage_a(const int8_t* a, int64_t lda, const BlockShape& shape) {
+    if (values_ == 0) return;
+    std::memset(a_, 0, sizeof a_);
+    for (int r = 0; r < shape.rows[0] + shape.rows[1]; ++r) {
+      std::memcpy(a_ + r * kChunk, a + r * lda + whole_chunks_ * kChunk, values_);
+    }
+  }
+  const int8_t* a() const { return values_ > 0 ? a_ : nullptr; }
+  const int8_t* b() const { return b_; }
+
+ private:
+  int64_t whole_chunks_, values_;
+  alignas(64) int8_t a_[2 * kTileRows * kChunk];
+  alignas(64) int8_t b_[2 * kBTileBytes];
+};
+
 void gemm_packed(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
                  const int32_t* col_sums, int64_t n, int32_t* c, int64_t ldc, PrefetchRange next) {
   if (m < kMinRows) {
     few_rows_kernels().gemm_packed(a, lda, m, k, b, group_stride, col_sums, n, c, ldc, next);
     return;
   }
-  const int64_t chunks = k / kChunk, tail = k - chunks * kChunk;
-  const int64_t tail_quad_bytes = (tail + kPackDepth - 1) / kPackDepth * kPackBlock;
-  // K's last partial chunk, zero-padded: A rows copied (a tile row must not read past K,
-  // nor past the last row), B tiles copied (16 quads past K would be the next group's).
-  alignas(64) int8_t a_tail[2 * kTileRows * kChunk];
-  alignas(64) int8_t b_tail[2 * kBTileBytes];
-  BlockShape configured{};  // none yet in this call
+  PartialChunk tail(k);
+  ConfiguredShape configured;
   for (int64_t j0 = 0; j0 < n; j0 += 2 * kTileCols) {
     BlockShape shape{};
     split_in_two(n - j0, kTileCols, shape.cols);
     const int8_t* group = b + j0 / kPackCols * group_stride;
-    if (tail > 0) {
-      std::memset(b_tail, 0, sizeof b_tail);
-      for (int t = 0; t < 2 && shape.cols[t] > 0; ++t) {
-        std::memcpy(b_tail + t * kBTileBytes, group + t * group_stride + chunks * kBTileBytes, tail_quad_bytes);
-      }
-    }
+    tail.stage_b(group, group_stride, shape);
     for (int64_t i0 = 0; i0 < m; i0 += 2 * kTileRows) {
       split_in_two(m - i0, kTileRows, shape.rows);
-      if (tail > 0) {
-        std::memset(a_tail, 0, sizeof a_tail);
-        for (int r = 0; r < shape.rows[0] + shape.rows[1]; ++r) {
-          std::memcpy(a_tail + r * kChunk, a + (i0 + r) * lda + chunks * kChunk, tail);
+      tail.stage_a(a + i0 * lda, lda, shape);
+      configured.ensure(shape);
+      run_block(shape, {a + i0 * lda, lda, group, group_stride, tail.whole_chunks(), tail.a(), tail.b(),
+                        c + i0 * ldc + j0, ldc, tail.whole_chunks()});
+    }
+  }
+}
+
+// Per-group W8A16 (W8A16GroupedArgs) on tiles, where the digit rows are enough for them
+// and groups are whole chunks (group 128: 2). Blocks of up to 2 x 2 tiles as in
+// gemm_packed, of whole tokens (each token's digit rows in one block); per group, the
+// block's int32 products go to a scratch tile in L1 and fold into the totals as the
+// composed kernel folds them (digits_group_accumulate), so the result is the same bit for
+// bit. The B tiles are read ahead across groups.
+void w8a16_packed_grouped(const W8A16GroupedArgs& p) {
+  const int64_t block_tokens = 2 * kTileRows / p.limbs;
+  if (p.tokens * p.limbs < kMinRows || p.group_size % kChunk != 0 || block_tokens == 0) {
+    few_rows_kernels().w8a16_packed_grouped(p);
+    return;
+  }
+  constexpr int64_t ldc = 2 * kTileCols;
+  alignas(64) int32_t products[2 * kTileRows * ldc];
+  const int64_t groups = (p.k + p.group_size - 1) / p.group_size, k_last = (groups - 1) * p.group_size;
+  const int64_t group_chunks = p.group_size / kChunk, k_chunks = p.k / kChunk;
+  PartialChunk tail(p.k - k_last);  // of the last group
+  ConfiguredShape configured;
+  for (int64_t j0 = 0; j0 < p.n; j0 += 2 * kTileCols) {
+    BlockShape shape{};
+    split_in_two(p.n - j0, kTileCols, shape.cols);
+    const int64_t nc = shape.cols[0] + shape.cols[1];
+    const int8_t* column_group = p.b + j0 / kPackCols * p.group_stride;
+    tail.stage_b(column_group + k_last / kChunk * kBTileBytes, p.group_stride, shape);
+    for (int64_t t0 = 0; t0 < p.tokens; t0 += block_tokens) {
+      const int64_t tokens = std::min(block_tokens, p.tokens - t0);
+      split_in_two(tokens * p.limbs, kTileRows, shape.rows);
+      const int8_t* a = p.a + t0 * p.limbs * p.k;
+      tail.stage_a(a + k_last, p.k, shape);
+      configured.ensure(shape);
+      for (int64_t t = 0; t < tokens; ++t) std::fill_n(p.totals + (t0 + t) * p.ldt + j0, nc, 0.0f);
+      for (int64_t q = 0, k0 = 0; q < groups; ++q, k0 += p.group_size) {
+        const bool last = q + 1 == groups;
+        run_block(shape, {a + k0, p.k, column_group + k0 / kChunk * kBTileBytes, p.group_stride,
+                          last ? tail.whole_chunks() : group_chunks, last ? tail.a() : nullptr, tail.b(), products,
+                          ldc, k_chunks - k0 / kChunk});
+        const int64_t depth = std::min(p.group_size, p.k - k0);
+        for (int64_t t = 0; t < tokens; ++t) {
+          digits_group_accumulate(products + t * p.limbs * ldc, ldc, p.limbs, depth, nc,
+                                  p.scale + q * p.scale_stride + j0, p.totals + (t0 + t) * p.ldt + j0);
         }
       }
-      if (!(shape == configured)) {
-        configure_for(shape);
-        configured = shape;
-      }
-      run_block(shape, {a + i0 * lda, lda, group, group_stride, chunks, tail > 0 ? a_tail : nullptr, b_tail,
-                        c + i0 * ldc + j0, ldc});
     }
   }
 }
@@ -206,6 +288,7 @@ void gemm_packed(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_
 Int8GemmKernels make_table() {
   Int8GemmKernels table = few_rows_kernels();
   table.gemm_packed = gemm_packed;
+  table.w8a16_packed_grouped = w8a16_packed_grouped;
   table.release_tiles = release_tiles;
   return table;
 }

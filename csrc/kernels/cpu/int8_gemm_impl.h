@@ -145,19 +145,7 @@ void epilogue_row_any(const In* c, int64_t n, float a_scale, const float* b_scal
   }
 }
 
-// Up to kDigitChunk columns of digit rows' products combined exactly (in double: below
-// 2^53) and rounded once to float: dots[j] = sum_d 256^(digits-1-d) c[d * digit_stride + j].
-// Digit by digit over the chunk: loops the compiler vectorises.
-constexpr int64_t kDigitChunk = 64;
-void combine_digits(const int32_t* c, int64_t digit_stride, int digits, int64_t nc, float* dots) {
-  double exact[kDigitChunk];
-  for (int64_t j = 0; j < nc; ++j) exact[j] = c[j];
-  for (int d = 1; d < digits; ++d) {
-    const int32_t* digit = c + d * digit_stride;
-    for (int64_t j = 0; j < nc; ++j) exact[j] = exact[j] * 256.0 + digit[j];
-  }
-  for (int64_t j = 0; j < nc; ++j) dots[j] = static_cast<float>(exact[j]);
-}
+#include "int8_digits.h"
 
 // combine_digits, then the epilogue of epilogue_row, a chunk of columns at a time.
 void digits_epilogue_row(const int32_t* c, int64_t digit_stride, int digits, int64_t n, float a_scale,
@@ -262,30 +250,6 @@ bool split_fixed_point_rows_i16(DType dtype, const void* x, int64_t k, int64_t l
 }
 
 // ---- Per-group W8A16 on packed weights (W8A16GroupedArgs in int8_gemm.h) ---------------
-
-// Products of fewer than 2^10 int8 pairs stay below 2^24 in magnitude, so with 2 digits
-// both digit rows' sums are exact floats, times 256 too, and their float sum is the dot
-// rounded once; register tiles fold such groups without leaving float.
-constexpr int64_t kFloatDigitsMaxDepth = 1023;
-
-// totals[j] += (the digit rows' products over `depth` values of K, combined exactly,
-// rounded once to float) * scale[j].
-void digits_group_accumulate(const int32_t* c, int64_t digit_stride, int digits, int64_t depth, int64_t n,
-                             const float* scale, float* totals) {
-  if (digits == 2 && depth <= kFloatDigitsMaxDepth) {
-    const int32_t* low = c + digit_stride;
-    for (int64_t j = 0; j < n; ++j) {
-      totals[j] += (static_cast<float>(c[j]) * 256.0f + static_cast<float>(low[j])) * scale[j];
-    }
-    return;
-  }
-  float dots[kDigitChunk];
-  for (int64_t j0 = 0; j0 < n; j0 += kDigitChunk) {
-    const int64_t nc = n - j0 < kDigitChunk ? n - j0 : kDigitChunk;
-    combine_digits(c + j0, digit_stride, digits, nc, dots);
-    for (int64_t j = 0; j < nc; ++j) totals[j0 + j] += dots[j] * scale[j0 + j];
-  }
-}
 
 // Each ISA file defines this after including this file: the product in register tiles that
 // keep the group partials in registers (true), or false to leave it to the composition below.
