@@ -43,6 +43,15 @@ struct S {
     const __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
     _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packs_epi16(i16, i16));
   }
+  // 4 vectors of values in [-127, 127] rounded half to even to 32 bytes: the packs work
+  // per 128-bit lane, so the dwords come out lane-interleaved and one permute orders them.
+  static void store_rounded(int8_t* p, const F (&v)[4]) {
+    auto dwords = [&](int j) { return _mm256_cvttps_epi32(round_even(v[j])); };
+    const __m256i words_01 = _mm256_packs_epi32(dwords(0), dwords(1)), words_23 = _mm256_packs_epi32(dwords(2), dwords(3));
+    const __m256i bytes = _mm256_packs_epi16(words_01, words_23);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                        _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+  }
   static uint32_t mask_bits(B v) { return static_cast<uint32_t>(_mm256_movemask_ps(v)); }  // lane k -> bit k
   static F select(B m, F a, F b) { return _mm256_blendv_ps(b, a, m); }
 
