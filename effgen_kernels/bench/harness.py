@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import random
 import statistics
 import sys
 import time
@@ -63,12 +64,14 @@ def _cuda_graph(fn: Callable[[], object], calls: int) -> Callable[[], object]:
 
 def time_interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 2,
                      device: torch.device | str = "cpu", graph_calls: int = 1) -> dict[str, float]:
-    """Median seconds per call of each function, calls interleaved round-robin.
+    """Median seconds per call of each function, calls interleaved round by round.
 
-    The order inside a round rotates so no function always runs right after another. On a
-    GPU with graph_calls > 1 each sample replays a CUDA graph of that many calls (after the
-    warm-up, which also runs first-use set-up outside the capture) and counts its time over
-    the calls.
+    Each round runs the functions in a fresh random order (seeded: runs repeat), so none
+    always runs right after the same other one: what ran before a call (caches it evicted,
+    time the cores idled) changes its time. Rotating the order did not do that: a cyclic
+    shift keeps every function's predecessor. On a GPU with graph_calls > 1 each sample
+    replays a CUDA graph of that many calls (after the warm-up, which also runs first-use
+    set-up outside the capture) and counts its time over the calls.
     """
     device = torch.device(device)
     names = list(fns)
@@ -79,9 +82,9 @@ def time_interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: in
     calls = graph_calls if device.type == "cuda" else 1
     runners = {name: _cuda_graph(fn, calls) for name, fn in fns.items()} if calls > 1 else fns
     samples: dict[str, list[float]] = {name: [] for name in names}
-    for rep in range(reps):
-        shift = rep % len(names)
-        for name in names[shift:] + names[:shift]:
+    order = random.Random(0)
+    for _ in range(reps):
+        for name in order.sample(names, len(names)):
             samples[name].append(_time_call(runners[name], device) / calls)
     return {name: statistics.median(values) for name, values in samples.items()}
 
