@@ -247,7 +247,7 @@ void gemm_packed(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_
 // bit. The B tiles are read ahead across groups.
 void w8a16_packed_grouped(const W8A16GroupedArgs& p) {
   const int64_t block_tokens = 2 * kTileRows / p.limbs;
-  if (p.tokens * p.limbs < kMinRows || p.group_size % kChunk != 0 || block_tokens == 0) {
+  if (p.tokens * p.limbs < kMinRows || p.group_size % kChunk != 0 || block_tokens == 0 || p.k == 0) {
     few_rows_kernels().w8a16_packed_grouped(p);
     return;
   }
