@@ -4,6 +4,8 @@
 // table's XNOR entry is binary_gemm_vpopcntdq.cpp's instead.
 #include <immintrin.h>
 
+#include <cstring>
+
 #include "binary_gemm.h"
 
 #pragma GCC push_options
@@ -98,14 +100,27 @@ constexpr LutLayout kLutLayout = kLutNibbles;  // one 16-entry vpermps per looku
 template <int M, int kPlanes>
 constexpr int kPassTiles = kPlanes == 1 ? (M <= 4 ? 4 : 2) : (M == 1 ? 2 : 1);
 
-// kTiles tiles from t: per word of each tile one load; slot j's indices are the word
-// shifted right by 4j (vpermps reads only index bits 0-3, so nothing needs masking). Per
-// row and tile, kChains accumulators take the slots in turn so that a pass of few rows
-// still keeps enough adds in flight; ternary slots alternate positive (even j, added) and
-// negative (odd j, subtracted) planes.
+// kTiles tiles from t, a word of each at a time; slot j's indices are field j of every
+// lane, and vpermps reads only index bits 0-3, so nothing needs masking. Per row and tile,
+// kChains accumulators take the slots in turn so that a pass of few rows still keeps
+// enough adds in flight; ternary slots alternate positive (even j, added) and negative
+// (odd j, subtracted) planes.
+//
+// Getting field j to bits 0-3: a shift right by 4j of the word (seven shifts a word), or,
+// for binary weights and one row (kFromBytes), loads: byte b of a lane holds fields 2b
+// (bits 0-3) and 2b + 1 (bits 4-7), so the word loaded from byte b on has field 2b in place
+// and field 2b + 1 one shift of 4 away (four loads, three split across lines, and four
+// shifts). With one row nothing shares a shift, and on the Xeon the shifts (port 0) and the
+// permutes (port 5) bound the pass while loads use other ports. Old and new kernels
+// alternating, one row, 2 threads: binary 4096 x 4096 from memory 20-23% faster, 4096 ->
+// 11008 14%, SmolLM2's 576 -> 1536 / 1536 -> 576 / 576 -> 192 in cache 3-12% (a contrived
+// 4099 -> 50 was 19% slower); ternary (two tiles a pass, a table per two slots) 3-14%
+// faster from memory but 1-7% slower on SmolLM2's layers, and more rows level or slower:
+// those keep the shifts.
 template <int M, int kPlanes, int kTiles>
 void lut_pass(const float* tables, int64_t k, const uint8_t* tiles, int64_t t, float* sums, int64_t lds) {
   constexpr int kChains = M * kTiles >= 8 ? 1 : 2;
+  constexpr bool kFromBytes = M == 1 && kPlanes == 1;
   const int64_t words = kLutLayout.words(k, kPlanes), table_stride = kLutLayout.table_floats(k);
   const uint8_t* first = tiles + t * words * kLutWordBytes;
   __m512 acc[M][kTiles][kChains];
@@ -114,19 +129,37 @@ void lut_pass(const float* tables, int64_t k, const uint8_t* tiles, int64_t t, f
       for (int c = 0; c < kChains; ++c) acc[i][u][c] = _mm512_setzero_ps();
     }
   }
+  // Loading from byte b reads up to 3 bytes past a word: each tile's last word is read from
+  // a copy with room after it (what lies there lands in index bits vpermps ignores), made
+  // before the loop so that its loads do not wait on the copy's stores.
+  alignas(64) uint8_t last_words[kFromBytes ? kTiles : 1][2 * kLutWordBytes] = {};
+  if constexpr (kFromBytes) {
+    for (int u = 0; u < kTiles; ++u) std::memcpy(last_words[u], first + ((u + 1) * words - 1) * kLutWordBytes, kLutWordBytes);
+  }
   for (int64_t w = 0; w < words; ++w) {
+    const uint8_t* word[kTiles];
     __m512i nibbles[kTiles];
     for (int u = 0; u < kTiles; ++u) {
-      const uint8_t* word = first + (u * words + w) * kLutWordBytes;
+      word[u] = first + (u * words + w) * kLutWordBytes;
       // The hardware prefetcher alone left the stream at half the bandwidth (measured).
-      _mm_prefetch(reinterpret_cast<const char*>(word) + kLutPrefetchBytes, _MM_HINT_T0);
-      nibbles[u] = _mm512_loadu_si512(word);
+      _mm_prefetch(reinterpret_cast<const char*>(word[u]) + kLutPrefetchBytes, _MM_HINT_T0);
+      if (kFromBytes && w + 1 == words) word[u] = last_words[u];
+      if (!kFromBytes) nibbles[u] = _mm512_loadu_si512(word[u]);
     }
     const float* word_tables = tables + LutLayout::slot_table(8 * w, kPlanes) * 16;
 #pragma GCC unroll 8
     for (int j = 0; j < 8; ++j) {
       __m512i idx[kTiles];
-      for (int u = 0; u < kTiles; ++u) idx[u] = _mm512_srli_epi32(nibbles[u], 4 * j);
+      for (int u = 0; u < kTiles; ++u) {
+        if (!kFromBytes) {
+          idx[u] = _mm512_srli_epi32(nibbles[u], 4 * j);
+        } else if (j % 2 == 0) {
+          nibbles[u] = _mm512_loadu_si512(word[u] + j / 2);
+          idx[u] = nibbles[u];
+        } else {
+          idx[u] = _mm512_srli_epi32(nibbles[u], 4);
+        }
+      }
       const float* table = word_tables + j / kPlanes * 16;
       for (int i = 0; i < M; ++i) {
         const __m512 row_table = _mm512_loadu_ps(table + i * table_stride);
