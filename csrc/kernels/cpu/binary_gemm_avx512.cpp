@@ -96,9 +96,11 @@ constexpr LutLayout kLutLayout = kLutNibbles;  // one 16-entry vpermps per looku
 // lookups a cycle against 1.25 for vpermps + vaddps from registers. A ternary table
 // serves its two planes already; more tiles paid only at one row (the index shifts bind
 // there). Measured on 4096 x 4096 (benchmarks/kernels/lut_sums_bench.cpp, RESULTS.md
-// "Session 22").
+// "Session 22"). One ternary row takes 4 tiles since its indices come from byte-offset
+// loads (below): Xeon, against 2 tiles and shifts, 4096 x 4096 from memory 21-23% faster,
+// SmolLM2's layers level (2 tiles with the loads: 11-14% faster there, 5-7% slower here).
 template <int M, int kPlanes>
-constexpr int kPassTiles = kPlanes == 1 ? (M <= 4 ? 4 : 2) : (M == 1 ? 2 : 1);
+constexpr int kPassTiles = kPlanes == 1 ? (M <= 4 ? 4 : 2) : (M == 1 ? 4 : 1);
 
 // kTiles tiles from t, a word of each at a time; slot j's indices are field j of every
 // lane, and vpermps reads only index bits 0-3, so nothing needs masking. Per row and tile,
@@ -107,20 +109,19 @@ constexpr int kPassTiles = kPlanes == 1 ? (M <= 4 ? 4 : 2) : (M == 1 ? 2 : 1);
 // (odd j, subtracted) planes.
 //
 // Getting field j to bits 0-3: a shift right by 4j of the word (seven shifts a word), or,
-// for binary weights and one row (kFromBytes), loads: byte b of a lane holds fields 2b
-// (bits 0-3) and 2b + 1 (bits 4-7), so the word loaded from byte b on has field 2b in place
-// and field 2b + 1 one shift of 4 away (four loads, three split across lines, and four
-// shifts). With one row nothing shares a shift, and on the Xeon the shifts (port 0) and the
-// permutes (port 5) bound the pass while loads use other ports. Old and new kernels
-// alternating, one row, 2 threads: binary 4096 x 4096 from memory 20-23% faster, 4096 ->
-// 11008 14%, SmolLM2's 576 -> 1536 / 1536 -> 576 / 576 -> 192 in cache 3-12% (a contrived
-// 4099 -> 50 was 19% slower); ternary (two tiles a pass, a table per two slots) 3-14%
-// faster from memory but 1-7% slower on SmolLM2's layers, and more rows level or slower:
-// those keep the shifts.
+// for one row (kFromBytes), loads: byte b of a lane holds fields 2b (bits 0-3) and 2b + 1
+// (bits 4-7), so the word loaded from byte b on has field 2b in place and field 2b + 1 one
+// shift of 4 away (four loads, three split across lines, and four shifts). With one row
+// nothing shares a shift, and on the Xeon the shifts (port 0) and the permutes (port 5)
+// bound the pass while loads use other ports. Old and new kernels alternating, one row, 2
+// threads: binary 4096 x 4096 from memory 20-23% faster, 4096 -> 11008 14%, SmolLM2's
+// 576 -> 1536 / 1536 -> 576 / 576 -> 192 in cache 3-12% (a contrived 4099 -> 50, four
+// tiles in all, 11-19% slower); ternary see kPassTiles. More rows measured level or slower
+// with the loads: they keep the shifts.
 template <int M, int kPlanes, int kTiles>
 void lut_pass(const float* tables, int64_t k, const uint8_t* tiles, int64_t t, float* sums, int64_t lds) {
   constexpr int kChains = M * kTiles >= 8 ? 1 : 2;
-  constexpr bool kFromBytes = M == 1 && kPlanes == 1;
+  constexpr bool kFromBytes = M == 1;
   const int64_t words = kLutLayout.words(k, kPlanes), table_stride = kLutLayout.table_floats(k);
   const uint8_t* first = tiles + t * words * kLutWordBytes;
   __m512 acc[M][kTiles][kChains];
