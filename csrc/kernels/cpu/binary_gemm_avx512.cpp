@@ -97,8 +97,9 @@ constexpr LutLayout kLutLayout = kLutNibbles;  // one 16-entry vpermps per looku
 // serves its two planes already; more tiles paid only at one row (the index shifts bind
 // there). Measured on 4096 x 4096 (benchmarks/kernels/lut_sums_bench.cpp, RESULTS.md
 // "Session 22"). One ternary row takes 4 tiles since its indices come from byte-offset
-// loads (below): Xeon, against 2 tiles and shifts, 4096 x 4096 from memory 21-23% faster,
-// SmolLM2's layers level (2 tiles with the loads: 11-14% faster there, 5-7% slower here).
+// loads (below). Xeon, against 2 tiles with shifts: 4 tiles with the loads 21-23% faster
+// on 4096 x 4096 from memory and level on SmolLM2's layers; 2 tiles with the loads were
+// 7-14% faster on the first and 5-7% slower on the second.
 template <int M, int kPlanes>
 constexpr int kPassTiles = kPlanes == 1 ? (M <= 4 ? 4 : 2) : (M == 1 ? 4 : 1);
 
@@ -135,7 +136,9 @@ void lut_pass(const float* tables, int64_t k, const uint8_t* tiles, int64_t t, f
   // before the loop so that its loads do not wait on the copy's stores.
   alignas(64) uint8_t last_words[kFromBytes ? kTiles : 1][2 * kLutWordBytes] = {};
   if constexpr (kFromBytes) {
-    for (int u = 0; u < kTiles; ++u) std::memcpy(last_words[u], first + ((u + 1) * words - 1) * kLutWordBytes, kLutWordBytes);
+    for (int u = 0; u < kTiles; ++u) {
+      std::memcpy(last_words[u], first + ((u + 1) * words - 1) * kLutWordBytes, kLutWordBytes);
+    }
   }
   for (int64_t w = 0; w < words; ++w) {
     const uint8_t* word[kTiles];
