@@ -81,6 +81,24 @@ def test_time_interleaved_varies_what_runs_before_each_function():
         assert max(before.values()) <= 0.6 * sum(before.values()), (name, before)
 
 
+def test_time_interleaved_primes_each_timed_call_with_one_of_its_own():
+    # prime=True: every timed call right after an untimed call of the same function, rounds
+    # still shuffled; the medians count only the timed calls (the priming ones, the odd
+    # calls here, are the slowest of all: timing them, or both, would bring the medians close).
+    sequence = []
+    timed_length = {"fast": 0, "slow": 100000}
+    def fn(name):
+        def call():
+            sequence.append(name)
+            sum(range(400000 if len(sequence) % 2 else timed_length[name]))
+        return call
+    medians = time_interleaved({name: fn(name) for name in timed_length}, reps=30, warmup=0, prime=True)
+    assert len(sequence) == 2 * 2 * 30
+    assert all(sequence[i] == sequence[i + 1] for i in range(0, len(sequence), 2))
+    assert sequence[::2] != ["fast", "slow"] * 30 and sequence[::2] != ["slow", "fast"] * 30
+    assert 5 * medians["fast"] < medians["slow"]
+
+
 def test_time_interleaved_ignores_graph_calls_on_the_cpu():
     calls = []
     time_interleaved({"a": lambda: calls.append(1)}, reps=3, warmup=1, graph_calls=5)

@@ -63,15 +63,22 @@ def _cuda_graph(fn: Callable[[], object], calls: int) -> Callable[[], object]:
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 2,
-                     device: torch.device | str = "cpu", graph_calls: int = 1) -> dict[str, float]:
+                     device: torch.device | str = "cpu", graph_calls: int = 1, prime: bool = False) -> dict[str, float]:
     """Median seconds per call of each function, calls interleaved round by round.
 
     Each round runs the functions in a fresh random order (seeded: runs repeat), so none
     always runs right after the same other one: what ran before a call (caches it evicted,
     time the cores idled) changes its time. Rotating the order did not do that: a cyclic
-    shift keeps every function's predecessor. On a GPU with graph_calls > 1 each sample
-    replays a CUDA graph of that many calls (after the warm-up, which also runs first-use
-    set-up outside the capture) and counts its time over the calls.
+    shift keeps every function's predecessor. With `prime` (CPU only) each timed call comes
+    right after an untimed call of the same function, so every function is timed in the
+    cache state its own kind leaves, as in a model built of such layers: after a peer that
+    streams 64 MB of fp32 weights through the caches, the Python and torch state of any
+    following call is cold (a 16-float torch add: 13 us back to back, 135 us after such a
+    stream, on the Xeon VM of session 30), which charged a small op for its peer's bytes.
+    Rotated weights stay rotated: the priming call uses the copy before the timed one's.
+    On a GPU with graph_calls > 1 each sample replays a CUDA graph of that many calls
+    (after the warm-up, which also runs first-use set-up outside the capture) and counts
+    its time over the calls.
     """
     device = torch.device(device)
     names = list(fns)
@@ -81,10 +88,13 @@ def time_interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: in
     _sync(device)
     calls = graph_calls if device.type == "cuda" else 1
     runners = {name: _cuda_graph(fn, calls) for name, fn in fns.items()} if calls > 1 else fns
+    prime_calls = prime and device.type == "cpu"
     samples: dict[str, list[float]] = {name: [] for name in names}
     order = random.Random(0)
     for _ in range(reps):
         for name in order.sample(names, len(names)):
+            if prime_calls:
+                runners[name]()
             samples[name].append(_time_call(runners[name], device) / calls)
     return {name: statistics.median(values) for name, values in samples.items()}
 
@@ -188,11 +198,12 @@ class BenchContext:
     def measure_peers(self, family: str, op: str, shape: str, dtype: torch.dtype, ours: Callable[[], object],
                       peers: dict[str, Callable[[], object]], bytes_moved: int, ops: int = 0, peak_gops: float = 0.0,
                       reps: int | None = None, warmup: int = 2, graph_calls: int = 1) -> list[BenchResult]:
-        """Our op and every peer interleaved in one loop; one result per peer. With rotated
-        weights, `warmup` should cover every copy once (first use costs extra everywhere)
-        and `graph_calls` (CUDA only: calls per timed graph) should too."""
+        """Our op and every peer interleaved in one loop, each timed call primed by one of its
+        own (time_interleaved); one result per peer. With rotated weights, `warmup` should
+        cover every copy once (first use costs extra everywhere) and `graph_calls` (CUDA
+        only: calls per timed graph) should too."""
         medians = time_interleaved({"ours": ours, **peers}, reps=reps or self.reps, warmup=warmup, device=self.device,
-                                   graph_calls=graph_calls)
+                                   graph_calls=graph_calls, prime=True)
         results = []
         for peer_name in peers:
             result = BenchResult(family, op, shape, str(dtype).removeprefix("torch."), medians["ours"] * 1e3,
