@@ -245,11 +245,12 @@ def test_3d_and_non_contiguous_inputs(isa):
     assert_same_bits(ops.xnor_linear(x, packed, alpha), ref.xnor_linear(x.contiguous(), packed, alpha))
 
 
-@pytest.mark.parametrize("case", range(11))
+@pytest.mark.parametrize("case", range(13))
 def test_opcheck(case):
     x, w = random_input((5, 37)), random_input((6, 37))
     packed, alpha = ref.binarize_weight(w)
     tpacked, scale = ref.ternarize_weight(w)
+    batch = random_input((9, 37))  # with a lut: on the int8 GEMM where there is AMX
     e = torch.ops.effgen
     cases = [
         (e.pack_binary.default, (w,)),
@@ -263,6 +264,8 @@ def test_opcheck(case):
         (e.binarize_weight.default, (w, 16)),
         (e.ternarize_weight.default, (w, True)),
         (e.ternarize_weight.default, (w, False)),
+        (e.binary_linear.default, (batch, packed, alpha, torch.randn(6), None, ops.lut_tiles(packed, 37, 1))),
+        (e.ternary_linear.default, (batch, tpacked, scale, None, ops.lut_tiles(tpacked, 37, 2))),
     ]
     opcheck(*cases[case])
 
@@ -526,6 +529,35 @@ def test_lookup_table_kernel_matches_reference(isa, two_threads, m, n, k):
     torch.testing.assert_close(ops.ternary_linear(x, tpacked, scale, None, ops.lut_tiles(tpacked, k, 2)),
                                ref.ternary_linear(x, tpacked, scale), **tolerance(torch.float32, k))
     opcheck(torch.ops.effgen.lut_tiles.default, (packed, k, 1))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("m,n,k", [(8, 37, 33), (9, 16, 7), (17, 100, 4097), (40, 70, 1), (200, 33, 250)])
+# From 8 rows with AMX, a product with a lut runs on the int8 GEMM: fixed-point activations
+# times int8 panels expanded from the tiles (binary_gemm.cpp, bits_on_int8_gemm). 200 rows
+# are three row blocks on each panel; odd K leave the last quad partly past K.
+def test_batches_with_a_lut_match_reference_on_every_isa(isa, two_threads, dtype, m, n, k):
+    x, w = random_input((m, k), dtype, scale=1.0), random_input((n, k))
+    bias = torch.randn(n)
+    packed, alpha = ref.binarize_weight(w)
+    torch.testing.assert_close(ops.binary_linear(x, packed, alpha, bias, None, ops.lut_tiles(packed, k, 1)),
+                               ref.binary_linear(x, packed, alpha, bias), **tolerance(dtype, k))
+    for per_channel in (True, False):
+        tpacked, scale = ref.ternarize_weight(w, per_channel=per_channel)
+        torch.testing.assert_close(ops.ternary_linear(x, tpacked, scale, bias, ops.lut_tiles(tpacked, k, 2)),
+                                   ref.ternary_linear(x, tpacked, scale, bias), **tolerance(dtype, k))
+
+
+def test_batches_with_a_lut_take_3d_and_non_contiguous_inputs(isa):
+    x = random_input((2, 5, 2 * 40))[..., ::2]
+    w = random_input((9, 40))
+    packed, alpha = ref.binarize_weight(w)
+    tpacked, scale = ref.ternarize_weight(w)
+    out = ops.binary_linear(x, packed, alpha, None, None, ops.lut_tiles(packed, 40, 1))
+    assert out.shape == (2, 5, 9)
+    torch.testing.assert_close(out, ref.binary_linear(x.contiguous(), packed, alpha), **tolerance(torch.float32, 40))
+    torch.testing.assert_close(ops.ternary_linear(x, tpacked, scale, None, ops.lut_tiles(tpacked, 40, 2)),
+                               ref.ternary_linear(x.contiguous(), tpacked, scale), **tolerance(torch.float32, 40))
 
 
 def test_a_lut_made_on_one_isa_runs_on_every_other():

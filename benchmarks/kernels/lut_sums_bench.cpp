@@ -2,7 +2,7 @@
 // without torch, the op's glue or Python: how the numbers of RESULTS.md "Session 20" and
 // "Session 22" were taken. Tables and tiles are built by the library's own build_lut_tables /
 // tile_for_lut, and the result is checked against lut_sums_portable before timing (exit 1 on
-// mismatch).
+// mismatch), as is the same ISA's lut_tiles_to_int8 against the weights it stands for.
 //
 // Build (from the repository root, the extension's flags; the kernels are torch-free), with
 // S=csrc/kernels/cpu:
@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "binary_gemm.h"
+#include "int8_gemm.h"
 #include "isa.h"
 
 using namespace effgen::cpu;
@@ -46,6 +47,39 @@ std::vector<uint8_t> random_packed(int64_t n, int64_t k, int planes, std::mt1993
     ternarize_rows(DType::kF32, w.data(), n, k, &scale, 0, packed.data());
   }
   return packed;
+}
+
+// lut_tiles_to_int8 of tiles [0, tiles) against the canonical packed rows they came from
+// (bit order of binary_gemm.h): every block byte (zeros past n and K included) and every
+// column sum of rows below n. Returns whether all match.
+bool int8_blocks_match(const BinaryGemmKernels& kernels, const std::vector<uint8_t>& packed, const uint8_t* lut,
+                       int64_t n, int64_t k, int planes, int64_t tiles) {
+  const int64_t group_stride = (k + kPackDepth - 1) / kPackDepth * kPackBlock, plane = packed_row_bytes(k);
+  std::vector<int8_t> blocks(static_cast<size_t>(tiles * group_stride));
+  std::vector<int32_t> sums(static_cast<size_t>(tiles * kLutTileRows));
+  kernels.lut_tiles_to_int8(lut, k, planes, 0, tiles, blocks.data(), group_stride, sums.data());
+  for (int64_t j = 0; j < n; ++j) {
+    const uint8_t* row = packed.data() + j * planes * plane;
+    const auto bit = [&](int64_t kk, int p) { return (row[p * plane + kk / 8] >> (kk % 8)) & 1; };
+    int32_t sum = 0;
+    for (int64_t kk = 0; kk < group_stride / kPackBlock * kPackDepth; ++kk) {
+      const int value = kk >= k ? 0 : planes == 1 ? 2 * bit(kk, 0) - 1 : bit(kk, 0) - bit(kk, 1);
+      const int64_t at = j / kPackCols * group_stride + kk / kPackDepth * kPackBlock + j % kPackCols * kPackDepth +
+                         kk % kPackDepth;
+      if (blocks[static_cast<size_t>(at)] != value) {
+        std::printf("int8 block mismatch at row %ld, k %ld: %d, expected %d\n", static_cast<long>(j),
+                    static_cast<long>(kk), blocks[static_cast<size_t>(at)], value);
+        return false;
+      }
+      sum += value;
+    }
+    if (sums[static_cast<size_t>(j)] != sum) {
+      std::printf("int8 column sum mismatch at row %ld: %d, expected %d\n", static_cast<long>(j),
+                  sums[static_cast<size_t>(j)], sum);
+      return false;
+    }
+  }
+  return true;
 }
 
 }  // namespace
@@ -95,6 +129,8 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
+
+  if (!int8_blocks_match(kernels, packed, luts[0].data(), n, k, p, tiles)) return 1;
 
   std::vector<double> times;
   for (int call = 0; call < calls; ++call) {

@@ -1,5 +1,6 @@
 // CPU glue of the binary_gemm family: pack / unpack, real-activation binary and ternary
-// products (masked sums for few rows, dequantize + torch's GEMM for many), and XNOR-popcount.
+// products (lookup tables or masked sums for few rows; for many, the int8 GEMM on panels
+// expanded from the tables, or dequantize + torch's GEMM), and XNOR-popcount.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -16,6 +17,7 @@
 #include "../kernels/cpu/binary_gemm.h"
 #include "binary_gemm_common.h"
 #include "glue.h"
+#include "int8_panels.h"
 #include "weight_blocks_gemm.h"
 
 namespace effgen::ops {
@@ -27,7 +29,8 @@ constexpr int64_t kBlockN = 64;
 // Without a lookup table: up to this many rows the weights are streamed as bits; above it
 // they are expanded once and the product goes to torch's GEMM (the masked adds cost as much
 // as FMAs). With one, the table kernel takes every M (one vpermps does 64 multiply-adds)
-// but the batches expanded_gemm_pays gives to torch's GEMM.
+// but the batches bits_on_int8_gemm takes (AMX) and those expanded_gemm_pays gives to
+// torch's GEMM.
 constexpr int64_t kDirectMaxM = 16;
 // Without AVX-512 the table kernel loses batches to torch's GEMM over expanded weights
 // (linear_with_expanded), except where the AVX2 kernel holds activation rows in its lanes
@@ -369,6 +372,41 @@ std::vector<float> lut_product(const Rows& r, int64_t n, const at::Tensor& lut, 
   return sums;
 }
 
+// Batches of at least kInt8GemmMinM rows go from the lookup tiles to the int8 GEMM where it
+// runs on AMX tiles: activations as fixed point (W8A16's) times int8 panels of +1 / -1 / 0
+// weights expanded in cache (int8_panels.h), where the tables cost one vpermps per 16
+// weights and row. Xeon (AMX), 2 threads, binary / ternary with fp32 and bf16 x, against
+// the tables: 4096 x 4096 at 64 rows 1.6-1.3 ms for 3.3-6.0, at 12 rows 0.45-0.68 for
+// 0.64-1.1; 8 rows level (binary) to 1.3-1.7x faster (ternary); at 4 rows the tables win
+// (0.24 against 0.39 ms). With VNNI but no AMX the int8 GEMM lost to the tables on binary
+// weights at 8-64 rows (0.9 against 0.44 ms at 8 rows, 4096 x 4096) and tied on ternary ones.
+constexpr int64_t kInt8GemmMinM = 8;
+
+// out = x @ w^T * channel_scale (+ bias) on the int8 GEMM where it pays and x is
+// representable as its fixed point (no Inf or NaN); nothing otherwise. The lut must be in
+// the dispatched ISA's layout (a lut made before set_cpu_isa runs elsewhere).
+std::optional<at::Tensor> bits_on_int8_gemm(const Rows& r, const at::Tensor& x, int64_t n, const at::Tensor& lut,
+                                            int planes, const at::Tensor& channel_scale,
+                                            const std::optional<at::Tensor>& bias, const char* op) {
+  const auto& kernels = cpu::binary_gemm_kernels();
+  if (r.m < kInt8GemmMinM || cpu::active_isa() < cpu::Isa::kAmx || r.k > cpu::kMaxExactInt8K ||
+      checked_lut_layout(lut, n, r.k, planes, op).width != kernels.lut_layout.width) {
+    return std::nullopt;
+  }
+  at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
+  if (out.numel() == 0) return out;
+  at::Tensor out_2d = out.view({r.m, n});
+  const at::Tensor tiles = lut.contiguous();
+  const auto* tile_data = static_cast<const uint8_t*>(tiles.data_ptr());
+  const bool done = fixed_point_gemm_over_panels(
+      r.x, n, channel_scale.expand({n}).contiguous(), float_bias(bias), out_2d,
+      [&](int64_t j0, int64_t nb, int8_t* panel, int64_t group_stride, int32_t* col_sums) {
+        kernels.lut_tiles_to_int8(tile_data, r.k, planes, j0 / cpu::kLutTileRows,
+                                  (j0 + nb + cpu::kLutTileRows - 1) / cpu::kLutTileRows, panel, group_stride, col_sums);
+      });
+  return done ? std::optional<at::Tensor>(out) : std::nullopt;
+}
+
 at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_in, const at::Tensor& alpha_in,
                          const std::optional<at::Tensor>& bias, std::optional<int64_t> group_size,
                          const std::optional<at::Tensor>& lut) {
@@ -379,6 +417,9 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_in, const
   const Rows& r = p.r;
   const int64_t n = p.n, groups = p.groups, group = p.group;
   const bool with_lut = lut.has_value() && groups == 1 && !expanded_gemm_pays(r.m, n, 1);
+  if (with_lut) {
+    if (auto out = bits_on_int8_gemm(r, x, n, *lut, 1, alpha_in, bias, op)) return *out;
+  }
   if (r.m > kDirectMaxM && !with_lut) return linear_with_expanded(r, x, packed_in, 1, alpha_in, groups, group, bias);
   // y = alpha * (2 * sum over +1 weights - total), per row and group.
   const std::vector<float> totals = row_totals(r, group, groups);
@@ -422,6 +463,9 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed_in, cons
   const Rows& r = p.r;
   const int64_t n = p.n, scale_stride = p.scale_stride;
   const bool with_lut = lut.has_value() && !expanded_gemm_pays(r.m, n, 2);
+  if (with_lut) {
+    if (auto out = bits_on_int8_gemm(r, x, n, *lut, 2, scale_in, bias, op)) return *out;
+  }
   const int64_t plane = packed_row_bytes(r.k), group = r.k;  // one group: the whole row
   if ((r.m > kDirectMaxM && !with_lut) || !all_finite(row_totals(r, group, 1))) {
     return linear_with_expanded(r, x, packed_in, 2, scale_in, scale_stride, group, bias);

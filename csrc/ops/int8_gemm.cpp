@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <atomic>
+#include <memory>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -14,6 +15,7 @@
 #include "../kernels/cpu/int8_gemm.h"
 #include "../kernels/cpu/quant.h"
 #include "int8_gemm_common.h"
+#include "int8_panels.h"
 #include "glue.h"
 #include "quant.h"
 #include "weight_blocks_gemm.h"
@@ -624,6 +626,37 @@ at::Tensor int8_unpack_weight(const at::Tensor& w_packed, int64_t n, int64_t k) 
 }
 
 }  // namespace
+
+bool fixed_point_gemm_over_panels(const at::Tensor& x2, int64_t n, const at::Tensor& w_scale, const at::Tensor& bias_f,
+                                  at::Tensor& out_2d, const FillPanel& fill) {
+  const int64_t k = x2.size(1), group_stride = (k + cpu::kPackDepth - 1) / cpu::kPackDepth * cpu::kPackBlock;
+  const int64_t panel_groups = kBlockN / cpu::kPackCols;
+  struct Panel {
+    std::unique_ptr<int8_t[]> blocks;  // uninitialized: fill writes every byte the GEMM reads
+    std::unique_ptr<int32_t[]> sums;
+    int64_t j0 = -1;
+  };
+  // One per thread of this call: a thread's blocks run column-block-major (OutputBlocks), so
+  // it fills a panel once for all the row blocks it computes on it.
+  std::vector<Panel> panels(static_cast<size_t>(at::get_num_threads()));
+  const auto& kernels = cpu::int8_gemm_kernels();
+  const auto product = [&](const int8_t* a, int64_t rows, int64_t j0, int64_t nb, int32_t* acc, int64_t) {
+    Panel& panel = panels[static_cast<size_t>(at::get_thread_num())];
+    if (panel.blocks == nullptr) {
+      panel.blocks.reset(new int8_t[static_cast<size_t>(panel_groups * group_stride)]);
+      panel.sums.reset(new int32_t[static_cast<size_t>(kBlockN)]);
+    }
+    if (panel.j0 != j0) {
+      fill(j0, nb, panel.blocks.get(), group_stride, panel.sums.get());
+      panel.j0 = j0;
+    }
+    kernels.gemm_packed(a, k, rows, k, panel.blocks.get(), group_stride, panel.sums.get(), nb, acc, kBlockN, {});
+  };
+  // fp16 takes fp32's 3 digits: with 2, its values below absmax / 2^4 lose significant bits,
+  // and a product that cancels to near 0 kept errors of 3x fp16's tolerance at K = 4097.
+  const int limbs = x2.scalar_type() == at::kBFloat16 ? 2 : 3;
+  return w8a16_fixed_point(x2, limbs, n, w_scale, bias_f, out_2d, product);
+}
 
 TORCH_LIBRARY_IMPL(effgen, CompositeImplicitAutograd, m) {
   m.impl("int8_unpack_weight", &int8_unpack_weight);

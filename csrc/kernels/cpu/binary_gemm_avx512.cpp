@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "binary_gemm.h"
+#include "int8_gemm.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")
@@ -194,6 +195,64 @@ void lut_tiles(const float* tables, int64_t k, const uint8_t* tiles, int64_t t0,
   constexpr int kTiles = kPassTiles<M, kPlanes>;
   for (; t + kTiles <= t1; t += kTiles) lut_pass<M, kPlanes, kTiles>(tables, k, tiles, t, sums, lds);
   for (; t < t1; ++t) lut_pass<M, kPlanes, 1>(tables, k, tiles, t, sums, lds);
+}
+
+// Packed block q (values 4q .. 4q + 3 of K) takes from each lane the field(s) of quad q: the
+// lane's byte holding them is copied to all four of its bytes (vpshufb), and a test of bit
+// r (of the low or high nibble) in byte r gives the mask of the weights that are set. A
+// binary word holds quads 8w .. 8w + 7 (quad q in nibble q % 2 of byte (q % 8) / 2); a
+// ternary one holds quads 4w .. 4w + 3, quad q's positive bits in the low nibble of byte
+// q % 4 and its negative bits in the high one.
+template <int kPlanes>
+void lut_tile_to_int8(const uint8_t* tile, int64_t k, int8_t* group, int32_t* col_sums) {
+  constexpr int kQuadsPerWord = static_cast<int>(kLutLayout.slots_per_lane()) / kPlanes;
+  const int64_t quads = (k + kPackDepth - 1) / kPackDepth;
+  const __m512i one = _mm512_set1_epi8(1), minus_one = _mm512_set1_epi8(-1), ones16 = _mm512_set1_epi16(1);
+  const __m512i low_bits = _mm512_set1_epi32(0x08040201), high_bits = _mm512_set1_epi32(static_cast<int>(0x80402010u));
+  // pick[b]: vpshufb indices that copy byte b of each lane to all four of its bytes.
+  const __m512i lane_starts = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12));
+  __m512i pick[4];
+  for (int b = 0; b < 4; ++b) pick[b] = _mm512_add_epi8(lane_starts, _mm512_set1_epi8(static_cast<char>(b)));
+  // Binary bits past K are 0 like -1 weights: the last quad keeps only its first k % 4 bytes.
+  const int tail = static_cast<int>(k % kPackDepth);
+  const __mmask64 tail_valid = tail == 0 ? ~__mmask64{0} : ((__mmask64{1} << tail) - 1) * 0x1111111111111111ull;
+  __m512i sums = _mm512_setzero_si512();
+  for (int64_t q0 = 0; q0 < quads; q0 += kQuadsPerWord) {
+    const __m512i word = _mm512_loadu_si512(tile + q0 / kQuadsPerWord * kLutWordBytes);
+#pragma GCC unroll 8
+    for (int j = 0; j < kQuadsPerWord; ++j) {
+      const int64_t q = q0 + j;
+      if (q == quads) break;
+      const __m512i fields = _mm512_shuffle_epi8(word, pick[kPlanes == 1 ? j / 2 : j]);
+      __m512i values;
+      if constexpr (kPlanes == 1) {
+        const __mmask64 valid = q + 1 == quads ? tail_valid : ~__mmask64{0};
+        const __mmask64 plus = _mm512_test_epi8_mask(fields, j % 2 == 0 ? low_bits : high_bits);
+        values = _mm512_mask_mov_epi8(_mm512_maskz_mov_epi8(valid, minus_one), plus, one);
+      } else {
+        const __mmask64 plus = _mm512_test_epi8_mask(fields, low_bits), minus = _mm512_test_epi8_mask(fields, high_bits);
+        values = _mm512_mask_mov_epi8(_mm512_maskz_mov_epi8(plus, one), minus, minus_one);
+      }
+      _mm512_storeu_si512(group + q * kPackBlock, values);
+      // Each lane's four bytes summed: unsigned 1 x signed value, pairs, then pairs of pairs.
+      sums = _mm512_add_epi32(sums, _mm512_madd_epi16(_mm512_maddubs_epi16(one, values), ones16));
+    }
+  }
+  _mm512_storeu_si512(col_sums, sums);
+}
+
+void lut_tiles_to_int8(const uint8_t* tiles, int64_t k, int planes, int64_t t0, int64_t t1, int8_t* packed,
+                       int64_t group_stride, int32_t* col_sums) {
+  const int64_t tile_bytes = kLutLayout.tile_bytes(k, planes);
+  for (int64_t t = t0; t < t1; ++t) {
+    int8_t* group = packed + (t - t0) * group_stride;
+    int32_t* sums = col_sums + (t - t0) * kLutTileRows;
+    if (planes == 1) {
+      lut_tile_to_int8<1>(tiles + t * tile_bytes, k, group, sums);
+    } else {
+      lut_tile_to_int8<2>(tiles + t * tile_bytes, k, group, sums);
+    }
+  }
 }
 
 #include "binary_lut_dispatch.h"

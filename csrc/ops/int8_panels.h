@@ -1,0 +1,26 @@
+// The int8 GEMM (kernels/cpu/int8_gemm.h) for weights kept in another compact form, such as
+// 1-bit and ternary ones: each thread fills a panel of a block's columns as packed int8
+// blocks in cache and multiplies all of its rows on it, so the weights stream from memory
+// in their own form and only a panel exists as int8 at a time.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <functional>
+
+namespace effgen::ops {
+
+// fill(j0, nb, panel, group_stride, col_sums): columns [j0, j0 + nb) (j0 a multiple of
+// cpu::kPackCols) as packed int8 blocks, whole column groups, group g at panel + g *
+// group_stride (ceil(K / 4) blocks), and their sums (col_sums[j - j0]).
+using FillPanel =
+    std::function<void(int64_t j0, int64_t nb, int8_t* panel, int64_t group_stride, int32_t* col_sums)>;
+
+// out_2d [M, N] = (x2 [M, K] @ w^T) * w_scale[n] (+ bias_f), x2 contiguous, as W8A16 on packed
+// weights does it (x as fixed point per token: 2 int8 digits for bf16 x, 3 for fp32 and fp16;
+// one int8 GEMM; K <= cpu::kMaxExactInt8K). w_scale: fp32 [N]. Returns false, nothing
+// written, where a row of x is not representable so (Inf, NaN, absmax below 2^-100).
+bool fixed_point_gemm_over_panels(const at::Tensor& x2, int64_t n, const at::Tensor& w_scale,
+                                  const at::Tensor& bias_f, at::Tensor& out_2d, const FillPanel& fill);
+
+}  // namespace effgen::ops
