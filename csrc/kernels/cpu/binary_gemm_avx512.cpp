@@ -197,33 +197,17 @@ void lut_tiles(const float* tables, int64_t k, const uint8_t* tiles, int64_t t0,
   for (; t < t1; ++t) lut_pass<M, kPlanes, 1>(tables, k, tiles, t, sums, lds);
 }
 
-// Each lane's count of set bits per byte, positive plane minus negative plane for ternary
-// (binary: all of its bits, each byte 0-8; ternary: low nibble minus high, -4 to 4), summed
-// over the lane's four bytes.
-template <int kPlanes>
-inline __m512i lane_bit_counts(__m512i word) {
-  const __m512i table = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4));
-  const __m512i low = _mm512_set1_epi8(0x0F);
-  const __m512i low_counts = _mm512_shuffle_epi8(table, _mm512_and_si512(word, low));
-  const __m512i high_counts = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(word, 4), low));
-  const __m512i counts = kPlanes == 1 ? _mm512_add_epi8(low_counts, high_counts)
-                                      : _mm512_sub_epi8(low_counts, high_counts);
-  // vpmaddubsw: unsigned 1 times each signed count, in pairs; vpmaddwd: the pairs of pairs.
-  return _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_set1_epi8(1), counts), _mm512_set1_epi16(1));
-}
-
 // Packed block q (values 4q .. 4q + 3 of K) takes from each lane the field(s) of quad q: the
 // lane's byte holding them is copied to all four of its bytes (vpshufb), and a test of bit
 // r (of the low or high nibble) in byte r gives the mask of the weights that are set. A
 // binary word holds quads 8w .. 8w + 7 (quad q in nibble q % 2 of byte (q % 8) / 2); a
 // ternary one holds quads 4w .. 4w + 3, quad q's positive bits in the low nibble of byte
-// q % 4 and its negative bits in the high one. Column sums come from the words' bit counts
-// (binary: 2 * set bits - K, since bits past K are 0).
+// q % 4 and its negative bits in the high one.
 template <int kPlanes>
 void lut_tile_to_int8(const uint8_t* tile, int64_t k, int8_t* group, int32_t* col_sums) {
   constexpr int kQuadsPerWord = static_cast<int>(kLutLayout.slots_per_lane()) / kPlanes;
   const int64_t quads = (k + kPackDepth - 1) / kPackDepth;
-  const __m512i one = _mm512_set1_epi8(1), minus_one = _mm512_set1_epi8(-1);
+  const __m512i one = _mm512_set1_epi8(1), minus_one = _mm512_set1_epi8(-1), ones16 = _mm512_set1_epi16(1);
   const __m512i low_bits = _mm512_set1_epi32(0x08040201), high_bits = _mm512_set1_epi32(static_cast<int>(0x80402010u));
   // pick[b]: vpshufb indices that copy byte b of each lane to all four of its bytes.
   const __m512i lane_starts = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12));
@@ -232,10 +216,9 @@ void lut_tile_to_int8(const uint8_t* tile, int64_t k, int8_t* group, int32_t* co
   // Binary bits past K are 0 like -1 weights: the last quad keeps only its first k % 4 bytes.
   const int tail = static_cast<int>(k % kPackDepth);
   const __mmask64 tail_valid = tail == 0 ? ~__mmask64{0} : ((__mmask64{1} << tail) - 1) * 0x1111111111111111ull;
-  __m512i counts = _mm512_setzero_si512();
+  __m512i sums = _mm512_setzero_si512();
   for (int64_t q0 = 0; q0 < quads; q0 += kQuadsPerWord) {
     const __m512i word = _mm512_loadu_si512(tile + q0 / kQuadsPerWord * kLutWordBytes);
-    counts = _mm512_add_epi32(counts, lane_bit_counts<kPlanes>(word));
 #pragma GCC unroll 8
     for (int j = 0; j < kQuadsPerWord; ++j) {
       const int64_t q = q0 + j;
@@ -251,12 +234,11 @@ void lut_tile_to_int8(const uint8_t* tile, int64_t k, int8_t* group, int32_t* co
         values = _mm512_mask_mov_epi8(_mm512_maskz_mov_epi8(plus, one), minus, minus_one);
       }
       _mm512_storeu_si512(group + q * kPackBlock, values);
+      // Each lane's four bytes summed: unsigned 1 x signed value, pairs, then pairs of pairs.
+      sums = _mm512_add_epi32(sums, _mm512_madd_epi16(_mm512_maddubs_epi16(one, values), ones16));
     }
   }
-  if constexpr (kPlanes == 1) {
-    counts = _mm512_sub_epi32(_mm512_slli_epi32(counts, 1), _mm512_set1_epi32(static_cast<int>(k)));
-  }
-  _mm512_storeu_si512(col_sums, counts);
+  _mm512_storeu_si512(col_sums, sums);
 }
 
 void lut_tiles_to_int8(const uint8_t* tiles, int64_t k, int planes, int64_t t0, int64_t t1, int8_t* packed,
