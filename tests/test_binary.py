@@ -245,10 +245,11 @@ def test_3d_and_non_contiguous_inputs(isa):
     assert_same_bits(ops.xnor_linear(x, packed, alpha), ref.xnor_linear(x.contiguous(), packed, alpha))
 
 
-@pytest.mark.parametrize("case", range(13))
+@pytest.mark.parametrize("case", range(14))
 def test_opcheck(case):
     x, w = random_input((5, 37)), random_input((6, 37))
     packed, alpha = ref.binarize_weight(w)
+    group_alpha = ref.binarize_weight(w, 16)[1]
     tpacked, scale = ref.ternarize_weight(w)
     batch = random_input((9, 37))  # with a lut: on the int8 GEMM where there is AMX
     e = torch.ops.effgen
@@ -266,6 +267,7 @@ def test_opcheck(case):
         (e.ternarize_weight.default, (w, False)),
         (e.binary_linear.default, (batch, packed, alpha, torch.randn(6), None, ops.lut_tiles(packed, 37, 1))),
         (e.ternary_linear.default, (batch, tpacked, scale, None, ops.lut_tiles(tpacked, 37, 2))),
+        (e.binary_linear.default, (batch, packed, group_alpha, None, 16, ops.lut_tiles(packed, 37, 1))),
     ]
     opcheck(*cases[case])
 
@@ -546,6 +548,19 @@ def test_batches_with_a_lut_match_reference_on_every_isa(isa, two_threads, dtype
         tpacked, scale = ref.ternarize_weight(w, per_channel=per_channel)
         torch.testing.assert_close(ops.ternary_linear(x, tpacked, scale, bias, ops.lut_tiles(tpacked, k, 2)),
                                    ref.ternary_linear(x, tpacked, scale, bias), **tolerance(dtype, k))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("group_size", [16, 128, 5008])  # 5008 >= K: alpha [N, 1]
+@pytest.mark.parametrize("m,k", [(8, 33), (17, 4097), (200, 250)])
+# Per-group alphas take the lut only on the way to the int8 GEMM (AMX), where each K group's
+# products are scaled on their own; everywhere else the lut is ignored.
+def test_batches_with_a_lut_and_per_group_alpha_match_reference(isa, two_threads, dtype, group_size, m, k):
+    x, w = random_input((m, k), dtype, scale=1.0), random_input((37, k))
+    bias = torch.randn(37)
+    packed, alpha = ref.binarize_weight(w, group_size)
+    torch.testing.assert_close(ops.binary_linear(x, packed, alpha, bias, group_size, ops.lut_tiles(packed, k, 1)),
+                               ref.binary_linear(x, packed, alpha, bias, group_size), **tolerance(dtype, k))
 
 
 def test_batches_with_a_lut_take_3d_and_non_contiguous_inputs(isa):

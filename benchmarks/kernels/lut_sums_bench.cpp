@@ -51,18 +51,22 @@ std::vector<uint8_t> random_packed(int64_t n, int64_t k, int planes, std::mt1993
 
 // lut_tiles_to_int8 of tiles [0, tiles) against the canonical packed rows they came from
 // (bit order of binary_gemm.h): every block byte (zeros past n and K included) and every
-// column sum of rows below n. Returns whether all match.
+// column sum of rows below n over K groups of `group` values (a multiple of 4; >= K: one
+// per row). Returns whether all match.
 bool int8_blocks_match(const BinaryGemmKernels& kernels, const std::vector<uint8_t>& packed, const uint8_t* lut,
-                       int64_t n, int64_t k, int planes, int64_t tiles) {
+                       int64_t n, int64_t k, int planes, int64_t tiles, int64_t group) {
   const int64_t group_stride = (k + kPackDepth - 1) / kPackDepth * kPackBlock, plane = packed_row_bytes(k);
+  const int64_t padded_k = group_stride / kPackBlock * kPackDepth, groups = (padded_k + group - 1) / group;
+  const int64_t sums_stride = tiles * kLutTileRows;
   std::vector<int8_t> blocks(static_cast<size_t>(tiles * group_stride));
-  std::vector<int32_t> sums(static_cast<size_t>(tiles * kLutTileRows));
-  kernels.lut_tiles_to_int8(lut, k, planes, 0, tiles, blocks.data(), group_stride, sums.data());
+  std::vector<int32_t> sums(static_cast<size_t>(groups * sums_stride));
+  kernels.lut_tiles_to_int8(lut, k, planes, 0, tiles, Int8Panel{blocks.data(), group_stride, sums.data(), group,
+                                                                sums_stride});
   for (int64_t j = 0; j < n; ++j) {
     const uint8_t* row = packed.data() + j * planes * plane;
     const auto bit = [&](int64_t kk, int p) { return (row[p * plane + kk / 8] >> (kk % 8)) & 1; };
-    int32_t sum = 0;
-    for (int64_t kk = 0; kk < group_stride / kPackBlock * kPackDepth; ++kk) {
+    std::vector<int32_t> expected_sums(static_cast<size_t>(groups), 0);
+    for (int64_t kk = 0; kk < padded_k; ++kk) {
       const int value = kk >= k ? 0 : planes == 1 ? 2 * bit(kk, 0) - 1 : bit(kk, 0) - bit(kk, 1);
       const int64_t at = j / kPackCols * group_stride + kk / kPackDepth * kPackBlock + j % kPackCols * kPackDepth +
                          kk % kPackDepth;
@@ -71,12 +75,16 @@ bool int8_blocks_match(const BinaryGemmKernels& kernels, const std::vector<uint8
                     static_cast<long>(kk), blocks[static_cast<size_t>(at)], value);
         return false;
       }
-      sum += value;
+      expected_sums[static_cast<size_t>(kk / group)] += value;
     }
-    if (sums[static_cast<size_t>(j)] != sum) {
-      std::printf("int8 column sum mismatch at row %ld: %d, expected %d\n", static_cast<long>(j),
-                  sums[static_cast<size_t>(j)], sum);
-      return false;
+    for (int64_t q = 0; q < groups; ++q) {
+      const int32_t got = sums[static_cast<size_t>(q * sums_stride + j)];
+      if (got != expected_sums[static_cast<size_t>(q)]) {
+        std::printf("int8 column sum mismatch at row %ld, group %ld of %ld values: %d, expected %d\n",
+                    static_cast<long>(j), static_cast<long>(q), static_cast<long>(group), got,
+                    expected_sums[static_cast<size_t>(q)]);
+        return false;
+      }
     }
   }
   return true;
@@ -130,7 +138,10 @@ int main(int argc, char** argv) {
     }
   }
 
-  if (!int8_blocks_match(kernels, packed, luts[0].data(), n, k, p, tiles)) return 1;
+  // One sum per row, then per groups of 16 and 128 values (binary_linear's group sizes).
+  for (const int64_t group : {(k + kPackDepth - 1) / kPackDepth * kPackDepth, int64_t{16}, int64_t{128}}) {
+    if (!int8_blocks_match(kernels, packed, luts[0].data(), n, k, p, tiles, group)) return 1;
+  }
 
   std::vector<double> times;
   for (int call = 0; call < calls; ++call) {

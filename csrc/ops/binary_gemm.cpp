@@ -382,11 +382,12 @@ std::vector<float> lut_product(const Rows& r, int64_t n, const at::Tensor& lut, 
 // weights at 8-64 rows (0.9 against 0.44 ms at 8 rows, 4096 x 4096) and tied on ternary ones.
 constexpr int64_t kInt8GemmMinM = 8;
 
-// out = x @ w^T * channel_scale (+ bias) on the int8 GEMM where it pays and x is
-// representable as its fixed point (no Inf or NaN); nothing otherwise. The lut must be in
-// the dispatched ISA's layout (a lut made before set_cpu_isa runs elsewhere).
+// out = x @ (w * scale)^T (+ bias) on the int8 GEMM where it pays and x is representable as
+// its fixed point (no Inf or NaN); nothing otherwise. scale: per channel or tensor (groups
+// = 1: [N], [N, 1] or one element) or [N, groups] per group of `group` values of K. The
+// lut must be in the dispatched ISA's layout (a lut made before set_cpu_isa runs elsewhere).
 std::optional<at::Tensor> bits_on_int8_gemm(const Rows& r, const at::Tensor& x, int64_t n, const at::Tensor& lut,
-                                            int planes, const at::Tensor& channel_scale,
+                                            int planes, const at::Tensor& scale, int64_t groups, int64_t group,
                                             const std::optional<at::Tensor>& bias, const char* op) {
   const auto& kernels = cpu::binary_gemm_kernels();
   if (r.m < kInt8GemmMinM || cpu::active_isa() < cpu::Isa::kAmx || r.k > cpu::kMaxExactInt8K ||
@@ -398,11 +399,11 @@ std::optional<at::Tensor> bits_on_int8_gemm(const Rows& r, const at::Tensor& x, 
   at::Tensor out_2d = out.view({r.m, n});
   const at::Tensor tiles = lut.contiguous();
   const auto* tile_data = static_cast<const uint8_t*>(tiles.data_ptr());
+  const at::Tensor w_scale = groups == 1 ? scale.reshape({-1}).expand({n}).contiguous() : scale.contiguous();
   const bool done = fixed_point_gemm_over_panels(
-      r.x, n, channel_scale.expand({n}).contiguous(), float_bias(bias), out_2d,
-      [&](int64_t j0, int64_t nb, int8_t* panel, int64_t group_stride, int32_t* col_sums) {
+      r.x, n, w_scale, group, float_bias(bias), out_2d, [&](int64_t j0, int64_t nb, const cpu::Int8Panel& panel) {
         kernels.lut_tiles_to_int8(tile_data, r.k, planes, j0 / cpu::kLutTileRows,
-                                  (j0 + nb + cpu::kLutTileRows - 1) / cpu::kLutTileRows, panel, group_stride, col_sums);
+                                  (j0 + nb + cpu::kLutTileRows - 1) / cpu::kLutTileRows, panel);
       });
   return done ? std::optional<at::Tensor>(out) : std::nullopt;
 }
@@ -416,10 +417,11 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_in, const
   if (p.r.k == 0) return empty_sum_product(x, p.n, x.options(), bias);
   const Rows& r = p.r;
   const int64_t n = p.n, groups = p.groups, group = p.group;
-  const bool with_lut = lut.has_value() && groups == 1 && !expanded_gemm_pays(r.m, n, 1);
-  if (with_lut) {
-    if (auto out = bits_on_int8_gemm(r, x, n, *lut, 1, alpha_in, bias, op)) return *out;
+  if (lut.has_value() && !expanded_gemm_pays(r.m, n, 1)) {
+    if (auto out = bits_on_int8_gemm(r, x, n, *lut, 1, alpha_in, groups, group, bias, op)) return *out;
   }
+  // The lookup tables take one scale per channel.
+  const bool with_lut = lut.has_value() && groups == 1 && !expanded_gemm_pays(r.m, n, 1);
   if (r.m > kDirectMaxM && !with_lut) return linear_with_expanded(r, x, packed_in, 1, alpha_in, groups, group, bias);
   // y = alpha * (2 * sum over +1 weights - total), per row and group.
   const std::vector<float> totals = row_totals(r, group, groups);
@@ -464,7 +466,7 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed_in, cons
   const int64_t n = p.n, scale_stride = p.scale_stride;
   const bool with_lut = lut.has_value() && !expanded_gemm_pays(r.m, n, 2);
   if (with_lut) {
-    if (auto out = bits_on_int8_gemm(r, x, n, *lut, 2, scale_in, bias, op)) return *out;
+    if (auto out = bits_on_int8_gemm(r, x, n, *lut, 2, scale_in, 1, r.k, bias, op)) return *out;
   }
   const int64_t plane = packed_row_bytes(r.k), group = r.k;  // one group: the whole row
   if ((r.m > kDirectMaxM && !with_lut) || !all_finite(row_totals(r, group, 1))) {

@@ -361,21 +361,27 @@ bool w8a16_fixed_point_i16(const at::Tensor& x2, int limbs, const at::Tensor& w_
 
 // Per-group scales on packed weights (group_size a multiple of cpu::kPackDepth, so groups
 // start on block boundaries): per output block, the kernel sums each group's products
-// scaled per column (w_sum [groups, N] holds each group's column sums); the row epilogue
-// applies the token's scale and the bias.
-bool w8a16_fixed_point_grouped(const at::Tensor& x2, int limbs, const at::Tensor& w_packed, const at::Tensor& w_sum,
-                               const at::Tensor& w_scale, int64_t group_size, const at::Tensor& bias_f,
-                               at::Tensor& out) {
+// scaled per column; the row epilogue applies the token's scale and the bias. weights(j0,
+// nb, next_cols) gives the block's columns: their first packed group, the groups' stride,
+// and their column sums per group (GroupedWeights).
+struct GroupedWeights {
+  const int8_t* b;
+  int64_t group_stride;
+  const int32_t* sums;  // group q's column sums at sums + q * sums_stride
+  int64_t sums_stride;
+  cpu::PrefetchRange next;
+};
+
+template <typename Weights>
+bool w8a16_fixed_point_grouped(const at::Tensor& x2, int limbs, int64_t n, const at::Tensor& w_scale,
+                               int64_t group_size, const at::Tensor& bias_f, at::Tensor& out, const Weights& weights) {
   const auto& kernels = cpu::int8_gemm_kernels();
   const bool int16_rows = kernels.w8a16_packed_grouped_i16 != nullptr && group_size <= cpu::kGroupedI16MaxDepth;
   const int i16_limbs = cpu::fixed_point_i16_limbs(cpu_dtype(x2.scalar_type()));
   const auto fixed_point = split_activations(x2, limbs, int16_rows);
   if (!fixed_point) return false;
-  const int64_t m = x2.size(0), k = x2.size(1), n = w_sum.size(1), groups = w_sum.size(0), ld = fixed_point->ld;
+  const int64_t m = x2.size(0), k = x2.size(1), groups = w_scale.size(1), ld = fixed_point->ld;
   const float* x_scales = fixed_point->scales.data_ptr<float>();
-  const int8_t* b = w_packed.data_ptr<int8_t>();
-  const int64_t group_stride = w_packed.size(1) * cpu::kPackBlock;
-  const int32_t* sums = w_sum.data_ptr<int32_t>();
   const float* ws = w_scale.data_ptr<float>();
   const EpilogueTarget target(out, bias_f);
   static const float kOne = 1.0f;
@@ -388,9 +394,9 @@ bool w8a16_fixed_point_grouped(const at::Tensor& x2, int limbs, const at::Tensor
     for (int64_t c = 0; c < nb; ++c) {
       for (int64_t g = 0; g < groups; ++g) scales[g * kBlockN + c] = ws[(j0 + c) * groups + g];
     }
-    cpu::W8A16GroupedArgs args{nullptr, mb, limbs, k, group_size, b + j0 / cpu::kPackCols * group_stride,
-                               group_stride, sums + j0, n, scales.data(), kBlockN, nb, totals.data(), kBlockN,
-                               cpu::packed_columns(b, group_stride, j0 + nb, blocks.next_cols(i0, mb, j0, nb))};
+    const GroupedWeights w = weights(j0, nb, blocks.next_cols(i0, mb, j0, nb));
+    cpu::W8A16GroupedArgs args{nullptr, mb, limbs, k, group_size, w.b, w.group_stride, w.sums, w.sums_stride,
+                               scales.data(), kBlockN, nb, totals.data(), kBlockN, w.next};
     if (int16_rows) {
       kernels.w8a16_packed_grouped_i16(fixed_point->rows.data_ptr<int16_t>() + i0 * i16_limbs * ld, ld, i16_limbs,
                                        args);
@@ -404,6 +410,21 @@ bool w8a16_fixed_point_grouped(const at::Tensor& x2, int limbs, const at::Tensor
     }
   });
   return true;
+}
+
+// The same on a packed weight tensor with its column sums (w_sum [groups, N]).
+bool w8a16_fixed_point_grouped(const at::Tensor& x2, int limbs, const at::Tensor& w_packed, const at::Tensor& w_sum,
+                               const at::Tensor& w_scale, int64_t group_size, const at::Tensor& bias_f,
+                               at::Tensor& out) {
+  const int8_t* b = w_packed.data_ptr<int8_t>();
+  const int64_t group_stride = w_packed.size(1) * cpu::kPackBlock, n = w_sum.size(1);
+  const int32_t* sums = w_sum.data_ptr<int32_t>();
+  return w8a16_fixed_point_grouped(x2, limbs, n, w_scale, group_size, bias_f, out,
+                                   [&](int64_t j0, int64_t nb, int64_t next_cols) {
+                                     return GroupedWeights{b + j0 / cpu::kPackCols * group_stride, group_stride,
+                                                           sums + j0, n,
+                                                           cpu::packed_columns(b, group_stride, j0 + nb, next_cols)};
+                                   });
 }
 
 // Whether W8A16 should run as fixed point on the int8 GEMM rather than on torch's GEMM
@@ -627,34 +648,48 @@ at::Tensor int8_unpack_weight(const at::Tensor& w_packed, int64_t n, int64_t k) 
 
 }  // namespace
 
-bool fixed_point_gemm_over_panels(const at::Tensor& x2, int64_t n, const at::Tensor& w_scale, const at::Tensor& bias_f,
-                                  at::Tensor& out_2d, const FillPanel& fill) {
+bool fixed_point_gemm_over_panels(const at::Tensor& x2, int64_t n, const at::Tensor& w_scale, int64_t group_size,
+                                  const at::Tensor& bias_f, at::Tensor& out_2d, const FillPanel& fill) {
   const int64_t k = x2.size(1), group_stride = (k + cpu::kPackDepth - 1) / cpu::kPackDepth * cpu::kPackBlock;
-  const int64_t panel_groups = kBlockN / cpu::kPackCols;
+  const int64_t padded_k = group_stride / cpu::kPackBlock * cpu::kPackDepth;
+  const bool grouped = w_scale.dim() == 2;
+  const int64_t group = grouped ? group_size : padded_k, groups = (padded_k + group - 1) / group;
   struct Panel {
     std::unique_ptr<int8_t[]> blocks;  // uninitialized: fill writes every byte the GEMM reads
-    std::unique_ptr<int32_t[]> sums;
+    std::unique_ptr<int32_t[]> sums;   // [groups, kBlockN]
     int64_t j0 = -1;
   };
   // One per thread of this call: a thread's blocks run column-block-major (OutputBlocks), so
   // it fills a panel once for all the row blocks it computes on it.
   std::vector<Panel> panels(static_cast<size_t>(at::get_num_threads()));
-  const auto& kernels = cpu::int8_gemm_kernels();
-  const auto product = [&](const int8_t* a, int64_t rows, int64_t j0, int64_t nb, int32_t* acc, int64_t) {
+  const auto filled = [&](int64_t j0, int64_t nb) -> Panel& {
     Panel& panel = panels[static_cast<size_t>(at::get_thread_num())];
     if (panel.blocks == nullptr) {
-      panel.blocks.reset(new int8_t[static_cast<size_t>(panel_groups * group_stride)]);
-      panel.sums.reset(new int32_t[static_cast<size_t>(kBlockN)]);
+      panel.blocks.reset(new int8_t[static_cast<size_t>(kBlockN / cpu::kPackCols * group_stride)]);
+      panel.sums.reset(new int32_t[static_cast<size_t>(groups * kBlockN)]);
     }
     if (panel.j0 != j0) {
-      fill(j0, nb, panel.blocks.get(), group_stride, panel.sums.get());
+      fill(j0, nb, cpu::Int8Panel{panel.blocks.get(), group_stride, panel.sums.get(), group, kBlockN});
       panel.j0 = j0;
     }
-    kernels.gemm_packed(a, k, rows, k, panel.blocks.get(), group_stride, panel.sums.get(), nb, acc, kBlockN, {});
+    return panel;
   };
   // fp16 takes fp32's 3 digits: with 2, its values below absmax / 2^4 lose significant bits,
   // and a product that cancels to near 0 kept errors of 3x fp16's tolerance at K = 4097.
   const int limbs = x2.scalar_type() == at::kBFloat16 ? 2 : 3;
+  if (grouped) {
+    return w8a16_fixed_point_grouped(x2, limbs, n, w_scale, group, bias_f, out_2d,
+                                     [&](int64_t j0, int64_t nb, int64_t /*next_cols*/) {
+                                       const Panel& panel = filled(j0, nb);
+                                       return GroupedWeights{panel.blocks.get(), group_stride, panel.sums.get(),
+                                                             kBlockN, {}};
+                                     });
+  }
+  const auto& kernels = cpu::int8_gemm_kernels();
+  const auto product = [&](const int8_t* a, int64_t rows, int64_t j0, int64_t nb, int32_t* acc, int64_t) {
+    const Panel& panel = filled(j0, nb);
+    kernels.gemm_packed(a, k, rows, k, panel.blocks.get(), group_stride, panel.sums.get(), nb, acc, kBlockN, {});
+  };
   return w8a16_fixed_point(x2, limbs, n, w_scale, bias_f, out_2d, product);
 }
 

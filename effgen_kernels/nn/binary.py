@@ -87,7 +87,11 @@ class BinaryLinear(_PackedLinear):
         self._init_lut()
 
     def _uses_lut(self) -> bool:
-        return self.group_size is None and not self.binary_activations
+        # Per-group alphas: the tables take one alpha per channel, but with AMX batches go
+        # from the tiles to the int8 GEMM (ops.binary_linear), so such layers keep a lut there.
+        if self.binary_activations:
+            return False
+        return self.group_size is None or ops.cpu_isa() == "amx"
 
     @classmethod
     def from_float(cls, linear: nn.Linear, group_size: int | None = None,

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "dtypes.h"
+#include "int8_gemm.h"
 #include "isa.h"
 
 namespace effgen::cpu {
@@ -77,13 +78,12 @@ struct BinaryGemmKernels {
   // LutLayout::table_floats(k) floats per row.
   void (*lut_sums)(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1,
                    int planes, float* sums, int64_t lds);
-  // Tiles [t0, t1) of `lut_layout` as the int8 GEMM's packed blocks (int8_gemm.h; a tile's
-  // 16 rows are one column group): weight values +1 / -1 (binary) or positive - negative
-  // (ternary), 0 past K; tile t's group at packed + (t - t0) * group_stride, and
-  // col_sums[(t - t0) * 16 + r] = the sum of row r's values. Batches multiply on the int8
-  // GEMM this way with the weights still streamed as bits.
-  void (*lut_tiles_to_int8)(const uint8_t* tiles, int64_t k, int planes, int64_t t0, int64_t t1, int8_t* packed,
-                            int64_t group_stride, int32_t* col_sums);
+  // Tiles [t0, t1) of `lut_layout` as the int8 GEMM's packed blocks with their column sums
+  // (Int8Panel, int8_gemm.h; a tile's 16 rows are column group t - t0): weight values
+  // +1 / -1 (binary) or positive - negative (ternary), 0 past K. Batches multiply on the
+  // int8 GEMM this way with the weights still streamed as bits.
+  void (*lut_tiles_to_int8)(const uint8_t* tiles, int64_t k, int planes, int64_t t0, int64_t t1,
+                            const Int8Panel& panel);
   LutLayout lut_layout;
 };
 
@@ -95,7 +95,7 @@ void lut_sums_portable(LutLayout layout, const float* tables, int64_t m, int64_t
                        int64_t t0, int64_t t1, int planes, float* sums, int64_t lds);
 // lut_tiles_to_int8 in plain C++, any layout.
 void lut_tiles_to_int8_portable(LutLayout layout, const uint8_t* tiles, int64_t k, int planes, int64_t t0, int64_t t1,
-                                int8_t* packed, int64_t group_stride, int32_t* col_sums);
+                                const Int8Panel& panel);
 // The subset sums the LUT kernel looks up for x [m, k] (fp32), layout.table_floats(k) a row.
 void build_lut_tables(LutLayout layout, const float* x, int64_t m, int64_t k, float* tables);
 

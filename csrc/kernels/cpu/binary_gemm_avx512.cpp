@@ -202,9 +202,11 @@ void lut_tiles(const float* tables, int64_t k, const uint8_t* tiles, int64_t t0,
 // r (of the low or high nibble) in byte r gives the mask of the weights that are set. A
 // binary word holds quads 8w .. 8w + 7 (quad q in nibble q % 2 of byte (q % 8) / 2); a
 // ternary one holds quads 4w .. 4w + 3, quad q's positive bits in the low nibble of byte
-// q % 4 and its negative bits in the high one.
+// q % 4 and its negative bits in the high one. The column sums of a K group are stored
+// once its last quad is in (a countdown, not a division per quad).
 template <int kPlanes>
-void lut_tile_to_int8(const uint8_t* tile, int64_t k, int8_t* group, int32_t* col_sums) {
+void lut_tile_to_int8(const uint8_t* tile, int64_t k, int8_t* blocks, int32_t* col_sums, int64_t group_quads,
+                      int64_t sums_stride) {
   constexpr int kQuadsPerWord = static_cast<int>(kLutLayout.slots_per_lane()) / kPlanes;
   const int64_t quads = (k + kPackDepth - 1) / kPackDepth;
   const __m512i one = _mm512_set1_epi8(1), minus_one = _mm512_set1_epi8(-1), ones16 = _mm512_set1_epi16(1);
@@ -217,6 +219,7 @@ void lut_tile_to_int8(const uint8_t* tile, int64_t k, int8_t* group, int32_t* co
   const int tail = static_cast<int>(k % kPackDepth);
   const __mmask64 tail_valid = tail == 0 ? ~__mmask64{0} : ((__mmask64{1} << tail) - 1) * 0x1111111111111111ull;
   __m512i sums = _mm512_setzero_si512();
+  int64_t group_left = group_quads;
   for (int64_t q0 = 0; q0 < quads; q0 += kQuadsPerWord) {
     const __m512i word = _mm512_loadu_si512(tile + q0 / kQuadsPerWord * kLutWordBytes);
 #pragma GCC unroll 8
@@ -233,24 +236,28 @@ void lut_tile_to_int8(const uint8_t* tile, int64_t k, int8_t* group, int32_t* co
         const __mmask64 plus = _mm512_test_epi8_mask(fields, low_bits), minus = _mm512_test_epi8_mask(fields, high_bits);
         values = _mm512_mask_mov_epi8(_mm512_maskz_mov_epi8(plus, one), minus, minus_one);
       }
-      _mm512_storeu_si512(group + q * kPackBlock, values);
+      _mm512_storeu_si512(blocks + q * kPackBlock, values);
       // Each lane's four bytes summed: unsigned 1 x signed value, pairs, then pairs of pairs.
       sums = _mm512_add_epi32(sums, _mm512_madd_epi16(_mm512_maddubs_epi16(one, values), ones16));
+      if (--group_left == 0 || q + 1 == quads) {
+        _mm512_storeu_si512(col_sums, sums);
+        col_sums += sums_stride;
+        sums = _mm512_setzero_si512();
+        group_left = group_quads;
+      }
     }
   }
-  _mm512_storeu_si512(col_sums, sums);
 }
 
-void lut_tiles_to_int8(const uint8_t* tiles, int64_t k, int planes, int64_t t0, int64_t t1, int8_t* packed,
-                       int64_t group_stride, int32_t* col_sums) {
-  const int64_t tile_bytes = kLutLayout.tile_bytes(k, planes);
+void lut_tiles_to_int8(const uint8_t* tiles, int64_t k, int planes, int64_t t0, int64_t t1, const Int8Panel& panel) {
+  const int64_t tile_bytes = kLutLayout.tile_bytes(k, planes), group_quads = panel.group / kPackDepth;
   for (int64_t t = t0; t < t1; ++t) {
-    int8_t* group = packed + (t - t0) * group_stride;
-    int32_t* sums = col_sums + (t - t0) * kLutTileRows;
+    int8_t* blocks = panel.blocks + (t - t0) * panel.group_stride;
+    int32_t* sums = panel.sums + (t - t0) * kLutTileRows;
     if (planes == 1) {
-      lut_tile_to_int8<1>(tiles + t * tile_bytes, k, group, sums);
+      lut_tile_to_int8<1>(tiles + t * tile_bytes, k, blocks, sums, group_quads, panel.sums_stride);
     } else {
-      lut_tile_to_int8<2>(tiles + t * tile_bytes, k, group, sums);
+      lut_tile_to_int8<2>(tiles + t * tile_bytes, k, blocks, sums, group_quads, panel.sums_stride);
     }
   }
 }

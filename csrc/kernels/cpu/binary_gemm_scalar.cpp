@@ -62,9 +62,8 @@ void lut_sums(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, i
   lut_sums_portable(kLutLayout, tables, m, k, tiles, t0, t1, planes, sums, lds);
 }
 
-void lut_tiles_to_int8(const uint8_t* tiles, int64_t k, int planes, int64_t t0, int64_t t1, int8_t* packed,
-                       int64_t group_stride, int32_t* col_sums) {
-  lut_tiles_to_int8_portable(kLutLayout, tiles, k, planes, t0, t1, packed, group_stride, col_sums);
+void lut_tiles_to_int8(const uint8_t* tiles, int64_t k, int planes, int64_t t0, int64_t t1, const Int8Panel& panel) {
+  lut_tiles_to_int8_portable(kLutLayout, tiles, k, planes, t0, t1, panel);
 }
 
 #include "binary_gemm_impl.h"

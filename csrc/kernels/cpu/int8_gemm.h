@@ -46,6 +46,17 @@ constexpr int64_t kPackBlock = kPackCols * kPackDepth;
 void pack_int8_weight(const int8_t* w, int64_t ldw, int64_t n, int64_t k, int64_t group_size, int64_t groups,
                       int64_t jb0, int64_t jb1, int8_t* packed, int32_t* sums);
 
+// Column groups of packed weights made on the fly (binary_gemm.h's lut_tiles_to_int8):
+// group g's blocks at blocks + g * group_stride, and the sums of its column c over each
+// group q of `group` values of K (a multiple of kPackDepth; the last group may be shorter,
+// and group >= K makes one sum per column) at sums[q * sums_stride + g * kPackCols + c].
+struct Int8Panel {
+  int8_t* blocks;
+  int64_t group_stride;
+  int32_t* sums;
+  int64_t group, sums_stride;
+};
+
 // Memory for a kernel to pull into the cache, spread over its work, while it computes: the
 // weights the caller reads next (a compute-bound call otherwise starts each new weight
 // panel stalled on memory). Empty: nothing.
