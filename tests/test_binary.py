@@ -552,9 +552,9 @@ def test_batches_with_a_lut_match_reference_on_every_isa(isa, two_threads, dtype
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("group_size", [16, 128, 5008])  # 5008 >= K: alpha [N, 1]
-@pytest.mark.parametrize("m,k", [(8, 33), (17, 4097), (200, 250)])
-# Per-group alphas take the lut only on the way to the int8 GEMM (AMX), where each K group's
-# products are scaled on their own; everywhere else the lut is ignored.
+@pytest.mark.parametrize("m,k", [(1, 33), (2, 33), (8, 4097), (200, 250)])
+# Per-group alphas take the lut only on the way to the int8 GEMM (AMX, from 2 rows), where
+# each K group's products are scaled on their own; everywhere else the lut is ignored.
 def test_batches_with_a_lut_and_per_group_alpha_match_reference(isa, two_threads, dtype, group_size, m, k):
     x, w = random_input((m, k), dtype, scale=1.0), random_input((37, k))
     bias = torch.randn(37)

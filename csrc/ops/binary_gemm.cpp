@@ -381,6 +381,10 @@ std::vector<float> lut_product(const Rows& r, int64_t n, const at::Tensor& lut, 
 // (0.24 against 0.39 ms). With VNNI but no AMX the int8 GEMM lost to the tables on binary
 // weights at 8-64 rows (0.9 against 0.44 ms at 8 rows, 4096 x 4096) and tied on ternary ones.
 constexpr int64_t kInt8GemmMinM = 8;
+// Per-group alphas have no tables: the alternative is masked adds, whose cost grows with the
+// rows. At 2 rows the int8 GEMM was 1.3-1.6x faster (4096^2: 0.55 against 0.82 ms, 4096 ->
+// 11008: 1.5 against 2.0), at one row level or slower with fp32 x (0.55 against 0.49 ms).
+constexpr int64_t kInt8GemmGroupedMinM = 2;
 
 // out = x @ (w * scale)^T (+ bias) on the int8 GEMM where it pays and x is representable as
 // its fixed point (no Inf or NaN); nothing otherwise. scale: per channel or tensor (groups
@@ -390,7 +394,8 @@ std::optional<at::Tensor> bits_on_int8_gemm(const Rows& r, const at::Tensor& x, 
                                             int planes, const at::Tensor& scale, int64_t groups, int64_t group,
                                             const std::optional<at::Tensor>& bias, const char* op) {
   const auto& kernels = cpu::binary_gemm_kernels();
-  if (r.m < kInt8GemmMinM || cpu::active_isa() < cpu::Isa::kAmx || r.k > cpu::kMaxExactInt8K ||
+  const int64_t min_m = groups == 1 ? kInt8GemmMinM : kInt8GemmGroupedMinM;
+  if (r.m < min_m || cpu::active_isa() < cpu::Isa::kAmx || r.k > cpu::kMaxExactInt8K ||
       checked_lut_layout(lut, n, r.k, planes, op).width != kernels.lut_layout.width) {
     return std::nullopt;
   }
