@@ -376,10 +376,11 @@ std::vector<float> lut_product(const Rows& r, int64_t n, const at::Tensor& lut, 
 // runs on AMX tiles: activations as fixed point (W8A16's) times int8 panels of +1 / -1 / 0
 // weights expanded in cache (int8_panels.h), where the tables cost one vpermps per 16
 // weights and row. Xeon (AMX), 2 threads, binary / ternary with fp32 and bf16 x, against
-// the tables: 4096 x 4096 at 64 rows 1.6-1.3 ms for 3.3-6.0, at 12 rows 0.45-0.68 for
-// 0.64-1.1; 8 rows level (binary) to 1.3-1.7x faster (ternary); at 4 rows the tables win
-// (0.24 against 0.39 ms). With VNNI but no AMX the int8 GEMM lost to the tables on binary
-// weights at 8-64 rows (0.9 against 0.44 ms at 8 rows, 4096 x 4096) and tied on ternary ones.
+// the tables (RESULTS.md, session 31): 4096 x 4096 at 64 rows 1.1-1.6 ms for 3.4-5.7, at
+// 16 rows 0.42-0.71 for 0.88-1.5; at 8 rows level to 1.4x faster on every shape but binary
+// 4096 -> 11008 (12% slower once); at 4 rows the tables win (binary 0.24 against 0.39-0.55
+// ms). With VNNI but no AMX the int8 GEMM lost to the tables on binary weights at 8-64 rows
+// (0.9 against 0.44 ms at 8 rows, 4096 x 4096) and tied on ternary ones.
 constexpr int64_t kInt8GemmMinM = 8;
 // Per-group alphas have no tables: the alternative is masked adds, whose cost grows with the
 // rows. At 2 rows the int8 GEMM was 1.3-1.6x faster (4096^2: 0.55 against 0.82 ms, 4096 ->
