@@ -21,6 +21,7 @@ SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (576, 1536), (1536, 576)]
 QUICK_SHAPES = [(4096, 4096), (576, 1536)]  # a large layer and one of SmolLM2's
 CPU_M, QUICK_M = [1, 8, 64, 256, 1024], [1, 64]
 GPU_SHAPES, GPU_M = [(8192, 8192)], [1, 16, 512]
+GROUP_SIZE = 128  # the per-group BinaryLinear rows (CPU)
 
 
 def run(ctx: BenchContext) -> list[BenchResult]:
@@ -59,6 +60,8 @@ def run_shape(ctx: BenchContext, m: int, k: int, n: int) -> list[BenchResult]:
     binary = Rotation(lambda: ek.nn.BinaryLinear.from_float(linear), n * k // 8, rotate=rotate)
     ternary = Rotation(lambda: ek.nn.TernaryLinear.from_float(linear), n * k // 4, rotate=rotate)
     xnor = Rotation(lambda: ek.nn.BinaryLinear.from_float(linear, binary_activations=True), n * k // 8, rotate=rotate)
+    grouped = Rotation(lambda: ek.nn.BinaryLinear.from_float(linear, group_size=GROUP_SIZE),
+                       n * k // 8 + 4 * n * (k // GROUP_SIZE), rotate=rotate)
     bf16 = Rotation(lambda: (w.bfloat16(), b.bfloat16()), 2 * n * k, rotate=rotate)
     peers: dict[str, object] = {}
     x = torch.randn(m, k, device=ctx.device)
@@ -96,6 +99,12 @@ def run_shape(ctx: BenchContext, m: int, k: int, n: int) -> list[BenchResult]:
                                  {float_peer: peers[float_peer],
                                   **(staged_x_peer(ctx.device, "TernaryLinear", ternary_call) if staged else {})},
                                  bytes_moved=n * k // 4 + m * k * x_bytes + m * n * x_bytes, **timing)
+    if ctx.device.type == "cpu":  # per-group alphas: masked adds at one row, the int8 GEMM from 2 with AMX
+        results += ctx.measure_peers(FAMILY, f"BinaryLinear (1-bit, alpha per {GROUP_SIZE} inputs)", shape, dtype,
+                                     lambda: grouped.next()(x_ours),
+                                     {name: peers[name] for name in ("fp32 F.linear", "fbgemm dynamic int8")},
+                                     bytes_moved=n * k // 8 + 4 * n * (k // GROUP_SIZE) + m * k * x_bytes
+                                     + m * n * x_bytes, **timing)
     if m <= DECODE_M:
         results += ctx.measure_peers(FAMILY, "BinaryLinear XNOR (1-bit x and w)", shape, dtype,
                                      lambda: xnor.next()(x_ours), {"bf16 F.linear": peers["bf16 F.linear"]},
