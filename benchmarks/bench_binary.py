@@ -60,8 +60,6 @@ def run_shape(ctx: BenchContext, m: int, k: int, n: int) -> list[BenchResult]:
     binary = Rotation(lambda: ek.nn.BinaryLinear.from_float(linear), n * k // 8, rotate=rotate)
     ternary = Rotation(lambda: ek.nn.TernaryLinear.from_float(linear), n * k // 4, rotate=rotate)
     xnor = Rotation(lambda: ek.nn.BinaryLinear.from_float(linear, binary_activations=True), n * k // 8, rotate=rotate)
-    grouped = Rotation(lambda: ek.nn.BinaryLinear.from_float(linear, group_size=GROUP_SIZE),
-                       n * k // 8 + 4 * n * (k // GROUP_SIZE), rotate=rotate)
     bf16 = Rotation(lambda: (w.bfloat16(), b.bfloat16()), 2 * n * k, rotate=rotate)
     peers: dict[str, object] = {}
     x = torch.randn(m, k, device=ctx.device)
@@ -100,6 +98,8 @@ def run_shape(ctx: BenchContext, m: int, k: int, n: int) -> list[BenchResult]:
                                   **(staged_x_peer(ctx.device, "TernaryLinear", ternary_call) if staged else {})},
                                  bytes_moved=n * k // 4 + m * k * x_bytes + m * n * x_bytes, **timing)
     if ctx.device.type == "cpu":  # per-group alphas: masked adds at one row, the int8 GEMM from 2 with AMX
+        grouped = Rotation(lambda: ek.nn.BinaryLinear.from_float(linear, group_size=GROUP_SIZE),
+                           n * k // 8 + 4 * n * (k // GROUP_SIZE), rotate=rotate)
         results += ctx.measure_peers(FAMILY, f"BinaryLinear (1-bit, alpha per {GROUP_SIZE} inputs)", shape, dtype,
                                      lambda: grouped.next()(x_ours),
                                      {name: peers[name] for name in ("fp32 F.linear", "fbgemm dynamic int8")},
