@@ -207,13 +207,13 @@ def binary_linear(x: torch.Tensor, packed: torch.Tensor, alpha: torch.Tensor, bi
                   group_size: int | None = None, lut: torch.Tensor | None = None) -> torch.Tensor:
     """x @ (alpha * sign(w))^T + bias with packed sign bits; alpha [N] or [N, groups].
     ``lut = lut_tiles(packed, K, 1)`` enables the CPU lookup-table kernel (per-channel alpha);
-    with AMX, batches of 8 rows or more with it (per-group alpha too) run on the int8 GEMM
-    instead, the weights expanded from the tiles to int8 in cache and x as W8A16's fixed
+    with AMX, batches of 8 rows or more with it (per-group alphas: 2 or more) run on the int8
+    GEMM instead, the weights expanded from the tiles to int8 in cache and x as W8A16's fixed
     point (2 int8 digits for bf16 x, 3 for fp32 and fp16; an x with Inf or NaN takes the
-    other paths). Batches over
-    16 rows without it run on torch's GEMM over blocks of expanded weights; so do, without
-    AVX-512 (measured on AVX2), batches over 32 rows on layers under 1024 output columns a
-    thread, where the AVX2 tables cannot hold activation rows in their lanes."""
+    other paths). Batches over 16 rows without it run on torch's GEMM over blocks of
+    expanded weights; so do, without AVX-512 (measured on AVX2), batches over 32 rows on
+    layers under 1024 output columns a thread, where the AVX2 tables cannot hold activation
+    rows in their lanes."""
     return _ops.binary_linear(x, packed, alpha, bias, group_size, lut)
 
 

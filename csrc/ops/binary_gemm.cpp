@@ -423,11 +423,11 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_in, const
   if (p.r.k == 0) return empty_sum_product(x, p.n, x.options(), bias);
   const Rows& r = p.r;
   const int64_t n = p.n, groups = p.groups, group = p.group;
-  if (lut.has_value() && !expanded_gemm_pays(r.m, n, 1)) {
+  const bool lut_pays = lut.has_value() && !expanded_gemm_pays(r.m, n, 1);
+  if (lut_pays) {
     if (auto out = bits_on_int8_gemm(r, x, n, *lut, 1, alpha_in, groups, group, bias, op)) return *out;
   }
-  // The lookup tables take one scale per channel.
-  const bool with_lut = lut.has_value() && groups == 1 && !expanded_gemm_pays(r.m, n, 1);
+  const bool with_lut = lut_pays && groups == 1;  // the lookup tables take one scale per channel
   if (r.m > kDirectMaxM && !with_lut) return linear_with_expanded(r, x, packed_in, 1, alpha_in, groups, group, bias);
   // y = alpha * (2 * sum over +1 weights - total), per row and group.
   const std::vector<float> totals = row_totals(r, group, groups);
