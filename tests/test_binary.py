@@ -245,7 +245,7 @@ def test_3d_and_non_contiguous_inputs(isa):
     assert_same_bits(ops.xnor_linear(x, packed, alpha), ref.xnor_linear(x.contiguous(), packed, alpha))
 
 
-@pytest.mark.parametrize("case", range(14))
+@pytest.mark.parametrize("case", range(15))
 def test_opcheck(case):
     x, w = random_input((5, 37)), random_input((6, 37))
     packed, alpha = ref.binarize_weight(w)
@@ -268,6 +268,9 @@ def test_opcheck(case):
         (e.binary_linear.default, (batch, packed, alpha, torch.randn(6), None, ops.lut_tiles(packed, 37, 1))),
         (e.ternary_linear.default, (batch, tpacked, scale, None, ops.lut_tiles(tpacked, 37, 2))),
         (e.binary_linear.default, (batch, packed, group_alpha, None, 16, ops.lut_tiles(packed, 37, 1))),
+        # groups of 32: on the tables with per-group alphas
+        (e.binary_linear.default, (x, packed, ref.binarize_weight(w, 32)[1], torch.randn(6), 32,
+                                   ops.lut_tiles(packed, 37, 1))),
     ]
     opcheck(*cases[case])
 
@@ -553,11 +556,27 @@ def test_batches_with_a_lut_match_reference_on_every_isa(isa, two_threads, dtype
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("group_size", [16, 128, 5008])  # 5008 >= K: alpha [N, 1]
 @pytest.mark.parametrize("m,k", [(1, 33), (2, 33), (8, 4097), (200, 250)])
-# Per-group alphas take the lut only on the way to the int8 GEMM (AMX, from 2 rows), where
-# each K group's products are scaled on their own; everywhere else the lut is ignored.
+# Per-group alphas take the lut on the tables where groups are whole 32-input lanes (not on
+# AVX2) and with AMX on the way to the int8 GEMM, where each K group's products are scaled on
+# their own (from 2 rows for groups the tables cannot take, as 16); elsewhere it is ignored.
 def test_batches_with_a_lut_and_per_group_alpha_match_reference(isa, two_threads, dtype, group_size, m, k):
     x, w = random_input((m, k), dtype, scale=1.0), random_input((37, k))
     bias = torch.randn(37)
+    packed, alpha = ref.binarize_weight(w, group_size)
+    torch.testing.assert_close(ops.binary_linear(x, packed, alpha, bias, group_size, ops.lut_tiles(packed, k, 1)),
+                               ref.binary_linear(x, packed, alpha, bias, group_size), **tolerance(dtype, k))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("group_size", [32, 96, 128])
+@pytest.mark.parametrize("m,n,k", [(1, 70, 4097), (1, 37, 300), (3, 70, 256), (5, 16, 1000), (17, 37, 4097)])
+# The tables with per-group alphas (lut_alpha_sums: scalar and AVX-512 kernels, and AMX's
+# below the rows it sends to the int8 GEMM) scale each group's sums as the group ends. 70
+# rows are a pass of 4 tiles and one of 1 (the last partly past N), 17 rows three blocks of
+# table rows; K = 4097 ends its last group inside a word.
+def test_per_group_alpha_on_the_tables_matches_reference(isa, two_threads, dtype, group_size, m, n, k):
+    x, w = random_input((m, k), dtype, scale=1.0), random_input((n, k))
+    bias = torch.randn(n)
     packed, alpha = ref.binarize_weight(w, group_size)
     torch.testing.assert_close(ops.binary_linear(x, packed, alpha, bias, group_size, ops.lut_tiles(packed, k, 1)),
                                ref.binary_linear(x, packed, alpha, bias, group_size), **tolerance(dtype, k))
@@ -638,6 +657,18 @@ def test_every_xnor_popcount_matches_the_scalar_kernel(xnor_popcount_bench, m, n
     assert result.returncode == 0 and f"{m} x {n} x {k} bits" in result.stdout and " avx2 " in result.stdout, (
         result.stdout)
     assert ("avx512 byte lookup" in result.stdout) == ("avx512" in ops.supported_cpu_isas())
+
+
+def test_per_group_layers_keep_a_lut_where_a_route_takes_it(isa):
+    # Groups of whole 32-input lanes run on the tables (not on AVX2, whose lanes hold 30
+    # inputs); with AMX any group runs from the lut on the int8 GEMM.
+    linear = torch.nn.Linear(256, 20)
+    x = random_input((2, 256), scale=1.0)
+    for group_size, keeps in [(16, isa == "amx"), (64, isa != "avx2"), (96, isa != "avx2")]:
+        layer = ek.nn.BinaryLinear.from_float(linear, group_size=group_size)
+        assert (layer.weight_lut is not None) == keeps, group_size
+        expected = ref.binary_linear(x, layer.weight_packed, layer.alpha, layer.bias, group_size)
+        torch.testing.assert_close(layer(x), expected, **tolerance(torch.float32, 256))
 
 
 def test_lookup_table_is_rebuilt_after_loading_and_never_saved():

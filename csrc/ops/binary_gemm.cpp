@@ -338,9 +338,11 @@ cpu::LutLayout checked_lut_layout(const at::Tensor& lut, int64_t n, int64_t k, i
 }
 
 // The lookup-table product: raw sums [m, tiles * 16] (binary: over the +1 weights; ternary:
-// positive minus negative). A lut in another layout than the dispatched ISA's (made before
-// set_cpu_isa) runs on the portable kernel.
-std::vector<float> lut_product(const Rows& r, int64_t n, const at::Tensor& lut, int planes, const char* op) {
+// positive minus negative), or with `alphas` (binary, per group; the lut in the dispatched
+// ISA's layout) the rows' results before the bias (lut_alpha_sums). A lut in another layout
+// than the dispatched ISA's (made before set_cpu_isa) runs on the portable kernel.
+std::vector<float> lut_product(const Rows& r, int64_t n, const at::Tensor& lut, int planes, const char* op,
+                               const cpu::LutAlphaGroups* alphas = nullptr) {
   const cpu::LutLayout layout = checked_lut_layout(lut, n, r.k, planes, op);
   const at::Tensor x32 = r.x.to(at::kFloat).contiguous(), tiles = lut.contiguous();
   const auto* tile_data = static_cast<const uint8_t*>(tiles.data_ptr());
@@ -361,7 +363,11 @@ std::vector<float> lut_product(const Rows& r, int64_t n, const at::Tensor& lut, 
         const float* row_tables = tables.data() + i0 * table_floats;
         const int64_t rows = std::min(cpu::kLutMaxM, chunk - i0);
         float* row_sums = sums.data() + (c0 + i0) * padded;
-        if (native) {
+        if (alphas != nullptr) {
+          cpu::LutAlphaGroups rows_alphas = *alphas;
+          rows_alphas.totals += (c0 + i0) * alphas->groups;
+          kernels.lut_alpha_sums(row_tables, rows, r.k, tile_data, begin, end, rows_alphas, row_sums, padded);
+        } else if (native) {
           kernels.lut_sums(row_tables, rows, r.k, tile_data, begin, end, planes, row_sums, padded);
         } else {
           cpu::lut_sums_portable(layout, row_tables, rows, r.k, tile_data, begin, end, planes, row_sums, padded);
@@ -382,10 +388,28 @@ std::vector<float> lut_product(const Rows& r, int64_t n, const at::Tensor& lut, 
 // ms). With VNNI but no AMX the int8 GEMM lost to the tables on binary weights at 8-64 rows
 // (0.9 against 0.44 ms at 8 rows, 4096 x 4096) and tied on ternary ones.
 constexpr int64_t kInt8GemmMinM = 8;
-// Per-group alphas have no tables: the alternative is masked adds, whose cost grows with the
-// rows. At 2 rows the int8 GEMM was 1.3-1.6x faster (4096^2: 0.55 against 0.82 ms, 4096 ->
-// 11008: 1.5 against 2.0), at one row level or slower with fp32 x (0.55 against 0.49 ms).
-constexpr int64_t kInt8GemmGroupedMinM = 2;
+
+// Per-group alphas run on the tables where the dispatched ISA has lut_alpha_sums, the lut is
+// in its layout and the groups are whole lanes.
+bool alpha_tables_fit(const at::Tensor& lut, int64_t n, int64_t k, int64_t group) {
+  const auto& kernels = cpu::binary_gemm_kernels();
+  const cpu::LutLayout layout = kernels.lut_layout;
+  return kernels.lut_alpha_sums != nullptr && group % layout.lane_inputs(1) == 0 &&
+         checked_lut_layout(lut, n, k, 1, "binary_linear").width == layout.width;
+}
+
+// Where per-group alphas start on the int8 GEMM. Against masked adds (groups the tables
+// cannot take) from kInt8GemmOverMaskedMinM rows: 1.3-1.6x faster at 2 rows (4096^2: 0.55
+// against 0.82 ms), at one row level or slower. Against the tables with per-group alphas
+// (alternating, rotated weights; RESULTS.md, session 32), int8 / tables time: bf16 x (2
+// digits) at 4 rows 1.45-1.67 on 4096 columns, 0.76-0.78 on SmolLM2's, at 8 rows
+// 0.53-1.04, at 16 0.45-0.67; fp32 x (3 digits) at 8 rows 0.90-1.55, at 16 0.86-1.13, at
+// 32 0.82-1.16, at 64 0.60-0.90.
+constexpr int64_t kInt8GemmOverMaskedMinM = 2;
+int64_t grouped_int8_gemm_min_m(const Rows& r, const at::Tensor& lut, int64_t n, int64_t group) {
+  if (!alpha_tables_fit(lut, n, r.k, group)) return kInt8GemmOverMaskedMinM;
+  return r.x.scalar_type() == at::kBFloat16 ? 8 : 16;
+}
 
 // out = x @ (w * scale)^T (+ bias) on the int8 GEMM where it pays and x is representable as
 // its fixed point (no Inf or NaN); nothing otherwise. scale: per channel or tensor (groups
@@ -395,7 +419,7 @@ std::optional<at::Tensor> bits_on_int8_gemm(const Rows& r, const at::Tensor& x, 
                                             int planes, const at::Tensor& scale, int64_t groups, int64_t group,
                                             const std::optional<at::Tensor>& bias, const char* op) {
   const auto& kernels = cpu::binary_gemm_kernels();
-  const int64_t min_m = groups == 1 ? kInt8GemmMinM : kInt8GemmGroupedMinM;
+  const int64_t min_m = groups == 1 ? kInt8GemmMinM : grouped_int8_gemm_min_m(r, lut, n, group);
   if (r.m < min_m || cpu::active_isa() < cpu::Isa::kAmx || r.k > cpu::kMaxExactInt8K ||
       checked_lut_layout(lut, n, r.k, planes, op).width != kernels.lut_layout.width) {
     return std::nullopt;
@@ -427,7 +451,7 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_in, const
   if (lut_pays) {
     if (auto out = bits_on_int8_gemm(r, x, n, *lut, 1, alpha_in, groups, group, bias, op)) return *out;
   }
-  const bool with_lut = lut_pays && groups == 1;  // the lookup tables take one scale per channel
+  const bool with_lut = lut_pays && (groups == 1 || alpha_tables_fit(*lut, n, r.k, group));
   if (r.m > kDirectMaxM && !with_lut) return linear_with_expanded(r, x, packed_in, 1, alpha_in, groups, group, bias);
   // y = alpha * (2 * sum over +1 weights - total), per row and group.
   const std::vector<float> totals = row_totals(r, group, groups);
@@ -438,8 +462,15 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_in, const
   const at::Tensor bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   const OutputRows rows(out.view({r.m, n}), bias_f);
   const float* a = alpha.data_ptr<float>();
+  if (with_lut && groups > 1) {
+    const cpu::LutAlphaGroups alphas{a, n, groups, group, totals.data()};
+    const std::vector<float> results = lut_product(r, n, *lut, 1, op, &alphas);
+    const int64_t padded = static_cast<int64_t>(results.size()) / r.m;
+    for_each_row(r.m, n, [&](int64_t i) { rows.put_run(i, 0, n, [&](int64_t j) { return results[i * padded + j]; }); });
+    return out;
+  }
   if (with_lut) {
-    const std::vector<float> sums = lut_product(r, n, *lut, 1, "binary_linear");
+    const std::vector<float> sums = lut_product(r, n, *lut, 1, op);
     const int64_t padded = static_cast<int64_t>(sums.size()) / r.m;
     for_each_row(r.m, n, [&](int64_t i) {
       rows.put_run(i, 0, n, [&](int64_t j) { return a[j] * (2.0f * sums[i * padded + j] - totals[i]); });

@@ -86,12 +86,19 @@ class BinaryLinear(_PackedLinear):
         self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device) if bias else None)
         self._init_lut()
 
+    # Per-group alphas on the tables need groups of whole lanes: 32 inputs (4-bit fields,
+    # scalar and AVX-512 kernels); AVX2's 30-input lanes take none (binary_gemm.h).
+    _ALPHA_TABLE_GROUP_MULTIPLE = 32
+
     def _uses_lut(self) -> bool:
-        # Per-group alphas: the tables take one alpha per channel, but with AMX batches go
-        # from the tiles to the int8 GEMM (ops.binary_linear), so such layers keep a lut there.
+        # Per-group layers use a lut on the tables where their groups fit (above) and, with
+        # AMX, on the way from the tiles to the int8 GEMM (ops.binary_linear).
         if self.binary_activations:
             return False
-        return self.group_size is None or ops.cpu_isa() == "amx"
+        if self.group_size is None:
+            return True
+        isa = ops.cpu_isa()
+        return isa == "amx" or (isa != "avx2" and self.group_size % self._ALPHA_TABLE_GROUP_MULTIPLE == 0)
 
     @classmethod
     def from_float(cls, linear: nn.Linear, group_size: int | None = None,

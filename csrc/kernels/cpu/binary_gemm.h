@@ -50,6 +50,8 @@ struct LutLayout {
     return (groups(k) * planes + slots_per_lane() - 1) / slots_per_lane();
   }
   constexpr int64_t tile_bytes(int64_t k, int planes) const { return words(k, planes) * kLutWordBytes; }
+  // Inputs one lane of a word covers (binary: 32 for nibbles, 30 for triples).
+  constexpr int64_t lane_inputs(int planes) const { return slots_per_lane() / planes * width; }
   // Where slot s of row r lives in a tile: the uint32 lane and the shift within it.
   constexpr int64_t slot_lane(int64_t slot, int64_t r) const { return slot / slots_per_lane() * kLutTileRows + r; }
   constexpr int slot_shift(int64_t slot) const { return static_cast<int>(width * (slot % slots_per_lane())); }
@@ -57,6 +59,15 @@ struct LutLayout {
   static constexpr int64_t slot_table(int64_t slot, int planes) { return slot / planes; }
 };
 constexpr LutLayout kLutNibbles{4}, kLutTriples{3};
+
+// Binary weights with one alpha per group of `group` inputs, for lut_alpha_sums: groups are
+// whole lanes of words (group a multiple of lane_inputs(1)), so a group's sums are complete
+// at the end of a word.
+struct LutAlphaGroups {
+  const float* alpha;  // [n][groups], row-major
+  int64_t n, groups, group;
+  const float* totals;  // [m][groups]: the sum of x per activation row and group
+};
 
 struct BinaryGemmKernels {
   // sums[i * lds + j * groups + g] = sum of x[i][k] over k in group g whose bit is set in
@@ -78,6 +89,11 @@ struct BinaryGemmKernels {
   // LutLayout::table_floats(k) floats per row.
   void (*lut_sums)(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1,
                    int planes, float* sums, int64_t lds);
+  // lut_sums of binary weights with per-group alphas, finished: out[i * lds + row] = sum over
+  // groups g of alpha[row][g] * (2 * (sum of x over the +1 weights of group g) - totals[i][g]),
+  // 0 for rows past n. nullptr where lanes cannot end at group ends (AVX2's 30-input lanes).
+  void (*lut_alpha_sums)(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1,
+                         const LutAlphaGroups& alphas, float* out, int64_t lds);
   // Tiles [t0, t1) of `lut_layout` as the int8 GEMM's packed blocks with their column sums
   // (Int8Panel, int8_gemm.h; a tile's 16 rows are column group t - t0): weight values
   // +1 / -1 (binary) or positive - negative (ternary), 0 past K. Batches multiply on the
@@ -93,6 +109,9 @@ void tile_for_lut(LutLayout layout, const uint8_t* packed, int64_t n, int64_t k,
 // and what runs a layout that is not the dispatched ISA's).
 void lut_sums_portable(LutLayout layout, const float* tables, int64_t m, int64_t k, const uint8_t* tiles,
                        int64_t t0, int64_t t1, int planes, float* sums, int64_t lds);
+// lut_alpha_sums in plain C++, any layout whose lanes hold whole groups.
+void lut_alpha_sums_portable(LutLayout layout, const float* tables, int64_t m, int64_t k, const uint8_t* tiles,
+                             int64_t t0, int64_t t1, const LutAlphaGroups& alphas, float* out, int64_t lds);
 // lut_tiles_to_int8 in plain C++, any layout.
 void lut_tiles_to_int8_portable(LutLayout layout, const uint8_t* tiles, int64_t k, int planes, int64_t t0, int64_t t1,
                                 const Int8Panel& panel);

@@ -327,6 +327,10 @@ void lut_sums(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, i
   lut_dispatch(tables, m, k, tiles, t0, t1, planes, sums, lds);
 }
 
+// A lane holds 30 inputs: a group of 16k ends inside a lane, so per-group alphas have no
+// tables here.
+constexpr decltype(BinaryGemmKernels::lut_alpha_sums) lut_alpha_sums = nullptr;
+
 void lut_tiles_to_int8(const uint8_t* tiles, int64_t k, int planes, int64_t t0, int64_t t1, const Int8Panel& panel) {
   lut_tiles_to_int8_portable(kLutLayout, tiles, k, planes, t0, t1, panel);
 }

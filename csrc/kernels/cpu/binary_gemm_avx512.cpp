@@ -104,6 +104,33 @@ constexpr LutLayout kLutLayout = kLutNibbles;  // one 16-entry vpermps per looku
 template <int M, int kPlanes>
 constexpr int kPassTiles = kPlanes == 1 ? (M <= 4 ? 4 : 2) : (M == 1 ? 4 : 1);
 
+// Per-group alphas (binary weights): at the last word of group g, each row's sums over the
+// group's +1 weights become alpha * (2 * sums - the group's total of x), which lands in (the
+// first group) or adds to sums, the rows' results; the accumulators start over.
+template <int M, int kTiles, int kChains>
+void fold_group(const LutAlphaGroups& a, int64_t g, int64_t t, __m512 (&acc)[M][kTiles][kChains], float* sums,
+                int64_t lds) {
+  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i alpha_offsets = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(static_cast<int>(a.groups)));
+  const __m512 two = _mm512_set1_ps(2.0f);
+  for (int u = 0; u < kTiles; ++u) {
+    const int64_t row0 = (t + u) * kLutTileRows, rows = a.n - row0;
+    const __mmask16 valid = rows >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << rows) - 1);
+    // alpha[row0 + lane][g]; rows past n read nothing and get 0.
+    const __m512 alpha =
+        _mm512_mask_i32gather_ps(_mm512_setzero_ps(), valid, alpha_offsets, a.alpha + row0 * a.groups + g, 4);
+    for (int i = 0; i < M; ++i) {
+      __m512 plus = acc[i][u][0];
+      for (int c = 1; c < kChains; ++c) plus = _mm512_add_ps(plus, acc[i][u][c]);
+      for (int c = 0; c < kChains; ++c) acc[i][u][c] = _mm512_setzero_ps();
+      const __m512 signed_sum = _mm512_fmsub_ps(plus, two, _mm512_set1_ps(a.totals[i * a.groups + g]));
+      float* out = sums + i * lds + row0;
+      _mm512_storeu_ps(out, g == 0 ? _mm512_mul_ps(alpha, signed_sum)
+                                   : _mm512_fmadd_ps(alpha, signed_sum, _mm512_loadu_ps(out)));
+    }
+  }
+}
+
 // kTiles tiles from t, a word of each at a time; slot j's indices are field j of every
 // lane, and vpermps reads only index bits 0-3, so nothing needs masking. Per row and tile,
 // kChains accumulators take the slots in turn so that a pass of few rows still keeps
@@ -119,9 +146,11 @@ constexpr int kPassTiles = kPlanes == 1 ? (M <= 4 ? 4 : 2) : (M == 1 ? 4 : 1);
 // threads: binary 4096 x 4096 from memory 20-23% faster, 4096 -> 11008 14%, SmolLM2's
 // 576 -> 1536 / 1536 -> 576 / 576 -> 192 in cache 3-12% (a contrived 4099 -> 50, four
 // tiles in all, 11-19% slower); ternary see kPassTiles. More rows measured level or slower
-// with the loads: they keep the shifts.
+// with the loads: they keep the shifts. With per-group alphas (`alphas` not null) each
+// group's sums go through fold_group and sums gets the rows' results.
 template <int M, int kPlanes, int kTiles>
-void lut_pass(const float* tables, int64_t k, const uint8_t* tiles, int64_t t, float* sums, int64_t lds) {
+void lut_pass(const float* tables, int64_t k, const uint8_t* tiles, int64_t t, float* sums, int64_t lds,
+              const LutAlphaGroups* alphas) {
   constexpr int kChains = M * kTiles >= 8 ? 1 : 2;
   constexpr bool kFromBytes = M == 1;
   const int64_t words = kLutLayout.words(k, kPlanes), table_stride = kLutLayout.table_floats(k);
@@ -141,6 +170,7 @@ void lut_pass(const float* tables, int64_t k, const uint8_t* tiles, int64_t t, f
       std::memcpy(last_words[u], first + ((u + 1) * words - 1) * kLutWordBytes, kLutWordBytes);
     }
   }
+  const int64_t group_words = alphas == nullptr ? words : alphas->group / kLutLayout.lane_inputs(kPlanes);
   for (int64_t w = 0; w < words; ++w) {
     const uint8_t* word[kTiles];
     __m512i nibbles[kTiles];
@@ -178,7 +208,11 @@ void lut_pass(const float* tables, int64_t k, const uint8_t* tiles, int64_t t, f
         }
       }
     }
+    if (alphas != nullptr && ((w + 1) % group_words == 0 || w + 1 == words)) {
+      fold_group<M, kTiles, kChains>(*alphas, w / group_words, t, acc, sums, lds);
+    }
   }
+  if (alphas != nullptr) return;
   for (int i = 0; i < M; ++i) {
     for (int u = 0; u < kTiles; ++u) {
       __m512 total = acc[i][u][0];
@@ -190,11 +224,11 @@ void lut_pass(const float* tables, int64_t k, const uint8_t* tiles, int64_t t, f
 
 template <int M, int kPlanes>
 void lut_tiles(const float* tables, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1, float* sums,
-               int64_t lds) {
+               int64_t lds, const LutAlphaGroups* alphas = nullptr) {
   int64_t t = t0;
   constexpr int kTiles = kPassTiles<M, kPlanes>;
-  for (; t + kTiles <= t1; t += kTiles) lut_pass<M, kPlanes, kTiles>(tables, k, tiles, t, sums, lds);
-  for (; t < t1; ++t) lut_pass<M, kPlanes, 1>(tables, k, tiles, t, sums, lds);
+  for (; t + kTiles <= t1; t += kTiles) lut_pass<M, kPlanes, kTiles>(tables, k, tiles, t, sums, lds, alphas);
+  for (; t < t1; ++t) lut_pass<M, kPlanes, 1>(tables, k, tiles, t, sums, lds, alphas);
 }
 
 // Packed block q (values 4q .. 4q + 3 of K) takes from each lane the field(s) of quad q: the
@@ -267,6 +301,11 @@ void lut_tiles_to_int8(const uint8_t* tiles, int64_t k, int planes, int64_t t0, 
 void lut_sums(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1, int planes,
               float* sums, int64_t lds) {
   lut_dispatch(tables, m, k, tiles, t0, t1, planes, sums, lds);
+}
+
+void lut_alpha_sums(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1,
+                    const LutAlphaGroups& alphas, float* out, int64_t lds) {
+  lut_dispatch(tables, m, k, tiles, t0, t1, 1, out, lds, &alphas);
 }
 
 #include "binary_gemm_impl.h"

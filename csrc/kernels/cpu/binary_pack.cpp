@@ -228,21 +228,53 @@ void lut_tiles_to_int8_portable(LutLayout layout, const uint8_t* tiles, int64_t 
 }
 
 // One table lookup per weight field, plain C++.
+namespace {
+
+// One activation row's lookups for weight row r of a tile over slots [s0, s1) (ternary: the
+// negative plane's subtracted).
+float lut_slot_run(LutLayout layout, const float* row_tables, const uint8_t* tile, int64_t r, int64_t s0, int64_t s1,
+                   int planes) {
+  const uint32_t field_mask = static_cast<uint32_t>(layout.entries() - 1);
+  float acc = 0.0f;
+  for (int64_t s = s0; s < s1; ++s) {
+    const float* table = row_tables + LutLayout::slot_table(s, planes) * layout.entries();
+    const float v = table[(load_lane(tile, layout.slot_lane(s, r)) >> layout.slot_shift(s)) & field_mask];
+    acc += planes == 2 && s % 2 == 1 ? -v : v;
+  }
+  return acc;
+}
+
+}  // namespace
+
 void lut_sums_portable(LutLayout layout, const float* tables, int64_t m, int64_t k, const uint8_t* tiles,
                        int64_t t0, int64_t t1, int planes, float* sums, int64_t lds) {
   const int64_t slots = layout.slots_per_lane() * layout.words(k, planes), table_floats = layout.table_floats(k);
-  const uint32_t field_mask = static_cast<uint32_t>(layout.entries() - 1);
   for (int64_t t = t0; t < t1; ++t) {
     const uint8_t* tile = tiles + t * layout.tile_bytes(k, planes);
     for (int64_t i = 0; i < m; ++i) {
+      const float* row_tables = tables + i * table_floats;
       for (int64_t r = 0; r < kLutTileRows; ++r) {
-        float acc = 0.0f;
-        for (int64_t s = 0; s < slots; ++s) {
-          const float* table = tables + i * table_floats + LutLayout::slot_table(s, planes) * layout.entries();
-          const float v = table[(load_lane(tile, layout.slot_lane(s, r)) >> layout.slot_shift(s)) & field_mask];
-          acc += planes == 2 && s % 2 == 1 ? -v : v;
+        sums[i * lds + t * kLutTileRows + r] = lut_slot_run(layout, row_tables, tile, r, 0, slots, planes);
+      }
+    }
+  }
+}
+
+void lut_alpha_sums_portable(LutLayout layout, const float* tables, int64_t m, int64_t k, const uint8_t* tiles,
+                             int64_t t0, int64_t t1, const LutAlphaGroups& a, float* out, int64_t lds) {
+  const int64_t slots = layout.slots_per_lane() * layout.words(k, 1), table_floats = layout.table_floats(k);
+  const int64_t group_slots = a.group / layout.width;
+  for (int64_t t = t0; t < t1; ++t) {
+    const uint8_t* tile = tiles + t * layout.tile_bytes(k, 1);
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t r = 0, row = t * kLutTileRows; r < kLutTileRows; ++r, ++row) {
+        float y = 0.0f;
+        for (int64_t g = 0; row < a.n && g < a.groups; ++g) {
+          const float plus = lut_slot_run(layout, tables + i * table_floats, tile, r, g * group_slots,
+                                          std::min(slots, (g + 1) * group_slots), 1);
+          y += a.alpha[row * a.groups + g] * (2.0f * plus - a.totals[i * a.groups + g]);
         }
-        sums[i * lds + t * kLutTileRows + r] = acc;
+        out[i * lds + row] = y;
       }
     }
   }
