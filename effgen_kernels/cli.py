@@ -15,6 +15,7 @@ import torch
 
 import effgen_kernels as ek
 from effgen_kernels.bench import BenchContext, memory_bandwidth_gbps
+from effgen_kernels.bench.harness import RETAINING_MALLOC_ENV
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCHMARK_DIR = REPO_ROOT / "benchmarks"
@@ -156,12 +157,6 @@ def plot_speedups(results, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     print(f"wrote {path}", file=sys.stderr)
-
-
-# glibc returns big freed blocks to the OS, so every large output of every op (ours and the
-# peers alike) would pay first-touch page faults that dwarf the kernels on a small VM. The
-# benchmark process keeps freed memory instead (`--allocator system` measures the default).
-RETAINING_MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
 
 
 def reexec_with_retaining_malloc(argv: list[str]) -> None:

@@ -12,6 +12,8 @@ import torch
 import effgen_kernels as ek
 from effgen_kernels import cli
 from effgen_kernels.bench import BenchResult, memory_bandwidth_gbps, time_interleaved, with_env
+from effgen_kernels.bench.ddp_worker import default_allocator
+from effgen_kernels.bench.harness import RETAINING_MALLOC_ENV
 
 
 def run_python(code: str, **env) -> subprocess.CompletedProcess:
@@ -132,6 +134,17 @@ def test_with_env_sets_the_variable_for_the_call_only(monkeypatch):
     with pytest.raises(ZeroDivisionError):
         with_env("EFFGEN_TEST_CHOICE", "shared", lambda: 1 / 0)()
     assert os.environ["EFFGEN_TEST_CHOICE"] == "global"  # restored after an error too
+
+
+def test_distributed_workers_start_with_the_default_allocator(monkeypatch):
+    # `effgen bench` runs with RETAINING_MALLOC_ENV; the workers it spawns must not inherit it
+    # (it tripled the int8 hook's DDP step), while a user's own settings pass through.
+    mmap_max, trim = RETAINING_MALLOC_ENV
+    monkeypatch.setenv(mmap_max, RETAINING_MALLOC_ENV[mmap_max])
+    monkeypatch.setenv(trim, "12345")
+    with default_allocator():
+        assert mmap_max not in os.environ and os.environ[trim] == "12345"
+    assert os.environ[mmap_max] == RETAINING_MALLOC_ENV[mmap_max] and os.environ[trim] == "12345"
 
 
 def test_memory_bandwidth_limit_is_the_faster_of_copy_and_read():

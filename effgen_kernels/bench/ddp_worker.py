@@ -2,6 +2,7 @@
 workers can find it): bench_allreduce's DDP step with one of the communication hooks, and
 bench_parallel's tensor-parallel transformer step."""
 
+import contextlib
 import datetime
 import gc
 import multiprocessing
@@ -13,6 +14,7 @@ import time
 
 import torch
 
+from effgen_kernels.bench.harness import RETAINING_MALLOC_ENV
 from effgen_kernels.gpt import GPTConfig
 
 HIDDEN = 1024
@@ -27,14 +29,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def default_allocator():
+    """Workers stand for a user's training processes, so they start with glibc's default
+    allocator even under `effgen bench`, whose retaining settings (RETAINING_MALLOC_ENV)
+    they would inherit. With those, the int8 hook's DDP step spent its time zeroing fresh
+    pages (in the gloo thread and the main one): 114-137 ms against 47 ms per step, the sign
+    hook's 43-47 either way (RESULTS.md, session 32). Settings of other values are kept."""
+    ours = {k: os.environ.pop(k) for k, v in RETAINING_MALLOC_ENV.items() if os.environ.get(k) == v}
+    try:
+        yield
+    finally:
+        os.environ.update(ours)
+
+
 def run_workers(fn, world: int, *args, timeout: float = 600.0, what: str = "worker") -> None:
     """Starts ``world`` spawned processes of fn(rank, world, port, *args) on a free port and
     waits; a worker that fails or outlives ``timeout`` is an error (and is killed)."""
     spawn = multiprocessing.get_context("spawn")
     port = free_port()
     procs = [spawn.Process(target=fn, args=(rank, world, port, *args)) for rank in range(world)]
-    for p in procs:
-        p.start()
+    with default_allocator():
+        for p in procs:
+            p.start()
     for p in procs:
         p.join(timeout)
     for p in procs:

@@ -15,6 +15,12 @@ from collections.abc import Callable
 
 import torch
 
+# glibc returns big freed blocks to the OS, so every large output of every op (ours and the
+# peers alike) would pay first-touch page faults that dwarf the kernels on a small VM. The
+# benchmark process keeps freed memory instead (`effgen bench --allocator system` measures
+# the default); glibc reads these at start-up, so `effgen bench` restarts itself with them.
+RETAINING_MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+
 
 def with_env(name: str, value: str, fn: Callable[[], object]) -> Callable[[], object]:
     """fn, run with the environment variable `name` set to `value` (for the ops that read a
