@@ -582,6 +582,22 @@ def test_per_group_alpha_on_the_tables_matches_reference(isa, two_threads, dtype
                                ref.binary_linear(x, packed, alpha, bias, group_size), **tolerance(dtype, k))
 
 
+@pytest.mark.parametrize("m,n,k,group_size", [(32, 96, 4096, 128), (40, 50, 1000, 64), (17, 37, 4097, 128),
+                                              (24, 70, 2048, 512), (20, 40, 2048, 1024)])
+def test_per_group_batches_on_the_int8_gemm_equal_w8a16_bit_for_bit(m, n, k, group_size):
+    # fp32 x on the int8 route takes 3 digits a token. With +-1 weights a group's digit sums
+    # combine in int32 (groups up to 512, int8_digits.h), with int8 weights in double: both
+    # round the same integer once, so a binary layer equals W8A16 on its +-1 weights exactly.
+    if "amx" not in ops.supported_cpu_isas():
+        pytest.skip("the route runs on AMX tiles")
+    x, w, bias = random_input((m, k), scale=1.0), random_input((n, k)), torch.randn(n)
+    packed, alpha = ref.binarize_weight(w, group_size)
+    w_packed, w_sum = ops.int8_pack_weight(ops.unpack_binary(packed, k), group_size)
+    with ops.use_cpu_isa("amx"):
+        assert_same_bits(ops.binary_linear(x, packed, alpha, bias, group_size, ops.lut_tiles(packed, k, 1)),
+                         ops.int8_weight_only_linear_packed(x, w_packed, w_sum, alpha, bias, group_size))
+
+
 def test_batches_with_a_lut_take_3d_and_non_contiguous_inputs(isa):
     x = random_input((2, 5, 2 * 40))[..., ::2]
     w = random_input((9, 40))

@@ -401,10 +401,10 @@ bool alpha_tables_fit(const at::Tensor& lut, int64_t n, int64_t k, int64_t group
 // Where per-group alphas start on the int8 GEMM. Against masked adds (groups the tables
 // cannot take) from kInt8GemmOverMaskedMinM rows: 1.3-1.6x faster at 2 rows (4096^2: 0.55
 // against 0.82 ms), at one row level or slower. Against the tables with per-group alphas
-// (alternating, rotated weights; RESULTS.md, session 32), int8 / tables time: bf16 x (2
-// digits) at 4 rows 1.45-1.67 on 4096 columns, 0.76-0.78 on SmolLM2's, at 8 rows
-// 0.53-1.04, at 16 0.45-0.67; fp32 x (3 digits) at 8 rows 0.90-1.55, at 16 0.86-1.13, at
-// 32 0.82-1.16, at 64 0.60-0.90.
+// (rotated weights, the two taking turns first; RESULTS.md, session 32), int8 / tables
+// time on 4096 -> 4096 / 11008 and SmolLM2's 576 -> 1536 / 1536 -> 576: bf16 x (2 digits)
+// at 4 rows 0.90-1.73, at 8 0.66-1.07, at 16 0.55-0.68; fp32 x (3 digits) at 4 rows
+// 1.03-1.82, at 8 0.82-1.23, at 16 0.74-0.91, at 32 0.57-0.75.
 constexpr int64_t kInt8GemmOverMaskedMinM = 2;
 int64_t grouped_int8_gemm_min_m(const Rows& r, const at::Tensor& lut, int64_t n, int64_t group) {
   if (!alpha_tables_fit(lut, n, r.k, group)) return kInt8GemmOverMaskedMinM;
@@ -430,8 +430,10 @@ std::optional<at::Tensor> bits_on_int8_gemm(const Rows& r, const at::Tensor& x, 
   const at::Tensor tiles = lut.contiguous();
   const auto* tile_data = static_cast<const uint8_t*>(tiles.data_ptr());
   const at::Tensor w_scale = groups == 1 ? scale.reshape({-1}).expand({n}).contiguous() : scale.contiguous();
+  constexpr int kBitsWeightBound = 1;  // the panels hold +1 / -1 / 0
   const bool done = fixed_point_gemm_over_panels(
-      r.x, n, w_scale, group, float_bias(bias), out_2d, [&](int64_t j0, int64_t nb, const cpu::Int8Panel& panel) {
+      r.x, n, w_scale, group, kBitsWeightBound, float_bias(bias), out_2d,
+      [&](int64_t j0, int64_t nb, const cpu::Int8Panel& panel) {
         kernels.lut_tiles_to_int8(tile_data, r.k, planes, j0 / cpu::kLutTileRows,
                                   (j0 + nb + cpu::kLutTileRows - 1) / cpu::kLutTileRows, panel);
       });

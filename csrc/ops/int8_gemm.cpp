@@ -363,7 +363,8 @@ bool w8a16_fixed_point_i16(const at::Tensor& x2, int limbs, const at::Tensor& w_
 // start on block boundaries): per output block, the kernel sums each group's products
 // scaled per column; the row epilogue applies the token's scale and the bias. weights(j0,
 // nb, next_cols) gives the block's columns: their first packed group, the groups' stride,
-// and their column sums per group (GroupedWeights).
+// and their column sums per group (GroupedWeights); no weight exceeds weight_bound in
+// magnitude.
 struct GroupedWeights {
   const int8_t* b;
   int64_t group_stride;
@@ -374,7 +375,8 @@ struct GroupedWeights {
 
 template <typename Weights>
 bool w8a16_fixed_point_grouped(const at::Tensor& x2, int limbs, int64_t n, const at::Tensor& w_scale,
-                               int64_t group_size, const at::Tensor& bias_f, at::Tensor& out, const Weights& weights) {
+                               int64_t group_size, int weight_bound, const at::Tensor& bias_f, at::Tensor& out,
+                               const Weights& weights) {
   const auto& kernels = cpu::int8_gemm_kernels();
   const bool int16_rows = kernels.w8a16_packed_grouped_i16 != nullptr && group_size <= cpu::kGroupedI16MaxDepth;
   const int i16_limbs = cpu::fixed_point_i16_limbs(cpu_dtype(x2.scalar_type()));
@@ -396,7 +398,7 @@ bool w8a16_fixed_point_grouped(const at::Tensor& x2, int limbs, int64_t n, const
     }
     const GroupedWeights w = weights(j0, nb, blocks.next_cols(i0, mb, j0, nb));
     cpu::W8A16GroupedArgs args{nullptr, mb, limbs, k, group_size, w.b, w.group_stride, w.sums, w.sums_stride,
-                               scales.data(), kBlockN, nb, totals.data(), kBlockN, w.next};
+                               scales.data(), kBlockN, nb, totals.data(), kBlockN, w.next, weight_bound};
     if (int16_rows) {
       kernels.w8a16_packed_grouped_i16(fixed_point->rows.data_ptr<int16_t>() + i0 * i16_limbs * ld, ld, i16_limbs,
                                        args);
@@ -419,7 +421,7 @@ bool w8a16_fixed_point_grouped(const at::Tensor& x2, int limbs, const at::Tensor
   const int8_t* b = w_packed.data_ptr<int8_t>();
   const int64_t group_stride = w_packed.size(1) * cpu::kPackBlock, n = w_sum.size(1);
   const int32_t* sums = w_sum.data_ptr<int32_t>();
-  return w8a16_fixed_point_grouped(x2, limbs, n, w_scale, group_size, bias_f, out,
+  return w8a16_fixed_point_grouped(x2, limbs, n, w_scale, group_size, cpu::kInt8WeightBound, bias_f, out,
                                    [&](int64_t j0, int64_t nb, int64_t next_cols) {
                                      return GroupedWeights{b + j0 / cpu::kPackCols * group_stride, group_stride,
                                                            sums + j0, n,
@@ -649,7 +651,8 @@ at::Tensor int8_unpack_weight(const at::Tensor& w_packed, int64_t n, int64_t k) 
 }  // namespace
 
 bool fixed_point_gemm_over_panels(const at::Tensor& x2, int64_t n, const at::Tensor& w_scale, int64_t group_size,
-                                  const at::Tensor& bias_f, at::Tensor& out_2d, const FillPanel& fill) {
+                                  int weight_bound, const at::Tensor& bias_f, at::Tensor& out_2d,
+                                  const FillPanel& fill) {
   const int64_t k = x2.size(1), group_stride = (k + cpu::kPackDepth - 1) / cpu::kPackDepth * cpu::kPackBlock;
   const int64_t padded_k = group_stride / cpu::kPackBlock * cpu::kPackDepth;
   const bool grouped = w_scale.dim() == 2;
@@ -678,7 +681,7 @@ bool fixed_point_gemm_over_panels(const at::Tensor& x2, int64_t n, const at::Ten
   // and a product that cancels to near 0 kept errors of 3x fp16's tolerance at K = 4097.
   const int limbs = x2.scalar_type() == at::kBFloat16 ? 2 : 3;
   if (grouped) {
-    return w8a16_fixed_point_grouped(x2, limbs, n, w_scale, group, bias_f, out_2d,
+    return w8a16_fixed_point_grouped(x2, limbs, n, w_scale, group, weight_bound, bias_f, out_2d,
                                      [&](int64_t j0, int64_t nb, int64_t /*next_cols*/) {
                                        const Panel& panel = filled(j0, nb);
                                        return GroupedWeights{panel.blocks.get(), group_stride, panel.sums.get(),

@@ -14,16 +14,19 @@ namespace effgen::ops {
 
 // fill(j0, nb, panel): columns [j0, j0 + nb) (j0 a multiple of cpu::kPackCols) as packed
 // int8 blocks, whole column groups, with their sums per K group (cpu::Int8Panel, whose
-// `group` the caller sets: group_size, or K rounded up to whole blocks for one group).
+// `group` the caller sets: group_size, or K rounded up to whole blocks for one group); no
+// value it writes exceeds the caller's weight_bound in magnitude (1 for +1 / -1 / 0).
 using FillPanel = std::function<void(int64_t j0, int64_t nb, const cpu::Int8Panel& panel)>;
 
 // out_2d [M, N] = x2 [M, K] @ (w * scale)^T (+ bias_f), x2 contiguous, as W8A16 on packed
 // weights does it: x as fixed point per token (2 int8 digits for bf16 x, 3 for fp32 and
 // fp16), one int8 GEMM, K <= cpu::kMaxExactInt8K. w_scale fp32: [N] per channel, or
-// [N, groups] per group of group_size values of K (a multiple of cpu::kPackDepth). Returns
+// [N, groups] per group of group_size values of K (a multiple of cpu::kPackDepth); a small
+// weight_bound lets per-group sums of fp32 x combine in int32 (int8_digits.h). Returns
 // false, nothing written, where a row of x is not representable so (Inf, NaN, absmax
 // below 2^-100).
 bool fixed_point_gemm_over_panels(const at::Tensor& x2, int64_t n, const at::Tensor& w_scale, int64_t group_size,
-                                  const at::Tensor& bias_f, at::Tensor& out_2d, const FillPanel& fill);
+                                  int weight_bound, const at::Tensor& bias_f, at::Tensor& out_2d,
+                                  const FillPanel& fill);
 
 }  // namespace effgen::ops

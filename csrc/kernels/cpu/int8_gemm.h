@@ -87,6 +87,9 @@ inline PrefetchRange packed_columns(const int8_t* packed, int64_t group_stride, 
 // 2^22). Int8GemmKernels::split_fixed_point_rows does the conversion.
 constexpr int32_t split_max(int limbs) { return limbs == 2 ? 127 * 256 + 127 : (1 << 22) - 1; }
 
+// The largest magnitude of an int8 weight.
+constexpr int kInt8WeightBound = 128;
+
 // Per-group W8A16 on packed weights, groups starting on packed blocks (group_size a
 // multiple of kPackDepth), activations as fixed-point digit rows (split_fixed_point_rows):
 // for tokens t < tokens and columns j < n,
@@ -108,6 +111,7 @@ struct W8A16GroupedArgs {
   float* totals;  // written, not accumulated
   int64_t ldt;
   PrefetchRange next = {};  // prefetched meanwhile by the AVX-512 tiles
+  int weight_bound = kInt8WeightBound;  // the weights' largest magnitude (1 for +-1 / 0 panels)
 };
 
 using GemmPackedI16 = void (*)(const int16_t* a, int64_t lda, int64_t m, int64_t k, int limbs, const int8_t* b,

@@ -278,7 +278,8 @@ void w8a16_packed_grouped(const W8A16GroupedArgs& p) {
         const int64_t depth = std::min(p.group_size, p.k - k0);
         for (int64_t t = 0; t < tokens; ++t) {
           digits_group_accumulate(products + t * p.limbs * ldc, ldc, p.limbs, depth, nc,
-                                  p.scale + q * p.scale_stride + j0, p.totals + (t0 + t) * p.ldt + j0);
+                                  p.scale + q * p.scale_stride + j0, p.totals + (t0 + t) * p.ldt + j0,
+                                  p.weight_bound);
         }
       }
     }

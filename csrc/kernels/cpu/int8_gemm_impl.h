@@ -274,7 +274,7 @@ void w8a16_grouped_composed(const W8A16GroupedArgs& p) {
                     p.col_sums + q * p.sums_stride + j0, nc, acc, kDigitChunk, PrefetchRange{});
         for (int64_t t = 0; t < tb; ++t) {
           digits_group_accumulate(acc + t * p.limbs * kDigitChunk, kDigitChunk, p.limbs, depth, nc,
-                                  p.scale + q * p.scale_stride + j0, totals + t * p.ldt);
+                                  p.scale + q * p.scale_stride + j0, totals + t * p.ldt, p.weight_bound);
         }
       }
     }
