@@ -22,14 +22,27 @@ void combine_digits(const int32_t* c, int64_t digit_stride, int digits, int64_t 
 // rounded once; register tiles fold such groups without leaving float.
 constexpr int64_t kFloatDigitsMaxDepth = 1023;
 
-// With 3 digits the combined dot is a . w, |a| <= split_max(3) < 2^22: with weights of
-// magnitude at most weight_bound, a group of depth * weight_bound <= this value keeps it in
-// int32 (1-bit and ternary panels, weight_bound 1: groups of up to 512). There the digits
-// combine in wrapping uint32 arithmetic (only the final sum must fit) and convert once: the
-// same rounding of the same integer as through double, and 1.5x faster for a binary layer
-// with groups of 128 at 64 x 4096^2 on AMX (RESULTS.md, session 32).
+// With 3 digits a group's combined dot is a . w, |a| <= split_max(3) < 2^22, so it is exact
+// in int64 for any group, and the conversion rounds that integer once, as the double path
+// of combine_digits does. With weights of magnitude at most weight_bound, a group of
+// depth * weight_bound <= kInt32DotMaxDepthTimesBound keeps it within int32 (1-bit and
+// ternary panels, bound 1: groups of up to 512), where uint32 arithmetic wraps to the
+// exact sum (only the final value must fit) and twice the lanes run. Against the double
+// path, AMX, fp32 x, 64 x 4096^2, group 128 (RESULTS.md, session 32): W8A16 4.80 -> 3.45 ms
+// (int64), binary panels 4.3 -> 2.9 ms (int32; int64 about 13% slower); AVX2 and AVX-512
+// level or faster.
 constexpr int64_t kInt32DotMaxDepthTimesBound = 512;
 static_assert(kInt32DotMaxDepthTimesBound * split_max(3) <= INT32_MAX);
+
+// totals[j] += (the 3 digit rows' products combined in Int, as Signed) * scale[j].
+template <typename Int, typename Signed>
+void three_digits_accumulate(const int32_t* c, int64_t digit_stride, int64_t n, const float* scale, float* totals) {
+  const int32_t *mid = c + digit_stride, *low = c + 2 * digit_stride;
+  for (int64_t j = 0; j < n; ++j) {
+    const Int dot = (static_cast<Int>(c[j]) << 16) + (static_cast<Int>(mid[j]) << 8) + static_cast<Int>(low[j]);
+    totals[j] += static_cast<float>(static_cast<Signed>(dot)) * scale[j];
+  }
+}
 
 // totals[j] += (the digit rows' products over `depth` values of K, combined exactly,
 // rounded once to float) * scale[j]; the weights at most weight_bound in magnitude.
@@ -42,14 +55,11 @@ void digits_group_accumulate(const int32_t* c, int64_t digit_stride, int digits,
     }
     return;
   }
-  if (digits == 3 && depth * weight_bound <= kInt32DotMaxDepthTimesBound) {
-    const int32_t *mid = c + digit_stride, *low = c + 2 * digit_stride;
-    for (int64_t j = 0; j < n; ++j) {
-      const uint32_t dot = (static_cast<uint32_t>(c[j]) << 16) + (static_cast<uint32_t>(mid[j]) << 8) +
-                           static_cast<uint32_t>(low[j]);
-      totals[j] += static_cast<float>(static_cast<int32_t>(dot)) * scale[j];
+  if (digits == 3) {
+    if (depth * weight_bound <= kInt32DotMaxDepthTimesBound) {
+      return three_digits_accumulate<uint32_t, int32_t>(c, digit_stride, n, scale, totals);
     }
-    return;
+    return three_digits_accumulate<int64_t, int64_t>(c, digit_stride, n, scale, totals);
   }
   float dots[kDigitChunk];
   for (int64_t j0 = 0; j0 < n; j0 += kDigitChunk) {

@@ -15,8 +15,9 @@
 
 #ifndef EFFGEN_AMX_EMULATE
 #pragma GCC push_options
-// AVX-512 too for the digit folds (int8_digits.h): every CPU with AMX has it.
-#pragma GCC target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl")
+// AVX-512 too for the digit folds (int8_digits.h; DQ converts their int64 sums to float):
+// every CPU with AMX has both.
+#pragma GCC target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx512dq")
 #endif
 
 namespace effgen::cpu {
