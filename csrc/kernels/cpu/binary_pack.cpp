@@ -227,7 +227,6 @@ void lut_tiles_to_int8_portable(LutLayout layout, const uint8_t* tiles, int64_t 
   }
 }
 
-// One table lookup per weight field, plain C++.
 namespace {
 
 // One activation row's lookups for weight row r of a tile over slots [s0, s1) (ternary: the
@@ -246,6 +245,7 @@ float lut_slot_run(LutLayout layout, const float* row_tables, const uint8_t* til
 
 }  // namespace
 
+// One table lookup per weight field, plain C++.
 void lut_sums_portable(LutLayout layout, const float* tables, int64_t m, int64_t k, const uint8_t* tiles,
                        int64_t t0, int64_t t1, int planes, float* sums, int64_t lds) {
   const int64_t slots = layout.slots_per_lane() * layout.words(k, planes), table_floats = layout.table_floats(k);
