@@ -161,11 +161,16 @@ def run_shape(ctx: BenchContext, m: int, k: int, n: int, peak: float) -> list[Be
                                          graph_calls=graph_calls)
     elif "fp32" in rot:
         # An fp32 model's batches (the demo's prefill): fixed point, or torch's GEMM over blocks
-        # of dequantized weights, against the fp32 layer.
-        results += ctx.measure_peers(FAMILY, "Int8WeightOnlyLinear (W8A16, fp32 x)", shape, torch.float32,
-                                     lambda: rot["w8a16"].next()(x), {"fp32 F.linear": peers["fp32 F.linear"]},
-                                     bytes_moved=weight_bytes + m * k * 4 + m * n * 4, reps=reps, warmup=warmup,
-                                     graph_calls=graph_calls)
+        # of dequantized weights, against the fp32 layer; per channel and per group.
+        for name, layers in [("Int8WeightOnlyLinear (W8A16, fp32 x)", "w8a16"),
+                             (f"Int8WeightOnlyLinear (W8A16, group {W8A16_GROUP}, fp32 x)", "w8a16 g128")]:
+            def w8a16_fp32(layers=layers):
+                return rot[layers].next()(x)
+
+            results += ctx.measure_peers(FAMILY, name, shape, torch.float32, w8a16_fp32,
+                                         {"fp32 F.linear": peers["fp32 F.linear"]},
+                                         bytes_moved=weight_bytes + m * k * 4 + m * n * 4, reps=reps, warmup=warmup,
+                                         graph_calls=graph_calls)
     return results
 
 
