@@ -9,11 +9,12 @@ The bound each output must meet is the accumulated rounding the op's spec allows
                      + k * 2^-22 * (|x| @ |w|^T)[i, j]          (fp32 sums in another order)
                      + 2 u |expected| + 2 s                      (rounding of the output: unit
                                                                  roundoff u, subnormal spacing s)
-                     + u_x * (|x| @ |w|^T)[i, j]                 (W8A16 batches of 16-bit x on
-                                                                 an AMX CPU only: torch's GEMM
-                                                                 there multiplies the weights
-                                                                 rounded to x's dtype, unit
-                                                                 roundoff u_x per product)
+                     + u_x * (|x| @ |w|^T)[i, j]                 (W8A16, binary and ternary
+                                                                 batches of 16-bit x on an AMX
+                                                                 CPU only: torch's GEMM there
+                                                                 multiplies the weights (scales
+                                                                 included) rounded to x's dtype,
+                                                                 unit roundoff u_x per product)
 and Inf / NaN where the reference has them."""
 
 import random
@@ -69,10 +70,10 @@ def run_case(case: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(ours, the reference's, the dense weights the bound is taken over)."""
     op, x, w, bias, group, rng = case["op"], case["x"], case["w"], case["bias"], case["group"], case["rng"]
     if op == "binary":
-        group = group if group in (None, 32, 128) else None
+        group = rng.choice([None, 16, 32, 48, 64, 128])  # multiples of 16: what binary groups take
         packed, alpha = ref.binarize_weight(w, group)
         expected = ref.binary_linear(x, packed, alpha, bias, group)
-        lut = ops.lut_tiles(packed, x.shape[-1], 1) if group is None and rng.random() < 0.5 else None
+        lut = ops.lut_tiles(packed, x.shape[-1], 1) if rng.random() < 0.5 else None
         dense = ref.unpack_binary(packed, x.shape[-1]).float() * ref._row_alpha(alpha, x.shape[-1], group)
         return ops.binary_linear(x, with_layout(packed, rng), alpha, bias, group, lut), expected, dense
     if op == "ternary":
@@ -125,8 +126,10 @@ def test_random_case_matches_reference(isa, seed):
     row_absmax = x_abs.amax(1, keepdim=True) if k else torch.zeros(x.shape[0], 1)
     bound = (2.0**-14 * row_absmax * dense.abs().sum(1) + k * 2.0**-22 * (x_abs @ dense.abs().T)
              + 2 * u * expected.abs() + 2 * s)
-    if isa == "amx" and case["op"].startswith("w8a16") and case["x"].dtype != torch.float32 and x.shape[0] > 16:
-        # torch's 16-bit GEMM: the weights and the bias rounded to x's dtype
+    weight_only = case["op"].startswith("w8a16") or case["op"] in ("binary", "ternary")
+    if isa == "amx" and weight_only and case["x"].dtype != torch.float32 and x.shape[0] > 16:
+        # torch's 16-bit GEMM: the weights (times their per-group scales) and the bias rounded
+        # to x's dtype
         bias_abs = 0.0 if case["bias"] is None else case["bias"].float().abs()
         bound = bound + torch.finfo(case["x"].dtype).eps / 2 * (x_abs @ dense.abs().T + bias_abs)
     excess = torch.where(finite, (out - expected).abs() / bound, 0.0)
