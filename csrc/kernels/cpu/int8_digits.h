@@ -36,7 +36,8 @@ static_assert(kInt32DotMaxDepthTimesBound * split_max(3) <= INT32_MAX);
 
 // totals[j] += (the 3 digit rows' products combined in Int, as Signed) * scale[j].
 template <typename Int, typename Signed>
-void three_digits_accumulate(const int32_t* c, int64_t digit_stride, int64_t n, const float* scale, float* totals) {
+void three_digits_accumulate(const int32_t* c, int64_t digit_stride, int64_t n, const float* __restrict scale,
+                             float* __restrict totals) {
   const int32_t *mid = c + digit_stride, *low = c + 2 * digit_stride;
   for (int64_t j = 0; j < n; ++j) {
     const Int dot = (static_cast<Int>(c[j]) << 16) + (static_cast<Int>(mid[j]) << 8) + static_cast<Int>(low[j]);
@@ -44,27 +45,49 @@ void three_digits_accumulate(const int32_t* c, int64_t digit_stride, int64_t n, 
   }
 }
 
-// totals[j] += (the digit rows' products over `depth` values of K, combined exactly,
-// rounded once to float) * scale[j]; the weights at most weight_bound in magnitude.
-void digits_group_accumulate(const int32_t* c, int64_t digit_stride, int digits, int64_t depth, int64_t n,
-                             const float* scale, float* totals, int weight_bound) {
-  if (digits == 2 && depth <= kFloatDigitsMaxDepth) {
-    const int32_t* low = c + digit_stride;
-    for (int64_t j = 0; j < n; ++j) {
-      totals[j] += (static_cast<float>(c[j]) * 256.0f + static_cast<float>(low[j])) * scale[j];
-    }
-    return;
+// totals[j] += (2 digit rows' products, each an exact float) * scale[j].
+void two_digits_accumulate(const int32_t* c, int64_t digit_stride, int64_t n, const float* __restrict scale,
+                           float* __restrict totals) {
+  const int32_t* low = c + digit_stride;
+  for (int64_t j = 0; j < n; ++j) {
+    totals[j] += (static_cast<float>(c[j]) * 256.0f + static_cast<float>(low[j])) * scale[j];
   }
-  if (digits == 3) {
-    if (depth * weight_bound <= kInt32DotMaxDepthTimesBound) {
-      return three_digits_accumulate<uint32_t, int32_t>(c, digit_stride, n, scale, totals);
-    }
-    return three_digits_accumulate<int64_t, int64_t>(c, digit_stride, n, scale, totals);
-  }
+}
+
+// totals[j] += (up to kDigitChunk columns of the digit rows, combined in double) * scale[j].
+void double_digits_accumulate(const int32_t* c, int64_t digit_stride, int digits, int64_t n, const float* scale,
+                              float* totals) {
   float dots[kDigitChunk];
   for (int64_t j0 = 0; j0 < n; j0 += kDigitChunk) {
     const int64_t nc = n - j0 < kDigitChunk ? n - j0 : kDigitChunk;
     combine_digits(c + j0, digit_stride, digits, nc, dots);
     for (int64_t j = 0; j < nc; ++j) totals[j0 + j] += dots[j] * scale[j0 + j];
   }
+}
+
+// One group of K for `tokens` tokens, token t's digit rows from c + t * digits *
+// digit_stride and its totals at totals + t * ldt: totals[t][j] += (the digit rows'
+// products over `depth` values of K, combined exactly, rounded once to float) * scale[j];
+// the weights at most weight_bound in magnitude. The combination is chosen once for all
+// tokens, and each token's loop inlines: called per token (32 columns on AMX), the call
+// and the choice took a quarter of the fold's time.
+void digits_group_accumulate(const int32_t* c, int64_t digit_stride, int digits, int64_t tokens, int64_t depth,
+                             int64_t n, const float* scale, float* totals, int64_t ldt, int weight_bound) {
+  const auto for_tokens = [&](const auto& accumulate) {
+    for (int64_t t = 0; t < tokens; ++t) accumulate(c + t * digits * digit_stride, totals + t * ldt);
+  };
+  if (digits == 2 && depth <= kFloatDigitsMaxDepth) {
+    return for_tokens([&](const int32_t* rows, float* row) { two_digits_accumulate(rows, digit_stride, n, scale, row); });
+  }
+  if (digits == 3 && depth * weight_bound <= kInt32DotMaxDepthTimesBound) {
+    return for_tokens([&](const int32_t* rows, float* row) {
+      three_digits_accumulate<uint32_t, int32_t>(rows, digit_stride, n, scale, row);
+    });
+  }
+  if (digits == 3) {
+    return for_tokens([&](const int32_t* rows, float* row) {
+      three_digits_accumulate<int64_t, int64_t>(rows, digit_stride, n, scale, row);
+    });
+  }
+  for_tokens([&](const int32_t* rows, float* row) { double_digits_accumulate(rows, digit_stride, digits, n, scale, row); });
 }

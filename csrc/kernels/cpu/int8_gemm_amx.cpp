@@ -277,11 +277,8 @@ void w8a16_packed_grouped(const W8A16GroupedArgs& p) {
                           last ? tail.whole_chunks() : group_chunks, last ? tail.a() : nullptr, tail.b(), products,
                           ldc, k_chunks - k0 / kChunk});
         const int64_t depth = std::min(p.group_size, p.k - k0);
-        for (int64_t t = 0; t < tokens; ++t) {
-          digits_group_accumulate(products + t * p.limbs * ldc, ldc, p.limbs, depth, nc,
-                                  p.scale + q * p.scale_stride + j0, p.totals + (t0 + t) * p.ldt + j0,
-                                  p.weight_bound);
-        }
+        digits_group_accumulate(products, ldc, p.limbs, tokens, depth, nc, p.scale + q * p.scale_stride + j0,
+                                p.totals + t0 * p.ldt + j0, p.ldt, p.weight_bound);
       }
     }
   }

@@ -272,10 +272,8 @@ void w8a16_grouped_composed(const W8A16GroupedArgs& p) {
         gemm_packed(p.a + t0 * p.limbs * p.k + k0, p.k, tb * p.limbs, depth,
                     p.b + j0 / kPackCols * p.group_stride + k0 / kPackDepth * kPackBlock, p.group_stride,
                     p.col_sums + q * p.sums_stride + j0, nc, acc, kDigitChunk, PrefetchRange{});
-        for (int64_t t = 0; t < tb; ++t) {
-          digits_group_accumulate(acc + t * p.limbs * kDigitChunk, kDigitChunk, p.limbs, depth, nc,
-                                  p.scale + q * p.scale_stride + j0, totals + t * p.ldt, p.weight_bound);
-        }
+        digits_group_accumulate(acc, kDigitChunk, p.limbs, tb, depth, nc, p.scale + q * p.scale_stride + j0, totals,
+                                p.ldt, p.weight_bound);
       }
     }
   }
