@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rate", default="1gbit", help="tc rate of every link direction (e.g. 1gbit, 10gbit)")
     parser.add_argument("--params", type=float, default=25.0, help="model size in millions of parameters")
-    parser.add_argument("--steps", type=int, default=14)
+    parser.add_argument("--steps", type=int, default=24, help="steps per hook; the first 4 are not timed")
     parser.add_argument("--hooks", nargs="+", default=list(HOOKS), choices=HOOKS)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()

@@ -77,7 +77,9 @@ void digits_group_accumulate(const int32_t* c, int64_t digit_stride, int digits,
     for (int64_t t = 0; t < tokens; ++t) accumulate(c + t * digits * digit_stride, totals + t * ldt);
   };
   if (digits == 2 && depth <= kFloatDigitsMaxDepth) {
-    return for_tokens([&](const int32_t* rows, float* row) { two_digits_accumulate(rows, digit_stride, n, scale, row); });
+    return for_tokens([&](const int32_t* rows, float* row) {
+      two_digits_accumulate(rows, digit_stride, n, scale, row);
+    });
   }
   if (digits == 3 && depth * weight_bound <= kInt32DotMaxDepthTimesBound) {
     return for_tokens([&](const int32_t* rows, float* row) {
@@ -89,5 +91,7 @@ void digits_group_accumulate(const int32_t* c, int64_t digit_stride, int digits,
       three_digits_accumulate<int64_t, int64_t>(rows, digit_stride, n, scale, row);
     });
   }
-  for_tokens([&](const int32_t* rows, float* row) { double_digits_accumulate(rows, digit_stride, digits, n, scale, row); });
+  for_tokens([&](const int32_t* rows, float* row) {
+    double_digits_accumulate(rows, digit_stride, digits, n, scale, row);
+  });
 }
