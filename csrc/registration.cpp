@@ -111,6 +111,13 @@ TORCH_LIBRARY(effgen, m) {
   m.def("decompress_sum_int8(Tensor q, Tensor scales, int block_size) -> Tensor");
   // fp32 sum over rows of sign chunks: packed [chunks, ceil(n/8)], scales [chunks, blocks].
   m.def("decompress_sum_sign(Tensor packed, Tensor scales, int n, int block_size) -> Tensor");
+  // The same four into the caller's buffers. Encoders: q / packed [rows, values a row (/ 8)]
+  // and scales [rows, blocks a row] hold x's values row after row (several rows: whole blocks
+  // and bytes a row); rows of every buffer may be strided (views into message buffers).
+  m.def("ef_compress_int8_out(Tensor x, Tensor(a!) error, int block_size, Tensor(b!) q, Tensor(c!) scales) -> ()");
+  m.def("ef_compress_sign_out(Tensor x, Tensor(a!) error, int block_size, Tensor(b!) packed, Tensor(c!) scales) -> ()");
+  m.def("decompress_sum_int8_out(Tensor q, Tensor scales, int block_size, Tensor(a!) total) -> ()");
+  m.def("decompress_sum_sign_out(Tensor packed, Tensor scales, int n, int block_size, Tensor(a!) total) -> ()");
 
   // --- build and CPU dispatch introspection --------------------------------------------
   // The CPU ISA the kernels dispatch on now.

@@ -454,6 +454,15 @@ def _(packed, scales, n, block_size):
     return packed.new_empty((n,), dtype=torch.float32)
 
 
+def _writes_only_its_outputs(*args):
+    return None
+
+
+for _codec_out in ("ef_compress_int8_out", "ef_compress_sign_out", "decompress_sum_int8_out",
+                   "decompress_sum_sign_out"):
+    torch.library.register_fake(f"effgen::{_codec_out}")(_writes_only_its_outputs)
+
+
 # Autograd is registered in C++ (csrc/ops/autograd.cpp): a Python autograd.Function per call
 # cost more than the kernels on small tensors. The fake-quant ops: straight-through for the
 # cachemask ops, LSQ for the learnable one. The quantized linear ops (int8_dynamic_linear,

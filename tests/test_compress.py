@@ -36,6 +36,70 @@ def test_decompress_sums_match_reference_exactly(isa, n, block):
     assert_same_bits(e.decompress_sum_sign(packed, scales, n, block), ref.decompress_sum_sign(packed, scales, n, block))
 
 
+SENTINEL = 0x5A  # every byte of a message buffer before an op writes into its views
+
+
+def message_views(rows: int, payload_width: int, payload_dtype: torch.dtype, blocks: int, device: str = "cpu"):
+    """A payload and scales as strided rows of one buffer, as the DDP hook lays out its
+    messages (payload padded to fp32 words, then scales), with a spare word after each part
+    so that no row is contiguous with the next; every byte starts as SENTINEL."""
+    payload_words = -(-payload_width // 4) + 1
+    buffer = torch.empty(rows, payload_words + blocks + 1, device=device)
+    buffer.view(torch.uint8).fill_(SENTINEL)
+    payload = buffer[:, :payload_words].view(torch.uint8)[:, :payload_width].view(payload_dtype)
+    return buffer, payload, buffer[:, payload_words:payload_words + blocks]
+
+
+def assert_only_views_written(buffer: torch.Tensor, *views: torch.Tensor) -> None:
+    for view in views:
+        view.view(torch.uint8).fill_(SENTINEL)
+    assert (buffer.view(torch.uint8) == SENTINEL).all(), "an op wrote outside its output views"
+
+
+ENCODERS = [(e.ef_compress_int8, e.ef_compress_int8_out, 1, torch.int8),
+            (e.ef_compress_sign, e.ef_compress_sign_out, 8, torch.uint8)]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+# One row with a short last block; several rows of whole blocks (block % 8 != 0 too).
+@pytest.mark.parametrize("rows,cols,block", [(1, 1003, 7), (1, 4099, 256), (3, 1024, 64), (2, 70016, 64),
+                                             (4, 1200, 12), (2, 0, 16)])
+def test_out_encoders_write_the_plain_results_into_strided_rows(isa, dtype, rows, cols, block):
+    x = random_input((rows * cols,), dtype)
+    start_error = random_input((rows * cols,), scale=0.01)
+    for op, op_out, per_element, payload_dtype in ENCODERS:
+        expected_error, error = start_error.clone(), start_error.clone()
+        expected_payload, expected_scales = op(x, expected_error, block)
+        buffer, payload, scales = message_views(rows, -(-cols // per_element), payload_dtype, -(-cols // block))
+        op_out(x, error, block, payload, scales)
+        assert_same_bits(payload, expected_payload.view(rows, -1))
+        assert_same_bits(scales, expected_scales.view(rows, -1))
+        assert_same_bits(error, expected_error)
+        assert_only_views_written(buffer, payload, scales)
+
+
+@pytest.mark.parametrize("n,block", [(1, 4), (4099, 256), (70001, 64), (1003, 7), (517, 100)])
+def test_decoders_read_strided_rows_in_place(isa, n, block):
+    rows, blocks = 3, -(-n // block)
+    _, q, q_scales = message_views(rows, n, torch.int8, blocks)
+    q.copy_(torch.randint(-127, 128, (rows, n), dtype=torch.int8))
+    _, packed, sign_scales = message_views(rows, (n + 7) // 8, torch.uint8, blocks)
+    packed.copy_(torch.randint(0, 256, (rows, (n + 7) // 8), dtype=torch.uint8))
+    q_scales.copy_(torch.rand(rows, blocks))
+    sign_scales.copy_(torch.rand(rows, blocks))
+    expected_int8 = ref.decompress_sum_int8(q.contiguous(), q_scales.contiguous(), block)
+    expected_sign = ref.decompress_sum_sign(packed.contiguous(), sign_scales.contiguous(), n, block)
+    assert_same_bits(e.decompress_sum_int8(q, q_scales, block), expected_int8)
+    assert_same_bits(e.decompress_sum_sign(packed, sign_scales, n, block), expected_sign)
+    for total, expected, decode in [
+        (torch.full((n,), float("nan")), expected_int8, lambda t: e.decompress_sum_int8_out(q, q_scales, block, t)),
+        (torch.full((n,), float("nan")), expected_sign,
+         lambda t: e.decompress_sum_sign_out(packed, sign_scales, n, block, t)),
+    ]:
+        decode(total)
+        assert_same_bits(total, expected)
+
+
 def test_error_feedback_keeps_the_running_sum():
     # Compressing x + error and carrying the loss means the decompressed outputs sum to the
     # inputs' sum up to one step's residual, however many steps run.
@@ -109,15 +173,23 @@ def test_blocks_too_small_for_a_reciprocal_send_zeros_and_keep_their_values(isa)
         assert_same_bits(error[64:], v[64:])
 
 
-@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("case", range(8))
 def test_opcheck(case):
-    x, error = random_input((1000,)), random_input((1000,), scale=0.01)
+    x, error = random_input((1024,)), random_input((1024,), scale=0.01)
     scales = torch.rand(2, 8)
+    q = torch.randint(-127, 128, (2, 1024), dtype=torch.int8)
+    packed = torch.randint(0, 256, (2, 128), dtype=torch.uint8)
     cases = [
         (e.ef_compress_int8.default, (x, error.clone(), 128)),
         (e.ef_compress_sign.default, (x, error.clone(), 128)),
-        (e.decompress_sum_int8.default, (torch.randint(-127, 128, (2, 1000), dtype=torch.int8), scales, 128)),
-        (e.decompress_sum_sign.default, (torch.randint(0, 256, (2, 125), dtype=torch.uint8), scales, 1000, 128)),
+        (e.decompress_sum_int8.default, (q, scales, 128)),
+        (e.decompress_sum_sign.default, (packed, scales, 1024, 128)),
+        (e.ef_compress_int8_out.default, (x, error.clone(), 128, torch.empty(2, 512, dtype=torch.int8),
+                                          torch.empty(2, 4))),
+        (e.ef_compress_sign_out.default, (x, error.clone(), 128, torch.empty(2, 64, dtype=torch.uint8),
+                                          torch.empty(2, 4))),
+        (e.decompress_sum_int8_out.default, (q, scales, 128, torch.empty(1024))),
+        (e.decompress_sum_sign_out.default, (packed, scales, 1024, 128, torch.empty(1024))),
     ]
     opcheck(*cases[case])
 
@@ -134,6 +206,31 @@ def test_bad_inputs_name_the_argument():
         e.ef_compress_int8(x.reshape(10, 10), torch.zeros(10, 10), 16)
     with pytest.raises(ValueError, match="scales must be \\[2, 7\\]"):
         e.decompress_sum_int8(torch.zeros(2, 100, dtype=torch.int8), torch.ones(2, 6), 16)
+
+
+def test_bad_outputs_name_the_argument():
+    x, error = torch.randn(96), torch.zeros(96)
+    q, scales = torch.empty(2, 48, dtype=torch.int8), torch.empty(2, 3)
+    with pytest.raises(TypeError, match="ef_compress_int8_out: q must be int8, got Float"):
+        e.ef_compress_int8_out(x, error, 16, q.float(), scales)
+    with pytest.raises(TypeError, match="ef_compress_sign_out: packed must be uint8"):
+        e.ef_compress_sign_out(x, error, 16, q, scales)
+    with pytest.raises(ValueError, match="q must be \\[rows, ...\\] with rows dividing x's 96 values"):
+        e.ef_compress_int8_out(x, error, 16, torch.empty(5, 20, dtype=torch.int8), scales)
+    with pytest.raises(ValueError, match="2 rows of 48 values must each hold whole blocks of block_size 32"):
+        e.ef_compress_int8_out(x, error, 32, q, torch.empty(2, 2))
+    with pytest.raises(ValueError, match="whole blocks of block_size 3 and whole bytes of bits"):
+        e.ef_compress_sign_out(torch.randn(12), torch.zeros(12), 3, torch.empty(2, 1, dtype=torch.uint8),
+                               torch.empty(2, 2))
+    with pytest.raises(ValueError, match="q must be \\[2, 48\\] with rows of unit stride"):
+        e.ef_compress_int8_out(x, error, 16, torch.empty(48, 2, dtype=torch.int8).t(), scales)
+    with pytest.raises(ValueError, match="scales must be \\[2, 3\\] with rows of unit stride"):
+        e.ef_compress_int8_out(x, error, 16, q, torch.empty(2, 4))
+    q_rows, row_scales = torch.zeros(2, 96, dtype=torch.int8), torch.ones(2, 6)
+    with pytest.raises(TypeError, match="decompress_sum_int8_out: total must be float32"):
+        e.decompress_sum_int8_out(q_rows, row_scales, 16, torch.empty(96, dtype=torch.float64))
+    with pytest.raises(ValueError, match="decompress_sum_sign_out: total must be a contiguous \\[96\\]"):
+        e.decompress_sum_sign_out(torch.zeros(2, 12, dtype=torch.uint8), row_scales, 96, 16, torch.empty(192)[::2])
 
 
 def test_state_dict_restores_residuals_and_keeps_the_callers_group():
@@ -225,6 +322,28 @@ def test_cuda_decompress_sums_match_the_cpu_kernels(n, block):
                      e.decompress_sum_int8(q, scales, block))
     assert_same_bits(e.decompress_sum_sign(packed.cuda(), scales.cuda(), n, block).cpu(),
                      e.decompress_sum_sign(packed, scales, n, block))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("rows,cols,block", [(1, 1003, 7), (3, 1024, 64), (4, 1200, 12)])
+def test_cuda_out_forms_match_the_cpu_ones(rows, cols, block):
+    # Encoders into strided message rows, then the decoders reading those rows in place.
+    x, start_error = random_input((rows * cols,)), random_input((rows * cols,), scale=0.01)
+    for _, op_out, per_element, payload_dtype in ENCODERS:
+        results = {}
+        for device in ("cpu", "cuda"):
+            error, total = start_error.to(device), torch.empty(cols, device=device)
+            buffer, payload, scales = message_views(rows, -(-cols // per_element), payload_dtype,
+                                                    -(-cols // block), device)
+            op_out(x.to(device), error, block, payload, scales)
+            if per_element == 1:
+                e.decompress_sum_int8_out(payload, scales, block, total)
+            else:
+                e.decompress_sum_sign_out(payload, scales, cols, block, total)
+            results[device] = [t.cpu() for t in (payload.clone(), scales.clone(), error, total)]
+            assert_only_views_written(buffer, payload, scales)
+        for gpu_result, cpu_result in zip(results["cuda"], results["cpu"], strict=True):
+            assert_same_bits(gpu_result, cpu_result)
 
 
 @pytest.mark.cuda

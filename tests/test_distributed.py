@@ -53,6 +53,30 @@ def test_compressed_allreduce_equals_the_reference_algorithm(tmp_path, world, co
     assert traffic.compression_ratio > (3.5 if codec == "int8" else 20)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("codec", ["int8", "sign"])
+def test_a_bucket_of_parameters_equals_the_reference_per_parameter(tmp_path, codec, dtype):
+    # Each parameter is padded and averaged on its own, whatever shares its bucket or part:
+    # five of them in two parts, one too small to reach every rank (pieces of no values).
+    world, sizes, steps, block = 3, (5000, 5, 130, 4099, 777), 3, 64
+    n = sum(sizes)
+    run(workers.allreduce_steps, world, tmp_path, codec, n, steps, block, None, sizes, dtype, 4000)
+    outputs = [torch.load(tmp_path / f"{r}.pt", weights_only=False) for r in range(world)]
+    unit = world * math.lcm(block, 8)
+    residuals = [([torch.zeros(-(-size // unit) * unit) for _ in range(world)],
+                  [torch.zeros(-(-size // unit) * unit // world) for _ in range(world)]) for size in sizes]
+    for step in range(steps):
+        grads = [workers.step_grads(r, step, n).to(dtype) for r in range(world)]
+        expected, at = torch.empty(n, dtype=dtype), 0
+        for size, (worker_errors, server_errors) in zip(sizes, residuals, strict=True):
+            padded = [torch.nn.functional.pad(g[at:at + size], (0, len(worker_errors[0]) - size)) for g in grads]
+            average = ref.compressed_allreduce(padded, worker_errors, server_errors, codec, block)
+            expected[at:at + size] = average[:size].to(dtype)
+            at += size
+        for out in outputs:
+            assert torch.equal(out["results"][step], expected), (codec, dtype, step)
+
+
 @pytest.mark.parametrize("codec", ["int8", "sign"])
 def test_an_overflowing_step_reaches_the_result_and_no_later_step(tmp_path, codec):
     # Under fp16 AMP a step whose gradients overflow must come out non-finite on every rank

@@ -23,6 +23,47 @@ inline void check_codec_args(const char* op, const at::Tensor& x, const at::Tens
   TORCH_CHECK_VALUE(block > 0, op, ": block_size must be positive, got ", block);
 }
 
+// The encoders' `_out` forms write x's n values as `rows` rows of n / rows values: payload
+// [rows, values a row / values_per_element] of `payload_type` (1 value an element for int8,
+// 8 for packed bits) and scales [rows, blocks a row], each row of unit stride (rows may be
+// strided: views of the messages about to be sent). With several rows, a row holds whole
+// blocks (and whole bytes of bits), so that row r equals that part of the flat op's output.
+// Returns the values a row.
+inline int64_t check_encoder_outputs(const char* op, const at::Tensor& x, int64_t block, const char* payload_name,
+                                     const at::Tensor& payload, at::ScalarType payload_type,
+                                     int64_t values_per_element, const at::Tensor& scales) {
+  TORCH_CHECK_TYPE(payload.scalar_type() == payload_type, op, ": ", payload_name, " must be ",
+                   payload_type == at::kChar ? "int8" : "uint8", ", got ", payload.scalar_type());
+  TORCH_CHECK_TYPE(scales.scalar_type() == at::kFloat, op, ": scales must be float32, got ", scales.scalar_type());
+  check_same_device(op, payload_name, payload, x);
+  check_same_device(op, "scales", scales, x);
+  const int64_t n = x.numel();
+  TORCH_CHECK_VALUE(payload.dim() == 2 && payload.size(0) >= 1 && n % payload.size(0) == 0, op, ": ", payload_name,
+                    " must be [rows, ...] with rows dividing x's ", n, " values, got shape ", payload.sizes());
+  const int64_t rows = payload.size(0), cols = n / rows;
+  TORCH_CHECK_VALUE(rows == 1 || (cols % block == 0 && cols % values_per_element == 0), op, ": ", rows,
+                    " rows of ", cols, " values must each hold whole blocks of block_size ", block,
+                    values_per_element > 1 ? " and whole bytes of bits" : "");
+  const int64_t width = (cols + values_per_element - 1) / values_per_element;
+  TORCH_CHECK_VALUE(payload.size(1) == width && (payload.stride(1) == 1 || width <= 1), op, ": ", payload_name,
+                    " must be [", rows, ", ", width, "] with rows of unit stride, got shape ", payload.sizes(),
+                    " and strides ", payload.strides());
+  TORCH_CHECK_VALUE(scales.dim() == 2 && scales.size(0) == rows && scales.size(1) == blocks_of(cols, block) &&
+                        (scales.stride(1) == 1 || scales.size(1) <= 1),
+                    op, ": scales must be [", rows, ", ", blocks_of(cols, block),
+                    "] with rows of unit stride, got shape ", scales.sizes(), " and strides ", scales.strides());
+  return cols;
+}
+
+// The `total` of the decoders' `_out` forms: a contiguous float32 [n] on the inputs' device.
+inline void check_total_out(const char* op, const at::Tensor& total, int64_t n, const at::Tensor& data) {
+  TORCH_CHECK_TYPE(total.scalar_type() == at::kFloat, op, ": total must be float32, got ", total.scalar_type());
+  check_same_device(op, "total", total, data);
+  TORCH_CHECK_VALUE(total.dim() == 1 && total.size(0) == n && total.is_contiguous(), op,
+                    ": total must be a contiguous [", n, "], got shape ", total.sizes(), " and strides ",
+                    total.strides());
+}
+
 // The received chunks and their scales of the decoders (the caller checks the device).
 inline void check_chunks(const char* op, const at::Tensor& data, const at::Tensor& scales, int64_t n, int64_t block) {
   TORCH_CHECK_VALUE(block > 0, op, ": block_size must be positive, got ", block);

@@ -112,13 +112,59 @@ at::Tensor decompress_sum_sign(const at::Tensor& packed_in, const at::Tensor& sc
   return total;
 }
 
+// The `_out` forms run the plain op and copy into the caller's buffers: one more pass over
+// HBM. They exist for the CPU, where fresh outputs cost page faults and the message copies a
+// pass on one core; here the caching allocator reuses memory (and the copies are a fraction
+// of an all-to-all). Unverified: compiled, not yet run on a GPU.
+void copy_into_rows(const std::tuple<at::Tensor, at::Tensor>& flat, at::Tensor& payload, at::Tensor& scales) {
+  payload.copy_(std::get<0>(flat).view(payload.sizes()));
+  scales.copy_(std::get<1>(flat).view(scales.sizes()));
+}
+
+void ef_compress_int8_out(const at::Tensor& x, at::Tensor& error, int64_t block, at::Tensor& q, at::Tensor& scales) {
+  constexpr const char* op = "ef_compress_int8_out";
+  check_codec_args(op, x, error, block);
+  check_cuda(op, "x", x);
+  check_encoder_outputs(op, x, block, "q", q, at::kChar, 1, scales);
+  copy_into_rows(ef_compress_int8(x, error, block), q, scales);
+}
+
+void ef_compress_sign_out(const at::Tensor& x, at::Tensor& error, int64_t block, at::Tensor& packed,
+                          at::Tensor& scales) {
+  constexpr const char* op = "ef_compress_sign_out";
+  check_codec_args(op, x, error, block);
+  check_cuda(op, "x", x);
+  check_encoder_outputs(op, x, block, "packed", packed, at::kByte, 8, scales);
+  copy_into_rows(ef_compress_sign(x, error, block), packed, scales);
+}
+
+void decompress_sum_int8_out(const at::Tensor& q, const at::Tensor& scales, int64_t block, at::Tensor& total) {
+  constexpr const char* op = "decompress_sum_int8_out";
+  check_cuda(op, "q", q);
+  check_total_out(op, total, check_int8_chunks(op, q, scales, block), q);
+  total.copy_(decompress_sum_int8(q, scales, block));
+}
+
+void decompress_sum_sign_out(const at::Tensor& packed, const at::Tensor& scales, int64_t n, int64_t block,
+                             at::Tensor& total) {
+  constexpr const char* op = "decompress_sum_sign_out";
+  check_cuda(op, "packed", packed);
+  check_sign_chunks(op, packed, scales, n, block);
+  check_total_out(op, total, n, packed);
+  total.copy_(decompress_sum_sign(packed, scales, n, block));
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(effgen, CUDA, m) {
   m.impl("ef_compress_int8", &ef_compress_int8);
+  m.impl("ef_compress_int8_out", &ef_compress_int8_out);
   m.impl("ef_compress_sign", &ef_compress_sign);
+  m.impl("ef_compress_sign_out", &ef_compress_sign_out);
   m.impl("decompress_sum_int8", &decompress_sum_int8);
+  m.impl("decompress_sum_int8_out", &decompress_sum_int8_out);
   m.impl("decompress_sum_sign", &decompress_sum_sign);
+  m.impl("decompress_sum_sign_out", &decompress_sum_sign_out);
 }
 
 }  // namespace effgen::ops

@@ -202,16 +202,20 @@ def _after_previous_gathers(state: CompressionState, ready: torch.futures.Future
     torch.futures.collect_all([previous, ready]).then(lambda _: launch(issued))
 
 
-def _compress(state: CompressionState, x: torch.Tensor, error: torch.Tensor):
+def _compress_into(state: CompressionState, x: torch.Tensor, error: torch.Tensor, payload: torch.Tensor,
+                   scales: torch.Tensor) -> None:
     if state.codec == "int8":
-        return _ops.ef_compress_int8(x, error, state.block_size)
-    return _ops.ef_compress_sign(x, error, state.block_size)
+        _ops.ef_compress_int8_out(x, error, state.block_size, payload, scales)
+    else:
+        _ops.ef_compress_sign_out(x, error, state.block_size, payload, scales)
 
 
-def _decompress_sum(state: CompressionState, payload: torch.Tensor, scales: torch.Tensor, n: int) -> torch.Tensor:
+def _decompress_sum_into(state: CompressionState, payload: torch.Tensor, scales: torch.Tensor,
+                         total: torch.Tensor) -> None:
     if state.codec == "int8":
-        return _ops.decompress_sum_int8(payload, scales, state.block_size)
-    return _ops.decompress_sum_sign(payload, scales, n, state.block_size)
+        _ops.decompress_sum_int8_out(payload, scales, state.block_size, total)
+    else:
+        _ops.decompress_sum_sign_out(payload, scales, total.numel(), state.block_size, total)
 
 
 def _group(state: CompressionState):
@@ -251,19 +255,20 @@ class _Layout:
         self.chunk = sum(self.chunks)  # values each rank owns
         self.padded = self.chunk * world
 
-    def to_rank_major(self, tensor: torch.Tensor, out: torch.Tensor) -> None:
-        rows = out.view(self.world, self.chunk)
-        for (_, offset, numel), chunk, at in zip(self.segments, self.chunks, self.chunk_offsets, strict=True):
-            for r in range(self.world):
-                lo, hi = min(numel, r * chunk), min(numel, (r + 1) * chunk)
-                rows[r, at:at + hi - lo].copy_(tensor[offset + lo:offset + hi])
-                rows[r, at + hi - lo:at + chunk].zero_()
-
-    def from_rank_row(self, rank: int, row: torch.Tensor, tensor: torch.Tensor) -> None:
-        """Puts rank ``rank``'s chunk of every segment (``row``, self.chunk values) back."""
+    def pieces(self, rank: int):
+        """Rank ``rank``'s part of every segment: (start in the bucket, start in the rank's
+        row, values, values with padding) per segment; the row holds the bucket's values
+        [start, start + values) followed by zeros up to the segment's chunk."""
         for (_, offset, numel), chunk, at in zip(self.segments, self.chunks, self.chunk_offsets, strict=True):
             lo, hi = min(numel, rank * chunk), min(numel, (rank + 1) * chunk)
-            tensor[offset + lo:offset + hi].copy_(row[at:at + hi - lo])
+            yield offset + lo, at, hi - lo, chunk
+
+    def to_rank_major(self, tensor: torch.Tensor, out: torch.Tensor) -> None:
+        rows = out.view(self.world, self.chunk)
+        for r in range(self.world):
+            for start, at, count, chunk in self.pieces(r):
+                rows[r, at:at + count].copy_(tensor[start:start + count])
+                rows[r, at + count:at + chunk].zero_()
 
     def split(self, worker: torch.Tensor | None, server: torch.Tensor | None) -> dict:
         """{key: (worker residual [world, chunk], server residual [chunk])} per segment."""
@@ -370,51 +375,94 @@ def _gathered_mean(state: CompressionState, tensor: torch.Tensor, segments: tupl
     return work.get_future().then(lambda f: f.value() and average())
 
 
-def _pack(payload: torch.Tensor, scales: torch.Tensor, rows: int, out: torch.Tensor) -> None:
-    """out (uint8) = ``rows`` messages, each a chunk's payload bytes then its scales' bytes:
-    one collective per phase carries both (two collectives would double the round trips)."""
-    messages, data = out.view(rows, -1), payload.view(torch.uint8).view(rows, -1)
-    messages[:, :data.shape[1]].copy_(data)
-    messages[:, data.shape[1]:].copy_(scales.view(torch.uint8).view(rows, -1))
+class _Messages:
+    """A buffer of ``rows`` messages, one per rank and phase: a chunk's payload (padded to
+    whole fp32 words), then its blocks' scales. The encoders write into it and the decoders
+    read from it in place, so one collective carries both (two would double the round
+    trips) and no pass packs or unpacks them."""
+
+    def __init__(self, state: CompressionState, key: int, name: str, rows: int, chunk: int, device) -> None:
+        self.block = state.block_size
+        self.per_element = 1 if state.codec == "int8" else 8  # values a payload element holds
+        payload_bytes = chunk // self.per_element  # chunk: whole bytes of bits
+        payload_words = -(-payload_bytes // 4)
+        self.buffer = state._scratch(key, name, rows * (payload_words + chunk // self.block), torch.float32, device)
+        words = self.buffer.view(rows, -1)
+        self.payload = words[:, :payload_words].view(torch.uint8)[:, :payload_bytes]
+        if state.codec == "int8":
+            self.payload = self.payload.view(torch.int8)
+        self.scales = words[:, payload_words:]
+
+    def piece(self, row: int, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Payload and scales ([1, ...] each) of values [start, start + count) of a row;
+        start is a multiple of lcm(block, 8), as every segment's place in a row is."""
+        first, first_block = start // self.per_element, start // self.block
+        return (self.payload[row:row + 1, first:first + -(-count // self.per_element)],
+                self.scales[row:row + 1, first_block:first_block + -(-count // self.block)])
+
+    @property
+    def bytes_per_row(self) -> int:
+        return self.buffer.numel() * 4 // self.payload.shape[0]
 
 
-def _unpack(messages: torch.Tensor, rows: int, payload: torch.Tensor, scales: torch.Tensor) -> None:
-    """The inverse of _pack, into contiguous ``payload`` and ``scales``."""
-    messages, data = messages.view(rows, -1), payload.view(torch.uint8).view(rows, -1)
-    data.copy_(messages[:, :data.shape[1]])
-    scales.view(torch.uint8).view(rows, -1).copy_(messages[:, data.shape[1]:])
+def _encode_rank_major(state: CompressionState, plan: _Layout, tensor: torch.Tensor, error: torch.Tensor,
+                       outgoing: _Messages, key: int) -> None:
+    """Phase 1's encoding of ``tensor`` in the plan's rank-major layout into ``outgoing``.
+    int8 takes every piece straight from the bucket: a padding zero encodes to code 0 with a
+    residual of 0 and leaves its block's absmax alone, so the padding only needs zero codes
+    and (for blocks of padding alone) zero scales. The sign codec's scale counts the zeros,
+    so it encodes a padded copy."""
+    if state.codec != "int8":
+        x = state._scratch(key, "padded", plan.padded, tensor.dtype, tensor.device)
+        plan.to_rank_major(tensor, x)
+        _compress_into(state, x, error, outgoing.payload, outgoing.scales)
+        return
+    rows = error.view(plan.world, plan.chunk)
+    for r in range(plan.world):
+        for start, at, count, chunk in plan.pieces(r):
+            payload, scales = outgoing.piece(r, at, chunk)
+            payload[:, count:].zero_()
+            scales[:, -(-count // state.block_size):].zero_()
+            if count:
+                _compress_into(state, tensor[start:start + count], rows[r, at:at + count], payload[:, :count],
+                               scales[:, :-(-count // state.block_size)])
+
+
+def _decode_into_bucket(state: CompressionState, plan: _Layout, gathered: _Messages, tensor: torch.Tensor,
+                        decoded: torch.Tensor) -> None:
+    """The averaged chunks of every rank, decoded into their places in ``tensor``: an fp32
+    bucket piece by piece in place, a 16-bit one through ``decoded`` (the decoders sum in
+    fp32)."""
+    for r in range(plan.world):
+        if tensor.dtype == torch.float32:
+            for start, at, count, _ in plan.pieces(r):
+                if count:
+                    _decompress_sum_into(state, *gathered.piece(r, at, count), tensor[start:start + count])
+            continue
+        _decompress_sum_into(state, *gathered.piece(r, 0, plan.chunk), decoded)
+        for start, at, count, _ in plan.pieces(r):
+            tensor[start:start + count].copy_(decoded[at:at + count])
 
 
 def _two_phase(state: CompressionState, tensor: torch.Tensor, segments: tuple, key: int,
                world: int) -> torch.futures.Future:
     """The compressed all-reduce of the module docstring over ``segments`` of ``tensor``;
     ``key`` names the part's residuals and buffers."""
-    block = state.block_size
-    plan = _Layout(segments, world, block)
+    plan = _Layout(segments, world, state.block_size)
     state._regroup(key, plan, tensor.device)
     chunk = plan.chunk
-    chunk_blocks = chunk // block
-    x = state._scratch(key, "padded", plan.padded, tensor.dtype, tensor.device)
-    plan.to_rank_major(tensor, x)
     worker_error = state.worker_errors[key]
     if not state.error_feedback:
         worker_error.zero_()
-    payload, scales = _compress(state, x, worker_error)
-    payload_chunk = payload.numel() // world  # int8: chunk values; sign: chunk / 8 bytes
-    message = payload_chunk + 4 * chunk_blocks  # bytes per rank and phase
-
-    def scratch(name: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
-        return state._scratch(key, name, numel, dtype, tensor.device)
-
-    # Messages as sent and received (payload bytes, then scale bytes, per rank), and the
-    # received payload and scales unpacked for the decoder (phase 1, then phase 2).
-    outgoing = scratch("outgoing", world * message, torch.uint8)
-    incoming = scratch("incoming", world * message, torch.uint8)
-    mine, gathered = scratch("mine", message, torch.uint8), scratch("gathered", world * message, torch.uint8)
-    received_payload = scratch("received_payload", payload.numel(), payload.dtype)
-    received_scales = scratch("received_scales", scales.numel(), scales.dtype)
-    _pack(payload, scales, world, outgoing)
-    sent = 2 * (world - 1) * message
+    # Messages as sent and received in phase 1 (one per rank), this rank's averaged chunk and
+    # every rank's as gathered in phase 2; the sum of a phase's chunks, decoded.
+    outgoing = _Messages(state, key, "outgoing", world, chunk, tensor.device)
+    incoming = _Messages(state, key, "incoming", world, chunk, tensor.device)
+    mine = _Messages(state, key, "mine", 1, chunk, tensor.device)
+    gathered = _Messages(state, key, "gathered", world, chunk, tensor.device)
+    decoded = state._scratch(key, "decoded", chunk, torch.float32, tensor.device)
+    _encode_rank_major(state, plan, tensor, worker_error, outgoing, key)
+    sent = 2 * (world - 1) * outgoing.bytes_per_row
     state._current.bytes_sent += sent
     state._current.bytes_received += sent
     state._current.bytes_uncompressed += 2 * (world - 1) * sum(seg[2] for seg in segments) * 4 // world
@@ -427,11 +475,7 @@ def _two_phase(state: CompressionState, tensor: torch.Tensor, segments: tuple, k
     def finish(done: torch.futures.Future) -> None:
         try:
             done.value()
-            _unpack(gathered, world, received_payload, received_scales)
-            payloads = received_payload.view(world, payload_chunk)
-            scale_rows = received_scales.view(world, chunk_blocks)
-            for r in range(world):  # a chunk at a time: no bucket-sized temporary (page faults)
-                plan.from_rank_row(r, _decompress_sum(state, payloads[r:r + 1], scale_rows[r:r + 1], chunk), tensor)
+            _decode_into_bucket(state, plan, gathered, tensor, decoded)
             result.set_result(tensor)
         except BaseException as error:  # a failed collective must reach the caller, not hang it
             fail(error)
@@ -439,16 +483,12 @@ def _two_phase(state: CompressionState, tensor: torch.Tensor, segments: tuple, k
     def reduce_chunk(issued) -> None:
         try:
             exchanged.value()
-            _unpack(incoming, world, received_payload, received_scales)
-            total = _decompress_sum(state, received_payload.reshape(world, payload_chunk),
-                                    received_scales.reshape(world, chunk_blocks), chunk)
+            _decompress_sum_into(state, incoming.payload, incoming.scales, decoded)
             server_error = state.server_errors[key]
             if not state.error_feedback:
                 server_error.zero_()
-            mine_payload, mine_scales = _compress(state, total.div_(world), server_error)
-            _pack(mine_payload, mine_scales, 1, mine)
-            # Straight into one flat buffer per bucket, rank after rank: no concatenation.
-            work = _all_gather_flat(gathered, mine, group=_gather_group(state), async_op=True)
+            _compress_into(state, decoded.div_(world), server_error, mine.payload, mine.scales)
+            work = _all_gather_flat(gathered.buffer, mine.buffer, group=_gather_group(state), async_op=True)
             issued()
             work.get_future().then(finish)
         except BaseException as error:
@@ -457,7 +497,8 @@ def _two_phase(state: CompressionState, tensor: torch.Tensor, segments: tuple, k
 
     # Phase 1 now, from the hook (bucket order); phase 2 once it has arrived and the previous
     # bucket's phase 2 is out (a callback, never blocking).
-    exchanged = dist.all_to_all_single(incoming, outgoing, group=_group(state), async_op=True).get_future()
+    exchanged = dist.all_to_all_single(incoming.buffer, outgoing.buffer, group=_group(state),
+                                       async_op=True).get_future()
     _after_previous_gathers(state, exchanged, reduce_chunk)
     return result
 

@@ -8,6 +8,18 @@
 
 namespace effgen::cpu {
 
+// The received chunks of the decoders: `rows` rows of payload (row r at data + r *
+// data_stride) and of their blocks' scales (at scales + r * scale_stride). Rows are strided so
+// that the decoders read the payload and scales straight out of the messages as received.
+template <typename T>
+struct ChunkRows {
+  const T* data;
+  int64_t data_stride;
+  const float* scales;
+  int64_t scale_stride;
+  int64_t rows;
+};
+
 struct CompressKernels {
   // For blocks [b0, b1) of x (n values): v = x + error; scale = absmax(v) / 127 per block;
   // q = clamp(round_half_even(v * (1 / scale)), -127, 127); error = v - q * scale. A block
@@ -17,8 +29,7 @@ struct CompressKernels {
                                   int64_t b1, int8_t* q, float* scales);
   // total[i] = sum over rows r = 0..rows-1, in order, of q[r][i] * scales[r][i / block],
   // for i in [i0, i1).
-  void (*decompress_sum_int8)(const int8_t* q, const float* scales, int64_t rows, int64_t n, int64_t block, int64_t i0,
-                              int64_t i1, float* total);
+  void (*decompress_sum_int8)(ChunkRows<int8_t> q, int64_t block, int64_t i0, int64_t i1, float* total);
   // The sign codec for blocks [b0, b1) of x (n values), whose first value b0 * block must
   // be a multiple of 8 (so that no byte of bits is shared with another range): v = x +
   // error; scale = min(rms(v), kSignScaleCap * mean |v|) per block, in double, rounded to
@@ -30,8 +41,7 @@ struct CompressKernels {
                                   int64_t b1, uint8_t* packed, float* scales);
   // total[i] = sum over rows, in order, of scales[r][i / block] * (bit i of row r ? 1 : -1),
   // for i in [i0, i1).
-  void (*decompress_sum_sign)(const uint8_t* packed, const float* scales, int64_t rows, int64_t n, int64_t block,
-                              int64_t i0, int64_t i1, float* total);
+  void (*decompress_sum_sign)(ChunkRows<uint8_t> packed, int64_t block, int64_t i0, int64_t i1, float* total);
 };
 
 // Why the sign codec's scale is min(rms, 1.5 mean |v|): the rms keeps the block's energy

@@ -76,18 +76,16 @@ void ef_compress_int8_blocks(DType dtype, const void* x, float* error, int64_t n
 
 // total[i] for i in [i0, i1): the rows' q * scale added in row order, one vector of
 // positions at a time inside each block (so the scale is one broadcast per row).
-void decompress_sum_int8(const int8_t* q, const float* scales, int64_t rows, int64_t n, int64_t block, int64_t i0,
-                         int64_t i1, float* total) {
-  const int64_t blocks = (n + block - 1) / block;
+void decompress_sum_int8(ChunkRows<int8_t> q, int64_t block, int64_t i0, int64_t i1, float* total) {
   for (int64_t start = i0; start < i1;) {
     const int64_t b = start / block, end = std::min(i1, (b + 1) * block);
     for (int64_t i = start; i < end; i += S::kWidth) {
       const int64_t len = std::min<int64_t>(S::kWidth, end - i);
       typename S::F acc = S::set1(0.0f);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int8_t* row = q + r * n + i;
+      for (int64_t r = 0; r < q.rows; ++r) {
+        const int8_t* row = q.data + r * q.data_stride + i;
         const typename S::F values = len == S::kWidth ? S::load(row) : S::load(pad_tail(row, len).v);
-        acc = S::add(acc, S::mul(values, S::set1(scales[r * blocks + b])));
+        acc = S::add(acc, S::mul(values, S::set1(q.scales[r * q.scale_stride + b])));
       }
       if (len == S::kWidth) {
         S::store(total + i, acc);

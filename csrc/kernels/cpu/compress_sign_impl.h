@@ -19,14 +19,12 @@ constexpr SignTable kSigns{};
 // division per value made it about 30x slower than the int8 codec); each output value is
 // summed over the rows in registers and written once (one pass per row over the output
 // moved three times the bytes). Rows are added in order to 0.0f, as in the reference.
-void decompress_sum_sign(const uint8_t* packed, const float* scales, int64_t rows, int64_t n, int64_t block,
-                         int64_t i0, int64_t i1, float* total) {
-  const int64_t blocks = (n + block - 1) / block, row_bytes = (n + 7) / 8;
+void decompress_sum_sign(ChunkRows<uint8_t> packed, int64_t block, int64_t i0, int64_t i1, float* total) {
   const auto one_value = [&](int64_t i, int64_t b) {
     float acc = 0.0f;
-    for (int64_t r = 0; r < rows; ++r) {
-      const float scale = scales[r * blocks + b];
-      acc += (packed[r * row_bytes + (i >> 3)] >> (i & 7)) & 1u ? scale : -scale;
+    for (int64_t r = 0; r < packed.rows; ++r) {
+      const float scale = packed.scales[r * packed.scale_stride + b];
+      acc += (packed.data[r * packed.data_stride + (i >> 3)] >> (i & 7)) & 1u ? scale : -scale;
     }
     total[i] = acc;
   };
@@ -36,9 +34,9 @@ void decompress_sum_sign(const uint8_t* packed, const float* scales, int64_t row
     for (; i < end && (i & 7); ++i) one_value(i, b);
     for (; i + 8 <= end; i += 8) {  // whole bytes: eight signs from the table, exact products
       float acc[8] = {};
-      for (int64_t r = 0; r < rows; ++r) {
-        const float* signs = kSigns.v[packed[r * row_bytes + (i >> 3)]];
-        const float scale = scales[r * blocks + b];
+      for (int64_t r = 0; r < packed.rows; ++r) {
+        const float* signs = kSigns.v[packed.data[r * packed.data_stride + (i >> 3)]];
+        const float scale = packed.scales[r * packed.scale_stride + b];
         for (int k = 0; k < 8; ++k) acc[k] += signs[k] * scale;
       }
       std::memcpy(total + i, acc, sizeof(acc));
