@@ -263,13 +263,6 @@ class _Layout:
             lo, hi = min(numel, rank * chunk), min(numel, (rank + 1) * chunk)
             yield offset + lo, at, hi - lo, chunk
 
-    def to_rank_major(self, tensor: torch.Tensor, out: torch.Tensor) -> None:
-        rows = out.view(self.world, self.chunk)
-        for r in range(self.world):
-            for start, at, count, chunk in self.pieces(r):
-                rows[r, at:at + count].copy_(tensor[start:start + count])
-                rows[r, at + count:at + chunk].zero_()
-
     def split(self, worker: torch.Tensor | None, server: torch.Tensor | None) -> dict:
         """{key: (worker residual [world, chunk], server residual [chunk])} per segment."""
         pieces = {}
@@ -407,25 +400,27 @@ class _Messages:
 
 def _encode_rank_major(state: CompressionState, plan: _Layout, tensor: torch.Tensor, error: torch.Tensor,
                        outgoing: _Messages, key: int) -> None:
-    """Phase 1's encoding of ``tensor`` in the plan's rank-major layout into ``outgoing``.
-    int8 takes every piece straight from the bucket: a padding zero encodes to code 0 with a
-    residual of 0 and leaves its block's absmax alone, so the padding only needs zero codes
-    and (for blocks of padding alone) zero scales. The sign codec's scale counts the zeros,
-    so it encodes a padded copy."""
-    if state.codec != "int8":
-        x = state._scratch(key, "padded", plan.padded, tensor.dtype, tensor.device)
-        plan.to_rank_major(tensor, x)
-        _compress_into(state, x, error, outgoing.payload, outgoing.scales)
-        return
+    """Phase 1's encoding of ``tensor`` in the plan's rank-major layout, into ``outgoing``.
+    A rank's piece of a parameter is encoded straight from the bucket up to its last whole
+    grain of lcm(block, 8) values (whole blocks, whole bytes of bits); the rest of it and its
+    padding go through a small zero-padded copy, so every block sees the padded layout's
+    values (the sign codec's scales count the padding's zeros)."""
+    grain = math.lcm(state.block_size, 8)
     rows = error.view(plan.world, plan.chunk)
+    # A parameter's padding is under world grains, so no tail is longer than world + 1.
+    tails = state._scratch(key, "tail", (plan.world + 1) * grain, tensor.dtype, tensor.device)
     for r in range(plan.world):
         for start, at, count, chunk in plan.pieces(r):
-            payload, scales = outgoing.piece(r, at, chunk)
-            payload[:, count:].zero_()
-            scales[:, -(-count // state.block_size):].zero_()
-            if count:
-                _compress_into(state, tensor[start:start + count], rows[r, at:at + count], payload[:, :count],
-                               scales[:, :-(-count // state.block_size)])
+            direct = count // grain * grain
+            if direct:
+                _compress_into(state, tensor[start:start + direct], rows[r, at:at + direct],
+                               *outgoing.piece(r, at, direct))
+            if direct < chunk:
+                tail = tails[:chunk - direct]
+                tail[:count - direct].copy_(tensor[start + direct:start + count])
+                tail[count - direct:].zero_()
+                _compress_into(state, tail, rows[r, at + direct:at + chunk],
+                               *outgoing.piece(r, at + direct, chunk - direct))
 
 
 def _decode_into_bucket(state: CompressionState, plan: _Layout, gathered: _Messages, tensor: torch.Tensor,
