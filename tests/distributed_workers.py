@@ -158,7 +158,8 @@ class TwoBranch(torch.nn.Module):
 
 def ddp_variant(rank, world, port, out, codec, variant, steps):
     """Digits training under one DDP setting: "bf16" / "fp16" gradients, "no_sync"
-    accumulation of two micro-batches, "find_unused" parameters, "static_graph"."""
+    accumulation of two micro-batches, "find_unused" parameters, "static_graph",
+    "bucket_view" (gradients as views of DDP's buckets, which the hook averages in place)."""
     init(rank, world, port)
     x, y = digits_data()
     shard = torch.arange(rank, 1600, world)
@@ -167,7 +168,8 @@ def ddp_variant(rank, world, port, out, codec, variant, steps):
     module = TwoBranch() if variant == "find_unused" else make_model()
     module = module.to(dtype)
     model = torch.nn.parallel.DistributedDataParallel(module, find_unused_parameters=variant == "find_unused",
-                                                      static_graph=variant == "static_graph")
+                                                      static_graph=variant == "static_graph",
+                                                      gradient_as_bucket_view=variant == "bucket_view")
     state = None
     if codec is not None:
         state = CompressionState(codec=codec, warmup_steps=2, min_compress_numel=0)

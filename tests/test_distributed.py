@@ -196,7 +196,7 @@ def test_distillation_with_a_ddp_student_and_the_compressed_hook(tmp_path):
     assert a["losses"][-1] < a["losses"][0] - 0.1  # measured 2.78 -> 2.53 in 10 steps
 
 
-@pytest.mark.parametrize("variant", ["bf16", "fp16", "no_sync", "find_unused", "static_graph"])
+@pytest.mark.parametrize("variant", ["bf16", "fp16", "no_sync", "find_unused", "static_graph", "bucket_view"])
 def test_int8_hook_under_ddp_variants_matches_plain_ddp(tmp_path, variant):
     pytest.importorskip("sklearn")
     steps, final = 30, {}
