@@ -56,20 +56,20 @@ def assert_only_views_written(buffer: torch.Tensor, *views: torch.Tensor) -> Non
     assert (buffer.view(torch.uint8) == SENTINEL).all(), "an op wrote outside its output views"
 
 
-ENCODERS = [(e.ef_compress_int8, e.ef_compress_int8_out, 1, torch.int8),
-            (e.ef_compress_sign, e.ef_compress_sign_out, 8, torch.uint8)]
+ENCODERS = [(ref.ef_compress_int8, e.ef_compress_int8_out, 1, torch.int8),
+            (ref.ef_compress_sign, e.ef_compress_sign_out, 8, torch.uint8)]
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 # One row with a short last block; several rows of whole blocks (block % 8 != 0 too).
 @pytest.mark.parametrize("rows,cols,block", [(1, 1003, 7), (1, 4099, 256), (3, 1024, 64), (2, 70016, 64),
                                              (4, 1200, 12), (2, 0, 16)])
-def test_out_encoders_write_the_plain_results_into_strided_rows(isa, dtype, rows, cols, block):
+def test_out_encoders_write_the_reference_results_into_strided_rows(isa, dtype, rows, cols, block):
     x = random_input((rows * cols,), dtype)
     start_error = random_input((rows * cols,), scale=0.01)
-    for op, op_out, per_element, payload_dtype in ENCODERS:
+    for reference, op_out, per_element, payload_dtype in ENCODERS:
         expected_error, error = start_error.clone(), start_error.clone()
-        expected_payload, expected_scales = op(x, expected_error, block)
+        expected_payload, expected_scales = reference(x, expected_error, block)
         buffer, payload, scales = message_views(rows, -(-cols // per_element), payload_dtype, -(-cols // block))
         op_out(x, error, block, payload, scales)
         assert_same_bits(payload, expected_payload.view(rows, -1))
