@@ -13,20 +13,32 @@ addresses on those veth links.
 
 Reports per hook: median step time (forward + backward, where DDP waits for the
 all-reduce), bytes the hook sent per worker per step, and the speedup over plain DDP.
+
+With --train-steps N the workers instead train an MLP of the same size on scikit-learn's
+digits (ddp_digits_worker) for N steps with every hook, to compare the hooks at equal
+loss: besides step times it reports the final training and test loss and how long each
+hook took to reach a loss (--target: by default the worst hook's final loss, which every
+hook reached; or a hook's final loss, e.g. --target powersgd).
+
+    sudo .venv/bin/python benchmarks/netns_allreduce.py --rate 1gbit --train-steps 200 --target powersgd
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
+
+from effgen_kernels.bench.ddp_worker import digits_mlp
 
 PREFIX = "effgen-bench"
 # PowerSGD (rank 4) runs with one bucket (see ddp_step_worker): with several in flight, its
@@ -74,18 +86,81 @@ def address(rank: int) -> str:
     return "10.77.1.1" if rank == 0 else f"10.77.{rank}.2"
 
 
-def run_hook(hook: str, workers: int, steps: int, hidden: int, layers: int, out: str) -> dict:
+def run_hook(worker: str, hook: str, workers: int, steps: int, hidden: int, layers: int, out: str) -> None:
+    """Runs effgen_kernels.bench.ddp_worker.<worker> for ``hook`` in every namespace."""
     procs = []
     for rank in range(workers):
-        code = ("from effgen_kernels.bench.ddp_worker import ddp_step_worker; "
-                f"ddp_step_worker({rank}, {workers}, 29611, {hook!r}, {steps}, {out!r}, {hidden}, {layers}, "
+        code = (f"from effgen_kernels.bench.ddp_worker import {worker}; "
+                f"{worker}({rank}, {workers}, 29611, {hook!r}, {steps}, {out!r}, {hidden}, {layers}, "
                 f"{address(0)!r})")
         env = {**os.environ, "GLOO_SOCKET_IFNAME": "eb1h" if rank == 0 else f"eb{rank}l"}
         procs.append(subprocess.Popen(["ip", "netns", "exec", namespace(rank), sys.executable, "-c", code], env=env))
     for p in procs:
         if p.wait(timeout=1800) != 0:
             raise RuntimeError(f"a worker for hook {hook} failed (exit {p.returncode})")
-    return torch.load(os.path.join(out, f"{hook}.pt"))
+
+
+# Training losses are compared as the mean over ranks and the last SMOOTHING steps.
+SMOOTHING = 20
+
+
+def training_summary(ranks: list[dict]) -> dict:
+    """One hook's digits run from every rank's record: rank 0's step times, the loss
+    curve (mean over ranks per step, then a trailing mean), the test loss."""
+    losses = torch.tensor([r["losses"] for r in ranks]).mean(0)
+    smoothed = [losses[max(0, i + 1 - SMOOTHING):i + 1].mean().item() for i in range(len(losses))]
+    times = ranks[0]["times_s"]
+    return {"median_s": statistics.median(times[4:]), "bytes_sent": ranks[0]["bytes_sent"],
+            "elapsed_s": list(itertools.accumulate(times)), "smoothed_loss": smoothed,
+            "final_loss": smoothed[-1], "test_loss": ranks[0]["test_loss"],
+            "test_accuracy": ranks[0]["test_accuracy"]}
+
+
+def time_to_loss(summary: dict, target: float) -> float | None:
+    """Seconds of training until the smoothed loss first reached ``target`` (None: never)."""
+    reached = next((i for i, loss in enumerate(summary["smoothed_loss"]) if loss <= target), None)
+    return None if reached is None else summary["elapsed_s"][reached]
+
+
+def target_loss(results: dict, target: str) -> float:
+    """--target: a loss, a hook's name (that hook's final loss), or "worst" (the highest
+    final loss, which every hook reached)."""
+    if target == "worst":
+        return max(r["final_loss"] for r in results.values())
+    if target in results:
+        return results[target]["final_loss"]
+    try:
+        return float(target)
+    except ValueError:
+        raise SystemExit(f"--target {target!r} is neither a loss, nor 'worst', nor a hook of this run") from None
+
+
+def print_training(results: dict, rate: str, target: float) -> None:
+    plain = results.get("plain")
+    plain_seconds = None if plain is None else time_to_loss(plain, target)
+    print(f"digits, links {rate}: training loss = mean over ranks and the last {SMOOTHING} steps; "
+          f"time to reach loss {target:.4f}")
+    print(f"{'hook':<9} {'step ms':>8} {'speedup':>8} {'final loss':>11} {'test loss':>10} {'test acc':>9} "
+          f"{'s to loss':>10} {'speedup':>8}")
+    for hook, r in results.items():
+        seconds = time_to_loss(r, target)
+        step_speedup = "-" if plain is None else f"{plain['median_s'] / r['median_s']:.2f}x"
+        loss_speedup = "-" if None in (plain_seconds, seconds) else f"{plain_seconds / seconds:.2f}x"
+        reached = "not reached" if seconds is None else f"{seconds:.1f}"
+        print(f"{hook:<9} {1e3 * r['median_s']:8.1f} {step_speedup:>8} {r['final_loss']:11.4f} "
+              f"{r['test_loss']:10.4f} {r['test_accuracy']:9.3f} {reached:>10} {loss_speedup:>8}")
+
+
+def print_steps(results: dict, rate: str, workers: int, params: int) -> None:
+    plain = results.get("plain", {}).get("median_s")
+    fp32_ring = 2 * (workers - 1) * params * 4 // workers
+    print(f"{workers} workers, links {rate}, {params / 1e6:.1f}M parameters (fp32 ring all-reduce "
+          f"{fp32_ring / 1e6:.1f} MB sent per worker per step)")
+    print(f"{'hook':<9} {'step ms':>9} {'MB sent/step':>13} {'speedup vs plain':>17}")
+    for hook, r in results.items():
+        sent = "-" if r["bytes_sent"] is None else f"{r['bytes_sent'] / 1e6:.2f}"
+        speedup = "-" if plain is None else f"{plain / r['median_s']:.2f}x"
+        print(f"{hook:<9} {1e3 * r['median_s']:9.1f} {sent:>13} {speedup:>17}")
 
 
 def main() -> None:
@@ -95,13 +170,24 @@ def main() -> None:
     parser.add_argument("--params", type=float, default=25.0, help="model size in millions of parameters")
     parser.add_argument("--steps", type=int, default=24, help="steps per hook; the first 4 are not timed")
     parser.add_argument("--hooks", nargs="+", default=list(HOOKS), choices=HOOKS)
+    parser.add_argument("--train-steps", type=int, default=None,
+                        help="train on digits for this many steps per hook instead of timing steps")
+    parser.add_argument("--target", default="worst",
+                        help="with --train-steps: time the hooks to this loss, a hook's final loss (its name) "
+                             "or the worst final loss (default)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("netns_allreduce.py needs root (it creates network namespaces and tc qdiscs)")
     layers = 4
     hidden = int(math.sqrt(args.params * 1e6 / layers))
-    params = layers * (hidden * hidden + hidden)
+    training = args.train_steps is not None
+    if training:
+        worker, steps = "ddp_digits_worker", args.train_steps
+        params = sum(p.numel() for p in digits_mlp(hidden, layers).parameters())
+    else:
+        worker, steps = "ddp_step_worker", args.steps
+        params = layers * (hidden * hidden + hidden)
     teardown(args.workers)  # leftovers of an interrupted run
     results = {}
     try:
@@ -109,24 +195,26 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as out:
             os.chmod(out, 0o777)
             for hook in args.hooks:
-                print(f"  {hook}: {args.workers} workers, {params / 1e6:.1f}M parameters, {args.steps} steps ...",
+                print(f"  {hook}: {args.workers} workers, {params / 1e6:.1f}M parameters, {steps} steps ...",
                       file=sys.stderr, flush=True)
-                results[hook] = run_hook(hook, args.workers, args.steps, hidden, layers, out)
+                run_hook(worker, hook, args.workers, steps, hidden, layers, out)
+                if training:
+                    ranks = [torch.load(os.path.join(out, f"{hook}-{r}.pt")) for r in range(args.workers)]
+                    results[hook] = training_summary(ranks)
+                else:
+                    results[hook] = torch.load(os.path.join(out, f"{hook}.pt"))
     finally:
         teardown(args.workers)
-    plain = results.get("plain", {}).get("median_s")
-    fp32_ring = 2 * (args.workers - 1) * params * 4 // args.workers
-    print(f"{args.workers} workers, links {args.rate}, {params / 1e6:.1f}M parameters (fp32 ring all-reduce "
-          f"{fp32_ring / 1e6:.1f} MB sent per worker per step)")
-    print(f"{'hook':<9} {'step ms':>9} {'MB sent/step':>13} {'speedup vs plain':>17}")
-    for hook, r in results.items():
-        sent = "-" if r["bytes_sent"] is None else f"{r['bytes_sent'] / 1e6:.2f}"
-        speedup = "-" if plain is None else f"{plain / r['median_s']:.2f}x"
-        print(f"{hook:<9} {1e3 * r['median_s']:9.1f} {sent:>13} {speedup:>17}")
+    report = {"rate": args.rate, "workers": args.workers, "params": params}
+    if training:
+        report["target_loss"] = target_loss(results, args.target)
+        print_training(results, args.rate, report["target_loss"])
+        report["train_steps"], report["results"] = steps, results
+    else:
+        print_steps(results, args.rate, args.workers, params)
+        report["results"] = {h: {"median_s": r["median_s"], "bytes_sent": r["bytes_sent"]} for h, r in results.items()}
     if args.json:
-        args.json.write_text(json.dumps({"rate": args.rate, "workers": args.workers, "params": params,
-                                         "results": {h: {"median_s": r["median_s"], "bytes_sent": r["bytes_sent"]}
-                                                     for h, r in results.items()}}, indent=1))
+        args.json.write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

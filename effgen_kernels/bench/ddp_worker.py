@@ -81,21 +81,17 @@ def finish_worker() -> None:
     os._exit(0)
 
 
-def ddp_step_worker(rank: int, world: int, port: int, hook: str, steps: int, out: str, hidden: int = HIDDEN,
-                    layers: int = 4, address: str = "127.0.0.1") -> None:
-    import torch.distributed as dist
+def with_hook(model: torch.nn.Module, hook: str):
+    """``model`` in DDP with one of the benchmarks' communication hooks ("plain", "fp16",
+    "powersgd", "int8", "sign"); returns the DDP model and our hooks' state (else None)."""
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
 
     from effgen_kernels.distributed import CompressionState, compressed_allreduce_hook
 
-    os.environ.update(MASTER_ADDR=address, MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=300))
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(*[torch.nn.Linear(hidden, hidden) for _ in range(layers)])
     # PowerSGD issues all-reduces from future callbacks: with several buckets in flight they
     # reach gloo in a different order per rank and abort it, so it gets one bucket.
-    bucket_cap_mb = 4 * hidden * hidden * layers / 2**20 + 1 if hook == "powersgd" else 25
+    params = sum(p.numel() for p in model.parameters())
+    bucket_cap_mb = 4 * params / 2**20 + 1 if hook == "powersgd" else 25
     ddp = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=bucket_cap_mb)
     state = None
     if hook in ("int8", "sign"):
@@ -106,6 +102,23 @@ def ddp_step_worker(rank: int, world: int, port: int, hook: str, steps: int, out
     elif hook == "powersgd":
         ddp.register_comm_hook(powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=4,
                                                            start_powerSGD_iter=2), powerSGD_hook.powerSGD_hook)
+    return ddp, state
+
+
+def init_gloo(rank: int, world: int, port: int, address: str = "127.0.0.1", timeout_s: float = 300) -> None:
+    """Joins the workers' gloo group; one thread per worker (they share the machine)."""
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR=address, MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def ddp_step_worker(rank: int, world: int, port: int, hook: str, steps: int, out: str, hidden: int = HIDDEN,
+                    layers: int = 4, address: str = "127.0.0.1") -> None:
+    init_gloo(rank, world, port, address)
+    torch.manual_seed(0)
+    ddp, state = with_hook(torch.nn.Sequential(*[torch.nn.Linear(hidden, hidden) for _ in range(layers)]), hook)
     x = torch.randn(32, hidden)
     times = []
     for _ in range(steps):
@@ -115,6 +128,58 @@ def ddp_step_worker(rank: int, world: int, port: int, hook: str, steps: int, out
     if rank == 0:
         sent = state.last_step.bytes_sent if state else None
         torch.save({"median_s": statistics.median(times[4:]), "bytes_sent": sent}, os.path.join(out, f"{hook}.pt"))
+    del ddp, state
+    finish_worker()
+
+
+DIGITS_TRAIN = 1500  # scikit-learn's digits: the first 1500 images train, the other 297 test
+DIGITS_BATCH, DIGITS_LR = 32, 0.03  # per rank; SGD with momentum 0.9
+
+
+def digits_mlp(hidden: int, layers: int) -> torch.nn.Sequential:
+    """64 pixels -> ``layers`` ReLU layers of hidden x hidden -> 10 classes (seeded)."""
+    torch.manual_seed(0)
+    blocks = [torch.nn.Linear(64, hidden), torch.nn.ReLU()]
+    for _ in range(layers):
+        blocks += [torch.nn.Linear(hidden, hidden), torch.nn.ReLU()]
+    return torch.nn.Sequential(*blocks, torch.nn.Linear(hidden, 10))
+
+
+def ddp_digits_worker(rank: int, world: int, port: int, hook: str, steps: int, out: str, hidden: int, layers: int,
+                      address: str = "127.0.0.1") -> None:
+    """Trains digits_mlp on scikit-learn's digits with one hook: every rank draws batches
+    from its own shard of the training images (a seeded shuffle per epoch); a step is
+    forward, backward (where DDP waits for the all-reduce) and the optimizer step. Every
+    rank saves each step's time and batch loss; rank 0 also the test loss and accuracy."""
+    from sklearn.datasets import load_digits
+
+    init_gloo(rank, world, port, address)
+    digits = load_digits()
+    images, labels = torch.tensor(digits.data, dtype=torch.float32) / 16.0, torch.tensor(digits.target)
+    shard = torch.arange(rank, DIGITS_TRAIN, world)
+    ddp, state = with_hook(digits_mlp(hidden, layers), hook)
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=DIGITS_LR, momentum=0.9)
+    order = torch.Generator().manual_seed(rank)
+    per_epoch = len(shard) // DIGITS_BATCH
+    times, losses = [], []
+    for step in range(steps):
+        if step % per_epoch == 0:
+            batches = shard[torch.randperm(len(shard), generator=order)][:per_epoch * DIGITS_BATCH].view(per_epoch, -1)
+        batch = batches[step % per_epoch]
+        begin = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(ddp(images[batch]), labels[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - begin)
+        losses.append(loss.item())
+    result = {"times_s": times, "losses": losses, "bytes_sent": state.last_step.bytes_sent if state else None}
+    if rank == 0:
+        with torch.no_grad():
+            logits = ddp.module(images[DIGITS_TRAIN:])
+        result["test_loss"] = torch.nn.functional.cross_entropy(logits, labels[DIGITS_TRAIN:]).item()
+        result["test_accuracy"] = (logits.argmax(1) == labels[DIGITS_TRAIN:]).float().mean().item()
+    torch.save(result, os.path.join(out, f"{hook}-{rank}.pt"))
     del ddp, state
     finish_worker()
 
@@ -131,15 +196,12 @@ def activation_reduce_bytes(numel: int, world: int, block_size: int | None) -> i
 def tp_step_worker(rank: int, world: int, port: int, steps: int, out: str, dim: int, tokens: int) -> None:
     """Times a training step (forward + backward) of a tensor-parallel GPT with the fp32
     activation all-reduce and with the int8 one, interleaved; rank 0 saves the medians."""
-    import torch.distributed as dist
 
     from effgen_kernels.bench import time_interleaved
     from effgen_kernels.distributed import parallelize
     from effgen_kernels.gpt import GPT, GPTConfig
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    init_gloo(rank, world, port, timeout_s=120)
     config = GPTConfig(context=tokens, dim=dim, layers=2, heads=8)
     models = {}
     for name, block in (("fp32", None), ("int8", 256)):
@@ -165,15 +227,12 @@ def demo_train_worker(rank: int, world: int, port: int, out: str, codec: str, st
     """`effgen demo` stage 2: DDP training of the example GPT on the standard library's
     source with plain all-reduce ("plain") or a compressed hook; rank 0 saves the loss
     curve, the bytes it sent per step, and (plain) the trained model."""
-    import torch.distributed as dist
 
     from effgen_kernels.distributed import CompressionState, compressed_allreduce_hook
     from effgen_kernels.gpt import GPT, lm_batch, stdlib_source_bytes
     from effgen_kernels.progress import Progress
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    init_gloo(rank, world, port, timeout_s=120)
     torch.manual_seed(0)
     model = GPT(DEMO_GPT)
     ddp = torch.nn.parallel.DistributedDataParallel(model)
