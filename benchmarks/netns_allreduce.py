@@ -86,13 +86,14 @@ def address(rank: int) -> str:
     return "10.77.1.1" if rank == 0 else f"10.77.{rank}.2"
 
 
-def run_hook(worker: str, hook: str, workers: int, steps: int, hidden: int, layers: int, out: str) -> None:
+def run_hook(worker: str, hook: str, workers: int, steps: int, hidden: int, layers: int, out: str,
+             *extra_args) -> None:
     """Runs effgen_kernels.bench.ddp_worker.<worker> for ``hook`` in every namespace."""
     procs = []
     for rank in range(workers):
         code = (f"from effgen_kernels.bench.ddp_worker import {worker}; "
                 f"{worker}({rank}, {workers}, 29611, {hook!r}, {steps}, {out!r}, {hidden}, {layers}, "
-                f"{address(0)!r})")
+                f"{address(0)!r}{''.join(f', {a!r}' for a in extra_args)})")
         env = {**os.environ, "GLOO_SOCKET_IFNAME": "eb1h" if rank == 0 else f"eb{rank}l"}
         procs.append(subprocess.Popen(["ip", "netns", "exec", namespace(rank), sys.executable, "-c", code], env=env))
     for p in procs:
@@ -175,6 +176,8 @@ def main() -> None:
     parser.add_argument("--target", default="worst",
                         help="with --train-steps: time the hooks to this loss, a hook's final loss (its name) "
                              "or the worst final loss (default)")
+    parser.add_argument("--min-compress-numel", type=int, default=128,
+                        help="with --train-steps: our hooks send smaller parameters exactly (CompressionState option)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -183,10 +186,10 @@ def main() -> None:
     hidden = int(math.sqrt(args.params * 1e6 / layers))
     training = args.train_steps is not None
     if training:
-        worker, steps = "ddp_digits_worker", args.train_steps
+        worker, steps, extra_args = "ddp_digits_worker", args.train_steps, (args.min_compress_numel,)
         params = sum(p.numel() for p in digits_mlp(hidden, layers).parameters())
     else:
-        worker, steps = "ddp_step_worker", args.steps
+        worker, steps, extra_args = "ddp_step_worker", args.steps, ()
         params = layers * (hidden * hidden + hidden)
     teardown(args.workers)  # leftovers of an interrupted run
     results = {}
@@ -197,7 +200,7 @@ def main() -> None:
             for hook in args.hooks:
                 print(f"  {hook}: {args.workers} workers, {params / 1e6:.1f}M parameters, {steps} steps ...",
                       file=sys.stderr, flush=True)
-                run_hook(worker, hook, args.workers, steps, hidden, layers, out)
+                run_hook(worker, hook, args.workers, steps, hidden, layers, out, *extra_args)
                 if training:
                     ranks = [torch.load(os.path.join(out, f"{hook}-{r}.pt")) for r in range(args.workers)]
                     results[hook] = training_summary(ranks)
@@ -206,6 +209,8 @@ def main() -> None:
     finally:
         teardown(args.workers)
     report = {"rate": args.rate, "workers": args.workers, "params": params}
+    if training:
+        report["min_compress_numel"] = args.min_compress_numel
     if training:
         report["target_loss"] = target_loss(results, args.target)
         print_training(results, args.rate, report["target_loss"])

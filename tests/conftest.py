@@ -52,13 +52,17 @@ def assert_products_match(cases, k: int, atol: float) -> None:
         torch.testing.assert_close(out.cpu(), expected, rtol=0, atol=0 if k == 0 else atol)
 
 
-def load_example(name: str):
-    """An examples/<name>.py script as a module (examples are scripts, not a package)."""
-    path = Path(__file__).resolve().parent.parent / "examples" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
+def load_script(folder: str, name: str):
+    """<folder>/<name>.py (examples, benchmarks: scripts, not packages) as a module."""
+    path = Path(__file__).resolve().parent.parent / folder / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{folder}_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_example(name: str):
+    return load_script("examples", name)
 
 
 @contextlib.contextmanager

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import FLOAT_DTYPES, random_input, run_cuda_host_check
+from conftest import FLOAT_DTYPES, load_script, random_input, run_cuda_host_check
 from test_quant import assert_same_bits
 from torch.library import opcheck
 
@@ -353,3 +353,25 @@ def test_cuda_codecs_opcheck_and_device_errors():
     opcheck(e.ef_compress_sign, (x, error.clone(), 64))
     with pytest.raises(RuntimeError, match="error must be on"):
         e.ef_compress_int8(x, torch.zeros(1000), 64)
+
+
+def test_the_codec_study_simulates_our_sign_codec():
+    # benchmarks/sign_codec_study.py: its "ours" must be the shipped codec's round trip, and
+    # its simulated hook must train with every variant.
+    pytest.importorskip("sklearn")
+    study = load_script("benchmarks", "sign_codec_study")
+    v = random_input((4099,), scale=0.01)
+    padded = torch.nn.functional.pad(v, (0, 253))  # the hook's last block counts its padding's zeros too
+    packed, scales = ref.ef_compress_sign(padded, torch.zeros_like(padded), 256)
+    expected = ref.decompress_sign(packed, scales, padded.numel(), 256)[:v.numel()]
+    torch.testing.assert_close(study.roundtrip(study.ours, v, 256), expected, rtol=1e-6, atol=0)
+    blocks = study._blocks(v, 256)
+    for name, codec in study.CODECS.items():
+        if codec is not None:
+            assert codec(blocks).shape == blocks.shape, name
+    assert all(len(row.unique()) <= 2 for row in study.offset(blocks))  # two values a block
+    one_signed = torch.rand(4, 256, generator=torch.Generator().manual_seed(0)) + 0.1  # what a bare sign loses
+    assert (study.offset(one_signed) - one_signed).norm() < 0.7 * (study.ours(one_signed) - one_signed).norm()
+    for name, codec in study.CODECS.items():
+        losses = study.simulate(study.DigitsTask(32, 1, 2, 1.0), codec, 40, 64)
+        assert sum(losses[-5:]) / 5 < losses[0], name

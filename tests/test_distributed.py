@@ -1,12 +1,11 @@
 """Compressed all-reduce and the DDP hook, in real multi-process runs (gloo on loopback)."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import distributed_workers as workers
 import pytest
 import torch
+from conftest import load_script
 
 from effgen_kernels import reference as ref
 from effgen_kernels.bench.ddp_worker import ddp_digits_worker, digits_mlp, run_workers
@@ -215,23 +214,15 @@ def test_int8_hook_under_ddp_variants_matches_plain_ddp(tmp_path, variant):
     assert final["int8"] <= final[None] * 1.02
 
 
-def netns_script():
-    """benchmarks/netns_allreduce.py as a module (its summaries need no root)."""
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "netns_allreduce.py"
-    spec = importlib.util.spec_from_file_location("netns_allreduce", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_digits_benchmark_trains_and_times_each_hook_to_a_loss(tmp_path):
     # netns_allreduce.py --train-steps: its worker (here on loopback, a small MLP) and the
     # summary that compares hooks at equal loss.
     pytest.importorskip("sklearn")
-    netns, steps, world = netns_script(), 100, 2
+    netns, steps, world, hidden = load_script("benchmarks", "netns_allreduce"), 100, 2, 128
+    params = sum(p.numel() for p in digits_mlp(hidden, 1).parameters())
     summaries = {}
     for hook in ("plain", "int8"):
-        run_workers(ddp_digits_worker, world, hook, steps, str(tmp_path), 128, 1, timeout=180, what=hook)
+        run_workers(ddp_digits_worker, world, hook, steps, str(tmp_path), hidden, 1, timeout=180, what=hook)
         ranks = [torch.load(tmp_path / f"{hook}-{r}.pt") for r in range(world)]
         assert all(len(r["times_s"]) == len(r["losses"]) == steps for r in ranks)
         assert 0 < ranks[0]["test_accuracy"] <= 1 and math.isfinite(ranks[0]["test_loss"])
@@ -242,7 +233,7 @@ def test_the_digits_benchmark_trains_and_times_each_hook_to_a_loss(tmp_path):
         first = sum(r["losses"][0] for r in ranks) / world
         assert summary["final_loss"] < 0.5 * first, (summary["final_loss"], first)  # it trains
     assert summaries["plain"]["bytes_sent"] is None
-    fp32_ring = 2 * (world - 1) * sum(p.numel() for p in digits_mlp(128, 1).parameters()) * 4 // world
+    fp32_ring = 2 * (world - 1) * params * 4 // world
     assert 0 < summaries["int8"]["bytes_sent"] < 0.3 * fp32_ring
     target = netns.target_loss(summaries, "worst")
     assert target == max(s["final_loss"] for s in summaries.values())
@@ -253,3 +244,6 @@ def test_the_digits_benchmark_trains_and_times_each_hook_to_a_loss(tmp_path):
     assert netns.time_to_loss(summaries["plain"], -1.0) is None
     assert netns.target_loss(summaries, "int8") == summaries["int8"]["final_loss"]
     assert netns.target_loss(summaries, "0.5") == 0.5
+    # min_compress_numel reaches the hook: above every parameter's size, all go exact (gathered).
+    run_workers(ddp_digits_worker, world, "int8", 3, str(tmp_path), hidden, 1, "127.0.0.1", 10**9, timeout=180)
+    assert torch.load(tmp_path / "int8-0.pt")["bytes_sent"] == (world - 1) * params * 4

@@ -1,0 +1,184 @@
+"""Which 1-bit gradient codec trains well: the two-phase error-feedback all-reduce of
+effgen_kernels.distributed simulated in one process, with the codec swapped for variants.
+
+Every rank's gradient is computed in this process (same data order as the DDP runs), each
+parameter goes through worker compression with its residual, the average of the ranks'
+decompressed values through the server's compression with its residual (phases 1-2 of the
+hook; the chunking across ranks changes nothing, every codec works per block), and the
+optimizer applies the result. The codecs here return decompress(compress(v)) in fp32, so
+they measure what a format loses, not how fast it runs. RESULTS.md, session 35, has the
+table this produces.
+
+    python benchmarks/sign_codec_study.py --task digits ours offset plain
+    python benchmarks/sign_codec_study.py --task gpt --steps 120 ours offset plain
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from effgen_kernels.bench.ddp_worker import DEMO_GPT, DIGITS_BATCH, DIGITS_LR, DIGITS_TRAIN, digits_mlp
+from effgen_kernels.reference import SIGN_SCALE_CAP
+
+WARMUP_STEPS, MIN_COMPRESS_NUMEL = 2, 128  # CompressionState's defaults
+
+
+def _blocks(v: torch.Tensor, block: int) -> torch.Tensor:
+    return torch.nn.functional.pad(v, (0, (-v.numel()) % block)).view(-1, block)
+
+
+def _signs(b: torch.Tensor) -> torch.Tensor:
+    return torch.where(b >= 0, 1.0, -1.0)
+
+
+def ours(b: torch.Tensor) -> torch.Tensor:
+    """The sign codec as shipped: scale min(rms, 1.5 mean |v|), bit v >= 0."""
+    scale = torch.minimum(b.square().mean(1, keepdim=True).sqrt(), SIGN_SCALE_CAP * b.abs().mean(1, keepdim=True))
+    return _signs(b) * scale
+
+
+def rms(b: torch.Tensor) -> torch.Tensor:
+    return _signs(b) * b.square().mean(1, keepdim=True).sqrt()
+
+
+def mean_abs(b: torch.Tensor) -> torch.Tensor:
+    """EF-signSGD's scale."""
+    return _signs(b) * b.abs().mean(1, keepdim=True)
+
+
+def two_levels(b: torch.Tensor) -> torch.Tensor:
+    """The mean of a block's non-negative values for bit 1, of its negative ones for bit 0."""
+    plus = b >= 0
+    high = torch.where(plus, b, 0).sum(1) / plus.sum(1).clamp(min=1)
+    low = torch.where(plus, 0, b).sum(1) / (~plus).sum(1).clamp(min=1)
+    return torch.where(plus, high[:, None], low[:, None])
+
+
+def zero_kept(b: torch.Tensor) -> torch.Tensor:
+    """ours, but exact zeros decode to zero (an oracle: one bit cannot say so)."""
+    return torch.sign(b) * ours(b).abs()
+
+
+def offset(b: torch.Tensor) -> torch.Tensor:
+    """Signs about the block's mean: mean + s * sign(v - mean), s as in ours (two values a block)."""
+    mean = b.mean(1, keepdim=True)
+    return mean + ours(b - mean)
+
+
+def int8(b: torch.Tensor) -> torch.Tensor:
+    scale = b.abs().amax(1, keepdim=True) / 127
+    scale = torch.where(scale == 0, 1.0, scale)
+    return (b / scale).round() * scale
+
+
+CODECS = {"ours": ours, "rms": rms, "mean_abs": mean_abs, "two_levels": two_levels, "zero_kept": zero_kept,
+          "offset": offset, "int8": int8, "plain": None}
+
+
+def roundtrip(codec, v: torch.Tensor, block: int) -> torch.Tensor:
+    return v if codec is None else codec(_blocks(v, block)).reshape(-1)[:v.numel()]
+
+
+class DigitsTask:
+    """netns_allreduce.py --train-steps' MLP and data (ddp_digits_worker), SGD with momentum."""
+
+    def __init__(self, hidden: int, layers: int, world: int, lr_scale: float) -> None:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        self.images, self.labels = torch.tensor(digits.data, dtype=torch.float32) / 16.0, torch.tensor(digits.target)
+        self.model = digits_mlp(hidden, layers)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=DIGITS_LR * lr_scale, momentum=0.9)
+        self.shards = [torch.arange(r, DIGITS_TRAIN, world) for r in range(world)]
+        self.orders = [torch.Generator().manual_seed(r) for r in range(world)]
+        self.per_epoch = len(self.shards[0]) // DIGITS_BATCH
+
+    def loss(self, rank: int, step: int) -> torch.Tensor:
+        if step % self.per_epoch == 0 and rank == 0:  # every rank's next epoch, as ddp_digits_worker draws it
+            kept = self.per_epoch * DIGITS_BATCH
+            self.batches = [s[torch.randperm(len(s), generator=g)][:kept].view(self.per_epoch, -1)
+                            for s, g in zip(self.shards, self.orders, strict=True)]
+        batch = self.batches[rank][step % self.per_epoch]
+        return torch.nn.functional.cross_entropy(self.model(self.images[batch]), self.labels[batch])
+
+
+class GptTask:
+    """`effgen demo` stage 2's GPT on the standard library's source, AdamW."""
+
+    def __init__(self, world: int, lr_scale: float) -> None:
+        from effgen_kernels.gpt import GPT, stdlib_source_bytes
+
+        torch.manual_seed(0)
+        self.model = GPT(DEMO_GPT)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=2e-3 * lr_scale)
+        self.train = stdlib_source_bytes()[0]
+
+    def loss(self, rank: int, step: int) -> torch.Tensor:
+        from effgen_kernels.gpt import lm_batch
+
+        inputs, labels = lm_batch(self.train, step, 8, DEMO_GPT.context, seed=rank)
+        logits = self.model(inputs).logits
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+
+
+def simulate(task, codec, steps: int, block: int, world: int = 2, exact_server: bool = False,
+             min_compress_numel: int = MIN_COMPRESS_NUMEL) -> list[float]:
+    """Trains ``task`` with the simulated hook; returns each step's loss (mean over ranks).
+    Parameters with fewer than ``min_compress_numel`` values are averaged exactly."""
+    params = list(task.model.parameters())
+    worker_errors = [[torch.zeros(p.numel()) for p in params] for _ in range(world)]
+    server_errors = [torch.zeros(p.numel()) for p in params]
+    losses = []
+    for step in range(steps):
+        grads, step_loss = [], 0.0
+        for rank in range(world):
+            loss = task.loss(rank, step)
+            grads.append(torch.autograd.grad(loss, params))
+            step_loss += loss.item() / world
+        losses.append(step_loss)
+        for i, p in enumerate(params):
+            if step < WARMUP_STEPS or p.numel() < min_compress_numel:
+                p.grad = sum(g[i] for g in grads) / world
+                continue
+            sent = []
+            for rank in range(world):
+                v = grads[rank][i].reshape(-1) + worker_errors[rank][i]
+                sent.append(roundtrip(codec, v, block))
+                worker_errors[rank][i] = v - sent[-1]
+            v = sum(sent) / world + server_errors[i]
+            average = v if exact_server else roundtrip(codec, v, block)
+            server_errors[i] = v - average
+            p.grad = average.view_as(p).clone()
+        task.optimizer.step()
+    return losses
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("codecs", nargs="+", choices=CODECS)
+    parser.add_argument("--task", choices=("digits", "gpt"), default="digits")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--block", type=int, default=256)
+    parser.add_argument("--hidden", type=int, default=2500, help="digits: width of the hidden layers")
+    parser.add_argument("--layers", type=int, default=4, help="digits: hidden layers")
+    parser.add_argument("--lr-scale", type=float, default=1.0)
+    parser.add_argument("--exact-server", action="store_true", help="phase 2 uncompressed")
+    parser.add_argument("--min-compress-numel", type=int, default=MIN_COMPRESS_NUMEL,
+                        help="smaller parameters go exact (digits: 3000 = the biases, 30000 = and the output layer)")
+    args = parser.parse_args()
+    for name in args.codecs:
+        begin = time.perf_counter()
+        task = (DigitsTask(args.hidden, args.layers, 2, args.lr_scale) if args.task == "digits"
+                else GptTask(2, args.lr_scale))
+        losses = simulate(task, CODECS[name], args.steps, args.block, exact_server=args.exact_server,
+                          min_compress_numel=args.min_compress_numel)
+        last = losses[-20:]
+        print(f"{name:<11} final loss (mean of the last {len(last)} steps) {sum(last) / len(last):.4f}  "
+              f"({time.perf_counter() - begin:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
