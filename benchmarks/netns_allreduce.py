@@ -130,10 +130,7 @@ def target_loss(results: dict, target: str) -> float:
         return max(r["final_loss"] for r in results.values())
     if target in results:
         return results[target]["final_loss"]
-    try:
-        return float(target)
-    except ValueError:
-        raise SystemExit(f"--target {target!r} is neither a loss, nor 'worst', nor a hook of this run") from None
+    return float(target)  # main() checked it before the runs
 
 
 def print_training(results: dict, rate: str, target: float) -> None:
@@ -182,9 +179,14 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("netns_allreduce.py needs root (it creates network namespaces and tc qdiscs)")
+    training = args.train_steps is not None
+    if training and args.target != "worst" and args.target not in args.hooks:
+        try:
+            float(args.target)
+        except ValueError:
+            sys.exit(f"--target {args.target!r} is neither a loss, nor 'worst', nor one of --hooks")
     layers = 4
     hidden = int(math.sqrt(args.params * 1e6 / layers))
-    training = args.train_steps is not None
     if training:
         worker, steps, extra_args = "ddp_digits_worker", args.train_steps, (args.min_compress_numel,)
         params = sum(p.numel() for p in digits_mlp(hidden, layers).parameters())
@@ -210,11 +212,9 @@ def main() -> None:
         teardown(args.workers)
     report = {"rate": args.rate, "workers": args.workers, "params": params}
     if training:
-        report["min_compress_numel"] = args.min_compress_numel
-    if training:
-        report["target_loss"] = target_loss(results, args.target)
+        report.update(train_steps=steps, min_compress_numel=args.min_compress_numel,
+                      target_loss=target_loss(results, args.target), results=results)
         print_training(results, args.rate, report["target_loss"])
-        report["train_steps"], report["results"] = steps, results
     else:
         print_steps(results, args.rate, args.workers, params)
         report["results"] = {h: {"median_s": r["median_s"], "bytes_sent": r["bytes_sent"]} for h, r in results.items()}
