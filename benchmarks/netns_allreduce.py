@@ -173,13 +173,15 @@ def main() -> None:
     parser.add_argument("--target", default="worst",
                         help="with --train-steps: time the hooks to this loss, a hook's final loss (its name) "
                              "or the worst final loss (default)")
-    parser.add_argument("--min-compress-numel", type=int, default=128,
-                        help="with --train-steps: our hooks send smaller parameters exactly (CompressionState option)")
+    parser.add_argument("--min-compress-numel", type=int, default=None,
+                        help="with --train-steps: our hooks send smaller parameters exactly (default: the state's)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("netns_allreduce.py needs root (it creates network namespaces and tc qdiscs)")
     training = args.train_steps is not None
+    if (args.train_steps if training else args.steps) <= 4:
+        sys.exit("--steps / --train-steps: more than 4 (the first 4 steps are not timed)")
     if training and args.target != "worst" and args.target not in args.hooks:
         try:
             float(args.target)

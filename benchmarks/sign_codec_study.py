@@ -16,14 +16,17 @@ table this produces.
 from __future__ import annotations
 
 import argparse
+import inspect
 import time
 
 import torch
 
 from effgen_kernels.bench.ddp_worker import DEMO_GPT, DIGITS_BATCH, DIGITS_LR, DIGITS_TRAIN, digits_mlp
+from effgen_kernels.distributed import CompressionState
 from effgen_kernels.reference import SIGN_SCALE_CAP
 
-WARMUP_STEPS, MIN_COMPRESS_NUMEL = 2, 128  # CompressionState's defaults
+_DEFAULTS = inspect.signature(CompressionState).parameters  # the hook's defaults, simulated
+WARMUP_STEPS, MIN_COMPRESS_NUMEL = _DEFAULTS["warmup_steps"].default, _DEFAULTS["min_compress_numel"].default
 
 
 def _blocks(v: torch.Tensor, block: int) -> torch.Tensor:

@@ -81,10 +81,10 @@ def finish_worker() -> None:
     os._exit(0)
 
 
-def with_hook(model: torch.nn.Module, hook: str, min_compress_numel: int = 128):
+def with_hook(model: torch.nn.Module, hook: str, **state_options):
     """``model`` in DDP with one of the benchmarks' communication hooks ("plain", "fp16",
-    "powersgd", "int8", "sign"); returns the DDP model and our hooks' state (else None).
-    ``min_compress_numel``: CompressionState's (its default here)."""
+    "powersgd", "int8", "sign"); returns the DDP model and our hooks' state (else None),
+    made with CompressionState's ``state_options``."""
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
 
     from effgen_kernels.distributed import CompressionState, compressed_allreduce_hook
@@ -96,7 +96,7 @@ def with_hook(model: torch.nn.Module, hook: str, min_compress_numel: int = 128):
     ddp = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=bucket_cap_mb)
     state = None
     if hook in ("int8", "sign"):
-        state = CompressionState(codec=hook, warmup_steps=2, min_compress_numel=min_compress_numel)
+        state = CompressionState(codec=hook, warmup_steps=2, **state_options)
         ddp.register_comm_hook(state, compressed_allreduce_hook)
     elif hook == "fp16":
         ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
@@ -147,7 +147,7 @@ def digits_mlp(hidden: int, layers: int) -> torch.nn.Sequential:
 
 
 def ddp_digits_worker(rank: int, world: int, port: int, hook: str, steps: int, out: str, hidden: int, layers: int,
-                      address: str = "127.0.0.1", min_compress_numel: int = 128) -> None:
+                      address: str = "127.0.0.1", min_compress_numel: int | None = None) -> None:
     """Trains digits_mlp on scikit-learn's digits with one hook: every rank draws batches
     from its own shard of the training images (a seeded shuffle per epoch); a step is
     forward, backward (where DDP waits for the all-reduce) and the optimizer step. Every
@@ -158,7 +158,8 @@ def ddp_digits_worker(rank: int, world: int, port: int, hook: str, steps: int, o
     digits = load_digits()
     images, labels = torch.tensor(digits.data, dtype=torch.float32) / 16.0, torch.tensor(digits.target)
     shard = torch.arange(rank, DIGITS_TRAIN, world)
-    ddp, state = with_hook(digits_mlp(hidden, layers), hook, min_compress_numel)
+    options = {} if min_compress_numel is None else {"min_compress_numel": min_compress_numel}
+    ddp, state = with_hook(digits_mlp(hidden, layers), hook, **options)
     optimizer = torch.optim.SGD(ddp.parameters(), lr=DIGITS_LR, momentum=0.9)
     order = torch.Generator().manual_seed(rank)
     per_epoch = len(shard) // DIGITS_BATCH
