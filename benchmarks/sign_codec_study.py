@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from effgen_kernels.bench.ddp_worker import DEMO_GPT, DIGITS_BATCH, DIGITS_LR, DIGITS_TRAIN, digits_mlp
+from effgen_kernels.bench.ddp_worker import DEMO_GPT, DIGITS_LR, DigitsBatches, digits_data, digits_mlp
 from effgen_kernels.distributed import CompressionState
 from effgen_kernels.reference import SIGN_SCALE_CAP
 
@@ -89,22 +89,13 @@ class DigitsTask:
     """netns_allreduce.py --train-steps' MLP and data (ddp_digits_worker), SGD with momentum."""
 
     def __init__(self, hidden: int, layers: int, world: int, lr_scale: float) -> None:
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        self.images, self.labels = torch.tensor(digits.data, dtype=torch.float32) / 16.0, torch.tensor(digits.target)
+        self.images, self.labels = digits_data()
         self.model = digits_mlp(hidden, layers)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=DIGITS_LR * lr_scale, momentum=0.9)
-        self.shards = [torch.arange(r, DIGITS_TRAIN, world) for r in range(world)]
-        self.orders = [torch.Generator().manual_seed(r) for r in range(world)]
-        self.per_epoch = len(self.shards[0]) // DIGITS_BATCH
+        self.batches = [DigitsBatches(rank, world) for rank in range(world)]
 
     def loss(self, rank: int, step: int) -> torch.Tensor:
-        if step % self.per_epoch == 0 and rank == 0:  # every rank's next epoch, as ddp_digits_worker draws it
-            kept = self.per_epoch * DIGITS_BATCH
-            self.batches = [s[torch.randperm(len(s), generator=g)][:kept].view(self.per_epoch, -1)
-                            for s, g in zip(self.shards, self.orders, strict=True)]
-        batch = self.batches[rank][step % self.per_epoch]
+        batch = self.batches[rank](step)
         return torch.nn.functional.cross_entropy(self.model(self.images[batch]), self.labels[batch])
 
 

@@ -146,28 +146,44 @@ def digits_mlp(hidden: int, layers: int) -> torch.nn.Sequential:
     return torch.nn.Sequential(*blocks, torch.nn.Linear(hidden, 10))
 
 
-def ddp_digits_worker(rank: int, world: int, port: int, hook: str, steps: int, out: str, hidden: int, layers: int,
-                      address: str = "127.0.0.1", min_compress_numel: int | None = None) -> None:
-    """Trains digits_mlp on scikit-learn's digits with one hook: every rank draws batches
-    from its own shard of the training images (a seeded shuffle per epoch); a step is
-    forward, backward (where DDP waits for the all-reduce) and the optimizer step. Every
-    rank saves each step's time and batch loss; rank 0 also the test loss and accuracy."""
+def digits_data() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's digits: images scaled to [0, 1] (fp32 [1797, 64]) and their labels."""
     from sklearn.datasets import load_digits
 
-    init_gloo(rank, world, port, address)
     digits = load_digits()
-    images, labels = torch.tensor(digits.data, dtype=torch.float32) / 16.0, torch.tensor(digits.target)
-    shard = torch.arange(rank, DIGITS_TRAIN, world)
+    return torch.tensor(digits.data, dtype=torch.float32) / 16.0, torch.tensor(digits.target)
+
+
+class DigitsBatches:
+    """A rank's batches: its shard of the training images, reshuffled every epoch from a
+    generator seeded with the rank. Call it with the steps in order: batch -> image indices."""
+
+    def __init__(self, rank: int, world: int) -> None:
+        self.shard = torch.arange(rank, DIGITS_TRAIN, world)
+        self.order = torch.Generator().manual_seed(rank)
+        self.per_epoch = len(self.shard) // DIGITS_BATCH
+
+    def __call__(self, step: int) -> torch.Tensor:
+        if step % self.per_epoch == 0:
+            shuffled = self.shard[torch.randperm(len(self.shard), generator=self.order)]
+            self.epoch = shuffled[:self.per_epoch * DIGITS_BATCH].view(self.per_epoch, -1)
+        return self.epoch[step % self.per_epoch]
+
+
+def ddp_digits_worker(rank: int, world: int, port: int, hook: str, steps: int, out: str, hidden: int, layers: int,
+                      address: str = "127.0.0.1", min_compress_numel: int | None = None) -> None:
+    """Trains digits_mlp on scikit-learn's digits with one hook (batches: DigitsBatches); a
+    step is forward, backward (where DDP waits for the all-reduce) and the optimizer step.
+    Every rank saves each step's time and batch loss; rank 0 also the test loss and accuracy."""
+    init_gloo(rank, world, port, address)
+    images, labels = digits_data()
+    batches = DigitsBatches(rank, world)
     options = {} if min_compress_numel is None else {"min_compress_numel": min_compress_numel}
     ddp, state = with_hook(digits_mlp(hidden, layers), hook, **options)
     optimizer = torch.optim.SGD(ddp.parameters(), lr=DIGITS_LR, momentum=0.9)
-    order = torch.Generator().manual_seed(rank)
-    per_epoch = len(shard) // DIGITS_BATCH
     times, losses = [], []
     for step in range(steps):
-        if step % per_epoch == 0:
-            batches = shard[torch.randperm(len(shard), generator=order)][:per_epoch * DIGITS_BATCH].view(per_epoch, -1)
-        batch = batches[step % per_epoch]
+        batch = batches(step)
         begin = time.perf_counter()
         loss = torch.nn.functional.cross_entropy(ddp(images[batch]), labels[batch])
         optimizer.zero_grad(set_to_none=True)
