@@ -6,11 +6,12 @@ parameter goes through worker compression with its residual, the average of the 
 decompressed values through the server's compression with its residual (phases 1-2 of the
 hook; the chunking across ranks changes nothing, every codec works per block), and the
 optimizer applies the result. The codecs here return decompress(compress(v)) in fp32, so
-they measure what a format loses, not how fast it runs. RESULTS.md, session 35, has the
-table this produces.
+they measure what a format loses, not how fast it runs. RESULTS.md, sessions 35 and 36,
+has the tables this produces ("ours" there was bare_sign until session 36, when the offset
+form became the shipped codec).
 
-    python benchmarks/sign_codec_study.py --task digits ours offset plain
-    python benchmarks/sign_codec_study.py --task gpt --steps 120 ours offset plain
+    python benchmarks/sign_codec_study.py --task digits ours bare_sign plain
+    python benchmarks/sign_codec_study.py --task gpt --steps 120 ours bare_sign plain
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 import torch
 
 from effgen_kernels.bench.ddp_worker import DEMO_GPT, DIGITS_LR, DigitsBatches, digits_data, digits_mlp
-from effgen_kernels.distributed import CompressionState
+from effgen_kernels.distributed.compression import DEFAULT_BLOCK_SIZE, CompressionState
 from effgen_kernels.reference import SIGN_SCALE_CAP
 
 _DEFAULTS = inspect.signature(CompressionState).parameters  # the hook's defaults, simulated
@@ -37,10 +38,18 @@ def _signs(b: torch.Tensor) -> torch.Tensor:
     return torch.where(b >= 0, 1.0, -1.0)
 
 
-def ours(b: torch.Tensor) -> torch.Tensor:
-    """The sign codec as shipped: scale min(rms, 1.5 mean |v|), bit v >= 0."""
+def bare_sign(b: torch.Tensor) -> torch.Tensor:
+    """The sign codec until session 36: scale min(rms, 1.5 mean |v|), bit v >= 0."""
     scale = torch.minimum(b.square().mean(1, keepdim=True).sqrt(), SIGN_SCALE_CAP * b.abs().mean(1, keepdim=True))
     return _signs(b) * scale
+
+
+def ours(b: torch.Tensor) -> torch.Tensor:
+    """The sign codec as shipped: signs about the block's mean, mean + s * sign(v - mean), s
+    as in bare_sign (two values a block). The mean is summed in double, as the kernels do, so
+    that the bits (v >= mean) are theirs."""
+    mean = b.double().mean(1, keepdim=True).float()
+    return mean + bare_sign(b - mean)
 
 
 def rms(b: torch.Tensor) -> torch.Tensor:
@@ -61,14 +70,8 @@ def two_levels(b: torch.Tensor) -> torch.Tensor:
 
 
 def zero_kept(b: torch.Tensor) -> torch.Tensor:
-    """ours, but exact zeros decode to zero (an oracle: one bit cannot say so)."""
-    return torch.sign(b) * ours(b).abs()
-
-
-def offset(b: torch.Tensor) -> torch.Tensor:
-    """Signs about the block's mean: mean + s * sign(v - mean), s as in ours (two values a block)."""
-    mean = b.mean(1, keepdim=True)
-    return mean + ours(b - mean)
+    """bare_sign, but exact zeros decode to zero (an oracle: one bit cannot say so)."""
+    return torch.sign(b) * bare_sign(b).abs()
 
 
 def int8(b: torch.Tensor) -> torch.Tensor:
@@ -77,8 +80,8 @@ def int8(b: torch.Tensor) -> torch.Tensor:
     return (b / scale).round() * scale
 
 
-CODECS = {"ours": ours, "rms": rms, "mean_abs": mean_abs, "two_levels": two_levels, "zero_kept": zero_kept,
-          "offset": offset, "int8": int8, "plain": None}
+CODECS = {"ours": ours, "bare_sign": bare_sign, "rms": rms, "mean_abs": mean_abs, "two_levels": two_levels,
+          "zero_kept": zero_kept, "int8": int8, "plain": None}
 
 
 def roundtrip(codec, v: torch.Tensor, block: int) -> torch.Tensor:
@@ -155,7 +158,7 @@ def main() -> None:
     parser.add_argument("codecs", nargs="+", choices=CODECS)
     parser.add_argument("--task", choices=("digits", "gpt"), default="digits")
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--block", type=int, default=256)
+    parser.add_argument("--block", type=int, default=DEFAULT_BLOCK_SIZE["sign"])
     parser.add_argument("--hidden", type=int, default=2500, help="digits: width of the hidden layers")
     parser.add_argument("--layers", type=int, default=4, help="digits: hidden layers")
     parser.add_argument("--lr-scale", type=float, default=1.0)

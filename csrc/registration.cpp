@@ -105,19 +105,20 @@ TORCH_LIBRARY(effgen, m) {
   // --- compress family: error-feedback codecs over blocks of block_size values ----------
   // v = x + error; int8 per block (scale absmax/127); error <- v - decompress(q).
   m.def("ef_compress_int8(Tensor x, Tensor(a!) error, int block_size) -> (Tensor q, Tensor scales)");
-  // v = x + error; sign bits (LSB first) with scale mean|v| per block; error <- v - decompress.
-  m.def("ef_compress_sign(Tensor x, Tensor(a!) error, int block_size) -> (Tensor packed, Tensor scales)");
+  // v = x + error; bits v >= block mean (LSB first), levels (mean - spread, mean + spread)
+  // per block (levels [2 * blocks]); error <- v - decompress.
+  m.def("ef_compress_sign(Tensor x, Tensor(a!) error, int block_size) -> (Tensor packed, Tensor levels)");
   // fp32 sum over rows of dequantized int8 chunks: q [chunks, n], scales [chunks, blocks].
   m.def("decompress_sum_int8(Tensor q, Tensor scales, int block_size) -> Tensor");
-  // fp32 sum over rows of sign chunks: packed [chunks, ceil(n/8)], scales [chunks, blocks].
-  m.def("decompress_sum_sign(Tensor packed, Tensor scales, int n, int block_size) -> Tensor");
+  // fp32 sum over rows of sign chunks: packed [chunks, ceil(n/8)], levels [chunks, 2 * blocks].
+  m.def("decompress_sum_sign(Tensor packed, Tensor levels, int n, int block_size) -> Tensor");
   // The same four into the caller's buffers. Encoders: q / packed [rows, values a row (/ 8)]
-  // and scales [rows, blocks a row] hold x's values row after row (several rows: whole blocks
+  // and scales [rows, blocks a row] (levels: 2 x blocks) hold x's values row after row (several rows: whole blocks
   // and bytes a row); rows of every buffer may be strided (views into message buffers).
   m.def("ef_compress_int8_out(Tensor x, Tensor(a!) error, int block_size, Tensor(b!) q, Tensor(c!) scales) -> ()");
-  m.def("ef_compress_sign_out(Tensor x, Tensor(a!) error, int block_size, Tensor(b!) packed, Tensor(c!) scales) -> ()");
+  m.def("ef_compress_sign_out(Tensor x, Tensor(a!) error, int block_size, Tensor(b!) packed, Tensor(c!) levels) -> ()");
   m.def("decompress_sum_int8_out(Tensor q, Tensor scales, int block_size, Tensor(a!) total) -> ()");
-  m.def("decompress_sum_sign_out(Tensor packed, Tensor scales, int n, int block_size, Tensor(a!) total) -> ()");
+  m.def("decompress_sum_sign_out(Tensor packed, Tensor levels, int n, int block_size, Tensor(a!) total) -> ()");
 
   // --- build and CPU dispatch introspection --------------------------------------------
   // The CPU ISA the kernels dispatch on now.

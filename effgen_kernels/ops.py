@@ -441,7 +441,7 @@ def _(x, error, block_size):
 @torch.library.register_fake("effgen::ef_compress_sign")
 def _(x, error, block_size):
     return (x.new_empty(((x.numel() + 7) // 8,), dtype=torch.uint8),
-            x.new_empty((-(-x.numel() // block_size),), dtype=torch.float32))
+            x.new_empty((2 * -(-x.numel() // block_size),), dtype=torch.float32))  # (low, high) a block
 
 
 @torch.library.register_fake("effgen::decompress_sum_int8")
@@ -450,7 +450,7 @@ def _(q, scales, block_size):
 
 
 @torch.library.register_fake("effgen::decompress_sum_sign")
-def _(packed, scales, n, block_size):
+def _(packed, levels, n, block_size):
     return packed.new_empty((n,), dtype=torch.float32)
 
 

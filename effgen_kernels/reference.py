@@ -413,8 +413,8 @@ def xnor_linear(x, packed, alpha, bias=None):
 # may be short); each block gets one fp32 scale. The error buffer keeps what the codec
 # lost: error <- v - decompress(compress(v)).
 # - int8: the symmetric per-block quantizer of quantize_per_group (scale = absmax / 127).
-# - sign: one bit per value (v >= 0, packed like pack_binary), scale = mean |v| of the block;
-#   it decompresses to scale * (+1 / -1).
+# - sign: one bit per value (v >= the block's mean, packed like pack_binary) and two fp32
+#   levels per block, (low, high) = mean -/+ a spread; bit 1 decompresses to high, 0 to low.
 # ---------------------------------------------------------------------------------------
 def _blocks(v: torch.Tensor, block_size: int) -> torch.Tensor:
     n = v.numel()
@@ -427,7 +427,8 @@ def _drop_non_finite_blocks(v: torch.Tensor, scales: torch.Tensor, block_size: i
     GradScaler sees it) and leave out of the residual (where it would stay for good)."""
     finite = _blocks(v, block_size).isfinite().all(dim=1)
     nan = torch.full_like(scales, float("nan"))
-    return finite.repeat_interleave(block_size)[:v.numel()], torch.where(finite, scales, nan)
+    per_block = finite.reshape((-1,) + (1,) * (scales.dim() - 1))  # scales [blocks] or levels [blocks, 2]
+    return finite.repeat_interleave(block_size)[:v.numel()], torch.where(per_block, scales, nan)
 
 
 def ef_compress_int8(x: torch.Tensor, error: torch.Tensor, block_size: int):
@@ -445,31 +446,45 @@ SIGN_SCALE_CAP = 1.5  # kSignScaleCap in csrc/kernels/cpu/compress.h (why this s
 
 
 def ef_compress_sign(x: torch.Tensor, error: torch.Tensor, block_size: int):
-    """Returns (packed sign bits uint8 [ceil(n / 8)], scales fp32 [blocks]); updates `error`.
+    """Returns (packed bits uint8 [ceil(n / 8)], levels fp32 [2 * blocks]); updates `error`.
 
-    scale = min(rms(v), 1.5 * mean |v|) per block, computed in float64 and rounded to
-    float32; bit = v >= 0; error = v - (bit ? scale : -scale). A block holding Inf or NaN
-    gets a NaN scale, bits 0 and error 0, as in ef_compress_int8. The kernels sum in another
-    order: the magnitudes' double sum is exact (unless they span more than about 21 binades
-    for blocks of 256), the squares' can differ in its last bit, which changes the float
-    scale only when it lands on a rounding boundary (about one block in 10^8)."""
+    Per block of v = x + error: mean m = sum(v) / count in float64, rounded to float32;
+    d = v - m in float32; spread s = min(rms(d), 1.5 * mean |d|) in float64, rounded to
+    float32; levels (low, high) = (m - s, m + s) in float32, stored as levels[2b], levels[2b
+    + 1]; bit = v >= m (LSB first, like pack_binary); error = v - (bit ? high : low).
+
+    Why an offset: a bare sign with one scale (this codec until session 36) decodes a block
+    whose values share one sign (a ReLU layer's gradient rows often do) as one constant of
+    that sign, and training a 4-layer MLP ended 9x above plain DDP's loss; signs about the
+    mean keep both the block's mean and its spread (benchmarks/sign_codec_study.py).
+
+    A block holding Inf or NaN gets NaN levels, bits 0 and error 0, as in ef_compress_int8.
+    The kernels sum in another order: a double sum of a block's floats is exact unless they
+    span more than about 20 binades (blocks of 512), so the mean and mean |d| do not depend on
+    it; the squares' sum can differ in its last bit, which changes the float spread only when
+    it lands on a rounding boundary (about one block in 10^8)."""
     v = x.float() + error
     n = v.numel()
-    blocks = _blocks(v.double(), block_size)
-    counts = torch.full((blocks.shape[0],), float(block_size), dtype=torch.float64)
+    counts = torch.full((-(-n // block_size),), float(block_size), dtype=torch.float64)
     if n % block_size:
         counts[-1] = n % block_size
-    rms = (blocks.square().sum(dim=1) / counts).sqrt()
-    scales = torch.minimum(rms, SIGN_SCALE_CAP * (blocks.abs().sum(dim=1) / counts)).float()
-    kept, scales = _drop_non_finite_blocks(v, scales, block_size)
-    packed = pack_binary(torch.where(kept, v, -1.0).reshape(1, -1)).reshape(-1)
-    error.copy_(torch.where(kept, v - decompress_sign(packed, scales, n, block_size), torch.zeros_like(v)))
-    return packed, scales
+    mean = (_blocks(v.double(), block_size).sum(dim=1) / counts).float()
+    value_mean = mean.repeat_interleave(block_size)[:n]
+    above = v >= value_mean
+    d = _blocks((v - value_mean).double(), block_size)
+    rms = (d.square().sum(dim=1) / counts).sqrt()
+    spread = torch.minimum(rms, SIGN_SCALE_CAP * (d.abs().sum(dim=1) / counts)).float()
+    kept, levels = _drop_non_finite_blocks(v, torch.stack([mean - spread, mean + spread], dim=1), block_size)
+    packed = pack_binary(torch.where(kept & above, 1.0, -1.0).reshape(1, -1)).reshape(-1)
+    error.copy_(torch.where(kept, v - decompress_sign(packed, levels, n, block_size), torch.zeros_like(v)))
+    return packed, levels.reshape(-1)
 
 
-def decompress_sign(packed: torch.Tensor, scales: torch.Tensor, n: int, block_size: int) -> torch.Tensor:
-    signs = unpack_binary(packed.reshape(1, -1), n).reshape(-1).float()
-    return signs * scales.repeat_interleave(block_size)[:n]
+def decompress_sign(packed: torch.Tensor, levels: torch.Tensor, n: int, block_size: int) -> torch.Tensor:
+    """Bit i of packed selects levels[2 * (i // block_size) + bit]: high for 1, low for 0."""
+    bits = unpack_binary(packed.reshape(1, -1), n).reshape(-1) > 0
+    pairs = levels.reshape(-1, 2).repeat_interleave(block_size, dim=0)[:n]
+    return torch.where(bits, pairs[:, 1], pairs[:, 0])
 
 
 def decompress_sum_int8(q: torch.Tensor, scales: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -481,11 +496,11 @@ def decompress_sum_int8(q: torch.Tensor, scales: torch.Tensor, block_size: int) 
     return total
 
 
-def decompress_sum_sign(packed: torch.Tensor, scales: torch.Tensor, n: int, block_size: int) -> torch.Tensor:
-    """Sum over rows of decompressed sign chunks: packed [W, ceil(n/8)], scales [W, blocks]."""
+def decompress_sum_sign(packed: torch.Tensor, levels: torch.Tensor, n: int, block_size: int) -> torch.Tensor:
+    """Sum over rows of decompressed sign chunks: packed [W, ceil(n/8)], levels [W, 2 * blocks]."""
     total = torch.zeros(n)
     for row in range(packed.shape[0]):
-        total = total + decompress_sign(packed[row], scales[row], n, block_size)
+        total = total + decompress_sign(packed[row], levels[row], n, block_size)
     return total
 
 
@@ -506,12 +521,14 @@ def compressed_allreduce(grads: list[torch.Tensor], worker_errors: list[torch.Te
 
     sent = [compress(g, e, block_size) for g, e in zip(grads, worker_errors, strict=True)]
     per_byte = 1 if codec == "int8" else 8  # values per payload element
+    per_block = 1 if codec == "int8" else 2  # fp32 scales (int8) or levels (sign) per block
+    blocks = chunk // block_size * per_block
     pieces = []
     for r in range(world):
         total = torch.zeros(chunk)
         for payload, scales in sent:  # rank order
             total = total + decompress(payload[r * chunk // per_byte:(r + 1) * chunk // per_byte],
-                                       scales[r * chunk // block_size:(r + 1) * chunk // block_size], chunk)
+                                       scales[r * blocks:(r + 1) * blocks], chunk)
         pieces.append(compress(total / world, server_errors[r], block_size))
     payload = torch.cat([p for p, _ in pieces])
     scales = torch.cat([s for _, s in pieces])

@@ -110,8 +110,9 @@ def compress_kernels() -> None:
         packed = torch.randint(0, 256, (3, (n + 7) // 8), dtype=torch.uint8)
         check(("decompress_sum_int8", n, block), codecs.decompress_sum_int8(q.cuda(), scales.cuda(), block),
               codecs.decompress_sum_int8(q, scales, block))
-        check(("decompress_sum_sign", n, block), codecs.decompress_sum_sign(packed.cuda(), scales.cuda(), n, block),
-              codecs.decompress_sum_sign(packed, scales, n, block))
+        levels = torch.randn(3, 2 * blocks)  # (low, high) a block
+        check(("decompress_sum_sign", n, block), codecs.decompress_sum_sign(packed.cuda(), levels.cuda(), n, block),
+              codecs.decompress_sum_sign(packed, levels, n, block))
 
 
 def main() -> int:

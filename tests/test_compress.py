@@ -31,23 +31,37 @@ def test_decompress_sums_match_reference_exactly(isa, n, block):
     rows, blocks = 3, -(-n // block)
     q = torch.randint(-127, 128, (rows, n), dtype=torch.int8)
     packed = torch.randint(0, 256, (rows, (n + 7) // 8), dtype=torch.uint8)
-    scales = torch.rand(rows, blocks)
+    scales, levels = torch.rand(rows, blocks), torch.randn(rows, 2 * blocks)
     assert_same_bits(e.decompress_sum_int8(q, scales, block), ref.decompress_sum_int8(q, scales, block))
-    assert_same_bits(e.decompress_sum_sign(packed, scales, n, block), ref.decompress_sum_sign(packed, scales, n, block))
+    assert_same_bits(e.decompress_sum_sign(packed, levels, n, block), ref.decompress_sum_sign(packed, levels, n, block))
+
+
+def test_sign_levels_keep_a_blocks_mean_and_spread():
+    # A block whose values share one sign (a ReLU layer's gradient rows) decodes to two
+    # levels about its mean, not to one constant; bit i says v >= the mean.
+    v = torch.tensor([1.0, 3.0, 2.0, 6.0, -4.0, -2.0, -4.0, -2.0])
+    error = torch.zeros(8)
+    packed, levels = e.ef_compress_sign(v, error, 4)
+    # block 0: mean 3, |d| = 2, 0, 1, 3 -> rms sqrt(3.5), capped at 1.5 * 1.5 = 2.25
+    torch.testing.assert_close(levels, torch.tensor([3 - 3.5**0.5, 3 + 3.5**0.5, -4.0, -2.0]))
+    assert ref.unpack_binary(packed.reshape(1, -1), 8).reshape(-1).tolist() == [-1, 1, -1, 1, -1, 1, -1, 1]
+    assert_same_bits(error, v - ref.decompress_sign(packed, levels, 8, 4))
+    assert not error[4:].any()  # two values a block: exact
 
 
 SENTINEL = 0x5A  # every byte of a message buffer before an op writes into its views
 
 
-def message_views(rows: int, payload_width: int, payload_dtype: torch.dtype, blocks: int, device: str = "cpu"):
-    """A payload and scales as strided rows of one buffer, as the DDP hook lays out its
-    messages (payload padded to fp32 words, then scales), with a spare word after each part
-    so that no row is contiguous with the next; every byte starts as SENTINEL."""
+def message_views(rows: int, payload_width: int, payload_dtype: torch.dtype, words: int, device: str = "cpu"):
+    """A payload and its blocks' words (int8 scales, sign levels) as strided rows of one
+    buffer, as the DDP hook lays out its messages (payload padded to fp32 words, then
+    scales), with a spare word after each part so that no row is contiguous with the next;
+    every byte starts as SENTINEL."""
     payload_words = -(-payload_width // 4) + 1
-    buffer = torch.empty(rows, payload_words + blocks + 1, device=device)
+    buffer = torch.empty(rows, payload_words + words + 1, device=device)
     buffer.view(torch.uint8).fill_(SENTINEL)
     payload = buffer[:, :payload_words].view(torch.uint8)[:, :payload_width].view(payload_dtype)
-    return buffer, payload, buffer[:, payload_words:payload_words + blocks]
+    return buffer, payload, buffer[:, payload_words:payload_words + words]
 
 
 def assert_only_views_written(buffer: torch.Tensor, *views: torch.Tensor) -> None:
@@ -56,8 +70,9 @@ def assert_only_views_written(buffer: torch.Tensor, *views: torch.Tensor) -> Non
     assert (buffer.view(torch.uint8) == SENTINEL).all(), "an op wrote outside its output views"
 
 
-ENCODERS = [(ref.ef_compress_int8, e.ef_compress_int8_out, 1, torch.int8),
-            (ref.ef_compress_sign, e.ef_compress_sign_out, 8, torch.uint8)]
+# (reference, _out op, values a payload element, payload dtype, fp32 words a block)
+ENCODERS = [(ref.ef_compress_int8, e.ef_compress_int8_out, 1, torch.int8, 1),
+            (ref.ef_compress_sign, e.ef_compress_sign_out, 8, torch.uint8, 2)]
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
@@ -67,10 +82,11 @@ ENCODERS = [(ref.ef_compress_int8, e.ef_compress_int8_out, 1, torch.int8),
 def test_out_encoders_write_the_reference_results_into_strided_rows(isa, dtype, rows, cols, block):
     x = random_input((rows * cols,), dtype)
     start_error = random_input((rows * cols,), scale=0.01)
-    for reference, op_out, per_element, payload_dtype in ENCODERS:
+    for reference, op_out, per_element, payload_dtype, per_block in ENCODERS:
         expected_error, error = start_error.clone(), start_error.clone()
         expected_payload, expected_scales = reference(x, expected_error, block)
-        buffer, payload, scales = message_views(rows, -(-cols // per_element), payload_dtype, -(-cols // block))
+        buffer, payload, scales = message_views(rows, -(-cols // per_element), payload_dtype,
+                                                -(-cols // block) * per_block)
         op_out(x, error, block, payload, scales)
         assert_same_bits(payload, expected_payload.view(rows, -1))
         assert_same_bits(scales, expected_scales.view(rows, -1))
@@ -83,18 +99,18 @@ def test_decoders_read_strided_rows_in_place(isa, n, block):
     rows, blocks = 3, -(-n // block)
     _, q, q_scales = message_views(rows, n, torch.int8, blocks)
     q.copy_(torch.randint(-127, 128, (rows, n), dtype=torch.int8))
-    _, packed, sign_scales = message_views(rows, (n + 7) // 8, torch.uint8, blocks)
+    _, packed, levels = message_views(rows, (n + 7) // 8, torch.uint8, 2 * blocks)
     packed.copy_(torch.randint(0, 256, (rows, (n + 7) // 8), dtype=torch.uint8))
     q_scales.copy_(torch.rand(rows, blocks))
-    sign_scales.copy_(torch.rand(rows, blocks))
+    levels.copy_(torch.randn(rows, 2 * blocks))
     expected_int8 = ref.decompress_sum_int8(q.contiguous(), q_scales.contiguous(), block)
-    expected_sign = ref.decompress_sum_sign(packed.contiguous(), sign_scales.contiguous(), n, block)
+    expected_sign = ref.decompress_sum_sign(packed.contiguous(), levels.contiguous(), n, block)
     assert_same_bits(e.decompress_sum_int8(q, q_scales, block), expected_int8)
-    assert_same_bits(e.decompress_sum_sign(packed, sign_scales, n, block), expected_sign)
+    assert_same_bits(e.decompress_sum_sign(packed, levels, n, block), expected_sign)
     for total, expected, decode in [
         (torch.full((n,), float("nan")), expected_int8, lambda t: e.decompress_sum_int8_out(q, q_scales, block, t)),
         (torch.full((n,), float("nan")), expected_sign,
-         lambda t: e.decompress_sum_sign_out(packed, sign_scales, n, block, t)),
+         lambda t: e.decompress_sum_sign_out(packed, levels, n, block, t)),
     ]:
         decode(total)
         assert_same_bits(total, expected)
@@ -131,7 +147,8 @@ def test_non_finite_blocks_give_nan_scales_and_clear_the_error(isa, codec):
     expected_error = error.clone()
     payload, scales = op(x, error, 256)
     expected_payload, expected_scales = reference(x, expected_error, 256)
-    assert torch.isnan(scales[0]) and torch.isfinite(scales[1]) and torch.isnan(scales[2])
+    per_block = scales.reshape(3, -1)  # int8: a scale, sign: two levels
+    assert per_block[0].isnan().all() and per_block[1].isfinite().all() and per_block[2].isnan().all()
     assert not error[:256].any() and not error[512:].any()
     codes = payload if codec == "int8" else ref.unpack_binary(payload.reshape(1, -1), 600).reshape(-1)
     assert (codes[:256] == (0 if codec == "int8" else -1)).all()
@@ -176,20 +193,20 @@ def test_blocks_too_small_for_a_reciprocal_send_zeros_and_keep_their_values(isa)
 @pytest.mark.parametrize("case", range(8))
 def test_opcheck(case):
     x, error = random_input((1024,)), random_input((1024,), scale=0.01)
-    scales = torch.rand(2, 8)
+    scales, levels = torch.rand(2, 8), torch.randn(2, 16)
     q = torch.randint(-127, 128, (2, 1024), dtype=torch.int8)
     packed = torch.randint(0, 256, (2, 128), dtype=torch.uint8)
     cases = [
         (e.ef_compress_int8.default, (x, error.clone(), 128)),
         (e.ef_compress_sign.default, (x, error.clone(), 128)),
         (e.decompress_sum_int8.default, (q, scales, 128)),
-        (e.decompress_sum_sign.default, (packed, scales, 1024, 128)),
+        (e.decompress_sum_sign.default, (packed, levels, 1024, 128)),
         (e.ef_compress_int8_out.default, (x, error.clone(), 128, torch.empty(2, 512, dtype=torch.int8),
                                           torch.empty(2, 4))),
         (e.ef_compress_sign_out.default, (x, error.clone(), 128, torch.empty(2, 64, dtype=torch.uint8),
-                                          torch.empty(2, 4))),
+                                          torch.empty(2, 8))),
         (e.decompress_sum_int8_out.default, (q, scales, 128, torch.empty(1024))),
-        (e.decompress_sum_sign_out.default, (packed, scales, 1024, 128, torch.empty(1024))),
+        (e.decompress_sum_sign_out.default, (packed, levels, 1024, 128, torch.empty(1024))),
     ]
     opcheck(*cases[case])
 
@@ -229,8 +246,13 @@ def test_bad_outputs_name_the_argument():
     q_rows, row_scales = torch.zeros(2, 96, dtype=torch.int8), torch.ones(2, 6)
     with pytest.raises(TypeError, match="decompress_sum_int8_out: total must be float32"):
         e.decompress_sum_int8_out(q_rows, row_scales, 16, torch.empty(96, dtype=torch.float64))
+    packed_rows, row_levels = torch.zeros(2, 12, dtype=torch.uint8), torch.ones(2, 12)
     with pytest.raises(ValueError, match="decompress_sum_sign_out: total must be a contiguous \\[96\\]"):
-        e.decompress_sum_sign_out(torch.zeros(2, 12, dtype=torch.uint8), row_scales, 96, 16, torch.empty(192)[::2])
+        e.decompress_sum_sign_out(packed_rows, row_levels, 96, 16, torch.empty(192)[::2])
+    with pytest.raises(ValueError, match="decompress_sum_sign: levels must be \\[2, 12\\], got \\[2, 6\\]"):
+        e.decompress_sum_sign(packed_rows, row_scales, 96, 16)  # one word a block: int8's scales
+    with pytest.raises(ValueError, match="ef_compress_sign_out: levels must be \\[2, 6\\] with rows of unit stride"):
+        e.ef_compress_sign_out(x, error, 16, torch.empty(2, 6, dtype=torch.uint8), scales)
 
 
 def test_state_dict_restores_residuals_and_keeps_the_callers_group():
@@ -317,11 +339,11 @@ def test_cuda_decompress_sums_match_the_cpu_kernels(n, block):
     rows, blocks = 3, -(-n // block)
     q = torch.randint(-127, 128, (rows, n), dtype=torch.int8)
     packed = torch.randint(0, 256, (rows, (n + 7) // 8), dtype=torch.uint8)
-    scales = torch.rand(rows, blocks)
+    scales, levels = torch.rand(rows, blocks), torch.randn(rows, 2 * blocks)
     assert_same_bits(e.decompress_sum_int8(q.cuda(), scales.cuda(), block).cpu(),
                      e.decompress_sum_int8(q, scales, block))
-    assert_same_bits(e.decompress_sum_sign(packed.cuda(), scales.cuda(), n, block).cpu(),
-                     e.decompress_sum_sign(packed, scales, n, block))
+    assert_same_bits(e.decompress_sum_sign(packed.cuda(), levels.cuda(), n, block).cpu(),
+                     e.decompress_sum_sign(packed, levels, n, block))
 
 
 @pytest.mark.cuda
@@ -329,12 +351,12 @@ def test_cuda_decompress_sums_match_the_cpu_kernels(n, block):
 def test_cuda_out_forms_match_the_cpu_ones(rows, cols, block):
     # Encoders into strided message rows, then the decoders reading those rows in place.
     x, start_error = random_input((rows * cols,)), random_input((rows * cols,), scale=0.01)
-    for _, op_out, per_element, payload_dtype in ENCODERS:
+    for _, op_out, per_element, payload_dtype, per_block in ENCODERS:
         results = {}
         for device in ("cpu", "cuda"):
             error, total = start_error.to(device), torch.empty(cols, device=device)
             buffer, payload, scales = message_views(rows, -(-cols // per_element), payload_dtype,
-                                                    -(-cols // block), device)
+                                                    -(-cols // block) * per_block, device)
             op_out(x.to(device), error, block, payload, scales)
             if per_element == 1:
                 e.decompress_sum_int8_out(payload, scales, block, total)
@@ -362,16 +384,16 @@ def test_the_codec_study_simulates_our_sign_codec():
     study = load_script("benchmarks", "sign_codec_study")
     v = random_input((4099,), scale=0.01)
     padded = torch.nn.functional.pad(v, (0, 253))  # the hook's last block counts its padding's zeros too
-    packed, scales = ref.ef_compress_sign(padded, torch.zeros_like(padded), 256)
-    expected = ref.decompress_sign(packed, scales, padded.numel(), 256)[:v.numel()]
-    torch.testing.assert_close(study.roundtrip(study.ours, v, 256), expected, rtol=1e-6, atol=0)
+    packed, levels = ref.ef_compress_sign(padded, torch.zeros_like(padded), 256)
+    expected = ref.decompress_sign(packed, levels, padded.numel(), 256)[:v.numel()]
+    torch.testing.assert_close(study.roundtrip(study.ours, v, 256), expected, rtol=1e-5, atol=1e-8)
     blocks = study._blocks(v, 256)
     for name, codec in study.CODECS.items():
         if codec is not None:
             assert codec(blocks).shape == blocks.shape, name
-    assert all(len(row.unique()) <= 2 for row in study.offset(blocks))  # two values a block
+    assert all(len(row.unique()) <= 2 for row in study.ours(blocks))  # two values a block
     one_signed = torch.rand(4, 256, generator=torch.Generator().manual_seed(0)) + 0.1  # what a bare sign loses
-    assert (study.offset(one_signed) - one_signed).norm() < 0.7 * (study.ours(one_signed) - one_signed).norm()
+    assert (study.ours(one_signed) - one_signed).norm() < 0.7 * (study.bare_sign(one_signed) - one_signed).norm()
     for name, codec in study.CODECS.items():
         losses = study.simulate(study.DigitsTask(32, 1, 2, 1.0), codec, 40, 64)
         assert sum(losses[-5:]) / 5 < losses[0], name

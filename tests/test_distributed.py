@@ -51,7 +51,8 @@ def test_compressed_allreduce_equals_the_reference_algorithm(tmp_path, world, co
     held_back = torch.stack(worker_errors).mean(0) + torch.cat(server_errors)
     torch.testing.assert_close(sum(expected) + held_back, sum(true_means), rtol=0, atol=1e-5)
     traffic = outputs[0]["traffic"]
-    assert traffic.compression_ratio > (3.5 if codec == "int8" else 20)
+    # blocks of 64: int8 8 + 32 / 64 bits a value (3.76x), sign 1 + 2 * 32 / 64 (16x), less padding
+    assert traffic.compression_ratio > (3.5 if codec == "int8" else 15)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

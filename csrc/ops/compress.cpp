@@ -1,5 +1,5 @@
-// CPU glue of the compress family (error-feedback gradient codecs); checks and the sign
-// codec's scales are shared with the CUDA glue (compress_common.h). Every op has an `_out`
+// CPU glue of the compress family (error-feedback gradient codecs); its argument checks are
+// shared with the CUDA glue (compress_common.h). Every op has an `_out`
 // form writing into the caller's buffers (the DDP hook's messages as sent and received: no
 // copies and no fresh pages a step); the plain form allocates and runs the same code.
 #include <ATen/Parallel.h>
@@ -39,7 +39,7 @@ void encode_int8(const at::Tensor& x_in, at::Tensor& error, int64_t block, at::T
   });
 }
 
-void encode_sign(const at::Tensor& x_in, at::Tensor& error, int64_t block, at::Tensor& packed, at::Tensor& scales,
+void encode_sign(const at::Tensor& x_in, at::Tensor& error, int64_t block, at::Tensor& packed, at::Tensor& levels,
                  int64_t cols) {
   const at::Tensor x = x_in.contiguous();
   const int64_t blocks = blocks_of(cols, block);
@@ -50,7 +50,7 @@ void encode_sign(const at::Tensor& x_in, at::Tensor& error, int64_t block, at::T
       cpu::compress_kernels().ef_compress_sign_blocks(cpu_dtype(x.scalar_type()), x_row, error_row, cols, block,
                                                       u0 * unit, std::min(blocks, u1 * unit),
                                                       packed.data_ptr<uint8_t>() + r * packed.stride(0),
-                                                      scales.data_ptr<float>() + r * scales.stride(0));
+                                                      levels.data_ptr<float>() + r * levels.stride(0));
     });
   });
 }
@@ -70,7 +70,7 @@ void ef_compress_int8_out(const at::Tensor& x, at::Tensor& error, int64_t block,
   constexpr const char* op = "ef_compress_int8_out";
   check_codec_args(op, x, error, block);
   check_cpu(op, "x", x);
-  encode_int8(x, error, block, q, scales, check_encoder_outputs(op, x, block, "q", q, at::kChar, 1, scales));
+  encode_int8(x, error, block, q, scales, check_encoder_outputs(op, x, block, kInt8Format, q, scales));
 }
 
 std::tuple<at::Tensor, at::Tensor> ef_compress_sign(const at::Tensor& x, at::Tensor& error, int64_t block) {
@@ -79,18 +79,17 @@ std::tuple<at::Tensor, at::Tensor> ef_compress_sign(const at::Tensor& x, at::Ten
   check_cpu(op, "x", x);
   const int64_t n = x.numel(), bytes = (n + 7) / 8, blocks = blocks_of(n, block);
   at::Tensor packed = at::empty({1, bytes}, error.options().dtype(at::kByte));
-  at::Tensor scales = at::empty({1, blocks}, error.options());
-  encode_sign(x, error, block, packed, scales, n);
-  return {packed.view({bytes}), scales.view({blocks})};
+  at::Tensor levels = at::empty({1, 2 * blocks}, error.options());
+  encode_sign(x, error, block, packed, levels, n);
+  return {packed.view({bytes}), levels.view({2 * blocks})};
 }
 
 void ef_compress_sign_out(const at::Tensor& x, at::Tensor& error, int64_t block, at::Tensor& packed,
-                          at::Tensor& scales) {
+                          at::Tensor& levels) {
   constexpr const char* op = "ef_compress_sign_out";
   check_codec_args(op, x, error, block);
   check_cpu(op, "x", x);
-  encode_sign(x, error, block, packed, scales,
-              check_encoder_outputs(op, x, block, "packed", packed, at::kByte, 8, scales));
+  encode_sign(x, error, block, packed, levels, check_encoder_outputs(op, x, block, kSignFormat, packed, levels));
 }
 
 // The decoders read rows of unit stride in place (strided rows: views of received messages).
@@ -124,10 +123,10 @@ void decompress_sum_int8_out(const at::Tensor& q, const at::Tensor& scales, int6
   decode_int8(q, scales, block, total);
 }
 
-void decode_sign(const at::Tensor& packed_in, const at::Tensor& scales_in, int64_t n, int64_t block,
+void decode_sign(const at::Tensor& packed_in, const at::Tensor& levels_in, int64_t n, int64_t block,
                  at::Tensor& total) {
-  const at::Tensor packed = with_dense_rows(packed_in), scales = with_dense_rows(scales_in);
-  const cpu::ChunkRows<uint8_t> rows = chunk_rows<uint8_t>(packed, scales);
+  const at::Tensor packed = with_dense_rows(packed_in), levels = with_dense_rows(levels_in);
+  const cpu::ChunkRows<uint8_t> rows = chunk_rows<uint8_t>(packed, levels);
   // Task boundaries on multiples of 8 keep every byte of bits in one task.
   at::parallel_for(0, (n + 7) / 8, kValuesPerTask / 8, [&](int64_t byte0, int64_t byte1) {
     cpu::compress_kernels().decompress_sum_sign(rows, block, byte0 * 8, std::min(n, byte1 * 8),
@@ -135,22 +134,22 @@ void decode_sign(const at::Tensor& packed_in, const at::Tensor& scales_in, int64
   });
 }
 
-at::Tensor decompress_sum_sign(const at::Tensor& packed, const at::Tensor& scales, int64_t n, int64_t block) {
+at::Tensor decompress_sum_sign(const at::Tensor& packed, const at::Tensor& levels, int64_t n, int64_t block) {
   constexpr const char* op = "decompress_sum_sign";
   check_cpu(op, "packed", packed);
-  check_sign_chunks(op, packed, scales, n, block);
+  check_sign_chunks(op, packed, levels, n, block);
   at::Tensor total = at::empty({n}, packed.options().dtype(at::kFloat));
-  decode_sign(packed, scales, n, block, total);
+  decode_sign(packed, levels, n, block, total);
   return total;
 }
 
-void decompress_sum_sign_out(const at::Tensor& packed, const at::Tensor& scales, int64_t n, int64_t block,
+void decompress_sum_sign_out(const at::Tensor& packed, const at::Tensor& levels, int64_t n, int64_t block,
                              at::Tensor& total) {
   constexpr const char* op = "decompress_sum_sign_out";
   check_cpu(op, "packed", packed);
-  check_sign_chunks(op, packed, scales, n, block);
+  check_sign_chunks(op, packed, levels, n, block);
   check_total_out(op, total, n, packed);
-  decode_sign(packed, scales, n, block, total);
+  decode_sign(packed, levels, n, block, total);
 }
 
 }  // namespace

@@ -1,20 +1,15 @@
 // CUDA glue of the compress family: the CPU glue's checks (compress_common.h), then
 // launches on the current stream. Works with NCCL: the DDP hook's codecs run where the
 // gradients are. Its tests passed on an H200 in session 10; session 21's rules for blocks
-// holding Inf / NaN (NaN scale, residual 0) are compiled, not yet run on a GPU.
+// holding Inf / NaN (NaN scale, residual 0) and session 36's sign levels (mean -/+ spread)
+// are compiled, not yet run on a GPU.
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/abs.h>
 #include <ATen/ops/constant_pad_nd.h>
-#include <ATen/ops/div.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
-#include <ATen/ops/full_like.h>
 #include <ATen/ops/isfinite.h>
 #include <ATen/ops/minimum.h>
-#include <ATen/ops/mul.h>
-#include <ATen/ops/sqrt.h>
-#include <ATen/ops/square.h>
-#include <ATen/ops/sum.h>
+#include <ATen/ops/stack.h>
 #include <ATen/ops/where.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -30,25 +25,35 @@
 namespace effgen::ops {
 namespace {
 
+// Sum of each block of the 1-D `values` in double, the last block short (zeros pad it).
+at::Tensor block_sums(const at::Tensor& values, int64_t block) {
+  const int64_t n = values.numel(), blocks = blocks_of(n, block);
+  at::Tensor v = values.to(at::kDouble);
+  if (n % block != 0) v = at::constant_pad_nd(v, {0, blocks * block - n}, 0);
+  return v.reshape({blocks, block}).sum(1);
+}
+
 // Sign codec for blocks whose packed bytes straddle two blocks (block % 8 != 0; the fused
 // kernel takes the rest): forms v = x + error in the error buffer itself (fp32 addition
-// commutes, so the bits equal the reference's x.float() + error) and returns the per-block
-// scale min(rms(v), kSignScaleCap * mean |v|), in double like the CPU kernel and
-// reference.ef_compress_sign (see there for when the summation order can show), NaN for a
-// block holding Inf/NaN.
-at::Tensor sign_scales_in_place(const at::Tensor& x, at::Tensor& error, int64_t block) {
+// commutes, so the bits equal the reference's x.float() + error) and returns each block's
+// (mean [blocks], levels [2 * blocks]) as reference.ef_compress_sign defines them, in the
+// same fp32 / double steps (see there for when the summation order can show); NaN levels
+// for a block holding Inf/NaN.
+std::tuple<at::Tensor, at::Tensor> sign_levels_in_place(const at::Tensor& x, at::Tensor& error, int64_t block) {
   error.add_(x);
   const int64_t n = error.numel(), blocks = blocks_of(n, block);
   at::Tensor counts = at::full({blocks}, static_cast<double>(block), error.options().dtype(at::kDouble));
   if (n % block != 0) counts.narrow(0, blocks - 1, 1).fill_(static_cast<double>(n % block));
-  at::Tensor v = error.to(at::kDouble);
-  if (n % block != 0) v = at::constant_pad_nd(v, {0, blocks * block - n}, 0);
-  v = v.reshape({blocks, block});
-  const at::Tensor rms = at::sqrt(at::div(at::sum(at::square(v), {1}), counts));
-  const at::Tensor magnitudes = at::sum(at::abs(v), {1});
-  const at::Tensor capped = at::mul(at::div(magnitudes, counts), cpu::kSignScaleCap);
-  const at::Tensor nan = at::full_like(rms, std::numeric_limits<double>::quiet_NaN());
-  return at::where(at::isfinite(magnitudes), at::minimum(rms, capped), nan).to(at::kFloat).contiguous();
+  const at::Tensor sums = block_sums(error, block);
+  const at::Tensor mean = sums.div(counts).to(at::kFloat);
+  // fp32 differences, then squared in double (exactly)
+  const at::Tensor d = error.sub(mean.repeat_interleave(block).narrow(0, 0, n)).to(at::kDouble);
+  const at::Tensor rms = block_sums(d.square(), block).div(counts).sqrt();
+  const at::Tensor capped = block_sums(d.abs(), block).div(counts).mul(cpu::kSignScaleCap);
+  const at::Tensor spread = at::minimum(rms, capped).to(at::kFloat);
+  const at::Tensor levels = at::stack({mean.sub(spread), mean.add(spread)}, 1);
+  const at::Tensor finite = at::isfinite(sums).unsqueeze(1);
+  return {mean, at::where(finite, levels, std::numeric_limits<float>::quiet_NaN()).reshape({2 * blocks})};
 }
 
 std::tuple<at::Tensor, at::Tensor> ef_compress_int8(const at::Tensor& x_in, at::Tensor& error, int64_t block) {
@@ -75,17 +80,17 @@ std::tuple<at::Tensor, at::Tensor> ef_compress_sign(const at::Tensor& x, at::Ten
   at::Tensor packed = at::empty({(n + 7) / 8}, error.options().dtype(at::kByte));
   if (block % 8 == 0) {  // no packed byte spans two blocks: one fused pass
     const at::Tensor xc = x.contiguous();
-    at::Tensor scales = at::empty({blocks_of(n, block)}, error.options());
+    at::Tensor levels = at::empty({2 * blocks_of(n, block)}, error.options());
     check_launch(op, cuda::ef_compress_sign(cuda_dtype(xc.scalar_type()), xc.data_ptr(), error.data_ptr<float>(), n,
                                             block, cpu::kSignScaleCap, packed.data_ptr<uint8_t>(),
-                                            scales.data_ptr<float>(), c10::cuda::getCurrentCUDAStream()));
-    return {packed, scales};
+                                            levels.data_ptr<float>(), c10::cuda::getCurrentCUDAStream()));
+    return {packed, levels};
   }
-  const at::Tensor scales = sign_scales_in_place(x, error, block);
-  check_launch(op, cuda::sign_pack_update(error.data_ptr<float>(), scales.data_ptr<float>(), n, block,
-                                          packed.data_ptr<uint8_t>(), error.data_ptr<float>(),
+  const auto [means, levels] = sign_levels_in_place(x, error, block);
+  check_launch(op, cuda::sign_pack_update(error.data_ptr<float>(), means.data_ptr<float>(), levels.data_ptr<float>(),
+                                          n, block, packed.data_ptr<uint8_t>(), error.data_ptr<float>(),
                                           c10::cuda::getCurrentCUDAStream()));
-  return {packed, scales};
+  return {packed, levels};
 }
 
 at::Tensor decompress_sum_int8(const at::Tensor& q_in, const at::Tensor& scales_in, int64_t block) {
@@ -100,14 +105,14 @@ at::Tensor decompress_sum_int8(const at::Tensor& q_in, const at::Tensor& scales_
   return total;
 }
 
-at::Tensor decompress_sum_sign(const at::Tensor& packed_in, const at::Tensor& scales_in, int64_t n, int64_t block) {
+at::Tensor decompress_sum_sign(const at::Tensor& packed_in, const at::Tensor& levels_in, int64_t n, int64_t block) {
   constexpr const char* op = "decompress_sum_sign";
   check_cuda(op, "packed", packed_in);
-  check_sign_chunks(op, packed_in, scales_in, n, block);
+  check_sign_chunks(op, packed_in, levels_in, n, block);
   const c10::cuda::CUDAGuard guard(packed_in.device());
-  const at::Tensor packed = packed_in.contiguous(), scales = scales_in.contiguous();
+  const at::Tensor packed = packed_in.contiguous(), levels = levels_in.contiguous();
   at::Tensor total = at::empty({n}, packed.options().dtype(at::kFloat));
-  check_launch(op, cuda::decompress_sum_sign(packed.data_ptr<uint8_t>(), scales.data_ptr<float>(), packed.size(0), n,
+  check_launch(op, cuda::decompress_sum_sign(packed.data_ptr<uint8_t>(), levels.data_ptr<float>(), packed.size(0), n,
                                              block, total.data_ptr<float>(), c10::cuda::getCurrentCUDAStream()));
   return total;
 }
@@ -125,17 +130,17 @@ void ef_compress_int8_out(const at::Tensor& x, at::Tensor& error, int64_t block,
   constexpr const char* op = "ef_compress_int8_out";
   check_codec_args(op, x, error, block);
   check_cuda(op, "x", x);
-  check_encoder_outputs(op, x, block, "q", q, at::kChar, 1, scales);
+  check_encoder_outputs(op, x, block, kInt8Format, q, scales);
   copy_into_rows(ef_compress_int8(x, error, block), q, scales);
 }
 
 void ef_compress_sign_out(const at::Tensor& x, at::Tensor& error, int64_t block, at::Tensor& packed,
-                          at::Tensor& scales) {
+                          at::Tensor& levels) {
   constexpr const char* op = "ef_compress_sign_out";
   check_codec_args(op, x, error, block);
   check_cuda(op, "x", x);
-  check_encoder_outputs(op, x, block, "packed", packed, at::kByte, 8, scales);
-  copy_into_rows(ef_compress_sign(x, error, block), packed, scales);
+  check_encoder_outputs(op, x, block, kSignFormat, packed, levels);
+  copy_into_rows(ef_compress_sign(x, error, block), packed, levels);
 }
 
 void decompress_sum_int8_out(const at::Tensor& q, const at::Tensor& scales, int64_t block, at::Tensor& total) {
@@ -145,13 +150,13 @@ void decompress_sum_int8_out(const at::Tensor& q, const at::Tensor& scales, int6
   total.copy_(decompress_sum_int8(q, scales, block));
 }
 
-void decompress_sum_sign_out(const at::Tensor& packed, const at::Tensor& scales, int64_t n, int64_t block,
+void decompress_sum_sign_out(const at::Tensor& packed, const at::Tensor& levels, int64_t n, int64_t block,
                              at::Tensor& total) {
   constexpr const char* op = "decompress_sum_sign_out";
   check_cuda(op, "packed", packed);
-  check_sign_chunks(op, packed, scales, n, block);
+  check_sign_chunks(op, packed, levels, n, block);
   check_total_out(op, total, n, packed);
-  total.copy_(decompress_sum_sign(packed, scales, n, block));
+  total.copy_(decompress_sum_sign(packed, levels, n, block));
 }
 
 }  // namespace

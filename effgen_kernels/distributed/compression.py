@@ -6,7 +6,8 @@ Two phases (as in 1-bit Adam / Deep Gradient Compression style reducers):
    in fp32 (in rank order, so every rank computes the same bits), averages, adds its
    ``server_error``, recompresses and keeps that loss too;
 3. ``all_gather`` of the compressed averaged chunks; every worker decompresses the whole.
-Bytes per worker: about 2 * (W - 1) / W * n * bits / 8, plus one fp32 scale per block.
+Bytes per worker: about 2 * (W - 1) / W * n * bits / 8, plus per block one fp32 scale
+(int8) or two fp32 levels (sign: bits say whether a value is above its block's mean).
 
 Use::
 
@@ -35,6 +36,10 @@ from .. import ops as _ops_module  # noqa: F401  (registers the effgen ops)
 
 _ops = torch.ops.effgen
 CODECS = ("int8", "sign")
+# Block sizes unless the caller gives one: the sign codec's two fp32 levels a block cost 1/8
+# bit a value at 512 values (0.035x of fp32 in all), as int8's one scale does at 256.
+DEFAULT_BLOCK_SIZE = {"int8": 256, "sign": 512}
+WORDS_PER_BLOCK = {"int8": 1, "sign": 2}  # fp32 scales (int8) or levels (sign) a block sends
 # all_gather into one flat tensor: all_gather_single from torch 2.14 on (its predecessor
 # all_gather_into_tensor is deprecated there), all_gather_into_tensor before.
 _all_gather_flat = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -57,6 +62,9 @@ class CompressionState:
     """State of compressed_allreduce_hook for one DDP model: codec settings, the per-bucket
     error-feedback buffers of this rank, the step, and traffic counters.
 
+    ``block_size`` (values a compression block; default 256 for int8, 512 for sign, see
+    DEFAULT_BLOCK_SIZE) sets the bytes of scales sent and how local they are.
+
     ``warmup_steps`` steps run plain all-reduce first (DDP rebuilds its buckets after the
     first iterations); parameters with fewer than ``min_compress_numel`` values are always
     averaged exactly (each compressed parameter is padded to world x lcm(block, 8) values,
@@ -69,11 +77,13 @@ class CompressionState:
     Create it on every rank after init_process_group: without a ``process_group`` it makes
     its own copy of the world group (a collective call)."""
 
-    def __init__(self, process_group: dist.ProcessGroup | None = None, codec: str = "int8", block_size: int = 256,
+    def __init__(self, process_group: dist.ProcessGroup | None = None, codec: str = "int8",
+                 block_size: int | None = None,
                  warmup_steps: int = 2, error_feedback: bool = True, min_compress_numel: int = 128,
                  part_numel: int = 1 << 22) -> None:
         if codec not in CODECS:
             raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
+        block_size = DEFAULT_BLOCK_SIZE[codec] if block_size is None else block_size
         if block_size <= 0:
             raise ValueError(f"block_size must be positive, got {block_size}")
         if part_numel <= 0:
@@ -370,16 +380,18 @@ def _gathered_mean(state: CompressionState, tensor: torch.Tensor, segments: tupl
 
 class _Messages:
     """A buffer of ``rows`` messages, one per rank and phase: a chunk's payload (padded to
-    whole fp32 words), then its blocks' scales. The encoders write into it and the decoders
-    read from it in place, so one collective carries both (two would double the round
-    trips) and no pass packs or unpacks them."""
+    whole fp32 words), then its blocks' scales (int8) or levels (sign). The encoders write
+    into it and the decoders read from it in place, so one collective carries both (two
+    would double the round trips) and no pass packs or unpacks them."""
 
     def __init__(self, state: CompressionState, key: int, name: str, rows: int, chunk: int, device) -> None:
         self.block = state.block_size
         self.per_element = 1 if state.codec == "int8" else 8  # values a payload element holds
+        self.per_block = WORDS_PER_BLOCK[state.codec]
         payload_bytes = chunk // self.per_element  # chunk: whole bytes of bits
         payload_words = -(-payload_bytes // 4)
-        self.buffer = state._scratch(key, name, rows * (payload_words + chunk // self.block), torch.float32, device)
+        self.buffer = state._scratch(key, name, rows * (payload_words + chunk // self.block * self.per_block),
+                                     torch.float32, device)
         words = self.buffer.view(rows, -1)
         self.payload = words[:, :payload_words].view(torch.uint8)[:, :payload_bytes]
         if state.codec == "int8":
@@ -389,9 +401,9 @@ class _Messages:
     def piece(self, row: int, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Payload and scales ([1, ...] each) of values [start, start + count) of a row;
         start is a multiple of lcm(block, 8), as every segment's place in a row is."""
-        first, first_block = start // self.per_element, start // self.block
+        first, first_word = start // self.per_element, start // self.block * self.per_block
         return (self.payload[row:row + 1, first:first + -(-count // self.per_element)],
-                self.scales[row:row + 1, first_block:first_block + -(-count // self.block)])
+                self.scales[row:row + 1, first_word:first_word + -(-count // self.block) * self.per_block])
 
     @property
     def bytes_per_row(self) -> int:
@@ -404,7 +416,7 @@ def _encode_rank_major(state: CompressionState, plan: _Layout, tensor: torch.Ten
     A rank's piece of a parameter is encoded straight from the bucket up to its last whole
     grain of lcm(block, 8) values (whole blocks, whole bytes of bits); the rest of it and its
     padding go through a small zero-padded copy, so every block sees the padded layout's
-    values (the sign codec's scales count the padding's zeros)."""
+    values (the sign codec's means and levels count the padding's zeros)."""
     grain = math.lcm(state.block_size, 8)
     rows = error.view(plan.world, plan.chunk)
     # A parameter's padding is under world grains, so no tail is longer than world + 1.

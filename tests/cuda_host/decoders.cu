@@ -1,7 +1,8 @@
 // Host-side check of compress.cu's decoders (decompress_sum_int8 / _sign): every lane's
 // work (decode_lane, as the kernel's grid runs it) over shapes that take the vector paths
 // (4-value groups) and the value-by-value ones, against the sums written out plainly: each
-// value of each row times its block's scale, added in row order. Every output must be
+// value of each row times its block's scale (int8) or its block's level for its bit (sign),
+// added in row order. Every output must be
 // written once. No GPU needed; built and run by tests/test_compress.py. Exits 1 with the
 // first mismatch.
 #include <algorithm>
@@ -45,17 +46,19 @@ bool check_shape(int64_t n, int64_t block, std::mt19937& rng) {
   std::vector<int4> q_storage((kRows * n + 15) / 16 + 1), packed_storage((kRows * row_bytes + 15) / 16 + 1);
   auto* q = reinterpret_cast<int8_t*>(q_storage.data());
   auto* packed = reinterpret_cast<uint8_t*>(packed_storage.data());
-  std::vector<float> scales(kRows * blocks);
+  std::vector<float> scales(kRows * blocks), levels(kRows * blocks * 2);
   for (int64_t i = 0; i < kRows * n; ++i) q[i] = static_cast<int8_t>(code(rng));
   for (int64_t i = 0; i < kRows * row_bytes; ++i) packed[i] = static_cast<uint8_t>(byte(rng));
   for (auto& s : scales) s = scale(rng);
+  for (auto& level : levels) level = scale(rng) - 1.0f;  // either sign, low above high too
 
   std::vector<float> want_int8(n, 0.0f), want_sign(n, 0.0f);
   for (int64_t r = 0; r < kRows; ++r) {
     for (int64_t i = 0; i < n; ++i) {
       const float s = scales[r * blocks + i / block];
       want_int8[i] = want_int8[i] + float(q[r * n + i]) * s;
-      want_sign[i] = want_sign[i] + ((packed[r * row_bytes + i / 8] >> (i % 8)) & 1 ? s : -s);
+      const int bit = (packed[r * row_bytes + i / 8] >> (i % 8)) & 1;
+      want_sign[i] = want_sign[i] + levels[(r * blocks + i / block) * 2 + bit];
     }
   }
   // NaN marks outputs never written; the launchers' vector conditions decide the path
@@ -68,7 +71,7 @@ bool check_shape(int64_t n, int64_t block, std::mt19937& rng) {
   }
   std::fill(total, total + n, NAN);
   const bool sign_vector = block % kGroupValues == 0;
-  run_grid<SignBits>(DecodeArgs{packed, scales.data(), kRows, n, block, blocks, sign_vector, total});
+  run_grid<SignBits>(DecodeArgs{packed, levels.data(), kRows, n, block, blocks, sign_vector, total});
   return check(sign_vector ? "sign, vector" : "sign", n, block, std::vector<float>(total, total + n), want_sign);
 }
 

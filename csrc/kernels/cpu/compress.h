@@ -32,23 +32,26 @@ struct CompressKernels {
   void (*decompress_sum_int8)(ChunkRows<int8_t> q, int64_t block, int64_t i0, int64_t i1, float* total);
   // The sign codec for blocks [b0, b1) of x (n values), whose first value b0 * block must
   // be a multiple of 8 (so that no byte of bits is shared with another range): v = x +
-  // error; scale = min(rms(v), kSignScaleCap * mean |v|) per block, in double, rounded to
-  // float; bit i = v >= 0; error = v - (bit ? scale : -scale). A block holding Inf/NaN gets
-  // a NaN scale, bits 0 and error 0, as in the int8 codec: otherwise the NaN would stay in
-  // the residual and poison every later step of that block (one fp16 overflow step under
-  // a GradScaler would end training).
+  // error; per block, mean = sum(v) / count in double, rounded to float; spread =
+  // min(rms(d), kSignScaleCap * mean |d|) of d = v - mean (fp32 differences, double sums),
+  // rounded to float; levels[2b] = mean - spread, levels[2b + 1] = mean + spread (fp32);
+  // bit i = v >= mean; error = v - (bit ? levels[2b + 1] : levels[2b]). A block holding
+  // Inf/NaN gets NaN levels, bits 0 and error 0, as in the int8 codec: otherwise the NaN
+  // would stay in the residual and poison every later step of that block (one fp16
+  // overflow step under a GradScaler would end training).
   void (*ef_compress_sign_blocks)(DType dtype, const void* x, float* error, int64_t n, int64_t block, int64_t b0,
-                                  int64_t b1, uint8_t* packed, float* scales);
-  // total[i] = sum over rows, in order, of scales[r][i / block] * (bit i of row r ? 1 : -1),
-  // for i in [i0, i1).
+                                  int64_t b1, uint8_t* packed, float* levels);
+  // total[i] = sum over rows, in order, of levels[r][2 * (i / block) + bit i of row r], for
+  // i in [i0, i1) (ChunkRows::scales holds the levels, two per block).
   void (*decompress_sum_sign)(ChunkRows<uint8_t> packed, int64_t block, int64_t i0, int64_t i1, float* total);
 };
 
-// Why the sign codec's scale is min(rms, 1.5 mean |v|): the rms keeps the block's energy
+// Why the sign codec's spread is min(rms, 1.5 mean |d|): the rms keeps the block's energy
 // (mean |v|, the least-squares scale, shrinks every step and slowed SGD: 60 digits steps
 // ended 8.9% above plain DDP, 0.8% with this one); the cap keeps error feedback
-// contracting, ||v - scale * sign(v)||^2 <= max(2/3, 1 - 0.75 (mean / rms)^2) ||v||^2,
-// where the rms alone would overshoot on a block of a few large values.
+// contracting, ||d - spread * sign(d)||^2 <= max(2/3, 1 - 0.75 (mean / rms)^2) ||d||^2,
+// where the rms alone would overshoot on a block of a few large values. Why about the
+// mean: see reference.ef_compress_sign.
 constexpr double kSignScaleCap = 1.5;
 
 const CompressKernels& compress_kernels_scalar();

@@ -53,6 +53,11 @@ struct S {
                         _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
   }
   static uint32_t mask_bits(B v) { return static_cast<uint32_t>(_mm256_movemask_ps(v)); }  // lane k -> bit k
+  static B mask_from_bits(uint32_t bits) {  // bit k -> lane k (all ones or zero)
+    const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256i set = _mm256_and_si256(_mm256_set1_epi32(static_cast<int>(bits)), lane_bit);
+    return _mm256_castsi256_ps(_mm256_cmpeq_epi32(set, lane_bit));
+  }
   static F select(B m, F a, F b) { return _mm256_blendv_ps(b, a, m); }
 
   static float hsum(F v) {

@@ -76,5 +76,6 @@ struct S {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm_maskz_set1_epi8(v, 1));
   }
   static uint32_t mask_bits(B v) { return v; }  // lane k -> bit k
+  static B mask_from_bits(uint32_t bits) { return static_cast<B>(bits); }  // bit k -> lane k
   static F select(B m, F a, F b) { return _mm512_mask_blend_ps(m, b, a); }
 };

@@ -48,5 +48,6 @@ struct S {
   static B land(B a, B b) { return a && b; }
   static void store_bool(bool* p, B v) { *p = v; }
   static uint32_t mask_bits(B v) { return v; }  // lane k -> bit k
+  static B mask_from_bits(uint32_t bits) { return bits & 1u; }  // bit 0 -> the lane
   static F select(B m, F a, F b) { return m ? a : b; }
 };

@@ -105,14 +105,15 @@ __global__ void __launch_bounds__(kThreads) ef_int8_kernel(const T* x, float* er
 }
 
 // The sign codec in one kernel, for block % 8 == 0 (no packed byte spans two blocks): one
-// warp per compression block sums |v| and v^2 of v = x + error in double (the CPU kernel's
-// sums; compress_sign_impl.h says when their order can show), takes the scale, then packs
-// the signs a byte per lane and writes the residuals v - sign * scale. `vector`: x and
-// error 16-byte aligned, so 8 values are one or two loads per input.
+// warp per compression block sums v = x + error in double for the mean, then |d| and d^2
+// of d = v - mean for the spread (the CPU kernel's sums; compress_sign_impl.h says when
+// their order can show), takes the levels mean -/+ spread, then packs the bits v >= mean a
+// byte per lane and writes the residuals v - level. The later passes re-read the block
+// (in L1). `vector`: x and error 16-byte aligned, so 8 values are one or two loads per input.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) ef_sign_kernel(const T* x, float* error, int64_t n, int64_t block,
                                                            int64_t blocks, double cap, bool vector, uint8_t* packed,
-                                                           float* scales) {
+                                                           float* levels) {
   const int lane = threadIdx.x % 32;
   // v = x + error for the 8 values from i on (count < 8: the first count, the rest 0)
   auto load_sum8 = [&](int64_t i, int count, float (&v)[8]) {
@@ -124,42 +125,54 @@ __global__ void __launch_bounds__(kThreads) ef_sign_kernel(const T* x, float* er
   };
   for (int64_t b = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32; b < blocks; b += int64_t(gridDim.x) * kWarps) {
     const int64_t start = b * block, end = start + block < n ? start + block : n;
+    const double count = static_cast<double>(end - start);
+    double sum = 0.0;
+    for (int64_t i = start + 8 * lane; i < end; i += 256) {
+      float v[8];
+      load_sum8(i, end - i < 8 ? static_cast<int>(end - i) : 8, v);
+#pragma unroll
+      for (int t = 0; t < 8; ++t) sum += v[t];  // 0 past the end: adds nothing
+    }
+    sum = warp_sum(sum);
+    // a block holding Inf/NaN: NaN levels, bits 0 and residual 0 (compress.h, the CPU codec)
+    const bool finite = isfinite(sum);
+    const float mean = finite ? static_cast<float>(sum / count) : 0.0f;
     double magnitude = 0.0, square = 0.0;
     for (int64_t i = start + 8 * lane; i < end; i += 256) {
-      const int count = end - i < 8 ? static_cast<int>(end - i) : 8;
+      const int values = end - i < 8 ? static_cast<int>(end - i) : 8;
       float v[8];
-      load_sum8(i, count, v);
+      load_sum8(i, values, v);
 #pragma unroll
       for (int t = 0; t < 8; ++t) {
-        const double d = v[t];  // 0 past the end: adds nothing
+        const double d = t < values ? __fsub_rn(v[t], mean) : 0.0f;
         magnitude += fabs(d);
         square += d * d;
       }
     }
-    const double count = static_cast<double>(end - start), magnitudes = warp_sum(magnitude);
-    const double rms = sqrt(warp_sum(square) / count), capped = cap * (magnitudes / count);
-    // a block holding Inf/NaN: NaN scale, bits 0 and residual 0 (compress.h, the CPU codec)
-    const bool finite = isfinite(magnitudes);
-    const float scale = finite ? static_cast<float>(rms < capped ? rms : capped) : __int_as_float(0x7FC00000);
-    if (lane == 0) scales[b] = scale;
+    const double rms = sqrt(warp_sum(square) / count), capped = cap * (warp_sum(magnitude) / count);
+    const float spread = static_cast<float>(rms < capped ? rms : capped);
+    const float nan = __int_as_float(0x7FC00000);
+    const float low = finite ? __fsub_rn(mean, spread) : nan, high = finite ? __fadd_rn(mean, spread) : nan;
+    if (lane == 0) levels[2 * b] = low, levels[2 * b + 1] = high;
     for (int64_t i = start + 8 * lane; i < end; i += 256) {
-      const int count = end - i < 8 ? static_cast<int>(end - i) : 8;
+      const int values = end - i < 8 ? static_cast<int>(end - i) : 8;
       float v[8], residual[8];
-      load_sum8(i, count, v);
+      load_sum8(i, values, v);
       uint32_t bits = 0;
 #pragma unroll
       for (int t = 0; t < 8; ++t) {
-        if (t < count) bits |= static_cast<uint32_t>(finite && v[t] >= 0.0f) << t;
-        residual[t] = finite ? __fsub_rn(v[t], v[t] >= 0.0f ? scale : -scale) : 0.0f;
+        const bool above = v[t] >= mean;
+        if (t < values) bits |= static_cast<uint32_t>(finite && above) << t;
+        residual[t] = finite ? __fsub_rn(v[t], above ? high : low) : 0.0f;
       }
       packed[i / 8] = static_cast<uint8_t>(bits);
-      if (vector && count == 8) {
+      if (vector && values == 8) {
         *reinterpret_cast<float4*>(error + i) = make_float4(residual[0], residual[1], residual[2], residual[3]);
         *reinterpret_cast<float4*>(error + i + 4) = make_float4(residual[4], residual[5], residual[6], residual[7]);
       } else {
 #pragma unroll
         for (int t = 0; t < 8; ++t) {
-          if (t < count) error[i + t] = residual[t];
+          if (t < values) error[i + t] = residual[t];
         }
       }
     }
@@ -176,8 +189,9 @@ constexpr int kGroupValues = 4;
 constexpr int kGroupStride = 32 * kGroupValues;  // values from one of a lane's groups to the next
 
 // What a decoder sums: `rows` received chunks of n values each (int8 codes [rows, n] or
-// packed signs [rows, ceil(n / 8)]) with their scales [rows, blocks], into total [n].
-// `vector`: block % 4 == 0 (a group shares one scale), total 16-byte aligned and, for int8,
+// packed bits [rows, ceil(n / 8)]) with their blocks' words [rows, blocks x
+// Codec::kBlockWords] (int8: a scale; sign: the levels low, high), into total [n].
+// `vector`: block % 4 == 0 (a group shares one block), total 16-byte aligned and, for int8,
 // n % 4 == 0 and the codes 4-byte aligned (a group is one 32-bit load per row and one
 // 16-byte store); other groups go value by value.
 struct DecodeArgs {
@@ -191,37 +205,45 @@ struct DecodeArgs {
 // The int8 codec: code times its block's scale, rounded. One group a lane: one 32-bit load
 // per row (session 8's layout, as fast as torch's own int8 -> fp32 conversion of a row).
 struct Int8Codes {
-  static constexpr int kLaneGroups = 1;
-  __host__ __device__ static void add_group(const DecodeArgs& a, int64_t r, int64_t v, float scale,
+  static constexpr int kLaneGroups = 1, kBlockWords = 1;
+  __host__ __device__ static void add_group(const DecodeArgs& a, int64_t r, int64_t v, const float* scale,
                                             float (&acc)[kGroupValues]) {
     const auto* q = static_cast<const int8_t*>(a.payload) + r * a.n + v;
     float codes[kGroupValues];
     int8x4_to_floats(*reinterpret_cast<const uint32_t*>(q), codes);
 #pragma unroll
-    for (int t = 0; t < kGroupValues; ++t) acc[t] = add_rn(acc[t], mul_rn(codes[t], scale));
+    for (int t = 0; t < kGroupValues; ++t) acc[t] = add_rn(acc[t], mul_rn(codes[t], *scale));
   }
-  __host__ __device__ static float value(const DecodeArgs& a, int64_t r, int64_t i, float scale) {
-    return mul_rn(float(static_cast<const int8_t*>(a.payload)[r * a.n + i]), scale);
+  __host__ __device__ static float value(const DecodeArgs& a, int64_t r, int64_t i, const float* scale) {
+    return mul_rn(float(static_cast<const int8_t*>(a.payload)[r * a.n + i]), *scale);
   }
 };
 
-// The sign codec: bit i % 8 of byte i / 8 of a row (LSB first) set means +scale, else -scale.
-// Two groups a lane (8 values, as session 8's byte a thread, its fastest).
+// The sign codec: bit i % 8 of byte i / 8 of a row (LSB first) picks its block's level,
+// levels[1] (high) when set, levels[0] (low) when not. Two groups a lane (8 values, as
+// session 8's byte a thread, its fastest).
 struct SignBits {
-  static constexpr int kLaneGroups = 2;
+  static constexpr int kLaneGroups = 2, kBlockWords = 2;
   __host__ __device__ static const uint8_t* row(const DecodeArgs& a, int64_t r) {
     return static_cast<const uint8_t*>(a.payload) + r * ((a.n + 7) / 8);
   }
-  __host__ __device__ static void add_group(const DecodeArgs& a, int64_t r, int64_t v, float scale,
+  __host__ __device__ static void add_group(const DecodeArgs& a, int64_t r, int64_t v, const float* levels,
                                             float (&acc)[kGroupValues]) {
     const uint32_t bits = row(a, r)[v / 8] >> (v % 8);  // v % 8 is 0 or 4: the group's nibble
+    const float low = levels[0], high = levels[1];
 #pragma unroll
-    for (int t = 0; t < kGroupValues; ++t) acc[t] = add_rn(acc[t], (bits >> t) & 1u ? scale : -scale);
+    for (int t = 0; t < kGroupValues; ++t) acc[t] = add_rn(acc[t], (bits >> t) & 1u ? high : low);
   }
-  __host__ __device__ static float value(const DecodeArgs& a, int64_t r, int64_t i, float scale) {
-    return (row(a, r)[i / 8] >> (i % 8)) & 1u ? scale : -scale;
+  __host__ __device__ static float value(const DecodeArgs& a, int64_t r, int64_t i, const float* levels) {
+    return levels[(row(a, r)[i / 8] >> (i % 8)) & 1u];
   }
 };
+
+// Row r's words of block b.
+template <typename Codec>
+__host__ __device__ __forceinline__ const float* block_words(const DecodeArgs& a, int64_t r, int64_t b) {
+  return a.scales + (r * a.blocks + b) * Codec::kBlockWords;
+}
 
 // One lane's work: its groups of the warp's values from `warp_first` on, summed over the rows
 // in row order, then stored. Host and device (tests/cuda_host/decoders.cu).
@@ -231,14 +253,14 @@ __host__ __device__ __forceinline__ void decode_lane(const DecodeArgs& a, int64_
   const int64_t first = warp_first + kGroupValues * lane;
   if (a.vector && first + (kGroups - 1) * kGroupStride + kGroupValues <= a.n) {
     float acc[kGroups][kGroupValues] = {};
-    int64_t scale_index[kGroups];
+    int64_t block_index[kGroups];
 #pragma unroll
-    for (int g = 0; g < kGroups; ++g) scale_index[g] = (first + g * kGroupStride) / a.block;
+    for (int g = 0; g < kGroups; ++g) block_index[g] = (first + g * kGroupStride) / a.block;
 #pragma unroll 2
     for (int64_t r = 0; r < a.rows; ++r) {
 #pragma unroll
       for (int g = 0; g < kGroups; ++g) {
-        Codec::add_group(a, r, first + g * kGroupStride, a.scales[r * a.blocks + scale_index[g]], acc[g]);
+        Codec::add_group(a, r, first + g * kGroupStride, block_words<Codec>(a, r, block_index[g]), acc[g]);
       }
     }
 #pragma unroll
@@ -257,7 +279,7 @@ __host__ __device__ __forceinline__ void decode_lane(const DecodeArgs& a, int64_
       if (i >= a.n) return;
       float sum = 0.0f;
       for (int64_t r = 0; r < a.rows; ++r) {
-        sum = add_rn(sum, Codec::value(a, r, i, a.scales[r * a.blocks + i / a.block]));
+        sum = add_rn(sum, Codec::value(a, r, i, block_words<Codec>(a, r, i / a.block)));
       }
       a.total[i] = sum;
     }
@@ -283,12 +305,12 @@ int decode_blocks(int64_t n) {
   return blocks_for((n + kWarpValues<Codec> - 1) / kWarpValues<Codec> * 32);
 }
 
-// One thread per packed byte: its eight values first (v may alias error), then the bits and
-// residuals (bit 0 and residual 0 in a block with a NaN scale, one holding Inf/NaN).
-// `vector`: block % 8 == 0 and v, error 16-byte aligned, so a full byte's values share a
-// scale and move in two 16-byte loads / stores.
-__global__ void sign_pack_kernel(const float* v, const float* scales, int64_t n, int64_t block, bool vector,
-                                 uint8_t* packed, float* error) {
+// One thread per packed byte: its eight values first (v may alias error), then the bits v >=
+// mean and residuals v - level (bit 0 and residual 0 in a block with NaN levels, one holding
+// Inf/NaN). `vector`: v and error 16-byte aligned, so a full byte's values move in two
+// 16-byte loads / stores.
+__global__ void sign_pack_kernel(const float* v, const float* means, const float* levels, int64_t n, int64_t block,
+                                 bool vector, uint8_t* packed, float* error) {
   const int64_t bytes = (n + 7) / 8;
   for (int64_t byte = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; byte < bytes;
        byte += int64_t(gridDim.x) * blockDim.x) {
@@ -308,10 +330,11 @@ __global__ void sign_pack_kernel(const float* v, const float* scales, int64_t n,
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
       if (k >= count) break;
-      const float scale = scales[(first + k) / block];
-      const bool kept = !isnan(scale);
-      bits |= static_cast<uint32_t>(kept && values[k] >= 0.0f) << k;
-      residual[k] = kept ? __fsub_rn(values[k], __fmul_rn(values[k] >= 0.0f ? 1.0f : -1.0f, scale)) : 0.0f;
+      const int64_t b = (first + k) / block;
+      const float low = levels[2 * b], high = levels[2 * b + 1];
+      const bool kept = !isnan(low), above = values[k] >= means[b];
+      bits |= static_cast<uint32_t>(kept && above) << k;
+      residual[k] = kept ? __fsub_rn(values[k], above ? high : low) : 0.0f;
     }
     packed[byte] = static_cast<uint8_t>(bits);
     if (vector && count == 8) {
@@ -342,7 +365,7 @@ cudaError_t ef_compress_int8(DType dtype, const void* x, float* error, int64_t n
 }
 
 cudaError_t ef_compress_sign(DType dtype, const void* x, float* error, int64_t n, int64_t block, double cap,
-                             uint8_t* packed, float* scales, cudaStream_t stream) {
+                             uint8_t* packed, float* levels, cudaStream_t stream) {
   const int64_t blocks = (n + block - 1) / block;
   if (blocks == 0) return cudaSuccess;
   const bool vector = aligned(x, 16) && aligned(error, 16);
@@ -350,7 +373,7 @@ cudaError_t ef_compress_sign(DType dtype, const void* x, float* error, int64_t n
   return with_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     ef_sign_kernel<T><<<static_cast<int>(grid < 65535 * 32 ? grid : 65535 * 32), kThreads, 0, stream>>>(
-        static_cast<const T*>(x), error, n, block, blocks, cap, vector, packed, scales);
+        static_cast<const T*>(x), error, n, block, blocks, cap, vector, packed, levels);
   });
 }
 
@@ -363,20 +386,21 @@ cudaError_t decompress_sum_int8(const int8_t* q, const float* scales, int64_t ro
   return cudaGetLastError();
 }
 
-cudaError_t sign_pack_update(const float* v, const float* scales, int64_t n, int64_t block, uint8_t* packed,
-                             float* error, cudaStream_t stream) {
+cudaError_t sign_pack_update(const float* v, const float* means, const float* levels, int64_t n, int64_t block,
+                             uint8_t* packed, float* error, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  const bool vector = block % 8 == 0 && aligned(v, 16) && aligned(error, 16);
-  sign_pack_kernel<<<blocks_for((n + 7) / 8), kThreads, 0, stream>>>(v, scales, n, block, vector, packed, error);
+  const bool vector = aligned(v, 16) && aligned(error, 16);
+  sign_pack_kernel<<<blocks_for((n + 7) / 8), kThreads, 0, stream>>>(v, means, levels, n, block, vector, packed,
+                                                                      error);
   return cudaGetLastError();
 }
 
-cudaError_t decompress_sum_sign(const uint8_t* packed, const float* scales, int64_t rows, int64_t n, int64_t block,
+cudaError_t decompress_sum_sign(const uint8_t* packed, const float* levels, int64_t rows, int64_t n, int64_t block,
                                 float* total, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   const bool vector = block % kGroupValues == 0 && aligned(total, 16);
   decompress_kernel<SignBits><<<decode_blocks<SignBits>(n), kThreads, 0, stream>>>(
-      DecodeArgs{packed, scales, rows, n, block, (n + block - 1) / block, vector, total});
+      DecodeArgs{packed, levels, rows, n, block, (n + block - 1) / block, vector, total});
   return cudaGetLastError();
 }
 
