@@ -410,8 +410,8 @@ def xnor_linear(x, packed, alpha, bias=None):
 # compress family: gradient codecs with error feedback (see effgen_kernels.distributed)
 #
 # A flat fp32 view v = x + error is cut into blocks of `block_size` values (the last block
-# may be short); each block gets one fp32 scale. The error buffer keeps what the codec
-# lost: error <- v - decompress(compress(v)).
+# may be short); each block sends fp32 words: one scale (int8) or two levels (sign). The
+# error buffer keeps what the codec lost: error <- v - decompress(compress(v)).
 # - int8: the symmetric per-block quantizer of quantize_per_group (scale = absmax / 127).
 # - sign: one bit per value (v >= the block's mean, packed like pack_binary) and two fp32
 #   levels per block, (low, high) = mean -/+ a spread; bit 1 decompresses to high, 0 to low.

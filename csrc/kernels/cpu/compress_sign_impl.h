@@ -2,7 +2,7 @@
 // namespace after compress_impl.h: bits and residual over the SIMD layer `S`, the rest in
 // plain C++ whose lane loops the compiler vectorizes for each copy's target (the arithmetic
 // is the same in every copy: fp32 adds, double sums, no contraction). Its payload is 1 bit
-// per value.
+// per value (v >= its block's mean) and two fp32 levels per block.
 
 // The S::kWidth bits of values [i, i + S::kWidth) of a packed row (LSB first; i % 8 == 0
 // when a vector spans whole bytes).
