@@ -330,6 +330,13 @@ def test_cuda_decoders_on_the_host(tmp_path):
     run_cuda_host_check("decoders", tmp_path)
 
 
+def test_cuda_sign_encoder_on_the_host(tmp_path):
+    # Every lane's work of the fused CUDA sign encoder with the warp's sums emulated, against
+    # the codec written out plainly: levels, bits and residuals bit for bit
+    # (tests/cuda_host/sign_encoder.cu).
+    run_cuda_host_check("sign_encoder", tmp_path)
+
+
 @pytest.mark.cuda
 # The decoders' vector paths: 16 int8 codes (n, block % 16 == 0) or a 32-bit word of signs
 # (% 32) per thread; value by value otherwise (4112 is a multiple of 16, not of 32).

@@ -23,10 +23,18 @@ int blocks_for(int64_t items) {
 
 constexpr int kWarps = kThreads / 32;
 
+// The canonical quiet NaN (0x7FC00000, what the CPU kernels write), on host and device.
+__host__ __device__ __forceinline__ float quiet_nan() {
+  const uint32_t bits = 0x7FC00000u;
+  float value;
+  memcpy(&value, &bits, sizeof value);
+  return value;
+}
+
 // 4 consecutive values from p + i into out (count < 4: the first count, the rest 0). `vector`:
 // i % 4 == 0 and p 16-byte aligned, so a full group is one load of 4 * sizeof(T) bytes.
 template <typename T>
-__device__ __forceinline__ void load4(const T* p, int64_t i, int count, bool vector, float (&out)[4]) {
+__host__ __device__ __forceinline__ void load4(const T* p, int64_t i, int count, bool vector, float (&out)[4]) {
   if (vector && count == 4) {
     union {
       T values[4];
@@ -43,13 +51,13 @@ __device__ __forceinline__ void load4(const T* p, int64_t i, int count, bool vec
 
 // v = x + error for the 4 values from i on (see load4).
 template <typename T>
-__device__ __forceinline__ void load_sum4(const T* x, const float* error, int64_t i, int count, bool vector,
-                                          float (&v)[4]) {
+__host__ __device__ __forceinline__ void load_sum4(const T* x, const float* error, int64_t i, int count, bool vector,
+                                                   float (&v)[4]) {
   float e[4];
   load4(x, i, count, vector, v);
   load4(error, i, count, vector, e);
 #pragma unroll
-  for (int t = 0; t < 4; ++t) v[t] = __fadd_rn(v[t], e[t]);
+  for (int t = 0; t < 4; ++t) v[t] = add_rn(v[t], e[t]);
 }
 
 // One warp per compression block: each lane takes 4 values at a time, 128 apart; the
@@ -74,7 +82,7 @@ __global__ void __launch_bounds__(kThreads) ef_int8_kernel(const T* x, float* er
     }
     bits = warp_max(bits);
     const bool finite = bits <= kMaxFiniteBits;
-    const float scale = finite ? __fdiv_rn(__uint_as_float(bits), 127.0f) : __int_as_float(0x7FC00000);
+    const float scale = finite ? __fdiv_rn(__uint_as_float(bits), 127.0f) : quiet_nan();
     const float inv = symmetric_inverse_scale(scale);  // 0 for the NaN scale of a non-finite block
     if (lane == 0) scales[b] = scale;
     for (int64_t i = start + 4 * lane; i < end; i += 128) {
@@ -104,66 +112,91 @@ __global__ void __launch_bounds__(kThreads) ef_int8_kernel(const T* x, float* er
   }
 }
 
-// The sign codec in one kernel, for block % 8 == 0 (no packed byte spans two blocks): one
-// warp per compression block sums v = x + error in double for the mean, then |d| and d^2
-// of d = v - mean for the spread (the CPU kernel's sums; compress_sign_impl.h says when
-// their order can show), takes the levels mean -/+ spread, then packs the bits v >= mean a
-// byte per lane and writes the residuals v - level. The later passes re-read the block
-// (in L1). `vector`: x and error 16-byte aligned, so 8 values are one or two loads per input.
+// A sign block's levels once the warp has its sums: mean = sum / count rounded to float
+// (0 for a block holding Inf/NaN, which gets NaN levels, bits 0 and residuals 0, as in
+// compress.h), spread = min(rms(d), cap * mean |d|) of d = v - mean.
+struct SignLevels {
+  bool finite;
+  float mean, low, high;
+};
+
+__host__ __device__ __forceinline__ float sign_block_mean(double sum, double count) {
+  return isfinite(sum) ? static_cast<float>(sum / count) : 0.0f;
+}
+
+__host__ __device__ __forceinline__ SignLevels sign_levels(double sum, float mean, double magnitudes, double squares,
+                                                           double count, double cap) {
+  if (!isfinite(sum)) return {false, mean, quiet_nan(), quiet_nan()};
+  const double rms = sqrt(squares / count), capped = cap * (magnitudes / count);
+  const float spread = static_cast<float>(rms < capped ? rms : capped);
+  return {true, mean, sub_rn(mean, spread), add_rn(mean, spread)};
+}
+
+// The sign codec's work on one compression block (block % 8 == 0, so no packed byte spans
+// two blocks) by one lane of the warp that takes it: 8 values at a time, 256 apart, in three
+// passes, a warp-wide sum after each of the first two (the CPU kernel's double sums;
+// compress_sign_impl.h says when their order can show). The later passes re-read the block
+// (in L1). Host and device: tests/cuda_host/sign_encoder.cu runs every lane with the warp's
+// sums emulated.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) ef_sign_kernel(const T* x, float* error, int64_t n, int64_t block,
-                                                           int64_t blocks, double cap, bool vector, uint8_t* packed,
-                                                           float* levels) {
-  const int lane = threadIdx.x % 32;
+struct SignBlockLane {
+  const T* x;
+  float* error;
+  int64_t start, end;
+  bool vector;  // x and error 16-byte aligned: 8 values are one or two loads per input
+  int lane;
+
+  __host__ __device__ int values_at(int64_t i) const { return end - i < 8 ? static_cast<int>(end - i) : 8; }
+
   // v = x + error for the 8 values from i on (count < 8: the first count, the rest 0)
-  auto load_sum8 = [&](int64_t i, int count, float (&v)[8]) {
+  __host__ __device__ void load_sum8(int64_t i, int count, float (&v)[8]) const {
     float low[4], high[4];
     load_sum4(x, error, i, count < 4 ? count : 4, vector, low);
     load_sum4(x, error, i + 4, count > 4 ? count - 4 : 0, vector, high);
 #pragma unroll
     for (int t = 0; t < 4; ++t) v[t] = low[t], v[4 + t] = high[t];
-  };
-  for (int64_t b = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32; b < blocks; b += int64_t(gridDim.x) * kWarps) {
-    const int64_t start = b * block, end = start + block < n ? start + block : n;
-    const double count = static_cast<double>(end - start);
+  }
+
+  // Pass 1: this lane's part of the sum of v.
+  __host__ __device__ double sum() const {
     double sum = 0.0;
     for (int64_t i = start + 8 * lane; i < end; i += 256) {
       float v[8];
-      load_sum8(i, end - i < 8 ? static_cast<int>(end - i) : 8, v);
+      load_sum8(i, values_at(i), v);
 #pragma unroll
       for (int t = 0; t < 8; ++t) sum += v[t];  // 0 past the end: adds nothing
     }
-    sum = warp_sum(sum);
-    // a block holding Inf/NaN: NaN levels, bits 0 and residual 0 (compress.h, the CPU codec)
-    const bool finite = isfinite(sum);
-    const float mean = finite ? static_cast<float>(sum / count) : 0.0f;
-    double magnitude = 0.0, square = 0.0;
+    return sum;
+  }
+
+  // Pass 2: this lane's parts of the sums of |d| and d^2, d = v - mean in fp32.
+  __host__ __device__ void spread_sums(float mean, double& magnitude, double& square) const {
+    magnitude = square = 0.0;
     for (int64_t i = start + 8 * lane; i < end; i += 256) {
-      const int values = end - i < 8 ? static_cast<int>(end - i) : 8;
+      const int values = values_at(i);
       float v[8];
       load_sum8(i, values, v);
 #pragma unroll
       for (int t = 0; t < 8; ++t) {
-        const double d = t < values ? __fsub_rn(v[t], mean) : 0.0f;
+        const double d = t < values ? sub_rn(v[t], mean) : 0.0f;
         magnitude += fabs(d);
         square += d * d;
       }
     }
-    const double rms = sqrt(warp_sum(square) / count), capped = cap * (warp_sum(magnitude) / count);
-    const float spread = static_cast<float>(rms < capped ? rms : capped);
-    const float nan = __int_as_float(0x7FC00000);
-    const float low = finite ? __fsub_rn(mean, spread) : nan, high = finite ? __fadd_rn(mean, spread) : nan;
-    if (lane == 0) levels[2 * b] = low, levels[2 * b + 1] = high;
+  }
+
+  // Pass 3: bits v >= mean (LSB first) and residuals v - (bit ? high : low).
+  __host__ __device__ void pack(const SignLevels& levels, uint8_t* packed) const {
     for (int64_t i = start + 8 * lane; i < end; i += 256) {
-      const int values = end - i < 8 ? static_cast<int>(end - i) : 8;
+      const int values = values_at(i);
       float v[8], residual[8];
       load_sum8(i, values, v);
       uint32_t bits = 0;
 #pragma unroll
       for (int t = 0; t < 8; ++t) {
-        const bool above = v[t] >= mean;
-        if (t < values) bits |= static_cast<uint32_t>(finite && above) << t;
-        residual[t] = finite ? __fsub_rn(v[t], above ? high : low) : 0.0f;
+        const bool above = v[t] >= levels.mean;
+        if (t < values) bits |= static_cast<uint32_t>(levels.finite && above) << t;
+        residual[t] = levels.finite ? sub_rn(v[t], above ? levels.high : levels.low) : 0.0f;
       }
       packed[i / 8] = static_cast<uint8_t>(bits);
       if (vector && values == 8) {
@@ -176,6 +209,26 @@ __global__ void __launch_bounds__(kThreads) ef_sign_kernel(const T* x, float* er
         }
       }
     }
+  }
+};
+
+// The sign codec in one kernel, for block % 8 == 0: one warp per compression block (see
+// SignBlockLane), levels[2b], levels[2b + 1] = low, high.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) ef_sign_kernel(const T* x, float* error, int64_t n, int64_t block,
+                                                           int64_t blocks, double cap, bool vector, uint8_t* packed,
+                                                           float* levels) {
+  const int lane = threadIdx.x % 32;
+  for (int64_t b = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32; b < blocks; b += int64_t(gridDim.x) * kWarps) {
+    const int64_t start = b * block, end = start + block < n ? start + block : n;
+    const SignBlockLane<T> work{x, error, start, end, vector, lane};
+    const double count = static_cast<double>(end - start), sum = warp_sum(work.sum());
+    const float mean = sign_block_mean(sum, count);
+    double magnitude, square;
+    work.spread_sums(mean, magnitude, square);
+    const SignLevels block_levels = sign_levels(sum, mean, warp_sum(magnitude), warp_sum(square), count, cap);
+    if (lane == 0) levels[2 * b] = block_levels.low, levels[2 * b + 1] = block_levels.high;
+    work.pack(block_levels, packed);
   }
 }
 

@@ -8,10 +8,10 @@
 
 namespace effgen::cuda {
 
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f32(int8_t v) { return static_cast<float>(v); }
+__host__ __device__ __forceinline__ float to_f32(float v) { return v; }
+__host__ __device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+__host__ __device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
+__host__ __device__ __forceinline__ float to_f32(int8_t v) { return static_cast<float>(v); }
 
 template <typename T>
 __device__ __forceinline__ T from_f32(float v);
@@ -27,13 +27,20 @@ __device__ __forceinline__ void store_value(T* p, float v) {
   *p = from_f32<T>(v);
 }
 
-// fp32 add / multiply rounded to nearest even and never fused into an fma (the CPU
-// kernels' sequence), also on the host for the host-side checks (built without FMA code).
+// fp32 add / subtract / multiply rounded to nearest even and never fused into an fma (the
+// CPU kernels' sequence), also on the host for the host-side checks (built without FMA code).
 __host__ __device__ __forceinline__ float add_rn(float a, float b) {
 #ifdef __CUDA_ARCH__
   return __fadd_rn(a, b);
 #else
   return a + b;
+#endif
+}
+__host__ __device__ __forceinline__ float sub_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fsub_rn(a, b);
+#else
+  return a - b;
 #endif
 }
 __host__ __device__ __forceinline__ float mul_rn(float a, float b) {
