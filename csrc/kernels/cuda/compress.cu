@@ -1,9 +1,11 @@
 // CUDA kernels of the compress family. Memory-bound: the int8 encoder runs one warp per
-// compression block (absmax, then encode), 4 values per lane at a time; the sign packer
-// moves 8 values per thread, in 16-byte pieces where aligned; the decoders 4 or 8 values a
+// compression block (absmax, then encode), 4 values per lane at a time; the fused sign
+// encoder one warp per block too (mean, spread, then bits), 8 values per lane at a time; the
+// sign packer of other block sizes 8 values per thread, in 16-byte pieces where aligned; the decoders 4 or 8 values a
 // lane in 4-value groups a warp-width apart (coalesced 16-byte stores). Explicit round-to-nearest
 // intrinsics (and --fmad=false in the build) keep the fp32 sequence of the CPU kernels.
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "common.cuh"
