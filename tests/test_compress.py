@@ -330,10 +330,10 @@ def test_cuda_decoders_on_the_host(tmp_path):
     run_cuda_host_check("decoders", tmp_path)
 
 
-def test_cuda_sign_encoder_on_the_host(tmp_path):
-    # Every lane's work of the fused CUDA sign encoder with the warp's sums emulated, against
-    # the codec written out plainly: levels, bits and residuals bit for bit
-    # (tests/cuda_host/sign_encoder.cu).
+def test_cuda_sign_encoders_on_the_host(tmp_path):
+    # Every lane's work of the fused CUDA sign encoder with the warp's sums emulated, and
+    # every byte of the packer for other block sizes, against the codec written out plainly:
+    # levels, bits and residuals bit for bit (tests/cuda_host/sign_encoder.cu).
     run_cuda_host_check("sign_encoder", tmp_path)
 
 

@@ -1,10 +1,13 @@
-// Host-side check of compress.cu's fused sign encoder (ef_sign_kernel): every lane's work
-// (SignBlockLane) on every compression block, with the warp's sums emulated by the same
-// xor butterfly the shuffles run, against the codec written out plainly (sequential double
-// sums; the sums are exact for these inputs, so their order cannot show): levels, bits and
-// residuals must match bit for bit, for fp32 and bf16 inputs, aligned (vector loads) and
-// not, with a short last block, and for blocks holding Inf / NaN. No GPU needed; built and
-// run by tests/test_compress.py. Exits 1 with the first mismatch.
+// Host-side check of compress.cu's sign encoders. The fused one (ef_sign_kernel, block % 8
+// == 0): every lane's work (SignBlockLane) on every compression block, with the warp's sums
+// emulated by the same xor butterfly the shuffles run, against the codec written out
+// plainly (sequential double sums; the sums are exact for these inputs, so their order
+// cannot show): levels, bits and residuals must match bit for bit, for fp32 and bf16
+// inputs, aligned (vector loads) and not, with a short last block, and for blocks holding
+// Inf / NaN. The packer of other block sizes (sign_pack_kernel, one thread a byte, bytes
+// shared by two blocks): every byte against the same plain codec, given its means and
+// levels. No GPU needed; built and run by tests/test_compress.py. Exits 1 with the first
+// mismatch.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -57,20 +60,23 @@ void run_block(const T* x, float* error, int64_t start, int64_t end, bool vector
   for (int lane = 0; lane < 32; ++lane) SignBlockLane<T>{x, error, start, end, vector, lane}.pack(block_levels, packed);
 }
 
-// The codec written out plainly (compress.h), in place on v (= x + error on entry).
-void plain_codec(std::vector<float>& v, int64_t block, std::vector<uint8_t>& packed, std::vector<float>& levels) {
+// The codec written out plainly (compress.h), in place on v (= x + error on entry); also
+// returns each block's mean (0 for a block holding Inf/NaN, whose levels are NaN).
+void plain_codec(std::vector<float>& v, int64_t block, std::vector<uint8_t>& packed, std::vector<float>& levels,
+                 std::vector<float>& means) {
   const int64_t n = static_cast<int64_t>(v.size());
   for (int64_t start = 0, b = 0; start < n; start += block, ++b) {
     const int64_t end = std::min(n, start + block);
     double sum = 0.0;
     for (int64_t i = start; i < end; ++i) sum += v[i];
+    means[b] = 0.0f;
     if (!std::isfinite(sum)) {
       levels[2 * b] = levels[2 * b + 1] = quiet_nan();
       for (int64_t i = start; i < end; ++i) v[i] = 0.0f;
       continue;
     }
     const double count = static_cast<double>(end - start);
-    const float mean = static_cast<float>(sum / count);
+    const float mean = means[b] = static_cast<float>(sum / count);
     double magnitudes = 0.0, squares = 0.0;
     for (int64_t i = start; i < end; ++i) {
       const double d = v[i] - mean;
@@ -98,42 +104,78 @@ bool same_bits(const char* what, int64_t n, int64_t block, int64_t index, float 
   return false;
 }
 
+bool same_outputs(int64_t n, int64_t block, const std::vector<float>& levels, const std::vector<float>& want_levels,
+                  const std::vector<uint8_t>& packed, const std::vector<uint8_t>& want_packed, const float* error,
+                  const std::vector<float>& want_error) {
+  for (size_t i = 0; i < levels.size(); ++i) {
+    if (!same_bits("levels", n, block, i, levels[i], want_levels[i])) return false;
+  }
+  for (size_t i = 0; i < packed.size(); ++i) {
+    if (packed[i] != want_packed[i]) {
+      std::printf("bits, n %lld, block %lld: byte %lld = %u, expected %u\n", (long long)n, (long long)block,
+                  (long long)i, packed[i], want_packed[i]);
+      return false;
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    if (!same_bits("residual", n, block, i, error[i], want_error[i])) return false;
+  }
+  return true;
+}
+
+// Inputs x and error of n values at 16-byte alignment + `shift` floats (both load paths),
+// some Inf / NaN when `special`; returns v = x + error, the codec's input.
 template <typename T>
-bool check_shape(int64_t n, int64_t block, bool special, std::mt19937& rng) {
+std::vector<float> fill_inputs(T* x, float* error, int64_t n, bool special, std::mt19937& rng) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  // storage one float past 16-byte alignment too, so that both load paths run
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = T(normal(rng));
+    error[i] = 0.01f * normal(rng);
+  }
+  if (special) x[0] = T(INFINITY), x[n / 2] = T(NAN);
+  std::vector<float> v(n);
+  for (int64_t i = 0; i < n; ++i) v[i] = error[i] + to_f32(x[i]);
+  return v;
+}
+
+template <typename T>
+bool check_fused(int64_t n, int64_t block, bool special, std::mt19937& rng) {
   for (const int shift : {0, 1}) {
     std::vector<float4> x_storage(n / 4 + 2), error_storage(n / 4 + 2);
     T* x = reinterpret_cast<T*>(x_storage.data()) + shift;
     float* error = reinterpret_cast<float*>(error_storage.data()) + shift;
-    std::vector<float> v(n);
-    for (int64_t i = 0; i < n; ++i) {
-      x[i] = T(normal(rng));
-      error[i] = 0.01f * normal(rng);
-    }
-    if (special) x[0] = T(INFINITY), x[n / 2] = T(NAN);
-    for (int64_t i = 0; i < n; ++i) v[i] = error[i] + to_f32(x[i]);
+    std::vector<float> v = fill_inputs(x, error, n, special, rng);
     const int64_t blocks = (n + block - 1) / block;
     std::vector<uint8_t> packed((n + 7) / 8, 0xA5), want_packed((n + 7) / 8, 0);
-    std::vector<float> levels(2 * blocks), want_levels(2 * blocks);
-    plain_codec(v, block, want_packed, want_levels);
+    std::vector<float> levels(2 * blocks), want_levels(2 * blocks), means(blocks);
+    plain_codec(v, block, want_packed, want_levels, means);
     const bool vector = aligned(x, 16) && aligned(error, 16);
     for (int64_t b = 0; b < blocks; ++b) {
       run_block(x, error, b * block, std::min(n, (b + 1) * block), vector, packed.data(), levels.data(), b);
     }
-    for (int64_t i = 0; i < 2 * blocks; ++i) {
-      if (!same_bits("levels", n, block, i, levels[i], want_levels[i])) return false;
+    if (!same_outputs(n, block, levels, want_levels, packed, want_packed, error, v)) return false;
+  }
+  return true;
+}
+
+// sign_pack_byte over every byte, in place on v (as the glue runs it), given the plain
+// codec's means and levels.
+bool check_packer(int64_t n, int64_t block, bool special, std::mt19937& rng) {
+  for (const int shift : {0, 1}) {
+    std::vector<float4> x_storage(n / 4 + 2), error_storage(n / 4 + 2);
+    float* x = reinterpret_cast<float*>(x_storage.data()) + shift;
+    float* error = reinterpret_cast<float*>(error_storage.data()) + shift;
+    std::vector<float> v = fill_inputs(x, error, n, special, rng);
+    for (int64_t i = 0; i < n; ++i) error[i] = v[i];  // the glue forms v in the error buffer
+    const int64_t blocks = (n + block - 1) / block;
+    std::vector<uint8_t> packed((n + 7) / 8, 0xA5), want_packed((n + 7) / 8, 0);
+    std::vector<float> levels(2 * blocks), means(blocks);
+    plain_codec(v, block, want_packed, levels, means);
+    const bool vector = aligned(error, 16);
+    for (int64_t byte = 0; byte < (n + 7) / 8; ++byte) {
+      sign_pack_byte(error, means.data(), levels.data(), n, block, vector, byte, packed.data(), error);
     }
-    for (int64_t i = 0; i < (n + 7) / 8; ++i) {
-      if (packed[i] != want_packed[i]) {
-        std::printf("bits, n %lld, block %lld: byte %lld = %u, expected %u\n", (long long)n, (long long)block,
-                    (long long)i, packed[i], want_packed[i]);
-        return false;
-      }
-    }
-    for (int64_t i = 0; i < n; ++i) {
-      if (!same_bits("residual", n, block, i, error[i], v[i])) return false;
-    }
+    if (!same_outputs(n, block, levels, levels, packed, want_packed, error, v)) return false;
   }
   return true;
 }
@@ -142,11 +184,16 @@ bool check_shape(int64_t n, int64_t block, bool special, std::mt19937& rng) {
 
 int main() {
   std::mt19937 rng(7);
-  const int64_t shapes[][2] = {{1, 8}, {4099, 256}, {70001, 64}, {4096, 512}, {5000, 520}, {1000, 8}, {300, 1024}};
-  for (const auto& shape : shapes) {
-    for (const bool special : {false, true}) {
-      if (!check_shape<float>(shape[0], shape[1], special, rng)) return 1;
-      if (!check_shape<__nv_bfloat16>(shape[0], shape[1], special, rng)) return 1;
+  const int64_t fused_shapes[][2] = {{1, 8}, {4099, 256}, {70001, 64}, {4096, 512}, {5000, 520}, {1000, 8},
+                                     {300, 1024}};
+  const int64_t packer_shapes[][2] = {{1, 3}, {1003, 7}, {4099, 100}, {1200, 12}, {5000, 500}, {77, 1}};
+  for (const bool special : {false, true}) {
+    for (const auto& shape : fused_shapes) {
+      if (!check_fused<float>(shape[0], shape[1], special, rng)) return 1;
+      if (!check_fused<__nv_bfloat16>(shape[0], shape[1], special, rng)) return 1;
+    }
+    for (const auto& shape : packer_shapes) {
+      if (!check_packer(shape[0], shape[1], special, rng)) return 1;
     }
   }
   std::printf("ok\n");

@@ -360,47 +360,55 @@ int decode_blocks(int64_t n) {
   return blocks_for((n + kWarpValues<Codec> - 1) / kWarpValues<Codec> * 32);
 }
 
-// One thread per packed byte: its eight values first (v may alias error), then the bits v >=
-// mean and residuals v - level (bit 0 and residual 0 in a block with NaN levels, one holding
+// The sign codec's packed byte `byte` once its blocks' means and levels are known (any
+// block size): its eight values first (v may alias error), then the bits v >= mean and
+// residuals v - level (bit 0 and residual 0 in a block with NaN levels, one holding
 // Inf/NaN). `vector`: v and error 16-byte aligned, so a full byte's values move in two
-// 16-byte loads / stores.
+// 16-byte loads / stores. Host and device (tests/cuda_host/sign_encoder.cu).
+__host__ __device__ __forceinline__ void sign_pack_byte(const float* v, const float* means, const float* levels,
+                                                        int64_t n, int64_t block, bool vector, int64_t byte,
+                                                        uint8_t* packed, float* error) {
+  const int64_t first = byte * 8;
+  const int count = n - first < 8 ? static_cast<int>(n - first) : 8;
+  float values[8], residual[8];
+  if (vector && count == 8) {
+    const float4 low = *reinterpret_cast<const float4*>(v + first);
+    const float4 high = *reinterpret_cast<const float4*>(v + first + 4);
+    values[0] = low.x, values[1] = low.y, values[2] = low.z, values[3] = low.w;
+    values[4] = high.x, values[5] = high.y, values[6] = high.z, values[7] = high.w;
+  } else {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) values[k] = k < count ? v[first + k] : 0.0f;
+  }
+  uint32_t bits = 0;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    if (k >= count) break;
+    const int64_t b = (first + k) / block;
+    const float low = levels[2 * b], high = levels[2 * b + 1];
+    const bool kept = !isnan(low), above = values[k] >= means[b];
+    bits |= static_cast<uint32_t>(kept && above) << k;
+    residual[k] = kept ? sub_rn(values[k], above ? high : low) : 0.0f;
+  }
+  packed[byte] = static_cast<uint8_t>(bits);
+  if (vector && count == 8) {
+    *reinterpret_cast<float4*>(error + first) = make_float4(residual[0], residual[1], residual[2], residual[3]);
+    *reinterpret_cast<float4*>(error + first + 4) = make_float4(residual[4], residual[5], residual[6], residual[7]);
+  } else {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      if (k < count) error[first + k] = residual[k];
+    }
+  }
+}
+
+// One thread per packed byte (sign_pack_byte).
 __global__ void sign_pack_kernel(const float* v, const float* means, const float* levels, int64_t n, int64_t block,
                                  bool vector, uint8_t* packed, float* error) {
   const int64_t bytes = (n + 7) / 8;
   for (int64_t byte = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; byte < bytes;
        byte += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t first = byte * 8;
-    const int count = n - first < 8 ? static_cast<int>(n - first) : 8;
-    float values[8], residual[8];
-    if (vector && count == 8) {
-      const float4 low = *reinterpret_cast<const float4*>(v + first);
-      const float4 high = *reinterpret_cast<const float4*>(v + first + 4);
-      values[0] = low.x, values[1] = low.y, values[2] = low.z, values[3] = low.w;
-      values[4] = high.x, values[5] = high.y, values[6] = high.z, values[7] = high.w;
-    } else {
-#pragma unroll
-      for (int k = 0; k < 8; ++k) values[k] = k < count ? v[first + k] : 0.0f;
-    }
-    uint32_t bits = 0;
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      if (k >= count) break;
-      const int64_t b = (first + k) / block;
-      const float low = levels[2 * b], high = levels[2 * b + 1];
-      const bool kept = !isnan(low), above = values[k] >= means[b];
-      bits |= static_cast<uint32_t>(kept && above) << k;
-      residual[k] = kept ? __fsub_rn(values[k], above ? high : low) : 0.0f;
-    }
-    packed[byte] = static_cast<uint8_t>(bits);
-    if (vector && count == 8) {
-      *reinterpret_cast<float4*>(error + first) = make_float4(residual[0], residual[1], residual[2], residual[3]);
-      *reinterpret_cast<float4*>(error + first + 4) = make_float4(residual[4], residual[5], residual[6], residual[7]);
-    } else {
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        if (k < count) error[first + k] = residual[k];
-      }
-    }
+    sign_pack_byte(v, means, levels, n, block, vector, byte, packed, error);
   }
 }
 
