@@ -8,6 +8,7 @@
 // shared by two blocks): every byte against the same plain codec, given its means and
 // levels. No GPU needed; built and run by tests/test_compress.py. Exits 1 with the first
 // mismatch.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -60,23 +61,28 @@ void run_block(const T* x, float* error, int64_t start, int64_t end, bool vector
   for (int lane = 0; lane < 32; ++lane) SignBlockLane<T>{x, error, start, end, vector, lane}.pack(block_levels, packed);
 }
 
-// The codec written out plainly (compress.h), in place on v (= x + error on entry); also
-// returns each block's mean (0 for a block holding Inf/NaN, whose levels are NaN).
-void plain_codec(std::vector<float>& v, int64_t block, std::vector<uint8_t>& packed, std::vector<float>& levels,
-                 std::vector<float>& means) {
-  const int64_t n = static_cast<int64_t>(v.size());
+// The codec's outputs: packed bits, levels (low, high) per block, and each block's mean (0
+// for a block holding Inf/NaN, whose levels are NaN).
+struct Outputs {
+  std::vector<uint8_t> packed;
+  std::vector<float> levels, means;
+};
+
+// The codec written out plainly (compress.h), in place on v (= x + error on entry).
+Outputs plain_codec(std::vector<float>& v, int64_t block) {
+  const int64_t n = static_cast<int64_t>(v.size()), blocks = (n + block - 1) / block;
+  Outputs out{std::vector<uint8_t>((n + 7) / 8, 0), std::vector<float>(2 * blocks), std::vector<float>(blocks, 0.0f)};
   for (int64_t start = 0, b = 0; start < n; start += block, ++b) {
     const int64_t end = std::min(n, start + block);
     double sum = 0.0;
     for (int64_t i = start; i < end; ++i) sum += v[i];
-    means[b] = 0.0f;
     if (!std::isfinite(sum)) {
-      levels[2 * b] = levels[2 * b + 1] = quiet_nan();
+      out.levels[2 * b] = out.levels[2 * b + 1] = quiet_nan();
       for (int64_t i = start; i < end; ++i) v[i] = 0.0f;
       continue;
     }
     const double count = static_cast<double>(end - start);
-    const float mean = means[b] = static_cast<float>(sum / count);
+    const float mean = out.means[b] = static_cast<float>(sum / count);
     double magnitudes = 0.0, squares = 0.0;
     for (int64_t i = start; i < end; ++i) {
       const double d = v[i] - mean;
@@ -85,13 +91,14 @@ void plain_codec(std::vector<float>& v, int64_t block, std::vector<uint8_t>& pac
     }
     const double rms = std::sqrt(squares / count), capped = kCap * (magnitudes / count);
     const float spread = static_cast<float>(rms < capped ? rms : capped), low = mean - spread, high = mean + spread;
-    levels[2 * b] = low, levels[2 * b + 1] = high;
+    out.levels[2 * b] = low, out.levels[2 * b + 1] = high;
     for (int64_t i = start; i < end; ++i) {
       const bool above = v[i] >= mean;
-      packed[i / 8] = static_cast<uint8_t>(packed[i / 8] | (static_cast<uint32_t>(above) << (i % 8)));
+      out.packed[i / 8] = static_cast<uint8_t>(out.packed[i / 8] | (static_cast<uint32_t>(above) << (i % 8)));
       v[i] -= above ? high : low;
     }
   }
+  return out;
 }
 
 bool same_bits(const char* what, int64_t n, int64_t block, int64_t index, float got, float want) {
@@ -104,16 +111,15 @@ bool same_bits(const char* what, int64_t n, int64_t block, int64_t index, float 
   return false;
 }
 
-bool same_outputs(int64_t n, int64_t block, const std::vector<float>& levels, const std::vector<float>& want_levels,
-                  const std::vector<uint8_t>& packed, const std::vector<uint8_t>& want_packed, const float* error,
-                  const std::vector<float>& want_error) {
+bool same_outputs(int64_t n, int64_t block, const std::vector<float>& levels, const std::vector<uint8_t>& packed,
+                  const float* error, const Outputs& want, const std::vector<float>& want_error) {
   for (size_t i = 0; i < levels.size(); ++i) {
-    if (!same_bits("levels", n, block, i, levels[i], want_levels[i])) return false;
+    if (!same_bits("levels", n, block, i, levels[i], want.levels[i])) return false;
   }
   for (size_t i = 0; i < packed.size(); ++i) {
-    if (packed[i] != want_packed[i]) {
+    if (packed[i] != want.packed[i]) {
       std::printf("bits, n %lld, block %lld: byte %lld = %u, expected %u\n", (long long)n, (long long)block,
-                  (long long)i, packed[i], want_packed[i]);
+                  (long long)i, packed[i], want.packed[i]);
       return false;
     }
   }
@@ -123,59 +129,57 @@ bool same_outputs(int64_t n, int64_t block, const std::vector<float>& levels, co
   return true;
 }
 
-// Inputs x and error of n values at 16-byte alignment + `shift` floats (both load paths),
-// some Inf / NaN when `special`; returns v = x + error, the codec's input.
+// One case's inputs: x and error of n values at 16-byte alignment + `shift` floats (so that
+// both load paths run), normal values with Inf / NaN in x when `special`, and v = x + error.
 template <typename T>
-std::vector<float> fill_inputs(T* x, float* error, int64_t n, bool special, std::mt19937& rng) {
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  for (int64_t i = 0; i < n; ++i) {
-    x[i] = T(normal(rng));
-    error[i] = 0.01f * normal(rng);
+struct Inputs {
+  std::vector<float4> x_storage, error_storage;
+  T* x;
+  float* error;
+  std::vector<float> v;
+
+  Inputs(int64_t n, int shift, bool special, std::mt19937& rng)
+      : x_storage(n / 4 + 2), error_storage(n / 4 + 2), x(reinterpret_cast<T*>(x_storage.data()) + shift),
+        error(reinterpret_cast<float*>(error_storage.data()) + shift), v(n) {
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (int64_t i = 0; i < n; ++i) {
+      x[i] = T(normal(rng));
+      error[i] = 0.01f * normal(rng);
+    }
+    if (special) x[0] = T(INFINITY), x[n / 2] = T(NAN);
+    for (int64_t i = 0; i < n; ++i) v[i] = error[i] + to_f32(x[i]);
   }
-  if (special) x[0] = T(INFINITY), x[n / 2] = T(NAN);
-  std::vector<float> v(n);
-  for (int64_t i = 0; i < n; ++i) v[i] = error[i] + to_f32(x[i]);
-  return v;
-}
+};
 
 template <typename T>
 bool check_fused(int64_t n, int64_t block, bool special, std::mt19937& rng) {
   for (const int shift : {0, 1}) {
-    std::vector<float4> x_storage(n / 4 + 2), error_storage(n / 4 + 2);
-    T* x = reinterpret_cast<T*>(x_storage.data()) + shift;
-    float* error = reinterpret_cast<float*>(error_storage.data()) + shift;
-    std::vector<float> v = fill_inputs(x, error, n, special, rng);
-    const int64_t blocks = (n + block - 1) / block;
-    std::vector<uint8_t> packed((n + 7) / 8, 0xA5), want_packed((n + 7) / 8, 0);
-    std::vector<float> levels(2 * blocks), want_levels(2 * blocks), means(blocks);
-    plain_codec(v, block, want_packed, want_levels, means);
-    const bool vector = aligned(x, 16) && aligned(error, 16);
-    for (int64_t b = 0; b < blocks; ++b) {
-      run_block(x, error, b * block, std::min(n, (b + 1) * block), vector, packed.data(), levels.data(), b);
+    Inputs<T> in(n, shift, special, rng);
+    const Outputs want = plain_codec(in.v, block);  // in.v: the expected residuals now
+    std::vector<uint8_t> packed(want.packed.size(), 0xA5);
+    std::vector<float> levels(want.levels.size());
+    const bool vector = aligned(in.x, 16) && aligned(in.error, 16);
+    for (int64_t b = 0; b < static_cast<int64_t>(want.means.size()); ++b) {
+      run_block(in.x, in.error, b * block, std::min(n, (b + 1) * block), vector, packed.data(), levels.data(), b);
     }
-    if (!same_outputs(n, block, levels, want_levels, packed, want_packed, error, v)) return false;
+    if (!same_outputs(n, block, levels, packed, in.error, want, in.v)) return false;
   }
   return true;
 }
 
-// sign_pack_byte over every byte, in place on v (as the glue runs it), given the plain
-// codec's means and levels.
+// sign_pack_byte over every byte, in place on v (the glue forms v in the error buffer),
+// given the plain codec's means and levels.
 bool check_packer(int64_t n, int64_t block, bool special, std::mt19937& rng) {
   for (const int shift : {0, 1}) {
-    std::vector<float4> x_storage(n / 4 + 2), error_storage(n / 4 + 2);
-    float* x = reinterpret_cast<float*>(x_storage.data()) + shift;
-    float* error = reinterpret_cast<float*>(error_storage.data()) + shift;
-    std::vector<float> v = fill_inputs(x, error, n, special, rng);
-    for (int64_t i = 0; i < n; ++i) error[i] = v[i];  // the glue forms v in the error buffer
-    const int64_t blocks = (n + block - 1) / block;
-    std::vector<uint8_t> packed((n + 7) / 8, 0xA5), want_packed((n + 7) / 8, 0);
-    std::vector<float> levels(2 * blocks), means(blocks);
-    plain_codec(v, block, want_packed, levels, means);
-    const bool vector = aligned(error, 16);
+    Inputs<float> in(n, shift, special, rng);
+    std::copy(in.v.begin(), in.v.end(), in.error);
+    const Outputs want = plain_codec(in.v, block);
+    std::vector<uint8_t> packed(want.packed.size(), 0xA5);
     for (int64_t byte = 0; byte < (n + 7) / 8; ++byte) {
-      sign_pack_byte(error, means.data(), levels.data(), n, block, vector, byte, packed.data(), error);
+      sign_pack_byte(in.error, want.means.data(), want.levels.data(), n, block, aligned(in.error, 16), byte,
+                     packed.data(), in.error);
     }
-    if (!same_outputs(n, block, levels, levels, packed, want_packed, error, v)) return false;
+    if (!same_outputs(n, block, want.levels, packed, in.error, want, in.v)) return false;
   }
   return true;
 }
