@@ -17,10 +17,11 @@ all-reduce), bytes the hook sent per worker per step, and the speedup over plain
 With --train-steps N the workers instead train an MLP of the same size on scikit-learn's
 digits (ddp_digits_worker) for N steps with every hook, to compare the hooks at equal
 loss: besides step times it reports the final training and test loss and how long each
-hook took to reach a loss (--target: by default the worst hook's final loss, which every
-hook reached; or a hook's final loss, e.g. --target powersgd).
+hook took to reach each of some losses (--target: by default the worst hook's final loss,
+which every hook reached; or a hook's final loss, e.g. powersgd; or numbers), and the
+speedups at equal loss over plain DDP and PowerSGD.
 
-    sudo .venv/bin/python benchmarks/netns_allreduce.py --rate 1gbit --train-steps 200 --target powersgd
+    sudo .venv/bin/python benchmarks/netns_allreduce.py --rate 1gbit --train-steps 320 --target 0.2 0.1 0.05
 """
 
 from __future__ import annotations
@@ -133,20 +134,28 @@ def target_loss(results: dict, target: str) -> float:
     return float(target)  # main() checked it before the runs
 
 
-def print_training(results: dict, rate: str, target: float) -> None:
+def print_training(results: dict, rate: str, targets: list[float]) -> None:
     plain = results.get("plain")
-    plain_seconds = None if plain is None else time_to_loss(plain, target)
-    print(f"digits, links {rate}: training loss = mean over ranks and the last {SMOOTHING} steps; "
-          f"time to reach loss {target:.4f}")
-    print(f"{'hook':<9} {'step ms':>8} {'speedup':>8} {'final loss':>11} {'test loss':>10} {'test acc':>9} "
-          f"{'s to loss':>10} {'speedup':>8}")
+    print(f"digits, links {rate}: training loss = mean over ranks and the last {SMOOTHING} steps")
+    print(f"{'hook':<9} {'step ms':>8} {'speedup':>8} {'final loss':>11} {'test loss':>10} {'test acc':>9}")
     for hook, r in results.items():
-        seconds = time_to_loss(r, target)
         step_speedup = "-" if plain is None else f"{plain['median_s'] / r['median_s']:.2f}x"
-        loss_speedup = "-" if None in (plain_seconds, seconds) else f"{plain_seconds / seconds:.2f}x"
-        reached = "not reached" if seconds is None else f"{seconds:.1f}"
         print(f"{hook:<9} {1e3 * r['median_s']:8.1f} {step_speedup:>8} {r['final_loss']:11.4f} "
-              f"{r['test_loss']:10.4f} {r['test_accuracy']:9.3f} {reached:>10} {loss_speedup:>8}")
+              f"{r['test_loss']:10.4f} {r['test_accuracy']:9.3f}")
+    peers = [peer for peer in ("plain", "powersgd") if peer in results]
+    print(f"seconds to reach each loss (and {' / '.join(peers)}'s time over the hook's: the speedup at equal loss)")
+    print(f"{'hook':<9} " + " ".join(f"{f'loss {t:.4f}':>21}" for t in targets))
+    for hook in results:
+        print(f"{hook:<9} " + " ".join(f"{equal_loss_cell(results, hook, t, peers):>21}" for t in targets))
+
+
+def equal_loss_cell(results: dict, hook: str, target: float, peers: list[str]) -> str:
+    """"seconds (peer's seconds / hook's, per peer)" to reach ``target``, or "not reached"."""
+    seconds = time_to_loss(results[hook], target)
+    if seconds is None:
+        return "not reached"
+    ratios = [time_to_loss(results[peer], target) for peer in peers]
+    return f"{seconds:.1f} (" + ", ".join("-" if t is None else f"{t / seconds:.2f}x" for t in ratios) + ")"
 
 
 def print_steps(results: dict, rate: str, workers: int, params: int) -> None:
@@ -170,9 +179,9 @@ def main() -> None:
     parser.add_argument("--hooks", nargs="+", default=list(HOOKS), choices=HOOKS)
     parser.add_argument("--train-steps", type=int, default=None,
                         help="train on digits for this many steps per hook instead of timing steps")
-    parser.add_argument("--target", default="worst",
-                        help="with --train-steps: time the hooks to this loss, a hook's final loss (its name) "
-                             "or the worst final loss (default)")
+    parser.add_argument("--target", nargs="+", default=["worst"],
+                        help="with --train-steps: time the hooks to these losses, each a number, a hook's final "
+                             "loss (its name) or the worst final loss (default)")
     parser.add_argument("--min-compress-numel", type=int, default=None,
                         help="with --train-steps: our hooks send smaller parameters exactly (default: the state's)")
     parser.add_argument("--json", type=Path, default=None)
@@ -182,11 +191,12 @@ def main() -> None:
     training = args.train_steps is not None
     if (args.train_steps if training else args.steps) <= 4:
         sys.exit("--steps / --train-steps: more than 4 (the first 4 steps are not timed)")
-    if training and args.target != "worst" and args.target not in args.hooks:
-        try:
-            float(args.target)
-        except ValueError:
-            sys.exit(f"--target {args.target!r} is neither a loss, nor 'worst', nor one of --hooks")
+    for target in args.target if training else ():
+        if target != "worst" and target not in args.hooks:
+            try:
+                float(target)
+            except ValueError:
+                sys.exit(f"--target {target!r} is neither a loss, nor 'worst', nor one of --hooks")
     layers = 4
     hidden = int(math.sqrt(args.params * 1e6 / layers))
     if training:
@@ -215,8 +225,8 @@ def main() -> None:
     report = {"rate": args.rate, "workers": args.workers, "params": params}
     if training:
         report.update(train_steps=steps, min_compress_numel=args.min_compress_numel,
-                      target_loss=target_loss(results, args.target), results=results)
-        print_training(results, args.rate, report["target_loss"])
+                      target_losses=[target_loss(results, target) for target in args.target], results=results)
+        print_training(results, args.rate, report["target_losses"])
     else:
         print_steps(results, args.rate, args.workers, params)
         report["results"] = {h: {"median_s": r["median_s"], "bytes_sent": r["bytes_sent"]} for h, r in results.items()}
