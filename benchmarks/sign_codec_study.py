@@ -12,6 +12,9 @@ form became the shipped codec).
 
     python benchmarks/sign_codec_study.py --task digits ours bare_sign plain
     python benchmarks/sign_codec_study.py --task gpt --steps 120 ours bare_sign plain
+    python benchmarks/sign_codec_study.py --task gpt --steps 300 --feedback ef21 ours
+
+--feedback ef21 swaps the hook's error feedback for EF21's running estimates (session 37).
 """
 
 from __future__ import annotations
@@ -121,13 +124,70 @@ class GptTask:
         return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
 
 
+class ClassicFeedback:
+    """The hook's error feedback: each worker sends C(g + e) and keeps the new e, the server
+    sends C(mean + e_server) and keeps its e; the optimizer gets the decoded average."""
+
+    def __init__(self, params: list, world: int, codec, block: int, exact_server: bool) -> None:
+        self.codec, self.block, self.exact_server = codec, block, exact_server
+        self.worker = [[torch.zeros(p.numel()) for p in params] for _ in range(world)]
+        self.server = [torch.zeros(p.numel()) for p in params]
+
+    def exact(self, i: int, grads: list[torch.Tensor]) -> torch.Tensor:
+        return sum(grads) / len(grads)
+
+    def reduce(self, i: int, grads: list[torch.Tensor]) -> torch.Tensor:
+        sent = []
+        for rank, g in enumerate(grads):
+            v = g + self.worker[rank][i]
+            sent.append(roundtrip(self.codec, v, self.block))
+            self.worker[rank][i] = v - sent[-1]
+        v = sum(sent) / len(grads) + self.server[i]
+        average = v if self.exact_server else roundtrip(self.codec, v, self.block)
+        self.server[i] = v - average
+        return average
+
+
+class Ef21Feedback:
+    """EF21 (Richtarik et al., 2021) on both sides: worker r keeps an estimate h_r of its
+    gradient and sends C(g_r - h_r), which it and the server add to h_r and to the server's
+    H = mean h_r; the server sends C(H - G), which every rank adds to its copy of G, the
+    gradient the optimizer gets. Same bits on the wire; G is a full-size buffer on every rank
+    that classic feedback does not need."""
+
+    def __init__(self, params: list, world: int, codec, block: int, exact_server: bool) -> None:
+        self.codec, self.block, self.exact_server = codec, block, exact_server
+        self.workers = [[torch.zeros(p.numel()) for p in params] for _ in range(world)]
+        self.server = [torch.zeros(p.numel()) for p in params]
+        self.shared = [torch.zeros(p.numel()) for p in params]
+
+    def exact(self, i: int, grads: list[torch.Tensor]) -> torch.Tensor:
+        """Warm-up: the estimates start at the exact gradients."""
+        for rank, g in enumerate(grads):
+            self.workers[rank][i] = g.clone()
+        self.server[i] = sum(grads) / len(grads)
+        self.shared[i] = self.server[i].clone()
+        return self.server[i]
+
+    def reduce(self, i: int, grads: list[torch.Tensor]) -> torch.Tensor:
+        for rank, g in enumerate(grads):
+            sent = roundtrip(self.codec, g - self.workers[rank][i], self.block)
+            self.workers[rank][i] += sent
+            self.server[i] += sent / len(grads)
+        change = self.server[i] - self.shared[i]
+        self.shared[i] += change if self.exact_server else roundtrip(self.codec, change, self.block)
+        return self.shared[i]
+
+
+FEEDBACKS = {"classic": ClassicFeedback, "ef21": Ef21Feedback}
+
+
 def simulate(task, codec, steps: int, block: int, world: int = 2, exact_server: bool = False,
-             min_compress_numel: int = MIN_COMPRESS_NUMEL) -> list[float]:
+             min_compress_numel: int = MIN_COMPRESS_NUMEL, feedback: str = "classic") -> list[float]:
     """Trains ``task`` with the simulated hook; returns each step's loss (mean over ranks).
     Parameters with fewer than ``min_compress_numel`` values are averaged exactly."""
     params = list(task.model.parameters())
-    worker_errors = [[torch.zeros(p.numel()) for p in params] for _ in range(world)]
-    server_errors = [torch.zeros(p.numel()) for p in params]
+    reducer = FEEDBACKS[feedback](params, world, codec, block, exact_server)
     losses = []
     for step in range(steps):
         grads, step_loss = [], 0.0
@@ -137,17 +197,9 @@ def simulate(task, codec, steps: int, block: int, world: int = 2, exact_server: 
             step_loss += loss.item() / world
         losses.append(step_loss)
         for i, p in enumerate(params):
-            if step < WARMUP_STEPS or p.numel() < min_compress_numel:
-                p.grad = sum(g[i] for g in grads) / world
-                continue
-            sent = []
-            for rank in range(world):
-                v = grads[rank][i].reshape(-1) + worker_errors[rank][i]
-                sent.append(roundtrip(codec, v, block))
-                worker_errors[rank][i] = v - sent[-1]
-            v = sum(sent) / world + server_errors[i]
-            average = v if exact_server else roundtrip(codec, v, block)
-            server_errors[i] = v - average
+            per_rank = [g[i].reshape(-1) for g in grads]
+            exact = codec is None or step < WARMUP_STEPS or p.numel() < min_compress_numel
+            average = reducer.exact(i, per_rank) if exact else reducer.reduce(i, per_rank)
             p.grad = average.view_as(p).clone()
         task.optimizer.step()
     return losses
@@ -165,13 +217,15 @@ def main() -> None:
     parser.add_argument("--exact-server", action="store_true", help="phase 2 uncompressed")
     parser.add_argument("--min-compress-numel", type=int, default=MIN_COMPRESS_NUMEL,
                         help="smaller parameters go exact (digits: 3000 = the biases, 30000 = and the output layer)")
+    parser.add_argument("--feedback", choices=FEEDBACKS, default="classic",
+                        help="error feedback: the hook's (classic) or EF21's running estimates")
     args = parser.parse_args()
     for name in args.codecs:
         begin = time.perf_counter()
         task = (DigitsTask(args.hidden, args.layers, 2, args.lr_scale) if args.task == "digits"
                 else GptTask(2, args.lr_scale))
         losses = simulate(task, CODECS[name], args.steps, args.block, exact_server=args.exact_server,
-                          min_compress_numel=args.min_compress_numel)
+                          min_compress_numel=args.min_compress_numel, feedback=args.feedback)
         last = losses[-20:]
         print(f"{name:<11} final loss (mean of the last {len(last)} steps) {sum(last) / len(last):.4f}  "
               f"({time.perf_counter() - begin:.0f} s)", flush=True)

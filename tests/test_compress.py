@@ -404,3 +404,27 @@ def test_the_codec_study_simulates_our_sign_codec():
     for name, codec in study.CODECS.items():
         losses = study.simulate(study.DigitsTask(32, 1, 2, 1.0), codec, 40, 64)
         assert sum(losses[-5:]) / 5 < losses[0], name
+    assert_feedbacks_reduce_like_the_hook(study)
+
+
+def assert_feedbacks_reduce_like_the_hook(study):
+    """The study's two error feedbacks: exact with a lossless codec; with the sign codec the
+    classic one's residuals keep what the decoded average lost, EF21's server estimate is the
+    mean of the workers' estimates and the optimizer gets the shared estimate."""
+    params = [torch.zeros(1000)]
+    grads = [[random_input((1000,), scale=0.01) for _ in range(2)] for _ in range(3)]
+    for feedback in study.FEEDBACKS.values():
+        lossless = feedback(params, 2, lambda blocks: blocks, 64, False)
+        for step in grads:
+            torch.testing.assert_close(lossless.reduce(0, step), (step[0] + step[1]) / 2, rtol=0, atol=1e-7)
+    classic, ef21 = (feedback(params, 2, study.ours, 64, False) for feedback in study.FEEDBACKS.values())
+    sent = torch.zeros(1000)
+    for step in grads:
+        sent += classic.reduce(0, step)
+        assert not torch.equal(ef21.reduce(0, step), sum(step) / 2)  # lossy
+        torch.testing.assert_close(ef21.server[0], (ef21.workers[0][0] + ef21.workers[1][0]) / 2)
+    true_sum = sum(g for step in grads for g in step) / 2
+    residuals = (classic.worker[0][0] + classic.worker[1][0]) / 2 + classic.server[0]
+    torch.testing.assert_close(sent + residuals, true_sum, rtol=0, atol=1e-6)
+    losses = study.simulate(study.DigitsTask(32, 1, 2, 1.0), study.ours, 40, 64, feedback="ef21")
+    assert sum(losses[-5:]) / 5 < losses[0]
