@@ -63,7 +63,11 @@ class CompressionState:
     error-feedback buffers of this rank, the step, and traffic counters.
 
     ``block_size`` (values a compression block; default 256 for int8, 512 for sign, see
-    DEFAULT_BLOCK_SIZE) sets the bytes of scales sent and how local they are.
+    DEFAULT_BLOCK_SIZE) sets the bytes of scales sent and how local they are. Choose the
+    codec by optimizer: "sign" trains like plain DDP under SGD (with momentum) but falls
+    behind under Adam(W), whose per-value step sizes suffer from its 1-bit noise (the gap
+    grows with training; benchmarks/RESULTS.md, session 37); "int8" is within about 1% of
+    plain DDP under both.
 
     ``warmup_steps`` steps run plain all-reduce first (DDP rebuilds its buckets after the
     first iterations); parameters with fewer than ``min_compress_numel`` values are always
