@@ -66,9 +66,9 @@ class CompressionState:
     DEFAULT_BLOCK_SIZE) sets the bytes of scales sent and how local they are. Choose the
     codec by optimizer: under SGD with momentum "sign" lags plain DDP early in training
     and then catches up (a deep MLP on digits: 3.3x plain's loss at step 200, even by
-    step 240); under Adam(W) it falls behind, whose per-value step sizes suffer from its 1-bit noise (the gap
-    grows with training; benchmarks/RESULTS.md, session 37); "int8" is within about 1% of
-    plain DDP under both.
+    step 240); under Adam(W) it falls behind more the longer it trains, as its 1-bit noise
+    disturbs Adam's per-value step sizes (benchmarks/RESULTS.md, session 37); "int8" is
+    within about 1% of plain DDP under both.
 
     ``warmup_steps`` steps run plain all-reduce first (DDP rebuilds its buckets after the
     first iterations); parameters with fewer than ``min_compress_numel`` values are always
