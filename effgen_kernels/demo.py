@@ -256,10 +256,12 @@ def summary(report: dict) -> str:
         lines += [f"  {name:<8} {r['text'][:100]!r}" for name, r in q["formats"].items()]
     if "ddp" in report:
         d = report["ddp"]
-        plain = d["plain"]["bytes_per_step"]
-        lines.append("DDP, 2 workers: final loss, bytes sent per worker per step")
-        lines += [f"  {codec:<6} loss {d[codec]['losses'][-1]:.4f}  {d[codec]['bytes_per_step'] / 2**20:7.3f} MiB "
-                  f"({d[codec]['bytes_per_step'] / plain:.3f}x of plain)" for codec in d]
+        plain, plain_loss = d["plain"]["bytes_per_step"], d["plain"]["losses"][-1]
+        lines.append("DDP, 2 workers, AdamW: final loss (change over plain DDP's), bytes sent per worker per step")
+        lines += [f"  {codec:<6} loss {d[codec]['losses'][-1]:.4f} ({d[codec]['losses'][-1] / plain_loss - 1:+6.1%})  "
+                  f"{d[codec]['bytes_per_step'] / 2**20:7.3f} MiB ({d[codec]['bytes_per_step'] / plain:.3f}x of plain)"
+                  for codec in d]
+        lines.append("  (under Adam the sign hook's gap grows with training: use int8 with Adam, sign with SGD)")
     if "distill" in report:
         r = report["distill"]
         lines.append(f"Ternary student ({r['steps']} steps), validation perplexity: teacher {r['teacher']:.3f}, "

@@ -18,6 +18,8 @@ def test_quick_demo_reports_every_stage(tmp_path):
     plain = ddp["plain"]["bytes_per_step"]
     assert ddp["int8"]["bytes_per_step"] / plain < 0.27 and ddp["sign"]["bytes_per_step"] / plain < 0.04
     assert ddp["int8"]["losses"][-1] <= ddp["plain"]["losses"][-1] * 1.02
+    sign_change = ddp["sign"]["losses"][-1] / ddp["plain"]["losses"][-1] - 1
+    assert f"({sign_change:+6.1%})" in demo.summary(report)  # the quality cost, shown
     distill = report["distill"]
     assert distill["ternary_distilled"] < distill["ternary_no_training"]  # training recovers what ternary lost
     assert report["device"] == distill["device"] == "cpu"
