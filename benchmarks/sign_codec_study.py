@@ -124,31 +124,36 @@ class GptTask:
         return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
 
 
-class ClassicFeedback:
-    """The hook's error feedback: each worker sends C(g + e) and keeps the new e, the server
-    sends C(mean + e_server) and keeps its e; the optimizer gets the decoded average."""
+class Feedback:
+    """A simulated hook's state: per parameter, one buffer a worker and one the server's."""
 
     def __init__(self, params: list, world: int, codec, block: int, exact_server: bool) -> None:
         self.codec, self.block, self.exact_server = codec, block, exact_server
-        self.worker = [[torch.zeros(p.numel()) for p in params] for _ in range(world)]
+        self.workers = [[torch.zeros(p.numel()) for p in params] for _ in range(world)]
         self.server = [torch.zeros(p.numel()) for p in params]
 
     def exact(self, i: int, grads: list[torch.Tensor]) -> torch.Tensor:
+        """Parameter ``i``'s exact average (warm-up, small parameters)."""
         return sum(grads) / len(grads)
+
+
+class ClassicFeedback(Feedback):
+    """The hook's error feedback: each worker sends C(g + e) and keeps the new e, the server
+    sends C(mean + e_server) and keeps its e; the optimizer gets the decoded average."""
 
     def reduce(self, i: int, grads: list[torch.Tensor]) -> torch.Tensor:
         sent = []
         for rank, g in enumerate(grads):
-            v = g + self.worker[rank][i]
+            v = g + self.workers[rank][i]
             sent.append(roundtrip(self.codec, v, self.block))
-            self.worker[rank][i] = v - sent[-1]
+            self.workers[rank][i] = v - sent[-1]
         v = sum(sent) / len(grads) + self.server[i]
         average = v if self.exact_server else roundtrip(self.codec, v, self.block)
         self.server[i] = v - average
         return average
 
 
-class Ef21Feedback:
+class Ef21Feedback(Feedback):
     """EF21 (Richtarik et al., 2021) on both sides: worker r keeps an estimate h_r of its
     gradient and sends C(g_r - h_r), which it and the server add to h_r and to the server's
     H = mean h_r; the server sends C(H - G), which every rank adds to its copy of G, the
@@ -156,16 +161,14 @@ class Ef21Feedback:
     that classic feedback does not need."""
 
     def __init__(self, params: list, world: int, codec, block: int, exact_server: bool) -> None:
-        self.codec, self.block, self.exact_server = codec, block, exact_server
-        self.workers = [[torch.zeros(p.numel()) for p in params] for _ in range(world)]
-        self.server = [torch.zeros(p.numel()) for p in params]
+        super().__init__(params, world, codec, block, exact_server)
         self.shared = [torch.zeros(p.numel()) for p in params]
 
     def exact(self, i: int, grads: list[torch.Tensor]) -> torch.Tensor:
         """Warm-up: the estimates start at the exact gradients."""
         for rank, g in enumerate(grads):
             self.workers[rank][i] = g.clone()
-        self.server[i] = sum(grads) / len(grads)
+        self.server[i] = super().exact(i, grads)
         self.shared[i] = self.server[i].clone()
         return self.server[i]
 

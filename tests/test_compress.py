@@ -424,7 +424,7 @@ def assert_feedbacks_reduce_like_the_hook(study):
         assert not torch.equal(ef21.reduce(0, step), sum(step) / 2)  # lossy
         torch.testing.assert_close(ef21.server[0], (ef21.workers[0][0] + ef21.workers[1][0]) / 2)
     true_sum = sum(g for step in grads for g in step) / 2
-    residuals = (classic.worker[0][0] + classic.worker[1][0]) / 2 + classic.server[0]
+    residuals = (classic.workers[0][0] + classic.workers[1][0]) / 2 + classic.server[0]
     torch.testing.assert_close(sent + residuals, true_sum, rtol=0, atol=1e-6)
     losses = study.simulate(study.DigitsTask(32, 1, 2, 1.0), study.ours, 40, 64, feedback="ef21")
     assert sum(losses[-5:]) / 5 < losses[0]
