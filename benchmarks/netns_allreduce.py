@@ -143,7 +143,8 @@ def print_training(results: dict, rate: str, targets: list[float]) -> None:
         print(f"{hook:<9} {1e3 * r['median_s']:8.1f} {step_speedup:>8} {r['final_loss']:11.4f} "
               f"{r['test_loss']:10.4f} {r['test_accuracy']:9.3f}")
     peers = [peer for peer in ("plain", "powersgd") if peer in results]
-    print(f"seconds to reach each loss (and {' / '.join(peers)}'s time over the hook's: the speedup at equal loss)")
+    versus = f" (and {' / '.join(peers)}'s time over the hook's: the speedup at equal loss)" if peers else ""
+    print(f"seconds to reach each loss{versus}")
     print(f"{'hook':<9} " + " ".join(f"{f'loss {t:.4f}':>21}" for t in targets))
     for hook in results:
         print(f"{hook:<9} " + " ".join(f"{equal_loss_cell(results, hook, t, peers):>21}" for t in targets))
@@ -154,6 +155,8 @@ def equal_loss_cell(results: dict, hook: str, target: float, peers: list[str]) -
     seconds = time_to_loss(results[hook], target)
     if seconds is None:
         return "not reached"
+    if not peers:
+        return f"{seconds:.1f}"
     ratios = [time_to_loss(results[peer], target) for peer in peers]
     return f"{seconds:.1f} (" + ", ".join("-" if t is None else f"{t / seconds:.2f}x" for t in ratios) + ")"
 

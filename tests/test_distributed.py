@@ -247,6 +247,7 @@ def test_the_digits_benchmark_trains_and_times_each_hook_to_a_loss(tmp_path):
     ratio = netns.time_to_loss(summaries["plain"], target) / int8_seconds
     assert netns.equal_loss_cell(summaries, "int8", target, ["plain"]) == f"{int8_seconds:.1f} ({ratio:.2f}x)"
     assert netns.equal_loss_cell(summaries, "plain", -1.0, ["plain"]) == "not reached"
+    assert netns.equal_loss_cell(summaries, "int8", target, []) == f"{int8_seconds:.1f}"  # no peer ran
     assert netns.target_loss(summaries, "int8") == summaries["int8"]["final_loss"]
     assert netns.target_loss(summaries, "0.5") == 0.5
     # min_compress_numel reaches the hook: above every parameter's size, all go exact (gathered).

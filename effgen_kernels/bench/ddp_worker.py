@@ -16,6 +16,7 @@ import torch
 
 from effgen_kernels.bench.harness import RETAINING_MALLOC_ENV
 from effgen_kernels.gpt import GPTConfig
+from effgen_kernels.progress import Progress
 
 HIDDEN = 1024
 
@@ -182,6 +183,7 @@ def ddp_digits_worker(rank: int, world: int, port: int, hook: str, steps: int, o
     ddp, state = with_hook(digits_mlp(hidden, layers), hook, **options)
     optimizer = torch.optim.SGD(ddp.parameters(), lr=DIGITS_LR, momentum=0.9)
     times, losses = [], []
+    bar = Progress(steps, f"    {hook}", enabled=rank == 0, silent_s=5.0)  # a run on a slow link takes minutes
     for step in range(steps):
         batch = batches(step)
         begin = time.perf_counter()
@@ -191,6 +193,7 @@ def ddp_digits_worker(rank: int, world: int, port: int, hook: str, steps: int, o
         optimizer.step()
         times.append(time.perf_counter() - begin)
         losses.append(loss.item())
+        bar.update(step + 1, f"loss {losses[-1]:.4f}")
     result = {"times_s": times, "losses": losses, "bytes_sent": state.last_step.bytes_sent if state else None}
     if rank == 0:
         with torch.no_grad():
@@ -248,7 +251,6 @@ def demo_train_worker(rank: int, world: int, port: int, out: str, codec: str, st
 
     from effgen_kernels.distributed import CompressionState, compressed_allreduce_hook
     from effgen_kernels.gpt import GPT, lm_batch, stdlib_source_bytes
-    from effgen_kernels.progress import Progress
 
     init_gloo(rank, world, port, timeout_s=120)
     torch.manual_seed(0)
