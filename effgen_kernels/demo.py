@@ -258,9 +258,10 @@ def summary(report: dict) -> str:
         d = report["ddp"]
         plain, plain_loss = d["plain"]["bytes_per_step"], d["plain"]["losses"][-1]
         lines.append("DDP, 2 workers, AdamW: final loss (change over plain DDP's), bytes sent per worker per step")
-        lines += [f"  {codec:<6} loss {d[codec]['losses'][-1]:.4f} ({d[codec]['losses'][-1] / plain_loss - 1:+6.1%})  "
-                  f"{d[codec]['bytes_per_step'] / 2**20:7.3f} MiB ({d[codec]['bytes_per_step'] / plain:.3f}x of plain)"
-                  for codec in d]
+        for codec, run in d.items():
+            loss, sent = run["losses"][-1], run["bytes_per_step"]
+            lines.append(f"  {codec:<6} loss {loss:.4f} ({loss / plain_loss - 1:+6.1%})  {sent / 2**20:7.3f} MiB "
+                         f"({sent / plain:.3f}x of plain)")
         lines.append("  (under Adam the sign hook's gap grows with training: use int8 with Adam, sign with SGD)")
     if "distill" in report:
         r = report["distill"]
