@@ -45,6 +45,7 @@ PREFIX = "effgen-bench"
 # PowerSGD (rank 4) runs with one bucket (see ddp_step_worker): with several in flight, its
 # callback-issued all-reduces reach gloo in a different order per rank and abort it.
 HOOKS = ("plain", "fp16", "powersgd", "int8", "sign")
+EXTRA_HOOKS = ("int8-ef21", "sign-ef21")  # ours with EF21 feedback, on request
 
 
 def sh(*command: str) -> None:
@@ -179,7 +180,7 @@ def main() -> None:
     parser.add_argument("--rate", default="1gbit", help="tc rate of every link direction (e.g. 1gbit, 10gbit)")
     parser.add_argument("--params", type=float, default=25.0, help="model size in millions of parameters")
     parser.add_argument("--steps", type=int, default=24, help="steps per hook; the first 4 are not timed")
-    parser.add_argument("--hooks", nargs="+", default=list(HOOKS), choices=HOOKS)
+    parser.add_argument("--hooks", nargs="+", default=list(HOOKS), choices=HOOKS + EXTRA_HOOKS)
     parser.add_argument("--train-steps", type=int, default=None,
                         help="train on digits for this many steps per hook instead of timing steps")
     parser.add_argument("--target", nargs="+", default=["worst"],

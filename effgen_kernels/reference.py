@@ -505,11 +505,18 @@ def decompress_sum_sign(packed: torch.Tensor, levels: torch.Tensor, n: int, bloc
 
 
 def compressed_allreduce(grads: list[torch.Tensor], worker_errors: list[torch.Tensor],
-                         server_errors: list[torch.Tensor], codec: str, block_size: int) -> torch.Tensor:
+                         server_errors: list[torch.Tensor], codec: str, block_size: int,
+                         shared: torch.Tensor | None = None) -> torch.Tensor:
     """The two-phase compressed all-reduce of effgen_kernels.distributed, simulated for all
     ranks in one process: grads are the ranks' padded 1-D buckets (length divisible by
     world * lcm(block_size, 8)); the error lists are updated in place. Returns the average
-    every rank ends up with (fp32)."""
+    every rank ends up with (fp32).
+
+    With ``shared`` (G, fp32 like a padded bucket, updated in place) it is EF21: worker r's
+    buffer holds minus its estimate h_r; it sends C(g_r - h_r) and adds what it sent to h_r
+    (computed as the classic residual minus g_r); the server's buffer is EF21's H - G, so it
+    does what the classic server does; every rank adds the decoded change to G and returns G
+    (see below for blocks that held Inf / NaN)."""
     world, n = len(grads), grads[0].numel()
     chunk = n // world
     compress = ef_compress_int8 if codec == "int8" else ef_compress_sign
@@ -520,6 +527,9 @@ def compressed_allreduce(grads: list[torch.Tensor], worker_errors: list[torch.Te
         return decompress_sum_sign(payload.reshape(1, -1), scales.reshape(1, -1), count, block_size)
 
     sent = [compress(g, e, block_size) for g, e in zip(grads, worker_errors, strict=True)]
+    if shared is not None:
+        for g, e in zip(grads, worker_errors, strict=True):
+            e.sub_(g)
     per_byte = 1 if codec == "int8" else 8  # values per payload element
     per_block = 1 if codec == "int8" else 2  # fp32 scales (int8) or levels (sign) per block
     blocks = chunk // block_size * per_block
@@ -532,4 +542,14 @@ def compressed_allreduce(grads: list[torch.Tensor], worker_errors: list[torch.Te
         pieces.append(compress(total / world, server_errors[r], block_size))
     payload = torch.cat([p for p, _ in pieces])
     scales = torch.cat([s for _, s in pieces])
-    return decompress(payload, scales, n)
+    if shared is None:
+        return decompress(payload, scales, n)
+    average = shared.add_(decompress(payload, scales, n)).clone()
+    # A block that held Inf / NaN (an fp16 step GradScaler skips) decodes to NaN on every
+    # rank: there the estimates restart at zero (h_r = H = G = 0; the server's residual of a
+    # non-finite block is already 0) instead of staying NaN.
+    restart = ~torch.isfinite(shared)
+    shared.masked_fill_(restart, 0.0)
+    for error in worker_errors:
+        error.masked_fill_(restart, 0.0)
+    return average

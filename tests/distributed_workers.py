@@ -25,12 +25,12 @@ def step_grads(rank: int, step: int, n: int) -> torch.Tensor:
 
 
 def allreduce_steps(rank, world, port, out, codec, n, steps, block, overflow_step=None, sizes=None,
-                    dtype=torch.float32, part_numel=1 << 22):
+                    dtype=torch.float32, part_numel=1 << 22, feedback="classic", warmup_steps=0):
     """Averages step_grads (cast to dtype) for several steps; with ``sizes``, the tensor is
     a bucket of parameters of those sizes (keys 0, 1, ...)."""
     init(rank, world, port)
-    state = CompressionState(codec=codec, block_size=block, warmup_steps=0, min_compress_numel=0,
-                             part_numel=part_numel)
+    state = CompressionState(codec=codec, block_size=block, warmup_steps=warmup_steps, min_compress_numel=0,
+                             part_numel=part_numel, feedback=feedback)
     layout = None if sizes is None else tuple((i, sum(sizes[:i]), size) for i, size in enumerate(sizes))
     results = []
     for step in range(steps):
@@ -59,7 +59,8 @@ def make_model():
     return torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
 
 
-def train_ddp(rank, world, port, out, codec, steps, resume_at=None, bucket_cap_mb=25.0, part_numel=1 << 22):
+def train_ddp(rank, world, port, out, codec, steps, resume_at=None, bucket_cap_mb=25.0, part_numel=1 << 22,
+              feedback="classic"):
     """Full-batch-per-rank SGD on digits; codec None is plain DDP. With resume_at, the run
     checkpoints there, rebuilds everything from the checkpoint, and continues."""
     init(rank, world, port)
@@ -75,7 +76,7 @@ def train_ddp(rank, world, port, out, codec, steps, resume_at=None, bucket_cap_m
             model.register_comm_hook(powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=4,
                                                                  start_powerSGD_iter=2), powerSGD_hook.powerSGD_hook)
         elif codec is not None:
-            state = CompressionState(codec=codec, warmup_steps=2, part_numel=part_numel)
+            state = CompressionState(codec=codec, warmup_steps=2, part_numel=part_numel, feedback=feedback)
             model.register_comm_hook(state, compressed_allreduce_hook)
         return model, opt, state
 

@@ -267,33 +267,45 @@ def test_state_dict_restores_residuals_and_keeps_the_callers_group():
     assert torch.equal(restored.worker_errors[0], saved.worker_errors[0])
     with pytest.raises(ValueError, match="codec='sign', block_size=64"):
         CompressionState(process_group=dp_group, codec="int8").load_state_dict(saved.state_dict())
+    with pytest.raises(ValueError, match="feedback='classic'; this state has .* feedback='ef21'"):
+        CompressionState(process_group=dp_group, codec="sign", block_size=64,
+                         feedback="ef21").load_state_dict(saved.state_dict())
     for bad, message in [({"codec": "fp8"}, "codec must be one of"), ({"block_size": 0}, "block_size must be positive"),
-                         ({"part_numel": 0}, "part_numel must be positive")]:
+                         ({"part_numel": 0}, "part_numel must be positive"),
+                         ({"feedback": "ef14"}, "feedback must be one of"),
+                         ({"feedback": "ef21", "error_feedback": False}, "needs error_feedback=True")]:
         with pytest.raises(ValueError, match=message):
             CompressionState(process_group=dp_group, **bad)
 
 
-def test_residuals_move_with_their_parameters_when_buckets_change():
-    from effgen_kernels.distributed.compression import CompressionState, _Layout
+@pytest.mark.parametrize("feedback", ["classic", "ef21"])
+def test_residuals_move_with_their_parameters_when_buckets_change(feedback):
+    from effgen_kernels.distributed.compression import _SAVED_BUFFERS, CompressionState, _Layout
 
-    state = CompressionState(process_group=object(), block_size=64)
+    def buffers(state, index):
+        return [getattr(state, name).get(index) for name in _SAVED_BUFFERS]
+
+    state = CompressionState(process_group=object(), block_size=64, feedback=feedback)
     before = _Layout(((0, 0, 600), (1, 600, 10)), 2, 64)  # parameters 0 and 1 in one bucket
     state._regroup(0, before, "cpu")
-    state.worker_errors[0].normal_()
-    state.server_errors[0].normal_()
-    pieces = before.split(state.worker_errors[0], state.server_errors[0])
+    for buffer in buffers(state, 0):
+        if buffer is not None:
+            buffer.normal_()
+    assert (buffers(state, 0)[2] is not None) == (feedback == "ef21")  # EF21's shared estimates
+    pieces = before.split(*buffers(state, 0))
     saved = state.state_dict()
 
-    restored = CompressionState(process_group=object(), block_size=64)
+    restored = CompressionState(process_group=object(), block_size=64, feedback=feedback)
     restored.load_state_dict(saved)
     # A restarted DDP: parameter 1 now travels alone in bucket 0, parameter 0 in bucket 1,
     # each at another offset; a new parameter 2 has no residual yet.
-    restored._regroup(0, _Layout(((1, 0, 10),), 2, 64), "cpu")
-    restored._regroup(1, _Layout(((2, 0, 100), (0, 100, 600)), 2, 64), "cpu")
-    moved = {**_Layout(((1, 0, 10),), 2, 64).split(restored.worker_errors[0], restored.server_errors[0]),
-             **_Layout(((2, 0, 100), (0, 100, 600)), 2, 64).split(restored.worker_errors[1], restored.server_errors[1])}
+    after = [_Layout(((1, 0, 10),), 2, 64), _Layout(((2, 0, 100), (0, 100, 600)), 2, 64)]
+    for index, layout in enumerate(after):
+        restored._regroup(index, layout, "cpu")
+    moved = {**after[0].split(*buffers(restored, 0)), **after[1].split(*buffers(restored, 1))}
     for key in (0, 1):
-        assert torch.equal(moved[key][0], pieces[key][0]) and torch.equal(moved[key][1], pieces[key][1])
+        for mine, original in zip(moved[key], pieces[key], strict=True):
+            assert (mine is None and original is None) or torch.equal(mine, original)
     assert not moved[2][0].any() and restored.residuals_dropped == 1
 
 

@@ -84,8 +84,9 @@ def finish_worker() -> None:
 
 def with_hook(model: torch.nn.Module, hook: str, **state_options):
     """``model`` in DDP with one of the benchmarks' communication hooks ("plain", "fp16",
-    "powersgd", "int8", "sign"); returns the DDP model and our hooks' state (else None),
-    made with CompressionState's ``state_options``."""
+    "powersgd", "int8", "sign", or ours with EF21 feedback: "int8-ef21", "sign-ef21");
+    returns the DDP model and our hooks' state (else None), made with CompressionState's
+    ``state_options``."""
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
 
     from effgen_kernels.distributed import CompressionState, compressed_allreduce_hook
@@ -96,8 +97,9 @@ def with_hook(model: torch.nn.Module, hook: str, **state_options):
     bucket_cap_mb = 4 * params / 2**20 + 1 if hook == "powersgd" else 25
     ddp = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=bucket_cap_mb)
     state = None
-    if hook in ("int8", "sign"):
-        state = CompressionState(codec=hook, warmup_steps=2, **state_options)
+    codec, _, feedback = hook.partition("-")
+    if codec in ("int8", "sign"):
+        state = CompressionState(codec=codec, warmup_steps=2, feedback=feedback or "classic", **state_options)
         ddp.register_comm_hook(state, compressed_allreduce_hook)
     elif hook == "fp16":
         ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)

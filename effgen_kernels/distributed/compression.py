@@ -9,6 +9,12 @@ Two phases (as in 1-bit Adam / Deep Gradient Compression style reducers):
 Bytes per worker: about 2 * (W - 1) / W * n * bits / 8, plus per block one fp32 scale
 (int8) or two fp32 levels (sign: bits say whether a value is above its block's mean).
 
+``feedback="ef21"`` (EF21, Richtarik et al. 2021) sends the same bits but keeps estimates
+instead of residuals: worker r sends C(g_r - h_r) and adds what it sent to its estimate h_r;
+the server sends C(H - G), where H is the mean of the h_r, and every rank adds the decoded
+change to its copy of G, the average the optimizer gets. The server's state H - G is exactly
+the classic server residual; a worker keeps -h_r where the classic one keeps its residual.
+
 Use::
 
     state = CompressionState(process_group=dp_group, codec="int8")   # or "sign"
@@ -36,6 +42,7 @@ from .. import ops as _ops_module  # noqa: F401  (registers the effgen ops)
 
 _ops = torch.ops.effgen
 CODECS = ("int8", "sign")
+FEEDBACKS = ("classic", "ef21")
 # Block sizes unless the caller gives one: the sign codec's two fp32 levels a block cost 1/8
 # bit a value at 512 values (0.035x of fp32 in all), as int8's one scale does at 256.
 DEFAULT_BLOCK_SIZE = {"int8": 256, "sign": 512}
@@ -68,7 +75,14 @@ class CompressionState:
     and then catches up (a deep MLP on digits: 3.3x plain's loss at step 200, even by
     step 240); under Adam(W) it falls behind more the longer it trains, as its 1-bit noise
     disturbs Adam's per-value step sizes (benchmarks/RESULTS.md, session 37); "int8" is
-    within about 1% of plain DDP under both.
+    within about 1% of plain DDP under both. ``feedback="ef21"`` (module docstring) narrows
+    the sign codec's gap under AdamW (the demo's GPT after 600 steps: +13.5% over plain's
+    loss against +20%) but not under SGD with momentum (the deep digits MLP: even; on full
+    batches, where its estimates trail slowly changing gradients, 2.7x plain's loss against
+    1.0x); it keeps one more fp32 copy of the compressed gradients a rank (G) and makes
+    about three more passes over them a step (the 25M MLP: 247 against 211 ms a step at
+    1 Gbit/s, RESULTS.md session 38). Its estimates start at the exact gradients of the last
+    warm-up step (at zero without one, which trains worse), so keep ``warmup_steps`` >= 1.
 
     ``warmup_steps`` steps run plain all-reduce first (DDP rebuilds its buckets after the
     first iterations); parameters with fewer than ``min_compress_numel`` values are always
@@ -85,9 +99,13 @@ class CompressionState:
     def __init__(self, process_group: dist.ProcessGroup | None = None, codec: str = "int8",
                  block_size: int | None = None,
                  warmup_steps: int = 2, error_feedback: bool = True, min_compress_numel: int = 128,
-                 part_numel: int = 1 << 22) -> None:
+                 part_numel: int = 1 << 22, feedback: str = "classic") -> None:
         if codec not in CODECS:
             raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
+        if feedback not in FEEDBACKS:
+            raise ValueError(f"feedback must be one of {FEEDBACKS}, got {feedback!r}")
+        if feedback == "ef21" and not error_feedback:
+            raise ValueError("feedback='ef21' needs error_feedback=True (its estimates are its feedback)")
         block_size = DEFAULT_BLOCK_SIZE[codec] if block_size is None else block_size
         if block_size <= 0:
             raise ValueError(f"block_size must be positive, got {block_size}")
@@ -107,15 +125,17 @@ class CompressionState:
             else:  # only the members create it: other ranks may build their own sub-groups
                 self._gather_group = dist.new_group(dist.get_process_group_ranks(process_group),
                                                     timeout=_world_timeout(), use_local_synchronization=True)
-        self.codec, self.block_size = codec, block_size
+        self.codec, self.block_size, self.feedback = codec, block_size, feedback
         self.warmup_steps, self.error_feedback = warmup_steps, error_feedback
         self.min_compress_numel = min_compress_numel
         self.part_numel = part_numel
         self.step = 0
         # Residuals per part of a bucket (key: see _MAX_PARTS), laid out like the part's
-        # compressed payload (see _Layout).
+        # compressed payload (see _Layout); with EF21 the workers' hold -h_r, and
+        # shared_estimates every rank's copy of G.
         self.worker_errors: dict[int, torch.Tensor] = {}
         self.server_errors: dict[int, torch.Tensor] = {}
+        self.shared_estimates: dict[int, torch.Tensor] = {}
         # Per bucket, the (parameter key, offset, numel) segments its residuals belong to. A
         # bucket index holds other parameters after DDP rebuilds its buckets (after its first
         # step, and again after a restart, which begins from the initial layout): residuals
@@ -133,18 +153,19 @@ class CompressionState:
     def state_dict(self) -> dict:
         """Per-rank error buffers and the step (the process group is not saved: the caller's
         stays in place on load)."""
-        return {"step": self.step, "codec": self.codec, "block_size": self.block_size,
-                "worker_errors": {k: v.clone() for k, v in self.worker_errors.items()},
-                "server_errors": {k: v.clone() for k, v in self.server_errors.items()},
+        return {"step": self.step, "codec": self.codec, "block_size": self.block_size, "feedback": self.feedback,
+                **{name: {k: v.clone() for k, v in getattr(self, name).items()} for name in _SAVED_BUFFERS},
                 "layouts": dict(self.layouts)}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["codec"] != self.codec or state["block_size"] != self.block_size:
-            raise ValueError(f"checkpoint was written with codec={state['codec']!r}, block_size={state['block_size']}; "
-                             f"this state has codec={self.codec!r}, block_size={self.block_size}")
+        saved = (state["codec"], state["block_size"], state.get("feedback", "classic"))
+        if saved != (self.codec, self.block_size, self.feedback):
+            raise ValueError(f"checkpoint was written with codec={saved[0]!r}, block_size={saved[1]}, "
+                             f"feedback={saved[2]!r}; this state has codec={self.codec!r}, "
+                             f"block_size={self.block_size}, feedback={self.feedback!r}")
         self.step = state["step"]
-        self.worker_errors = {int(k): v.clone() for k, v in state["worker_errors"].items()}
-        self.server_errors = {int(k): v.clone() for k, v in state["server_errors"].items()}
+        for name in _SAVED_BUFFERS:
+            setattr(self, name, {int(k): v.clone() for k, v in state.get(name, {}).items()})
         self.layouts = {int(k): tuple(tuple(seg) for seg in v) for k, v in state.get("layouts", {}).items()}
 
     # -- internals -------------------------------------------------------------------------
@@ -164,11 +185,13 @@ class CompressionState:
             self._loose = {}
             for old_index, segments in self.layouts.items():
                 old = _Layout(segments, layout.world, self.block_size)
-                self._loose.update(old.split(self.worker_errors.get(old_index), self.server_errors.get(old_index)))
-            self.worker_errors, self.server_errors, self.layouts = {}, {}, {}
-        worker, server, missing = layout.join(self._loose, device)
+                self._loose.update(old.split(*(getattr(self, name).get(old_index) for name in _SAVED_BUFFERS)))
+            self.worker_errors, self.server_errors, self.shared_estimates, self.layouts = {}, {}, {}, {}
+        worker, server, shared, missing = layout.join(self._loose, device, self.feedback == "ef21")
         self.residuals_dropped += missing
         self.worker_errors[index], self.server_errors[index] = worker, server
+        if shared is not None:
+            self.shared_estimates[index] = shared
         self.layouts[index] = layout.segments
 
     def _scratch(self, index: int, name: str, numel: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -185,6 +208,11 @@ class CompressionState:
         self._loose = None
         self.step += 1
         self.last_step, self._current = self._current, TrafficCounters()
+
+
+# The per-part buffers a checkpoint holds and a relayout moves: the workers' (rank-major
+# [world, chunk]), the server's ([chunk]) and, with EF21, every rank's G (rank-major).
+_SAVED_BUFFERS = ("worker_errors", "server_errors", "shared_estimates")
 
 
 def _world_timeout():
@@ -278,30 +306,38 @@ class _Layout:
             lo, hi = min(numel, rank * chunk), min(numel, (rank + 1) * chunk)
             yield offset + lo, at, hi - lo, chunk
 
-    def split(self, worker: torch.Tensor | None, server: torch.Tensor | None) -> dict:
-        """{key: (worker residual [world, chunk], server residual [chunk])} per segment."""
+    def split(self, worker: torch.Tensor | None, server: torch.Tensor | None,
+              shared: torch.Tensor | None = None) -> dict:
+        """{key: (worker residual [world, chunk], server residual [chunk], shared estimate
+        [world, chunk] or None)} per segment."""
+        def rank_major(buffer, at, chunk):
+            return None if buffer is None else buffer.view(self.world, self.chunk)[:, at:at + chunk].clone()
+
         pieces = {}
         for (key, _, _), chunk, at in zip(self.segments, self.chunks, self.chunk_offsets, strict=True):
-            w = None if worker is None else worker.view(self.world, self.chunk)[:, at:at + chunk].clone()
             v = None if server is None else server[at:at + chunk].clone()
-            pieces[key] = (w, v)
+            pieces[key] = (rank_major(worker, at, chunk), v, rank_major(shared, at, chunk))
         return pieces
 
-    def join(self, loose: dict, device) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Residual buffers for this layout from per-parameter pieces (taken out of
-        ``loose``); returns them and how many parameters had no piece."""
+    def join(self, loose: dict, device, with_shared: bool = False) -> tuple:
+        """Buffers for this layout from per-parameter pieces (taken out of ``loose``):
+        worker residuals, server residuals, shared estimates (None unless ``with_shared``),
+        and how many parameters had no piece."""
         worker = torch.zeros(self.padded, dtype=torch.float32, device=device)
         server = torch.zeros(self.chunk, dtype=torch.float32, device=device)
-        rows, missing = worker.view(self.world, self.chunk), 0
+        shared = torch.zeros(self.padded, dtype=torch.float32, device=device) if with_shared else None
+        missing = 0
         for (key, _, _), chunk, at in zip(self.segments, self.chunks, self.chunk_offsets, strict=True):
-            w, v = loose.pop(key, (None, None))
+            w, v, g = loose.pop(key, (None, None, None))
             if w is None or w.shape != (self.world, chunk):
                 missing += key >= 0  # negative keys: plain tensors, not parameters
                 continue
-            rows[:, at:at + chunk].copy_(w)
+            worker.view(self.world, self.chunk)[:, at:at + chunk].copy_(w)
             if v is not None:
                 server[at:at + chunk].copy_(v)
-        return worker, server, missing
+            if shared is not None and g is not None:
+                shared.view(self.world, self.chunk)[:, at:at + chunk].copy_(g)
+        return worker, server, shared, missing
 
 
 def compressed_allreduce(state: CompressionState, tensor: torch.Tensor, bucket_index: int = 0,
@@ -314,18 +350,21 @@ def compressed_allreduce(state: CompressionState, tensor: torch.Tensor, bucket_i
     made per parameter, so it does not depend on how DDP groups parameters into buckets."""
     world = dist.get_world_size(_group(state))
     n = tensor.numel()
+    segments = layout if layout is not None else ((-1 - bucket_index, 0, n),)
+    small = tuple(seg for seg in segments if seg[2] < state.min_compress_numel)
+    parts = _compressed_parts(state, segments, bucket_index)
     if world == 1 or state.step < state.warmup_steps:
         state._current.bytes_sent += 2 * (world - 1) * n * tensor.element_size() // max(world, 1)
         state._current.bytes_uncompressed += 2 * (world - 1) * n * 4 // max(world, 1)
+        if world > 1 and state.feedback == "ef21" and state.step == state.warmup_steps - 1:
+            start = _start_estimates(state, tensor, parts, world)
+            return _plain_allreduce(state, tensor, world).then(lambda f: start(f.value()))
         return _plain_allreduce(state, tensor, world)
-    segments = layout if layout is not None else ((-1 - bucket_index, 0, n),)
-    small = tuple(seg for seg in segments if seg[2] < state.min_compress_numel)
-    large = tuple(seg for seg in segments if seg[2] >= state.min_compress_numel)
     futures = []
     if small:
         futures.append(_gathered_mean(state, tensor, small, bucket_index, world))
-    for part, segments_of_part in enumerate(_parts(large, state.part_numel)):
-        futures.append(_two_phase(state, tensor, segments_of_part, bucket_index * _MAX_PARTS + part, world))
+    for key, segments_of_part in parts:
+        futures.append(_two_phase(state, tensor, segments_of_part, key, world))
     if len(futures) == 1:
         return futures[0]
     # Either part's failure reaches the caller: value() re-raises it inside then().
@@ -334,6 +373,45 @@ def compressed_allreduce(state: CompressionState, tensor: torch.Tensor, bucket_i
 
 # A part's residuals and buffers are keyed by bucket index * _MAX_PARTS + part.
 _MAX_PARTS = 1 << 16
+
+
+def _compressed_parts(state: CompressionState, segments: tuple, bucket_index: int) -> list[tuple[int, tuple]]:
+    """(key, segments) of each part of the segments that are compressed (see _parts)."""
+    large = tuple(seg for seg in segments if seg[2] >= state.min_compress_numel)
+    return [(bucket_index * _MAX_PARTS + part, segments_of_part)
+            for part, segments_of_part in enumerate(_parts(large, state.part_numel))]
+
+
+def _to_rank_major(plan: "_Layout", tensor: torch.Tensor, out: torch.Tensor) -> None:
+    """``out`` ([world * chunk] fp32) = the plan's rank-major layout of ``tensor``'s
+    segments, zeros in the padding."""
+    rows = out.view(plan.world, plan.chunk)
+    rows.zero_()
+    for r in range(plan.world):
+        for start, at, count, _ in plan.pieces(r):
+            rows[r, at:at + count].copy_(tensor[start:start + count])
+
+
+def _start_estimates(state: CompressionState, tensor: torch.Tensor, parts: list, world: int):
+    """EF21's estimates from the last warm-up step's exact gradients (started at zero they
+    train worse than classic feedback): each worker's h_r = its gradient, so its buffer
+    holds -g_r, taken now, before the all-reduce overwrites ``tensor``; G = H = the average,
+    so the server's H - G is 0. Returns what sets G from the averaged tensor."""
+    plans = []
+    for key, segments in parts:
+        plan = _Layout(segments, world, state.block_size)
+        state._regroup(key, plan, tensor.device)
+        _to_rank_major(plan, tensor, state.worker_errors[key])
+        state.worker_errors[key].neg_()
+        state.server_errors[key].zero_()
+        plans.append((key, plan))
+
+    def start(average: torch.Tensor) -> torch.Tensor:
+        for key, plan in plans:
+            _to_rank_major(plan, average, state.shared_estimates[key])
+        return average
+
+    return start
 
 
 def _parts(segments: tuple, part_numel: int) -> list[tuple]:
@@ -424,36 +502,52 @@ def _encode_rank_major(state: CompressionState, plan: _Layout, tensor: torch.Ten
     values (the sign codec's means and levels count the padding's zeros)."""
     grain = math.lcm(state.block_size, 8)
     rows = error.view(plan.world, plan.chunk)
+
+    def encode(x: torch.Tensor, error: torch.Tensor, payload: torch.Tensor, scales: torch.Tensor) -> None:
+        _compress_into(state, x, error, payload, scales)
+        if state.feedback == "ef21":  # the kernel left (g - h) - D(sent); EF21 keeps -(h + D(sent))
+            error.sub_(x)
+
     # A parameter's padding is under world grains, so no tail is longer than world + 1.
     tails = state._scratch(key, "tail", (plan.world + 1) * grain, tensor.dtype, tensor.device)
     for r in range(plan.world):
         for start, at, count, chunk in plan.pieces(r):
             direct = count // grain * grain
             if direct:
-                _compress_into(state, tensor[start:start + direct], rows[r, at:at + direct],
-                               *outgoing.piece(r, at, direct))
+                encode(tensor[start:start + direct], rows[r, at:at + direct], *outgoing.piece(r, at, direct))
             if direct < chunk:
                 tail = tails[:chunk - direct]
                 tail[:count - direct].copy_(tensor[start + direct:start + count])
                 tail[count - direct:].zero_()
-                _compress_into(state, tail, rows[r, at + direct:at + chunk],
-                               *outgoing.piece(r, at + direct, chunk - direct))
+                encode(tail, rows[r, at + direct:at + chunk], *outgoing.piece(r, at + direct, chunk - direct))
 
 
 def _decode_into_bucket(state: CompressionState, plan: _Layout, gathered: _Messages, tensor: torch.Tensor,
-                        decoded: torch.Tensor) -> None:
+                        decoded: torch.Tensor, shared: torch.Tensor | None) -> None:
     """The averaged chunks of every rank, decoded into their places in ``tensor``: an fp32
     bucket piece by piece in place, a 16-bit one through ``decoded`` (the decoders sum in
-    fp32)."""
+    fp32). With EF21 (``shared``: G) the chunks are changes: G takes them, the bucket G."""
     for r in range(plan.world):
-        if tensor.dtype == torch.float32:
+        if shared is None and tensor.dtype == torch.float32:
             for start, at, count, _ in plan.pieces(r):
                 if count:
                     _decompress_sum_into(state, *gathered.piece(r, at, count), tensor[start:start + count])
             continue
         _decompress_sum_into(state, *gathered.piece(r, 0, plan.chunk), decoded)
+        source = decoded if shared is None else shared.view(plan.world, plan.chunk)[r].add_(decoded)
         for start, at, count, _ in plan.pieces(r):
-            tensor[start:start + count].copy_(decoded[at:at + count])
+            tensor[start:start + count].copy_(source[at:at + count])
+
+
+def _restart_non_finite_estimates(state: CompressionState, key: int) -> None:
+    """EF21 after a step with Inf / NaN gradients (an fp16 step GradScaler skips): their
+    blocks came back with NaN scales, so every rank's G is NaN there; the estimates of those
+    blocks restart at zero on every rank (h_r = H = G = 0; the server's residual of a
+    non-finite block is already 0) instead of staying NaN."""
+    shared = state.shared_estimates[key]
+    restart = ~torch.isfinite(shared)
+    shared.masked_fill_(restart, 0.0)
+    state.worker_errors[key].masked_fill_(restart, 0.0)
 
 
 def _two_phase(state: CompressionState, tensor: torch.Tensor, segments: tuple, key: int,
@@ -487,7 +581,9 @@ def _two_phase(state: CompressionState, tensor: torch.Tensor, segments: tuple, k
     def finish(done: torch.futures.Future) -> None:
         try:
             done.value()
-            _decode_into_bucket(state, plan, gathered, tensor, decoded)
+            _decode_into_bucket(state, plan, gathered, tensor, decoded, state.shared_estimates.get(key))
+            if state.feedback == "ef21" and not torch.isfinite(gathered.scales).all():
+                _restart_non_finite_estimates(state, key)
             result.set_result(tensor)
         except BaseException as error:  # a failed collective must reach the caller, not hang it
             fail(error)
