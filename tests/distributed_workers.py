@@ -157,7 +157,7 @@ class TwoBranch(torch.nn.Module):
         return self.body(x) + (self.spare(x) if use_spare else 0)
 
 
-def ddp_variant(rank, world, port, out, codec, variant, steps):
+def ddp_variant(rank, world, port, out, codec, variant, steps, feedback="classic"):
     """Digits training under one DDP setting: "bf16" / "fp16" gradients, "no_sync"
     accumulation of two micro-batches, "find_unused" parameters, "static_graph",
     "bucket_view" (gradients as views of DDP's buckets, which the hook averages in place)."""
@@ -173,7 +173,7 @@ def ddp_variant(rank, world, port, out, codec, variant, steps):
                                                       gradient_as_bucket_view=variant == "bucket_view")
     state = None
     if codec is not None:
-        state = CompressionState(codec=codec, warmup_steps=2, min_compress_numel=0)
+        state = CompressionState(codec=codec, warmup_steps=2, min_compress_numel=0, feedback=feedback)
         model.register_comm_hook(state, compressed_allreduce_hook)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
     losses = []

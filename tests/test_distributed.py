@@ -263,6 +263,18 @@ def test_int8_hook_under_ddp_variants_matches_plain_ddp(tmp_path, variant):
     assert final["int8"] <= final[None] * 1.02
 
 
+@pytest.mark.parametrize("variant", ["fp16", "no_sync", "find_unused", "bucket_view"])
+def test_ef21_feedback_under_ddp_variants_trains(tmp_path, variant):
+    # EF21 keeps G in fp32 beside 16-bit buckets, estimates for parameters a step leaves
+    # unused, and writes G into buckets that are the gradients themselves.
+    pytest.importorskip("sklearn")
+    run(workers.ddp_variant, 2, tmp_path, "int8", variant, 30, "ef21")
+    a, b = (torch.load(tmp_path / f"{r}.pt", weights_only=False) for r in range(2))
+    for p, q in zip(a["params"], b["params"], strict=True):
+        assert torch.equal(p, q)
+    assert a["losses"][-1] < a["losses"][0] / 3
+
+
 def test_the_digits_benchmark_trains_and_times_each_hook_to_a_loss(tmp_path):
     # netns_allreduce.py --train-steps: its worker (here on loopback, a small MLP) and the
     # summary that compares hooks at equal loss.
