@@ -2,6 +2,7 @@
 
     torchrun --nproc_per_node 2 examples/train_ddp_compressed.py --codec int8 --steps 300
     torchrun --nproc_per_node 2 examples/train_ddp_compressed.py --codec int8 --steps 600 --resume
+    torchrun --nproc_per_node 2 examples/train_ddp_compressed.py --codec sign --feedback ef21 --block-size 64
 
 torchrun starts the workers (add --nnodes/--rdzv-endpoint for several machines; NCCL on
 GPUs, gloo on CPUs). Each worker reads its own shard of fixed windows of the Python
@@ -11,7 +12,8 @@ feedback). Every --checkpoint-every steps rank 0 writes the model and optimizer,
 rank its hook state (its error-feedback residuals are its own); --resume continues from
 there (the residuals follow their parameters into whatever buckets DDP forms after the
 restart; tests/test_distributed.py checks that a restarted run repeats an uninterrupted
-one bit for bit).
+one bit for bit). The optimizer is AdamW, under which the 1-bit codec keeps closer to plain
+DDP with EF21 feedback and smaller blocks (the third line; benchmarks/RESULTS.md, session 38).
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ class Windows(Dataset):
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--codec", choices=["int8", "sign", "none"], default="int8")
+    parser.add_argument("--feedback", choices=["classic", "ef21"], default="classic",
+                        help="the hook's error feedback (CompressionState's feedback)")
+    parser.add_argument("--block-size", type=int, default=None,
+                        help="values per compression block (default: 256 for int8, 512 for sign)")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=16, help="per worker")
     parser.add_argument("--context", type=int, default=128)
@@ -84,7 +90,7 @@ def main() -> None:
     ddp = nn.parallel.DistributedDataParallel(model)
     state = None
     if args.codec != "none":
-        state = CompressionState(codec=args.codec)
+        state = CompressionState(codec=args.codec, block_size=args.block_size, feedback=args.feedback)
         ddp.register_comm_hook(state, compressed_allreduce_hook)
     optimizer = torch.optim.AdamW(ddp.parameters(), lr=args.lr)
 

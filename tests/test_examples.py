@@ -43,6 +43,13 @@ def test_train_ddp_compressed_checkpoints_and_resumes(tmp_path):
     resumed = torchrun("train_ddp_compressed.py", 2, "--steps", "9", "--resume", *common)
     assert "resumed at step 6" in resumed and "step 9/9" in resumed
     assert torch.load(tmp_path / "model.pt")["step"] == 9
+    # The hook's settings reach it (its checkpoint records them).
+    ef21_dir = tmp_path / "ef21"
+    torchrun("train_ddp_compressed.py", 2, "--steps", "3", "--codec", "sign", "--feedback", "ef21",
+             "--block-size", "64", *common[:-1], str(ef21_dir))
+    hook = torch.load(ef21_dir / "hook_rank0.pt")
+    assert (hook["codec"], hook["feedback"], hook["block_size"], hook["step"]) == ("sign", "ef21", 64, 3)
+    assert hook["shared_estimates"]
 
 
 @pytest.mark.distributed
