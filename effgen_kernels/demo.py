@@ -262,7 +262,8 @@ def summary(report: dict) -> str:
             loss, sent = run["losses"][-1], run["bytes_per_step"]
             lines.append(f"  {codec:<6} loss {loss:.4f} ({loss / plain_loss - 1:+6.1%})  {sent / 2**20:7.3f} MiB "
                          f"({sent / plain:.3f}x of plain)")
-        lines.append("  (under Adam the sign hook's gap grows with training: use int8 with Adam, sign with SGD)")
+        lines.append("  (under Adam the sign hook's gap grows with training: use int8 with Adam, sign with SGD,")
+        lines.append("   or narrow it with CompressionState(codec='sign', feedback='ef21', block_size=64))")
     if "distill" in report:
         r = report["distill"]
         lines.append(f"Ternary student ({r['steps']} steps), validation perplexity: teacher {r['teacher']:.3f}, "
