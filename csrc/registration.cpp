@@ -115,10 +115,16 @@ TORCH_LIBRARY(effgen, m) {
   // The same four into the caller's buffers. Encoders: q / packed [rows, values a row (/ 8)]
   // and scales [rows, blocks a row] (levels: 2 x blocks) hold x's values row after row (several rows: whole blocks
   // and bytes a row); rows of every buffer may be strided (views into message buffers).
-  m.def("ef_compress_int8_out(Tensor x, Tensor(a!) error, int block_size, Tensor(b!) q, Tensor(c!) scales) -> ()");
-  m.def("ef_compress_sign_out(Tensor x, Tensor(a!) error, int block_size, Tensor(b!) packed, Tensor(c!) levels) -> ()");
-  m.def("decompress_sum_int8_out(Tensor q, Tensor scales, int block_size, Tensor(a!) total) -> ()");
-  m.def("decompress_sum_sign_out(Tensor packed, Tensor levels, int n, int block_size, Tensor(a!) total) -> ()");
+  // estimate (EF21, error = minus the worker's estimate): error <- (v - decompress) - x.
+  // accumulate: total <- total + the sum.
+  m.def("ef_compress_int8_out(Tensor x, Tensor(a!) error, int block_size, Tensor(b!) q, Tensor(c!) scales, "
+        "bool estimate=False) -> ()");
+  m.def("ef_compress_sign_out(Tensor x, Tensor(a!) error, int block_size, Tensor(b!) packed, Tensor(c!) levels, "
+        "bool estimate=False) -> ()");
+  m.def("decompress_sum_int8_out(Tensor q, Tensor scales, int block_size, Tensor(a!) total, "
+        "bool accumulate=False) -> ()");
+  m.def("decompress_sum_sign_out(Tensor packed, Tensor levels, int n, int block_size, Tensor(a!) total, "
+        "bool accumulate=False) -> ()");
 
   // --- build and CPU dispatch introspection --------------------------------------------
   // The CPU ISA the kernels dispatch on now.

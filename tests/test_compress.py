@@ -79,15 +79,23 @@ ENCODERS = [(ref.ef_compress_int8, e.ef_compress_int8_out, 1, torch.int8, 1),
 # One row with a short last block; several rows of whole blocks (block % 8 != 0 too).
 @pytest.mark.parametrize("rows,cols,block", [(1, 1003, 7), (1, 4099, 256), (3, 1024, 64), (2, 70016, 64),
                                              (4, 1200, 12), (2, 0, 16)])
-def test_out_encoders_write_the_reference_results_into_strided_rows(isa, dtype, rows, cols, block):
+@pytest.mark.parametrize("estimate", [False, True])
+def test_out_encoders_write_the_reference_results_into_strided_rows(isa, dtype, rows, cols, block, estimate):
+    # estimate (EF21: error holds minus the worker's estimate): the error becomes the
+    # reference's residual minus x, rounded in that order, also in a block that held Inf
+    # (0 - x there), as reference.compressed_allreduce(shared=...) computes it.
     x = random_input((rows * cols,), dtype)
+    if estimate and cols:
+        x[cols // 2] = float("inf")
     start_error = random_input((rows * cols,), scale=0.01)
     for reference, op_out, per_element, payload_dtype, per_block in ENCODERS:
         expected_error, error = start_error.clone(), start_error.clone()
         expected_payload, expected_scales = reference(x, expected_error, block)
+        if estimate:
+            expected_error.sub_(x)
         buffer, payload, scales = message_views(rows, -(-cols // per_element), payload_dtype,
                                                 -(-cols // block) * per_block)
-        op_out(x, error, block, payload, scales)
+        op_out(x, error, block, payload, scales, estimate)
         assert_same_bits(payload, expected_payload.view(rows, -1))
         assert_same_bits(scales, expected_scales.view(rows, -1))
         assert_same_bits(error, expected_error)
@@ -114,6 +122,13 @@ def test_decoders_read_strided_rows_in_place(isa, n, block):
     ]:
         decode(total)
         assert_same_bits(total, expected)
+    # accumulate: the rows' sum (from 0, in row order) added to what total held (EF21's G).
+    start = torch.randn(n)
+    for expected, decode in [(expected_int8, lambda t: e.decompress_sum_int8_out(q, q_scales, block, t, True)),
+                             (expected_sign, lambda t: e.decompress_sum_sign_out(packed, levels, n, block, t, True))]:
+        total = start.clone()
+        decode(total)
+        assert_same_bits(total, start + expected)
 
 
 def test_error_feedback_keeps_the_running_sum():
@@ -190,7 +205,7 @@ def test_blocks_too_small_for_a_reciprocal_send_zeros_and_keep_their_values(isa)
         assert_same_bits(error[64:], v[64:])
 
 
-@pytest.mark.parametrize("case", range(8))
+@pytest.mark.parametrize("case", range(12))
 def test_opcheck(case):
     x, error = random_input((1024,)), random_input((1024,), scale=0.01)
     scales, levels = torch.rand(2, 8), torch.randn(2, 16)
@@ -207,6 +222,12 @@ def test_opcheck(case):
                                           torch.empty(2, 8))),
         (e.decompress_sum_int8_out.default, (q, scales, 128, torch.empty(1024))),
         (e.decompress_sum_sign_out.default, (packed, levels, 1024, 128, torch.empty(1024))),
+        (e.ef_compress_int8_out.default, (x, error.clone(), 128, torch.empty(2, 512, dtype=torch.int8),
+                                          torch.empty(2, 4), True)),
+        (e.ef_compress_sign_out.default, (x, error.clone(), 128, torch.empty(2, 64, dtype=torch.uint8),
+                                          torch.empty(2, 8), True)),
+        (e.decompress_sum_int8_out.default, (q, scales, 128, torch.randn(1024), True)),
+        (e.decompress_sum_sign_out.default, (packed, levels, 1024, 128, torch.randn(1024), True)),
     ]
     opcheck(*cases[case])
 
@@ -367,20 +388,22 @@ def test_cuda_decompress_sums_match_the_cpu_kernels(n, block):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("rows,cols,block", [(1, 1003, 7), (3, 1024, 64), (4, 1200, 12)])
-def test_cuda_out_forms_match_the_cpu_ones(rows, cols, block):
+@pytest.mark.parametrize("ef21", [False, True])  # the encoders' estimate, the decoders' accumulate
+def test_cuda_out_forms_match_the_cpu_ones(rows, cols, block, ef21):
     # Encoders into strided message rows, then the decoders reading those rows in place.
     x, start_error = random_input((rows * cols,)), random_input((rows * cols,), scale=0.01)
+    start_total = torch.randn(cols)
     for _, op_out, per_element, payload_dtype, per_block in ENCODERS:
         results = {}
         for device in ("cpu", "cuda"):
-            error, total = start_error.to(device), torch.empty(cols, device=device)
+            error, total = start_error.to(device), start_total.to(device)
             buffer, payload, scales = message_views(rows, -(-cols // per_element), payload_dtype,
                                                     -(-cols // block) * per_block, device)
-            op_out(x.to(device), error, block, payload, scales)
+            op_out(x.to(device), error, block, payload, scales, ef21)
             if per_element == 1:
-                e.decompress_sum_int8_out(payload, scales, block, total)
+                e.decompress_sum_int8_out(payload, scales, block, total, ef21)
             else:
-                e.decompress_sum_sign_out(payload, scales, cols, block, total)
+                e.decompress_sum_sign_out(payload, scales, cols, block, total, ef21)
             results[device] = [t.cpu() for t in (payload.clone(), scales.clone(), error, total)]
             assert_only_views_written(buffer, payload, scales)
         for gpu_result, cpu_result in zip(results["cuda"], results["cpu"], strict=True):

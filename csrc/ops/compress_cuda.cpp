@@ -126,37 +126,51 @@ void copy_into_rows(const std::tuple<at::Tensor, at::Tensor>& flat, at::Tensor& 
   scales.copy_(std::get<1>(flat).view(scales.sizes()));
 }
 
-void ef_compress_int8_out(const at::Tensor& x, at::Tensor& error, int64_t block, at::Tensor& q, at::Tensor& scales) {
+// EF21's `estimate` (error -= x after the residual) and the decoders' `accumulate` (total +=
+// the sum) are one more ATen pass each here, with the CPU kernels' roundings.
+void ef_compress_int8_out(const at::Tensor& x, at::Tensor& error, int64_t block, at::Tensor& q, at::Tensor& scales,
+                          bool estimate) {
   constexpr const char* op = "ef_compress_int8_out";
   check_codec_args(op, x, error, block);
   check_cuda(op, "x", x);
   check_encoder_outputs(op, x, block, kInt8Format, q, scales);
   copy_into_rows(ef_compress_int8(x, error, block), q, scales);
+  if (estimate) error.sub_(x);
 }
 
 void ef_compress_sign_out(const at::Tensor& x, at::Tensor& error, int64_t block, at::Tensor& packed,
-                          at::Tensor& levels) {
+                          at::Tensor& levels, bool estimate) {
   constexpr const char* op = "ef_compress_sign_out";
   check_codec_args(op, x, error, block);
   check_cuda(op, "x", x);
   check_encoder_outputs(op, x, block, kSignFormat, packed, levels);
   copy_into_rows(ef_compress_sign(x, error, block), packed, levels);
+  if (estimate) error.sub_(x);
 }
 
-void decompress_sum_int8_out(const at::Tensor& q, const at::Tensor& scales, int64_t block, at::Tensor& total) {
+void store_sum(at::Tensor& total, const at::Tensor& sum, bool accumulate) {
+  if (accumulate) {
+    total.add_(sum);
+  } else {
+    total.copy_(sum);
+  }
+}
+
+void decompress_sum_int8_out(const at::Tensor& q, const at::Tensor& scales, int64_t block, at::Tensor& total,
+                             bool accumulate) {
   constexpr const char* op = "decompress_sum_int8_out";
   check_cuda(op, "q", q);
   check_total_out(op, total, check_int8_chunks(op, q, scales, block), q);
-  total.copy_(decompress_sum_int8(q, scales, block));
+  store_sum(total, decompress_sum_int8(q, scales, block), accumulate);
 }
 
 void decompress_sum_sign_out(const at::Tensor& packed, const at::Tensor& levels, int64_t n, int64_t block,
-                             at::Tensor& total) {
+                             at::Tensor& total, bool accumulate) {
   constexpr const char* op = "decompress_sum_sign_out";
   check_cuda(op, "packed", packed);
   check_sign_chunks(op, packed, levels, n, block);
   check_total_out(op, total, n, packed);
-  total.copy_(decompress_sum_sign(packed, levels, n, block));
+  store_sum(total, decompress_sum_sign(packed, levels, n, block), accumulate);
 }
 
 }  // namespace

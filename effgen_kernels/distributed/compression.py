@@ -79,9 +79,9 @@ class CompressionState:
     the sign codec's gap under AdamW (the demo's GPT after 600 steps: +13.5% over plain's
     loss against +20%) but not under SGD with momentum (the deep digits MLP: even; on full
     batches, where its estimates trail slowly changing gradients, 2.7x plain's loss against
-    1.0x); it keeps one more fp32 copy of the compressed gradients a rank (G) and makes
-    about three more passes over them a step (the 25M MLP: 247 against 211 ms a step at
-    1 Gbit/s, RESULTS.md session 38). Its estimates start at the exact gradients of the last
+    1.0x); it keeps one more fp32 copy of the compressed gradients a rank (G), which the
+    decoders add into and the bucket is copied from (the 25M MLP: 237 against 213 ms a step
+    at 1 Gbit/s, RESULTS.md session 38). Its estimates start at the exact gradients of the last
     warm-up step (at zero without one, which trains worse), so keep ``warmup_steps`` >= 1.
 
     ``warmup_steps`` steps run plain all-reduce first (DDP rebuilds its buckets after the
@@ -246,19 +246,21 @@ def _after_previous_gathers(state: CompressionState, ready: torch.futures.Future
 
 
 def _compress_into(state: CompressionState, x: torch.Tensor, error: torch.Tensor, payload: torch.Tensor,
-                   scales: torch.Tensor) -> None:
+                   scales: torch.Tensor, estimate: bool = False) -> None:
+    """estimate: ``error`` holds minus an EF21 estimate, which takes what is sent."""
     if state.codec == "int8":
-        _ops.ef_compress_int8_out(x, error, state.block_size, payload, scales)
+        _ops.ef_compress_int8_out(x, error, state.block_size, payload, scales, estimate)
     else:
-        _ops.ef_compress_sign_out(x, error, state.block_size, payload, scales)
+        _ops.ef_compress_sign_out(x, error, state.block_size, payload, scales, estimate)
 
 
 def _decompress_sum_into(state: CompressionState, payload: torch.Tensor, scales: torch.Tensor,
-                         total: torch.Tensor) -> None:
+                         total: torch.Tensor, accumulate: bool = False) -> None:
+    """accumulate: add the decoded sum to ``total`` instead of writing it there."""
     if state.codec == "int8":
-        _ops.decompress_sum_int8_out(payload, scales, state.block_size, total)
+        _ops.decompress_sum_int8_out(payload, scales, state.block_size, total, accumulate)
     else:
-        _ops.decompress_sum_sign_out(payload, scales, total.numel(), state.block_size, total)
+        _ops.decompress_sum_sign_out(payload, scales, total.numel(), state.block_size, total, accumulate)
 
 
 def _group(state: CompressionState):
@@ -502,24 +504,21 @@ def _encode_rank_major(state: CompressionState, plan: _Layout, tensor: torch.Ten
     values (the sign codec's means and levels count the padding's zeros)."""
     grain = math.lcm(state.block_size, 8)
     rows = error.view(plan.world, plan.chunk)
-
-    def encode(x: torch.Tensor, error: torch.Tensor, payload: torch.Tensor, scales: torch.Tensor) -> None:
-        _compress_into(state, x, error, payload, scales)
-        if state.feedback == "ef21":  # the kernel left (g - h) - D(sent); EF21 keeps -(h + D(sent))
-            error.sub_(x)
-
+    estimate = state.feedback == "ef21"
     # A parameter's padding is under world grains, so no tail is longer than world + 1.
     tails = state._scratch(key, "tail", (plan.world + 1) * grain, tensor.dtype, tensor.device)
     for r in range(plan.world):
         for start, at, count, chunk in plan.pieces(r):
             direct = count // grain * grain
             if direct:
-                encode(tensor[start:start + direct], rows[r, at:at + direct], *outgoing.piece(r, at, direct))
+                _compress_into(state, tensor[start:start + direct], rows[r, at:at + direct],
+                               *outgoing.piece(r, at, direct), estimate)
             if direct < chunk:
                 tail = tails[:chunk - direct]
                 tail[:count - direct].copy_(tensor[start + direct:start + count])
                 tail[count - direct:].zero_()
-                encode(tail, rows[r, at + direct:at + chunk], *outgoing.piece(r, at + direct, chunk - direct))
+                _compress_into(state, tail, rows[r, at + direct:at + chunk],
+                               *outgoing.piece(r, at + direct, chunk - direct), estimate)
 
 
 def _decode_into_bucket(state: CompressionState, plan: _Layout, gathered: _Messages, tensor: torch.Tensor,
@@ -533,8 +532,8 @@ def _decode_into_bucket(state: CompressionState, plan: _Layout, gathered: _Messa
                 if count:
                     _decompress_sum_into(state, *gathered.piece(r, at, count), tensor[start:start + count])
             continue
-        _decompress_sum_into(state, *gathered.piece(r, 0, plan.chunk), decoded)
-        source = decoded if shared is None else shared.view(plan.world, plan.chunk)[r].add_(decoded)
+        source = decoded if shared is None else shared.view(plan.world, plan.chunk)[r]
+        _decompress_sum_into(state, *gathered.piece(r, 0, plan.chunk), source, accumulate=shared is not None)
         for start, at, count, _ in plan.pieces(r):
             tensor[start:start + count].copy_(source[at:at + count])
 

@@ -20,17 +20,26 @@ uint32_t block_absmax_bits(const T* x, const float* error, int64_t len) {
   return S::hmax_bits(acc);
 }
 
-// q = clamp(round_half_even(v / scale)), error = v - q * scale for one vector of lanes. The
-// code gets + 0 because an int8 code has no negative zero: -0 * scale would turn v = -0
-// into error +0 where the reference keeps -0.
-inline void encode_lanes(typename S::F v, typename S::F inv, typename S::F scale, int8_t* q, float* error) {
+// q = clamp(round_half_even(v / scale)), error = v - q * scale (kEstimate: minus x as well)
+// for one vector of lanes, v = x + error. The code gets + 0 because an int8 code has no
+// negative zero: -0 * scale would turn v = -0 into error +0 where the reference keeps -0.
+template <bool kEstimate>
+inline void encode_lanes(typename S::F x, typename S::F v, typename S::F inv, typename S::F scale, int8_t* q,
+                         float* error) {
   const typename S::F limit = S::set1(127.0f), zero = S::set1(0.0f);
   const typename S::F code = S::add(S::min(S::max(S::round_even(S::mul(v, inv)), S::sub(zero, limit)), limit), zero);
   S::store(q, code);
-  S::store(error, S::sub(v, S::mul(code, scale)));
+  const typename S::F residual = S::sub(v, S::mul(code, scale));
+  S::store(error, kEstimate ? S::sub(residual, x) : residual);
 }
 
-template <typename T>
+// The residual of a block holding Inf/NaN: 0 (kEstimate: 0 - x).
+template <bool kEstimate, typename T>
+void clear_non_finite_block(const T* x, float* error, int64_t len) {
+  for (int64_t i = 0; i < len; ++i) error[i] = kEstimate ? 0.0f - to_f32(x[i]) : 0.0f;
+}
+
+template <bool kEstimate, typename T>
 void ef_int8_blocks_t(const T* x, float* error, int64_t n, int64_t block, int64_t b0, int64_t b1, int8_t* q,
                       float* scales) {
   for (int64_t b = b0; b < b1; ++b) {
@@ -39,7 +48,7 @@ void ef_int8_blocks_t(const T* x, float* error, int64_t n, int64_t block, int64_
     if (absmax > kMaxFiniteBits) {  // Inf/NaN: a NaN scale reaches the result, the residual stays clean
       scales[b] = std::nanf("");
       std::memset(q + start, 0, static_cast<size_t>(len));
-      std::memset(error + start, 0, static_cast<size_t>(len) * sizeof(float));
+      clear_non_finite_block<kEstimate>(x + start, error + start, len);
       continue;
     }
     float absmax_f;
@@ -52,31 +61,60 @@ void ef_int8_blocks_t(const T* x, float* error, int64_t n, int64_t block, int64_
     int8_t* qb = q + start;
     int64_t i = 0;
     for (; i + S::kWidth <= len; i += S::kWidth) {
-      encode_lanes(S::add(S::load(xb + i), S::load(eb + i)), inv_v, scale_v, qb + i, eb + i);
+      const typename S::F xv = S::load(xb + i);
+      encode_lanes<kEstimate>(xv, S::add(xv, S::load(eb + i)), inv_v, scale_v, qb + i, eb + i);
     }
     if (i < len) {
       Lanes<int8_t> q_tail{};
       Lanes<float> e_tail{};
-      encode_lanes(S::add(S::load(pad_tail(xb + i, len - i).v), S::load(pad_tail(eb + i, len - i).v)), inv_v, scale_v,
-                   q_tail.v, e_tail.v);
+      const typename S::F xv = S::load(pad_tail(xb + i, len - i).v);
+      encode_lanes<kEstimate>(xv, S::add(xv, S::load(pad_tail(eb + i, len - i).v)), inv_v, scale_v, q_tail.v,
+                              e_tail.v);
       std::memcpy(qb + i, q_tail.v, static_cast<size_t>(len - i));
       std::memcpy(eb + i, e_tail.v, static_cast<size_t>(len - i) * sizeof(float));
     }
   }
 }
 
-void ef_compress_int8_blocks(DType dtype, const void* x, float* error, int64_t n, int64_t block, int64_t b0,
-                             int64_t b1, int8_t* q, float* scales) {
+// Calls body(typed x, estimate as a constant) for x's dtype and the `estimate` flag.
+template <typename Body>
+void with_codec_types(DType dtype, const void* x, bool estimate, Body body) {
+  const auto with_x = [&](auto typed_x) {
+    if (estimate) {
+      body(typed_x, std::true_type{});
+    } else {
+      body(typed_x, std::false_type{});
+    }
+  };
   switch (dtype) {
-    case DType::kBF16: return ef_int8_blocks_t(static_cast<const bf16*>(x), error, n, block, b0, b1, q, scales);
-    case DType::kF16: return ef_int8_blocks_t(static_cast<const fp16*>(x), error, n, block, b0, b1, q, scales);
-    case DType::kF32: return ef_int8_blocks_t(static_cast<const float*>(x), error, n, block, b0, b1, q, scales);
+    case DType::kBF16: return with_x(static_cast<const bf16*>(x));
+    case DType::kF16: return with_x(static_cast<const fp16*>(x));
+    case DType::kF32: return with_x(static_cast<const float*>(x));
   }
+}
+
+void ef_compress_int8_blocks(DType dtype, const void* x, float* error, int64_t n, int64_t block, int64_t b0,
+                             int64_t b1, int8_t* q, float* scales, bool estimate) {
+  with_codec_types(dtype, x, estimate, [&](auto typed_x, auto kEstimate) {
+    ef_int8_blocks_t<decltype(kEstimate)::value>(typed_x, error, n, block, b0, b1, q, scales);
+  });
+}
+
+// The decoders' store of one vector of sums (len lanes of it at total): total = acc, or
+// total + acc with `accumulate`.
+inline void store_sum(typename S::F acc, float* total, int64_t len, bool accumulate) {
+  if (len == S::kWidth) {
+    S::store(total, accumulate ? S::add(S::load(total), acc) : acc);
+    return;
+  }
+  Lanes<float> out{};
+  S::store(out.v, accumulate ? S::add(S::load(pad_tail(total, len).v), acc) : acc);
+  std::memcpy(total, out.v, static_cast<size_t>(len) * sizeof(float));
 }
 
 // total[i] for i in [i0, i1): the rows' q * scale added in row order, one vector of
 // positions at a time inside each block (so the scale is one broadcast per row).
-void decompress_sum_int8(ChunkRows<int8_t> q, int64_t block, int64_t i0, int64_t i1, float* total) {
+void decompress_sum_int8(ChunkRows<int8_t> q, int64_t block, int64_t i0, int64_t i1, float* total, bool accumulate) {
   for (int64_t start = i0; start < i1;) {
     const int64_t b = start / block, end = std::min(i1, (b + 1) * block);
     for (int64_t i = start; i < end; i += S::kWidth) {
@@ -87,13 +125,7 @@ void decompress_sum_int8(ChunkRows<int8_t> q, int64_t block, int64_t i0, int64_t
         const typename S::F values = len == S::kWidth ? S::load(row) : S::load(pad_tail(row, len).v);
         acc = S::add(acc, S::mul(values, S::set1(q.scales[r * q.scale_stride + b])));
       }
-      if (len == S::kWidth) {
-        S::store(total + i, acc);
-      } else {
-        Lanes<float> out{};
-        S::store(out.v, acc);
-        std::memcpy(total + i, out.v, static_cast<size_t>(len) * sizeof(float));
-      }
+      store_sum(acc, total + i, len, accumulate);
     }
     start = end;
   }

@@ -20,14 +20,15 @@ inline uint32_t vector_bits(const uint8_t* row, int64_t i) {
 // 30x slower than the int8 codec); a vector of values is summed over the rows in registers,
 // each row's bits a lane mask picking its block's high or low level, and written once (one
 // pass per row over the output moved three times the bytes). Rows are added in order to
-// 0.0f, as in the reference.
-void decompress_sum_sign(ChunkRows<uint8_t> packed, int64_t block, int64_t i0, int64_t i1, float* total) {
+// 0.0f, as in the reference; with `accumulate` that sum is then added to total.
+void decompress_sum_sign(ChunkRows<uint8_t> packed, int64_t block, int64_t i0, int64_t i1, float* total,
+                         bool accumulate) {
   const auto row = [&](int64_t r) { return packed.data + r * packed.data_stride; };
   const auto levels = [&](int64_t r, int64_t b) { return packed.scales + r * packed.scale_stride + 2 * b; };
   const auto one_value = [&](int64_t i, int64_t b) {
     float acc = 0.0f;
     for (int64_t r = 0; r < packed.rows; ++r) acc += levels(r, b)[(row(r)[i >> 3] >> (i & 7)) & 1u];
-    total[i] = acc;
+    total[i] = accumulate ? total[i] + acc : acc;
   };
   for (int64_t start = i0; start < i1;) {
     const int64_t b = start / block, end = std::min(i1, (b + 1) * block);
@@ -40,7 +41,7 @@ void decompress_sum_sign(ChunkRows<uint8_t> packed, int64_t block, int64_t i0, i
         const typename S::B high = S::mask_from_bits(vector_bits(row(r), i));
         acc = S::add(acc, S::select(high, S::set1(pair[1]), S::set1(pair[0])));
       }
-      S::store(total + i, acc);
+      store_sum(acc, total + i, S::kWidth, accumulate);
     }
     for (; i < end; ++i) one_value(i, b);
     start = end;
@@ -101,9 +102,12 @@ float spread_about(const float* v, int64_t count, float mean) {
 }
 
 // Pass 3: the bits and residuals of values [start, end) of one block, in place (on entry
-// error holds v = x + error): bit = v >= mean, error = v - (bit ? high : low). Bits are ORed
-// into bytes zeroed by the caller (with block % 8 != 0 a byte holds two blocks' bits).
-void sign_pack_block(float mean, const float* levels, int64_t start, int64_t end, uint8_t* packed, float* error) {
+// error holds v = x + error): bit = v >= mean, error = v - (bit ? high : low), kEstimate:
+// then minus x (x read again, from cache). Bits are ORed into bytes zeroed by the caller
+// (with block % 8 != 0 a byte holds two blocks' bits).
+template <bool kEstimate, typename T>
+void sign_pack_block(const T* x, float mean, const float* levels, int64_t start, int64_t end, uint8_t* packed,
+                     float* error) {
   const float low = levels[0], high = levels[1];
   int64_t i = start;
   if (start % 8 == 0) {  // whole vectors from a byte boundary, their bits stored at once
@@ -111,7 +115,8 @@ void sign_pack_block(float mean, const float* levels, int64_t start, int64_t end
     for (; i + S::kWidth <= end; i += S::kWidth) {
       const typename S::F v = S::load(error + i);
       const typename S::B above = S::ge(v, mean_v);
-      S::store(error + i, S::sub(v, S::select(above, high_v, low_v)));
+      const typename S::F residual = S::sub(v, S::select(above, high_v, low_v));
+      S::store(error + i, kEstimate ? S::sub(residual, S::load(x + i)) : residual);
       const uint32_t bits = S::mask_bits(above);
       if constexpr (S::kWidth >= 8) {
         std::memcpy(packed + (i >> 3), &bits, S::kWidth / 8);  // little-endian: lane 0 -> bit 0 of byte 0
@@ -124,48 +129,44 @@ void sign_pack_block(float mean, const float* levels, int64_t start, int64_t end
     const bool above = error[i] >= mean;
     packed[i >> 3] = static_cast<uint8_t>(packed[i >> 3] | (static_cast<uint32_t>(above) << (i & 7)));
     error[i] -= above ? high : low;
+    if constexpr (kEstimate) error[i] -= to_f32(x[i]);
   }
 }
 
 // One block, three passes (the second and third in cache): levels (low, high) = (mean -
 // spread, mean + spread) in fp32 (see compress.h); a block holding Inf/NaN gets NaN levels,
-// bits 0 (already zero) and a residual of 0.
-template <typename T>
+// bits 0 (already zero) and a residual of 0 (kEstimate: -x).
+template <bool kEstimate, typename T>
 void ef_compress_sign_block(const T* x, float* error, int64_t start, int64_t end, uint8_t* packed, float* levels) {
   const int64_t count = end - start;
   const double sum = add_and_sum(x + start, error + start, count);
   if (!std::isfinite(sum)) {  // finite floats cannot overflow a double sum
     levels[0] = levels[1] = std::nanf("");
-    std::fill(error + start, error + end, 0.0f);
+    clear_non_finite_block<kEstimate>(x + start, error + start, count);
     return;
   }
   const float mean = static_cast<float>(sum / static_cast<double>(count));
   const float spread = spread_about(error + start, count, mean);
   levels[0] = mean - spread;
   levels[1] = mean + spread;
-  sign_pack_block(mean, levels, start, end, packed, error);
+  sign_pack_block<kEstimate>(x, mean, levels, start, end, packed, error);
 }
 
-template <typename T>
+template <bool kEstimate, typename T>
 void ef_compress_sign_t(const T* x, float* error, int64_t n, int64_t block, int64_t b0, int64_t b1, uint8_t* packed,
                         float* levels) {
   const int64_t v0 = b0 * block, v1 = std::min(n, b1 * block);
   std::memset(packed + v0 / 8, 0, static_cast<size_t>((v1 + 7) / 8 - v0 / 8));
   for (int64_t b = b0; b < b1; ++b) {
-    ef_compress_sign_block(x, error, b * block, std::min(n, (b + 1) * block), packed, levels + 2 * b);
+    ef_compress_sign_block<kEstimate>(x, error, b * block, std::min(n, (b + 1) * block), packed, levels + 2 * b);
   }
 }
 
 void ef_compress_sign_blocks(DType dtype, const void* x, float* error, int64_t n, int64_t block, int64_t b0,
-                             int64_t b1, uint8_t* packed, float* levels) {
-  switch (dtype) {
-    case DType::kBF16:
-      return ef_compress_sign_t(static_cast<const bf16*>(x), error, n, block, b0, b1, packed, levels);
-    case DType::kF16:
-      return ef_compress_sign_t(static_cast<const fp16*>(x), error, n, block, b0, b1, packed, levels);
-    case DType::kF32:
-      return ef_compress_sign_t(static_cast<const float*>(x), error, n, block, b0, b1, packed, levels);
-  }
+                             int64_t b1, uint8_t* packed, float* levels, bool estimate) {
+  with_codec_types(dtype, x, estimate, [&](auto typed_x, auto kEstimate) {
+    ef_compress_sign_t<decltype(kEstimate)::value>(typed_x, error, n, block, b0, b1, packed, levels);
+  });
 }
 
 const CompressKernels kTable{ef_compress_int8_blocks, decompress_sum_int8, ef_compress_sign_blocks, decompress_sum_sign};
