@@ -188,6 +188,9 @@ def main() -> None:
                              "loss (its name) or the worst final loss (default)")
     parser.add_argument("--min-compress-numel", type=int, default=None,
                         help="with --train-steps: our hooks send smaller parameters exactly (default: the state's)")
+    parser.add_argument("--bucket-cap-mb", type=float, default=25.0,
+                        help="DDP's bucket_cap_mb for every hook but PowerSGD (one bucket); on a slow link a "
+                             "smaller first bucket starts a compressed hook's exchange sooner")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -204,10 +207,11 @@ def main() -> None:
     layers = 4
     hidden = int(math.sqrt(args.params * 1e6 / layers))
     if training:
-        worker, steps, extra_args = "ddp_digits_worker", args.train_steps, (args.min_compress_numel,)
+        worker, steps, extra_args = "ddp_digits_worker", args.train_steps, (args.min_compress_numel,
+                                                                            args.bucket_cap_mb)
         params = sum(p.numel() for p in digits_mlp(hidden, layers).parameters())
     else:
-        worker, steps, extra_args = "ddp_step_worker", args.steps, ()
+        worker, steps, extra_args = "ddp_step_worker", args.steps, (args.bucket_cap_mb,)
         params = layers * (hidden * hidden + hidden)
     teardown(args.workers)  # leftovers of an interrupted run
     results = {}
@@ -226,7 +230,7 @@ def main() -> None:
                     results[hook] = torch.load(os.path.join(out, f"{hook}.pt"))
     finally:
         teardown(args.workers)
-    report = {"rate": args.rate, "workers": args.workers, "params": params}
+    report = {"rate": args.rate, "workers": args.workers, "params": params, "bucket_cap_mb": args.bucket_cap_mb}
     if training:
         report.update(train_steps=steps, min_compress_numel=args.min_compress_numel,
                       target_losses=[target_loss(results, target) for target in args.target], results=results)

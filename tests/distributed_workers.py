@@ -195,3 +195,13 @@ def ddp_variant(rank, world, port, out, codec, variant, steps, feedback="classic
     torch.save({"losses": losses, "params": params}, os.path.join(out, f"{rank}.pt"))
     del model, state
     finish_worker()
+
+
+def bucket_caps(rank, world, port, out):
+    """The bucket size DDP gets from the benchmarks' with_hook, per hook (PowerSGD: one bucket)."""
+    from effgen_kernels.bench.ddp_worker import with_hook
+
+    init(rank, world, port)
+    caps = {hook: with_hook(make_model(), hook, bucket_cap_mb=0.5)[0].bucket_bytes_cap for hook in ("int8", "powersgd")}
+    torch.save(caps, os.path.join(out, f"{rank}.pt"))
+    finish_worker()

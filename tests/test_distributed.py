@@ -275,6 +275,14 @@ def test_ef21_feedback_under_ddp_variants_trains(tmp_path, variant):
     assert a["losses"][-1] < a["losses"][0] / 3
 
 
+def test_the_benchmarks_give_ddp_their_bucket_cap(tmp_path):
+    # netns_allreduce.py --bucket-cap-mb: for our hooks, not for PowerSGD (one bucket, or gloo aborts).
+    run(workers.bucket_caps, 1, tmp_path)
+    caps = torch.load(tmp_path / "0.pt")
+    params = sum(p.numel() for p in workers.make_model().parameters())
+    assert caps["int8"] == int(0.5 * 2**20) and caps["powersgd"] > 4 * params
+
+
 def test_the_digits_benchmark_trains_and_times_each_hook_to_a_loss(tmp_path):
     # netns_allreduce.py --train-steps: its worker (here on loopback, a small MLP) and the
     # summary that compares hooks at equal loss.

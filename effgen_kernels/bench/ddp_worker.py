@@ -82,11 +82,11 @@ def finish_worker() -> None:
     os._exit(0)
 
 
-def with_hook(model: torch.nn.Module, hook: str, **state_options):
+def with_hook(model: torch.nn.Module, hook: str, bucket_cap_mb: float = 25.0, **state_options):
     """``model`` in DDP with one of the benchmarks' communication hooks ("plain", "fp16",
-    "powersgd", "int8", "sign", or ours with EF21 feedback: "int8-ef21", "sign-ef21");
-    returns the DDP model and our hooks' state (else None), made with CompressionState's
-    ``state_options``."""
+    "powersgd", "int8", "sign", or ours with EF21 feedback: "int8-ef21", "sign-ef21") and
+    DDP's ``bucket_cap_mb`` (not PowerSGD's); returns the DDP model and our hooks' state
+    (else None), made with CompressionState's ``state_options``."""
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
 
     from effgen_kernels.distributed import CompressionState, compressed_allreduce_hook
@@ -94,7 +94,8 @@ def with_hook(model: torch.nn.Module, hook: str, **state_options):
     # PowerSGD issues all-reduces from future callbacks: with several buckets in flight they
     # reach gloo in a different order per rank and abort it, so it gets one bucket.
     params = sum(p.numel() for p in model.parameters())
-    bucket_cap_mb = 4 * params / 2**20 + 1 if hook == "powersgd" else 25
+    if hook == "powersgd":
+        bucket_cap_mb = 4 * params / 2**20 + 1
     ddp = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=bucket_cap_mb)
     state = None
     codec, _, feedback = hook.partition("-")
@@ -119,10 +120,11 @@ def init_gloo(rank: int, world: int, port: int, address: str = "127.0.0.1", time
 
 
 def ddp_step_worker(rank: int, world: int, port: int, hook: str, steps: int, out: str, hidden: int = HIDDEN,
-                    layers: int = 4, address: str = "127.0.0.1") -> None:
+                    layers: int = 4, address: str = "127.0.0.1", bucket_cap_mb: float = 25.0) -> None:
     init_gloo(rank, world, port, address)
     torch.manual_seed(0)
-    ddp, state = with_hook(torch.nn.Sequential(*[torch.nn.Linear(hidden, hidden) for _ in range(layers)]), hook)
+    ddp, state = with_hook(torch.nn.Sequential(*[torch.nn.Linear(hidden, hidden) for _ in range(layers)]), hook,
+                           bucket_cap_mb)
     x = torch.randn(32, hidden)
     times = []
     for _ in range(steps):
@@ -174,7 +176,8 @@ class DigitsBatches:
 
 
 def ddp_digits_worker(rank: int, world: int, port: int, hook: str, steps: int, out: str, hidden: int, layers: int,
-                      address: str = "127.0.0.1", min_compress_numel: int | None = None) -> None:
+                      address: str = "127.0.0.1", min_compress_numel: int | None = None,
+                      bucket_cap_mb: float = 25.0) -> None:
     """Trains digits_mlp on scikit-learn's digits with one hook (batches: DigitsBatches); a
     step is forward, backward (where DDP waits for the all-reduce) and the optimizer step.
     Every rank saves each step's time and batch loss; rank 0 also the test loss and accuracy."""
@@ -182,7 +185,7 @@ def ddp_digits_worker(rank: int, world: int, port: int, hook: str, steps: int, o
     images, labels = digits_data()
     batches = DigitsBatches(rank, world)
     options = {} if min_compress_numel is None else {"min_compress_numel": min_compress_numel}
-    ddp, state = with_hook(digits_mlp(hidden, layers), hook, **options)
+    ddp, state = with_hook(digits_mlp(hidden, layers), hook, bucket_cap_mb, **options)
     optimizer = torch.optim.SGD(ddp.parameters(), lr=DIGITS_LR, momentum=0.9)
     times, losses = [], []
     bar = Progress(steps, f"    {hook}", enabled=rank == 0, silent_s=5.0)  # a run on a slow link takes minutes

@@ -92,7 +92,10 @@ class CompressionState:
     A bucket's compressed parameters travel in parts of at least ``part_numel`` values
     (whole parameters): one part's phase 2 overlaps the next part's phase 1, where a bucket
     in one piece would idle the link while it is decoded and re-encoded; as every parameter
-    is compressed on its own, the parts change no bit of the result.
+    is compressed on its own, the parts change no bit of the result. Nor does DDP's
+    ``bucket_cap_mb``; but DDP hands a bucket to the hook once all its gradients are ready, so
+    on a slow link smaller ones start the exchange sooner (int8, 25M parameters, 1 Gbit/s: 331 ms a
+    step with 8 MB buckets, 348 ms with DDP's default 25).
     Create it on every rank after init_process_group: without a ``process_group`` it makes
     its own copy of the world group (a collective call)."""
 
