@@ -4,8 +4,8 @@
    ternary weights: prefill and decode tokens/s, weight bytes, peak memory, perplexity on news
    text, and the text each generates from the same prompt.
 2. ddp: a small GPT trained on real text by 2 DDP workers (gloo, on the CPU whatever
-   --device says) with plain all-reduce and the int8 and sign hooks: bytes per step and
-   loss curves.
+   --device says) with plain all-reduce, the int8 and sign hooks, and the sign hook as set
+   for AdamW (EF21 feedback, blocks of 64): bytes per step and loss curves.
 3. distill: stage 2's model as teacher, a ternary student trained with and without
    distillation: perplexity recovered.
 4. a summary table, ``<out>/report.json`` and PNG plots (with matplotlib).
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 import effgen_kernels as ek
-from effgen_kernels.bench.ddp_worker import DEMO_GPT, demo_train_worker, run_workers
+from effgen_kernels.bench.ddp_worker import DEMO_GPT, DEMO_HOOKS, demo_train_worker, run_workers
 from effgen_kernels.distill import DistillationLoss, Distiller
 from effgen_kernels.gpt import GPT, evaluate_perplexity, lm_batch, model_device, stdlib_source_bytes
 from effgen_kernels.models import MissingModelError
@@ -182,8 +182,9 @@ def compare_formats(base, tokenizer, text_ids: torch.Tensor, device: torch.devic
 def stage_ddp(args, workdir: Path) -> dict:
     steps = 30 if args.quick else 120
     results = {}
-    for i, codec in enumerate(("plain", "int8", "sign"), 1):
-        say(f"[2/3] ddp: 2 gloo workers on the CPU, {codec} all-reduce, {steps} steps ({i}/3) ...")
+    runs = ("plain", *DEMO_HOOKS)
+    for i, codec in enumerate(runs, 1):
+        say(f"[2/3] ddp: 2 gloo workers on the CPU, {codec} all-reduce, {steps} steps ({i}/{len(runs)}) ...")
         run_workers(demo_train_worker, 2, str(workdir), codec, steps, timeout=900, what=f"demo DDP worker ({codec})")
         run = torch.load(workdir / f"{codec}.pt")
         results[codec] = {"losses": run["losses"], "bytes_per_step": run["bytes_per_step"][-1]}
@@ -260,10 +261,10 @@ def summary(report: dict) -> str:
         lines.append("DDP, 2 workers, AdamW: final loss (change over plain DDP's), bytes sent per worker per step")
         for codec, run in d.items():
             loss, sent = run["losses"][-1], run["bytes_per_step"]
-            lines.append(f"  {codec:<6} loss {loss:.4f} ({loss / plain_loss - 1:+6.1%})  {sent / 2**20:7.3f} MiB "
+            lines.append(f"  {codec:<9} loss {loss:.4f} ({loss / plain_loss - 1:+6.1%})  {sent / 2**20:7.3f} MiB "
                          f"({sent / plain:.3f}x of plain)")
-        lines.append("  (under Adam the sign hook's gap grows with training: use int8 with Adam, sign with SGD,")
-        lines.append("   or narrow it with CompressionState(codec='sign', feedback='ef21', block_size=64))")
+        lines.append("  (under Adam the sign hook's gap grows with training: use int8 with Adam, sign with SGD;")
+        lines.append("   sign-ef21, CompressionState(codec='sign', feedback='ef21', block_size=64), narrows it)")
     if "distill" in report:
         r = report["distill"]
         lines.append(f"Ternary student ({r['steps']} steps), validation perplexity: teacher {r['teacher']:.3f}, "

@@ -22,6 +22,10 @@ HIDDEN = 1024
 
 
 DEMO_GPT = GPTConfig(context=64, dim=128, layers=2, heads=4)  # `effgen demo` trains (stage 2), distils (3)
+# `effgen demo` stage 2's compressed hooks: CompressionState's options per name. The last is
+# the sign codec's setting for AdamW (benchmarks/RESULTS.md, session 38).
+DEMO_HOOKS = {"int8": {"codec": "int8"}, "sign": {"codec": "sign"},
+              "sign-ef21": {"codec": "sign", "feedback": "ef21", "block_size": 64}}
 
 
 def free_port() -> int:
@@ -251,8 +255,8 @@ def tp_step_worker(rank: int, world: int, port: int, steps: int, out: str, dim: 
 
 def demo_train_worker(rank: int, world: int, port: int, out: str, codec: str, steps: int) -> None:
     """`effgen demo` stage 2: DDP training of the example GPT on the standard library's
-    source with plain all-reduce ("plain") or a compressed hook; rank 0 saves the loss
-    curve, the bytes it sent per step, and (plain) the trained model."""
+    source with plain all-reduce ("plain") or a compressed hook (a name in DEMO_HOOKS); rank
+    0 saves the loss curve, the bytes it sent per step, and (plain) the trained model."""
 
     from effgen_kernels.distributed import CompressionState, compressed_allreduce_hook
     from effgen_kernels.gpt import GPT, lm_batch, stdlib_source_bytes
@@ -263,7 +267,7 @@ def demo_train_worker(rank: int, world: int, port: int, out: str, codec: str, st
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     state = None
     if codec != "plain":
-        state = CompressionState(codec=codec)
+        state = CompressionState(**DEMO_HOOKS[codec])
         ddp.register_comm_hook(state, compressed_allreduce_hook)
     optimizer = torch.optim.AdamW(ddp.parameters(), lr=2e-3)
     train = stdlib_source_bytes()[0]
