@@ -154,8 +154,8 @@ class CompressionState:
 
     # -- checkpointing ---------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Per-rank error buffers and the step (the process group is not saved: the caller's
-        stays in place on load)."""
+        """Per-rank error buffers (with EF21 also the estimates, G included) and the step
+        (the process group is not saved: the caller's stays in place on load)."""
         return {"step": self.step, "codec": self.codec, "block_size": self.block_size, "feedback": self.feedback,
                 **{name: {k: v.clone() for k, v in getattr(self, name).items()} for name in _SAVED_BUFFERS},
                 "layouts": dict(self.layouts)}
