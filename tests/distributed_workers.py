@@ -25,19 +25,19 @@ def step_grads(rank: int, step: int, n: int) -> torch.Tensor:
 
 
 def allreduce_steps(rank, world, port, out, codec, n, steps, block, overflow_step=None, sizes=None,
-                    dtype=torch.float32, part_numel=1 << 22, feedback="classic", warmup_steps=0):
-    """Averages step_grads (cast to dtype) for several steps; with ``sizes``, the tensor is
-    a bucket of parameters of those sizes (keys 0, 1, ...)."""
+                    dtype=torch.float32, part_numel=1 << 22, feedback="classic", warmup_steps=0, device="cpu"):
+    """Averages step_grads (cast to dtype, on ``device``) for several steps; with ``sizes``,
+    the tensor is a bucket of parameters of those sizes (keys 0, 1, ...)."""
     init(rank, world, port)
     state = CompressionState(codec=codec, block_size=block, warmup_steps=warmup_steps, min_compress_numel=0,
                              part_numel=part_numel, feedback=feedback)
     layout = None if sizes is None else tuple((i, sum(sizes[:i]), size) for i, size in enumerate(sizes))
     results = []
     for step in range(steps):
-        grads = step_grads(rank, step, n).to(dtype)
+        grads = step_grads(rank, step, n).to(dtype).to(device)
         if step == overflow_step and rank == 0:  # what an fp16 step that overflows hands the hook
             grads[OVERFLOW_INDEX] = float("inf")
-        results.append(compressed_allreduce(state, grads, 0, layout).wait().clone())
+        results.append(compressed_allreduce(state, grads, 0, layout).wait().cpu().clone())
         state._end_step()
     torch.save({"results": results, "traffic": state.last_step}, os.path.join(out, f"{rank}.pt"))
     del state

@@ -85,6 +85,24 @@ def test_ef21_allreduce_equals_the_reference_algorithm(tmp_path, world, codec):
     assert outputs[0]["traffic"].compression_ratio > (3.5 if codec == "int8" else 15)
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("codec,feedback", [("int8", "classic"), ("sign", "ef21")])  # each codec, each feedback
+def test_the_compressed_allreduce_of_cuda_gradients_equals_the_reference(tmp_path, codec, feedback):
+    # Two processes share the one GPU over gloo (NCCL wants a GPU a rank): the hook's CUDA
+    # path (codecs, _out forms, EF21's flags, buffers on the gradients' device) against the
+    # CPU reference, bit for bit, as the CUDA codecs match the CPU kernels.
+    world, n, steps, block = 2, 5000, 4, 64
+    warmup = 1 if feedback == "ef21" else 0
+    run(workers.allreduce_steps, world, tmp_path, codec, n, steps, block, None, None, torch.float32, 1 << 22,
+        feedback, warmup, "cuda")
+    outputs = [torch.load(tmp_path / f"{r}.pt", weights_only=False) for r in range(world)]
+    warmup_average = outputs[0]["results"][0] if warmup else None
+    expected = reference_steps(world, n, steps, block, codec, warmup_average=warmup_average)[0]
+    for step in range(steps):
+        for out in outputs:
+            assert torch.equal(out["results"][step], expected[step][:n]), (codec, feedback, step)
+
+
 @pytest.mark.parametrize("feedback", ["classic", "ef21"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("codec", ["int8", "sign"])
