@@ -188,6 +188,8 @@ def main() -> None:
                              "loss (its name) or the worst final loss (default)")
     parser.add_argument("--min-compress-numel", type=int, default=None,
                         help="with --train-steps: our hooks send smaller parameters exactly (default: the state's)")
+    parser.add_argument("--block-size", type=int, default=None,
+                        help="with --train-steps: our hooks' values per compression block (default: the state's)")
     parser.add_argument("--bucket-cap-mb", type=float, default=25.0,
                         help="DDP's bucket_cap_mb for every hook but PowerSGD (one bucket); on a slow link a "
                              "smaller first bucket starts a compressed hook's exchange sooner")
@@ -208,7 +210,7 @@ def main() -> None:
     hidden = int(math.sqrt(args.params * 1e6 / layers))
     if training:
         worker, steps, extra_args = "ddp_digits_worker", args.train_steps, (args.min_compress_numel,
-                                                                            args.bucket_cap_mb)
+                                                                            args.bucket_cap_mb, args.block_size)
         params = sum(p.numel() for p in digits_mlp(hidden, layers).parameters())
     else:
         worker, steps, extra_args = "ddp_step_worker", args.steps, (args.bucket_cap_mb,)
@@ -232,7 +234,7 @@ def main() -> None:
         teardown(args.workers)
     report = {"rate": args.rate, "workers": args.workers, "params": params, "bucket_cap_mb": args.bucket_cap_mb}
     if training:
-        report.update(train_steps=steps, min_compress_numel=args.min_compress_numel,
+        report.update(train_steps=steps, min_compress_numel=args.min_compress_numel, block_size=args.block_size,
                       target_losses=[target_loss(results, target) for target in args.target], results=results)
         print_training(results, args.rate, report["target_losses"])
     else:

@@ -339,3 +339,7 @@ def test_the_digits_benchmark_trains_and_times_each_hook_to_a_loss(tmp_path):
     # min_compress_numel reaches the hook: above every parameter's size, all go exact (gathered).
     run_workers(ddp_digits_worker, world, "int8", 3, str(tmp_path), hidden, 1, "127.0.0.1", 10**9, timeout=180)
     assert torch.load(tmp_path / "int8-0.pt")["bytes_sent"] == (world - 1) * params * 4
+    # --block-size too: the sign codec's blocks of 64 send 2 bits a value (its default 512: 1.125).
+    run_workers(ddp_digits_worker, world, "sign", 3, str(tmp_path), hidden, 1, "127.0.0.1", None, 25.0, 64,
+                timeout=180)
+    assert 0.0625 <= torch.load(tmp_path / "sign-0.pt")["bytes_sent"] / fp32_ring < 0.07

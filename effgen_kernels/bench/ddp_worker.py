@@ -181,14 +181,15 @@ class DigitsBatches:
 
 def ddp_digits_worker(rank: int, world: int, port: int, hook: str, steps: int, out: str, hidden: int, layers: int,
                       address: str = "127.0.0.1", min_compress_numel: int | None = None,
-                      bucket_cap_mb: float = 25.0) -> None:
+                      bucket_cap_mb: float = 25.0, block_size: int | None = None) -> None:
     """Trains digits_mlp on scikit-learn's digits with one hook (batches: DigitsBatches); a
     step is forward, backward (where DDP waits for the all-reduce) and the optimizer step.
     Every rank saves each step's time and batch loss; rank 0 also the test loss and accuracy."""
     init_gloo(rank, world, port, address)
     images, labels = digits_data()
     batches = DigitsBatches(rank, world)
-    options = {} if min_compress_numel is None else {"min_compress_numel": min_compress_numel}
+    options = {name: value for name, value in (("min_compress_numel", min_compress_numel), ("block_size", block_size))
+               if value is not None}
     ddp, state = with_hook(digits_mlp(hidden, layers), hook, bucket_cap_mb, **options)
     optimizer = torch.optim.SGD(ddp.parameters(), lr=DIGITS_LR, momentum=0.9)
     times, losses = [], []
