@@ -431,22 +431,27 @@ def _drop_non_finite_blocks(v: torch.Tensor, scales: torch.Tensor, block_size: i
     return finite.repeat_interleave(block_size)[:v.numel()], torch.where(per_block, scales, nan)
 
 
-def ef_compress_int8(x: torch.Tensor, error: torch.Tensor, block_size: int):
+def ef_compress_int8(x: torch.Tensor, error: torch.Tensor, block_size: int, estimate: bool = False):
     """Returns (q int8 [n], scales fp32 [blocks]); updates `error` in place. A block holding
-    Inf or NaN gets a NaN scale, q = 0 and error = 0."""
+    Inf or NaN gets a NaN scale, q = 0 and error = 0. With ``estimate`` (EF21: error holds
+    minus the worker's estimate h) the error then loses x: (v - decompressed) - x = -(h +
+    decompressed), rounded twice in that order (the `_out` op's flag)."""
     v = x.float() + error
     q, scales = quantize_per_group(torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0).reshape(1, -1), block_size)
     kept, scales = _drop_non_finite_blocks(v, scales.reshape(-1), block_size)
     q = q.reshape(-1).masked_fill(~kept, 0)
     error.copy_(torch.where(kept, v - dequantize(q, scales, group_size=block_size), torch.zeros_like(v)))
+    if estimate:
+        error.sub_(x)
     return q, scales
 
 
 SIGN_SCALE_CAP = 1.5  # kSignScaleCap in csrc/kernels/cpu/compress.h (why this scale: there)
 
 
-def ef_compress_sign(x: torch.Tensor, error: torch.Tensor, block_size: int):
-    """Returns (packed bits uint8 [ceil(n / 8)], levels fp32 [2 * blocks]); updates `error`.
+def ef_compress_sign(x: torch.Tensor, error: torch.Tensor, block_size: int, estimate: bool = False):
+    """Returns (packed bits uint8 [ceil(n / 8)], levels fp32 [2 * blocks]); updates `error`
+    (``estimate``: then minus x, as in ef_compress_int8).
 
     Per block of v = x + error: mean m = sum(v) / count in float64, rounded to float32;
     d = v - m in float32; spread s = min(rms(d), 1.5 * mean |d|) in float64, rounded to
@@ -477,6 +482,8 @@ def ef_compress_sign(x: torch.Tensor, error: torch.Tensor, block_size: int):
     kept, levels = _drop_non_finite_blocks(v, torch.stack([mean - spread, mean + spread], dim=1), block_size)
     packed = pack_binary(torch.where(kept & above, 1.0, -1.0).reshape(1, -1)).reshape(-1)
     error.copy_(torch.where(kept, v - decompress_sign(packed, levels, n, block_size), torch.zeros_like(v)))
+    if estimate:
+        error.sub_(x)
     return packed, levels.reshape(-1)
 
 
@@ -514,7 +521,7 @@ def compressed_allreduce(grads: list[torch.Tensor], worker_errors: list[torch.Te
 
     With ``shared`` (G, fp32 like a padded bucket, updated in place) it is EF21: worker r's
     buffer holds minus its estimate h_r; it sends C(g_r - h_r) and adds what it sent to h_r
-    (computed as the classic residual minus g_r); the server's buffer is EF21's H - G, so it
+    (the codecs' ``estimate``); the server's buffer is EF21's H - G, so it
     does what the classic server does; every rank adds the decoded change to G and returns G
     (see below for blocks that held Inf / NaN)."""
     world, n = len(grads), grads[0].numel()
@@ -526,10 +533,7 @@ def compressed_allreduce(grads: list[torch.Tensor], worker_errors: list[torch.Te
             return decompress_sum_int8(payload.reshape(1, -1), scales.reshape(1, -1), block_size)
         return decompress_sum_sign(payload.reshape(1, -1), scales.reshape(1, -1), count, block_size)
 
-    sent = [compress(g, e, block_size) for g, e in zip(grads, worker_errors, strict=True)]
-    if shared is not None:
-        for g, e in zip(grads, worker_errors, strict=True):
-            e.sub_(g)
+    sent = [compress(g, e, block_size, shared is not None) for g, e in zip(grads, worker_errors, strict=True)]
     per_byte = 1 if codec == "int8" else 8  # values per payload element
     per_block = 1 if codec == "int8" else 2  # fp32 scales (int8) or levels (sign) per block
     blocks = chunk // block_size * per_block

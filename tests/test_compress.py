@@ -83,16 +83,14 @@ ENCODERS = [(ref.ef_compress_int8, e.ef_compress_int8_out, 1, torch.int8, 1),
 def test_out_encoders_write_the_reference_results_into_strided_rows(isa, dtype, rows, cols, block, estimate):
     # estimate (EF21: error holds minus the worker's estimate): the error becomes the
     # reference's residual minus x, rounded in that order, also in a block that held Inf
-    # (0 - x there), as reference.compressed_allreduce(shared=...) computes it.
+    # (0 - x there).
     x = random_input((rows * cols,), dtype)
     if estimate and cols:
         x[cols // 2] = float("inf")
     start_error = random_input((rows * cols,), scale=0.01)
     for reference, op_out, per_element, payload_dtype, per_block in ENCODERS:
         expected_error, error = start_error.clone(), start_error.clone()
-        expected_payload, expected_scales = reference(x, expected_error, block)
-        if estimate:
-            expected_error.sub_(x)
+        expected_payload, expected_scales = reference(x, expected_error, block, estimate)
         buffer, payload, scales = message_views(rows, -(-cols // per_element), payload_dtype,
                                                 -(-cols // block) * per_block)
         op_out(x, error, block, payload, scales, estimate)
