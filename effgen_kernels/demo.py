@@ -264,7 +264,7 @@ def summary(report: dict) -> str:
             lines.append(f"  {codec:<9} loss {loss:.4f} ({loss / plain_loss - 1:+6.1%})  {sent / 2**20:7.3f} MiB "
                          f"({sent / plain:.3f}x of plain)")
         lines.append("  (under Adam the sign hook's gap grows with training: use int8 with Adam, sign with SGD;")
-        lines.append("   sign-ef21, CompressionState(codec='sign', feedback='ef21', block_size=64), narrows it)")
+        lines.append("   sign-adam, CompressionState(codec='sign', feedback='ef21', block_size=64), narrows it)")
     if "distill" in report:
         r = report["distill"]
         lines.append(f"Ternary student ({r['steps']} steps), validation perplexity: teacher {r['teacher']:.3f}, "

@@ -17,7 +17,7 @@ def test_quick_demo_reports_every_stage(tmp_path):
     ddp = report["ddp"]
     plain = ddp["plain"]["bytes_per_step"]
     assert ddp["int8"]["bytes_per_step"] / plain < 0.27 and ddp["sign"]["bytes_per_step"] / plain < 0.04
-    assert 0.06 < ddp["sign-ef21"]["bytes_per_step"] / plain < 0.07  # 1 bit and 2 fp32 levels a 64 values
+    assert 0.06 < ddp["sign-adam"]["bytes_per_step"] / plain < 0.07  # 1 bit and 2 fp32 levels a 64 values
     assert ddp["int8"]["losses"][-1] <= ddp["plain"]["losses"][-1] * 1.02
     sign_change = ddp["sign"]["losses"][-1] / ddp["plain"]["losses"][-1] - 1
     assert f"({sign_change:+6.1%})" in demo.summary(report)  # the quality cost, shown

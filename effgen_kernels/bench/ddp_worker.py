@@ -25,7 +25,7 @@ DEMO_GPT = GPTConfig(context=64, dim=128, layers=2, heads=4)  # `effgen demo` tr
 # `effgen demo` stage 2's compressed hooks: CompressionState's options per name. The last is
 # the sign codec's setting for AdamW (benchmarks/RESULTS.md, session 38).
 DEMO_HOOKS = {"int8": {"codec": "int8"}, "sign": {"codec": "sign"},
-              "sign-ef21": {"codec": "sign", "feedback": "ef21", "block_size": 64}}
+              "sign-adam": {"codec": "sign", "feedback": "ef21", "block_size": 64}}
 
 
 def free_port() -> int:
