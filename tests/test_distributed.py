@@ -65,16 +65,28 @@ def test_compressed_allreduce_equals_the_reference_algorithm(tmp_path, world, co
     assert traffic.compression_ratio > (3.5 if codec == "int8" else 15)
 
 
+STEPS_N, STEPS, STEPS_BLOCK = 5000, 4, 64  # run_steps' gradients: values, steps, block size
+
+
+def run_steps(tmp_path, world: int, codec: str, feedback: str, overflow_step: int | None = None,
+              device: str = "cpu"):
+    """Every rank's workers.allreduce_steps output (EF21: after one plain warm-up step, which
+    starts its estimates) and what reference_steps gives for them."""
+    warmup = 1 if feedback == "ef21" else 0
+    run(workers.allreduce_steps, world, tmp_path, codec, STEPS_N, STEPS, STEPS_BLOCK, overflow_step, None,
+        torch.float32, 1 << 22, feedback, warmup, device)
+    outputs = [torch.load(tmp_path / f"{r}.pt", weights_only=False) for r in range(world)]
+    warmup_average = outputs[0]["results"][0] if warmup else None
+    return outputs, reference_steps(world, STEPS_N, STEPS, STEPS_BLOCK, codec, overflow_step, warmup_average)
+
+
 @pytest.mark.parametrize("world", [2, 3, 4])
 @pytest.mark.parametrize("codec", ["int8", "sign"])
 def test_ef21_allreduce_equals_the_reference_algorithm(tmp_path, world, codec):
     # One plain warm-up step starts the estimates at the exact gradients, then EF21 steps.
-    n, steps, block = 5000, 4, 64
-    run(workers.allreduce_steps, world, tmp_path, codec, n, steps, block, None, None, torch.float32, 1 << 22,
-        "ef21", 1)
-    outputs = [torch.load(tmp_path / f"{r}.pt", weights_only=False) for r in range(world)]
+    n, steps, block = STEPS_N, STEPS, STEPS_BLOCK
+    outputs, (expected, true_means, _, _) = run_steps(tmp_path, world, codec, "ef21")
     warmup_average = outputs[0]["results"][0]
-    expected, true_means = reference_steps(world, n, steps, block, codec, warmup_average=warmup_average)[:2]
     torch.testing.assert_close(warmup_average, true_means[0][:n], rtol=0, atol=1e-6)
     for step in range(steps):
         for out in outputs:
@@ -91,16 +103,10 @@ def test_the_compressed_allreduce_of_cuda_gradients_equals_the_reference(tmp_pat
     # Two processes share the one GPU over gloo (NCCL wants a GPU a rank): the hook's CUDA
     # path (codecs, _out forms, EF21's flags, buffers on the gradients' device) against the
     # CPU reference, bit for bit, as the CUDA codecs match the CPU kernels.
-    world, n, steps, block = 2, 5000, 4, 64
-    warmup = 1 if feedback == "ef21" else 0
-    run(workers.allreduce_steps, world, tmp_path, codec, n, steps, block, None, None, torch.float32, 1 << 22,
-        feedback, warmup, "cuda")
-    outputs = [torch.load(tmp_path / f"{r}.pt", weights_only=False) for r in range(world)]
-    warmup_average = outputs[0]["results"][0] if warmup else None
-    expected = reference_steps(world, n, steps, block, codec, warmup_average=warmup_average)[0]
-    for step in range(steps):
+    outputs, (expected, *_) = run_steps(tmp_path, 2, codec, feedback, device="cuda")
+    for step in range(STEPS):
         for out in outputs:
-            assert torch.equal(out["results"][step], expected[step][:n]), (codec, feedback, step)
+            assert torch.equal(out["results"][step], expected[step][:STEPS_N]), (codec, feedback, step)
 
 
 @pytest.mark.parametrize("feedback", ["classic", "ef21"])
@@ -136,16 +142,10 @@ def test_an_overflowing_step_reaches_the_result_and_no_later_step(tmp_path, code
     # Under fp16 AMP a step whose gradients overflow must come out non-finite on every rank
     # (GradScaler then skips it) and must not stay in the residuals (or EF21's estimates):
     # the next steps are finite and still the reference algorithm's, bit for bit.
-    n, steps, block, world = 5000, 4, 64, 2
-    warmup = 1 if feedback == "ef21" else 0
-    run(workers.allreduce_steps, world, tmp_path, codec, n, steps, block, 2, None, torch.float32, 1 << 22,
-        feedback, warmup)
-    warmup_average = torch.load(tmp_path / "0.pt", weights_only=False)["results"][0] if warmup else None
-    expected = reference_steps(world, n, steps, block, codec, overflow_step=2, warmup_average=warmup_average)[0]
-    for rank in range(world):
-        results = torch.load(tmp_path / f"{rank}.pt", weights_only=False)["results"]
-        for step, result in enumerate(results):
-            torch.testing.assert_close(result, expected[step][:n], rtol=0, atol=0, equal_nan=True)
+    outputs, (expected, *_) = run_steps(tmp_path, 2, codec, feedback, overflow_step=2)
+    for out in outputs:
+        for step, result in enumerate(out["results"]):
+            torch.testing.assert_close(result, expected[step][:STEPS_N], rtol=0, atol=0, equal_nan=True)
             if step == 2:
                 assert result.isnan().any(), codec
             else:
