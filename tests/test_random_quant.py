@@ -3,13 +3,18 @@ cases: shapes around the kernels' vector and block edges (and 0), leading dims, 
 layouts (transposed, strided, offset by one element), dtypes, and values from subnormal
 to near the dtype's largest, integers and halves (rounding ties), zeros, and now and then
 an Inf or NaN (which the quantizers refuse by name and the codecs carry as a NaN scale).
+The codecs are drawn in both forms: returning new tensors, and the DDP hook's `_out` forms
+writing strided message rows, with EF21's flags (the encoders' estimate, the decoders'
+accumulate) drawn too.
 Each case is seeded, so a failure names the case that reproduces it."""
 
+import math
 import random
 
 import pytest
 import torch
 from conftest import FLOAT_DTYPES
+from test_compress import ENCODERS, assert_only_views_written, message_views
 from test_quant import assert_same_bits
 from test_random_linear import with_layout
 
@@ -100,15 +105,58 @@ def check_codecs(x: torch.Tensor, rng: random.Random, gen: torch.Generator) -> N
         ours_error, expected_error = error.clone(), error.clone()
         assert_all_same_bits(ours(view, ours_error, block), reference(flat, expected_error, block))
         assert_same_bits(ours_error, expected_error)
+    check_out_encoders(view, flat, error, block, rng)
     if n == 0:
         return
     workers = rng.choice([1, 2, 3, 5])
     int8 = [ref.ef_compress_int8(torch.randn(n, generator=gen), torch.zeros(n), block) for _ in range(workers)]
     q, scales = torch.stack([c[0] for c in int8]), torch.stack([c[1] for c in int8])
-    assert_same_bits(e.decompress_sum_int8(q, scales, block), ref.decompress_sum_int8(q, scales, block))
+    expected = ref.decompress_sum_int8(q, scales, block)
+    assert_same_bits(e.decompress_sum_int8(q, scales, block), expected)
+    check_out_decoder(lambda total, accumulate: e.decompress_sum_int8_out(q, scales, block, total, accumulate),
+                      expected, rng, gen)
     sign = [ref.ef_compress_sign(torch.randn(n, generator=gen), torch.zeros(n), block) for _ in range(workers)]
     packed, scales = torch.stack([c[0] for c in sign]), torch.stack([c[1] for c in sign])
-    assert_same_bits(e.decompress_sum_sign(packed, scales, n, block), ref.decompress_sum_sign(packed, scales, n, block))
+    expected = ref.decompress_sum_sign(packed, scales, n, block)
+    assert_same_bits(e.decompress_sum_sign(packed, scales, n, block), expected)
+    check_out_decoder(lambda total, accumulate: e.decompress_sum_sign_out(packed, scales, n, block, total, accumulate),
+                      expected, rng, gen)
+
+
+def check_out_encoders(view: torch.Tensor, flat: torch.Tensor, error: torch.Tensor, block: int,
+                       rng: random.Random) -> None:
+    """The hook's `_out` encoders, EF21's ``estimate`` flag drawn, writing strided message
+    rows (two when the values split into whole grains of lcm(block, 8), as the hook's do)."""
+    n, estimate = flat.numel(), rng.random() < 0.5
+    rows = 2 if n and n % (2 * math.lcm(block, 8)) == 0 else 1
+    for reference, op_out, per_element, payload_dtype, per_block in ENCODERS:
+        ours_error, expected_error = error.clone(), error.clone()
+        expected_payload, expected_scales = reference(flat, expected_error, block, estimate)
+        buffer, payload, scales = message_views(rows, -(-(n // rows) // per_element), payload_dtype,
+                                                -(-(n // rows) // block) * per_block)
+        op_out(view, ours_error, block, payload, scales, estimate)
+        assert_same_bits(payload, expected_payload.view(rows, -1))
+        assert_same_bits(scales, expected_scales.view(rows, -1))
+        # A NaN in x leaves error = 0 - x there, a NaN whose payload the reference takes from
+        # torch's half -> float conversion, which differs between its vector body and its
+        # scalar tail (the hook zeroes these values: EF21 restarts non-finite blocks).
+        assert_same_bits(with_one_nan(ours_error), with_one_nan(expected_error))
+        assert_only_views_written(buffer, payload, scales)
+
+
+def with_one_nan(t: torch.Tensor) -> torch.Tensor:
+    return t.masked_fill(t.isnan(), float("nan"))
+
+
+def check_out_decoder(decode_out, expected: torch.Tensor, rng: random.Random, gen: torch.Generator) -> None:
+    """A `_out` decoder into a total (contiguous, at an offset or not): the sum, or with
+    ``accumulate`` (EF21's G) the sum added to what the total held."""
+    accumulate = rng.random() < 0.5
+    start = torch.randn(expected.numel(), generator=gen)
+    total = torch.zeros(expected.numel() + 1)[rng.randrange(2):][:expected.numel()]
+    total.copy_(start)
+    decode_out(total, accumulate)
+    assert_same_bits(total, start + expected if accumulate else expected)
 
 
 @pytest.mark.parametrize("seed", range(150))
