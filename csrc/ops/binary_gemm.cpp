@@ -80,18 +80,23 @@ at::Tensor pack_binary(const at::Tensor& w_in) {
   return out;
 }
 
-at::Tensor unpack_binary(const at::Tensor& packed_in, int64_t k) {
-  constexpr const char* op = "unpack_binary";
+// Packed rows of `planes` bit planes -> int8 rows [N, k], by unpack_rows(packed, rows, k, out).
+template <typename UnpackRows>
+at::Tensor unpack_rows(const char* op, const at::Tensor& packed_in, int64_t k, int64_t planes,
+                       UnpackRows unpack_rows) {
   TORCH_CHECK_VALUE(k >= 0, op, ": k must be >= 0, got ", k);
   check_cpu(op, "packed", packed_in);
-  check_packed(op, packed_in, k, 1, packed_in);
+  check_packed(op, packed_in, k, planes, packed_in);
   const at::Tensor packed = packed_in.contiguous();
   at::Tensor out = at::empty({packed.size(0), k}, packed.options().dtype(at::kChar));
   for_row_ranges(packed.size(0), k, [&](int64_t r0, int64_t r1) {
-    cpu::unpack_binary_rows(packed.data_ptr<uint8_t>() + r0 * packed.size(1), r1 - r0, k,
-                            out.data_ptr<int8_t>() + r0 * k);
+    unpack_rows(packed.data_ptr<uint8_t>() + r0 * packed.size(1), r1 - r0, k, out.data_ptr<int8_t>() + r0 * k);
   });
   return out;
+}
+
+at::Tensor unpack_binary(const at::Tensor& packed, int64_t k) {
+  return unpack_rows("unpack_binary", packed, k, 1, cpu::unpack_binary_rows);
 }
 
 at::Tensor pack_ternary(const at::Tensor& q_in) {
@@ -112,18 +117,8 @@ at::Tensor pack_ternary(const at::Tensor& q_in) {
   return out;
 }
 
-at::Tensor unpack_ternary(const at::Tensor& packed_in, int64_t k) {
-  constexpr const char* op = "unpack_ternary";
-  TORCH_CHECK_VALUE(k >= 0, op, ": k must be >= 0, got ", k);
-  check_cpu(op, "packed", packed_in);
-  check_packed(op, packed_in, k, 2, packed_in);
-  const at::Tensor packed = packed_in.contiguous();
-  at::Tensor out = at::empty({packed.size(0), k}, packed.options().dtype(at::kChar));
-  for_row_ranges(packed.size(0), k, [&](int64_t r0, int64_t r1) {
-    cpu::unpack_ternary_rows(packed.data_ptr<uint8_t>() + r0 * packed.size(1), r1 - r0, k,
-                             out.data_ptr<int8_t>() + r0 * k);
-  });
-  return out;
+at::Tensor unpack_ternary(const at::Tensor& packed, int64_t k) {
+  return unpack_rows("unpack_ternary", packed, k, 2, cpu::unpack_ternary_rows);
 }
 
 // ---- float weights -> packed bits and their scales --------------------------------------
