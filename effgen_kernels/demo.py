@@ -2,7 +2,8 @@
 
 1. quantize: SmolLM2-135M in fp32 (bf16 on a GPU) and after quantize_ with W8A16, W8A8 and
    ternary weights: prefill and decode tokens/s, weight bytes, peak memory, perplexity on news
-   text, and the text each generates from the same prompt.
+   text, and the text each generates from the same prompt; with --compile also decode with
+   the forward torch.compile'd over a static KV cache (not yet run on a GPU).
 2. ddp: a small GPT trained on real text by 2 DDP workers (gloo, on the CPU whatever
    --device says) with plain all-reduce, the int8 and sign hooks, and the sign hook as set
    for AdamW (EF21 feedback, blocks of 64): bytes per step and loss curves.
@@ -117,16 +118,44 @@ def time_prefill(model, ids: torch.Tensor, reps: int) -> float:
 
 
 @torch.no_grad()
+def greedy(model, ids: torch.Tensor, new_tokens: int, pad_token_id: int, **generate_options) -> tuple:
+    """(tokens, seconds) of a greedy continuation of ``ids`` by exactly ``new_tokens``."""
+    begin = time.perf_counter()
+    out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                         pad_token_id=pad_token_id, **generate_options)
+    return out, elapsed_since(begin, ids.device)
+
+
 def generate(model, tokenizer, new_tokens: int) -> tuple[str, float, float]:
     """Greedy continuation of PROMPT: (text, decode tokens/s, seconds)."""
     ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"].to(model_device(model))
     prompt_s = time_prefill(model, ids, 1)
-    begin = time.perf_counter()
-    out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                         pad_token_id=tokenizer.eos_token_id)
-    total_s = elapsed_since(begin, ids.device)
+    out, total_s = greedy(model, ids, new_tokens, tokenizer.eos_token_id)
     decode_rate = (new_tokens - 1) / max(total_s - prompt_s, 1e-9)  # the first token comes from the prefill
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True), decode_rate, total_s
+
+
+def generate_compiled(model, tokenizer, new_tokens: int) -> tuple[str, float]:
+    """generate() with the model's forward compiled (torch.compile: inductor, whole graphs,
+    static shapes) over a static KV cache of one length, so that one graph serves the prefill
+    and one every decode step; the first call compiles them. Decode tokens/s: the time of
+    ``new_tokens`` less that of one (the prefill's), as eager runs also pay a prefill each.
+    Returns (text, decode tokens/s)."""
+    ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"].to(model_device(model))
+    static = {"cache_implementation": "static", "cache_config": {"max_cache_len": ids.shape[1] + new_tokens}}
+    eager_forward = model.forward
+    model.forward = torch.compile(eager_forward, fullgraph=True, dynamic=False)
+    try:
+        greedy(model, ids, new_tokens, tokenizer.eos_token_id, **static)
+        _, first_s = greedy(model, ids, 1, tokenizer.eos_token_id, **static)
+        out, total_s = greedy(model, ids, new_tokens, tokenizer.eos_token_id, **static)
+    finally:
+        model.forward = eager_forward
+        # Every model's graphs are cached on the one LlamaForCausalLM.forward code object, guarded
+        # by the instance: without a reset the next format's would reach the recompile limit.
+        torch._dynamo.reset()
+    decode_rate = (new_tokens - 1) / max(total_s - first_s, 1e-9)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True), decode_rate
 
 
 def formats(device: torch.device) -> dict:
@@ -140,20 +169,22 @@ def stage_quantize(args, device: torch.device) -> dict:
     say(f"[1/3] quantize: loading SmolLM2-135M (offline) for {device} ...")
     base, tokenizer = load_smollm2(torch.float32 if device.type == "cpu" else torch.bfloat16)
     text_ids = lee_token_ids(tokenizer, 600 if args.quick else 2600)
-    return compare_formats(base, tokenizer, text_ids, device, args.quick)
+    return compare_formats(base, tokenizer, text_ids, device, args.quick, args.compile)
 
 
-def compare_formats(base, tokenizer, text_ids: torch.Tensor, device: torch.device, quick: bool) -> dict:
+def compare_formats(base, tokenizer, text_ids: torch.Tensor, device: torch.device, quick: bool,
+                    compile_decode: bool = False) -> dict:
     """Stage 1's measurements of a Hugging Face causal LM (``base``, in the baseline's dtype)
     in every format of ``formats(device)``: the first 256 of ``text_ids`` timed as a prefill,
-    the rest scored for perplexity in windows of 256, and a greedy continuation of PROMPT."""
+    the rest scored for perplexity in windows of 256, and a greedy continuation of PROMPT
+    (with ``compile_decode``, also with the forward compiled: generate_compiled)."""
     prefill_ids = text_ids[:256].unsqueeze(0).to(device)
     eval_ids = text_ids[256:]
     chosen = formats(device)
     results = {"device": str(device), "baseline": next(iter(chosen)),
                "memory": "peak GPU memory allocated" if device.type == "cuda" else
                "peak process resident memory (the fp32 original stays loaded)", "formats": {}}
-    bar = Progress(3 * len(chosen), "[1/3] quantize")
+    bar = Progress((4 if compile_decode else 3) * len(chosen), "[1/3] quantize")
     for name, config in chosen.items():
         with PeakMemory(device) as peak:
             model = copy.deepcopy(base).to(device)
@@ -164,14 +195,21 @@ def compare_formats(base, tokenizer, text_ids: torch.Tensor, device: torch.devic
             prefill_s = time_prefill(model, prefill_ids, 2 if quick else 3)
             bar.update(detail=f"{name}: decode")
             text, decode_rate, _ = generate(model, tokenizer, 12 if quick else 32)
+            compiled = {}
+            if compile_decode:
+                bar.update(detail=f"{name}: compiling the decode")
+                compiled_text, compiled_rate = generate_compiled(model, tokenizer, 12 if quick else 32)
+                compiled = {"compiled_decode_tokens_per_s": compiled_rate, "compiled_text": compiled_text}
             bar.update(detail=f"{name}: perplexity")
             ppl = evaluate_perplexity(model, eval_ids, 256, batch_size=1)
         bar.update(detail=f"{name} done")
         row = {"prefill_tokens_per_s": prefill_ids.shape[1] / prefill_s, "decode_tokens_per_s": decode_rate,
-               "weight_bytes": model_bytes(model), "peak_memory_mib": peak.mib, "perplexity": ppl, "text": text}
+               "weight_bytes": model_bytes(model), "peak_memory_mib": peak.mib, "perplexity": ppl, "text": text,
+               **compiled}
         results["formats"][name] = row
-        say(f"      {name}: {row['prefill_tokens_per_s']:.0f} tok/s prefill, {decode_rate:.1f} tok/s decode, "
-            f"{row['weight_bytes'] / 2**20:.0f} MiB weights, ppl {ppl:.2f}")
+        say(f"      {name}: {row['prefill_tokens_per_s']:.0f} tok/s prefill, {decode_rate:.1f} tok/s decode"
+            + (f" ({compiled['compiled_decode_tokens_per_s']:.1f} compiled)" if compiled else "")
+            + f", {row['weight_bytes'] / 2**20:.0f} MiB weights, ppl {ppl:.2f}")
         del model
         gc.collect()
     results["peak_rss_mib"] = peak_rss_mib()
@@ -245,13 +283,22 @@ def summary(report: dict) -> str:
     lines = []
     if "quantize" in report:
         q = report["quantize"]
+        compiled = all("compiled_decode_tokens_per_s" in r for r in q["formats"].values())
         lines += [f"SmolLM2-135M on this machine ({q['device']}):",
-                  f"  {'format':<8} {'prefill tok/s':>13} {'decode tok/s':>12} {'weights MiB':>11} {'peak MiB':>9} "
-                  f"{'ppl':>8}"]
+                  f"  {'format':<8} {'prefill tok/s':>13} {'decode tok/s':>12}" + (" compiled" if compiled else "")
+                  + f" {'weights MiB':>11} {'peak MiB':>9} {'ppl':>8}"]
         for name, r in q["formats"].items():
-            lines.append(f"  {name:<8} {r['prefill_tokens_per_s']:13.0f} {r['decode_tokens_per_s']:12.1f} "
-                         f"{r['weight_bytes'] / 2**20:11.0f} {r['peak_memory_mib']:9.0f} {r['perplexity']:8.2f}")
+            lines.append(f"  {name:<8} {r['prefill_tokens_per_s']:13.0f} {r['decode_tokens_per_s']:12.1f}"
+                         + (f" {r['compiled_decode_tokens_per_s']:8.1f}" if compiled else "")
+                         + f" {r['weight_bytes'] / 2**20:11.0f} {r['peak_memory_mib']:9.0f} {r['perplexity']:8.2f}")
         lines.append(f"  peak MiB: {q['memory']}")
+        if compiled:
+            lines.append("  compiled: decode with the forward torch.compile'd over a static KV cache")
+            changed = [name for name, r in q["formats"].items() if r["compiled_text"] != r["text"]]
+            if changed:
+                lines.append(f"  (compiled text differs from eager for {', '.join(changed)}: the compiled graph rounds "
+                             "some fp32 sums differently, and greedy decoding follows any change; W8A8's per-token "
+                             "int8 activations turn such changes into other codes)")
         lines.append(f"  perplexity on {q['perplexity_tokens']} tokens of the Lee news corpus; greedy text from "
                      f"{PROMPT!r}:")
         lines += [f"  {name:<8} {r['text'][:100]!r}" for name, r in q["formats"].items()]
@@ -350,6 +397,9 @@ def add_parser(sub) -> None:
                            "on the CPU")
     demo.add_argument("--out", default="effgen-demo", help="folder for report.json and the plots")
     demo.add_argument("--skip", nargs="+", choices=STAGES, metavar="STAGE", help=f"stages to skip: {', '.join(STAGES)}")
+    demo.add_argument("--compile", action="store_true",
+                      help="stage 1 also times decode with the model's forward torch.compile'd over a static KV cache "
+                           "(compiling takes about a minute a format on 2 cores)")
     demo.set_defaults(func=run_demo)
 
 

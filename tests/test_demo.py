@@ -135,6 +135,24 @@ def test_stage_one_measures_each_format_of_a_llama():
     check_formats(results, "fp32")
 
 
+def test_stage_one_compiles_the_decode_of_each_quantized_format():
+    # The quantized layers inside Hugging Face's generate, compiled whole (inductor,
+    # fullgraph) over a static KV cache: each format gives eager's greedy text. (W8A8 is not
+    # held to it: its per-token int8 activations turn a compiled sum's other rounding into
+    # other codes, and greedy decoding follows; here it matches too.)
+    text = gpt.stdlib_source_bytes(4096)[0][:512].long()
+    results = demo.compare_formats(tiny_llama(torch.float32), ByteTokenizer(), text, torch.device("cpu"), quick=True,
+                                   compile_decode=True)
+    check_formats(results, "fp32")
+    for name, row in results["formats"].items():
+        assert row["compiled_decode_tokens_per_s"] > 0, name
+        if name != "W8A8":
+            assert row["compiled_text"] == row["text"], name
+    lines = demo.summary({"quantize": results}).splitlines()
+    # name, prefill, decode, compiled decode, weights, peak memory, perplexity
+    assert " compiled " in lines[1] and len(lines[2].split()) == 7, lines[:3]
+
+
 @pytest.mark.cuda
 def test_cuda_stage_one_runs_on_the_gpu():
     # SmolLM2 itself cannot load on the GPU image (no models extra): the same stage on a small
