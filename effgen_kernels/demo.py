@@ -1,9 +1,9 @@
 """`effgen demo`: what the library does for a generative model, measured on this machine.
 
-1. quantize: SmolLM2-135M in fp32 (bf16 on a GPU) and after quantize_ with W8A16, W8A8 and
-   ternary weights: prefill and decode tokens/s, weight bytes, peak memory, perplexity on news
-   text, and the text each generates from the same prompt; with --compile also decode with
-   the forward torch.compile'd over a static KV cache (not yet run on a GPU).
+1. quantize: SmolLM2-135M in fp32 (bf16 on a GPU) and after quantize_ with W8A16, W8A8
+   (SmoothQuant) and ternary weights: prefill and decode tokens/s, weight bytes, peak memory,
+   perplexity on news text, and the text each generates from the same prompt; with --compile
+   also decode with the forward torch.compile'd over a static KV cache (not yet run on a GPU).
 2. ddp: a small GPT trained on real text by 2 DDP workers (gloo, on the CPU whatever
    --device says) with plain all-reduce, the int8 and sign hooks, and the sign hook as set
    for AdamW (EF21 feedback, blocks of 64): bytes per step and loss curves.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import gc
 import json
 import os
@@ -39,7 +40,12 @@ from effgen_kernels.quantize import model_bytes
 
 STAGES = ("quantize", "ddp", "distill")
 PROMPT = "The history of the city of Sydney began"
-QUANTIZED = {"W8A16": ek.Int8WeightOnlyConfig(), "W8A8": ek.Int8Config(), "ternary": ek.TernaryConfig()}
+# Each quantized format's config from a calibration (a function returning the per-layer input
+# absmax): W8A8 is SmoothQuant's, which on SmolLM2 keeps perplexity within 1.2% of fp32's where
+# plain per-token activations lose 3.6% (benchmarks/RESULTS.md, session 39).
+QUANTIZED = {"W8A16": lambda calibrate: ek.Int8WeightOnlyConfig(),
+             "W8A8": lambda calibrate: ek.Int8Config(activation_absmax=calibrate(), smoothing_alpha=0.5),
+             "ternary": lambda calibrate: ek.TernaryConfig()}
 
 
 def say(message: str) -> None:
@@ -177,7 +183,8 @@ def compare_formats(base, tokenizer, text_ids: torch.Tensor, device: torch.devic
     """Stage 1's measurements of a Hugging Face causal LM (``base``, in the baseline's dtype)
     in every format of ``formats(device)``: the first 256 of ``text_ids`` timed as a prefill,
     the rest scored for perplexity in windows of 256, and a greedy continuation of PROMPT
-    (with ``compile_decode``, also with the forward compiled: generate_compiled)."""
+    (with ``compile_decode``, also with the forward compiled: generate_compiled). W8A8's
+    SmoothQuant calibrates on the prefill tokens, which are not scored."""
     prefill_ids = text_ids[:256].unsqueeze(0).to(device)
     eval_ids = text_ids[256:]
     chosen = formats(device)
@@ -185,10 +192,11 @@ def compare_formats(base, tokenizer, text_ids: torch.Tensor, device: torch.devic
                "memory": "peak GPU memory allocated" if device.type == "cuda" else
                "peak process resident memory (the fp32 original stays loaded)", "formats": {}}
     bar = Progress((4 if compile_decode else 3) * len(chosen), "[1/3] quantize")
-    for name, config in chosen.items():
+    for name, make_config in chosen.items():
         with PeakMemory(device) as peak:
             model = copy.deepcopy(base).to(device)
-            if config is not None:
+            if make_config is not None:
+                config = make_config(functools.partial(ek.calibrate_activations, model, [prefill_ids]))
                 ek.quantize_(model, config, progress=False)  # inside this stage's own bar
             bar.update(bar.done, f"{name}: prefill")
             time_prefill(model, prefill_ids, 1)  # warm-up: first-call costs (CUDA context, cuBLAS handles, caches)
@@ -291,7 +299,7 @@ def summary(report: dict) -> str:
             lines.append(f"  {name:<8} {r['prefill_tokens_per_s']:13.0f} {r['decode_tokens_per_s']:12.1f}"
                          + (f" {r['compiled_decode_tokens_per_s']:8.1f}" if compiled else "")
                          + f" {r['weight_bytes'] / 2**20:11.0f} {r['peak_memory_mib']:9.0f} {r['perplexity']:8.2f}")
-        lines.append(f"  peak MiB: {q['memory']}")
+        lines.append(f"  peak MiB: {q['memory']}; W8A8: SmoothQuant (alpha 0.5) calibrated on the prefill's tokens")
         if compiled:
             lines.append("  compiled: decode with the forward torch.compile'd over a static KV cache")
             changed = [name for name, r in q["formats"].items() if r["compiled_text"] != r["text"]]
