@@ -14,7 +14,9 @@ form became the shipped codec).
     python benchmarks/sign_codec_study.py --task gpt --steps 120 ours bare_sign plain
     python benchmarks/sign_codec_study.py --task gpt --steps 300 --feedback ef21 ours
 
---feedback ef21 swaps the hook's error feedback for EF21's running estimates (session 37).
+--feedback ef21 swaps the hook's error feedback for EF21's running estimates (session 37);
+--warmup-steps sets how many plain all-reduce steps come first, as CompressionState's
+warmup_steps does (session 40).
 """
 
 from __future__ import annotations
@@ -186,9 +188,11 @@ FEEDBACKS = {"classic": ClassicFeedback, "ef21": Ef21Feedback}
 
 
 def simulate(task, codec, steps: int, block: int, world: int = 2, exact_server: bool = False,
-             min_compress_numel: int = MIN_COMPRESS_NUMEL, feedback: str = "classic") -> list[float]:
+             min_compress_numel: int = MIN_COMPRESS_NUMEL, feedback: str = "classic",
+             warmup_steps: int = WARMUP_STEPS) -> list[float]:
     """Trains ``task`` with the simulated hook; returns each step's loss (mean over ranks).
-    Parameters with fewer than ``min_compress_numel`` values are averaged exactly."""
+    Parameters with fewer than ``min_compress_numel`` values, and every parameter in the
+    first ``warmup_steps`` steps, are averaged exactly."""
     params = list(task.model.parameters())
     reducer = FEEDBACKS[feedback](params, world, codec, block, exact_server)
     losses = []
@@ -201,7 +205,7 @@ def simulate(task, codec, steps: int, block: int, world: int = 2, exact_server: 
         losses.append(step_loss)
         for i, p in enumerate(params):
             per_rank = [g[i].reshape(-1) for g in grads]
-            exact = codec is None or step < WARMUP_STEPS or p.numel() < min_compress_numel
+            exact = codec is None or step < warmup_steps or p.numel() < min_compress_numel
             average = reducer.exact(i, per_rank) if exact else reducer.reduce(i, per_rank)
             p.grad = average.view_as(p).clone()
         task.optimizer.step()
@@ -222,13 +226,16 @@ def main() -> None:
                         help="smaller parameters go exact (digits: 3000 = the biases, 30000 = and the output layer)")
     parser.add_argument("--feedback", choices=FEEDBACKS, default="classic",
                         help="error feedback: the hook's (classic) or EF21's running estimates")
+    parser.add_argument("--warmup-steps", type=int, default=WARMUP_STEPS,
+                        help="plain all-reduce steps before compressing (CompressionState(warmup_steps=...))")
     args = parser.parse_args()
     for name in args.codecs:
         begin = time.perf_counter()
         task = (DigitsTask(args.hidden, args.layers, 2, args.lr_scale) if args.task == "digits"
                 else GptTask(2, args.lr_scale))
         losses = simulate(task, CODECS[name], args.steps, args.block, exact_server=args.exact_server,
-                          min_compress_numel=args.min_compress_numel, feedback=args.feedback)
+                          min_compress_numel=args.min_compress_numel, feedback=args.feedback,
+                          warmup_steps=args.warmup_steps)
         last = losses[-20:]
         print(f"{name:<11} final loss (mean of the last {len(last)} steps) {sum(last) / len(last):.4f}  "
               f"({time.perf_counter() - begin:.0f} s)", flush=True)
