@@ -1,6 +1,8 @@
 """Compressed all-reduce and the DDP hook, in real multi-process runs (gloo on loopback)."""
 
+import json
 import math
+import statistics
 
 import distributed_workers as workers
 import pytest
@@ -8,7 +10,7 @@ import torch
 from conftest import load_script
 
 from effgen_kernels import reference as ref
-from effgen_kernels.bench.ddp_worker import ddp_digits_worker, digits_mlp, run_workers
+from effgen_kernels.bench.ddp_worker import ddp_digits_worker, demo_train_worker, digits_mlp, run_workers
 
 pytestmark = pytest.mark.distributed
 
@@ -343,3 +345,28 @@ def test_the_digits_benchmark_trains_and_times_each_hook_to_a_loss(tmp_path):
     run_workers(ddp_digits_worker, world, "sign", 3, str(tmp_path), hidden, 1, "127.0.0.1", None, 25.0, 64,
                 timeout=180)
     assert 0.0625 <= torch.load(tmp_path / "sign-0.pt")["bytes_sent"] / fp32_ring < 0.07
+
+
+def test_the_gpt_seeds_benchmark_compares_each_hook_with_plain_on_the_same_seed(tmp_path, capsys, monkeypatch):
+    # benchmarks/gpt_hook_seeds.py: hook specs, per-seed runs of the demo's GPT, the table.
+    seeds_script = load_script("benchmarks", "gpt_hook_seeds")
+    assert seeds_script.hook_options("sign,feedback=ef21,block_size=64") == {
+        "codec": "sign", "feedback": "ef21", "block_size": 64}
+    with pytest.raises(ValueError, match="key=value"):
+        seeds_script.hook_options("sign,feedback")
+    out = tmp_path / "seeds.json"
+    spec = "sign,block_size=64,warmup_steps=3"
+    monkeypatch.setattr("sys.argv", ["gpt_hook_seeds.py", "--steps", "22", "--seeds", "0,1", "--checkpoints",
+                                     "20,22", "--json", str(out), spec])
+    seeds_script.main()
+    losses = json.loads(out.read_text())["losses"]
+    assert set(losses) == {"plain", spec} and set(losses["plain"]) == {"0", "1"}
+    assert losses["plain"]["0"] != losses["plain"]["1"]  # the seed draws the model and the batches
+    assert losses["plain"]["0"] != losses[spec]["0"]
+    gaps = [100 * (losses[spec][s][1] / losses["plain"][s][1] - 1) for s in ("0", "1")]
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(spec))
+    assert f"{sum(gaps) / 2:+.1f}% [{min(gaps):+.1f}, {max(gaps):+.1f}]" in row
+    # seed 0 is the demo's run: the same losses as demo_train_worker's defaults
+    run_workers(demo_train_worker, 2, str(tmp_path), "plain", 22, timeout=180)
+    demo = torch.load(tmp_path / "plain.pt", weights_only=False)["losses"]
+    assert losses["plain"]["0"] == [statistics.fmean(demo[:20]), statistics.fmean(demo[2:22])]

@@ -254,29 +254,32 @@ def tp_step_worker(rank: int, world: int, port: int, steps: int, out: str, dim: 
     finish_worker()
 
 
-def demo_train_worker(rank: int, world: int, port: int, out: str, codec: str, steps: int) -> None:
+def demo_train_worker(rank: int, world: int, port: int, out: str, codec: str, steps: int, seed: int = 0,
+                      options: dict | None = None, progress: str = "[2/3] ddp") -> None:
     """`effgen demo` stage 2: DDP training of the example GPT on the standard library's
-    source with plain all-reduce ("plain") or a compressed hook (a name in DEMO_HOOKS); rank
-    0 saves the loss curve, the bytes it sent per step, and (plain) the trained model."""
+    source with plain all-reduce ("plain") or a compressed hook (a name in DEMO_HOOKS, or
+    any name with CompressionState's ``options``); rank 0 saves the loss curve, the bytes it
+    sent per step, and (plain) the trained model. ``seed`` draws the initial model and the
+    batches (seed 0: the demo's); ``progress`` begins the progress bar's label."""
 
     from effgen_kernels.distributed import CompressionState, compressed_allreduce_hook
     from effgen_kernels.gpt import GPT, lm_batch, stdlib_source_bytes
 
     init_gloo(rank, world, port, timeout_s=120)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = GPT(DEMO_GPT)
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     state = None
     if codec != "plain":
-        state = CompressionState(**DEMO_HOOKS[codec])
+        state = CompressionState(**(DEMO_HOOKS[codec] if options is None else options))
         ddp.register_comm_hook(state, compressed_allreduce_hook)
     optimizer = torch.optim.AdamW(ddp.parameters(), lr=2e-3)
     train = stdlib_source_bytes()[0]
     params = sum(p.numel() for p in model.parameters())
     losses, sent = [], []
-    bar = Progress(steps, f"[2/3] ddp {codec}", enabled=rank == 0)
+    bar = Progress(steps, f"{progress} {codec}", enabled=rank == 0)
     for step in range(steps):
-        inputs, labels = lm_batch(train, step, 8, DEMO_GPT.context, seed=rank)
+        inputs, labels = lm_batch(train, step, 8, DEMO_GPT.context, seed=rank + 1000 * seed)
         logits = ddp(inputs).logits
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
         optimizer.zero_grad(set_to_none=True)
