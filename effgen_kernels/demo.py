@@ -318,8 +318,8 @@ def summary(report: dict) -> str:
             loss, sent = run["losses"][-1], run["bytes_per_step"]
             lines.append(f"  {codec:<9} loss {loss:.4f} ({loss / plain_loss - 1:+6.1%})  {sent / 2**20:7.3f} MiB "
                          f"({sent / plain:.3f}x of plain)")
-        lines.append("  (under Adam the sign hook's gap grows with training: use int8 with Adam, sign with SGD;")
-        lines.append("   sign-adam, CompressionState(codec='sign', feedback='ef21', block_size=64), narrows it)")
+        lines.append("  (under Adam the default sign hook's gap grows with training; int8, or sign-adam,")
+        lines.append("   CompressionState(codec='sign', feedback='ef21', block_size=64), stay within a few percent)")
     if "distill" in report:
         r = report["distill"]
         lines.append(f"Ternary student ({r['steps']} steps), validation perplexity: teacher {r['teacher']:.3f}, "

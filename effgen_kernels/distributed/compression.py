@@ -74,10 +74,12 @@ class CompressionState:
     codec by optimizer: under SGD with momentum "sign" lags plain DDP early in training
     and then catches up (a deep MLP on digits: 3.3x plain's loss at step 200, even by
     step 240); under Adam(W) it falls behind more the longer it trains, as its 1-bit noise
-    disturbs Adam's per-value step sizes (benchmarks/RESULTS.md, session 37); "int8" is
-    within about 1% of plain DDP under both. ``feedback="ef21"`` (module docstring) narrows
-    the sign codec's gap under AdamW (the demo's GPT after 600 steps: +13.5% over plain's
-    loss against +20%) but not under SGD with momentum (the deep digits MLP: even; on full
+    disturbs Adam's per-value step sizes (the demo's GPT, mean of 5 seeds: +14% over plain's
+    loss after 600 steps, +22% after 1200; benchmarks/RESULTS.md, sessions 37 and 40); "int8"
+    is within about 1% of plain DDP under both. ``feedback="ef21"`` (module docstring) with
+    ``block_size=64`` holds the sign codec's gap under AdamW at +3-5% (+4.6% / +2.9% after
+    600 / 1200 steps; with ``warmup_steps=20`` +3.0% / +1.3%), but does not help under SGD
+    with momentum (the deep digits MLP: even; on full
     batches, where its estimates trail slowly changing gradients, 2.7x plain's loss against
     1.0x); it keeps one more fp32 copy of the compressed gradients a rank (G), which the
     decoders add into and the bucket is copied from (the 25M MLP: 237 against 213 ms a step
