@@ -198,6 +198,19 @@ def test_ddp_training_with_the_sign_hook_is_within_5_percent(tmp_path):
     assert ours[-1] <= plain[-1] * 1.05
 
 
+def test_under_adamw_the_demo_gpt_with_sign_adam_is_within_5_percent_and_int8_within_2(tmp_path):
+    # The demo's GPT on real text (AdamW, 120 steps, seed 0), last 20 steps' mean loss. Under
+    # AdamW the default sign hook drifts (+7% here); EF21 with blocks of 64 holds it (five
+    # seeds: +1.6% to +6.4% at 120 steps, +3.5% on this one; RESULTS.md, session 40).
+    final = {}
+    for name in ("plain", "int8", "sign-adam"):
+        run_workers(demo_train_worker, 2, str(tmp_path), name, 120, timeout=300, what=name)
+        final[name] = statistics.fmean(torch.load(tmp_path / f"{name}.pt", weights_only=False)["losses"][-20:])
+    print(f"demo GPT, AdamW, 120 steps: {final}")
+    assert final["int8"] <= final["plain"] * 1.02
+    assert final["sign-adam"] <= final["plain"] * 1.05
+
+
 def test_ddp_training_with_ef21_feedback_trains(tmp_path):
     # On this full-batch problem (slowly changing gradients, momentum 0.9 at lr 0.1) EF21's
     # estimates lag: it ends near 0.27 against plain's 0.099 and classic feedback's 0.099
