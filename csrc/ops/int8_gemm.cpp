@@ -149,23 +149,21 @@ void int8_gemm_into(const at::Tensor& xq, const at::Tensor& x_scale, int64_t x_s
   });
 }
 
-// Narrow layers (up to kRowSplitMaxColumns outputs, int8 weights up to
-// kRowSplitMaxWeightBytes, such as SmolLM2's q/k/v/o and down projections) with at least
-// kRowSplitMinRows rows per thread split the rows, not the output blocks, between threads:
-// each thread quantizes its own rows kBlockM at a time and multiplies each such block by all
-// of the weights, which stay in its L2, while the int8 rows are still in L1/L2. One fork and
-// join instead of two and no int8 copy of x shared between them, which counts where the
-// quantization is a large share of the work (a share of about 1/N): against the two passes,
-// 576 -> 192 3-15% faster at 48-1024 rows, 576 -> 576 4-10% up to 256 rows (level above),
-// 1536 -> 576 0-8%, 1024 -> 1024 level; 576 -> 1536 was level to 8% slower (its weights,
-// whole per thread, crowd the L2), so wider layers keep the two passes.
-constexpr int64_t kRowSplitMaxColumns = 1024;
+// Small layers (int8 weights up to kRowSplitMaxWeightBytes, such as all of SmolLM2's) with
+// at least kRowSplitMinRows rows per thread split the rows, not the output blocks, between
+// threads: each thread quantizes its own rows kBlockM at a time and multiplies each such
+// block by all of the weights, which stay in its L2, while the int8 rows are still in L1/L2.
+// One fork and join instead of two and no int8 copy of x shared between them, which counts
+// where the quantization is a large share of the work (a share of about 1/N). Against the
+// two passes, Zen 5 (RESULTS.md, session 25): 576 -> 192 3-15% faster at 48-1024 rows,
+// 576 -> 576 4-10% up to 256 rows (level above), 1536 -> 576 0-8%, 1024 -> 1024 level,
+// 576 -> 1536 level (8% slower at 512 rows once); Zen 4 (session 41): 576 -> 1536 2-15%
+// faster at 48-1024 rows (11-15% at 64), 512 -> 2048 17-19% at 64 rows. Not measured on AMX.
 constexpr int64_t kRowSplitMaxWeightBytes = int64_t{1} << 20;
 constexpr int64_t kRowSplitMinRows = 24;
 
 bool split_rows(int64_t m, int64_t n, int64_t k) {
-  return k > 0 && n <= kRowSplitMaxColumns && n * k <= kRowSplitMaxWeightBytes &&
-         m >= kRowSplitMinRows * at::get_num_threads();
+  return k > 0 && n * k <= kRowSplitMaxWeightBytes && m >= kRowSplitMinRows * at::get_num_threads();
 }
 
 // W8A8 with per-token activation quantization: x2 [M, K] (contiguous) quantized, then
