@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <vector>
 
@@ -380,8 +381,13 @@ std::vector<float> lut_product(const Rows& r, int64_t n, const at::Tensor& lut, 
 // the tables (RESULTS.md, session 31): 4096 x 4096 at 64 rows 1.1-1.6 ms for 3.4-5.7, at
 // 16 rows 0.42-0.71 for 0.88-1.5; at 8 rows level to 1.4x faster on every shape but binary
 // 4096 -> 11008 (12% slower once); at 4 rows the tables win (binary 0.24 against 0.39-0.55
-// ms). With VNNI but no AMX the int8 GEMM lost to the tables on binary weights at 8-64 rows
-// (0.9 against 0.44 ms at 8 rows, 4096 x 4096) and tied on ternary ones.
+// ms). With VNNI but no AMX (the Xeon's AVX-512 path) the int8 GEMM lost to the tables on
+// binary weights at 8-64 rows (0.9 against 0.44 ms at 8 rows, 4096 x 4096) and tied on
+// ternary ones. On Zen 4, whose tables run at half Zen 5's rate (0.74 table lookups and adds
+// a cycle), it wins ternary batches (session 41, tables / int8 GEMM time, 4096 x 4096, 4096 ->
+// 11008 and SmolLM2's 576 -> 1536 / 1536 -> 576): fp32 x 0.94x at 8 rows, 1.06-1.25x at
+// 16-32, 1.11-1.73x at 64-1024; bf16 x 1.40-1.91x from 8 rows. Binary weights stay on the
+// tables there (fp32 x, 4096 x 4096: 0.60-0.67x at 8-64 rows).
 constexpr int64_t kInt8GemmMinM = 8;
 
 // Per-group alphas run on the tables where the dispatched ISA has lut_alpha_sums, the lut is
@@ -410,12 +416,19 @@ int64_t grouped_int8_gemm_min_m(const Rows& r, const at::Tensor& lut, int64_t n,
 // its fixed point (no Inf or NaN); nothing otherwise. scale: per channel or tensor (groups
 // = 1: [N], [N, 1] or one element) or [N, groups] per group of `group` values of K. The
 // lut must be in the dispatched ISA's layout (a lut made before set_cpu_isa runs elsewhere).
+// The fewest rows from which the int8 GEMM takes a product; none where the tables keep all.
+int64_t int8_gemm_min_m(const Rows& r, const at::Tensor& lut, int64_t n, int planes, int64_t groups, int64_t group) {
+  const cpu::Isa isa = cpu::active_isa();
+  if (isa >= cpu::Isa::kAmx) return groups == 1 ? kInt8GemmMinM : grouped_int8_gemm_min_m(r, lut, n, group);
+  if (isa == cpu::Isa::kAvx512 && planes == 2) return r.x.scalar_type() == at::kBFloat16 ? 8 : 16;
+  return std::numeric_limits<int64_t>::max();
+}
+
 std::optional<at::Tensor> bits_on_int8_gemm(const Rows& r, const at::Tensor& x, int64_t n, const at::Tensor& lut,
                                             int planes, const at::Tensor& scale, int64_t groups, int64_t group,
                                             const std::optional<at::Tensor>& bias, const char* op) {
   const auto& kernels = cpu::binary_gemm_kernels();
-  const int64_t min_m = groups == 1 ? kInt8GemmMinM : grouped_int8_gemm_min_m(r, lut, n, group);
-  if (r.m < min_m || cpu::active_isa() < cpu::Isa::kAmx || r.k > cpu::kMaxExactInt8K ||
+  if (r.m < int8_gemm_min_m(r, lut, n, planes, groups, group) || r.k > cpu::kMaxExactInt8K ||
       checked_lut_layout(lut, n, r.k, planes, op).width != kernels.lut_layout.width) {
     return std::nullopt;
   }
