@@ -538,10 +538,10 @@ def test_lookup_table_kernel_matches_reference(isa, two_threads, m, n, k):
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("m,n,k", [(8, 37, 33), (9, 16, 7), (17, 100, 4097), (40, 70, 1), (200, 33, 250)])
-# From 8 rows with AMX (ternary also with AVX-512: from 16 rows, 8 for bf16 x), a product with
-# a lut runs on the int8 GEMM: fixed-point activations times int8 panels expanded from the
-# tiles (binary_gemm.cpp, bits_on_int8_gemm). 200 rows are three row blocks on each panel;
-# odd K leave the last quad partly past K.
+# From 8 rows with AMX (with AVX-512: ternary from 16 rows, 8 for bf16 x; binary with bf16 x
+# from 32), a product with a lut runs on the int8 GEMM: fixed-point activations times int8
+# panels expanded from the tiles (binary_gemm.cpp, bits_on_int8_gemm). 200 rows are three
+# row blocks on each panel; odd K leave the last quad partly past K.
 def test_batches_with_a_lut_match_reference_on_every_isa(isa, two_threads, dtype, m, n, k):
     x, w = random_input((m, k), dtype, scale=1.0), random_input((n, k))
     bias = torch.randn(n)
@@ -599,21 +599,29 @@ def test_per_group_batches_on_the_int8_gemm_equal_w8a16_bit_for_bit(m, n, k, gro
                          ops.int8_weight_only_linear_packed(x, w_packed, w_sum, alpha, bias, group_size))
 
 
-@pytest.mark.parametrize("dtype,rows", [(torch.float32, 16), (torch.bfloat16, 8)])
-@pytest.mark.parametrize("per_channel", [True, False])
-def test_ternary_batches_on_the_int8_gemm_equal_w8a16_bit_for_bit(isa, two_threads, dtype, rows, per_channel):
+@pytest.mark.parametrize("planes,dtype,rows,per_channel", [(2, torch.float32, 16, True), (2, torch.float32, 16, False),
+                                                         (2, torch.bfloat16, 8, True), (2, torch.bfloat16, 8, False),
+                                                         (1, torch.bfloat16, 32, True)])
+def test_vnni_batches_on_the_int8_gemm_equal_w8a16_bit_for_bit(isa, two_threads, planes, dtype, rows, per_channel):
     # With AVX-512 (VNNI) too, not only AMX, ternary batches from 16 rows (8 for bf16 x, whose
-    # tokens are 2 digit rows) run on the int8 GEMM (binary_gemm.cpp, int8_gemm_min_m): they
-    # then equal W8A16 on the ternary codes exactly, which the tables' sums need not.
+    # tokens are 2 digit rows) and binary ones with bf16 x from 32 run on the int8 GEMM
+    # (binary_gemm.cpp, int8_gemm_min_m): they then equal W8A16 on the weights' codes exactly,
+    # which the tables' sums need not.
     if isa not in ("avx512", "amx"):
         pytest.skip("the tables take every batch here")
     k, n = 300, 70
     x, w, bias = random_input((rows, k), dtype, scale=1.0), random_input((n, k)), torch.randn(n).to(dtype)
-    packed, scale = ref.ternarize_weight(w, per_channel=per_channel)
-    w_packed, w_sum = ops.int8_pack_weight(ops.unpack_ternary(packed, k))
-    assert_same_bits(ops.ternary_linear(x, packed, scale, bias, ops.lut_tiles(packed, k, 2)),
-                     ops.int8_weight_only_linear_packed(x, w_packed, w_sum, scale.reshape(-1).expand(n).contiguous(),
-                                                        bias))
+    if planes == 2:
+        packed, scale = ref.ternarize_weight(w, per_channel=per_channel)
+        codes = ops.unpack_ternary(packed, k)
+        product = ops.ternary_linear(x, packed, scale, bias, ops.lut_tiles(packed, k, 2))
+    else:
+        packed, scale = ref.binarize_weight(w)  # alpha per channel, binary_linear's only form without groups
+        codes = ops.unpack_binary(packed, k)
+        product = ops.binary_linear(x, packed, scale, bias, None, ops.lut_tiles(packed, k, 1))
+    w_packed, w_sum = ops.int8_pack_weight(codes)
+    assert_same_bits(product, ops.int8_weight_only_linear_packed(x, w_packed, w_sum,
+                                                                 scale.reshape(-1).expand(n).contiguous(), bias))
 
 
 def test_batches_with_a_lut_take_3d_and_non_contiguous_inputs(isa):

@@ -375,9 +375,9 @@ std::vector<float> lut_product(const Rows& r, int64_t n, const at::Tensor& lut, 
 }
 
 // Batches of at least kInt8GemmMinM rows go from the lookup tiles to the int8 GEMM where it
-// runs on AMX tiles: activations as fixed point (W8A16's) times int8 panels of +1 / -1 / 0
-// weights expanded in cache (int8_panels.h), where the tables cost one vpermps per 16
-// weights and row. Xeon (AMX), 2 threads, binary / ternary with fp32 and bf16 x, against
+// runs on AMX tiles (some with VNNI alone, below): activations as fixed point (W8A16's)
+// times int8 panels of +1 / -1 / 0 weights expanded in cache (int8_panels.h), where the
+// tables cost one vpermps per 16 weights and row. Xeon (AMX), 2 threads, binary / ternary with fp32 and bf16 x, against
 // the tables (RESULTS.md, session 31): 4096 x 4096 at 64 rows 1.1-1.6 ms for 3.4-5.7, at
 // 16 rows 0.42-0.71 for 0.88-1.5; at 8 rows level to 1.4x faster on every shape but binary
 // 4096 -> 11008 (12% slower once); at 4 rows the tables win (binary 0.24 against 0.39-0.55
@@ -386,9 +386,11 @@ std::vector<float> lut_product(const Rows& r, int64_t n, const at::Tensor& lut, 
 // ternary ones. On Zen 4, whose tables run at half Zen 5's rate (0.74 table lookups and adds
 // a cycle), it wins ternary batches (session 41, tables / int8 GEMM time, 4096 x 4096, 4096 ->
 // 11008 and SmolLM2's 576 -> 1536 / 1536 -> 576): fp32 x 0.94x at 8 rows, 1.06-1.25x at
-// 16-32, 1.11-1.73x at 64-1024; bf16 x 1.40-1.91x from 8 rows. Binary weights stay on the
-// tables there (fp32 x, 4096 x 4096: 0.60-0.67x at 8-64 rows).
+// 16-32, 1.11-1.73x at 64-1024; bf16 x 1.40-1.91x from 8 rows. Binary weights with bf16 x
+// (2 digit rows a token) too from 32 rows (1.12-1.68x at 32-256, level at 1024; 0.97-1.17x at
+// 8-16); with fp32 or fp16 x (3 digit rows) they stay on the tables (0.73-0.94x at 16-256).
 constexpr int64_t kInt8GemmMinM = 8;
+constexpr int64_t kVnniTernaryMinM = 16, kVnniTernaryMinMBf16 = 8, kVnniBinaryMinMBf16 = 32;
 
 // Per-group alphas run on the tables where the dispatched ISA has lut_alpha_sums, the lut is
 // in its layout and the groups are whole lanes.
@@ -420,8 +422,10 @@ int64_t grouped_int8_gemm_min_m(const Rows& r, const at::Tensor& lut, int64_t n,
 int64_t int8_gemm_min_m(const Rows& r, const at::Tensor& lut, int64_t n, int planes, int64_t groups, int64_t group) {
   const cpu::Isa isa = cpu::active_isa();
   if (isa >= cpu::Isa::kAmx) return groups == 1 ? kInt8GemmMinM : grouped_int8_gemm_min_m(r, lut, n, group);
-  if (isa == cpu::Isa::kAvx512 && planes == 2) return r.x.scalar_type() == at::kBFloat16 ? 8 : 16;
-  return std::numeric_limits<int64_t>::max();
+  if (isa != cpu::Isa::kAvx512) return std::numeric_limits<int64_t>::max();
+  const bool bf16_x = r.x.scalar_type() == at::kBFloat16;
+  if (planes == 2) return bf16_x ? kVnniTernaryMinMBf16 : kVnniTernaryMinM;
+  return bf16_x && groups == 1 ? kVnniBinaryMinMBf16 : std::numeric_limits<int64_t>::max();
 }
 
 std::optional<at::Tensor> bits_on_int8_gemm(const Rows& r, const at::Tensor& x, int64_t n, const at::Tensor& lut,
