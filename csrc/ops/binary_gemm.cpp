@@ -375,18 +375,18 @@ std::vector<float> lut_product(const Rows& r, int64_t n, const at::Tensor& lut, 
 }
 
 // Batches of at least kInt8GemmMinM rows go from the lookup tiles to the int8 GEMM where it
-// runs on AMX tiles (some with VNNI alone, below): activations as fixed point (W8A16's)
-// times int8 panels of +1 / -1 / 0 weights expanded in cache (int8_panels.h), where the
-// tables cost one vpermps per 16 weights and row. Xeon (AMX), 2 threads, binary / ternary with fp32 and bf16 x, against
-// the tables (RESULTS.md, session 31): 4096 x 4096 at 64 rows 1.1-1.6 ms for 3.4-5.7, at
-// 16 rows 0.42-0.71 for 0.88-1.5; at 8 rows level to 1.4x faster on every shape but binary
-// 4096 -> 11008 (12% slower once); at 4 rows the tables win (binary 0.24 against 0.39-0.55
-// ms). With VNNI but no AMX (the Xeon's AVX-512 path) the int8 GEMM lost to the tables on
-// binary weights at 8-64 rows (0.9 against 0.44 ms at 8 rows, 4096 x 4096) and tied on
-// ternary ones. On Zen 4, whose tables run at half Zen 5's rate (0.74 table lookups and adds
-// a cycle), it wins ternary batches (session 41, tables / int8 GEMM time, 4096 x 4096, 4096 ->
-// 11008 and SmolLM2's 576 -> 1536 / 1536 -> 576): fp32 x 0.94x at 8 rows, 1.06-1.25x at
-// 16-32, 1.11-1.73x at 64-1024; bf16 x 1.40-1.91x from 8 rows. Binary weights with bf16 x
+// runs on AMX tiles (some with VNNI alone, below): activations as fixed point (W8A16's) times
+// int8 panels of +1 / -1 / 0 weights expanded in cache (int8_panels.h), where the tables cost
+// one vpermps per 16 weights and row. Xeon (AMX), 2 threads, binary / ternary with fp32 and
+// bf16 x, against the tables (RESULTS.md, session 31): 4096 x 4096 at 64 rows 1.1-1.6 ms for
+// 3.4-5.7, at 16 rows 0.42-0.71 for 0.88-1.5; at 8 rows level to 1.4x faster on every shape
+// but binary 4096 -> 11008 (12% slower once); at 4 rows the tables win (binary 0.24 against
+// 0.39-0.55 ms). With VNNI but no AMX (the Xeon's AVX-512 path) the int8 GEMM lost to the
+// tables on binary weights at 8-64 rows (0.9 against 0.44 ms at 8 rows, 4096 x 4096) and tied
+// on ternary ones. On Zen 4, whose tables run at half Zen 5's rate (0.74 table lookups and
+// adds a cycle), it wins ternary batches (session 41, tables / int8 GEMM time, 4096 x 4096,
+// 4096 -> 11008 and SmolLM2's 576 -> 1536 / 1536 -> 576): fp32 x 0.94x at 8 rows, 1.06-1.25x
+// at 16-32, 1.11-1.73x at 64-1024; bf16 x 1.40-1.91x from 8 rows. Binary weights with bf16 x
 // (2 digit rows a token) too from 32 rows (1.12-1.68x at 32-256, level at 1024; 0.97-1.17x at
 // 8-16); with fp32 or fp16 x (3 digit rows) they stay on the tables (0.73-0.94x at 16-256).
 constexpr int64_t kInt8GemmMinM = 8;
@@ -414,10 +414,6 @@ int64_t grouped_int8_gemm_min_m(const Rows& r, const at::Tensor& lut, int64_t n,
   return r.x.scalar_type() == at::kBFloat16 ? 8 : 16;
 }
 
-// out = x @ (w * scale)^T (+ bias) on the int8 GEMM where it pays and x is representable as
-// its fixed point (no Inf or NaN); nothing otherwise. scale: per channel or tensor (groups
-// = 1: [N], [N, 1] or one element) or [N, groups] per group of `group` values of K. The
-// lut must be in the dispatched ISA's layout (a lut made before set_cpu_isa runs elsewhere).
 // The fewest rows from which the int8 GEMM takes a product; none where the tables keep all.
 int64_t int8_gemm_min_m(const Rows& r, const at::Tensor& lut, int64_t n, int planes, int64_t groups, int64_t group) {
   const cpu::Isa isa = cpu::active_isa();
@@ -428,6 +424,10 @@ int64_t int8_gemm_min_m(const Rows& r, const at::Tensor& lut, int64_t n, int pla
   return bf16_x && groups == 1 ? kVnniBinaryMinMBf16 : std::numeric_limits<int64_t>::max();
 }
 
+// out = x @ (w * scale)^T (+ bias) on the int8 GEMM where it pays and x is representable as
+// its fixed point (no Inf or NaN); nothing otherwise. scale: per channel or tensor (groups
+// = 1: [N], [N, 1] or one element) or [N, groups] per group of `group` values of K. The
+// lut must be in the dispatched ISA's layout (a lut made before set_cpu_isa runs elsewhere).
 std::optional<at::Tensor> bits_on_int8_gemm(const Rows& r, const at::Tensor& x, int64_t n, const at::Tensor& lut,
                                             int planes, const at::Tensor& scale, int64_t groups, int64_t group,
                                             const std::optional<at::Tensor>& bias, const char* op) {
