@@ -59,13 +59,14 @@ TORCH_LIBRARY(effgen, m) {
   // --- int8_gemm family ---------------------------------------------------------------
   // W8A8: out = (int32(xq @ wq^T) * x_scale[m]) * w_scale[n] + bias[n]; xq [..., K], wq [N, K].
   m.def("int8_linear(Tensor xq, Tensor x_scale, Tensor wq, Tensor w_scale, Tensor? bias=None, ScalarType out_dtype=float) -> Tensor");
-  // W8A8 with per-token dynamic activation quantization fused in; output in x's dtype.
-  m.def("int8_dynamic_linear(Tensor x, Tensor wq, Tensor w_scale, Tensor? bias=None) -> Tensor");
+  // W8A8 with per-token dynamic activation quantization fused in; output in x's dtype. With
+  // smoothing (fp32 [K], SmoothQuant), x * smoothing is what is quantized (fp32 product).
+  m.def("int8_dynamic_linear(Tensor x, Tensor wq, Tensor w_scale, Tensor? bias=None, Tensor? smoothing=None) -> Tensor");
   // int8_linear with weights packed by int8_pack_weight (CPU; layout below).
   m.def("int8_linear_packed(Tensor xq, Tensor x_scale, Tensor w_packed, Tensor w_sum, Tensor w_scale, Tensor? bias=None, ScalarType out_dtype=float) -> Tensor");
   // int8_dynamic_linear with weights packed by int8_pack_weight (CPU): w_packed int8
   // [ceil(N/16), ceil(K/4), 64] of 16 channels x 4 values of K per block, w_sum int32 [N].
-  m.def("int8_dynamic_linear_packed(Tensor x, Tensor w_packed, Tensor w_sum, Tensor w_scale, Tensor? bias=None) -> Tensor");
+  m.def("int8_dynamic_linear_packed(Tensor x, Tensor w_packed, Tensor w_sum, Tensor w_scale, Tensor? bias=None, Tensor? smoothing=None) -> Tensor");
   // int8 wq [N, K] -> (w_packed, w_sum) for the *_packed ops (CPU): the blocks above, zero
   // past N and K, and wq's sums, int32 [N], or [groups, N] per group of K with a group_size.
   m.def("int8_pack_weight(Tensor wq, int? group_size=None) -> (Tensor w_packed, Tensor w_sum)");

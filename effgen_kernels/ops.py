@@ -97,9 +97,11 @@ def int8_linear(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_sca
 
 
 def int8_dynamic_linear(x: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
-                        bias: torch.Tensor | None = None) -> torch.Tensor:
-    """W8A8 with per-token activation quantization in the same call; output in x's dtype."""
-    return _ops.int8_dynamic_linear(x, wq, w_scale, bias)
+                        bias: torch.Tensor | None = None, smoothing: torch.Tensor | None = None) -> torch.Tensor:
+    """W8A8 with per-token activation quantization in the same call; output in x's dtype.
+    ``smoothing`` (fp32 [K], SmoothQuant's 1 / factors) multiplies x's channels, in fp32,
+    before the quantization; the CPU kernels do it in the same pass."""
+    return _ops.int8_dynamic_linear(x, wq, w_scale, bias, smoothing)
 
 
 def int8_pack_weight(wq: torch.Tensor, group_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,10 +127,10 @@ def int8_linear_packed(xq: torch.Tensor, x_scale: torch.Tensor, w_packed: torch.
 
 
 def int8_dynamic_linear_packed(x: torch.Tensor, w_packed: torch.Tensor, w_sum: torch.Tensor, w_scale: torch.Tensor,
-                               bias: torch.Tensor | None = None) -> torch.Tensor:
+                               bias: torch.Tensor | None = None, smoothing: torch.Tensor | None = None) -> torch.Tensor:
     """int8_dynamic_linear with weights from int8_pack_weight (CPU): the same result, from a
     register tile of 6 rows x 64 output channels that needs no horizontal sums."""
-    return _ops.int8_dynamic_linear_packed(x, w_packed, w_sum, w_scale, bias)
+    return _ops.int8_dynamic_linear_packed(x, w_packed, w_sum, w_scale, bias, smoothing)
 
 
 def int8_weight_only_linear(x: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
@@ -326,8 +328,14 @@ def _(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.float32):
     return _linear_out(xq, wq, out_dtype)
 
 
+def _check_smoothing(op: str, smoothing: torch.Tensor | None, x: torch.Tensor) -> None:
+    if smoothing is not None:
+        _check_same_device(op, "smoothing", smoothing, x)
+
+
 @torch.library.register_fake("effgen::int8_dynamic_linear")
-def _(x, wq, w_scale, bias=None):
+def _(x, wq, w_scale, bias=None, smoothing=None):
+    _check_smoothing("int8_dynamic_linear", smoothing, x)
     return _linear_out(x, wq, x.dtype)
 
 
@@ -350,7 +358,8 @@ def _(xq, x_scale, w_packed, w_sum, w_scale, bias=None, out_dtype=torch.float32)
 
 
 @torch.library.register_fake("effgen::int8_dynamic_linear_packed")
-def _(x, w_packed, w_sum, w_scale, bias=None):
+def _(x, w_packed, w_sum, w_scale, bias=None, smoothing=None):
+    _check_smoothing("int8_dynamic_linear_packed", smoothing, x)
     return _packed_linear_out("int8_dynamic_linear_packed", x, w_packed, w_sum)
 
 

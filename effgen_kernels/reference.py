@@ -20,7 +20,8 @@ The int8_gemm family
   K < 2^17, larger K is rejected), then the fp32 epilogue, in this order and without FMA:
   ``out = float(acc) * x_scale[m] * w_scale[n] + bias[n]``, rounded to ``out_dtype``.
 - ``int8_dynamic_linear``: ``quantize_per_token(x)`` then ``int8_linear`` with the output in
-  x's dtype.
+  x's dtype. With ``smoothing`` (SmoothQuant's 1 / factors, fp32 [K]) the rows quantized are
+  ``x.float() * smoothing`` (an fp32 product, not rounded to x's dtype).
 - ``int8_linear_packed``, ``int8_dynamic_linear_packed``: the same products from weights
   packed by ``int8_pack_weight``: int8 ``[ceil(N/16), ceil(K/4), 64]``, where block
   ``(jb, kq)`` holds ``wq[16 jb + c, 4 kq + r]`` at byte ``4 c + r`` (zero past N and K: 16
@@ -41,7 +42,8 @@ packed forms, binary_linear, ternary_linear, xnor_linear)
   that the kernels multiply in the gradient's dtype (W rounded to it, as F.linear's
   backward does) where the reference multiplies in fp32.
 - int8_dynamic_linear: straight through the per-token rounding of x, i.e. the gradient of
-  ``int8_weight_only_linear`` on the same weights (Int8TrainLinear's estimator).
+  ``int8_weight_only_linear`` on the same weights (Int8TrainLinear's estimator), times
+  ``smoothing`` where given (which takes no gradient).
 - xnor_linear: the gradient of ``binary_linear(sign(x) * mean|x|)`` with a clipped
   straight-through sign (gradient 1 where ``|x| <= 1``) and the mean's own term
   (BinaryTrainLinear's estimator with binary activations).
@@ -236,8 +238,8 @@ def int8_linear(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.float32):
     return out.to(out_dtype).reshape(*xq.shape[:-1], wq.shape[0])
 
 
-def int8_dynamic_linear(x, wq, w_scale, bias=None):
-    q, scale = quantize_per_token(x)
+def int8_dynamic_linear(x, wq, w_scale, bias=None, smoothing=None):
+    q, scale = quantize_per_token(x if smoothing is None else x.float() * smoothing)
     return int8_linear(q, scale, wq, w_scale, bias, out_dtype=x.dtype)
 
 
@@ -267,8 +269,9 @@ def int8_linear_packed(xq, x_scale, w_packed, w_sum, w_scale, bias=None, out_dty
     return int8_linear(xq, x_scale, wq, w_scale, bias, out_dtype)
 
 
-def int8_dynamic_linear_packed(x, w_packed, w_sum, w_scale, bias=None):
-    return int8_dynamic_linear(x, int8_unpack_weight(w_packed, w_sum.numel(), x.shape[-1]), w_scale, bias)
+def int8_dynamic_linear_packed(x, w_packed, w_sum, w_scale, bias=None, smoothing=None):
+    return int8_dynamic_linear(x, int8_unpack_weight(w_packed, w_sum.numel(), x.shape[-1]), w_scale, bias,
+                               smoothing)
 
 
 def int8_weight_only_linear(x, wq, w_scale, bias=None, group_size=None):

@@ -253,6 +253,21 @@ def test_int8_dynamic_linear_packed_is_bit_exact(isa, dtype, m, n, k):
         assert_same_bits(out, ops.int8_dynamic_linear(x, wq, ws, b))
 
 
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("m,n,k", PACKED_MNK)
+def test_smoothing_multiplies_x_in_fp32_before_the_quantization(isa, dtype, m, n, k):
+    x = random_input((m, k), dtype)
+    smoothing = torch.rand(k) * 4 + 0.05
+    wq, w_scale = ops.quantize_per_channel(random_input((n, k)), 0)
+    packed, w_sum = ops.int8_pack_weight(wq)
+    bias = torch.randn(n).to(dtype)
+    expected = ref.int8_dynamic_linear(x, wq, w_scale, bias, smoothing)
+    assert_same_bits(ops.int8_dynamic_linear(x, wq, w_scale, bias, smoothing), expected)
+    assert_same_bits(ops.int8_dynamic_linear_packed(x, packed, w_sum, w_scale, bias, smoothing), expected)
+    q, scale = ops.quantize_per_token(x.float() * smoothing)  # the spec, spelled out
+    assert_same_bits(expected, ref.int8_linear(q, scale, wq, w_scale, bias, dtype))
+
+
 # Small layers (int8 weights up to 1 MiB) with 24+ rows per thread split their rows between
 # threads, each quantizing its own (split_rows in csrc/ops/int8_gemm.cpp); others, like the
 # last shape, split the output blocks after one quantization pass.
@@ -265,15 +280,21 @@ def test_int8_dynamic_linear_over_row_ranges_is_bit_exact(isa, threads, m, n, k,
     wq, w_scale = ops.quantize_per_channel(random_input((n, k)), 0)
     packed, w_sum = ops.int8_pack_weight(wq)
     bias = torch.randn(n).to(dtype)
+    smoothing = torch.rand(k) * 4 + 0.05
     expected = ref.int8_dynamic_linear(x.contiguous(), wq, w_scale, bias)
+    smoothed = ref.int8_dynamic_linear(x.contiguous(), wq, w_scale, bias, smoothing)
     with torch_threads(threads):
         assert_same_bits(ops.int8_dynamic_linear_packed(x, packed, w_sum, w_scale, bias), expected)
         assert_same_bits(ops.int8_dynamic_linear(x, wq, w_scale, bias), expected)
+        assert_same_bits(ops.int8_dynamic_linear_packed(x, packed, w_sum, w_scale, bias, smoothing), smoothed)
+        assert_same_bits(ops.int8_dynamic_linear(x, wq, w_scale, bias, smoothing), smoothed)
         x[1, m // 2 + 3, 7] = float("nan")  # rows of the second thread's range: the first one is named
         x[1, m // 2 + 1, 0] = float("inf")
         first = m + m // 2 + 1
         with pytest.raises(ValueError, match=f"quantize_per_token: x contains NaN or Inf \\(first in row {first}\\)"):
             ops.int8_dynamic_linear_packed(x, packed, w_sum, w_scale, bias)
+        with pytest.raises(ValueError, match=f"x \\* smoothing contains NaN or Inf \\(first in row {first}\\)"):
+            ops.int8_dynamic_linear_packed(x, packed, w_sum, w_scale, bias, smoothing)
 
 
 def test_int8_dynamic_linear_packed_3d_non_contiguous_and_empty(isa):
@@ -315,6 +336,17 @@ def test_int8_dynamic_linear_packed_bad_inputs_name_the_argument():
         ops.int8_dynamic_linear_packed(x.double(), packed, w_sum, w_scale)
     with pytest.raises(RuntimeError, match="w_packed must be on cpu like the input, got meta"):
         ops.int8_dynamic_linear_packed(x, packed.to("meta"), w_sum, w_scale)
+    with pytest.raises(TypeError, match="int8_dynamic_linear_packed: smoothing must be float32, got Double"):
+        ops.int8_dynamic_linear_packed(x, packed, w_sum, w_scale, None, torch.ones(8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="int8_dynamic_linear: smoothing must have shape \\[8\\] \\(one factor per "
+                                         "input feature\\), got \\[1, 8\\]"):
+        ops.int8_dynamic_linear(x, random_int8((4, 8)), w_scale, None, torch.ones(1, 8))
+    with pytest.raises(RuntimeError, match="smoothing must be on cpu like the input, got meta"):
+        ops.int8_dynamic_linear_packed(x, packed, w_sum, w_scale, None, torch.ones(8, device="meta"))
+    overflowing = torch.ones(8)
+    overflowing[3] = 3e38  # finite, but x * smoothing is not
+    with pytest.raises(ValueError, match="x \\* smoothing contains NaN or Inf \\(first in row 0\\)"):
+        ops.int8_dynamic_linear_packed(x.abs() + 2, packed, w_sum, w_scale, None, overflowing)
     with pytest.raises(TypeError, match="int8_linear_packed: xq must be int8"):
         ops.int8_linear_packed(x, torch.ones(3), packed, w_sum, w_scale)
     with pytest.raises(ValueError, match="int8_linear_packed: x_scale must have one element"):
@@ -643,7 +675,7 @@ def test_cuda_empty_dimensions_match_reference(x_shape, n):
     assert_products_match(cases, k, atol=0.05)
 
 
-@pytest.mark.parametrize("case", range(8))
+@pytest.mark.parametrize("case", range(10))
 def test_opcheck(case):
     x = random_input((5, 37))
     xq, x_scale = ops.quantize_per_token(x)
@@ -660,6 +692,8 @@ def test_opcheck(case):
         (e.int8_linear_packed.default, (xq, x_scale, *ops.int8_pack_weight(wq), w_scale, None, torch.float16)),
         (e.int8_weight_only_linear_packed.default,
          (x.bfloat16(), *ops.int8_pack_weight(wg, 16), wg_scale, torch.randn(6), 16)),
+        (e.int8_dynamic_linear.default, (x.bfloat16(), wq, w_scale, None, torch.rand(37) + 0.5)),
+        (e.int8_dynamic_linear_packed.default, (x, *ops.int8_pack_weight(wq), w_scale, None, torch.rand(37) + 0.5)),
     ]
     opcheck(*cases[case])
 
@@ -860,6 +894,9 @@ def test_cuda_int8_linear_and_dynamic_are_bit_exact(cuda_gemm, m, n, k, dtype):
     x = random_input((m, k), dtype)
     out = ops.int8_dynamic_linear(x.cuda(), wq.cuda(), w_scale.cuda(), bias.cuda())
     assert_same_bits(out.cpu(), ref.int8_dynamic_linear(x, wq, w_scale, bias))
+    smoothing = torch.rand(k) * 4 + 0.05
+    out = ops.int8_dynamic_linear(x.cuda(), wq.cuda(), w_scale.cuda(), bias.cuda(), smoothing.cuda())
+    assert_same_bits(out.cpu(), ref.int8_dynamic_linear(x, wq, w_scale, bias, smoothing))
 
 
 @pytest.mark.cuda
@@ -967,6 +1004,9 @@ def test_smoothing_helps_when_one_input_feature_is_an_outlier():
     fresh = ek.nn.Int8Linear(256, 64, smoothing=True)
     fresh.load_state_dict(smooth.state_dict())
     assert_same_bits(fresh(x), smooth(x))
+    x16 = x.bfloat16()  # the op multiplies by the smoothing in fp32, not in x's dtype
+    assert_same_bits(smooth.bfloat16()(x16), ref.int8_dynamic_linear(x16, smooth.weight, smooth.weight_scale,
+                                                                      smooth.bias, smooth.input_smoothing))
 
 
 def test_calibration_of_other_layer_names_is_refused():

@@ -56,8 +56,14 @@ def weight_cases(device: str, n: int = N) -> dict[str, Case]:
     per_channel = partial(ref.int8_weight_only_linear, wq=wq, w_scale=w_scale)
     per_group = partial(ref.int8_weight_only_linear, wq=gq, w_scale=g_scale, group_size=16)
     binary = partial(ref.binary_linear, packed=bits, alpha=alpha)
+    smoothing = (torch.rand(K, generator=torch.Generator().manual_seed(5)) * 2 + 0.25).to(device)
+
+    def smoothed(x, bias):  # straight through the rounding of x * smoothing
+        return per_channel(x * smoothing.to(x.dtype), bias=bias)
+
     cases = {
         "int8_dynamic_linear": Case(e.int8_dynamic_linear.default, (wq, w_scale), (), per_channel),
+        "int8_dynamic_linear smoothing": Case(e.int8_dynamic_linear.default, (wq, w_scale), (smoothing,), smoothed),
         "int8_weight_only_linear": Case(e.int8_weight_only_linear.default, (wq, w_scale), (None,), per_channel),
         "int8_weight_only_linear group 16": Case(e.int8_weight_only_linear.default, (gq, g_scale), (16,), per_group),
         "binary_linear": Case(e.binary_linear.default, (bits, alpha), (None, None), binary),
@@ -76,6 +82,8 @@ def weight_cases(device: str, n: int = N) -> dict[str, Case]:
         cases.update({
             "int8_dynamic_linear_packed": Case(e.int8_dynamic_linear_packed.default, (packed, sums, w_scale), (),
                                                per_channel),
+            "int8_dynamic_linear_packed smoothing": Case(e.int8_dynamic_linear_packed.default,
+                                                         (packed, sums, w_scale), (smoothing,), smoothed),
             "int8_weight_only_linear_packed": Case(e.int8_weight_only_linear_packed.default, (packed, sums, w_scale),
                                                    (None,), per_channel),
             "int8_weight_only_linear_packed group 16": Case(e.int8_weight_only_linear_packed.default,
@@ -185,6 +193,8 @@ def test_scales_asking_for_a_gradient_are_refused_by_name():
         ops.binary_linear(x, bits, alpha.requires_grad_())
     with pytest.raises(RuntimeError, match="int8_weight_only_linear: w_scale takes no gradient"):
         ops.int8_weight_only_linear(x.detach(), wq, w_scale.requires_grad_())
+    with pytest.raises(RuntimeError, match="int8_dynamic_linear: smoothing takes no gradient"):
+        ops.int8_dynamic_linear(x, wq, w_scale.detach(), None, torch.ones(K, requires_grad=True))
     with torch.no_grad():  # nothing to differentiate: runs
         ops.int8_weight_only_linear(x, wq, w_scale)
 

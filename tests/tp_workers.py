@@ -27,6 +27,9 @@ from effgen_kernels.gpt import GPT, GPTConfig, lm_batch, stdlib_source_bytes
 QUANT_CONFIGS = {"int8": ek.Int8Config(), "int8_weight_only": ek.Int8WeightOnlyConfig(),
                  "int8_weight_only_g8": ek.Int8WeightOnlyConfig(group_size=8), "binary": ek.BinaryConfig(),
                  "ternary": ek.TernaryConfig()}
+# ... and for the one row layer (in_features 16, converted under the name ""), SmoothQuant.
+ROW_CONFIGS = {**QUANT_CONFIGS,
+               "int8_smoothquant": ek.Int8Config(activation_absmax={"": torch.linspace(0.1, 8.0, 16)})}
 
 
 def init(rank: int, world: int, port: int) -> None:
@@ -82,7 +85,7 @@ def layers(rank, world, port, out):
     compressed = RowParallelLinear.from_linear(row, compress_block_size=32)(col_tp(x))
     results["compressed_relative"] = ((compressed - row(column(x))).norm() / row(column(x)).norm()).item()
 
-    for label, config in QUANT_CONFIGS.items():  # one quantized row layer against the single-process one
+    for label, config in ROW_CONFIGS.items():  # one quantized row layer against the single-process one
         quantized_row = config.convert(row)
         x_full, x_tp = x.clone().requires_grad_(), x.clone().requires_grad_()
         expected = quantized_row(column(x_full))

@@ -181,12 +181,14 @@ at::Tensor through_binarized_rows(const at::Tensor& grad_binarized, const at::Te
 
 struct QuantizedLinear : torch::autograd::Function<QuantizedLinear> {
   // run: the op itself, called below autograd. binarized_x: the op binarizes x (XNOR).
+  // smoothing: the factors the op multiplies x by before quantizing it (W8A8), if any.
   template <typename Run>
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const std::optional<at::Tensor>& bias,
                             const at::Tensor& stored, const at::Tensor& scale, int64_t codes,
-                            std::optional<int64_t> group_size, bool binarized_x, const Run& run) {
+                            std::optional<int64_t> group_size, bool binarized_x,
+                            const std::optional<at::Tensor>& smoothing, const Run& run) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    ctx->save_for_backward({stored, scale, binarized_x ? x : at::Tensor()});
+    ctx->save_for_backward({stored, scale, binarized_x ? x : at::Tensor(), smoothing.value_or(at::Tensor())});
     ctx->saved_data["codes"] = codes;
     ctx->saved_data["group_size"] = group_size;
     ctx->saved_data["k"] = x.size(-1);
@@ -195,7 +197,7 @@ struct QuantizedLinear : torch::autograd::Function<QuantizedLinear> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    variable_list out(8);  // one per forward argument
+    variable_list out(9);  // one per forward argument
     const at::Tensor& grad_y = grads[0];
     if (!grad_y.defined()) return out;
     const variable_list saved = ctx->get_saved_variables();
@@ -204,7 +206,8 @@ struct QuantizedLinear : torch::autograd::Function<QuantizedLinear> {
           dense_weights(static_cast<Codes>(ctx->saved_data["codes"].toInt()), saved[0], saved[1],
                         ctx->saved_data["k"].toInt(), ctx->saved_data["group_size"].toOptional<int64_t>(),
                         grad_y.scalar_type());
-      const at::Tensor grad_x = grad_y.matmul(weights);  // in x's dtype: the ops' outputs have it
+      at::Tensor grad_x = grad_y.matmul(weights);  // in x's dtype: the ops' outputs have it
+      if (saved[3].defined()) grad_x = grad_x * saved[3].to(grad_x.scalar_type());  // d(x * smoothing)/dx
       out[0] = saved[2].defined() ? through_binarized_rows(grad_x, saved[2]) : grad_x;
     }
     if (ctx->needs_input_grad(1)) {
@@ -227,15 +230,17 @@ void refuse_gradient(const char* op, const char* name, const at::Tensor& scale) 
 // QuantizedLinear.
 template <typename Run>
 at::Tensor quantized_linear(const char* op, const QuantizedWeights& w, const at::Tensor& x,
-                            const std::optional<at::Tensor>& bias, bool binarized_x, const Run& run) {
+                            const std::optional<at::Tensor>& bias, bool binarized_x, const Run& run,
+                            const std::optional<at::Tensor>& smoothing = std::nullopt) {
   refuse_gradient(op, w.scale_name, w.scale);
+  if (smoothing) refuse_gradient(op, "smoothing", *smoothing);
   const bool grad_mode = at::GradMode::is_enabled();
   if (!grad_mode || !(x.requires_grad() || (bias && bias->requires_grad()))) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return run();
   }
   return QuantizedLinear::apply(x, bias, w.stored, w.scale, static_cast<int64_t>(w.codes), w.group_size,
-                                binarized_x, run);
+                                binarized_x, smoothing, run);
 }
 
 using OptionalTensor = std::optional<at::Tensor>;
@@ -264,20 +269,23 @@ at::Tensor int8_linear_packed(const at::Tensor& xq, const at::Tensor& x_scale, c
 }
 
 at::Tensor int8_dynamic_linear(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& w_scale,
-                               const OptionalTensor& bias) {
+                               const OptionalTensor& bias, const OptionalTensor& smoothing) {
   static const auto op = effgen_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                              const OptionalTensor&)>("effgen::int8_dynamic_linear");
+                                              const OptionalTensor&, const OptionalTensor&)>(
+      "effgen::int8_dynamic_linear");
   return quantized_linear("int8_dynamic_linear", {Codes::kInt8, wq, w_scale, "w_scale", std::nullopt}, x, bias,
-                          false, [&] { return op.call(x, wq, w_scale, bias); });
+                          false, [&] { return op.call(x, wq, w_scale, bias, smoothing); }, smoothing);
 }
 
 at::Tensor int8_dynamic_linear_packed(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& w_sum,
-                                      const at::Tensor& w_scale, const OptionalTensor& bias) {
+                                      const at::Tensor& w_scale, const OptionalTensor& bias,
+                                      const OptionalTensor& smoothing) {
   static const auto op = effgen_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                              const at::Tensor&, const OptionalTensor&)>(
+                                              const at::Tensor&, const OptionalTensor&, const OptionalTensor&)>(
       "effgen::int8_dynamic_linear_packed");
   return quantized_linear("int8_dynamic_linear_packed", {Codes::kInt8Packed, w_packed, w_scale, "w_scale", std::nullopt},
-                          x, bias, false, [&] { return op.call(x, w_packed, w_sum, w_scale, bias); });
+                          x, bias, false, [&] { return op.call(x, w_packed, w_sum, w_scale, bias, smoothing); },
+                          smoothing);
 }
 
 at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& w_scale,

@@ -166,15 +166,22 @@ bool split_rows(int64_t m, int64_t n, int64_t k) {
   return k > 0 && n * k <= kRowSplitMaxWeightBytes && m >= kRowSplitMinRows * at::get_num_threads();
 }
 
-// W8A8 with per-token activation quantization: x2 [M, K] (contiguous) quantized, then
-// multiplied by the weights of `product`, either in two parallel passes or, where
-// split_rows says so, in one.
+// The smoothing factors as a contiguous fp32 pointer for the quantization (null without).
+const float* smoothing_data(const std::optional<at::Tensor>& smoothing, at::Tensor& contiguous) {
+  if (!smoothing.has_value()) return nullptr;
+  contiguous = smoothing->contiguous();
+  return contiguous.data_ptr<float>();
+}
+
+// W8A8 with per-token activation quantization: x2 [M, K] (contiguous; times smoothing where
+// given) quantized, then multiplied by the weights of `product`, either in two parallel
+// passes or, where split_rows says so, in one.
 template <typename Product>
-void int8_dynamic_gemm_into(const at::Tensor& x2, int64_t n, const at::Tensor& w_scale, int64_t w_stride,
-                            const at::Tensor& bias, at::Tensor& out, const Product& product) {
+void int8_dynamic_gemm_into(const at::Tensor& x2, const float* smoothing, int64_t n, const at::Tensor& w_scale,
+                            int64_t w_stride, const at::Tensor& bias, at::Tensor& out, const Product& product) {
   const int64_t m = x2.size(0), k = x2.size(1);
   if (!split_rows(m, n, k)) {
-    const auto [xq, x_scale] = quantize_per_token_cpu(x2);
+    const auto [xq, x_scale] = quantize_per_token_cpu(x2, smoothing);
     int8_gemm_into(xq, x_scale, 1, n, w_scale, w_stride, bias, out, product);
     return;
   }
@@ -187,11 +194,12 @@ void int8_dynamic_gemm_into(const at::Tensor& x2, int64_t n, const at::Tensor& w
     const ReleaseTilesAtExit release_tiles;
     for (int64_t i0 = begin; i0 < end; i0 += kBlockM) {
       const int64_t mb = std::min(kBlockM, end - i0);
-      quantize_row_range(x2, 0, i0, i0 + mb, xq, x_scale, non_finite);
+      quantize_row_range(x2, 0, i0, i0 + mb, xq, x_scale, non_finite, smoothing);
       for (int64_t j0 = 0; j0 < n; j0 += kBlockN) block(i0, mb, j0, std::min(kBlockN, n - j0), /*next_cols=*/0);
     }
   });
-  non_finite.check("quantize_per_token", "x", "row");  // the message of the two-pass path
+  // the message of the two-pass path
+  non_finite.check("quantize_per_token", smoothing == nullptr ? "x" : "x * smoothing", "row");
 }
 
 at::Tensor int8_linear(const at::Tensor& xq, const at::Tensor& x_scale, const at::Tensor& wq,
@@ -225,30 +233,32 @@ at::Tensor int8_linear_packed(const at::Tensor& xq, const at::Tensor& x_scale, c
 }
 
 at::Tensor int8_dynamic_linear(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& w_scale,
-                               const std::optional<at::Tensor>& bias) {
+                               const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& smoothing) {
   constexpr const char* op = "int8_dynamic_linear";
   check_cpu(op, "x", x);
-  const auto [k, n, x_stride, w_stride] = check_int8_dynamic_linear(x, wq, w_scale, bias);
+  const auto [k, n, x_stride, w_stride] = check_int8_dynamic_linear(x, wq, w_scale, bias, smoothing);
   at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
   if (out.numel() == 0) return out;
-  at::Tensor out_2d = out.view({-1, n});
+  at::Tensor out_2d = out.view({-1, n}), factors;
   const at::Tensor w = wq.contiguous();
-  int8_dynamic_gemm_into(as_rows(x).contiguous(), n, w_scale.contiguous(), w_stride, float_bias(bias), out_2d,
-                         canonical_product(w, k));
+  int8_dynamic_gemm_into(as_rows(x).contiguous(), smoothing_data(smoothing, factors), n, w_scale.contiguous(),
+                         w_stride, float_bias(bias), out_2d, canonical_product(w, k));
   return out;
 }
 
 at::Tensor int8_dynamic_linear_packed(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& w_sum,
-                                      const at::Tensor& w_scale, const std::optional<at::Tensor>& bias) {
+                                      const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
+                                      const std::optional<at::Tensor>& smoothing) {
   constexpr const char* op = "int8_dynamic_linear_packed";
   check_cpu(op, "x", x);
-  const auto [k, n, x_stride, w_stride] = check_int8_dynamic_linear_packed(x, w_packed, w_sum, w_scale, bias);
+  const auto [k, n, x_stride, w_stride] =
+      check_int8_dynamic_linear_packed(x, w_packed, w_sum, w_scale, bias, smoothing);
   at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
   if (out.numel() == 0) return out;
-  at::Tensor out_2d = out.view({-1, n});
+  at::Tensor out_2d = out.view({-1, n}), factors;
   const at::Tensor packed = w_packed.contiguous(), sums = w_sum.contiguous();
-  int8_dynamic_gemm_into(as_rows(x).contiguous(), n, w_scale.contiguous(), w_stride, float_bias(bias), out_2d,
-                         packed_product(packed, sums, k));
+  int8_dynamic_gemm_into(as_rows(x).contiguous(), smoothing_data(smoothing, factors), n, w_scale.contiguous(),
+                         w_stride, float_bias(bias), out_2d, packed_product(packed, sums, k));
   return out;
 }
 

@@ -131,16 +131,29 @@ Int8LinearShape check_w8a8(const char* op, const at::Tensor& xq, const at::Tenso
   return s;
 }
 
-// ... and with float activations quantized per token inside the op.
+// SmoothQuant's factors that multiply x's channels before it is quantized: fp32 [K].
+inline void check_smoothing(const char* op, const std::optional<at::Tensor>& smoothing, int64_t k,
+                            const at::Tensor& x) {
+  if (!smoothing.has_value()) return;
+  check_same_device(op, "smoothing", *smoothing, x);
+  TORCH_CHECK_TYPE(smoothing->scalar_type() == at::kFloat, op, ": smoothing must be float32, got ",
+                   smoothing->scalar_type());
+  TORCH_CHECK_VALUE(smoothing->dim() == 1 && smoothing->size(0) == k, op, ": smoothing must have shape [", k,
+                    "] (one factor per input feature), got ", smoothing->sizes());
+}
+
+// ... and with float activations (times the optional smoothing) quantized per token inside
+// the op.
 template <typename WeightCheck>
 Int8LinearShape check_dynamic_w8a8(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& bias,
-                                   const WeightCheck& weight) {
+                                   const std::optional<at::Tensor>& smoothing, const WeightCheck& weight) {
   check_float_input(op, "x", x);
   Int8LinearShape s{};
   s.k = check_activation_rows(op, "x", x);
   s.x_stride = 1;
   std::tie(s.n, s.w_stride) = weight(s.k);
   check_bias(op, bias, s.n, x);
+  check_smoothing(op, smoothing, s.k, x);
   check_k_bound(op, s.k);
   return s;
 }
@@ -161,9 +174,11 @@ inline Int8LinearShape check_int8_linear(const at::Tensor& xq, const at::Tensor&
 }
 
 inline Int8LinearShape check_int8_dynamic_linear(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& w_scale,
-                                                 const std::optional<at::Tensor>& bias) {
+                                                 const std::optional<at::Tensor>& bias,
+                                                 const std::optional<at::Tensor>& smoothing) {
   constexpr const char* op = "int8_dynamic_linear";
-  return check_dynamic_w8a8(op, x, bias, [&](int64_t k) { return check_canonical_weight(op, wq, w_scale, k, x); });
+  return check_dynamic_w8a8(op, x, bias, smoothing,
+                            [&](int64_t k) { return check_canonical_weight(op, wq, w_scale, k, x); });
 }
 
 // Packed weights as cpu::kPackCols x cpu::kPackDepth blocks ([ceil(N/16), ceil(K/4), 64]
@@ -214,9 +229,10 @@ inline Int8LinearShape check_int8_linear_packed(const at::Tensor& xq, const at::
 
 inline Int8LinearShape check_int8_dynamic_linear_packed(const at::Tensor& x, const at::Tensor& w_packed,
                                                         const at::Tensor& w_sum, const at::Tensor& w_scale,
-                                                        const std::optional<at::Tensor>& bias) {
+                                                        const std::optional<at::Tensor>& bias,
+                                                        const std::optional<at::Tensor>& smoothing) {
   constexpr const char* op = "int8_dynamic_linear_packed";
-  return check_dynamic_w8a8(op, x, bias,
+  return check_dynamic_w8a8(op, x, bias, smoothing,
                             [&](int64_t k) { return check_packed_weight(op, w_packed, w_sum, w_scale, k, x); });
 }
 

@@ -78,15 +78,17 @@ at::Tensor int8_linear(const at::Tensor& xq, const at::Tensor& x_scale, const at
 }
 
 at::Tensor int8_dynamic_linear(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& w_scale,
-                               const std::optional<at::Tensor>& bias) {
+                               const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& smoothing) {
   constexpr const char* op = "int8_dynamic_linear";
   check_cuda(op, "x", x);
-  const auto [k, n, x_stride, w_stride] = check_int8_dynamic_linear(x, wq, w_scale, bias);
+  const auto [k, n, x_stride, w_stride] = check_int8_dynamic_linear(x, wq, w_scale, bias, smoothing);
   if (k == 0) return empty_sum_product(x, n, x.options(), bias);
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
   if (out.numel() == 0) return out;
-  const auto [xq, x_scale] = quantize_per_token_cuda(as_rows(x));
+  // Smoothing as a separate fp32 multiply here (the CPU glue fuses it into the quantization).
+  const at::Tensor rows = smoothing.has_value() ? as_rows(x).to(at::kFloat).mul(*smoothing) : as_rows(x);
+  const auto [xq, x_scale] = quantize_per_token_cuda(rows);
   at::Tensor out_2d = out.view({-1, n});
   launch_gemm(op, xq, x_scale, x_stride, wq.contiguous(), w_scale.contiguous(), w_stride, float_bias(bias), out_2d);
   return out;

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "../kernels/cpu/quant.h"
 #include "../kernels/cpu/quant_learnable.h"
@@ -45,16 +46,17 @@ void check_quantize_input(const char* op, const at::Tensor& x) {
 
 // Row-wise groups of the last dim, fused: absmax, scale, quantize while the group is in cache.
 // group_size 0 means one group per row (per token), whose scale drops the last dim.
-std::tuple<at::Tensor, at::Tensor> quantize_rows(const char* op, const at::Tensor& x_in, int64_t group_size) {
+std::tuple<at::Tensor, at::Tensor> quantize_rows(const char* op, const at::Tensor& x_in, int64_t group_size,
+                                                 const float* smoothing = nullptr) {
   check_quantize_input(op, x_in);
   const at::Tensor x = x_in.contiguous();
   const int64_t k = x.size(-1), rows = k == 0 ? 0 : x.numel() / k;
   auto [q, scale] = allocate_row_quantized(x, group_size);
   NonFiniteTracker non_finite;
   at::parallel_for(0, rows, grain_for(k), [&](int64_t begin, int64_t end) {
-    quantize_row_range(x, group_size, begin, end, q, scale, non_finite);
+    quantize_row_range(x, group_size, begin, end, q, scale, non_finite, smoothing);
   });
-  non_finite.check(op, "x", "row");
+  non_finite.check(op, smoothing == nullptr ? "x" : "x * smoothing", "row");
   return {q, scale};
 }
 
@@ -74,7 +76,7 @@ void NonFiniteTracker::check(const char* op, const char* name, const char* item_
 }
 
 void quantize_row_range(const at::Tensor& x, int64_t group_size, int64_t begin, int64_t end, at::Tensor& q,
-                        at::Tensor& scale, NonFiniteTracker& non_finite) {
+                        at::Tensor& scale, NonFiniteTracker& non_finite, const float* smoothing) {
   const int64_t k = x.size(-1);
   group_size = group_size > 0 ? group_size : std::max<int64_t>(k, 1);
   const int64_t groups = num_groups(k, group_size);
@@ -84,24 +86,34 @@ void quantize_row_range(const at::Tensor& x, int64_t group_size, int64_t begin, 
   const int64_t elem = x.element_size();
   auto* q_ptr = q.data_ptr<int8_t>();
   auto* scale_ptr = scale.data_ptr<float>();
+  thread_local std::vector<float> smoothed;  // one group of x * smoothing, kept between calls
+  if (smoothing != nullptr) smoothed.resize(static_cast<size_t>(group_size));
   for (int64_t r = begin; r < end; ++r) {
     for (int64_t g = 0; g < groups; ++g) {
       const int64_t start = r * k + g * group_size, n = std::min(group_size, k - g * group_size);
       const void* run = x_bytes + start * elem;
-      const uint32_t bits = kernels.absmax_bits(dtype, run, n);
+      cpu::DType run_dtype = dtype;
+      if (smoothing != nullptr) {
+        kernels.scale_channels(dtype, run, n, smoothing + g * group_size, smoothed.data());
+        run = smoothed.data();
+        run_dtype = cpu::DType::kF32;
+      }
+      const uint32_t bits = kernels.absmax_bits(run_dtype, run, n);
       non_finite.note(r, bits);
       const SymmetricScale s = symmetric_scale(bits);
       scale_ptr[r * groups + g] = s.scale;
-      kernels.quantize_symmetric(dtype, run, n, &s.inv_scale, 0, q_ptr + start);
+      kernels.quantize_symmetric(run_dtype, run, n, &s.inv_scale, 0, q_ptr + start);
     }
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> quantize_per_token_cpu(const at::Tensor& x) {
-  return quantize_rows("quantize_per_token", x, /*group_size=*/0);
+std::tuple<at::Tensor, at::Tensor> quantize_per_token_cpu(const at::Tensor& x, const float* smoothing) {
+  return quantize_rows("quantize_per_token", x, /*group_size=*/0, smoothing);
 }
 
 namespace {
+
+std::tuple<at::Tensor, at::Tensor> quantize_per_token(const at::Tensor& x) { return quantize_per_token_cpu(x, nullptr); }
 
 std::tuple<at::Tensor, at::Tensor> quantize_per_group(const at::Tensor& x, int64_t group_size) {
   check_group_size("quantize_per_group", group_size);
@@ -401,7 +413,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_per_chann
 }  // namespace
 
 TORCH_LIBRARY_IMPL(effgen, CPU, m) {
-  m.impl("quantize_per_token", &quantize_per_token_cpu);
+  m.impl("quantize_per_token", &quantize_per_token);
   m.impl("quantize_per_group", &quantize_per_group);
   m.impl("quantize_per_channel", &quantize_per_channel);
   m.impl("dequantize", &dequantize_cpu);

@@ -24,12 +24,15 @@ class NonFiniteTracker {
 // Rows [begin, end) of x (contiguous, a float dtype, rows along its last dim) quantized in
 // groups of group_size values (0: one group per row, per token) into q (int8, x's shape) and
 // scale (fp32, [rows, groups]) as quantize_per_token / quantize_per_group do: absmax, scale
-// and codes while a group is in cache. Rows holding NaN or Inf go to non_finite.
+// and codes while a group is in cache. Rows holding NaN or Inf go to non_finite. With
+// smoothing (fp32, one factor per element of a row), the rows quantized are x * smoothing,
+// multiplied in fp32 (SmoothQuant; see reference.int8_dynamic_linear).
 void quantize_row_range(const at::Tensor& x, int64_t group_size, int64_t begin, int64_t end, at::Tensor& q,
-                        at::Tensor& scale, NonFiniteTracker& non_finite);
+                        at::Tensor& scale, NonFiniteTracker& non_finite, const float* smoothing = nullptr);
 
-// The CPU kernel of effgen::quantize_per_token (same checks, same results).
-std::tuple<at::Tensor, at::Tensor> quantize_per_token_cpu(const at::Tensor& x);
+// The CPU kernel of effgen::quantize_per_token (same checks, same results) with smoothing
+// null; else that of quantize_per_token(x.float() * smoothing).
+std::tuple<at::Tensor, at::Tensor> quantize_per_token_cpu(const at::Tensor& x, const float* smoothing);
 // The CPU kernel of effgen::dequantize.
 at::Tensor dequantize_cpu(const at::Tensor& q, const at::Tensor& scale, std::optional<int64_t> axis,
                           std::optional<int64_t> group_size, at::ScalarType out_dtype);

@@ -109,16 +109,20 @@ class _GatherFromRegion(torch.autograd.Function):
 
 
 class _RowShardW8A8(torch.autograd.Function):
-    """A row shard of Int8Linear. Forward: every token quantized with the absmax of its whole
-    row (all shards), as the single-process layer does, so the shards' int32 products add up
-    exactly. Backward: the layer's input gradient, dL/dy W straight through the rounding."""
+    """A row shard of Int8Linear. Forward: every token (times the shard's SmoothQuant factors,
+    in fp32, where the layer has them) quantized with the absmax of its whole row (all shards),
+    as the single-process layer does, so the shards' int32 products add up exactly. Backward:
+    the layer's input gradient, dL/dy W straight through the rounding (times the factors)."""
 
     @staticmethod
     def forward(ctx, x, layer, group):
         ctx.layer = layer
-        absmax = x.detach().float().abs().amax(dim=-1, keepdim=True)
+        rows = x.detach().float()
+        if layer.input_smoothing is not None:
+            rows = rows * layer.input_smoothing
+        absmax = rows.abs().amax(dim=-1, keepdim=True)
         dist.all_reduce(absmax, op=dist.ReduceOp.MAX, group=group)
-        xq, x_scale = reference.symmetric_int8(x, absmax)
+        xq, x_scale = reference.symmetric_int8(rows, absmax)
         xq, x_scale = xq.reshape(-1, xq.shape[-1]), x_scale.reshape(-1)
         if layer.weight_packed is not None:
             y = ops.int8_linear_packed(xq, x_scale, layer.weight_packed, layer.weight_sum, layer.weight_scale, None,
@@ -130,7 +134,10 @@ class _RowShardW8A8(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         weight = ops.dequantize(ctx.layer.weight, ctx.layer.weight_scale, axis=0, out_dtype=grad.dtype)
-        return grad @ weight, None, None
+        grad_x = grad @ weight
+        if ctx.layer.input_smoothing is not None:
+            grad_x = grad_x * ctx.layer.input_smoothing.to(grad_x.dtype)
+        return grad_x, None, None
 
 
 def copy_to_tensor_parallel_region(x: torch.Tensor, group=None) -> torch.Tensor:
@@ -362,8 +369,6 @@ class RowParallelLinear(nn.Module):
         if not isinstance(self.local, Int8Linear):
             return self.local(x)
         self.local._check_input(x)
-        if self.local.input_smoothing is not None:
-            x = x * self.local.input_smoothing.to(x.dtype)
         return _RowShardW8A8.apply(x, self.local, self.group)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

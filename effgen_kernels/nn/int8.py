@@ -142,7 +142,7 @@ class Int8Linear(_QuantizedLinearBase):
     time; int32 accumulation; the output has the input's dtype.
 
     With ``smoothing=True`` the layer holds ``input_smoothing`` (1 / SmoothQuant's factors,
-    one per input feature) and multiplies its input by it before quantizing."""
+    one per input feature), by which the op multiplies its input (in fp32) before quantizing."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, smoothing: bool = False,
                  device=None, dtype=None) -> None:
@@ -172,11 +172,10 @@ class Int8Linear(_QuantizedLinearBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         b = self._buffers  # see _QuantizedLinearBase: one lookup, not one per buffer
-        if b["input_smoothing"] is not None:
-            x = x * b["input_smoothing"].to(x.dtype)
         if b["weight_packed"] is not None:
-            return ops.int8_dynamic_linear_packed(x, b["weight_packed"], b["weight_sum"], b["weight_scale"], b["bias"])
-        return ops.int8_dynamic_linear(x, b["weight"], b["weight_scale"], b["bias"])
+            return ops.int8_dynamic_linear_packed(x, b["weight_packed"], b["weight_sum"], b["weight_scale"], b["bias"],
+                                                  b["input_smoothing"])
+        return ops.int8_dynamic_linear(x, b["weight"], b["weight_scale"], b["bias"], b["input_smoothing"])
 
     def extra_repr(self) -> str:
         smooth = ", SmoothQuant input smoothing" if self.input_smoothing is not None else ""

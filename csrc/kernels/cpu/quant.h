@@ -34,6 +34,8 @@ struct QuantKernels {
   uint32_t (*absmax_bits)(DType dtype, const void* x, int64_t n);
   // acc[i] = max(acc[i], |x[i]| bits): column-wise absmax over several rows.
   void (*absmax_bits_accumulate)(DType dtype, const void* x, int64_t n, uint32_t* acc);
+  // y[i] = x[i] * factors[i] in fp32 (SmoothQuant's per-channel smoothing of activations).
+  void (*scale_channels)(DType dtype, const void* x, int64_t n, const float* factors, float* y);
   // q[i] = clamp(round_half_even(x[i] * inv_scale[i * stride]), -127, 127).
   void (*quantize_symmetric)(DType dtype, const void* x, int64_t n, const float* inv_scale, int64_t stride,
                              int8_t* q);

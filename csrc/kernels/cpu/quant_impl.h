@@ -59,6 +59,17 @@ void quantize_symmetric_t(const T* x, int64_t n, const float* inv_scale, int64_t
   }
 }
 
+template <typename T>
+void scale_channels_t(const T* x, int64_t n, const float* factors, float* y) {
+  int64_t i = 0;
+  for (; i + S::kWidth <= n; i += S::kWidth) S::store(y + i, S::mul(S::load(x + i), S::load(factors + i)));
+  if (i < n) {
+    Lanes<float> out{};
+    S::store(out.v, S::mul(S::load(pad_tail(x + i, n - i).v), S::load(pad_tail(factors + i, n - i).v)));
+    std::memcpy(y + i, out.v, static_cast<size_t>(n - i) * sizeof(float));
+  }
+}
+
 template <typename Out>
 void dequantize_t(const int8_t* q, int64_t n, const float* scale, int64_t stride, Out* y) {
   int64_t i = 0;
@@ -149,6 +160,10 @@ void absmax_bits_accumulate(DType dtype, const void* x, int64_t n, uint32_t* acc
   with_dtype(dtype, [&](auto tag) { absmax_bits_accumulate_t(static_cast<const decltype(tag)*>(x), n, acc); });
 }
 
+void scale_channels(DType dtype, const void* x, int64_t n, const float* factors, float* y) {
+  with_dtype(dtype, [&](auto tag) { scale_channels_t(static_cast<const decltype(tag)*>(x), n, factors, y); });
+}
+
 void quantize_symmetric(DType dtype, const void* x, int64_t n, const float* inv_scale, int64_t stride, int8_t* q) {
   with_dtype(dtype,
              [&](auto tag) { quantize_symmetric_t(static_cast<const decltype(tag)*>(x), n, inv_scale, stride, q); });
@@ -173,5 +188,5 @@ void mask_grad(DType dtype, const void* grad, const bool* mask, int64_t n, void*
   });
 }
 
-const QuantKernels kTable{absmax_bits, absmax_bits_accumulate, quantize_symmetric, dequantize, fake_quantize,
-                          mask_grad};
+const QuantKernels kTable{absmax_bits, absmax_bits_accumulate, scale_channels, quantize_symmetric, dequantize,
+                          fake_quantize, mask_grad};
