@@ -155,6 +155,7 @@ def test_empty_inputs_give_empty_outputs(isa):
         x = torch.randn(shape)
         q, scale = ops.quantize_per_token(x)
         assert q.shape == x.shape and scale.shape == x.shape[:-1]
+        assert_same_bits(scale, ref.quantize_per_token(x)[1])  # K = 0: each row's scale is 0
         assert ops.dequantize(q, scale).shape == x.shape
     y = ops.fake_quantize_per_tensor(torch.randn(0, 3), 0.1, 0, -128, 127)
     assert y.shape == (0, 3)
