@@ -832,6 +832,17 @@ def test_quantize_converts_every_linear_and_compiles_without_breaks(config, dtyp
     assert_same_bits(compiled(x), out)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_smoothquant_model_compiles_without_breaks(dtype):
+    model = mlp(dtype)
+    x = random_input((4, 64), dtype, scale=1.0)
+    ek.quantize_(model, ek.Int8Config(activation_absmax=ek.calibrate_activations(model, [x])))
+    assert all(model[i].input_smoothing is not None for i in (0, 2, 4))
+    out = model(x)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    assert_same_bits(compiled(x), out)
+
+
 def test_quantize_filter_and_skips_are_reported():
     model = mlp()
     summary = ek.quantize_(model, ek.Int8Config(), filter_fn=lambda module, name: name != "4")
