@@ -59,14 +59,15 @@ void quantize_symmetric_t(const T* x, int64_t n, const float* inv_scale, int64_t
   }
 }
 
-template <typename T>
-void scale_channels_t(const T* x, int64_t n, const float* factors, float* y) {
+// out[i] = a[i] * b[i], widened to fp32 lanes and rounded to Out.
+template <typename A, typename B, typename Out>
+void multiply_t(const A* a, const B* b, int64_t n, Out* out) {
   int64_t i = 0;
-  for (; i + S::kWidth <= n; i += S::kWidth) S::store(y + i, S::mul(S::load(x + i), S::load(factors + i)));
+  for (; i + S::kWidth <= n; i += S::kWidth) S::store(out + i, S::mul(S::load(a + i), S::load(b + i)));
   if (i < n) {
-    Lanes<float> out{};
-    S::store(out.v, S::mul(S::load(pad_tail(x + i, n - i).v), S::load(pad_tail(factors + i, n - i).v)));
-    std::memcpy(y + i, out.v, static_cast<size_t>(n - i) * sizeof(float));
+    Lanes<Out> tail{};
+    S::store(tail.v, S::mul(S::load(pad_tail(a + i, n - i).v), S::load(pad_tail(b + i, n - i).v)));
+    std::memcpy(out + i, tail.v, static_cast<size_t>(n - i) * sizeof(Out));
   }
 }
 
@@ -128,19 +129,6 @@ uint32_t fake_quantize_t(const T* x, int64_t n, const FakeQuantParams& params, i
   return S::hmax_bits(seen);
 }
 
-// bool is one byte holding 0 or 1, so the int8 load widens it to 0.0f / 1.0f.
-template <typename T>
-void mask_grad_t(const T* grad, const bool* mask, int64_t n, T* dx) {
-  const auto* mask_bytes = reinterpret_cast<const int8_t*>(mask);
-  int64_t i = 0;
-  for (; i + S::kWidth <= n; i += S::kWidth) S::store(dx + i, S::mul(S::load(grad + i), S::load(mask_bytes + i)));
-  if (i < n) {
-    Lanes<T> out{};
-    S::store(out.v, S::mul(S::load(pad_tail(grad + i, n - i).v), S::load(pad_tail(mask_bytes + i, n - i).v)));
-    std::memcpy(dx + i, out.v, static_cast<size_t>(n - i) * sizeof(T));
-  }
-}
-
 // Type-erased entry points for the QuantKernels table.
 template <typename Fn>
 auto with_dtype(DType dtype, Fn&& fn) {
@@ -161,7 +149,7 @@ void absmax_bits_accumulate(DType dtype, const void* x, int64_t n, uint32_t* acc
 }
 
 void scale_channels(DType dtype, const void* x, int64_t n, const float* factors, float* y) {
-  with_dtype(dtype, [&](auto tag) { scale_channels_t(static_cast<const decltype(tag)*>(x), n, factors, y); });
+  with_dtype(dtype, [&](auto tag) { multiply_t(static_cast<const decltype(tag)*>(x), factors, n, y); });
 }
 
 void quantize_symmetric(DType dtype, const void* x, int64_t n, const float* inv_scale, int64_t stride, int8_t* q) {
@@ -181,10 +169,11 @@ uint32_t fake_quantize(DType dtype, const void* x, int64_t n, const FakeQuantPar
   });
 }
 
+// bool is one byte holding 0 or 1, so the int8 load widens it to 0.0f / 1.0f.
 void mask_grad(DType dtype, const void* grad, const bool* mask, int64_t n, void* dx) {
   with_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    mask_grad_t(static_cast<const T*>(grad), mask, n, static_cast<T*>(dx));
+    multiply_t(static_cast<const T*>(grad), reinterpret_cast<const int8_t*>(mask), n, static_cast<T*>(dx));
   });
 }
 
