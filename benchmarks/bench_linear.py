@@ -67,11 +67,15 @@ def int8_peak_gops(ctx: BenchContext) -> float:
 
 
 def make_peers(linear: torch.nn.Linear, rotate: bool) -> dict[str, Rotation]:
-    """Every format of one layer, each rotating through more than 512 MB of its own bytes."""
+    """Every format of one layer, each rotating through more than 512 MB of its own bytes.
+    SmoothQuant's W8A8 takes calibrated activation maxima: here positive random ones."""
     n, k = linear.weight.shape
     w, b = linear.weight.detach(), linear.bias.detach()
+    absmax = torch.rand(k, generator=torch.Generator().manual_seed(1)) * 8 + 0.1
     formats = {
         "int8": Rotation(lambda: ek.nn.Int8Linear.from_float(linear), n * k, rotate=rotate),
+        "int8 smoothquant": Rotation(lambda: ek.nn.Int8Linear.from_float(linear, activation_absmax=absmax), n * k,
+                                     rotate=rotate),
         "w8a16": Rotation(lambda: ek.nn.Int8WeightOnlyLinear.from_float(linear), n * k, rotate=rotate),
         "w8a16 g128": Rotation(lambda: ek.nn.Int8WeightOnlyLinear.from_float(linear, group_size=W8A16_GROUP), n * k,
                                rotate=rotate),
@@ -150,6 +154,15 @@ def run_shape(ctx: BenchContext, m: int, k: int, n: int, peak: float) -> list[Be
                                 bytes_moved=weight_bytes + m * k * element + m * n * element, ops=2 * m * k * n,
                                 peak_gops=peak, reps=reps, warmup=warmup, graph_calls=graph_calls)
     if m <= DECODE_M:
+        # SmoothQuant's factors ride in the quantization pass: what do they cost a decode call?
+        def smoothquant():
+            return rot["int8 smoothquant"].next()(x_int8)
+
+        results += ctx.measure_peers(FAMILY, "Int8Linear (W8A8 + SmoothQuant)", shape, x_int8.dtype, smoothquant,
+                                     {"Int8Linear, no smoothing": int8_linear},
+                                     bytes_moved=weight_bytes + 4 * k + m * k * element + m * n * element,
+                                     ops=2 * m * k * n, peak_gops=peak, reps=reps, warmup=warmup,
+                                     graph_calls=graph_calls)
         for name, layers in [("Int8WeightOnlyLinear (W8A16)", "w8a16"),
                              (f"Int8WeightOnlyLinear (W8A16, group {W8A16_GROUP})", "w8a16 g128")]:
             def w8a16(layers=layers):
