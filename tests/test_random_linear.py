@@ -4,6 +4,7 @@ element), dtypes, scales from 1e-3 to 1e3, biases, group sizes, and now and then
 NaN. Each case is seeded, so a failure names the case that reproduces it.
 
 The bound each output must meet is the accumulated rounding the op's spec allows:
+With SmoothQuant factors, x below is x * smoothing (what the W8A8 ops quantize).
   |out - expected| <= 2^-14 * absmax_row(x) * sum_k |w[j, k]|   (W8A16 fixed point on the CPU:
                                                                  15 bits of each token's absmax)
                      + k * 2^-22 * (|x| @ |w|^T)[i, j]          (fp32 sums in another order)
@@ -63,7 +64,8 @@ def draw_case(seed: int) -> dict:
         x = x.reshape(1, m, k)
     return dict(op=rng.choice(OPS), x=with_layout(x, rng), w=torch.randn(n, k, generator=gen) * 0.05,
                 bias=torch.randn(n, generator=gen).to(rng.choice(FLOAT_DTYPES)) if rng.random() < 0.5 else None,
-                group=rng.choice([None, None, 4, 6, 32, 50, 128]), out_dtype=rng.choice(FLOAT_DTYPES), rng=rng)
+                group=rng.choice([None, None, 4, 6, 32, 50, 128]), out_dtype=rng.choice(FLOAT_DTYPES), rng=rng,
+                gen=gen)
 
 
 def run_case(case: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -100,10 +102,15 @@ def run_case(case: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         expected = ref.int8_linear(xq, x_scale, wq, w_scale, bias, case["out_dtype"])
         return ops.int8_linear(with_layout(xq, rng), x_scale, with_layout(wq, rng), w_scale, bias,
                                case["out_dtype"]), expected, dense
-    expected = ref.int8_dynamic_linear(x, wq, w_scale, bias)
+    smoothing = None
+    if rng.random() < 0.4:  # positive factors from 0.1 to 10, as SmoothQuant's alpha gives
+        smoothing = with_layout(torch.exp(torch.empty(x.shape[-1]).uniform_(-2.3, 2.3, generator=case["gen"])), rng)
+        case["quantized_x"] = x.float() * smoothing
+    expected = ref.int8_dynamic_linear(x, wq, w_scale, bias, smoothing)
     if op == "int8_dynamic":
-        return ops.int8_dynamic_linear(x, with_layout(wq, rng), w_scale, bias), expected, dense
-    return ops.int8_dynamic_linear_packed(x, *ops.int8_pack_weight(wq), w_scale, bias), expected, dense
+        return ops.int8_dynamic_linear(x, with_layout(wq, rng), w_scale, bias, smoothing), expected, dense
+    return (ops.int8_dynamic_linear_packed(x, *ops.int8_pack_weight(wq), w_scale, bias, smoothing), expected,
+            dense)
 
 
 @pytest.mark.parametrize("seed", range(120))
@@ -114,7 +121,7 @@ def test_random_case_matches_reference(isa, seed):
     if expected.numel() == 0:
         return
     k = dense.shape[1]
-    x = case["x"].float().reshape(case["x"].shape[:-1].numel(), k)
+    x = case.get("quantized_x", case["x"]).float().reshape(case["x"].shape[:-1].numel(), k)
     out, expected = out.float().reshape(x.shape[0], -1), expected.float().reshape(x.shape[0], -1)
     finite = torch.isfinite(expected)
     assert torch.equal(torch.isnan(out), torch.isnan(expected)), f"{case['op']}: NaN not where the reference has it"

@@ -199,7 +199,7 @@ void int8_dynamic_gemm_into(const at::Tensor& x2, const float* smoothing, int64_
     }
   });
   // the message of the two-pass path
-  non_finite.check("quantize_per_token", smoothing == nullptr ? "x" : "x * smoothing", "row");
+  non_finite.check("quantize_per_token", quantized_rows_name(smoothing), "row");
 }
 
 at::Tensor int8_linear(const at::Tensor& xq, const at::Tensor& x_scale, const at::Tensor& wq,

@@ -56,7 +56,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows(const char* op, const at::Tenso
   at::parallel_for(0, rows, grain_for(k), [&](int64_t begin, int64_t end) {
     quantize_row_range(x, group_size, begin, end, q, scale, non_finite, smoothing);
   });
-  non_finite.check(op, smoothing == nullptr ? "x" : "x * smoothing", "row");
+  non_finite.check(op, quantized_rows_name(smoothing), "row");
   return {q, scale};
 }
 

@@ -30,6 +30,11 @@ class NonFiniteTracker {
 void quantize_row_range(const at::Tensor& x, int64_t group_size, int64_t begin, int64_t end, at::Tensor& q,
                         at::Tensor& scale, NonFiniteTracker& non_finite, const float* smoothing = nullptr);
 
+// What quantize_row_range's errors call the rows it quantized: x, or x * smoothing.
+inline const char* quantized_rows_name(const float* smoothing) {
+  return smoothing == nullptr ? "x" : "x * smoothing";
+}
+
 // The CPU kernel of effgen::quantize_per_token (same checks, same results) with smoothing
 // null; else that of quantize_per_token(x.float() * smoothing).
 std::tuple<at::Tensor, at::Tensor> quantize_per_token_cpu(const at::Tensor& x, const float* smoothing);
