@@ -1,8 +1,9 @@
 // The CPU lookup-table kernel alone (BinaryGemmKernels::lut_sums of the dispatched ISA),
 // without torch, the op's glue or Python: how the numbers of RESULTS.md "Session 20" and
-// "Session 22" were taken. Tables and tiles are built by the library's own build_lut_tables /
+// "Session 22" were taken. Tables and tiles are built by the library's own build_tables /
 // tile_for_lut, and the result is checked against lut_sums_portable before timing (exit 1 on
-// mismatch), as is the same ISA's lut_tiles_to_int8 against the weights it stands for.
+// mismatch), as are the same ISA's build_tables against build_lut_tables and its
+// lut_tiles_to_int8 against the weights it stands for.
 //
 // Build (from the repository root, the extension's flags; the kernels are torch-free), with
 // S=csrc/kernels/cpu:
@@ -16,6 +17,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -90,6 +92,27 @@ bool int8_blocks_match(const BinaryGemmKernels& kernels, const std::vector<uint8
   return true;
 }
 
+// The ISA's build_tables against build_lut_tables, bit for bit, on x and on x with -0,
+// -Inf and NaN among its values (the tables are the same, not just close).
+bool tables_match(const BinaryGemmKernels& kernels, std::vector<float> x, int64_t m, int64_t k) {
+  const size_t floats = static_cast<size_t>(m * kernels.lut_layout.table_floats(k));
+  for (const bool special : {false, true}) {
+    if (special) {
+      for (size_t i = 0; i < x.size(); i += 5) x[i] = -0.0f;
+      x[x.size() / 3] = -INFINITY;
+      x[x.size() / 2] = NAN;
+    }
+    std::vector<float> built(floats), expected(floats);
+    kernels.build_tables(x.data(), m, k, built.data());
+    build_lut_tables(kernels.lut_layout, x.data(), m, k, expected.data());
+    if (std::memcmp(built.data(), expected.data(), floats * sizeof(float)) != 0) {
+      std::printf("build_tables differs from build_lut_tables (special values: %d)\n", special);
+      return false;
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -116,7 +139,8 @@ int main(int argc, char** argv) {
   std::normal_distribution<float> normal;
   std::vector<float> x(static_cast<size_t>(m * k)), tables(static_cast<size_t>(m * layout.table_floats(k)));
   for (float& v : x) v = normal(rng);
-  build_lut_tables(layout, x.data(), m, k, tables.data());
+  if (!tables_match(kernels, x, m, k)) return 1;
+  kernels.build_tables(x.data(), m, k, tables.data());
 
   const int64_t padded = tiles * kLutTileRows;
   std::vector<float> sums(static_cast<size_t>(m * padded)), expected(sums.size());

@@ -361,8 +361,10 @@ LutSums lut_product(const Rows& r, int64_t n, const at::Tensor& lut, int planes,
   for (int64_t c0 = 0; c0 < r.m; c0 += kLutChunkM) {
     const int64_t chunk = std::min(kLutChunkM, r.m - c0);
     at::parallel_for(0, chunk, 1, [&](int64_t i0, int64_t i1) {
-      cpu::build_lut_tables(layout, x32.data_ptr<float>() + (c0 + i0) * r.k, i1 - i0, r.k,
-                            tables.get() + i0 * table_floats);
+      const float* rows = x32.data_ptr<float>() + (c0 + i0) * r.k;
+      float* row_tables = tables.get() + i0 * table_floats;
+      if (native) return kernels.build_tables(rows, i1 - i0, r.k, row_tables);
+      cpu::build_lut_tables(layout, rows, i1 - i0, r.k, row_tables);
     });
     at::parallel_for(0, tiles.size(0), 4, [&](int64_t begin, int64_t end) {
       for (int64_t i0 = 0; i0 < chunk; i0 += cpu::kLutMaxM) {

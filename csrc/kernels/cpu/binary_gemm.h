@@ -81,6 +81,8 @@ struct BinaryGemmKernels {
   // out[j][k] = weight value as float: +-1 (planes = 1) or pos - neg (planes = 2); rows of
   // `planes * ceil(k/8)` bytes. For products with many rows, which then go to a float GEMM.
   void (*expand)(const uint8_t* packed, int64_t n, int64_t k, int planes, float* out);
+  // build_lut_tables(lut_layout, ...), vectorised: the same tables bit for bit.
+  void (*build_tables)(const float* x, int64_t m, int64_t k, float* tables);
   // Lookup-table product (T-MAC style) in the layout `lut_layout`:
   // tables[i][g][b] holds the sum of x[i][width * g + t] over the set bits t of b, so one
   // table lookup (one lane of a vpermps, or of a load) stands for `width` adds.
@@ -116,7 +118,27 @@ void lut_alpha_sums_portable(LutLayout layout, const float* tables, int64_t m, i
 void lut_tiles_to_int8_portable(LutLayout layout, const uint8_t* tiles, int64_t k, int planes, int64_t t0, int64_t t1,
                                 const Int8Panel& panel);
 // The subset sums the LUT kernel looks up for x [m, k] (fp32), layout.table_floats(k) a row.
+// Entry b of a group's table is the sum of the group's inputs t over the set bits t of b,
+// added from the highest bit down starting at +0 (binary_pack.cpp). Past k, inputs are 0.
 void build_lut_tables(LutLayout layout, const float* x, int64_t m, int64_t k, float* tables);
+
+// build_lut_tables' walk over rows and input groups: group_table(xs, table) with xs the
+// group's layout.width inputs (zeros past k) and table its layout.entries() floats.
+template <typename GroupTable>
+void for_each_lut_group(LutLayout layout, const float* x, int64_t m, int64_t k, float* tables,
+                        const GroupTable& group_table) {
+  const int64_t groups = layout.table_groups(k), whole = k / layout.width, entries = layout.entries();
+  for (int64_t i = 0; i < m; ++i) {
+    const float* row = x + i * k;
+    float* row_tables = tables + i * groups * entries;
+    for (int64_t g = 0; g < whole; ++g) group_table(row + g * layout.width, row_tables + g * entries);
+    for (int64_t g = whole; g < groups; ++g) {
+      float xs[4] = {};  // width <= 4
+      for (int64_t t = 0; t < layout.width && g * layout.width + t < k; ++t) xs[t] = row[g * layout.width + t];
+      group_table(xs, row_tables + g * entries);
+    }
+  }
+}
 
 // One call's operands as the ISA tile functions see them.
 template <typename T>

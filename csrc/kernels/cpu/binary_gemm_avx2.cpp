@@ -317,6 +317,17 @@ void lut_sums_rows_in_lanes(const float* tables, int64_t m, int64_t k, const uin
   }
 }
 
+// A table a vector, with build_lut_tables' adds (entry b: (high + xs[1] or +0) + xs[0] or
+// +0, high = 0 + xs[2] where bit 2 is set, else +0), so the same tables bit for bit.
+void build_tables(const float* x, int64_t m, int64_t k, float* tables) {
+  for_each_lut_group(kLutLayout, x, m, k, tables, [](const float* xs, float* table) {
+    const __m256 zero = _mm256_setzero_ps();
+    const __m256 high = _mm256_blend_ps(zero, _mm256_add_ps(zero, _mm256_set1_ps(xs[2])), 0xF0);
+    const __m256 with_bit1 = _mm256_add_ps(high, _mm256_blend_ps(zero, _mm256_set1_ps(xs[1]), 0xCC));
+    _mm256_storeu_ps(table, _mm256_add_ps(with_bit1, _mm256_blend_ps(zero, _mm256_set1_ps(xs[0]), 0xAA)));
+  });
+}
+
 #include "binary_lut_dispatch.h"
 
 void lut_sums(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1, int planes,

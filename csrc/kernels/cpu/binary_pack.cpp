@@ -286,35 +286,26 @@ namespace {
 // highest bit down starting at +0: each entry one add past the entry without its lowest
 // bit, as the tables have always been built. Bits 0-1 go in last, so the table is its high
 // bits' sums (one scalar chain) plus, over each run of 4 entries, the same two vectors of
-// xs[1] / xs[0] or 0, which the compiler vectorises: adding +0 for a clear bit changes
-// nothing, as no partial sum is -0 (it starts at +0). Zen 5, 4096 values, 16 entries:
-// 11-18 -> 3.3-4.0 us per row against an add per entry on the previous entry's result.
+// xs[1] / xs[0] or 0: adding +0 for a clear bit changes nothing, as no partial sum is -0
+// (it starts at +0). The ISAs with vector permutes build the same tables a vector at a time
+// (BinaryGemmKernels::build_tables).
 template <int kWidth>
-void build_tables(const float* x, int64_t m, int64_t k, int64_t groups, float* tables) {
+void build_group_table(const float* xs, float* table) {
   constexpr int kHigh = 1 << (kWidth - 2);
-  for (int64_t i = 0; i < m; ++i) {
-    const float* row = x + i * k;
-    for (int64_t g = 0; g < groups; ++g) {
-      float xs[kWidth];
-      for (int t = 0; t < kWidth; ++t) xs[t] = kWidth * g + t < k ? row[kWidth * g + t] : 0.0f;
-      float high[kHigh];
-      high[0] = 0.0f;
-      for (int q = 1; q < kHigh; ++q) high[q] = high[q & (q - 1)] + xs[2 + __builtin_ctz(static_cast<unsigned>(q))];
-      const float bit1[4] = {0.0f, 0.0f, xs[1], xs[1]}, bit0[4] = {0.0f, xs[0], 0.0f, xs[0]};
-      float* table = tables + (i * groups + g) * (int64_t{1} << kWidth);
-      for (int q = 0; q < kHigh; ++q) {
-        for (int r = 0; r < 4; ++r) table[4 * q + r] = (high[q] + bit1[r]) + bit0[r];
-      }
-    }
+  float high[kHigh];
+  high[0] = 0.0f;
+  for (int q = 1; q < kHigh; ++q) high[q] = high[q & (q - 1)] + xs[2 + __builtin_ctz(static_cast<unsigned>(q))];
+  const float bit1[4] = {0.0f, 0.0f, xs[1], xs[1]}, bit0[4] = {0.0f, xs[0], 0.0f, xs[0]};
+  for (int q = 0; q < kHigh; ++q) {
+    for (int r = 0; r < 4; ++r) table[4 * q + r] = (high[q] + bit1[r]) + bit0[r];
   }
 }
 
 }  // namespace
 
 void build_lut_tables(LutLayout layout, const float* x, int64_t m, int64_t k, float* tables) {
-  const int64_t groups = layout.table_groups(k);
-  if (layout.width == kLutTriples.width) return build_tables<3>(x, m, k, groups, tables);
-  build_tables<4>(x, m, k, groups, tables);
+  if (layout.width == kLutTriples.width) return for_each_lut_group(layout, x, m, k, tables, build_group_table<3>);
+  for_each_lut_group(layout, x, m, k, tables, build_group_table<4>);
 }
 
 }  // namespace effgen::cpu
