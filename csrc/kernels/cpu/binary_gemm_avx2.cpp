@@ -317,6 +317,8 @@ void lut_sums_rows_in_lanes(const float* tables, int64_t m, int64_t k, const uin
   }
 }
 
+#include "binary_lut_tables.h"
+
 // A table a vector, with build_lut_tables' adds (entry b: (high + xs[1] or +0) + xs[0] or
 // +0, high = 0 + xs[2] where bit 2 is set, else +0), so the same tables bit for bit.
 void build_tables(const float* x, int64_t m, int64_t k, float* tables) {

@@ -282,6 +282,8 @@ void lut_alpha_sums_portable(LutLayout layout, const float* tables, int64_t m, i
 
 namespace {
 
+#include "binary_lut_tables.h"
+
 // Entry b of a group's table is the sum of xs[t] over the set bits t of b, added from the
 // highest bit down starting at +0: each entry one add past the entry without its lowest
 // bit, as the tables have always been built. Bits 0-1 go in last, so the table is its high
@@ -304,8 +306,10 @@ void build_group_table(const float* xs, float* table) {
 }  // namespace
 
 void build_lut_tables(LutLayout layout, const float* x, int64_t m, int64_t k, float* tables) {
-  if (layout.width == kLutTriples.width) return for_each_lut_group(layout, x, m, k, tables, build_group_table<3>);
-  for_each_lut_group(layout, x, m, k, tables, build_group_table<4>);
+  if (layout.width == kLutTriples.width) {
+    return for_each_lut_group(layout, x, m, k, tables, [](const float* xs, float* t) { build_group_table<3>(xs, t); });
+  }
+  for_each_lut_group(layout, x, m, k, tables, [](const float* xs, float* t) { build_group_table<4>(xs, t); });
 }
 
 }  // namespace effgen::cpu
