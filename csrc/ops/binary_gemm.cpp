@@ -354,7 +354,8 @@ LutSums lut_product(const Rows& r, int64_t n, const at::Tensor& lut, int planes,
   const int64_t table_floats = layout.table_floats(r.k);  // per activation row
   // Both left uninitialized: the tables are built whole and the kernels store every sum of
   // every tile (zeroing them took 10% of a 64 x 1536 -> 576 product on Zen 4).
-  const auto tables = std::make_unique_for_overwrite<float[]>(static_cast<size_t>(std::min(r.m, kLutChunkM) * table_floats));
+  const auto tables =
+      std::make_unique_for_overwrite<float[]>(static_cast<size_t>(std::min(r.m, kLutChunkM) * table_floats));
   LutSums sums{std::make_unique_for_overwrite<float[]>(static_cast<size_t>(r.m * padded)), padded};
   const auto& kernels = cpu::binary_gemm_kernels();
   const bool native = kernels.lut_layout.width == layout.width;

@@ -3,8 +3,8 @@
 //   template <typename T, int MR, int NR> void masked_tile(const MaskedArgs<T>&, int64_t i0, int64_t j0);
 //   template <int MR, int NR> void popcount_tile(const PopcountArgs&, int64_t i0, int64_t j0);
 //   void expand_row(const uint8_t* bits, const uint8_t* negative_bits_or_null, int64_t k, float* out);
-//   build_tables, lut_sums, lut_alpha_sums and lut_tiles_to_int8 (see BinaryGemmKernels; the portable ones serve the ISAs
-//   without vpermps) and kLutLayout, the layout they read
+//   build_tables, lut_sums, lut_alpha_sums and lut_tiles_to_int8 (see BinaryGemmKernels; the portable
+//   ones serve the ISAs without vpermps) and kLutLayout, the layout they read
 // and the tile sizes kMaskedM/N, kPopM/N. Ragged edges go to smaller instantiations
 // (binary_tiles.h, which also holds xor_popcount).
 

@@ -2,7 +2,8 @@
 // group's layout.width inputs (zeros past k) and table its layout.entries() floats. Include
 // it inside each ISA's namespace after its target pragma (no include guard on purpose, as
 // binary_lut_dispatch.h): the loop then compiles for that target and the group function,
-// a few vector instructions, inlines into it (across targets GCC calls it, 2-3x slower).
+// a few vector instructions, inlines into it (across targets GCC called it once a group:
+// 64 x 1536 -> 576 binary 1.29x over the scalar tables, inlined 1.42x).
 
 template <typename GroupTable>
 void for_each_lut_group(LutLayout layout, const float* x, int64_t m, int64_t k, float* tables,
