@@ -50,9 +50,6 @@ bool expanded_gemm_pays(int64_t m, int64_t n, int planes) {
   return !lanes || (planes == 2 && m > kLanesTernaryMaxM);
 }
 
-// The table kernel builds the tables of this many activation rows at a time (4 MB for
-// K = 4096) and runs them kLutMaxM rows at a time over each thread's tiles.
-constexpr int64_t kLutChunkM = 64;
 // Output elements per task below which an epilogue runs on one thread.
 constexpr int64_t kEpilogueGrain = 1 << 15;
 
@@ -352,38 +349,41 @@ LutSums lut_product(const Rows& r, int64_t n, const at::Tensor& lut, int planes,
   const auto* tile_data = static_cast<const uint8_t*>(tiles.data_ptr());
   const int64_t padded = tiles.size(0) * cpu::kLutTileRows;
   const int64_t table_floats = layout.table_floats(r.k);  // per activation row
-  // Both left uninitialized: the tables are built whole and the kernels store every sum of
-  // every tile (zeroing them took 10% of a 64 x 1536 -> 576 product on Zen 4).
-  const auto tables =
-      std::make_unique_for_overwrite<float[]>(static_cast<size_t>(std::min(r.m, kLutChunkM) * table_floats));
+  // Uninitialized: the kernels store every sum of every tile (zeroing took 10% of a 64 x
+  // 1536 -> 576 product on Zen 4).
   LutSums sums{std::make_unique_for_overwrite<float[]>(static_cast<size_t>(r.m * padded)), padded};
   const auto& kernels = cpu::binary_gemm_kernels();
   const bool native = kernels.lut_layout.width == layout.width;
-  for (int64_t c0 = 0; c0 < r.m; c0 += kLutChunkM) {
-    const int64_t chunk = std::min(kLutChunkM, r.m - c0);
-    at::parallel_for(0, chunk, 1, [&](int64_t i0, int64_t i1) {
-      const float* rows = x32.data_ptr<float>() + (c0 + i0) * r.k;
-      float* row_tables = tables.get() + i0 * table_floats;
-      if (native) return kernels.build_tables(rows, i1 - i0, r.k, row_tables);
-      cpu::build_lut_tables(layout, rows, i1 - i0, r.k, row_tables);
-    });
-    at::parallel_for(0, tiles.size(0), 4, [&](int64_t begin, int64_t end) {
-      for (int64_t i0 = 0; i0 < chunk; i0 += cpu::kLutMaxM) {
-        const float* row_tables = tables.get() + i0 * table_floats;
-        const int64_t rows = std::min(cpu::kLutMaxM, chunk - i0);
-        float* row_sums = sums.data.get() + (c0 + i0) * padded;
-        if (alphas != nullptr) {
-          cpu::LutAlphaGroups rows_alphas = *alphas;
-          rows_alphas.totals += (c0 + i0) * alphas->groups;
-          kernels.lut_alpha_sums(row_tables, rows, r.k, tile_data, begin, end, rows_alphas, row_sums, padded);
-        } else if (native) {
-          kernels.lut_sums(row_tables, rows, r.k, tile_data, begin, end, planes, row_sums, padded);
-        } else {
-          cpu::lut_sums_portable(layout, row_tables, rows, r.k, tile_data, begin, end, planes, row_sums, padded);
-        }
+  // Each thread builds the tables of kLutMaxM rows at a time itself, into a buffer of its
+  // own that stays in its L2 (8 rows: 192 KB for K = 1536, 512 KB for 4096), and looks
+  // them up over its tiles. Building each row's tables once and sharing them (parts built
+  // on the other core, 4 MB for 64 rows of K = 4096) was 1.1-1.4x slower on Zen 4 at 1-256
+  // rows, 2x in the VM's slow spells; the repeated build costs a thread about
+  // 1 / (its tiles) of its lookups.
+  at::parallel_for(0, tiles.size(0), 4, [&](int64_t begin, int64_t end) {
+    thread_local std::vector<float> tables;  // kept between calls: no page faults per call
+    const auto table_size = static_cast<size_t>(cpu::kLutMaxM * table_floats);
+    if (tables.size() < table_size) tables.resize(table_size);
+    for (int64_t i0 = 0; i0 < r.m; i0 += cpu::kLutMaxM) {
+      const int64_t rows = std::min(cpu::kLutMaxM, r.m - i0);
+      const float* x_rows = x32.data_ptr<float>() + i0 * r.k;
+      float* row_sums = sums.data.get() + i0 * padded;
+      if (native) {
+        kernels.build_tables(x_rows, rows, r.k, tables.data());
+      } else {
+        cpu::build_lut_tables(layout, x_rows, rows, r.k, tables.data());
       }
-    });
-  }
+      if (alphas != nullptr) {
+        cpu::LutAlphaGroups rows_alphas = *alphas;
+        rows_alphas.totals += i0 * alphas->groups;
+        kernels.lut_alpha_sums(tables.data(), rows, r.k, tile_data, begin, end, rows_alphas, row_sums, padded);
+      } else if (native) {
+        kernels.lut_sums(tables.data(), rows, r.k, tile_data, begin, end, planes, row_sums, padded);
+      } else {
+        cpu::lut_sums_portable(layout, tables.data(), rows, r.k, tile_data, begin, end, planes, row_sums, padded);
+      }
+    }
+  });
   return sums;
 }
 
