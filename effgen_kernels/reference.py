@@ -129,7 +129,7 @@ def quantize_per_channel(w: torch.Tensor, axis: int) -> tuple[torch.Tensor, torc
     axis = axis % w.dim()
     other = [d for d in range(w.dim()) if d != axis]
     if w.numel() == 0:
-        absmax = torch.zeros([w.shape[d] if d == axis else 1 for d in range(w.dim())])
+        absmax = torch.zeros([w.shape[d] if d == axis else 1 for d in range(w.dim())], device=w.device)
     elif other:
         absmax = w.float().abs().amax(dim=other, keepdim=True)
     else:  # 1-D: every element is its own channel (amax over no dims would reduce all)
@@ -170,8 +170,8 @@ def _fake_quantize(x, scale, zero_point, quant_min, quant_max):
 
 def fake_quantize_per_tensor(x, scale: float, zero_point: int, quant_min: int, quant_max: int):
     """Returns (y, mask); y equals torch.fake_quantize_per_tensor_affine bit for bit."""
-    scale_t = torch.tensor(scale, dtype=torch.float32)
-    zp_t = torch.tensor(float(zero_point), dtype=torch.float32)
+    scale_t = torch.tensor(scale, dtype=torch.float32, device=x.device)
+    zp_t = torch.tensor(float(zero_point), dtype=torch.float32, device=x.device)
     return _fake_quantize(x, scale_t, zp_t, quant_min, quant_max)
 
 
@@ -307,13 +307,13 @@ def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
     """bool [N, K] -> uint8 [N, ceil(K/8)], LSB first, zero padding."""
     n, k = bits.shape
     padded = torch.nn.functional.pad(bits.to(torch.uint8), (0, (-k) % 8)).reshape(n, -(-k // 8), 8)
-    weights = torch.tensor([1 << b for b in range(8)], dtype=torch.uint8)
+    weights = torch.tensor([1 << b for b in range(8)], dtype=torch.uint8, device=bits.device)
     return (padded * weights).sum(-1, dtype=torch.uint8)
 
 
 def _unpack_bits(packed: torch.Tensor, k: int) -> torch.Tensor:
     """uint8 [N, B] -> bool [N, k]."""
-    shifts = torch.arange(8, dtype=torch.uint8)
+    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
     bits = (packed.unsqueeze(-1) >> shifts) & 1
     return bits.reshape(packed.shape[0], packed.shape[1] * 8)[:, :k].bool()
 
@@ -348,7 +348,7 @@ def binarize_weight(w: torch.Tensor, group_size: int | None = None) -> tuple[tor
     k = w.shape[1]
     groups = -(-k // group_size)
     padded = torch.nn.functional.pad(magnitudes, (0, groups * group_size - k)).reshape(w.shape[0], groups, group_size)
-    counts = (k - torch.arange(groups, dtype=torch.float64) * group_size).clamp(max=group_size)
+    counts = (k - torch.arange(groups, dtype=torch.float64, device=w.device) * group_size).clamp(max=group_size)
     return pack_binary(w), (padded.sum(-1) / counts).float()
 
 
@@ -473,7 +473,7 @@ def ef_compress_sign(x: torch.Tensor, error: torch.Tensor, block_size: int, esti
     it lands on a rounding boundary (about one block in 10^8)."""
     v = x.float() + error
     n = v.numel()
-    counts = torch.full((-(-n // block_size),), float(block_size), dtype=torch.float64)
+    counts = torch.full((-(-n // block_size),), float(block_size), dtype=torch.float64, device=v.device)
     if n % block_size:
         counts[-1] = n % block_size
     mean = (_blocks(v.double(), block_size).sum(dim=1) / counts).float()
@@ -500,7 +500,7 @@ def decompress_sign(packed: torch.Tensor, levels: torch.Tensor, n: int, block_si
 def decompress_sum_int8(q: torch.Tensor, scales: torch.Tensor, block_size: int) -> torch.Tensor:
     """Sum over the chunks of dequantized int8 rows: q [W, n], scales [W, blocks] -> fp32 [n],
     accumulated in row order 0, 1, ..., W-1."""
-    total = torch.zeros(q.shape[1])
+    total = torch.zeros(q.shape[1], device=q.device)
     for row in range(q.shape[0]):
         total = total + dequantize(q[row:row + 1], scales[row:row + 1], group_size=block_size).reshape(-1)
     return total
@@ -508,7 +508,7 @@ def decompress_sum_int8(q: torch.Tensor, scales: torch.Tensor, block_size: int) 
 
 def decompress_sum_sign(packed: torch.Tensor, levels: torch.Tensor, n: int, block_size: int) -> torch.Tensor:
     """Sum over rows of decompressed sign chunks: packed [W, ceil(n/8)], levels [W, 2 * blocks]."""
-    total = torch.zeros(n)
+    total = torch.zeros(n, device=packed.device)
     for row in range(packed.shape[0]):
         total = total + decompress_sign(packed[row], levels[row], n, block_size)
     return total
@@ -542,7 +542,7 @@ def compressed_allreduce(grads: list[torch.Tensor], worker_errors: list[torch.Te
     blocks = chunk // block_size * per_block
     pieces = []
     for r in range(world):
-        total = torch.zeros(chunk)
+        total = torch.zeros(chunk, device=grads[0].device)
         for payload, scales in sent:  # rank order
             total = total + decompress(payload[r * chunk // per_byte:(r + 1) * chunk // per_byte],
                                        scales[r * blocks:(r + 1) * blocks], chunk)

@@ -546,3 +546,24 @@ def test_cuda_non_finite_gives_nan_scale():
     x[1, 3] = float("nan")
     q, s = ops.quantize_per_token(x)
     assert torch.isnan(s[1]) and not q[1].any() and torch.isfinite(s[[0, 2, 3]]).all()
+
+
+def test_the_reference_makes_its_tensors_where_its_inputs_are():
+    # The cuda tests run reference.py on GPU tensors, where a tensor it made without a device
+    # would be a CPU one. With meta as the default device such a tensor is a meta one, and
+    # mixing it with these CPU inputs fails the same way.
+    w, x = random_input((6, 40)), random_input((3, 40))
+    grads, errors = [random_input((64,)) for _ in range(2)], [random_input((64,), scale=0.01) for _ in range(4)]
+    codes, bits = torch.randint(-127, 128, (2, 64), dtype=torch.int8), torch.randint(0, 256, (2, 8), dtype=torch.uint8)
+    code_scales, levels = torch.rand(2, 4), torch.randn(2, 8)
+    with torch.device("meta"):
+        packed, alpha = ref.binarize_weight(w, 16)
+        trits, scale = ref.ternarize_weight(w, per_channel=False)
+        results = [ref.binary_linear(x, packed, alpha, group_size=16), ref.ternary_linear(x, trits, scale),
+                   ref.xnor_linear(x, *ref.binarize_weight(w)), *ref.quantize_per_channel(w[:0], 0),
+                   *ref.fake_quantize_per_tensor(x, 0.1, 3, -128, 127),
+                   ref.decompress_sum_int8(codes, code_scales, 16), ref.decompress_sum_sign(bits, levels, 64, 16)]
+        for codec in ("int8", "sign"):
+            results.append(ref.compressed_allreduce(grads, [e.clone() for e in errors[:2]],
+                                                    [e[:32].clone() for e in errors[2:]], codec, 16))
+    assert all(t.device.type == "cpu" for t in results)
