@@ -393,8 +393,8 @@ def test_cuda_out_forms_match_the_cpu_ones(rows, cols, block, ef21):
     start_total = torch.randn(cols)
     for _, op_out, per_element, payload_dtype, per_block in ENCODERS:
         results = {}
-        for device in ("cpu", "cuda"):
-            error, total = start_error.to(device), start_total.to(device)
+        for device in ("cpu", "cuda"):  # copies: .to("cpu") of a CPU tensor is the tensor itself
+            error, total = start_error.to(device, copy=True), start_total.to(device, copy=True)
             buffer, payload, scales = message_views(rows, -(-cols // per_element), payload_dtype,
                                                     -(-cols // block) * per_block, device)
             op_out(x.to(device), error, block, payload, scales, ef21)
