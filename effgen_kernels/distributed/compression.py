@@ -236,6 +236,14 @@ def _done_future() -> torch.futures.Future:
     return future
 
 
+def _future_on(device: torch.device) -> torch.futures.Future:
+    """A Future for a tensor on ``device``. On CUDA, setting its result records an event on
+    the current stream, and whoever waits on it makes their stream wait for that event: the
+    kernels of the callback that finished the tensor (on a stream of its own) are done
+    before the caller reads it. Without devices a waiter could read the tensor too early."""
+    return torch.futures.Future(devices=[device]) if device.type == "cuda" else torch.futures.Future()
+
+
 def _after_previous_gathers(state: CompressionState, ready: torch.futures.Future, launch) -> None:
     """Runs launch(issued) once ``ready`` is done and the previous bucket's phase 2 was
     issued; launch must call issued() once it has issued its own (or failed), to let the
@@ -374,8 +382,18 @@ def compressed_allreduce(state: CompressionState, tensor: torch.Tensor, bucket_i
         futures.append(_two_phase(state, tensor, segments_of_part, key, world))
     if len(futures) == 1:
         return futures[0]
-    # Either part's failure reaches the caller: value() re-raises it inside then().
-    return torch.futures.collect_all(futures).then(lambda done: [f.value() for f in done.value()] and tensor)
+    result = _future_on(tensor.device)
+
+    def finish(done: torch.futures.Future) -> None:
+        try:
+            for part in done.value():
+                part.wait()  # re-raises a part's failure; on CUDA, this stream waits for its kernels
+            result.set_result(tensor)
+        except BaseException as error:
+            result.set_exception(error)
+
+    torch.futures.collect_all(futures).then(finish)
+    return result
 
 
 # A part's residuals and buffers are keyed by bucket index * _MAX_PARTS + part.
@@ -576,7 +594,7 @@ def _two_phase(state: CompressionState, tensor: torch.Tensor, segments: tuple, k
     state._current.bytes_sent += sent
     state._current.bytes_received += sent
     state._current.bytes_uncompressed += 2 * (world - 1) * sum(seg[2] for seg in segments) * 4 // world
-    result: torch.futures.Future = torch.futures.Future()
+    result = _future_on(tensor.device)
 
     def fail(error: BaseException) -> None:
         if not result.done():
@@ -594,7 +612,7 @@ def _two_phase(state: CompressionState, tensor: torch.Tensor, segments: tuple, k
 
     def reduce_chunk(issued) -> None:
         try:
-            exchanged.value()
+            exchanged.wait()  # not this callback's own future: on CUDA, the stream must wait for it
             _decompress_sum_into(state, incoming.payload, incoming.scales, decoded)
             server_error = state.server_errors[key]
             if not state.error_feedback:
