@@ -72,7 +72,12 @@ def extension():
     # -fopenmp: at::parallel_for is an inline `#pragma omp parallel` (torch is built with
     # OpenMP); without the flag the pragma is dropped and every op runs on one thread.
     cxx = ["-O3", "-std=c++20", "-ffp-contract=off", "-fvisibility=hidden", "-fopenmp"]
-    link = ["-fopenmp"]
+    # --exclude-libs,ALL: where a toolchain links libstdc++ statically (the H200 image's
+    # /opt/gcc does), its copy must stay private to the extension. Exported, the process
+    # binds the copy's functions to itself (Python's -Bsymbolic-functions) but its data to
+    # the libstdc++.so that torch loaded, and formatting a number into an error message read
+    # a facet that did not exist: a segfault there (session 44), an empty number here.
+    link = ["-fopenmp", "-Wl,--exclude-libs,ALL"]
     # EFFGEN_SANITIZE=address,undefined: a checked build of the CPU kernels for `make sanitize`
     # (Python must then run with the sanitizer runtime preloaded).
     if sanitize := os.environ.get("EFFGEN_SANITIZE"):
