@@ -140,8 +140,8 @@ def run_shape(ctx: BenchContext, m: int, k: int, n: int, peak: float) -> list[Be
         wq_t = ek.ops.quantize_per_channel(linear.weight.detach(), 0)[0].t()
         peers["torch._int_mm (raw)"] = lambda: torch._int_mm(xq, wq_t)
     if m > 16 and ctx.device.type == "cuda":
-        # Int8Linear on each of our own tensor-core GEMMs (the default runs cuBLAS's int32 sums
-        # through our epilogue), for the A/B against cuBLAS and between ours
+        # Int8Linear forced onto each of our own tensor-core GEMMs (the default runs wgmma where
+        # its tiles fill the GPU, else cuBLAS's int32 sums through our epilogue), for the A/B
         for kernel in timed_cuda_kernels():
             peers[f"Int8Linear, our {KERNEL_NAMES[kernel]}"] = with_env("EFFGEN_CUDA_INT8_GEMM", kernel, int8_linear)
     weight_bytes = n * k

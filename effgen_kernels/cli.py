@@ -58,14 +58,16 @@ def cuda_int8_kernels(build: dict) -> list[str]:
 
 def cuda_int8_gemm(build: dict) -> str | None:
     """The CUDA int8 GEMM that products of more than 16 rows run on here (None without a GPU):
-    EFFGEN_CUDA_INT8_GEMM where set, else cuBLAS (torch._int_mm, then our epilogue) for the
-    shapes it takes and our mma.sync kernel for the others (the fastest of ours measured)."""
-    if not cuda_int8_kernels(build):
+    EFFGEN_CUDA_INT8_GEMM where set, else our wgmma kernel (compute capability 9.0, sm_90a
+    build) where its tiles cover most of the SMs, cuBLAS (torch._int_mm, then our epilogue)
+    for the other shapes it takes and our mma.sync kernel for the rest."""
+    kernels = cuda_int8_kernels(build)
+    if not kernels:
         return None
     forced = os.environ.get("EFFGEN_CUDA_INT8_GEMM", "")
     if forced not in ("", "auto"):
         return forced
-    return "cublas, else mma"
+    return "wgmma where it fills the GPU, cublas, else mma" if "wgmma" in kernels else "cublas, else mma"
 
 
 def machine_info() -> dict:

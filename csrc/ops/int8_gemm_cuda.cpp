@@ -20,8 +20,9 @@ namespace effgen::ops {
 namespace {
 
 // EFFGEN_CUDA_INT8_GEMM=mma|wgmma forces our tensor-core kernel for products with more than
-// 16 rows; unset or auto: cuBLAS where it takes the shape (below), else mma.sync. Read at
-// each call so tests can run every one.
+// 16 rows; unset or auto: our wgmma kernel where it pays (cuda::int8_gemm_wgmma_pays), else
+// cuBLAS where it takes the shape (below), else mma.sync. Read at each call so tests can run
+// every one.
 cuda::GemmKernel gemm_kernel_choice(const char* op) {
   const char* env = std::getenv("EFFGEN_CUDA_INT8_GEMM");
   const std::string choice = env == nullptr ? "" : env;
@@ -52,7 +53,8 @@ void launch_gemm(const char* op, const at::Tensor& xq, const at::Tensor& x_scale
                                 x_stride,                w_scale.data_ptr<float>(),
                                 w_stride,                bias.defined() ? bias.data_ptr<float>() : nullptr,
                                 cuda_dtype(out.scalar_type()), out.data_ptr()};
-  const cuda::GemmKernel kernel = gemm_kernel_choice(op);
+  cuda::GemmKernel kernel = gemm_kernel_choice(op);
+  if (kernel == cuda::GemmKernel::kAuto && cuda::int8_gemm_wgmma_pays(args)) kernel = cuda::GemmKernel::kWgmma;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (kernel == cuda::GemmKernel::kAuto && cublas_takes(xq, wq)) {
     const at::Tensor sums = at::_int_mm(xq, wq.t());

@@ -29,6 +29,9 @@ struct Int8GemmArgs {
 enum class GemmKernel { kAuto, kMma, kWgmma };
 // This build has the sm_90a kernels and the current device is compute capability 9.0.
 bool int8_gemm_wgmma_supported();
+// The wgmma kernel takes the product and has tiles for most of the SMs: where it beat cuBLAS
+// (the glue's default for these shapes) on an H200; see int8_gemm_wgmma.cu.
+bool int8_gemm_wgmma_pays(const Int8GemmArgs& args);
 cudaError_t int8_gemm(const Int8GemmArgs& args, GemmKernel kernel, cudaStream_t stream);
 // The epilogue alone, for int32 sums computed elsewhere (cuBLAS): out = the same scaled,
 // biased, rounded acc [m, n] as int8_gemm's (args.a and args.b unused).

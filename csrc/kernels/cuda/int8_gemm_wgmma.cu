@@ -12,7 +12,9 @@
 // busy, 25% occupancy, the tensor cores idle across each stage's barrier and wait): a
 // 128x256 tile reads 25% fewer operand bytes from L2 per product, TMA moves them without
 // per-thread addressing or register staging, and the consumers never wait on a block
-// barrier. Unmeasured until a GPU session runs it; EFFGEN_CUDA_INT8_GEMM=wgmma selects it.
+// barrier. Session 44 (H200, the first run): right first time, 1.1-1.4x bf16 F.linear and
+// 1.15-1.40x cuBLAS's _int_mm with our epilogue from 128 tiles up; auto takes it there
+// (int8_gemm_wgmma_pays), EFFGEN_CUDA_INT8_GEMM=wgmma everywhere it can.
 //
 // Layout: TMA writes a box of R rows x 128 bytes with 128-byte swizzle, row r at r * 128 and
 // its 16-byte piece j at piece j ^ (r % 8); wgmma reads the same layout from a descriptor
@@ -296,12 +298,32 @@ bool int8_gemm_wgmma_supported() {
 #endif
 }
 
+namespace {
+
+int64_t tile_count(const Int8GemmArgs& args) {
+  return (args.m + kTileRows - 1) / kTileRows * ((args.n + kTileCols - 1) / kTileCols);
+}
+
+}  // namespace
+
 bool tma_gemm_takes(const Int8GemmArgs& args) {
   if (!in_16_byte_pieces(args) || args.k == 0 || args.m > kMaxTmaCoordinate || args.n > kMaxTmaCoordinate ||
       args.k > kMaxTmaCoordinate) {
     return false;
   }
-  return (args.m + kTileRows - 1) / kTileRows * ((args.n + kTileCols - 1) / kTileCols) <= kMaxTmaCoordinate;  // blocks
+  return tile_count(args) <= kMaxTmaCoordinate;  // one block a tile
+}
+
+// Session 44 on an H200 (132 SMs), against cuBLAS's _int_mm plus our epilogue: 1.40x faster
+// at 512x8192->8192 (128 tiles), 1.15x at 512x4096->11008 (172), 1.25-1.36x at 2048 rows
+// (256-688), 0.90x at 512x11008->4096 (64 tiles: with one block per SM, half the SMs idle).
+// The line between 64 and 128 tiles is not measured; three quarters of the SMs is our guess.
+bool int8_gemm_wgmma_pays(const Int8GemmArgs& args) {
+  if (!int8_gemm_wgmma_supported() || !tma_gemm_takes(args)) return false;
+  int device = 0, sms = 0;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  return 4 * tile_count(args) >= 3 * int64_t{sms};
 }
 
 cudaError_t int8_gemm_wgmma(const Int8GemmArgs& args, cudaStream_t stream) {
@@ -312,7 +334,7 @@ cudaError_t int8_gemm_wgmma(const Int8GemmArgs& args, cudaStream_t stream) {
   if (const cudaError_t status = tile_map(&b_map, args.b, args.n, args.k, kTileCols); status != cudaSuccess) {
     return status;
   }
-  const int64_t blocks = (args.m + kTileRows - 1) / kTileRows * ((args.n + kTileCols - 1) / kTileCols);
+  const int64_t blocks = tile_count(args);
   return with_dtype(args.out_dtype, [&](auto zero) {
     const auto kernel = int8_gemm_wgmma_kernel<decltype(zero)>;
     if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes) != cudaSuccess) return;
