@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import effgen_kernels as ek
 from effgen_kernels.bench import BenchContext, BenchResult, Rotation
-from effgen_kernels.bench.peers import fbgemm_dynamic_linear, fbgemm_from_float, staged_x_peer
+from effgen_kernels.bench.peers import fbgemm_dynamic_linear, fbgemm_from_float, global_x_peer
 
 FAMILY = "binary"
 DECODE_M = 16
@@ -89,13 +89,13 @@ def run_shape(ctx: BenchContext, m: int, k: int, n: int) -> list[BenchResult]:
     def ternary_call():
         return ternary.next()(x_ours)
 
-    staged = rotate and ctx.device.type == "cuda"  # the few-row kernels' shared-memory experiment
+    staged = rotate and ctx.device.type == "cuda"  # the few-row kernels' x staged in shared memory, or not
     results = ctx.measure_peers(FAMILY, "BinaryLinear (1-bit weights)", shape, dtype, binary_call,
-                                {**peers, **(staged_x_peer(ctx.device, "BinaryLinear", binary_call) if staged else {})},
+                                {**peers, **(global_x_peer(ctx.device, "BinaryLinear", binary_call) if staged else {})},
                                 bytes_moved=n * k // 8 + m * k * x_bytes + m * n * x_bytes, **timing)
     results += ctx.measure_peers(FAMILY, "TernaryLinear (2-bit weights)", shape, dtype, ternary_call,
                                  {float_peer: peers[float_peer],
-                                  **(staged_x_peer(ctx.device, "TernaryLinear", ternary_call) if staged else {})},
+                                  **(global_x_peer(ctx.device, "TernaryLinear", ternary_call) if staged else {})},
                                  bytes_moved=n * k // 4 + m * k * x_bytes + m * n * x_bytes, **timing)
     if ctx.device.type == "cpu":  # per-group alphas: masked adds at one row, the int8 GEMM from 2 with AMX
         grouped = Rotation(lambda: ek.nn.BinaryLinear.from_float(linear, group_size=GROUP_SIZE),

@@ -81,10 +81,17 @@ def binary_kernels() -> None:
         ops.ternary_linear(x.cuda(), ops.pack_ternary(q), alpha)
 
 
-def staged_x_kernels() -> None:
-    # EFFGEN_CUDA_SKINNY_X=shared: the few-row 16-bit kernels with x staged in shared memory
-    # (one and two channel tiles, per channel and per group of 128)
-    os.environ["EFFGEN_CUDA_SKINNY_X"] = "shared"
+def skinny_kernels() -> None:
+    # The few-row 16-bit kernels with x staged in shared memory (the default) and, under
+    # EFFGEN_CUDA_SKINNY_X=global, read from global memory (one and two channel tiles, per
+    # channel and per group of 128)
+    for place in ("shared", "global"):
+        os.environ["EFFGEN_CUDA_SKINNY_X"] = place
+        skinny_products()
+    os.environ.pop("EFFGEN_CUDA_SKINNY_X")
+
+
+def skinny_products() -> None:
     for m, k in ((1, 4096), (3, 1024), (16, 512)):
         x, w = torch.randn(m, k, dtype=torch.bfloat16).cuda(), torch.randn(45, k)
         packed, alpha = ops.pack_binary(w.cuda()), w.abs().mean(1).cuda()
@@ -93,7 +100,6 @@ def staged_x_kernels() -> None:
         for group_size in (None, 128):
             wq, w_scale = ops.quantize_per_channel(w, 0) if group_size is None else ops.quantize_per_group(w, 128)
             ops.int8_weight_only_linear(x, wq.cuda(), w_scale.cuda(), None, group_size)
-    os.environ.pop("EFFGEN_CUDA_SKINNY_X")
 
 
 def compress_kernels() -> None:
@@ -117,7 +123,7 @@ def compress_kernels() -> None:
 
 def main() -> int:
     torch.manual_seed(0)
-    for family in (quant_kernels, int8_kernels, binary_kernels, staged_x_kernels, compress_kernels):
+    for family in (quant_kernels, int8_kernels, binary_kernels, skinny_kernels, compress_kernels):
         family()
     torch.cuda.synchronize()
     if mismatches:

@@ -24,7 +24,7 @@ def isa(request):
 @pytest.fixture(params=["global", "shared"])
 def skinny_x(request, monkeypatch):
     """Runs the test once per place the few-row 16-bit CUDA kernels read x from
-    (EFFGEN_CUDA_SKINNY_X): global memory, the default, and the shared-memory experiment."""
+    (EFFGEN_CUDA_SKINNY_X): shared memory where x fits, the default, and global memory."""
     monkeypatch.setenv("EFFGEN_CUDA_SKINNY_X", request.param)
     return request.param
 

@@ -30,16 +30,16 @@ inline void check_launch(const char* op, cudaError_t err) {
   TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(err));
 }
 
-// EFFGEN_CUDA_SKINNY_X=shared: the few-row 16-bit kernels (W8A16, binary, ternary) stage x in
-// shared memory, an experiment the benchmarks time against the default (unset or global: x
-// read from global memory; see csrc/kernels/cuda/skinny_mma.cuh). Read at each call so the
-// benchmarks and tests can run both.
+// The few-row 16-bit kernels (W8A16, binary, ternary) stage x in shared memory where it fits
+// (unset or EFFGEN_CUDA_SKINNY_X=shared; see csrc/kernels/cuda/skinny_mma.cuh);
+// EFFGEN_CUDA_SKINNY_X=global reads it from global memory, the peer the benchmarks time. Read
+// at each call so the benchmarks and tests can run both.
 inline bool skinny_x_staged(const char* op) {
   const char* env = std::getenv("EFFGEN_CUDA_SKINNY_X");
   const std::string choice = env == nullptr ? "" : env;
   TORCH_CHECK_VALUE(choice.empty() || choice == "global" || choice == "shared", op,
                     ": EFFGEN_CUDA_SKINNY_X must be global or shared, got '", choice, "'");
-  return choice == "shared";
+  return choice != "global";
 }
 
 // x2d [m, k] @ w [n, k]^T (w in x's dtype) for products with many rows, through cuBLAS with

@@ -23,10 +23,10 @@ def fbgemm_from_float(linear: torch.nn.Linear) -> torch.nn.Module:
         return torch.ao.nn.quantized.dynamic.Linear.from_float(linear)
 
 
-def staged_x_peer(device: torch.device, layer: str, fn: Callable[[], object]) -> dict[str, Callable[[], object]]:
-    """On a GPU, the few-row layer call fn with x staged in shared memory (EFFGEN_CUDA_SKINNY_X,
-    an experiment: the row's ratio is the default's speed-up over it, below 1 where it wins);
-    nothing elsewhere."""
+def global_x_peer(device: torch.device, layer: str, fn: Callable[[], object]) -> dict[str, Callable[[], object]]:
+    """On a GPU, the few-row layer call fn reading x from global memory (EFFGEN_CUDA_SKINNY_X=
+    global; the default stages it in shared memory where it fits: the row's ratio is what
+    staging gains); nothing elsewhere."""
     if device.type != "cuda":
         return {}
-    return {f"{layer}, x staged in shared memory": with_env("EFFGEN_CUDA_SKINNY_X", "shared", fn)}
+    return {f"{layer}, x read from global memory": with_env("EFFGEN_CUDA_SKINNY_X", "global", fn)}
