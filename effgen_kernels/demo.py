@@ -3,7 +3,7 @@
 1. quantize: SmolLM2-135M in fp32 (bf16 on a GPU) and after quantize_ with W8A16, W8A8
    (SmoothQuant) and ternary weights: prefill and decode tokens/s, weight bytes, peak memory,
    perplexity on news text, and the text each generates from the same prompt; with --compile
-   also decode with the forward torch.compile'd over a static KV cache (not yet run on a GPU).
+   also decode with the forward torch.compile'd over a static KV cache.
 2. ddp: a small GPT trained on real text by 2 DDP workers (gloo, on the CPU whatever
    --device says) with plain all-reduce, the int8 and sign hooks, and the sign hook as set
    for AdamW (EF21 feedback, blocks of 64): bytes per step and loss curves.

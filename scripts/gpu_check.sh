@@ -27,9 +27,10 @@ if ! timeout "$(limit 300)" $PY setup.py build_ext --inplace > "$OUT/build.log" 
 fi
 $PY -m effgen_kernels.cli info >> "$OUT/machine.txt" 2>&1
 
-# The wgmma GEMM's tests (session 11's TMA kernel, unverified) run in a process of their own
-# after the rest: a kernel fault poisons the process's CUDA context, so it must not take the
-# other tests, or the benchmarks, down with it. If they fail, the benchmarks leave it out.
+# The wgmma GEMM's tests (session 11's TMA kernel; right on its first run, session 44) run in
+# a process of their own after the rest: a kernel fault poisons the process's CUDA context, so
+# it must not take the other tests, or the benchmarks, down with it. If they fail, the
+# benchmarks leave it out.
 # A test that crashes the process (a signal, e.g. a segfault: rc 139) would take the tests
 # after it down too: the faulthandler's traceback names it, and the run starts again without
 # it (three times at most, logs appended); the crash still fails the stage.

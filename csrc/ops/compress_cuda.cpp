@@ -1,8 +1,8 @@
 // CUDA glue of the compress family: the CPU glue's checks (compress_common.h), then
 // launches on the current stream. Works with NCCL: the DDP hook's codecs run where the
-// gradients are. Its tests passed on an H200 in session 10; session 21's rules for blocks
-// holding Inf / NaN (NaN scale, residual 0) and session 36's sign levels (mean -/+ spread)
-// are compiled, not yet run on a GPU.
+// gradients are. Its tests, session 21's rules for blocks holding Inf / NaN (NaN scale,
+// residual 0) and session 36's sign levels (mean -/+ spread) included, passed on an H200 in
+// session 44.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
@@ -120,7 +120,7 @@ at::Tensor decompress_sum_sign(const at::Tensor& packed_in, const at::Tensor& le
 // The `_out` forms run the plain op and copy into the caller's buffers: one more pass over
 // HBM. They exist for the CPU, where fresh outputs cost page faults and the message copies a
 // pass on one core; here the caching allocator reuses memory (and the copies are a fraction
-// of an all-to-all). Unverified: compiled, not yet run on a GPU.
+// of an all-to-all). They match the CPU's bit for bit on an H200 (session 44).
 void copy_into_rows(const std::tuple<at::Tensor, at::Tensor>& flat, at::Tensor& payload, at::Tensor& scales) {
   payload.copy_(std::get<0>(flat).view(payload.sizes()));
   scales.copy_(std::get<1>(flat).view(scales.sizes()));
