@@ -41,7 +41,7 @@ cuda::GemmKernel gemm_kernel_choice(const char* op) {
 // default it computes the int32 sums and our epilogue kernel scales them.
 bool cublas_takes(const at::Tensor& xq, const at::Tensor& wq) {
   const auto aligned = [](const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
-  return xq.size(0) > 16 && xq.size(1) % 8 == 0 && wq.size(0) % 8 == 0 && aligned(xq) && aligned(wq);
+  return xq.size(0) > cuda::kGemvMaxRows && xq.size(1) % 8 == 0 && wq.size(0) % 8 == 0 && aligned(xq) && aligned(wq);
 }
 
 void launch_gemm(const char* op, const at::Tensor& xq, const at::Tensor& x_scale, int64_t x_stride,

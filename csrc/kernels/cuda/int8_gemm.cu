@@ -134,7 +134,6 @@ __device__ __forceinline__ void for_each_piece(const int8_t* w, int64_t k, int l
 // another. That reorders K inside the step (the mma's byte 4 t + j is byte 16 t + j here),
 // the same way for a and b, so the int32 sums are exact as ever. The warps' sums are added
 // in shared memory and go through the GEMM's epilogue: bit-exact with every other kernel.
-constexpr int64_t kGemvMaxRows = 16;
 constexpr int kGemvWarps = 8;
 constexpr int kGemvSteps = 4;
 constexpr int kGemvStepBytes = 64;

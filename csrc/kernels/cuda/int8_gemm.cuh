@@ -27,6 +27,8 @@ struct Int8GemmArgs {
 // mma.sync (session 8 measured it faster than the first wgmma kernel on an H200); kWgmma
 // the TMA + wgmma kernel where the shape allows (tests run both).
 enum class GemmKernel { kAuto, kMma, kWgmma };
+// Products of at most this many rows (in 16-byte pieces) take the GEMV whatever the kernel.
+constexpr int64_t kGemvMaxRows = 16;
 // This build has the sm_90a kernels and the current device is compute capability 9.0.
 bool int8_gemm_wgmma_supported();
 // The wgmma kernel takes the product and has tiles for most of the SMs: where it beat cuBLAS

@@ -319,7 +319,8 @@ bool tma_gemm_takes(const Int8GemmArgs& args) {
 // (256-688), 0.90x at 512x11008->4096 (64 tiles: with one block per SM, half the SMs idle).
 // The line between 64 and 128 tiles is not measured; three quarters of the SMs is our guess.
 bool int8_gemm_wgmma_pays(const Int8GemmArgs& args) {
-  if (!int8_gemm_wgmma_supported() || !tma_gemm_takes(args)) return false;
+  // Rows first: a decode call (the GEMV's) asks the device nothing.
+  if (args.m <= kGemvMaxRows || !int8_gemm_wgmma_supported() || !tma_gemm_takes(args)) return false;
   int device = 0, sms = 0;
   cudaGetDevice(&device);
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
