@@ -1,7 +1,8 @@
 """One call of each of our CUDA kernels at a benchmark's shape, for a profiler to look at, e.g.
 `ncu --kernel-name regex:effgen python scripts/cuda_profile.py binary quant`. Targets:
-  int8     Int8Linear on a Llama MLP layer, 2048 x 4096 -> 11008, bf16 activations
-           (EFFGEN_CUDA_INT8_GEMM chooses the GEMM: auto, mma or wgmma);
+  int8     Int8Linear on a Llama MLP layer, 2048 x 4096 -> 11008 (5.2 waves of the wgmma
+           kernel's tiles on an H200), then 512 x 8192 -> 8192 (one wave of 128 tiles), bf16
+           activations (EFFGEN_CUDA_INT8_GEMM chooses the GEMM: auto, mma or wgmma);
   binary   BinaryLinear and TernaryLinear at decode, 1 and 16 x 8192 -> 8192, bf16;
   w8a16    Int8WeightOnlyLinear and Int8Linear (W8A8 GEMV), 1 and 16 x 8192 -> 8192, bf16;
   quant    the quant ops on 8192 x 8192 (fp32 and bf16);
@@ -24,6 +25,7 @@ def layer(convert, m: int, k: int, n: int) -> None:
 
 def int8() -> None:
     layer(ek.nn.Int8Linear.from_float, 2048, 4096, 11008)
+    layer(ek.nn.Int8Linear.from_float, 512, 8192, 8192)
 
 
 def binary() -> None:

@@ -1,5 +1,6 @@
 // Host-side check of the index math of the TMA + wgmma GEMM (int8_gemm_wgmma.cu): a launch
-// is emulated block by block with the kernel's own functions (block order, stage offsets,
+// is emulated block by block with the kernel's own functions (persistent blocks, tile order,
+// ring slots, stage offsets,
 // descriptor encoding, operand offsets, accumulator positions) and the hardware rules
 // written out here, and must give a @ b^T, every output written once. The rules, from the
 // PTX ISA and the CUDA driver API as transcribed:
@@ -75,54 +76,82 @@ void check_block_order() {
   }
 }
 
+// The SMs of the emulated GPU: one, so that its block takes every tile of the shapes (at
+// most 2) and its ring's uses run on across them.
+constexpr int64_t kEmulatedSms = 1;
+
+// Exits 1 unless the stage of a use and the parity its waits take are what the ring needs:
+// uses kStages apart share a stage, with alternating parities.
+void check_ring_slots() {
+  for (int64_t use = 0; use < 5 * kStages; ++use) {
+    const RingSlot at = ring_slot(use), next = ring_slot(use + kStages);
+    if (at.stage != next.stage || at.parity == next.parity || (use < kStages && (at.stage != use || at.parity != 0))) {
+      std::printf("ring slot of use %lld: stage %d, parity %u\n", (long long)use, at.stage, at.parity);
+      std::exit(1);
+    }
+  }
+}
+
+// One output tile of a block, its K tiles in ring uses first_use ..; d is the consumers'
+// accumulators.
+using Accumulators = int64_t[kConsumers][kWarpgroupRows][kTileCols];
+void emulate_tile(int64_t m, int64_t n, int64_t k, const Matrix& a, const Matrix& b, tile_check::Output& out,
+                  const BlockTile& tile, int64_t k_tiles, std::vector<int8_t>& shared, uint32_t ring,
+                  int64_t first_use, Accumulators& d) {
+  const int64_t row0 = tile.row_tile * kTileRows, col0 = tile.col_tile * kTileCols;
+  std::memset(d, 0, sizeof(d));
+  for (int64_t t = 0; t < k_tiles; ++t) {
+    const uint32_t slot = ring + static_cast<uint32_t>(ring_slot(first_use + t).stage) * kStageBytes;
+    tma_box(a, m, k, row0, t * kTileK, kTileRows, shared.data() + slot);
+    tma_box(b, n, k, col0, t * kTileK, kTileCols, shared.data() + slot + kATileBytes);
+    for (int consumer = 0; consumer < kConsumers; ++consumer) {
+      for (int step = 0; step < kTileK / kWgmmaK; ++step) {
+        const Descriptor da = decode(swizzled_descriptor(slot + a_operand_offset(consumer, step)));
+        const Descriptor db = decode(swizzled_descriptor(slot + b_operand_offset(step)));
+        check_descriptor(da), check_descriptor(db);
+        for (int row = 0; row < kWarpgroupRows; ++row) {
+          for (int col = 0; col < kTileCols; ++col) {
+            int64_t sum = 0;
+            for (int kk = 0; kk < kWgmmaK; ++kk) {
+              sum += int64_t{operand(shared, da, row, kk)} * operand(shared, db, col, kk);
+            }
+            d[consumer][row][col] += sum;
+          }
+        }
+      }
+    }
+  }
+  for (int consumer = 0; consumer < kConsumers; ++consumer) {
+    for (int warp = 0; warp < 4; ++warp) {
+      for (int l = 0; l < 32; ++l) {
+        // the kernel's epilogue: accumulators v and v + 1 (v even) stored at (row, col), (row, col + 1)
+        for (int v = 0; v < kAccumulators; v += 2) {
+          const TilePosition at = wgmma_accumulator_position(consumer, warp, l, v);
+          for (int x = 0; x < 2; ++x) {
+            const int u = v + x;
+            const int64_t value_u = d[consumer][16 * warp + l / 4 + u / 2 % 2 * 8][8 * (u / 4) + 2 * (l % 4) + u % 2];
+            const int64_t row = row0 + at.row, col = col0 + at.col + x;
+            if (row < m && col < n) out.put(row * n + col, value_u);
+          }
+        }
+      }
+    }
+  }
+}
+
 // One launch over [m, k] x [n, k]; the dynamic shared memory starts at an unaligned address,
 // as it may on the GPU, and the ring is aligned the way the kernel aligns it.
 void emulate(int64_t m, int64_t n, int64_t k, const Matrix& a, const Matrix& b, tile_check::Output& out) {
   const uint32_t dynamic_base = 0x50, ring = (dynamic_base + kAtomBytes - 1) / kAtomBytes * kAtomBytes;
   std::vector<int8_t> shared(dynamic_base + kSharedBytes);
   const int64_t row_tiles = (m + kTileRows - 1) / kTileRows, col_tiles = (n + kTileCols - 1) / kTileCols;
-  const int64_t k_tiles = (k + kTileK - 1) / kTileK;
-  static int64_t d[kConsumers][kWarpgroupRows][kTileCols];
-  for (int64_t block = 0; block < row_tiles * col_tiles; ++block) {
-    const BlockTile tile = block_tile(block, row_tiles, col_tiles);
-    const int64_t row0 = tile.row_tile * kTileRows, col0 = tile.col_tile * kTileCols;
-    std::memset(d, 0, sizeof(d));
-    for (int64_t t = 0; t < k_tiles; ++t) {
-      const uint32_t slot = ring + static_cast<uint32_t>(t % kStages) * kStageBytes;
-      tma_box(a, m, k, row0, t * kTileK, kTileRows, shared.data() + slot);
-      tma_box(b, n, k, col0, t * kTileK, kTileCols, shared.data() + slot + kATileBytes);
-      for (int consumer = 0; consumer < kConsumers; ++consumer) {
-        for (int step = 0; step < kTileK / kWgmmaK; ++step) {
-          const Descriptor da = decode(swizzled_descriptor(slot + a_operand_offset(consumer, step)));
-          const Descriptor db = decode(swizzled_descriptor(slot + b_operand_offset(step)));
-          check_descriptor(da), check_descriptor(db);
-          for (int row = 0; row < kWarpgroupRows; ++row) {
-            for (int col = 0; col < kTileCols; ++col) {
-              int64_t sum = 0;
-              for (int kk = 0; kk < kWgmmaK; ++kk) {
-                sum += int64_t{operand(shared, da, row, kk)} * operand(shared, db, col, kk);
-              }
-              d[consumer][row][col] += sum;
-            }
-          }
-        }
-      }
-    }
-    for (int consumer = 0; consumer < kConsumers; ++consumer) {
-      for (int warp = 0; warp < 4; ++warp) {
-        for (int l = 0; l < 32; ++l) {
-          // the kernel's epilogue: accumulators v and v + 1 (v even) stored at (row, col), (row, col + 1)
-          for (int v = 0; v < kAccumulators; v += 2) {
-            const TilePosition at = wgmma_accumulator_position(consumer, warp, l, v);
-            for (int x = 0; x < 2; ++x) {
-              const int u = v + x;
-              const int64_t value_u = d[consumer][16 * warp + l / 4 + u / 2 % 2 * 8][8 * (u / 4) + 2 * (l % 4) + u % 2];
-              const int64_t row = row0 + at.row, col = col0 + at.col + x;
-              if (row < m && col < n) out.put(row * n + col, value_u);
-            }
-          }
-        }
-      }
+  const int64_t k_tiles = (k + kTileK - 1) / kTileK, tiles = row_tiles * col_tiles;
+  const int64_t blocks = persistent_blocks(tiles, kEmulatedSms);
+  static Accumulators d;
+  for (int64_t block = 0; block < blocks; ++block) {
+    int64_t first_use = 0;
+    for (int64_t number = block; number < tiles; number += blocks, first_use += k_tiles) {
+      emulate_tile(m, n, k, a, b, out, block_tile(number, row_tiles, col_tiles), k_tiles, shared, ring, first_use, d);
     }
   }
 }
@@ -131,5 +160,6 @@ void emulate(int64_t m, int64_t n, int64_t k, const Matrix& a, const Matrix& b, 
 
 int main() {
   check_block_order();
+  check_ring_slots();
   return tile_check::run(emulate);
 }

@@ -31,7 +31,7 @@ enum class GemmKernel { kAuto, kMma, kWgmma };
 constexpr int64_t kGemvMaxRows = 16;
 // This build has the sm_90a kernels and the current device is compute capability 9.0.
 bool int8_gemm_wgmma_supported();
-// The wgmma kernel takes the product and has tiles for most of the SMs: where it beat cuBLAS
+// The wgmma kernel takes the product and has tiles for more than half the SMs: where it beat cuBLAS
 // (the glue's default for these shapes) on an H200; see int8_gemm_wgmma.cu.
 bool int8_gemm_wgmma_pays(const Int8GemmArgs& args);
 cudaError_t int8_gemm(const Int8GemmArgs& args, GemmKernel kernel, cudaStream_t stream);

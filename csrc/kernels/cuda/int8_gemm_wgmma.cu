@@ -1,20 +1,23 @@
-// The int8 GEMM on Hopper's warpgroup tensor cores (sm_90a): 128x256 output tiles per block
-// of three warpgroups. Warpgroup 0 is the producer: one of its threads has the Tensor Memory
+// The int8 GEMM on Hopper's warpgroup tensor cores (sm_90a): 128x256 output tiles, computed by
+// persistent blocks of three warpgroups, one block per SM, each taking tiles blockIdx.x,
+// blockIdx.x + gridDim.x, ... Warpgroup 0 is the producer: one of its threads has the Tensor Memory
 // Accelerator (TMA) copy 128-byte-deep K slices of a (128 rows) and b (256 rows) into a
 // 4-stage ring of shared memory, each stage's arrival counted in bytes on a "full" mbarrier.
 // Warpgroups 1 and 2 are the consumers: each runs wgmma m64n256k32 on its 64 rows of a and all
 // 256 rows of b, straight from shared memory through matrix descriptors, keeps one stage's
 // products in flight while it waits for the next, and frees a stage on its "empty" mbarrier
 // once the products reading it have finished. The epilogue (int8_mma.cuh's
-// store_scaled_pair) runs from the registers.
+// store_scaled_pair) runs from the registers. The ring runs on across a block's tiles, so
+// while the consumers store one tile the producer already loads the next one's first stages.
 //
 // Why this shape (session 8's profile of the cp.async 128x128 kernel this replaces: L2 74%
 // busy, 25% occupancy, the tensor cores idle across each stage's barrier and wait): a
 // 128x256 tile reads 25% fewer operand bytes from L2 per product, TMA moves them without
 // per-thread addressing or register staging, and the consumers never wait on a block
 // barrier. Session 44 (H200, the first run): right first time, 1.1-1.4x bf16 F.linear and
-// 1.15-1.40x cuBLAS's _int_mm with our epilogue from 128 tiles up; auto takes it there
-// (int8_gemm_wgmma_pays), EFFGEN_CUDA_INT8_GEMM=wgmma everywhere it can.
+// 1.15-1.40x cuBLAS's _int_mm with our epilogue from 128 tiles up; auto takes it where its
+// tiles fill more than half the SMs (int8_gemm_wgmma_pays), EFFGEN_CUDA_INT8_GEMM=wgmma
+// everywhere it can.
 //
 // Layout: TMA writes a box of R rows x 128 bytes with 128-byte swizzle, row r at r * 128 and
 // its 16-byte piece j at piece j ^ (r % 8); wgmma reads the same layout from a descriptor
@@ -57,18 +60,34 @@ constexpr int kAtomBytes = 1024;  // a swizzle atom: 8 rows x 128 bytes
 [[maybe_unused]] constexpr int kAccumulators = kTileCols / 2;  // m64n256 int32 results per thread
 constexpr int64_t kMaxTmaCoordinate = (int64_t{1} << 31) - 1;
 
-// Blocks run in groups of kGroupTiles row tiles: inside a group the row tile changes
-// fastest, so the blocks resident at one time share a few column tiles of b and a band of a,
-// and both stay in L2 while they are being read.
+// Tiles run in groups of kGroupTiles row tiles: inside a group the row tile changes fastest,
+// so the tiles in work at one time (consecutive numbers) share a few column tiles of b and a
+// band of a, and both stay in L2 while they are being read.
 constexpr int64_t kGroupTiles = 16;
 struct BlockTile {
   int64_t row_tile, col_tile;
 };
-[[maybe_unused]] __host__ __device__ __forceinline__ BlockTile block_tile(int64_t block, int64_t row_tiles,
+[[maybe_unused]] __host__ __device__ __forceinline__ BlockTile block_tile(int64_t tile, int64_t row_tiles,
                                                                          int64_t col_tiles) {
-  const int64_t per_group = kGroupTiles * col_tiles, first = block / per_group * kGroupTiles;
+  const int64_t per_group = kGroupTiles * col_tiles, first = tile / per_group * kGroupTiles;
   const int64_t rows_here = row_tiles - first < kGroupTiles ? row_tiles - first : kGroupTiles;
-  return {first + block % per_group % rows_here, block % per_group / rows_here};
+  return {first + tile % per_group % rows_here, tile % per_group / rows_here};
+}
+
+// Blocks of a launch: one per SM (a block fills one), fewer for fewer tiles.
+[[maybe_unused]] __host__ __device__ __forceinline__ int64_t persistent_blocks(int64_t tiles, int64_t sms) {
+  return tiles < sms ? tiles : sms;
+}
+
+// Where K tile `use` of a block's run (counted over all its output tiles) lies in the ring:
+// stage use % kStages, whose full and empty barriers each complete one phase per use, so the
+// use waits for parity (use / kStages) & 1 of them.
+struct RingSlot {
+  int stage;
+  uint32_t parity;
+};
+[[maybe_unused]] __host__ __device__ __forceinline__ RingSlot ring_slot(int64_t use) {
+  return {static_cast<int>(use % kStages), static_cast<uint32_t>(use / kStages) & 1};
 }
 
 // Shared-memory matrix descriptor (PTX ISA, "matrix descriptor format") of a K-major operand
@@ -174,14 +193,23 @@ __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(PENDING) : "memory");
 }
 
-// The producer thread: K tile t of the block into stage t % kStages, once the consumers have
-// freed that stage's previous tile (t - kStages).
+// The ring's state in one block: shared addresses of the stages and of their barriers.
+struct Ring {
+  uint32_t stages, full, empty;
+  __device__ uint32_t slot(const RingSlot& at) const { return stages + at.stage * kStageBytes; }
+  __device__ uint32_t full_barrier(const RingSlot& at) const { return full + 8 * at.stage; }
+  __device__ uint32_t empty_barrier(const RingSlot& at) const { return empty + 8 * at.stage; }
+};
+
+// The producer thread, for one output tile: its K tiles t into uses first_use + t of the
+// ring, each once the consumers have freed that stage's previous use (kStages uses before).
 __device__ __forceinline__ void produce(const CUtensorMap& a_map, const CUtensorMap& b_map, int64_t k_tiles,
-                                        int32_t row0, int32_t col0, uint32_t ring, uint32_t full, uint32_t empty) {
+                                        int32_t row0, int32_t col0, const Ring& ring, int64_t first_use) {
   for (int64_t t = 0; t < k_tiles; ++t) {
-    const int stage = static_cast<int>(t % kStages);
-    if (t >= kStages) barrier_wait(empty + 8 * stage, static_cast<uint32_t>(t / kStages - 1) & 1);
-    const uint32_t slot = ring + stage * kStageBytes, bar = full + 8 * stage;
+    const int64_t use = first_use + t;
+    const RingSlot at = ring_slot(use);
+    if (use >= kStages) barrier_wait(ring.empty_barrier(at), at.parity ^ 1);
+    const uint32_t slot = ring.slot(at), bar = ring.full_barrier(at);
     // the whole box counts, rows and bytes past the matrix included (TMA writes zeros there)
     barrier_arrive_expect_bytes(bar, kStageBytes);
     const int32_t k0 = static_cast<int32_t>(t * kTileK);
@@ -190,14 +218,15 @@ __device__ __forceinline__ void produce(const CUtensorMap& a_map, const CUtensor
   }
 }
 
-// A consumer warpgroup's K loop: products of stage t issued, then those of stage t - 1
-// waited for and the stage freed.
-__device__ __forceinline__ void consume(int consumer, int64_t k_tiles, uint32_t ring, uint32_t full, uint32_t empty,
+// A consumer warpgroup's K loop for one output tile (uses first_use ..): products of use u
+// issued, then those of use u - 1 waited for and its stage freed; the last use's stage is
+// freed once all the tile's products are done, before the epilogue.
+__device__ __forceinline__ void consume(int consumer, int64_t k_tiles, const Ring& ring, int64_t first_use,
                                         int32_t (&acc)[kAccumulators]) {
   for (int64_t t = 0; t < k_tiles; ++t) {
-    const int stage = static_cast<int>(t % kStages);
-    barrier_wait(full + 8 * stage, static_cast<uint32_t>(t / kStages) & 1);
-    const uint32_t slot = ring + stage * kStageBytes;
+    const RingSlot at = ring_slot(first_use + t);
+    barrier_wait(ring.full_barrier(at), at.parity);
+    const uint32_t slot = ring.slot(at);
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
     for (int step = 0; step < kTileK / kWgmmaK; ++step) {
@@ -205,10 +234,11 @@ __device__ __forceinline__ void consume(int consumer, int64_t k_tiles, uint32_t 
                swizzled_descriptor(slot + b_operand_offset(step)));
     }
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-    wgmma_wait<1>();  // this thread's products of tile t - 1 are done
-    if (t > 0) barrier_arrive(empty + 8 * static_cast<int>((t - 1) % kStages));
+    wgmma_wait<1>();  // this thread's products of use u - 1 are done
+    if (t > 0) barrier_arrive(ring.empty_barrier(ring_slot(first_use + t - 1)));
   }
   wgmma_wait<0>();
+  barrier_arrive(ring.empty_barrier(ring_slot(first_use + k_tiles - 1)));
 }
 #endif
 
@@ -219,38 +249,40 @@ __global__ void __launch_bounds__(kThreads, 1)
 #ifdef EFFGEN_WGMMA_DEVICE
   extern __shared__ uint8_t shared[];
   __shared__ __align__(8) uint64_t barriers[2 * kStages];  // full[stage], then empty[stage]
-  const uint32_t ring = (shared_address(shared) + kAtomBytes - 1) / kAtomBytes * kAtomBytes;
-  const uint32_t full = shared_address(barriers), empty = full + 8 * kStages;
+  const uint32_t full = shared_address(barriers);
+  const Ring ring{(shared_address(shared) + kAtomBytes - 1) / kAtomBytes * kAtomBytes, full, full + 8 * kStages};
   if (threadIdx.x == 0) {
     for (int stage = 0; stage < kStages; ++stage) {
-      barrier_init(full + 8 * stage, 1);                       // the producer's expect-bytes arrival
-      barrier_init(empty + 8 * stage, kConsumers * 128);       // every consumer thread's
+      barrier_init(ring.full + 8 * stage, 1);                  // the producer's expect-bytes arrival
+      barrier_init(ring.empty + 8 * stage, kConsumers * 128);  // every consumer thread's
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");  // visible to TMA
   }
   __syncthreads();
   const int64_t row_tiles = (p.m + kTileRows - 1) / kTileRows, col_tiles = (p.n + kTileCols - 1) / kTileCols;
-  const BlockTile tile = block_tile(blockIdx.x, row_tiles, col_tiles);
-  const int64_t row0 = tile.row_tile * kTileRows, col0 = tile.col_tile * kTileCols;
   const int64_t k_tiles = (p.k + kTileK - 1) / kTileK;
   const int warpgroup = threadIdx.x / 128;
-  if (warpgroup == 0) {
-    if (threadIdx.x == 0) {
-      produce(a_map, b_map, k_tiles, static_cast<int32_t>(row0), static_cast<int32_t>(col0), ring, full, empty);
-    }
-    return;
-  }
+  if (warpgroup == 0 && threadIdx.x != 0) return;
   const int consumer = warpgroup - 1, warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
-  int32_t acc[kAccumulators] = {};
-  consume(consumer, k_tiles, ring, full, empty, acc);
-  // The thread's outputs lie in two rows (v / 2 % 2), accumulators v and v + 1 (v even) in
-  // adjacent columns: the row scales are loaded once and outputs stored in pairs.
-  const int64_t row = row0 + wgmma_accumulator_position(consumer, warp, lane, 0).row;
-  const float row_scales[2] = {row_scale_of(p, row), row_scale_of(p, row + 8)};
+  int64_t first_use = 0;
+  for (int64_t number = blockIdx.x; number < row_tiles * col_tiles; number += gridDim.x, first_use += k_tiles) {
+    const BlockTile tile = block_tile(number, row_tiles, col_tiles);
+    const int64_t row0 = tile.row_tile * kTileRows, col0 = tile.col_tile * kTileCols;
+    if (warpgroup == 0) {
+      produce(a_map, b_map, k_tiles, static_cast<int32_t>(row0), static_cast<int32_t>(col0), ring, first_use);
+      continue;
+    }
+    int32_t acc[kAccumulators] = {};
+    consume(consumer, k_tiles, ring, first_use, acc);
+    // The thread's outputs lie in two rows (v / 2 % 2), accumulators v and v + 1 (v even) in
+    // adjacent columns: the row scales are loaded once and outputs stored in pairs.
+    const int64_t row = row0 + wgmma_accumulator_position(consumer, warp, lane, 0).row;
+    const float row_scales[2] = {row_scale_of(p, row), row_scale_of(p, row + 8)};
 #pragma unroll
-  for (int v = 0; v < kAccumulators; v += 2) {
-    const TilePosition at = wgmma_accumulator_position(consumer, warp, lane, v);
-    store_scaled_pair<Out>(p, row0 + at.row, col0 + at.col, row_scales[v / 2 % 2], acc[v], acc[v + 1]);
+    for (int v = 0; v < kAccumulators; v += 2) {
+      const TilePosition at = wgmma_accumulator_position(consumer, warp, lane, v);
+      store_scaled_pair<Out>(p, row0 + at.row, col0 + at.col, row_scales[v / 2 % 2], acc[v], acc[v + 1]);
+    }
   }
 #endif
 }
@@ -304,27 +336,31 @@ int64_t tile_count(const Int8GemmArgs& args) {
   return (args.m + kTileRows - 1) / kTileRows * ((args.n + kTileCols - 1) / kTileCols);
 }
 
-}  // namespace
-
-bool tma_gemm_takes(const Int8GemmArgs& args) {
-  if (!in_16_byte_pieces(args) || args.k == 0 || args.m > kMaxTmaCoordinate || args.n > kMaxTmaCoordinate ||
-      args.k > kMaxTmaCoordinate) {
-    return false;
-  }
-  return tile_count(args) <= kMaxTmaCoordinate;  // one block a tile
-}
-
-// Session 44 on an H200 (132 SMs), against cuBLAS's _int_mm plus our epilogue: 1.40x faster
-// at 512x8192->8192 (128 tiles), 1.15x at 512x4096->11008 (172), 1.25-1.36x at 2048 rows
-// (256-688), 0.90x at 512x11008->4096 (64 tiles: with one block per SM, half the SMs idle).
-// The line between 64 and 128 tiles is not measured; three quarters of the SMs is our guess.
-bool int8_gemm_wgmma_pays(const Int8GemmArgs& args) {
-  // Rows first: a decode call (the GEMV's) asks the device nothing.
-  if (args.m <= kGemvMaxRows || !int8_gemm_wgmma_supported() || !tma_gemm_takes(args)) return false;
+// SMs of the current device.
+int64_t multiprocessors() {
   int device = 0, sms = 0;
   cudaGetDevice(&device);
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  return 4 * tile_count(args) >= 3 * int64_t{sms};
+  return sms;
+}
+
+}  // namespace
+
+bool tma_gemm_takes(const Int8GemmArgs& args) {
+  return in_16_byte_pieces(args) && args.k > 0 && args.m <= kMaxTmaCoordinate && args.n <= kMaxTmaCoordinate &&
+         args.k <= kMaxTmaCoordinate;
+}
+
+// On an H200 (132 SMs), against cuBLAS's _int_mm plus our epilogue (the route otherwise taken):
+// session 44, 1.40x faster at 512x8192->8192 (128 tiles), 1.15x at 512x4096->11008 (172),
+// 1.25-1.36x at 2048 rows (256-688), 0.90x at 512x11008->4096 (64 tiles: with one block per
+// SM, half the SMs idle); session 45 (benchmarks/wgmma_tile_study.py, k = 4096), 0.61x at 32
+// tiles, 0.96x at 64, 1.22x at 80, 1.18x at 96. So it pays once its tiles fill more than half
+// of the SMs.
+bool int8_gemm_wgmma_pays(const Int8GemmArgs& args) {
+  // Rows first: a decode call (the GEMV's) asks the device nothing.
+  if (args.m <= kGemvMaxRows || !int8_gemm_wgmma_supported() || !tma_gemm_takes(args)) return false;
+  return 2 * tile_count(args) > multiprocessors();
 }
 
 cudaError_t int8_gemm_wgmma(const Int8GemmArgs& args, cudaStream_t stream) {
@@ -335,7 +371,7 @@ cudaError_t int8_gemm_wgmma(const Int8GemmArgs& args, cudaStream_t stream) {
   if (const cudaError_t status = tile_map(&b_map, args.b, args.n, args.k, kTileCols); status != cudaSuccess) {
     return status;
   }
-  const int64_t blocks = tile_count(args);
+  const int64_t blocks = persistent_blocks(tile_count(args), multiprocessors());
   return with_dtype(args.out_dtype, [&](auto zero) {
     const auto kernel = int8_gemm_wgmma_kernel<decltype(zero)>;
     if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes) != cudaSuccess) return;
