@@ -29,7 +29,7 @@ CPU_M, QUICK_CPU_M = [1, 8, 64, 256, 1024], [1, 8, 64]
 GPU_SHAPES = [(8192, 8192), (4096, 11008), (11008, 4096)]
 GPU_M = [1, 16, 512, 2048]
 W8A16_GROUP = 128  # the per-group W8A16 layer measured beside the per-channel one
-KERNEL_NAMES = {"mma": "mma.sync", "wgmma": "wgmma", "wgmma_cluster": "wgmma, clusters of 2"}
+KERNEL_NAMES = {"mma": "mma.sync", "wgmma": "wgmma"}
 
 
 def timed_cuda_kernels() -> list[str]:

@@ -1,10 +1,9 @@
 """Where the wgmma GEMM starts to pay (GPU only): Int8Linear on products whose 128 x 256 output
 tiles number 32 to 344, timed as the default route (`auto`: wgmma where
 int8_gemm_wgmma_pays says so, else cuBLAS's int32 sums through our epilogue), forced onto
-wgmma and onto wgmma in clusters of two blocks sharing b's tiles, against raw
-torch._int_mm (cuBLAS without quantization or epilogue: a lower bound of the cuBLAS route's
-time) and bf16 F.linear, interleaved in one run. Session 44 measured 0.90x cuBLAS at 64
-tiles and 1.15x at 128 on an H200 (132 SMs); this places the line between.
+wgmma, against raw torch._int_mm (cuBLAS without quantization or epilogue: a lower bound of
+the cuBLAS route's time) and bf16 F.linear, interleaved in one run. Session 44 measured 0.90x
+cuBLAS at 64 tiles and 1.15x at 128 on an H200 (132 SMs); this places the line between.
 
     python benchmarks/wgmma_tile_study.py [--json PATH]
 """
@@ -43,7 +42,6 @@ def time_shape(m: int, n: int, sms: int) -> dict:
     fns = {
         "auto": lambda: layer(x),
         "wgmma": with_env("EFFGEN_CUDA_INT8_GEMM", "wgmma", lambda: layer(x)),
-        "wgmma_cluster": with_env("EFFGEN_CUDA_INT8_GEMM", "wgmma_cluster", lambda: layer(x)),
         "torch._int_mm (raw)": lambda: torch._int_mm(xq, wq_t),
         "bf16 F.linear": lambda: F.linear(x, w_bf16, b_bf16),
     }
@@ -60,17 +58,16 @@ def main() -> None:
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     rows = []
     print(f"{torch.cuda.get_device_name(0)}, {sms} SMs; microseconds (median of 30 x 5 graph-replayed calls)")
-    print(f"{'shape':>18} {'tiles':>5} {'auto':>10} {'wgmma':>10} {'cluster':>10} {'_int_mm':>10} {'bf16':>10}"
-          f"  wgmma/auto  wgmma/cluster  wgmma/_int_mm  bf16/wgmma")
+    print(f"{'shape':>18} {'tiles':>5} {'auto':>10} {'wgmma':>10} {'_int_mm':>10} {'bf16':>10}"
+          f"  wgmma/auto  wgmma/_int_mm  bf16/wgmma")
     for m, n in SHAPES:
         row = time_shape(m, n, sms)
         rows.append(row)
         us = row["us"]
         auto = f"{us['auto']:.1f}{'*' if row['auto_takes_wgmma'] else ''}"
-        print(f"{row['shape']:>18} {row['tiles']:>5} {auto:>10} {us['wgmma']:>10.1f} {us['wgmma_cluster']:>10.1f} "
+        print(f"{row['shape']:>18} {row['tiles']:>5} {auto:>10} {us['wgmma']:>10.1f} "
               f"{us['torch._int_mm (raw)']:>10.1f} {us['bf16 F.linear']:>10.1f}  {us['auto'] / us['wgmma']:>10.2f}"
-              f"  {us['wgmma_cluster'] / us['wgmma']:>13.2f}  {us['torch._int_mm (raw)'] / us['wgmma']:>13.2f}"
-              f"  {us['bf16 F.linear'] / us['wgmma']:>10.2f}")
+              f"  {us['torch._int_mm (raw)'] / us['wgmma']:>13.2f}  {us['bf16 F.linear'] / us['wgmma']:>10.2f}")
     print("* auto runs wgmma here; elsewhere cuBLAS's _int_mm and our epilogue")
     if args.json:
         with open(args.json, "w") as f:

@@ -49,12 +49,11 @@ def git_commit() -> str | None:
 
 def cuda_int8_kernels(build: dict) -> list[str]:
     """Our CUDA int8 tensor-core GEMMs this GPU runs (EFFGEN_CUDA_INT8_GEMM's forcing values):
-    mma, plus wgmma and wgmma_cluster (the same kernel in clusters of two blocks that share
-    the weights' tiles) on compute capability 9.0 with an sm_90a build; none without a GPU."""
+    mma, plus wgmma on compute capability 9.0 with an sm_90a build; none without a GPU."""
     if not (build["cuda"] and torch.cuda.is_available()):
         return []
     wgmma = torch.cuda.get_device_capability() == (9, 0) and "90a" in build.get("cuda_archs", [])
-    return ["mma", "wgmma", "wgmma_cluster"] if wgmma else ["mma"]
+    return ["mma", "wgmma"] if wgmma else ["mma"]
 
 
 def cuda_int8_gemm(build: dict) -> str | None:

@@ -50,13 +50,11 @@ def quant_kernels() -> None:
 def int8_kernels() -> None:
     # The GEMV, the general GEMM, the pipelined mma.sync GEMM (partial row, column and K
     # tiles), cuBLAS's sums through our epilogue (auto, 40 x 64 x 96) and, on sm_90a, the TMA +
-    # wgmma GEMM, alone and in clusters of two (partial tiles; K through its stage ring more
-    # than once; an odd count of row tiles; more cluster tiles than run at once).
+    # wgmma GEMM (partial tiles; K through its stage ring more than once).
     shapes = ((1, 5, 7), (3, 130, 129), (5, 40, 1040), (70, 65, 4099), (33, 70, 256), (130, 129, 80), (40, 64, 96))
     forced = [("mma", (130, 129, 80))]
     if "wgmma" in cuda_int8_kernels(build_info()):
-        forced += [("wgmma", (130, 129, 80)), ("wgmma", (300, 520, 1040)), ("wgmma_cluster", (300, 520, 1040)),
-                   ("wgmma_cluster", (520, 8200, 272))]
+        forced += [("wgmma", (130, 129, 80)), ("wgmma", (300, 520, 1040))]
     for kernel, (m, n, k) in forced + [("auto", shape) for shape in shapes]:
         os.environ["EFFGEN_CUDA_INT8_GEMM"] = kernel
         xq = torch.randint(-128, 128, (m, k), dtype=torch.int8)

@@ -204,7 +204,7 @@ def test_cuda_int8_gemm_report_follows_device_build_and_override(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
     assert cli.cuda_int8_gemm(build) == "wgmma where it fills the GPU, cublas, else mma"
-    assert cli.cuda_int8_kernels(build) == ["mma", "wgmma", "wgmma_cluster"]
+    assert cli.cuda_int8_kernels(build) == ["mma", "wgmma"]
     assert cli.cuda_int8_gemm({"cuda": True, "cuda_archs": ["80", "90"]}) == "cublas, else mma"  # no sm_90a code
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
     assert cli.cuda_int8_gemm(build) == "cublas, else mma"

@@ -876,13 +876,13 @@ def test_cuda_w8a16_bf16_decode_on_the_host(tmp_path):
     run_cuda_host_check("int8_pairs", tmp_path)
 
 
-@pytest.fixture(params=["auto", "mma", "wgmma", "wgmma_cluster"])
+@pytest.fixture(params=["auto", "mma", "wgmma"])
 def cuda_gemm(request, monkeypatch):
     """Runs the test once per CUDA int8 GEMM (EFFGEN_CUDA_INT8_GEMM) this GPU runs: auto
     (our wgmma kernel where it pays, else cuBLAS's sums through our epilogue where
     torch._int_mm takes the shape), then ours."""
     monkeypatch.delenv("EFFGEN_CUDA_INT8_GEMM", raising=False)
-    if request.param.startswith("wgmma") and request.param not in cuda_int8_kernels(build_info()):
+    if request.param == "wgmma" and "wgmma" not in cuda_int8_kernels(build_info()):
         pytest.skip("wgmma needs a compute capability 9.0 GPU and a build for sm_90a")
     monkeypatch.setenv("EFFGEN_CUDA_INT8_GEMM", request.param)
     return request.param
@@ -891,10 +891,8 @@ def cuda_gemm(request, monkeypatch):
 # Each CUDA int8 kernel: the few-row GEMV (m <= 16) in 16-byte pieces (k % 16 == 0) or
 # bytes, the pipelined GEMMs (k % 16 == 0: partial row, column and K tiles) or the general one,
 # and cuBLAS's sums through our epilogue (m > 16, n and k multiples of 8, under auto), except
-# where the wgmma kernel's 128x256 tiles cover more than half the SMs: auto takes it for
-# 520x8200 (165 tiles on an H200's 132 SMs, ragged in both). With wgmma_cluster, 520, 300 and
-# 257 rows are odd counts of row tiles (a cluster's second block past the matrix), and
-# 520x8200's 99 cluster tiles are more than an H200 runs at once (blocks take several).
+# where the wgmma kernel's 128x256 tiles cover most of the SMs: auto takes it for 520x8200
+# (165 tiles on an H200's 132 SMs, ragged in both).
 CUDA_MNK = MNK + [(16, 70, 4096), (2, 33, 48), (9, 40, 1024), (300, 520, 4096), (129, 257, 1040), (17, 8, 16),
                   (200, 130, 64), (33, 24, 40), (257, 136, 264), (520, 8200, 48)]
 
@@ -942,8 +940,7 @@ def test_cuda_int8_gemm_choice_is_checked(monkeypatch):
     xq, wq = random_int8((32, 64)).cuda(), random_int8((8, 64)).cuda()
     x_scale, w_scale = torch.rand(32).cuda(), torch.rand(8).cuda()
     monkeypatch.setenv("EFFGEN_CUDA_INT8_GEMM", "fastest")
-    choices = "auto, mma, wgmma or wgmma_cluster"
-    with pytest.raises(ValueError, match=f"EFFGEN_CUDA_INT8_GEMM must be {choices}, got 'fastest'"):
+    with pytest.raises(ValueError, match="EFFGEN_CUDA_INT8_GEMM must be auto, mma or wgmma, got 'fastest'"):
         ops.int8_linear(xq, x_scale, wq, w_scale, None, torch.float32)
 
 

@@ -19,8 +19,8 @@
 namespace effgen::ops {
 namespace {
 
-// EFFGEN_CUDA_INT8_GEMM=mma|wgmma|wgmma_cluster forces our tensor-core kernel for products
-// with more than 16 rows; unset or auto: our wgmma kernel where it pays (cuda::int8_gemm_wgmma_pays), else
+// EFFGEN_CUDA_INT8_GEMM=mma|wgmma forces our tensor-core kernel for products with more than
+// 16 rows; unset or auto: our wgmma kernel where it pays (cuda::int8_gemm_wgmma_pays), else
 // cuBLAS where it takes the shape (below), else mma.sync. Read at each call so tests can run
 // every one.
 cuda::GemmKernel gemm_kernel_choice(const char* op) {
@@ -28,11 +28,11 @@ cuda::GemmKernel gemm_kernel_choice(const char* op) {
   const std::string choice = env == nullptr ? "" : env;
   if (choice.empty() || choice == "auto") return cuda::GemmKernel::kAuto;
   if (choice == "mma") return cuda::GemmKernel::kMma;
-  TORCH_CHECK_VALUE(choice == "wgmma" || choice == "wgmma_cluster", op,
-                    ": EFFGEN_CUDA_INT8_GEMM must be auto, mma, wgmma or wgmma_cluster, got '", choice, "'");
-  TORCH_CHECK(cuda::int8_gemm_wgmma_supported(), op, ": EFFGEN_CUDA_INT8_GEMM=", choice,
-              " needs a compute capability 9.0 GPU and a build with sm_90a in EFFGEN_CUDA_ARCHS");
-  return choice == "wgmma" ? cuda::GemmKernel::kWgmma : cuda::GemmKernel::kWgmmaCluster;
+  TORCH_CHECK_VALUE(choice == "wgmma", op, ": EFFGEN_CUDA_INT8_GEMM must be auto, mma or wgmma, got '", choice, "'");
+  TORCH_CHECK(cuda::int8_gemm_wgmma_supported(), op,
+              ": EFFGEN_CUDA_INT8_GEMM=wgmma needs a compute capability 9.0 GPU and a build with sm_90a in "
+              "EFFGEN_CUDA_ARCHS");
+  return cuda::GemmKernel::kWgmma;
 }
 
 // The products torch._int_mm (cuBLAS) takes: more than 16 rows, k and n multiples of 8; and

@@ -5,5 +5,5 @@
 namespace effgen::cuda {
 bool tma_gemm_takes(const Int8GemmArgs&) { return false; }
 cudaError_t int8_gemm_tiled(const Int8GemmArgs&, cudaStream_t) { return cudaErrorNotSupported; }
-cudaError_t int8_gemm_wgmma(const Int8GemmArgs&, int, cudaStream_t) { return cudaErrorNotSupported; }
+cudaError_t int8_gemm_wgmma(const Int8GemmArgs&, cudaStream_t) { return cudaErrorNotSupported; }
 }  // namespace effgen::cuda

@@ -1,6 +1,6 @@
 // Host-side check of the index math of the TMA + wgmma GEMM (int8_gemm_wgmma.cu): a launch
-// is emulated block by block with the kernel's own functions (persistent blocks, alone and in
-// clusters of two, tile order, ring slots, stage offsets, b's shares,
+// is emulated block by block with the kernel's own functions (persistent blocks, tile order,
+// ring slots, stage offsets,
 // descriptor encoding, operand offsets, accumulator positions) and the hardware rules
 // written out here, and must give a @ b^T, every output written once. The rules, from the
 // PTX ISA and the CUDA driver API as transcribed:
@@ -76,8 +76,9 @@ void check_block_order() {
   }
 }
 
-// The emulated GPU runs one block or cluster at a time, so that it takes every tile of the
-// shapes (at most 2) and its ring's uses run on across them.
+// The SMs of the emulated GPU: one, so that its block takes every tile of the shapes (at
+// most 2) and its ring's uses run on across them.
+constexpr int64_t kEmulatedSms = 1;
 
 // Exits 1 unless the stage of a use and the parity its waits take are what the ring needs:
 // uses kStages apart share a stage, with alternating parities.
@@ -91,23 +92,18 @@ void check_ring_slots() {
   }
 }
 
-// One output tile of block `rank` of a cluster of `cluster`, its K tiles in ring uses
-// first_use ..: every block of the cluster sends its share of b's tile to all; d is the
-// consumers' accumulators.
+// One output tile of a block, its K tiles in ring uses first_use ..; d is the consumers'
+// accumulators.
 using Accumulators = int64_t[kConsumers][kWarpgroupRows][kTileCols];
 void emulate_tile(int64_t m, int64_t n, int64_t k, const Matrix& a, const Matrix& b, tile_check::Output& out,
-                  const BlockTile& tile, int cluster, int64_t k_tiles, std::vector<int8_t>& shared, uint32_t ring,
+                  const BlockTile& tile, int64_t k_tiles, std::vector<int8_t>& shared, uint32_t ring,
                   int64_t first_use, Accumulators& d) {
   const int64_t row0 = tile.row_tile * kTileRows, col0 = tile.col_tile * kTileCols;
-  const int share_rows = kTileCols / cluster;
   std::memset(d, 0, sizeof(d));
   for (int64_t t = 0; t < k_tiles; ++t) {
     const uint32_t slot = ring + static_cast<uint32_t>(ring_slot(first_use + t).stage) * kStageBytes;
     tma_box(a, m, k, row0, t * kTileK, kTileRows, shared.data() + slot);
-    for (int sender = 0; sender < cluster; ++sender) {
-      tma_box(b, n, k, col0 + sender * share_rows, t * kTileK, share_rows,
-              shared.data() + slot + b_share_offset(cluster, sender));
-    }
+    tma_box(b, n, k, col0, t * kTileK, kTileCols, shared.data() + slot + kATileBytes);
     for (int consumer = 0; consumer < kConsumers; ++consumer) {
       for (int step = 0; step < kTileK / kWgmmaK; ++step) {
         const Descriptor da = decode(swizzled_descriptor(slot + a_operand_offset(consumer, step)));
@@ -143,35 +139,20 @@ void emulate_tile(int64_t m, int64_t n, int64_t k, const Matrix& a, const Matrix
   }
 }
 
-// One launch over [m, k] x [n, k] in clusters of CLUSTER blocks; the dynamic shared memory
-// starts at an unaligned address, as it may on the GPU, and the ring is aligned the way the
-// kernel aligns it.
-template <int CLUSTER>
+// One launch over [m, k] x [n, k]; the dynamic shared memory starts at an unaligned address,
+// as it may on the GPU, and the ring is aligned the way the kernel aligns it.
 void emulate(int64_t m, int64_t n, int64_t k, const Matrix& a, const Matrix& b, tile_check::Output& out) {
   const uint32_t dynamic_base = 0x50, ring = (dynamic_base + kAtomBytes - 1) / kAtomBytes * kAtomBytes;
   std::vector<int8_t> shared(dynamic_base + kSharedBytes);
   const int64_t row_tiles = (m + kTileRows - 1) / kTileRows, col_tiles = (n + kTileCols - 1) / kTileCols;
-  const int64_t k_tiles = (k + kTileK - 1) / kTileK, cluster_tiles = (row_tiles + CLUSTER - 1) / CLUSTER * col_tiles;
+  const int64_t k_tiles = (k + kTileK - 1) / kTileK, tiles = row_tiles * col_tiles;
+  const int64_t blocks = persistent_blocks(tiles, kEmulatedSms);
   static Accumulators d;
-  for (int rank = 0; rank < CLUSTER; ++rank) {
+  for (int64_t block = 0; block < blocks; ++block) {
     int64_t first_use = 0;
-    for (int64_t number = 0; number < cluster_tiles; ++number, first_use += k_tiles) {
-      const BlockTile tile = cluster_block_tile(number, CLUSTER, rank, row_tiles, col_tiles);
-      emulate_tile(m, n, k, a, b, out, tile, CLUSTER, k_tiles, shared, ring, first_use, d);
+    for (int64_t number = block; number < tiles; number += blocks, first_use += k_tiles) {
+      emulate_tile(m, n, k, a, b, out, block_tile(number, row_tiles, col_tiles), k_tiles, shared, ring, first_use, d);
     }
-  }
-}
-
-// The launch alone into out, checked by the caller; in clusters it must write the same.
-void emulate_alone_and_in_clusters(int64_t m, int64_t n, int64_t k, const Matrix& a, const Matrix& b,
-                                   tile_check::Output& out) {
-  emulate<1>(m, n, k, a, b, out);
-  tile_check::Output clustered{std::vector<int64_t>(m * n, 0), std::vector<int>(m * n, 0)};
-  emulate<kMaxCluster>(m, n, k, a, b, clustered);
-  if (clustered.value != out.value || clustered.writes != out.writes) {
-    std::printf("%lldx%lldx%lld: clusters of %d write other values than single blocks\n", (long long)m,
-                (long long)n, (long long)k, kMaxCluster);
-    std::exit(1);
   }
 }
 
@@ -180,5 +161,5 @@ void emulate_alone_and_in_clusters(int64_t m, int64_t n, int64_t k, const Matrix
 int main() {
   check_block_order();
   check_ring_slots();
-  return tile_check::run(emulate_alone_and_in_clusters);
+  return tile_check::run(emulate);
 }

@@ -334,9 +334,8 @@ cudaError_t int8_gemm(const Int8GemmArgs& args, GemmKernel kernel, cudaStream_t 
   if (args.m == 0 || args.n == 0) return cudaSuccess;
   const bool pieces = in_16_byte_pieces(args);
   if (args.m > kGemvMaxRows && pieces) {
-    const bool cluster = kernel == GemmKernel::kWgmmaCluster;
-    const bool wgmma = (kernel == GemmKernel::kWgmma || cluster) && tma_gemm_takes(args);
-    return wgmma ? int8_gemm_wgmma(args, cluster ? 2 : 1, stream) : int8_gemm_tiled(args, stream);
+    const bool wgmma = kernel == GemmKernel::kWgmma && tma_gemm_takes(args);
+    return wgmma ? int8_gemm_wgmma(args, stream) : int8_gemm_tiled(args, stream);
   }
   return with_dtype(args.out_dtype, [&](auto zero) {
     using Out = decltype(zero);

@@ -25,9 +25,8 @@ struct Int8GemmArgs {
 };
 // The tensor-core kernel of products with more than a few rows: kAuto and kMma take
 // mma.sync (session 8 measured it faster than the first wgmma kernel on an H200); kWgmma
-// the TMA + wgmma kernel where the shape allows, kWgmmaCluster the same in clusters of two
-// blocks that share the tiles of b (tests run all).
-enum class GemmKernel { kAuto, kMma, kWgmma, kWgmmaCluster };
+// the TMA + wgmma kernel where the shape allows (tests run both).
+enum class GemmKernel { kAuto, kMma, kWgmma };
 // Products of at most this many rows (in 16-byte pieces) take the GEMV whatever the kernel.
 constexpr int64_t kGemvMaxRows = 16;
 // This build has the sm_90a kernels and the current device is compute capability 9.0.

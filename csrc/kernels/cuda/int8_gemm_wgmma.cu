@@ -59,7 +59,6 @@ constexpr int kAtomBytes = 1024;  // a swizzle atom: 8 rows x 128 bytes
 [[maybe_unused]] constexpr size_t kSharedBytes = size_t{kStages} * kStageBytes + kAtomBytes;
 [[maybe_unused]] constexpr int kAccumulators = kTileCols / 2;  // m64n256 int32 results per thread
 constexpr int64_t kMaxTmaCoordinate = (int64_t{1} << 31) - 1;
-constexpr int kMaxCluster = 2;  // blocks per cluster of the wgmma_cluster kernel
 
 // Tiles run in groups of kGroupTiles row tiles: inside a group the row tile changes fastest,
 // so the tiles in work at one time (consecutive numbers) share a few column tiles of b and a
@@ -75,23 +74,9 @@ struct BlockTile {
   return {first + tile % per_group % rows_here, tile % per_group / rows_here};
 }
 
-// With clusters (EFFGEN_CUDA_INT8_GEMM=wgmma_cluster) the blocks of a cluster take output
-// tiles of adjacent rows and the same columns: the cluster tiles, CLUSTER row tiles tall, run
-// in block_tile's order, and block `rank` of a cluster takes row tile `rank` of its cluster
-// tile (past the matrix for the last of an odd count: that block loads zeros and stores
-// nothing, but still loads and sends its share of b).
-[[maybe_unused]] __host__ __device__ __forceinline__ BlockTile cluster_block_tile(int64_t number, int cluster,
-                                                                                 int rank, int64_t row_tiles,
-                                                                                 int64_t col_tiles) {
-  const BlockTile tile = block_tile(number, (row_tiles + cluster - 1) / cluster, col_tiles);
-  return {tile.row_tile * cluster + rank, tile.col_tile};
-}
-
-// Where block `rank`'s share of b's tile lies in a stage: its kTileCols / cluster rows of b's
-// tile from row rank * kTileCols / cluster of it, the cluster's shares in rank order (each
-// share is whole 1024-byte atoms, so the 128-byte swizzle of the full tile is kept).
-[[maybe_unused]] __host__ __device__ __forceinline__ int b_share_offset(int cluster, int rank) {
-  return kATileBytes + rank * (kBTileBytes / cluster);
+// Blocks of a launch: one per SM (a block fills one), fewer for fewer tiles.
+[[maybe_unused]] __host__ __device__ __forceinline__ int64_t persistent_blocks(int64_t tiles, int64_t sms) {
+  return tiles < sms ? tiles : sms;
 }
 
 // Where K tile `use` of a block's run (counted over all its output tiles) lies in the ring:
@@ -179,38 +164,6 @@ __device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap& map, u
       : "memory");
 }
 
-// TMA multicast: the box into shared memory at dst of every block of the cluster in `blocks`
-// (a bit per rank), counted on barrier bar of each.
-__device__ __forceinline__ void tma_load_multicast(uint32_t dst, const CUtensorMap& map, uint32_t bar, int32_t k0,
-                                                   int32_t row0, uint16_t blocks) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
-      " [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(&map)), "r"(k0), "r"(row0), "r"(bar), "h"(blocks)
-      : "memory");
-}
-
-// An arrival on the barrier at shared address bar of this block, in block `rank` of the cluster.
-__device__ __forceinline__ void barrier_arrive_in_block(uint32_t bar, uint32_t rank) {
-  asm volatile(
-      "{\n.reg .b32 remote;\nmapa.shared::cluster.u32 remote, %0, %1;\n"
-      "mbarrier.arrive.shared::cluster.b64 _, [remote];\n}\n" ::"r"(bar),
-      "r"(rank)
-      : "memory");
-}
-
-__device__ __forceinline__ uint32_t cluster_rank() {
-  uint32_t rank;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(rank));
-  return rank;
-}
-
-// Every thread of every block of the cluster, with their shared-memory writes (the barriers'
-// initialization) visible to all.
-__device__ __forceinline__ void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-
 // d += a (64 x 32, K-major) * b (32 x 256, K-major), int8 in, int32 exact; d[v] is the
 // result at wgmma_accumulator_position.
 #define EFFGEN_ACC8(i)                                                                                        \
@@ -249,58 +202,25 @@ struct Ring {
 };
 
 // The producer thread, for one output tile: its K tiles t into uses first_use + t of the
-// ring, each once the consumers (of every block of the cluster) have freed that stage's
-// previous use (kStages uses before): a, and its share of b into the stage of every block.
-template <int CLUSTER>
+// ring, each once the consumers have freed that stage's previous use (kStages uses before).
 __device__ __forceinline__ void produce(const CUtensorMap& a_map, const CUtensorMap& b_map, int64_t k_tiles,
-                                        int32_t row0, int32_t col0, int rank, const Ring& ring, int64_t first_use) {
-  constexpr int kShareRows = kTileCols / CLUSTER;
+                                        int32_t row0, int32_t col0, const Ring& ring, int64_t first_use) {
   for (int64_t t = 0; t < k_tiles; ++t) {
     const int64_t use = first_use + t;
     const RingSlot at = ring_slot(use);
     if (use >= kStages) barrier_wait(ring.empty_barrier(at), at.parity ^ 1);
     const uint32_t slot = ring.slot(at), bar = ring.full_barrier(at);
-    // the whole stage counts: a, every block's share of b, rows and bytes past the matrix
-    // included (TMA writes zeros there)
+    // the whole box counts, rows and bytes past the matrix included (TMA writes zeros there)
     barrier_arrive_expect_bytes(bar, kStageBytes);
     const int32_t k0 = static_cast<int32_t>(t * kTileK);
     tma_load(slot, a_map, bar, k0, row0);
-    const uint32_t share = slot + b_share_offset(CLUSTER, rank);
-    if constexpr (CLUSTER == 1) {
-      tma_load(share, b_map, bar, k0, col0);
-    } else {
-      tma_load_multicast(share, b_map, bar, k0, col0 + rank * kShareRows, (1u << CLUSTER) - 1);
-    }
-  }
-}
-
-// The producer's last waits: every stage's last use freed, by the consumers of every block of
-// the cluster, so that no other block arrives on this block's barriers after it has exited.
-__device__ __forceinline__ void drain(const Ring& ring, int64_t uses) {
-  for (int64_t use = uses; use < uses + kStages; ++use) {
-    const RingSlot at = ring_slot(use);
-    if (use >= kStages) barrier_wait(ring.empty_barrier(at), at.parity ^ 1);
-  }
-}
-
-// A consumer warp's products reading a stage are done (its wgmma wait has returned): one
-// arrival for the warp on the stage's empty barrier in every block of the cluster, each of
-// whose producers writes into this block's stage.
-template <int CLUSTER>
-__device__ __forceinline__ void release(const Ring& ring, const RingSlot& at) {
-  if (threadIdx.x % 32 != 0) return;
-  if constexpr (CLUSTER == 1) {
-    barrier_arrive(ring.empty_barrier(at));
-  } else {
-#pragma unroll
-    for (int rank = 0; rank < CLUSTER; ++rank) barrier_arrive_in_block(ring.empty_barrier(at), rank);
+    tma_load(slot + kATileBytes, b_map, bar, k0, col0);
   }
 }
 
 // A consumer warpgroup's K loop for one output tile (uses first_use ..): products of use u
 // issued, then those of use u - 1 waited for and its stage freed; the last use's stage is
 // freed once all the tile's products are done, before the epilogue.
-template <int CLUSTER>
 __device__ __forceinline__ void consume(int consumer, int64_t k_tiles, const Ring& ring, int64_t first_use,
                                         int32_t (&acc)[kAccumulators]) {
   for (int64_t t = 0; t < k_tiles; ++t) {
@@ -314,15 +234,15 @@ __device__ __forceinline__ void consume(int consumer, int64_t k_tiles, const Rin
                swizzled_descriptor(slot + b_operand_offset(step)));
     }
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-    wgmma_wait<1>();  // this warp's products of use u - 1 are done
-    if (t > 0) release<CLUSTER>(ring, ring_slot(first_use + t - 1));
+    wgmma_wait<1>();  // this thread's products of use u - 1 are done
+    if (t > 0) barrier_arrive(ring.empty_barrier(ring_slot(first_use + t - 1)));
   }
   wgmma_wait<0>();
-  release<CLUSTER>(ring, ring_slot(first_use + k_tiles - 1));
+  barrier_arrive(ring.empty_barrier(ring_slot(first_use + k_tiles - 1)));
 }
 #endif
 
-template <typename Out, int CLUSTER>
+template <typename Out>
 __global__ void __launch_bounds__(kThreads, 1)
     int8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap a_map, const __grid_constant__ CUtensorMap b_map,
                            Int8GemmArgs p) {
@@ -334,34 +254,26 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (threadIdx.x == 0) {
     for (int stage = 0; stage < kStages; ++stage) {
       barrier_init(ring.full + 8 * stage, 1);                  // the producer's expect-bytes arrival
-      barrier_init(ring.empty + 8 * stage, CLUSTER * kConsumers * 4);  // every consumer warp's, of every block
+      barrier_init(ring.empty + 8 * stage, kConsumers * 128);  // every consumer thread's
     }
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");  // visible to TMA and the cluster
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");  // visible to TMA
   }
-  if constexpr (CLUSTER == 1) {
-    __syncthreads();
-  } else {
-    cluster_sync();  // no block arrives on or writes into another's barriers before they are set up
-  }
-  const int rank = CLUSTER == 1 ? 0 : static_cast<int>(cluster_rank());
+  __syncthreads();
   const int64_t row_tiles = (p.m + kTileRows - 1) / kTileRows, col_tiles = (p.n + kTileCols - 1) / kTileCols;
-  const int64_t cluster_tiles = (row_tiles + CLUSTER - 1) / CLUSTER * col_tiles;
   const int64_t k_tiles = (p.k + kTileK - 1) / kTileK;
   const int warpgroup = threadIdx.x / 128;
   if (warpgroup == 0 && threadIdx.x != 0) return;
   const int consumer = warpgroup - 1, warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
   int64_t first_use = 0;
-  for (int64_t number = blockIdx.x / CLUSTER; number < cluster_tiles;
-       number += gridDim.x / CLUSTER, first_use += k_tiles) {
-    const BlockTile tile = cluster_block_tile(number, CLUSTER, rank, row_tiles, col_tiles);
+  for (int64_t number = blockIdx.x; number < row_tiles * col_tiles; number += gridDim.x, first_use += k_tiles) {
+    const BlockTile tile = block_tile(number, row_tiles, col_tiles);
     const int64_t row0 = tile.row_tile * kTileRows, col0 = tile.col_tile * kTileCols;
     if (warpgroup == 0) {
-      produce<CLUSTER>(a_map, b_map, k_tiles, static_cast<int32_t>(row0), static_cast<int32_t>(col0), rank, ring,
-                       first_use);
+      produce(a_map, b_map, k_tiles, static_cast<int32_t>(row0), static_cast<int32_t>(col0), ring, first_use);
       continue;
     }
     int32_t acc[kAccumulators] = {};
-    consume<CLUSTER>(consumer, k_tiles, ring, first_use, acc);
+    consume(consumer, k_tiles, ring, first_use, acc);
     // The thread's outputs lie in two rows (v / 2 % 2), accumulators v and v + 1 (v even) in
     // adjacent columns: the row scales are loaded once and outputs stored in pairs.
     const int64_t row = row0 + wgmma_accumulator_position(consumer, warp, lane, 0).row;
@@ -372,7 +284,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       store_scaled_pair<Out>(p, row0 + at.row, col0 + at.col, row_scales[v / 2 % 2], acc[v], acc[v + 1]);
     }
   }
-  if (CLUSTER > 1 && warpgroup == 0) drain(ring, first_use);
 #endif
 }
 
@@ -436,9 +347,7 @@ int64_t multiprocessors() {
 }  // namespace
 
 bool tma_gemm_takes(const Int8GemmArgs& args) {
-  // every tile's coordinates, a cluster's block past the matrix included
-  const int64_t rows_limit = kMaxTmaCoordinate - kMaxCluster * kTileRows, cols_limit = kMaxTmaCoordinate - kTileCols;
-  return in_16_byte_pieces(args) && args.k > 0 && args.m <= rows_limit && args.n <= cols_limit &&
+  return in_16_byte_pieces(args) && args.k > 0 && args.m <= kMaxTmaCoordinate && args.n <= kMaxTmaCoordinate &&
          args.k <= kMaxTmaCoordinate;
 }
 
@@ -454,55 +363,20 @@ bool int8_gemm_wgmma_pays(const Int8GemmArgs& args) {
   return 2 * tile_count(args) > multiprocessors();
 }
 
-namespace {
-
-// One launch of the kernel with clusters of CLUSTER blocks: as many clusters as fit on the
-// GPU at once (one block per SM), fewer for fewer cluster tiles.
-template <typename Out, int CLUSTER>
-cudaError_t launch_wgmma(const CUtensorMap& a_map, const CUtensorMap& b_map, const Int8GemmArgs& args,
-                         cudaStream_t stream) {
-  const auto kernel = int8_gemm_wgmma_kernel<Out, CLUSTER>;
-  if (const cudaError_t status =
-          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes);
-      status != cudaSuccess) {
-    return status;
-  }
-  cudaLaunchAttribute cluster{};
-  cluster.id = cudaLaunchAttributeClusterDimension;
-  cluster.val.clusterDim.x = CLUSTER, cluster.val.clusterDim.y = 1, cluster.val.clusterDim.z = 1;
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(CLUSTER), config.blockDim = dim3(kThreads), config.dynamicSmemBytes = kSharedBytes;
-  config.stream = stream, config.attrs = &cluster, config.numAttrs = 1;
-  int resident = 0;
-  if (const cudaError_t status = cudaOccupancyMaxActiveClusters(&resident, kernel, &config); status != cudaSuccess) {
-    return status;
-  }
-  if (resident == 0) return cudaErrorInvalidConfiguration;
-  const int64_t row_tiles = (args.m + kTileRows - 1) / kTileRows;
-  const int64_t cluster_tiles = (row_tiles + CLUSTER - 1) / CLUSTER * ((args.n + kTileCols - 1) / kTileCols);
-  config.gridDim = dim3(static_cast<unsigned>(CLUSTER * (cluster_tiles < resident ? cluster_tiles : resident)));
-  return cudaLaunchKernelEx(&config, kernel, a_map, b_map, args);
-}
-
-}  // namespace
-
-cudaError_t int8_gemm_wgmma(const Int8GemmArgs& args, int cluster, cudaStream_t stream) {
+cudaError_t int8_gemm_wgmma(const Int8GemmArgs& args, cudaStream_t stream) {
   CUtensorMap a_map, b_map;
   if (const cudaError_t status = tile_map(&a_map, args.a, args.m, args.k, kTileRows); status != cudaSuccess) {
     return status;
   }
-  // each block of a cluster loads its share of b's tile
-  if (const cudaError_t status = tile_map(&b_map, args.b, args.n, args.k, kTileCols / cluster);
-      status != cudaSuccess) {
+  if (const cudaError_t status = tile_map(&b_map, args.b, args.n, args.k, kTileCols); status != cudaSuccess) {
     return status;
   }
-  cudaError_t status = cudaSuccess;
-  const cudaError_t last = with_dtype(args.out_dtype, [&](auto zero) {
-    using Out = decltype(zero);
-    status = cluster == kMaxCluster ? launch_wgmma<Out, kMaxCluster>(a_map, b_map, args, stream)
-                                    : launch_wgmma<Out, 1>(a_map, b_map, args, stream);
+  const int64_t blocks = persistent_blocks(tile_count(args), multiprocessors());
+  return with_dtype(args.out_dtype, [&](auto zero) {
+    const auto kernel = int8_gemm_wgmma_kernel<decltype(zero)>;
+    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes) != cudaSuccess) return;
+    kernel<<<static_cast<unsigned>(blocks), kThreads, kSharedBytes, stream>>>(a_map, b_map, args);
   });
-  return status != cudaSuccess ? status : last;
 }
 
 }  // namespace effgen::cuda

@@ -94,10 +94,9 @@ inline bool in_16_byte_pieces(const Int8GemmArgs& args) {
 
 // The pipelined GEMMs for products with more than a few rows: mma.sync (int8_gemm_tiled.cu,
 // needing in_16_byte_pieces(args)) and TMA + wgmma on sm_90a (int8_gemm_wgmma.cu, only where
-// int8_gemm_wgmma_supported() and tma_gemm_takes(args); in clusters of `cluster` blocks, 1 or
-// 2, that share b's tiles).
+// int8_gemm_wgmma_supported() and tma_gemm_takes(args)).
 cudaError_t int8_gemm_tiled(const Int8GemmArgs& args, cudaStream_t stream);
 bool tma_gemm_takes(const Int8GemmArgs& args);
-cudaError_t int8_gemm_wgmma(const Int8GemmArgs& args, int cluster, cudaStream_t stream);
+cudaError_t int8_gemm_wgmma(const Int8GemmArgs& args, cudaStream_t stream);
 
 }  // namespace effgen::cuda
