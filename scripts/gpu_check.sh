@@ -59,11 +59,29 @@ wgmma_rc=$?
 (( wgmma_rc == 0 || wgmma_rc == 5 )) || export EFFGEN_BENCH_KERNELS=mma  # 5: no test ran (no sm_90a)
 
 skipped() { [[ " ${GPU_CHECK_SKIP:-} " == *" $1 "* ]] && stamp "$1 skipped (GPU_CHECK_SKIP)"; }
+# The GPU's SM clock and power every 200 ms while the benchmarks run, summarized into
+# machine.txt: whether a kernel waits on memory or on arithmetic depends on the clock it ran
+# at, which under a long tensor-core load may be far below the boost clock.
+clock_summary() {  # SAMPLES_CSV: "sm MHz, W" lines
+  $PY - "$1" <<'SUMMARY'
+import statistics, sys
+rows = [line.split(",") for line in open(sys.argv[1]) if line.count(",") == 1]
+for name, column in (("SM clock, MHz", 0), ("power, W", 1)):
+    values = sorted(float(row[column]) for row in rows if row[column].strip().replace(".", "").isdigit())
+    if values:
+        print(f"benchmarks' {name}: median {statistics.median(values):.0f}, min {values[0]:.0f}, max {values[-1]:.0f}"
+              f" ({len(values)} samples)")
+SUMMARY
+}
 bench_rc=0
 if ! skipped bench; then
   stamp "benchmarks (log: bench-cuda.log, json: bench-cuda.json)"
+  nvidia-smi --query-gpu=clocks.sm,power.draw --format=csv,noheader,nounits -lms 200 > /tmp/gpu_clocks.csv 2>/dev/null &
+  sampler=$!
   timeout "$(limit 200)" $PY -m effgen_kernels.cli bench --device cuda --json "$OUT/bench-cuda.json" > "$OUT/bench-cuda.log" 2>&1
   bench_rc=$?
+  kill "$sampler" 2>/dev/null
+  clock_summary /tmp/gpu_clocks.csv >> "$OUT/machine.txt"
 fi
 
 : > "$OUT/sanitizer.log"
@@ -81,4 +99,5 @@ echo "--- pytest -m cuda"; grep "crashed the process" "$OUT/pytest-cuda.log"; ta
 echo "--- pytest -m cuda -k wgmma"; tail -5 "$OUT/pytest-cuda-wgmma.log"
 echo "--- compute-sanitizer"; grep -E "^===|ERROR SUMMARY" "$OUT/sanitizer.log"
 [[ -f $OUT/bench-cuda.log ]] && { echo "--- benchmarks"; grep -v '^\[' "$OUT/bench-cuda.log" | grep -v '^  ' | tail -25; }
+grep "^benchmarks'" "$OUT/machine.txt"
 exit $(( tests_rc != 0 || (wgmma_rc != 0 && wgmma_rc != 5) || bench_rc != 0 ))
