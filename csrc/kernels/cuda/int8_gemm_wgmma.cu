@@ -1,8 +1,8 @@
-// The int8 GEMM on Hopper's warpgroup tensor cores (sm_90a): 128x256 output tiles, computed by
-// persistent blocks of three warpgroups, one block per SM, each taking tiles blockIdx.x,
-// blockIdx.x + gridDim.x, ... Warpgroup 0 is the producer: one of its threads has the Tensor Memory
-// Accelerator (TMA) copy 128-byte-deep K slices of a (128 rows) and b (256 rows) into a
-// 4-stage ring of shared memory, each stage's arrival counted in bytes on a "full" mbarrier.
+// The int8 GEMM on Hopper's warpgroup tensor cores (sm_90a): 128x256 output tiles, computed
+// by persistent blocks of three warpgroups, one block per SM, each taking tiles blockIdx.x,
+// blockIdx.x + gridDim.x, ... Warpgroup 0 is the producer: one of its threads has the Tensor
+// Memory Accelerator (TMA) copy 128-byte-deep K slices of a (128 rows) and b (256 rows) into
+// a 4-stage ring of shared memory, each stage's arrival counted in bytes on a "full" mbarrier.
 // Warpgroups 1 and 2 are the consumers: each runs wgmma m64n256k32 on its 64 rows of a and all
 // 256 rows of b, straight from shared memory through matrix descriptors, keeps one stage's
 // products in flight while it waits for the next, and frees a stage on its "empty" mbarrier
