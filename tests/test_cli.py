@@ -11,7 +11,7 @@ import torch
 
 import effgen_kernels as ek
 from effgen_kernels import cli
-from effgen_kernels.bench import BenchResult, memory_bandwidth_gbps, time_interleaved, with_env
+from effgen_kernels.bench import BenchResult, harness, memory_bandwidth_gbps, time_interleaved, with_env
 from effgen_kernels.bench.ddp_worker import default_allocator
 from effgen_kernels.bench.harness import RETAINING_MALLOC_ENV
 
@@ -134,6 +134,28 @@ def test_with_env_sets_the_variable_for_the_call_only(monkeypatch):
     with pytest.raises(ZeroDivisionError):
         with_env("EFFGEN_TEST_CHOICE", "shared", lambda: 1 / 0)()
     assert os.environ["EFFGEN_TEST_CHOICE"] == "global"  # restored after an error too
+
+
+def test_with_env_peers_are_timed_without_setting_the_variable(monkeypatch):
+    # The harness sets an EnvCall's variable around the timed call and times fn alone, so the
+    # os.environ writes (and, on a GPU, the idle time they cause) stay outside the sample.
+    monkeypatch.delenv("EFFGEN_TEST_CHOICE", raising=False)
+
+    def inner():
+        return None
+
+    timed = []
+
+    def fake_time_call(fn, device):
+        timed.append((fn, os.environ.get("EFFGEN_TEST_CHOICE")))
+        fn()
+        return 1.0
+
+    monkeypatch.setattr(harness, "_time_call", fake_time_call)
+    forced = with_env("EFFGEN_TEST_CHOICE", "global", inner)
+    medians = time_interleaved({"forced": forced}, reps=3, warmup=1)
+    assert medians == {"forced": 1.0}
+    assert timed == [(inner, "global")] * 3 and "EFFGEN_TEST_CHOICE" not in os.environ
 
 
 def test_distributed_workers_start_with_the_default_allocator(monkeypatch):

@@ -4,6 +4,7 @@ Throughput is put against the machine's memory bandwidth measured in the same ru
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
@@ -22,20 +23,38 @@ import torch
 RETAINING_MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
 
 
-def with_env(name: str, value: str, fn: Callable[[], object]) -> Callable[[], object]:
-    """fn, run with the environment variable `name` set to `value` (for the ops that read a
-    kernel choice at each call, e.g. EFFGEN_CUDA_INT8_GEMM), restored afterwards."""
-    def call():
-        previous = os.environ.get(name)
-        os.environ[name] = value
+@dataclasses.dataclass(frozen=True)
+class EnvCall:
+    """fn, run with the environment variable `name` set to `value`, restored afterwards.
+    time_interleaved sets the variable outside the timed region and times fn alone. (In
+    session 45, with the variable set inside, Int8Linear forced onto the wgmma kernel ran 3-7
+    us slower than the default that takes the same kernel.)"""
+
+    name: str
+    value: str
+    fn: Callable[[], object]
+
+    @contextlib.contextmanager
+    def env(self):
+        previous = os.environ.get(self.name)
+        os.environ[self.name] = self.value
         try:
-            return fn()
+            yield
         finally:
             if previous is None:
-                del os.environ[name]
+                del os.environ[self.name]
             else:
-                os.environ[name] = previous
-    return call
+                os.environ[self.name] = previous
+
+    def __call__(self):
+        with self.env():
+            return self.fn()
+
+
+def with_env(name: str, value: str, fn: Callable[[], object]) -> EnvCall:
+    """fn with `name` set to `value` for its calls, for the ops that read a kernel choice at
+    each call (e.g. EFFGEN_CUDA_INT8_GEMM)."""
+    return EnvCall(name, value, fn)
 
 
 def _sync(device: torch.device) -> None:
@@ -99,9 +118,13 @@ def time_interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: in
     order = random.Random(0)
     for _ in range(reps):
         for name in order.sample(names, len(names)):
+            runner = runners[name]
             if prime_calls:
-                runners[name]()
-            samples[name].append(_time_call(runners[name], device) / calls)
+                runner()
+            # an EnvCall's variable is set outside the timed region
+            forced = isinstance(runner, EnvCall)
+            with runner.env() if forced else contextlib.nullcontext():
+                samples[name].append(_time_call(runner.fn if forced else runner, device) / calls)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
