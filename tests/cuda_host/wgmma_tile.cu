@@ -1,9 +1,8 @@
 // Host-side check of the index math of the TMA + wgmma GEMM (int8_gemm_wgmma.cu): a launch
 // is emulated block by block with the kernel's own functions (persistent blocks, tile order,
-// ring slots, stage offsets,
-// descriptor encoding, operand offsets, accumulator positions) and the hardware rules
-// written out here, and must give a @ b^T, every output written once. The rules, from the
-// PTX ISA and the CUDA driver API as transcribed:
+// ring slots, stage offsets, descriptor encoding, operand offsets, accumulator positions) and
+// the hardware rules written out here, and must give a @ b^T, every output written once. The
+// rules, from the PTX ISA and the CUDA driver API as transcribed:
 // - TMA with CU_TENSOR_MAP_SWIZZLE_128B writes box row r (128 bytes) at r * 128, its 16-byte
 //   piece j at piece j ^ (r % 8), zeros where the box leaves the matrix;
 // - a matrix descriptor holds address >> 4 (bits 0-13), leading byte offset >> 4 (16-29),
