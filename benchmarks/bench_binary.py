@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import effgen_kernels as ek
 from effgen_kernels.bench import BenchContext, BenchResult, Rotation
-from effgen_kernels.bench.peers import fbgemm_dynamic_linear, fbgemm_from_float, global_x_peer
+from effgen_kernels.bench.peers import fbgemm_dynamic_linear, fbgemm_from_float, resident_blocks_peer
 
 FAMILY = "binary"
 DECODE_M = 16
@@ -89,13 +89,15 @@ def run_shape(ctx: BenchContext, m: int, k: int, n: int) -> list[BenchResult]:
     def ternary_call():
         return ternary.next()(x_ours)
 
-    staged = rotate and ctx.device.type == "cuda"  # the few-row kernels' x staged in shared memory, or not
+    def grid_peer(layer, call):  # the few-row kernels' other grid, at decode sizes
+        return resident_blocks_peer(ctx.device, layer, call) if rotate else {}
+
     results = ctx.measure_peers(FAMILY, "BinaryLinear (1-bit weights)", shape, dtype, binary_call,
-                                {**peers, **(global_x_peer(ctx.device, "BinaryLinear", binary_call) if staged else {})},
+                                {**peers, **grid_peer("BinaryLinear", binary_call)},
                                 bytes_moved=n * k // 8 + m * k * x_bytes + m * n * x_bytes, **timing)
     results += ctx.measure_peers(FAMILY, "TernaryLinear (2-bit weights)", shape, dtype, ternary_call,
                                  {float_peer: peers[float_peer],
-                                  **(global_x_peer(ctx.device, "TernaryLinear", ternary_call) if staged else {})},
+                                  **grid_peer("TernaryLinear", ternary_call)},
                                  bytes_moved=n * k // 4 + m * k * x_bytes + m * n * x_bytes, **timing)
     if ctx.device.type == "cpu":  # per-group alphas: masked adds at one row, the int8 GEMM from 2 with AMX
         grouped = Rotation(lambda: ek.nn.BinaryLinear.from_float(linear, group_size=GROUP_SIZE),

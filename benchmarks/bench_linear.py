@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import effgen_kernels as ek
 from effgen_kernels.bench import BenchContext, BenchResult, Rotation, time_interleaved, with_env
-from effgen_kernels.bench.peers import fbgemm_dynamic_linear, fbgemm_from_float, global_x_peer
+from effgen_kernels.bench.peers import fbgemm_dynamic_linear, fbgemm_from_float, resident_blocks_peer
 from effgen_kernels.cli import build_info, cuda_int8_kernels
 
 FAMILY = "linear"
@@ -168,7 +168,7 @@ def run_shape(ctx: BenchContext, m: int, k: int, n: int, peak: float) -> list[Be
             def w8a16(layers=layers):
                 return rot[layers].next()(x_bf16)
 
-            w8a16_peers = {"bf16 F.linear": peers["bf16 F.linear"], **global_x_peer(ctx.device, "W8A16", w8a16)}
+            w8a16_peers = {"bf16 F.linear": peers["bf16 F.linear"], **resident_blocks_peer(ctx.device, "W8A16", w8a16)}
             results += ctx.measure_peers(FAMILY, name, shape, torch.bfloat16, w8a16, w8a16_peers,
                                          bytes_moved=weight_bytes + m * k * 2 + m * n * 2, reps=reps, warmup=warmup,
                                          graph_calls=graph_calls)

@@ -83,12 +83,14 @@ def binary_kernels() -> None:
 
 def skinny_kernels() -> None:
     # The few-row 16-bit kernels with x staged in shared memory (the default) and, under
-    # EFFGEN_CUDA_SKINNY_X=global, read from global memory (one and two channel tiles, per
-    # channel and per group of 128)
-    for place in ("shared", "global"):
-        os.environ["EFFGEN_CUDA_SKINNY_X"] = place
+    # EFFGEN_CUDA_SKINNY_X=global, read from global memory; then two blocks taking the three
+    # channel tiles in turn (EFFGEN_CUDA_SKINNY_BLOCKS=2: the epilogue's shared sums reused,
+    # which racecheck watches). One and two channel tiles, per channel and per group of 128.
+    for place, blocks in (("shared", "tile"), ("global", "tile"), ("shared", "2")):
+        os.environ["EFFGEN_CUDA_SKINNY_X"], os.environ["EFFGEN_CUDA_SKINNY_BLOCKS"] = place, blocks
         skinny_products()
     os.environ.pop("EFFGEN_CUDA_SKINNY_X")
+    os.environ.pop("EFFGEN_CUDA_SKINNY_BLOCKS")
 
 
 def skinny_products() -> None:

@@ -4,8 +4,9 @@
 # compute-sanitizer on every kernel; logs and a results JSON go to OUTDIR, a short table last.
 # Every stage is cut to what is left of GPU_CHECK_BUDGET seconds (default 540, inside the
 # device tool's 600 s call limit), most valuable first: build, tests, benchmarks, then the
-# sanitizer (which gVisor machines may refuse). GPU_CHECK_SKIP="bench sanitizer" leaves those
-# out (a rerun after a fix to tests alone). Usage: bash scripts/gpu_check.sh OUTDIR
+# sanitizer (which gVisor machines may refuse), then the skinny GEMV grid study.
+# GPU_CHECK_SKIP="bench sanitizer study" leaves those out (a rerun after a fix to tests
+# alone). Usage: bash scripts/gpu_check.sh OUTDIR
 set -uo pipefail
 OUT=${1:?usage: bash scripts/gpu_check.sh OUTDIR}
 mkdir -p "$OUT"
@@ -94,10 +95,17 @@ if ! skipped sanitizer; then
   done
 fi
 
+# The few-row GEMVs' grids (benchmarks/skinny_blocks_study.py): an experiment, last.
+if ! skipped study; then
+  stamp "skinny GEMV grid study (log: skinny-study.log, json: skinny-study.json)"
+  timeout "$(limit 90)" $PY benchmarks/skinny_blocks_study.py --json "$OUT/skinny-study.json" > "$OUT/skinny-study.log" 2>&1
+fi
+
 stamp "done: tests rc=$tests_rc, wgmma tests rc=$wgmma_rc, bench rc=$bench_rc"
 echo "--- pytest -m cuda"; grep "crashed the process" "$OUT/pytest-cuda.log"; tail -15 "$OUT/pytest-cuda.log"
 echo "--- pytest -m cuda -k wgmma"; tail -5 "$OUT/pytest-cuda-wgmma.log"
 echo "--- compute-sanitizer"; grep -E "^===|ERROR SUMMARY" "$OUT/sanitizer.log"
 [[ -f $OUT/bench-cuda.log ]] && { echo "--- benchmarks"; grep -v '^\[' "$OUT/bench-cuda.log" | grep -v '^  ' | tail -25; }
+[[ -f $OUT/skinny-study.log ]] && { echo "--- skinny GEMV grids"; tail -12 "$OUT/skinny-study.log"; }
 grep "^benchmarks'" "$OUT/machine.txt"
 exit $(( tests_rc != 0 || (wgmma_rc != 0 && wgmma_rc != 5) || bench_rc != 0 ))

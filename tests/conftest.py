@@ -21,11 +21,15 @@ def isa(request):
         yield request.param
 
 
-@pytest.fixture(params=["global", "shared"])
-def skinny_x(request, monkeypatch):
-    """Runs the test once per place the few-row 16-bit CUDA kernels read x from
-    (EFFGEN_CUDA_SKINNY_X): shared memory where x fits, the default, and global memory."""
-    monkeypatch.setenv("EFFGEN_CUDA_SKINNY_X", request.param)
+@pytest.fixture(params=[("shared", "tile"), ("global", "tile"), ("shared", "2")], ids=lambda p: "-".join(p))
+def skinny(request, monkeypatch):
+    """Runs the test once per setting of the few-row 16-bit CUDA kernels: x read from shared
+    memory where it fits (EFFGEN_CUDA_SKINNY_X) with a block per channel tile
+    (EFFGEN_CUDA_SKINNY_BLOCKS), the defaults; x from global memory; and a grid of two blocks,
+    each taking several tiles in turn."""
+    x_place, blocks = request.param
+    monkeypatch.setenv("EFFGEN_CUDA_SKINNY_X", x_place)
+    monkeypatch.setenv("EFFGEN_CUDA_SKINNY_BLOCKS", blocks)
     return request.param
 
 

@@ -385,7 +385,7 @@ def test_cuda_bits_decode_on_the_host(tmp_path):
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("m", [1, 9, 16, 17, 64])  # the tensor-core GEMV's one and two mmas of 8 rows, then not
 @pytest.mark.parametrize("k", ODD_K + [64, 4096])  # k % 32 == 0: the GEMV's word loads and 16-byte x loads
-def test_cuda_binary_family_matches_reference(skinny_x, dtype, m, k):
+def test_cuda_binary_family_matches_reference(skinny, dtype, m, k):
     x, w = random_input((m, k), dtype, scale=1.0), random_input((45, k))
     bias = torch.randn(45)
     packed, alpha = ref.binarize_weight(w)

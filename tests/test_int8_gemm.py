@@ -870,6 +870,14 @@ def test_cuda_gemm_tile_index_math_on_the_host(kernel, tmp_path):
     run_cuda_host_check(kernel, tmp_path)
 
 
+def test_cuda_skinny_walk_on_the_host(tmp_path):
+    # The few-row 16-bit kernels' order of work (W8A16, binary, ternary): grids capped by
+    # EFFGEN_CUDA_SKINNY_BLOCKS and the rolling register slots over a block's tiles, emulated
+    # warp by warp on the CPU (tests/cuda_host/skinny_walk.cu): every K step once, from the
+    # slot it was loaded into, and the block's barriers reached by all warps together.
+    run_cuda_host_check("skinny_walk", tmp_path)
+
+
 def test_cuda_w8a16_bf16_decode_on_the_host(tmp_path):
     # The W8A16 GEMV's int8 -> bf16 pair (two bf16 parts, one exact fma) for every pair of
     # byte values, run on the CPU (tests/cuda_host/int8_pairs.cu).
@@ -945,11 +953,43 @@ def test_cuda_int8_gemm_choice_is_checked(monkeypatch):
 
 
 @pytest.mark.cuda
-def test_cuda_skinny_x_choice_is_checked(monkeypatch):
+def test_cuda_skinny_choices_are_checked(monkeypatch):
     x, wq, w_scale = random_input((1, 64), torch.bfloat16).cuda(), random_int8((8, 64)).cuda(), torch.rand(8).cuda()
     monkeypatch.setenv("EFFGEN_CUDA_SKINNY_X", "registers")
     with pytest.raises(ValueError, match="EFFGEN_CUDA_SKINNY_X must be global or shared, got 'registers'"):
         ops.int8_weight_only_linear(x, wq, w_scale, None, None)
+    monkeypatch.delenv("EFFGEN_CUDA_SKINNY_X")
+    for blocks in ["0", "-1", "many", "4x", str(1 << 31)]:
+        monkeypatch.setenv("EFFGEN_CUDA_SKINNY_BLOCKS", blocks)
+        with pytest.raises(ValueError, match=f"EFFGEN_CUDA_SKINNY_BLOCKS must be tile, resident or a positive "
+                                             f"block count, got '{blocks}'"):
+            ops.int8_weight_only_linear(x, wq, w_scale, None, None)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("m", [1, 9])  # one and two channel tiles a block
+def test_cuda_skinny_grids_give_the_same_bits(monkeypatch, m):
+    # Blocks that take several tiles in turn (EFFGEN_CUDA_SKINNY_BLOCKS) sum each output in
+    # the same order as a block per tile: the same bits, here with 1025 tiles of 16 channels,
+    # more than the SMs hold at once.
+    n, k = 16400, 1024
+    x = random_input((m, k), torch.bfloat16, scale=1.0).cuda()
+    w = random_input((n, k), scale=0.05).cuda()
+    wq, w_scale = ops.quantize_per_channel(w, 0)
+    packed, alpha = ops.binarize_weight(w)
+    tpacked, scale = ops.ternarize_weight(w, True)
+    bias = torch.randn(n, device="cuda")
+
+    def products():
+        return [ops.int8_weight_only_linear(x, wq, w_scale, bias, None), ops.binary_linear(x, packed, alpha, bias),
+                ops.ternary_linear(x, tpacked, scale, bias)]
+
+    monkeypatch.setenv("EFFGEN_CUDA_SKINNY_BLOCKS", "tile")
+    expected = products()
+    for blocks in ["resident", "7", "1"]:
+        monkeypatch.setenv("EFFGEN_CUDA_SKINNY_BLOCKS", blocks)
+        for got, want in zip(products(), expected, strict=True):
+            assert_same_bits(got, want)
 
 
 @pytest.mark.cuda
@@ -957,7 +997,7 @@ def test_cuda_skinny_x_choice_is_checked(monkeypatch):
 @pytest.mark.parametrize("m", [1, 2, 3, 5, 9, 16, 17, 200])  # each register-row count of the GEMVs, then cuBLAS
 @pytest.mark.parametrize("group_size", [None, 128, 100])
 @pytest.mark.parametrize("k", [1000, 1024])  # 16-byte pieces when k and the group are multiples of 16
-def test_cuda_int8_weight_only_linear(skinny_x, dtype, m, group_size, k):
+def test_cuda_int8_weight_only_linear(skinny, dtype, m, group_size, k):
     n = 523  # a partial 16-channel block for the tensor-core GEMV
     x = random_input((m, k), dtype, scale=1.0)
     w = random_input((n, k), scale=0.05)

@@ -133,7 +133,7 @@ at::Tensor bits_gemv(const Rows& r, const at::Tensor& x, const at::Tensor& packe
   const cuda::BitsGemvArgs args{cuda_dtype(x.scalar_type()), r.x.data_ptr(), p.data_ptr<uint8_t>(), r.m, n, r.k,
                                 planes, s.data_ptr<float>(), scale_stride, groups, group,
                                 bias_f.defined() ? bias_f.data_ptr<float>() : nullptr, out.data_ptr(),
-                                skinny_x_staged(op)};
+                                skinny_options(op)};
   check_launch(op, cuda::bits_gemv(args, stream()));
   return out;
 }

@@ -30,16 +30,32 @@ inline void check_launch(const char* op, cudaError_t err) {
   TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(err));
 }
 
-// The few-row 16-bit kernels (W8A16, binary, ternary) stage x in shared memory where it fits
-// (unset or EFFGEN_CUDA_SKINNY_X=shared; see csrc/kernels/cuda/skinny_mma.cuh);
-// EFFGEN_CUDA_SKINNY_X=global reads it from global memory, the peer the benchmarks time. Read
-// at each call so the benchmarks and tests can run both.
-inline bool skinny_x_staged(const char* op) {
-  const char* env = std::getenv("EFFGEN_CUDA_SKINNY_X");
-  const std::string choice = env == nullptr ? "" : env;
-  TORCH_CHECK_VALUE(choice.empty() || choice == "global" || choice == "shared", op,
-                    ": EFFGEN_CUDA_SKINNY_X must be global or shared, got '", choice, "'");
-  return choice != "global";
+// How the few-row 16-bit kernels (W8A16, binary, ternary; csrc/kernels/cuda/skinny_mma.cuh)
+// run, read at each call so the benchmarks and tests can run every setting:
+// - EFFGEN_CUDA_SKINNY_X: unset or shared stages x in shared memory where it fits; global
+//   reads it from global memory.
+// - EFFGEN_CUDA_SKINNY_BLOCKS: unset or tile launches a block per channel tile; resident as
+//   many blocks as the SMs hold at once, or a positive count at most that many, each taking
+//   an even share of the tiles in turn.
+inline cuda::SkinnyOptions skinny_options(const char* op) {
+  const char* x_env = std::getenv("EFFGEN_CUDA_SKINNY_X");
+  const std::string x_place = x_env == nullptr ? "" : x_env;
+  TORCH_CHECK_VALUE(x_place.empty() || x_place == "global" || x_place == "shared", op,
+                    ": EFFGEN_CUDA_SKINNY_X must be global or shared, got '", x_place, "'");
+  const char* blocks_env = std::getenv("EFFGEN_CUDA_SKINNY_BLOCKS");
+  const std::string blocks = blocks_env == nullptr ? "" : blocks_env;
+  cuda::SkinnyOptions options{x_place != "global", 0};
+  if (blocks == "resident") {
+    options.blocks = cuda::kSkinnyResidentBlocks;
+  } else if (!blocks.empty() && blocks != "tile") {
+    char* end = nullptr;
+    const long long count = std::strtoll(blocks.c_str(), &end, 10);
+    TORCH_CHECK_VALUE(*end == '\0' && count > 0 && count < (1LL << 31), op,
+                      ": EFFGEN_CUDA_SKINNY_BLOCKS must be tile, resident or a positive block count, got '",
+                      blocks, "'");
+    options.blocks = count;
+  }
+  return options;
 }
 
 // x2d [m, k] @ w [n, k]^T (w in x's dtype) for products with many rows, through cuBLAS with

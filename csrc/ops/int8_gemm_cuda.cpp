@@ -115,7 +115,7 @@ at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, co
   const at::Tensor bias_f = float_bias(bias);
   const cuda::W8A16Args args{cuda_dtype(x.scalar_type()), x2.data_ptr(), w.data_ptr<int8_t>(), m, n, k,
                              s.data_ptr<float>(), groups, group, bias_f.defined() ? bias_f.data_ptr<float>() : nullptr,
-                             out.data_ptr(), skinny_x_staged(op)};
+                             out.data_ptr(), skinny_options(op)};
   check_launch(op, cuda::w8a16_gemv(args, c10::cuda::getCurrentCUDAStream()));
   return out;
 }

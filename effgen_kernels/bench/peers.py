@@ -23,10 +23,11 @@ def fbgemm_from_float(linear: torch.nn.Linear) -> torch.nn.Module:
         return torch.ao.nn.quantized.dynamic.Linear.from_float(linear)
 
 
-def global_x_peer(device: torch.device, layer: str, fn: Callable[[], object]) -> dict[str, Callable[[], object]]:
-    """On a GPU, the few-row layer call fn reading x from global memory (EFFGEN_CUDA_SKINNY_X=
-    global; the default stages it in shared memory where it fits: the row's ratio is what
-    staging gains); nothing elsewhere."""
+def resident_blocks_peer(device: torch.device, layer: str, fn: Callable[[], object]) -> dict[str, Callable[[], object]]:
+    """On a GPU, the few-row layer call fn with as many blocks as the SMs hold at once, each
+    taking its share of the channel tiles in turn (EFFGEN_CUDA_SKINNY_BLOCKS=resident; the
+    default launches a block per tile: the row's ratio is what the default gains over it;
+    benchmarks/skinny_blocks_study.py times more grids); nothing elsewhere."""
     if device.type != "cuda":
         return {}
-    return {f"{layer}, x read from global memory": with_env("EFFGEN_CUDA_SKINNY_X", "global", fn)}
+    return {f"{layer}, blocks resident on the SMs": with_env("EFFGEN_CUDA_SKINNY_BLOCKS", "resident", fn)}

@@ -240,19 +240,19 @@ struct BitsDecoder {
 // registers, 2 blocks); two for two tiles, which spill at three (and number half the blocks).
 template <typename T, int PLANES, int TILES, bool STAGED>
 __global__ void __launch_bounds__(kSkinnyWarps * 32, TILES == 1 ? 3 : 2) bits_gemv_mma_kernel(BitsGemvArgs p) {
-  const int64_t col0 = int64_t(blockIdx.x) * 16 * TILES, plane_bytes = p.k / 8;
-  BitsDecoder<T, PLANES> decoders[2 * TILES];
-#pragma unroll
-  for (int d = 0; d < 2 * TILES; ++d) {
-    const int64_t channel = col0 + skinny_channel(threadIdx.x % 32, d);
-    decoders[d] = {channel < p.n ? p.packed + channel * PLANES * plane_bytes : nullptr, plane_bytes, p.k};
-  }
-  const int64_t scale_stride = PLANES == 2 ? p.scale_stride : 1;
-  const T* x = skinny_x_source<STAGED>(static_cast<const T*>(p.x), p.m, p.k);
-  skinny_mma(x, p.m, p.n, p.k, col0, decoders, [&](int64_t row, int64_t col, float sum) {
-    const float v = sum * p.scale[col * scale_stride] + (p.bias == nullptr ? 0.0f : p.bias[col]);
-    store_value(static_cast<T*>(p.out) + row * p.n + col, v);
-  });
+  const int64_t plane_bytes = p.k / 8, scale_stride = PLANES == 2 ? p.scale_stride : 1;
+  const int lane = threadIdx.x % 32;
+  skinny_mma<T, STAGED, TILES>(
+      static_cast<const T*>(p.x), p.m, p.n, p.k,
+      [&](int64_t col0, int d) {
+        const int64_t channel = col0 + skinny_channel(lane, d);
+        return BitsDecoder<T, PLANES>{channel < p.n ? p.packed + channel * PLANES * plane_bytes : nullptr,
+                                      plane_bytes, p.k};
+      },
+      [&](int64_t row, int64_t col, float sum) {
+        const float v = sum * p.scale[col * scale_stride] + (p.bias == nullptr ? 0.0f : p.bias[col]);
+        store_value(static_cast<T*>(p.out) + row * p.n + col, v);
+      });
 }
 
 // One warp per output (i, j): lanes take 32-bit words of both sign rows, 32 words apart
@@ -312,12 +312,15 @@ cudaError_t bits_gemv(const BitsGemvArgs& args, cudaStream_t stream) {
       with_16bit_dtype(args.dtype, [&](auto tag) {
         using T = decltype(tag);
         with_skinny_tiles(args.m, [&](auto tiles) {
-          with_staged_x<T>(args.stage_x, args.m, args.k, [&](auto staged, size_t shared_bytes) {
-            const unsigned blocks = skinny_blocks<tiles()>(args.n);
+          with_staged_x<T>(args.skinny.stage_x, args.m, args.k, [&](auto staged, size_t shared_bytes) {
+            const auto launch = [&](auto kernel) {
+              const unsigned blocks = skinny_launch_blocks<tiles()>(kernel, args.n, shared_bytes, args.skinny);
+              kernel<<<blocks, kSkinnyWarps * 32, shared_bytes, stream>>>(args);
+            };
             if (args.planes == 2) {
-              bits_gemv_mma_kernel<T, 2, tiles(), staged()><<<blocks, kSkinnyWarps * 32, shared_bytes, stream>>>(args);
+              launch(bits_gemv_mma_kernel<T, 2, tiles(), staged()>);
             } else {
-              bits_gemv_mma_kernel<T, 1, tiles(), staged()><<<blocks, kSkinnyWarps * 32, shared_bytes, stream>>>(args);
+              launch(bits_gemv_mma_kernel<T, 1, tiles(), staged()>);
             }
           });
         });

@@ -30,7 +30,7 @@ struct BitsGemvArgs {
   int64_t scale_stride, groups, group;
   const float* bias;
   void* out;
-  bool stage_x = false;  // the experiment of skinny_mma.cuh's stage_x, where x fits
+  SkinnyOptions skinny;
 };
 cudaError_t bits_gemv(const BitsGemvArgs& args, cudaStream_t stream);
 

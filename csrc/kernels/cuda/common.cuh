@@ -18,6 +18,14 @@ __host__ __device__ __forceinline__ bool aligned(const void* p, int bytes) {
   return reinterpret_cast<uintptr_t>(p) % bytes == 0;
 }
 
+// SMs of the current device.
+[[maybe_unused]] int64_t multiprocessors() {
+  int device = 0, sms = 0;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  return sms;
+}
+
 // Calls fn with a value of the element type of `dtype`; returns the launch status.
 template <typename Fn>
 cudaError_t with_dtype(DType dtype, Fn&& fn) {

@@ -283,20 +283,19 @@ struct Int8Decoder {
 // k < 2^31, x and w 16-byte aligned; per channel, or per group of a multiple of 64.
 template <typename T, bool GROUPED, int TILES, bool STAGED>
 __global__ void __launch_bounds__(kSkinnyWarps * 32) w8a16_gemv_mma_kernel(W8A16Args p) {
-  const int64_t col0 = int64_t(blockIdx.x) * 16 * TILES;
-  Int8Decoder<T, GROUPED> decoders[2 * TILES];
-#pragma unroll
-  for (int d = 0; d < 2 * TILES; ++d) {
-    const int64_t channel = col0 + skinny_channel(threadIdx.x % 32, d);
-    const bool inside = channel < p.n;  // past n: no weights, and the last channel's scales (never used)
-    decoders[d] = {inside ? p.w + channel * p.k : nullptr, p.scale + (inside ? channel : p.n - 1) * p.groups, p.k,
-                   p.group};
-  }
-  const T* x = skinny_x_source<STAGED>(static_cast<const T*>(p.x), p.m, p.k);
-  skinny_mma(x, p.m, p.n, p.k, col0, decoders, [&](int64_t row, int64_t col, float sum) {
-    const float v = GROUPED ? sum : sum * p.scale[col];
-    store_value(static_cast<T*>(p.out) + row * p.n + col, p.bias == nullptr ? v : v + p.bias[col]);
-  });
+  const int lane = threadIdx.x % 32;
+  skinny_mma<T, STAGED, TILES>(
+      static_cast<const T*>(p.x), p.m, p.n, p.k,
+      [&](int64_t col0, int d) {
+        const int64_t channel = col0 + skinny_channel(lane, d);
+        const bool inside = channel < p.n;  // past n: no weights, and the last channel's scales (never used)
+        return Int8Decoder<T, GROUPED>{inside ? p.w + channel * p.k : nullptr,
+                                       p.scale + (inside ? channel : p.n - 1) * p.groups, p.k, p.group};
+      },
+      [&](int64_t row, int64_t col, float sum) {
+        const float v = GROUPED ? sum : sum * p.scale[col];
+        store_value(static_cast<T*>(p.out) + row * p.n + col, p.bias == nullptr ? v : v + p.bias[col]);
+      });
 }
 
 // int8_scale_accumulators: 4 columns of a row per thread, rows on grid y (striding where m
@@ -358,16 +357,17 @@ cudaError_t w8a16_gemv(const W8A16Args& args, cudaStream_t stream) {
   const bool grouped = args.groups > 1;
   if (pieces && (!grouped || args.group % 64 == 0) && with_16bit_dtype(args.dtype, [&](auto tag) {
         using T = decltype(tag);
-        with_staged_x<T>(args.stage_x, args.m, args.k, [&](auto staged, size_t shared_bytes) {
+        with_staged_x<T>(args.skinny.stage_x, args.m, args.k, [&](auto staged, size_t shared_bytes) {
+          const auto launch = [&](auto tiles, auto kernel) {
+            const unsigned blocks = skinny_launch_blocks<tiles()>(kernel, args.n, shared_bytes, args.skinny);
+            kernel<<<blocks, kSkinnyWarps * 32, shared_bytes, stream>>>(args);
+          };
           if (grouped) {  // one tile: two need 136 registers, one block per SM (0.79x bf16 at 16 rows, was 0.88x)
-            w8a16_gemv_mma_kernel<T, true, 1, staged()>
-                <<<skinny_blocks<1>(args.n), kSkinnyWarps * 32, shared_bytes, stream>>>(args);
+            launch(std::integral_constant<int, 1>{}, w8a16_gemv_mma_kernel<T, true, 1, staged()>);
             return;
           }
-          with_skinny_tiles(args.m, [&](auto tiles) {
-            w8a16_gemv_mma_kernel<T, false, tiles(), staged()>
-                <<<skinny_blocks<tiles()>(args.n), kSkinnyWarps * 32, shared_bytes, stream>>>(args);
-          });
+          with_skinny_tiles(args.m,
+                            [&](auto tiles) { launch(tiles, w8a16_gemv_mma_kernel<T, false, tiles(), staged()>); });
         });
       })) {
     return cudaGetLastError();

@@ -51,7 +51,7 @@ struct W8A16Args {
   int64_t groups, group;
   const float* bias;
   void* out;
-  bool stage_x = false;  // the experiment of skinny_mma.cuh's stage_x, where x fits
+  SkinnyOptions skinny;
 };
 cudaError_t w8a16_gemv(const W8A16Args& args, cudaStream_t stream);
 

@@ -336,14 +336,6 @@ int64_t tile_count(const Int8GemmArgs& args) {
   return (args.m + kTileRows - 1) / kTileRows * ((args.n + kTileCols - 1) / kTileCols);
 }
 
-// SMs of the current device.
-int64_t multiprocessors() {
-  int device = 0, sms = 0;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  return sms;
-}
-
 }  // namespace
 
 bool tma_gemm_takes(const Int8GemmArgs& args) {

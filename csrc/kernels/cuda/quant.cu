@@ -255,12 +255,7 @@ __device__ __forceinline__ int8_t quantize_value(float x, float inv_scale) {
 }
 
 int grid_for(int64_t n) {
-  static int max_blocks = [] {
-    int device = 0, sms = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    return sms * 8;
-  }();
+  static const int64_t max_blocks = multiprocessors() * 8;
   const int64_t needed = (n + int64_t(kThreads) * kItems - 1) / (int64_t(kThreads) * kItems);
   return static_cast<int>(needed < 1 ? 1 : (needed < max_blocks ? needed : max_blocks));
 }

@@ -10,6 +10,16 @@ namespace effgen::cuda {
 
 enum class DType { kF32, kBF16, kF16 };
 
+// How the few-row tensor-core GEMVs (W8A16, binary, ternary; skinny_mma.cuh) run, chosen by
+// EFFGEN_CUDA_SKINNY_X and EFFGEN_CUDA_SKINNY_BLOCKS (csrc/ops/cuda_glue.h).
+struct SkinnyOptions {
+  bool stage_x = false;  // x copied into shared memory where it fits
+  // Blocks launched: 0, one per channel tile; kSkinnyResidentBlocks, as many as the SMs hold
+  // at once; N > 0, at most N. Fewer blocks than tiles share them evenly, in turns.
+  int64_t blocks = 0;
+};
+constexpr int64_t kSkinnyResidentBlocks = -1;
+
 // Where element i of a flat contiguous tensor finds its scale / zero point:
 //   grouped == false: channel (i / inner) % channels  (per tensor: channels = 1)
 //   grouped == true : row-wise groups of the last dim, (i / k) * groups + (i % k) / group

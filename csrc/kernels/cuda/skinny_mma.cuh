@@ -9,9 +9,10 @@
 // of a 16-byte x load make B, so no register is copied to assemble an operand, and one mma
 // covers 16 channels (x rows 8-15, when m > 8, take a second mma with the same A).
 //
-// A block owns 16 x TILES output channels (TILES channel tiles of 16, each its own A
+// A block's tile is 16 x TILES output channels (TILES channel tiles of 16, each its own A
 // operand against the same x; two tiles for more than 8 rows of x, whose loads from L2 would
-// otherwise outweigh the weights' several times over); its kSkinnyWarps warps split K in
+// otherwise outweigh the weights' several times over); a block takes one tile, or several in
+// turn when the grid is capped (skinny_walk); its kSkinnyWarps warps split K in
 // steps of 4 x Decoder::kLaneElements (warp w takes steps w, w + kSkinnyWarps, ...). Per
 // step lane (g, t) = (lane / 4, lane % 4) decodes kLaneElements weights of each of its
 // channels (skinny_channel) from element k0 + kLaneElements t on and holds the x values
@@ -93,83 +94,6 @@ __host__ __device__ __forceinline__ SkinnyOutput skinny_output(int lane, int e) 
   return {8 * (e / 4 % 2) + 2 * (lane % 4) + e % 2, lane / 4 + 8 * (e % 4 / 2) + 16 * (e / 8)};
 }
 
-// The K loop and block reduction described above. The Decoders, decoders[d] made per lane
-// for channel col0 + skinny_channel(lane, d), have
-//   kLaneElements (a multiple of 8): weights a lane decodes per step;
-//   kStepsInFlight: steps whose weights a lane loads before decoding the first (the
-//     weight stream's bytes in flight), for one tile; TILES tiles load 1 / TILES as many;
-//   kScalePerStep: whether each step's sums are scaled on their own (one scale group per
-//     step), by float step_scale(int64_t k0): the scale of the decoder's channel;
-//   Loaded load(int64_t k) const: the lane's weights from element k on (zeros past K or N);
-//   uint32_t pair(const Loaded&, int i) const: loaded weights 2 i and 2 i + 1 as a pair of
-//     T, lower k in the low half.
-// finish(row, col, sum) is then called once for each output of the block's channels
-// (columns col0 ..) inside [m, n).
-template <typename T, typename Decoder, int DECODERS, typename Finish>
-__device__ __forceinline__ void skinny_mma(const T* x, int64_t m, int64_t n, int64_t k, int64_t col0,
-                                           const Decoder (&decoders)[DECODERS], Finish&& finish) {
-  constexpr int kTiles = DECODERS / 2, kPieces = Decoder::kLaneElements / 8;
-  constexpr int kInFlight = Decoder::kStepsInFlight / kTiles > 0 ? Decoder::kStepsInFlight / kTiles : 1;
-  constexpr int64_t kStep = 4 * Decoder::kLaneElements, kWarpStride = kSkinnyWarps * kStep;
-  static_assert(DECODERS % 2 == 0, "two decoders (channels g, g + 8) per tile");
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t row = lane / 4, lane_offset = Decoder::kLaneElements * (lane % 4);
-  const bool second_row_tile = m > 8;  // the same for the whole block
-  float acc[kTiles][2][4] = {};        // per channel tile, the mmas of x rows 0-7 and 8-15
-  for (int64_t k0 = int64_t(warp) * kStep; k0 < k; k0 += kInFlight * kWarpStride) {
-    typename Decoder::Loaded loaded[kInFlight][DECODERS];
-#pragma unroll
-    for (int u = 0; u < kInFlight; ++u) {
-#pragma unroll
-      for (int d = 0; d < DECODERS; ++d) loaded[u][d] = decoders[d].load(k0 + u * kWarpStride + lane_offset);
-    }
-#pragma unroll
-    for (int u = 0; u < kInFlight; ++u) {
-      const int64_t step0 = k0 + u * kWarpStride;
-      if (step0 >= k) break;  // the same for the whole warp
-      int4 lo[kPieces], hi[kPieces];
-      skinny_x_pieces(x, m, k, row, step0 + lane_offset, lo);
-      if (second_row_tile) skinny_x_pieces(x, m, k, row + 8, step0 + lane_offset, hi);
-      float step[kTiles][2][4] = {};
-      float(&sums)[kTiles][2][4] = Decoder::kScalePerStep ? step : acc;
-#pragma unroll
-      for (int q = 0; q < kPieces; ++q) {
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {  // weights 8 q + 4 half .. + 3: pairs 4 q + 2 half, + 1
-          const int i = 4 * q + 2 * half;
-#pragma unroll
-          for (int c = 0; c < kTiles; ++c) {
-            const Decoder& g = decoders[2 * c];
-            const Decoder& g8 = decoders[2 * c + 1];
-            const typename Decoder::Loaded& wg = loaded[u][2 * c];
-            const typename Decoder::Loaded& wg8 = loaded[u][2 * c + 1];
-            const AOperand a = skinny_weights(g.pair(wg, i), g8.pair(wg8, i), g.pair(wg, i + 1), g8.pair(wg8, i + 1));
-            mma_16bit<T>(sums[c][0], a.regs, skinny_x(lo[q], half));
-            if (second_row_tile) mma_16bit<T>(sums[c][1], a.regs, skinny_x(hi[q], half));
-          }
-        }
-      }
-      if constexpr (Decoder::kScalePerStep) {
-#pragma unroll
-        for (int c = 0; c < kTiles; ++c) {
-          const float scales[2] = {decoders[2 * c].step_scale(step0), decoders[2 * c + 1].step_scale(step0)};
-#pragma unroll
-          for (int e = 0; e < 8; ++e) {  // accumulator e % 4 of row tile e / 4: channel g + 8 ((e % 4) / 2)
-            acc[c][e / 4][e % 4] = __fmaf_rn(step[c][e / 4][e % 4], scales[e % 4 / 2], acc[c][e / 4][e % 4]);
-          }
-        }
-      }
-    }
-  }
-  float flat[8 * kTiles];
-#pragma unroll
-  for (int e = 0; e < 8 * kTiles; ++e) flat[e] = acc[e / 8][e / 4 % 2][e % 4];
-  sum_fragments_over_warps<kSkinnyWarps>(flat, [&](int lane_of, int e, float total) {
-    const SkinnyOutput at = skinny_output(lane_of, e);
-    if (at.row < m && col0 + at.channel < n) finish(at.row, col0 + at.channel, total);
-  });
-}
-
 // x staged in shared memory (the default; EFFGEN_CUDA_SKINNY_X=global reads it from global
 // memory): the block copies x [m, k] once, then every step reads it there instead of from L2.
 // Session 10's counters had the binary and W8A16 decode kernels stalled mostly on global
@@ -202,6 +126,159 @@ __device__ __forceinline__ const T* skinny_x_source(const T* x, int64_t m, int64
   return x;
 }
 
+// Which channel tiles and K steps a warp of a block runs, and in what order (checked on the
+// host by tests/cuda_host/skinny_walk.cu). A block takes the tiles first, first + stride, ...
+// below `tiles` (blockIdx.x, gridDim.x: one tile a block unless EFFGEN_CUDA_SKINNY_BLOCKS
+// caps the grid); warp w takes steps w, w + kSkinnyWarps, ... of each, `steps` of them.
+struct SkinnyWalk {
+  int tiles, first, stride, steps;  // tiles: a grid's blocks at most (2^31 - 1)
+};
+
+// A warp's steps per tile for k elements in steps of step_elements: at least one, so that a
+// tile with k = 0 still reaches its epilogue (the bias alone).
+__host__ __device__ __forceinline__ int skinny_steps_per_warp(int64_t k, int64_t step_elements) {
+  const int64_t warp_steps = ((k + step_elements - 1) / step_elements + kSkinnyWarps - 1) / kSkinnyWarps;
+  return warp_steps > 0 ? static_cast<int>(warp_steps) : 1;
+}
+
+// A place in a walk: the channel tile and the warp's step j in it.
+struct SkinnyCursor {
+  int tile, step;
+};
+
+// Where the K of warp `warp`'s step at `at` starts: its step j is the tile's step
+// warp + kSkinnyWarps j.
+__host__ __device__ __forceinline__ int64_t skinny_step_k0(int warp, const SkinnyCursor& at, int64_t step_elements) {
+  return (warp + int64_t{kSkinnyWarps} * at.step) * step_elements;
+}
+
+// Runs a warp's walk, tile after tile, through F register slots: the first F steps' loads,
+// then started() (the kernel stages x there, under those loads), then step s used from slot
+// s % F and at once that slot's load of step s + F. So F - 1 steps stay in flight while a step
+// is decoded, and the next tile's loads run under a tile's epilogue. load(slot, cursor) and
+// use(slot, cursor); every warp of a block walks as many steps, so a barrier in use (the
+// epilogue's) is reached by all of them.
+template <int F, typename Load, typename Started, typename Use>
+__host__ __device__ __forceinline__ void skinny_walk(const SkinnyWalk& walk, Load&& load, Started&& started,
+                                                     Use&& use) {
+  const int block_tiles = walk.first < walk.tiles ? (walk.tiles - walk.first + walk.stride - 1) / walk.stride : 0;
+  const int64_t uses = int64_t{block_tiles} * walk.steps;
+  SkinnyCursor loading{walk.first, 0}, using_at{walk.first, 0};
+  const auto advance = [&](SkinnyCursor& at) {
+    if (++at.step == walk.steps) at = {at.tile + walk.stride, 0};
+  };
+#pragma unroll
+  for (int u = 0; u < F; ++u) {
+    if (u < uses) {
+      load(u, loading);
+      advance(loading);
+    }
+  }
+  started();
+  for (int64_t s0 = 0; s0 < uses; s0 += F) {
+#pragma unroll
+    for (int u = 0; u < F; ++u) {
+      if (s0 + u >= uses) break;  // the same for the whole block
+      use(u, using_at);
+      if (s0 + u + F < uses) {
+        load(u, loading);
+        advance(loading);
+      }
+      advance(using_at);
+    }
+  }
+}
+
+// The K loop and block reduction described above, over the block's tiles (skinny_walk). The
+// decoders, decoder_for(col0, d) for the channel col0 + skinny_channel(lane, d) of the tile
+// whose channels start at col0, have
+//   kLaneElements (a multiple of 8): weights a lane decodes per step;
+//   kStepsInFlight: steps whose weights a lane has loaded ahead (the weight stream's bytes in
+//     flight), for one tile; TILES tiles load 1 / TILES as many;
+//   kScalePerStep: whether each step's sums are scaled on their own (one scale group per
+//     step), by float step_scale(int64_t k0): the scale of the decoder's channel;
+//   Loaded load(int64_t k) const: the lane's weights from element k on (zeros past K or N);
+//   uint32_t pair(const Loaded&, int i) const: loaded weights 2 i and 2 i + 1 as a pair of
+//     T, lower k in the low half.
+// x is read from shared memory when STAGED (copied there under the first loads). finish(row,
+// col, sum) is then called once for each output of the block's channels inside [m, n).
+template <typename T, bool STAGED, int TILES, typename DecoderFor, typename Finish>
+__device__ __forceinline__ void skinny_mma(const T* x_global, int64_t m, int64_t n, int64_t k,
+                                           DecoderFor&& decoder_for, Finish&& finish) {
+  using Decoder = decltype(decoder_for(int64_t{0}, 0));
+  constexpr int kDecoders = 2 * TILES, kPieces = Decoder::kLaneElements / 8;
+  constexpr int kInFlight = Decoder::kStepsInFlight / TILES > 0 ? Decoder::kStepsInFlight / TILES : 1;
+  constexpr int64_t kStep = 4 * Decoder::kLaneElements;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t row = lane / 4, lane_offset = Decoder::kLaneElements * (lane % 4);
+  const bool second_row_tile = m > 8;  // the same for the whole block
+  const SkinnyWalk walk{static_cast<int>((n + 16 * TILES - 1) / (16 * TILES)), static_cast<int>(blockIdx.x),
+                        static_cast<int>(gridDim.x), skinny_steps_per_warp(k, kStep)};
+  const T* x = x_global;
+  typename Decoder::Loaded loaded[kInFlight][kDecoders];
+  float acc[TILES][2][4] = {};  // per channel tile, the mmas of x rows 0-7 and 8-15
+  const auto load = [&](int slot, const SkinnyCursor& at) {
+    const int64_t col0 = int64_t{at.tile} * 16 * TILES, k0 = skinny_step_k0(warp, at, kStep) + lane_offset;
+#pragma unroll
+    for (int d = 0; d < kDecoders; ++d) loaded[slot][d] = decoder_for(col0, d).load(k0);
+  };
+  const auto step = [&](int slot, int64_t col0, int64_t step0) {
+    int4 lo[kPieces], hi[kPieces];
+    skinny_x_pieces(x, m, k, row, step0 + lane_offset, lo);
+    if (second_row_tile) skinny_x_pieces(x, m, k, row + 8, step0 + lane_offset, hi);
+    float step_sums[TILES][2][4] = {};
+    float(&sums)[TILES][2][4] = Decoder::kScalePerStep ? step_sums : acc;
+#pragma unroll
+    for (int q = 0; q < kPieces; ++q) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {  // weights 8 q + 4 half .. + 3: pairs 4 q + 2 half, + 1
+        const int i = 4 * q + 2 * half;
+#pragma unroll
+        for (int c = 0; c < TILES; ++c) {
+          const Decoder g = decoder_for(col0, 2 * c), g8 = decoder_for(col0, 2 * c + 1);
+          const typename Decoder::Loaded& wg = loaded[slot][2 * c];
+          const typename Decoder::Loaded& wg8 = loaded[slot][2 * c + 1];
+          const AOperand a = skinny_weights(g.pair(wg, i), g8.pair(wg8, i), g.pair(wg, i + 1), g8.pair(wg8, i + 1));
+          mma_16bit<T>(sums[c][0], a.regs, skinny_x(lo[q], half));
+          if (second_row_tile) mma_16bit<T>(sums[c][1], a.regs, skinny_x(hi[q], half));
+        }
+      }
+    }
+    if constexpr (Decoder::kScalePerStep) {
+#pragma unroll
+      for (int c = 0; c < TILES; ++c) {
+        const float scales[2] = {decoder_for(col0, 2 * c).step_scale(step0),
+                                 decoder_for(col0, 2 * c + 1).step_scale(step0)};
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {  // accumulator e % 4 of row tile e / 4: channel g + 8 ((e % 4) / 2)
+          acc[c][e / 4][e % 4] = __fmaf_rn(step_sums[c][e / 4][e % 4], scales[e % 4 / 2], acc[c][e / 4][e % 4]);
+        }
+      }
+    }
+  };
+  const auto epilogue = [&](int64_t col0) {
+    float flat[8 * TILES];
+#pragma unroll
+    for (int e = 0; e < 8 * TILES; ++e) {
+      flat[e] = acc[e / 8][e / 4 % 2][e % 4];
+      acc[e / 8][e / 4 % 2][e % 4] = 0.0f;
+    }
+    sum_fragments_over_warps<kSkinnyWarps>(flat, [&](int lane_of, int e, float total) {
+      const SkinnyOutput at = skinny_output(lane_of, e);
+      if (at.row < m && col0 + at.channel < n) finish(at.row, col0 + at.channel, total);
+    });
+  };
+  skinny_walk<kInFlight>(
+      walk, load, [&] { x = skinny_x_source<STAGED>(x_global, m, k); },
+      [&](int slot, const SkinnyCursor& at) {
+        const int64_t col0 = int64_t{at.tile} * 16 * TILES, step0 = skinny_step_k0(warp, at, kStep);
+        if (step0 < k) step(slot, col0, step0);  // the same for the whole warp
+        if (at.step + 1 < walk.steps) return;
+        epilogue(col0);
+        if (at.tile + walk.stride < walk.tiles) __syncthreads();  // before the next tile's sums reuse the buffer
+      });
+}
+
 // Channel tiles per block for m rows of x (see above), to fn as a compile-time constant.
 template <typename Fn>
 void with_skinny_tiles(int64_t m, Fn&& fn) {
@@ -223,10 +300,26 @@ void with_staged_x(bool asked, int64_t m, int64_t k, Fn&& fn) {
   }
 }
 
-// Blocks of skinny_mma for n output channels in tiles of 16 x TILES.
-template <int TILES>
-unsigned skinny_blocks(int64_t n) {
-  return static_cast<unsigned>((n + 16 * TILES - 1) / (16 * TILES));
+// Blocks of a launch for `tiles` channel tiles with at most `cap` of them (cap <= 0: one per
+// tile): as few as keep each block's share, ceil(tiles / cap), so no block takes more tiles
+// than the cap makes necessary and none fewer than one less.
+__host__ __device__ __forceinline__ int64_t skinny_grid_blocks(int64_t tiles, int64_t cap) {
+  if (cap <= 0 || tiles <= cap) return tiles;
+  const int64_t share = (tiles + cap - 1) / cap;
+  return (tiles + share - 1) / share;
+}
+
+// Blocks of `kernel` (a skinny_mma kernel of 16 x TILES channels a tile) for n channels under
+// options.blocks (SkinnyOptions): a cap of its own, or as many as the SMs hold at once.
+template <int TILES, typename Kernel>
+unsigned skinny_launch_blocks(Kernel kernel, int64_t n, size_t shared_bytes, const SkinnyOptions& options) {
+  int64_t cap = options.blocks;
+  if (cap == kSkinnyResidentBlocks) {
+    int per_sm = 0;  // a failed query leaves its error for the launch's cudaGetLastError
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kSkinnyWarps * 32, shared_bytes);
+    cap = (per_sm > 0 ? per_sm : 1) * multiprocessors();
+  }
+  return static_cast<unsigned>(skinny_grid_blocks((n + 16 * TILES - 1) / (16 * TILES), cap));
 }
 
 // Calls fn with a value of the 16-bit type of `dtype` (bf16/fp16) and returns true; false for
