@@ -235,14 +235,15 @@ struct BitsDecoder {
 };
 
 // Few rows of bf16/fp16 x (skinny_mma.cuh): k % 32 == 0, x 16-byte and the planes 4-byte
-// aligned, one scale per channel (binary) or per channel / tensor (ternary). Three blocks
-// per SM for one channel tile: left alone, the compiler keeps x for all steps in flight (110
-// registers, 2 blocks); two for two tiles, which spill at three (and number half the blocks).
+// aligned, one scale per channel (binary) or per channel / tensor (ternary). Four blocks
+// per SM for one channel tile (m <= 8: 59-64 registers, no spills, where left alone the
+// compiler keeps x for all steps in flight); two for two tiles, which spill at three (and
+// number half the blocks).
 template <typename T, int PLANES, int TILES, bool STAGED>
-__global__ void __launch_bounds__(kSkinnyWarps * 32, TILES == 1 ? 3 : 2) bits_gemv_mma_kernel(BitsGemvArgs p) {
+__global__ void __launch_bounds__(kSkinnyWarps * 32, TILES == 1 ? 4 : 2) bits_gemv_mma_kernel(BitsGemvArgs p) {
   const int64_t plane_bytes = p.k / 8, scale_stride = PLANES == 2 ? p.scale_stride : 1;
   const int lane = threadIdx.x % 32;
-  skinny_mma<T, STAGED, TILES>(
+  skinny_mma<T, STAGED, TILES, TILES>(
       static_cast<const T*>(p.x), p.m, p.n, p.k,
       [&](int64_t col0, int d) {
         const int64_t channel = col0 + skinny_channel(lane, d);

@@ -280,11 +280,14 @@ struct Int8Decoder {
 };
 
 // W8A16 with few rows of bf16/fp16 x on the tensor cores (skinny_mma.cuh): k % 16 == 0,
-// k < 2^31, x and w 16-byte aligned; per channel, or per group of a multiple of 64.
-template <typename T, bool GROUPED, int TILES, bool STAGED>
-__global__ void __launch_bounds__(kSkinnyWarps * 32) w8a16_gemv_mma_kernel(W8A16Args p) {
+// k < 2^31, x and w 16-byte aligned; per channel, or per group of a multiple of 64. Blocks
+// per SM, all without spills: at m <= 8 four per channel (64 registers; 76-80 left alone),
+// three per group (80; they spill at four); at more rows two (101-123).
+template <typename T, bool GROUPED, int TILES, int ROW_TILES, bool STAGED>
+__global__ void __launch_bounds__(kSkinnyWarps * 32, ROW_TILES == 2 ? 2 : GROUPED ? 3 : 4)
+    w8a16_gemv_mma_kernel(W8A16Args p) {
   const int lane = threadIdx.x % 32;
-  skinny_mma<T, STAGED, TILES>(
+  skinny_mma<T, STAGED, TILES, ROW_TILES>(
       static_cast<const T*>(p.x), p.m, p.n, p.k,
       [&](int64_t col0, int d) {
         const int64_t channel = col0 + skinny_channel(lane, d);
@@ -362,12 +365,13 @@ cudaError_t w8a16_gemv(const W8A16Args& args, cudaStream_t stream) {
             const unsigned blocks = skinny_launch_blocks<tiles()>(kernel, args.n, shared_bytes, args.skinny);
             kernel<<<blocks, kSkinnyWarps * 32, shared_bytes, stream>>>(args);
           };
-          if (grouped) {  // one tile: two need 136 registers, one block per SM (0.79x bf16 at 16 rows, was 0.88x)
-            launch(std::integral_constant<int, 1>{}, w8a16_gemv_mma_kernel<T, true, 1, staged()>);
-            return;
-          }
-          with_skinny_tiles(args.m,
-                            [&](auto tiles) { launch(tiles, w8a16_gemv_mma_kernel<T, false, tiles(), staged()>); });
+          with_skinny_tiles(args.m, [&](auto tiles) {
+            if (grouped) {  // one tile: two need 136 registers, one block per SM (0.79x bf16 at 16 rows, was 0.88x)
+              launch(std::integral_constant<int, 1>{}, w8a16_gemv_mma_kernel<T, true, 1, tiles(), staged()>);
+            } else {
+              launch(tiles, w8a16_gemv_mma_kernel<T, false, tiles(), tiles(), staged()>);
+            }
+          });
         });
       })) {
     return cudaGetLastError();

@@ -200,9 +200,11 @@ __host__ __device__ __forceinline__ void skinny_walk(const SkinnyWalk& walk, Loa
 //   Loaded load(int64_t k) const: the lane's weights from element k on (zeros past K or N);
 //   uint32_t pair(const Loaded&, int i) const: loaded weights 2 i and 2 i + 1 as a pair of
 //     T, lower k in the low half.
-// x is read from shared memory when STAGED (copied there under the first loads). finish(row,
-// col, sum) is then called once for each output of the block's channels inside [m, n).
-template <typename T, bool STAGED, int TILES, typename DecoderFor, typename Finish>
+// x is read from shared memory when STAGED (copied there under the first loads); ROW_TILES is
+// 1 for m <= 8 (one mma per channel tile and step: no registers for x rows 8-15, which would
+// be zeros), 2 for more (with_skinny_tiles). finish(row, col, sum) is then called once for
+// each output of the block's channels inside [m, n).
+template <typename T, bool STAGED, int TILES, int ROW_TILES, typename DecoderFor, typename Finish>
 __device__ __forceinline__ void skinny_mma(const T* x_global, int64_t m, int64_t n, int64_t k,
                                            DecoderFor&& decoder_for, Finish&& finish) {
   using Decoder = decltype(decoder_for(int64_t{0}, 0));
@@ -211,7 +213,7 @@ __device__ __forceinline__ void skinny_mma(const T* x_global, int64_t m, int64_t
   constexpr int64_t kStep = 4 * Decoder::kLaneElements;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t row = lane / 4, lane_offset = Decoder::kLaneElements * (lane % 4);
-  const bool second_row_tile = m > 8;  // the same for the whole block
+  constexpr bool kSecondRowTile = ROW_TILES == 2;
   const SkinnyWalk walk{static_cast<int>((n + 16 * TILES - 1) / (16 * TILES)), static_cast<int>(blockIdx.x),
                         static_cast<int>(gridDim.x), skinny_steps_per_warp(k, kStep)};
   const T* x = x_global;
@@ -225,7 +227,7 @@ __device__ __forceinline__ void skinny_mma(const T* x_global, int64_t m, int64_t
   const auto step = [&](int slot, int64_t col0, int64_t step0) {
     int4 lo[kPieces], hi[kPieces];
     skinny_x_pieces(x, m, k, row, step0 + lane_offset, lo);
-    if (second_row_tile) skinny_x_pieces(x, m, k, row + 8, step0 + lane_offset, hi);
+    if constexpr (kSecondRowTile) skinny_x_pieces(x, m, k, row + 8, step0 + lane_offset, hi);
     float step_sums[TILES][2][4] = {};
     float(&sums)[TILES][2][4] = Decoder::kScalePerStep ? step_sums : acc;
 #pragma unroll
@@ -240,7 +242,7 @@ __device__ __forceinline__ void skinny_mma(const T* x_global, int64_t m, int64_t
           const typename Decoder::Loaded& wg8 = loaded[slot][2 * c + 1];
           const AOperand a = skinny_weights(g.pair(wg, i), g8.pair(wg8, i), g.pair(wg, i + 1), g8.pair(wg8, i + 1));
           mma_16bit<T>(sums[c][0], a.regs, skinny_x(lo[q], half));
-          if (second_row_tile) mma_16bit<T>(sums[c][1], a.regs, skinny_x(hi[q], half));
+          if constexpr (kSecondRowTile) mma_16bit<T>(sums[c][1], a.regs, skinny_x(hi[q], half));
         }
       }
     }
@@ -279,7 +281,8 @@ __device__ __forceinline__ void skinny_mma(const T* x_global, int64_t m, int64_t
       });
 }
 
-// Channel tiles per block for m rows of x (see above), to fn as a compile-time constant.
+// Channel tiles per block for m rows of x (see above), to fn as a compile-time constant; the
+// same number as ROW_TILES, the mmas of 8 rows of x each tile takes per step.
 template <typename Fn>
 void with_skinny_tiles(int64_t m, Fn&& fn) {
   if (m > 8) {
