@@ -391,6 +391,8 @@ def test_cuda_binary_family_matches_reference(skinny, dtype, m, k):
     packed, alpha = ref.binarize_weight(w)
     tpacked, scale = ref.ternarize_weight(w)
     assert_same_bits(ops.pack_binary(w.cuda()).cpu(), packed)
+    assert_same_bits(ops.unpack_binary(packed.cuda(), k).cpu(), ref.unpack_binary(packed, k))
+    assert_same_bits(ops.unpack_ternary(tpacked.cuda(), k).cpu(), ref.unpack_ternary(tpacked, k))
     assert_same_bits(ops.pack_ternary(ops.unpack_ternary(tpacked.cuda(), k)).cpu(), tpacked)
     tol = tolerance(dtype, k)
     torch.testing.assert_close(ops.binary_linear(x.cuda(), packed.cuda(), alpha.cuda(), bias.cuda()).cpu(),
@@ -427,7 +429,27 @@ def test_cuda_binarize_and_ternarize_weight_match_the_reference(dtype, shape, la
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("m", [1, 3, 16])  # each register-row count of the GEMV
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("k", [33, 64, 4097])  # expanded codes stored 8 at a time where k % 8 == 0
+def test_cuda_many_row_bits_products_are_the_expanded_gemm(dtype, k):
+    # Past the GEMVs' rows the codes are expanded in x's dtype and multiplied on cuBLAS with
+    # fp32 sums, scaled and biased in one pass: bit for bit the ATen composite of the same
+    # steps (codes, mm with fp32 sums, mul, add, to) on the same device.
+    m, n = 40, 45
+    x, w = random_input((m, k), dtype, scale=1.0).cuda(), random_input((n, k))
+    bias = torch.randn(n).cuda()
+    packed, alpha = ref.binarize_weight(w)
+    tpacked, scale = ref.ternarize_weight(w, per_channel=False)
+    cases = [(ops.binary_linear(x, packed.cuda(), alpha.cuda(), bias), ref.unpack_binary(packed, k), alpha),
+             (ops.ternary_linear(x, tpacked.cuda(), scale.cuda(), bias), ref.unpack_ternary(tpacked, k), scale)]
+    for out, codes, channel_scale in cases:
+        w_codes = codes.cuda().to(dtype).t()
+        sums = torch.mm(x, w_codes) if dtype == torch.float32 else torch.ops.aten.mm.dtype(x, w_codes, torch.float32)
+        assert_same_bits(out, (sums * channel_scale.cuda() + bias).to(dtype))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("m", [1, 3, 16, 40])  # each register-row count of the GEMV, then cuBLAS
 # Groups of 16 split the GEMV's 32-bit words; 64 and 128 hold whole words.
 @pytest.mark.parametrize("group_size,k", [(16, 48), (16, 203), (64, 200), (128, 4097), (16, 64), (64, 256)])
 def test_cuda_binary_linear_per_group_alpha(m, group_size, k):

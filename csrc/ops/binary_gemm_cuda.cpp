@@ -1,5 +1,5 @@
 // CUDA glue of the binary_gemm family: the checks of binary_gemm_common.h, then launches on
-// the current stream; many-row products expand the weights once and use cuBLAS.
+// the current stream; many-row products expand the weights once (in x's dtype) and use cuBLAS.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mean.h>
@@ -37,15 +37,20 @@ at::Tensor pack_binary(const at::Tensor& w_in) {
   return out;
 }
 
-at::Tensor unpack(const char* op, const at::Tensor& packed_in, int64_t k, int planes) {
+// The weights' codes [N, K] as int8 (unpack_*) or as `dtype` for a many-row product.
+at::Tensor unpack(const char* op, const at::Tensor& packed_in, int64_t k, int planes,
+                  at::ScalarType dtype = at::kChar) {
   TORCH_CHECK_VALUE(k >= 0, op, ": k must be >= 0, got ", k);
   check_cuda(op, "packed", packed_in);
   check_packed(op, packed_in, k, planes, packed_in);
   const c10::cuda::CUDAGuard guard(packed_in.device());
   const at::Tensor packed = packed_in.contiguous();
-  at::Tensor out = at::empty({packed.size(0), k}, packed.options().dtype(at::kChar));
-  check_launch(op, cuda::unpack_bits(packed.data_ptr<uint8_t>(), packed.size(0), k, planes, out.data_ptr<int8_t>(),
-                                     stream()));
+  at::Tensor out = at::empty({packed.size(0), k}, packed.options().dtype(dtype));
+  const uint8_t* bits = packed.data_ptr<uint8_t>();
+  check_launch(op, dtype == at::kChar
+                       ? cuda::unpack_bits(bits, packed.size(0), k, planes, out.data_ptr<int8_t>(), stream())
+                       : cuda::expand_bits(bits, packed.size(0), k, planes, cuda_dtype(dtype), out.data_ptr(),
+                                           stream()));
   return out;
 }
 
@@ -116,9 +121,9 @@ std::tuple<at::Tensor, at::Tensor> ternarize_weight(const at::Tensor& w_in, bool
 
 // Many rows: the weights expanded once to x's dtype (signs, ternary codes, or sign * alpha
 // for grouped alpha: exact values but for that product), then one cuBLAS product.
-at::Tensor expanded_linear(const Rows& r, const at::Tensor& x, const at::Tensor& codes,
+at::Tensor expanded_linear(const char* op, const Rows& r, const at::Tensor& x, const at::Tensor& codes,
                            const at::Tensor& channel_scale, const std::optional<at::Tensor>& bias) {
-  return linear_with_fp32_sums(r.x, codes.to(x.scalar_type()), channel_scale, bias)
+  return linear_with_fp32_sums(op, r.x, codes.to(x.scalar_type()), channel_scale, bias)
       .reshape(linear_out_shape(x, codes.size(0)));
 }
 
@@ -150,10 +155,12 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed, const at
   const int64_t groups = p.groups, group = p.group;
   const c10::cuda::CUDAGuard guard(x.device());
   if (r.m > cuda::kBitsMaxM) {
-    const at::Tensor signs = unpack_binary(packed, r.k);
-    if (!group_size.has_value()) return expanded_linear(r, x, signs, alpha.to(at::kFloat), bias);
+    if (!group_size.has_value()) {
+      return expanded_linear(op, r, x, unpack(op, packed, r.k, 1, x.scalar_type()), alpha.to(at::kFloat), bias);
+    }
     const at::Tensor alpha_full = alpha.repeat_interleave(*group_size, 1).narrow(1, 0, r.k);
-    return expanded_linear(r, x, at::mul(signs.to(at::kFloat), alpha_full), at::Tensor(), bias);
+    return expanded_linear(op, r, x, at::mul(unpack(op, packed, r.k, 1, at::kFloat), alpha_full), at::Tensor(),
+                           bias);
   }
   return bits_gemv(r, x, packed, 1, alpha, 1, groups, group, bias, op);
 }
@@ -167,7 +174,9 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed, const a
   const Rows& r = p.r;
   const int64_t scale_stride = p.scale_stride;
   const c10::cuda::CUDAGuard guard(x.device());
-  if (r.m > cuda::kBitsMaxM) return expanded_linear(r, x, unpack_ternary(packed, r.k), scale.to(at::kFloat), bias);
+  if (r.m > cuda::kBitsMaxM) {
+    return expanded_linear(op, r, x, unpack(op, packed, r.k, 2, x.scalar_type()), scale.to(at::kFloat), bias);
+  }
   return bits_gemv(r, x, packed, 2, scale, scale_stride, 1, std::max<int64_t>(r.k, 1), bias, op);
 }
 

@@ -1,16 +1,16 @@
 // Small helpers every CUDA glue file needs: element type, device check, launch check.
 #pragma once
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/add.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
-#include <ATen/ops/mul.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/util/Exception.h>
 
 #include <cstdlib>
 #include <optional>
 #include <string>
 
-#include "../kernels/cuda/quant.cuh"
+#include "../kernels/cuda/int8_gemm.cuh"  // scale_float_sums; quant.cuh
 
 namespace effgen::ops {
 
@@ -61,15 +61,25 @@ inline cuda::SkinnyOptions skinny_options(const char* op) {
 // x2d [m, k] @ w [n, k]^T (w in x's dtype) for products with many rows, through cuBLAS with
 // an fp32 result so every sum stays in fp32 (with a bf16/fp16 result cuBLAS may add split-K
 // partials in half precision: errors of several ulps where outputs cancel); then times
-// channel_scale ([n] or one element; undefined: none) and plus bias in fp32, rounded once.
-inline at::Tensor linear_with_fp32_sums(const at::Tensor& x2d, const at::Tensor& w, const at::Tensor& channel_scale,
-                                        const std::optional<at::Tensor>& bias) {
-  at::Tensor y = x2d.scalar_type() == at::kFloat ? at::mm(x2d, w.t()) : at::mm(x2d, w.t(), at::kFloat);
-  if (channel_scale.defined()) {
-    y = at::mul(y, channel_scale.numel() == 1 ? channel_scale.reshape({}) : channel_scale.reshape({-1}));
-  }
-  if (bias.has_value()) y = at::add(y, bias->to(at::kFloat));
-  return y.to(x2d.scalar_type());
+// channel_scale ([n] or one element; undefined: none) and plus bias in fp32, rounded once,
+// in one pass over the sums (scale_float_sums: ATen's mul, add and to, bit for bit).
+inline at::Tensor linear_with_fp32_sums(const char* op, const at::Tensor& x2d, const at::Tensor& w,
+                                        const at::Tensor& channel_scale, const std::optional<at::Tensor>& bias) {
+  const at::Tensor sums = x2d.scalar_type() == at::kFloat ? at::mm(x2d, w.t()) : at::mm(x2d, w.t(), at::kFloat);
+  if (!channel_scale.defined() && !bias.has_value()) return sums.to(x2d.scalar_type());
+  const at::Tensor scale = channel_scale.defined() ? channel_scale.to(at::kFloat).contiguous() : at::Tensor();
+  const at::Tensor bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  at::Tensor out = at::empty(sums.sizes(), x2d.options());
+  const cuda::FloatSumsArgs args{sums.data_ptr<float>(),
+                                 sums.size(0),
+                                 sums.size(1),
+                                 scale.defined() ? scale.data_ptr<float>() : nullptr,
+                                 scale.defined() && scale.numel() > 1 ? 1 : 0,
+                                 bias_f.defined() ? bias_f.data_ptr<float>() : nullptr,
+                                 cuda_dtype(x2d.scalar_type()),
+                                 out.data_ptr()};
+  check_launch(op, cuda::scale_float_sums(args, c10::cuda::getCurrentCUDAStream()));
+  return out;
 }
 
 }  // namespace effgen::ops

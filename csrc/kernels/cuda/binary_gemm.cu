@@ -51,20 +51,72 @@ __global__ void pack_ternary_kernel(const int8_t* q, int64_t rows, int64_t k, ui
   out[r * 2 * plane + plane + byte] = negative;
 }
 
-// One thread per packed byte (8 weights): one 64-bit division per 8 outputs, not per output.
-__global__ void unpack_bits_kernel(const uint8_t* packed, int64_t rows, int64_t k, int planes, int8_t* out) {
+// A weight's code as T, exactly: int8 itself, or the float / bf16 / fp16 value.
+template <typename T>
+__device__ __forceinline__ T code_as(int code) {
+  if constexpr (std::is_same_v<T, int8_t>) {
+    return static_cast<int8_t>(code);
+  } else {
+    return from_f32<T>(static_cast<float>(code));
+  }
+}
+
+// Eight codes as one 8- or 16-byte store (two for fp32); dst aligned to their size, or to
+// 16 bytes for fp32.
+template <typename T>
+__device__ __forceinline__ void store_eight(T* dst, const T (&codes)[8]) {
+  using Piece = std::conditional_t<sizeof(T) == 1, uint2, uint4>;
+  constexpr int kPieces = 8 * sizeof(T) / sizeof(Piece);
+  union {
+    T values[8];
+    Piece pieces[kPieces];
+  } buffer;
+#pragma unroll
+  for (int b = 0; b < 8; ++b) buffer.values[b] = codes[b];
+#pragma unroll
+  for (int q = 0; q < kPieces; ++q) reinterpret_cast<Piece*>(dst)[q] = buffer.pieces[q];
+}
+
+// The codes of packed rows as T [rows, k]: binary bit 1 -> +1, 0 -> -1; ternary positive
+// minus negative plane. One thread per packed byte (8 weights): one 64-bit division per 8
+// outputs, not per output. `vector`: k % 8 == 0 and out aligned for store_eight, so a
+// warp's stores are whole, consecutive pieces (one byte at a time, a warp's store touched
+// 32 scattered bytes, and the expanded weights of a many-row product went through an int8
+// copy first).
+template <typename T>
+__global__ void expand_bits_kernel(const uint8_t* packed, int64_t rows, int64_t k, int planes, T* out, bool vector) {
   const int64_t plane = (k + 7) / 8;
   const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= rows * plane) return;
   const int64_t r = idx / plane, byte = idx % plane;
   const uint8_t* row = packed + r * planes * plane;
   const uint32_t first = row[byte], negative = planes == 2 ? row[plane + byte] : 0u;
-  int8_t* dst = out + r * k + byte * 8;
-  const int count = k - byte * 8 < 8 ? static_cast<int>(k - byte * 8) : 8;
-  for (int b = 0; b < count; ++b) {
+  T codes[8];
+#pragma unroll
+  for (int b = 0; b < 8; ++b) {
     const int positive_bit = (first >> b) & 1, negative_bit = (negative >> b) & 1;
-    dst[b] = static_cast<int8_t>(planes == 1 ? 2 * positive_bit - 1 : positive_bit - negative_bit);
+    codes[b] = code_as<T>(planes == 1 ? 2 * positive_bit - 1 : positive_bit - negative_bit);
   }
+  T* dst = out + r * k + byte * 8;
+  if (vector) {
+    store_eight(dst, codes);
+    return;
+  }
+  const int64_t count = k - byte * 8;
+#pragma unroll
+  for (int b = 0; b < 8; ++b) {  // constant indices: codes stays in registers
+    if (b < count) dst[b] = codes[b];
+  }
+}
+
+template <typename T>
+cudaError_t launch_expand_bits(const uint8_t* packed, int64_t rows, int64_t k, int planes, T* out,
+                               cudaStream_t stream) {
+  const int64_t items = rows * ((k + 7) / 8);
+  if (items == 0) return cudaSuccess;
+  const bool vector = k % 8 == 0 && aligned(out, sizeof(T) == 1 ? 8 : 16);
+  expand_bits_kernel<T><<<blocks_for(items), kThreads, 0, stream>>>(packed, rows, k, planes, out, vector);
+  return cudaGetLastError();
 }
 
 // 32 weight bits of one plane row from bit k0 (a multiple of 8) on, bit t of the word being
@@ -300,10 +352,14 @@ cudaError_t pack_ternary(const int8_t* q, int64_t rows, int64_t k, uint8_t* out,
 
 cudaError_t unpack_bits(const uint8_t* packed, int64_t rows, int64_t k, int planes, int8_t* out,
                         cudaStream_t stream) {
-  const int64_t items = rows * ((k + 7) / 8);
-  if (items == 0) return cudaSuccess;
-  unpack_bits_kernel<<<blocks_for(items), kThreads, 0, stream>>>(packed, rows, k, planes, out);
-  return cudaGetLastError();
+  return launch_expand_bits(packed, rows, k, planes, out, stream);
+}
+
+cudaError_t expand_bits(const uint8_t* packed, int64_t rows, int64_t k, int planes, DType dtype, void* out,
+                        cudaStream_t stream) {
+  return with_dtype(dtype, [&](auto zero) {
+    launch_expand_bits(packed, rows, k, planes, static_cast<decltype(zero)*>(out), stream);
+  });
 }
 
 cudaError_t bits_gemv(const BitsGemvArgs& args, cudaStream_t stream) {

@@ -15,6 +15,9 @@ cudaError_t pack_ternary(const int8_t* q, int64_t rows, int64_t k, uint8_t* out,
 // planes = 1: +-1 from binary bits; planes = 2: positive minus negative plane.
 cudaError_t unpack_bits(const uint8_t* packed, int64_t rows, int64_t k, int planes, int8_t* out,
                         cudaStream_t stream);
+// The same codes as fp32 / bf16 / fp16 (exact), for many-row products on cuBLAS.
+cudaError_t expand_bits(const uint8_t* packed, int64_t rows, int64_t k, int planes, DType dtype, void* out,
+                        cudaStream_t stream);
 
 // Few-row (m <= kBitsMaxM) products streaming the weight bits. Binary (planes = 1):
 // y = sum_k alpha[j][k / group] * (bit ? x : -x); ternary (planes = 2):

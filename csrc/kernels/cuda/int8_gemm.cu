@@ -301,34 +301,67 @@ __global__ void __launch_bounds__(kSkinnyWarps * 32, ROW_TILES == 2 ? 2 : GROUPE
       });
 }
 
-// int8_scale_accumulators: 4 columns of a row per thread, rows on grid y (striding where m
-// exceeds its 65535). `vector`: n % 4 == 0 and acc, out 16-byte aligned, so the 4 sums are
-// one 16-byte load and the 4 outputs one 8- or 16-byte store.
+// Epilogues of sums computed elsewhere (cuBLAS): 4 columns of a row per thread, rows on grid
+// y (striding where m exceeds its 65535). `vector`: n % 4 == 0 and acc, out 16-byte aligned,
+// so the 4 sums are one 16-byte load and the 4 outputs one 8- or 16-byte store. Acc is int32
+// or fp32; value(row, col, sum) is the output before its rounding to Out.
 constexpr int kEpilogueThreads = 256;
 
-template <typename Out>
-__global__ void __launch_bounds__(kEpilogueThreads) scale_accumulators_kernel(Int8GemmArgs p, const int32_t* acc,
-                                                                              bool vector) {
+template <typename Out, typename Acc, typename Value>
+__global__ void __launch_bounds__(kEpilogueThreads) sums_epilogue_kernel(int64_t m, int64_t n, const Acc* acc,
+                                                                         Out* out, bool vector, Value value) {
+  static_assert(sizeof(Acc) == 4, "4 sums in 16 bytes");
   using Quad = std::conditional_t<sizeof(Out) == 2, uint2, uint4>;  // 4 outputs
   const int64_t col = (int64_t(blockIdx.x) * kEpilogueThreads + threadIdx.x) * 4;
-  if (col >= p.n) return;
-  for (int64_t row = blockIdx.y; row < p.m; row += gridDim.y) {
-    const int32_t* sums = acc + row * p.n + col;
+  if (col >= n) return;
+  for (int64_t row = blockIdx.y; row < m; row += gridDim.y) {
+    const Acc* sums = acc + row * n + col;
     if (vector) {
-      const int4 piece = *reinterpret_cast<const int4*>(sums);
-      const int32_t v[4] = {piece.x, piece.y, piece.z, piece.w};
+      union {
+        int4 piece;
+        Acc values[4];
+      } in;
+      in.piece = *reinterpret_cast<const int4*>(sums);
       union {
         Out values[4];
         Quad quad;
-      } out;
+      } result;
 #pragma unroll
-      for (int j = 0; j < 4; ++j) out.values[j] = from_f32<Out>(scaled_value(p, row, col + j, v[j]));
-      *reinterpret_cast<Quad*>(static_cast<Out*>(p.out) + row * p.n + col) = out.quad;
+      for (int j = 0; j < 4; ++j) result.values[j] = from_f32<Out>(value(row, col + j, in.values[j]));
+      *reinterpret_cast<Quad*>(out + row * n + col) = result.quad;
     } else {
-      for (int j = 0; j < 4 && col + j < p.n; ++j) store_scaled<Out>(p, row, col + j, sums[j]);
+      for (int j = 0; j < 4 && col + j < n; ++j) store_value(out + row * n + col + j, value(row, col + j, sums[j]));
     }
   }
 }
+
+template <typename Acc, typename Value>
+cudaError_t launch_sums_epilogue(int64_t m, int64_t n, const Acc* acc, DType out_dtype, void* out, Value value,
+                                 cudaStream_t stream) {
+  if (m == 0 || n == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>((n + 4 * kEpilogueThreads - 1) / (4 * kEpilogueThreads)),
+                  static_cast<unsigned>(m < 65535 ? m : 65535));
+  const bool vector = n % 4 == 0 && aligned(acc, 16) && aligned(out, 16);
+  return with_dtype(out_dtype, [&](auto zero) {
+    using Out = decltype(zero);
+    sums_epilogue_kernel<Out><<<grid, kEpilogueThreads, 0, stream>>>(m, n, acc, static_cast<Out*>(out), vector, value);
+  });
+}
+
+// int8_scale_accumulators' value: int8_gemm's scaled, biased sum.
+struct Int8Scaling {
+  Int8GemmArgs p;
+  __device__ float operator()(int64_t row, int64_t col, int32_t acc) const { return scaled_value(p, row, col, acc); }
+};
+
+// scale_float_sums' value: ATen's mul and add, each rounded on its own.
+struct ColumnScaling {
+  FloatSumsArgs p;
+  __device__ float operator()(int64_t /*row*/, int64_t col, float sum) const {
+    const float v = p.scale == nullptr ? sum : __fmul_rn(sum, p.scale[col * p.scale_stride]);
+    return p.bias == nullptr ? v : __fadd_rn(v, p.bias[col]);
+  }
+};
 
 }  // namespace
 
@@ -385,13 +418,11 @@ cudaError_t w8a16_gemv(const W8A16Args& args, cudaStream_t stream) {
 }
 
 cudaError_t int8_scale_accumulators(const Int8GemmArgs& args, const int32_t* acc, cudaStream_t stream) {
-  if (args.m == 0 || args.n == 0) return cudaSuccess;
-  const dim3 grid(static_cast<unsigned>((args.n + 4 * kEpilogueThreads - 1) / (4 * kEpilogueThreads)),
-                  static_cast<unsigned>(args.m < 65535 ? args.m : 65535));
-  const bool vector = args.n % 4 == 0 && aligned(acc, 16) && aligned(args.out, 16);
-  return with_dtype(args.out_dtype, [&](auto zero) {
-    scale_accumulators_kernel<decltype(zero)><<<grid, kEpilogueThreads, 0, stream>>>(args, acc, vector);
-  });
+  return launch_sums_epilogue(args.m, args.n, acc, args.out_dtype, args.out, Int8Scaling{args}, stream);
+}
+
+cudaError_t scale_float_sums(const FloatSumsArgs& args, cudaStream_t stream) {
+  return launch_sums_epilogue(args.m, args.n, args.sums, args.out_dtype, args.out, ColumnScaling{args}, stream);
 }
 
 }  // namespace effgen::cuda

@@ -39,6 +39,21 @@ cudaError_t int8_gemm(const Int8GemmArgs& args, GemmKernel kernel, cudaStream_t 
 // biased, rounded acc [m, n] as int8_gemm's (args.a and args.b unused).
 cudaError_t int8_scale_accumulators(const Int8GemmArgs& args, const int32_t* acc, cudaStream_t stream);
 
+// out[i][j] = sums[i][j] * scale[j * scale_stride] + bias[j], the multiply and the add each
+// rounded to fp32 (no fma) and the result to out_dtype: ATen's mul, add and to in one pass,
+// for the fp32 sums of many-row products on cuBLAS (W8A16, binary, ternary). scale, bias:
+// nullptr for none; scale_stride 0 for one scale.
+struct FloatSumsArgs {
+  const float* sums;
+  int64_t m, n;
+  const float* scale;
+  int64_t scale_stride;
+  const float* bias;
+  DType out_dtype;
+  void* out;
+};
+cudaError_t scale_float_sums(const FloatSumsArgs& args, cudaStream_t stream);
+
 // W8A16 for few rows (m <= kW8A16MaxM): out[i][j] = sum_k x[i][k] * w[j][k] * scale[j][k / group]
 // (+ bias[j]); x and out in `dtype`, fp32 accumulation. groups = 1, group = k: per channel.
 constexpr int64_t kW8A16MaxM = 16;
