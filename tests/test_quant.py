@@ -459,9 +459,10 @@ def assert_cuda_quantizers_match_cpu(x: torch.Tensor, group_size: int) -> None:
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-# Rows of 1, 129, 4096, 4099, 12289 and 20000: the per-token kernel holds a row in registers
-# as 1, 2 or 4 chunks a warp (the last one partial), or streams it twice beyond that.
-@pytest.mark.parametrize("shape", [(1,), (7, 129), (2, 5, 4099), (64, 4096), (3, 12289), (2, 20000)])
+# Rows of 1, 129, 4096, 4099, 8192, 12289 and 20000: the per-token kernel holds a row in
+# registers as 1, 2 or 4 chunks a warp (the last one partial; 16-bit rows up to 8192 in
+# blocks of 128 threads, the four chunks in their own kernel), or streams it twice beyond that.
+@pytest.mark.parametrize("shape", [(1,), (7, 129), (2, 5, 4099), (64, 4096), (2, 8192), (3, 12289), (2, 20000)])
 def test_cuda_quantize_matches_cpu(dtype, shape):
     x = random_input(shape, dtype)
     assert_cuda_quantizers_match_cpu(x, group_size=128)
@@ -541,11 +542,17 @@ def test_cuda_runs_too_small_for_a_reciprocal_match_the_cpu(dtype):
 
 
 @pytest.mark.cuda
-def test_cuda_non_finite_gives_nan_scale():
-    x = random_input((4, 50)).cuda()
-    x[1, 3] = float("nan")
-    q, s = ops.quantize_per_token(x)
-    assert torch.isnan(s[1]) and not q[1].any() and torch.isfinite(s[[0, 2, 3]]).all()
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("k", [50, 8192])  # one chunk a warp; four (16-bit: compared on their own bits)
+def test_cuda_non_finite_gives_nan_scale(dtype, k):
+    x = random_input((4, k), dtype)
+    x[1, 3], x[2, k - 1], x[3, 0] = float("nan"), float("-inf"), torch.finfo(dtype).max
+    q, s = ops.quantize_per_token(x.cuda())
+    assert torch.isnan(s[1]) and torch.isnan(s[2]) and not q[1:3].any()
+    # the finite rows as the CPU quantizes them (which rejects the others with an error)
+    q_finite, s_finite = ops.quantize_per_token(x[[0, 3]])
+    assert_same_bits(q[[0, 3]].cpu(), q_finite)
+    assert_same_bits(s[[0, 3]].cpu(), s_finite)
 
 
 def test_the_reference_makes_its_tensors_where_its_inputs_are():

@@ -242,6 +242,48 @@ class ParamCursor {
 
 __device__ __forceinline__ uint32_t abs_bits(float v) { return __float_as_uint(v) & 0x7FFFFFFFu; }
 
+// A lane's kItems elements of T kept as the 32-bit words they were loaded in: 16-bit values
+// two to a register, where an array of T was unpacked one value a register (bf16 x in four
+// resident chunks: 95 registers as arrays of T, 73 as words).
+template <typename T>
+union LaneItems {
+  T values[kItems];
+  uint32_t words[kItems * sizeof(T) / 4];
+};
+
+// Item j as fp32, from the words (exact, as to_f32).
+template <typename T>
+__device__ __forceinline__ float item_f32(const LaneItems<T>& items, int j) {
+  const uint32_t word = items.words[j * sizeof(T) / 4];
+  if constexpr (std::is_same_v<T, float>) {
+    return __uint_as_float(word);
+  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {  // a bf16 is the high half of its fp32
+    return __uint_as_float(j % 2 == 0 ? word << 16 : word & 0xFFFF0000u);
+  } else {
+    return __half2float(__ushort_as_half(static_cast<unsigned short>(j % 2 == 0 ? word : word >> 16)));
+  }
+}
+
+// The largest abs_bits(item_f32(items, j)): 16-bit words compared two magnitudes at a time
+// (a 16-bit float's magnitude bits are ordered as its magnitude, NaN above Inf, as fp32's
+// are), and only the largest widened.
+template <typename T>
+__device__ __forceinline__ uint32_t items_absmax_bits(const LaneItems<T>& items) {
+  if constexpr (sizeof(T) == 4) {
+    uint32_t bits = 0;
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) bits = max(bits, abs_bits(item_f32(items, j)));
+    return bits;
+  } else {
+    uint32_t pairs = 0;
+#pragma unroll
+    for (int w = 0; w < kItems / 2; ++w) pairs = __vmaxu2(pairs, items.words[w] & 0x7FFF7FFFu);
+    LaneItems<T> largest;
+    largest.words[0] = max(pairs & 0xFFFFu, pairs >> 16);
+    return abs_bits(item_f32(largest, 0));
+  }
+}
+
 // scale = absmax / 127; a non-finite absmax gives a NaN scale (documented propagation).
 __device__ __forceinline__ float scale_from_bits(uint32_t bits) {
   return bits > kMaxFiniteBits ? __int_as_float(0x7FC00000) : __fdiv_rn(__uint_as_float(bits), 127.0f);
@@ -302,18 +344,15 @@ __device__ __forceinline__ void quantize_resident_run(const T* x, const Run& run
   const bool vec_ok = piece_aligned(x + run.start) && piece_aligned(q + run.start);
   const int lane = threadIdx.x % 32;
   const int64_t first = threadIdx.x / 32 * int64_t{kWarpItems}, stride = blockDim.x / 32 * int64_t{kWarpItems};
-  T v[CHUNKS][kItems];
+  LaneItems<T> v[CHUNKS];
 #pragma unroll
   for (int c = 0; c < CHUNKS; ++c) {  // past the run: zeros, which leave the absmax alone
     const int64_t offset = first + c * stride;
-    load_lane(x + run.start + offset, run.length - offset, lane, vec_ok, v[c]);
+    load_lane(x + run.start + offset, run.length - offset, lane, vec_ok, v[c].values);
   }
   uint32_t bits = 0;
 #pragma unroll
-  for (int c = 0; c < CHUNKS; ++c) {
-#pragma unroll
-    for (int j = 0; j < kItems; ++j) bits = max(bits, abs_bits(to_f32(v[c][j])));
-  }
+  for (int c = 0; c < CHUNKS; ++c) bits = max(bits, items_absmax_bits(v[c]));
   const float s = scale_from_bits(block_max(bits)), inv = symmetric_inverse_scale(s);
   if (threadIdx.x == 0) scale[run.index] = s;
 #pragma unroll
@@ -322,7 +361,7 @@ __device__ __forceinline__ void quantize_resident_run(const T* x, const Run& run
     if (offset >= run.length) break;
     alignas(16) int8_t out[kItems];
 #pragma unroll
-    for (int j = 0; j < kItems; ++j) out[j] = quantize_value(to_f32(v[c][j]), inv);
+    for (int j = 0; j < kItems; ++j) out[j] = quantize_value(item_f32(v[c], j), inv);
     store_lane(q + run.start + offset, run.length - offset, lane, vec_ok, out);
   }
 }
@@ -331,7 +370,7 @@ __device__ __forceinline__ void quantize_resident_run(const T* x, const Run& run
 // most RESIDENT chunks each (quantize_resident_run); RESIDENT = 0, longer runs: the absmax
 // pass, then a second pass (from L2) quantizes.
 template <typename T, int RESIDENT>
-__global__ void quantize_rows_kernel(const T* x, ParamIndex idx, int8_t* q, float* scale) {
+__device__ __forceinline__ void quantize_block_run(const T* x, const ParamIndex& idx, int8_t* q, float* scale) {
   const Run run = run_of(idx, blockIdx.x);
   if constexpr (RESIDENT > 0) {
     quantize_resident_run<RESIDENT>(x, run, q, scale);
@@ -340,6 +379,33 @@ __global__ void quantize_rows_kernel(const T* x, ParamIndex idx, int8_t* q, floa
     if (threadIdx.x == 0) scale[run.index] = s;
     quantize_run(x, run, symmetric_inverse_scale(s), q);
   }
+}
+
+template <typename T, int RESIDENT>
+__global__ void quantize_rows_kernel(const T* x, ParamIndex idx, int8_t* q, float* scale) {
+  quantize_block_run<T, RESIDENT>(x, idx, q, scale);
+}
+
+// 16-bit x in four chunks a warp, capped at 64 registers (ptxas: 73 without the cap; 64 with
+// 40 bytes spilled, which stay in L1) so that 1024 threads fit a SM, as with fp32 in two
+// chunks: as many bytes of x in flight. (Session 45, H200: per-token bf16 at 56% of the copy
+// bandwidth against fp32's 82%, bf16 in two chunks of 256-thread blocks holding half fp32's
+// bytes in flight.) A separate kernel: launch bounds on quantize_rows_kernel changed the
+// other instances' registers too.
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 4) quantize_rows_16bit_kernel(const T* x, ParamIndex idx, int8_t* q,
+                                                                          float* scale) {
+  quantize_block_run<T, 4>(x, idx, q, scale);
+}
+
+// Threads of a quantize_rows block: run_threads', halved for 16-bit x where a row fills a
+// whole block and its warps then take at most four chunks each, so a thread holds as many
+// bytes as an fp32 one (fp32 8192-element rows: 256 threads, two chunks; bf16: 128, four).
+template <typename T>
+int quantize_rows_threads(int64_t run) {
+  const int threads = run_threads(run);
+  const int64_t half_span = int64_t{kThreads / 2 / 32} * kWarpItems;
+  return sizeof(T) == 2 && threads == kThreads && run <= 4 * half_span ? kThreads / 2 : threads;
 }
 
 // Per-channel absmax, one atomic per run (a channel has outer runs).
@@ -592,12 +658,16 @@ cudaError_t quantize_rows(DType dtype, const void* x, int64_t rows, int64_t k, i
   return with_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     const T* xs = static_cast<const T*>(x);
-    const int threads = run_threads(longest_run(idx));
+    const int threads = quantize_rows_threads<T>(longest_run(idx));
     const int64_t warp_span = int64_t{threads / 32} * kWarpItems;  // elements a block's warps take at once
     const int64_t chunks = (longest_run(idx) + warp_span - 1) / warp_span;
     // 1, 2 or 4 chunks a warp in registers; 0 (last, taken beyond 4): the two-pass kernel
     with_rows<1, 2, 4, 0>(chunks, [&](auto resident) {
-      quantize_rows_kernel<T, resident()><<<rows * idx.groups, threads, 0, stream>>>(xs, idx, q, scale);
+      if constexpr (sizeof(T) == 2 && resident() == 4) {
+        quantize_rows_16bit_kernel<T><<<rows * idx.groups, threads, 0, stream>>>(xs, idx, q, scale);
+      } else {
+        quantize_rows_kernel<T, resident()><<<rows * idx.groups, threads, 0, stream>>>(xs, idx, q, scale);
+      }
     });
   });
 }
