@@ -970,8 +970,8 @@ def test_cuda_skinny_choices_are_checked(monkeypatch):
 @pytest.mark.parametrize("m", [1, 9])  # one and two channel tiles a block
 def test_cuda_skinny_grids_give_the_same_bits(monkeypatch, m):
     # Blocks that take several tiles in turn (EFFGEN_CUDA_SKINNY_BLOCKS) sum each output in
-    # the same order as a block per tile: the same bits, here with 1025 tiles of 16 channels,
-    # more than the SMs hold at once.
+    # the same order as a block per tile: the same bits, here with 16400 channels (1025 tiles
+    # of 16 at one row, 513 of 32 at 9), more than the SMs hold at once.
     n, k = 16400, 1024
     x = random_input((m, k), torch.bfloat16, scale=1.0).cuda()
     w = random_input((n, k), scale=0.05).cuda()
