@@ -443,6 +443,13 @@ def test_cuda_scale_index_cursor_on_the_host(tmp_path):
     run_cuda_host_check("param_cursor", tmp_path)
 
 
+def test_cuda_lane_items_on_the_host(tmp_path):
+    # The per-token CUDA quantizer keeps 16-bit values two to a 32-bit word and takes the
+    # absmax on their own bits; both checked on the host against to_f32 and a plain absmax,
+    # every bf16 / fp16 pattern included (tests/cuda_host/lane_items.cu).
+    run_cuda_host_check("lane_items", tmp_path)
+
+
 # ---------------------------------------------------------------------------------------
 # CUDA: same answers as the CPU kernels and the reference (skipped without a GPU)
 # ---------------------------------------------------------------------------------------

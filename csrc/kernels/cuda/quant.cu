@@ -240,7 +240,30 @@ class ParamCursor {
   int64_t index_ = 0, col_ = 0, run_ = 1, left_ = 1;
 };
 
-__device__ __forceinline__ uint32_t abs_bits(float v) { return __float_as_uint(v) & 0x7FFFFFFFu; }
+// fp32 and its bits (memcpy: a register move on the device, and it runs on the host for the
+// host-side checks).
+__host__ __device__ __forceinline__ uint32_t float_bits(float v) {
+  uint32_t bits;
+  memcpy(&bits, &v, sizeof bits);
+  return bits;
+}
+__host__ __device__ __forceinline__ float bits_float(uint32_t bits) {
+  float v;
+  memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
+__host__ __device__ __forceinline__ uint32_t abs_bits(float v) { return float_bits(v) & 0x7FFFFFFFu; }
+
+// Each 16-bit half the larger of a's and b's (__vmaxu2, and its host equivalent).
+__host__ __device__ __forceinline__ uint32_t max_halves(uint32_t a, uint32_t b) {
+#ifdef __CUDA_ARCH__
+  return __vmaxu2(a, b);
+#else
+  const uint32_t low = (a & 0xFFFFu) > (b & 0xFFFFu) ? a & 0xFFFFu : b & 0xFFFFu;
+  return ((a >> 16) > (b >> 16) ? a >> 16 : b >> 16) << 16 | low;
+#endif
+}
 
 // A lane's kItems elements of T kept as the 32-bit words they were loaded in: 16-bit values
 // two to a register, where an array of T was unpacked one value a register (bf16 x in four
@@ -251,14 +274,14 @@ union LaneItems {
   uint32_t words[kItems * sizeof(T) / 4];
 };
 
-// Item j as fp32, from the words (exact, as to_f32).
+// Item j as fp32, from the words (exact, as to_f32). Host and device (tests/cuda_host/lane_items.cu).
 template <typename T>
-__device__ __forceinline__ float item_f32(const LaneItems<T>& items, int j) {
+__host__ __device__ __forceinline__ float item_f32(const LaneItems<T>& items, int j) {
   const uint32_t word = items.words[j * sizeof(T) / 4];
   if constexpr (std::is_same_v<T, float>) {
-    return __uint_as_float(word);
+    return bits_float(word);
   } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {  // a bf16 is the high half of its fp32
-    return __uint_as_float(j % 2 == 0 ? word << 16 : word & 0xFFFF0000u);
+    return bits_float(j % 2 == 0 ? word << 16 : word & 0xFFFF0000u);
   } else {
     return __half2float(__ushort_as_half(static_cast<unsigned short>(j % 2 == 0 ? word : word >> 16)));
   }
@@ -268,18 +291,21 @@ __device__ __forceinline__ float item_f32(const LaneItems<T>& items, int j) {
 // (a 16-bit float's magnitude bits are ordered as its magnitude, NaN above Inf, as fp32's
 // are), and only the largest widened.
 template <typename T>
-__device__ __forceinline__ uint32_t items_absmax_bits(const LaneItems<T>& items) {
+__host__ __device__ __forceinline__ uint32_t items_absmax_bits(const LaneItems<T>& items) {
   if constexpr (sizeof(T) == 4) {
     uint32_t bits = 0;
 #pragma unroll
-    for (int j = 0; j < kItems; ++j) bits = max(bits, abs_bits(item_f32(items, j)));
+    for (int j = 0; j < kItems; ++j) {
+      const uint32_t item = abs_bits(item_f32(items, j));
+      bits = item > bits ? item : bits;
+    }
     return bits;
   } else {
     uint32_t pairs = 0;
 #pragma unroll
-    for (int w = 0; w < kItems / 2; ++w) pairs = __vmaxu2(pairs, items.words[w] & 0x7FFF7FFFu);
+    for (int w = 0; w < kItems / 2; ++w) pairs = max_halves(pairs, items.words[w] & 0x7FFF7FFFu);
     LaneItems<T> largest;
-    largest.words[0] = max(pairs & 0xFFFFu, pairs >> 16);
+    largest.words[0] = (pairs & 0xFFFFu) > (pairs >> 16) ? pairs & 0xFFFFu : pairs >> 16;
     return abs_bits(item_f32(largest, 0));
   }
 }
