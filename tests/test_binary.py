@@ -381,6 +381,13 @@ def test_cuda_bits_decode_on_the_host(tmp_path):
     run_cuda_host_check("bits_pairs", tmp_path)
 
 
+def test_cuda_expand_bits_on_the_host(tmp_path):
+    # The CUDA expansion of packed weights into int8 / fp32 / bf16 / fp16 codes (unpack_* and
+    # the many-row products' weights), 8 a thread, run on the CPU against a plain decode,
+    # nothing written past the rows (tests/cuda_host/expand_bits.cu).
+    run_cuda_host_check("expand_bits", tmp_path)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("m", [1, 9, 16, 17, 64])  # the tensor-core GEMV's one and two mmas of 8 rows, then not

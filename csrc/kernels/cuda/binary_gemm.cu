@@ -53,18 +53,18 @@ __global__ void pack_ternary_kernel(const int8_t* q, int64_t rows, int64_t k, ui
 
 // A weight's code as T, exactly: int8 itself, or the float / bf16 / fp16 value.
 template <typename T>
-__device__ __forceinline__ T code_as(int code) {
+__host__ __device__ __forceinline__ T code_as(int code) {
   if constexpr (std::is_same_v<T, int8_t>) {
     return static_cast<int8_t>(code);
   } else {
-    return from_f32<T>(static_cast<float>(code));
+    return T(static_cast<float>(code));
   }
 }
 
 // Eight codes as one 8- or 16-byte store (two for fp32); dst aligned to their size, or to
 // 16 bytes for fp32.
 template <typename T>
-__device__ __forceinline__ void store_eight(T* dst, const T (&codes)[8]) {
+__host__ __device__ __forceinline__ void store_eight(T* dst, const T (&codes)[8]) {
   using Piece = std::conditional_t<sizeof(T) == 1, uint2, uint4>;
   constexpr int kPieces = 8 * sizeof(T) / sizeof(Piece);
   union {
@@ -77,18 +77,17 @@ __device__ __forceinline__ void store_eight(T* dst, const T (&codes)[8]) {
   for (int q = 0; q < kPieces; ++q) reinterpret_cast<Piece*>(dst)[q] = buffer.pieces[q];
 }
 
-// The codes of packed rows as T [rows, k]: binary bit 1 -> +1, 0 -> -1; ternary positive
-// minus negative plane. One thread per packed byte (8 weights): one 64-bit division per 8
-// outputs, not per output. `vector`: k % 8 == 0 and out aligned for store_eight, so a
-// warp's stores are whole, consecutive pieces (one byte at a time, a warp's store touched
-// 32 scattered bytes, and the expanded weights of a many-row product went through an int8
-// copy first).
+// The codes of packed byte `item` (row item / plane, its 8 weights) as T into out [rows, k]:
+// binary bit 1 -> +1, 0 -> -1; ternary positive minus negative plane. `vector`: k % 8 == 0
+// and out aligned for store_eight, so a warp's stores are whole, consecutive pieces (one
+// byte at a time, a warp's store touched 32 scattered bytes, and the expanded weights of a
+// many-row product went through an int8 copy first). Host and device
+// (tests/cuda_host/expand_bits.cu).
 template <typename T>
-__global__ void expand_bits_kernel(const uint8_t* packed, int64_t rows, int64_t k, int planes, T* out, bool vector) {
+__host__ __device__ __forceinline__ void expand_packed_byte(const uint8_t* packed, int64_t k, int planes, T* out,
+                                                            bool vector, int64_t item) {
   const int64_t plane = (k + 7) / 8;
-  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= rows * plane) return;
-  const int64_t r = idx / plane, byte = idx % plane;
+  const int64_t r = item / plane, byte = item % plane;
   const uint8_t* row = packed + r * planes * plane;
   const uint32_t first = row[byte], negative = planes == 2 ? row[plane + byte] : 0u;
   T codes[8];
@@ -107,6 +106,13 @@ __global__ void expand_bits_kernel(const uint8_t* packed, int64_t rows, int64_t 
   for (int b = 0; b < 8; ++b) {  // constant indices: codes stays in registers
     if (b < count) dst[b] = codes[b];
   }
+}
+
+// One thread per packed byte: one 64-bit division per 8 outputs, not per output.
+template <typename T>
+__global__ void expand_bits_kernel(const uint8_t* packed, int64_t rows, int64_t k, int planes, T* out, bool vector) {
+  const int64_t item = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (item < rows * ((k + 7) / 8)) expand_packed_byte(packed, k, planes, out, vector, item);
 }
 
 template <typename T>
