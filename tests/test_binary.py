@@ -456,6 +456,28 @@ def test_cuda_many_row_bits_products_are_the_expanded_gemm(dtype, k):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("m", [1, 5, 16, 40])  # blocks of 1, 4 and 16 rows, then several blocks
+@pytest.mark.parametrize("k", [33, 64, 576, 4096])  # bytes, words (8 and 72 bytes a row), 16-byte pieces
+def test_cuda_xnor_linear_is_its_composite_bit_for_bit(dtype, m, k):
+    # One kernel counts the disagreements and applies reference.xnor_linear's epilogue: the
+    # same bits as those steps in ATen on the device, given the same mean |x| (ATen's).
+    n = 45
+    x, w = random_input((m, k), dtype, scale=1.0).cuda(), random_input((n, k))
+    packed, alpha = ref.binarize_weight(w)
+    signs_x = torch.where(x.cpu() >= 0, 1, -1).to(torch.int64)
+    dot = (signs_x @ ref.unpack_binary(packed, k).to(torch.int64).T).float().cuda()
+    x_scale = x.float().abs().mean(1, keepdim=True)
+    for channel_alpha, bias in [(alpha, torch.randn(n)), (alpha[:1], None)]:
+        a = channel_alpha.cuda()
+        expected = dot * x_scale * a.reshape(1, -1)
+        if bias is not None:
+            expected = expected + bias.cuda()
+        got = ops.xnor_linear(x, packed.cuda(), a, None if bias is None else bias.cuda())
+        assert_same_bits(got, expected.to(dtype))
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("m", [1, 3, 16, 40])  # each register-row count of the GEMV, then cuBLAS
 # Groups of 16 split the GEMV's 32-bit words; 64 and 128 hold whole words.
 @pytest.mark.parametrize("group_size,k", [(16, 48), (16, 203), (64, 200), (128, 4097), (16, 64), (64, 256)])

@@ -3,7 +3,6 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mean.h>
-#include <ATen/ops/add.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/isfinite.h>
@@ -192,17 +191,27 @@ at::Tensor xnor_linear(const at::Tensor& x, const at::Tensor& packed, const at::
   const at::Tensor x_bits = at::empty({r.m, packed_row_bytes(r.k)}, x.options().dtype(at::kByte));
   check_launch(op, cuda::pack_signs(cuda_dtype(x.scalar_type()), r.x.data_ptr(), r.m, r.k,
                                     x_bits.data_ptr<uint8_t>(), stream()));
-  at::Tensor disagree = at::empty({r.m, n}, x.options().dtype(at::kInt));
-  const at::Tensor weights = packed.contiguous();
-  check_launch(op, cuda::xor_popcount(x_bits.data_ptr<uint8_t>(), weights.data_ptr<uint8_t>(), r.m, n,
-                                      packed_row_bytes(r.k), disagree.data_ptr<int32_t>(), stream()));
-  // The epilogue in ATen ops, in the reference's order: dot * x_scale * alpha + bias.
+  // mean |x| by ATen's reduction (the CPU's sums run in another order: results may differ in
+  // the last bit); the rest in one kernel, in reference.xnor_linear's order.
   const at::Tensor x_scale = r.k == 0 ? at::zeros({r.m, 1}, x.options().dtype(at::kFloat))
                                       : at::mean(r.x.to(at::kFloat).abs(), {1}, true);
-  const at::Tensor dot = at::add(at::mul(disagree, -2), r.k).to(at::kFloat);
-  at::Tensor y = at::mul(at::mul(dot, x_scale), alpha_stride == 0 ? alpha.reshape({}) : alpha.reshape({1, n}));
-  if (bias.has_value()) y = at::add(y, bias->to(at::kFloat));
-  return y.to(x.scalar_type()).reshape(linear_out_shape(x, n));
+  const at::Tensor weights = packed.contiguous(), a = alpha.to(at::kFloat).contiguous();
+  const at::Tensor bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
+  const cuda::XnorArgs args{x_bits.data_ptr<uint8_t>(),
+                            weights.data_ptr<uint8_t>(),
+                            r.m,
+                            n,
+                            packed_row_bytes(r.k),
+                            r.k,
+                            x_scale.data_ptr<float>(),
+                            a.data_ptr<float>(),
+                            alpha_stride,
+                            bias_f.defined() ? bias_f.data_ptr<float>() : nullptr,
+                            cuda_dtype(x.scalar_type()),
+                            out.data_ptr()};
+  check_launch(op, cuda::xnor_gemm(args, stream()));
+  return out;
 }
 
 }  // namespace

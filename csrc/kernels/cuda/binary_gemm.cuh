@@ -37,8 +37,22 @@ struct BitsGemvArgs {
 };
 cudaError_t bits_gemv(const BitsGemvArgs& args, cudaStream_t stream);
 
-// c[i][j] = popcount(a_i XOR b_j) over nbytes; a [m, nbytes], b [n, nbytes].
-cudaError_t xor_popcount(const uint8_t* a, const uint8_t* b, int64_t m, int64_t n, int64_t nbytes, int32_t* c,
-                         cudaStream_t stream);
+// XNOR-Net: out[i][j] = (k - 2 * popcount(x_bits_i XOR w_bits_j)) * x_scale[i] *
+// alpha[j * alpha_stride] (+ bias[j]), each product rounded to fp32, then to dtype; x_bits
+// [m, nbytes] and w_bits [n, nbytes] packed signs, zero past k. Rows in blocks of up to
+// kXnorMaxRows, each weight row read once per block.
+constexpr int64_t kXnorMaxRows = 16;
+struct XnorArgs {
+  const uint8_t* x_bits;
+  const uint8_t* w_bits;
+  int64_t m, n, nbytes, k;
+  const float* x_scale;  // [m]
+  const float* alpha;
+  int64_t alpha_stride;
+  const float* bias;  // nullptr: none
+  DType dtype;
+  void* out;
+};
+cudaError_t xnor_gemm(const XnorArgs& args, cudaStream_t stream);
 
 }  // namespace effgen::cuda
