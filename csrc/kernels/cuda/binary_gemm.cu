@@ -318,7 +318,7 @@ __global__ void __launch_bounds__(kSkinnyWarps * 32, TILES == 1 ? 4 : 2) bits_ge
 // take units of both sign rows 32 units apart (coalesced), the channel's unit once for all
 // the rows; `Unit`: 16-byte pieces, 32-bit words or bytes, the widest that nbytes and the
 // operands' alignment allow. (One warp per output (i, j) read the weights once per row, and
-// ATen's epilogue took eight more kernels: 25 us at one row of 8192 x 8192 and 54 us at 16
+// ATen's epilogue took seven more kernels: 25 us at one row of 8192 x 8192 and 54 us at 16
 // rows on an H200, session 45, against 12 and 16 us for BinaryLinear with real x.)
 constexpr int kXorWarps = 8;
 
