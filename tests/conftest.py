@@ -128,7 +128,11 @@ def run_cuda_host_check(name: str, tmp_path: Path) -> None:
     source = Path(__file__).resolve().parent / "cuda_host" / f"{name}.cu"
     binary = tmp_path / name
     env = env_without_preload()
-    subprocess.run([nvcc, "-std=c++20", "-O2", "-arch=sm_80", str(source), "-o", str(binary)], check=True,
-                   capture_output=True, timeout=300, env=env)
+    # torch's extension build defines these (no implicit 16-bit float conversions or
+    # operators): the kernels' sources must compile under them here too.
+    torch_defines = [f"-D__CUDA_NO_{what}__" for what in ("HALF_OPERATORS", "HALF_CONVERSIONS",
+                                                         "BFLOAT16_CONVERSIONS", "HALF2_OPERATORS")]
+    subprocess.run([nvcc, "-std=c++20", "-O2", "-arch=sm_80", "--expt-relaxed-constexpr", *torch_defines, str(source),
+                    "-o", str(binary)], check=True, capture_output=True, timeout=300, env=env)
     result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout

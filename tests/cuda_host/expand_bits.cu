@@ -40,7 +40,12 @@ bool check(const char* name, std::mt19937& rng) {
       for (int64_t r = 0; r < rows; ++r) {
         for (int64_t i = 0; i < k; ++i) {
           const int code = plain_code(packed, k, planes, r, i);
-          const T want = std::is_same_v<T, int8_t> ? T(code) : T(static_cast<float>(code));
+          T want;
+          if constexpr (std::is_same_v<T, int8_t>) {
+            want = static_cast<int8_t>(code);
+          } else {
+            want = effgen::cuda::from_f32<T>(static_cast<float>(code));
+          }
           if (std::memcmp(&out[r * k + i], &want, sizeof(T)) != 0) {
             std::printf("%s, %d plane(s), k %lld: row %lld weight %lld is not %d\n", name, planes, (long long)k,
                         (long long)r, (long long)i, code);

@@ -63,7 +63,7 @@ bool absmax_matches(const char* name) {
       if constexpr (sizeof(T) == 4) {
         items.values[j] = trial % 2 ? normal(rng) : effgen::cuda::bits_float(static_cast<uint32_t>(rng()));
       } else if (trial % 2) {
-        items.values[j] = T(normal(rng));
+        items.values[j] = effgen::cuda::from_f32<T>(normal(rng));
       } else {
         items.values[j] = from_bits<T>(static_cast<uint16_t>(rng()));
       }

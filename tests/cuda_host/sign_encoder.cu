@@ -143,10 +143,10 @@ struct Inputs {
         error(reinterpret_cast<float*>(error_storage.data()) + shift), v(n) {
     std::normal_distribution<float> normal(0.0f, 1.0f);
     for (int64_t i = 0; i < n; ++i) {
-      x[i] = T(normal(rng));
+      x[i] = effgen::cuda::from_f32<T>(normal(rng));
       error[i] = 0.01f * normal(rng);
     }
-    if (special) x[0] = T(INFINITY), x[n / 2] = T(NAN);
+    if (special) x[0] = effgen::cuda::from_f32<T>(INFINITY), x[n / 2] = effgen::cuda::from_f32<T>(NAN);
     for (int64_t i = 0; i < n; ++i) v[i] = error[i] + to_f32(x[i]);
   }
 };

@@ -56,12 +56,8 @@ template <typename T>
 __host__ __device__ __forceinline__ T code_as(int code) {
   if constexpr (std::is_same_v<T, int8_t>) {
     return static_cast<int8_t>(code);
-  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    return __float2bfloat16_rn(static_cast<float>(code));
-  } else if constexpr (std::is_same_v<T, __half>) {
-    return __float2half_rn(static_cast<float>(code));
   } else {
-    return static_cast<float>(code);
+    return from_f32<T>(static_cast<float>(code));
   }
 }
 

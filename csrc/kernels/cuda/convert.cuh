@@ -14,13 +14,13 @@ __host__ __device__ __forceinline__ float to_f32(__half v) { return __half2float
 __host__ __device__ __forceinline__ float to_f32(int8_t v) { return static_cast<float>(v); }
 
 template <typename T>
-__device__ __forceinline__ T from_f32(float v);
+__host__ __device__ __forceinline__ T from_f32(float v);
 template <>
-__device__ __forceinline__ float from_f32<float>(float v) { return v; }
+__host__ __device__ __forceinline__ float from_f32<float>(float v) { return v; }
 template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+__host__ __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 template <>
-__device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
+__host__ __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
 
 template <typename T>
 __device__ __forceinline__ void store_value(T* p, float v) {
