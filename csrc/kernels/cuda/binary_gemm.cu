@@ -1,7 +1,8 @@
 // CUDA kernels of the binary_gemm family. Few-row products of bf16/fp16 x decode the bits
 // onto the 16-bit tensor cores (skinny_mma.cuh); fp32 x (and per-group alpha off the
 // tensor cores' step) gives each warp one output channel and streams its bits a 32-bit word
-// per lane. XNOR gives each output a warp that XORs and popcounts 32-bit words.
+// per lane. XNOR gives a warp a channel and up to 16 rows of x that it XORs and popcounts;
+// many-row real-x products expand the weights (expand_bits) for cuBLAS.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
