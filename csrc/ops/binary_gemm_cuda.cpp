@@ -122,7 +122,7 @@ std::tuple<at::Tensor, at::Tensor> ternarize_weight(const at::Tensor& w_in, bool
 // for grouped alpha: exact values but for that product), then one cuBLAS product.
 at::Tensor expanded_linear(const char* op, const Rows& r, const at::Tensor& x, const at::Tensor& codes,
                            const at::Tensor& channel_scale, const std::optional<at::Tensor>& bias) {
-  return linear_with_fp32_sums(op, r.x, codes.to(x.scalar_type()), channel_scale, bias)
+  return linear_with_fp32_sums(op, r.x, codes.to(x.scalar_type()), channel_scale, float_bias(bias))
       .reshape(linear_out_shape(x, codes.size(0)));
 }
 
@@ -133,7 +133,7 @@ at::Tensor bits_gemv(const Rows& r, const at::Tensor& x, const at::Tensor& packe
   at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
   if (out.numel() == 0) return out;
   const at::Tensor p = packed.contiguous(), s = scale.contiguous();
-  const at::Tensor bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  const at::Tensor bias_f = float_bias(bias);
   const cuda::BitsGemvArgs args{cuda_dtype(x.scalar_type()), r.x.data_ptr(), p.data_ptr<uint8_t>(), r.m, n, r.k,
                                 planes, s.data_ptr<float>(), scale_stride, groups, group,
                                 bias_f.defined() ? bias_f.data_ptr<float>() : nullptr, out.data_ptr(),
@@ -196,7 +196,7 @@ at::Tensor xnor_linear(const at::Tensor& x, const at::Tensor& packed, const at::
   const at::Tensor x_scale = r.k == 0 ? at::zeros({r.m, 1}, x.options().dtype(at::kFloat))
                                       : at::mean(r.x.to(at::kFloat).abs(), {1}, true);
   const at::Tensor weights = packed.contiguous(), a = alpha.to(at::kFloat).contiguous();
-  const at::Tensor bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  const at::Tensor bias_f = float_bias(bias);
   at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
   const cuda::XnorArgs args{x_bits.data_ptr<uint8_t>(),
                             weights.data_ptr<uint8_t>(),

@@ -7,7 +7,6 @@
 #include <c10/util/Exception.h>
 
 #include <cstdlib>
-#include <optional>
 #include <string>
 
 #include "../kernels/cuda/int8_gemm.cuh"  // scale_float_sums; quant.cuh
@@ -63,12 +62,12 @@ inline cuda::SkinnyOptions skinny_options(const char* op) {
 // partials in half precision: errors of several ulps where outputs cancel); then times
 // channel_scale ([n] or one element; undefined: none) and plus bias in fp32, rounded once,
 // in one pass over the sums (scale_float_sums: ATen's mul, add and to, bit for bit).
+// bias_f: float_bias's (fp32, contiguous; undefined: none).
 inline at::Tensor linear_with_fp32_sums(const char* op, const at::Tensor& x2d, const at::Tensor& w,
-                                        const at::Tensor& channel_scale, const std::optional<at::Tensor>& bias) {
+                                        const at::Tensor& channel_scale, const at::Tensor& bias_f) {
   const at::Tensor sums = x2d.scalar_type() == at::kFloat ? at::mm(x2d, w.t()) : at::mm(x2d, w.t(), at::kFloat);
-  if (!channel_scale.defined() && !bias.has_value()) return sums.to(x2d.scalar_type());
+  if (!channel_scale.defined() && !bias_f.defined()) return sums.to(x2d.scalar_type());
   const at::Tensor scale = channel_scale.defined() ? channel_scale.to(at::kFloat).contiguous() : at::Tensor();
-  const at::Tensor bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   at::Tensor out = at::empty(sums.sizes(), x2d.options());
   const cuda::FloatSumsArgs args{sums.data_ptr<float>(),
                                  sums.size(0),

@@ -107,7 +107,8 @@ at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, co
     const at::Tensor w = group_size.has_value()
                              ? dequantize_cuda(wq, w_scale, std::nullopt, group_size, x.scalar_type())
                              : dequantize_cuda(wq, w_scale, 0, std::nullopt, x.scalar_type());
-    return linear_with_fp32_sums(op, x.reshape({m, k}), w, at::Tensor(), bias).reshape(linear_out_shape(x, n));
+    return linear_with_fp32_sums(op, x.reshape({m, k}), w, at::Tensor(), float_bias(bias))
+        .reshape(linear_out_shape(x, n));
   }
   at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
   if (out.numel() == 0) return out;
