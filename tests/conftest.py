@@ -1,6 +1,7 @@
 import contextlib
 import importlib.util
 import os
+import platform
 import shutil
 import subprocess
 from pathlib import Path
@@ -92,6 +93,8 @@ def build_kernel_bench(name: str, kernel_sources: list[str], out_dir: Path,
     """benchmarks/kernels/<name>.cpp with csrc/kernels/cpu's kernel_sources, built with the
     extension's flags (the kernels are torch-free) and extra_flags; the binary and the
     environment to run it in. Skipped where there is no C++ compiler."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the kernel benchmarks time the x86 kernels")
     compiler = shutil.which(os.environ.get("CXX", "g++"))
     if compiler is None:
         pytest.skip("no C++ compiler")

@@ -4,11 +4,10 @@
 #include <cstdlib>
 #include <stdexcept>
 
-#if defined(__x86_64__) || defined(_M_X64)
+#ifdef EFFGEN_X86
 #include <cpuid.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-#define EFFGEN_X86 1
 #endif
 
 namespace effgen::cpu {

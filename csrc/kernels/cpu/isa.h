@@ -3,6 +3,12 @@
 #include <string>
 #include <vector>
 
+// The AVX2 / AVX-512 / AMX kernels exist only in x86-64 builds: elsewhere (aarch64)
+// setup.py leaves their sources out and every family runs its portable scalar kernels.
+#if defined(__x86_64__) || defined(_M_X64)
+#define EFFGEN_X86 1
+#endif
+
 namespace effgen::cpu {
 
 // Ordered: each level implies the ones below it on every CPU we dispatch for.
