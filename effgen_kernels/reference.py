@@ -160,11 +160,15 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, axis: int | None = None, gr
 
 
 def _fake_quantize(x, scale, zero_point, quant_min, quant_max):
-    """PyTorch's fake-quant arithmetic with scale/zero_point already broadcast to x (float32)."""
+    """PyTorch's fake-quant arithmetic with scale/zero_point already broadcast to x (float32).
+    PyTorch's CPU kernel multiplies in double (std::fmin on int64 values) and converts with
+    c10's conversion from double: through float on x86 (the float product, then rounded to
+    x's dtype), but straight to float16_t on aarch64, one rounding for fp16. The product
+    here is exact in double and converted the same way, so y matches on both."""
     inv_scale = 1.0 / scale
     qval = zero_point + torch.round(x.float() * inv_scale)
     mask = (qval >= quant_min) & (qval <= quant_max)
-    y = (qval.clamp(quant_min, quant_max) - zero_point) * scale
+    y = (qval.clamp(quant_min, quant_max) - zero_point).double() * scale.double()
     return y.to(x.dtype), mask
 
 
@@ -246,7 +250,8 @@ def int8_dynamic_linear(x, wq, w_scale, bias=None, smoothing=None):
 def int8_pack_weight(wq, group_size=None):
     """wq int8 [N, K] in int8_pack_weight's layout (see the docstring above), and its sums."""
     n, k = wq.shape
-    padded = torch.nn.functional.pad(wq, (0, (-k) % 4, 0, (-n) % 16))
+    padded = wq.new_zeros(n + (-n) % 16, k + (-k) % 4)  # not F.pad: torch 2.8's rejects n = 0 here
+    padded[:n, :k] = wq
     blocks = padded.reshape(padded.shape[0] // 16, 16, padded.shape[1] // 4, 4).permute(0, 2, 1, 3)
     if group_size is None:
         sums = wq.sum(1, dtype=torch.int32)

@@ -81,4 +81,14 @@ inline fp16 from_f32<fp16>(float f) {
   return fp16{static_cast<uint16_t>(sign | ((rebiased + 0xFFFu + ((rebiased >> 13) & 1u)) >> 13))};
 }
 
+#if defined(__aarch64__)
+// One rounding from double, as c10::Half does on aarch64 (through the native float16_t).
+inline fp16 fp16_from_f64(double d) {
+  const __fp16 h = static_cast<__fp16>(d);  // arm_neon.h's float16_t
+  uint16_t bits;
+  std::memcpy(&bits, &h, sizeof bits);
+  return fp16{bits};
+}
+#endif
+
 }  // namespace effgen::cpu

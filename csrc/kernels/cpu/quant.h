@@ -5,6 +5,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <type_traits>  // quant_impl.h
 
 #include "dtypes.h"
 #include "isa.h"

@@ -87,16 +87,30 @@ struct FakeQuantLanes {
   typename S::F scale, inv_scale, zero_point;
 };
 
-// PyTorch's arithmetic, step by step (all fp32, no FMA):
+// PyTorch's arithmetic, step by step (fp32, no FMA; y's product see store_product):
 //   qval = zero_point + nearbyint(x * inv_scale)
 //   y    = (clamp(qval, quant_min, quant_max) - zero_point) * scale
 //   mask = quant_min <= qval <= quant_max
+// y = a * b (integral a) stored as PyTorch's CPU fake quant stores its double product: c10
+// converts a double to fp16 through float on x86 (two roundings, as S::store of the fp32
+// product) but straight to float16_t on aarch64, where only the scalar kernels run.
+template <typename T>
+void store_product(T* y, typename S::F a, typename S::F b) {
+#if defined(__aarch64__)
+  if constexpr (std::is_same_v<T, fp16>) {
+    *y = fp16_from_f64(static_cast<double>(a) * static_cast<double>(b));  // exact: a is an integer below 2^24
+    return;
+  }
+#endif
+  S::store(y, S::mul(a, b));
+}
+
 template <typename T>
 void fake_quantize_lanes(typename S::F x, const FakeQuantLanes& p, typename S::F qmin, typename S::F qmax, T* y,
                          bool* mask) {
   const auto qval = S::add(p.zero_point, S::round_even(S::mul(x, p.inv_scale)));
   const auto clamped = S::min(S::max(qval, qmin), qmax);
-  S::store(y, S::mul(S::sub(clamped, p.zero_point), p.scale));
+  store_product(y, S::sub(clamped, p.zero_point), p.scale);
   S::store_bool(mask, S::land(S::ge(qval, qmin), S::le(qval, qmax)));
 }
 
