@@ -168,9 +168,11 @@ void digits_epilogue_row(const int32_t* c, int64_t digit_stride, int digits, int
 template <typename T>
 void store_lanes(T* p, typename S::F v, int64_t count) {
   if (count == S::kWidth) return S::store(p, v);
-  Lanes<T> buf{};
-  S::store(buf.v, v);
-  std::memcpy(p, buf.v, static_cast<size_t>(count) * sizeof(T));
+  if constexpr (S::kWidth > 1) {  // one lane has no part to store (aarch64's GCC warned of the memcpy)
+    Lanes<T> buf{};
+    S::store(buf.v, v);
+    std::memcpy(p, buf.v, static_cast<size_t>(count) * sizeof(T));
+  }
 }
 
 // No vector int16 store in S (only W8A16's activation split takes one): through floats.
