@@ -272,7 +272,11 @@ def test_whole_layers_pickle(name):
 @pytest.mark.parametrize("name", list(LAYERS))
 def test_layers_export_with_a_dynamic_batch(name):
     model = torch.nn.Sequential(layer(name), torch.nn.GELU())
-    exported = torch.export.export(model, (random_input((5, K)),), dynamic_shapes=({0: torch.export.Dim("rows")},))
+    # strict=False, torch's default from 2.8 on: strict export (2.6-2.7's default) traces with
+    # dynamo, which in a process that exported eight models sharing Sequential.forward stops
+    # at its cache limit.
+    exported = torch.export.export(model, (random_input((5, K)),), dynamic_shapes=({0: torch.export.Dim("rows")},),
+                                   strict=False)
     for rows in (1, 17):
         x = random_input((rows, K), seed=rows)
         assert_same_bits(exported.module()(x), model(x))
