@@ -104,21 +104,68 @@ constexpr LutLayout kLutLayout = kLutNibbles;  // one 16-entry vpermps per looku
 template <int M, int kPlanes>
 constexpr int kPassTiles = kPlanes == 1 ? (M <= 4 ? 4 : 2) : (M == 1 ? 4 : 1);
 
+// r[i] lane j -> r[j] lane i, in registers: pairs of rows interleaved (ps, then pd) give
+// each 128-bit block a 4 x 4 transpose, then the blocks change places (shuffle_f32x4).
+inline void transpose16(__m512 (&r)[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  // u[4q + c], block L: rows 4q .. 4q + 3 of column 4L + c.
+  __m512 u[16];
+  for (int q = 0; q < 4; ++q) {
+    const __m512d a = _mm512_castps_pd(t[4 * q]), b = _mm512_castps_pd(t[4 * q + 1]);
+    const __m512d c = _mm512_castps_pd(t[4 * q + 2]), d = _mm512_castps_pd(t[4 * q + 3]);
+    u[4 * q] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    u[4 * q + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    u[4 * q + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    u[4 * q + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  // Column 4L + c takes block L of u[c], u[4 + c], u[8 + c], u[12 + c], in that order.
+  for (int c = 0; c < 4; ++c) {
+    const __m512 v0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44), v1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xEE);
+    const __m512 v2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44);
+    const __m512 v3 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xEE);
+    r[c] = _mm512_shuffle_f32x4(v0, v2, 0x88);
+    r[4 + c] = _mm512_shuffle_f32x4(v0, v2, 0xDD);
+    r[8 + c] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+    r[12 + c] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
+  }
+}
+
+// The alphas of kTiles tiles from t for groups g0 .. g0 + 15, a vector a group and tile:
+// block[u][g - g0][lane] = alpha[(t + u) * 16 + lane][g], 0 past n and past the last group.
+// Sixteen rows loaded and transposed in registers: a gather a group and tile (16 scattered
+// floats) had taken a third of the pass at 1 x 11008 -> 4096 (perf, Zen 4).
+template <int kTiles>
+void load_alpha_block(const LutAlphaGroups& a, int64_t g0, int64_t t, float (&block)[kTiles][16][16]) {
+  const int64_t count = a.groups - g0;
+  const auto groups = static_cast<__mmask16>(count >= 16 ? 0xFFFF : (1u << count) - 1);
+  for (int u = 0; u < kTiles; ++u) {
+    const int64_t row0 = (t + u) * kLutTileRows;
+    __m512 rows[16];
+    for (int l = 0; l < 16; ++l) {
+      rows[l] = row0 + l < a.n ? _mm512_maskz_loadu_ps(groups, a.alpha + (row0 + l) * a.groups + g0)
+                               : _mm512_setzero_ps();
+    }
+    transpose16(rows);
+    for (int g = 0; g < 16; ++g) _mm512_store_ps(block[u][g], rows[g]);
+  }
+}
+
 // Per-group alphas (binary weights): at the last word of group g, each row's sums over the
 // group's +1 weights become alpha * (2 * sums - the group's total of x), which lands in (the
-// first group) or adds to sums, the rows' results; the accumulators start over.
+// first group) or adds to sums, the rows' results; the accumulators start over. `block`:
+// load_alpha_block's, holding group g.
 template <int M, int kTiles, int kChains>
-void fold_group(const LutAlphaGroups& a, int64_t g, int64_t t, __m512 (&acc)[M][kTiles][kChains], float* sums,
-                int64_t lds) {
-  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512i alpha_offsets = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(static_cast<int>(a.groups)));
+[[gnu::always_inline]] inline void fold_group(const LutAlphaGroups& a, int64_t g, int64_t t,
+                                              const float (&block)[kTiles][16][16], __m512 (&acc)[M][kTiles][kChains],
+                                              float* sums, int64_t lds) {
   const __m512 two = _mm512_set1_ps(2.0f);
   for (int u = 0; u < kTiles; ++u) {
-    const int64_t row0 = (t + u) * kLutTileRows, rows = a.n - row0;
-    const __mmask16 valid = rows >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << rows) - 1);
-    // alpha[row0 + lane][g]; rows past n read nothing and get 0.
-    const __m512 alpha =
-        _mm512_mask_i32gather_ps(_mm512_setzero_ps(), valid, alpha_offsets, a.alpha + row0 * a.groups + g, 4);
+    const int64_t row0 = (t + u) * kLutTileRows;
+    const __m512 alpha = _mm512_load_ps(block[u][g % 16]);
     for (int i = 0; i < M; ++i) {
       __m512 plus = acc[i][u][0];
       for (int c = 1; c < kChains; ++c) plus = _mm512_add_ps(plus, acc[i][u][c]);
@@ -146,9 +193,11 @@ void fold_group(const LutAlphaGroups& a, int64_t g, int64_t t, __m512 (&acc)[M][
 // threads: binary 4096 x 4096 from memory 20-23% faster, 4096 -> 11008 14%, SmolLM2's
 // 576 -> 1536 / 1536 -> 576 / 576 -> 192 in cache 3-12% (a contrived 4099 -> 50, four
 // tiles in all, 11-19% slower); ternary see kPassTiles. More rows measured level or slower
-// with the loads: they keep the shifts. With per-group alphas (`alphas` not null) each
-// group's sums go through fold_group and sums gets the rows' results.
-template <int M, int kPlanes, int kTiles>
+// with the loads: they keep the shifts. With per-group alphas (kAlphas) each group's sums go
+// through fold_group and sums gets the rows' results: an instantiation of its own with the
+// fold inlined (called, the fold took the accumulators by reference, so the pass kept them
+// on the stack).
+template <int M, int kPlanes, int kTiles, bool kAlphas>
 void lut_pass(const float* tables, int64_t k, const uint8_t* tiles, int64_t t, float* sums, int64_t lds,
               const LutAlphaGroups* alphas) {
   constexpr int kChains = M * kTiles >= 8 ? 1 : 2;
@@ -170,7 +219,13 @@ void lut_pass(const float* tables, int64_t k, const uint8_t* tiles, int64_t t, f
       std::memcpy(last_words[u], first + ((u + 1) * words - 1) * kLutWordBytes, kLutWordBytes);
     }
   }
-  const int64_t group_words = alphas == nullptr ? words : alphas->group / kLutLayout.lane_inputs(kPlanes);
+  const int64_t group_words = kAlphas ? alphas->group / kLutLayout.lane_inputs(kPlanes) : words;
+  int64_t group = 0, group_words_left = group_words;  // a countdown, not a division a word
+  // Loaded before the loop and after a fold that ends a block, where the accumulators are
+  // all zero: inside the loop, with them live, the transpose spilled them (8 rows of 576 ->
+  // 1536 ran 1.35x slower).
+  alignas(64) float alpha_block[kAlphas ? kTiles : 1][16][16];
+  if constexpr (kAlphas) load_alpha_block(*alphas, 0, t, alpha_block);
   for (int64_t w = 0; w < words; ++w) {
     const uint8_t* word[kTiles];
     __m512i nibbles[kTiles];
@@ -208,11 +263,15 @@ void lut_pass(const float* tables, int64_t k, const uint8_t* tiles, int64_t t, f
         }
       }
     }
-    if (alphas != nullptr && ((w + 1) % group_words == 0 || w + 1 == words)) {
-      fold_group<M, kTiles, kChains>(*alphas, w / group_words, t, acc, sums, lds);
+    if constexpr (kAlphas) {
+      if (--group_words_left == 0 || w + 1 == words) {
+        fold_group<M, kTiles, kChains>(*alphas, group, t, alpha_block, acc, sums, lds);
+        if (++group % 16 == 0 && group < alphas->groups) load_alpha_block(*alphas, group, t, alpha_block);
+        group_words_left = group_words;
+      }
     }
   }
-  if (alphas != nullptr) return;
+  if constexpr (kAlphas) return;
   for (int i = 0; i < M; ++i) {
     for (int u = 0; u < kTiles; ++u) {
       __m512 total = acc[i][u][0];
@@ -222,13 +281,23 @@ void lut_pass(const float* tables, int64_t k, const uint8_t* tiles, int64_t t, f
   }
 }
 
+template <int M, int kPlanes, bool kAlphas>
+void lut_tile_range(const float* tables, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1, float* sums,
+                    int64_t lds, const LutAlphaGroups* alphas) {
+  int64_t t = t0;
+  constexpr int kTiles = kPassTiles<M, kPlanes>;
+  for (; t + kTiles <= t1; t += kTiles) lut_pass<M, kPlanes, kTiles, kAlphas>(tables, k, tiles, t, sums, lds, alphas);
+  for (; t < t1; ++t) lut_pass<M, kPlanes, 1, kAlphas>(tables, k, tiles, t, sums, lds, alphas);
+}
+
+// Per-group alphas come with binary weights only (lut_alpha_sums).
 template <int M, int kPlanes>
 void lut_tiles(const float* tables, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1, float* sums,
                int64_t lds, const LutAlphaGroups* alphas = nullptr) {
-  int64_t t = t0;
-  constexpr int kTiles = kPassTiles<M, kPlanes>;
-  for (; t + kTiles <= t1; t += kTiles) lut_pass<M, kPlanes, kTiles>(tables, k, tiles, t, sums, lds, alphas);
-  for (; t < t1; ++t) lut_pass<M, kPlanes, 1>(tables, k, tiles, t, sums, lds, alphas);
+  if constexpr (kPlanes == 1) {
+    if (alphas != nullptr) return lut_tile_range<M, 1, true>(tables, k, tiles, t0, t1, sums, lds, alphas);
+  }
+  lut_tile_range<M, kPlanes, false>(tables, k, tiles, t0, t1, sums, lds, nullptr);
 }
 
 // Packed block q (values 4q .. 4q + 3 of K) takes from each lane the field(s) of quad q: the
