@@ -87,10 +87,6 @@ struct FakeQuantLanes {
   typename S::F scale, inv_scale, zero_point;
 };
 
-// PyTorch's arithmetic, step by step (fp32, no FMA; y's product see store_product):
-//   qval = zero_point + nearbyint(x * inv_scale)
-//   y    = (clamp(qval, quant_min, quant_max) - zero_point) * scale
-//   mask = quant_min <= qval <= quant_max
 // y = a * b (integral a) stored as PyTorch's CPU fake quant stores its double product: c10
 // converts a double to fp16 through float on x86 (two roundings, as S::store of the fp32
 // product) but straight to float16_t on aarch64, where only the scalar kernels run.
@@ -105,6 +101,10 @@ void store_product(T* y, typename S::F a, typename S::F b) {
   S::store(y, S::mul(a, b));
 }
 
+// PyTorch's arithmetic, step by step (fp32, no FMA; y's product see store_product):
+//   qval = zero_point + nearbyint(x * inv_scale)
+//   y    = (clamp(qval, quant_min, quant_max) - zero_point) * scale
+//   mask = quant_min <= qval <= quant_max
 template <typename T>
 void fake_quantize_lanes(typename S::F x, const FakeQuantLanes& p, typename S::F qmin, typename S::F qmax, T* y,
                          bool* mask) {
