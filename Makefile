@@ -39,23 +39,31 @@ sanitize: build
 			tests/test_quantized_layers.py tests/test_random_linear.py tests/test_random_quant.py
 
 # The whole extension, CUDA part included, built against another torch (by default the H200
-# image's, which a GPU session builds on) in a copy of the tree with a venv of its own, and
-# the suite run against it (CPU). torch's CUDA libraries come from .venv's nvidia packages;
-# COMPAT_PYTHON picks the interpreter (the image has Python 3.12).
+# image's, which a GPU session builds on) in a copy of the tree with a venv of its own (one
+# per torch version), and the suite run against it (CPU). torch's CUDA libraries come from
+# .venv's nvidia packages; COMPAT_PYTHON picks the interpreter (the image has Python 3.12).
+# COMPAT_CUDA=0 builds the CPU part only, for a torch built with another CUDA major version
+# than nvcc's (torch 2.6-2.8 are CUDA 12 builds): pip then brings that torch's own libraries.
 COMPAT_TORCH ?= 2.11.0
 COMPAT_PYTHON ?= $(PYTHON)
+COMPAT_CUDA ?= 1
 COMPAT_DIR := build/compat
+COMPAT_VENV := $(COMPAT_DIR)/venv-$(COMPAT_TORCH)
 compat: $(VENV)/.deps
 	rm -rf $(COMPAT_DIR)/src && mkdir -p $(COMPAT_DIR)/src $(COMPAT_DIR)/libs
 	cp -r setup.py pyproject.toml README.md csrc effgen_kernels tests examples benchmarks scripts $(COMPAT_DIR)/src/
-	test -x $(COMPAT_DIR)/venv/bin/python || $(COMPAT_PYTHON) -m venv $(COMPAT_DIR)/venv
-	$(COMPAT_DIR)/venv/bin/pip install --quiet --no-deps "torch==$(COMPAT_TORCH)"
-	$(COMPAT_DIR)/venv/bin/pip install --quiet numpy ninja setuptools typing-extensions sympy networkx jinja2 \
-		fsspec filelock pytest pytest-timeout safetensors scikit-learn
+	test -x $(COMPAT_VENV)/bin/python || $(COMPAT_PYTHON) -m venv $(COMPAT_VENV)
+ifeq ($(COMPAT_CUDA),1)
+	$(COMPAT_VENV)/bin/pip install --quiet --no-deps "torch==$(COMPAT_TORCH)"
 	ln -sfn $(abspath $(wildcard $(VENV)/lib/python*/site-packages/nvidia)) $(COMPAT_DIR)/libs/nvidia
-	echo $(abspath $(COMPAT_DIR)/libs) > $$($(COMPAT_DIR)/venv/bin/python -c "import site; print(site.getsitepackages()[0])")/effgen_nvidia.pth
-	cd $(COMPAT_DIR)/src && EFFGEN_CUDA=1 ../venv/bin/python setup.py -q build_ext --inplace
-	cd $(COMPAT_DIR)/src && PYTHONPATH=. ../venv/bin/python -m pytest -q -p no:cacheprovider tests
+	echo $(abspath $(COMPAT_DIR)/libs) > $$($(COMPAT_VENV)/bin/python -c "import site; print(site.getsitepackages()[0])")/effgen_nvidia.pth
+else
+	$(COMPAT_VENV)/bin/pip install --quiet "torch==$(COMPAT_TORCH)"
+endif
+	$(COMPAT_VENV)/bin/pip install --quiet numpy ninja setuptools typing-extensions sympy networkx jinja2 \
+		fsspec filelock pytest pytest-timeout safetensors scikit-learn
+	cd $(COMPAT_DIR)/src && EFFGEN_CUDA=$(COMPAT_CUDA) $(abspath $(COMPAT_VENV))/bin/python setup.py -q build_ext --inplace
+	cd $(COMPAT_DIR)/src && PYTHONPATH=. $(abspath $(COMPAT_VENV))/bin/python -m pytest -q -p no:cacheprovider tests
 
 # torch comes first and the package is built against it without build isolation, so the
 # extension links the very torch it will run with.
