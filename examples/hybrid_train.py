@@ -28,6 +28,7 @@ from effgen_kernels.distributed import (
     full_state_dict,
     init_hybrid,
     parallelize,
+    shutdown,
     sync_replicated_grads,
 )
 from effgen_kernels.gpt import GPT, GPTConfig, evaluate_perplexity, lm_batch, stdlib_source_bytes
@@ -92,7 +93,7 @@ def main() -> None:
               f"codec={args.codec})", flush=True)
         if args.save:
             torch.save(full, args.save)
-    dist.destroy_process_group()
+    shutdown()  # barrier first: torch < 2.8 could hang in destroy_process_group
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 import effgen_kernels as ek
-from effgen_kernels.distributed import TRANSFORMER_PLAN, full_state_dict, parallelize
+from effgen_kernels.distributed import TRANSFORMER_PLAN, full_state_dict, parallelize, shutdown
 from effgen_kernels.gpt import GPT, GPTConfig
 
 QUANT = {"none": None, "w8a16": ek.Int8WeightOnlyConfig(), "w8a8": ek.Int8Config(), "ternary": ek.TernaryConfig(),
@@ -72,7 +72,7 @@ def main() -> None:
               f"single-process model {difference:.2e} (largest logit {expected.abs().max():.1f})")
         print(f"weights per rank {rank_bytes / 2**20:.1f} MiB (single process {full_bytes / 2**20:.1f} MiB); forward "
               f"of {ids.numel()} tokens {seconds * 1e3:.0f} ms; full state dict reassembled: {len(gathered)} tensors")
-    dist.destroy_process_group()
+    shutdown()  # barrier first: torch < 2.8 could hang in destroy_process_group
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from effgen_kernels.distributed import CompressionState, compressed_allreduce_hook
+from effgen_kernels.distributed import CompressionState, compressed_allreduce_hook, shutdown
 from effgen_kernels.gpt import GPT, GPTConfig, evaluate_perplexity, stdlib_source_bytes
 
 
@@ -134,7 +134,7 @@ def main() -> None:
     if rank == 0:
         ppl = evaluate_perplexity(model, validation, args.context, max_windows=64)
         print(f"validation perplexity {ppl:.3f} after {step} steps ({world} workers, codec {args.codec})", flush=True)
-    dist.destroy_process_group()
+    shutdown()  # barrier first: torch < 2.8 could hang in destroy_process_group
 
 
 if __name__ == "__main__":

@@ -120,11 +120,12 @@ def test_dp2_x_tp2_training_with_the_compressed_hook_converges_like_plain(hybrid
             assert torch.equal(value, other["state"][name]), name
 
 
-@pytest.mark.parametrize("mode", ["plain", "kd_ternary"])
-def test_two_stage_pipeline_equals_single_process_training(tmp_path, mode):
+@pytest.mark.parametrize("mode, summing_schedule", [("plain", False), ("kd_ternary", False), ("plain", True)])
+def test_two_stage_pipeline_equals_single_process_training(tmp_path, mode, summing_schedule):
     """GPipe over two ranks with two micro-batches; "kd_ternary": a ternary QAT student
-    distilled from a teacher that runs on the last stage."""
-    run(workers.pipeline_train, 2, tmp_path, mode)
+    distilled from a teacher that runs on the last stage; ``summing_schedule``: on a GPipe
+    that sums the micro-batches' gradients, as torch 2.6's does."""
+    run(workers.pipeline_train, 2, tmp_path, mode, summing_schedule)
     expected, expected_losses = workers.pipeline_reference(mode)
     stages = [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)]
     assert set(stages[0]["state"]) | set(stages[1]["state"]) == set(expected)

@@ -3,6 +3,7 @@ the single-process model it must reproduce, and saves what it measured (gloo, sp
 
 import copy
 import datetime
+import inspect
 import os
 
 import torch
@@ -254,16 +255,26 @@ def pipeline_loss(mode: str):
     return distillation_loss_fn(small_gpt(seed=7, layers=2), DistillationLoss(2.0, 0.5))
 
 
-def pipeline_train(rank, world, port, out, mode):
-    """Two pipeline stages under ScheduleGPipe; saves each stage's slice of the model."""
+def summing_gpipe(stage, n_microbatches, loss_fn):
+    """GPipe that sums the micro-batches' gradients, as torch 2.6's does (torch 2.7+ divides
+    them by the count unless told scale_grads=False); takes no ``scale_grads`` itself."""
     from torch.distributed.pipelining import ScheduleGPipe
 
-    from effgen_kernels.distributed.pipeline import pipeline_stage
+    if "scale_grads" in inspect.signature(ScheduleGPipe).parameters:
+        return ScheduleGPipe(stage, n_microbatches, loss_fn=loss_fn, scale_grads=False)
+    return ScheduleGPipe(stage, n_microbatches, loss_fn=loss_fn)
+
+
+def pipeline_train(rank, world, port, out, mode, summing_schedule):
+    """Two pipeline stages under pipeline_schedule's GPipe (built on ``summing_gpipe`` if
+    ``summing_schedule``); saves each stage's slice of the model."""
+    from effgen_kernels.distributed.pipeline import pipeline_schedule, pipeline_stage
 
     init(rank, world, port)
     model = pipeline_model(mode)
     stage = pipeline_stage(model, rank, world)
-    schedule = ScheduleGPipe(stage, MICROBATCHES, loss_fn=pipeline_loss(mode))
+    options = {"schedule": summing_gpipe} if summing_schedule else {}
+    schedule = pipeline_schedule(stage, MICROBATCHES, pipeline_loss(mode), **options)
     opt = torch.optim.SGD(stage.submod.parameters(), lr=0.5)
     losses = []
     for step in range(PIPELINE_STEPS):

@@ -77,11 +77,10 @@ def finish_worker() -> None:
     still alive (50 runs with this ending: none). So: collect the objects that hold the
     group while Python is alive, wait for the peers, destroy the group, exit at once
     (call it after the results are on disk)."""
-    import torch.distributed as dist
+    from effgen_kernels.distributed import shutdown
 
     gc.collect()
-    dist.barrier()
-    dist.destroy_process_group()
+    shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

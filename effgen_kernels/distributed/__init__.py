@@ -7,6 +7,7 @@ from .parallelize import (
     init_hybrid,
     parallelize,
     replicated_parameters,
+    shutdown,
     sync_replicated_grads,
     tensor_parallel_group,
 )
@@ -15,6 +16,7 @@ from .pipeline import (
     distillation_loss_fn,
     gpt_stage,
     next_token_loss_fn,
+    pipeline_schedule,
     pipeline_stage,
     stage_layer_ranges,
 )
@@ -32,6 +34,7 @@ from .tensor_parallel import (
 __all__ = ["ColumnParallelLinear", "CompressionState", "GPTStage", "RowParallelLinear", "TRANSFORMER_PLAN",
            "compressed_allreduce", "compressed_allreduce_hook", "copy_to_tensor_parallel_region",
            "distillation_loss_fn", "full_state_dict", "gather_from_tensor_parallel_region", "gpt_stage",
-           "init_hybrid", "load_full_state_dict", "next_token_loss_fn", "parallelize", "pipeline_stage",
-           "reduce_from_tensor_parallel_region", "replicated_parameters", "scatter_to_tensor_parallel_region",
-           "stage_layer_ranges", "sync_replicated_grads", "tensor_parallel_group"]
+           "init_hybrid", "load_full_state_dict", "next_token_loss_fn", "parallelize", "pipeline_schedule",
+           "pipeline_stage", "reduce_from_tensor_parallel_region", "replicated_parameters",
+           "scatter_to_tensor_parallel_region", "shutdown", "stage_layer_ranges", "sync_replicated_grads",
+           "tensor_parallel_group"]

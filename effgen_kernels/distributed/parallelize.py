@@ -1,5 +1,5 @@
-"""parallelize(model, mesh): tensor-parallel plans for transformer blocks, and the 2-D
-data x tensor mesh for hybrid training."""
+"""parallelize(model, mesh): tensor-parallel plans for transformer blocks, the 2-D data x
+tensor mesh for hybrid training, and leaving torch.distributed cleanly."""
 
 from __future__ import annotations
 
@@ -87,6 +87,23 @@ def init_hybrid(dp: int, tp: int, device_type: str = "cpu") -> DeviceMesh:
     if dp * tp != world:
         raise ValueError(f"dp ({dp}) x tp ({tp}) must equal the world size ({world})")
     return init_device_mesh(device_type, (dp, tp), mesh_dim_names=("dp", "tp"))
+
+
+def shutdown() -> None:
+    """Leave torch.distributed: wait on a barrier, destroy the default group, free the barrier.
+
+    Before torch 2.8 destroying a gloo group holds the GIL while it joins the group's
+    worker threads, and a worker still freeing a finished collective (the last references
+    to its tensors, e.g. an all_gather's outputs) needs the GIL to do so: the process hangs
+    (4 of 6 runs of examples/tensor_parallel.py on torch 2.6; fixed upstream by
+    pytorch#154976). A barrier alone does not help: it keeps the collectives still in
+    flight when it was queued, and a worker frees it just the same (seen in 4 of 26 runs).
+    Holding the barrier's handle until the group is gone makes this thread, which holds
+    the GIL, the one that frees them."""
+    barrier = dist.barrier(async_op=True)
+    barrier.wait()
+    dist.destroy_process_group()
+    del barrier  # the last collectives' tensors are freed here (see above)
 
 
 def replicated_parameters(model: nn.Module) -> list[nn.Parameter]:

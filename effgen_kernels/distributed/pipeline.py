@@ -9,9 +9,11 @@ and a distillation loss can be the schedule's ``loss_fn`` (see ``distillation_lo
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
-from torch.distributed.pipelining import PipelineStage
+from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
 
 
 def stage_layer_ranges(num_layers: int, num_stages: int) -> list[range]:
@@ -61,11 +63,30 @@ def gpt_stage(model: nn.Module, stage_index: int, num_stages: int) -> GPTStage:
 def pipeline_stage(model: nn.Module, stage_index: int, num_stages: int, device: torch.device | str = "cpu",
                    group=None) -> PipelineStage:
     """A torch.distributed.pipelining PipelineStage holding this rank's slice of ``model``;
-    give it to a schedule (e.g. ``ScheduleGPipe(stage, n_microbatches, loss_fn)``). Feed
+    give it to a schedule (``pipeline_schedule``, or one of torch's directly). Feed
     the schedule contiguous token batches: torch 2.11's stages reject a strided view such
     as ``window[:, :-1]`` (stride mismatch), later versions accept it."""
     return PipelineStage(gpt_stage(model, stage_index, num_stages), stage_index, num_stages, torch.device(device),
                          group=group)
+
+
+def pipeline_schedule(stage: PipelineStage, n_microbatches: int, loss_fn, schedule=ScheduleGPipe, **options):
+    """torch's pipeline ``schedule`` (GPipe by default, or e.g. ``Schedule1F1B``) over
+    ``stage``, training on the mean of ``loss_fn`` over the micro-batches, as the same loss
+    on the whole batch in one process would, on every torch this package supports: torch
+    2.7+ divides the summed gradients by ``n_microbatches`` itself (``scale_grads``),
+    torch 2.6 sums them, so there each micro-batch's loss passes its gradient back divided
+    by ``n_microbatches`` (the losses the schedule reports keep their values)."""
+    if "scale_grads" in inspect.signature(schedule).parameters:
+        return schedule(stage, n_microbatches, loss_fn=loss_fn, scale_grads=True, **options)
+
+    def mean_gradient_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = loss_fn(output, target)
+        if loss.requires_grad:
+            loss.register_hook(lambda grad: grad / n_microbatches)
+        return loss
+
+    return schedule(stage, n_microbatches, loss_fn=mean_gradient_loss, **options)
 
 
 def next_token_loss_fn(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
