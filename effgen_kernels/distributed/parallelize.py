@@ -90,20 +90,24 @@ def init_hybrid(dp: int, tp: int, device_type: str = "cpu") -> DeviceMesh:
 
 
 def shutdown() -> None:
-    """Leave torch.distributed: wait on a barrier, destroy the default group, free the barrier.
+    """Leave torch.distributed: a barrier on every group this rank belongs to, the groups
+    destroyed (``dist.destroy_process_group()``), then the barriers freed.
 
     Before torch 2.8 destroying a gloo group holds the GIL while it joins the group's
-    worker threads, and a worker still freeing a finished collective (the last references
-    to its tensors, e.g. an all_gather's outputs) needs the GIL to do so: the process hangs
-    (4 of 6 runs of examples/tensor_parallel.py on torch 2.6; fixed upstream by
-    pytorch#154976). A barrier alone does not help: it keeps the collectives still in
-    flight when it was queued, and a worker frees it just the same (seen in 4 of 26 runs).
-    Holding the barrier's handle until the group is gone makes this thread, which holds
-    the GIL, the one that frees them."""
-    barrier = dist.barrier(async_op=True)
-    barrier.wait()
+    worker threads, and a worker still finishing a collective (freeing the last references
+    to its tensors, e.g. an all_gather's outputs, or a future's Python callback) needs the
+    GIL to do so: the process hangs (4 of 6 runs of examples/tensor_parallel.py on torch
+    2.6; fixed upstream by pytorch#154976). A barrier alone does not help: it keeps the
+    collectives still in flight when it was queued, and a worker frees it just the same
+    (4 of 26 runs hung). Holding the barriers' handles until the groups are gone makes this
+    thread, which holds the GIL, the one that frees them; a barrier per group, because a
+    barrier covers its own group's collectives only (a compressed hook runs its own)."""
+    groups = [group for group in dist.distributed_c10d._world.pg_map if group is not dist.GroupMember.NON_GROUP_MEMBER]
+    barriers = [dist.barrier(group=group, async_op=True) for group in groups]  # all queued, then waited
+    for barrier in barriers:
+        barrier.wait()
     dist.destroy_process_group()
-    del barrier  # the last collectives' tensors are freed here (see above)
+    del barriers  # the last collectives' tensors are freed here (see above)
 
 
 def replicated_parameters(model: nn.Module) -> list[nn.Parameter]:
