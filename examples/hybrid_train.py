@@ -93,7 +93,7 @@ def main() -> None:
               f"codec={args.codec})", flush=True)
         if args.save:
             torch.save(full, args.save)
-    shutdown()  # barrier first: torch < 2.8 could hang in destroy_process_group
+    shutdown()  # not dist.destroy_process_group(), which can hang on torch < 2.8
 
 
 if __name__ == "__main__":

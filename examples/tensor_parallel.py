@@ -72,7 +72,7 @@ def main() -> None:
               f"single-process model {difference:.2e} (largest logit {expected.abs().max():.1f})")
         print(f"weights per rank {rank_bytes / 2**20:.1f} MiB (single process {full_bytes / 2**20:.1f} MiB); forward "
               f"of {ids.numel()} tokens {seconds * 1e3:.0f} ms; full state dict reassembled: {len(gathered)} tensors")
-    shutdown()  # barrier first: torch < 2.8 could hang in destroy_process_group
+    shutdown()  # not dist.destroy_process_group(), which can hang on torch < 2.8
 
 
 if __name__ == "__main__":

@@ -134,7 +134,7 @@ def main() -> None:
     if rank == 0:
         ppl = evaluate_perplexity(model, validation, args.context, max_windows=64)
         print(f"validation perplexity {ppl:.3f} after {step} steps ({world} workers, codec {args.codec})", flush=True)
-    shutdown()  # barrier first: torch < 2.8 could hang in destroy_process_group
+    shutdown()  # not dist.destroy_process_group(), which can hang on torch < 2.8
 
 
 if __name__ == "__main__":

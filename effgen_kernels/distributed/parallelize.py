@@ -102,6 +102,7 @@ def shutdown() -> None:
     (4 of 26 runs hung). Holding the barriers' handles until the groups are gone makes this
     thread, which holds the GIL, the one that frees them; a barrier per group, because a
     barrier covers its own group's collectives only (a compressed hook runs its own)."""
+    # torch lists its groups publicly nowhere; _world.pg_map holds the ones this rank is in (2.6-2.14).
     groups = [group for group in dist.distributed_c10d._world.pg_map if group is not dist.GroupMember.NON_GROUP_MEMBER]
     barriers = [dist.barrier(group=group, async_op=True) for group in groups]  # all queued, then waited
     for barrier in barriers:
