@@ -92,6 +92,27 @@ def test_quantize_rounds_half_to_even(isa):
     assert q.tolist() == [[127, 0, 2, 2, 0, -2, -2, 126]]
 
 
+def test_absmax_times_its_reciprocal_above_127_still_gives_127(isa):
+    # The kernels do not clamp x * (1 / scale) before rounding: for these absmax values the
+    # fp32 product is 127.00002 or 127.00003 (the largest over every fp32 absmax, at
+    # 3.7322114e-37), which must round to +-127, not carry past it.
+    absmax = torch.tensor([3.7322114e-37, 1.0000018, 1.9999989, 127.0005, 2.9e38])
+    inverse = (1.0 / (absmax / 127)).float()
+    assert (absmax * inverse > 127).all()
+    x = torch.randn(len(absmax), 200, generator=torch.Generator().manual_seed(1)).clamp(-0.9, 0.9)
+    x *= absmax[:, None]
+    x[:, 70] = absmax  # inside the 4-vector body of every ISA, and in its tail
+    x[:, 131] = -absmax
+    x[:, 198] = -absmax
+    q, scale = ops.quantize_per_token(x)
+    rq, rscale = ref.quantize_per_token(x)
+    assert_same_bits(q, rq)
+    assert_same_bits(scale, rscale)
+    assert (q[:, 70] == 127).all() and (q[:, [131, 198]] == -127).all()
+    qc, _ = ops.quantize_per_channel(x, 0)
+    assert_same_bits(qc, ref.quantize_per_channel(x, 0)[0])
+
+
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("k,group", [(128, 128), (256, 128), (129, 64), (7, 3), (4099, 128), (5, 1)])
 def test_quantize_per_group_matches_reference(isa, dtype, k, group):

@@ -37,7 +37,10 @@ struct QuantKernels {
   void (*absmax_bits_accumulate)(DType dtype, const void* x, int64_t n, uint32_t* acc);
   // y[i] = x[i] * factors[i] in fp32 (SmoothQuant's per-channel smoothing of activations).
   void (*scale_channels)(DType dtype, const void* x, int64_t n, const float* factors, float* y);
-  // q[i] = clamp(round_half_even(x[i] * inv_scale[i * stride]), -127, 127).
+  // q[i] = clamp(round_half_even(x[i] * inv_scale[i * stride]), -127, 127), where each
+  // inv_scale is symmetric_inverse_scale(absmax / 127) of an absmax >= |x[i]| (every caller's
+  // case), which keeps the product within the clamp before it (quant_impl.h); runs holding
+  // Inf or NaN (which callers reject) get unspecified codes.
   void (*quantize_symmetric)(DType dtype, const void* x, int64_t n, const float* inv_scale, int64_t stride,
                              int8_t* q);
   // y[i] = q[i] * scale[i * stride], computed in fp32 and rounded to the output type.

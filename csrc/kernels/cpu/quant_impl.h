@@ -36,19 +36,21 @@ inline typename S::F quantize_lanes(typename S::F x, typename S::F inv_scale) {
   return round_to_limit(x, inv_scale, S::set1(127.0f));
 }
 
-// Four vectors at a time saturate first and round in the int8 store (S::store_rounded):
-// the same values as quantize_lanes, since 127 is integral, with fewer uops.
+// Four vectors at a time round in the int8 store (S::store_rounded) with no clamp: with
+// inv_scale from an absmax >= |x| (QuantKernels::quantize_symmetric), |x * inv_scale| is at
+// most 127.00003 (checked for every positive finite fp32 absmax: the largest product, one
+// ulp above 127, comes at absmax 3.73e-37), so it rounds into [-127, 127] like
+// quantize_lanes' clamped values. The clamps were 2 of 5 vector ops a value.
 template <typename T>
 void quantize_symmetric_t(const T* x, int64_t n, const float* inv_scale, int64_t stride, int8_t* q) {
-  const auto limit = S::set1(127.0f), low = S::set1(-127.0f);
   int64_t i = 0;
   for (; i + 4 * S::kWidth <= n; i += 4 * S::kWidth) {
-    typename S::F saturated[4];
+    typename S::F scaled[4];
     for (int j = 0; j < 4; ++j) {
       const int64_t at = i + j * S::kWidth;
-      saturated[j] = S::min(S::max(S::mul(S::load(x + at), param(inv_scale, at, stride)), low), limit);
+      scaled[j] = S::mul(S::load(x + at), param(inv_scale, at, stride));
     }
-    S::store_rounded(q + i, saturated);
+    S::store_rounded(q + i, scaled);
   }
   for (; i + S::kWidth <= n; i += S::kWidth) S::store(q + i, quantize_lanes(S::load(x + i), param(inv_scale, i, stride)));
   if (i < n) {

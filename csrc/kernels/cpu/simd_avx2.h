@@ -43,7 +43,8 @@ struct S {
     const __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
     _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packs_epi16(i16, i16));
   }
-  // 4 vectors of values in [-127, 127] rounded half to even to 32 bytes: the packs work
+  // 4 vectors of values that round into [-127, 127] rounded half to even to 32 bytes (NaN
+  // converts to INT_MIN and packs to -128): the packs work
   // per 128-bit lane, so the dwords come out lane-interleaved and one permute orders them.
   static void store_rounded(int8_t* p, const F (&v)[4]) {
     auto dwords = [&](int j) { return _mm256_cvttps_epi32(round_even(v[j])); };

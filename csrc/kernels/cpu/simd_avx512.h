@@ -39,10 +39,10 @@ struct S {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(v)));
   }
 
-  // 4 vectors of values in [-127, 127] rounded half to even (whatever MXCSR says) to 64
-  // bytes: saturating packs (2 words per dword pair, then bytes) interleave the vectors'
-  // 128-bit lanes, and one dword permute puts them back in order. A vpmovsdb per vector
-  // costs 2 shuffle uops, this 1 on average.
+  // 4 vectors of values that round into [-127, 127] rounded half to even (whatever MXCSR
+  // says; NaN converts to INT_MIN and packs to -128) to 64 bytes: saturating packs (2 words
+  // per dword pair, then bytes) interleave the vectors' 128-bit lanes, and one dword permute
+  // puts them back in order. A vpmovsdb per vector costs 2 shuffle uops, this 1 on average.
   static void store_rounded(int8_t* p, const F (&v)[4]) {
     auto dwords = [&](int j) { return _mm512_cvt_roundps_epi32(v[j], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); };
     const __m512i words_01 = _mm512_packs_epi32(dwords(0), dwords(1)), words_23 = _mm512_packs_epi32(dwords(2), dwords(3));

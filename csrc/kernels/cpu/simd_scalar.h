@@ -20,9 +20,10 @@ struct S {
   static void store(fp16* p, F v) { *p = from_f32<fp16>(v); }
   // Callers pass integral values in [-128, 127] (saturated first): the conversion is exact.
   static void store(int8_t* p, F v) { *p = static_cast<int8_t>(v); }
-  // 4 values in [-127, 127] rounded half to even.
+  // 4 values that round into [-127, 127], rounded half to even (others, NaN included, are
+  // saturated first as the vector ISAs' conversions and packs do, not converted out of range).
   static void store_rounded(int8_t* p, const F (&v)[4]) {
-    for (int j = 0; j < 4; ++j) p[j] = static_cast<int8_t>(round_even(v[j]));
+    for (int j = 0; j < 4; ++j) p[j] = static_cast<int8_t>(std::fmin(std::fmax(round_even(v[j]), -128.0f), 127.0f));
   }
 
   static float hsum(F v) { return v; }
