@@ -34,9 +34,11 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtensio
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_CUDA_ARCHS = "80;90a"
-# Sources of the AVX2 / AVX-512 / AMX kernels: x86 intrinsics, built on x86-64 only. Other
-# CPUs (aarch64) get the portable scalar kernels of every family (csrc/kernels/cpu/isa.h).
+# Sources of the AVX2 / AVX-512 / AMX kernels (x86 intrinsics), built on x86-64 only, and of
+# the NEON kernels, built on aarch64 only. Every CPU also gets the portable scalar kernels of
+# every family (csrc/kernels/cpu/isa.h).
 X86_ONLY_SUFFIXES = ("_avx2.cpp", "_avx512.cpp", "_amx.cpp", "_vpopcntdq.cpp")
+AARCH64_ONLY_SUFFIXES = ("_neon.cpp",)
 
 
 def want_cuda():
@@ -71,8 +73,11 @@ def extension():
     cpu_sources = sorted(glob.glob("csrc/registration.cpp") + glob.glob("csrc/ops/*.cpp")
                          + glob.glob("csrc/kernels/cpu/*.cpp"))
     cpu_sources = [s for s in cpu_sources if not s.endswith("_cuda.cpp")]
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+    machine = platform.machine().lower()
+    if machine not in ("x86_64", "amd64"):
         cpu_sources = [s for s in cpu_sources if not s.endswith(X86_ONLY_SUFFIXES)]
+    if machine not in ("aarch64", "arm64"):
+        cpu_sources = [s for s in cpu_sources if not s.endswith(AARCH64_ONLY_SUFFIXES)]
     # -ffp-contract=off: the kernels must match reference.py bit for bit, so the compiler
     # may not fuse a multiply and an add into one FMA with a different rounding.
     # -fopenmp: at::parallel_for is an inline `#pragma omp parallel` (torch is built with

@@ -484,7 +484,8 @@ for _codec_out in ("ef_compress_int8_out", "ef_compress_sign_out", "decompress_s
 # build and CPU dispatch introspection
 # ---------------------------------------------------------------------------------------
 def cpu_isa() -> str:
-    """The CPU instruction set the kernels dispatch on now (scalar, avx2, avx512 or amx)."""
+    """The CPU instruction set the kernels dispatch on now (scalar, avx2, avx512 or amx on x86-64;
+    scalar or neon on aarch64)."""
     return _ops.cpu_isa()
 
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # What a Linux ARM user (Graviton, Ampere, Grace) gets from `pip install`, checked on an
 # x86-64 Debian machine: the extension cross-built for aarch64 against PyPI's aarch64 torch
-# and its tests run under qemu-user. Off x86-64 every family runs its portable scalar
-# kernels (csrc/kernels/cpu/isa.h); there is no NEON code yet.
+# and its tests run under qemu-user, whose default CPU has dotprod: the tests run the NEON
+# kernels and the portable scalar ones (csrc/kernels/cpu/isa.h). qemu checks results, not speed.
 #
 # Needs g++-aarch64-linux-gnu and qemu-user-static (apt), root to add Debian's arm64
 # architecture once, and the network: Debian's arm64 Python 3.11 packages, PyPI's aarch64

@@ -45,7 +45,7 @@ constexpr int64_t kDirectMaxM = 16;
 constexpr int64_t kExpandMinM = 32, kLanesTernaryMaxM = 64;
 
 bool expanded_gemm_pays(int64_t m, int64_t n, int planes) {
-  if (m <= kExpandMinM || cpu::active_isa() >= cpu::Isa::kAvx512) return false;
+  if (m <= kExpandMinM || cpu::runs_avx512(cpu::active_isa())) return false;
   const bool lanes = n >= cpu::kLutLanesMinTiles * cpu::kLutTileRows * at::get_num_threads();
   return !lanes || (planes == 2 && m > kLanesTernaryMaxM);
 }
@@ -430,7 +430,7 @@ int64_t grouped_int8_gemm_min_m(const Rows& r, const at::Tensor& lut, int64_t n,
 // The fewest rows from which the int8 GEMM takes a product; none where the tables keep all.
 int64_t int8_gemm_min_m(const Rows& r, const at::Tensor& lut, int64_t n, int planes, int64_t groups, int64_t group) {
   const cpu::Isa isa = cpu::active_isa();
-  if (isa >= cpu::Isa::kAmx) return groups == 1 ? kInt8GemmMinM : grouped_int8_gemm_min_m(r, lut, n, group);
+  if (isa == cpu::Isa::kAmx) return groups == 1 ? kInt8GemmMinM : grouped_int8_gemm_min_m(r, lut, n, group);
   if (isa != cpu::Isa::kAvx512) return std::numeric_limits<int64_t>::max();
   const bool bf16_x = r.x.scalar_type() == at::kBFloat16;
   if (planes == 2) return bf16_x ? kVnniTernaryMinMBf16 : kVnniTernaryMinM;

@@ -451,7 +451,7 @@ bool w8a16_fixed_point_grouped(const at::Tensor& x2, int limbs, const at::Tensor
 bool w8a16_fixed_point_pays(int64_t m, int64_t k, int64_t n, at::ScalarType dtype) {
   constexpr int64_t kWithoutVnniFp32MaxM = 32;
   if (m <= kW8A16DirectMaxM) return true;
-  if (cpu::active_isa() >= cpu::Isa::kAvx512) return m * (k + n) <= n * k;
+  if (cpu::runs_avx512(cpu::active_isa())) return m * (k + n) <= n * k;
   return dtype != at::kFloat || m <= kWithoutVnniFp32MaxM;
 }
 
@@ -536,7 +536,7 @@ at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, co
   // decode sizes everywhere, batches by the packed op's rule without VNNI (measured on AVX2;
   // with VNNI the canonical GEMM's batches are unmeasured against torch's bf16 GEMM, which
   // may run on AMX there).
-  const bool batch_pays = cpu::active_isa() < cpu::Isa::kAvx512 && w8a16_fixed_point_pays(m, k, n, x.scalar_type());
+  const bool batch_pays = !cpu::runs_avx512(cpu::active_isa()) && w8a16_fixed_point_pays(m, k, n, x.scalar_type());
   const bool fixed_point = groups == 1 && k <= cpu::kMaxExactInt8K && x.scalar_type() != at::kFloat &&
                            (m <= kW8A16DirectMaxM || batch_pays);
   at::Tensor out = at::empty(linear_out_shape(x, n), x.options());

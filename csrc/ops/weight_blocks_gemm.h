@@ -43,7 +43,7 @@ void gemm_over_weight_blocks(const at::Tensor& x2, int64_t n, const std::optiona
                              at::Tensor& out_2d, int64_t align, const FillRows& fill_rows) {
   const int64_t k = x2.size(1), cols = weight_block_cols(n, k, align);
   const bool widen = x2.scalar_type() != at::kFloat &&
-                     (cpu::active_isa() < cpu::Isa::kAmx || !at::isfinite(x2).all().item<bool>());
+                     (cpu::active_isa() != cpu::Isa::kAmx || !at::isfinite(x2).all().item<bool>());
   const at::Tensor x = widen ? x2.to(at::kFloat) : x2;
   at::Tensor out = widen ? at::empty(out_2d.sizes(), x.options()) : out_2d;
   const at::Tensor bias_x = bias.has_value() ? bias->to(x.scalar_type()) : at::Tensor();

@@ -63,6 +63,7 @@ constexpr double kSignScaleCap = 1.5;
 
 const CompressKernels& compress_kernels_scalar();
 const CompressKernels& compress_kernels_avx2();
+const CompressKernels& compress_kernels_neon();  // aarch64 builds only
 const CompressKernels& compress_kernels_avx512();
 // The codec table of the active ISA.
 const CompressKernels& compress_kernels();

@@ -184,6 +184,7 @@ struct Int8GemmKernels {
 
 const Int8GemmKernels& int8_gemm_kernels_scalar();
 const Int8GemmKernels& int8_gemm_kernels_avx2();
+const Int8GemmKernels& int8_gemm_kernels_neon();  // aarch64 builds only
 const Int8GemmKernels& int8_gemm_kernels_avx512();
 // The AVX-512 table with gemm_packed on AMX tiles (int8_gemm_amx.cpp).
 const Int8GemmKernels& int8_gemm_kernels_amx();

@@ -2,16 +2,40 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <iterator>
 #include <stdexcept>
 
 #ifdef EFFGEN_X86
 #include <cpuid.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#elif defined(EFFGEN_AARCH64) && defined(__linux__)
+#include <asm/hwcap.h>
+#include <sys/auxv.h>
 #endif
 
 namespace effgen::cpu {
 namespace {
+
+// This build's levels, lowest first (isa.h).
+#ifdef EFFGEN_X86
+constexpr Isa kLevels[] = {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAmx};
+#elif defined(EFFGEN_AARCH64)
+constexpr Isa kLevels[] = {Isa::kScalar, Isa::kNeon};
+#else
+constexpr Isa kLevels[] = {Isa::kScalar};
+#endif
+constexpr Isa kAllIsas[] = {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAmx, Isa::kNeon};
+
+// isa's place in kLevels, or -1 where this build has no kernels for it.
+int level(Isa isa) {
+  for (int i = 0; i < static_cast<int>(std::size(kLevels)); ++i) {
+    if (kLevels[i] == isa) return i;
+  }
+  return -1;
+}
+
+bool supported(Isa isa) { return level(isa) >= 0 && level(isa) <= level(best_supported_isa()); }
 
 #ifdef EFFGEN_X86
 struct CpuidLeaf7 {
@@ -61,6 +85,10 @@ Isa detect_best() {
   const bool amx_tile = (leaf7.edx >> 24) & 1, amx_int8 = (leaf7.edx >> 25) & 1;
   if (amx_tile && amx_int8 && request_amx_permission()) return Isa::kAmx;
   return Isa::kAvx512;
+#elif defined(EFFGEN_AARCH64) && defined(__linux__)
+  // Advanced SIMD is part of every aarch64 CPU; the NEON kernels also need SDOT (ARMv8.2's
+  // optional dotprod, in every Neoverse, Graviton 2 on, Apple M1 on, Cortex-A76 on).
+  return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0 ? Isa::kNeon : Isa::kScalar;
 #else
   return Isa::kScalar;
 #endif
@@ -71,7 +99,7 @@ Isa initial_isa() {
   const char* env = std::getenv("EFFGEN_CPU_ISA");
   if (env == nullptr || *env == '\0') return best;
   const Isa wanted = isa_from_name(env);
-  if (wanted > best) {
+  if (!supported(wanted)) {
     throw std::invalid_argument(std::string("EFFGEN_CPU_ISA=") + env + " but this CPU supports at most " +
                                 isa_name(best));
   }
@@ -103,15 +131,16 @@ const char* isa_name(Isa isa) {
     case Isa::kAvx2: return "avx2";
     case Isa::kAvx512: return "avx512";
     case Isa::kAmx: return "amx";
+    case Isa::kNeon: return "neon";
   }
   return "unknown";
 }
 
 Isa isa_from_name(const std::string& name) {
-  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAmx}) {
+  for (Isa isa : kAllIsas) {
     if (name == isa_name(isa)) return isa;
   }
-  throw std::invalid_argument("unknown CPU ISA '" + name + "' (expected scalar, avx2, avx512 or amx)");
+  throw std::invalid_argument("unknown CPU ISA '" + name + "' (expected scalar, avx2, avx512, amx or neon)");
 }
 
 Isa best_supported_isa() {
@@ -121,7 +150,7 @@ Isa best_supported_isa() {
 
 bool cpu_has_avx512_vpopcntdq() {
 #ifdef EFFGEN_X86
-  static const bool has = best_supported_isa() >= Isa::kAvx512 && __builtin_cpu_supports("avx512vpopcntdq");
+  static const bool has = runs_avx512(best_supported_isa()) && __builtin_cpu_supports("avx512vpopcntdq");
   return has;
 #else
   return false;
@@ -130,14 +159,14 @@ bool cpu_has_avx512_vpopcntdq() {
 
 std::vector<std::string> supported_isa_names() {
   std::vector<std::string> names;
-  for (int i = 0; i <= static_cast<int>(best_supported_isa()); ++i) names.push_back(isa_name(static_cast<Isa>(i)));
+  for (int i = 0; i <= level(best_supported_isa()); ++i) names.push_back(isa_name(kLevels[i]));
   return names;
 }
 
 Isa active_isa() { return static_cast<Isa>(active_slot().load(std::memory_order_relaxed)); }
 
 void set_active_isa(Isa isa) {
-  if (isa > best_supported_isa()) {
+  if (!supported(isa)) {
     throw std::invalid_argument(std::string("cannot use CPU ISA '") + isa_name(isa) + "': this CPU supports at most " +
                                 isa_name(best_supported_isa()));
   }

@@ -3,16 +3,24 @@
 #include <string>
 #include <vector>
 
-// The AVX2 / AVX-512 / AMX kernels exist only in x86-64 builds: elsewhere (aarch64)
-// setup.py leaves their sources out and every family runs its portable scalar kernels.
+// The AVX2 / AVX-512 / AMX kernels exist only in x86-64 builds, the NEON ones only in
+// aarch64 builds (setup.py leaves the other architecture's sources out); the portable
+// scalar kernels are built everywhere.
 #if defined(__x86_64__) || defined(_M_X64)
 #define EFFGEN_X86 1
+#elif defined(__aarch64__)
+#define EFFGEN_AARCH64 1
 #endif
 
 namespace effgen::cpu {
 
-// Ordered: each level implies the ones below it on every CPU we dispatch for.
-enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAmx = 3 };
+// The levels of one architecture, each implying the ones before it: scalar, avx2, avx512,
+// amx on x86-64; scalar, neon (Advanced SIMD with the dot product instructions, ARMv8.2's
+// dotprod) on aarch64. Compare levels only through the helpers below.
+enum class Isa { kScalar, kAvx2, kAvx512, kAmx, kNeon };
+
+// AVX-512 tables run (kAvx512, and kAmx for the families without AMX kernels).
+inline bool runs_avx512(Isa isa) { return isa == Isa::kAvx512 || isa == Isa::kAmx; }
 
 const char* isa_name(Isa isa);
 // Throws std::invalid_argument for an unknown name.
@@ -45,7 +53,8 @@ const Table& for_active_isa(const Table& scalar, const Table& avx2, const Table&
     case Isa::kAmx:
     case Isa::kAvx512: return avx512;
     case Isa::kAvx2: return avx2;
-    case Isa::kScalar: break;
+    case Isa::kScalar:
+    case Isa::kNeon: break;
   }
   return scalar;
 }

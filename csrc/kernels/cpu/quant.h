@@ -56,6 +56,7 @@ struct QuantKernels {
 
 const QuantKernels& quant_kernels_scalar();
 const QuantKernels& quant_kernels_avx2();
+const QuantKernels& quant_kernels_neon();  // aarch64 builds only
 const QuantKernels& quant_kernels_avx512();
 // The table for the active ISA (AMX has no quant-specific code: it uses AVX-512).
 const QuantKernels& quant_kernels();

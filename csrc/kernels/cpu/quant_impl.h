@@ -91,12 +91,17 @@ struct FakeQuantLanes {
 
 // y = a * b (integral a) stored as PyTorch's CPU fake quant stores its double product: c10
 // converts a double to fp16 through float on x86 (two roundings, as S::store of the fp32
-// product) but straight to float16_t on aarch64, where only the scalar kernels run.
+// product) but straight to float16_t on aarch64 (one rounding, lane by lane here).
 template <typename T>
 void store_product(T* y, typename S::F a, typename S::F b) {
 #if defined(__aarch64__)
   if constexpr (std::is_same_v<T, fp16>) {
-    *y = fp16_from_f64(static_cast<double>(a) * static_cast<double>(b));  // exact: a is an integer below 2^24
+    Lanes<float> a_lanes, b_lanes;
+    S::store(a_lanes.v, a);
+    S::store(b_lanes.v, b);
+    for (int l = 0; l < S::kWidth; ++l) {  // exact products: a is an integer below 2^24
+      y[l] = fp16_from_f64(static_cast<double>(a_lanes.v[l]) * static_cast<double>(b_lanes.v[l]));
+    }
     return;
   }
 #endif
