@@ -16,7 +16,6 @@ namespace neon_gemm {
 namespace {
 
 #include "simd_neon.h"
-#include "int8_gemm_quads.h"
 
 // Canonical weights: MR rows by NR weight rows, each a dot product along K, 16 bytes a step.
 constexpr int kTileM = 4;  // 16 accumulators + 4 weight vectors + 4 activation vectors
@@ -82,20 +81,12 @@ void packed_tile(const int8_t* a, int64_t lda, int64_t k, const int8_t* b, int64
   for (int i = 0; i < MR; ++i) {
     for (int v = 0; v < kVectorsPerBlock; ++v) acc[i][v] = vdupq_n_s32(0);
   }
-  int8x16_t rows[MR];
-  int64_t kk = 0;
-  for (; kk + kStep <= k; kk += kStep) {
-    for (int i = 0; i < MR; ++i) rows[i] = vld1q_s8(a + i * lda + kk);
-    const int8_t* blocks = b + kk / kPackDepth * kPackBlock;
-    accumulate_lane<0>(acc, rows, blocks);
-    accumulate_lane<1>(acc, rows, blocks + kPackBlock);
-    accumulate_lane<2>(acc, rows, blocks + 2 * kPackBlock);
-    accumulate_lane<3>(acc, rows, blocks + 3 * kPackBlock);
-  }
-  if (kk < k) {  // K's last 1-15 bytes: the rows zero-padded, only the blocks that exist
+  for (int64_t kk = 0; kk < k; kk += kStep) {
+    int8x16_t rows[MR];
     for (int i = 0; i < MR; ++i) rows[i] = load_k(a + i * lda, kk, k);
+    // 4 quads, but at K's end only the blocks that exist (the rows are zero-padded there).
+    const int64_t quads = ((k - kk < kStep ? k - kk : kStep) + kPackDepth - 1) / kPackDepth;
     const int8_t* blocks = b + kk / kPackDepth * kPackBlock;
-    const int64_t quads = (k - kk + kPackDepth - 1) / kPackDepth;
     accumulate_lane<0>(acc, rows, blocks);
     if (quads > 1) accumulate_lane<1>(acc, rows, blocks + kPackBlock);
     if (quads > 2) accumulate_lane<2>(acc, rows, blocks + 2 * kPackBlock);
