@@ -66,10 +66,12 @@ def test_int8_linear_extremes_at_the_largest_k(isa):
     assert out[0, 1].item() == float(-128 * 127 * k)
 
 
-# AVX2 multiplies packed weights with the sign trick (|x| times x's sign moved onto w), exact
-# unless a weight is -128; a 16-column group holding one takes the widening tile instead.
-# Column 20's -128 puts group 1 on that path while group 0 and group 2 keep the fast one.
-@pytest.mark.parametrize("m,k", [(1, 7), (2, 64), (5, 131), (33, 1000)])
+# AVX2 multiplies packed weights for a few rows with the sign trick (|x| times x's sign moved
+# onto w), exact unless a weight is -128; a 16-column group holding one takes the widening
+# tile instead. Column 20's -128 puts group 1 on that path while group 0 and group 2 keep the
+# fast one. From 12 rows AVX2 widens rows and weights to int16 first (exact for -128 too):
+# 14 and 33 rows end in 2- and 0-row edges of its 3-row tiles.
+@pytest.mark.parametrize("m,k", [(1, 7), (2, 64), (5, 131), (14, 77), (33, 1000)])
 def test_int8_linear_packed_weights_with_and_without_int8_min(isa, m, k):
     xq = random_int8((m, k))
     xq[0, : min(k, 5)] = -128
@@ -113,6 +115,21 @@ def test_int8_linear_packed_sign_trick_extremes_at_the_largest_k(isa):
     out = ops.int8_linear_packed(xq, torch.ones(2), *ops.int8_pack_weight(wq), torch.ones(2))
     assert_same_bits(out, ref.int8_linear(xq, torch.ones(2), wq, torch.ones(2)))
     assert out[0, 0].item() == float(128 * 127 * k)
+
+
+def test_int8_linear_packed_batch_extremes_at_the_largest_k(isa):
+    # 13 rows (AVX2's int16 batch path: four 3-row tiles and a 1-row one) by 17 columns (a
+    # group and one column): every product +-128 * 128 or 127 * 128 over the largest K, so
+    # each int32 pair-sum lane nears 2^30 and the totals 2^31.
+    k = (1 << 17) - 1
+    xq = torch.full((13, k), -128, dtype=torch.int8)
+    xq[1::2, 1::2] = 127
+    wq = torch.full((17, k), -128, dtype=torch.int8)
+    wq[1::3] = 127
+    wq[16, ::2] = -127
+    out = ops.int8_linear_packed(xq, torch.ones(13), *ops.int8_pack_weight(wq), torch.ones(17))
+    assert_same_bits(out, ref.int8_linear(xq, torch.ones(13), wq, torch.ones(17)))
+    assert out[0, 0].item() == float(128 * 128 * k)
 
 
 def test_int8_linear_rejects_k_beyond_the_bound():

@@ -114,6 +114,8 @@ struct W8A16GroupedArgs {
   int weight_bound = kInt8WeightBound;  // the weights' largest magnitude (1 for +-1 / 0 panels)
 };
 
+using GemmPacked = void (*)(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
+                            const int32_t* col_sums, int64_t n, int32_t* c, int64_t ldc, PrefetchRange next);
 using GemmPackedI16 = void (*)(const int16_t* a, int64_t lda, int64_t m, int64_t k, int limbs, const int8_t* b,
                                int64_t group_stride, int64_t n, float* c, int64_t ldc);
 // int16 digits per token of W8A16's fixed-point activations (split_fixed_point_rows_i16).
@@ -131,8 +133,7 @@ struct Int8GemmKernels {
   // b + g * group_stride, and col_sums[j] = the sum of those columns' weights over the k
   // values taken (4 kq0 onwards). Exact (modulo 2^32 in between) for k <= kMaxExactInt8K.
   // `next` is prefetched meanwhile (the SIMD ISAs; the scalar code ignores it).
-  void (*gemm_packed)(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
-                      const int32_t* col_sums, int64_t n, int32_t* c, int64_t ldc, PrefetchRange next);
+  GemmPacked gemm_packed;
   // One output row of the fused epilogue, in fp32 without FMA, rounded to out_dtype:
   //   out[j] = float(c[j]) * a_scale * b_scale[j * b_stride] (+ bias[j] when bias != nullptr)
   void (*epilogue_row)(const int32_t* c, int64_t n, float a_scale, const float* b_scale, int64_t b_stride,

@@ -1,9 +1,11 @@
 // AVX2 int8 GEMM. On canonical weights, operands widened to int16 and multiplied with
 // vpmaddwd, which is exact for every int8 value; on packed weights, vpmaddubsw with the
-// sign trick (sign_trick_products), which saves the widening shuffles; 16-bit W8A16
-// activations as int16 rows meet packed weights widened to int16 (gemm_packed_i16).
+// sign trick (sign_trick_products) for a few rows, and batches widened to int16 once
+// (gemm_packed_rows); 16-bit W8A16 activations as int16 rows meet packed weights widened to
+// int16 (gemm_packed_i16).
 #include <immintrin.h>
 
+#include <cstdlib>
 #include <cstring>
 
 #include "int8_gemm.h"
@@ -156,6 +158,18 @@ __attribute__((always_inline)) inline void group_products(GroupColumns<MR>& cols
 constexpr int kPackedTileM = 2;  // measured faster than 3 or 4 rows on Zen 4
 constexpr int kPackedTileGroups = 1;
 
+// The first n_valid (maybe more than 16) of a group's columns, row i at c + i * ldc.
+template <int MR>
+void store_columns(const GroupColumns<MR>& cols, int64_t n_valid, int32_t* c, int64_t ldc) {
+  const int64_t valid = n_valid < kPackCols ? n_valid : kPackCols;
+  for (int i = 0; i < MR; ++i) {
+    alignas(32) int32_t row[kPackCols];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(row), cols[i][0]);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(row + 8), cols[i][1]);
+    std::memcpy(c + i * ldc, row, static_cast<size_t>(valid) * sizeof(int32_t));
+  }
+}
+
 template <int MR, int NG>
 void packed_tile(const int8_t* a, int64_t lda, int64_t k, const int8_t* b, int64_t /*group_stride*/,
                  const int32_t* /*col_sums*/, int64_t n_valid, int32_t* c, int64_t ldc,
@@ -166,13 +180,7 @@ void packed_tile(const int8_t* a, int64_t lda, int64_t k, const int8_t* b, int64
   with_prefetcher(prefetch, steps, [&](const auto& prefetcher) __attribute__((always_inline)) {
     group_products<MR>(cols, a, lda, k, b, prefetcher);
   });
-  const int64_t valid = n_valid < kPackCols ? n_valid : kPackCols;
-  for (int i = 0; i < MR; ++i) {
-    alignas(32) int32_t row[kPackCols];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(row), cols[i][0]);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(row + 8), cols[i][1]);
-    std::memcpy(c + i * ldc, row, static_cast<size_t>(valid) * sizeof(int32_t));
-  }
+  store_columns<MR>(cols, n_valid, c, ldc);
 }
 
 // W8A16 register tile: 1 x 4 totals + 1 x 4 group partials + 4 weight vectors.
@@ -183,6 +191,9 @@ constexpr int kW16ChannelM = 2;  // per-channel tile: 2 x 4 accumulators
 // Exact products need no per-strip correction.
 const int32_t* prepare_panel(const int8_t*, int64_t, int64_t, int64_t, int32_t*) { return nullptr; }
 
+void gemm_packed_rows(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
+                      const int32_t* col_sums, int64_t n, int32_t* c, int64_t ldc, PrefetchRange next);
+constexpr GemmPacked kGemmPacked = gemm_packed_rows;
 void gemm_packed_i16(const int16_t* a, int64_t lda, int64_t m, int64_t k, int limbs, const int8_t* b,
                      int64_t group_stride, int64_t n, float* c, int64_t ldc);
 constexpr GemmPackedI16 kGemmPackedI16 = gemm_packed_i16;
@@ -190,6 +201,145 @@ void w8a16_packed_grouped_i16(const int16_t* a, int64_t lda, int limbs, const W8
 constexpr W8A16GroupedI16 kW8A16PackedGroupedI16 = w8a16_packed_grouped_i16;
 
 #include "int8_gemm_impl.h"
+
+// ---- W8A8 batches on int16 (gemm_packed_rows) -------------------------------------------
+// The sign trick spends 3 multiply-pipe ops on 32 products (vpsignb, vpmaddubsw, vpmaddwd),
+// and a vpabsb per row and quad: on Zen 4 all four share 2 of the 4 vector pipes (measured,
+// 2 a cycle together, while vpaddd / vpxor / vpminsb go beside them), which holds
+// packed_tile to about 7 cycles per 128 products (the multiplies alone would take 4). Batches of kWidenedMinRows rows or more widen the block's activation rows
+// once, and each column group's packed weights once per block, to int16 (a thread's
+// scratch) and run tiles of kWidenedTileM rows x 16 columns on vpmaddwd alone: 16 products
+// a multiply, with nothing else on those pipes. A quarter of a block (4 columns x 4 values of K,
+// 16 int16 lanes 4c + r) meets the row's 4 activations repeated, so int32 lane 2c + p holds
+// column c's pair p, as in i16_products. Exact for every int8 value, -128 included (a pair
+// sum is at most 2 * 128^2), so no fallback is needed; lanes wrap modulo 2^32 like any int32
+// sum, and hold the exact result wherever it fits. Zen 4, one thread, 96 x 4096 x K: 158-166
+// against 120-125 GOP/s (benchmarks/kernels/int8_gemm_bench.cpp), about 5.8 cycles per 128
+// products. 3 rows: 12 accumulators + 3 activations leave no register for a weight vector,
+// so its loads fold into the 12 vpmaddwd (load-bound: 14 loads a step, 2 a cycle); 2 rows
+// with one load a vector measured 0.97x, 4 rows x 8 columns 0.86x, K in L1-sized chunks
+// slower still.
+constexpr int kWidenedTileM = 3;  // 3 x 4 accumulators + 3 activations + a temporary
+constexpr int64_t kWidenedMinRows = 12;  // measured: 0.96x the sign trick at 8 rows, 1.07x at 12, 1.1-1.3x from 16
+
+// acc + v into acc's register. As an intrinsic, GCC adds into a fresh register and copies it
+// back: a move per accumulator per step, which the front end pays for. (By value: through a
+// reference, GCC kept the accumulators on the stack.)
+__attribute__((always_inline)) inline __m256i add_in_place(__m256i acc, __m256i v) {
+  __asm__("vpaddd %1, %0, %0" : "+x"(acc) : "x"(v));
+  return acc;
+}
+
+// Rows of MR activations (int16, whole K quads, lda apart) times one column group's widened
+// blocks b over `quads` quads; prefetch(s) at step s.
+template <int MR, typename Prefetch>
+void widened_tile(const int16_t* a, int64_t lda, const int16_t* b, int64_t quads, int64_t n_valid, int32_t* c,
+                  int64_t ldc, const Prefetch& prefetch) {
+  constexpr int kQuarters = 4;
+  __m256i acc[MR][kQuarters];
+  for (int i = 0; i < MR; ++i) {
+    for (int q = 0; q < kQuarters; ++q) acc[i][q] = _mm256_setzero_si256();
+  }
+  for (int64_t kq = 0; kq < quads; ++kq) {
+    prefetch(kq);
+    __m256i x[MR];
+    for (int i = 0; i < MR; ++i) {
+      int64_t quad;
+      std::memcpy(&quad, a + i * lda + kq * kPackDepth, sizeof(quad));
+      x[i] = _mm256_set1_epi64x(quad);
+    }
+    for (int q = 0; q < kQuarters; ++q) {
+      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + kq * kPackBlock + 16 * q));
+      for (int i = 0; i < MR; ++i) acc[i][q] = add_in_place(acc[i][q], _mm256_madd_epi16(w, x[i]));
+    }
+  }
+  GroupColumns<MR> cols;
+  for (int i = 0; i < MR; ++i) {
+    cols[i][0] = column_sums(acc[i][0], acc[i][1]);
+    cols[i][1] = column_sums(acc[i][2], acc[i][3]);
+  }
+  store_columns<MR>(cols, n_valid, c, ldc);
+}
+
+// count int8 values (a multiple of 16) as int16.
+void widen_values(const int8_t* from, int64_t count, int16_t* to) {
+  for (int64_t i = 0; i < count; i += 16) _mm256_storeu_si256(reinterpret_cast<__m256i*>(to + i), widen(from + i));
+}
+
+// m rows of k int8 values (lda apart) as int16 rows of `depth` (>= k) values, zero past k.
+void widen_rows(const int8_t* a, int64_t lda, int64_t m, int64_t k, int64_t depth, int16_t* rows) {
+  const int64_t vector_part = k / 16 * 16;
+  for (int64_t i = 0; i < m; ++i) {
+    int16_t* row = rows + i * depth;
+    widen_values(a + i * lda, vector_part, row);
+    for (int64_t j = vector_part; j < depth; ++j) row[j] = j < k ? a[i * lda + j] : 0;
+  }
+}
+
+// A thread's int16 scratch for gemm_packed_rows: kept between calls up to kKeptScratchBytes
+// (96 rows at K = 11008 take 2.5 MB), larger ones freed after their call. malloc, not
+// std::vector: no std:: templates in ISA code (an instantiation compiled for AVX2 could be
+// the one the linker keeps for every caller).
+constexpr int64_t kKeptScratchBytes = int64_t{16} << 20;
+
+class WidenedScratch {
+ public:
+  WidenedScratch() = default;
+  WidenedScratch(const WidenedScratch&) = delete;
+  WidenedScratch& operator=(const WidenedScratch&) = delete;
+  ~WidenedScratch() { std::free(data_); }
+
+  // At least `count` values, 64-byte aligned (a 32-byte load across two cache lines costs
+  // two), or nullptr where memory ran out.
+  int16_t* at_least(int64_t count) {
+    if (count > capacity_) {
+      std::free(data_);
+      const int64_t bytes = (count * static_cast<int64_t>(sizeof(int16_t)) + 63) / 64 * 64;
+      data_ = static_cast<int16_t*>(std::aligned_alloc(64, static_cast<size_t>(bytes)));
+      capacity_ = data_ != nullptr ? count : 0;
+    }
+    return data_;
+  }
+
+  void trim() {
+    if (capacity_ * static_cast<int64_t>(sizeof(int16_t)) > kKeptScratchBytes) {
+      std::free(data_);
+      data_ = nullptr;
+      capacity_ = 0;
+    }
+  }
+
+ private:
+  int16_t* data_ = nullptr;
+  int64_t capacity_ = 0;
+};
+
+// The AVX2 table's gemm_packed (kGemmPacked): batches on int16 (above); fewer rows, or no
+// memory for the scratch, on the sign trick (int8_gemm_impl.h's gemm_packed).
+void gemm_packed_rows(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
+                      const int32_t* col_sums, int64_t n, int32_t* c, int64_t ldc, PrefetchRange next) {
+  const int64_t quads = (k + kPackDepth - 1) / kPackDepth, depth = quads * kPackDepth;
+  thread_local WidenedScratch scratch;
+  // One column group's blocks (kPackCols x depth values: a multiple of 64 bytes), then the rows.
+  int16_t* weights = m >= kWidenedMinRows ? scratch.at_least((kPackCols + m) * depth) : nullptr;
+  if (weights == nullptr) return gemm_packed(a, lda, m, k, b, group_stride, col_sums, n, c, ldc, next);
+  int16_t* rows = weights + kPackCols * depth;
+  widen_rows(a, lda, m, k, depth, rows);
+  const int64_t row_tiles = (m + kWidenedTileM - 1) / kWidenedTileM;
+  const int64_t tiles = row_tiles * ((n + kPackCols - 1) / kPackCols);
+  for (int64_t j = 0, tile = 0; j < n; j += kPackCols) {
+    widen_values(b + j / kPackCols * group_stride, quads * kPackBlock, weights);
+    for (int64_t i = 0; i < m; i += kWidenedTileM, ++tile) {
+      const int64_t mr = m - i < kWidenedTileM ? m - i : kWidenedTileM;
+      with_prefetcher(next.part(tile, tiles), quads, [&](const auto& prefetcher) __attribute__((always_inline)) {
+        for_tile_edge<kWidenedTileM, 1>(mr, 1, [&]<int MR, int>() {
+          widened_tile<MR>(rows + i * depth, depth, weights, quads, n - j, c + i * ldc + j, ldc, prefetcher);
+        });
+      });
+    }
+  }
+  scratch.trim();
+}
 
 // ---- W8A16 activations as int16 rows (gemm_packed_i16) ---------------------------------
 // As int8 digit rows, a token costs a sign-trick product per digit (3 multiply-pipe ops per

@@ -18,7 +18,8 @@
 // b + g * group_stride), stores the first n_valid columns and may prefetch `prefetch`
 // along the way (LinePrefetcher, int8_gemm_quads.h); kPackedTileM and
 // kPackedTileGroups are the largest MR and NG. kGemmPackedI16 and kW8A16PackedGroupedI16
-// are the ISA's Int8GemmKernels::gemm_packed_i16 and w8a16_packed_grouped_i16 (or nullptr).
+// are the ISA's Int8GemmKernels::gemm_packed_i16 and w8a16_packed_grouped_i16 (or nullptr);
+// kGemmPacked its own gemm_packed, or nullptr for the one below.
 
 #include "simd_rows.h"
 
@@ -460,7 +461,7 @@ void unpack_packed(const int8_t* b, int64_t group_stride, int64_t j0, int64_t j1
 }
 
 const Int8GemmKernels kGemmTable{gemm_s8s8s32,
-                                  gemm_packed,
+                                  kGemmPacked != nullptr ? kGemmPacked : gemm_packed,
                                   epilogue_row_any<int32_t>,
                                   epilogue_row_any<float>,
                                   split_fixed_point_rows,
