@@ -161,17 +161,34 @@ def plot_speedups(results, path: Path) -> None:
     print(f"wrote {path}", file=sys.stderr)
 
 
-def reexec_with_retaining_malloc(argv: list[str]) -> None:
-    """Restart this command with the allocator settings, which glibc only reads at start-up."""
-    if platform.system() != "Linux" or all(os.environ.get(k) == v for k, v in RETAINING_MALLOC_ENV.items()):
+# `effgen bench --cpu-isa avx2`: our kernels and every peer's library (ATen, fbgemm, MKL,
+# oneDNN) held to AVX2, as on a CPU without AVX-512: that CPU's instruction set on this one's
+# cores (not its microarchitecture). Each library reads its variable at start-up.
+CPU_ISA_CAPS = {
+    "avx2": {"EFFGEN_CPU_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
+             "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+}
+
+
+def bench_environment(allocator: str, cpu_isa: str | None) -> dict[str, str]:
+    """The variables `effgen bench` runs under: glibc's allocator settings (Linux, retain) and the ISA caps."""
+    env = dict(RETAINING_MALLOC_ENV) if allocator == "retain" and platform.system() == "Linux" else {}
+    return {**env, **CPU_ISA_CAPS.get(cpu_isa, {})}
+
+
+def reexec_with(env: dict[str, str], argv: list[str]) -> None:
+    """Restart this command with `env` added, unless it is set already: glibc and the libraries read it at start-up."""
+    if all(os.environ.get(k) == v for k, v in env.items()):
         return
-    env = {**os.environ, **RETAINING_MALLOC_ENV}
-    os.execve(sys.executable, [sys.executable, "-m", "effgen_kernels.cli", *argv], env)
+    os.execve(sys.executable, [sys.executable, "-m", "effgen_kernels.cli", *argv], {**os.environ, **env})
 
 
 def cmd_bench(args) -> int:
-    if args.allocator == "retain":
-        reexec_with_retaining_malloc(args.argv)
+    if args.cpu_isa is not None and args.cpu_isa not in ek.ops.supported_cpu_isas():
+        print(f"effgen bench: --cpu-isa {args.cpu_isa}: this CPU supports {ek.ops.supported_cpu_isas()}",
+              file=sys.stderr)
+        return 2
+    reexec_with(bench_environment(args.allocator, args.cpu_isa), args.argv)
     available = discover_benchmarks()
     if not available:
         print(f"effgen bench: no benchmarks found in {BENCHMARK_DIR} (they ship with the source tree)",
@@ -186,6 +203,9 @@ def cmd_bench(args) -> int:
     if device.type == "cuda" and not (torch.cuda.is_available() and ek.ops.built_with_cuda()):
         print("effgen bench: --device cuda needs a visible GPU and the CUDA kernels built", file=sys.stderr)
         return 2
+    if args.cpu_isa is not None:
+        caps = ", ".join(f"{k}={v}" for k, v in CPU_ISA_CAPS[args.cpu_isa].items())
+        print(f"CPU ISA held to {args.cpu_isa}: {caps}", file=sys.stderr)
     print(f"measuring {device} memory bandwidth ...", file=sys.stderr, flush=True)
     # Sizes well past the last-level cache: 256 MB on a CPU, 2 GB on a GPU (60 MB of L2).
     bandwidth = memory_bandwidth_gbps(device, (2 << 30) if device.type == "cuda" else (256 << 20))
@@ -201,6 +221,7 @@ def cmd_bench(args) -> int:
         plot_speedups(results, Path(args.plot))
     if args.json:
         report = {"machine": machine_info(), "device": str(device), "quick": args.quick, "allocator": args.allocator,
+                  "cpu_isa_cap": args.cpu_isa,
                   "memory_gbps": bandwidth, "results": [r.as_dict() for r in results]}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
@@ -223,6 +244,9 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--allocator", choices=["retain", "system"], default="retain",
                        help="retain (default): glibc keeps freed memory, so no op pays page faults; "
                             "system: the allocator as it comes")
+    bench.add_argument("--cpu-isa", choices=sorted(CPU_ISA_CAPS),
+                       help="hold our kernels and the peers' libraries (ATen, fbgemm, MKL, oneDNN) to this ISA, "
+                            "as on a CPU without more")
     bench.set_defaults(func=cmd_bench)
     from effgen_kernels.demo import add_parser as add_demo_parser
 

@@ -3,6 +3,7 @@
 import collections
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -51,6 +52,28 @@ def test_env_override_rejects_unknown_and_unsupported():
 def test_bench_rejects_unknown_family(capsys):
     assert cli.main(["bench", "--allocator", "system", "--only", "nonexistent"]) == 2
     assert "unknown benchmark" in capsys.readouterr().err
+
+
+def test_bench_environment_holds_ours_and_every_peer_library_to_the_isa():
+    env = cli.bench_environment("system", "avx2")
+    assert env == cli.CPU_ISA_CAPS["avx2"] and env["EFFGEN_CPU_ISA"] == "avx2"
+    assert cli.bench_environment("system", None) == {}
+    if platform.system() == "Linux":
+        assert cli.bench_environment("retain", "avx2") == {**RETAINING_MALLOC_ENV, **env}
+
+
+@pytest.mark.skipif("avx2" not in ek.ops.supported_cpu_isas(), reason="no AVX2 on this CPU")
+def test_bench_isa_cap_reaches_our_kernels_and_aten():
+    code = "import torch, effgen_kernels as ek; print(ek.ops.cpu_isa(), torch.backends.cpu.get_cpu_capability())"
+    done = run_python(code, **cli.CPU_ISA_CAPS["avx2"])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-2:] == ["avx2", "AVX2"]
+
+
+def test_bench_rejects_an_isa_this_cpu_lacks(monkeypatch, capsys):
+    monkeypatch.setattr(ek.ops, "supported_cpu_isas", lambda: ["scalar"])
+    assert cli.main(["bench", "--cpu-isa", "avx2", "--only", "quant"]) == 2
+    assert "--cpu-isa avx2: this CPU supports ['scalar']" in capsys.readouterr().err
 
 
 def test_bench_discovers_the_quant_benchmark():

@@ -204,23 +204,26 @@ constexpr W8A16GroupedI16 kW8A16PackedGroupedI16 = w8a16_packed_grouped_i16;
 
 // ---- W8A8 batches on int16 (gemm_packed_rows) -------------------------------------------
 // The sign trick spends 3 multiply-pipe ops on 32 products (vpsignb, vpmaddubsw, vpmaddwd),
-// and a vpabsb per row and quad: on Zen 4 all four share 2 of the 4 vector pipes (measured,
+// and a vpabsb per row and quad: on Zen 4 all four share 2 of the 4 vector pipes (measured:
 // 2 a cycle together, while vpaddd / vpxor / vpminsb go beside them), which holds
-// packed_tile to about 7 cycles per 128 products (the multiplies alone would take 4). Batches of kWidenedMinRows rows or more widen the block's activation rows
-// once, and each column group's packed weights once per block, to int16 (a thread's
-// scratch) and run tiles of kWidenedTileM rows x 16 columns on vpmaddwd alone: 16 products
-// a multiply, with nothing else on those pipes. A quarter of a block (4 columns x 4 values of K,
-// 16 int16 lanes 4c + r) meets the row's 4 activations repeated, so int32 lane 2c + p holds
-// column c's pair p, as in i16_products. Exact for every int8 value, -128 included (a pair
-// sum is at most 2 * 128^2), so no fallback is needed; lanes wrap modulo 2^32 like any int32
-// sum, and hold the exact result wherever it fits. Zen 4, one thread, 96 x 4096 x K: 158-166
-// against 120-125 GOP/s (benchmarks/kernels/int8_gemm_bench.cpp), about 5.8 cycles per 128
-// products. 3 rows: 12 accumulators + 3 activations leave no register for a weight vector,
-// so its loads fold into the 12 vpmaddwd (load-bound: 14 loads a step, 2 a cycle); 2 rows
-// with one load a vector measured 0.97x, 4 rows x 8 columns 0.86x, K in L1-sized chunks
-// slower still.
-constexpr int kWidenedTileM = 3;  // 3 x 4 accumulators + 3 activations + a temporary
-constexpr int64_t kWidenedMinRows = 12;  // measured: 0.96x the sign trick at 8 rows, 1.07x at 12, 1.1-1.3x from 16
+// packed_tile to about 7 cycles per 128 products; the multiplies alone would take 4.
+// Batches of kWidenedMinRows rows or more widen the block's activation rows once, and each
+// column group's packed weights once per block, to int16 (a thread's scratch), and run on
+// vpmaddwd alone: 16 products a multiply, nothing else on those pipes. The widened weights
+// are laid out by K pair: pair p's 16 columns as two vectors of 8 columns x (k = 2p, 2p + 1),
+// so a row's pair broadcast to every int32 lane meets them in one vpmaddwd each and lane j
+// sums column j itself, with no reduction across lanes at the end. Exact for every int8
+// value, -128 included (a pair sum is at most 2 * 128^2), so no fallback is needed; lanes
+// wrap modulo 2^32 like any int32 sum and hold the exact result wherever it fits.
+// Zen 4, one thread, 96 x 4096 x K (benchmarks/kernels/int8_gemm_bench.cpp): 150-160 against
+// the sign trick's 120-125 GOP/s, about 5.8 cycles per 128 products, where each vpmaddwd's
+// vpaddd takes a multiply pipe's turn often enough (a vpmaddwd + vpaddd pair runs at 0.75
+// cycles, measured) that 4, 5 or 6 rows, or 3 rows x 16 columns of the block layout, all ran
+// alike; vpmaddubsw's 7-bit form (fbgemm's) is not exact for int8 activations.
+constexpr int kWidenedTileM = 4;  // 4 x 2 accumulators + 2 weight vectors + a row's pair + a product
+// The weights' widening is paid per column group and block of rows: against the sign trick
+// (K = 1024, measured) 0.74x at 4 rows, 0.95x at 8 and 10, 1.04x at 12, 1.1x at 16, 1.16x at 24.
+constexpr int64_t kWidenedMinRows = 12;
 
 // acc + v into acc's register. As an intrinsic, GCC adds into a fresh register and copies it
 // back: a move per accumulator per step, which the front end pays for. (By value: through a
@@ -230,35 +233,45 @@ __attribute__((always_inline)) inline __m256i add_in_place(__m256i acc, __m256i 
   return acc;
 }
 
-// Rows of MR activations (int16, whole K quads, lda apart) times one column group's widened
-// blocks b over `quads` quads; prefetch(s) at step s.
+// Rows of MR activations (int16, `pairs` K pairs, lda apart) times one column group's widened
+// weights b (pair-major, above); prefetch(s) at step s.
 template <int MR, typename Prefetch>
-void widened_tile(const int16_t* a, int64_t lda, const int16_t* b, int64_t quads, int64_t n_valid, int32_t* c,
+void widened_tile(const int16_t* a, int64_t lda, const int16_t* b, int64_t pairs, int64_t n_valid, int32_t* c,
                   int64_t ldc, const Prefetch& prefetch) {
-  constexpr int kQuarters = 4;
-  __m256i acc[MR][kQuarters];
-  for (int i = 0; i < MR; ++i) {
-    for (int q = 0; q < kQuarters; ++q) acc[i][q] = _mm256_setzero_si256();
-  }
-  for (int64_t kq = 0; kq < quads; ++kq) {
-    prefetch(kq);
-    __m256i x[MR];
-    for (int i = 0; i < MR; ++i) {
-      int64_t quad;
-      std::memcpy(&quad, a + i * lda + kq * kPackDepth, sizeof(quad));
-      x[i] = _mm256_set1_epi64x(quad);
-    }
-    for (int q = 0; q < kQuarters; ++q) {
-      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + kq * kPackBlock + 16 * q));
-      for (int i = 0; i < MR; ++i) acc[i][q] = add_in_place(acc[i][q], _mm256_madd_epi16(w, x[i]));
-    }
-  }
+  constexpr int kHalves = 2;
   GroupColumns<MR> cols;
   for (int i = 0; i < MR; ++i) {
-    cols[i][0] = column_sums(acc[i][0], acc[i][1]);
-    cols[i][1] = column_sums(acc[i][2], acc[i][3]);
+    for (int h = 0; h < kHalves; ++h) cols[i][h] = _mm256_setzero_si256();
+  }
+  for (int64_t p = 0; p < pairs; ++p) {
+    prefetch(p);
+    __m256i w[kHalves];
+    for (int h = 0; h < kHalves; ++h) {
+      w[h] = _mm256_load_si256(reinterpret_cast<const __m256i*>(b + p * 2 * kPackCols + 16 * h));
+    }
+    for (int i = 0; i < MR; ++i) {
+      int32_t pair;
+      std::memcpy(&pair, a + i * lda + 2 * p, sizeof(pair));
+      const __m256i x = _mm256_set1_epi32(pair);
+      for (int h = 0; h < kHalves; ++h) cols[i][h] = add_in_place(cols[i][h], _mm256_madd_epi16(w[h], x));
+    }
   }
   store_columns<MR>(cols, n_valid, c, ldc);
+}
+
+// One column group's packed blocks (quads of them) as int16 pairs (above) at `pairs`: a
+// quarter of a block (4 columns x 4 values of K) widens to int32 lanes (c, pair) for c < 4,
+// which the permute splits into the quad's first pair and its second.
+void widen_group(const int8_t* blocks, int64_t quads, int16_t* pairs) {
+  const __m256i by_pair = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+  for (int64_t kq = 0; kq < quads; ++kq) {
+    int16_t* first = pairs + kq * 4 * kPackCols;  // pair 2 kq; pair 2 kq + 1 follows
+    for (int q = 0; q < 4; ++q) {
+      const __m256i split = _mm256_permutevar8x32_epi32(widen(blocks + kq * kPackBlock + 16 * q), by_pair);
+      _mm_store_si128(reinterpret_cast<__m128i*>(first + 8 * q), _mm256_castsi256_si128(split));
+      _mm_store_si128(reinterpret_cast<__m128i*>(first + 2 * kPackCols + 8 * q), _mm256_extracti128_si256(split, 1));
+    }
+  }
 }
 
 // count int8 values (a multiple of 16) as int16.
@@ -328,12 +341,12 @@ void gemm_packed_rows(const int8_t* a, int64_t lda, int64_t m, int64_t k, const 
   const int64_t row_tiles = (m + kWidenedTileM - 1) / kWidenedTileM;
   const int64_t tiles = row_tiles * ((n + kPackCols - 1) / kPackCols);
   for (int64_t j = 0, tile = 0; j < n; j += kPackCols) {
-    widen_values(b + j / kPackCols * group_stride, quads * kPackBlock, weights);
+    widen_group(b + j / kPackCols * group_stride, quads, weights);
     for (int64_t i = 0; i < m; i += kWidenedTileM, ++tile) {
       const int64_t mr = m - i < kWidenedTileM ? m - i : kWidenedTileM;
-      with_prefetcher(next.part(tile, tiles), quads, [&](const auto& prefetcher) __attribute__((always_inline)) {
+      with_prefetcher(next.part(tile, tiles), depth / 2, [&](const auto& prefetcher) __attribute__((always_inline)) {
         for_tile_edge<kWidenedTileM, 1>(mr, 1, [&]<int MR, int>() {
-          widened_tile<MR>(rows + i * depth, depth, weights, quads, n - j, c + i * ldc + j, ldc, prefetcher);
+          widened_tile<MR>(rows + i * depth, depth, weights, depth / 2, n - j, c + i * ldc + j, ldc, prefetcher);
         });
       });
     }
