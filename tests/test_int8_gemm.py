@@ -462,14 +462,19 @@ def test_w8a16_per_group_register_tiles_match_the_composition_bit_for_bit(dtype,
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-# Token counts around AVX2's 2-row int16 tile, K across its 1024-value int32 chunks and not a
+# Token counts around AVX2's 4-row int16 tiles and across its 48-row blocks (30 fp32 tokens
+# are 60 rows, 50 bf16 / fp16 ones 50, with columns enough that the op keeps them in one
+# call; shapes every ISA takes in fixed point), K across its 512-value int32 chunks and not a
 # multiple of 4, columns not a multiple of 16.
-@pytest.mark.parametrize("m,n,k", [(1, 70, 300), (2, 33, 37), (3, 129, 1030), (5, 16, 4100), (17, 40, 2049)])
+@pytest.mark.parametrize("m,n,k", [(1, 70, 300), (2, 33, 37), (3, 129, 1030), (5, 16, 4100), (17, 40, 2049),
+                                   (30, 40, 1030), (50, 1030, 600)])
 @pytest.mark.parametrize("weight_at_int8_min", [False, True])
 def test_w8a16_per_channel_int16_rows_match_across_isas_bit_for_bit(dtype, m, n, k, weight_at_int8_min):
     # AVX2 multiplies fixed-point activations as int16 rows (gemm_packed_i16: one per token
     # for 16-bit activations, two of base 2^15 for fp32), the other ISAs as int8 digit rows
     # (2 or 3); both sum the same integers exactly and round once.
+    if dtype == torch.float32 and m > 32:
+        pytest.skip("without AVX-512, fp32 batches above 32 tokens take the float GEMM")
     x = random_input((m, k), dtype, scale=1.0)
     wq, w_scale = ops.quantize_per_channel(random_input((n, k), scale=0.05), 0)
     if weight_at_int8_min:
@@ -489,7 +494,7 @@ def test_w8a16_per_channel_int16_rows_match_across_isas_bit_for_bit(dtype, m, n,
 def test_w8a16_int16_rows_at_the_largest_products_stay_exact(dtype, group_size):
     # Every activation at its row's absmax (fixed point 32639) against weights of -128: each
     # product is as large as 16-bit fixed point allows, so AVX2's int32 lanes reach their
-    # bound at the end of every 1024-value chunk (per channel), where they must hand over to
+    # bound at the end of every 512-value chunk (per channel), where they must hand over to
     # int64 sums, and two lanes' sum reaches it at the end of a 512-value group (longer
     # groups take the digit rows).
     k, n = 5000, 20

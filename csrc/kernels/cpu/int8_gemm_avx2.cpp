@@ -233,13 +233,14 @@ __attribute__((always_inline)) inline __m256i add_in_place(__m256i acc, __m256i 
   return acc;
 }
 
-// Rows of MR activations (int16, `pairs` K pairs, lda apart) times one column group's widened
-// weights b (pair-major, above); prefetch(s) at step s.
-template <int MR, typename Prefetch>
-void widened_tile(const int16_t* a, int64_t lda, const int16_t* b, int64_t pairs, int64_t n_valid, int32_t* c,
-                  int64_t ldc, const Prefetch& prefetch) {
+// cols = rows of MR activations (int16, `pairs` K pairs, lda apart) times one column
+// group's widened weights b (pair-major, above), int32 lane j of cols[i][h] column 8 h + j;
+// prefetch(s) at step s.
+template <int MR, typename Prefetch = NoPrefetch>
+__attribute__((always_inline)) inline void pair_products(GroupColumns<MR>& cols, const int16_t* a, int64_t lda,
+                                                         const int16_t* b, int64_t pairs,
+                                                         const Prefetch& prefetch = Prefetch()) {
   constexpr int kHalves = 2;
-  GroupColumns<MR> cols;
   for (int i = 0; i < MR; ++i) {
     for (int h = 0; h < kHalves; ++h) cols[i][h] = _mm256_setzero_si256();
   }
@@ -256,6 +257,13 @@ void widened_tile(const int16_t* a, int64_t lda, const int16_t* b, int64_t pairs
       for (int h = 0; h < kHalves; ++h) cols[i][h] = add_in_place(cols[i][h], _mm256_madd_epi16(w[h], x));
     }
   }
+}
+
+template <int MR, typename Prefetch>
+void widened_tile(const int16_t* a, int64_t lda, const int16_t* b, int64_t pairs, int64_t n_valid, int32_t* c,
+                  int64_t ldc, const Prefetch& prefetch) {
+  GroupColumns<MR> cols;
+  pair_products<MR>(cols, a, lda, b, pairs, prefetch);
   store_columns<MR>(cols, n_valid, c, ldc);
 }
 
@@ -356,35 +364,75 @@ void gemm_packed_rows(const int8_t* a, int64_t lda, int64_t m, int64_t k, const 
 
 // ---- W8A16 activations as int16 rows (gemm_packed_i16) ---------------------------------
 // As int8 digit rows, a token costs a sign-trick product per digit (3 multiply-pipe ops per
-// 32 weights; 2 digits for 16-bit activations, 3 for fp32). As int16 rows (1 or 2) it meets
-// the weights widened to int16 (vpmovsxbw, shared by the tile's rows) in vpmaddwd: one
-// multiply per 16 products per row. A quarter of a packed
-// block (4 columns x 4 values of K) widens to int16 lanes 4c + r and meets the row's 4
-// activations repeated, so int32 lane 2c + p holds column c's pair p. A pair sum is at most
-// 2 * split_max(2) * 128 in magnitude (int16 rows hold at most split_max(2)): int32 lanes take
-// kI16ChunkQuads K quads, then go to int64 column sums.
-constexpr int kI16TileM = 2;  // 2 x 4 accumulators + 2 activations + a widened weight vector
-constexpr int64_t kI16ChunkQuads = 256;
-static_assert(kI16ChunkQuads * 2 * split_max(2) * 128 <= INT32_MAX, "a chunk's int32 lanes must not overflow");
+// 32 weights; 2 digits for 16-bit activations, 3 for fp32). As int16 rows (1 a token, or 2
+// for fp32: the leading limb, then the next, base 2^15) it costs a vpmaddwd per 16 products
+// and row. Per channel (gemm_packed_i16) the rows meet the weights widened by K pair
+// (widen_group, pair_products) a chunk of kI16ChunkPairs pairs at a time: the chunk's
+// weights (16 KB) stay in L1 for every row tile, and the int32 lanes (a pair sum is at most
+// 2 * split_max(2) * 128 in magnitude: int16 rows hold at most split_max(2)) go to int64
+// column sums before they could overflow. Per group (w8a16_packed_grouped_i16, below) a
+// quarter of a packed block (4 columns x 4 values of K) widens to int16 lanes 4c + r in the
+// loop and meets the row's 4 activations repeated, so int32 lane 2c + p holds column c's
+// pair p (i16_products).
+constexpr int kI16TileM = 2;  // per group: 2 x 4 accumulators + 2 activations + a widened weight vector
+constexpr int64_t kI16ChunkPairs = 256;
+static_assert(kI16ChunkPairs * 2 * split_max(2) * 128 <= INT32_MAX, "a chunk's int32 lanes must not overflow");
+constexpr int64_t kI16BlockRows = 48;  // rows whose int64 sums a block keeps (a multiple of 2 limbs)
 
-// sums[i][4q + c] += the pair sums of column c in acc[i][q]. Out of line on purpose: inlined,
-// GCC kept the int64 sums in vector registers across the product loop and spilled an
-// accumulator there, whose store-to-load round trip every step cost 2.5x (2 rows, measured).
+// sums[i][c] += int32 column c of cols[i].
 template <int MR>
-__attribute__((noinline)) void add_pair_sums(const __m256i (&acc)[MR][4], int64_t (&sums)[MR][kPackCols]) {
-  constexpr int kColumns = 4;  // per quarter
+void add_columns(const GroupColumns<MR>& cols, int64_t (*sums)[kPackCols]) {
   for (int i = 0; i < MR; ++i) {
-    for (int q = 0; q < 4; ++q) {
-      alignas(32) int32_t lanes[8];
-      _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc[i][q]);
-      for (int col = 0; col < kColumns; ++col) {
-        sums[i][kColumns * q + col] += int64_t{lanes[2 * col]} + lanes[2 * col + 1];
-      }
+    alignas(32) int32_t lanes[kPackCols];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), cols[i][0]);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes + 8), cols[i][1]);
+    for (int64_t col = 0; col < kPackCols; ++col) sums[i][col] += lanes[col];
+  }
+}
+
+// `rows` int16 rows (a multiple of limbs, at most kI16BlockRows) times one column group's
+// packed blocks: a token's limbs combine in int64, exactly, before the one rounding to float.
+void i16_row_block(const int16_t* a, int64_t lda, int64_t rows, int64_t k, int limbs, const int8_t* group,
+                   int64_t n_valid, float* c, int64_t ldc) {
+  const int64_t quads = (k + kPackDepth - 1) / kPackDepth, chunk_quads = kI16ChunkPairs / 2;
+  alignas(64) int16_t weights[kI16ChunkPairs * 2 * kPackCols];
+  int64_t sums[kI16BlockRows][kPackCols] = {};
+  for (int64_t q0 = 0; q0 < quads; q0 += chunk_quads) {
+    const int64_t chunk = quads - q0 < chunk_quads ? quads - q0 : chunk_quads;
+    widen_group(group + q0 * kPackBlock, chunk, weights);
+    for (int64_t i = 0; i < rows; i += kWidenedTileM) {
+      const int64_t mr = rows - i < kWidenedTileM ? rows - i : kWidenedTileM;
+      for_tile_edge<kWidenedTileM, 1>(mr, 1, [&]<int MR, int>() {
+        GroupColumns<MR> cols;
+        pair_products<MR>(cols, a + i * lda + q0 * kPackDepth, lda, weights, 2 * chunk);
+        add_columns<MR>(cols, sums + i);
+      });
+    }
+  }
+  const int64_t valid = n_valid < kPackCols ? n_valid : kPackCols;
+  for (int64_t t = 0; t < rows / limbs; ++t) {
+    for (int64_t j = 0; j < valid; ++j) {
+      int64_t dot = sums[t * limbs][j];  // at most 2^22 * 128 * k: far below 2^63
+      for (int l = 1; l < limbs; ++l) dot = dot * (int64_t{1} << 15) + sums[t * limbs + l][j];
+      c[t * ldc + j] = static_cast<float>(dot);
     }
   }
 }
 
-// acc[i][q] = the int32 pair-sum lanes (above) of int16 row i with quarter kFirst + q of the
+// Column groups outermost, as in gemm_packed; the m tokens' rows in blocks of kI16BlockRows.
+void gemm_packed_i16(const int16_t* a, int64_t lda, int64_t m, int64_t k, int limbs, const int8_t* b,
+                     int64_t group_stride, int64_t n, float* c, int64_t ldc) {
+  static_assert(kI16BlockRows % 2 == 0, "whole fp32 tokens per block");
+  const int64_t rows = m * limbs;
+  for (int64_t j = 0; j < n; j += kPackCols) {
+    for (int64_t r = 0; r < rows; r += kI16BlockRows) {
+      i16_row_block(a + r * lda, lda, rows - r < kI16BlockRows ? rows - r : kI16BlockRows, k, limbs,
+                    b + j / kPackCols * group_stride, n - j, c + r / limbs * ldc + j, ldc);
+    }
+  }
+}
+
+// acc[i][q] = the int32 pair-sum lanes (W8A16 section above) of int16 row i with quarter kFirst + q of the
 // packed blocks of K quads [kq0, kq1).
 template <int MR, int kQuarters = 4, int kFirst = 0>
 __attribute__((always_inline)) inline void i16_products(__m256i (&acc)[MR][kQuarters], const int16_t* a, int64_t lda,
@@ -404,48 +452,6 @@ __attribute__((always_inline)) inline void i16_products(__m256i (&acc)[MR][kQuar
       const __m256i w =
           _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 16 * (kFirst + q))));
       for (int i = 0; i < MR; ++i) acc[i][q] = _mm256_add_epi32(acc[i][q], _mm256_madd_epi16(w, x[i]));
-    }
-  }
-}
-
-// MR rows, MR / kLimbs tokens: a token's limbs (leading first, base 2^15) combine in int64,
-// exactly, before the one rounding to float.
-template <int MR, int kLimbs>
-void i16_tile(const int16_t* a, int64_t lda, int64_t k, const int8_t* b, int64_t n_valid, float* c, int64_t ldc) {
-  static_assert(MR % kLimbs == 0, "whole tokens per tile");
-  const int64_t quads = (k + kPackDepth - 1) / kPackDepth;
-  int64_t sums[MR][kPackCols] = {};
-  for (int64_t q0 = 0; q0 < quads; q0 += kI16ChunkQuads) {
-    __m256i acc[MR][4];
-    i16_products<MR>(acc, a, lda, b, q0, quads - q0 < kI16ChunkQuads ? quads : q0 + kI16ChunkQuads);
-    add_pair_sums<MR>(acc, sums);
-  }
-  const int64_t valid = n_valid < kPackCols ? n_valid : kPackCols;
-  for (int t = 0; t < MR / kLimbs; ++t) {
-    for (int64_t j = 0; j < valid; ++j) {
-      int64_t dot = sums[t * kLimbs][j];  // at most 2^22 * 128 * k: far below 2^63
-      for (int l = 1; l < kLimbs; ++l) dot = dot * (int64_t{1} << 15) + sums[t * kLimbs + l][j];
-      c[t * ldc + j] = static_cast<float>(dot);
-    }
-  }
-}
-
-// Column groups outermost, as in gemm_packed: a group's weights stay in L2 for every row
-// tile. One limb: tiles of kI16TileM tokens; two (fp32): one token's two rows.
-void gemm_packed_i16(const int16_t* a, int64_t lda, int64_t m, int64_t k, int limbs, const int8_t* b,
-                     int64_t group_stride, int64_t n, float* c, int64_t ldc) {
-  static_assert(kI16TileM == 2, "a tile holds one token of two limbs");
-  for (int64_t j = 0; j < n; j += kPackCols) {
-    const int8_t* panel = b + j / kPackCols * group_stride;
-    if (limbs == 2) {
-      for (int64_t t = 0; t < m; ++t) i16_tile<2, 2>(a + 2 * t * lda, lda, k, panel, n - j, c + t * ldc + j, ldc);
-      continue;
-    }
-    for (int64_t i = 0; i < m; i += kI16TileM) {
-      const int64_t mr = m - i < kI16TileM ? m - i : kI16TileM;
-      for_tile_edge<kI16TileM, 1>(mr, 1, [&]<int MR, int>() {
-        i16_tile<MR, 1>(a + i * lda, lda, k, panel, n - j, c + i * ldc + j, ldc);
-      });
     }
   }
 }

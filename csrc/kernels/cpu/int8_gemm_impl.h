@@ -460,8 +460,12 @@ void unpack_packed(const int8_t* b, int64_t group_stride, int64_t j0, int64_t j1
   }
 }
 
+// The ISA's own gemm_packed where it has one (a function, so that GCC does not warn that a
+// function's address is never null).
+constexpr GemmPacked own_or_generic(GemmPacked own) { return own != nullptr ? own : gemm_packed; }
+
 const Int8GemmKernels kGemmTable{gemm_s8s8s32,
-                                  kGemmPacked != nullptr ? kGemmPacked : gemm_packed,
+                                  own_or_generic(kGemmPacked),
                                   epilogue_row_any<int32_t>,
                                   epilogue_row_any<float>,
                                   split_fixed_point_rows,
