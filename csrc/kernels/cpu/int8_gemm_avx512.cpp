@@ -232,9 +232,10 @@ constexpr int kW16M = 2;
 constexpr int kW16N = 4;
 constexpr int kW16ChannelM = 4;  // per-channel tile: 4 x 4 accumulators
 
+constexpr GemmPacked kGemmPacked = nullptr;  // int8_gemm_impl.h's gemm_packed
+
 // 16-bit activations run as 2 digit rows on gemm_packed: two VNNI int8 dot products per 64
 // weights and token, no more than int16 dot products (vpdpwssd) plus the widening would take.
-constexpr GemmPacked kGemmPacked = nullptr;
 constexpr GemmPackedI16 kGemmPackedI16 = nullptr;
 constexpr W8A16GroupedI16 kW8A16PackedGroupedI16 = nullptr;
 

@@ -105,8 +105,9 @@ constexpr int kW16M = 2;
 constexpr int kW16N = 4;
 constexpr int kW16ChannelM = 4;  // per-channel tile: 4 x 4 accumulators
 
+constexpr GemmPacked kGemmPacked = nullptr;  // int8_gemm_impl.h's gemm_packed
+
 // 16-bit activations run as 2 digit rows on gemm_packed.
-constexpr GemmPacked kGemmPacked = nullptr;
 constexpr GemmPackedI16 kGemmPackedI16 = nullptr;
 constexpr W8A16GroupedI16 kW8A16PackedGroupedI16 = nullptr;
 

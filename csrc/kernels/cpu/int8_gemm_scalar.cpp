@@ -63,8 +63,9 @@ constexpr int kW16ChannelM = 1;  // per-channel tile: 1 x 4 accumulators
 // Exact products need no per-strip correction.
 const int32_t* prepare_panel(const int8_t*, int64_t, int64_t, int64_t, int32_t*) { return nullptr; }
 
+constexpr GemmPacked kGemmPacked = nullptr;  // int8_gemm_impl.h's gemm_packed
+
 // 16-bit activations run as 2 digit rows on gemm_packed.
-constexpr GemmPacked kGemmPacked = nullptr;
 constexpr GemmPackedI16 kGemmPackedI16 = nullptr;
 constexpr W8A16GroupedI16 kW8A16PackedGroupedI16 = nullptr;
 
