@@ -70,7 +70,7 @@ def test_int8_linear_extremes_at_the_largest_k(isa):
 # onto w), exact unless a weight is -128; a 16-column group holding one takes the widening
 # tile instead. Column 20's -128 puts group 1 on that path while group 0 and group 2 keep the
 # fast one. From 12 rows AVX2 widens rows and weights to int16 first (exact for -128 too):
-# 14 and 33 rows end in 2- and 0-row edges of its 3-row tiles.
+# 14 and 33 rows end in 2- and 1-row edges of its 4-row tiles.
 @pytest.mark.parametrize("m,k", [(1, 7), (2, 64), (5, 131), (14, 77), (33, 1000)])
 def test_int8_linear_packed_weights_with_and_without_int8_min(isa, m, k):
     xq = random_int8((m, k))
@@ -118,9 +118,9 @@ def test_int8_linear_packed_sign_trick_extremes_at_the_largest_k(isa):
 
 
 def test_int8_linear_packed_batch_extremes_at_the_largest_k(isa):
-    # 13 rows (AVX2's int16 batch path: four 3-row tiles and a 1-row one) by 17 columns (a
+    # 13 rows (AVX2's int16 batch path: three 4-row tiles and a 1-row one) by 17 columns (a
     # group and one column): every product +-128 * 128 or 127 * 128 over the largest K, so
-    # each int32 pair-sum lane nears 2^30 and the totals 2^31.
+    # each column's int32 lane nears 2^31.
     k = (1 << 17) - 1
     xq = torch.full((13, k), -128, dtype=torch.int8)
     xq[1::2, 1::2] = 127
