@@ -236,6 +236,37 @@ def test_xnor_linear_is_exact(isa, dtype, m, k):
     assert_same_bits(ops.xnor_linear(x, packed, alpha, bias), ref.xnor_linear(x, packed, alpha, bias))
 
 
+def with_pad_bits_set(packed: torch.Tensor, k: int, planes: int) -> torch.Tensor:
+    """packed with every bit past K set in each plane's last byte: K comes from x, so those
+    bits hold no weights and every product must ignore them (reference.py unpacks K of them)."""
+    out, plane = packed.clone(), (k + 7) // 8
+    for p in range(planes):
+        out[:, (p + 1) * plane - 1] |= (0xFF << (k % 8)) & 0xFF
+    return out
+
+
+@pytest.mark.parametrize("m", [1, 8, 17, 40])  # the tables, lanes, the int8 GEMM, the expanded GEMM
+@pytest.mark.parametrize("k", [1, 7, 33, 250])
+def test_bits_past_k_hold_no_weights(isa, two_threads, m, k):
+    x, w = random_input((m, k), torch.bfloat16, scale=1.0), random_input((70, k))
+    packed, alpha = ref.binarize_weight(w)
+    dirty = with_pad_bits_set(packed, k, 1)
+    expected = ref.binary_linear(x, packed, alpha)
+    for lut in (None, ops.lut_tiles(dirty, k, 1)):
+        torch.testing.assert_close(ops.binary_linear(x, dirty, alpha, None, None, lut), expected,
+                                   **tolerance(torch.bfloat16, k))
+    group_alpha = ref.binarize_weight(w, 32)[1]
+    torch.testing.assert_close(ops.binary_linear(x, dirty, group_alpha, None, 32, ops.lut_tiles(dirty, k, 1)),
+                               ref.binary_linear(x, packed, group_alpha, None, 32), **tolerance(torch.bfloat16, k))
+    assert_same_bits(ops.xnor_linear(x, dirty, alpha), ref.xnor_linear(x, packed, alpha))
+    tpacked, scale = ref.ternarize_weight(w)
+    tdirty = with_pad_bits_set(tpacked, k, 2)
+    expected = ref.ternary_linear(x, tpacked, scale)
+    for lut in (None, ops.lut_tiles(tdirty, k, 2)):
+        torch.testing.assert_close(ops.ternary_linear(x, tdirty, scale, None, lut), expected,
+                                   **tolerance(torch.bfloat16, k))
+
+
 def test_3d_and_non_contiguous_inputs(isa):
     x = random_input((2, 3, 2 * 40))[..., ::2]
     packed, alpha = ref.binarize_weight(random_input((9, 40)))
@@ -475,6 +506,9 @@ def test_cuda_xnor_linear_is_its_composite_bit_for_bit(dtype, m, k):
             expected = expected + bias.cuda()
         got = ops.xnor_linear(x, packed.cuda(), a, None if bias is None else bias.cuda())
         assert_same_bits(got, expected.to(dtype))
+    # Bits past K hold no weights (with_pad_bits_set): the same result with them all set.
+    got = ops.xnor_linear(x, with_pad_bits_set(packed, k, 1).cuda(), alpha.cuda())
+    assert_same_bits(got, (dot * x_scale * alpha.cuda().reshape(1, -1)).to(dtype))
 
 
 @pytest.mark.cuda

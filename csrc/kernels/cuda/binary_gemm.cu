@@ -360,12 +360,15 @@ __global__ void __launch_bounds__(kXorWarps * 32) xnor_kernel(XnorArgs p, int un
     add_disagreements<uint8_t>(p, i0, j, lane, count);
   }
   const float alpha = p.alpha[j * p.alpha_stride], bias = p.bias == nullptr ? 0.0f : p.bias[j];
+  // x's pad bits are 0, so each set pad bit of the weight row (K comes from x; those bits
+  // hold no weight) counted as one disagreement.
+  const int pad_ones = p.k % 8 == 0 ? 0 : __popc(uint32_t{p.w_bits[(j + 1) * p.nbytes - 1]} >> (p.k % 8));
 #pragma unroll
   for (int i = 0; i < ROWS; ++i) {
     if (i0 + i >= p.m) break;
     const int32_t disagreements = warp_sum(count[i]);
     if (lane != 0) continue;
-    const float dot = static_cast<float>(p.k - 2 * int64_t{disagreements});
+    const float dot = static_cast<float>(p.k - 2 * (int64_t{disagreements} - pad_ones));
     const float v = __fmul_rn(__fmul_rn(dot, p.x_scale[i0 + i]), alpha);
     store_value(static_cast<T*>(p.out) + (i0 + i) * p.n + j, p.bias == nullptr ? v : __fadd_rn(v, bias));
   }

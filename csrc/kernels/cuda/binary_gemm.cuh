@@ -39,8 +39,9 @@ cudaError_t bits_gemv(const BitsGemvArgs& args, cudaStream_t stream);
 
 // XNOR-Net: out[i][j] = (k - 2 * popcount(x_bits_i XOR w_bits_j)) * x_scale[i] *
 // alpha[j * alpha_stride] (+ bias[j]), each product rounded to fp32, then to dtype; x_bits
-// [m, nbytes] and w_bits [n, nbytes] packed signs, zero past k. Rows in blocks of up to
-// kXnorMaxRows, each weight row read once per block.
+// [m, nbytes] and w_bits [n, nbytes] packed signs, x's zero past k (w's bits past k hold no
+// weights: not counted). Rows in blocks of up to kXnorMaxRows, each weight row read once
+// per block.
 constexpr int64_t kXnorMaxRows = 16;
 struct XnorArgs {
   const uint8_t* x_bits;
