@@ -244,9 +244,14 @@ def xnor_linear(x: torch.Tensor, packed: torch.Tensor, alpha: torch.Tensor,
     return _ops.xnor_linear(x, packed, alpha, bias)
 
 
-def _check_same_device(op: str, name: str, t: torch.Tensor, ref: torch.Tensor) -> None:
-    torch._check(t.device == ref.device,
-                 lambda: f"{op}: {name} must be on {ref.device} like the input, got {t.device}")
+def _check_same_device(op: str, ref: torch.Tensor, **tensors: torch.Tensor | None) -> None:
+    """Each tensor given (None: an absent optional) on ref's device. With a meta tensor among
+    CPU ones the dispatcher runs the fakes below, not the CPU kernels (which check devices):
+    unchecked, a fake would return uninitialized CPU memory as the result."""
+    for name, t in tensors.items():
+        if t is not None:
+            torch._check(t.device == ref.device,
+                         lambda name=name, t=t: f"{op}: {name} must be on {ref.device} like the input, got {t.device}")
 
 
 def _row_scale_shape(x: torch.Tensor, groups: int | None) -> list[int]:
@@ -281,7 +286,7 @@ def _(w, axis):
 
 @torch.library.register_fake("effgen::dequantize")
 def _(q, scale, axis=None, group_size=None, out_dtype=torch.float32):
-    _check_same_device("dequantize", "scale", scale, q)
+    _check_same_device("dequantize", q, scale=scale)
     return torch.empty_like(q, dtype=out_dtype)
 
 
@@ -292,59 +297,52 @@ def _(x, scale, zero_point, quant_min, quant_max):
 
 @torch.library.register_fake("effgen::fake_quantize_per_channel_cachemask")
 def _(x, scale, zero_point, axis, quant_min, quant_max):
-    _check_same_device("fake_quantize_per_channel", "scale", scale, x)
-    _check_same_device("fake_quantize_per_channel", "zero_point", zero_point, x)
+    _check_same_device("fake_quantize_per_channel", x, scale=scale, zero_point=zero_point)
     return torch.empty_like(x), torch.empty_like(x, dtype=torch.bool)
 
 
 @torch.library.register_fake("effgen::fake_quantize_mask_grad")
 def _(grad, mask):
-    _check_same_device("fake_quantize_mask_grad", "mask", mask, grad)
+    _check_same_device("fake_quantize_mask_grad", grad, mask=mask)
     return torch.empty_like(grad)
 
 
 @torch.library.register_fake("effgen::fake_quantize_learnable_per_channel")
 def _(x, scale, zero_point, axis, quant_min, quant_max, grad_factor=1.0):
-    _check_same_device("fake_quantize_learnable_per_channel", "scale", scale, x)
-    _check_same_device("fake_quantize_learnable_per_channel", "zero_point", zero_point, x)
+    _check_same_device("fake_quantize_learnable_per_channel", x, scale=scale, zero_point=zero_point)
     return torch.empty_like(x)
 
 
 @torch.library.register_fake("effgen::fake_quantize_learnable_per_channel_backward")
 def _(dy, x, scale, zero_point, axis, quant_min, quant_max, grad_factor):
+    _check_same_device("fake_quantize_learnable_per_channel_backward", dy, x=x, scale=scale, zero_point=zero_point)
     return torch.empty_like(x), torch.empty_like(scale), torch.empty_like(zero_point)
 
 
-def _linear_out(x: torch.Tensor, wq: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    torch._check(x.dim() > 0, lambda: "input must have at least 1 dimension")
+def _linear_out(op: str, x: torch.Tensor, wq: torch.Tensor, dtype: torch.dtype, **others) -> torch.Tensor:
+    torch._check(x.dim() > 0, lambda: f"{op}: input must have at least 1 dimension")
     torch._check(wq.dim() == 2 and wq.shape[1] == x.shape[-1],
-                 lambda: f"wq must be [N, K] with K = {x.shape[-1]}, got {tuple(wq.shape)}")
-    _check_same_device("int8 linear", "wq", wq, x)
+                 lambda: f"{op}: wq must be [N, K] with K = {x.shape[-1]}, got {tuple(wq.shape)}")
+    _check_same_device(op, x, wq=wq, **others)
     return x.new_empty((*x.shape[:-1], wq.shape[0]), dtype=dtype)
 
 
 @torch.library.register_fake("effgen::int8_linear")
 def _(xq, x_scale, wq, w_scale, bias=None, out_dtype=torch.float32):
-    return _linear_out(xq, wq, out_dtype)
-
-
-def _check_smoothing(op: str, smoothing: torch.Tensor | None, x: torch.Tensor) -> None:
-    if smoothing is not None:
-        _check_same_device(op, "smoothing", smoothing, x)
+    return _linear_out("int8_linear", xq, wq, out_dtype, x_scale=x_scale, w_scale=w_scale, bias=bias)
 
 
 @torch.library.register_fake("effgen::int8_dynamic_linear")
 def _(x, wq, w_scale, bias=None, smoothing=None):
-    _check_smoothing("int8_dynamic_linear", smoothing, x)
-    return _linear_out(x, wq, x.dtype)
+    return _linear_out("int8_dynamic_linear", x, wq, x.dtype, w_scale=w_scale, bias=bias, smoothing=smoothing)
 
 
 def _packed_linear_out(op: str, x: torch.Tensor, w_packed: torch.Tensor, w_sum: torch.Tensor,
-                      dtype: torch.dtype | None = None, sum_dims: int = 1) -> torch.Tensor:
+                      dtype: torch.dtype | None = None, sum_dims: int = 1, **others) -> torch.Tensor:
     torch._check(x.dim() > 0, lambda: f"{op}: input must have at least 1 dimension")
     torch._check(w_sum.dim() == sum_dims, lambda: f"{op}: w_sum must have {sum_dims} dimension(s), got "
                                                   f"{tuple(w_sum.shape)}")
-    _check_same_device(op, "w_packed", w_packed, x)
+    _check_same_device(op, x, w_packed=w_packed, w_sum=w_sum, **others)
     n = w_sum.shape[-1]
     expected = ((n + 15) // 16, (x.shape[-1] + 3) // 4, 64)
     torch._check(tuple(w_packed.shape) == expected,
@@ -354,24 +352,25 @@ def _packed_linear_out(op: str, x: torch.Tensor, w_packed: torch.Tensor, w_sum: 
 
 @torch.library.register_fake("effgen::int8_linear_packed")
 def _(xq, x_scale, w_packed, w_sum, w_scale, bias=None, out_dtype=torch.float32):
-    return _packed_linear_out("int8_linear_packed", xq, w_packed, w_sum, out_dtype)
+    return _packed_linear_out("int8_linear_packed", xq, w_packed, w_sum, out_dtype, x_scale=x_scale,
+                              w_scale=w_scale, bias=bias)
 
 
 @torch.library.register_fake("effgen::int8_dynamic_linear_packed")
 def _(x, w_packed, w_sum, w_scale, bias=None, smoothing=None):
-    _check_smoothing("int8_dynamic_linear_packed", smoothing, x)
-    return _packed_linear_out("int8_dynamic_linear_packed", x, w_packed, w_sum)
+    return _packed_linear_out("int8_dynamic_linear_packed", x, w_packed, w_sum, w_scale=w_scale, bias=bias,
+                              smoothing=smoothing)
 
 
 @torch.library.register_fake("effgen::int8_weight_only_linear_packed")
 def _(x, w_packed, w_sum, w_scale, bias=None, group_size=None):
     return _packed_linear_out("int8_weight_only_linear_packed", x, w_packed, w_sum,
-                              sum_dims=1 if group_size is None else 2)
+                              sum_dims=1 if group_size is None else 2, w_scale=w_scale, bias=bias)
 
 
 @torch.library.register_fake("effgen::int8_weight_only_linear")
 def _(x, wq, w_scale, bias=None, group_size=None):
-    return _linear_out(x, wq, x.dtype)
+    return _linear_out("int8_weight_only_linear", x, wq, x.dtype, w_scale=w_scale, bias=bias)
 
 
 def _packed_rows(packed: torch.Tensor, k: int, planes: int, what: str) -> None:
@@ -427,49 +426,68 @@ def _(packed, k, planes):
 @torch.library.register_fake("effgen::binary_linear")
 def _(x, packed, alpha, bias=None, group_size=None, lut=None):
     _packed_rows(packed, x.shape[-1], 1, "binary_linear")
+    _check_same_device("binary_linear", x, packed=packed, alpha=alpha, bias=bias, lut=lut)
     return x.new_empty((*x.shape[:-1], packed.shape[0]))
 
 
 @torch.library.register_fake("effgen::ternary_linear")
 def _(x, packed, scale, bias=None, lut=None):
     _packed_rows(packed, x.shape[-1], 2, "ternary_linear")
+    _check_same_device("ternary_linear", x, packed=packed, scale=scale, bias=bias, lut=lut)
     return x.new_empty((*x.shape[:-1], packed.shape[0]))
 
 
 @torch.library.register_fake("effgen::xnor_linear")
 def _(x, packed, alpha, bias=None):
     _packed_rows(packed, x.shape[-1], 1, "xnor_linear")
+    _check_same_device("xnor_linear", x, packed=packed, alpha=alpha, bias=bias)
     return x.new_empty((*x.shape[:-1], packed.shape[0]))
 
 
 @torch.library.register_fake("effgen::ef_compress_int8")
 def _(x, error, block_size):
+    _check_same_device("ef_compress_int8", x, error=error)
     return torch.empty_like(x, dtype=torch.int8), x.new_empty((-(-x.numel() // block_size),), dtype=torch.float32)
 
 
 @torch.library.register_fake("effgen::ef_compress_sign")
 def _(x, error, block_size):
+    _check_same_device("ef_compress_sign", x, error=error)
     return (x.new_empty(((x.numel() + 7) // 8,), dtype=torch.uint8),
             x.new_empty((2 * -(-x.numel() // block_size),), dtype=torch.float32))  # (low, high) a block
 
 
 @torch.library.register_fake("effgen::decompress_sum_int8")
 def _(q, scales, block_size):
+    _check_same_device("decompress_sum_int8", q, scales=scales)
     return q.new_empty((q.shape[1],), dtype=torch.float32)
 
 
 @torch.library.register_fake("effgen::decompress_sum_sign")
 def _(packed, levels, n, block_size):
+    _check_same_device("decompress_sum_sign", packed, levels=levels)
     return packed.new_empty((n,), dtype=torch.float32)
 
 
-def _writes_only_its_outputs(*args):
-    return None
+# The codecs' _out forms write only their outputs: their fakes return nothing.
+@torch.library.register_fake("effgen::ef_compress_int8_out")
+def _(x, error, block_size, q, scales, estimate=False):
+    _check_same_device("ef_compress_int8_out", x, error=error, q=q, scales=scales)
 
 
-for _codec_out in ("ef_compress_int8_out", "ef_compress_sign_out", "decompress_sum_int8_out",
-                   "decompress_sum_sign_out"):
-    torch.library.register_fake(f"effgen::{_codec_out}")(_writes_only_its_outputs)
+@torch.library.register_fake("effgen::ef_compress_sign_out")
+def _(x, error, block_size, packed, levels, estimate=False):
+    _check_same_device("ef_compress_sign_out", x, error=error, packed=packed, levels=levels)
+
+
+@torch.library.register_fake("effgen::decompress_sum_int8_out")
+def _(q, scales, block_size, total, accumulate=False):
+    _check_same_device("decompress_sum_int8_out", q, scales=scales, total=total)
+
+
+@torch.library.register_fake("effgen::decompress_sum_sign_out")
+def _(packed, levels, n, block_size, total, accumulate=False):
+    _check_same_device("decompress_sum_sign_out", packed, levels=levels, total=total)
 
 
 # Autograd is registered in C++ (csrc/ops/autograd.cpp): a Python autograd.Function per call

@@ -443,15 +443,6 @@ def test_non_finite_input_is_rejected_on_cpu(isa, bad):
         ops.fake_quantize_per_tensor(x, 0.1, 0, -128, 127)
 
 
-def test_wrong_device_is_rejected():
-    q = torch.ones(3, 4, dtype=torch.int8)
-    with pytest.raises(RuntimeError, match="dequantize: scale must be on meta like the input, got cpu"):
-        ops.dequantize(q.to("meta"), torch.ones(3))
-    with pytest.raises(RuntimeError, match="fake_quantize_per_channel: scale must be on cpu like the input, got meta"):
-        ops.fake_quantize_per_channel(torch.ones(3, 4), torch.ones(4, device="meta"),
-                                      torch.zeros(4, dtype=torch.int32), 1, 0, 9)
-
-
 def test_unknown_isa_is_rejected():
     with pytest.raises(ValueError, match="unknown CPU ISA 'sse9'"):
         ops.set_cpu_isa("sse9")
