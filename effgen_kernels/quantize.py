@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from ._modules import names_by_module, swap_module
 from .nn import (
     BinaryLinear,
     BinaryTrainLinear,
@@ -160,6 +161,8 @@ def _why_not(linear: nn.Linear, config) -> str | None:
         return f"weight dtype {weight.dtype} (the kernels take float32, bfloat16 and float16)"
     if weight.device.type != "cpu" and not weight.is_cuda:
         return f"device {weight.device} has no effgen kernels"
+    if not torch.isfinite(weight).all():
+        return "weight contains NaN or Inf"
     return config.cannot_convert(linear)
 
 
@@ -179,38 +182,48 @@ def _left_alone(module: nn.Module) -> str | None:
     return None
 
 
-def _swap(model: nn.Module, name: str, replacement: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, replacement)
+def _targets(model: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | None,
+             summary: QuantizeSummary) -> list[tuple[list[str], nn.Linear]]:
+    """The plain nn.Linear modules to convert, with their names; the linear-like modules left
+    alone and the shared ones filter_fn keeps under some names only go to summary.skipped."""
+    targets = []
+    for module, names in names_by_module(model).items():
+        kept = names
+        if filter_fn is not None and isinstance(module, nn.Linear):
+            # filter_fn sees nn.Linear and its subclasses only (it may read .weight, which the
+            # quantized layers do not have)
+            kept = [name for name in names if filter_fn(module, name)]
+            if not kept:
+                continue
+        left_out = [name for name in names if name not in kept]
+        if type(module) is nn.Linear and left_out:
+            summary.skipped.update({name: f"the same module as {left_out[0]}, which filter_fn leaves out"
+                                    for name in kept})
+        elif type(module) is nn.Linear:
+            targets.append((names, module))
+        elif (reason := _left_alone(module)) is not None:
+            summary.skipped.update(dict.fromkeys(kept, reason))
+    return targets
 
 
 def _replace_linears(model: nn.Module, config, make: Callable[[nn.Linear, str], nn.Module],
                      filter_fn: Callable[[nn.Module, str], bool] | None, progress: bool = False) -> QuantizeSummary:
     summary = QuantizeSummary(config)
-    targets = []
-    for name, module in model.named_modules():
-        # filter_fn sees nn.Linear and its subclasses only (it may read .weight, which the
-        # quantized layers do not have)
-        if isinstance(module, nn.Linear) and filter_fn is not None and not filter_fn(module, name):
-            continue
-        if type(module) is nn.Linear:
-            targets.append((name, module))
-        elif (reason := _left_alone(module)) is not None:
-            summary.skipped[name] = reason
+    targets = _targets(model, filter_fn, summary)
     if hasattr(config, "check_targets"):
-        config.check_targets([name for name, _ in targets])
+        config.check_targets([name for names, _ in targets for name in names])
     bar = Progress(len(targets), f"quantize_ {type(config).__name__}", enabled=progress, silent_s=2.0)
-    for done, (name, linear) in enumerate(targets):
-        bar.update(done, detail=name)
+    for done, (names, linear) in enumerate(targets):
+        bar.update(done, detail=names[0])
         reason = _why_not(linear, config)
         if reason is not None:
-            summary.skipped[name] = reason
+            summary.skipped.update(dict.fromkeys(names, reason))
             continue
-        replacement = make(linear, name)
+        replacement = make(linear, names[0])
         summary.bytes_before += _module_bytes(linear)
         summary.bytes_after += _module_bytes(replacement)
-        _swap(model, name, replacement)
-        summary.converted.append(name)
+        swap_module(model, names, replacement)
+        summary.converted += names
     bar.update(len(targets))
     return summary
 
@@ -239,10 +252,12 @@ def prepare(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bool
 def convert(model: nn.Module) -> list[str]:
     """After training: swap every trainable int8 / binary / ternary layer for its inference
     module (identical outputs in eval mode). Returns the names converted."""
-    names = [name for name, module in model.named_modules() if isinstance(module, _TRAINABLE)]
-    for name in names:
-        _swap(model, name, model.get_submodule(name).to_inference())
-    return names
+    converted = []
+    for module, names in names_by_module(model).items():
+        if isinstance(module, _TRAINABLE):
+            swap_module(model, names, module.to_inference())
+            converted += names
+    return converted
 
 
 @torch.no_grad()

@@ -401,6 +401,36 @@ def test_quantize_skips_layers_the_kernels_cannot_take_and_converts_the_rest(con
 
 
 
+@pytest.mark.parametrize("config", [ek.Int8Config(), ek.Int8WeightOnlyConfig(), ek.BinaryConfig(), ek.TernaryConfig()])
+def test_a_shared_layer_is_converted_once_and_swapped_in_at_every_place(config):
+    shared = torch.nn.Linear(K, K)
+    model = torch.nn.Sequential(shared, torch.nn.ReLU(), shared)
+    x = random_input((3, K))
+    layer = config.convert(shared)
+    expected = layer(torch.relu(layer(x)))
+    summary = ek.quantize_(model, config)
+    assert summary.converted == ["0", "2"] and model[0] is model[2] and type(model[0]) is type(layer)
+    assert summary.bytes_before == (K * K + K) * 4  # the module's parameters, counted once
+    assert_same_bits(model(x), expected)
+    if hasattr(config, "trainable"):  # quantization-aware training's two swaps
+        model = torch.nn.Sequential(shared, torch.nn.ReLU(), shared)
+        assert ek.prepare(model, config).converted == ["0", "2"] and model[0] is model[2]
+        assert ek.convert(model) == ["0", "2"] and model[0] is model[2] and type(model[0]) is type(layer)
+    model = torch.nn.Sequential(shared, torch.nn.ReLU(), shared)
+    summary = ek.quantize_(model, config, filter_fn=lambda module, name: name != "2")
+    assert summary.converted == [] and summary.skipped == {"0": "the same module as 2, which filter_fn leaves out"}
+    assert model[0] is shared and model[2] is shared
+
+
+@pytest.mark.parametrize("config", [ek.Int8Config(), ek.Int8WeightOnlyConfig(), ek.BinaryConfig(), ek.TernaryConfig()])
+def test_quantize_skips_a_layer_with_nan_or_inf_weights_and_converts_the_rest(config):
+    model = torch.nn.Sequential(torch.nn.Linear(K, N), torch.nn.Linear(N, N), torch.nn.Linear(N, 4))
+    model[1].weight.data[2, 1] = float("inf")
+    summary = ek.quantize_(model, config)
+    assert summary.converted == ["0", "2"] and summary.skipped == {"1": "weight contains NaN or Inf"}
+    assert type(model[1]) is torch.nn.Linear
+
+
 def test_quantize_says_why_it_leaves_linear_like_modules_alone():
     subclass = "NonDynamicallyQuantizableLinear is a subclass of nn.Linear (its owner may read the weight directly)"
     model = torch.nn.ModuleDict({"proj": torch.nn.Linear(K, K), "attention": torch.nn.MultiheadAttention(K, 4),

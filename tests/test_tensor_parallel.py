@@ -43,9 +43,16 @@ def test_a_quantized_row_layer_equals_the_single_process_layer(layer_results, co
                                           ("bad_packed", "in_features (24) must be a multiple of tensor-parallel "
                                            "size 2 x 8 for BinaryLinear"),
                                           ("bad_heads", "heads (1) is not divisible by the tensor-parallel size 2"),
-                                          ("bad_mesh", "dp (3) x tp (2) must equal the world size (2)")])
+                                          ("bad_mesh", "dp (3) x tp (2) must equal the world size (2)"),
+                                          ("bad_shared", "the layer at ['q_proj', 'o_proj'] is one module, which "
+                                           "the plan gives several styles: ['column', 'row']")])
 def test_misconfiguration_gives_a_clear_error(layer_results, what, message):
     assert message in layer_results[0][what]
+
+
+def test_a_shared_layer_is_sharded_once_and_swapped_in_at_every_place(layer_results):
+    for result in layer_results:
+        assert result["shared_names"] == ["a.q_proj", "b.q_proj"] and result["shared_once"]
 
 
 @pytest.fixture(scope="module")

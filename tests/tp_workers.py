@@ -101,6 +101,12 @@ def layers(rank, world, port, out):
     results["bad_packed"] = error_of(lambda: RowParallelLinear.from_linear(nn.Linear(24, 8), quant=ek.BinaryConfig()))
     results["bad_heads"] = error_of(lambda: parallelize(small_gpt(heads=1, dim=32)))
     results["bad_mesh"] = error_of(lambda: init_hybrid(3, 2))
+    shared = nn.Linear(24, 16)  # one module at two places: sharded once, swapped in at both
+    model = nn.ModuleDict({"a": nn.ModuleDict({"q_proj": shared}), "b": nn.ModuleDict({"q_proj": shared})})
+    results["shared_names"] = parallelize(model)
+    results["shared_once"] = model["a"]["q_proj"] is model["b"]["q_proj"] and isinstance(model["a"]["q_proj"],
+                                                                                           ColumnParallelLinear)
+    results["bad_shared"] = error_of(lambda: parallelize(nn.ModuleDict({"q_proj": shared, "o_proj": shared})))
     torch.save(results, os.path.join(out, f"{rank}.pt"))
     finish_worker()
 

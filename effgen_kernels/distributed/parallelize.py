@@ -8,6 +8,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
+from .._modules import names_by_module, swap_module
 from .tensor_parallel import QUANTIZED_LAYERS, ColumnParallelLinear, RowParallelLinear, group_size_and_rank
 
 # Llama / GPT naming (Hugging Face and effgen_kernels.gpt): the projections into the heads
@@ -57,18 +58,20 @@ def parallelize(model: nn.Module, mesh_or_group=None, plan: dict[str, str] | Non
         raise ValueError(f"plan styles must be 'column' or 'row', got {sorted(unknown)}")
     _check_heads(model, world)
     sharded = []
-    for name, module in list(model.named_modules()):
-        style = plan.get(name.rsplit(".", 1)[-1])
-        if style is None or not (type(module) is nn.Linear or isinstance(module, QUANTIZED_LAYERS)):
+    for module, names in names_by_module(model).items():
+        styles = {plan.get(name.rsplit(".", 1)[-1]) for name in names}
+        if styles == {None} or not (type(module) is nn.Linear or isinstance(module, QUANTIZED_LAYERS)):
             continue
-        if style == "column":
+        if len(styles) > 1:  # one module cannot be cut two ways, nor left whole at some places
+            raise ValueError(f"the layer at {names} is one module, which the plan gives several styles: "
+                             f"{sorted(map(str, styles))}")
+        if styles == {"column"}:
             replacement = ColumnParallelLinear.from_linear(module, group, quant=quant)
         else:
             replacement = RowParallelLinear.from_linear(module, group, quant=quant,
                                                         compress_block_size=compress_block_size)
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, replacement)
-        sharded.append(name)
+        swap_module(model, names, replacement)
+        sharded += names
     for module in model.modules():  # the example GPT's attention keeps its local head count
         if hasattr(module, "num_heads") and isinstance(getattr(module, "q_proj", None), ColumnParallelLinear):
             if module.num_heads % world:
