@@ -53,6 +53,8 @@ def test_misconfiguration_gives_a_clear_error(layer_results, what, message):
 def test_a_shared_layer_is_sharded_once_and_swapped_in_at_every_place(layer_results):
     for result in layer_results:
         assert result["shared_names"] == ["a.q_proj", "b.q_proj"] and result["shared_once"]
+        assert result["shared_full_state"] == {f"{at}.q_proj.{what}": shape for at in "ab"
+                                               for what, shape in [("weight", (16, 24)), ("bias", (16,))]}
 
 
 @pytest.fixture(scope="module")

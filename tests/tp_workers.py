@@ -106,6 +106,9 @@ def layers(rank, world, port, out):
     results["shared_names"] = parallelize(model)
     results["shared_once"] = model["a"]["q_proj"] is model["b"]["q_proj"] and isinstance(model["a"]["q_proj"],
                                                                                            ColumnParallelLinear)
+    full = full_state_dict(model)
+    results["shared_full_state"] = {name: tuple(t.shape) for name, t in full.items()}
+    load_full_state_dict(model, full)
     results["bad_shared"] = error_of(lambda: parallelize(nn.ModuleDict({"q_proj": shared, "o_proj": shared})))
     torch.save(results, os.path.join(out, f"{rank}.pt"))
     finish_worker()

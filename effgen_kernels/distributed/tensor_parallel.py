@@ -384,7 +384,8 @@ class RowParallelLinear(nn.Module):
 
 
 def _parallel_layers(model: nn.Module):
-    return [(name, module) for name, module in model.named_modules()
+    # Every name of a shared layer: state_dict holds its tensors under each of them.
+    return [(name, module) for name, module in model.named_modules(remove_duplicate=False)
             if isinstance(module, (ColumnParallelLinear, RowParallelLinear))]
 
 
