@@ -813,3 +813,18 @@ def test_lookup_table_is_rebuilt_after_loading_and_never_saved():
     nibble_shape = (2, ceil_div(ceil_div(64, 4), 8) * 64)  # a width-4 lut's shape, in a dtype of no layout
     with pytest.raises(ValueError, match="lut must come from lut_tiles"):
         ops.binary_linear(x, layer.weight_packed, layer.alpha, None, None, torch.zeros(nibble_shape, dtype=torch.int16))
+
+
+@pytest.mark.parametrize("m", [1, 8, 40, 200])  # the tables, the int8 GEMM, the expanded GEMM
+@pytest.mark.parametrize("group_size", [None, 32, 48])  # 48: no route reads a lut
+def test_a_lut_of_another_weight_is_refused_on_every_route(isa, m, group_size):
+    # Whether a call reads its lut depends on the rows, the CPU and the groups; a wrong one
+    # is refused on all of them, not only where it would be read.
+    x, w = random_input((m, 96)), random_input((20, 96))
+    packed, alpha = ref.binarize_weight(w, group_size)
+    other = ops.lut_tiles(ref.binarize_weight(random_input((40, 96)))[0], 96, 1)
+    with pytest.raises(ValueError, match="binary_linear: lut must come from lut_tiles"):
+        ops.binary_linear(x, packed, alpha, None, group_size, other)
+    tpacked, scale = ref.ternarize_weight(w)
+    with pytest.raises(ValueError, match="ternary_linear: lut must come from lut_tiles"):
+        ops.ternary_linear(x, tpacked, scale, None, ops.lut_tiles(packed, 96, 1))

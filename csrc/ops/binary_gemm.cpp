@@ -465,12 +465,19 @@ std::optional<at::Tensor> bits_on_int8_gemm(const Rows& r, const at::Tensor& x, 
   return done ? std::optional<at::Tensor>(out) : std::nullopt;
 }
 
+// Whether or not this call's route reads it (that depends on the rows, the CPU and the
+// groups), a lut that does not belong to the weight is refused, on every machine alike.
+void check_lut_if_given(const std::optional<at::Tensor>& lut, const BitsProduct& p, int planes, const char* op) {
+  if (lut.has_value()) checked_lut_layout(*lut, p.n, p.r.k, planes, op);
+}
+
 at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_in, const at::Tensor& alpha_in,
                          const std::optional<at::Tensor>& bias, std::optional<int64_t> group_size,
                          const std::optional<at::Tensor>& lut) {
   constexpr const char* op = "binary_linear";
   check_cpu(op, "x", x);
   const BitsProduct p = check_bits_product(op, x, packed_in, 1, "alpha", alpha_in, bias, true, group_size);
+  check_lut_if_given(lut, p, 1, op);
   if (p.r.k == 0) return empty_sum_product(x, p.n, x.options(), bias);
   const Rows& r = p.r;
   const int64_t n = p.n, groups = p.groups, group = p.group;
@@ -523,6 +530,7 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed_in, cons
   constexpr const char* op = "ternary_linear";
   check_cpu(op, "x", x);
   const BitsProduct p = check_bits_product(op, x, packed_in, 2, "scale", scale_in, bias, false);
+  check_lut_if_given(lut, p, 2, op);
   if (p.r.k == 0) return empty_sum_product(x, p.n, x.options(), bias);
   const Rows& r = p.r;
   const int64_t n = p.n, scale_stride = p.scale_stride;
