@@ -36,7 +36,8 @@ sanitize: build
 		$(abspath $(PY)) -c "import effgen_kernels as ek; assert '$(SANITIZE_DIR)' in ek.__file__, ek.__file__" && \
 		$(abspath $(PY)) -m pytest -q -p no:cacheprovider \
 			tests/test_quant.py tests/test_int8_gemm.py tests/test_binary.py tests/test_compress.py \
-			tests/test_quantized_layers.py tests/test_random_linear.py tests/test_random_quant.py
+			tests/test_quantized_layers.py tests/test_random_linear.py tests/test_random_quant.py \
+			tests/test_argument_fuzz.py tests/test_mixed_devices.py
 
 # The whole extension, CUDA part included, built against another torch (by default the H200
 # image's, which a GPU session builds on) in a copy of the tree with a venv of its own (one
