@@ -9,6 +9,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -156,7 +157,6 @@ def plot_speedups(results, path: Path) -> None:
     ax.invert_yaxis()
     ax.set(xscale="log", xlabel="speedup over the peer (same run, medians)", title="effgen bench")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     print(f"wrote {path}", file=sys.stderr)
 
@@ -183,12 +183,27 @@ def reexec_with(env: dict[str, str], argv: list[str]) -> None:
     os.execve(sys.executable, [sys.executable, "-m", "effgen_kernels.cli", *argv], {**os.environ, **env})
 
 
+def writable_directory(path: Path, command: str, option: str) -> bool:
+    """Creates ``path`` (a directory) and writes a file there; says why not and returns False
+    where that fails, so that a long run does not lose its results at the end."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as error:
+        print(f"effgen {command}: cannot write to {option} ({path}): {error.strerror or error}", file=sys.stderr)
+        return False
+    return True
+
+
 def cmd_bench(args) -> int:
     if args.cpu_isa is not None and args.cpu_isa not in ek.ops.supported_cpu_isas():
         print(f"effgen bench: --cpu-isa {args.cpu_isa}: this CPU supports {ek.ops.supported_cpu_isas()}",
               file=sys.stderr)
         return 2
     reexec_with(bench_environment(args.allocator, args.cpu_isa), args.argv)
+    for option, value in (("--json", args.json), ("--plot", args.plot)):
+        if value and not writable_directory(Path(value).parent, "bench", option):
+            return 2
     available = discover_benchmarks()
     if not available:
         print(f"effgen bench: no benchmarks found in {BENCHMARK_DIR} (they ship with the source tree)",
@@ -223,7 +238,6 @@ def cmd_bench(args) -> int:
         report = {"machine": machine_info(), "device": str(device), "quick": args.quick, "allocator": args.allocator,
                   "cpu_isa_cap": args.cpu_isa,
                   "memory_gbps": bandwidth, "results": [r.as_dict() for r in results]}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
     return 0

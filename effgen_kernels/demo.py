@@ -32,6 +32,7 @@ import torch
 
 import effgen_kernels as ek
 from effgen_kernels.bench.ddp_worker import DEMO_GPT, DEMO_HOOKS, demo_train_worker, run_workers
+from effgen_kernels.cli import writable_directory
 from effgen_kernels.distill import DistillationLoss, Distiller
 from effgen_kernels.gpt import GPT, evaluate_perplexity, lm_batch, model_device, stdlib_source_bytes
 from effgen_kernels.models import MissingModelError
@@ -372,7 +373,8 @@ def run_demo(args) -> int:
     if device is None:
         return 2
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if not writable_directory(out, "demo", "--out"):
+        return 2
     report = {"machine": {"cpu_isa": ek.ops.cpu_isa(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                           "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
               "device": str(device), "quick": args.quick}

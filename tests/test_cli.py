@@ -54,6 +54,16 @@ def test_bench_rejects_unknown_family(capsys):
     assert "unknown benchmark" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option", ["--json", "--plot"])
+def test_bench_refuses_an_output_it_cannot_write_before_it_runs(tmp_path, capsys, option):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert cli.main(["bench", "--allocator", "system", "--only", "quant", option, str(blocker / "dir" / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"effgen bench: cannot write to {option} ({blocker / 'dir'}): Not a directory" in err
+    assert "measuring" not in err  # refused before the run, not after it
+
+
 def test_bench_environment_holds_ours_and_every_peer_library_to_the_isa():
     env = cli.bench_environment("system", "avx2")
     assert env == cli.CPU_ISA_CAPS["avx2"] and env["EFFGEN_CPU_ISA"] == "avx2"

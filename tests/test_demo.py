@@ -53,6 +53,13 @@ def test_cuda_without_a_gpu_is_refused_with_a_message(tmp_path, capsys):
     assert not (tmp_path / "report.json").exists()
 
 
+def test_an_out_directory_it_cannot_write_is_refused_with_a_message(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert demo.main(["--quick", "--out", str(blocker / "out")]) == 2
+    assert f"effgen demo: cannot write to --out ({blocker / 'out'}): Not a directory" in capsys.readouterr().err
+
+
 def test_auto_device_is_the_gpu_only_where_usable():
     expected = "cuda" if torch.cuda.is_available() and ek.ops.built_with_cuda() else "cpu"
     assert demo.pick_device("auto").type == expected
