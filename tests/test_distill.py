@@ -74,6 +74,13 @@ def test_classes_the_teacher_rules_out_add_nothing():
         assert torch.isfinite(logits.grad).all()
 
 
+def test_a_nan_in_the_teacher_gives_a_nan_loss_not_a_finite_one():
+    student, teacher = torch.randn(2, 3, 7), torch.randn(2, 3, 7)
+    teacher[1, 2, 4] = float("nan")
+    assert torch.isnan(DistillationLoss(2.0, 1.0)(student, teacher))
+    assert torch.isnan(DistillationLoss(2.0, 0.5)(student, teacher, torch.zeros(2, 3, dtype=torch.long)))
+
+
 def test_distillation_loss_is_zero_for_identical_logits_and_alpha_one():
     logits = torch.randn(2, 5, 13)
     assert DistillationLoss(3.0, 1.0)(logits, logits.clone()).item() == pytest.approx(0.0, abs=1e-6)

@@ -28,11 +28,13 @@ def _masked_mean(per_position: torch.Tensor, mask: torch.Tensor | None) -> torch
 def kl_per_position(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(softmax(t / T) || softmax(s / T)) at every position, in fp32 from log-softmaxes
     (no exp of large logits, no log of 0). Classes the teacher rules out (logit -inf, as
-    masked vocabularies have) add 0: F.kl_div's exp(t) * (t - s) makes them 0 * -inf = NaN."""
+    masked vocabularies have) add 0: F.kl_div's exp(t) * (t - s) makes them 0 * -inf = NaN.
+    A NaN in the teacher's logits stays NaN (selecting p > 0 instead of p != 0 turned it into
+    a finite loss that hid the broken teacher)."""
     log_p_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
     log_p_teacher = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
     p_teacher = log_p_teacher.exp()
-    return torch.where(p_teacher > 0, p_teacher * (log_p_teacher - log_p_student), 0.0).sum(-1)
+    return torch.where(p_teacher == 0, 0.0, p_teacher * (log_p_teacher - log_p_student)).sum(-1)
 
 
 class DistillationLoss(nn.Module):
