@@ -1096,3 +1096,6 @@ def test_smoothing_rejects_bad_arguments():
         ek.nn.Int8Linear.from_float(linear, activation_absmax=torch.ones(8), alpha=1.5)
     with pytest.raises(ValueError, match="activation_absmax must have shape \\[8\\]"):
         ek.nn.Int8Linear.from_float(linear, activation_absmax=torch.ones(7))
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="activation_absmax holds NaN or Inf"):
+            ek.nn.Int8Linear.from_float(linear, activation_absmax=torch.tensor([1.0] * 7 + [bad]))

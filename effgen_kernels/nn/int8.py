@@ -131,6 +131,9 @@ def smoothing_factors(activation_absmax: torch.Tensor, weight: torch.Tensor, alp
     if activation_absmax.shape != weight.shape[1:]:
         raise ValueError(f"activation_absmax must have shape [{weight.shape[1]}] (one per input feature), "
                          f"got {tuple(activation_absmax.shape)}")
+    if not torch.isfinite(activation_absmax).all():
+        raise ValueError("activation_absmax holds NaN or Inf (the calibration batches reached non-finite "
+                         "activations): recalibrate on batches the float model handles")
     tiny = torch.finfo(torch.float32).tiny
     act = activation_absmax.float().clamp(min=1e-5)
     wmax = weight.float().abs().amax(dim=0).clamp(min=1e-5)
