@@ -157,6 +157,7 @@ def plot_speedups(results, path: Path) -> None:
     ax.invert_yaxis()
     ax.set(xscale="log", xlabel="speedup over the peer (same run, medians)", title="effgen bench")
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     print(f"wrote {path}", file=sys.stderr)
 
