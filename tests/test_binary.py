@@ -245,26 +245,46 @@ def with_pad_bits_set(packed: torch.Tensor, k: int, planes: int) -> torch.Tensor
     return out
 
 
-@pytest.mark.parametrize("m", [1, 8, 17, 40])  # the tables, lanes, the int8 GEMM, the expanded GEMM
-@pytest.mark.parametrize("k", [1, 7, 33, 250])
-def test_bits_past_k_hold_no_weights(isa, two_threads, m, k):
+def check_bits_past_k_hold_no_weights(m: int, k: int, device: str) -> None:
     x, w = random_input((m, k), torch.bfloat16, scale=1.0), random_input((70, k))
+    on = {"device": device}
     packed, alpha = ref.binarize_weight(w)
     dirty = with_pad_bits_set(packed, k, 1)
     expected = ref.binary_linear(x, packed, alpha)
-    for lut in (None, ops.lut_tiles(dirty, k, 1)):
-        torch.testing.assert_close(ops.binary_linear(x, dirty, alpha, None, None, lut), expected,
-                                   **tolerance(torch.bfloat16, k))
+    luts = (None, ops.lut_tiles(dirty, k, 1)) if device == "cpu" else (None,)  # CUDA reads the rows
+    for lut in luts:
+        torch.testing.assert_close(ops.binary_linear(x.to(**on), dirty.to(**on), alpha.to(**on), None, None, lut).cpu(),
+                                   expected, **tolerance(torch.bfloat16, k))
     group_alpha = ref.binarize_weight(w, 32)[1]
-    torch.testing.assert_close(ops.binary_linear(x, dirty, group_alpha, None, 32, ops.lut_tiles(dirty, k, 1)),
-                               ref.binary_linear(x, packed, group_alpha, None, 32), **tolerance(torch.bfloat16, k))
-    assert_same_bits(ops.xnor_linear(x, dirty, alpha), ref.xnor_linear(x, packed, alpha))
+    group_lut = ops.lut_tiles(dirty, k, 1) if device == "cpu" else None
+    torch.testing.assert_close(
+        ops.binary_linear(x.to(**on), dirty.to(**on), group_alpha.to(**on), None, 32, group_lut).cpu(),
+        ref.binary_linear(x, packed, group_alpha, None, 32), **tolerance(torch.bfloat16, k))
+    xnor = ops.xnor_linear(x.to(**on), dirty.to(**on), alpha.to(**on)).cpu()
+    if device == "cpu":
+        assert_same_bits(xnor, ref.xnor_linear(x, packed, alpha))
+    else:  # the device's fp32 mean |x| may move the last bit (test_cuda_binary_family_matches_reference)
+        torch.testing.assert_close(xnor, ref.xnor_linear(x, packed, alpha), rtol=torch.finfo(torch.bfloat16).eps,
+                                   atol=1e-5)
     tpacked, scale = ref.ternarize_weight(w)
     tdirty = with_pad_bits_set(tpacked, k, 2)
     expected = ref.ternary_linear(x, tpacked, scale)
-    for lut in (None, ops.lut_tiles(tdirty, k, 2)):
-        torch.testing.assert_close(ops.ternary_linear(x, tdirty, scale, None, lut), expected,
-                                   **tolerance(torch.bfloat16, k))
+    for lut in ((None, ops.lut_tiles(tdirty, k, 2)) if device == "cpu" else (None,)):
+        torch.testing.assert_close(ops.ternary_linear(x.to(**on), tdirty.to(**on), scale.to(**on), None, lut).cpu(),
+                                   expected, **tolerance(torch.bfloat16, k))
+
+
+@pytest.mark.parametrize("m", [1, 8, 17, 40])  # the tables, lanes, the int8 GEMM, the expanded GEMM
+@pytest.mark.parametrize("k", [1, 7, 33, 250])
+def test_bits_past_k_hold_no_weights(isa, two_threads, m, k):
+    check_bits_past_k_hold_no_weights(m, k, "cpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("m", [1, 16, 40])  # the GEMV, then the expanded GEMM
+@pytest.mark.parametrize("k", [7, 33, 250])
+def test_cuda_bits_past_k_hold_no_weights(m, k):
+    check_bits_past_k_hold_no_weights(m, k, "cuda")
 
 
 def test_3d_and_non_contiguous_inputs(isa):
