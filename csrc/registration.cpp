@@ -13,7 +13,10 @@ namespace {
 
 std::string cpu_isa() { return effgen::cpu::isa_name(effgen::cpu::active_isa()); }
 
-int64_t cpu_lut_width() { return effgen::cpu::binary_gemm_kernels().lut_layout.width; }
+int64_t cpu_lut_width(std::optional<int64_t> group_size) {
+  const auto& kernels = effgen::cpu::binary_gemm_kernels();
+  return (group_size.has_value() ? kernels.alpha_layout : kernels.lut_layout).width;
+}
 
 std::vector<std::string> supported_cpu_isas() { return effgen::cpu::supported_isa_names(); }
 
@@ -98,8 +101,9 @@ TORCH_LIBRARY(effgen, m) {
   m.def("binary_linear(Tensor x, Tensor packed, Tensor alpha, Tensor? bias=None, int? group_size=None, Tensor? lut=None) -> Tensor");
   // x [..., K] @ (scale * q)^T + bias for ternary q; scale [N] or one element.
   m.def("ternary_linear(Tensor x, Tensor packed, Tensor scale, Tensor? bias=None, Tensor? lut=None) -> Tensor");
-  // The packed rows re-tiled for the CPU lookup-table kernel: 16 rows x 4 inputs per 8 bytes and plane.
-  m.def("lut_tiles(Tensor packed, int k, int planes) -> Tensor");
+  // The packed rows re-tiled for the CPU lookup-table kernel: 16 rows x 4 inputs per 8 bytes and plane;
+  // with group_size (binary only), in the layout that kernel reads with per-group alphas.
+  m.def("lut_tiles(Tensor packed, int k, int planes, int? group_size=None) -> Tensor");
   // XNOR-Net: x binarized per token (sign, mean |x|) against binary weights, via popcount.
   m.def("xnor_linear(Tensor x, Tensor packed, Tensor alpha, Tensor? bias=None) -> Tensor");
 
@@ -130,8 +134,9 @@ TORCH_LIBRARY(effgen, m) {
   // --- build and CPU dispatch introspection --------------------------------------------
   // The CPU ISA the kernels dispatch on now.
   m.def("cpu_isa() -> str", &cpu_isa);
-  // Inputs per lookup in the layout lut_tiles makes on that ISA: 4 (uint8) or 3 (int32).
-  m.def("cpu_lut_width() -> int", &cpu_lut_width);
+  // Inputs per lookup in the layout lut_tiles makes on that ISA (with or without group_size):
+  // 4 (uint8) or 3 (int32).
+  m.def("cpu_lut_width(int? group_size=None) -> int", &cpu_lut_width);
   // Every ISA this CPU can run, lowest first.
   m.def("supported_cpu_isas() -> str[]", &supported_cpu_isas);
   // Switch the dispatched ISA (tests and benchmarks run every path in one process).

@@ -208,14 +208,15 @@ def ternarize_weight(w: torch.Tensor, per_channel: bool = True) -> tuple[torch.T
 def binary_linear(x: torch.Tensor, packed: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None = None,
                   group_size: int | None = None, lut: torch.Tensor | None = None) -> torch.Tensor:
     """x @ (alpha * sign(w))^T + bias with packed sign bits; alpha [N] or [N, groups].
-    ``lut = lut_tiles(packed, K, 1)`` enables the CPU lookup-table kernel (per-channel alpha);
-    with AMX, batches of 8 rows or more with it (per-group alphas: 2 or more) run on the int8
-    GEMM instead, the weights expanded from the tiles to int8 in cache and x as W8A16's fixed
+    ``lut = lut_tiles(packed, K, 1)`` enables the CPU lookup-table kernel (per-channel alpha;
+    per-group alphas of 32k inputs take ``lut_tiles(packed, K, 1, group_size)``); with AMX,
+    batches of 8 rows or more with it (per-group alphas: 2 or more) run on the int8 GEMM
+    instead, the weights expanded from the tiles to int8 in cache and x as W8A16's fixed
     point (2 int8 digits for bf16 x, 3 for fp32 and fp16; an x with Inf or NaN takes the
     other paths). Batches over 16 rows without it run on torch's GEMM over blocks of
     expanded weights; so do, without AVX-512 (measured on AVX2), batches over 32 rows on
     layers under 1024 output columns a thread, where the AVX2 tables cannot hold activation
-    rows in their lanes."""
+    rows in their lanes, and per-group batches over 32 rows."""
     return _ops.binary_linear(x, packed, alpha, bias, group_size, lut)
 
 
@@ -231,11 +232,14 @@ def ternary_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, b
     return _ops.ternary_linear(x, packed, scale, bias, lut)
 
 
-def lut_tiles(packed: torch.Tensor, k: int, planes: int) -> torch.Tensor:
+def lut_tiles(packed: torch.Tensor, k: int, planes: int, group_size: int | None = None) -> torch.Tensor:
     """The packed rows re-tiled for the CPU lookup-table kernel of the dispatched ISA (derived
     data: never saved). Its dtype names the layout: uint8 for 4-input groups (AVX-512, scalar),
-    int32 for 3-input groups (AVX2); a lut of another ISA's layout still works, on plain C++."""
-    return _ops.lut_tiles(packed, k, planes)
+    int32 for 3-input groups (AVX2); a lut of another ISA's layout still works, on plain C++.
+    With ``group_size`` (binary weights with per-group alphas) the layout is the one the ISA's
+    per-group kernel reads: 4-input groups everywhere, whose 32-input lanes end at the ends of
+    groups of 32k inputs (smaller groups run without a lut)."""
+    return _ops.lut_tiles(packed, k, planes, group_size)
 
 
 def xnor_linear(x: torch.Tensor, packed: torch.Tensor, alpha: torch.Tensor,
@@ -413,10 +417,10 @@ def _(w, per_channel=True):
 
 
 @torch.library.register_fake("effgen::lut_tiles")
-def _(packed, k, planes):
+def _(packed, k, planes, group_size=None):
     # LutLayout in binary_gemm.h: groups of `width` inputs, 32 // width fields per uint32 lane,
     # words of 16 lanes; width 4 tiles are uint8, width 3 tiles int32.
-    width = _ops.cpu_lut_width()
+    width = _ops.cpu_lut_width(group_size)
     groups, fields = -(-k // width), 32 // width
     words = -(-(groups * planes) // fields)
     dtype, per_word = (torch.uint8, 64) if width == 4 else (torch.int32, 16)

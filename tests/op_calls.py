@@ -38,7 +38,7 @@ def valid_calls() -> dict[str, list]:
         "int8_weight_only_linear_packed": [x, group_packed, group_sum, group_scale, bias, GROUP],
         "binary_linear": [x, bits, alpha, bias, None, ops.lut_tiles(bits, K, 1)],
         # which ISAs read the lut differs with groups (AVX2 has no per-group tables)
-        "binary_linear/groups": [x, group_bits, group_alpha, bias, GROUP, ops.lut_tiles(group_bits, K, 1)],
+        "binary_linear/groups": [x, group_bits, group_alpha, bias, GROUP, ops.lut_tiles(group_bits, K, 1, GROUP)],
         "ternary_linear": [x, ternary, ternary_scale, bias, ops.lut_tiles(ternary, K, 2)],
         "xnor_linear": [x, bits, alpha, bias],
         "ef_compress_int8": [grad, torch.zeros(1000), 256],
@@ -71,7 +71,8 @@ def single_tensor_calls() -> dict[str, list]:
         "unpack_ternary": [ternary, K],
         "binarize_weight": [w, GROUP],
         "ternarize_weight": [w, True],
-        "lut_tiles": [ternary, K, 2],
+        "lut_tiles": [ternary, K, 2, None],
+        "lut_tiles/groups": [bits, K, 1, GROUP],
     }
 
 

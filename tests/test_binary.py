@@ -296,7 +296,7 @@ def test_3d_and_non_contiguous_inputs(isa):
     assert_same_bits(ops.xnor_linear(x, packed, alpha), ref.xnor_linear(x.contiguous(), packed, alpha))
 
 
-@pytest.mark.parametrize("case", range(15))
+@pytest.mark.parametrize("case", range(18))
 def test_opcheck(case):
     x, w = random_input((5, 37)), random_input((6, 37))
     packed, alpha = ref.binarize_weight(w)
@@ -321,7 +321,10 @@ def test_opcheck(case):
         (e.binary_linear.default, (batch, packed, group_alpha, None, 16, ops.lut_tiles(packed, 37, 1))),
         # groups of 32: on the tables with per-group alphas
         (e.binary_linear.default, (x, packed, ref.binarize_weight(w, 32)[1], torch.randn(6), 32,
-                                   ops.lut_tiles(packed, 37, 1))),
+                                   ops.lut_tiles(packed, 37, 1, 32))),
+        (e.lut_tiles.default, (packed, 37, 1)),
+        (e.lut_tiles.default, (tpacked, 37, 2)),
+        (e.lut_tiles.default, (packed, 37, 1, 32)),
     ]
     opcheck(*cases[case])
 
@@ -347,6 +350,10 @@ def test_bad_inputs_name_the_argument():
         ops.ternarize_weight(torch.randn(20))
     with pytest.raises(ValueError, match="binarize_weight: group_size must be positive, got 0"):
         ops.binarize_weight(torch.randn(4, 20), 0)
+    with pytest.raises(ValueError, match="lut_tiles: group_size is for binary weights' per-group alphas"):
+        ops.lut_tiles(ref.ternarize_weight(torch.randn(4, 20))[0], 20, 2, 32)
+    with pytest.raises(ValueError, match="lut_tiles: group_size must be positive, got 0"):
+        ops.lut_tiles(packed, 20, 1, 0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -606,6 +613,9 @@ def test_lut_tiles_hold_the_documented_layout(isa, n, k, two_threads):  # (200, 
     width = lut_width(isa)
     lut, tlut = ops.lut_tiles(packed, k, 1), ops.lut_tiles(tpacked, k, 2)
     assert lut.dtype == (torch.uint8 if width == 4 else torch.int32)
+    # For per-group alphas: 4-input fields on every ISA.
+    assert torch.equal(decode_lut(ops.lut_tiles(packed, k, 1, 32), n, k, 1, 4),
+                       (ops.unpack_binary(packed, k) > 0).to(torch.int8))
     elements_per_word, groups, fields_per_lane = 64 // lut.element_size(), ceil_div(k, width), 32 // width
     assert lut.shape == (ceil_div(n, 16), ceil_div(groups, fields_per_lane) * elements_per_word)
     assert tlut.shape == (ceil_div(n, 16), ceil_div(2 * groups, fields_per_lane) * elements_per_word)
@@ -662,29 +672,33 @@ def test_batches_with_a_lut_match_reference_on_every_isa(isa, two_threads, dtype
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("group_size", [16, 128, 5008])  # 5008 >= K: alpha [N, 1]
 @pytest.mark.parametrize("m,k", [(1, 33), (2, 33), (8, 4097), (200, 250)])
-# Per-group alphas take the lut on the tables where groups are whole 32-input lanes (not on
-# AVX2) and with AMX on the way to the int8 GEMM, where each K group's products are scaled on
-# their own (from 2 rows for groups the tables cannot take, as 16); elsewhere it is ignored.
+# Per-group alphas take the lut (lut_tiles with group_size) on the tables where groups are
+# whole 32-input lanes and with AMX on the way to the int8 GEMM, where each K group's
+# products are scaled on their own (from 2 rows for groups the tables cannot take, as 16);
+# elsewhere it is ignored, as is a lut without group_size on AVX2 (30-input lanes).
 def test_batches_with_a_lut_and_per_group_alpha_match_reference(isa, two_threads, dtype, group_size, m, k):
     x, w = random_input((m, k), dtype, scale=1.0), random_input((37, k))
     bias = torch.randn(37)
     packed, alpha = ref.binarize_weight(w, group_size)
-    torch.testing.assert_close(ops.binary_linear(x, packed, alpha, bias, group_size, ops.lut_tiles(packed, k, 1)),
-                               ref.binary_linear(x, packed, alpha, bias, group_size), **tolerance(dtype, k))
+    expected = ref.binary_linear(x, packed, alpha, bias, group_size)
+    for lut in (ops.lut_tiles(packed, k, 1, group_size), ops.lut_tiles(packed, k, 1)):
+        torch.testing.assert_close(ops.binary_linear(x, packed, alpha, bias, group_size, lut), expected,
+                                   **tolerance(dtype, k))
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("group_size", [32, 96, 128])
 @pytest.mark.parametrize("m,n,k", [(1, 70, 4097), (1, 37, 300), (3, 70, 256), (5, 16, 1000), (17, 37, 4097)])
-# The tables with per-group alphas (lut_alpha_sums: scalar and AVX-512 kernels, and AMX's
-# below the rows it sends to the int8 GEMM) scale each group's sums as the group ends. 70
-# rows are a pass of 4 tiles and one of 1 (the last partly past N), 17 rows three blocks of
-# table rows; K = 4097 ends its last group inside a word.
+# The tables with per-group alphas (lut_alpha_sums: scalar, AVX2 and AVX-512 kernels, and
+# AMX's below the rows it sends to the int8 GEMM) scale each group's sums as the group ends.
+# 70 rows are a pass of 4 tiles and one of 1 (the last partly past N; AVX2: halves of 8
+# rows), 17 rows three blocks of table rows; K = 4097 ends its last group inside a word.
 def test_per_group_alpha_on_the_tables_matches_reference(isa, two_threads, dtype, group_size, m, n, k):
     x, w = random_input((m, k), dtype, scale=1.0), random_input((n, k))
     bias = torch.randn(n)
     packed, alpha = ref.binarize_weight(w, group_size)
-    torch.testing.assert_close(ops.binary_linear(x, packed, alpha, bias, group_size, ops.lut_tiles(packed, k, 1)),
+    lut = ops.lut_tiles(packed, k, 1, group_size)
+    torch.testing.assert_close(ops.binary_linear(x, packed, alpha, bias, group_size, lut),
                                ref.binary_linear(x, packed, alpha, bias, group_size), **tolerance(dtype, k))
 
 
@@ -700,7 +714,7 @@ def test_per_group_batches_on_the_int8_gemm_equal_w8a16_bit_for_bit(m, n, k, gro
     packed, alpha = ref.binarize_weight(w, group_size)
     w_packed, w_sum = ops.int8_pack_weight(ops.unpack_binary(packed, k), group_size)
     with ops.use_cpu_isa("amx"):
-        assert_same_bits(ops.binary_linear(x, packed, alpha, bias, group_size, ops.lut_tiles(packed, k, 1)),
+        assert_same_bits(ops.binary_linear(x, packed, alpha, bias, group_size, ops.lut_tiles(packed, k, 1, group_size)),
                          ops.int8_weight_only_linear_packed(x, w_packed, w_sum, alpha, bias, group_size))
 
 
@@ -748,11 +762,12 @@ def test_a_lut_made_on_one_isa_runs_on_every_other():
     x, w = random_input((m, k), scale=1.0), random_input((n, k))
     packed, alpha = ref.binarize_weight(w)
     tpacked, scale = ref.ternarize_weight(w)
+    gpacked, galpha = ref.binarize_weight(w, 32)
     luts = {}
     for isa in ops.supported_cpu_isas():
         with ops.use_cpu_isa(isa):
-            luts[isa] = ops.lut_tiles(packed, k, 1), ops.lut_tiles(tpacked, k, 2)
-    for made_on, (lut, tlut) in luts.items():
+            luts[isa] = ops.lut_tiles(packed, k, 1), ops.lut_tiles(tpacked, k, 2), ops.lut_tiles(gpacked, k, 1, 32)
+    for made_on, (lut, tlut, glut) in luts.items():
         for run_on in ops.supported_cpu_isas():
             def context(error, where=f"lut of {made_on} on {run_on}"):
                 return f"{where}: {error}"
@@ -763,6 +778,9 @@ def test_a_lut_made_on_one_isa_runs_on_every_other():
                 torch.testing.assert_close(ops.ternary_linear(x, tpacked, scale, None, tlut),
                                            ref.ternary_linear(x, tpacked, scale), **tolerance(torch.float32, k),
                                            msg=context)
+                torch.testing.assert_close(ops.binary_linear(x, gpacked, galpha, None, 32, glut),
+                                           ref.binary_linear(x, gpacked, galpha, None, 32),
+                                           **tolerance(torch.float32, k), msg=context)
 
 
 @pytest.fixture(scope="module")
@@ -807,13 +825,14 @@ def test_every_xnor_popcount_matches_the_scalar_kernel(xnor_popcount_bench, m, n
 
 
 def test_per_group_layers_keep_a_lut_where_a_route_takes_it(isa):
-    # Groups of whole 32-input lanes run on the tables (not on AVX2, whose lanes hold 30
-    # inputs); with AMX any group runs from the lut on the int8 GEMM.
+    # Groups of whole 32-input lanes run on the tables (in 4-input fields on every ISA, AVX2's
+    # per-channel 30-input lanes aside); with AMX any group runs from the lut on the int8 GEMM.
     linear = torch.nn.Linear(256, 20)
     x = random_input((2, 256), scale=1.0)
-    for group_size, keeps in [(16, isa == "amx"), (64, isa != "avx2"), (96, isa != "avx2")]:
+    for group_size, keeps in [(16, isa == "amx"), (64, True), (96, True)]:
         layer = ek.nn.BinaryLinear.from_float(linear, group_size=group_size)
         assert (layer.weight_lut is not None) == keeps, group_size
+        assert not keeps or layer.weight_lut.dtype == torch.uint8
         expected = ref.binary_linear(x, layer.weight_packed, layer.alpha, layer.bias, group_size)
         torch.testing.assert_close(layer(x), expected, **tolerance(torch.float32, 256))
 

@@ -75,7 +75,7 @@ def run_case(case: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         group = rng.choice([None, 16, 32, 48, 64, 128])  # multiples of 16: what binary groups take
         packed, alpha = ref.binarize_weight(w, group)
         expected = ref.binary_linear(x, packed, alpha, bias, group)
-        lut = ops.lut_tiles(packed, x.shape[-1], 1) if rng.random() < 0.5 else None
+        lut = ops.lut_tiles(packed, x.shape[-1], 1, rng.choice([None, group])) if rng.random() < 0.5 else None
         dense = ref.unpack_binary(packed, x.shape[-1]).float() * ref._row_alpha(alpha, x.shape[-1], group)
         return ops.binary_linear(x, with_layout(packed, rng), alpha, bias, group, lut), expected, dense
     if op == "ternary":

@@ -92,22 +92,26 @@ bool int8_blocks_match(const BinaryGemmKernels& kernels, const std::vector<uint8
   return true;
 }
 
-// The ISA's build_tables against build_lut_tables, bit for bit, on x and on x with -0,
-// -Inf and NaN among its values (the tables are the same, not just close).
+// The ISA's build_tables and build_alpha_tables against build_lut_tables, bit for bit, on x
+// and on x with -0, -Inf and NaN among its values (the tables are the same, not just close).
 bool tables_match(const BinaryGemmKernels& kernels, std::vector<float> x, int64_t m, int64_t k) {
-  const size_t floats = static_cast<size_t>(m * kernels.lut_layout.table_floats(k));
   for (const bool special : {false, true}) {
     if (special) {
       for (size_t i = 0; i < x.size(); i += 5) x[i] = -0.0f;
       x[x.size() / 3] = -INFINITY;
       x[x.size() / 2] = NAN;
     }
-    std::vector<float> built(floats), expected(floats);
-    kernels.build_tables(x.data(), m, k, built.data());
-    build_lut_tables(kernels.lut_layout, x.data(), m, k, expected.data());
-    if (std::memcmp(built.data(), expected.data(), floats * sizeof(float)) != 0) {
-      std::printf("build_tables differs from build_lut_tables (special values: %d)\n", special);
-      return false;
+    for (const bool alpha : {false, true}) {
+      const LutLayout layout = alpha ? kernels.alpha_layout : kernels.lut_layout;
+      const size_t floats = static_cast<size_t>(m * layout.table_floats(k));
+      std::vector<float> built(floats), expected(floats);
+      (alpha ? kernels.build_alpha_tables : kernels.build_tables)(x.data(), m, k, built.data());
+      build_lut_tables(layout, x.data(), m, k, expected.data());
+      if (std::memcmp(built.data(), expected.data(), floats * sizeof(float)) != 0) {
+        std::printf("%s differs from build_lut_tables (special values: %d)\n",
+                    alpha ? "build_alpha_tables" : "build_tables", special);
+        return false;
+      }
     }
   }
   return true;

@@ -42,11 +42,13 @@ constexpr int64_t kDirectMaxM = 16;
 // took 1.2-1.7x (binary) and 1.6-1.8x (ternary) the expanded GEMM's time, at 17 rows
 // 0.7-1.0x; on 2048-4096 columns binary 0.5-0.7x up to 256 rows, ternary 0.84-1.0x at 64
 // rows, 1.1-1.3x at 128. AVX-512's 16-entry tables were measured ahead of fp32 at 64 rows.
+// Per-group alphas have no lanes kernel (AVX2 looks them up with permutes): tables / expanded
+// time at 32 rows 0.75x, at 64 1.0-1.03x, at 128 1.26x (4096 x 4096 and 576 -> 1536, 2 threads).
 constexpr int64_t kExpandMinM = 32, kLanesTernaryMaxM = 64;
 
-bool expanded_gemm_pays(int64_t m, int64_t n, int planes) {
+bool expanded_gemm_pays(int64_t m, int64_t n, int planes, bool group_alphas = false) {
   if (m <= kExpandMinM || cpu::runs_avx512(cpu::active_isa())) return false;
-  const bool lanes = n >= cpu::kLutLanesMinTiles * cpu::kLutTileRows * at::get_num_threads();
+  const bool lanes = !group_alphas && n >= cpu::kLutLanesMinTiles * cpu::kLutTileRows * at::get_num_threads();
   return !lanes || (planes == 2 && m > kLanesTernaryMaxM);
 }
 
@@ -297,14 +299,19 @@ int64_t lut_row_elements(cpu::LutLayout layout, int64_t k, int planes) {
   return layout.tile_bytes(k, planes) / static_cast<int64_t>(c10::elementSize(lut_dtype(layout)));
 }
 
-at::Tensor lut_tiles(const at::Tensor& packed_in, int64_t k, int64_t planes) {
+at::Tensor lut_tiles(const at::Tensor& packed_in, int64_t k, int64_t planes, std::optional<int64_t> group_size) {
   constexpr const char* op = "lut_tiles";
   TORCH_CHECK_VALUE(planes == 1 || planes == 2, op, ": planes must be 1 (binary) or 2 (ternary), got ", planes);
   TORCH_CHECK_VALUE(k >= 0, op, ": k must be >= 0, got ", k);
+  TORCH_CHECK_VALUE(!group_size.has_value() || planes == 1, op,
+                    ": group_size is for binary weights' per-group alphas (planes = 1), got planes = ", planes);
+  TORCH_CHECK_VALUE(!group_size.has_value() || *group_size > 0, op, ": group_size must be positive, got ",
+                    group_size.value_or(0));
   check_cpu(op, "packed", packed_in);
   check_packed(op, packed_in, k, planes, packed_in);
   const at::Tensor packed = packed_in.contiguous();
-  const cpu::LutLayout layout = cpu::binary_gemm_kernels().lut_layout;
+  const auto& kernels = cpu::binary_gemm_kernels();
+  const cpu::LutLayout layout = group_size.has_value() ? kernels.alpha_layout : kernels.lut_layout;
   const at::ScalarType dtype = lut_dtype(layout);
   const int64_t tiles = (packed.size(0) + cpu::kLutTileRows - 1) / cpu::kLutTileRows;
   at::Tensor out = at::empty({tiles, lut_row_elements(layout, k, static_cast<int>(planes))},
@@ -339,9 +346,10 @@ struct LutSums {
 };
 
 // The lookup-table product: raw sums [m, tiles * 16] (binary: over the +1 weights; ternary:
-// positive minus negative), or with `alphas` (binary, per group; the lut in the dispatched
-// ISA's layout) the rows' results before the bias (lut_alpha_sums). A lut in another layout
-// than the dispatched ISA's (made before set_cpu_isa) runs on the portable kernel.
+// positive minus negative), or with `alphas` (binary, per group; the lut in the layout of the
+// dispatched ISA's lut_alpha_sums, alpha_tables_fit) the rows' results before the bias
+// (lut_alpha_sums). Without alphas, a lut in another layout than the dispatched ISA's (made
+// before set_cpu_isa) runs on the portable kernel, its tables built by the portable builder.
 LutSums lut_product(const Rows& r, int64_t n, const at::Tensor& lut, int planes, const char* op,
                     const cpu::LutAlphaGroups* alphas = nullptr) {
   const cpu::LutLayout layout = checked_lut_layout(lut, n, r.k, planes, op);
@@ -354,6 +362,10 @@ LutSums lut_product(const Rows& r, int64_t n, const at::Tensor& lut, int planes,
   LutSums sums{std::make_unique_for_overwrite<float[]>(static_cast<size_t>(r.m * padded)), padded};
   const auto& kernels = cpu::binary_gemm_kernels();
   const bool native = kernels.lut_layout.width == layout.width;
+  // The ISA's table builder for the layouts its kernels read, else the portable one.
+  const auto build_tables = alphas != nullptr && kernels.alpha_layout.width == layout.width ? kernels.build_alpha_tables
+                            : native                                                       ? kernels.build_tables
+                                                                                           : nullptr;
   // Each thread builds the tables of kLutMaxM rows at a time itself, into a buffer of its
   // own that stays in its L2 (8 rows: 192 KB for K = 1536, 512 KB for 4096), and looks
   // them up over its tiles. Building each row's tables once and sharing them (parts built
@@ -368,8 +380,8 @@ LutSums lut_product(const Rows& r, int64_t n, const at::Tensor& lut, int planes,
       const int64_t rows = std::min(cpu::kLutMaxM, r.m - i0);
       const float* x_rows = x32.data_ptr<float>() + i0 * r.k;
       float* row_sums = sums.data.get() + i0 * padded;
-      if (native) {
-        kernels.build_tables(x_rows, rows, r.k, tables.data());
+      if (build_tables != nullptr) {
+        build_tables(x_rows, rows, r.k, tables.data());
       } else {
         cpu::build_lut_tables(layout, x_rows, rows, r.k, tables.data());
       }
@@ -405,13 +417,11 @@ LutSums lut_product(const Rows& r, int64_t n, const at::Tensor& lut, int planes,
 constexpr int64_t kInt8GemmMinM = 8;
 constexpr int64_t kVnniTernaryMinM = 16, kVnniTernaryMinMBf16 = 8, kVnniBinaryMinMBf16 = 32;
 
-// Per-group alphas run on the tables where the dispatched ISA has lut_alpha_sums, the lut is
-// in its layout and the groups are whole lanes.
+// Per-group alphas run on the tables where the lut is in the layout the dispatched ISA's
+// lut_alpha_sums reads (lut_tiles with group_size) and the groups are whole lanes of it.
 bool alpha_tables_fit(const at::Tensor& lut, int64_t n, int64_t k, int64_t group) {
-  const auto& kernels = cpu::binary_gemm_kernels();
-  const cpu::LutLayout layout = kernels.lut_layout;
-  return kernels.lut_alpha_sums != nullptr && group % layout.lane_inputs(1) == 0 &&
-         checked_lut_layout(lut, n, k, 1, "binary_linear").width == layout.width;
+  const cpu::LutLayout layout = cpu::binary_gemm_kernels().alpha_layout;
+  return group % layout.lane_inputs(1) == 0 && checked_lut_layout(lut, n, k, 1, "binary_linear").width == layout.width;
 }
 
 // Where per-group alphas start on the int8 GEMM. Against masked adds (groups the tables
@@ -481,7 +491,7 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_in, const
   if (p.r.k == 0) return empty_sum_product(x, p.n, x.options(), bias);
   const Rows& r = p.r;
   const int64_t n = p.n, groups = p.groups, group = p.group;
-  const bool lut_pays = lut.has_value() && !expanded_gemm_pays(r.m, n, 1);
+  const bool lut_pays = lut.has_value() && !expanded_gemm_pays(r.m, n, 1, groups > 1);
   if (lut_pays) {
     if (auto out = bits_on_int8_gemm(r, x, n, *lut, 1, alpha_in, groups, group, bias, op)) return *out;
   }

@@ -52,10 +52,15 @@ class _PackedLinear(QuantizedLayer):
     def _uses_lut(self) -> bool:
         return True
 
+    def _lut_group_size(self) -> int | None:
+        """The group size of per-group alphas, whose kernel reads a layout of its own."""
+        return None
+
     def refresh_lut(self) -> None:
         """Rebuild weight_lut from weight_packed (after changing the packed weights by hand)."""
         use = self._uses_lut() and self.weight_packed.device.type == "cpu"
-        self.weight_lut = ops.lut_tiles(self.weight_packed, self.in_features, self._lut_planes) if use else None
+        self.weight_lut = (ops.lut_tiles(self.weight_packed, self.in_features, self._lut_planes,
+                                         self._lut_group_size()) if use else None)
 
 
 def _check_group_size(group_size: int | None) -> None:
@@ -86,8 +91,8 @@ class BinaryLinear(_PackedLinear):
         self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device) if bias else None)
         self._init_lut()
 
-    # Per-group alphas on the tables need groups of whole lanes: 32 inputs (4-bit fields,
-    # scalar and AVX-512 kernels); AVX2's 30-input lanes take none (binary_gemm.h).
+    # Per-group alphas on the tables need groups of whole lanes: 32 inputs (the 4-bit fields
+    # of ops.lut_tiles with group_size, on every ISA).
     _ALPHA_TABLE_GROUP_MULTIPLE = 32
 
     def _uses_lut(self) -> bool:
@@ -97,8 +102,10 @@ class BinaryLinear(_PackedLinear):
             return False
         if self.group_size is None:
             return True
-        isa = ops.cpu_isa()
-        return isa == "amx" or (isa != "avx2" and self.group_size % self._ALPHA_TABLE_GROUP_MULTIPLE == 0)
+        return ops.cpu_isa() == "amx" or self.group_size % self._ALPHA_TABLE_GROUP_MULTIPLE == 0
+
+    def _lut_group_size(self) -> int | None:
+        return self.group_size
 
     @classmethod
     def from_float(cls, linear: nn.Linear, group_size: int | None = None,

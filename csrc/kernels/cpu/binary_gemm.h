@@ -83,6 +83,8 @@ struct BinaryGemmKernels {
   void (*expand)(const uint8_t* packed, int64_t n, int64_t k, int planes, float* out);
   // build_lut_tables(lut_layout, ...), vectorised: the same tables bit for bit.
   void (*build_tables)(const float* x, int64_t m, int64_t k, float* tables);
+  // The same for alpha_layout (lut_alpha_sums' tables): build_tables where the layouts agree.
+  void (*build_alpha_tables)(const float* x, int64_t m, int64_t k, float* tables);
   // Lookup-table product (T-MAC style) in the layout `lut_layout`:
   // tables[i][g][b] holds the sum of x[i][width * g + t] over the set bits t of b, so one
   // table lookup (one lane of a vpermps, or of a load) stands for `width` adds.
@@ -93,7 +95,7 @@ struct BinaryGemmKernels {
                    int planes, float* sums, int64_t lds);
   // lut_sums of binary weights with per-group alphas, finished: out[i * lds + row] = sum over
   // groups g of alpha[row][g] * (2 * (sum of x over the +1 weights of group g) - totals[i][g]),
-  // 0 for rows past n. nullptr where lanes cannot end at group ends (AVX2's 30-input lanes).
+  // 0 for rows past n; tables and tiles in alpha_layout, whose lanes end at group ends.
   void (*lut_alpha_sums)(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1,
                          const LutAlphaGroups& alphas, float* out, int64_t lds);
   // Tiles [t0, t1) of `lut_layout` as the int8 GEMM's packed blocks with their column sums
@@ -103,6 +105,9 @@ struct BinaryGemmKernels {
   void (*lut_tiles_to_int8)(const uint8_t* tiles, int64_t k, int planes, int64_t t0, int64_t t1,
                             const Int8Panel& panel);
   LutLayout lut_layout;
+  // The layout lut_alpha_sums reads: lut_layout, but on AVX2 nibbles (its triples' 30-input
+  // lanes cannot end at the ends of groups of 32k inputs).
+  LutLayout alpha_layout;
 };
 
 // Derives the tiled layout from canonical packed rows (n rows of planes * ceil(k/8) bytes).

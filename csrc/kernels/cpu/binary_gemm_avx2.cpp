@@ -220,11 +220,83 @@ void lut_tiles_half(const float* tables, int64_t k, const uint8_t* tiles, int64_
   }
 }
 
+// Per-group alphas (binary weights) read 16-entry tables (kLutNibbles): a lane of triples
+// holds 30 inputs, so a group of 32k inputs would end inside one, where a lane of nibbles
+// holds 32 and a group is whole words. A lookup is the table's two halves permuted by the
+// field's bits 0-2 and blended by its bit 3 (two vpermps where triples take one for 3
+// inputs). At a group's last word the 8 rows' sums of a half become alpha * (2 * sums - the
+// group's total of x) and add to the rows' results in `out` (stored by the first group).
+constexpr LutLayout kLutAlphaLayout = kLutNibbles;
+
+template <int M>
+void lut_alpha_half(const float* tables, int64_t k, const uint8_t* tile, int64_t row0, int half,
+                    const LutAlphaGroups& a, float* out, int64_t lds) {
+  constexpr LutLayout kLayout = kLutAlphaLayout;
+  constexpr int kSlots = static_cast<int>(kLayout.slots_per_lane());
+  const int64_t words = kLayout.words(k, 1), table_stride = kLayout.table_floats(k);
+  const int64_t group_words = a.group / kLayout.lane_inputs(1);
+  row0 += half * 8;
+  // The 8 rows' alphas of a group, gathered (rows past n: 0, and never read).
+  const __m256i row_offsets = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                                 _mm256_set1_epi32(static_cast<int>(a.groups)));
+  const __m256 rows_in_n = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+      _mm256_set1_epi32(static_cast<int>(a.n - row0)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+  const __m256 two = _mm256_set1_ps(2.0f);
+  __m256 acc[M];
+  for (int i = 0; i < M; ++i) acc[i] = _mm256_setzero_ps();
+  int64_t group = 0, group_words_left = group_words;  // a countdown, not a division a word
+  for (int64_t w = 0; w < words; ++w) {
+    const uint8_t* word = tile + w * kLutWordBytes;
+    _mm_prefetch(reinterpret_cast<const char*>(word) + 4 * kLutWordBytes, _MM_HINT_T0);
+    const __m256i fields = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(word + half * 32));
+    const float* word_tables = tables + LutLayout::slot_table(kSlots * w, 1) * 16;
+#pragma GCC unroll 8
+    for (int j = 0; j < kSlots; ++j) {
+      const __m256i idx = _mm256_srli_epi32(fields, 4 * j);                          // vpermps reads bits 0-2
+      const __m256 upper = _mm256_castsi256_ps(_mm256_slli_epi32(fields, 28 - 4 * j));  // bit 3 to the sign
+      for (int i = 0; i < M; ++i) {
+        const float* table = word_tables + i * table_stride + j * 16;
+        const __m256 low = _mm256_permutevar8x32_ps(table_in_register(table), idx);
+        const __m256 high = _mm256_permutevar8x32_ps(table_in_register(table + 8), idx);
+        acc[i] = _mm256_add_ps(acc[i], _mm256_blendv_ps(low, high, upper));
+      }
+    }
+    if (--group_words_left == 0 || w + 1 == words) {
+      const __m256 alpha = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), a.alpha + row0 * a.groups + group,
+                                                    row_offsets, rows_in_n, 4);
+      for (int i = 0; i < M; ++i) {
+        const __m256 signed_sum = _mm256_fmsub_ps(acc[i], two, _mm256_set1_ps(a.totals[i * a.groups + group]));
+        float* rows_out = out + i * lds + row0;
+        _mm256_storeu_ps(rows_out, group == 0 ? _mm256_mul_ps(alpha, signed_sum)
+                                              : _mm256_fmadd_ps(alpha, signed_sum, _mm256_loadu_ps(rows_out)));
+        acc[i] = _mm256_setzero_ps();
+      }
+      ++group;
+      group_words_left = group_words;
+    }
+  }
+}
+
+template <int M>
+void lut_alpha_tiles(const float* tables, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1, float* out,
+                     int64_t lds, const LutAlphaGroups& a) {
+  const int64_t tile_bytes = kLutAlphaLayout.tile_bytes(k, 1);
+  for (int64_t t = t0; t < t1; ++t) {
+    for (int half = 0; half < 2; ++half) {
+      lut_alpha_half<M>(tables, k, tiles + t * tile_bytes, t * kLutTileRows, half, a, out, lds);
+    }
+  }
+}
+
 // Up to 2 rows take both halves in one pass (each table load serves 16 weight rows); more
-// rows take a pass per half, so that their accumulators fit the registers.
+// rows take a pass per half, so that their accumulators fit the registers. Per-group alphas
+// (binary weights only) take lut_alpha_tiles.
 template <int M, int kPlanes>
 void lut_tiles(const float* tables, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1, float* sums,
-               int64_t lds) {
+               int64_t lds, const LutAlphaGroups* alphas = nullptr) {
+  if constexpr (kPlanes == 1) {
+    if (alphas != nullptr) return lut_alpha_tiles<M>(tables, k, tiles, t0, t1, sums, lds, *alphas);
+  }
   if constexpr (M <= 2) {
     lut_tiles_half<M, kPlanes, 2>(tables, k, tiles, t0, t1, 0, sums, lds);
   } else {
@@ -319,14 +391,30 @@ void lut_sums_rows_in_lanes(const float* tables, int64_t m, int64_t k, const uin
 
 #include "binary_lut_tables.h"
 
-// A table a vector, with build_lut_tables' adds (entry b: (high + xs[1] or +0) + xs[0] or
-// +0, high = 0 + xs[2] where bit 2 is set, else +0), so the same tables bit for bit.
+// Eight table entries a vector, with build_lut_tables' adds: entry b of the eight is
+// ((start + xs[2] or +0) + xs[1] or +0) + xs[0] or +0 by bits 2, 1, 0 of b. Adding +0 for
+// a clear bit changes nothing, as no partial sum is -0 (they start at +0, or at 0 + xs[3]).
+inline __m256 eight_entries(__m256 start, const float* xs) {
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 high = _mm256_add_ps(start, _mm256_blend_ps(zero, _mm256_set1_ps(xs[2]), 0xF0));
+  const __m256 with_bit1 = _mm256_add_ps(high, _mm256_blend_ps(zero, _mm256_set1_ps(xs[1]), 0xCC));
+  return _mm256_add_ps(with_bit1, _mm256_blend_ps(zero, _mm256_set1_ps(xs[0]), 0xAA));
+}
+
+// Triples: a table a vector; the same tables bit for bit as build_lut_tables.
 void build_tables(const float* x, int64_t m, int64_t k, float* tables) {
   for_each_lut_group(kLutLayout, x, m, k, tables, [](const float* xs, float* table) {
+    _mm256_storeu_ps(table, eight_entries(_mm256_setzero_ps(), xs));
+  });
+}
+
+// Nibbles (per-group alphas): entries 8-15 start from 0 + xs[3], added first as bit 3 is
+// the highest.
+void build_alpha_tables(const float* x, int64_t m, int64_t k, float* tables) {
+  for_each_lut_group(kLutAlphaLayout, x, m, k, tables, [](const float* xs, float* table) {
     const __m256 zero = _mm256_setzero_ps();
-    const __m256 high = _mm256_blend_ps(zero, _mm256_add_ps(zero, _mm256_set1_ps(xs[2])), 0xF0);
-    const __m256 with_bit1 = _mm256_add_ps(high, _mm256_blend_ps(zero, _mm256_set1_ps(xs[1]), 0xCC));
-    _mm256_storeu_ps(table, _mm256_add_ps(with_bit1, _mm256_blend_ps(zero, _mm256_set1_ps(xs[0]), 0xAA)));
+    _mm256_storeu_ps(table, eight_entries(zero, xs));
+    _mm256_storeu_ps(table + 8, eight_entries(_mm256_add_ps(zero, _mm256_set1_ps(xs[3])), xs));
   });
 }
 
@@ -340,9 +428,10 @@ void lut_sums(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, i
   lut_dispatch(tables, m, k, tiles, t0, t1, planes, sums, lds);
 }
 
-// A lane holds 30 inputs: a group of 16k ends inside a lane, so per-group alphas have no
-// tables here.
-constexpr decltype(BinaryGemmKernels::lut_alpha_sums) lut_alpha_sums = nullptr;
+void lut_alpha_sums(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1,
+                    const LutAlphaGroups& alphas, float* out, int64_t lds) {
+  lut_dispatch(tables, m, k, tiles, t0, t1, 1, out, lds, &alphas);
+}
 
 void lut_tiles_to_int8(const uint8_t* tiles, int64_t k, int planes, int64_t t0, int64_t t1, const Int8Panel& panel) {
   lut_tiles_to_int8_portable(kLutLayout, tiles, k, planes, t0, t1, panel);

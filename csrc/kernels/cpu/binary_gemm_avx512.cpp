@@ -90,6 +90,7 @@ void expand_row(const uint8_t* bits, const uint8_t* negative, int64_t k, float* 
 
 constexpr int64_t kLutPrefetchBytes = 2048;
 constexpr LutLayout kLutLayout = kLutNibbles;  // one 16-entry vpermps per lookup
+constexpr LutLayout kLutAlphaLayout = kLutLayout;
 
 // Tiles of one pass: each table vector loaded serves that many tiles' lookups. Loaded for
 // one lookup, the binary tables (64 KB per row at K = 4096, beyond L1) came from L2 at a
@@ -378,6 +379,8 @@ void build_tables(const float* x, int64_t m, int64_t k, float* tables) {
     _mm512_storeu_ps(table, _mm512_mask_add_ps(t, 0xAAAA, t, _mm512_set1_ps(xs[0])));
   });
 }
+
+constexpr auto build_alpha_tables = build_tables;  // kLutAlphaLayout is kLutLayout
 
 #include "binary_lut_dispatch.h"
 

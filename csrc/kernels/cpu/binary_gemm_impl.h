@@ -3,8 +3,9 @@
 //   template <typename T, int MR, int NR> void masked_tile(const MaskedArgs<T>&, int64_t i0, int64_t j0);
 //   template <int MR, int NR> void popcount_tile(const PopcountArgs&, int64_t i0, int64_t j0);
 //   void expand_row(const uint8_t* bits, const uint8_t* negative_bits_or_null, int64_t k, float* out);
-//   build_tables, lut_sums, lut_alpha_sums and lut_tiles_to_int8 (see BinaryGemmKernels; the portable
-//   ones serve the ISAs without vpermps) and kLutLayout, the layout they read
+//   build_tables, build_alpha_tables, lut_sums, lut_alpha_sums and lut_tiles_to_int8 (see
+//   BinaryGemmKernels; the portable ones serve the ISAs without vpermps) and kLutLayout, the
+//   layout they read (kLutAlphaLayout: build_alpha_tables' and lut_alpha_sums')
 // and the tile sizes kMaskedM/N, kPopM/N. Ragged edges go to smaller instantiations
 // (binary_tiles.h, which also holds xor_popcount).
 
@@ -41,7 +42,9 @@ const BinaryGemmKernels kBinaryTable{.masked_sums = masked_sums,
                                      .xor_popcount = xor_popcount,
                                      .expand = expand,
                                      .build_tables = build_tables,
+                                     .build_alpha_tables = build_alpha_tables,
                                      .lut_sums = lut_sums,
                                      .lut_alpha_sums = lut_alpha_sums,
                                      .lut_tiles_to_int8 = lut_tiles_to_int8,
-                                     .lut_layout = kLutLayout};
+                                     .lut_layout = kLutLayout,
+                                     .alpha_layout = kLutAlphaLayout};

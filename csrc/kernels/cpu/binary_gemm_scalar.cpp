@@ -56,10 +56,13 @@ void expand_row(const uint8_t* bits, const uint8_t* negative, int64_t k, float* 
 }
 
 constexpr LutLayout kLutLayout = kLutNibbles;
+constexpr LutLayout kLutAlphaLayout = kLutLayout;
 
 void build_tables(const float* x, int64_t m, int64_t k, float* tables) {
   build_lut_tables(kLutLayout, x, m, k, tables);
 }
+
+constexpr auto build_alpha_tables = build_tables;  // kLutAlphaLayout is kLutLayout
 
 void lut_sums(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1, int planes,
               float* sums, int64_t lds) {
