@@ -247,7 +247,7 @@ void lut_alpha_half(const float* tables, int64_t k, const uint8_t* tile, int64_t
   int64_t group = 0, group_words_left = group_words;  // a countdown, not a division a word
   for (int64_t w = 0; w < words; ++w) {
     const uint8_t* word = tile + w * kLutWordBytes;
-    _mm_prefetch(reinterpret_cast<const char*>(word) + 4 * kLutWordBytes, _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(word) + 4 * kLutWordBytes, _MM_HINT_T0);  // past the end: no fault
     const __m256i fields = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(word + half * 32));
     const float* word_tables = tables + LutLayout::slot_table(kSlots * w, 1) * 16;
 #pragma GCC unroll 8
