@@ -584,9 +584,9 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed_in, cons
   return out;
 }
 
-// The set bits past K of a packed row whose last byte is `last_byte`.
-int64_t set_bits_past_k(const uint8_t* last_byte, int64_t k) {
-  return k % 8 == 0 ? 0 : __builtin_popcount(static_cast<unsigned>(*last_byte) >> (k % 8));
+// The set bits past K of a packed row (of packed_row_bytes(k) bytes).
+int64_t set_bits_past_k(const uint8_t* row, int64_t k) {
+  return k % 8 == 0 ? 0 : __builtin_popcount(static_cast<unsigned>(row[k / 8]) >> (k % 8));
 }
 
 at::Tensor xnor_linear(const at::Tensor& x, const at::Tensor& packed_in, const at::Tensor& alpha_in,
@@ -619,7 +619,7 @@ at::Tensor xnor_linear(const at::Tensor& x, const at::Tensor& packed_in, const a
         rows.put_run(i, j0, nb, [&](int64_t j) {
           // The sign dot product is K - 2 * disagreements. x's pad bits are 0, so each set pad
           // bit of the weight row (K comes from x; those bits hold no weight) counted as one.
-          const int64_t pad_ones = set_bits_past_k(packed.data_ptr<uint8_t>() + (j0 + j + 1) * row_bytes - 1, r.k);
+          const int64_t pad_ones = set_bits_past_k(packed.data_ptr<uint8_t>() + (j0 + j) * row_bytes, r.k);
           const float dot = static_cast<float>(r.k - 2 * (int64_t{disagree[i * nb + j]} - pad_ones));
           return dot * xs[i] * a[(j0 + j) * alpha_stride];
         });
