@@ -99,7 +99,7 @@ def run_shape(ctx: BenchContext, m: int, k: int, n: int) -> list[BenchResult]:
                                  {float_peer: peers[float_peer],
                                   **grid_peer("TernaryLinear", ternary_call)},
                                  bytes_moved=n * k // 4 + m * k * x_bytes + m * n * x_bytes, **timing)
-    if ctx.device.type == "cpu":  # per-group alphas: masked adds at one row, the int8 GEMM from 2 with AMX
+    if ctx.device.type == "cpu":  # per-group alphas: the tables at one row, the int8 GEMM from 2 with AMX
         grouped = Rotation(lambda: ek.nn.BinaryLinear.from_float(linear, group_size=GROUP_SIZE),
                            n * k // 8 + 4 * n * (k // GROUP_SIZE), rotate=rotate)
         results += ctx.measure_peers(FAMILY, f"BinaryLinear (1-bit, alpha per {GROUP_SIZE} inputs)", shape, dtype,
