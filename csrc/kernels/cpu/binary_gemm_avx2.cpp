@@ -1,6 +1,7 @@
 // AVX2 binary kernels: each weight byte is expanded to an 8-lane mask (and + compare with
 // the lane's bit), popcounts use the 4-bit lookup table of vpshufb, and the lookup-table
-// product looks up groups of 3 weights in 8-entry tables, one vpermps each.
+// product looks up groups of 3 weights in 8-entry tables, one vpermps each (with per-group
+// alphas 4 weights in 16-entry tables, two vpermps and a blend).
 #include <immintrin.h>
 
 #include <cstring>
