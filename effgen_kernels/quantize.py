@@ -85,7 +85,7 @@ class BinaryConfig:
     """1-bit weights (XNOR-Net alpha per channel or per group of 16k inputs); with
     ``binary_activations`` the inputs are binarized too and products use XNOR-popcount.
     On the CPU, groups of 32k inputs (e.g. 128) run decode on the lookup tables as per-channel
-    alphas do (AVX2 in 16-entry tables, about 1.6x its per-channel time); other groups take
+    alphas do (AVX2 in 16-entry tables, about 1.8x its per-channel time); other groups take
     masked adds."""
 
     group_size: int | None = None
@@ -233,8 +233,10 @@ def quantize_(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bo
               progress: bool = True) -> QuantizeSummary:
     """Replace every nn.Linear of ``model`` (for which ``filter_fn(module, name)`` is true)
     by the quantized layer of ``config``; returns a QuantizeSummary. Layers that cannot be
-    converted stay as they are and are listed, with the reason, in ``summary.skipped``, as are
-    layers already quantized or prepared and subclasses of nn.Linear, which it leaves alone.
+    converted (e.g. NaN or Inf weights) stay as they are and are listed, with the reason, in
+    ``summary.skipped``, as are layers already quantized or prepared and subclasses of
+    nn.Linear, which it leaves alone. A layer used at several places is converted once and
+    swapped in under each of its names.
     A conversion that runs past 2 s (a large model) shows a progress bar on stderr unless
     ``progress`` is False."""
     return _replace_linears(model, config, config.convert, filter_fn, progress)
