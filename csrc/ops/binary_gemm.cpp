@@ -585,7 +585,7 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed_in, cons
 }
 
 // The set bits past K of a packed row (of packed_row_bytes(k) bytes).
-int64_t set_bits_past_k(const uint8_t* row, int64_t k) {
+int32_t set_bits_past_k(const uint8_t* row, int64_t k) {
   return k % 8 == 0 ? 0 : __builtin_popcount(static_cast<unsigned>(row[k / 8]) >> (k % 8));
 }
 
@@ -613,14 +613,18 @@ at::Tensor xnor_linear(const at::Tensor& x, const at::Tensor& packed_in, const a
     std::vector<int32_t> disagree(static_cast<size_t>(r.m * kBlockN));
     for (int64_t block = begin; block < end; ++block) {
       const int64_t j0 = block * kBlockN, nb = std::min(kBlockN, n - j0);
-      kernels.xor_popcount(x_bits.data(), row_bytes, packed.data_ptr<uint8_t>() + j0 * row_bytes, row_bytes, r.m, nb,
-                           row_bytes, disagree.data(), nb);
+      const uint8_t* weight_rows = packed.data_ptr<uint8_t>() + j0 * row_bytes;
+      kernels.xor_popcount(x_bits.data(), row_bytes, weight_rows, row_bytes, r.m, nb, row_bytes, disagree.data(), nb);
+      // x's pad bits are 0, so each set pad bit of a weight row (K comes from x; those bits
+      // hold no weight) counted as a disagreement.
+      for (int64_t j = 0; j < nb; ++j) {
+        const int32_t pad_ones = set_bits_past_k(weight_rows + j * row_bytes, r.k);
+        for (int64_t i = 0; pad_ones != 0 && i < r.m; ++i) disagree[i * nb + j] -= pad_ones;
+      }
       for (int64_t i = 0; i < r.m; ++i) {
         rows.put_run(i, j0, nb, [&](int64_t j) {
-          // The sign dot product is K - 2 * disagreements. x's pad bits are 0, so each set pad
-          // bit of the weight row (K comes from x; those bits hold no weight) counted as one.
-          const int64_t pad_ones = set_bits_past_k(packed.data_ptr<uint8_t>() + (j0 + j) * row_bytes, r.k);
-          const float dot = static_cast<float>(r.k - 2 * (int64_t{disagree[i * nb + j]} - pad_ones));
+          // The sign dot product is K - 2 * disagreements.
+          const float dot = static_cast<float>(r.k - 2 * int64_t{disagree[i * nb + j]});
           return dot * xs[i] * a[(j0 + j) * alpha_stride];
         });
       }
