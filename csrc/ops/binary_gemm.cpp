@@ -43,7 +43,8 @@ constexpr int64_t kDirectMaxM = 16;
 // 0.7-1.0x; on 2048-4096 columns binary 0.5-0.7x up to 256 rows, ternary 0.84-1.0x at 64
 // rows, 1.1-1.3x at 128. AVX-512's 16-entry tables were measured ahead of fp32 at 64 rows.
 // Per-group alphas have no lanes kernel (AVX2 looks them up with permutes): tables / expanded
-// time at 32 rows 0.75x, at 64 1.0-1.03x, at 128 1.26x (4096 x 4096 and 576 -> 1536, 2 threads).
+// time, 2 threads, at 32 rows 0.68-0.81x, at 64 1.0-1.03x (4096 x 4096 and 576 -> 1536), at
+// 128 1.26x (4096 x 4096).
 constexpr int64_t kExpandMinM = 32, kLanesTernaryMaxM = 64;
 
 bool expanded_gemm_pays(int64_t m, int64_t n, int planes, bool group_alphas = false) {
