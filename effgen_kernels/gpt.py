@@ -178,6 +178,9 @@ def evaluate_perplexity(model: nn.Module, stream: torch.Tensor, length: int, bat
     model's device."""
     if stream.dim() != 1 or stream.numel() < 2:
         raise ValueError(f"stream must be 1-D with at least 2 tokens, got shape {tuple(stream.shape)}")
+    for name, value in (("length", length), ("batch_size", batch_size), ("max_windows", max_windows)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
     starts = list(range(0, stream.numel() - 1, length))[:max_windows]
     full = [s for s in starts if s + length < stream.numel()]
     batches = [full[i:i + batch_size] for i in range(0, len(full), batch_size)]
@@ -186,12 +189,14 @@ def evaluate_perplexity(model: nn.Module, stream: torch.Tensor, length: int, bat
     device = model_device(model)
     model.eval()
     total, count = 0.0, 0
-    for batch in batches:
-        chunk = torch.stack([stream[s:s + length + 1] for s in batch]).long().to(device)
-        logits = model(chunk[:, :-1])
-        logits = logits.logits if hasattr(logits, "logits") else logits
-        total += F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1),
-                                 reduction="sum").item()
-        count += chunk[:, 1:].numel()
-    model.train(was_training)
+    try:
+        for batch in batches:
+            chunk = torch.stack([stream[s:s + length + 1] for s in batch]).long().to(device)
+            logits = model(chunk[:, :-1])
+            logits = logits.logits if hasattr(logits, "logits") else logits
+            total += F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1),
+                                     reduction="sum").item()
+            count += chunk[:, 1:].numel()
+    finally:  # an interrupted evaluation leaves the model in the mode it came in
+        model.train(was_training)
     return math.exp(total / count)

@@ -66,6 +66,22 @@ def test_perplexity_of_a_uniform_model_is_the_vocabulary_size():
     assert math.isfinite(evaluate_perplexity(tiny(), stream, 16, max_windows=3))
 
 
+@pytest.mark.parametrize("argument", [{"length": 0}, {"length": -4}, {"batch_size": 0}, {"max_windows": 0}])
+def test_perplexity_refuses_window_counts_below_one(argument):
+    stream = torch.randint(0, 256, (100,), dtype=torch.uint8)
+    name, value = next(iter(argument.items()))
+    with pytest.raises(ValueError, match=f"{name} must be at least 1, got {value}"):
+        evaluate_perplexity(tiny(), stream, **{"length": 16, **argument})
+
+
+def test_perplexity_restores_training_mode_when_the_model_raises():
+    model = tiny()
+    stream = torch.randint(0, 1000, (100,))  # ids past the 256-token vocabulary: the embedding raises
+    with pytest.raises(IndexError):
+        evaluate_perplexity(model, stream, 16)
+    assert model.training
+
+
 def test_perplexity_counts_every_prediction_including_a_short_last_window():
     model = tiny().eval()
     stream = torch.randint(0, 256, (20,), dtype=torch.uint8)
