@@ -81,6 +81,33 @@ def test_a_nan_in_the_teacher_gives_a_nan_loss_not_a_finite_one():
     assert torch.isnan(DistillationLoss(2.0, 0.5)(student, teacher, torch.zeros(2, 3, dtype=torch.long)))
 
 
+def test_positions_the_labels_ignore_may_hold_nan_or_inf():
+    # Padding positions: a teacher whose logits there are all -inf (log-softmax NaN), a NaN
+    # student and teacher hidden state. They must not count at all, as in the clean batch.
+    student = torch.randn(2, 3, 7)
+    labels = torch.tensor([[1, 2, -100], [3, -100, -100]])
+    teacher = torch.randn(2, 3, 7)
+    dirty_student, dirty_teacher = student.clone(), teacher.clone()
+    dirty_teacher[0, 2] = float("-inf")
+    dirty_teacher[1, 1, 3] = float("nan")
+    dirty_student[1, 2] = float("nan")
+    for alpha in (1.0, 0.5):
+        clean = student.clone().requires_grad_()
+        dirty = dirty_student.clone().requires_grad_()
+        expected = DistillationLoss(2.0, alpha)(clean, teacher, labels)
+        got = DistillationLoss(2.0, alpha)(dirty, dirty_teacher, labels)
+        assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+        expected.backward()
+        got.backward()
+        kept = labels != -100
+        assert torch.equal(dirty.grad[kept], clean.grad[kept]) and torch.all(dirty.grad[~kept] == 0)
+    hidden = HiddenStateLoss({0: 0}, 4, 4)
+    student_hidden, teacher_hidden = torch.randn(2, 3, 4, requires_grad=True), torch.randn(2, 3, 4)
+    teacher_hidden[1, 2] = float("nan")
+    hidden([student_hidden], [teacher_hidden], labels != -100).backward()
+    assert torch.isfinite(student_hidden.grad).all()
+
+
 def test_distillation_loss_is_zero_for_identical_logits_and_alpha_one():
     logits = torch.randn(2, 5, 13)
     assert DistillationLoss(3.0, 1.0)(logits, logits.clone()).item() == pytest.approx(0.0, abs=1e-6)
@@ -146,6 +173,29 @@ def test_attention_map_loss_is_kl_per_query_row_and_averages_heads_when_counts_d
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
     same = AttentionMapLoss([(0, 0)])(teacher, teacher)
     assert same.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_attention_map_loss_mask_selects_query_rows_and_ignores_what_they_drop():
+    torch.manual_seed(0)
+    student = torch.randn(2, 2, 4, 4).softmax(-1)
+    teacher = torch.randn(2, 2, 4, 4).softmax(-1)
+    mask = torch.tensor([[True, True, False, True], [False, True, False, False]])
+    per_row = (teacher * (teacher.log() - student.log())).sum(-1).mean(1)  # [B, T]
+    expected = per_row[mask].mean()
+    dirty_student, dirty_teacher = student.clone().requires_grad_(), teacher.clone()
+    with torch.no_grad():
+        dirty_student[0, :, 2] = float("nan")  # a fully masked query row's softmax
+    dirty_teacher[1, :, 3] = float("nan")
+    loss = AttentionMapLoss([(0, 0)], eps=0.0)
+    got = loss([dirty_student], [dirty_teacher], mask)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    got.backward()
+    assert torch.isfinite(dirty_student.grad).all()
+    assert loss([student], [teacher], mask.long()).item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(TypeError, match="mask must be boolean"):
+        loss([student], [teacher], mask.float())
+    with pytest.raises(ValueError, match=r"mask must have shape \(2, 4\)"):
+        loss([student], [teacher], mask[:, :3])
 
 
 def small_lm(seed: int, **changes) -> GPT:

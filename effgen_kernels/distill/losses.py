@@ -2,8 +2,10 @@
 
 Every loss takes the teacher's tensors as targets and detaches them, so gradients reach the
 student (and a loss's own projections) only. Positions are masked with a boolean ``mask``
-(True = counts) shaped like the logits / hidden states without their last dimension; for
-language models it usually comes from ``labels != ignore_index``.
+(True = counts; a 0 / 1 integer mask is read the same) shaped like the logits / hidden
+states without their last dimension; for language models it usually comes from
+``labels != ignore_index``. Masked-out positions are dropped before any arithmetic, so
+whatever padding holds (NaN, Inf) reaches neither the loss nor the gradients.
 """
 
 from __future__ import annotations
@@ -15,14 +17,26 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _masked_mean(per_position: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean over the positions where mask is True (0 when none is, with the graph kept)."""
+def _kept_positions(mask: torch.Tensor | None, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each tensor ``[*mask.shape, ...]`` reduced to the positions mask keeps, ``[kept, ...]``.
+    Masked-out positions are dropped before any arithmetic, not multiplied by 0 after it:
+    padding may hold NaN / Inf (a teacher whose logits there are all -inf, a fully masked
+    attention row), and 0 * NaN would poison the loss and, through softmax's backward, the
+    student's gradients. A 0 / 1 integer mask (Hugging Face's attention_mask) counts as boolean."""
     if mask is None:
-        return per_position.mean()
-    if mask.shape != per_position.shape:
-        raise ValueError(f"mask must have shape {tuple(per_position.shape)}, got {tuple(mask.shape)}")
-    weights = mask.to(per_position.dtype)
-    return (per_position * weights).sum() / weights.sum().clamp(min=1.0)
+        return tensors
+    if mask.is_floating_point() or mask.is_complex():
+        raise TypeError(f"mask must be boolean (True = counts), got {mask.dtype}")
+    for tensor in tensors:
+        if tensor.shape[:mask.dim()] != mask.shape:
+            raise ValueError(f"mask must have shape {tuple(tensor.shape[:mask.dim()])}, got {tuple(mask.shape)}")
+    keep = mask.to(device=tensors[0].device, dtype=torch.bool)
+    return tuple(tensor[keep] for tensor in tensors)
+
+
+def _mean_or_zero(per_position: torch.Tensor) -> torch.Tensor:
+    """The mean, or 0 (with the graph kept) when no position is left."""
+    return per_position.sum() / max(per_position.numel(), 1)
 
 
 def kl_per_position(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -62,12 +76,13 @@ class DistillationLoss(nn.Module):
         mask = None if labels is None else labels != self.ignore_index
         loss = kd = ce = torch.zeros((), device=student_logits.device)
         if teacher_logits is not None:
-            kd = _masked_mean(kl_per_position(student_logits, teacher_logits, self.temperature), mask)
+            student, teacher = _kept_positions(mask, student_logits, teacher_logits)
+            kd = _mean_or_zero(kl_per_position(student, teacher, self.temperature))
             loss = self.alpha * self.temperature**2 * kd
         if labels is not None:
-            flat_logits = student_logits.float().reshape(-1, student_logits.shape[-1])
-            per_position = F.cross_entropy(flat_logits, labels.reshape(-1).clamp(min=0), reduction="none")
-            ce = _masked_mean(per_position.reshape(labels.shape), mask)
+            student, targets = _kept_positions(mask, student_logits, labels)
+            ce = _mean_or_zero(F.cross_entropy(student.float().reshape(-1, student.shape[-1]), targets.reshape(-1),
+                                               reduction="none"))
             loss = loss + (1.0 - self.alpha) * ce
         return {"loss": loss, "kd": kd.detach(), "ce": ce.detach()}
 
@@ -135,9 +150,9 @@ class HiddenStateLoss(nn.Module):
             if student.shape[-1] != self.student_dim or teacher.shape[-1] != self.teacher_dim:
                 raise ValueError(f"pair ({s}, {t}): expected widths {self.student_dim} -> {self.teacher_dim}, got "
                                  f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)}")
-            projected = project(student).float()
-            per_position = (projected - teacher.detach().float()).pow(2).mean(-1)
-            losses.append(_masked_mean(per_position, mask))
+            student, teacher = _kept_positions(mask, student, teacher)
+            per_position = (project(student).float() - teacher.detach().float()).pow(2).mean(-1)
+            losses.append(_mean_or_zero(per_position))
         return torch.stack(losses).mean()
 
 
@@ -162,6 +177,8 @@ class AttentionMapLoss(nn.Module):
                                  f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)}")
             if student.shape[1] != teacher.shape[1]:
                 student, teacher = student.mean(1, keepdim=True), teacher.mean(1, keepdim=True)
-            per_row = (teacher * ((teacher + self.eps).log() - (student + self.eps).log())).sum(-1).mean(1)
-            losses.append(_masked_mean(per_row, mask))
+            # Query positions first ([B, T, H, T]) so that mask [B, T] selects query rows.
+            student, teacher = _kept_positions(mask, student.transpose(1, 2), teacher.transpose(1, 2))
+            per_row = (teacher * ((teacher + self.eps).log() - (student + self.eps).log())).sum(-1).mean(-1)
+            losses.append(_mean_or_zero(per_row))
         return torch.stack(losses).mean()
