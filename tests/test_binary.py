@@ -637,8 +637,9 @@ def two_threads():
 # Row blocks of 8, table chunks of 64 rows; AVX2 also takes K in chunks whose tables fit L1
 # (about 1500 inputs at 1 row, 750 at 2, 180 at 5-8 rows), and 5-8 rows in lanes from 64
 # tiles a thread on (n = 2100: 131 tiles over 2 threads). Without AVX-512, batches over 32
-# rows go to torch's GEMM over expanded weights instead, unless there are lanes: n = 2100
-# keeps binary weights on the tables at 70 rows (two table chunks), ternary ones up to 64.
+# rows go to torch's GEMM over expanded weights instead, unless AVX2 holds them in lanes:
+# n = 2100 keeps binary weights on its tables at 70 rows (two table chunks), ternary ones up
+# to 64 (the scalar and NEON kernels have no lanes).
 def test_lookup_table_kernel_matches_reference(isa, two_threads, m, n, k):
     x, w = random_input((m, k), scale=1.0), random_input((n, k))
     packed, alpha = ref.binarize_weight(w)
@@ -649,6 +650,25 @@ def test_lookup_table_kernel_matches_reference(isa, two_threads, m, n, k):
     torch.testing.assert_close(ops.ternary_linear(x, tpacked, scale, None, ops.lut_tiles(tpacked, k, 2)),
                                ref.ternary_linear(x, tpacked, scale), **tolerance(torch.float32, k))
     opcheck(torch.ops.effgen.lut_tiles.default, (packed, k, 1))
+
+
+@pytest.mark.parametrize("planes", [1, 2])
+def test_batches_without_a_lanes_kernel_take_the_expanded_gemm_at_any_width(isa, two_threads, planes):
+    # Only AVX2 holds activation rows in its table lanes (and AVX-512's tables win batches):
+    # on the scalar and NEON kernels, which look up one row at a time, 40 rows over 2100
+    # columns take torch's GEMM over expanded weights with a lut as without one.
+    if isa not in ("scalar", "neon"):
+        pytest.skip("this ISA's tables take the batch")
+    m, n, k = 40, 2100, 64
+    x, w = random_input((m, k), scale=1.0), random_input((n, k))
+    if planes == 1:
+        packed, alpha = ref.binarize_weight(w)
+        assert_same_bits(ops.binary_linear(x, packed, alpha, None, None, ops.lut_tiles(packed, k, 1)),
+                         ops.binary_linear(x, packed, alpha))
+    else:
+        packed, scale = ref.ternarize_weight(w)
+        assert_same_bits(ops.ternary_linear(x, packed, scale, None, ops.lut_tiles(packed, k, 2)),
+                         ops.ternary_linear(x, packed, scale))
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)

@@ -48,8 +48,11 @@ constexpr int64_t kDirectMaxM = 16;
 constexpr int64_t kExpandMinM = 32, kLanesTernaryMaxM = 64;
 
 bool expanded_gemm_pays(int64_t m, int64_t n, int planes, bool group_alphas = false) {
-  if (m <= kExpandMinM || cpu::runs_avx512(cpu::active_isa())) return false;
-  const bool lanes = !group_alphas && n >= cpu::kLutLanesMinTiles * cpu::kLutTileRows * at::get_num_threads();
+  const cpu::Isa isa = cpu::active_isa();
+  if (m <= kExpandMinM || cpu::runs_avx512(isa)) return false;
+  // Only AVX2 has the lanes kernel; the scalar and NEON tables look up one row at a time.
+  const bool lanes = isa == cpu::Isa::kAvx2 && !group_alphas &&
+                     n >= cpu::kLutLanesMinTiles * cpu::kLutTileRows * at::get_num_threads();
   return !lanes || (planes == 2 && m > kLanesTernaryMaxM);
 }
 
