@@ -31,7 +31,8 @@ constexpr int64_t kLutWordBytes = 64;
 // ternary lane holds the positive (even j) and negative (odd j) fields of half as many
 // groups as a binary lane. So one 64-byte load and a shift give 16 rows' indices of a slot,
 // and vpermps reads only the index bits it needs (0-3 for 16 floats, 0-2 for 8), so nothing
-// is masked. Width 4 (8 nibbles a lane) suits AVX-512's 16-entry vpermps; width 3 (10
+// is masked. Width 4 (8 nibbles a lane) suits AVX-512's 16-entry vpermps (and NEON, whose
+// vld4q_u8 of a word gives one byte of the 16 rows a register: two slots' nibbles); width 3 (10
 // fields, bits 30-31 unused) suits AVX2's 8-entry one: one permute per lookup instead of two
 // and a blend. lut_tiles keeps width 4 in uint8 tensors and width 3 in int32 ones.
 struct LutLayout {
@@ -153,6 +154,7 @@ const BinaryGemmKernels& binary_gemm_kernels_avx2();
 // VPOPCNTDQ, else the byte-lookup kernel of binary_gemm_kernels_avx512_lookup().
 const BinaryGemmKernels& binary_gemm_kernels_avx512();
 const BinaryGemmKernels& binary_gemm_kernels_avx512_lookup();
+const BinaryGemmKernels& binary_gemm_kernels_neon();  // aarch64 builds only
 void xor_popcount_avx512_vpopcntdq(const uint8_t* a, int64_t lda, const uint8_t* b, int64_t ldb, int64_t m, int64_t n,
                                    int64_t nbytes, int32_t* c, int64_t ldc);
 const BinaryGemmKernels& binary_gemm_kernels();

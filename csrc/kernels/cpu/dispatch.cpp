@@ -7,7 +7,7 @@ namespace effgen::cpu {
 
 // Each family's table for the active ISA. A build has only its own architecture's kernels
 // (isa.h), so the macro names only those: x86-64 (scalar, avx2, avx512[, amx]) or aarch64
-// (scalar, neon; the binary family has no NEON kernels and runs its scalar ones).
+// (scalar, neon).
 #ifdef EFFGEN_X86
 #define EFFGEN_FOR_ACTIVE_ISA(scalar, neon, ...) for_active_isa(scalar, __VA_ARGS__)
 #elif defined(EFFGEN_AARCH64)
@@ -32,7 +32,7 @@ const CompressKernels& compress_kernels() {
 }
 
 const BinaryGemmKernels& binary_gemm_kernels() {
-  return EFFGEN_FOR_ACTIVE_ISA(binary_gemm_kernels_scalar(), binary_gemm_kernels_scalar(),
+  return EFFGEN_FOR_ACTIVE_ISA(binary_gemm_kernels_scalar(), binary_gemm_kernels_neon(),
                                binary_gemm_kernels_avx2(), binary_gemm_kernels_avx512());
 }
 
