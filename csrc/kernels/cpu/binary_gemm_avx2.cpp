@@ -4,6 +4,7 @@
 // alphas 4 weights in 16-entry tables, two vpermps and a blend).
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 #include <utility>
 #include <vector>
@@ -316,19 +317,21 @@ constexpr int64_t kLanesMinM = 5;
 constexpr int64_t kLanesRows = 8;
 constexpr int64_t kEntryBytes = kLanesRows * sizeof(float);  // one entry for every row
 
-void interleave_tables(const float* tables, int64_t m, int64_t k, float* by_entry) {
-  const int64_t groups = kLutLayout.table_groups(k);
-  std::memset(by_entry, 0, static_cast<size_t>(groups * kLutEntries * kEntryBytes));
-  const int64_t entries = groups * kLutEntries;
+// `values` [m][count] as by_entry [count][8], zero past m.
+void interleave_rows(const float* values, int64_t m, int64_t count, float* by_entry) {
+  std::memset(by_entry, 0, static_cast<size_t>(count * kEntryBytes));
   for (int64_t i = 0; i < m; ++i) {
-    for (int64_t e = 0; e < entries; ++e) by_entry[e * kLanesRows + i] = tables[i * entries + e];
+    for (int64_t e = 0; e < count; ++e) by_entry[e * kLanesRows + i] = values[i * count + e];
   }
 }
 
-// Byte offset of field j's entry in its group's by_entry block: the field times kEntryBytes.
+// Byte offset of field j's entry in its group's by_entry block (fields of kWidth bits): the
+// field times kEntryBytes.
+template <int kWidth>
 inline uint32_t entry_offset(uint32_t lane, int j) {
   static_assert(kEntryBytes == 32, "the shifts below multiply by 32");
-  return (j >= 2 ? lane >> (3 * j - 5) : lane << (5 - 3 * j)) & (7u << 5);
+  constexpr uint32_t kField = (1u << kWidth) - 1;
+  return (kWidth * j >= 5 ? lane >> (kWidth * j - 5) : lane << (5 - kWidth * j)) & (kField << 5);
 }
 
 // row_sums[(t - t0) * 16 + r][i] for the weight rows r of tiles [t0, t1). Words go in chunks
@@ -362,7 +365,8 @@ void lut_rows_in_lanes(const float* by_entry, int64_t k, const uint8_t* tiles, i
               const char* group = word_tables + kJ / kPlanes * kLutEntries * kEntryBytes;
 #pragma GCC unroll 8
               for (int r = 0; r < 8; ++r) {
-                const __m256 v = _mm256_loadu_ps(reinterpret_cast<const float*>(group + entry_offset(lanes[r], kJ)));
+                const __m256 v =
+                    _mm256_loadu_ps(reinterpret_cast<const float*>(group + entry_offset<kLutLayout.width>(lanes[r], kJ)));
                 acc[r] = kPlanes == 2 && kJ % 2 == 1 ? _mm256_sub_ps(acc[r], v) : _mm256_add_ps(acc[r], v);
               }
             };
@@ -379,7 +383,7 @@ void lut_sums_rows_in_lanes(const float* tables, int64_t m, int64_t k, const uin
                             int64_t t1, int planes, float* sums, int64_t lds) {
   std::vector<float> by_entry(static_cast<size_t>(kLutLayout.table_groups(k) * kLutEntries * kLanesRows));
   std::vector<float> row_sums(static_cast<size_t>((t1 - t0) * kLutTileRows * kLanesRows));
-  interleave_tables(tables, m, k, by_entry.data());
+  interleave_rows(tables, m, kLutLayout.table_floats(k), by_entry.data());
   if (planes == 2) {
     lut_rows_in_lanes<2>(by_entry.data(), k, tiles, t0, t1, row_sums.data());
   } else {
@@ -387,6 +391,87 @@ void lut_sums_rows_in_lanes(const float* tables, int64_t m, int64_t k, const uin
   }
   for (int64_t row = 0; row < (t1 - t0) * kLutTileRows; ++row) {
     for (int64_t i = 0; i < m; ++i) sums[i * lds + t0 * kLutTileRows + row] = row_sums[row * kLanesRows + i];
+  }
+}
+
+// Per-group alphas with rows in lanes: the kernel above on the 16-entry tables of
+// kLutAlphaLayout (whose lanes end at group ends), a field's entry for the 8 rows one load,
+// and at a group's last word each weight row's 8 sums folded with its alpha:
+// y += alpha * (2 * sums - the group's totals of x). `carried` keeps each weight row's sums
+// and results between chunks of words: [row][sums 8, results 8].
+void lut_alpha_rows_in_lanes(const float* by_entry, const float* totals_by_group, int64_t k, const uint8_t* tiles,
+                             int64_t t0, int64_t t1, const LutAlphaGroups& a, float* carried) {
+  constexpr LutLayout kLayout = kLutAlphaLayout;
+  constexpr int kSlots = static_cast<int>(kLayout.slots_per_lane());
+  constexpr int64_t kWordTableBytes = kSlots * kLayout.entries() * kEntryBytes;
+  constexpr int64_t kChunkWords = kLutChunkTableBytes / kWordTableBytes;
+  const int64_t words = kLayout.words(k, 1), tile_bytes = words * kLutWordBytes;
+  const int64_t group_words = a.group / kLayout.lane_inputs(1);
+  const auto* tables = reinterpret_cast<const char*>(by_entry);
+  const __m256 two = _mm256_set1_ps(2.0f);
+  for (int64_t w0 = 0; w0 < words; w0 += kChunkWords) {
+    const int64_t w1 = words - w0 < kChunkWords ? words : w0 + kChunkWords;
+    for (int64_t t = t0; t < t1; ++t) {
+      const uint8_t* tile = tiles + t * tile_bytes;
+      for (int half = 0; half < 2; ++half) {
+        const int64_t row0 = t * kLutTileRows + half * 8;
+        float* state = carried + (row0 - t0 * kLutTileRows) * 2 * kLanesRows;
+        __m256 acc[8], y[8];
+        for (int r = 0; r < 8; ++r) {
+          acc[r] = w0 == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(state + r * 2 * kLanesRows);
+          y[r] = w0 == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(state + r * 2 * kLanesRows + kLanesRows);
+        }
+        for (int64_t w = w0; w < w1; ++w) {
+          const uint8_t* word = tile + w * kLutWordBytes;
+          _mm_prefetch(reinterpret_cast<const char*>(word) + tile_bytes, _MM_HINT_T0);
+          const auto* lanes = reinterpret_cast<const uint32_t*>(word + half * 32);
+          const char* word_tables = tables + w * kWordTableBytes;
+          [&]<int... j>(std::integer_sequence<int, j...>) {  // as in lut_rows_in_lanes
+            auto slot = [&]<int kJ>() {
+              const char* group = word_tables + kJ * kLayout.entries() * kEntryBytes;
+#pragma GCC unroll 8
+              for (int r = 0; r < 8; ++r) {
+                const auto* entry = reinterpret_cast<const float*>(group + entry_offset<kLayout.width>(lanes[r], kJ));
+                acc[r] = _mm256_add_ps(acc[r], _mm256_loadu_ps(entry));
+              }
+            };
+            (slot.template operator()<j>(), ...);
+          }(std::make_integer_sequence<int, kSlots>{});
+          if ((w + 1) % group_words == 0 || w + 1 == words) {
+            const int64_t g = w / group_words;
+            const __m256 totals = _mm256_loadu_ps(totals_by_group + g * kLanesRows);
+            for (int r = 0; r < 8; ++r) {
+              const float alpha = row0 + r < a.n ? a.alpha[(row0 + r) * a.groups + g] : 0.0f;
+              y[r] = _mm256_fmadd_ps(_mm256_set1_ps(alpha), _mm256_fmsub_ps(acc[r], two, totals), y[r]);
+              acc[r] = _mm256_setzero_ps();
+            }
+          }
+        }
+        for (int r = 0; r < 8; ++r) {
+          _mm256_storeu_ps(state + r * 2 * kLanesRows, acc[r]);
+          _mm256_storeu_ps(state + r * 2 * kLanesRows + kLanesRows, y[r]);
+        }
+      }
+    }
+  }
+}
+
+void lut_alpha_sums_rows_in_lanes(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, int64_t t0,
+                                  int64_t t1, const LutAlphaGroups& a, float* out, int64_t lds) {
+  // Kept between calls (grown only): at K = 4096 the tables are 512 KB, which malloc would
+  // map afresh, page faults and all, on every call.
+  thread_local std::vector<float> by_entry, totals_by_group, carried;
+  by_entry.resize(std::max(by_entry.size(), static_cast<size_t>(kLutAlphaLayout.table_floats(k) * kLanesRows)));
+  totals_by_group.resize(std::max(totals_by_group.size(), static_cast<size_t>(a.groups * kLanesRows)));
+  const int64_t rows = (t1 - t0) * kLutTileRows;
+  carried.resize(std::max(carried.size(), static_cast<size_t>(rows * 2 * kLanesRows)));
+  interleave_rows(tables, m, kLutAlphaLayout.table_floats(k), by_entry.data());
+  interleave_rows(a.totals, m, a.groups, totals_by_group.data());
+  lut_alpha_rows_in_lanes(by_entry.data(), totals_by_group.data(), k, tiles, t0, t1, a, carried.data());
+  for (int64_t row = 0; row < rows; ++row) {
+    const float* y = carried.data() + row * 2 * kLanesRows + kLanesRows;
+    const bool in_n = t0 * kLutTileRows + row < a.n;
+    for (int64_t i = 0; i < m; ++i) out[i * lds + t0 * kLutTileRows + row] = in_n ? y[i] : 0.0f;
   }
 }
 
@@ -431,6 +516,9 @@ void lut_sums(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, i
 
 void lut_alpha_sums(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1,
                     const LutAlphaGroups& alphas, float* out, int64_t lds) {
+  if (m >= kLanesMinM && t1 - t0 >= kLutLanesMinTiles) {
+    return lut_alpha_sums_rows_in_lanes(tables, m, k, tiles, t0, t1, alphas, out, lds);
+  }
   lut_dispatch(tables, m, k, tiles, t0, t1, 1, out, lds, &alphas);
 }
 
