@@ -4,7 +4,6 @@
 // alphas 4 weights in 16-entry tables, two vpermps and a blend).
 #include <immintrin.h>
 
-#include <algorithm>
 #include <cstring>
 #include <utility>
 #include <vector>
@@ -334,6 +333,35 @@ inline uint32_t entry_offset(uint32_t lane, int j) {
   return (kWidth * j >= 5 ? lane >> (kWidth * j - 5) : lane << (5 - kWidth * j)) & (kField << 5);
 }
 
+// One tile word's lookups for 8 weight rows (`lanes`: their fields, kWidth bits each) into
+// acc[r], whose lanes are the activation rows; word_tables: the word's by_entry groups.
+// Slot by slot, each over the 8 rows, as a fold over compile-time slots: written as two
+// unrolled loops, GCC emitted each row's adds as one dependency chain after another
+// (1.16-1.19x slower binary, 1.03x ternary, measured on triples).
+template <int kWidth, int kPlanes>
+inline void look_up_word_in_lanes(const char* word_tables, const uint32_t* lanes, __m256 (&acc)[8]) {
+  constexpr LutLayout kLayout{kWidth};
+  [&]<int... j>(std::integer_sequence<int, j...>) {
+    auto slot = [&]<int kJ>() {
+      const char* group = word_tables + kJ / kPlanes * kLayout.entries() * kEntryBytes;
+#pragma GCC unroll 8
+      for (int r = 0; r < 8; ++r) {
+        const __m256 v = _mm256_loadu_ps(reinterpret_cast<const float*>(group + entry_offset<kWidth>(lanes[r], kJ)));
+        acc[r] = kPlanes == 2 && kJ % 2 == 1 ? _mm256_sub_ps(acc[r], v) : _mm256_add_ps(acc[r], v);
+      }
+    };
+    (slot.template operator()<j>(), ...);
+  }(std::make_integer_sequence<int, static_cast<int>(kLayout.slots_per_lane())>{});
+}
+
+// Thread-local scratch of at least `floats`, grown only: the lanes kernels' interleaved
+// tables (K = 4096: 350-512 KB) would otherwise be mapped afresh by malloc, page faults
+// and all, on every call.
+float* lanes_scratch(std::vector<float>& scratch, int64_t floats) {
+  if (scratch.size() < static_cast<size_t>(floats)) scratch.resize(static_cast<size_t>(floats));
+  return scratch.data();
+}
+
 // row_sums[(t - t0) * 16 + r][i] for the weight rows r of tiles [t0, t1). Words go in chunks
 // whose tables fit half of L1 (the interleaved tables at K = 4096 are 350 KB: swept from L2
 // for every tile they cost 1.5x), the tiles' sums carried in row_sums between chunks.
@@ -356,22 +384,7 @@ void lut_rows_in_lanes(const float* by_entry, int64_t k, const uint8_t* tiles, i
           const uint8_t* word = tile + w * kLutWordBytes;
           _mm_prefetch(reinterpret_cast<const char*>(word) + tile_bytes, _MM_HINT_T0);
           const auto* lanes = reinterpret_cast<const uint32_t*>(word + half * 32);
-          const char* word_tables = tables + w * kWordTableBytes;
-          // Slot by slot, each over the 8 rows, as a fold over compile-time slots: written as
-          // two unrolled loops, GCC emitted each row's 10 adds as one dependency chain after
-          // another (1.16-1.19x slower binary, 1.03x ternary, measured).
-          [&]<int... j>(std::integer_sequence<int, j...>) {
-            auto slot = [&]<int kJ>() {
-              const char* group = word_tables + kJ / kPlanes * kLutEntries * kEntryBytes;
-#pragma GCC unroll 8
-              for (int r = 0; r < 8; ++r) {
-                const __m256 v =
-                    _mm256_loadu_ps(reinterpret_cast<const float*>(group + entry_offset<kLutLayout.width>(lanes[r], kJ)));
-                acc[r] = kPlanes == 2 && kJ % 2 == 1 ? _mm256_sub_ps(acc[r], v) : _mm256_add_ps(acc[r], v);
-              }
-            };
-            (slot.template operator()<j>(), ...);
-          }(std::make_integer_sequence<int, kLutSlots>{});
+          look_up_word_in_lanes<kLutLayout.width, kPlanes>(tables + w * kWordTableBytes, lanes, acc);
         }
         for (int r = 0; r < 8; ++r) _mm256_storeu_ps(out + r * kLanesRows, acc[r]);
       }
@@ -381,15 +394,17 @@ void lut_rows_in_lanes(const float* by_entry, int64_t k, const uint8_t* tiles, i
 
 void lut_sums_rows_in_lanes(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, int64_t t0,
                             int64_t t1, int planes, float* sums, int64_t lds) {
-  std::vector<float> by_entry(static_cast<size_t>(kLutLayout.table_groups(k) * kLutEntries * kLanesRows));
-  std::vector<float> row_sums(static_cast<size_t>((t1 - t0) * kLutTileRows * kLanesRows));
-  interleave_rows(tables, m, kLutLayout.table_floats(k), by_entry.data());
+  thread_local std::vector<float> by_entry_scratch, row_sums_scratch;
+  const int64_t rows = (t1 - t0) * kLutTileRows;
+  float* by_entry = lanes_scratch(by_entry_scratch, kLutLayout.table_floats(k) * kLanesRows);
+  float* row_sums = lanes_scratch(row_sums_scratch, rows * kLanesRows);
+  interleave_rows(tables, m, kLutLayout.table_floats(k), by_entry);
   if (planes == 2) {
-    lut_rows_in_lanes<2>(by_entry.data(), k, tiles, t0, t1, row_sums.data());
+    lut_rows_in_lanes<2>(by_entry, k, tiles, t0, t1, row_sums);
   } else {
-    lut_rows_in_lanes<1>(by_entry.data(), k, tiles, t0, t1, row_sums.data());
+    lut_rows_in_lanes<1>(by_entry, k, tiles, t0, t1, row_sums);
   }
-  for (int64_t row = 0; row < (t1 - t0) * kLutTileRows; ++row) {
+  for (int64_t row = 0; row < rows; ++row) {
     for (int64_t i = 0; i < m; ++i) sums[i * lds + t0 * kLutTileRows + row] = row_sums[row * kLanesRows + i];
   }
 }
@@ -425,18 +440,7 @@ void lut_alpha_rows_in_lanes(const float* by_entry, const float* totals_by_group
           const uint8_t* word = tile + w * kLutWordBytes;
           _mm_prefetch(reinterpret_cast<const char*>(word) + tile_bytes, _MM_HINT_T0);
           const auto* lanes = reinterpret_cast<const uint32_t*>(word + half * 32);
-          const char* word_tables = tables + w * kWordTableBytes;
-          [&]<int... j>(std::integer_sequence<int, j...>) {  // as in lut_rows_in_lanes
-            auto slot = [&]<int kJ>() {
-              const char* group = word_tables + kJ * kLayout.entries() * kEntryBytes;
-#pragma GCC unroll 8
-              for (int r = 0; r < 8; ++r) {
-                const auto* entry = reinterpret_cast<const float*>(group + entry_offset<kLayout.width>(lanes[r], kJ));
-                acc[r] = _mm256_add_ps(acc[r], _mm256_loadu_ps(entry));
-              }
-            };
-            (slot.template operator()<j>(), ...);
-          }(std::make_integer_sequence<int, kSlots>{});
+          look_up_word_in_lanes<kLayout.width, 1>(tables + w * kWordTableBytes, lanes, acc);
           if ((w + 1) % group_words == 0 || w + 1 == words) {
             const int64_t g = w / group_words;
             const __m256 totals = _mm256_loadu_ps(totals_by_group + g * kLanesRows);
@@ -458,18 +462,16 @@ void lut_alpha_rows_in_lanes(const float* by_entry, const float* totals_by_group
 
 void lut_alpha_sums_rows_in_lanes(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, int64_t t0,
                                   int64_t t1, const LutAlphaGroups& a, float* out, int64_t lds) {
-  // Kept between calls (grown only): at K = 4096 the tables are 512 KB, which malloc would
-  // map afresh, page faults and all, on every call.
-  thread_local std::vector<float> by_entry, totals_by_group, carried;
-  by_entry.resize(std::max(by_entry.size(), static_cast<size_t>(kLutAlphaLayout.table_floats(k) * kLanesRows)));
-  totals_by_group.resize(std::max(totals_by_group.size(), static_cast<size_t>(a.groups * kLanesRows)));
+  thread_local std::vector<float> by_entry_scratch, totals_scratch, carried_scratch;
   const int64_t rows = (t1 - t0) * kLutTileRows;
-  carried.resize(std::max(carried.size(), static_cast<size_t>(rows * 2 * kLanesRows)));
-  interleave_rows(tables, m, kLutAlphaLayout.table_floats(k), by_entry.data());
-  interleave_rows(a.totals, m, a.groups, totals_by_group.data());
-  lut_alpha_rows_in_lanes(by_entry.data(), totals_by_group.data(), k, tiles, t0, t1, a, carried.data());
+  float* by_entry = lanes_scratch(by_entry_scratch, kLutAlphaLayout.table_floats(k) * kLanesRows);
+  float* totals_by_group = lanes_scratch(totals_scratch, a.groups * kLanesRows);
+  float* carried = lanes_scratch(carried_scratch, rows * 2 * kLanesRows);
+  interleave_rows(tables, m, kLutAlphaLayout.table_floats(k), by_entry);
+  interleave_rows(a.totals, m, a.groups, totals_by_group);
+  lut_alpha_rows_in_lanes(by_entry, totals_by_group, k, tiles, t0, t1, a, carried);
   for (int64_t row = 0; row < rows; ++row) {
-    const float* y = carried.data() + row * 2 * kLanesRows + kLanesRows;
+    const float* y = carried + row * 2 * kLanesRows + kLanesRows;
     const bool in_n = t0 * kLutTileRows + row < a.n;
     for (int64_t i = 0; i < m; ++i) out[i * lds + t0 * kLutTileRows + row] = in_n ? y[i] : 0.0f;
   }
