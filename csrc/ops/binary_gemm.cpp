@@ -42,16 +42,19 @@ constexpr int64_t kDirectMaxM = 16;
 // took 1.2-1.7x (binary) and 1.6-1.8x (ternary) the expanded GEMM's time, at 17 rows
 // 0.7-1.0x; on 2048-4096 columns binary 0.5-0.7x up to 256 rows, ternary 0.84-1.0x at 64
 // rows, 1.1-1.3x at 128. AVX-512's 16-entry tables were measured ahead of fp32 at 64 rows.
-// Per-group alphas (group 128) in lanes, 4096 x 4096, 2 threads: tables / expanded time
-// 0.42-0.43x at 64 rows, 0.48-0.49x at 128, 0.50-0.53x at 256; without lanes (AVX2's
-// permutes, before its lanes kernel for alphas) 0.68-0.81x at 32 rows, 1.0-1.03x at 64.
+// Per-group alphas (group 128) in lanes (from cpu::kLutAlphaLanesMinTiles tiles a thread),
+// 2 threads, tables / expanded time: 4096 x 4096 0.42-0.43x at 64 rows, 0.48-0.49x at 128,
+// 0.50-0.53x at 256; 576 -> 1536, 1536 -> 576 and 4096 -> 512 0.56-0.84x at 64 rows,
+// 0.66-0.82x at 256; 1536 -> 384 (12 tiles a thread) 0.79-0.83x at 64, level at 256.
+// Without lanes (AVX2's permutes) 0.68-0.81x at 32 rows, 1.0-1.03x at 64.
 constexpr int64_t kExpandMinM = 32, kLanesTernaryMaxM = 64;
 
-bool expanded_gemm_pays(int64_t m, int64_t n, int planes) {
+bool expanded_gemm_pays(int64_t m, int64_t n, int planes, bool group_alphas = false) {
   const cpu::Isa isa = cpu::active_isa();
   if (m <= kExpandMinM || cpu::runs_avx512(isa)) return false;
-  // Only AVX2 has the lanes kernel; the scalar and NEON tables look up one row at a time.
-  const bool lanes = isa == cpu::Isa::kAvx2 && n >= cpu::kLutLanesMinTiles * cpu::kLutTileRows * at::get_num_threads();
+  // Only AVX2 has the lanes kernels; the scalar and NEON tables look up one row at a time.
+  const int64_t lanes_min_tiles = group_alphas ? cpu::kLutAlphaLanesMinTiles : cpu::kLutLanesMinTiles;
+  const bool lanes = isa == cpu::Isa::kAvx2 && n >= lanes_min_tiles * cpu::kLutTileRows * at::get_num_threads();
   return !lanes || (planes == 2 && m > kLanesTernaryMaxM);
 }
 
@@ -494,7 +497,7 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_in, const
   if (p.r.k == 0) return empty_sum_product(x, p.n, x.options(), bias);
   const Rows& r = p.r;
   const int64_t n = p.n, groups = p.groups, group = p.group;
-  const bool lut_pays = lut.has_value() && !expanded_gemm_pays(r.m, n, 1);
+  const bool lut_pays = lut.has_value() && !expanded_gemm_pays(r.m, n, 1, groups > 1);
   if (lut_pays) {
     if (auto out = bits_on_int8_gemm(r, x, n, *lut, 1, alpha_in, groups, group, bias, op)) return *out;
   }

@@ -21,6 +21,12 @@ constexpr int64_t kLutTileRows = 16;
 // weight rows (ternary 5-8 rows x 576 x 1536 on 2 threads: 0.21 ms in lanes, 0.11 ms for 4
 // rows through the permutes; at 4096 rows lanes win).
 constexpr int64_t kLutLanesMinTiles = 64;
+// With per-group alphas the alternative is slower (two permutes and a blend a lookup), so
+// lanes pay from fewer tiles, but only from 7 rows. BinaryLinear group 128, 2 threads,
+// permutes / lanes time per call: 12-18 tiles a thread (1536 -> 384 / 576, 4096 -> 512)
+// at 7 rows 1.07-1.2x, at 8 rows 1.15-1.4x, at 6 rows level; 8 tiles (1536 -> 256) level at
+// 8 rows, 0.7-0.9x below; 4 tiles (4096 -> 128) 0.7x.
+constexpr int64_t kLutAlphaLanesMinTiles = 12, kLutAlphaLanesMinM = 7;
 constexpr int64_t kLutWordBytes = 64;
 
 // The tiled layout of the lookup-table kernel. Inputs go in groups of `width` (the last one

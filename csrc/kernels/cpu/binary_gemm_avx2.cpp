@@ -518,7 +518,7 @@ void lut_sums(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, i
 
 void lut_alpha_sums(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1,
                     const LutAlphaGroups& alphas, float* out, int64_t lds) {
-  if (m >= kLanesMinM && t1 - t0 >= kLutLanesMinTiles) {
+  if (m >= kLutAlphaLanesMinM && t1 - t0 >= kLutAlphaLanesMinTiles) {
     return lut_alpha_sums_rows_in_lanes(tables, m, k, tiles, t0, t1, alphas, out, lds);
   }
   lut_dispatch(tables, m, k, tiles, t0, t1, 1, out, lds, &alphas);
