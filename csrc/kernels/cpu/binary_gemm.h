@@ -24,8 +24,8 @@ constexpr int64_t kLutLanesMinTiles = 64;
 // With per-group alphas the alternative is slower (two permutes and a blend a lookup), so
 // lanes pay from fewer tiles, but only from 7 rows. BinaryLinear group 128, 2 threads,
 // permutes / lanes time per call: 12-18 tiles a thread (1536 -> 384 / 576, 4096 -> 512)
-// at 7 rows 1.07-1.2x, at 8 rows 1.15-1.4x, at 6 rows level; 8 tiles (1536 -> 256) level at
-// 8 rows, 0.7-0.9x below; 4 tiles (4096 -> 128) 0.7x.
+// at 8 rows 1.04-1.4x, 7 rows 0.96-1.2x, 6 rows 0.87-1.1x, 5 rows 0.78-0.94x; 8 tiles
+// (1536 -> 256) 0.96-1.17x at 8 rows, less below; 4 tiles (4096 -> 128) 0.55-0.75x.
 constexpr int64_t kLutAlphaLanesMinTiles = 12, kLutAlphaLanesMinM = 7;
 constexpr int64_t kLutWordBytes = 64;
 
