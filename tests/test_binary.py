@@ -632,14 +632,16 @@ def two_threads():
 
 @pytest.mark.parametrize("m,n,k", [(1, 5, 1), (1, 37, 7), (3, 40, 33), (8, 100, 4097), (2, 16, 64),
                                    (4, 17, 31), (5, 40, 95), (9, 33, 70), (70, 20, 129), (1, 20, 3000),
-                                   (2, 33, 2500), (5, 2100, 95), (8, 2100, 400), (64, 2100, 129),
-                                   (70, 2100, 129)])
+                                   (2, 33, 2500), (5, 2100, 95), (6, 2100, 200), (8, 2100, 400),
+                                   (64, 2100, 129), (70, 2100, 129), (6, 400, 300), (7, 400, 300),
+                                   (13, 400, 1000), (40, 352, 129), (40, 400, 129), (70, 400, 129)])
 # Row blocks of 8, table chunks of 64 rows; AVX2 also takes K in chunks whose tables fit L1
-# (about 1500 inputs at 1 row, 750 at 2, 180 at 5-8 rows), and 5-8 rows in lanes from 64
-# tiles a thread on (n = 2100: 131 tiles over 2 threads). Without AVX-512, batches over 32
-# rows go to torch's GEMM over expanded weights instead, unless AVX2 holds them in lanes:
-# n = 2100 keeps binary weights on its tables at 70 rows (two table chunks), ternary ones up
-# to 64 (the scalar and NEON kernels have no lanes).
+# (about 1500 inputs at 1 row, 750 at 2, 180 at 5-8 rows), and 7-8 rows in lanes from 12
+# tiles a thread (n = 400: 12 and 13 over 2 threads; 13 rows: a block of 8 in lanes, one of
+# 5 on the permutes), 5-6 rows (ternary: 6) from 64 (n = 2100: 66 and 66). Without AVX-512,
+# batches over 32 rows go to torch's GEMM over expanded weights instead, unless AVX2 holds
+# them in lanes (n = 352, 11 tiles a thread, does not): binary weights stay on its tables at
+# 70 rows, ternary ones up to 64 (the scalar and NEON kernels have no lanes).
 def test_lookup_table_kernel_matches_reference(isa, two_threads, m, n, k):
     x, w = random_input((m, k), scale=1.0), random_input((n, k))
     packed, alpha = ref.binarize_weight(w)

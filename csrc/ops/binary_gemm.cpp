@@ -36,25 +36,25 @@ constexpr int64_t kBlockN = 64;
 constexpr int64_t kDirectMaxM = 16;
 // Without AVX-512 the table kernel loses batches to torch's GEMM over expanded weights
 // (linear_with_expanded), except where the AVX2 kernel holds activation rows in its lanes
-// (cpu::kLutLanesMinTiles tiles of 16 weight rows per thread: 1024+ columns), and
-// there for ternary weights only up to kLanesTernaryMaxM rows. Measured on Zen 4 (AVX2), 2
-// threads, N x K from 576 x 1536 to 4096 x 4096: at 64 rows on 576-1536 columns the tables
-// took 1.2-1.7x (binary) and 1.6-1.8x (ternary) the expanded GEMM's time, at 17 rows
-// 0.7-1.0x; on 2048-4096 columns binary 0.5-0.7x up to 256 rows, ternary 0.84-1.0x at 64
-// rows, 1.1-1.3x at 128. AVX-512's 16-entry tables were measured ahead of fp32 at 64 rows.
-// Per-group alphas (group 128) in lanes (from cpu::kLutAlphaLanesMinTiles tiles a thread),
-// 2 threads, tables / expanded time: 4096 x 4096 0.42-0.43x at 64 rows, 0.48-0.49x at 128,
-// 0.50-0.53x at 256; 576 -> 1536, 1536 -> 576 and 4096 -> 512 0.56-0.84x at 64 rows,
-// 0.66-0.82x at 256; 1536 -> 384 (12 tiles a thread) 0.79-0.83x at 64, level at 256.
-// Without lanes (AVX2's permutes) 0.68-0.81x at 32 rows, 1.0-1.03x at 64.
+// (cpu::kLutLanesMinTiles tiles of 16 weight rows per thread: 192+ columns), and there for
+// ternary weights only up to kLanesTernaryMaxM rows. Measured on Zen 4 (AVX2), 2 threads,
+// tables in lanes / expanded time: binary 0.43-0.75x at 33-64 rows on 384-4096 columns
+// (12-48 tiles a thread), 0.63-0.91x at 128-256; 8 tiles 0.66-0.90x, 6 tiles 0.86-1.16x.
+// Ternary 0.54-0.87x at 40 rows, 0.79-0.93x at 48, 0.88-1.01x at 64 (12-64+ tiles); on
+// 2048-4096 columns 1.1-1.3x at 128. The permutes (a row at a time) took 1.2-1.7x (binary)
+// and 1.6-1.8x (ternary) the expanded GEMM's time at 64 rows. AVX-512's 16-entry tables
+// were measured ahead of fp32 at 64 rows.
+// Per-group alphas (group 128) in lanes, tables / expanded time: 4096 x 4096 0.42-0.43x at
+// 64 rows, 0.48-0.49x at 128, 0.50-0.53x at 256; 576 -> 1536, 1536 -> 576 and 4096 -> 512
+// 0.56-0.84x at 64 rows, 0.66-0.82x at 256; 1536 -> 384 (12 tiles a thread) 0.79-0.83x at
+// 64, level at 256. Without lanes (AVX2's permutes) 0.68-0.81x at 32 rows, 1.0-1.03x at 64.
 constexpr int64_t kExpandMinM = 32, kLanesTernaryMaxM = 64;
 
-bool expanded_gemm_pays(int64_t m, int64_t n, int planes, bool group_alphas = false) {
+bool expanded_gemm_pays(int64_t m, int64_t n, int planes) {
   const cpu::Isa isa = cpu::active_isa();
   if (m <= kExpandMinM || cpu::runs_avx512(isa)) return false;
   // Only AVX2 has the lanes kernels; the scalar and NEON tables look up one row at a time.
-  const int64_t lanes_min_tiles = group_alphas ? cpu::kLutAlphaLanesMinTiles : cpu::kLutLanesMinTiles;
-  const bool lanes = isa == cpu::Isa::kAvx2 && n >= lanes_min_tiles * cpu::kLutTileRows * at::get_num_threads();
+  const bool lanes = isa == cpu::Isa::kAvx2 && n >= cpu::kLutLanesMinTiles * cpu::kLutTileRows * at::get_num_threads();
   return !lanes || (planes == 2 && m > kLanesTernaryMaxM);
 }
 
@@ -497,7 +497,7 @@ at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed_in, const
   if (p.r.k == 0) return empty_sum_product(x, p.n, x.options(), bias);
   const Rows& r = p.r;
   const int64_t n = p.n, groups = p.groups, group = p.group;
-  const bool lut_pays = lut.has_value() && !expanded_gemm_pays(r.m, n, 1, groups > 1);
+  const bool lut_pays = lut.has_value() && !expanded_gemm_pays(r.m, n, 1);
   if (lut_pays) {
     if (auto out = bits_on_int8_gemm(r, x, n, *lut, 1, alpha_in, groups, group, bias, op)) return *out;
   }

@@ -16,17 +16,15 @@ inline int64_t packed_row_bytes(int64_t k) { return (k + 7) / 8; }
 
 constexpr int64_t kLutMaxM = 8;
 constexpr int64_t kLutTileRows = 16;
-// The AVX2 lookup kernel holds activation rows in its lanes (5-8 rows) only over at least
-// this many tiles in a call: interleaving the tables costs the same for any number of
-// weight rows (ternary 5-8 rows x 576 x 1536 on 2 threads: 0.21 ms in lanes, 0.11 ms for 4
-// rows through the permutes; at 4096 rows lanes win).
-constexpr int64_t kLutLanesMinTiles = 64;
-// With per-group alphas the alternative is slower (two permutes and a blend a lookup), so
-// lanes pay from fewer tiles, but only from 7 rows. BinaryLinear group 128, 2 threads,
-// permutes / lanes time per call: 12-18 tiles a thread (1536 -> 384 / 576, 4096 -> 512)
-// at 8 rows 1.04-1.4x, 7 rows 0.96-1.2x, 6 rows 0.87-1.1x, 5 rows 0.78-0.94x; 8 tiles
-// (1536 -> 256) 0.96-1.17x at 8 rows, less below; 4 tiles (4096 -> 128) 0.55-0.75x.
-constexpr int64_t kLutAlphaLanesMinTiles = 12, kLutAlphaLanesMinM = 7;
+// The AVX2 lookup kernels hold activation rows in their lanes (a lane a row) from
+// kLutLanesMinM rows over at least kLutLanesMinTiles tiles in a call: interleaving the
+// tables by entry costs the same for any number of weight rows, and rows short of 8 leave
+// lanes idle. Measured on Zen 4, 2 threads, lanes / permutes time (the permutes look up one
+// row at a time): per-channel tables at 8 rows 0.43-0.91x from 12 tiles a thread (384+
+// outputs), 0.62-0.99x at 8 tiles, 0.68-1.14x at 4-6; at 7 rows 0.68-0.99x from 12 tiles,
+// 0.71-1.10x at 8. Per-group alphas (group 128; the permutes take two and a blend a lookup),
+// permutes / lanes time at 12-18 tiles: 8 rows 1.04-1.4x, 7 rows 0.96-1.2x, 6 rows 0.87-1.1x.
+constexpr int64_t kLutLanesMinTiles = 12, kLutLanesMinM = 7;
 constexpr int64_t kLutWordBytes = 64;
 
 // The tiled layout of the lookup-table kernel. Inputs go in groups of `width` (the last one

@@ -131,12 +131,12 @@ void expand_row(const uint8_t* bits, const uint8_t* negative, int64_t k, float* 
   }
 }
 
-// Groups of 3 weights (8-entry tables): for up to kLanesMinM - 1 activation rows (and more
-// over few tiles), one vpermps looks up 3 weights of 8 weight rows for one activation row: a
+// Groups of 3 weights (8-entry tables): for fewer activation rows than lanes pay for
+// (kLutLanesMinM, binary_gemm.h), one vpermps looks up 3 weights of 8 weight rows for one activation row: a
 // shift, a permute and an add, where 16-entry tables (4 weights) took two shifts, two permutes, a blend and an
 // add (1.5-1.75x faster at one or two rows, the decode case). At 3-4 rows the permutes (one
 // a cycle) bound it: 15-30% slower than 16-entry tables looked up as their lower half plus a
-// blend (4 weights a permute). From kLanesMinM rows on, lanes hold activation rows (below).
+// blend (4 weights a permute). From there lanes hold activation rows (below).
 constexpr LutLayout kLutLayout = kLutTriples;
 constexpr int kLutSlots = static_cast<int>(kLutLayout.slots_per_lane());
 constexpr int kLutEntries = static_cast<int>(kLutLayout.entries());
@@ -305,14 +305,12 @@ void lut_tiles(const float* tables, int64_t k, const uint8_t* tiles, int64_t t0,
   }
 }
 
-// Rows in lanes: with 5-8 activation rows (and enough weight rows), a lane per activation row. Tables are
-// interleaved as by_entry[g][b][8] (entry b of group g for each row, zero past m), so a
+// Rows in lanes: with 5-8 activation rows (and enough weight rows, binary_gemm.h), a lane per
+// activation row. Tables are interleaved as by_entry[g][b][8] (entry b of group g for each row, zero past m), so a
 // weight row's 3-bit field b selects 32 contiguous bytes: one load and one add look up 3
 // weights of one weight row for all 8 activation rows. The fields are taken out of the lanes
 // with scalar shifts, which run beside the vector adds. At 8 rows, one thread, K = N = 4096:
 // 2-2.5x faster than the permutes above, 1.6-1.9x faster than 16-entry tables'.
-constexpr int64_t kLanesMinM = 5;
-// ... and at least kLutLanesMinTiles tiles in the call (binary_gemm.h).
 constexpr int64_t kLanesRows = 8;
 constexpr int64_t kEntryBytes = kLanesRows * sizeof(float);  // one entry for every row
 
@@ -508,9 +506,23 @@ void build_alpha_tables(const float* x, int64_t m, int64_t k, float* tables) {
 
 #include "binary_lut_dispatch.h"
 
+// Per-channel tables (a permute a lookup) take fewer rows than kLutLanesMinM to lanes only
+// over wide layers. Lanes / permutes time, 2 threads: at 12-48 tiles a thread 0.60-1.10x
+// (binary) and 0.83-1.11x (ternary) at 6 rows, 0.76-1.15x and 0.92-1.28x at 5 (K = 576 and
+// 768 the slower: there 5-6 rows' tables fit L1 and their interleaved ones do not); from 64
+// tiles (2048-4096 outputs) binary 0.56-0.98x at 5-6 rows, ternary 0.82-1.16x at 6 rows but
+// 1.0-1.37x at 5.
+constexpr int64_t kFewRowsLanesMinTiles = 64, kFewRowsLanesMinMBinary = 5, kFewRowsLanesMinMTernary = 6;
+
+bool per_channel_lanes_pay(int64_t m, int64_t call_tiles, int planes) {
+  if (m >= kLutLanesMinM && call_tiles >= kLutLanesMinTiles) return true;
+  const int64_t few_rows_min_m = planes == 2 ? kFewRowsLanesMinMTernary : kFewRowsLanesMinMBinary;
+  return m >= few_rows_min_m && call_tiles >= kFewRowsLanesMinTiles;
+}
+
 void lut_sums(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1, int planes,
               float* sums, int64_t lds) {
-  if (m >= kLanesMinM && t1 - t0 >= kLutLanesMinTiles) {
+  if (per_channel_lanes_pay(m, t1 - t0, planes)) {
     return lut_sums_rows_in_lanes(tables, m, k, tiles, t0, t1, planes, sums, lds);
   }
   lut_dispatch(tables, m, k, tiles, t0, t1, planes, sums, lds);
@@ -518,7 +530,7 @@ void lut_sums(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, i
 
 void lut_alpha_sums(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1,
                     const LutAlphaGroups& alphas, float* out, int64_t lds) {
-  if (m >= kLutAlphaLanesMinM && t1 - t0 >= kLutAlphaLanesMinTiles) {
+  if (m >= kLutLanesMinM && t1 - t0 >= kLutLanesMinTiles) {
     return lut_alpha_sums_rows_in_lanes(tables, m, k, tiles, t0, t1, alphas, out, lds);
   }
   lut_dispatch(tables, m, k, tiles, t0, t1, 1, out, lds, &alphas);
