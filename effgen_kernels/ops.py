@@ -215,7 +215,7 @@ def binary_linear(x: torch.Tensor, packed: torch.Tensor, alpha: torch.Tensor, bi
     point (2 int8 digits for bf16 x, 3 for fp32 and fp16; an x with Inf or NaN takes the
     other paths). Batches over 16 rows without it run on torch's GEMM over blocks of
     expanded weights; so do, without AVX-512 (measured on AVX2), batches over 32 rows on
-    layers under 192 output columns a thread, where the AVX2 tables do not hold activation
+    layers under 64 output columns a thread, where the AVX2 tables do not hold activation
     rows in their lanes."""
     return _ops.binary_linear(x, packed, alpha, bias, group_size, lut)
 
@@ -226,7 +226,7 @@ def ternary_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, b
     ``lut = lut_tiles(packed, K, 2)`` enables the CPU lookup-table kernel, and with AMX the
     int8 GEMM for batches of 8 rows or more, as in binary_linear. Batches over 16
     rows without it run on torch's GEMM over blocks of expanded weights; so do, without
-    AVX-512 (measured on AVX2), batches over 32 rows on layers under 192 output columns a
+    AVX-512 (measured on AVX2), batches over 32 rows on layers under 64 output columns a
     thread, where the AVX2 tables do not hold activation rows in their lanes, and ternary
     batches over 64 rows on any layer."""
     return _ops.ternary_linear(x, packed, scale, bias, lut)

@@ -633,15 +633,17 @@ def two_threads():
 @pytest.mark.parametrize("m,n,k", [(1, 5, 1), (1, 37, 7), (3, 40, 33), (8, 100, 4097), (2, 16, 64),
                                    (4, 17, 31), (5, 40, 95), (9, 33, 70), (70, 20, 129), (1, 20, 3000),
                                    (2, 33, 2500), (5, 2100, 95), (6, 2100, 200), (8, 2100, 400),
-                                   (64, 2100, 129), (70, 2100, 129), (6, 400, 300), (7, 400, 300),
-                                   (13, 400, 1000), (40, 352, 129), (40, 400, 129), (70, 400, 129)])
+                                   (64, 2100, 129), (70, 2100, 129), (5, 400, 300), (6, 400, 300),
+                                   (7, 100, 300), (13, 400, 1000), (40, 100, 129), (40, 128, 129),
+                                   (70, 400, 129)])
 # Row blocks of 8, table chunks of 64 rows; AVX2 also takes K in chunks whose tables fit L1
-# (about 1500 inputs at 1 row, 750 at 2, 180 at 5-8 rows), and 7-8 rows in lanes from 12
-# tiles a thread (n = 400: 12 and 13 over 2 threads; 13 rows: a block of 8 in lanes, one of
-# 5 on the permutes), 5-6 rows (ternary: 6) from 64 (n = 2100: 66 and 66). Without AVX-512,
-# batches over 32 rows go to torch's GEMM over expanded weights instead, unless AVX2 holds
-# them in lanes (n = 352, 11 tiles a thread, does not): binary weights stay on its tables at
-# 70 rows, ternary ones up to 64 (the scalar and NEON kernels have no lanes).
+# (about 1500 inputs at 1 row, 750 at 2, 180 at 5-8 rows), and rows in lanes from 4 tiles a
+# thread: 7-8 rows (binary 6; n = 400: 12 and 13 tiles over 2 threads; n = 100: 4 and 3, the
+# second on the permutes; 13 rows: a block of 8 in lanes, one of 5 on the permutes), and
+# binary 5 / ternary 6 rows from 64 tiles (n = 2100: 66 each). Without AVX-512, batches over
+# 32 rows go to torch's GEMM over expanded weights instead, unless AVX2 holds them in lanes
+# (n = 128 on 2 threads does, n = 100 does not): binary weights stay on its tables at 70
+# rows, ternary ones up to 64 (the scalar and NEON kernels have no lanes).
 def test_lookup_table_kernel_matches_reference(isa, two_threads, m, n, k):
     x, w = random_input((m, k), scale=1.0), random_input((n, k))
     packed, alpha = ref.binarize_weight(w)
@@ -711,14 +713,16 @@ def test_batches_with_a_lut_and_per_group_alpha_match_reference(isa, two_threads
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("group_size", [32, 96, 128])
 @pytest.mark.parametrize("m,n,k", [(1, 70, 4097), (1, 37, 300), (3, 70, 256), (5, 16, 1000), (17, 37, 4097),
-                                   (7, 2100, 4097), (17, 2100, 1000), (40, 2100, 300), (7, 400, 1000)])
+                                   (7, 2100, 4097), (17, 2100, 1000), (40, 2100, 300), (7, 400, 1000),
+                                   (8, 128, 1000), (8, 100, 1000)])
 # The tables with per-group alphas (lut_alpha_sums: scalar, AVX2, AVX-512 and NEON kernels,
 # and AMX's below the rows it sends to the int8 GEMM) scale each group's sums as the group ends.
 # 70 rows are a pass of 4 tiles and one of 1 (the last partly past N; AVX2: halves of 8
 # rows), 17 rows three blocks of table rows; K = 4097 ends its last group inside a word.
-# AVX2 holds 7-8 rows in lanes from 12 tiles a thread (n = 400: 12 and 13), its tables in
+# AVX2 holds 7-8 rows in lanes from 4 tiles a thread (n = 400: 12 and 13), its tables in
 # chunks of 4 words, across which groups of 96 carry their sums; there batches over 32 rows
-# stay on the tables too (40 rows: five blocks of 8).
+# stay on the tables too (40 rows: five blocks of 8; n = 128: 4 tiles each, n = 100: 4 and 3,
+# the second on the permutes, as n = 37 on both).
 def test_per_group_alpha_on_the_tables_matches_reference(isa, two_threads, dtype, group_size, m, n, k):
     x, w = random_input((m, k), dtype, scale=1.0), random_input((n, k))
     bias = torch.randn(n)

@@ -36,18 +36,18 @@ constexpr int64_t kBlockN = 64;
 constexpr int64_t kDirectMaxM = 16;
 // Without AVX-512 the table kernel loses batches to torch's GEMM over expanded weights
 // (linear_with_expanded), except where the AVX2 kernel holds activation rows in its lanes
-// (cpu::kLutLanesMinTiles tiles of 16 weight rows per thread: 192+ columns), and there for
+// (cpu::kLutLanesMinTiles tiles of 16 weight rows per thread: 64+ columns), and there for
 // ternary weights only up to kLanesTernaryMaxM rows. Measured on Zen 4 (AVX2), 2 threads,
 // tables in lanes / expanded time: binary 0.43-0.75x at 33-64 rows on 384-4096 columns
-// (12-48 tiles a thread), 0.63-0.91x at 128-256; 8 tiles 0.66-0.90x, 6 tiles 0.86-1.16x.
-// Ternary 0.54-0.87x at 40 rows, 0.79-0.93x at 48, 0.88-1.01x at 64 (12-64+ tiles); on
-// 2048-4096 columns 1.1-1.3x at 128. The permutes (a row at a time) took 1.2-1.7x (binary)
-// and 1.6-1.8x (ternary) the expanded GEMM's time at 64 rows. AVX-512's 16-entry tables
-// were measured ahead of fp32 at 64 rows.
-// Per-group alphas (group 128) in lanes, tables / expanded time: 4096 x 4096 0.42-0.43x at
-// 64 rows, 0.48-0.49x at 128, 0.50-0.53x at 256; 576 -> 1536, 1536 -> 576 and 4096 -> 512
-// 0.56-0.84x at 64 rows, 0.66-0.82x at 256; 1536 -> 384 (12 tiles a thread) 0.79-0.83x at
-// 64, level at 256. Without lanes (AVX2's permutes) 0.68-0.81x at 32 rows, 1.0-1.03x at 64.
+// (12-48 tiles a thread), 0.63-0.91x at 128-256; on 128-256 columns 0.46-0.81x at 33-64,
+// 0.59-0.88x at 128. Per-group alphas (group 128): 4096 x 4096 0.42-0.53x at 64-256 rows,
+// 384-1536 columns 0.56-0.84x at 64 (up to level at 256), 128-256 columns 0.55-0.93x at
+// 33-64, 0.73-1.06x at 128.
+// Ternary 0.54-0.87x at 40 rows, 0.79-0.93x at 48, 0.88-1.01x at 64 on 384+ columns; on
+// 128-256, 0.64-0.97x at 33 rows, 0.78-1.20x at 64 (the slower at K <= 1536); on 2048-4096
+// columns 1.1-1.3x at 128. The permutes (a row at a time) took 1.2-1.7x (binary) and
+// 1.6-1.8x (ternary) the expanded GEMM's time at 64 rows. AVX-512's 16-entry tables were
+// measured ahead of fp32 at 64 rows.
 constexpr int64_t kExpandMinM = 32, kLanesTernaryMaxM = 64;
 
 bool expanded_gemm_pays(int64_t m, int64_t n, int planes) {

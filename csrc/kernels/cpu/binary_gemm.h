@@ -17,14 +17,14 @@ inline int64_t packed_row_bytes(int64_t k) { return (k + 7) / 8; }
 constexpr int64_t kLutMaxM = 8;
 constexpr int64_t kLutTileRows = 16;
 // The AVX2 lookup kernels hold activation rows in their lanes (a lane a row) from
-// kLutLanesMinM rows over at least kLutLanesMinTiles tiles in a call: interleaving the
-// tables by entry costs the same for any number of weight rows, and rows short of 8 leave
-// lanes idle. Measured on Zen 4, 2 threads, lanes / permutes time (the permutes look up one
-// row at a time): per-channel tables at 8 rows 0.43-0.91x from 12 tiles a thread (384+
-// outputs), 0.62-0.99x at 8 tiles, 0.68-1.14x at 4-6; at 7 rows 0.68-0.99x from 12 tiles,
-// 0.71-1.10x at 8. Per-group alphas (group 128; the permutes take two and a blend a lookup),
-// permutes / lanes time at 12-18 tiles: 8 rows 1.04-1.4x, 7 rows 0.96-1.2x, 6 rows 0.87-1.1x.
-constexpr int64_t kLutLanesMinTiles = 12, kLutLanesMinM = 7;
+// kLutLanesMinM rows (per-channel binary: one fewer, binary_gemm_avx2.cpp) over at least
+// kLutLanesMinTiles tiles in a call: interleaving the tables by entry costs the same for any
+// number of weight rows, and rows short of 8 leave lanes idle. Lanes / permutes time (the
+// permutes look up a row at a time), Zen 4: lut_sums_bench, one thread, K 576-4096, at 8
+// rows 0.42-0.98x from 4 tiles, 0.70-0.89x at 2; at 7 rows binary 0.44-0.84x, ternary
+// 0.75-1.13x from 4 tiles, 0.79-1.21x at 2. BinaryLinear / TernaryLinear, 2 threads, 4-8
+// tiles a thread (128-256 outputs): 7-8 rows 0.56-0.97x, per-group alphas (group 128) too.
+constexpr int64_t kLutLanesMinTiles = 4, kLutLanesMinM = 7;
 constexpr int64_t kLutWordBytes = 64;
 
 // The tiled layout of the lookup-table kernel. Inputs go in groups of `width` (the last one

@@ -314,11 +314,39 @@ void lut_tiles(const float* tables, int64_t k, const uint8_t* tiles, int64_t t0,
 constexpr int64_t kLanesRows = 8;
 constexpr int64_t kEntryBytes = kLanesRows * sizeof(float);  // one entry for every row
 
-// `values` [m][count] as by_entry [count][8], zero past m.
+// v[i][b] -> v[b][i] for 8 vectors of 8 floats.
+inline void transpose_8x8(__m256 (&v)[8]) {
+  __m256 pairs[8], quads[8];
+  for (int i = 0; i < 8; i += 2) {
+    pairs[i] = _mm256_unpacklo_ps(v[i], v[i + 1]);  // per 128-bit half: v_i[0] v_i+1[0] v_i[1] v_i+1[1]
+    pairs[i + 1] = _mm256_unpackhi_ps(v[i], v[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    for (int j = 0; j < 2; ++j) {
+      quads[i + 2 * j] = _mm256_shuffle_ps(pairs[i + j], pairs[i + j + 2], _MM_SHUFFLE(1, 0, 1, 0));
+      quads[i + 2 * j + 1] = _mm256_shuffle_ps(pairs[i + j], pairs[i + j + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+  }
+  // quads[q] (q < 4) holds entries q and q + 4 of rows 0-3 in its halves, quads[q + 4] of rows 4-7.
+  for (int q = 0; q < 4; ++q) {
+    v[q] = _mm256_permute2f128_ps(quads[q], quads[q + 4], 0x20);
+    v[q + 4] = _mm256_permute2f128_ps(quads[q], quads[q + 4], 0x31);
+  }
+}
+
+// `values` [m][count] as by_entry [count][8], zero past m: 8 entries at a time by a
+// transpose of the rows' vectors. A store an entry took a quarter of a lanes call over 12
+// tiles (lut_sums_bench, 192 x 576, 8 rows: 13.0 us, now 9.5; K = 4096: 84 -> 60 us).
 void interleave_rows(const float* values, int64_t m, int64_t count, float* by_entry) {
-  std::memset(by_entry, 0, static_cast<size_t>(count * kEntryBytes));
-  for (int64_t i = 0; i < m; ++i) {
-    for (int64_t e = 0; e < count; ++e) by_entry[e * kLanesRows + i] = values[i * count + e];
+  const int64_t whole = count / 8 * 8;
+  for (int64_t e = 0; e < whole; e += 8) {
+    __m256 block[8];
+    for (int i = 0; i < 8; ++i) block[i] = i < m ? _mm256_loadu_ps(values + i * count + e) : _mm256_setzero_ps();
+    transpose_8x8(block);
+    for (int b = 0; b < 8; ++b) _mm256_storeu_ps(by_entry + (e + b) * kLanesRows, block[b]);
+  }
+  for (int64_t e = whole; e < count; ++e) {
+    for (int64_t i = 0; i < kLanesRows; ++i) by_entry[e * kLanesRows + i] = i < m ? values[i * count + e] : 0.0f;
   }
 }
 
@@ -506,18 +534,18 @@ void build_alpha_tables(const float* x, int64_t m, int64_t k, float* tables) {
 
 #include "binary_lut_dispatch.h"
 
-// Per-channel tables (a permute a lookup) take fewer rows than kLutLanesMinM to lanes only
-// over wide layers. Lanes / permutes time, 2 threads: at 12-48 tiles a thread 0.60-1.10x
-// (binary) and 0.83-1.11x (ternary) at 6 rows, 0.76-1.15x and 0.92-1.28x at 5 (K = 576 and
-// 768 the slower: there 5-6 rows' tables fit L1 and their interleaved ones do not); from 64
-// tiles (2048-4096 outputs) binary 0.56-0.98x at 5-6 rows, ternary 0.82-1.16x at 6 rows but
-// 1.0-1.37x at 5.
-constexpr int64_t kFewRowsLanesMinTiles = 64, kFewRowsLanesMinMBinary = 5, kFewRowsLanesMinMTernary = 6;
+// Per-channel tables (one permute a lookup, per-group ones two and a blend) also take binary
+// 6-row calls to lanes, and one row fewer still (binary 5, ternary 6) over wide layers.
+// Lanes / permutes time (lut_sums_bench, one thread, K 576-4096, 4-12 tiles): binary 6 rows
+// 0.67-1.12x, 5 rows 0.83-1.14x, ternary 6 rows 0.96-1.42x; BinaryLinear 6 rows, 2 threads,
+// 4-32 tiles a thread: 0.76-0.95x. From 64 tiles binary 5 rows 0.79-1.04x, ternary 6 rows
+// 0.92-0.94x, 5 rows 1.09-1.15x.
+constexpr int64_t kFewRowsLanesMinTiles = 64;
 
 bool per_channel_lanes_pay(int64_t m, int64_t call_tiles, int planes) {
-  if (m >= kLutLanesMinM && call_tiles >= kLutLanesMinTiles) return true;
-  const int64_t few_rows_min_m = planes == 2 ? kFewRowsLanesMinMTernary : kFewRowsLanesMinMBinary;
-  return m >= few_rows_min_m && call_tiles >= kFewRowsLanesMinTiles;
+  if (call_tiles < kLutLanesMinTiles) return false;
+  const int64_t min_m = kLutLanesMinM - (planes == 1 ? 1 : 0) - (call_tiles >= kFewRowsLanesMinTiles ? 1 : 0);
+  return m >= min_m;
 }
 
 void lut_sums(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1, int planes,
