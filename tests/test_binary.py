@@ -714,12 +714,14 @@ def test_batches_with_a_lut_and_per_group_alpha_match_reference(isa, two_threads
 @pytest.mark.parametrize("group_size", [32, 96, 128])
 @pytest.mark.parametrize("m,n,k", [(1, 70, 4097), (1, 37, 300), (3, 70, 256), (5, 16, 1000), (17, 37, 4097),
                                    (7, 2100, 4097), (17, 2100, 1000), (40, 2100, 300), (7, 400, 1000),
-                                   (8, 128, 1000), (8, 100, 1000)])
+                                   (8, 128, 1000), (8, 100, 1000), (6, 400, 1000), (5, 400, 1000),
+                                   (5, 2100, 300)])
 # The tables with per-group alphas (lut_alpha_sums: scalar, AVX2, AVX-512 and NEON kernels,
 # and AMX's below the rows it sends to the int8 GEMM) scale each group's sums as the group ends.
 # 70 rows are a pass of 4 tiles and one of 1 (the last partly past N; AVX2: halves of 8
 # rows), 17 rows three blocks of table rows; K = 4097 ends its last group inside a word.
-# AVX2 holds 7-8 rows in lanes from 4 tiles a thread (n = 400: 12 and 13), its tables in
+# AVX2 holds 6-8 rows in lanes from 4 tiles a thread (n = 400: 12 and 13; 5 rows from 64 tiles,
+# n = 2100: 66 each), its tables in
 # chunks of 4 words, across which groups of 96 carry their sums; there batches over 32 rows
 # stay on the tables too (40 rows: five blocks of 8; n = 128: 4 tiles each, n = 100: 4 and 3,
 # the second on the permutes, as n = 37 on both).

@@ -16,15 +16,10 @@ inline int64_t packed_row_bytes(int64_t k) { return (k + 7) / 8; }
 
 constexpr int64_t kLutMaxM = 8;
 constexpr int64_t kLutTileRows = 16;
-// The AVX2 lookup kernels hold activation rows in their lanes (a lane a row) from
-// kLutLanesMinM rows (per-channel binary: one fewer, binary_gemm_avx2.cpp) over at least
-// kLutLanesMinTiles tiles in a call: interleaving the tables by entry costs the same for any
-// number of weight rows, and rows short of 8 leave lanes idle. Lanes / permutes time (the
-// permutes look up a row at a time), Zen 4: lut_sums_bench, one thread, K 576-4096, at 8
-// rows 0.42-0.98x from 4 tiles, 0.70-0.89x at 2; at 7 rows binary 0.44-0.84x, ternary
-// 0.75-1.13x from 4 tiles, 0.79-1.21x at 2. BinaryLinear / TernaryLinear, 2 threads, 4-8
-// tiles a thread (128-256 outputs): 7-8 rows 0.56-0.97x, per-group alphas (group 128) too.
-constexpr int64_t kLutLanesMinTiles = 4, kLutLanesMinM = 7;
+// The AVX2 lookup kernels hold activation rows in their lanes (a lane a row) over at least
+// kLutLanesMinTiles tiles in a call, from as many rows as binary_gemm_avx2.cpp's lanes_pay
+// says: interleaving the tables by entry costs the same for any number of weight rows.
+constexpr int64_t kLutLanesMinTiles = 4;
 constexpr int64_t kLutWordBytes = 64;
 
 // The tiled layout of the lookup-table kernel. Inputs go in groups of `width` (the last one

@@ -132,11 +132,12 @@ void expand_row(const uint8_t* bits, const uint8_t* negative, int64_t k, float* 
 }
 
 // Groups of 3 weights (8-entry tables): for fewer activation rows than lanes pay for
-// (kLutLanesMinM, binary_gemm.h), one vpermps looks up 3 weights of 8 weight rows for one activation row: a
-// shift, a permute and an add, where 16-entry tables (4 weights) took two shifts, two permutes, a blend and an
-// add (1.5-1.75x faster at one or two rows, the decode case). At 3-4 rows the permutes (one
-// a cycle) bound it: 15-30% slower than 16-entry tables looked up as their lower half plus a
-// blend (4 weights a permute). From there lanes hold activation rows (below).
+// (lanes_pay, below), one vpermps looks up 3 weights of 8 weight rows for one activation
+// row: a shift, a permute and an add, where 16-entry tables (4 weights) took two shifts, two
+// permutes, a blend and an add (1.5-1.75x faster at one or two rows, the decode case). At 3-4
+// rows the permutes (one a cycle) bound it: 15-30% slower than 16-entry tables looked up as
+// their lower half plus a blend (4 weights a permute). From there lanes hold activation rows
+// (below).
 constexpr LutLayout kLutLayout = kLutTriples;
 constexpr int kLutSlots = static_cast<int>(kLutLayout.slots_per_lane());
 constexpr int kLutEntries = static_cast<int>(kLutLayout.entries());
@@ -305,12 +306,13 @@ void lut_tiles(const float* tables, int64_t k, const uint8_t* tiles, int64_t t0,
   }
 }
 
-// Rows in lanes: with 5-8 activation rows (and enough weight rows, binary_gemm.h), a lane per
-// activation row. Tables are interleaved as by_entry[g][b][8] (entry b of group g for each row, zero past m), so a
-// weight row's 3-bit field b selects 32 contiguous bytes: one load and one add look up 3
-// weights of one weight row for all 8 activation rows. The fields are taken out of the lanes
-// with scalar shifts, which run beside the vector adds. At 8 rows, one thread, K = N = 4096:
-// 2-2.5x faster than the permutes above, 1.6-1.9x faster than 16-entry tables'.
+// Rows in lanes: with 5-8 activation rows (as lanes_pay takes them, below), a lane per
+// activation row. Tables are interleaved as by_entry[g][b][8] (entry b of group g for each
+// row, zero past m), so a weight row's 3-bit field b selects 32 contiguous bytes: one load
+// and one add look up 3 weights of one weight row for all 8 activation rows. The fields are
+// taken out of the lanes with scalar shifts, which run beside the vector adds. At 8 rows,
+// one thread, K = N = 4096: 2-2.5x faster than the permutes above, 1.6-1.9x faster than
+// 16-entry tables'.
 constexpr int64_t kLanesRows = 8;
 constexpr int64_t kEntryBytes = kLanesRows * sizeof(float);  // one entry for every row
 
@@ -534,23 +536,28 @@ void build_alpha_tables(const float* x, int64_t m, int64_t k, float* tables) {
 
 #include "binary_lut_dispatch.h"
 
-// Per-channel tables (one permute a lookup, per-group ones two and a blend) also take binary
-// 6-row calls to lanes, and one row fewer still (binary 5, ternary 6) over wide layers.
-// Lanes / permutes time (lut_sums_bench, one thread, K 576-4096, 4-12 tiles): binary 6 rows
-// 0.67-1.12x, 5 rows 0.83-1.14x, ternary 6 rows 0.96-1.42x; BinaryLinear 6 rows, 2 threads,
-// 4-32 tiles a thread: 0.76-0.95x. From 64 tiles binary 5 rows 0.79-1.04x, ternary 6 rows
-// 0.92-0.94x, 5 rows 1.09-1.15x.
-constexpr int64_t kFewRowsLanesMinTiles = 64;
+// Calls over kLutLanesMinTiles tiles take their rows to lanes from kLanesMinRowsTernary rows
+// (ternary) or kLanesMinRowsBinary (binary, per channel or per group), and from one fewer
+// over kWideLanesMinTiles tiles; rows short of 8 leave lanes idle, and the permutes look up a
+// row at a time. Lanes / permutes time on Zen 4, lut_sums_bench (one thread, K 576-4096):
+// 8 rows 0.42-0.98x from 4 tiles, 0.70-0.89x at 2; 7 rows binary 0.44-0.84x, ternary
+// 0.76-1.13x from 4 tiles, 0.79-1.21x at 2; at 4-12 tiles binary 6 rows 0.67-1.12x, 5 rows
+// 0.83-1.14x, ternary 6 rows 0.96-1.42x; from 64 tiles binary 5 rows 0.79-1.04x, ternary
+// 6 rows 0.92-0.94x, 5 rows 1.09-1.15x. BinaryLinear / TernaryLinear, 2 threads: 7-8 rows
+// at 4-8 tiles a thread 0.56-0.97x (per-group alphas, group 128, too); binary 6 rows at 4-32
+// tiles 0.76-0.95x; per-group 6 rows 0.67-1.01x at 4-128 tiles, 5 rows 1.07-1.11x at 4-6
+// tiles, 0.80-0.94x from 18.
+constexpr int64_t kLanesMinRowsTernary = 7, kLanesMinRowsBinary = 6, kWideLanesMinTiles = 64;
 
-bool per_channel_lanes_pay(int64_t m, int64_t call_tiles, int planes) {
+bool lanes_pay(int64_t m, int64_t call_tiles, int planes) {
   if (call_tiles < kLutLanesMinTiles) return false;
-  const int64_t min_m = kLutLanesMinM - (planes == 1 ? 1 : 0) - (call_tiles >= kFewRowsLanesMinTiles ? 1 : 0);
-  return m >= min_m;
+  const int64_t min_rows = planes == 2 ? kLanesMinRowsTernary : kLanesMinRowsBinary;
+  return m >= (call_tiles >= kWideLanesMinTiles ? min_rows - 1 : min_rows);
 }
 
 void lut_sums(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1, int planes,
               float* sums, int64_t lds) {
-  if (per_channel_lanes_pay(m, t1 - t0, planes)) {
+  if (lanes_pay(m, t1 - t0, planes)) {
     return lut_sums_rows_in_lanes(tables, m, k, tiles, t0, t1, planes, sums, lds);
   }
   lut_dispatch(tables, m, k, tiles, t0, t1, planes, sums, lds);
@@ -558,7 +565,7 @@ void lut_sums(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, i
 
 void lut_alpha_sums(const float* tables, int64_t m, int64_t k, const uint8_t* tiles, int64_t t0, int64_t t1,
                     const LutAlphaGroups& alphas, float* out, int64_t lds) {
-  if (m >= kLutLanesMinM && t1 - t0 >= kLutLanesMinTiles) {
+  if (lanes_pay(m, t1 - t0, 1)) {
     return lut_alpha_sums_rows_in_lanes(tables, m, k, tiles, t0, t1, alphas, out, lds);
   }
   lut_dispatch(tables, m, k, tiles, t0, t1, 1, out, lds, &alphas);
