@@ -411,7 +411,7 @@ def test_int8_weight_only_linear_packed_matches_reference(isa, dtype, m, n, k):
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("m", [1, 7, 16, 17, 64])  # fixed point up to 16 rows, then (here) float
+@pytest.mark.parametrize("m", [1, 7, 16, 17, 64])  # fixed point up to 16 rows, then float on some ISAs
 # Groups on packed blocks (multiples of 4; K not a multiple of the group), one group for all
 # of K, and sizes that are not multiples of 4 (the float kernel takes those).
 @pytest.mark.parametrize("group_size,k", [(32, 300), (12, 37), (64, 300), (512, 300), (100, 300), (6, 37)])
@@ -461,14 +461,16 @@ def test_w8a16_per_group_register_tiles_match_the_composition_bit_for_bit(dtype,
 # Token counts around AVX2's 4-row int16 tiles and across its 48-row blocks (30 fp32 tokens
 # are 60 rows, 50 bf16 / fp16 ones 50, with columns enough that the op keeps them in one
 # call; shapes every ISA takes in fixed point), K across its 512-value int32 chunks and not a
-# multiple of 4, columns not a multiple of 16.
+# multiple of 4, columns not a multiple of 16. 100 x 40 x 300: activations outnumbering the
+# weights, which only AMX sends to torch's GEMM (w8a16_fixed_point_pays).
 @pytest.mark.parametrize("m,n,k", [(1, 70, 300), (2, 33, 37), (3, 129, 1030), (5, 16, 4100), (17, 40, 2049),
-                                   (30, 40, 1030), (50, 1030, 600)])
+                                   (30, 40, 1030), (50, 1030, 600), (100, 40, 300)])
 @pytest.mark.parametrize("weight_at_int8_min", [False, True])
 def test_w8a16_per_channel_int16_rows_match_across_isas_bit_for_bit(dtype, m, n, k, weight_at_int8_min):
     # AVX2 multiplies fixed-point activations as int16 rows (gemm_packed_i16: one per token
     # for 16-bit activations, two of base 2^15 for fp32), the other ISAs as int8 digit rows
-    # (2 or 3); both sum the same integers exactly and round once.
+    # (2 or 3); both sum the same integers exactly and round once. So does the canonical op
+    # on unpacked weights, for 16-bit activations.
     if dtype == torch.float32 and m > 32:
         pytest.skip("without AVX-512, fp32 batches above 32 tokens take the float GEMM")
     x = random_input((m, k), dtype, scale=1.0)
@@ -481,8 +483,33 @@ def test_w8a16_per_channel_int16_rows_match_across_isas_bit_for_bit(dtype, m, n,
     for isa in CPU_ISAS:
         with ops.use_cpu_isa(isa):
             outs[isa] = ops.int8_weight_only_linear_packed(x, packed, w_sum, w_scale, bias)
+            if dtype != torch.float32 and isa != "amx":
+                outs[isa + " canonical"] = ops.int8_weight_only_linear(x, wq, w_scale, bias)
     for out in outs.values():
         assert_same_bits(out, outs["scalar"])
+
+
+# In fixed point each token's result is its own exact sum rounded once, so a batch's rows
+# equal the rows computed one at a time (which always take fixed point). 100 tokens of 300
+# values onto 40 outputs outnumber the weights; fixed point takes such batches (see
+# w8a16_fixed_point_pays) for 16-bit activations on every ISA but AMX, and for fp32 ones
+# with per-channel scales on AVX-512 without AMX, where torch's GEMM over dequantized
+# weights took up to 2.5x as long (RESULTS.md, session 55).
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("group_size", [None, 128])
+def test_w8a16_batches_in_fixed_point_equal_their_rows_one_at_a_time(isa, dtype, group_size):
+    fixed_point = isa != "amx" and (dtype != torch.float32 or (isa == "avx512" and group_size is None))
+    if not fixed_point:
+        pytest.skip("this batch takes torch's GEMM over dequantized weights on this ISA")
+    m, n, k = 100, 40, 300
+    x = random_input((m, k), dtype, scale=1.0)
+    w = random_input((n, k), scale=0.05)
+    wq, w_scale = ops.quantize_per_channel(w, 0) if group_size is None else ops.quantize_per_group(w, group_size)
+    packed, w_sum = ops.int8_pack_weight(wq, group_size)
+    bias = torch.randn(n)
+    batch = ops.int8_weight_only_linear_packed(x, packed, w_sum, w_scale, bias, group_size)
+    rows = [ops.int8_weight_only_linear_packed(x[i:i + 1], packed, w_sum, w_scale, bias, group_size) for i in range(m)]
+    assert_same_bits(batch, torch.cat(rows))
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)

@@ -456,20 +456,30 @@ bool w8a16_fixed_point_grouped(const at::Tensor& x2, int limbs, const at::Tensor
 
 // Whether W8A16 should run as fixed point on the int8 GEMM rather than on torch's GEMM
 // over dequantized weights (w8a16_float_gemm_*; measured on packed weights; the canonical op
-// follows it for 16-bit activations with per-channel scales).
-// With VNNI the int8 GEMM is far faster than torch's float GEMMs, and the cost that decides
-// is the conversion: a batch whose activations outnumber the weights (M (K + N) > N K) costs
-// more to convert (digits in, epilogue out, per element) than the weights to dequantize.
+// follows it for 16-bit activations with per-channel scales). `grouped`: per-group scales.
+// With AMX, whose tiles torch's bf16 GEMM uses too, the cost that decides is the
+// conversion: a batch whose activations outnumber the weights (M (K + N) > N K) costs more
+// to convert (digits in, epilogue out, per element) than the weights to dequantize.
+// With AVX-512 VNNI but no AMX, the float path runs 16-bit x widened to fp32
+// (weight_blocks_gemm.h), and fixed point won wherever that rule had sent batches to it
+// (Zen 4, 2 threads, 128-1024 rows, 576-4096 -> 192-1536, each timed beside torch's
+// F.linear; RESULTS.md, session 55): bf16 x 0.38-0.66x the float path's time, per channel
+// and group 128; fp32 x per channel 0.62-0.83x. Only per-group fp32 x (3 digit rows and a
+// fold per group) lost (1.1-1.45x), so it keeps the conversion rule.
 // Without VNNI (AVX2, measured on Zen 4, 2 threads, 576x192 to 4096x4096), fp32 activations
 // take 2 int16 rows per token, and torch's fp32 GEMM on blocks of dequantized weights wins
 // from about 32 rows (at 64 rows 0.80-0.92x fp32 F.linear against fixed point's 0.54-0.76x;
 // at 17 rows 0.62-0.85x against 0.85-1.03x); 16-bit ones take 1, and torch's bf16 GEMM, with
 // no native bf16 there, is 2.5-3.9x slower than even the old 2 digit rows at 32-512 rows.
-bool w8a16_fixed_point_pays(int64_t m, int64_t k, int64_t n, at::ScalarType dtype) {
+bool w8a16_fixed_point_pays(int64_t m, int64_t k, int64_t n, at::ScalarType dtype, bool grouped) {
   constexpr int64_t kWithoutVnniFp32MaxM = 32;
   if (m <= kW8A16DirectMaxM) return true;
-  if (cpu::runs_avx512(cpu::active_isa())) return m * (k + n) <= n * k;
-  return dtype != at::kFloat || m <= kWithoutVnniFp32MaxM;
+  const bool converting_pays = m * (k + n) <= n * k;
+  switch (cpu::active_isa()) {
+    case cpu::Isa::kAmx: return converting_pays;
+    case cpu::Isa::kAvx512: return dtype != at::kFloat || !grouped || converting_pays;
+    default: return dtype != at::kFloat || m <= kWithoutVnniFp32MaxM;
+  }
 }
 
 // Rows [j0, j1) of int8 weights (k values each, at w_rows) dequantized a group at a time by
@@ -550,10 +560,12 @@ at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, co
   check_cpu(op, "x", x);
   const auto [k, n, m, groups, group] = check_int8_weight_only_linear(x, wq, w_scale, bias, group_size);
   // 16-bit activations with per-channel scales as fixed point on the canonical int8 GEMM:
-  // decode sizes everywhere, batches by the packed op's rule without VNNI (measured on AVX2;
-  // with VNNI the canonical GEMM's batches are unmeasured against torch's bf16 GEMM, which
-  // may run on AMX there).
-  const bool batch_pays = !cpu::runs_avx512(cpu::active_isa()) && w8a16_fixed_point_pays(m, k, n, x.scalar_type());
+  // decode sizes everywhere, batches by the packed op's rule except with AMX, where the
+  // canonical GEMM's batches are unmeasured against torch's bf16 GEMM on the tiles. With
+  // AVX-512 VNNI (Zen 4, 2 threads, 64-1024 rows, 576-4096 -> 192-4096, bf16 and fp16 x) they
+  // took 0.30-0.84x the float path's time (RESULTS.md, session 55).
+  const bool batch_pays =
+      cpu::active_isa() != cpu::Isa::kAmx && w8a16_fixed_point_pays(m, k, n, x.scalar_type(), false);
   const bool fixed_point = groups == 1 && k <= cpu::kMaxExactInt8K && x.scalar_type() != at::kFloat &&
                            (m <= kW8A16DirectMaxM || batch_pays);
   at::Tensor out = at::empty(linear_out_shape(x, n), x.options());
@@ -606,7 +618,7 @@ at::Tensor int8_weight_only_linear_packed(const at::Tensor& x, const at::Tensor&
   const at::Tensor scale = w_scale.contiguous(), bias_f = float_bias(bias);
   at::Tensor out_2d = out.view({m, n});
   // Groups must start on packed blocks.
-  const bool fixed_point = w8a16_fixed_point_pays(m, k, n, x.scalar_type()) &&
+  const bool fixed_point = w8a16_fixed_point_pays(m, k, n, x.scalar_type(), group_size.has_value()) &&
                            (!group_size.has_value() || group % cpu::kPackDepth == 0);
   const int limbs = x.scalar_type() == at::kFloat ? 3 : 2;
   auto run_fixed_point = [&] {
