@@ -465,7 +465,7 @@ bool w8a16_fixed_point_grouped(const at::Tensor& x2, int limbs, const at::Tensor
 // (Zen 4, 2 threads, 128-1024 rows, 576-4096 -> 192-1536, each timed beside torch's
 // F.linear; RESULTS.md, session 55): bf16 x 0.38-0.66x the float path's time, per channel
 // and group 128; fp32 x per channel 0.62-0.83x. Only per-group fp32 x (3 digit rows and a
-// fold per group) lost (1.1-1.45x), so it keeps the conversion rule.
+// fold per group) lost (1.05-1.5x), so it keeps the conversion rule.
 // Without VNNI (AVX2, measured on Zen 4, 2 threads, 576x192 to 4096x4096), fp32 activations
 // take 2 int16 rows per token, and torch's fp32 GEMM on blocks of dequantized weights wins
 // from about 32 rows (at 64 rows 0.80-0.92x fp32 F.linear against fixed point's 0.54-0.76x;
