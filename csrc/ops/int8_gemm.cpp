@@ -107,22 +107,52 @@ struct EpilogueTarget {
 // Block products: product(a, rows, j0, nb, acc, next_cols) writes the int32 products of
 // `rows` activation rows (from a, row stride k) with output columns [j0, j0 + nb) into acc
 // (row stride kBlockN); the weights of columns [j0 + nb, j0 + nb + next_cols) come next.
-auto canonical_product(const at::Tensor& wq, int64_t k) {
-  return [&kernels = cpu::int8_gemm_kernels(), b = wq.data_ptr<int8_t>(), k](
-             const int8_t* a, int64_t rows, int64_t j0, int64_t nb, int32_t* acc, int64_t /*next_cols*/) {
-    kernels.gemm_s8s8s32(a, k, b + j0 * k, k, rows, nb, k, acc, kBlockN);
-  };
-}
+// product.scaled(a, rows, j0, nb, out, next_cols) writes them through the fused epilogue
+// instead where the ISA has a kernel for it (gemm_packed_scaled), else returns false.
+class CanonicalProduct {
+ public:
+  CanonicalProduct(const at::Tensor& wq, int64_t k) : b_(wq.data_ptr<int8_t>()), k_(k) {}
+  void operator()(const int8_t* a, int64_t rows, int64_t j0, int64_t nb, int32_t* acc, int64_t /*next_cols*/) const {
+    kernels_.gemm_s8s8s32(a, k_, b_ + j0 * k_, k_, rows, nb, k_, acc, kBlockN);
+  }
+  bool scaled(const int8_t*, int64_t, int64_t, int64_t, const cpu::ScaledOutput&, int64_t) const { return false; }
+
+ private:
+  const cpu::Int8GemmKernels& kernels_ = cpu::int8_gemm_kernels();
+  const int8_t* b_;
+  int64_t k_;
+};
 
 // For weights packed in cpu::kPackCols x cpu::kPackDepth blocks with their column sums.
-auto packed_product(const at::Tensor& w_packed, const at::Tensor& w_sum, int64_t k) {
-  return [&kernels = cpu::int8_gemm_kernels(), b = w_packed.data_ptr<int8_t>(), sums = w_sum.data_ptr<int32_t>(),
-          group_stride = w_packed.size(1) * cpu::kPackBlock,
-          k](const int8_t* a, int64_t rows, int64_t j0, int64_t nb, int32_t* acc, int64_t next_cols) {
-    kernels.gemm_packed(a, k, rows, k, b + j0 / cpu::kPackCols * group_stride, group_stride, sums + j0, nb, acc,
-                        kBlockN, cpu::packed_columns(b, group_stride, j0 + nb, next_cols));
-  };
-}
+class PackedProduct {
+ public:
+  PackedProduct(const at::Tensor& w_packed, const at::Tensor& w_sum, int64_t k)
+      : b_(w_packed.data_ptr<int8_t>()),
+        sums_(w_sum.data_ptr<int32_t>()),
+        group_stride_(w_packed.size(1) * cpu::kPackBlock),
+        k_(k) {}
+  void operator()(const int8_t* a, int64_t rows, int64_t j0, int64_t nb, int32_t* acc, int64_t next_cols) const {
+    kernels_.gemm_packed(a, k_, rows, k_, panel(j0), group_stride_, sums_ + j0, nb, acc, kBlockN, next(j0, nb, next_cols));
+  }
+  bool scaled(const int8_t* a, int64_t rows, int64_t j0, int64_t nb, const cpu::ScaledOutput& out,
+              int64_t next_cols) const {
+    if (kernels_.gemm_packed_scaled == nullptr) return false;
+    kernels_.gemm_packed_scaled(a, k_, rows, k_, panel(j0), group_stride_, sums_ + j0, nb, out,
+                                next(j0, nb, next_cols));
+    return true;
+  }
+
+ private:
+  const int8_t* panel(int64_t j0) const { return b_ + j0 / cpu::kPackCols * group_stride_; }
+  cpu::PrefetchRange next(int64_t j0, int64_t nb, int64_t cols) const {
+    return cpu::packed_columns(b_, group_stride_, j0 + nb, cols);
+  }
+
+  const cpu::Int8GemmKernels& kernels_ = cpu::int8_gemm_kernels();
+  const int8_t* b_;
+  const int32_t* sums_;
+  int64_t group_stride_, k_;
+};
 
 // One block of out[m, n] = (acc[m, n] * x_scale[m]) * w_scale[n] + bias[n] for int8 rows a
 // ([M, K]): acc from a block product (above), then the fused epilogue, row by row.
@@ -139,8 +169,13 @@ struct Int8OutputBlock {
 
   void operator()(int64_t i0, int64_t mb, int64_t j0, int64_t nb, int64_t next_cols) const {
     const auto& kernels = cpu::int8_gemm_kernels();
-    int32_t acc[kBlockM * kBlockN];
+    // The fused kernel stores each register tile as it finishes, spread over the product:
+    // no output prefetch (its output lines asked for ahead measured level or slower).
+    const cpu::ScaledOutput scaled{x_scale + i0 * x_stride, x_stride, w_scale + j0 * w_stride, w_stride,
+                                   target.bias_from(j0), target.dtype, target.row(i0, j0), target.n};
+    if (product.scaled(a + i0 * k, mb, j0, nb, scaled, next_cols)) return;
     target.prefetch_block(i0, mb, j0, nb);
+    int32_t acc[kBlockM * kBlockN];
     product(a + i0 * k, mb, j0, nb, acc, next_cols);
     for (int64_t i = 0; i < mb; ++i) {
       kernels.epilogue_row(acc + i * kBlockN, nb, x_scale[(i0 + i) * x_stride], w_scale + j0 * w_stride, w_stride,
@@ -226,7 +261,7 @@ at::Tensor int8_linear(const at::Tensor& xq, const at::Tensor& x_scale, const at
   at::Tensor out_2d = out.view({-1, n});
   const at::Tensor w = wq.contiguous();
   int8_gemm_into(as_rows(xq).contiguous(), x_scale.contiguous(), x_stride, n, w_scale.contiguous(), w_stride,
-                 float_bias(bias), out_2d, canonical_product(w, k));
+                 float_bias(bias), out_2d, CanonicalProduct(w, k));
   return out;
 }
 
@@ -242,7 +277,7 @@ at::Tensor int8_linear_packed(const at::Tensor& xq, const at::Tensor& x_scale, c
   at::Tensor out_2d = out.view({-1, n});
   const at::Tensor packed = w_packed.contiguous(), sums = w_sum.contiguous();
   int8_gemm_into(as_rows(xq).contiguous(), x_scale.contiguous(), x_stride, n, w_scale.contiguous(), w_stride,
-                 float_bias(bias), out_2d, packed_product(packed, sums, k));
+                 float_bias(bias), out_2d, PackedProduct(packed, sums, k));
   return out;
 }
 
@@ -256,7 +291,7 @@ at::Tensor int8_dynamic_linear(const at::Tensor& x, const at::Tensor& wq, const 
   at::Tensor out_2d = out.view({-1, n}), factors;
   const at::Tensor w = wq.contiguous();
   int8_dynamic_gemm_into(as_rows(x).contiguous(), smoothing_data(smoothing, factors), n, w_scale.contiguous(),
-                         w_stride, float_bias(bias), out_2d, canonical_product(w, k));
+                         w_stride, float_bias(bias), out_2d, CanonicalProduct(w, k));
   return out;
 }
 
@@ -272,7 +307,7 @@ at::Tensor int8_dynamic_linear_packed(const at::Tensor& x, const at::Tensor& w_p
   at::Tensor out_2d = out.view({-1, n}), factors;
   const at::Tensor packed = w_packed.contiguous(), sums = w_sum.contiguous();
   int8_dynamic_gemm_into(as_rows(x).contiguous(), smoothing_data(smoothing, factors), n, w_scale.contiguous(),
-                         w_stride, float_bias(bias), out_2d, packed_product(packed, sums, k));
+                         w_stride, float_bias(bias), out_2d, PackedProduct(packed, sums, k));
   return out;
 }
 
@@ -573,7 +608,7 @@ at::Tensor int8_weight_only_linear(const at::Tensor& x, const at::Tensor& wq, co
   const at::Tensor x2 = x.reshape({m, k}).contiguous(), w = wq.contiguous(), s = w_scale.contiguous();
   const at::Tensor bias_f = float_bias(bias);
   at::Tensor out_2d = out.view({m, n});
-  if (fixed_point && w8a16_fixed_point(x2, 2, n, s, bias_f, out_2d, canonical_product(w, k))) return out;
+  if (fixed_point && w8a16_fixed_point(x2, 2, n, s, bias_f, out_2d, CanonicalProduct(w, k))) return out;
   // (or Inf / NaN in x, or a row too small for fixed point)
   if (m > kW8A16DirectMaxM) {
     w8a16_float_gemm_canonical(x2, w, n, s, groups, group, bias, out_2d);
@@ -626,7 +661,7 @@ at::Tensor int8_weight_only_linear_packed(const at::Tensor& x, const at::Tensor&
     if (cpu::int8_gemm_kernels().gemm_packed_i16 != nullptr) {
       return w8a16_fixed_point_i16(x2, limbs, packed, n, scale, bias_f, out_2d);
     }
-    return w8a16_fixed_point(x2, limbs, n, scale, bias_f, out_2d, packed_product(packed, sums, k));
+    return w8a16_fixed_point(x2, limbs, n, scale, bias_f, out_2d, PackedProduct(packed, sums, k));
   };
   if (fixed_point && run_fixed_point()) return out;
   // (or Inf / NaN in x, which the float kernels propagate, or a row too small for fixed point)

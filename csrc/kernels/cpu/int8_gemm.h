@@ -116,6 +116,22 @@ struct W8A16GroupedArgs {
 
 using GemmPacked = void (*)(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
                             const int32_t* col_sums, int64_t n, int32_t* c, int64_t ldc, PrefetchRange next);
+// Where gemm_packed_scaled writes its m x n products c: epilogue_row's fused epilogue per
+// row, out[i * ldo + j] = float(c[i][j]) * a_scale[i * a_stride] * b_scale[j * b_stride]
+// (+ bias[j] when bias != nullptr), in fp32 without FMA, rounded to dtype (b_stride 0 or 1).
+struct ScaledOutput {
+  const float* a_scale;
+  int64_t a_stride;
+  const float* b_scale;
+  int64_t b_stride;
+  const float* bias;
+  DType dtype;
+  void* out;
+  int64_t ldo;
+};
+using GemmPackedScaled = void (*)(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b,
+                                  int64_t group_stride, const int32_t* col_sums, int64_t n, const ScaledOutput& out,
+                                  PrefetchRange next);
 using GemmPackedI16 = void (*)(const int16_t* a, int64_t lda, int64_t m, int64_t k, int limbs, const int8_t* b,
                                int64_t group_stride, int64_t n, float* c, int64_t ldc);
 // int16 digits per token of W8A16's fixed-point activations (split_fixed_point_rows_i16).
@@ -134,6 +150,11 @@ struct Int8GemmKernels {
   // values taken (4 kq0 onwards). Exact (modulo 2^32 in between) for k <= kMaxExactInt8K.
   // `next` is prefetched meanwhile (the SIMD ISAs; the scalar code ignores it).
   GemmPacked gemm_packed;
+  // gemm_packed followed by epilogue_row on each row, bit for bit, with the epilogue applied
+  // to each register tile as it finishes (ScaledOutput): no int32 products through memory,
+  // and the output's stores spread over the product instead of after it. nullptr on ISAs
+  // without one (the caller runs gemm_packed and epilogue_row).
+  GemmPackedScaled gemm_packed_scaled;
   // One output row of the fused epilogue, in fp32 without FMA, rounded to out_dtype:
   //   out[j] = float(c[j]) * a_scale * b_scale[j * b_stride] (+ bias[j] when bias != nullptr)
   void (*epilogue_row)(const int32_t* c, int64_t n, float a_scale, const float* b_scale, int64_t b_stride,

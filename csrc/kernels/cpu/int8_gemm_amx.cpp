@@ -287,6 +287,7 @@ void w8a16_packed_grouped(const W8A16GroupedArgs& p) {
 Int8GemmKernels make_table() {
   Int8GemmKernels table = few_rows_kernels();
   table.gemm_packed = gemm_packed;
+  table.gemm_packed_scaled = nullptr;  // the AVX-512 one is VNNI's, not the tiles'
   table.w8a16_packed_grouped = w8a16_packed_grouped;
   table.release_tiles = release_tiles;
   return table;

@@ -194,6 +194,7 @@ const int32_t* prepare_panel(const int8_t*, int64_t, int64_t, int64_t, int32_t*)
 void gemm_packed_rows(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
                       const int32_t* col_sums, int64_t n, int32_t* c, int64_t ldc, PrefetchRange next);
 constexpr GemmPacked kGemmPacked = gemm_packed_rows;
+constexpr GemmPackedScaled kGemmPackedScaled = nullptr;  // the op's epilogue_row after gemm_packed
 void gemm_packed_i16(const int16_t* a, int64_t lda, int64_t m, int64_t k, int limbs, const int8_t* b,
                      int64_t group_stride, int64_t n, float* c, int64_t ldc);
 constexpr GemmPackedI16 kGemmPackedI16 = gemm_packed_i16;

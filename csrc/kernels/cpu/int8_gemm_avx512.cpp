@@ -203,9 +203,27 @@ inline __m512i column_excess(const int32_t* col_sums, __mmask16 valid, int g) {
   return _mm512_slli_epi32(_mm512_maskz_loadu_epi32(valid, col_sums + g * kPackCols), 7);
 }
 
-template <int MR, int NG>
-void packed_tile(const int8_t* a, int64_t lda, int64_t k, const int8_t* b, int64_t group_stride,
-                 const int32_t* col_sums, int64_t n_valid, int32_t* c, int64_t ldc, PrefetchRange prefetch) {
+// packed_tile's products as int32, at c (rows ldc apart).
+struct Int32Tile {
+  int32_t* c;
+  int64_t ldc;
+
+  struct Column {
+    int32_t* c;
+    int64_t ldc;
+    __mmask16 valid;
+    void store(int i, __m512i sums) const { _mm512_mask_storeu_epi32(c + i * ldc, valid, sums); }
+  };
+  Column column(int g, __mmask16 valid) const { return {c + g * kPackCols, ldc, valid}; }
+};
+
+// The MR x NG register tile over packed weights; sink.column(g, valid).store(i, sums) takes
+// row i's products with column group g (the excess taken off) as they leave the registers.
+template <int MR, int NG, typename Sink>
+__attribute__((always_inline)) inline void packed_tile_into(const int8_t* a, int64_t lda, int64_t k, const int8_t* b,
+                                                            int64_t group_stride, const int32_t* col_sums,
+                                                            int64_t n_valid, const Sink& sink,
+                                                            PrefetchRange prefetch) {
   __m512i acc[MR][NG];
   zero(acc);
   const int64_t steps = (k + kPackDepth - 1) / kPackDepth;
@@ -220,11 +238,16 @@ void packed_tile(const int8_t* a, int64_t lda, int64_t k, const int8_t* b, int64
   for (int g = 0; g < NG; ++g) {
     const __mmask16 valid = group_mask(n_valid, g);
     const __m512i excess = column_excess(col_sums, valid, g);
+    const auto column = sink.column(g, valid);
     #pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i) {
-      _mm512_mask_storeu_epi32(c + i * ldc + g * kPackCols, valid, _mm512_sub_epi32(acc[i][g], excess));
-    }
+    for (int i = 0; i < MR; ++i) column.store(i, _mm512_sub_epi32(acc[i][g], excess));
   }
+}
+
+template <int MR, int NG>
+void packed_tile(const int8_t* a, int64_t lda, int64_t k, const int8_t* b, int64_t group_stride,
+                 const int32_t* col_sums, int64_t n_valid, int32_t* c, int64_t ldc, PrefetchRange prefetch) {
+  packed_tile_into<MR, NG>(a, lda, k, b, group_stride, col_sums, n_valid, Int32Tile{c, ldc}, prefetch);
 }
 
 // W8A16 register tile: 2 x 4 totals + 2 x 4 group partials + 4 weight vectors.
@@ -233,6 +256,9 @@ constexpr int kW16N = 4;
 constexpr int kW16ChannelM = 4;  // per-channel tile: 4 x 4 accumulators
 
 constexpr GemmPacked kGemmPacked = nullptr;  // int8_gemm_impl.h's gemm_packed
+void gemm_packed_scaled(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
+                        const int32_t* col_sums, int64_t n, const ScaledOutput& out, PrefetchRange next);
+constexpr GemmPackedScaled kGemmPackedScaled = gemm_packed_scaled;
 
 // 16-bit activations run as 2 digit rows on gemm_packed: two VNNI int8 dot products per 64
 // weights and token, no more than int16 dot products (vpdpwssd) plus the widening would take.
@@ -240,6 +266,54 @@ constexpr GemmPackedI16 kGemmPackedI16 = nullptr;
 constexpr W8A16GroupedI16 kW8A16PackedGroupedI16 = nullptr;
 
 #include "int8_gemm_impl.h"
+
+// packed_tile's products through epilogue_row's epilogue (ScaledOutput) in registers: the
+// same float operations in the same order, so the same bits. The tile's first row and
+// column are i0 and j0 of `out`.
+template <typename Out>
+struct ScaledTile {
+  const ScaledOutput& out;
+  int64_t i0, j0;
+
+  struct Column {
+    const float* a_scale;
+    int64_t a_stride;
+    __m512 b_scale, bias;
+    bool has_bias;
+    Out* row0;
+    int64_t ldo, count;
+    void store(int i, __m512i sums) const {
+      const __m512 scaled = S::mul(S::mul(_mm512_cvtepi32_ps(sums), S::set1(a_scale[i * a_stride])), b_scale);
+      store_lanes(row0 + i * ldo, has_bias ? S::add(scaled, bias) : scaled, count);
+    }
+  };
+  Column column(int g, __mmask16 valid) const {
+    const int64_t j = j0 + g * kPackCols;
+    const __m512 b_scale = out.b_stride == 0 ? S::set1(out.b_scale[0]) : _mm512_maskz_loadu_ps(valid, out.b_scale + j);
+    const __m512 bias = out.bias == nullptr ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(valid, out.bias + j);
+    return {out.a_scale + i0 * out.a_stride, out.a_stride, b_scale, bias, out.bias != nullptr,
+            static_cast<Out*>(out.out) + i0 * out.ldo + j, out.ldo, __builtin_popcount(valid)};
+  }
+};
+
+template <typename Out>
+void gemm_packed_scaled_as(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
+                           const int32_t* col_sums, int64_t n, const ScaledOutput& out, PrefetchRange next) {
+  for_each_packed_tile<kPackedTileM>(
+      m, n, next, [&]<int MR, int NG>(int64_t i, int64_t j, int64_t nc, PrefetchRange prefetch) {
+        packed_tile_into<MR, NG>(a + i * lda, lda, k, b + j / kPackCols * group_stride, group_stride, col_sums + j,
+                                 nc, ScaledTile<Out>{out, i, j}, prefetch);
+      });
+}
+
+void gemm_packed_scaled(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
+                        const int32_t* col_sums, int64_t n, const ScaledOutput& out, PrefetchRange next) {
+  switch (out.dtype) {
+    case DType::kBF16: return gemm_packed_scaled_as<bf16>(a, lda, m, k, b, group_stride, col_sums, n, out, next);
+    case DType::kF16: return gemm_packed_scaled_as<fp16>(a, lda, m, k, b, group_stride, col_sums, n, out, next);
+    case DType::kF32: return gemm_packed_scaled_as<float>(a, lda, m, k, b, group_stride, col_sums, n, out, next);
+  }
+}
 
 // One token's product with 16 columns over a group, from its LIMBS digit rows' int32 sums
 // (digit[d], excess included), combined and rounded once to float the way
@@ -328,20 +402,10 @@ void grouped_tile(const W8A16GroupedArgs& p, int64_t t0, int64_t j0, PrefetchRan
 template <int LIMBS>
 void grouped_tiles(const W8A16GroupedArgs& p) {
   constexpr int kTokens = kPackedTileM / LIMBS;
-  constexpr int64_t kTileCols = kPackedTileGroups * kPackCols;
-  // Column tiles outermost, as in gemm_packed: the tile's weights stay in L2 for every row
-  // tile; p.next split into equal slices, one per tile call, as there.
-  const int64_t token_tiles = (p.tokens + kTokens - 1) / kTokens;
-  const int64_t tiles = token_tiles * ((p.n + kTileCols - 1) / kTileCols);
-  for (int64_t j = 0, tile = 0; j < p.n; j += kTileCols) {
-    const int64_t groups = ((p.n - j < kTileCols ? p.n - j : kTileCols) + kPackCols - 1) / kPackCols;
-    for (int64_t t = 0; t < p.tokens; t += kTokens, ++tile) {
-      const int64_t tokens = p.tokens - t < kTokens ? p.tokens - t : kTokens;
-      for_tile_edge<kTokens, kPackedTileGroups>(tokens, groups, [&]<int TOKENS, int NG>() {
-        grouped_tile<LIMBS, TOKENS, NG>(p, t, j, p.next.part(tile, tiles));
-      });
-    }
-  }
+  for_each_packed_tile<kTokens>(p.tokens, p.n, p.next,
+                                [&]<int TOKENS, int NG>(int64_t t, int64_t j, int64_t /*nc*/, PrefetchRange prefetch) {
+                                  grouped_tile<LIMBS, TOKENS, NG>(p, t, j, prefetch);
+                                });
 }
 
 bool w8a16_grouped_tiles(const W8A16GroupedArgs& p) {

@@ -19,7 +19,8 @@
 // along the way (LinePrefetcher, int8_gemm_quads.h); kPackedTileM and
 // kPackedTileGroups are the largest MR and NG. kGemmPackedI16 and kW8A16PackedGroupedI16
 // are the ISA's Int8GemmKernels::gemm_packed_i16 and w8a16_packed_grouped_i16 (or nullptr);
-// kGemmPacked its own gemm_packed, or nullptr for the one below.
+// kGemmPacked its own gemm_packed, or nullptr for the one below; kGemmPackedScaled its
+// gemm_packed_scaled, or nullptr.
 
 #include "simd_rows.h"
 
@@ -83,25 +84,35 @@ void gemm_s8s8s32(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, in
   }
 }
 
-// Column tiles outermost: a tile's packed weights (kPackedTileGroups x K blocks) stay in L2
-// while every row tile sweeps them. `next` is split into equal slices, one per tile call.
-void gemm_packed(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
-                 const int32_t* col_sums, int64_t n, int32_t* c, int64_t ldc, PrefetchRange next) {
+// f.template operator()<MR, NG>(i, j, nc, prefetch) for each register tile of an m x n
+// product on packed weights: rows [i, i + MR) (MR <= kRows), columns [j, j + nc) in NG
+// column groups. Column tiles outermost: a tile's packed weights (kPackedTileGroups x K
+// blocks) stay in L2 while every row tile sweeps them. `next` is split into equal slices,
+// one per tile call.
+template <int kRows, typename F>
+void for_each_packed_tile(int64_t m, int64_t n, PrefetchRange next, F&& f) {
   constexpr int64_t kTileCols = kPackedTileGroups * kPackCols;
-  const int64_t row_tiles = (m + kPackedTileM - 1) / kPackedTileM;
+  const int64_t row_tiles = (m + kRows - 1) / kRows;
   const int64_t tiles = row_tiles * ((n + kTileCols - 1) / kTileCols);
   for (int64_t j = 0, tile = 0; j < n; j += kTileCols) {
     const int64_t nc = n - j < kTileCols ? n - j : kTileCols;
     const int64_t groups = (nc + kPackCols - 1) / kPackCols;
-    const int8_t* panel = b + j / kPackCols * group_stride;
-    for (int64_t i = 0; i < m; i += kPackedTileM, ++tile) {
-      const int64_t mr = m - i < kPackedTileM ? m - i : kPackedTileM;
-      for_tile_edge<kPackedTileM, kPackedTileGroups>(mr, groups, [&]<int MR, int NG>() {
-        packed_tile<MR, NG>(a + i * lda, lda, k, panel, group_stride, col_sums + j, nc, c + i * ldc + j, ldc,
-                            next.part(tile, tiles));
+    for (int64_t i = 0; i < m; i += kRows, ++tile) {
+      const int64_t mr = m - i < kRows ? m - i : kRows;
+      for_tile_edge<kRows, kPackedTileGroups>(mr, groups, [&]<int MR, int NG>() {
+        f.template operator()<MR, NG>(i, j, nc, next.part(tile, tiles));
       });
     }
   }
+}
+
+void gemm_packed(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
+                 const int32_t* col_sums, int64_t n, int32_t* c, int64_t ldc, PrefetchRange next) {
+  for_each_packed_tile<kPackedTileM>(
+      m, n, next, [&]<int MR, int NG>(int64_t i, int64_t j, int64_t nc, PrefetchRange prefetch) {
+        packed_tile<MR, NG>(a + i * lda, lda, k, b + j / kPackCols * group_stride, group_stride, col_sums + j, nc,
+                            c + i * ldc + j, ldc, prefetch);
+      });
 }
 
 inline typename S::F load_lanes(const int32_t* p) { return S::load_i32(p); }
@@ -466,6 +477,7 @@ constexpr GemmPacked own_or_generic(GemmPacked own) { return own != nullptr ? ow
 
 const Int8GemmKernels kGemmTable{gemm_s8s8s32,
                                   own_or_generic(kGemmPacked),
+                                  kGemmPackedScaled,
                                   epilogue_row_any<int32_t>,
                                   epilogue_row_any<float>,
                                   split_fixed_point_rows,

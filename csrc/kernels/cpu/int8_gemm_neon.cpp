@@ -106,6 +106,7 @@ constexpr int kW16N = 4;
 constexpr int kW16ChannelM = 4;  // per-channel tile: 4 x 4 accumulators
 
 constexpr GemmPacked kGemmPacked = nullptr;  // int8_gemm_impl.h's gemm_packed
+constexpr GemmPackedScaled kGemmPackedScaled = nullptr;  // the op's epilogue_row after gemm_packed
 
 // 16-bit activations run as 2 digit rows on gemm_packed.
 constexpr GemmPackedI16 kGemmPackedI16 = nullptr;

@@ -64,6 +64,7 @@ constexpr int kW16ChannelM = 1;  // per-channel tile: 1 x 4 accumulators
 const int32_t* prepare_panel(const int8_t*, int64_t, int64_t, int64_t, int32_t*) { return nullptr; }
 
 constexpr GemmPacked kGemmPacked = nullptr;  // int8_gemm_impl.h's gemm_packed
+constexpr GemmPackedScaled kGemmPackedScaled = nullptr;  // the op's epilogue_row after gemm_packed
 
 // 16-bit activations run as 2 digit rows on gemm_packed.
 constexpr GemmPackedI16 kGemmPackedI16 = nullptr;
