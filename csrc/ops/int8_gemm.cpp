@@ -136,10 +136,9 @@ class PackedProduct {
   }
   bool scaled(const int8_t* a, int64_t rows, int64_t j0, int64_t nb, const cpu::ScaledOutput& out,
               int64_t next_cols) const {
-    if (kernels_.gemm_packed_scaled == nullptr) return false;
-    kernels_.gemm_packed_scaled(a, k_, rows, k_, panel(j0), group_stride_, sums_ + j0, nb, out,
-                                next(j0, nb, next_cols));
-    return true;
+    return kernels_.gemm_packed_scaled != nullptr &&
+           kernels_.gemm_packed_scaled(a, k_, rows, k_, panel(j0), group_stride_, sums_ + j0, nb, out,
+                                       next(j0, nb, next_cols));
   }
 
  private:
@@ -155,7 +154,9 @@ class PackedProduct {
 };
 
 // One block of out[m, n] = (acc[m, n] * x_scale[m]) * w_scale[n] + bias[n] for int8 rows a
-// ([M, K]): acc from a block product (above), then the fused epilogue, row by row.
+// ([M, K]; or W8A16's digit rows, `limbs` a token, whose products combine into acc as
+// digits_epilogue_row does): through the product's fused kernel where it has one, else acc
+// from the block product (above), then the fused epilogue, row by row.
 template <typename Product>
 struct Int8OutputBlock {
   const Product& product;
@@ -166,36 +167,56 @@ struct Int8OutputBlock {
   const float* w_scale;
   int64_t w_stride;
   EpilogueTarget target;
+  int limbs = 1;
 
   void operator()(int64_t i0, int64_t mb, int64_t j0, int64_t nb, int64_t next_cols) const {
-    const auto& kernels = cpu::int8_gemm_kernels();
+    const int8_t* rows = a + i0 * limbs * k;
     // The fused kernel stores each register tile as it finishes, spread over the product:
     // no output prefetch (its output lines asked for ahead measured level or slower).
     const cpu::ScaledOutput scaled{x_scale + i0 * x_stride, x_stride, w_scale + j0 * w_stride, w_stride,
-                                   target.bias_from(j0), target.dtype, target.row(i0, j0), target.n};
-    if (product.scaled(a + i0 * k, mb, j0, nb, scaled, next_cols)) return;
+                                   target.bias_from(j0), target.dtype, target.row(i0, j0), target.n, limbs};
+    if (product.scaled(rows, mb * limbs, j0, nb, scaled, next_cols)) return;
     target.prefetch_block(i0, mb, j0, nb);
-    int32_t acc[kBlockM * kBlockN];
-    product(a + i0 * k, mb, j0, nb, acc, next_cols);
+    thread_local std::vector<int32_t> acc;  // per thread, kept between calls
+    acc.resize(static_cast<size_t>(kBlockM * limbs * kBlockN));
+    product(rows, mb * limbs, j0, nb, acc.data(), next_cols);
+    const auto& kernels = cpu::int8_gemm_kernels();
     for (int64_t i = 0; i < mb; ++i) {
-      kernels.epilogue_row(acc + i * kBlockN, nb, x_scale[(i0 + i) * x_stride], w_scale + j0 * w_stride, w_stride,
-                           target.bias_from(j0), target.dtype, target.row(i0 + i, j0));
+      const int32_t* sums = acc.data() + i * limbs * kBlockN;
+      const float* ws = w_scale + j0 * w_stride;
+      void* out_row = target.row(i0 + i, j0);
+      if (limbs == 1) {
+        kernels.epilogue_row(sums, nb, x_scale[(i0 + i) * x_stride], ws, w_stride, target.bias_from(j0), target.dtype,
+                             out_row);
+      } else {
+        kernels.digits_epilogue_row(sums, kBlockN, limbs, nb, x_scale[(i0 + i) * x_stride], ws,
+                                    target.bias_from(j0), target.dtype, out_row);
+      }
     }
   }
 };
 
-// xq [M, K] times the weights of `product` over blocks of the output in parallel.
+// The m tokens of `a` (int8 rows, or `limbs` digit rows each) times the weights of
+// `product` over blocks of the output in parallel.
 template <typename Product>
-void int8_gemm_into(const at::Tensor& xq, const at::Tensor& x_scale, int64_t x_stride, int64_t n,
+void int8_gemm_into(const int8_t* a, int64_t m, int64_t k, const float* x_scale, int64_t x_stride, int64_t n,
                     const at::Tensor& w_scale, int64_t w_stride, const at::Tensor& bias, at::Tensor& out,
-                    const Product& product) {
-  const int64_t m = xq.size(0), k = xq.size(1);
-  const Int8OutputBlock<Product> block{product, xq.data_ptr<int8_t>(), k, x_scale.data_ptr<float>(), x_stride,
-                                       w_scale.data_ptr<float>(), w_stride, EpilogueTarget(out, bias)};
+                    const Product& product, int limbs = 1) {
+  const Int8OutputBlock<Product> block{
+      product, a, k, x_scale, x_stride, w_scale.data_ptr<float>(), w_stride, EpilogueTarget(out, bias), limbs};
   const OutputBlocks blocks(m, n);
   blocks.parallel([&](int64_t i0, int64_t mb, int64_t j0, int64_t nb) {
     block(i0, mb, j0, nb, blocks.next_cols(i0, mb, j0, nb));
   });
+}
+
+// xq [M, K] times the weights of `product`.
+template <typename Product>
+void int8_gemm_into(const at::Tensor& xq, const at::Tensor& x_scale, int64_t x_stride, int64_t n,
+                    const at::Tensor& w_scale, int64_t w_stride, const at::Tensor& bias, at::Tensor& out,
+                    const Product& product) {
+  int8_gemm_into(xq.data_ptr<int8_t>(), xq.size(0), xq.size(1), x_scale.data_ptr<float>(), x_stride, n, w_scale,
+                 w_stride, bias, out, product);
 }
 
 // Small layers (int8 weights up to kRowSplitMaxWeightBytes, such as all of SmolLM2's) with
@@ -368,23 +389,8 @@ bool w8a16_fixed_point(const at::Tensor& x2, int limbs, int64_t n, const at::Ten
                        at::Tensor& out, const Product& product) {
   const auto digits = split_activations(x2, limbs);
   if (!digits) return false;
-  const int64_t m = x2.size(0), k = x2.size(1);
-  const int8_t* rows = digits->rows.data_ptr<int8_t>();
-  const float* x_scales = digits->scales.data_ptr<float>();
-  const auto& kernels = cpu::int8_gemm_kernels();
-  const float* ws = w_scale.data_ptr<float>();
-  const EpilogueTarget target(out, bias_f);
-  const OutputBlocks blocks(m, n);
-  blocks.parallel([&](int64_t i0, int64_t mb, int64_t j0, int64_t nb) {
-    thread_local std::vector<int32_t> acc;  // per thread, kept between calls
-    acc.resize(static_cast<size_t>(kBlockM * limbs * kBlockN));
-    target.prefetch_block(i0, mb, j0, nb);
-    product(rows + i0 * limbs * k, mb * limbs, j0, nb, acc.data(), blocks.next_cols(i0, mb, j0, nb));
-    for (int64_t i = 0; i < mb; ++i) {
-      kernels.digits_epilogue_row(acc.data() + i * limbs * kBlockN, kBlockN, limbs, nb, x_scales[i0 + i], ws + j0,
-                                  target.bias_from(j0), target.dtype, target.row(i0 + i, j0));
-    }
-  });
+  int8_gemm_into(digits->rows.data_ptr<int8_t>(), x2.size(0), x2.size(1), digits->scales.data_ptr<float>(), 1, n,
+                 w_scale, 1, bias_f, out, product, limbs);
   return true;
 }
 
@@ -760,12 +766,24 @@ bool fixed_point_gemm_over_panels(const at::Tensor& x2, int64_t n, const at::Ten
                                                              kBlockN, {}};
                                      });
   }
-  const auto& kernels = cpu::int8_gemm_kernels();
-  const auto product = [&](const int8_t* a, int64_t rows, int64_t j0, int64_t nb, int32_t* acc, int64_t) {
-    const Panel& panel = filled(j0, nb);
-    kernels.gemm_packed(a, k, rows, k, panel.blocks.get(), group_stride, panel.sums.get(), nb, acc, kBlockN, {});
+  // A block product (above) on the thread's panel.
+  struct PanelProduct {
+    const decltype(filled)& panel_at;  // the thread's panel of columns [j0, j0 + nb)
+    int64_t k, group_stride;
+    const cpu::Int8GemmKernels& kernels = cpu::int8_gemm_kernels();
+
+    void operator()(const int8_t* a, int64_t rows, int64_t j0, int64_t nb, int32_t* acc, int64_t) const {
+      const Panel& panel = panel_at(j0, nb);
+      kernels.gemm_packed(a, k, rows, k, panel.blocks.get(), group_stride, panel.sums.get(), nb, acc, kBlockN, {});
+    }
+    bool scaled(const int8_t* a, int64_t rows, int64_t j0, int64_t nb, const cpu::ScaledOutput& out, int64_t) const {
+      if (kernels.gemm_packed_scaled == nullptr) return false;
+      const Panel& panel = panel_at(j0, nb);
+      return kernels.gemm_packed_scaled(a, k, rows, k, panel.blocks.get(), group_stride, panel.sums.get(), nb, out,
+                                        {});
+    }
   };
-  return w8a16_fixed_point(x2, limbs, n, w_scale, bias_f, out_2d, product);
+  return w8a16_fixed_point(x2, limbs, n, w_scale, bias_f, out_2d, PanelProduct{filled, k, group_stride});
 }
 
 TORCH_LIBRARY_IMPL(effgen, CompositeImplicitAutograd, m) {

@@ -116,9 +116,13 @@ struct W8A16GroupedArgs {
 
 using GemmPacked = void (*)(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
                             const int32_t* col_sums, int64_t n, int32_t* c, int64_t ldc, PrefetchRange next);
-// Where gemm_packed_scaled writes its m x n products c: epilogue_row's fused epilogue per
-// row, out[i * ldo + j] = float(c[i][j]) * a_scale[i * a_stride] * b_scale[j * b_stride]
-// (+ bias[j] when bias != nullptr), in fp32 without FMA, rounded to dtype (b_stride 0 or 1).
+// Where gemm_packed_scaled writes the products c of its m rows: the fused epilogue of
+// epilogue_row (limbs = 1), or of digits_epilogue_row where the rows are W8A16's digit rows
+// (split_fixed_point_rows), `limbs` a token, each token's digits combined exactly and
+// rounded once to float first (dot[t][j]); then, for token (or row) t,
+//   out[t * ldo + j] = dot[t][j] * a_scale[t * a_stride] * b_scale[j * b_stride]
+//                      (+ bias[j] when bias != nullptr)
+// in fp32 without FMA, rounded to dtype (b_stride 0 or 1).
 struct ScaledOutput {
   const float* a_scale;
   int64_t a_stride;
@@ -128,8 +132,10 @@ struct ScaledOutput {
   DType dtype;
   void* out;
   int64_t ldo;
+  int limbs = 1;
 };
-using GemmPackedScaled = void (*)(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b,
+// Returns false, writing nothing, where it does not take out.limbs.
+using GemmPackedScaled = bool (*)(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b,
                                   int64_t group_stride, const int32_t* col_sums, int64_t n, const ScaledOutput& out,
                                   PrefetchRange next);
 using GemmPackedI16 = void (*)(const int16_t* a, int64_t lda, int64_t m, int64_t k, int limbs, const int8_t* b,
@@ -150,10 +156,10 @@ struct Int8GemmKernels {
   // values taken (4 kq0 onwards). Exact (modulo 2^32 in between) for k <= kMaxExactInt8K.
   // `next` is prefetched meanwhile (the SIMD ISAs; the scalar code ignores it).
   GemmPacked gemm_packed;
-  // gemm_packed followed by epilogue_row on each row, bit for bit, with the epilogue applied
-  // to each register tile as it finishes (ScaledOutput): no int32 products through memory,
-  // and the output's stores spread over the product instead of after it. nullptr on ISAs
-  // without one (the caller runs gemm_packed and epilogue_row).
+  // gemm_packed followed by epilogue_row (or digits_epilogue_row) on each row, bit for bit,
+  // with the epilogue applied to each register tile as it finishes (ScaledOutput): no int32
+  // products through memory, and the output's stores spread over the product instead of
+  // after it. nullptr on ISAs without one (the caller runs gemm_packed and the epilogue).
   GemmPackedScaled gemm_packed_scaled;
   // One output row of the fused epilogue, in fp32 without FMA, rounded to out_dtype:
   //   out[j] = float(c[j]) * a_scale * b_scale[j * b_stride] (+ bias[j] when bias != nullptr)

@@ -205,6 +205,7 @@ inline __m512i column_excess(const int32_t* col_sums, __mmask16 valid, int g) {
 
 // packed_tile's products as int32, at c (rows ldc apart).
 struct Int32Tile {
+  static constexpr int kLimbs = 1;  // rows a token: every row stands alone
   int32_t* c;
   int64_t ldc;
 
@@ -212,18 +213,24 @@ struct Int32Tile {
     int32_t* c;
     int64_t ldc;
     __mmask16 valid;
-    void store(int i, __m512i sums) const { _mm512_mask_storeu_epi32(c + i * ldc, valid, sums); }
+    void store(int i, const __m512i (&sums)[1], __m512i excess) const {
+      _mm512_mask_storeu_epi32(c + i * ldc, valid, _mm512_sub_epi32(sums[0], excess));
+    }
   };
   Column column(int g, __mmask16 valid) const { return {c + g * kPackCols, ldc, valid}; }
 };
 
-// The MR x NG register tile over packed weights; sink.column(g, valid).store(i, sums) takes
-// row i's products with column group g (the excess taken off) as they leave the registers.
+// The MR x NG register tile over packed weights, MR a multiple of Sink::kLimbs: its rows
+// are tokens of kLimbs rows each, and sink.column(g, valid).store(t, sums, excess) takes
+// token t's sums with column group g (sums[d] its row d's; the sign shift's excess still in
+// them) as they leave the registers.
 template <int MR, int NG, typename Sink>
 __attribute__((always_inline)) inline void packed_tile_into(const int8_t* a, int64_t lda, int64_t k, const int8_t* b,
                                                             int64_t group_stride, const int32_t* col_sums,
                                                             int64_t n_valid, const Sink& sink,
                                                             PrefetchRange prefetch) {
+  constexpr int kLimbs = Sink::kLimbs;
+  static_assert(MR % kLimbs == 0, "a tile holds whole tokens");
   __m512i acc[MR][NG];
   zero(acc);
   const int64_t steps = (k + kPackDepth - 1) / kPackDepth;
@@ -240,7 +247,12 @@ __attribute__((always_inline)) inline void packed_tile_into(const int8_t* a, int
     const __m512i excess = column_excess(col_sums, valid, g);
     const auto column = sink.column(g, valid);
     #pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i) column.store(i, _mm512_sub_epi32(acc[i][g], excess));
+    for (int t = 0; t < MR / kLimbs; ++t) {
+      __m512i sums[kLimbs];
+      #pragma GCC unroll 8
+      for (int d = 0; d < kLimbs; ++d) sums[d] = acc[kLimbs * t + d][g];
+      column.store(t, sums, excess);
+    }
   }
 }
 
@@ -256,7 +268,7 @@ constexpr int kW16N = 4;
 constexpr int kW16ChannelM = 4;  // per-channel tile: 4 x 4 accumulators
 
 constexpr GemmPacked kGemmPacked = nullptr;  // int8_gemm_impl.h's gemm_packed
-void gemm_packed_scaled(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
+bool gemm_packed_scaled(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
                         const int32_t* col_sums, int64_t n, const ScaledOutput& out, PrefetchRange next);
 constexpr GemmPackedScaled kGemmPackedScaled = gemm_packed_scaled;
 
@@ -267,68 +279,10 @@ constexpr W8A16GroupedI16 kW8A16PackedGroupedI16 = nullptr;
 
 #include "int8_gemm_impl.h"
 
-// packed_tile's products through epilogue_row's epilogue (ScaledOutput) in registers: the
-// same float operations in the same order, so the same bits. The tile's first row and
-// column are i0 and j0 of `out`.
-template <typename Out>
-struct ScaledTile {
-  const ScaledOutput& out;
-  int64_t i0, j0;
-
-  struct Column {
-    const float* a_scale;
-    int64_t a_stride;
-    __m512 b_scale, bias;
-    bool has_bias;
-    Out* row0;
-    int64_t ldo, count;
-    void store(int i, __m512i sums) const {
-      const __m512 scaled = S::mul(S::mul(_mm512_cvtepi32_ps(sums), S::set1(a_scale[i * a_stride])), b_scale);
-      store_lanes(row0 + i * ldo, has_bias ? S::add(scaled, bias) : scaled, count);
-    }
-  };
-  Column column(int g, __mmask16 valid) const {
-    const int64_t j = j0 + g * kPackCols;
-    const __m512 b_scale = out.b_stride == 0 ? S::set1(out.b_scale[0]) : _mm512_maskz_loadu_ps(valid, out.b_scale + j);
-    const __m512 bias = out.bias == nullptr ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(valid, out.bias + j);
-    return {out.a_scale + i0 * out.a_stride, out.a_stride, b_scale, bias, out.bias != nullptr,
-            static_cast<Out*>(out.out) + i0 * out.ldo + j, out.ldo, __builtin_popcount(valid)};
-  }
-};
-
-template <typename Out>
-void gemm_packed_scaled_as(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
-                           const int32_t* col_sums, int64_t n, const ScaledOutput& out, PrefetchRange next) {
-  for_each_packed_tile<kPackedTileM>(
-      m, n, next, [&]<int MR, int NG>(int64_t i, int64_t j, int64_t nc, PrefetchRange prefetch) {
-        packed_tile_into<MR, NG>(a + i * lda, lda, k, b + j / kPackCols * group_stride, group_stride, col_sums + j,
-                                 nc, ScaledTile<Out>{out, i, j}, prefetch);
-      });
-}
-
-void gemm_packed_scaled(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
-                        const int32_t* col_sums, int64_t n, const ScaledOutput& out, PrefetchRange next) {
-  switch (out.dtype) {
-    case DType::kBF16: return gemm_packed_scaled_as<bf16>(a, lda, m, k, b, group_stride, col_sums, n, out, next);
-    case DType::kF16: return gemm_packed_scaled_as<fp16>(a, lda, m, k, b, group_stride, col_sums, n, out, next);
-    case DType::kF32: return gemm_packed_scaled_as<float>(a, lda, m, k, b, group_stride, col_sums, n, out, next);
-  }
-}
-
-// One token's product with 16 columns over a group, from its LIMBS digit rows' int32 sums
-// (digit[d], excess included), combined and rounded once to float the way
-// digits_group_accumulate does it: in float where both of 2 digits' sums are exact floats
-// (float_sums), else exactly in double, 8 lanes at a time.
+// The digits' sums combined exactly in double, 8 lanes at a time, and rounded once to float.
 template <int LIMBS>
-__attribute__((always_inline)) inline __m512 combine_digit_lanes(const __m512i (&digit)[LIMBS], __m512i excess,
-                                                                 bool float_sums) {
-  if constexpr (LIMBS == 2) {
-    if (float_sums) {
-      const __m512 high = _mm512_cvtepi32_ps(_mm512_sub_epi32(digit[0], excess));
-      const __m512 low = _mm512_cvtepi32_ps(_mm512_sub_epi32(digit[1], excess));
-      return _mm512_add_ps(_mm512_mul_ps(high, _mm512_set1_ps(256.0f)), low);
-    }
-  }
+__attribute__((always_inline)) inline __m512 combine_digit_lanes_exactly(const __m512i (&digit)[LIMBS],
+                                                                         __m512i excess) {
   __m256 halves[2];
   for (int h = 0; h < 2; ++h) {
     auto lanes = [&](int d) {
@@ -341,6 +295,92 @@ __attribute__((always_inline)) inline __m512 combine_digit_lanes(const __m512i (
   }
   return _mm512_castpd_ps(
       _mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(halves[0])), _mm256_castps_pd(halves[1]), 1));
+}
+
+// One token's product with 16 columns over a group (or all of K), from its LIMBS digit
+// rows' int32 sums (digit[d], excess included), combined and rounded once to float the way
+// digits_group_accumulate and combine_digits do it: in float where both of 2 digits' sums
+// are exact floats (float_sums), else exactly in double, 8 lanes at a time. One "digit"
+// (an int8 row, W8A8) is its sum, rounded to float.
+template <int LIMBS>
+__attribute__((always_inline)) inline __m512 combine_digit_lanes(const __m512i (&digit)[LIMBS], __m512i excess,
+                                                                 bool float_sums) {
+  if constexpr (LIMBS == 1) {
+    return _mm512_cvtepi32_ps(_mm512_sub_epi32(digit[0], excess));
+  } else {
+    if (LIMBS == 2 && float_sums) {
+      const __m512 high = _mm512_cvtepi32_ps(_mm512_sub_epi32(digit[0], excess));
+      const __m512 low = _mm512_cvtepi32_ps(_mm512_sub_epi32(digit[1], excess));
+      return _mm512_add_ps(_mm512_mul_ps(high, _mm512_set1_ps(256.0f)), low);
+    }
+    return combine_digit_lanes_exactly(digit, excess);
+  }
+}
+
+// packed_tile's products through the epilogue of ScaledOutput in registers: the same float
+// operations in the same order as epilogue_row (LIMBS = 1) or digits_epilogue_row, so the
+// same bits. The tile's first token and column are t0 and j0 of `out`.
+template <typename Out, int LIMBS>
+struct ScaledTile {
+  static constexpr int kLimbs = LIMBS;
+  const ScaledOutput& out;
+  int64_t t0, j0;
+  bool float_sums;  // combine_digit_lanes' choice: K <= kFloatDigitsMaxDepth
+
+  struct Column {
+    const float* a_scale;
+    int64_t a_stride;
+    __m512 b_scale, bias;
+    bool has_bias, float_sums;
+    Out* row0;
+    int64_t ldo, count;
+    void store(int t, const __m512i (&sums)[LIMBS], __m512i excess) const {
+      const __m512 dot = combine_digit_lanes(sums, excess, float_sums);
+      const __m512 scaled = S::mul(S::mul(dot, S::set1(a_scale[t * a_stride])), b_scale);
+      store_lanes(row0 + t * ldo, has_bias ? S::add(scaled, bias) : scaled, count);
+    }
+  };
+  Column column(int g, __mmask16 valid) const {
+    const int64_t j = j0 + g * kPackCols;
+    const __m512 b_scale = out.b_stride == 0 ? S::set1(out.b_scale[0]) : _mm512_maskz_loadu_ps(valid, out.b_scale + j);
+    const __m512 bias = out.bias == nullptr ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(valid, out.bias + j);
+    return {out.a_scale + t0 * out.a_stride, out.a_stride, b_scale, bias, out.bias != nullptr, float_sums,
+            static_cast<Out*>(out.out) + t0 * out.ldo + j, out.ldo, __builtin_popcount(valid)};
+  }
+};
+
+// Tiles of kPackedTileM / LIMBS tokens (the whole rows of each token in one tile).
+template <typename Out, int LIMBS>
+void gemm_packed_scaled_as(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
+                           const int32_t* col_sums, int64_t n, const ScaledOutput& out, PrefetchRange next) {
+  for_each_packed_tile<kPackedTileM / LIMBS>(
+      m / LIMBS, n, next, [&]<int TOKENS, int NG>(int64_t t, int64_t j, int64_t nc, PrefetchRange prefetch) {
+        packed_tile_into<TOKENS * LIMBS, NG>(a + t * LIMBS * lda, lda, k, b + j / kPackCols * group_stride,
+                                             group_stride, col_sums + j, nc,
+                                             ScaledTile<Out, LIMBS>{out, t, j, k <= kFloatDigitsMaxDepth}, prefetch);
+      });
+}
+
+template <typename Out>
+bool gemm_packed_scaled_limbs(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b,
+                              int64_t group_stride, const int32_t* col_sums, int64_t n, const ScaledOutput& out,
+                              PrefetchRange next) {
+  switch (out.limbs) {
+    case 1: gemm_packed_scaled_as<Out, 1>(a, lda, m, k, b, group_stride, col_sums, n, out, next); return true;
+    case 2: gemm_packed_scaled_as<Out, 2>(a, lda, m, k, b, group_stride, col_sums, n, out, next); return true;
+    case 3: gemm_packed_scaled_as<Out, 3>(a, lda, m, k, b, group_stride, col_sums, n, out, next); return true;
+    default: return false;
+  }
+}
+
+bool gemm_packed_scaled(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
+                        const int32_t* col_sums, int64_t n, const ScaledOutput& out, PrefetchRange next) {
+  switch (out.dtype) {
+    case DType::kBF16: return gemm_packed_scaled_limbs<bf16>(a, lda, m, k, b, group_stride, col_sums, n, out, next);
+    case DType::kF16: return gemm_packed_scaled_limbs<fp16>(a, lda, m, k, b, group_stride, col_sums, n, out, next);
+    case DType::kF32: return gemm_packed_scaled_limbs<float>(a, lda, m, k, b, group_stride, col_sums, n, out, next);
+  }
+  return false;
 }
 
 // Per-group W8A16: TOKENS tokens (LIMBS x TOKENS digit rows) by NG column groups of
