@@ -132,7 +132,8 @@ class PackedProduct {
         group_stride_(w_packed.size(1) * cpu::kPackBlock),
         k_(k) {}
   void operator()(const int8_t* a, int64_t rows, int64_t j0, int64_t nb, int32_t* acc, int64_t next_cols) const {
-    kernels_.gemm_packed(a, k_, rows, k_, panel(j0), group_stride_, sums_ + j0, nb, acc, kBlockN, next(j0, nb, next_cols));
+    kernels_.gemm_packed(a, k_, rows, k_, panel(j0), group_stride_, sums_ + j0, nb, acc, kBlockN,
+                         next(j0, nb, next_cols));
   }
   bool scaled(const int8_t* a, int64_t rows, int64_t j0, int64_t nb, const cpu::ScaledOutput& out,
               int64_t next_cols) const {
