@@ -85,8 +85,8 @@ void gemm_s8s8s32(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, in
 }
 
 // f.template operator()<MR, NG>(i, j, nc, prefetch) for each register tile of an m x n
-// product on packed weights: rows [i, i + MR) (MR <= kRows), columns [j, j + nc) in NG
-// column groups. Column tiles outermost: a tile's packed weights (kPackedTileGroups x K
+// product on packed weights: rows [i, i + MR) (MR <= kRows; tokens, for callers whose
+// tiles hold a token's several digit rows), columns [j, j + nc) in NG column groups. Column tiles outermost: a tile's packed weights (kPackedTileGroups x K
 // blocks) stay in L2 while every row tile sweeps them. `next` is split into equal slices,
 // one per tile call.
 template <int kRows, typename F>
