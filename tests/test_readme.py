@@ -1,6 +1,7 @@
 """The README's code against the package: its self-contained example runs, every name it
 uses from effgen_kernels exists, its calls of our functions and classes pass arguments they
-accept, and its command-line synopsis names options the `effgen` parser has. A rename that
+accept, its command-line synopsis names options the `effgen` parser has, the environment
+variables it names are read by the code and the files it points at exist. A rename that
 leaves the README behind fails here."""
 
 import ast
@@ -14,7 +15,8 @@ import torch
 import effgen_kernels as ek
 from effgen_kernels import cli
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
 
 # Where the README's code finds names: `ek`, and what it imports from these modules.
 NAMESPACES = {"ek": ek, "effgen_kernels": ek, "effgen_kernels.distributed": ek.distributed,
@@ -170,3 +172,21 @@ def test_readme_command_line_synopsis_matches_the_parser(command):
     if command == "bench":
         families = re.search(r"--only ([^\]]*)\]", synopsis(command)).group(1).split()
         assert sorted(families) == sorted(cli.discover_benchmarks())
+
+
+CODE = [ROOT / "setup.py", ROOT / "Makefile", *(path for folder in ("csrc", "effgen_kernels", "benchmarks", "scripts")
+                                                for path in (ROOT / folder).rglob("*")
+                                                if path.suffix in {".py", ".sh", ".cpp", ".h", ".cu", ".cuh"})]
+
+
+def test_readme_environment_variables_are_read_by_the_code():
+    code = "\n".join(path.read_text(errors="replace") for path in CODE)
+    for variable in sorted(set(re.findall(r"\bEFFGEN_[A-Z0-9_]+", README))):
+        assert re.search(rf"\b{variable}\b", code), f"README names {variable}, which nothing reads"
+
+
+def test_readme_paths_exist():
+    paths = set(re.findall(r"\b(?:benchmarks|scripts|examples|tests|csrc|effgen_kernels)/[\w./-]*\w", README))
+    assert "scripts/gpu_check.sh" in paths
+    for path in sorted(paths):
+        assert (ROOT / path).exists(), f"README points at {path}, which does not exist"
