@@ -25,12 +25,13 @@ def step_grads(rank: int, step: int, n: int) -> torch.Tensor:
 
 
 def allreduce_steps(rank, world, port, out, codec, n, steps, block, overflow_step=None, sizes=None,
-                    dtype=torch.float32, part_numel=1 << 22, feedback="classic", warmup_steps=0, device="cpu"):
+                    dtype=torch.float32, part_numel=1 << 22, feedback="classic", warmup_steps=0, device="cpu",
+                    min_compress_numel=0):
     """Averages step_grads (cast to dtype, on ``device``) for several steps; with ``sizes``,
     the tensor is a bucket of parameters of those sizes (keys 0, 1, ...)."""
     init(rank, world, port)
-    state = CompressionState(codec=codec, block_size=block, warmup_steps=warmup_steps, min_compress_numel=0,
-                             part_numel=part_numel, feedback=feedback)
+    state = CompressionState(codec=codec, block_size=block, warmup_steps=warmup_steps,
+                             min_compress_numel=min_compress_numel, part_numel=part_numel, feedback=feedback)
     layout = None if sizes is None else tuple((i, sum(sizes[:i]), size) for i, size in enumerate(sizes))
     results = []
     for step in range(steps):

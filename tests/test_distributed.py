@@ -82,6 +82,27 @@ def run_steps(tmp_path, world: int, codec: str, feedback: str, overflow_step: in
     return outputs, reference_steps(world, STEPS_N, STEPS, STEPS_BLOCK, codec, overflow_step, warmup_average)
 
 
+@pytest.mark.parametrize("exchange", ["plain warm-up", "small parameters gathered", "compressed"])
+def test_traffic_counters_count_what_a_rank_sends_and_receives(tmp_path, exchange):
+    # A bucket of a 300- and a 4700-value parameter, int8 in blocks of 64, 3 ranks.
+    world, n, sizes = 3, 5000, (300, 4700)
+    warmup_steps, min_compress_numel = {"plain warm-up": (2, 0), "small parameters gathered": (0, 1000),
+                                        "compressed": (0, 0)}[exchange]
+    run(workers.allreduce_steps, world, tmp_path, "int8", n, 2, STEPS_BLOCK, None, sizes, torch.float32, 1 << 22,
+        "classic", warmup_steps, "cpu", min_compress_numel)
+    traffic = torch.load(tmp_path / "0.pt", weights_only=False)["traffic"]
+    fp32_ring = 2 * (world - 1) * n * 4 // world  # what a plain all-reduce moves each way
+    # each exchange (ring all-reduce, all_to_all of equal chunks, all_gather) is symmetric
+    assert traffic.bytes_received == traffic.bytes_sent > 0
+    assert traffic.bytes_uncompressed == fp32_ring
+    if exchange == "plain warm-up":
+        assert traffic.bytes_sent == fp32_ring
+    elif exchange == "small parameters gathered":  # 300 fp32 values to each other rank, the rest in int8
+        assert (world - 1) * 300 * 4 < traffic.bytes_sent < (world - 1) * 300 * 4 + 0.3 * fp32_ring
+    else:
+        assert traffic.bytes_sent < 0.3 * fp32_ring
+
+
 @pytest.mark.parametrize("world", [2, 3, 4])
 @pytest.mark.parametrize("codec", ["int8", "sign"])
 def test_ef21_allreduce_equals_the_reference_algorithm(tmp_path, world, codec):

@@ -64,6 +64,13 @@ class TrafficCounters:
     def compression_ratio(self) -> float:
         return self.bytes_uncompressed / self.bytes_sent if self.bytes_sent else 1.0
 
+    def add(self, payload: int, uncompressed: int) -> None:
+        """One exchange of the hook's: a ring all-reduce, an all_to_all of equal chunks or an
+        all_gather, in each of which a rank receives as many bytes as it sends."""
+        self.bytes_sent += payload
+        self.bytes_received += payload
+        self.bytes_uncompressed += uncompressed
+
 
 class CompressionState:
     """State of compressed_allreduce_hook for one DDP model: codec settings, the per-bucket
@@ -369,8 +376,8 @@ def compressed_allreduce(state: CompressionState, tensor: torch.Tensor, bucket_i
     small = tuple(seg for seg in segments if seg[2] < state.min_compress_numel)
     parts = _compressed_parts(state, segments, bucket_index)
     if world == 1 or state.step < state.warmup_steps:
-        state._current.bytes_sent += 2 * (world - 1) * n * tensor.element_size() // max(world, 1)
-        state._current.bytes_uncompressed += 2 * (world - 1) * n * 4 // max(world, 1)
+        state._current.add(2 * (world - 1) * n * tensor.element_size() // max(world, 1),
+                           2 * (world - 1) * n * 4 // max(world, 1))
         if world > 1 and state.feedback == "ef21" and state.step == state.warmup_steps - 1:
             start = _start_estimates(state, tensor, parts, world)
             return _plain_allreduce(state, tensor, world).then(lambda f: start(f.value()))
@@ -467,8 +474,7 @@ def _gathered_mean(state: CompressionState, tensor: torch.Tensor, segments: tupl
         mine[at:at + size].copy_(tensor[offset:offset + size])
         at += size
     gathered = state._scratch(bucket_index, "small_gathered", world * numel, tensor.dtype, tensor.device)
-    state._current.bytes_sent += (world - 1) * numel * tensor.element_size()
-    state._current.bytes_uncompressed += 2 * (world - 1) * numel * 4 // world
+    state._current.add((world - 1) * numel * tensor.element_size(), 2 * (world - 1) * numel * 4 // world)
 
     def average() -> torch.Tensor:
         rows = gathered.view(world, numel)
@@ -590,10 +596,8 @@ def _two_phase(state: CompressionState, tensor: torch.Tensor, segments: tuple, k
     gathered = _Messages(state, key, "gathered", world, chunk, tensor.device)
     decoded = state._scratch(key, "decoded", chunk, torch.float32, tensor.device)
     _encode_rank_major(state, plan, tensor, worker_error, outgoing, key)
-    sent = 2 * (world - 1) * outgoing.bytes_per_row
-    state._current.bytes_sent += sent
-    state._current.bytes_received += sent
-    state._current.bytes_uncompressed += 2 * (world - 1) * sum(seg[2] for seg in segments) * 4 // world
+    state._current.add(2 * (world - 1) * outgoing.bytes_per_row,
+                       2 * (world - 1) * sum(seg[2] for seg in segments) * 4 // world)
     result = _future_on(tensor.device)
 
     def fail(error: BaseException) -> None:
