@@ -401,6 +401,19 @@ def test_quantize_skips_layers_the_kernels_cannot_take_and_converts_the_rest(con
 
 
 
+def test_model_bytes_counts_memory_two_tensors_share_once():
+    # Parameters and buffers that are distinct tensors over one storage (a weight tied by
+    # wrapping the other's data, as some checkpoints load) hold its bytes once.
+    first, second = torch.nn.Linear(16, 8), torch.nn.Linear(16, 8, bias=False)
+    second.weight = torch.nn.Parameter(first.weight.data)
+    model = torch.nn.Sequential(first, second)
+    model.register_buffer("scale", torch.ones(3))
+    assert second.weight is not first.weight
+    assert ek.model_bytes(model) == (8 * 16 + 8 + 3) * 4
+    second.weight = torch.nn.Parameter(first.weight.data.clone())
+    assert ek.model_bytes(model) == (2 * 8 * 16 + 8 + 3) * 4
+
+
 @pytest.mark.parametrize("config", [ek.Int8Config(), ek.Int8WeightOnlyConfig(), ek.BinaryConfig(), ek.TernaryConfig()])
 def test_a_shared_layer_is_converted_once_and_swapped_in_at_every_place(config):
     shared = torch.nn.Linear(K, K)
