@@ -272,6 +272,39 @@ def test_resume_from_a_checkpoint_continues_exactly(text, tmp_path):
         assert torch.equal(a, b)
 
 
+def test_history_logs_each_step_s_learning_rate_and_evaluations_every_eval_every_steps(text):
+    teacher, student = small_lm(0), small_lm(1, dim=16)
+    opt = torch.optim.SGD(student.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    evaluated = []
+
+    def evaluate(model):
+        evaluated.append(model)
+        return {"eval_step": distiller.step}
+
+    distiller = Distiller(teacher, student, DistillationLoss(), opt, scheduler=sched, progress=False)
+    history = distiller.fit(batches(text), steps=5, eval_fn=evaluate, eval_every=2)
+    assert [h["lr"] for h in history] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025])  # the rate each step used
+    assert [h.get("eval_step") for h in history] == [None, 2, None, 4, None]
+    assert all(model is student for model in evaluated)
+
+
+def test_a_checkpoint_keeps_the_fp16_loss_scale(text, tmp_path):
+    def make():
+        teacher, student = small_lm(0), small_lm(1, dim=16)
+        distiller = Distiller(teacher, student, DistillationLoss(), torch.optim.SGD(student.parameters(), lr=0.01),
+                              autocast_dtype=torch.float16, progress=False)
+        distiller.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1)  # grows every step
+        return distiller
+
+    first = make()
+    first.fit(batches(text), steps=3, checkpoint_path=tmp_path / "ckpt.pt", checkpoint_every=3)
+    assert first.scaler.get_scale() > 2.0**10
+    resumed = make()
+    resumed.load(tmp_path / "ckpt.pt")
+    assert resumed.scaler.get_scale() == first.scaler.get_scale()
+
+
 def test_hidden_and_attention_matching_pull_the_student_towards_the_teacher(text):
     def final_distances(weight):
         teacher, student = small_lm(0), small_lm(1, dim=16, layers=1)

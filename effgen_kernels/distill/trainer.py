@@ -183,8 +183,8 @@ class Distiller:
         while self.step < steps:
             index = self.step * self.grad_accum_steps
             micro = [source(index + i) if callable(source) else next(source) for i in range(self.grad_accum_steps)]
-            metrics = {"step": self.step + 1, **self.train_step(micro),
-                       "lr": self.optimizer.param_groups[0]["lr"]}
+            lr = self.optimizer.param_groups[0]["lr"]  # this step's: train_step moves the scheduler on
+            metrics = {"step": self.step + 1, **self.train_step(micro), "lr": lr}
             if eval_fn is not None and eval_every and self.step % eval_every == 0:
                 metrics.update(eval_fn(unwrap(self.student)))
             history.append(metrics)
