@@ -326,6 +326,13 @@ def test_residuals_move_with_their_parameters_when_buckets_change(feedback):
         for mine, original in zip(moved[key], pieces[key], strict=True):
             assert (mine is None and original is None) or torch.equal(mine, original)
     assert not moved[2][0].any() and restored.residuals_dropped == 1
+    # A parameter that no bucket claims in a step (frozen since, say) loses its residual, counted.
+    partial = CompressionState(process_group=object(), block_size=64, feedback=feedback)
+    partial.load_state_dict(saved)
+    partial._regroup(0, after[0], "cpu")  # parameter 1 only
+    assert partial.residuals_dropped == 0
+    partial._end_step()
+    assert partial.residuals_dropped == 1 and partial.step == saved["step"] + 1
 
 
 # ---------------------------------------------------------------------------------------
