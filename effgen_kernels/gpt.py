@@ -159,7 +159,7 @@ def lm_batch(stream: torch.Tensor, index: int, batch_size: int, length: int, see
     if stream.numel() <= length + 1:
         raise ValueError(f"stream of {stream.numel()} tokens is too short for windows of {length} + 1")
     generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
-    starts = torch.randint(0, stream.numel() - length - 1, (batch_size,), generator=generator)
+    starts = torch.randint(0, stream.numel() - length, (batch_size,), generator=generator)  # the last ends at the end
     windows = torch.stack([stream[s:s + length + 1] for s in starts.tolist()]).long()
     return windows[:, :-1], windows[:, 1:]
 

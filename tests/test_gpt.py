@@ -82,14 +82,28 @@ def test_perplexity_restores_training_mode_when_the_model_raises():
     assert model.training
 
 
-def test_perplexity_counts_every_prediction_including_a_short_last_window():
+@pytest.mark.parametrize("n, windows", [(20, [(0, 17), (16, 20)]), (32, [(0, 17), (16, 32)]),
+                                        (33, [(0, 17), (16, 33)])])
+def test_perplexity_counts_every_prediction_including_a_short_last_window(n, windows):
+    # Windows of 16 predictions (17 tokens, each starting at the last one's final token);
+    # the last may be shorter, one token short of a whole window included (n = 32).
     model = tiny().eval()
-    stream = torch.randint(0, 256, (20,), dtype=torch.uint8)
+    stream = torch.randint(0, 256, (n,), dtype=torch.uint8)
     nll = 0.0
-    for window in (stream[:17], stream[16:]):  # 16 predictions, then the last 3
+    for start, end in windows:
+        window = stream[start:end]
         with torch.no_grad():
             logits = model(window[:-1].long().unsqueeze(0)).logits[0]
         nll += F.cross_entropy(logits, window[1:].long(), reduction="sum").item()
-    expected = math.exp(nll / 19)
+    expected = math.exp(nll / (n - 1))
     for batch_size in (1, 8):
         assert evaluate_perplexity(model, stream, 16, batch_size=batch_size) == pytest.approx(expected, rel=1e-5)
+    assert not model.training  # it came in eval mode and stays there
+
+
+def test_lm_batch_draws_every_window_of_the_stream():
+    stream = torch.arange(20, dtype=torch.uint8)  # windows of 16 + 1 tokens start at 0, 1, 2 or 3
+    firsts = {int(inputs[0, 0]) for inputs, _ in (lm_batch(stream, index, 1, 16) for index in range(200))}
+    assert firsts == {0, 1, 2, 3}
+    inputs, labels = lm_batch(stream, 0, 8, 16)
+    assert torch.equal(labels[:, :-1], inputs[:, 1:]) and int(labels.max()) <= 19
