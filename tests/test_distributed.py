@@ -220,16 +220,25 @@ def test_ddp_training_with_the_sign_hook_is_within_5_percent(tmp_path):
 
 
 def test_under_adamw_the_demo_gpt_with_sign_adam_is_within_5_percent_and_int8_within_2(tmp_path):
-    # The demo's GPT on real text (AdamW, 120 steps, seed 0), last 20 steps' mean loss. Under
-    # AdamW the default sign hook drifts (+7% here); EF21 with blocks of 64 holds it (five
-    # seeds: +1.6% to +6.4% at 120 steps, +3.5% on this one; RESULTS.md, session 40).
-    final = {}
-    for name in ("plain", "int8", "sign-adam"):
-        run_workers(demo_train_worker, 2, str(tmp_path), name, 120, timeout=300, what=name)
-        final[name] = statistics.fmean(torch.load(tmp_path / f"{name}.pt", weights_only=False)["losses"][-20:])
-    print(f"demo GPT, AdamW, 120 steps: {final}")
-    assert final["int8"] <= final["plain"] * 1.02
-    assert final["sign-adam"] <= final["plain"] * 1.05
+    # The demo's GPT on real text (AdamW, 120 steps), last 20 steps' mean loss, each hook
+    # against plain DDP with the same seed, averaged over seeds 0-4 as README and
+    # benchmarks/gpt_hook_seeds.py state it: one seed's gap swings by several percent (EF21
+    # with blocks of 64: -0.3% to +7.1% at 120 steps, mean +4.3%; RESULTS.md, sessions 40
+    # and 57), so a single seed passed or failed by its luck. Under AdamW the default sign
+    # hook drifts (+7%); EF21 with blocks of 64 holds it.
+    gaps = {"int8": [], "sign-adam": []}
+    for seed in range(5):
+        final = {}
+        for name in ("plain", *gaps):
+            run_workers(demo_train_worker, 2, str(tmp_path), name, 120, seed, timeout=300, what=f"{name} seed {seed}")
+            losses = torch.load(tmp_path / f"{name}.pt", weights_only=False)["losses"]
+            assert statistics.fmean(losses[-20:]) < 0.7 * losses[0], (name, seed)  # every run trains
+            final[name] = statistics.fmean(losses[-20:])
+        for name, gap in gaps.items():
+            gap.append(final[name] / final["plain"] - 1)
+    print(f"demo GPT, AdamW, 120 steps, gap to plain DDP per seed: {gaps}")
+    assert statistics.fmean(gaps["int8"]) <= 0.02
+    assert statistics.fmean(gaps["sign-adam"]) <= 0.05
 
 
 def test_ddp_training_with_ef21_feedback_trains(tmp_path):
