@@ -37,17 +37,51 @@ def test_a_quantized_row_layer_equals_the_single_process_layer(layer_results, co
         assert result[f"row_input_grad/{config}"] < 1e-6, result[f"row_input_grad/{config}"]
 
 
-@pytest.mark.parametrize("what,message", [("bad_out", "out_features (15) is not divisible by the tensor-parallel "
-                                           "size 2"),
-                                          ("bad_in", "in_features (15) is not divisible"),
-                                          ("bad_packed", "in_features (24) must be a multiple of tensor-parallel "
-                                           "size 2 x 8 for BinaryLinear"),
-                                          ("bad_heads", "heads (1) is not divisible by the tensor-parallel size 2"),
-                                          ("bad_mesh", "dp (3) x tp (2) must equal the world size (2)"),
-                                          ("bad_shared", "the layer at ['q_proj', 'o_proj'] is one module, which "
-                                           "the plan gives several styles: ['column', 'row']")])
+@pytest.mark.parametrize("what,message", [
+    ("bad_out", "out_features (15) is not divisible by the tensor-parallel size 2"),
+    ("bad_out_shard", "out_features (15) is not divisible by the tensor-parallel size 2"),
+    ("bad_in", "in_features (15) is not divisible"),
+    ("bad_packed", "in_features (24) must be a multiple of tensor-parallel size 2 x 8 for BinaryLinear"),
+    ("bad_group", "in_features (48) must be a multiple of tensor-parallel size 2 x 16 for Int8WeightOnlyLinear"),
+    ("bad_binary_activations", "row-parallel BinaryLinear with binary_activations is not supported"),
+    ("bad_compress", "compress_block_size must be positive or None, got 0"),
+    ("bad_scatter", "the last dimension (15) is not divisible by the tensor-parallel size 2"),
+    ("bad_row_input", "Int8Linear: x must have in_features = 8 values in its last dimension, got shape (3, 7)"),
+    ("bad_heads", "heads (1) is not divisible by the tensor-parallel size 2: attention heads are split"),
+    ("bad_local_heads", "num_heads (1) is not divisible by the tensor-parallel size 2"),
+    ("bad_style", "plan styles must be 'column' or 'row', got ['diagonal']"),
+    ("bad_plan", "no layer of the model matched the plan"),
+    ("bad_mesh_names", "a 2-D DeviceMesh needs a dimension named 'tp', got ('dp', 'model')"),
+    ("bad_mesh", "dp (3) x tp (2) must equal the world size (2)"),
+    ("bad_shared", "the layer at ['q_proj', 'o_proj'] is one module, which the plan gives several styles: "
+                   "['column', 'row']")])
 def test_misconfiguration_gives_a_clear_error(layer_results, what, message):
     assert message in layer_results[0][what]
+
+
+def test_a_bf16_int8_pair_keeps_its_dtypes_and_matches_the_single_process_layers(layer_results):
+    for result in layer_results:
+        assert result["bf16_dtype"] == torch.bfloat16
+        assert result["bf16_relative"] < 0.02  # int8 all-reduce of bf16 partial sums
+        for name, (got, expected) in result["bf16_state_dtypes"].items():
+            assert got == expected, name
+
+
+def test_sync_replicated_grads_averages_the_replicated_trainable_parameters_only(layer_results):
+    for rank, result in enumerate(layer_results):
+        assert result["replicated"] == ["norm.weight"]  # norm.bias is frozen, q_proj is sharded
+        assert result["grads_after_sync"] == {"q_proj.local.weight": [rank + 1.0], "q_proj.local.bias": [rank + 1.0],
+                                              "norm.weight": [1.5], "norm.bias": [rank + 1.0]}
+
+
+def test_the_compressed_all_reduce_gives_every_rank_the_same_bits(tmp_path):
+    """Three ranks, so that the order of the fp32 sum matters."""
+    run(workers.compressed_reduce, 3, tmp_path)
+    results = [torch.load(tmp_path / f"{rank}.pt") for rank in range(3)]
+    for result in results[1:]:
+        assert torch.equal(result["summed"], results[0]["summed"])
+    exact = results[0]["exact"]
+    assert 0 < (results[0]["summed"] - exact).norm() / exact.norm() < 0.02
 
 
 def test_a_shared_layer_is_sharded_once_and_swapped_in_at_every_place(layer_results):
@@ -68,6 +102,7 @@ def transformer_results(tmp_path_factory):
 def test_tensor_parallel_gpt_equals_the_single_process_model(transformer_results, what):
     for result in transformer_results:
         assert result["sharded"] == 2 * 6
+        assert result["local_heads"] == [2, 2]  # of 4: each rank computes its half of the heads
         assert result[what] < FP32, (what, result[what])
 
 
@@ -145,3 +180,41 @@ def test_two_stage_pipeline_equals_single_process_training(tmp_path, mode, summi
     # The training learned something: measured on one batch (each step's batch is another
     # window of text, so the steps' own losses need not fall).
     assert workers.first_batch_loss(mode, expected) < workers.first_batch_loss(mode)
+
+
+def test_stage_layer_ranges_give_earlier_stages_the_remainder():
+    from effgen_kernels.distributed import stage_layer_ranges
+
+    assert stage_layer_ranges(5, 3) == [range(0, 2), range(2, 4), range(4, 5)]
+    assert stage_layer_ranges(4, 4) == [range(i, i + 1) for i in range(4)]
+    for stages in (0, 5):
+        with pytest.raises(ValueError, match=rf"num_stages \({stages}\) must lie in \[1, number of layers \(4\)\]"):
+            stage_layer_ranges(4, stages)
+
+
+def test_gpt_stage_holds_its_blocks_and_checks_its_index():
+    from effgen_kernels.distributed import gpt_stage
+
+    model = workers.small_gpt(layers=3)
+    first, last = gpt_stage(model, 0, 2), gpt_stage(model, 1, 2)
+    assert list(first.layers) == list(model.layers[:2]) and list(last.layers) == [model.layers[2]]
+    assert first.embed_tokens is model.embed_tokens and not hasattr(first, "lm_head")
+    assert last.lm_head is model.lm_head and not hasattr(last, "embed_tokens")
+    ids = torch.randint(0, 256, (2, 8), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(last(first(ids)), model(ids).logits, rtol=0, atol=0)
+    for index in (-1, 2):
+        with pytest.raises(ValueError, match=rf"stage_index \({index}\) must lie in \[0, num_stages \(2\)\)"):
+            gpt_stage(model, index, 2)
+
+
+def test_the_pipeline_distillation_loss_runs_a_frozen_teacher_in_eval_mode():
+    from effgen_kernels.distill import DistillationLoss
+    from effgen_kernels.distributed import distillation_loss_fn
+
+    teacher = workers.small_gpt(seed=7).train()
+    loss_fn = distillation_loss_fn(teacher, DistillationLoss(2.0, 0.5))
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    window = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(0))
+    student_logits = torch.randn(2, 8, 256, requires_grad=True)
+    loss_fn(student_logits, window).backward()
+    assert student_logits.grad.abs().sum() > 0

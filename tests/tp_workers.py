@@ -21,13 +21,16 @@ from effgen_kernels.distributed import (
     init_hybrid,
     load_full_state_dict,
     parallelize,
+    reduce_from_tensor_parallel_region,
+    replicated_parameters,
+    scatter_to_tensor_parallel_region,
     sync_replicated_grads,
 )
-from effgen_kernels.gpt import GPT, GPTConfig, lm_batch, stdlib_source_bytes
+from effgen_kernels.gpt import GPT, Attention, GPTConfig, lm_batch, stdlib_source_bytes
 
 QUANT_CONFIGS = {"int8": ek.Int8Config(), "int8_weight_only": ek.Int8WeightOnlyConfig(),
                  "int8_weight_only_g8": ek.Int8WeightOnlyConfig(group_size=8), "binary": ek.BinaryConfig(),
-                 "ternary": ek.TernaryConfig()}
+                 "ternary": ek.TernaryConfig(), "ternary_per_tensor": ek.TernaryConfig(per_channel=False)}
 # ... and for the one row layer (in_features 16, converted under the name ""), SmoothQuant.
 ROW_CONFIGS = {**QUANT_CONFIGS,
                "int8_smoothquant": ek.Int8Config(activation_absmax={"": torch.linspace(0.1, 8.0, 16)})}
@@ -96,11 +99,9 @@ def layers(rank, world, port, out):
         (got * upstream).sum().backward()
         results[f"row_input_grad/{label}"] = max_diff(x_tp.grad, x_full.grad) / x_full.grad.abs().max().item()
 
-    results["bad_out"] = error_of(lambda: ColumnParallelLinear(8, 15))
-    results["bad_in"] = error_of(lambda: RowParallelLinear(15, 8))
-    results["bad_packed"] = error_of(lambda: RowParallelLinear.from_linear(nn.Linear(24, 8), quant=ek.BinaryConfig()))
-    results["bad_heads"] = error_of(lambda: parallelize(small_gpt(heads=1, dim=32)))
-    results["bad_mesh"] = error_of(lambda: init_hybrid(3, 2))
+    results.update(bf16_layers(column, row, x))
+    results.update(replicated_gradients(rank))
+    results.update(misconfigurations(row))
     shared = nn.Linear(24, 16)  # one module at two places: sharded once, swapped in at both
     model = nn.ModuleDict({"a": nn.ModuleDict({"q_proj": shared}), "b": nn.ModuleDict({"q_proj": shared})})
     results["shared_names"] = parallelize(model)
@@ -111,6 +112,71 @@ def layers(rank, world, port, out):
     load_full_state_dict(model, full)
     results["bad_shared"] = error_of(lambda: parallelize(nn.ModuleDict({"q_proj": shared, "o_proj": shared})))
     torch.save(results, os.path.join(out, f"{rank}.pt"))
+    finish_worker()
+
+
+def bf16_layers(column: nn.Linear, row: nn.Linear, x: torch.Tensor) -> dict:
+    """A bf16 int8 column -> row pair with the compressed all-reduce: outputs and every
+    tensor of the gathered state keep the single-process layers' dtypes."""
+    int8 = ek.Int8Config()
+    column16, row16 = copy.deepcopy(column).bfloat16(), copy.deepcopy(row).bfloat16()
+    x16 = x.bfloat16()
+    singles = nn.ModuleDict({"q_proj": int8.convert(column16), "o_proj": int8.convert(row16)})
+    expected = singles["o_proj"](singles["q_proj"](x16))
+    parallel = nn.ModuleDict({"q_proj": ColumnParallelLinear.from_linear(column16, quant=int8),
+                              "o_proj": RowParallelLinear.from_linear(row16, quant=int8, compress_block_size=32)})
+    got = parallel["o_proj"](parallel["q_proj"](x16))
+    single_state = singles.state_dict()
+    return {"bf16_dtype": got.dtype, "bf16_relative": max_diff(got, expected) / expected.abs().max().item(),
+            "bf16_state_dtypes": {k: (v.dtype, single_state[k].dtype) for k, v in full_state_dict(parallel).items()}}
+
+
+def replicated_gradients(rank: int) -> dict:
+    """sync_replicated_grads averages the replicated trainable parameters' gradients over
+    the group and leaves the shards' own gradients alone."""
+    model = nn.ModuleDict({"q_proj": nn.Linear(4, 4), "norm": nn.LayerNorm(4)})
+    parallelize(model)
+    model["norm"].bias.requires_grad_(False)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, float(rank + 1))
+    sync_replicated_grads(model)
+    names = {id(p): name for name, p in model.named_parameters()}
+    return {"replicated": [names[id(p)] for p in replicated_parameters(model)],
+            "grads_after_sync": {name: p.grad.unique().tolist() for name, p in model.named_parameters()}}
+
+
+def misconfigurations(row: nn.Linear) -> dict:
+    """What each misconfiguration raises (or "no error")."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    unnamed_mesh = init_device_mesh("cpu", (1, 2), mesh_dim_names=("dp", "model"))
+    return {
+        "bad_out": error_of(lambda: ColumnParallelLinear(8, 15)),
+        "bad_out_shard": error_of(lambda: ColumnParallelLinear.from_linear(nn.Linear(8, 15))),
+        "bad_in": error_of(lambda: RowParallelLinear(15, 8)),
+        "bad_packed": error_of(lambda: RowParallelLinear.from_linear(nn.Linear(24, 8), quant=ek.BinaryConfig())),
+        "bad_group": error_of(lambda: RowParallelLinear.from_linear(nn.Linear(48, 8),
+                                                                    quant=ek.Int8WeightOnlyConfig(group_size=16))),
+        "bad_binary_activations": error_of(lambda: RowParallelLinear.from_linear(
+            nn.Linear(32, 8), quant=ek.BinaryConfig(binary_activations=True))),
+        "bad_compress": error_of(lambda: RowParallelLinear(16, 8, compress_block_size=0)),
+        "bad_scatter": error_of(lambda: scatter_to_tensor_parallel_region(torch.randn(2, 15))),
+        "bad_row_input": error_of(lambda: RowParallelLinear.from_linear(row, quant=ek.Int8Config())(torch.randn(3, 7))),
+        "bad_heads": error_of(lambda: parallelize(small_gpt(heads=1, dim=32))),
+        "bad_local_heads": error_of(lambda: parallelize(nn.ModuleDict({"attn": Attention(32, 1)}))),
+        "bad_style": error_of(lambda: parallelize(nn.Linear(4, 4), plan={"": "diagonal"})),
+        "bad_plan": error_of(lambda: parallelize(nn.ModuleDict({"fc": nn.Linear(4, 4)}))),
+        "bad_mesh_names": error_of(lambda: parallelize(small_gpt(), unnamed_mesh)),
+        "bad_mesh": error_of(lambda: init_hybrid(3, 2)),
+    }
+
+
+def compressed_reduce(rank, world, port, out):
+    """The int8 activation all-reduce on each rank's own random partial sums."""
+    init(rank, world, port)
+    parts = [torch.randn(6, 40, generator=torch.Generator().manual_seed(r)) for r in range(world)]
+    summed = reduce_from_tensor_parallel_region(parts[rank], compress_block_size=16)
+    torch.save({"summed": summed, "exact": sum(parts)}, os.path.join(out, f"{rank}.pt"))
     finish_worker()
 
 
@@ -153,6 +219,7 @@ def transformer(rank, world, port, out):
     reference, model = small_gpt(), small_gpt()
     sharded = parallelize(model)
     results["sharded"] = len(sharded)
+    results["local_heads"] = [block.self_attn.num_heads for block in model.layers]
     ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(1))
     results["logits"] = max_diff(model(ids).logits, reference(ids).logits)
     results["state_dict_roundtrip"] = max(max_diff(v, reference.state_dict()[k]) for k, v in
