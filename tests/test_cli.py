@@ -1,6 +1,7 @@
 """The `effgen` command, the build report, the ISA override, and the benchmark harness."""
 
 import collections
+import functools
 import json
 import os
 import platform
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 import effgen_kernels as ek
+import effgen_kernels.bench
 from effgen_kernels import cli
 from effgen_kernels.bench import BenchResult, harness, memory_bandwidth_gbps, time_interleaved, with_env
 from effgen_kernels.bench.ddp_worker import default_allocator
@@ -84,6 +86,42 @@ def test_bench_rejects_an_isa_this_cpu_lacks(monkeypatch, capsys):
     monkeypatch.setattr(ek.ops, "supported_cpu_isas", lambda: ["scalar"])
     assert cli.main(["bench", "--cpu-isa", "avx2", "--only", "quant"]) == 2
     assert "--cpu-isa avx2: this CPU supports ['scalar']" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_bench_on_cuda_without_a_gpu_is_refused_with_a_message(capsys):
+    assert cli.main(["bench", "--allocator", "system", "--device", "cuda", "--only", "quant"]) == 2
+    err = capsys.readouterr().err
+    assert "effgen bench: --device cuda needs a visible GPU and the CUDA kernels built" in err
+    assert "measuring" not in err
+
+
+@pytest.mark.distributed  # the allreduce and parallel families time their steps in gloo workers
+def test_every_benchmark_family_runs_and_reports_through_effgen_bench(tmp_path, monkeypatch):
+    """`effgen bench --quick --json` with every timed loop calling each function once (fake
+    times: 1 ms) and no weights rotated; the ops, the peers and the workers are real. A
+    benchmark that breaks fails here, not in the next session's bench run."""
+    calls = collections.Counter()
+
+    def call_each_once(fns, reps, warmup=2, device="cpu", graph_calls=1, prime=False):
+        for name, fn in fns.items():
+            fn()
+            calls[name] += 1
+        return dict.fromkeys(fns, 1e-3)
+
+    monkeypatch.setattr(harness, "time_interleaved", call_each_once)
+    monkeypatch.setattr(effgen_kernels.bench, "time_interleaved", call_each_once)
+    monkeypatch.setattr(effgen_kernels.bench, "Rotation", functools.partial(harness.Rotation, total_bytes=0))
+    out = tmp_path / "bench.json"
+    assert cli.main(["bench", "--quick", "--allocator", "system", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["quick"] and report["device"] == "cpu" and report["memory_gbps"]["limit"] > 0
+    assert report["machine"]["cpu_isa"] == ek.ops.cpu_isa()
+    rows = report["results"]
+    assert {row["family"] for row in rows} == set(cli.discover_benchmarks())
+    for row in rows:
+        assert row["ours_ms"] > 0 and row["peer_ms"] > 0 and row["bytes_moved"] > 0, row
+    assert calls["ours"] > 0 and calls["copy"] == calls["read"] == 1  # our ops, and the bandwidth probe once
 
 
 def test_bench_discovers_the_quant_benchmark():
@@ -215,6 +253,65 @@ def test_bench_result_ratios():
     assert r.achieved_gbps == pytest.approx(500.0)
     assert r.fraction_of_limit == pytest.approx(0.5)
     assert r.as_dict()["speedup"] == 3.0
+
+
+def test_bench_result_fraction_is_of_the_closer_limit():
+    # 1e12 arithmetic operations in 2 ms: 500 TOP/s of a 1000 TOP/s peak, and 10 MB at 5 GB/s
+    # of 1000 GB/s: compute binds.
+    r = BenchResult("gemm", "op", "1x1", "int8", ours_ms=2.0, peer="p", peer_ms=2.0, bytes_moved=10**7,
+                    limit_gbps=1000.0, ops=10**12, peak_gops=10**6)
+    assert r.achieved_gops == pytest.approx(5e5)
+    assert r.fraction_of_limit == pytest.approx(0.5)
+    assert BenchResult("gemm", "op", "1x1", "int8", 2.0, "p", 2.0, 10**9, 1000.0, ops=10**12).fraction_of_limit == \
+        pytest.approx(0.5)  # no peak measured: the memory limit
+
+
+def test_memory_bandwidth_counts_a_copy_as_read_and_write(monkeypatch):
+    timed = {}
+
+    def fake_time_interleaved(fns, reps, warmup, device):
+        timed.update(fns=sorted(fns), reps=reps)
+        return {"copy": 1.0, "read": 0.25}
+
+    monkeypatch.setattr(harness, "time_interleaved", fake_time_interleaved)
+    rates = memory_bandwidth_gbps("cpu", nbytes=1 << 20, reps=5)
+    assert timed == {"fns": ["copy", "read"], "reps": 5}
+    assert rates == {"copy": 2 * (1 << 20) / 1e9, "read": 4 * (1 << 20) / 1e9, "limit": 4 * (1 << 20) / 1e9}
+
+
+def test_rotation_holds_enough_deep_copies_to_exceed_the_bytes_and_cycles_through_them():
+    made = []
+
+    def make():
+        made.append(torch.zeros(4))
+        return made[-1]
+
+    rotation = harness.Rotation(make, bytes_per_copy=300, total_bytes=1000)
+    assert len(made) == 1 and len(rotation) == 4  # 4 x 300 > 1000 > 3 x 300
+    assert len({item.data_ptr() for item in rotation.items}) == 4
+    visits = [rotation.next() for _ in range(8)]
+    assert [item.data_ptr() for item in visits] == [item.data_ptr() for item in rotation.items[1:] +
+                                                    rotation.items[:1]] * 2
+    assert len(harness.Rotation(make, bytes_per_copy=300, total_bytes=1000, rotate=False)) == 1
+
+
+def test_measure_peers_times_ours_and_every_peer_in_one_primed_loop(monkeypatch):
+    loops = []
+
+    def fake_time_interleaved(fns, reps, warmup, device, graph_calls, prime):
+        loops.append((sorted(fns), reps, warmup, graph_calls, prime))
+        return {"ours": 0.002, "a": 0.004, "b": 0.001}
+
+    monkeypatch.setattr(harness, "time_interleaved", fake_time_interleaved)
+    messages = []
+    ctx = harness.BenchContext(torch.device("cpu"), quick=True, limit_gbps=100.0, progress=messages.append)
+    results = ctx.measure_peers("quant", "op", "[8]", torch.bfloat16, lambda: None,
+                                {"a": lambda: None, "b": lambda: None}, bytes_moved=10**6)
+    assert loops == [(["a", "b", "ours"], 5, 2, 1, True)]
+    assert [(r.peer, r.ours_ms, r.peer_ms, r.dtype) for r in results] == [("a", 2.0, 4.0, "bfloat16"),
+                                                                          ("b", 2.0, 1.0, "bfloat16")]
+    assert len(messages) == 2 and "x  2.00" in messages[0] and "x  0.50" in messages[1]
+    assert harness.BenchContext(torch.device("cpu"), quick=False, limit_gbps=1.0).reps == 21
 
 
 @pytest.mark.parametrize("bias", [True, False])
