@@ -35,6 +35,15 @@ def test_info_reports_build_and_isa(capsys):
     assert "CPU ISA in use" in capsys.readouterr().out
 
 
+def test_info_says_when_the_isa_is_forced(monkeypatch, capsys):
+    monkeypatch.setenv("EFFGEN_CPU_ISA", ek.ops.cpu_isa())  # the ISA in use: forcing it changes nothing else
+    assert cli.main(["info"]) == 0
+    assert f"{ek.ops.cpu_isa()} (EFFGEN_CPU_ISA)" in capsys.readouterr().out
+    monkeypatch.delenv("EFFGEN_CPU_ISA")
+    assert cli.main(["info"]) == 0
+    assert "(EFFGEN_CPU_ISA)" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("isa", ek.ops.supported_cpu_isas())
 def test_env_override_picks_the_isa(isa):
     done = run_python("import effgen_kernels as ek; print(ek.ops.cpu_isa())", EFFGEN_CPU_ISA=isa)
