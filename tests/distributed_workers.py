@@ -2,6 +2,7 @@
 
 import datetime
 import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -15,6 +16,14 @@ def init(rank: int, world: int, port: int, timeout_s: float = 60.0) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def fails(rank, world, port, out):
+    raise ValueError(f"rank {rank} fails on purpose")
+
+
+def hangs(rank, world, port, out):
+    time.sleep(600)
 
 
 OVERFLOW_INDEX = 123

@@ -3,6 +3,7 @@
 import json
 import math
 import statistics
+import time
 
 import distributed_workers as workers
 import pytest
@@ -18,6 +19,18 @@ pytestmark = pytest.mark.distributed
 def run(fn, world: int, out, *args, timeout: float = 180.0) -> None:
     """Starts `world` processes of fn(rank, world, port, out, *args); fails, never hangs."""
     run_workers(fn, world, str(out), *args, timeout=timeout, what=fn.__name__)
+
+
+def test_run_workers_reports_a_failing_worker(tmp_path):
+    with pytest.raises(RuntimeError, match=r"broken failed or did not finish within 60 s \(exit codes \[1, 1\]\)"):
+        run_workers(workers.fails, 2, str(tmp_path), timeout=60, what="broken")
+
+
+def test_run_workers_kills_workers_past_one_deadline(tmp_path):
+    begin = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"stuck failed or did not finish within 4 s \(exit codes \[-9, -9, -9\]\)"):
+        run_workers(workers.hangs, 3, str(tmp_path), timeout=4, what="stuck")
+    assert time.monotonic() - begin < 8  # the deadline is shared: not 4 s per worker
 
 
 def reference_steps(world: int, n: int, steps: int, block: int, codec: str, overflow_step: int | None = None,

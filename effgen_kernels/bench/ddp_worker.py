@@ -51,18 +51,21 @@ def default_allocator():
 
 def run_workers(fn, world: int, *args, timeout: float = 600.0, what: str = "worker") -> None:
     """Starts ``world`` spawned processes of fn(rank, world, port, *args) on a free port and
-    waits; a worker that fails or outlives ``timeout`` is an error (and is killed)."""
+    waits; a worker that fails or outlives ``timeout`` (one deadline for all of them) is an
+    error, and one still running then is killed (exit code -9)."""
     spawn = multiprocessing.get_context("spawn")
     port = free_port()
     procs = [spawn.Process(target=fn, args=(rank, world, port, *args)) for rank in range(world)]
     with default_allocator():
         for p in procs:
             p.start()
+    deadline = time.monotonic() + timeout
     for p in procs:
-        p.join(timeout)
+        p.join(max(0.0, deadline - time.monotonic()))
     for p in procs:
         if p.is_alive():
             p.kill()
+            p.join()  # reaped: its exit code is known
     codes = [p.exitcode for p in procs]
     if any(code != 0 for code in codes):
         raise RuntimeError(f"{what} failed or did not finish within {timeout:.0f} s (exit codes {codes})")
