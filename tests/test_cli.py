@@ -357,6 +357,29 @@ def test_progress_bar_draws_first_and_last_and_throttles_the_rest(capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_progress_bar_redraws_in_place_on_a_terminal_with_an_eta(monkeypatch):
+    import io
+
+    from effgen_kernels import progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    clock = {"now": 100.0}
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(progress.sys, "stderr", Terminal())
+    bar = progress.Progress(4, "job")
+    clock["now"] = 110.0
+    bar.update()  # 1 of 4 after 10 s: 30 s to go at that rate
+    clock["now"] = 110.1
+    bar.update(detail="skipped")  # within the terminal's 0.2 s
+    clock["now"] = 140.0
+    bar.update(4, detail="done")
+    assert progress.sys.stderr.getvalue() == ("\rjob [######..................] 1/4 10s, eta 30s\x1b[K"
+                                             "\rjob [########################] 4/4 40s, eta 0s | done\x1b[K\n")
+
+
 def test_cuda_int8_gemm_report_follows_device_build_and_override(monkeypatch):
     build = {"cuda": True, "cuda_archs": ["80", "90a"]}
     monkeypatch.delenv("EFFGEN_CUDA_INT8_GEMM", raising=False)

@@ -4,6 +4,7 @@ when it is not installed). Numbers are recorded in benchmarks/RESULTS.md."""
 import copy
 
 import pytest
+import torch
 
 import effgen_kernels as ek
 from effgen_kernels import models
@@ -50,6 +51,15 @@ def smollm2():
     ids = models.lee_token_ids(tokenizer, EVAL_TOKENS + 2048)
     evaluation, calibration = ids[:EVAL_TOKENS], ids[EVAL_TOKENS:EVAL_TOKENS + 2048]
     return model, evaluation, calibration, evaluate_perplexity(model, evaluation, 512, batch_size=1)
+
+
+@needs_minilm
+def test_sentence_embeddings_ignore_padding_and_have_unit_length(minilm):
+    model, tokenizer, sentences, _ = minilm
+    alone = models.sentence_embeddings(model, tokenizer, sentences[:1])
+    padded = models.sentence_embeddings(model, tokenizer, [sentences[0], " ".join(sentences[1:4])])
+    torch.testing.assert_close(padded[:1], alone, atol=1e-5, rtol=0)  # the padding's positions are not pooled
+    torch.testing.assert_close(padded.norm(dim=-1), torch.ones(2))
 
 
 @needs_smollm2
