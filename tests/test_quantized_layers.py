@@ -444,6 +444,40 @@ def test_quantize_skips_a_layer_with_nan_or_inf_weights_and_converts_the_rest(co
     assert type(model[1]) is torch.nn.Linear
 
 
+def test_w8a8_skips_a_layer_too_wide_for_int32_accumulation():
+    from effgen_kernels.quantize import MAX_INT8_IN_FEATURES
+
+    model = torch.nn.Sequential(torch.nn.Linear(MAX_INT8_IN_FEATURES + 1, 2), torch.nn.Linear(2, 2))
+    summary = ek.quantize_(model, ek.Int8Config())
+    assert summary.converted == ["1"] and summary.skipped == {
+        "0": "in_features 131072 > 131071 (int32 accumulation could overflow)"}
+
+
+def test_configs_without_a_trainable_form_are_refused_by_prepare():
+    model = torch.nn.Sequential(torch.nn.Linear(K, N))
+    with pytest.raises(TypeError, match="Int8WeightOnlyConfig has no trainable form; use Int8Config, BinaryConfig"):
+        ek.prepare(model, ek.Int8WeightOnlyConfig())
+    calibrated = ek.Int8Config(activation_absmax={"0": torch.ones(K)})
+    with pytest.raises(ValueError, match="quantization-aware training takes an Int8Config without activation_absmax"):
+        ek.prepare(model, calibrated)
+    assert type(model[0]) is torch.nn.Linear
+
+
+@pytest.mark.parametrize("layer_cls", [ek.nn.Int8Linear, ek.nn.Int8WeightOnlyLinear])
+def test_int8_layers_refuse_integer_weights_by_name(layer_cls):
+    linear = torch.nn.Linear(K, N)
+    linear.weight = torch.nn.Parameter(torch.ones(N, K, dtype=torch.int8), requires_grad=False)
+    with pytest.raises(TypeError, match="expected a float nn.Linear weight, got torch.int8"):
+        layer_cls.from_float(linear)
+
+
+def test_smoothquant_refuses_a_calibration_that_reached_nan_or_inf():
+    absmax = torch.ones(K)
+    absmax[3] = float("nan")
+    with pytest.raises(ValueError, match="activation_absmax holds NaN or Inf \\(the calibration batches reached"):
+        ek.nn.Int8Linear.from_float(torch.nn.Linear(K, N), activation_absmax=absmax)
+
+
 def test_quantize_says_why_it_leaves_linear_like_modules_alone():
     subclass = "NonDynamicallyQuantizableLinear is a subclass of nn.Linear (its owner may read the weight directly)"
     model = torch.nn.ModuleDict({"proj": torch.nn.Linear(K, K), "attention": torch.nn.MultiheadAttention(K, 4),
