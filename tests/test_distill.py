@@ -137,6 +137,10 @@ def test_distillation_loss_bad_inputs_name_the_argument():
         loss(torch.randn(2, 5), torch.randn(2, 5), torch.zeros(3, dtype=torch.long))
     with pytest.raises(TypeError, match="labels must be int64"):
         loss(torch.randn(2, 5), torch.randn(2, 5), torch.zeros(2))
+    with pytest.raises(TypeError, match="student_logits must be a float tensor, got torch.int64"):
+        loss(torch.zeros(2, 5, dtype=torch.long), torch.randn(2, 5), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"teacher_logits are required when alpha > 0 \(alpha=0.5\)"):
+        loss(torch.randn(2, 5), None, torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="temperature"):
         DistillationLoss(temperature=0)
     with pytest.raises(ValueError, match="alpha"):
@@ -324,6 +328,48 @@ def test_a_projection_the_optimizer_does_not_update_is_an_error():
     with pytest.raises(ValueError, match="optimizer does not update"):
         Distiller(teacher, student, DistillationLoss(), torch.optim.SGD(student.parameters(), lr=0.1),
                   hidden_loss=HiddenStateLoss({1: 2}, 16, 32))
+
+
+class LogitsOnly(nn.Module):
+    """A model whose forward returns bare logits, whatever it is asked for."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids, **options):
+        return self.model(ids).logits
+
+
+def test_distiller_checks_its_accumulation_and_the_outputs_the_losses_need(text):
+    teacher, student = small_lm(0), small_lm(1, dim=16)
+    opt = torch.optim.SGD(student.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="grad_accum_steps must be >= 1, got 0"):
+        Distiller(teacher, student, DistillationLoss(), opt, grad_accum_steps=0)
+    distiller = Distiller(teacher, student, DistillationLoss(), opt, grad_accum_steps=2, progress=False)
+    with pytest.raises(ValueError, match=r"expected 2 micro-batches \(grad_accum_steps\), got 1"):
+        distiller.train_step([batches(text)(0)])
+    student = small_lm(1)
+    logits_only = Distiller(LogitsOnly(teacher), student, DistillationLoss(),
+                            torch.optim.SGD(student.parameters(), lr=0.1), progress=False,
+                            hidden_loss=HiddenStateLoss({1: 2}, 32, 32))
+    with pytest.raises(TypeError, match=r"the teacher's output has no .hidden_states; return it"):
+        logits_only.train_step([batches(text)(0)])
+    with pytest.raises(ValueError, match="layer_map must be a non-empty"):
+        HiddenStateLoss({}, 32, 32)
+
+
+def test_a_non_finite_loss_stops_the_run_before_the_optimizer_steps(text):
+    teacher, student = small_lm(0), small_lm(1, dim=16)
+    with torch.no_grad():
+        student.lm_head.weight[0, 0] = float("nan")
+    before = copy.deepcopy(student.state_dict())
+    distiller = Distiller(teacher, student, DistillationLoss(), torch.optim.SGD(student.parameters(), lr=0.1),
+                          progress=False)
+    with pytest.raises(FloatingPointError, match="non-finite loss at step 0"):
+        distiller.fit(batches(text), steps=3)
+    for name, value in student.state_dict().items():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0, equal_nan=True, msg=name)
 
 
 def test_bf16_autocast_metrics_log_and_progress(text, tmp_path, capsys):

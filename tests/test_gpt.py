@@ -52,6 +52,8 @@ def test_corpus_splits_are_disjoint_and_batches_reproducible():
     a, b = lm_batch(train, 7, 4, 32), lm_batch(train, 7, 4, 32)
     assert torch.equal(a[0], b[0]) and torch.equal(a[0][:, 1:], a[1][:, :-1])
     assert not torch.equal(a[0], lm_batch(train, 8, 4, 32)[0])
+    with pytest.raises(ValueError, match=r"stream of 9 tokens is too short for windows of 8 \+ 1"):
+        lm_batch(train[:9], 0, 4, 8)
 
 
 def test_perplexity_of_a_uniform_model_is_the_vocabulary_size():

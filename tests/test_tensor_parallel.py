@@ -45,6 +45,8 @@ def test_a_quantized_row_layer_equals_the_single_process_layer(layer_results, co
     ("bad_group", "in_features (48) must be a multiple of tensor-parallel size 2 x 16 for Int8WeightOnlyLinear"),
     ("bad_binary_activations", "row-parallel BinaryLinear with binary_activations is not supported"),
     ("bad_compress", "compress_block_size must be positive or None, got 0"),
+    ("bad_quant_twice", "quant= applies to an nn.Linear; Int8Linear is already quantized"),
+    ("bad_module", "cannot shard NonDynamicallyQuantizableLinear: expected nn.Linear or one of"),
     ("bad_scatter", "the last dimension (15) is not divisible by the tensor-parallel size 2"),
     ("bad_row_input", "Int8Linear: x must have in_features = 8 values in its last dimension, got shape (3, 7)"),
     ("bad_heads", "heads (1) is not divisible by the tensor-parallel size 2: attention heads are split"),
@@ -57,6 +59,16 @@ def test_a_quantized_row_layer_equals_the_single_process_layer(layer_results, co
                    "['column', 'row']")])
 def test_misconfiguration_gives_a_clear_error(layer_results, what, message):
     assert message in layer_results[0][what]
+
+
+def test_without_torch_distributed_a_parallel_layer_says_what_to_do():
+    import torch.distributed as dist
+
+    from effgen_kernels.distributed import ColumnParallelLinear
+
+    assert not dist.is_initialized()
+    with pytest.raises(RuntimeError, match="tensor parallelism needs torch.distributed: call dist.init_process_group"):
+        ColumnParallelLinear(8, 8)
 
 
 def test_a_bf16_int8_pair_keeps_its_dtypes_and_matches_the_single_process_layers(layer_results):

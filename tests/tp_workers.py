@@ -160,6 +160,10 @@ def misconfigurations(row: nn.Linear) -> dict:
         "bad_binary_activations": error_of(lambda: RowParallelLinear.from_linear(
             nn.Linear(32, 8), quant=ek.BinaryConfig(binary_activations=True))),
         "bad_compress": error_of(lambda: RowParallelLinear(16, 8, compress_block_size=0)),
+        "bad_quant_twice": error_of(lambda: RowParallelLinear.from_linear(ek.Int8Config().convert(row),
+                                                                          quant=ek.Int8Config())),
+        "bad_module": error_of(lambda: ColumnParallelLinear.from_linear(
+            nn.modules.linear.NonDynamicallyQuantizableLinear(8, 8))),
         "bad_scatter": error_of(lambda: scatter_to_tensor_parallel_region(torch.randn(2, 15))),
         "bad_row_input": error_of(lambda: RowParallelLinear.from_linear(row, quant=ek.Int8Config())(torch.randn(3, 7))),
         "bad_heads": error_of(lambda: parallelize(small_gpt(heads=1, dim=32))),
