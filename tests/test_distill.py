@@ -2,6 +2,7 @@
 (frozen teacher, accumulation, resume, mixed precision, logs) and the quantization-aware
 distillation recipe (prepare -> distill -> convert with identical outputs)."""
 
+import contextlib
 import copy
 import json
 import math
@@ -339,6 +340,34 @@ class LogitsOnly(nn.Module):
 
     def forward(self, ids, **options):
         return self.model(ids).logits
+
+
+class NoSyncRecorder(nn.Module):
+    """A student with DDP's ``no_sync()``: records, per forward, whether it ran inside it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.unsynced, self.calls = model, False, []
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        self.unsynced = True
+        try:
+            yield
+        finally:
+            self.unsynced = False
+
+    def forward(self, ids, **options):
+        self.calls.append(self.unsynced)
+        return self.model(ids, **options)
+
+
+def test_accumulation_skips_ddp_gradient_sync_on_every_micro_batch_but_the_last(text):
+    student = NoSyncRecorder(small_lm(1, dim=16))
+    distiller = Distiller(small_lm(0), student, DistillationLoss(), torch.optim.SGD(student.parameters(), lr=0.1),
+                          grad_accum_steps=3, progress=False)
+    distiller.train_step([batches(text)(i) for i in range(3)])
+    assert student.calls == [True, True, False]
 
 
 def test_distiller_checks_its_accumulation_and_the_outputs_the_losses_need(text):
