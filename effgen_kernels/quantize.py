@@ -19,6 +19,8 @@ from .nn import (
     TernaryTrainLinear,
 )
 from .nn._quantized import QuantizedLayer
+from .nn.binary import check_binary_options
+from .nn.int8 import check_weight_only_group_size
 from .progress import Progress
 
 # The float dtypes every kernel takes (weights to quantize, activations).
@@ -70,8 +72,7 @@ class Int8WeightOnlyConfig:
     group_size: int | None = None
 
     def __post_init__(self) -> None:
-        if self.group_size is not None and self.group_size <= 0:
-            raise ValueError(f"group_size must be positive or None, got {self.group_size}")
+        check_weight_only_group_size(self.group_size)
 
     def convert(self, linear: nn.Linear, name: str = "") -> nn.Module:
         return Int8WeightOnlyLinear.from_float(linear, group_size=self.group_size)
@@ -92,8 +93,7 @@ class BinaryConfig:
     binary_activations: bool = False
 
     def __post_init__(self) -> None:
-        if self.group_size is not None and (self.group_size <= 0 or self.group_size % 16):
-            raise ValueError(f"group_size must be a positive multiple of 16 or None, got {self.group_size}")
+        check_binary_options(self.group_size, self.binary_activations)
 
     def convert(self, linear: nn.Linear, name: str = "") -> nn.Module:
         return BinaryLinear.from_float(linear, self.group_size, self.binary_activations)

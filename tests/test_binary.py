@@ -356,6 +356,43 @@ def test_bad_inputs_name_the_argument():
         ops.lut_tiles(packed, 20, 1, 0)
 
 
+@pytest.mark.parametrize("make", [lambda **kw: ek.BinaryConfig(**kw), lambda **kw: ek.nn.BinaryLinear(32, 4, **kw),
+                                  lambda **kw: ek.nn.BinaryTrainLinear(32, 4, **kw)],
+                         ids=["config", "layer", "trainable layer"])
+def test_every_binary_layer_refuses_options_it_cannot_pack_when_made(make):
+    # The trainable layer took per-group alphas with binary activations and failed only when
+    # packed for inference, after the training.
+    with pytest.raises(ValueError, match="binary_activations uses one alpha per output channel: group_size must be"):
+        make(group_size=16, binary_activations=True)
+    for bad in (0, -16, 10):
+        with pytest.raises(ValueError, match=f"group_size must be a positive multiple of 16 or None, got {bad}"):
+            make(group_size=bad)
+    make(group_size=16)
+    make(binary_activations=True)
+
+
+@pytest.mark.parametrize("make", [lambda **kw: ek.Int8WeightOnlyConfig(**kw),
+                                  lambda **kw: ek.nn.Int8WeightOnlyLinear(32, 4, **kw)], ids=["config", "layer"])
+def test_weight_only_int8_refuses_a_group_size_below_one(make):
+    for bad in (0, -128):
+        with pytest.raises(ValueError, match=f"group_size must be positive or None, got {bad}"):
+            make(group_size=bad)
+    make(group_size=3)
+
+
+def test_binary_and_ternary_layers_describe_their_formats():
+    binary = ek.nn.BinaryLinear.from_float(torch.nn.Linear(48, 5))
+    assert repr(binary) == ("BinaryLinear(in_features=48, out_features=5, bias=True, weights=1-bit per-channel alpha, "
+                            "activations=float)")
+    grouped = ek.nn.BinaryLinear(48, 5, bias=False, group_size=16)
+    assert "bias=False, weights=1-bit per-group (group_size=16) alpha" in repr(grouped)
+    assert "activations=binary (XNOR-popcount)" in repr(ek.nn.BinaryLinear(48, 5, binary_activations=True))
+    ternary = ek.nn.TernaryLinear.from_float(torch.nn.Linear(48, 5, bias=False), per_channel=False)
+    assert repr(ternary) == ("TernaryLinear(in_features=48, out_features=5, bias=False, weights=ternary (2-bit) "
+                             "per-tensor scale)")
+    assert "per-channel scale" in repr(ek.nn.TernaryLinear(48, 5))
+
+
 # ---------------------------------------------------------------------------------------
 # layers, quantize_, prepare / convert, training
 # ---------------------------------------------------------------------------------------

@@ -63,9 +63,13 @@ class _PackedLinear(QuantizedLayer):
                                          self._lut_group_size()) if use else None)
 
 
-def _check_group_size(group_size: int | None) -> None:
+def check_binary_options(group_size: int | None, binary_activations: bool) -> None:
+    """The options every binary layer and BinaryConfig take, checked where they are given (a
+    trainable layer must not train for hours only to fail when it is packed)."""
     if group_size is not None and (group_size <= 0 or group_size % 16):
         raise ValueError(f"group_size must be a positive multiple of 16 or None, got {group_size}")
+    if binary_activations and group_size is not None:
+        raise ValueError("binary_activations uses one alpha per output channel: group_size must be None")
 
 
 class BinaryLinear(_PackedLinear):
@@ -77,9 +81,7 @@ class BinaryLinear(_PackedLinear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, group_size: int | None = None,
                  binary_activations: bool = False, device=None, dtype=None) -> None:
         super().__init__()
-        _check_group_size(group_size)
-        if binary_activations and group_size is not None:
-            raise ValueError("binary_activations uses one alpha per output channel: group_size must be None")
+        check_binary_options(group_size, binary_activations)
         self.in_features, self.out_features = in_features, out_features
         self.group_size, self.binary_activations = group_size, binary_activations
         groups = None if group_size is None else -(-in_features // group_size)
@@ -199,7 +201,7 @@ class BinaryTrainLinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, group_size: int | None = None,
                  binary_activations: bool = False, device=None, dtype=None) -> None:
         super().__init__(in_features, out_features, bias, device, dtype)
-        _check_group_size(group_size)
+        check_binary_options(group_size, binary_activations)
         self.group_size, self.binary_activations = group_size, binary_activations
 
     @classmethod

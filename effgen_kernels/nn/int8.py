@@ -185,14 +185,18 @@ class Int8Linear(_QuantizedLinearBase):
         return super().extra_repr() + f", weights=int8 per-channel, activations=int8 per-token (dynamic){smooth}"
 
 
+def check_weight_only_group_size(group_size: int | None) -> None:
+    if group_size is not None and group_size <= 0:
+        raise ValueError(f"group_size must be positive or None, got {group_size}")
+
+
 class Int8WeightOnlyLinear(_QuantizedLinearBase):
     """W8A16: int8 weights with per-channel or per-group scales, dequantized in registers;
     activations and output stay in the input's float dtype."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, group_size: int | None = None,
                  device=None, dtype=None) -> None:
-        if group_size is not None and group_size <= 0:
-            raise ValueError(f"group_size must be positive or None, got {group_size}")
+        check_weight_only_group_size(group_size)
         groups = None if group_size is None else -(-in_features // group_size)
         scale_shape = (out_features,) if groups is None else (out_features, groups)
         super().__init__(in_features, out_features, bias, scale_shape, device, dtype)
