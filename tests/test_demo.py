@@ -46,6 +46,16 @@ def test_without_the_models_extra_stage_one_is_skipped_with_a_message(tmp_path, 
     assert "quantize" not in json.loads((tmp_path / "report.json").read_text())
 
 
+def test_an_unknown_stage_to_skip_is_refused_with_the_stages(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        demo.main(["--quick", "--out", str(tmp_path), "--skip", "ddp", "quantise"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --skip: invalid choice: 'quantise' (choose from" in err  # Python quotes the choices or not
+    assert all(stage in err.split("choose from")[1] for stage in demo.STAGES)
+    assert not (tmp_path / "report.json").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_cuda_without_a_gpu_is_refused_with_a_message(tmp_path, capsys):
     assert demo.main(["--quick", "--device", "cuda", "--out", str(tmp_path)]) == 2

@@ -6,6 +6,7 @@ import contextlib
 import copy
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -201,6 +202,15 @@ def test_attention_map_loss_mask_selects_query_rows_and_ignores_what_they_drop()
         loss([student], [teacher], mask.float())
     with pytest.raises(ValueError, match=r"mask must have shape \(2, 4\)"):
         loss([student], [teacher], mask[:, :3])
+
+
+@pytest.mark.parametrize("student_shape", [(2, 2, 4), (2, 2, 4, 3), (2, 2, 3, 3), (1, 2, 4, 4)])
+def test_attention_map_loss_refuses_maps_of_other_batch_or_length(student_shape):
+    student = torch.rand(student_shape)
+    expected = (f"pair (0, 1): attention maps must be [B, H, T, T] with equal B and T, got student {student_shape} "
+                "and teacher (2, 4, 4, 4)")
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        AttentionMapLoss({0: 1})([student], [torch.rand(1, 1, 1, 1), torch.rand(2, 4, 4, 4)])
 
 
 def small_lm(seed: int, **changes) -> GPT:

