@@ -19,10 +19,21 @@ def layer_results(tmp_path_factory):
 
 
 @pytest.mark.parametrize("what", ["forward", "input_grad", "column_weight_grad", "column_bias_grad",
-                                  "row_weight_grad", "row_bias_grad", "gather_output", "row_scatters_input"])
+                                  "row_weight_grad", "row_bias_grad", "gather_output", "gather_output_input_grad",
+                                  "row_scatters_input", "row_scatters_input_grad"])
 def test_column_and_row_layers_equal_nn_linear(layer_results, what):
     for result in layer_results:
         assert result[what] < FP32, (what, result[what])
+
+
+def test_parallel_layers_built_directly_and_described(layer_results):
+    for result in layer_results:
+        assert result["built_column"] == ((8, 24), None, (3, 5, 16))  # 16 outputs, 8 a rank, gathered
+        assert result["column_repr"] == ("ColumnParallelLinear(\n  in_features=24, out_features=16 (this rank: 8), "
+                                         "gather_output=False\n  (local): Linear(in_features=24, out_features=8, "
+                                         "bias=True)\n)")
+        assert result["row_repr"].startswith("RowParallelLinear(\n  in_features=16 (this rank: 8), out_features=12, "
+                                             "bias=True, int8 all-reduce (block 32)\n")
 
 
 def test_compressed_activation_all_reduce_is_close_but_not_exact(layer_results):

@@ -82,10 +82,7 @@ def layers(rank, world, port, out):
     results["row_weight_grad"] = max_diff(row_tp.local.weight.grad, row.weight.grad.chunk(world, 1)[rank])
     results["row_bias_grad"] = max_diff(row_tp.bias.grad, row.bias.grad)
 
-    gathered = ColumnParallelLinear.from_linear(column, gather_output=True)(x)
-    results["gather_output"] = max_diff(gathered, column(x))
-    scattered = RowParallelLinear.from_linear(row, input_is_parallel=False)(column(x))
-    results["row_scatters_input"] = max_diff(scattered, row(column(x)))
+    results.update(gathered_and_scattered(column, row, x, upstream))
     compressed = RowParallelLinear.from_linear(row, compress_block_size=32)(col_tp(x))
     results["compressed_relative"] = ((compressed - row(column(x))).norm() / row(column(x)).norm()).item()
 
@@ -143,6 +140,32 @@ def replicated_gradients(rank: int) -> dict:
     names = {id(p): name for name, p in model.named_parameters()}
     return {"replicated": [names[id(p)] for p in replicated_parameters(model)],
             "grads_after_sync": {name: p.grad.unique().tolist() for name, p in model.named_parameters()}}
+
+
+def gathered_and_scattered(column: nn.Linear, row: nn.Linear, x: torch.Tensor, upstream: torch.Tensor) -> dict:
+    """A column layer that gathers its output and a row layer that splits its input, forward
+    and backward (the gather's backward takes this rank's slice, the split's gathers), and a
+    column layer made by its constructor, with both layers' descriptions."""
+    results = {}
+    x_full, x_gather, x_scatter = (x.clone().requires_grad_() for _ in range(3))
+    hidden = column(x_full)
+    (hidden[..., :12] * upstream).sum().backward()
+    gathered = ColumnParallelLinear.from_linear(column, gather_output=True)(x_gather)
+    (gathered[..., :12] * upstream).sum().backward()
+    results["gather_output"] = max_diff(gathered, hidden)
+    results["gather_output_input_grad"] = max_diff(x_gather.grad, x_full.grad)
+    x_full.grad = None
+    expected = row(column(x_full))
+    (expected * upstream).sum().backward()
+    scattered = RowParallelLinear.from_linear(row, input_is_parallel=False)(column(x_scatter))
+    (scattered * upstream).sum().backward()
+    results["row_scatters_input"] = max_diff(scattered, expected)
+    results["row_scatters_input_grad"] = max_diff(x_scatter.grad, x_full.grad)
+    built = ColumnParallelLinear(24, 16, bias=False, gather_output=True)
+    results["built_column"] = (tuple(built.local.weight.shape), built.local.bias, tuple(built(x).shape))
+    results["column_repr"] = repr(ColumnParallelLinear.from_linear(column))
+    results["row_repr"] = repr(RowParallelLinear.from_linear(row, compress_block_size=32))
+    return results
 
 
 def misconfigurations(row: nn.Linear) -> dict:
