@@ -2,6 +2,7 @@
 
 import collections
 import functools
+import importlib.util
 import json
 import os
 import platform
@@ -121,8 +122,8 @@ def test_every_benchmark_family_runs_and_reports_through_effgen_bench(tmp_path, 
     monkeypatch.setattr(harness, "time_interleaved", call_each_once)
     monkeypatch.setattr(effgen_kernels.bench, "time_interleaved", call_each_once)
     monkeypatch.setattr(effgen_kernels.bench, "Rotation", functools.partial(harness.Rotation, total_bytes=0))
-    out = tmp_path / "bench.json"
-    assert cli.main(["bench", "--quick", "--allocator", "system", "--json", str(out)]) == 0
+    out, plot = tmp_path / "bench.json", tmp_path / "bench.png"
+    assert cli.main(["bench", "--quick", "--allocator", "system", "--json", str(out), "--plot", str(plot)]) == 0
     report = json.loads(out.read_text())
     assert report["quick"] and report["device"] == "cpu" and report["memory_gbps"]["limit"] > 0
     assert report["machine"]["cpu_isa"] == ek.ops.cpu_isa()
@@ -131,6 +132,7 @@ def test_every_benchmark_family_runs_and_reports_through_effgen_bench(tmp_path, 
     for row in rows:
         assert row["ours_ms"] > 0 and row["peer_ms"] > 0 and row["bytes_moved"] > 0, row
     assert calls["ours"] > 0 and calls["copy"] == calls["read"] == 1  # our ops, and the bandwidth probe once
+    assert plot.exists() == (importlib.util.find_spec("matplotlib") is not None)
 
 
 def test_bench_discovers_the_quant_benchmark():

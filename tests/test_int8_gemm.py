@@ -820,6 +820,11 @@ def test_int8_linear_holds_packed_weights_on_the_cpu_only():
     assert back._buffers["weight"] is None and back.weight_packed.shape == (2, 10, 64)
     with pytest.raises(RuntimeError, match="size mismatch for weight: the model takes int8 of shape \\(22, 40\\)"):
         ek.nn.Int8Linear(40, 22).load_state_dict(q.state_dict(), strict=False)
+    without_weight = {k: v for k, v in q.state_dict().items() if k != "weight"}
+    with pytest.raises(RuntimeError, match='Missing key\\(s\\) in state_dict: "weight"'):
+        ek.nn.Int8Linear(40, 21).load_state_dict(without_weight)
+    missing = ek.nn.Int8Linear(40, 21).load_state_dict(without_weight, strict=False).missing_keys
+    assert missing == ["weight"]
 
 
 def test_weight_only_linear_packs_its_weights_on_the_cpu():
