@@ -97,6 +97,11 @@ def test_sync_replicated_grads_averages_the_replicated_trainable_parameters_only
                                               "norm.weight": [1.5], "norm.bias": [rank + 1.0]}
 
 
+def test_a_one_dimensional_mesh_is_the_tensor_parallel_group_whatever_its_name(layer_results):
+    for result in layer_results:
+        assert result["one_d_mesh_shard"] == (2, 4)  # 4 outputs over 2 ranks
+
+
 def test_the_compressed_all_reduce_gives_every_rank_the_same_bits(tmp_path):
     """Three ranks, so that the order of the fp32 sum matters."""
     run(workers.compressed_reduce, 3, tmp_path)

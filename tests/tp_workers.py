@@ -130,7 +130,9 @@ def bf16_layers(column: nn.Linear, row: nn.Linear, x: torch.Tensor) -> dict:
 
 def replicated_gradients(rank: int) -> dict:
     """sync_replicated_grads averages the replicated trainable parameters' gradients over
-    the group and leaves the shards' own gradients alone."""
+    the group and leaves the shards' own gradients alone; a shard's shape on a 1-D mesh."""
+    from torch.distributed.device_mesh import init_device_mesh
+
     model = nn.ModuleDict({"q_proj": nn.Linear(4, 4), "norm": nn.LayerNorm(4)})
     parallelize(model)
     model["norm"].bias.requires_grad_(False)
@@ -138,8 +140,11 @@ def replicated_gradients(rank: int) -> dict:
         p.grad = torch.full_like(p, float(rank + 1))
     sync_replicated_grads(model)
     names = {id(p): name for name, p in model.named_parameters()}
+    one_d = nn.ModuleDict({"q_proj": nn.Linear(4, 4)})
+    parallelize(one_d, init_device_mesh("cpu", (2,)))  # a 1-D mesh, its dimension unnamed: the whole mesh is tp
     return {"replicated": [names[id(p)] for p in replicated_parameters(model)],
-            "grads_after_sync": {name: p.grad.unique().tolist() for name, p in model.named_parameters()}}
+            "grads_after_sync": {name: p.grad.unique().tolist() for name, p in model.named_parameters()},
+            "one_d_mesh_shard": tuple(one_d["q_proj"].local.weight.shape)}
 
 
 def gathered_and_scattered(column: nn.Linear, row: nn.Linear, x: torch.Tensor, upstream: torch.Tensor) -> dict:
