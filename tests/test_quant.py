@@ -291,9 +291,11 @@ def test_fake_quantize_gradcheck(isa):
     assert torch.equal(x.grad, mask.float())
 
 
-@pytest.mark.parametrize("dtype", [torch.float32])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("shape,axis", [((6, 40), 0), ((6, 40), 1), ((3, 4, 17), 1)])
 def test_learnable_fake_quant_matches_pytorch(isa, dtype, shape, axis):
+    # PyTorch's backward takes fp32 and bf16 gradients only: fp16's is checked against the
+    # reference alone (its forward against PyTorch's too).
     x = random_input(shape, dtype)
     channels = shape[axis]
     scale = (torch.rand(channels) * 0.1 + 0.02).requires_grad_()
@@ -306,14 +308,16 @@ def test_learnable_fake_quant_matches_pytorch(isa, dtype, shape, axis):
     theirs = torch._fake_quantize_learnable_per_channel_affine(xs[1], scales[1], zps[1], axis, -8, 7, 0.5)
     assert_same_bits(ours, theirs)
     ours.backward(grad)
-    theirs.backward(grad)
-    assert_same_bits(xs[0].grad, xs[1].grad)
-    torch.testing.assert_close(scales[0].grad, scales[1].grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(zps[0].grad, zps[1].grad, rtol=1e-5, atol=1e-5)
+    if dtype != torch.float16:
+        theirs.backward(grad)
+        assert_same_bits(xs[0].grad, xs[1].grad)
+        torch.testing.assert_close(scales[0].grad, scales[1].grad, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(zps[0].grad, zps[1].grad, rtol=1e-5, atol=1e-5)
     rdx, rdscale, rdzp = ref.fake_quantize_learnable_per_channel_backward(grad, x, scale.detach(), zp.detach(),
                                                                           axis, -8, 7, 0.5)
     assert_same_bits(xs[0].grad, rdx)
     torch.testing.assert_close(scales[0].grad, rdscale, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(zps[0].grad, rdzp, rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------
