@@ -236,6 +236,18 @@ def test_xnor_linear_is_exact(isa, dtype, m, k):
     assert_same_bits(ops.xnor_linear(x, packed, alpha, bias), ref.xnor_linear(x, packed, alpha, bias))
 
 
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_xnor_linear_is_exact_at_every_tile_edge(isa, dtype):
+    # Rows 1-5 by outputs 1-9: every remainder of the popcount tiles (up to 2 x 4), which the
+    # shapes above (29 outputs) left out.
+    for m in range(1, 6):
+        for n in range(1, 10):
+            x, w = random_input((m, 100), dtype), random_input((n, 100))
+            packed, alpha = ref.binarize_weight(w)
+            bias = torch.randn(n)
+            assert_same_bits(ops.xnor_linear(x, packed, alpha, bias), ref.xnor_linear(x, packed, alpha, bias))
+
+
 def with_pad_bits_set(packed: torch.Tensor, k: int, planes: int) -> torch.Tensor:
     """packed with every bit past K set in each plane's last byte: K comes from x, so those
     bits hold no weights and every product must ignore them (reference.py unpacks K of them)."""
