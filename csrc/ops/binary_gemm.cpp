@@ -461,7 +461,8 @@ std::optional<at::Tensor> bits_on_int8_gemm(const Rows& r, const at::Tensor& x, 
                                             int planes, const at::Tensor& scale, int64_t groups, int64_t group,
                                             const std::optional<at::Tensor>& bias, const char* op) {
   const auto& kernels = cpu::binary_gemm_kernels();
-  if (r.m < int8_gemm_min_m(r, lut, n, planes, groups, group) || r.k > cpu::kMaxExactInt8K ||
+  if (kernels.lut_tiles_to_int8 == nullptr || r.m < int8_gemm_min_m(r, lut, n, planes, groups, group) ||
+      r.k > cpu::kMaxExactInt8K ||
       checked_lut_layout(lut, n, r.k, planes, op).width != kernels.lut_layout.width) {
     return std::nullopt;
   }

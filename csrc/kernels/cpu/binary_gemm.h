@@ -16,6 +16,7 @@ inline int64_t packed_row_bytes(int64_t k) { return (k + 7) / 8; }
 
 constexpr int64_t kLutMaxM = 8;
 constexpr int64_t kLutTileRows = 16;
+static_assert(kLutTileRows == kPackCols, "a lookup tile's rows are one packed column group (lut_tiles_to_int8)");
 // The AVX2 lookup kernels hold activation rows in their lanes (a lane a row) over at least
 // kLutLanesMinTiles tiles in a call, from as many rows as binary_gemm_avx2.cpp's lanes_pay
 // says: interleaving the tables by entry costs the same for any number of weight rows.
@@ -101,7 +102,9 @@ struct BinaryGemmKernels {
   // Tiles [t0, t1) of `lut_layout` as the int8 GEMM's packed blocks with their column sums
   // (Int8Panel, int8_gemm.h; a tile's 16 rows are column group t - t0): weight values
   // +1 / -1 (binary) or positive - negative (ternary), 0 past K. Batches multiply on the
-  // int8 GEMM this way with the weights still streamed as bits.
+  // int8 GEMM this way with the weights still streamed as bits. Null on the ISAs whose
+  // batches stay on the lookup tables (scalar, AVX2, NEON: int8_gemm_min_m in
+  // ops/binary_gemm.cpp).
   void (*lut_tiles_to_int8)(const uint8_t* tiles, int64_t k, int planes, int64_t t0, int64_t t1,
                             const Int8Panel& panel);
   LutLayout lut_layout;
@@ -119,9 +122,6 @@ void lut_sums_portable(LutLayout layout, const float* tables, int64_t m, int64_t
 // lut_alpha_sums in plain C++, any layout whose lanes hold whole groups.
 void lut_alpha_sums_portable(LutLayout layout, const float* tables, int64_t m, int64_t k, const uint8_t* tiles,
                              int64_t t0, int64_t t1, const LutAlphaGroups& alphas, float* out, int64_t lds);
-// lut_tiles_to_int8 in plain C++, any layout.
-void lut_tiles_to_int8_portable(LutLayout layout, const uint8_t* tiles, int64_t k, int planes, int64_t t0, int64_t t1,
-                                const Int8Panel& panel);
 // The subset sums the LUT kernel looks up for x [m, k] (fp32), layout.table_floats(k) a row.
 // Entry b of a group's table is the sum of the group's inputs t over the set bits t of b,
 // added from the highest bit down starting at +0 (binary_pack.cpp). Past k, inputs are 0.

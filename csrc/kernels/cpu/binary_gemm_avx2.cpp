@@ -571,9 +571,7 @@ void lut_alpha_sums(const float* tables, int64_t m, int64_t k, const uint8_t* ti
   lut_dispatch(tables, m, k, tiles, t0, t1, 1, out, lds, &alphas);
 }
 
-void lut_tiles_to_int8(const uint8_t* tiles, int64_t k, int planes, int64_t t0, int64_t t1, const Int8Panel& panel) {
-  lut_tiles_to_int8_portable(kLutLayout, tiles, k, planes, t0, t1, panel);
-}
+constexpr std::nullptr_t lut_tiles_to_int8 = nullptr;  // batches stay on the lookup tables here
 
 #include "binary_gemm_impl.h"
 }  // namespace

@@ -4,7 +4,8 @@
 //   template <int MR, int NR> void popcount_tile(const PopcountArgs&, int64_t i0, int64_t j0);
 //   void expand_row(const uint8_t* bits, const uint8_t* negative_bits_or_null, int64_t k, float* out);
 //   build_tables, build_alpha_tables, lut_sums, lut_alpha_sums and lut_tiles_to_int8 (see
-//   BinaryGemmKernels; the portable ones serve the ISAs without vpermps) and kLutLayout, the
+//   BinaryGemmKernels; the portable ones serve the ISAs without vpermps; lut_tiles_to_int8
+//   may be nullptr) and kLutLayout, the
 //   layout they read (kLutAlphaLayout: build_alpha_tables' and lut_alpha_sums')
 // and the tile sizes kMaskedM/N, kPopM/N. Ragged edges go to smaller instantiations
 // (binary_tiles.h, which also holds xor_popcount).

@@ -201,32 +201,6 @@ void tile_for_lut(LutLayout layout, const uint8_t* packed, int64_t n, int64_t k,
   }
 }
 
-static_assert(kLutTileRows == kPackCols, "a lookup tile's rows are one packed column group");
-
-void lut_tiles_to_int8_portable(LutLayout layout, const uint8_t* tiles, int64_t k, int planes, int64_t t0, int64_t t1,
-                                const Int8Panel& panel) {
-  const int64_t tile_bytes = layout.tile_bytes(k, planes), padded_k = (k + kPackDepth - 1) / kPackDepth * kPackDepth;
-  for (int64_t t = t0; t < t1; ++t) {
-    const uint8_t* tile = tiles + t * tile_bytes;
-    int8_t* blocks = panel.blocks + (t - t0) * panel.group_stride;
-    for (int64_t r = 0; r < kLutTileRows; ++r) {
-      // Bit kk of row r in plane p: field kk / width of slot (kk / width) * planes + p.
-      const auto bit = [&](int64_t kk, int plane) {
-        const int64_t slot = kk / layout.width * planes + plane;
-        return static_cast<int>((load_lane(tile, layout.slot_lane(slot, r)) >>
-                                 (layout.slot_shift(slot) + kk % layout.width)) & 1u);
-      };
-      int32_t* sums = panel.sums + (t - t0) * kLutTileRows + r;
-      for (int64_t kk = 0; kk < padded_k; ++kk) {
-        const int value = kk >= k ? 0 : planes == 1 ? 2 * bit(kk, 0) - 1 : bit(kk, 0) - bit(kk, 1);
-        blocks[kk / kPackDepth * kPackBlock + kPackDepth * r + kk % kPackDepth] = static_cast<int8_t>(value);
-        if (kk % panel.group == 0) sums[kk / panel.group * panel.sums_stride] = 0;
-        sums[kk / panel.group * panel.sums_stride] += value;
-      }
-    }
-  }
-}
-
 namespace {
 
 // One activation row's lookups for weight row r of a tile over slots [s0, s1) (ternary: the
