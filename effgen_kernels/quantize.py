@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
@@ -183,25 +184,51 @@ def _left_alone(module: nn.Module) -> str | None:
     return None
 
 
+def _hf_conv1d(module: nn.Module) -> bool:
+    """Whether ``module`` is Hugging Face's Conv1D (GPT-2, OpenAI GPT, ImageGPT): a linear
+    layer whose weight is stored [in, out], y = x @ W + b. Found without importing
+    transformers: a model holding one has imported it already."""
+    pytorch_utils = sys.modules.get("transformers.pytorch_utils")
+    conv1d = getattr(pytorch_utils, "Conv1D", None)
+    return conv1d is not None and isinstance(module, conv1d)
+
+
+def _as_linear(module: nn.Module) -> nn.Linear | None:
+    """The nn.Linear that quantize_ converts for ``module``: a plain nn.Linear itself; a
+    Conv1D seen as an nn.Linear over its transposed weight (a view: nothing copied, and the
+    converted layer computes what the Conv1D did); None for anything else."""
+    if type(module) is nn.Linear:
+        return module
+    if not _hf_conv1d(module):
+        return None
+    linear = nn.Linear(module.nx, module.nf, bias=module.bias is not None, device="meta")
+    linear.weight = nn.Parameter(module.weight.detach().t(), requires_grad=module.weight.requires_grad)
+    linear.bias = module.bias
+    return linear
+
+
 def _targets(model: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | None,
              summary: QuantizeSummary) -> list[tuple[list[str], nn.Linear]]:
-    """The plain nn.Linear modules to convert, with their names; the linear-like modules left
-    alone and the shared ones filter_fn keeps under some names only go to summary.skipped."""
+    """The layers to convert as nn.Linear (plain ones, and Hugging Face's Conv1D seen as
+    one), with their names; the linear-like modules left alone and the shared ones filter_fn
+    keeps under some names only go to summary.skipped."""
     targets = []
     for module, names in names_by_module(model).items():
+        linear = _as_linear(module)
+        shown = module if linear is None else linear
         kept = names
-        if filter_fn is not None and isinstance(module, nn.Linear):
+        if filter_fn is not None and isinstance(shown, nn.Linear):
             # filter_fn sees nn.Linear and its subclasses only (it may read .weight, which the
-            # quantized layers do not have)
-            kept = [name for name in names if filter_fn(module, name)]
+            # quantized layers do not have, and in_features / out_features: a Conv1D's view)
+            kept = [name for name in names if filter_fn(shown, name)]
             if not kept:
                 continue
         left_out = [name for name in names if name not in kept]
-        if type(module) is nn.Linear and left_out:
+        if linear is not None and left_out:
             summary.skipped.update({name: f"the same module as {left_out[0]}, which filter_fn leaves out"
                                     for name in kept})
-        elif type(module) is nn.Linear:
-            targets.append((names, module))
+        elif linear is not None:
+            targets.append((names, linear))
         elif (reason := _left_alone(module)) is not None:
             summary.skipped.update(dict.fromkeys(kept, reason))
     return targets
@@ -232,7 +259,9 @@ def _replace_linears(model: nn.Module, config, make: Callable[[nn.Linear, str], 
 def quantize_(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bool] | None = None,
               progress: bool = True) -> QuantizeSummary:
     """Replace every nn.Linear of ``model`` (for which ``filter_fn(module, name)`` is true)
-    by the quantized layer of ``config``; returns a QuantizeSummary. Layers that cannot be
+    by the quantized layer of ``config``; returns a QuantizeSummary. Hugging Face's Conv1D
+    (GPT-2's layers: the weight stored [in, out]) is converted as the nn.Linear it is, and
+    filter_fn sees it as one. Layers that cannot be
     converted (e.g. NaN or Inf weights) stay as they are and are listed, with the reason, in
     ``summary.skipped``, as are layers already quantized or prepared and subclasses of
     nn.Linear, which it leaves alone. A layer used at several places is converted once and
@@ -266,7 +295,8 @@ def convert(model: nn.Module) -> list[str]:
 @torch.no_grad()
 def calibrate_activations(model: nn.Module, batches: Iterable, run: Callable[[nn.Module, object], object] | None = None,
                           ) -> dict[str, torch.Tensor]:
-    """Largest |input| per input feature of every nn.Linear of ``model`` over ``batches``.
+    """Largest |input| per input feature of every nn.Linear (and Hugging Face Conv1D) of
+    ``model`` over ``batches``.
 
     ``run(model, batch)`` feeds one batch (default: ``model(batch)``). The result, keyed by
     layer name, is what Int8Config(activation_absmax=...) needs for SmoothQuant."""
@@ -280,7 +310,7 @@ def calibrate_activations(model: nn.Module, batches: Iterable, run: Callable[[nn
         return hook
 
     handles = [module.register_forward_hook(observe(name)) for name, module in model.named_modules()
-               if isinstance(module, nn.Linear)]
+               if isinstance(module, nn.Linear) or _hf_conv1d(module)]
     try:
         for batch in batches:
             model(batch) if run is None else run(model, batch)

@@ -491,6 +491,92 @@ def test_quantize_says_why_it_leaves_linear_like_modules_alone():
     assert model["attention"](x, x, x)[0].shape == (2, 3, K)  # left as it was, and working
 
 
+def conv1d_and_twin(seed: int = 3) -> tuple[torch.nn.Module, torch.nn.Linear]:
+    """Hugging Face's Conv1D (GPT-2's layer: weight [in, out], y = x @ W + b) from K to N, and
+    the nn.Linear holding the same weight transposed (contiguous) and the same bias."""
+    pytorch_utils = pytest.importorskip("transformers.pytorch_utils")
+    conv = pytorch_utils.Conv1D(N, K)
+    with torch.no_grad():
+        conv.weight.copy_(random_input((K, N), scale=0.1, seed=seed))
+        conv.bias.copy_(random_input((N,), seed=seed + 1))
+    twin = torch.nn.Linear(K, N)
+    twin.weight = torch.nn.Parameter(conv.weight.detach().t().contiguous())
+    twin.bias = torch.nn.Parameter(conv.bias.detach().clone())
+    return conv, twin
+
+
+def assert_same_state(module: torch.nn.Module, expected: torch.nn.Module) -> None:
+    assert type(module) is type(expected)
+    state, expected_state = module.state_dict(), expected.state_dict()
+    assert list(state) == list(expected_state)
+    for name, tensor in state.items():
+        assert_same_bits(tensor, expected_state[name])
+
+
+@pytest.mark.parametrize("config", [ek.Int8Config(), ek.Int8WeightOnlyConfig(), ek.Int8WeightOnlyConfig(group_size=16),
+                                    ek.BinaryConfig(), ek.BinaryConfig(group_size=16), ek.TernaryConfig()])
+def test_hugging_face_conv1d_is_converted_as_the_linear_it_is(config):
+    conv, twin = conv1d_and_twin()
+    weight_before = conv.weight.detach().clone()
+    model = torch.nn.Sequential(conv, torch.nn.ReLU())
+    seen = []
+    summary = ek.quantize_(model, config, filter_fn=lambda module, name: seen.append(
+        (type(module), module.in_features, module.out_features, tuple(module.weight.shape))) or True)
+    assert seen == [(torch.nn.Linear, K, N, (N, K))]  # filter_fn sees an nn.Linear, [out, in]
+    assert summary.converted == ["0"] and not summary.skipped and summary.bytes_before == (K * N + N) * 4
+    expected = config.convert(twin)
+    assert_same_state(model[0], expected)
+    x = random_input((5, 2, K))
+    assert_same_bits(model[0](x), expected(x))
+    assert torch.equal(conv.weight, weight_before)  # converted from a view of it: nothing written back
+
+
+def test_smoothquant_calibrates_and_converts_a_conv1d():
+    conv, twin = conv1d_and_twin()
+    batches = [random_input((4, K), seed=7), random_input((3, K), seed=8)]
+    model = torch.nn.Sequential(conv)
+    absmax = ek.calibrate_activations(model, batches)
+    assert list(absmax) == ["0"]
+    assert_same_bits(absmax["0"], torch.cat(batches).abs().amax(dim=0))
+    assert ek.quantize_(model, ek.Int8Config(activation_absmax=absmax)).converted == ["0"]
+    assert_same_state(model[0], ek.nn.Int8Linear.from_float(twin, absmax["0"]))
+
+
+@pytest.mark.parametrize("config", [ek.Int8Config(), ek.BinaryConfig(), ek.TernaryConfig()])
+def test_a_conv1d_trains_as_its_linear_twin_after_prepare(config):
+    conv, twin = conv1d_and_twin()
+    model, twin_model = torch.nn.Sequential(conv), torch.nn.Sequential(twin)
+    assert ek.prepare(model, config).converted == ["0"] and ek.prepare(twin_model, config).converted == ["0"]
+    assert_same_state(model[0], twin_model[0])
+    assert model[0].weight.is_contiguous()  # a weight of its own, not a view of the Conv1D's
+    assert model[0].weight.untyped_storage().data_ptr() != conv.weight.untyped_storage().data_ptr()
+    x = random_input((6, K))
+    for m in (model, twin_model):
+        m(x).square().sum().backward()
+    assert_same_bits(model[0].weight.grad, twin_model[0].weight.grad)
+    assert ek.convert(model) == ["0"]
+    assert_same_state(model[0], twin_model[0].to_inference())
+
+
+def test_quantize_converts_every_layer_of_a_gpt2():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=96, n_positions=32,
+                                     bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    ids = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(ids).logits
+        summary = ek.quantize_(model, ek.Int8WeightOnlyConfig())
+        logits = model(ids).logits
+    blocks = [f"transformer.h.{i}.{layer}" for i in range(2)
+              for layer in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
+    assert summary.converted == blocks + ["lm_head"] and not summary.skipped
+    assert all(type(model.get_submodule(name)) is ek.nn.Int8WeightOnlyLinear for name in summary.converted)
+    error = (logits - expected).norm() / expected.norm()
+    assert error < 0.01, f"W8A16 GPT-2 logits off by {error:.4f} of their norm"
+
+
 def test_a_long_quantize_shows_progress_and_a_short_one_stays_silent(capsys, monkeypatch):
     model = torch.nn.Sequential(torch.nn.Linear(K, K), torch.nn.Linear(K, N))
     ek.quantize_(copy.deepcopy(model), ek.Int8Config())
