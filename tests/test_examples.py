@@ -66,10 +66,15 @@ def test_quantize_hf_model_example_on_minilm(tmp_path):
     from conftest import load_example
 
     saved = tmp_path / "minilm.safetensors"
-    result = load_example("quantize_hf_model").main(["--model", "minilm", "--config", "w8a8-smoothquant",
-                                                     "--sentences", "16", "--save", str(saved)])
+    example = load_example("quantize_hf_model")
+    result = example.main(["--model", "minilm", "--config", "w8a8-smoothquant", "--sentences", "16",
+                           "--save", str(saved)])
     assert result["min_cosine"] > 0.99 and result["quantized_bytes"] < result["fp32_bytes"]
-    assert saved.stat().st_size > 0
+    loaded = example.main(["--model", "minilm", "--config", "w8a8-smoothquant", "--sentences", "16",
+                           "--load", str(saved)])
+    # the same layers, smoothing and bits: the same embeddings to the last bit
+    assert loaded["min_cosine"] == result["min_cosine"] and loaded["mean_cosine"] == result["mean_cosine"]
+    assert loaded["quantized_bytes"] == result["quantized_bytes"]
 
 
 def test_distill_lm_quick_run_reports_every_student(tmp_path):

@@ -577,6 +577,85 @@ def test_quantize_converts_every_layer_of_a_gpt2():
     assert error < 0.01, f"W8A16 GPT-2 logits off by {error:.4f} of their norm"
 
 
+def saved_and_loaded(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state_dict through safetensors' bytes, as a checkpoint file gives it back."""
+    safetensors = pytest.importorskip("safetensors.torch")
+    return safetensors.load(safetensors.save({name: t.contiguous() for name, t in state.items()}))
+
+
+def float_model(device: str | torch.device = "cpu") -> torch.nn.Sequential:
+    """Three linear layers from a fixed seed: the same model each call, or its skeleton on
+    the meta device."""
+    torch.manual_seed(11)
+    with torch.device(device):
+        return torch.nn.Sequential(torch.nn.Linear(K, N), torch.nn.ReLU(), torch.nn.Linear(N, N),
+                                   torch.nn.Linear(N, 8, bias=False))
+
+
+LOADABLE_CONFIGS = [ek.Int8Config(), ek.Int8WeightOnlyConfig(), ek.Int8WeightOnlyConfig(group_size=16),
+                    ek.BinaryConfig(), ek.BinaryConfig(group_size=32), ek.BinaryConfig(binary_activations=True),
+                    ek.TernaryConfig(), ek.TernaryConfig(per_channel=False)]
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+@pytest.mark.parametrize("config", LOADABLE_CONFIGS)
+def test_a_quantized_checkpoint_loads_into_the_float_model_without_quantizing(config, device):
+    quantized = float_model()
+    ek.quantize_(quantized, config, filter_fn=lambda module, name: name != "2")  # "2" stays float
+    checkpoint = saved_and_loaded(quantized.state_dict())
+    model = float_model(device)  # other weights on the CPU: the checkpoint's replace them
+    if device == "cpu":
+        torch.nn.init.normal_(model[0].weight)
+    summary = ek.load_quantized_(model, checkpoint, config)
+    assert summary.converted == ["0", "3"] and summary.skipped == {"2": "the checkpoint holds it in float"}
+    assert summary.bytes_before == (K * N + N + N * 8) * 4 and str(summary).startswith("load_quantized_ with")
+    for name in ("0", "2", "3"):
+        assert_same_state(model.get_submodule(name), quantized.get_submodule(name))
+    x = random_input((3, K))
+    assert_same_bits(model(x), quantized(x))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("config", LOADABLE_CONFIGS)
+def test_cuda_a_checkpoint_quantized_on_the_cpu_serves_on_the_gpu(config):
+    quantized = float_model()
+    ek.quantize_(quantized, config, filter_fn=lambda module, name: name != "2")
+    model = float_model("cuda")
+    assert ek.load_quantized_(model, saved_and_loaded(quantized.state_dict()), config).converted == ["0", "3"]
+    x = random_input((3, K)).cuda()
+    assert_same_bits(model(x), quantized.cuda()(x))
+
+
+def test_a_smoothquant_checkpoint_loads_its_smoothing():
+    linear = torch.nn.Linear(K, N)
+    absmax = random_input((K,), seed=4).abs()
+    smoothed = ek.nn.Int8Linear.from_float(linear, absmax)
+    model = torch.nn.Sequential(torch.nn.Linear(K, N))
+    ek.load_quantized_(model, saved_and_loaded(torch.nn.Sequential(smoothed).state_dict()), ek.Int8Config())
+    assert_same_state(model[0], smoothed)
+    x = random_input((3, K))
+    assert_same_bits(model[0](x), smoothed(x))
+    plain = ek.nn.Int8Linear.from_float(linear).state_dict()
+    with pytest.raises(RuntimeError, match='Missing key\\(s\\) in state_dict: "input_smoothing"'):
+        smoothed.load_state_dict(plain)  # a smoothed layer's weights are wrong without it
+
+
+@pytest.mark.parametrize("saved,loading,error", [
+    (ek.Int8WeightOnlyConfig(group_size=16), ek.Int8WeightOnlyConfig(group_size=32),
+     "group_size mismatch for 0.group_size: the model scales its weights in groups of 32, the checkpoint in groups "
+     "of 16"),
+    (ek.Int8WeightOnlyConfig(group_size=16), ek.Int8WeightOnlyConfig(), "the model scales its weights per channel"),
+    (ek.TernaryConfig(per_channel=False), ek.TernaryConfig(), "size mismatch for 0.weight_scale"),
+    (ek.BinaryConfig(), ek.TernaryConfig(), "size mismatch for 0.weight_packed"),
+    (ek.TernaryConfig(), ek.Int8Config(), 'Missing key\\(s\\) in state_dict: "0.weight"'),
+])
+def test_a_checkpoint_of_another_format_is_refused_by_name(saved, loading, error):
+    quantized = float_model()
+    ek.quantize_(quantized, saved)
+    with pytest.raises(RuntimeError, match=error):
+        ek.load_quantized_(float_model(), quantized.state_dict(), loading)
+
+
 def test_a_long_quantize_shows_progress_and_a_short_one_stays_silent(capsys, monkeypatch):
     model = torch.nn.Sequential(torch.nn.Linear(K, K), torch.nn.Linear(K, N))
     ek.quantize_(copy.deepcopy(model), ek.Int8Config())

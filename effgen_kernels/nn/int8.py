@@ -172,6 +172,16 @@ class Int8Linear(_QuantizedLinearBase):
         module._check_filled(weight.device)
         return module
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        # Whether the input is smoothed is the checkpoint's to say: its weights were scaled
+        # by SmoothQuant's factors when it was quantized, and are wrong without their inverse.
+        # A layer made without smoothing (Int8Config() to load into) takes it.
+        if prefix + "input_smoothing" in state_dict and self.input_smoothing is None:
+            self.input_smoothing = torch.ones(self.in_features, dtype=torch.float32, device=self.weight_scale.device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         b = self._buffers  # see _QuantizedLinearBase: one lookup, not one per buffer
