@@ -575,6 +575,13 @@ def test_quantize_converts_every_layer_of_a_gpt2():
     assert all(type(model.get_submodule(name)) is ek.nn.Int8WeightOnlyLinear for name in summary.converted)
     error = (logits - expected).norm() / expected.norm()
     assert error < 0.01, f"W8A16 GPT-2 logits off by {error:.4f} of their norm"
+    accelerate = pytest.importorskip("accelerate")
+    with accelerate.init_empty_weights():  # parameters on the meta device, lm_head tied to wte
+        skeleton = transformers.GPT2LMHeadModel(config).eval()
+    loaded = ek.load_quantized_(skeleton, saved_and_loaded(model.state_dict()), ek.Int8WeightOnlyConfig())
+    assert loaded.converted == summary.converted
+    with torch.no_grad():
+        assert_same_bits(skeleton(ids).logits, logits)
 
 
 def saved_and_loaded(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
