@@ -6,6 +6,7 @@ import time
 
 import torch
 import torch.distributed as dist
+from torch._dynamo.testing import CompileCounterWithBackend
 from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
 
 from effgen_kernels.bench.ddp_worker import finish_worker
@@ -170,7 +171,10 @@ class TwoBranch(torch.nn.Module):
 def ddp_variant(rank, world, port, out, codec, variant, steps, feedback="classic"):
     """Digits training under one DDP setting: "bf16" / "fp16" gradients, "no_sync"
     accumulation of two micro-batches, "find_unused" parameters, "static_graph",
-    "bucket_view" (gradients as views of DDP's buckets, which the hook averages in place)."""
+    "bucket_view" (gradients as views of DDP's buckets, which the hook averages in place),
+    "compiled" (DDP over a torch.compile'd module: the reducer, hook included, runs as in
+    eager; torch.compile of the DDP model itself compiled no graph in torch 2.14, breaking in
+    DDP's forward and running the module eagerly)."""
     init(rank, world, port)
     x, y = digits_data()
     shard = torch.arange(rank, 1600, world)
@@ -178,6 +182,9 @@ def ddp_variant(rank, world, port, out, codec, variant, steps, feedback="classic
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(variant, torch.float32)
     module = TwoBranch() if variant == "find_unused" else make_model()
     module = module.to(dtype)
+    compiler = CompileCounterWithBackend("inductor")  # counts the graphs Dynamo hands inductor
+    if variant == "compiled":
+        module = torch.compile(module, backend=compiler)
     model = torch.nn.parallel.DistributedDataParallel(module, find_unused_parameters=variant == "find_unused",
                                                       static_graph=variant == "static_graph",
                                                       gradient_as_bucket_view=variant == "bucket_view")
@@ -202,7 +209,9 @@ def ddp_variant(rank, world, port, out, codec, variant, steps, feedback="classic
         opt.step()
         losses.append(loss.item())
     params = [p.detach().float().clone() for p in model.parameters()]
-    torch.save({"losses": losses, "params": params}, os.path.join(out, f"{rank}.pt"))
+    traffic = state.last_step if state else None
+    torch.save({"losses": losses, "params": params, "traffic": traffic, "graphs": compiler.frame_count},
+               os.path.join(out, f"{rank}.pt"))
     del model, state
     finish_worker()
 
