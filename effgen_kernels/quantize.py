@@ -143,6 +143,19 @@ class TernaryConfig:
         return None
 
 
+CONFIGS = (Int8Config, Int8WeightOnlyConfig, BinaryConfig, TernaryConfig)
+
+
+def check_config(config, argument: str = "config") -> None:
+    """A clear error for what is not one of the configs (the class itself, a format's name)
+    before a model is touched."""
+    names = ", ".join(c.__name__ for c in CONFIGS)
+    if isinstance(config, type) and issubclass(config, CONFIGS):
+        raise TypeError(f"{argument} must be a config instance such as {config.__name__}(), got the class itself")
+    if not isinstance(config, CONFIGS):
+        raise TypeError(f"{argument} must be one of {names}, got {type(config).__name__} {config!r}")
+
+
 @dataclasses.dataclass
 class QuantizeSummary:
     """What quantize_ did: converted layer names, skipped ones with the reason, and sizes."""
@@ -291,6 +304,7 @@ def quantize_(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bo
     swapped in under each of its names.
     A conversion that runs past 2 s (a large model) shows a progress bar on stderr unless
     ``progress`` is False."""
+    check_config(config)
     return _replace_linears(model, config, config.convert, filter_fn, "quantize_", progress)
 
 
@@ -312,6 +326,7 @@ def load_quantized_(model: nn.Module, state_dict: Mapping[str, torch.Tensor], co
     state_dict loads (``strict`` as in load_state_dict; assigned, not copied, where the model
     holds meta tensors). A group size or a ternary scale that differs from the checkpoint's
     is refused by the load; SmoothQuant's smoothing comes with the checkpoint."""
+    check_config(config)
     summary = QuantizeSummary(config, action="load_quantized_")
     swapped = []
     for names, linear in _targets(model, None, summary):
@@ -333,6 +348,7 @@ def prepare(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bool
     """Quantization-aware training: swap nn.Linear layers for the trainable form of an
     Int8Config (fake-quant W8A8), BinaryConfig or TernaryConfig (latent float weights,
     straight-through estimator)."""
+    check_config(config)
     if not hasattr(config, "trainable"):
         raise TypeError(f"{type(config).__name__} has no trainable form; use Int8Config, BinaryConfig or "
                         "TernaryConfig")

@@ -5,6 +5,7 @@ threads at once."""
 
 import copy
 import io
+import re
 import threading
 from collections.abc import Callable
 from functools import partial
@@ -451,6 +452,19 @@ def test_w8a8_skips_a_layer_too_wide_for_int32_accumulation():
     summary = ek.quantize_(model, ek.Int8Config())
     assert summary.converted == ["1"] and summary.skipped == {
         "0": "in_features 131072 > 131071 (int32 accumulation could overflow)"}
+
+
+@pytest.mark.parametrize("call", [ek.quantize_, ek.prepare, partial(ek.load_quantized_, state_dict={})])
+@pytest.mark.parametrize("config,message", [
+    (ek.Int8Config, "config must be a config instance such as Int8Config(), got the class itself"),
+    ("int8", "config must be one of Int8Config, Int8WeightOnlyConfig, BinaryConfig, TernaryConfig, got str 'int8'"),
+    (ek.nn.Int8Linear, "config must be one of Int8Config, Int8WeightOnlyConfig, BinaryConfig, TernaryConfig, got type"),
+])
+def test_what_is_not_a_config_is_refused_before_the_model_changes(call, config, message):
+    model = torch.nn.Sequential(torch.nn.Linear(K, N))
+    with pytest.raises(TypeError, match=re.escape(message)):
+        call(model, config=config)
+    assert type(model[0]) is torch.nn.Linear
 
 
 def test_a_config_without_a_trainable_form_is_refused_by_prepare():

@@ -57,6 +57,7 @@ def test_a_quantized_row_layer_equals_the_single_process_layer(layer_results, co
     ("bad_binary_activations", "row-parallel BinaryLinear with binary_activations is not supported"),
     ("bad_compress", "compress_block_size must be positive or None, got 0"),
     ("bad_quant_twice", "quant= applies to an nn.Linear; Int8Linear is already quantized"),
+    ("bad_quant_class", "quant must be a config instance such as Int8Config(), got the class itself"),
     ("bad_module", "cannot shard NonDynamicallyQuantizableLinear: expected nn.Linear or one of"),
     ("bad_scatter", "the last dimension (15) is not divisible by the tensor-parallel size 2"),
     ("bad_row_input", "Int8Linear: x must have in_features = 8 values in its last dimension, got shape (3, 7)"),

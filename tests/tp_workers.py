@@ -190,6 +190,7 @@ def misconfigurations(row: nn.Linear) -> dict:
         "bad_compress": error_of(lambda: RowParallelLinear(16, 8, compress_block_size=0)),
         "bad_quant_twice": error_of(lambda: RowParallelLinear.from_linear(ek.Int8Config().convert(row),
                                                                           quant=ek.Int8Config())),
+        "bad_quant_class": error_of(lambda: ColumnParallelLinear.from_linear(nn.Linear(8, 8), quant=ek.Int8Config)),
         "bad_module": error_of(lambda: ColumnParallelLinear.from_linear(
             nn.modules.linear.NonDynamicallyQuantizableLinear(8, 8))),
         "bad_scatter": error_of(lambda: scatter_to_tensor_parallel_region(torch.randn(2, 15))),

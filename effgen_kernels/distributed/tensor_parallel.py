@@ -26,6 +26,7 @@ from torch import nn
 
 from .. import ops, reference
 from ..nn import BinaryLinear, Int8Linear, Int8WeightOnlyLinear, TernaryLinear
+from ..quantize import check_config
 
 QUANTIZED_LAYERS = (Int8Linear, Int8WeightOnlyLinear, BinaryLinear, TernaryLinear)
 
@@ -278,6 +279,7 @@ def _empty_like_layer(module: nn.Module, in_features: int, out_features: int, bi
 def _quantized(linear: nn.Module, quant) -> nn.Module:
     if quant is None:
         return linear
+    check_config(quant, "quant")
     if type(linear) is not nn.Linear:
         raise ValueError(f"quant= applies to an nn.Linear; {type(linear).__name__} is already quantized")
     return quant.convert(linear)
