@@ -21,7 +21,7 @@ from .nn import (
 )
 from .nn._quantized import QuantizedLayer
 from .nn.binary import check_binary_options
-from .nn.int8 import check_weight_only_group_size
+from .nn.int8 import check_smoothing_alpha, check_weight_only_group_size
 from .progress import Progress
 
 # The float dtypes every kernel takes (weights to quantize, activations).
@@ -48,6 +48,9 @@ class Int8Config:
     activation_absmax: Mapping[str, torch.Tensor] | None = dataclasses.field(default=None, repr=False,
                                                                               compare=False)
     smoothing_alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_smoothing_alpha(self.smoothing_alpha)
 
     def convert(self, linear: nn.Linear, name: str = "") -> nn.Module:
         absmax = None if self.activation_absmax is None else self.activation_absmax.get(name)

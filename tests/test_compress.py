@@ -291,6 +291,8 @@ def test_state_dict_restores_residuals_and_keeps_the_callers_group():
                          feedback="ef21").load_state_dict(saved.state_dict())
     for bad, message in [({"codec": "fp8"}, "codec must be one of"), ({"block_size": 0}, "block_size must be positive"),
                          ({"part_numel": 0}, "part_numel must be positive"),
+                         ({"warmup_steps": -1}, "warmup_steps and min_compress_numel must be >= 0, got -1 and 128"),
+                         ({"min_compress_numel": -5}, "must be >= 0, got 2 and -5"),
                          ({"feedback": "ef14"}, "feedback must be one of"),
                          ({"feedback": "ef21", "error_feedback": False}, "needs error_feedback=True")]:
         with pytest.raises(ValueError, match=message):

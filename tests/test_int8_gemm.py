@@ -1128,6 +1128,9 @@ def test_smoothing_rejects_bad_arguments():
     linear = torch.nn.Linear(8, 4)
     with pytest.raises(ValueError, match="alpha must lie in \\[0, 1\\]"):
         ek.nn.Int8Linear.from_float(linear, activation_absmax=torch.ones(8), alpha=1.5)
+    for alpha in (-0.1, 2.0, float("nan")):  # said by the config, before any layer is converted
+        with pytest.raises(ValueError, match=f"alpha must lie in \\[0, 1\\], got {alpha}"):
+            ek.Int8Config(smoothing_alpha=alpha)
     with pytest.raises(ValueError, match="activation_absmax must have shape \\[8\\]"):
         ek.nn.Int8Linear.from_float(linear, activation_absmax=torch.ones(7))
     for bad in (float("nan"), float("inf")):

@@ -123,6 +123,9 @@ class CompressionState:
             raise ValueError(f"block_size must be positive, got {block_size}")
         if part_numel <= 0:
             raise ValueError(f"part_numel must be positive, got {part_numel}")
+        if warmup_steps < 0 or min_compress_numel < 0:
+            raise ValueError(f"warmup_steps and min_compress_numel must be >= 0, got {warmup_steps} and "
+                             f"{min_compress_numel}")
         self.process_group = process_group
         # Phase 1 goes to the caller's group (or, without one, a copy of the world group) from
         # the hook, in step with anything else the rank issues there; phase 2, issued from

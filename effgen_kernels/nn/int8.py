@@ -120,14 +120,18 @@ class _QuantizedLinearBase(QuantizedLayer):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
+def check_smoothing_alpha(alpha: float) -> None:
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+
+
 def smoothing_factors(activation_absmax: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
     """SmoothQuant's per-input-channel factors s = max|x|^alpha / max|w|^(1 - alpha).
 
     Multiplying weight column j by s[j] and the activation channel j by 1 / s[j] leaves the
     product unchanged but moves activation outliers (which per-token int8 cannot represent
     well) into the weights (which per-channel int8 represents well)."""
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    check_smoothing_alpha(alpha)
     if activation_absmax.shape != weight.shape[1:]:
         raise ValueError(f"activation_absmax must have shape [{weight.shape[1]}] (one per input feature), "
                          f"got {tuple(activation_absmax.shape)}")
