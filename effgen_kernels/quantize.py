@@ -161,7 +161,8 @@ def check_config(config, argument: str = "config") -> None:
 
 @dataclasses.dataclass
 class QuantizeSummary:
-    """What quantize_ did: converted layer names, skipped ones with the reason, and sizes."""
+    """What quantize_ (or prepare, load_quantized_) did: converted layer names, skipped ones
+    with the reason, and sizes."""
 
     config: object
     converted: list[str] = dataclasses.field(default_factory=list)
@@ -300,11 +301,10 @@ def quantize_(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bo
     """Replace every nn.Linear of ``model`` (for which ``filter_fn(module, name)`` is true)
     by the quantized layer of ``config``; returns a QuantizeSummary. Hugging Face's Conv1D
     (GPT-2's layers: the weight stored [in, out]) is converted as the nn.Linear it is, and
-    filter_fn sees it as one. Layers that cannot be
-    converted (e.g. NaN or Inf weights) stay as they are and are listed, with the reason, in
-    ``summary.skipped``, as are layers already quantized or prepared and subclasses of
-    nn.Linear, which it leaves alone. A layer used at several places is converted once and
-    swapped in under each of its names.
+    filter_fn sees it as one. Layers that cannot be converted (e.g. NaN or Inf weights) stay
+    as they are and are listed, with the reason, in ``summary.skipped``, as are layers
+    already quantized or prepared and subclasses of nn.Linear, which it leaves alone. A
+    layer used at several places is converted once and swapped in under each of its names.
     A conversion that runs past 2 s (a large model) shows a progress bar on stderr unless
     ``progress`` is False."""
     check_config(config)
