@@ -527,10 +527,11 @@ def assert_same_state(module: torch.nn.Module, expected: torch.nn.Module) -> Non
         assert_same_bits(tensor, expected_state[name])
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("config", [ek.Int8Config(), ek.Int8WeightOnlyConfig(), ek.Int8WeightOnlyConfig(group_size=16),
                                     ek.BinaryConfig(), ek.BinaryConfig(group_size=16), ek.TernaryConfig()])
-def test_hugging_face_conv1d_is_converted_as_the_linear_it_is(config):
-    conv, twin = conv1d_and_twin()
+def test_hugging_face_conv1d_is_converted_as_the_linear_it_is(config, device):
+    conv, twin = (layer.to(device) for layer in conv1d_and_twin())
     weight_before = conv.weight.detach().clone()
     model = torch.nn.Sequential(conv, torch.nn.ReLU())
     seen = []
@@ -540,7 +541,7 @@ def test_hugging_face_conv1d_is_converted_as_the_linear_it_is(config):
     assert summary.converted == ["0"] and not summary.skipped and summary.bytes_before == (K * N + N) * 4
     expected = config.convert(twin)
     assert_same_state(model[0], expected)
-    x = random_input((5, 2, K))
+    x = random_input((5, 2, K)).to(device)
     assert_same_bits(model[0](x), expected(x))
     assert torch.equal(conv.weight, weight_before)  # converted from a view of it: nothing written back
 
