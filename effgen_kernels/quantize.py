@@ -31,11 +31,12 @@ KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_INT8_IN_FEATURES = (1 << 17) - 1
 
 
-def _empty_layer_args(linear: nn.Linear) -> dict:
-    """The constructor arguments every quantized layer shares, for an empty layer in the
-    place of ``linear`` (its shape, bias, device and bias dtype, as from_float gives them)."""
+def _empty_layer_args(linear: nn.Linear, device: torch.device) -> dict:
+    """The constructor arguments every quantized layer shares, for an empty layer on
+    ``device`` in the place of ``linear`` (its shape, bias and bias dtype, as from_float
+    gives them)."""
     return {"in_features": linear.in_features, "out_features": linear.out_features, "bias": linear.bias is not None,
-            "device": linear.weight.device, "dtype": None if linear.bias is None else linear.bias.dtype}
+            "device": device, "dtype": None if linear.bias is None else linear.bias.dtype}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,9 +57,9 @@ class Int8Config:
         absmax = None if self.activation_absmax is None else self.activation_absmax.get(name)
         return Int8Linear.from_float(linear, absmax, self.smoothing_alpha)
 
-    def empty(self, linear: nn.Linear) -> nn.Module:
+    def empty(self, linear: nn.Linear, device: torch.device) -> nn.Module:
         # Without smoothing: a checkpoint with SmoothQuant's input_smoothing turns it on as it loads.
-        return Int8Linear(**_empty_layer_args(linear))
+        return Int8Linear(**_empty_layer_args(linear, device))
 
     def trainable(self, linear: nn.Linear) -> nn.Module:
         if self.activation_absmax is not None:
@@ -92,8 +93,8 @@ class Int8WeightOnlyConfig:
     def convert(self, linear: nn.Linear, name: str = "") -> nn.Module:
         return Int8WeightOnlyLinear.from_float(linear, group_size=self.group_size)
 
-    def empty(self, linear: nn.Linear) -> nn.Module:
-        return Int8WeightOnlyLinear(**_empty_layer_args(linear), group_size=self.group_size)
+    def empty(self, linear: nn.Linear, device: torch.device) -> nn.Module:
+        return Int8WeightOnlyLinear(**_empty_layer_args(linear, device), group_size=self.group_size)
 
     def cannot_convert(self, linear: nn.Linear) -> str | None:
         return None
@@ -116,8 +117,8 @@ class BinaryConfig:
     def convert(self, linear: nn.Linear, name: str = "") -> nn.Module:
         return BinaryLinear.from_float(linear, self.group_size, self.binary_activations)
 
-    def empty(self, linear: nn.Linear) -> nn.Module:
-        return BinaryLinear(**_empty_layer_args(linear), group_size=self.group_size,
+    def empty(self, linear: nn.Linear, device: torch.device) -> nn.Module:
+        return BinaryLinear(**_empty_layer_args(linear, device), group_size=self.group_size,
                             binary_activations=self.binary_activations)
 
     def trainable(self, linear: nn.Linear) -> nn.Module:
@@ -136,8 +137,8 @@ class TernaryConfig:
     def convert(self, linear: nn.Linear, name: str = "") -> nn.Module:
         return TernaryLinear.from_float(linear, self.per_channel)
 
-    def empty(self, linear: nn.Linear) -> nn.Module:
-        return TernaryLinear(**_empty_layer_args(linear), per_channel=self.per_channel)
+    def empty(self, linear: nn.Linear, device: torch.device) -> nn.Module:
+        return TernaryLinear(**_empty_layer_args(linear, device), per_channel=self.per_channel)
 
     def trainable(self, linear: nn.Linear) -> nn.Module:
         return TernaryTrainLinear.from_float(linear, self.per_channel)
@@ -327,23 +328,34 @@ def load_quantized_(model: nn.Module, state_dict: Mapping[str, torch.Tensor], co
     Each layer the checkpoint holds quantized is swapped for an empty layer of ``config``'s
     format (layers it holds in float stay, listed in ``summary.skipped``), then the whole
     state_dict loads (``strict`` as in load_state_dict; assigned, not copied, where the model
-    holds meta tensors). A group size or a ternary scale that differs from the checkpoint's
-    is refused by the load; SmoothQuant's smoothing comes with the checkpoint."""
+    holds meta tensors). The quantized layers take the checkpoint's tensors themselves where
+    they can (no copy; on the CPU, int8 weights are packed from them), then move to their
+    float layer's device. A group size or a ternary scale that differs from the
+    checkpoint's is refused by the load; SmoothQuant's smoothing comes with the checkpoint."""
     check_config(config)
     summary = QuantizeSummary(config, action="load_quantized_")
+    on_meta = any(t.is_meta for t in list(model.parameters()) + list(model.buffers()))
     swapped = []
     for names, linear in _targets(model, None, summary):
         if not _holds_quantized(state_dict, names[0]):
             summary.skipped.update(dict.fromkeys(names, "the checkpoint holds it in float"))
             continue
-        replacement = config.empty(linear)
+        device = linear.weight.device
+        # Made on the meta device, not the CPU, where an empty int8 layer packs its zero
+        # weights only for the load to replace them (over half of a 4096 x 11008 layer's load).
+        replacement = config.empty(linear, torch.device("meta") if device.type == "cpu" else device)
         summary.bytes_before += _module_bytes(linear)
         swap_module(model, names, replacement)
-        swapped.append(replacement)
+        swapped.append((names[0], replacement, device))
         summary.converted += names
-    on_meta = any(t.is_meta for t in list(model.parameters()) + list(model.buffers()))
-    model.load_state_dict(state_dict, strict=strict, assign=on_meta)
-    summary.bytes_after = sum(_module_bytes(layer) for layer in swapped)
+    model.load_state_dict(state_dict, strict=strict, assign=on_meta)  # the quantized layers assign anyway
+    for name, layer, device in swapped:
+        unloaded = [f"{name}.{key}" for key, buffer in layer.named_buffers() if buffer.is_meta]
+        if unloaded:  # passed over by strict=False
+            raise ValueError(f"the checkpoint lacks {unloaded}: a quantized layer cannot run without them")
+        if device.type != "meta":  # a skeleton's layers stay where the checkpoint's tensors are
+            layer.to(device)
+    summary.bytes_after = sum(_module_bytes(layer) for _, layer, _ in swapped)
     return summary
 
 

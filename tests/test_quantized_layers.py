@@ -633,8 +633,26 @@ def test_a_quantized_checkpoint_loads_into_the_float_model_without_quantizing(co
     assert summary.bytes_before == (K * N + N + N * 8) * 4 and str(summary).startswith("load_quantized_ with")
     for name in ("0", "2", "3"):
         assert_same_state(model.get_submodule(name), quantized.get_submodule(name))
+    assert {t.device.type for t in list(model.parameters()) + list(model.buffers())} == {"cpu"}
+    # a model with real weights copies into them (load_state_dict's default); a skeleton takes the tensors
+    assert (model[2].weight.data_ptr() == checkpoint["2.weight"].data_ptr()) == (device == "meta")
     x = random_input((3, K))
     assert_same_bits(model(x), quantized(x))
+
+
+def test_a_checkpoint_without_a_quantized_layers_tensor_is_refused_even_when_not_strict():
+    quantized = float_model()
+    ek.quantize_(quantized, ek.Int8WeightOnlyConfig(), filter_fn=lambda module, name: name != "2")
+    checkpoint = quantized.state_dict()
+    del checkpoint["2.bias"]  # a float layer's: not strict, it keeps what the model made
+    model = float_model()
+    ek.load_quantized_(model, checkpoint, ek.Int8WeightOnlyConfig(), strict=False)
+    assert torch.equal(model[2].bias, float_model()[2].bias)
+    del checkpoint["3.weight_scale"]  # a quantized layer's
+    with pytest.raises(ValueError, match=re.escape("the checkpoint lacks ['3.weight_scale']: a quantized layer")):
+        ek.load_quantized_(float_model(), checkpoint, ek.Int8WeightOnlyConfig(), strict=False)
+    with pytest.raises(RuntimeError, match='Missing key\\(s\\) in state_dict: "2.bias", "3.weight_scale"'):
+        ek.load_quantized_(float_model(), checkpoint, ek.Int8WeightOnlyConfig())
 
 
 @pytest.mark.cuda

@@ -33,6 +33,10 @@ class QuantizedLayer(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
+        if any(buffer.is_meta for buffer in self._buffers.values() if buffer is not None):
+            # A layer on the meta device (load_quantized_ makes them there) takes the
+            # checkpoint's tensors themselves: copying into meta tensors would do nothing.
+            local_metadata = {**local_metadata, "assign_to_params_buffers": True}
         saved = state_dict.pop(prefix + "group_size", None)  # absent from per-channel and older checkpoints
         ours = getattr(self, "group_size", None)
         if saved is not None and saved.item() != ours:
