@@ -482,6 +482,25 @@ def test_int8_layers_refuse_integer_weights_by_name(layer_cls):
         layer_cls.from_float(linear)
 
 
+@pytest.mark.parametrize("layer_cls", [ek.nn.Int8Linear, ek.nn.Int8WeightOnlyLinear])
+def test_int8_layers_refuse_float_weights_assigned_by_name(layer_cls):
+    layer = layer_cls.from_float(torch.nn.Linear(K, N))
+    before = layer.weight.clone()
+    with pytest.raises(TypeError, match=f"{layer_cls.__name__}.weight holds int8 codes, got torch.float32: quantize"):
+        layer.weight = torch.nn.Parameter(torch.randn(N, K))
+    assert torch.equal(layer.weight, before)
+
+
+def test_tying_a_quantized_lm_head_to_float_embeddings_says_how_to_keep_them_tied():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    model = transformers.LlamaForCausalLM(config)
+    assert "lm_head" in ek.quantize_(model, ek.Int8WeightOnlyConfig()).converted
+    with pytest.raises(TypeError, match="to keep an LM head tied to its embeddings, leave it out of quantize_"):
+        model.tie_weights()  # what resize_token_embeddings does, for one
+
+
 def test_smoothquant_refuses_a_calibration_that_reached_nan_or_inf():
     absmax = torch.ones(K)
     absmax[3] = float("nan")

@@ -62,6 +62,11 @@ class _QuantizedLinearBase(QuantizedLayer):
     def __setattr__(self, name: str, value) -> None:
         if name != "weight":
             return super().__setattr__(name, value)
+        if not isinstance(value, torch.Tensor) or value.dtype != torch.int8:
+            # e.g. Hugging Face's tie_weights() giving a quantized LM head the float embeddings
+            raise TypeError(f"{type(self).__name__}.weight holds int8 codes, got "
+                            f"{getattr(value, 'dtype', type(value).__name__)}: quantize float weights with "
+                            f"from_float (to keep an LM head tied to its embeddings, leave it out of quantize_)")
         if self._packs_on(value.device):
             self._buffers["weight"] = None
             self._buffers["weight_packed"], self._buffers["weight_sum"] = self._pack(value)
