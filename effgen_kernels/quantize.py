@@ -348,7 +348,7 @@ def load_quantized_(model: nn.Module, state_dict: Mapping[str, torch.Tensor], co
         swap_module(model, names, replacement)
         swapped.append((names[0], replacement, device))
         summary.converted += names
-    model.load_state_dict(state_dict, strict=strict, assign=on_meta)  # the quantized layers assign anyway
+    model.load_state_dict(state_dict, strict=strict, assign=on_meta)  # quantized layers on meta assign anyway
     for name, layer, device in swapped:
         unloaded = [f"{name}.{key}" for key, buffer in layer.named_buffers() if buffer.is_meta]
         if unloaded:  # passed over by strict=False
