@@ -685,6 +685,28 @@ def test_cuda_a_checkpoint_quantized_on_the_cpu_serves_on_the_gpu(config):
     assert_same_bits(model(x), quantized.cuda()(x))
 
 
+def test_save_pretrained_writes_what_load_quantized_reads(tmp_path):
+    # The Hugging Face round trip: save_pretrained of a quantized model (tied embeddings,
+    # which it may write once), load_quantized_ of its file into the architecture's skeleton.
+    transformers = pytest.importorskip("transformers")
+    accelerate = pytest.importorskip("accelerate")
+    safetensors = pytest.importorskip("safetensors.torch")
+    config = transformers.LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    summary = ek.quantize_(model, ek.Int8WeightOnlyConfig(group_size=16))
+    model.save_pretrained(tmp_path)
+    with accelerate.init_empty_weights():
+        skeleton = transformers.LlamaForCausalLM(config).eval()
+    loaded = ek.load_quantized_(skeleton, safetensors.load_file(tmp_path / "model.safetensors"),
+                                ek.Int8WeightOnlyConfig(group_size=16))
+    assert loaded.converted == summary.converted and len(summary.converted) == 15  # 2 x 7 + lm_head
+    ids = torch.randint(0, 96, (2, 9), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert_same_bits(skeleton(ids).logits, model(ids).logits)
+
+
 def test_a_smoothquant_checkpoint_loads_its_smoothing():
     linear = torch.nn.Linear(K, N)
     absmax = random_input((K,), seed=4).abs()
