@@ -171,10 +171,15 @@ class QuantizeSummary:
     bytes_before: int = 0  # parameters and buffers of the converted layers, before
     bytes_after: int = 0  # ... and after
     action: str = "quantize_"  # or prepare, load_quantized_
+    # model_bytes of the whole model, before and after: what stays float (embeddings, norms,
+    # layers left alone) shows here, not in the layers' bytes
+    model_bytes_before: int = 0
+    model_bytes_after: int = 0
 
     def __str__(self) -> str:
         lines = [f"{self.action} with {self.config}: {len(self.converted)} layers converted, "
-                 f"{self.bytes_before / 2**20:.2f} MiB -> {self.bytes_after / 2**20:.2f} MiB"]
+                 f"{self.bytes_before / 2**20:.2f} MiB -> {self.bytes_after / 2**20:.2f} MiB (the whole model "
+                 f"{self.model_bytes_before / 2**20:.2f} MiB -> {self.model_bytes_after / 2**20:.2f} MiB)"]
         lines += [f"  skipped {name}: {reason}" for name, reason in self.skipped.items()]
         return "\n".join(lines)
 
@@ -184,8 +189,9 @@ def model_bytes(model: nn.Module) -> int:
     tables), each storage counted once (tied weights are shared)."""
     seen, total = set(), 0
     for tensor in list(model.parameters()) + list(model.buffers()):
-        if tensor.data_ptr() not in seen:
-            seen.add(tensor.data_ptr())
+        key = id(tensor) if tensor.is_meta else tensor.data_ptr()  # meta tensors have no address
+        if key not in seen:
+            seen.add(key)
             total += tensor.numel() * tensor.element_size()
     return total
 
@@ -277,7 +283,7 @@ def _targets(model: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | Non
 def _replace_linears(model: nn.Module, config, make: Callable[[nn.Linear, str], nn.Module],
                      filter_fn: Callable[[nn.Module, str], bool] | None, action: str,
                      progress: bool = False) -> QuantizeSummary:
-    summary = QuantizeSummary(config, action=action)
+    summary = QuantizeSummary(config, action=action, model_bytes_before=model_bytes(model))
     targets = _targets(model, filter_fn, summary)
     if hasattr(config, "check_targets"):
         config.check_targets([name for names, _ in targets for name in names])
@@ -294,6 +300,7 @@ def _replace_linears(model: nn.Module, config, make: Callable[[nn.Linear, str], 
         swap_module(model, names, replacement)
         summary.converted += names
     bar.update(len(targets))
+    summary.model_bytes_after = model_bytes(model)
     return summary
 
 
@@ -333,7 +340,7 @@ def load_quantized_(model: nn.Module, state_dict: Mapping[str, torch.Tensor], co
     float layer's device. A group size or a ternary scale that differs from the
     checkpoint's is refused by the load; SmoothQuant's smoothing comes with the checkpoint."""
     check_config(config)
-    summary = QuantizeSummary(config, action="load_quantized_")
+    summary = QuantizeSummary(config, action="load_quantized_", model_bytes_before=model_bytes(model))
     on_meta = any(t.is_meta for t in list(model.parameters()) + list(model.buffers()))
     swapped = []
     for names, linear in _targets(model, None, summary):
@@ -356,6 +363,7 @@ def load_quantized_(model: nn.Module, state_dict: Mapping[str, torch.Tensor], co
         if device.type != "meta":  # a skeleton's layers stay where the checkpoint's tensors are
             layer.to(device)
     summary.bytes_after = sum(_module_bytes(layer) for _, layer, _ in swapped)
+    summary.model_bytes_after = model_bytes(model)
     return summary
 
 

@@ -413,6 +413,10 @@ def test_model_bytes_counts_memory_two_tensors_share_once():
     assert ek.model_bytes(model) == (8 * 16 + 8 + 3) * 4
     second.weight = torch.nn.Parameter(first.weight.data.clone())
     assert ek.model_bytes(model) == (2 * 8 * 16 + 8 + 3) * 4
+    with torch.device("meta"):  # a skeleton: tensors without addresses, a tied weight still once
+        skeleton = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.Linear(16, 8, bias=False))
+    skeleton[1].weight = skeleton[0].weight
+    assert ek.model_bytes(skeleton) == (8 * 16 + 8) * 4
 
 
 @pytest.mark.parametrize("config", [ek.Int8Config(), ek.Int8WeightOnlyConfig(), ek.BinaryConfig(), ek.TernaryConfig()])
@@ -425,6 +429,7 @@ def test_a_shared_layer_is_converted_once_and_swapped_in_at_every_place(config):
     summary = ek.quantize_(model, config)
     assert summary.converted == ["0", "2"] and model[0] is model[2] and type(model[0]) is type(layer)
     assert summary.bytes_before == (K * K + K) * 4  # the module's parameters, counted once
+    assert summary.model_bytes_before == (K * K + K) * 4 and summary.model_bytes_after == ek.model_bytes(model)
     assert_same_bits(model(x), expected)
     if hasattr(config, "trainable"):  # quantization-aware training's two swaps
         model = torch.nn.Sequential(shared, torch.nn.ReLU(), shared)
@@ -650,6 +655,9 @@ def test_a_quantized_checkpoint_loads_into_the_float_model_without_quantizing(co
     summary = ek.load_quantized_(model, checkpoint, config)
     assert summary.converted == ["0", "3"] and summary.skipped == {"2": "the checkpoint holds it in float"}
     assert summary.bytes_before == (K * N + N + N * 8) * 4 and str(summary).startswith("load_quantized_ with")
+    float_bytes = (K * N + N + N * N + N + N * 8) * 4  # the meta skeleton's too: it has sizes, not addresses
+    assert summary.model_bytes_before == float_bytes and summary.model_bytes_after == ek.model_bytes(quantized)
+    assert f"(the whole model {float_bytes / 2**20:.2f} MiB -> " in str(summary)
     for name in ("0", "2", "3"):
         assert_same_state(model.get_submodule(name), quantized.get_submodule(name))
     assert {t.device.type for t in list(model.parameters()) + list(model.buffers())} == {"cpu"}
