@@ -219,14 +219,19 @@ _TRAINABLE = (Int8TrainLinear, BinaryTrainLinear, TernaryTrainLinear)
 
 def _left_alone(module: nn.Module) -> str | None:
     """Why quantize_ / prepare leave a linear-like module that is not a plain nn.Linear as it
-    is (None: not linear-like). Said in the summary: a model quantized twice, or prepared
-    and then quantized, would otherwise report 0 layers without a reason."""
+    is (None: not linear-like), or one holding stacked 3-D weights. Said in the summary: a
+    model quantized twice, or prepared and then quantized, would otherwise report 0 layers
+    without a reason, and a mixture-of-experts model its float experts without a word."""
     if isinstance(module, QuantizedLayer):
         return f"already quantized ({type(module).__name__})"
     if isinstance(module, _TRAINABLE):
         return f"{type(module).__name__} from prepare (convert() makes it its inference layer)"
     if isinstance(module, nn.Linear):  # e.g. nn.MultiheadAttention's out_proj, whose weight it reads itself
         return f"{type(module).__name__} is a subclass of nn.Linear (its owner may read the weight directly)"
+    stacked = [name for name, p in module.named_parameters(recurse=False) if p.dim() == 3]
+    if stacked:  # e.g. transformers 5's mixture-of-experts blocks: most of such a model's weights
+        return (f"{type(module).__name__} holds its weights as 3-D parameters {stacked} (fused experts?): "
+                f"quantize_ converts nn.Linear and Conv1D layers only")
     return None
 
 

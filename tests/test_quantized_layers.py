@@ -748,6 +748,29 @@ def test_a_checkpoint_of_another_format_is_refused_by_name(saved, loading, error
         ek.load_quantized_(float_model(), quantized.state_dict(), loading)
 
 
+class StackedExperts(torch.nn.Module):
+    """Weights of 4 experts in one 3-D parameter, as transformers 5's MoE blocks hold them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down_proj = torch.nn.Parameter(torch.randn(4, 8, K))
+        self.scale = torch.nn.Parameter(torch.ones(8))
+
+
+def test_quantize_names_the_fused_experts_it_leaves_float():
+    model = torch.nn.ModuleDict({"proj": torch.nn.Linear(K, K), "experts": StackedExperts()})
+    summary = ek.quantize_(model, ek.Int8WeightOnlyConfig())
+    assert summary.converted == ["proj"] and summary.skipped == {
+        "experts": "StackedExperts holds its weights as 3-D parameters ['down_proj'] (fused experts?): quantize_ "
+                   "converts nn.Linear and Conv1D layers only"}
+    transformers = pytest.importorskip("transformers")
+    config = transformers.MixtralConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=1, num_local_experts=4)
+    summary = ek.quantize_(transformers.MixtralForCausalLM(config), ek.Int8WeightOnlyConfig())
+    assert list(summary.skipped) == ["model.layers.0.mlp.experts", "model.layers.1.mlp.experts"]
+    assert "['gate_up_proj', 'down_proj']" in summary.skipped["model.layers.0.mlp.experts"]
+
+
 def test_a_long_quantize_shows_progress_and_a_short_one_stays_silent(capsys, monkeypatch):
     model = torch.nn.Sequential(torch.nn.Linear(K, K), torch.nn.Linear(K, N))
     ek.quantize_(copy.deepcopy(model), ek.Int8Config())
