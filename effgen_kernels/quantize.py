@@ -1,4 +1,5 @@
-"""quantize_(model, config): swap nn.Linear layers for effgen's quantized ones, in place."""
+"""quantize_(model, config): swap nn.Linear layers (and fused MoE experts) for effgen's
+quantized ones, in place."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from .nn import (
 )
 from .nn._quantized import QuantizedLayer
 from .nn.binary import check_binary_options
+from .nn.experts import UP_LAYERS, expert_linears, fused_weights, is_fused_experts, quantize_experts
 from .nn.int8 import check_smoothing_alpha, check_weight_only_group_size
 from .progress import Progress
 
@@ -196,13 +198,7 @@ def model_bytes(model: nn.Module) -> int:
     return total
 
 
-def _module_bytes(module: nn.Module) -> int:
-    tensors = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def _why_not(linear: nn.Linear, config) -> str | None:
-    weight = linear.weight
+def _weight_problem(weight: torch.Tensor) -> str | None:
     if weight.is_meta:
         return "weight is on the meta device (load real weights first)"
     if weight.dtype not in KERNEL_DTYPES:
@@ -211,7 +207,24 @@ def _why_not(linear: nn.Linear, config) -> str | None:
         return f"device {weight.device} has no effgen kernels"
     if not torch.isfinite(weight).all():
         return "weight contains NaN or Inf"
-    return config.cannot_convert(linear)
+    return None
+
+
+def _why_not(target: nn.Module, config) -> str | None:
+    """Why a target (an nn.Linear, or a fused-experts block) stays as it is; None: convert it."""
+    if isinstance(target, nn.Linear):
+        return _weight_problem(target.weight) or config.cannot_convert(target)
+    problems = [_weight_problem(w) for w in fused_weights(target)]
+    problems += [config.cannot_convert(linear) for linear in expert_linears(target, 0)]  # every expert's shapes
+    return next((problem for problem in problems if problem is not None), None)
+
+
+def _convert(target: nn.Module, name: str, make: Callable[[nn.Linear, str], nn.Module]) -> nn.Module:
+    """make's layer for an nn.Linear target; for a fused-experts block, the block itself with
+    a layer made for each expert's projections (named "<block>.up_layers.<expert>", ...)."""
+    if isinstance(target, nn.Linear):
+        return make(target, name)
+    return quantize_experts(target, lambda linear, sub: make(linear, f"{name}.{sub}"))
 
 
 _TRAINABLE = (Int8TrainLinear, BinaryTrainLinear, TernaryTrainLinear)
@@ -228,10 +241,12 @@ def _left_alone(module: nn.Module) -> str | None:
         return f"{type(module).__name__} from prepare (convert() makes it its inference layer)"
     if isinstance(module, nn.Linear):  # e.g. nn.MultiheadAttention's out_proj, whose weight it reads itself
         return f"{type(module).__name__} is a subclass of nn.Linear (its owner may read the weight directly)"
+    if is_fused_experts(module):  # reached by prepare only: quantize_ converts them
+        return f"{type(module).__name__} (fused experts) has no trainable form: quantize_ converts it after training"
     stacked = [name for name, p in module.named_parameters(recurse=False) if p.dim() == 3]
-    if stacked:  # e.g. transformers 5's mixture-of-experts blocks: most of such a model's weights
-        return (f"{type(module).__name__} holds its weights as 3-D parameters {stacked} (fused experts?): "
-                f"quantize_ converts nn.Linear and Conv1D layers only")
+    if stacked:  # not a transformers experts block: its forward's use of them is unknown
+        return (f"{type(module).__name__} holds its weights as 3-D parameters {stacked}: quantize_ converts "
+                f"nn.Linear and Conv1D layers and transformers' fused-experts blocks")
     return None
 
 
@@ -258,28 +273,32 @@ def _as_linear(module: nn.Module) -> nn.Linear | None:
     return linear
 
 
-def _targets(model: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | None,
-             summary: QuantizeSummary) -> list[tuple[list[str], nn.Linear]]:
-    """The layers to convert as nn.Linear (plain ones, and Hugging Face's Conv1D seen as
-    one), with their names; the linear-like modules left alone and the shared ones filter_fn
-    keeps under some names only go to summary.skipped."""
+def _targets(model: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | None, summary: QuantizeSummary,
+             experts: bool) -> list[tuple[list[str], nn.Module]]:
+    """What to convert, with its names: nn.Linear layers (plain ones, and Hugging Face's
+    Conv1D seen as one) and, with ``experts``, transformers' fused-experts blocks. The
+    linear-like modules left alone and the shared ones filter_fn keeps under some names
+    only go to summary.skipped."""
     targets = []
     for module, names in names_by_module(model).items():
-        linear = _as_linear(module)
-        shown = module if linear is None else linear
+        target = _as_linear(module)
+        if target is None and experts and is_fused_experts(module):
+            target = module
+        shown = module if target is None else target
         kept = names
-        if filter_fn is not None and isinstance(shown, nn.Linear):
-            # filter_fn sees nn.Linear and its subclasses only (it may read .weight, which the
+        if filter_fn is not None and (target is not None or isinstance(module, nn.Linear)):
+            # filter_fn sees nn.Linear and its subclasses (it may read .weight, which the
             # quantized layers do not have, and in_features / out_features: a Conv1D's view)
+            # and fused-experts blocks
             kept = [name for name in names if filter_fn(shown, name)]
             if not kept:
                 continue
         left_out = [name for name in names if name not in kept]
-        if linear is not None and left_out:
+        if target is not None and left_out:
             summary.skipped.update({name: f"the same module as {left_out[0]}, which filter_fn leaves out"
                                     for name in kept})
-        elif linear is not None:
-            targets.append((names, linear))
+        elif target is not None:
+            targets.append((names, target))
         elif (reason := _left_alone(module)) is not None:
             summary.skipped.update(dict.fromkeys(kept, reason))
     return targets
@@ -289,19 +308,19 @@ def _replace_linears(model: nn.Module, config, make: Callable[[nn.Linear, str], 
                      filter_fn: Callable[[nn.Module, str], bool] | None, action: str,
                      progress: bool = False) -> QuantizeSummary:
     summary = QuantizeSummary(config, action=action, model_bytes_before=model_bytes(model))
-    targets = _targets(model, filter_fn, summary)
+    targets = _targets(model, filter_fn, summary, experts=action == "quantize_")
     if hasattr(config, "check_targets"):
         config.check_targets([name for names, _ in targets for name in names])
     bar = Progress(len(targets), f"{action} {type(config).__name__}", enabled=progress, silent_s=2.0)
-    for done, (names, linear) in enumerate(targets):
+    for done, (names, target) in enumerate(targets):
         bar.update(done, detail=names[0])
-        reason = _why_not(linear, config)
+        reason = _why_not(target, config)
         if reason is not None:
             summary.skipped.update(dict.fromkeys(names, reason))
             continue
-        replacement = make(linear, names[0])
-        summary.bytes_before += _module_bytes(linear)
-        summary.bytes_after += _module_bytes(replacement)
+        summary.bytes_before += model_bytes(target)
+        replacement = _convert(target, names[0], make)
+        summary.bytes_after += model_bytes(replacement)
         swap_module(model, names, replacement)
         summary.converted += names
     bar.update(len(targets))
@@ -314,7 +333,9 @@ def quantize_(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bo
     """Replace every nn.Linear of ``model`` (for which ``filter_fn(module, name)`` is true)
     by the quantized layer of ``config``; returns a QuantizeSummary. Hugging Face's Conv1D
     (GPT-2's layers: the weight stored [in, out]) is converted as the nn.Linear it is, and
-    filter_fn sees it as one. Layers that cannot be converted (e.g. NaN or Inf weights) stay
+    filter_fn sees it as one; a transformers 5 fused-experts block (3-D weights, e.g.
+    Mixtral's) gets a quantized layer per expert and projection (nn/experts.py), and
+    filter_fn sees the block. Layers that cannot be converted (e.g. NaN or Inf weights) stay
     as they are and are listed, with the reason, in ``summary.skipped``, as are layers
     already quantized or prepared and subclasses of nn.Linear, which it leaves alone. A
     layer used at several places is converted once and swapped in under each of its names.
@@ -348,15 +369,17 @@ def load_quantized_(model: nn.Module, state_dict: Mapping[str, torch.Tensor], co
     summary = QuantizeSummary(config, action="load_quantized_", model_bytes_before=model_bytes(model))
     on_meta = any(t.is_meta for t in list(model.parameters()) + list(model.buffers()))
     swapped = []
-    for names, linear in _targets(model, None, summary):
-        if not _holds_quantized(state_dict, names[0]):
+    for names, target in _targets(model, None, summary, experts=True):
+        is_linear = isinstance(target, nn.Linear)
+        if not _holds_quantized(state_dict, names[0] if is_linear else f"{names[0]}.{UP_LAYERS}.0"):
             summary.skipped.update(dict.fromkeys(names, "the checkpoint holds it in float"))
             continue
-        device = linear.weight.device
+        device = (target.weight if is_linear else fused_weights(target)[0]).device
         # Made on the meta device, not the CPU, where an empty int8 layer packs its zero
         # weights only for the load to replace them (over half of a 4096 x 11008 layer's load).
-        replacement = config.empty(linear, torch.device("meta") if device.type == "cpu" else device)
-        summary.bytes_before += _module_bytes(linear)
+        build = torch.device("meta") if device.type == "cpu" else device
+        summary.bytes_before += model_bytes(target)
+        replacement = _convert(target, names[0], lambda linear, name, build=build: config.empty(linear, build))
         swap_module(model, names, replacement)
         swapped.append((names[0], replacement, device))
         summary.converted += names
@@ -367,7 +390,7 @@ def load_quantized_(model: nn.Module, state_dict: Mapping[str, torch.Tensor], co
             raise ValueError(f"the checkpoint lacks {unloaded}: a quantized layer cannot run without them")
         if device.type != "meta":  # a skeleton's layers stay where the checkpoint's tensors are
             layer.to(device)
-    summary.bytes_after = sum(_module_bytes(layer) for _, layer, _ in swapped)
+    summary.bytes_after = sum(model_bytes(layer) for _, layer, _ in swapped)
     summary.model_bytes_after = model_bytes(model)
     return summary
 

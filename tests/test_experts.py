@@ -1,0 +1,148 @@
+"""transformers 5's fused mixture-of-experts blocks under quantize_: each expert's projections
+become quantized layers and the block's experts dispatch runs them (transformers needed)."""
+
+import copy
+import io
+
+import pytest
+import torch
+from conftest import random_input
+from test_quant import assert_same_bits
+
+import effgen_kernels as ek
+from effgen_kernels.nn.experts import DOWN_LAYERS, UP_LAYERS, QuantizedExpertsConfig, fused_weights
+
+transformers = pytest.importorskip("transformers")
+
+HIDDEN, EXPERTS, TOP_K, TOKENS = 32, 4, 2, 11
+
+
+def experts_block(kind: str) -> torch.nn.Module:
+    """A block of each layout: Mixtral (gate and up concatenated, [out, in]), GPT-OSS
+    (interleaved, transposed, biases, its own clamped gate), NemotronH (no gate), Ergo (no
+    gate, transposed, a forward of its own around the dispatch: an RMSNorm per route)."""
+    models = transformers.models
+    if kind == "mixtral":
+        block = models.mixtral.modeling_mixtral.MixtralExperts(
+            transformers.MixtralConfig(hidden_size=HIDDEN, intermediate_size=48, num_local_experts=EXPERTS))
+    elif kind == "gpt_oss":
+        block = models.gpt_oss.modeling_gpt_oss.GptOssExperts(
+            transformers.GptOssConfig(hidden_size=HIDDEN, intermediate_size=48, num_local_experts=EXPERTS))
+    elif kind == "nemotron_h":
+        block = models.nemotron_h.modeling_nemotron_h.NemotronHExperts(
+            transformers.NemotronHConfig(hidden_size=HIDDEN, moe_intermediate_size=40, n_routed_experts=EXPERTS))
+    else:
+        block = models.ergo.modeling_ergo.ErgoExperts(
+            transformers.ErgoConfig(hidden_size=HIDDEN, moe_intermediate_size=24, num_experts=EXPERTS))
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, parameter in block.named_parameters():
+            scale = 0.2 if parameter.dim() == 3 else 1.0
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale + (name.endswith("norm.weight")))
+    return block.eval()
+
+
+def routing(tokens: int = TOKENS, seed: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """TOP_K distinct experts a token and their weights, as a router gives them."""
+    generator = torch.Generator().manual_seed(seed)
+    index = torch.stack([torch.randperm(EXPERTS, generator=generator)[:TOP_K] for _ in range(tokens)])
+    return index, torch.rand(tokens, TOP_K, generator=generator).softmax(dim=-1)
+
+
+def dequantized_twin(block: torch.nn.Module, quantized: torch.nn.Module) -> torch.nn.Module:
+    """The float block holding what the W8A16 layers of ``quantized`` hold (codes x scales),
+    in the block's own layout: its own forward is the reference."""
+    twin = copy.deepcopy(block)
+    with torch.no_grad():
+        for weight, layers in zip(fused_weights(twin), (UP_LAYERS, DOWN_LAYERS), strict=True):
+            for expert, layer in enumerate(quantized._modules[layers]):
+                dense = layer.weight.float() * layer.weight_scale[:, None]
+                weight[expert] = dense.t() if twin.is_transposed else dense
+        if twin.has_bias:
+            for name, layers in ((f"{'gate_up' if twin.has_gate else 'up'}_proj_bias", UP_LAYERS),
+                                 ("down_proj_bias", DOWN_LAYERS)):
+                getattr(twin, name).copy_(torch.stack([layer.bias for layer in quantized._modules[layers]]))
+    return twin
+
+
+@pytest.mark.parametrize("kind", ["mixtral", "gpt_oss", "nemotron_h", "ergo"])
+def test_fused_experts_run_their_quantized_layers_as_the_float_block_runs_its_weights(kind):
+    block = experts_block(kind)
+    model = torch.nn.ModuleDict({"experts": copy.deepcopy(block)})
+    summary = ek.quantize_(model, ek.Int8WeightOnlyConfig())
+    assert summary.converted == ["experts"] and not summary.skipped
+    quantized = model["experts"]
+    assert type(quantized) is type(block) and not any(p.dim() == 3 for p in quantized.parameters())
+    assert len(quantized._modules[UP_LAYERS]) == len(quantized._modules[DOWN_LAYERS]) == EXPERTS
+    x = random_input((TOKENS, HIDDEN), scale=1.0, seed=5)
+    index, weights = routing()
+    expected = dequantized_twin(block, quantized)(x, index, weights)
+    torch.testing.assert_close(quantized(x, index, weights), expected, rtol=1e-5, atol=1e-5)
+
+
+def mixtral(num_hidden_layers: int = 2):
+    config = transformers.MixtralConfig(vocab_size=96, hidden_size=HIDDEN, intermediate_size=48,
+                                        num_hidden_layers=num_hidden_layers, num_attention_heads=2,
+                                        num_key_value_heads=1, num_local_experts=EXPERTS, num_experts_per_tok=TOP_K)
+    torch.manual_seed(0)
+    return config, transformers.MixtralForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("config", [ek.Int8Config(), ek.Int8WeightOnlyConfig(group_size=16), ek.BinaryConfig(),
+                                    ek.TernaryConfig()])
+def test_a_quantized_mixtral_checkpoint_loads_into_its_meta_skeleton(config):
+    accelerate = pytest.importorskip("accelerate")
+    model_config, model = mixtral()
+    ids = torch.randint(0, 96, (2, 7), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        float_logits = model(ids).logits
+        summary = ek.quantize_(model, config)
+        logits = model(ids).logits
+    experts = [f"model.layers.{i}.mlp.experts" for i in range(2)]
+    assert set(experts) <= set(summary.converted) and not summary.skipped
+    assert summary.model_bytes_after < summary.model_bytes_before / 2  # the experts are most of it
+    if isinstance(config, ek.Int8WeightOnlyConfig):
+        assert (logits - float_logits).norm() / float_logits.norm() < 0.01
+    with accelerate.init_empty_weights():
+        skeleton = transformers.MixtralForCausalLM(model_config).eval()
+    loaded = ek.load_quantized_(skeleton, model.state_dict(), config)
+    assert loaded.converted == summary.converted
+    with torch.no_grad():
+        assert_same_bits(skeleton(ids).logits, logits)
+
+
+def test_a_whole_quantized_mixtral_pickles():
+    _, model = mixtral(num_hidden_layers=1)
+    ek.quantize_(model, ek.Int8WeightOnlyConfig())
+    ids = torch.randint(0, 96, (1, 5), generator=torch.Generator().manual_seed(7))
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    loaded = torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
+    assert isinstance(loaded.model.layers[0].mlp.experts.config, QuantizedExpertsConfig)
+    with torch.no_grad():
+        assert_same_bits(loaded(ids).logits, model(ids).logits)
+
+
+def test_the_model_config_stays_as_it_was():
+    _, model = mixtral(num_hidden_layers=1)
+    before = model.config._experts_implementation
+    ek.quantize_(model, ek.Int8WeightOnlyConfig())
+    block_config = model.model.layers[0].mlp.experts.config
+    assert model.config._experts_implementation == before and block_config.model_config is model.config
+    assert block_config.hidden_size == HIDDEN  # read through
+
+
+def test_prepare_leaves_fused_experts_float_and_says_so():
+    _, model = mixtral(num_hidden_layers=1)
+    summary = ek.prepare(model, ek.TernaryConfig())
+    assert summary.skipped == {"model.layers.0.mlp.experts": "MixtralExperts (fused experts) has no trainable form: "
+                                                             "quantize_ converts it after training"}
+
+
+def test_filter_fn_sees_a_fused_experts_block_and_can_leave_it_float():
+    _, model = mixtral(num_hidden_layers=1)
+    seen = []
+    summary = ek.quantize_(model, ek.Int8WeightOnlyConfig(),
+                           filter_fn=lambda module, name: seen.append(name) or "experts" not in name)
+    assert "model.layers.0.mlp.experts" in seen and "model.layers.0.mlp.experts" not in summary.converted
+    assert fused_weights(model.model.layers[0].mlp.experts)[0].dim() == 3
