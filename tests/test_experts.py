@@ -6,7 +6,7 @@ import io
 
 import pytest
 import torch
-from conftest import random_input
+from conftest import load_script, random_input
 from test_quant import assert_same_bits
 
 import effgen_kernels as ek
@@ -146,3 +146,18 @@ def test_filter_fn_sees_a_fused_experts_block_and_can_leave_it_float():
                            filter_fn=lambda module, name: seen.append(name) or "experts" not in name)
     assert "model.layers.0.mlp.experts" in seen and "model.layers.0.mlp.experts" not in summary.converted
     assert fused_weights(model.model.layers[0].mlp.experts)[0].dim() == 3
+
+
+def test_the_moe_study_times_every_variant(tmp_path):
+    # benchmarks/moe_experts_study.py, at a toy size: top_k distinct experts a token, weights
+    # summing to 1, and every variant timed at every token count.
+    study = load_script("benchmarks", "moe_experts_study")
+    for index, weights in study.routings(5, 3, experts=8, top_k=2):
+        assert index.shape == (3, 2) and all(len(set(row)) == 2 for row in index.tolist())
+        torch.testing.assert_close(weights.sum(-1), torch.ones(3))
+    results = study.main(["--hidden", "32", "--intermediate", "16", "--experts", "4", "--blocks", "2",
+                          "--tokens", "1", "3", "--reps", "3", "--json", str(tmp_path / "moe.json")])
+    assert set(results) == {1, 3}
+    assert all(set(medians) == {"fp32", "bf16", "W8A16", "W8A16 bf16"} and min(medians.values()) > 0
+               for medians in results.values())
+    assert (tmp_path / "moe.json").stat().st_size > 0
