@@ -3,6 +3,13 @@
 
 from __future__ import annotations
 
+import ast
+import functools
+import inspect
+import textwrap
+import types
+from collections.abc import Iterator
+
 from torch import nn
 
 
@@ -21,3 +28,92 @@ def swap_module(model: nn.Module, names: list[str], replacement: nn.Module) -> N
     for name in names:
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, replacement)
+
+
+def _weight_path(node: ast.AST) -> str | None:
+    """"a.b" for the expression self.a.b.weight, else None."""
+    if not (isinstance(node, ast.Attribute) and node.attr == "weight"):
+        return None
+    names, node = [], node.value
+    while isinstance(node, ast.Attribute):
+        names.append(node.attr)
+        node = node.value
+    return ".".join(reversed(names)) if names and isinstance(node, ast.Name) and node.id == "self" else None
+
+
+def _always_run(statements: list[ast.stmt]) -> Iterator[ast.AST]:
+    """The parts of a function body that run whenever it runs: statements, the tests of its
+    ifs and loops, the bodies of with and try blocks; not what an if, a loop or an except
+    runs only sometimes (Bloom reads a layer's weight only when pretraining_tp > 1, Mamba
+    hands its weights to a fused kernel only in training)."""
+    for statement in statements:
+        if isinstance(statement, ast.If | ast.While):
+            yield statement.test
+        elif isinstance(statement, ast.For | ast.AsyncFor):
+            yield statement.iter
+        elif isinstance(statement, ast.With | ast.AsyncWith):
+            yield from statement.items
+            yield from _always_run(statement.body)
+        elif isinstance(statement, ast.Try):
+            yield from _always_run(statement.body + statement.finalbody)
+        elif not isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Match):
+            yield statement
+
+
+def _mentions_weight(code: types.CodeType) -> bool:
+    """Whether compiled code (or code nested in it) reads an attribute named weight: cheaper
+    than reading and parsing the source of every method of a large class."""
+    return "weight" in code.co_names or any(
+        _mentions_weight(const) for const in code.co_consts if isinstance(const, types.CodeType))
+
+
+@functools.cache
+def _weight_reads(cls: type) -> dict[str, list[tuple[str, str]]]:
+    """The submodule paths whose weight a method that ``cls`` defines reads whenever it runs
+    (self.<path>.weight), each with those methods (name, source). Methods that initialize or
+    tie weights apart: they run before any layer is swapped."""
+    reads: dict[str, list[tuple[str, str]]] = {}
+    for attribute, function in vars(cls).items():
+        if not inspect.isfunction(function) or "init" in attribute or "tie" in attribute:
+            continue
+        function = inspect.unwrap(function)  # a decorator's wrapper reads nothing itself
+        if not _mentions_weight(function.__code__):
+            continue
+        try:
+            source = textwrap.dedent(inspect.getsource(function))
+            body = ast.parse(source).body[0].body
+        except (OSError, TypeError, SyntaxError, IndexError, AttributeError):  # made at run time: no source
+            continue
+        paths = {path for part in _always_run(body) for node in ast.walk(part) if (path := _weight_path(node))}
+        for path in paths:
+            reads.setdefault(path, []).append((f"{cls.__name__}.{attribute}", source))
+    return reads
+
+
+def _model_code(module: nn.Module) -> list[type]:
+    """The classes of ``module`` (its MRO) whose methods are the model's code, not torch's."""
+    return [cls for cls in type(module).__mro__ if cls is not object and not cls.__module__.startswith("torch.")]
+
+
+def weight_read_by_owner(model: nn.Module, name: str, int8_weight: bool) -> str | None:
+    """Which method of a module above layer ``name`` reads the layer's weight itself instead
+    of calling the layer (Mamba's ``self.dt_proj.weight @ time_step``, ``x.to(self.lm_head
+    .weight.dtype)``), said with the expression; None if none does. Such a layer cannot be
+    swapped: a quantized layer holds no float weight to read. With ``int8_weight`` (the new
+    layer keeps an int8 ``weight``), a method that checks ``self.wo.weight.dtype !=
+    torch.int8`` (T5 and its kin, written for int8 quantizers) knows what it reads.
+
+    Read from the source of the model's classes: a read by a function the module calls
+    with itself as an argument is not seen."""
+    parts = name.split(".")
+    owner = model
+    for depth, part in enumerate(parts):
+        path = ".".join(parts[depth:])
+        if all(p.isidentifier() for p in parts[depth:]):  # code writes layers[0], not layers.0
+            guard = f"self.{path}.weight.dtype != torch.int8"
+            for cls in _model_code(owner):
+                for method, source in _weight_reads(cls).get(path, ()):
+                    if not (int8_weight and guard in source):
+                        return f"{method} reads self.{path}.weight itself (a quantized layer has no float weight)"
+        owner = owner._modules[part]
+    return None

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from ._modules import names_by_module, swap_module
+from ._modules import names_by_module, swap_module, weight_read_by_owner
 from .nn import (
     BinaryLinear,
     BinaryTrainLinear,
@@ -219,6 +219,15 @@ def _why_not(target: nn.Module, config) -> str | None:
     return next((problem for problem in problems if problem is not None), None)
 
 
+def _read_by_owner(model: nn.Module, names: list[str], target: nn.Module, config) -> str | None:
+    """Why an nn.Linear target cannot be swapped although it could be converted: the model's
+    code reads its weight itself (None where it only calls the layer)."""
+    if not isinstance(target, nn.Linear):
+        return None
+    int8_weight = isinstance(config, (Int8Config, Int8WeightOnlyConfig))  # their layers keep an int8 weight
+    return next((reason for name in names if (reason := weight_read_by_owner(model, name, int8_weight))), None)
+
+
 def _convert(target: nn.Module, name: str, make: Callable[[nn.Linear, str], nn.Module]) -> nn.Module:
     """make's layer for an nn.Linear target; for a fused-experts block, the block itself with
     a layer made for each expert's projections (named "<block>.up_layers.<expert>", ...)."""
@@ -257,6 +266,20 @@ def _hf_conv1d(module: nn.Module) -> bool:
     pytorch_utils = sys.modules.get("transformers.pytorch_utils")
     conv1d = getattr(pytorch_utils, "Conv1D", None)
     return conv1d is not None and isinstance(module, conv1d)
+
+
+def _mark_hf_quantized(model: nn.Module) -> None:
+    """Tell a Hugging Face model it holds quantized layers, as transformers' own quantizers
+    do (``config._is_quantized``, never saved with the config): its code then calls layers
+    it would otherwise read the weight of (Falcon-Mamba's and Jamba's dt_proj) and takes its
+    activations' dtype from the config, not from a layer's weight (GPT-Neo)."""
+    modeling_utils = sys.modules.get("transformers.modeling_utils")
+    pretrained = getattr(modeling_utils, "PreTrainedModel", None)
+    if pretrained is None:
+        return
+    for module in model.modules():
+        if isinstance(module, pretrained):
+            module.config._is_quantized = True
 
 
 def _as_linear(module: nn.Module) -> nn.Linear | None:
@@ -314,7 +337,7 @@ def _replace_linears(model: nn.Module, config, make: Callable[[nn.Linear, str], 
     bar = Progress(len(targets), f"{action} {type(config).__name__}", enabled=progress, silent_s=2.0)
     for done, (names, target) in enumerate(targets):
         bar.update(done, detail=names[0])
-        reason = _why_not(target, config)
+        reason = _why_not(target, config) or _read_by_owner(model, names, target, config)
         if reason is not None:
             summary.skipped.update(dict.fromkeys(names, reason))
             continue
@@ -324,6 +347,8 @@ def _replace_linears(model: nn.Module, config, make: Callable[[nn.Linear, str], 
         swap_module(model, names, replacement)
         summary.converted += names
     bar.update(len(targets))
+    if summary.converted and action == "quantize_":
+        _mark_hf_quantized(model)
     summary.model_bytes_after = model_bytes(model)
     return summary
 
@@ -390,6 +415,8 @@ def load_quantized_(model: nn.Module, state_dict: Mapping[str, torch.Tensor], co
             raise ValueError(f"the checkpoint lacks {unloaded}: a quantized layer cannot run without them")
         if device.type != "meta":  # a skeleton's layers stay where the checkpoint's tensors are
             layer.to(device)
+    if swapped:
+        _mark_hf_quantized(model)
     summary.bytes_after = sum(model_bytes(layer) for _, layer, _ in swapped)
     summary.model_bytes_after = model_bytes(model)
     return summary
@@ -414,6 +441,8 @@ def convert(model: nn.Module) -> list[str]:
         if isinstance(module, _TRAINABLE):
             swap_module(model, names, module.to_inference())
             converted += names
+    if converted:
+        _mark_hf_quantized(model)
     return converted
 
 

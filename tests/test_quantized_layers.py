@@ -623,6 +623,143 @@ def test_quantize_converts_every_layer_of_a_gpt2():
         assert_same_bits(skeleton(ids).logits, logits)
 
 
+class ReadsItsLayers(torch.nn.Module):
+    """Model code that reads its layers' weights instead of calling them, the ways Hugging Face
+    models do: Mamba's ``self.dt_proj.weight @ x``, a dtype taken from a grandchild's weight,
+    T5's cast guarded for int8 quantizers, reads only in a branch not taken, and reads in the
+    methods that initialize and tie weights (run before quantize_)."""
+
+    def __init__(self, slow_path: bool = False) -> None:
+        super().__init__()
+        self.dt_proj, self.wo, self.branch = torch.nn.Linear(K, K), torch.nn.Linear(K, K), torch.nn.Linear(K, K)
+        self.block = torch.nn.ModuleDict({"out": torch.nn.Linear(K, N)})
+        self.slow_path = slow_path
+        self.branch.weight.data.mul_(self.branch.weight.shape[1] ** 0.5 / self.branch.weight.norm())
+
+    def _init_weights(self) -> None:
+        torch.nn.init.normal_(self.wo.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (self.dt_proj.weight @ x.t()).t()
+        if self.wo.weight.dtype != x.dtype and self.wo.weight.dtype != torch.int8:
+            x = x.to(self.wo.weight.dtype)
+        x = self.wo(x)
+        if self.slow_path:  # Bloom's pretraining_tp > 1
+            x = torch.nn.functional.linear(x, self.branch.weight)
+        else:
+            x = self.branch(x)
+        return self.block["out"](x.to(self.block.out.weight.dtype))
+
+
+@pytest.mark.parametrize("config", [ek.Int8WeightOnlyConfig(), ek.TernaryConfig()])
+def test_layers_whose_weight_the_model_code_reads_stay_float_and_say_where(config):
+    model = ReadsItsLayers()
+    x = random_input((3, K))
+    summary = ek.quantize_(model, config)
+    reads = "reads self.{}.weight itself (a quantized layer has no float weight)"
+    skipped = {"dt_proj": f"ReadsItsLayers.forward {reads.format('dt_proj')}",
+               "block.out": f"ReadsItsLayers.forward {reads.format('block.out')}"}
+    if isinstance(config, ek.TernaryConfig):  # no int8 weight to satisfy the guard: the read fails
+        skipped["wo"] = f"ReadsItsLayers.forward {reads.format('wo')}"
+    assert summary.skipped == skipped
+    assert sorted(summary.converted) == sorted({"dt_proj", "wo", "branch", "block.out"} - set(skipped))
+    model(x)  # runs: every layer it reads is float
+
+
+def test_prepare_leaves_float_what_convert_could_not_swap():
+    model = ReadsItsLayers()
+    summary = ek.prepare(model, ek.Int8Config())
+    assert sorted(summary.converted) == ["branch", "wo"]
+    assert sorted(summary.skipped) == ["block.out", "dt_proj"]
+    ek.convert(model)
+    model(random_input((3, K)))
+
+
+def test_a_model_that_reads_a_layer_only_in_another_branch_still_converts_it():
+    model = ReadsItsLayers(slow_path=True)
+    assert "branch" in ek.quantize_(model, ek.Int8WeightOnlyConfig()).converted
+    model.slow_path = False  # the branch it converts for
+    model(random_input((3, K)))
+    model.slow_path = True
+    with pytest.raises(RuntimeError):  # a run-time branch no reading of the source can rule out
+        model(random_input((3, K)))
+
+
+def tiny_hf_model(kind: str) -> torch.nn.Module:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config_class = {"mamba": transformers.MambaConfig, "falcon_mamba": transformers.FalconMambaConfig,
+                    "gpt_neo": transformers.GPTNeoConfig}[kind]
+    sizes = {"gpt_neo": dict(num_layers=2, attention_types=[[["global", "local"], 1]], num_heads=4)}.get(
+        kind, dict(num_hidden_layers=2, state_size=8))
+    config = config_class(vocab_size=96, hidden_size=64, **sizes)
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+def dequantized_twin(model: torch.nn.Module, quantized: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with each weight that ``quantized`` holds in int8 replaced by its codes x
+    scales (a new parameter: a tied head's embeddings stay as they were)."""
+    twin = copy.deepcopy(model)
+    for name, layer in quantized.named_modules():
+        if isinstance(layer, ek.nn.Int8WeightOnlyLinear):
+            twin.get_submodule(name).weight = torch.nn.Parameter(layer.weight.float() * layer.weight_scale[:, None])
+    return twin
+
+
+@pytest.mark.parametrize("kind, skipped", [
+    ("mamba", {"lm_head": "MambaForCausalLM.forward", "mixer.dt_proj": "MambaMixer.forward"}),
+    ("falcon_mamba", {"lm_head": "FalconMambaForCausalLM.forward"}),  # calls dt_proj when told it is quantized
+    ("gpt_neo", {}),
+])
+def test_hugging_face_models_that_read_layer_weights_run_quantized(kind, skipped):
+    model = tiny_hf_model(kind)
+    quantized = copy.deepcopy(model)
+    summary = ek.quantize_(quantized, ek.Int8WeightOnlyConfig())
+    for name, reason in summary.skipped.items():
+        if "3-D parameters ['weight']" in reason:  # Mamba's depthwise nn.Conv1d
+            continue
+        method = next(method for key, method in skipped.items() if name.endswith(key))
+        assert reason.startswith(f"{method} reads self.{name.split('.')[-1]}.weight itself"), (name, reason)
+    assert len(summary.converted) > 4 and quantized.config._is_quantized
+    assert "_is_quantized" not in quantized.config.to_dict()  # transformers never saves it
+    ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits, expected = quantized(ids).logits, dequantized_twin(model, quantized)(ids).logits
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("config", [ek.Int8WeightOnlyConfig(), ek.TernaryConfig()])
+def test_t5_keeps_its_output_layers_float_only_for_formats_without_an_int8_weight(config):
+    """T5 reads ``self.wo.weight`` in a test written for int8 quantizers (``!= torch.int8``):
+    an int8 layer satisfies it, a ternary one has no weight to read."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = transformers.T5ForConditionalGeneration(transformers.T5Config(
+        vocab_size=96, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, decoder_start_token_id=0)).eval()
+    summary = ek.quantize_(model, config)
+    outputs = {name for name in summary.skipped if name.endswith(".wo")}
+    assert len(outputs) == (0 if isinstance(config, ek.Int8WeightOnlyConfig) else 4)
+    assert set(summary.skipped) == outputs
+    assert all(summary.skipped[name].startswith("T5DenseActDense.forward reads self.wo.weight") for name in outputs)
+    ids = torch.randint(1, 96, (2, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=ids, decoder_input_ids=ids).logits).all()
+
+
+def test_a_hugging_face_model_is_told_it_is_quantized_only_once_it_is():
+    model = tiny_hf_model("gpt_neo")
+    ek.prepare(model, ek.Int8Config())
+    assert not hasattr(model.config, "_is_quantized")  # trainable layers keep float weights
+    ek.convert(model)
+    assert model.config._is_quantized
+    skeleton = tiny_hf_model("gpt_neo")
+    ek.load_quantized_(skeleton, model.state_dict(), ek.Int8Config())
+    assert skeleton.config._is_quantized
+    untouched = tiny_hf_model("gpt_neo")
+    ek.quantize_(untouched, ek.Int8Config(), filter_fn=lambda module, name: False)
+    assert not hasattr(untouched.config, "_is_quantized")
+
+
 def saved_and_loaded(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A state_dict through safetensors' bytes, as a checkpoint file gives it back."""
     safetensors = pytest.importorskip("safetensors.torch")
