@@ -239,6 +239,15 @@ def _convert(target: nn.Module, name: str, make: Callable[[nn.Linear, str], nn.M
 _TRAINABLE = (Int8TrainLinear, BinaryTrainLinear, TernaryTrainLinear)
 
 
+def _stacked_matrices(module: nn.Module) -> list[str]:
+    """The names of ``module``'s own 3-D parameters that stack matrices (experts, heads): not
+    a convolution's kernel (torch.nn's Conv1d, as in Mamba) nor vectors shaped [1, 1, H]
+    (RWKV's time mixing), which no linear layer could take."""
+    if type(module).__module__.startswith("torch.nn."):
+        return []
+    return [name for name, p in module.named_parameters(recurse=False) if p.dim() == 3 and min(p.shape[1:]) > 1]
+
+
 def _left_alone(module: nn.Module) -> str | None:
     """Why quantize_ / prepare leave a linear-like module that is not a plain nn.Linear as it
     is (None: not linear-like), or one holding stacked 3-D weights. Said in the summary: a
@@ -252,7 +261,7 @@ def _left_alone(module: nn.Module) -> str | None:
         return f"{type(module).__name__} is a subclass of nn.Linear (its owner may read the weight directly)"
     if is_fused_experts(module):  # reached by prepare only: quantize_ converts them
         return f"{type(module).__name__} (fused experts) has no trainable form: quantize_ converts it after training"
-    stacked = [name for name, p in module.named_parameters(recurse=False) if p.dim() == 3]
+    stacked = _stacked_matrices(module)
     if stacked:  # not a transformers experts block: its forward's use of them is unknown
         return (f"{type(module).__name__} holds its weights as 3-D parameters {stacked}: quantize_ converts "
                 f"nn.Linear and Conv1D layers and transformers' fused-experts blocks")

@@ -715,9 +715,7 @@ def test_hugging_face_models_that_read_layer_weights_run_quantized(kind, skipped
     model = tiny_hf_model(kind)
     quantized = copy.deepcopy(model)
     summary = ek.quantize_(quantized, ek.Int8WeightOnlyConfig())
-    for name, reason in summary.skipped.items():
-        if "3-D parameters ['weight']" in reason:  # Mamba's depthwise nn.Conv1d
-            continue
+    for name, reason in summary.skipped.items():  # not Mamba's depthwise nn.Conv1d: no linear layer
         method = next(method for key, method in skipped.items() if name.endswith(key))
         assert reason.startswith(f"{method} reads self.{name.split('.')[-1]}.weight itself"), (name, reason)
     assert len(summary.converted) > 4 and quantized.config._is_quantized
@@ -895,8 +893,17 @@ class StackedWeights(torch.nn.Module):
         self.scale = torch.nn.Parameter(torch.ones(8))
 
 
+class TimeMixing(torch.nn.Module):
+    """RWKV's mixing vectors, shaped [1, 1, H]: 3-D, but no stack of matrices."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.time_mix_key = torch.nn.Parameter(torch.rand(1, 1, K))
+
+
 def test_quantize_names_the_3d_weights_it_leaves_float():
-    model = torch.nn.ModuleDict({"proj": torch.nn.Linear(K, K), "stacked": StackedWeights()})
+    model = torch.nn.ModuleDict({"proj": torch.nn.Linear(K, K), "stacked": StackedWeights(),
+                                 "conv": torch.nn.Conv1d(K, K, 4, groups=K), "mix": TimeMixing()})
     summary = ek.quantize_(model, ek.Int8WeightOnlyConfig())
     assert summary.converted == ["proj"] and summary.skipped == {
         "stacked": "StackedWeights holds its weights as 3-D parameters ['down_proj']: quantize_ converts nn.Linear "
