@@ -5,10 +5,14 @@ threads at once."""
 
 import copy
 import io
+import json
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import NamedTuple
 
 import pytest
@@ -742,6 +746,18 @@ def test_t5_keeps_its_output_layers_float_only_for_formats_without_an_int8_weigh
     ids = torch.randint(1, 96, (2, 10), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.isfinite(model(input_ids=ids, decoder_input_ids=ids).logits).all()
+
+
+def test_the_architecture_sweep_runs_quantize_over_transformers_models(tmp_path):
+    pytest.importorskip("transformers")
+    script = Path(__file__).resolve().parent.parent / "scripts" / "hf_architecture_sweep.py"
+    command = [sys.executable, str(script), "llama", "mamba", "gpt2", "--json", str(tmp_path / "rows.json")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "3 architectures, 3 built small, 3 of them run quantized as they should" in done.stdout
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    assert rows["mamba"]["w8a16"]["skipped"] == 3  # lm_head and each layer's dt_proj: read by the model's code
+    assert all(row["w8a16"]["w8a16_error"] < 1e-4 and row["w8a8"]["cosine"] > 0.99 for row in rows.values())
 
 
 def test_a_hugging_face_model_is_told_it_is_quantized_only_once_it_is():
