@@ -71,10 +71,11 @@ def _mentions_weight(code: types.CodeType) -> bool:
 def _weight_reads(cls: type) -> dict[str, list[tuple[str, str]]]:
     """The submodule paths whose weight a method that ``cls`` defines reads whenever it runs
     (self.<path>.weight), each with those methods (name, source). Methods that initialize or
-    tie weights apart: they run before any layer is swapped."""
+    tie weights apart (``__init__``, ``_init_weights``, ``init_mamba_weights``,
+    ``tie_weights``): they run before any layer is swapped."""
     reads: dict[str, list[tuple[str, str]]] = {}
     for attribute, function in vars(cls).items():
-        if not inspect.isfunction(function) or "init" in attribute or "tie" in attribute:
+        if not inspect.isfunction(function) or attribute.lstrip("_").startswith(("init", "tie")):
             continue
         function = inspect.unwrap(function)  # a decorator's wrapper reads nothing itself
         if not _mentions_weight(function.__code__):

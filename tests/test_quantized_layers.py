@@ -689,6 +689,28 @@ def test_a_model_that_reads_a_layer_only_in_another_branch_still_converts_it():
         model(random_input((3, K)))
 
 
+class ReadsFromAHelper(torch.nn.Module):
+    """Reads its layer's weight in a method whose name holds "init" but that runs at forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(K, K)
+
+    def _forward_from_initial_state(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.proj.weight.t()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward_from_initial_state(x)
+
+
+def test_a_method_is_passed_over_only_if_it_initializes_or_ties_weights():
+    model = ReadsFromAHelper()
+    summary = ek.quantize_(model, ek.Int8WeightOnlyConfig())
+    assert summary.skipped == {"proj": "ReadsFromAHelper._forward_from_initial_state reads self.proj.weight itself "
+                                       "(a quantized layer has no float weight)"}
+    model(random_input((2, K)))
+
+
 def tiny_hf_model(kind: str) -> torch.nn.Module:
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
