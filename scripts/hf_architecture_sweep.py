@@ -11,9 +11,13 @@ and ternary weights. W8A16 is compared with the float model holding the very wei
 quantized layers hold (codes x scales): anything beyond fp32 rounding is a wrong layer, a
 wrong layout or the model's code misusing a quantized layer. W8A8 and ternary report the
 cosine similarity of their logits with the float model's (ternary is far off without
-training). Architectures whose float model cannot be built small this way are listed, not
-failed. Exit status 1 if any architecture that runs in float fails quantized, or its W8A16
-logits are off. Nothing is downloaded: configs and weights are made here.
+training). Where the float model generates, each quantized one generates 4 greedy tokens
+(the one-row steps over its cache; W8A16's step logits against the twin's), and the
+architecture's skeleton (weights on the meta device) must give the same logits, bit for
+bit, after load_quantized_ of the quantized state_dict. Architectures whose float model
+cannot be built small this way are listed, not failed. Exit status 1 if any architecture
+that runs in float fails quantized, its W8A16 logits (forward or generated) are off, or a
+reload differs. Nothing is downloaded: configs and weights are made here.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ DEPTHS = (2, 4, 8)
 MAX_PARAMETERS = 80_000_000  # multimodal models keep full-size towers: too slow here, listed
 SECONDS_PER_ARCHITECTURE = 150
 W8A16_TOLERANCE = 1e-4  # max |error| / max |logit| against the dequantized float model
+GENERATED_TOKENS = 4
 CONFIGS = {"w8a16": ek.Int8WeightOnlyConfig(), "w8a8": ek.Int8Config(), "ternary": ek.TernaryConfig()}
 
 
@@ -69,7 +74,9 @@ def small_config(transformers, model_type: str, depth: int):
 
 
 def float_model(transformers, auto_class, model_type: str, seq2seq: bool):
-    """(model, inputs, logits) of the first depth that builds and runs; raises the last error."""
+    """(model, its config, inputs, logits) of the first depth that builds and runs; raises
+    the last error. The config is the one the model was made from: some models keep only a
+    part of it as their .config (Emu3 its text config, which the auto class does not map)."""
     error = None
     for depth in DEPTHS:
         try:
@@ -83,7 +90,7 @@ def float_model(transformers, auto_class, model_type: str, seq2seq: bool):
             ids = torch.randint(3, min(vocab, 200), (2, 12), generator=torch.Generator().manual_seed(1))
             inputs = {"input_ids": ids, **({"decoder_input_ids": ids} if seq2seq else {})}
             with torch.no_grad():
-                return model, inputs, model(**inputs).logits
+                return model, config, inputs, model(**inputs).logits
         except TooSlow:
             raise
         except Exception as e:  # noqa: BLE001 - any failure to build the float model is reported, not fatal
@@ -111,12 +118,57 @@ def dequantized_twin(model: torch.nn.Module, quantized: torch.nn.Module) -> torc
     return twin
 
 
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual - expected).abs().max() / expected.abs().max()).item()
+
+
+def greedy(model: torch.nn.Module, inputs: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """GENERATED_TOKENS greedy tokens after the inputs (one-row steps over the model's cache):
+    the sequences and each step's logits."""
+    out = model.generate(inputs["input_ids"], max_new_tokens=GENERATED_TOKENS, min_new_tokens=GENERATED_TOKENS,
+                         do_sample=False, output_logits=True, return_dict_in_generate=True)
+    return out.sequences, list(out.logits)
+
+
+def generation_error(quantized: tuple, expected: tuple) -> float:
+    """The largest relative error of the quantized model's step logits against the float
+    twin's, over the steps that saw the same tokens (a near tie may pick another token:
+    the steps after it see other inputs)."""
+    sequences, logits = quantized
+    expected_sequences, expected_logits = expected
+    new = expected_sequences.shape[1] - len(expected_logits)
+    errors = []
+    for step, (step_logits, step_expected) in enumerate(zip(logits, expected_logits, strict=True)):
+        errors.append(relative_error(step_logits, step_expected))
+        if not torch.equal(sequences[:, new + step], expected_sequences[:, new + step]):
+            break
+    return max(errors)
+
+
+def reloaded_logits(auto_class, model_config, quantized: torch.nn.Module, config, inputs: dict):
+    """The logits of the architecture's skeleton (weights on the meta device) after
+    load_quantized_ of the quantized model's state_dict."""
+    import accelerate
+
+    with accelerate.init_empty_weights():
+        skeleton = auto_class.from_config(copy.deepcopy(model_config)).eval()
+    ek.load_quantized_(skeleton, quantized.state_dict(), config)
+    return skeleton(**inputs).logits
+
+
 def check_architecture(transformers, auto_class, model_type: str, seq2seq: bool) -> dict:
-    """One architecture's row: float failure, or per config what converted and how close."""
+    """One architecture's row: float failure, or per config what converted and how close:
+    the forward's logits, a greedy generation's (where the float model generates) and a
+    skeleton's after load_quantized_ of the quantized state_dict (which must be the same bits)."""
     try:
-        model, inputs, logits = float_model(transformers, auto_class, model_type, seq2seq)
+        model, model_config, inputs, logits = float_model(transformers, auto_class, model_type, seq2seq)
     except Exception as e:  # noqa: BLE001
         return {"float_fails": f"{type(e).__name__}: {str(e)[:120]}"}
+    try:
+        greedy(model, inputs)
+        generates = True
+    except Exception:  # noqa: BLE001 - the architecture's own generate: not ours to check
+        generates = False
     row = {}
     for name, config in CONFIGS.items():
         quantized = copy.deepcopy(model)
@@ -124,14 +176,21 @@ def check_architecture(transformers, auto_class, model_type: str, seq2seq: bool)
             summary = ek.quantize_(quantized, config, progress=False)
             with torch.no_grad():
                 quantized_logits = quantized(**inputs).logits
+                error = generated_error = generated_finite = None
+                if generates:
+                    generated = greedy(quantized, inputs)
+                    generated_finite = all(torch.isfinite(step).all() for step in generated[1])
                 if name == "w8a16":
-                    expected = dequantized_twin(model, quantized)(**inputs).logits
-                    error = ((quantized_logits - expected).abs().max() / expected.abs().max()).item()
-                else:
-                    error = None
+                    twin = dequantized_twin(model, quantized)
+                    error = relative_error(quantized_logits, twin(**inputs).logits)
+                    if generates:
+                        generated_error = generation_error(generated, greedy(twin, inputs))
+                reloaded = reloaded_logits(auto_class, model_config, quantized, config, inputs)
             cosine = torch.nn.functional.cosine_similarity(quantized_logits.flatten(), logits.flatten(), dim=0)
             row[name] = {"converted": len(summary.converted), "skipped": len(summary.skipped),
-                         "cosine": round(cosine.item(), 4), "w8a16_error": error}
+                         "cosine": round(cosine.item(), 4), "w8a16_error": error,
+                         "generation_error": generated_error, "generated_finite": generated_finite,
+                         "reloaded_same": torch.equal(reloaded, quantized_logits)}
         except TooSlow:
             raise
         except Exception as e:  # noqa: BLE001
@@ -148,6 +207,12 @@ def row_problem(row: dict) -> str | None:
             return f"{name} fails: {result['fails']}"
         if result["w8a16_error"] is not None and not result["w8a16_error"] <= W8A16_TOLERANCE:
             return f"w8a16 logits off by {result['w8a16_error']:.1e} of their largest"
+        if result["generated_finite"] is False:
+            return f"{name} generates non-finite logits"
+        if result["generation_error"] is not None and not result["generation_error"] <= W8A16_TOLERANCE:
+            return f"w8a16 generated logits off by {result['generation_error']:.1e} of their largest"
+        if not result["reloaded_same"]:
+            return f"{name}: the skeleton after load_quantized_ gives other logits"
     return None
 
 
@@ -160,8 +225,11 @@ def describe(row: dict) -> str:
             parts.append(f"{name} FAILS {result['fails']}")
         else:
             error = "" if result["w8a16_error"] is None else f" error {result['w8a16_error']:.1e}"
+            generated = result["generation_error"]
+            generation = "" if generated is None else f" generated {generated:.1e}"
+            reload = "" if result["reloaded_same"] else " RELOAD DIFFERS"
             parts.append(f"{name} {result['converted']} converted {result['skipped']} skipped cos "
-                         f"{result['cosine']:.4f}{error}")
+                         f"{result['cosine']:.4f}{error}{generation}{reload}")
     return " | ".join(parts)
 
 

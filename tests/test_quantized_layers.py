@@ -711,12 +711,51 @@ def test_a_method_is_passed_over_only_if_it_initializes_or_ties_weights():
     model(random_input((2, K)))
 
 
+class RescalesInPlace(torch.nn.Module):
+    """Changes its layers' weights in place when it runs, as RWKV rescales its blocks'
+    output layers at its first eval forward: through a loop over its blocks, in a branch,
+    and on its own layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(torch.nn.ModuleDict({"out": torch.nn.Linear(K, K),
+                                                               "gate": torch.nn.Linear(K, K)}) for _ in range(2))
+        self.head = torch.nn.Linear(K, N)
+        self.rescaled = False
+
+    def _rescale(self) -> None:
+        with torch.no_grad():
+            for index, block in enumerate(self.blocks):
+                if not self.rescaled:
+                    block.out.weight.div_(2 ** index)
+            self.head.weight.mul_(1.0)
+        self.rescaled = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._rescale()
+        for block in self.blocks:
+            x = block["out"](x) * block["gate"](x).sigmoid()
+        return self.head(x)
+
+
+@pytest.mark.parametrize("config", [ek.Int8Config(), ek.BinaryConfig()])
+def test_layers_whose_weight_the_model_changes_in_place_stay_float(config):
+    model = RescalesInPlace()
+    summary = ek.quantize_(model, config)
+    in_place = "RescalesInPlace._rescale changes {}.weight in place (a quantized layer has no float weight)"
+    assert summary.skipped == {"blocks.0.out": in_place.format("block.out"),
+                               "blocks.1.out": in_place.format("block.out"), "head": in_place.format("self.head")}
+    assert sorted(summary.converted) == ["blocks.0.gate", "blocks.1.gate"]
+    model(random_input((2, K)))
+
+
 def tiny_hf_model(kind: str) -> torch.nn.Module:
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config_class = {"mamba": transformers.MambaConfig, "falcon_mamba": transformers.FalconMambaConfig,
-                    "gpt_neo": transformers.GPTNeoConfig}[kind]
-    sizes = {"gpt_neo": dict(num_layers=2, attention_types=[[["global", "local"], 1]], num_heads=4)}.get(
+                    "gpt_neo": transformers.GPTNeoConfig, "rwkv": transformers.RwkvConfig}[kind]
+    sizes = {"gpt_neo": dict(num_layers=2, attention_types=[[["global", "local"], 1]], num_heads=4),
+             "rwkv": dict(num_hidden_layers=4, attention_hidden_size=64, intermediate_size=128, rescale_every=2)}.get(
         kind, dict(num_hidden_layers=2, state_size=8))
     config = config_class(vocab_size=96, hidden_size=64, **sizes)
     return transformers.AutoModelForCausalLM.from_config(config).eval()
@@ -733,17 +772,21 @@ def dequantized_twin(model: torch.nn.Module, quantized: torch.nn.Module) -> torc
 
 
 @pytest.mark.parametrize("kind, skipped", [
-    ("mamba", {"lm_head": "MambaForCausalLM.forward", "mixer.dt_proj": "MambaMixer.forward"}),
-    ("falcon_mamba", {"lm_head": "FalconMambaForCausalLM.forward"}),  # calls dt_proj when told it is quantized
+    ("mamba", {"lm_head": "MambaForCausalLM.forward reads self.lm_head.weight",
+               "dt_proj": "MambaMixer.forward reads self.dt_proj.weight"}),
+    ("falcon_mamba", {"lm_head": "FalconMambaForCausalLM.forward reads self.lm_head.weight"}),  # dt_proj: called
     ("gpt_neo", {}),
+    # rescales its blocks' output layers in place at its first eval forward (after quantize_ here)
+    ("rwkv", {"output": "RwkvModel._rescale_layers changes block.attention.output.weight in place",
+              "value": "RwkvModel._rescale_layers changes block.feed_forward.value.weight in place"}),
 ])
 def test_hugging_face_models_that_read_layer_weights_run_quantized(kind, skipped):
     model = tiny_hf_model(kind)
     quantized = copy.deepcopy(model)
     summary = ek.quantize_(quantized, ek.Int8WeightOnlyConfig())
     for name, reason in summary.skipped.items():  # not Mamba's depthwise nn.Conv1d: no linear layer
-        method = next(method for key, method in skipped.items() if name.endswith(key))
-        assert reason.startswith(f"{method} reads self.{name.split('.')[-1]}.weight itself"), (name, reason)
+        assert reason.startswith(skipped[name.split(".")[-1]]), (name, reason)
+    assert len(summary.skipped) == {"mamba": 3, "falcon_mamba": 1, "gpt_neo": 0, "rwkv": 8}[kind]
     assert len(summary.converted) > 4 and quantized.config._is_quantized
     assert "_is_quantized" not in quantized.config.to_dict()  # transformers never saves it
     ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(1))
@@ -779,7 +822,10 @@ def test_the_architecture_sweep_runs_quantize_over_transformers_models(tmp_path)
     assert "3 architectures, 3 built small, 3 of them run quantized as they should" in done.stdout
     rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     assert rows["mamba"]["w8a16"]["skipped"] == 3  # lm_head and each layer's dt_proj: read by the model's code
-    assert all(row["w8a16"]["w8a16_error"] < 1e-4 and row["w8a8"]["cosine"] > 0.99 for row in rows.values())
+    assert all(row["w8a16"]["w8a16_error"] < 1e-4 and row["w8a16"]["generation_error"] < 1e-4
+               and row["w8a8"]["cosine"] > 0.99 for row in rows.values())
+    assert all(result["reloaded_same"] and result["generated_finite"] for row in rows.values()
+               for result in row.values())
 
 
 def test_a_hugging_face_model_is_told_it_is_quantized_only_once_it_is():
