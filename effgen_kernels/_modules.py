@@ -120,7 +120,7 @@ def _model_code(module: nn.Module) -> list[type]:
     return [cls for cls in type(module).__mro__ if cls is not object and not cls.__module__.startswith("torch.")]
 
 
-def weight_read_by_owner(model: nn.Module, name: str, int8_weight: bool) -> str | None:
+def weight_used_by_owner(model: nn.Module, name: str, int8_weight: bool) -> str | None:
     """Which method of a module above layer ``name`` reads the layer's weight itself instead
     of calling the layer (Mamba's ``self.dt_proj.weight @ time_step``, ``x.to(self.lm_head
     .weight.dtype)``) or changes it in place (RWKV's rescaling), said with the expression;

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from ._modules import names_by_module, swap_module, weight_read_by_owner
+from ._modules import names_by_module, swap_module, weight_used_by_owner
 from .nn import (
     BinaryLinear,
     BinaryTrainLinear,
@@ -219,13 +219,13 @@ def _why_not(target: nn.Module, config) -> str | None:
     return next((problem for problem in problems if problem is not None), None)
 
 
-def _read_by_owner(model: nn.Module, names: list[str], target: nn.Module, config) -> str | None:
+def _used_by_owner(model: nn.Module, names: list[str], target: nn.Module, config) -> str | None:
     """Why an nn.Linear target cannot be swapped although it could be converted: the model's
-    code reads its weight itself (None where it only calls the layer)."""
+    code reads its weight itself or changes it in place (None where it only calls the layer)."""
     if not isinstance(target, nn.Linear):
         return None
     int8_weight = isinstance(config, (Int8Config, Int8WeightOnlyConfig))  # their layers keep an int8 weight
-    return next((reason for name in names if (reason := weight_read_by_owner(model, name, int8_weight))), None)
+    return next((reason for name in names if (reason := weight_used_by_owner(model, name, int8_weight))), None)
 
 
 def _convert(target: nn.Module, name: str, make: Callable[[nn.Linear, str], nn.Module]) -> nn.Module:
@@ -346,7 +346,7 @@ def _replace_linears(model: nn.Module, config, make: Callable[[nn.Linear, str], 
     bar = Progress(len(targets), f"{action} {type(config).__name__}", enabled=progress, silent_s=2.0)
     for done, (names, target) in enumerate(targets):
         bar.update(done, detail=names[0])
-        reason = _why_not(target, config) or _read_by_owner(model, names, target, config)
+        reason = _why_not(target, config) or _used_by_owner(model, names, target, config)
         if reason is not None:
             summary.skipped.update(dict.fromkeys(names, reason))
             continue
