@@ -379,10 +379,50 @@ def quantize_(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bo
     return _replace_linears(model, config, config.convert, filter_fn, "quantize_", progress)
 
 
-def _holds_quantized(state_dict: Mapping[str, torch.Tensor], name: str) -> bool:
-    """Whether a checkpoint holds layer ``name`` quantized (int8 weights or packed bits)."""
-    weight = state_dict.get(f"{name}.weight")
-    return f"{name}.weight_packed" in state_dict or (weight is not None and weight.dtype == torch.int8)
+def _holds_quantized(checkpoint_dtypes: Mapping[str, torch.dtype], name: str) -> bool:
+    """Whether a checkpoint (its keys and their dtypes) holds layer ``name`` quantized (int8
+    weights or packed bits)."""
+    return (f"{name}.weight_packed" in checkpoint_dtypes
+            or checkpoint_dtypes.get(f"{name}.weight") == torch.int8)
+
+
+def swap_for_checkpoint(model: nn.Module, checkpoint_dtypes: Mapping[str, torch.dtype], config,
+                        summary: QuantizeSummary) -> list[tuple[str, nn.Module, torch.device]]:
+    """load_quantized_'s first step, also the Hugging Face quantizer's (effgen_kernels.hf):
+    swap each layer the checkpoint (its keys and their dtypes) holds quantized for an empty
+    layer of ``config``'s format, made on the meta device for the checkpoint's tensors to be
+    assigned to it. Returns (name, layer, the float layer's device) for each layer swapped;
+    ``summary`` lists them, and the layers the checkpoint holds in float as skipped."""
+    swapped = []
+    for names, target in _targets(model, None, summary, experts=True):
+        is_linear = isinstance(target, nn.Linear)
+        if not _holds_quantized(checkpoint_dtypes, names[0] if is_linear else f"{names[0]}.{UP_LAYERS}.0"):
+            summary.skipped.update(dict.fromkeys(names, "the checkpoint holds it in float"))
+            continue
+        device = (target.weight if is_linear else fused_weights(target)[0]).device
+        # Made on the meta device, not the CPU, where an empty int8 layer packs its zero
+        # weights only for the load to replace them (over half of a 4096 x 11008 layer's load).
+        build = torch.device("meta") if device.type == "cpu" else device
+
+        def empty(linear: nn.Linear, name: str, build=build) -> nn.Module:
+            layer = config.empty(linear, build)
+            if isinstance(layer, Int8Linear) and f"{name}.input_smoothing" in checkpoint_dtypes:
+                # quantized with SmoothQuant: without the inverse factors its weights are wrong
+                layer.input_smoothing = torch.empty(linear.in_features, dtype=torch.float32, device=build)
+            return layer
+
+        summary.bytes_before += model_bytes(target)
+        replacement = _convert(target, names[0], empty)
+        swap_module(model, names, replacement)
+        swapped.append((names[0], replacement, device))
+        summary.converted += names
+    return swapped
+
+
+def unloaded_buffers(name: str, layer: nn.Module) -> list[str]:
+    """The buffers of a layer swapped in by swap_for_checkpoint that no checkpoint tensor
+    replaced (still on the meta device): a quantized layer cannot run without them."""
+    return [f"{name}.{key}" for key, buffer in layer.named_buffers() if buffer.is_meta]
 
 
 def load_quantized_(model: nn.Module, state_dict: Mapping[str, torch.Tensor], config,
@@ -402,24 +442,10 @@ def load_quantized_(model: nn.Module, state_dict: Mapping[str, torch.Tensor], co
     check_config(config)
     summary = QuantizeSummary(config, action="load_quantized_", model_bytes_before=model_bytes(model))
     on_meta = any(t.is_meta for t in list(model.parameters()) + list(model.buffers()))
-    swapped = []
-    for names, target in _targets(model, None, summary, experts=True):
-        is_linear = isinstance(target, nn.Linear)
-        if not _holds_quantized(state_dict, names[0] if is_linear else f"{names[0]}.{UP_LAYERS}.0"):
-            summary.skipped.update(dict.fromkeys(names, "the checkpoint holds it in float"))
-            continue
-        device = (target.weight if is_linear else fused_weights(target)[0]).device
-        # Made on the meta device, not the CPU, where an empty int8 layer packs its zero
-        # weights only for the load to replace them (over half of a 4096 x 11008 layer's load).
-        build = torch.device("meta") if device.type == "cpu" else device
-        summary.bytes_before += model_bytes(target)
-        replacement = _convert(target, names[0], lambda linear, name, build=build: config.empty(linear, build))
-        swap_module(model, names, replacement)
-        swapped.append((names[0], replacement, device))
-        summary.converted += names
+    swapped = swap_for_checkpoint(model, {key: tensor.dtype for key, tensor in state_dict.items()}, config, summary)
     model.load_state_dict(state_dict, strict=strict, assign=on_meta)  # quantized layers on meta assign anyway
     for name, layer, device in swapped:
-        unloaded = [f"{name}.{key}" for key, buffer in layer.named_buffers() if buffer.is_meta]
+        unloaded = unloaded_buffers(name, layer)
         if unloaded:  # passed over by strict=False
             raise ValueError(f"the checkpoint lacks {unloaded}: a quantized layer cannot run without them")
         if device.type != "meta":  # a skeleton's layers stay where the checkpoint's tensors are

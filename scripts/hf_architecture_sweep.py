@@ -14,10 +14,14 @@ cosine similarity of their logits with the float model's (ternary is far off wit
 training). Where the float model generates, each quantized one generates 4 greedy tokens
 (the one-row steps over its cache; W8A16's step logits against the twin's), and the
 architecture's skeleton (weights on the meta device) must give the same logits, bit for
-bit, after load_quantized_ of the quantized state_dict. Architectures whose float model
-cannot be built small this way are listed, not failed. Exit status 1 if any architecture
-that runs in float fails quantized, its W8A16 logits (forward or generated) are off, or a
-reload differs. Nothing is downloaded: configs and weights are made here.
+bit, after load_quantized_ of the quantized state_dict. Through transformers itself too:
+the float model's save_pretrained goes through from_pretrained with EffgenConfig(config)
+(effgen_kernels.hf), and that model's save_pretrained must load back with the same logits,
+bit for bit (architectures whose float model does not survive save_pretrained and
+from_pretrained unchanged are listed, not failed). Architectures whose float model cannot be
+built small this way are listed, not failed. Exit status 1 if any architecture that runs in
+float fails quantized, its W8A16 logits (forward or generated) are off, or a reload differs.
+Nothing is downloaded: configs and weights are made here.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import json
 import resource
 import signal
 import sys
+import tempfile
 import warnings
 
 import torch
@@ -159,6 +164,32 @@ def reloaded_logits(auto_class, model_config, quantized: torch.nn.Module, config
     return skeleton(**inputs).logits
 
 
+def float_round_trip_problem(auto_class, model: torch.nn.Module, inputs: dict, logits: torch.Tensor,
+                             directory: str) -> str | None:
+    """Why the float model does not come back from save_pretrained and from_pretrained as it
+    was (then the quantized round trip cannot be judged); None if it does."""
+    try:
+        model.save_pretrained(f"{directory}/float")
+        loaded = auto_class.from_pretrained(f"{directory}/float").eval()
+        return None if torch.equal(loaded(**inputs).logits, logits) else "other logits"
+    except Exception as e:  # noqa: BLE001 - transformers' own round trip: not ours to check
+        return f"{type(e).__name__}: {str(e)[:120]}"
+
+
+def hf_round_trip(auto_class, name: str, config, inputs: dict, directory: str) -> dict:
+    """from_pretrained of the float model's save_pretrained with EffgenConfig(config), then of
+    that model's save_pretrained: layers converted, and whether the second gives the first's
+    logits bit for bit."""
+    from effgen_kernels.hf import EffgenConfig
+
+    quantized = auto_class.from_pretrained(f"{directory}/float", quantization_config=EffgenConfig(config)).eval()
+    logits = quantized(**inputs).logits
+    quantized.save_pretrained(f"{directory}/{name}")
+    loaded = auto_class.from_pretrained(f"{directory}/{name}").eval()
+    return {"hf_converted": len(quantized.hf_quantizer.summary.converted),
+            "hf_reloaded_same": torch.equal(loaded(**inputs).logits, logits)}
+
+
 def check_architecture(transformers, auto_class, model_type: str, seq2seq: bool) -> dict:
     """One architecture's row: float failure, or per config what converted and how close:
     the forward's logits, a greedy generation's (where the float model generates) and a
@@ -173,6 +204,11 @@ def check_architecture(transformers, auto_class, model_type: str, seq2seq: bool)
     except Exception:  # noqa: BLE001 - the architecture's own generate: not ours to check
         generates = False
     row = {}
+    directory = tempfile.TemporaryDirectory()
+    with torch.no_grad():
+        hf_problem = float_round_trip_problem(auto_class, model, inputs, logits, directory.name)
+    if hf_problem is not None:
+        row["hf_float_fails"] = hf_problem
     for name, config in CONFIGS.items():
         quantized = copy.deepcopy(model)
         try:
@@ -189,22 +225,24 @@ def check_architecture(transformers, auto_class, model_type: str, seq2seq: bool)
                     if generates:
                         generated_error = generation_error(generated, greedy(twin, inputs))
                 reloaded = reloaded_logits(auto_class, model_config, quantized, config, inputs)
+                hf = {} if hf_problem else hf_round_trip(auto_class, name, config, inputs, directory.name)
             cosine = torch.nn.functional.cosine_similarity(quantized_logits.flatten(), logits.flatten(), dim=0)
             row[name] = {"converted": len(summary.converted), "skipped": len(summary.skipped),
                          "cosine": round(cosine.item(), 4), "w8a16_error": error,
                          "generation_error": generated_error, "generated_finite": generated_finite,
-                         "reloaded_same": torch.equal(reloaded, quantized_logits)}
+                         "reloaded_same": torch.equal(reloaded, quantized_logits), **hf}
         except TooSlow:
             raise
         except Exception as e:  # noqa: BLE001
             row[name] = {"fails": f"{type(e).__name__}: {str(e)[:160]}"}
+    directory.cleanup()
     return row
 
 
 def row_problem(row: dict) -> str | None:
     """Why a row fails the sweep; None if it passes (or its float model could not be built)."""
     for name, result in row.items():
-        if name == "float_fails":
+        if name in ("float_fails", "hf_float_fails"):
             continue
         if "fails" in result:
             return f"{name} fails: {result['fails']}"
@@ -216,14 +254,18 @@ def row_problem(row: dict) -> str | None:
             return f"w8a16 generated logits off by {result['generation_error']:.1e} of their largest"
         if not result["reloaded_same"]:
             return f"{name}: the skeleton after load_quantized_ gives other logits"
+        if result.get("hf_reloaded_same") is False:
+            return f"{name}: from_pretrained of its save_pretrained gives other logits"
     return None
 
 
 def describe(row: dict) -> str:
     if "float_fails" in row:
         return f"float model not built: {row['float_fails']}"
-    parts = []
+    parts = [] if "hf_float_fails" not in row else [f"float save/load round trip: {row['hf_float_fails']}"]
     for name, result in row.items():
+        if name == "hf_float_fails":
+            continue
         if "fails" in result:
             parts.append(f"{name} FAILS {result['fails']}")
         else:
@@ -231,8 +273,12 @@ def describe(row: dict) -> str:
             generated = result["generation_error"]
             generation = "" if generated is None else f" generated {generated:.1e}"
             reload = "" if result["reloaded_same"] else " RELOAD DIFFERS"
+            hf = ""
+            if "hf_converted" in result:
+                hf = f" from_pretrained {result['hf_converted']} converted"
+                hf += "" if result["hf_reloaded_same"] else " HF RELOAD DIFFERS"
             parts.append(f"{name} {result['converted']} converted {result['skipped']} skipped cos "
-                         f"{result['cosine']:.4f}{error}{generation}{reload}")
+                         f"{result['cosine']:.4f}{error}{generation}{reload}{hf}")
     return " | ".join(parts)
 
 
@@ -249,6 +295,7 @@ def main(argv=None) -> int:
 
     warnings.filterwarnings("ignore")
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # each save and load draws one
     limit = int(args.memory_gib * (1 << 30))
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 

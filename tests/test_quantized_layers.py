@@ -826,6 +826,9 @@ def test_the_architecture_sweep_runs_quantize_over_transformers_models(tmp_path)
                and row["w8a8"]["cosine"] > 0.99 for row in rows.values())
     assert all(result["reloaded_same"] and result["generated_finite"] for row in rows.values()
                for result in row.values())
+    # through from_pretrained / save_pretrained too (effgen_kernels.hf), the LM head left float
+    assert all(result["hf_reloaded_same"] and result["hf_converted"] == result["converted"] - 1
+               for model_type in ("llama", "gpt2") for result in rows[model_type].values())
 
 
 def test_a_hugging_face_model_is_told_it_is_quantized_only_once_it_is():

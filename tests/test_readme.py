@@ -21,6 +21,12 @@ README = (ROOT / "README.md").read_text()
 # Where the README's code finds names: `ek`, and what it imports from these modules.
 NAMESPACES = {"ek": ek, "effgen_kernels": ek, "effgen_kernels.distributed": ek.distributed,
               "effgen_kernels.distill": ek.distill, "effgen_kernels.nn": ek.nn}
+try:  # the transformers integration, where transformers is installed
+    import effgen_kernels.hf
+
+    NAMESPACES["effgen_kernels.hf"] = effgen_kernels.hf
+except ImportError:
+    pass
 
 
 def python_blocks() -> list[str]:
@@ -122,7 +128,8 @@ def test_readme_has_code_to_check():
     assert len(python_blocks()) >= 5
     sources = [source for source, _, _ in all_calls()]
     for expected in ("ek.quantize_(", "CompressionState(codec='sign', min_compress_numel=30000)",
-                     "Distiller(", "ek.ops.fake_quantize_per_channel("):
+                     "Distiller(", "ek.ops.fake_quantize_per_channel(",
+                     *(["EffgenConfig("] if "effgen_kernels.hf" in NAMESPACES else [])):
         assert any(expected in source for source in sources), expected
 
 

@@ -56,6 +56,9 @@ class _PackedLinear(QuantizedLayer):
         """The group size of per-group alphas, whose kernel reads a layout of its own."""
         return None
 
+    def rebuild_derived(self) -> None:
+        self.refresh_lut()
+
     def refresh_lut(self) -> None:
         """Rebuild weight_lut from weight_packed (after changing the packed weights by hand)."""
         use = self._uses_lut() and self.weight_packed.device.type == "cpu"

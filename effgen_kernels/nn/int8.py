@@ -41,10 +41,9 @@ class _QuantizedLinearBase(QuantizedLayer):
 
     # On the CPU the weights live only in the packed layout (the register tile reads 16
     # output channels per vector; see ops.int8_pack_weight); elsewhere, and in every
-    # state_dict, in the canonical one.
-    @staticmethod
-    def _packs_on(device: torch.device) -> bool:
-        return device.type == "cpu"
+    # state_dict, in the canonical one (also on the CPU while transformers loads the layer).
+    def _packs_on(self, device: torch.device) -> bool:
+        return device.type == "cpu" and not self._hf_loading
 
     def _pack(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return ops.int8_pack_weight(weight)
@@ -75,10 +74,13 @@ class _QuantizedLinearBase(QuantizedLayer):
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
+        self.rebuild_derived()  # moved to a device of the other layout: take it
+        return self
+
+    def rebuild_derived(self) -> None:
         held = self.weight_packed if self.weight_packed is not None else self._buffers["weight"]
         if (self.weight_packed is not None) != self._packs_on(held.device):
-            self.weight = self.weight  # moved to a device of the other layout
-        return self
+            self.weight = self.weight
 
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
         if self.weight_packed is not None:

@@ -1,0 +1,210 @@
+"""effgen's formats as a Hugging Face transformers ``quantization_config``.
+
+Importing this module registers the quantization method ``"effgen"`` with transformers::
+
+    import effgen_kernels as ek
+    from effgen_kernels.hf import EffgenConfig
+
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=EffgenConfig(ek.Int8WeightOnlyConfig()))
+    model.save_pretrained(out)  # int8 weights; config.json names the format
+    model = AutoModelForCausalLM.from_pretrained(out)  # with effgen_kernels.hf imported: quantizes nothing
+
+Quantizing as the model loads runs ``quantize_`` once the float weights are in (peak memory
+is the float model's); a checkpoint saved quantized loads straight into empty quantized
+layers. Needs transformers (the ``models`` extra) and safetensors checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from safetensors import safe_open
+from torch import nn
+from transformers.conversion_mapping import get_model_conversion_mapping
+from transformers.core_model_loading import WeightRenaming, dot_natural_key, rename_source_key
+from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
+from transformers.quantizers.quantizers_utils import should_convert_module
+from transformers.utils.quantization_config import QuantizationConfigMixin
+
+from .nn._quantized import QuantizedLayer
+from .quantize import (
+    BinaryConfig,
+    Int8Config,
+    Int8WeightOnlyConfig,
+    QuantizeSummary,
+    TernaryConfig,
+    check_config,
+    model_bytes,
+    quantize_,
+    swap_for_checkpoint,
+    unloaded_buffers,
+)
+
+QUANT_METHOD = "effgen"
+# The names config.json gives the formats.
+FORMATS = {"int8": Int8Config, "int8_weight_only": Int8WeightOnlyConfig, "binary": BinaryConfig,
+           "ternary": TernaryConfig}
+
+
+@register_quantization_config(QUANT_METHOD)
+class EffgenConfig(QuantizationConfigMixin):
+    """The ``quantization_config`` of ``from_pretrained``: ``EffgenConfig(config)`` with one of
+    effgen's configs (Int8Config(), Int8WeightOnlyConfig(group_size=128), BinaryConfig(),
+    TernaryConfig()), or as config.json holds it, ``EffgenConfig("int8_weight_only",
+    {"group_size": 128})``.
+
+    ``modules_to_not_convert`` names layers to leave float, as transformers' quantizers take
+    them (a name, a prefix ending at a module, a regex, or a suffix); None leaves the output
+    embeddings (the LM head) and the last layer float, as they do. Layers tied to another
+    module's weights always stay float."""
+
+    def __init__(self, format, options: dict | None = None, modules_to_not_convert: list[str] | None = None,
+                 quant_method: str = QUANT_METHOD) -> None:
+        if quant_method != QUANT_METHOD:
+            raise ValueError(f"quant_method must be {QUANT_METHOD!r}, got {quant_method!r}")
+        if not isinstance(format, str):
+            format, options = _format_and_options(format, options)
+        if format not in FORMATS:
+            raise ValueError(f"format must be one of {list(FORMATS)}, got {format!r}")
+        self.quant_method = QUANT_METHOD
+        self.format = format
+        self.options = dict(options or {})
+        self.modules_to_not_convert = modules_to_not_convert
+        self.effgen_config()  # the options' errors here, not at load time
+
+    def effgen_config(self):
+        """The effgen config this one names (Int8Config(), ...)."""
+        return FORMATS[self.format](**self.options)
+
+
+def _format_and_options(config, options: dict | None) -> tuple[str, dict]:
+    check_config(config, "format")
+    if options:
+        raise ValueError("options come with a format's name; an effgen config holds its own")
+    if getattr(config, "activation_absmax", None) is not None:
+        raise ValueError("SmoothQuant needs calibration on the loaded model: quantize_ it with Int8Config("
+                         "activation_absmax=...) after from_pretrained and save_pretrained it; from_pretrained "
+                         "then loads the checkpoint")
+    name = next(name for name, cls in FORMATS.items() if type(config) is cls)
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "activation_absmax"}
+    return name, fields
+
+
+def _checkpoint_dtypes(checkpoint_files: list[str] | None) -> dict[str, torch.dtype]:
+    """Every key of a safetensors checkpoint with its dtype, read from the files' headers."""
+    if not checkpoint_files or not all(str(f).endswith(".safetensors") for f in checkpoint_files):
+        raise ValueError(f"an effgen-quantized checkpoint loads from safetensors files, got {checkpoint_files}")
+    dtypes = {}
+    for file in checkpoint_files:
+        with safe_open(file, "pt") as f:
+            dtypes.update({key: f.get_slice(key).get_dtype() for key in f.keys()})
+    names = {"I8": torch.int8, "U8": torch.uint8, "I32": torch.int32, "I64": torch.int64, "F32": torch.float32,
+             "F16": torch.float16, "BF16": torch.bfloat16}
+    return {key: names.get(dtype) for key, dtype in dtypes.items()}
+
+
+def _model_names(model, keys) -> dict[str, str]:
+    """Each checkpoint key by the model's own name for it: save_pretrained writes some in an
+    older layout (Mixtral's "block_sparse_moe" for "mlp"), which from_pretrained renames as
+    it loads."""
+    renamings = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
+    meta_state_dict = model.state_dict()
+    return {rename_source_key(key, renamings, [], model.base_model_prefix, meta_state_dict)[0]: key
+            for key in sorted(keys, key=dot_natural_key)}
+
+
+def _checkpoint_group_sizes(checkpoint_files: list[str], keys: set[str]) -> dict[str, int]:
+    sizes = {}
+    for file in checkpoint_files:
+        with safe_open(file, "pt") as f:
+            sizes.update({key: f.get_tensor(key).item() for key in f.keys() if key in keys})
+    return sizes
+
+
+def _quantized_layers(layer: nn.Module) -> list[QuantizedLayer]:
+    """The quantized layer swapped in, or a fused-experts block's layers."""
+    return [module for module in layer.modules() if isinstance(module, QuantizedLayer)]
+
+
+@register_quantizer(QUANT_METHOD)
+class EffgenHfQuantizer(HfQuantizer):
+    """Runs EffgenConfig in from_pretrained: quantize_ after the float weights load, or, for
+    a checkpoint saved quantized, empty quantized layers swapped in before its tensors load
+    (transformers' loader assigns each tensor to its layer). ``model.hf_quantizer.summary``
+    is the QuantizeSummary of what it converted and left float."""
+
+    requires_calibration = False
+    quantization_config: EffgenConfig
+
+    def validate_environment(self, *args, device_map=None, **kwargs) -> None:
+        if isinstance(device_map, dict) and "disk" in device_map.values():
+            raise ValueError("effgen's quantized layers cannot be offloaded to disk: give device_map no 'disk'")
+
+    def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs) -> None:
+        if not self.pre_quantized:
+            return
+        config = self.quantization_config.effgen_config()
+        files_dtypes = _checkpoint_dtypes(checkpoint_files)
+        file_keys = _model_names(model, files_dtypes)
+        dtypes = {name: files_dtypes[key] for name, key in file_keys.items()}
+        self.summary = QuantizeSummary(config, action="from_pretrained", model_bytes_before=model_bytes(model))
+        self._swapped = swap_for_checkpoint(model, dtypes, config, self.summary)
+        for name, layer, _ in self._swapped:
+            for module in _quantized_layers(layer):
+                module._hf_loading = True
+            # The model's weight init reads the float weights of the layers it knows (GPT-2's
+            # c_proj, a fused-experts block's gate_up_proj), which the quantized ones do not
+            # have: they and their owner load from the checkpoint and need no init.
+            layer._is_hf_initialized = True
+            model.get_submodule(name.rpartition(".")[0])._is_hf_initialized = True
+            lacking = sorted(f"{name}.{key}" for key in layer.state_dict() if f"{name}.{key}" not in dtypes)
+            if lacking:
+                raise ValueError(f"the checkpoint lacks {lacking}: a quantized layer cannot run without them")
+        self._check_group_sizes(checkpoint_files, file_keys, config)
+        # Each layer's group size, checked above, is a state_dict entry but not a tensor the loader can assign.
+        model._keys_to_ignore_on_load_unexpected = {*(model._keys_to_ignore_on_load_unexpected or ()),
+                                                    r"\.group_size$"}
+
+    def _check_group_sizes(self, checkpoint_files: list[str], file_keys: dict[str, str], config) -> None:
+        """Each swapped layer's group size in the checkpoint must be the config's."""
+        expected = getattr(config, "group_size", None)
+        layers = {f"{name}.{sub}" if sub else name
+                  for name, layer, _ in self._swapped for sub, _ in layer.named_modules()}
+        keys = {key for name, key in file_keys.items() if name.removesuffix(".group_size") in layers}
+        for key, size in _checkpoint_group_sizes(checkpoint_files, keys).items():
+            if size != expected:
+                raise ValueError(f"{key}: the checkpoint's weights are scaled in groups of {size}, the "
+                                 f"quantization_config says {expected}")
+
+    def _process_model_after_weight_loading(self, model, **kwargs):
+        if not self.pre_quantized:
+            self.summary = quantize_(model, self.quantization_config.effgen_config(), self._filter(model))
+            return model
+        for name, layer, _ in self._swapped:
+            unloaded = unloaded_buffers(name, layer)
+            if unloaded:
+                raise ValueError(f"the checkpoint did not fill {unloaded}")
+            for module in _quantized_layers(layer):
+                del module._hf_loading
+                module.rebuild_derived()
+        self.summary.bytes_after = sum(model_bytes(layer) for _, layer, _ in self._swapped)
+        self.summary.model_bytes_after = model_bytes(model)
+        del self._swapped
+        return model
+
+    def _filter(self, model):
+        skips = self.get_modules_to_not_convert(model, self.quantization_config.modules_to_not_convert,
+                                                model._keep_in_fp32_modules)
+        # A layer sharing its weight with another module (an LM head tied to the embeddings)
+        # stays float: the tie would give the quantized layer float weights again.
+        tied = {*model.all_tied_weights_keys.keys(), *model.all_tied_weights_keys.values()}
+        skips = [*skips, *(key.removesuffix(".weight") for key in tied)]
+        return lambda module, name: should_convert_module(name, skips)
+
+    def is_serializable(self) -> bool:
+        return True
+
+    @property
+    def is_trainable(self) -> bool:
+        return False
