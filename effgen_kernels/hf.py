@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 from transformers.conversion_mapping import get_model_conversion_mapping
-from transformers.core_model_loading import WeightRenaming, dot_natural_key, rename_source_key
+from transformers.core_model_loading import WeightConverter, WeightRenaming, dot_natural_key, rename_source_key
 from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
 from transformers.quantizers.quantizers_utils import should_convert_module
 from transformers.utils.quantization_config import QuantizationConfigMixin
@@ -34,6 +34,7 @@ from .quantize import (
     Int8WeightOnlyConfig,
     QuantizeSummary,
     TernaryConfig,
+    _mark_hf_quantized,
     check_config,
     model_bytes,
     quantize_,
@@ -105,13 +106,28 @@ def _checkpoint_dtypes(checkpoint_files: list[str] | None) -> dict[str, torch.dt
 
 
 def _model_names(model, keys) -> dict[str, str]:
-    """Each checkpoint key by the model's own name for it: save_pretrained writes some in an
-    older layout (Mixtral's "block_sparse_moe" for "mlp"), which from_pretrained renames as
-    it loads."""
-    renamings = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
-    meta_state_dict = model.state_dict()
-    return {rename_source_key(key, renamings, [], model.base_model_prefix, meta_state_dict)[0]: key
-            for key in sorted(keys, key=dot_natural_key)}
+    """The checkpoint key of each of the model's names, as from_pretrained maps them: a
+    checkpoint of the model with or without its head (the base model's prefix), or in the
+    layout the model was first published in (Mixtral's "block_sparse_moe" for "mlp")."""
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    modules = {name for name, _ in model.named_modules()}
+    prefix = model.base_model_prefix
+
+    def own_name(key: str) -> str:
+        # by module, not by key as transformers decides: a quantized layer's keys are not
+        # the float model's, its module is
+        name = rename_source_key(key, renamings, converters)[0]
+        module = name.rpartition(".")[0]
+        stripped = name.removeprefix(f"{prefix}.")
+        if module in modules or not prefix:
+            return name
+        if stripped != name and stripped.rpartition(".")[0] in modules:
+            return stripped
+        return f"{prefix}.{name}" if f"{prefix}.{module}" in modules else name
+
+    return {own_name(key): key for key in sorted(keys, key=dot_natural_key)}
 
 
 def _checkpoint_group_sizes(checkpoint_files: list[str], keys: set[str]) -> dict[str, int]:
@@ -153,11 +169,9 @@ class EffgenHfQuantizer(HfQuantizer):
         for name, layer, _ in self._swapped:
             for module in _quantized_layers(layer):
                 module._hf_loading = True
-            # The model's weight init reads the float weights of the layers it knows (GPT-2's
-            # c_proj, a fused-experts block's gate_up_proj), which the quantized ones do not
-            # have: they and their owner load from the checkpoint and need no init.
+            # The model's weight init of a fused-experts block reads its 3-D weights, which a
+            # quantized block does not have: it loads from the checkpoint and needs no init.
             layer._is_hf_initialized = True
-            model.get_submodule(name.rpartition(".")[0])._is_hf_initialized = True
             lacking = sorted(f"{name}.{key}" for key in layer.state_dict() if f"{name}.{key}" not in dtypes)
             if lacking:
                 raise ValueError(f"the checkpoint lacks {lacking}: a quantized layer cannot run without them")
@@ -188,6 +202,7 @@ class EffgenHfQuantizer(HfQuantizer):
             for module in _quantized_layers(layer):
                 del module._hf_loading
                 module.rebuild_derived()
+        _mark_hf_quantized(model)
         self.summary.bytes_after = sum(model_bytes(layer) for _, layer, _ in self._swapped)
         self.summary.model_bytes_after = model_bytes(model)
         del self._swapped

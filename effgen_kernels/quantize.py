@@ -281,7 +281,11 @@ def _mark_hf_quantized(model: nn.Module) -> None:
     """Tell a Hugging Face model it holds quantized layers, as transformers' own quantizers
     do (``config._is_quantized``, never saved with the config): its code then calls layers
     it would otherwise read the weight of (Falcon-Mamba's and Jamba's dt_proj) and takes its
-    activations' dtype from the config, not from a layer's weight (GPT-Neo)."""
+    activations' dtype from the config, not from a layer's weight (GPT-Neo). And have its
+    save_pretrained write the model's own names: by default it converts them back to the
+    checkpoint layout the model was first published in, with ops written for float
+    parameters (splits sized by a parameter's shape, transposes) that a quantized layer's
+    codes, packed bits and scales cannot go through; from_pretrained reads either."""
     modeling_utils = sys.modules.get("transformers.modeling_utils")
     pretrained = getattr(modeling_utils, "PreTrainedModel", None)
     if pretrained is None:
@@ -289,6 +293,7 @@ def _mark_hf_quantized(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, pretrained):
             module.config._is_quantized = True
+            module._weight_conversions = []  # what revert_weight_conversion applies on save
 
 
 def _as_linear(module: nn.Module) -> nn.Linear | None:

@@ -200,3 +200,17 @@ def test_cuda_from_pretrained_quantizes_and_loads_on_the_gpu(tmp_path, config):
                                                                device_map="cuda")
     assert_same_state(loaded, on_gpu)
     assert_same_bits(logits(loaded), logits(on_gpu))
+
+
+def test_a_checkpoint_loads_into_the_model_without_its_head_and_back(tmp_path):
+    # from_pretrained maps the names across the base model's prefix ("model."), both ways
+    quantized = transformers.AutoModelForCausalLM.from_pretrained(
+        saved(llama(), tmp_path / "float"), quantization_config=EffgenConfig(ek.Int8WeightOnlyConfig(group_size=16)))
+    base = transformers.AutoModel.from_pretrained(saved(quantized, tmp_path / "quantized"))
+    assert quantized_layers(base) == {name.removeprefix("model."): kind
+                                      for name, kind in quantized_layers(quantized).items()}
+    ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert_same_bits(base(ids).last_hidden_state, quantized.model(ids).last_hidden_state)
+    with_head = transformers.AutoModelForCausalLM.from_pretrained(saved(base, tmp_path / "base"))
+    assert quantized_layers(with_head) == quantized_layers(quantized)

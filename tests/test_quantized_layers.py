@@ -816,19 +816,21 @@ def test_t5_keeps_its_output_layers_float_only_for_formats_without_an_int8_weigh
 def test_the_architecture_sweep_runs_quantize_over_transformers_models(tmp_path):
     pytest.importorskip("transformers")
     script = Path(__file__).resolve().parent.parent / "scripts" / "hf_architecture_sweep.py"
-    command = [sys.executable, str(script), "llama", "mamba", "gpt2", "--json", str(tmp_path / "rows.json")]
+    command = [sys.executable, str(script), "llama", "mamba", "gpt2", "hrm_text", "--json", str(tmp_path / "rows.json")]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "3 architectures, 3 built small, 3 of them run quantized as they should" in done.stdout
+    assert "4 architectures, 4 built small, 4 of them run quantized as they should" in done.stdout
     rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     assert rows["mamba"]["w8a16"]["skipped"] == 3  # lm_head and each layer's dt_proj: read by the model's code
     assert all(row["w8a16"]["w8a16_error"] < 1e-4 and row["w8a16"]["generation_error"] < 1e-4
                and row["w8a8"]["cosine"] > 0.99 for row in rows.values())
     assert all(result["reloaded_same"] and result["generated_finite"] for row in rows.values()
                for result in row.values())
-    # through from_pretrained / save_pretrained too (effgen_kernels.hf), the LM head left float
+    # through from_pretrained / save_pretrained too (effgen_kernels.hf), the LM head left float;
+    # HRM's published layout holds q, k, v and gate as one tensor, which save_pretrained would
+    # write back but for a quantized model
     assert all(result["hf_reloaded_same"] and result["hf_converted"] == result["converted"] - 1
-               for model_type in ("llama", "gpt2") for result in rows[model_type].values())
+               for model_type in ("llama", "gpt2", "hrm_text") for result in rows[model_type].values())
 
 
 def test_a_hugging_face_model_is_told_it_is_quantized_only_once_it_is():

@@ -49,6 +49,14 @@ class _PackedLinear(QuantizedLayer):
         self.register_buffer("weight_lut", None, persistent=False)
         self.register_load_state_dict_post_hook(_rebuild_lut)
 
+    def __getattr__(self, name: str):
+        # transformers' weight init reads the weight of layers it knows by name (GPT-2's
+        # c_proj) while it loads a checkpoint into them; it passes over the tensors the
+        # checkpoint filled, as it did weight_packed.
+        if name == "weight" and self.__dict__.get("_hf_loading"):
+            return self._buffers["weight_packed"]
+        return super().__getattr__(name)
+
     def _uses_lut(self) -> bool:
         return True
 
