@@ -117,7 +117,10 @@ def _model_names(model, keys) -> dict[str, str]:
 
     def own_name(key: str) -> str:
         # by module, not by key as transformers decides: a quantized layer's keys are not
-        # the float model's, its module is
+        # the float model's, its module is. A name of the model stays (the loader keeps it
+        # too: Laguna's renaming of "mlp.shared_expert." would make "shared_experts..")
+        if key.rpartition(".")[0] in modules:
+            return key
         name = rename_source_key(key, renamings, converters)[0]
         module = name.rpartition(".")[0]
         stripped = name.removeprefix(f"{prefix}.")
