@@ -259,8 +259,6 @@ def _left_alone(module: nn.Module) -> str | None:
         return f"{type(module).__name__} from prepare (convert() makes it its inference layer)"
     if isinstance(module, nn.Linear):  # e.g. nn.MultiheadAttention's out_proj, whose weight it reads itself
         return f"{type(module).__name__} is a subclass of nn.Linear (its owner may read the weight directly)"
-    if is_fused_experts(module):  # reached by prepare only: quantize_ converts them
-        return f"{type(module).__name__} (fused experts) has no trainable form: quantize_ converts it after training"
     stacked = _stacked_matrices(module)
     if stacked:  # not a transformers experts block: its forward's use of them is unknown
         return (f"{type(module).__name__} holds its weights as 3-D parameters {stacked}: quantize_ converts "
@@ -310,16 +308,16 @@ def _as_linear(module: nn.Module) -> nn.Linear | None:
     return linear
 
 
-def _targets(model: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | None, summary: QuantizeSummary,
-             experts: bool) -> list[tuple[list[str], nn.Module]]:
+def _targets(model: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | None,
+             summary: QuantizeSummary) -> list[tuple[list[str], nn.Module]]:
     """What to convert, with its names: nn.Linear layers (plain ones, and Hugging Face's
-    Conv1D seen as one) and, with ``experts``, transformers' fused-experts blocks. The
+    Conv1D seen as one) and transformers' fused-experts blocks. The
     linear-like modules left alone and the shared ones filter_fn keeps under some names
     only go to summary.skipped."""
     targets = []
     for module, names in names_by_module(model).items():
         target = _as_linear(module)
-        if target is None and experts and is_fused_experts(module):
+        if target is None and is_fused_experts(module):
             target = module
         shown = module if target is None else target
         kept = names
@@ -345,7 +343,7 @@ def _replace_linears(model: nn.Module, config, make: Callable[[nn.Linear, str], 
                      filter_fn: Callable[[nn.Module, str], bool] | None, action: str,
                      progress: bool = False) -> QuantizeSummary:
     summary = QuantizeSummary(config, action=action, model_bytes_before=model_bytes(model))
-    targets = _targets(model, filter_fn, summary, experts=action == "quantize_")
+    targets = _targets(model, filter_fn, summary)
     if hasattr(config, "check_targets"):
         config.check_targets([name for names, _ in targets for name in names])
     bar = Progress(len(targets), f"{action} {type(config).__name__}", enabled=progress, silent_s=2.0)
@@ -356,7 +354,9 @@ def _replace_linears(model: nn.Module, config, make: Callable[[nn.Linear, str], 
             summary.skipped.update(dict.fromkeys(names, reason))
             continue
         summary.bytes_before += model_bytes(target)
-        replacement = _convert(target, names[0], make)
+        training = model.get_submodule(names[0]).training
+        # in the mode of what it replaces: a trainable layer prepared in an eval model evaluates
+        replacement = _convert(target, names[0], make).train(training)
         summary.bytes_after += model_bytes(replacement)
         swap_module(model, names, replacement)
         summary.converted += names
@@ -399,7 +399,7 @@ def swap_for_checkpoint(model: nn.Module, checkpoint_dtypes: Mapping[str, torch.
     assigned to it. Returns (name, layer, the float layer's device) for each layer swapped;
     ``summary`` lists them, and the layers the checkpoint holds in float as skipped."""
     swapped = []
-    for names, target in _targets(model, None, summary, experts=True):
+    for names, target in _targets(model, None, summary):
         is_linear = isinstance(target, nn.Linear)
         if not _holds_quantized(checkpoint_dtypes, names[0] if is_linear else f"{names[0]}.{UP_LAYERS}.0"):
             summary.skipped.update(dict.fromkeys(names, "the checkpoint holds it in float"))
@@ -463,9 +463,11 @@ def load_quantized_(model: nn.Module, state_dict: Mapping[str, torch.Tensor], co
 
 
 def prepare(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bool] | None = None) -> QuantizeSummary:
-    """Quantization-aware training: swap nn.Linear layers for the trainable form of an
-    Int8Config (fake-quant W8A8), BinaryConfig or TernaryConfig (latent float weights,
-    straight-through estimator)."""
+    """Quantization-aware training: swap nn.Linear layers (and Conv1D, as quantize_ does)
+    for the trainable form of an Int8Config (fake-quant W8A8), BinaryConfig or
+    TernaryConfig (latent float weights, straight-through estimator). A fused-experts block
+    gets a trainable layer per expert and projection, which its experts dispatch runs and
+    convert() then swaps for the quantized layers quantize_ would have made."""
     check_config(config)
     if not hasattr(config, "trainable"):
         raise TypeError(f"{type(config).__name__} has no trainable form; use Int8Config, BinaryConfig or "

@@ -132,11 +132,68 @@ def test_the_model_config_stays_as_it_was():
     assert block_config.hidden_size == HIDDEN  # read through
 
 
-def test_prepare_leaves_fused_experts_float_and_says_so():
+TRAINABLE = [ek.Int8Config(), ek.BinaryConfig(), ek.TernaryConfig()]
+
+
+@pytest.mark.parametrize("kind", ["mixtral", "gpt_oss"])
+@pytest.mark.parametrize("config", TRAINABLE, ids=str)
+def test_prepared_experts_train_and_convert_to_what_quantize_makes(kind, config):
+    block = experts_block(kind)
+    model = torch.nn.ModuleDict({"experts": copy.deepcopy(block)})
+    assert ek.prepare(model, config).converted == ["experts"]
+    prepared = model["experts"]
+    layers = [*prepared._modules[UP_LAYERS], *prepared._modules[DOWN_LAYERS]]
+    assert len(layers) == 2 * EXPERTS and all(type(layer).__name__.endswith("TrainLinear") for layer in layers)
+    x = random_input((TOKENS, HIDDEN), scale=1.0, seed=5)
+    index, weights = routing()
+    quantized = torch.nn.ModuleDict({"experts": copy.deepcopy(block)})
+    ek.quantize_(quantized, config)
+    with torch.no_grad():  # in eval, the trainable layers run the quantized kernels
+        assert_same_bits(prepared(x, index, weights), quantized["experts"](x, index, weights))
+
+    # training reaches every routed expert's latent weights, through the straight-through
+    # estimator, and fits them to a target
+    target = random_input((TOKENS, HIDDEN), scale=1.0, seed=6)
+    prepared.train()
+    optimizer = torch.optim.Adam(prepared.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss = (prepared(x, index, weights) - target).square().mean()
+        loss.backward()
+        losses.append(loss.item())
+        optimizer.step()
+    routed = set(index.flatten().tolist())
+    assert all(layers[e].weight.grad is not None and layers[e].weight.grad.abs().sum() > 0 for e in routed)
+    assert losses[-1] < 0.8 * losses[0]
+
+    prepared.eval()
+    with torch.no_grad():
+        trained = prepared(x, index, weights)
+    assert len(ek.convert(model)) == 2 * EXPERTS
+    assert all(isinstance(layer, ek.nn._quantized.QuantizedLayer)
+               for layer in [*prepared._modules[UP_LAYERS], *prepared._modules[DOWN_LAYERS]])
+    with torch.no_grad():
+        assert_same_bits(model["experts"](x, index, weights), trained)
+
+
+def test_a_prepared_mixtral_trains_on_its_loss_and_converts_with_the_same_logits():
     _, model = mixtral(num_hidden_layers=1)
-    summary = ek.prepare(model, ek.TernaryConfig())
-    assert summary.skipped == {"model.layers.0.mlp.experts": "MixtralExperts (fused experts) has no trainable form: "
-                                                             "quantize_ converts it after training"}
+    summary = ek.prepare(model, ek.TernaryConfig(), filter_fn=lambda module, name: name != "lm_head")
+    assert "model.layers.0.mlp.experts" in summary.converted and not summary.skipped
+    ids = torch.randint(0, 96, (4, 12), generator=torch.Generator().manual_seed(8))
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(ids, labels=ids).loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        trained = model(ids).logits
+    ek.convert(model)
+    with torch.no_grad():
+        assert_same_bits(model(ids).logits, trained)
 
 
 def test_filter_fn_sees_a_fused_experts_block_and_can_leave_it_float():

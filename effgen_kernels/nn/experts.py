@@ -65,10 +65,11 @@ IMPLEMENTATION = "effgen_quantized"
 
 def quantized_experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                               top_k_weights: torch.Tensor) -> torch.Tensor:
-    """A quantized block's experts, as transformers' batched_mm implementation routes them:
-    each token's k (expert, weight) pairs, each expert's rows through its own layers, the
-    products weighted and summed in fp32. Called by the block's experts dispatch (its
-    config says IMPLEMENTATION), so a subclass's forward around the dispatch still runs."""
+    """A block's per-expert layers (quantized, or their trainable forms after prepare), as
+    transformers' batched_mm implementation routes them: each token's k (expert, weight)
+    pairs, each expert's rows through its own layers, the products weighted and summed in
+    fp32. Called by the block's experts dispatch (its config says IMPLEMENTATION), so a
+    subclass's forward around the dispatch still runs."""
     num_tokens, top_k = top_k_index.shape
     expert_ids = top_k_index.reshape(-1)
     rows = hidden_states.repeat_interleave(top_k, dim=0)
