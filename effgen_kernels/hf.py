@@ -34,8 +34,8 @@ from .quantize import (
     Int8WeightOnlyConfig,
     QuantizeSummary,
     TernaryConfig,
-    _mark_hf_quantized,
     check_config,
+    mark_hf_quantized,
     model_bytes,
     quantize_,
     swap_for_checkpoint,
@@ -123,9 +123,9 @@ def _model_names(model, keys) -> dict[str, str]:
             return key
         name = rename_source_key(key, renamings, converters)[0]
         module = name.rpartition(".")[0]
-        stripped = name.removeprefix(f"{prefix}.")
         if module in modules or not prefix:
             return name
+        stripped = name.removeprefix(f"{prefix}.")
         if stripped != name and stripped.rpartition(".")[0] in modules:
             return stripped
         return f"{prefix}.{name}" if f"{prefix}.{module}" in modules else name
@@ -188,7 +188,8 @@ class EffgenHfQuantizer(HfQuantizer):
         expected = getattr(config, "group_size", None)
         layers = {f"{name}.{sub}" if sub else name
                   for name, layer, _ in self._swapped for sub, _ in layer.named_modules()}
-        keys = {key for name, key in file_keys.items() if name.removesuffix(".group_size") in layers}
+        keys = {key for name, key in file_keys.items()
+                if name.endswith(".group_size") and name.removesuffix(".group_size") in layers}
         for key, size in _checkpoint_group_sizes(checkpoint_files, keys).items():
             if size != expected:
                 raise ValueError(f"{key}: the checkpoint's weights are scaled in groups of {size}, the "
@@ -205,7 +206,7 @@ class EffgenHfQuantizer(HfQuantizer):
             for module in _quantized_layers(layer):
                 del module._hf_loading
                 module.rebuild_derived()
-        _mark_hf_quantized(model)
+        mark_hf_quantized(model)
         self.summary.bytes_after = sum(model_bytes(layer) for _, layer, _ in self._swapped)
         self.summary.model_bytes_after = model_bytes(model)
         del self._swapped

@@ -275,7 +275,7 @@ def _hf_conv1d(module: nn.Module) -> bool:
     return conv1d is not None and isinstance(module, conv1d)
 
 
-def _mark_hf_quantized(model: nn.Module) -> None:
+def mark_hf_quantized(model: nn.Module) -> None:
     """Tell a Hugging Face model it holds quantized layers, as transformers' own quantizers
     do (``config._is_quantized``, never saved with the config): its code then calls layers
     it would otherwise read the weight of (Falcon-Mamba's and Jamba's dt_proj) and takes its
@@ -362,7 +362,7 @@ def _replace_linears(model: nn.Module, config, make: Callable[[nn.Linear, str], 
         summary.converted += names
     bar.update(len(targets))
     if summary.converted and action == "quantize_":
-        _mark_hf_quantized(model)
+        mark_hf_quantized(model)
     summary.model_bytes_after = model_bytes(model)
     return summary
 
@@ -456,7 +456,7 @@ def load_quantized_(model: nn.Module, state_dict: Mapping[str, torch.Tensor], co
         if device.type != "meta":  # a skeleton's layers stay where the checkpoint's tensors are
             layer.to(device)
     if swapped:
-        _mark_hf_quantized(model)
+        mark_hf_quantized(model)
     summary.bytes_after = sum(model_bytes(layer) for _, layer, _ in swapped)
     summary.model_bytes_after = model_bytes(model)
     return summary
@@ -484,7 +484,7 @@ def convert(model: nn.Module) -> list[str]:
             swap_module(model, names, module.to_inference())
             converted += names
     if converted:
-        _mark_hf_quantized(model)
+        mark_hf_quantized(model)
     return converted
 
 
