@@ -92,6 +92,21 @@ def test_a_saved_quantized_model_loads_bit_for_bit(tmp_path, config):
     assert summary.model_bytes_after == ek.model_bytes(loaded) < summary.model_bytes_before
 
 
+@pytest.mark.parametrize("config", CONFIGS[:1] + CONFIGS[2:], ids=str)
+def test_a_bfloat16_model_keeps_float32_scales_through_save_and_load(tmp_path, config):
+    quantized = transformers.AutoModelForCausalLM.from_pretrained(
+        saved(llama(), tmp_path / "float"), quantization_config=EffgenConfig(config), dtype=torch.bfloat16)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(saved(quantized, tmp_path / "quantized"),
+                                                               dtype=torch.bfloat16)
+    for model in (quantized, loaded):
+        layer = model.model.layers[0].mlp.up_proj
+        scales = {key: t.dtype for key, t in layer.named_buffers() if key in layer._float32_buffers}
+        assert scales and set(scales.values()) == {torch.float32}
+    assert logits(quantized).dtype == torch.bfloat16
+    assert_same_state(loaded, quantized)
+    assert_same_bits(logits(loaded), logits(quantized))
+
+
 @pytest.mark.parametrize("make,config,expected", [
     # experts saved under Mixtral's older names ("block_sparse_moe"), renamed as they load
     (mixtral, ek.Int8WeightOnlyConfig(group_size=16), 8 + 2 * 2 * 4),

@@ -255,6 +255,21 @@ def test_dtype_casts_keep_the_scales_in_float32(name, dtype):
     assert_same_bits(half_cast(x), expected(x))
 
 
+@pytest.mark.parametrize("cls", [ek.nn.Int8Linear, ek.nn.Int8WeightOnlyLinear, ek.nn.BinaryLinear,
+                                 ek.nn.TernaryLinear])
+def test_a_new_layer_keeps_float32_scales_under_another_default_dtype(cls):
+    # transformers builds a bf16 model, and the quantized layers it loads into, under a bf16 default
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        new = cls(K, N)
+    finally:
+        torch.set_default_dtype(default)
+    scales = {key: t.dtype for key, t in new.named_buffers() if key in new._float32_buffers}
+    assert scales and set(scales.values()) == {torch.float32}
+    assert new.bias.dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("name", list(LAYERS))
 def test_an_input_of_another_width_is_refused_by_name(name):
     # K +- 1 fits the same packed bytes and blocks: only the layer knows its in_features

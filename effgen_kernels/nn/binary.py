@@ -98,8 +98,9 @@ class BinaryLinear(_PackedLinear):
         groups = None if group_size is None else -(-in_features // group_size)
         self.register_buffer("weight_packed",
                              torch.zeros(out_features, (in_features + 7) // 8, dtype=torch.uint8, device=device))
+        # float32 whatever the default dtype (transformers loads a bf16 model under a bf16 one)
         self.register_buffer("alpha", torch.ones((out_features,) if groups is None else (out_features, groups),
-                                                 device=device))
+                                                 dtype=torch.float32, device=device))
         bias_dtype = dtype or torch.get_default_dtype()
         self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device) if bias else None)
         self._init_lut()
@@ -155,7 +156,8 @@ class TernaryLinear(_PackedLinear):
         self.in_features, self.out_features, self.per_channel = in_features, out_features, per_channel
         self.register_buffer("weight_packed",
                              torch.zeros(out_features, 2 * ((in_features + 7) // 8), dtype=torch.uint8, device=device))
-        self.register_buffer("weight_scale", torch.ones(out_features if per_channel else 1, device=device))
+        self.register_buffer("weight_scale", torch.ones(out_features if per_channel else 1, dtype=torch.float32,
+                                                        device=device))
         bias_dtype = dtype or torch.get_default_dtype()
         self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device) if bias else None)
         self._init_lut()
