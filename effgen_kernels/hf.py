@@ -9,6 +9,9 @@ Importing this module registers the quantization method ``"effgen"`` with transf
     model.save_pretrained(out)  # int8 weights; config.json names the format
     model = AutoModelForCausalLM.from_pretrained(out)  # with effgen_kernels.hf imported: quantizes nothing
 
+    ek.quantize_(model, config)  # or by hand, SmoothQuant too: then
+    set_quantization_config(model, config)  # and model.save_pretrained(out) as above
+
 Quantizing as the model loads runs ``quantize_`` once the float weights are in (peak memory
 is the float model's); a checkpoint saved quantized loads straight into empty quantized
 layers. Needs transformers (the ``models`` extra) and safetensors checkpoints.
@@ -77,6 +80,18 @@ class EffgenConfig(QuantizationConfigMixin):
     def effgen_config(self):
         """The effgen config this one names (Int8Config(), ...)."""
         return FORMATS[self.format](**self.options)
+
+
+def set_quantization_config(model, config) -> None:
+    """Have a Hugging Face model quantized by hand (quantize_, convert, load_quantized_ with
+    ``config``) save as from_pretrained with EffgenConfig(config) would have it save: its
+    config names the format, and its quantizer is ours. This replaces the quantizer of a
+    model transformers dequantized as it loaded it (a GGUF file's: SmolLM2's), which
+    refuses to save."""
+    quantization_config = EffgenConfig(config) if not isinstance(config, EffgenConfig) else config
+    model.config.quantization_config = quantization_config
+    model.hf_quantizer = EffgenHfQuantizer(quantization_config, pre_quantized=True)
+    model.is_quantized = True
 
 
 def _format_and_options(config, options: dict | None) -> tuple[str, dict]:

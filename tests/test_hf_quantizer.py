@@ -140,9 +140,22 @@ def test_a_smoothquant_model_saved_by_hand_loads_its_smoothing(tmp_path):
     ids = torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(5))
     absmax = ek.calibrate_activations(model, [ids])
     ek.quantize_(model, ek.Int8Config(activation_absmax=absmax), filter_fn=lambda module, name: name != "lm_head")
-    model.config.quantization_config = EffgenConfig(ek.Int8Config())  # what from_pretrained reads it by
+    hf.set_quantization_config(model, ek.Int8Config())  # what from_pretrained reads it by
     loaded = transformers.AutoModelForCausalLM.from_pretrained(saved(model, tmp_path))
     assert loaded.model.layers[0].mlp.up_proj.input_smoothing is not None
+    assert_same_state(loaded, model)
+    assert_same_bits(logits(loaded), logits(model))
+
+
+@pytest.mark.parametrize("config", [ek.TernaryConfig(), ek.Int8WeightOnlyConfig(group_size=16)], ids=str)
+def test_a_model_quantized_by_hand_with_its_tied_head_saves_and_loads(tmp_path, config):
+    model = llama(tied=True)
+    assert "lm_head" in ek.quantize_(model, config).converted  # quantize_ converts the head too
+    # ... which then shares nothing with the embeddings: a reload must not tie them again
+    assert not model.config.tie_word_embeddings and "lm_head.weight" not in model.all_tied_weights_keys
+    hf.set_quantization_config(model, config)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(saved(model, tmp_path))
+    assert quantized_layers(loaded) == quantized_layers(model) and len(quantized_layers(loaded)) == 15
     assert_same_state(loaded, model)
     assert_same_bits(logits(loaded), logits(model))
 
