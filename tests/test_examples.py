@@ -68,13 +68,13 @@ def test_quantize_hf_model_example_on_minilm(tmp_path):
     saved = tmp_path / "minilm.safetensors"
     example = load_example("quantize_hf_model")
     result = example.main(["--model", "minilm", "--config", "w8a8-smoothquant", "--sentences", "16",
-                           "--save", str(saved)])
+                           "--save", str(saved), "--save-pretrained", str(tmp_path / "minilm")])
     assert result["min_cosine"] > 0.99 and result["quantized_bytes"] < result["fp32_bytes"]
-    loaded = example.main(["--model", "minilm", "--config", "w8a8-smoothquant", "--sentences", "16",
-                           "--load", str(saved)])
-    # the same layers, smoothing and bits: the same embeddings to the last bit
-    assert loaded["min_cosine"] == result["min_cosine"] and loaded["mean_cosine"] == result["mean_cosine"]
-    assert loaded["quantized_bytes"] == result["quantized_bytes"]
+    for source in (["--load", str(saved)], ["--from-pretrained", str(tmp_path / "minilm")]):
+        loaded = example.main(["--model", "minilm", "--config", "w8a8-smoothquant", "--sentences", "16", *source])
+        # the same layers, smoothing and bits: the same embeddings to the last bit
+        assert loaded["min_cosine"] == result["min_cosine"] and loaded["mean_cosine"] == result["mean_cosine"]
+        assert loaded["quantized_bytes"] == result["quantized_bytes"]
 
 
 def test_distill_lm_quick_run_reports_every_student(tmp_path):
