@@ -23,9 +23,6 @@ class QuantizedLayer(nn.Module):
                 self._buffers[name] = original.to(self._buffers[name].device)
         return self
 
-    # A per-group layer's state_dict also says its group size: the scales' shape gives only
-    # the group count, which two sizes can share (576 columns make 5 groups of 120 or of
-    # 128), and loading one as the other would scale most weights wrongly without a word.
     # True while effgen_kernels.hf has transformers' loader fill the layer. That loader
     # assigns every state_dict entry to a parameter or buffer (the group size is neither: it
     # leaves the state_dict then), and afterwards replaces every non-persistent buffer with
@@ -37,6 +34,9 @@ class QuantizedLayer(nn.Module):
         """Rebuild what the layer derives from the tensors it saves (the CPU's packed int8
         layout, the binary lookup tables) after those were assigned to it."""
 
+    # A per-group layer's state_dict also says its group size: the scales' shape gives only
+    # the group count, which two sizes can share (576 columns make 5 groups of 120 or of
+    # 128), and loading one as the other would scale most weights wrongly without a word.
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
         if getattr(self, "group_size", None) is not None and not self._hf_loading:
