@@ -12,9 +12,10 @@ Importing this module registers the quantization method ``"effgen"`` with transf
     ek.quantize_(model, config)  # or by hand, SmoothQuant too: then
     set_quantization_config(model, config)  # and model.save_pretrained(out) as above
 
-Quantizing as the model loads runs ``quantize_`` once the float weights are in (peak memory
-is the float model's); a checkpoint saved quantized loads straight into empty quantized
-layers. Needs transformers (the ``models`` extra) and safetensors checkpoints.
+Quantizing as the model loads converts each layer as soon as its float tensors are in (the
+float model is never whole in memory); a checkpoint saved quantized loads straight into
+empty quantized layers. Needs transformers (the ``models`` extra) and safetensors
+checkpoints.
 """
 
 from __future__ import annotations
@@ -25,23 +26,29 @@ import torch
 from safetensors import safe_open
 from torch import nn
 from transformers.conversion_mapping import get_model_conversion_mapping
-from transformers.core_model_loading import WeightConverter, WeightRenaming, dot_natural_key, rename_source_key
+from transformers.core_model_loading import (
+    ConversionOps,
+    WeightConverter,
+    WeightRenaming,
+    dot_natural_key,
+    rename_source_key,
+)
 from transformers.modeling_utils import PreTrainedModel
 from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
 from transformers.quantizers.quantizers_utils import should_convert_module
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from .nn._quantized import QuantizedLayer
+from .nn._quantized import finish_hf_loading, hf_loading
 from .quantize import (
     BinaryConfig,
     Int8Config,
     Int8WeightOnlyConfig,
+    QuantizeOnLoad,
     QuantizeSummary,
     TernaryConfig,
     check_config,
     mark_hf_quantized,
     model_bytes,
-    quantize_,
     swap_for_checkpoint,
     unloaded_buffers,
 )
@@ -173,16 +180,48 @@ def _untie(model, layers: list[str]) -> None:
                 if not swapped(at + target) and not swapped(at + source)}
 
 
-def _quantized_layers(layer: nn.Module) -> list[QuantizedLayer]:
-    """The quantized layer swapped in, or a fused-experts block's layers."""
-    return [module for module in layer.modules() if isinstance(module, QuantizedLayer)]
+class _QuantizeAsLoaded(ConversionOps):
+    """The loader's op on the float tensors of the layers to quantize: hands them to
+    QuantizeOnLoad, which converts each layer once it has its tensors and swaps it in."""
+
+    def __init__(self, on_load: QuantizeOnLoad) -> None:
+        self.on_load = on_load
+
+    def convert(self, input_dict: dict, model: nn.Module, missing_keys: set[str] | None = None, **kwargs) -> dict:
+        left = {}
+        converted = len(self.on_load.converted)
+        with hf_loading():  # the layers made here keep the canonical layout until finish_hf_loading
+            for key, value in input_dict.items():
+                if not self.on_load.take(key, value[0] if isinstance(value, list) else value):
+                    left[key] = value  # the loader loads it into the float layer
+                    continue
+                if missing_keys is not None:
+                    missing_keys.discard(key)
+                module, _, name = key.rpartition(".")
+                held = model.get_submodule(module)._parameters.get(name)
+                if held is not None:  # in a layer waiting for its other tensors, or left float (NaN)
+                    held._is_hf_initialized = True  # as the loader marks what it assigns: no init
+        for _, layer in self.on_load.converted[converted:]:
+            _mark_loaded(layer)
+        return left
+
+
+def _mark_loaded(layer: nn.Module) -> None:
+    """Keep the model's weight init off a layer whose tensors are loaded, as the loader marks
+    those it assigns: init functions skip marked tensors, and the model's init of a parent
+    module reads some layers' weights by name (GPT-2's c_proj; init.normal_ would overwrite
+    int8 codes)."""
+    layer._is_hf_initialized = True  # as swapped in for a checkpoint (see _swap_for_checkpoint)
+    for tensor in [*layer.parameters(), *layer.buffers()]:
+        tensor._is_hf_initialized = True
 
 
 @register_quantizer(QUANT_METHOD)
 class EffgenHfQuantizer(HfQuantizer):
-    """Runs EffgenConfig in from_pretrained: quantize_ after the float weights load, or, for
-    a checkpoint saved quantized, empty quantized layers swapped in before its tensors load
-    (transformers' loader assigns each tensor to its layer). ``model.hf_quantizer.summary``
+    """Runs EffgenConfig in from_pretrained: each layer quantize_ would convert is quantized
+    as soon as the loader has its float tensors (QuantizeOnLoad), or, for a checkpoint saved
+    quantized, empty quantized layers are swapped in before its tensors load (transformers'
+    loader assigns each tensor to its layer). ``model.hf_quantizer.summary``
     is the QuantizeSummary of what it converted and left float."""
 
     requires_calibration = False
@@ -193,17 +232,26 @@ class EffgenHfQuantizer(HfQuantizer):
             raise ValueError("effgen's quantized layers cannot be offloaded to disk: give device_map no 'disk'")
 
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs) -> None:
-        if not self.pre_quantized:
-            return
+        if self.pre_quantized:
+            self._swap_for_checkpoint(model, checkpoint_files)
+        else:
+            self._on_load = QuantizeOnLoad(model, self.quantization_config.effgen_config(), self._filter(model))
+
+    def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
+        return not self.pre_quantized and self._on_load.wants(param_name)
+
+    def get_quantize_ops(self) -> ConversionOps:
+        return _QuantizeAsLoaded(self._on_load)
+
+    def _swap_for_checkpoint(self, model, checkpoint_files: list[str] | None) -> None:
         config = self.quantization_config.effgen_config()
         files_dtypes = _checkpoint_dtypes(checkpoint_files)
         file_keys = _model_names(model, files_dtypes)
         dtypes = {name: files_dtypes[key] for name, key in file_keys.items()}
         self.summary = QuantizeSummary(config, action="from_pretrained", model_bytes_before=model_bytes(model))
-        self._swapped = swap_for_checkpoint(model, dtypes, config, self.summary)
+        with hf_loading():
+            self._swapped = swap_for_checkpoint(model, dtypes, config, self.summary)
         for name, layer, _ in self._swapped:
-            for module in _quantized_layers(layer):
-                module._hf_loading = True
             # The model's weight init of a fused-experts block reads its 3-D weights, which a
             # quantized block does not have: it loads from the checkpoint and needs no init.
             layer._is_hf_initialized = True
@@ -230,15 +278,16 @@ class EffgenHfQuantizer(HfQuantizer):
 
     def _process_model_after_weight_loading(self, model, **kwargs):
         if not self.pre_quantized:
-            self.summary = quantize_(model, self.quantization_config.effgen_config(), self._filter(model))
+            for _, layer in self._on_load.converted:
+                finish_hf_loading(layer)
+            self.summary = self._on_load.finish()
+            del self._on_load
             return model
         for name, layer, _ in self._swapped:
             unloaded = unloaded_buffers(name, layer)
             if unloaded:
                 raise ValueError(f"the checkpoint did not fill {unloaded}")
-            for module in _quantized_layers(layer):
-                del module._hf_loading
-                module.rebuild_derived()
+            finish_hf_loading(layer)
         mark_hf_quantized(model)
         self.summary.bytes_after = sum(model_bytes(layer) for _, layer, _ in self._swapped)
         self.summary.model_bytes_after = model_bytes(model)

@@ -210,13 +210,18 @@ def _weight_problem(weight: torch.Tensor) -> str | None:
     return None
 
 
+def _shape_problem(target: nn.Module, config) -> str | None:
+    """Why ``config`` cannot convert a target (an nn.Linear, or a fused-experts block) of its
+    shapes, weights aside (known before they load)."""
+    linears = [target] if isinstance(target, nn.Linear) else expert_linears(target, 0)  # every expert's shapes
+    return next((problem for linear in linears if (problem := config.cannot_convert(linear))), None)
+
+
 def _why_not(target: nn.Module, config) -> str | None:
     """Why a target (an nn.Linear, or a fused-experts block) stays as it is; None: convert it."""
-    if isinstance(target, nn.Linear):
-        return _weight_problem(target.weight) or config.cannot_convert(target)
-    problems = [_weight_problem(w) for w in fused_weights(target)]
-    problems += [config.cannot_convert(linear) for linear in expert_linears(target, 0)]  # every expert's shapes
-    return next((problem for problem in problems if problem is not None), None)
+    weights = [target.weight] if isinstance(target, nn.Linear) else fused_weights(target)
+    weight_problem = next((problem for weight in weights if (problem := _weight_problem(weight))), None)
+    return weight_problem or _shape_problem(target, config)
 
 
 def _used_by_owner(model: nn.Module, names: list[str], target: nn.Module, config) -> str | None:
@@ -339,6 +344,20 @@ def _targets(model: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | Non
     return targets
 
 
+def _swap_converted(model: nn.Module, names: list[str], target: nn.Module,
+                    make: Callable[[nn.Linear, str], nn.Module], summary: QuantizeSummary) -> nn.Module:
+    """Convert ``target`` with ``make``, swap the result in under each of its names and count
+    it in ``summary``; returns it."""
+    summary.bytes_before += model_bytes(target)
+    training = model.get_submodule(names[0]).training
+    # in the mode of what it replaces: a trainable layer prepared in an eval model evaluates
+    replacement = _convert(target, names[0], make).train(training)
+    summary.bytes_after += model_bytes(replacement)
+    swap_module(model, names, replacement)
+    summary.converted += names
+    return replacement
+
+
 def _replace_linears(model: nn.Module, config, make: Callable[[nn.Linear, str], nn.Module],
                      filter_fn: Callable[[nn.Module, str], bool] | None, action: str,
                      progress: bool = False) -> QuantizeSummary:
@@ -353,13 +372,7 @@ def _replace_linears(model: nn.Module, config, make: Callable[[nn.Linear, str], 
         if reason is not None:
             summary.skipped.update(dict.fromkeys(names, reason))
             continue
-        summary.bytes_before += model_bytes(target)
-        training = model.get_submodule(names[0]).training
-        # in the mode of what it replaces: a trainable layer prepared in an eval model evaluates
-        replacement = _convert(target, names[0], make).train(training)
-        summary.bytes_after += model_bytes(replacement)
-        swap_module(model, names, replacement)
-        summary.converted += names
+        _swap_converted(model, names, target, make, summary)
     bar.update(len(targets))
     if summary.converted and action == "quantize_":
         mark_hf_quantized(model)
@@ -382,6 +395,113 @@ def quantize_(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bo
     ``progress`` is False."""
     check_config(config)
     return _replace_linears(model, config, config.convert, filter_fn, "quantize_", progress)
+
+
+@dataclasses.dataclass(eq=False)
+class _AwaitedLayer:
+    """A layer QuantizeOnLoad converts once its float tensors are in: its names, the module
+    (the float one, or a fused-experts block) and the names of the tensors still to come."""
+
+    names: list[str]
+    module: nn.Module
+    waiting: set[str]
+    done: bool = False
+
+
+class QuantizeOnLoad:
+    """quantize_ for a model whose float weights are yet to load (on the meta device, as
+    transformers' from_pretrained builds it), layer by layer as they load: hand it each
+    tensor with ``take``; a layer converts, and is swapped in, as soon as its last tensor is
+    in, so the float weights are never all in memory at once (the peak is the quantized
+    model and one float layer). ``finish`` converts the layers a checkpoint did not hold
+    whole (the model initialized the rest) and returns the QuantizeSummary.
+
+    The layers are those quantize_ would convert (``filter_fn``, the model's code reading a
+    layer's weight, the config's limits); one whose weights hold NaN or Inf stays float, with
+    them. The result is quantize_'s on the loaded model, bit for bit."""
+
+    def __init__(self, model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bool] | None = None,
+                 action: str = "from_pretrained") -> None:
+        check_config(config)
+        if getattr(config, "activation_absmax", None) is not None:
+            raise ValueError("SmoothQuant calibrates on the loaded model: load it float, calibrate and quantize_ it")
+        self.model, self.config = model, config
+        self.summary = QuantizeSummary(config, action=action, model_bytes_before=model_bytes(model))
+        self.converted: list[tuple[str, nn.Module]] = []  # (name, layer) swapped in as their tensors came
+        self._layers: list[_AwaitedLayer] = []
+        self._awaited: dict[str, tuple[_AwaitedLayer, str]] = {}  # state_dict key -> (layer, tensor name)
+        self._taken: set[str] = set()
+        for names, target in _targets(model, filter_fn, self.summary):
+            reason = _shape_problem(target, config) or _used_by_owner(model, names, target, config)
+            if reason is not None:
+                self.summary.skipped.update(dict.fromkeys(names, reason))
+                continue
+            module = model.get_submodule(names[0])
+            tensors = {key for key, tensor in module._parameters.items() if tensor is not None}
+            layer = _AwaitedLayer(names, module, tensors)
+            self._layers.append(layer)
+            self._awaited.update({f"{name}.{key}": (layer, key) for name in names for key in tensors})
+
+    def wants(self, key: str) -> bool:
+        """Whether ``key`` (a state_dict key of the model) is a tensor of a layer to convert."""
+        return key in self._awaited or key in self._taken
+
+    def take(self, key: str, tensor: torch.Tensor) -> bool:
+        """Give ``tensor``, the checkpoint's ``key``, to its layer, which converts once it has
+        all of its tensors. False where ``key`` is not wanted or the tensor does not fit its
+        layer (a float of its shape): the caller loads it as any other tensor, and the
+        layer converts in finish."""
+        if key in self._taken:  # a shared layer's tensor again, under another of its names
+            return True
+        if key not in self._awaited:
+            return False
+        layer, tensor_name = self._awaited[key]
+        held = layer.module._parameters[tensor_name]
+        if not tensor.is_floating_point() or tensor.shape != held.shape:
+            self._leave_to_finish(layer)
+            return False
+        # in the model's dtype, as a float load would give it: quantized from the same values
+        layer.module._parameters[tensor_name] = nn.Parameter(tensor.to(held.dtype), requires_grad=held.requires_grad)
+        for name in layer.names:
+            del self._awaited[f"{name}.{tensor_name}"]
+            self._taken.add(f"{name}.{tensor_name}")
+        layer.waiting.discard(tensor_name)
+        if not layer.waiting:
+            self._convert(layer)
+        return True
+
+    def _leave_to_finish(self, layer: _AwaitedLayer) -> None:
+        for name in layer.names:
+            for tensor_name in layer.waiting:
+                del self._awaited[f"{name}.{tensor_name}"]
+
+    def _convert(self, layer: _AwaitedLayer) -> None:
+        layer.done = True
+        target = _as_linear(layer.module) or layer.module
+        reason = _why_not(target, self.config)
+        if reason is not None:  # keeps the float tensors it loaded
+            self.summary.skipped.update(dict.fromkeys(layer.names, reason))
+            return
+        replacement = _swap_converted(self.model, layer.names, target, self.config.convert, self.summary)
+        self.converted.append((layer.names[0], replacement))
+
+    def finish(self) -> QuantizeSummary:
+        """Once everything loaded: quantize_ the layers that did not convert as they loaded (a
+        tensor the checkpoint lacks, or one it holds in another shape); the summary."""
+        rest = {name for layer in self._layers if not layer.done for name in layer.names}
+        if rest:
+            later = quantize_(self.model, self.config, lambda module, name: name in rest, progress=False)
+            self.summary.converted += later.converted
+            self.summary.skipped.update({name: reason for name, reason in later.skipped.items() if name in rest})
+            self.summary.bytes_before += later.bytes_before
+            self.summary.bytes_after += later.bytes_after
+        if self.summary.converted:
+            mark_hf_quantized(self.model)
+        # in the model's order, as quantize_ lists them, not in the checkpoint's
+        order = {name: at for at, (name, _) in enumerate(self.model.named_modules(remove_duplicate=False))}
+        self.summary.converted.sort(key=order.__getitem__)
+        self.summary.model_bytes_after = model_bytes(self.model)
+        return self.summary
 
 
 def _holds_quantized(checkpoint_dtypes: Mapping[str, torch.dtype], name: str) -> bool:

@@ -16,9 +16,11 @@ training). Where the float model generates, each quantized one generates 4 greed
 architecture's skeleton (weights on the meta device) must give the same logits, bit for
 bit, after load_quantized_ of the quantized state_dict. Through transformers itself too:
 the float model's save_pretrained goes through from_pretrained with EffgenConfig(config)
-(effgen_kernels.hf), and that model's save_pretrained must load back with the same logits,
-bit for bit (architectures whose float model does not survive save_pretrained and
-from_pretrained unchanged are listed, not failed). Architectures whose float model cannot be
+(effgen_kernels.hf), which quantizes each layer as it loads: it must convert what quantize_
+converts after a float from_pretrained, to the same logits, and that model's
+save_pretrained must load back with the same logits, bit for bit (architectures whose
+float model does not survive save_pretrained and from_pretrained unchanged are listed, not
+failed). Architectures whose float model cannot be
 built small this way are listed, not failed. Exit status 1 if any architecture that runs in
 float fails quantized, its W8A16 logits (forward or generated) are off, or a reload differs.
 Nothing is downloaded: configs and weights are made here.
@@ -178,15 +180,21 @@ def float_round_trip_problem(auto_class, model: torch.nn.Module, inputs: dict, l
 
 def hf_round_trip(auto_class, name: str, config, inputs: dict, directory: str) -> dict:
     """from_pretrained of the float model's save_pretrained with EffgenConfig(config), then of
-    that model's save_pretrained: layers converted, and whether the second gives the first's
-    logits bit for bit."""
-    from effgen_kernels.hf import EffgenConfig
+    that model's save_pretrained: layers converted, whether they are what quantize_ converts
+    after a float from_pretrained (under the quantizer's skip rules) with its logits bit for
+    bit, and whether the second load gives the first's logits bit for bit."""
+    from effgen_kernels.hf import EffgenConfig, EffgenHfQuantizer
 
     quantized = auto_class.from_pretrained(f"{directory}/float", quantization_config=EffgenConfig(config)).eval()
     logits = quantized(**inputs).logits
+    after_load = auto_class.from_pretrained(f"{directory}/float").eval()
+    skip_rules = EffgenHfQuantizer(EffgenConfig(config), pre_quantized=False)._filter(after_load)
+    converted_after_load = ek.quantize_(after_load, config, skip_rules, progress=False).converted
     quantized.save_pretrained(f"{directory}/{name}")
     loaded = auto_class.from_pretrained(f"{directory}/{name}").eval()
-    return {"hf_converted": len(quantized.hf_quantizer.summary.converted),
+    converted = quantized.hf_quantizer.summary.converted
+    return {"hf_converted": len(converted),
+            "hf_as_quantize_": converted == converted_after_load and torch.equal(after_load(**inputs).logits, logits),
             "hf_reloaded_same": torch.equal(loaded(**inputs).logits, logits)}
 
 
@@ -254,6 +262,8 @@ def row_problem(row: dict) -> str | None:
             return f"w8a16 generated logits off by {result['generation_error']:.1e} of their largest"
         if not result["reloaded_same"]:
             return f"{name}: the skeleton after load_quantized_ gives other logits"
+        if result.get("hf_as_quantize_") is False:
+            return f"{name}: from_pretrained quantizes otherwise than quantize_ after a float from_pretrained"
         if result.get("hf_reloaded_same") is False:
             return f"{name}: from_pretrained of its save_pretrained gives other logits"
     return None
@@ -276,6 +286,7 @@ def describe(row: dict) -> str:
             hf = ""
             if "hf_converted" in result:
                 hf = f" from_pretrained {result['hf_converted']} converted"
+                hf += "" if result["hf_as_quantize_"] else " UNLIKE QUANTIZE_ AFTER THE LOAD"
                 hf += "" if result["hf_reloaded_same"] else " HF RELOAD DIFFERS"
             parts.append(f"{name} {result['converted']} converted {result['skipped']} skipped cos "
                          f"{result['cosine']:.4f}{error}{generation}{reload}{hf}")

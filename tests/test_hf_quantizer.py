@@ -75,6 +75,55 @@ def test_from_pretrained_quantizes_as_quantize_does(tmp_path, config):
     assert loaded.hf_quantizer.summary.converted == list(quantized_layers(expected))
 
 
+@pytest.mark.parametrize("make,config", [(mixtral, ek.Int8WeightOnlyConfig(group_size=16)), (gpt2, ek.Int8Config()),
+                                         (gpt2, ek.TernaryConfig())], ids=str)
+def test_experts_and_conv1d_layers_quantize_as_quantize_does(tmp_path, make, config):
+    # GPT-2's weight init reads its c_proj layers' weights by name: int8 codes must survive it
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(saved(make(), tmp_path),
+                                                               quantization_config=EffgenConfig(config))
+    expected = make()
+    ek.quantize_(expected, config, filter_fn=lambda module, name: name != "lm_head")
+    assert quantized_layers(loaded) == quantized_layers(expected)
+    assert_same_state(loaded, expected)
+    assert_same_bits(logits(loaded), logits(expected))
+
+
+def test_each_layer_quantizes_as_its_tensors_load_not_after_the_whole_model(tmp_path, monkeypatch):
+    float_layers_at_each_conversion = []
+    convert = hf.QuantizeOnLoad._convert
+
+    def counting(self, layer):
+        float_layers_at_each_conversion.append(sum(
+            type(module) is torch.nn.Linear and not module.weight.is_meta and name != "lm_head"
+            for name, module in self.model.named_modules()))
+        convert(self, layer)
+
+    monkeypatch.setattr(hf.QuantizeOnLoad, "_convert", counting)
+    transformers.AutoModelForCausalLM.from_pretrained(saved(llama(), tmp_path),
+                                                      quantization_config=EffgenConfig(ek.Int8Config()))
+    assert float_layers_at_each_conversion == [1] * 14  # the layer converting, no float one before it
+
+
+def test_a_layer_the_checkpoint_lacks_is_quantized_after_the_load_and_one_with_nan_stays_float(tmp_path):
+    safetensors = pytest.importorskip("safetensors.torch")
+    model = llama()
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[1, 2] = float("nan")
+    path = saved(model, tmp_path)
+    state = safetensors.load_file(f"{path}/model.safetensors")
+    del state["model.layers.1.self_attn.q_proj.weight"]  # the model initializes it
+    safetensors.save_file(state, f"{path}/model.safetensors", metadata={"format": "pt"})
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(
+        path, quantization_config=EffgenConfig(ek.Int8WeightOnlyConfig()))
+    summary = loaded.hf_quantizer.summary
+    assert summary.converted == list(quantized_layers(loaded)) and len(summary.converted) == 13
+    assert "model.layers.1.self_attn.q_proj" in summary.converted
+    assert summary.skipped == {"model.layers.0.mlp.up_proj": "weight contains NaN or Inf"}
+    up = loaded.model.layers[0].mlp.up_proj
+    assert type(up) is torch.nn.Linear
+    assert torch.equal(up.weight.nan_to_num(), model.model.layers[0].mlp.up_proj.weight.nan_to_num())
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
 def test_a_saved_quantized_model_loads_bit_for_bit(tmp_path, config):
     quantized = transformers.AutoModelForCausalLM.from_pretrained(saved(llama(), tmp_path / "float"),

@@ -844,7 +844,8 @@ def test_the_architecture_sweep_runs_quantize_over_transformers_models(tmp_path)
     # through from_pretrained / save_pretrained too (effgen_kernels.hf), the LM head left float;
     # HRM's published layout holds q, k, v and gate as one tensor, which save_pretrained would
     # write back but for a quantized model
-    assert all(result["hf_reloaded_same"] and result["hf_converted"] == result["converted"] - 1
+    assert all(result["hf_reloaded_same"] and result["hf_as_quantize_"]
+               and result["hf_converted"] == result["converted"] - 1
                for model_type in ("llama", "gpt2", "hrm_text") for result in rows[model_type].values())
 
 
@@ -904,6 +905,41 @@ def test_a_quantized_checkpoint_loads_into_the_float_model_without_quantizing(co
     assert (model[2].weight.data_ptr() == checkpoint["2.weight"].data_ptr()) == (device == "meta")
     x = random_input((3, K))
     assert_same_bits(model(x), quantized(x))
+
+
+@pytest.mark.parametrize("config", [ek.Int8Config(), ek.Int8WeightOnlyConfig(group_size=16), ek.BinaryConfig(),
+                                    ek.TernaryConfig()])
+def test_quantize_on_load_converts_each_layer_once_its_tensors_are_in(config):
+    from effgen_kernels.quantize import QuantizeOnLoad
+
+    def keep_2_float(module, name):
+        return name != "2"
+
+    expected = float_model()
+    ek.quantize_(expected, config, filter_fn=keep_2_float)
+    checkpoint = float_model().state_dict()
+    model = float_model("meta")
+    on_load = QuantizeOnLoad(model, config, keep_2_float)
+    assert on_load.wants("0.weight") and on_load.wants("3.weight") and not on_load.wants("2.weight")
+    assert not on_load.take("2.weight", checkpoint["2.weight"])  # the caller loads it
+    model.load_state_dict({key: checkpoint[key] for key in ("2.weight", "2.bias")}, strict=False, assign=True)
+    assert on_load.take("0.bias", checkpoint["0.bias"]) and type(model[0]) is torch.nn.Linear  # waits for its weight
+    assert on_load.take("0.weight", checkpoint["0.weight"]) and type(model[0]) is type(expected[0])
+    assert not on_load.take("3.weight", checkpoint["3.weight"][:, 1:])  # not the layer's shape: left to finish
+    model.load_state_dict({"3.weight": checkpoint["3.weight"]}, strict=False, assign=True)
+    summary = on_load.finish()
+    assert summary.converted == ["0", "3"] and summary.bytes_after == ek.model_bytes(expected[0]) + ek.model_bytes(
+        expected[3]) and summary.model_bytes_after == ek.model_bytes(expected)
+    for name in ("0", "2", "3"):
+        assert_same_state(model.get_submodule(name), expected.get_submodule(name))
+    x = random_input((3, K))
+    assert_same_bits(model(x), expected(x))
+
+
+def test_quantize_on_load_refuses_smoothquant_which_calibrates_on_the_loaded_model():
+    from effgen_kernels.quantize import QuantizeOnLoad
+    with pytest.raises(ValueError, match="SmoothQuant calibrates on the loaded model"):
+        QuantizeOnLoad(float_model("meta"), ek.Int8Config(activation_absmax={"0": torch.ones(K)}))
 
 
 def test_a_checkpoint_without_a_quantized_layers_tensor_is_refused_even_when_not_strict():

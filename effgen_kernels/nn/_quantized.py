@@ -1,8 +1,35 @@
 """What the quantized inference layers share: scales that stay float32, a group size that
-travels with the state_dict, an input check."""
+travels with the state_dict, an input check, the canonical layout while transformers loads."""
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
 
 import torch
 from torch import nn
+
+# Set by hf_loading(): layers made meanwhile start in the canonical layout (see _hf_loading).
+_MADE_FOR_HF_LOADER = contextvars.ContextVar("effgen_made_for_hf_loader", default=False)
+
+
+@contextlib.contextmanager
+def hf_loading() -> Iterator[None]:
+    """Quantized layers made inside (empty ones, from_float's) are made for transformers'
+    loader: they keep the canonical layout, and build no derived data, until
+    finish_hf_loading."""
+    token = _MADE_FOR_HF_LOADER.set(True)
+    try:
+        yield
+    finally:
+        _MADE_FOR_HF_LOADER.reset(token)
+
+
+def finish_hf_loading(layer: nn.Module) -> None:
+    """After transformers' loader is done with ``layer`` (a quantized layer, or a block of
+    them): each takes its device's layout and rebuilds what it derives."""
+    for module in layer.modules():
+        if isinstance(module, QuantizedLayer) and module.__dict__.pop("_hf_loading", False):
+            module.rebuild_derived()
 
 
 class QuantizedLayer(nn.Module):
@@ -15,6 +42,11 @@ class QuantizedLayer(nn.Module):
 
     _float32_buffers: tuple[str, ...] = ()
 
+    def __init__(self) -> None:
+        super().__init__()
+        if _MADE_FOR_HF_LOADER.get():
+            self._hf_loading = True
+
     def _apply(self, fn, recurse=True):
         kept = {name: self._buffers[name] for name in self._float32_buffers if self._buffers.get(name) is not None}
         super()._apply(fn, recurse)
@@ -23,11 +55,12 @@ class QuantizedLayer(nn.Module):
                 self._buffers[name] = original.to(self._buffers[name].device)
         return self
 
-    # True while effgen_kernels.hf has transformers' loader fill the layer. That loader
-    # assigns every state_dict entry to a parameter or buffer (the group size is neither: it
-    # leaves the state_dict then), and afterwards replaces every non-persistent buffer with
-    # an empty tensor (the CPU's packed int8 layout, the binary lookup tables: they are built
-    # by rebuild_derived once it is done).
+    # True while effgen_kernels.hf has transformers' loader fill the layer (or swap it in,
+    # quantized as its float tensors load). That loader assigns every state_dict entry to a
+    # parameter or buffer (the group size is neither: it leaves the state_dict then), and
+    # afterwards replaces every non-persistent buffer with an empty tensor (the CPU's packed
+    # int8 layout, the binary lookup tables: they are built by rebuild_derived once it is
+    # done, in finish_hf_loading).
     _hf_loading = False
 
     def rebuild_derived(self) -> None:

@@ -69,7 +69,8 @@ class _PackedLinear(QuantizedLayer):
 
     def refresh_lut(self) -> None:
         """Rebuild weight_lut from weight_packed (after changing the packed weights by hand)."""
-        use = self._uses_lut() and self.weight_packed.device.type == "cpu"
+        # none while transformers loads the layer (its loader would empty them; see QuantizedLayer)
+        use = self._uses_lut() and self.weight_packed.device.type == "cpu" and not self._hf_loading
         self.weight_lut = (ops.lut_tiles(self.weight_packed, self.in_features, self._lut_planes,
                                          self._lut_group_size()) if use else None)
 
