@@ -405,7 +405,6 @@ class _AwaitedLayer:
     names: list[str]
     module: nn.Module
     waiting: set[str]
-    done: bool = False
 
 
 class QuantizeOnLoad:
@@ -428,7 +427,9 @@ class QuantizeOnLoad:
         self.model, self.config = model, config
         self.summary = QuantizeSummary(config, action=action, model_bytes_before=model_bytes(model))
         self.converted: list[tuple[str, nn.Module]] = []  # (name, layer) swapped in as their tensors came
-        self._layers: list[_AwaitedLayer] = []
+        # Only the layers yet to convert: a reference to a converted one's float module would
+        # keep its float tensors in memory to the end.
+        self._pending: set[_AwaitedLayer] = set()
         self._awaited: dict[str, tuple[_AwaitedLayer, str]] = {}  # state_dict key -> (layer, tensor name)
         self._taken: set[str] = set()
         for names, target in _targets(model, filter_fn, self.summary):
@@ -439,7 +440,7 @@ class QuantizeOnLoad:
             module = model.get_submodule(names[0])
             tensors = {key for key, tensor in module._parameters.items() if tensor is not None}
             layer = _AwaitedLayer(names, module, tensors)
-            self._layers.append(layer)
+            self._pending.add(layer)
             self._awaited.update({f"{name}.{key}": (layer, key) for name in names for key in tensors})
 
     def wants(self, key: str) -> bool:
@@ -476,7 +477,7 @@ class QuantizeOnLoad:
                 del self._awaited[f"{name}.{tensor_name}"]
 
     def _convert(self, layer: _AwaitedLayer) -> None:
-        layer.done = True
+        self._pending.discard(layer)
         target = _as_linear(layer.module) or layer.module
         reason = _why_not(target, self.config)
         if reason is not None:  # keeps the float tensors it loaded
@@ -488,7 +489,7 @@ class QuantizeOnLoad:
     def finish(self) -> QuantizeSummary:
         """Once everything loaded: quantize_ the layers that did not convert as they loaded (a
         tensor the checkpoint lacks, or one it holds in another shape); the summary."""
-        rest = {name for layer in self._layers if not layer.done for name in layer.names}
+        rest = {name for layer in self._pending for name in layer.names}
         if rest:
             later = quantize_(self.model, self.config, lambda module, name: name in rest, progress=False)
             self.summary.converted += later.converted
