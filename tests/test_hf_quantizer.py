@@ -2,6 +2,7 @@
 from_pretrained and loading what save_pretrained wrote (transformers needed)."""
 
 import json
+import weakref
 
 import pytest
 import torch
@@ -89,19 +90,22 @@ def test_experts_and_conv1d_layers_quantize_as_quantize_does(tmp_path, make, con
 
 
 def test_each_layer_quantizes_as_its_tensors_load_not_after_the_whole_model(tmp_path, monkeypatch):
-    float_layers_at_each_conversion = []
+    float_layers_at_each_conversion, converted_still_alive, converted = [], [], []
     convert = hf.QuantizeOnLoad._convert
 
     def counting(self, layer):
         float_layers_at_each_conversion.append(sum(
             type(module) is torch.nn.Linear and not module.weight.is_meta and name != "lm_head"
             for name, module in self.model.named_modules()))
+        converted_still_alive.append(sum(ref() is not None for ref in converted))  # held anywhere
+        converted.append(weakref.ref(layer.module))
         convert(self, layer)
 
     monkeypatch.setattr(hf.QuantizeOnLoad, "_convert", counting)
     transformers.AutoModelForCausalLM.from_pretrained(saved(llama(), tmp_path),
                                                       quantization_config=EffgenConfig(ek.Int8Config()))
     assert float_layers_at_each_conversion == [1] * 14  # the layer converting, no float one before it
+    assert converted_still_alive == [0] * 14  # each float layer freed once converted
 
 
 def test_a_layer_the_checkpoint_lacks_is_quantized_after_the_load_and_one_with_nan_stays_float(tmp_path):
