@@ -20,6 +20,7 @@ from .quantize import (
     TernaryConfig,
     calibrate_activations,
     convert,
+    dequantize_,
     load_quantized_,
     model_bytes,
     prepare,
@@ -32,5 +33,5 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0+unknown"
 
 __all__ = ["BinaryConfig", "Int8Config", "Int8WeightOnlyConfig", "QuantizeSummary", "TernaryConfig", "__version__",
-           "calibrate_activations", "convert", "distill", "distributed", "load_quantized_", "model_bytes", "nn", "ops",
-           "prepare", "quantize_", "reference"]
+           "calibrate_activations", "convert", "dequantize_", "distill", "distributed", "load_quantized_",
+           "model_bytes", "nn", "ops", "prepare", "quantize_", "reference"]

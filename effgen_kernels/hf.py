@@ -34,10 +34,12 @@ from transformers.core_model_loading import (
     rename_source_key,
 )
 from transformers.modeling_utils import PreTrainedModel
+from transformers.pytorch_utils import Conv1D
 from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
 from transformers.quantizers.quantizers_utils import should_convert_module
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from ._modules import swap_module
 from .nn._quantized import finish_hf_loading, hf_loading
 from .quantize import (
     BinaryConfig,
@@ -47,6 +49,7 @@ from .quantize import (
     QuantizeSummary,
     TernaryConfig,
     check_config,
+    dequantize_,
     mark_hf_quantized,
     model_bytes,
     swap_for_checkpoint,
@@ -216,6 +219,20 @@ def _mark_loaded(layer: nn.Module) -> None:
         tensor._is_hf_initialized = True
 
 
+def _conv1d_again(model: PreTrainedModel) -> None:
+    """Each nn.Linear of ``model`` where its architecture has a Conv1D (weight [in, out]), as
+    quantize_ then dequantize_ leave GPT-2's layers: the Conv1D of its weight again."""
+    with torch.device("meta"):
+        skeleton = type(model)(model.config)
+    for name, module in skeleton.named_modules():
+        linear = model.get_submodule(name) if isinstance(module, Conv1D) else None
+        if type(linear) is nn.Linear:
+            conv1d = Conv1D(linear.out_features, linear.in_features)
+            conv1d.weight = nn.Parameter(linear.weight.detach().t().contiguous())
+            conv1d.bias = linear.bias
+            swap_module(model, [name], conv1d)
+
+
 @register_quantizer(QUANT_METHOD)
 class EffgenHfQuantizer(HfQuantizer):
     """Runs EffgenConfig in from_pretrained: each layer quantize_ would convert is quantized
@@ -302,6 +319,13 @@ class EffgenHfQuantizer(HfQuantizer):
         tied = {*model.all_tied_weights_keys.keys(), *model.all_tied_weights_keys.values()}
         skips = [*skips, *(key.removesuffix(".weight") for key in tied)]
         return lambda module, name: should_convert_module(name, skips)
+
+    def _dequantize(self, model, dtype=None):
+        """model.dequantize(): dequantize_, then the model's Conv1D layers (GPT-2's) made
+        Conv1D again, so that its save_pretrained writes what the float model's does."""
+        self.summary = dequantize_(model, dtype)
+        _conv1d_again(model)
+        return model
 
     def is_serializable(self) -> bool:
         return True

@@ -22,7 +22,16 @@ from .nn import (
 )
 from .nn._quantized import QuantizedLayer
 from .nn.binary import check_binary_options
-from .nn.experts import UP_LAYERS, expert_linears, fused_weights, is_fused_experts, quantize_experts
+from .nn.experts import (
+    DOWN_LAYERS,
+    UP_LAYERS,
+    dequantize_experts,
+    expert_linears,
+    fused_weights,
+    is_fused_experts,
+    is_quantized_experts,
+    quantize_experts,
+)
 from .nn.int8 import check_smoothing_alpha, check_weight_only_group_size
 from .progress import Progress
 
@@ -179,7 +188,8 @@ class QuantizeSummary:
     model_bytes_after: int = 0
 
     def __str__(self) -> str:
-        lines = [f"{self.action} with {self.config}: {len(self.converted)} layers converted, "
+        config = "" if self.config is None else f" with {self.config}"
+        lines = [f"{self.action}{config}: {len(self.converted)} layers converted, "
                  f"{self.bytes_before / 2**20:.2f} MiB -> {self.bytes_after / 2**20:.2f} MiB (the whole model "
                  f"{self.model_bytes_before / 2**20:.2f} MiB -> {self.model_bytes_after / 2**20:.2f} MiB)"]
         lines += [f"  skipped {name}: {reason}" for name, reason in self.skipped.items()]
@@ -503,6 +513,51 @@ class QuantizeOnLoad:
         self.summary.converted.sort(key=order.__getitem__)
         self.summary.model_bytes_after = model_bytes(self.model)
         return self.summary
+
+
+def _why_not_float(module: nn.Module) -> str | None:
+    """Why a quantized layer, or a block of them, stays as it is in dequantize_."""
+    layers = [module] if isinstance(module, QuantizedLayer) else [*module._modules[UP_LAYERS],
+                                                                   *module._modules[DOWN_LAYERS]]
+    if not all(isinstance(layer, QuantizedLayer) for layer in layers):
+        return "trainable layers from prepare (convert() makes them inference layers)"
+    return next((reason for layer in layers if (reason := layer.cannot_dequantize())), None)
+
+
+def dequantize_(model: nn.Module, dtype: torch.dtype | None = None) -> QuantizeSummary:
+    """Undo quantize_ (or load_quantized_, convert) in place: each quantized layer becomes the
+    nn.Linear of its dequantized weights (QuantizedLayer.to_float, in ``dtype``: default the
+    layer's bias's, else float32), a fused-experts block gets its 3-D weights back. The
+    weights stay as quantization rounded them; a Conv1D comes back as the nn.Linear it is.
+    Layers no nn.Linear can stand for (binary activations) stay, listed in summary.skipped."""
+    summary = QuantizeSummary(None, action="dequantize_", model_bytes_before=model_bytes(model))
+    blocks: list[str] = []  # experts blocks seen: their layers go with them
+    for module, names in names_by_module(model).items():
+        if not isinstance(module, QuantizedLayer) and not is_quantized_experts(module):
+            continue
+        if any(name.startswith(f"{block}.") for name in names for block in blocks):
+            continue
+        if is_quantized_experts(module):
+            blocks += names
+        reason = _why_not_float(module)
+        if reason is not None:
+            summary.skipped.update(dict.fromkeys(names, reason))
+            continue
+        summary.bytes_before += model_bytes(module)
+        if isinstance(module, QuantizedLayer):
+            replacement = module.to_float(dtype).train(module.training)
+            swap_module(model, names, replacement)
+        else:
+            replacement = dequantize_experts(module, lambda layer: layer.to_float(dtype))
+        summary.bytes_after += model_bytes(replacement)
+        summary.converted += names
+    if not any(isinstance(module, QuantizedLayer) for module in model.modules()):
+        for module in model.modules():
+            config = getattr(module, "config", None)
+            if getattr(config, "_is_quantized", False):  # set by mark_hf_quantized
+                config._is_quantized = False
+    summary.model_bytes_after = model_bytes(model)
+    return summary
 
 
 def _holds_quantized(checkpoint_dtypes: Mapping[str, torch.dtype], name: str) -> bool:

@@ -80,6 +80,24 @@ def test_fused_experts_run_their_quantized_layers_as_the_float_block_runs_its_we
     torch.testing.assert_close(quantized(x, index, weights), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["mixtral", "gpt_oss", "nemotron_h", "ergo"])
+def test_dequantize_gives_a_block_its_3d_weights_back_as_the_twin_holds_them(kind):
+    block = experts_block(kind)
+    model = torch.nn.ModuleDict({"experts": copy.deepcopy(block)})
+    ek.quantize_(model, ek.Int8WeightOnlyConfig())
+    twin = dequantized_twin(block, model["experts"])
+    summary = ek.dequantize_(model)
+    assert summary.converted == ["experts"] and not summary.skipped
+    restored = model["experts"]
+    assert UP_LAYERS not in restored._modules and not isinstance(restored.config, QuantizedExpertsConfig)
+    for (name, parameter), (twin_name, twin_parameter) in zip(restored.named_parameters(), twin.named_parameters(),
+                                                             strict=True):
+        assert name == twin_name and parameter.is_contiguous() and torch.equal(parameter, twin_parameter), name
+    x = random_input((TOKENS, HIDDEN), scale=1.0, seed=5)
+    index, weights = routing()
+    assert_same_bits(restored(x, index, weights), twin(x, index, weights))
+
+
 def mixtral(num_hidden_layers: int = 2):
     config = transformers.MixtralConfig(vocab_size=96, hidden_size=HIDDEN, intermediate_size=48,
                                         num_hidden_layers=num_hidden_layers, num_attention_heads=2,

@@ -128,6 +128,26 @@ def test_a_layer_the_checkpoint_lacks_is_quantized_after_the_load_and_one_with_n
     assert torch.equal(up.weight.nan_to_num(), model.model.layers[0].mlp.up_proj.weight.nan_to_num())
 
 
+@pytest.mark.parametrize("make,config", [(llama, ek.Int8WeightOnlyConfig(group_size=16)), (llama, ek.Int8Config()),
+                                         (mixtral, ek.TernaryConfig()), (gpt2, ek.Int8WeightOnlyConfig())], ids=str)
+def test_dequantize_makes_a_float_model_that_saves_and_loads_as_one(tmp_path, make, config):
+    quantized = transformers.AutoModelForCausalLM.from_pretrained(saved(make(), tmp_path / "float"),
+                                                                  quantization_config=EffgenConfig(config))
+    expected = make()
+    ek.quantize_(expected, config, filter_fn=lambda module, name: name != "lm_head")
+    ek.dequantize_(expected)  # GPT-2's layers as nn.Linear: dequantize() makes them Conv1D again
+    dequantized = quantized.dequantize()
+    assert not quantized_layers(dequantized) and not dequantized.is_quantized
+    assert "quantization_config" not in dequantized.config.to_dict()
+    assert_same_bits(logits(dequantized), logits(expected))
+    if not isinstance(config, ek.Int8Config):  # W8A8 also quantized the activations
+        torch.testing.assert_close(logits(dequantized), logits(quantized), rtol=1e-4, atol=1e-4)
+    float_types = {name: type(module) for name, module in make().named_modules()}
+    assert {name: type(module) for name, module in dequantized.named_modules()} == float_types
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(saved(dequantized, tmp_path / "dequantized"))
+    assert_same_state(loaded, dequantized)
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
 def test_a_saved_quantized_model_loads_bit_for_bit(tmp_path, config):
     quantized = transformers.AutoModelForCausalLM.from_pretrained(saved(llama(), tmp_path / "float"),

@@ -942,6 +942,82 @@ def test_quantize_on_load_refuses_smoothquant_which_calibrates_on_the_loaded_mod
         QuantizeOnLoad(float_model("meta"), ek.Int8Config(activation_absmax={"0": torch.ones(K)}))
 
 
+def reference_dequantized_weight(layer: torch.nn.Module) -> torch.Tensor:
+    if isinstance(layer, (ek.nn.Int8Linear, ek.nn.Int8WeightOnlyLinear)):
+        group_size = getattr(layer, "group_size", None)
+        weight = ref.dequantize(layer.weight, layer.weight_scale, axis=None if group_size else 0,
+                                group_size=group_size)
+        smoothing = getattr(layer, "input_smoothing", None)
+        return weight if smoothing is None else weight * smoothing
+    if isinstance(layer, ek.nn.BinaryLinear):
+        signs = ref.unpack_binary(layer.weight_packed, K)
+        return ref.dequantize(signs, layer.alpha, axis=None if layer.group_size else 0, group_size=layer.group_size)
+    codes = ref.unpack_ternary(layer.weight_packed, K)
+    return ref.dequantize(codes, layer.weight_scale, axis=0 if layer.per_channel else None)
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+@pytest.mark.parametrize("name", [name for name in LAYERS if name != "BinaryLinear XNOR"])
+def test_to_float_makes_the_linear_of_the_dequantized_weights(name, dtype):
+    quantized = layer(name)
+    linear = quantized.to_float(dtype)
+    assert type(linear) is torch.nn.Linear and linear.weight.dtype == (dtype or torch.float32)
+    assert torch.equal(linear.weight, reference_dequantized_weight(quantized).to(dtype or torch.float32))
+    assert torch.equal(linear.bias, quantized.bias.to(dtype or torch.float32))
+    assert linear.bias.data_ptr() != quantized.bias.data_ptr()  # the float layer's own, to train
+    x = random_input((3, K))
+    if not isinstance(quantized, ek.nn.Int8Linear) and dtype is None:  # W8A8 also quantizes x
+        torch.testing.assert_close(linear(x), quantized(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", [name for name in LAYERS if name != "BinaryLinear XNOR"])
+def test_cuda_to_float_gives_the_weights_it_gives_on_the_cpu(name):
+    on_cpu = layer(name)
+    linear = layer(name).cuda().to_float()
+    assert linear.weight.is_cuda and torch.equal(linear.weight.cpu(), on_cpu.to_float().weight)
+
+
+def test_a_layer_no_linear_stands_for_is_refused_by_to_float_and_left_by_dequantize_():
+    with pytest.raises(ValueError, match="BinaryLinear cannot become an nn.Linear: its binary_activations"):
+        layer("BinaryLinear XNOR").to_float()
+    model = float_model()
+    ek.quantize_(model, ek.BinaryConfig(binary_activations=True))
+    summary = ek.dequantize_(model)
+    assert not summary.converted and list(summary.skipped) == ["0", "2", "3"]
+    assert all(isinstance(model[i], ek.nn.BinaryLinear) for i in (0, 2, 3))
+
+
+@pytest.mark.parametrize("config", [ek.Int8WeightOnlyConfig(group_size=16), ek.TernaryConfig()], ids=str)
+def test_dequantize_undoes_quantize_with_the_rounded_weights(config):
+    quantized = float_model()
+    ek.quantize_(quantized, config, filter_fn=lambda module, name: name != "2")
+    model = copy.deepcopy(quantized)
+    summary = ek.dequantize_(model)
+    assert summary.converted == ["0", "3"] and str(summary).startswith("dequantize_: 2 layers converted")
+    assert summary.model_bytes_after == ek.model_bytes(float_model())
+    assert model.state_dict().keys() == float_model().state_dict().keys()
+    assert all(type(module) is torch.nn.Linear for module in (model[0], model[2], model[3]))
+    assert torch.equal(model[2].weight, quantized[2].weight)  # float all along
+    x = random_input((3, K))
+    torch.testing.assert_close(model(x), quantized(x), rtol=1e-5, atol=1e-5)
+
+
+def test_dequantize_swaps_a_shared_layer_in_at_every_place():
+    shared = torch.nn.Linear(K, K)
+    model = torch.nn.Sequential(shared, torch.nn.ReLU(), shared)
+    ek.quantize_(model, ek.Int8Config())
+    assert ek.dequantize_(model).converted == ["0", "2"] and model[0] is model[2]
+
+
+def test_dequantize_tells_a_hugging_face_model_it_is_float_again():
+    hf_model = tiny_hf_model("gpt_neo")
+    ek.quantize_(hf_model, ek.Int8Config())
+    assert hf_model.config._is_quantized
+    ek.dequantize_(hf_model)
+    assert not hf_model.config._is_quantized
+
+
 def test_a_checkpoint_without_a_quantized_layers_tensor_is_refused_even_when_not_strict():
     quantized = float_model()
     ek.quantize_(quantized, ek.Int8WeightOnlyConfig(), filter_fn=lambda module, name: name != "2")

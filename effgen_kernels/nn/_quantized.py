@@ -67,6 +67,31 @@ class QuantizedLayer(nn.Module):
         """Rebuild what the layer derives from the tensors it saves (the CPU's packed int8
         layout, the binary lookup tables) after those were assigned to it."""
 
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float32 [out, in] weight the layer multiplies by (codes times scales), as an
+        nn.Linear would hold it."""
+        raise NotImplementedError
+
+    def cannot_dequantize(self) -> str | None:
+        """Why no nn.Linear computes what this layer does (None: one does)."""
+        return None
+
+    def to_float(self, dtype: torch.dtype | None = None) -> nn.Linear:
+        """The nn.Linear of dequantized_weight() and the bias, in ``dtype`` (default: the
+        bias's, else float32), on the layer's device. Its weights are the quantized ones:
+        what quantization rounded stays rounded (W8A8's activations are no longer quantized)."""
+        reason = self.cannot_dequantize()
+        if reason is not None:
+            raise ValueError(f"{type(self).__name__} cannot become an nn.Linear: {reason}")
+        bias = self._buffers["bias"]
+        dtype = dtype or (bias.dtype if bias is not None else torch.float32)
+        weight = self.dequantized_weight()
+        linear = nn.Linear(self.in_features, weight.shape[0], bias=bias is not None, device="meta")
+        linear.weight = nn.Parameter(weight.to(dtype))
+        if bias is not None:
+            linear.bias = nn.Parameter(bias.to(dtype, copy=True))
+        return linear
+
     # A per-group layer's state_dict also says its group size: the scales' shape gives only
     # the group count, which two sizes can share (576 columns make 5 groups of 120 or of
     # 128), and loading one as the other would scale most weights wrongly without a word.

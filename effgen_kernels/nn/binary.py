@@ -141,6 +141,14 @@ class BinaryLinear(_PackedLinear):
             return ops.xnor_linear(x, b["weight_packed"], b["alpha"], b["bias"])
         return ops.binary_linear(x, b["weight_packed"], b["alpha"], b["bias"], self.group_size, b["weight_lut"])
 
+    def dequantized_weight(self) -> torch.Tensor:
+        signs = ops.unpack_binary(self.weight_packed, self.in_features)
+        per_channel = self.group_size is None
+        return ops.dequantize(signs, self.alpha, axis=0 if per_channel else None, group_size=self.group_size)
+
+    def cannot_dequantize(self) -> str | None:
+        return "its binary_activations binarize the input too" if self.binary_activations else None
+
     def extra_repr(self) -> str:
         alpha = "per-channel" if self.group_size is None else f"per-group (group_size={self.group_size})"
         acts = "binary (XNOR-popcount)" if self.binary_activations else "float"
@@ -180,6 +188,10 @@ class TernaryLinear(_PackedLinear):
         self._check_input(x)
         b = self._buffers  # one lookup, not nn.Module.__getattr__ per buffer (see nn/int8.py)
         return ops.ternary_linear(x, b["weight_packed"], b["weight_scale"], b["bias"], b["weight_lut"])
+
+    def dequantized_weight(self) -> torch.Tensor:
+        codes = ops.unpack_ternary(self.weight_packed, self.in_features)
+        return ops.dequantize(codes, self.weight_scale, axis=0 if self.per_channel else None)  # else one scale
 
     def extra_repr(self) -> str:
         scale = "per-channel" if self.per_channel else "per-tensor"

@@ -129,3 +129,25 @@ def quantize_experts(block: nn.Module, make: Callable[[nn.Linear, str], nn.Modul
     block.add_module(DOWN_LAYERS, down_layers)
     block.config = QuantizedExpertsConfig(block.config)
     return block
+
+
+def is_quantized_experts(module: nn.Module) -> bool:
+    """Whether ``module`` is an experts block that quantize_experts turned into layers."""
+    return isinstance(module._modules.get(UP_LAYERS), nn.ModuleList) and DOWN_LAYERS in module._modules
+
+
+def dequantize_experts(block: nn.Module, to_float: Callable[[nn.Module], nn.Linear]) -> nn.Module:
+    """Undo quantize_experts in place: the block's 3-D weights (and bias rows) again, in its
+    layout, stacked from each expert's layers as ``to_float`` gives them, and its own experts
+    dispatch; returns the block."""
+    for name, layers in ((_up_name(block), UP_LAYERS), ("down_proj", DOWN_LAYERS)):
+        linears = [to_float(layer) for layer in block._modules[layers]]
+        weight = torch.stack([linear.weight.detach() for linear in linears])  # [experts, out, in]
+        block.register_parameter(name, nn.Parameter(weight.transpose(1, 2).contiguous() if block.is_transposed
+                                                    else weight))
+        if block.has_bias:
+            block.register_parameter(f"{name}_bias", nn.Parameter(torch.stack([linear.bias.detach()
+                                                                               for linear in linears])))
+        del block._modules[layers]
+    block.config = block.config.model_config
+    return block

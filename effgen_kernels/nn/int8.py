@@ -201,6 +201,11 @@ class Int8Linear(_QuantizedLinearBase):
                                                   b["input_smoothing"])
         return ops.int8_dynamic_linear(x, b["weight"], b["weight_scale"], b["bias"], b["input_smoothing"])
 
+    def dequantized_weight(self) -> torch.Tensor:
+        weight = ops.dequantize(self.weight, self.weight_scale, axis=0)
+        # SmoothQuant scales x by input_smoothing before the product: fold it into the columns
+        return weight if self.input_smoothing is None else weight * self.input_smoothing
+
     def extra_repr(self) -> str:
         smooth = ", SmoothQuant input smoothing" if self.input_smoothing is not None else ""
         return super().extra_repr() + f", weights=int8 per-channel, activations=int8 per-token (dynamic){smooth}"
@@ -247,6 +252,11 @@ class Int8WeightOnlyLinear(_QuantizedLinearBase):
             return ops.int8_weight_only_linear_packed(x, b["weight_packed"], b["weight_sum"], b["weight_scale"],
                                                       b["bias"], self.group_size)
         return ops.int8_weight_only_linear(x, b["weight"], b["weight_scale"], b["bias"], self.group_size)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        per_channel = self.group_size is None
+        return ops.dequantize(self.weight, self.weight_scale, axis=0 if per_channel else None,
+                              group_size=self.group_size)
 
     def extra_repr(self) -> str:
         scales = "per-channel" if self.group_size is None else f"per-group (group_size={self.group_size})"
