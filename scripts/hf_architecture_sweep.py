@@ -17,11 +17,11 @@ architecture's skeleton (weights on the meta device) must give the same logits, 
 bit, after load_quantized_ of the quantized state_dict. Through transformers itself too:
 the float model's save_pretrained goes through from_pretrained with EffgenConfig(config)
 (effgen_kernels.hf), which quantizes each layer as it loads: it must convert what quantize_
-converts after a float from_pretrained, to the same logits, and that model's
-save_pretrained must load back with the same logits, bit for bit (architectures whose
-float model does not survive save_pretrained and from_pretrained unchanged are listed, not
-failed). Architectures whose float model cannot be
-built small this way are listed, not failed. Exit status 1 if any architecture that runs in
+converts after a float from_pretrained, to the same logits, that model's save_pretrained
+must load back with the same logits, and the reload's dequantize() save and load as a float
+model with the logits it has, bit for bit (architectures whose float model does not survive
+save_pretrained and from_pretrained unchanged are listed, not failed). Architectures whose
+float model cannot be built small this way are listed, not failed. Exit status 1 if any architecture that runs in
 float fails quantized, its W8A16 logits (forward or generated) are off, or a reload differs.
 Nothing is downloaded: configs and weights are made here.
 """
@@ -193,9 +193,13 @@ def hf_round_trip(auto_class, name: str, config, inputs: dict, directory: str) -
     quantized.save_pretrained(f"{directory}/{name}")
     loaded = auto_class.from_pretrained(f"{directory}/{name}").eval()
     converted = quantized.hf_quantizer.summary.converted
+    reloaded_logits = loaded(**inputs).logits
+    loaded.dequantize().save_pretrained(f"{directory}/{name}-dequantized")
+    float_again = auto_class.from_pretrained(f"{directory}/{name}-dequantized").eval()
     return {"hf_converted": len(converted),
             "hf_as_quantize_": converted == converted_after_load and torch.equal(after_load(**inputs).logits, logits),
-            "hf_reloaded_same": torch.equal(loaded(**inputs).logits, logits)}
+            "hf_reloaded_same": torch.equal(reloaded_logits, logits),
+            "hf_dequantized_reloads": torch.equal(float_again(**inputs).logits, loaded(**inputs).logits)}
 
 
 def check_architecture(transformers, auto_class, model_type: str, seq2seq: bool) -> dict:
@@ -264,6 +268,8 @@ def row_problem(row: dict) -> str | None:
             return f"{name}: the skeleton after load_quantized_ gives other logits"
         if result.get("hf_as_quantize_") is False:
             return f"{name}: from_pretrained quantizes otherwise than quantize_ after a float from_pretrained"
+        if result.get("hf_dequantized_reloads") is False:
+            return f"{name}: dequantize() and save_pretrained give a model that reloads with other logits"
         if result.get("hf_reloaded_same") is False:
             return f"{name}: from_pretrained of its save_pretrained gives other logits"
     return None
@@ -288,6 +294,7 @@ def describe(row: dict) -> str:
                 hf = f" from_pretrained {result['hf_converted']} converted"
                 hf += "" if result["hf_as_quantize_"] else " UNLIKE QUANTIZE_ AFTER THE LOAD"
                 hf += "" if result["hf_reloaded_same"] else " HF RELOAD DIFFERS"
+                hf += "" if result["hf_dequantized_reloads"] else " DEQUANTIZED RELOAD DIFFERS"
             parts.append(f"{name} {result['converted']} converted {result['skipped']} skipped cos "
                          f"{result['cosine']:.4f}{error}{generation}{reload}{hf}")
     return " | ".join(parts)

@@ -844,7 +844,7 @@ def test_the_architecture_sweep_runs_quantize_over_transformers_models(tmp_path)
     # through from_pretrained / save_pretrained too (effgen_kernels.hf), the LM head left float;
     # HRM's published layout holds q, k, v and gate as one tensor, which save_pretrained would
     # write back but for a quantized model
-    assert all(result["hf_reloaded_same"] and result["hf_as_quantize_"]
+    assert all(result["hf_reloaded_same"] and result["hf_as_quantize_"] and result["hf_dequantized_reloads"]
                and result["hf_converted"] == result["converted"] - 1
                for model_type in ("llama", "gpt2", "hrm_text") for result in rows[model_type].values())
 
