@@ -21,8 +21,9 @@ converts after a float from_pretrained, to the same logits, that model's save_pr
 must load back with the same logits, and the reload's dequantize() save and load as a float
 model with the logits it has, bit for bit (architectures whose float model does not survive
 save_pretrained and from_pretrained unchanged are listed, not failed). Architectures whose
-float model cannot be built small this way are listed, not failed. Exit status 1 if any architecture that runs in
-float fails quantized, its W8A16 logits (forward or generated) are off, or a reload differs.
+float model cannot be built small this way are listed, not failed. Exit status 1 if any
+architecture that runs in float fails quantized, its W8A16 logits (forward or generated)
+are off, or a reload differs.
 Nothing is downloaded: configs and weights are made here.
 """
 
