@@ -8,6 +8,7 @@ Importing this module registers the quantization method ``"effgen"`` with transf
     model = AutoModelForCausalLM.from_pretrained(path, quantization_config=EffgenConfig(ek.Int8WeightOnlyConfig()))
     model.save_pretrained(out)  # int8 weights; config.json names the format
     model = AutoModelForCausalLM.from_pretrained(out)  # with effgen_kernels.hf imported: quantizes nothing
+    model.dequantize()  # float again (ek.dequantize_), and saves as a float model
 
     ek.quantize_(model, config)  # or by hand, SmoothQuant too: then
     set_quantization_config(model, config)  # and model.save_pretrained(out) as above
