@@ -205,7 +205,7 @@ class _QuantizeAsLoaded(ConversionOps):
                 held = model.get_submodule(module)._parameters.get(name)
                 if held is not None:  # in a layer waiting for its other tensors, or left float (NaN)
                     held._is_hf_initialized = True  # as the loader marks what it assigns: no init
-        for _, layer in self.on_load.converted[converted:]:
+        for layer in self.on_load.converted[converted:]:
             _mark_loaded(layer)
         return left
 
@@ -296,7 +296,7 @@ class EffgenHfQuantizer(HfQuantizer):
 
     def _process_model_after_weight_loading(self, model, **kwargs):
         if not self.pre_quantized:
-            for _, layer in self._on_load.converted:
+            for layer in self._on_load.converted:
                 finish_hf_loading(layer)
             self.summary = self._on_load.finish()
             del self._on_load

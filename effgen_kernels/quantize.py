@@ -436,7 +436,7 @@ class QuantizeOnLoad:
             raise ValueError("SmoothQuant calibrates on the loaded model: load it float, calibrate and quantize_ it")
         self.model, self.config = model, config
         self.summary = QuantizeSummary(config, action=action, model_bytes_before=model_bytes(model))
-        self.converted: list[tuple[str, nn.Module]] = []  # (name, layer) swapped in as their tensors came
+        self.converted: list[nn.Module] = []  # the layers swapped in as their tensors came
         # Only the layers yet to convert: a reference to a converted one's float module would
         # keep its float tensors in memory to the end.
         self._pending: set[_AwaitedLayer] = set()
@@ -494,7 +494,7 @@ class QuantizeOnLoad:
             self.summary.skipped.update(dict.fromkeys(layer.names, reason))
             return
         replacement = _swap_converted(self.model, layer.names, target, self.config.convert, self.summary)
-        self.converted.append((layer.names[0], replacement))
+        self.converted.append(replacement)
 
     def finish(self) -> QuantizeSummary:
         """Once everything loaded: quantize_ the layers that did not convert as they loaded (a
