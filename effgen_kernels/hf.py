@@ -40,6 +40,7 @@ from transformers.quantizers import HfQuantizer, register_quantization_config, r
 from transformers.quantizers.quantizers_utils import should_convert_module
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from ._heap import HeapTrimmer
 from ._modules import swap_module
 from .nn._quantized import finish_hf_loading, hf_loading
 from .quantize import (
@@ -296,8 +297,11 @@ class EffgenHfQuantizer(HfQuantizer):
 
     def _process_model_after_weight_loading(self, model, **kwargs):
         if not self.pre_quantized:
+            trimmer = HeapTrimmer()  # each layer packs its codes and frees the canonical copy (see _heap)
             for layer in self._on_load.converted:
                 finish_hf_loading(layer)
+                trimmer.converted(model_bytes(layer))
+            trimmer.done()
             self.summary = self._on_load.finish()
             del self._on_load
             return model

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from ._heap import HeapTrimmer
 from ._modules import names_by_module, swap_module, weight_used_by_owner
 from .nn import (
     BinaryLinear,
@@ -355,16 +356,19 @@ def _targets(model: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | Non
 
 
 def _swap_converted(model: nn.Module, names: list[str], target: nn.Module,
-                    make: Callable[[nn.Linear, str], nn.Module], summary: QuantizeSummary) -> nn.Module:
+                    make: Callable[[nn.Linear, str], nn.Module], summary: QuantizeSummary,
+                    trimmer: HeapTrimmer) -> nn.Module:
     """Convert ``target`` with ``make``, swap the result in under each of its names and count
-    it in ``summary``; returns it."""
-    summary.bytes_before += model_bytes(target)
+    it in ``summary`` and ``trimmer``; returns it."""
+    float_bytes = model_bytes(target)
+    summary.bytes_before += float_bytes
     training = model.get_submodule(names[0]).training
     # in the mode of what it replaces: a trainable layer prepared in an eval model evaluates
     replacement = _convert(target, names[0], make).train(training)
     summary.bytes_after += model_bytes(replacement)
     swap_module(model, names, replacement)
     summary.converted += names
+    trimmer.converted(float_bytes)
     return replacement
 
 
@@ -376,13 +380,15 @@ def _replace_linears(model: nn.Module, config, make: Callable[[nn.Linear, str], 
     if hasattr(config, "check_targets"):
         config.check_targets([name for names, _ in targets for name in names])
     bar = Progress(len(targets), f"{action} {type(config).__name__}", enabled=progress, silent_s=2.0)
+    trimmer = HeapTrimmer()
     for done, (names, target) in enumerate(targets):
         bar.update(done, detail=names[0])
         reason = _why_not(target, config) or _used_by_owner(model, names, target, config)
         if reason is not None:
             summary.skipped.update(dict.fromkeys(names, reason))
             continue
-        _swap_converted(model, names, target, make, summary)
+        _swap_converted(model, names, target, make, summary, trimmer)
+    trimmer.done()
     bar.update(len(targets))
     if summary.converted and action == "quantize_":
         mark_hf_quantized(model)
@@ -442,6 +448,7 @@ class QuantizeOnLoad:
         self._pending: set[_AwaitedLayer] = set()
         self._awaited: dict[str, tuple[_AwaitedLayer, str]] = {}  # state_dict key -> (layer, tensor name)
         self._taken: set[str] = set()
+        self._trimmer = HeapTrimmer()
         for names, target in _targets(model, filter_fn, self.summary):
             reason = _shape_problem(target, config) or _used_by_owner(model, names, target, config)
             if reason is not None:
@@ -493,7 +500,8 @@ class QuantizeOnLoad:
         if reason is not None:  # keeps the float tensors it loaded
             self.summary.skipped.update(dict.fromkeys(layer.names, reason))
             return
-        replacement = _swap_converted(self.model, layer.names, target, self.config.convert, self.summary)
+        replacement = _swap_converted(self.model, layer.names, target, self.config.convert, self.summary,
+                                      self._trimmer)
         self.converted.append(replacement)
 
     def finish(self) -> QuantizeSummary:
@@ -506,6 +514,7 @@ class QuantizeOnLoad:
             self.summary.skipped.update({name: reason for name, reason in later.skipped.items() if name in rest})
             self.summary.bytes_before += later.bytes_before
             self.summary.bytes_after += later.bytes_after
+        self._trimmer.done()
         if self.summary.converted:
             mark_hf_quantized(self.model)
         # in the model's order, as quantize_ lists them, not in the checkpoint's
@@ -532,6 +541,7 @@ def dequantize_(model: nn.Module, dtype: torch.dtype | None = None) -> QuantizeS
     Layers no nn.Linear can stand for (binary activations) stay, listed in summary.skipped."""
     summary = QuantizeSummary(None, action="dequantize_", model_bytes_before=model_bytes(model))
     blocks: list[str] = []  # experts blocks seen: their layers go with them
+    trimmer = HeapTrimmer()
     for module, names in names_by_module(model).items():
         if not isinstance(module, QuantizedLayer) and not is_quantized_experts(module):
             continue
@@ -551,6 +561,8 @@ def dequantize_(model: nn.Module, dtype: torch.dtype | None = None) -> QuantizeS
             replacement = dequantize_experts(module, lambda layer: layer.to_float(dtype))
         summary.bytes_after += model_bytes(replacement)
         summary.converted += names
+        trimmer.converted(model_bytes(replacement))
+    trimmer.done()
     if not any(isinstance(module, QuantizedLayer) for module in model.modules()):
         for module in model.modules():
             config = getattr(module, "config", None)
