@@ -10,8 +10,9 @@ Peak memory: each way in fresh processes that load and run one forward, beside p
 that import the same and load nothing: the medians of their peak resident memory (VmHWM,
 which counts the checkpoint's memory-mapped pages) and peak anonymous memory (sampled every
 2 ms).
-Time: medians of --reps warm loads in one process, the ways interleaved. Needs the models
-extra.
+Time: medians of --reps warm loads in one process, the ways interleaved. ``--no-heap-trim``
+stops the library giving the C heap's free pages back as layers convert (effgen_kernels/
+_heap.py), to measure what that saves and costs. Needs the models extra.
 
     python benchmarks/hf_load_study.py --reps 7 --json hf_load.json
 """
@@ -103,10 +104,12 @@ class AnonymousPeak:
         self.peak = max(self.peak, memory_mb("RssAnon"))
 
 
-def peak_memory_mb(way: str, directory: str, dtype_name: str, processes: int) -> dict[str, float]:
+def peak_memory_mb(way: str, directory: str, dtype_name: str, processes: int,
+                   no_heap_trim: bool) -> dict[str, float]:
     """Peak resident and peak anonymous memory of a fresh process that loads ``way`` and runs
     one forward: medians over ``processes`` of them (the sampled peak varies)."""
-    command = [sys.executable, __file__, "--one", way, "--dir", directory, "--dtype", dtype_name]
+    command = [sys.executable, __file__, "--one", way, "--dir", directory, "--dtype", dtype_name,
+               *(["--no-heap-trim"] if no_heap_trim else [])]
     runs = [json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
             for _ in range(processes)]
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
@@ -118,10 +121,14 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--processes", type=int, default=5, help="fresh processes per way for the memory")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--no-heap-trim", action="store_true", help="keep freed heap pages (see _heap.py)")
     parser.add_argument("--one", choices=WAYS, help=argparse.SUPPRESS)  # the fresh process of peak_memory_mb
     parser.add_argument("--dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
+    if args.no_heap_trim:
+        from effgen_kernels import _heap
+        _heap.release_free_heap = lambda: None
     import transformers
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
@@ -132,7 +139,8 @@ def main(argv=None) -> int:
         return 0
     with tempfile.TemporaryDirectory() as directory:
         write_checkpoints(directory, dtype)
-        memory = {way: peak_memory_mb(way, directory, args.dtype, args.processes) for way in WAYS}
+        memory = {way: peak_memory_mb(way, directory, args.dtype, args.processes, args.no_heap_trim)
+                  for way in WAYS}
         logits = {way: run_once(load(way, directory, dtype)) for way in WAYS[1:]}  # warm, and the outputs
         seconds = {way: [] for way in WAYS[1:]}
         for _ in range(args.reps):
@@ -151,9 +159,9 @@ def main(argv=None) -> int:
     print(f"the three quantized ways give the same logits bit for bit: {same}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"dtype": args.dtype, "reps": args.reps, "processes": args.processes, "rows": rows,
-                       "quantized_logits_same": same, "torch": torch.__version__,
-                       "transformers": transformers.__version__}, f, indent=1)
+            json.dump({"dtype": args.dtype, "heap_trim": not args.no_heap_trim, "reps": args.reps,
+                       "processes": args.processes, "rows": rows, "quantized_logits_same": same,
+                       "torch": torch.__version__, "transformers": transformers.__version__}, f, indent=1)
     return 0 if same else 1
 
 

@@ -300,7 +300,7 @@ class EffgenHfQuantizer(HfQuantizer):
             trimmer = HeapTrimmer()  # each layer packs its codes and frees the canonical copy (see _heap)
             for layer in self._on_load.converted:
                 finish_hf_loading(layer)
-                trimmer.converted(model_bytes(layer))
+                trimmer.layer_done()
             trimmer.done()
             self.summary = self._on_load.finish()
             del self._on_load

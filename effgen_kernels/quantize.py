@@ -359,16 +359,15 @@ def _swap_converted(model: nn.Module, names: list[str], target: nn.Module,
                     make: Callable[[nn.Linear, str], nn.Module], summary: QuantizeSummary,
                     trimmer: HeapTrimmer) -> nn.Module:
     """Convert ``target`` with ``make``, swap the result in under each of its names and count
-    it in ``summary`` and ``trimmer``; returns it."""
-    float_bytes = model_bytes(target)
-    summary.bytes_before += float_bytes
+    it in ``summary``; tells ``trimmer``. Returns it."""
+    summary.bytes_before += model_bytes(target)
     training = model.get_submodule(names[0]).training
     # in the mode of what it replaces: a trainable layer prepared in an eval model evaluates
     replacement = _convert(target, names[0], make).train(training)
     summary.bytes_after += model_bytes(replacement)
     swap_module(model, names, replacement)
     summary.converted += names
-    trimmer.converted(float_bytes)
+    trimmer.layer_done()
     return replacement
 
 
@@ -561,7 +560,7 @@ def dequantize_(model: nn.Module, dtype: torch.dtype | None = None) -> QuantizeS
             replacement = dequantize_experts(module, lambda layer: layer.to_float(dtype))
         summary.bytes_after += model_bytes(replacement)
         summary.converted += names
-        trimmer.converted(model_bytes(replacement))
+        trimmer.layer_done()
     trimmer.done()
     if not any(isinstance(module, QuantizedLayer) for module in model.modules()):
         for module in model.modules():

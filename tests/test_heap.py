@@ -15,7 +15,7 @@ def resident_anonymous_mib() -> float:
     return int(line.split()[1]) / 1024
 
 
-@pytest.mark.skipif(_heap._malloc_trim() is None, reason="the C library has no malloc_trim (not glibc)")
+@pytest.mark.skipif(_heap._glibc() is None, reason="not Linux with glibc 2.33 or later")
 def test_release_free_heap_gives_the_holes_between_live_tensors_back():
     # 96 KiB blocks sit below glibc's smallest mmap threshold, so they come from the heap;
     # the small tensor after each keeps the hole its block leaves from being the heap's top,
@@ -24,36 +24,52 @@ def test_release_free_heap_gives_the_holes_between_live_tensors_back():
     for _ in range(2000):
         blocks.append(torch.ones(96 * 1024, dtype=torch.int8))
         kept.append(torch.ones(8))
-    before = resident_anonymous_mib()
+    before, unused_before = resident_anonymous_mib(), _heap.resident_unused_bytes() / 2**20
     del blocks
-    freed_but_held = resident_anonymous_mib()
+    freed_but_held, unused_freed = resident_anonymous_mib(), _heap.resident_unused_bytes() / 2**20
     _heap.release_free_heap()
-    after = resident_anonymous_mib()
-    assert freed_but_held > before - 30  # the 188 MiB freed are still resident...
-    assert after < freed_but_held - 150  # ...until trimmed
+    after, unused_after = resident_anonymous_mib(), _heap.resident_unused_bytes() / 2**20
+    assert freed_but_held > before - 30 and unused_freed > unused_before + 150  # 188 MiB freed, still resident...
+    assert after < freed_but_held - 150 and unused_after < unused_freed - 150  # ...until trimmed
     assert all(t.sum() == 8 for t in kept)  # what lives between the holes is untouched
 
 
-@pytest.fixture
-def trims(monkeypatch):
-    """Counts release_free_heap's calls, with a trim due after every byte converted."""
-    calls = []
+def scripted_unused(monkeypatch, values: list[int]) -> list[int]:
+    """resident_unused_bytes gives ``values`` in turn; returns the list release_free_heap
+    appends to at each call."""
+    calls, upcoming = [], iter(values)
+    monkeypatch.setattr(_heap, "resident_unused_bytes", lambda: next(upcoming))
     monkeypatch.setattr(_heap, "release_free_heap", lambda: calls.append(1))
-    monkeypatch.setattr(_heap, "TRIM_EVERY_BYTES", 1)
     return calls
 
 
-def test_trimmer_trims_every_so_many_bytes_and_at_the_end(trims):
-    trimmer = _heap.HeapTrimmer(every_bytes=100)
-    trimmer.converted(60)
-    assert len(trims) == 0
-    trimmer.converted(60)
-    assert len(trims) == 1
-    trimmer.done()  # nothing converted since
-    assert len(trims) == 1
-    trimmer.converted(10)
+def test_trimmer_trims_once_unused_memory_grew_since_the_last_trim_or_the_least_since(monkeypatch):
+    calls = scripted_unused(monkeypatch, [100,  # at the start
+                                          110, 90,  # grew 10, then reused: the least is 90
+                                          105,  # 15 above it: not yet
+                                          106, 95,  # 16: trim, then it measures 95
+                                          110,  # 15 above: not yet
+                                          95])  # done: grew 0 since
+    trimmer = _heap.HeapTrimmer(growth_bytes=16)
+    for expected in (0, 0, 0, 1, 1):
+        trimmer.layer_done()
+        assert len(calls) == expected
     trimmer.done()
-    assert len(trims) == 2
+    assert len(calls) == 1
+
+
+def test_trimmer_trims_at_the_end_if_unused_memory_grew(monkeypatch):
+    calls = scripted_unused(monkeypatch, [100, 101])
+    _heap.HeapTrimmer(growth_bytes=16).done()
+    assert len(calls) == 1
+
+
+@pytest.fixture
+def trims(monkeypatch) -> list[int]:
+    """release_free_heap's calls, where the unused memory grows at each look and a trim is
+    due at each byte: one a layer and one at the end of each loop."""
+    monkeypatch.setattr(_heap, "TRIM_AFTER_GROWTH_BYTES", 1)
+    return scripted_unused(monkeypatch, list(range(10**4)))
 
 
 def mlp(layers: int = 5) -> nn.Module:
@@ -65,9 +81,9 @@ def mlp(layers: int = 5) -> nn.Module:
 def test_quantize_and_dequantize_trim_as_each_layer_converts(trims, config):
     model = mlp()
     ek.quantize_(model, config, progress=False)
-    assert len(trims) == 5
+    assert len(trims) == 5 + 1
     ek.dequantize_(model)
-    assert len(trims) == 10
+    assert len(trims) == 2 * (5 + 1)
 
 
 def test_quantize_on_load_trims_as_each_layer_converts(trims):
@@ -79,7 +95,7 @@ def test_quantize_on_load_trims_as_each_layer_converts(trims):
         on_load.take(key, tensor)
     assert len(trims) == 5
     on_load.finish()
-    assert len(trims) == 5
+    assert len(trims) == 5 + 1
 
 
 def test_from_pretrained_trims_as_layers_convert_and_pack(trims, tmp_path):
@@ -90,4 +106,4 @@ def test_from_pretrained_trims_as_layers_convert_and_pack(trims, tmp_path):
     loaded = transformers.AutoModelForCausalLM.from_pretrained(
         saved(llama(), tmp_path), quantization_config=EffgenConfig(ek.Int8WeightOnlyConfig()))
     converted = loaded.hf_quantizer.summary.converted
-    assert len(converted) == 14 and len(trims) == 2 * 14  # converted as they loaded, then packed
+    assert len(converted) == 14 and len(trims) == 2 * (14 + 1)  # converted as they loaded, then packed
