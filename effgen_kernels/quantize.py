@@ -666,10 +666,13 @@ def convert(model: nn.Module) -> list[str]:
     """After training: swap every trainable int8 / binary / ternary layer for its inference
     module (identical outputs in eval mode). Returns the names converted."""
     converted = []
+    trimmer = HeapTrimmer()
     for module, names in names_by_module(model).items():
         if isinstance(module, _TRAINABLE):
             swap_module(model, names, module.to_inference())
             converted += names
+            trimmer.layer_done()
+    trimmer.done()
     if converted:
         mark_hf_quantized(model)
     return converted

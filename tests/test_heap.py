@@ -86,6 +86,15 @@ def test_quantize_and_dequantize_trim_as_each_layer_converts(trims, config):
     assert len(trims) == 2 * (5 + 1)
 
 
+@pytest.mark.parametrize("config", [ek.Int8Config(), ek.BinaryConfig()], ids=str)
+def test_prepare_and_convert_trim_as_each_layer_converts(trims, config):
+    model = mlp()
+    ek.prepare(model, config)
+    assert len(trims) == 5 + 1
+    ek.convert(model)
+    assert len(trims) == 2 * (5 + 1)
+
+
 def test_quantize_on_load_trims_as_each_layer_converts(trims):
     float_model = mlp()
     with torch.device("meta"):
