@@ -216,9 +216,16 @@ def _weight_problem(weight: torch.Tensor) -> str | None:
         return f"weight dtype {weight.dtype} (the kernels take float32, bfloat16 and float16)"
     if weight.device.type != "cpu" and not weight.is_cuda:
         return f"device {weight.device} has no effgen kernels"
-    if not torch.isfinite(weight).all():
+    if not _all_finite(weight):
         return "weight contains NaN or Inf"
     return None
+
+
+def _all_finite(weight: torch.Tensor) -> bool:
+    # A sum holding a NaN or an Inf is not finite, and takes one pass without the bool tensor
+    # of isfinite(weight).all() (1/100 of its time on SmolLM2's layers, where that was 60% of
+    # quantize_'s); only a sum too large for fp32 needs the exact look.
+    return bool(torch.isfinite(weight.sum(dtype=torch.float32))) or bool(torch.isfinite(weight).all())
 
 
 def _shape_problem(target: nn.Module, config) -> str | None:

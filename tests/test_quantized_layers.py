@@ -460,13 +460,23 @@ def test_a_shared_layer_is_converted_once_and_swapped_in_at_every_place(config):
     assert model[0] is shared and model[2] is shared
 
 
+@pytest.mark.parametrize("bad", [float("inf"), -float("inf"), float("nan")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("config", [ek.Int8Config(), ek.Int8WeightOnlyConfig(), ek.BinaryConfig(), ek.TernaryConfig()])
-def test_quantize_skips_a_layer_with_nan_or_inf_weights_and_converts_the_rest(config):
-    model = torch.nn.Sequential(torch.nn.Linear(K, N), torch.nn.Linear(N, N), torch.nn.Linear(N, 4))
-    model[1].weight.data[2, 1] = float("inf")
+def test_quantize_skips_a_layer_with_nan_or_inf_weights_and_converts_the_rest(config, dtype, bad):
+    model = torch.nn.Sequential(torch.nn.Linear(K, N), torch.nn.Linear(N, N), torch.nn.Linear(N, 4)).to(dtype)
+    model[1].weight.data[2, 1] = bad
     summary = ek.quantize_(model, config)
     assert summary.converted == ["0", "2"] and summary.skipped == {"1": "weight contains NaN or Inf"}
     assert type(model[1]) is torch.nn.Linear
+
+
+def test_quantize_converts_finite_weights_whose_sum_is_past_float32():
+    linear = torch.nn.Linear(K, N, bias=False)
+    linear.weight.data.fill_(3e38)  # each finite, their sum infinite
+    model = torch.nn.Sequential(linear)
+    assert ek.quantize_(model, ek.Int8WeightOnlyConfig()).converted == ["0"]
+    assert torch.equal(model[0].weight, torch.full((N, K), 127, dtype=torch.int8))
 
 
 def test_w8a8_skips_a_layer_too_wide_for_int32_accumulation():
