@@ -8,7 +8,7 @@ layers that stay, which glibc keeps (it gives back only the top of its heap): qu
 SmolLM2-135M left 140-170 MB of the process's memory free inside the heap (RESULTS.md,
 session 64). ``malloc_trim`` gives those pages back; it changes no allocation. A trim costs
 the time to give the pages back and, where later layers reuse them, to fault them in again,
-so HeapTrimmer trims only once the resident memory malloc does not use has grown.
+so HeapTrimmer trims only once the process's resident memory has grown.
 """
 
 from __future__ import annotations
@@ -16,74 +16,70 @@ from __future__ import annotations
 import ctypes
 import functools
 import mmap
+import os
 import sys
+from collections.abc import Callable
 
-# Trim once the process's resident memory that malloc does not use has grown by this much
-# since the last trim: on SmolLM2-135M the peak of quantize_ then stays within ~20 MB of the
-# memory it ends with.
+# Trim once the resident anonymous memory has grown by this much since the last trim: on
+# SmolLM2-135M the peak of quantize_ then stays within ~20 MB of the memory it ends with.
 TRIM_AFTER_GROWTH_BYTES = 16 << 20
 
 
-class _MallInfo2(ctypes.Structure):
-    """glibc's struct mallinfo2 (2.33 and later): size_t fields, in bytes."""
-
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                 "keepcost")]
-
-
 @functools.cache
-def _glibc() -> tuple | None:
-    """(malloc_trim, mallinfo2) of the process's C library on Linux, or None where there are
-    none (macOS, musl, Windows, glibc before 2.33): then nothing is trimmed."""
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim on Linux, or None where there is none (macOS, musl, Windows): then
+    nothing is trimmed."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(None)
-        trim, info = libc.malloc_trim, libc.mallinfo2
+        return ctypes.CDLL(None).malloc_trim
     except (AttributeError, OSError):
         return None
-    info.restype = _MallInfo2
-    return trim, info
 
 
-def resident_unused_bytes() -> int:
-    """The process's resident anonymous memory less what malloc has handed out: free heap
-    pages still resident, plus memory malloc does not manage (Python's own arenas, thread
-    stacks), which changes little while a loop converts layers. 0 without glibc."""
-    glibc = _glibc()
-    if glibc is None:
+@functools.cache
+def _statm(pid: int) -> int:
+    """A descriptor of /proc/<pid>/statm, kept open: a pread of it takes 0.5 us, opening it
+    6 (keyed by pid: a forked child must not read its parent's)."""
+    return os.open(f"/proc/{pid}/statm", os.O_RDONLY)
+
+
+def resident_anonymous_bytes() -> int:
+    """The process's resident memory less its file-backed pages (from /proc/self/statm:
+    mallinfo2, which walks the heap's free chunks, took 0.1-1 ms a look); 0 where nothing is
+    trimmed."""
+    if _malloc_trim() is None:
         return 0
-    with open("/proc/self/statm") as f:
-        resident_pages, file_pages = (int(field) for field in f.read().split()[1:3])
-    info = glibc[1]()
-    return (resident_pages - file_pages) * mmap.PAGESIZE - info.uordblks - info.hblkhd
+    resident_pages, file_pages = (int(field) for field in os.pread(_statm(os.getpid()), 128, 0).split()[1:3])
+    return (resident_pages - file_pages) * mmap.PAGESIZE
 
 
 def release_free_heap() -> None:
     """Give the heap's free pages back to the operating system (no-op without glibc)."""
-    glibc = _glibc()
-    if glibc is not None:
-        glibc[0](0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 class HeapTrimmer:
     """Call ``layer_done`` after each layer a loop converts and ``done`` after the loop: the
-    heap's free pages go back whenever the resident memory malloc does not use has grown by
-    ``growth_bytes`` since the last trim, and at ``done`` if it grew at all."""
+    heap's free pages go back whenever the resident anonymous memory has grown by
+    ``growth_bytes`` since the last trim (or the least since), and at ``done`` if it grew at
+    all. What the converted layers hold counts as growth too: a trim every 16 MB of them,
+    cheap where there are few holes."""
 
     def __init__(self, growth_bytes: int | None = None) -> None:
         self.growth_bytes = growth_bytes or TRIM_AFTER_GROWTH_BYTES
-        self._baseline = resident_unused_bytes()  # after the last trim, or the least since
+        self._baseline = resident_anonymous_bytes()  # after the last trim, or the least since
 
     def layer_done(self) -> None:
-        unused = resident_unused_bytes()
-        if unused - self._baseline >= self.growth_bytes:
+        resident = resident_anonymous_bytes()
+        if resident - self._baseline >= self.growth_bytes:
             release_free_heap()
-            self._baseline = resident_unused_bytes()
+            self._baseline = resident_anonymous_bytes()
         else:
-            self._baseline = min(self._baseline, unused)
+            self._baseline = min(self._baseline, resident)
 
     def done(self) -> None:
-        if resident_unused_bytes() > self._baseline:
+        if resident_anonymous_bytes() > self._baseline:
             release_free_heap()
