@@ -9,8 +9,8 @@ bfloat16: each is a converted copy). The quantized checkpoint is EffgenConfig's 
 Peak memory: each way in fresh processes that load and run one forward, beside processes
 that import the same and load nothing: the medians of their peak resident memory (VmHWM,
 which counts the checkpoint's memory-mapped pages) and peak anonymous memory (sampled every
-2 ms).
-Time: medians of --reps warm loads in one process, the ways interleaved. ``--no-heap-trim``
+2 ms), and of the time of that load (a fresh process's first, which faults in its pages).
+Time: also medians of --reps warm loads in one process, the ways interleaved. ``--no-heap-trim``
 stops the library giving the C heap's free pages back as layers convert (effgen_kernels/
 _heap.py), to measure what that saves and costs. Needs the models extra.
 
@@ -134,8 +134,12 @@ def main(argv=None) -> int:
     transformers.logging.disable_progress_bar()
     if args.one:
         with AnonymousPeak() as anonymous:
-            run_once(load(args.one, args.dir, dtype))
-        print(json.dumps({"peak_rss_mb": memory_mb("VmHWM"), "peak_anonymous_mb": anonymous.peak}))
+            start = time.perf_counter()
+            model = load(args.one, args.dir, dtype)
+            first_load_s = time.perf_counter() - start
+            run_once(model)
+        print(json.dumps({"peak_rss_mb": memory_mb("VmHWM"), "peak_anonymous_mb": anonymous.peak,
+                          "first_load_s": first_load_s}))
         return 0
     with tempfile.TemporaryDirectory() as directory:
         write_checkpoints(directory, dtype)
@@ -150,12 +154,13 @@ def main(argv=None) -> int:
                 seconds[way].append(time.perf_counter() - start)
     quantized = WAYS[2:]
     same = all(torch.equal(logits[way], logits[quantized[0]]) for way in quantized)
-    rows = {way: {**{key: round(mb) for key, mb in memory[way].items()},
+    rows = {way: {**{key: round(value, 3) if key.endswith("_s") else round(value)
+                     for key, value in memory[way].items()},
                   "median_s": None if way == "nothing" else round(statistics.median(seconds[way]), 3)}
             for way in WAYS}
     for way, row in rows.items():
         print(f"{way:22s} peak RSS {row['peak_rss_mb']:6d} MB   peak anonymous {row['peak_anonymous_mb']:6d} MB   "
-              f"load {row['median_s']} s")
+              f"load {row['median_s']} s (warm), {row['first_load_s']} s (a fresh process's)")
     print(f"the three quantized ways give the same logits bit for bit: {same}")
     if args.json:
         with open(args.json, "w") as f:
