@@ -4,9 +4,9 @@ Converting a layer allocates buffers that live on beside ones it frees at once (
 codes before they are packed, a loader's converted copy of its float weights), all below
 glibc's mmap threshold once the first large one has been freed (glibc then raises the
 threshold to that size), so they come from the heap. The freed ones leave holes among the
-layers that stay, which glibc keeps (it gives back only the top of its heap): quantize_ on
-SmolLM2-135M left 140-170 MB of the process's memory free inside the heap (RESULTS.md,
-session 64). ``malloc_trim`` gives those pages back; it changes no allocation. A trim costs
+layers that stay, which glibc keeps (it gives back only the top of its heap): loading
+SmolLM2-135M as bf16 with EffgenConfig peaked 110 MB higher for them (RESULTS.md, session
+64). ``malloc_trim`` gives those pages back; it changes no allocation. A trim costs
 the time to give the pages back and, where later layers reuse them, to fault them in again,
 so HeapTrimmer trims only once the process's resident memory has grown.
 """
@@ -51,7 +51,7 @@ def resident_anonymous_bytes() -> int:
     trimmed."""
     if _malloc_trim() is None:
         return 0
-    resident_pages, file_pages = (int(field) for field in os.pread(_statm(os.getpid()), 128, 0).split()[1:3])
+    resident_pages, file_pages = (int(field) for field in os.pread(_statm(os.getpid()), 256, 0).split()[1:3])
     return (resident_pages - file_pages) * mmap.PAGESIZE
 
 
