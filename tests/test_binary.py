@@ -217,6 +217,19 @@ def test_layers_quantize_their_weights_as_the_reference_does():
         assert_alpha_like_reference(binary.alpha, alpha)
 
 
+@pytest.mark.parametrize("layer,op", [(ek.nn.BinaryLinear, "binarize_weight"),
+                                      (ek.nn.TernaryLinear, "ternarize_weight")])
+def test_from_float_fills_every_buffer_of_the_layer_it_builds_on_meta(monkeypatch, layer, op):
+    linear = torch.nn.Linear(40, 6)
+    made = layer.from_float(linear)
+    assert not any(buffer.is_meta for buffer in made.buffers()) and torch.equal(made.bias, linear.bias.detach())
+    real = getattr(ops, op)
+    # an op that left the scales unset (as a change to from_float could): caught, named
+    monkeypatch.setattr(ops, op, lambda w, *args: (real(w, *args)[0], torch.empty(6, device="meta")))
+    with pytest.raises(RuntimeError, match=r"from_float left \['(alpha|weight_scale)'\] unset"):
+        layer.from_float(linear)
+
+
 @pytest.mark.parametrize("m", [3, 40])  # bits, then torch's GEMM over expanded weights
 @pytest.mark.parametrize("group_size,k", [(16, 48), (64, 200), (128, 4097)])
 def test_binary_linear_per_group_alpha(isa, m, group_size, k):

@@ -67,6 +67,14 @@ class _PackedLinear(QuantizedLayer):
     def rebuild_derived(self) -> None:
         self.refresh_lut()
 
+    def _finish_from_float(self, linear: nn.Linear) -> None:
+        """from_float's last steps, once it set the packed weights and scales of a layer it
+        built on the meta device: the bias, the check that nothing stayed on meta, the tables."""
+        if linear.bias is not None:
+            self.bias = linear.bias.detach().clone()
+        self._check_filled(linear.weight.device)
+        self.refresh_lut()
+
     def refresh_lut(self) -> None:
         """Rebuild weight_lut from weight_packed (after changing the packed weights by hand)."""
         # none while transformers loads the layer (its loader would empty them; see QuantizedLayer)
@@ -127,11 +135,9 @@ class BinaryLinear(_PackedLinear):
                    binary_activations: bool = False) -> BinaryLinear:
         weight = linear.weight.detach()
         module = cls(linear.in_features, linear.out_features, linear.bias is not None, group_size, binary_activations,
-                     device=weight.device, dtype=None if linear.bias is None else linear.bias.dtype)
+                     device="meta", dtype=None if linear.bias is None else linear.bias.dtype)
         module.weight_packed, module.alpha = ops.binarize_weight(weight, group_size)
-        if linear.bias is not None:
-            module.bias = linear.bias.detach().clone()
-        module.refresh_lut()
+        module._finish_from_float(linear)
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -177,11 +183,9 @@ class TernaryLinear(_PackedLinear):
     def from_float(cls, linear: nn.Linear, per_channel: bool = True) -> TernaryLinear:
         weight = linear.weight.detach()
         module = cls(linear.in_features, linear.out_features, linear.bias is not None, per_channel,
-                     device=weight.device, dtype=None if linear.bias is None else linear.bias.dtype)
+                     device="meta", dtype=None if linear.bias is None else linear.bias.dtype)
         module.weight_packed, module.weight_scale = ops.ternarize_weight(weight, per_channel)
-        if linear.bias is not None:
-            module.bias = linear.bias.detach().clone()
-        module.refresh_lut()
+        module._finish_from_float(linear)
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
