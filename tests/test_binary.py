@@ -240,6 +240,35 @@ def test_binary_linear_per_group_alpha(isa, m, group_size, k):
                                **tolerance(torch.float32, k))
 
 
+# Batches without a lut run on torch's GEMM over expanded weights; with AMX, 16-bit x stays
+# 16-bit and the weights expand in chunks of 2^24 (gemm_over_weight_chunks): 4100 x 4096 of
+# them are a chunk of 4096 columns and one of 4.
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16bit_batches_over_more_than_one_chunk_of_expanded_weights(isa, two_threads, dtype):
+    m, n, k = 20, 4100, 4096
+    x, w = random_input((m, k), dtype, scale=1.0), random_input((n, k))
+    packed, alpha = ref.binarize_weight(w)
+    bias = torch.randn(n).to(dtype)
+    torch.testing.assert_close(ops.binary_linear(x, packed, alpha, bias), ref.binary_linear(x, packed, alpha, bias),
+                               **tolerance(dtype, k))
+
+
+# With AMX, 16-bit x holding an Inf or NaN is widened to fp32 for torch's GEMM, whose bf16
+# kernel let this NaN spoil the row before its own too. The NaN is found by a scan of x's
+# bits that two threads share (84000 values): row 3 is in the first's half, row 30 in the
+# second's.
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("row", [3, 30])
+def test_a_nan_anywhere_in_16bit_x_spoils_only_its_own_row(isa, two_threads, dtype, row):
+    m, n, k = 40, 1000, 2100
+    x, w = random_input((m, k), dtype, scale=1.0), random_input((n, k))
+    x[row, 11] = float("nan")
+    packed, alpha = ref.binarize_weight(w)
+    out = ops.binary_linear(x, packed, alpha)
+    assert (~torch.isfinite(out)).any(1).nonzero().flatten().tolist() == [row]
+    torch.testing.assert_close(out, ref.binary_linear(x, packed, alpha), equal_nan=True, **tolerance(dtype, k))
+
+
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("m,k", [(1, 1), (3, 7), (5, 33), (2, 4097), (20, 300)])
 def test_xnor_linear_is_exact(isa, dtype, m, k):

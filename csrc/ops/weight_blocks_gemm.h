@@ -8,10 +8,10 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/isfinite.h>
 #include <ATen/ops/mm.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <optional>
 
 #include "../kernels/cpu/isa.h"
@@ -30,6 +30,65 @@ inline int64_t weight_block_cols(int64_t n, int64_t k, int64_t align) {
   return at::divup(at::divup(n, blocks), align) * align;
 }
 
+// Whether contiguous 16-bit (bf16 / fp16) x holds an Inf or a NaN: a value whose exponent
+// bits are all set. One pass over the bits, in chunks that the compiler vectorises; at::isfinite
+// on bf16 runs four passes (==, abs, !=, *) and took 3-4 ms of a 5.7 ms product (4096 x 576
+// -> 192, bf16, AMX VM, 2 threads; RESULTS.md, session 65).
+inline bool has_non_finite_16bit(const at::Tensor& x) {
+  TORCH_INTERNAL_ASSERT(x.is_contiguous() && x.element_size() == 2);
+  const uint16_t exponent = x.scalar_type() == at::kBFloat16 ? 0x7f80 : 0x7c00;
+  const auto* bits = static_cast<const uint16_t*>(x.const_data_ptr());
+  constexpr int64_t kChunk = 4096;
+  return at::parallel_reduce(
+      0, x.numel(), int64_t{1} << 16, false,
+      [&](int64_t begin, int64_t end, bool found) {
+        for (int64_t start = begin; start < end && !found; start += kChunk) {
+          int count = 0;  // branch-free within a chunk, so that the loop vectorises
+          for (int64_t i = start; i < std::min(end, start + kChunk); ++i) count += (bits[i] & exponent) == exponent;
+          found = count > 0;
+        }
+        return found;
+      },
+      [](bool a, bool b) { return a || b; });
+}
+
+// Columns per chunk of expanded 16-bit weights in gemm_over_weight_chunks: about 32 MB.
+constexpr int64_t kChunkElems = int64_t{1} << 24;
+
+// out [m, n] = x [m, k] @ w^T (+ bias_x), 16-bit x with AMX: the weights expanded a chunk of
+// columns at a time into x's dtype, every thread filling its blocks of the chunk, and each
+// chunk multiplied by one GEMM on all threads. One GEMM a thread's block, as fp32 x runs,
+// took 1.3-3x the time of bf16 F.linear over the whole layer there (oneDNN packs x again
+// for every block; 64-4096 rows, 576-4096 -> 192-4096, AMX VM, 2 threads; RESULTS.md,
+// session 65).
+template <typename FillRows>
+void gemm_over_weight_chunks(const at::Tensor& x, int64_t n, const at::Tensor& bias_x, at::Tensor& out,
+                             int64_t align, const FillRows& fill_rows) {
+  const int64_t k = x.size(1);
+  const int64_t chunk_cols = at::divup(std::clamp<int64_t>(kChunkElems / std::max<int64_t>(k, 1), 1, n), align) * align;
+  const int64_t fill_cols = weight_block_cols(std::min(chunk_cols, n), k, align);
+  at::Tensor chunk = at::empty({std::min(chunk_cols, n), k}, x.options());
+  for (int64_t c0 = 0; c0 < n; c0 += chunk_cols) {
+    const int64_t cn = std::min(chunk_cols, n - c0);
+    at::parallel_for(0, at::divup(cn, fill_cols), 1, [&](int64_t begin, int64_t end) {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;  // as in gemm_over_weight_blocks
+      at::Tensor rows = at::empty({fill_cols, k}, x.options().dtype(at::kFloat));
+      for (int64_t block = begin; block < end; ++block) {
+        const int64_t j0 = c0 + block * fill_cols, nb = std::min(fill_cols, c0 + cn - j0);
+        fill_rows(j0, j0 + nb, rows.data_ptr<float>());
+        chunk.narrow(0, j0 - c0, nb).copy_(rows.narrow(0, 0, nb));
+      }
+    });
+    const at::Tensor w = chunk.narrow(0, 0, cn).t();
+    at::Tensor out_chunk = out.narrow(1, c0, cn);
+    if (bias_x.defined()) {
+      at::addmm_out(out_chunk, bias_x.narrow(0, c0, cn), x, w);
+    } else {
+      at::mm_out(out_chunk, x, w);
+    }
+  }
+}
+
 // out_2d [m, n] = x2 [m, k] @ w^T (+ bias), where fill_rows(j0, j1, rows) writes rows
 // [j0, j1) of w as floats, k a row (j0 a multiple of `align`). The GEMM runs in x's dtype
 // (each block rounded to it, as a dequantized copy would be), the bias too; except that
@@ -38,15 +97,20 @@ inline int64_t weight_block_cols(int64_t n, int64_t k, int64_t align) {
 // 64 x 576 x 1536. With AMX, x with an Inf or NaN is widened too: torch's bf16 GEMM there
 // (torch 2.14.1, oneDNN) let a row's NaN spoil the row before it (20 x 2100 rows, NaN in
 // row 3: rows 2 and 3 came out NaN), where each row's output must depend on that row only.
+// 16-bit x that stays 16-bit goes to gemm_over_weight_chunks.
 template <typename FillRows>
 void gemm_over_weight_blocks(const at::Tensor& x2, int64_t n, const std::optional<at::Tensor>& bias,
                              at::Tensor& out_2d, int64_t align, const FillRows& fill_rows) {
   const int64_t k = x2.size(1), cols = weight_block_cols(n, k, align);
-  const bool widen = x2.scalar_type() != at::kFloat &&
-                     (cpu::active_isa() != cpu::Isa::kAmx || !at::isfinite(x2).all().item<bool>());
+  const bool sixteen_bit = x2.scalar_type() != at::kFloat;
+  const bool widen = sixteen_bit && (cpu::active_isa() != cpu::Isa::kAmx || has_non_finite_16bit(x2));
   const at::Tensor x = widen ? x2.to(at::kFloat) : x2;
   at::Tensor out = widen ? at::empty(out_2d.sizes(), x.options()) : out_2d;
   const at::Tensor bias_x = bias.has_value() ? bias->to(x.scalar_type()) : at::Tensor();
+  if (sixteen_bit && !widen) {
+    gemm_over_weight_chunks(x, n, bias_x, out, align, fill_rows);
+    return;
+  }
   at::parallel_for(0, at::divup(n, cols), 1, [&](int64_t begin, int64_t end) {
     // parallel_for's threads do not inherit the caller's dispatch state: without this an x
     // that requires grad (the op's forward under its autograd kernel) sends addmm_out to
