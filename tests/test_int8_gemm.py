@@ -457,12 +457,22 @@ def test_w8a16_per_group_register_tiles_match_the_composition_bit_for_bit(dtype,
         assert_same_bits(out, outs["scalar"])
 
 
+def w8a16_batch_takes_fixed_point(isa, dtype, m, n, k, grouped):
+    """Whether the packed W8A16 op runs a batch (more than 16 rows) in fixed point on this
+    ISA: w8a16_fixed_point_pays in csrc/ops/int8_gemm.cpp, rather than torch's GEMM."""
+    if isa == "amx":
+        return dtype == torch.float32 or m * (k + n) <= (1 if grouped else 2) * n * k
+    if isa == "avx512":
+        return dtype != torch.float32 or not grouped or m * (k + n) <= n * k
+    return dtype != torch.float32 or m <= 32
+
+
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 # Token counts around AVX2's 4-row int16 tiles and across its 48-row blocks (30 fp32 tokens
 # are 60 rows, 50 bf16 / fp16 ones 50, with columns enough that the op keeps them in one
 # call; shapes every ISA takes in fixed point), K across its 512-value int32 chunks and not a
 # multiple of 4, columns not a multiple of 16. 100 x 40 x 300: activations outnumbering the
-# weights, which only AMX sends to torch's GEMM (w8a16_fixed_point_pays).
+# weights, which only AMX sends to torch's GEMM (16-bit ones; w8a16_fixed_point_pays).
 @pytest.mark.parametrize("m,n,k", [(1, 70, 300), (2, 33, 37), (3, 129, 1030), (5, 16, 4100), (17, 40, 2049),
                                    (30, 40, 1030), (50, 1030, 600), (100, 40, 300)])
 @pytest.mark.parametrize("weight_at_int8_min", [False, True])
@@ -481,8 +491,8 @@ def test_w8a16_per_channel_int16_rows_match_across_isas_bit_for_bit(dtype, m, n,
     bias = torch.randn(n)
     outs = {}
     for isa in CPU_ISAS:
-        if isa == "amx" and m * (k + n) > n * k:
-            continue  # AMX sends batches whose activations outnumber the weights to torch's GEMM
+        if m > 16 and not w8a16_batch_takes_fixed_point(isa, dtype, m, n, k, grouped=False):
+            continue  # this ISA sends the batch to torch's GEMM
         with ops.use_cpu_isa(isa):
             outs[isa] = ops.int8_weight_only_linear_packed(x, packed, w_sum, w_scale, bias)
             if dtype != torch.float32 and isa != "amx":
@@ -494,16 +504,16 @@ def test_w8a16_per_channel_int16_rows_match_across_isas_bit_for_bit(dtype, m, n,
 # In fixed point each token's result is its own exact sum rounded once, so a batch's rows
 # equal the rows computed one at a time (which always take fixed point). 100 tokens of 300
 # values onto 40 outputs outnumber the weights; fixed point takes such batches (see
-# w8a16_fixed_point_pays) for 16-bit activations on every ISA but AMX, and for fp32 ones
-# with per-channel scales on AVX-512 without AMX, where torch's GEMM over dequantized
-# weights took up to 2.5x as long (RESULTS.md, session 55).
+# w8a16_fixed_point_pays) for 16-bit activations on every ISA but AMX, for fp32 ones with
+# AMX, and with per-channel scales on AVX-512 without AMX, where torch's GEMM over
+# dequantized weights took up to 2.5x as long (RESULTS.md, session 55; with AMX up to 6x,
+# session 65).
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("group_size", [None, 128])
 def test_w8a16_batches_in_fixed_point_equal_their_rows_one_at_a_time(isa, dtype, group_size):
-    fixed_point = isa != "amx" and (dtype != torch.float32 or (isa == "avx512" and group_size is None))
-    if not fixed_point:
-        pytest.skip("this batch takes torch's GEMM over dequantized weights on this ISA")
     m, n, k = 100, 40, 300
+    if not w8a16_batch_takes_fixed_point(isa, dtype, m, n, k, grouped=group_size is not None):
+        pytest.skip("this batch takes torch's GEMM over dequantized weights on this ISA")
     x = random_input((m, k), dtype, scale=1.0)
     w = random_input((n, k), scale=0.05)
     wq, w_scale = ops.quantize_per_channel(w, 0) if group_size is None else ops.quantize_per_group(w, group_size)

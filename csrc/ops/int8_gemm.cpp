@@ -499,9 +499,13 @@ bool w8a16_fixed_point_grouped(const at::Tensor& x2, int limbs, const at::Tensor
 // Whether W8A16 should run as fixed point on the int8 GEMM rather than on torch's GEMM
 // over dequantized weights (w8a16_float_gemm_*; measured on packed weights; the canonical op
 // follows it for 16-bit activations with per-channel scales). `grouped`: per-group scales.
-// With AMX, whose tiles torch's bf16 GEMM uses too, the cost that decides is the
-// conversion: a batch whose activations outnumber the weights (M (K + N) > N K) costs more
-// to convert (digits in, epilogue out, per element) than the weights to dequantize.
+// With AMX, fp32 x goes to fixed point at every size: the float path is torch's fp32 GEMM,
+// not on the tiles, and took 1.2-6x fixed point's time (64-4096 rows, 576-4096 -> 192-4096,
+// per channel and group 128; RESULTS.md, session 65). 16-bit x meets torch's bf16 GEMM on
+// the tiles, where the cost that decides is the conversion (digits in, epilogue out, per
+// element of x and of the output) against dequantizing the weights: fixed point while
+// M (K + N) <= N K, twice that per channel (crossings measured at 0.5-1.6 and 1.3-4.9 times
+// N K, same shapes, 128-2048 rows).
 // With AVX-512 VNNI but no AMX, the float path runs 16-bit x widened to fp32
 // (weight_blocks_gemm.h), and fixed point won wherever that rule had sent batches to it
 // (Zen 4, 2 threads, 128-1024 rows, 576-4096 -> 192-1536, each timed beside torch's
@@ -518,7 +522,7 @@ bool w8a16_fixed_point_pays(int64_t m, int64_t k, int64_t n, at::ScalarType dtyp
   if (m <= kW8A16DirectMaxM) return true;
   const bool converting_pays = m * (k + n) <= n * k;
   switch (cpu::active_isa()) {
-    case cpu::Isa::kAmx: return converting_pays;
+    case cpu::Isa::kAmx: return dtype == at::kFloat || m * (k + n) <= (grouped ? 1 : 2) * n * k;
     case cpu::Isa::kAvx512: return dtype != at::kFloat || !grouped || converting_pays;
     default: return dtype != at::kFloat || m <= kWithoutVnniFp32MaxM;
   }
