@@ -29,7 +29,7 @@ lint: $(VENV)/.deps
 SANITIZE_DIR := build/sanitize
 sanitize: build
 	rm -rf $(SANITIZE_DIR) && mkdir -p $(SANITIZE_DIR)
-	cp -r setup.py pyproject.toml README.md csrc effgen_kernels tests examples benchmarks $(SANITIZE_DIR)/
+	cp -r setup.py pyproject.toml README.md csrc effgen_kernels tests examples benchmarks scripts $(SANITIZE_DIR)/
 	cd $(SANITIZE_DIR) && EFFGEN_SANITIZE=address,undefined EFFGEN_CUDA=0 $(abspath $(PY)) setup.py -q build_ext --inplace
 	cd $(SANITIZE_DIR) && export LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 		ASAN_OPTIONS=detect_leaks=0 PYTHONPATH=. && \

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import resource
 import signal
 import sys
@@ -315,8 +316,11 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore")
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()  # each save and load draws one
-    limit = int(args.memory_gib * (1 << 30))
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    # ASan (`make sanitize` preloads it) maps terabytes of address space for its shadow
+    # memory: under it no address-space limit can hold, and none is set.
+    if "libasan" not in os.environ.get("LD_PRELOAD", ""):
+        limit = int(args.memory_gib * (1 << 30))
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     def too_slow(*_):
         raise TooSlow(f"over {SECONDS_PER_ARCHITECTURE} s")
