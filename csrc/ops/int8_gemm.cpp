@@ -504,7 +504,7 @@ bool w8a16_fixed_point_grouped(const at::Tensor& x2, int limbs, const at::Tensor
 // per channel and group 128; RESULTS.md, session 65). 16-bit x meets torch's bf16 GEMM on
 // the tiles, where the cost that decides is the conversion (digits in, epilogue out, per
 // element of x and of the output) against dequantizing the weights: fixed point while
-// M (K + N) <= N K, twice that per channel (crossings measured at 0.5-1.6 and 1.3-4.9 times
+// M (K + N) <= N K, twice that per channel (crossings measured at 0.5-3.5 and 1.3-4.9 times
 // N K, same shapes, 128-2048 rows).
 // With AVX-512 VNNI but no AMX, the float path runs 16-bit x widened to fp32
 // (weight_blocks_gemm.h), and fixed point won wherever that rule had sent batches to it
