@@ -114,7 +114,8 @@ inline void store_sum(typename S::F acc, float* total, int64_t len, bool accumul
 
 // total[i] for i in [i0, i1): the rows' q * scale added in row order, one vector of
 // positions at a time inside each block (so the scale is one broadcast per row).
-void decompress_sum_int8(ChunkRows<int8_t> q, int64_t block, int64_t i0, int64_t i1, float* total, bool accumulate) {
+template <bool kAccumulate>
+void decompress_sum_int8_range(ChunkRows<int8_t> q, int64_t block, int64_t i0, int64_t i1, float* total) {
   for (int64_t start = i0; start < i1;) {
     const int64_t b = start / block, end = std::min(i1, (b + 1) * block);
     for (int64_t i = start; i < end; i += S::kWidth) {
@@ -125,9 +126,17 @@ void decompress_sum_int8(ChunkRows<int8_t> q, int64_t block, int64_t i0, int64_t
         const typename S::F values = len == S::kWidth ? S::load(row) : S::load(pad_tail(row, len).v);
         acc = S::add(acc, S::mul(values, S::set1(q.scales[r * q.scale_stride + b])));
       }
-      store_sum(acc, total + i, len, accumulate);
+      store_sum(acc, total + i, len, kAccumulate);
     }
     start = end;
+  }
+}
+
+void decompress_sum_int8(ChunkRows<int8_t> q, int64_t block, int64_t i0, int64_t i1, float* total, bool accumulate) {
+  if (accumulate) {
+    decompress_sum_int8_range<true>(q, block, i0, i1, total);
+  } else {
+    decompress_sum_int8_range<false>(q, block, i0, i1, total);
   }
 }
 
