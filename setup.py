@@ -92,7 +92,9 @@ def extension():
     # EFFGEN_SANITIZE=address,undefined: a checked build of the CPU kernels for `make sanitize`
     # (Python must then run with the sanitizer runtime preloaded).
     if sanitize := os.environ.get("EFFGEN_SANITIZE"):
-        checks = [f"-fsanitize={sanitize}", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
+        # -fno-wrapv: Python's CFLAGS carry -fwrapv, under which signed overflow is defined and
+        # UBSan's check for it does nothing.
+        checks = [f"-fsanitize={sanitize}", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g", "-fno-wrapv"]
         cxx, link = cxx + checks, link + checks
     info = {"torch_version": torch.__version__, "cuda": False, "cuda_archs": [], "cuda_version": None}
     if cuda_home is None:
