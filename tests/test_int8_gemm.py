@@ -248,6 +248,24 @@ def test_the_amx_kernel_matches_the_scalar_kernel_on_emulated_tiles(amx_emulated
         result.stdout + result.stderr)
 
 
+def test_the_amx_tile_peak_probe_measures_every_thread(tmp_path):
+    # benchmarks/kernels/amx_tile_peak.cpp, the tiles' arithmetic limit (RESULTS.md, session
+    # 66), built as the kernel benchmarks are (-O2: where GCC had dropped the tile
+    # configuration's stores, it crashed) and run briefly; a rate per data type it measures.
+    binary, env = build_kernel_bench("amx_tile_peak", ["isa.cpp"], tmp_path)
+    usage = subprocess.run([str(binary), "0"], capture_output=True, text=True, timeout=60, env=env)
+    assert usage.returncode == 2 and "usage" in usage.stderr
+    result = subprocess.run([str(binary), "2", "20000"], capture_output=True, text=True, timeout=120, env=env)
+    if result.returncode == 3:
+        pytest.skip(result.stdout.strip())
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("amx int8 tile peak, 2 threads: ") and len(lines) in (1, 2), result.stdout
+    for line in lines:
+        total, per_thread = (float(part.split()[0]) for part in line.split(": ")[1].split(" GOP/s (", 1))
+        assert total > 0 and total == pytest.approx(2 * per_thread, rel=0.01), line
+
+
 # Tile edges of every ISA (6 x 64, 2 x 16, 1 x 16 register tiles; 96 x 64 output blocks).
 # W8A16's choice between fixed point and dequantizing for torch's GEMM depends on M, the
 # shape, the dtype and (VNNI or not) the ISA: 97 and 150 rows take either on some ISA.
