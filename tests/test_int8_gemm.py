@@ -608,6 +608,28 @@ def test_w8a16_over_column_blocks_matches_reference(isa, dtype, m, group_size, k
                 check_w8a16_batch(out, xb, wq, w_scale, bias, group_size, bad_row)
 
 
+@pytest.mark.skipif("amx" not in CPU_ISAS, reason="16-bit batches stay 16-bit on torch's GEMM only with AMX")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("group_size,k", [(None, 300), (128, 256)])
+def test_w8a16_16bit_batches_on_torch_gemm_equal_f_linear_over_the_dequantized_weights(dtype, group_size, k):
+    # With AMX, 16-bit batches beyond w8a16_fixed_point_pays (600 rows onto 1030 outputs)
+    # multiply weights dequantized straight into x's dtype (weight_blocks_gemm.h): rounded once
+    # from their fp32 values as dequantize rounds them, so the product is F.linear's over
+    # dequantize(...).to(dtype) bit for bit (one chunk of columns: one GEMM, as F.linear's).
+    m, n = 600, 1030
+    assert not w8a16_batch_takes_fixed_point("amx", dtype, m, n, k, grouped=group_size is not None)
+    x = random_input((m, k), dtype, scale=1.0)
+    w = random_input((n, k), scale=0.05)
+    wq, w_scale = ops.quantize_per_channel(w, 0) if group_size is None else ops.quantize_per_group(w, group_size)
+    packed, w_sum = ops.int8_pack_weight(wq, group_size)
+    bias = torch.randn(n)
+    w_rounded = ref.dequantize(wq, w_scale, axis=0 if group_size is None else None, group_size=group_size).to(dtype)
+    expected = torch.nn.functional.linear(x, w_rounded, bias.to(dtype))
+    with ops.use_cpu_isa("amx"):
+        assert_same_bits(ops.int8_weight_only_linear_packed(x, packed, w_sum, w_scale, bias, group_size), expected)
+        assert_same_bits(ops.int8_weight_only_linear(x, wq, w_scale, bias, group_size), expected)
+
+
 def check_w8a16_batch(out, x, wq, w_scale, bias, group_size, bad_row):
     """out against the reference; a row with a NaN (bad_row) must come out all NaN."""
     m, k = x.shape

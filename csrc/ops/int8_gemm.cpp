@@ -529,14 +529,16 @@ bool w8a16_fixed_point_pays(int64_t m, int64_t k, int64_t n, at::ScalarType dtyp
 }
 
 // Rows [j0, j1) of int8 weights (k values each, at w_rows) dequantized a group at a time by
-// the quant kernel, as `dequantize` rounds them.
+// the quant kernel into Out (float, at::BFloat16 or at::Half), as `dequantize` rounds them.
+template <typename Out>
 void dequantize_rows(const int8_t* w_rows, int64_t j0, int64_t j1, int64_t k, const float* scale, int64_t groups,
-                     int64_t group_size, float* out) {
+                     int64_t group_size, Out* out) {
   const auto& quant = cpu::quant_kernels();
+  const cpu::DType dtype = cpu_dtype(c10::CppTypeToScalarType<Out>::value);
   for (int64_t j = j0; j < j1; ++j) {
     for (int64_t g = 0, start = 0; start < k; ++g, start += group_size) {
-      quant.dequantize(cpu::DType::kF32, w_rows + (j - j0) * k + start, std::min(group_size, k - start),
-                       scale + j * groups + g, 0, out + (j - j0) * k + start);
+      quant.dequantize(dtype, w_rows + (j - j0) * k + start, std::min(group_size, k - start), scale + j * groups + g,
+                       0, out + (j - j0) * k + start);
     }
   }
 }
@@ -548,7 +550,7 @@ void w8a16_float_gemm_canonical(const at::Tensor& x2, const at::Tensor& wq, int6
                                 at::Tensor& out_2d) {
   const int8_t* w = wq.data_ptr<int8_t>();
   const int64_t k = x2.size(1);
-  gemm_over_weight_blocks(x2, n, bias, out_2d, 1, [&](int64_t j0, int64_t j1, float* rows) {
+  gemm_over_weight_blocks(x2, n, bias, out_2d, 1, [&](int64_t j0, int64_t j1, auto* rows) {
     dequantize_rows(w + j0 * k, j0, j1, k, scale.data_ptr<float>(), groups, group_size, rows);
   });
 }
@@ -571,7 +573,7 @@ void w8a16_float_gemm_packed(const at::Tensor& x2, const at::Tensor& w_packed, i
                              int64_t groups, int64_t group_size, const std::optional<at::Tensor>& bias,
                              at::Tensor& out_2d) {
   const int64_t k = x2.size(1);
-  gemm_over_weight_blocks(x2, n, bias, out_2d, cpu::kPackCols, [&](int64_t j0, int64_t j1, float* rows) {
+  gemm_over_weight_blocks(x2, n, bias, out_2d, cpu::kPackCols, [&](int64_t j0, int64_t j1, auto* rows) {
     for_unpacked_column_groups(w_packed, j0, j1, k, [&](int64_t j, int64_t j_end, const int8_t* w_rows) {
       dequantize_rows(w_rows, j, j_end, k, scale.data_ptr<float>(), groups, group_size, rows + (j - j0) * k);
     });

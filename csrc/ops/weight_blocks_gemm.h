@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <optional>
+#include <type_traits>
 
 #include "../kernels/cpu/isa.h"
 
@@ -52,8 +53,35 @@ inline bool has_non_finite_16bit(const at::Tensor& x) {
       [](bool a, bool b) { return a || b; });
 }
 
-// Columns per chunk of expanded 16-bit weights in gemm_over_weight_chunks: about 32 MB.
-constexpr int64_t kChunkElems = int64_t{1} << 24;
+// Columns per chunk of expanded 16-bit weights in gemm_over_weight_chunks: about 8 MB.
+// Chunks of 32 MB were freshly mapped by glibc for every call (at or above its largest
+// mmap threshold, 32 MB) and page-faulted in, 8192 faults a chunk: W8A16 256 x 4096^2 bf16
+// on the float path took 22-23 ms, against 12-13 ms in 8 MB chunks (AMX VM, 2 threads;
+// RESULTS.md, session 66).
+constexpr int64_t kChunkElems = int64_t{1} << 22;
+
+// Whether fill_rows can write 16-bit rows itself (fill_rows(j0, j1, at::BFloat16* or
+// at::Half*)), rather than only floats.
+template <typename FillRows>
+constexpr bool kFills16Bit = std::is_invocable_v<const FillRows&, int64_t, int64_t, at::BFloat16*> &&
+                             std::is_invocable_v<const FillRows&, int64_t, int64_t, at::Half*>;
+
+// Rows [j0, j0 + nb) of the weights into `dest` (nb rows of k, x's 16-bit dtype): written
+// there by fill_rows where it can (one pass, no float copy: it was 14% of the float path's
+// profile), else as floats into `floats` (at least nb rows of k) and rounded into dest.
+template <typename FillRows>
+void fill_16bit_rows(const FillRows& fill_rows, int64_t j0, int64_t nb, at::Tensor& dest, const at::Tensor& floats) {
+  if constexpr (kFills16Bit<FillRows>) {
+    if (dest.scalar_type() == at::kBFloat16) {
+      fill_rows(j0, j0 + nb, dest.data_ptr<at::BFloat16>());
+    } else {
+      fill_rows(j0, j0 + nb, dest.data_ptr<at::Half>());
+    }
+  } else {
+    fill_rows(j0, j0 + nb, floats.data_ptr<float>());
+    dest.copy_(floats.narrow(0, 0, nb));
+  }
+}
 
 // out [m, n] = x [m, k] @ w^T (+ bias_x), 16-bit x with AMX: the weights expanded a chunk of
 // columns at a time into x's dtype, every thread filling its blocks of the chunk, and each
@@ -72,11 +100,12 @@ void gemm_over_weight_chunks(const at::Tensor& x, int64_t n, const at::Tensor& b
     const int64_t cn = std::min(chunk_cols, n - c0);
     at::parallel_for(0, at::divup(cn, fill_cols), 1, [&](int64_t begin, int64_t end) {
       at::AutoDispatchBelowADInplaceOrView below_autograd;  // as in gemm_over_weight_blocks
-      at::Tensor rows = at::empty({fill_cols, k}, x.options().dtype(at::kFloat));
+      const at::Tensor floats =
+          kFills16Bit<FillRows> ? at::Tensor() : at::empty({fill_cols, k}, x.options().dtype(at::kFloat));
       for (int64_t block = begin; block < end; ++block) {
         const int64_t j0 = c0 + block * fill_cols, nb = std::min(fill_cols, c0 + cn - j0);
-        fill_rows(j0, j0 + nb, rows.data_ptr<float>());
-        chunk.narrow(0, j0 - c0, nb).copy_(rows.narrow(0, 0, nb));
+        at::Tensor dest = chunk.narrow(0, j0 - c0, nb);
+        fill_16bit_rows(fill_rows, j0, nb, dest, floats);
       }
     });
     const at::Tensor w = chunk.narrow(0, 0, cn).t();
