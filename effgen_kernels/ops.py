@@ -158,14 +158,16 @@ def int8_weight_only_linear_packed(x: torch.Tensor, w_packed: torch.Tensor, w_su
     weights once and never dequantizes them (per group: one product per group, scaled and
     summed in fp32; group_size a multiple of 4). Without VNNI the fixed-point values go as
     int16 rows against weights widened in registers (same integers, same results). It
-    pays: with AMX, while the weights outnumber the activations (M (K + N) <= N K); with
-    AVX-512 VNNI, at every M but for fp32 x with per-group scales (which follows AMX's
-    rule); without (AVX2), up to 32 rows for fp32 and at every M for bf16/fp16, whose torch
-    GEMM is slower there. Other batches (and
-    batches with rows holding Inf or NaN, which fixed point cannot hold) run on torch's GEMM
-    over blocks of dequantized columns, each thread's block in cache (in x's dtype; in fp32
-    for bf16/fp16 x on CPUs without AMX, whose 16-bit GEMM is slow there); up to 16
-    rows, rows holding Inf or NaN go through the float kernel. Both propagate them."""
+    pays: with AMX, at every M for fp32 x, and for bf16/fp16 x while M (K + N) <= 2 N K
+    with per-channel scales, up to 320 rows with per-group ones; with AVX-512 VNNI, at every
+    M but for fp32 x with per-group scales (while M (K + N) <= N K); without (AVX2), up to
+    32 rows for fp32 and at every M for bf16/fp16, whose torch GEMM is slower there. Other
+    batches (and batches with rows holding Inf or NaN, which fixed point cannot hold) run on
+    torch's GEMM over blocks of dequantized columns, each thread's block in cache (in x's
+    dtype; in fp32 for bf16/fp16 x on CPUs without AMX, whose 16-bit GEMM is slow there;
+    with AMX, 16-bit x meets chunks of columns dequantized into its dtype, one GEMM a
+    chunk); up to 16 rows, rows holding Inf or NaN go through the float kernel. Both
+    propagate them."""
     return _ops.int8_weight_only_linear_packed(x, w_packed, w_sum, w_scale, bias, group_size)
 
 

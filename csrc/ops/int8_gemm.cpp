@@ -502,10 +502,14 @@ bool w8a16_fixed_point_grouped(const at::Tensor& x2, int limbs, const at::Tensor
 // With AMX, fp32 x goes to fixed point at every size: the float path is torch's fp32 GEMM,
 // not on the tiles, and took 1.2-6x fixed point's time (64-4096 rows, 576-4096 -> 192-4096,
 // per channel and group 128; RESULTS.md, session 65). 16-bit x meets torch's bf16 GEMM on
-// the tiles, where the cost that decides is the conversion (digits in, epilogue out, per
-// element of x and of the output) against dequantizing the weights: fixed point while
-// M (K + N) <= N K, twice that per channel (crossings measured at 0.5-3.5 and 1.3-4.9 times
-// N K, same shapes, 128-2048 rows).
+// the tiles. Per channel the cost that decides is the conversion (digits in, epilogue out,
+// per element of x and of the output) against dequantizing the weights: fixed point while
+// M (K + N) <= 2 N K (crossings at 1.1-3.4 times N K / (K + N) rows on SmolLM2's layers,
+// beyond 1024 rows at 4096^2). Per group, fixed point also folds every group's products
+// with their scale, a cost per product as the GEMM's, so the crossing sits near one row
+// count whatever the shape: 260-450 rows on 576 -> 1536 / 576 / 192, 1536 -> 576 and
+// 4096^2 (0.2-2.3 times N K / (K + N); the weights dequantized straight into x's dtype, in
+// 8 MB chunks; RESULTS.md, session 66).
 // With AVX-512 VNNI but no AMX, the float path runs 16-bit x widened to fp32
 // (weight_blocks_gemm.h), and fixed point won wherever that rule had sent batches to it
 // (Zen 4, 2 threads, 128-1024 rows, 576-4096 -> 192-1536, each timed beside torch's
@@ -518,11 +522,11 @@ bool w8a16_fixed_point_grouped(const at::Tensor& x2, int limbs, const at::Tensor
 // at 17 rows 0.62-0.85x against 0.85-1.03x); 16-bit ones take 1, and torch's bf16 GEMM, with
 // no native bf16 there, is 2.5-3.9x slower than even the old 2 digit rows at 32-512 rows.
 bool w8a16_fixed_point_pays(int64_t m, int64_t k, int64_t n, at::ScalarType dtype, bool grouped) {
-  constexpr int64_t kWithoutVnniFp32MaxM = 32;
+  constexpr int64_t kWithoutVnniFp32MaxM = 32, kAmxGroupedMaxM = 320;
   if (m <= kW8A16DirectMaxM) return true;
   const bool converting_pays = m * (k + n) <= n * k;
   switch (cpu::active_isa()) {
-    case cpu::Isa::kAmx: return dtype == at::kFloat || m * (k + n) <= (grouped ? 1 : 2) * n * k;
+    case cpu::Isa::kAmx: return dtype == at::kFloat || (grouped ? m <= kAmxGroupedMaxM : m * (k + n) <= 2 * n * k);
     case cpu::Isa::kAvx512: return dtype != at::kFloat || !grouped || converting_pays;
     default: return dtype != at::kFloat || m <= kWithoutVnniFp32MaxM;
   }
