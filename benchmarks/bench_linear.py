@@ -173,17 +173,21 @@ def run_shape(ctx: BenchContext, m: int, k: int, n: int, peak: float) -> list[Be
                                          bytes_moved=weight_bytes + m * k * 2 + m * n * 2, reps=reps, warmup=warmup,
                                          graph_calls=graph_calls)
     elif "fp32" in rot:
-        # An fp32 model's batches (the demo's prefill): fixed point, or torch's GEMM over blocks
-        # of dequantized weights, against the fp32 layer; per channel and per group.
-        for name, layers in [("Int8WeightOnlyLinear (W8A16, fp32 x)", "w8a16"),
-                             (f"Int8WeightOnlyLinear (W8A16, group {W8A16_GROUP}, fp32 x)", "w8a16 g128")]:
-            def w8a16_fp32(layers=layers):
-                return rot[layers].next()(x)
+        # An fp32 or bf16 model's batches (the demo's prefill): fixed point, or torch's GEMM over
+        # blocks of dequantized weights, against the float layer of x's dtype; per channel and
+        # per group.
+        for x_batch, dtype_name in [(x, "fp32"), (x_bf16, "bf16")]:
+            peer = f"{dtype_name} F.linear"
+            for name, layers in [(f"Int8WeightOnlyLinear (W8A16, {dtype_name} x)", "w8a16"),
+                                 (f"Int8WeightOnlyLinear (W8A16, group {W8A16_GROUP}, {dtype_name} x)",
+                                  "w8a16 g128")]:
+                def w8a16_batch(layers=layers, x_batch=x_batch):
+                    return rot[layers].next()(x_batch)
 
-            results += ctx.measure_peers(FAMILY, name, shape, torch.float32, w8a16_fp32,
-                                         {"fp32 F.linear": peers["fp32 F.linear"]},
-                                         bytes_moved=weight_bytes + m * k * 4 + m * n * 4, reps=reps, warmup=warmup,
-                                         graph_calls=graph_calls)
+                element = x_batch.element_size()
+                results += ctx.measure_peers(FAMILY, name, shape, x_batch.dtype, w8a16_batch, {peer: peers[peer]},
+                                             bytes_moved=weight_bytes + m * k * element + m * n * element, reps=reps,
+                                             warmup=warmup, graph_calls=graph_calls)
     return results
 
 
