@@ -241,11 +241,11 @@ def test_binary_linear_per_group_alpha(isa, m, group_size, k):
 
 
 # Batches without a lut run on torch's GEMM over expanded weights; with AMX, 16-bit x stays
-# 16-bit and the weights expand in chunks of 2^22 (gemm_over_weight_chunks): 4100 x 4096 of
-# them are 4 chunks of 1024 columns and one of 4.
+# 16-bit and the weights expand in chunks of at most 15 x 2^20 (gemm_over_weight_chunks), of
+# one width but the last: 4101 x 4096 of them are a chunk of 2051 columns and one of 2050.
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_16bit_batches_over_more_than_one_chunk_of_expanded_weights(isa, two_threads, dtype):
-    m, n, k = 20, 4100, 4096
+    m, n, k = 20, 4101, 4096
     x, w = random_input((m, k), dtype, scale=1.0), random_input((n, k))
     packed, alpha = ref.binarize_weight(w)
     bias = torch.randn(n).to(dtype)

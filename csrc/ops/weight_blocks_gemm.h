@@ -53,12 +53,14 @@ inline bool has_non_finite_16bit(const at::Tensor& x) {
       [](bool a, bool b) { return a || b; });
 }
 
-// Columns per chunk of expanded 16-bit weights in gemm_over_weight_chunks: about 8 MB.
-// Chunks of 32 MB were freshly mapped by glibc for every call (at or above its largest
-// mmap threshold, 32 MB) and page-faulted in, 8192 faults a chunk: W8A16 256 x 4096^2 bf16
-// on the float path took 22-23 ms, against 12-13 ms in 8 MB chunks (AMX VM, 2 threads;
-// RESULTS.md, session 66).
-constexpr int64_t kChunkElems = int64_t{1} << 22;
+// Expanded 16-bit weights per chunk in gemm_over_weight_chunks: 30 MB, below glibc's
+// largest mmap threshold (32 MB). A buffer at or above it is mapped afresh and faulted in on
+// every call (8192 faults for 32 MB: W8A16 256 x 4096^2 bf16 on the float path 22-23 ms,
+// against 12-13 ms in 8 MB chunks); below it, glibc raises its threshold to the buffer's
+// size at the first free and serves later calls from its heap. As few chunks as fit, since
+// oneDNN packs x again for every chunk: 1024 x 11008 -> 4096 with group 128 took 115-129 ms
+// in eleven 8 MB chunks, 67-70 ms in three (AMX VM, 2 threads; RESULTS.md, session 66).
+constexpr int64_t kChunkElems = int64_t{15} << 20;
 
 // Whether fill_rows can write 16-bit rows itself (fill_rows(j0, j1, at::BFloat16* or
 // at::Half*)), rather than only floats.
@@ -93,7 +95,9 @@ template <typename FillRows>
 void gemm_over_weight_chunks(const at::Tensor& x, int64_t n, const at::Tensor& bias_x, at::Tensor& out,
                              int64_t align, const FillRows& fill_rows) {
   const int64_t k = x.size(1);
-  const int64_t chunk_cols = at::divup(std::clamp<int64_t>(kChunkElems / std::max<int64_t>(k, 1), 1, n), align) * align;
+  // As few chunks as hold at most kChunkElems each (but for rounding to `align`), of one width.
+  const int64_t most_cols = std::clamp<int64_t>(kChunkElems / std::max<int64_t>(k, 1), 1, n);
+  const int64_t chunk_cols = at::divup(at::divup(n, at::divup(n, most_cols)), align) * align;
   const int64_t fill_cols = weight_block_cols(std::min(chunk_cols, n), k, align);
   at::Tensor chunk = at::empty({std::min(chunk_cols, n), k}, x.options());
   for (int64_t c0 = 0; c0 < n; c0 += chunk_cols) {
