@@ -508,8 +508,9 @@ bool w8a16_fixed_point_grouped(const at::Tensor& x2, int limbs, const at::Tensor
 // beyond 1024 rows at 4096^2). Per group, fixed point also folds every group's products
 // with their scale, a cost per product as the GEMM's, so the crossing sits near one row
 // count whatever the shape: 260-450 rows on 576 -> 1536 / 576 / 192, 1536 -> 576 and
-// 4096^2 (0.2-2.3 times N K / (K + N); the weights dequantized straight into x's dtype, in
-// 8 MB chunks; RESULTS.md, session 66).
+// 4096^2 (0.2-2.3 times N K / (K + N); measured with the float path of 5229bd9, weights
+// dequantized straight into x's dtype in 8 MB chunks, since widened to 30 MB; RESULTS.md,
+// session 66).
 // With AVX-512 VNNI but no AMX, the float path runs 16-bit x widened to fp32
 // (weight_blocks_gemm.h), and fixed point won wherever that rule had sent batches to it
 // (Zen 4, 2 threads, 128-1024 rows, 576-4096 -> 192-1536, each timed beside torch's
