@@ -317,7 +317,7 @@ def mark_hf_quantized(model: nn.Module) -> None:
             module._weight_conversions = []  # what revert_weight_conversion applies on save
 
 
-def _as_linear(module: nn.Module) -> nn.Linear | None:
+def as_linear(module: nn.Module) -> nn.Linear | None:
     """The nn.Linear that quantize_ converts for ``module``: a plain nn.Linear itself; a
     Conv1D seen as an nn.Linear over its transposed weight (a view: nothing copied, and the
     converted layer computes what the Conv1D did); None for anything else."""
@@ -339,7 +339,7 @@ def _targets(model: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | Non
     only go to summary.skipped."""
     targets = []
     for module, names in names_by_module(model).items():
-        target = _as_linear(module)
+        target = as_linear(module)
         if target is None and is_fused_experts(module):
             target = module
         shown = module if target is None else target
@@ -501,7 +501,7 @@ class QuantizeOnLoad:
 
     def _convert(self, layer: _AwaitedLayer) -> None:
         self._pending.discard(layer)
-        target = _as_linear(layer.module) or layer.module
+        target = as_linear(layer.module) or layer.module
         reason = _why_not(target, self.config)
         if reason is not None:  # keeps the float tensors it loaded
             self.summary.skipped.update(dict.fromkeys(layer.names, reason))

@@ -36,6 +36,22 @@ def test_parallel_layers_built_directly_and_described(layer_results):
                                              "bias=True, int8 all-reduce (block 32)\n")
 
 
+@pytest.mark.parametrize("what", ["fused_local", "fused_gather", "fused_gather_input_grad", "fused_state",
+                                  "fused_reload"])
+def test_a_fused_column_layer_cuts_each_part_by_rank(layer_results, what):
+    for result in layer_results:
+        assert result[what] < FP32, (what, result[what])
+        assert "parts=[16, 8, 8], gather_output=True" in result["fused_repr"]
+
+
+@pytest.mark.parametrize("what", ["conv1d", "conv1d_state", "conv1d_reload", "conv1d_int8"])
+def test_hugging_face_conv1d_layers_shard_and_gather_in_their_own_layout(layer_results, what):
+    for result in layer_results:
+        assert result[what] < FP32, (what, result[what])
+        assert result["conv1d_state_shapes"] == {"c_fc.weight": (24, 16), "c_fc.bias": (16,),
+                                                 "c_proj.weight": (16, 12), "c_proj.bias": (12,)}
+
+
 def test_compressed_activation_all_reduce_is_close_but_not_exact(layer_results):
     for result in layer_results:
         assert 0 < result["compressed_relative"] < 0.02
@@ -63,7 +79,12 @@ def test_a_quantized_row_layer_equals_the_single_process_layer(layer_results, co
     ("bad_row_input", "Int8Linear: x must have in_features = 8 values in its last dimension, got shape (3, 7)"),
     ("bad_heads", "heads (1) is not divisible by the tensor-parallel size 2: attention heads are split"),
     ("bad_local_heads", "num_heads (1) is not divisible by the tensor-parallel size 2"),
-    ("bad_style", "plan styles must be 'column' or 'row', got ['diagonal']"),
+    ("bad_style", "plan styles must be 'column', 'row' or ('column', parts) for a fused layer of that many "
+                  "equal parts, got ['diagonal']"),
+    ("bad_fused_style", "plan styles must be 'column', 'row' or ('column', parts)"),
+    ("bad_parts", "the layer at ['qkv'] has 16 outputs, not 3 equal parts"),
+    ("bad_output_sum", "output_sizes [8, 4] must add up to out_features (16)"),
+    ("bad_output_part", "every part of output_sizes [10, 3, 3] must be divisible by the tensor-parallel size 2"),
     ("bad_plan", "no layer of the model matched the plan"),
     ("bad_mesh_names", "a 2-D DeviceMesh needs a dimension named 'tp', got ('dp', 'model')"),
     ("bad_mesh", "dp (3) x tp (2) must equal the world size (2)"),
@@ -142,6 +163,19 @@ def test_a_hugging_face_llama_parallelizes_exactly(tmp_path):
         result = torch.load(tmp_path / f"{rank}.pt")
         assert len(result["sharded"]) == 2 * 7  # q, k, v, o, gate, up, down per layer
         assert result["logits"] < FP32 and result["embed_grad"] < FP32 and result["int8_logits"] < 1e-4, result
+
+
+def test_a_hugging_face_gpt2_parallelizes_exactly_with_its_fused_qkv(tmp_path):
+    pytest.importorskip("transformers")
+    run(workers.gpt2, 2, tmp_path)
+    for rank in range(2):
+        result = torch.load(tmp_path / f"{rank}.pt")
+        assert len(result["sharded"]) == 2 * 4  # c_attn, attn.c_proj, c_fc, mlp.c_proj per layer
+        assert result["split_size"] == 16  # 32 wide, half of the heads a rank
+        for what in ("logits", "state", "trained", "w8a16_logits"):
+            assert result[what] < FP32, (what, result[what])
+        assert result["generated_equal"] and result["w8a16_state"]
+        assert "GPT2Attention splits c_attn's output into parts of 32, the plan into (48, 48)" in result["bad_split"]
 
 
 @pytest.mark.parametrize("config", sorted(workers.QUANT_CONFIGS))

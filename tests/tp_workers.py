@@ -97,6 +97,8 @@ def layers(rank, world, port, out):
         results[f"row_input_grad/{label}"] = max_diff(x_tp.grad, x_full.grad) / x_full.grad.abs().max().item()
 
     results.update(bf16_layers(column, row, x))
+    results.update(fused_column(x, upstream, world, rank))
+    results.update(conv1d_layers(x))
     results.update(replicated_gradients(rank))
     results.update(misconfigurations(row))
     shared = nn.Linear(24, 16)  # one module at two places: sharded once, swapped in at both
@@ -126,6 +128,61 @@ def bf16_layers(column: nn.Linear, row: nn.Linear, x: torch.Tensor) -> dict:
     single_state = singles.state_dict()
     return {"bf16_dtype": got.dtype, "bf16_relative": max_diff(got, expected) / expected.abs().max().item(),
             "bf16_state_dtypes": {k: (v.dtype, single_state[k].dtype) for k, v in full_state_dict(parallel).items()}}
+
+
+def fused_column(x: torch.Tensor, upstream: torch.Tensor, world: int, rank: int) -> dict:
+    """A fused layer of three unequal parts (q 16, k 8, v 8 outputs): each rank's output is
+    its slice of every part; gathered, the whole layer's output, forward and backward; its
+    full state dict is the layer's own."""
+    torch.manual_seed(3)
+    fused = nn.Linear(24, 32)
+    sizes = (16, 8, 8)
+    x_full, x_gather = x.clone().requires_grad_(), x.clone().requires_grad_()
+    expected = fused(x_full)
+    parts = [part.chunk(world, dim=-1)[rank] for part in expected.split(sizes, dim=-1)]
+    local = ColumnParallelLinear.from_linear(fused, output_sizes=sizes)(x)
+    gathered_layer = ColumnParallelLinear.from_linear(fused, output_sizes=sizes, gather_output=True)
+    gathered = gathered_layer(x_gather)
+    weights = torch.linspace(-1, 1, 32)  # a different weight for every output: any misplaced part shows
+    (expected * weights).sum().backward()
+    (gathered * weights).sum().backward()
+    model = nn.ModuleDict({"qkv": ColumnParallelLinear.from_linear(fused, output_sizes=sizes)})
+    full = full_state_dict(model)
+    load_full_state_dict(model, full)
+    return {"fused_local": max_diff(local, torch.cat(parts, dim=-1)), "fused_gather": max_diff(gathered, expected),
+            "fused_gather_input_grad": max_diff(x_gather.grad, x_full.grad),
+            "fused_state": max(max_diff(full[f"qkv.{k}"], v) for k, v in fused.state_dict().items()),
+            "fused_reload": max_diff(model["qkv"](x), local),
+            "fused_repr": repr(gathered_layer).splitlines()[1]}
+
+
+def conv1d_layers(x: torch.Tensor) -> dict:
+    """Hugging Face's Conv1D (weight stored [in, out]) as a column and a row layer, float
+    and int8: the forward of the pair, and a full state dict stored as the Conv1D stores it."""
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(4)
+    column, row = Conv1D(16, 24), Conv1D(12, 16)
+    for conv in (column, row):
+        nn.init.normal_(conv.bias)
+    expected = row(column(x))
+    model = nn.ModuleDict({"c_fc": ColumnParallelLinear.from_linear(column),
+                           "c_proj": RowParallelLinear.from_linear(row)})
+    full = full_state_dict(model)
+    reloaded = nn.ModuleDict({"c_fc": ColumnParallelLinear.from_linear(Conv1D(16, 24)),
+                              "c_proj": RowParallelLinear.from_linear(Conv1D(12, 16))})
+    load_full_state_dict(reloaded, full)
+    singles = {"c_fc": column, "c_proj": row}
+    int8 = nn.ModuleDict({"c_fc": ColumnParallelLinear.from_linear(column, quant=ek.Int8WeightOnlyConfig()),
+                          "c_proj": RowParallelLinear.from_linear(row, quant=ek.Int8WeightOnlyConfig())})
+    int8_expected = ek.Int8WeightOnlyConfig().convert(ek.quantize.as_linear(row))(
+        ek.Int8WeightOnlyConfig().convert(ek.quantize.as_linear(column))(x))
+    return {"conv1d": max_diff(model["c_proj"](model["c_fc"](x)), expected),
+            "conv1d_state": max(max_diff(full[f"{name}.{k}"], v) for name, conv in singles.items()
+                                for k, v in conv.state_dict().items()),
+            "conv1d_state_shapes": {k: tuple(v.shape) for k, v in full.items()},
+            "conv1d_reload": max_diff(reloaded["c_proj"](reloaded["c_fc"](x)), expected),
+            "conv1d_int8": max_diff(int8["c_proj"](int8["c_fc"](x)), int8_expected)}
 
 
 def replicated_gradients(rank: int) -> dict:
@@ -198,6 +255,11 @@ def misconfigurations(row: nn.Linear) -> dict:
         "bad_heads": error_of(lambda: parallelize(small_gpt(heads=1, dim=32))),
         "bad_local_heads": error_of(lambda: parallelize(nn.ModuleDict({"attn": Attention(32, 1)}))),
         "bad_style": error_of(lambda: parallelize(nn.Linear(4, 4), plan={"": "diagonal"})),
+        "bad_fused_style": error_of(lambda: parallelize(nn.Linear(4, 4), plan={"": ("column", 1)})),
+        "bad_parts": error_of(lambda: parallelize(nn.ModuleDict({"qkv": nn.Linear(4, 16)}),
+                                                  plan={"qkv": ("column", 3)})),
+        "bad_output_sum": error_of(lambda: ColumnParallelLinear.from_linear(nn.Linear(4, 16), output_sizes=(8, 4))),
+        "bad_output_part": error_of(lambda: ColumnParallelLinear(4, 16, output_sizes=(10, 3, 3))),
         "bad_plan": error_of(lambda: parallelize(nn.ModuleDict({"fc": nn.Linear(4, 4)}))),
         "bad_mesh_names": error_of(lambda: parallelize(small_gpt(), unnamed_mesh)),
         "bad_mesh": error_of(lambda: init_hybrid(3, 2)),
@@ -287,6 +349,50 @@ def transformer(rank, world, port, out):
             results[f"quant/{label}"] = max_diff(parallel(ids).logits, expected) / expected.abs().max().item()
         restored = full_state_dict(parallel)
         results[f"quant_state/{label}"] = all(torch.equal(v, single.state_dict()[k]) for k, v in restored.items())
+    torch.save(results, os.path.join(out, f"{rank}.pt"))
+    finish_worker()
+
+
+def tiny_gpt2():
+    """A two-layer Hugging Face GPT-2 (Conv1D layers, fused q/k/v), random weights."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=128, n_positions=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=0,
+                        eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # training is deterministic
+    return GPT2LMHeadModel(config).eval()
+
+
+def gpt2(rank, world, port, out):
+    """parallelize on a Hugging Face GPT-2 with its default plan: forward, gradients, a
+    training step, greedy generation through the KV cache, the full state dict, W8A16 and
+    a fused c_attn whose parts do not match the attention's."""
+    init(rank, world, port)
+    reference, model = tiny_gpt2(), tiny_gpt2()
+    results = {"sharded": parallelize(model), "split_size": model.transformer.h[0].attn.split_size}
+    ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))
+    results["logits"] = max_diff(model(ids).logits, reference(ids).logits)
+    results["state"] = max(max_diff(v, reference.state_dict()[k]) for k, v in full_state_dict(model).items())
+    for m in (reference, model):
+        m.train()
+        loss = nn.functional.cross_entropy(m(ids[:, :-1]).logits.reshape(-1, 128), ids[:, 1:].reshape(-1))
+        loss.backward()
+        torch.optim.SGD(m.parameters(), lr=0.5).step()
+        m.eval()
+    results["trained"] = max(max_diff(v, reference.state_dict()[k]) for k, v in full_state_dict(model).items())
+    prompt = ids[:1, :4]
+    generated = [m.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0) for m in (model, reference)]
+    results["generated_equal"] = torch.equal(*generated)
+    quantized, expected = tiny_gpt2(), tiny_gpt2()
+    parallelize(quantized, quant=ek.Int8WeightOnlyConfig())
+    ek.quantize_(expected, ek.Int8WeightOnlyConfig(),
+                 filter_fn=lambda module, name: name.rsplit(".", 1)[-1] in ek.distributed.GPT2_PLAN)
+    with torch.no_grad():
+        results["w8a16_logits"] = max_diff(quantized(ids).logits, expected(ids).logits)
+    results["w8a16_state"] = all(torch.equal(v, expected.state_dict()[k])
+                                 for k, v in full_state_dict(quantized).items())
+    two_parts = tiny_gpt2()
+    results["bad_split"] = error_of(lambda: parallelize(two_parts, plan={"c_attn": ("column", 2), "c_proj": "row"}))
     torch.save(results, os.path.join(out, f"{rank}.pt"))
     finish_worker()
 

@@ -3,7 +3,9 @@ tensor-parallel (quantized) layers, pipeline stages, and the data x tensor paral
 
 from .compression import CompressionState, compressed_allreduce, compressed_allreduce_hook
 from .parallelize import (
+    GPT2_PLAN,
     TRANSFORMER_PLAN,
+    default_plan,
     init_hybrid,
     parallelize,
     replicated_parameters,
@@ -31,10 +33,10 @@ from .tensor_parallel import (
     scatter_to_tensor_parallel_region,
 )
 
-__all__ = ["ColumnParallelLinear", "CompressionState", "GPTStage", "RowParallelLinear", "TRANSFORMER_PLAN",
-           "compressed_allreduce", "compressed_allreduce_hook", "copy_to_tensor_parallel_region",
-           "distillation_loss_fn", "full_state_dict", "gather_from_tensor_parallel_region", "gpt_stage",
-           "init_hybrid", "load_full_state_dict", "next_token_loss_fn", "parallelize", "pipeline_schedule",
-           "pipeline_stage", "reduce_from_tensor_parallel_region", "replicated_parameters",
+__all__ = ["ColumnParallelLinear", "CompressionState", "GPT2_PLAN", "GPTStage", "RowParallelLinear",
+           "TRANSFORMER_PLAN", "compressed_allreduce", "compressed_allreduce_hook", "copy_to_tensor_parallel_region",
+           "default_plan", "distillation_loss_fn", "full_state_dict", "gather_from_tensor_parallel_region",
+           "gpt_stage", "init_hybrid", "load_full_state_dict", "next_token_loss_fn", "parallelize",
+           "pipeline_schedule", "pipeline_stage", "reduce_from_tensor_parallel_region", "replicated_parameters",
            "scatter_to_tensor_parallel_region", "shutdown", "stage_layer_ranges", "sync_replicated_grads",
            "tensor_parallel_group"]

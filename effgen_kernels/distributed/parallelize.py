@@ -9,6 +9,7 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from .._modules import names_by_module, swap_module
+from ..quantize import as_linear
 from .tensor_parallel import QUANTIZED_LAYERS, ColumnParallelLinear, RowParallelLinear, group_size_and_rank
 
 # Llama / GPT naming (Hugging Face and effgen_kernels.gpt): the projections into the heads
@@ -16,6 +17,25 @@ from .tensor_parallel import QUANTIZED_LAYERS, ColumnParallelLinear, RowParallel
 # feature, so each attention or MLP sub-block needs a single all-reduce.
 TRANSFORMER_PLAN = {"q_proj": "column", "k_proj": "column", "v_proj": "column", "gate_proj": "column",
                     "up_proj": "column", "o_proj": "row", "down_proj": "row"}
+# Hugging Face's GPT-2 (decoder only): Conv1D layers, c_attn one GEMM for q, k and v (three
+# equal parts, each cut by heads); c_proj is the attention's and the MLP's way back.
+GPT2_PLAN = {"c_attn": ("column", 3), "c_fc": "column", "c_proj": "row"}
+
+
+def default_plan(model: nn.Module) -> dict:
+    """GPT2_PLAN for a Hugging Face GPT-2, TRANSFORMER_PLAN for anything else."""
+    return GPT2_PLAN if getattr(getattr(model, "config", None), "model_type", None) == "gpt2" else TRANSFORMER_PLAN
+
+
+def _check_plan(plan: dict) -> None:
+    def known(style) -> bool:
+        fused = isinstance(style, tuple) and len(style) == 2 and style[0] == "column"
+        return style in ("column", "row") or (fused and isinstance(style[1], int) and style[1] >= 2)
+
+    unknown = sorted({str(style) for style in plan.values() if not known(style)})
+    if unknown:
+        raise ValueError(f"plan styles must be 'column', 'row' or ('column', parts) for a fused layer of that many "
+                         f"equal parts, got {unknown}")
 
 
 def tensor_parallel_group(mesh_or_group=None):
@@ -40,46 +60,66 @@ def _check_heads(model: nn.Module, world: int) -> None:
                              f"heads are split across the tensor-parallel group")
 
 
-def parallelize(model: nn.Module, mesh_or_group=None, plan: dict[str, str] | None = None, quant=None,
+def parallelize(model: nn.Module, mesh_or_group=None, plan: dict | None = None, quant=None,
                 compress_block_size: int | None = None) -> list[str]:
     """Shard ``model`` in place for tensor parallelism over the mesh's "tp" group.
 
-    ``plan`` maps the last component of a layer's name to "column" or "row" (default
-    TRANSFORMER_PLAN). Attention heads are split with their q/k/v rows, so the head counts
-    must divide by the tp size. ``quant`` (an Int8Config, Int8WeightOnlyConfig,
-    BinaryConfig or TernaryConfig) quantizes each planned layer before cutting it;
-    ``compress_block_size`` turns on the int8 activation all-reduce in row layers.
-    Embeddings, norms and the LM head stay replicated. Returns the names sharded."""
+    ``plan`` maps the last component of a layer's name to "column", "row" or ("column", n)
+    for a fused layer of n equal parts (default: ``default_plan(model)``). Layers are
+    nn.Linear, Hugging Face's Conv1D or effgen quantized layers. Attention heads are split
+    with their q/k/v rows, so the head counts must divide by the tp size. ``quant`` (an
+    Int8Config, Int8WeightOnlyConfig, BinaryConfig or TernaryConfig) quantizes each planned
+    layer before cutting it; ``compress_block_size`` turns on the int8 activation
+    all-reduce in row layers. Embeddings, norms and the LM head stay replicated. Returns the names sharded."""
     group = tensor_parallel_group(mesh_or_group)
     world, _ = group_size_and_rank(group)
-    plan = TRANSFORMER_PLAN if plan is None else plan
-    unknown = {style for style in plan.values()} - {"column", "row"}
-    if unknown:
-        raise ValueError(f"plan styles must be 'column' or 'row', got {sorted(unknown)}")
+    plan = default_plan(model) if plan is None else plan
+    _check_plan(plan)
     _check_heads(model, world)
     sharded = []
     for module, names in names_by_module(model).items():
         styles = {plan.get(name.rsplit(".", 1)[-1]) for name in names}
-        if styles == {None} or not (type(module) is nn.Linear or isinstance(module, QUANTIZED_LAYERS)):
+        if styles == {None} or (as_linear(module) is None and not isinstance(module, QUANTIZED_LAYERS)):
             continue
         if len(styles) > 1:  # one module cannot be cut two ways, nor left whole at some places
             raise ValueError(f"the layer at {names} is one module, which the plan gives several styles: "
                              f"{sorted(map(str, styles))}")
-        if styles == {"column"}:
-            replacement = ColumnParallelLinear.from_linear(module, group, quant=quant)
-        else:
-            replacement = RowParallelLinear.from_linear(module, group, quant=quant,
-                                                        compress_block_size=compress_block_size)
+        replacement = _parallel_layer(module, names, styles.pop(), group, quant, compress_block_size)
         swap_module(model, names, replacement)
         sharded += names
-    for module in model.modules():  # the example GPT's attention keeps its local head count
-        if hasattr(module, "num_heads") and isinstance(getattr(module, "q_proj", None), ColumnParallelLinear):
-            if module.num_heads % world:
-                raise ValueError(f"num_heads ({module.num_heads}) is not divisible by the tensor-parallel size {world}")
-            module.num_heads //= world
+    _local_head_counts(model, world)
     if not sharded:
         raise ValueError(f"no layer of the model matched the plan {sorted(plan)}")
     return sharded
+
+
+def _parallel_layer(module: nn.Module, names: list[str], style, group, quant, compress_block_size) -> nn.Module:
+    if style == "row":
+        return RowParallelLinear.from_linear(module, group, quant=quant, compress_block_size=compress_block_size)
+    if style == "column":
+        return ColumnParallelLinear.from_linear(module, group, quant=quant)
+    parts, out_features = style[1], (as_linear(module) or module).out_features
+    if out_features % parts:
+        raise ValueError(f"the layer at {names} has {out_features} outputs, not {parts} equal parts")
+    return ColumnParallelLinear.from_linear(module, group, quant=quant, output_sizes=(out_features // parts,) * parts)
+
+
+def _local_head_counts(model: nn.Module, world: int) -> None:
+    """Attention modules that keep their head count (the example GPT's) or the width of
+    each fused q/k/v part (GPT-2's split_size) now hold a 1/world share of the heads."""
+    for module in model.modules():
+        fused = getattr(module, "c_attn", None)
+        if hasattr(module, "split_size") and isinstance(fused, ColumnParallelLinear):
+            if fused.output_sizes is None or set(fused.output_sizes) != {module.split_size}:
+                raise ValueError(f"{type(module).__name__} splits c_attn's output into parts of {module.split_size}, "
+                                 f"the plan into {fused.output_sizes}")
+            module.split_size //= world
+        elif not isinstance(getattr(module, "q_proj", None), ColumnParallelLinear):
+            continue
+        if hasattr(module, "num_heads"):
+            if module.num_heads % world:
+                raise ValueError(f"num_heads ({module.num_heads}) is not divisible by the tensor-parallel size {world}")
+            module.num_heads //= world
 
 
 def init_hybrid(dp: int, tp: int, device_type: str = "cpu") -> DeviceMesh:

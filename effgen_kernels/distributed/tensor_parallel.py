@@ -26,7 +26,7 @@ from torch import nn
 
 from .. import ops, reference
 from ..nn import BinaryLinear, Int8Linear, Int8WeightOnlyLinear, TernaryLinear
-from ..quantize import check_config
+from ..quantize import as_linear, check_config
 
 QUANTIZED_LAYERS = (Int8Linear, Int8WeightOnlyLinear, BinaryLinear, TernaryLinear)
 
@@ -212,20 +212,31 @@ def _input_unit(module: nn.Module) -> int:
     return unit if group is None else max(unit, group)
 
 
-def _cut(tensor: torch.Tensor, module: nn.Module, name: str, how: str, world: int, rank: int) -> torch.Tensor:
-    """This rank's piece of one tensor of a layer (see _layout)."""
+def _cut(tensor: torch.Tensor, module: nn.Module, name: str, how: str, world: int, rank: int,
+         output_sizes: tuple[int, ...] | None = None) -> torch.Tensor:
+    """This rank's piece of one tensor of a layer (see _layout). A fused column layer's
+    output features (``output_sizes``: q, k and v one after another) are cut part by part,
+    so that every rank holds its slice of each part (its heads of q, of k and of v)."""
     if how == _WHOLE:
         return tensor.clone()
+    if how == _OUT and output_sizes is not None:
+        pieces = [part.chunk(world, dim=0)[rank] for part in tensor.split(list(output_sizes), dim=0)]
+        return torch.cat(pieces, dim=0).contiguous()
     axis = 0 if how == _OUT or tensor.dim() == 1 else 1
     if axis == 1 and name == "weight_packed" and isinstance(module, TernaryLinear):
         return torch.cat([plane.chunk(world, dim=1)[rank] for plane in tensor.chunk(2, dim=1)], dim=1).contiguous()
     return tensor.chunk(world, dim=axis)[rank].contiguous().clone()
 
 
-def _join(parts: list[torch.Tensor], module: nn.Module, name: str, how: str) -> torch.Tensor:
+def _join(parts: list[torch.Tensor], module: nn.Module, name: str, how: str,
+          output_sizes: tuple[int, ...] | None = None) -> torch.Tensor:
     """The inverse of _cut: the full tensor from every rank's piece, in rank order."""
     if how == _WHOLE:
         return parts[0]
+    if how == _OUT and output_sizes is not None:
+        local_sizes = [size // len(parts) for size in output_sizes]
+        by_rank = [part.split(local_sizes, dim=0) for part in parts]
+        return torch.cat([torch.cat([pieces[i] for pieces in by_rank], dim=0) for i in range(len(output_sizes))])
     axis = 0 if how == _OUT or parts[0].dim() == 1 else 1
     if axis == 1 and name == "weight_packed" and isinstance(module, TernaryLinear):
         planes = [part.chunk(2, dim=1) for part in parts]
@@ -233,7 +244,22 @@ def _join(parts: list[torch.Tensor], module: nn.Module, name: str, how: str) -> 
     return torch.cat(parts, dim=axis)
 
 
-def _shard_layer(module: nn.Module, shard: str, world: int, rank: int) -> nn.Module:
+def _check_output_sizes(output_sizes, out_features: int, world: int) -> tuple[int, ...] | None:
+    if output_sizes is None:
+        return None
+    sizes = tuple(output_sizes)
+    if not sizes or any(not isinstance(size, int) or size <= 0 for size in sizes):
+        raise ValueError(f"output_sizes must be positive ints, got {output_sizes}")
+    if sum(sizes) != out_features:
+        raise ValueError(f"output_sizes {list(sizes)} must add up to out_features ({out_features})")
+    if any(size % world for size in sizes):
+        raise ValueError(f"every part of output_sizes {list(sizes)} must be divisible by the tensor-parallel "
+                         f"size {world}: each rank takes its slice of each part")
+    return sizes
+
+
+def _shard_layer(module: nn.Module, shard: str, world: int, rank: int,
+                 output_sizes: tuple[int, ...] | None = None) -> nn.Module:
     """A copy of ``module`` (nn.Linear or an effgen quantized layer) holding this rank's
     slice. Row-parallel shards drop the bias (the parallel layer adds it after the sum)."""
     out_features, in_features = module.out_features, module.in_features
@@ -252,7 +278,7 @@ def _shard_layer(module: nn.Module, shard: str, world: int, rank: int) -> nn.Mod
     local_in = in_features // world if shard == _IN else in_features
     has_bias = module.bias is not None and shard == _OUT
     local = _empty_like_layer(module, local_in, local_out, has_bias)
-    state = {name: _cut(tensor, module, name, _layout(module, name, shard), world, rank)
+    state = {name: _cut(tensor, module, name, _layout(module, name, shard), world, rank, output_sizes)
              for name, tensor in module.state_dict().items() if tensor is not None and (name != "bias" or has_bias)}
     local.load_state_dict(state)
     return local
@@ -276,6 +302,17 @@ def _empty_like_layer(module: nn.Module, in_features: int, out_features: int, bi
                     f"{[t.__name__ for t in QUANTIZED_LAYERS]}")
 
 
+def _source_layer(module: nn.Module, quant) -> tuple[nn.Module, bool]:
+    """The layer to cut: ``module`` quantized with ``quant`` if given, a Hugging Face Conv1D
+    (weight stored [in, out]) seen as the nn.Linear over its transposed weight; and whether
+    the cut layer holds that transposed weight as a float (the full state dict then stores
+    it [in, out] again, as the Conv1D does)."""
+    linear = as_linear(module)
+    transposed = linear is not None and linear is not module
+    layer = _quantized(module if linear is None else linear, quant)
+    return layer, transposed and type(layer) is nn.Linear
+
+
 def _quantized(linear: nn.Module, quant) -> nn.Module:
     if quant is None:
         return linear
@@ -287,41 +324,60 @@ def _quantized(linear: nn.Module, quant) -> nn.Module:
 
 class ColumnParallelLinear(nn.Module):
     """y = x W^T + b with W's rows (output features) split over the group. The output stays
-    split (``[..., out/p]``) unless ``gather_output``."""
+    split (``[..., out/p]``) unless ``gather_output``. A fused layer (one GEMM for q, k and
+    v, or for gate and up) names its parts' widths in ``output_sizes``: each rank then holds
+    its slice of every part, and its output is those slices one after another."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, group=None,
-                 gather_output: bool = False, quant=None, device=None, dtype=None) -> None:
+                 gather_output: bool = False, quant=None, output_sizes=None, device=None, dtype=None) -> None:
         super().__init__()
         world, _ = group_size_and_rank(group)
         if out_features % world:
             raise ValueError(f"out_features ({out_features}) is not divisible by the tensor-parallel size {world}")
+        output_sizes = _check_output_sizes(output_sizes, out_features, world)
         full = nn.Linear(in_features, out_features // world, bias, device=device, dtype=dtype)
-        self._setup(_quantized(full, quant), in_features, out_features, group, gather_output)
+        self._setup(_quantized(full, quant), in_features, out_features, group, gather_output, output_sizes, False)
 
-    def _setup(self, local: nn.Module, in_features: int, out_features: int, group, gather_output: bool) -> None:
+    def _setup(self, local: nn.Module, in_features: int, out_features: int, group, gather_output: bool,
+               output_sizes: tuple[int, ...] | None, weight_transposed: bool) -> None:
         self.local, self.group, self.gather_output = local, group, gather_output
         self.in_features, self.out_features = in_features, out_features
+        self.output_sizes, self.weight_transposed = output_sizes, weight_transposed
 
     @classmethod
     def from_linear(cls, linear: nn.Module, group=None, gather_output: bool = False,
-                    quant=None) -> ColumnParallelLinear:
-        """This rank's shard of ``linear`` (nn.Linear or an effgen quantized layer); with
-        ``quant`` (e.g. Int8Config()) the full layer is quantized first, then cut."""
+                    quant=None, output_sizes=None) -> ColumnParallelLinear:
+        """This rank's shard of ``linear`` (nn.Linear, Hugging Face's Conv1D or an effgen
+        quantized layer); with ``quant`` (e.g. Int8Config()) the full layer is quantized
+        first, then cut. ``output_sizes``: the widths of a fused layer's parts."""
         world, rank = group_size_and_rank(group)
-        linear = _quantized(linear, quant)
+        linear, transposed = _source_layer(linear, quant)
+        output_sizes = _check_output_sizes(output_sizes, linear.out_features, world)
         module = cls.__new__(cls)
         nn.Module.__init__(module)
-        module._setup(_shard_layer(linear, _OUT, world, rank), linear.in_features, linear.out_features, group,
-                      gather_output)
+        module._setup(_shard_layer(linear, _OUT, world, rank, output_sizes), linear.in_features,
+                      linear.out_features, group, gather_output, output_sizes, transposed)
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.local(copy_to_tensor_parallel_region(x, self.group))
-        return gather_from_tensor_parallel_region(y, self.group) if self.gather_output else y
+        if not self.gather_output:
+            return y
+        y = gather_from_tensor_parallel_region(y, self.group)
+        return y if self.output_sizes is None else self._parts_in_order(y)
+
+    def _parts_in_order(self, gathered: torch.Tensor) -> torch.Tensor:
+        """The gathered output is rank 0's slices of every part, then rank 1's ...: put each
+        part's slices back together, parts in order."""
+        world = gathered.shape[-1] // self.local.out_features
+        by_rank = gathered.unflatten(-1, (world, self.local.out_features))
+        local_sizes = [size // world for size in self.output_sizes]
+        return torch.cat([part.flatten(-2) for part in by_rank.split(local_sizes, dim=-1)], dim=-1)
 
     def extra_repr(self) -> str:
+        parts = "" if self.output_sizes is None else f", parts={list(self.output_sizes)}"
         return (f"in_features={self.in_features}, out_features={self.out_features} (this rank: "
-                f"{self.local.out_features}), gather_output={self.gather_output}")
+                f"{self.local.out_features}){parts}, gather_output={self.gather_output}")
 
 
 class RowParallelLinear(nn.Module):
@@ -339,12 +395,15 @@ class RowParallelLinear(nn.Module):
             raise ValueError(f"in_features ({in_features}) is not divisible by the tensor-parallel size {world}")
         local = _quantized(nn.Linear(in_features // world, out_features, False, device=device, dtype=dtype), quant)
         bias_tensor = torch.zeros(out_features, device=device, dtype=dtype) if bias else None
-        self._setup(local, bias_tensor, in_features, out_features, group, input_is_parallel, compress_block_size)
+        self._setup(local, bias_tensor, in_features, out_features, group, input_is_parallel, compress_block_size,
+                    False)
 
-    def _setup(self, local, bias, in_features, out_features, group, input_is_parallel, compress_block_size) -> None:
+    def _setup(self, local, bias, in_features, out_features, group, input_is_parallel, compress_block_size,
+               weight_transposed: bool) -> None:
         if compress_block_size is not None and compress_block_size <= 0:
             raise ValueError(f"compress_block_size must be positive or None, got {compress_block_size}")
-        self.local, self.group = local, group
+        self.local, self.group, self.weight_transposed = local, group, weight_transposed
+        self.output_sizes = None
         self.in_features, self.out_features = in_features, out_features
         self.input_is_parallel, self.compress_block_size = input_is_parallel, compress_block_size
         trainable = type(local) is nn.Linear
@@ -359,12 +418,12 @@ class RowParallelLinear(nn.Module):
     def from_linear(cls, linear: nn.Module, group=None, input_is_parallel: bool = True, quant=None,
                     compress_block_size: int | None = None) -> RowParallelLinear:
         world, rank = group_size_and_rank(group)
-        linear = _quantized(linear, quant)
+        linear, transposed = _source_layer(linear, quant)
         module = cls.__new__(cls)
         nn.Module.__init__(module)
         bias = None if linear.bias is None else linear.bias.detach().clone()
         module._setup(_shard_layer(linear, _IN, world, rank), bias, linear.in_features, linear.out_features, group,
-                      input_is_parallel, compress_block_size)
+                      input_is_parallel, compress_block_size, transposed)
         return module
 
     def _local_product(self, x: torch.Tensor) -> torch.Tensor:
@@ -416,8 +475,15 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         parts = [tensor] if how == _WHOLE else [torch.empty_like(tensor) for _ in range(world)]
         if how != _WHOLE:
             dist.all_gather(parts, tensor.contiguous(), group=layer.group)
-        state[f"{owner}.{local_name}"] = _join(parts, layer.local, local_name, how)
+        full = _join(parts, layer.local, local_name, how, layer.output_sizes)
+        state[f"{owner}.{local_name}"] = _stored_weight(layer, local_name, full)
     return state
+
+
+def _stored_weight(layer: nn.Module, name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """A Conv1D source's float weight as that Conv1D stores it, [in, out] (and back: the
+    transpose is its own inverse); any other tensor as it is."""
+    return tensor.t().contiguous() if layer.weight_transposed and name == "weight" else tensor
 
 
 def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -433,5 +499,6 @@ def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> No
         layer, local_name = parallel[owner], name[len(owner) + 1 + len("local."):]
         world, rank = group_size_and_rank(layer.group)
         how = _layout(layer.local, local_name, _shard_kind(layer))
-        local_state[name] = _cut(state[f"{owner}.{local_name}"], layer.local, local_name, how, world, rank)
+        full = _stored_weight(layer, local_name, state[f"{owner}.{local_name}"])
+        local_state[name] = _cut(full, layer.local, local_name, how, world, rank, layer.output_sizes)
     model.load_state_dict(local_state)
