@@ -165,7 +165,7 @@ def test_a_hugging_face_llama_parallelizes_exactly(tmp_path):
         assert result["logits"] < FP32 and result["embed_grad"] < FP32 and result["int8_logits"] < 1e-4, result
 
 
-def test_a_hugging_face_gpt2_parallelizes_exactly_with_its_fused_qkv(tmp_path):
+def test_hugging_face_gpt2_and_gpt_neox_parallelize_exactly_with_their_fused_qkv(tmp_path):
     pytest.importorskip("transformers")
     run(workers.gpt2, 2, tmp_path)
     for rank in range(2):
@@ -176,6 +176,7 @@ def test_a_hugging_face_gpt2_parallelizes_exactly_with_its_fused_qkv(tmp_path):
             assert result[what] < FP32, (what, result[what])
         assert result["generated_equal"] and result["w8a16_state"]
         assert "GPT2Attention splits c_attn's output into parts of 32, the plan into (48, 48)" in result["bad_split"]
+        assert len(result["neox_sharded"]) == 2 * 4 and result["neox_logits"] < FP32, result["neox_logits"]
 
 
 @pytest.mark.parametrize("config", sorted(workers.QUANT_CONFIGS))

@@ -363,10 +363,20 @@ def tiny_gpt2():
     return GPT2LMHeadModel(config).eval()
 
 
+def tiny_gpt_neox():
+    """A two-layer GPT-NeoX (Pythia's architecture: q, k and v in one layer, grouped by head)."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, max_position_embeddings=64, bos_token_id=0, eos_token_id=0)
+    return GPTNeoXForCausalLM(config).eval()
+
+
 def gpt2(rank, world, port, out):
     """parallelize on a Hugging Face GPT-2 with its default plan: forward, gradients, a
     training step, greedy generation through the KV cache, the full state dict, W8A16 and
-    a fused c_attn whose parts do not match the attention's."""
+    a fused c_attn whose parts do not match the attention's; and a GPT-NeoX's forward."""
     init(rank, world, port)
     reference, model = tiny_gpt2(), tiny_gpt2()
     results = {"sharded": parallelize(model), "split_size": model.transformer.h[0].attn.split_size}
@@ -393,6 +403,9 @@ def gpt2(rank, world, port, out):
                                  for k, v in full_state_dict(quantized).items())
     two_parts = tiny_gpt2()
     results["bad_split"] = error_of(lambda: parallelize(two_parts, plan={"c_attn": ("column", 2), "c_proj": "row"}))
+    neox_reference, neox = tiny_gpt_neox(), tiny_gpt_neox()
+    results["neox_sharded"] = parallelize(neox)
+    results["neox_logits"] = max_diff(neox(ids).logits, neox_reference(ids).logits)
     torch.save(results, os.path.join(out, f"{rank}.pt"))
     finish_worker()
 

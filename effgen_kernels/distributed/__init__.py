@@ -4,6 +4,7 @@ tensor-parallel (quantized) layers, pipeline stages, and the data x tensor paral
 from .compression import CompressionState, compressed_allreduce, compressed_allreduce_hook
 from .parallelize import (
     GPT2_PLAN,
+    GPT_NEOX_PLAN,
     TRANSFORMER_PLAN,
     default_plan,
     init_hybrid,
@@ -33,7 +34,7 @@ from .tensor_parallel import (
     scatter_to_tensor_parallel_region,
 )
 
-__all__ = ["ColumnParallelLinear", "CompressionState", "GPT2_PLAN", "GPTStage", "RowParallelLinear",
+__all__ = ["ColumnParallelLinear", "CompressionState", "GPT2_PLAN", "GPT_NEOX_PLAN", "GPTStage", "RowParallelLinear",
            "TRANSFORMER_PLAN", "compressed_allreduce", "compressed_allreduce_hook", "copy_to_tensor_parallel_region",
            "default_plan", "distillation_loss_fn", "full_state_dict", "gather_from_tensor_parallel_region",
            "gpt_stage", "init_hybrid", "load_full_state_dict", "next_token_loss_fn", "parallelize",

@@ -20,11 +20,17 @@ TRANSFORMER_PLAN = {"q_proj": "column", "k_proj": "column", "v_proj": "column", 
 # Hugging Face's GPT-2 (decoder only): Conv1D layers, c_attn one GEMM for q, k and v (three
 # equal parts, each cut by heads); c_proj is the attention's and the MLP's way back.
 GPT2_PLAN = {"c_attn": ("column", 3), "c_fc": "column", "c_proj": "row"}
+# GPT-NeoX (Pythia): query_key_value's outputs are grouped by head ([heads, 3, head_dim]),
+# so a plain column cut gives each rank whole heads of q, k and v.
+GPT_NEOX_PLAN = {"query_key_value": "column", "dense": "row", "dense_h_to_4h": "column", "dense_4h_to_h": "row"}
+_PLANS_BY_MODEL_TYPE = {"gpt2": GPT2_PLAN, "gpt_neox": GPT_NEOX_PLAN}
 
 
 def default_plan(model: nn.Module) -> dict:
-    """GPT2_PLAN for a Hugging Face GPT-2, TRANSFORMER_PLAN for anything else."""
-    return GPT2_PLAN if getattr(getattr(model, "config", None), "model_type", None) == "gpt2" else TRANSFORMER_PLAN
+    """The plan for a Hugging Face model's architecture (GPT2_PLAN, GPT_NEOX_PLAN), by its
+    config's model_type; TRANSFORMER_PLAN (Llama's and most others' names) otherwise."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return _PLANS_BY_MODEL_TYPE.get(model_type, TRANSFORMER_PLAN)
 
 
 def _check_plan(plan: dict) -> None:
