@@ -4,7 +4,7 @@
 // csrc/ops/int8_gemm.cpp does, and times every call twice, alternately: without and with
 // the next block's weights prefetched (PrefetchRange), so both see the same machine noise.
 // The result is checked bit for bit against the scalar kernels before timing (exit 1 on
-// mismatch).
+// mismatch), and so is gemm_packed_scaled's (products through the fused epilogue).
 //
 // Build (from the repository root, the extension's flags; the kernels are torch-free), with
 // S=csrc/kernels/cpu:
@@ -88,6 +88,39 @@ struct Problem {
   }
 };
 
+// gemm_packed_scaled over the whole output (where the ISA has one), for rows taken as
+// tokens of 1, 2 or 3 digit rows (W8A8, W8A16's fixed point), fp32 out with a bias, against
+// the scalar epilogue of the scalar products: bit for bit.
+bool scaled_matches(const Int8GemmKernels& kernels, const Problem& p, const int8_t* b,
+                    const std::vector<int32_t>& expected_products) {
+  if (kernels.gemm_packed_scaled == nullptr || p.group != 0) return true;
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> value(0.5f, 2.0f);
+  std::vector<float> a_scale(static_cast<size_t>(p.m)), b_scale(static_cast<size_t>(p.n)), bias(b_scale.size());
+  for (std::vector<float>* v : {&a_scale, &b_scale, &bias}) std::generate(v->begin(), v->end(), [&] { return value(rng); });
+  const Int8GemmKernels& scalar = int8_gemm_kernels_scalar();
+  for (int limbs = 1; limbs <= 3; ++limbs) {
+    if (p.m % limbs != 0) continue;
+    const int64_t tokens = p.m / limbs;
+    std::vector<float> out(static_cast<size_t>(tokens * p.n)), expected(out.size());
+    const ScaledOutput scaled{a_scale.data(), 1, b_scale.data(), 1, bias.data(), DType::kF32, out.data(), p.n, limbs};
+    if (!kernels.gemm_packed_scaled(p.a, p.k, p.m, p.k, b, p.group_stride(), p.sums.data(), p.n, scaled, {})) continue;
+    for (int64_t t = 0; t < tokens; ++t) {
+      const int32_t* products = expected_products.data() + t * limbs * p.n;
+      float* row = expected.data() + t * p.n;
+      if (limbs == 1) {
+        scalar.epilogue_row(products, p.n, a_scale[t], b_scale.data(), 1, bias.data(), DType::kF32, row);
+      } else {
+        scalar.digits_epilogue_row(products, p.n, limbs, p.n, a_scale[t], b_scale.data(), bias.data(), DType::kF32,
+                                   row);
+      }
+    }
+    if (std::memcmp(out.data(), expected.data(), out.size() * sizeof(float)) != 0) return false;
+  }
+  if (kernels.release_tiles != nullptr) kernels.release_tiles();
+  return true;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -146,6 +179,10 @@ int main(int argc, char** argv) {
       std::printf("mismatch with the scalar kernel (prefetch %d)\n", prefetch);
       return 1;
     }
+  }
+  if (!scaled_matches(kernels, problem, packed[0].get(), expected_products)) {
+    std::printf("gemm_packed_scaled: mismatch with the scalar kernel's products and epilogue\n");
+    return 1;
   }
 
   std::vector<double> times[2];
