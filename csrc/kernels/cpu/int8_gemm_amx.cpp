@@ -217,13 +217,12 @@ class PartialChunk {
   alignas(64) int8_t b_[2 * kBTileBytes];
 };
 
-// The products of m rows of a with n packed columns, in blocks of up to 2 x 2 tiles (of at
-// most block_rows rows): column pairs outer, so a pair's B tiles serve every row block from
-// L1 / L2. Each block's tiles are stored at target(i0, j0) (row stride ldc), then
-// finish(i0, rows, j0, cols) is called.
-template <typename Target, typename Finish>
-void for_each_block(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
-                    int64_t n, int64_t block_rows, int64_t ldc, const Target& target, const Finish& finish) {
+void gemm_packed(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
+                 const int32_t* col_sums, int64_t n, int32_t* c, int64_t ldc, PrefetchRange next) {
+  if (m < kMinRows) {
+    few_rows_kernels().gemm_packed(a, lda, m, k, b, group_stride, col_sums, n, c, ldc, next);
+    return;
+  }
   PartialChunk tail(k);
   ConfiguredShape configured;
   for (int64_t j0 = 0; j0 < n; j0 += 2 * kTileCols) {
@@ -231,64 +230,14 @@ void for_each_block(const int8_t* a, int64_t lda, int64_t m, int64_t k, const in
     split_in_two(n - j0, kTileCols, shape.cols);
     const int8_t* group = b + j0 / kPackCols * group_stride;
     tail.stage_b(group, group_stride, shape);
-    for (int64_t i0 = 0; i0 < m; i0 += block_rows) {
-      const int64_t rows = std::min(block_rows, m - i0);
-      split_in_two(rows, kTileRows, shape.rows);
+    for (int64_t i0 = 0; i0 < m; i0 += 2 * kTileRows) {
+      split_in_two(m - i0, kTileRows, shape.rows);
       tail.stage_a(a + i0 * lda, lda, shape);
       configured.ensure(shape);
       run_block(shape, {a + i0 * lda, lda, group, group_stride, tail.whole_chunks(), tail.a(), tail.b(),
-                        target(i0, j0), ldc, tail.whole_chunks()});
-      finish(i0, rows, j0, shape.cols[0] + shape.cols[1]);
+                        c + i0 * ldc + j0, ldc, tail.whole_chunks()});
     }
   }
-}
-
-void gemm_packed(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
-                 const int32_t* col_sums, int64_t n, int32_t* c, int64_t ldc, PrefetchRange next) {
-  if (m < kMinRows) {
-    few_rows_kernels().gemm_packed(a, lda, m, k, b, group_stride, col_sums, n, c, ldc, next);
-    return;
-  }
-  for_each_block(a, lda, m, k, b, group_stride, n, 2 * kTileRows, ldc,
-                 [&](int64_t i0, int64_t j0) { return c + i0 * ldc + j0; }, [](int64_t, int64_t, int64_t, int64_t) {});
-}
-
-// gemm_packed with the epilogue (ScaledOutput) applied to each block as its tiles are
-// stored, to a 32 x 32 int32 scratch in L1: no products through a larger buffer, and the
-// output's stores spread over the product (the op's separate pass prefetched the output
-// into L2 first, 10% of 1024 x 576 -> 192 on a thread). The same epilogue functions as the
-// op's pass (epilogue_row, or digits_epilogue_row over a token's digit rows), so the same
-// bits. Blocks hold whole tokens: 32 rows, or 30 of 3 digit rows each.
-bool gemm_packed_scaled(const int8_t* a, int64_t lda, int64_t m, int64_t k, const int8_t* b, int64_t group_stride,
-                        const int32_t* col_sums, int64_t n, const ScaledOutput& out, PrefetchRange next) {
-  const Int8GemmKernels& simd = few_rows_kernels();
-  const int limbs = out.limbs;
-  if (limbs < 1 || limbs > 2 * kTileRows) return false;
-  if (m < kMinRows) {
-    return simd.gemm_packed_scaled != nullptr &&
-           simd.gemm_packed_scaled(a, lda, m, k, b, group_stride, col_sums, n, out, next);
-  }
-  constexpr int64_t ldc = 2 * kTileCols;
-  alignas(64) int32_t products[2 * kTileRows * ldc];
-  const int64_t elem = dtype_size(out.dtype);
-  auto finish = [&](int64_t i0, int64_t rows, int64_t j0, int64_t cols) {
-    for (int64_t r = 0; r < rows; r += limbs) {
-      const int64_t t = (i0 + r) / limbs;
-      const float a_scale = out.a_scale[t * out.a_stride];
-      void* row = static_cast<char*>(out.out) + (t * out.ldo + j0) * elem;
-      const float* bias = out.bias == nullptr ? nullptr : out.bias + j0;
-      if (limbs == 1) {
-        simd.epilogue_row(products + r * ldc, cols, a_scale, out.b_scale + j0 * out.b_stride, out.b_stride, bias,
-                          out.dtype, row);
-      } else {
-        simd.digits_epilogue_row(products + r * ldc, ldc, limbs, cols, a_scale, out.b_scale + j0 * out.b_stride,
-                                 bias, out.dtype, row);
-      }
-    }
-  };
-  for_each_block(a, lda, m, k, b, group_stride, n, 2 * kTileRows / limbs * limbs, ldc,
-                 [&](int64_t, int64_t) { return products; }, finish);
-  return true;
 }
 
 // Per-group W8A16 (W8A16GroupedArgs) on tiles, where the digit rows are enough for them
@@ -338,7 +287,7 @@ void w8a16_packed_grouped(const W8A16GroupedArgs& p) {
 Int8GemmKernels make_table() {
   Int8GemmKernels table = few_rows_kernels();
   table.gemm_packed = gemm_packed;
-  table.gemm_packed_scaled = gemm_packed_scaled;
+  table.gemm_packed_scaled = nullptr;  // the AVX-512 one is VNNI's, not the tiles'
   table.w8a16_packed_grouped = w8a16_packed_grouped;
   table.release_tiles = release_tiles;
   return table;
