@@ -228,11 +228,16 @@ def test_dp2_x_tp2_training_with_the_compressed_hook_converges_like_plain(hybrid
             assert torch.equal(value, other["state"][name]), name
 
 
-@pytest.mark.parametrize("mode, summing_schedule", [("plain", False), ("kd_ternary", False), ("plain", True)])
+@pytest.mark.parametrize("mode, summing_schedule", [("plain", False), ("kd_ternary", False), ("plain", True),
+                                                    ("hf_llama", False), ("hf_llama_tied", False)])
 def test_two_stage_pipeline_equals_single_process_training(tmp_path, mode, summing_schedule):
     """GPipe over two ranks with two micro-batches; "kd_ternary": a ternary QAT student
     distilled from a teacher that runs on the last stage; ``summing_schedule``: on a GPipe
-    that sums the micro-batches' gradients, as torch 2.6's does."""
+    that sums the micro-batches' gradients, as torch 2.6's does; "hf_llama": a Hugging
+    Face Llama (SmolLM2's architecture) cut into LlamaStages, "_tied" with its LM head
+    sharing the embeddings' weight, as SmolLM2's does (sync_tied_grads)."""
+    if mode.startswith("hf_llama"):
+        pytest.importorskip("transformers")
     run(workers.pipeline_train, 2, tmp_path, mode, summing_schedule)
     expected, expected_losses = workers.pipeline_reference(mode)
     stages = [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)]
@@ -269,6 +274,30 @@ def test_gpt_stage_holds_its_blocks_and_checks_its_index():
     for index in (-1, 2):
         with pytest.raises(ValueError, match=rf"stage_index \({index}\) must lie in \[0, num_stages \(2\)\)"):
             gpt_stage(model, index, 2)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])  # eager attends to all positions without a mask
+def test_llama_stages_chained_equal_the_hugging_face_model(attention):
+    pytest.importorskip("transformers")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from effgen_kernels.distributed import LlamaStage, gpt_stage
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         attn_implementation=attention)
+    model = LlamaForCausalLM(config).eval()
+    stages = [gpt_stage(model, index, 3) for index in range(3)]
+    assert all(isinstance(stage, LlamaStage) for stage in stages)
+    assert stages[0].embed_tokens is model.model.embed_tokens and stages[2].lm_head is model.lm_head
+    assert [list(stage.layers) for stage in stages] == [[layer] for layer in model.model.layers]
+    ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(stages[2](stages[1](stages[0](ids))), model(ids).logits, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="pipeline stages are cut from an effgen_kernels.gpt.GPT or a Hugging Face "
+                                        "Llama-architecture causal LM"):
+        gpt_stage(torch.nn.Linear(4, 4), 0, 2)
 
 
 def test_the_pipeline_distillation_loss_runs_a_frozen_teacher_in_eval_mode():

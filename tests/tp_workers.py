@@ -467,18 +467,31 @@ def hybrid_reference(steps):
 PIPELINE_STEPS, MICROBATCHES = 6, 2
 
 
-def pipeline_model(mode: str) -> GPT:
+def pipeline_model(mode: str) -> nn.Module:
+    if mode.startswith("hf_llama"):  # SmolLM2's architecture, 4 layers, on the text's bytes; "_tied" as SmolLM2
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(0)
+        return LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                            tie_word_embeddings=mode.endswith("_tied")))
     model = small_gpt(layers=4)
     if mode == "kd_ternary":
         ek.prepare(model, ek.TernaryConfig(), filter_fn=lambda module, name: name != "lm_head")
     return model
 
 
+def pipeline_lr(mode: str) -> float:
+    # The Llama (std 0.02 init, untied 256-way head) diverges at 0.5 (its loss jumps from 3.4
+    # to 6.1 by the fifth step), and there fp32 rounding differences grow past 1e-4.
+    return 0.05 if mode.startswith("hf_llama") else 0.5
+
+
 def pipeline_loss(mode: str):
     from effgen_kernels.distill import DistillationLoss
     from effgen_kernels.distributed.pipeline import distillation_loss_fn, next_token_loss_fn
 
-    if mode == "plain":
+    if mode == "plain" or mode.startswith("hf_llama"):
         return next_token_loss_fn
     return distillation_loss_fn(small_gpt(seed=7, layers=2), DistillationLoss(2.0, 0.5))
 
@@ -496,14 +509,14 @@ def summing_gpipe(stage, n_microbatches, loss_fn):
 def pipeline_train(rank, world, port, out, mode, summing_schedule):
     """Two pipeline stages under pipeline_schedule's GPipe (built on ``summing_gpipe`` if
     ``summing_schedule``); saves each stage's slice of the model."""
-    from effgen_kernels.distributed.pipeline import pipeline_schedule, pipeline_stage
+    from effgen_kernels.distributed.pipeline import pipeline_schedule, pipeline_stage, sync_tied_grads
 
     init(rank, world, port)
     model = pipeline_model(mode)
     stage = pipeline_stage(model, rank, world)
     options = {"schedule": summing_gpipe} if summing_schedule else {}
     schedule = pipeline_schedule(stage, MICROBATCHES, pipeline_loss(mode), **options)
-    opt = torch.optim.SGD(stage.submod.parameters(), lr=0.5)
+    opt = torch.optim.SGD(stage.submod.parameters(), lr=pipeline_lr(mode))
     losses = []
     for step in range(PIPELINE_STEPS):
         window = text_batch(step)
@@ -514,6 +527,7 @@ def pipeline_train(rank, world, port, out, mode, summing_schedule):
             step_losses = []
             schedule.step(target=window, losses=step_losses)
             losses.append(torch.stack(step_losses).mean().item())
+        sync_tied_grads(stage)  # a tied LM head's two copies (first and last stage) get the same gradient
         opt.step()
     owned = {t.data_ptr() for t in stage.submod.state_dict().values()}  # the stage shares the model's tensors
     state = {k: v for k, v in model.state_dict().items() if v.data_ptr() in owned}
@@ -537,7 +551,7 @@ def first_batch_loss(mode: str, state=None) -> float:
 def pipeline_reference(mode: str):
     """Single-process training on the whole batch with the same loss."""
     model, loss_fn = pipeline_model(mode), pipeline_loss(mode)
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    opt = torch.optim.SGD(model.parameters(), lr=pipeline_lr(mode))
     losses = []
     for step in range(PIPELINE_STEPS):
         window = text_batch(step)

@@ -16,12 +16,14 @@ from .parallelize import (
 )
 from .pipeline import (
     GPTStage,
+    LlamaStage,
     distillation_loss_fn,
     gpt_stage,
     next_token_loss_fn,
     pipeline_schedule,
     pipeline_stage,
     stage_layer_ranges,
+    sync_tied_grads,
 )
 from .tensor_parallel import (
     ColumnParallelLinear,
@@ -34,10 +36,10 @@ from .tensor_parallel import (
     scatter_to_tensor_parallel_region,
 )
 
-__all__ = ["ColumnParallelLinear", "CompressionState", "GPT2_PLAN", "GPT_NEOX_PLAN", "GPTStage", "RowParallelLinear",
-           "TRANSFORMER_PLAN", "compressed_allreduce", "compressed_allreduce_hook", "copy_to_tensor_parallel_region",
-           "default_plan", "distillation_loss_fn", "full_state_dict", "gather_from_tensor_parallel_region",
-           "gpt_stage", "init_hybrid", "load_full_state_dict", "next_token_loss_fn", "parallelize",
-           "pipeline_schedule", "pipeline_stage", "reduce_from_tensor_parallel_region", "replicated_parameters",
-           "scatter_to_tensor_parallel_region", "shutdown", "stage_layer_ranges", "sync_replicated_grads",
-           "tensor_parallel_group"]
+__all__ = ["ColumnParallelLinear", "CompressionState", "GPT2_PLAN", "GPT_NEOX_PLAN", "GPTStage", "LlamaStage",
+           "RowParallelLinear", "TRANSFORMER_PLAN", "compressed_allreduce", "compressed_allreduce_hook",
+           "copy_to_tensor_parallel_region", "default_plan", "distillation_loss_fn", "full_state_dict",
+           "gather_from_tensor_parallel_region", "gpt_stage", "init_hybrid", "load_full_state_dict",
+           "next_token_loss_fn", "parallelize", "pipeline_schedule", "pipeline_stage",
+           "reduce_from_tensor_parallel_region", "replicated_parameters", "scatter_to_tensor_parallel_region",
+           "shutdown", "stage_layer_ranges", "sync_replicated_grads", "sync_tied_grads", "tensor_parallel_group"]

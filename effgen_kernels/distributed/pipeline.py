@@ -1,4 +1,5 @@
-"""Layer-wise model parallelism: a GPT-style model cut into pipeline stages, trained with
+"""Layer-wise model parallelism: a GPT-style model (effgen_kernels.gpt.GPT, or a Hugging
+Face Llama-architecture causal LM such as SmolLM2) cut into pipeline stages, trained with
 micro-batches by PyTorch's own ``torch.distributed.pipelining`` schedules (GPipe, 1F1B).
 
 A stage is a contiguous slice of the model: the first also embeds the tokens, the last
@@ -12,6 +13,7 @@ from __future__ import annotations
 import inspect
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
 
@@ -52,12 +54,65 @@ class GPTStage(nn.Module):
         return self.lm_head(self.norm(x)) if self.last else x
 
 
-def gpt_stage(model: nn.Module, stage_index: int, num_stages: int) -> GPTStage:
-    """This rank's slice of ``model`` for a ``num_stages``-deep pipeline."""
+class LlamaStage(nn.Module):
+    """Decoder layers ``layers`` of a Hugging Face Llama-architecture causal LM (model.model
+    holds embed_tokens, layers, norm and rotary_emb; model.lm_head), plus the embeddings on
+    the first stage and the norm and LM head on the last. Every stage makes the rotary
+    position embeddings and the causal mask of its micro-batch as LlamaModel.forward does
+    (transformers 5), for whole sequences from position 0 with no padding mask: training
+    and scoring, not generation. Shares the model's modules, as GPTStage does."""
+
+    def __init__(self, model: nn.Module, layers: range, first: bool, last: bool) -> None:
+        super().__init__()
+        inner = model.model
+        self.config, self.first, self.last = inner.config, first, last
+        if first:
+            self.embed_tokens = inner.embed_tokens
+        self.rotary_emb = inner.rotary_emb
+        self.layers = nn.ModuleList(inner.layers[i] for i in layers)
+        if last:
+            self.norm, self.lm_head = inner.norm, model.lm_head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from transformers.masking_utils import create_causal_mask
+
+        if self.first:
+            x = self.embed_tokens(x)
+        positions = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
+        mask = create_causal_mask(config=self.config, inputs_embeds=x, attention_mask=None, cache=None,
+                                  position_ids=positions)
+        position_embeddings = self.rotary_emb(x, position_ids=positions)
+        for layer in self.layers:
+            x = layer(x, attention_mask=mask, position_ids=positions, position_embeddings=position_embeddings)
+        return self.lm_head(self.norm(x)) if self.last else x
+
+
+def _is_hf_llama(model: nn.Module) -> bool:
+    return getattr(getattr(model, "config", None), "model_type", None) == "llama" and hasattr(model, "lm_head")
+
+
+def gpt_stage(model: nn.Module, stage_index: int, num_stages: int) -> GPTStage | LlamaStage:
+    """This rank's slice of ``model`` for a ``num_stages``-deep pipeline: a GPTStage of an
+    effgen_kernels.gpt.GPT, a LlamaStage of a Hugging Face Llama-architecture causal LM."""
     if not 0 <= stage_index < num_stages:
         raise ValueError(f"stage_index ({stage_index}) must lie in [0, num_stages ({num_stages}))")
-    layers = stage_layer_ranges(len(model.layers), num_stages)[stage_index]
-    return GPTStage(model, layers, stage_index == 0, stage_index == num_stages - 1)
+    if _is_hf_llama(model):
+        stage, blocks = LlamaStage, model.model.layers
+    elif isinstance(getattr(model, "layers", None), nn.ModuleList) and hasattr(model, "embed_positions"):
+        stage, blocks = GPTStage, model.layers
+    else:
+        raise TypeError(f"pipeline stages are cut from an effgen_kernels.gpt.GPT or a Hugging Face Llama-architecture "
+                        f"causal LM (config.model_type 'llama'), not {type(model).__name__}")
+    layers = stage_layer_ranges(len(blocks), num_stages)[stage_index]
+    return stage(model, layers, stage_index == 0, stage_index == num_stages - 1)
+
+
+def _tied_embedding(model: nn.Module) -> nn.Parameter | None:
+    """The weight the LM head shares with the token embeddings (SmolLM2 ties them), or None."""
+    inner = model.model if _is_hf_llama(model) else model
+    head, embed = getattr(model, "lm_head", None), getattr(inner, "embed_tokens", None)
+    weight = getattr(head, "weight", None)
+    return weight if weight is not None and weight is getattr(embed, "weight", None) else None
 
 
 def pipeline_stage(model: nn.Module, stage_index: int, num_stages: int, device: torch.device | str = "cpu",
@@ -65,9 +120,34 @@ def pipeline_stage(model: nn.Module, stage_index: int, num_stages: int, device: 
     """A torch.distributed.pipelining PipelineStage holding this rank's slice of ``model``;
     give it to a schedule (``pipeline_schedule``, or one of torch's directly). Feed
     the schedule contiguous token batches: torch 2.11's stages reject a strided view such
-    as ``window[:, :-1]`` (stride mismatch), later versions accept it."""
-    return PipelineStage(gpt_stage(model, stage_index, num_stages), stage_index, num_stages, torch.device(device),
-                         group=group)
+    as ``window[:, :-1]`` (stride mismatch), later versions accept it.
+
+    Where the LM head shares its weight with the embeddings, the first and last stages each
+    train a copy of it: call ``sync_tied_grads(stage)`` after every ``schedule.step`` and
+    before the optimizer's step, which sums the two copies' gradients, so that they stay
+    equal (every rank calls pipeline_stage: the first and last ranks get a group of their own)."""
+    stage = PipelineStage(gpt_stage(model, stage_index, num_stages), stage_index, num_stages, torch.device(device),
+                          group=group)
+    stage.tied_weight, stage.tied_group = _tied_embedding(model), None
+    if stage.tied_weight is not None and num_stages > 1:
+        ranks = dist.get_process_group_ranks(group) if group is not None else list(range(dist.get_world_size()))
+        if len(ranks) != dist.get_world_size():
+            raise ValueError("a model whose LM head shares the embeddings' weight is pipelined over the whole world "
+                             "only (the group of its first and last stages is made by every rank); untie them: "
+                             "model.lm_head.weight = nn.Parameter(model.lm_head.weight.detach().clone())")
+        stage.tied_group = dist.new_group([ranks[0], ranks[num_stages - 1]])
+    return stage
+
+
+def sync_tied_grads(stage: PipelineStage) -> None:
+    """Sum the gradients of the first and last stages' copies of a weight the LM head shares
+    with the embeddings (see pipeline_stage); nothing on other stages or untied models."""
+    if stage.tied_group is None or not (stage.is_first or stage.is_last):
+        return
+    weight = stage.tied_weight
+    if weight.grad is None:
+        weight.grad = torch.zeros_like(weight)
+    dist.all_reduce(weight.grad, group=stage.tied_group)
 
 
 def pipeline_schedule(stage: PipelineStage, n_microbatches: int, loss_fn, schedule=ScheduleGPipe, **options):
