@@ -285,6 +285,19 @@ def tiny_llama():
     return LlamaForCausalLM(config).eval()
 
 
+def parallel_against_single_quantized(make, config, plan: dict, ids: torch.Tensor) -> tuple[float, bool]:
+    """A model from ``make`` parallelized with ``quant=config`` against one quantized in one
+    process on the planned layers: the largest logit difference, and whether its full state
+    dict is the single-process model's bit for bit."""
+    quantized, expected = make(), make()
+    parallelize(quantized, quant=config)
+    ek.quantize_(expected, config, filter_fn=lambda module, name: name.rsplit(".", 1)[-1] in plan)
+    with torch.no_grad():
+        difference = max_diff(quantized(ids).logits, expected(ids).logits)
+    expected_state = expected.state_dict()
+    return difference, all(torch.equal(v, expected_state[k]) for k, v in full_state_dict(quantized).items())
+
+
 def llama(rank, world, port, out):
     """parallelize on a Hugging Face Llama: forward, input gradients and int8 quantization."""
     init(rank, world, port)
@@ -296,12 +309,8 @@ def llama(rank, world, port, out):
         m(ids).logits.square().mean().backward()
     grads = {name: p.grad for name, p in reference.named_parameters()}
     results["embed_grad"] = max_diff(model.model.embed_tokens.weight.grad, grads["model.embed_tokens.weight"])
-    quantized, expected = tiny_llama(), tiny_llama()
-    parallelize(quantized, quant=ek.Int8Config())
-    ek.quantize_(expected, ek.Int8Config(),
-                 filter_fn=lambda module, name: name.rsplit(".", 1)[-1] in ek.distributed.TRANSFORMER_PLAN)
-    with torch.no_grad():
-        results["int8_logits"] = max_diff(quantized(ids).logits, expected(ids).logits)
+    results["int8_logits"], _ = parallel_against_single_quantized(tiny_llama, ek.Int8Config(),
+                                                                  ek.distributed.TRANSFORMER_PLAN, ids)
     torch.save(results, os.path.join(out, f"{rank}.pt"))
     finish_worker()
 
@@ -393,14 +402,8 @@ def gpt2(rank, world, port, out):
     prompt = ids[:1, :4]
     generated = [m.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0) for m in (model, reference)]
     results["generated_equal"] = torch.equal(*generated)
-    quantized, expected = tiny_gpt2(), tiny_gpt2()
-    parallelize(quantized, quant=ek.Int8WeightOnlyConfig())
-    ek.quantize_(expected, ek.Int8WeightOnlyConfig(),
-                 filter_fn=lambda module, name: name.rsplit(".", 1)[-1] in ek.distributed.GPT2_PLAN)
-    with torch.no_grad():
-        results["w8a16_logits"] = max_diff(quantized(ids).logits, expected(ids).logits)
-    results["w8a16_state"] = all(torch.equal(v, expected.state_dict()[k])
-                                 for k, v in full_state_dict(quantized).items())
+    results["w8a16_logits"], results["w8a16_state"] = parallel_against_single_quantized(
+        tiny_gpt2, ek.Int8WeightOnlyConfig(), ek.distributed.GPT2_PLAN, ids)
     two_parts = tiny_gpt2()
     results["bad_split"] = error_of(lambda: parallelize(two_parts, plan={"c_attn": ("column", 2), "c_proj": "row"}))
     neox_reference, neox = tiny_gpt_neox(), tiny_gpt_neox()
