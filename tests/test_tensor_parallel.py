@@ -251,6 +251,15 @@ def test_two_stage_pipeline_equals_single_process_training(tmp_path, mode, summi
     assert workers.first_batch_loss(mode, expected) < workers.first_batch_loss(mode)
 
 
+def test_a_tied_head_is_pipelined_over_the_whole_world_only(tmp_path):
+    pytest.importorskip("transformers")
+    run(workers.tied_pipeline_in_a_subgroup, 3, tmp_path)
+    for rank in range(2):
+        message = torch.load(tmp_path / f"{rank}.pt")
+        expected = "ValueError: a model whose LM head shares the embeddings' weight is pipelined over the whole world"
+        assert expected in message, message
+
+
 def test_stage_layer_ranges_give_earlier_stages_the_remainder():
     from effgen_kernels.distributed import stage_layer_ranges
 

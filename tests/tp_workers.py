@@ -275,6 +275,21 @@ def compressed_reduce(rank, world, port, out):
     finish_worker()
 
 
+def tied_pipeline_in_a_subgroup(rank, world, port, out):
+    """A tied-head model pipelined over a group smaller than the world: pipeline_stage
+    refuses it (the group of its first and last stages would need every rank)."""
+    from effgen_kernels.distributed import pipeline_stage
+
+    init(rank, world, port)
+    pipeline = dist.new_group([0, 1])  # every rank takes part in making it
+    message = "not in the group"
+    if rank < 2:
+        model = pipeline_model("hf_llama_tied")
+        message = error_of(lambda: pipeline_stage(model, rank, 2, group=pipeline))
+    torch.save(message, os.path.join(out, f"{rank}.pt"))
+    finish_worker()
+
+
 def tiny_llama():
     """A two-layer Llama (SmolLM2's architecture: RMSNorm, rotary, gated MLP, grouped KV heads)."""
     from transformers import LlamaConfig, LlamaForCausalLM
