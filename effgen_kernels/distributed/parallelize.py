@@ -76,7 +76,8 @@ def parallelize(model: nn.Module, mesh_or_group=None, plan: dict | None = None, 
     with their q/k/v rows, so the head counts must divide by the tp size. ``quant`` (an
     Int8Config, Int8WeightOnlyConfig, BinaryConfig or TernaryConfig) quantizes each planned
     layer before cutting it; ``compress_block_size`` turns on the int8 activation
-    all-reduce in row layers. Embeddings, norms and the LM head stay replicated. Returns the names sharded."""
+    all-reduce in row layers. Embeddings, norms and the LM head stay replicated. Returns
+    the names sharded."""
     group = tensor_parallel_group(mesh_or_group)
     world, _ = group_size_and_rank(group)
     plan = default_plan(model) if plan is None else plan
