@@ -79,9 +79,9 @@ def test_a_quantized_row_layer_equals_the_single_process_layer(layer_results, co
     ("bad_row_input", "Int8Linear: x must have in_features = 8 values in its last dimension, got shape (3, 7)"),
     ("bad_heads", "heads (1) is not divisible by the tensor-parallel size 2: attention heads are split"),
     ("bad_local_heads", "num_heads (1) is not divisible by the tensor-parallel size 2"),
-    ("bad_style", "plan styles must be 'column', 'row' or ('column', parts) for a fused layer of that many "
-                  "equal parts, got ['diagonal']"),
-    ("bad_fused_style", "plan styles must be 'column', 'row' or ('column', parts)"),
+    ("bad_style", "plan styles must be one of ['column', 'row', 'column_gather', 'row_split_input'] or ('column', "
+                  "parts) for a fused layer of that many equal parts, got ['diagonal']"),
+    ("bad_fused_style", "plan styles must be one of ['column', 'row', 'column_gather', 'row_split_input'] or"),
     ("bad_parts", "the layer at ['qkv'] has 16 outputs, not 3 equal parts"),
     ("bad_output_sum", "output_sizes [8, 4] must add up to out_features (16)"),
     ("bad_output_part", "every part of output_sizes [10, 3, 3] must be divisible by the tensor-parallel size 2"),
@@ -165,7 +165,7 @@ def test_a_hugging_face_llama_parallelizes_exactly(tmp_path):
         assert result["logits"] < FP32 and result["embed_grad"] < FP32 and result["int8_logits"] < 1e-4, result
 
 
-def test_hugging_face_gpt2_and_gpt_neox_parallelize_exactly_with_their_fused_qkv(tmp_path):
+def test_hugging_face_gpt2_gpt_neox_and_phi3_parallelize_exactly_with_their_fused_layers(tmp_path):
     pytest.importorskip("transformers")
     run(workers.gpt2, 2, tmp_path)
     for rank in range(2):
@@ -177,6 +177,8 @@ def test_hugging_face_gpt2_and_gpt_neox_parallelize_exactly_with_their_fused_qkv
         assert result["generated_equal"] and result["w8a16_state"]
         assert "GPT2Attention splits c_attn's output into parts of 32, the plan into (48, 48)" in result["bad_split"]
         assert len(result["neox_sharded"]) == 2 * 4 and result["neox_logits"] < FP32, result["neox_logits"]
+        assert len(result["phi3_sharded"]) == 2 * 4, result["phi3_sharded"]  # qkv, o, gate_up, down per layer
+        assert result["phi3_logits"] < FP32 and result["phi3_int8_logits"] < FP32 and result["phi3_int8_state"], result
 
 
 @pytest.mark.parametrize("config", sorted(workers.QUANT_CONFIGS))

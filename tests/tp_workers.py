@@ -397,10 +397,23 @@ def tiny_gpt_neox():
     return GPTNeoXForCausalLM(config).eval()
 
 
+def tiny_phi3():
+    """A two-layer Phi-3 (one qkv_proj whose split its attention reads from the config; one
+    gate_up_proj), grouped KV heads."""
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    torch.manual_seed(0)
+    config = Phi3Config(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, bos_token_id=0,
+                        eos_token_id=0, pad_token_id=0)
+    return Phi3ForCausalLM(config).eval()
+
+
 def gpt2(rank, world, port, out):
     """parallelize on a Hugging Face GPT-2 with its default plan: forward, gradients, a
     training step, greedy generation through the KV cache, the full state dict, W8A16 and
-    a fused c_attn whose parts do not match the attention's; and a GPT-NeoX's forward."""
+    a fused c_attn whose parts do not match the attention's; a GPT-NeoX's forward; a
+    Phi-3's, float and W8A16."""
     init(rank, world, port)
     reference, model = tiny_gpt2(), tiny_gpt2()
     results = {"sharded": parallelize(model), "split_size": model.transformer.h[0].attn.split_size}
@@ -424,6 +437,11 @@ def gpt2(rank, world, port, out):
     neox_reference, neox = tiny_gpt_neox(), tiny_gpt_neox()
     results["neox_sharded"] = parallelize(neox)
     results["neox_logits"] = max_diff(neox(ids).logits, neox_reference(ids).logits)
+    phi3_reference, phi3 = tiny_phi3(), tiny_phi3()
+    results["phi3_sharded"] = parallelize(phi3)
+    results["phi3_logits"] = max_diff(phi3(ids).logits, phi3_reference(ids).logits)
+    results["phi3_int8_logits"], results["phi3_int8_state"] = parallel_against_single_quantized(
+        tiny_phi3, ek.Int8WeightOnlyConfig(), ek.distributed.PHI3_PLAN, ids)
     torch.save(results, os.path.join(out, f"{rank}.pt"))
     finish_worker()
 

@@ -23,12 +23,20 @@ GPT2_PLAN = {"c_attn": ("column", 3), "c_fc": "column", "c_proj": "row"}
 # GPT-NeoX (Pythia): query_key_value's outputs are grouped by head ([heads, 3, head_dim]),
 # so a plain column cut gives each rank whole heads of q, k and v.
 GPT_NEOX_PLAN = {"query_key_value": "column", "dense": "row", "dense_h_to_4h": "column", "dense_4h_to_h": "row"}
-_PLANS_BY_MODEL_TYPE = {"gpt2": GPT2_PLAN, "gpt_neox": GPT_NEOX_PLAN}
+# Phi-3: its attention finds the q/k/v split of qkv_proj in the model's config, which a
+# shard cannot change for itself, so (as transformers' own plan does) qkv_proj's output is
+# gathered whole and every rank runs all heads, o_proj then taking its slice of them; the
+# MLP's fused gate_up_proj is cut in two parts, each rank's half of gate and of up.
+PHI3_PLAN = {"qkv_proj": "column_gather", "o_proj": "row_split_input", "gate_up_proj": ("column", 2),
+             "down_proj": "row"}
+_PLANS_BY_MODEL_TYPE = {"gpt2": GPT2_PLAN, "gpt_neox": GPT_NEOX_PLAN, "phi3": PHI3_PLAN}
+_STYLES = ("column", "row", "column_gather", "row_split_input")
 
 
 def default_plan(model: nn.Module) -> dict:
-    """The plan for a Hugging Face model's architecture (GPT2_PLAN, GPT_NEOX_PLAN), by its
-    config's model_type; TRANSFORMER_PLAN (Llama's and most others' names) otherwise."""
+    """The plan for a Hugging Face model's architecture (GPT2_PLAN, GPT_NEOX_PLAN,
+    PHI3_PLAN), by its config's model_type; TRANSFORMER_PLAN (Llama's and most others'
+    names) otherwise."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     return _PLANS_BY_MODEL_TYPE.get(model_type, TRANSFORMER_PLAN)
 
@@ -36,12 +44,12 @@ def default_plan(model: nn.Module) -> dict:
 def _check_plan(plan: dict) -> None:
     def known(style) -> bool:
         fused = isinstance(style, tuple) and len(style) == 2 and style[0] == "column"
-        return style in ("column", "row") or (fused and isinstance(style[1], int) and style[1] >= 2)
+        return style in _STYLES or (fused and isinstance(style[1], int) and style[1] >= 2)
 
     unknown = sorted({str(style) for style in plan.values() if not known(style)})
     if unknown:
-        raise ValueError(f"plan styles must be 'column', 'row' or ('column', parts) for a fused layer of that many "
-                         f"equal parts, got {unknown}")
+        raise ValueError(f"plan styles must be one of {list(_STYLES)} or ('column', parts) for a fused layer of that "
+                         f"many equal parts, got {unknown}")
 
 
 def tensor_parallel_group(mesh_or_group=None):
@@ -71,7 +79,9 @@ def parallelize(model: nn.Module, mesh_or_group=None, plan: dict | None = None, 
     """Shard ``model`` in place for tensor parallelism over the mesh's "tp" group.
 
     ``plan`` maps the last component of a layer's name to "column", "row" or ("column", n)
-    for a fused layer of n equal parts (default: ``default_plan(model)``). Layers are
+    for a fused layer of n equal parts (default: ``default_plan(model)``); "column_gather"
+    (the output gathered whole on every rank) and "row_split_input" (a whole input, split
+    here) shard the weights of a block whose heads cannot be split. Layers are
     nn.Linear, Hugging Face's Conv1D or effgen quantized layers. Attention heads are split
     with their q/k/v rows, so the head counts must divide by the tp size. ``quant`` (an
     Int8Config, Int8WeightOnlyConfig, BinaryConfig or TernaryConfig) quantizes each planned
@@ -101,10 +111,11 @@ def parallelize(model: nn.Module, mesh_or_group=None, plan: dict | None = None, 
 
 
 def _parallel_layer(module: nn.Module, names: list[str], style, group, quant, compress_block_size) -> nn.Module:
-    if style == "row":
-        return RowParallelLinear.from_linear(module, group, quant=quant, compress_block_size=compress_block_size)
-    if style == "column":
-        return ColumnParallelLinear.from_linear(module, group, quant=quant)
+    if style in ("row", "row_split_input"):
+        return RowParallelLinear.from_linear(module, group, input_is_parallel=style == "row", quant=quant,
+                                             compress_block_size=compress_block_size)
+    if style in ("column", "column_gather"):
+        return ColumnParallelLinear.from_linear(module, group, gather_output=style == "column_gather", quant=quant)
     parts, out_features = style[1], (as_linear(module) or module).out_features
     if out_features % parts:
         raise ValueError(f"the layer at {names} has {out_features} outputs, not {parts} equal parts")
