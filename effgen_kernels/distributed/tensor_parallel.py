@@ -221,7 +221,7 @@ def _cut(tensor: torch.Tensor, module: nn.Module, name: str, how: str, world: in
         return tensor.clone()
     if how == _OUT and output_sizes is not None:
         pieces = [part.chunk(world, dim=0)[rank] for part in tensor.split(list(output_sizes), dim=0)]
-        return torch.cat(pieces, dim=0).contiguous()
+        return torch.cat(pieces, dim=0)
     axis = 0 if how == _OUT or tensor.dim() == 1 else 1
     if axis == 1 and name == "weight_packed" and isinstance(module, TernaryLinear):
         return torch.cat([plane.chunk(world, dim=1)[rank] for plane in tensor.chunk(2, dim=1)], dim=1).contiguous()
