@@ -97,7 +97,9 @@ bool scaled_matches(const Int8GemmKernels& kernels, const Problem& p, const int8
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> value(0.5f, 2.0f);
   std::vector<float> a_scale(static_cast<size_t>(p.m)), b_scale(static_cast<size_t>(p.n)), bias(b_scale.size());
-  for (std::vector<float>* v : {&a_scale, &b_scale, &bias}) std::generate(v->begin(), v->end(), [&] { return value(rng); });
+  for (std::vector<float>* v : {&a_scale, &b_scale, &bias}) {
+    std::generate(v->begin(), v->end(), [&] { return value(rng); });
+  }
   const Int8GemmKernels& scalar = int8_gemm_kernels_scalar();
   for (int limbs = 1; limbs <= 3; ++limbs) {
     if (p.m % limbs != 0) continue;
