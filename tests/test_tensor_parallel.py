@@ -231,14 +231,16 @@ def test_dp2_x_tp2_training_with_the_compressed_hook_converges_like_plain(hybrid
 
 
 @pytest.mark.parametrize("mode, summing_schedule", [("plain", False), ("kd_ternary", False), ("plain", True),
-                                                    ("hf_llama", False), ("hf_llama_tied", False)])
+                                                    ("hf_llama", False), ("hf_llama_tied", False),
+                                                    ("hf_qwen2", False)])
 def test_two_stage_pipeline_equals_single_process_training(tmp_path, mode, summing_schedule):
     """GPipe over two ranks with two micro-batches; "kd_ternary": a ternary QAT student
     distilled from a teacher that runs on the last stage; ``summing_schedule``: on a GPipe
     that sums the micro-batches' gradients, as torch 2.6's does; "hf_llama": a Hugging
-    Face Llama (SmolLM2's architecture) cut into LlamaStages, "_tied" with its LM head
-    sharing the embeddings' weight, as SmolLM2's does (sync_tied_grads)."""
-    if mode.startswith("hf_llama"):
+    Face Llama (SmolLM2's architecture) cut into DecoderStages, "_tied" with its LM head
+    sharing the embeddings' weight, as SmolLM2's does (sync_tied_grads); "hf_qwen2": a Qwen2
+    whose later layers attend through a sliding window."""
+    if mode.startswith("hf_"):
         pytest.importorskip("transformers")
     run(workers.pipeline_train, 2, tmp_path, mode, summing_schedule)
     expected, expected_losses = workers.pipeline_reference(mode)
@@ -287,28 +289,75 @@ def test_gpt_stage_holds_its_blocks_and_checks_its_index():
             gpt_stage(model, index, 2)
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])  # eager attends to all positions without a mask
-def test_llama_stages_chained_equal_the_hugging_face_model(attention):
-    pytest.importorskip("transformers")
-    from transformers import LlamaConfig, LlamaForCausalLM
+# Each family's options beyond a tiny Llama's: a sliding window (5) shorter than the test's
+# 12 tokens, so a stage that gave such layers the full causal mask would differ; Qwen2's
+# window on its later layers only (mixed masks); a few experts for the mixtures.
+DECODER_FAMILY_OPTIONS = {
+    "llama": {},
+    "mistral": {"sliding_window": 5},
+    "mixtral": {"sliding_window": 5, "num_local_experts": 4, "num_experts_per_tok": 2},
+    "qwen2": {"use_sliding_window": True, "sliding_window": 5, "max_window_layers": 1},
+    "qwen2_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                  "shared_expert_intermediate_size": 32},
+    "qwen3": {"head_dim": 8},
+    "phi3": {"sliding_window": 5, "pad_token_id": 0},
+    "gemma": {"head_dim": 8},
+    "olmo2": {},
+    "stablelm": {},
+}
+SLIDING_FAMILIES = {"mistral", "mixtral", "qwen2", "phi3"}
 
-    from effgen_kernels.distributed import LlamaStage, gpt_stage
+
+def tiny_decoder(model_type: str, attention: str):
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                         attn_implementation=attention)
-    model = LlamaForCausalLM(config).eval()
+    config = AutoConfig.for_model(model_type, vocab_size=128, hidden_size=32, intermediate_size=64,
+                                  num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                                  max_position_embeddings=64, **DECODER_FAMILY_OPTIONS[model_type])
+    config._attn_implementation = attention
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def test_every_decoder_family_is_tested():
+    from effgen_kernels.distributed import DECODER_MODEL_TYPES
+
+    assert set(DECODER_FAMILY_OPTIONS) == set(DECODER_MODEL_TYPES)
+
+
+@pytest.mark.parametrize("model_type", sorted(DECODER_FAMILY_OPTIONS))
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])  # eager attends to all positions without a mask
+def test_decoder_stages_chained_equal_the_hugging_face_model(model_type, attention):
+    pytest.importorskip("transformers")
+    from effgen_kernels.distributed import DecoderStage, gpt_stage
+
+    model = tiny_decoder(model_type, attention)
     stages = [gpt_stage(model, index, 3) for index in range(3)]
-    assert all(isinstance(stage, LlamaStage) for stage in stages)
+    assert all(isinstance(stage, DecoderStage) for stage in stages)
     assert stages[0].embed_tokens is model.model.embed_tokens and stages[2].lm_head is model.lm_head
     assert [list(stage.layers) for stage in stages] == [[layer] for layer in model.model.layers]
+    attention_types = [kind for stage in stages for kind in stage.attention_types]
+    if model_type == "qwen2":
+        assert attention_types == ["full_attention", "sliding_attention", "sliding_attention"]
+    else:
+        assert set(attention_types) == {"sliding_attention" if model_type in SLIDING_FAMILIES else "full_attention"}
     ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(stages[2](stages[1](stages[0](ids))), model(ids).logits, rtol=0, atol=0)
+
+
+def test_a_model_of_another_family_gets_no_stage():
+    pytest.importorskip("transformers")
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from effgen_kernels.distributed import gpt_stage
+
     with pytest.raises(TypeError, match="pipeline stages are cut from an effgen_kernels.gpt.GPT or a Hugging Face "
-                                        "Llama-architecture causal LM"):
+                                        "causal LM whose config.model_type is one of llama, mistral, .*, not Linear$"):
         gpt_stage(torch.nn.Linear(4, 4), 0, 2)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2))
+    with pytest.raises(TypeError, match=r"not GPT2LMHeadModel \(model_type 'gpt2'\)"):
+        gpt_stage(model, 0, 2)
 
 
 def test_the_pipeline_distillation_loss_runs_a_frozen_teacher_in_eval_mode():

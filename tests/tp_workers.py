@@ -504,13 +504,19 @@ PIPELINE_STEPS, MICROBATCHES = 6, 2
 
 
 def pipeline_model(mode: str) -> nn.Module:
+    torch.manual_seed(0)
     if mode.startswith("hf_llama"):  # SmolLM2's architecture, 4 layers, on the text's bytes; "_tied" as SmolLM2
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        torch.manual_seed(0)
         return LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
                                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                                             tie_word_embeddings=mode.endswith("_tied")))
+    if mode == "hf_qwen2":  # its last two layers attend through a 6-token window of the 15
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        return Qwen2ForCausalLM(Qwen2Config(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                            use_sliding_window=True, sliding_window=6, max_window_layers=2))
     model = small_gpt(layers=4)
     if mode == "kd_ternary":
         ek.prepare(model, ek.TernaryConfig(), filter_fn=lambda module, name: name != "lm_head")
@@ -520,14 +526,14 @@ def pipeline_model(mode: str) -> nn.Module:
 def pipeline_lr(mode: str) -> float:
     # The Llama (std 0.02 init, untied 256-way head) diverges at 0.5 (its loss jumps from 3.4
     # to 6.1 by the fifth step), and there fp32 rounding differences grow past 1e-4.
-    return 0.05 if mode.startswith("hf_llama") else 0.5
+    return 0.05 if mode.startswith("hf_") else 0.5
 
 
 def pipeline_loss(mode: str):
     from effgen_kernels.distill import DistillationLoss
     from effgen_kernels.distributed.pipeline import distillation_loss_fn, next_token_loss_fn
 
-    if mode == "plain" or mode.startswith("hf_llama"):
+    if mode == "plain" or mode.startswith("hf_"):
         return next_token_loss_fn
     return distillation_loss_fn(small_gpt(seed=7, layers=2), DistillationLoss(2.0, 0.5))
 

@@ -16,8 +16,9 @@ from .parallelize import (
     tensor_parallel_group,
 )
 from .pipeline import (
+    DECODER_MODEL_TYPES,
+    DecoderStage,
     GPTStage,
-    LlamaStage,
     distillation_loss_fn,
     gpt_stage,
     next_token_loss_fn,
@@ -37,10 +38,10 @@ from .tensor_parallel import (
     scatter_to_tensor_parallel_region,
 )
 
-__all__ = ["ColumnParallelLinear", "CompressionState", "GPT2_PLAN", "GPT_NEOX_PLAN", "GPTStage", "LlamaStage",
-           "PHI3_PLAN", "RowParallelLinear", "TRANSFORMER_PLAN", "compressed_allreduce", "compressed_allreduce_hook",
-           "copy_to_tensor_parallel_region", "default_plan", "distillation_loss_fn", "full_state_dict",
-           "gather_from_tensor_parallel_region", "gpt_stage", "init_hybrid", "load_full_state_dict",
+__all__ = ["ColumnParallelLinear", "CompressionState", "DECODER_MODEL_TYPES", "DecoderStage", "GPT2_PLAN", "GPTStage",
+           "GPT_NEOX_PLAN", "PHI3_PLAN", "RowParallelLinear", "TRANSFORMER_PLAN", "compressed_allreduce",
+           "compressed_allreduce_hook", "copy_to_tensor_parallel_region", "default_plan", "distillation_loss_fn",
+           "full_state_dict", "gather_from_tensor_parallel_region", "gpt_stage", "init_hybrid", "load_full_state_dict",
            "next_token_loss_fn", "parallelize", "pipeline_schedule", "pipeline_stage",
            "reduce_from_tensor_parallel_region", "replicated_parameters", "scatter_to_tensor_parallel_region",
            "shutdown", "stage_layer_ranges", "sync_replicated_grads", "sync_tied_grads", "tensor_parallel_group"]

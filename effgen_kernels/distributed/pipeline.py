@@ -1,6 +1,7 @@
 """Layer-wise model parallelism: a GPT-style model (effgen_kernels.gpt.GPT, or a Hugging
-Face Llama-architecture causal LM such as SmolLM2) cut into pipeline stages, trained with
-micro-batches by PyTorch's own ``torch.distributed.pipelining`` schedules (GPipe, 1F1B).
+Face causal LM of the Llama family such as SmolLM2, Mistral, Qwen or Phi-3) cut into
+pipeline stages, trained with micro-batches by PyTorch's own ``torch.distributed.pipelining``
+schedules (GPipe, 1F1B).
 
 A stage is a contiguous slice of the model: the first also embeds the tokens, the last
 also applies the final norm and the LM head. Stages run whatever modules the model holds,
@@ -54,13 +55,33 @@ class GPTStage(nn.Module):
         return self.lm_head(self.norm(x)) if self.last else x
 
 
-class LlamaStage(nn.Module):
-    """Decoder layers ``layers`` of a Hugging Face Llama-architecture causal LM (model.model
-    holds embed_tokens, layers, norm and rotary_emb; model.lm_head), plus the embeddings on
-    the first stage and the norm and LM head on the last. Every stage makes the rotary
-    position embeddings and the causal mask of its micro-batch as LlamaModel.forward does
-    (transformers 5), for whole sequences from position 0 with no padding mask: training
-    and scoring, not generation. Shares the model's modules, as GPTStage does."""
+# Hugging Face decoder-only families whose model.model runs embed_tokens, then every decoder
+# layer with one shared rotary embedding and its attention type's causal mask, then norm, and
+# whose causal LM applies lm_head alone: the layout DecoderStage follows. Each is checked
+# against the whole model's logits (tests/test_tensor_parallel.py); others get a TypeError
+# rather than a stage that may differ (Gemma 2 caps its logits, Granite scales them, ...).
+DECODER_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "phi3", "gemma", "olmo2",
+                       "stablelm")
+
+
+def _attention_type(config, layer: int) -> str:
+    """The mask layer ``layer`` attends with, as its model's forward picks it: from
+    config.layer_types where the config has them (Qwen2's sliding-window layers), else a
+    sliding window for every layer where config.sliding_window is set (Mistral, Phi-3)."""
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return layer_types[layer]
+    return "full_attention" if getattr(config, "sliding_window", None) is None else "sliding_attention"
+
+
+class DecoderStage(nn.Module):
+    """Decoder layers ``layers`` of a Hugging Face decoder-only causal LM of one of
+    DECODER_MODEL_TYPES (Llama and its kin: model.model holds embed_tokens, layers, norm and
+    rotary_emb; model.lm_head), plus the embeddings on the first stage and the norm and LM
+    head on the last. Every stage makes the rotary position embeddings and the causal masks
+    (full, or sliding-window per layer) of its micro-batch as the model's forward does
+    (transformers 5), for whole sequences from position 0 with no padding mask: training and
+    scoring, not generation. Shares the model's modules, as GPTStage does."""
 
     def __init__(self, model: nn.Module, layers: range, first: bool, last: bool) -> None:
         super().__init__()
@@ -70,46 +91,55 @@ class LlamaStage(nn.Module):
             self.embed_tokens = inner.embed_tokens
         self.rotary_emb = inner.rotary_emb
         self.layers = nn.ModuleList(inner.layers[i] for i in layers)
+        self.attention_types = [_attention_type(self.config, i) for i in layers]
         if last:
             self.norm, self.lm_head = inner.norm, model.lm_head
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from transformers.masking_utils import create_causal_mask
+    def _masks(self, x: torch.Tensor, positions: torch.Tensor) -> dict:
+        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
+        make = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
+        return {kind: make[kind](config=self.config, inputs_embeds=x, attention_mask=None, cache=None,
+                                 position_ids=positions)
+                for kind in set(self.attention_types)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.first:
             x = self.embed_tokens(x)
         positions = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
-        mask = create_causal_mask(config=self.config, inputs_embeds=x, attention_mask=None, cache=None,
-                                  position_ids=positions)
+        masks = self._masks(x, positions)
         position_embeddings = self.rotary_emb(x, position_ids=positions)
-        for layer in self.layers:
-            x = layer(x, attention_mask=mask, position_ids=positions, position_embeddings=position_embeddings)
+        for layer, kind in zip(self.layers, self.attention_types, strict=True):
+            x = layer(x, attention_mask=masks[kind], position_ids=positions, position_embeddings=position_embeddings)
         return self.lm_head(self.norm(x)) if self.last else x
 
 
-def _is_hf_llama(model: nn.Module) -> bool:
-    return getattr(getattr(model, "config", None), "model_type", None) == "llama" and hasattr(model, "lm_head")
+def _is_hf_decoder(model: nn.Module) -> bool:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return model_type in DECODER_MODEL_TYPES and hasattr(model, "lm_head") and hasattr(model, "model")
 
 
-def gpt_stage(model: nn.Module, stage_index: int, num_stages: int) -> GPTStage | LlamaStage:
+def gpt_stage(model: nn.Module, stage_index: int, num_stages: int) -> GPTStage | DecoderStage:
     """This rank's slice of ``model`` for a ``num_stages``-deep pipeline: a GPTStage of an
-    effgen_kernels.gpt.GPT, a LlamaStage of a Hugging Face Llama-architecture causal LM."""
+    effgen_kernels.gpt.GPT, a DecoderStage of a Hugging Face causal LM of DECODER_MODEL_TYPES."""
     if not 0 <= stage_index < num_stages:
         raise ValueError(f"stage_index ({stage_index}) must lie in [0, num_stages ({num_stages}))")
-    if _is_hf_llama(model):
-        stage, blocks = LlamaStage, model.model.layers
+    if _is_hf_decoder(model):
+        stage, blocks = DecoderStage, model.model.layers
     elif isinstance(getattr(model, "layers", None), nn.ModuleList) and hasattr(model, "embed_positions"):
         stage, blocks = GPTStage, model.layers
     else:
-        raise TypeError(f"pipeline stages are cut from an effgen_kernels.gpt.GPT or a Hugging Face Llama-architecture "
-                        f"causal LM (config.model_type 'llama'), not {type(model).__name__}")
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        raise TypeError(f"pipeline stages are cut from an effgen_kernels.gpt.GPT or a Hugging Face causal LM whose "
+                        f"config.model_type is one of {', '.join(DECODER_MODEL_TYPES)}, not {type(model).__name__}"
+                        + (f" (model_type {model_type!r})" if model_type else ""))
     layers = stage_layer_ranges(len(blocks), num_stages)[stage_index]
     return stage(model, layers, stage_index == 0, stage_index == num_stages - 1)
 
 
 def _tied_embedding(model: nn.Module) -> nn.Parameter | None:
     """The weight the LM head shares with the token embeddings (SmolLM2 ties them), or None."""
-    inner = model.model if _is_hf_llama(model) else model
+    inner = model.model if _is_hf_decoder(model) else model
     head, embed = getattr(model, "lm_head", None), getattr(inner, "embed_tokens", None)
     weight = getattr(head, "weight", None)
     return weight if weight is not None and weight is getattr(embed, "weight", None) else None
