@@ -181,6 +181,25 @@ def test_hugging_face_gpt2_gpt_neox_and_phi3_parallelize_exactly_with_their_fuse
         assert result["phi3_logits"] < FP32 and result["phi3_int8_logits"] < FP32 and result["phi3_int8_state"], result
 
 
+def test_every_decoder_family_parallelizes_exactly(tmp_path):
+    pytest.importorskip("transformers")
+    run(workers.decoder_families, 2, tmp_path)
+    for rank in range(2):
+        results = torch.load(tmp_path / f"{rank}.pt")
+        for model_type in workers.DECODER_FAMILY_OPTIONS:
+            result = results[model_type]
+            # q, k, v, o, gate, up, down in each of 3 layers; the mixtures' experts are one
+            # 3-D module (not sharded), Phi-3 fuses q/k/v and gate/up
+            assert result["sharded"] == 3 * (4 if model_type in ("mixtral", "phi3") else 7), (model_type, result)
+            assert result["logits"] < FP32 and result["w8a16_logits"] < FP32 and result["w8a16_state"], (model_type,
+                                                                                                         result)
+        # StableLM's attention views q / k / v by its own head counts: halved on each rank;
+        # OLMo 2 normalizes q and k over all heads, so its ranks run them all (OLMO2_PLAN)
+        assert results["stablelm"]["heads"] == (2, 1) and results["olmo2"]["heads"] == (None, None)
+        assert ("StableLmAttention normalizes q and k with a layer norm per head (qk_layernorm), which "
+                "parallelize does not shard") in results["stablelm_qk_layernorm"]
+
+
 @pytest.mark.parametrize("config", sorted(workers.QUANT_CONFIGS))
 def test_quantized_tensor_parallel_equals_the_single_process_quantized_model(transformer_results, config):
     # W8A8 re-quantizes every layer's input: a partial sum that differs from the single
@@ -289,49 +308,19 @@ def test_gpt_stage_holds_its_blocks_and_checks_its_index():
             gpt_stage(model, index, 2)
 
 
-# Each family's options beyond a tiny Llama's: a sliding window (5) shorter than the test's
-# 12 tokens, so a stage that gave such layers the full causal mask would differ; Qwen2's
-# window on its later layers only (mixed masks); a few experts for the mixtures.
-DECODER_FAMILY_OPTIONS = {
-    "llama": {},
-    "mistral": {"sliding_window": 5},
-    "mixtral": {"sliding_window": 5, "num_local_experts": 4, "num_experts_per_tok": 2},
-    "qwen2": {"use_sliding_window": True, "sliding_window": 5, "max_window_layers": 1},
-    "qwen2_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
-                  "shared_expert_intermediate_size": 32},
-    "qwen3": {"head_dim": 8},
-    "phi3": {"sliding_window": 5, "pad_token_id": 0},
-    "gemma": {"head_dim": 8},
-    "olmo2": {},
-    "stablelm": {},
-}
-SLIDING_FAMILIES = {"mistral", "mixtral", "qwen2", "phi3"}
-
-
-def tiny_decoder(model_type: str, attention: str):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    config = AutoConfig.for_model(model_type, vocab_size=128, hidden_size=32, intermediate_size=64,
-                                  num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-                                  max_position_embeddings=64, **DECODER_FAMILY_OPTIONS[model_type])
-    config._attn_implementation = attention
-    return AutoModelForCausalLM.from_config(config).eval()
-
-
 def test_every_decoder_family_is_tested():
     from effgen_kernels.distributed import DECODER_MODEL_TYPES
 
-    assert set(DECODER_FAMILY_OPTIONS) == set(DECODER_MODEL_TYPES)
+    assert set(workers.DECODER_FAMILY_OPTIONS) == set(DECODER_MODEL_TYPES)
 
 
-@pytest.mark.parametrize("model_type", sorted(DECODER_FAMILY_OPTIONS))
+@pytest.mark.parametrize("model_type", sorted(workers.DECODER_FAMILY_OPTIONS))
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])  # eager attends to all positions without a mask
 def test_decoder_stages_chained_equal_the_hugging_face_model(model_type, attention):
     pytest.importorskip("transformers")
     from effgen_kernels.distributed import DecoderStage, gpt_stage
 
-    model = tiny_decoder(model_type, attention)
+    model = workers.tiny_decoder(model_type, attention)
     stages = [gpt_stage(model, index, 3) for index in range(3)]
     assert all(isinstance(stage, DecoderStage) for stage in stages)
     assert stages[0].embed_tokens is model.model.embed_tokens and stages[2].lm_head is model.lm_head
@@ -340,7 +329,8 @@ def test_decoder_stages_chained_equal_the_hugging_face_model(model_type, attenti
     if model_type == "qwen2":
         assert attention_types == ["full_attention", "sliding_attention", "sliding_attention"]
     else:
-        assert set(attention_types) == {"sliding_attention" if model_type in SLIDING_FAMILIES else "full_attention"}
+        assert set(attention_types) == {"sliding_attention" if model_type in workers.SLIDING_FAMILIES
+                                       else "full_attention"}
     ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(stages[2](stages[1](stages[0](ids))), model(ids).logits, rtol=0, atol=0)

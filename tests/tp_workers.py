@@ -300,6 +300,37 @@ def tiny_llama():
     return LlamaForCausalLM(config).eval()
 
 
+# Each family's options beyond a tiny Llama's: a sliding window (5) shorter than the test's
+# 12 tokens, so a stage that gave such layers the full causal mask would differ; Qwen2's
+# window on its later layers only (mixed masks); a few experts for the mixtures.
+DECODER_FAMILY_OPTIONS = {
+    "llama": {},
+    "mistral": {"sliding_window": 5},
+    "mixtral": {"sliding_window": 5, "num_local_experts": 4, "num_experts_per_tok": 2},
+    "qwen2": {"use_sliding_window": True, "sliding_window": 5, "max_window_layers": 1},
+    "qwen2_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                  "shared_expert_intermediate_size": 32},
+    "qwen3": {"head_dim": 8},
+    "phi3": {"sliding_window": 5, "pad_token_id": 0},
+    "gemma": {"head_dim": 8},
+    "olmo2": {},
+    "stablelm": {},
+}
+SLIDING_FAMILIES = {"mistral", "mixtral", "qwen2", "phi3"}
+
+
+def tiny_decoder(model_type: str, attention: str = "sdpa"):
+    """A 3-layer causal LM of the family ``model_type`` with random weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(model_type, vocab_size=128, hidden_size=32, intermediate_size=64,
+                                  num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                                  max_position_embeddings=64, **DECODER_FAMILY_OPTIONS[model_type])
+    config._attn_implementation = attention
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
 def parallel_against_single_quantized(make, config, plan: dict, ids: torch.Tensor) -> tuple[float, bool]:
     """A model from ``make`` parallelized with ``quant=config`` against one quantized in one
     process on the planned layers: the largest logit difference, and whether its full state
@@ -407,6 +438,32 @@ def tiny_phi3():
                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, bos_token_id=0,
                         eos_token_id=0, pad_token_id=0)
     return Phi3ForCausalLM(config).eval()
+
+
+def decoder_families(rank, world, port, out):
+    """parallelize with its default plan on a tiny model of every family pipeline stages know
+    (Llama's kin): logits, the per-rank head counts, and W8A16 against the single-process
+    quantized model; StableLM's per-head q/k norms refused."""
+    init(rank, world, port)
+    ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))
+    results = {}
+    for model_type in DECODER_FAMILY_OPTIONS:
+        reference, model = tiny_decoder(model_type), tiny_decoder(model_type)
+        sharded = parallelize(model)
+        attention = model.model.layers[0].self_attn
+        with torch.no_grad():
+            logits = max_diff(model(ids).logits, reference(ids).logits)
+        w8a16_logits, w8a16_state = parallel_against_single_quantized(
+            lambda model_type=model_type: tiny_decoder(model_type), ek.Int8WeightOnlyConfig(),
+            ek.distributed.default_plan(model), ids)
+        results[model_type] = {"sharded": len(sharded), "logits": logits, "w8a16_logits": w8a16_logits,
+                               "w8a16_state": w8a16_state,
+                               "heads": (getattr(attention, "num_heads", None),
+                                         getattr(attention, "num_key_value_heads", None))}
+    DECODER_FAMILY_OPTIONS["stablelm"]["qk_layernorm"] = True
+    results["stablelm_qk_layernorm"] = error_of(lambda: parallelize(tiny_decoder("stablelm")))
+    torch.save(results, os.path.join(out, f"{rank}.pt"))
+    finish_worker()
 
 
 def gpt2(rank, world, port, out):

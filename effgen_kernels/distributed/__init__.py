@@ -5,6 +5,7 @@ from .compression import CompressionState, compressed_allreduce, compressed_allr
 from .parallelize import (
     GPT2_PLAN,
     GPT_NEOX_PLAN,
+    OLMO2_PLAN,
     PHI3_PLAN,
     TRANSFORMER_PLAN,
     default_plan,
@@ -39,7 +40,7 @@ from .tensor_parallel import (
 )
 
 __all__ = ["ColumnParallelLinear", "CompressionState", "DECODER_MODEL_TYPES", "DecoderStage", "GPT2_PLAN", "GPTStage",
-           "GPT_NEOX_PLAN", "PHI3_PLAN", "RowParallelLinear", "TRANSFORMER_PLAN", "compressed_allreduce",
+           "GPT_NEOX_PLAN", "OLMO2_PLAN", "PHI3_PLAN", "RowParallelLinear", "TRANSFORMER_PLAN", "compressed_allreduce",
            "compressed_allreduce_hook", "copy_to_tensor_parallel_region", "default_plan", "distillation_loss_fn",
            "full_state_dict", "gather_from_tensor_parallel_region", "gpt_stage", "init_hybrid", "load_full_state_dict",
            "next_token_loss_fn", "parallelize", "pipeline_schedule", "pipeline_stage",

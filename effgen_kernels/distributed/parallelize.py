@@ -29,14 +29,18 @@ GPT_NEOX_PLAN = {"query_key_value": "column", "dense": "row", "dense_h_to_4h": "
 # MLP's fused gate_up_proj is cut in two parts, each rank's half of gate and of up.
 PHI3_PLAN = {"qkv_proj": "column_gather", "o_proj": "row_split_input", "gate_up_proj": ("column", 2),
              "down_proj": "row"}
-_PLANS_BY_MODEL_TYPE = {"gpt2": GPT2_PLAN, "gpt_neox": GPT_NEOX_PLAN, "phi3": PHI3_PLAN}
+# OLMo 2: q_norm and k_norm are RMSNorms over all heads of q and of k together, which a rank
+# holding some heads cannot compute alone, so q / k / v are gathered whole as in PHI3_PLAN.
+OLMO2_PLAN = {"q_proj": "column_gather", "k_proj": "column_gather", "v_proj": "column_gather",
+              "o_proj": "row_split_input", "gate_proj": "column", "up_proj": "column", "down_proj": "row"}
+_PLANS_BY_MODEL_TYPE = {"gpt2": GPT2_PLAN, "gpt_neox": GPT_NEOX_PLAN, "phi3": PHI3_PLAN, "olmo2": OLMO2_PLAN}
 _STYLES = ("column", "row", "column_gather", "row_split_input")
 
 
 def default_plan(model: nn.Module) -> dict:
     """The plan for a Hugging Face model's architecture (GPT2_PLAN, GPT_NEOX_PLAN,
-    PHI3_PLAN), by its config's model_type; TRANSFORMER_PLAN (Llama's and most others'
-    names) otherwise."""
+    PHI3_PLAN, OLMO2_PLAN), by its config's model_type; TRANSFORMER_PLAN (Llama's and most
+    others' names) otherwise."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     return _PLANS_BY_MODEL_TYPE.get(model_type, TRANSFORMER_PLAN)
 
@@ -123,8 +127,8 @@ def _parallel_layer(module: nn.Module, names: list[str], style, group, quant, co
 
 
 def _local_head_counts(model: nn.Module, world: int) -> None:
-    """Attention modules that keep their head count (the example GPT's) or the width of
-    each fused q/k/v part (GPT-2's split_size) now hold a 1/world share of the heads."""
+    """Attention modules that keep their head counts (the example GPT's, StableLM's) or the
+    width of each fused q/k/v part (GPT-2's split_size) now hold a 1/world share of the heads."""
     for module in model.modules():
         fused = getattr(module, "c_attn", None)
         if hasattr(module, "split_size") and isinstance(fused, ColumnParallelLinear):
@@ -132,12 +136,23 @@ def _local_head_counts(model: nn.Module, world: int) -> None:
                 raise ValueError(f"{type(module).__name__} splits c_attn's output into parts of {module.split_size}, "
                                  f"the plan into {fused.output_sizes}")
             module.split_size //= world
-        elif not isinstance(getattr(module, "q_proj", None), ColumnParallelLinear):
+        elif not _splits_heads(getattr(module, "q_proj", None)):
             continue
-        if hasattr(module, "num_heads"):
-            if module.num_heads % world:
-                raise ValueError(f"num_heads ({module.num_heads}) is not divisible by the tensor-parallel size {world}")
-            module.num_heads //= world
+        if getattr(module, "qk_layernorm", False):
+            raise ValueError(f"{type(module).__name__} normalizes q and k with a layer norm per head (qk_layernorm), "
+                             f"which parallelize does not shard: plan its q/k/v projections 'column_gather' and "
+                             f"o_proj 'row_split_input'")
+        for field in ("num_heads", "num_key_value_heads"):
+            heads = getattr(module, field, None)
+            if isinstance(heads, int):
+                if heads % world:
+                    raise ValueError(f"{field} ({heads}) is not divisible by the tensor-parallel size {world}")
+                setattr(module, field, heads // world)
+
+
+def _splits_heads(layer) -> bool:
+    """Whether a q projection now gives this rank only its share of the heads."""
+    return isinstance(layer, ColumnParallelLinear) and not layer.gather_output
 
 
 def init_hybrid(dp: int, tp: int, device_type: str = "cpu") -> DeviceMesh:
