@@ -319,14 +319,14 @@ DECODER_FAMILY_OPTIONS = {
 SLIDING_FAMILIES = {"mistral", "mixtral", "qwen2", "phi3"}
 
 
-def tiny_decoder(model_type: str, attention: str = "sdpa"):
-    """A 3-layer causal LM of the family ``model_type`` with random weights."""
+def tiny_decoder(model_type: str, attention: str = "sdpa", **changes):
+    """A 3-layer causal LM of the family ``model_type`` with random weights (config ``changes``)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
     config = AutoConfig.for_model(model_type, vocab_size=128, hidden_size=32, intermediate_size=64,
                                   num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-                                  max_position_embeddings=64, **DECODER_FAMILY_OPTIONS[model_type])
+                                  max_position_embeddings=64, **{**DECODER_FAMILY_OPTIONS[model_type], **changes})
     config._attn_implementation = attention
     return AutoModelForCausalLM.from_config(config).eval()
 
@@ -460,8 +460,7 @@ def decoder_families(rank, world, port, out):
                                "w8a16_state": w8a16_state,
                                "heads": (getattr(attention, "num_heads", None),
                                          getattr(attention, "num_key_value_heads", None))}
-    DECODER_FAMILY_OPTIONS["stablelm"]["qk_layernorm"] = True
-    results["stablelm_qk_layernorm"] = error_of(lambda: parallelize(tiny_decoder("stablelm")))
+    results["stablelm_qk_layernorm"] = error_of(lambda: parallelize(tiny_decoder("stablelm", qk_layernorm=True)))
     torch.save(results, os.path.join(out, f"{rank}.pt"))
     finish_worker()
 
