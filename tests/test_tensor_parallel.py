@@ -333,7 +333,15 @@ def test_decoder_stages_chained_equal_the_hugging_face_model(model_type, attenti
                                        else "full_attention"}
     ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        torch.testing.assert_close(stages[2](stages[1](stages[0](ids))), model(ids).logits, rtol=0, atol=0)
+        expected = model(ids).logits
+        torch.testing.assert_close(stages[2](stages[1](stages[0](ids))), expected, rtol=0, atol=0)
+        # with a KV cache, in chunks of 7 and 5 tokens: the second chunk's masks are sized
+        # against each stage's own cached layers (the others stay empty)
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=model.config)
+        chunks = [stages[2](stages[1](stages[0](chunk, cache), cache), cache) for chunk in ids.split([7, 5], dim=1)]
+        torch.testing.assert_close(torch.cat(chunks, dim=1), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_a_model_of_another_family_gets_no_stage():
@@ -348,6 +356,35 @@ def test_a_model_of_another_family_gets_no_stage():
     model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2))
     with pytest.raises(TypeError, match=r"not GPT2LMHeadModel \(model_type 'gpt2'\)"):
         gpt_stage(model, 0, 2)
+
+
+def test_pipeline_generation_equals_generate_in_one_process(tmp_path):
+    pytest.importorskip("transformers")
+    run(workers.pipeline_generation, 3, tmp_path)
+    for rank in range(3):
+        results = torch.load(tmp_path / f"{rank}.pt")
+        for name in workers.GENERATION_MODELS:
+            result = results[name]
+            assert result["tokens"].shape == (2, 14) and torch.equal(result["tokens"], result["expected"]), name
+            assert torch.equal(result["eos_tokens"], result["expected_eos"]), name
+        # stages in reverse order: every rank raises, the middle one (right by itself) too
+        assert ("pipeline_generate: rank 0 is stage 0 of 3 in the group, but holds a last stage"
+                in results["wrong_stage"]), results["wrong_stage"]
+    outside = torch.load(tmp_path / "2.pt")["outside"]  # rank 2 called it with the group of ranks 0 and 1
+    assert "pipeline_generate: rank 2 is not in the group [0, 1]" in outside, outside
+
+
+def test_pipeline_generation_checks_its_arguments():
+    from effgen_kernels.distributed import gpt_stage, pipeline_generate
+
+    with pytest.raises(TypeError, match="pipeline_generate runs DecoderStages"):
+        pipeline_generate(gpt_stage(workers.small_gpt(), 0, 1), torch.zeros(1, 3, dtype=torch.long), 2)
+    pytest.importorskip("transformers")
+    stage = gpt_stage(workers.tiny_decoder("llama"), 0, 1)
+    with pytest.raises(ValueError, match=r"input_ids must be token ids \[batch, length >= 1\], got shape \(3,\)"):
+        pipeline_generate(stage, torch.zeros(3, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 0, got -1"):
+        pipeline_generate(stage, torch.zeros(1, 3, dtype=torch.long), -1)
 
 
 def test_the_pipeline_distillation_loss_runs_a_frozen_teacher_in_eval_mode():

@@ -331,6 +331,50 @@ def tiny_decoder(model_type: str, attention: str = "sdpa", **changes):
     return AutoModelForCausalLM.from_config(config).eval()
 
 
+GENERATION_MODELS = ("llama_tied", "qwen2", "qwen2_eager", "mixtral", "gemma", "llama_w8a16")
+
+
+def generation_model(name: str) -> nn.Module:
+    """A tiny model for pipeline_generate: "llama_tied" ties its head to the embeddings,
+    Qwen2 has sliding-window layers (5 tokens of the 14), "_eager" attends through explicit
+    masks, "llama_w8a16" is quantized. Initialized 25x wider than transformers' default
+    (std 0.5), so that the next token depends on the earlier ones and their positions: at
+    0.02 a tiny model's greedy choice follows the last token alone."""
+    model_type, _, variant = name.partition("_")
+    changes = {"initializer_range": 0.5, "tie_word_embeddings": variant == "tied"}
+    model = tiny_decoder(model_type, "eager" if variant == "eager" else "sdpa", **changes)
+    if variant == "w8a16":
+        ek.quantize_(model, ek.Int8WeightOnlyConfig(), filter_fn=lambda module, name: name != "lm_head")
+    model.generation_config.eos_token_id = None  # Mixtral's default (2) would end sequences early
+    return model
+
+
+def pipeline_generation(rank, world, port, out):
+    """Greedy decoding through ``world`` DecoderStages against model.generate in one
+    process: plain, and stopping at an eos token the reference emits mid-way."""
+    from effgen_kernels.distributed import gpt_stage, pipeline_generate
+
+    init(rank, world, port)
+    prompt = torch.randint(0, 128, (2, 6), generator=torch.Generator().manual_seed(2))
+    results = {}
+    for name in GENERATION_MODELS:
+        model = generation_model(name)
+        stage = gpt_stage(model, rank, world)
+        expected = model.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0)
+        eos = int(expected[0, 8])  # the third new token of the first sequence
+        expected_eos = model.generate(prompt, max_new_tokens=8, do_sample=False, eos_token_id=eos, pad_token_id=eos)
+        results[name] = {"tokens": pipeline_generate(stage, prompt, 8), "expected": expected,
+                         "eos_tokens": pipeline_generate(stage, prompt, 8, eos_token_id=eos),
+                         "expected_eos": expected_eos}
+    results["wrong_stage"] = error_of(lambda: pipeline_generate(gpt_stage(generation_model("qwen2"), world - 1 - rank,
+                                                                          world), prompt, 2))
+    pair = dist.new_group([0, 1])  # every rank takes part in making it
+    if rank == 2:
+        results["outside"] = error_of(lambda: pipeline_generate(stage, prompt, 2, group=pair))
+    torch.save(results, os.path.join(out, f"{rank}.pt"))
+    finish_worker()
+
+
 def parallel_against_single_quantized(make, config, plan: dict, ids: torch.Tensor) -> tuple[float, bool]:
     """A model from ``make`` parallelized with ``quant=config`` against one quantized in one
     process on the planned layers: the largest logit difference, and whether its full state

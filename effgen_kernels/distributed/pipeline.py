@@ -4,7 +4,8 @@ pipeline stages, trained with micro-batches by PyTorch's own ``torch.distributed
 schedules (GPipe, 1F1B).
 
 A stage is a contiguous slice of the model: the first also embeds the tokens, the last
-also applies the final norm and the LM head. Stages run whatever modules the model holds,
+also applies the final norm and the LM head. ``pipeline_generate`` decodes through the
+stages of a Hugging Face model (greedy, a KV cache on each stage). Stages run whatever modules the model holds,
 so quantized (``quantize_``) and trainable quantized (``prepare``) layers work inside them,
 and a distillation loss can be the schedule's ``loss_fn`` (see ``distillation_loss_fn``).
 """
@@ -79,9 +80,10 @@ class DecoderStage(nn.Module):
     DECODER_MODEL_TYPES (Llama and its kin: model.model holds embed_tokens, layers, norm and
     rotary_emb; model.lm_head), plus the embeddings on the first stage and the norm and LM
     head on the last. Every stage makes the rotary position embeddings and the causal masks
-    (full, or sliding-window per layer) of its micro-batch as the model's forward does
-    (transformers 5), for whole sequences from position 0 with no padding mask: training and
-    scoring, not generation. Shares the model's modules, as GPTStage does."""
+    (full, or sliding-window per layer) of its input as the model's forward does
+    (transformers 5), for sequences with no padding: whole ones from position 0 (training and
+    scoring under a schedule), or, with a KV ``cache`` (pipeline_generate), the tokens after
+    those it holds. Shares the model's modules, as GPTStage does."""
 
     def __init__(self, model: nn.Module, layers: range, first: bool, last: bool) -> None:
         super().__init__()
@@ -91,26 +93,36 @@ class DecoderStage(nn.Module):
             self.embed_tokens = inner.embed_tokens
         self.rotary_emb = inner.rotary_emb
         self.layers = nn.ModuleList(inner.layers[i] for i in layers)
+        self.layer_indices = list(layers)
         self.attention_types = [_attention_type(self.config, i) for i in layers]
         if last:
             self.norm, self.lm_head = inner.norm, model.lm_head
 
-    def _masks(self, x: torch.Tensor, positions: torch.Tensor) -> dict:
+    def _masks(self, x: torch.Tensor, positions: torch.Tensor, cache) -> dict:
         from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
         make = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
-        return {kind: make[kind](config=self.config, inputs_embeds=x, attention_mask=None, cache=None,
-                                 position_ids=positions)
-                for kind in set(self.attention_types)}
+        # each kind sized against this stage's first layer of it: a cache's other layers
+        # belong to other stages and stay empty here
+        first_of = {kind: index for index, kind in reversed(list(zip(self.layer_indices, self.attention_types,
+                                                                     strict=True)))}
+        return {kind: make[kind](config=self.config, inputs_embeds=x, attention_mask=None, cache=cache,
+                                 position_ids=positions, layer_idx=index)
+                for kind, index in first_of.items()}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
+        """Token ids (first stage) or hidden states [B, T, ...] in; hidden states or, on the
+        last stage, logits out. With ``cache`` (a transformers Cache for the whole model) the
+        input follows the tokens the cache holds for this stage's layers, which it adds."""
         if self.first:
             x = self.embed_tokens(x)
-        positions = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
-        masks = self._masks(x, positions)
+        start = 0 if cache is None else cache.get_seq_length(self.layer_indices[0])
+        positions = torch.arange(start, start + x.shape[1], device=x.device).unsqueeze(0)
+        masks = self._masks(x, positions, cache)
         position_embeddings = self.rotary_emb(x, position_ids=positions)
         for layer, kind in zip(self.layers, self.attention_types, strict=True):
-            x = layer(x, attention_mask=masks[kind], position_ids=positions, position_embeddings=position_embeddings)
+            x = layer(x, attention_mask=masks[kind], position_ids=positions, position_embeddings=position_embeddings,
+                      cache=cache, use_cache=cache is not None)
         return self.lm_head(self.norm(x)) if self.last else x
 
 
@@ -135,6 +147,71 @@ def gpt_stage(model: nn.Module, stage_index: int, num_stages: int) -> GPTStage |
                         + (f" (model_type {model_type!r})" if model_type else ""))
     layers = stage_layer_ranges(len(blocks), num_stages)[stage_index]
     return stage(model, layers, stage_index == 0, stage_index == num_stages - 1)
+
+
+def _check_stage_order(stage: DecoderStage, ranks: list[int], index: int, group, device) -> None:
+    """Every rank of the group learns every rank's stage kind and raises the same error
+    where they are not first, middle ..., last in rank order (one rank alone raising
+    would leave the others waiting on it for ever)."""
+    kinds = ("middle", "first", "last", "whole model")
+    mine = torch.tensor([int(stage.first) + 2 * int(stage.last)], device=device)
+    every = [torch.empty_like(mine) for _ in ranks]
+    dist.all_gather(every, mine, group=group)
+    expected = [int(i == 0) + 2 * int(i == len(ranks) - 1) for i in range(len(ranks))]
+    for i, (kind, want) in enumerate(zip((int(t) for t in every), expected, strict=True)):
+        if kind != want:
+            raise ValueError(f"pipeline_generate: rank {ranks[i]} is stage {i} of {len(ranks)} in the group, but "
+                             f"holds a {kinds[kind]} stage (rank i of the group must hold stage i)")
+
+
+@torch.no_grad()
+def pipeline_generate(stage: DecoderStage, input_ids: torch.Tensor, max_new_tokens: int, group=None,
+                      eos_token_id: int | None = None) -> torch.Tensor:
+    """Greedy decoding through a pipeline whose rank i of ``group`` (default: the world)
+    holds stage i, a DecoderStage (``gpt_stage(model, i, size)``): each stage keeps the KV
+    cache of its own layers, passes its hidden states on, and the last picks each next token
+    and hands it to every rank. Every rank calls it with the same prompt ``input_ids``
+    [B, T] (no padding) and gets back [B, T + new], as ``model.generate(input_ids,
+    do_sample=False)`` gives; after ``eos_token_id`` a sequence keeps emitting it, and the
+    loop ends early once all have."""
+    if not isinstance(stage, DecoderStage):
+        raise TypeError(f"pipeline_generate runs DecoderStages (Hugging Face models keep a KV cache), "
+                        f"not {type(stage).__name__}")
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be token ids [batch, length >= 1], got shape {tuple(input_ids.shape)}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    from transformers import DynamicCache
+
+    ranks = dist.get_process_group_ranks(group) if group is not None else list(range(dist.get_world_size()))
+    if dist.get_rank() not in ranks:
+        raise ValueError(f"pipeline_generate: rank {dist.get_rank()} is not in the group {ranks}")
+    index, device = ranks.index(dist.get_rank()), input_ids.device
+    _check_stage_order(stage, ranks, index, group, device)
+    hidden_dtype = next(p.dtype for p in stage.parameters() if p.is_floating_point())
+    cache, tokens, step_input, finished = DynamicCache(config=stage.config), input_ids, input_ids, None
+    for _ in range(max_new_tokens):
+        if stage.first:
+            x = step_input
+        else:
+            x = torch.empty(*step_input.shape, stage.config.hidden_size, dtype=hidden_dtype, device=device)
+            dist.recv(x, ranks[index - 1], group=group)
+        x = stage(x, cache)
+        next_token = torch.empty(input_ids.shape[0], dtype=input_ids.dtype, device=device)
+        if stage.last:
+            next_token.copy_(x[:, -1].argmax(dim=-1))
+        else:
+            dist.send(x.contiguous(), ranks[index + 1], group=group)
+        dist.broadcast(next_token, ranks[-1], group=group)
+        if eos_token_id is not None:
+            if finished is not None:  # a finished sequence goes on with eos, as generate pads it
+                next_token = next_token.masked_fill(finished, eos_token_id)
+            finished = next_token == eos_token_id
+        tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+        if finished is not None and bool(finished.all()):
+            break
+        step_input = next_token[:, None]
+    return tokens
 
 
 def _tied_embedding(model: nn.Module) -> nn.Parameter | None:
