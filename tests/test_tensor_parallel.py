@@ -374,6 +374,31 @@ def test_pipeline_generation_equals_generate_in_one_process(tmp_path):
     assert "pipeline_generate: rank 2 is not in the group [0, 1]" in outside, outside
 
 
+def test_pipeline_stages_can_be_tensor_parallel_on_a_2d_mesh(tmp_path):
+    pytest.importorskip("transformers")
+    run(workers.pipeline_of_tensor_parallel_stages, 4, tmp_path)
+    model = workers.generation_model("qwen2")
+    prompt = torch.randint(0, 128, (2, 6), generator=torch.Generator().manual_seed(2))
+    expected_tokens = model.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    model = workers.pipeline_model("hf_qwen2")
+    opt = torch.optim.SGD(model.parameters(), lr=workers.pipeline_lr("hf_qwen2"))
+    expected_losses = []
+    for step in range(3):
+        window = workers.text_batch(step)
+        loss = torch.nn.functional.cross_entropy(model(window[:, :-1]).logits.reshape(-1, 256),
+                                                 window[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        expected_losses.append(loss.item())
+    for rank in range(4):
+        result = torch.load(tmp_path / f"{rank}.pt")
+        assert torch.equal(result["tokens"], expected_tokens), rank
+        if rank >= 2:  # the last stage's pair of ranks
+            torch.testing.assert_close(torch.tensor(result["losses"]), torch.tensor(expected_losses), rtol=1e-5,
+                                       atol=1e-5)
+
+
 def test_pipeline_generation_checks_its_arguments():
     from effgen_kernels.distributed import gpt_stage, pipeline_generate
 

@@ -375,6 +375,42 @@ def pipeline_generation(rank, world, port, out):
     finish_worker()
 
 
+def pipeline_of_tensor_parallel_stages(rank, world, port, out):
+    """A ("pp", "tp") mesh of 2 x 2: each pipeline stage tensor-parallel over its pair of
+    ranks. Greedy generation, and three GPipe steps' losses (the later ones after updates)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from effgen_kernels.distributed import gpt_stage, pipeline_generate, pipeline_schedule, pipeline_stage
+    from effgen_kernels.distributed.pipeline import next_token_loss_fn
+
+    init(rank, world, port)
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("pp", "tp"))
+    stage_index, pipeline_group = mesh.get_local_rank("pp"), mesh.get_group("pp")
+    model = generation_model("qwen2")
+    parallelize(model, mesh)
+    prompt = torch.randint(0, 128, (2, 6), generator=torch.Generator().manual_seed(2))
+    results = {"tokens": pipeline_generate(gpt_stage(model, stage_index, 2), prompt, 8, group=pipeline_group)}
+    model = pipeline_model("hf_qwen2")
+    parallelize(model, mesh)
+    stage = pipeline_stage(model, stage_index, 2, group=pipeline_group)
+    schedule = pipeline_schedule(stage, MICROBATCHES, next_token_loss_fn)
+    opt = torch.optim.SGD(stage.submod.parameters(), lr=pipeline_lr("hf_qwen2"))
+    results["losses"] = []
+    for step in range(3):
+        window = text_batch(step)
+        opt.zero_grad()
+        if stage_index == 0:
+            schedule.step(window[:, :-1].contiguous())
+        else:
+            losses = []
+            schedule.step(target=window, losses=losses)
+            results["losses"].append(torch.stack(losses).mean().item())
+        opt.step()
+    torch.save(results, os.path.join(out, f"{rank}.pt"))
+    del schedule, stage
+    finish_worker()
+
+
 def parallel_against_single_quantized(make, config, plan: dict, ids: torch.Tensor) -> tuple[float, bool]:
     """A model from ``make`` parallelized with ``quant=config`` against one quantized in one
     process on the planned layers: the largest logit difference, and whether its full state
