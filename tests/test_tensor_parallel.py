@@ -79,9 +79,9 @@ def test_a_quantized_row_layer_equals_the_single_process_layer(layer_results, co
     ("bad_row_input", "Int8Linear: x must have in_features = 8 values in its last dimension, got shape (3, 7)"),
     ("bad_heads", "heads (1) is not divisible by the tensor-parallel size 2: attention heads are split"),
     ("bad_local_heads", "num_heads (1) is not divisible by the tensor-parallel size 2"),
-    ("bad_style", "plan styles must be one of ['column', 'row', 'column_gather', 'row_split_input'] or ('column', "
-                  "parts) for a fused layer of that many equal parts, got ['diagonal']"),
-    ("bad_fused_style", "plan styles must be one of ['column', 'row', 'column_gather', 'row_split_input'] or"),
+    ("bad_style", "plan styles must be one of ['column', 'row', 'column_gather', 'row_split_input', 'qkv'] or "
+                  "('column', parts) for a fused layer of that many equal parts, got ['diagonal']"),
+    ("bad_fused_style", "plan styles must be one of ['column', 'row', 'column_gather', 'row_split_input', 'qkv'] or"),
     ("bad_parts", "the layer at ['qkv'] has 16 outputs, not 3 equal parts"),
     ("bad_output_sum", "output_sizes [8, 4] must add up to out_features (16)"),
     ("bad_output_part", "every part of output_sizes [10, 3, 3] must be divisible by the tensor-parallel size 2"),
@@ -179,6 +179,10 @@ def test_hugging_face_gpt2_gpt_neox_and_phi3_parallelize_exactly_with_their_fuse
         assert len(result["neox_sharded"]) == 2 * 4 and result["neox_logits"] < FP32, result["neox_logits"]
         assert len(result["phi3_sharded"]) == 2 * 4, result["phi3_sharded"]  # qkv, o, gate_up, down per layer
         assert result["phi3_logits"] < FP32 and result["phi3_int8_logits"] < FP32 and result["phi3_int8_state"], result
+        # each rank runs 2 of the 4 query heads and 1 of the 2 KV heads: q 16 + k 8 + v 8 wide
+        assert result["phi3_heads"] == (2, 1, 1, 4, 32) and result["phi3_generated_equal"], result["phi3_heads"]
+        assert ("the layer at ['model.layers.0.mlp.gate_up_proj'] has 128 outputs, not the q, k, v widths "
+                "(32, 16, 16) of the config's head counts") in result["bad_qkv"], result["bad_qkv"]
 
 
 def test_every_decoder_family_parallelizes_exactly(tmp_path):

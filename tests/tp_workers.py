@@ -576,8 +576,16 @@ def gpt2(rank, world, port, out):
     phi3_reference, phi3 = tiny_phi3(), tiny_phi3()
     results["phi3_sharded"] = parallelize(phi3)
     results["phi3_logits"] = max_diff(phi3(ids).logits, phi3_reference(ids).logits)
+    attention = phi3.model.layers[0].self_attn
+    results["phi3_heads"] = (attention.config.num_attention_heads, attention.config.num_key_value_heads,
+                             attention.num_key_value_heads, phi3.config.num_attention_heads,
+                             attention.qkv_proj.local.out_features)
+    prompt = ids[:1, :4]
+    results["phi3_generated_equal"] = torch.equal(
+        *[m.generate(prompt, max_new_tokens=8, do_sample=False) for m in (phi3, phi3_reference)])
     results["phi3_int8_logits"], results["phi3_int8_state"] = parallel_against_single_quantized(
         tiny_phi3, ek.Int8WeightOnlyConfig(), ek.distributed.PHI3_PLAN, ids)
+    results["bad_qkv"] = error_of(lambda: parallelize(tiny_phi3(), plan={"gate_up_proj": "qkv"}))
     torch.save(results, os.path.join(out, f"{rank}.pt"))
     finish_worker()
 

@@ -3,6 +3,8 @@ tensor mesh for hybrid training, and leaving torch.distributed cleanly."""
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -23,18 +25,18 @@ GPT2_PLAN = {"c_attn": ("column", 3), "c_fc": "column", "c_proj": "row"}
 # GPT-NeoX (Pythia): query_key_value's outputs are grouped by head ([heads, 3, head_dim]),
 # so a plain column cut gives each rank whole heads of q, k and v.
 GPT_NEOX_PLAN = {"query_key_value": "column", "dense": "row", "dense_h_to_4h": "column", "dense_4h_to_h": "row"}
-# Phi-3: its attention finds the q/k/v split of qkv_proj in the model's config, which a
-# shard cannot change for itself, so (as transformers' own plan does) qkv_proj's output is
-# gathered whole and every rank runs all heads, o_proj then taking its slice of them; the
-# MLP's fused gate_up_proj is cut in two parts, each rank's half of gate and of up.
-PHI3_PLAN = {"qkv_proj": "column_gather", "o_proj": "row_split_input", "gate_up_proj": ("column", 2),
-             "down_proj": "row"}
+# Phi-3: qkv_proj is one GEMM for q, k and v of unequal widths (grouped KV heads), cut part
+# by part ("qkv": each rank its heads of q, of k and of v); its attention finds that split in
+# the model's config, so the attention gets a copy of the config with the rank's head
+# counts. The MLP's fused gate_up_proj is cut in two parts, each rank's half of gate and up.
+PHI3_PLAN = {"qkv_proj": "qkv", "o_proj": "row", "gate_up_proj": ("column", 2), "down_proj": "row"}
 # OLMo 2: q_norm and k_norm are RMSNorms over all heads of q and of k together, which a rank
-# holding some heads cannot compute alone, so q / k / v are gathered whole as in PHI3_PLAN.
+# holding some heads cannot compute alone, so (as transformers' own plan does) q / k / v are
+# gathered whole and every rank runs all heads, o_proj then taking its slice of them.
 OLMO2_PLAN = {"q_proj": "column_gather", "k_proj": "column_gather", "v_proj": "column_gather",
               "o_proj": "row_split_input", "gate_proj": "column", "up_proj": "column", "down_proj": "row"}
 _PLANS_BY_MODEL_TYPE = {"gpt2": GPT2_PLAN, "gpt_neox": GPT_NEOX_PLAN, "phi3": PHI3_PLAN, "olmo2": OLMO2_PLAN}
-_STYLES = ("column", "row", "column_gather", "row_split_input")
+_STYLES = ("column", "row", "column_gather", "row_split_input", "qkv")
 
 
 def default_plan(model: nn.Module) -> dict:
@@ -83,9 +85,11 @@ def parallelize(model: nn.Module, mesh_or_group=None, plan: dict | None = None, 
     """Shard ``model`` in place for tensor parallelism over the mesh's "tp" group.
 
     ``plan`` maps the last component of a layer's name to "column", "row" or ("column", n)
-    for a fused layer of n equal parts (default: ``default_plan(model)``); "column_gather"
-    (the output gathered whole on every rank) and "row_split_input" (a whole input, split
-    here) shard the weights of a block whose heads cannot be split. Layers are
+    for a fused layer of n equal parts (default: ``default_plan(model)``); "qkv" for a fused
+    q/k/v projection of the model config's head counts (num_attention_heads and, twice,
+    num_key_value_heads); "column_gather" (the output gathered whole on every rank) and
+    "row_split_input" (a whole input, split here) shard the weights of a block whose heads
+    cannot be split. Layers are
     nn.Linear, Hugging Face's Conv1D or effgen quantized layers. Attention heads are split
     with their q/k/v rows, so the head counts must divide by the tp size. ``quant`` (an
     Int8Config, Int8WeightOnlyConfig, BinaryConfig or TernaryConfig) quantizes each planned
@@ -105,7 +109,8 @@ def parallelize(model: nn.Module, mesh_or_group=None, plan: dict | None = None, 
         if len(styles) > 1:  # one module cannot be cut two ways, nor left whole at some places
             raise ValueError(f"the layer at {names} is one module, which the plan gives several styles: "
                              f"{sorted(map(str, styles))}")
-        replacement = _parallel_layer(module, names, styles.pop(), group, quant, compress_block_size)
+        replacement = _parallel_layer(module, names, styles.pop(), group, quant, compress_block_size,
+                                      getattr(model, "config", None))
         swap_module(model, names, replacement)
         sharded += names
     _local_head_counts(model, world)
@@ -114,21 +119,43 @@ def parallelize(model: nn.Module, mesh_or_group=None, plan: dict | None = None, 
     return sharded
 
 
-def _parallel_layer(module: nn.Module, names: list[str], style, group, quant, compress_block_size) -> nn.Module:
+def _parallel_layer(module: nn.Module, names: list[str], style, group, quant, compress_block_size,
+                    config) -> nn.Module:
     if style in ("row", "row_split_input"):
         return RowParallelLinear.from_linear(module, group, input_is_parallel=style == "row", quant=quant,
                                              compress_block_size=compress_block_size)
     if style in ("column", "column_gather"):
         return ColumnParallelLinear.from_linear(module, group, gather_output=style == "column_gather", quant=quant)
-    parts, out_features = style[1], (as_linear(module) or module).out_features
-    if out_features % parts:
-        raise ValueError(f"the layer at {names} has {out_features} outputs, not {parts} equal parts")
-    return ColumnParallelLinear.from_linear(module, group, quant=quant, output_sizes=(out_features // parts,) * parts)
+    out_features = (as_linear(module) or module).out_features
+    if style == "qkv":
+        parts = _qkv_sizes(config)
+        if sum(parts) != out_features:
+            raise ValueError(f"the layer at {names} has {out_features} outputs, not the q, k, v widths {parts} of "
+                             f"the config's head counts")
+    elif out_features % style[1]:
+        raise ValueError(f"the layer at {names} has {out_features} outputs, not {style[1]} equal parts")
+    else:
+        parts = (out_features // style[1],) * style[1]
+    return ColumnParallelLinear.from_linear(module, group, quant=quant, output_sizes=parts)
+
+
+def _head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def _qkv_sizes(config) -> tuple[int, int, int]:
+    """The widths of q, k and v in a fused projection, by the model config's head counts."""
+    if config is None or not hasattr(config, "num_attention_heads"):
+        raise ValueError("the 'qkv' style takes the q/k/v widths from model.config's num_attention_heads and "
+                         "num_key_value_heads; this model has no such config")
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return (config.num_attention_heads * _head_dim(config),) + (kv_heads * _head_dim(config),) * 2
 
 
 def _local_head_counts(model: nn.Module, world: int) -> None:
-    """Attention modules that keep their head counts (the example GPT's, StableLM's) or the
-    width of each fused q/k/v part (GPT-2's split_size) now hold a 1/world share of the heads."""
+    """Attention modules that keep their head counts (the example GPT's, StableLM's), read
+    them from their config (Phi-3's: it gets a copy of its own) or keep the width of each
+    fused q/k/v part (GPT-2's split_size) now hold a 1/world share of the heads."""
     for module in model.modules():
         fused = getattr(module, "c_attn", None)
         if hasattr(module, "split_size") and isinstance(fused, ColumnParallelLinear):
@@ -136,6 +163,8 @@ def _local_head_counts(model: nn.Module, world: int) -> None:
                 raise ValueError(f"{type(module).__name__} splits c_attn's output into parts of {module.split_size}, "
                                  f"the plan into {fused.output_sizes}")
             module.split_size //= world
+        elif _splits_heads(getattr(module, "qkv_proj", None)) and hasattr(module, "config"):
+            module.config = _local_config(module.config, world)
         elif not _splits_heads(getattr(module, "q_proj", None)):
             continue
         if getattr(module, "qk_layernorm", False):
@@ -148,6 +177,17 @@ def _local_head_counts(model: nn.Module, world: int) -> None:
                 if heads % world:
                     raise ValueError(f"{field} ({heads}) is not divisible by the tensor-parallel size {world}")
                 setattr(module, field, heads // world)
+
+
+def _local_config(config, world: int):
+    """A shallow copy of an attention's config with a 1/world share of its heads (the model
+    keeps the whole counts; head_dim stays as it was). Being a copy, it does not follow
+    later changes to the model's config, such as another attention implementation."""
+    local = copy.copy(config)
+    local.head_dim = _head_dim(config)
+    local.num_attention_heads = config.num_attention_heads // world
+    local.num_key_value_heads = (getattr(config, "num_key_value_heads", None) or config.num_attention_heads) // world
+    return local
 
 
 def _splits_heads(layer) -> bool:
