@@ -371,6 +371,10 @@ def test_pipeline_generation_equals_generate_in_one_process(tmp_path):
             result = results[name]
             assert result["tokens"].shape == (2, 14) and torch.equal(result["tokens"], result["expected"]), name
             assert torch.equal(result["eos_tokens"], result["expected_eos"]), name
+            for options in workers.SAMPLING:
+                sampled, expected = result[f"sampled {options}"]
+                assert torch.equal(sampled, expected), (name, options)
+                assert not torch.equal(sampled, result["tokens"]), (name, options)  # drawn, not greedy
         # stages in reverse order: every rank raises, the middle one (right by itself) too
         assert ("pipeline_generate: rank 0 is stage 0 of 3 in the group, but holds a last stage"
                 in results["wrong_stage"]), results["wrong_stage"]
@@ -414,6 +418,11 @@ def test_pipeline_generation_checks_its_arguments():
         pipeline_generate(stage, torch.zeros(3, dtype=torch.long), 2)
     with pytest.raises(ValueError, match="max_new_tokens must be >= 0, got -1"):
         pipeline_generate(stage, torch.zeros(1, 3, dtype=torch.long), -1)
+    for option, message in [({"temperature": 0.0}, r"temperature must be > 0, got 0.0"),
+                            ({"top_k": 0}, r"top_k must be >= 1 \(or None: all tokens\), got 0"),
+                            ({"top_p": 1.5}, r"top_p must lie in \(0, 1\] \(or None\), got 1.5")]:
+        with pytest.raises(ValueError, match=message):
+            pipeline_generate(stage, torch.zeros(1, 3, dtype=torch.long), 2, do_sample=True, **option)
 
 
 def test_the_pipeline_distillation_loss_runs_a_frozen_teacher_in_eval_mode():

@@ -332,6 +332,7 @@ def tiny_decoder(model_type: str, attention: str = "sdpa", **changes):
 
 
 GENERATION_MODELS = ("llama_tied", "qwen2", "qwen2_eager", "mixtral", "gemma", "llama_w8a16")
+SAMPLING = ({"temperature": 1.0, "top_k": None, "top_p": None}, {"temperature": 0.7, "top_k": 20, "top_p": 0.9})
 
 
 def generation_model(name: str) -> nn.Module:
@@ -366,6 +367,13 @@ def pipeline_generation(rank, world, port, out):
         results[name] = {"tokens": pipeline_generate(stage, prompt, 8), "expected": expected,
                          "eos_tokens": pipeline_generate(stage, prompt, 8, eos_token_id=eos),
                          "expected_eos": expected_eos}
+        for options in SAMPLING:  # transformers draws from the global generator, the pipeline from its own
+            torch.manual_seed(7)
+            expected_sampled = model.generate(prompt, max_new_tokens=8, do_sample=True, pad_token_id=0,
+                                              **{**options, "top_k": options["top_k"] or 0})
+            sampled = pipeline_generate(stage, prompt, 8, do_sample=True, generator=torch.Generator().manual_seed(7),
+                                        **options)
+            results[name][f"sampled {options}"] = (sampled, expected_sampled)
     results["wrong_stage"] = error_of(lambda: pipeline_generate(gpt_stage(generation_model("qwen2"), world - 1 - rank,
                                                                           world), prompt, 2))
     pair = dist.new_group([0, 1])  # every rank takes part in making it

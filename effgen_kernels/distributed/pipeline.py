@@ -164,16 +164,55 @@ def _check_stage_order(stage: DecoderStage, ranks: list[int], index: int, group,
                              f"holds a {kinds[kind]} stage (rank i of the group must hold stage i)")
 
 
+def _token_sampler(temperature: float, top_k: int | None, top_p: float | None, generator):
+    """next(scores [B, vocab] fp32, tokens so far) -> [B] token ids, drawn as transformers'
+    sampling draws them: temperature, then top-k, then top-p (its own warpers, in its order),
+    softmax and one multinomial draw a row (from ``generator``, else torch's global one)."""
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    warpers = LogitsProcessorList()
+    if temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(temperature))
+    if top_k is not None:
+        warpers.append(TopKLogitsWarper(top_k))
+    if top_p is not None and top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
+
+    def sample(scores: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        probs = nn.functional.softmax(warpers(tokens, scores), dim=-1)
+        return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+
+    return sample
+
+
+def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 (or None: all tokens), got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must lie in (0, 1] (or None), got {top_p}")
+
+
 @torch.no_grad()
 def pipeline_generate(stage: DecoderStage, input_ids: torch.Tensor, max_new_tokens: int, group=None,
-                      eos_token_id: int | None = None) -> torch.Tensor:
-    """Greedy decoding through a pipeline whose rank i of ``group`` (default: the world)
-    holds stage i, a DecoderStage (``gpt_stage(model, i, size)``): each stage keeps the KV
-    cache of its own layers, passes its hidden states on, and the last picks each next token
-    and hands it to every rank. Every rank calls it with the same prompt ``input_ids``
-    [B, T] (no padding) and gets back [B, T + new], as ``model.generate(input_ids,
-    do_sample=False)`` gives; after ``eos_token_id`` a sequence keeps emitting it, and the
-    loop ends early once all have."""
+                      eos_token_id: int | None = None, *, do_sample: bool = False, temperature: float = 1.0,
+                      top_k: int | None = None, top_p: float | None = None,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """Decoding through a pipeline whose rank i of ``group`` (default: the world) holds
+    stage i, a DecoderStage (``gpt_stage(model, i, size)``): each stage keeps the KV cache
+    of its own layers, passes its hidden states on, and the last picks each next token and
+    hands it to every rank. Every rank calls it with the same prompt ``input_ids`` [B, T]
+    (no padding) and gets back [B, T + new], as ``model.generate(input_ids, ...)`` gives:
+    greedy, or with ``do_sample`` drawn after ``temperature``, ``top_k`` and ``top_p`` as
+    transformers draws (the last stage's ``generator``, or torch's global one, supplies the
+    randomness). After ``eos_token_id`` a sequence keeps emitting it, and the loop ends
+    early once all have."""
     if not isinstance(stage, DecoderStage):
         raise TypeError(f"pipeline_generate runs DecoderStages (Hugging Face models keep a KV cache), "
                         f"not {type(stage).__name__}")
@@ -181,7 +220,10 @@ def pipeline_generate(stage: DecoderStage, input_ids: torch.Tensor, max_new_toke
         raise ValueError(f"input_ids must be token ids [batch, length >= 1], got shape {tuple(input_ids.shape)}")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    _check_sampling(temperature, top_k, top_p)
     from transformers import DynamicCache
+
+    sample = _token_sampler(temperature, top_k, top_p, generator) if do_sample else None
 
     ranks = dist.get_process_group_ranks(group) if group is not None else list(range(dist.get_world_size()))
     if dist.get_rank() not in ranks:
@@ -199,7 +241,8 @@ def pipeline_generate(stage: DecoderStage, input_ids: torch.Tensor, max_new_toke
         x = stage(x, cache)
         next_token = torch.empty(input_ids.shape[0], dtype=input_ids.dtype, device=device)
         if stage.last:
-            next_token.copy_(x[:, -1].argmax(dim=-1))
+            scores = x[:, -1].float()
+            next_token.copy_(scores.argmax(dim=-1) if sample is None else sample(scores, tokens))
         else:
             dist.send(x.contiguous(), ranks[index + 1], group=group)
         dist.broadcast(next_token, ranks[-1], group=group)
