@@ -4,10 +4,11 @@ pipeline stages, trained with micro-batches by PyTorch's own ``torch.distributed
 schedules (GPipe, 1F1B).
 
 A stage is a contiguous slice of the model: the first also embeds the tokens, the last
-also applies the final norm and the LM head. ``pipeline_generate`` decodes through the
-stages of a Hugging Face model (greedy, a KV cache on each stage). Stages run whatever modules the model holds,
+also applies the final norm and the LM head. Stages run whatever modules the model holds,
 so quantized (``quantize_``) and trainable quantized (``prepare``) layers work inside them,
 and a distillation loss can be the schedule's ``loss_fn`` (see ``distillation_loss_fn``).
+``pipeline_generate`` decodes through the stages of a Hugging Face model (greedy or
+sampled, a KV cache on each stage).
 """
 
 from __future__ import annotations
