@@ -185,6 +185,27 @@ def test_hugging_face_gpt2_gpt_neox_and_phi3_parallelize_exactly_with_their_fuse
                 "(32, 16, 16) of the config's head counts") in result["bad_qkv"], result["bad_qkv"]
 
 
+def test_mixture_of_experts_blocks_are_expert_parallel(tmp_path):
+    pytest.importorskip("transformers")
+    run(workers.expert_parallel, 2, tmp_path)
+    for rank in range(2):
+        results = torch.load(tmp_path / f"{rank}.pt")
+        for model_type, width in (("mixtral", 128), ("qwen2_moe", 64)):  # 2 x intermediate size
+            result = results[model_type]
+            # experts 0-1 on rank 0, 2-3 on rank 1: gate_up_proj [2 experts, width, hidden]
+            assert result["parallel"] and result["first"] == 2 * rank, result
+            assert result["replicated_experts"] == [] and result["replicated_router"], result  # the router: whole
+            assert result["local_weights"] == (2, width, 32), result
+            assert result["logits"] < FP32 and result["loaded_logits"] < FP32, (model_type, result)
+            assert result["same_names"] and result["trained"] < FP32, (model_type, result)
+            assert result["quantized_first_logits"] < FP32 and result["quantized_first_state"], (model_type, result)
+            assert "quant= applies to float experts;" in result["quant_again"], result["quant_again"]
+        assert ("MixtralExperts has 3 experts, not divisible by the parallel size 2: each rank holds an equal share"
+                in results["uneven"]), results["uneven"]
+        assert ("is not a mixture-of-experts block; the plan gives it the style 'experts'"
+                in results["experts_style_on_a_linear"]), results["experts_style_on_a_linear"]
+
+
 def test_every_decoder_family_parallelizes_exactly(tmp_path):
     pytest.importorskip("transformers")
     run(workers.decoder_families, 2, tmp_path)
@@ -192,9 +213,10 @@ def test_every_decoder_family_parallelizes_exactly(tmp_path):
         results = torch.load(tmp_path / f"{rank}.pt")
         for model_type in workers.DECODER_FAMILY_OPTIONS:
             result = results[model_type]
-            # q, k, v, o, gate, up, down in each of 3 layers; the mixtures' experts are one
-            # 3-D module (not sharded), Phi-3 fuses q/k/v and gate/up
-            assert result["sharded"] == 3 * (4 if model_type in ("mixtral", "phi3") else 7), (model_type, result)
+            # q, k, v, o, gate, up, down in each of 3 layers; Phi-3 fuses q/k/v and gate/up,
+            # Mixtral's MLP is its experts (one module), Qwen2-MoE adds them to a shared expert
+            per_layer = {"phi3": 4, "mixtral": 5, "qwen2_moe": 8}.get(model_type, 7)
+            assert result["sharded"] == 3 * per_layer, (model_type, result)
             assert result["logits"] < FP32 and result["w8a16_logits"] < FP32 and result["w8a16_state"], (model_type,
                                                                                                          result)
         # StableLM's attention views q / k / v by its own head counts: halved on each rank;

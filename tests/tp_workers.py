@@ -528,6 +528,60 @@ def tiny_phi3():
     return Phi3ForCausalLM(config).eval()
 
 
+def expert_parallel(rank, world, port, out):
+    """parallelize's expert parallelism on Mixtral and Qwen2-MoE (4 experts, 2 a token):
+    the share of experts a rank holds, logits, a training step (router and expert gradients),
+    the full state dict both ways, a model quantized before it is parallelized, and errors."""
+    from effgen_kernels.distributed import ExpertParallel
+
+    init(rank, world, port)
+    ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))
+    results = {}
+    for model_type in ("mixtral", "qwen2_moe"):
+        reference, model = tiny_decoder(model_type), tiny_decoder(model_type)
+        parallelize(model)
+        experts = model.model.layers[0].mlp.experts
+        names = {id(p): name for name, p in model.named_parameters()}
+        replicated = [names[id(p)] for p in replicated_parameters(model)]
+        result = {"parallel": isinstance(experts, ExpertParallel), "first": experts.first,
+                  "local_weights": tuple(experts.local.gate_up_proj.shape),
+                  "replicated_experts": [name for name in replicated if ".experts." in name],
+                  "replicated_router": "model.layers.0.mlp.gate.weight" in replicated}
+        with torch.no_grad():
+            result["logits"] = max_diff(model(ids).logits, reference(ids).logits)
+        for m in (reference, model):
+            m.train()
+            loss = nn.functional.cross_entropy(m(ids[:, :-1]).logits.reshape(-1, 128), ids[:, 1:].reshape(-1))
+            loss.backward()
+            torch.optim.SGD(m.parameters(), lr=0.5).step()
+            m.eval()
+        full, expected = full_state_dict(model), reference.state_dict()
+        result["same_names"] = set(full) == set(expected)
+        result["trained"] = max(max_diff(v, expected[k]) for k, v in full.items())
+        fresh = tiny_decoder(model_type)
+        parallelize(fresh)
+        load_full_state_dict(fresh, expected)
+        with torch.no_grad():
+            result["loaded_logits"] = max_diff(fresh(ids).logits, reference(ids).logits)
+        quantized_first, expected_quantized = tiny_decoder(model_type), tiny_decoder(model_type)
+        for m in (quantized_first, expected_quantized):
+            ek.quantize_(m, ek.Int8WeightOnlyConfig(), filter_fn=lambda module, name: name.endswith("experts"))
+        parallelize(quantized_first)
+        with torch.no_grad():
+            result["quantized_first_logits"] = max_diff(quantized_first(ids).logits, expected_quantized(ids).logits)
+        expected_state = expected_quantized.state_dict()
+        result["quantized_first_state"] = all(torch.equal(v, expected_state[k])
+                                              for k, v in full_state_dict(quantized_first).items())
+        block = expected_quantized.model.layers[0].mlp.experts
+        result["quant_again"] = error_of(lambda block=block: ExpertParallel(block, quant=ek.Int8WeightOnlyConfig()))
+        results[model_type] = result
+    results["uneven"] = error_of(lambda: parallelize(tiny_decoder("mixtral", num_local_experts=3)))
+    results["experts_style_on_a_linear"] = error_of(lambda: parallelize(tiny_decoder("llama"),
+                                                                        plan={"q_proj": "experts"}))
+    torch.save(results, os.path.join(out, f"{rank}.pt"))
+    finish_worker()
+
+
 def decoder_families(rank, world, port, out):
     """parallelize with its default plan on a tiny model of every family pipeline stages know
     (Llama's kin): logits, the per-rank head counts, and W8A16 against the single-process

@@ -1,7 +1,9 @@
 """Distributed training: compressed gradient all-reduce as a DDP communication hook,
-tensor-parallel (quantized) layers, pipeline stages, and the data x tensor parallel mesh."""
+tensor-parallel (quantized) layers, expert-parallel mixture-of-experts blocks, pipeline stages, and
+the data x tensor parallel mesh."""
 
 from .compression import CompressionState, compressed_allreduce, compressed_allreduce_hook
+from .experts import ExpertParallel
 from .parallelize import (
     GPT2_PLAN,
     GPT_NEOX_PLAN,
@@ -40,10 +42,11 @@ from .tensor_parallel import (
     scatter_to_tensor_parallel_region,
 )
 
-__all__ = ["ColumnParallelLinear", "CompressionState", "DECODER_MODEL_TYPES", "DecoderStage", "GPT2_PLAN", "GPTStage",
-           "GPT_NEOX_PLAN", "OLMO2_PLAN", "PHI3_PLAN", "RowParallelLinear", "TRANSFORMER_PLAN", "compressed_allreduce",
-           "compressed_allreduce_hook", "copy_to_tensor_parallel_region", "default_plan", "distillation_loss_fn",
-           "full_state_dict", "gather_from_tensor_parallel_region", "gpt_stage", "init_hybrid", "load_full_state_dict",
-           "next_token_loss_fn", "parallelize", "pipeline_generate", "pipeline_schedule", "pipeline_stage",
-           "reduce_from_tensor_parallel_region", "replicated_parameters", "scatter_to_tensor_parallel_region",
-           "shutdown", "stage_layer_ranges", "sync_replicated_grads", "sync_tied_grads", "tensor_parallel_group"]
+__all__ = ["ColumnParallelLinear", "CompressionState", "DECODER_MODEL_TYPES", "DecoderStage", "ExpertParallel",
+           "GPT2_PLAN", "GPTStage", "GPT_NEOX_PLAN", "OLMO2_PLAN", "PHI3_PLAN", "RowParallelLinear",
+           "TRANSFORMER_PLAN", "compressed_allreduce", "compressed_allreduce_hook", "copy_to_tensor_parallel_region",
+           "default_plan", "distillation_loss_fn", "full_state_dict", "gather_from_tensor_parallel_region",
+           "gpt_stage", "init_hybrid", "load_full_state_dict", "next_token_loss_fn", "parallelize",
+           "pipeline_generate", "pipeline_schedule", "pipeline_stage", "reduce_from_tensor_parallel_region",
+           "replicated_parameters", "scatter_to_tensor_parallel_region", "shutdown", "stage_layer_ranges",
+           "sync_replicated_grads", "sync_tied_grads", "tensor_parallel_group"]

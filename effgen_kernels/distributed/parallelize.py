@@ -12,13 +12,15 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from .._modules import names_by_module, swap_module
 from ..quantize import as_linear
+from .experts import ExpertParallel, is_experts_block
 from .tensor_parallel import QUANTIZED_LAYERS, ColumnParallelLinear, RowParallelLinear, group_size_and_rank
 
 # Llama / GPT naming (Hugging Face and effgen_kernels.gpt): the projections into the heads
 # and the MLP's hidden layer are cut by output feature, the projections back by input
-# feature, so each attention or MLP sub-block needs a single all-reduce.
+# feature, so each attention or MLP sub-block needs a single all-reduce; a mixture-of-experts
+# block's experts (Mixtral's, Qwen-MoE's) are shared out whole, a share a rank ("experts").
 TRANSFORMER_PLAN = {"q_proj": "column", "k_proj": "column", "v_proj": "column", "gate_proj": "column",
-                    "up_proj": "column", "o_proj": "row", "down_proj": "row"}
+                    "up_proj": "column", "o_proj": "row", "down_proj": "row", "experts": "experts"}
 # Hugging Face's GPT-2 (decoder only): Conv1D layers, c_attn one GEMM for q, k and v (three
 # equal parts, each cut by heads); c_proj is the attention's and the MLP's way back.
 GPT2_PLAN = {"c_attn": ("column", 3), "c_fc": "column", "c_proj": "row"}
@@ -36,7 +38,7 @@ PHI3_PLAN = {"qkv_proj": "qkv", "o_proj": "row", "gate_up_proj": ("column", 2), 
 OLMO2_PLAN = {"q_proj": "column_gather", "k_proj": "column_gather", "v_proj": "column_gather",
               "o_proj": "row_split_input", "gate_proj": "column", "up_proj": "column", "down_proj": "row"}
 _PLANS_BY_MODEL_TYPE = {"gpt2": GPT2_PLAN, "gpt_neox": GPT_NEOX_PLAN, "phi3": PHI3_PLAN, "olmo2": OLMO2_PLAN}
-_STYLES = ("column", "row", "column_gather", "row_split_input", "qkv")
+_STYLES = ("column", "row", "column_gather", "row_split_input", "qkv", "experts")
 
 
 def default_plan(model: nn.Module) -> dict:
@@ -89,7 +91,8 @@ def parallelize(model: nn.Module, mesh_or_group=None, plan: dict | None = None, 
     q/k/v projection of the model config's head counts (num_attention_heads and, twice,
     num_key_value_heads); "column_gather" (the output gathered whole on every rank) and
     "row_split_input" (a whole input, split here) shard the weights of a block whose heads
-    cannot be split. Layers are
+    cannot be split; "experts" gives each rank an equal share of a transformers 5
+    mixture-of-experts block's experts (ExpertParallel). Layers are
     nn.Linear, Hugging Face's Conv1D or effgen quantized layers. Attention heads are split
     with their q/k/v rows, so the head counts must divide by the tp size. ``quant`` (an
     Int8Config, Int8WeightOnlyConfig, BinaryConfig or TernaryConfig) quantizes each planned
@@ -104,7 +107,8 @@ def parallelize(model: nn.Module, mesh_or_group=None, plan: dict | None = None, 
     sharded = []
     for module, names in names_by_module(model).items():
         styles = {plan.get(name.rsplit(".", 1)[-1]) for name in names}
-        if styles == {None} or (as_linear(module) is None and not isinstance(module, QUANTIZED_LAYERS)):
+        shardable = as_linear(module) is not None or isinstance(module, QUANTIZED_LAYERS) or is_experts_block(module)
+        if styles == {None} or not shardable:
             continue
         if len(styles) > 1:  # one module cannot be cut two ways, nor left whole at some places
             raise ValueError(f"the layer at {names} is one module, which the plan gives several styles: "
@@ -121,6 +125,11 @@ def parallelize(model: nn.Module, mesh_or_group=None, plan: dict | None = None, 
 
 def _parallel_layer(module: nn.Module, names: list[str], style, group, quant, compress_block_size,
                     config) -> nn.Module:
+    if is_experts_block(module) != (style == "experts"):
+        raise ValueError(f"the layer at {names} is {'a' if is_experts_block(module) else 'not a'} "
+                         f"mixture-of-experts block; the plan gives it the style {style!r}")
+    if style == "experts":
+        return ExpertParallel(module, group, quant)
     if style in ("row", "row_split_input"):
         return RowParallelLinear.from_linear(module, group, input_is_parallel=style == "row", quant=quant,
                                              compress_block_size=compress_block_size)
@@ -229,9 +238,10 @@ def shutdown() -> None:
 
 def replicated_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The trainable parameters every tensor-parallel rank holds whole (embeddings, norms,
-    row-parallel biases, the LM head): all but the shards of the parallel layers."""
-    shards = {id(p) for module in model.modules() if isinstance(module, (ColumnParallelLinear, RowParallelLinear))
-              for p in module.local.parameters()}
+    row-parallel biases, routers, the LM head): all but the shards of the parallel layers
+    and the expert-parallel blocks' experts."""
+    sharded = (ColumnParallelLinear, RowParallelLinear, ExpertParallel)
+    shards = {id(p) for module in model.modules() if isinstance(module, sharded) for p in module.local.parameters()}
     return [p for p in model.parameters() if p.requires_grad and id(p) not in shards]
 
 

@@ -446,8 +446,10 @@ class RowParallelLinear(nn.Module):
 
 def _parallel_layers(model: nn.Module):
     # Every name of a shared layer: state_dict holds its tensors under each of them.
+    from .experts import ExpertParallel
+
     return [(name, module) for name, module in model.named_modules(remove_duplicate=False)
-            if isinstance(module, (ColumnParallelLinear, RowParallelLinear))]
+            if isinstance(module, (ColumnParallelLinear, RowParallelLinear, ExpertParallel))]
 
 
 def _shard_kind(module: nn.Module) -> str:
@@ -457,7 +459,10 @@ def _shard_kind(module: nn.Module) -> str:
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict of the unsharded model on every rank: each tensor-parallel layer's
     shards are all-gathered and stored under the plain layer's names (``x.q_proj.weight``,
-    not ``x.q_proj.local.weight``), so it loads into the single-process model."""
+    not ``x.q_proj.local.weight``), and so are the experts of an expert-parallel block, so
+    it loads into the single-process model."""
+    from .experts import ExpertParallel, full_expert_tensors
+
     state = {}
     parallel = dict(_parallel_layers(model))
     for name, tensor in model.state_dict().items():
@@ -470,6 +475,10 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             state[name] = tensor
             continue
         local_name = rest[len("local."):]
+        if isinstance(layer, ExpertParallel):
+            state.update({f"{owner}.{key}": value for key, value in full_expert_tensors(layer, local_name,
+                                                                                          tensor).items()})
+            continue
         how = _layout(layer.local, local_name, _shard_kind(layer))
         world, _ = group_size_and_rank(layer.group)
         parts = [tensor] if how == _WHOLE else [torch.empty_like(tensor) for _ in range(world)]
@@ -489,6 +498,8 @@ def _stored_weight(layer: nn.Module, name: str, tensor: torch.Tensor) -> torch.T
 def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load an unsharded state dict (from full_state_dict or the single-process model) into
     a parallelized model: every rank keeps its own pieces."""
+    from .experts import ExpertParallel, local_expert_tensor
+
     parallel = dict(_parallel_layers(model))
     local_state = {}
     for name in model.state_dict():
@@ -497,6 +508,9 @@ def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> No
             local_state[name] = state[name]
             continue
         layer, local_name = parallel[owner], name[len(owner) + 1 + len("local."):]
+        if isinstance(layer, ExpertParallel):
+            local_state[name] = local_expert_tensor(layer, local_name, state, f"{owner}.")
+            continue
         world, rank = group_size_and_rank(layer.group)
         how = _layout(layer.local, local_name, _shard_kind(layer))
         full = _stored_weight(layer, local_name, state[f"{owner}.{local_name}"])

@@ -37,9 +37,14 @@ def is_fused_experts(module: nn.Module) -> bool:
     return all(w is not None and w.dim() == 3 for w in weights)
 
 
+def fused_weight_names(block: nn.Module) -> list[str]:
+    """The names of the block's 3-D weights: the up (or gate and up) and down projections'."""
+    return [_up_name(block), "down_proj"]
+
+
 def fused_weights(block: nn.Module) -> list[torch.Tensor]:
     """The block's 3-D weights (biases apart): the up (or gate and up) and down projections'."""
-    return [block._parameters[_up_name(block)], block._parameters["down_proj"]]
+    return [block._parameters[name] for name in fused_weight_names(block)]
 
 
 def expert_linears(block: nn.Module, expert: int) -> tuple[nn.Linear, nn.Linear]:
