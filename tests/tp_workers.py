@@ -528,6 +528,16 @@ def tiny_phi3():
     return Phi3ForCausalLM(config).eval()
 
 
+def next_token_sgd_step(models, ids: torch.Tensor) -> None:
+    """One SGD step (lr 0.5) of each Hugging Face model on next-token prediction over ids."""
+    for m in models:
+        m.train()
+        loss = nn.functional.cross_entropy(m(ids[:, :-1]).logits.reshape(-1, 128), ids[:, 1:].reshape(-1))
+        loss.backward()
+        torch.optim.SGD(m.parameters(), lr=0.5).step()
+        m.eval()
+
+
 def expert_parallel(rank, world, port, out):
     """parallelize's expert parallelism on Mixtral and Qwen2-MoE (4 experts, 2 a token):
     the share of experts a rank holds, logits, a training step (router and expert gradients),
@@ -549,12 +559,7 @@ def expert_parallel(rank, world, port, out):
                   "replicated_router": "model.layers.0.mlp.gate.weight" in replicated}
         with torch.no_grad():
             result["logits"] = max_diff(model(ids).logits, reference(ids).logits)
-        for m in (reference, model):
-            m.train()
-            loss = nn.functional.cross_entropy(m(ids[:, :-1]).logits.reshape(-1, 128), ids[:, 1:].reshape(-1))
-            loss.backward()
-            torch.optim.SGD(m.parameters(), lr=0.5).step()
-            m.eval()
+        next_token_sgd_step((reference, model), ids)
         full, expected = full_state_dict(model), reference.state_dict()
         result["same_names"] = set(full) == set(expected)
         result["trained"] = max(max_diff(v, expected[k]) for k, v in full.items())
@@ -618,12 +623,7 @@ def gpt2(rank, world, port, out):
     ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))
     results["logits"] = max_diff(model(ids).logits, reference(ids).logits)
     results["state"] = max(max_diff(v, reference.state_dict()[k]) for k, v in full_state_dict(model).items())
-    for m in (reference, model):
-        m.train()
-        loss = nn.functional.cross_entropy(m(ids[:, :-1]).logits.reshape(-1, 128), ids[:, 1:].reshape(-1))
-        loss.backward()
-        torch.optim.SGD(m.parameters(), lr=0.5).step()
-        m.eval()
+    next_token_sgd_step((reference, model), ids)
     results["trained"] = max(max_diff(v, reference.state_dict()[k]) for k, v in full_state_dict(model).items())
     prompt = ids[:1, :4]
     generated = [m.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0) for m in (model, reference)]
