@@ -407,7 +407,7 @@ def test_pipeline_generation_equals_generate_in_one_process(tmp_path):
 def test_pipeline_stages_can_be_tensor_parallel_on_a_2d_mesh(tmp_path):
     pytest.importorskip("transformers")
     run(workers.pipeline_of_tensor_parallel_stages, 4, tmp_path)
-    model = workers.generation_model("qwen2")
+    model = workers.generation_model("qwen2_moe")
     prompt = torch.randint(0, 128, (2, 6), generator=torch.Generator().manual_seed(2))
     expected_tokens = model.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0)
     model = workers.pipeline_model("hf_qwen2")

@@ -385,7 +385,8 @@ def pipeline_generation(rank, world, port, out):
 
 def pipeline_of_tensor_parallel_stages(rank, world, port, out):
     """A ("pp", "tp") mesh of 2 x 2: each pipeline stage tensor-parallel over its pair of
-    ranks. Greedy generation, and three GPipe steps' losses (the later ones after updates)."""
+    ranks. Greedy generation of a Qwen2-MoE (its experts expert-parallel in each pair), and
+    three GPipe steps' losses of a Qwen2 (the later ones after updates)."""
     from torch.distributed.device_mesh import init_device_mesh
 
     from effgen_kernels.distributed import gpt_stage, pipeline_generate, pipeline_schedule, pipeline_stage
@@ -394,7 +395,7 @@ def pipeline_of_tensor_parallel_stages(rank, world, port, out):
     init(rank, world, port)
     mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("pp", "tp"))
     stage_index, pipeline_group = mesh.get_local_rank("pp"), mesh.get_group("pp")
-    model = generation_model("qwen2")
+    model = generation_model("qwen2_moe")
     parallelize(model, mesh)
     prompt = torch.randint(0, 128, (2, 6), generator=torch.Generator().manual_seed(2))
     results = {"tokens": pipeline_generate(gpt_stage(model, stage_index, 2), prompt, 8, group=pipeline_group)}
