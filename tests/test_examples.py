@@ -53,6 +53,14 @@ def test_train_ddp_compressed_checkpoints_and_resumes(tmp_path):
 
 
 @pytest.mark.distributed
+def test_pipeline_generate_example_gives_the_tokens_of_generate():
+    pytest.importorskip("transformers")
+    out = torchrun("pipeline_generate.py", 2, "--model", "tiny", "--quant", "w8a16", "--sample", "--max-new-tokens",
+                   "12", "--check")
+    assert "tiny, 2 stages, w8a16, sampled: 12 tokens" in out and "same tokens as model.generate: True" in out, out
+
+
+@pytest.mark.distributed
 def test_tensor_parallel_example_matches_the_single_process_model():
     out = torchrun("tensor_parallel.py", 2, "--model", "gpt", "--quant", "w8a16")
     difference = float(out.split("single-process model ")[1].split()[0])
