@@ -56,13 +56,14 @@ def _keep_experts(block: nn.Module, first: int, count: int) -> None:
     if is_quantized_experts(block):
         for layers in (UP_LAYERS, DOWN_LAYERS):
             block._modules[layers] = nn.ModuleList(list(block._modules[layers])[first:first + count])
-        return
     for name in _expert_tensor_names(block):
         weight = block._parameters[name]
         block._parameters[name] = nn.Parameter(weight.detach()[first:first + count].clone(),
                                                requires_grad=weight.requires_grad)
+    # transformers' implementations (also a quantized block's, once dequantized) count the
+    # experts here and skip the ids >= num_experts: the other ranks' experts
     block.num_experts = count
-    block._is_expert_parallel = True  # ids >= num_experts are other ranks' experts: skipped
+    block._is_expert_parallel = True
 
 
 class ExpertParallel(nn.Module):
