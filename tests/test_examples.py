@@ -61,6 +61,14 @@ def test_pipeline_generate_example_gives_the_tokens_of_generate():
 
 
 @pytest.mark.distributed
+def test_pipeline_generate_example_loads_each_stage_from_a_checkpoint(tmp_path):
+    pytest.importorskip("transformers")
+    out = torchrun("pipeline_generate.py", 2, "--model", "tiny", "--max-new-tokens", "12", "--check",
+                   "--from-checkpoint", str(tmp_path / "model"))
+    assert "same tokens as model.generate: True" in out and (tmp_path / "model" / "model.safetensors").exists(), out
+
+
+@pytest.mark.distributed
 def test_tensor_parallel_example_matches_the_single_process_model():
     out = torchrun("tensor_parallel.py", 2, "--model", "gpt", "--quant", "w8a16")
     difference = float(out.split("single-process model ")[1].split()[0])

@@ -370,6 +370,40 @@ def test_decoder_stages_chained_equal_the_hugging_face_model(model_type, attenti
         torch.testing.assert_close(torch.cat(chunks, dim=1), expected, rtol=1e-5, atol=1e-5)
 
 
+DENSE_FAMILIES = sorted(set(workers.DECODER_FAMILY_OPTIONS) - {"mixtral", "qwen2_moe"})
+
+
+@pytest.mark.parametrize("model_type", DENSE_FAMILIES)
+def test_load_stage_reads_only_its_share_of_a_checkpoint(tmp_path, model_type):
+    pytest.importorskip("transformers")
+    from effgen_kernels.distributed import load_stage
+
+    tied = model_type in ("llama", "gemma")  # the last stage finds its head under the embeddings' name
+    model = workers.tiny_decoder(model_type, tie_word_embeddings=tied, initializer_range=0.5)
+    model.save_pretrained(tmp_path)
+    stages = [load_stage(str(tmp_path), index, 3) for index in range(3)]
+    ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(stages[2](stages[1](stages[0](ids))), model(ids).logits, rtol=0, atol=0)
+    middle = sum(p.numel() for p in stages[1].parameters())  # one layer and its norms, no embeddings
+    assert middle == sum(p.numel() for p in model.model.layers[1].parameters()), middle
+
+
+def test_load_stage_names_what_it_cannot_read(tmp_path):
+    pytest.importorskip("transformers")
+    from effgen_kernels.distributed import load_stage
+
+    with pytest.raises(FileNotFoundError, match="holds no model.safetensors"):
+        load_stage(str(tmp_path), 0, 2)
+    workers.tiny_decoder("mixtral").save_pretrained(tmp_path)  # stored per expert, converted on load
+    with pytest.raises(KeyError, match="has no model.layers.0.mlp.gate.weight, which stage 0 needs: its tensors are "
+                                       "named otherwise"):
+        load_stage(str(tmp_path), 0, 2)
+    workers.tiny_gpt2().save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(TypeError, match="load_stage cuts causal LMs whose model_type is one of llama, .*, not 'gpt2'"):
+        load_stage(str(tmp_path / "gpt2"), 0, 2)
+
+
 def test_a_model_of_another_family_gets_no_stage():
     pytest.importorskip("transformers")
     from transformers import GPT2Config, GPT2LMHeadModel

@@ -24,6 +24,7 @@ from .pipeline import (
     GPTStage,
     distillation_loss_fn,
     gpt_stage,
+    load_stage,
     next_token_loss_fn,
     pipeline_generate,
     pipeline_schedule,
@@ -46,7 +47,7 @@ __all__ = ["ColumnParallelLinear", "CompressionState", "DECODER_MODEL_TYPES", "D
            "GPT2_PLAN", "GPTStage", "GPT_NEOX_PLAN", "OLMO2_PLAN", "PHI3_PLAN", "RowParallelLinear",
            "TRANSFORMER_PLAN", "compressed_allreduce", "compressed_allreduce_hook", "copy_to_tensor_parallel_region",
            "default_plan", "distillation_loss_fn", "full_state_dict", "gather_from_tensor_parallel_region",
-           "gpt_stage", "init_hybrid", "load_full_state_dict", "next_token_loss_fn", "parallelize",
+           "gpt_stage", "init_hybrid", "load_full_state_dict", "load_stage", "next_token_loss_fn", "parallelize",
            "pipeline_generate", "pipeline_schedule", "pipeline_stage", "reduce_from_tensor_parallel_region",
            "replicated_parameters", "scatter_to_tensor_parallel_region", "shutdown", "stage_layer_ranges",
            "sync_replicated_grads", "sync_tied_grads", "tensor_parallel_group"]

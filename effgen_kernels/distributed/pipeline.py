@@ -258,6 +258,66 @@ def pipeline_generate(stage: DecoderStage, input_ids: torch.Tensor, max_new_toke
     return tokens
 
 
+def _checkpoint_files(path: str) -> dict[str, str]:
+    """Tensor name -> safetensors file of a Hugging Face checkpoint folder (one file, or the
+    shards its index names)."""
+    import json
+    import os
+
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            return {name: os.path.join(path, file) for name, file in json.load(f)["weight_map"].items()}
+    single = os.path.join(path, "model.safetensors")
+    if not os.path.exists(single):
+        raise FileNotFoundError(f"{path} holds no model.safetensors (nor its index): load_stage reads safetensors "
+                                f"checkpoints, as save_pretrained writes them")
+    from safetensors import safe_open
+
+    with safe_open(single, "pt") as f:
+        return dict.fromkeys(f.keys(), single)
+
+
+def load_stage(path: str, stage_index: int, num_stages: int, dtype: torch.dtype = torch.float32) -> DecoderStage:
+    """Stage ``stage_index`` of ``num_stages`` of the Hugging Face causal LM saved at
+    ``path`` (a safetensors checkpoint of one of DECODER_MODEL_TYPES), with only that
+    stage's weights read and held: the model is built on the meta device, and the stage's
+    tensors alone are made and filled from the checkpoint, so each rank of a pipeline needs
+    memory for its share of the model only. For pipeline_generate (or quantize_ it first).
+    The checkpoint's tensors must bear the model's names (dense models as save_pretrained
+    writes them; not mixture-of-experts checkpoints, stored per expert)."""
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    files, config = _checkpoint_files(path), AutoConfig.from_pretrained(path)
+    if config.model_type not in DECODER_MODEL_TYPES:
+        raise TypeError(f"load_stage cuts causal LMs whose model_type is one of {', '.join(DECODER_MODEL_TYPES)}, "
+                        f"not {config.model_type!r}")
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config).to(dtype)
+    stage = gpt_stage(model, stage_index, num_stages)
+    model_names = {}  # each of the stage's tensors, by identity: its names in the model
+    for name, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        model_names.setdefault(id(tensor), []).append(name)
+    wanted = {name: model_names[id(tensor)] for name, tensor in [*stage.named_parameters(), *stage.named_buffers()]}
+    stage.to_empty(device="cpu")
+    for module in stage.modules():  # what no checkpoint holds: rotary frequencies, Gemma's embedding scale
+        model._init_weights(module)
+    saved, state = set(model.state_dict()), {}
+    for stage_name, names in wanted.items():
+        stored = next((name for name in names if name in files), None)
+        if stored is not None:
+            with safe_open(files[stored], "pt") as f:
+                state[stage_name] = f.get_tensor(stored).to(dtype)
+        elif saved.intersection(names):  # a checkpoint tensor (not a buffer made at init) that is missing
+            raise KeyError(f"the checkpoint at {path} has no {names[0]}, which stage {stage_index} needs: its "
+                           f"tensors are named otherwise than the model's (transformers converts some as it loads, "
+                           f"e.g. mixture-of-experts weights stored per expert), which load_stage does not do; "
+                           f"load the whole model and cut it with gpt_stage")
+    stage.load_state_dict(state, strict=False)
+    return stage.eval()
+
+
 def _tied_embedding(model: nn.Module) -> nn.Parameter | None:
     """The weight the LM head shares with the token embeddings (SmolLM2 ties them), or None."""
     inner = model.model if _is_hf_decoder(model) else model
