@@ -296,14 +296,11 @@ def load_stage(path: str, stage_index: int, num_stages: int, dtype: torch.dtype 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config).to(dtype)
     stage = gpt_stage(model, stage_index, num_stages)
-    model_names = {}  # each of the stage's tensors, by identity: its names in the model
-    for name, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
-        model_names.setdefault(id(tensor), []).append(name)
-    wanted = {name: model_names[id(tensor)] for name, tensor in [*stage.named_parameters(), *stage.named_buffers()]}
+    wanted = _names_in_model(model, stage)
+    saved, state = set(model.state_dict()), {}
     stage.to_empty(device="cpu")
     for module in stage.modules():  # what no checkpoint holds: rotary frequencies, Gemma's embedding scale
         model._init_weights(module)
-    saved, state = set(model.state_dict()), {}
     for stage_name, names in wanted.items():
         stored = next((name for name in names if name in files), None)
         if stored is not None:
@@ -316,6 +313,15 @@ def load_stage(path: str, stage_index: int, num_stages: int, dtype: torch.dtype 
                            f"load the whole model and cut it with gpt_stage")
     stage.load_state_dict(state, strict=False)
     return stage.eval()
+
+
+def _names_in_model(model: nn.Module, stage: nn.Module) -> dict[str, list[str]]:
+    """Each of the stage's tensors (by its name in the stage) with all its names in the model
+    (a tied head's weight has two: the head's and the embeddings')."""
+    names = {}
+    for name, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        names.setdefault(id(tensor), []).append(name)
+    return {name: names[id(tensor)] for name, tensor in [*stage.named_parameters(), *stage.named_buffers()]}
 
 
 def _tied_embedding(model: nn.Module) -> nn.Parameter | None:
