@@ -590,8 +590,8 @@ def expert_parallel(rank, world, port, out):
 
 def decoder_families(rank, world, port, out):
     """parallelize with its default plan on a tiny model of every family pipeline stages know
-    (Llama's kin): logits, the per-rank head counts, and W8A16 against the single-process
-    quantized model; StableLM's per-head q/k norms refused."""
+    (Llama's kin): logits, an SGD step, the per-rank head counts, and W8A16 against the
+    single-process quantized model; StableLM's per-head q/k norms refused."""
     init(rank, world, port)
     ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))
     results = {}
@@ -604,8 +604,11 @@ def decoder_families(rank, world, port, out):
         w8a16_logits, w8a16_state = parallel_against_single_quantized(
             lambda model_type=model_type: tiny_decoder(model_type), ek.Int8WeightOnlyConfig(),
             ek.distributed.default_plan(model), ids)
+        next_token_sgd_step((reference, model), ids)
+        expected = reference.state_dict()
         results[model_type] = {"sharded": len(sharded), "logits": logits, "w8a16_logits": w8a16_logits,
                                "w8a16_state": w8a16_state,
+                               "trained": max(max_diff(v, expected[k]) for k, v in full_state_dict(model).items()),
                                "heads": (getattr(attention, "num_heads", None),
                                          getattr(attention, "num_key_value_heads", None))}
     results["stablelm_qk_layernorm"] = error_of(lambda: parallelize(tiny_decoder("stablelm", qk_layernorm=True)))

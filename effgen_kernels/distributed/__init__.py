@@ -34,6 +34,7 @@ from .pipeline import (
 )
 from .tensor_parallel import (
     ColumnParallelLinear,
+    ParallelRMSNorm,
     RowParallelLinear,
     copy_to_tensor_parallel_region,
     full_state_dict,
@@ -44,7 +45,7 @@ from .tensor_parallel import (
 )
 
 __all__ = ["ColumnParallelLinear", "CompressionState", "DECODER_MODEL_TYPES", "DecoderStage", "ExpertParallel",
-           "GPT2_PLAN", "GPTStage", "GPT_NEOX_PLAN", "OLMO2_PLAN", "PHI3_PLAN", "RowParallelLinear",
+           "GPT2_PLAN", "GPTStage", "GPT_NEOX_PLAN", "OLMO2_PLAN", "PHI3_PLAN", "ParallelRMSNorm", "RowParallelLinear",
            "TRANSFORMER_PLAN", "compressed_allreduce", "compressed_allreduce_hook", "copy_to_tensor_parallel_region",
            "default_plan", "distillation_loss_fn", "full_state_dict", "gather_from_tensor_parallel_region",
            "gpt_stage", "init_hybrid", "load_full_state_dict", "load_stage", "next_token_loss_fn", "parallelize",

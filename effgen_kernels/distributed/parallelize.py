@@ -4,6 +4,7 @@ tensor mesh for hybrid training, and leaving torch.distributed cleanly."""
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 import torch.distributed as dist
@@ -13,7 +14,14 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from .._modules import names_by_module, swap_module
 from ..quantize import as_linear
 from .experts import ExpertParallel, is_experts_block
-from .tensor_parallel import QUANTIZED_LAYERS, ColumnParallelLinear, RowParallelLinear, group_size_and_rank
+from .tensor_parallel import (
+    QUANTIZED_LAYERS,
+    ColumnParallelLinear,
+    ParallelRMSNorm,
+    RowParallelLinear,
+    _all_reduce,
+    group_size_and_rank,
+)
 
 # Llama / GPT naming (Hugging Face and effgen_kernels.gpt): the projections into the heads
 # and the MLP's hidden layer are cut by output feature, the projections back by input
@@ -32,13 +40,11 @@ GPT_NEOX_PLAN = {"query_key_value": "column", "dense": "row", "dense_h_to_4h": "
 # the model's config, so the attention gets a copy of the config with the rank's head
 # counts. The MLP's fused gate_up_proj is cut in two parts, each rank's half of gate and up.
 PHI3_PLAN = {"qkv_proj": "qkv", "o_proj": "row", "gate_up_proj": ("column", 2), "down_proj": "row"}
-# OLMo 2: q_norm and k_norm are RMSNorms over all heads of q and of k together, which a rank
-# holding some heads cannot compute alone, so (as transformers' own plan does) q / k / v are
-# gathered whole and every rank runs all heads, o_proj then taking its slice of them.
-OLMO2_PLAN = {"q_proj": "column_gather", "k_proj": "column_gather", "v_proj": "column_gather",
-              "o_proj": "row_split_input", "gate_proj": "column", "up_proj": "column", "down_proj": "row"}
+# OLMo 2: q_norm and k_norm are RMSNorms over all heads of q and of k together: each rank
+# normalizes its heads' slice with the sum of squares taken over the group ("norm").
+OLMO2_PLAN = {**TRANSFORMER_PLAN, "q_norm": "norm", "k_norm": "norm"}
 _PLANS_BY_MODEL_TYPE = {"gpt2": GPT2_PLAN, "gpt_neox": GPT_NEOX_PLAN, "phi3": PHI3_PLAN, "olmo2": OLMO2_PLAN}
-_STYLES = ("column", "row", "column_gather", "row_split_input", "qkv", "experts")
+_STYLES = ("column", "row", "column_gather", "row_split_input", "qkv", "experts", "norm")
 
 
 def default_plan(model: nn.Module) -> dict:
@@ -92,7 +98,8 @@ def parallelize(model: nn.Module, mesh_or_group=None, plan: dict | None = None, 
     num_key_value_heads); "column_gather" (the output gathered whole on every rank) and
     "row_split_input" (a whole input, split here) shard the weights of a block whose heads
     cannot be split; "experts" gives each rank an equal share of a transformers 5
-    mixture-of-experts block's experts (ExpertParallel). Layers are
+    mixture-of-experts block's experts (ExpertParallel); "norm", an RMSNorm over a column
+    layer's split output (ParallelRMSNorm). Layers are
     nn.Linear, Hugging Face's Conv1D or effgen quantized layers. Attention heads are split
     with their q/k/v rows, so the head counts must divide by the tp size. ``quant`` (an
     Int8Config, Int8WeightOnlyConfig, BinaryConfig or TernaryConfig) quantizes each planned
@@ -107,8 +114,7 @@ def parallelize(model: nn.Module, mesh_or_group=None, plan: dict | None = None, 
     sharded = []
     for module, names in names_by_module(model).items():
         styles = {plan.get(name.rsplit(".", 1)[-1]) for name in names}
-        shardable = as_linear(module) is not None or isinstance(module, QUANTIZED_LAYERS) or is_experts_block(module)
-        if styles == {None} or not shardable:
+        if styles == {None} or not _shardable(module, styles):
             continue
         if len(styles) > 1:  # one module cannot be cut two ways, nor left whole at some places
             raise ValueError(f"the layer at {names} is one module, which the plan gives several styles: "
@@ -117,14 +123,29 @@ def parallelize(model: nn.Module, mesh_or_group=None, plan: dict | None = None, 
                                       getattr(model, "config", None))
         swap_module(model, names, replacement)
         sharded += names
-    _local_head_counts(model, world)
+    _local_heads(model, group)
     if not sharded:
         raise ValueError(f"no layer of the model matched the plan {sorted(plan)}")
     return sharded
 
 
+def _shardable(module: nn.Module, styles: set) -> bool:
+    """Whether parallelize cuts ``module`` (a plan's name may also match modules of other kinds,
+    which stay whole): a linear layer, an experts block, or an RMSNorm planned as "norm"."""
+    is_norm = styles == {"norm"} and _is_rms_norm(module)
+    return as_linear(module) is not None or isinstance(module, QUANTIZED_LAYERS) or is_experts_block(module) or is_norm
+
+
+def _is_rms_norm(module: nn.Module) -> bool:
+    return hasattr(module, "variance_epsilon") and isinstance(getattr(module, "weight", None), nn.Parameter)
+
+
 def _parallel_layer(module: nn.Module, names: list[str], style, group, quant, compress_block_size,
                     config) -> nn.Module:
+    if style == "norm":
+        if not _is_rms_norm(module):
+            raise ValueError(f"the layer at {names} is not an RMSNorm; the plan gives it the style 'norm'")
+        return ParallelRMSNorm(module, group)
     if is_experts_block(module) != (style == "experts"):
         raise ValueError(f"the layer at {names} is {'a' if is_experts_block(module) else 'not a'} "
                          f"mixture-of-experts block; the plan gives it the style {style!r}")
@@ -161,10 +182,13 @@ def _qkv_sizes(config) -> tuple[int, int, int]:
     return (config.num_attention_heads * _head_dim(config),) + (kv_heads * _head_dim(config),) * 2
 
 
-def _local_head_counts(model: nn.Module, world: int) -> None:
+def _local_heads(model: nn.Module, group) -> None:
     """Attention modules that keep their head counts (the example GPT's, StableLM's), read
     them from their config (Phi-3's: it gets a copy of its own) or keep the width of each
-    fused q/k/v part (GPT-2's split_size) now hold a 1/world share of the heads."""
+    fused q/k/v part (GPT-2's split_size) now hold a 1/world share of the heads. What they
+    apply to every head alike (Qwen3's q_norm / k_norm over head_dim) stays whole, but sees
+    only this rank's heads: its gradients are summed over the group."""
+    world, _ = group_size_and_rank(group)
     for module in model.modules():
         fused = getattr(module, "c_attn", None)
         if hasattr(module, "split_size") and isinstance(fused, ColumnParallelLinear):
@@ -186,6 +210,16 @@ def _local_head_counts(model: nn.Module, world: int) -> None:
                 if heads % world:
                     raise ValueError(f"{field} ({heads}) is not divisible by the tensor-parallel size {world}")
                 setattr(module, field, heads // world)
+        _sum_head_shared_gradients(module, group)
+
+
+def _sum_head_shared_gradients(attention: nn.Module, group) -> None:
+    for child in attention.children():
+        if isinstance(child, (ColumnParallelLinear, RowParallelLinear, ParallelRMSNorm)):
+            continue
+        for parameter in child.parameters():
+            if parameter.requires_grad:
+                parameter.register_hook(functools.partial(_all_reduce, group=group))
 
 
 def _local_config(config, world: int):

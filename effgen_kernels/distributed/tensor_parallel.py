@@ -20,6 +20,8 @@ float activations and agree to fp32 rounding).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -444,16 +446,59 @@ class RowParallelLinear(nn.Module):
                 f"out_features={self.out_features}, bias={self.bias is not None}{compress}")
 
 
+class _SumOverGroup(torch.autograd.Function):
+    """Forward: the sum of the ranks' values. Backward: the sum of the ranks' gradients, since
+    every rank's output depends on the sum."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _all_reduce(x, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _all_reduce(grad, ctx.group), None
+
+
+class ParallelRMSNorm(nn.Module):
+    """An RMSNorm over features that a column-parallel layer split across the group (OLMo 2's
+    q_norm / k_norm, over all heads of q / of k): each rank holds its slice of the weight, and
+    the sum of squares is summed over the group, so every rank normalizes its slice as the
+    whole norm would. As OLMo 2's RMSNorm: in fp32, the weight times the normalized value,
+    then cast back to x's dtype."""
+
+    def __init__(self, norm: nn.Module, group=None) -> None:
+        super().__init__()
+        world, rank = group_size_and_rank(group)
+        self.features = norm.weight.shape[0]
+        if self.features % world:
+            raise ValueError(f"the norm's {self.features} features are not divisible by the tensor-parallel size "
+                             f"{world}")
+        self.local = copy.deepcopy(norm)
+        self.local.weight = nn.Parameter(_cut(norm.weight.detach(), norm, "weight", _OUT, world, rank),
+                                         requires_grad=norm.weight.requires_grad)
+        self.eps, self.group = norm.variance_epsilon, group
+        self.output_sizes, self.weight_transposed = None, False  # as a column layer's, for the state dict
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.float()
+        squares = _SumOverGroup.apply(rows.pow(2).sum(-1, keepdim=True), self.group)
+        return (self.local.weight * (rows * torch.rsqrt(squares / self.features + self.eps))).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"features={self.features} (this rank: {self.local.weight.shape[0]}), eps={self.eps}"
+
+
 def _parallel_layers(model: nn.Module):
     # Every name of a shared layer: state_dict holds its tensors under each of them.
     from .experts import ExpertParallel
 
-    return [(name, module) for name, module in model.named_modules(remove_duplicate=False)
-            if isinstance(module, (ColumnParallelLinear, RowParallelLinear, ExpertParallel))]
+    kinds = (ColumnParallelLinear, RowParallelLinear, ParallelRMSNorm, ExpertParallel)
+    return [(name, module) for name, module in model.named_modules(remove_duplicate=False) if isinstance(module, kinds)]
 
 
 def _shard_kind(module: nn.Module) -> str:
-    return _OUT if isinstance(module, ColumnParallelLinear) else _IN
+    return _OUT if isinstance(module, (ColumnParallelLinear, ParallelRMSNorm)) else _IN
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
