@@ -79,9 +79,11 @@ def test_a_quantized_row_layer_equals_the_single_process_layer(layer_results, co
     ("bad_row_input", "Int8Linear: x must have in_features = 8 values in its last dimension, got shape (3, 7)"),
     ("bad_heads", "heads (1) is not divisible by the tensor-parallel size 2: attention heads are split"),
     ("bad_local_heads", "num_heads (1) is not divisible by the tensor-parallel size 2"),
-    ("bad_style", "plan styles must be one of ['column', 'row', 'column_gather', 'row_split_input', 'qkv'] or "
-                  "('column', parts) for a fused layer of that many equal parts, got ['diagonal']"),
-    ("bad_fused_style", "plan styles must be one of ['column', 'row', 'column_gather', 'row_split_input', 'qkv'] or"),
+    ("bad_style", "plan styles must be one of ['column', 'row', 'column_gather', 'row_split_input', 'qkv', "
+                  "'experts', 'norm'] or ('column', parts) for a fused layer of that many equal parts, got "
+                  "['diagonal']"),
+    ("bad_fused_style", "plan styles must be one of ['column', 'row', 'column_gather', 'row_split_input', 'qkv', "
+                        "'experts', 'norm'] or"),
     ("bad_parts", "the layer at ['qkv'] has 16 outputs, not 3 equal parts"),
     ("bad_output_sum", "output_sizes [8, 4] must add up to out_features (16)"),
     ("bad_output_part", "every part of output_sizes [10, 3, 3] must be divisible by the tensor-parallel size 2"),
