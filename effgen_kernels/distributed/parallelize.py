@@ -99,13 +99,13 @@ def parallelize(model: nn.Module, mesh_or_group=None, plan: dict | None = None, 
     "row_split_input" (a whole input, split here) shard the weights of a block whose heads
     cannot be split; "experts" gives each rank an equal share of a transformers 5
     mixture-of-experts block's experts (ExpertParallel); "norm", an RMSNorm over a column
-    layer's split output (ParallelRMSNorm). Layers are
-    nn.Linear, Hugging Face's Conv1D or effgen quantized layers. Attention heads are split
-    with their q/k/v rows, so the head counts must divide by the tp size. ``quant`` (an
-    Int8Config, Int8WeightOnlyConfig, BinaryConfig or TernaryConfig) quantizes each planned
-    layer before cutting it; ``compress_block_size`` turns on the int8 activation
-    all-reduce in row layers. Embeddings, norms and the LM head stay replicated. Returns
-    the names sharded."""
+    layer's split output (ParallelRMSNorm). Layers are nn.Linear, Hugging Face's Conv1D or
+    effgen quantized layers. Attention heads are split with their q/k/v rows, so the head
+    counts must divide by the tp size. ``quant`` (an Int8Config, Int8WeightOnlyConfig,
+    BinaryConfig or TernaryConfig) quantizes each planned layer before cutting it;
+    ``compress_block_size`` turns on the int8 activation all-reduce in row layers.
+    Embeddings, other norms, routers and the LM head stay replicated. Returns the names
+    sharded."""
     group = tensor_parallel_group(mesh_or_group)
     world, _ = group_size_and_rank(group)
     plan = default_plan(model) if plan is None else plan
