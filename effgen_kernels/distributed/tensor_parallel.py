@@ -111,6 +111,20 @@ class _GatherFromRegion(torch.autograd.Function):
         return _split_last(grad, ctx.group), None
 
 
+class _SumOverGroup(torch.autograd.Function):
+    """Forward: the sum of the ranks' values. Backward: the sum of the ranks' gradients, since
+    every rank's output depends on the sum."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _all_reduce(x, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _all_reduce(grad, ctx.group), None
+
+
 class _RowShardW8A8(torch.autograd.Function):
     """A row shard of Int8Linear. Forward: every token (times the shard's SmoothQuant factors,
     in fp32, where the layer has them) quantized with the absmax of its whole row (all shards),
@@ -444,20 +458,6 @@ class RowParallelLinear(nn.Module):
         compress = "" if self.compress_block_size is None else f", int8 all-reduce (block {self.compress_block_size})"
         return (f"in_features={self.in_features} (this rank: {self.local.in_features}), "
                 f"out_features={self.out_features}, bias={self.bias is not None}{compress}")
-
-
-class _SumOverGroup(torch.autograd.Function):
-    """Forward: the sum of the ranks' values. Backward: the sum of the ranks' gradients, since
-    every rank's output depends on the sum."""
-
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _all_reduce(x, group)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _all_reduce(grad, ctx.group), None
 
 
 class ParallelRMSNorm(nn.Module):
