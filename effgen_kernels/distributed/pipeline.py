@@ -96,6 +96,10 @@ class DecoderStage(nn.Module):
         self.layers = nn.ModuleList(inner.layers[i] for i in layers)
         self.layer_indices = list(layers)
         self.attention_types = [_attention_type(self.config, i) for i in layers]
+        # each mask kind sized against this stage's first layer of it: a cache's other layers
+        # belong to other stages and stay empty here
+        self.first_layer_of = {kind: index for index, kind in reversed(list(zip(layers, self.attention_types,
+                                                                                strict=True)))}
         if last:
             self.norm, self.lm_head = inner.norm, model.lm_head
 
@@ -103,13 +107,9 @@ class DecoderStage(nn.Module):
         from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
         make = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
-        # each kind sized against this stage's first layer of it: a cache's other layers
-        # belong to other stages and stay empty here
-        first_of = {kind: index for index, kind in reversed(list(zip(self.layer_indices, self.attention_types,
-                                                                     strict=True)))}
         return {kind: make[kind](config=self.config, inputs_embeds=x, attention_mask=None, cache=cache,
                                  position_ids=positions, layer_idx=index)
-                for kind, index in first_of.items()}
+                for kind, index in self.first_layer_of.items()}
 
     def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
         """Token ids (first stage) or hidden states [B, T, ...] in; hidden states or, on the
@@ -298,9 +298,6 @@ def load_stage(path: str, stage_index: int, num_stages: int, dtype: torch.dtype 
     stage = gpt_stage(model, stage_index, num_stages)
     wanted = _names_in_model(model, stage)
     saved, state = set(model.state_dict()), {}
-    stage.to_empty(device="cpu")
-    for module in stage.modules():  # what no checkpoint holds: rotary frequencies, Gemma's embedding scale
-        model._init_weights(module)
     for stage_name, names in wanted.items():
         stored = next((name for name in names if name in files), None)
         if stored is not None:
@@ -311,6 +308,11 @@ def load_stage(path: str, stage_index: int, num_stages: int, dtype: torch.dtype 
                            f"tensors are named otherwise than the model's (transformers converts some as it loads, "
                            f"e.g. mixture-of-experts weights stored per expert), which load_stage does not do; "
                            f"load the whole model and cut it with gpt_stage")
+    stage.to_empty(device="cpu")
+    # what no checkpoint holds (rotary frequencies, Gemma's embedding scale) from the model's
+    # own init, run on the modules that own such tensors only
+    for owner in {name.rpartition(".")[0] for name in wanted if name not in state}:
+        model._init_weights(stage.get_submodule(owner))
     stage.load_state_dict(state, strict=False)
     return stage.eval()
 

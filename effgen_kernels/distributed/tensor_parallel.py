@@ -111,20 +111,6 @@ class _GatherFromRegion(torch.autograd.Function):
         return _split_last(grad, ctx.group), None
 
 
-class _SumOverGroup(torch.autograd.Function):
-    """Forward: the sum of the ranks' values. Backward: the sum of the ranks' gradients, since
-    every rank's output depends on the sum."""
-
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _all_reduce(x, group)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _all_reduce(grad, ctx.group), None
-
-
 class _RowShardW8A8(torch.autograd.Function):
     """A row shard of Int8Linear. Forward: every token (times the shard's SmoothQuant factors,
     in fp32, where the layer has them) quantized with the absmax of its whole row (all shards),
@@ -482,7 +468,9 @@ class ParallelRMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.float()
-        squares = _SumOverGroup.apply(rows.pow(2).sum(-1, keepdim=True), self.group)
+        # summed over the group forward, and (every rank's output depending on the sum) backward
+        squares = copy_to_tensor_parallel_region(reduce_from_tensor_parallel_region(rows.pow(2).sum(-1, keepdim=True),
+                                                                                    self.group), self.group)
         return (self.local.weight * (rows * torch.rsqrt(squares / self.features + self.eps))).to(x.dtype)
 
     def extra_repr(self) -> str:
