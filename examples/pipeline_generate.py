@@ -1,6 +1,7 @@
 """Text generation through pipeline stages: every rank holds a contiguous share of the
 decoder layers (and its own KV cache); hidden states flow rank to rank, the last rank picks
-each token and hands it to all.
+each token and hands it to all. Two prompts of different lengths go as one batch, the
+shorter padded on the left.
 
     torchrun --nproc_per_node 3 examples/pipeline_generate.py --model smollm2 --quant w8a16
     torchrun --nproc_per_node 2 examples/pipeline_generate.py --model smollm2 --sample --check
@@ -27,7 +28,7 @@ import effgen_kernels as ek
 from effgen_kernels.distributed import gpt_stage, load_stage, pipeline_generate, shutdown
 
 QUANT = {"none": None, "w8a16": ek.Int8WeightOnlyConfig(), "w8a8": ek.Int8Config(), "ternary": ek.TernaryConfig()}
-PROMPT = "The history of the printing press begins"
+PROMPTS = ["The history of the printing press begins", "Rain in the mountains"]
 
 
 def build(name: str):
@@ -43,6 +44,19 @@ def build(name: str):
                          num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True, sliding_window=8,
                          max_window_layers=2, initializer_range=0.5)
     return Qwen2ForCausalLM(config).eval(), None
+
+
+def prompts(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of PROMPTS padded on the left, or, without a tokenizer
+    (the tiny model), random token ids of lengths 8 and 5."""
+    if tokenizer is not None:
+        tokenizer.padding_side = "left"  # generation reads each prompt's last position
+        batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+        return batch.input_ids, batch.attention_mask
+    ids = torch.randint(1, 256, (2, 8), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    return ids.masked_fill(mask == 0, 0), mask
 
 
 def main() -> None:
@@ -63,8 +77,7 @@ def main() -> None:
     if QUANT[args.quant] is not None:
         ek.quantize_(model, QUANT[args.quant], filter_fn=lambda module, name: name != "lm_head")
     model.generation_config.eos_token_id = None  # run the full length on every rank
-    prompt = (tokenizer(PROMPT, return_tensors="pt").input_ids if tokenizer is not None
-              else torch.randint(0, 256, (1, 8), generator=torch.Generator().manual_seed(1)))
+    prompt, mask = prompts(tokenizer)
     sampling = {"do_sample": True, "temperature": 0.7, "top_k": 50, "top_p": 0.9} if args.sample else {}
 
     if args.from_checkpoint:
@@ -75,22 +88,23 @@ def main() -> None:
     else:
         stage = gpt_stage(model, rank, world)
     begin = time.perf_counter()
-    tokens = pipeline_generate(stage, prompt, args.max_new_tokens, generator=torch.Generator().manual_seed(2),
-                               **sampling)
+    tokens = pipeline_generate(stage, prompt, args.max_new_tokens, attention_mask=mask,
+                               generator=torch.Generator().manual_seed(2), **sampling)
     seconds = time.perf_counter() - begin
     stage_bytes = ek.model_bytes(stage)
     sizes = [torch.zeros(1) for _ in range(world)]
     dist.all_gather(sizes, torch.tensor([stage_bytes / 2**20]))
     if rank == 0:
-        new = tokens[0, prompt.shape[1]:]
-        text = tokenizer.decode(new) if tokenizer is not None else " ".join(map(str, new.tolist()))
+        new = tokens[:, prompt.shape[1]:]
         print(f"{args.model}, {world} stages, {args.quant}, {'sampled' if args.sample else 'greedy'}: "
-              f"{len(new)} tokens in {seconds:.2f} s ({len(new) / seconds:.1f} tokens/s)")
+              f"{new.numel()} tokens ({len(new)} sequences) in {seconds:.2f} s ({new.numel() / seconds:.1f} tokens/s)")
         print("stage weights MiB: " + ", ".join(f"{size.item():.1f}" for size in sizes))
-        print(f"{text!r}")
+        for row in new:
+            print(f"{tokenizer.decode(row) if tokenizer is not None else ' '.join(map(str, row.tolist()))!r}")
     if args.check:
         torch.manual_seed(2)  # transformers samples from the global generator
-        expected = model.generate(prompt, max_new_tokens=args.max_new_tokens, pad_token_id=0, **sampling)
+        expected = model.generate(prompt, attention_mask=mask, max_new_tokens=args.max_new_tokens, pad_token_id=0,
+                                  **sampling)
         if rank == 0:
             print(f"same tokens as model.generate: {torch.equal(tokens, expected)}")
     shutdown()

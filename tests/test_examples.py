@@ -57,7 +57,8 @@ def test_pipeline_generate_example_gives_the_tokens_of_generate():
     pytest.importorskip("transformers")
     out = torchrun("pipeline_generate.py", 2, "--model", "tiny", "--quant", "w8a16", "--sample", "--max-new-tokens",
                    "12", "--check")
-    assert "tiny, 2 stages, w8a16, sampled: 12 tokens" in out and "same tokens as model.generate: True" in out, out
+    assert "tiny, 2 stages, w8a16, sampled: 24 tokens (2 sequences)" in out, out
+    assert "same tokens as model.generate: True" in out, out
 
 
 @pytest.mark.distributed

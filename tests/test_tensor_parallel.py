@@ -371,6 +371,24 @@ def test_decoder_stages_chained_equal_the_hugging_face_model(model_type, attenti
         cache = DynamicCache(config=model.config)
         chunks = [stages[2](stages[1](stages[0](chunk, cache), cache), cache) for chunk in ids.split([7, 5], dim=1)]
         torch.testing.assert_close(torch.cat(chunks, dim=1), expected, rtol=1e-5, atol=1e-5)
+        # a left-padded batch: its mask and positions counted from each sequence's first token
+        mask = torch.ones_like(ids)
+        mask[0, :4] = 0
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        expected = model(ids, attention_mask=mask, position_ids=positions).logits
+        padded = stages[2](stages[1](stages[0](ids, None, mask), None, mask), None, mask)
+        torch.testing.assert_close(padded, expected, rtol=0, atol=0)
+        assert not torch.equal(padded[0], stages[2](stages[1](stages[0](ids)))[0])
+        cache = DynamicCache(config=model.config)
+        chunks = [stages[2](stages[1](stages[0](chunk, cache, mask[:, :end]), cache, mask[:, :end]), cache,
+                            mask[:, :end]) for chunk, end in zip(ids.split([7, 5], dim=1), (7, 12), strict=True)]
+        # (padding's own outputs are noise: eager attention spreads a query that may see no
+        # key over every key there is, and the chunks hold fewer)
+        tokens = mask.bool()
+        torch.testing.assert_close(torch.cat(chunks, dim=1)[tokens], expected[tokens], rtol=1e-5, atol=1e-5)
+        with pytest.raises(ValueError, match=r"attention_mask must be \[batch, cached \+ new tokens\] = \[2, 17\], "
+                                             r"got \[2, 12\]"):
+            stages[0](ids[:, :5], cache, mask)
 
 
 DENSE_FAMILIES = sorted(set(workers.DECODER_FAMILY_OPTIONS) - {"mixtral", "qwen2_moe"})
@@ -430,6 +448,8 @@ def test_pipeline_generation_equals_generate_in_one_process(tmp_path):
             result = results[name]
             assert result["tokens"].shape == (2, 14) and torch.equal(result["tokens"], result["expected"]), name
             assert torch.equal(result["eos_tokens"], result["expected_eos"]), name
+            padded, expected = result["padded"]
+            assert padded.shape == (3, 15) and torch.equal(padded, expected), name
             for options in workers.SAMPLING:
                 sampled, expected = result[f"sampled {options}"]
                 assert torch.equal(sampled, expected), (name, options)
@@ -477,6 +497,13 @@ def test_pipeline_generation_checks_its_arguments():
         pipeline_generate(stage, torch.zeros(3, dtype=torch.long), 2)
     with pytest.raises(ValueError, match="max_new_tokens must be >= 0, got -1"):
         pipeline_generate(stage, torch.zeros(1, 3, dtype=torch.long), -1)
+    prompt = torch.zeros(2, 3, dtype=torch.long)
+    for mask, message in [(torch.ones(2, 4), r"attention_mask must have input_ids' shape \[2, 3\], got \[2, 4\]"),
+                          (torch.full((2, 3), 2), r"attention_mask must hold 0 \(padding\) and 1 \(a token\) only"),
+                          (torch.tensor([[1, 1, 1], [1, 1, 0]]), "every prompt must end with a token, padding on the "
+                                                                 "left only")]:
+        with pytest.raises(ValueError, match=message):
+            pipeline_generate(stage, prompt, 2, attention_mask=mask)
     for option, message in [({"temperature": 0.0}, r"temperature must be > 0, got 0.0"),
                             ({"top_k": 0}, r"top_k must be >= 1 \(or None: all tokens\), got 0"),
                             ({"top_p": 1.5}, r"top_p must lie in \(0, 1\] \(or None\), got 1.5")]:

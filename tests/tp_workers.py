@@ -352,11 +352,16 @@ def generation_model(name: str) -> nn.Module:
 
 def pipeline_generation(rank, world, port, out):
     """Greedy decoding through ``world`` DecoderStages against model.generate in one
-    process: plain, and stopping at an eos token the reference emits mid-way."""
+    process: plain, stopping at an eos token the reference emits mid-way, prompts of three
+    lengths padded on the left, and sampled."""
     from effgen_kernels.distributed import gpt_stage, pipeline_generate
 
     init(rank, world, port)
     prompt = torch.randint(0, 128, (2, 6), generator=torch.Generator().manual_seed(2))
+    padded_prompt = torch.randint(1, 128, (3, 7), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(padded_prompt)
+    mask[0, :3], mask[2, :1] = 0, 0
+    padded_prompt = padded_prompt.masked_fill(mask == 0, 0)
     results = {}
     for name in GENERATION_MODELS:
         model = generation_model(name)
@@ -366,7 +371,10 @@ def pipeline_generation(rank, world, port, out):
         expected_eos = model.generate(prompt, max_new_tokens=8, do_sample=False, eos_token_id=eos, pad_token_id=eos)
         results[name] = {"tokens": pipeline_generate(stage, prompt, 8), "expected": expected,
                          "eos_tokens": pipeline_generate(stage, prompt, 8, eos_token_id=eos),
-                         "expected_eos": expected_eos}
+                         "expected_eos": expected_eos,
+                         "padded": (pipeline_generate(stage, padded_prompt, 8, attention_mask=mask),
+                                    model.generate(padded_prompt, attention_mask=mask, max_new_tokens=8,
+                                                   do_sample=False, pad_token_id=0))}
         for options in SAMPLING:  # transformers draws from the global generator, the pipeline from its own
             torch.manual_seed(7)
             expected_sampled = model.generate(prompt, max_new_tokens=8, do_sample=True, pad_token_id=0,

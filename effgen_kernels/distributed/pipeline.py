@@ -82,9 +82,10 @@ class DecoderStage(nn.Module):
     rotary_emb; model.lm_head), plus the embeddings on the first stage and the norm and LM
     head on the last. Every stage makes the rotary position embeddings and the causal masks
     (full, or sliding-window per layer) of its input as the model's forward does
-    (transformers 5), for sequences with no padding: whole ones from position 0 (training and
-    scoring under a schedule), or, with a KV ``cache`` (pipeline_generate), the tokens after
-    those it holds. Shares the model's modules, as GPTStage does."""
+    (transformers 5): for whole sequences from position 0 (training and scoring under a
+    schedule), or, with a KV ``cache`` (pipeline_generate), the tokens after those it holds;
+    with an ``attention_mask`` for padded batches. Shares the model's modules, as GPTStage
+    does."""
 
     def __init__(self, model: nn.Module, layers: range, first: bool, last: bool) -> None:
         super().__init__()
@@ -103,28 +104,44 @@ class DecoderStage(nn.Module):
         if last:
             self.norm, self.lm_head = inner.norm, model.lm_head
 
-    def _masks(self, x: torch.Tensor, positions: torch.Tensor, cache) -> dict:
+    def _masks(self, x: torch.Tensor, positions: torch.Tensor, cache, attention_mask: torch.Tensor | None) -> dict:
         from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
         make = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
-        return {kind: make[kind](config=self.config, inputs_embeds=x, attention_mask=None, cache=cache,
+        return {kind: make[kind](config=self.config, inputs_embeds=x, attention_mask=attention_mask, cache=cache,
                                  position_ids=positions, layer_idx=index)
                 for kind, index in self.first_layer_of.items()}
 
-    def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache=None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Token ids (first stage) or hidden states [B, T, ...] in; hidden states or, on the
         last stage, logits out. With ``cache`` (a transformers Cache for the whole model) the
-        input follows the tokens the cache holds for this stage's layers, which it adds."""
+        input follows the tokens the cache holds for this stage's layers, which it adds.
+        ``attention_mask`` [B, cached + T] (1: a token, 0: padding, as a tokenizer pads)
+        covers the cached tokens and the input; each token's position counts the tokens
+        before it, padding left out, as ``model.generate`` numbers a left-padded prompt."""
         if self.first:
             x = self.embed_tokens(x)
         start = 0 if cache is None else cache.get_seq_length(self.layer_indices[0])
-        positions = torch.arange(start, start + x.shape[1], device=x.device).unsqueeze(0)
-        masks = self._masks(x, positions, cache)
+        if attention_mask is None:
+            positions = torch.arange(start, start + x.shape[1], device=x.device).unsqueeze(0)
+        else:
+            positions = _positions_of(attention_mask, x.shape[:2], start)
+        masks = self._masks(x, positions, cache, attention_mask)
         position_embeddings = self.rotary_emb(x, position_ids=positions)
         for layer, kind in zip(self.layers, self.attention_types, strict=True):
             x = layer(x, attention_mask=masks[kind], position_ids=positions, position_embeddings=position_embeddings,
                       cache=cache, use_cache=cache is not None)
         return self.lm_head(self.norm(x)) if self.last else x
+
+
+def _positions_of(attention_mask: torch.Tensor, shape: torch.Size, cached: int) -> torch.Tensor:
+    """The positions [B, T] of the last T tokens under a padding mask [B, cached + T]: the
+    number of tokens before each, padding 0 (transformers' numbering in generate)."""
+    if attention_mask.shape != (shape[0], cached + shape[1]):
+        raise ValueError(f"attention_mask must be [batch, cached + new tokens] = [{shape[0]}, {cached + shape[1]}], "
+                         f"got {list(attention_mask.shape)}")
+    positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+    return positions[:, cached:]
 
 
 def _is_hf_decoder(model: nn.Module) -> bool:
@@ -202,18 +219,19 @@ def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) 
 
 @torch.no_grad()
 def pipeline_generate(stage: DecoderStage, input_ids: torch.Tensor, max_new_tokens: int, group=None,
-                      eos_token_id: int | None = None, *, do_sample: bool = False, temperature: float = 1.0,
-                      top_k: int | None = None, top_p: float | None = None,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+                      eos_token_id: int | None = None, *, attention_mask: torch.Tensor | None = None,
+                      do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
+                      top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Decoding through a pipeline whose rank i of ``group`` (default: the world) holds
     stage i, a DecoderStage (``gpt_stage(model, i, size)``): each stage keeps the KV cache
     of its own layers, passes its hidden states on, and the last picks each next token and
     hands it to every rank. Every rank calls it with the same prompt ``input_ids`` [B, T]
-    (no padding) and gets back [B, T + new], as ``model.generate(input_ids, ...)`` gives:
-    greedy, or with ``do_sample`` drawn after ``temperature``, ``top_k`` and ``top_p`` as
-    transformers draws (the last stage's ``generator``, or torch's global one, supplies the
-    randomness). After ``eos_token_id`` a sequence keeps emitting it, and the loop ends
-    early once all have."""
+    and gets back [B, T + new], as ``model.generate(input_ids, ...)`` gives: greedy, or
+    with ``do_sample`` drawn after ``temperature``, ``top_k`` and ``top_p`` as transformers
+    draws (the last stage's ``generator``, or torch's global one, supplies the randomness).
+    Prompts of different lengths come padded on the left with their ``attention_mask``
+    [B, T] (a tokenizer's, ``padding_side="left"``). After ``eos_token_id`` a sequence keeps
+    emitting it, and the loop ends early once all have."""
     if not isinstance(stage, DecoderStage):
         raise TypeError(f"pipeline_generate runs DecoderStages (Hugging Face models keep a KV cache), "
                         f"not {type(stage).__name__}")
@@ -222,6 +240,8 @@ def pipeline_generate(stage: DecoderStage, input_ids: torch.Tensor, max_new_toke
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     _check_sampling(temperature, top_k, top_p)
+    if attention_mask is not None:
+        _check_prompt_mask(attention_mask, input_ids)
     from transformers import DynamicCache
 
     sample = _token_sampler(temperature, top_k, top_p, generator) if do_sample else None
@@ -239,7 +259,7 @@ def pipeline_generate(stage: DecoderStage, input_ids: torch.Tensor, max_new_toke
         else:
             x = torch.empty(*step_input.shape, stage.config.hidden_size, dtype=hidden_dtype, device=device)
             dist.recv(x, ranks[index - 1], group=group)
-        x = stage(x, cache)
+        x = stage(x, cache, attention_mask)
         next_token = torch.empty(input_ids.shape[0], dtype=input_ids.dtype, device=device)
         if stage.last:
             scores = x[:, -1].float()
@@ -255,7 +275,24 @@ def pipeline_generate(stage: DecoderStage, input_ids: torch.Tensor, max_new_toke
         if finished is not None and bool(finished.all()):
             break
         step_input = next_token[:, None]
+        if attention_mask is not None:
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=1)
     return tokens
+
+
+def _check_prompt_mask(attention_mask: torch.Tensor, input_ids: torch.Tensor) -> None:
+    """A prompt's padding mask: input_ids' shape, 0 / 1, padding on the left only (the next
+    token is read from each prompt's last position, which must be one of its tokens)."""
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask must have input_ids' shape {list(input_ids.shape)}, "
+                         f"got {list(attention_mask.shape)}")
+    if attention_mask.device != input_ids.device:
+        raise ValueError(f"attention_mask is on {attention_mask.device}, input_ids on {input_ids.device}")
+    if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+        raise ValueError("attention_mask must hold 0 (padding) and 1 (a token) only")
+    if not bool(attention_mask[:, -1].bool().all()):
+        raise ValueError("attention_mask: every prompt must end with a token, padding on the left only (a tokenizer's "
+                         "padding_side='left'); a right-padded prompt would continue from its padding")
 
 
 def _checkpoint_files(path: str) -> dict[str, str]:
