@@ -280,14 +280,15 @@ def test_dp2_x_tp2_training_with_the_compressed_hook_converges_like_plain(hybrid
 
 @pytest.mark.parametrize("mode, summing_schedule", [("plain", False), ("kd_ternary", False), ("plain", True),
                                                     ("hf_llama", False), ("hf_llama_tied", False),
-                                                    ("hf_qwen2", False)])
+                                                    ("hf_qwen2", False), ("hf_llama_tied_loaded", False)])
 def test_two_stage_pipeline_equals_single_process_training(tmp_path, mode, summing_schedule):
     """GPipe over two ranks with two micro-batches; "kd_ternary": a ternary QAT student
     distilled from a teacher that runs on the last stage; ``summing_schedule``: on a GPipe
     that sums the micro-batches' gradients, as torch 2.6's does; "hf_llama": a Hugging
     Face Llama (SmolLM2's architecture) cut into DecoderStages, "_tied" with its LM head
-    sharing the embeddings' weight, as SmolLM2's does (sync_tied_grads); "hf_qwen2": a Qwen2
-    whose later layers attend through a sliding window."""
+    sharing the embeddings' weight, as SmolLM2's does (sync_tied_grads), "_loaded" with each
+    rank's stage read from a checkpoint by load_stage; "hf_qwen2": a Qwen2 whose later
+    layers attend through a sliding window."""
     if mode.startswith("hf_"):
         pytest.importorskip("transformers")
     run(workers.pipeline_train, 2, tmp_path, mode, summing_schedule)
@@ -335,6 +336,19 @@ def test_gpt_stage_holds_its_blocks_and_checks_its_index():
     for index in (-1, 2):
         with pytest.raises(ValueError, match=rf"stage_index \({index}\) must lie in \[0, num_stages \(2\)\)"):
             gpt_stage(model, index, 2)
+
+
+def test_a_stage_given_cut_must_be_the_kind_its_index_says():
+    pytest.importorskip("transformers")
+    from effgen_kernels.distributed import gpt_stage, pipeline_stage
+
+    model = workers.tiny_decoder("llama")
+    for cut, index, message in [((0, 3), 1, "stage 1 of 3 is a middle stage, but the DecoderStage given is a first"),
+                                ((1, 3), 2, "stage 2 of 3 is a last stage, but the DecoderStage given is a middle"),
+                                ((0, 1), 0, "stage 0 of 3 is a first stage, but the DecoderStage given is a whole"),
+                                ((0, 3), 3, r"stage_index \(3\) must lie in \[0, num_stages \(3\)\)")]:
+        with pytest.raises(ValueError, match=message):
+            pipeline_stage(gpt_stage(model, *cut), index, 3)
 
 
 def test_every_decoder_family_is_tested():

@@ -728,7 +728,7 @@ def pipeline_model(mode: str) -> nn.Module:
 
         return LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
                                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                            tie_word_embeddings=mode.endswith("_tied")))
+                                            tie_word_embeddings="_tied" in mode))
     if mode == "hf_qwen2":  # its last two layers attend through a 6-token window of the 15
         from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -768,12 +768,26 @@ def summing_gpipe(stage, n_microbatches, loss_fn):
 
 def pipeline_train(rank, world, port, out, mode, summing_schedule):
     """Two pipeline stages under pipeline_schedule's GPipe (built on ``summing_gpipe`` if
-    ``summing_schedule``); saves each stage's slice of the model."""
-    from effgen_kernels.distributed.pipeline import pipeline_schedule, pipeline_stage, sync_tied_grads
+    ``summing_schedule``); saves each stage's slice of the model. "_loaded": each rank
+    trains the stage load_stage reads from the model's checkpoint, not the model's own."""
+    from effgen_kernels.distributed.pipeline import (
+        gpt_stage,
+        load_stage,
+        pipeline_schedule,
+        pipeline_stage,
+        sync_tied_grads,
+    )
 
     init(rank, world, port)
     model = pipeline_model(mode)
-    stage = pipeline_stage(model, rank, world)
+    if mode.endswith("_loaded"):
+        checkpoint = os.path.join(out, "checkpoint")
+        if rank == 0:
+            model.save_pretrained(checkpoint)
+        dist.barrier()
+        stage = pipeline_stage(load_stage(checkpoint, rank, world), rank, world)
+    else:
+        stage = pipeline_stage(model, rank, world)
     options = {"schedule": summing_gpipe} if summing_schedule else {}
     schedule = pipeline_schedule(stage, MICROBATCHES, pipeline_loss(mode), **options)
     opt = torch.optim.SGD(stage.submod.parameters(), lr=pipeline_lr(mode))
@@ -789,7 +803,9 @@ def pipeline_train(rank, world, port, out, mode, summing_schedule):
             losses.append(torch.stack(step_losses).mean().item())
         sync_tied_grads(stage)  # a tied LM head's two copies (first and last stage) get the same gradient
         opt.step()
-    owned = {t.data_ptr() for t in stage.submod.state_dict().values()}  # the stage shares the model's tensors
+    if mode.endswith("_loaded"):  # into the model's slice, to be compared by the model's names
+        gpt_stage(model, rank, world).load_state_dict(stage.submod.state_dict())
+    owned = {t.data_ptr() for t in gpt_stage(model, rank, world).state_dict().values()}  # shares the model's tensors
     state = {k: v for k, v in model.state_dict().items() if v.data_ptr() in owned}
     torch.save({"state": state, "losses": losses}, os.path.join(out, f"{rank}.pt"))
     del schedule, stage

@@ -167,19 +167,24 @@ def gpt_stage(model: nn.Module, stage_index: int, num_stages: int) -> GPTStage |
     return stage(model, layers, stage_index == 0, stage_index == num_stages - 1)
 
 
+_STAGE_KINDS = ("middle", "first", "last", "whole model")
+
+
+def _stage_kind(first: bool, last: bool) -> str:
+    return _STAGE_KINDS[int(first) + 2 * int(last)]
+
+
 def _check_stage_order(stage: DecoderStage, ranks: list[int], index: int, group, device) -> None:
     """Every rank of the group learns every rank's stage kind and raises the same error
     where they are not first, middle ..., last in rank order (one rank alone raising
     would leave the others waiting on it for ever)."""
-    kinds = ("middle", "first", "last", "whole model")
-    mine = torch.tensor([int(stage.first) + 2 * int(stage.last)], device=device)
+    mine = torch.tensor([_STAGE_KINDS.index(_stage_kind(stage.first, stage.last))], device=device)
     every = [torch.empty_like(mine) for _ in ranks]
     dist.all_gather(every, mine, group=group)
-    expected = [int(i == 0) + 2 * int(i == len(ranks) - 1) for i in range(len(ranks))]
-    for i, (kind, want) in enumerate(zip((int(t) for t in every), expected, strict=True)):
-        if kind != want:
+    for i, kind in enumerate(_STAGE_KINDS[int(t)] for t in every):
+        if kind != _stage_kind(i == 0, i == len(ranks) - 1):
             raise ValueError(f"pipeline_generate: rank {ranks[i]} is stage {i} of {len(ranks)} in the group, but "
-                             f"holds a {kinds[kind]} stage (rank i of the group must hold stage i)")
+                             f"holds a {kind} stage (rank i of the group must hold stage i)")
 
 
 def _token_sampler(temperature: float, top_k: int | None, top_p: float | None, generator):
@@ -320,7 +325,8 @@ def load_stage(path: str, stage_index: int, num_stages: int, dtype: torch.dtype 
     ``path`` (a safetensors checkpoint of one of DECODER_MODEL_TYPES), with only that
     stage's weights read and held: the model is built on the meta device, and the stage's
     tensors alone are made and filled from the checkpoint, so each rank of a pipeline needs
-    memory for its share of the model only. For pipeline_generate (or quantize_ it first).
+    memory for its share of the model only. For pipeline_generate (or quantize_ it first),
+    or pipeline_stage to train it.
     The checkpoint's tensors must bear the model's names (dense models as save_pretrained
     writes them; not mixture-of-experts checkpoints, stored per expert)."""
     from safetensors import safe_open
@@ -373,25 +379,44 @@ def _tied_embedding(model: nn.Module) -> nn.Parameter | None:
 
 def pipeline_stage(model: nn.Module, stage_index: int, num_stages: int, device: torch.device | str = "cpu",
                    group=None) -> PipelineStage:
-    """A torch.distributed.pipelining PipelineStage holding this rank's slice of ``model``;
-    give it to a schedule (``pipeline_schedule``, or one of torch's directly). Feed
-    the schedule contiguous token batches: torch 2.11's stages reject a strided view such
-    as ``window[:, :-1]`` (stride mismatch), later versions accept it.
+    """A torch.distributed.pipelining PipelineStage holding this rank's slice of ``model``
+    (the whole model, cut here, or a DecoderStage already cut: ``load_stage``'s, so that no
+    rank holds the whole model in training either); give it to a schedule
+    (``pipeline_schedule``, or one of torch's directly). Feed the schedule contiguous token
+    batches: torch 2.11's stages reject a strided view such as ``window[:, :-1]`` (stride
+    mismatch), later versions accept it.
 
     Where the LM head shares its weight with the embeddings, the first and last stages each
     train a copy of it: call ``sync_tied_grads(stage)`` after every ``schedule.step`` and
     before the optimizer's step, which sums the two copies' gradients, so that they stay
     equal (every rank calls pipeline_stage: the first and last ranks get a group of their own)."""
-    stage = PipelineStage(gpt_stage(model, stage_index, num_stages), stage_index, num_stages, torch.device(device),
-                          group=group)
-    stage.tied_weight, stage.tied_group = _tied_embedding(model), None
-    if stage.tied_weight is not None and num_stages > 1:
+    if isinstance(model, DecoderStage):
+        part = _stage_in_place(model, stage_index, num_stages)
+        ties = bool(getattr(model.config, "tie_word_embeddings", False))
+        weight = part.embed_tokens.weight if part.first else part.lm_head.weight if part.last else None
+    else:
+        part, weight = gpt_stage(model, stage_index, num_stages), _tied_embedding(model)
+        ties = weight is not None
+    stage = PipelineStage(part, stage_index, num_stages, torch.device(device), group=group)
+    stage.tied_weight, stage.tied_group = weight, None
+    if ties and num_stages > 1:
         ranks = dist.get_process_group_ranks(group) if group is not None else list(range(dist.get_world_size()))
         if len(ranks) != dist.get_world_size():
             raise ValueError("a model whose LM head shares the embeddings' weight is pipelined over the whole world "
                              "only (the group of its first and last stages is made by every rank); untie them: "
                              "model.lm_head.weight = nn.Parameter(model.lm_head.weight.detach().clone())")
         stage.tied_group = dist.new_group([ranks[0], ranks[num_stages - 1]])
+    return stage
+
+
+def _stage_in_place(stage: DecoderStage, stage_index: int, num_stages: int) -> DecoderStage:
+    """A stage given already cut, checked to be the kind (first, middle, ...) stage_index is."""
+    if not 0 <= stage_index < num_stages:
+        raise ValueError(f"stage_index ({stage_index}) must lie in [0, num_stages ({num_stages}))")
+    wanted, given = _stage_kind(stage_index == 0, stage_index == num_stages - 1), _stage_kind(stage.first, stage.last)
+    if given != wanted:
+        raise ValueError(f"pipeline_stage: stage {stage_index} of {num_stages} is a {wanted} stage, but the "
+                         f"DecoderStage given is a {given} stage (cut for another index)")
     return stage
 
 
