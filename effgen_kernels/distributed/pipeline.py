@@ -326,10 +326,9 @@ def load_stage(path: str, stage_index: int, num_stages: int, dtype: torch.dtype 
     stage's weights read and held: the model is built on the meta device, and the stage's
     tensors alone are made and filled from the checkpoint, so each rank of a pipeline needs
     memory for its share of the model only. For pipeline_generate (or quantize_ it first),
-    or pipeline_stage to train it.
-    The checkpoint's tensors must bear the model's names (dense models as save_pretrained
-    writes them; not mixture-of-experts checkpoints, stored per expert)."""
-    from safetensors import safe_open
+    or pipeline_stage to train it. The checkpoint's tensors bear the model's names (as
+    save_pretrained writes them), or, for Mixtral and Qwen2-MoE, each expert's matrices
+    apart, as those checkpoints store them: stacked here as transformers stacks them."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     files, config = _checkpoint_files(path), AutoConfig.from_pretrained(path)
@@ -342,15 +341,14 @@ def load_stage(path: str, stage_index: int, num_stages: int, dtype: torch.dtype 
     wanted = _names_in_model(model, stage)
     saved, state = set(model.state_dict()), {}
     for stage_name, names in wanted.items():
-        stored = next((name for name in names if name in files), None)
-        if stored is not None:
-            with safe_open(files[stored], "pt") as f:
-                state[stage_name] = f.get_tensor(stored).to(dtype)
+        tensor = _stored_tensor(names, files, config)
+        if tensor is not None:
+            state[stage_name] = tensor.to(dtype)
         elif saved.intersection(names):  # a checkpoint tensor (not a buffer made at init) that is missing
             raise KeyError(f"the checkpoint at {path} has no {names[0]}, which stage {stage_index} needs: its "
-                           f"tensors are named otherwise than the model's (transformers converts some as it loads, "
-                           f"e.g. mixture-of-experts weights stored per expert), which load_stage does not do; "
-                           f"load the whole model and cut it with gpt_stage")
+                           f"tensors are named otherwise than the model's (transformers converts some as it loads), "
+                           f"which load_stage does not do for {config.model_type}; load the whole model and cut it "
+                           f"with gpt_stage")
     stage.to_empty(device="cpu")
     # what no checkpoint holds (rotary frequencies, Gemma's embedding scale) from the model's
     # own init, run on the modules that own such tensors only
@@ -358,6 +356,48 @@ def load_stage(path: str, stage_index: int, num_stages: int, dtype: torch.dtype 
         model._init_weights(stage.get_submodule(owner))
     stage.load_state_dict(state, strict=False)
     return stage.eval()
+
+
+# Mixture-of-experts checkpoints keep each expert's matrices apart, where transformers 5's
+# model stacks them: experts.gate_up_proj [experts, 2 x intermediate, hidden] (each expert's
+# gate rows, then its up rows) and experts.down_proj [experts, hidden, intermediate]. Per
+# family: the checkpoint's name for the layer's mlp, each expert's gate / up / down matrix,
+# and the config's expert count.
+_PER_EXPERT_CHECKPOINTS = {
+    "mixtral": ("block_sparse_moe", ("w1", "w3", "w2"), "num_local_experts"),
+    "qwen2_moe": ("mlp", ("gate_proj", "up_proj", "down_proj"), "num_experts"),
+}
+
+
+def _read(files: dict[str, str], name: str) -> torch.Tensor:
+    from safetensors import safe_open
+
+    with safe_open(files[name], "pt") as f:
+        return f.get_tensor(name)
+
+
+def _stored_tensor(names: list[str], files: dict[str, str], config) -> torch.Tensor | None:
+    """The checkpoint's tensor for a model tensor of ``names`` (all its names in the model),
+    under one of them or, in a per-expert checkpoint, made from the tensors it was cut
+    into; None where the checkpoint has none."""
+    stored = next((name for name in names if name in files), None)
+    if stored is not None:
+        return _read(files, stored)
+    if config.model_type not in _PER_EXPERT_CHECKPOINTS:
+        return None
+    block, (gate, up, down), count = _PER_EXPERT_CHECKPOINTS[config.model_type]
+    layer, _, rest = names[0].partition(".mlp.")
+    if not rest:
+        return None
+    parts = {"experts.gate_up_proj": (gate, up), "experts.down_proj": (down,)}.get(rest)
+    if parts is None:  # the router, a shared expert: renamed only
+        stored = f"{layer}.{block}.{rest}"
+        return _read(files, stored) if stored in files else None
+    experts = [[f"{layer}.{block}.experts.{expert}.{part}.weight" for part in parts]
+               for expert in range(getattr(config, count))]
+    if not all(name in files for expert in experts for name in expert):
+        return None
+    return torch.stack([torch.cat([_read(files, name) for name in expert]) for expert in experts])
 
 
 def _names_in_model(model: nn.Module, stage: nn.Module) -> dict[str, list[str]]:
