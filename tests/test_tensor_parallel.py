@@ -417,6 +417,9 @@ def test_load_stage_reads_only_its_share_of_a_checkpoint(tmp_path, model_type):
     ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(stages[2](stages[1](stages[0](ids))), model(ids).logits, rtol=0, atol=0)
+        whole = load_stage(str(tmp_path), 0, 1)  # its head tied to its embeddings, where the model's is
+        torch.testing.assert_close(whole(ids), model(ids).logits, rtol=0, atol=0)
+    assert (whole.lm_head.weight is whole.embed_tokens.weight) == tied
     middle = sum(p.numel() for p in stages[1].parameters())  # one layer and its norms, no embeddings
     assert middle == sum(p.numel() for p in model.model.layers[1].parameters()), middle
 
@@ -476,6 +479,37 @@ def test_pipeline_generation_equals_generate_in_one_process(tmp_path):
                 in results["wrong_stage"]), results["wrong_stage"]
     outside = torch.load(tmp_path / "2.pt")["outside"]  # rank 2 called it with the group of ranks 0 and 1
     assert "pipeline_generate: rank 2 is not in the group [0, 1]" in outside, outside
+
+
+def test_stages_save_a_checkpoint_that_loads_whole_or_cut_otherwise(tmp_path):
+    pytest.importorskip("transformers")
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from effgen_kernels.distributed import load_stage
+
+    run(workers.save_stages, 3, tmp_path)
+    ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(0))
+    for name in workers.SAVED_MODELS:
+        path = tmp_path / name
+        weight_map = json.loads((path / "model.safetensors.index.json").read_text())["weight_map"]
+        assert sorted(set(weight_map.values())) == [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)], name
+        assert weight_map["model.layers.2.input_layernorm.weight"] == "model-00003-of-00003.safetensors"
+        assert ("lm_head.weight" in weight_map) == (name != "llama_tied"), name  # a tied head is the embeddings
+        model = workers.generation_model(name)
+        with torch.no_grad():
+            expected = model(ids).logits
+            # (transformers maps the shards in place: its own kernels on tensors aligned to
+            # 8 bytes, not 64, may differ in the last bit)
+            torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(path).eval()(ids).logits, expected,
+                                       rtol=1e-5, atol=1e-5)
+            first, last = (load_stage(str(path), index, 2) for index in range(2))  # cut in two, not three
+            torch.testing.assert_close(last(first(ids)), expected, rtol=0, atol=0)
+    for rank in range(3):
+        error = torch.load(tmp_path / f"{rank}.pt")["quantized"]
+        assert error.startswith("ValueError: save_stage: rank 2's stage holds model.layers.2."), error
+    assert not (tmp_path / "quantized").exists()
 
 
 def test_pipeline_stages_can_be_tensor_parallel_on_a_2d_mesh(tmp_path):

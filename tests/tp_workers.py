@@ -391,6 +391,25 @@ def pipeline_generation(rank, world, port, out):
     finish_worker()
 
 
+SAVED_MODELS = ("llama_tied", "mixtral", "qwen2")
+
+
+def save_stages(rank, world, port, out):
+    """Each rank writes its DecoderStage's shard of a checkpoint (save_stage) of each of
+    SAVED_MODELS, into out/<name>; then a model whose last layer alone is quantized, which
+    every rank refuses to write."""
+    from effgen_kernels.distributed import gpt_stage, save_stage
+
+    init(rank, world, port)
+    for name in SAVED_MODELS:
+        save_stage(gpt_stage(generation_model(name), rank, world), os.path.join(out, name))
+    model = generation_model("llama")
+    ek.quantize_(model, ek.Int8WeightOnlyConfig(), filter_fn=lambda module, name: name.startswith("model.layers.2."))
+    error = error_of(lambda: save_stage(gpt_stage(model, rank, world), os.path.join(out, "quantized")))
+    torch.save({"quantized": error}, os.path.join(out, f"{rank}.pt"))
+    finish_worker()
+
+
 def pipeline_of_tensor_parallel_stages(rank, world, port, out):
     """A ("pp", "tp") mesh of 2 x 2: each pipeline stage tensor-parallel over its pair of
     ranks. Greedy generation of a Qwen2-MoE (its experts expert-parallel in each pair), and

@@ -29,6 +29,7 @@ from .pipeline import (
     pipeline_generate,
     pipeline_schedule,
     pipeline_stage,
+    save_stage,
     stage_layer_ranges,
     sync_tied_grads,
 )
@@ -50,5 +51,5 @@ __all__ = ["ColumnParallelLinear", "CompressionState", "DECODER_MODEL_TYPES", "D
            "default_plan", "distillation_loss_fn", "full_state_dict", "gather_from_tensor_parallel_region",
            "gpt_stage", "init_hybrid", "load_full_state_dict", "load_stage", "next_token_loss_fn", "parallelize",
            "pipeline_generate", "pipeline_schedule", "pipeline_stage", "reduce_from_tensor_parallel_region",
-           "replicated_parameters", "scatter_to_tensor_parallel_region", "shutdown", "stage_layer_ranges",
+           "replicated_parameters", "save_stage", "scatter_to_tensor_parallel_region", "shutdown", "stage_layer_ranges",
            "sync_replicated_grads", "sync_tied_grads", "tensor_parallel_group"]

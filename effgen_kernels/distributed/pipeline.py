@@ -13,7 +13,10 @@ sampled, a KV cache on each stage).
 
 from __future__ import annotations
 
+import copy
 import inspect
+import json
+import os
 
 import torch
 import torch.distributed as dist
@@ -303,9 +306,6 @@ def _check_prompt_mask(attention_mask: torch.Tensor, input_ids: torch.Tensor) ->
 def _checkpoint_files(path: str) -> dict[str, str]:
     """Tensor name -> safetensors file of a Hugging Face checkpoint folder (one file, or the
     shards its index names)."""
-    import json
-    import os
-
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.exists(index):
         with open(index) as f:
@@ -349,13 +349,76 @@ def load_stage(path: str, stage_index: int, num_stages: int, dtype: torch.dtype 
                            f"tensors are named otherwise than the model's (transformers converts some as it loads), "
                            f"which load_stage does not do for {config.model_type}; load the whole model and cut it "
                            f"with gpt_stage")
+    tied = stage.first and stage.last and _tied_embedding(model) is not None
     stage.to_empty(device="cpu")
+    if tied:  # to_empty gave the head a weight of its own
+        stage.lm_head.weight = stage.embed_tokens.weight
     # what no checkpoint holds (rotary frequencies, Gemma's embedding scale) from the model's
     # own init, run on the modules that own such tensors only
     for owner in {name.rpartition(".")[0] for name in wanted if name not in state}:
         model._init_weights(stage.get_submodule(owner))
     stage.load_state_dict(state, strict=False)
     return stage.eval()
+
+
+def save_stage(stage: DecoderStage, path: str, group=None) -> None:
+    """Write the pipeline's model to ``path`` as a sharded Hugging Face checkpoint, each rank
+    of ``group`` (default: the world; rank i holding stage i) its own stage's shard and the
+    first also the index and config.json: what ``from_pretrained(path)`` and ``load_stage``
+    read, written with no rank holding the whole model (after pipeline training, say). Every
+    rank calls it; it returns once the whole checkpoint is written. Float stages only: a
+    quantized layer's tensors have no place in the model's checkpoint (every rank raises)."""
+    from safetensors.torch import save_file
+
+    if not isinstance(stage, DecoderStage):
+        raise TypeError(f"save_stage writes DecoderStages, not {type(stage).__name__}")
+    ranks = dist.get_process_group_ranks(group) if group is not None else list(range(dist.get_world_size()))
+    index = ranks.index(dist.get_rank())
+    shard = f"model-{index + 1:05d}-of-{len(ranks):05d}.safetensors"
+    tensors, known, model_class = _checkpoint_tensors(stage)
+    every = [None] * len(ranks)  # each stage's tensor names, bytes and names the model lacks, before any is written
+    dist.all_gather_object(every, (list(tensors), sum(t.numel() * t.element_size() for t in tensors.values()),
+                                   [name for name in tensors if name not in known]), group=group)
+    for rank, (_, _, unknown) in zip(ranks, every, strict=True):
+        if unknown:
+            raise ValueError(f"save_stage: rank {rank}'s stage holds {unknown[0]}, not one of the model's tensors (a "
+                             f"quantized layer's? save_stage writes float stages: dequantize_ them first)")
+    os.makedirs(path, exist_ok=True)
+    save_file(tensors, os.path.join(path, shard), metadata={"format": "pt"})
+    if index == 0:
+        weight_map = {name: f"model-{i + 1:05d}-of-{len(ranks):05d}.safetensors"
+                      for i, (names, _, _) in enumerate(every) for name in names}
+        with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {"total_size": sum(size for _, size, _ in every)}, "weight_map": weight_map}, f,
+                      indent=2)
+        config = copy.deepcopy(stage.config)  # with what save_pretrained adds: the class, the dtype
+        config.architectures = [model_class]
+        config.dtype = next(iter(tensors.values())).dtype
+        config.save_pretrained(path)
+    dist.barrier(group=group)
+
+
+def _checkpoint_tensors(stage: DecoderStage) -> tuple[dict[str, torch.Tensor], set[str], str]:
+    """The stage's tensors by their names in the whole model's checkpoint (its layers
+    numbered as the model numbers them; a tied head's weight left to the embeddings), the
+    names the model's checkpoint holds, and the model's class name."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(stage.config)
+    tied = bool(getattr(stage.config, "tie_word_embeddings", False))
+    tensors = {}
+    for name, tensor in stage.state_dict().items():
+        module, _, rest = name.partition(".")
+        if module == "layers":
+            layer, _, rest = rest.partition(".")
+            name = f"model.layers.{stage.layer_indices[int(layer)]}.{rest}"
+        elif module != "lm_head":
+            name = f"model.{name}"
+        elif tied:
+            continue
+        tensors[name] = tensor.detach().contiguous()
+    return tensors, set(model.state_dict()), type(model).__name__
 
 
 # Mixture-of-experts checkpoints keep each expert's matrices apart, where transformers 5's
