@@ -466,6 +466,10 @@ def test_pipeline_generation_equals_generate_in_one_process(tmp_path):
         results = torch.load(tmp_path / f"{rank}.pt")
         for name in workers.GENERATION_MODELS:
             result = results[name]
+            if rank == 2:  # the last stage's logits, None elsewhere
+                torch.testing.assert_close(result["forward"], result["expected_forward"], rtol=0, atol=0)
+            else:
+                assert result["forward"] is None
             assert result["tokens"].shape == (2, 14) and torch.equal(result["tokens"], result["expected"]), name
             assert torch.equal(result["eos_tokens"], result["expected_eos"]), name
             padded, expected = result["padded"]
@@ -538,10 +542,12 @@ def test_pipeline_stages_can_be_tensor_parallel_on_a_2d_mesh(tmp_path):
 
 
 def test_pipeline_generation_checks_its_arguments():
-    from effgen_kernels.distributed import gpt_stage, pipeline_generate
+    from effgen_kernels.distributed import gpt_stage, pipeline_forward, pipeline_generate
 
     with pytest.raises(TypeError, match="pipeline_generate runs DecoderStages"):
         pipeline_generate(gpt_stage(workers.small_gpt(), 0, 1), torch.zeros(1, 3, dtype=torch.long), 2)
+    with pytest.raises(TypeError, match="pipeline_forward runs DecoderStages"):
+        pipeline_forward(gpt_stage(workers.small_gpt(), 0, 1), torch.zeros(1, 3, dtype=torch.long))
     pytest.importorskip("transformers")
     stage = gpt_stage(workers.tiny_decoder("llama"), 0, 1)
     with pytest.raises(ValueError, match=r"input_ids must be token ids \[batch, length >= 1\], got shape \(3,\)"):

@@ -350,18 +350,24 @@ def generation_model(name: str) -> nn.Module:
     return model
 
 
+def padded_prompts() -> tuple[torch.Tensor, torch.Tensor]:
+    """Three prompts of 4, 7 and 6 tokens padded on the left with 0: (input_ids, attention_mask)."""
+    ids = torch.randint(1, 128, (3, 7), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[0, :3], mask[2, :1] = 0, 0
+    return ids.masked_fill(mask == 0, 0), mask
+
+
 def pipeline_generation(rank, world, port, out):
     """Greedy decoding through ``world`` DecoderStages against model.generate in one
     process: plain, stopping at an eos token the reference emits mid-way, prompts of three
-    lengths padded on the left, and sampled."""
-    from effgen_kernels.distributed import gpt_stage, pipeline_generate
+    lengths padded on the left, and sampled; and pipeline_forward's logits of the padded
+    prompts."""
+    from effgen_kernels.distributed import gpt_stage, pipeline_forward, pipeline_generate
 
     init(rank, world, port)
     prompt = torch.randint(0, 128, (2, 6), generator=torch.Generator().manual_seed(2))
-    padded_prompt = torch.randint(1, 128, (3, 7), generator=torch.Generator().manual_seed(3))
-    mask = torch.ones_like(padded_prompt)
-    mask[0, :3], mask[2, :1] = 0, 0
-    padded_prompt = padded_prompt.masked_fill(mask == 0, 0)
+    padded_prompt, mask = padded_prompts()
     results = {}
     for name in GENERATION_MODELS:
         model = generation_model(name)
@@ -374,7 +380,13 @@ def pipeline_generation(rank, world, port, out):
                          "expected_eos": expected_eos,
                          "padded": (pipeline_generate(stage, padded_prompt, 8, attention_mask=mask),
                                     model.generate(padded_prompt, attention_mask=mask, max_new_tokens=8,
-                                                   do_sample=False, pad_token_id=0))}
+                                                   do_sample=False, pad_token_id=0)),
+                         "forward": pipeline_forward(stage, padded_prompt, attention_mask=mask)}
+        if stage.last:  # the whole model in this process, on the same thread count
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            with torch.no_grad():
+                expected = model(padded_prompt, attention_mask=mask, position_ids=positions).logits
+            results[name]["expected_forward"] = expected
         for options in SAMPLING:  # transformers draws from the global generator, the pipeline from its own
             torch.manual_seed(7)
             expected_sampled = model.generate(prompt, max_new_tokens=8, do_sample=True, pad_token_id=0,

@@ -26,6 +26,7 @@ from .pipeline import (
     gpt_stage,
     load_stage,
     next_token_loss_fn,
+    pipeline_forward,
     pipeline_generate,
     pipeline_schedule,
     pipeline_stage,
@@ -50,6 +51,7 @@ __all__ = ["ColumnParallelLinear", "CompressionState", "DECODER_MODEL_TYPES", "D
            "TRANSFORMER_PLAN", "compressed_allreduce", "compressed_allreduce_hook", "copy_to_tensor_parallel_region",
            "default_plan", "distillation_loss_fn", "full_state_dict", "gather_from_tensor_parallel_region",
            "gpt_stage", "init_hybrid", "load_full_state_dict", "load_stage", "next_token_loss_fn", "parallelize",
-           "pipeline_generate", "pipeline_schedule", "pipeline_stage", "reduce_from_tensor_parallel_region",
-           "replicated_parameters", "save_stage", "scatter_to_tensor_parallel_region", "shutdown", "stage_layer_ranges",
-           "sync_replicated_grads", "sync_tied_grads", "tensor_parallel_group"]
+           "pipeline_forward", "pipeline_generate", "pipeline_schedule", "pipeline_stage",
+           "reduce_from_tensor_parallel_region", "replicated_parameters", "save_stage",
+           "scatter_to_tensor_parallel_region", "shutdown", "stage_layer_ranges", "sync_replicated_grads",
+           "sync_tied_grads", "tensor_parallel_group"]

@@ -177,7 +177,7 @@ def _stage_kind(first: bool, last: bool) -> str:
     return _STAGE_KINDS[int(first) + 2 * int(last)]
 
 
-def _check_stage_order(stage: DecoderStage, ranks: list[int], index: int, group, device) -> None:
+def _check_stage_order(stage: DecoderStage, ranks: list[int], group, device, caller: str) -> None:
     """Every rank of the group learns every rank's stage kind and raises the same error
     where they are not first, middle ..., last in rank order (one rank alone raising
     would leave the others waiting on it for ever)."""
@@ -186,7 +186,7 @@ def _check_stage_order(stage: DecoderStage, ranks: list[int], index: int, group,
     dist.all_gather(every, mine, group=group)
     for i, kind in enumerate(_STAGE_KINDS[int(t)] for t in every):
         if kind != _stage_kind(i == 0, i == len(ranks) - 1):
-            raise ValueError(f"pipeline_generate: rank {ranks[i]} is stage {i} of {len(ranks)} in the group, but "
+            raise ValueError(f"{caller}: rank {ranks[i]} is stage {i} of {len(ranks)} in the group, but "
                              f"holds a {kind} stage (rank i of the group must hold stage i)")
 
 
@@ -240,40 +240,24 @@ def pipeline_generate(stage: DecoderStage, input_ids: torch.Tensor, max_new_toke
     Prompts of different lengths come padded on the left with their ``attention_mask``
     [B, T] (a tokenizer's, ``padding_side="left"``). After ``eos_token_id`` a sequence keeps
     emitting it, and the loop ends early once all have."""
-    if not isinstance(stage, DecoderStage):
-        raise TypeError(f"pipeline_generate runs DecoderStages (Hugging Face models keep a KV cache), "
-                        f"not {type(stage).__name__}")
-    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
-        raise ValueError(f"input_ids must be token ids [batch, length >= 1], got shape {tuple(input_ids.shape)}")
+    _check_inputs(stage, input_ids, attention_mask, "pipeline_generate")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     _check_sampling(temperature, top_k, top_p)
-    if attention_mask is not None:
-        _check_prompt_mask(attention_mask, input_ids)
+    if attention_mask is not None and not bool(attention_mask[:, -1].bool().all()):
+        raise ValueError("attention_mask: every prompt must end with a token, padding on the left only (a tokenizer's "
+                         "padding_side='left'); a right-padded prompt would continue from its padding")
     from transformers import DynamicCache
 
     sample = _token_sampler(temperature, top_k, top_p, generator) if do_sample else None
-
-    ranks = dist.get_process_group_ranks(group) if group is not None else list(range(dist.get_world_size()))
-    if dist.get_rank() not in ranks:
-        raise ValueError(f"pipeline_generate: rank {dist.get_rank()} is not in the group {ranks}")
-    index, device = ranks.index(dist.get_rank()), input_ids.device
-    _check_stage_order(stage, ranks, index, group, device)
-    hidden_dtype = next(p.dtype for p in stage.parameters() if p.is_floating_point())
+    ranks, index = _place_in_pipeline(stage, group, input_ids.device, "pipeline_generate")
     cache, tokens, step_input, finished = DynamicCache(config=stage.config), input_ids, input_ids, None
     for _ in range(max_new_tokens):
-        if stage.first:
-            x = step_input
-        else:
-            x = torch.empty(*step_input.shape, stage.config.hidden_size, dtype=hidden_dtype, device=device)
-            dist.recv(x, ranks[index - 1], group=group)
-        x = stage(x, cache, attention_mask)
-        next_token = torch.empty(input_ids.shape[0], dtype=input_ids.dtype, device=device)
+        x = _through_stage(stage, step_input, cache, attention_mask, ranks, index, group)
+        next_token = torch.empty(input_ids.shape[0], dtype=input_ids.dtype, device=input_ids.device)
         if stage.last:
             scores = x[:, -1].float()
             next_token.copy_(scores.argmax(dim=-1) if sample is None else sample(scores, tokens))
-        else:
-            dist.send(x.contiguous(), ranks[index + 1], group=group)
         dist.broadcast(next_token, ranks[-1], group=group)
         if eos_token_id is not None:
             if finished is not None:  # a finished sequence goes on with eos, as generate pads it
@@ -288,9 +272,59 @@ def pipeline_generate(stage: DecoderStage, input_ids: torch.Tensor, max_new_toke
     return tokens
 
 
-def _check_prompt_mask(attention_mask: torch.Tensor, input_ids: torch.Tensor) -> None:
-    """A prompt's padding mask: input_ids' shape, 0 / 1, padding on the left only (the next
-    token is read from each prompt's last position, which must be one of its tokens)."""
+@torch.no_grad()
+def pipeline_forward(stage: DecoderStage, input_ids: torch.Tensor, group=None, *,
+                     attention_mask: torch.Tensor | None = None) -> torch.Tensor | None:
+    """The model's logits [B, T, vocab] for ``input_ids`` [B, T], computed through a
+    pipeline whose rank i of ``group`` (default: the world) holds stage i, a DecoderStage:
+    on the last stage's rank, None on the others. Every rank calls it with the same
+    ``input_ids`` (and ``attention_mask`` for a padded batch). For scoring (a validation
+    loss, perplexity) with no rank holding the whole model."""
+    _check_inputs(stage, input_ids, attention_mask, "pipeline_forward")
+    ranks, index = _place_in_pipeline(stage, group, input_ids.device, "pipeline_forward")
+    logits = _through_stage(stage, input_ids, None, attention_mask, ranks, index, group)
+    return logits if stage.last else None
+
+
+def _check_inputs(stage: DecoderStage, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                  caller: str) -> None:
+    if not isinstance(stage, DecoderStage):
+        raise TypeError(f"{caller} runs DecoderStages (of Hugging Face models), not {type(stage).__name__}")
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be token ids [batch, length >= 1], got shape {tuple(input_ids.shape)}")
+    if attention_mask is not None:
+        _check_mask(attention_mask, input_ids)
+
+
+def _place_in_pipeline(stage: DecoderStage, group, device: torch.device, caller: str) -> tuple[list[int], int]:
+    """The ranks of the pipeline's group and this rank's index among them, once every rank
+    has checked that they hold the stages in order."""
+    ranks = dist.get_process_group_ranks(group) if group is not None else list(range(dist.get_world_size()))
+    if dist.get_rank() not in ranks:
+        raise ValueError(f"{caller}: rank {dist.get_rank()} is not in the group {ranks}")
+    _check_stage_order(stage, ranks, group, device, caller)
+    return ranks, ranks.index(dist.get_rank())
+
+
+def _through_stage(stage: DecoderStage, tokens: torch.Tensor, cache, attention_mask: torch.Tensor | None,
+                   ranks: list[int], index: int, group) -> torch.Tensor:
+    """This rank's stage run on its share of the pipeline's step for ``tokens`` [B, T]: on
+    the tokens (first stage) or the hidden states received from the stage before; its
+    output is sent on to the next stage and returned (the logits, on the last)."""
+    if stage.first:
+        x = tokens
+    else:
+        hidden_dtype = next(p.dtype for p in stage.parameters() if p.is_floating_point())
+        x = torch.empty(*tokens.shape, stage.config.hidden_size, dtype=hidden_dtype, device=tokens.device)
+        dist.recv(x, ranks[index - 1], group=group)
+    x = stage(x, cache, attention_mask)
+    if not stage.last:
+        dist.send(x.contiguous(), ranks[index + 1], group=group)
+    return x
+
+
+def _check_mask(attention_mask: torch.Tensor, input_ids: torch.Tensor) -> None:
+    """A padding mask of input_ids' shape and device, 0 / 1."""
     if attention_mask.shape != input_ids.shape:
         raise ValueError(f"attention_mask must have input_ids' shape {list(input_ids.shape)}, "
                          f"got {list(attention_mask.shape)}")
@@ -298,9 +332,6 @@ def _check_prompt_mask(attention_mask: torch.Tensor, input_ids: torch.Tensor) ->
         raise ValueError(f"attention_mask is on {attention_mask.device}, input_ids on {input_ids.device}")
     if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
         raise ValueError("attention_mask must hold 0 (padding) and 1 (a token) only")
-    if not bool(attention_mask[:, -1].bool().all()):
-        raise ValueError("attention_mask: every prompt must end with a token, padding on the left only (a tokenizer's "
-                         "padding_side='left'); a right-padded prompt would continue from its padding")
 
 
 def _checkpoint_files(path: str) -> dict[str, str]:
