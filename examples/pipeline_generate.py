@@ -81,7 +81,11 @@ def main() -> None:
     sampling = {"do_sample": True, "temperature": 0.7, "top_k": 50, "top_p": 0.9} if args.sample else {}
 
     if args.from_checkpoint:
-        if rank == 0:
+        if rank == 0 and args.model == "smollm2":
+            from effgen_kernels.models import save_smollm2
+
+            save_smollm2(args.from_checkpoint)  # loaded from GGUF, the model cannot save_pretrained itself
+        elif rank == 0:
             model.save_pretrained(args.from_checkpoint)
         dist.barrier()
         stage = load_stage(args.from_checkpoint, rank, world)

@@ -70,6 +70,17 @@ def test_pipeline_generate_example_loads_each_stage_from_a_checkpoint(tmp_path):
 
 
 @pytest.mark.distributed
+def test_pipeline_train_example_learns_and_saves_a_checkpoint_that_scores_the_same_whole(tmp_path):
+    pytest.importorskip("transformers")
+    out = torchrun("pipeline_train.py", 2, "--model", "tiny", "--steps", "8", "--schedule", "1f1b", "--check", "--out",
+                   str(tmp_path))
+    before, after = (float(x) for x in out.split("validation perplexity ")[1].split(" (")[0].split(" -> "))
+    whole = float(out.split("loaded whole: perplexity ")[1].split()[0])
+    assert after < before * 0.8 and whole == after, out  # printed to 2 decimals
+    assert (tmp_path / "trained" / "model.safetensors.index.json").exists()
+
+
+@pytest.mark.distributed
 def test_tensor_parallel_example_matches_the_single_process_model():
     out = torchrun("tensor_parallel.py", 2, "--model", "gpt", "--quant", "w8a16")
     difference = float(out.split("single-process model ")[1].split()[0])

