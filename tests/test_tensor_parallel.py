@@ -536,6 +536,7 @@ def test_pipeline_stages_can_be_tensor_parallel_on_a_2d_mesh(tmp_path):
     for rank in range(4):
         result = torch.load(tmp_path / f"{rank}.pt")
         assert torch.equal(result["tokens"], expected_tokens), rank
+        assert torch.equal(result["loaded_tokens"], expected_tokens), rank
         if rank >= 2:  # the last stage's pair of ranks
             torch.testing.assert_close(torch.tensor(result["losses"]), torch.tensor(expected_losses), rtol=1e-5,
                                        atol=1e-5)

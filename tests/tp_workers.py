@@ -424,20 +424,27 @@ def save_stages(rank, world, port, out):
 
 def pipeline_of_tensor_parallel_stages(rank, world, port, out):
     """A ("pp", "tp") mesh of 2 x 2: each pipeline stage tensor-parallel over its pair of
-    ranks. Greedy generation of a Qwen2-MoE (its experts expert-parallel in each pair), and
+    ranks. Greedy generation of a Qwen2-MoE (its experts expert-parallel in each pair), cut
+    from the model and read from its checkpoint by load_stage (which is then sharded), and
     three GPipe steps' losses of a Qwen2 (the later ones after updates)."""
     from torch.distributed.device_mesh import init_device_mesh
 
-    from effgen_kernels.distributed import gpt_stage, pipeline_generate, pipeline_schedule, pipeline_stage
+    from effgen_kernels.distributed import gpt_stage, load_stage, pipeline_generate, pipeline_schedule, pipeline_stage
     from effgen_kernels.distributed.pipeline import next_token_loss_fn
 
     init(rank, world, port)
     mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("pp", "tp"))
     stage_index, pipeline_group = mesh.get_local_rank("pp"), mesh.get_group("pp")
     model = generation_model("qwen2_moe")
+    if rank == 0:
+        model.save_pretrained(os.path.join(out, "checkpoint"))
     parallelize(model, mesh)
     prompt = torch.randint(0, 128, (2, 6), generator=torch.Generator().manual_seed(2))
     results = {"tokens": pipeline_generate(gpt_stage(model, stage_index, 2), prompt, 8, group=pipeline_group)}
+    dist.barrier()  # the checkpoint is written
+    loaded = load_stage(os.path.join(out, "checkpoint"), stage_index, 2)
+    parallelize(loaded, mesh)
+    results["loaded_tokens"] = pipeline_generate(loaded, prompt, 8, group=pipeline_group)
     model = pipeline_model("hf_qwen2")
     parallelize(model, mesh)
     stage = pipeline_stage(model, stage_index, 2, group=pipeline_group)
