@@ -208,6 +208,24 @@ def test_mixture_of_experts_blocks_are_expert_parallel(tmp_path):
                 in results["experts_style_on_a_linear"]), results["experts_style_on_a_linear"]
 
 
+def test_experts_sharded_over_data_parallel_ranks_train_as_one_process(tmp_path):
+    pytest.importorskip("transformers")
+    run(workers.expert_all_to_all, 2, tmp_path)
+    for rank in range(2):
+        results = torch.load(tmp_path / f"{rank}.pt")
+        for model_type in ("mixtral", "qwen2_moe"):
+            result = results[model_type]
+            assert result["sharded"] == [f"model.layers.{i}.mlp.experts" for i in range(3)], result
+            assert result["ignored"] == sorted(f"model.layers.{i}.mlp.experts.local.{name}" for i in range(3)
+                                               for name in ("gate_up_proj", "down_proj")), result
+            assert result["logits"] < FP32 and result["quantized_logits"] < FP32, (model_type, result)
+            # the experts moved (by 8e-4 and more) far more than the error allowed
+            assert result["same_names"] and result["trained"] < FP32 < 10 * FP32 < result["moved"], (model_type, result)
+        assert results["one_sided"] < FP32, results["one_sided"]
+        assert "LlamaForCausalLM has no mixture-of-experts block" in results["no_experts"], results["no_experts"]
+        assert "dispatch must be one of all_reduce, all_to_all, got 'broadcast'" in results["bad_dispatch"]
+
+
 def test_every_decoder_family_parallelizes_exactly(tmp_path):
     pytest.importorskip("transformers")
     run(workers.decoder_families, 2, tmp_path)

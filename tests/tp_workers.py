@@ -634,6 +634,57 @@ def expert_parallel(rank, world, port, out):
     finish_worker()
 
 
+def expert_all_to_all(rank, world, port, out):
+    """shard_experts on Mixtral and Qwen2-MoE, each rank with its own rows of the batch:
+    logits, three DDP training steps against one process on the whole batch, W8A16
+    experts, a block called with every token routed to rank 0's experts, and errors."""
+    from effgen_kernels.distributed import ExpertParallel, shard_experts
+
+    init(rank, world, port)
+    ids = torch.randint(0, 128, (2 * world, 13), generator=torch.Generator().manual_seed(1))
+    own = ids[2 * rank:2 * rank + 2]
+    results = {}
+    for model_type in ("mixtral", "qwen2_moe"):
+        reference, model = tiny_decoder(model_type), tiny_decoder(model_type)
+        sharded = shard_experts(model)
+        result = {"sharded": sharded, "ignored": sorted(model._ddp_params_and_buffers_to_ignore)}
+        with torch.no_grad():
+            result["logits"] = max_diff(model(own).logits, reference(own).logits)
+        ddp = nn.parallel.DistributedDataParallel(model)
+        for m, batch in ((ddp, own), (reference, ids)):  # the mean loss over all rows, as DDP averages
+            optimizer = torch.optim.SGD(m.parameters(), lr=0.5)
+            m.train()
+            for _ in range(3):
+                optimizer.zero_grad()
+                logits = m(batch[:, :-1]).logits
+                nn.functional.cross_entropy(logits.reshape(-1, 128), batch[:, 1:].reshape(-1)).backward()
+                optimizer.step()
+        full, expected = full_state_dict(model), reference.state_dict()
+        result["same_names"] = set(full) == set(expected)
+        result["trained"] = max(max_diff(v, expected[k]) for k, v in full.items())
+        result["moved"] = max_diff(expected["model.layers.0.mlp.experts.down_proj"],
+                                   tiny_decoder(model_type).state_dict()["model.layers.0.mlp.experts.down_proj"])
+        quantized, expected_quantized = tiny_decoder(model_type), tiny_decoder(model_type)
+        shard_experts(quantized, quant=ek.Int8WeightOnlyConfig())
+        ek.quantize_(expected_quantized, ek.Int8WeightOnlyConfig(),
+                     filter_fn=lambda module, name: name.endswith("experts"))
+        with torch.no_grad():
+            result["quantized_logits"] = max_diff(quantized(own).logits, expected_quantized(own).logits)
+        results[model_type] = result
+        del ddp
+    block = tiny_decoder("mixtral").model.layers[0].mlp.experts
+    hidden = torch.randn(5, 32, generator=torch.Generator().manual_seed(rank))
+    index, weights = torch.tensor([[0, 1]] * 5), torch.full((5, 2), 0.5)  # rank 1's experts get nothing
+    with torch.no_grad():
+        expected = block(hidden, index, weights)
+        results["one_sided"] = max_diff(ExpertParallel(block, dispatch="all_to_all")(hidden, index, weights), expected)
+    results["no_experts"] = error_of(lambda: shard_experts(tiny_decoder("llama")))
+    results["bad_dispatch"] = error_of(lambda: ExpertParallel(tiny_decoder("mixtral").model.layers[0].mlp.experts,
+                                                              dispatch="broadcast"))
+    torch.save(results, os.path.join(out, f"{rank}.pt"))
+    finish_worker()
+
+
 def decoder_families(rank, world, port, out):
     """parallelize with its default plan on a tiny model of every family pipeline stages know
     (Llama's kin): logits, an SGD step, the per-rank head counts, and W8A16 against the

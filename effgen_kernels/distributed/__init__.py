@@ -3,7 +3,7 @@ tensor-parallel (quantized) layers, expert-parallel mixture-of-experts blocks, p
 the data x tensor parallel mesh."""
 
 from .compression import CompressionState, compressed_allreduce, compressed_allreduce_hook
-from .experts import ExpertParallel
+from .experts import ExpertParallel, shard_experts
 from .parallelize import (
     GPT2_PLAN,
     GPT_NEOX_PLAN,
@@ -53,5 +53,5 @@ __all__ = ["ColumnParallelLinear", "CompressionState", "DECODER_MODEL_TYPES", "D
            "gpt_stage", "init_hybrid", "load_full_state_dict", "load_stage", "next_token_loss_fn", "parallelize",
            "pipeline_forward", "pipeline_generate", "pipeline_schedule", "pipeline_stage",
            "reduce_from_tensor_parallel_region", "replicated_parameters", "save_stage",
-           "scatter_to_tensor_parallel_region", "shutdown", "stage_layer_ranges", "sync_replicated_grads",
-           "sync_tied_grads", "tensor_parallel_group"]
+           "scatter_to_tensor_parallel_region", "shard_experts", "shutdown", "stage_layer_ranges",
+           "sync_replicated_grads", "sync_tied_grads", "tensor_parallel_group"]
