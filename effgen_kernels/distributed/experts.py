@@ -171,8 +171,11 @@ def shard_experts(model: nn.Module, group=None, quant=None) -> list[str]:
     """Expert parallelism over ``group`` for a data-parallel model: every mixture-of-experts
     block's experts split over the ranks (ExpertParallel, dispatch "all_to_all"), each rank
     keeping its own tokens. The rest of the model stays whole: wrap it in DDP over the same
-    group, which leaves the sharded experts alone (they are marked to be ignored).
-    ``quant`` quantizes each kept expert. Returns the names of the blocks sharded."""
+    group, which leaves the sharded experts alone (they are marked to be ignored). Every
+    block's forward exchanges tokens with every rank: the ranks run the model in step (the
+    same number of forward passes, any number of tokens each, none included), as DDP
+    training does; generation that may stop early on one rank does not. ``quant`` quantizes
+    each kept expert. Returns the names of the blocks sharded."""
     names = [name for name, module in model.named_modules() if is_experts_block(module)]
     if not names:
         raise ValueError(f"{type(model).__name__} has no mixture-of-experts block (transformers 5 experts) to shard")
