@@ -173,7 +173,7 @@ def shard_experts(model: nn.Module, group=None, quant=None) -> list[str]:
     keeping its own tokens. The rest of the model stays whole: wrap it in DDP over the same
     group, which leaves the sharded experts alone (they are marked to be ignored). Every
     block's forward exchanges tokens with every rank: the ranks run the model in step (the
-    same number of forward passes, any number of tokens each, none included), as DDP
+    same number of forward passes, any number of tokens each), as DDP
     training does; generation that may stop early on one rank does not. ``quant`` quantizes
     each kept expert. Returns the names of the blocks sharded."""
     names = [name for name, module in model.named_modules() if is_experts_block(module)]
