@@ -403,8 +403,8 @@ def save_stage(stage: DecoderStage, path: str, group=None) -> None:
 
     if not isinstance(stage, DecoderStage):
         raise TypeError(f"save_stage writes DecoderStages, not {type(stage).__name__}")
-    ranks = dist.get_process_group_ranks(group) if group is not None else list(range(dist.get_world_size()))
-    index = ranks.index(dist.get_rank())
+    device = next(iter(stage.parameters())).device
+    ranks, index = _place_in_pipeline(stage, group, device, "save_stage")
     shard = f"model-{index + 1:05d}-of-{len(ranks):05d}.safetensors"
     tensors, known, model_class = _checkpoint_tensors(stage)
     every = [None] * len(ranks)  # each stage's tensor names, bytes and names the model lacks, before any is written
