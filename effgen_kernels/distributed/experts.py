@@ -120,7 +120,7 @@ class ExpertParallel(nn.Module):
     def _all_to_all(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                     top_k_weights: torch.Tensor) -> torch.Tensor:
         """Each (token, expert) pair of this rank's tokens to the expert's rank and back."""
-        tokens, top_k = top_k_index.shape
+        top_k = top_k_index.shape[1]
         experts = top_k_index.reshape(-1)
         owner = torch.div(experts, self.local_experts, rounding_mode="floor")
         order = torch.argsort(owner, stable=True)  # pairs grouped by the rank they go to
@@ -172,10 +172,10 @@ def shard_experts(model: nn.Module, group=None, quant=None) -> list[str]:
     block's experts split over the ranks (ExpertParallel, dispatch "all_to_all"), each rank
     keeping its own tokens. The rest of the model stays whole: wrap it in DDP over the same
     group, which leaves the sharded experts alone (they are marked to be ignored). Every
-    block's forward exchanges tokens with every rank: the ranks run the model in step (the
-    same number of forward passes, any number of tokens each), as DDP
-    training does; generation that may stop early on one rank does not. ``quant`` quantizes
-    each kept expert. Returns the names of the blocks sharded."""
+    block's forward exchanges tokens with every rank, so the ranks run the model in step
+    (the same number of forward passes, any number of tokens each), as DDP training does;
+    generation that may stop early on one rank does not. ``quant`` quantizes each kept
+    expert. Returns the names of the blocks sharded."""
     names = [name for name, module in model.named_modules() if is_experts_block(module)]
     if not names:
         raise ValueError(f"{type(model).__name__} has no mixture-of-experts block (transformers 5 experts) to shard")
