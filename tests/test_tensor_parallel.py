@@ -298,14 +298,16 @@ def test_dp2_x_tp2_training_with_the_compressed_hook_converges_like_plain(hybrid
 
 @pytest.mark.parametrize("mode, summing_schedule", [("plain", False), ("kd_ternary", False), ("plain", True),
                                                     ("hf_llama", False), ("hf_llama_tied", False),
-                                                    ("hf_qwen2", False), ("hf_llama_tied_loaded", False)])
+                                                    ("hf_qwen2", False), ("hf_llama_tied_loaded", False),
+                                                    ("hf_llama_tied_interleaved", False)])
 def test_two_stage_pipeline_equals_single_process_training(tmp_path, mode, summing_schedule):
     """GPipe over two ranks with two micro-batches; "kd_ternary": a ternary QAT student
     distilled from a teacher that runs on the last stage; ``summing_schedule``: on a GPipe
     that sums the micro-batches' gradients, as torch 2.6's does; "hf_llama": a Hugging
     Face Llama (SmolLM2's architecture) cut into DecoderStages, "_tied" with its LM head
     sharing the embeddings' weight, as SmolLM2's does (sync_tied_grads), "_loaded" with each
-    rank's stage read from a checkpoint by load_stage; "hf_qwen2": a Qwen2 whose later
+    rank's stage read from a checkpoint by load_stage, "_interleaved" in four stages, two a
+    rank (pipeline_stages), under torch's interleaved 1F1B; "hf_qwen2": a Qwen2 whose later
     layers attend through a sliding window."""
     if mode.startswith("hf_"):
         pytest.importorskip("transformers")
@@ -367,6 +369,15 @@ def test_a_stage_given_cut_must_be_the_kind_its_index_says():
                                 ((0, 3), 3, r"stage_index \(3\) must lie in \[0, num_stages \(3\)\)")]:
         with pytest.raises(ValueError, match=message):
             pipeline_stage(gpt_stage(model, *cut), index, 3)
+
+
+def test_pipeline_stages_checks_its_arguments():
+    from effgen_kernels.distributed import pipeline_stages
+
+    with pytest.raises(ValueError, match="stages_per_rank must be >= 1, got 0"):
+        pipeline_stages(workers.small_gpt(), 0, 2, 0)
+    with pytest.raises(ValueError, match=r"rank_index \(2\) must lie in \[0, world \(2\)\)"):
+        pipeline_stages(workers.small_gpt(), 2, 2, 2)
 
 
 def test_every_decoder_family_is_tested():

@@ -858,28 +858,35 @@ def summing_gpipe(stage, n_microbatches, loss_fn):
 def pipeline_train(rank, world, port, out, mode, summing_schedule):
     """Two pipeline stages under pipeline_schedule's GPipe (built on ``summing_gpipe`` if
     ``summing_schedule``); saves each stage's slice of the model. "_loaded": each rank
-    trains the stage load_stage reads from the model's checkpoint, not the model's own."""
+    trains the stage load_stage reads from the model's checkpoint, not the model's own;
+    "_interleaved": four stages, two a rank, under torch's interleaved 1F1B."""
+    from torch.distributed.pipelining import ScheduleInterleaved1F1B
+
     from effgen_kernels.distributed.pipeline import (
         gpt_stage,
         load_stage,
         pipeline_schedule,
         pipeline_stage,
+        pipeline_stages,
         sync_tied_grads,
     )
 
     init(rank, world, port)
     model = pipeline_model(mode)
+    stage_indices, num_stages, options = [rank], world, {"schedule": summing_gpipe} if summing_schedule else {}
     if mode.endswith("_loaded"):
         checkpoint = os.path.join(out, "checkpoint")
         if rank == 0:
             model.save_pretrained(checkpoint)
         dist.barrier()
-        stage = pipeline_stage(load_stage(checkpoint, rank, world), rank, world)
+        stages = [pipeline_stage(load_stage(checkpoint, rank, world), rank, world)]
+    elif mode.endswith("_interleaved"):
+        stage_indices, num_stages, options = [rank, rank + world], 2 * world, {"schedule": ScheduleInterleaved1F1B}
+        stages = pipeline_stages(model, rank, world, 2)
     else:
-        stage = pipeline_stage(model, rank, world)
-    options = {"schedule": summing_gpipe} if summing_schedule else {}
-    schedule = pipeline_schedule(stage, MICROBATCHES, pipeline_loss(mode), **options)
-    opt = torch.optim.SGD(stage.submod.parameters(), lr=pipeline_lr(mode))
+        stages = [pipeline_stage(model, rank, world)]
+    schedule = pipeline_schedule(stages if len(stages) > 1 else stages[0], MICROBATCHES, pipeline_loss(mode), **options)
+    opt = torch.optim.SGD([p for stage in stages for p in stage.submod.parameters()], lr=pipeline_lr(mode))
     losses = []
     for step in range(PIPELINE_STEPS):
         window = text_batch(step)
@@ -890,14 +897,15 @@ def pipeline_train(rank, world, port, out, mode, summing_schedule):
             step_losses = []
             schedule.step(target=window, losses=step_losses)
             losses.append(torch.stack(step_losses).mean().item())
-        sync_tied_grads(stage)  # a tied LM head's two copies (first and last stage) get the same gradient
+        sync_tied_grads(stages)  # a tied LM head's two copies (first and last stage) get the same gradient
         opt.step()
     if mode.endswith("_loaded"):  # into the model's slice, to be compared by the model's names
-        gpt_stage(model, rank, world).load_state_dict(stage.submod.state_dict())
-    owned = {t.data_ptr() for t in gpt_stage(model, rank, world).state_dict().values()}  # shares the model's tensors
+        gpt_stage(model, rank, world).load_state_dict(stages[0].submod.state_dict())
+    owned = {t.data_ptr() for index in stage_indices  # the stages share the model's tensors
+             for t in gpt_stage(model, index, num_stages).state_dict().values()}
     state = {k: v for k, v in model.state_dict().items() if v.data_ptr() in owned}
     torch.save({"state": state, "losses": losses}, os.path.join(out, f"{rank}.pt"))
-    del schedule, stage
+    del schedule, stages
     finish_worker()
 
 

@@ -30,6 +30,7 @@ from .pipeline import (
     pipeline_generate,
     pipeline_schedule,
     pipeline_stage,
+    pipeline_stages,
     save_stage,
     stage_layer_ranges,
     sync_tied_grads,
@@ -51,7 +52,7 @@ __all__ = ["ColumnParallelLinear", "CompressionState", "DECODER_MODEL_TYPES", "D
            "TRANSFORMER_PLAN", "compressed_allreduce", "compressed_allreduce_hook", "copy_to_tensor_parallel_region",
            "default_plan", "distillation_loss_fn", "full_state_dict", "gather_from_tensor_parallel_region",
            "gpt_stage", "init_hybrid", "load_full_state_dict", "load_stage", "next_token_loss_fn", "parallelize",
-           "pipeline_forward", "pipeline_generate", "pipeline_schedule", "pipeline_stage",
+           "pipeline_forward", "pipeline_generate", "pipeline_schedule", "pipeline_stage", "pipeline_stages",
            "reduce_from_tensor_parallel_region", "replicated_parameters", "save_stage",
            "scatter_to_tensor_parallel_region", "shard_experts", "shutdown", "stage_layer_ranges",
            "sync_replicated_grads", "sync_tied_grads", "tensor_parallel_group"]

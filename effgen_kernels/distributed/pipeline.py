@@ -524,6 +524,33 @@ def pipeline_stage(model: nn.Module, stage_index: int, num_stages: int, device: 
     train a copy of it: call ``sync_tied_grads(stage)`` after every ``schedule.step`` and
     before the optimizer's step, which sums the two copies' gradients, so that they stay
     equal (every rank calls pipeline_stage: the first and last ranks get a group of their own)."""
+    stage, ties = _pipeline_stage(model, stage_index, num_stages, device, group)
+    stage.tied_group = _group_of_tied_copies(ties, num_stages, group)
+    return stage
+
+
+def pipeline_stages(model: nn.Module, rank_index: int, world: int, stages_per_rank: int,
+                    device: torch.device | str = "cpu", group=None) -> list[PipelineStage]:
+    """This rank's ``stages_per_rank`` stages of a pipeline of ``world`` x ``stages_per_rank``
+    stages placed in a loop (rank r holds stages r, r + world, ...), as torch's interleaved
+    schedules (``ScheduleInterleaved1F1B``, ``ScheduleLoopedBFS``) expect: each rank waits
+    less for the others than with one stage. Give the list to ``pipeline_schedule`` with
+    such a schedule, and to ``sync_tied_grads``."""
+    if stages_per_rank < 1:
+        raise ValueError(f"stages_per_rank must be >= 1, got {stages_per_rank}")
+    if not 0 <= rank_index < world:
+        raise ValueError(f"rank_index ({rank_index}) must lie in [0, world ({world}))")
+    num_stages = world * stages_per_rank
+    made = [_pipeline_stage(model, rank_index + k * world, num_stages, device, group) for k in range(stages_per_rank)]
+    tied_group = _group_of_tied_copies(made[0][1], num_stages, group)  # one group: every rank pairs the same
+    for stage, _ in made:
+        stage.tied_group = tied_group
+    return [stage for stage, _ in made]
+
+
+def _pipeline_stage(model: nn.Module, stage_index: int, num_stages: int, device, group) -> tuple[PipelineStage, bool]:
+    """The PipelineStage of stage ``stage_index`` (its tied weight, if any, as tied_weight)
+    and whether the model ties its head to the embeddings, which every rank knows."""
     if isinstance(model, DecoderStage):
         part = _stage_in_place(model, stage_index, num_stages)
         ties = bool(getattr(model.config, "tie_word_embeddings", False))
@@ -532,15 +559,24 @@ def pipeline_stage(model: nn.Module, stage_index: int, num_stages: int, device: 
         part, weight = gpt_stage(model, stage_index, num_stages), _tied_embedding(model)
         ties = weight is not None
     stage = PipelineStage(part, stage_index, num_stages, torch.device(device), group=group)
-    stage.tied_weight, stage.tied_group = weight, None
-    if ties and num_stages > 1:
-        ranks = dist.get_process_group_ranks(group) if group is not None else list(range(dist.get_world_size()))
-        if len(ranks) != dist.get_world_size():
-            raise ValueError("a model whose LM head shares the embeddings' weight is pipelined over the whole world "
-                             "only (the group of its first and last stages is made by every rank); untie them: "
-                             "model.lm_head.weight = nn.Parameter(model.lm_head.weight.detach().clone())")
-        stage.tied_group = dist.new_group([ranks[0], ranks[num_stages - 1]])
-    return stage
+    stage.tied_weight = weight
+    return stage, ties
+
+
+def _group_of_tied_copies(ties: bool, num_stages: int, group):
+    """The group of the ranks of the first and last stages, which sync_tied_grads sums a
+    tied weight's gradients over (made by every rank); None where there is nothing to sum."""
+    if not ties or num_stages == 1:
+        return None
+    ranks = dist.get_process_group_ranks(group) if group is not None else list(range(dist.get_world_size()))
+    if len(ranks) != dist.get_world_size():
+        raise ValueError("a model whose LM head shares the embeddings' weight is pipelined over the whole world "
+                         "only (the group of its first and last stages is made by every rank); untie them: "
+                         "model.lm_head.weight = nn.Parameter(model.lm_head.weight.detach().clone())")
+    first_rank, last_rank = ranks[0], ranks[(num_stages - 1) % len(ranks)]  # stage i on rank i mod size
+    group_of_copies = dist.new_group(sorted({first_rank, last_rank}))
+    # one rank holding both ends (stages in a loop over one rank) holds one weight
+    return group_of_copies if first_rank != last_rank else None
 
 
 def _stage_in_place(stage: DecoderStage, stage_index: int, num_stages: int) -> DecoderStage:
@@ -554,24 +590,28 @@ def _stage_in_place(stage: DecoderStage, stage_index: int, num_stages: int) -> D
     return stage
 
 
-def sync_tied_grads(stage: PipelineStage) -> None:
+def sync_tied_grads(stage: PipelineStage | list[PipelineStage]) -> None:
     """Sum the gradients of the first and last stages' copies of a weight the LM head shares
-    with the embeddings (see pipeline_stage); nothing on other stages or untied models."""
-    if stage.tied_group is None or not (stage.is_first or stage.is_last):
-        return
-    weight = stage.tied_weight
-    if weight.grad is None:
-        weight.grad = torch.zeros_like(weight)
-    dist.all_reduce(weight.grad, group=stage.tied_group)
+    with the embeddings (see pipeline_stage); nothing on other stages or untied models. A
+    list: each of a rank's stages (pipeline_stages)."""
+    for one in stage if isinstance(stage, list) else [stage]:
+        if one.tied_group is None or not (one.is_first or one.is_last):
+            continue
+        weight = one.tied_weight
+        if weight.grad is None:
+            weight.grad = torch.zeros_like(weight)
+        dist.all_reduce(weight.grad, group=one.tied_group)
 
 
-def pipeline_schedule(stage: PipelineStage, n_microbatches: int, loss_fn, schedule=ScheduleGPipe, **options):
+def pipeline_schedule(stage: PipelineStage | list[PipelineStage], n_microbatches: int, loss_fn,
+                      schedule=ScheduleGPipe, **options):
     """torch's pipeline ``schedule`` (GPipe by default, or e.g. ``Schedule1F1B``) over
-    ``stage``, training on the mean of ``loss_fn`` over the micro-batches, as the same loss
-    on the whole batch in one process would, on every torch this package supports: torch
-    2.7+ divides the summed gradients by ``n_microbatches`` itself (``scale_grads``),
-    torch 2.6 sums them, so there each micro-batch's loss passes its gradient back divided
-    by ``n_microbatches`` (the losses the schedule reports keep their values)."""
+    ``stage`` (or a list of a rank's stages, pipeline_stages', for an interleaved schedule),
+    training on the mean of ``loss_fn`` over the micro-batches, as the same loss on the
+    whole batch in one process would, on every torch this package supports: torch 2.7+
+    divides the summed gradients by ``n_microbatches`` itself (``scale_grads``), torch 2.6
+    sums them, so there each micro-batch's loss passes its gradient back divided by
+    ``n_microbatches`` (the losses the schedule reports keep their values)."""
     if "scale_grads" in inspect.signature(schedule).parameters:
         return schedule(stage, n_microbatches, loss_fn=loss_fn, scale_grads=True, **options)
 
