@@ -501,6 +501,7 @@ def test_pipeline_generation_equals_generate_in_one_process(tmp_path):
                 assert result["forward"] is None
             assert result["tokens"].shape == (2, 14) and torch.equal(result["tokens"], result["expected"]), name
             assert torch.equal(result["eos_tokens"], result["expected_eos"]), name
+            assert torch.equal(*result["eos_list"]), (name, result["eos_list"])
             padded, expected = result["padded"]
             assert padded.shape == (3, 15) and torch.equal(padded, expected), name
             for options in workers.SAMPLING:
@@ -584,6 +585,8 @@ def test_pipeline_generation_checks_its_arguments():
         pipeline_generate(stage, torch.zeros(3, dtype=torch.long), 2)
     with pytest.raises(ValueError, match="max_new_tokens must be >= 0, got -1"):
         pipeline_generate(stage, torch.zeros(1, 3, dtype=torch.long), -1)
+    with pytest.raises(ValueError, match="eos_token_id must be a token id, a non-empty list of them, or None"):
+        pipeline_generate(stage, torch.zeros(1, 3, dtype=torch.long), 2, eos_token_id=[])
     prompt = torch.zeros(2, 3, dtype=torch.long)
     for mask, message in [(torch.ones(2, 4), r"attention_mask must have input_ids' shape \[2, 3\], got \[2, 4\]"),
                           (torch.full((2, 3), 2), r"attention_mask must hold 0 \(padding\) and 1 \(a token\) only"),

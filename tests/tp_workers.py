@@ -378,6 +378,11 @@ def pipeline_generation(rank, world, port, out):
         results[name] = {"tokens": pipeline_generate(stage, prompt, 8), "expected": expected,
                          "eos_tokens": pipeline_generate(stage, prompt, 8, eos_token_id=eos),
                          "expected_eos": expected_eos,
+                         # either of two ids ends a sequence (the second new token of the second)
+                         "eos_list": (pipeline_generate(stage, prompt, 8, eos_token_id=[int(expected[1, 7]), eos]),
+                                      model.generate(prompt, max_new_tokens=8, do_sample=False,
+                                                     eos_token_id=[int(expected[1, 7]), eos],
+                                                     pad_token_id=int(expected[1, 7]))),
                          "padded": (pipeline_generate(stage, padded_prompt, 8, attention_mask=mask),
                                     model.generate(padded_prompt, attention_mask=mask, max_new_tokens=8,
                                                    do_sample=False, pad_token_id=0)),

@@ -227,7 +227,7 @@ def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) 
 
 @torch.no_grad()
 def pipeline_generate(stage: DecoderStage, input_ids: torch.Tensor, max_new_tokens: int, group=None,
-                      eos_token_id: int | None = None, *, attention_mask: torch.Tensor | None = None,
+                      eos_token_id: int | list[int] | None = None, *, attention_mask: torch.Tensor | None = None,
                       do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
                       top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Decoding through a pipeline whose rank i of ``group`` (default: the world) holds
@@ -238,8 +238,9 @@ def pipeline_generate(stage: DecoderStage, input_ids: torch.Tensor, max_new_toke
     with ``do_sample`` drawn after ``temperature``, ``top_k`` and ``top_p`` as transformers
     draws (the last stage's ``generator``, or torch's global one, supplies the randomness).
     Prompts of different lengths come padded on the left with their ``attention_mask``
-    [B, T] (a tokenizer's, ``padding_side="left"``). After ``eos_token_id`` a sequence keeps
-    emitting it, and the loop ends early once all have."""
+    [B, T] (a tokenizer's, ``padding_side="left"``). After ``eos_token_id`` (or any of a
+    list of them, as a chat model's generation_config may hold) a sequence emits the
+    (first) eos token, as generate pads it, and the loop ends early once all have."""
     _check_inputs(stage, input_ids, attention_mask, "pipeline_generate")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -247,6 +248,9 @@ def pipeline_generate(stage: DecoderStage, input_ids: torch.Tensor, max_new_toke
     if attention_mask is not None and not bool(attention_mask[:, -1].bool().all()):
         raise ValueError("attention_mask: every prompt must end with a token, padding on the left only (a tokenizer's "
                          "padding_side='left'); a right-padded prompt would continue from its padding")
+    eos = None if eos_token_id is None else torch.tensor(eos_token_id, device=input_ids.device).reshape(-1)
+    if eos is not None and eos.numel() == 0:
+        raise ValueError("eos_token_id must be a token id, a non-empty list of them, or None")
     from transformers import DynamicCache
 
     sample = _token_sampler(temperature, top_k, top_p, generator) if do_sample else None
@@ -259,10 +263,10 @@ def pipeline_generate(stage: DecoderStage, input_ids: torch.Tensor, max_new_toke
             scores = x[:, -1].float()
             next_token.copy_(scores.argmax(dim=-1) if sample is None else sample(scores, tokens))
         dist.broadcast(next_token, ranks[-1], group=group)
-        if eos_token_id is not None:
+        if eos is not None:
             if finished is not None:  # a finished sequence goes on with eos, as generate pads it
-                next_token = next_token.masked_fill(finished, eos_token_id)
-            finished = next_token == eos_token_id
+                next_token = next_token.masked_fill(finished, eos[0])
+            finished = torch.isin(next_token, eos)
         tokens = torch.cat([tokens, next_token[:, None]], dim=1)
         if finished is not None and bool(finished.all()):
             break
