@@ -76,7 +76,8 @@ def test_pipeline_train_example_learns_and_saves_a_checkpoint_that_scores_the_sa
                    str(tmp_path))
     before, after = (float(x) for x in out.split("validation perplexity ")[1].split(" (")[0].split(" -> "))
     whole = float(out.split("loaded whole: perplexity ")[1].split()[0])
-    assert after < before * 0.8 and whole == after, out  # printed to 2 decimals
+    # the same perplexity to the last printed digit (rounding may part values a hair apart)
+    assert after < before * 0.8 and abs(whole - after) <= 0.011, out
     assert (tmp_path / "trained" / "model.safetensors.index.json").exists()
 
 
