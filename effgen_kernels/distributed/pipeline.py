@@ -401,8 +401,9 @@ def save_stage(stage: DecoderStage, path: str, group=None) -> None:
     of ``group`` (default: the world; rank i holding stage i) its own stage's shard and the
     first also the index and config.json: what ``from_pretrained(path)`` and ``load_stage``
     read, written with no rank holding the whole model (after pipeline training, say). Every
-    rank calls it; it returns once the whole checkpoint is written. Float stages only: a
-    quantized layer's tensors have no place in the model's checkpoint (every rank raises)."""
+    rank calls it; it returns once the whole checkpoint is written. Float, unsharded stages
+    only: a quantized or tensor-parallel layer's tensors have no place in the model's
+    checkpoint (every rank raises)."""
     from safetensors.torch import save_file
 
     if not isinstance(stage, DecoderStage):
@@ -417,7 +418,8 @@ def save_stage(stage: DecoderStage, path: str, group=None) -> None:
     for rank, (_, _, unknown) in zip(ranks, every, strict=True):
         if unknown:
             raise ValueError(f"save_stage: rank {rank}'s stage holds {unknown[0]}, not one of the model's tensors (a "
-                             f"quantized layer's? save_stage writes float stages: dequantize_ them first)")
+                             f"quantized or tensor-parallel layer's? save_stage writes float, unsharded stages: "
+                             f"dequantize_ them first; full_state_dict gathers a tensor-parallel model)")
     os.makedirs(path, exist_ok=True)
     save_file(tensors, os.path.join(path, shard), metadata={"format": "pt"})
     if index == 0:
