@@ -241,6 +241,8 @@ def test_every_decoder_family_parallelizes_exactly(tmp_path):
             assert result["logits"] < FP32 and result["w8a16_logits"] < FP32 and result["w8a16_state"], (model_type,
                                                                                                          result)
             assert result["trained"] < FP32, (model_type, result)
+            # sync_replicated_grads averages these over the group: no rank's own shard among them
+            assert result["replicated_shards"] == [], (model_type, result["replicated_shards"])
         # StableLM's attention views q / k / v by its own head counts: halved on each rank
         assert results["stablelm"]["heads"] == (2, 1)
         assert ("StableLmAttention normalizes q and k with a layer norm per head (qk_layernorm), which "

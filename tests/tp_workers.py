@@ -708,7 +708,10 @@ def decoder_families(rank, world, port, out):
             ek.distributed.default_plan(model), ids)
         next_token_sgd_step((reference, model), ids)
         expected = reference.state_dict()
+        replicated = {id(p) for p in replicated_parameters(model)}
         results[model_type] = {"sharded": len(sharded), "logits": logits, "w8a16_logits": w8a16_logits,
+                               "replicated_shards": [name for name, p in model.named_parameters()
+                                                     if id(p) in replicated and ".local." in name],
                                "w8a16_state": w8a16_state,
                                "trained": max(max_diff(v, expected[k]) for k, v in full_state_dict(model).items()),
                                "heads": (getattr(attention, "num_heads", None),

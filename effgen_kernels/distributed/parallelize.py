@@ -273,8 +273,8 @@ def shutdown() -> None:
 def replicated_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The trainable parameters every tensor-parallel rank holds whole (embeddings, norms,
     row-parallel biases, routers, the LM head): all but the shards of the parallel layers
-    and the expert-parallel blocks' experts."""
-    sharded = (ColumnParallelLinear, RowParallelLinear, ExpertParallel)
+    and norms and the expert-parallel blocks' experts."""
+    sharded = (ColumnParallelLinear, RowParallelLinear, ParallelRMSNorm, ExpertParallel)
     shards = {id(p) for module in model.modules() if isinstance(module, sharded) for p in module.local.parameters()}
     return [p for p in model.parameters() if p.requires_grad and id(p) not in shards]
 
