@@ -245,8 +245,10 @@ def test_every_decoder_family_parallelizes_exactly(tmp_path):
             assert result["replicated_shards"] == [], (model_type, result["replicated_shards"])
         # StableLM's attention views q / k / v by its own head counts: halved on each rank
         assert results["stablelm"]["heads"] == (2, 1)
-        assert ("StableLmAttention normalizes q and k with a layer norm per head (qk_layernorm), which "
-                "parallelize does not shard") in results["stablelm_qk_layernorm"]
+        qk_layernorm = results["stablelm_qk_layernorm"]
+        assert qk_layernorm["norms"] == (2, 1), qk_layernorm  # of 4 q heads and 2 k heads
+        assert qk_layernorm["logits"] < FP32 and qk_layernorm["loaded_logits"] < FP32, qk_layernorm
+        assert qk_layernorm["same_names"] and qk_layernorm["trained"] < FP32, qk_layernorm
 
 
 @pytest.mark.parametrize("config", sorted(workers.QUANT_CONFIGS))

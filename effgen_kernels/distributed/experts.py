@@ -36,6 +36,7 @@ from ..nn.experts import (
 from .tensor_parallel import (
     _quantized,
     copy_to_tensor_parallel_region,
+    gather_numbered,
     group_size_and_rank,
     reduce_from_tensor_parallel_region,
 )
@@ -196,16 +197,16 @@ _QUANTIZED_EXPERT = re.compile(rf"^({UP_LAYERS}|{DOWN_LAYERS})\.(\d+)\.(.+)$")
 def full_expert_tensors(layer: ExpertParallel, local_name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
     """The unsharded tensors, by their names in the block, that ``tensor`` (``local_name``
     of this rank's block) is a piece of, gathered from every rank."""
-    world, _ = group_size_and_rank(layer.group)
-    if local_name not in _expert_tensor_names(layer.local) and not _QUANTIZED_EXPERT.match(local_name):
+    match = _QUANTIZED_EXPERT.match(local_name)
+    if match is not None:
+        layers, expert, rest = match.groups()
+        return gather_numbered(tensor, layer.group, layers, int(expert), rest, layer.local_experts)
+    if local_name not in _expert_tensor_names(layer.local):
         return {local_name: tensor}  # not per expert: the same on every rank
+    world, _ = group_size_and_rank(layer.group)
     parts = [torch.empty_like(tensor) for _ in range(world)]
     torch.distributed.all_gather(parts, tensor.contiguous(), group=layer.group)
-    match = _QUANTIZED_EXPERT.match(local_name)
-    if match is None:
-        return {local_name: torch.cat(parts, dim=0)}
-    layers, expert, rest = match.groups()
-    return {f"{layers}.{rank * layer.local_experts + int(expert)}.{rest}": part for rank, part in enumerate(parts)}
+    return {local_name: torch.cat(parts, dim=0)}
 
 
 def local_expert_tensor(layer: ExpertParallel, local_name: str, full: dict[str, torch.Tensor],

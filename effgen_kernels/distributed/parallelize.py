@@ -17,6 +17,7 @@ from .experts import ExpertParallel, is_experts_block
 from .tensor_parallel import (
     QUANTIZED_LAYERS,
     ColumnParallelLinear,
+    HeadParallel,
     ParallelRMSNorm,
     RowParallelLinear,
     _all_reduce,
@@ -187,7 +188,8 @@ def _local_heads(model: nn.Module, group) -> None:
     them from their config (Phi-3's: it gets a copy of its own) or keep the width of each
     fused q/k/v part (GPT-2's split_size) now hold a 1/world share of the heads. What they
     apply to every head alike (Qwen3's q_norm / k_norm over head_dim) stays whole, but sees
-    only this rank's heads: its gradients are summed over the group."""
+    only this rank's heads: its gradients are summed over the group. What they hold a copy
+    of per head (StableLM's qk_layernorm) is cut to this rank's heads (HeadParallel)."""
     world, _ = group_size_and_rank(group)
     for module in model.modules():
         fused = getattr(module, "c_attn", None)
@@ -200,10 +202,9 @@ def _local_heads(model: nn.Module, group) -> None:
             module.config = _local_config(module.config, world)
         elif not _splits_heads(getattr(module, "q_proj", None)):
             continue
-        if getattr(module, "qk_layernorm", False):
-            raise ValueError(f"{type(module).__name__} normalizes q and k with a layer norm per head (qk_layernorm), "
-                             f"which parallelize does not shard: plan its q/k/v projections 'column_gather' and "
-                             f"o_proj 'row_split_input'")
+        if getattr(module, "qk_layernorm", False):  # StableLM's layer norm per head: each rank its heads'
+            module.q_layernorm = HeadParallel(module.q_layernorm, group)
+            module.k_layernorm = HeadParallel(module.k_layernorm, group)
         for field in ("num_heads", "num_key_value_heads"):
             heads = getattr(module, field, None)
             if isinstance(heads, int):
@@ -215,7 +216,7 @@ def _local_heads(model: nn.Module, group) -> None:
 
 def _sum_head_shared_gradients(attention: nn.Module, group) -> None:
     for child in attention.children():
-        if isinstance(child, (ColumnParallelLinear, RowParallelLinear, ParallelRMSNorm)):
+        if isinstance(child, (ColumnParallelLinear, RowParallelLinear, ParallelRMSNorm, HeadParallel)):
             continue
         for parameter in child.parameters():
             if parameter.requires_grad:
@@ -274,7 +275,7 @@ def replicated_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The trainable parameters every tensor-parallel rank holds whole (embeddings, norms,
     row-parallel biases, routers, the LM head): all but the shards of the parallel layers
     and norms and the expert-parallel blocks' experts."""
-    sharded = (ColumnParallelLinear, RowParallelLinear, ParallelRMSNorm, ExpertParallel)
+    sharded = (ColumnParallelLinear, RowParallelLinear, ParallelRMSNorm, HeadParallel, ExpertParallel)
     shards = {id(p) for module in model.modules() if isinstance(module, sharded) for p in module.local.parameters()}
     return [p for p in model.parameters() if p.requires_grad and id(p) not in shards]
 

@@ -21,6 +21,7 @@ float activations and agree to fp32 rounding).
 from __future__ import annotations
 
 import copy
+import re
 
 import torch
 import torch.distributed as dist
@@ -477,11 +478,51 @@ class ParallelRMSNorm(nn.Module):
         return f"features={self.features} (this rank: {self.local.weight.shape[0]}), eps={self.eps}"
 
 
+class HeadParallel(nn.Module):
+    """A module with a submodule per attention head in ``norms`` (StableLM's per-head q / k
+    layer norms, each applied to one slice of dim 1 of [batch, heads, ...]), cut down in
+    place to this rank's heads [r h/p, (r + 1) h/p) and held in ``local``: called as the
+    module is, on this rank's heads (what a column-parallel q / k projection gives it)."""
+
+    def __init__(self, module: nn.Module, group=None) -> None:
+        super().__init__()
+        world, rank = group_size_and_rank(group)
+        heads = len(module.norms)
+        if heads % world:
+            raise ValueError(f"{type(module).__name__} has {heads} heads, not divisible by the tensor-parallel size "
+                             f"{world}")
+        self.group, self.count = group, heads // world
+        self.first = rank * self.count
+        module.norms = nn.ModuleList(list(module.norms)[self.first:self.first + self.count])
+        module.num_heads = self.count
+        self.local = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.local(x)
+
+    def extra_repr(self) -> str:
+        return f"heads {self.first}..{self.first + self.count - 1}"
+
+
+def gather_numbered(tensor: torch.Tensor, group, layers: str, index: int, rest: str,
+                    per_rank: int) -> dict[str, torch.Tensor]:
+    """``tensor`` (``rest`` of the ``index``-th of this rank's ``per_rank`` numbered
+    submodules ``layers``: a quantized expert, a head's norm) and its peers on the other
+    ranks, each under its number in the unsharded module (rank r's i-th is r per_rank + i)."""
+    world, _ = group_size_and_rank(group)
+    parts = [torch.empty_like(tensor) for _ in range(world)]
+    dist.all_gather(parts, tensor.contiguous(), group=group)
+    return {f"{layers}.{rank * per_rank + index}.{rest}": part for rank, part in enumerate(parts)}
+
+
+_HEAD_TENSOR = re.compile(r"^(norms)\.(\d+)\.(.+)$")
+
+
 def _parallel_layers(model: nn.Module):
     # Every name of a shared layer: state_dict holds its tensors under each of them.
     from .experts import ExpertParallel
 
-    kinds = (ColumnParallelLinear, RowParallelLinear, ParallelRMSNorm, ExpertParallel)
+    kinds = (ColumnParallelLinear, RowParallelLinear, ParallelRMSNorm, ExpertParallel, HeadParallel)
     return [(name, module) for name, module in model.named_modules(remove_duplicate=False) if isinstance(module, kinds)]
 
 
@@ -508,6 +549,11 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             state[name] = tensor
             continue
         local_name = rest[len("local."):]
+        if isinstance(layer, HeadParallel):
+            layers, head, tensor_name = _HEAD_TENSOR.match(local_name).groups()
+            state.update({f"{owner}.{key}": value for key, value in gather_numbered(
+                tensor, layer.group, layers, int(head), tensor_name, layer.count).items()})
+            continue
         if isinstance(layer, ExpertParallel):
             state.update({f"{owner}.{key}": value for key, value in full_expert_tensors(layer, local_name,
                                                                                           tensor).items()})
@@ -541,6 +587,10 @@ def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> No
             local_state[name] = state[name]
             continue
         layer, local_name = parallel[owner], name[len(owner) + 1 + len("local."):]
+        if isinstance(layer, HeadParallel):
+            layers, head, tensor_name = _HEAD_TENSOR.match(local_name).groups()
+            local_state[name] = state[f"{owner}.{layers}.{layer.first + int(head)}.{tensor_name}"]
+            continue
         if isinstance(layer, ExpertParallel):
             local_state[name] = local_expert_tensor(layer, local_name, state, f"{owner}.")
             continue
