@@ -590,6 +590,22 @@ def next_token_sgd_step(models, ids: torch.Tensor) -> None:
         m.eval()
 
 
+def against_one_process(reference: nn.Module, model: nn.Module, fresh: nn.Module, ids: torch.Tensor) -> dict:
+    """``model`` and ``fresh``, parallelized copies of the Hugging Face ``reference``, against
+    it: logits; after an SGD step of both, the full state dict (its names, the largest
+    difference); that state dict loaded into ``fresh`` (its logits)."""
+    with torch.no_grad():
+        result = {"logits": max_diff(model(ids).logits, reference(ids).logits)}
+    next_token_sgd_step((reference, model), ids)
+    full, expected = full_state_dict(model), reference.state_dict()
+    result["same_names"] = set(full) == set(expected)
+    result["trained"] = max(max_diff(v, expected[k]) for k, v in full.items())
+    load_full_state_dict(fresh, expected)
+    with torch.no_grad():
+        result["loaded_logits"] = max_diff(fresh(ids).logits, reference(ids).logits)
+    return result
+
+
 def expert_parallel(rank, world, port, out):
     """parallelize's expert parallelism on Mixtral and Qwen2-MoE (4 experts, 2 a token):
     the share of experts a rank holds, logits, a training step (router and expert gradients),
@@ -609,17 +625,9 @@ def expert_parallel(rank, world, port, out):
                   "local_weights": tuple(experts.local.gate_up_proj.shape),
                   "replicated_experts": [name for name in replicated if ".experts." in name],
                   "replicated_router": "model.layers.0.mlp.gate.weight" in replicated}
-        with torch.no_grad():
-            result["logits"] = max_diff(model(ids).logits, reference(ids).logits)
-        next_token_sgd_step((reference, model), ids)
-        full, expected = full_state_dict(model), reference.state_dict()
-        result["same_names"] = set(full) == set(expected)
-        result["trained"] = max(max_diff(v, expected[k]) for k, v in full.items())
         fresh = tiny_decoder(model_type)
         parallelize(fresh)
-        load_full_state_dict(fresh, expected)
-        with torch.no_grad():
-            result["loaded_logits"] = max_diff(fresh(ids).logits, reference(ids).logits)
+        result.update(against_one_process(reference, model, fresh, ids))
         quantized_first, expected_quantized = tiny_decoder(model_type), tiny_decoder(model_type)
         for m in (quantized_first, expected_quantized):
             ek.quantize_(m, ek.Int8WeightOnlyConfig(), filter_fn=lambda module, name: name.endswith("experts"))
@@ -701,20 +709,11 @@ def stablelm_qk_layernorm(ids: torch.Tensor) -> dict:
             if "layernorm.norms." in name:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator))
     model, fresh = copy.deepcopy(reference), copy.deepcopy(reference)
-    parallelize(model)
+    for parallel in (model, fresh):
+        parallelize(parallel)
     attention = model.model.layers[0].self_attn
-    result = {"norms": (len(attention.q_layernorm.local.norms), len(attention.k_layernorm.local.norms))}
-    with torch.no_grad():
-        result["logits"] = max_diff(model(ids).logits, reference(ids).logits)
-    next_token_sgd_step((reference, model), ids)
-    full, expected = full_state_dict(model), reference.state_dict()
-    result["same_names"] = set(full) == set(expected)
-    result["trained"] = max(max_diff(v, expected[k]) for k, v in full.items())
-    parallelize(fresh)
-    load_full_state_dict(fresh, expected)
-    with torch.no_grad():
-        result["loaded_logits"] = max_diff(fresh(ids).logits, reference(ids).logits)
-    return result
+    return {"norms": (len(attention.q_layernorm.local.norms), len(attention.k_layernorm.local.norms)),
+            **against_one_process(reference, model, fresh, ids)}
 
 
 def decoder_families(rank, world, port, out):
