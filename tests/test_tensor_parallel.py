@@ -574,6 +574,12 @@ def test_pipeline_stages_can_be_tensor_parallel_on_a_2d_mesh(tmp_path):
         if rank >= 2:  # the last stage's pair of ranks
             torch.testing.assert_close(torch.tensor(result["losses"]), torch.tensor(expected_losses), rtol=1e-5,
                                        atol=1e-5)
+    from transformers import AutoModelForCausalLM
+
+    saved, expected = AutoModelForCausalLM.from_pretrained(tmp_path / "trained").state_dict(), model.state_dict()
+    assert set(saved) == set(expected)
+    for name, tensor in saved.items():  # the trained stages, gathered whole from their pairs
+        torch.testing.assert_close(tensor, expected[name], rtol=1e-5, atol=1e-5, msg=name)
 
 
 def test_pipeline_generation_checks_its_arguments():

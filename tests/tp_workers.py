@@ -431,10 +431,18 @@ def pipeline_of_tensor_parallel_stages(rank, world, port, out):
     """A ("pp", "tp") mesh of 2 x 2: each pipeline stage tensor-parallel over its pair of
     ranks. Greedy generation of a Qwen2-MoE (its experts expert-parallel in each pair), cut
     from the model and read from its checkpoint by load_stage (which is then sharded), and
-    three GPipe steps' losses of a Qwen2 (the later ones after updates)."""
+    three GPipe steps' losses of a Qwen2 (the later ones after updates), whose trained
+    stages save_stage then writes to out/trained."""
     from torch.distributed.device_mesh import init_device_mesh
 
-    from effgen_kernels.distributed import gpt_stage, load_stage, pipeline_generate, pipeline_schedule, pipeline_stage
+    from effgen_kernels.distributed import (
+        gpt_stage,
+        load_stage,
+        pipeline_generate,
+        pipeline_schedule,
+        pipeline_stage,
+        save_stage,
+    )
     from effgen_kernels.distributed.pipeline import next_token_loss_fn
 
     init(rank, world, port)
@@ -466,6 +474,7 @@ def pipeline_of_tensor_parallel_stages(rank, world, port, out):
             schedule.step(target=window, losses=losses)
             results["losses"].append(torch.stack(losses).mean().item())
         opt.step()
+    save_stage(stage.submod, os.path.join(out, "trained"), group=pipeline_group)
     torch.save(results, os.path.join(out, f"{rank}.pt"))
     del schedule, stage
     finish_worker()

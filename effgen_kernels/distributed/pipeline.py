@@ -401,51 +401,77 @@ def save_stage(stage: DecoderStage, path: str, group=None) -> None:
     of ``group`` (default: the world; rank i holding stage i) its own stage's shard and the
     first also the index and config.json: what ``from_pretrained(path)`` and ``load_stage``
     read, written with no rank holding the whole model (after pipeline training, say). Every
-    rank calls it; it returns once the whole checkpoint is written. Float, unsharded stages
-    only: a quantized or tensor-parallel layer's tensors have no place in the model's
-    checkpoint (every rank raises)."""
+    rank calls it; it returns once the whole checkpoint is written. A tensor-parallel stage
+    (a ("pp", "tp") mesh; ``group`` its "pp" group) is gathered whole over its
+    tensor-parallel group, and the pipeline group of each one's first rank writes. Float
+    stages only: a quantized layer's tensors have no place in the model's checkpoint (every
+    rank raises)."""
     from safetensors.torch import save_file
 
     if not isinstance(stage, DecoderStage):
         raise TypeError(f"save_stage writes DecoderStages, not {type(stage).__name__}")
     device = next(iter(stage.parameters())).device
     ranks, index = _place_in_pipeline(stage, group, device, "save_stage")
-    shard = f"model-{index + 1:05d}-of-{len(ranks):05d}.safetensors"
-    tensors, known, model_class = _checkpoint_tensors(stage)
+    state, tensor_parallel_group = _unsharded_state(stage)
+    # the first rank of each tensor-parallel group writes (its pipeline group's are the others' copies)
+    writes = tensor_parallel_group is None or dist.get_rank(tensor_parallel_group) == 0
+    tensors, known, model_class = _checkpoint_tensors(stage, state)
     every = [None] * len(ranks)  # each stage's tensor names, bytes and names the model lacks, before any is written
     dist.all_gather_object(every, (list(tensors), sum(t.numel() * t.element_size() for t in tensors.values()),
                                    [name for name in tensors if name not in known]), group=group)
     for rank, (_, _, unknown) in zip(ranks, every, strict=True):
         if unknown:
             raise ValueError(f"save_stage: rank {rank}'s stage holds {unknown[0]}, not one of the model's tensors (a "
-                             f"quantized or tensor-parallel layer's? save_stage writes float, unsharded stages: "
-                             f"dequantize_ them first; full_state_dict gathers a tensor-parallel model)")
-    os.makedirs(path, exist_ok=True)
-    save_file(tensors, os.path.join(path, shard), metadata={"format": "pt"})
-    if index == 0:
-        weight_map = {name: f"model-{i + 1:05d}-of-{len(ranks):05d}.safetensors"
-                      for i, (names, _, _) in enumerate(every) for name in names}
-        with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
-            json.dump({"metadata": {"total_size": sum(size for _, size, _ in every)}, "weight_map": weight_map}, f,
-                      indent=2)
-        config = copy.deepcopy(stage.config)  # with what save_pretrained adds: the class, the dtype
-        config.architectures = [model_class]
-        config.dtype = next(iter(tensors.values())).dtype
-        config.save_pretrained(path)
+                             f"quantized layer's? save_stage writes float stages: dequantize_ them first)")
+    if writes:
+        os.makedirs(path, exist_ok=True)
+        save_file(tensors, os.path.join(path, _shard_name(index, len(ranks))), metadata={"format": "pt"})
+        if index == 0:
+            _write_index(path, [names for names, _, _ in every], sum(size for _, size, _ in every))
+            config = copy.deepcopy(stage.config)  # with what save_pretrained adds: the class, the dtype
+            config.architectures = [model_class]
+            config.dtype = next(iter(tensors.values())).dtype
+            config.save_pretrained(path)
     dist.barrier(group=group)
+    if tensor_parallel_group is not None:  # the other pipeline groups wait for the one writing
+        dist.barrier(group=tensor_parallel_group)
 
 
-def _checkpoint_tensors(stage: DecoderStage) -> tuple[dict[str, torch.Tensor], set[str], str]:
-    """The stage's tensors by their names in the whole model's checkpoint (its layers
-    numbered as the model numbers them; a tied head's weight left to the embeddings), the
-    names the model's checkpoint holds, and the model's class name."""
+def _shard_name(index: int, count: int) -> str:
+    return f"model-{index + 1:05d}-of-{count:05d}.safetensors"
+
+
+def _write_index(path: str, names_by_shard: list[list[str]], total_size: int) -> None:
+    """model.safetensors.index.json, as save_pretrained writes it: which shard holds each tensor."""
+    weight_map = {name: _shard_name(i, len(names_by_shard)) for i, names in enumerate(names_by_shard)
+                  for name in names}
+    with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total_size}, "weight_map": weight_map}, f, indent=2)
+
+
+def _unsharded_state(stage: DecoderStage):
+    """The stage's state dict, its tensor-parallel layers gathered whole (full_state_dict: a
+    collective on their group), and that group (None for a stage without one)."""
+    from .tensor_parallel import _parallel_layers, full_state_dict
+
+    parallel = _parallel_layers(stage)
+    if not parallel:
+        return stage.state_dict(), None
+    return full_state_dict(stage), parallel[0][1].group
+
+
+def _checkpoint_tensors(stage: DecoderStage, state: dict[str, torch.Tensor]
+                        ) -> tuple[dict[str, torch.Tensor], set[str], str]:
+    """The tensors of the stage's (unsharded) ``state`` by their names in the whole model's
+    checkpoint (its layers numbered as the model numbers them; a tied head's weight left to
+    the embeddings), the names the model's checkpoint holds, and the model's class name."""
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(stage.config)
     tied = bool(getattr(stage.config, "tie_word_embeddings", False))
     tensors = {}
-    for name, tensor in stage.state_dict().items():
+    for name, tensor in state.items():
         module, _, rest = name.partition(".")
         if module == "layers":
             layer, _, rest = rest.partition(".")
