@@ -173,15 +173,20 @@ def gpt_stage(model: nn.Module, stage_index: int, num_stages: int) -> GPTStage |
 _STAGE_KINDS = ("middle", "first", "last", "whole model")
 
 
+def _stage_code(first: bool, last: bool) -> int:
+    """The stage's kind as an index into _STAGE_KINDS (a number, to all-gather)."""
+    return int(first) + 2 * int(last)
+
+
 def _stage_kind(first: bool, last: bool) -> str:
-    return _STAGE_KINDS[int(first) + 2 * int(last)]
+    return _STAGE_KINDS[_stage_code(first, last)]
 
 
 def _check_stage_order(stage: DecoderStage, ranks: list[int], group, device, caller: str) -> None:
     """Every rank of the group learns every rank's stage kind and raises the same error
     where they are not first, middle ..., last in rank order (one rank alone raising
     would leave the others waiting on it for ever)."""
-    mine = torch.tensor([_STAGE_KINDS.index(_stage_kind(stage.first, stage.last))], device=device)
+    mine = torch.tensor([_stage_code(stage.first, stage.last)], device=device)
     every = [torch.empty_like(mine) for _ in ranks]
     dist.all_gather(every, mine, group=group)
     for i, kind in enumerate(_STAGE_KINDS[int(t)] for t in every):

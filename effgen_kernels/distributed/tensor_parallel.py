@@ -515,7 +515,7 @@ def gather_numbered(tensor: torch.Tensor, group, layers: str, index: int, rest: 
     return {f"{layers}.{rank * per_rank + index}.{rest}": part for rank, part in enumerate(parts)}
 
 
-_HEAD_TENSOR = re.compile(r"^(norms)\.(\d+)\.(.+)$")
+_HEAD_TENSOR = re.compile(r"^norms\.(\d+)\.(.+)$")  # a HeadParallel's local tensors: norms.<head>.<name>
 
 
 def _parallel_layers(model: nn.Module):
@@ -550,9 +550,9 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             continue
         local_name = rest[len("local."):]
         if isinstance(layer, HeadParallel):
-            layers, head, tensor_name = _HEAD_TENSOR.match(local_name).groups()
+            head, tensor_name = _HEAD_TENSOR.match(local_name).groups()
             state.update({f"{owner}.{key}": value for key, value in gather_numbered(
-                tensor, layer.group, layers, int(head), tensor_name, layer.count).items()})
+                tensor, layer.group, "norms", int(head), tensor_name, layer.count).items()})
             continue
         if isinstance(layer, ExpertParallel):
             state.update({f"{owner}.{key}": value for key, value in full_expert_tensors(layer, local_name,
@@ -588,8 +588,8 @@ def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> No
             continue
         layer, local_name = parallel[owner], name[len(owner) + 1 + len("local."):]
         if isinstance(layer, HeadParallel):
-            layers, head, tensor_name = _HEAD_TENSOR.match(local_name).groups()
-            local_state[name] = state[f"{owner}.{layers}.{layer.first + int(head)}.{tensor_name}"]
+            head, tensor_name = _HEAD_TENSOR.match(local_name).groups()
+            local_state[name] = state[f"{owner}.norms.{layer.first + int(head)}.{tensor_name}"]
             continue
         if isinstance(layer, ExpertParallel):
             local_state[name] = local_expert_tensor(layer, local_name, state, f"{owner}.")
