@@ -300,11 +300,12 @@ def test_dp2_x_tp2_training_with_the_compressed_hook_converges_like_plain(hybrid
             assert torch.equal(value, other["state"][name]), name
 
 
-@pytest.mark.parametrize("mode, summing_schedule", [("plain", False), ("kd_ternary", False), ("plain", True),
-                                                    ("hf_llama", False), ("hf_llama_tied", False),
-                                                    ("hf_qwen2", False), ("hf_llama_tied_loaded", False),
-                                                    ("hf_llama_tied_interleaved", False)])
-def test_two_stage_pipeline_equals_single_process_training(tmp_path, mode, summing_schedule):
+@pytest.mark.parametrize("mode, summing_schedule, world", [
+    ("plain", False, 2), ("kd_ternary", False, 2), ("plain", True, 2), ("hf_llama", False, 2),
+    ("hf_llama_tied", False, 2), ("hf_qwen2", False, 2), ("hf_llama_tied_loaded", False, 2),
+    ("hf_llama_tied_interleaved", False, 2), ("hf_llama_tied_loaded_interleaved", False, 2),
+    ("hf_llama_tied_loaded_interleaved", False, 1)])  # one rank holding both ends, each with its copy of the head
+def test_pipeline_training_equals_single_process_training(tmp_path, mode, summing_schedule, world):
     """GPipe over two ranks with two micro-batches; "kd_ternary": a ternary QAT student
     distilled from a teacher that runs on the last stage; ``summing_schedule``: on a GPipe
     that sums the micro-batches' gradients, as torch 2.6's does; "hf_llama": a Hugging
@@ -315,14 +316,14 @@ def test_two_stage_pipeline_equals_single_process_training(tmp_path, mode, summi
     layers attend through a sliding window."""
     if mode.startswith("hf_"):
         pytest.importorskip("transformers")
-    run(workers.pipeline_train, 2, tmp_path, mode, summing_schedule)
+    run(workers.pipeline_train, world, tmp_path, mode, summing_schedule)
     expected, expected_losses = workers.pipeline_reference(mode)
-    stages = [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)]
-    assert set(stages[0]["state"]) | set(stages[1]["state"]) == set(expected)
+    stages = [torch.load(tmp_path / f"{rank}.pt") for rank in range(world)]
+    assert set().union(*(stage["state"] for stage in stages)) == set(expected)
     for stage in stages:
         for name, value in stage["state"].items():
             torch.testing.assert_close(value, expected[name], rtol=1e-4, atol=1e-5, msg=name)
-    torch.testing.assert_close(torch.tensor(stages[1]["losses"]), torch.tensor(expected_losses), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(stages[-1]["losses"]), torch.tensor(expected_losses), rtol=1e-4, atol=1e-5)
     # The training learned something: measured on one batch (each step's batch is another
     # window of text, so the steps' own losses need not fall).
     assert workers.first_batch_loss(mode, expected) < workers.first_batch_loss(mode)
@@ -362,17 +363,21 @@ def test_gpt_stage_holds_its_blocks_and_checks_its_index():
             gpt_stage(model, index, 2)
 
 
-def test_a_stage_given_cut_must_be_the_kind_its_index_says():
+def test_a_stage_given_cut_must_be_the_kind_and_layers_its_index_says():
     pytest.importorskip("transformers")
     from effgen_kernels.distributed import gpt_stage, pipeline_stage
 
-    model = workers.tiny_decoder("llama")
-    for cut, index, message in [((0, 3), 1, "stage 1 of 3 is a middle stage, but the DecoderStage given is a first"),
-                                ((1, 3), 2, "stage 2 of 3 is a last stage, but the DecoderStage given is a middle"),
-                                ((0, 1), 0, "stage 0 of 3 is a first stage, but the DecoderStage given is a whole"),
-                                ((0, 3), 3, r"stage_index \(3\) must lie in \[0, num_stages \(3\)\)")]:
+    model = workers.tiny_decoder("llama", num_hidden_layers=4)
+    for cut, index, message in [((0, 4), 1, "stage 1 of 4 is a middle stage, but the DecoderStage given is a first"),
+                                ((1, 4), 3, "stage 3 of 4 is a last stage, but the DecoderStage given is a middle"),
+                                ((0, 1), 0, "stage 0 of 4 is a first stage, but the DecoderStage given is a whole"),
+                                ((0, 4), 4, r"stage_index \(4\) must lie in \[0, num_stages \(4\)\)"),
+                                ((1, 4), 2, r"stage 2 of 4 holds layers 2..2, but the DecoderStage given holds layers "
+                                            r"1..1 \(cut for another index or number of stages\)"),
+                                ((1, 3), 1, "stage 1 of 4 holds layers 1..1, but the DecoderStage given holds layers "
+                                            "2..2")]:
         with pytest.raises(ValueError, match=message):
-            pipeline_stage(gpt_stage(model, *cut), index, 3)
+            pipeline_stage(gpt_stage(model, *cut), index, 4)
 
 
 def test_pipeline_stages_checks_its_arguments():
@@ -382,6 +387,15 @@ def test_pipeline_stages_checks_its_arguments():
         pipeline_stages(workers.small_gpt(), 0, 2, 0)
     with pytest.raises(ValueError, match=r"rank_index \(2\) must lie in \[0, world \(2\)\)"):
         pipeline_stages(workers.small_gpt(), 2, 2, 2)
+    pytest.importorskip("transformers")
+    from effgen_kernels.distributed import gpt_stage
+
+    model = workers.tiny_decoder("llama", num_hidden_layers=6)
+    with pytest.raises(ValueError, match="pipeline_stages: 1 stages given, 2 a rank wanted"):
+        pipeline_stages([gpt_stage(model, 0, 6)], 0, 3, 2)
+    # one stage for both of rank 1's places (stages 1 and 4 of 6): every stage is checked before any is made
+    with pytest.raises(ValueError, match="stage 4 of 6 holds layers 4..4, but the DecoderStage given holds layers 1"):
+        pipeline_stages([gpt_stage(model, 1, 6)] * 2, 1, 3, 2)
 
 
 def test_every_decoder_family_is_tested():
@@ -548,6 +562,45 @@ def test_stages_save_a_checkpoint_that_loads_whole_or_cut_otherwise(tmp_path):
         error = torch.load(tmp_path / f"{rank}.pt")["quantized"]
         assert error.startswith("ValueError: save_stage: rank 2's stage holds model.layers.2."), error
     assert not (tmp_path / "quantized").exists()
+
+
+def test_several_stages_a_rank_generate_score_and_save_as_one_process(tmp_path):
+    pytest.importorskip("transformers")
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    run(workers.interleaved_stages, 2, tmp_path)
+    prompt, mask = workers.padded_prompts()
+    results = [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)]
+    for name in workers.INTERLEAVED_MODELS:
+        model = workers.generation_model(name, layers=4)
+        expected = model.generate(prompt, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
+        with torch.no_grad():
+            expected_logits = model(prompt, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+        for rank, result in enumerate(results):
+            assert torch.equal(result[name]["tokens"], expected), (name, rank)
+            assert torch.equal(result[name]["alone"], expected), (name, rank)
+        assert results[0][name]["forward"] is None  # rank 1 holds the last stage (3 of 4)
+        torch.testing.assert_close(results[1][name]["forward"], expected_logits, rtol=0, atol=0)
+        if name == "llama_w8a16":
+            continue
+        path = tmp_path / name
+        weight_map = json.loads((path / "model.safetensors.index.json").read_text())["weight_map"]
+        for layer in range(4):  # a shard a stage, numbered in pipeline order (rank 0 wrote 1 and 3)
+            shard = f"model-0000{layer + 1}-of-00004.safetensors"
+            assert weight_map[f"model.layers.{layer}.mlp.up_proj.weight"] == shard, (name, layer)
+        ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():  # (mapped shards: transformers' kernels may differ in the last bit)
+            torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(path).eval()(ids).logits,
+                                       model(ids).logits, rtol=1e-5, atol=1e-5)
+    for result in results:  # every rank raises, whichever rank's stages are wrong
+        assert ("pipeline_forward: rank 0's stage 0 is stage 0 of 4 in the group, but holds a middle stage (rank r "
+                "of the group must hold stages r, r + size, ... in that order)" in result["reversed"]), \
+            result["reversed"]
+        assert "pipeline_forward: the ranks of the group hold [1, 2] stages: each must hold as many" in result["uneven"]
+        assert ("pipeline_forward: rank 1 is stage 1 of 2 in the group, holding layers 3..3, but the stage before "
+                "ends at layer 0 (stages cut for different numbers of stages?)" in result["gap"]), result["gap"]
 
 
 def test_pipeline_stages_can_be_tensor_parallel_on_a_2d_mesh(tmp_path):

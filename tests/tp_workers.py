@@ -324,9 +324,9 @@ def tiny_decoder(model_type: str, attention: str = "sdpa", **changes):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
-    config = AutoConfig.for_model(model_type, vocab_size=128, hidden_size=32, intermediate_size=64,
-                                  num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-                                  max_position_embeddings=64, **{**DECODER_FAMILY_OPTIONS[model_type], **changes})
+    shape = {"vocab_size": 128, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64}
+    config = AutoConfig.for_model(model_type, **{**shape, **DECODER_FAMILY_OPTIONS[model_type], **changes})
     config._attn_implementation = attention
     return AutoModelForCausalLM.from_config(config).eval()
 
@@ -335,14 +335,14 @@ GENERATION_MODELS = ("llama_tied", "qwen2", "qwen2_eager", "mixtral", "gemma", "
 SAMPLING = ({"temperature": 1.0, "top_k": None, "top_p": None}, {"temperature": 0.7, "top_k": 20, "top_p": 0.9})
 
 
-def generation_model(name: str) -> nn.Module:
+def generation_model(name: str, layers: int = 3) -> nn.Module:
     """A tiny model for pipeline_generate: "llama_tied" ties its head to the embeddings,
     Qwen2 has sliding-window layers (5 tokens of the 14), "_eager" attends through explicit
     masks, "llama_w8a16" is quantized. Initialized 25x wider than transformers' default
     (std 0.5), so that the next token depends on the earlier ones and their positions: at
     0.02 a tiny model's greedy choice follows the last token alone."""
     model_type, _, variant = name.partition("_")
-    changes = {"initializer_range": 0.5, "tie_word_embeddings": variant == "tied"}
+    changes = {"initializer_range": 0.5, "tie_word_embeddings": variant == "tied", "num_hidden_layers": layers}
     model = tiny_decoder(model_type, "eager" if variant == "eager" else "sdpa", **changes)
     if variant == "w8a16":
         ek.quantize_(model, ek.Int8WeightOnlyConfig(), filter_fn=lambda module, name: name != "lm_head")
@@ -424,6 +424,41 @@ def save_stages(rank, world, port, out):
     ek.quantize_(model, ek.Int8WeightOnlyConfig(), filter_fn=lambda module, name: name.startswith("model.layers.2."))
     error = error_of(lambda: save_stage(gpt_stage(model, rank, world), os.path.join(out, "quantized")))
     torch.save({"quantized": error}, os.path.join(out, f"{rank}.pt"))
+    finish_worker()
+
+
+INTERLEAVED_MODELS = ("llama_tied", "qwen2", "llama_w8a16")
+
+
+def interleaved_stages(rank, world, port, out):
+    """Two stages a rank of four-layer models, placed as pipeline_stages places them (rank r
+    holds stages r and r + 2 of 4): greedy decoding of padded prompts, pipeline_forward's
+    logits, the four stages on each rank alone (a group of one), and the float models'
+    checkpoints written by save_stage (out/<name>); then stages that make no pipeline,
+    which every rank refuses."""
+    from effgen_kernels.distributed import gpt_stage, pipeline_forward, pipeline_generate, save_stage
+
+    init(rank, world, port)
+    prompt, mask = padded_prompts()
+    alone = [dist.new_group([r]) for r in range(world)][rank]  # every rank takes part in making each
+    results = {}
+    for name in INTERLEAVED_MODELS:
+        model = generation_model(name, layers=4)
+        stages = [gpt_stage(model, rank + k * world, 2 * world) for k in range(2)]
+        every_stage = [gpt_stage(model, index, 4) for index in range(4)]
+        results[name] = {"tokens": pipeline_generate(stages, prompt, 8, attention_mask=mask),
+                         "forward": pipeline_forward(stages, prompt, attention_mask=mask),
+                         "alone": pipeline_generate(every_stage, prompt, 8, group=alone, attention_mask=mask)}
+        if name != "llama_w8a16":
+            save_stage(stages, os.path.join(out, name))
+    model = generation_model("llama", layers=4)
+    results["reversed"] = error_of(lambda: pipeline_forward([gpt_stage(model, rank + 2, 4), gpt_stage(model, rank, 4)],
+                                                            prompt))
+    # rank 0 one stage, rank 1 two
+    results["uneven"] = error_of(lambda: pipeline_forward([gpt_stage(model, i, 4) for i in range(rank + 1)], prompt))
+    # stages 0 and 3 of 4 as a pipeline of two
+    results["gap"] = error_of(lambda: pipeline_forward(gpt_stage(model, 3 * rank, 4), prompt))
+    torch.save(results, os.path.join(out, f"{rank}.pt"))
     finish_worker()
 
 
@@ -901,7 +936,7 @@ def summing_gpipe(stage, n_microbatches, loss_fn):
 def pipeline_train(rank, world, port, out, mode, summing_schedule):
     """Two pipeline stages under pipeline_schedule's GPipe (built on ``summing_gpipe`` if
     ``summing_schedule``); saves each stage's slice of the model. "_loaded": each rank
-    trains the stage load_stage reads from the model's checkpoint, not the model's own;
+    trains the stages load_stage reads from the model's checkpoint, not the model's own;
     "_interleaved": four stages, two a rank, under torch's interleaved 1F1B."""
     from torch.distributed.pipelining import ScheduleInterleaved1F1B
 
@@ -916,34 +951,38 @@ def pipeline_train(rank, world, port, out, mode, summing_schedule):
 
     init(rank, world, port)
     model = pipeline_model(mode)
-    stage_indices, num_stages, options = [rank], world, {"schedule": summing_gpipe} if summing_schedule else {}
-    if mode.endswith("_loaded"):
+    interleaved = mode.endswith("_interleaved")
+    stage_indices = [rank, rank + world] if interleaved else [rank]
+    num_stages = world * len(stage_indices)
+    parts = model
+    if "_loaded" in mode:
         checkpoint = os.path.join(out, "checkpoint")
         if rank == 0:
             model.save_pretrained(checkpoint)
         dist.barrier()
-        stages = [pipeline_stage(load_stage(checkpoint, rank, world), rank, world)]
-    elif mode.endswith("_interleaved"):
-        stage_indices, num_stages, options = [rank, rank + world], 2 * world, {"schedule": ScheduleInterleaved1F1B}
-        stages = pipeline_stages(model, rank, world, 2)
+        parts = [load_stage(checkpoint, index, num_stages) for index in stage_indices]
+    if interleaved:
+        stages, options = pipeline_stages(parts, rank, world, 2), {"schedule": ScheduleInterleaved1F1B}
     else:
-        stages = [pipeline_stage(model, rank, world)]
+        stages = [pipeline_stage(parts[0] if isinstance(parts, list) else parts, rank, world)]
+        options = {"schedule": summing_gpipe} if summing_schedule else {}
     schedule = pipeline_schedule(stages if len(stages) > 1 else stages[0], MICROBATCHES, pipeline_loss(mode), **options)
     opt = torch.optim.SGD([p for stage in stages for p in stage.submod.parameters()], lr=pipeline_lr(mode))
     losses = []
     for step in range(PIPELINE_STEPS):
         window = text_batch(step)
         opt.zero_grad()
-        if rank == 0:
-            schedule.step(window[:, :-1].contiguous())  # torch 2.11 rejects strided stage inputs
-        else:
-            step_losses = []
-            schedule.step(target=window, losses=step_losses)
+        step_losses = []
+        # the first rank feeds the tokens (torch 2.11 rejects strided stage inputs), the last the targets
+        tokens_in = (window[:, :-1].contiguous(),) if rank == 0 else ()
+        schedule.step(*tokens_in, **{"target": window, "losses": step_losses} if rank == world - 1 else {})
+        if step_losses:
             losses.append(torch.stack(step_losses).mean().item())
         sync_tied_grads(stages)  # a tied LM head's two copies (first and last stage) get the same gradient
         opt.step()
-    if mode.endswith("_loaded"):  # into the model's slice, to be compared by the model's names
-        gpt_stage(model, rank, world).load_state_dict(stages[0].submod.state_dict())
+    if "_loaded" in mode:  # into the model's slices, to be compared by the model's names
+        for index, stage in zip(stage_indices, stages, strict=True):
+            gpt_stage(model, index, num_stages).load_state_dict(stage.submod.state_dict())
     owned = {t.data_ptr() for index in stage_indices  # the stages share the model's tensors
              for t in gpt_stage(model, index, num_stages).state_dict().values()}
     state = {k: v for k, v in model.state_dict().items() if v.data_ptr() in owned}

@@ -182,17 +182,35 @@ def _stage_kind(first: bool, last: bool) -> str:
     return _STAGE_KINDS[_stage_code(first, last)]
 
 
-def _check_stage_order(stage: DecoderStage, ranks: list[int], group, device, caller: str) -> None:
-    """Every rank of the group learns every rank's stage kind and raises the same error
-    where they are not first, middle ..., last in rank order (one rank alone raising
-    would leave the others waiting on it for ever)."""
-    mine = torch.tensor([_stage_code(stage.first, stage.last)], device=device)
+def _check_stage_order(stages: list[DecoderStage], ranks: list[int], group, device, caller: str) -> None:
+    """Every rank of the group learns every rank's stages (kind and layers) and raises the
+    same error where they do not make one pipeline in placement order (stage i on rank i mod
+    size): first, middle ..., last, each starting at the layer after the one before ends
+    (one rank alone raising would leave the others waiting on it for ever)."""
+    count = torch.tensor([len(stages)], device=device)
+    counts = [torch.empty_like(count) for _ in ranks]
+    dist.all_gather(counts, count, group=group)
+    if len({int(c) for c in counts}) > 1:
+        raise ValueError(f"{caller}: the ranks of the group hold {[int(c) for c in counts]} stages: each must hold "
+                         f"as many")
+    mine = torch.tensor([[_stage_code(s.first, s.last), s.layer_indices[0], s.layer_indices[-1] + 1] for s in stages],
+                        device=device)
     every = [torch.empty_like(mine) for _ in ranks]
     dist.all_gather(every, mine, group=group)
-    for i, kind in enumerate(_STAGE_KINDS[int(t)] for t in every):
-        if kind != _stage_kind(i == 0, i == len(ranks) - 1):
-            raise ValueError(f"{caller}: rank {ranks[i]} is stage {i} of {len(ranks)} in the group, but "
-                             f"holds a {kind} stage (rank i of the group must hold stage i)")
+    size, num_stages, next_layer = len(ranks), len(ranks) * len(stages), 0
+    placement = "rank i of the group must hold stage i" if len(stages) == 1 else \
+        "rank r of the group must hold stages r, r + size, ... in that order"
+    for i in range(num_stages):
+        code, start, end = (int(v) for v in every[i % size][i // size])
+        holder = f"rank {ranks[i % size]}" + (f"'s stage {i // size}" if len(stages) > 1 else "")
+        if _STAGE_KINDS[code] != _stage_kind(i == 0, i == num_stages - 1):
+            raise ValueError(f"{caller}: {holder} is stage {i} of {num_stages} in the group, but holds a "
+                             f"{_STAGE_KINDS[code]} stage ({placement})")
+        if start != next_layer:
+            raise ValueError(f"{caller}: {holder} is stage {i} of {num_stages} in the group, holding layers "
+                             f"{start}..{end - 1}, but the stage before ends at layer {next_layer - 1} (stages cut "
+                             f"for different numbers of stages?)")
+        next_layer = end
 
 
 def _token_sampler(temperature: float, top_k: int | None, top_p: float | None, generator):
@@ -231,10 +249,11 @@ def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) 
 
 
 @torch.no_grad()
-def pipeline_generate(stage: DecoderStage, input_ids: torch.Tensor, max_new_tokens: int, group=None,
-                      eos_token_id: int | list[int] | None = None, *, attention_mask: torch.Tensor | None = None,
-                      do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
-                      top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+def pipeline_generate(stage: DecoderStage | list[DecoderStage], input_ids: torch.Tensor, max_new_tokens: int,
+                      group=None, eos_token_id: int | list[int] | None = None, *,
+                      attention_mask: torch.Tensor | None = None, do_sample: bool = False, temperature: float = 1.0,
+                      top_k: int | None = None, top_p: float | None = None,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
     """Decoding through a pipeline whose rank i of ``group`` (default: the world) holds
     stage i, a DecoderStage (``gpt_stage(model, i, size)``): each stage keeps the KV cache
     of its own layers, passes its hidden states on, and the last picks each next token and
@@ -245,8 +264,11 @@ def pipeline_generate(stage: DecoderStage, input_ids: torch.Tensor, max_new_toke
     Prompts of different lengths come padded on the left with their ``attention_mask``
     [B, T] (a tokenizer's, ``padding_side="left"``). After ``eos_token_id`` (or any of a
     list of them, as a chat model's generation_config may hold) a sequence emits the
-    (first) eos token, as generate pads it, and the loop ends early once all have."""
-    _check_inputs(stage, input_ids, attention_mask, "pipeline_generate")
+    (first) eos token, as generate pads it, and the loop ends early once all have. A list of
+    stages: the rank's several stages, placed in a loop as ``pipeline_stages`` places them
+    (rank i of n holds stages i, i + n, ...), one KV cache holding all their layers."""
+    stages = _stages_of(stage, "pipeline_generate")
+    _check_inputs(input_ids, attention_mask)
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     _check_sampling(temperature, top_k, top_p)
@@ -259,12 +281,12 @@ def pipeline_generate(stage: DecoderStage, input_ids: torch.Tensor, max_new_toke
     from transformers import DynamicCache
 
     sample = _token_sampler(temperature, top_k, top_p, generator) if do_sample else None
-    ranks, index = _place_in_pipeline(stage, group, input_ids.device, "pipeline_generate")
-    cache, tokens, step_input, finished = DynamicCache(config=stage.config), input_ids, input_ids, None
+    ranks, indices = _place_in_pipeline(stages, group, input_ids.device, "pipeline_generate")
+    cache, tokens, step_input, finished = DynamicCache(config=stages[0].config), input_ids, input_ids, None
     for _ in range(max_new_tokens):
-        x = _through_stage(stage, step_input, cache, attention_mask, ranks, index, group)
+        x = _through_stages(stages, indices, step_input, cache, attention_mask, ranks, group)
         next_token = torch.empty(input_ids.shape[0], dtype=input_ids.dtype, device=input_ids.device)
-        if stage.last:
+        if stages[-1].last:
             scores = x[:, -1].float()
             next_token.copy_(scores.argmax(dim=-1) if sample is None else sample(scores, tokens))
         dist.broadcast(next_token, ranks[-1], group=group)
@@ -282,53 +304,68 @@ def pipeline_generate(stage: DecoderStage, input_ids: torch.Tensor, max_new_toke
 
 
 @torch.no_grad()
-def pipeline_forward(stage: DecoderStage, input_ids: torch.Tensor, group=None, *,
+def pipeline_forward(stage: DecoderStage | list[DecoderStage], input_ids: torch.Tensor, group=None, *,
                      attention_mask: torch.Tensor | None = None) -> torch.Tensor | None:
     """The model's logits [B, T, vocab] for ``input_ids`` [B, T], computed through a
-    pipeline whose rank i of ``group`` (default: the world) holds stage i, a DecoderStage:
-    on the last stage's rank, None on the others. Every rank calls it with the same
+    pipeline whose rank i of ``group`` (default: the world) holds stage i, a DecoderStage
+    (or, a list, stages i, i + n, ... of n ranks, as ``pipeline_stages`` places them): on
+    the last stage's rank, None on the others. Every rank calls it with the same
     ``input_ids`` (and ``attention_mask`` for a padded batch). For scoring (a validation
     loss, perplexity) with no rank holding the whole model."""
-    _check_inputs(stage, input_ids, attention_mask, "pipeline_forward")
-    ranks, index = _place_in_pipeline(stage, group, input_ids.device, "pipeline_forward")
-    logits = _through_stage(stage, input_ids, None, attention_mask, ranks, index, group)
-    return logits if stage.last else None
+    stages = _stages_of(stage, "pipeline_forward")
+    _check_inputs(input_ids, attention_mask)
+    ranks, indices = _place_in_pipeline(stages, group, input_ids.device, "pipeline_forward")
+    logits = _through_stages(stages, indices, input_ids, None, attention_mask, ranks, group)
+    return logits if stages[-1].last else None
 
 
-def _check_inputs(stage: DecoderStage, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                  caller: str) -> None:
-    if not isinstance(stage, DecoderStage):
-        raise TypeError(f"{caller} runs DecoderStages (of Hugging Face models), not {type(stage).__name__}")
+def _stages_of(stage: DecoderStage | list[DecoderStage], caller: str) -> list[DecoderStage]:
+    """The rank's stages: the one given, or the list."""
+    stages = list(stage) if isinstance(stage, (list, tuple)) else [stage]
+    if not stages:
+        raise ValueError(f"{caller}: the list of stages is empty")
+    for one in stages:
+        if not isinstance(one, DecoderStage):
+            raise TypeError(f"{caller} runs DecoderStages (of Hugging Face models), not {type(one).__name__}")
+    return stages
+
+
+def _check_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must be token ids [batch, length >= 1], got shape {tuple(input_ids.shape)}")
     if attention_mask is not None:
         _check_mask(attention_mask, input_ids)
 
 
-def _place_in_pipeline(stage: DecoderStage, group, device: torch.device, caller: str) -> tuple[list[int], int]:
-    """The ranks of the pipeline's group and this rank's index among them, once every rank
-    has checked that they hold the stages in order."""
+def _place_in_pipeline(stages: list[DecoderStage], group, device: torch.device, caller: str
+                       ) -> tuple[list[int], list[int]]:
+    """The ranks of the pipeline's group and the index of each of this rank's stages in the
+    pipeline (rank i of n holding stages i, i + n, ...), once every rank has checked that
+    they hold the stages in order."""
     ranks = dist.get_process_group_ranks(group) if group is not None else list(range(dist.get_world_size()))
     if dist.get_rank() not in ranks:
         raise ValueError(f"{caller}: rank {dist.get_rank()} is not in the group {ranks}")
-    _check_stage_order(stage, ranks, group, device, caller)
-    return ranks, ranks.index(dist.get_rank())
+    _check_stage_order(stages, ranks, group, device, caller)
+    index = ranks.index(dist.get_rank())
+    return ranks, [index + k * len(ranks) for k in range(len(stages))]
 
 
-def _through_stage(stage: DecoderStage, tokens: torch.Tensor, cache, attention_mask: torch.Tensor | None,
-                   ranks: list[int], index: int, group) -> torch.Tensor:
-    """This rank's stage run on its share of the pipeline's step for ``tokens`` [B, T]: on
-    the tokens (first stage) or the hidden states received from the stage before; its
-    output is sent on to the next stage and returned (the logits, on the last)."""
-    if stage.first:
-        x = tokens
-    else:
-        hidden_dtype = next(p.dtype for p in stage.parameters() if p.is_floating_point())
-        x = torch.empty(*tokens.shape, stage.config.hidden_size, dtype=hidden_dtype, device=tokens.device)
-        dist.recv(x, ranks[index - 1], group=group)
-    x = stage(x, cache, attention_mask)
-    if not stage.last:
-        dist.send(x.contiguous(), ranks[index + 1], group=group)
+def _through_stages(stages: list[DecoderStage], indices: list[int], tokens: torch.Tensor, cache,
+                    attention_mask: torch.Tensor | None, ranks: list[int], group) -> torch.Tensor:
+    """This rank's stages run in turn on their share of the pipeline's step for ``tokens``
+    [B, T], each on the tokens (the first stage), on the hidden states received from the
+    rank of the stage before, or, one rank holding every stage, on its own stage's before;
+    each one's output is sent on to the next stage's rank. The last one's output is
+    returned (the logits, on the last stage's rank)."""
+    x, size = tokens, len(ranks)
+    for stage, index in zip(stages, indices, strict=True):
+        if not stage.first and size > 1:
+            hidden_dtype = next(p.dtype for p in stage.parameters() if p.is_floating_point())
+            x = torch.empty(*tokens.shape, stage.config.hidden_size, dtype=hidden_dtype, device=tokens.device)
+            dist.recv(x, ranks[(index - 1) % size], group=group)
+        x = stage(x, cache, attention_mask)
+        if not stage.last and size > 1:
+            dist.send(x.contiguous(), ranks[(index + 1) % size], group=group)
     return x
 
 
@@ -401,41 +438,47 @@ def load_stage(path: str, stage_index: int, num_stages: int, dtype: torch.dtype 
     return stage.eval()
 
 
-def save_stage(stage: DecoderStage, path: str, group=None) -> None:
+def save_stage(stage: DecoderStage | list[DecoderStage], path: str, group=None) -> None:
     """Write the pipeline's model to ``path`` as a sharded Hugging Face checkpoint, each rank
     of ``group`` (default: the world; rank i holding stage i) its own stage's shard and the
     first also the index and config.json: what ``from_pretrained(path)`` and ``load_stage``
     read, written with no rank holding the whole model (after pipeline training, say). Every
-    rank calls it; it returns once the whole checkpoint is written. A tensor-parallel stage
-    (a ("pp", "tp") mesh; ``group`` its "pp" group) is gathered whole over its
-    tensor-parallel group, and the pipeline group of each one's first rank writes. Float
-    stages only: a quantized layer's tensors have no place in the model's checkpoint (every
-    rank raises)."""
+    rank calls it; it returns once the whole checkpoint is written. A list of stages: the
+    rank's several stages, placed as ``pipeline_stages`` places them (rank i of n holds
+    stages i, i + n, ...), a shard each. A tensor-parallel stage (a ("pp", "tp") mesh;
+    ``group`` its "pp" group) is gathered whole over its tensor-parallel group, and the
+    pipeline group of each one's first rank writes. Float stages only: a quantized layer's
+    tensors have no place in the model's checkpoint (every rank raises)."""
     from safetensors.torch import save_file
 
-    if not isinstance(stage, DecoderStage):
-        raise TypeError(f"save_stage writes DecoderStages, not {type(stage).__name__}")
-    device = next(iter(stage.parameters())).device
-    ranks, index = _place_in_pipeline(stage, group, device, "save_stage")
-    state, tensor_parallel_group = _unsharded_state(stage)
-    # the first rank of each tensor-parallel group writes (its pipeline group's are the others' copies)
-    writes = tensor_parallel_group is None or dist.get_rank(tensor_parallel_group) == 0
-    tensors, known, model_class = _checkpoint_tensors(stage, state)
-    every = [None] * len(ranks)  # each stage's tensor names, bytes and names the model lacks, before any is written
-    dist.all_gather_object(every, (list(tensors), sum(t.numel() * t.element_size() for t in tensors.values()),
-                                   [name for name in tensors if name not in known]), group=group)
-    for rank, (_, _, unknown) in zip(ranks, every, strict=True):
+    stages = _stages_of(stage, "save_stage")
+    device = next(iter(stages[0].parameters())).device
+    ranks, indices = _place_in_pipeline(stages, group, device, "save_stage")
+    shards, tensor_parallel_group, model_class = [], None, None
+    for one in stages:
+        state, tensor_parallel_group = _unsharded_state(one)
+        tensors, known, model_class = _checkpoint_tensors(one, state)
+        shards.append((tensors, [name for name in tensors if name not in known]))
+    # each stage's tensor names, bytes and names the model lacks, in pipeline order, before any is written
+    every = [None] * len(ranks)
+    dist.all_gather_object(every, [(list(tensors), sum(t.numel() * t.element_size() for t in tensors.values()),
+                                    unknown) for tensors, unknown in shards], group=group)
+    in_order = [every[i % len(ranks)][i // len(ranks)] for i in range(len(ranks) * len(stages))]
+    for i, (_, _, unknown) in enumerate(in_order):
         if unknown:
-            raise ValueError(f"save_stage: rank {rank}'s stage holds {unknown[0]}, not one of the model's tensors (a "
-                             f"quantized layer's? save_stage writes float stages: dequantize_ them first)")
-    if writes:
+            raise ValueError(f"save_stage: rank {ranks[i % len(ranks)]}'s stage holds {unknown[0]}, not one of the "
+                             f"model's tensors (a quantized layer's? save_stage writes float stages: dequantize_ "
+                             f"them first)")
+    # the first rank of each tensor-parallel group writes (its pipeline group's are the others' copies)
+    if tensor_parallel_group is None or dist.get_rank(tensor_parallel_group) == 0:
         os.makedirs(path, exist_ok=True)
-        save_file(tensors, os.path.join(path, _shard_name(index, len(ranks))), metadata={"format": "pt"})
-        if index == 0:
-            _write_index(path, [names for names, _, _ in every], sum(size for _, size, _ in every))
-            config = copy.deepcopy(stage.config)  # with what save_pretrained adds: the class, the dtype
+        for (tensors, _), index in zip(shards, indices, strict=True):
+            save_file(tensors, os.path.join(path, _shard_name(index, len(in_order))), metadata={"format": "pt"})
+        if indices[0] == 0:
+            _write_index(path, [names for names, _, _ in in_order], sum(size for _, size, _ in in_order))
+            config = copy.deepcopy(stages[0].config)  # with what save_pretrained adds: the class, the dtype
             config.architectures = [model_class]
-            config.dtype = next(iter(tensors.values())).dtype
+            config.dtype = next(iter(shards[0][0].values())).dtype
             config.save_pretrained(path)
     dist.barrier(group=group)
     if tensor_parallel_group is not None:  # the other pipeline groups wait for the one writing
@@ -561,43 +604,57 @@ def pipeline_stage(model: nn.Module, stage_index: int, num_stages: int, device: 
     train a copy of it: call ``sync_tied_grads(stage)`` after every ``schedule.step`` and
     before the optimizer's step, which sums the two copies' gradients, so that they stay
     equal (every rank calls pipeline_stage: the first and last ranks get a group of their own)."""
-    stage, ties = _pipeline_stage(model, stage_index, num_stages, device, group)
+    part, weight, ties = _stage_part(model, stage_index, num_stages)
+    stage = _pipeline_stage(part, weight, stage_index, num_stages, device, group)
     stage.tied_group = _group_of_tied_copies(ties, num_stages, group)
     return stage
 
 
-def pipeline_stages(model: nn.Module, rank_index: int, world: int, stages_per_rank: int,
+def pipeline_stages(model: nn.Module | list[DecoderStage], rank_index: int, world: int, stages_per_rank: int,
                     device: torch.device | str = "cpu", group=None) -> list[PipelineStage]:
     """This rank's ``stages_per_rank`` stages of a pipeline of ``world`` x ``stages_per_rank``
     stages placed in a loop (rank r holds stages r, r + world, ...), as torch's interleaved
     schedules (``ScheduleInterleaved1F1B``, ``ScheduleLoopedBFS``) expect: each rank waits
-    less for the others than with one stage. Give the list to ``pipeline_schedule`` with
-    such a schedule, and to ``sync_tied_grads``."""
+    less for the others than with one stage. ``model``: the whole model, cut here, or this
+    rank's DecoderStages already cut, in that order (``load_stage``'s, so that no rank holds
+    the whole model). Give the list to ``pipeline_schedule`` with such a schedule, and to
+    ``sync_tied_grads``."""
     if stages_per_rank < 1:
         raise ValueError(f"stages_per_rank must be >= 1, got {stages_per_rank}")
     if not 0 <= rank_index < world:
         raise ValueError(f"rank_index ({rank_index}) must lie in [0, world ({world}))")
+    parts = list(model) if isinstance(model, (list, tuple)) else [model] * stages_per_rank
+    if len(parts) != stages_per_rank:
+        raise ValueError(f"pipeline_stages: {len(parts)} stages given, {stages_per_rank} a rank wanted")
     num_stages = world * stages_per_rank
-    made = [_pipeline_stage(model, rank_index + k * world, num_stages, device, group) for k in range(stages_per_rank)]
-    tied_group = _group_of_tied_copies(made[0][1], num_stages, group)  # one group: every rank pairs the same
-    for stage, _ in made:
+    indices = [rank_index + k * world for k in range(stages_per_rank)]
+    cut = [_stage_part(part, index, num_stages) for part, index in zip(parts, indices, strict=True)]  # all checked
+    stages = [_pipeline_stage(part, weight, index, num_stages, device, group)
+              for (part, weight, _), index in zip(cut, indices, strict=True)]
+    tied_group = _group_of_tied_copies(cut[0][2], num_stages, group)  # one group: every rank pairs the same
+    for stage in stages:
         stage.tied_group = tied_group
-    return [stage for stage, _ in made]
+    return stages
 
 
-def _pipeline_stage(model: nn.Module, stage_index: int, num_stages: int, device, group) -> tuple[PipelineStage, bool]:
-    """The PipelineStage of stage ``stage_index`` (its tied weight, if any, as tied_weight)
-    and whether the model ties its head to the embeddings, which every rank knows."""
+def _stage_part(model: nn.Module, stage_index: int, num_stages: int) -> tuple[nn.Module, nn.Parameter | None, bool]:
+    """Stage ``stage_index``'s module (cut from the model, or the DecoderStage given, checked
+    to be that stage), its copy of a weight the head shares with the embeddings (None on a
+    middle stage or an untied model), and whether the model ties them, which every rank knows."""
     if isinstance(model, DecoderStage):
         part = _stage_in_place(model, stage_index, num_stages)
         ties = bool(getattr(model.config, "tie_word_embeddings", False))
         weight = part.embed_tokens.weight if part.first else part.lm_head.weight if part.last else None
-    else:
-        part, weight = gpt_stage(model, stage_index, num_stages), _tied_embedding(model)
-        ties = weight is not None
+        return part, weight if ties else None, ties
+    part, weight = gpt_stage(model, stage_index, num_stages), _tied_embedding(model)
+    return part, weight, weight is not None
+
+
+def _pipeline_stage(part: nn.Module, tied_weight: nn.Parameter | None, stage_index: int, num_stages: int, device,
+                    group) -> PipelineStage:
     stage = PipelineStage(part, stage_index, num_stages, torch.device(device), group=group)
-    stage.tied_weight = weight
-    return stage, ties
+    stage.tied_weight = tied_weight
+    return stage
 
 
 def _group_of_tied_copies(ties: bool, num_stages: int, group):
@@ -612,32 +669,47 @@ def _group_of_tied_copies(ties: bool, num_stages: int, group):
                          "model.lm_head.weight = nn.Parameter(model.lm_head.weight.detach().clone())")
     first_rank, last_rank = ranks[0], ranks[(num_stages - 1) % len(ranks)]  # stage i on rank i mod size
     group_of_copies = dist.new_group(sorted({first_rank, last_rank}))
-    # one rank holding both ends (stages in a loop over one rank) holds one weight
+    # one rank holding both ends (stages in a loop over one rank) sums its copies itself (or holds one weight)
     return group_of_copies if first_rank != last_rank else None
 
 
 def _stage_in_place(stage: DecoderStage, stage_index: int, num_stages: int) -> DecoderStage:
-    """A stage given already cut, checked to be the kind (first, middle, ...) stage_index is."""
+    """A stage given already cut, checked to be the kind (first, middle, ...) and to hold the
+    layers that stage_index of num_stages is."""
     if not 0 <= stage_index < num_stages:
         raise ValueError(f"stage_index ({stage_index}) must lie in [0, num_stages ({num_stages}))")
     wanted, given = _stage_kind(stage_index == 0, stage_index == num_stages - 1), _stage_kind(stage.first, stage.last)
     if given != wanted:
         raise ValueError(f"pipeline_stage: stage {stage_index} of {num_stages} is a {wanted} stage, but the "
                          f"DecoderStage given is a {given} stage (cut for another index)")
+    layers = stage_layer_ranges(stage.config.num_hidden_layers, num_stages)[stage_index]
+    if stage.layer_indices != list(layers):
+        raise ValueError(f"pipeline_stage: stage {stage_index} of {num_stages} holds layers {layers[0]}..{layers[-1]}, "
+                         f"but the DecoderStage given holds layers {stage.layer_indices[0]}.."
+                         f"{stage.layer_indices[-1]} (cut for another index or number of stages)")
     return stage
 
 
 def sync_tied_grads(stage: PipelineStage | list[PipelineStage]) -> None:
     """Sum the gradients of the first and last stages' copies of a weight the LM head shares
     with the embeddings (see pipeline_stage); nothing on other stages or untied models. A
-    list: each of a rank's stages (pipeline_stages)."""
-    for one in stage if isinstance(stage, list) else [stage]:
-        if one.tied_group is None or not (one.is_first or one.is_last):
-            continue
-        weight = one.tied_weight
-        if weight.grad is None:
-            weight.grad = torch.zeros_like(weight)
-        dist.all_reduce(weight.grad, group=one.tied_group)
+    list: each of a rank's stages (pipeline_stages); where one rank holds both ends, loaded
+    apart (load_stage), their two copies' gradients are summed on the rank."""
+    stages = stage if isinstance(stage, list) else [stage]
+    copies = [one.tied_weight for one in stages if (one.is_first or one.is_last) and one.tied_weight is not None]
+    if len(copies) == 2 and copies[0] is not copies[1]:
+        summed = _grad_or_zeros(copies[0]) + _grad_or_zeros(copies[1])
+        copies[0].grad, copies[1].grad = summed, summed.clone()
+    for one in stages:
+        if one.tied_group is not None and (one.is_first or one.is_last):
+            dist.all_reduce(_grad_or_zeros(one.tied_weight), group=one.tied_group)
+
+
+def _grad_or_zeros(weight: nn.Parameter) -> torch.Tensor:
+    """The weight's gradient, made zeros where it has none (a stage that did not use it)."""
+    if weight.grad is None:
+        weight.grad = torch.zeros_like(weight)
+    return weight.grad
 
 
 def pipeline_schedule(stage: PipelineStage | list[PipelineStage], n_microbatches: int, loss_fn,
