@@ -300,6 +300,47 @@ def test_dp2_x_tp2_training_with_the_compressed_hook_converges_like_plain(hybrid
             assert torch.equal(value, other["state"][name]), name
 
 
+@pytest.fixture(scope="module")
+def pipeline_data_parallel_runs(tmp_path_factory):
+    """dp=2 x pp=2 training of the tied Llama: plain, with the int8 compressed hook, and with
+    two stages a rank (interleaved 1F1B)."""
+    pytest.importorskip("transformers")
+    runs = {}
+    for name, codec, stages_per_rank in (("plain", None, 1), ("int8", "int8", 1), ("interleaved", None, 2)):
+        out = tmp_path_factory.mktemp(f"pipeline_data_parallel_{name}")
+        run(workers.pipeline_data_parallel, 4, out, codec, stages_per_rank)
+        runs[name] = [torch.load(out / f"{rank}.pt") for rank in range(4)]
+    return runs
+
+
+@pytest.mark.parametrize("run_name", ["plain", "interleaved"])
+def test_dp2_x_pp2_training_equals_single_process_training(pipeline_data_parallel_runs, run_name):
+    expected, expected_losses = workers.pipeline_reference("hf_llama_tied")
+    results = pipeline_data_parallel_runs[run_name]  # ranks 0, 1: a pipeline; ranks 2, 3 the other
+    assert set(results[0]["state"]) | set(results[1]["state"]) == set(expected)
+    for result in results:
+        for name, value in result["state"].items():
+            torch.testing.assert_close(value, expected[name], rtol=1e-4, atol=1e-5, msg=name)
+    # each last stage scored its pipeline's half of the batch: their mean is the whole batch's loss
+    halves = torch.tensor([results[1]["losses"], results[3]["losses"]])
+    torch.testing.assert_close(halves.mean(dim=0), torch.tensor(expected_losses), rtol=1e-4, atol=1e-5)
+
+
+def test_dp2_x_pp2_training_with_the_compressed_hook_learns_like_plain(pipeline_data_parallel_runs):
+    plain, compressed = pipeline_data_parallel_runs["plain"], pipeline_data_parallel_runs["int8"]
+    for stage in (0, 1):  # the two replicas of each stage hold the same weights
+        for name, value in compressed[stage]["state"].items():
+            assert torch.equal(value, compressed[stage + 2]["state"][name]), name
+    ratios = [ratio for result in compressed for ratio in result["compression"]]
+    assert len(ratios) == 4 and min(ratios) > 3, ratios  # int8 payloads: about a quarter of fp32's
+    first = workers.first_batch_loss("hf_llama_tied")
+    plain_loss, compressed_loss = (workers.first_batch_loss("hf_llama_tied", {**run[0]["state"], **run[1]["state"]})
+                                   for run in (plain, compressed))
+    print(f"dp2 x pp2, first batch loss {first:.4f} -> plain {plain_loss:.4f}, int8 hook {compressed_loss:.4f}")
+    # measured: 5.5166 -> plain 4.9688, int8 4.9689
+    assert plain_loss < first and abs(compressed_loss - plain_loss) < 0.05 * (first - plain_loss)
+
+
 @pytest.mark.parametrize("mode, summing_schedule, world", [
     ("plain", False, 2), ("kd_ternary", False, 2), ("plain", True, 2), ("hf_llama", False, 2),
     ("hf_llama_tied", False, 2), ("hf_qwen2", False, 2), ("hf_llama_tied_loaded", False, 2),

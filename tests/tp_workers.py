@@ -500,14 +500,10 @@ def pipeline_of_tensor_parallel_stages(rank, world, port, out):
     opt = torch.optim.SGD(stage.submod.parameters(), lr=pipeline_lr("hf_qwen2"))
     results["losses"] = []
     for step in range(3):
-        window = text_batch(step)
         opt.zero_grad()
-        if stage_index == 0:
-            schedule.step(window[:, :-1].contiguous())
-        else:
-            losses = []
-            schedule.step(target=window, losses=losses)
-            results["losses"].append(torch.stack(losses).mean().item())
+        loss = pipeline_step(schedule, text_batch(step), stage_index == 0, stage_index == 1)
+        if loss is not None:
+            results["losses"].append(loss)
         opt.step()
     save_stage(stage.submod, os.path.join(out, "trained"), group=pipeline_group)
     torch.save(results, os.path.join(out, f"{rank}.pt"))
@@ -970,24 +966,78 @@ def pipeline_train(rank, world, port, out, mode, summing_schedule):
     opt = torch.optim.SGD([p for stage in stages for p in stage.submod.parameters()], lr=pipeline_lr(mode))
     losses = []
     for step in range(PIPELINE_STEPS):
-        window = text_batch(step)
         opt.zero_grad()
-        step_losses = []
-        # the first rank feeds the tokens (torch 2.11 rejects strided stage inputs), the last the targets
-        tokens_in = (window[:, :-1].contiguous(),) if rank == 0 else ()
-        schedule.step(*tokens_in, **{"target": window, "losses": step_losses} if rank == world - 1 else {})
-        if step_losses:
-            losses.append(torch.stack(step_losses).mean().item())
+        loss = pipeline_step(schedule, text_batch(step), rank == 0, rank == world - 1)
+        if loss is not None:
+            losses.append(loss)
         sync_tied_grads(stages)  # a tied LM head's two copies (first and last stage) get the same gradient
         opt.step()
     if "_loaded" in mode:  # into the model's slices, to be compared by the model's names
         for index, stage in zip(stage_indices, stages, strict=True):
             gpt_stage(model, index, num_stages).load_state_dict(stage.submod.state_dict())
-    owned = {t.data_ptr() for index in stage_indices  # the stages share the model's tensors
-             for t in gpt_stage(model, index, num_stages).state_dict().values()}
-    state = {k: v for k, v in model.state_dict().items() if v.data_ptr() in owned}
-    torch.save({"state": state, "losses": losses}, os.path.join(out, f"{rank}.pt"))
+    torch.save({"state": stages_state(model, stage_indices, num_stages), "losses": losses},
+               os.path.join(out, f"{rank}.pt"))
     del schedule, stages
+    finish_worker()
+
+
+def pipeline_step(schedule, window: torch.Tensor, first: bool, last: bool) -> float | None:
+    """One schedule step on ``window`` [B, T + 1]: the first stage's rank feeds the tokens
+    (torch 2.11 rejects strided stage inputs), the last's the targets and gets the mean of
+    the micro-batches' losses (None elsewhere)."""
+    losses = []
+    tokens_in = (window[:, :-1].contiguous(),) if first else ()
+    schedule.step(*tokens_in, **{"target": window, "losses": losses} if last else {})
+    return torch.stack(losses).mean().item() if losses else None
+
+
+def stages_state(model: nn.Module, stage_indices: list[int], num_stages: int) -> dict[str, torch.Tensor]:
+    """The model's state-dict entries that its stages ``stage_indices`` hold (they share the
+    model's tensors)."""
+    from effgen_kernels.distributed import gpt_stage
+
+    owned = {t.data_ptr() for index in stage_indices for t in gpt_stage(model, index, num_stages).state_dict().values()}
+    return {k: v for k, v in model.state_dict().items() if v.data_ptr() in owned}
+
+
+def pipeline_data_parallel(rank, world, port, out, codec, stages_per_rank):
+    """dp=2 x pp=2 on a ("dp", "pp") mesh: two pipelines of the tied Llama, a stage (or two,
+    under interleaved 1F1B) a rank, each stage replicated over its data-parallel pair in DDP
+    (with the compressed hook of ``codec``, if given), each pipeline on its own half of
+    every batch."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.pipelining import ScheduleInterleaved1F1B
+
+    from effgen_kernels.distributed import pipeline_schedule, pipeline_stages, sync_tied_grads
+    from effgen_kernels.distributed.pipeline import next_token_loss_fn
+
+    init(rank, world, port)
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "pp"))
+    dp_rank, pp_rank, dp_group = mesh.get_local_rank("dp"), mesh.get_local_rank("pp"), mesh.get_group("dp")
+    model = pipeline_model("hf_llama_tied")
+    stages = pipeline_stages(model, pp_rank, 2, stages_per_rank, group=mesh.get_group("pp"),
+                             data_parallel_group=dp_group)
+    states = []
+    for stage in stages if codec is not None else []:  # a hook state a DDP module
+        states.append(CompressionState(process_group=dp_group, codec=codec, warmup_steps=1, min_compress_numel=0))
+        stage.submod.register_comm_hook(states[-1], compressed_allreduce_hook)
+    options = {"schedule": ScheduleInterleaved1F1B} if stages_per_rank > 1 else {}
+    schedule = pipeline_schedule(stages if stages_per_rank > 1 else stages[0], MICROBATCHES, next_token_loss_fn,
+                                 **options)
+    opt = torch.optim.SGD([p for stage in stages for p in stage.submod.parameters()], lr=pipeline_lr("hf_llama_tied"))
+    losses = []
+    for step in range(PIPELINE_STEPS):
+        opt.zero_grad()
+        loss = pipeline_step(schedule, text_batch(step)[2 * dp_rank:2 * dp_rank + 2], pp_rank == 0, pp_rank == 1)
+        if loss is not None:
+            losses.append(loss)
+        sync_tied_grads(stages)
+        opt.step()
+    indices = [pp_rank + 2 * k for k in range(stages_per_rank)]
+    torch.save({"state": stages_state(model, indices, 2 * stages_per_rank), "losses": losses,
+                "compression": [state.last_step.compression_ratio for state in states]},
+               os.path.join(out, f"{rank}.pt"))
+    del schedule, stages, states
     finish_worker()
 
 

@@ -592,7 +592,7 @@ def _tied_embedding(model: nn.Module) -> nn.Parameter | None:
 
 
 def pipeline_stage(model: nn.Module, stage_index: int, num_stages: int, device: torch.device | str = "cpu",
-                   group=None) -> PipelineStage:
+                   group=None, data_parallel_group=None) -> PipelineStage:
     """A torch.distributed.pipelining PipelineStage holding this rank's slice of ``model``
     (the whole model, cut here, or a DecoderStage already cut: ``load_stage``'s, so that no
     rank holds the whole model in training either); give it to a schedule
@@ -603,22 +603,30 @@ def pipeline_stage(model: nn.Module, stage_index: int, num_stages: int, device: 
     Where the LM head shares its weight with the embeddings, the first and last stages each
     train a copy of it: call ``sync_tied_grads(stage)`` after every ``schedule.step`` and
     before the optimizer's step, which sums the two copies' gradients, so that they stay
-    equal (every rank calls pipeline_stage: the first and last ranks get a group of their own)."""
+    equal (every rank calls pipeline_stage: the first and last ranks get a group of their own;
+    with ``group`` one of several pipelines, a mesh's "pp" group, every rank of the world
+    calls it at once).
+
+    On a ("dp", "pp") mesh, ``data_parallel_group`` (its "dp" group) replicates the stage
+    over the data-parallel ranks, each fed its own share of the batch: the stage's module is
+    wrapped in DistributedDataParallel over that group (``stage.submod``; register a
+    communication hook on it, such as ``compressed_allreduce_hook``), and torch's schedules
+    all-reduce its gradients once a step, in the last micro-batch's backward."""
     part, weight, ties = _stage_part(model, stage_index, num_stages)
-    stage = _pipeline_stage(part, weight, stage_index, num_stages, device, group)
+    stage = _pipeline_stage(part, weight, stage_index, num_stages, device, group, data_parallel_group)
     stage.tied_group = _group_of_tied_copies(ties, num_stages, group)
     return stage
 
 
 def pipeline_stages(model: nn.Module | list[DecoderStage], rank_index: int, world: int, stages_per_rank: int,
-                    device: torch.device | str = "cpu", group=None) -> list[PipelineStage]:
+                    device: torch.device | str = "cpu", group=None, data_parallel_group=None) -> list[PipelineStage]:
     """This rank's ``stages_per_rank`` stages of a pipeline of ``world`` x ``stages_per_rank``
     stages placed in a loop (rank r holds stages r, r + world, ...), as torch's interleaved
     schedules (``ScheduleInterleaved1F1B``, ``ScheduleLoopedBFS``) expect: each rank waits
     less for the others than with one stage. ``model``: the whole model, cut here, or this
     rank's DecoderStages already cut, in that order (``load_stage``'s, so that no rank holds
     the whole model). Give the list to ``pipeline_schedule`` with such a schedule, and to
-    ``sync_tied_grads``."""
+    ``sync_tied_grads``. ``group`` and ``data_parallel_group`` as for pipeline_stage."""
     if stages_per_rank < 1:
         raise ValueError(f"stages_per_rank must be >= 1, got {stages_per_rank}")
     if not 0 <= rank_index < world:
@@ -629,7 +637,7 @@ def pipeline_stages(model: nn.Module | list[DecoderStage], rank_index: int, worl
     num_stages = world * stages_per_rank
     indices = [rank_index + k * world for k in range(stages_per_rank)]
     cut = [_stage_part(part, index, num_stages) for part, index in zip(parts, indices, strict=True)]  # all checked
-    stages = [_pipeline_stage(part, weight, index, num_stages, device, group)
+    stages = [_pipeline_stage(part, weight, index, num_stages, device, group, data_parallel_group)
               for (part, weight, _), index in zip(cut, indices, strict=True)]
     tied_group = _group_of_tied_copies(cut[0][2], num_stages, group)  # one group: every rank pairs the same
     for stage in stages:
@@ -651,26 +659,38 @@ def _stage_part(model: nn.Module, stage_index: int, num_stages: int) -> tuple[nn
 
 
 def _pipeline_stage(part: nn.Module, tied_weight: nn.Parameter | None, stage_index: int, num_stages: int, device,
-                    group) -> PipelineStage:
+                    group, data_parallel_group) -> PipelineStage:
+    if data_parallel_group is not None:
+        part = nn.parallel.DistributedDataParallel(part, process_group=data_parallel_group)
+        # torch's stages run a DDP module's forwards and backwards in no_sync, except the last
+        # micro-batch's backward, which they ready for the all-reduce themselves. torch 2.14's
+        # stage also runs a forward outside no_sync to infer shapes, and DDP then expects the
+        # next backward to reduce (the first micro-batch's, which would all-reduce a part of the
+        # gradient and break the reducer's bucket order): the module's forwards never ready it.
+        part.require_backward_grad_sync = False
     stage = PipelineStage(part, stage_index, num_stages, torch.device(device), group=group)
     stage.tied_weight = tied_weight
     return stage
 
 
 def _group_of_tied_copies(ties: bool, num_stages: int, group):
-    """The group of the ranks of the first and last stages, which sync_tied_grads sums a
-    tied weight's gradients over (made by every rank); None where there is nothing to sum."""
+    """The group of the ranks of the pipeline's first and last stages, which sync_tied_grads
+    sums a tied weight's gradients over; None where there is nothing to sum. new_group is a
+    call of the whole world, so every rank makes every pipeline's such group: where
+    ``group`` is one of several pipelines (a mesh's "pp" group), the ranks first all-gather
+    their pipelines' pairs."""
     if not ties or num_stages == 1:
         return None
     ranks = dist.get_process_group_ranks(group) if group is not None else list(range(dist.get_world_size()))
+    mine = (ranks[0], ranks[(num_stages - 1) % len(ranks)])  # stage i on rank i mod size
+    pairs = [mine]
     if len(ranks) != dist.get_world_size():
-        raise ValueError("a model whose LM head shares the embeddings' weight is pipelined over the whole world "
-                         "only (the group of its first and last stages is made by every rank); untie them: "
-                         "model.lm_head.weight = nn.Parameter(model.lm_head.weight.detach().clone())")
-    first_rank, last_rank = ranks[0], ranks[(num_stages - 1) % len(ranks)]  # stage i on rank i mod size
-    group_of_copies = dist.new_group(sorted({first_rank, last_rank}))
+        every = [None] * dist.get_world_size()
+        dist.all_gather_object(every, mine)
+        pairs = sorted(set(every))
     # one rank holding both ends (stages in a loop over one rank) sums its copies itself (or holds one weight)
-    return group_of_copies if first_rank != last_rank else None
+    groups = {pair: dist.new_group(sorted(pair)) for pair in pairs if pair[0] != pair[1]}
+    return groups.get(mine)
 
 
 def _stage_in_place(stage: DecoderStage, stage_index: int, num_stages: int) -> DecoderStage:
