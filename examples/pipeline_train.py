@@ -3,12 +3,15 @@ model: each rank reads only its own stages from a checkpoint (load_stage), train
 a schedule of torch.distributed.pipelining (GPipe or 1F1B with a stage a rank; interleaved
 1F1B or looped BFS with --stages-per-rank 2 or more, rank r holding stages r, r + ranks,
 ...), scores held-out text through the stages (pipeline_forward), and writes a shard a stage
-of the trained checkpoint (save_stage).
+of the trained checkpoint (save_stage). With --dp 2 or more the ranks form a ("dp", "pp")
+mesh: that many pipelines, each on its own share of every batch, each stage in DDP over its
+data-parallel ranks with effgen's compressed gradient all-reduce (--codec).
 
     torchrun --nproc_per_node 2 examples/pipeline_train.py --model smollm2 --steps 20
     torchrun --nproc_per_node 3 examples/pipeline_train.py --model tiny --schedule 1f1b --check
     torchrun --nproc_per_node 2 examples/pipeline_train.py --model tiny --stages-per-rank 2 \
         --schedule interleaved-1f1b --check
+    torchrun --nproc_per_node 4 examples/pipeline_train.py --model tiny --dp 2 --codec int8 --check
 
 --model smollm2: SmolLM2-135M (the `models` extra) on the Lee news corpus (gensim's test
 data); --model tiny: a small random Llama on the Python standard library's source, a byte a
@@ -27,9 +30,12 @@ import os
 
 import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.pipelining import Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B, ScheduleLoopedBFS
 
 from effgen_kernels.distributed import (
+    CompressionState,
+    compressed_allreduce_hook,
     load_stage,
     next_token_loss_fn,
     pipeline_forward,
@@ -54,6 +60,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--schedule", choices=sorted(SCHEDULES) + sorted(LOOPED_SCHEDULES), default=None,
                         help="default: gpipe, or interleaved-1f1b with several stages a rank")
     parser.add_argument("--stages-per-rank", type=int, default=1)
+    parser.add_argument("--dp", type=int, default=1, help="pipelines side by side (data parallel)")
+    parser.add_argument("--codec", choices=["int8", "sign", "none"], default="int8",
+                        help="the data-parallel gradient all-reduce's compression (with --dp 2 or more)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--microbatches", type=int, default=4)
@@ -61,8 +70,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=None, help="AdamW's (default: 3e-5 smollm2, 3e-3 tiny)")
     parser.add_argument("--check", action="store_true", help="score the trained checkpoint loaded whole")
     args = parser.parse_args()
-    if args.batch_size % args.microbatches:
-        parser.error(f"--batch-size ({args.batch_size}) must be a multiple of --microbatches ({args.microbatches})")
+    if args.dp < 1 or args.batch_size % (args.dp * args.microbatches):
+        parser.error(f"--batch-size ({args.batch_size}) must be a multiple of --dp ({args.dp}) x --microbatches "
+                     f"({args.microbatches})")
     if args.stages_per_rank < 1:
         parser.error(f"--stages-per-rank must be >= 1, got {args.stages_per_rank}")
     looped = args.stages_per_rank > 1
@@ -108,12 +118,12 @@ def validation_windows(stream: torch.Tensor, length: int, count: int = 16) -> to
     return torch.stack([stream[s:s + length + 1] for s in starts])
 
 
-def pipeline_perplexity(stages, windows: torch.Tensor, batch_size: int) -> float | None:
-    """Perplexity of the next tokens of ``windows`` through the pipeline: on the last
-    stage's rank (every rank runs its stages), None on the others."""
+def pipeline_perplexity(stages, windows: torch.Tensor, batch_size: int, group) -> float | None:
+    """Perplexity of the next tokens of ``windows`` through the pipeline of ``group``: on the
+    last stage's rank (every rank runs its stages), None on the others."""
     total = 0.0
     for batch in windows.split(batch_size):
-        logits = pipeline_forward(stages, batch[:, :-1].contiguous())
+        logits = pipeline_forward(stages, batch[:, :-1].contiguous(), group)
         if logits is not None:
             total += next_token_loss_fn(logits, batch).item() * batch[:, 1:].numel()
     return math.exp(total / windows[:, 1:].numel()) if stages[-1].last else None
@@ -132,31 +142,44 @@ def main() -> None:
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=600))
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.set_num_threads(1)
+    if world % args.dp:
+        raise SystemExit(f"--dp ({args.dp}) must divide the number of ranks ({world})")
+    mesh = init_device_mesh("cpu", (args.dp, world // args.dp), mesh_dim_names=("dp", "pp"))
+    dp_rank, pp_rank, pp = mesh.get_local_rank("dp"), mesh.get_local_rank("pp"), world // args.dp
+    pipeline_group, data_parallel_group = mesh.get_group("pp"), mesh.get_group("dp") if args.dp > 1 else None
     checkpoint = args.checkpoint or os.path.join(args.out, "initial")
     if args.checkpoint is None:
         if rank == 0:
             save_initial_model(args.model, checkpoint)
         dist.barrier()
-    num_stages = world * args.stages_per_rank
-    # this rank's layers only, read from the checkpoint: stages rank, rank + world, ...
-    stages = [load_stage(checkpoint, rank + k * world, num_stages) for k in range(args.stages_per_rank)]
+    num_stages = pp * args.stages_per_rank
+    # this rank's layers only, read from the checkpoint: stages pp_rank, pp_rank + pp, ...
+    stages = [load_stage(checkpoint, pp_rank + k * pp, num_stages) for k in range(args.stages_per_rank)]
     first, last = stages[0].first, stages[-1].last
+    reports = last and dp_rank == 0
     train, validation = token_streams(args.model)
     windows = validation_windows(validation, args.length)
-    before = pipeline_perplexity(stages, windows, args.batch_size)
+    before = pipeline_perplexity(stages, windows, args.batch_size, pipeline_group)
 
     for stage in stages:
         stage.train()
-    piped = pipeline_stages(stages, rank, world, args.stages_per_rank)
+    piped = pipeline_stages(stages, pp_rank, pp, args.stages_per_rank, group=pipeline_group,
+                            data_parallel_group=data_parallel_group)
+    hooks = []
+    for stage in piped if data_parallel_group is not None and args.codec != "none" else []:  # a state a DDP module
+        hooks.append(CompressionState(process_group=data_parallel_group, codec=args.codec))
+        stage.submod.register_comm_hook(hooks[-1], compressed_allreduce_hook)
     schedule_class = {**SCHEDULES, **LOOPED_SCHEDULES}[args.schedule]
     schedule = pipeline_schedule(piped if args.stages_per_rank > 1 else piped[0], args.microbatches,
                                  next_token_loss_fn, schedule=schedule_class)
     optimizer = torch.optim.AdamW([p for stage in stages for p in stage.parameters()],
                                   lr=args.lr or (3e-5 if args.model == "smollm2" else 3e-3))
-    progress = Progress(args.steps, f"pipeline training ({num_stages} stages, {args.schedule})", enabled=last)
+    progress = Progress(args.steps, f"pipeline training ({args.dp} x {num_stages} stages, {args.schedule})",
+                        enabled=reports)
+    share = args.batch_size // args.dp
     for step in range(args.steps):
         inputs, labels = lm_batch(train, step, args.batch_size, args.length)
-        window = torch.cat([inputs, labels[:, -1:]], dim=1)
+        window = torch.cat([inputs, labels[:, -1:]], dim=1)[dp_rank * share:(dp_rank + 1) * share]  # this pipeline's
         optimizer.zero_grad()
         losses = []
         # the first stage's rank feeds the tokens (torch 2.11 refuses a strided view), the last's the targets
@@ -168,12 +191,19 @@ def main() -> None:
 
     for stage in stages:
         stage.eval()
-    after = pipeline_perplexity(stages, windows, args.batch_size)
+    after = pipeline_perplexity(stages, windows, args.batch_size, pipeline_group)
     trained = os.path.join(args.out, "trained")
-    save_stage(stages, trained)
-    if last:
-        print(f"{args.model}, {num_stages} stages on {world} ranks, {args.schedule}, {args.steps} steps: validation "
+    if dp_rank == 0:  # the pipelines hold the same weights: one writes
+        save_stage(stages, trained, group=pipeline_group)
+    dist.barrier()
+    if reports:
+        print(f"{args.model}, {num_stages} stages on {pp} ranks, {args.schedule}, {args.steps} steps: validation "
               f"perplexity {before:.2f} -> {after:.2f} ({windows[:, 1:].numel()} tokens); trained model in {trained}")
+        if hooks:
+            sent = sum(hook.last_step.bytes_sent for hook in hooks)
+            ratio = sum(hook.last_step.bytes_uncompressed for hook in hooks) / sent
+            print(f"{args.dp} pipelines, {args.codec} gradient all-reduce: this rank sent {sent / 2**10:.1f} KiB "
+                  f"in the last step, {ratio:.1f}x less than fp32")
         if args.check:
             print(f"the trained checkpoint loaded whole: perplexity {whole_model_perplexity(trained, windows):.2f}")
     shutdown()

@@ -70,11 +70,13 @@ def test_pipeline_generate_example_loads_each_stage_from_a_checkpoint(tmp_path):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("schedule, stages", [(("--schedule", "1f1b"), 2),
-                                              (("--stages-per-rank", "2"), 4)])  # under interleaved 1F1B
-def test_pipeline_train_example_learns_and_saves_a_checkpoint_that_scores_the_same_whole(tmp_path, schedule, stages):
+@pytest.mark.parametrize("ranks, options, stages", [(2, ("--schedule", "1f1b"), 2),
+                                                    (2, ("--stages-per-rank", "2"), 4),  # under interleaved 1F1B
+                                                    (4, ("--dp", "2"), 2)])  # two pipelines, the int8 hook
+def test_pipeline_train_example_learns_and_saves_a_checkpoint_that_scores_the_same_whole(tmp_path, ranks, options,
+                                                                                          stages):
     pytest.importorskip("transformers")
-    out = torchrun("pipeline_train.py", 2, "--model", "tiny", "--steps", "8", *schedule, "--check", "--out",
+    out = torchrun("pipeline_train.py", ranks, "--model", "tiny", "--steps", "8", *options, "--check", "--out",
                    str(tmp_path))
     before, after = (float(x) for x in out.split("validation perplexity ")[1].split(" (")[0].split(" -> "))
     whole = float(out.split("loaded whole: perplexity ")[1].split()[0])
@@ -82,6 +84,7 @@ def test_pipeline_train_example_learns_and_saves_a_checkpoint_that_scores_the_sa
     assert after < before * 0.8 and abs(whole - after) <= 0.011, out
     index = (tmp_path / "trained" / "model.safetensors.index.json").read_text()
     assert f"model-0000{stages}-of-0000{stages}.safetensors" in index and f"tiny, {stages} stages on 2 ranks" in out
+    assert ("2 pipelines, int8 gradient all-reduce" in out) == ("--dp" in options), out
 
 
 @pytest.mark.distributed
