@@ -447,8 +447,10 @@ def save_stage(stage: DecoderStage | list[DecoderStage], path: str, group=None) 
     rank's several stages, placed as ``pipeline_stages`` places them (rank i of n holds
     stages i, i + n, ...), a shard each. A tensor-parallel stage (a ("pp", "tp") mesh;
     ``group`` its "pp" group) is gathered whole over its tensor-parallel group, and the
-    pipeline group of each one's first rank writes. Float stages only: a quantized layer's
-    tensors have no place in the model's checkpoint (every rank raises)."""
+    pipeline group of each one's first rank writes. Pipelines side by side for data
+    parallelism (a ("dp", "pp") mesh) hold the same model: call it on one of them (the
+    ranks of dp index 0), as the others would write the same files. Float stages only: a
+    quantized layer's tensors have no place in the model's checkpoint (every rank raises)."""
     from safetensors.torch import save_file
 
     stages = _stages_of(stage, "save_stage")
