@@ -644,6 +644,21 @@ def test_several_stages_a_rank_generate_score_and_save_as_one_process(tmp_path):
                 "ends at layer 0 (stages cut for different numbers of stages?)" in result["gap"]), result["gap"]
 
 
+def test_dp2_x_pp2_x_tp2_training_equals_single_process_training(tmp_path):
+    pytest.importorskip("transformers")
+    from transformers import AutoModelForCausalLM
+
+    run(workers.three_dimensional_parallel, 8, tmp_path, timeout=300)
+    expected, expected_losses = workers.pipeline_reference("hf_llama_tied")
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "trained").state_dict()
+    assert set(saved) == set(expected)
+    for name, tensor in saved.items():  # each stage gathered whole from its tensor-parallel pair
+        torch.testing.assert_close(tensor, expected[name], rtol=1e-4, atol=1e-5, msg=name)
+    # ranks (dp, pp, tp) = (d, 1, t) hold the last stages: each pipeline scored its half of the batch
+    halves = torch.tensor([torch.load(tmp_path / f"{rank}.pt")["losses"] for rank in (2, 6)])
+    torch.testing.assert_close(halves.mean(dim=0), torch.tensor(expected_losses), rtol=1e-4, atol=1e-5)
+
+
 def test_pipeline_stages_can_be_tensor_parallel_on_a_2d_mesh(tmp_path):
     pytest.importorskip("transformers")
     run(workers.pipeline_of_tensor_parallel_stages, 4, tmp_path)

@@ -1041,6 +1041,39 @@ def pipeline_data_parallel(rank, world, port, out, codec, stages_per_rank):
     finish_worker()
 
 
+def three_dimensional_parallel(rank, world, port, out):
+    """dp=2 x pp=2 x tp=2 on a ("dp", "pp", "tp") mesh of 8 ranks: two pipelines of the tied
+    Llama, each of two stages tensor parallel over a pair, each stage in DDP over its
+    data-parallel pair; the pipeline of dp index 0 writes the trained model (save_stage) to
+    out/trained."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from effgen_kernels.distributed import pipeline_schedule, pipeline_stage, save_stage, sync_tied_grads
+    from effgen_kernels.distributed.pipeline import next_token_loss_fn
+
+    init(rank, world, port)
+    mesh = init_device_mesh("cpu", (2, 2, 2), mesh_dim_names=("dp", "pp", "tp"))
+    dp_rank, pp_rank = mesh.get_local_rank("dp"), mesh.get_local_rank("pp")
+    model = pipeline_model("hf_llama_tied")
+    parallelize(model, mesh)
+    stage = pipeline_stage(model, pp_rank, 2, group=mesh.get_group("pp"), data_parallel_group=mesh.get_group("dp"))
+    schedule = pipeline_schedule(stage, MICROBATCHES, next_token_loss_fn)
+    opt = torch.optim.SGD(stage.submod.parameters(), lr=pipeline_lr("hf_llama_tied"))
+    losses = []
+    for step in range(PIPELINE_STEPS):
+        opt.zero_grad()
+        loss = pipeline_step(schedule, text_batch(step)[2 * dp_rank:2 * dp_rank + 2], pp_rank == 0, pp_rank == 1)
+        if loss is not None:
+            losses.append(loss)
+        sync_tied_grads(stage)
+        opt.step()
+    if dp_rank == 0:
+        save_stage(stage.submod.module, os.path.join(out, "trained"), group=mesh.get_group("pp"))
+    torch.save({"losses": losses}, os.path.join(out, f"{rank}.pt"))
+    del schedule, stage
+    finish_worker()
+
+
 def first_batch_loss(mode: str, state=None) -> float:
     """Next-token loss on the first training batch of the initial model, or with ``state``."""
     from effgen_kernels.distributed.pipeline import next_token_loss_fn
