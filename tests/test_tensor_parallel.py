@@ -563,6 +563,12 @@ def test_pipeline_generation_equals_generate_in_one_process(tmp_path):
             assert torch.equal(*result["eos_list"]), (name, result["eos_list"])
             padded, expected = result["padded"]
             assert padded.shape == (3, 15) and torch.equal(padded, expected), name
+            for searched, expected in result["beams"]:
+                assert searched.shape == expected.shape and torch.equal(searched, expected), (name, searched, expected)
+            plain, ending, _ = (searched for searched, _ in result["beams"])
+            assert plain.shape == (3, 15) and ending.shape[0] == 6, name  # two sequences a prompt
+            # the token that ends them ends one of the first prompt's two sequences at the third new token
+            assert ending[:2, 9].eq(plain[0, 9]).any() and not torch.equal(ending[0, :15], plain[0]), name
             for options in workers.SAMPLING:
                 sampled, expected = result[f"sampled {options}"]
                 assert torch.equal(sampled, expected), (name, options)
@@ -619,9 +625,11 @@ def test_several_stages_a_rank_generate_score_and_save_as_one_process(tmp_path):
         expected = model.generate(prompt, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
         with torch.no_grad():
             expected_logits = model(prompt, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+        beams = model.generate(prompt, attention_mask=mask, max_new_tokens=8, num_beams=3, pad_token_id=0)
         for rank, result in enumerate(results):
             assert torch.equal(result[name]["tokens"], expected), (name, rank)
             assert torch.equal(result[name]["alone"], expected), (name, rank)
+            assert torch.equal(result[name]["beams"], beams), (name, rank)
         assert results[0][name]["forward"] is None  # rank 1 holds the last stage (3 of 4)
         torch.testing.assert_close(results[1][name]["forward"], expected_logits, rtol=0, atol=0)
         if name == "llama_w8a16":
@@ -715,9 +723,17 @@ def test_pipeline_generation_checks_its_arguments():
             pipeline_generate(stage, prompt, 2, attention_mask=mask)
     for option, message in [({"temperature": 0.0}, r"temperature must be > 0, got 0.0"),
                             ({"top_k": 0}, r"top_k must be >= 1 \(or None: all tokens\), got 0"),
-                            ({"top_p": 1.5}, r"top_p must lie in \(0, 1\] \(or None\), got 1.5")]:
+                            ({"top_p": 1.5}, r"top_p must lie in \(0, 1\] \(or None\), got 1.5"),
+                            ({"num_beams": 2}, "pipeline_generate searches beams greedily: num_beams > 1 takes "
+                                               "do_sample=False")]:
         with pytest.raises(ValueError, match=message):
             pipeline_generate(stage, torch.zeros(1, 3, dtype=torch.long), 2, do_sample=True, **option)
+    for option, message in [({"num_beams": 0}, "num_beams must be >= 1, got 0"),
+                            ({"num_beams": 2, "num_return_sequences": 3},
+                             r"num_return_sequences must lie in \[1, num_beams \(2\)\], got 3"),
+                            ({"num_return_sequences": 2}, r"num_return_sequences must lie in \[1, num_beams \(1\)\]")]:
+        with pytest.raises(ValueError, match=message):
+            pipeline_generate(stage, torch.zeros(1, 3, dtype=torch.long), 2, **option)
 
 
 def test_the_pipeline_distillation_loss_runs_a_frozen_teacher_in_eval_mode():

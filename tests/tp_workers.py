@@ -387,6 +387,7 @@ def pipeline_generation(rank, world, port, out):
                                     model.generate(padded_prompt, attention_mask=mask, max_new_tokens=8,
                                                    do_sample=False, pad_token_id=0)),
                          "forward": pipeline_forward(stage, padded_prompt, attention_mask=mask)}
+        results[name]["beams"] = beam_searches(model, stage, padded_prompt, mask)
         if stage.last:  # the whole model in this process, on the same thread count
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             with torch.no_grad():
@@ -406,6 +407,23 @@ def pipeline_generation(rank, world, port, out):
         results["outside"] = error_of(lambda: pipeline_generate(stage, prompt, 2, group=pair))
     torch.save(results, os.path.join(out, f"{rank}.pt"))
     finish_worker()
+
+
+def beam_searches(model: nn.Module, stage, prompt: torch.Tensor, mask: torch.Tensor) -> list:
+    """(pipeline_generate's, model.generate's) sequences of three beam searches of the padded
+    prompts: plain; ending at a token the plain search emits, two sequences a prompt, with a
+    length penalty; and the same with early stopping."""
+    from effgen_kernels.distributed import pipeline_generate
+
+    plain = {"num_beams": 3}
+    found = model.generate(prompt, attention_mask=mask, max_new_tokens=8, pad_token_id=0, **plain)
+    eos = int(found[0, prompt.shape[1] + 2])  # the third new token of the first prompt's best sequence
+    ending = {"num_beams": 3, "num_return_sequences": 2, "length_penalty": 0.5, "eos_token_id": eos}
+    early = {**ending, "early_stopping": True}
+    return [(pipeline_generate(stage, prompt, 8, attention_mask=mask, **options),
+             model.generate(prompt, attention_mask=mask, max_new_tokens=8, pad_token_id=options.get("eos_token_id", 0),
+                            **options))
+            for options in (plain, ending, early)]
 
 
 SAVED_MODELS = ("llama_tied", "mixtral", "qwen2")
@@ -448,7 +466,8 @@ def interleaved_stages(rank, world, port, out):
         every_stage = [gpt_stage(model, index, 4) for index in range(4)]
         results[name] = {"tokens": pipeline_generate(stages, prompt, 8, attention_mask=mask),
                          "forward": pipeline_forward(stages, prompt, attention_mask=mask),
-                         "alone": pipeline_generate(every_stage, prompt, 8, group=alone, attention_mask=mask)}
+                         "alone": pipeline_generate(every_stage, prompt, 8, group=alone, attention_mask=mask),
+                         "beams": pipeline_generate(stages, prompt, 8, attention_mask=mask, num_beams=3)}
         if name != "llama_w8a16":
             save_stage(stages, os.path.join(out, name))
     model = generation_model("llama", layers=4)

@@ -23,6 +23,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
 
+from .beam_search import BeamSearch
+
 
 def stage_layer_ranges(num_layers: int, num_stages: int) -> list[range]:
     """Blocks per stage, as even as possible (earlier stages take the remainder)."""
@@ -252,8 +254,9 @@ def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) 
 def pipeline_generate(stage: DecoderStage | list[DecoderStage], input_ids: torch.Tensor, max_new_tokens: int,
                       group=None, eos_token_id: int | list[int] | None = None, *,
                       attention_mask: torch.Tensor | None = None, do_sample: bool = False, temperature: float = 1.0,
-                      top_k: int | None = None, top_p: float | None = None,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+                      top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
+                      num_beams: int = 1, length_penalty: float = 1.0, early_stopping: bool | str = False,
+                      num_return_sequences: int = 1) -> torch.Tensor:
     """Decoding through a pipeline whose rank i of ``group`` (default: the world) holds
     stage i, a DecoderStage (``gpt_stage(model, i, size)``): each stage keeps the KV cache
     of its own layers, passes its hidden states on, and the last picks each next token and
@@ -266,12 +269,19 @@ def pipeline_generate(stage: DecoderStage | list[DecoderStage], input_ids: torch
     list of them, as a chat model's generation_config may hold) a sequence emits the
     (first) eos token, as generate pads it, and the loop ends early once all have. A list of
     stages: the rank's several stages, placed in a loop as ``pipeline_stages`` places them
-    (rank i of n holds stages i, i + n, ...), one KV cache holding all their layers."""
+    (rank i of n holds stages i, i + n, ...), one KV cache holding all their layers.
+
+    ``num_beams`` > 1 searches beams as ``generate(num_beams=..., length_penalty=...,
+    early_stopping=..., num_return_sequences=...)`` does (BeamSearch, on the last stage's
+    rank; every rank reorders its cache as told): the best ``num_return_sequences`` of each
+    prompt, in a row [B x num_return_sequences, T + new], a sequence that ended early filled
+    with eos (``generate`` fills with its pad_token_id). Greedy only (no beam sampling)."""
     stages = _stages_of(stage, "pipeline_generate")
     _check_inputs(input_ids, attention_mask)
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     _check_sampling(temperature, top_k, top_p)
+    _check_beams(num_beams, num_return_sequences, do_sample)
     if attention_mask is not None and not bool(attention_mask[:, -1].bool().all()):
         raise ValueError("attention_mask: every prompt must end with a token, padding on the left only (a tokenizer's "
                          "padding_side='left'); a right-padded prompt would continue from its padding")
@@ -280,8 +290,13 @@ def pipeline_generate(stage: DecoderStage | list[DecoderStage], input_ids: torch
         raise ValueError("eos_token_id must be a token id, a non-empty list of them, or None")
     from transformers import DynamicCache
 
-    sample = _token_sampler(temperature, top_k, top_p, generator) if do_sample else None
     ranks, indices = _place_in_pipeline(stages, group, input_ids.device, "pipeline_generate")
+    if num_beams > 1:
+        search = (BeamSearch(input_ids.repeat_interleave(num_beams, dim=0), num_beams, max_new_tokens, eos,
+                             length_penalty, early_stopping) if stages[-1].last else None)
+        return _beam_decode(stages, indices, ranks, group, input_ids, attention_mask, max_new_tokens, search,
+                            num_beams, num_return_sequences)
+    sample = _token_sampler(temperature, top_k, top_p, generator) if do_sample else None
     cache, tokens, step_input, finished = DynamicCache(config=stages[0].config), input_ids, input_ids, None
     for _ in range(max_new_tokens):
         x = _through_stages(stages, indices, step_input, cache, attention_mask, ranks, group)
@@ -298,8 +313,60 @@ def pipeline_generate(stage: DecoderStage | list[DecoderStage], input_ids: torch
         if finished is not None and bool(finished.all()):
             break
         step_input = next_token[:, None]
-        if attention_mask is not None:
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=1)
+        attention_mask = _one_token_more(attention_mask)
+    return tokens
+
+
+def _check_beams(num_beams: int, num_return_sequences: int, do_sample: bool) -> None:
+    if num_beams < 1:
+        raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+    if not 1 <= num_return_sequences <= num_beams:
+        raise ValueError(f"num_return_sequences must lie in [1, num_beams ({num_beams})], got {num_return_sequences}")
+    if num_beams > 1 and do_sample:
+        raise ValueError("pipeline_generate searches beams greedily: num_beams > 1 takes do_sample=False")
+
+
+def _one_token_more(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The padding mask with a column of ones for the token each sequence just got."""
+    if attention_mask is None:
+        return None
+    return torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=1)
+
+
+def _beam_decode(stages: list[DecoderStage], indices: list[int], ranks: list[int], group, input_ids: torch.Tensor,
+                 attention_mask: torch.Tensor | None, max_new_tokens: int, search: BeamSearch | None,
+                 num_beams: int, num_return_sequences: int) -> torch.Tensor:
+    """Beam search through the stages: every rank runs its stages on the running beams (each
+    prompt's num_beams rows in a row), the last stage's rank's ``search`` picks the next
+    tokens and the cache rows they continue, which every rank receives (with whether the
+    search is over), and at the end the sequences found."""
+    from transformers import DynamicCache
+
+    if max_new_tokens == 0:
+        return input_ids.repeat_interleave(num_return_sequences, dim=0)
+    step_input = input_ids.repeat_interleave(num_beams, dim=0)
+    if attention_mask is not None:
+        attention_mask = attention_mask.repeat_interleave(num_beams, dim=0)
+    rows, cache = step_input.shape[0], DynamicCache(config=stages[0].config)
+    for _ in range(max_new_tokens):
+        x = _through_stages(stages, indices, step_input, cache, attention_mask, ranks, group)
+        message = torch.empty(2 * rows + 1, dtype=torch.long, device=input_ids.device)  # tokens, cache rows, over
+        if search is not None:
+            next_tokens, cache_rows, over = search.step(x[:, -1])
+            message.copy_(torch.cat([next_tokens, cache_rows.long(), torch.tensor([int(over)], device=x.device)]))
+        dist.broadcast(message, ranks[-1], group=group)
+        if bool(message[-1]):
+            break
+        cache.reorder_cache(message[rows:2 * rows])
+        step_input, attention_mask = message[:rows, None], _one_token_more(attention_mask)
+    found = search.result(num_return_sequences) if search is not None else None
+    length = torch.tensor([0 if found is None else found.shape[1]], device=input_ids.device)
+    dist.broadcast(length, ranks[-1], group=group)
+    tokens = torch.empty(input_ids.shape[0] * num_return_sequences, int(length), dtype=input_ids.dtype,
+                         device=input_ids.device)
+    if found is not None:
+        tokens.copy_(found)
+    dist.broadcast(tokens, ranks[-1], group=group)
     return tokens
 
 
