@@ -412,18 +412,21 @@ def pipeline_generation(rank, world, port, out):
 def beam_searches(model: nn.Module, stage, prompt: torch.Tensor, mask: torch.Tensor) -> list:
     """(pipeline_generate's, model.generate's) sequences of three beam searches of the padded
     prompts: plain; ending at a token the plain search emits, two sequences a prompt, with a
-    length penalty; and the same with early stopping."""
+    length penalty; and early stopping, ending at that token or another."""
     from effgen_kernels.distributed import pipeline_generate
 
     plain = {"num_beams": 3}
     found = model.generate(prompt, attention_mask=mask, max_new_tokens=8, pad_token_id=0, **plain)
     eos = int(found[0, prompt.shape[1] + 2])  # the third new token of the first prompt's best sequence
     ending = {"num_beams": 3, "num_return_sequences": 2, "length_penalty": 0.5, "eos_token_id": eos}
-    early = {**ending, "early_stopping": True}
-    return [(pipeline_generate(stage, prompt, 8, attention_mask=mask, **options),
-             model.generate(prompt, attention_mask=mask, max_new_tokens=8, pad_token_id=options.get("eos_token_id", 0),
-                            **options))
-            for options in (plain, ending, early)]
+    early = {**ending, "early_stopping": True, "eos_token_id": [eos, int(found[1, prompt.shape[1] + 1])]}
+    searches = []
+    for options in (plain, ending, early):
+        ends = options.get("eos_token_id", 0)
+        fill = ends[0] if isinstance(ends, list) else ends  # pipeline_generate fills with the (first) eos
+        searches.append((pipeline_generate(stage, prompt, 8, attention_mask=mask, **options),
+                         model.generate(prompt, attention_mask=mask, max_new_tokens=8, pad_token_id=fill, **options)))
+    return searches
 
 
 SAVED_MODELS = ("llama_tied", "mixtral", "qwen2")
