@@ -276,17 +276,21 @@ def compressed_reduce(rank, world, port, out):
 
 
 def tied_pipeline_in_a_subgroup(rank, world, port, out):
-    """A tied-head model pipelined over a group smaller than the world: pipeline_stage
-    refuses it (the group of its first and last stages would need every rank)."""
-    from effgen_kernels.distributed import pipeline_stage
+    """The tied Llama pipelined over ranks 0 and 1 of three (rank 2 takes no part in it):
+    PIPELINE_STEPS steps; each rank saves its stage's slice of the model."""
+    from effgen_kernels.distributed import pipeline_schedule, pipeline_stage
+    from effgen_kernels.distributed.pipeline import next_token_loss_fn
 
     init(rank, world, port)
     pipeline = dist.new_group([0, 1])  # every rank takes part in making it
-    message = "not in the group"
     if rank < 2:
         model = pipeline_model("hf_llama_tied")
-        message = error_of(lambda: pipeline_stage(model, rank, 2, group=pipeline))
-    torch.save(message, os.path.join(out, f"{rank}.pt"))
+        stage = pipeline_stage(model, rank, 2, group=pipeline)
+        schedule = pipeline_schedule(stage, MICROBATCHES, next_token_loss_fn)
+        opt = torch.optim.SGD(stage.submod.parameters(), lr=pipeline_lr("hf_llama_tied"))
+        losses = train_pipeline(schedule, [stage], opt, rank == 0, rank == 1)
+        torch.save({"state": stages_state(model, [rank], 2), "losses": losses}, os.path.join(out, f"{rank}.pt"))
+        del schedule, stage
     finish_worker()
 
 
@@ -520,13 +524,7 @@ def pipeline_of_tensor_parallel_stages(rank, world, port, out):
     stage = pipeline_stage(model, stage_index, 2, group=pipeline_group)
     schedule = pipeline_schedule(stage, MICROBATCHES, next_token_loss_fn)
     opt = torch.optim.SGD(stage.submod.parameters(), lr=pipeline_lr("hf_qwen2"))
-    results["losses"] = []
-    for step in range(3):
-        opt.zero_grad()
-        loss = pipeline_step(schedule, text_batch(step), stage_index == 0, stage_index == 1)
-        if loss is not None:
-            results["losses"].append(loss)
-        opt.step()
+    results["losses"] = train_pipeline(schedule, [stage], opt, stage_index == 0, stage_index == 1, steps=3)
     save_stage(stage.submod, os.path.join(out, "trained"), group=pipeline_group)
     torch.save(results, os.path.join(out, f"{rank}.pt"))
     del schedule, stage
@@ -964,7 +962,6 @@ def pipeline_train(rank, world, port, out, mode, summing_schedule):
         pipeline_schedule,
         pipeline_stage,
         pipeline_stages,
-        sync_tied_grads,
     )
 
     init(rank, world, port)
@@ -986,14 +983,7 @@ def pipeline_train(rank, world, port, out, mode, summing_schedule):
         options = {"schedule": summing_gpipe} if summing_schedule else {}
     schedule = pipeline_schedule(stages if len(stages) > 1 else stages[0], MICROBATCHES, pipeline_loss(mode), **options)
     opt = torch.optim.SGD([p for stage in stages for p in stage.submod.parameters()], lr=pipeline_lr(mode))
-    losses = []
-    for step in range(PIPELINE_STEPS):
-        opt.zero_grad()
-        loss = pipeline_step(schedule, text_batch(step), rank == 0, rank == world - 1)
-        if loss is not None:
-            losses.append(loss)
-        sync_tied_grads(stages)  # a tied LM head's two copies (first and last stage) get the same gradient
-        opt.step()
+    losses = train_pipeline(schedule, stages, opt, rank == 0, rank == world - 1)
     if "_loaded" in mode:  # into the model's slices, to be compared by the model's names
         for index, stage in zip(stage_indices, stages, strict=True):
             gpt_stage(model, index, num_stages).load_state_dict(stage.submod.state_dict())
@@ -1003,14 +993,26 @@ def pipeline_train(rank, world, port, out, mode, summing_schedule):
     finish_worker()
 
 
-def pipeline_step(schedule, window: torch.Tensor, first: bool, last: bool) -> float | None:
-    """One schedule step on ``window`` [B, T + 1]: the first stage's rank feeds the tokens
-    (torch 2.11 rejects strided stage inputs), the last's the targets and gets the mean of
-    the micro-batches' losses (None elsewhere)."""
+def train_pipeline(schedule, stages: list, opt, first: bool, last: bool, steps: int = PIPELINE_STEPS,
+                   rows: slice = slice(None)) -> list[float]:
+    """``steps`` SGD steps of the rank's pipeline ``stages`` under ``schedule`` on the
+    ``rows`` of each text_batch (a data-parallel share): the first stage's rank feeds the
+    tokens (torch 2.11 rejects strided stage inputs), the last's the targets; a tied LM
+    head's two copies (first and last stage) get the same gradient. The last stage's rank
+    gets each step's mean micro-batch loss (the others an empty list)."""
+    from effgen_kernels.distributed import sync_tied_grads
+
     losses = []
-    tokens_in = (window[:, :-1].contiguous(),) if first else ()
-    schedule.step(*tokens_in, **{"target": window, "losses": losses} if last else {})
-    return torch.stack(losses).mean().item() if losses else None
+    for step in range(steps):
+        window, micro_losses = text_batch(step)[rows], []
+        opt.zero_grad()
+        tokens_in = (window[:, :-1].contiguous(),) if first else ()
+        schedule.step(*tokens_in, **{"target": window, "losses": micro_losses} if last else {})
+        if micro_losses:
+            losses.append(torch.stack(micro_losses).mean().item())
+        sync_tied_grads(stages)
+        opt.step()
+    return losses
 
 
 def stages_state(model: nn.Module, stage_indices: list[int], num_stages: int) -> dict[str, torch.Tensor]:
@@ -1030,7 +1032,7 @@ def pipeline_data_parallel(rank, world, port, out, codec, stages_per_rank):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.pipelining import ScheduleInterleaved1F1B
 
-    from effgen_kernels.distributed import pipeline_schedule, pipeline_stages, sync_tied_grads
+    from effgen_kernels.distributed import pipeline_schedule, pipeline_stages
     from effgen_kernels.distributed.pipeline import next_token_loss_fn
 
     init(rank, world, port)
@@ -1047,14 +1049,8 @@ def pipeline_data_parallel(rank, world, port, out, codec, stages_per_rank):
     schedule = pipeline_schedule(stages if stages_per_rank > 1 else stages[0], MICROBATCHES, next_token_loss_fn,
                                  **options)
     opt = torch.optim.SGD([p for stage in stages for p in stage.submod.parameters()], lr=pipeline_lr("hf_llama_tied"))
-    losses = []
-    for step in range(PIPELINE_STEPS):
-        opt.zero_grad()
-        loss = pipeline_step(schedule, text_batch(step)[2 * dp_rank:2 * dp_rank + 2], pp_rank == 0, pp_rank == 1)
-        if loss is not None:
-            losses.append(loss)
-        sync_tied_grads(stages)
-        opt.step()
+    half = slice(2 * dp_rank, 2 * dp_rank + 2)  # this pipeline's share of each batch
+    losses = train_pipeline(schedule, stages, opt, pp_rank == 0, pp_rank == 1, rows=half)
     indices = [pp_rank + 2 * k for k in range(stages_per_rank)]
     torch.save({"state": stages_state(model, indices, 2 * stages_per_rank), "losses": losses,
                 "compression": [state.last_step.compression_ratio for state in states]},
@@ -1070,7 +1066,7 @@ def three_dimensional_parallel(rank, world, port, out):
     out/trained."""
     from torch.distributed.device_mesh import init_device_mesh
 
-    from effgen_kernels.distributed import pipeline_schedule, pipeline_stage, save_stage, sync_tied_grads
+    from effgen_kernels.distributed import pipeline_schedule, pipeline_stage, save_stage
     from effgen_kernels.distributed.pipeline import next_token_loss_fn
 
     init(rank, world, port)
@@ -1081,14 +1077,8 @@ def three_dimensional_parallel(rank, world, port, out):
     stage = pipeline_stage(model, pp_rank, 2, group=mesh.get_group("pp"), data_parallel_group=mesh.get_group("dp"))
     schedule = pipeline_schedule(stage, MICROBATCHES, next_token_loss_fn)
     opt = torch.optim.SGD(stage.submod.parameters(), lr=pipeline_lr("hf_llama_tied"))
-    losses = []
-    for step in range(PIPELINE_STEPS):
-        opt.zero_grad()
-        loss = pipeline_step(schedule, text_batch(step)[2 * dp_rank:2 * dp_rank + 2], pp_rank == 0, pp_rank == 1)
-        if loss is not None:
-            losses.append(loss)
-        sync_tied_grads(stage)
-        opt.step()
+    half = slice(2 * dp_rank, 2 * dp_rank + 2)  # this pipeline's share of each batch
+    losses = train_pipeline(schedule, [stage], opt, pp_rank == 0, pp_rank == 1, rows=half)
     if dp_rank == 0:
         save_stage(stage.submod.module, os.path.join(out, "trained"), group=mesh.get_group("pp"))
     torch.save({"losses": losses}, os.path.join(out, f"{rank}.pt"))

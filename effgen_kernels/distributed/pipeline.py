@@ -672,9 +672,7 @@ def pipeline_stage(model: nn.Module, stage_index: int, num_stages: int, device: 
     Where the LM head shares its weight with the embeddings, the first and last stages each
     train a copy of it: call ``sync_tied_grads(stage)`` after every ``schedule.step`` and
     before the optimizer's step, which sums the two copies' gradients, so that they stay
-    equal (every rank calls pipeline_stage: the first and last ranks get a group of their own;
-    with ``group`` one of several pipelines, a mesh's "pp" group, every rank of the world
-    calls it at once).
+    equal (the first and last ranks get a group of their own).
 
     On a ("dp", "pp") mesh, ``data_parallel_group`` (its "dp" group) replicates the stage
     over the data-parallel ranks, each fed its own share of the batch: the stage's module is
@@ -744,22 +742,17 @@ def _pipeline_stage(part: nn.Module, tied_weight: nn.Parameter | None, stage_ind
 
 def _group_of_tied_copies(ties: bool, num_stages: int, group):
     """The group of the ranks of the pipeline's first and last stages, which sync_tied_grads
-    sums a tied weight's gradients over; None where there is nothing to sum. new_group is a
-    call of the whole world, so every rank makes every pipeline's such group: where
-    ``group`` is one of several pipelines (a mesh's "pp" group), the ranks first all-gather
-    their pipelines' pairs."""
+    sums a tied weight's gradients over, on those two ranks; None on the others and where
+    there is nothing to sum. Only the pair makes it (no call of the whole world), so a
+    pipeline may be one of several (a mesh's "pp" group) or leave ranks out."""
     if not ties or num_stages == 1:
         return None
     ranks = dist.get_process_group_ranks(group) if group is not None else list(range(dist.get_world_size()))
-    mine = (ranks[0], ranks[(num_stages - 1) % len(ranks)])  # stage i on rank i mod size
-    pairs = [mine]
-    if len(ranks) != dist.get_world_size():
-        every = [None] * dist.get_world_size()
-        dist.all_gather_object(every, mine)
-        pairs = sorted(set(every))
+    first_rank, last_rank = ranks[0], ranks[(num_stages - 1) % len(ranks)]  # stage i on rank i mod size
     # one rank holding both ends (stages in a loop over one rank) sums its copies itself (or holds one weight)
-    groups = {pair: dist.new_group(sorted(pair)) for pair in pairs if pair[0] != pair[1]}
-    return groups.get(mine)
+    if first_rank == last_rank or dist.get_rank() not in (first_rank, last_rank):
+        return None
+    return dist.new_group(sorted((first_rank, last_rank)), use_local_synchronization=True)
 
 
 def _stage_in_place(stage: DecoderStage, stage_index: int, num_stages: int) -> DecoderStage:
