@@ -995,7 +995,7 @@ def pipeline_train(rank, world, port, out, mode, summing_schedule):
 
 def train_pipeline(schedule, stages: list, opt, first: bool, last: bool, steps: int = PIPELINE_STEPS,
                    rows: slice = slice(None)) -> list[float]:
-    """``steps`` SGD steps of the rank's pipeline ``stages`` under ``schedule`` on the
+    """``steps`` steps of ``opt`` on the rank's pipeline ``stages`` under ``schedule``, on the
     ``rows`` of each text_batch (a data-parallel share): the first stage's rank feeds the
     tokens (torch 2.11 rejects strided stage inputs), the last's the targets; a tied LM
     head's two copies (first and last stage) get the same gradient. The last stage's rank
