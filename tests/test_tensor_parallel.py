@@ -569,6 +569,9 @@ def test_pipeline_generation_equals_generate_in_one_process(tmp_path):
             assert padded.shape == (3, 15) and torch.equal(padded, expected), name
             for searched, expected in result["beams"]:
                 assert searched.shape == expected.shape and torch.equal(searched, expected), (name, searched, expected)
+            for processed, expected in result["processed"]:  # a repetition penalty, no repeated bigram
+                assert torch.equal(processed, expected), (name, processed, expected)
+            assert not torch.equal(result["processed"][0][0], result["padded"][0]), name  # the processors count
             plain, ending, _ = (searched for searched, _ in result["beams"])
             assert plain.shape == (3, 15) and ending.shape[0] == 6, name  # two sequences a prompt
             # the token that ends them ends one of the first prompt's two sequences at the third new token

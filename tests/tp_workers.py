@@ -392,6 +392,7 @@ def pipeline_generation(rank, world, port, out):
                                                    do_sample=False, pad_token_id=0)),
                          "forward": pipeline_forward(stage, padded_prompt, attention_mask=mask)}
         results[name]["beams"] = beam_searches(model, stage, padded_prompt, mask)
+        results[name]["processed"] = processed_generations(model, stage, padded_prompt, mask)
         if stage.last:  # the whole model in this process, on the same thread count
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             with torch.no_grad():
@@ -450,6 +451,29 @@ def save_stages(rank, world, port, out):
     error = error_of(lambda: save_stage(gpt_stage(model, rank, world), os.path.join(out, "quantized")))
     torch.save({"quantized": error}, os.path.join(out, f"{rank}.pt"))
     finish_worker()
+
+
+def processed_generations(model: nn.Module, stage, prompt: torch.Tensor, mask: torch.Tensor) -> list:
+    """(pipeline_generate's with a repetition penalty of 1.5 and no repeated bigram as logits
+    processors, model.generate's with those options) sequences of the padded prompts: greedy,
+    sampled and by beam search."""
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        NoRepeatNGramLogitsProcessor,
+        RepetitionPenaltyLogitsProcessor,
+    )
+
+    from effgen_kernels.distributed import pipeline_generate
+
+    processors = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(1.5), NoRepeatNGramLogitsProcessor(2)])
+    generations = []
+    for decoding in ({}, {"do_sample": True, "temperature": 0.7, "top_k": 20}, {"num_beams": 3}):
+        torch.manual_seed(7)  # transformers draws from the global generator, the pipeline from its own
+        expected = model.generate(prompt, attention_mask=mask, max_new_tokens=8, pad_token_id=0, repetition_penalty=1.5,
+                                  no_repeat_ngram_size=2, **decoding)
+        generations.append((pipeline_generate(stage, prompt, 8, attention_mask=mask, logits_processor=processors,
+                                              generator=torch.Generator().manual_seed(7), **decoding), expected))
+    return generations
 
 
 INTERLEAVED_MODELS = ("llama_tied", "qwen2", "llama_w8a16")

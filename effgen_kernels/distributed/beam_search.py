@@ -24,14 +24,17 @@ class BeamSearch:
     """The beams of ``prompts`` [batch x num_beams, T] (each prompt repeated num_beams times
     in a row) for up to ``max_new_tokens``. Per beam: the running sequences and their summed
     log-probabilities; per prompt: the ``num_beams`` best finished sequences (ended by one of
-    ``eos`` or by the length), scored by their sum over ``length ** length_penalty``."""
+    ``eos`` or by the length), scored by their sum over ``length ** length_penalty``.
+    ``logits_processor`` (transformers') adjusts each step's log-probabilities given the
+    running sequences, as generate's beam search applies it."""
 
     def __init__(self, prompts: torch.Tensor, num_beams: int, max_new_tokens: int, eos: torch.Tensor | None,
-                 length_penalty: float = 1.0, early_stopping: bool | str = False) -> None:
+                 length_penalty: float = 1.0, early_stopping: bool | str = False, logits_processor=None) -> None:
         rows, self.prompt_length = prompts.shape
         self.batch, self.num_beams = rows // num_beams, num_beams
         self.length, self.max_length = self.prompt_length, self.prompt_length + max_new_tokens
         self.eos, self.length_penalty, self.early_stopping = eos, length_penalty, early_stopping
+        self.logits_processor = logits_processor
         device, shape = prompts.device, (self.batch, num_beams)
         # sequences are kept at full length, unwritten positions holding the fill (eos, else -1)
         fill = int(eos[0]) if eos is not None else -1
@@ -79,8 +82,12 @@ class BeamSearch:
         """The top ``candidates`` continuations of all of a prompt's beams by summed
         log-probability: their scores, sequences and origins, each [batch, candidates, ...]."""
         vocab = logits.shape[-1]
-        log_probs = torch.nn.functional.log_softmax(logits.float(), dim=-1).reshape(self.batch, self.num_beams, vocab)
-        log_probs = (log_probs + self.running_scores[:, :, None]).reshape(self.batch, -1)
+        log_probs = torch.nn.functional.log_softmax(logits.float(), dim=-1)
+        if self.logits_processor is not None:
+            log_probs = self.logits_processor(self.running_sequences[:, :, :self.length].reshape(-1, self.length),
+                                              log_probs)
+        log_probs = log_probs.reshape(self.batch, self.num_beams, vocab) + self.running_scores[:, :, None]
+        log_probs = log_probs.reshape(self.batch, -1)
         scores, flat = torch.topk(log_probs, k=self.candidates)
         beam, token = flat // vocab, flat % vocab
         sequences = _gather_beams(self.running_sequences, beam)

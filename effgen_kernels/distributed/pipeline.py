@@ -256,7 +256,7 @@ def pipeline_generate(stage: DecoderStage | list[DecoderStage], input_ids: torch
                       attention_mask: torch.Tensor | None = None, do_sample: bool = False, temperature: float = 1.0,
                       top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
                       num_beams: int = 1, length_penalty: float = 1.0, early_stopping: bool | str = False,
-                      num_return_sequences: int = 1) -> torch.Tensor:
+                      num_return_sequences: int = 1, logits_processor=None) -> torch.Tensor:
     """Decoding through a pipeline whose rank i of ``group`` (default: the world) holds
     stage i, a DecoderStage (``gpt_stage(model, i, size)``): each stage keeps the KV cache
     of its own layers, passes its hidden states on, and the last picks each next token and
@@ -275,7 +275,13 @@ def pipeline_generate(stage: DecoderStage | list[DecoderStage], input_ids: torch
     early_stopping=..., num_return_sequences=...)`` does (BeamSearch, on the last stage's
     rank; every rank reorders its cache as told): the best ``num_return_sequences`` of each
     prompt, in a row [B x num_return_sequences, T + new], a sequence that ended early filled
-    with eos (``generate`` fills with its pad_token_id). Greedy only (no beam sampling)."""
+    with eos (``generate`` fills with its pad_token_id). Greedy only (no beam sampling).
+
+    ``logits_processor``: a transformers LogitsProcessorList (say RepetitionPenaltyLogitsProcessor,
+    NoRepeatNGramLogitsProcessor) the last stage's rank applies to each step's scores given
+    the tokens so far, before picking, sampling's warpers or the beams' sums, as
+    ``generate(logits_processor=...)`` and the options that build them
+    (``repetition_penalty=``, ``no_repeat_ngram_size=`` ...) apply it."""
     stages = _stages_of(stage, "pipeline_generate")
     _check_inputs(input_ids, attention_mask)
     if max_new_tokens < 0:
@@ -293,7 +299,7 @@ def pipeline_generate(stage: DecoderStage | list[DecoderStage], input_ids: torch
     ranks, indices = _place_in_pipeline(stages, group, input_ids.device, "pipeline_generate")
     if num_beams > 1:
         search = (BeamSearch(input_ids.repeat_interleave(num_beams, dim=0), num_beams, max_new_tokens, eos,
-                             length_penalty, early_stopping) if stages[-1].last else None)
+                             length_penalty, early_stopping, logits_processor) if stages[-1].last else None)
         return _beam_decode(stages, indices, ranks, group, input_ids, attention_mask, max_new_tokens, search,
                             num_beams, num_return_sequences)
     sample = _token_sampler(temperature, top_k, top_p, generator) if do_sample else None
@@ -303,6 +309,8 @@ def pipeline_generate(stage: DecoderStage | list[DecoderStage], input_ids: torch
         next_token = torch.empty(input_ids.shape[0], dtype=input_ids.dtype, device=input_ids.device)
         if stages[-1].last:
             scores = x[:, -1].float()
+            if logits_processor is not None:
+                scores = logits_processor(tokens, scores)
             next_token.copy_(scores.argmax(dim=-1) if sample is None else sample(scores, tokens))
         dist.broadcast(next_token, ranks[-1], group=group)
         if eos is not None:
