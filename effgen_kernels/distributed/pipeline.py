@@ -298,10 +298,9 @@ def pipeline_generate(stage: DecoderStage | list[DecoderStage], input_ids: torch
 
     ranks, indices = _place_in_pipeline(stages, group, input_ids.device, "pipeline_generate")
     if num_beams > 1:
-        search = (BeamSearch(input_ids.repeat_interleave(num_beams, dim=0), num_beams, max_new_tokens, eos,
-                             length_penalty, early_stopping, logits_processor) if stages[-1].last else None)
-        return _beam_decode(stages, indices, ranks, group, input_ids, attention_mask, max_new_tokens, search,
-                            num_beams, num_return_sequences)
+        return _beam_decode(stages, indices, ranks, group, input_ids, attention_mask, max_new_tokens,
+                            num_return_sequences, num_beams, eos=eos, length_penalty=length_penalty,
+                            early_stopping=early_stopping, logits_processor=logits_processor)
     sample = _token_sampler(temperature, top_k, top_p, generator) if do_sample else None
     cache, tokens, step_input, finished = DynamicCache(config=stages[0].config), input_ids, input_ids, None
     for _ in range(max_new_tokens):
@@ -342,17 +341,18 @@ def _one_token_more(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def _beam_decode(stages: list[DecoderStage], indices: list[int], ranks: list[int], group, input_ids: torch.Tensor,
-                 attention_mask: torch.Tensor | None, max_new_tokens: int, search: BeamSearch | None,
-                 num_beams: int, num_return_sequences: int) -> torch.Tensor:
+                 attention_mask: torch.Tensor | None, max_new_tokens: int, num_return_sequences: int,
+                 num_beams: int, **search_options) -> torch.Tensor:
     """Beam search through the stages: every rank runs its stages on the running beams (each
-    prompt's num_beams rows in a row), the last stage's rank's ``search`` picks the next
-    tokens and the cache rows they continue, which every rank receives (with whether the
-    search is over), and at the end the sequences found."""
+    prompt's num_beams rows in a row), the last stage's rank's BeamSearch (made with
+    ``search_options``) picks the next tokens and the cache rows they continue, which every
+    rank receives (with whether the search is over), and at the end the sequences found."""
     from transformers import DynamicCache
 
     if max_new_tokens == 0:
         return input_ids.repeat_interleave(num_return_sequences, dim=0)
     step_input = input_ids.repeat_interleave(num_beams, dim=0)
+    search = BeamSearch(step_input, num_beams, max_new_tokens, **search_options) if stages[-1].last else None
     if attention_mask is not None:
         attention_mask = attention_mask.repeat_interleave(num_beams, dim=0)
     rows, cache = step_input.shape[0], DynamicCache(config=stages[0].config)
