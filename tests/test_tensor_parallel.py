@@ -572,10 +572,11 @@ def test_pipeline_generation_equals_generate_in_one_process(tmp_path):
             for processed, expected in result["processed"]:  # a repetition penalty, no repeated bigram
                 assert torch.equal(processed, expected), (name, processed, expected)
             assert not torch.equal(result["processed"][0][0], result["padded"][0]), name  # the processors count
-            plain, ending, _ = (searched for searched, _ in result["beams"])
-            assert plain.shape == (3, 15) and ending.shape[0] == 6, name  # two sequences a prompt
+            plain, ending, _, sampled, warped = (searched for searched, _ in result["beams"])
+            assert plain.shape == (3, 15) and ending.shape[0] == 6 and warped.shape[0] == 6, name  # two a prompt
             # the token that ends them ends one of the first prompt's two sequences at the third new token
             assert ending[:2, 9].eq(plain[0, 9]).any() and not torch.equal(ending[0, :15], plain[0]), name
+            assert not torch.equal(sampled, plain), name  # drawn, not searched best first
             for options in workers.SAMPLING:
                 sampled, expected = result[f"sampled {options}"]
                 assert torch.equal(sampled, expected), (name, options)
@@ -730,9 +731,7 @@ def test_pipeline_generation_checks_its_arguments():
             pipeline_generate(stage, prompt, 2, attention_mask=mask)
     for option, message in [({"temperature": 0.0}, r"temperature must be > 0, got 0.0"),
                             ({"top_k": 0}, r"top_k must be >= 1 \(or None: all tokens\), got 0"),
-                            ({"top_p": 1.5}, r"top_p must lie in \(0, 1\] \(or None\), got 1.5"),
-                            ({"num_beams": 2}, "pipeline_generate searches beams greedily: num_beams > 1 takes "
-                                               "do_sample=False")]:
+                            ({"top_p": 1.5}, r"top_p must lie in \(0, 1\] \(or None\), got 1.5")]:
         with pytest.raises(ValueError, match=message):
             pipeline_generate(stage, torch.zeros(1, 3, dtype=torch.long), 2, do_sample=True, **option)
     for option, message in [({"num_beams": 0}, "num_beams must be >= 1, got 0"),

@@ -415,9 +415,11 @@ def pipeline_generation(rank, world, port, out):
 
 
 def beam_searches(model: nn.Module, stage, prompt: torch.Tensor, mask: torch.Tensor) -> list:
-    """(pipeline_generate's, model.generate's) sequences of three beam searches of the padded
+    """(pipeline_generate's, model.generate's) sequences of five beam searches of the padded
     prompts: plain; ending at a token the plain search emits, two sequences a prompt, with a
-    length penalty; and early stopping, ending at that token or another."""
+    length penalty; early stopping, ending at that token or another; and two sampled: plain
+    and with the warpers, two sequences a prompt, ending at that token (top_k 1, where
+    generate keeps the top two tokens of a beam: one more than the eos tokens)."""
     from effgen_kernels.distributed import pipeline_generate
 
     plain = {"num_beams": 3}
@@ -425,12 +427,17 @@ def beam_searches(model: nn.Module, stage, prompt: torch.Tensor, mask: torch.Ten
     eos = int(found[0, prompt.shape[1] + 2])  # the third new token of the first prompt's best sequence
     ending = {"num_beams": 3, "num_return_sequences": 2, "length_penalty": 0.5, "eos_token_id": eos}
     early = {**ending, "early_stopping": True, "eos_token_id": [eos, int(found[1, prompt.shape[1] + 1])]}
+    sampled = {"num_beams": 3, "do_sample": True, "top_k": None}
+    warped = {**sampled, "num_return_sequences": 2, "eos_token_id": eos, "temperature": 0.7, "top_k": 1, "top_p": 0.9}
     searches = []
-    for options in (plain, ending, early):
+    for options in (plain, ending, early, sampled, warped):
         ends = options.get("eos_token_id", 0)
         fill = ends[0] if isinstance(ends, list) else ends  # pipeline_generate fills with the (first) eos
-        searches.append((pipeline_generate(stage, prompt, 8, attention_mask=mask, **options),
-                         model.generate(prompt, attention_mask=mask, max_new_tokens=8, pad_token_id=fill, **options)))
+        torch.manual_seed(7)  # transformers draws from the global generator, the pipeline from its own
+        expected = model.generate(prompt, attention_mask=mask, max_new_tokens=8, pad_token_id=fill,
+                                  **{**options, "top_k": options.get("top_k") or 0})
+        searches.append((pipeline_generate(stage, prompt, 8, attention_mask=mask, **options,
+                                           generator=torch.Generator().manual_seed(7)), expected))
     return searches
 
 

@@ -26,15 +26,19 @@ class BeamSearch:
     log-probabilities; per prompt: the ``num_beams`` best finished sequences (ended by one of
     ``eos`` or by the length), scored by their sum over ``length ** length_penalty``.
     ``logits_processor`` (transformers') adjusts each step's log-probabilities given the
-    running sequences, as generate's beam search applies it."""
+    running sequences, as generate's beam search applies it. ``do_sample``: the candidates
+    are drawn (from ``generator``, else torch's global one) in proportion to their summed
+    probabilities rather than taken best first, as ``generate(num_beams=..., do_sample=True)``
+    draws them; sampling's warpers (temperature, top-k, top-p) go in ``logits_processor``."""
 
     def __init__(self, prompts: torch.Tensor, num_beams: int, max_new_tokens: int, eos: torch.Tensor | None,
-                 length_penalty: float = 1.0, early_stopping: bool | str = False, logits_processor=None) -> None:
+                 length_penalty: float = 1.0, early_stopping: bool | str = False, logits_processor=None,
+                 do_sample: bool = False, generator: torch.Generator | None = None) -> None:
         rows, self.prompt_length = prompts.shape
         self.batch, self.num_beams = rows // num_beams, num_beams
         self.length, self.max_length = self.prompt_length, self.prompt_length + max_new_tokens
         self.eos, self.length_penalty, self.early_stopping = eos, length_penalty, early_stopping
-        self.logits_processor = logits_processor
+        self.logits_processor, self.do_sample, self.generator = logits_processor, do_sample, generator
         device, shape = prompts.device, (self.batch, num_beams)
         # sequences are kept at full length, unwritten positions holding the fill (eos, else -1)
         fill = int(eos[0]) if eos is not None else -1
@@ -79,8 +83,9 @@ class BeamSearch:
         return next_tokens, self.running_origins[:, :, new].reshape(-1), over
 
     def _candidates(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The top ``candidates`` continuations of all of a prompt's beams by summed
-        log-probability: their scores, sequences and origins, each [batch, candidates, ...]."""
+        """The top (or, sampling, drawn) ``candidates`` continuations of all of a prompt's
+        beams by summed log-probability, best first: their scores, sequences and origins,
+        each [batch, candidates, ...]."""
         vocab = logits.shape[-1]
         log_probs = torch.nn.functional.log_softmax(logits.float(), dim=-1)
         if self.logits_processor is not None:
@@ -88,7 +93,12 @@ class BeamSearch:
                                               log_probs)
         log_probs = log_probs.reshape(self.batch, self.num_beams, vocab) + self.running_scores[:, :, None]
         log_probs = log_probs.reshape(self.batch, -1)
-        scores, flat = torch.topk(log_probs, k=self.candidates)
+        if self.do_sample:  # drawn without replacement, then sorted as the top ones come
+            flat = torch.multinomial(torch.softmax(log_probs, dim=-1), self.candidates, generator=self.generator)
+            scores, order = log_probs.gather(1, flat).sort(dim=-1, descending=True)
+            flat = flat.gather(1, order)
+        else:
+            scores, flat = torch.topk(log_probs, k=self.candidates)
         beam, token = flat // vocab, flat % vocab
         sequences = _gather_beams(self.running_sequences, beam)
         sequences[:, :, self.length] = token

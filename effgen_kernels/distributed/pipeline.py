@@ -215,30 +215,20 @@ def _check_stage_order(stages: list[DecoderStage], ranks: list[int], group, devi
         next_layer = end
 
 
-def _token_sampler(temperature: float, top_k: int | None, top_p: float | None, generator):
-    """next(scores [B, vocab] fp32, tokens so far) -> [B] token ids, drawn as transformers'
-    sampling draws them: temperature, then top-k, then top-p (its own warpers, in its order),
-    softmax and one multinomial draw a row (from ``generator``, else torch's global one)."""
-    from transformers.generation.logits_process import (
-        LogitsProcessorList,
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
+def _sampling_warpers(temperature: float, top_k: int | None, top_p: float | None, min_tokens_to_keep: int) -> list:
+    """transformers' sampling warpers, in its order: temperature, then top-k, then top-p,
+    each keeping at least ``min_tokens_to_keep`` tokens (generate keeps one more than the eos
+    tokens when it samples beams, so that a beam may go on)."""
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-    warpers = LogitsProcessorList()
+    warpers = []
     if temperature != 1.0:
         warpers.append(TemperatureLogitsWarper(temperature))
     if top_k is not None:
-        warpers.append(TopKLogitsWarper(top_k))
+        warpers.append(TopKLogitsWarper(top_k, min_tokens_to_keep=min_tokens_to_keep))
     if top_p is not None and top_p < 1.0:
-        warpers.append(TopPLogitsWarper(top_p))
-
-    def sample(scores: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        probs = nn.functional.softmax(warpers(tokens, scores), dim=-1)
-        return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
-
-    return sample
+        warpers.append(TopPLogitsWarper(top_p, min_tokens_to_keep=min_tokens_to_keep))
+    return warpers
 
 
 def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -275,7 +265,8 @@ def pipeline_generate(stage: DecoderStage | list[DecoderStage], input_ids: torch
     early_stopping=..., num_return_sequences=...)`` does (BeamSearch, on the last stage's
     rank; every rank reorders its cache as told): the best ``num_return_sequences`` of each
     prompt, in a row [B x num_return_sequences, T + new], a sequence that ended early filled
-    with eos (``generate`` fills with its pad_token_id). Greedy only (no beam sampling).
+    with eos (``generate`` fills with its pad_token_id). With ``do_sample`` the beams'
+    continuations are drawn after the warpers, as generate's beam sampling draws them.
 
     ``logits_processor``: a transformers LogitsProcessorList (say RepetitionPenaltyLogitsProcessor,
     NoRepeatNGramLogitsProcessor) the last stage's rank applies to each step's scores given
@@ -287,7 +278,7 @@ def pipeline_generate(stage: DecoderStage | list[DecoderStage], input_ids: torch
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     _check_sampling(temperature, top_k, top_p)
-    _check_beams(num_beams, num_return_sequences, do_sample)
+    _check_beams(num_beams, num_return_sequences)
     if attention_mask is not None and not bool(attention_mask[:, -1].bool().all()):
         raise ValueError("attention_mask: every prompt must end with a token, padding on the left only (a tokenizer's "
                          "padding_side='left'); a right-padded prompt would continue from its padding")
@@ -295,13 +286,18 @@ def pipeline_generate(stage: DecoderStage | list[DecoderStage], input_ids: torch
     if eos is not None and eos.numel() == 0:
         raise ValueError("eos_token_id must be a token id, a non-empty list of them, or None")
     from transformers import DynamicCache
+    from transformers.generation.logits_process import LogitsProcessorList
 
     ranks, indices = _place_in_pipeline(stages, group, input_ids.device, "pipeline_generate")
+    if do_sample:  # the warpers follow the caller's processors, as generate orders them
+        keep = 1 if num_beams == 1 else 1 + (1 if eos is None else eos.numel())
+        logits_processor = LogitsProcessorList([*(logits_processor or []),
+                                                *_sampling_warpers(temperature, top_k, top_p, keep)])
     if num_beams > 1:
         return _beam_decode(stages, indices, ranks, group, input_ids, attention_mask, max_new_tokens,
                             num_return_sequences, num_beams, eos=eos, length_penalty=length_penalty,
-                            early_stopping=early_stopping, logits_processor=logits_processor)
-    sample = _token_sampler(temperature, top_k, top_p, generator) if do_sample else None
+                            early_stopping=early_stopping, logits_processor=logits_processor, do_sample=do_sample,
+                            generator=generator)
     cache, tokens, step_input, finished = DynamicCache(config=stages[0].config), input_ids, input_ids, None
     for _ in range(max_new_tokens):
         x = _through_stages(stages, indices, step_input, cache, attention_mask, ranks, group)
@@ -310,7 +306,10 @@ def pipeline_generate(stage: DecoderStage | list[DecoderStage], input_ids: torch
             scores = x[:, -1].float()
             if logits_processor is not None:
                 scores = logits_processor(tokens, scores)
-            next_token.copy_(scores.argmax(dim=-1) if sample is None else sample(scores, tokens))
+            if do_sample:  # one draw a row, as generate's sampling draws
+                next_token.copy_(torch.multinomial(nn.functional.softmax(scores, dim=-1), 1, generator=generator)[:, 0])
+            else:
+                next_token.copy_(scores.argmax(dim=-1))
         dist.broadcast(next_token, ranks[-1], group=group)
         if eos is not None:
             if finished is not None:  # a finished sequence goes on with eos, as generate pads it
@@ -324,13 +323,11 @@ def pipeline_generate(stage: DecoderStage | list[DecoderStage], input_ids: torch
     return tokens
 
 
-def _check_beams(num_beams: int, num_return_sequences: int, do_sample: bool) -> None:
+def _check_beams(num_beams: int, num_return_sequences: int) -> None:
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
     if not 1 <= num_return_sequences <= num_beams:
         raise ValueError(f"num_return_sequences must lie in [1, num_beams ({num_beams})], got {num_return_sequences}")
-    if num_beams > 1 and do_sample:
-        raise ValueError("pipeline_generate searches beams greedily: num_beams > 1 takes do_sample=False")
 
 
 def _one_token_more(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
