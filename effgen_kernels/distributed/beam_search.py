@@ -29,19 +29,22 @@ class BeamSearch:
     running sequences, as generate's beam search applies it. ``do_sample``: the candidates
     are drawn (from ``generator``, else torch's global one) in proportion to their summed
     probabilities rather than taken best first, as ``generate(num_beams=..., do_sample=True)``
-    draws them; sampling's warpers (temperature, top-k, top-p) go in ``logits_processor``."""
+    draws them; sampling's warpers (temperature, top-k, top-p) go in ``logits_processor``.
+    A sequence shorter than the longest is filled with ``pad_token_id`` (default: the first
+    eos token), as generate fills it."""
 
     def __init__(self, prompts: torch.Tensor, num_beams: int, max_new_tokens: int, eos: torch.Tensor | None,
                  length_penalty: float = 1.0, early_stopping: bool | str = False, logits_processor=None,
-                 do_sample: bool = False, generator: torch.Generator | None = None) -> None:
+                 do_sample: bool = False, generator: torch.Generator | None = None,
+                 pad_token_id: int | None = None) -> None:
         rows, self.prompt_length = prompts.shape
         self.batch, self.num_beams = rows // num_beams, num_beams
         self.length, self.max_length = self.prompt_length, self.prompt_length + max_new_tokens
         self.eos, self.length_penalty, self.early_stopping = eos, length_penalty, early_stopping
         self.logits_processor, self.do_sample, self.generator = logits_processor, do_sample, generator
         device, shape = prompts.device, (self.batch, num_beams)
-        # sequences are kept at full length, unwritten positions holding the fill (eos, else -1)
-        fill = int(eos[0]) if eos is not None else -1
+        # sequences are kept at full length, unwritten positions holding the fill (pad, else eos, else -1)
+        fill = pad_token_id if pad_token_id is not None else int(eos[0]) if eos is not None else -1
         self.running_sequences = torch.full((*shape, self.max_length), fill, dtype=torch.long, device=device)
         self.running_sequences[:, :, :self.prompt_length] = prompts.reshape(*shape, self.prompt_length)
         self.finished_sequences = self.running_sequences.clone()
@@ -140,7 +143,7 @@ class BeamSearch:
     def result(self, num_return_sequences: int = 1) -> torch.Tensor:
         """The best ``num_return_sequences`` finished sequences of each prompt [batch x
         num_return_sequences, T + new], new the longest one's count of new tokens (shorter
-        ones filled with eos)."""
+        ones filled)."""
         sequences = self.finished_sequences[:, :num_return_sequences].reshape(-1, self.max_length)
         origins = self.finished_origins[:, :num_return_sequences].reshape(sequences.shape[0], -1)
         new = int((origins + 1).bool().sum(dim=1).max())

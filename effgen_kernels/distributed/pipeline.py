@@ -90,12 +90,13 @@ class DecoderStage(nn.Module):
     (transformers 5): for whole sequences from position 0 (training and scoring under a
     schedule), or, with a KV ``cache`` (pipeline_generate), the tokens after those it holds;
     with an ``attention_mask`` for padded batches. Shares the model's modules, as GPTStage
-    does."""
+    does, and its ``generation_config`` (``generation_options`` reads it for pipeline_generate)."""
 
     def __init__(self, model: nn.Module, layers: range, first: bool, last: bool) -> None:
         super().__init__()
         inner = model.model
         self.config, self.first, self.last = inner.config, first, last
+        self.generation_config = getattr(model, "generation_config", None)
         if first:
             self.embed_tokens = inner.embed_tokens
         self.rotary_emb = inner.rotary_emb
@@ -246,7 +247,8 @@ def pipeline_generate(stage: DecoderStage | list[DecoderStage], input_ids: torch
                       attention_mask: torch.Tensor | None = None, do_sample: bool = False, temperature: float = 1.0,
                       top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
                       num_beams: int = 1, length_penalty: float = 1.0, early_stopping: bool | str = False,
-                      num_return_sequences: int = 1, logits_processor=None) -> torch.Tensor:
+                      num_return_sequences: int = 1, repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
+                      logits_processor=None, pad_token_id: int | None = None) -> torch.Tensor:
     """Decoding through a pipeline whose rank i of ``group`` (default: the world) holds
     stage i, a DecoderStage (``gpt_stage(model, i, size)``): each stage keeps the KV cache
     of its own layers, passes its hidden states on, and the last picks each next token and
@@ -256,29 +258,33 @@ def pipeline_generate(stage: DecoderStage | list[DecoderStage], input_ids: torch
     draws (the last stage's ``generator``, or torch's global one, supplies the randomness).
     Prompts of different lengths come padded on the left with their ``attention_mask``
     [B, T] (a tokenizer's, ``padding_side="left"``). After ``eos_token_id`` (or any of a
-    list of them, as a chat model's generation_config may hold) a sequence emits the
-    (first) eos token, as generate pads it, and the loop ends early once all have. A list of
-    stages: the rank's several stages, placed in a loop as ``pipeline_stages`` places them
-    (rank i of n holds stages i, i + n, ...), one KV cache holding all their layers.
+    list of them, as a chat model's generation_config may hold) a sequence emits
+    ``pad_token_id`` (default: the first eos token), as generate pads it, and the loop ends
+    early once all have. A list of stages: the rank's several stages, placed in a loop as
+    ``pipeline_stages`` places them (rank i of n holds stages i, i + n, ...), one KV cache
+    holding all their layers.
 
     ``num_beams`` > 1 searches beams as ``generate(num_beams=..., length_penalty=...,
     early_stopping=..., num_return_sequences=...)`` does (BeamSearch, on the last stage's
     rank; every rank reorders its cache as told): the best ``num_return_sequences`` of each
-    prompt, in a row [B x num_return_sequences, T + new], a sequence that ended early filled
-    with eos (``generate`` fills with its pad_token_id). With ``do_sample`` the beams'
-    continuations are drawn after the warpers, as generate's beam sampling draws them.
+    prompt, in a row [B x num_return_sequences, T + new], a sequence that ended early
+    padded. With ``do_sample`` the beams' continuations are drawn after the warpers, as
+    generate's beam sampling draws them.
 
-    ``logits_processor``: a transformers LogitsProcessorList (say RepetitionPenaltyLogitsProcessor,
-    NoRepeatNGramLogitsProcessor) the last stage's rank applies to each step's scores given
-    the tokens so far, before picking, sampling's warpers or the beams' sums, as
-    ``generate(logits_processor=...)`` and the options that build them
-    (``repetition_penalty=``, ``no_repeat_ngram_size=`` ...) apply it."""
+    ``repetition_penalty`` and ``no_repeat_ngram_size`` as generate takes them (the penalty
+    spares a prompt's padding); ``logits_processor``: a transformers LogitsProcessorList the
+    last stage's rank applies to each step's scores given the tokens so far, after those two
+    and before picking, sampling's warpers or the beams' sums, as
+    ``generate(logits_processor=...)`` applies it. ``generation_options(generation_config)``
+    gives a model's generation_config as these options."""
     stages = _stages_of(stage, "pipeline_generate")
     _check_inputs(input_ids, attention_mask)
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    _check_sampling(temperature, top_k, top_p)
+    if do_sample:
+        _check_sampling(temperature, top_k, top_p)
     _check_beams(num_beams, num_return_sequences)
+    _check_penalties(repetition_penalty, no_repeat_ngram_size)
     if attention_mask is not None and not bool(attention_mask[:, -1].bool().all()):
         raise ValueError("attention_mask: every prompt must end with a token, padding on the left only (a tokenizer's "
                          "padding_side='left'); a right-padded prompt would continue from its padding")
@@ -289,16 +295,22 @@ def pipeline_generate(stage: DecoderStage | list[DecoderStage], input_ids: torch
     from transformers.generation.logits_process import LogitsProcessorList
 
     ranks, indices = _place_in_pipeline(stages, group, input_ids.device, "pipeline_generate")
-    if do_sample:  # the warpers follow the caller's processors, as generate orders them
+    # generate's order: its own processors, the caller's, then sampling's warpers
+    processors = _penalties(repetition_penalty, no_repeat_ngram_size, attention_mask, num_beams)
+    processors += logits_processor or []
+    if do_sample:  # sampled beams keep a token more than the eos tokens, so that a beam may go on
         keep = 1 if num_beams == 1 else 1 + (1 if eos is None else eos.numel())
-        logits_processor = LogitsProcessorList([*(logits_processor or []),
-                                                *_sampling_warpers(temperature, top_k, top_p, keep)])
+        processors += _sampling_warpers(temperature, top_k, top_p, keep)
+    logits_processor = LogitsProcessorList(processors) if processors else None
+    if pad_token_id is None and eos is not None:
+        pad_token_id = int(eos[0])  # as generate pads when told no pad token
     if num_beams > 1:
         return _beam_decode(stages, indices, ranks, group, input_ids, attention_mask, max_new_tokens,
                             num_return_sequences, num_beams, eos=eos, length_penalty=length_penalty,
                             early_stopping=early_stopping, logits_processor=logits_processor, do_sample=do_sample,
-                            generator=generator)
-    cache, tokens, step_input, finished = DynamicCache(config=stages[0].config), input_ids, input_ids, None
+                            generator=generator, pad_token_id=pad_token_id)
+    cache, tokens, step_input = DynamicCache(config=stages[0].config), input_ids, input_ids
+    finished = None if eos is None else torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     for _ in range(max_new_tokens):
         x = _through_stages(stages, indices, step_input, cache, attention_mask, ranks, group)
         next_token = torch.empty(input_ids.shape[0], dtype=input_ids.dtype, device=input_ids.device)
@@ -312,15 +324,39 @@ def pipeline_generate(stage: DecoderStage | list[DecoderStage], input_ids: torch
                 next_token.copy_(scores.argmax(dim=-1))
         dist.broadcast(next_token, ranks[-1], group=group)
         if eos is not None:
-            if finished is not None:  # a finished sequence goes on with eos, as generate pads it
-                next_token = next_token.masked_fill(finished, eos[0])
-            finished = torch.isin(next_token, eos)
+            # a finished sequence goes on with padding, as generate pads it
+            next_token = next_token.masked_fill(finished, pad_token_id)
+            finished = finished | torch.isin(next_token, eos)
         tokens = torch.cat([tokens, next_token[:, None]], dim=1)
         if finished is not None and bool(finished.all()):
             break
         step_input = next_token[:, None]
         attention_mask = _one_token_more(attention_mask)
     return tokens
+
+
+def _penalties(repetition_penalty: float, no_repeat_ngram_size: int, attention_mask: torch.Tensor | None,
+               num_beams: int) -> list:
+    """generate's repetition penalty (sparing each prompt's left padding, a row a beam) and
+    n-gram ban, where asked for."""
+    from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
+
+    processors = []
+    if repetition_penalty != 1.0:
+        padding = None  # a row's first token's position: its padding goes unpenalized
+        if attention_mask is not None:
+            padding = attention_mask.int().argmax(dim=1).repeat_interleave(num_beams)
+        processors.append(RepetitionPenaltyLogitsProcessor(float(repetition_penalty), prompt_ignore_length=padding))
+    if no_repeat_ngram_size > 0:
+        processors.append(NoRepeatNGramLogitsProcessor(no_repeat_ngram_size))
+    return processors
+
+
+def _check_penalties(repetition_penalty: float, no_repeat_ngram_size: int) -> None:
+    if not repetition_penalty > 0:
+        raise ValueError(f"repetition_penalty must be > 0 (1.0: none), got {repetition_penalty}")
+    if not (isinstance(no_repeat_ngram_size, int) and no_repeat_ngram_size >= 0):
+        raise ValueError(f"no_repeat_ngram_size must be an int >= 0 (0: none), got {no_repeat_ngram_size!r}")
 
 
 def _check_beams(num_beams: int, num_return_sequences: int) -> None:
@@ -477,8 +513,10 @@ def load_stage(path: str, stage_index: int, num_stages: int, dtype: torch.dtype 
     memory for its share of the model only. For pipeline_generate (or quantize_ it first),
     or pipeline_stage to train it. The checkpoint's tensors bear the model's names (as
     save_pretrained writes them), or, for Mixtral and Qwen2-MoE, each expert's matrices
-    apart, as those checkpoints store them: stacked here as transformers stacks them."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    apart, as those checkpoints store them: stacked here as transformers stacks them. The
+    stage's generation_config is the checkpoint's generation_config.json where it has one,
+    as from_pretrained reads it."""
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     files, config = _checkpoint_files(path), AutoConfig.from_pretrained(path)
     if config.model_type not in DECODER_MODEL_TYPES:
@@ -486,6 +524,8 @@ def load_stage(path: str, stage_index: int, num_stages: int, dtype: torch.dtype 
                         f"not {config.model_type!r}")
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config).to(dtype)
+    if os.path.isfile(os.path.join(path, "generation_config.json")):
+        model.generation_config = GenerationConfig.from_pretrained(path)
     stage = gpt_stage(model, stage_index, num_stages)
     wanted = _names_in_model(model, stage)
     saved, state = set(model.state_dict()), {}
@@ -513,8 +553,8 @@ def load_stage(path: str, stage_index: int, num_stages: int, dtype: torch.dtype 
 def save_stage(stage: DecoderStage | list[DecoderStage], path: str, group=None) -> None:
     """Write the pipeline's model to ``path`` as a sharded Hugging Face checkpoint, each rank
     of ``group`` (default: the world; rank i holding stage i) its own stage's shard and the
-    first also the index and config.json: what ``from_pretrained(path)`` and ``load_stage``
-    read, written with no rank holding the whole model (after pipeline training, say). Every
+    first also the index, config.json and generation_config.json: what ``from_pretrained(path)``
+    and ``load_stage`` read, written with no rank holding the whole model (after pipeline training, say). Every
     rank calls it; it returns once the whole checkpoint is written. A list of stages: the
     rank's several stages, placed as ``pipeline_stages`` places them (rank i of n holds
     stages i, i + n, ...), a shard each. A tensor-parallel stage (a ("pp", "tp") mesh;
@@ -554,6 +594,8 @@ def save_stage(stage: DecoderStage | list[DecoderStage], path: str, group=None) 
             config.architectures = [model_class]
             config.dtype = next(iter(shards[0][0].values())).dtype
             config.save_pretrained(path)
+            if stages[0].generation_config is not None:
+                stages[0].generation_config.save_pretrained(path)
     dist.barrier(group=group)
     if tensor_parallel_group is not None:  # the other pipeline groups wait for the one writing
         dist.barrier(group=tensor_parallel_group)
