@@ -764,7 +764,8 @@ def test_generation_options_follow_a_generation_config_or_refuse_it():
         "do_sample": False, "temperature": 1.0, "top_k": 50, "top_p": None, "num_beams": 1, "length_penalty": 1.0,
         "early_stopping": False, "num_return_sequences": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
     chat = GenerationConfig(do_sample=True, temperature=0.6, top_p=0.9, top_k=0, eos_token_id=[2, 7], pad_token_id=0,
-                            bos_token_id=1, max_new_tokens=64, max_length=2048, repetition_penalty=1.1)
+                            bos_token_id=1, max_new_tokens=64, max_length=2048, repetition_penalty=1.1,
+                            output_attentions=False)  # off, as SmolLM2's says
     options = generation_options(chat)
     assert {key: options[key] for key in ("temperature", "top_p", "top_k", "eos_token_id", "pad_token_id",
                                           "max_new_tokens", "repetition_penalty")} == {
@@ -773,8 +774,9 @@ def test_generation_options_follow_a_generation_config_or_refuse_it():
     assert "bos_token_id" not in options and "max_length" not in options
     # min_p is a warper pipeline_generate lacks; bad words a processor it does not build
     with pytest.raises(ValueError, match=r"generation_options: the generation config sets bad_words_ids=\[\[3\]\], "
-                                         r"min_p=0.1, which pipeline_generate does not follow"):
-        generation_options(GenerationConfig(do_sample=True, min_p=0.1, bad_words_ids=[[3]]))
+                                         r"min_p=0.1, output_scores=True, which pipeline_generate does not follow"):
+        generation_options(GenerationConfig(do_sample=True, min_p=0.1, bad_words_ids=[[3]], output_scores=True,
+                                            return_dict_in_generate=False))
 
 
 def test_the_pipeline_distillation_loss_runs_a_frozen_teacher_in_eval_mode():
