@@ -553,16 +553,17 @@ def load_stage(path: str, stage_index: int, num_stages: int, dtype: torch.dtype 
 def save_stage(stage: DecoderStage | list[DecoderStage], path: str, group=None) -> None:
     """Write the pipeline's model to ``path`` as a sharded Hugging Face checkpoint, each rank
     of ``group`` (default: the world; rank i holding stage i) its own stage's shard and the
-    first also the index, config.json and generation_config.json: what ``from_pretrained(path)``
-    and ``load_stage`` read, written with no rank holding the whole model (after pipeline training, say). Every
-    rank calls it; it returns once the whole checkpoint is written. A list of stages: the
-    rank's several stages, placed as ``pipeline_stages`` places them (rank i of n holds
-    stages i, i + n, ...), a shard each. A tensor-parallel stage (a ("pp", "tp") mesh;
-    ``group`` its "pp" group) is gathered whole over its tensor-parallel group, and the
-    pipeline group of each one's first rank writes. Pipelines side by side for data
-    parallelism (a ("dp", "pp") mesh) hold the same model: call it on one of them (the
-    ranks of dp index 0), as the others would write the same files. Float stages only: a
-    quantized layer's tensors have no place in the model's checkpoint (every rank raises)."""
+    first also the index, config.json and generation_config.json: what
+    ``from_pretrained(path)`` and ``load_stage`` read, written with no rank holding the whole
+    model (after pipeline training, say). Every rank calls it; it returns once the whole
+    checkpoint is written. A list of stages: the rank's several stages, placed as
+    ``pipeline_stages`` places them (rank i of n holds stages i, i + n, ...), a shard each.
+    A tensor-parallel stage (a ("pp", "tp") mesh; ``group`` its "pp" group) is gathered
+    whole over its tensor-parallel group, and the pipeline group of each one's first rank
+    writes. Pipelines side by side for data parallelism (a ("dp", "pp") mesh) hold the same
+    model: call it on one of them (the ranks of dp index 0), as the others would write the
+    same files. Float stages only: a quantized layer's tensors have no place in the model's
+    checkpoint (every rank raises)."""
     from safetensors.torch import save_file
 
     stages = _stages_of(stage, "save_stage")
