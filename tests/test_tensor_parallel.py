@@ -777,6 +777,8 @@ def test_generation_options_follow_a_generation_config_or_refuse_it():
                                          r"min_p=0.1, output_scores=True, which pipeline_generate does not follow"):
         generation_options(GenerationConfig(do_sample=True, min_p=0.1, bad_words_ids=[[3]], output_scores=True,
                                             return_dict_in_generate=False))
+    with pytest.raises(TypeError, match="generation_config must be a transformers GenerationConfig .*, got NoneType"):
+        generation_options(None)  # an effgen GPT's stage has none
 
 
 def test_the_pipeline_distillation_loss_runs_a_frozen_teacher_in_eval_mode():

@@ -23,9 +23,14 @@ def generation_options(generation_config) -> dict:
     ``max_length`` is not followed (pass max_new_tokens). A config that asks for what
     pipeline_generate does not do (min_p, min_length, bad_words_ids, scores in a dict ...) is
     refused, naming the fields, rather than decoded otherwise than generate would."""
+    from transformers import GenerationConfig
+
+    if not isinstance(generation_config, GenerationConfig):
+        raise TypeError(f"generation_options: generation_config must be a transformers GenerationConfig (a Hugging "
+                        f"Face model's or DecoderStage's), got {type(generation_config).__name__}")
     fields = generation_config.to_dict()
     defaults = generation_config._get_default_generation_params()
-    known = type(generation_config)().to_dict()  # a model's custom entries are none of generate's
+    known = GenerationConfig().to_dict()  # a model's custom entries are none of generate's
     # a field generate has no default for is off at None or False (output_attentions=False)
     unfollowed = sorted(name for name, value in fields.items()
                         if name in known and name not in _FOLLOWED and name not in _WITHOUT_EFFECT
