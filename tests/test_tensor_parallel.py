@@ -575,8 +575,9 @@ def test_pipeline_generation_equals_generate_in_one_process(tmp_path):
             for configured, expected in result["configured"]:  # a generation_config read by generation_options
                 assert configured.shape == expected.shape and torch.equal(configured, expected), (name, configured,
                                                                                                   expected)
-            greedy = result["configured"][0][0]
+            greedy, _, _, at_least_five = (configured for configured, _ in result["configured"])
             assert greedy[0, 9] != greedy[0, 14] == 1, name  # the first prompt ends at its third new token, padded
+            assert (at_least_five[:, 7:12] != greedy[0, 9]).all(), name  # its eos comes no sooner than the sixth
             plain, ending, _, sampled, warped = (searched for searched, _ in result["beams"])
             assert plain.shape == (3, 15) and ending.shape[0] == 6 and warped.shape[0] == 6, name  # two a prompt
             # the token that ends them ends one of the first prompt's two sequences at the third new token
@@ -739,7 +740,8 @@ def test_pipeline_generation_checks_its_arguments():
             pipeline_generate(stage, prompt, 2, attention_mask=mask)
     for option, message in [({"temperature": 0.0}, r"temperature must be > 0, got 0.0"),
                             ({"top_k": 0}, r"top_k must be >= 1 \(or None: all tokens\), got 0"),
-                            ({"top_p": 1.5}, r"top_p must lie in \(0, 1\] \(or None\), got 1.5")]:
+                            ({"top_p": 1.5}, r"top_p must lie in \(0, 1\] \(or None\), got 1.5"),
+                            ({"min_p": -0.1}, r"min_p must lie in \[0, 1\] \(or None\), got -0.1")]:
         with pytest.raises(ValueError, match=message):
             pipeline_generate(stage, torch.zeros(1, 3, dtype=torch.long), 2, do_sample=True, **option)
     for option, message in [({"num_beams": 0}, "num_beams must be >= 1, got 0"),
@@ -748,7 +750,8 @@ def test_pipeline_generation_checks_its_arguments():
                             ({"num_return_sequences": 2}, r"num_return_sequences must lie in \[1, num_beams \(1\)\]"),
                             ({"repetition_penalty": 0.0}, r"repetition_penalty must be > 0 \(1.0: none\), got 0.0"),
                             ({"no_repeat_ngram_size": 1.5}, r"no_repeat_ngram_size must be an int >= 0 \(0: none\), "
-                                                            r"got 1.5")]:
+                                                            r"got 1.5"),
+                            ({"min_new_tokens": -1}, r"min_new_tokens must be an int >= 0 \(0: none\), got -1")]:
         with pytest.raises(ValueError, match=message):
             pipeline_generate(stage, torch.zeros(1, 3, dtype=torch.long), 2, **option)
 
@@ -772,11 +775,11 @@ def test_generation_options_follow_a_generation_config_or_refuse_it():
         "temperature": 0.6, "top_p": 0.9, "top_k": None, "eos_token_id": [2, 7], "pad_token_id": 0,
         "max_new_tokens": 64, "repetition_penalty": 1.1}
     assert "bos_token_id" not in options and "max_length" not in options
-    # min_p is a warper pipeline_generate lacks; bad words a processor it does not build
+    # typical_p is a warper pipeline_generate lacks; bad words a processor it does not build
     with pytest.raises(ValueError, match=r"generation_options: the generation config sets bad_words_ids=\[\[3\]\], "
-                                         r"min_p=0.1, output_scores=True, which pipeline_generate does not follow"):
-        generation_options(GenerationConfig(do_sample=True, min_p=0.1, bad_words_ids=[[3]], output_scores=True,
-                                            return_dict_in_generate=False))
+                                         r"output_scores=True, typical_p=0.5, which pipeline_generate does not follow"):
+        generation_options(GenerationConfig(do_sample=True, typical_p=0.5, bad_words_ids=[[3]], output_scores=True,
+                                            return_dict_in_generate=False, min_p=0.1))
     with pytest.raises(TypeError, match="generation_config must be a transformers GenerationConfig .*, got NoneType"):
         generation_options(None)  # an effgen GPT's stage has none
 

@@ -490,8 +490,9 @@ def processed_generations(model: nn.Module, stage, prompt: torch.Tensor, mask: t
 def configured_generations(model: nn.Module, rank: int, world: int, prompt: torch.Tensor, mask: torch.Tensor) -> list:
     """(pipeline_generate's with generation_options of its stage's generation_config,
     model.generate's with that config as the model's) sequences of the padded prompts:
-    greedy, sampled and by beam search, each with a repetition penalty, an eos token the
-    greedy search emits and a pad token of its own. The prompts are padded with the token
+    greedy, sampled (min-p too) and by beam search, each with a repetition penalty, and
+    greedy with no eos before five new tokens; all with an eos token the greedy search emits
+    and a pad token of its own. The prompts are padded with the token
     the greedy search picks first (for the first prompt), which the penalty must spare."""
     from transformers import GenerationConfig
 
@@ -503,9 +504,11 @@ def configured_generations(model: nn.Module, rank: int, world: int, prompt: torc
     prompt = prompt.masked_fill(mask == 0, int(first[0, prompt.shape[1]]))
     common = {"max_new_tokens": 8, "eos_token_id": int(first[0, prompt.shape[1] + 2]), "pad_token_id": 1}
     configs = (GenerationConfig(**common, **penalties),
-               GenerationConfig(**common, do_sample=True, temperature=0.8, top_p=0.9, repetition_penalty=1.3),
+               GenerationConfig(**common, do_sample=True, temperature=0.8, top_p=0.9, min_p=0.2,
+                                repetition_penalty=1.3),
                GenerationConfig(**common, num_beams=3, num_return_sequences=2, length_penalty=0.8,
-                                repetition_penalty=1.3))
+                                repetition_penalty=1.3),
+               GenerationConfig(**common, **penalties, min_new_tokens=5))
     generations = []
     for config in configs:
         model.generation_config = config

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 # GenerationConfig fields that become pipeline_generate options of the same name
 _FOLLOWED = ("eos_token_id", "pad_token_id", "max_new_tokens", "do_sample", "temperature", "top_k", "top_p",
-             "num_beams", "length_penalty", "early_stopping", "num_return_sequences", "repetition_penalty",
-             "no_repeat_ngram_size")
+             "min_p", "num_beams", "length_penalty", "early_stopping", "num_return_sequences", "repetition_penalty",
+             "no_repeat_ngram_size", "min_new_tokens")
 # fields that do not change which tokens generate picks for a decoder-only model given
 # max_new_tokens (max_length counts only where max_new_tokens is not given)
 _WITHOUT_EFFECT = {"bos_token_id", "decoder_start_token_id", "max_length", "use_cache", "cache_implementation",
@@ -21,7 +21,7 @@ def generation_options(generation_config) -> dict:
     with generate's defaults where it leaves a field unset (top_k 50 when sampling, as generate
     samples). ``max_new_tokens`` is among them only where the config sets it; generate's
     ``max_length`` is not followed (pass max_new_tokens). A config that asks for what
-    pipeline_generate does not do (min_p, min_length, bad_words_ids, scores in a dict ...) is
+    pipeline_generate does not do (typical_p, min_length, bad_words_ids, scores in a dict ...) is
     refused, naming the fields, rather than decoded otherwise than generate would."""
     from transformers import GenerationConfig
 

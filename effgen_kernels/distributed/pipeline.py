@@ -216,11 +216,17 @@ def _check_stage_order(stages: list[DecoderStage], ranks: list[int], group, devi
         next_layer = end
 
 
-def _sampling_warpers(temperature: float, top_k: int | None, top_p: float | None, min_tokens_to_keep: int) -> list:
-    """transformers' sampling warpers, in its order: temperature, then top-k, then top-p,
-    each keeping at least ``min_tokens_to_keep`` tokens (generate keeps one more than the eos
-    tokens when it samples beams, so that a beam may go on)."""
-    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+def _sampling_warpers(temperature: float, top_k: int | None, top_p: float | None, min_p: float | None,
+                      min_tokens_to_keep: int) -> list:
+    """transformers' sampling warpers, in its order: temperature, then top-k, top-p and
+    min-p, each keeping at least ``min_tokens_to_keep`` tokens (generate keeps one more than
+    the eos tokens when it samples beams, so that a beam may go on)."""
+    from transformers.generation.logits_process import (
+        MinPLogitsWarper,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
 
     warpers = []
     if temperature != 1.0:
@@ -229,33 +235,38 @@ def _sampling_warpers(temperature: float, top_k: int | None, top_p: float | None
         warpers.append(TopKLogitsWarper(top_k, min_tokens_to_keep=min_tokens_to_keep))
     if top_p is not None and top_p < 1.0:
         warpers.append(TopPLogitsWarper(top_p, min_tokens_to_keep=min_tokens_to_keep))
+    if min_p is not None:
+        warpers.append(MinPLogitsWarper(min_p, min_tokens_to_keep=min_tokens_to_keep))
     return warpers
 
 
-def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+def _check_sampling(temperature: float, top_k: int | None, top_p: float | None, min_p: float | None) -> None:
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1 (or None: all tokens), got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must lie in (0, 1] (or None), got {top_p}")
+    if min_p is not None and not 0 <= min_p <= 1:
+        raise ValueError(f"min_p must lie in [0, 1] (or None), got {min_p}")
 
 
 @torch.no_grad()
 def pipeline_generate(stage: DecoderStage | list[DecoderStage], input_ids: torch.Tensor, max_new_tokens: int,
                       group=None, eos_token_id: int | list[int] | None = None, *,
                       attention_mask: torch.Tensor | None = None, do_sample: bool = False, temperature: float = 1.0,
-                      top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
-                      num_beams: int = 1, length_penalty: float = 1.0, early_stopping: bool | str = False,
-                      num_return_sequences: int = 1, repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
+                      top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
+                      generator: torch.Generator | None = None, num_beams: int = 1, length_penalty: float = 1.0,
+                      early_stopping: bool | str = False, num_return_sequences: int = 1,
+                      repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0, min_new_tokens: int = 0,
                       logits_processor=None, pad_token_id: int | None = None) -> torch.Tensor:
     """Decoding through a pipeline whose rank i of ``group`` (default: the world) holds
     stage i, a DecoderStage (``gpt_stage(model, i, size)``): each stage keeps the KV cache
     of its own layers, passes its hidden states on, and the last picks each next token and
     hands it to every rank. Every rank calls it with the same prompt ``input_ids`` [B, T]
     and gets back [B, T + new], as ``model.generate(input_ids, ...)`` gives: greedy, or
-    with ``do_sample`` drawn after ``temperature``, ``top_k`` and ``top_p`` as transformers
-    draws (the last stage's ``generator``, or torch's global one, supplies the randomness).
+    with ``do_sample`` drawn after ``temperature``, ``top_k``, ``top_p`` and ``min_p`` as
+    transformers draws (the last stage's ``generator``, or torch's global one, supplies the randomness).
     Prompts of different lengths come padded on the left with their ``attention_mask``
     [B, T] (a tokenizer's, ``padding_side="left"``). After ``eos_token_id`` (or any of a
     list of them, as a chat model's generation_config may hold) a sequence emits
@@ -271,10 +282,11 @@ def pipeline_generate(stage: DecoderStage | list[DecoderStage], input_ids: torch
     padded. With ``do_sample`` the beams' continuations are drawn after the warpers, as
     generate's beam sampling draws them.
 
-    ``repetition_penalty`` and ``no_repeat_ngram_size`` as generate takes them (the penalty
-    spares a prompt's padding); ``logits_processor``: a transformers LogitsProcessorList the
-    last stage's rank applies to each step's scores given the tokens so far, after those two
-    and before picking, sampling's warpers or the beams' sums, as
+    ``repetition_penalty``, ``no_repeat_ngram_size`` and ``min_new_tokens`` (no eos before
+    that many) as generate takes them (the penalty spares a prompt's padding);
+    ``logits_processor``: a transformers LogitsProcessorList the last stage's rank applies to
+    each step's scores given the tokens so far, after those and before picking, sampling's
+    warpers or the beams' sums, as
     ``generate(logits_processor=...)`` applies it. ``generation_options(generation_config)``
     gives a model's generation_config as these options."""
     stages = _stages_of(stage, "pipeline_generate")
@@ -282,9 +294,9 @@ def pipeline_generate(stage: DecoderStage | list[DecoderStage], input_ids: torch
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if do_sample:
-        _check_sampling(temperature, top_k, top_p)
+        _check_sampling(temperature, top_k, top_p, min_p)
     _check_beams(num_beams, num_return_sequences)
-    _check_penalties(repetition_penalty, no_repeat_ngram_size)
+    _check_penalties(repetition_penalty, no_repeat_ngram_size, min_new_tokens)
     if attention_mask is not None and not bool(attention_mask[:, -1].bool().all()):
         raise ValueError("attention_mask: every prompt must end with a token, padding on the left only (a tokenizer's "
                          "padding_side='left'); a right-padded prompt would continue from its padding")
@@ -292,15 +304,17 @@ def pipeline_generate(stage: DecoderStage | list[DecoderStage], input_ids: torch
     if eos is not None and eos.numel() == 0:
         raise ValueError("eos_token_id must be a token id, a non-empty list of them, or None")
     from transformers import DynamicCache
-    from transformers.generation.logits_process import LogitsProcessorList
+    from transformers.generation.logits_process import LogitsProcessorList, MinNewTokensLengthLogitsProcessor
 
     ranks, indices = _place_in_pipeline(stages, group, input_ids.device, "pipeline_generate")
     # generate's order: its own processors, the caller's, then sampling's warpers
     processors = _penalties(repetition_penalty, no_repeat_ngram_size, attention_mask, num_beams)
+    if min_new_tokens > 0 and eos is not None:
+        processors.append(MinNewTokensLengthLogitsProcessor(input_ids.shape[1], min_new_tokens, eos))
     processors += logits_processor or []
     if do_sample:  # sampled beams keep a token more than the eos tokens, so that a beam may go on
         keep = 1 if num_beams == 1 else 1 + (1 if eos is None else eos.numel())
-        processors += _sampling_warpers(temperature, top_k, top_p, keep)
+        processors += _sampling_warpers(temperature, top_k, top_p, min_p, keep)
     logits_processor = LogitsProcessorList(processors) if processors else None
     if pad_token_id is None and eos is not None:
         pad_token_id = int(eos[0])  # as generate pads when told no pad token
@@ -352,11 +366,12 @@ def _penalties(repetition_penalty: float, no_repeat_ngram_size: int, attention_m
     return processors
 
 
-def _check_penalties(repetition_penalty: float, no_repeat_ngram_size: int) -> None:
+def _check_penalties(repetition_penalty: float, no_repeat_ngram_size: int, min_new_tokens: int) -> None:
     if not repetition_penalty > 0:
         raise ValueError(f"repetition_penalty must be > 0 (1.0: none), got {repetition_penalty}")
-    if not (isinstance(no_repeat_ngram_size, int) and no_repeat_ngram_size >= 0):
-        raise ValueError(f"no_repeat_ngram_size must be an int >= 0 (0: none), got {no_repeat_ngram_size!r}")
+    for name, value in (("no_repeat_ngram_size", no_repeat_ngram_size), ("min_new_tokens", min_new_tokens)):
+        if not (isinstance(value, int) and value >= 0):
+            raise ValueError(f"{name} must be an int >= 0 (0: none), got {value!r}")
 
 
 def _check_beams(num_beams: int, num_return_sequences: int) -> None:
