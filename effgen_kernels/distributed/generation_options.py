@@ -21,8 +21,8 @@ def generation_options(generation_config) -> dict:
     with generate's defaults where it leaves a field unset (top_k 50 when sampling, as generate
     samples). ``max_new_tokens`` is among them only where the config sets it; generate's
     ``max_length`` is not followed (pass max_new_tokens). A config that asks for what
-    pipeline_generate does not do (typical_p, min_length, bad_words_ids, scores in a dict ...) is
-    refused, naming the fields, rather than decoded otherwise than generate would."""
+    pipeline_generate does not do (typical_p, min_length, bad_words_ids, scores in a dict
+    ...) is refused, naming the fields, rather than decoded otherwise than generate would."""
     from transformers import GenerationConfig
 
     if not isinstance(generation_config, GenerationConfig):

@@ -266,9 +266,9 @@ def pipeline_generate(stage: DecoderStage | list[DecoderStage], input_ids: torch
     hands it to every rank. Every rank calls it with the same prompt ``input_ids`` [B, T]
     and gets back [B, T + new], as ``model.generate(input_ids, ...)`` gives: greedy, or
     with ``do_sample`` drawn after ``temperature``, ``top_k``, ``top_p`` and ``min_p`` as
-    transformers draws (the last stage's ``generator``, or torch's global one, supplies the randomness).
-    Prompts of different lengths come padded on the left with their ``attention_mask``
-    [B, T] (a tokenizer's, ``padding_side="left"``). After ``eos_token_id`` (or any of a
+    transformers draws (the last stage's ``generator``, or torch's global one, supplies the
+    randomness). Prompts of different lengths come padded on the left with their
+    ``attention_mask`` [B, T] (a tokenizer's, ``padding_side="left"``). After ``eos_token_id`` (or any of a
     list of them, as a chat model's generation_config may hold) a sequence emits
     ``pad_token_id`` (default: the first eos token), as generate pads it, and the loop ends
     early once all have. A list of stages: the rank's several stages, placed in a loop as
@@ -286,9 +286,9 @@ def pipeline_generate(stage: DecoderStage | list[DecoderStage], input_ids: torch
     that many) as generate takes them (the penalty spares a prompt's padding);
     ``logits_processor``: a transformers LogitsProcessorList the last stage's rank applies to
     each step's scores given the tokens so far, after those and before picking, sampling's
-    warpers or the beams' sums, as
-    ``generate(logits_processor=...)`` applies it. ``generation_options(generation_config)``
-    gives a model's generation_config as these options."""
+    warpers or the beams' sums, as ``generate(logits_processor=...)`` applies it.
+    ``generation_options(generation_config)`` gives a model's generation_config as these
+    options."""
     stages = _stages_of(stage, "pipeline_generate")
     _check_inputs(input_ids, attention_mask)
     if max_new_tokens < 0:
@@ -304,13 +304,12 @@ def pipeline_generate(stage: DecoderStage | list[DecoderStage], input_ids: torch
     if eos is not None and eos.numel() == 0:
         raise ValueError("eos_token_id must be a token id, a non-empty list of them, or None")
     from transformers import DynamicCache
-    from transformers.generation.logits_process import LogitsProcessorList, MinNewTokensLengthLogitsProcessor
+    from transformers.generation.logits_process import LogitsProcessorList
 
     ranks, indices = _place_in_pipeline(stages, group, input_ids.device, "pipeline_generate")
     # generate's order: its own processors, the caller's, then sampling's warpers
-    processors = _penalties(repetition_penalty, no_repeat_ngram_size, attention_mask, num_beams)
-    if min_new_tokens > 0 and eos is not None:
-        processors.append(MinNewTokensLengthLogitsProcessor(input_ids.shape[1], min_new_tokens, eos))
+    processors = _generate_processors(input_ids, attention_mask, eos, num_beams, repetition_penalty,
+                                      no_repeat_ngram_size, min_new_tokens)
     processors += logits_processor or []
     if do_sample:  # sampled beams keep a token more than the eos tokens, so that a beam may go on
         keep = 1 if num_beams == 1 else 1 + (1 if eos is None else eos.numel())
@@ -349,11 +348,17 @@ def pipeline_generate(stage: DecoderStage | list[DecoderStage], input_ids: torch
     return tokens
 
 
-def _penalties(repetition_penalty: float, no_repeat_ngram_size: int, attention_mask: torch.Tensor | None,
-               num_beams: int) -> list:
-    """generate's repetition penalty (sparing each prompt's left padding, a row a beam) and
-    n-gram ban, where asked for."""
-    from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
+def _generate_processors(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, eos: torch.Tensor | None,
+                         num_beams: int, repetition_penalty: float, no_repeat_ngram_size: int,
+                         min_new_tokens: int) -> list:
+    """generate's own processors, where asked for, in its order: the repetition penalty
+    (sparing each prompt's left padding, a row a beam), the n-gram ban, and no eos before
+    ``min_new_tokens`` new tokens."""
+    from transformers.generation.logits_process import (
+        MinNewTokensLengthLogitsProcessor,
+        NoRepeatNGramLogitsProcessor,
+        RepetitionPenaltyLogitsProcessor,
+    )
 
     processors = []
     if repetition_penalty != 1.0:
@@ -363,6 +368,8 @@ def _penalties(repetition_penalty: float, no_repeat_ngram_size: int, attention_m
         processors.append(RepetitionPenaltyLogitsProcessor(float(repetition_penalty), prompt_ignore_length=padding))
     if no_repeat_ngram_size > 0:
         processors.append(NoRepeatNGramLogitsProcessor(no_repeat_ngram_size))
+    if min_new_tokens > 0 and eos is not None:
+        processors.append(MinNewTokensLengthLogitsProcessor(input_ids.shape[1], min_new_tokens, eos))
     return processors
 
 
