@@ -268,10 +268,10 @@ def pipeline_generate(stage: DecoderStage | list[DecoderStage], input_ids: torch
     with ``do_sample`` drawn after ``temperature``, ``top_k``, ``top_p`` and ``min_p`` as
     transformers draws (the last stage's ``generator``, or torch's global one, supplies the
     randomness). Prompts of different lengths come padded on the left with their
-    ``attention_mask`` [B, T] (a tokenizer's, ``padding_side="left"``). After ``eos_token_id`` (or any of a
-    list of them, as a chat model's generation_config may hold) a sequence emits
-    ``pad_token_id`` (default: the first eos token), as generate pads it, and the loop ends
-    early once all have. A list of stages: the rank's several stages, placed in a loop as
+    ``attention_mask`` [B, T] (a tokenizer's, ``padding_side="left"``). After
+    ``eos_token_id`` (or any of a list of them, as a chat model's generation_config may hold)
+    a sequence emits ``pad_token_id`` (default: the first eos token), as generate pads it,
+    and the loop ends early once all have. A list of stages: the rank's several stages, placed in a loop as
     ``pipeline_stages`` places them (rank i of n holds stages i, i + n, ...), one KV cache
     holding all their layers.
 
