@@ -25,6 +25,7 @@ from .quantize import (
     model_bytes,
     prepare,
     quantize_,
+    quantized_draft,
 )
 
 try:
@@ -34,4 +35,4 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 __all__ = ["BinaryConfig", "Int8Config", "Int8WeightOnlyConfig", "QuantizeSummary", "TernaryConfig", "__version__",
            "calibrate_activations", "convert", "dequantize_", "distill", "distributed", "load_quantized_",
-           "model_bytes", "nn", "ops", "prepare", "quantize_", "reference"]
+           "model_bytes", "nn", "ops", "prepare", "quantize_", "quantized_draft", "reference"]

@@ -3,7 +3,8 @@
 1. quantize: SmolLM2-135M in fp32 (bf16 on a GPU) and after quantize_ with W8A16, W8A8
    (SmoothQuant) and ternary weights: prefill and decode tokens/s, weight bytes, peak memory,
    perplexity on news text, and the text each generates from the same prompt; with --compile
-   also decode with the forward torch.compile'd over a static KV cache.
+   also decode with the forward torch.compile'd over a static KV cache. Then the unquantized
+   model's own greedy text at the speed of speculative decoding, drafted by its W8A8 copy.
 2. ddp: a small GPT trained on real text by 2 DDP workers (gloo, on the CPU whatever
    --device says) with plain all-reduce, the int8 and sign hooks, and the sign hook as set
    for AdamW (EF21 feedback, blocks of 64): bytes per step and loss curves.
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import functools
 import gc
@@ -133,11 +135,11 @@ def greedy(model, ids: torch.Tensor, new_tokens: int, pad_token_id: int, **gener
     return out, elapsed_since(begin, ids.device)
 
 
-def generate(model, tokenizer, new_tokens: int) -> tuple[str, float, float]:
+def generate(model, tokenizer, new_tokens: int, **generate_options) -> tuple[str, float, float]:
     """Greedy continuation of PROMPT: (text, decode tokens/s, seconds)."""
     ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"].to(model_device(model))
     prompt_s = time_prefill(model, ids, 1)
-    out, total_s = greedy(model, ids, new_tokens, tokenizer.eos_token_id)
+    out, total_s = greedy(model, ids, new_tokens, tokenizer.eos_token_id, **generate_options)
     decode_rate = (new_tokens - 1) / max(total_s - prompt_s, 1e-9)  # the first token comes from the prefill
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True), decode_rate, total_s
 
@@ -163,6 +165,36 @@ def generate_compiled(model, tokenizer, new_tokens: int) -> tuple[str, float]:
         torch._dynamo.reset()
     decode_rate = (new_tokens - 1) / max(total_s - first_s, 1e-9)
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True), decode_rate
+
+
+def drafted_decode(model, tokenizer, new_tokens: int) -> dict:
+    """generate() of ``model`` with its W8A8 copy (quantized_draft) as the assistant:
+    speculative decoding, which keeps the model's own greedy tokens. The decode rate and
+    text, and how many tokens the model took a forward."""
+    draft = ek.quantized_draft(model, ek.Int8Config(), progress=False)
+    forwards = []
+    counting = model.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    try:
+        with transformers_errors_only():  # generate's notes on how it calls the draft's generate
+            text, decode_rate, _ = generate(model, tokenizer, new_tokens, assistant_model=draft)
+    finally:
+        counting.remove()
+    # generate() runs the prompt once alone to time the prefill; the first token is the prefill's
+    return {"draft": "W8A8", "decode_tokens_per_s": decode_rate, "text": text,
+            "tokens_per_forward": new_tokens / (len(forwards) - 1)}
+
+
+@contextlib.contextmanager
+def transformers_errors_only():
+    """transformers' logging held to errors inside the block."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
 
 
 def formats(device: torch.device) -> dict:
@@ -192,7 +224,7 @@ def compare_formats(base, tokenizer, text_ids: torch.Tensor, device: torch.devic
     results = {"device": str(device), "baseline": next(iter(chosen)),
                "memory": "peak GPU memory allocated" if device.type == "cuda" else
                "peak process resident memory (the fp32 original stays loaded)", "formats": {}}
-    bar = Progress((4 if compile_decode else 3) * len(chosen), "[1/3] quantize")
+    bar = Progress((4 if compile_decode else 3) * len(chosen) + 1, "[1/3] quantize")
     for name, make_config in chosen.items():
         with PeakMemory(device) as peak:
             model = copy.deepcopy(base).to(device)
@@ -221,6 +253,14 @@ def compare_formats(base, tokenizer, text_ids: torch.Tensor, device: torch.devic
             + f", {row['weight_bytes'] / 2**20:.0f} MiB weights, ppl {ppl:.2f}")
         del model
         gc.collect()
+    bar.update(bar.done, f"{results['baseline']}, drafted by its W8A8 copy: decode")
+    baseline = results["formats"][results["baseline"]]
+    drafted = drafted_decode(copy.deepcopy(base).to(device), tokenizer, 12 if quick else 32)
+    results["speculative"] = {**drafted, "same_text": drafted["text"] == baseline["text"],
+                              "speedup": drafted["decode_tokens_per_s"] / baseline["decode_tokens_per_s"]}
+    bar.update(detail="speculative decoding done")
+    say(f"      {results['baseline']} drafted by W8A8: {drafted['decode_tokens_per_s']:.1f} tok/s decode, "
+        f"{drafted['tokens_per_forward']:.1f} tokens a forward")
     results["peak_rss_mib"] = peak_rss_mib()
     results["perplexity_tokens"] = int(eval_ids.numel())
     return results
@@ -311,6 +351,12 @@ def summary(report: dict) -> str:
         lines.append(f"  perplexity on {q['perplexity_tokens']} tokens of the Lee news corpus; greedy text from "
                      f"{PROMPT!r}:")
         lines += [f"  {name:<8} {r['text'][:100]!r}" for name, r in q["formats"].items()]
+        drafted = q["speculative"]
+        lines.append(f"  {q['baseline']} drafted by its {drafted['draft']} copy (speculative decoding): "
+                     f"{drafted['decode_tokens_per_s']:.1f} tok/s decode, {drafted['speedup']:.2f}x "
+                     f"{q['baseline']}'s, {drafted['tokens_per_forward']:.1f} tokens a forward, the same text: "
+                     + ("yes" if drafted["same_text"] else "no (its forward over several tokens rounds otherwise "
+                        "than over one, and greedy decoding follows)"))
     if "ddp" in report:
         d = report["ddp"]
         plain, plain_loss = d["plain"]["bytes_per_step"], d["plain"]["losses"][-1]

@@ -3,6 +3,7 @@ quantized ones, in place."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -417,6 +418,26 @@ def quantize_(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bo
     ``progress`` is False."""
     check_config(config)
     return _replace_linears(model, config, config.convert, filter_fn, "quantize_", progress)
+
+
+def quantized_draft(model: nn.Module, config=None, filter_fn: Callable[[nn.Module, str], bool] | None = None,
+                    progress: bool = True) -> nn.Module:
+    """A quantized copy of ``model`` (``config``: default Int8Config(), W8A8) to draft tokens
+    for it: ``model.generate(ids, assistant_model=quantized_draft(model))`` is transformers'
+    speculative decoding, where the draft proposes several tokens at its own speed and the
+    model checks them all in one forward. Greedy decoding gives the model's own tokens (up
+    to the rounding of its forward over several tokens at once), sampling draws from the
+    model's own distribution; the speed-up grows with how often the two agree. The copy
+    shares every parameter and buffer it does not quantize with ``model`` (the embeddings,
+    the norms, a layer ``filter_fn`` leaves out), so it adds only its quantized layers to the
+    memory; ``model`` itself is not changed."""
+    config = Int8Config() if config is None else config
+    check_config(config)
+    # deepcopy's memo maps each tensor to itself: the copy's modules hold the very same ones
+    shared = {id(tensor): tensor for tensor in (*model.parameters(), *model.buffers())}
+    draft = copy.deepcopy(model, memo=shared)
+    quantize_(draft, config, filter_fn, progress)
+    return draft
 
 
 @dataclasses.dataclass(eq=False)

@@ -143,6 +143,12 @@ def check_formats(results, baseline):
     assert rows["ternary"]["weight_bytes"] < rows["W8A16"]["weight_bytes"]
     # int8 weights barely move a model's predictions; ternary ones are far coarser
     assert abs(rows["W8A16"]["perplexity"] / rows[baseline]["perplexity"] - 1) < 0.01
+    # speculative decoding drafted by the W8A8 copy: the draft's tokens taken (more than one
+    # a forward); in fp32 the model's own text (a bf16 forward over several tokens rounds
+    # otherwise than one at a time, and greedy decoding follows)
+    drafted = results["speculative"]
+    assert drafted["decode_tokens_per_s"] > 0 and drafted["tokens_per_forward"] > 1
+    assert drafted["same_text"] or baseline != "fp32"
 
 
 def test_stage_one_measures_each_format_of_a_llama():

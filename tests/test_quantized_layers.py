@@ -1057,6 +1057,62 @@ def test_cuda_a_checkpoint_quantized_on_the_cpu_serves_on_the_gpu(config):
     assert_same_bits(model(x), quantized.cuda()(x))
 
 
+def tiny_tied_llama(seed: int = 0, initializer_range: float = 0.02) -> torch.nn.Module:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
+                                      initializer_range=initializer_range)
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("config,layer_cls", [(None, ek.nn.Int8Linear),
+                                              (ek.Int8WeightOnlyConfig(group_size=16), ek.nn.Int8WeightOnlyLinear),
+                                              (ek.TernaryConfig(), ek.nn.TernaryLinear)])
+def test_a_quantized_draft_shares_what_it_does_not_quantize_and_leaves_the_model_alone(config, layer_cls):
+    model = tiny_tied_llama()
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    draft = ek.quantized_draft(model, config, filter_fn=lambda module, name: name != "model.layers.1.mlp.down_proj",
+                               progress=False)
+    # the model: its layers, tensors and config as they were
+    assert all(type(module) is torch.nn.Linear for name, module in model.named_modules() if name.endswith("proj"))
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in before.items())
+    assert not getattr(model.config, "_is_quantized", False) and draft.config._is_quantized
+    # the draft: quantized layers, with the model's very tensors everywhere else
+    assert isinstance(draft.model.layers[0].self_attn.q_proj, layer_cls) and isinstance(draft.lm_head, layer_cls)
+    assert draft.model.layers[1].mlp.down_proj.weight is model.model.layers[1].mlp.down_proj.weight  # left out
+    shared = {id(tensor) for tensor in (*model.parameters(), *model.buffers())}
+    own = {name for name, tensor in (*draft.named_parameters(), *draft.named_buffers()) if id(tensor) not in shared}
+    assert own and all(type(draft.get_submodule(name.rsplit(".", 1)[0])) is layer_cls for name in own)
+    assert draft.model.embed_tokens.weight is model.model.embed_tokens.weight
+    assert draft.model.norm.weight is model.model.norm.weight
+    assert draft.model.rotary_emb.inv_freq is model.model.rotary_emb.inv_freq
+
+
+def test_a_quantized_draft_refuses_what_is_not_a_quantization_config():
+    with pytest.raises(TypeError, match="config must be"):
+        ek.quantized_draft(torch.nn.Sequential(torch.nn.Linear(K, N)), "int8")
+
+
+@pytest.mark.parametrize("config", [None, ek.Int8WeightOnlyConfig()])
+def test_speculative_greedy_decoding_with_a_quantized_draft_gives_the_models_tokens(config):
+    # weights 25 times the default's spread: the tokens vary, and each is likely enough that
+    # generate's draft goes on past its first (it stops at a token of probability < 0.4)
+    model = tiny_tied_llama(seed=3, initializer_range=0.5)
+    prompt = torch.randint(0, 96, (1, 7), generator=torch.Generator().manual_seed(4))
+    options = {"max_new_tokens": 24, "min_new_tokens": 24, "do_sample": False, "pad_token_id": 0}
+    with torch.no_grad():
+        expected = model.generate(prompt, **options)
+        draft = ek.quantized_draft(model, config, progress=False)
+        forwards = []
+        hook = model.register_forward_pre_hook(lambda module, args: forwards.append(1))
+        assisted = model.generate(prompt, assistant_model=draft, **options)
+        hook.remove()
+    assert torch.equal(assisted, expected), (assisted[0, 7:], expected[0, 7:])
+    assert len(forwards) < 24 / 2  # the draft's tokens taken more than two to a forward of the model
+
+
 def test_save_pretrained_writes_what_load_quantized_reads(tmp_path):
     # The Hugging Face round trip: save_pretrained of a quantized model (tied embeddings,
     # which it may write once), load_quantized_ of its file into the architecture's skeleton.
