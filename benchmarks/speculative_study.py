@@ -17,6 +17,7 @@ import time
 import torch
 
 import effgen_kernels as ek
+from effgen_kernels.demo import forwards_counted
 from effgen_kernels.models import lee_sentences, load_smollm2
 
 DRAFTS = {"w8a8": ek.Int8Config, "w8a16": ek.Int8WeightOnlyConfig, "ternary": ek.TernaryConfig}
@@ -26,17 +27,6 @@ def added_bytes(draft: torch.nn.Module, model: torch.nn.Module) -> int:
     """Bytes of the draft's tensors that are not the model's own."""
     shared = {id(t) for t in (*model.parameters(), *model.buffers())}
     return sum(t.numel() * t.element_size() for t in (*draft.parameters(), *draft.buffers()) if id(t) not in shared)
-
-
-class ForwardCount:
-    """Counts the forwards of ``model`` while active."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.count = 0
-        self.handle = model.register_forward_pre_hook(self._seen)
-
-    def _seen(self, module, args) -> None:
-        self.count += 1
 
 
 @torch.inference_mode()
@@ -68,11 +58,10 @@ def main() -> None:
             reference, seconds = decode(model, ids, args.new_tokens, pad)
             times["plain"].append(seconds)
             for name, draft in drafts.items():
-                counter = ForwardCount(model)
-                out, seconds = decode(model, ids, args.new_tokens, pad, assistant_model=draft)
-                counter.handle.remove()
+                with forwards_counted(model) as counted:
+                    out, seconds = decode(model, ids, args.new_tokens, pad, assistant_model=draft)
                 times[name].append(seconds)
-                forwards[name] += counter.count
+                forwards[name] += len(counted)
                 same[name] &= torch.equal(out, reference)
     runs = args.rounds * len(prompts)
     plain_rate = args.new_tokens / statistics.median(times["plain"])

@@ -172,16 +172,23 @@ def drafted_decode(model, tokenizer, new_tokens: int) -> dict:
     speculative decoding, which keeps the model's own greedy tokens. The decode rate and
     text, and how many tokens the model took a forward."""
     draft = ek.quantized_draft(model, ek.Int8Config(), progress=False)
-    forwards = []
-    counting = model.register_forward_pre_hook(lambda module, args: forwards.append(1))
-    try:
-        with transformers_errors_only():  # generate's notes on how it calls the draft's generate
-            text, decode_rate, _ = generate(model, tokenizer, new_tokens, assistant_model=draft)
-    finally:
-        counting.remove()
+    # transformers' notes on how it calls the draft's generate held back
+    with forwards_counted(model) as forwards, transformers_errors_only():
+        text, decode_rate, _ = generate(model, tokenizer, new_tokens, assistant_model=draft)
     # generate() runs the prompt once alone to time the prefill; the first token is the prefill's
     return {"draft": "W8A8", "decode_tokens_per_s": decode_rate, "text": text,
             "tokens_per_forward": new_tokens / (len(forwards) - 1)}
+
+
+@contextlib.contextmanager
+def forwards_counted(model):
+    """A list that gets an entry at each forward of ``model`` inside the block."""
+    forwards = []
+    handle = model.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    try:
+        yield forwards
+    finally:
+        handle.remove()
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ from torch.library import opcheck
 import effgen_kernels as ek
 from effgen_kernels import ops
 from effgen_kernels import reference as ref
+from effgen_kernels.demo import forwards_counted
 
 N, K = 37, 80  # N odd (a partial block of 16 channels), K a multiple of the group size 16
 
@@ -1105,10 +1106,8 @@ def test_speculative_greedy_decoding_with_a_quantized_draft_gives_the_models_tok
     with torch.no_grad():
         expected = model.generate(prompt, **options)
         draft = ek.quantized_draft(model, config, progress=False)
-        forwards = []
-        hook = model.register_forward_pre_hook(lambda module, args: forwards.append(1))
-        assisted = model.generate(prompt, assistant_model=draft, **options)
-        hook.remove()
+        with forwards_counted(model) as forwards:
+            assisted = model.generate(prompt, assistant_model=draft, **options)
     assert torch.equal(assisted, expected), (assisted[0, 7:], expected[0, 7:])
     assert len(forwards) < 24 / 2  # the draft's tokens taken more than two to a forward of the model
 

@@ -8,6 +8,7 @@ import torch
 
 import effgen_kernels as ek
 from effgen_kernels import models
+from effgen_kernels.demo import forwards_counted
 from effgen_kernels.gpt import evaluate_perplexity
 
 EVAL_TOKENS = 4096
@@ -90,12 +91,10 @@ def test_smollm2_drafted_by_its_int8_copy_decodes_its_own_tokens_several_a_forwa
     model, evaluation, _, _ = smollm2
     prompt, options = evaluation[:24].unsqueeze(0), {"max_new_tokens": 32, "min_new_tokens": 32, "do_sample": False}
     draft = ek.quantized_draft(model, progress=False)
-    forwards = []
     with torch.no_grad():
         expected = model.generate(prompt, **options)
-        hook = model.register_forward_pre_hook(lambda module, args: forwards.append(1))
-        assisted = model.generate(prompt, assistant_model=draft, **options)
-        hook.remove()
+        with forwards_counted(model) as forwards:
+            assisted = model.generate(prompt, assistant_model=draft, **options)
     print(f"SmolLM2 drafted by its W8A8 copy: 32 tokens in {len(forwards)} forwards of the model")
     assert torch.equal(assisted, expected), (assisted[0, 24:], expected[0, 24:])
     assert len(forwards) <= 32 / 2.5  # 9 measured
