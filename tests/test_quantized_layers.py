@@ -1112,6 +1112,26 @@ def test_speculative_greedy_decoding_with_a_quantized_draft_gives_the_models_tok
     assert len(forwards) < 24 / 2  # the draft's tokens taken more than two to a forward of the model
 
 
+def test_speculative_sampling_with_a_quantized_draft_draws_from_the_models_distribution():
+    # A ternary draft of a tiny Llama proposes from a distribution far from the model's
+    # (total variation 0.66); the tokens drawn with it follow the model's.
+    model = tiny_tied_llama(seed=3, initializer_range=0.5)
+    prompt = torch.randint(0, 96, (1, 7), generator=torch.Generator().manual_seed(4))
+    draft = ek.quantized_draft(model, ek.TernaryConfig(), progress=False)
+    draws = 400
+    with torch.no_grad():
+        model_probs = torch.softmax(model(prompt).logits[0, -1].double(), dim=-1)
+        draft_probs = torch.softmax(draft(prompt).logits[0, -1].double(), dim=-1)
+        torch.manual_seed(0)
+        first_tokens = [int(model.generate(prompt, assistant_model=draft, do_sample=True, max_new_tokens=2,
+                                           pad_token_id=0)[0, 7]) for _ in range(draws)]
+    drawn = torch.bincount(torch.tensor(first_tokens), minlength=96).double() / draws
+    distance = {name: float((drawn - probs).abs().sum() / 2)
+                for name, probs in (("model", model_probs), ("draft", draft_probs))}
+    # 400 draws from the model's own distribution lie about 0.1 from it in total variation
+    assert distance["model"] < 0.2 and distance["draft"] > 0.5, distance
+
+
 def test_save_pretrained_writes_what_load_quantized_reads(tmp_path):
     # The Hugging Face round trip: save_pretrained of a quantized model (tied embeddings,
     # which it may write once), load_quantized_ of its file into the architecture's skeleton.
