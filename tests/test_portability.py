@@ -1,12 +1,16 @@
 """Builds off x86-64: what setup.py compiles on aarch64 (scripts/check_aarch64.sh runs the
-tests there under qemu; this checks the build wherever a cross compiler is installed)."""
+tests there under qemu; this checks the build wherever a cross compiler is installed); and
+x86-64 CPUs below the development one: the kernel dispatch never runs a level the CPU lacks."""
 
 import ast
+import os
+import platform
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import CPU_ISAS, env_without_preload
 
 ROOT = Path(__file__).resolve().parents[1]
 CROSS_CXX = "aarch64-linux-gnu-g++"
@@ -56,3 +60,21 @@ def test_the_cpu_kernels_build_and_link_for_aarch64(tmp_path):
     for source, obj in zip(sources, objects, strict=True):
         cross(*flags, "-c", str(source), "-o", obj)
     cross("-shared", "-fopenmp", "-Wl,--no-undefined", *objects, "-o", str(tmp_path / "kernels.so"))
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the x86-64 levels' dispatch")
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="no C++ compiler")
+def test_the_dispatch_calls_only_the_active_levels_tables(tmp_path):
+    # dispatch.cpp against stand-in table getters (tests/cpu_host/dispatch_calls.cpp), with
+    # each level this CPU runs made active in turn. Calling every level's getter and choosing
+    # afterwards crashed int8_linear with an illegal instruction on AVX2-only CPUs (a Zen 3):
+    # the AMX getter's static table was built with AVX-512 moves. On a CPU with AVX-512 the
+    # stray call runs fine, so only the count of calls tells.
+    kernels = ROOT / "csrc" / "kernels" / "cpu"
+    binary, env = tmp_path / "dispatch_calls", env_without_preload()
+    subprocess.run([shutil.which(os.environ.get("CXX", "g++")), "-std=c++20", "-O1", f"-I{kernels}",
+                    str(ROOT / "tests" / "cpu_host" / "dispatch_calls.cpp"), str(kernels / "dispatch.cpp"),
+                    str(kernels / "isa.cpp"), "-o", str(binary)], check=True, capture_output=True, timeout=300, env=env)
+    result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.count("own table's getter, once") == len(CPU_ISAS), result.stdout

@@ -141,8 +141,8 @@ int main(int argc, char** argv) {
   const std::string isa = "amx (emulated tiles)";
 #else
   // dispatch.cpp's choice, without linking every kernel family
-  const Int8GemmKernels& kernels = for_active_isa(int8_gemm_kernels_scalar(), int8_gemm_kernels_avx2(),
-                                                  int8_gemm_kernels_avx512(), int8_gemm_kernels_amx());
+  const Int8GemmKernels& kernels = for_active_isa(int8_gemm_kernels_scalar, int8_gemm_kernels_avx2,
+                                                  int8_gemm_kernels_avx512, int8_gemm_kernels_amx);
   const std::string isa = isa_name(active_isa());
 #endif
   std::mt19937 rng(0);

@@ -131,7 +131,7 @@ int main(int argc, char** argv) {
   }
   // dispatch.cpp's choice, without linking every kernel family
   const BinaryGemmKernels& kernels =
-      for_active_isa(binary_gemm_kernels_scalar(), binary_gemm_kernels_avx2(), binary_gemm_kernels_avx512());
+      for_active_isa(binary_gemm_kernels_scalar, binary_gemm_kernels_avx2, binary_gemm_kernels_avx512);
   const LutLayout layout = kernels.lut_layout;
   const int p = static_cast<int>(planes);
   std::mt19937 rng(0);

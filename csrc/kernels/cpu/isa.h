@@ -46,23 +46,29 @@ Isa active_isa();
 void set_active_isa(Isa isa);
 
 // The kernel table of the active ISA; AMX machines run the AVX-512 tables of the families
-// without AMX kernels.
+// without AMX kernels. It takes the tables' getters and calls only the chosen one: a getter
+// is compiled for its own ISA and may run its instructions (a static table built with
+// AVX-512 moves, say), which a CPU without that ISA traps as illegal.
 template <typename Table>
-const Table& for_active_isa(const Table& scalar, const Table& avx2, const Table& avx512) {
+using TableGetter = const Table& (*)();
+
+template <typename Table>
+const Table& for_active_isa(TableGetter<Table> scalar, TableGetter<Table> avx2, TableGetter<Table> avx512) {
   switch (active_isa()) {
     case Isa::kAmx:
-    case Isa::kAvx512: return avx512;
-    case Isa::kAvx2: return avx2;
+    case Isa::kAvx512: return avx512();
+    case Isa::kAvx2: return avx2();
     case Isa::kScalar:
     case Isa::kNeon: break;
   }
-  return scalar;
+  return scalar();
 }
 
 // The same for a family with AMX kernels.
 template <typename Table>
-const Table& for_active_isa(const Table& scalar, const Table& avx2, const Table& avx512, const Table& amx) {
-  return active_isa() == Isa::kAmx ? amx : for_active_isa(scalar, avx2, avx512);
+const Table& for_active_isa(TableGetter<Table> scalar, TableGetter<Table> avx2, TableGetter<Table> avx512,
+                            TableGetter<Table> amx) {
+  return active_isa() == Isa::kAmx ? amx() : for_active_isa(scalar, avx2, avx512);
 }
 
 }  // namespace effgen::cpu
