@@ -60,9 +60,10 @@ def _smollm2_folder() -> str:
 
 def load_smollm2_tokenizer():
     """SmolLM2's tokenizer alone (a rank that holds a stage read from a checkpoint, not the model)."""
+    folder = _smollm2_folder()  # first: it names a missing package, where the import would not
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(_smollm2_folder(), gguf_file=SMOLLM2_GGUF)
+    return AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
 
 
 def load_smollm2(dtype: torch.dtype = torch.float32):
