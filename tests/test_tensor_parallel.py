@@ -46,6 +46,7 @@ def test_a_fused_column_layer_cuts_each_part_by_rank(layer_results, what):
 
 @pytest.mark.parametrize("what", ["conv1d", "conv1d_state", "conv1d_reload", "conv1d_int8"])
 def test_hugging_face_conv1d_layers_shard_and_gather_in_their_own_layout(layer_results, what):
+    pytest.importorskip("transformers")
     for result in layer_results:
         assert result[what] < FP32, (what, result[what])
         assert result["conv1d_state_shapes"] == {"c_fc.weight": (24, 16), "c_fc.bias": (16,),

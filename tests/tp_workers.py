@@ -3,6 +3,7 @@ the single-process model it must reproduce, and saves what it measured (gloo, sp
 
 import copy
 import datetime
+import importlib.util
 import inspect
 import os
 
@@ -158,7 +159,10 @@ def fused_column(x: torch.Tensor, upstream: torch.Tensor, world: int, rank: int)
 
 def conv1d_layers(x: torch.Tensor) -> dict:
     """Hugging Face's Conv1D (weight stored [in, out]) as a column and a row layer, float
-    and int8: the forward of the pair, and a full state dict stored as the Conv1D stores it."""
+    and int8: the forward of the pair, and a full state dict stored as the Conv1D stores it.
+    Nothing without transformers (the models extra)."""
+    if importlib.util.find_spec("transformers") is None:
+        return {}
     from transformers.pytorch_utils import Conv1D
 
     torch.manual_seed(4)
