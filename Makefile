@@ -29,7 +29,7 @@ lint: $(VENV)/.deps
 SANITIZE_DIR := build/sanitize
 sanitize: build
 	rm -rf $(SANITIZE_DIR) && mkdir -p $(SANITIZE_DIR)
-	cp -r setup.py pyproject.toml README.md csrc effgen_kernels tests examples benchmarks scripts $(SANITIZE_DIR)/
+	cp -r setup.py pyproject.toml README.md Makefile csrc effgen_kernels tests examples benchmarks scripts $(SANITIZE_DIR)/
 	cd $(SANITIZE_DIR) && EFFGEN_SANITIZE=address,undefined EFFGEN_CUDA=0 $(abspath $(PY)) setup.py -q build_ext --inplace
 	cd $(SANITIZE_DIR) && export LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 		ASAN_OPTIONS=detect_leaks=0 PYTHONPATH=. && \
@@ -52,7 +52,7 @@ COMPAT_DIR := build/compat
 COMPAT_VENV := $(COMPAT_DIR)/venv-$(COMPAT_TORCH)
 compat: $(VENV)/.deps
 	rm -rf $(COMPAT_DIR)/src && mkdir -p $(COMPAT_DIR)/src $(COMPAT_DIR)/libs
-	cp -r setup.py pyproject.toml README.md csrc effgen_kernels tests examples benchmarks scripts $(COMPAT_DIR)/src/
+	cp -r setup.py pyproject.toml README.md Makefile csrc effgen_kernels tests examples benchmarks scripts $(COMPAT_DIR)/src/
 	test -x $(COMPAT_VENV)/bin/python || $(COMPAT_PYTHON) -m venv $(COMPAT_VENV)
 ifeq ($(COMPAT_CUDA),1)
 	$(COMPAT_VENV)/bin/pip install --quiet --no-deps "torch==$(COMPAT_TORCH)"
