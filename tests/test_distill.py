@@ -240,11 +240,17 @@ def test_distiller_trains_only_the_student_and_leaves_the_teacher_untouched(text
     teacher.train()  # the Distiller must put it in eval mode
     opt = torch.optim.AdamW(student.parameters(), lr=3e-3)
     distiller = Distiller(teacher, student, DistillationLoss(2.0, 0.5), opt, progress=False)
+    # The loss on 64 windows it does not train on: one step's 4 windows swing by 10% (the
+    # stdlib text differs by Python version)
+    held_out = lm_batch(text, 10_000, batch_size=64, length=32)
+    with torch.no_grad():
+        untrained = distiller.compute_loss(held_out)["loss"].item()
     history = distiller.fit(batches(text), steps=30)
     assert not teacher.training and all(not p.requires_grad and p.grad is None for p in teacher.parameters())
     for name, value in teacher.state_dict().items():
         assert torch.equal(value, before[name]), name
-    assert history[-1]["loss"] < history[0]["loss"] * 0.8
+    with torch.no_grad():
+        assert distiller.compute_loss(held_out)["loss"].item() < untrained * 0.8  # 0.74-0.76 on Python 3.11-3.12
     assert distiller.step == 30 and len(history) == 30
 
 
